@@ -32,11 +32,12 @@ def digest(agent: str, raw_input: bytes, options: TaskOptions, local: bool) -> s
         b"local" if local else b"cluster"))).hexdigest()
 
 
-def other_request(key: str, task_id: str) -> RpcError:
+def other_request(key: str) -> RpcError:
     """The key was first sent with another request (409: the same request with a new key
-    is accepted)."""
+    is accepted). Its task is not named: a key is its tenant's, and the first request may
+    be another caller's, whose task this one may not read (issue 88)."""
     return RpcError(jsonrpc.CONFLICT, f"idempotency key {visible(key)} was used for "
-                                      f"another request (task {task_id}): send a new key")
+                                      "another request: send a new key")
 
 
 def bound_reached(tenant: str, held: int, bound: int) -> RpcError:

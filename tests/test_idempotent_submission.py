@@ -115,12 +115,12 @@ def test_a_key_sent_again_after_a_sigkill_is_the_first_task_and_runs_nothing_twi
         status, body, _ = post(port, token, {"agent": "rec", "input": {"n": 2}},
                                "order-1")
         assert (status, body["detail"]) == (
-            409, f"idempotency key order-1 was used for another request (task "
-                 f"{first['task_id']}): send a new key")
+            409, "idempotency key order-1 was used for another request: "
+                 "send a new key")
         r = d.cli("submit", "rec", "--input", '{"n": 4}', "--idempotency-key", "order-2")
         assert r.returncode == 1
-        assert (f"idempotency key order-2 was used for another request (task "
-                f"{second['task_id']}): send a new key") in r.stderr
+        assert ("idempotency key order-2 was used for another request: "
+                "send a new key") in r.stderr
         assert len(runs(record)) == 2
 
         # a keyed task running across an upgrade in place: the key names it after, and

@@ -338,7 +338,7 @@ class ClusterTasks(RedisPart):
         if claim.held is not None:
             raise bound_reached(tenant, claim.held, self.submit_keys.bound)
         if claim.digest != asked:
-            raise other_request(key, claim.task_id)
+            raise other_request(key)
         return tenant, claim
 
     async def _keyed(self, p: m.TaskParams, tenant: str, claim: KeyClaim, *,

@@ -32,12 +32,6 @@ class TaskParams(Params, TaskOptions):
 MAX_WAIT = 3600.0  # seconds a tasks.submit may hold its answer for the outcome
 
 
-@method("tasks.run", result=TaskResult, scope="tasks:run", streaming=True, seen="agent", cli="run")
-class TasksRun(TaskParams):
-    """Run a task on an agent and wait for its outcome (progress arrives as `task.progress`
-    notifications)."""
-
-
 @method("tasks.get", result=TaskInfo, scope="tasks:read", seen="task", cli="task",
         dashboard=True, routes=(
     rest("GET", "/tasks/{task_id}", "One task (with ?input=true, its input)", query=("input",)),
@@ -49,6 +43,15 @@ class TasksGet(Params):
     task_id: str
     wait: bool = False
     input: bool = False
+
+
+# a key sent before answers its task's outcome, which may be another caller's: a keyed
+# run reads a task, as tasks.get does (issue 88)
+@method("tasks.run", result=TaskResult, scope="tasks:run", needs={"idempotency_key": TasksGet},
+        streaming=True, seen="agent", cli="run")
+class TasksRun(TaskParams):
+    """Run a task on an agent and wait for its outcome (progress arrives as `task.progress`
+    notifications)."""
 
 
 # waiting answers the task's outcome: whoever waits reads the task, as tasks.get does

@@ -51,8 +51,8 @@ def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
         # another request with the key: refused naming it
         r = b.cli("submit", "rec", "--input", '{"n": 2}', "--idempotency-key", "k1")
         assert r.returncode == 1
-        assert (f"idempotency key k1 was used for another request (task "
-                f"{first['task_id']}): send a new key") in r.stderr
+        assert ("idempotency key k1 was used for another request: "
+                "send a new key") in r.stderr
         assert runs(record) == [{"n": 1}]
 
         # another tenant's key of the same name is its own

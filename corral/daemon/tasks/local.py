@@ -107,7 +107,7 @@ class LocalFront:
         found = journal.key_of(tenant, key)
         if found is not None:
             if found[1] != asked:
-                raise other_request(key, found[0])
+                raise other_request(key)
             return found[0]
         held = journal.keys_held(tenant)
         if held >= journal.max_keys:
