@@ -88,6 +88,8 @@ def test_mcp_add_and_remove_refuse_and_leave_the_file_as_it_was(daemon: Daemon) 
             (["add", "a__b", "--", PY], "mcp add: MCP server a__b: a server name may not "
                                         "contain '__' (it separates server and tool in "
                                         "SERVER__TOOL)"),
+            (["add", "own_", "--", PY], "mcp add: MCP server own_: a server name may not end "
+                                        "with '_' (own___TOOL reads as server own's tool)"),
             (["remove", "own"], f"mcp remove: MCP server own is declared in {cfg}, not in "
                                 f"{d.dir / 'mcp.json'}: remove it there, then `corral "
                                 "reload`"),

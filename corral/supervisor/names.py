@@ -31,4 +31,9 @@ def name_problem(name: str, *, server: bool = False) -> str | None:
     if server and "__" in name:
         return "a server name may not contain '__' (it separates server and tool in " \
             "SERVER__TOOL)"
+    if server and name.endswith("_"):
+        # `a___x` is read as server a's tool `_x`: a server `a_` beside `a` would have
+        # its `x` unreachable, and one added later would take `a`'s `_x` (issue 88)
+        return (f"a server name may not end with '_' ({name}__TOOL reads as server "
+                f"{name.rstrip('_')}'s tool)")
     return None
