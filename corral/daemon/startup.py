@@ -643,7 +643,8 @@ async def http_server(conf: Conf, services: Services, calls: Dispatcher[Services
     from .http.context import HttpContext
     from .http.server import HttpServer
 
-    ctx = HttpContext(services=services, dispatcher=calls, settings=settings)
+    ctx = HttpContext(services=services, dispatcher=calls, settings=settings,
+                      a2a=conf.cfg.a2a)
     web = services.web
 
     async def attempt() -> None:

@@ -202,6 +202,7 @@ class HealthSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
 
 class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     name: str = ""
+    description: str = ""  # what it does, for those who call it (its A2A card)
     protocol: Literal["corral", "none"] = "corral"
     ready: Literal["started", "notify"] | None = None
     watchdog_sec: NonNeg = 0  # WATCHDOG=1 at least this often once ready, else hung
@@ -535,6 +536,14 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     history_hour_days: Positive = 90.0
 
 
+class A2aSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[a2a]: the agents served over A2A at /a2a/AGENT of [http] (docs/a2a.md)."""
+
+    anonymous: list[str] = []  # agents callable without a token (as anonymous_tools)
+    anonymous_remote: bool = False  # and from other hosts than this one's loopback
+    push_private: bool = False  # push notifications to loopback and private addresses
+
+
 class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """[packages]: how `corral deploy` builds releases (docs/packages.md)."""
 
@@ -725,6 +734,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mcp_servers: dict[str, McpServerSpec] = {}
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    a2a: A2aSettings = msgspec.field(default_factory=A2aSettings)
     packages: PackagesSettings = msgspec.field(default_factory=PackagesSettings)
     tenants: dict[str, TenantSpec] = {}
     cluster: ClusterSettings | None = None

@@ -25,6 +25,7 @@ from ..text import did_you_mean
 from .config import (
     DEFAULT_TENANT,
     MODEL_NAME,
+    A2aSettings,
     AgentSpec,
     ApprovalsSettings,
     ClusterSettings,
@@ -408,6 +409,7 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     sup = table("supervisor", SupervisorSettings)
     gateway = table("gateway", GatewaySettings)
     http = table("http", HttpSettings)
+    a2a = table("a2a", A2aSettings)
     packages = table("packages", PackagesSettings)
     cluster = _optional(data, "cluster", ClusterSettings, where, problems)
     if cluster is not None:
@@ -479,7 +481,7 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     if problems:
         raise ConfigError("\n".join(problems))
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway, http=http,
-                 packages=packages, cluster=cluster, tenants=tenants, tracing=tracing,
+                 a2a=a2a, packages=packages, cluster=cluster, tenants=tenants, tracing=tracing,
                  approvals=approvals, workflows=workflows, teams=teams, schedules=schedules,
                  models=models, policy=policy)
     check_tenants_named(cfg, where)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ...supervisor.config import HttpSettings
+from ...supervisor.config import A2aSettings, HttpSettings
 from ..api import Dispatcher
 from ..caller import Caller
 from ..services import Services
@@ -24,6 +24,7 @@ class HttpContext:
     services: Services
     dispatcher: Dispatcher[Any]
     settings: HttpSettings
+    a2a: A2aSettings = field(default_factory=A2aSettings)  # /a2a (daemon/a2a)
     # bearer tokens (rest.py), and the dashboard's session cookie (ui.py) where one is set up
     authenticators: list[Authenticator] = field(default_factory=list)
     url: str = ""  # where the server listens, once it does

@@ -222,12 +222,14 @@ class HttpServer:
         self._tls: ssl.SSLContext | None = None
 
     def mount(self) -> None:
+        from ..a2a import routes as a2a
         from . import metrics, rest, ui
 
         self.app.add_routes(health_routes(self.ctx))
         if self.ctx.services.http is not None:  # the MCP gateway's /mcp
             self.ctx.services.http.mount(self.app)
         rest.setup(self.app, self.ctx)
+        a2a.setup(self.app, self.ctx)
         metrics.setup(self.app, self.ctx)
         ui.setup(self.app, self.ctx)
 

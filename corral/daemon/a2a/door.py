@@ -1,0 +1,301 @@
+"""The A2A door (DESIGN 28, 29): each operation a call on the one Dispatcher, as the
+REST API makes it, with the caller the binding authenticated; its answer in A2A's terms.
+No check of its own: what the Dispatcher and the task front refuse is refused here, and
+told in the protocol's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from msgspec import UNSET
+
+from ... import jsonrpc
+from ...askviews import AskKind
+from ...jsonrpc import RpcError
+from ...supervisor.stream import Stream
+from ...supervisor.tasks.askwaits import AskEnded
+from ...taskviews import TaskInfo
+from ..api import Dispatcher
+from ..caller import Caller
+from . import mapping as mp
+from . import wire as w
+
+# corral's refusals in the protocol's terms (a task not found: TaskNotFoundError)
+KINDS = {
+    jsonrpc.NOT_FOUND: w.TASK_NOT_FOUND, jsonrpc.INVALID_PARAMS: w.INVALID_PARAMS,
+    jsonrpc.INVALID_REQUEST: w.INVALID_PARAMS, jsonrpc.UNAUTHORIZED: w.UNAUTHENTICATED,
+    jsonrpc.FORBIDDEN: w.FORBIDDEN, jsonrpc.QUOTA_EXCEEDED: w.FORBIDDEN,
+    jsonrpc.TOOL_NOT_ALLOWED: w.FORBIDDEN, jsonrpc.REFUSED: w.REFUSED,
+    jsonrpc.CONFLICT: w.CONFLICT, jsonrpc.UNAVAILABLE: w.UNAVAILABLE,
+}
+PAGE = 50  # ListTasks' page unless the caller asks for another size
+MAX_PAGE = 100
+QUEUED_EVENTS = 256  # a stream's events waiting for its client before the follow holds
+MAX_ID = 200  # characters of a messageId in a task's idempotency key (255 at most)
+YES = frozenset({"yes", "y", "approve", "approved", "ok", "true"})
+
+
+def refusal(exc: RpcError) -> w.A2aError:
+    return w.A2aError(KINDS.get(exc.code, w.INTERNAL), exc.message)
+
+
+class _Events:
+    """tasks.stream's Channel: its notifications queued for the A2A stream, with the
+    asks of the task made or ended meanwhile; bounded, so a client that does not read
+    holds the follow, never grows the daemon."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def notify(self, method: str, params: Any) -> None:
+        if method == "tasks.output":
+            self.put(("chunk", params))
+
+    def put(self, item: tuple[str, Any]) -> None:
+        self.queue.put_nowait(item)
+        if self.queue.qsize() >= QUEUED_EVENTS:
+            self.writable.clear()
+
+    async def get(self) -> tuple[str, Any]:
+        item = await self.queue.get()
+        if self.queue.qsize() < QUEUED_EVENTS // 2:
+            self.writable.set()
+        return item
+
+
+class A2aDoor:
+    def __init__(self, dispatcher: Dispatcher[Any], stream: Stream) -> None:
+        self.dispatcher = dispatcher
+        self.stream = stream  # the asks made and ended (input-required and its end)
+
+    async def call(self, caller: Caller, method: str, params: dict[str, Any],
+                   channel: Any = None) -> Any:
+        try:
+            return await self.dispatcher.call(caller, method, params, channel)
+        except RpcError as exc:
+            raise refusal(exc) from None
+
+    async def task(self, caller: Caller, agent: str, task_id: str, *, wait: bool = False,
+                   given: bool = False) -> TaskInfo:
+        """The caller's task of `agent` (one of another agent: not found, as none)."""
+        info: TaskInfo = await self.call(caller, "tasks.get", {
+            "task_id": task_id, "wait": wait, "input": given})
+        if info.agent != agent:
+            raise w.A2aError(w.TASK_NOT_FOUND, f"no such task: {task_id}")
+        return info
+
+    # -- SendMessage ----------------------------------------------------------------------
+    async def send(self, caller: Caller, agent: str, req: w.SendRequest) -> TaskInfo:
+        """A new task of the message (or the answer to the task's question); its state
+        once settled unless returnImmediately."""
+        message = req.message
+        if message.task_id is not UNSET:
+            info = await self.answer(caller, agent, message)
+        else:
+            # a message sent again in its context (its id, its content) is the same
+            # message, answered by the task it made: the task's idempotency key. One
+            # that names no context begins a new one, each time (decision 1122)
+            submit: dict[str, Any] = {"agent": agent}
+            if message.context_id is not UNSET:
+                session = message.context_id
+                digest = hashlib.sha256(msgspec.json.encode(message)).hexdigest()[:16]
+                submit["idempotency_key"] = f"{message.message_id[:MAX_ID]}#{digest}"
+            else:
+                session = uuid.uuid4().hex
+            sent = w.to_json(msgspec.structs.replace(message, context_id=session))
+            accepted = await self.call(caller, "tasks.submit", submit | {
+                "input": msgspec.Raw(msgspec.json.encode(sent)), "session": session})
+            info = await self.task(caller, agent, accepted.task_id, given=True)
+        config = req.configuration
+        if config is not UNSET and config.return_immediately:
+            return info
+        return await self.settled(caller, agent, info)
+
+    async def answer(self, caller: Caller, agent: str, message: w.Message) -> TaskInfo:
+        """A message to a task: the answer to what it asks (a question's answer is the
+        message; an approval is granted by a yes)."""
+        assert isinstance(message.task_id, str)
+        info = await self.task(caller, agent, message.task_id)
+        if message.context_id is not UNSET and message.context_id != mp.context_of(info):
+            raise w.A2aError(w.INVALID_PARAMS, f"contextId {message.context_id} is not "
+                             f"task {info.task_id}'s ({mp.context_of(info)})")
+        if mp.state_of(info) in mp.TERMINAL:
+            raise w.A2aError(w.UNSUPPORTED, f"task {info.task_id} has ended "
+                             f"({info.status}): it takes no more messages")
+        if not info.asks:
+            raise w.A2aError(w.UNSUPPORTED, f"task {info.task_id} is {info.status}, not "
+                             "waiting for input: send a new message without its taskId")
+        ask = info.asks[0]
+        sent = w.to_json(message)
+        if ask.kind is AskKind.QUESTION:
+            decision: dict[str, Any] = {"decision": "answered", "answer": sent}
+        else:
+            text = " ".join(p.text for p in message.parts if isinstance(p.text, str))
+            decision = {"decision": "approved" if text.strip().lower() in YES
+                        else "denied", "reason": text or None}
+        await self.call(caller, "approvals.resolve", {"id": ask.id, **decision})
+        return await self.task(caller, agent, info.task_id, given=True)
+
+    async def settled(self, caller: Caller, agent: str, info: TaskInfo) -> TaskInfo:
+        """The task once it has ended or waits for input (spec 3.2.2, blocking)."""
+        changed = asyncio.Event()
+        task_id = info.task_id
+
+        def told(e: AskEnded) -> None:
+            if e.ask.task_id == task_id:
+                changed.set()
+
+        sub = self.stream.subscribe(told, AskEnded)
+        try:
+            while True:
+                changed.clear()
+                info = await self.task(caller, agent, task_id, given=True)
+                if mp.state_of(info) in mp.TERMINAL | {mp.INPUT_REQUIRED}:
+                    return info
+                ended = asyncio.ensure_future(self.task(caller, agent, task_id, wait=True))
+                asked = asyncio.ensure_future(changed.wait())
+                try:
+                    await asyncio.wait({ended, asked}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for f in (ended, asked):
+                        f.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, w.A2aError):
+                        await ended
+        finally:
+            self.stream.unsubscribe(sub)
+
+    # -- ListTasks, CancelTask ------------------------------------------------------------
+    async def list(self, caller: Caller, agent: str, req: w.ListTasksRequest
+                   ) -> dict[str, Any]:
+        size = PAGE if req.page_size is UNSET else req.page_size
+        if not 1 <= size <= MAX_PAGE:
+            raise w.A2aError(w.INVALID_PARAMS, f"invalid params: pageSize {size} is not "
+                             f"1 to {MAX_PAGE}")
+        params: dict[str, Any] = {"agent": agent, "limit": size}
+        if req.page_token:
+            params["before"] = req.page_token
+        if req.status is not UNSET and req.status:
+            status = mp.STATUSES.get(req.status)
+            if status is None:
+                raise w.A2aError(w.INVALID_PARAMS, f"invalid params: no such state: "
+                                 f"{req.status}")
+            params["status"] = status
+        history = None if req.history_length is UNSET else req.history_length
+        if history is not None and history < 0:
+            raise w.A2aError(w.INVALID_PARAMS, "invalid params: historyLength is negative")
+        page = await self.call(caller, "tasks.list", params)
+        tasks = []
+        for summary in reversed(page.tasks):  # newest first, as A2A lists them
+            if req.context_id and summary.options.session != req.context_id:
+                continue
+            info = await self.task(caller, agent, summary.task_id, given=True)
+            tasks.append(mp.task_of(info, history if history is not None else 0,
+                                    artifacts=req.include_artifacts is True))
+        following = page.next if isinstance(page.next, str) else ""
+        return {"tasks": tasks, "nextPageToken": following, "pageSize": size,
+                "totalSize": len(tasks)}
+
+    async def cancel(self, caller: Caller, agent: str, task_id: str) -> TaskInfo:
+        info = await self.task(caller, agent, task_id)
+        if mp.state_of(info) in mp.TERMINAL:
+            raise w.A2aError(w.NOT_CANCELABLE, f"task {task_id} has ended ({info.status})")
+        try:
+            cancelled: TaskInfo = await self.dispatcher.call(
+                caller, "tasks.cancel", {"task_id": task_id})
+        except RpcError as exc:
+            if exc.code == jsonrpc.CONFLICT:  # it ended meanwhile
+                raise w.A2aError(w.NOT_CANCELABLE, exc.message) from None
+            raise refusal(exc) from None
+        return cancelled
+
+    # -- streams --------------------------------------------------------------------------
+    async def events(self, caller: Caller, info: TaskInfo, *, until_input: bool,
+                     after: str | None = None) -> AsyncIterator[tuple[str | None, Any]]:
+        """The task's events after the snapshot `info`: each chunk of its live output
+        from the journal (after `after`, a chunk's id), then as they come, with the asks
+        (input-required); its end last. Each is (the chunk's id or None, StreamResponse).
+        `until_input`: the stream ends at input-required too (SendStreamingMessage)."""
+        task_id, agent = info.task_id, info.agent
+        events = _Events()
+
+        def told(e: AskEnded) -> None:
+            if e.ask.task_id == task_id:
+                events.put(("ask", None))
+
+        sub = self.stream.subscribe(told, AskEnded)
+        said = mp.state_of(info)
+        streamed: set[str] = set()
+        first = after is None
+        run: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                params = {"task_id": task_id} | ({} if after is None
+                                                 else {"last_event_id": after})
+                run = asyncio.ensure_future(self.call(caller, "tasks.stream", params,
+                                                      events))
+                run.add_done_callback(lambda _: events.put(("done", None)))
+                while True:
+                    kind, value = await events.get()
+                    if kind == "done":
+                        break
+                    if kind == "chunk":
+                        event = mp.chunk_event(info, value.data, first)
+                        first, after = False, value.id
+                        made = event.get("artifactUpdate", {}).get("artifact", {})
+                        if isinstance(made, dict) and "artifactId" in made:
+                            streamed.add(made["artifactId"])
+                        yield value.id, event
+                        continue
+                    now = await self.task(caller, agent, task_id)
+                    if mp.state_of(now) == mp.INPUT_REQUIRED and said != mp.INPUT_REQUIRED:
+                        said = mp.INPUT_REQUIRED
+                        yield None, mp.status_event(now)
+                        if until_input:
+                            return
+                    elif mp.state_of(now) != mp.INPUT_REQUIRED:
+                        said = mp.state_of(now)
+                final: TaskInfo = run.result()
+                state = mp.state_of(final)
+                if state in mp.TERMINAL:
+                    for made in mp.artifacts_of(final):
+                        if made.get("artifactId") not in streamed:
+                            yield None, {"artifactUpdate": {
+                                "taskId": task_id, "contextId": mp.context_of(final),
+                                "artifact": made, "lastChunk": True}}
+                    yield None, mp.status_event(final)
+                    return
+                if state == mp.INPUT_REQUIRED and said != mp.INPUT_REQUIRED:
+                    said = state
+                    yield None, mp.status_event(final)
+                    if until_input:
+                        return
+                # not in flight here (queued, suspended for its answer): followed again
+                # once it changes
+                await self.changed(caller, agent, task_id, events)
+        finally:
+            self.stream.unsubscribe(sub)
+            if run is not None and not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, w.A2aError):
+                    await run
+
+    async def changed(self, caller: Caller, agent: str, task_id: str, events: _Events
+                      ) -> None:
+        """Until an ask of the task is made or ended, or it ends."""
+        ended = asyncio.ensure_future(self.task(caller, agent, task_id, wait=True))
+        asked = asyncio.ensure_future(events.get())
+        try:
+            await asyncio.wait({ended, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (ended, asked):
+                f.cancel()
+            with contextlib.suppress(asyncio.CancelledError, w.A2aError):
+                await ended

@@ -1,0 +1,63 @@
+"""The JSON-RPC 2.0 binding (spec 9): one POST to `/a2a/AGENT`, the operation its method;
+streams as SSE, each event a JSON-RPC response of the request's id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ..caller import Caller
+from . import sse
+from . import wire as w
+from .operations import STREAMING, Card, Operations
+
+
+def error(req_id: Any, exc: w.A2aError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": exc.kind.jsonrpc, "message": exc.message}
+    info = exc.info()
+    if info:
+        body["data"] = info
+    return {"jsonrpc": "2.0", "id": req_id, "error": body}
+
+
+def answer(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(body), status=status,
+                        content_type="application/json")
+
+
+def read(body: bytes) -> tuple[Any, str, Any]:
+    """(id, method, params) of a request; A2aError (with the id, when read) if none."""
+    try:
+        msg = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise w.A2aError(w.PARSE, f"parse error: {exc}") from None
+    if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" \
+            or not isinstance(msg.get("method"), str) \
+            or not isinstance(msg.get("id", None), str | int | None) \
+            or isinstance(msg.get("id"), bool):
+        raise w.A2aError(w.INVALID_REQUEST, "invalid request: a JSON-RPC 2.0 request "
+                         "is an object with jsonrpc \"2.0\", a method and an id")
+    params = msg.get("params", {})
+    if not isinstance(params, dict):
+        raise w.A2aError(w.INVALID_PARAMS, "invalid params: params is not an object")
+    return msg.get("id"), msg["method"], params
+
+
+async def serve(request: web.Request, body: bytes, ops: Operations, caller: Caller,
+                agent: str, card: Card) -> web.StreamResponse:
+    req_id: Any = None
+    try:
+        req_id, method, params = read(body)
+        if method in STREAMING:
+            events = await ops.stream(method, caller, agent, params,
+                                      request.headers.get("Last-Event-ID"))
+            return await sse.write(
+                request, events,
+                lambda event: {"jsonrpc": "2.0", "id": req_id, "result": event},
+                lambda exc: error(req_id, exc))
+        result = await ops.call(method, caller, agent, params, card)
+    except w.A2aError as exc:
+        return answer(error(req_id, exc))
+    return answer({"jsonrpc": "2.0", "id": req_id, "result": result})

@@ -1,0 +1,176 @@
+"""The eleven operations (spec 3.1), each from its request's params (decoded JSON) to
+its answer's JSON, or a stream's events: what both bindings call, by the operation's
+name. Streams: (event id or None, StreamResponse) pairs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+from msgspec import UNSET
+
+from ..caller import Caller
+from . import mapping as mp
+from . import wire as w
+from .door import A2aDoor
+from .push import PushConfigs
+
+Card = Callable[[], dict[str, Any]]
+Events = AsyncIterator[tuple[str | None, Any]]
+STREAMING = frozenset({"SendStreamingMessage", "SubscribeToTask"})
+
+
+class Operations:
+    def __init__(self, door: A2aDoor, push: PushConfigs) -> None:
+        self.door = door
+        self.push = push
+        self._watching: dict[str, asyncio.Task[None]] = {}
+
+    async def call(self, name: str, caller: Caller, agent: str, params: Any,
+                   card: Card) -> Any:
+        op = self.unary.get(name)
+        if op is None:
+            raise w.A2aError(w.METHOD_NOT_FOUND, f"method not found: {name}")
+        return await op(self, caller, agent, params, card)
+
+    async def send(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
+        req = w.decode(params, w.SendRequest)
+        info = await self.door.send(caller, agent, req)
+        self.configure(caller, info.task_id, req)
+        reply = mp.reply_of(info)
+        if reply is not None:
+            return {"message": reply}
+        return {"task": mp.task_of(info, _history(req))}
+
+    def configure(self, caller: Caller, task_id: str, req: w.SendRequest) -> None:
+        config = req.configuration
+        if config is not UNSET and config.task_push_notification_config is not UNSET:
+            self.push.add(task_id, config.task_push_notification_config)
+            self.watch(caller, task_id)
+
+    async def get(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
+        req = w.decode(params, w.TaskRequest)
+        if req.history_length is not UNSET and req.history_length < 0:
+            raise w.A2aError(w.INVALID_PARAMS, "invalid params: historyLength is negative")
+        info = await self.door.task(caller, agent, req.id, given=True)
+        return mp.task_of(info, None if req.history_length is UNSET else req.history_length)
+
+    async def list_tasks(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
+        return await self.door.list(caller, agent, w.decode(params, w.ListTasksRequest))
+
+    async def cancel(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
+        req = w.decode(params, w.TaskRequest)
+        info = await self.door.cancel(caller, agent, req.id)
+        return mp.task_of(info)
+
+    async def extended_card(self, caller: Caller, agent: str, params: Any, card: Card
+                            ) -> Any:
+        return card()
+
+    # -- push configs ---------------------------------------------------------------------
+    async def push_create(self, caller: Caller, agent: str, params: Any, card: Card
+                          ) -> Any:
+        config = w.decode(params, w.PushConfig)
+        if config.task_id is UNSET:
+            raise w.A2aError(w.INVALID_PARAMS, "invalid params: taskId is missing")
+        info = await self.door.task(caller, agent, config.task_id)
+        made = self.push.add(info.task_id, config)
+        if mp.state_of(info) not in mp.TERMINAL:
+            self.watch(caller, info.task_id)
+        return w.to_json(made)
+
+    async def push_get(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
+        req = w.decode(params, w.PushConfigRequest)
+        await self.door.task(caller, agent, req.task_id)
+        return w.to_json(self.push.get(req.task_id, req.id))
+
+    async def push_list(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
+        req = w.decode(params, w.ListPushConfigsRequest)
+        await self.door.task(caller, agent, req.task_id)
+        return {"configs": [w.to_json(c) for c in self.push.list(req.task_id)],
+                "nextPageToken": ""}
+
+    async def push_delete(self, caller: Caller, agent: str, params: Any, card: Card
+                          ) -> Any:
+        req = w.decode(params, w.PushConfigRequest)
+        await self.door.task(caller, agent, req.task_id)
+        self.push.delete(req.task_id, req.id)
+        return {}
+
+    unary: dict[str, Callable[[Operations, Caller, str, Any, Card], Awaitable[Any]]] = {
+        "SendMessage": send, "GetTask": get, "ListTasks": list_tasks, "CancelTask": cancel,
+        "GetExtendedAgentCard": extended_card,
+        "CreateTaskPushNotificationConfig": push_create,
+        "GetTaskPushNotificationConfig": push_get,
+        "ListTaskPushNotificationConfigs": push_list,
+        "DeleteTaskPushNotificationConfig": push_delete,
+    }
+
+    # -- streams --------------------------------------------------------------------------
+    async def stream(self, name: str, caller: Caller, agent: str, params: Any,
+                     after: str | None) -> Events:
+        """The stream's events, its checks made before the first (an error then is the
+        call's answer, not an event)."""
+        if name == "SendStreamingMessage":
+            req = w.decode(params, w.SendRequest)
+            req = _immediate(req)
+            info = await self.door.send(caller, agent, req)
+            self.configure(caller, info.task_id, req)
+            first = mp.submitted(info, _history(req)) if req.message.task_id is UNSET \
+                else mp.task_of(info, _history(req))
+            return self._told(first, self.door.events(caller, info, until_input=True))
+        task = w.decode(params, w.TaskRequest)
+        info = await self.door.task(caller, agent, task.id, given=True)
+        if mp.state_of(info) in mp.TERMINAL:
+            raise w.A2aError(w.UNSUPPORTED, f"task {task.id} has ended ({info.status}): "
+                             "there is nothing to subscribe to")
+        return self._told(mp.task_of(info), self.door.events(
+            caller, info, until_input=False, after=after))
+
+    @staticmethod
+    async def _told(task: dict[str, Any], events: Events) -> Events:
+        yield None, {"task": task}
+        async for event in events:
+            yield event
+
+    def watch(self, caller: Caller, task_id: str) -> None:
+        """Deliver the task's events to its push configs until it ends."""
+        if task_id in self._watching:
+            return
+        job = asyncio.get_running_loop().create_task(self._deliver(caller, task_id))
+        self._watching[task_id] = job
+        job.add_done_callback(lambda _: self._watching.pop(task_id, None))
+
+    async def _deliver(self, caller: Caller, task_id: str) -> None:
+        try:
+            info = await self.door.dispatcher.call(caller, "tasks.get", {"task_id": task_id})
+            async for _, event in self.door.events(caller, info, until_input=False):
+                status = event.get("statusUpdate")
+                final = isinstance(status, dict) and \
+                    status.get("status", {}).get("state") in mp.TERMINAL
+                self.push.deliver(task_id, event, final)
+        except w.A2aError as exc:
+            self.push.report(f"a2a push of task {task_id}: {exc.message}")
+
+    async def close(self) -> None:
+        for job in list(self._watching.values()):
+            job.cancel()
+        await self.push.close()
+
+
+def _immediate(req: w.SendRequest) -> w.SendRequest:
+    """A streamed message is submitted at once: the stream tells what follows."""
+    config = req.configuration if req.configuration is not UNSET else w.SendConfiguration()
+    return msgspec.structs.replace(req, configuration=msgspec.structs.replace(
+        config, return_immediately=True))
+
+
+def _history(req: w.SendRequest) -> int | None:
+    config = req.configuration
+    if config is UNSET or config.history_length is UNSET:
+        return None
+    if config.history_length < 0:
+        raise w.A2aError(w.INVALID_PARAMS, "invalid params: historyLength is negative")
+    return config.history_length

@@ -1,0 +1,140 @@
+"""Push notification configs (spec 3.5.3) and their delivery: each status change of the
+task POSTed to each config's URL as a StreamResponse, with its token, at least once with
+backoff. A URL must name a public address unless the operator allows private ones
+(`[a2a] push_private`): a caller's URL is no way into the daemon's own network."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import UNSET
+
+from . import wire as w
+
+if TYPE_CHECKING:
+    import aiohttp
+
+RETRY_FIRST = 0.5  # seconds before the first retry, doubled after each (askwebhook's)
+RETRY_MAX = 30.0
+RETRIES = 8
+TIMEOUT = 10.0
+MAX_CONFIGS = 16  # per task
+TOKEN_HEADER = "X-A2A-Notification-Token"
+
+
+def _private(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return True  # not resolved: refused, as a private one
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not ip.is_global:
+            return True
+    return False
+
+
+def check_url(url: str, private: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise w.A2aError(w.INVALID_PARAMS, f"invalid params: push url {url!r} is not an "
+                         "http:// or https:// URL")
+    if not private and _private(parts.hostname):
+        raise w.A2aError(w.INVALID_PARAMS, f"invalid params: push url {url!r} names a "
+                         "private, loopback or unresolved address (the operator allows "
+                         "these with [a2a] push_private = true)")
+
+
+class PushConfigs:
+    """The configs of each task, and their deliveries."""
+
+    def __init__(self, private: bool, report: Callable[[str], None]) -> None:
+        self.private = private
+        self.report = report
+        self.configs: dict[str, dict[str, w.PushConfig]] = {}
+        self.delivered = 0
+        self.given_up = 0
+        self._http: aiohttp.ClientSession | None = None
+        self._work: set[asyncio.Task[None]] = set()
+
+    def add(self, task_id: str, config: w.PushConfig) -> w.PushConfig:
+        check_url(config.url, self.private)
+        kept = self.configs.setdefault(task_id, {})
+        cid = config.id if config.id is not UNSET and config.id else uuid.uuid4().hex
+        if cid not in kept and len(kept) >= MAX_CONFIGS:
+            raise w.A2aError(w.INVALID_PARAMS, f"invalid params: task {task_id} has "
+                             f"{MAX_CONFIGS} push configs, the most it may")
+        made = msgspec.structs.replace(config, id=cid, task_id=task_id)
+        kept[cid] = made
+        return made
+
+    def get(self, task_id: str, cid: str) -> w.PushConfig:
+        found = self.configs.get(task_id, {}).get(cid)
+        if found is None:
+            raise w.A2aError(w.TASK_NOT_FOUND, f"task {task_id} has no push config {cid}")
+        return found
+
+    def list(self, task_id: str) -> list[w.PushConfig]:
+        return list(self.configs.get(task_id, {}).values())
+
+    def delete(self, task_id: str, cid: str) -> None:
+        """Gone, whether it was there or not (a delete is idempotent: spec 3.1.10)."""
+        kept = self.configs.get(task_id, {})
+        kept.pop(cid, None)
+        if not kept:
+            self.configs.pop(task_id, None)
+
+    def deliver(self, task_id: str, event: dict[str, Any], final: bool) -> None:
+        """POST `event` to each config of the task (in the background)."""
+        for config in self.list(task_id):
+            job = asyncio.get_running_loop().create_task(self._post(config, event))
+            self._work.add(job)
+            job.add_done_callback(self._work.discard)
+        if final:
+            self.configs.pop(task_id, None)
+
+    async def _post(self, config: w.PushConfig, event: dict[str, Any]) -> None:
+        import aiohttp
+
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT))
+        headers = {"Content-Type": "application/json"}
+        if isinstance(config.token, str):
+            headers[TOKEN_HEADER] = config.token
+        auth = config.authentication
+        if not isinstance(auth, msgspec.UnsetType) and isinstance(auth.credentials, str):
+            headers["Authorization"] = f"{auth.scheme} {auth.credentials}"
+        body = msgspec.json.encode(event)
+        why = ""
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                await asyncio.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
+            try:
+                async with self._http.post(config.url, data=body, headers=headers,
+                                           allow_redirects=False) as r:
+                    if 200 <= r.status < 300:
+                        self.delivered += 1
+                        return
+                    why = f"HTTP {r.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                why = str(exc) or type(exc).__name__
+        self.given_up += 1
+        self.report(f"a2a push to {config.url} given up after {RETRIES + 1} attempts "
+                    f"({why})")
+
+    async def close(self) -> None:
+        for job in list(self._work):
+            job.cancel()
+        for job in list(self._work):
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        if self._http is not None:
+            await self._http.close()

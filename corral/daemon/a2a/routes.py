@@ -1,0 +1,160 @@
+"""The A2A routes of the [http] server: `/a2a/AGENT/.well-known/agent-card.json` and the
+two bindings at `/a2a/AGENT`. Who calls is found as on REST (a bearer token), or, for
+an agent `[a2a] anonymous` names, no one: a caller limited to that agent. An agent the
+caller may not see is not found, as on REST."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from email.utils import formatdate
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...ratelimit import PerKey
+from ...supervisor.config import DEFAULT_TENANT, A2aSettings, AgentSpec
+from ..addresses import loopback
+from ..caller import Caller
+from ..http import route
+from ..http.auth import authenticate
+from ..http.context import HttpContext
+from . import card, httpjson
+from . import jsonrpc as rpc
+from . import wire as w
+from .door import A2aDoor
+from .operations import Operations
+from .push import PushConfigs
+
+PREFIX = "/a2a"
+CARD_PATH = ".well-known/agent-card.json"
+JSON_TYPES = frozenset({"application/json", "application/a2a+json"})
+CARD_MAX_AGE = 300  # seconds a client may keep a card
+# what an anonymous caller may do: run the agent's tasks, read them, answer their asks
+ANONYMOUS_SCOPES = frozenset({"tasks:run", "tasks:read", "approvals"})
+
+
+class A2aRoutes:
+    def __init__(self, ctx: HttpContext) -> None:
+        self.ctx = ctx
+        self.settings: A2aSettings = ctx.a2a
+        self.ops = Operations(A2aDoor(ctx.dispatcher, ctx.services.stream),
+                              PushConfigs(ctx.a2a.push_private, ctx.services.hub.daemon))
+        self.limiter = PerKey(ctx.settings.rate_per_minute)
+        self.cards: dict[bytes, float] = {}  # a card's digest -> when first served
+
+    def spec(self, request: web.Request, agent: str, caller: Caller | None) -> AgentSpec:
+        """The agent's spec, if it is one the caller sees (None: anonymous, the agents the
+        operator named); else not found."""
+        agents = self.ctx.services.agents
+        found = agents[agent].spec if agent in agents else None
+        seen = found is not None and (
+            self.ctx.dispatcher.bind(caller).sees(agent) if caller is not None
+            else self.anonymous(request, agent))
+        if found is None or not seen:
+            raise w.A2aError(w.ErrorKind(-32601, 404, None, "NOT_FOUND"), f"no such agent: "
+                             f"{agent}")
+        return found
+
+    def anonymous(self, request: web.Request, agent: str) -> bool:
+        return agent in self.settings.anonymous and (
+            self.settings.anonymous_remote or loopback(request.remote or ""))
+
+    def caller(self, request: web.Request, agent: str) -> Caller | None:
+        """The request's caller; None for one with no token (anonymous, maybe)."""
+        if "Authorization" not in request.headers:
+            return None
+        try:
+            return authenticate(self.ctx, request)
+        except RpcError as exc:
+            raise w.A2aError(w.UNAUTHENTICATED if exc.code == jsonrpc.UNAUTHORIZED
+                             else w.FORBIDDEN, exc.message) from None
+
+    def acting(self, request: web.Request, agent: str, caller: Caller | None) -> Caller:
+        """Who the operation is made as: the caller, or the anonymous caller limited to
+        the agent (its tenant's, if not the operator's)."""
+        if caller is not None:
+            made = caller
+        elif self.anonymous(request, agent):
+            tenant = self.ctx.services.agents[agent].spec.tenant
+            made = Caller(via="a2a", name=f"a2a anonymous {agent}", agents=agent,
+                          tenant=None if tenant == DEFAULT_TENANT else tenant,
+                          scopes=ANONYMOUS_SCOPES)
+        else:
+            raise w.A2aError(w.UNAUTHENTICATED, "unauthorized: no bearer token (send "
+                             "Authorization: Bearer <token>)")
+        wait = self.limiter.admit(made.who)
+        if wait > 0:
+            raise w.A2aError(w.REFUSED, f"{made.who} is over its "
+                             f"{self.limiter.per_minute} requests per minute")
+        return made
+
+    def card_of(self, request: web.Request, spec: AgentSpec) -> dict[str, Any]:
+        base = f"{request.scheme}://{request.host}{PREFIX}/{spec.name}"
+        return card.card_of(spec, base, anonymous=spec.name in self.settings.anonymous)
+
+    async def card(self, request: web.Request) -> web.StreamResponse:
+        agent = request.match_info["agent"]
+        try:
+            caller = self.caller(request, agent)
+            spec = self.spec(request, agent, caller)
+        except w.A2aError as exc:
+            return route.problem(exc.kind.http, exc.message)
+        body = msgspec.json.encode(self.card_of(request, spec))
+        digest = hashlib.sha256(body).digest()
+        since = self.cards.setdefault(digest, time.time())
+        etag = f'"{digest[:12].hex()}"'
+        headers = {"Cache-Control": f"{'public' if caller is None else 'private'}, "
+                   f"max-age={CARD_MAX_AGE}", "Last-Modified": formatdate(since, usegmt=True),
+                   "ETag": etag}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, content_type="application/json", headers=headers)
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        agent = request.match_info["agent"]
+        path = request.match_info.get("rest", "").strip("/")
+        binding = "jsonrpc" if not path and request.method == "POST" else "http_json"
+        try:
+            version = request.headers.get("A2A-Version")
+            if version is not None and version not in ("1.0", "1"):
+                raise w.A2aError(w.VERSION_NOT_SUPPORTED, f"A2A-Version {version} is not "
+                                 f"served: this agent speaks {w.VERSION}")
+            caller = self.caller(request, agent)
+            spec = self.spec(request, agent, caller)
+            made = self.acting(request, agent, caller)
+            body = await route.body_of(request)
+            if isinstance(body, web.Response):
+                return body
+            if body and request.content_type not in JSON_TYPES:
+                raise w.A2aError(w.CONTENT_TYPE, f"send the body as application/json, not "
+                                 f"{request.content_type}")
+        except w.A2aError as exc:
+            if binding == "jsonrpc":
+                return rpc.answer(rpc.error(None, exc), exc.kind.http
+                                  if exc.kind.http in (401, 403, 404, 429) else 200)
+            return httpjson.error(exc)
+
+        def card_now() -> dict[str, Any]:
+            return self.card_of(request, spec)
+
+        if binding == "jsonrpc":
+            return await rpc.serve(request, body, self.ops, made, agent, card_now)
+        return await httpjson.serve(request, path, body, self.ops, made, agent, card_now)
+
+
+def setup(app: web.Application, ctx: HttpContext) -> None:
+    a2a = A2aRoutes(ctx)
+
+    async def close(app: web.Application) -> None:
+        await a2a.ops.close()
+
+    app.on_cleanup.append(close)
+    app.add_routes([
+        web.get(f"{PREFIX}/{{agent}}/{CARD_PATH}", a2a.card),
+        web.route("*", f"{PREFIX}/{{agent}}", a2a.serve),
+        web.route("*", f"{PREFIX}/{{agent}}/{{rest:.*}}", a2a.serve),
+    ])

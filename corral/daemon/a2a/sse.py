@@ -1,0 +1,44 @@
+"""A stream's events as Server-Sent Events: each with the id of the chunk it tells, when
+it tells one, so that a client resumes after it (Last-Event-ID)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ..http import sse
+from . import wire as w
+from .operations import Events
+
+WRITE_DEADLINE = 60.0
+
+
+async def write(request: web.Request, events: Events,
+                framed: Callable[[Any], Any], failed: Callable[[w.A2aError], Any]
+                ) -> web.StreamResponse:
+    """`framed(event)`: the data of an event's frame (JSON-RPC wraps it); `failed`: an
+    error after the stream opened, as its last frame."""
+    response = await sse.open_stream(request)
+    try:
+        async for event_id, event in events:
+            head = f"id: {event_id}\n".encode() if event_id is not None else b""
+            data = head + b"data: " + msgspec.json.encode(framed(event)) + b"\n\n"
+            await sse.send(request, response, data, WRITE_DEADLINE)
+    except w.A2aError as exc:
+        with contextlib.suppress(ConnectionResetError):
+            await sse.send(request, response, b"data: " + msgspec.json.encode(
+                failed(exc)) + b"\n\n", WRITE_DEADLINE)
+    except ConnectionResetError:
+        return response
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
