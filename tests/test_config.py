@@ -72,12 +72,13 @@ def test_mcp_servers_file_understands_every_desktop_field(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("entry,message", [
-    ('{"command": "x", "autoApprove": []}', 'mcpServers.s: Object contains unknown field '
-                                             '`autoApprove`'),
+    # (a client's own key, autoApprove, is passed over: tests/test_moving_in.py)
+    ('{"command": "x", "autoApprove": [], "frobnicate": 1}',
+     "mcpServers.s: Object contains unknown field `frobnicate`"),
     ('{"command": "x", "url": "http://h"}', "mcpServers.s: give either command (a local "
                                             "server) or url (a remote one)"),
-    ('{"url": "http://h", "args": ["a"]}', "mcpServers.s: args, env and cwd are for a "
-                                           "command, not a url"),
+    ('{"url": "http://h", "args": ["a"]}', "mcpServers.s: args, env, envFile and cwd are "
+                                           "for a command, not a url"),
     ('{"command": "x", "headers": {"a": "b"}}', "mcpServers.s.headers: headers are for a url, "
                                                 "not a command"),
     # a Literal that may be absent (`| None`) lists its values too

@@ -45,8 +45,10 @@ def needs_node(name: str) -> object:
 @pytest.mark.parametrize("name", [needs_node(n) for n in FILES])
 def test_each_file_gives_exactly_its_config_and_its_notes(name: str, tmp_path: Path) -> None:
     r = corral("import", name)
+    # (a PM2 app's cwd is made absolute: the corpus's directory, wherever it is)
     assert (r.returncode, r.stdout, r.stderr) == (
-        0, (EXPECTED / f"{name}.toml").read_text(), (EXPECTED / f"{name}.stderr").read_text())
+        0, (EXPECTED / f"{name}.toml").read_text().replace("@CORPUS@", str(CORPUS)),
+        (EXPECTED / f"{name}.stderr").read_text())
     # and corral takes it (the programs are not on this machine: --no-check)
     out = tmp_path / "corral.toml"
     out.write_text(r.stdout)
@@ -182,7 +184,8 @@ def test_a_js_file_may_require_its_neighbours(tmp_path: Path) -> None:
     assert (r.returncode, r.stderr) == (0, "")
     assert r.stdout == ("# imported from eco.config.js (pm2) by corral import\n\n"
                         '[agents.a]\ncommand = ["sleep", "9"]\nprotocol = "none"\n'
-                        'restart = "always"\n\n[agents.a.env]\nPORT = "4000"\n')
+                        f'cwd = "{tmp_path}"\nrestart = "always"\n\n[agents.a.env]\n'
+                        'PORT = "4000"\n')
 
 
 def test_a_js_file_without_node_is_refused_saying_what_to_do(tmp_path: Path) -> None:

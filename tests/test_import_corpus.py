@@ -130,9 +130,9 @@ def test_pm2s_aliases_a_bom_and_exit_codes_as_text_are_read_as_pm2_reads_them(
                                        b"\xef\xbb\xbf" + json.dumps(apps).encode()})
     assert agents == {
         "echo": {"command": ["python", "hello.py", "a", "b"], "protocol": "none",
-                 "restart": "on-failure", "exit_codes": [0, 2]},
+                 "restart": "on-failure", "exit_codes": [0, 2], "cwd": str(tmp_path)},
         "api": {"command": ["node", "server.js"], "protocol": "none",
-                "restart": "always", "log_file": "/var/log/api.log"}}
+                "restart": "always", "log_file": "/var/log/api.log", "cwd": str(tmp_path)}}
     assert said == ['ecosystem.json: apps[0] (echo): pid: "/run/echo.pid": not carried: '
                     "corral writes no pid file of an app (`corral status` shows its pid)"]
 
@@ -145,7 +145,7 @@ def test_a_pm2_json_with_comments_and_trailing_commas_is_read_as_pm2_reads_it(
         b'// the site\n{\n  apps: [\n    { name: "web", script: "server.js", },'
         b" // its server\n  ],\n}\n")})
     assert (agents, said) == ({"web": {"command": ["node", "server.js"], "protocol": "none",
-                                       "restart": "always"}}, [])
+                                       "restart": "always", "cwd": str(tmp_path)}}, [])
 
 
 @pytest.mark.skipif(NODE is None, reason="node runs a .js ecosystem file")
@@ -161,7 +161,7 @@ def test_a_js_file_requiring_packages_not_installed_here_still_says_its_apps(
         b"env: {PORT: process.env.PORT_UNSET_HERE || 3000}}]};\n")})
     assert agents == {"api": {"command": ["node", "server.js"], "protocol": "none",
                               "restart": "always", "log_file": "/var/log/api-.log",
-                              "env": {"PORT": "3000"}}}
+                              "env": {"PORT": "3000"}, "cwd": str(tmp_path)}}
     why = "not installed beside the file: read as an empty module (what the file takes " \
           "from it is left out)"
     assert said == [f"ecosystem.config.js: require: dotenv: {why}",

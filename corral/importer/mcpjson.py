@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..supervisor.config import ConfigError
+from ..supervisor.configload import CLIENT_KEYS
 from . import json5
 from .model import Conversion, How, agent_name, config_text
 
@@ -19,13 +20,9 @@ TRANSPORTS = {"stdio": "stdio", "http": "http", "streamable-http": "http",
               "streamableHttp": "http", "sse": "sse"}
 CARRIED = {"command", "args", "env", "cwd", "url", "serverUrl", "headers", "type",
            "transport", "disabled", "envFile"}
-# what the clients write that is theirs, and why corral has no place for it
-NOT_CARRIED = {
-    "autoApprove": "corral asks for approval by its own policies ([approvals])",
-    "alwaysAllow": "corral asks for approval by its own policies ([approvals])",
-    "timeout": "a client's own timeout; corral's is the server's `timeout` (seconds)",
-    "description": None, "gallery": None, "version": None, "name": None,
-}
+# what the clients write that is theirs, and why corral has no place for it (the same
+# that `mcp_servers_file`'s reader passes over)
+NOT_CARRIED = CLIENT_KEYS
 # a value VS Code fills in as it starts a server: corral knows none of them
 _CLIENT_VARIABLE = re.compile(r"\$\{(input|env|workspaceFolder|userHome|pathSeparator|"
                               r"workspaceFolderBasename|cwd)[^}]*\}")

@@ -167,8 +167,11 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
     where = f"{where} ({name})"
     table: dict[str, Any] = {"command": _command(app, script, where),
                              "protocol": "none"}
-    if isinstance(app.get("cwd"), str):
-        table["cwd"] = app["cwd"]
+    # PM2 runs an app in its cwd, relative to the ecosystem file's directory, else in that
+    # directory; corral's are relative to the config's: made absolute, the config may be
+    # saved anywhere
+    table["cwd"] = str(base.resolve() / app["cwd"] if isinstance(app.get("cwd"), str)
+                       else base.resolve())
     replicas = _instances(app.get("instances", 1), where, imp)
     if replicas != 1:
         table[target("instances")] = replicas
@@ -222,7 +225,7 @@ def _app(app: dict[str, Any], where: str, imp: Conversion, base: Path,
     _ports(app, table, replicas, where, imp)
     if isinstance(app.get("env_file"), str):
         # PM2 reads it from the app's directory (its cwd, else the file's)
-        table["env_file"] = [str(base.resolve() / table.get("cwd", ".") / app["env_file"])
+        table["env_file"] = [str(Path(table["cwd"]) / app["env_file"])
                              if not app["env_file"].startswith("/") else app["env_file"]]
     for k in app:
         if k in CARRIED:
@@ -398,7 +401,7 @@ def _log_file(app: dict[str, Any], table: dict[str, Any], where: str,
                              "path (and every app keeps a log)")
         return
     if not path.startswith("/"):
-        path = os.path.normpath(base.resolve() / table.get("cwd", ".") / path)
+        path = os.path.normpath(Path(table["cwd"]) / path)
         imp.note(where, key, f"{json.dumps(app[key])}: log_file = {json.dumps(path)} "
                              "(resolved from the app's directory, as PM2 does)")
     table["log_file"] = path

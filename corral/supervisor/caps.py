@@ -9,6 +9,7 @@ before that, so the unprivileged user cannot raise the limits again.
 from __future__ import annotations
 
 import math
+import re
 import resource
 import shutil
 import signal
@@ -171,14 +172,30 @@ def signal_name(signum: int) -> str:
 LAST_LINE_CHARS = 200  # of the last stderr line an exit reason carries
 
 
+# the line node ends an uncaught exception's report with (its version), below the stack
+_NODE_FOOTER = re.compile(r"Node\.js v\d+\S*")
+
+
 def last_line(stderr_tail: list[str]) -> str:
-    """The last non-blank stderr line, trimmed: what a crash most often says about itself
-    (a traceback ends with the exception)."""
-    for line in reversed(stderr_tail):
-        text = line.strip()
-        if text:
-            return text if len(text) <= LAST_LINE_CHARS else text[: LAST_LINE_CHARS - 1] + "…"
-    return ""
+    """The line a crash says about itself, trimmed: the last non-blank stderr line (a
+    Python traceback ends with the exception), but for node's report (its last line its
+    version) the error line its stack trace is under."""
+    lines = [t for t in (line.strip() for line in stderr_tail) if t]
+    if lines and _NODE_FOOTER.fullmatch(lines[-1]):
+        text = _node_error(lines) or lines[-1]
+    else:
+        text = lines[-1] if lines else ""
+    return text if len(text) <= LAST_LINE_CHARS else text[: LAST_LINE_CHARS - 1] + "…"
+
+
+def _node_error(lines: list[str]) -> str | None:
+    """node's error line (`TypeError: …`): the line after the caret under the throwing
+    source line, else the line above the stack's first frame; None if neither is there."""
+    carets = [i for i, t in enumerate(lines) if set(t) == {"^"}]
+    if carets and carets[-1] + 1 < len(lines) - 1:
+        return lines[carets[-1] + 1]
+    frame = next((i for i, t in enumerate(lines) if t.startswith("at ")), 0)
+    return lines[frame - 1] if frame > 0 else None
 
 
 def explain_exit(

@@ -656,14 +656,26 @@ def check_commands(cfg: Config, where: str) -> None:
                     cfg.tenants)
 
 
+# what the clients write of a server that is theirs alone, and why corral has no place for
+# it: passed over here, said by `corral import`
+CLIENT_KEYS: dict[str, str | None] = {
+    "autoApprove": "corral asks for approval by its own policies ([approvals])",
+    "alwaysAllow": "corral asks for approval by its own policies ([approvals])",
+    "timeout": "a client's own timeout; corral's is the server's `timeout` (seconds)",
+    "description": None, "gallery": None, "version": None, "name": None,
+}
+
+
 class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One entry of a desktop MCP client's `mcpServers` file: every field those clients
-    write; anything else is refused rather than silently ignored."""
+    write (their own, CLIENT_KEYS, passed over); anything else is refused rather than
+    silently ignored."""
 
     command: str | None = None
     args: list[str] = []
     env: dict[str, str] = {}
     cwd: str | None = None
+    envFile: str | None = None  # Cursor's
     url: str | None = None
     serverUrl: str | None = None  # Windsurf's spelling of url
     headers: dict[str, str] = {}
@@ -692,6 +704,8 @@ def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
     for name, entry in entries.items():
         validate_name("mcpServers", name, str(path))
         key = f"mcpServers.{name}"
+        if isinstance(entry, dict):
+            entry = {k: v for k, v in entry.items() if k not in CLIENT_KEYS}
         d = convert(entry, DesktopServer, where=str(path), prefix=key)
         if d.disabled:
             continue
@@ -701,16 +715,18 @@ def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
         if (d.command is None) == (url is None):
             raise ConfigError(f"{path}: {key}: give either command (a local server) or url "
                               "(a remote one)")
-        if url is not None and (d.args or d.env or d.cwd):
-            raise ConfigError(f"{path}: {key}: args, env and cwd are for a command, not a "
-                              "url")
+        if url is not None and (d.args or d.env or d.cwd or d.envFile):
+            raise ConfigError(f"{path}: {key}: args, env, envFile and cwd are for a "
+                              "command, not a url")
         if d.command is not None and d.headers:
             raise ConfigError(f"{path}: {key}.headers: headers are for a url, not a command")
         table: dict[str, Any] = {"transport": transport} if transport else {}
         if url is not None:
             table.update(url=url, headers=d.headers)
         else:
-            table.update(command=[d.command], args=d.args, env=d.env, cwd=d.cwd)
+            table.update(command=[d.command], args=d.args, env=d.env, cwd=d.cwd,
+                         env_file=[str(path.parent.resolve() / d.envFile)] if d.envFile
+                         else None)
         out[name] = _server(name, table, str(path), key)
     return out
 
