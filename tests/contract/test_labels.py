@@ -1,0 +1,57 @@
+"""Labels, on each home (DESIGN 25, 28; supervisor/labels.py): what a task read of an
+untrusted tool is a record of its home, so a session's next turn after every entry
+restarted (and on a cluster, on whichever node runs it) and a spawned child (a cluster
+task any node may run) ask a person before a sensitive call, naming the taint. The
+agents: examples/misbehave.py calling tests/servers/policy_mcp.py, whose fetcher is
+untrusted and whose mail sender sensitive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..test_labels import FETCH, FETCHED, FLEET, SEND, SENT, TAINT, sequence
+from .home import Home, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def agents(directory: Path) -> str:
+    del directory
+    return FLEET.split("[gateway]")[0]
+
+
+def asked(home: Home, agent: str, at: int = 0) -> dict[str, Any]:
+    """The agent's one pending ask, once it is listed."""
+    [ask] = wait_until(f"an ask of {agent}'s", lambda: [
+        a for a in home.asks(at) if a["agent"] == agent])
+    return ask
+
+
+def test_a_sessions_next_turn_asks_after_its_home_restarted(home: Home) -> None:
+    first = home.run("reader", sequence(FETCH), session="s1")
+    assert (first["status"], first["output"]) == ("succeeded", [FETCHED]), first
+    home.restart()
+    turn = home.submit("reader", sequence(SEND), at=1, session="s1")
+    ask = asked(home, "reader", at=1)
+    assert (ask["task_id"], ask["subject"]) == (turn, {**SEND, "policy": TAINT})
+    home.decide(ask["id"], "approved", at=1)
+    assert home.wait(turn, at=1)["output"] == [SENT]
+    # another session's turn read nothing: it sends unasked
+    other = home.run("reader", sequence(SEND), session="s2")
+    assert other["output"] == [SENT], other
+
+
+def test_a_spawned_child_asks_wherever_it_runs(home: Home) -> None:
+    parent = home.submit("reader", sequence(FETCH, {"spawn": "writer",
+                                                    "input": sequence(SEND)}))
+    ask = asked(home, "writer")
+    assert ask["subject"] == {**SEND, "policy": TAINT}
+    assert ask["task_id"] != parent
+    home.decide(ask["id"], "approved", at=1)
+    done = home.wait(parent)
+    fetch, spawned = done["output"]
+    assert fetch == FETCHED
+    assert (spawned["status"], spawned["output"]) == ("succeeded", [SENT])
