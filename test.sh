@@ -19,6 +19,9 @@ tools=$!
 # and the agent frameworks of docs/frameworks.md's recipes, pinned, in venvs of their own
 (. scripts/frameworks.sh) &
 frameworks=$!
+# and the A2A conformance kit, pinned, in a venv of its own (tests/a2a/test_tck.py)
+(. scripts/a2a-tck.sh) &
+a2atck=$!
 # Debian's chromium (the dashboard's browser tests) and prometheus (promtool checks the
 # /metrics exposition) and bubblewrap (sandbox = "bwrap"), pinned, installed with apt-get
 # where missing
@@ -88,6 +91,7 @@ wait "$collected2"
 wait "$servers"
 wait "$tools"
 wait "$frameworks"
+wait "$a2atck"
 # uv's cache, where the servers' part made their environments
 . scripts/uv-cache.sh
 echo "== pytest"
