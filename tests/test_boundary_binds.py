@@ -199,3 +199,35 @@ def test_a_pyvenv_cfg_where_the_agent_writes_is_never_read(tmp_path: Path) -> No
                                                                                     venv]
     assert program_paths(str(venv / "bin" / "python"), [str(tmp_path / "elsewhere")]) == [
         venv, base, base]
+
+
+@pytest.mark.deadline(120)
+async def test_a_models_key_file_in_a_root_agents_read_paths_is_masked(tmp_path: Path) -> None:
+    """The attack: a model's `key_file` inside the directory a root agent's `read_paths`
+    names was read in clear, where corral's own config files there are masked. A key
+    file is among corral's own files."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "model.key").write_text("sk-provider-SECRET-masked\n")
+    (keys / "notes.txt").write_text("shared notes")
+    home = tmp_path / "home"
+    home.mkdir()
+    agent = textwrap.dedent(f"""
+        [agents.box]
+        command = ["{PY}", "{HERE}/sandbox_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        cwd = "{home}"
+        sandbox = "bwrap"
+        read_paths = ["{keys}"]
+        stop_timeout = 5.0
+        [models.gpt]
+        url = "http://127.0.0.1:{free_port()}/v1"
+        format = "openai"
+        key_file = "{keys}/model.key"
+    """)
+    async with in_process(tmp_path, agent) as d:
+        done = await task(d, "box", {"do": "read", "path": str(keys / "model.key")})
+        assert done["output"] == {
+            "error": f"PermissionError: [Errno 13] Permission denied: '{keys}/model.key'"}
+        done = await task(d, "box", {"do": "read", "path": str(keys / "notes.txt")})
+        assert done["output"] == {"ok": "shared notes"}

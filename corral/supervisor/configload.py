@@ -581,6 +581,10 @@ def config_files(cfg: Config, path: Path) -> list[tuple[str, str]]:
                        (cfg.cluster.key_file if cfg.cluster else None, "the cluster's key")):
         if file:
             out.append((str((base / file).absolute()), what))
+    # a provider's key is corral's to hold (docs/security.md): masked as its config is, in
+    # a root agent's read_paths too (issue 88)
+    out += [(str((base / m.key_file).absolute()), f"model {name}'s key_file")
+            for name, m in cfg.models.items() if m.key_file]
     return out
 
 
