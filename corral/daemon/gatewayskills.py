@@ -221,17 +221,29 @@ class GatewaySkills(Generic[Identity]):
 
     async def _read(self, server: str, src: SkillSource, uri: str, want: str,
                     shown: str) -> list[dict[str, Any]]:
-        """The contents of a skill's file, once its bytes match `want` (sha256:HEX)."""
-        got = await src.read_resource(uri, self._timeout(server))
+        """The contents of a skill's file, once its bytes match `want` (sha256:HEX): the
+        one content checked, of its checked member alone (a second content, or a blob
+        beside the text, would be served unchecked: issue 88). A read that fails is a
+        refusal of the skill, as a mismatch is."""
+        try:
+            got = await src.read_resource(uri, self._timeout(server))
+        except RpcError as exc:
+            raise self._refused(server, shown, f"resources/read of {uri} failed: "
+                                               f"{exc.message}") from None
+        except (OSError, TimeoutError) as exc:
+            raise self._refused(server, shown, f"resources/read of {uri} failed: "
+                                               f"{exc or type(exc).__name__}") from None
         contents = got.get("contents") if isinstance(got, dict) else None
         if not isinstance(contents, list) or not contents:
             raise self._refused(server, shown, f"resources/read of {uri} gave no contents")
-        data = _bytes_of(contents[0])
+        first = contents[0]
+        data = _bytes_of(first)
         digest = "sha256:" + hashlib.sha256(data).hexdigest() if data is not None else None
         if digest != want.lower():
             raise self._refused(server, shown, f"{uri} does not match its digest "
                                                f"(listed {want}, read {digest})")
-        return [c for c in contents if isinstance(c, dict)]
+        unchecked = "blob" if isinstance(first.get("text"), str) else "text"
+        return [{k: v for k, v in first.items() if k != unchecked}]
 
     @staticmethod
     def _refused(server: str, uri: str, why: str) -> DigestMismatch:
