@@ -251,13 +251,6 @@ def test_supervisords_user_is_every_programs_that_names_none(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("name,text,said", [
-    ("s.conf", "[program:w]\ncommand=sleep 9\nuser=%(ENV_NOPE)s\n",
-     "[program:w]: user: '%(ENV_NOPE)s': $NOPE not set where corral import ran: refused: "
-     "without its user the program would run as root (set it, or write the user)"),
-    ("s.conf", "[supervisord]\nuser=%(ENV_NOPE)s\n[program:w]\ncommand=sleep 9\n",
-     "[supervisord]: user: '%(ENV_NOPE)s': $NOPE not set where corral import ran: "
-     "refused: without its user the program would run as root (set it, or write the "
-     "user)"),
     ("s.conf", "[program:w]\ncommand=sleep 9\nuser=%USER%\n",
      "[program:w]: user: '%USER%' cannot be resolved ('%USER%' is badly formatted: "
      "unsupported format character 'U' (0x55) at index 1): refused: without its user the "
@@ -265,7 +258,8 @@ def test_supervisords_user_is_every_programs_that_names_none(tmp_path: Path) -> 
     ("w@.service", "[Service]\nExecStart=/usr/bin/w\nUser=%i\n",
      "[Service]: User: '%i' is nothing where corral import runs (a template's instance or "
      "a host's specifier is not known to it): refused: without its user the program would "
-     "run as root"),
+     "run as root (give the instance: --instance NAME, as `systemctl enable w@NAME` "
+     "does)"),
     ("w.service", "[Service]\nExecStart=/usr/bin/w\nUser=%u\n",
      "[Service]: User: '%u' is '%u' where corral import runs (a template's instance or a "
      "host's specifier is not known to it): refused: without its user the program would "

@@ -27,10 +27,13 @@ _MAPPING = ("\b\ncorral's key       the other tools' names for it (what has no e
 @click.option("--env", "profile", metavar="NAME", default=None,
               help="PM2: the profile of `pm2 start --env NAME`: each app's env_NAME set "
                    "over its env.")
+@click.option("--instance", metavar="NAME", default=None,
+              help="systemd: a template unit's (UNIT@.service) instance, as `systemctl "
+                   "enable UNIT@NAME` gives it: %i in the unit is NAME.")
 @click.option("--keys", is_flag=True,
               help="Print corral's agent keys beside the other tools' names for them.")
 def import_(files: tuple[str, ...], kind: str | None, output: str | None,
-            force: bool, profile: str | None, keys: bool) -> None:
+            force: bool, profile: str | None, instance: str | None, keys: bool) -> None:
     """Turn supervisord .conf files, PM2 ecosystem files (.json; .js/.cjs run by node in
     a sandbox), Procfiles, systemd .service units and MCP clients' server files
     (mcpServers: Claude Desktop, Cursor; VS Code's servers) into corral's config (TOML,
@@ -53,7 +56,8 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
         raise click.UsageError("give the files to import (or --keys)")
 
     try:
-        imports = read_all([Path(f) for f in files], How(dict(os.environ), profile), kind)
+        imports = read_all([Path(f) for f in files], How(dict(os.environ), profile, instance),
+                             kind)
     except ConfigError as exc:
         fail(str(exc))
     for imp in imports:

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..supervisor.config import RUN_AS_ROOT as RUN_AS_ROOT  # the importers' refusal too
 from ..supervisor.config import ConfigError
 from ..supervisor.names import NAME_RE, RESERVED
 
 # a user's or group's name (useradd's, with Samba's trailing $) or number
 USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
-# why an import refuses a program whose user it cannot resolve, rather than leave it out
-RUN_AS_ROOT = "refused: without its user the program would run as root"
 MAX_BYTES = 4 << 20  # a config file: a file larger is not one (nor is /dev/zero)
 
 
@@ -81,10 +80,12 @@ def named_text(path: Path, by: str) -> str:
 
 class How(NamedTuple):
     """What an import reads its files with: the environment `%(ENV_X)s` and the like
-    read, and the PM2 profile (`--env NAME`: an app's `env_NAME` over its `env`)."""
+    read, the PM2 profile (`--env NAME`: an app's `env_NAME` over its `env`), and a
+    template unit's instance (`--instance NAME`: `systemctl enable UNIT@NAME`'s)."""
 
     env: dict[str, str]
     profile: str | None = None
+    instance: str | None = None  # a systemd template unit's (`--instance NAME`)
 
 
 @dataclass

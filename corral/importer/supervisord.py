@@ -228,7 +228,7 @@ def _daemon_section(parser: configparser.RawConfigParser, imp: Conversion,
                                 "[supervisord]")
                 dollars(env, "[supervisord]", imp)
             elif k == "user":
-                user = user_of(v, base, "[supervisord]")
+                user = user_of(v, base, "[supervisord]", imp)
                 if user in ("root", "0"):
                     imp.note("[supervisord]", k, f"{user}: each program that names no "
                                                  "user runs as the daemon's (root, where "
@@ -249,23 +249,36 @@ def _daemon_section(parser: configparser.RawConfigParser, imp: Conversion,
     return Common(env, user)
 
 
-def user_of(text: str, ex: dict[str, Any], where: str) -> str:
-    """A user= expanded now, or refused: a user that cannot be resolved here is never
-    left out (the program would run as root)."""
-    unset = sorted({v for v in re.findall(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)", text)
-                    if f"ENV_{v}" not in ex})
-    if unset:
-        names = ", ".join(f"${v}" for v in unset)
-        raise ConfigError(f"{where}: user: {text!r}: {names} not set where corral import "
-                          f"ran: {RUN_AS_ROOT} (set it, or write the user)")
+# a variable of the environment in a user: supervisord's own, and a start script's
+_USER_VARIABLE = re.compile(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)s|\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
+                            r"|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def user_of(text: str, ex: dict[str, Any], where: str, imp: Conversion) -> str:
+    """A user= with its `%(name)s` expanded now, but a variable of the environment
+    (`%(ENV_X)s`, `$X`) carried as `${X}`: read from the daemon's environment as the
+    program starts, as supervisord reads it from its own, never from the importing
+    shell's; the start is refused while it is unset (the program would run as root)."""
+    named: list[str] = []
+
+    def mark(m: re.Match[str]) -> str:
+        named.append(m[1] or m[2] or m[3])
+        return f"\0{named[-1]}\0"
+
     try:
-        user = expand(text, ex, f"{where} user").strip()
+        user = expand(_USER_VARIABLE.sub(mark, text), ex, f"{where} user").strip()
     except ConfigError as exc:
         raise ConfigError(f"{where}: user: {text!r} cannot be resolved "
                           f"({str(exc).split(': ', 1)[-1]}): {RUN_AS_ROOT}") from None
-    if user and not USER_RE.fullmatch(user):
+    user = re.sub("\0([^\0]*)\0", r"${\1}", user)
+    if user and not USER_RE.fullmatch(re.sub(r"\$\{\w+\}", "x", user)):
         raise ConfigError(f"{where}: user: {user!r} is not a user's name or number: "
                           f"{RUN_AS_ROOT}")
+    if named:
+        imp.note(where, "user", f"{text}: user = {json.dumps(user)}, "
+                 f"{', '.join(dict.fromkeys(named))} read from the daemon's environment as "
+                 "the program starts (as supervisord reads it from its own): its start is "
+                 "refused while unset")
     return user
 
 
@@ -356,7 +369,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         own = env_pairs(get("environment", ""), where)
         dollars(own, where, imp)
         env |= own
-    user = user_of(raw["user"], ex, where) if "user" in raw else common.user
+    user = user_of(raw["user"], ex, where, imp) if "user" in raw else common.user
     if user:
         table["user"] = user
     if "autostart" in raw:

@@ -143,14 +143,22 @@ def read(path: Path, how: How) -> Conversion:
     if path.parent.name.endswith(".service.d") and unit is None:
         name = path.parent.name.removesuffix(".service.d")
     where = "[Service]"
-    if name.endswith("@"):
-        name = name[:-1]
-        imp.note(where, "%i", "a template unit: its instance name (%i) is left empty")
+    if name.endswith("@") and how.instance is not None:
+        name += how.instance
+        imp.note(where, "%i", f"a template unit: instance {how.instance} (%i), as "
+                              f"`systemctl enable {name}` starts it")
+    elif name.endswith("@"):  # named as its prefix, each %i of it empty
+        imp.note(where, "%i", "a template unit: its instance name (%i) is left empty (give "
+                              f"it with --instance NAME, as `systemctl enable {name}NAME` "
+                              "does)")
+    elif how.instance is not None:
+        imp.note(where, "--instance", f"{how.instance}: not read: {name} is not a template "
+                                      "unit (NAME@.service)")
     try:
         table = _service(sections, where, imp, name)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    agent = imp.add(where, name, table)
+    agent = imp.add(where, name.removesuffix("@"), table)
     imp.ordered[agent] = [(f"[{sec}]", key, unit)
                           for sec, keys in sections.items() for key, values in keys.items()
                           if key.lower() in ORDER for v in values for unit in v.split()]
@@ -264,9 +272,11 @@ def _user(given: dict[str, tuple[str, str, list[str]]], table: dict[str, Any],
         value = _specifiers(values[-1], name)
         if not USER_RE.fullmatch(value):
             said = repr(value) if value else "nothing"
+            hint = f" (give the instance: --instance NAME, as `systemctl enable {name}NAME`" \
+                " does)" if name.endswith("@") and re.search(r"%[iI]", values[-1]) else ""
             raise ConfigError(f"{where}: {key}: {values[-1]!r} is {said} where corral "
                               "import runs (a template's instance or a host's specifier "
-                              f"is not known to it): {RUN_AS_ROOT}")
+                              f"is not known to it): {RUN_AS_ROOT}{hint}")
         table[low] = value
     dynamic = given.get("dynamicuser", ("", "", []))[2]
     if dynamic and dynamic[-1].lower() in _YES:
@@ -320,8 +330,13 @@ def _command(starts: list[str], where: str, imp: Conversion) -> str | list[str]:
 
 
 def _specifiers(text: str, name: str) -> str:
-    """systemd's %n, %N, %p, %i, %% (the others are the host's, kept as written)."""
-    subs = {"n": f"{name}.service", "N": name, "p": name, "i": "", "I": "", "%": "%"}
+    """systemd's %n, %N, %p, %i, %I, %% of the unit `name` (`PREFIX@INSTANCE` for a
+    template's instance); the others are the host's, kept as written."""
+    prefix, _, instance = name.partition("@")
+    unescaped = re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m[1], 16)),
+                       instance.replace("-", "/"))
+    subs = {"n": f"{name}.service", "N": name, "p": prefix, "i": instance, "I": unescaped,
+            "%": "%"}
     return re.sub(r"%([nNpiI%])", lambda m: subs[m[1]], text)
 
 

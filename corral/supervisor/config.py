@@ -373,6 +373,23 @@ def expand(value: str) -> str:
     return VARIABLE.sub(one, value)
 
 
+# why a process whose user names a variable not set is not started, rather than as root
+RUN_AS_ROOT = "refused: without its user the program would run as root"
+
+
+def resolved_user(user: str | None) -> str | None:
+    """A `user` with its `${VARIABLES}` read from the daemon's environment, where the
+    process starts (as supervisord reads `%(ENV_X)s` from its own); one not set, or set
+    empty, refuses the start, never leaving the program to run as root."""
+    if user is None or "$" not in user:
+        return user
+    unset = sorted({n for n in VARIABLE.findall(user) if not os.environ.get(n)})
+    if unset:
+        raise ConfigError(f"user {user}: {', '.join(unset)} not set in the daemon's "
+                          f"environment: {RUN_AS_ROOT}")
+    return expand(user)
+
+
 class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     socket: str | None = None
     state_dir: str | None = None

@@ -42,6 +42,7 @@ from .config import (
     TenantSpec,
     TracingSettings,
     default_cwd,
+    resolved_user,
 )
 from .isolation import gateway_socket, isolation
 from .names import name_problem, shown
@@ -599,7 +600,11 @@ def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
         tenant = (tenants or {}).get(spec.tenant)
         if isolation(spec, tenant).sandbox != "bwrap":
             continue
-        why = host_refusal(program, spec.user or (tenant.user if tenant else None))
+        try:
+            user = resolved_user(spec.user or (tenant.user if tenant else None))
+        except ConfigError:
+            user = None  # a ${VARIABLE} unset: its start is refused, saying so
+        why = host_refusal(program, user)
         egress = isolation(spec, tenant).egress
         if why and egress != "any":
             if spec.egress_fallback == "warn":

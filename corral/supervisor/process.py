@@ -27,7 +27,7 @@ from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol, Pee
 from ..timeouts import within
 from . import pipeends
 from .caps import wrap_argv
-from .config import ConfigError, Limits, passwd_of
+from .config import ConfigError, Limits, passwd_of, resolved_user
 from .containment import TOKEN_VARIABLE, Containment, place
 from .egressdoors import spawning_in
 from .pacing import pacer
@@ -86,6 +86,7 @@ def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int |
     """(uid, gid) to drop to; refuses when corral is not root and would need to change."""
     if user is None and group is None:
         return None, None
+    user = resolved_user(user)
     uid = gid = None
     if user is not None:
         pw = passwd_of(user)
