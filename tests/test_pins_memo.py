@@ -20,26 +20,26 @@ def listed(description: str) -> dict[str, Any]:
             "inputSchema": {"type": "object", "properties": {"url": {"type": "string"}}}}
 
 
-def test_a_rewritten_definition_is_drift_though_the_first_ones_digest_is_kept() -> None:
+async def test_a_rewritten_definition_is_drift_though_the_first_ones_digest_is_kept() -> None:
     p = Pins()
     first = listed(TRUSTED)
-    assert p.seen("web", first) is None  # pinned
-    assert p.seen("web", first) is None  # called again: the same
-    assert p.seen("web", listed(TRUSTED)) is None  # listed again, unchanged
+    assert await p.seen("web", first) is None  # pinned
+    assert await p.seen("web", first) is None  # called again: the same
+    assert await p.seen("web", listed(TRUSTED)) is None  # listed again, unchanged
     pulled = listed(PULLED)
-    drift = p.seen("web", pulled)
+    drift = await p.seen("web", pulled)
     assert drift is not None
     assert drift.changed() == ["description"]
     assert drift.digest == digest_of(definition_of(pulled))
-    assert p.seen("web", pulled) is not None  # still, called again
-    assert p.seen("web", first) is None  # the pinned one is still good
+    assert await p.seen("web", pulled) is not None  # still, called again
+    assert await p.seen("web", first) is None  # the pinned one is still good
 
 
-def test_past_its_bound_the_memo_starts_again_and_still_judges_right(
+async def test_past_its_bound_the_memo_starts_again_and_still_judges_right(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pins, "MEMO", 2)
     p = Pins()
     tools = [listed(TRUSTED) for _ in range(5)]
-    assert [p.seen("web", t) for t in tools] == [None] * 5
-    drift = p.seen("web", listed(PULLED))
+    assert [await p.seen("web", t) for t in tools] == [None] * 5
+    drift = await p.seen("web", listed(PULLED))
     assert drift is not None and drift.pinned.digest == digest_of(definition_of(tools[0]))

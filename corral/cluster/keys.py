@@ -57,6 +57,7 @@ class Keys:
         self.placement = f"{prefix}place"
         self.draining = f"{prefix}draining"
         self.events = f"{prefix}events"
+        self.tool_pins = f"{prefix}pins"  # the tools' pins (toolpins.py), by server and tool
 
     @property
     def listed(self) -> list[str]:

@@ -38,12 +38,13 @@ SPAWN = b"spawn"
 # tenant's sight
 TENANT = b"tenant"
 ASK = b"ask"  # an ask of a cluster task (its record and its end), by ask id
+PIN = b"pin"  # a tool's pin (keys.tool_pins, cluster/toolpins.py), by server and tool
 # each kind as `corral stats` counts them, and as the log says one
 KINDS = {AGENT: ("agents", "agent"), REVISION: ("revisions", "revision"),
          DECLARED: ("declared", "declared table"), OUTCOME: ("outcomes", "outcome"),
          STEP: ("steps", "step"), SESSION: ("sessions", "session state"),
          CALL: ("calls", "call"), SPAWN: ("spawns", "spawn"), TENANT: ("tenants", "tenant"),
-         ASK: ("asks", "ask")}
+         ASK: ("asks", "ask"), PIN: ("pins", "tool pin")}
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import __version__
+from ..jsonrpc import RpcError
+from ..mcp.pins import PINS_FILE
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, SupervisorSettings
 from ..supervisor.configload import check_sandboxes, config_files, load_config
@@ -73,6 +75,7 @@ from .teams import TeamService
 from .teardown import TEARDOWN_STEP
 from .tenantdirs import TenantDirs
 from .tenantregistry import groups_of
+from .toolpins import NodePins
 from .traces import Traces
 from .traces import start as start_traces
 from .upgrade import Takeover
@@ -345,6 +348,10 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 lambda: store.states(holders(conf.cfg, store.runtime_agents()))))
             writer = store.open_writer(on_error=error, on_notice=notice)
             own.push_async_callback(store.close_writer)  # checkpoints too
+            if conf.cfg.cluster is None:  # (with [cluster]: the cluster's, cluster_node)
+                with refused(ValueError):
+                    await parts.tools.pins.keep_in(NodePins(store),
+                                                   conf.paths.state_dir / PINS_FILE)
             # the sessions back before the journal's tasks, which find theirs in them
             assert store.thread is not None  # open_writer made it
             sessions = SessionsDB(store.path, store.thread, on_error=error)
@@ -449,7 +456,23 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
         taken.node = node
     async with closed(node.close):
         await one_node(node, hub)
+        await cluster_pins(conf, sup, node, hub)
         yield node
+
+
+async def cluster_pins(conf: Conf, sup: Supervisor, node: ClusterNode, hub: LogHub) -> None:
+    """The tools' pins kept in the cluster's Redis; Redis away, each is asked of it at
+    its tool's next sight (and a file of an earlier corral moved in at a later start)."""
+    from redis.exceptions import RedisError
+
+    from ..cluster.toolpins import ClusterPins
+    home = ClusterPins(node.redis, node.keys, node.trust, hub.daemon)
+    with refused(ValueError):
+        try:
+            await sup.mcp.pins.keep_in(home, conf.paths.state_dir / PINS_FILE)
+        except (RedisError, OSError, RpcError) as exc:
+            hub.daemon(f"cluster: the tools' pins not read from Redis now ({exc}): each "
+                       "is read at its tool's next sight")
 
 
 def cluster_key(conf: Conf, hub: LogHub) -> bytes | None:

@@ -1,4 +1,4 @@
--- c9c56fa8c6d8bf7e8edecb856d7fac24870f6322c64a3fdb37c9eaa54c7feb9c: made by scripts/fresh_schema.py, not by hand
+-- 49e748a5908ba1390486e1e74c5c5a3a3364fc586af8600ebbb3f1ad504797e0: made by scripts/fresh_schema.py, not by hand
 CREATE TABLE runtime_agents (
         name TEXT PRIMARY KEY,
         spec TEXT NOT NULL,
@@ -288,5 +288,12 @@ CREATE TABLE labels (
         label TEXT NOT NULL,
         seq INTEGER NOT NULL,
         PRIMARY KEY (key, label)
+    ) WITHOUT ROWID;
+
+CREATE TABLE tool_pins (
+        server TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        pin BLOB NOT NULL,
+        PRIMARY KEY (server, tool)
     ) WITHOUT ROWID;
 

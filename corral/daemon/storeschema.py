@@ -536,6 +536,16 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (key, label)
     ) WITHOUT ROWID;
     """,
+    # the tools' pins (mcp/pins.py, toolpins.py), each a Pin in JSON; once one JSON file
+    # beside the database, moved in at the first start
+    """
+    CREATE TABLE tool_pins (
+        server TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        pin BLOB NOT NULL,
+        PRIMARY KEY (server, tool)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

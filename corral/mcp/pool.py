@@ -271,7 +271,7 @@ class McpPool(Generic[Spec, Inst]):
                 if allow is not None and not allowed(qualified, allow):
                     continue
                 # a drifted tool is not shown: its new description may be the attack
-                if self.pins.seen(name, tool) is None:
+                if await self.pins.seen(name, tool) is None:
                     out.append({**tool, "name": qualified, "server": name})
         return out
 
@@ -293,7 +293,7 @@ class McpPool(Generic[Spec, Inst]):
             raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {text.clip(qualified, 200)} "
                                               f"(MCP server {server} has no tool "
                                               f"{text.clip(tool, 200)})")
-        drift = self.pins.seen(server, definition)
+        drift = await self.pins.seen(server, definition)
         if drift is not None:
             raise ToolDrifted(qualified, drift, self.pins)
         return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,

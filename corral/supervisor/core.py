@@ -20,7 +20,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
-from ..mcp.pins import PINS_FILE, Pins
+from ..mcp.pins import Pins
 from ..timeouts import cancel_all
 from ..workerproto import StateCheckpointParams
 from .agent import Agent
@@ -123,8 +123,8 @@ class Supervisor:
                         self.states.on_checkpoint)
         self.waits = Waits(self.census)
         self.egress_doors = Doors()
-        self.mcp = Tools(self, self.waits, self.stream, Pins(
-            state_dir / PINS_FILE if state_dir is not None else None))
+        # (their home given by the daemon: the node's database, or the cluster's Redis)
+        self.mcp = Tools(self, self.waits, self.stream, Pins())
         registry: dict[str, Agent] = {}  # the agents by name (the Agents part reads it)
         self.tenancy = Tenancy(registry, self.stream)
         self.tenant_nodes: TenantNodes | None = None  # a cgroup per tenant, where delegated
