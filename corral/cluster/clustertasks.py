@@ -19,6 +19,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
+from ..supervisor.labels import HANDED, LabelStore
 from ..supervisor.tasks import TaskFinished, is_task_id, new_id
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
@@ -61,10 +62,12 @@ class ClusterTasks(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, settings: ClusterSettings,
                  membership: Membership, host: TaskHost, report: Callable[[str], None],
                  submit_batch: SubmitClaims, sessions: ClusterSessions, outbox: Outbox,
-                 submit_keys: SubmitKeys) -> None:
+                 submit_keys: SubmitKeys, labels: LabelStore) -> None:
         """`submit_batch`: the plain submit's batcher (a node that runs the agent claims
-        its share as it submits: submitclaim.py)."""
+        its share as it submits: submitclaim.py); `labels`: where a task's handed
+        labels are kept (supervisor/labels.py)."""
         super().__init__(scripts, keys, trust)
+        self.labels = labels
         self.submit_keys = submit_keys
         self.settings = settings
         self.membership = membership
@@ -145,6 +148,9 @@ class ClusterTasks(RedisPart):
         raw = bytes(p.input)
         with said(self.settings, "the task was not accepted"):
             tenant = await self._route(p.agent)
+        handed = HANDED.get()  # (kept before the task is: a node that claims it reads them)
+        if handed:
+            await self.labels.mark(task_id, handed)
         local = self.host.agents.get(p.agent)
         max_queue = local.spec.max_queue if local is not None else 0
         keys = [self.keys.task(task_id), self.keys.stream(tenant, p.agent, p.priority),

@@ -106,7 +106,7 @@ class ClusterNode:
         self.submit_claims = SubmitClaims(self.puller)
         self.desk = ClusterTasks(scripts, self.keys, trust, settings, self.membership, host,
                                  report, self.submit_claims, sessions, self.outbox,
-                                 SubmitKeys(self.redis, scripts, self.keys, key_bound))
+                                 SubmitKeys(self.redis, scripts, self.keys, key_bound), labels)
         step_tasks = ClusterStepTasks(self.desk, self.cancel)
         self.calls = ClusterCalls(scripts, self.keys, trust, self.membership, calls,
                                   (int(settings.keep_tasks_for), settings.keep_tasks),

@@ -1,17 +1,20 @@
 """Labels, on each home (DESIGN 25, 28; supervisor/labels.py): what a task read of an
 untrusted tool is a record of its home, so a session's next turn after every entry
-restarted (and on a cluster, on whichever node runs it) and a spawned child (a cluster
-task any node may run) ask a person before a sensitive call, naming the taint. The
-agents: examples/misbehave.py calling tests/servers/policy_mcp.py, whose fetcher is
-untrusted and whose mail sender sensitive."""
+restarted (on a cluster, on whichever node runs it), a spawned child (a cluster task any
+node may run) and a task a replica starts at /mcp/corral ask a person before a sensitive
+call, naming the taint. The agents: examples/misbehave.py calling
+tests/servers/policy_mcp.py, whose fetcher is untrusted and whose mail sender sensitive."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ..test_boundary_calls import session, text
 from ..test_labels import FETCH, FETCHED, FLEET, SEND, SENT, TAINT, sequence
 from .home import Home, wait_until
 
@@ -20,7 +23,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def agents(directory: Path) -> str:
     del directory
-    return FLEET.split("[gateway]")[0]
+    return FLEET
 
 
 def asked(home: Home, agent: str, at: int = 0) -> dict[str, Any]:
@@ -55,3 +58,25 @@ def test_a_spawned_child_asks_wherever_it_runs(home: Home) -> None:
     fetch, spawned = done["output"]
     assert fetch == FETCHED
     assert (spawned["status"], spawned["output"]) == ("succeeded", [SENT])
+
+
+def test_an_agent_called_at_mcp_corral_asks_wherever_it_runs(home: Home) -> None:
+    """A replica reads the fetcher's output at the gateway's /mcp (a call of no task),
+    then calls agent writer at /mcp/corral: writer's task, which any node may run, is
+    given the replica's labels."""
+    env = home.run("reader", {"do": "env"})["output"]
+
+    async def calls() -> Any:
+        url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+        async with session(url, token) as s:
+            read = await s.call_tool(FETCH["tool"], FETCH["arguments"])
+            assert json.loads(read.model_dump_json())["content"][0]["text"] == \
+                FETCHED["content"][0]["text"]
+        async with session(url, token, "/corral") as s:
+            call = asyncio.ensure_future(s.call_tool("writer", sequence(SEND)))
+            ask = await asyncio.to_thread(asked, home, "writer")
+            assert ask["subject"] == {**SEND, "policy": TAINT}
+            await asyncio.to_thread(home.decide, ask["id"], "approved", 1)
+            return await call
+    result = asyncio.run(calls())
+    assert (result.is_error, json.loads(text(result))) == (False, [SENT])
