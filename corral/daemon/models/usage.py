@@ -34,14 +34,15 @@ class CallUsage:
     """What the upstream said of a call, and how far its answer got (`answered`: a
     success's head came; `complete`: read to its end)."""
 
-    __slots__ = ("answered", "complete", "input", "model", "output", "passed", "said",
-                 "unanswered")
+    __slots__ = ("answered", "complete", "doubted", "input", "model", "output", "passed",
+                 "said", "unanswered")
 
     def __init__(self) -> None:
         self.input = 0
         self.output = 0
         self.model: str | None = None
         self.answered = self.complete = self.said = False
+        self.doubted = False  # a count it said could not be read: it says nothing
         self.passed = 0
         self.unanswered = 0  # tries the upstream took and did not answer in time
 
@@ -55,8 +56,9 @@ class CallUsage:
 
     def settle(self, input_estimate: int, output_estimate: int) -> None:
         if self.answered and not (self.complete and self.said):
-            if self.complete:
-                self.input, self.output = input_estimate, self.passed
+            if self.complete:  # (a count read before one that was not: the larger)
+                self.input = max(self.input, input_estimate)
+                self.output = max(self.output, self.passed)
             else:
                 self.input = self.input or input_estimate
                 self.output = max(self.output, self.passed)
@@ -85,12 +87,23 @@ class CallUsage:
             self.model = model
         if not isinstance(usage, dict):
             return
-        self.said = True
         inp = out = 0
+        read = False
         for key, value in usage.items():  # (each key once: a dict's)
-            if type(value) is int and 0 <= value <= 10**15:
-                inp += value if key in _INPUT else 0
-                out += value if key in _OUTPUT else 0
+            if value is None or (key not in _INPUT and key not in _OUTPUT):
+                continue  # (a count left null is one not said)
+            if type(value) is not int or not 0 <= value <= 10**15:
+                # a count it cannot read ("900", -5, a table) says nothing: the call is
+                # counted by its estimate, never as 0 (issue 88)
+                self.said = False
+                self.doubted = True
+                return
+            read = True
+            inp += value if key in _INPUT else 0
+            out += value if key in _OUTPUT else 0
+        if not read or self.doubted:
+            return  # a usage of no count (`{}`) says nothing either
+        self.said = True
         if inp:
             self.input = inp  # a stream's later event restates it, never adds to it
         if out:
