@@ -66,13 +66,23 @@ def what_it_asks(ask: Ask) -> str:
     if ask.kind is AskKind.QUESTION:
         return f"question: {s.get('prompt')}"
     if "tool" in s:
-        # a policy rule's or taint's hold says which (supervisor/policy.py)
-        why = f" by policy: {s['policy']}" if "policy" in s else ""
+        # a policy rule's or taint's hold says which (supervisor/policy.py); a pin's, that
+        # the tool is no longer the one pinned (a rug pull is approved by mistake else)
+        why = (f" by policy: {s['policy']}" if "policy" in s else
+               f": definition changed ({', '.join(pin_changes(s['pin']))} differ)"
+               if isinstance(s.get("pin"), dict) else "")
         return (f"approval of {s['tool']} "
                 f"{msgspec.json.encode(s.get('arguments', {})).decode()}{why}")
     cost = s.get("cost")
     most = f"at most ${cost:.4f}" if isinstance(cost, (int, float)) else "no bound on its cost"
     return f"approval of a call to model {s.get('model')} ({most})"
+
+
+def pin_changes(pin: dict[str, Any]) -> list[str]:
+    """The keys of a drifted tool's definition that differ from its pinned one (an ask's
+    `subject.pin`: mcp/pins.py's Drift.subject)."""
+    was, now = pin.get("was") or {}, pin.get("now") or {}
+    return [k for k in sorted({*was, *now}) if was.get(k) != now.get(k)] or ["nothing"]
 
 
 class AskRequest(AskOrigin):

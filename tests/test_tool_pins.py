@@ -87,6 +87,17 @@ def test_a_changed_definition_is_blocked_until_a_person_approves_it(daemon: Daem
     assert shown["pin"]["now"]["description"] == PULLED
     assert f'-  "description": "{TRUSTED}",' in shown["pin"]["diff"]
     assert f'+  "description": "{PULLED}",' in shown["pin"]["diff"]
+    # and the CLI says so, with the difference, not only --json
+    listed = d.cli("approvals").stdout.splitlines()
+    assert listed[1].endswith(' approval of drift__fetch {"url":"b"}: definition changed '
+                              "(description differ)"), listed
+    shown_cli = d.cli("approvals", "show", ask["id"]).stdout.splitlines()
+    assert shown_cli[:2] == [
+        f'ask {ask["id"]}: approval of task {task_id} (reader): approval of drift__fetch '
+        '{"url":"b"}: definition changed (description differ)', "--- pinned"]
+    assert f'-  "description": "{TRUSTED}",' in shown_cli
+    assert f'+  "description": "{PULLED}",' in shown_cli
+    assert shown_cli[-1].startswith("pending")
     # meanwhile it is still pinned as it was, its change waiting; listings hide it (its
     # new description may be the attack), and a call that is no agent's is refused
     [pin] = d.json("tools", "pins")

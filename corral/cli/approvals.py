@@ -33,6 +33,12 @@ def approvals(obj: Ctx, as_json: bool) -> None:
 def _shown(ask: Ask) -> None:
     click.echo(one_line(f"ask {ask.id}: {ask.kind} of task {ask.task_id} ({ask.agent}): "
                         f"{what_it_asks(ask)}"))
+    pin = ask.subject.get("pin")
+    if isinstance(pin, dict) and isinstance(pin.get("diff"), str):
+        # what changed, line by line, as the person is to judge it (the server's words
+        # made visible, never acting on the terminal)
+        for line in pin["diff"].splitlines():
+            click.echo(one_line(line))
     if ask.end is None:
         click.echo("pending" + (f" until {stamp(ask.deadline)}" if ask.deadline else ""))
         return
