@@ -26,7 +26,7 @@ def stopped_by_hand(d: Daemon, label: str, since: float, until: float) -> str:
     """The replica `label` is down, held by a stop by hand from this test's CLI made
     between `since` and `until`; returns who stopped it."""
     st = replicas(d)[label]
-    assert st["state"] in ("initial", "terminated"), st
+    assert st["state"] == "terminated", st
     assert st["pid"] is None, st
     who, when = st["stopped_by"], st["stopped_at"]
     assert isinstance(who, str) and who.startswith(f"uid {os.getuid()} pid "), st
@@ -61,10 +61,16 @@ def test_a_stop_by_hand_is_kept_across_a_restart_and_a_sigkill_until_a_start(
             d.start()
             now = replicas(d)
             for label in ("web#0", "web#1", "db#1"):
-                assert (now[label]["state"], now[label]["pid"]) == ("initial", None), now
+                # held down, it reads as stopped, with why: not as never started
+                assert (now[label]["state"], now[label]["pid"], now[label]["reason"]) == (
+                    "terminated", None, "stopped by hand"), now
                 assert (now[label]["stopped_by"], now[label]["stopped_at"]) == (
                     shown[label]["stopped_by"], shown[label]["stopped_at"]), now
             assert now["db#0"]["state"] == "ready", now
+            line = next(x for x in d.cli("status").stdout.splitlines()
+                        if x.startswith("web#0 "))
+            assert line.split()[1] == "terminated" and \
+                f"stopped by {marks['web#0']} at " in line, line
         # an upgrade in place: the running process is kept, the stopped ones stay so
         running = replicas(d)["db#0"]["pid"]
         r = d.cli("upgrade")
@@ -72,7 +78,7 @@ def test_a_stop_by_hand_is_kept_across_a_restart_and_a_sigkill_until_a_start(
         now = replicas(d)
         assert (now["db#0"]["state"], now["db#0"]["pid"]) == ("ready", running), now
         for label in ("web#0", "web#1", "db#1"):
-            assert (now[label]["state"], now[label]["pid"]) == ("initial", None), now
+            assert (now[label]["state"], now[label]["pid"]) == ("terminated", None), now
             assert (now[label]["stopped_by"], now[label]["stopped_at"]) == (
                 shown[label]["stopped_by"], shown[label]["stopped_at"]), now
 
@@ -112,7 +118,7 @@ def test_a_stop_while_the_database_cannot_be_written_is_done_and_kept_once_it_ca
         assert d.stop(signal.SIGKILL) == -signal.SIGKILL
         d.start()
         assert stopped_by_hand(d, "w#0", before, after) == who
-        assert d.status()["w#0"]["state"] == "initial"
+        assert d.status()["w#0"]["state"] == "terminated"
         assert d.stop() == 0
     finally:
         d.close()

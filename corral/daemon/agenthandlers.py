@@ -19,7 +19,7 @@ from ..supervisor.agents import Agents
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import check_command, cluster_problem, parse_agents
 from ..supervisor.elastic import Elastic
-from ..supervisor.lifecycle import RESTARTED
+from ..supervisor.lifecycle import RESTARTED, STOPPED_BY_HAND, State
 from ..supervisor.quotas import Tenancy
 from ..supervisor.startstop import start_each, stop_all
 from ..supervisor.tasks import TaskManager
@@ -139,6 +139,10 @@ def _status(d: AgentServices, r: Replica, draining: bool) -> ReplicaStatus:
     st = r.status()
     mark = d.fleet.stop_mark(r.name, r.index) if r.stopped_by_hand else None
     if mark is not None:
+        if st.state == State.INITIAL:  # held down from a daemon's start: not started,
+            # because it was stopped, and reads as it did when stopped
+            st = msgspec.structs.replace(st, state=State.TERMINATED.value,
+                                         reason=STOPPED_BY_HAND)
         return msgspec.structs.replace(st, stopped_by=mark.who, stopped_at=mark.time)
     return msgspec.structs.replace(st, draining=True) if draining else st
 

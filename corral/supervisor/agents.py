@@ -27,7 +27,7 @@ from .configload import elastic_problem, protocol_problem
 from .elastic import Elastic, scale_refusal
 from .errors import NoSuchAgent, SupervisorError
 from .health import HealthBoard
-from .lifecycle import RESTARTED, State
+from .lifecycle import RESTARTED, STOPPED_BY_HAND, State
 from .names import name_problem, shown
 from .pausing import selected, to_pause, to_resume
 from .process_replica import ReplicaStatus, ResumeFailed
@@ -104,7 +104,7 @@ class Agents(Mapping[str, Agent]):
         agent = Agent(self, spec)
         for r in agent.replicas:
             if r.index in held:
-                r.begin_stop("stopped by hand", graceful=True)
+                r.begin_stop(STOPPED_BY_HAND, graceful=True)
         self._agents[spec.name] = agent
         self.elastic.track(agent)
         self.stream.emit(Roster(spec.name))

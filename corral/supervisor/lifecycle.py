@@ -69,6 +69,8 @@ UNSETTLED = TRANSIENT | {S.BACKOFF}
 # the reason a replica stopped by a restart someone asked for gives: its `last exit`
 # then reads as what happened, not as a fault
 RESTARTED = "restarted on request"
+# a replica held down by an operator's stop (before a daemon's restart too)
+STOPPED_BY_HAND = "stopped by hand"
 
 # corral decided the process must go
 TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNREAD, C.UNHEALTHY, C.ERROR})
