@@ -68,9 +68,12 @@ def what_it_asks(ask: Ask) -> str:
     if "tool" in s:
         # a policy rule's or taint's hold says which (supervisor/policy.py); a pin's, that
         # the tool is no longer the one pinned (a rug pull is approved by mistake else)
+        pin = s.get("pin")
         why = (f" by policy: {s['policy']}" if "policy" in s else
-               f": definition changed ({', '.join(pin_changes(s['pin']))} differ)"
-               if isinstance(s.get("pin"), dict) else "")
+               "" if not isinstance(pin, dict) else
+               f": a new tool whose name looks like pinned {pin['shadows']} (it may shadow "
+               "it)" if pin.get("shadows") else
+               f": definition changed ({', '.join(pin_changes(pin))} differ)")
         return (f"approval of {s['tool']} "
                 f"{msgspec.json.encode(s.get('arguments', {})).decode()}{why}")
     cost = s.get("cost")
