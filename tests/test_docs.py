@@ -13,6 +13,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from corral.supervisor.config import (
+    A2aAgentSpec,
     AgentSpec,
     Autoscale,
     Config,
@@ -46,13 +47,14 @@ SECTIONS: dict[str, Any] = {
     "[teams.NAME.rules]": Rule,
     "[schedules.NAME]": ScheduleSpec,
     "[models.NAME]": ModelSpec,
+    "[a2a_agents.NAME]": A2aAgentSpec,
     "[[policy]]": PolicyRule,
     "[[policy]].match": PolicyMatch,
     "[[policy]].when": PolicyTest,
 }
 for _f in mi.type_info(Config).fields:  # a new top-level table needs a section too
     if _f.name not in ("supervisor", "agents", "mcp_servers", "tenants", "workflows",
-                       "teams", "schedules", "models", "policy"):
+                       "teams", "schedules", "models", "policy", "a2a_agents"):
         # an optional table ([cluster]: absent means off) is its Struct or None
         _t = _f.type
         SECTIONS[f"[{_f.name}]"] = next(x.cls for x in _t.types if isinstance(

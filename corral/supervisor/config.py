@@ -745,6 +745,21 @@ class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keep_spans: NonNegInt = 200_000
 
 
+class A2aAgentSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[a2a_agents.NAME]: a remote A2A agent, the gateway's tool `a2a__NAME` (docs/a2a.md):
+    the operator's (default tenant's), served by one supervised server, `a2a`."""
+
+    url: str  # where its card is: URL/.well-known/agent-card.json
+    token_file: str | None = None  # its bearer token, read at each call (relative: config's)
+    description: str = ""  # the tool's; default: its card's
+    timeout: Positive = 300.0  # seconds a call waits for the remote task to settle
+    untrusted: bool = True  # its output is text from outside: it taints what reads it
+
+    def check(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"url: expected an http:// or https:// URL, got {self.url!r}")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     agents: dict[str, AgentSpec] = {}
@@ -762,6 +777,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     schedules: dict[str, ScheduleSpec] = {}
     models: dict[str, ModelSpec] = {}
     policy: list[PolicyRule] = []  # the operator's rules of every call
+    a2a_agents: dict[str, A2aAgentSpec] = {}  # remote A2A agents, the tools a2a__NAME
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:

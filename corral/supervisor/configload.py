@@ -22,10 +22,12 @@ import msgspec.inspect
 
 from ..othernames import hint
 from ..text import did_you_mean
+from .a2aagents import A2A_SERVER, a2a_server
 from .config import (
     DEFAULT_TENANT,
     MODEL_NAME,
     A2aSettings,
+    A2aAgentSpec,
     AgentSpec,
     ApprovalsSettings,
     ClusterSettings,
@@ -54,7 +56,7 @@ from .workflows import WorkflowError, WorkflowSpec, compile_workflow
 
 _S = TypeVar("_S", bound=msgspec.Struct)
 _T = TypeVar("_T")
-_C = TypeVar("_C", TenantSpec, ModelSpec, PolicyRule, McpServerSpec)
+_C = TypeVar("_C", TenantSpec, ModelSpec, PolicyRule, McpServerSpec, A2aAgentSpec)
 
 
 def parse_tenants(data: dict[str, Any], where: str,
@@ -476,6 +478,13 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
     models = parse_models(data, where, problems)
     policy = parse_policy(data, where, problems)
+    a2a_agents = _each(data, "a2a_agents", where, problems, functools.partial(_a2a_agent, where))
+    if a2a_agents:
+        if A2A_SERVER in servers:
+            problems.append(f"{where}: mcp_servers.{A2A_SERVER}: the name is [a2a_agents]' "
+                            f"server (their tools are {A2A_SERVER}__NAME): give it another")
+        else:
+            servers[A2A_SERVER] = a2a_server(a2a_agents, base)
     _resolve_paths(base, agents, servers, tenants, packages)
     if problems and commands:
         problems += command_problems(agents, servers, origin, where)
@@ -484,7 +493,7 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway, http=http,
                  a2a=a2a, packages=packages, cluster=cluster, tenants=tenants, tracing=tracing,
                  approvals=approvals, workflows=workflows, teams=teams, schedules=schedules,
-                 models=models, policy=policy)
+                 models=models, policy=policy, a2a_agents=a2a_agents)
     check_tenants_named(cfg, where)
     return cfg
 
@@ -738,6 +747,11 @@ def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
                          else None)
         out[name] = _server(name, table, str(path), key)
     return out
+
+
+def _a2a_agent(where: str, name: str, table: Any) -> A2aAgentSpec:
+    validate_name("a2a_agents", name, where)
+    return _checked_as(table, A2aAgentSpec, where, f"a2a_agents.{name}")
 
 
 def _server(name: str, table: dict[str, Any], where: str, key: str) -> McpServerSpec:
