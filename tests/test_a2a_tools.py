@@ -4,7 +4,7 @@ of it is a tool call of the pool: judged, journaled and replayed as every one is
 
 Real processes: the daemon, an SDK worker calling through the worker link
 (tests/a2a_calling_agent.py), and a remote agent on the official `a2a-sdk`'s server
-(tests/a2a_remote_agent.py), which writes down every message it receives; the test lets
+(tests/servers/a2a_remote_agent.py), which writes down every message it receives; the test lets
 a held one go with the official `a2a-sdk` client."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Remote:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "remote-log"
         self.log.touch()
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "a2a_remote_agent.py"),
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "servers" / "a2a_remote_agent.py"),
                                       str(self.port), str(self.log), TOKEN])
         _until(self._up, "the remote agent to listen")
 

@@ -26,8 +26,8 @@ from .a2aagents import A2A_SERVER, a2a_server
 from .config import (
     DEFAULT_TENANT,
     MODEL_NAME,
-    A2aSettings,
     A2aAgentSpec,
+    A2aSettings,
     AgentSpec,
     ApprovalsSettings,
     ClusterSettings,
