@@ -15,15 +15,22 @@ import asyncio
 import json
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from corral.daemon.caller import Caller
+from corral.taskoptions import TaskOptions
+
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, in_process, shared_tmpdir
+from .servers.model_upstream import StandIn
 from .test_boundary_calls import asks_of, finished, raw_call, replica_env, session, text
 from .test_gateway_stdio import wait_until_async
+from .test_model_gateway import fleet, provider_key, upstream  # noqa: F401 (fixtures)
 from .test_policy import HERE, made, wait_for
+from .test_questions import asks_made
 
 AGENT = f"""
     command = ["{PY}", "{EXAMPLES}/misbehave.py"]
@@ -194,3 +201,35 @@ def test_a_sessions_next_turn_carries_its_label_across_a_restart(daemon: Daemon)
     assert output(d, turn) == [SENT]
     assert output(d, submit(d, "reader", sequence(SEND), session="s2")) == [SENT]
     assert asks_of(d, "reader") == []
+
+
+async def test_a_sessions_next_turn_asks_before_its_first_sensitive_model_call(
+        tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811 - the fixture
+    """A turn reads an untrusted tool's output and ends; the session's next turn's first
+    call is of a sensitive model, through the model gateway: it waits for a person, the
+    turn's labels read from its home before the call is judged."""
+    toml = fleet(tmp_path, upstream.url, agent_extra='tools = ["counting__*"]',
+                 claude_extra="sensitive = true") + textwrap.dedent(f"""
+            [mcp_servers.counting]
+            command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp_path}/server-count"]
+            tools_untrusted = ["bump"]
+        """)
+    async with in_process(tmp_path, toml) as d:
+        made = asks_made(d)
+
+        async def turn(task_input: dict[str, Any]) -> Any:
+            res = await d.sup.tasks.run("writer", task_input,
+                                        TaskOptions(timeout=60, session="s1"))
+            assert res.status == "succeeded", res
+            return res.output["answers"]
+
+        assert await turn({"api": "chat", "model": "gpt-small", "calls": 1, "tools": 1}
+                          ) == ["echo: call 1", "bumped 1"]
+        assert made.empty()
+        running = asyncio.ensure_future(turn({"api": "messages", "model": "claude-small",
+                                              "calls": 1}))
+        ask = await asyncio.wait_for(made.get(), 30)
+        assert ask.subject["why"] == "taint (after untrusted counting__bump)", ask.subject
+        await d.dispatcher.call(Caller(via="socket"), "approvals.resolve",
+                                {"id": ask.id, "decision": "approved"})
+        assert await running == ["echo: call 1"]
