@@ -23,6 +23,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str, tuple[str, ...]]] = [
         ("GET", r"tasks/([^/:]+)", "GetTask", ("id",)),
         ("POST", r"tasks/([^/:]+):cancel", "CancelTask", ("id",)),
         ("POST", r"tasks/([^/:]+):subscribe", "SubscribeToTask", ("id",)),
+        # (a2a.proto's binding is a GET; the TCK's client POSTs: both are served)
+        ("GET", r"tasks/([^/:]+):subscribe", "SubscribeToTask", ("id",)),
         ("POST", r"tasks/([^/:]+)/pushNotificationConfigs",
          "CreateTaskPushNotificationConfig", ("taskId",)),
         ("GET", r"tasks/([^/:]+)/pushNotificationConfigs",
