@@ -478,13 +478,7 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
     models = parse_models(data, where, problems)
     policy = parse_policy(data, where, problems)
-    a2a_agents = _each(data, "a2a_agents", where, problems, functools.partial(_a2a_agent, where))
-    if a2a_agents:
-        if A2A_SERVER in servers:
-            problems.append(f"{where}: mcp_servers.{A2A_SERVER}: the name is [a2a_agents]' "
-                            f"server (their tools are {A2A_SERVER}__NAME): give it another")
-        else:
-            servers[A2A_SERVER] = a2a_server(a2a_agents, base)
+    a2a_agents = parse_a2a_agents(data, where, servers, base, problems)
     _resolve_paths(base, agents, servers, tenants, packages)
     if problems and commands:
         problems += command_problems(agents, servers, origin, where)
@@ -747,6 +741,18 @@ def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
                          else None)
         out[name] = _server(name, table, str(path), key)
     return out
+
+
+def parse_a2a_agents(data: dict[str, Any], where: str, servers: dict[str, McpServerSpec],
+                     base: Path, problems: list[str]) -> dict[str, A2aAgentSpec]:
+    """The `[a2a_agents.NAME]` tables, and their server put among `servers`."""
+    agents = _each(data, "a2a_agents", where, problems, functools.partial(_a2a_agent, where))
+    if agents and A2A_SERVER in servers:
+        problems.append(f"{where}: mcp_servers.{A2A_SERVER}: the name is [a2a_agents]' "
+                        f"server (their tools are {A2A_SERVER}__NAME): give it another")
+    elif agents:
+        servers[A2A_SERVER] = a2a_server(agents, base)
+    return agents
 
 
 def _a2a_agent(where: str, name: str, table: Any) -> A2aAgentSpec:
