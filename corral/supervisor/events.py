@@ -97,7 +97,11 @@ def seen_by(of: Of, viewer: Viewer) -> bool:
         return True
     if isinstance(of, Within):
         return of.glob == viewer.agents
-    return viewer.sees(of) if isinstance(of, str) else all(viewer.sees(a) for a in of)
+    if isinstance(of, str):
+        return viewer.sees(of)
+    # a run of no agent (its steps wait for signals) is the operator's alone, as its
+    # listing has it (Caller.owns): all() of none let every glob see it (issue 88)
+    return bool(of) and all(viewer.sees(a) for a in of)
 
 
 @runtime_checkable
