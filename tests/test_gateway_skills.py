@@ -156,6 +156,9 @@ def test_a_skill_changed_under_its_digest_is_refused_and_logged(gateway: Gateway
     # its other file is unchanged: still served against its own digest
     assert "result" in rpc(g, "acme", "resources/read",
                            {"uri": "skill://sk/weather-report/templates/report.md"})
+    # in corral.log too (`corral logs`), as the daemon's other warnings (operations.md)
+    logged = g.daemon.cli("logs", "corral", "-n", "200").stdout
+    assert logged.count(f"WARNING corral.gateway: gateway: {refusal}\n") == 3, logged
     assert g.daemon.stop() == 0
     said = g.daemon.said()
     # once for the list, once for each request

@@ -9,10 +9,13 @@ that cannot be written stops nothing (docs/operations.md, "Logs").
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
+import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -360,12 +363,14 @@ class LogHub:
     def place_by(self, locate: Callable[[str], LogPlace | None]) -> None:
         self.locate = locate
 
-    def daemon(self, text: str, stream: str = "event", priority: int = 6) -> None:
-        """A line of the daemon's own (syslog `priority`): into corral.log and to `echo`."""
+    def daemon(self, text: str, stream: str = "event", priority: int = 6,
+               echoed: bool = True) -> None:
+        """A line of the daemon's own (syslog `priority`): into corral.log and, `echoed`,
+        to `echo`."""
         text = one_line(text)
         self.emit(DAEMON_SOURCE, 0, os.getpid(), stream,
                   LineBlock(text.encode("utf-8", "replace"), 1))  # (one_line's already)
-        if self.echo is not None:
+        if self.echo is not None and echoed:
             self.echo(text, 5 if stream == "audit" and priority == 6 else priority)
 
     def tail(self, names: Iterable[str] | None, n: int, since: float | None) -> list[LogLine]:
@@ -405,3 +410,38 @@ class LogHub:
         for f in self.files.values():
             f.close()
         self.files.clear()
+
+
+class LoggedWarnings(logging.Handler):
+    """The daemon's parts' own warnings (Python's logging, `corral.*`, WARNING and up) into
+    corral.log too (`corral logs corral`), not on stderr alone: stderr has them already
+    (the root logger's handler), so they are not echoed again. A record of another
+    thread is written on the event loop's."""
+
+    def __init__(self, hub: LogHub) -> None:
+        """Made on the event loop's thread."""
+        super().__init__(logging.WARNING)
+        self.hub, self.loop = hub, asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.writing = False  # a warning of the write itself is not written again
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.levelname} {record.name}: {record.getMessage()}"
+        except Exception:  # (a record whose arguments do not format: logging's own rule)
+            self.handleError(record)
+            return
+        priority = 3 if record.levelno >= logging.ERROR else 4
+        if threading.get_ident() == self.loop_thread:
+            self._write(text, priority)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._write, text, priority)
+
+    def _write(self, text: str, priority: int) -> None:
+        if self.writing:
+            return
+        self.writing = True
+        try:
+            self.hub.daemon(text, priority=priority, echoed=False)
+        finally:
+            self.writing = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import signal
 import time
@@ -58,7 +59,7 @@ from .incarnation import ProcessRecords, reclaim
 from .journald import JournalSender, StderrEcho
 from .labeljournal import LabelsDB
 from .logfiles import Rotation
-from .logs import LogDirError, LogHub
+from .logs import LogDirError, LoggedWarnings, LogHub
 from .outputjournal import OutputsDB
 from .packages.service import Packages
 from .revisions import RevisionLog, describe_change, kept_of, tenant_of
@@ -156,8 +157,13 @@ def log_hub(conf: Conf) -> Iterator[LogHub]:
                                        sc.log_compress),
                      tail_lines=sc.log_tail_lines, tail_bytes=sc.log_tail_bytes,
                      raw=sc.log_format == "raw", echo=StderrEcho(sc.log_level))
-    with contextlib.closing(hub):
-        yield hub
+    warnings, parts = LoggedWarnings(hub), logging.getLogger("corral")
+    parts.addHandler(warnings)
+    try:
+        with contextlib.closing(hub):
+            yield hub
+    finally:
+        parts.removeHandler(warnings)
 
 
 @contextlib.contextmanager
