@@ -78,24 +78,32 @@ for _declared, _done in ((m.McpStart, "started"), (m.McpStop, "stopped"),
 
 
 @command(m.McpAdd, more="\n\nCOMMAND is the server's, after `--` (`corral mcp add docs -- "
-                     "npx -y @acme/docs-mcp`); prints what the reload changed.",
+                     "npx -y @acme/docs-mcp`); with --registry ID, the registry's server "
+                     "of that name at its latest version, pinned (`corral mcp add "
+                     "--registry io.github.acme/docs`; NAME: the last part of ID). Prints "
+                     "what the reload changed.",
          context_settings={"ignore_unknown_options": True})
-@click.argument("name")
-@click.argument("server_command", metavar="-- COMMAND...", nargs=-1, required=True,
-                type=click.UNPROCESSED)
+@click.argument("name", required=False, default="")
+@click.argument("server_command", metavar="-- COMMAND...", nargs=-1, type=click.UNPROCESSED)
 @click.option("--env", "env", metavar="KEY=VALUE", multiple=True,
               help="An environment variable of the server (repeat).")
+@click.option("--registry", metavar="ID", default=None,
+              help="A server of the MCP registry [supervisor] mcp_registry names "
+                   "(io.github.OWNER/NAME), its package pinned at its latest version.")
 @json_option
 def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str, ...],
-            as_json: bool) -> None:
+            registry: str | None, as_json: bool) -> None:
     pairs = [e.partition("=") for e in env]
     bad = [e for e, (_, eq, _) in zip(env, pairs, strict=True) if not eq]
     if bad:
         raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--env")
+    if registry is None and not (name and server_command):
+        raise click.UsageError("give NAME -- COMMAND..., or --registry ID")
     from .daemon import print_reload
 
     print_reload(obj.call_json(m.McpAdd(name=name, command=list(server_command),
-                                        env={k: v for k, _, v in pairs}), as_json))
+                                        env={k: v for k, _, v in pairs},
+                                        registry=registry), as_json))
 
 
 @command(m.McpRemove, more="\n\nPrints what the reload changed.")

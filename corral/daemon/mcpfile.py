@@ -18,12 +18,15 @@ from ..jsonrpc import RpcError
 from ..supervisor.config import Config, ConfigError
 from ..supervisor.configload import load_config
 from ..supervisor.names import name_problem
+from .mcpregistry import resolve
 
 Reload = Callable[[], Awaitable[m.ReloadResult]]
 
 
 async def add(config_path: Path, p: m.McpAdd, reload: Reload) -> m.ReloadResult:
     cfg, path = _named_file(config_path, "add")
+    if p.registry is not None:
+        p = await _from_registry(cfg, config_path, p)
     problem = name_problem(p.name, server=True)
     if problem:
         raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp add: MCP server {p.name}: {problem}")
@@ -53,6 +56,20 @@ async def remove(config_path: Path, p: m.McpRemove, reload: Reload) -> m.ReloadR
         raise RpcError(jsonrpc.NOT_FOUND, f"mcp remove: no MCP server {p.name} in {path}")
     del entries[p.name]
     return await _written(path, before, doc, reload, "remove")
+
+
+async def _from_registry(cfg: Config, config_path: Path, p: m.McpAdd) -> m.McpAdd:
+    """The server `p.registry` names, as its pinned package's command (mcpregistry.py)."""
+    registry, ident = cfg.supervisor.mcp_registry, p.registry or ""
+    if not registry:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp add --registry {p.registry}: "
+                                               f"{config_path} names no [supervisor] "
+                                               "mcp_registry, the registry's URL")
+    if p.command:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp add --registry {p.registry}: the "
+                                               "registry gives the command: give none")
+    found = await resolve(registry, ident, p.env)
+    return m.McpAdd(name=p.name or found.name, command=found.command, env=found.env)
 
 
 def _named_file(config_path: Path, verb: str) -> tuple[Config, Path]:

@@ -122,15 +122,19 @@ class PromptsGet(Params):
 
 @method("mcp.add", result=ReloadResult, scope="admin", mutating=True, seen=None,
         cli="mcp add")
-class McpAdd(Params):
+class McpAdd(Params, omit_defaults=True):
     """Add a stdio MCP server to the file [supervisor] mcp_servers_file names (its
     {"mcpServers": ...}) and reload: it is served without a restart, and kept, as the
     file's, by the next reload or start. Refused where no such file is named, or the name
-    is taken; a reload that fails leaves the file as it was."""
+    is taken; a reload that fails leaves the file as it was. With `registry` (a server's
+    name in the MCP registry [supervisor] mcp_registry names) its command is its package
+    at the version the registry lists as latest, pinned; `name` defaults to the last
+    part of it."""
 
-    name: str
-    command: list[str]
+    name: str = ""
+    command: list[str] = []
     env: dict[str, str] = {}
+    registry: str | None = None
 
 
 @method("mcp.remove", result=ReloadResult, scope="admin", mutating=True, seen=None,

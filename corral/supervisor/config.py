@@ -400,6 +400,7 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     drain_timeout: NonNeg = 30.0  # running tasks' time to finish at a stop; 0: none
     include: list[str] = []
     mcp_servers_file: str | None = None
+    mcp_registry: str | None = None  # an MCP registry's URL, for `corral mcp add --registry`
     log_format: Literal["tagged", "raw"] = "tagged"
     log_max_bytes: PositiveInt = 10 * 1024 * 1024
     log_backups: NonNegInt = 5
