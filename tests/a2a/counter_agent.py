@@ -2,13 +2,14 @@
 place, `attempt A chunk N`, one every PACE seconds, COUNT of them, then it answers."""
 
 import asyncio
+from typing import Any
 
-from corral.worker import run
+from corral.worker import Context, run
 
 PACE, COUNT = 0.1, 30
 
 
-async def handle(message, ctx):
+async def handle(message: Any, ctx: Context) -> dict[str, int]:
     for n in range(COUNT):
         ctx.emit(f"attempt {ctx.attempt} chunk {n}")
         await asyncio.sleep(PACE)

@@ -26,25 +26,27 @@ def tck_agent(name: str = "tck", extra: str = "") -> str:
     """) + textwrap.dedent(extra)
 
 
-def a2a_config(port: int, anonymous: str = '["tck"]', extra: str = "") -> str:
+def a2a_config(port: int, anonymous: str = '["tck"]', extra: str = "",
+               push_private: bool = True) -> str:
     return textwrap.dedent(f"""
         [http]
         listen = "127.0.0.1:{port}"
         rate_per_minute = 0
         [a2a]
         anonymous = {anonymous}
-        push_private = true
+        push_private = {str(push_private).lower()}
     """) + textwrap.dedent(extra)
 
 
 @contextmanager
 def a2a_daemon(tmp: Path, agents: str | None = None, anonymous: str = '["tck"]',
-               extra: str = "") -> Iterator[tuple[Daemon, str]]:
+               extra: str = "", push_private: bool = True
+               ) -> Iterator[tuple[Daemon, str]]:
     """The daemon and its base URL (http://127.0.0.1:PORT), its agent serving."""
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     d = Daemon(tmp, tck_agent() if agents is None else agents,
-               extra=a2a_config(port, anonymous, extra))
+               extra=a2a_config(port, anonymous, extra, push_private))
     d.start()  # READY: the HTTP server listens and the agent serves
     try:
         yield d, f"http://127.0.0.1:{port}"

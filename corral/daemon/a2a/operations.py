@@ -37,17 +37,24 @@ class Operations:
 
     async def send(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
         req = w.decode(params, w.SendRequest)
+        await self.checked(req)
         info = await self.door.send(caller, agent, req)
-        self.configure(caller, info.task_id, req)
+        await self.configure(caller, info.task_id, req)
         reply = mp.reply_of(info)
         if reply is not None:
             return {"message": reply}
         return {"task": mp.task_of(info, _history(req))}
 
-    def configure(self, caller: Caller, task_id: str, req: w.SendRequest) -> None:
+    async def checked(self, req: w.SendRequest) -> None:
+        """A message's push config refused before its task is submitted."""
         config = req.configuration
         if config is not UNSET and config.task_push_notification_config is not UNSET:
-            self.push.add(task_id, config.task_push_notification_config)
+            await self.push.check(config.task_push_notification_config)
+
+    async def configure(self, caller: Caller, task_id: str, req: w.SendRequest) -> None:
+        config = req.configuration
+        if config is not UNSET and config.task_push_notification_config is not UNSET:
+            await self.push.add(task_id, config.task_push_notification_config)
             self.watch(caller, task_id)
 
     async def get(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
@@ -76,7 +83,7 @@ class Operations:
         if config.task_id is UNSET:
             raise w.A2aError(w.INVALID_PARAMS, "invalid params: taskId is missing")
         info = await self.door.task(caller, agent, config.task_id)
-        made = self.push.add(info.task_id, config)
+        made = await self.push.add(info.task_id, config)
         if mp.state_of(info) not in mp.TERMINAL:
             self.watch(caller, info.task_id)
         return w.to_json(made)
@@ -116,8 +123,9 @@ class Operations:
         if name == "SendStreamingMessage":
             req = w.decode(params, w.SendRequest)
             req = _immediate(req)
+            await self.checked(req)
             info = await self.door.send(caller, agent, req)
-            self.configure(caller, info.task_id, req)
+            await self.configure(caller, info.task_id, req)
             first = mp.submitted(info, _history(req)) if req.message.task_id is UNSET \
                 else mp.task_of(info, _history(req))
             return self._told(first, self.door.events(caller, info, until_input=True))

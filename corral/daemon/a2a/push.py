@@ -30,27 +30,52 @@ MAX_CONFIGS = 16  # per task
 TOKEN_HEADER = "X-A2A-Notification-Token"
 
 
-def _private(host: str) -> bool:
+def _global(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%")[0]).is_global
+
+
+async def _private(host: str) -> bool:
+    """Whether `host` is, or resolves to, an address that is not public (unresolved:
+    refused as one)."""
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        return not _global(host)
+    except ValueError:
+        pass  # a name
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, None, proto=socket.IPPROTO_TCP)
     except OSError:
-        return True  # not resolved: refused, as a private one
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not ip.is_global:
-            return True
-    return False
+        return True
+    return not infos or any(not _global(str(info[4][0])) for info in infos)
 
 
-def check_url(url: str, private: bool) -> None:
+async def check_url(url: str, private: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise w.A2aError(w.INVALID_PARAMS, f"invalid params: push url {url!r} is not an "
                          "http:// or https:// URL")
-    if not private and _private(parts.hostname):
+    if not private and await _private(parts.hostname):
         raise w.A2aError(w.INVALID_PARAMS, f"invalid params: push url {url!r} names a "
                          "private, loopback or unresolved address (the operator allows "
                          "these with [a2a] push_private = true)")
+
+
+def public_resolver() -> Any:
+    """aiohttp's resolver, answering a name's public addresses alone: a name that
+    resolved to a public address when its config was made and to a private one at
+    delivery (DNS rebinding) is not connected to."""
+    from aiohttp.resolver import ThreadedResolver
+
+    class Public(ThreadedResolver):
+        async def resolve(self, host: str, port: int = 0,
+                          family: socket.AddressFamily = socket.AF_INET) -> Any:
+            found = [r for r in await super().resolve(host, port, family)
+                     if _global(r["host"])]
+            if not found:
+                raise OSError(f"{host} resolves to no public address")
+            return found
+
+    return Public()
 
 
 class PushConfigs:
@@ -65,8 +90,11 @@ class PushConfigs:
         self._http: aiohttp.ClientSession | None = None
         self._work: set[asyncio.Task[None]] = set()
 
-    def add(self, task_id: str, config: w.PushConfig) -> w.PushConfig:
-        check_url(config.url, self.private)
+    async def check(self, config: w.PushConfig) -> None:
+        await check_url(config.url, self.private)
+
+    async def add(self, task_id: str, config: w.PushConfig) -> w.PushConfig:
+        await self.check(config)
         kept = self.configs.setdefault(task_id, {})
         cid = config.id if config.id is not UNSET and config.id else uuid.uuid4().hex
         if cid not in kept and len(kept) >= MAX_CONFIGS:
@@ -105,7 +133,10 @@ class PushConfigs:
         import aiohttp
 
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT))
+            connector = None if self.private else aiohttp.TCPConnector(
+                resolver=public_resolver())
+            self._http = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT))
         headers = {"Content-Type": "application/json"}
         if isinstance(config.token, str):
             headers[TOKEN_HEADER] = config.token

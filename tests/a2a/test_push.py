@@ -1,0 +1,132 @@
+"""Push notifications of the A2A door: a config made for a task waiting for input, and
+the task's next status changes POSTed to a real receiver with the config's token; a URL
+naming a loopback or private address refused unless the operator allows them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from ..daemon_harness import free_port
+from .harness import a2a_daemon
+
+TOKEN_HEADER = "X-A2A-Notification-Token"
+
+
+@asynccontextmanager
+async def receiver() -> AsyncIterator[tuple[str, asyncio.Queue[tuple[dict[str, str], Any]]]]:
+    """A webhook receiver on a loopback port: each POST's headers and JSON body queued."""
+    got: asyncio.Queue[tuple[dict[str, str], Any]] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        got.put_nowait((dict(request.headers), await request.json()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([web.post("/hook", hook)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}/hook", got
+    finally:
+        await runner.cleanup()
+
+
+async def rpc(http: httpx.AsyncClient, url: str, method: str, params: dict[str, Any]
+              ) -> dict[str, Any]:
+    r = await http.post(f"{url}/a2a/tck", json={"jsonrpc": "2.0", "id": 1,
+                                                 "method": method, "params": params})
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def message(prefix: str, task_id: str | None = None) -> dict[str, Any]:
+    sent: dict[str, Any] = {"messageId": f"{prefix}-{id(object())}", "role": "ROLE_USER",
+                            "parts": [{"text": "hi"}]}
+    if task_id is not None:
+        sent["taskId"] = task_id
+    return {"message": sent}
+
+
+@pytest.mark.timeout(120)
+async def test_a_tasks_status_changes_are_posted_with_the_configs_token(
+        tmp_path: Path) -> None:
+    with a2a_daemon(tmp_path) as (_, url):
+        async with receiver() as (hook, got), httpx.AsyncClient(timeout=30) as http:
+            asked = await rpc(http, url, "SendMessage", message("tck-input-required"))
+            task_id = asked["result"]["task"]["id"]
+            made = await rpc(http, url, "CreateTaskPushNotificationConfig", {
+                "taskId": task_id, "id": "hook-1", "url": hook, "token": "s3cret"})
+            assert made["result"] == {"url": hook, "id": "hook-1", "taskId": task_id,
+                                      "token": "s3cret"}
+            listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
+                               {"taskId": task_id})
+            assert [c["id"] for c in listed["result"]["configs"]] == ["hook-1"]
+            done = await rpc(http, url, "SendMessage", message("tck-complete-task", task_id))
+            assert done["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+            posted = []
+            while True:  # each event of the task, its end last
+                headers, body = await asyncio.wait_for(got.get(), 30)
+                assert headers[TOKEN_HEADER] == "s3cret"
+                posted.append(body)
+                status = body.get("statusUpdate", {}).get("status", {})
+                if status.get("state") == "TASK_STATE_COMPLETED":
+                    break
+            assert all(json.dumps(b).count(task_id) >= 1 for b in posted)
+            assert posted[-1]["statusUpdate"]["status"]["message"]["parts"] == [
+                {"text": "Hello from TCK"}]
+            # deleted, twice (idempotent): none listed
+            for _ in range(2):
+                gone = await rpc(http, url, "DeleteTaskPushNotificationConfig",
+                                 {"taskId": task_id, "id": "hook-1"})
+                assert gone["result"] == {}
+            listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
+                               {"taskId": task_id})
+            assert listed["result"]["configs"] == []
+
+
+@pytest.mark.timeout(120)
+async def test_a_push_url_to_a_loopback_or_private_address_is_refused(
+        tmp_path: Path) -> None:
+    with a2a_daemon(tmp_path, push_private=False) as (_, url):
+        async with httpx.AsyncClient(timeout=30) as http:
+            asked = await rpc(http, url, "SendMessage", message("tck-input-required"))
+            task_id = asked["result"]["task"]["id"]
+            for target in ("http://127.0.0.1:9/hook", "http://10.1.2.3/hook",
+                           "http://169.254.169.254/latest/meta-data", "http://[::1]/x",
+                           "http://localhost/hook"):
+                refused = await rpc(http, url, "CreateTaskPushNotificationConfig", {
+                    "taskId": task_id, "url": target})
+                assert refused["error"]["code"] == -32602, refused
+                assert refused["error"]["message"] == (
+                    f"invalid params: push url {target!r} names a private, loopback or "
+                    "unresolved address (the operator allows these with [a2a] "
+                    "push_private = true)")
+            refused = await rpc(http, url, "CreateTaskPushNotificationConfig", {
+                "taskId": task_id, "url": "file:///etc/passwd"})
+            assert refused["error"]["message"] == ("invalid params: push url "
+                                                   "'file:///etc/passwd' is not an "
+                                                   "http:// or https:// URL")
+            # nothing was kept
+            listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
+                               {"taskId": task_id})
+            assert listed["result"]["configs"] == []
+            # a message naming such a config is refused before its task is made
+            before = await rpc(http, url, "ListTasks", {})
+            sent = message("tck-complete-task") | {"configuration": {
+                "taskPushNotificationConfig": {"url": "http://127.0.0.1:9/hook"}}}
+            refused = await rpc(http, url, "SendMessage", sent)
+            assert refused["error"]["code"] == -32602, refused
+            after = await rpc(http, url, "ListTasks", {})
+            assert after["result"]["tasks"] == before["result"]["tasks"]
