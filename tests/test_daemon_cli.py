@@ -576,7 +576,9 @@ def test_check_config(tmp: Path) -> None:
         return corral_run(["check-config", "--config", str(p)],
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
-    r = check(hello("a") + hello("b"))
+    # (the agents run as root: pytest's tmp and this interpreter are out of a dynamic
+    # uid's reach, tests/test_dynamic_users.py)
+    r = check("[supervisor]\ndynamic_uids = []\n" + hello("a") + hello("b"))
     assert (r.returncode, r.stdout) == (0, f"{tmp}/c.toml: ok (2 agents, 0 MCP servers)\n")
     r = check("[agents.a]\ncommand = ['x']\n[agents.a.limits]\nmemory = 5\n")
     assert r.returncode == 1
@@ -593,7 +595,7 @@ def test_check_config(tmp: Path) -> None:
     assert "supervisor.heartbeat_interval: Expected `float` > 0.0" in r.stderr
     (tmp / "conf.d").mkdir()
     (tmp / "conf.d" / "x.toml").write_text(hello("inc"))
-    r = check('[supervisor]\ninclude = ["conf.d/*.toml"]\n' + hello("main"))
+    r = check('[supervisor]\ndynamic_uids = []\ninclude = ["conf.d/*.toml"]\n' + hello("main"))
     assert r.stdout.endswith("ok (2 agents, 0 MCP servers)\n")
     (tmp / "conf.d" / "y.toml").write_text("[supervisor]\n")
     r = check('[supervisor]\ninclude = ["conf.d/*.toml"]\n')

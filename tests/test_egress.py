@@ -22,6 +22,7 @@ import pytest
 
 from corral.supervisor.configload import check_commands, load_config
 from corral.supervisor.isolation import isolation
+from corral.supervisor.refusals import TOPIC
 from corral.supervisor.sandbox import host_refusal
 
 from .conftest import EXAMPLES, ROOT
@@ -123,13 +124,21 @@ def planted(tmp_path: Path) -> Iterator[dict[str, Any]]:
             os.unlink(f"/tmp/{name}.sock")
 
 
-def attacks_refused(seen: dict[str, Any]) -> None:
+def attacks_refused(seen: dict[str, Any], held: bool = False) -> None:
+    """`held`: in a network namespace the daemon holds (egress = "gateways" as root)."""
     assert seen["tcp"] == {"error": REFUSED}
     # a datagram to loopback is sent, to the sandbox's own loopback: nothing listens
     # there (the test's socket, on the host's, gets nothing: below); off the host, there
     # is no route at all
     assert seen["udp"] == {"ok": len(b"exfiltrated")}
-    assert seen["udp_out"] == {"error": "OSError: [Errno 101] Network is unreachable"}
+    if held:
+        # in a namespace the daemon holds every address is its loopback's, so that what
+        # it refuses is seen (egresswatch.py): nothing listens there
+        assert seen["udp_out"] == {"ok": len(b"exfiltrated")}
+        assert seen["tcp_out"] == {"error": REFUSED}
+    else:
+        assert seen["udp_out"] == {"error": "OSError: [Errno 101] Network is unreachable"}
+        assert seen["tcp_out"] == {"error": "OSError: [Errno 101] Network is unreachable"}
     assert seen["raw"] == {"error": "PermissionError: [Errno 1] Operation not permitted"}
     # no family but unix, IPv4 and IPv6 (supervisor/seccomp.py)
     for name in ("netlink", "packet"):
@@ -142,20 +151,47 @@ def attacks_refused(seen: dict[str, Any]) -> None:
     assert seen["upstream"] == {"error": REFUSED}  # the provider, but for corral
 
 
+async def each_refusal_recorded(d: Any, bus: Any, p: dict[str, Any], upstream: int) -> None:
+    """What the attack's namespace refused, itself and its child, each a `boundary.refused`
+    of agent box and its task, and counted in /metrics' families (issue 88)."""
+    want = sorted(2 * [("connect", f"127.0.0.1:{p['tcp_port']}"),
+                       ("connect", "192.0.2.1:443"), ("connect", f"127.0.0.1:{upstream}"),
+                       ("send", f"127.0.0.1:{p['udp_port']}"), ("send", "192.0.2.1:53")])
+    got: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(got) < len(want):
+        assert loop.time() < deadline, f"refusals seen: {got}"
+        while bus.queue:
+            got.append(msgspec.json.decode(bus.pop())["data"])
+        await asyncio.sleep(0.05)
+    assert sorted((g["kind"], g["target"]) for g in got) == want
+    # the attack's task's: the one the replica ran
+    [task] = {g["task"] for g in got}
+    assert {g["agent"] for g in got} == {"box"} and d.sup.tasks.get(task).agent == "box"
+    counts = d.sup.parts.refusals.counts
+    assert (counts[("box", "connect")], counts[("box", "send")]) == (6, 4)
+
+
 @pytest.mark.deadline(240)
 async def test_gateways_reach_corral_and_nothing_else(tmp_path: Path,
                                                       upstream: StandIn) -> None:
     host = upstream.url.rpartition(":")[2]
     async with in_process(tmp_path, fleet(tmp_path, upstream.url, "gateways")) as d:
+        bus = d.sup.events.follow(TOPIC)
         with planted(tmp_path) as p:
             udp = p.pop("udp")
             seen = await run(d, {"do": "attack", "upstream_port": int(host), **p})
-            attacks_refused(seen["self"])
+            held = os.geteuid() == 0
+            attacks_refused(seen["self"], held)
             assert seen["child"] is not None, seen["child_err"]
-            attacks_refused(seen["child"])
+            attacks_refused(seen["child"], held)
             # sendto on loopback queues the datagram before it returns: none came here
             with pytest.raises(BlockingIOError):
                 udp.recvfrom(100)
+        if held:  # (the namespace the daemon holds is seen: egresswatch.py)
+            await each_refusal_recorded(d, bus, p, int(host))
+        d.sup.events.unfollow(bus)
         # its benign work, meanwhile, through both gateways at its environment's
         # addresses (TCP, as outside a sandbox), with the clients unchanged
         out = await run(d, {"do": "gateways", "title": "otters", "say": "hello"})

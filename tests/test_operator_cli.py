@@ -219,7 +219,8 @@ def test_check_config_and_add_refuse_a_command_that_is_not_an_executable(tmp: Pa
         return corral_run(["check-config", str(p), *flags],
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
-    r = check(hello("a"))
+    # (its agent runs as root: this interpreter and tmp are out of a dynamic uid's reach)
+    r = check("[supervisor]\ndynamic_uids = []\n" + hello("a"))
     assert (r.returncode, r.stdout) == (0, f"{tmp}/c.toml: ok (1 agent, 0 MCP servers)\n")
     r = check("[agents.a]\ncommand = 'corral-no-such-program --x'\n")
     assert r.returncode == 1

@@ -87,6 +87,9 @@ def tmp() -> Iterator[Path]:
     for name, user in (("acme", nobody), ("b", daemon)):
         (d / name).mkdir(mode=0o700)
         os.chown(d / name, user.pw_uid, user.pw_gid)
+    # b's passable (not listable): the operator may run acme's agents there (their user
+    # must reach their cwd: runas.reach_refusal), its secret still b's alone
+    (d / "b").chmod(0o711)
     (d / "acme" / "to-b").symlink_to(d / "b")  # a link in acme's dir to b's
     (d / "b" / "secret").write_text("b's secret\n")
     os.chown(d / "b" / "secret", daemon.pw_uid, daemon.pw_gid)

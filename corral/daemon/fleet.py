@@ -170,8 +170,10 @@ class Fleet:
                                             self.quotas.specs.get(spec.tenant))
                 if problem:
                     raise ConfigError(f"{what}: agents.{name}.{problem}")
+            dynamic = self.tuning.dynamic_users
             check_sandboxes(specs, self.tuning.sandbox_program, what,
-                            self.tuning.protected_paths, self.quotas.specs)
+                            self.tuning.protected_paths, self.quotas.specs,
+                            dynamic.uids if dynamic is not None else None)
         return specs
 
     async def update(self, name: str, changes: dict[str, Any], who: str, *, check: bool,

@@ -26,6 +26,7 @@ from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, SupervisorSettings
 from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
+from ..supervisor.dynamicusers import DynamicUsers, homes_of, uid_range
 from ..supervisor.executor import KILL_GRACE
 from ..supervisor.parts import Parts
 from ..supervisor.policy import PolicyGuard
@@ -135,7 +136,8 @@ def read_config(config_path: Path, socket: str | None, loaded: Config | None = N
                (str(paths.state_dir), "corral's state directory"),
                (str(paths.log_dir), "corral's log directory"),
                (str(paths.socket), "corral's control socket")]
-    check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(config_path), guarded)
+    check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(config_path), guarded,
+                    cfg.tenants, uid_range(s.dynamic_uids))
     return Conf(cfg, config_path, paths, guarded)
 
 
@@ -211,6 +213,9 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
     sup.parts.tuning.sandbox_program = sc.bwrap
     sup.parts.tuning.protected_paths = conf.protected
     sup.parts.tuning.gateway_relay = gateway_relay(conf.paths)
+    uids = uid_range(sc.dynamic_uids)
+    if uids is not None and os.geteuid() == 0:  # (else every process is the daemon's user)
+        sup.parts.tuning.dynamic_users = DynamicUsers(uids, homes_of(conf.paths.state_dir))
     return sup, queue
 
 

@@ -431,6 +431,9 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     keep_revisions_mb: NonNeg = 8
     removed_retention: NonNeg = 7 * 86400  # a removed agent's revisions and log files
     bwrap: str = "bwrap"  # bubblewrap, for agents with sandbox = "bwrap"
+    # uids for agents naming no user under a root daemon (systemd's DynamicUser= range);
+    # []: they run as the daemon's user
+    dynamic_uids: list[int] = msgspec.field(default_factory=lambda: [61184, 65519])
 
 
 class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

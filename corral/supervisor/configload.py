@@ -46,8 +46,10 @@ from .config import (
     default_cwd,
     resolved_user,
 )
+from .dynamicusers import uid_range
 from .isolation import gateway_socket, isolation
 from .names import name_problem, shown
+from .runas import reach_refusal
 from .sandbox import exposed, host_refusal, relayable
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule
 from .startorder import order_problem
@@ -594,13 +596,19 @@ def config_files(cfg: Config, path: Path) -> list[tuple[str, str]]:
 
 def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
                     protected: Iterable[tuple[str, str]] = (),
-                    tenants: Mapping[str, TenantSpec] | None = None) -> None:
-    """Every sandboxed agent can be sandboxed on this host (bubblewrap there, and user
-    namespaces allowed where it needs them), and its writable directory holds none of
-    corral's own files (`protected`), else a ConfigError saying why."""
+                    tenants: Mapping[str, TenantSpec] | None = None,
+                    dynamic: range | None = None) -> None:
+    """Every agent's user may reach its command and cwd (runas.reach_refusal; `dynamic`:
+    the uids of agents naming no user), every sandboxed agent can be sandboxed on this
+    host (bubblewrap there, and user namespaces allowed where it needs them), and its
+    writable directory holds none of corral's own files (`protected`), else a
+    ConfigError saying why."""
     protected = list(protected)
     for name, spec in agents.items():
         tenant = (tenants or {}).get(spec.tenant)
+        why = reach_refusal(spec, tenant, dynamic)
+        if why:
+            raise ConfigError(f"{where}: agents.{name}.user: {why}")
         if isolation(spec, tenant).sandbox != "bwrap":
             continue
         try:
@@ -665,7 +673,7 @@ def check_commands(cfg: Config, where: str) -> None:
     if problems:
         raise ConfigError("\n".join(problems))
     check_sandboxes(cfg.agents, cfg.supervisor.bwrap, where, config_files(cfg, Path(where)),
-                    cfg.tenants)
+                    cfg.tenants, uid_range(cfg.supervisor.dynamic_uids))
 
 
 # what the clients write of a server that is theirs alone, and why corral has no place for

@@ -122,7 +122,7 @@ class Supervisor:
         on_notification(self.worker_notifications, StateCheckpointParams,
                         self.states.on_checkpoint)
         self.waits = Waits(self.census)
-        self.egress_doors = Doors()
+        self.egress_doors = Doors(self.refusals)
         # (their home given by the daemon: the node's database, or the cluster's Redis)
         self.mcp = Tools(self, self.waits, self.stream, Pins())
         registry: dict[str, Agent] = {}  # the agents by name (the Agents part reads it)

@@ -21,6 +21,9 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from .egresswatch import Watch, listen_here
+from .refusals import BoundaryRefusals
+
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -64,11 +67,13 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
 
 
-def made(host: str, port: int, within: str | None = None) -> tuple[int, socket.socket]:
-    """A new network namespace (its fd) with its loopback up and a listener at
-    host:port in it; `within`: the namespace at that path instead (a process's, kept
+def made(host: str, port: int, within: str | None = None
+         ) -> tuple[int, socket.socket, socket.socket | None]:
+    """A new network namespace (its fd) with its loopback up, a listener at host:port
+    in it and the packet socket that sees what it refuses (egresswatch.py; None where it
+    cannot be had); `within`: the namespace at that path instead (a process's, kept
     across an upgrade). OSError where this process may not make one (not root)."""
-    def make() -> tuple[int, socket.socket]:
+    def make() -> tuple[int, socket.socket, socket.socket | None]:
         libc = _libc()
         if within is None:
             _checked(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
@@ -89,7 +94,11 @@ def made(host: str, port: int, within: str | None = None) -> tuple[int, socket.s
         except BaseException:
             os.close(ns)
             raise
-        return ns, listener
+        try:
+            packets: socket.socket | None = listen_here()
+        except OSError:
+            packets = None  # (its refusals unseen: the boundary holds all the same)
+        return ns, listener, packets
 
     return _on_a_thread(make)
 
@@ -126,21 +135,29 @@ class Door:
     """One replica's namespace and the daemon's listener in it, passing connections on
     to the gateways' unix socket."""
 
-    def __init__(self, ns: int, server: asyncio.AbstractServer, url: str) -> None:
-        self.ns, self.server, self.url = ns, server, url
+    def __init__(self, ns: int, server: asyncio.AbstractServer, url: str,
+                 watch: Watch | None) -> None:
+        self.ns, self.server, self.url, self.watch = ns, server, url, watch
 
     def close(self) -> None:
         self.server.close()
+        if self.watch is not None:
+            self.watch.close()
         os.close(self.ns)
 
 
+def no_task() -> str | None:
+    return None
+
+
 class Doors:
-    def __init__(self) -> None:
+    def __init__(self, refusals: BoundaryRefusals | None = None) -> None:
+        self.refusals = refusals  # where what a namespace refused is told (egresswatch.py)
         self.doors: dict[str, Door] = {}
         self.refused: str | None = None  # why this process makes none (asked once)
 
-    async def open(self, label: str, url: str, gateways: str,
-                   within: str | None = None) -> int | None:
+    async def open(self, label: str, url: str, gateways: str, within: str | None = None,
+                   task_of: Callable[[], str | None] = no_task) -> int | None:
         """The namespace replica `label`'s sandbox runs in, its listener at `url`'s
         address passing on to `gateways`; None where this process may not make one.
         `within`: the namespace a process kept across `corral upgrade` runs in (the old
@@ -158,7 +175,7 @@ class Doors:
             return None
         host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
         try:
-            ns, listener = made(host, parts.port, within)
+            ns, listener, packets = made(host, parts.port, within)
         except OSError as exc:
             if within is None:
                 self.refused = str(exc)
@@ -178,7 +195,12 @@ class Doors:
                 writer.close()
 
         server = await asyncio.start_server(passed_on, sock=listener)
-        self.doors[label] = Door(ns, server, url)
+        watch = None
+        if packets is not None and self.refusals is not None:
+            watch = Watch(packets, self.refusals, label.partition("#")[0], task_of)
+        elif packets is not None:
+            packets.close()
+        self.doors[label] = Door(ns, server, url, watch)
         return ns
 
     def close(self) -> None:

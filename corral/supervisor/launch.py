@@ -19,13 +19,14 @@ from ..text import plural
 from . import losses, procstat
 from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits
+from .dynamicusers import DynamicUsers
 from .envfiles import read_env_files
 from .executor import Executor, LifeEnd
 from .lifecycle import Cause
 from .losses import Loss
-from .process import ChildProcess, Launch, as_user, resolve_user
+from .process import ChildProcess, Launch
 from .replicaparts import ReplicaParts, Sample
-from .runas import run_as, tenant_of
+from .runas import environment_of, ids, run_as, tenant_of
 
 # a spawn that fails for want of corral's own resources (fds, memory, processes) is not
 # the agent's failure: retried (lifecycle.Machine.retry), without counting as a restart
@@ -71,6 +72,10 @@ class Life(ReplicaParts):
     def _exited(self, reason: str) -> None:
         """Its host told the process is gone."""
         raise NotImplementedError
+
+    def _dynamic_users(self) -> DynamicUsers | None:
+        """Where a uid of its own comes from when nothing names its user (an agent's)."""
+        return None
 
     def _host_environment(self) -> dict[str, str]:
         """More environment from its host for the process about to start."""
@@ -123,7 +128,7 @@ class Life(ReplicaParts):
             # as a shell would have it (and the caps prologue's shell does): the same
             # for every way of starting, not corral's own directory
             env["PWD"] = os.path.abspath(self.spec.cwd)
-        return as_user(env, uid)
+        return environment_of(env, self.run, uid, self.name, self.spec.env)
 
     async def _lifetime(self) -> None:
         """Spawn a process and hand it to its callbacks: its exit (`_on_exited`) reaps it
@@ -131,8 +136,9 @@ class Life(ReplicaParts):
         spec = self.spec
         try:
             # the tenant's user as it is now: a change applies from the next start
-            run = self.run = run_as(spec, self.host.tenant_spec(tenant_of(spec)))
-            uid, gid = resolve_user(run.user, run.group)
+            run = self.run = run_as(spec, self.host.tenant_spec(tenant_of(spec)),
+                                    self._dynamic_users())
+            uid, gid = ids(run)
             env = self._environment(uid)
             spawning: dict[str, Any] = {
                 "containment": self.host.containment, "kind": self.kind, "name": self.name,
@@ -193,9 +199,11 @@ class Life(ReplicaParts):
         """A command corral runs for this replica (a health check, a recovery), started
         as the replica's process started last was — never as corral itself. Raises
         ConfigError or OSError when it cannot be (the user is gone, bubblewrap is missing)."""
-        run = self.run or run_as(self.spec, self.host.tenant_spec(tenant_of(self.spec)))
-        uid, gid = resolve_user(run.user, run.group)
-        return self._launch(argv, as_user(env, uid), uid, gid, beside=True)
+        run = self.run or run_as(self.spec, self.host.tenant_spec(tenant_of(self.spec)),
+                                 self._dynamic_users())
+        uid, gid = ids(run)
+        return self._launch(argv, environment_of(env, run, uid, self.name, self.spec.env),
+                            uid, gid, beside=True)
 
     def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
               beside: bool = False) -> list[str]:

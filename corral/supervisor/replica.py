@@ -15,6 +15,7 @@ import msgspec
 from ..jsonrpc import Peer
 from .caps import nice_for_weight
 from .config import AgentSpec, Limits
+from .dynamicusers import DynamicUsers
 from .egressdoors import Doors
 from .health import CheckState, HealthBoard, ReplicaHealth
 from .isolation import Isolation, isolation
@@ -222,7 +223,7 @@ class Replica(ProcessReplica):
         url, relay = env.get("CORRAL_MCP_URL"), self.host.tuning.gateway_relay
         if "CORRAL_MCP_SOCKET" in env or url is None or relay is None:
             return
-        ns = await self.host.egress_doors.open(self.label, url, relay)
+        ns = await self.host.egress_doors.open(self.label, url, relay, task_of=self._one_task)
         if ns is not None:
             spawning["netns"] = ns
             self._iso = self._iso._replace(network="held")
@@ -252,6 +253,13 @@ class Replica(ProcessReplica):
         if await self.host.egress_doors.open(self.label, url, relay,
                                              within=f"/proc/{inner}/ns/net") is not None:
             self._iso = iso._replace(network="held")
+
+    def _one_task(self) -> str | None:
+        """The task what it does now is of: its one running task's, else none's."""
+        return self.last_task if self.tasks_running == 1 else None
+
+    def _dynamic_users(self) -> DynamicUsers | None:
+        return self.host.tuning.dynamic_users
 
     def _enforceable(self, iso: Isolation, uid: int | None) -> Isolation:
         """With egress_fallback = "warn": `iso` where this host can sandbox the agent,
@@ -298,7 +306,8 @@ class Replica(ProcessReplica):
             read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
             protected=self.host.tuning.protected_paths,
             notify_socket=None if beside else self._notify_socket(),
-            writable=spec.write_paths, relay=self._relay(env),
+            writable=[*spec.write_paths, *(h for h in (self.run and self.run.home,) if h)],
+            relay=self._relay(env),
             seccomp=self._seccomp(beside))
 
     def _seccomp(self, beside: bool) -> str | int | None:

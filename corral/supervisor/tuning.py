@@ -3,7 +3,12 @@ one object the parts that read them share, so a change reaches each at once."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import msgspec
+
+if TYPE_CHECKING:
+    from .dynamicusers import DynamicUsers
 
 
 class Tuning(msgspec.Struct):
@@ -17,3 +22,5 @@ class Tuning(msgspec.Struct):
     # the unix socket the gateways are also served on when they are TCP, relayed into
     # egress = "gateways" sandboxes
     gateway_relay: str | None = None
+    # agents naming no user run as uids of their own (a daemon running as root's)
+    dynamic_users: DynamicUsers | None = None

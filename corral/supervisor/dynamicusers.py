@@ -1,0 +1,89 @@
+"""Unprivileged unless told (issue 88, DESIGN section 10): under a daemon running as root,
+an agent that names no `user` (nor has its tenant's) runs as a uid of its own from
+`[supervisor] dynamic_uids` (systemd's `DynamicUser=` range, 61184-65519), never as root;
+only `user = "root"` written out runs it as root.
+
+A uid is the agent's for the daemon's life: picked from its name's hash, the next free one
+where that is taken (by another agent, or by an account of the host), as systemd picks
+them. The uid's group is the uid. Its state directory, `STATE_DIR-agents/NAME` (mode 0700,
+the uid's; the parent 0711 root's: corral's own state directory is 0700 and no agent of
+its own user may pass through it), is its HOME and $STATE_DIRECTORY, writable in its
+sandbox; another agent's, `/etc/shadow` and corral's state are out of its reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from .config import ConfigError, passwd_of
+
+DEFAULT_RANGE = (61184, 65519)
+UID_MAX = 2**31 - 2
+
+
+def uid_range(given: list[int]) -> range | None:
+    """`[supervisor] dynamic_uids` as a range; None for `[]` (agents with no user run as
+    the daemon's user, as before); ConfigError for anything else but two uids, low first."""
+    if not given:
+        return None
+    if len(given) != 2 or not 0 < given[0] <= given[1] <= UID_MAX:
+        raise ConfigError(f"supervisor.dynamic_uids: {given} is not [FIRST, LAST] of uids "
+                          f"between 1 and {UID_MAX} (systemd's range: "
+                          f"{list(DEFAULT_RANGE)}; [] for none)")
+    return range(given[0], given[1] + 1)
+
+
+def homes_of(state_dir: Path) -> Path:
+    """Where the dynamic users' state directories are: beside corral's own."""
+    return state_dir.with_name(f"{state_dir.name}-agents")
+
+
+class DynamicUsers:
+    """The uids handed to agents (`uid_of`) and their state directories (`home_of`)."""
+
+    def __init__(self, uids: range, homes: Path) -> None:
+        self.uids = uids
+        self.homes = homes
+        self._by_name: dict[str, int] = {}
+        self._taken: set[int] = set()
+
+    def uid_of(self, name: str) -> int:
+        """Agent `name`'s uid, the same for the daemon's life; ConfigError when every uid
+        of the range is taken."""
+        uid = self._by_name.get(name)
+        if uid is not None:
+            return uid
+        size = len(self.uids)
+        start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % size
+        for i in range(size):
+            uid = self.uids[(start + i) % size]
+            if uid not in self._taken and passwd_of(str(uid)) is None:
+                self._by_name[name] = uid
+                self._taken.add(uid)
+                return uid
+        raise ConfigError(f"agents.{name}: every uid of [supervisor] dynamic_uids "
+                          f"({self.uids.start}-{self.uids.stop - 1}) is taken")
+
+    def home_of(self, name: str, uid: int) -> Path:
+        """Agent `name`'s state directory, made (or handed over) to `uid`, 0700."""
+        self.homes.mkdir(mode=0o711, parents=True, exist_ok=True)
+        st = os.lstat(self.homes)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError(f"{self.homes} is not a directory of corral's own")
+        os.chmod(self.homes, 0o711)
+        home = self.homes / name
+        try:
+            home.mkdir(mode=0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(home).st_mode):  # a link planted: never followed
+                raise OSError(f"{home} is not a directory") from None
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, uid, uid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+        return home

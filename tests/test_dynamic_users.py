@@ -1,0 +1,146 @@
+"""Unprivileged unless told (issue 88, DESIGN section 10): under a daemon running as root,
+an agent naming no `user` runs as a uid of its own from `[supervisor] dynamic_uids`,
+owning its state directory, and reads neither `/etc/shadow`, another agent's directory
+nor corral's state; `user = "root"` written out runs it as root; an agent whose command
+its user cannot reach is refused at `check-config` and `corral add`, with the reason."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from corral.supervisor.dynamicusers import DynamicUsers, homes_of, uid_range
+
+from .daemon_harness import corral_run, running_daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dynamic users: the daemon "
+                                "runs agents as other uids only as root")
+
+DYNAMIC = "dynamic_uids = [61184, 65519]"  # DESIGN's default, which the harness turns off
+
+
+def plain(name: str, script: str, extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        protocol = "none"
+        command = ["/bin/sh", "-c", '''{script}''']
+        restart = "never"
+        {extra}
+    """)
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid in /proc/{pid}/status")
+
+
+@pytest.mark.deadline(120)
+def test_an_agent_naming_no_user_runs_as_a_uid_of_its_own_that_reaches_nothing_else() -> None:
+    tmp = shared_tmpdir()
+    homes = homes_of(tmp / "state")
+    probe = (f'until [ -e {homes}/b ]; do sleep 0.05; done; '
+             '{ id -u; id -g; echo "$HOME"; echo "$STATE_DIRECTORY"; echo "$USER"; '
+             'cat /etc/shadow 2>&1; '
+             f'ls {tmp}/state 2>&1; ls {homes}/b 2>&1; '
+             'echo mine > "$STATE_DIRECTORY/mine" && echo wrote; } '
+             '> "$STATE_DIRECTORY/report.tmp"; mv "$STATE_DIRECTORY/report.tmp" '
+             '"$STATE_DIRECTORY/report"; exec sleep 1000')
+    agents = (plain("a", probe) + plain("b", "exec sleep 1000")
+              + plain("r", f"id -u > {tmp}/root-uid; exec sleep 1000", 'user = "root"'))
+    with running_daemon(tmp, agents, extra=DYNAMIC) as d:
+        report = homes / "a" / "report"
+        wait_until(report.exists, timeout=30, what="a's report")
+        status = d.status()
+        uid_a, uid_b = uid_of(status["a#0"]["pid"]), uid_of(status["b#0"]["pid"])
+        # each its own uid of the range, the one its name hashes to where that is free
+        users = DynamicUsers(range(61184, 65520), homes)
+        assert 61184 <= uid_a <= 65519 and 61184 <= uid_b <= 65519 and uid_a != uid_b
+        assert {uid_a, uid_b} == {users.uid_of("a"), users.uid_of("b")}
+        lines = report.read_text().splitlines()
+        assert lines == [
+            str(uid_a), str(uid_a), str(homes / "a"), str(homes / "a"), "corral-a",
+            "cat: /etc/shadow: Permission denied",
+            f"ls: cannot open directory '{tmp}/state': Permission denied",
+            f"ls: cannot open directory '{homes}/b': Permission denied",
+            "wrote"]
+        # its state directory is its own, 0700; the directory of them root's, 0711
+        for name, uid in (("a", uid_a), ("b", uid_b)):
+            st = os.stat(homes / name)
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, uid, 0o700)
+        st = os.stat(homes)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o711)
+        # `user = "root"` written out: root
+        wait_until((tmp / "root-uid").exists, timeout=30, what="r's uid")
+        assert (tmp / "root-uid").read_text() == "0\n"
+        assert uid_of(status["r#0"]["pid"]) == 0
+
+
+def _unreachable_python() -> str:
+    """This test's interpreter where no dynamic uid reaches it (pyenv under /root, 0700):
+    the issue's host."""
+    python = os.path.realpath(sys.executable)
+    parts = Path(python).parents
+    if not any(p.stat().st_mode & stat.S_IXOTH == 0 for p in parts if p != Path("/")):
+        pytest.skip(f"{python} is reachable by any uid here: the refusal needs one that "
+                    "is not")
+    return python
+
+
+@pytest.mark.deadline(120)
+def test_an_agent_whose_user_cannot_reach_its_command_is_refused_at_check_config_and_add(
+) -> None:
+    python = _unreachable_python()
+    blocked = next(p for p in reversed(Path(python).parents)
+                   if p != Path("/") and p.stat().st_mode & stat.S_IXOTH == 0)
+    tmp = shared_tmpdir()
+    try:
+        for user, who in (("", "a dynamic uid (it names no user: [supervisor] "
+                               "dynamic_uids)"),
+                          ('user = "nobody"', "user nobody")):
+            table = textwrap.dedent(f"""
+                [agents.w]
+                command = ["{python}", "-c", "pass"]
+                cwd = "{tmp}"
+                {user}
+            """)
+            config = tmp / "corral.toml"
+            config.write_text(f'[supervisor]\nstate_dir = "{tmp}/state"\n{DYNAMIC}\n{table}')
+            done = corral_run(["check-config", str(config)])
+            why = (f"it runs as {who}, who may not reach its command "
+                   f"{python} (no way through {blocked}): give it a user who may, or make "
+                   'it reachable; `user = "root"` runs it as root')
+            assert done.returncode == 1, done.stdout
+            assert done.stderr == f"corral: invalid config: {config}: agents.w.user: {why}\n"
+            # and at `corral add`, to a running daemon: nothing added
+            added = tmp / "w.toml"
+            added.write_text(table)
+            with running_daemon(shared_tmpdir(), "", extra=DYNAMIC) as d:
+                done = d.cli("add", str(added))
+                assert done.returncode != 0
+                assert f"agents.w.user: {why}" in done.stderr
+                assert "w" not in {a["name"] for a in d.status_json()["agents"]}
+        # `user = "root"` written out: the same command is accepted
+        config.write_text(f'[supervisor]\nstate_dir = "{tmp}/state"\n{DYNAMIC}\n'
+                          + table.replace('user = "nobody"', 'user = "root"'))
+        done = corral_run(["check-config", str(config)])
+        assert done.returncode == 0, done.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_dynamic_uids_is_two_uids_or_none() -> None:
+    assert uid_range([61184, 65519]) == range(61184, 65520)
+    assert uid_range([]) is None
+    for bad in ([1], [5, 4], [0, 10], [1, 2**31]):
+        with pytest.raises(Exception, match=r"supervisor.dynamic_uids: .* is not \[FIRST, "
+                                            r"LAST\] of uids between 1 and 2147483646"):
+            uid_range(bad)
