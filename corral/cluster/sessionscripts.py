@@ -27,6 +27,7 @@ local sline = prefix .. 'sline:' .. owned .. ':' .. name
 local shist = prefix .. 'shist:' .. owned .. ':' .. name
 local sall = prefix .. 'sessions:' .. owned
 local sbytes = prefix .. 'sbytes:' .. owned
+local slabels = prefix .. 'labels:session:' .. (tenant or '') .. ':' .. agent .. ':' .. name
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000"""
 
@@ -112,6 +113,7 @@ if redis.call('HGET', skey, 'cur') == task then
       local ms = math.max(1, math.floor(ttl * 1000))
       redis.call('PEXPIRE', skey, ms)
       redis.call('PEXPIRE', shist, ms)
+      redis.call('PEXPIRE', slabels, ms)
       redis.call('ZADD', sall, now + ttl, name)
     end
   end
@@ -159,6 +161,7 @@ redis.call('RPUSH', shist, ARGV[1])
 redis.call('LTRIM', shist, -1000, -1)
 redis.call('PERSIST', skey)
 redis.call('PERSIST', shist)
+redis.call('PERSIST', slabels)
 redis.call('ZADD', sall, 'inf', name)
 """.replace("STICK", _stick("KEYS[2]"))
 
@@ -254,6 +257,8 @@ if cur ~= '' then
 end
 if cur ~= '' or waiting > 0 then return {-1, cur, status, waiting} end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local prefix = string.sub(ARGV[2], 1, #ARGV[2] - 5)  -- (its labels: supervisor/labels.py)
+redis.call('DEL', prefix .. 'labels:session:' .. string.sub(KEYS[1], #prefix + 6))
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 return 1

@@ -386,7 +386,7 @@ class TaskJournalDB:
         self.rows += len(rows)
 
     def _prune(self, db: sqlite3.Connection) -> None:
-        # a pruned task's steps, output and asks go with it, and the results no other step
+        # a pruned task's steps, output, asks and labels go with it, and the results no other step
         # names (steps.py); at start-up, the steps and output of tasks never committed too
         db.execute("BEGIN")
         results = delete_orphans(db) if not self._pruned_once else set()
@@ -409,6 +409,8 @@ class TaskJournalDB:
             for table in ("task_output", "asks"):
                 db.execute(f"DELETE FROM {table} WHERE task_id IN (SELECT id FROM tasks "
                            f"WHERE {where})", args)
+            db.execute(f"DELETE FROM labels WHERE key IN (SELECT id FROM tasks WHERE {where})",
+                       args)
             db.execute(f"DELETE FROM tasks WHERE {where}", args)
         refs = drop_unused(db, results)
         db.execute("COMMIT")

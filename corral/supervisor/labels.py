@@ -83,14 +83,19 @@ class NoLabels:
         return ()
 
 
+def session_record(tenant: str, agent: str, name: str) -> str:
+    """The key of a session's labels (its home's journal deletes it with the session)."""
+    return f"session:{tenant}:{agent}:{name}"
+
+
 def session_key(task: Task, replica: Replica | None = None) -> str | None:
-    """The record of a session's labels (a claim of a cluster's carries no tenant: its
-    agent's is its)."""
+    """The record of a task's session's labels (a claim of a cluster's carries no
+    tenant: its agent's is its)."""
     if task.session is None:
         return None
     tenant = task.tenant if task.tenant is not None else getattr(
         getattr(replica, "spec", None), "tenant", None)
-    return f"session:{tenant or ''}:{task.agent}:{task.session}"
+    return session_record(tenant or "", task.agent, task.session)
 
 
 def _union(have: tuple[str, ...], more: Iterable[str]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from ..test_boundary_calls import session, text
 from ..test_labels import FETCH, FETCHED, FLEET, SEND, SENT, TAINT, sequence
@@ -58,6 +59,12 @@ def test_a_spawned_child_asks_wherever_it_runs(home: Home) -> None:
     fetch, spawned = done["output"]
     assert fetch == FETCHED
     assert (spawned["status"], spawned["output"]) == ("succeeded", [SENT])
+    if home.redis is not None:  # an ended task's labels go with its steps and spawns
+        keys = redis.Redis.from_url(home.redis.url)
+        try:
+            assert [k for k in keys.keys("*labels:*") if b"session" not in k] == []
+        finally:
+            keys.close()
 
 
 def test_an_agent_called_at_mcp_corral_asks_wherever_it_runs(home: Home) -> None:
