@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,10 @@ async def restarted(d: Any, name: str) -> None:
 async def test_a_tenants_caller_binds_no_host_directory_through_env(tmp_path: Path) -> None:
     """The attack: a tenant's admin posts an agent whose env names a host directory as
     CORRAL_MCP_SOCKET (bound writable: the agent wrote on the host and reached its unix
-    sockets) or on PYTHONPATH (each entry bound read-only), or LD_PRELOAD. Each is 403,
-    the name said, nothing added; the worker SDK's directory on PYTHONPATH is the one
-    entry outside its cwd a tenant's agent may name."""
+    sockets) or on PYTHONPATH (each entry bound read-only), or LD_PRELOAD; or whose
+    command (or PATH) is a program in a host directory, whose installation the sandbox
+    binds. Each is 403, the key said, nothing added; the worker SDK's directory on
+    PYTHONPATH is the one entry outside its cwd a tenant's agent may name."""
     import aiohttp
 
     hostdir = Path("/root")  # outside its cwd (the config's directory)
@@ -90,6 +93,26 @@ async def test_a_tenants_caller_binds_no_host_directory_through_env(tmp_path: Pa
                     body = await r.json()
                     assert r.status == 403, (name, body)
                     assert f"agents.box.env: {said}" in body["detail"], (name, body)
+            # the program it runs: its installation is bound (a program not in a bin
+            # directory: its own directory), so a tenant names none outside its cwd, the
+            # system's and corral's own, by its command or by a PATH to look it up on
+            elsewhere = Path(tempfile.mkdtemp(prefix="corral-host-"))
+            try:
+                (elsewhere / "tool").write_text("#!/bin/sh\ncat secret\n")
+                (elsewhere / "tool").chmod(0o755)
+                for table, said in (
+                        ({"command": [str(elsewhere / "tool")]},
+                         f'command: "{elsewhere}/tool" is {elsewhere}/tool, outside its cwd'),
+                        ({"command": ["tool"], "env": {"PATH": f"{elsewhere}:/usr/bin"}},
+                         f'env: PATH names "{elsewhere}": a tenant\'s agent runs programs '
+                         "of its cwd")):
+                    async with http.post(f"{base}/agents", json={"agents": {"box": table}}
+                                         ) as r:
+                        body = await r.json()
+                        assert r.status == 403, (table, body)
+                        assert f"agents.box.{said}" in body["detail"], (table, body)
+            finally:
+                shutil.rmtree(elsewhere)
             assert "box" not in d.sup.agents
             async with http.post(f"{base}/agents", json={"agents": {"box": {
                     "command": [PY, f"{HERE}/sandbox_agent.py"],

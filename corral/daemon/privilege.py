@@ -18,14 +18,7 @@ from ..supervisor.config import AgentSpec, TenantSpec
 from ..supervisor.isolation import isolation
 from ..supervisor.runas import same_user
 from .revisions import spec_defaults
-
-# the environment a tenant's caller never names: corral's own (CORRAL_MCP_SOCKET was bound
-# writable into the sandbox), the interpreter's (PYTHONPATH's entries are bound; PYTHONHOME,
-# PYTHONSTARTUP run code) and the loader's (LD_PRELOAD, LD_LIBRARY_PATH) (issue 88)
-CORRALS_ENV = ("CORRAL_", "PYTHON", "LD_")
-# where the worker SDK is imported from: the one PYTHONPATH entry outside its cwd a
-# tenant's agent may name (the sandbox binds the SDK anyway)
-SDK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+from .tenantbinds import binds_refusal
 
 
 def _shown(value: Any) -> str:
@@ -76,9 +69,9 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
     elif cwd != os.path.realpath(default_cwd):
         return "cwd", _differs(spec.cwd, tenant, None,
                                f"it has no dir: its agents run in {default_cwd}")
-    env = env_refusal(spec.env, cwd)
-    if env is not None:
-        return "env", env
+    binds = binds_refusal(spec, cwd)
+    if binds is not None:
+        return binds
     if spec.warm:
         return "warm", _differs(True, tenant, False, "")
     if spec.preload:
@@ -126,27 +119,6 @@ CEILINGS = (Ceiling("max_step_bytes", tenant_has=True, zero_unbounded=True),
             Ceiling("max_session_bytes", tenant_has=True, zero_unbounded=True),
             Ceiling("max_children", tenant_has=False, zero_unbounded=False),
             Ceiling("max_spawn_depth", tenant_has=False, zero_unbounded=False))
-
-
-def env_refusal(env: dict[str, str], cwd: str) -> str | None:
-    """Why a tenant's agent may not be given `env` (its `cwd` resolved), or None: a name
-    of corral's, the interpreter's or the loader's, but a PYTHONPATH whose every entry
-    is the SDK's directory or inside the agent's cwd (decision 1128)."""
-    for name in sorted(env):
-        if not name.startswith(CORRALS_ENV):
-            continue
-        if name == "PYTHONPATH":
-            outside = [p for p in env[name].split(os.pathsep) if p and not (
-                os.path.normpath(p) == SDK_ROOT or
-                _inside(os.path.realpath(os.path.join(cwd, p)), cwd))]
-            if not outside:
-                continue
-            return (f"PYTHONPATH names {_shown(outside[0])}: a tenant's agent imports from "
-                    f"its cwd ({cwd}) and corral's SDK ({SDK_ROOT}) alone, which the "
-                    "sandbox binds")
-        return (f"{name}: names starting {', '.join(CORRALS_ENV)} are corral's and its "
-                "operator's to set (what they name is bound into the sandbox or run)")
-    return None
 
 
 def _differs(value: Any, tenant: str, theirs: Any, otherwise: str) -> str:
