@@ -179,6 +179,8 @@ class RuleBook:
         self._untrusted = _any(untrusted)
         self._sensitive = _any(sensitive)
         self._sensitive_models = frozenset(n for n, m in cfg.models.items() if m.sensitive)
+        # a label changes no verdict where nothing is sensitive: none is read then
+        self.any_sensitive = bool(sensitive or self._sensitive_models)
         # a tool's marks by its name, (untrusted, sensitive), read once
         self._marks: dict[str, tuple[bool, bool]] = {}
 
@@ -280,6 +282,14 @@ class PolicyGuard:
         if self._compiled is None or self._compiled[0] is not cfg:
             self._compiled = (cfg, RuleBook(cfg))
         return self._compiled[1]
+
+    def reads_labels(self, task: Task) -> bool:
+        """Whether the task's labels are to be read from its home before its call is
+        judged: not read yet, and some tool or model of the config in force sensitive."""
+        if self.labels.loaded(task):
+            return False
+        rules = self.rules()
+        return rules is not None and rules.any_sensitive
 
     def judge(self, owner: str, replica: Replica, tenant: str | None, kind: str,
               name: str, facts: dict[str, Any], task: Task | None = None) -> RuleEffect:

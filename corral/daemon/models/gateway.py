@@ -361,7 +361,7 @@ class ModelGateway:
 
         async def live(idempotency: str | None = None) -> Any:  # (its key: steps.py)
             task, guard = call.task, self.guard
-            if task is not None and guard is not None and not guard.labels.loaded(task):
+            if task is not None and guard is not None and guard.reads_labels(task):
                 await guard.labels.load(task, call.replica)  # (a turn's first call: labels.py)
             asking = self._approval(call)
             if asking is not None:

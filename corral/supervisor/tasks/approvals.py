@@ -78,7 +78,7 @@ class Approvals(TaskInterceptor):
             assert self._path is not None  # bound as the engine was made
             return self._replica_call(self._path.replica_calls, call, next, self._guard)
         guard = self._guard
-        if guard is not None and not guard.labels.loaded(task):
+        if guard is not None and guard.reads_labels(task):
             return self._loaded(guard, call, task, next)
         return self._task_call(call, task, next)
 
