@@ -221,18 +221,19 @@ def test_a_variable_not_set_where_it_is_imported_is_said_not_fatal(tmp_path: Pat
         'environment=X="%(ENV_NOPE5)s"\nstartsecs=0\n')
     r = corral("import", "s.conf", cwd=tmp_path)
     assert (r.returncode, r.stderr.splitlines()) == (0, [
-        "corral import: s.conf: [supervisord]: environment: $NOPE1 not set where corral "
-        "import ran: left empty (set it in env)",
         "corral import: s.conf: [program:w]: numprocs: '%(ENV_NOPE3)s': not carried: "
         "$NOPE3 not set where corral import ran (supervisord reads it as it starts)",
         "corral import: s.conf: [program:w]: command: run by `sh -c`: ${NOPE2} read as the "
         "process starts",
-        "corral import: s.conf: [program:w]: environment: $NOPE5 not set where corral "
-        "import ran: left empty (set it in env)"])
+        # an environment's variables are read where the program starts (issue 88)
+        "corral import: s.conf: [program:w]: environment: A=%(ENV_NOPE1)s, "
+        "X=%(ENV_NOPE5)s: set as the program starts, by `sh -c`, NOPE1, NOPE5 read from the "
+        "daemon's environment then (as supervisord reads it from its own), not where corral "
+        "import ran"])
     assert r.stdout == (
         "# imported from s.conf (supervisord) by corral import\n\n[agents.w]\n"
-        'command = ["sh", "-c", "exec run --n \\"${NOPE2}\\""]\nprotocol = "none"\n\n'
-        '[agents.w.env]\nA = ""\nB = "2"\nX = ""\n')
+        'command = ["sh", "-c", "exec env \\"A=${NOPE1}\\" \\"X=${NOPE5}\\" run --n '
+        '\\"${NOPE2}\\""]\nprotocol = "none"\n\n[agents.w.env]\nB = "2"\n')
     (tmp_path / "corral.toml").write_text(r.stdout)
     assert corral("check-config", "--no-check", "corral.toml", cwd=tmp_path).returncode == 0
 

@@ -330,18 +330,22 @@ def test_a_profile_no_app_has_is_said_with_those_there_are(tmp_path: Path) -> No
 
 def test_an_unset_variable_in_an_environment_and_a_comment_in_a_continued_line(
         tmp_path: Path) -> None:
-    """`C=%(ENV_X)s` with X unset where corral import runs is an empty value (it was an
-    environment refused as cut short); a comment line inside a continued ExecStart= is
-    read past, as systemd reads past it (the line after it was passed over)."""
+    """`C=%(ENV_X)s` with X unset where corral import runs is read where the program
+    starts (it was an environment refused as cut short, then an empty value); a comment
+    line inside a continued ExecStart= is read past, as systemd reads past it (the line
+    after it was passed over)."""
     agents, said = imported(tmp_path, {
         "w.conf": b"[program:w]\ncommand=/bin/w\nenvironment=A=\"1\",C=%(ENV_UNSET_HERE)s\n",
         "app.service": (b"[Service]\nExecStart=/usr/bin/app \\\n  --port 8000 \\\n"
                         b"  # the port the proxy expects\n  --debug\n")},
         "w.conf", "app.service")
-    assert (agents["w"]["env"], agents["app"]["command"]) == (
-        {"A": "1", "C": ""}, "/usr/bin/app --port 8000 --debug")
-    assert said == ["w.conf: [program:w]: environment: $UNSET_HERE not set where corral "
-                    "import ran: left empty (set it in env)"]
+    assert (agents["w"]["env"], agents["w"]["command"], agents["app"]["command"]) == (
+        {"A": "1"}, ["sh", "-c", 'exec env "C=${UNSET_HERE}" "$0" "$@"', "/bin/w"],
+        "/usr/bin/app --port 8000 --debug")
+    assert said == ["w.conf: [program:w]: environment: C=%(ENV_UNSET_HERE)s: set as the "
+                    "program starts, by `sh -c`, UNSET_HERE read from the daemon's "
+                    "environment then (as supervisord reads it from its own), not where "
+                    "corral import ran"]
 
 
 def test_a_byte_order_mark_and_utf_16_are_read_as_their_text(tmp_path: Path) -> None:

@@ -124,3 +124,32 @@ def test_the_daemon_reads_the_user_from_its_environment_at_start(
     with running_daemon(shared_tmpdir(), agents) as d:
         wait_until(lambda: f"stdout: uid={os.geteuid()}" in d.cli("logs", "app").stdout,
                    what="app started as the user named")
+
+
+def test_an_environment_value_naming_env_x_is_read_where_the_program_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`%(ENV_X)s` in an environment= value is not the importing shell's value (issue
+    88): the value is set by `sh -c` as the program starts, X read from the daemon's
+    environment, as supervisord reads its own."""
+    (tmp_path / "s.conf").write_text(
+        "[program:p]\ncommand=/usr/bin/env\n"
+        "environment=DATA=\"%(ENV_CORRAL_TEST_DIR)s/da`ta\",PLAIN=1\nstartsecs=0\n")
+    r = corral("import", "s.conf", cwd=tmp_path,
+               env={**ENV, "CORRAL_TEST_DIR": "from-the-shell"})
+    assert r.returncode == 0, r.stderr
+    assert "from-the-shell" not in r.stdout
+    agent = tomllib.loads(r.stdout)["agents"]["p"]
+    assert (agent["command"], agent["env"]) == (
+        ["sh", "-c", 'exec env "DATA=${CORRAL_TEST_DIR}/da\\`ta" "$0" "$@"', "/usr/bin/env"],
+        {"PLAIN": "1"})
+    assert r.stderr.splitlines() == [
+        "corral import: s.conf: [program:p]: environment: DATA=%(ENV_CORRAL_TEST_DIR)s/da`ta: "
+        "set as the program starts, by `sh -c`, CORRAL_TEST_DIR read from the daemon's "
+        "environment then (as supervisord reads it from its own), not where corral import "
+        "ran"]
+    monkeypatch.setenv("CORRAL_TEST_DIR", "/srv/app")
+    tables = r.stdout.split("\n", 1)[1]
+    with running_daemon(shared_tmpdir(), tables) as d:
+        wait_until(lambda: "stdout: DATA=/srv/app/da`ta" in d.cli("logs", "p").stdout,
+                   what="the value read as the program started")
+        assert "stdout: PLAIN=1" in d.cli("logs", "p").stdout

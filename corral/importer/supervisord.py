@@ -224,9 +224,7 @@ def _daemon_section(parser: configparser.RawConfigParser, imp: Conversion,
     try:
         for k, v in parser["supervisord"].items():
             if k == "environment":
-                env = env_pairs(expand_value(v, base, "[supervisord]", k, imp) or "",
-                                "[supervisord]")
-                dollars(env, "[supervisord]", imp)
+                env = environment_of(v, base, "[supervisord]", imp)
             elif k == "user":
                 user = user_of(v, base, "[supervisord]", imp)
                 if user in ("root", "0"):
@@ -300,6 +298,46 @@ def _groups(parser: configparser.RawConfigParser, imp: Conversion) -> dict[str, 
     return out
 
 
+# %(ENV_X)s in an environment value: marked (of env_pairs' word characters) to be read
+# where the program starts, never expanded with the importing shell's value (issue 88)
+_ENV_REF = re.compile(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)s")
+_MARKED = re.compile(r"\{corral-env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def environment_of(text: str, ex: dict[str, Any], where: str, imp: Conversion
+                   ) -> dict[str, str]:
+    """An environment=, its `%(name)s` expanded now but for `%(ENV_X)s`, kept marked
+    (`_read_at_start`)."""
+    marked = _ENV_REF.sub(lambda m: "{corral-env:" + m[1] + "}", text)
+    env = env_pairs(expand_value(marked, ex, where, "environment", imp) or "", where)
+    dollars(env, where, imp)
+    return env
+
+
+def _read_at_start(command: str | list[str], values: dict[str, str], where: str,
+                   imp: Conversion) -> list[str]:
+    """The command under `sh -c`, which sets each of `values` as the program starts, its
+    `%(ENV_X)s` read from the daemon's environment then (as supervisord reads its own
+    as it starts), and not from the shell corral import ran in."""
+    def quoted(text: str) -> str:
+        parts = _MARKED.split(text)
+        return "".join("${" + p + "}" if n % 2 else re.sub(r'([\\"$`])', r"\\\1", p)
+                       for n, p in enumerate(parts))
+
+    assigns = " ".join(f'"{quoted(f"{k}={v}")}"' for k, v in values.items())
+    names = sorted({n for v in values.values() for n in _MARKED.findall(v)})
+    imp.note(where, "environment", ", ".join(
+        f"{k}={_MARKED.sub(lambda m: '%(ENV_' + m[1] + ')s', v)}" for k, v in values.items())
+        + f": set as the program starts, by `sh -c`, {', '.join(names)} read from the "
+          "daemon's environment then (as supervisord reads it from its own), not where "
+          "corral import ran")
+    if isinstance(command, list) and command[:2] == ["sh", "-c"] and len(command) == 3 \
+            and command[2].startswith("exec "):  # _command's script: one shell is enough
+        return ["sh", "-c", f"exec env {assigns} {command[2][len('exec '):]}"]
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    return ["sh", "-c", f'exec env {assigns} "$0" "$@"', *argv]
+
+
 def dollars(env: dict[str, str], where: str, imp: Conversion) -> None:
     """Each value that names a $VARIABLE, said: supervisord expands none in an
     environment (it read `USER=$USER_NAME` as USER="$"); nor does corral's env."""
@@ -366,9 +404,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         table[target("directory")] = cwd
     env = dict(common.env)
     if "environment" in raw:
-        own = env_pairs(get("environment", ""), where)
-        dollars(own, where, imp)
-        env |= own
+        env |= environment_of(raw["environment"], ex, where, imp)
     user = user_of(raw["user"], ex, where, imp) if "user" in raw else common.user
     if user:
         table["user"] = user
@@ -405,6 +441,10 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
             imp.note(where, k, "false: not carried: corral signals the program's whole "
                                "process group")
     _logs(raw, get, table, where, imp, numprocs)
+    at_start = {k: v for k, v in env.items() if _MARKED.search(v)}
+    if at_start:
+        table["command"] = _read_at_start(table["command"], at_start, where, imp)
+        env = {k: v for k, v in env.items() if k not in at_start}
     if env:
         table["env"] = env
     for k in raw:
@@ -426,20 +466,16 @@ def _getter(raw: dict[str, str], ex: dict[str, Any], where: str, imp: Conversion
 
 def expand_value(text: str, ex: dict[str, Any], where: str, key: str, imp: Conversion
                 ) -> str | None:
-    """A value expanded with the environment corral import runs in. A variable not set
-    there (a container's, set where it runs) leaves an environment's value empty, and any
-    other key out (None), each said."""
+    """A value expanded with the environment corral import runs in (an environment's
+    `%(ENV_X)s` is not: environment_of). A variable not set there (a container's, set
+    where it runs) leaves the key out (None), said."""
     unset = sorted({v for v in re.findall(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)", text)
                     if f"ENV_{v}" not in ex})
     if unset:
         names = ", ".join(f"${v}" for v in unset)
-        if key != "environment":
-            imp.note(where, key, f"{text!r}: not carried: {names} not set where corral "
-                                 "import ran (supervisord reads it as it starts)")
-            return None
-        imp.note(where, key, f"{names} not set where corral import ran: left empty (set "
-                             "it in env)")
-        ex = ex | {f"ENV_{v}": "" for v in unset}
+        imp.note(where, key, f"{text!r}: not carried: {names} not set where corral "
+                             "import ran (supervisord reads it as it starts)")
+        return None
     try:
         return expand(text, ex, f"{where} {key}")
     except ConfigError as exc:  # a template's placeholder (`%HOME%`), filled in elsewhere
