@@ -152,3 +152,36 @@ def test_without_a_registry_configured_it_is_refused_saying_which_key() -> None:
         assert (r.returncode, r.stderr) == (
             1, f"corral: mcp add --registry io.github.acme/weather: {d.config} names no "
                "[supervisor] mcp_registry, the registry's URL\n")
+
+
+@pytest.mark.parametrize(("package", "command"), [
+    ({"registryType": "pypi", "identifier": "acme-weather", "version": "0.9.1",
+      "runtimeArguments": [{"type": "named", "name": "--python", "value": "3.12"}],
+      "packageArguments": [{"type": "positional", "value": "serve"}]},
+     ["uvx", "--python", "3.12", "acme-weather==0.9.1", "serve"]),
+    ({"registryType": "oci", "identifier": "ghcr.io/acme/weather", "version": "2.1.0",
+      "transport": {"type": "stdio"}},
+     ["docker", "run", "-i", "--rm", "ghcr.io/acme/weather:2.1.0"]),
+    ({"registryType": "oci", "identifier": "docker.io/acme/weather:2.1.0"},
+     ["docker", "run", "-i", "--rm", "docker.io/acme/weather:2.1.0"]),
+])
+def test_each_kind_of_package_runs_at_its_pinned_version(package: dict[str, Any],
+                                                         command: list[str]) -> None:
+    from corral.daemon.mcpregistry import RegistryServer, _entry
+
+    got = _entry("io.github.acme/weather", {"name": "io.github.acme/weather",
+                                            "packages": [package]}, {})
+    assert got == RegistryServer("weather", got.version, command, {})
+
+
+def test_a_required_argument_without_a_value_is_refused() -> None:
+    from corral.daemon.mcpregistry import _entry
+    from corral.jsonrpc import RpcError
+
+    with pytest.raises(RpcError) as caught:
+        _entry("io.github.acme/weather", {"packages": [{
+            "registryType": "npm", "identifier": "w", "version": "1.0.0",
+            "packageArguments": [{"type": "positional", "valueHint": "config_path",
+                                  "isRequired": True}]}]}, {})
+    assert caught.value.message == ("mcp add --registry io.github.acme/weather: its "
+                                    "argument config_path has no value corral can give")
