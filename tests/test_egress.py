@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import check_commands, load_config
 from corral.supervisor.isolation import isolation
 from corral.supervisor.refusals import TOPIC
@@ -434,3 +435,101 @@ def test_its_gateways_are_there_after_an_upgrade() -> None:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+# -- an MCP server's own egress (issue 88) ------------------------------------------------
+@contextlib.contextmanager
+def answering() -> Iterator[socket.socket]:
+    """A host listener on loopback answering each connection "pong" (a thread)."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(100)
+                conn.sendall(b"pong\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def reach_server(tmp: Path, egress: str) -> str:
+    home = tmp / "server-home"
+    home.mkdir(exist_ok=True)
+    return textwrap.dedent(f"""
+        [mcp_servers.reach]
+        command = ["{PY}", "{HERE}/servers/reach_mcp.py"]
+        cwd = "{home}"
+        {egress}
+    """)
+
+
+async def reach(d: Any, host: str, port: int) -> str:
+    res = await d.dispatcher.call(SOCKET, "tools.call", msgspec.json.encode(
+        {"name": "reach__reach", "arguments": {"host": host, "port": port}}))
+    return str(msgspec.json.decode(msgspec.json.encode(res))["content"][0]["text"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="egress_allow: the daemon holds the "
+                    "server's network namespace as root")
+@pytest.mark.deadline(120)
+async def test_an_mcp_server_reaches_its_egress_allow_and_nothing_else(
+        tmp_path: Path) -> None:
+    with answering() as allowed, answering() as other:
+        a, b = allowed.getsockname()[1], other.getsockname()[1]
+        server = reach_server(tmp_path, f'egress = "none"\negress_allow = ["127.0.0.1:{a}"]')
+        async with in_process(tmp_path, "", server) as d:
+            bus = d.sup.events.follow(TOPIC)
+            # its allowed address, passed on by the daemon to the host's
+            assert await reach(d, "127.0.0.1", a) == "connected: pong"
+            # anything else, on the host or off it: refused, each seen as its refusal
+            assert await reach(d, "127.0.0.1", b) == (
+                "ConnectionRefusedError: [Errno 111] Connection refused")
+            assert await reach(d, "192.0.2.1", 443) == (
+                "ConnectionRefusedError: [Errno 111] Connection refused")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while len(bus.queue) < 2:
+                assert loop.time() < deadline, "its refusals were never told"
+                await asyncio.sleep(0.05)
+            got = [msgspec.json.decode(bus.pop())["data"] for _ in range(len(bus.queue))]
+            d.sup.events.unfollow(bus)
+            assert [(g["agent"], g["task"], g["kind"], g["target"]) for g in got] == [
+                ("reach", None, "connect", f"127.0.0.1:{b}"),
+                ("reach", None, "connect", "192.0.2.1:443")]
+    # and without egress: the host's network as before
+    with answering() as other:
+        port = other.getsockname()[1]
+        async with in_process(tmp_path, "", reach_server(tmp_path, "")) as d:
+            assert await reach(d, "127.0.0.1", port) == "connected: pong"
+
+
+def test_an_mcp_servers_egress_config_errors_are_exact(tmp_path: Path) -> None:
+    def said(table: str) -> str:
+        p = tmp_path / "c.toml"
+        p.write_text(f'[mcp_servers.s]\ncommand = "true"\n{table}')
+        with pytest.raises(ConfigError) as err:
+            load_config(p)
+        return str(err.value)
+
+    assert said('egress = "gateways"') == (
+        f'{tmp_path}/c.toml: mcp_servers.s: egress "gateways" is an agent\'s: an MCP '
+        'server is given no gateway (egress = "none", with egress_allow)')
+    assert said('egress_allow = ["127.0.0.1:80"]') == (
+        f'{tmp_path}/c.toml: mcp_servers.s: egress_allow needs egress = "none": it names '
+        "what the server may reach besides nothing")
+    for entry in ("api.example.com:443", "127.0.0.1", "127.0.0.1:0", "::1:80"):
+        assert said(f'egress = "none"\negress_allow = ["{entry}"]') == (
+            f"{tmp_path}/c.toml: mcp_servers.s: egress_allow: {entry!r} is not IP:PORT (an "
+            "address, not a name: the sandbox has no resolver; [IPv6]:PORT)"), entry

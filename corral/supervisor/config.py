@@ -18,6 +18,7 @@ from msgspec import Meta
 
 from .. import redact
 from ..taskoptions import RetryOutcome
+from .egressallow import allowed
 from .schedule import Cron, ScheduleError, ScheduleSpec
 from .teams.definition import TeamSpec
 from .workflows.definition import WorkflowSpec
@@ -326,6 +327,9 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     tools_untrusted: list[str] = []
     sensitive: bool = False
     tools_sensitive: list[str] = []
+    # its process's egress (issue 88): "none" reaches nothing but egress_allow's IP:PORTs
+    egress: Literal["any", "gateways", "none"] | None = None
+    egress_allow: list[str] = []
 
     @property
     def remote(self) -> bool:
@@ -340,6 +344,8 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
         if self.url is not None and self.command:
             raise ConfigError("give either command (a local server) or url (a remote "
                               "one), not both")
+        if self.egress_allow or self.egress not in (None, "any"):
+            self._check_egress()
         if self.url is None:
             if self.transport not in (None, "stdio"):
                 raise ConfigError(f"transport {self.transport!r} needs a url")
@@ -355,6 +361,21 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
                 self.oauth_client_id and self.oauth_client_secret):
             raise ConfigError('oauth_grant = "client_credentials" needs oauth_client_id and '
                               "oauth_client_secret")
+
+    def _check_egress(self) -> None:
+        if self.url is not None:
+            raise ConfigError("egress is a local server's: a remote one is reached by the "
+                              "daemon itself")
+        if self.egress == "gateways":
+            raise ConfigError('egress "gateways" is an agent\'s: an MCP server is given no '
+                              'gateway (egress = "none", with egress_allow)')
+        if self.egress != "none":
+            raise ConfigError('egress_allow needs egress = "none": it names what the '
+                              "server may reach besides nothing")
+        try:
+            allowed(self.egress_allow)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 IFREQ = "16sH14x"
+IP_FREEBIND = 15
 BUFFER = 65536
 
 
@@ -67,38 +68,46 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
 
 
-def made(host: str, port: int, within: str | None = None
-         ) -> tuple[int, socket.socket, socket.socket | None]:
-    """A new network namespace (its fd) with its loopback up, a listener at host:port
-    in it and the packet socket that sees what it refuses (egresswatch.py; None where it
-    cannot be had); `within`: the namespace at that path instead (a process's, kept
-    across an upgrade). OSError where this process may not make one (not root)."""
-    def make() -> tuple[int, socket.socket, socket.socket | None]:
+def made(addresses: Sequence[tuple[str, int]], within: str | None = None
+         ) -> tuple[int, list[socket.socket], socket.socket | None]:
+    """A new network namespace (its fd) with its loopback up, every address in it local,
+    a listener at each of `addresses` and the packet socket that sees what it refuses
+    (egresswatch.py; None where it cannot be had); `within`: the namespace at that path
+    instead (a process's, kept across an upgrade). OSError where this process may not
+    make one (not root)."""
+    def make() -> tuple[int, list[socket.socket], socket.socket | None]:
         libc = _libc()
         if within is None:
             _checked(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
             ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         else:
             ns = os.open(within, os.O_RDONLY | os.O_CLOEXEC)
+        listeners: list[socket.socket] = []
         try:
             if within is None:
                 _loopback_up()
             else:
                 _checked(libc.setns(ns, CLONE_NEWNET), "setns(CLONE_NEWNET)")
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            listener = socket.socket(family, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((host, port))
-            listener.listen(128)
-            listener.setblocking(False)
+            try:
+                packets: socket.socket | None = listen_here()
+            except OSError:
+                packets = None  # (its refusals unseen: the boundary holds all the same)
+            for host, port in addresses:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                listener = socket.socket(family, socket.SOCK_STREAM)
+                listeners.append(listener)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # an address off the host: local by the route listen_here made
+                listener.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                listener.bind((host, port))
+                listener.listen(128)
+                listener.setblocking(False)
         except BaseException:
+            for listener in listeners:
+                listener.close()
             os.close(ns)
             raise
-        try:
-            packets: socket.socket | None = listen_here()
-        except OSError:
-            packets = None  # (its refusals unseen: the boundary holds all the same)
-        return ns, listener, packets
+        return ns, listeners, packets
 
     return _on_a_thread(make)
 
@@ -132,15 +141,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class Door:
-    """One replica's namespace and the daemon's listener in it, passing connections on
-    to the gateways' unix socket."""
+    """One replica's namespace and the daemon's listeners in it, passing connections on
+    (to the gateways' unix socket, or to the addresses an MCP server may reach)."""
 
-    def __init__(self, ns: int, server: asyncio.AbstractServer, url: str,
+    def __init__(self, ns: int, servers: Sequence[asyncio.AbstractServer], key: object,
                  watch: Watch | None) -> None:
-        self.ns, self.server, self.url, self.watch = ns, server, url, watch
+        self.ns, self.servers, self.key, self.watch = ns, servers, key, watch
 
     def close(self) -> None:
-        self.server.close()
+        for server in self.servers:
+            server.close()
         if self.watch is not None:
             self.watch.close()
         os.close(self.ns)
@@ -148,6 +158,26 @@ class Door:
 
 def no_task() -> str | None:
     return None
+
+
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+def _passing_to(connect: Connect) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                               Awaitable[None]]:
+    async def passed_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await connect()
+        except OSError:
+            writer.close()  # the agent sees its connection reset
+            return
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            up_writer.close()
+            writer.close()
+
+    return passed_on
 
 
 class Doors:
@@ -162,45 +192,47 @@ class Doors:
         address passing on to `gateways`; None where this process may not make one.
         `within`: the namespace a process kept across `corral upgrade` runs in (the old
         image's listener went with its exec), given a listener again."""
-        door = self.doors.get(label)
-        if door is not None and door.url == url and within is None:
-            return door.ns
-        if door is not None:  # the gateways moved (a new address): a new door
-            door.close()
-            del self.doors[label]
-        if self.refused is not None:
-            return None
         parts = urlsplit(url)
         if parts.hostname is None or parts.port is None:
             return None
         host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
+        return await self._open(label, url, [(host, parts.port)],
+                                lambda _: lambda: asyncio.open_unix_connection(gateways),
+                                within, task_of)
+
+    async def open_allowed(self, label: str, allowed: Sequence[tuple[str, int]],
+                           task_of: Callable[[], str | None] = no_task) -> int | None:
+        """The namespace an MCP server's replica `label` runs in (egress = "none"): a
+        listener at each address of `egress_allow`, passing on to that address from the
+        daemon's own network, and nothing else; None where this process may not make one."""
+        return await self._open(label, tuple(allowed), allowed,
+                                lambda at: lambda: asyncio.open_connection(*at), None, task_of)
+
+    async def _open(self, label: str, key: object, addresses: Sequence[tuple[str, int]],
+                    connect: Callable[[tuple[str, int]], Connect], within: str | None,
+                    task_of: Callable[[], str | None]) -> int | None:
+        door = self.doors.get(label)
+        if door is not None and door.key == key and within is None:
+            return door.ns
+        if door is not None:  # what it passes on to moved (a new address): a new door
+            door.close()
+            del self.doors[label]
+        if self.refused is not None:
+            return None
         try:
-            ns, listener, packets = made(host, parts.port, within)
+            ns, listeners, packets = made(addresses, within)
         except OSError as exc:
             if within is None:
                 self.refused = str(exc)
             return None
-
-        async def passed_on(reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
-            try:
-                up_reader, up_writer = await asyncio.open_unix_connection(gateways)
-            except OSError:
-                writer.close()  # the agent sees its connection reset
-                return
-            try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-            finally:
-                up_writer.close()
-                writer.close()
-
-        server = await asyncio.start_server(passed_on, sock=listener)
+        servers = [await asyncio.start_server(_passing_to(connect(at)), sock=listener)
+                   for at, listener in zip(addresses, listeners, strict=True)]
         watch = None
         if packets is not None and self.refusals is not None:
             watch = Watch(packets, self.refusals, label.partition("#")[0], task_of)
         elif packets is not None:
             packets.close()
-        self.doors[label] = Door(ns, server, url, watch)
+        self.doors[label] = Door(ns, servers, key, watch)
         return ns
 
     def close(self) -> None:

@@ -15,8 +15,12 @@ from ..mcp.client import McpClient, ServerNews
 from ..mcp.pool import McpPool
 from ..text import plural
 from .config import MIB, McpServerSpec
+from .egressallow import allowed
+from .egressdoors import Doors
+from .mcpegress import server_sandboxed
 from .process import ChildProcess
 from .process_replica import ProcessReplica, ReplicaHost
+from .tuning import Tuning
 
 
 class McpHost(ReplicaHost, Protocol):
@@ -26,6 +30,10 @@ class McpHost(ReplicaHost, Protocol):
     def mcp(self) -> McpPool[Any, Any]: ...  # told of list changes and resource updates
     @property
     def state_dir(self) -> Path | None: ...  # where remote servers' OAuth tokens are kept
+    @property
+    def tuning(self) -> Tuning: ...  # the sandbox program, corral's files (egress = "none")
+    @property
+    def egress_doors(self) -> Doors: ...  # the namespaces the daemon holds
 
 
 class McpServerReplica(ProcessReplica):
@@ -44,6 +52,30 @@ class McpServerReplica(ProcessReplica):
         self.client = self._new_client()
         self._refresh: asyncio.Task[Any] | None = None
         self._retune: asyncio.Future[Any] | None = None
+        self._held = False  # its process in a namespace the daemon holds (mcpegress.py)
+
+    async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
+                        spawning: dict[str, Any]) -> ChildProcess | None:
+        """egress = "none": the namespace the daemon holds for it, its listeners at
+        egress_allow's addresses (none at all without them)."""
+        self._held = False
+        if self.spec.egress != "none":
+            return None
+        doors = self.host.egress_doors
+        ns = await doors.open_allowed(self.label, allowed(self.spec.egress_allow))
+        if ns is None and self.spec.egress_allow:
+            raise OSError(f"egress_allow: the daemon cannot hold a network namespace for "
+                          f"it here ({doors.refused}): it needs the daemon as root")
+        if ns is not None:
+            spawning["netns"] = ns
+            self._held = True
+        return None
+
+    def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
+              beside: bool = False) -> list[str]:
+        if self.spec.egress != "none":
+            return argv
+        return server_sandboxed(argv, env, uid, self.spec, self.host.tuning, self._held)
 
     def _new_client(self) -> McpClient:
         return McpClient(self.label, roots=self.spec.roots,

@@ -1,0 +1,33 @@
+"""An MCP server's own egress (issue 88): `egress = "none"` on `[mcp_servers.NAME]` runs
+its process as an agent's egress sandbox runs (bubblewrap, the same seccomp filter, the
+system read-only, its program's installation and its script's directory read-only, its
+cwd writable, corral's files masked), in a network namespace the
+daemon holds (as root: egressdoors.py) where the only listeners are the daemon's, one at
+each address of `egress_allow`, passing connections on to it; without root, in one of its
+own with nothing in it, and `egress_allow` refuses the start."""
+
+from __future__ import annotations
+
+import os
+
+from .config import McpServerSpec
+from .sandbox import program_paths, resolve_program, sandboxed
+from .seccomp import egress_file
+from .tuning import Tuning
+
+
+def server_sandboxed(argv: list[str], env: dict[str, str], uid: int | None,
+                     spec: McpServerSpec, tuning: Tuning, held: bool) -> list[str]:
+    """The bwrap command line a server with egress = "none" is started by; `held`: in
+    the namespace the daemon holds for it (else bwrap makes an empty one)."""
+    argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
+    cwd = spec.cwd or os.getcwd()
+    read_only = [*map(str, program_paths(argv[0])),
+                 *(p for p in spec.env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    script = os.path.join(cwd, argv[1]) if len(argv) > 1 else ""
+    if os.path.isfile(script):  # an interpreter's script: its directory, read-only
+        read_only.append(os.path.dirname(os.path.abspath(script)))
+    return sandboxed(argv, program=tuning.sandbox_program, cwd=cwd,
+                     env=env, network="held" if held else "none",
+                     root=(os.geteuid() if uid is None else uid) == 0, read_only=read_only,
+                     protected=tuning.protected_paths, seccomp=egress_file())
