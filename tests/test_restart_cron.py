@@ -80,3 +80,33 @@ def test_pm2s_cron_restart_is_imported_as_restart_cron(tmp_path: Path) -> None:
         'corral import: eco.json: apps[1] (secs): cron_restart: "*/30 * * * * *": not '
         'carried: cron "*/30 * * * * *": expected 5 fields (minute hour day month '
         "weekday), got 6 (corral's restart_cron is five fields, minutes first)\n")
+
+
+def test_an_imported_pm2_cron_restart_restarts_the_app_when_the_manual_clock_passes_it(
+        ) -> None:
+    """PM2's cron_restart as `corral import` writes it, the daemon's clock a manual one
+    moved past the time by `corral clock --advance`: the app is restarted then."""
+    tmp = shared_tmpdir()
+    at = time.gmtime(time.time() + 3 * 3600)
+    (tmp / "eco.json").write_text(
+        '{"apps": [{"name": "nightly", "script": "sleep", "args": ["600"], '
+        f'"cron_restart": "{at.tm_min} {at.tm_hour} * * *"}}, '
+        '{"name": "once", "script": "sleep", "args": ["600"], "autorestart": false, '
+        '"instances": 2, "min_uptime": 1000, '
+        f'"cron_restart": "{at.tm_min} {at.tm_hour} * * *"}}]}}')
+    r = corral_run(["import", "eco.json"], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                   cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    (tmp / "d").mkdir()
+    with running_daemon(tmp / "d", r.stdout, extra="manual_clock = true") as d:
+        wait_until(lambda: d.status()["nightly#0"]["state"] == "ready", what="started")
+        pid = d.status()["nightly#0"]["pid"]
+        assert d.cli("clock", "--advance", "1d").returncode == 0
+        wait_until(lambda: d.status()["nightly#0"]["pid"] not in (None, pid)
+                   and d.status()["nightly#0"]["state"] == "ready", what="restarted")
+        # every replica, a PM2 app that is never restarted by its policy among them, each
+        # saying why it was (no failure counted)
+        wait_until(lambda: all(s["last_exit"] == "restarted on request (restart_cron)"
+                               and s["pid"] is not None for s in d.status().values()),
+                   what="each replica restarted on the schedule")
+        assert [s["restarts"] for s in d.status().values()] == [0, 0, 0]
