@@ -99,7 +99,8 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
                     "and a daemon restart keeps it); the CLI takes 90s, 15m, 1h, 2d.",
         extra=_cli(parse="duration", metavar="DURATION"))] | None = None
     not_before: Annotated[float, msgspec.Meta(
-        ge=0, description="Start it no sooner than this unix time (not with delay).",
+        ge=0, description=f"Start it no sooner than this unix time, at most "
+                          f"{MAX_DELAY / 86400:g} days from now (not with delay).",
         extra=_cli(metavar="UNIX_TIME"))] | None = None
     retry: RetryOptions | None = None
     session: Annotated[SessionName, msgspec.Meta(

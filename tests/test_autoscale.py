@@ -209,7 +209,7 @@ async def test_python_api_refuses_replicas_outside_bounds_and_scale_outside(
     with pytest.raises(SupervisorError) as info:
         await sup.scale("b", 3)
     assert (info.value.code, info.value.message) == (
-        jsonrpc.INVALID_PARAMS, "b autoscales between min_replicas 1 and max_replicas 2: 3 "
+        jsonrpc.CONFLICT, "b autoscales between min_replicas 1 and max_replicas 2: 3 "
         "is outside them (change [agents.b.autoscale] to go further)")
     assert len(sup.agent("b").replicas) == 1
 

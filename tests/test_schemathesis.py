@@ -50,20 +50,20 @@ EXCLUDED = {("POST", "/api/v1/agents"): {"positive_data_acceptance"},
 # two values); any other refusal of a schema-valid request still fails the run.
 # POST /tenants: a tenant's `user` must exist on this host; its memory_high_mb must be at
 # most its max_memory_mb.
-# POST /tasks: a `not_before` at most MAX_DELAY past this host's clock (a static
-# document cannot say now).
+# POST /tasks: a `not_before` at most MAX_DELAY past this host's clock (the document says
+# the bound in words: a static one cannot say now).
 # PATCH /agents/{name}: the patched agent's command must be an executable on this host's
 # PATH or a file (the run adds agents with check=false, whose commands are not; a patch
 # of any key checks the table it makes whole).
 # POST /agents/{name}/scale: the fleet's replicas at most this host's max_replicas (a
 # [supervisor] setting: the run's daemon has FLEET_MAX).
-# POST /workflows: a step's agent, or nested workflow, must be one there is; and rules
-# between two values: a step name used once, a reference or join naming an earlier step
-# of the workflow, no cycle. What a step is by itself (its kind, a signal's name, a map's
-# or a condition's reference, map or join) the document says (openapi._step_rules): its
-# refusal fails the run.
-# POST /teams: the same, a team's members, router and leader must be agents there are,
-# none a team, of one tenant, and the team's name no agent's nor server's; and between two
+# POST /workflows: rules between two values (a step's agent, or nested workflow, that
+# there is not is a 404, which the document names): a step name used once, a reference
+# or join naming an earlier step of the workflow, no cycle. What a step is by itself (its
+# kind, a signal's name, a map's or a condition's reference, map or join) the document
+# says (openapi._step_rules): its refusal fails the run.
+# POST /teams: a team's members, router and leader none a team (one there is not: a
+# 404), of one tenant, and the team's name no agent's nor server's; and between two
 # values: none the team itself, a rule's member and the default among the members, the
 # leader not. What a team is by itself (a member named once, its mode's keys, a rule's
 # ref) the document says (openapi._team_rules).
@@ -72,11 +72,10 @@ EXCUSED = {("POST", "/api/v1/tenants"): ("user: no such user: ",
            ("POST", "/api/v1/tasks"): ("days from now",),
            ("PATCH", "/api/v1/agents/{name}"): ("(--no-check to update it anyway)",),
            ("POST", "/api/v1/agents/{name}/scale"): ("(a [supervisor] setting)",),
-           ("POST", "/api/v1/workflows"): ("no such agent: ", "no such workflow: ",
-                                           ": two steps named ", " names no step ",
+           ("POST", "/api/v1/workflows"): (": two steps named ", " names no step ",
                                            "which comes after it", ": a cycle of ",
                                            ": join names step "),
-           ("POST", "/api/v1/teams"): (": no such agent", "is a team (", "an agent has its name",
+           ("POST", "/api/v1/teams"): ("is a team (", "an agent has its name",
                                        "an MCP server has its name",
                                        "(a team's agents are its tenant's)",
                                        "its agents are of more than one tenant",

@@ -255,7 +255,7 @@ async def test_a_kept_scale_is_where_a_restarted_daemon_starts_within_bounds(
         with pytest.raises(RpcError) as err:
             await d.dispatcher.call(me, "agents.scale", {"name": "ks", "replicas": 5})
         assert (err.value.code, err.value.message) == (
-            jsonrpc.INVALID_PARAMS, "ks autoscales between min_replicas 1 and max_replicas "
+            jsonrpc.CONFLICT, "ks autoscales between min_replicas 1 and max_replicas "
             "4: 5 is outside them (change [agents.ks.autoscale] to go further)")
         assert len(d.sup.agent("ks").replicas) == 1
         got = decisions(d.sup)

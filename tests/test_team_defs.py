@@ -71,7 +71,7 @@ async def test_runtime_teams_over_http_with_revisions_and_tenants(tmp_path: Path
         assert await ask("POST", "/teams", "ta", {"teams": {"desk": team("a1")}}) == (
             200, {"added": ["desk"]})
         for tables, code, said in (
-                ({"other": team("a1", "b1")}, 400,
+                ({"other": team("a1", "b1")}, 404,  # a member there is not: a 404
                  "teams.add: team other: member b1: no such agent"),
                 ({"b1": team("a1")}, 400,
                  "teams.add: team b1: an agent has its name (a task names one or the other)"),
@@ -114,7 +114,7 @@ async def test_runtime_teams_over_http_with_revisions_and_tenants(tmp_path: Path
         assert (body["status"], sorted(body["output"])) == ("succeeded", ["a2"]), body
         # a change that does not hold is refused, the team as it was
         status, body = await ask("PATCH", "/teams/desk", "ta", {"set": {"members": ["b1"]}})
-        assert (status, body["detail"]) == (400, "teams.update: team desk: member b1: no "
+        assert (status, body["detail"]) == (404, "teams.update: team desk: member b1: no "
                                                  "such agent")
         status, body = await ask("PATCH", "/teams/desk", "ta", {"set": {"leader": "a1"}})
         assert (status, body["detail"]) == (400, "teams.update: team desk: leader is for "
@@ -156,7 +156,7 @@ async def test_runtime_teams_over_http_with_revisions_and_tenants(tmp_path: Path
         with pytest.raises(RpcError) as refused:
             await teams.add_team("py2", team("ghost"))
         assert (refused.value.code, refused.value.message) == (
-            jsonrpc.INVALID_PARAMS, "teams.add: team py2: member ghost: no such agent")
+            jsonrpc.NOT_FOUND, "teams.add: team py2: member ghost: no such agent")
         ran = await api.d.dispatcher.call(SOCKET, "tasks.run", m.TasksRun(
             agent="py", input=msgspec.Raw(b"1")))
         assert (ran.status, ran.output["a2"]["output"]) == ("succeeded",
@@ -182,7 +182,7 @@ async def test_a_glob_token_sees_only_the_teams_whose_every_agent_it_sees(
         await unseen(ask, "team", "mixed", "pub", {"description": "x"})
         status, body, _ = await api.ask("POST", "/teams", "pub", body={"teams": {
             "sneak": team("pub1", "sec1")}})
-        assert (status, body["detail"]) == (400, "teams.add: team sneak: member sec1: no "
+        assert (status, body["detail"]) == (404, "teams.add: team sneak: member sec1: no "
                                                  "such agent")
         status, body, _ = await api.ask("PATCH", "/teams/open", "pub",
                                         body={"set": {"members": ["pub2"]}})

@@ -64,8 +64,9 @@ async def test_runtime_workflows_over_http_with_revisions_and_tenants(
                          ) == (200, {"added": ["greet"]})
         status, body = await ask("POST", "/workflows", "ta",
                                  {"workflows": {"other": step("wb", 1)}})
+        # (a step naming an agent there is not, for the caller: a 404, not a 400)
         assert (status, body["detail"]) == (
-            400, "workflows.add: workflow other, step s: no such agent: wb")
+            404, "workflows.add: workflow other, step s: no such agent: wb")
         status, body = await ask("POST", "/workflows", "ta", {"workflows": {
             "bad": {"steps": [{"name": "s", "agent": "wa", "concurrency": 0}]}}})
         assert (status, body["detail"]) == (400, "workflows.add: workflows.bad.steps[0]."

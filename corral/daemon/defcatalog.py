@@ -18,6 +18,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import convert, validate_name
+from ..supervisor.errors import refused_definition
 from .caller import Caller, Channel
 from .definitions import Definitions, DefRevision
 from .fleet import merge_patch
@@ -95,8 +96,8 @@ class RuntimeCatalog(Generic[S]):
         tenant's agents alone), else the tenant `check` answers."""
         try:
             checked = check(name, spec, others)
-        except ValueError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}: {exc}") from None
+        except ValueError as exc:  # a referent there is not: a 404, as a method on it
+            raise refused_definition(exc, f"{where}: ") from None
         return tenant if tenant is not None else checked
 
     def restore(self, report: Callable[[str], None]) -> None:

@@ -275,8 +275,8 @@ class Fleet:
         async with self.changing([name]):
             agent = self.agents.agent(name)
             why = scale_refusal(agent.spec, replicas)
-            if why:
-                raise RpcError(jsonrpc.INVALID_PARAMS, why)
+            if why:  # the agent's state (its autoscale bounds), not the request's shape
+                raise RpcError(jsonrpc.CONFLICT, why)
             self.agents.check_fleet({name: replicas}, f"{plural(replicas, 'replica')} of {name}")
             # recorded before any replica starts or stops
             writes: list[Write] = []

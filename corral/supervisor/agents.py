@@ -144,7 +144,7 @@ class Agents(Mapping[str, Agent]):
         agent = self.agent(name)
         why = scale_refusal(agent.spec, replicas)
         if why:
-            raise SupervisorError(jsonrpc.INVALID_PARAMS, why)
+            raise SupervisorError(jsonrpc.CONFLICT, why)  # the agent's bounds: a 409
         await agent.scale(replicas)  # refuses more than max_replicas
 
     async def pause(self, name: str, index: int | None = None, reason: str = "paused"

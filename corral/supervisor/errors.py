@@ -9,6 +9,18 @@ from ..jsonrpc import RpcError
 from ..text import closest, listing
 
 
+class MissingReferent(ValueError):
+    """A definition (a workflow, a team) names an agent or a workflow there is not: refused
+    as NOT_FOUND (an HTTP 404), where its other faults are INVALID_PARAMS (400)."""
+
+
+def refused_definition(exc: ValueError, where: str = "") -> RpcError:
+    """A definition's fault as a call's error: NOT_FOUND for a referent there is not,
+    INVALID_PARAMS for the rest."""
+    code = jsonrpc.NOT_FOUND if isinstance(exc, MissingReferent) else jsonrpc.INVALID_PARAMS
+    return RpcError(code, f"{where}{exc}")
+
+
 class SupervisorError(RpcError):
     """An operation on the supervisor failed; `code` is a jsonrpc error code."""
 

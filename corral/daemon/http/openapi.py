@@ -46,9 +46,11 @@ ERRORS = {
            "found on it; `detail` names the rule)",
     "401": "No valid bearer token",
     "403": "The token lacks the scope the method needs (named), or its agent glob",
-    "404": "No such agent, task, token, server or tool",
+    "404": "No such agent, task, token, server or tool (a workflow or team naming an "
+           "agent or workflow there is not too)",
     "409": "A conflict with the current state (an Idempotency-Key already sent with "
-           "another request, or its first request still being answered)",
+           "another request, or its first request still being answered; a scale past "
+           "the agent's autoscale bounds)",
     "413": "The body is over the size limit",
     "415": "The body is not JSON",
     "429": "Over the token's rate, or refused for now (Retry-After)",

@@ -16,6 +16,7 @@ from ...supervisor.agents import Agents
 from ...supervisor.durable import CallHandover
 from ...supervisor.durable.calls import Calls
 from ...supervisor.durable.tasks import Durables
+from ...supervisor.errors import refused_definition
 from ...supervisor.tasks import TaskManager
 from ...supervisor.tasks.ids import new_id
 from ...supervisor.tracing import Tracer
@@ -101,11 +102,13 @@ class WorkflowService:
         if spec is None:
             raise jsonrpc.not_found("workflow", name)
         tenant = self.tenant(name)
-        with jsonrpc.invalid_params(WorkflowError):
+        try:
             # a tenant's workflow runs its tenant's agents alone: a name another tenant
             # took since is no agent of it
             wf = compile_workflow(name, spec, lambda a: a in self.agents and (
                 tenant is None or self.agent_tenant(a) == tenant), specs)
+        except WorkflowError as exc:
+            raise refused_definition(exc) from None
         rev = self.catalog.revision_of(name)
         now = time.time()
         run = Run(run_id or new_id(), name, wf, run_input, "running", now,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from ..workflows.refs import SHAPE, parse
-from .definition import TeamError, TeamSpec
+from .definition import TeamError, TeamMissing, TeamSpec
 
 TOOL_SEP = "__"  # a leader's tool for a member is TEAM__MEMBER, as SERVER__TOOL
 
@@ -56,7 +56,7 @@ def _agent(where: str, role: str, agent: str, name: str, teams: Collection[str],
         raise TeamError(f"{where}: {role} {agent} is a team (a team's {role} is an agent; "
                         "teams do not nest)")
     if tenant_of(agent) is None:
-        raise TeamError(f"{where}: {role} {agent}: no such agent")
+        raise TeamMissing(f"{where}: {role} {agent}: no such agent")
 
 
 def _mode(where: str, name: str, spec: TeamSpec, teams: Collection[str],

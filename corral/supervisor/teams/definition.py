@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ..errors import MissingReferent
+
 MAX_MEMBERS = 64
 MAX_RULES = 100
 Mode = Literal["route", "broadcast", "coordinate"]
@@ -13,6 +15,10 @@ Mode = Literal["route", "broadcast", "coordinate"]
 
 class TeamError(ValueError):
     """A definition that cannot run, or a call that cannot go on; the text says why."""
+
+
+class TeamMissing(TeamError, MissingReferent):
+    """A team names an agent there is not."""
 
 
 class Rule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ..errors import MissingReferent
+
 MAX_CONCURRENCY = 1000
 MAX_STEPS = 200
 # items one map step may run: each is a task, and a row the run keeps (with its output)
@@ -15,6 +17,10 @@ MAX_MAP_ITEMS = 10_000
 
 class WorkflowError(ValueError):
     """A definition that cannot run; the text says where and why."""
+
+
+class WorkflowMissing(WorkflowError, MissingReferent):
+    """A workflow's step names an agent or a workflow there is not."""
 
 
 class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

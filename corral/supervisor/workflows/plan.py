@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from .definition import MAX_MAP_ITEMS, StepSpec, WorkflowError, WorkflowSpec
+from .definition import MAX_MAP_ITEMS, StepSpec, WorkflowError, WorkflowMissing, WorkflowSpec
 from .refs import NAME, SHAPE, Missing, Scope, parse, refs_in, resolve
 
 STEP_NAME = re.compile(NAME)
@@ -85,10 +85,11 @@ def compile_workflow(name: str, spec: WorkflowSpec,
         names[s.name] = i
         _check_kind(f"{where}, step {s.name}", s)
         if s.agent is not None and known_agent is not None and not known_agent(s.agent):
-            raise WorkflowError(f"{where}, step {s.name}: no such agent: {s.agent}")
+            raise WorkflowMissing(f"{where}, step {s.name}: no such agent: {s.agent}")
         if s.workflow is not None and workflows is not None and s.workflow != name \
                 and s.workflow not in workflows:
-            raise WorkflowError(f"{where}, step {s.name}: no such workflow: {s.workflow}")
+            raise WorkflowMissing(f"{where}, step {s.name}: no such workflow: "
+                                  f"{s.workflow}")
     nested: frozenset[str] = frozenset()
     if workflows is not None:
         nested = _nested_agents(name, spec, {**workflows, name: spec})
