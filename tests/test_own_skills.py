@@ -8,6 +8,7 @@ directory that holds no skill as SEP-2640 has one refuses the config, naming the
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -172,3 +173,20 @@ def test_a_link_in_a_skill_is_refused(tmp_path: Path) -> None:
         OwnSkills.load(tmp_path)
     assert str(caught.value) == ("[gateway] skills_dir: skill a: passwd is a symbolic link "
                                  "(a skill serves the files its directory holds)")
+
+
+def test_check_config_reads_the_skills_as_the_daemon_does(tmp_path: Path) -> None:
+    from .daemon_harness import corral_run
+
+    skill(tmp_path / "skills", "a", "---\nname: b\ndescription: d\n---\n")
+    (tmp_path / "c.toml").write_text('[gateway]\nskills_dir = "skills"\n')
+    r = corral_run(["check-config", "--no-check", str(tmp_path / "c.toml")],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"corral: invalid config: {tmp_path / 'c.toml'}: [gateway] skills_dir: skill a: its "
+        "SKILL.md's frontmatter names it 'b', not its directory's name\n"))
+    (tmp_path / "skills" / "a" / "SKILL.md").write_text("---\nname: a\ndescription: d\n---\n")
+    r = corral_run(["check-config", "--no-check", str(tmp_path / "c.toml")],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stdout) == (0, f"{tmp_path / 'c.toml'}: ok (0 agents, 0 MCP "
+                                           "servers)\n")

@@ -92,6 +92,13 @@ def _judged(obj: Ctx, where: Path, commands: bool) -> tuple[Config | None, list[
         cfg = load_config(where, commands=commands)
     except ConfigError as exc:
         return None, str(exc).splitlines()
+    if cfg.gateway.skills_dir:  # read as the daemon reads it, at start and reload
+        from ..daemon.ownskills import OwnSkills
+
+        try:
+            OwnSkills.load(where.parent / cfg.gateway.skills_dir)
+        except ConfigError as exc:
+            return cfg, [f"{where}: {exc}"]
     if commands:
         try:
             check_commands(cfg, str(where))
