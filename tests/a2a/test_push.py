@@ -1,11 +1,13 @@
 """Push notifications of the A2A door: a config made for a task waiting for input, and
-the task's next status changes POSTed to a real receiver with the config's token; a URL
-naming a loopback or private address refused unless the operator allows them."""
+the task's next status changes POSTed to a real receiver with the config's token, across
+a SIGKILL of the daemon too; a URL naming a loopback or private address refused unless
+the operator allows them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,11 +45,13 @@ async def receiver() -> AsyncIterator[tuple[str, asyncio.Queue[tuple[dict[str, s
         await runner.cleanup()
 
 
-async def rpc(http: httpx.AsyncClient, url: str, method: str, params: dict[str, Any]
-              ) -> dict[str, Any]:
+async def rpc(http: httpx.AsyncClient, url: str, method: str, params: dict[str, Any],
+              *, ok: bool = True) -> dict[str, Any]:
     r = await http.post(f"{url}/a2a/tck", json={"jsonrpc": "2.0", "id": 1,
                                                  "method": method, "params": params})
     body: dict[str, Any] = r.json()
+    if ok:
+        assert "result" in body, (method, body)
     return body
 
 
@@ -107,14 +111,14 @@ async def test_a_push_url_to_a_loopback_or_private_address_is_refused(
                            "http://169.254.169.254/latest/meta-data", "http://[::1]/x",
                            "http://localhost/hook"):
                 refused = await rpc(http, url, "CreateTaskPushNotificationConfig", {
-                    "taskId": task_id, "url": target})
+                    "taskId": task_id, "url": target}, ok=False)
                 assert refused["error"]["code"] == -32602, refused
                 assert refused["error"]["message"] == (
                     f"invalid params: push url {target!r} names a private, loopback or "
                     "unresolved address (the operator allows these with [a2a] "
                     "push_private = true)")
             refused = await rpc(http, url, "CreateTaskPushNotificationConfig", {
-                "taskId": task_id, "url": "file:///etc/passwd"})
+                "taskId": task_id, "url": "file:///etc/passwd"}, ok=False)
             assert refused["error"]["message"] == ("invalid params: push url "
                                                    "'file:///etc/passwd' is not an "
                                                    "http:// or https:// URL")
@@ -126,7 +130,36 @@ async def test_a_push_url_to_a_loopback_or_private_address_is_refused(
             before = await rpc(http, url, "ListTasks", {})
             sent = message("tck-complete-task") | {"configuration": {
                 "taskPushNotificationConfig": {"url": "http://127.0.0.1:9/hook"}}}
-            refused = await rpc(http, url, "SendMessage", sent)
+            refused = await rpc(http, url, "SendMessage", sent, ok=False)
             assert refused["error"]["code"] == -32602, refused
             after = await rpc(http, url, "ListTasks", {})
             assert after["result"]["tasks"] == before["result"]["tasks"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_push_config_outlives_a_sigkill_and_the_tasks_end_is_delivered(
+        tmp_path: Path) -> None:
+    with a2a_daemon(tmp_path) as (d, url):
+        async with receiver() as (hook, got), httpx.AsyncClient(timeout=30) as http:
+            asked = await rpc(http, url, "SendMessage", message("tck-input-required"))
+            task_id = asked["result"]["task"]["id"]
+            made = await rpc(http, url, "CreateTaskPushNotificationConfig", {
+                "taskId": task_id, "id": "kept", "url": hook, "token": "t0k"})
+            assert "result" in made, made
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGKILL)
+            d.proc.wait()
+            d.start()  # the same state directory and port
+            listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
+                               {"taskId": task_id})
+            assert [c["id"] for c in listed.get("result", {}).get("configs", [])] == [
+                "kept"], listed
+            done = await rpc(http, url, "SendMessage", message("tck-complete-task", task_id))
+            assert done["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", done
+            while True:
+                headers, body = await asyncio.wait_for(got.get(), 30)
+                assert headers[TOKEN_HEADER] == "t0k"
+                state = body.get("statusUpdate", {}).get("status", {}).get("state")
+                if state == "TASK_STATE_COMPLETED":
+                    assert body["statusUpdate"]["taskId"] == task_id
+                    break

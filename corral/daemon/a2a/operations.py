@@ -54,7 +54,8 @@ class Operations:
     async def configure(self, caller: Caller, task_id: str, req: w.SendRequest) -> None:
         config = req.configuration
         if config is not UNSET and config.task_push_notification_config is not UNSET:
-            await self.push.add(task_id, config.task_push_notification_config)
+            await self.push.add(task_id, config.task_push_notification_config,
+                                kept_caller(caller))
             self.watch(caller, task_id)
 
     async def get(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
@@ -83,7 +84,7 @@ class Operations:
         if config.task_id is UNSET:
             raise w.A2aError(w.INVALID_PARAMS, "invalid params: taskId is missing")
         info = await self.door.task(caller, agent, config.task_id)
-        made = await self.push.add(info.task_id, config)
+        made = await self.push.add(info.task_id, config, kept_caller(caller))
         if mp.state_of(info) not in mp.TERMINAL:
             self.watch(caller, info.task_id)
         return w.to_json(made)
@@ -96,7 +97,7 @@ class Operations:
     async def push_list(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
         req = w.decode(params, w.ListPushConfigsRequest)
         await self.door.task(caller, agent, req.task_id)
-        return {"configs": [w.to_json(c) for c in self.push.list(req.task_id)],
+        return {"configs": [w.to_json(c) for c in self.push.of(req.task_id)],
                 "nextPageToken": ""}
 
     async def push_delete(self, caller: Caller, agent: str, params: Any, card: Card
@@ -143,6 +144,15 @@ class Operations:
         async for event in events:
             yield event
 
+    def resume(self) -> None:
+        """Deliver again for the tasks whose configs a daemon before this one kept."""
+        for task_id, caller in self.push.load().items():
+            try:
+                made = msgspec.convert(caller, Caller)
+            except msgspec.ValidationError:
+                continue
+            self.watch(made, task_id)
+
     def watch(self, caller: Caller, task_id: str) -> None:
         """Deliver the task's events to its push configs until it ends."""
         if task_id in self._watching:
@@ -166,6 +176,13 @@ class Operations:
         for job in list(self._watching.values()):
             job.cancel()
         await self.push.close()
+
+
+def kept_caller(caller: Caller) -> dict[str, Any]:
+    """Who made a config, as its file keeps them."""
+    return {"via": caller.via, "token": caller.token, "name": caller.name,
+            "tenant": caller.tenant, "agents": caller.agents,
+            "scopes": sorted(caller.scopes)}
 
 
 def _immediate(req: w.SendRequest) -> w.SendRequest:

@@ -1,22 +1,28 @@
 """Push notification configs (spec 3.5.3) and their delivery: each status change of the
 task POSTed to each config's URL as a StreamResponse, with its token, at least once with
 backoff. A URL must name a public address unless the operator allows private ones
-(`[a2a] push_private`): a caller's URL is no way into the daemon's own network."""
+(`[a2a] push_private`): a caller's URL is no way into the daemon's own network. A task's
+configs are a file of the state directory (`a2a-push/TASK.json`, with who made them),
+so that a restarted daemon delivers what its task does next, its end at least."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ipaddress
+import os
+import re
 import socket
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import UNSET
 
+from ...statefiles import make_dir, open_file
 from . import wire as w
 
 if TYPE_CHECKING:
@@ -28,6 +34,15 @@ RETRIES = 8
 TIMEOUT = 10.0
 MAX_CONFIGS = 16  # per task
 TOKEN_HEADER = "X-A2A-Notification-Token"
+TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # a task id, as a file's name
+
+
+class Kept(msgspec.Struct):
+    """A task's configs as its file keeps them, and who made them (its deliveries are
+    made as that caller: what it may no longer see is not delivered)."""
+
+    caller: dict[str, Any]
+    configs: dict[str, w.PushConfig]
 
 
 def _global(address: str) -> bool:
@@ -81,10 +96,13 @@ def public_resolver() -> Any:
 class PushConfigs:
     """The configs of each task, and their deliveries."""
 
-    def __init__(self, private: bool, report: Callable[[str], None]) -> None:
+    def __init__(self, private: bool, report: Callable[[str], None], home: Path | None
+                 ) -> None:
         self.private = private
         self.report = report
+        self.home = home  # the configs' directory (None: memory alone)
         self.configs: dict[str, dict[str, w.PushConfig]] = {}
+        self.callers: dict[str, dict[str, Any]] = {}
         self.delivered = 0
         self.given_up = 0
         self._http: aiohttp.ClientSession | None = None
@@ -93,7 +111,50 @@ class PushConfigs:
     async def check(self, config: w.PushConfig) -> None:
         await check_url(config.url, self.private)
 
-    async def add(self, task_id: str, config: w.PushConfig) -> w.PushConfig:
+    # -- kept ------------------------------------------------------------------------------
+    def _file(self, task_id: str) -> Path | None:
+        if self.home is None or not TASK_ID.fullmatch(task_id):
+            return None
+        return self.home / f"{task_id}.json"
+
+    def _keep(self, task_id: str) -> None:
+        """The task's file as its configs are now (none: removed), written whole."""
+        path = self._file(task_id)
+        if path is None:
+            return
+        kept = self.configs.get(task_id)
+        if not kept:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        assert self.home is not None
+        make_dir(self.home)
+        part = path.with_suffix(".part")
+        fd = open_file(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, msgspec.json.encode(Kept(self.callers.get(task_id, {}), kept)))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(part, path)
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """The configs kept by the daemon before: each task's caller, by task."""
+        if self.home is None or not self.home.is_dir():
+            return {}
+        found: dict[str, dict[str, Any]] = {}
+        for path in sorted(self.home.glob("*.json")):
+            try:
+                kept = msgspec.json.decode(path.read_bytes(), type=Kept)
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.report(f"a2a push configs of {path.stem} not read: {exc}")
+                continue
+            self.configs[path.stem] = kept.configs
+            self.callers[path.stem] = found[path.stem] = kept.caller
+        return found
+
+    async def add(self, task_id: str, config: w.PushConfig,
+                  caller: dict[str, Any] | None = None) -> w.PushConfig:
         await self.check(config)
         kept = self.configs.setdefault(task_id, {})
         cid = config.id if config.id is not UNSET and config.id else uuid.uuid4().hex
@@ -102,6 +163,9 @@ class PushConfigs:
                              f"{MAX_CONFIGS} push configs, the most it may")
         made = msgspec.structs.replace(config, id=cid, task_id=task_id)
         kept[cid] = made
+        if caller is not None:
+            self.callers.setdefault(task_id, caller)
+        self._keep(task_id)
         return made
 
     def get(self, task_id: str, cid: str) -> w.PushConfig:
@@ -110,7 +174,7 @@ class PushConfigs:
             raise w.A2aError(w.TASK_NOT_FOUND, f"task {task_id} has no push config {cid}")
         return found
 
-    def list(self, task_id: str) -> list[w.PushConfig]:
+    def of(self, task_id: str) -> list[w.PushConfig]:
         return list(self.configs.get(task_id, {}).values())
 
     def delete(self, task_id: str, cid: str) -> None:
@@ -119,15 +183,26 @@ class PushConfigs:
         kept.pop(cid, None)
         if not kept:
             self.configs.pop(task_id, None)
+        self._keep(task_id)
 
     def deliver(self, task_id: str, event: dict[str, Any], final: bool) -> None:
-        """POST `event` to each config of the task (in the background)."""
-        for config in self.list(task_id):
-            job = asyncio.get_running_loop().create_task(self._post(config, event))
+        """POST `event` to each config of the task (in the background); after its end,
+        its configs are forgotten once delivered (a daemon killed before: delivered
+        again by the next)."""
+        loop = asyncio.get_running_loop()
+        posts = [loop.create_task(self._post(config, event))
+                 for config in self.of(task_id)]
+        if final:
+            posts.append(loop.create_task(self._forget(task_id, list(posts))))
+        for job in posts:
             self._work.add(job)
             job.add_done_callback(self._work.discard)
-        if final:
-            self.configs.pop(task_id, None)
+
+    async def _forget(self, task_id: str, posts: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*posts, return_exceptions=True)
+        self.configs.pop(task_id, None)
+        self.callers.pop(task_id, None)
+        self._keep(task_id)
 
     async def _post(self, config: w.PushConfig, event: dict[str, Any]) -> None:
         import aiohttp

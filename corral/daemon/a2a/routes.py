@@ -31,6 +31,7 @@ from .push import PushConfigs
 
 PREFIX = "/a2a"
 CARD_PATH = ".well-known/agent-card.json"
+PUSH_DIR = "a2a-push"  # beside the state database: each task's push configs
 JSON_TYPES = frozenset({"application/json", "application/a2a+json"})
 CARD_MAX_AGE = 300  # seconds a client may keep a card
 # what an anonymous caller may do: run the agent's tasks, read them, answer their asks
@@ -41,8 +42,10 @@ class A2aRoutes:
     def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
         self.settings: A2aSettings = ctx.a2a
+        home = ctx.services.store.path.parent / PUSH_DIR
         self.ops = Operations(A2aDoor(ctx.dispatcher, ctx.services.stream),
-                              PushConfigs(ctx.a2a.push_private, ctx.services.hub.daemon))
+                              PushConfigs(ctx.a2a.push_private, ctx.services.hub.daemon,
+                                          home))
         self.limiter = PerKey(ctx.settings.rate_per_minute)
         self.cards: dict[bytes, float] = {}  # a card's digest -> when first served
 
@@ -152,6 +155,10 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     async def close(app: web.Application) -> None:
         await a2a.ops.close()
 
+    async def resume(app: web.Application) -> None:
+        a2a.ops.resume()
+
+    app.on_startup.append(resume)
     app.on_cleanup.append(close)
     app.add_routes([
         web.get(f"{PREFIX}/{{agent}}/{CARD_PATH}", a2a.card),
