@@ -90,7 +90,13 @@ skills_dir = "{skills}"
             "code": -32000, "message": refusal}
         assert rpc(url, "skills/list", {})["result"]["skills"] == []
         # a reload reads the directory again: served as it is now
-        assert d.cli("reload").returncode == 0
+        # (resources/list's clients told: the SKILL.md files are among its resources)
+        r = d.cli("reload")
+        assert (r.returncode, r.stdout) == (0, "KIND     NAME  CHANGE\ngateway        "
+                                               "skills_dir: its skills changed\n"
+                                               "unchanged: 0 agents, 0 MCP servers\n")
+        assert d.cli("reload").stdout == "nothing changed\nunchanged: 0 agents, 0 MCP " \
+                                         "servers\n"
         again = rpc(url, "skills/list", {})["result"]["skills"]
         assert again[0]["resources"][0]["digest"] == digest(changed)
         assert "secrets" in rpc(url, "resources/read", {"uri": NOTES})["result"][

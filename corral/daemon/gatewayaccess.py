@@ -231,6 +231,11 @@ class GatewayService:
             self.digests.forget(gone)
         self.settings = settings
         self.tokens = tokens
+        if (own.entries() if own else []) != (self.own_skills.entries()
+                                             if self.own_skills else []):
+            # their SKILL.md files are in resources/list (the extension says no more)
+            said.append("skills_dir: its skills changed")
+            self.changed(["resources"])
         self.own_skills = own
         return said
 

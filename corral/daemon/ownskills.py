@@ -72,10 +72,13 @@ class OwnSkills:
                     if isinstance(s.frontmatter.get("description"), str) else {})}
                 for s in self.skills.values()]
 
+    def entries(self) -> list[dict[str, Any]]:
+        return [s.entry() for s in self.skills.values()]
+
     # -- what the gateway asks of a skills server ------------------------------------------
     async def list_all(self, method: str, key: str, timeout: float
                        ) -> list[dict[str, Any]]:
-        return [s.entry() for s in self.skills.values()]
+        return self.entries()
 
     async def request(self, method: str, params: dict[str, Any] | None = None, *,
                       timeout: float | None) -> Any:
