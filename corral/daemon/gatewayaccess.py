@@ -610,6 +610,8 @@ class GatewayService:
             task_id = await self.agent_tools.submit(ident, name, gated.arguments)
         finally:
             HANDED.reset(handed)
+        if self.guard is not None:
+            await self.guard.labels.keep_handed(task_id)
         return await self.agent_tools.outcome(ident, task_id, on_progress)
 
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:

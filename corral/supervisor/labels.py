@@ -119,6 +119,7 @@ class Labels:
         self._replicas: dict[tuple[str, Any], tuple[str, ...]] = {}  # calls of no task'
         self._on: dict[str, dict[str, None]] = {}  # replica label -> its labelled tasks
         self._where: dict[str, str] = {}  # a labelled task -> its replica's label
+        self._handed: dict[str, Task] = {}  # accepted with labels its home has yet to keep
         self._bound = bound
 
     # -- reading -------------------------------------------------------------------------
@@ -184,6 +185,15 @@ class Labels:
         from its start, kept by its home as it is handed or at its first call."""
         self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
         self._kept.setdefault(task.id, ())
+        self._handed[task.id] = task
+
+    async def keep_handed(self, task_id: str) -> None:
+        """The labels a task was handed as it was accepted here, kept by its home now (by
+        its handing-on caller, before the task's first call: a crash then loses none)."""
+        task = self._handed.pop(task_id, None)
+        if task is not None:
+            for key, labels in self.unkept(task, task.replica):
+                await task.home.labels.mark(key, labels)
 
     def unkept(self, task: Task, replica: Replica | None) -> list[tuple[str, tuple[str, ...]]]:
         """The records its home has yet to keep of the task's labels and its session's:
@@ -199,6 +209,7 @@ class Labels:
         """The task ended: its labels are its home's alone now."""
         self._tasks.pop(task.id, None)
         self._kept.pop(task.id, None)
+        self._handed.pop(task.id, None)
         key = session_key(task, task.replica)
         if key is not None:
             self._sessions.pop(key, None)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 
+from ..test_attacks_newest import stateless
 from ..test_boundary_calls import session, text
 from ..test_labels import FETCH, FETCHED, FLEET, SEND, SENT, TAINT, sequence
 from .home import Home, wait_until
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def agents(directory: Path) -> str:
-    del directory
-    return FLEET
+    del directory  # (a task lost with its home is retried)
+    return FLEET.replace("stop_timeout = 10.0", "stop_timeout = 10.0\n    retries = 1")
 
 
 def asked(home: Home, agent: str, at: int = 0) -> dict[str, Any]:
@@ -87,3 +88,30 @@ def test_an_agent_called_at_mcp_corral_asks_wherever_it_runs(home: Home) -> None
             return await call
     result = asyncio.run(calls())
     assert (result.is_error, json.loads(text(result))) == (False, [SENT])
+
+
+def test_a_task_handed_labels_keeps_them_across_a_crash_before_its_first_call(
+        home: Home) -> None:
+    """A replica reads the fetcher's output at /mcp and starts a writer task at
+    /mcp/corral (a client of the tasks extension: given a handle at once), which waits
+    before any call; its home is killed (-9) then: the task's retry, wherever it runs,
+    still asks before it sends."""
+    env = home.run("reader", {"do": "env"})["output"]
+    url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+    read = stateless(url, token, "tools/call", {"name": FETCH["tool"],
+                                                "arguments": FETCH["arguments"]})
+    assert read["result"]["content"] == FETCHED["content"], read
+    never = home.dir / "never"  # (attempt 1 waits for it: the crash comes first)
+    handle = stateless(url + "/corral", token, "tools/call", {"name": "writer", "arguments": (
+        sequence({"await": str(never), "attempt": 1}, SEND))})
+    assert handle["result"]["resultType"] == "task", handle
+    task_id = wait_until("the writer running", lambda: next(
+        (t["task_id"] for t in home.call("tasks.list", {"agent": "writer"})["tasks"]
+         if t["status"] == "running"), None))
+    home.crash(task_id)
+    ask = asked(home, "writer")
+    assert (ask["task_id"], ask["attempt"], ask["subject"]) == (
+        task_id, 2, {**SEND, "policy": TAINT})
+    home.decide(ask["id"], "approved", at=1)
+    done = home.wait(task_id)
+    assert (done["status"], done["output"]) == ("succeeded", [SENT]), done
