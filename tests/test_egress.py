@@ -220,11 +220,30 @@ async def test_none_reaches_not_even_the_gateways(tmp_path: Path, upstream: Stan
         assert out["tool"].startswith("error: ")
         assert out["model"] == "error: APIConnectionError"
         assert upstream.requests == []
-        assert await boundary(d) == "egress none: bubblewrap, an empty network namespace"
+        held = os.geteuid() == 0  # (as root, an empty namespace the daemon holds)
+        assert await boundary(d) == "egress none: bubblewrap, an empty network namespace" + (
+            " corral holds" if held else "")
+        bus = d.sup.events.follow(TOPIC)
         with planted(tmp_path) as p:
             p.pop("udp")
-            seen = await run(d, {"do": "attack", "upstream_port": free_port(), **p})
-            attacks_refused(seen["self"])
+            upstream_port = free_port()
+            seen = await run(d, {"do": "attack", "upstream_port": upstream_port, **p})
+            attacks_refused(seen["self"], held)
+        if held:  # each of the attack's ways out a refusal of its task, seen
+            want = {("connect", f"127.0.0.1:{p['tcp_port']}"), ("connect", "192.0.2.1:443"),
+                    ("connect", f"127.0.0.1:{upstream_port}"),
+                    ("send", f"127.0.0.1:{p['udp_port']}"), ("send", "192.0.2.1:53")}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            got: set[tuple[str, str]] = set()
+            while not want <= got:
+                assert loop.time() < deadline, f"refusals seen: {got}"
+                while bus.queue:
+                    data = msgspec.json.decode(bus.pop())["data"]
+                    assert data["agent"] == "box" and data["task"] is not None
+                    got.add((data["kind"], data["target"]))
+                await asyncio.sleep(0.05)
+        d.sup.events.unfollow(bus)
 
 
 @pytest.mark.deadline(240)

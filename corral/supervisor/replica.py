@@ -45,6 +45,7 @@ SDK = Path(__file__).resolve().parent.parent
 
 BOUNDARIES = {
     "held": "bubblewrap, in a network namespace corral holds: its gateways alone",
+    "held-empty": "bubblewrap, an empty network namespace corral holds",
     "gateways": "bubblewrap, a network namespace of its own: its gateways alone, relayed",
     "gateway": "bubblewrap, a network namespace of its own: the gateway's socket alone",
     "none": "bubblewrap, an empty network namespace",
@@ -172,6 +173,12 @@ class Replica(ProcessReplica):
             self._iso = self._enforceable(self._iso, uid)
         if self._iso.network == "gateways":
             await self._held(env, spawning)
+        elif self._iso.network == "none" and self._iso.egress == "none":
+            # as root, a namespace the daemon holds, empty: its refusals seen (egresswatch)
+            ns = await self.host.egress_doors.open_allowed(self.label, (), self._one_task)
+            if ns is not None:
+                spawning["netns"] = ns
+                self._iso = self._iso._replace(network="held-empty")
         self._filtered(spawning)
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
@@ -281,7 +288,8 @@ class Replica(ProcessReplica):
         iso = self._iso
         if iso.sandbox == "none":
             return argv
-        network = ("none" if beside and iso.network in ("gateway", "gateways", "held")
+        network = ("none" if beside and iso.network in ("gateway", "gateways", "held",
+                                                        "held-empty")
                    else iso.network)
         argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
         # the SDK where the agent's user may reach it (bwrap binds as that user; one that
