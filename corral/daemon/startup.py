@@ -160,12 +160,12 @@ def log_hub(conf: Conf) -> Iterator[LogHub]:
                      tail_lines=sc.log_tail_lines, tail_bytes=sc.log_tail_bytes,
                      raw=sc.log_format == "raw", echo=StderrEcho(sc.log_level))
     warnings, parts = LoggedWarnings(hub), logging.getLogger("corral")
-    parts.addHandler(warnings)
-    try:
-        with contextlib.closing(hub):
+    with contextlib.closing(hub):
+        parts.addHandler(warnings)
+        try:
             yield hub
-    finally:
-        parts.removeHandler(warnings)
+        finally:  # before the hub closes: no warning is written into a closed one
+            parts.removeHandler(warnings)
 
 
 @contextlib.contextmanager
