@@ -37,7 +37,7 @@ TOKEN_HEADER = "X-A2A-Notification-Token"
 TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # a task id, as a file's name
 
 
-class Kept(msgspec.Struct):
+class PushFile(msgspec.Struct):
     """A task's configs as its file keeps them, and who made them (its deliveries are
     made as that caller: what it may no longer see is not delivered)."""
 
@@ -132,7 +132,7 @@ class PushConfigs:
         part = path.with_suffix(".part")
         fd = open_file(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
-            os.write(fd, msgspec.json.encode(Kept(self.callers.get(task_id, {}), kept)))
+            os.write(fd, msgspec.json.encode(PushFile(self.callers.get(task_id, {}), kept)))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -145,7 +145,7 @@ class PushConfigs:
         found: dict[str, dict[str, Any]] = {}
         for path in sorted(self.home.glob("*.json")):
             try:
-                kept = msgspec.json.decode(path.read_bytes(), type=Kept)
+                kept = msgspec.json.decode(path.read_bytes(), type=PushFile)
             except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self.report(f"a2a push configs of {path.stem} not read: {exc}")
                 continue
