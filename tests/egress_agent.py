@@ -38,6 +38,15 @@ def tcp_to(host, port):
         return "connected"
 
 
+def raw_connect(host, port):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+    finally:
+        s.close()
+
+
 def udp(host, port):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         return s.sendto(b"exfiltrated", (host, port))
@@ -135,6 +144,14 @@ async def handle(t, ctx):
         return outcome(lambda: urllib.request.urlopen(url, timeout=10).status)
     if t["do"] == "processes":  # the pids of its sandbox (its own pid namespace)
         return sorted(e for e in os.listdir("/proc") if e.isdigit())
+    if t["do"] == "flood":  # connects refused, one after another, as fast as it can
+        refused = 0
+        for i in range(t["n"]):
+            try:
+                raw_connect("192.0.2.1", 1 + i % 1000)
+            except ConnectionRefusedError:
+                refused += 1
+        return refused
     if t["do"] == "files":
         return {"read": {p: outcome(lambda p=p: read(p)) for p in t.get("read", [])},
                 "write": {p: outcome(lambda p=p: write(p)) for p in t.get("write", [])}}

@@ -23,7 +23,7 @@ import pytest
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import check_commands, load_config
 from corral.supervisor.isolation import isolation
-from corral.supervisor.refusals import TOPIC
+from corral.supervisor.refusals import PER_MINUTE, TOPIC
 from corral.supervisor.sandbox import host_refusal
 
 from .conftest import EXAMPLES, ROOT
@@ -244,6 +244,30 @@ async def test_none_reaches_not_even_the_gateways(tmp_path: Path, upstream: Stan
                     got.add((data["kind"], data["target"]))
                 await asyncio.sleep(0.05)
         d.sup.events.unfollow(bus)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="refusals are seen in a namespace the "
+                    "daemon holds, as root")
+@pytest.mark.deadline(240)
+async def test_a_flood_of_refused_connects_is_counted_whole_and_said_within_its_rate(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """An agent refused in a loop: /metrics counts every refusal, the bus and the audit
+    carry a minute's burst of them (refusals.py), nothing grows with the flood."""
+    async with in_process(tmp_path, fleet(tmp_path, upstream.url, "none")) as d:
+        bus = d.sup.events.follow(TOPIC)
+        assert await run(d, {"do": "flood", "n": 3000}) == 3000
+        refusals = d.sup.parts.refusals
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while refusals.counts.get(("box", "connect"), 0) < 3000:
+            assert loop.time() < deadline, f"counted: {refusals.counts}"
+            await asyncio.sleep(0.05)
+        assert refusals.counts == {("box", "connect"): 3000}
+        said = [msgspec.json.decode(bus.pop())["data"] for _ in range(len(bus.queue))]
+        d.sup.events.unfollow(bus)
+        assert len(said) == PER_MINUTE and refusals.unsaid == 3000 - PER_MINUTE
+        rows = [r for r in await d.services.store.audit_log_now(10_000) if r[3] == TOPIC]
+        assert len(rows) == PER_MINUTE
 
 
 @pytest.mark.deadline(240)

@@ -8,6 +8,7 @@ effect asserted on the daemon; the fixtures are tests/test_ui.py's."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import time
@@ -245,6 +246,40 @@ def test_the_log_pane_opens_at_the_newest_line_and_follows() -> None:
                 .split('\\n').length > {lines + 1}""")
             assert log.evaluate("el => el.scrollTop") == 0
             assert pg.evaluate("window.__cspViolations") == []
+
+
+@needs_chromium
+@pytest.mark.timeout(180)
+def test_the_agent_page_shows_what_the_boundary_refused_it() -> None:
+    """boundary.refused on the agent's page (issue 88): an egress = "none" agent knocking
+    at an address off the host, each refusal a row with its kind and address."""
+    from playwright.sync_api import expect
+
+    from corral.supervisor.sandbox import host_refusal
+
+    if os.geteuid() != 0 or host_refusal("bwrap", None) is not None:
+        pytest.skip("refusals are seen in a namespace the daemon holds, as root, sandboxed")
+    tmp = shared_tmpdir()
+    home = tmp / "home"
+    home.mkdir()
+    (home / "knock.py").write_text(
+        "import socket, time\n"
+        "while True:\n"
+        "    with socket.socket() as s:\n"
+        "        try:\n"
+        "            s.connect(('192.0.2.1', 443))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    time.sleep(0.2)\n")
+    agent = (f'[agents.box]\nprotocol = "none"\ncommand = ["{PY}", "knock.py"]\n'
+             f'egress = "none"\ncwd = "{home}"\n')
+    with running_daemon(tmp, agent, extra=HTTP) as d, chromium_page() as pg:
+        pg.goto(d.json("ui")["url"])
+        pg.click('#fleet a[href="#/agent/box"]')
+        rows = pg.locator("#refusals tbody tr")
+        expect(rows.first).to_contain_text("connect", timeout=20_000)
+        expect(rows.first).to_contain_text("192.0.2.1:443")
+        assert pg.evaluate("window.__cspViolations") == []
 
 
 @needs_chromium

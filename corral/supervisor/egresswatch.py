@@ -35,6 +35,8 @@ SYN, RST, ACK = 0x02, 0x04, 0x10
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 PENDING = 4096  # connects awaiting their answer, kept at most (the oldest forgotten)
 READS = 256  # packets read a turn of the loop, at most
+SO_RCVBUFFORCE = 33
+RECEIVE_BUFFER = 16 * 1024 * 1024
 
 
 def _route_all_local(family: int) -> None:
@@ -63,6 +65,9 @@ def listen_here() -> socket.socket:
     packets = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
     try:
         packets.bind(("lo", ETH_P_ALL))
+        # room for a flood's packets while the loop is busy (root may pass rmem_max)
+        with contextlib.suppress(OSError):
+            packets.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
         packets.setblocking(False)
     except BaseException:
         packets.close()
