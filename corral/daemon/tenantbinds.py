@@ -35,13 +35,14 @@ def _shown(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _allowed(path: str, cwd: str) -> bool:
-    """Whether `path`, as named and as its links resolve, is in the agent's cwd, the
-    system's directories (bound already) or corral's own installation."""
+def _allowed(path: str, own: tuple[str, ...]) -> bool:
+    """Whether `path`, as named and as its links resolve, is in one of the agent's `own`
+    directories (its cwd, its release), the system's directories (bound already) or
+    corral's own installation."""
     for p in (os.path.normpath(path), os.path.realpath(path)):
         parts = p.split("/")
-        if not ((len(parts) > 1 and parts[1] in SYSTEM) or _inside(p, cwd)
-                or any(_inside(p, root) for root in CORRALS)):
+        if not ((len(parts) > 1 and parts[1] in SYSTEM)
+                or any(_inside(p, root) for root in (*own, *CORRALS))):
             return False
     return True
 
@@ -49,26 +50,29 @@ def _allowed(path: str, cwd: str) -> bool:
 def binds_refusal(spec: AgentSpec, cwd: str) -> tuple[str, str] | None:
     """The key of a tenant's agent `spec` (its `cwd` resolved) that would choose a bind
     of its sandbox, and why, or None."""
-    found = _env_refusal(spec.env, cwd)
+    # (a release's programs are its own: whether it may be given one is the `release`
+    # key's rule)
+    own = (cwd, *((os.path.realpath(spec.release),) if spec.release else ()))
+    found = _env_refusal(spec.env, cwd, own)
     if found is not None:
         return "env", found
     argv = spec.argv()
     program = resolve_program(argv[0], {**os.environ, **spec.env}, cwd) if argv else ""
-    if program and not _allowed(program, cwd):
+    if program and not _allowed(program, own):
         return "command", (f"{_shown(argv[0])} is {program}, outside its cwd ({cwd}), the "
                            "system's directories and corral's own installation: its "
                            "installation would be bound into the sandbox")
     return None
 
 
-def _env_refusal(env: dict[str, str], cwd: str) -> str | None:
+def _env_refusal(env: dict[str, str], cwd: str, own: tuple[str, ...]) -> str | None:
     """Why a tenant's agent may not be given `env`, or None: a name of corral's, the
     interpreter's or the loader's, but a PYTHONPATH whose every entry is the SDK's
     directory or inside the agent's cwd; a PATH entry outside what it may run."""
     for name in sorted(env):
         if name == "PATH":
             outside = [p for p in env[name].split(os.pathsep)
-                       if p and not _allowed(os.path.join(cwd, p), cwd)]
+                       if p and not _allowed(os.path.join(cwd, p), own)]
             if outside:
                 return (f"PATH names {_shown(outside[0])}: a tenant's agent runs programs "
                         f"of its cwd ({cwd}), the system's directories and corral's own "
