@@ -153,3 +153,32 @@ def test_an_environment_value_naming_env_x_is_read_where_the_program_starts(
         wait_until(lambda: "stdout: DATA=/srv/app/da`ta" in d.cli("logs", "p").stdout,
                    what="the value read as the program started")
         assert "stdout: PLAIN=1" in d.cli("logs", "p").stdout
+
+
+def test_a_directory_naming_env_x_is_gone_to_where_the_program_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "s.conf").write_text("[program:p]\ncommand=/bin/pwd\n"
+                                     "directory=%(ENV_CORRAL_TEST_DIR)s/app\nstartsecs=0\n"
+                                     "autorestart=false\n")
+    r = corral("import", "s.conf", cwd=tmp_path,
+               env={**ENV, "CORRAL_TEST_DIR": "from-the-shell"})
+    assert r.returncode == 0, r.stderr
+    agent = tomllib.loads(r.stdout)["agents"]["p"]
+    assert ("cwd" not in agent, agent["command"]) == (True, [
+        "sh", "-c", "cd \"${CORRAL_TEST_DIR:?not set in the daemon's environment}/app\" && "
+                    'exec "$0" "$@"', "/bin/pwd"])
+    assert r.stderr == (
+        "corral import: s.conf: [program:p]: directory: %(ENV_CORRAL_TEST_DIR)s/app: gone to "
+        "as the program starts, by `sh -c`, CORRAL_TEST_DIR read from the daemon's "
+        "environment then (as supervisord reads it from its own), not where corral import "
+        "ran\n")
+    tables = r.stdout.split("\n", 1)[1]
+    (tmp_path / "app").mkdir()
+    monkeypatch.setenv("CORRAL_TEST_DIR", str(tmp_path))
+    with running_daemon(shared_tmpdir(), tables) as d:
+        wait_until(lambda: f"stdout: {tmp_path / 'app'}" in d.cli("logs", "p").stdout,
+                   what="the directory gone to as the program started")
+    monkeypatch.delenv("CORRAL_TEST_DIR")
+    with running_daemon(shared_tmpdir(), tables) as d:
+        wait_until(lambda: "CORRAL_TEST_DIR: not set in the daemon's environment" in
+                   d.cli("logs", "p").stdout, what="the start refused, saying why")

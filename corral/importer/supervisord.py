@@ -304,38 +304,54 @@ _ENV_REF = re.compile(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)s")
 _MARKED = re.compile(r"\{corral-env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def _marked(text: str) -> str:
+    return _ENV_REF.sub(lambda m: "{corral-env:" + m[1] + "}", text)
+
+
 def environment_of(text: str, ex: dict[str, Any], where: str, imp: Conversion
                    ) -> dict[str, str]:
     """An environment=, its `%(name)s` expanded now but for `%(ENV_X)s`, kept marked
     (`_read_at_start`)."""
-    marked = _ENV_REF.sub(lambda m: "{corral-env:" + m[1] + "}", text)
-    env = env_pairs(expand_value(marked, ex, where, "environment", imp) or "", where)
+    env = env_pairs(expand_value(_marked(text), ex, where, "environment", imp) or "",
+                    where)
     dollars(env, where, imp)
     return env
 
 
-def _read_at_start(command: str | list[str], values: dict[str, str], where: str,
-                   imp: Conversion) -> list[str]:
-    """The command under `sh -c`, which sets each of `values` as the program starts, its
-    `%(ENV_X)s` read from the daemon's environment then (as supervisord reads its own
-    as it starts), and not from the shell corral import ran in."""
-    def quoted(text: str) -> str:
+def _read_at_start(command: str | list[str], values: dict[str, str], directory: str,
+                   where: str, imp: Conversion) -> list[str]:
+    """The command under `sh -c`, which goes to `directory` and sets each of `values` as
+    the program starts, their `%(ENV_X)s` read from the daemon's environment then (as
+    supervisord reads its own as it starts), not from the shell corral import ran in."""
+    def quoted(text: str, unset: str = "") -> str:
         parts = _MARKED.split(text)
-        return "".join("${" + p + "}" if n % 2 else re.sub(r'([\\"$`])', r"\\\1", p)
-                       for n, p in enumerate(parts))
+        return "".join("${" + p + unset + "}" if n % 2 else
+                       re.sub(r'([\\"$`])', r"\\\1", p) for n, p in enumerate(parts))
 
-    assigns = " ".join(f'"{quoted(f"{k}={v}")}"' for k, v in values.items())
-    names = sorted({n for v in values.values() for n in _MARKED.findall(v)})
-    imp.note(where, "environment", ", ".join(
-        f"{k}={_MARKED.sub(lambda m: '%(ENV_' + m[1] + ')s', v)}" for k, v in values.items())
-        + f": set as the program starts, by `sh -c`, {', '.join(names)} read from the "
-          "daemon's environment then (as supervisord reads it from its own), not where "
-          "corral import ran")
+    def said(text: str) -> str:
+        return _MARKED.sub(lambda m: "%(ENV_" + m[1] + ")s", text)
+
+    def read(texts: list[str]) -> str:
+        names = sorted({n for t in texts for n in _MARKED.findall(t)})
+        return (f"{', '.join(names)} read from the daemon's environment then (as "
+                "supervisord reads it from its own), not where corral import ran")
+
+    if directory:
+        imp.note(where, "directory", f"{said(directory)}: gone to as the program starts, "
+                                     f"by `sh -c`, {read([directory])}")
+    if values:
+        imp.note(where, "environment", ", ".join(f"{k}={said(v)}" for k, v in values.items())
+                 + f": set as the program starts, by `sh -c`, {read(list(values.values()))}")
+    assigns = [f'"{quoted(f"{k}={v}")}"' for k, v in values.items()]
+    # a directory not set: the start fails saying so (supervisord would not start it)
+    gone = quoted(directory, ":?not set in the daemon's environment")
+    run = (f'cd "{gone}" && ' if directory else "") + "exec " + \
+        (f"env {' '.join(assigns)} " if assigns else "")
     if isinstance(command, list) and command[:2] == ["sh", "-c"] and len(command) == 3 \
             and command[2].startswith("exec "):  # _command's script: one shell is enough
-        return ["sh", "-c", f"exec env {assigns} {command[2][len('exec '):]}"]
+        return ["sh", "-c", run + command[2][len("exec "):]]
     argv = shlex.split(command) if isinstance(command, str) else list(command)
-    return ["sh", "-c", f'exec env {assigns} "$0" "$@"', *argv]
+    return ["sh", "-c", run + '"$0" "$@"', *argv]
 
 
 def dollars(env: dict[str, str], where: str, imp: Conversion) -> None:
@@ -400,7 +416,11 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         imp.note(where, "process_name", f"{name_given!r}: not carried: the agent is named "
                  "after the program (its replicas AGENT#0.., the number is "
                  "$CORRAL_REPLICA)")
-    if cwd := get("directory", ""):
+    directory = ""  # one naming %(ENV_X)s: gone to as the program starts
+    if _ENV_REF.search(raw.get("directory", "")):
+        directory = expand_value(_marked(raw["directory"]), ex, where, "directory",
+                                 imp) or ""
+    elif cwd := get("directory", ""):
         table[target("directory")] = cwd
     env = dict(common.env)
     if "environment" in raw:
@@ -442,8 +462,8 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
                                "process group")
     _logs(raw, get, table, where, imp, numprocs)
     at_start = {k: v for k, v in env.items() if _MARKED.search(v)}
-    if at_start:
-        table["command"] = _read_at_start(table["command"], at_start, where, imp)
+    if at_start or directory:
+        table["command"] = _read_at_start(table["command"], at_start, directory, where, imp)
         env = {k: v for k, v in env.items() if k not in at_start}
     if env:
         table["env"] = env
