@@ -18,13 +18,35 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .replica import Replica
-    from .tasks.model import Task
 
 # the labels a task accepted now is given (set around a spawn, an agent called at
 # /mcp/corral by a replica): Approvals' task start reads it
 HANDED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
     "corral_handed", default=())
 INCARNATIONS = 4096  # replicas' incarnations whose labels are kept (the oldest dropped)
+
+
+class _Home(Protocol):
+    @property
+    def labels(self) -> LabelStore: ...
+
+
+class Task(Protocol):
+    """What the labels read of a task (tasks/model.py's Task, which imports this module:
+    a Protocol, not an import of it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def session(self) -> str | None: ...
+    @property
+    def tenant(self) -> str | None: ...
+    @property
+    def home(self) -> _Home: ...
+    @property
+    def replica(self) -> Replica | None: ...
 
 
 class LabelStore(Protocol):
