@@ -159,6 +159,28 @@ def test_a_spawned_child_is_given_its_parents_labels(daemon: Daemon) -> None:
 
 
 @pytest.mark.deadline(180)
+def test_a_parent_that_reads_a_childs_outcome_is_given_its_labels(daemon: Daemon) -> None:
+    """A child reads the fetcher's output and returns it; its parent, which read nothing
+    itself, waits for it (`ctx.wait`, and a `corral__writer` call's answer) and then
+    calls the sender: each parent asks."""
+    d = daemon
+    waited = submit(d, "reader", sequence({"spawn": "writer", "input": sequence(FETCH)},
+                                          SEND))
+    ask = asked(d, "reader")
+    assert (ask["task_id"], ask["subject"]) == (waited, {**SEND, "policy": TAINT})
+    approve(d, ask)
+    spawned, sent = output(d, waited)
+    assert (spawned["output"], sent) == ([FETCHED], SENT)
+    called = submit(d, "reader", sequence({"tool": "corral__writer",
+                                           "arguments": sequence(FETCH)}, SEND))
+    ask = asked(d, "reader")
+    assert (ask["task_id"], ask["subject"]) == (called, {**SEND, "policy": TAINT})
+    approve(d, ask)
+    answer, sent = output(d, called)
+    assert (json.loads(answer["content"][0]["text"]), sent) == ([FETCHED], SENT)
+
+
+@pytest.mark.deadline(180)
 async def test_an_agent_called_at_mcp_corral_is_given_the_callers_labels() -> None:
     """While a task of reader that read the fetcher's output runs, its replica calls
     agent writer at /mcp/corral (a call of no task: two may run): writer's task, on its

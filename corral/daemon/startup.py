@@ -28,6 +28,7 @@ from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.dynamicusers import DynamicUsers, homes_of, uid_range
 from ..supervisor.executor import KILL_GRACE
+from ..supervisor.labels import Labels
 from ..supervisor.parts import Parts
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.process_replica import ProcessReplica, ReplicaExit, Transition
@@ -188,8 +189,8 @@ def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools
 
 def engine(conf: Conf, spared: set[int], taken: Takeover | None,
            interceptors: Sequence[TaskInterceptor], refusals: BoundaryRefusals | None = None,
-           audited: Callable[[BoundaryRefused, str | None], None] | None = None
-           ) -> tuple[Supervisor, ClusterQueue | None]:
+           audited: Callable[[BoundaryRefused, str | None], None] | None = None,
+           labels: Labels | None = None) -> tuple[Supervisor, ClusterQueue | None]:
     """The engine, not yet open (`running` opens it), and with [cluster] the queue its
     tasks wait on (the node that pulls into it is made later); `audited`: writes each
     refusal of the boundary said (refusals.py), a row of the agent's tenant."""
@@ -204,7 +205,8 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
                      keep_tasks=sc.keep_tasks,
                      keep_tasks_bytes=int(sc.keep_tasks_mb * 1024 * 1024),
                      task_queue=queue, spared=spared, interceptors=interceptors,
-                     clock=WaitClock(manual=sc.manual_clock), refusals=refusals)
+                     clock=WaitClock(manual=sc.manual_clock), refusals=refusals,
+                     labels=labels)
     if audited is not None:
         tenant_of = sup.tenancy.tenant_of
         sup.stream.subscribe(lambda e: audited(e, tenant_of(e.agent)), BoundaryRefused)

@@ -33,6 +33,7 @@ from .errors import NoSuchAgent, SupervisorError
 from .events import EventBus
 from .health import CHECK_KIND, HealthBoard
 from .heartbeat import HEARTBEAT_SLICE, Heartbeat
+from .labels import Labels
 from .lifecycle import State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
@@ -87,12 +88,14 @@ class Supervisor:
         interceptors: Sequence[TaskInterceptor] = (),
         clock: WaitClock | None = None,
         refusals: BoundaryRefusals | None = None,
+        labels: Labels | None = None,
     ) -> None:
         """`journal` makes tasks durable; `task_queue` holds waiting tasks (default: the
         local heap; a cluster node's: corral.cluster.queue); `spared`: the embedding
         program's own children (containment.Containment); `refusals`: the boundary's
         recorder, made before the engine where what is made before needs it (its stream is
-        the engine's)."""
+        the engine's); `labels`: the policy's (labels.py), which its tasks' waits for
+        their children read into."""
         self.tuning = Tuning(heartbeat_interval, heartbeat_timeout,
                              max_replicas or default_max_replicas())
         self.max_line = max_line
@@ -131,7 +134,8 @@ class Supervisor:
         tools = ToolPorts(self._route_tool, self._list_tools, lambda r: self.mcp.allowlist(r.spec))
         self.tasks = TaskManager(self, tools=tools, journal=journal, kept=keep_tasks,
                                  kept_bytes=keep_tasks_bytes, queue=task_queue, clock=clock,
-                                 tenancy=self.tenancy, interceptors=Interceptors(interceptors))
+                                 tenancy=self.tenancy, interceptors=Interceptors(interceptors),
+                                 labels=labels)
         # members of the host protocol (replica.AgentHost) that are another part's own
         self.replica_ready = self.tasks.replica_ready
         self.replica_down = self.tasks.replica_down

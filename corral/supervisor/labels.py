@@ -214,8 +214,22 @@ class Labels:
         its handing-on caller, before the task's first call: a crash then loses none)."""
         task = self._handed.pop(task_id, None)
         if task is not None:
-            for key, labels in self.unkept(task, task.replica):
-                await task.home.labels.mark(key, labels)
+            await self._keep(task)
+
+    async def read_from(self, task: Task, others: Sequence[str]) -> None:
+        """The task read the outcomes of these tasks (its children's, `task/wait`): their
+        labels are its own from now, kept by its home before it is answered."""
+        store = task.home.labels
+        read: tuple[str, ...] = ()
+        for other in others:
+            read = _union(read, await store.read(other))
+        if read:
+            self.mark(task.replica, task, read)
+            await self._keep(task)
+
+    async def _keep(self, task: Task) -> None:
+        for key, labels in self.unkept(task, task.replica):
+            await task.home.labels.mark(key, labels)
 
     def unkept(self, task: Task, replica: Replica | None) -> list[tuple[str, tuple[str, ...]]]:
         """The records its home has yet to keep of the task's labels and its session's:

@@ -20,7 +20,7 @@ from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import SessionCheckpointParams, UsageReportParams
 from ..config import DEFAULT_TENANT
-from ..labels import NodeLabels
+from ..labels import Labels, NodeLabels
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .budget import Budgets, no_group
@@ -78,9 +78,10 @@ class TaskManager:
                  kept: int = KEEP_FINISHED, kept_bytes: int = KEEP_FINISHED_BYTES,
                  queue: Queue | None = None, tenancy: Tenancy | None = None,
                  interceptors: Interceptors = NO_INTERCEPTORS,
-                 clock: WaitClock | None = None) -> None:
+                 clock: WaitClock | None = None, labels: Labels | None = None) -> None:
         """`tools`: where a worker's tool calls end (the pool's); `interceptors`: the
-        concerns around the task path, in their order; `clock`: a person's waits'."""
+        concerns around the task path, in their order; `clock`: a person's waits';
+        `labels`: the policy's (labels.py): a child's its parent reads are the parent's."""
         self.sup = sup
         self.tenancy = tenancy  # the tenants' quotas; None: no tenants
         self.journal = journal
@@ -111,6 +112,7 @@ class TaskManager:
         self.recovery = Recovery(self)  # tasks taken back after a restart or an upgrade
         self.intake = Intake(self)  # tasks submitted, a map's turns, a cluster's claimed
         self.person = PersonLoop(self)  # a running task's call asks a person, and waits
+        self.labelled = labels if labels is not None else Labels()  # (the policy's)
         self.spawns = Spawns(self)  # task/spawn and task/wait, an agent called as a tool
         self.worker = WorkerMethods(sup, self.active, tools, interceptors, self.live,
                                     self.person.asks_pending, self.spawns.as_tool)

@@ -33,6 +33,7 @@ from .steps import TaskSteps
 from .worker import WorkerMethods, take_tool_call
 
 if TYPE_CHECKING:
+    from ..labels import Labels
     from ..replica import Replica
 
 # (who, glob) of a caller a glob limits the agents of (a token's `--agents`), set by the
@@ -49,6 +50,7 @@ class Engine(TreeEngine, Protocol):
     worker: WorkerMethods
     queue: Queue
     steps: TaskSteps
+    labelled: Labels
 
 
 class Spawns:
@@ -158,6 +160,7 @@ class Spawns:
             input=call.arguments))
         child = got["child"]
         end = await parent.home.spawns.outcome(child)
+        await self.engine.labelled.read_from(parent, (child,))  # (what it read: labels.py)
         output = end.get("output")
         if isinstance(output, msgspec.Raw):
             output = msgspec.json.decode(output)
@@ -179,7 +182,9 @@ class Spawns:
         kept = parent.home.spawns
         _named(parent, children, await kept.children(parent))
         # one after another: at once, a wait of a thousand children would hold a thousand reads
-        return {"results": [await kept.outcome(c) for c in children]}
+        results = [await kept.outcome(c) for c in children]
+        await self.engine.labelled.read_from(parent, children)  # (what it read: labels.py)
+        return {"results": results}
 
     def stats(self) -> dict[str, int]:
         return {"spawned": self.spawned, "replayed": self.replayed}
