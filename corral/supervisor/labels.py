@@ -31,7 +31,7 @@ class _Home(Protocol):
     def labels(self) -> LabelStore: ...
 
 
-class Task(Protocol):
+class LabelledTask(Protocol):
     """What the labels read of a task (tasks/model.py's Task, which imports this module:
     a Protocol, not an import of it)."""
 
@@ -110,7 +110,7 @@ def session_record(tenant: str, agent: str, name: str) -> str:
     return f"session:{tenant}:{agent}:{name}"
 
 
-def session_key(task: Task, replica: Replica | None = None) -> str | None:
+def session_key(task: LabelledTask, replica: Replica | None = None) -> str | None:
     """The record of a task's session's labels (a claim of a cluster's carries no
     tenant: its agent's is its)."""
     if task.session is None:
@@ -141,15 +141,15 @@ class Labels:
         self._replicas: dict[tuple[str, Any], tuple[str, ...]] = {}  # calls of no task'
         self._on: dict[str, dict[str, None]] = {}  # replica label -> its labelled tasks
         self._where: dict[str, str] = {}  # a labelled task -> its replica's label
-        self._handed: dict[str, Task] = {}  # accepted with labels its home has yet to keep
+        self._handed: dict[str, LabelledTask] = {}  # accepted with labels its home has yet to keep
         self._bound = bound
 
     # -- reading -------------------------------------------------------------------------
-    def loaded(self, task: Task) -> bool:
+    def loaded(self, task: LabelledTask) -> bool:
         """Whether the task's labels were read from its home by this engine."""
         return task.id in self._kept
 
-    async def load(self, task: Task, replica: Replica | None) -> None:
+    async def load(self, task: LabelledTask, replica: Replica | None) -> None:
         """The task's labels and its session's, as its home keeps them (a retry's, after
         a restart, on another node)."""
         store = task.home.labels
@@ -161,7 +161,7 @@ class Labels:
         self._kept[task.id] = _union(self._kept.get(task.id, ()), own)
         self._tasks[task.id] = _union(self._tasks.get(task.id, ()), (*own, *session))
 
-    def of(self, replica: Replica | None, task: Task | None) -> tuple[str, ...]:
+    def of(self, replica: Replica | None, task: LabelledTask | None) -> tuple[str, ...]:
         """What a call could have read: its task's labels, its session's, its replica's
         incarnation's and its replica's other running tasks'."""
         got: tuple[str, ...] = ()
@@ -177,7 +177,7 @@ class Labels:
         return got
 
     # -- marking -------------------------------------------------------------------------
-    def mark(self, replica: Replica | None, task: Task | None, labels: Sequence[str]
+    def mark(self, replica: Replica | None, task: LabelledTask | None, labels: Sequence[str]
              ) -> None:
         """`labels` read by a call: its task's (and its session's), or, of no task, its
         replica's incarnation's. A task's labels are then all its call could have read."""
@@ -202,7 +202,7 @@ class Labels:
             del self._replicas[next(iter(self._replicas))]  # (an exited one is never asked of)
         self._replicas[at] = _union(self._replicas.get(at, ()), labels)
 
-    def handed(self, task: Task, labels: Sequence[str]) -> None:
+    def handed(self, task: LabelledTask, labels: Sequence[str]) -> None:
         """A task accepted with labels handed on (a spawn's, an agent call's): its own
         from its start, kept by its home as it is handed or at its first call."""
         self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
@@ -216,7 +216,7 @@ class Labels:
         if task is not None:
             await self._keep(task)
 
-    async def read_from(self, task: Task, others: Sequence[str]) -> None:
+    async def read_from(self, task: LabelledTask, others: Sequence[str]) -> None:
         """The task read the outcomes of these tasks (its children's, `task/wait`): their
         labels are its own from now, kept by its home before it is answered."""
         store = task.home.labels
@@ -227,11 +227,12 @@ class Labels:
             self.mark(task.replica, task, read)
             await self._keep(task)
 
-    async def _keep(self, task: Task) -> None:
+    async def _keep(self, task: LabelledTask) -> None:
         for key, labels in self.unkept(task, task.replica):
             await task.home.labels.mark(key, labels)
 
-    def unkept(self, task: Task, replica: Replica | None) -> list[tuple[str, tuple[str, ...]]]:
+    def unkept(self, task: LabelledTask, replica: Replica | None
+               ) -> list[tuple[str, tuple[str, ...]]]:
         """The records its home has yet to keep of the task's labels and its session's:
         (key, labels) each, taken as kept."""
         have = self._tasks.get(task.id, ())
@@ -241,7 +242,7 @@ class Labels:
         key = session_key(task, replica)
         return [(task.id, have)] + ([(key, have)] if key is not None else [])
 
-    def forget(self, task: Task) -> None:
+    def forget(self, task: LabelledTask) -> None:
         """The task ended: its labels are its home's alone now."""
         self._tasks.pop(task.id, None)
         self._kept.pop(task.id, None)

@@ -1,5 +1,5 @@
 """A submission, on each home (DESIGN 21, 25, 26): its idempotency key gives the first
-task again and runs nothing twice, another request under it is refused naming it; its
+task again and runs nothing twice, another request under it is refused naming the key; its
 `timeout` ends an attempt past it `timed_out`; `delay` and `not_before` hold it queued
 until its time; its own `retry` policy runs it again as it says, with its agent's
 backoff. The agents: tests/recording_agent.py (a line per input it ran) and
@@ -65,10 +65,11 @@ def test_a_keyed_submission_sent_again_is_the_first_task_and_runs_nothing_twice(
     home.crash(first["task_id"])
     assert home.call("tasks.submit", {**asked, "wait": 30}) == again
     assert runs(record)[earlier:] == [{"n": 1}]
-    # another request under the key: refused naming it, nothing run
+    # another request under the key: refused naming the key (never the task: it may be
+    # another caller's), nothing run
     code, message = home.refusal("tasks.submit", {**asked, "input": {"n": 2}})
-    assert (code, message) == (jsonrpc.CONFLICT, f"idempotency key k1 was used for "
-                               f"another request (task {first['task_id']}): send a new key")
+    assert (code, message) == (jsonrpc.CONFLICT, "idempotency key k1 was used for "
+                               "another request: send a new key")
     assert runs(record)[earlier:] == [{"n": 1}]
 
 
