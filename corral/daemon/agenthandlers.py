@@ -139,7 +139,7 @@ def _status(d: AgentServices, r: Replica, draining: bool) -> ReplicaStatus:
     st = r.status()
     mark = d.fleet.stop_mark(r.name, r.index) if r.stopped_by_hand else None
     if mark is not None:
-        if st.state == State.INITIAL:  # held down from a daemon's start: not started,
+        if r.machine.untouched:  # held down from a daemon's start: not started,
             # because it was stopped, and reads as it did when stopped
             st = msgspec.structs.replace(st, state=State.TERMINATED.value,
                                          reason=STOPPED_BY_HAND)
