@@ -268,6 +268,11 @@ async def test_a_flood_of_refused_connects_is_counted_whole_and_said_within_its_
         assert len(said) == PER_MINUTE and refusals.unsaid == 3000 - PER_MINUTE
         rows = [r for r in await d.services.store.audit_log_now(10_000) if r[3] == TOPIC]
         assert len(rows) == PER_MINUTE
+        # its namespace (and what watched it) goes with the agent
+        assert "box#0" in d.sup.egress_doors.doors
+        await d.dispatcher.call(SOCKET, "agents.remove", msgspec.json.encode(
+            {"names": ["box"]}))
+        assert "box#0" not in d.sup.egress_doors.doors
 
 
 @pytest.mark.deadline(240)

@@ -38,6 +38,7 @@ from .tuning import Tuning
 from .waits import Waits
 
 if TYPE_CHECKING:
+    from .egressdoors import Doors
     from .tasks import TaskManager
 
 
@@ -45,8 +46,10 @@ class Agents(Mapping[str, Agent]):
     def __init__(self, registry: dict[str, Agent], *,
                  new_replica: Callable[[AgentSpec, str, int], Replica], census: Counter[State],
                  stream: Stream, waits: Waits, tasks: TaskManager, elastic: Elastic,
-                 health: HealthBoard, tenancy: Tenancy, tuning: Tuning) -> None:
+                 health: HealthBoard, tenancy: Tenancy, tuning: Tuning,
+                 doors: Doors | None = None) -> None:
         self._agents = registry
+        self.doors = doors  # the namespaces the daemon holds for replicas (egressdoors.py)
         # what each Agent asks (agent.AgentOwner), besides the methods below
         self.new_replica = new_replica
         self.healthy = waits.healthy
@@ -125,6 +128,9 @@ class Agents(Mapping[str, Agent]):
         self.elastic.forget(name)
         await agent.stop("removed")
         self.health.forget(name)
+        if self.doors is not None:  # its namespaces, and what watched them, with it
+            for r in agent.replicas:
+                self.doors.forget(r.label)
         if self._agents.pop(name, None) is agent:
             self.forget(agent.replicas)
             self.stream.emit(Roster(name))

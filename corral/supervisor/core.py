@@ -151,7 +151,7 @@ class Supervisor:
         self.agents = Agents(registry, new_replica=functools.partial(make_replica, self),
                              census=self.census, stream=self.stream, waits=self.waits,
                              tasks=self.tasks, elastic=self.elastic, health=self.health_board,
-                             tenancy=self.tenancy, tuning=self.tuning)
+                             tenancy=self.tenancy, tuning=self.tuning, doors=self.egress_doors)
         self.notify_dir = NotifyDir()  # plain programs' $NOTIFY_SOCKETs
         self.beat = Heartbeat(lambda: [*self.agents.replicas(), *self.mcp.instances()],
                               tuning=self.tuning, listening=self.listening,

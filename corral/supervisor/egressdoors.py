@@ -235,6 +235,13 @@ class Doors:
         self.doors[label] = Door(ns, servers, key, watch)
         return ns
 
+    def forget(self, label: str) -> None:
+        """Replica `label` is gone for good (its agent removed): its namespace let go."""
+        door = self.doors.pop(label, None)
+        if door is not None:
+            with contextlib.suppress(OSError):
+                door.close()
+
     def close(self) -> None:
         for door in self.doors.values():
             with contextlib.suppress(OSError):
