@@ -749,9 +749,10 @@ def test_the_dashboard_in_chromium() -> None:
                 ("api/agents.status", "api/stats.get", "api/logs.tail"))]
             assert polled == []
             streams = [a.split("?")[0] for a in asked if a.startswith("stream/")]
+            # (the agent's view follows its boundary.refused events on one stream too)
             assert sorted(streams) == ["stream/agents.watch", "stream/approvals.watch",
-                                       "stream/logs.follow", "stream/stats.watch",
-                                       "stream/tasks.stream"], streams
+                                       "stream/events.follow", "stream/logs.follow",
+                                       "stream/stats.watch", "stream/tasks.stream"], streams
             assert asked.count("api/agents.describe") <= 4, asked
             assert page.evaluate("window.sameDocument") is True
 
