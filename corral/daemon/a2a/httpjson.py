@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ...jsonrpc import TOO_DEEP
 from ..caller import Caller
 from . import sse
 from . import wire as w
@@ -85,6 +86,9 @@ async def serve(request: web.Request, path: str, body: bytes, ops: Operations,
                 given = msgspec.json.decode(body)
             except msgspec.DecodeError as exc:
                 raise w.A2aError(w.PARSE, f"the body is not JSON: {exc}") from None
+            except RecursionError:  # msgspec's depth limit: a 500 before
+                raise w.A2aError(w.PARSE, f"the body is not JSON: {TOO_DEEP}"
+                                 ) from None
             if not isinstance(given, dict):
                 raise w.A2aError(w.INVALID_PARAMS, "invalid params: the body is not an "
                                  "object")

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ...jsonrpc import TOO_DEEP
 from ..caller import Caller
 from . import sse
 from . import wire as w
@@ -33,6 +34,8 @@ def read(body: bytes) -> tuple[Any, str, Any]:
         msg = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise w.A2aError(w.PARSE, f"parse error: {exc}") from None
+    except RecursionError:  # msgspec's depth limit: a 500 before (issue 88's attacks)
+        raise w.A2aError(w.PARSE, f"parse error: {TOO_DEEP}") from None
     if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" \
             or not isinstance(msg.get("method"), str) \
             or not isinstance(msg.get("id", None), str | int | None) \

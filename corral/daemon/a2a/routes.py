@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from ... import jsonrpc
-from ...jsonrpc import RpcError
+from ...jsonrpc import RpcError, visible
 from ...ratelimit import PerKey
 from ...supervisor.config import DEFAULT_TENANT, A2aSettings, AgentSpec
 from ..addresses import loopback
@@ -124,7 +124,7 @@ class A2aRoutes:
         try:
             version = request.headers.get("A2A-Version")
             if version is not None and version not in ("1.0", "1"):
-                raise w.A2aError(w.VERSION_NOT_SUPPORTED, f"A2A-Version {version} is not "
+                raise w.A2aError(w.VERSION_NOT_SUPPORTED, f"A2A-Version {visible(version)} is not "
                                  f"served: this agent speaks {w.VERSION}")
             caller = self.caller(request, agent)
             spec = self.spec(request, agent, caller)
