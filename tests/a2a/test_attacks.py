@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from .harness import a2a_daemon
+from .test_push import message, rpc
 
 JSON = {"Content-Type": "application/json"}
 
@@ -59,3 +60,50 @@ async def test_a_non_utf8_a2a_version_header_is_refused_saying_so_not_a_500(
             assert r.status_code == 400, r.text
             assert r.json()["error"]["message"] == (
                 "A2A-Version '\\udcff1' is not served: this agent speaks 1.0")
+
+
+@pytest.mark.timeout(120)
+async def test_a_push_configs_huge_or_header_breaking_strings_are_refused_and_nothing_kept(
+        tmp_path: Path) -> None:
+    """A config is kept in memory and in its task's file, after the task's end too (the
+    kit reads a completed task's configs back): each of its strings is bounded, and what
+    is sent as a header is printable ASCII (a line break was an exception at each
+    delivery)."""
+    with a2a_daemon(tmp_path) as (d, url):
+        async with httpx.AsyncClient(timeout=30) as http:
+            done = await rpc(http, url, "SendMessage", message("tck-complete-task"))
+            task_id = done["result"]["task"]["id"]
+            hook = "http://127.0.0.1:9/hook"
+            for given, said in (
+                    ({"token": "t" * (1 << 20)}, "token is 1048576 characters, past its 4096"),
+                    ({"url": hook + "?" + "q" * 4096}, "url is 4120 characters, past its 2048"),
+                    ({"id": "i" * 129}, "id is 129 characters, past its 128"),
+                    ({"token": "a\r\nX-Injected: 1"}, "token is sent as an HTTP header: "
+                     "printable ASCII only"),
+                    ({"authentication": {"scheme": "Bearer", "credentials": "c" * 4097}},
+                     "authentication.credentials is 4097 characters, past its 4096"),
+                    ({"authentication": {"scheme": "Bearer\n", "credentials": "c"}},
+                     "authentication.scheme is sent as an HTTP header: printable ASCII "
+                     "only")):
+                refused = await rpc(http, url, "CreateTaskPushNotificationConfig", {
+                    "taskId": task_id, "url": hook} | given, ok=False)
+                assert refused["error"]["code"] == -32602, refused
+                assert refused["error"]["message"] == (
+                    f"invalid params: the push config's {said}")
+                # a message naming such a config is refused before its task is made
+                sent = message("tck-complete-task") | {"configuration": {
+                    "taskPushNotificationConfig": {"url": hook} | given}}
+                refused = await rpc(http, url, "SendMessage", sent, ok=False)
+                assert refused["error"]["message"] == (
+                    f"invalid params: the push config's {said}")
+            listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
+                               {"taskId": task_id})
+            assert listed["result"]["configs"] == []
+            tasks = await rpc(http, url, "ListTasks", {})
+            assert [t["id"] for t in tasks["result"]["tasks"]] == [task_id]
+            assert not (d.state / "a2a-push").exists() or not any(
+                (d.state / "a2a-push").iterdir())
+            # within the bounds, kept
+            made = await rpc(http, url, "CreateTaskPushNotificationConfig", {
+                "taskId": task_id, "url": hook, "id": "i" * 128, "token": "t" * 4096})
+            assert made["result"]["id"] == "i" * 128

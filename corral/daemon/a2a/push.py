@@ -33,6 +33,11 @@ RETRY_MAX = 30.0
 RETRIES = 8
 TIMEOUT = 10.0
 MAX_CONFIGS = 16  # per task
+# a config's strings: each is kept in memory and in its task's file while the task lives
+# (and after it ends, until its configs are delivered to)
+MAX_URL = 2048
+MAX_SECRET = 4096  # its token, its authentication's scheme and credentials
+MAX_CONFIG_ID = 128
 TOKEN_HEADER = "X-A2A-Notification-Token"
 TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # a task id, as a file's name
 
@@ -75,6 +80,27 @@ async def check_url(url: str, private: bool) -> None:
                          "these with [a2a] push_private = true)")
 
 
+def bounded(config: w.PushConfig) -> None:
+    """A config's strings within their bounds, and what is sent as a header printable
+    ASCII (a line break in a token was an exception at each delivery, none said)."""
+    auth = config.authentication
+    given: list[tuple[str, Any, int, bool]] = [
+        ("url", config.url, MAX_URL, False), ("id", config.id, MAX_CONFIG_ID, False),
+        ("token", config.token, MAX_SECRET, True)]
+    if not isinstance(auth, msgspec.UnsetType):
+        given += [("authentication.scheme", auth.scheme, MAX_SECRET, True),
+                  ("authentication.credentials", auth.credentials, MAX_SECRET, True)]
+    for name, value, bound, header in given:
+        if not isinstance(value, str):
+            continue
+        if len(value) > bound:
+            raise w.A2aError(w.INVALID_PARAMS, f"invalid params: the push config's {name} "
+                             f"is {len(value)} characters, past its {bound}")
+        if header and not (value.isascii() and value.isprintable()):
+            raise w.A2aError(w.INVALID_PARAMS, f"invalid params: the push config's {name} "
+                             "is sent as an HTTP header: printable ASCII only")
+
+
 def public_resolver() -> Any:
     """aiohttp's resolver, answering a name's public addresses alone: a name that
     resolved to a public address when its config was made and to a private one at
@@ -109,6 +135,7 @@ class PushConfigs:
         self._work: set[asyncio.Task[None]] = set()
 
     async def check(self, config: w.PushConfig) -> None:
+        bounded(config)
         await check_url(config.url, self.private)
 
     # -- kept ------------------------------------------------------------------------------
