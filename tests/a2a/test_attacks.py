@@ -4,12 +4,15 @@ before its fix; each is now the protocol's error, saying what was wrong."""
 
 from __future__ import annotations
 
+import contextlib
+import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .harness import a2a_daemon
+from ..daemon_harness import Daemon, free_port
+from .harness import a2a_daemon, tck_agent
 from .test_push import message, rpc
 
 JSON = {"Content-Type": "application/json"}
@@ -107,3 +110,48 @@ async def test_a_push_configs_huge_or_header_breaking_strings_are_refused_and_no
             made = await rpc(http, url, "CreateTaskPushNotificationConfig", {
                 "taskId": task_id, "url": hook, "id": "i" * 128, "token": "t" * 4096})
             assert made["result"]["id"] == "i" * 128
+
+
+@pytest.mark.timeout(120)
+async def test_a_callers_open_a2a_streams_are_bounded_as_rests_are(tmp_path: Path) -> None:
+    """SubscribeToTask and SendStreamingMessage each hold a stream of the task's journal
+    open: one caller held as many as it opened (REST's are max_streams_per_token)."""
+    port = free_port()
+    d = Daemon(tmp_path, tck_agent(), extra=textwrap.dedent(f"""
+        [http]
+        listen = "127.0.0.1:{port}"
+        max_streams_per_token = 2
+        [a2a]
+        anonymous = ["tck"]
+    """))
+    d.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=30) as http, contextlib.AsyncExitStack() as held:
+            asked = await rpc(http, url, "SendMessage", message("tck-input-required"))
+            task_id = asked["result"]["task"]["id"]
+            subscribe = {"jsonrpc": "2.0", "id": 1, "method": "SubscribeToTask",
+                         "params": {"id": task_id}}
+            for _ in range(2):
+                r = await held.enter_async_context(http.stream(
+                    "POST", f"{url}/a2a/tck", json=subscribe))
+                assert r.headers["content-type"].startswith("text/event-stream")
+            said = ("a2a anonymous tck holds 2 streams, its limit (max_streams_per_token): "
+                    "close one, or try again later")
+            r = await http.post(f"{url}/a2a/tck", json=subscribe)
+            error = r.json()["error"]
+            assert (error["code"], error["message"]) == (-32603, said)
+            r = await http.post(f"{url}/a2a/tck/tasks/{task_id}:subscribe")
+            assert (r.status_code, r.json()["error"]["message"]) == (503, said)
+            # a streamed message is refused before its task is made
+            r = await http.post(f"{url}/a2a/tck", json={
+                "jsonrpc": "2.0", "id": 2, "method": "SendStreamingMessage",
+                "params": message("tck-complete-task")})
+            assert r.json()["error"]["message"] == said
+            listed = await rpc(http, url, "ListTasks", {})
+            assert [t["id"] for t in listed["result"]["tasks"]] == [task_id]
+            await held.aclose()  # the two closed: a stream is opened again
+            async with http.stream("POST", f"{url}/a2a/tck", json=subscribe) as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+    finally:
+        d.close()

@@ -12,6 +12,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..caller import Caller
+from ..http.sse import Streams
 from . import mapping as mp
 from . import wire as w
 from .door import A2aDoor
@@ -23,9 +24,10 @@ STREAMING = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
 
 class Operations:
-    def __init__(self, door: A2aDoor, push: PushConfigs) -> None:
+    def __init__(self, door: A2aDoor, push: PushConfigs, streams: Streams) -> None:
         self.door = door
         self.push = push
+        self.streams = streams  # the open streams of each caller, bounded as REST's are
         self._watching: dict[str, asyncio.Task[None]] = {}
 
     async def call(self, name: str, caller: Caller, agent: str, params: Any,
@@ -121,6 +123,18 @@ class Operations:
                      after: str | None) -> Events:
         """The stream's events, its checks made before the first (an error then is the
         call's answer, not an event)."""
+        full = self.streams.full(caller.who)
+        if full is not None:  # before a message is submitted
+            raise w.A2aError(w.UNAVAILABLE, full)
+        return self._held(caller, await self._stream(name, caller, agent, params, after))
+
+    async def _held(self, caller: Caller, events: Events) -> Events:
+        with self.streams.held(caller.who):
+            async for event in events:
+                yield event
+
+    async def _stream(self, name: str, caller: Caller, agent: str, params: Any,
+                      after: str | None) -> Events:
         if name == "SendStreamingMessage":
             req = w.decode(params, w.SendRequest)
             req = _immediate(req)

@@ -22,6 +22,7 @@ from ..caller import Caller
 from ..http import route
 from ..http.auth import authenticate
 from ..http.context import HttpContext
+from ..http.sse import Streams
 from . import card, httpjson
 from . import jsonrpc as rpc
 from . import wire as w
@@ -45,7 +46,9 @@ class A2aRoutes:
         home = ctx.services.store.path.parent / PUSH_DIR
         self.ops = Operations(A2aDoor(ctx.dispatcher, ctx.services.stream),
                               PushConfigs(ctx.a2a.push_private, ctx.services.hub.daemon,
-                                          home))
+                                          home),
+                              Streams(ctx.settings.max_streams,
+                                      ctx.settings.max_streams_per_token))
         self.limiter = PerKey(ctx.settings.rate_per_minute)
         self.cards: dict[bytes, float] = {}  # a card's digest -> when first served
 

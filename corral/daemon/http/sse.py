@@ -55,7 +55,8 @@ class Streams:
         self.per_caller = per_caller
         self.open: Counter[str] = Counter()
 
-    def refusal(self, who: str) -> web.Response | None:
+    def full(self, who: str) -> str | None:
+        """Why `who` may open no stream now (None: it may)."""
         if self.open.total() >= self.total:
             detail = f"{self.open.total()} streams are open, the server's limit (max_streams)"
         elif self.open.get(who, 0) >= self.per_caller:
@@ -63,8 +64,13 @@ class Streams:
                       "(max_streams_per_token)")
         else:
             return None
-        return route.problem(503, detail + ": close one, or "
-                             "try again later", jsonrpc.REFUSED,
+        return detail + ": close one, or try again later"
+
+    def refusal(self, who: str) -> web.Response | None:
+        detail = self.full(who)
+        if detail is None:
+            return None
+        return route.problem(503, detail, jsonrpc.REFUSED,
                              {"Retry-After": str(STREAM_RETRY)})
 
     @contextlib.contextmanager
