@@ -4,7 +4,9 @@ before its fix; each is now the protocol's error, saying what was wrong."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import textwrap
 from pathlib import Path
 
@@ -150,8 +152,15 @@ async def test_a_callers_open_a2a_streams_are_bounded_as_rests_are(tmp_path: Pat
             assert r.json()["error"]["message"] == said
             listed = await rpc(http, url, "ListTasks", {})
             assert [t["id"] for t in listed["result"]["tasks"]] == [task_id]
-            await held.aclose()  # the two closed: a stream is opened again
-            async with http.stream("POST", f"{url}/a2a/tck", json=subscribe) as r:
-                assert r.headers["content-type"].startswith("text/event-stream")
+            await held.aclose()  # the two closed: once the daemon sees them go, a stream
+            # is opened again
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                async with http.stream("POST", f"{url}/a2a/tck", json=subscribe) as r:
+                    if r.headers["content-type"].startswith("text/event-stream"):
+                        break
+                    assert json.loads(await r.aread())["error"]["message"] == said
+                assert asyncio.get_running_loop().time() < deadline, "never let go"
+                await asyncio.sleep(0.05)
     finally:
         d.close()
