@@ -144,3 +144,70 @@ def test_dynamic_uids_is_two_uids_or_none() -> None:
         with pytest.raises(Exception, match=r"supervisor.dynamic_uids: .* is not \[FIRST, "
                                             r"LAST\] of uids between 1 and 2147483646"):
             uid_range(bad)
+
+
+@pytest.mark.deadline(120)
+def test_a_new_users_trial_of_egress_gateways_sees_each_escape_and_never_etc_shadow() -> None:
+    """The issue's trial: an agent as it is written first (no user), egress = "gateways",
+    under a root daemon: it runs as a dynamic uid, /etc/shadow is refused it, and each way
+    out it tries is a `boundary.refused` naming it."""
+    from corral.supervisor.sandbox import host_refusal
+
+    if host_refusal("bwrap", None) is not None or not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("bubblewrap and a system python3 are needed")
+    from .daemon_harness import free_port
+
+    tmp = shared_tmpdir()
+    home = tmp / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    (home / "trial.py").write_text(textwrap.dedent("""
+        import os, socket
+        said = []
+        try:
+            open("/etc/shadow").read()
+            said.append("shadow read")
+        except OSError as exc:
+            said.append(f"shadow: {type(exc).__name__}")
+        for host, port in (("192.0.2.1", 443), ("127.0.0.1", 22)):
+            with socket.socket() as s:
+                try:
+                    s.connect((host, port))
+                    said.append(f"{host}:{port} connected")
+                except OSError as exc:
+                    said.append(f"{host}:{port}: {type(exc).__name__}")
+        with open(os.environ["STATE_DIRECTORY"] + "/said.tmp", "w") as f:
+            f.write("\\n".join(said) + "\\n")
+        os.rename(os.environ["STATE_DIRECTORY"] + "/said.tmp",
+                  os.environ["STATE_DIRECTORY"] + "/said")
+        os.execv("/bin/sleep", ["sleep", "1000"])
+    """))
+    agent = textwrap.dedent(f"""
+        [agents.trial]
+        protocol = "none"
+        command = ["/usr/bin/python3", "trial.py"]
+        cwd = "{home}"
+        egress = "gateways"
+        restart = "never"
+
+        [gateway]
+        listen = "127.0.0.1:{free_port()}"
+    """)
+    with running_daemon(tmp, agent, extra=DYNAMIC) as d:
+        said = homes_of(tmp / "state") / "trial" / "said"
+        wait_until(said.exists, timeout=30, what="the trial's report")
+        assert said.read_text().splitlines() == [
+            "shadow: PermissionError",
+            "192.0.2.1:443: ConnectionRefusedError",
+            "127.0.0.1:22: ConnectionRefusedError"]
+        uid = uid_of(d.status()["trial#0"]["pid"])
+        assert 61184 <= uid <= 65519
+
+        # each escape an audit row naming the agent (as `corral audit` lists them)
+        def refusals() -> list[tuple[str, str]]:
+            rows = d.ask("audit.list", {"limit": 100})["entries"]
+            return sorted((r["params"]["kind"], r["params"]["target"]) for r in rows
+                          if r["method"] == "boundary.refused"
+                          and r["params"]["agent"] == "trial")
+        wait_until(lambda: len(refusals()) == 2, timeout=30, what="its refusals audited")
+        assert refusals() == [("connect", "127.0.0.1:22"), ("connect", "192.0.2.1:443")]
