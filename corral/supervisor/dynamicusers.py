@@ -8,7 +8,9 @@ where that is taken (by another agent, or by an account of the host), as systemd
 them. The uid's group is the uid. Its state directory, `STATE_DIR-agents/NAME` (mode 0700,
 the uid's; the parent 0711 root's: corral's own state directory is 0700 and no agent of
 its own user may pass through it), is its HOME and $STATE_DIRECTORY, writable in its
-sandbox; another agent's, `/etc/shadow` and corral's state are out of its reach.
+sandbox; another agent's, `/etc/shadow` and corral's state are out of its reach. A uid
+given another agent after a restart finds its earlier holder's directory root's, and
+an agent given another uid than before finds all in its own made the new one's.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class DynamicUsers:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             raise OSError(f"{self.homes} is not a directory of corral's own")
         os.chmod(self.homes, 0o711)
+        self._taken_from_others(name, uid)
         home = self.homes / name
         try:
             home.mkdir(mode=0o700)
@@ -82,8 +85,33 @@ class DynamicUsers:
                 raise OSError(f"{home} is not a directory") from None
         fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
+            if os.fstat(fd).st_uid != uid:  # another uid's before this daemon: all in it
+                _own_all(fd, uid)           # made this one's
             os.fchown(fd, uid, uid)
             os.fchmod(fd, 0o700)
         finally:
             os.close(fd)
         return home
+
+    def _taken_from_others(self, name: str, uid: int) -> None:
+        """The state directories `uid` owns of other names (their agents given it before
+        a restart, removed since or given another) made root's, 0700: the uid's new
+        holder reads nothing its earlier holder left (it read them by their names)."""
+        for entry in os.scandir(self.homes):
+            if entry.name == name or not entry.is_dir(follow_symlinks=False) \
+                    or entry.stat(follow_symlinks=False).st_uid != uid:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
+
+
+def _own_all(fd: int, uid: int) -> None:
+    """Everything under the directory `fd` made uid's (links themselves, never what they
+    name: fwalk opens each directory without following a link)."""
+    for _, dirs, files, at in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+        for entry in dirs + files:
+            os.chown(entry, uid, uid, dir_fd=at, follow_symlinks=False)
