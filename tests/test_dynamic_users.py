@@ -211,3 +211,10 @@ def test_a_new_users_trial_of_egress_gateways_sees_each_escape_and_never_etc_sha
                           and r["params"]["agent"] == "trial")
         wait_until(lambda: len(refusals()) == 2, timeout=30, what="its refusals audited")
         assert refusals() == [("connect", "127.0.0.1:22"), ("connect", "192.0.2.1:443")]
+
+
+def test_a_reload_says_dynamic_uids_take_a_restart() -> None:
+    tmp = shared_tmpdir()
+    with running_daemon(tmp, "", extra=DYNAMIC) as d:
+        d.config.write_text(d.config.read_text().replace(DYNAMIC, "dynamic_uids = []"))
+        assert d.ask("config.reload", {})["restart_needed"] == ["[supervisor] dynamic_uids"]

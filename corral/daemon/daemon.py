@@ -493,6 +493,8 @@ def read_at_start(started: Config, now: Config) -> list[str]:
              if getattr(started.gateway, key) != getattr(now.gateway, key)]
     if now.models and not started.models:
         said.append("[models]")
+    if now.supervisor.dynamic_uids != started.supervisor.dynamic_uids:
+        said.append("[supervisor] dynamic_uids")  # (the uids given are the daemon's life's)
     return said
 
 
