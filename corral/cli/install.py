@@ -114,7 +114,7 @@ def starter_config() -> str:
 [agents.hello]
 command = ["python3", "{examples / 'hello.py'}"]
 replicas = 1
-# user = "nobody"                      # run agents as an unprivileged user
+# with no user it runs as a uid of its own ([supervisor] dynamic_uids); user = "root" as root
 
 [agents.hello.limits]
 memory_mb = 512
