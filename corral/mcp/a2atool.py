@@ -35,6 +35,7 @@ FAILED = {"TASK_STATE_FAILED", "TASK_STATE_CANCELED", "TASK_STATE_REJECTED"}
 # a remote task not settled when a blocking send returns: asked again after these waits
 POLL_WAITS = (0.2, 0.5, 1.0, 2.0, 5.0)
 CARD_TIMEOUT = 10.0  # seconds: a card is one small GET; a listing waits for no more
+MAX_ANSWER = 16 << 20  # bytes of a remote's answer (the gateway's bound on a server's line)
 INPUT_SCHEMA = {
     "type": "object",
     "properties": {
@@ -78,8 +79,22 @@ class RemoteAgent:
                             timeout=aiohttp.ClientTimeout(total=CARD_TIMEOUT)) as resp:
             if resp.status != 200:
                 raise RemoteError(f"{self.name}: its agent card answered HTTP {resp.status}")
-            card: dict[str, Any] = await resp.json(content_type=None)
+            card: dict[str, Any] = json.loads(await self._read(resp, "its agent card"))
         return card
+
+    async def _read(self, resp: aiohttp.ClientResponse, what: str) -> str:
+        """The answer's text; RemoteError past MAX_ANSWER, the rest unread."""
+        if resp.content_length is not None and resp.content_length > MAX_ANSWER:
+            raise RemoteError(f"{self.name}: {what} answered more than {MAX_ANSWER} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > MAX_ANSWER:
+                raise RemoteError(f"{self.name}: {what} answered more than {MAX_ANSWER} "
+                                  "bytes")
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
 
     async def endpoint(self, http: aiohttp.ClientSession) -> str:
         if self._endpoint is None:
@@ -98,7 +113,7 @@ class RemoteAgent:
         body = {"jsonrpc": "2.0", "id": uuid.uuid4().hex, "method": method, "params": params}
         async with http.post(await self.endpoint(http), data=json.dumps(body),
                              headers=self._headers()) as resp:
-            text = await resp.text()
+            text = await self._read(resp, method)
             try:
                 answer = json.loads(text)
             except ValueError:
@@ -239,6 +254,12 @@ class Server:
             result = tool_result(got)
         except (RemoteError, aiohttp.ClientError, OSError, ValueError) as exc:
             result = {"content": [{"type": "text", "text": str(exc) or type(exc).__name__}],
+                      "isError": True}
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            # an answer read as A2A's that is not: said at once (uncaught, the call was
+            # never answered, its agent waiting out its tool's timeout)
+            result = {"content": [{"type": "text", "text": f"{name}: it answered what A2A "
+                                   f"does not ({type(exc).__name__}: {exc})"}],
                       "isError": True}
         except TimeoutError:
             result = {"content": [{"type": "text", "text": f"{name}: no answer within "
