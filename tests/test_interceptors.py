@@ -12,7 +12,7 @@ import pytest
 
 from corral.jsonrpc import RpcError
 from corral.supervisor import State, Supervisor
-from corral.supervisor.tasks import Interceptors, TaskInterceptor, ToolCall
+from corral.supervisor.tasks import Call, Interceptors, TaskInterceptor
 from corral.supervisor.tasks.interceptors import TaskPath, TraceStart
 
 from .conftest import agent
@@ -27,7 +27,7 @@ class Marking(TaskInterceptor):
     def __init__(self, mark: str) -> None:
         self.mark = mark
 
-    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+    def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         answer = next(call._replace(name=f"{call.name}>{self.mark}"))
         return f"{answer}<{self.mark}"
 
@@ -39,7 +39,7 @@ class Passing(TaskInterceptor):
 def test_a_chain_runs_in_its_order_and_leaves_out_who_overrides_nothing() -> None:
     chain = Interceptors([Marking("a"), Passing(), Marking("b")])
     route = chain.compose(TaskInterceptor.intercept_tool_call, lambda call: call.name)
-    assert route(ToolCall(None, "t", {}, None)) == "t>a>b<b<a"  # type: ignore[arg-type]
+    assert route(Call(None, "t", {}, None)) == "t>a>b<b<a"  # type: ignore[arg-type]
     # nobody overrides the start: no chain to call; the end's own call alone
     assert chain.notify(TaskInterceptor.intercept_task_start) is None
     last = chain.compose(TaskInterceptor.intercept_task_end, len)
@@ -84,7 +84,7 @@ async def test_an_interceptor_answers_a_tool_call_in_place_of_the_pool(engines: 
     seen: list[tuple[str, str | None]] = []
 
     class Answering(TaskInterceptor):
-        def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]
+        def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]
                                 ) -> Any:
             seen.append((call.name, call.task.id if call.task is not None else None))
             return {"content": [{"type": "text", "text": "mine"}], "isError": False}

@@ -19,11 +19,11 @@ from corral.supervisor import LogBatch, McpServerSpec, State, Supervisor
 from corral.supervisor.launch import MAX_IN_FLIGHT
 from corral.supervisor.process import PIPE_SIZE
 from corral.supervisor.tasks import (
+    Call,
     TaskFinished,
     TaskInterceptor,
     TaskProgress,
     TaskStatus,
-    ToolCall,
 )
 from corral.taskoptions import TaskOptions
 
@@ -266,7 +266,7 @@ class Answering(TaskInterceptor):
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+    def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         self.calls.append((call.name, call.arguments))
         return {"content": [{"type": "text", "text": "ok"}], "isError": False}
 
@@ -525,10 +525,13 @@ async def test_an_answer_behind_held_requests_counts_at_the_exit(
     sup.add_mcp_server(McpServerSpec(name="s", command=[PY, str(HERE / "scripted_mcp.py")],
                                      args=["v2025-11"], timeout=60.0,
                                      env={"SCRIPTED_RECORD": str(record)}))
+    more = 3
+    # its calls name no task: its one running task's (decision 1105), within its budget
     sup.add(agent("last", command=[PY, str(HERE / "lastwords_agent.py")],
-                  restart="on-failure", tools=["s__slow"]))
+                  restart="on-failure", tools=["s__slow"],
+                  max_tool_calls_per_task=MAX_IN_FLIGHT + more))
     r = await sup.wait_state("last", State.READY)
-    pid, more = r.pid, 3
+    pid = r.pid
     task_input = {"calls": MAX_IN_FLIGHT + more, "tool": "s__slow", "go": str(go),
                   "args": {"seconds": 0.5, "pid": pid}}
     with open(f"/proc/{pid}/fd/1", "wb"):  # its stdout: no EOF, the drain lasts its grace

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..supervisor.tasks.chain import sole_task
 
 if TYPE_CHECKING:
     from ..supervisor.tasks.model import Task
@@ -60,8 +61,4 @@ class Attribution:
                                                   "is not made (it ended, or is not this "
                                                   "replica's)")
             return task
-        if replica.tasks_running != 1 or replica.spec.max_concurrent_tasks != 1:
-            return None
-        last = replica.last_task
-        task = self.active.get(last) if last is not None else None
-        return task if task is not None and task.replica is replica and task.running else None
+        return sole_task(self.active, replica)  # the chain's rule, for the model gateway too

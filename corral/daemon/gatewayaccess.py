@@ -37,11 +37,9 @@ from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
-from ..supervisor.tasks.approvals import gate
-from ..supervisor.tasks.interceptors import ToolCall
+from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire
 from ..supervisor.tasks.personwait import timed
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
-from ..workerproto import ToolsCallParams
 from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .caller import Caller
@@ -168,7 +166,7 @@ class GatewayService:
                  tasks: TaskManager, calls: Dispatcher[Any] | None = None,
                  tracer: Tracer | None = None, guard: PolicyGuard | None = None) -> None:
         self.agents = agents
-        self.guard = guard  # what a replica's call of no task passes (approvals.gate)
+        self.guard = guard  # the model gateway's (a replica's tool calls pass the chain's)
         self.stream = stream  # GatewayChanged goes on it
         self.tools = tools
         self.audit = audit
@@ -198,8 +196,7 @@ class GatewayService:
         self.agent_tools = AgentTools(calls, lambda: list(agents.values()))
         # a replica's call of an attempt is its step
         self.attribution = Attribution(tasks.active)
-        self.task_call = tasks.worker.task_call
-        self.replica_calls = tasks.replica_calls
+        self.chain = tasks.worker.chain  # every replica's call passes it
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
         self.seal = StateSeal()  # the states of input requests relayed to clients
@@ -596,23 +593,20 @@ class GatewayService:
                                   ) -> Any:
         """A replica's call of an agent: its attempt's is the task's spawn; one of no task
         passes its replica's policy as a call of no task at /mcp does."""
-        tool = f"{AGENTS_VIEW}__{name}"
-        if task is not None:
-            return await self._step(ident, task, tool, arguments, None)
-        gated = await gate(self.replica_calls, ToolCall(ident.replica, tool, arguments,
-                                                        None), self.guard)
-        if isinstance(gated, dict):  # not approved, or denied: the tool's error
-            return gated
-        # what the replica read is handed on to the task it starts (labels.py)
-        handed = HANDED.set(self.guard.labels.of(ident.replica, None)
-                            if self.guard is not None else ())
-        try:
-            task_id = await self.agent_tools.submit(ident, name, gated.arguments)
-        finally:
-            HANDED.reset(handed)
-        if self.guard is not None:
-            await self.guard.labels.keep_handed(task_id)
-        return await self.agent_tools.outcome(ident, task_id, on_progress)
+        async def submitted(call: Call) -> Any:  # of no task: a task of its own
+            # what the replica read is handed on to the task it starts (labels.py)
+            handed = HANDED.set(self.guard.labels.of(ident.replica, None)
+                                if self.guard is not None else ())
+            try:
+                task_id = await self.agent_tools.submit(ident, name, call.arguments)
+            finally:
+                HANDED.reset(handed)
+            if self.guard is not None:
+                await self.guard.labels.keep_handed(task_id)
+            return await self.agent_tools.outcome(ident, task_id, on_progress)
+        answer = self.chain.enter(Call(ident.replica, f"{AGENTS_VIEW}__{name}", arguments,
+                                       task, door=MCP_AGENTS, wire=DoorWire(made=submitted)))
+        return await answer if inspect.isawaitable(answer) else answer
 
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         pool = self.tools
@@ -720,11 +714,9 @@ class GatewayService:
         outcome = "ok"
         with timed() as person:  # the approval's wait, counted apart
             try:
-                if task is not None:
-                    result = await self._step(ident, task, name, arguments, context)
-                elif ident.replica is not None:
-                    result = await self._replicas(ident, name, arguments, on_progress, relay,
-                                                  on_log, context)
+                if ident.replica is not None:
+                    result = await self._replicas(ident, task, name, arguments, on_progress,
+                                                  relay, on_log, context)
                 else:
                     result = await self._pooled(ident, name, arguments, on_progress, relay,
                                                 on_log, context)
@@ -742,17 +734,21 @@ class GatewayService:
                 self._record(ident, name, time.perf_counter() - start, outcome, who, task,
                              person.seconds)
 
-    async def _replicas(self, ident: Identity, name: str, arguments: dict[str, Any],
+    async def _replicas(self, ident: Identity, task: Task | None, name: str,
+                        arguments: dict[str, Any],
                         on_progress: Callable[[dict[str, Any]], None] | None,
                         relay: InputRelay | None, on_log: LogRelay | None,
                         context: Parent | None) -> Any:
-        """A replica's call of no attempt: past the policy's gate, then as any client's."""
-        gated = await gate(self.replica_calls, ToolCall(ident.replica, name, arguments,
-                                                        None), self.guard)
-        if isinstance(gated, dict):  # not approved: the tool's error
-            return gated
-        return await self._pooled(ident, name, gated.arguments, on_progress, relay,
-                                  on_log, context)
+        """A replica's call: its door's `Call`, through the one chain (tasks/chain.py)."""
+        said = None if context is None else meta(context.trace_id, context.span_id,
+                                                 context.sampled, context.tracestate)
+        answer = self.chain.enter(Call(
+            ident.replica, name, arguments, task, meta=said,
+            door=MCP if ident.server is None else MCP_SERVER,
+            wire=DoorWire(on_progress, relay, on_log, f"{ident.owner} of {ident.tenant}")))
+        if task is None and context is not None and inspect.isawaitable(answer):
+            return await self._traced(answer, context, name, ident.name)
+        return await answer if inspect.isawaitable(answer) else answer
 
     def _pooled(self, ident: Identity, name: str, arguments: dict[str, Any],
                 on_progress: Callable[[dict[str, Any]], None] | None,
@@ -773,15 +769,6 @@ class GatewayService:
         else:
             counter.attributed += 1
             self.attributed += 1
-
-    async def _step(self, ident: Identity, task: Task, name: str,
-                    arguments: dict[str, Any], context: Parent | None) -> Any:
-        """A replica's call as its task's step: the worker's `tools/call` for the task."""
-        said = None if context is None else meta(context.trace_id, context.span_id,
-                                                 context.sampled, context.tracestate)
-        answer = self.task_call(ident.replica, task, ToolsCallParams(
-            name=name, arguments=arguments, task_id=task.id, meta=said))
-        return await answer if inspect.isawaitable(answer) else answer
 
     def _traced(self, call: Awaitable[Any], context: Parent, tool: str, client: str
                 ) -> Awaitable[Any]:

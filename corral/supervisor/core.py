@@ -50,7 +50,8 @@ from .startstop import stop_all
 from .stats import HeartbeatWork, Stats
 from .stream import Stream, Subscription
 from .tasks import KEEP_FINISHED, KEEP_FINISHED_BYTES, Queue, TaskJournal, TaskManager, WaitClock
-from .tasks.interceptors import Interceptors, TaskInterceptor, ToolCall, ToolPorts
+from .tasks.call import Call
+from .tasks.interceptors import Interceptors, TaskInterceptor, ToolPorts
 from .tenantcgroups import TenantNodes
 from .tools import Tools
 from .tuning import Tuning
@@ -316,7 +317,13 @@ class Supervisor:
         tenant = e.tenant if e.tenant is not None else self.tenancy.tenant_of(e.agent)
         self.events.publish(REFUSED_TOPIC, msgspec.structs.asdict(e), "corral", tenant)
 
-    def _route_tool(self, call: ToolCall) -> Any:
+    def _route_tool(self, call: Call) -> Any:
+        wire = call.wire
+        if call.task is None and wire is not None:  # a gateway client's, of no task
+            return self.mcp.call(call.name, call.arguments, owner=call.replica.label,
+                                 on_progress=wire.on_progress, relay=wire.relay,
+                                 on_log=wire.on_log, caller=wire.caller, key=call.key)
+
         def progress(p: dict[str, Any]) -> None:
             if call.task is not None:
                 self.tasks.report_progress(call.task, {**p, "tool": call.name})

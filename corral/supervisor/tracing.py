@@ -36,7 +36,8 @@ from ..tracecontext import (
 )
 from .policy import PolicyVerdict
 from .process_replica import ReplicaExit
-from .tasks.interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall, TraceStart
+from .tasks.call import Call
+from .tasks.interceptors import StepReplay, TaskInterceptor, TaskPath, TraceStart
 from .tasks.model import Task
 from .tasks.steps import MODEL_STEP
 from .tasks.taskmachine import TaskStatus
@@ -166,7 +167,7 @@ class Tracer(TaskInterceptor):
         self.replayed(replay.task, replay.kind, replay.name)
         next(replay)
 
-    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+    def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         """A client span around each call of a traced task, whose context goes to the
         MCP server (and to a team's member: its task is the span's child)."""
         task = call.task

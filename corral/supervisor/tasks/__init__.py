@@ -3,9 +3,10 @@ job is named in docs/architecture.md; manager.py's TaskManager composes them."""
 
 from ...taskviews import Attempt, ModelUsage, TaskFailure, TaskInfo, TaskResult, TaskSummary, Usage
 from .budget import Budget, Budgets
+from .call import Call
 from .durable import TaskJournal, unknown_cursor
 from .ids import is_task_id, new_id
-from .interceptors import Interceptors, TaskInterceptor, ToolCall
+from .interceptors import Interceptors, TaskInterceptor
 from .manager import TaskManager
 from .model import (
     LOST_IN_RESTART,
@@ -34,6 +35,7 @@ __all__ = [
     "AttemptEnded",
     "Budget",
     "Budgets",
+    "Call",
     "CompactTask",
     "Interceptors",
     "LocalQueue",
@@ -52,7 +54,6 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskSummary",
-    "ToolCall",
     "Unfinished",
     "Usage",
     "WaitClock",

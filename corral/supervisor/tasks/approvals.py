@@ -19,11 +19,12 @@ from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
 from ..labels import HANDED
 from ..policy import PolicyGuard
-from .interceptors import StepReplay, TaskInterceptor, TaskPath, ToolCall, TraceStart
+from .call import Call
+from .chain import give_back_tool_call, take_tool_call
+from .interceptors import StepReplay, TaskInterceptor, TaskPath, TraceStart
 from .personwait import waiting
 from .replicacalls import ReplicaAsk, ReplicaCalls, is_replica_owner
 from .steps import CallOrdinals, args_hash
-from .worker import give_back_tool_call, take_tool_call
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -72,7 +73,7 @@ class Approvals(TaskInterceptor):
     def bind(self, path: TaskPath) -> None:
         self._path = path
 
-    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+    def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         task = call.task
         if task is None:
             assert self._path is not None  # bound as the engine was made
@@ -82,15 +83,15 @@ class Approvals(TaskInterceptor):
             return self._loaded(guard, call, task, next)
         return self._task_call(call, task, next)
 
-    async def _loaded(self, guard: PolicyGuard, call: ToolCall, task: Task,
-                      next: Callable[[ToolCall], Any]) -> Any:
+    async def _loaded(self, guard: PolicyGuard, call: Call, task: Task,
+                      next: Callable[[Call], Any]) -> Any:
         """The task's first call here: its labels read from its home first (a retry's,
         after a restart or on another node; labels.py)."""
         await guard.labels.load(task, call.replica)
         answer = self._task_call(call, task, next)
         return await answer if inspect.isawaitable(answer) else answer
 
-    def _task_call(self, call: ToolCall, task: Task, next: Callable[[ToolCall], Any]) -> Any:
+    def _task_call(self, call: Call, task: Task, next: Callable[[Call], Any]) -> Any:
         # a claim of a cluster's carries no tenant: its agent's here is its (the cluster
         # routes a task to its tenant's agent)
         tenant = task.tenant if task.tenant is not None else getattr(
@@ -113,8 +114,8 @@ class Approvals(TaskInterceptor):
                                   verdict.rule)
         return self._made(call, task, policy, next, None)
 
-    def _made(self, call: ToolCall, task: Task, policy: ApprovalPolicy | None,
-              next: Callable[[ToolCall], Any], why: str | None) -> Any:
+    def _made(self, call: Call, task: Task, policy: ApprovalPolicy | None,
+              next: Callable[[Call], Any], why: str | None) -> Any:
         """`why`: the rule (or taint) holding the call, None when none does."""
         if why is not None:
             return self._held(call, task, policy or terms_of(call.replica, []), next, why)
@@ -131,8 +132,8 @@ class Approvals(TaskInterceptor):
         return await answer if inspect.isawaitable(answer) else answer
 
     @staticmethod
-    async def _replica_call(calls: ReplicaCalls, call: ToolCall,
-                            next: Callable[[ToolCall], Any], guard: PolicyGuard | None) -> Any:
+    async def _replica_call(calls: ReplicaCalls, call: Call,
+                            next: Callable[[Call], Any], guard: PolicyGuard | None) -> Any:
         gated = await gate(calls, call, guard)
         if isinstance(gated, dict):
             return gated
@@ -159,8 +160,8 @@ class Approvals(TaskInterceptor):
             self._guard.replayed(replay.task, replay.name)
         next(replay)
 
-    async def _held(self, call: ToolCall, task: Task, policy: ApprovalPolicy,
-                    next: Callable[[ToolCall], Any], why: str = "") -> Any:
+    async def _held(self, call: Call, task: Task, policy: ApprovalPolicy,
+                    next: Callable[[Call], Any], why: str = "") -> Any:
         assert self._path is not None  # bound as the engine was made
         # a held call is no call of the task's budget until it is made (its attempt may
         # be lost or suspended while it waits, and the next one make it again)
@@ -186,8 +187,8 @@ class Approvals(TaskInterceptor):
         return tool_error(said)
 
 
-async def gate(calls: ReplicaCalls, call: ToolCall, guard: PolicyGuard | None = None
-               ) -> ToolCall | dict[str, Any]:
+async def gate(calls: ReplicaCalls, call: Call, guard: PolicyGuard | None = None
+               ) -> Call | dict[str, Any]:
     """A replica's call of no task under its agent's and tenant's policy, counted in its
     incarnation's tool budget, held for a person when `approve` or a rule names it: the call
     to make, or the tool error the caller reads (RpcError when the policy says `fail`)."""
@@ -223,7 +224,7 @@ async def gate(calls: ReplicaCalls, call: ToolCall, guard: PolicyGuard | None = 
     return tool_error(said)
 
 
-def subject(call: ToolCall, why: str) -> dict[str, Any]:
+def subject(call: Call, why: str) -> dict[str, Any]:
     """What a person is shown of a held call (`why`: the policy rule or taint holding it)."""
     shown: dict[str, Any] = {"tool": call.name, "arguments": call.arguments}
     if why:

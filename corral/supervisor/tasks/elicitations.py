@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from ...askviews import Ask
     from ..stream import Stream
-    from .interceptors import ToolCall
+    from .call import Call
     from .model import Task
     from .steps import TaskSteps
 
@@ -64,7 +64,7 @@ class Elicitations:
         if not self._calls:
             self.engine.stream.listen(self._ends, False)
 
-    def asker(self, call: ToolCall, timeout: float | None) -> Asker | None:
+    def asker(self, call: Call, timeout: float | None) -> Asker | None:
         """Who answers the call's elicitation: a person, when it is a task's."""
         task = call.task
         if task is None:
@@ -81,7 +81,7 @@ class Elicitations:
                                    timing)
         return ask
 
-    async def _ask(self, task: Task, call: ToolCall, key: str, params: dict[str, Any],
+    async def _ask(self, task: Task, call: Call, key: str, params: dict[str, Any],
                    timeout: float | None, timing: PersonWait | None) -> dict[str, Any]:
         server = split(call.name)[0]
         refused = _unaskable(params)

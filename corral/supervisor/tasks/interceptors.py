@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from .call import Call
+
 if TYPE_CHECKING:
     from ...askviews import Ask, AskRequest
     from ...taskviews import TaskFailure
@@ -27,23 +29,10 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-class ToolCall(NamedTuple):
-    """A worker's tool call on its way to the pool: `task` None when it is of no task;
-    `key` its idempotency key (None: no other attempt makes it); `spawn`: a `task/spawn`
-    judged as a call of `corral__AGENT` (spawn.py), `key` the spawn's (its ask's by it)."""
-
-    replica: Replica
-    name: str
-    arguments: dict[str, Any]
-    task: Task | None
-    key: str | None = None
-    spawn: bool = False
-
-
 class ToolPorts(NamedTuple):
     """Where the chain's tool methods end: the engine's pool."""
 
-    call: Callable[[ToolCall], Any]
+    call: Callable[[Call], Any]
     listing: Callable[[Replica], Any]
     allowed: Callable[[Replica], list[str]]
 
@@ -81,7 +70,7 @@ class TaskInterceptor:
     def bind(self, path: TaskPath) -> None:
         """The engine the chain is given to, once, as it is made (before any task)."""
 
-    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+    def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         """The call's answer, or an awaitable of it."""
         return next(call)
 

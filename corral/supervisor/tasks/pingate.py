@@ -10,7 +10,8 @@ from typing import Any
 
 from ...askviews import AskEnd, AskKind, AskRequest
 from ...mcp.pins import ToolDrifted
-from .interceptors import TaskInterceptor, TaskPath, ToolCall
+from .call import Call
+from .interceptors import TaskInterceptor, TaskPath
 from .personwait import waiting
 from .replicacalls import ReplicaAsk
 
@@ -22,7 +23,7 @@ class PinGate(TaskInterceptor):
     def bind(self, path: TaskPath) -> None:
         self._path = path
 
-    async def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]
+    async def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]
                                   ) -> Any:
         try:
             answer = next(call)
@@ -34,7 +35,7 @@ class PinGate(TaskInterceptor):
         answer = next(call)
         return await answer if inspect.isawaitable(answer) else answer
 
-    async def _approved(self, call: ToolCall, drifted: ToolDrifted) -> bool:
+    async def _approved(self, call: Call, drifted: ToolDrifted) -> bool:
         assert self._path is not None  # bound as the engine was made
         subject = {"tool": call.name, "arguments": call.arguments,
                    "pin": drifted.drift.subject()}

@@ -8,7 +8,6 @@ its child: the parent's next attempt spawning under the same key is answered tha
 from __future__ import annotations
 
 import contextvars
-import inspect
 import secrets
 from collections.abc import Container
 from fnmatch import fnmatchcase
@@ -23,14 +22,15 @@ from ...text import plural
 from ...workerproto import TaskSpawnParams, TaskWaitParams
 from ..workercalls import on_request
 from .admission import admit
-from .interceptors import AGENT_TOOL, ToolCall
+from .call import Call
+from .interceptors import AGENT_TOOL
 from .model import SpawnOrder, Task
 from .nodespawns import NodeSpawns, TreeEngine
 from .payload import encode_input
 from .queue import Queue
 from .spawntree import Lineage
 from .steps import TaskSteps
-from .worker import WorkerMethods, take_tool_call
+from .worker import WorkerMethods
 
 if TYPE_CHECKING:
     from ..labels import Labels
@@ -138,16 +138,14 @@ class Spawns:
         """A spawn its tree did not answer, as its task's call of `corral__AGENT` (the tool
         router's interceptors: policy rules, `approve`, taint; the tool budget): the spawn
         to make (its input as a person approved it), else refused as that call would be."""
-        take_tool_call(parent, r)
-        got = self.engine.worker.tool_router(ToolCall(
+        got = await self.engine.worker.chain.live(Call(
             r, AGENT_TOOL + p.agent, p.input, parent, p.key, spawn=True))
-        got = await got if inspect.isawaitable(got) else got
         if got.get("isError"):  # the tool's error its call would read
             raise RpcError(jsonrpc.REFUSED, f"task/spawn: {got['content'][0]['text']}")
         return msgspec.structs.replace(p, input=got["input"])
 
     # -- an agent called as a tool ----------------------------------------------------------
-    async def as_tool(self, call: ToolCall) -> dict[str, Any]:
+    async def as_tool(self, call: Call) -> dict[str, Any]:
         """A running task's call of an agent as a tool (`corral__AGENT`): its spawn under
         the call's key (a retry's same call gets the same child), then its wait."""
         parent = call.task

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ...tracecontext import CURRENT
-from ..tasks.interceptors import TaskInterceptor, TaskPath, ToolCall
+from ..tasks.call import Call
+from ..tasks.interceptors import TaskInterceptor, TaskPath
 from ..tasks.steps import args_hash
 from .call import TeamCall
 from .check import TOOL_SEP
@@ -68,7 +69,7 @@ class LeaderTools(TaskInterceptor):
         mine = [t["name"] for t in self._tools_on(replica)]
         return [*names, *mine] if mine else names
 
-    def intercept_tool_call(self, call: ToolCall, next: Callable[[ToolCall], Any]) -> Any:
+    def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         task = call.task
         leading = self._leading(task.id) if task is not None else None
         member = _member(leading[1], call.name) if leading is not None else None

@@ -1,0 +1,126 @@
+"""One chain for every door's tool call (DESIGN section 28, docs/architecture.md "One
+door per call"): a door reads its wire into a `Call` (call.py) and gives it to `enter`;
+what comes back is the call's outcome, which the door writes in its wire.
+
+The links, in their order:
+- identity and view: the replica's allowlist (a team's leader's members included);
+- the owner: a call of no task is its replica's, and, where the replica runs one task,
+  that task's (`sole_task`), so that every link after sees the task;
+- journal: a task's call is its step (steps.py), answered from the journal on a retry;
+- budget: a task's call made live counts in its max_tool_calls_per_task (a call of no
+  task counts in its replica's incarnation's, approvals.gate);
+- the interceptors (startup.py `interceptors`): trace, then policy rules, labels
+  (taint) and approval (approvals.py), then pins (pingate.py), then a team's members;
+- dispatch: an agent as a tool is its spawn (or the door's own submission, at
+  /mcp/corral of no task), any other tool the engine's pool.
+Audit is the gateway's (gatewayaccess.py `_record`), and its client limits.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...mcp.pool import allowed
+from ...text import plural
+from ...tracecontext import CALLER
+from .call import Call
+from .interceptors import AGENT_TOOL, Interceptors, TaskInterceptor, ToolPorts
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+    from .model import Task
+    from .steps import TaskSteps
+
+
+def sole_task(active: Mapping[str, Task], replica: Any) -> Task | None:
+    """The task a call of `replica` that names none is: the one it runs, when it runs one
+    and can run no other at once (one running beside a free slot could be joined by
+    another at any moment); else None, the call its replica's."""
+    if replica.tasks_running != 1 or getattr(replica.spec, "max_concurrent_tasks", 1) != 1:
+        return None
+    last = replica.last_task
+    task = active.get(last) if last is not None else None
+    return task if task is not None and task.replica is replica and task.running else None
+
+
+def take_tool_call(task: Task, r: Replica) -> None:
+    """A call the task makes now counts against its agent's max_tool_calls_per_task;
+    TOOL_BUDGET_EXCEEDED when it has made them all."""
+    budget = getattr(r.spec, "max_tool_calls_per_task", 0)
+    if task.tool_calls >= budget:
+        raise RpcError(jsonrpc.TOOL_BUDGET_EXCEEDED,
+                       f"tool budget exceeded: task {task.id} has made "
+                       f"{plural(task.tool_calls, 'tool call')} "
+                       f"(max_tool_calls_per_task {budget})")
+    task.tool_calls += 1
+
+
+def give_back_tool_call(task: Task) -> None:
+    """A call counted that is not made now (held for a person): taken again when it is."""
+    task.tool_calls -= 1
+
+
+class Chain:
+    """The links above, over the engine's tasks in flight (`active`)."""
+
+    def __init__(self, active: Mapping[str, Task], tools: ToolPorts,
+                 interceptors: Interceptors, steps: TaskSteps,
+                 agent_call: Callable[[Call], Awaitable[Any]]) -> None:
+        """`agent_call`: a task's call of an agent as a tool, its spawn."""
+        self.active = active
+        self.tools = tools
+        self.steps = steps
+        self.agent_call = agent_call
+        # the pool's tools behind the interceptors' (a team's leader's members, its spans)
+        self.router = interceptors.compose(TaskInterceptor.intercept_tool_call, self._made)
+        self.allow_of = interceptors.compose(TaskInterceptor.intercept_allowed_tools,
+                                             tools.allowed)
+
+    def enter(self, call: Call) -> Any:
+        """The call's outcome (or an awaitable of it), past every link."""
+        r = call.replica
+        allow = self.allow_of(r)
+        if not allowed(call.name, allow):
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"tool {call.name} is not allowed for agent {r.name} (its tools "
+                           f"allowlist: {allow})")
+        task = call.task
+        if task is None:
+            task = sole_task(self.active, r)
+            if task is None:
+                return self._routed(call)
+            call = call._replace(task=task)
+        return self.steps.tool_call(task, r, call.name, call.arguments,
+                                    lambda key: self.live(call._replace(key=key)))
+
+    async def live(self, call: Call) -> Any:
+        """A task's tool call made (not answered from its steps): counted in its budget,
+        then past the interceptors (a spawn judged as its call of `corral__AGENT` enters
+        here: its own journal is its spawns')."""
+        assert call.task is not None  # (a task's alone is journaled)
+        take_tool_call(call.task, call.replica)
+        result = self._routed(call)
+        return await result if inspect.isawaitable(result) else result
+
+    def _routed(self, call: Call) -> Any:
+        """The router's call, the caller's trace context (`_meta`) set as its span starts."""
+        if call.meta is None:
+            return self.router(call)
+        said = CALLER.set(call.meta)
+        try:
+            return self.router(call)
+        finally:
+            CALLER.reset(said)
+
+    def _made(self, call: Call) -> Any:
+        """Dispatch: an agent's call is its spawn (or the door's submission), else the pool's."""
+        if call.name.startswith(AGENT_TOOL):
+            if call.task is not None:
+                return self.agent_call(call)
+            if call.wire is not None and call.wire.made is not None:
+                return call.wire.made(call)
+        return self.tools.call(call)

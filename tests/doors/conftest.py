@@ -1,0 +1,85 @@
+"""The door suite's fixtures (DESIGN 28): one daemon of the node's home, its agents of
+tests/doors/door_agent.py, shared by the suite's tests; and `door`, each door a call
+enters by (`with a task`: made by the agent's task; `no task`: made by the test with the
+replica's own token while it runs none).
+
+A test marked `differs(door, reason)` is a strict xfail at that door: the door is not yet
+what the contract says, and once it is, the strict xfail fails the run so that its mark
+is taken off."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..conftest import ROOT
+from ..daemon_harness import PY, Daemon, running_daemon
+
+HERE = Path(__file__).parent
+SERVERS = HERE.parent / "servers"
+TRUSTED = "Fetch a URL and return its text."
+
+# a task's doors: the agent's task makes the call
+TASK_DOORS = ("worker", "worker-no-task", "/mcp", "/mcp/NAME", "/mcp/corral")
+# a call of no task: the test makes it with the replica's token while it runs none
+IDLE_DOORS = ("/mcp idle", "/mcp/NAME idle", "/mcp/corral idle")
+DOORS = TASK_DOORS + IDLE_DOORS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "differs(door, reason): a door that differs today")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    del config
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        for mark in item.iter_markers("differs"):
+            if callspec is not None and callspec.params.get("door") == mark.args[0]:
+                item.add_marker(pytest.mark.xfail(strict=True, reason=mark.args[1]))
+
+
+def agents(tmp: Path) -> str:
+    agent = textwrap.dedent(f"""
+        command = ["{PY}", "{HERE}/door_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        stop_timeout = 10.0
+        spawns = ["target", "denied"]
+        tools = ["pol__*", "drift__*", "corral__target", "corral__denied"]
+    """)
+    return (f"[agents.caller]{agent}\n"
+            f"[agents.budgeted]{agent}max_tool_calls_per_task = 2\n\n"
+            f'[agents.target]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
+            f'[agents.denied]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
+            f'[mcp_servers.pol]\ncommand = ["{PY}", "{SERVERS}/policy_mcp.py"]\n'
+            'tools_untrusted = ["fetch"]\ntools_sensitive = ["send_mail"]\n\n'
+            f'[mcp_servers.drift]\ncommand = ["{PY}", "{SERVERS}/drifting_mcp.py", '
+            f'"{tmp}/description"]\n\n'
+            '[[policy]]\nname = "no pay"\nmatch = { tool = "pol__pay" }\neffect = "deny"\n\n'
+            '[[policy]]\nname = "no denied agent"\nmatch = { tool = "corral__denied" }\n'
+            'effect = "deny"\n\n'
+            '[gateway]\nlisten = "127.0.0.1:0"\n')
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    tmp = Path(tempfile.mkdtemp(prefix="doors-"))  # short: the daemon's sockets are in it
+    (tmp / "description").write_text(TRUSTED)
+    try:
+        with running_daemon(tmp, agents(tmp)) as d:
+            yield d
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(params=DOORS)
+def door(request: pytest.FixtureRequest) -> str:
+    door: str = request.param
+    return door

@@ -1,0 +1,70 @@
+"""The door suite's agent: a task that makes each of its input's `calls`
+({"door", "tool", "arguments"}) in turn by that door, its output each call's outcome:
+{"text", "isError"} or {"error": code, "message"}.
+
+The doors: `worker` (`ctx.call_tool`, naming its task), `worker-no-task` (`tools/call`
+naming none), and the HTTP gateway at its replica's own address (CORRAL_MCP_URL, naming
+no attempt) with its replica's token: `/mcp` (SERVER__TOOL), `/mcp/NAME` (the server's
+TOOL), `/mcp/corral` (an agent, `corral__AGENT`). With {"env": true}: its replica's
+gateway address and token, for a test's calls of no task."""
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+from corral.worker import run
+
+VERSION = "2026-07-28"
+
+
+def outcome(result):
+    content = result.get("content") or [{}]
+    return {"text": content[0].get("text"), "isError": bool(result.get("isError"))}
+
+
+def gateway(path, name, arguments, url=None, token=None):
+    """A tools/call at the gateway (the replica's own, unless `url` and `token` say)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": name, "arguments": arguments, "_meta": {
+                           "io.modelcontextprotocol/protocolVersion": VERSION,
+                           "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
+    url = url or os.environ["CORRAL_MCP_URL"]
+    token = token or os.environ["CORRAL_MCP_TOKEN"]
+    req = urllib.request.Request(url + path, data=body, headers={
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": VERSION, "Mcp-Method": "tools/call", "Mcp-Name": name})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            said = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        said = json.loads(e.read() or b"{}")
+    if "error" in said:
+        return {"error": said["error"].get("code"), "message": said["error"].get("message")}
+    return outcome(said["result"])
+
+
+def call(ctx, door, tool, arguments):
+    server, _, own = tool.partition("__")
+    if door in ("worker", "worker-no-task"):
+        try:
+            if door == "worker":
+                return outcome(ctx.call_tool(tool, arguments))
+            return outcome(ctx._worker.request("tools/call",
+                                               {"name": tool, "arguments": arguments}))
+        except Exception as exc:  # the refusal is the answer under test
+            return {"error": getattr(exc, "code", None), "message": str(exc)}
+    if door == "/mcp":
+        return gateway("", tool, arguments)
+    return gateway(f"/{server}", own, arguments)  # /mcp/NAME, /mcp/corral
+
+
+def handle(task, ctx):
+    if task.get("env"):  # its replica's gateway address and token, for calls of no task
+        return {k: os.environ[k] for k in ("CORRAL_MCP_URL", "CORRAL_MCP_TOKEN")}
+    return [call(ctx, c["door"], c["tool"], c.get("arguments", {})) for c in task["calls"]]
+
+
+if __name__ == "__main__":
+    run(handle)

@@ -1,0 +1,176 @@
+"""The door contract (DESIGN 28, docs/architecture.md "One door per call"): each link's
+promise is one test, run at every door a tool call enters by — the worker link naming
+its task and naming none, `/mcp`, `/mcp/NAME` and `/mcp/corral` from a task, and the
+gateway's paths with the replica's token while it runs no task. A real daemon, real
+agents (tests/doors/door_agent.py), real MCP servers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+
+from ..daemon_harness import Daemon
+from ..test_daemon_cli import wait_until
+from .conftest import DOORS, IDLE_DOORS, TASK_DOORS
+from .door_agent import gateway
+
+PATIENCE = 60.0
+POOL = concurrent.futures.ThreadPoolExecutor(4)
+
+
+class Made:
+    """A call under way at a door: by a task of `agent` (its last call's outcome), or
+    by the test with the replica's token (no task)."""
+
+    def __init__(self, d: Daemon, agent: str, door: str, tool: str,
+                 arguments: dict[str, Any], before: list[dict[str, Any]] | None = None
+                 ) -> None:
+        self.d, self.agent = d, agent
+        self.task_id: str | None = None
+        if door in TASK_DOORS:
+            calls = [*(before or []), {"door": door, "tool": tool, "arguments": arguments}]
+            self.task_id = d.ask("tasks.submit", {"agent": agent,
+                                                  "input": {"calls": calls}})["task_id"]
+            return
+        env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
+        url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+        server, _, own = tool.partition("__")
+        at, name = {"/mcp idle": ("", tool)}.get(door, (f"/{server}", own))
+        for step in before or []:
+            gateway(at if step["door"] == door else "", step["tool"] if at == "" else
+                    step["tool"].partition("__")[2], step.get("arguments", {}), url, token)
+        self.future = POOL.submit(gateway, at, name, arguments, url, token)
+
+    def outcome(self) -> dict[str, Any]:
+        if self.task_id is None:
+            said: dict[str, Any] = self.future.result(PATIENCE)
+            return said
+        done = self.d.ask("tasks.get", {"task_id": self.task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        outcomes: list[dict[str, Any]] = done["output"]
+        return outcomes[-1] if len(outcomes) == 1 else {"all": outcomes}
+
+    def ask(self) -> dict[str, Any]:
+        """The person's ask the call waits on, once it is listed."""
+        def mine() -> dict[str, Any] | None:
+            for a in self.d.ask("approvals.list")["asks"]:
+                if a["agent"] == self.agent and (
+                        a["task_id"] == self.task_id if self.task_id is not None
+                        else a["task_id"].startswith(f"replica:{self.agent}#")):
+                    return dict(a)
+            if self.task_id is not None:
+                done = self.d.ask("tasks.get", {"task_id": self.task_id})
+                assert done["finished"] is None, f"ended with no ask: {done}"
+            else:
+                assert not self.future.done(), f"answered with no ask: {self.future.result()}"
+            return None
+        found: dict[str, Any] = wait_until(mine, PATIENCE, f"an ask of {self.agent}")
+        return found
+
+
+def decide(d: Daemon, ask: dict[str, Any], decision: str) -> None:
+    said = d.cli("approvals", decision, ask["id"])
+    assert said.returncode == 0, said.stderr
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
+def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Daemon,
+                                                                   door: str) -> None:
+    """The pins link: the tool's definition changed since it was pinned; the call waits
+    on an ask `corral approvals` shows, and is made once a person approves it."""
+    d = daemon
+    d.ask("tools.list")  # its definition as it is now seen, so pinned
+    description = f"Fetch a URL, changed for {door}."
+    (d.dir / "description").write_text(description)
+    restarted = d.cli("mcp", "restart", "drift")
+    assert restarted.returncode == 0, restarted.stderr
+    made = Made(d, "caller", door, "drift__fetch", {"url": door})
+    ask = made.ask()
+    assert ask["kind"] == "approval" and ask["subject"]["tool"] == "drift__fetch", ask
+    assert ask["subject"]["pin"]["now"]["description"] == description
+    listed = d.cli("approvals")
+    assert ask["id"] in listed.stdout, listed.stdout
+    decide(d, ask, "approve")
+    assert made.outcome() == {"text": f"fetched {door}", "isError": False}
+
+
+@pytest.mark.deadline(120)
+def test_a_policy_deny_is_the_tools_error(daemon: Daemon, door: str) -> None:
+    """The policy rules link: a rule's deny, whatever the door."""
+    tool, rule = ("corral__denied", "no denied agent") if "corral" in door else \
+        ("pol__pay", "no pay")
+    said = Made(daemon, "caller", door, tool, {"amount": 1}).outcome()
+    assert said == {"text": f"tool call {tool} is denied by policy rule {rule}",
+                    "isError": True}, said
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", TASK_DOORS)
+def test_a_tasks_tool_budget_counts_each_call_once_whatever_its_door(daemon: Daemon,
+                                                                      door: str) -> None:
+    """The budget link: max_tool_calls_per_task 2, one call on the worker link naming the
+    task, then two by the door: the third is refused naming the task, whether or not
+    the call named it (a call of no task of a replica running one task is that task's)."""
+    tool = "corral__target" if "corral" in door else "pol__http_get"
+    arguments = {"do": "echo"} if "corral" in door else {"host": "example.org"}
+    call = {"door": door, "tool": tool, "arguments": arguments}
+    made = Made(daemon, "budgeted", door, tool, arguments,
+                before=[{"door": "worker", "tool": "pol__http_get",
+                         "arguments": {"host": "example.org"}}, call])
+    first, second, third = made.outcome()["all"]
+    assert "error" not in first and "error" not in second, (first, second)
+    assert third == {"error": jsonrpc.TOOL_BUDGET_EXCEEDED,
+                     "message": f"tool budget exceeded: task {made.task_id} has made 2 "
+                                "tool calls (max_tool_calls_per_task 2)"}, third
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
+def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Daemon,
+                                                                 door: str) -> None:
+    """The labels link: the caller read an untrusted tool's output (by the worker link
+    for a task, by the same door for a call of no task); its sensitive call waits on
+    a person's ask, and denied is not made."""
+    fetch = {"door": "worker" if door in TASK_DOORS else door, "tool": "pol__fetch",
+             "arguments": {"url": "https://evil.example"}}
+    made = Made(daemon, "caller", door, "pol__send_mail", {"to": "x@example.org"},
+                before=[fetch])
+    ask = made.ask()
+    assert ask["subject"]["tool"] == "pol__send_mail", ask
+    decide(daemon, ask, "deny")
+    said = made.outcome()
+    last = said["all"][-1] if "all" in said else said
+    assert last["isError"] and last["text"].startswith(
+        "tool call pol__send_mail was denied by "), last
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.differs("worker", "the worker link's tool calls are no rows of the audit "
+                               "log (a task's are its journal's steps)")
+@pytest.mark.differs("worker-no-task", "the worker link's tool calls are no rows of the "
+                                       "audit log")
+@pytest.mark.differs("/mcp/corral", "a replica's call of an agent at /mcp/corral is no "
+                                    "gateway.call row of the audit log")
+@pytest.mark.differs("/mcp/corral idle", "a replica's call of an agent at /mcp/corral is "
+                                         "no gateway.call row of the audit log")
+def test_the_call_is_audited(daemon: Daemon, door: str) -> None:
+    """The audit link: one row of the audit log a call, naming its tool."""
+    d = daemon
+    tool = "corral__target" if "corral" in door else "pol__http_get"
+    arguments = {"do": "echo"} if "corral" in door else {"host": "example.org"}
+
+    def rows() -> int:
+        return sum(1 for e in d.ask("audit.list", {"limit": 1000})["entries"]
+                   if isinstance(e["params"], dict) and e["params"].get("tool") == tool)
+    before = rows()
+    said = Made(d, "caller", door, tool, arguments).outcome()
+    assert "error" not in said, said
+    assert rows() == before + 1
+
+
+assert set(IDLE_DOORS) < set(DOORS)
