@@ -604,8 +604,13 @@ class GatewayService:
             if self.guard is not None:
                 await self.guard.labels.keep_handed(task_id)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
-        answer = self.chain.enter(Call(ident.replica, f"{AGENTS_VIEW}__{name}", arguments,
-                                       task, door=MCP_AGENTS, wire=DoorWire(made=submitted)))
+        tool = f"{AGENTS_VIEW}__{name}"
+        return await self._recorded(ident, tool, (-1, -1), task, lambda: self._entered(Call(
+            ident.replica, tool, arguments, task, door=MCP_AGENTS,
+            wire=DoorWire(made=submitted))))
+
+    async def _entered(self, call: Call) -> Any:
+        answer = self.chain.enter(call)
         return await answer if inspect.isawaitable(answer) else answer
 
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
@@ -710,16 +715,23 @@ class GatewayService:
             raise
         if ident.replica is not None:
             self._count(ident, task)
+        try:
+            return await self._recorded(ident, name, who, task, lambda: self._replicas(
+                ident, task, name, arguments, on_progress, relay, on_log, context)
+                if ident.replica is not None else self._pooled(
+                    ident, name, arguments, on_progress, relay, on_log, context))
+        finally:
+            limiter.in_flight -= 1
+
+    async def _recorded(self, ident: Identity, name: str, who: tuple[int, int],
+                        task: Task | None, make: Callable[[], Awaitable[Any]]) -> Any:
+        """The outcome of the call `make` makes, its time and the person's wait counted
+        and audited."""
         start = time.perf_counter()
         outcome = "ok"
         with timed() as person:  # the approval's wait, counted apart
             try:
-                if ident.replica is not None:
-                    result = await self._replicas(ident, task, name, arguments, on_progress,
-                                                  relay, on_log, context)
-                else:
-                    result = await self._pooled(ident, name, arguments, on_progress, relay,
-                                                on_log, context)
+                result = await make()
                 if isinstance(result, dict) and result.get("isError"):
                     outcome = "isError"
                 return result
@@ -730,7 +742,6 @@ class GatewayService:
                 outcome = "cancelled"
                 raise
             finally:
-                limiter.in_flight -= 1
                 self._record(ident, name, time.perf_counter() - start, outcome, who, task,
                              person.seconds)
 

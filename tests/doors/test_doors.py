@@ -154,10 +154,6 @@ def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Daemon,
                                "log (a task's are its journal's steps)")
 @pytest.mark.differs("worker-no-task", "the worker link's tool calls are no rows of the "
                                        "audit log")
-@pytest.mark.differs("/mcp/corral", "a replica's call of an agent at /mcp/corral is no "
-                                    "gateway.call row of the audit log")
-@pytest.mark.differs("/mcp/corral idle", "a replica's call of an agent at /mcp/corral is "
-                                         "no gateway.call row of the audit log")
 def test_the_call_is_audited(daemon: Daemon, door: str) -> None:
     """The audit link: one row of the audit log a call, naming its tool."""
     d = daemon
