@@ -37,6 +37,8 @@ KINDS = {
 PAGE = 50  # ListTasks' page unless the caller asks for another size
 MAX_PAGE = 100
 QUEUED_EVENTS = 256  # a stream's events waiting for its client before the follow holds
+RECHECK = 1.0  # seconds between two looks at a task waited for, at most
+ASK_WAIT = 30.0  # seconds a message to a running task waits for it to ask
 MAX_ID = 200  # characters of a messageId in a task's idempotency key (255 at most)
 YES = frozenset({"yes", "y", "approve", "approved", "ok", "true"})
 
@@ -127,6 +129,12 @@ class A2aDoor:
         if message.context_id is not UNSET and message.context_id != mp.context_of(info):
             raise w.A2aError(w.INVALID_PARAMS, f"contextId {message.context_id} is not "
                              f"task {info.task_id}'s ({mp.context_of(info)})")
+        if not info.asks and mp.state_of(info) not in mp.TERMINAL:
+            # a task that asks again after a restart (its attempt replayed) or is about
+            # to: its question is waited for, a while
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ASK_WAIT):
+                    info = await self.settled(caller, agent, info)
         if mp.state_of(info) in mp.TERMINAL:
             raise w.A2aError(w.UNSUPPORTED, f"task {info.task_id} has ended "
                              f"({info.status}): it takes no more messages")
@@ -163,7 +171,11 @@ class A2aDoor:
                 ended = asyncio.ensure_future(self.task(caller, agent, task_id, wait=True))
                 asked = asyncio.ensure_future(changed.wait())
                 try:
-                    await asyncio.wait({ended, asked}, return_when=asyncio.FIRST_COMPLETED)
+                    # (looked at again after RECHECK too: a question a replayed attempt
+                    # asks again after a restart is the ask its first attempt made, held
+                    # again without a word on the stream)
+                    await asyncio.wait({ended, asked}, timeout=RECHECK,
+                                       return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for f in (ended, asked):
                         f.cancel()
@@ -289,11 +301,12 @@ class A2aDoor:
 
     async def changed(self, caller: Caller, agent: str, task_id: str, events: _Events
                       ) -> None:
-        """Until an ask of the task is made or ended, or it ends."""
+        """Until an ask of the task is made or ended, or it ends (RECHECK at most)."""
         ended = asyncio.ensure_future(self.task(caller, agent, task_id, wait=True))
         asked = asyncio.ensure_future(events.get())
         try:
-            await asyncio.wait({ended, asked}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({ended, asked}, timeout=RECHECK,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             for f in (ended, asked):
                 f.cancel()

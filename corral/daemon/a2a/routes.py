@@ -57,6 +57,8 @@ class A2aRoutes:
         operator named); else not found."""
         agents = self.ctx.services.agents
         found = agents[agent].spec if agent in agents else None
+        if found is not None and found.protocol == "none":
+            found = None  # a plain program takes no tasks: no A2A agent
         seen = found is not None and (
             self.ctx.dispatcher.bind(caller).sees(agent) if caller is not None
             else self.anonymous(request, agent))
