@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -104,17 +103,16 @@ class A2aDoor:
         else:
             # a message sent again in its context (its id, its content) is the same
             # message, answered by the task it made: the task's idempotency key. One
-            # that names no context begins a new one, each time (decision 1122)
+            # that names no context begins a new one, each time: the task's own id, a
+            # session only once a later message names it (so that contexts no one
+            # continues hold no session: decision 1122)
             submit: dict[str, Any] = {"agent": agent}
             if message.context_id is not UNSET:
-                session = message.context_id
                 digest = hashlib.sha256(msgspec.json.encode(message)).hexdigest()[:16]
                 submit["idempotency_key"] = f"{message.message_id[:MAX_ID]}#{digest}"
-            else:
-                session = uuid.uuid4().hex
-            sent = w.to_json(msgspec.structs.replace(message, context_id=session))
+                submit["session"] = message.context_id
             accepted = await self.call(caller, "tasks.submit", submit | {
-                "input": msgspec.Raw(msgspec.json.encode(sent)), "session": session})
+                "input": msgspec.Raw(msgspec.json.encode(w.to_json(message)))})
             info = await self.task(caller, agent, accepted.task_id, given=True)
         config = req.configuration
         if config is not UNSET and config.return_immediately:
@@ -206,7 +204,8 @@ class A2aDoor:
         page = await self.call(caller, "tasks.list", params)
         tasks = []
         for summary in reversed(page.tasks):  # newest first, as A2A lists them
-            if req.context_id and summary.options.session != req.context_id:
+            if req.context_id and (summary.options.session or summary.task_id) \
+                    != req.context_id:
                 continue
             info = await self.task(caller, agent, summary.task_id, given=True)
             tasks.append(mp.task_of(info, history if history is not None else 0,
