@@ -179,12 +179,13 @@ def journal_sender(conf: Conf) -> Iterator[JournalSender | None]:
         yield sender
 
 
-def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools
-                 ) -> list[TaskInterceptor]:
+def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools,
+                 refusals: BoundaryRefusals | None = None) -> list[TaskInterceptor]:
     """The task path's interceptors, the outermost first: a leader's call of a member is
     inside the leader's span; approvals inside the span, around a leader's members too;
-    then the tools' pins."""
-    return [i for i in (tracer, Approvals(guard), PinGate(), leaders) if i is not None]
+    then the tools' pins (a drifted tool's call not approved told to `refusals`)."""
+    return [i for i in (tracer, Approvals(guard), PinGate(refusals), leaders)
+            if i is not None]
 
 
 def engine(conf: Conf, spared: set[int], taken: Takeover | None,

@@ -99,6 +99,32 @@ def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Daemo
     assert made.outcome() == {"text": f"fetched {door}", "isError": False}
 
 
+@pytest.mark.deadline(240)
+@pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
+def test_a_drifted_tool_denied_is_refused_naming_the_drift_and_recorded(
+        daemon: Daemon, door: str) -> None:
+    """The pins link, denied: the call is refused naming the drift, and the refusal is
+    the boundary's (`boundary.refused` of kind pin, an audit row)."""
+    d = daemon
+    d.ask("tools.list")
+    (d.dir / "description").write_text(f"Fetch a URL, denied for {door}.")
+    restarted = d.cli("mcp", "restart", "drift")
+    assert restarted.returncode == 0, restarted.stderr
+
+    def refusals() -> int:
+        return sum(1 for e in d.ask("audit.list", {"limit": 1000})["entries"]
+                   if e["method"] == "boundary.refused" and e["params"]["kind"] == "pin"
+                   and e["params"]["target"] == "drift__fetch")
+    before = refusals()
+    made = Made(d, "caller", door, "drift__fetch", {"url": door})
+    decide(d, made.ask(), "deny")
+    said = made.outcome()
+    assert said["error"] == jsonrpc.TOOL_NOT_ALLOWED and said["message"].startswith(
+        "tool drift__fetch is blocked: its definition changed since it was pinned "
+        "(description differ; pinned "), said
+    wait_until(lambda: refusals() == before + 1, PATIENCE, "the refusal's audit row")
+
+
 @pytest.mark.deadline(120)
 def test_a_policy_deny_is_the_tools_error(daemon: Daemon, door: str) -> None:
     """The policy rules link: a rule's deny, whatever the door."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...askviews import AskEnd, AskKind, AskRequest
 from ...mcp.pins import ToolDrifted
+from ..refusals import BoundaryRefusals
 from .call import Call
 from .interceptors import TaskInterceptor, TaskPath
 from .personwait import waiting
@@ -17,8 +18,10 @@ from .replicacalls import ReplicaAsk
 
 
 class PinGate(TaskInterceptor):
-    def __init__(self) -> None:
+    def __init__(self, refusals: BoundaryRefusals | None = None) -> None:
+        """`refusals`: told of each call refused, its person not approving the drift."""
         self._path: TaskPath | None = None
+        self._refusals = refusals
 
     def bind(self, path: TaskPath) -> None:
         self._path = path
@@ -30,6 +33,13 @@ class PinGate(TaskInterceptor):
             return await answer if inspect.isawaitable(answer) else answer
         except ToolDrifted as drifted:
             if not await self._approved(call, drifted):
+                if self._refusals is not None:
+                    task = call.task
+                    self._refusals.refused(
+                        call.replica.name, "pin", call.name,
+                        task=task.id if task is not None else None,
+                        tenant=task.tenant if task is not None else
+                        getattr(call.replica.spec, "tenant", None))
                 raise
             drifted.pins.approve(drifted.drift)
         answer = next(call)
