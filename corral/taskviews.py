@@ -59,7 +59,16 @@ class ModelUsage(Usage, gc=False):
         one.add(input_tokens, output_tokens, cost_usd)
 
 
-class Attempt(msgspec.Struct, gc=False):  # (scalars only: nothing to collect)
+class MadeAgain(msgspec.Struct, gc=False):
+    """A tool call an attempt made again under the key an earlier attempt's had, that
+    one's answer never kept: `why` says what became of it (docs/durable.md)."""
+
+    tool: str
+    key: str
+    why: str
+
+
+class Attempt(msgspec.Struct, gc=False):  # (no cycles: nothing to collect)
     replica: int
     pid: int | None
     started: float
@@ -72,6 +81,8 @@ class Attempt(msgspec.Struct, gc=False):  # (scalars only: nothing to collect)
     # stopped matching the journal and went live (docs/durable.md)
     replayed: int | UnsetType = UNSET
     diverged: int | UnsetType = UNSET
+    # the calls it made again under an earlier attempt's key (docs/durable.md)
+    made_again: list[MadeAgain] | UnsetType = UNSET
     # seconds the task was to wait after this attempt before its retry (the agent's
     # retry_backoff, jitter and all): set on an attempt that was retried
     backoff: float | UnsetType = UNSET

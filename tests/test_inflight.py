@@ -176,7 +176,8 @@ def _until(ready: Callable[[], bool], what: str) -> None:
 def test_a_call_lost_with_the_daemon_is_made_again_under_the_same_key() -> None:
     """The daemon SIGKILLed while the first call is at the server: no one is left to
     journal its answer, so the retry (the next daemon, the same state) makes it again —
-    with the key the first had, which a server that honours keys makes once."""
+    with the key the first had, which a server that honours keys makes once — and the
+    task says so (the call's mark, journaled before it went, read by the retry)."""
     tmp = shared_tmpdir()  # (a short path: the daemon's socket is in it)
     started, gate = fifos(tmp)
     d = Daemon(tmp, fleet(tmp))
@@ -203,6 +204,15 @@ def test_a_call_lost_with_the_daemon_is_made_again_under_the_same_key() -> None:
                                               ["done", "1"], ["start", "2"], ["done", "2"]]
         assert log[0][2] == log[2][2] != "-"  # the same key on both attempts
         assert log[4][2] not in ("-", log[0][2])
+        # the task says so: the call, its key, and why
+        made = {"tool": "slow__work", "key": log[0][2],
+                "why": "the daemon restarted while it was at the server"}
+        shown = json.loads(d.cli("task", task_id, "--json").stdout)
+        assert [a.get("made_again") for a in shown["attempts"]] == [None, [made]]
+        assert d.cli("task", task_id).stdout.splitlines()[-2:] == [
+            f"attempt 1: replica 0 pid {first['pid']} lost (daemon restarted)",
+            f"attempt 2: replica 0 pid {second['pid']} succeeded; slow__work made again "
+            f"under key {log[0][2]} (the daemon restarted while it was at the server)"]
     finally:
         d.close()
         shutil.rmtree(tmp, ignore_errors=True)

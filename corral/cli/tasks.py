@@ -326,6 +326,8 @@ def steps_of(a: m.Attempt) -> str:
         said.append(f"{a.replayed} steps replayed")
     if isinstance(a.diverged, int):
         said.append(f"diverged at tool call {a.diverged}, live from there")
+    if isinstance(a.made_again, list):
+        said += [f"{m.tool} made again under key {m.key} ({m.why})" for m in a.made_again]
     return f"; {', '.join(said)}" if said else ""
 
 

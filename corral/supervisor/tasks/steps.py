@@ -20,11 +20,12 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
+from ...taskviews import MadeAgain
 from ...text import plural
 from ..quotas import NO_QUOTAS
 from ..stream import Stream
 from .interceptors import Interceptors, StepReplay, TaskInterceptor
-from .model import Task, TaskFinished
+from .model import LOST_IN_RESTART, Task, TaskFinished
 from .retry import runs_again
 from .stepjournal import CHECKPOINT_SEQ, NAMED_SEQ, Step, StepJournal
 
@@ -38,6 +39,8 @@ RESERVED = ("spawn:", "corral/")
 # a model call through the daemon's model gateway is a tool-call step named MODEL_STEP +
 # the model's name (daemon/models/): its replay's span is a model call's (tracing.py)
 MODEL_STEP = "model:"
+# why a call was made again whose earlier attempt's was lost with the daemon
+RESTARTED = "the daemon restarted while it was at the server"
 
 _encode = msgspec.json.Encoder(order="sorted")
 
@@ -194,7 +197,9 @@ class TaskSteps:
                 st.loaded = asyncio.get_running_loop().create_future()
                 try:
                     for step in await journal.history(task.id):
-                        if step.seq >= 1:
+                        if step.seq >= 1 and (step.body is not None or
+                                              step.seq not in st.tools):
+                            # (a mark read before its answer, landed meanwhile, is older)
                             st.tools[step.seq] = step
                         elif step.seq == NAMED_SEQ:
                             st.named[step.name] = step
@@ -221,8 +226,14 @@ class TaskSteps:
         key = None if h is None else idempotency_key(
             task.id, self._ordinals.key_of(task, name, h))
         old = None if st.diverged else st.tools.get(seq)
-        if old is None and not st.diverged and h is not None:
-            old = await self._landed(task, seq, name, h)
+        if (old is None or old.body is None) and not st.diverged and h is not None:
+            # no answer kept: an earlier attempt's call still in flight here has it, else
+            # its mark says it went to the server with this key and its answer was lost
+            flight = await self._landed(task, seq, name, h)
+            if flight is None and old is not None and (old.name, old.args) == (name, h):
+                assert key is not None  # (h is)
+                self._made_again(task, old, key)
+            old = None if flight is None else flight.step
         replays = (old is not None or journal is not None) and _replays(r.spec, name)
         if old is not None:
             assert h is not None  # (an attempt after the first)
@@ -240,9 +251,9 @@ class TaskSteps:
         return await self._fly(task, st, Step(task.id, seq, name, task.attempt, h, None),
                                journal, live, key)
 
-    async def _landed(self, task: Task, seq: int, name: str, h: bytes) -> Step | None:
-        """The step an earlier attempt's call `seq`, still in flight, journals, when this
-        attempt's call is the same (None: it failed, or there is none)."""
+    async def _landed(self, task: Task, seq: int, name: str, h: bytes) -> _Flight | None:
+        """An earlier attempt's call `seq` still in flight, once it has landed, when this
+        attempt's call is the same (its `step` None: it failed); None: there is none."""
         flight = max((f for (at, _), f in self._flights.get(task.id, {}).items()
                       if at == seq and f.attempt < task.attempt),
                      key=lambda f: f.attempt, default=None)
@@ -252,7 +263,21 @@ class TaskSteps:
         flight.awaited = True
         self.awaited += 1
         await asyncio.wait((flight.call,))  # (this call cancelled: that one goes on)
-        return flight.step
+        return flight
+
+    def _made_again(self, task: Task, mark: Step, key: str) -> None:
+        """The attempt makes again a call an earlier one's mark says went to the server
+        under `key`, with no answer kept: said on the attempt (`made_again`) when that
+        attempt was lost with the daemon (a call failed or held for a person, whose mark
+        is left too, is made again as any failed call is)."""
+        earlier = task.attempts[mark.attempt - 1] if 0 < mark.attempt < len(
+            task.attempts) else None
+        if earlier is None or not (earlier.error or "").startswith(LOST_IN_RESTART):
+            return
+        a = task.attempts[-1]
+        made = a.made_again if isinstance(a.made_again, list) else []
+        made.append(MadeAgain(mark.name, key, RESTARTED))
+        a.made_again = made
 
     async def _fly(self, task: Task, st: _Attempt, step: Step, journal: StepJournal,
                    live: Callable[[str | None], Awaitable[Any]], key: str | None) -> Any:
@@ -296,6 +321,9 @@ class TaskSteps:
     async def _made(self, task: Task, st: _Attempt, step: Step, flight: _Flight,
                     journal: StepJournal, live: Callable[[str | None], Awaitable[Any]],
                     key: str | None) -> Any:
+        # its mark, that a retry after the daemon's death says the call is made again
+        # (docs/durable.md); its answer's row replaces it
+        journal.put(step)
         result = await live(key)
         body = msgspec.json.encode(result)
         step = step._replace(body=body)
@@ -307,7 +335,9 @@ class TaskSteps:
                 return msgspec.Raw(body)
             if now.loaded is None or now.loaded.done():
                 self._count(now, len(body))
-            now.tools.setdefault(step.seq, step)
+            held = now.tools.get(step.seq)
+            if held is None or held.body is None:  # (none, or this call's mark)
+                now.tools[step.seq] = step
         elif now is st:
             self._count(st, len(body))
         journal.put(step)
