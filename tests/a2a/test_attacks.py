@@ -164,3 +164,30 @@ async def test_a_callers_open_a2a_streams_are_bounded_as_rests_are(tmp_path: Pat
                 await asyncio.sleep(0.05)
     finally:
         d.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_push_url_spelling_a_private_address_otherwise_is_refused(
+        tmp_path: Path) -> None:
+    """Loopback spelt short, as a name with its trailing dot, as an integer or hex, or
+    carried in an IPv6 address: IPv4-mapped, IPv4-compatible, 6to4 or NAT64's prefix
+    (which Python calls global: a NAT64 gateway connects to 10.0.0.5 in its own network;
+    the last three were accepted)."""
+    with a2a_daemon(tmp_path, push_private=False) as (_, url):
+        async with httpx.AsyncClient(timeout=30) as http:
+            asked = await rpc(http, url, "SendMessage", message("tck-input-required"))
+            task_id = asked["result"]["task"]["id"]
+            for target in ("http://127.1/h", "http://localhost./h", "http://2130706433/h",
+                           "http://0x7f.1/h", "http://0/h", "http://[::ffff:127.0.0.1]/h",
+                           "http://[::127.0.0.1]/h", "http://[::10.0.0.5]/h",
+                           "http://[64:ff9b::10.0.0.5]/h", "http://[64:ff9b::a9fe:a9fe]/h",
+                           "http://[2002:a00:5::]/h"):
+                refused = await rpc(http, url, "CreateTaskPushNotificationConfig", {
+                    "taskId": task_id, "url": target}, ok=False)
+                assert refused.get("error", {}).get("message") == (
+                    f"invalid params: push url {target!r} names a private, loopback or "
+                    "unresolved address (the operator allows these with [a2a] "
+                    "push_private = true)"), refused
+            listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
+                               {"taskId": task_id})
+            assert listed["result"]["configs"] == []

@@ -50,8 +50,22 @@ class PushFile(msgspec.Struct):
     configs: dict[str, w.PushConfig]
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's prefix: an IPv4 address behind it
+
+
 def _global(address: str) -> bool:
-    return ipaddress.ip_address(address.split("%")[0]).is_global
+    """A public address, and so is the IPv4 one an IPv6 address carries: mapped, 6to4,
+    Teredo's, IPv4-compatible (`::10.0.0.5`) or NAT64's (`64:ff9b::10.0.0.5`, which a
+    NAT64 gateway connects to in its own network; Python calls them global)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if not ip.is_global:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        carried = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None,
+                   low if int(ip) >> 32 == 0 or ip in NAT64 else None]
+        return all(v4 is None or v4.is_global for v4 in carried)
+    return True
 
 
 async def _private(host: str) -> bool:
