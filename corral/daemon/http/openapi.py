@@ -195,6 +195,9 @@ def _policy_rules(rule: dict[str, Any], test: dict[str, Any]) -> None:
     schema."""
     rule["properties"]["when"]["propertyNames"] = {"pattern": r"^(max_tokens|arguments\..+)$"}
     null = {"type": "null"}
+    # a path is placed under an absolute prefix only (PolicyTest.check)
+    test["properties"]["under"]["anyOf"][0] = {"type": "string", "pattern": "^/",
+                                               "description": "an absolute path"}
     kinds = list(test["properties"])
     test["oneOf"] = [{"required": [k], "properties": {
         o: test["properties"][k]["anyOf"][0] if o == k else null for o in kinds}}

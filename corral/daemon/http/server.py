@@ -22,7 +22,7 @@ from ...supervisor.config import ConfigError, HttpSettings
 from ...text import clip, one_line
 from ..addresses import loopback
 from .context import HttpContext
-from .route import MAX_BODY
+from .route import MAX_BODY, problem
 
 if TYPE_CHECKING:
     from ..handoff import Drain, Listeners
@@ -118,9 +118,16 @@ class HttpConnection(RequestHandler):
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
                      ) -> StreamResponse:
-        if isinstance(exc, HttpProcessingError) and isinstance(self._manager, _Server):
+        answer = super().handle_error(request, status, exc, message)
+        if not isinstance(exc, HttpProcessingError):
+            return answer
+        if isinstance(self._manager, _Server):
             self._manager.refusals.refused(status, request.remote, exc)
-        return super().handle_error(request, status, exc, message)
+        # a problem document, as every other refusal is (aiohttp's own is text/plain,
+        # which the OpenAPI document names for no answer)
+        refused = problem(status, clip(one_line(exc.message or str(exc)), 200))
+        refused.force_close()
+        return refused
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         # With no request in progress the connection's task is idle or in aiohttp's
