@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from corral.daemon.models.http1 import MAX_ANSWER, MAX_HEAD, UpstreamClient, UpstreamFailed
+from corral.daemon.models.http1 import (
+    MAX_ANSWER,
+    MAX_HEAD,
+    MAX_INTERIM,
+    UpstreamClient,
+    UpstreamFailed,
+)
 
 BODY = b'{"model":"m"}'
 OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: r1\r\n"
@@ -152,6 +158,66 @@ async def test_a_kept_connection_the_upstream_closed_is_replaced_once(
         for _ in range(3):
             assert await call(client, raw.url) == (200, b'{"ok":true}')
         assert raw.connections == 3
+    finally:
+        client.close()
+
+
+async def test_an_answer_planted_on_an_idle_connection_is_not_the_next_callers(
+        raw: RawServer) -> None:
+    """The attack (issue 88): an upstream writes a second answer on a kept-alive
+    connection while it is idle; the next call, another tenant's, was handed it as its
+    own answer. The connection is ended instead, and the call made on a new one."""
+    planted = (b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n"
+               b'{"planted":true}\n')
+    answered = asyncio.Event()  # the first call's answer read, its connection kept
+
+    async def plants(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if raw.connections > 1:
+            return await answer_each(OK)(reader, writer)
+        await raw.request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await answered.wait()
+        writer.write(planted)  # on the idle connection, answering no request
+        await writer.drain()
+        await reader.read()
+    raw.script = plants
+    client = UpstreamClient()
+    try:
+        assert await call(client, raw.url) == (200, b'{"ok":true}')
+        answered.set()
+        idle = next(iter(client.idle.values()))
+        while not idle[0].received:  # the planted bytes came to the idle connection
+            await asyncio.sleep(0.01)
+        assert await call(client, raw.url) == (200, b'{"ok":true}')
+        assert raw.connections == 2 and len(raw.requests) == 2
+    finally:
+        client.close()
+
+
+async def test_endless_interim_answers_fail_the_call_naming_the_bound(
+        raw: RawServer) -> None:
+    """The attack (issue 88): `100 Continue` heads without end held the call to the
+    model's timeout. MAX_INTERIM of them are read; one more fails the call at once."""
+    async def continues(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                        ) -> None:
+        await raw.request(reader)
+        for _ in range(MAX_INTERIM):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        writer.write(OK)  # the answer after as many as are read
+        await raw.request(reader)
+        while True:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.001)
+    raw.script = continues
+    client = UpstreamClient()
+    try:
+        assert await call(client, raw.url) == (200, b'{"ok":true}')
+        started = asyncio.get_running_loop().time()
+        assert await failure(client, raw.url, timeout=30) == \
+            f"the upstream sent over MAX_INTERIM ({MAX_INTERIM}) interim answers (1xx)"
+        assert asyncio.get_running_loop().time() - started < 5  # (not the 30 s timeout)
     finally:
         client.close()
 

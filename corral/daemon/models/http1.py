@@ -16,6 +16,7 @@ from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
+MAX_INTERIM = 8  # interim answers (1xx) before the answer: more fail the call
 MAX_ANSWER = 32 * 1024 * 1024  # bytes of an answer's body, a stream's events in all
 KEEPALIVE = 60.0  # seconds an idle connection is kept for the next call
 _HIGH, _LOW = 256 * 1024, 64 * 1024  # unread bytes that pause and resume reading
@@ -350,7 +351,10 @@ class UpstreamClient:
         now = time.monotonic()
         while kept:
             wire = kept.pop()
-            if wire.closed is None and now - wire.idle_since < KEEPALIVE:
+            # (bytes that came while it was idle answer no call: were they read as the
+            # next call's answer, an upstream would answer another caller's request)
+            if wire.closed is None and not wire.received and \
+                    now - wire.idle_since < KEEPALIVE:
                 return wire
             wire.disarm(dropped=True)
             if wire.transport is not None:
@@ -394,8 +398,12 @@ class UpstreamClient:
         wire.arm(deadline, timeout)
         try:
             wire.transport.writelines(message)
-            status = 100
+            status, interim = 100, -1
             while status < 200:  # an interim answer (100 Continue): the real one follows
+                interim += 1
+                if interim > MAX_INTERIM:  # (endless ones held the call to its timeout)
+                    raise UpstreamFailed(f"the upstream sent over MAX_INTERIM "
+                                         f"({MAX_INTERIM}) interim answers (1xx)")
                 while (end := wire.buffer.find(b"\r\n\r\n")) < 0:
                     if len(wire.buffer) > MAX_HEAD:
                         raise UpstreamFailed(f"the upstream's answer's head is over "
