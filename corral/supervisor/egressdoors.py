@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import resource
 import socket
 import struct
 import threading
@@ -30,6 +31,11 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 IFREQ = "16sH14x"
 IP_FREEBIND = 15
 BUFFER = 65536
+# connections an agent's doors hold at once (each two of the daemon's fds: 9,000 of them
+# held took it to 19,999 of its 20,000); past it a connection is reset and recorded
+MAX_HELD = 256
+# fds the doors together leave to the daemon's own work, whatever the agents hold
+RESERVE_FDS = 1024
 
 
 def _libc() -> ctypes.CDLL:
@@ -163,19 +169,61 @@ def no_task() -> str | None:
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
-def _passing_to(connect: Connect) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                               Awaitable[None]]:
+class Held:
+    """The connections the doors hold, by agent: MAX_HELD an agent, and all of them
+    within the daemon's fds but RESERVE_FDS (two fds each)."""
+
+    def __init__(self, per_agent: int = MAX_HELD) -> None:
+        self.per_agent = per_agent
+        fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.most = max(0, fds - RESERVE_FDS) // 2 if fds != resource.RLIM_INFINITY \
+            else 1 << 30
+        self.by_agent: dict[str, int] = {}
+        self.total = 0
+
+    def take(self, agent: str) -> str | None:
+        """None: held; else why not."""
+        held = self.by_agent.get(agent, 0)
+        if held >= self.per_agent:
+            return f"over {self.per_agent} connections held by the agent"
+        if self.total >= self.most:
+            return f"over {self.most} connections held by the agents (the daemon's fds)"
+        self.by_agent[agent], self.total = held + 1, self.total + 1
+        return None
+
+    def give(self, agent: str) -> None:
+        left = self.by_agent[agent] - 1
+        if left:
+            self.by_agent[agent] = left
+        else:
+            del self.by_agent[agent]
+        self.total -= 1
+
+
+def _passing_to(connect: Connect, agent: str, at: tuple[str, int], held: Held,
+                refusals: BoundaryRefusals | None, task_of: Callable[[], str | None]
+                ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def passed_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await connect()
-        except OSError:
-            writer.close()  # the agent sees its connection reset
+        why = held.take(agent)
+        if why is not None:
+            writer.close()  # reset at once: its fd given back
+            if refusals is not None:
+                refusals.refused(agent, "connect", f"{at[0]}:{at[1]} ({why})",
+                                 task=task_of())
             return
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            try:
+                up_reader, up_writer = await connect()
+            except OSError:
+                writer.close()  # the agent sees its connection reset
+                return
+            try:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            finally:
+                up_writer.close()
+                writer.close()
         finally:
-            up_writer.close()
-            writer.close()
+            held.give(agent)
 
     return passed_on
 
@@ -184,6 +232,7 @@ class Doors:
     def __init__(self, refusals: BoundaryRefusals | None = None) -> None:
         self.refusals = refusals  # where what a namespace refused is told (egresswatch.py)
         self.doors: dict[str, Door] = {}
+        self.held = Held()
         self.refused: str | None = None  # why this process makes none (asked once)
 
     async def open(self, label: str, url: str, gateways: str, within: str | None = None,
@@ -225,11 +274,13 @@ class Doors:
             if within is None:
                 self.refused = str(exc)
             return None
-        servers = [await asyncio.start_server(_passing_to(connect(at)), sock=listener)
-                   for at, listener in zip(addresses, listeners, strict=True)]
+        agent = label.partition("#")[0]
+        servers = [await asyncio.start_server(
+            _passing_to(connect(at), agent, at, self.held, self.refusals, task_of),
+            sock=listener) for at, listener in zip(addresses, listeners, strict=True)]
         watch = None
         if packets is not None and self.refusals is not None:
-            watch = Watch(packets, self.refusals, label.partition("#")[0], task_of)
+            watch = Watch(packets, self.refusals, agent, task_of)
         elif packets is not None:
             packets.close()
         self.doors[label] = Door(ns, servers, key, watch)
