@@ -481,6 +481,21 @@ async def test_an_adopted_tasks_bad_context_starts_a_trace_of_its_own(
                                                              int(CALLER_SPAN, 16))
 
 
+def test_a_rogues_100_kb_trace_field_on_a_queued_cluster_task_is_none() -> None:
+    """Attacker's pass (issue 88): a Redis writer's 100 KB trace field on a queued
+    cluster task was decoded and handed on by every node that claimed it. Longer than
+    any node writes (a traceparent, a line break, a tracestate at its bound), it is no
+    context: the task is traced from its id."""
+    from corral.cluster.records import MAX_TRACE_FIELD, trace_field, trace_of
+
+    good = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    longest = trace_field(good, "k=" + "v" * 5000).encode()
+    assert len(longest) == MAX_TRACE_FIELD
+    assert trace_of(longest) == (good, "k=" + "v" * (MAX_TRACE_FIELD - 58))
+    assert trace_of(f"{good}\nk=".encode() + b"v" * 100_000) == (None, None)
+    assert trace_of(b"0" * 100_000) == (None, None)
+
+
 async def test_a_task_given_back_by_a_journal_is_traced_from_its_id(engines: Engines) -> None:
     """A journal's unfinished task after a restart (and one an upgrade hands over): with
     [tracing], traced from its id as a task that came with no context, where it was not

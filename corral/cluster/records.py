@@ -18,7 +18,7 @@ from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
 from ..supervisor.tasks import Attempt, TaskFailure
 from ..supervisor.tasks.dispatch import why_delayed
 from ..taskoptions import NO_OPTIONS, TaskOptions, decoded
-from ..tracecontext import parse_or_refuse
+from ..tracecontext import MAX_TRACESTATE, parse_or_refuse
 from ..tracecontext import traceparent as format_traceparent
 
 # the engine's, as the record's status field holds them
@@ -71,6 +71,11 @@ def claimed_attempt(node: str, now: float) -> bytes:
     return _encode(ClusterAttempt(NOT_STARTED, None, now, node))
 
 
+# what trace_field writes at most: a traceparent (55 characters), a line break and a
+# tracestate cut to its bound
+MAX_TRACE_FIELD = 55 + 1 + MAX_TRACESTATE
+
+
 def trace_field(traceparent: str | None, tracestate: str | None) -> str:
     """The caller's trace context as the record keeps it ('' none): the `traceparent`
     written again from its parts, then its `tracestate` after a line break."""
@@ -82,8 +87,10 @@ def trace_field(traceparent: str | None, tracestate: str | None) -> str:
 
 
 def trace_of(field: Any) -> tuple[str | None, str | None]:
-    """(traceparent, tracestate) of a record's trace field (bytes, or false: none)."""
-    if not isinstance(field, bytes) or not field:
+    """(traceparent, tracestate) of a record's trace field (bytes, or false: none). One
+    longer than trace_field writes is no node's (a Redis writer's 100 KB): none, the task
+    traced from its id, never decoded nor carried on."""
+    if not isinstance(field, bytes) or not field or len(field) > MAX_TRACE_FIELD:
         return None, None
     text = field.decode(errors="replace")
     traceparent, _, tracestate = text.partition("\n")
