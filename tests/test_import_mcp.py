@@ -62,6 +62,9 @@ def test_what_a_client_file_holds_beyond_corrals_servers_is_said(tmp_path: Path)
         "corral import: mcp.json: servers.gh__tools: name: 'gh__tools' is server gh_tools "
         "(corral's server names: 1-64 of [A-Za-z0-9_-], starting with a letter or digit, "
         "no `__`, unique)",
+        'corral import: mcp.json: servers.fetch: envFile: "/srv/fetch.env": carried as '
+        "env_file: the server is given every variable that file holds when it starts, as "
+        "the daemon reads it",
         'corral import: mcp.json: servers.fetch: autoApprove: ["fetch"]: not carried: '
         "corral asks for approval by its own policies ([approvals])",
         "corral import: mcp.json: servers.old: disabled: true: not imported (the client "
@@ -72,6 +75,31 @@ def test_what_a_client_file_holds_beyond_corrals_servers_is_said(tmp_path: Path)
         0, "corral.toml: ok (0 agents, 2 MCP servers)\n"), checked.stderr
     r = corral("import", "mcp.json", "-o", "out.toml", cwd=tmp_path)
     assert (r.returncode, r.stderr.splitlines()[-1]) == (0, "out.toml: 2 MCP servers written")
+
+
+def test_an_env_file_and_a_secret_in_a_header_are_named_in_the_notes(
+        tmp_path: Path) -> None:
+    """Attacker's pass (issue 88): an `envFile` and a `${SECRET}` header were imported
+    with no note: the daemon's SECRET sent to the file's URL, and every variable of a
+    file the import never read given to the server, unsaid. Each is named."""
+    (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": {
+        "api": {"url": "https://api.example.com/mcp",
+                "headers": {"Authorization": "Bearer ${SECRET}", "X-Key": "${A}-${A}"}},
+        "fetch": {"command": "uvx", "envFile": "/srv/fetch.env"}}}))
+    r = corral("import", "mcp.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert tomllib.loads(r.stdout)["mcp_servers"]["api"]["headers"] == {
+        "Authorization": "Bearer ${SECRET}", "X-Key": "${A}-${A}"}
+    assert r.stderr.splitlines() == [
+        "corral import: mcp.json: mcpServers.api: headers.Authorization: ${SECRET}: the "
+        "daemon's environment variable SECRET is sent to https://api.example.com/mcp in it "
+        "(not set, the server is not reached, the daemon saying so)",
+        "corral import: mcp.json: mcpServers.api: headers.X-Key: ${A}: the daemon's "
+        "environment variable A is sent to https://api.example.com/mcp in it (not set, the "
+        "server is not reached, the daemon saying so)",
+        'corral import: mcp.json: mcpServers.fetch: envFile: "/srv/fetch.env": carried as '
+        "env_file: the server is given every variable that file holds when it starts, as "
+        "the daemon reads it"]
 
 
 def test_a_server_neither_local_nor_remote_is_refused_and_a_pm2_json_is_pm2s(

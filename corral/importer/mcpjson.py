@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..supervisor.config import ConfigError
+from ..supervisor.config import VARIABLE, ConfigError
 from ..supervisor.configload import CLIENT_KEYS
 from . import json5
 from .model import Conversion, How, agent_name, config_text
@@ -98,11 +98,20 @@ def _server(name: str, entry: dict[str, Any], where: str, imp: Conversion) -> No
             table["env"] = env
         if isinstance(entry.get("envFile"), str):
             table["env_file"] = [entry["envFile"]]
+            # (what it holds is read at each start, unseen by the import: said)
+            imp.note(where, "envFile", f"{json.dumps(entry['envFile'])}: carried as "
+                                       "env_file: the server is given every variable that "
+                                       "file holds when it starts, as the daemon reads it")
     else:
         table["url"] = _text(url, where, "url")
         headers = _pairs(entry.get("headers", {}), where, "headers")
         if headers:
             table["headers"] = headers
+        for header, value in headers.items():
+            for variable in sorted({m[1] for m in VARIABLE.finditer(value)}):
+                imp.note(where, f"headers.{header}", f"${{{variable}}}: the daemon's "
+                         f"environment variable {variable} is sent to {table['url']} in it "
+                         "(not set, the server is not reached, the daemon saying so)")
     for k, v in entry.items():
         if k in CARRIED:
             continue
