@@ -21,6 +21,7 @@ from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
 from ..methods import AgentsAdd, AgentsUpdate, ReloadResult
 from ..supervisor.config import (
+    DEFAULT_TENANT,
     AgentSpec,
     Config,
     ConfigError,
@@ -55,6 +56,7 @@ from .stopmarks import Place, StopMark, StopMarks
 from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import StoreWriter
+from .tenantbinds import env_refusal
 
 Report = Callable[..., None]  # (text, priority=6): a line of the daemon's own log
 
@@ -399,10 +401,28 @@ class Fleet:
                 continue
             try:
                 spec = parse_agents({"agents": {name: table}}, "state database")[name]
+                why = self._restored_refusal(spec)
+                if why is not None:
+                    self.report(f"runtime agent {name} not restored: {why}", priority=3)
+                    continue
                 self._add(spec)
                 self.record(spec, "corral add (restored)")
             except Exception as exc:  # a restore is never fatal: the others still run
                 self.report(f"could not restore runtime agent {name}: {exc}", priority=4)
+
+    def _restored_refusal(self, spec: AgentSpec) -> str | None:
+        """Why a tenant's runtime agent, stored by an older corral, is not started: its
+        env names what would choose its sandbox's binds (issue 88: a tenant's caller's
+        CORRAL_MCP_SOCKET or PYTHONPATH, accepted before the rule was), or None."""
+        if spec.tenant == DEFAULT_TENANT:
+            return None
+        self.fill_cwd(spec)
+        assert spec.cwd is not None  # (fill_cwd's)
+        why = env_refusal(spec, os.path.realpath(spec.cwd))
+        if why is None:
+            return None
+        return (f"agents.{spec.name}.env: {why}; stored before corral refused it of tenant "
+                f"{spec.tenant}'s agents: remove it and add it again without (docs/tenants.md)")
 
     def _apply_scaled(self, agents: dict[str, AgentSpec]) -> None:
         """A `corral scale` of a config-declared agent outlives daemon restarts and

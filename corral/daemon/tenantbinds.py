@@ -52,7 +52,7 @@ def binds_refusal(spec: AgentSpec, cwd: str) -> tuple[str, str] | None:
     of its sandbox, and why, or None."""
     # (a release's programs are its own: whether it may be given one is the `release`
     # key's rule)
-    own = (cwd, *((os.path.realpath(spec.release),) if spec.release else ()))
+    own = _own(spec, cwd)
     found = _env_refusal(spec.env, cwd, own)
     if found is not None:
         return "env", found
@@ -63,6 +63,17 @@ def binds_refusal(spec: AgentSpec, cwd: str) -> tuple[str, str] | None:
                            "system's directories and corral's own installation: its "
                            "installation would be bound into the sandbox")
     return None
+
+
+def env_refusal(spec: AgentSpec, cwd: str) -> str | None:
+    """Why a tenant's agent `spec` (its `cwd` resolved) may not be given its env, or None:
+    the rule of a table restored from the state database too, which may have been stored
+    before the rule was."""
+    return _env_refusal(spec.env, cwd, _own(spec, cwd))
+
+
+def _own(spec: AgentSpec, cwd: str) -> tuple[str, ...]:
+    return (cwd, *((os.path.realpath(spec.release),) if spec.release else ()))
 
 
 def _env_refusal(env: dict[str, str], cwd: str, own: tuple[str, ...]) -> str | None:
