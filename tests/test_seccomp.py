@@ -153,10 +153,17 @@ def test_under_each_filter_io_uring_fails_and_x32_is_killed(kind: str,
 
 def test_without_libseccomp_no_filter_and_the_import_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: no egress sandbox starts without its filter (its spawn fails, saying
+    why), and no JavaScript file is run."""
     monkeypatch.setitem(sys.modules, "pyseccomp", None)  # its import fails, as unloaded
+    monkeypatch.setattr(seccomp, "_written", None)  # (this process may have written one)
     why = "libseccomp is not installed (Debian's package is libseccomp2)"
     assert seccomp.missing() == why
     assert seccomp.program(seccomp.EGRESS) is None
+    with pytest.raises(OSError) as failed:
+        seccomp.egress_file()
+    assert str(failed.value) == (f"no seccomp filter can be built here ({why}): an egress "
+                                 f"sandbox is not started without one")
     with pytest.raises(jsbox.SandboxRefusal) as refusal:
         jsbox.seccomp_program()
     assert str(refusal.value) == (

@@ -81,15 +81,18 @@ def _outside(lib: Any, allowed: tuple[int, ...]) -> list[tuple[Any, ...]]:
 _written: str | None = None
 
 
-def egress_file() -> str | None:
+def egress_file() -> str:
     """The egress filter in a file every user may read (the sandbox's shell opens it as
-    the agent's user), written once per process; None where there is no filter."""
+    the agent's user), written once per process. Where none can be built the sandbox is
+    not started (OSError, its spawn's failure): bwrap alone would let netlink, packet and
+    raw sockets through, an egress that fails open (DESIGN 27)."""
     global _written
     if _written is not None:
         return _written
     code = program(EGRESS)
     if code is None:
-        return None
+        raise OSError(f"no seccomp filter can be built here ({missing()}): an egress "
+                      f"sandbox is not started without one")
     where = tempfile.mkdtemp(prefix="corral-seccomp-")
     atexit.register(shutil.rmtree, where, True)
     os.chmod(where, 0o755)
