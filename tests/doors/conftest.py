@@ -1,7 +1,8 @@
-"""The door suite's fixtures (DESIGN 28): one daemon of the node's home, its agents of
-tests/doors/door_agent.py, shared by the suite's tests; and `door`, each door a call
-enters by (`with a task`: made by the agent's task; `no task`: made by the test with the
-replica's own token while it runs none).
+"""The door suite's fixtures (DESIGN 28): `daemon`, the suite's home, once for each
+kind of home (the contract suite's: a node's daemon on SQLite, two cluster nodes on a
+real redis-server), its agents of tests/doors/door_agent.py, shared by the suite's tests;
+and `door`, each door a call enters by (`with a task`: made by the agent's task; `no
+task`: made by the test with the replica's own token while it runs none).
 
 A test marked `differs(door, reason)` is a strict xfail at that door: the door is not yet
 what the contract says, and once it is, the strict xfail fails the run so that its mark
@@ -10,15 +11,18 @@ is taken off."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ..conftest import ROOT
-from ..daemon_harness import PY, Daemon, running_daemon
+from ..contract.home import KINDS, Home, made
+from ..daemon_harness import PY
 
 HERE = Path(__file__).parent
 SERVERS = HERE.parent / "servers"
@@ -68,13 +72,32 @@ def agents(tmp: Path) -> str:
             '[gateway]\nlisten = "127.0.0.1:0"\n')
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
+class Entry:
+    """The suite's home as its tests drive it: control calls and the CLI at its first
+    entry, and `each`, a control call at every entry (a cluster's two nodes, a node's one)."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.dir = home.dir
+
+    def ask(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return self.home.call(method, params)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.home.cli(*args)
+
+    def each(self, method: str, params: dict[str, Any] | None = None) -> None:
+        for at in range(len(self.home.entries)):
+            self.home.call(method, params, at=at)
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def daemon(request: pytest.FixtureRequest) -> Iterator[Entry]:
     tmp = Path(tempfile.mkdtemp(prefix="doors-"))  # short: the daemon's sockets are in it
     (tmp / "description").write_text(TRUSTED)
     try:
-        with running_daemon(tmp, agents(tmp)) as d:
-            yield d
+        with made(request.param, tmp, agents(tmp)) as home:
+            yield Entry(home)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

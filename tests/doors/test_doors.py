@@ -1,8 +1,8 @@
 """The door contract (DESIGN 28, docs/architecture.md "One door per call"): each link's
 promise is one test, run at every door a tool call enters by — the worker link naming
 its task and naming none, `/mcp`, `/mcp/NAME` and `/mcp/corral` from a task, and the
-gateway's paths with the replica's token while it runs no task. A real daemon, real
-agents (tests/doors/door_agent.py), real MCP servers."""
+gateway's paths with the replica's token while it runs no task; on both homes. Real
+daemons, real agents (tests/doors/door_agent.py), real MCP servers."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import pytest
 
 from corral import jsonrpc
 
-from ..daemon_harness import Daemon
 from ..test_daemon_cli import wait_until
-from .conftest import DOORS, IDLE_DOORS, TASK_DOORS
+from .conftest import DOORS, IDLE_DOORS, TASK_DOORS, Entry
 from .door_agent import gateway
 
 PATIENCE = 60.0
@@ -26,7 +25,7 @@ class Made:
     """A call under way at a door: by a task of `agent` (its last call's outcome), or
     by the test with the replica's token (no task)."""
 
-    def __init__(self, d: Daemon, agent: str, door: str, tool: str,
+    def __init__(self, d: Entry, agent: str, door: str, tool: str,
                  arguments: dict[str, Any], before: list[dict[str, Any]] | None = None
                  ) -> None:
         self.d, self.agent = d, agent
@@ -72,23 +71,22 @@ class Made:
         return found
 
 
-def decide(d: Daemon, ask: dict[str, Any], decision: str) -> None:
+def decide(d: Entry, ask: dict[str, Any], decision: str) -> None:
     said = d.cli("approvals", decision, ask["id"])
     assert said.returncode == 0, said.stderr
 
 
 @pytest.mark.deadline(240)
 @pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
-def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Daemon,
+def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Entry,
                                                                    door: str) -> None:
     """The pins link: the tool's definition changed since it was pinned; the call waits
     on an ask `corral approvals` shows, and is made once a person approves it."""
     d = daemon
-    d.ask("tools.list")  # its definition as it is now seen, so pinned
+    d.each("tools.list")  # its definition as it is now seen, so pinned
     description = f"Fetch a URL, changed for {door}."
     (d.dir / "description").write_text(description)
-    restarted = d.cli("mcp", "restart", "drift")
-    assert restarted.returncode == 0, restarted.stderr
+    d.each("mcp.restart", {"name": "drift"})
     made = Made(d, "caller", door, "drift__fetch", {"url": door})
     ask = made.ask()
     assert ask["kind"] == "approval" and ask["subject"]["tool"] == "drift__fetch", ask
@@ -102,14 +100,13 @@ def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Daemo
 @pytest.mark.deadline(240)
 @pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
 def test_a_drifted_tool_denied_is_refused_naming_the_drift_and_recorded(
-        daemon: Daemon, door: str) -> None:
+        daemon: Entry, door: str) -> None:
     """The pins link, denied: the call is refused naming the drift, and the refusal is
     the boundary's (`boundary.refused` of kind pin, an audit row)."""
     d = daemon
-    d.ask("tools.list")
+    d.each("tools.list")
     (d.dir / "description").write_text(f"Fetch a URL, denied for {door}.")
-    restarted = d.cli("mcp", "restart", "drift")
-    assert restarted.returncode == 0, restarted.stderr
+    d.each("mcp.restart", {"name": "drift"})
 
     def refusals() -> int:
         return sum(1 for e in d.ask("audit.list", {"limit": 1000})["entries"]
@@ -126,7 +123,7 @@ def test_a_drifted_tool_denied_is_refused_naming_the_drift_and_recorded(
 
 
 @pytest.mark.deadline(120)
-def test_a_policy_deny_is_the_tools_error(daemon: Daemon, door: str) -> None:
+def test_a_policy_deny_is_the_tools_error(daemon: Entry, door: str) -> None:
     """The policy rules link: a rule's deny, whatever the door."""
     tool, rule = ("corral__denied", "no denied agent") if "corral" in door else \
         ("pol__pay", "no pay")
@@ -137,7 +134,7 @@ def test_a_policy_deny_is_the_tools_error(daemon: Daemon, door: str) -> None:
 
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("door", TASK_DOORS)
-def test_a_tasks_tool_budget_counts_each_call_once_whatever_its_door(daemon: Daemon,
+def test_a_tasks_tool_budget_counts_each_call_once_whatever_its_door(daemon: Entry,
                                                                       door: str) -> None:
     """The budget link: max_tool_calls_per_task 2, one call on the worker link naming the
     task, then two by the door: the third is refused naming the task, whether or not
@@ -157,7 +154,7 @@ def test_a_tasks_tool_budget_counts_each_call_once_whatever_its_door(daemon: Dae
 
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
-def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Daemon,
+def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Entry,
                                                                  door: str) -> None:
     """The labels link: the caller read an untrusted tool's output (by the worker link
     for a task, by the same door for a call of no task); its sensitive call waits on
@@ -180,7 +177,7 @@ def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Daemon,
                                "log (a task's are its journal's steps)")
 @pytest.mark.differs("worker-no-task", "the worker link's tool calls are no rows of the "
                                        "audit log")
-def test_the_call_is_audited(daemon: Daemon, door: str) -> None:
+def test_the_call_is_audited(daemon: Entry, door: str) -> None:
     """The audit link: one row of the audit log a call, naming its tool."""
     d = daemon
     tool = "corral__target" if "corral" in door else "pol__http_get"
