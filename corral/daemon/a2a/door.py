@@ -39,7 +39,13 @@ QUEUED_EVENTS = 256  # a stream's events waiting for its client before the follo
 RECHECK = 1.0  # seconds between two looks at a task waited for, at most
 ASK_WAIT = 30.0  # seconds a message to a running task waits for it to ask
 MAX_ID = 200  # characters of a messageId in a task's idempotency key (255 at most)
+VIA = "a2a"  # the transport an anonymous caller is made with (a token's is "http")
 YES = frozenset({"yes", "y", "approve", "approved", "ok", "true"})
+
+
+def anonymous(caller: Caller) -> bool:
+    """A caller of an `[a2a] anonymous` agent that sent no token (routes.py makes it)."""
+    return caller.via == VIA and caller.token is None
 
 
 def refusal(exc: RpcError) -> w.A2aError:
@@ -143,6 +149,13 @@ class A2aDoor:
         sent = w.to_json(message)
         if ask.kind is AskKind.QUESTION:
             decision: dict[str, Any] = {"decision": "answered", "answer": sent}
+        elif anonymous(caller):
+            # `approvals` is its scope to answer questions; an approval is a person's,
+            # and anyone who reaches the agent is no one (it paid what the operator's
+            # task held for a person: issue 88's attacker's pass)
+            raise w.A2aError(w.FORBIDDEN, f"task {info.task_id} waits for a person's "
+                             "approval, which an anonymous caller does not give: a token's "
+                             "holder or `corral approvals` gives it")
         else:
             text = " ".join(p.text for p in message.parts if isinstance(p.text, str))
             decision = {"decision": "approved" if text.strip().lower() in YES

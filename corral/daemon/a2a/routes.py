@@ -26,7 +26,7 @@ from ..http.sse import Streams
 from . import card, httpjson
 from . import jsonrpc as rpc
 from . import wire as w
-from .door import A2aDoor
+from .door import VIA, A2aDoor
 from .operations import Operations
 from .push import PushConfigs
 
@@ -88,7 +88,7 @@ class A2aRoutes:
             made = caller
         elif self.anonymous(request, agent):
             tenant = self.ctx.services.agents[agent].spec.tenant
-            made = Caller(via="a2a", name=f"a2a anonymous {agent}", agents=agent,
+            made = Caller(via=VIA, name=f"a2a anonymous {agent}", agents=agent,
                           tenant=None if tenant == DEFAULT_TENANT else tenant,
                           scopes=ANONYMOUS_SCOPES)
         else:
