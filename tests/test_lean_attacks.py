@@ -80,7 +80,8 @@ async def test_a_head_aiohttp_refuses_or_reads_otherwise_is_never_lean(
     `Chunked`) answered alike too, and a POST of /mcp with an empty Host (a 401 naming
     localhost). Fails with lean taking any head aiohttp refuses (it took 16 of them: a
     200 and a call), or answering a shape otherwise (aiohttp's path answered the empty
-    Host a 500, its traceback logged)."""
+    Host a 500, its traceback logged). An upgrade asked with no body is aiohttp's too
+    (llhttp's parser beneath lean raised on it, the connection left unanswered)."""
     async with in_process(tmp_path, fleet(upstream.url)) as d:
         token = await token_of(d)
         body = json.dumps(chat("attack")).encode()
@@ -145,6 +146,15 @@ async def test_a_head_aiohttp_refuses_or_reads_otherwise_is_never_lean(
         assert (status, headers["www-authenticate"]) == (401, 'Bearer resource_metadata="'
                                                          f'http://localhost{METADATA}/mcp"')
         assert alike == unvarying(await handed.answer())
+        # an upgrade asked with no body (llhttp ends the message at its head and says it
+        # asks an upgrade): aiohttp's, answered alike, not lean's connection broken
+        upgrade = raw(line, *common, "Connection: Upgrade", "Upgrade: websocket",
+                      "Content-Length: 0", body=b"")
+        lean, handed = await connected(d), await aiohttps(d)
+        for wire in (lean, handed):
+            wire.writer.write(upgrade)
+        alike = unvarying(await lean.answer())
+        assert alike[0] == 400 and alike == unvarying(await handed.answer()), alike
 
 
 async def test_a_request_pipelined_behind_a_good_one_is_neither_its_body_nor_unchecked(

@@ -1,10 +1,12 @@
 """The model gateway's calls served lean on its own site (issue 77). The site's connections
 are aiohttp's, except that a request for a model endpoint in the common shape (HTTP/1.1,
 a Content-Length body of at most LEAN_BODY bytes, nothing asked of the connection) is
-parsed here and answered through an Exchange (answers.py), without aiohttp's request and
-response machinery: most of the CPU a call cost the daemon past its upstream's. The first request
-of another shape hands the connection to aiohttp as it came, for its life (the gateway
-serves it there too, answering through an Exchange all the same).
+read by httptools (llhttp, which aiohttp's own parser is too: one parser reads every
+request of the gateways) and answered through an Exchange (answers.py), without
+aiohttp's request and response machinery: most of the CPU a call cost the daemon past its
+upstream's. The first request of another shape hands the connection to aiohttp as it
+came, for its life (the gateway serves it there too, answering through an Exchange all
+the same).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+import httptools
 from aiohttp import web
 
 from ..http.server import MAX_FIELD, MAX_HEADERS, HttpConnection
@@ -29,13 +32,11 @@ if TYPE_CHECKING:
 LEAN_BODY = 256 * 1024  # a larger body is aiohttp's to read (body_of: as it comes)
 _PATHS = {e.path.encode(): e for e in ENDPOINTS}
 MCP = b"/mcp"  # the MCP gateway's POST, answered lean unless it streams (http/mcp.py)
-# the heads lean takes; a control byte, a bare CR or LF, a byte past ASCII, a fragment: aiohttp's
-_LINE = re.compile(rb"POST (/[!$%%&-;=?-Z_a-z~]{0,%d}) HTTP/1\.1" % (MAX_FIELD - 14))
+# the heads lean takes (httptools, llhttp's parser, refused control bytes, a bare CR or
+# LF, a folded line, a repeated Content-Length): a byte past ASCII, a fragment, an
+# absolute URL, a repeated header, a head asking of the connection are aiohttp's
+_PATH = re.compile(rb"/[!$%%&-;=?-Z_a-z~]{0,%d}" % (MAX_FIELD - 14))
 _ASKING = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
-# a head's fields, each a whole line (from a line's start to its CRLF or the end): as
-# many found as there are lines, and every line is one (the rest: aiohttp's)
-_FIELDS = re.compile(r"(?:(?<=\r\n)|\A)([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*+"
-                     r"((?:[\t\x20-\x7e]*[\x21-\x7e])?+)[ \t]*+(?:\r\n|\Z)")
 log = logging.getLogger("corral.gateway.http")
 
 
@@ -72,7 +73,7 @@ class LeanConnection(HttpConnection):
         end = held.find(b"\r\n\r\n")
         if end < 0:
             return self._hand_over() if len(held) > MAX_FIELD * 2 else None
-        parsed = _head(bytes(held[:end]))
+        parsed = _head(bytes(held[:end + 4]))
         if parsed is None or (parsed[0] is not None and self._models is None):
             return self._hand_over()
         endpoint, path, headers, length = parsed
@@ -141,22 +142,48 @@ class LeanConnection(HttpConnection):
         self._keepalive_handle = None  # (armed again at its answer's end)
 
 
+class _HeadFields:
+    """httptools' callbacks: a head's URL, and its fields' names and values in turn."""
+
+    __slots__ = ("fields", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.fields: list[bytes] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += (name, value)
+
+
 def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | None:
-    """A model call's request line and headers (None its endpoint: a POST of /mcp), or
-    None when not of the common shape."""
-    lines = head.split(b"\r\n")
-    line = _LINE.fullmatch(lines[0])
-    endpoint = _PATHS.get(path := line[1].partition(b"?")[0] if line else b"")
-    if line is None or (endpoint is None and path != MCP) or not 1 < len(lines) <= \
-            MAX_HEADERS or max(map(len, lines[1:])) > MAX_FIELD:
+    """A model call's request line and headers (None its endpoint: a POST of /mcp) from
+    its head (to its blank line), or None when not of the common shape."""
+    read = _HeadFields()
+    parser = httptools.HttpRequestParser(read)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None  # (aiohttp's to refuse, saying why, or to upgrade)
+    url, fields = read.url, read.fields
+    endpoint, n = _PATHS.get(path := url.partition(b"?")[0]), len(url)
+    if (endpoint is None and path != MCP) or not head.startswith(b"POST ") or \
+            head[n + 5:n + 16] != b" HTTP/1.1\r\n" or _PATH.fullmatch(url) is None or \
+            not 0 < len(fields) < 2 * MAX_HEADERS or (len(head) > MAX_FIELD and max(
+                map(len, head.split(b"\r\n"))) > MAX_FIELD):
         return None
-    fields = _FIELDS.findall(head[len(lines[0]) + 2:].decode("latin-1"))
-    if len(fields) != len(lines) - 1:
-        return None
-    headers = {name.lower(): value for name, value in fields}
-    if len(headers) < len(fields) or not _ASKING.isdisjoint(headers) or \
+    joined = b"\n".join(fields)
+    if not joined.isascii():
+        return None  # (a byte past ASCII: aiohttp's to read)
+    listed = joined.decode().split("\n")
+    headers = {}
+    for i in range(0, len(listed), 2):
+        headers[listed[i].lower()] = listed[i + 1].rstrip(" \t")
+    if 2 * len(headers) < len(fields) or not _ASKING.isdisjoint(headers) or \
             headers.get("connection", "close").lower() not in ("keep-alive", "close"):
         return None  # (repeated, a compressed body, asking of the connection: aiohttp's)
     length = headers.get("content-length", "")  # (HTTP/1.1 without a Host: aiohttp's 400)
-    return (endpoint, line[1].decode(), headers, int(length)) if "host" in headers \
+    return (endpoint, url.decode(), headers, int(length)) if "host" in headers \
         and length.isdecimal() and int(length) <= LEAN_BODY else None
