@@ -15,10 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from corral.importer import jsbox
 from corral.supervisor import seccomp
+from corral.supervisor.config import AgentSpec, ConfigError
+from corral.supervisor.configload import check_sandboxes
 
 # (AUDIT_ARCH_*, socket, socketpair, io_uring_setup) by machine
 ARCHES = {"x86_64": (0xC000003E, 41, 53, 425), "aarch64": (0xC00000B7, 198, 199, 425)}
@@ -151,13 +154,15 @@ def test_under_each_filter_io_uring_fails_and_x32_is_killed(kind: str,
     assert isinstance(said, list) and said[0] > 0
 
 
-def test_without_libseccomp_no_filter_and_the_import_refused(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail closed: no egress sandbox starts without its filter (its spawn fails, saying
-    why), and no JavaScript file is run."""
+def test_without_libseccomp_no_filter_the_import_refused_and_egress_fails_closed(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fail closed: an egress agent is refused at the config's check, no egress sandbox
+    starts without its filter (its spawn fails, saying why), and no JavaScript file is
+    run."""
     monkeypatch.setitem(sys.modules, "pyseccomp", None)  # its import fails, as unloaded
     monkeypatch.setattr(seccomp, "_written", None)  # (this process may have written one)
-    why = "libseccomp is not installed (Debian's package is libseccomp2)"
+    why = ("pyseccomp (corral[daemon]'s binding of libseccomp) is not installed: install "
+           "corral's dependencies again")
     assert seccomp.missing() == why
     assert seccomp.program(seccomp.EGRESS) is None
     with pytest.raises(OSError) as failed:
@@ -169,3 +174,13 @@ def test_without_libseccomp_no_filter_and_the_import_refused(
     assert str(refusal.value) == (
         f"no seccomp filter can be built here ({why}): a JavaScript ecosystem file is "
         f"not run here; {jsbox.ASK_JSON}")
+    # an egress agent is refused as where no sandbox can be made (the hand-built filter
+    # needed no library: its loss must not leave netlink and packet sockets open)
+    spec = AgentSpec(name="boxed", command=["true"], cwd=str(tmp_path), egress="gateways")
+    with pytest.raises(ConfigError) as refused:
+        check_sandboxes({"boxed": spec}, "bwrap", "corral.toml")
+    assert str(refused.value) == (
+        f'corral.toml: agents.boxed.egress: egress = "gateways" cannot be enforced on this '
+        f'host: {why} (egress_fallback = "warn" runs it unenforced)')
+    check_sandboxes({"boxed": msgspec.structs.replace(spec, egress="any")}, "bwrap",
+                    "corral.toml")  # no egress asked: no filter needed

@@ -52,6 +52,7 @@ from .names import name_problem, shown
 from .runas import reach_refusal
 from .sandbox import exposed, host_refusal, relayable
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule
+from .seccomp import missing as no_filter
 from .startorder import order_problem
 from .teams import TeamError, TeamSpec, check_team
 from .workflows import WorkflowError, WorkflowSpec, compile_workflow
@@ -615,8 +616,10 @@ def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
             user = resolved_user(spec.user or (tenant.user if tenant else None))
         except ConfigError:
             user = None  # a ${VARIABLE} unset: its start is refused, saying so
-        why = host_refusal(program, user)
         egress = isolation(spec, tenant).egress
+        # (an egress sandbox's socket filter is one of its layers: none built, it fails
+        # closed as a missing sandbox does)
+        why = host_refusal(program, user) or (no_filter() if egress != "any" else None)
         if why and egress != "any":
             if spec.egress_fallback == "warn":
                 continue  # it starts unenforced, saying so (replica.py)

@@ -34,7 +34,7 @@ from .sandbox import (
     sandboxed,
     sandboxed_pid,
 )
-from .seccomp import egress_file
+from .seccomp import egress_file, missing
 from .tuning import Tuning
 from .zygote import Key, Zygotes, ZygoteUnavailable, swallow, warm_argv
 
@@ -272,7 +272,7 @@ class Replica(ProcessReplica):
         """With egress_fallback = "warn": `iso` where this host can sandbox the agent,
         else none, said in its log (without "warn", the config was refused: configload)."""
         why = host_refusal(self.host.tuning.sandbox_program,
-                           None if uid is None else str(uid))
+                           None if uid is None else str(uid)) or missing()
         if why is None:
             return iso
         self.note(f'egress = "{iso.egress}" is not enforced (egress_fallback = "warn"): '

@@ -34,8 +34,8 @@ IMPORT: tuple[Refusal, ...] = (
 
 
 def _libseccomp() -> Any:
-    """pyseccomp, or None where libseccomp (Debian's libseccomp2) is missing: its import
-    loads the library and fails without it."""
+    """pyseccomp, or None where it or libseccomp (Debian's libseccomp2, which its import
+    loads) is missing."""
     try:
         import pyseccomp
     except (ImportError, RuntimeError, OSError):
@@ -45,9 +45,16 @@ def _libseccomp() -> Any:
 
 def missing() -> str | None:
     """Why no filter can be built here, or None."""
-    if _libseccomp() is None:
-        return "libseccomp is not installed (Debian's package is libseccomp2)"
-    return None
+    if _libseccomp() is not None:
+        return None
+    try:
+        import pyseccomp  # noqa: F401
+    except ImportError:
+        return ("pyseccomp (corral[daemon]'s binding of libseccomp) is not installed: "
+                "install corral's dependencies again")
+    except (RuntimeError, OSError):
+        pass
+    return "libseccomp is not installed (Debian's package is libseccomp2)"
 
 
 def program(refusals: tuple[Refusal, ...]) -> bytes | None:
