@@ -169,7 +169,7 @@ def no_task() -> str | None:
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
-class Held:
+class HoldQuota:
     """The connections the doors hold, by agent: MAX_HELD an agent, and all of them
     within the daemon's fds but RESERVE_FDS (two fds each)."""
 
@@ -200,7 +200,7 @@ class Held:
         self.total -= 1
 
 
-def _passing_to(connect: Connect, agent: str, at: tuple[str, int], held: Held,
+def _passing_to(connect: Connect, agent: str, at: tuple[str, int], held: HoldQuota,
                 refusals: BoundaryRefusals | None, task_of: Callable[[], str | None]
                 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def passed_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -232,7 +232,7 @@ class Doors:
     def __init__(self, refusals: BoundaryRefusals | None = None) -> None:
         self.refusals = refusals  # where what a namespace refused is told (egresswatch.py)
         self.doors: dict[str, Door] = {}
-        self.held = Held()
+        self.held = HoldQuota()
         self.refused: str | None = None  # why this process makes none (asked once)
 
     async def open(self, label: str, url: str, gateways: str, within: str | None = None,

@@ -17,6 +17,7 @@ from msgspec import UNSET
 from ... import jsonrpc
 from ...askviews import AskKind
 from ...jsonrpc import RpcError
+from ...methods import ApprovalsResolve, TasksCancel, TasksGet, TasksList, TasksStream, TasksSubmit
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.askwaits import AskEnded
 from ...taskviews import TaskInfo
@@ -93,7 +94,7 @@ class A2aDoor:
     async def task(self, caller: Caller, agent: str, task_id: str, *, wait: bool = False,
                    given: bool = False) -> TaskInfo:
         """The caller's task of `agent` (one of another agent: not found, as none)."""
-        info: TaskInfo = await self.call(caller, "tasks.get", {
+        info: TaskInfo = await self.call(caller, TasksGet.declared.name, {
             "task_id": task_id, "wait": wait, "input": given})
         if info.agent != agent:
             raise w.A2aError(w.TASK_NOT_FOUND, f"no such task: {task_id}")
@@ -117,7 +118,7 @@ class A2aDoor:
                 digest = hashlib.sha256(msgspec.json.encode(message)).hexdigest()[:16]
                 submit["idempotency_key"] = f"{message.message_id[:MAX_ID]}#{digest}"
                 submit["session"] = message.context_id
-            accepted = await self.call(caller, "tasks.submit", submit | {
+            accepted = await self.call(caller, TasksSubmit.declared.name, submit | {
                 "input": msgspec.Raw(msgspec.json.encode(w.to_json(message)))})
             info = await self.task(caller, agent, accepted.task_id, given=True)
         config = req.configuration
@@ -160,7 +161,7 @@ class A2aDoor:
             text = " ".join(p.text for p in message.parts if isinstance(p.text, str))
             decision = {"decision": "approved" if text.strip().lower() in YES
                         else "denied", "reason": text or None}
-        await self.call(caller, "approvals.resolve", {"id": ask.id, **decision})
+        await self.call(caller, ApprovalsResolve.declared.name, {"id": ask.id, **decision})
         return await self.task(caller, agent, info.task_id, given=True)
 
     async def settled(self, caller: Caller, agent: str, info: TaskInfo) -> TaskInfo:
@@ -214,7 +215,7 @@ class A2aDoor:
         history = None if req.history_length is UNSET else req.history_length
         if history is not None and history < 0:
             raise w.A2aError(w.INVALID_PARAMS, "invalid params: historyLength is negative")
-        page = await self.call(caller, "tasks.list", params)
+        page = await self.call(caller, TasksList.declared.name, params)
         tasks = []
         for summary in reversed(page.tasks):  # newest first, as A2A lists them
             if req.context_id and (summary.options.session or summary.task_id) \
@@ -233,7 +234,7 @@ class A2aDoor:
             raise w.A2aError(w.NOT_CANCELABLE, f"task {task_id} has ended ({info.status})")
         try:
             cancelled: TaskInfo = await self.dispatcher.call(
-                caller, "tasks.cancel", {"task_id": task_id})
+                caller, TasksCancel.declared.name, {"task_id": task_id})
         except RpcError as exc:
             if exc.code == jsonrpc.CONFLICT:  # it ended meanwhile
                 raise w.A2aError(w.NOT_CANCELABLE, exc.message) from None
@@ -263,7 +264,7 @@ class A2aDoor:
             while True:
                 params = {"task_id": task_id} | ({} if after is None
                                                  else {"last_event_id": after})
-                run = asyncio.ensure_future(self.call(caller, "tasks.stream", params,
+                run = asyncio.ensure_future(self.call(caller, TasksStream.declared.name, params,
                                                       events))
                 run.add_done_callback(lambda _: events.put(("done", None)))
                 while True:

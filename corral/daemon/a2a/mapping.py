@@ -77,7 +77,7 @@ def own(info: TaskInfo) -> dict[str, Any]:
     """The `a2a` member of the task's output ({} when it has none)."""
     output = plain(info.output)
     out = output.get(A2A_OUTPUT) if isinstance(output, dict) else None
-    return out if isinstance(out, dict) and info.status == "succeeded" else {}
+    return out if isinstance(out, dict) and STATES.get(info.status) == COMPLETED else {}
 
 
 def reply_of(info: TaskInfo) -> dict[str, Any] | None:
@@ -111,7 +111,7 @@ def artifacts_of(info: TaskInfo) -> list[dict[str, Any]]:
     """The task's output as artifacts: an A2A agent's own, else one artifact holding the
     output (text as a text part, any other JSON a data part)."""
     output = plain(info.output)
-    if output is None or info.status != "succeeded":
+    if output is None or STATES.get(info.status) != COMPLETED:
         return []
     if own(info):
         given = own(info).get("artifacts")

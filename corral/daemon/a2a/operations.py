@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
+from ...methods import TasksGet
 from ..caller import Caller
 from ..http.sse import Streams
 from . import mapping as mp
@@ -177,7 +178,8 @@ class Operations:
 
     async def _deliver(self, caller: Caller, task_id: str) -> None:
         try:
-            info = await self.door.dispatcher.call(caller, "tasks.get", {"task_id": task_id})
+            info = await self.door.dispatcher.call(caller, TasksGet.declared.name,
+                                                   {"task_id": task_id})
             async for _, event in self.door.events(caller, info, until_input=False):
                 status = event.get("statusUpdate")
                 final = isinstance(status, dict) and \
