@@ -18,6 +18,7 @@ from ... import jsonrpc
 from ...askviews import AskKind
 from ...jsonrpc import RpcError
 from ...methods import ApprovalsResolve, TasksCancel, TasksGet, TasksList, TasksStream, TasksSubmit
+from ...supervisor.labels import HANDED
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.askwaits import AskEnded
 from ...taskviews import TaskInfo
@@ -118,8 +119,15 @@ class A2aDoor:
                 digest = hashlib.sha256(msgspec.json.encode(message)).hexdigest()[:16]
                 submit["idempotency_key"] = f"{message.message_id[:MAX_ID]}#{digest}"
                 submit["session"] = message.context_id
-            accepted = await self.call(caller, TasksSubmit.declared.name, submit | {
-                "input": msgspec.Raw(msgspec.json.encode(w.to_json(message)))})
+            # an anonymous caller's message is text from no one, as an untrusted tool's
+            # output is: its task is given that label (its sensitive calls ask a person)
+            handed = HANDED.set((caller.who,)) if anonymous(caller) else None
+            try:
+                accepted = await self.call(caller, TasksSubmit.declared.name, submit | {
+                    "input": msgspec.Raw(msgspec.json.encode(w.to_json(message)))})
+            finally:
+                if handed is not None:
+                    HANDED.reset(handed)
             info = await self.task(caller, agent, accepted.task_id, given=True)
         config = req.configuration
         if config is not UNSET and config.return_immediately:
