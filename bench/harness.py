@@ -60,6 +60,7 @@ class CorralDaemon:
             socket = "{self.sock}"
             state_dir = "{d}/state"
             log_dir = "{d}/logs"
+            dynamic_uids = []
             {extra}
         """) + agents)
         self.notify_path = d / "notify.sock"
