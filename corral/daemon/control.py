@@ -28,6 +28,7 @@ from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..methods import CANCEL, GOING_AWAY
 from ..paths import runtime_directory
 from ..statefiles import open_file
+from ..supervisor.stream import ALSO_STREAMED
 from ..throttle import Throttle
 from ..timeouts import cancel_all, within
 from .api import Dispatcher
@@ -332,7 +333,7 @@ class ControlServer:
         self._left: asyncio.Event | None = None
 
     def _complain(self, text: str) -> None:
-        log.warning("%s", text)
+        log.warning("%s", text, extra=ALSO_STREAMED)
         self.report(text, "event")
 
     def set_tenant_groups(self, groups: dict[int, str]) -> None:

@@ -28,6 +28,7 @@ from ..methods import LogLine
 from ..statefiles import open_file
 from ..supervisor.followers import Follower
 from ..supervisor.names import NAME_RE
+from ..supervisor.stream import STREAMED
 from ..text import iso_time, one_line, plural
 from ..throttle import Throttle
 from .logfiles import LogPlace, RotatingFile, Rotation, StreamFile, open_place
@@ -426,6 +427,8 @@ class LoggedWarnings(logging.Handler):
         self.writing = False  # a warning of the write itself is not written again
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, STREAMED, False):
+            return  # (its line is in corral.log already, from the stream)
         try:
             text = f"{record.levelname} {record.name}: {record.getMessage()}"
         except Exception:  # (a record whose arguments do not format: logging's own rule)

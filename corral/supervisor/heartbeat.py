@@ -17,7 +17,7 @@ from .listening import ListeningClock
 from .process_replica import ProcessReplica
 from .quotas import Tenancy
 from .stats import HeartbeatWork
-from .stream import TICK, Stall, Stream
+from .stream import ALSO_STREAMED, TICK, Stall, Stream
 from .tuning import Tuning
 
 log = logging.getLogger("corral.supervisor")
@@ -75,7 +75,7 @@ class Heartbeat:
                 stall = self.listening.tick(woke - max(due, prev_end))
                 if stall:
                     log.warning("event loop stalled for %.2f s; not counted as silence of any "
-                                "worker", stall)
+                                "worker", stall, extra=ALSO_STREAMED)
                     self.stream.emit(Stall(stall))
                 t0 = time.perf_counter()
                 now = self.listening.now()

@@ -142,6 +142,10 @@ class Tick:
 
 
 TICK = Tick()  # one for every round: nothing made per tick
+# a log record's `extra` where what it says is said on the stream too (an event the
+# daemon's log writes): the daemon's handler of its parts' warnings does not write it again
+STREAMED = "also_streamed"
+ALSO_STREAMED: dict[str, bool] = {STREAMED: True}
 
 
 class Stall(NamedTuple):
