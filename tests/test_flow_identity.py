@@ -171,7 +171,7 @@ async def test_a_tenant_taking_a_freed_name_gets_none_of_its_runs_calls_or_defin
         status, body = await ask(api, "GET", "/workflows/wf", "acme")
         assert (status, body["tenant"]) == (200, "acme")
         status, body = await ask(api, "POST", "/workflows/wf/runs", "acme", {})
-        assert (status, body["detail"]) == (400, "workflow wf, step s: no such agent: chat")
+        assert (status, body["detail"]) == (404, "workflow wf, step s: no such agent: chat")
         status, body = await ask(api, "GET", f"/tasks/{call_id}", "acme")
         assert (status, body["status"]) == (200, "succeeded"), body
         status, body = await ask(api, "POST", "/tasks", "acme", {"agent": "tm", "input": 1})
