@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -156,7 +157,9 @@ def own_command(tmp: Path, home: Path) -> str:
     a package's run script is."""
     (home / "bin").mkdir(parents=True)
     script = home / "bin" / "agent"
-    script.write_text(f"#!/bin/sh\nexec {PY} {HERE}/sandbox_agent.py\n")
+    # (quoted: a checkout's path may hold a space)
+    run = shlex.join([PY, f"{HERE}/sandbox_agent.py"])
+    script.write_text(f"#!/bin/sh\nexec {run}\n")
     script.chmod(0o755)
     return textwrap.dedent(f"""
         [agents.box]
