@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import msgspec
@@ -174,33 +174,24 @@ class A2aDoor:
 
     async def settled(self, caller: Caller, agent: str, info: TaskInfo) -> TaskInfo:
         """The task once it has ended or waits for input (spec 3.2.2, blocking)."""
-        changed = asyncio.Event()
+        moved = asyncio.Event()
         task_id = info.task_id
 
         def told(e: AskEnded) -> None:
             if e.ask.task_id == task_id:
-                changed.set()
+                moved.set()
 
         sub = self.stream.subscribe(told, AskEnded)
         try:
             while True:
-                changed.clear()
+                moved.clear()
                 info = await self.task(caller, agent, task_id, given=True)
                 if mp.state_of(info) in mp.TERMINAL | {mp.INPUT_REQUIRED}:
                     return info
-                ended = asyncio.ensure_future(self.task(caller, agent, task_id, wait=True))
-                asked = asyncio.ensure_future(changed.wait())
-                try:
-                    # (looked at again after RECHECK too: a question a replayed attempt
-                    # asks again after a restart is the ask its first attempt made, held
-                    # again without a word on the stream)
-                    await asyncio.wait({ended, asked}, timeout=RECHECK,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for f in (ended, asked):
-                        f.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, w.A2aError):
-                        await ended
+                # (looked at again after RECHECK too: a question a replayed attempt asks
+                # again after a restart is the ask its first attempt made, held again
+                # without a word on the stream)
+                await self.changed(caller, agent, task_id, moved.wait())
         finally:
             self.stream.unsubscribe(sub)
 
@@ -312,7 +303,7 @@ class A2aDoor:
                         return
                 # not in flight here (queued, suspended for its answer): followed again
                 # once it changes
-                await self.changed(caller, agent, task_id, events)
+                await self.changed(caller, agent, task_id, events.get())
         finally:
             self.stream.unsubscribe(sub)
             if run is not None and not run.done():
@@ -320,11 +311,12 @@ class A2aDoor:
                 with contextlib.suppress(asyncio.CancelledError, w.A2aError):
                     await run
 
-    async def changed(self, caller: Caller, agent: str, task_id: str, events: _Events
-                      ) -> None:
-        """Until an ask of the task is made or ended, or it ends (RECHECK at most)."""
+    async def changed(self, caller: Caller, agent: str, task_id: str,
+                      asked_or_ended: Awaitable[object]) -> None:
+        """Until `asked_or_ended` (an ask of the task made or ended), or the task ends
+        (RECHECK at most)."""
         ended = asyncio.ensure_future(self.task(caller, agent, task_id, wait=True))
-        asked = asyncio.ensure_future(events.get())
+        asked = asyncio.ensure_future(asked_or_ended)
         try:
             await asyncio.wait({ended, asked}, timeout=RECHECK,
                                return_when=asyncio.FIRST_COMPLETED)
