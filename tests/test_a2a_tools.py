@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -153,6 +154,32 @@ async def test_a_remote_agents_refusal_is_the_calls_error(tmp_path: Path, remote
         assert res.output["content"] == [{"type": "text", "text":
                                           "remote: its agent card answered HTTP 401"}]
     assert remote.sent() == []
+
+
+async def test_a_call_whose_worker_is_killed_is_answered_once_and_sent_once(
+        tmp_path: Path, remote: Remote) -> None:
+    """The worker SIGKILLed while the remote task works: the call outlives it (DESIGN 26),
+    its answer journaled when the remote settles, and the retry's same call answered from
+    the journal: the remote was sent the message once."""
+    async with in_process(tmp_path, fleet(tmp_path, remote.url)) as d:
+        task = d.sup.tasks.submit("caller", {"tool": "a2a__remote",
+                                             "arguments": {"message": "hold: w1"}},
+                                  TaskOptions(timeout=LIMIT))
+        deadline = asyncio.get_running_loop().time() + LIMIT
+        while not remote.sent():
+            assert asyncio.get_running_loop().time() < deadline, "the remote's message"
+            await asyncio.sleep(0.05)
+        [attempt] = (await d.sup.tasks.info(task.id)).attempts
+        assert attempt.pid is not None
+        os.kill(attempt.pid, signal.SIGKILL)
+        await remote.release("w1")
+        await asyncio.wait_for(asyncio.shield(task.done), LIMIT)
+        assert task.status == "succeeded", task.error
+        assert task.output["content"] == [{"type": "text", "text": "released w1"}]
+        first, second = task.attempts
+        assert (first.outcome, second.outcome) == ("lost", "succeeded")
+        held = [m for m, text in remote.sent() if text == "hold: w1"]
+        assert len(held) == 1, remote.sent()
 
 
 @pytest.mark.timeout(180)
