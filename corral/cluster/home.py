@@ -1,7 +1,7 @@
 """The cluster's home for the tasks a node claims (supervisor.tasks.model.TaskHome): their
-steps, turns, spawns, asks and labels in the cluster's Redis, where whichever node runs the task
-next finds them; their live output in the node's memory (the record that survives is
-Redis's, which this node's journal would not prune)."""
+steps, turns, spawns, asks, labels and push configs in the cluster's Redis, where
+whichever node runs the task next finds them; their live output in the node's memory
+(the record that survives is Redis's, which this node's journal would not prune)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..supervisor.labels import LabelStore
+    from ..supervisor.pushstore import PushStore
     from ..supervisor.tasks.chunks import OutputJournal
     from ..supervisor.tasks.model import AskShelf, SpawnStore, Task, TurnStore
     from ..supervisor.tasks.stepjournal import StepJournal
@@ -19,16 +20,18 @@ class ClusterHome:
     """One per node, given to each task it claims (a claim given back as it is made has
     none: it keeps nothing here)."""
 
-    __slots__ = ("_requeue", "asks", "labels", "outputs", "spawns", "steps", "turns")
+    __slots__ = ("_requeue", "asks", "labels", "outputs", "push", "spawns", "steps", "turns")
 
     def __init__(self, steps: StepJournal, turns: TurnStore, spawns: SpawnStore,
-                 asks: AskShelf, labels: LabelStore, outputs: OutputJournal,
+                 asks: AskShelf, labels: LabelStore, push: PushStore,
+                 outputs: OutputJournal,
                  requeue: Callable[[Task, float | None], None]) -> None:
         self.steps: StepJournal | None = steps
         self.turns = turns
         self.spawns = spawns
         self.asks = asks
         self.labels = labels
+        self.push = push  # the A2A door's push configs (clusterpush.py)
         self.outputs = outputs
         self._requeue = requeue
 

@@ -58,6 +58,7 @@ class Keys:
         self.draining = f"{prefix}draining"
         self.events = f"{prefix}events"
         self.tool_pins = f"{prefix}pins"  # the tools' pins (toolpins.py), by server and tool
+        self.pushed = f"{prefix}pushed"  # the tasks with push configs (clusterpush.py)
 
     @property
     def listed(self) -> list[str]:
@@ -97,6 +98,10 @@ class Keys:
     def labels(self, key: str) -> str:
         """A task's or a session's labels (clusterlabels.py)."""
         return f"{self.prefix}labels:{key}"
+
+    def push(self, task_id: str) -> str:
+        """A task's push configs, by id (clusterpush.py)."""
+        return f"{self.prefix}push:{task_id}"
 
     # -- asks of a person (clusterasks.py) -----------------------------------------------
     def ask(self, ask_id: str) -> str:

@@ -39,6 +39,7 @@ from .calltasks import ClusterStepTasks
 from .clusterasks import ClusterAsks
 from .clustercalls import ClusterCalls
 from .clusterlabels import ClusterLabels
+from .clusterpush import ClusterPush
 from .clustersessions import ClusterSessions
 from .clusterspawns import ClusterSpawns
 from .clustertasks import ClusterTasks
@@ -89,6 +90,7 @@ class ClusterNode:
         self.steps = ClusterSteps(scripts, self.keys, trust, tasks.active.get)
         # (the desk is made below)
         labels = ClusterLabels(self.redis, self.keys)
+        self.push = ClusterPush(self.redis, self.keys, trust)  # (the A2A door's too)
         spawns = ClusterSpawns(scripts, self.keys, trust, self.node,
                                lambda agent, tenant: self.desk.serves(agent, tenant),
                                lambda task_id: self.desk.wait(task_id),
@@ -96,7 +98,7 @@ class ClusterNode:
         self.asks = ClusterAsks(scripts, self.keys, trust, settings, tasks.inbox.waits,
                                 asks_bounds)
         self.home = ClusterHome(self.steps, sessions, spawns, self.asks,
-                                labels, tasks.outputs.memory,
+                                labels, self.push, tasks.outputs.memory,
                                 self._requeue)
         self.outbox = Outbox(scripts, self.keys, trust, self.node, settings.beat, queue,
                              report, settings.keep_tasks_for)

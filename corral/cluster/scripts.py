@@ -30,9 +30,10 @@ def _ended(task: str, kept: str, live: int) -> str:
     the task moved from the live tasks (KEYS[live]) to the finished (KEYS[live + 1]). One
     fragment for every end, so that no end leaves a key without its expiry (TRIM trusts
     the keys of ids older than keep_tasks_for to have expired). Its labels are kept as
-    long (a parent reads its child's); its steps, spawns' rows and asks by call go at
-    once; its asks join the tenant's ended ones (Keys.asks_done), kept to the newest
-    KEEP_ASKS rather than each for keep_tasks_for."""
+    long (a parent reads its child's), and its push configs (once its end is delivered to
+    them: at once); its steps, spawns' rows and asks by call go at once; its asks join
+    the tenant's ended ones (Keys.asks_done), kept to the newest KEEP_ASKS rather than
+    each for keep_tasks_for."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
 local ask_prefix = string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5)
@@ -63,6 +64,7 @@ end
 redis.call('DEL', {_task_key('steps', task)}, {_task_key('spawn', task)},
   {_task_key('asks', task)})
 redis.call('EXPIRE', {_task_key('labels', task)}, {kept})
+redis.call('EXPIRE', {_task_key('push', task)}, {kept})
 redis.call('ZREM', KEYS[{live}], {task})
 redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..cluster.membership import NodeView
     from ..cluster.node import ClusterNode
     from ..results import SessionInfo, SessionView
+    from ..supervisor.pushstore import PushStore
 
 NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
 
@@ -43,6 +44,7 @@ class NotANode:
 
     redis_warnings: list[str] = []
     asks = NoClusterAsks()
+    push: PushStore | None = None  # (the node's own keeps a task's push configs)
     slots: Mapping[str, list[str | None]] = {}
     here: Mapping[str, list[int]] = {}
 

@@ -64,6 +64,7 @@ from .logfiles import Rotation
 from .logs import LogDirError, LoggedWarnings, LogHub
 from .outputjournal import OutputsDB
 from .packages.service import Packages
+from .pushjournal import PushDB
 from .revisions import RevisionLog, describe_change, kept_of, tenant_of
 from .schedules import Ledger, LocalLedger, ScheduleService, schedule_agents, starter
 from .services import Services
@@ -400,6 +401,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                         journal.usage_since, time.time() - DAY):
                     parts.tasks.budgets.restore(agent, tokens, cost, when)
             parts.tasks.labels.keep_in(LabelsDB(store))
+            parts.tasks.push.keep_in(PushDB(store))
             parts.tasks.inbox.load(AsksDB(store), asks_bounds(sc),
                 # a suspended task's id held once, by the engine and its asks
                 {r.task_id: r.task_id for r in unfinished if isinstance(r, CompactTask)})

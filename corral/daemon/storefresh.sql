@@ -1,4 +1,4 @@
--- 49e748a5908ba1390486e1e74c5c5a3a3364fc586af8600ebbb3f1ad504797e0: made by scripts/fresh_schema.py, not by hand
+-- 2e7e393494d223a70bd6226d6ac41aa32a7d6c269fc284f643652d47c77fd70f: made by scripts/fresh_schema.py, not by hand
 CREATE TABLE runtime_agents (
         name TEXT PRIMARY KEY,
         spec TEXT NOT NULL,
@@ -295,5 +295,13 @@ CREATE TABLE tool_pins (
         tool TEXT NOT NULL,
         pin BLOB NOT NULL,
         PRIMARY KEY (server, tool)
+    ) WITHOUT ROWID;
+
+CREATE TABLE push_configs (
+        task_id TEXT NOT NULL,
+        config_id TEXT NOT NULL,
+        record BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (task_id, config_id)
     ) WITHOUT ROWID;
 

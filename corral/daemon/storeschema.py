@@ -546,6 +546,18 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (server, tool)
     ) WITHOUT ROWID;
     """,
+    # the A2A door's push configs (daemon/a2a/push.py), a record per config of a task,
+    # `seq` the order first kept; once a JSON file per task beside the database, moved in
+    # at the first start
+    """
+    CREATE TABLE push_configs (
+        task_id TEXT NOT NULL,
+        config_id TEXT NOT NULL,
+        record BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (task_id, config_id)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

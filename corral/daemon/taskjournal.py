@@ -386,8 +386,9 @@ class TaskJournalDB:
         self.rows += len(rows)
 
     def _prune(self, db: sqlite3.Connection) -> None:
-        # a pruned task's steps, output, asks and labels go with it, and the results no other step
-        # names (steps.py); at start-up, the steps and output of tasks never committed too
+        # a pruned task's steps, output, asks, labels and push configs go with it, and the
+        # results no other step names (steps.py); at start-up, the steps and output of
+        # tasks never committed too
         db.execute("BEGIN")
         results = delete_orphans(db) if not self._pruned_once else set()
         if not self._pruned_once:
@@ -411,6 +412,8 @@ class TaskJournalDB:
                            f"WHERE {where})", args)
             db.execute(f"DELETE FROM labels WHERE key IN (SELECT id FROM tasks WHERE {where})",
                        args)
+            db.execute("DELETE FROM push_configs WHERE task_id IN (SELECT id FROM tasks "
+                       f"WHERE {where})", args)
             db.execute(f"DELETE FROM tasks WHERE {where}", args)
         refs = drop_unused(db, results)
         db.execute("COMMIT")

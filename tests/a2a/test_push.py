@@ -163,3 +163,40 @@ async def test_a_push_config_outlives_a_sigkill_and_the_tasks_end_is_delivered(
                 if state == "TASK_STATE_COMPLETED":
                     assert body["statusUpdate"]["taskId"] == task_id
                     break
+
+
+@pytest.mark.timeout(120)
+async def test_the_configs_an_older_daemon_kept_in_files_are_moved_into_its_home(
+        tmp_path: Path) -> None:
+    """An older daemon kept a task's configs in `a2a-push/TASK.json` of its state
+    directory: the next start moves them into the state database, and removes the file
+    (a file it cannot read is left, and said)."""
+    with a2a_daemon(tmp_path) as (d, url):
+        async with receiver() as (hook, got), httpx.AsyncClient(timeout=30) as http:
+            asked = await rpc(http, url, "SendMessage", message("tck-input-required"))
+            task_id = asked["result"]["task"]["id"]
+            assert d.proc is not None  # (killed: a stop would end the waiting task)
+            d.proc.send_signal(signal.SIGKILL)
+            d.proc.wait()
+            files = d.state / "a2a-push"
+            files.mkdir()
+            caller = {"via": "a2a", "token": None, "name": "a2a anonymous tck",
+                      "tenant": None, "agents": "tck",
+                      "scopes": ["approvals", "tasks:read", "tasks:run"]}
+            (files / f"{task_id}.json").write_text(json.dumps({"caller": caller, "configs": {
+                "old": {"url": hook, "id": "old", "taskId": task_id, "token": "0ld"}}}))
+            (files / "broken.json").write_text("{")
+            d.start()
+            listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
+                               {"taskId": task_id})
+            assert listed["result"]["configs"] == [
+                {"url": hook, "id": "old", "taskId": task_id, "token": "0ld"}]
+            assert sorted(p.name for p in files.iterdir()) == ["broken.json"]
+            done = await rpc(http, url, "SendMessage", message("tck-complete-task", task_id))
+            assert done["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", done
+            while True:
+                headers, body = await asyncio.wait_for(got.get(), 30)
+                assert headers[TOKEN_HEADER] == "0ld"
+                state = body.get("statusUpdate", {}).get("status", {}).get("state")
+                if state == "TASK_STATE_COMPLETED":
+                    break

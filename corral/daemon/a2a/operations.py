@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -95,19 +96,19 @@ class Operations:
     async def push_get(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
         req = w.decode(params, w.PushConfigRequest)
         await self.door.task(caller, agent, req.task_id)
-        return w.to_json(self.push.get(req.task_id, req.id))
+        return w.to_json(await self.push.get(req.task_id, req.id))
 
     async def push_list(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
         req = w.decode(params, w.ListPushConfigsRequest)
         await self.door.task(caller, agent, req.task_id)
-        return {"configs": [w.to_json(c) for c in self.push.of(req.task_id)],
+        return {"configs": [w.to_json(c) for c in await self.push.of(req.task_id)],
                 "nextPageToken": ""}
 
     async def push_delete(self, caller: Caller, agent: str, params: Any, card: Card
                           ) -> Any:
         req = w.decode(params, w.PushConfigRequest)
         await self.door.task(caller, agent, req.task_id)
-        self.push.delete(req.task_id, req.id)
+        await self.push.delete(req.task_id, req.id)
         return {}
 
     unary: dict[str, Callable[[Operations, Caller, str, Any, Card], Awaitable[Any]]] = {
@@ -159,12 +160,17 @@ class Operations:
         async for event in events:
             yield event
 
-    def resume(self) -> None:
-        """Deliver again for the tasks whose configs a daemon before this one kept."""
-        for task_id, caller in self.push.load().items():
+    async def resume(self, moved: Path) -> None:
+        """Deliver again for the tasks whose configs their home keeps (a daemon before
+        this one's, another node's), those an older daemon kept in files (`moved`) moved
+        into it first."""
+        await self.push.migrate(moved)
+        for task_id, caller in (await self.push.load()).items():
             try:
                 made = msgspec.convert(caller, Caller)
-            except msgspec.ValidationError:
+            except msgspec.ValidationError as exc:
+                self.push.report(f"a2a push of task {task_id} not resumed: its caller "
+                                 f"is not read ({exc})")
                 continue
             self.watch(made, task_id)
 
@@ -184,7 +190,7 @@ class Operations:
                 status = event.get("statusUpdate")
                 final = isinstance(status, dict) and \
                     status.get("status", {}).get("state") in mp.TERMINAL
-                self.push.deliver(task_id, event, final)
+                await self.push.deliver(task_id, event, final)
         except w.A2aError as exc:
             self.push.report(f"a2a push of task {task_id}: {exc.message}")
 
@@ -195,7 +201,7 @@ class Operations:
 
 
 def kept_caller(caller: Caller) -> dict[str, Any]:
-    """Who made a config, as its file keeps them."""
+    """Who made a config, as its home keeps them."""
     return {"via": caller.via, "token": caller.token, "name": caller.name,
             "tenant": caller.tenant, "agents": caller.agents,
             "scopes": sorted(caller.scopes)}

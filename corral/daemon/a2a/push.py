@@ -2,19 +2,18 @@
 task POSTed to each config's URL as a StreamResponse, with its token, at least once with
 backoff. A URL must name a public address unless the operator allows private ones
 (`[a2a] push_private`): a caller's URL is no way into the daemon's own network. A task's
-configs are a file of the state directory (`a2a-push/TASK.json`, with who made them),
-so that a restarted daemon delivers what its task does next, its end at least."""
+configs are records of its home (supervisor/pushstore.py: the node's state database, or
+the cluster's Redis, with who made them), so that a restarted daemon, or another node,
+delivers what its task does next, its end at least."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ipaddress
-import os
-import re
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -22,7 +21,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import UNSET
 
-from ...statefiles import make_dir, open_file
+from ...jsonrpc import RpcError
+from ...supervisor.pushstore import PushStore
 from . import wire as w
 
 if TYPE_CHECKING:
@@ -33,18 +33,25 @@ RETRY_MAX = 30.0
 RETRIES = 8
 TIMEOUT = 10.0
 MAX_CONFIGS = 16  # per task
-# a config's strings: each is kept in memory and in its task's file while the task lives
+# a config's strings: each is kept in its task's home while the task lives
 # (and after it ends, until its configs are delivered to)
 MAX_URL = 2048
 MAX_SECRET = 4096  # its token, its authentication's scheme and credentials
 MAX_CONFIG_ID = 128
 TOKEN_HEADER = "X-A2A-Notification-Token"
-TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # a task id, as a file's name
+
+
+class PushRecord(msgspec.Struct):
+    """A config as its task's home keeps it, and who made it (its deliveries are made as
+    that caller: what it may no longer see is not delivered)."""
+
+    caller: dict[str, Any]
+    config: w.PushConfig
 
 
 class PushFile(msgspec.Struct):
-    """A task's configs as its file keeps them, and who made them (its deliveries are
-    made as that caller: what it may no longer see is not delivered)."""
+    """A task's configs as an older daemon kept them, a file each (moved into the home
+    at the first start: `PushConfigs.migrate`)."""
 
     caller: dict[str, Any]
     configs: dict[str, w.PushConfig]
@@ -115,6 +122,15 @@ def bounded(config: w.PushConfig) -> None:
                              "is sent as an HTTP header: printable ASCII only")
 
 
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """The home not reached (the cluster's Redis): the call's error, said as A2A's."""
+    try:
+        yield
+    except RpcError as exc:
+        raise w.A2aError(w.UNAVAILABLE, exc.message) from None
+
+
 def public_resolver() -> Any:
     """aiohttp's resolver, answering a name's public addresses alone: a name that
     resolved to a public address when its config was made and to a private one at
@@ -134,15 +150,13 @@ def public_resolver() -> Any:
 
 
 class PushConfigs:
-    """The configs of each task, and their deliveries."""
+    """The configs of each task, kept by the tasks' home, and their deliveries."""
 
-    def __init__(self, private: bool, report: Callable[[str], None], home: Path | None
+    def __init__(self, private: bool, report: Callable[[str], None], store: PushStore
                  ) -> None:
         self.private = private
         self.report = report
-        self.home = home  # the configs' directory (None: memory alone)
-        self.configs: dict[str, dict[str, w.PushConfig]] = {}
-        self.callers: dict[str, dict[str, Any]] = {}
+        self.store = store  # the home's (supervisor/pushstore.py)
         self.delivered = 0
         self.given_up = 0
         self._http: aiohttp.ClientSession | None = None
@@ -153,86 +167,89 @@ class PushConfigs:
         await check_url(config.url, self.private)
 
     # -- kept ------------------------------------------------------------------------------
-    def _file(self, task_id: str) -> Path | None:
-        if self.home is None or not TASK_ID.fullmatch(task_id):
-            return None
-        return self.home / f"{task_id}.json"
-
-    def _keep(self, task_id: str) -> None:
-        """The task's file as its configs are now (none: removed), written whole."""
-        path = self._file(task_id)
-        if path is None:
-            return
-        kept = self.configs.get(task_id)
-        if not kept:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            return
-        assert self.home is not None
-        make_dir(self.home)
-        part = path.with_suffix(".part")
-        fd = open_file(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            os.write(fd, msgspec.json.encode(PushFile(self.callers.get(task_id, {}), kept)))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(part, path)
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        """The configs kept by the daemon before: each task's caller, by task."""
-        if self.home is None or not self.home.is_dir():
-            return {}
-        found: dict[str, dict[str, Any]] = {}
-        for path in sorted(self.home.glob("*.json")):
+    async def records(self, task_id: str) -> list[PushRecord]:
+        """The task's configs as its home keeps them (one not read: said, and skipped)."""
+        found: list[PushRecord] = []
+        with _unavailable():
+            kept = await self.store.of(task_id)
+        for cid, raw in kept.items():
             try:
-                kept = msgspec.json.decode(path.read_bytes(), type=PushFile)
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.report(f"a2a push configs of {path.stem} not read: {exc}")
-                continue
-            self.configs[path.stem] = kept.configs
-            self.callers[path.stem] = found[path.stem] = kept.caller
+                found.append(msgspec.json.decode(raw, type=PushRecord))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.report(f"a2a push config {cid} of task {task_id} not read: {exc}")
         return found
+
+    async def load(self) -> dict[str, dict[str, Any]]:
+        """The tasks whose configs the home keeps: each one's caller (its first config's)."""
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            with _unavailable():
+                tasks = await self.store.tasks()
+            for task_id in tasks:
+                kept = await self.records(task_id)
+                if kept:
+                    found[task_id] = kept[0].caller
+        except w.A2aError as exc:
+            self.report(f"a2a push configs not read: {exc.message}")
+        return found
+
+    async def migrate(self, directory: Path) -> None:
+        """The configs an older daemon kept in files (`TASK.json` each) moved into the
+        home, each file removed once its configs are kept."""
+        if not directory.is_dir():
+            return
+        for path in sorted(directory.glob("*.json")):
+            try:
+                old = msgspec.json.decode(path.read_bytes(), type=PushFile)
+                for cid, config in old.configs.items():
+                    with _unavailable():
+                        await self.store.put(path.stem, cid, msgspec.json.encode(
+                            PushRecord(old.caller, config)), MAX_CONFIGS)
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError,
+                    w.A2aError) as exc:
+                self.report(f"a2a push configs of {path.stem} not moved from {path}: "
+                            f"{getattr(exc, 'message', exc)}")
+                continue
+            path.unlink()
+        with contextlib.suppress(OSError):  # (what was not moved is kept, and said)
+            for part in directory.glob("*.part"):
+                part.unlink()
+            directory.rmdir()
 
     async def add(self, task_id: str, config: w.PushConfig,
-                  caller: dict[str, Any] | None = None) -> w.PushConfig:
+                  caller: dict[str, Any]) -> w.PushConfig:
         await self.check(config)
-        kept = self.configs.setdefault(task_id, {})
         cid = config.id if config.id is not UNSET and config.id else uuid.uuid4().hex
-        if cid not in kept and len(kept) >= MAX_CONFIGS:
+        made = msgspec.structs.replace(config, id=cid, task_id=task_id)
+        with _unavailable():
+            kept = await self.store.put(task_id, cid, msgspec.json.encode(
+                PushRecord(caller, made)), MAX_CONFIGS)
+        if not kept:
             raise w.A2aError(w.INVALID_PARAMS, f"invalid params: task {task_id} has "
                              f"{MAX_CONFIGS} push configs, the most it may")
-        made = msgspec.structs.replace(config, id=cid, task_id=task_id)
-        kept[cid] = made
-        if caller is not None:
-            self.callers.setdefault(task_id, caller)
-        self._keep(task_id)
         return made
 
-    def get(self, task_id: str, cid: str) -> w.PushConfig:
-        found = self.configs.get(task_id, {}).get(cid)
-        if found is None:
-            raise w.A2aError(w.TASK_NOT_FOUND, f"task {task_id} has no push config {cid}")
-        return found
+    async def get(self, task_id: str, cid: str) -> w.PushConfig:
+        for kept in await self.records(task_id):
+            if kept.config.id == cid:
+                return kept.config
+        raise w.A2aError(w.TASK_NOT_FOUND, f"task {task_id} has no push config {cid}")
 
-    def of(self, task_id: str) -> list[w.PushConfig]:
-        return list(self.configs.get(task_id, {}).values())
+    async def of(self, task_id: str) -> list[w.PushConfig]:
+        return [kept.config for kept in await self.records(task_id)]
 
-    def delete(self, task_id: str, cid: str) -> None:
+    async def delete(self, task_id: str, cid: str) -> None:
         """Gone, whether it was there or not (a delete is idempotent: spec 3.1.10)."""
-        kept = self.configs.get(task_id, {})
-        kept.pop(cid, None)
-        if not kept:
-            self.configs.pop(task_id, None)
-        self._keep(task_id)
+        with _unavailable():
+            await self.store.delete(task_id, cid)
 
-    def deliver(self, task_id: str, event: dict[str, Any], final: bool) -> None:
+    async def deliver(self, task_id: str, event: dict[str, Any], final: bool) -> None:
         """POST `event` to each config of the task (in the background); after its end,
-        its configs are forgotten once delivered (a daemon killed before: delivered
-        again by the next)."""
+        its configs are forgotten by its home once delivered (a daemon killed before:
+        delivered again by the next)."""
         loop = asyncio.get_running_loop()
         posts = [loop.create_task(self._post(config, event))
-                 for config in self.of(task_id)]
+                 for config in await self.of(task_id)]
         if final:
             posts.append(loop.create_task(self._forget(task_id, list(posts))))
         for job in posts:
@@ -241,9 +258,11 @@ class PushConfigs:
 
     async def _forget(self, task_id: str, posts: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*posts, return_exceptions=True)
-        self.configs.pop(task_id, None)
-        self.callers.pop(task_id, None)
-        self._keep(task_id)
+        try:
+            with _unavailable():
+                await self.store.drop(task_id)
+        except w.A2aError as exc:
+            self.report(f"a2a push configs of task {task_id} not forgotten: {exc.message}")
 
     async def _post(self, config: w.PushConfig, event: dict[str, Any]) -> None:
         import aiohttp

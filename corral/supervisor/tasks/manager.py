@@ -21,6 +21,7 @@ from ...text import ordinal
 from ...workerproto import SessionCheckpointParams, UsageReportParams
 from ..config import DEFAULT_TENANT
 from ..labels import Labels, NodeLabels
+from ..pushstore import NodePush
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .budget import Budgets, no_group
@@ -129,8 +130,9 @@ class TaskManager:
         self.inbox = Inbox(self.stream, clock=self.clock)
         # where the tasks it accepts are kept (nodehome.py)
         self.labels = NodeLabels()  # its state database's once opened (labeljournal.py)
+        self.push = NodePush()  # its state database's once opened (pushjournal.py)
         self.home: TaskHome = NodeHome(self, self.sessions, self.spawns.node, self.inbox,
-                                       self.labels)
+                                       self.labels, self.push)
         self.suspensions = Suspensions(self, self.clock, self.endings.again)
         self.questions = Questions(self, self.person.ask_person)  # task/ask
         self.elicitations = Elicitations(self, self.person.ask_person)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..labels import LabelStore
+    from ..pushstore import PushStore
     from .chunks import OutputJournal
     from .durable import TaskJournal
     from .model import AskShelf, SpawnStore, Task, TurnStore
@@ -27,15 +28,16 @@ class NodeHome:
     """Reads the engine's journals as they are now: the daemon attaches them after the
     engine is made (`TaskManager.journal`, `Steps.journal_to`, `TaskOutputs.journal`)."""
 
-    __slots__ = ("asks", "engine", "labels", "spawns", "turns")
+    __slots__ = ("asks", "engine", "labels", "push", "spawns", "turns")
 
     def __init__(self, engine: HomeEngine, turns: TurnStore, spawns: SpawnStore,
-                 asks: AskShelf, labels: LabelStore) -> None:
+                 asks: AskShelf, labels: LabelStore, push: PushStore) -> None:
         self.engine = engine
         self.turns = turns
         self.spawns = spawns
         self.asks = asks
         self.labels = labels
+        self.push = push  # the A2A door's push configs (daemon/a2a/push.py)
 
     @property
     def steps(self) -> StepJournal | None:

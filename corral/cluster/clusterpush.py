@@ -1,0 +1,117 @@
+"""The push configs of the cluster's tasks (supervisor/pushstore.py) in Redis, where every
+node finds them: a hash per task, config id -> "SEQ MAC RECORD" (the MAC binds the record
+to its task and id: a Redis writer without the cluster's key cannot point a task's
+pushes, and their tokens, at its own URL), and the set of the tasks that have any. A
+task's hash expires with its record once it ended (scripts._ended); one made after the
+end is given its record's time to live as it is made."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from .connection import read
+from .keys import Keys
+from .trust import PUSH, Trust
+
+# KEYS: the task's configs, the tasks with configs, the task's record
+# ARGV: config id, value, most, task id -> 1 kept, 0 the task has its most
+PUT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[4])
+local ttl = redis.call('TTL', KEYS[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1"""
+# KEYS: the task's configs, the tasks with configs; ARGV: config id ('' all), task id
+DELETE = """
+if ARGV[1] == '' then redis.call('DEL', KEYS[1])
+else redis.call('HDEL', KEYS[1], ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return 1"""
+
+
+class ClusterPush:
+    """The PushStore of a node's cluster home."""
+
+    def __init__(self, redis: Any, keys: Keys, trust: Trust) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.trust = trust
+        self._put = redis.register_script(PUT)
+        self._delete = redis.register_script(DELETE)
+
+    async def put(self, task_id: str, config_id: str, record: bytes, most: int) -> bool:
+        mac = self.trust.sign(PUSH, task_id, config_id, record)
+        value = f"{time.time_ns()} {mac} ".encode() + record
+        try:
+            kept = await self._put(keys=[self.keys.push(task_id), self.keys.pushed,
+                                         self.keys.task(task_id)],
+                                   args=[config_id, value, most, task_id])
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"the push config {config_id} of task "
+                                                f"{task_id} was not kept in the cluster's "
+                                                f"Redis ({exc})") from None
+        return bool(kept)
+
+    async def of(self, task_id: str) -> dict[str, bytes]:
+        try:
+            got = await read(lambda: self.redis.hgetall(self.keys.push(task_id)))
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"the push configs of task {task_id} were "
+                                                f"not read from the cluster's Redis "
+                                                f"({exc})") from None
+        found: list[tuple[int, str, bytes]] = []
+        for raw_id, value in got.items():
+            config_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            seq, mac, record = _split(value)
+            if not self.trust.valid(mac, PUSH, task_id, config_id, record):
+                self.trust.refuse(PUSH, f"{task_id}/{config_id}", mac or None,
+                                  "it is not listed nor delivered to")
+                continue
+            found.append((seq, config_id, record))
+        return {config_id: record for _, config_id, record in sorted(found)}
+
+    async def delete(self, task_id: str, config_id: str) -> None:
+        await self._forget(task_id, config_id)
+
+    async def drop(self, task_id: str) -> None:
+        await self._forget(task_id, "")
+
+    async def _forget(self, task_id: str, config_id: str) -> None:
+        try:
+            await self._delete(keys=[self.keys.push(task_id), self.keys.pushed],
+                               args=[config_id, task_id])
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"the push configs of task {task_id} were "
+                                                f"not deleted from the cluster's Redis "
+                                                f"({exc})") from None
+
+    async def tasks(self) -> list[str]:
+        """(A task whose configs expired with its record leaves the set as it is read.)"""
+        try:
+            listed = await read(lambda: self.redis.smembers(self.keys.pushed))
+            ids = sorted(x.decode() if isinstance(x, bytes) else str(x) for x in listed)
+            gone = [t for t in ids if not await self.redis.exists(self.keys.push(t))]
+            if gone:
+                await self.redis.srem(self.keys.pushed, *gone)
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"the tasks with push configs were not "
+                                                f"read from the cluster's Redis ({exc})"
+                                                ) from None
+        return [t for t in ids if t not in gone]
+
+
+def _split(value: bytes) -> tuple[int, str, bytes]:
+    """A kept value's order, MAC and record (one not so made: no MAC, refused)."""
+    seq, _, rest = value.partition(b" ")
+    mac, _, record = rest.partition(b" ")
+    try:
+        return int(seq), mac.decode(errors="replace"), record
+    except ValueError:
+        return 0, "", value
