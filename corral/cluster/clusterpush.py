@@ -1,7 +1,9 @@
 """The push configs of the cluster's tasks (supervisor/pushstore.py) in Redis, where every
 node finds them: a hash per task, config id -> "SEQ MAC RECORD" (the MAC binds the record
 to its task and id: a Redis writer without the cluster's key cannot point a task's
-pushes, and their tokens, at its own URL), and the set of the tasks that have any. A
+pushes, and their tokens, at its own URL), the set of the tasks that have any, and the
+node delivering each task's events (a lease it renews: another node takes over when it
+dies). A
 task's hash expires with its record once it ended (scripts._ended); one made after the
 end is given its record's time to live as it is made."""
 
@@ -34,6 +36,12 @@ if ARGV[1] == '' then redis.call('DEL', KEYS[1])
 else redis.call('HDEL', KEYS[1], ARGV[1]) end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return 1"""
+# KEYS: the task's delivering node; ARGV: this node's holder, ms -> 1 it delivers, 0 not
+LEAD = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1"""
 
 
 class ClusterPush:
@@ -45,6 +53,7 @@ class ClusterPush:
         self.trust = trust
         self._put = redis.register_script(PUT)
         self._delete = redis.register_script(DELETE)
+        self._lead = redis.register_script(LEAD)
 
     async def put(self, task_id: str, config_id: str, record: bytes, most: int) -> bool:
         mac = self.trust.sign(PUSH, task_id, config_id, record)
@@ -105,6 +114,15 @@ class ClusterPush:
                                                 f"read from the cluster's Redis ({exc})"
                                                 ) from None
         return [t for t in ids if t not in gone]
+
+    async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
+        try:
+            return bool(await self._lead(keys=[self.keys.push_lead(task_id)],
+                                         args=[holder, int(seconds * 1000)]))
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"who delivers task {task_id}'s push "
+                                                f"configs was not read from the cluster's "
+                                                f"Redis ({exc})") from None
 
 
 def _split(value: bytes) -> tuple[int, str, bytes]:

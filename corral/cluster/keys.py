@@ -103,6 +103,10 @@ class Keys:
         """A task's push configs, by id (clusterpush.py)."""
         return f"{self.prefix}push:{task_id}"
 
+    def push_lead(self, task_id: str) -> str:
+        """The node delivering a task's events to its push configs (clusterpush.py)."""
+        return f"{self.prefix}pushlead:{task_id}"
+
     # -- asks of a person (clusterasks.py) -----------------------------------------------
     def ask(self, ask_id: str) -> str:
         return f"{self.prefix}ask:{ask_id}"

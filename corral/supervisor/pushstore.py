@@ -28,6 +28,11 @@ class PushStore(Protocol):
     async def tasks(self) -> list[str]:
         """The tasks that have records (a daemon's start delivers for each)."""
 
+    async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
+        """Whether `holder` delivers the task's events now: it does unless another holder
+        said it does within `seconds` (one daemon of a cluster's nodes at a time; the
+        others take over when it says so no more)."""
+
 
 class MemoryPush:
     """A PushStore in this process's memory (an engine without a state database)."""
@@ -61,6 +66,9 @@ class MemoryPush:
     async def tasks(self) -> list[str]:
         return list(self._by)
 
+    async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
+        return True  # (this process alone delivers)
+
 
 class NodePush:
     """The engine's own PushStore: the daemon's state database's once it is opened
@@ -88,3 +96,6 @@ class NodePush:
 
     async def tasks(self) -> list[str]:
         return await self._store.tasks()
+
+    async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
+        return await self._store.lead(task_id, holder, seconds)

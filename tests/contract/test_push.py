@@ -1,12 +1,19 @@
 """Push notification configs, on each home (DESIGN 25; daemon/a2a/push.py): a config
 made for a task at the A2A door is a record of the task's home, so it is listed, read
 and deleted at another entry (a cluster's other node) and outlives every entry's
-restart; a task has at most its MAX_CONFIGS, however many entries make them."""
+restart; a task has at most its MAX_CONFIGS, however many entries make them; the task's
+end is delivered though the daemon that took the config was killed (-9): by itself once
+started again (a node), by the other node while the killed one stays dead (a cluster)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import threading
 import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +22,11 @@ import pytest
 from corral.daemon.a2a.push import MAX_CONFIGS
 
 from ..a2a.harness import tck_agent
+from ..cluster.harness import kill9
 from .home import PATIENCE, Home
 
 pytestmark = pytest.mark.timeout(180)
+ENDS = ("TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED")
 HOOK = "http://127.0.0.1:9/hook"  # (never delivered to: the task waits for input)
 
 
@@ -39,12 +48,39 @@ def rpc(home: Home, method: str, params: dict[str, Any], at: int = 0) -> dict[st
 
 
 def waiting(home: Home) -> str:
-    """A task of the agent waiting for input (it stays so: its configs are kept)."""
+    """A task of the agent waiting for input (it stays so: its configs are kept; the
+    agent reads the message's id)."""
     asked = rpc(home, "SendMessage", {"message": {
-        "messageId": f"m-{id(object())}", "role": "ROLE_USER",
-        "parts": [{"text": "tck-input-required"}]}})
+        "messageId": f"tck-input-required-{id(object())}", "role": "ROLE_USER",
+        "parts": [{"text": "hi"}]}})
     task_id: str = asked["result"]["task"]["id"]
     return task_id
+
+
+@contextlib.contextmanager
+def receiver() -> Iterator[tuple[str, queue.Queue[tuple[str | None, Any]]]]:
+    """A webhook receiver on a loopback port: each POST's token and JSON body queued."""
+    got: queue.Queue[tuple[str | None, Any]] = queue.Queue()
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            got.put((self.headers.get("X-A2A-Notification-Token"), json.loads(body)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def listed(home: Home, task_id: str, at: int = 0) -> list[str]:
@@ -88,3 +124,34 @@ def test_a_task_has_at_most_its_most_configs_made_at_any_entry(home: Home) -> No
     assert again["result"]["token"] == "new"
     kept = listed(home, task_id)
     assert len(kept) == MAX_CONFIGS and "over" not in kept
+
+
+def test_a_tasks_end_is_delivered_though_the_daemon_that_took_its_config_died(
+        home: Home) -> None:
+    with receiver() as (hook, got):
+        task_id = waiting(home)
+        made = rpc(home, "CreateTaskPushNotificationConfig", {
+            "taskId": task_id, "id": "hook", "url": hook, "token": "t0"})
+        assert "result" in made, made
+        dead = home.entries[0]
+        kill9(dead)
+        try:
+            if home.kind == "node":  # (its one daemon)
+                dead.start()
+            # the task's answer (a retry of its attempt the kill lost may have ended it)
+            rpc(home, "SendMessage", {"message": {
+                "messageId": f"tck-complete-task-{id(object())}", "role": "ROLE_USER",
+                "taskId": task_id, "parts": [{"text": "hi"}]}}, at=1)
+            end = rpc(home, "GetTask", {"id": task_id}, at=1)["result"]["status"]["state"]
+            assert end in ENDS, end
+            while True:
+                token, body = got.get(timeout=PATIENCE)
+                assert token == "t0"
+                status = body.get("statusUpdate", {})
+                if status.get("status", {}).get("state") == end:
+                    assert status["taskId"] == task_id
+                    break
+        finally:
+            if dead.proc is None or dead.proc.poll() is not None:
+                dead.start()
+            home.joined()

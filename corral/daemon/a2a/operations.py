@@ -5,6 +5,7 @@ name. Streams: (event id or None, StreamResponse) pairs."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,14 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
+from ...jsonrpc import RpcError
 from ...methods import TasksGet
 from ..caller import Caller
 from ..http.sse import Streams
 from . import mapping as mp
 from . import wire as w
 from .door import A2aDoor
-from .push import PushConfigs
+from .push import LEAD, PushConfigs
 
 Card = Callable[[], dict[str, Any]]
 Events = AsyncIterator[tuple[str | None, Any]]
@@ -31,6 +33,11 @@ class Operations:
         self.push = push
         self.streams = streams  # the open streams of each caller, bounded as REST's are
         self._watching: dict[str, asyncio.Task[None]] = {}
+        self.holder = uuid.uuid4().hex  # this daemon, as it says it delivers a task's
+        self._ended: set[str] = set()  # tasks whose end is handed to delivery
+        self._failed: set[str] = set()  # tasks whose delivery failed (said): not taken up
+        self._leading: asyncio.Task[None] | None = None
+        self._unread = False  # the home was not read (said once until it is again)
 
     async def call(self, name: str, caller: Caller, agent: str, params: Any,
                    card: Card) -> Any:
@@ -161,21 +168,56 @@ class Operations:
             yield event
 
     async def resume(self, moved: Path) -> None:
-        """Deliver again for the tasks whose configs their home keeps (a daemon before
-        this one's, another node's), those an older daemon kept in files (`moved`) moved
-        into it first."""
+        """Deliver for the tasks whose configs their home keeps and no other daemon
+        delivers (a daemon before this one's, a dead node's), those an older daemon kept
+        in files (`moved`) moved into it first."""
         await self.push.migrate(moved)
-        for task_id, caller in (await self.push.load()).items():
+        self._leading = asyncio.get_running_loop().create_task(self._lead())
+
+    async def _lead(self) -> None:
+        while True:
+            try:
+                await self._take_up()
+                self._unread = False
+            except w.A2aError as exc:
+                if not self._unread:
+                    self.push.report(f"a2a push configs not read: {exc.message}")
+                self._unread = True
+            await asyncio.sleep(LEAD / 3)
+
+    async def _take_up(self) -> None:
+        """The tasks delivered here said so again (one another daemon took meanwhile
+        let go), and those with configs no daemon delivers taken up."""
+        for task_id, job in list(self._watching.items()):
+            if not await self.push.lead(task_id, self.holder):
+                job.cancel()
+        kept = await self.push.tasks()
+        self._ended &= set(kept)
+        self._failed &= set(kept)
+        for task_id in kept:
+            if task_id in self._watching or task_id in self._ended or \
+                    task_id in self._failed:
+                continue
+            caller = await self.push.caller(task_id)
+            if caller is None:
+                continue
             try:
                 made = msgspec.convert(caller, Caller)
             except msgspec.ValidationError as exc:
                 self.push.report(f"a2a push of task {task_id} not resumed: its caller "
                                  f"is not read ({exc})")
+                self._failed.add(task_id)
                 continue
-            self.watch(made, task_id)
+            self._start(made, task_id)
 
     def watch(self, caller: Caller, task_id: str) -> None:
-        """Deliver the task's events to its push configs until it ends."""
+        """Deliver the task's events to its push configs until it ends (unless another
+        daemon of the cluster does)."""
+        self._failed.discard(task_id)
+        self._ended.discard(task_id)
+        self._start(caller, task_id)
+
+    def _start(self, caller: Caller, task_id: str) -> None:
         if task_id in self._watching:
             return
         job = asyncio.get_running_loop().create_task(self._deliver(caller, task_id))
@@ -184,18 +226,23 @@ class Operations:
 
     async def _deliver(self, caller: Caller, task_id: str) -> None:
         try:
+            if not await self.push.lead(task_id, self.holder):
+                return  # (another daemon delivers: it reads this one's configs too)
             info = await self.door.dispatcher.call(caller, TasksGet.declared.name,
                                                    {"task_id": task_id})
             async for _, event in self.door.events(caller, info, until_input=False):
                 status = event.get("statusUpdate")
                 final = isinstance(status, dict) and \
                     status.get("status", {}).get("state") in mp.TERMINAL
+                if final:
+                    self._ended.add(task_id)
                 await self.push.deliver(task_id, event, final)
-        except w.A2aError as exc:
+        except (w.A2aError, RpcError) as exc:
+            self._failed.add(task_id)
             self.push.report(f"a2a push of task {task_id}: {exc.message}")
 
     async def close(self) -> None:
-        for job in list(self._watching.values()):
+        for job in [*self._watching.values(), *([self._leading] if self._leading else [])]:
             job.cancel()
         await self.push.close()
 

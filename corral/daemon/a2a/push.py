@@ -33,6 +33,7 @@ RETRY_MAX = 30.0
 RETRIES = 8
 TIMEOUT = 10.0
 MAX_CONFIGS = 16  # per task
+LEAD = 15.0  # seconds a daemon's word that it delivers a task's events holds (a cluster's)
 # a config's strings: each is kept in its task's home while the task lives
 # (and after it ends, until its configs are delivered to)
 MAX_URL = 2048
@@ -179,19 +180,20 @@ class PushConfigs:
                 self.report(f"a2a push config {cid} of task {task_id} not read: {exc}")
         return found
 
-    async def load(self) -> dict[str, dict[str, Any]]:
-        """The tasks whose configs the home keeps: each one's caller (its first config's)."""
-        found: dict[str, dict[str, Any]] = {}
-        try:
-            with _unavailable():
-                tasks = await self.store.tasks()
-            for task_id in tasks:
-                kept = await self.records(task_id)
-                if kept:
-                    found[task_id] = kept[0].caller
-        except w.A2aError as exc:
-            self.report(f"a2a push configs not read: {exc.message}")
-        return found
+    async def tasks(self) -> list[str]:
+        """The tasks whose configs the home keeps."""
+        with _unavailable():
+            return await self.store.tasks()
+
+    async def caller(self, task_id: str) -> dict[str, Any] | None:
+        """Who made the task's first config (its deliveries are made as them)."""
+        kept = await self.records(task_id)
+        return kept[0].caller if kept else None
+
+    async def lead(self, task_id: str, holder: str) -> bool:
+        """Whether `holder` delivers the task's events now (PushStore.lead)."""
+        with _unavailable():
+            return await self.store.lead(task_id, holder, LEAD)
 
     async def migrate(self, directory: Path) -> None:
         """The configs an older daemon kept in files (`TASK.json` each) moved into the
