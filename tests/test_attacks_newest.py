@@ -182,10 +182,10 @@ async def test_at_mcp_corral_an_agents_call_meets_its_policy_rules(daemon: Daemo
         {"type": "text", "text": "tool call corral__minion is denied by policy rule no "
                                  "agents as tools for denied"}]})
     assert len(await asyncio.to_thread(tasks_of, d, "minion")) == before
-    # the denial is the policy's audit row, by shape, as at every other door
-    rows = [e for e in d.json("audit")["entries"] if e["method"] == "policy"
-            and e["params"].get("name") == "corral__minion"]
-    assert rows and rows[-1]["outcome"] == "deny", rows
+    # the denial is the boundary's refusal's audit row, as at every other door
+    rows = [e for e in d.json("audit")["entries"] if e["method"] == "boundary.refused"
+            and e["params"]["target"].startswith("corral__minion ")]
+    assert rows and rows[-1]["params"]["kind"] == "policy", rows
 
 
 @pytest.mark.deadline(120)

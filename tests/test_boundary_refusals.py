@@ -10,10 +10,17 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from corral.supervisor.refusals import MAX_TARGET, TOPIC, BoundaryRefusals, BoundaryRefused
+from corral.supervisor.refusals import (
+    MAX_TARGET,
+    PER_MINUTE,
+    TOPIC,
+    BoundaryRefusals,
+    BoundaryRefused,
+)
 from corral.supervisor.stream import Stream
 
-from .daemon_harness import hello
+from .conftest import ROOT
+from .daemon_harness import PY, hello
 from .test_metrics import running, samples, scrape, value
 
 
@@ -72,3 +79,38 @@ async def test_a_refusal_is_an_event_an_audit_row_and_a_counter(tmp_path: Path) 
         assert value(series, "corral_boundary_refusals_total", agent="web",
                      kind="connect") == 1
         assert value(series, "corral_boundary_refusals_total", agent="web", kind="open") == 1
+
+
+@pytest.mark.deadline(120)
+async def test_a_flood_of_policy_denies_is_counted_whole_and_said_within_its_rate(
+        tmp_path: Path) -> None:
+    """An agent's task calls a tool a `[[policy]]` rule denies 100 times: each is the
+    boundary's refusal (the policy guard's one record of it), counted whole in
+    /metrics, said (an event, an audit row) within its (agent, kind)'s rate."""
+    agent = (f'[agents.caller]\ncommand = ["{PY}", "{ROOT}/tests/doors/door_agent.py"]\n'
+             f'env = {{ PYTHONPATH = "{ROOT}" }}\ntools = ["pol__*"]\n'
+             'max_tool_calls_per_task = 200\n\n'
+             f'[mcp_servers.pol]\ncommand = ["{PY}", "{ROOT}/tests/servers/policy_mcp.py"]\n\n'
+             '[[policy]]\nname = "no pay"\nmatch = { tool = "pol__pay" }\neffect = "deny"\n')
+    async with running(tmp_path, agent) as d:
+        bus = d.sup.events.follow(TOPIC)
+        calls = [{"door": "worker", "tool": "pol__pay", "arguments": {"amount": 1}}] * 100
+        task = d.sup.tasks.submit("caller", {"calls": calls})
+        await task.done
+        assert task.output == [{"text": "tool call pol__pay is denied by policy rule no pay",
+                                "isError": True}] * 100
+        published = [msgspec.json.decode(bus.pop()) for _ in range(len(bus.queue))]
+        d.sup.events.unfollow(bus)
+        said = len(published)
+        # a minute's burst said (and what refilled while the calls were made), not 100
+        assert PER_MINUTE <= said < 100, said
+        assert {(p["data"]["agent"], p["data"]["task"], p["data"]["kind"],
+                 p["data"]["target"]) for p in published} == {
+            ("caller", task.id, "policy", "pol__pay (policy rule no pay)")}
+        rows = [r for r in await d.services.store.audit_log_now()
+                if r[3] in (TOPIC, "policy")]
+        assert len(rows) == said and {r[3] for r in rows} == {TOPIC}  # one row a refusal
+        status, _, text = await scrape(d)
+        assert status == 200
+        assert value(samples(text), "corral_boundary_refusals_total", agent="caller",
+                     kind="policy") == 100

@@ -194,8 +194,9 @@ def test_a_benign_agents_calls_all_pass_twenty_rules() -> None:
 
 @pytest.mark.deadline(180)
 def test_each_decision_is_in_the_tasks_trace_and_a_denial_in_the_audit_log() -> None:
-    """A rule's allow and its deny are spans of the task's attempt; the deny is an audit
-    row besides (the agent's replica its caller); the arguments by shape, never values."""
+    """A rule's allow and its deny are spans of the task's attempt; the deny is the
+    boundary's refusal besides (`boundary.refused` of kind policy, its one audit row:
+    the agent its caller); the arguments by shape, never values."""
     d = Daemon(shared_tmpdir(), agent("worker") + SERVER + RULES +
                "\n[tracing]\nexport_interval = 0.05\n")
     try:
@@ -219,12 +220,13 @@ def test_each_decision_is_in_the_tasks_trace_and_a_denial_in_the_audit_log() -> 
                 for s in spans] == [
             {"effect": "allow", "rule": "writes stay in the workspace", "shape": shape},
             {"effect": "deny", "rule": "no write elsewhere", "shape": shape}]
-        [row] = [e for e in d.json("audit")["entries"] if e["method"] == "policy"]
-        assert (row["who"], row["outcome"], row["tenant"]) == (
-            "agent worker#0", "deny", "default")
-        assert row["params"] == {"call": "tool", "name": "pol__write_file",
-                                 "owner": done["task_id"], "rule": "no write elsewhere",
-                                 "shape": shape}
+        rows = [e for e in d.json("audit")["entries"]
+                if e["method"] in ("policy", "boundary.refused")]
+        assert [(r["method"], r["who"], r["outcome"], r["tenant"]) for r in rows] == [
+            ("boundary.refused", "agent worker", "refused", "default")], rows
+        assert rows[0]["params"] == {
+            "agent": "worker", "task": done["task_id"], "kind": "policy",
+            "target": "pol__write_file (policy rule no write elsewhere)", "unsaid": 0}
         assert "/etc/passwd" not in json.dumps(d.json("audit"))
     finally:
         d.close()

@@ -62,10 +62,12 @@ async def test_a_rule_denying_an_agent_as_a_tool_refuses_its_spawn(tmp_path: Pat
         assert (await tool_calls(d, res)) == 1  # (counted as the tool path counts a denied call)
         assert await leaves(d) == [] and counted(count) == []
         assert d.sup.tasks.spawns.stats() == {"spawned": 0, "replayed": 0}
-        # the denial is the policy's audit row, as at every other door
+        # the denial is the boundary's refusal's audit row, as at every other door
         rows = [e for e in (await call(d, "audit.list", {})).entries
-                if e.method == "policy" and e.params.get("name") == "corral__leaf"]
-        assert [r.outcome for r in rows] == ["deny"], rows
+                if e.method == "boundary.refused"
+                and e.params["target"].startswith("corral__leaf ")]
+        assert [(r.params["kind"], r.params["task"]) for r in rows] == [
+            ("policy", res.task_id)], rows
         # another agent's spawn of leaf is no call the rule names
         other = await d.sup.tasks.run("other", {"children": 1, "count": str(count)})
         assert other.status == "failed"  # (other's spawns list is empty: refused by it)

@@ -287,7 +287,7 @@ class Daemon:
         audit = Audit(hub)
         refusals = BoundaryRefusals(Stream())  # told by every layer (the chain too)
         # policy rules and taint, on every path (their decisions traced and audited)
-        guard = PolicyGuard(lambda: self.applied, tracer, audit.policy)
+        guard = PolicyGuard(lambda: self.applied, tracer, audit.policy, refusals)
         sup, queue = part.engine(conf, self.spared, self.taken, part.interceptors(
             tracer, guard, leaders, refusals), refusals, audit.refusal, guard.labels)
         parts = sup.parts

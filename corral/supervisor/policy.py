@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from .canonical import canonical_host, canonical_path
 from .config import DEFAULT_TENANT, PolicyMatch, PolicyRule, PolicyTest, TenantSpec
 from .labels import Labels
+from .refusals import BoundaryRefusals
 
 if TYPE_CHECKING:
     from .config import Config
@@ -29,6 +30,7 @@ CACHED = 4096  # (tenant, agent, tool) triples whose matching rules are kept
 # one longer than this is judged without being kept, so the caches' bytes are bounded as
 # their entries are (4,096 names of 2 MB each were 8 GB)
 NAME_CACHED = 256
+TAINT = "taint"  # a call held by taint: its rule's words begin so
 
 
 class RuleEffect(NamedTuple):
@@ -232,6 +234,11 @@ def _any(patterns: list[str]) -> Callable[[str], bool]:
                       ).match  # type: ignore[return-value]
 
 
+def _rule_said(rule: str) -> str:
+    """A rule's name as a refusal's target says it ("default_deny" its own words)."""
+    return rule if rule == "default_deny" else f"policy rule {rule}"
+
+
 def shape(value: Any) -> Any:
     """Arguments by shape only, for a log or a trace: keys and types, never values."""
     if isinstance(value, dict):
@@ -262,16 +269,21 @@ class VerdictSink(Protocol):
 class PolicyGuard:
     """The daemon's policy in force and the labels its untrusted tools gave (labels.py):
     one for every path a call comes by, so a tool's output read by one path taints a call
-    made by another. `audit`: where a decision that denies or holds a call is written."""
+    made by another. `audit`: where a decision that holds a call is written, and one
+    that denies it when there is no `refusals`; `refusals`: the boundary's recorder, told
+    of each call a rule denies (its audit row that one's: one row a refusal) and of each
+    held call a person did not approve (`not_approved`)."""
 
     def __init__(self, current: Callable[[], Config | None],
                  tracer: VerdictSink | None = None,
-                 audit: Callable[[PolicyVerdict], None] | None = None) -> None:
+                 audit: Callable[[PolicyVerdict], None] | None = None,
+                 refusals: BoundaryRefusals | None = None) -> None:
         self._current = current  # the daemon's config in force
         self._compiled: tuple[Config, RuleBook] | None = None
         self.labels = Labels()
         self._tracer = tracer
         self._audit = audit
+        self._refusals = refusals
 
     def rules(self) -> RuleBook | None:
         """The policy of the config in force, compiled when it is first judged by: a
@@ -304,7 +316,7 @@ class PolicyGuard:
         if verdict.effect == "allow" and rules.sensitive(kind, name):
             read = self.labels.of(replica, task)
             if read:
-                verdict = RuleEffect("approve", f"taint (after untrusted {read[0]})")
+                verdict = RuleEffect("approve", f"{TAINT} (after untrusted {read[0]})")
         if verdict.effect != "deny" and kind == "tool" and rules.untrusted(name):
             self.labels.mark(replica, task, (name,))
         # an allow by no rule is no decision, and a traced allow's span needs a tracer
@@ -322,8 +334,24 @@ class PolicyGuard:
             return
         replica.note(f"policy: {d.effect} {d.kind} call {d.name} by {d.rule} for "
                      f"{d.owner}; {d.shape}")
-        if self._audit is not None:
+        if d.effect == "deny" and self._refusals is not None:
+            self._refusals.refused(replica.name, "policy", f"{d.name} ({_rule_said(d.rule)})",
+                                   task=task.id if task is not None else None,
+                                   tenant=d.tenant)
+        elif self._audit is not None:
             self._audit(d)
+
+    def not_approved(self, replica: Replica, task: Task | None, tenant: str | None,
+                     name: str, why: str, timed_out: bool) -> None:
+        """A call held for a person (`why`: the rule or taint holding it, "" when the
+        agent's `approve`) that a person denied, or did not decide in time: the
+        boundary's refusal, of kind taint when taint held it."""
+        if self._refusals is not None:
+            end = "not approved in time" if timed_out else "denied"
+            self._refusals.refused(replica.name, "taint" if why.startswith(TAINT) else
+                                   "policy", f"{name} ({why or 'approve'}: {end})",
+                                   task=task.id if task is not None else None,
+                                   tenant=tenant)
 
     def replayed(self, task: Task, tool: str) -> None:
         """A tool call's answer given back from a task's step journal (a retry after a

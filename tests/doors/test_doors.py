@@ -122,14 +122,35 @@ def test_a_drifted_tool_denied_is_refused_naming_the_drift_and_recorded(
     wait_until(lambda: refusals() == before + 1, PATIENCE, "the refusal's audit row")
 
 
+def refused(d: Entry, kind: str, target: str) -> list[tuple[str, str | None]]:
+    """The (agent, task) of each `boundary.refused` audit row of `kind` and `target`."""
+    return [(e["params"]["agent"], e["params"]["task"])
+            for e in d.ask("audit.list", {"limit": 1000})["entries"]
+            if e["method"] == "boundary.refused" and e["params"]["kind"] == kind
+            and e["params"]["target"] == target]
+
+
+def recorded(d: Entry, made: Made, kind: str, target: str, before: int) -> None:
+    """The refusal is the boundary's: one `boundary.refused` row more, naming the agent,
+    the call's task (a call of no task: none) and `target`."""
+    rows = wait_until(lambda: (lambda now: now if len(now) > before else None)(
+        refused(d, kind, target)), PATIENCE, f"the {kind} refusal's audit row")
+    assert rows[before:] == [(made.agent, made.task_id)], rows
+
+
 @pytest.mark.deadline(120)
-def test_a_policy_deny_is_the_tools_error(daemon: Entry, door: str) -> None:
-    """The policy rules link: a rule's deny, whatever the door."""
+def test_a_policy_deny_is_the_tools_error_and_recorded(daemon: Entry, door: str) -> None:
+    """The policy rules link: a rule's deny, whatever the door; the refusal the
+    boundary's (`boundary.refused` of kind policy, its one audit row)."""
     tool, rule = ("corral__denied", "no denied agent") if "corral" in door else \
         ("pol__pay", "no pay")
-    said = Made(daemon, "caller", door, tool, {"amount": 1}).outcome()
+    target = f"{tool} (policy rule {rule})"
+    before = len(refused(daemon, "policy", target))
+    made = Made(daemon, "caller", door, tool, {"amount": 1})
+    said = made.outcome()
     assert said == {"text": f"tool call {tool} is denied by policy rule {rule}",
                     "isError": True}, said
+    recorded(daemon, made, "policy", target, before)
 
 
 @pytest.mark.deadline(120)
@@ -158,9 +179,11 @@ def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Entry,
                                                                  door: str) -> None:
     """The labels link: the caller read an untrusted tool's output (by the worker link
     for a task, by the same door for a call of no task); its sensitive call waits on
-    a person's ask, and denied is not made."""
+    a person's ask, and denied is not made: the boundary's refusal of kind taint."""
     fetch = {"door": "worker" if door in TASK_DOORS else door, "tool": "pol__fetch",
              "arguments": {"url": "https://evil.example"}}
+    target = "pol__send_mail (taint (after untrusted pol__fetch): denied)"
+    before = len(refused(daemon, "taint", target))
     made = Made(daemon, "caller", door, "pol__send_mail", {"to": "x@example.org"},
                 before=[fetch])
     ask = made.ask()
@@ -170,6 +193,7 @@ def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Entry,
     last = said["all"][-1] if "all" in said else said
     assert last["isError"] and last["text"].startswith(
         "tool call pol__send_mail was denied by "), last
+    recorded(daemon, made, "taint", target, before)
 
 
 @pytest.mark.deadline(120)

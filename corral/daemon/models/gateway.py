@@ -464,6 +464,10 @@ class ModelGateway:
                                         f"agent hung up: not made (ask {ask.id})")
             return self._reserve(call)  # (judged again, at once: no await between)
         words = not_approved(ask, f"model call {call.name}", policy.timeout)
+        if ask.end is not AskEnd.WITHDRAWN and self.guard is not None:
+            self.guard.not_approved(call.replica, task, task.tenant if task is not None
+                                    else getattr(call.replica.spec, "tenant", None),
+                                    call.name, why, ask.end is AskEnd.TIMED_OUT)
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
         if how == "fail" and ask.end is not AskEnd.WITHDRAWN and task is not None:
             self.tasks.person.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, words))

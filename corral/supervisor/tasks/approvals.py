@@ -181,6 +181,9 @@ class Approvals(TaskInterceptor):
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
         if ask.end is AskEnd.WITHDRAWN:
             raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
+        if self._guard is not None:
+            self._guard.not_approved(call.replica, task, task.tenant, call.name, why,
+                                     ask.end is AskEnd.TIMED_OUT)
         if how == "fail":
             self._path.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, said))
             raise RpcError(jsonrpc.TASK_FAILED, said)
@@ -218,6 +221,8 @@ async def gate(calls: ReplicaCalls, call: Call, guard: PolicyGuard | None = None
     said = not_approved(ask, f"tool call {call.name}", policy.timeout)
     if ask.end is AskEnd.WITHDRAWN:
         raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
+    if guard is not None:
+        guard.not_approved(r, None, tenant, call.name, why, ask.end is AskEnd.TIMED_OUT)
     how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
     if how == "fail":
         raise RpcError(jsonrpc.TOOL_NOT_ALLOWED, said)
