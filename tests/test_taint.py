@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from corral.daemon.caller import Caller
@@ -131,7 +132,8 @@ async def test_model_calls_pass_rules_on_their_model_and_max_tokens_and_taint(
     """Through the model gateway, by the real client libraries (tests/model_agent.py): a
     rule on a model's `max_tokens` allows a bounded call and denies one with no bound, in
     the provider's words; a sensitive model called after an untrusted tool's output
-    waits for a person, and the same call before it does not."""
+    waits for a person, and the same call before it does not. The deny is recorded as
+    the boundary's refusal (`boundary.refused` of kind policy)."""
     rules = textwrap.dedent("""
         [[policy]]
         name = "short answers"
@@ -165,6 +167,13 @@ async def test_model_calls_pass_rules_on_their_model_and_max_tokens_and_taint(
         assert "model call gpt-small is denied by policy rule no long gpt" in \
             refused["message"], refused
         assert len(upstream.requests) == 1  # the denied call never reached it
+        # the deny is the boundary's refusal, as a tool call's is (its one audit row)
+        rows = [msgspec.json.decode(r[4]) for r in await d.services.store.audit_log_now()
+                if r[3] in ("boundary.refused", "policy")]
+        assert [(r["agent"], r["kind"], r["target"], r["task"] is not None)
+                for r in rows] == [
+            ("writer", "policy", "gpt-small (policy rule no long gpt)", True)], rows
+        assert d.sup.parts.refusals.counts[("writer", "policy")] == 1
         # the sensitive model: its first call before the untrusted tool, freely; the
         # second after it, asked
         running = asyncio.ensure_future(run({"api": "messages", "model": "claude-small",
