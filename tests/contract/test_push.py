@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from corral.daemon.a2a.push import MAX_CONFIGS
 
@@ -106,6 +107,18 @@ def test_a_config_is_kept_listed_and_deleted_at_every_entry_and_outlives_restart
     assert listed(home, task_id) == ["two"]
     missing = rpc(home, "GetTaskPushNotificationConfig", {"taskId": task_id, "id": "one"})
     assert missing["error"]["message"] == f"task {task_id} has no push config one"
+    # its end (delivered to none: HOOK refuses, retried with backoff): a cluster's
+    # configs expire with the task's record from then (a node's are pruned with its row)
+    rpc(home, "SendMessage", {"message": {
+        "messageId": f"tck-complete-task-{id(object())}", "role": "ROLE_USER",
+        "taskId": task_id, "parts": [{"text": "hi"}]}}, at=1)
+    if home.redis is not None:
+        keys = redis.Redis.from_url(home.redis.url)
+        try:
+            kept = keys.keys(f"*:push:{task_id}")
+            assert kept and all(keys.ttl(k) > 0 for k in kept), kept
+        finally:
+            keys.close()
 
 
 def test_a_task_has_at_most_its_most_configs_made_at_any_entry(home: Home) -> None:
