@@ -434,7 +434,9 @@ def test_a_run_under_way_when_the_primary_dies_finishes_with_each_step_once(
         for name in ("a", "b"):
             (tmp / name).mkdir()
             fleet[name] = agent_toml(tmp / name, replicas=2) + SLOW
-        with nodes(tmp, primary, fleet, ttl=10.0, beat=1.0,
+        # (a TTL longer than a failover takes: both nodes fenced when it took over 10 s,
+        # ci a4, at load 5)
+        with nodes(tmp, primary, fleet, ttl=FAILOVER_TTL, beat=1.0,
                    extra=f"sentinels = [{addresses}]\n"
                          f'sentinel_master = "{MASTER}"\n') as ns:
             a = ns["a"]
