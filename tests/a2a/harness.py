@@ -59,3 +59,18 @@ def card(url: str, agent: str = "tck") -> bytes:
                                 timeout=10) as r:
         body: bytes = r.read()
         return body
+
+
+def assert_replayed(seen_before: list[str], seen_after: list[str], count: int) -> None:
+    """A resubscribed stream of tests/a2a/counter_agent.py's chunks (`attempt A chunk N`):
+    every chunk the first stream was sent is sent again first, in its order (the journal
+    replayed); each attempt's chunks from its first, none skipped, none twice; the last
+    attempt's whole (`count` of them)."""
+    assert seen_after[:len(seen_before)] == seen_before
+    by_attempt: dict[str, list[int]] = {}
+    for text in seen_after:
+        _, attempt, _, n = text.split()
+        by_attempt.setdefault(attempt, []).append(int(n))
+    for places in by_attempt.values():
+        assert places == list(range(len(places))), by_attempt
+    assert by_attempt[max(by_attempt)] == list(range(count)), by_attempt
