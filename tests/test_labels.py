@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +207,44 @@ async def test_an_agent_called_at_mcp_corral_is_given_the_callers_labels() -> No
         assert await asyncio.to_thread(output, d, reading) == [FETCHED]
     finally:
         await asyncio.to_thread(d.close)
+
+
+def test_a_handed_task_is_never_kept_without_its_labels(daemon: Daemon) -> None:
+    """A task accepted with labels handed on (writer, started at /mcp/corral by a replica
+    that read the fetcher, its handle answered at once) has them in the state database
+    whenever its row is there: read in one snapshot from the moment the row is written,
+    so a kill -9 at any instant leaves no retry of it unlabelled (they were kept only
+    after the submission was answered, and a crash in between lost them)."""
+    from .test_attacks_newest import stateless
+    env = replica_env(daemon, "reader")
+    url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+    read = stateless(url, token, "tools/call", {"name": FETCH["tool"],
+                                                "arguments": FETCH["arguments"]})
+    assert read["result"]["content"] == FETCHED["content"], read
+    db = sqlite3.connect(f"file:{daemon.state / 'corral.db'}?mode=ro", uri=True,
+                         isolation_level=None)
+    try:
+        def snapshot() -> tuple[list[Any], list[Any]]:
+            db.execute("BEGIN")
+            try:
+                rows = db.execute("SELECT id FROM tasks WHERE agent = 'writer'").fetchall()
+                labels = db.execute("SELECT key, label FROM labels WHERE key IN "
+                                    "(SELECT id FROM tasks WHERE agent = 'writer')"
+                                    ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return rows, labels
+        assert snapshot() == ([], [])
+        never = daemon.dir / "never"
+        handle = stateless(url + "/corral", token, "tools/call", {
+            "name": "writer", "arguments": sequence({"await": str(never), "attempt": 1},
+                                                    SEND)})
+        assert handle["result"]["resultType"] == "task", handle
+        rows, labels = wait_for(lambda: (got := snapshot())[0] and got, "writer's row")
+        [(task_id,)] = rows
+        assert labels == [(task_id, "pol__fetch")], labels
+    finally:
+        db.close()
 
 
 @pytest.mark.deadline(240)

@@ -34,6 +34,11 @@ class ClusterLabels:
                                                 f"cluster's Redis ({exc}): the call is "
                                                 "not made") from None
 
+    def hand(self, key: str, labels: Sequence[str]) -> None:
+        # a cluster's task is handed its labels before Redis holds it (ClusterTasks._put
+        # marks them): what a node's engine accepts of it has nothing more to keep
+        return None
+
     async def read(self, key: str) -> tuple[str, ...]:
         try:
             got = await read(lambda: self.redis.zrange(self.keys.labels(key), 0, -1))

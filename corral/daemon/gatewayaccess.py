@@ -601,8 +601,6 @@ class GatewayService:
                 task_id = await self.agent_tools.submit(ident, name, call.arguments)
             finally:
                 HANDED.reset(handed)
-            if self.guard is not None:
-                await self.guard.labels.keep_handed(task_id)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
         tool = f"{AGENTS_VIEW}__{name}"
         return await self._recorded(ident, tool, (-1, -1), task, lambda: self._entered(Call(

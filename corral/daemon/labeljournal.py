@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from .sqlwrites import statement
+from .sqlwrites import Write, statement
 from .store import StateStore
 from .storeschema import errors_named
 
@@ -18,14 +18,23 @@ class LabelsDB:
         self.store = store
 
     async def mark(self, key: str, labels: Sequence[str]) -> None:
-        seq = time.time_ns()
-        await self.store.commit([statement(
-            "INSERT OR IGNORE INTO labels (key, label, seq) VALUES (?,?,?)", (key, label,
-                                                                            seq + i))
-            for i, label in enumerate(labels)])
+        await self.store.commit(_rows(key, labels))
+
+    def hand(self, key: str, labels: Sequence[str]) -> None:
+        # the writer thread runs its jobs in order: the task's row, handed to it after
+        # this, is committed after these (a label row of a task never written is harmless)
+        thread = self.store.thread
+        assert thread is not None, "the writer opens before any task is accepted"
+        thread.hand(_rows(key, labels))
 
     async def read(self, key: str) -> tuple[str, ...]:
         with errors_named(self.store.path):
             rows = self.store.db.rows("SELECT label FROM labels WHERE key = ? ORDER BY seq",
                                       (key,))
         return tuple(label for (label,) in rows)
+
+
+def _rows(key: str, labels: Sequence[str]) -> list[Write]:
+    seq = time.time_ns()
+    return [statement("INSERT OR IGNORE INTO labels (key, label, seq) VALUES (?,?,?)",
+                      (key, label, seq + i)) for i, label in enumerate(labels)]

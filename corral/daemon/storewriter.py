@@ -202,14 +202,8 @@ class WriterThread:
                       self.path, exc)
 
     async def commit(self, writes: Iterable[Write]) -> None:
-        batch = list(writes)
         done: asyncio.Future[str | None] = self._loop.create_future()
-
-        def job(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            for write in batch:
-                write(db)
-            db.execute("COMMIT")
+        job = _transaction(list(writes))
 
         def told(error: str | None) -> None:
             if not done.cancelled():  # its waiter gone (a stop): the commit is made anyway
@@ -219,6 +213,11 @@ class WriterThread:
         error = await done
         if error is not None:
             raise StoreError(f"state database {self.path} cannot be written ({error})")
+
+    def hand(self, writes: Iterable[Write]) -> None:
+        """One transaction nobody waits for, committed before any job handed after it
+        (its error is logged)."""
+        self.run(_transaction(list(writes)))
 
     def _run(self) -> None:
         db = self._db
@@ -587,3 +586,12 @@ def counted(counts: dict[str, int]) -> str:
     if not parts:
         return "no writes"
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _transaction(batch: list[Write]) -> Write:
+    def job(db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        for write in batch:
+            write(db)
+        db.execute("COMMIT")
+    return job

@@ -59,6 +59,11 @@ class LabelStore(Protocol):
     async def read(self, key: str) -> tuple[str, ...]:
         """The key's labels, the first marked first; () when it has none."""
 
+    def hand(self, key: str, labels: Sequence[str]) -> None:
+        """`labels` of a task being accepted now, kept no later than any write of the
+        task's own the home is handed after this call (its row): a task its home holds
+        holds them, whenever its home is cut short."""
+
 
 class MemoryLabels:
     """A LabelStore in this process's memory (an engine without a state database)."""
@@ -73,6 +78,9 @@ class MemoryLabels:
 
     async def read(self, key: str) -> tuple[str, ...]:
         return self._by.get(key, ())
+
+    def hand(self, key: str, labels: Sequence[str]) -> None:
+        self._by[key] = _union(self._by.get(key, ()), labels)
 
 
 class NodeLabels:
@@ -93,6 +101,9 @@ class NodeLabels:
     async def read(self, key: str) -> tuple[str, ...]:
         return await self._store.read(key)
 
+    def hand(self, key: str, labels: Sequence[str]) -> None:
+        self._store.hand(key, labels)
+
 
 class NoLabels:
     """The LabelStore of a home that keeps nothing (model.Nowhere): the engine's memory
@@ -103,6 +114,9 @@ class NoLabels:
 
     async def read(self, key: str) -> tuple[str, ...]:
         return ()
+
+    def hand(self, key: str, labels: Sequence[str]) -> None:
+        return None
 
 
 def session_record(tenant: str, agent: str, name: str) -> str:
@@ -141,7 +155,6 @@ class Labels:
         self._replicas: dict[tuple[str, Any], tuple[str, ...]] = {}  # calls of no task'
         self._on: dict[str, dict[str, None]] = {}  # replica label -> its labelled tasks
         self._where: dict[str, str] = {}  # a labelled task -> its replica's label
-        self._handed: dict[str, LabelledTask] = {}  # accepted with labels its home has yet to keep
         self._bound = bound
 
     # -- reading -------------------------------------------------------------------------
@@ -204,17 +217,12 @@ class Labels:
 
     def handed(self, task: LabelledTask, labels: Sequence[str]) -> None:
         """A task accepted with labels handed on (a spawn's, an agent call's): its own
-        from its start, kept by its home as it is handed or at its first call."""
-        self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
-        self._kept.setdefault(task.id, ())
-        self._handed[task.id] = task
-
-    async def keep_handed(self, task_id: str) -> None:
-        """The labels a task was handed as it was accepted here, kept by its home now (by
-        its handing-on caller, before the task's first call: a crash then loses none)."""
-        task = self._handed.pop(task_id, None)
-        if task is not None:
-            await self._keep(task)
+        from its start, handed to its home before its row is, so that no handle of it
+        outlives them (its session's record is kept at its first call)."""
+        have = self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
+        task.home.labels.hand(task.id, have)
+        # a turn's session's record is written with the task's at its first call (unkept)
+        self._kept[task.id] = have if task.session is None else self._kept.get(task.id, ())
 
     async def read_from(self, task: LabelledTask, others: Sequence[str]) -> None:
         """The task read the outcomes of these tasks (its children's, `task/wait`): their
@@ -246,7 +254,6 @@ class Labels:
         """The task ended: its labels are its home's alone now."""
         self._tasks.pop(task.id, None)
         self._kept.pop(task.id, None)
-        self._handed.pop(task.id, None)
         key = session_key(task, task.replica)
         if key is not None:
             self._sessions.pop(key, None)
