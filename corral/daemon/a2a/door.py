@@ -106,33 +106,39 @@ class A2aDoor:
         """A new task of the message (or the answer to the task's question); its state
         once settled unless returnImmediately."""
         message = req.message
+        config = req.configuration
+        immediately = config is not UNSET and config.return_immediately is True
         if message.task_id is not UNSET:
             info = await self.answer(caller, agent, message)
-        else:
-            # a message sent again in its context (its id, its content) is the same
-            # message, answered by the task it made: the task's idempotency key. One
-            # that names no context begins a new one, each time: the task's own id, a
-            # session only once a later message names it (so that contexts no one
-            # continues hold no session: decision 1122)
-            submit: dict[str, Any] = {"agent": agent}
-            if message.context_id is not UNSET:
-                digest = hashlib.sha256(msgspec.json.encode(message)).hexdigest()[:16]
-                submit["idempotency_key"] = f"{message.message_id[:MAX_ID]}#{digest}"
-                submit["session"] = message.context_id
-            # an anonymous caller's message is text from no one, as an untrusted tool's
-            # output is: its task is given that label (its sensitive calls ask a person)
-            handed = HANDED.set((caller.who,)) if anonymous(caller) else None
-            try:
-                accepted = await self.call(caller, TasksSubmit.declared.name, submit | {
-                    "input": msgspec.Raw(msgspec.json.encode(w.to_json(message)))})
-            finally:
-                if handed is not None:
-                    HANDED.reset(handed)
-            info = await self.task(caller, agent, accepted.task_id, given=True)
-        config = req.configuration
-        if config is not UNSET and config.return_immediately:
-            return info
-        return await self.settled(caller, agent, info)
+            return info if immediately else await self.settled(caller, agent, info.task_id,
+                                                               info.input)
+        # a message sent again in its context (its id, its content) is the same
+        # message, answered by the task it made: the task's idempotency key. One
+        # that names no context begins a new one, each time: the task's own id, a
+        # session only once a later message names it (so that contexts no one
+        # continues hold no session: decision 1122)
+        submit: dict[str, Any] = {"agent": agent}
+        if message.context_id is not UNSET:
+            digest = hashlib.sha256(msgspec.json.encode(message)).hexdigest()[:16]
+            submit["idempotency_key"] = f"{message.message_id[:MAX_ID]}#{digest}"
+            submit["session"] = message.context_id
+        # the task's input is this message (a replay's, by its key, the same one): its
+        # history is given from here, not read back from the journal at each look
+        sent = msgspec.Raw(msgspec.json.encode(w.to_json(message)))
+        # an anonymous caller's message is text from no one, as an untrusted tool's
+        # output is: its task is given that label (its sensitive calls ask a person)
+        handed = HANDED.set((caller.who,)) if anonymous(caller) else None
+        try:
+            accepted = await self.call(caller, TasksSubmit.declared.name,
+                                       submit | {"input": sent})
+        finally:
+            if handed is not None:
+                HANDED.reset(handed)
+        if not immediately:
+            return await self.settled(caller, agent, accepted.task_id, sent)
+        info = await self.task(caller, agent, accepted.task_id)
+        info.input = sent
+        return info
 
     async def answer(self, caller: Caller, agent: str, message: w.Message) -> TaskInfo:
         """A message to a task: the answer to what it asks (a question's answer is the
@@ -147,7 +153,7 @@ class A2aDoor:
             # to: its question is waited for, a while
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ASK_WAIT):
-                    info = await self.settled(caller, agent, info)
+                    info = await self.settled(caller, agent, info.task_id, info.input)
         if mp.state_of(info) in mp.TERMINAL:
             raise w.A2aError(w.UNSUPPORTED, f"task {info.task_id} has ended "
                              f"({info.status}): it takes no more messages")
@@ -172,26 +178,35 @@ class A2aDoor:
         await self.call(caller, ApprovalsResolve.declared.name, {"id": ask.id, **decision})
         return await self.task(caller, agent, info.task_id, given=True)
 
-    async def settled(self, caller: Caller, agent: str, info: TaskInfo) -> TaskInfo:
-        """The task once it has ended or waits for input (spec 3.2.2, blocking)."""
+    async def settled(self, caller: Caller, agent: str, task_id: str,
+                      given: Any = UNSET) -> TaskInfo:
+        """The task once it has ended or waits for input (spec 3.2.2, blocking), with its
+        input `given` (UNSET: read from the journal)."""
         moved = asyncio.Event()
-        task_id = info.task_id
 
         def told(e: AskEnded) -> None:
             if e.ask.task_id == task_id:
                 moved.set()
 
+        def done(info: TaskInfo | None) -> bool:
+            return info is not None and mp.state_of(info) in mp.TERMINAL | {mp.INPUT_REQUIRED}
+
         sub = self.stream.subscribe(told, AskEnded)
         try:
             while True:
                 moved.clear()
-                info = await self.task(caller, agent, task_id, given=True)
-                if mp.state_of(info) in mp.TERMINAL | {mp.INPUT_REQUIRED}:
-                    return info
-                # (looked at again after RECHECK too: a question a replayed attempt asks
-                # again after a restart is the ask its first attempt made, held again
-                # without a word on the stream)
-                await self.changed(caller, agent, task_id, moved.wait())
+                info = await self.task(caller, agent, task_id, given=given is UNSET)
+                if not done(info):
+                    # (looked at again after RECHECK too: a question a replayed attempt
+                    # asks again after a restart is the ask its first attempt made, held
+                    # again without a word on the stream)
+                    ended = await self.changed(caller, agent, task_id, moved.wait())
+                    if ended is None or not done(ended) or given is UNSET:
+                        continue
+                    info = ended  # the task as its wait ended: not looked up again
+                if given is not UNSET:
+                    info.input = given
+                return info
         finally:
             self.stream.unsubscribe(sub)
 
@@ -312,9 +327,9 @@ class A2aDoor:
                     await run
 
     async def changed(self, caller: Caller, agent: str, task_id: str,
-                      asked_or_ended: Awaitable[object]) -> None:
+                      asked_or_ended: Awaitable[object]) -> TaskInfo | None:
         """Until `asked_or_ended` (an ask of the task made or ended), or the task ends
-        (RECHECK at most)."""
+        (RECHECK at most); the task as its wait for its end gave it, if it did."""
         ended = asyncio.ensure_future(self.task(caller, agent, task_id, wait=True))
         asked = asyncio.ensure_future(asked_or_ended)
         try:
@@ -325,3 +340,6 @@ class A2aDoor:
                 f.cancel()
             with contextlib.suppress(asyncio.CancelledError, w.A2aError):
                 await ended
+        if ended.cancelled() or ended.exception() is not None:
+            return None
+        return ended.result()
