@@ -11,7 +11,16 @@ each), every messageId new (corral's idempotency key: a repeated one would be a 
 each answer checked for a completed task or a message.
 
     .venv/bin/python -m bench.bench_a2a [--messages 5000] [--conc 10,50] [--replicas 2]
-        [--memory 100000] [--no-peer]
+        [--rounds 1] [--memory 100000] [--no-peer] [--vs TREE] [--profile FILE]
+
+Each figure gives the messages per second, the latency's p50 and p99, and for corral the
+CPU the daemon spent a message (its process's user + system time over the figure; what
+the shared cores' load does not change much). `--rounds R` takes each figure R times, the
+servers alternated figure by figure, and gives each one's median (and its rounds).
+`--vs TREE`: beside this tree's daemon, the daemon of another checkout (e.g. a worktree of
+the commit before a change; the agent and the load generator are this tree's), in place
+of the reference: corral's own A/B, paired. `--profile FILE`: py-spy (if installed)
+samples the daemon's threads over one more c=10 figure, FILE its raw collapsed stacks.
 
 `--memory N` sends N messages to corral alone at c=10 and reports the daemon's RSS after
 a tenth of them (warm) and at the end. The reference server's venv is made once under
@@ -24,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -102,15 +112,39 @@ uvloop.run(main())
 """
 
 
-def drive(url: str, total: int, conc: int) -> dict[str, Any]:
+def cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def drive(url: str, total: int, conc: int, pid: int | None = None) -> dict[str, Any]:
+    """`total` messages at `conc`; with `pid`, the CPU that process spent a message."""
+    before = cpu(pid)
     out = subprocess.run([sys.executable, "-c", LOADGEN, url, str(total), str(conc)],
                          capture_output=True, text=True, check=True)
+    spent = cpu(pid) - before
     got = json.loads(out.stdout)
     lat = sorted(got["lat"])
     return {"messages": len(lat), "per_s": round(len(lat) / got["wall"]),
             "p50_ms": round(statistics.median(lat) * 1000, 2),
             "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)] * 1000, 2),
-            "errors": got["bad"], "first_error": got["first_bad"]}
+            "errors": got["bad"], "first_error": got["first_bad"]} | (
+        {"daemon_cpu_us": round(spent / len(lat) * 1e6)} if pid is not None and lat else {})
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure of several rounds: the median of each number, the rounds beside it."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs)
+                           for k in ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us")
+                           if k in runs[0]}
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["rounds"] = [{k: r[k] for k in ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us")
+                      if k in r} for r in runs]
+    return out
 
 
 def corral_config(port: int, replicas: int) -> tuple[str, str]:
@@ -146,53 +180,94 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None) -> No
     raise SystemExit(f"nothing listens on {port}")
 
 
-def run_corral(args: argparse.Namespace, concs: list[int]) -> dict[str, Any]:
-    port = free_port()
-    d = workdir("a2a")
-    agents, extra = corral_config(port, args.replicas)
-    # (the [http] and [a2a] tables after the agents: CorralDaemon's `extra` is inside its
-    # [supervisor] table)
-    daemon = CorralDaemon(d, agents + extra)
-    daemon.start()
-    try:
-        url = f"http://127.0.0.1:{port}/a2a/echo"
-        drive(url, 200, 10)  # warm: the workers' first tasks, the door's first routes
-        out: dict[str, Any] = {f"c{c}": drive(url, args.messages, c) for c in concs}
-        if args.memory:
-            assert daemon.proc is not None
-            proc = psutil.Process(daemon.proc.pid)
-            warm = drive(url, args.memory // 10, 10)
-            rss_warm = proc.memory_info().rss
-            rest = drive(url, args.memory - args.memory // 10, 10)
-            rss_end = proc.memory_info().rss
-            out["memory"] = {"messages": warm["messages"] + rest["messages"],
-                             "errors": warm["errors"] + rest["errors"],
-                             "rss_warm_mb": round(rss_warm / 2**20, 1),
-                             "rss_end_mb": round(rss_end / 2**20, 1),
-                             "ratio": round(rss_end / rss_warm, 3)}
-        return out
-    finally:
-        daemon.stop()
-        cleanup(d)
+class Server:
+    """One server under the load generator: started, warmed, driven figure by figure."""
+
+    name = ""
+    url = ""
+    pid: int | None = None  # the process whose CPU a message is counted (corral's daemon)
+
+    def figure(self, total: int, conc: int) -> dict[str, Any]:
+        return drive(self.url, total, conc, self.pid)
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
-def run_peer(args: argparse.Namespace, concs: list[int]) -> dict[str, Any]:
-    python = sut_python()
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        agent = sut_agent(Path(tmp))
-        proc = subprocess.Popen([str(python), str(agent)], cwd=tmp,
-                                env={**os.environ, "SUT_HOST": f"127.0.0.1:{port}",
-                                     "GRPC_PORT": str(free_port())},
+class Corral(Server):
+    def __init__(self, replicas: int, tree: Path | None = None) -> None:
+        port = free_port()
+        self.dir = workdir("a2a")
+        self.name = "corral" if tree is None else f"corral@{tree}"
+        agents, extra = corral_config(port, replicas)
+        launcher = None
+        if tree is not None:  # the other checkout's daemon, byte-compiled as this one is
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "corral")],
+                           check=True)
+            launcher = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1));"
+                        " from corral.cli.entry import main; main()", str(tree), "daemon"]
+        # (the [http] and [a2a] tables after the agents: CorralDaemon's `extra` is inside
+        # its [supervisor] table)
+        self.daemon = CorralDaemon(self.dir, agents + extra, launcher=launcher)
+        self.daemon.start()
+        assert self.daemon.proc is not None
+        self.pid = self.daemon.proc.pid
+        self.url = f"http://127.0.0.1:{port}/a2a/echo"
+        drive(self.url, 200, 10)  # warm: the workers' first tasks, the door's first routes
+
+    def memory(self, total: int) -> dict[str, Any]:
+        proc = psutil.Process(self.pid)
+        warm = drive(self.url, total // 10, 10)
+        rss_warm = proc.memory_info().rss
+        rest = drive(self.url, total - total // 10, 10)
+        rss_end = proc.memory_info().rss
+        return {"messages": warm["messages"] + rest["messages"],
+                "errors": warm["errors"] + rest["errors"],
+                "rss_warm_mb": round(rss_warm / 2**20, 1),
+                "rss_end_mb": round(rss_end / 2**20, 1),
+                "ratio": round(rss_end / rss_warm, 3)}
+
+    def profile(self, out: Path, total: int) -> dict[str, Any]:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            return {"skipped": "py-spy is not installed (pip install py-spy)"}
+        proc = subprocess.Popen([spy, "record", "--pid", str(self.pid), "--rate", "500",
+                                 "--format", "raw", "--threads", "--gil", "--nonblocking",
+                                 "-o", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_listening(port, proc)
-            url = f"http://127.0.0.1:{port}/"
-            drive(url, 200, 10)
-            return {f"c{c}": drive(url, args.messages, c) for c in concs}
+            time.sleep(1)  # attached
+            got = drive(self.url, total, 10, self.pid)
         finally:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+        return got | {"stacks": str(out)}
+
+    def close(self) -> None:
+        self.daemon.stop()
+        cleanup(self.dir)
+
+
+class Reference(Server):
+    name = "reference"
+
+    def __init__(self) -> None:
+        python = sut_python()
+        port = free_port()
+        self.tmp = tempfile.TemporaryDirectory()
+        agent = sut_agent(Path(self.tmp.name))
+        self.proc = subprocess.Popen([str(python), str(agent)], cwd=self.tmp.name,
+                                     env={**os.environ, "SUT_HOST": f"127.0.0.1:{port}",
+                                          "GRPC_PORT": str(free_port())},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(port, self.proc)
+        self.url = f"http://127.0.0.1:{port}/"
+        drive(self.url, 200, 10)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.tmp.cleanup()
 
 
 def main() -> None:
@@ -200,18 +275,46 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=5000)
     p.add_argument("--conc", default="10,50")
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--memory", type=int, default=0)
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--vs", type=Path, help="another checkout's daemon in the reference's place")
+    p.add_argument("--profile", type=Path)
     args = p.parse_args()
     concs = [int(c) for c in args.conc.split(",")]
     result: dict[str, Any] = {"load_before": loadavg(), "messages": args.messages,
-                              "replicas": args.replicas, "id": uuid.uuid4().hex[:8]}
-    result["corral"] = run_corral(args, concs)
-    if not args.no_peer:
-        result["reference"] = run_peer(args, concs)
-        result["ratio"] = {c: round(result["corral"][c]["per_s"] /
-                                    result["reference"][c]["per_s"], 2)
-                           for c in result["reference"]}
+                              "replicas": args.replicas, "rounds": args.rounds,
+                              "id": uuid.uuid4().hex[:8]}
+    servers: list[Server] = []
+    try:
+        servers.append(Corral(args.replicas))
+        if args.vs is not None:
+            servers.append(Corral(args.replicas, args.vs.resolve()))
+        elif not args.no_peer:
+            servers.append(Reference())
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {s.name: {} for s in servers}
+        for _ in range(args.rounds):
+            for c in concs:
+                for s in servers:  # each figure of the servers in turn: drift hits all
+                    runs[s.name].setdefault(f"c{c}", []).append(s.figure(args.messages, c))
+        for s in servers:
+            result[s.name] = {c: medians(r) for c, r in runs[s.name].items()}
+        if len(servers) == 2:
+            a, b = servers
+            result["ratio"] = {c: round(result[a.name][c]["per_s"] / result[b.name][c]["per_s"],
+                                        2) for c in result[b.name]}
+            if isinstance(b, Corral):
+                result["cpu_ratio"] = {c: round(result[a.name][c]["daemon_cpu_us"] /
+                                                result[b.name][c]["daemon_cpu_us"], 3)
+                                       for c in result[b.name]}
+        first = servers[0]
+        if args.memory and isinstance(first, Corral):
+            result["corral"]["memory"] = first.memory(args.memory)
+        if args.profile is not None and isinstance(first, Corral):
+            result["corral"]["profile"] = first.profile(args.profile, args.messages)
+    finally:
+        for s in servers:
+            s.close()
     result["load_after"] = loadavg()
     report("a2a", result)
 
