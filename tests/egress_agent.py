@@ -56,7 +56,8 @@ def unix(path):
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(5)
         s.connect(path)
-        return "connected"
+        said = s.recv(4096)  # (corral's trip at its control socket's path says why)
+        return said.decode() if said else "connected"
 
 
 def raw():

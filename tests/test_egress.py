@@ -22,6 +22,7 @@ import pytest
 
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import check_commands, load_config
+from corral.supervisor.egresstrip import refusal_line
 from corral.supervisor.isolation import isolation
 from corral.supervisor.refusals import PER_MINUTE, TOPIC
 from corral.supervisor.sandbox import host_refusal
@@ -125,8 +126,9 @@ def planted(tmp_path: Path) -> Iterator[dict[str, Any]]:
             os.unlink(f"/tmp/{name}.sock")
 
 
-def attacks_refused(seen: dict[str, Any], held: bool = False) -> None:
-    """`held`: in a network namespace the daemon holds (egress = "gateways" as root)."""
+def attacks_refused(seen: dict[str, Any], seen_control: str, held: bool = False) -> None:
+    """`held`: in a network namespace the daemon holds (egress = "gateways" as root);
+    `seen_control`: the control socket's path."""
     assert seen["tcp"] == {"error": REFUSED}
     # a datagram to loopback is sent, to the sandbox's own loopback: nothing listens
     # there (the test's socket, on the host's, gets nothing: below); off the host, there
@@ -145,7 +147,8 @@ def attacks_refused(seen: dict[str, Any], held: bool = False) -> None:
     for name in ("netlink", "packet"):
         assert seen[name] == {
             "error": "OSError: [Errno 97] Address family not supported by protocol"}, name
-    assert seen["control"] == {"error": NO_FILE}
+    # corral's own socket's path is its trip (egresstrip.py): the refusal in words
+    assert seen["control"] == {"ok": refusal_line("box", seen_control).decode()}
     assert seen["planted"] == {"error": NO_FILE}
     assert seen["abstract"] == {"error": REFUSED}  # abstract sockets are per netns
     assert seen["secret"]["error"].startswith(NO_FILE)
@@ -155,7 +158,8 @@ def attacks_refused(seen: dict[str, Any], held: bool = False) -> None:
 async def each_refusal_recorded(d: Any, bus: Any, p: dict[str, Any], upstream: int) -> None:
     """What the attack's namespace refused, itself and its child, each a `boundary.refused`
     of agent box and its task, and counted in /metrics' families (issue 88)."""
-    want = sorted(2 * [("connect", f"127.0.0.1:{p['tcp_port']}"),
+    want = sorted(2 * [("connect", f"unix:{p['control']}"),
+                       ("connect", f"127.0.0.1:{p['tcp_port']}"),
                        ("connect", "192.0.2.1:443"), ("connect", f"127.0.0.1:{upstream}"),
                        ("send", f"127.0.0.1:{p['udp_port']}"), ("send", "192.0.2.1:53")])
     got: list[dict[str, Any]] = []
@@ -171,7 +175,7 @@ async def each_refusal_recorded(d: Any, bus: Any, p: dict[str, Any], upstream: i
     [task] = {g["task"] for g in got}
     assert {g["agent"] for g in got} == {"box"} and d.sup.tasks.get(task).agent == "box"
     counts = d.sup.parts.refusals.counts
-    assert (counts[("box", "connect")], counts[("box", "send")]) == (6, 4)
+    assert (counts[("box", "connect")], counts[("box", "send")]) == (8, 4)
 
 
 @pytest.mark.deadline(240)
@@ -184,9 +188,9 @@ async def test_gateways_reach_corral_and_nothing_else(tmp_path: Path,
             udp = p.pop("udp")
             seen = await run(d, {"do": "attack", "upstream_port": int(host), **p})
             held = os.geteuid() == 0
-            attacks_refused(seen["self"], held)
+            attacks_refused(seen["self"], p["control"], held)
             assert seen["child"] is not None, seen["child_err"]
-            attacks_refused(seen["child"], held)
+            attacks_refused(seen["child"], p["control"], held)
             # sendto on loopback queues the datagram before it returns: none came here
             with pytest.raises(BlockingIOError):
                 udp.recvfrom(100)
@@ -228,9 +232,10 @@ async def test_none_reaches_not_even_the_gateways(tmp_path: Path, upstream: Stan
             p.pop("udp")
             upstream_port = free_port()
             seen = await run(d, {"do": "attack", "upstream_port": upstream_port, **p})
-            attacks_refused(seen["self"], held)
+            attacks_refused(seen["self"], p["control"], held)
         if held:  # each of the attack's ways out a refusal of its task, seen
             want = {("connect", f"127.0.0.1:{p['tcp_port']}"), ("connect", "192.0.2.1:443"),
+                    ("connect", f"unix:{p['control']}"),
                     ("connect", f"127.0.0.1:{upstream_port}"),
                     ("send", f"127.0.0.1:{p['udp_port']}"), ("send", "192.0.2.1:53")}
             loop = asyncio.get_running_loop()

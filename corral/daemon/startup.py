@@ -217,6 +217,7 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
     sup.parts.tuning.sandbox_program = sc.bwrap
     sup.parts.tuning.protected_paths = conf.protected
     sup.parts.tuning.gateway_relay = gateway_relay(conf.paths)
+    sup.parts.tuning.control_socket = str(conf.paths.socket)
     uids = uid_range(sc.dynamic_uids)
     if uids is not None and os.geteuid() == 0:  # (else every process is the daemon's user)
         sup.parts.tuning.dynamic_users = DynamicUsers(uids, homes_of(conf.paths.state_dir))

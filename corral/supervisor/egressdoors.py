@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from .egresstrip import Trips
 from .egresswatch import Watch, listen_here
 from .refusals import BoundaryRefusals
 
@@ -234,6 +235,8 @@ class Doors:
         self.doors: dict[str, Door] = {}
         self.held = HoldQuota()
         self.refused: str | None = None  # why this process makes none (asked once)
+        # the control socket's path in each egress sandbox (as root or not)
+        self.trips = Trips(refusals)
 
     async def open(self, label: str, url: str, gateways: str, within: str | None = None,
                    task_of: Callable[[], str | None] = no_task) -> int | None:
@@ -288,12 +291,14 @@ class Doors:
 
     def forget(self, label: str) -> None:
         """Replica `label` is gone for good (its agent removed): its namespace let go."""
+        self.trips.forget(label)
         door = self.doors.pop(label, None)
         if door is not None:
             with contextlib.suppress(OSError):
                 door.close()
 
     def close(self) -> None:
+        self.trips.close()
         for door in self.doors.values():
             with contextlib.suppress(OSError):
                 door.close()

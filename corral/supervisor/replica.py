@@ -109,6 +109,7 @@ class Replica(ProcessReplica):
         self._inner: tuple[ChildProcess, int] | None = None  # a sandboxed agent's own pid
         self._iso = isolation(spec)  # judged again, with its tenant's, at each start
         self._filter: BinaryIO | None = None  # its egress seccomp filter (`_filtered`)
+        self._trip: str | None = None  # its listener at the control socket's path
         self.health: ReplicaHealth | None = None  # this life's, from Ready till it leaves serving
         self.health_carried: list[CheckState] = []  # as the previous daemon image left it
         # its worker said in `initialize` that it derives a task's trace context from the
@@ -180,6 +181,7 @@ class Replica(ProcessReplica):
                 spawning["netns"] = ns
                 self._iso = self._iso._replace(network="held-empty")
         self._filtered(spawning)
+        await self._tripped(uid)
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
@@ -223,6 +225,19 @@ class Replica(ProcessReplica):
         if path is not None:
             self._filter = open(path, "rb", buffering=0)  # noqa: SIM115 - kept till next
             spawning["passed"] = self._filter.fileno()
+
+    async def _tripped(self, uid: int | None) -> None:
+        """An egress sandbox's listener at the control socket's path (egresstrip.py):
+        a connect there recorded and answered as the boundary's refusal."""
+        control = self.host.tuning.control_socket
+        self._trip = None
+        if self._iso.egress != "any" and self._iso.sandbox != "none" and control:
+            trip = await self.host.egress_doors.trips.open(
+                self.label, control, os.geteuid() if uid is None else uid, self._one_task)
+            # bwrap binds as the agent's user: a trip it cannot reach would fail the start
+            if trip is not None and (uid is None or out_of_reach(Path(trip), uid, _gid_of(uid))
+                                     is None):
+                self._trip = trip
 
     async def _held(self, env: dict[str, str], spawning: dict[str, Any]) -> None:
         """egress = "gateways" over TCP: the spawn made in a namespace the daemon holds
@@ -302,6 +317,7 @@ class Replica(ProcessReplica):
                      *spec.read_paths]
         read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                       if p and not agents_own(p, writable)]
+        control = self.host.tuning.control_socket
         if spec.release is not None:
             # only a release imports the SDK's copy (release_environment): a plain agent's
             # sandbox binds none, so its user need not reach [packages] dir
@@ -316,7 +332,9 @@ class Replica(ProcessReplica):
             notify_socket=None if beside else self._notify_socket(),
             writable=[*spec.write_paths, *(h for h in (self.run and self.run.home,) if h)],
             relay=self._relay(env),
-            seccomp=self._seccomp(beside))
+            seccomp=self._seccomp(beside),
+            trip=None if beside or self._trip is None or control is None
+            else (self._trip, control))
 
     def _seccomp(self, beside: bool) -> str | int | None:
         """The filter bwrap is given: the replica's process's by its descriptor (opened

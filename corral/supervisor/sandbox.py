@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 SYSTEM = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
 PROBE_TIMEOUT = 10.0
 MASK = "mask"  # a mount of one of corral's own paths: hidden, not bound
+TRIP = "trip"  # the control socket's path: the replica's listener (egresstrip.py)
 # what an exit status above this means, from bwrap: killed by signal (status - 128)
 SIGNALLED = 128
 # egress = "gateways" over TCP: where the relay and the gateways' socket are bound, inside
@@ -208,12 +209,15 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               notify_socket: str | None = None,
               writable: Iterable[str] = (),
               relay: GatewayRelay | None = None,
-              seccomp: str | int | None = None) -> list[str]:
+              seccomp: str | int | None = None,
+              trip: tuple[str, str] | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed; `cwd` and
     `writable` writable. Mounts are made parents first, so a read-only directory inside
     the cwd (a venv) stays read-only; a path both read-only and writable is writable.
     `relay`: run first where the gateways are TCP (egressrelay.py). `seccomp`: a filter
-    (seccomp.py) as a descriptor, or a file opened by a shell that execs bwrap."""
+    (seccomp.py) as a descriptor, or a file opened by a shell that execs bwrap. `trip`:
+    (a host socket, the path it is bound at): the replica's listener at the control
+    socket's path (egresstrip.py)."""
     protected = list(protected)
     why = exposed(cwd, protected)
     if why:
@@ -261,8 +265,12 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     for path in (os.path.abspath(p) for p, _ in protected):
         if os.path.lexists(path) and any(_inside(path, m) for m in mounts):
             mounts[path] = MASK
+    if trip is not None:
+        mounts[os.path.abspath(trip[1])] = TRIP
     for path in sorted(mounts, key=lambda p: (p.count("/"), p)):
-        if mounts[path] == MASK:
+        if mounts[path] == TRIP and trip is not None:
+            args += ["--bind", trip[0], path]
+        elif mounts[path] == MASK:
             args += (["--tmpfs", path] if os.path.isdir(path)
                      else ["--ro-bind", "/dev/null", path])
         else:

@@ -22,5 +22,8 @@ class Tuning(msgspec.Struct):
     # the unix socket the gateways are also served on when they are TCP, relayed into
     # egress = "gateways" sandboxes
     gateway_relay: str | None = None
+    # the control socket, whose path an egress sandbox has its replica's trip at
+    # (egresstrip.py)
+    control_socket: str | None = None
     # agents naming no user run as uids of their own (a daemon running as root's)
     dynamic_users: DynamicUsers | None = None

@@ -1,0 +1,104 @@
+"""corral's control socket as an egress sandbox sees it (issue 88): a connect to it is
+the boundary's refusal, recorded and answered in words.
+
+A unix socket's connect that the sandbox refuses (the path is not in its mount namespace)
+gives the kernel's errno and no notice to anyone: nothing of corral learns of it. The one
+unix socket an agent has a reason to try is corral's own, at the path its config and
+`corral` name; so an egress sandbox has, bound at that path, a listener of the daemon's
+for its replica alone (`SOCKET.trip/LABEL` on the host, made as the replica starts). A
+connect to it is accepted, recorded as `BoundaryRefusals.refused` of kind `connect` to
+`unix:PATH`, answered with one JSON-RPC error line naming corral's boundary (the text a
+corral client shows as its error) and closed: nothing is read from it. A peer of another
+uid than the replica's (a local user who found the host's path) is closed unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+import msgspec
+
+from .refusals import BoundaryRefusals
+
+PATH_MAX = 107  # a unix socket's path, less its NUL
+UCRED = struct.Struct("3i")  # pid, uid, gid (SO_PEERCRED)
+REFUSED_CODE = -32001
+
+
+def refusal_line(agent: str, target: str) -> bytes:
+    """What the agent reads on connecting: why, in words, as a JSON-RPC error."""
+    return msgspec.json.encode({"jsonrpc": "2.0", "id": None, "error": {
+        "code": REFUSED_CODE,
+        "message": f"refused by corral's boundary: agent {agent}'s egress reaches corral's "
+                   f"gateways alone, not unix:{target} (corral's control socket); this "
+                   "attempt is recorded (boundary.refused)"}}) + b"\n"
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    try:
+        uid: int = UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                UCRED.size))[1]
+    except (OSError, AttributeError):
+        return None
+    return uid
+
+
+class Trips:
+    """The replicas' listeners at the control socket's path, by label."""
+
+    def __init__(self, refusals: BoundaryRefusals | None) -> None:
+        self.refusals = refusals
+        self.trips: dict[str, tuple[asyncio.AbstractServer, str]] = {}
+
+    async def open(self, label: str, control: str, uid: int,
+                   task_of: Callable[[], str | None]) -> str | None:
+        """The host path to bind at `control` (the control socket's path) in replica
+        `label`'s sandbox, run as `uid`; None where there is none to be had (a path past
+        a unix socket's length, a directory not made)."""
+        kept = self.trips.get(label)
+        if kept is not None:
+            return kept[1]
+        directory = f"{control}.trip"
+        path = os.path.join(directory, label)
+        if len(os.fsencode(path)) > PATH_MAX or self.refusals is None:
+            return None
+        agent = label.partition("#")[0]
+        refusals = self.refusals
+
+        async def tripped(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                if _peer_uid(writer) == uid:
+                    refusals.refused(agent, "connect", f"unix:{control}", task=task_of())
+                    writer.write(refusal_line(agent, control))
+                    with contextlib.suppress(OSError):
+                        await writer.drain()
+            finally:
+                writer.close()
+
+        try:
+            os.makedirs(directory, mode=0o711, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # (a daemon's before this one, killed)
+            server = await asyncio.start_unix_server(tripped, path=path)
+            os.chmod(path, 0o666)  # any uid connects; the replica's alone is heard
+        except OSError:
+            return None
+        self.trips[label] = (server, path)
+        return path
+
+    def forget(self, label: str) -> None:
+        kept = self.trips.pop(label, None)
+        if kept is not None:
+            kept[0].close()
+            with contextlib.suppress(OSError):
+                os.unlink(kept[1])
+
+    def close(self) -> None:
+        for label in list(self.trips):
+            self.forget(label)
