@@ -1,8 +1,9 @@
 """The egress door's connections bounded (issue 88): 9,000 connections an agent held at
 its door (egress = "gateways" as root: the daemon's listener in the agent's namespace,
 each connection two of the daemon's fds) took the daemon to 19,999 of its 20,000 file
-descriptors. An agent's doors hold MAX_HELD at once; past it a connection is reset at
-once and recorded as `boundary.refused`, and one let go makes room again."""
+descriptors. An agent's doors hold MAX_HELD at once; past it a connection is answered at
+once (a 503 naming corral's boundary, the agent's own error) and closed, and recorded as
+`boundary.refused`; one let go makes room again."""
 
 from __future__ import annotations
 
@@ -61,8 +62,14 @@ async def test_connections_held_at_the_egress_door_are_bounded_and_refusals_reco
         # one more: reset by the door, never passed on, and recorded
         extra = await _connect(ns, 8787)
         held.append(extra)
-        got = await asyncio.wait_for(_read(extra), 30)
-        assert got == b""
+        # the agent's HTTP client reads why, in corral's words (egressdoors.http_refusal)
+        got = await asyncio.wait_for(_read_all(extra), 30)
+        body = (f"refused by corral's boundary: agent web's connection to corral's "
+                f"gateways at 127.0.0.1:8787 (over {MAX_HELD} connections held by the "
+                "agent); this attempt is recorded (boundary.refused)\n").encode()
+        assert got == (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; "
+                       b"charset=utf-8\r\nConnection: close\r\nContent-Length: "
+                       + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert len(passed) == MAX_HELD
         assert [(e.agent, e.task, e.kind, e.target) for e in said] == [
             ("web", "t1", "connect",
@@ -83,8 +90,15 @@ async def test_connections_held_at_the_egress_door_are_bounded_and_refusals_reco
             writer.close()
 
 
-async def _read(sock: socket.socket) -> bytes:
+async def _read_all(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := await _read(sock, 4096):
+        got += chunk
+    return got
+
+
+async def _read(sock: socket.socket, n: int = 1) -> bytes:
     try:
-        return await asyncio.get_running_loop().sock_recv(sock, 1)
+        return await asyncio.get_running_loop().sock_recv(sock, n)
     except ConnectionResetError:
         return b""

@@ -201,13 +201,30 @@ class HoldQuota:
         self.total -= 1
 
 
+def http_refusal(agent: str, at: tuple[str, int], why: str) -> bytes:
+    """What an agent's HTTP client reads from a gateways' door that refused its
+    connection: a 503 whose body names corral's boundary and why."""
+    body = (f"refused by corral's boundary: agent {agent}'s connection to corral's "
+            f"gateways at {at[0]}:{at[1]} ({why}); this attempt is recorded "
+            "(boundary.refused)\n").encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8"
+            b"\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode() +
+            b"\r\n\r\n" + body)
+
+
 def _passing_to(connect: Connect, agent: str, at: tuple[str, int], held: HoldQuota,
-                refusals: BoundaryRefusals | None, task_of: Callable[[], str | None]
-                ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+                refusals: BoundaryRefusals | None, task_of: Callable[[], str | None],
+                http: bool) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                        Awaitable[None]]:
+    """`http`: what it passes on to speaks HTTP (the gateways), so a refusal is said
+    in an answer; else (an MCP server's `egress_allow`: any protocol) the connection is
+    closed with nothing said."""
     async def passed_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         why = held.take(agent)
         if why is not None:
-            writer.close()  # reset at once: its fd given back
+            if http:  # (nothing read: the answer written, the connection closed at once)
+                writer.write(http_refusal(agent, at, why))
+            writer.close()  # its fd given back
             if refusals is not None:
                 refusals.refused(agent, "connect", f"{at[0]}:{at[1]} ({why})",
                                  task=task_of())
@@ -250,7 +267,7 @@ class Doors:
         host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
         return await self._open(label, url, [(host, parts.port)],
                                 lambda _: lambda: asyncio.open_unix_connection(gateways),
-                                within, task_of)
+                                within, task_of, http=True)
 
     async def open_allowed(self, label: str, allowed: Sequence[tuple[str, int]],
                            task_of: Callable[[], str | None] = no_task) -> int | None:
@@ -258,11 +275,12 @@ class Doors:
         listener at each address of `egress_allow`, passing on to that address from the
         daemon's own network, and nothing else; None where this process may not make one."""
         return await self._open(label, tuple(allowed), allowed,
-                                lambda at: lambda: asyncio.open_connection(*at), None, task_of)
+                                lambda at: lambda: asyncio.open_connection(*at), None, task_of,
+                                http=False)
 
     async def _open(self, label: str, key: object, addresses: Sequence[tuple[str, int]],
                     connect: Callable[[tuple[str, int]], Connect], within: str | None,
-                    task_of: Callable[[], str | None]) -> int | None:
+                    task_of: Callable[[], str | None], *, http: bool) -> int | None:
         door = self.doors.get(label)
         if door is not None and door.key == key and within is None:
             return door.ns
@@ -279,7 +297,7 @@ class Doors:
             return None
         agent = label.partition("#")[0]
         servers = [await asyncio.start_server(
-            _passing_to(connect(at), agent, at, self.held, self.refusals, task_of),
+            _passing_to(connect(at), agent, at, self.held, self.refusals, task_of, http),
             sock=listener) for at, listener in zip(addresses, listeners, strict=True)]
         watch = None
         if packets is not None and self.refusals is not None:
