@@ -1,21 +1,33 @@
 """A command's audit row, whatever front end it came by (the Dispatcher's, the gateway's):
-a line of the daemon log, and a row of the state database's audit table."""
+a line of the daemon log, and a row of the state database's audit table; and the call
+chain's audit link (`AuditLink`): a tool call's row, whatever door it came by."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from .. import methods as m
 from .. import redact
+from ..jsonrpc import RpcError
 from ..supervisor.policy import PolicyVerdict
 from ..supervisor.refusals import TOPIC as REFUSED_TOPIC
 from ..supervisor.refusals import BoundaryRefused
+from ..supervisor.runas import tenant_of
+from ..supervisor.tasks.call import WORKER, Call
+from ..supervisor.tasks.interceptors import TaskInterceptor
 from .caller import Caller
 from .logs import LogHub
 from .store import StateStore
 
 HELD = 1000  # rows kept for the table while the database opens (a tenant's refusals)
+# a tool call's row: by a gateway client (the gateway's doors), by a worker (its link)
+GATEWAY_CALL = m.GatewayCall.declared.name
+WORKER_CALL = "worker.call"
 # texts a caller chose cut past TEXT_CUT characters, params past PARAMS_CUT bytes shown by
 # size alone: audit_max_rows bounds the table's bytes too (a 2 MB tool name made 6 MB rows)
 TEXT_CUT = 1024
@@ -38,12 +50,16 @@ class Audit:
         for caller, method, shown, outcome in held:
             self._row(store, caller, method, shown, outcome)
 
-    def __call__(self, caller: Caller, method: str, params: Any, outcome: str) -> None:
+    def __call__(self, caller: Caller, method: str, params: Any, outcome: str,
+                 line: bool = True) -> None:
         """Written through the store's writer, so a row that cannot be written never changes
-        the command's answer; redacted: neither table nor log holds a secret."""
+        the command's answer; redacted: neither table nor log holds a secret. `line`: a
+        line of the daemon log too (not a worker's tool call's: see AuditLink)."""
         encoded = _bounded(redact.params(method, params))
         outcome = _cut(outcome)
-        self.hub.daemon(f"{caller.who}: {method} {encoded.decode()} -> {outcome}", "audit")
+        if line:
+            self.hub.daemon(f"{caller.who}: {method} {encoded.decode()} -> {outcome}",
+                            "audit")
         shown = msgspec.Raw(encoded)  # the row's params as the line's: encoded once
         if self._store is not None:
             self._row(self._store, caller, method, shown, outcome)
@@ -68,6 +84,74 @@ class Audit:
              outcome: str) -> None:
         store.audit(caller.uid, caller.pid, method, shown, outcome,
                     None if caller.peer else caller.who, caller.tenant)
+
+
+def call_params(client: str, tool: str, task: str | None) -> dict[str, str]:
+    """A tool call's row's params: its client, its tool and its task (if any)."""
+    params = {"client": client, "tool": tool}
+    if task is not None:
+        params["task"] = task
+    return params
+
+
+def outcome_of(result: Any) -> str:
+    """A tool call's answer as its row says it."""
+    return "isError" if isinstance(result, dict) and result.get("isError") else "ok"
+
+
+def failure_of(exc: BaseException) -> str:
+    """A tool call's failure as its row says it."""
+    if isinstance(exc, RpcError):
+        return f"error: {exc.message}"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"error: {type(exc).__name__}"
+
+
+class AuditLink(TaskInterceptor):
+    """The chain's audit link (tasks/chain.py), around every other link: each tool call
+    one row when it is answered, at every door (a gateway door's as the gateway's own
+    calls, `gateway.call` by `gateway client LABEL`, and its daemon log line; the worker
+    link's `worker.call` by `agent LABEL`, a row alone: a worker's calls are the hot
+    path, and their log line, two writes on the loop, was two thirds of the row's cost),
+    a call some link refused among them. The row goes through the store's writer,
+    group-committed off the loop."""
+
+    def __init__(self, audit: Audit) -> None:
+        self.audit = audit
+
+    def intercept_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
+        try:
+            answer = next(call)
+        except BaseException as exc:
+            self.row(call, failure_of(exc))
+            raise
+        if inspect.isawaitable(answer):
+            return self._answered(call, answer)
+        self.row(call, outcome_of(answer))
+        return answer
+
+    async def _answered(self, call: Call, answer: Awaitable[Any]) -> Any:
+        try:
+            result = await answer
+        except BaseException as exc:
+            self.row(call, failure_of(exc))
+            raise
+        self.row(call, outcome_of(result))
+        return result
+
+    def row(self, call: Call, outcome: str) -> None:
+        r = call.replica
+        label: str = r.label
+        tenant = tenant_of(r.spec)
+        task = call.task.id if call.task is not None else None
+        params = call_params(label, call.name, task)
+        if call.door == WORKER:
+            self.audit(Caller(via="worker", name=f"agent {label}", tenant=tenant),
+                       WORKER_CALL, params, outcome, line=False)
+        else:
+            self.audit(Caller(via="gateway", name=f"gateway client {label}", tenant=tenant),
+                       GATEWAY_CALL, params, outcome)
 
 
 def _cut(text: str) -> str:

@@ -289,7 +289,7 @@ class Daemon:
         # policy rules and taint, on every path (their decisions traced and audited)
         guard = PolicyGuard(lambda: self.applied, tracer, audit.policy, refusals)
         sup, queue = part.engine(conf, self.spared, self.taken, part.interceptors(
-            tracer, guard, leaders, refusals), refusals, audit.refusal, guard.labels)
+            tracer, guard, leaders, refusals, audit), refusals, audit.refusal, guard.labels)
         parts = sup.parts
         dispatcher = Dispatcher(HANDLERS, audit, lambda services: services.agents, owner=owner_of)
         gateway = part.gateway_service(conf, parts, audit, dispatcher, traces, guard)

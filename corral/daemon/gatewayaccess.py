@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 import msgspec
 
 from .. import jsonrpc
-from .. import methods as m
 from ..jsonrpc import RpcError
 from ..mcp import toolsearch
 from ..mcp.client import MAX_INPUT_ROUNDS, META_CAPABILITIES
@@ -42,6 +41,7 @@ from ..supervisor.tasks.personwait import timed
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
+from .audit import GATEWAY_CALL, call_params, failure_of, outcome_of
 from .caller import Caller
 from .gatewaylimits import CallCounter, Limiter
 from .gatewayskills import METHODS as SKILL_METHODS
@@ -723,25 +723,22 @@ class GatewayService:
 
     async def _recorded(self, ident: Identity, name: str, who: tuple[int, int],
                         task: Task | None, make: Callable[[], Awaitable[Any]]) -> Any:
-        """The outcome of the call `make` makes, its time and the person's wait counted
-        and audited."""
+        """The outcome of the call `make` makes, its time and the person's wait counted,
+        and audited here unless it passed the chain (a replica's: the chain's audit
+        link writes its row)."""
         start = time.perf_counter()
         outcome = "ok"
         with timed() as person:  # the approval's wait, counted apart
             try:
                 result = await make()
-                if isinstance(result, dict) and result.get("isError"):
-                    outcome = "isError"
+                outcome = outcome_of(result)
                 return result
-            except RpcError as exc:
-                outcome = f"error: {exc.message}"
-                raise
-            except asyncio.CancelledError:
-                outcome = "cancelled"
+            except BaseException as exc:
+                outcome = failure_of(exc)
                 raise
             finally:
                 self._record(ident, name, time.perf_counter() - start, outcome, who, task,
-                             person.seconds)
+                             person.seconds, audited=ident.replica is None)
 
     async def _replicas(self, ident: Identity, task: Task | None, name: str,
                         arguments: dict[str, Any],
@@ -789,16 +786,18 @@ class GatewayService:
                                             context.sampled, context.tracestate)))
 
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
-                who: tuple[int, int], task: Task | None = None, waited: float = 0.0) -> None:
+                who: tuple[int, int], task: Task | None = None, waited: float = 0.0,
+                audited: bool = True) -> None:
+        """The call counted; `audited`: its row written (a call the chain ran has the
+        chain's audit link's)."""
         error = outcome != "ok"
         self.by_client[ident.name].add(seconds, error, waited)
         self.by_tool[self._counted_as(tool)].add(seconds, error, waited)
-        params = {"client": ident.name, "tool": tool}
-        if task is not None:
-            params["task"] = task.id
-        self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
-                          name=f"gateway client {ident.name}"),
-                   m.GatewayCall.declared.name, params, outcome)
+        if audited:
+            self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
+                              name=f"gateway client {ident.name}"), GATEWAY_CALL,
+                       call_params(ident.name, tool, task.id if task is not None else None),
+                       outcome)
 
     def _counted_as(self, tool: str) -> str:
         """The name a call is counted under: its tool's, or NO_SUCH_TOOL's (a client names

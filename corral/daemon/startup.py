@@ -48,6 +48,8 @@ from ..timeouts import within
 from . import journald
 from .api import Audit, Dispatcher
 from .askwebhook import AskWebhook
+from .audit import Audit as AuditLog
+from .audit import AuditLink
 from .background import Background
 from .calljournal import CallJournal
 from .control import AlreadyRunning, ControlServer
@@ -181,12 +183,14 @@ def journal_sender(conf: Conf) -> Iterator[JournalSender | None]:
 
 
 def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools,
-                 refusals: BoundaryRefusals | None = None) -> list[TaskInterceptor]:
-    """The task path's interceptors, the outermost first: a leader's call of a member is
+                 refusals: BoundaryRefusals | None = None, audit: AuditLog | None = None
+                 ) -> list[TaskInterceptor]:
+    """The task path's interceptors, the outermost first: each call audited at its door
+    (in `audit`, by the chain's audit link, around every link); a leader's call of a member is
     inside the leader's span; approvals inside the span, around a leader's members too;
     then the tools' pins (a drifted tool's call not approved told to `refusals`)."""
-    return [i for i in (tracer, Approvals(guard), PinGate(refusals), leaders)
-            if i is not None]
+    return [i for i in (AuditLink(audit) if audit is not None else None, tracer,
+                        Approvals(guard), PinGate(refusals), leaders) if i is not None]
 
 
 def engine(conf: Conf, spared: set[int], taken: Takeover | None,

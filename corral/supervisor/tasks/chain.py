@@ -13,7 +13,9 @@ The links, in their order:
   (taint) and approval (approvals.py), then pins (pingate.py), then a team's members;
 - dispatch: an agent as a tool is its spawn (or the door's own submission, at
   /mcp/corral of no task), any other tool the engine's pool.
-Audit is the gateway's (gatewayaccess.py `_record`), and its client limits.
+Around them all, audit (daemon/audit.py `AuditLink`, an interceptor's `intercept_call`):
+one row a call whatever its door and whichever link answered it. The gateway's client
+limits are its door's.
 """
 
 from __future__ import annotations
@@ -79,9 +81,10 @@ class Chain:
         self.router = interceptors.compose(TaskInterceptor.intercept_tool_call, self._made)
         self.allow_of = interceptors.compose(TaskInterceptor.intercept_allowed_tools,
                                              tools.allowed)
+        # the call's outcome (or an awaitable of it), past every link
+        self.enter = interceptors.compose(TaskInterceptor.intercept_call, self._linked)
 
-    def enter(self, call: Call) -> Any:
-        """The call's outcome (or an awaitable of it), past every link."""
+    def _linked(self, call: Call) -> Any:
         r = call.replica
         allow = self.allow_of(r)
         if not allowed(call.name, allow):

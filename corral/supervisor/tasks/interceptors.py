@@ -70,6 +70,11 @@ class TaskInterceptor:
     def bind(self, path: TaskPath) -> None:
         """The engine the chain is given to, once, as it is made (before any task)."""
 
+    def intercept_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
+        """A call as its door gives it to the chain, around every link (the audit
+        link's: a call any link refuses is one row too): its answer, or an awaitable."""
+        return next(call)
+
     def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         """The call's answer, or an awaitable of it."""
         return next(call)
