@@ -1,7 +1,6 @@
 """The cluster's home for the tasks a node claims (supervisor.tasks.model.TaskHome): their
-steps, turns, spawns, asks, labels and push configs in the cluster's Redis, where
-whichever node runs the task next finds them; their live output in the node's memory
-(the record that survives is Redis's, which this node's journal would not prune)."""
+steps, turns, spawns, asks, labels, push configs and live output in the cluster's Redis,
+where whichever node runs the task next, or serves its stream, finds them."""
 
 from __future__ import annotations
 

@@ -99,6 +99,10 @@ class Keys:
         """A task's or a session's labels (clusterlabels.py)."""
         return f"{self.prefix}labels:{key}"
 
+    def output(self, task_id: str) -> str:
+        """A task's live output, a stream of its chunks by position (clusteroutput.py)."""
+        return f"{self.prefix}output:{task_id}"
+
     def push(self, task_id: str) -> str:
         """A task's push configs, by id (clusterpush.py)."""
         return f"{self.prefix}push:{task_id}"

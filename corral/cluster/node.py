@@ -39,6 +39,7 @@ from .calltasks import ClusterStepTasks
 from .clusterasks import ClusterAsks
 from .clustercalls import ClusterCalls
 from .clusterlabels import ClusterLabels
+from .clusteroutput import ClusterOutputs
 from .clusterpush import ClusterPush
 from .clustersessions import ClusterSessions
 from .clusterspawns import ClusterSpawns
@@ -97,11 +98,13 @@ class ClusterNode:
                                lambda task_id: self.desk.info(task_id), labels)
         self.asks = ClusterAsks(scripts, self.keys, trust, settings, tasks.inbox.waits,
                                 asks_bounds)
+        self.outputs = ClusterOutputs(scripts, self.keys, trust, tasks.active.get,
+                                      self.waits, settings.beat)
+        tasks.outputs.shared = self.outputs  # (read where a task runs on another node)
         self.home = ClusterHome(self.steps, sessions, spawns, self.asks,
-                                labels, self.push, tasks.outputs.memory,
-                                self._requeue)
+                                labels, self.push, self.outputs, self._requeue)
         self.outbox = Outbox(scripts, self.keys, trust, self.node, settings.beat, queue,
-                             report, settings.keep_tasks_for)
+                             report, settings.keep_tasks_for, self.outputs)
         self.puller = Puller(scripts, self.keys, self.membership, queue, host, tasks, report,
                              ClaimParts(self.steps, self.home, self.outbox.progress,
                                         self._serving_nodes), self.waits)
@@ -362,7 +365,8 @@ class ClusterNode:
         await cancel_all(loops)
         await self.placement.close()
         await self.asks.close()
-        for part in (self.steps, self.calls):  # (their last writes, a beat at most)
+        # (their last writes, a beat at most)
+        for part in (self.outputs, self.steps, self.calls):
             with contextlib.suppress(TimeoutError):
                 await within(part.close(), self.settings.beat)
         # leaving is a courtesy (the node's key lapses at its TTL anyway): a Redis gone

@@ -19,6 +19,7 @@ from .. import jsonrpc
 from ..supervisor.tasks import TaskFailure, TaskFinished, TaskProgress
 from ..timeouts import within
 from . import records
+from .clusteroutput import ClusterOutputs
 from .connection import why
 from .keys import Keys
 from .queue import ClusterQueue, ClusterTask
@@ -34,8 +35,8 @@ _json = msgspec.json.Encoder().encode
 
 class Outbox(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, node: str, beat: float,
-                 queue: ClusterQueue, report: Callable[[str], None], kept_for: float
-                 ) -> None:
+                 queue: ClusterQueue, report: Callable[[str], None], kept_for: float,
+                 outputs: ClusterOutputs | None = None) -> None:
         # (trust signs each outcome: a client believes only a signed one)
         super().__init__(scripts, keys, trust)
         self.node = node
@@ -43,6 +44,9 @@ class Outbox(RedisPart):
         self.kept_for = int(kept_for)  # seconds a finished record stays ([cluster])
         self.queue = queue
         self.report = report
+        # the tasks' live output: a task's chunks reach Redis before its end, which
+        # closes its stream (scripts._ended)
+        self.outputs = outputs
         self.pending: deque[tuple[ClusterTask, list[Any]]] = deque()
         self.reports: dict[str, tuple[ClusterTask, bytes]] = {}  # newest progress, by task
         # fenced incarnations: their tasks are the cluster's again, none of their outcomes go
@@ -168,6 +172,8 @@ class Outbox(RedisPart):
             reports, self.reports = self.reports, {}
             taken = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
             batch = [(t, a) for t, a in taken if t.consumer not in self.given_up]
+            if batch and self.outputs is not None:
+                await self.outputs.caught_up()
             # progress before outcomes: a report never lands on a task already ended
             calls = [(self.scripts.progress, [self.keys.task(task.id), self.keys.outcomes],
                       [task.token, data, task.id])

@@ -31,8 +31,10 @@ def _ended(task: str, kept: str, live: int) -> str:
     fragment for every end, so that no end leaves a key without its expiry (TRIM trusts
     the keys of ids older than keep_tasks_for to have expired). Its labels are kept as
     long (a parent reads its child's), and its push configs (once its end is delivered to
-    them: at once); its steps, spawns' rows and asks by call go at once; its asks join
-    the tenant's ended ones (Keys.asks_done), kept to the newest KEEP_ASKS rather than
+    them: at once), and its live output, ended by an entry `e` (clusteroutput.py: its
+    id, of the time, is past every chunk's, so that no write comes after it); its steps,
+    spawns' rows and asks by call go at once; its asks join the tenant's ended ones
+    (Keys.asks_done), kept to the newest KEEP_ASKS rather than
     each for keep_tasks_for."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
@@ -65,6 +67,8 @@ redis.call('DEL', {_task_key('steps', task)}, {_task_key('spawn', task)},
   {_task_key('asks', task)})
 redis.call('EXPIRE', {_task_key('labels', task)}, {kept})
 redis.call('EXPIRE', {_task_key('push', task)}, {kept})
+redis.call('XADD', {_task_key('output', task)}, 'NOMKSTREAM', '*', 'e', '1')
+redis.call('EXPIRE', {_task_key('output', task)}, {kept})
 redis.call('ZREM', KEYS[{live}], {task})
 redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""
@@ -461,6 +465,35 @@ end
 return 1
 """
 
+# A running attempt's chunks of live output (clusteroutput.py), each an entry of the task's
+# stream whose id is its position (ATTEMPT-N), fenced as a step is. A chunk not past the
+# stream's newest (sent again after an answer lost; or after the task's end) is skipped.
+# KEYS: task, its output; ARGV: fence, then for each chunk: position, MAC, data, '1' when
+# it is the stream's word for a truncation else '0' -> 1 kept, 0 not this claim's
+OUTPUT = f"""
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+local ta, tn = 0, 0
+if top then
+  local a, n = string.match(top[1], '^(%d+)-(%d+)$')
+  ta, tn = tonumber(a), tonumber(n)
+end
+for i = 2, #ARGV, 4 do
+  local a, n = string.match(ARGV[i], '^(%d+)-(%d+)$')
+  a, n = tonumber(a), tonumber(n)
+  if a > ta or (a == ta and n > tn) then
+    if ARGV[i + 3] == '1' then
+      redis.call('XADD', KEYS[2], ARGV[i], 'm', ARGV[i + 1], 'd', ARGV[i + 2], 't', '1')
+    else
+      redis.call('XADD', KEYS[2], ARGV[i], 'm', ARGV[i + 1], 'd', ARGV[i + 2])
+    end
+    ta, tn = a, n
+  end
+end
+return 1
+"""
+
 # The attempt a node was running ends `lost` (unless it had ended meanwhile): KEYS[2] the
 # attempts list, ARGV[4] now, ARGV[5] the reason.
 _END_LAST_ATTEMPT = """local last = redis.call('LINDEX', KEYS[2], -1)
@@ -737,7 +770,8 @@ local gone = redis.call('ZPOPMIN', KEYS[1], over)
 local ids = {}
 for i = 1, #gone, 2 do
   ids[#ids + 1] = gone[i]
-  redis.call('DEL', ARGV[3] .. 'task:' .. gone[i], ARGV[3] .. 'att:' .. gone[i])
+  redis.call('DEL', ARGV[3] .. 'task:' .. gone[i], ARGV[3] .. 'att:' .. gone[i],
+    ARGV[3] .. 'output:' .. gone[i])
 end
 return ids
 """
@@ -760,6 +794,7 @@ class Scripts:
         self.finish = redis.register_script(FINISH)
         self.progress = redis.register_script(PROGRESS)
         self.step = redis.register_script(STEP)
+        self.output = redis.register_script(OUTPUT)
         self.takeover = redis.register_script(TAKEOVER)
         self.release = redis.register_script(RELEASE)
         self.cancel = redis.register_script(CANCEL)

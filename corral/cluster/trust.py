@@ -40,13 +40,15 @@ TENANT = b"tenant"
 ASK = b"ask"  # an ask of a cluster task (its record and its end), by ask id
 PIN = b"pin"  # a tool's pin (keys.tool_pins, cluster/toolpins.py), by server and tool
 PUSH = b"push"  # a task's push config (keys.push, cluster/clusterpush.py), by task and id
+# a chunk of a task's live output (keys.output, cluster/clusteroutput.py), by task and position
+OUTPUT = b"output"
 # each kind as `corral stats` counts them, and as the log says one
 KINDS = {AGENT: ("agents", "agent"), REVISION: ("revisions", "revision"),
          DECLARED: ("declared", "declared table"), OUTCOME: ("outcomes", "outcome"),
          STEP: ("steps", "step"), SESSION: ("sessions", "session state"),
          CALL: ("calls", "call"), SPAWN: ("spawns", "spawn"), TENANT: ("tenants", "tenant"),
          ASK: ("asks", "ask"), PIN: ("pins", "tool pin"),
-         PUSH: ("pushes", "push config")}
+         PUSH: ("pushes", "push config"), OUTPUT: ("outputs", "output chunk")}
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "

@@ -124,6 +124,9 @@ class OutputsDB:
         self.tails.pop(task_id, None)
         self.unfinished.pop(task_id, None)
 
+    async def more(self, task_id: str, after: Position) -> bool:
+        return False  # (its tasks run in this engine: TaskOutputs wakes their readers)
+
     def behind(self) -> bool:
         # (not while the database refuses: a worker held that long would look hung)
         return (self._store.group.waiting_bytes + self._gathered_bytes > BACKLOG_BYTES

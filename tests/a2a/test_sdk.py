@@ -1,8 +1,9 @@
 """corral's A2A door through the official client, `a2a-sdk` 1.3.0, on both bindings:
 send (blocking and streamed), get, cancel, an input-required task answered by the
 caller's next message, a stream resubscribed after the daemon is SIGKILLed (the journal
-replayed: each chunk once, in order, and then what follows), and another tenant's card,
-task and push config refused."""
+replayed: each chunk once, in order, and then what follows) and on a cluster's other node
+after the running node's SIGKILL and a takeover (the cluster's Redis replayed alike), and
+another tenant's card, task and push config refused."""
 
 from __future__ import annotations
 
@@ -35,12 +36,20 @@ from a2a.types import (
 )
 
 from ..conftest import ROOT
+from ..contract.home import made
 from ..daemon_harness import PY
 from .counter_agent import COUNT
 from .harness import a2a_daemon, assert_replayed, card, tck_agent
 
 BINDINGS = ["JSONRPC", "HTTP+JSON"]
 COUNTER = Path(__file__).parent / "counter_agent.py"
+COUNTER_AGENT = textwrap.dedent(f"""
+    [agents.counter]
+    command = ["{PY}", "{COUNTER}"]
+    env = {{ PYTHONPATH = "{ROOT}" }}
+    retry_lost = 3
+    backoff_initial = 0.05
+""")
 
 
 @asynccontextmanager
@@ -120,14 +129,7 @@ def _chunks(seen: list[StreamResponse]) -> list[str]:
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_a_stream_resubscribed_after_the_daemon_is_sigkilled_has_no_gap_and_no_duplicate(
         tmp_path: Path, binding: str) -> None:
-    agents = textwrap.dedent(f"""
-        [agents.counter]
-        command = ["{PY}", "{COUNTER}"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        retry_lost = 3
-        backoff_initial = 0.05
-    """)
-    with a2a_daemon(tmp_path, agents, anonymous='["counter"]') as (d, url):
+    with a2a_daemon(tmp_path, COUNTER_AGENT, anonymous='["counter"]') as (d, url):
         before: list[StreamResponse] = []
         async with client(url, binding, agent="counter") as c:
             async for event in c.send_message(message("count")):
@@ -141,6 +143,34 @@ async def test_a_stream_resubscribed_after_the_daemon_is_sigkilled_has_no_gap_an
         d.start()  # the same state directory, port and agent
         after: list[StreamResponse] = []
         async with client(url, binding, agent="counter") as c:
+            async for event in c.subscribe(SubscribeToTaskRequest(id=task_id)):
+                after.append(event)
+    assert after[0].WhichOneof("payload") == "task" and after[0].task.id == task_id
+    assert_replayed(_chunks(before), _chunks(after), COUNT)
+    final = after[-1].status_update.status.state
+    assert final == TaskState.TASK_STATE_COMPLETED, after[-1]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_a_stream_resubscribed_on_another_node_after_a_takeover_has_no_gap_and_no_duplicate(
+        tmp_path: Path, binding: str) -> None:
+    """Two nodes on one Redis: the task's node killed (-9) while the stream is read, the
+    task taken over, the stream resubscribed at the other node."""
+    agents = COUNTER_AGENT + '[a2a]\nanonymous = ["counter"]\n'
+    with made("cluster", tmp_path, agents) as home:
+        before: list[StreamResponse] = []
+        async with client(f"http://127.0.0.1:{home.ports[0]}", binding, agent="counter") as c:
+            async for event in c.send_message(message("count")):
+                before.append(event)
+                if len(_chunks(before)) == 5:
+                    break
+        task_id = before[0].task.id
+        ran = ["a", "b"].index(home.task(task_id)["attempts"][-1]["node"])
+        home.crash(task_id)  # (its node killed, then started again as a new incarnation)
+        after: list[StreamResponse] = []
+        async with client(f"http://127.0.0.1:{home.ports[1 - ran]}", binding,
+                          agent="counter") as c:
             async for event in c.subscribe(SubscribeToTaskRequest(id=task_id)):
                 after.append(event)
     assert after[0].WhichOneof("payload") == "task" and after[0].task.id == task_id

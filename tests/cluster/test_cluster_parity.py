@@ -208,13 +208,14 @@ def chunks_on(n: Node, task_id: str) -> list[str]:
 
 
 def live_output(a: Node, b: Node) -> str:
-    """A task's live output is kept by the node that runs it and followed there: b's;
-    its stream on a holds no chunk (the task's end alone)."""
+    """A task's live output is kept in the cluster's Redis by the node that runs it (b)
+    and read by any: its stream on a holds every chunk, as on b."""
     got = a.call("tasks.submit", {"agent": "w", "input": {"do": "emit", "chunks": ["x", "y"]},
                                   "wait": 60})
     assert got["status"] == "succeeded", got
-    assert (chunks_on(a, got["task_id"]), chunks_on(b, got["task_id"])) == ([], ["x", "y"])
-    return "local"
+    assert (chunks_on(a, got["task_id"]), chunks_on(b, got["task_id"])) == (
+        ["x", "y"], ["x", "y"])
+    return "cluster"
 
 
 FEATURE_PROBES: dict[str, Callable[[Node, Node], str]] = {"team calls": team_call,

@@ -2,8 +2,9 @@
 home (DESIGN 29; docs/a2a.md, "Streams that survive"): at the same daemon started again (a
 node), at the other node, which took the task over (a cluster). The journal is replayed,
 then followed: every chunk the first stream was sent comes again first, in its order,
-each attempt's chunks from its first, none twice, and the last attempt's whole. A
-cluster differs (a strict xfail naming how): its live output is the running node's."""
+each attempt's chunks from its first, none twice, and the last attempt's whole (a
+cluster's live output is in its Redis, written by the node that runs the task, read by
+any: cluster/clusteroutput.py)."""
 
 from __future__ import annotations
 
@@ -62,13 +63,7 @@ def chunks(events: list[dict[str, Any]]) -> list[str]:
 
 
 def test_a_stream_resubscribed_where_its_task_went_has_no_gap_and_no_duplicate(
-        home: Home, request: pytest.FixtureRequest) -> None:
-    if home.kind == "cluster":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "a cluster task's live output is kept in the memory of the node that runs it "
-            "(docs/cluster.md, the feature `live output`): the chunks sent before the "
-            "node died are not replayed by the node that takes the task over, which "
-            "streams its own attempt's whole")))
+        home: Home) -> None:
     before: list[dict[str, Any]] = []
     message = {"messageId": f"count-{uuid.uuid4().hex[:8]}", "role": "ROLE_USER",
                "parts": [{"text": "hi"}]}

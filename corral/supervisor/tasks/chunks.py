@@ -1,5 +1,6 @@
 """A task's output as it is kept: a chunk, its position, and the protocol of the journal
-that keeps them (the daemon's SQLite, the engine's memory); output.py makes and reads them."""
+that keeps them (the daemon's SQLite, the engine's memory, a cluster's Redis); output.py
+makes and reads them."""
 
 from __future__ import annotations
 
@@ -41,11 +42,23 @@ class OutputJournal(Protocol):
 
     def ended(self, task_id: str) -> None: ...
 
+    async def more(self, task_id: str, after: Position) -> bool:
+        """For a task that runs elsewhere (not in this engine): wait until a chunk after
+        `after` may have come; False once none will (it ended), or at once where a
+        journal is this engine's alone."""
+
     def behind(self) -> bool:
         """Whether more is waiting to be written than it holds in memory: the worker
         that sent the last chunk is then read no further until `caught_up`."""
 
     async def caught_up(self) -> None: ...
+
+
+class SharedOutputJournal(OutputJournal, Protocol):
+    """A journal that other engines write too (a cluster's: cluster/clusteroutput.py)."""
+
+    async def holds(self, task_id: str) -> bool:
+        """Whether the task is one whose output this journal keeps, wherever it runs."""
 
 
 class Discarder:
@@ -64,6 +77,9 @@ class Discarder:
 
     def ended(self, task_id: str) -> None:
         return None
+
+    async def more(self, task_id: str, after: Position) -> bool:
+        return False
 
     def behind(self) -> bool:
         return False

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 from ...text import plural
 from ..quotas import NO_QUOTAS
 from ..stream import Stream
-from .chunks import START, Discarder, OutputChunk, OutputJournal, Position
+from .chunks import (
+    START,
+    Discarder,
+    OutputChunk,
+    OutputJournal,
+    Position,
+    SharedOutputJournal,
+)
 from .model import Task, TaskFinished
 
 if TYPE_CHECKING:
@@ -98,10 +105,12 @@ class TaskOutputs:
 
     def __init__(self, stream: Stream, live: Callable[[str], Task | None]) -> None:
         self.live_task = live
-        # the daemon's journal, where it has one; a task a cluster keeps (its record is
-        # not in this node's journal, which would not prune its output) is in memory
+        # the daemon's journal, where it has one (else the engine's memory); a task a
+        # cluster keeps is in its cluster's (its node's ClusterHome), read here too while
+        # it runs on another node
         self.memory = OutputsInMemory()
         self.journal: OutputJournal = self.memory
+        self.shared: SharedOutputJournal | None = None
         self.live: dict[str, _OpenStream] = {}
         self.held: dict[str, int] = {}  # a tenant's unfinished tasks' bytes of output
         self.chunks = 0  # kept
@@ -209,7 +218,10 @@ class TaskOutputs:
     async def follow(self, task_id: str, after: Position = START
                      ) -> AsyncIterator[list[OutputChunk]]:
         """The task's chunks after `after`, a batch at a time, as they come, until it
-        has ended and every chunk is read (at once for a task not in flight here)."""
+        has ended and every chunk is read: its journal read, then followed (woken by
+        this engine's writes while it runs here, else by its journal's `more`)."""
+        elsewhere: OutputJournal | None = None
+        ended = False
         while True:
             task = self.live_task(task_id)
             changed = None
@@ -218,12 +230,30 @@ class TaskOutputs:
                 changed = live.changed
                 if changed is None:
                     changed = live.changed = asyncio.Event()
-            journal = (self.memory if task_id in self.memory.streams else self.journal)
+            if task is not None:
+                journal = task.home.outputs
+            else:
+                if elsewhere is None:
+                    elsewhere = await self._journal_of(task_id)
+                journal = elsewhere
             chunks = await journal.read(task_id, after, BATCH)
             if chunks:
                 after = chunks[-1].position
                 yield chunks
                 continue
-            if changed is None:
+            if changed is not None:
+                await changed.wait()
+            elif ended:
                 return
-            await changed.wait()
+            else:  # (one read more once it said none will come: what came meanwhile)
+                ended = not await journal.more(task_id, after)
+
+    async def _journal_of(self, task_id: str) -> OutputJournal:
+        """Where the output of a task not in flight here is kept: a cluster task's in its
+        cluster's journal (asked first, as a task's record is), any other in this
+        engine's."""
+        if task_id in self.memory.streams:
+            return self.memory
+        if self.shared is not None and await self.shared.holds(task_id):
+            return self.shared
+        return self.journal

@@ -1,0 +1,240 @@
+"""The live output of a cluster's tasks in Redis (the OutputJournal of a node's
+ClusterHome; docs/streams.md, docs/cluster.md): a stream per task whose entries' ids are
+the chunks' positions (ATTEMPT-N), written by the node that runs the task as its chunks
+come, read by any node. Whichever node serves a resubscribe replays it, then follows it:
+from the running node's engine where the task runs there, else by blocking reads of the
+stream, which the task's end closes with an entry `e` (scripts._ended). A chunk carries a
+MAC (trust.OUTPUT) bound to its task and position.
+
+Writes go a batch a loop turn, one fenced script per task in one pipeline (scripts.OUTPUT);
+a reader here is given only what Redis holds, so a stream resumed elsewhere after this
+node died has no gap. A batch Redis did not take is sent again each beat; a reader that
+has read all Redis holds is told why the rest is not there yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..supervisor.tasks import Task
+from ..supervisor.tasks.chunks import START, OutputChunk, Position
+from ..supervisor.tasks.output import paged
+from .connection import why
+from .keys import Keys
+from .queue import ClusterTask
+from .records import TERMINAL
+from .scripts import RedisPart, Scripts
+from .trust import OUTPUT, Trust
+
+# bytes of chunks waiting for Redis past which the worker sending them is read no further
+# until they are written (supervisor/tasks/output.py: TaskOutputs._hold); while Redis does
+# not answer too: the node fences itself within 2 x node_ttl and ends what it runs
+BACKLOG_BYTES = 4 << 20
+
+
+def entry_id(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+class _Pending:
+    """A task's chunks waiting for the next batch, with the fence of its claim."""
+
+    __slots__ = ("args", "bytes", "chunks", "token")
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+        self.args: list[Any] = [token]
+        self.chunks = 0
+        self.bytes = 0
+
+
+class ClusterOutputs(RedisPart):
+    """`active` finds a task running here; `waits`, the client of blocking reads; `beat`,
+    the longest a blocking read waits (and between two sends of a batch not taken)."""
+
+    def __init__(self, scripts: Scripts, keys: Keys, trust: Trust,
+                 active: Callable[[str], Task | None], waits: Any, beat: float) -> None:
+        super().__init__(scripts, keys, trust)
+        self._active = active
+        self.waits = waits
+        self.beat = beat
+        self._pending: dict[str, _Pending] = {}
+        self._waiting_bytes = 0  # of chunks put and not yet taken by Redis
+        self._failing: dict[str, str] = {}  # task -> why its last batch was not taken
+        self._sender: asyncio.Task[None] | None = None
+        self._put = 0  # chunks put, numbered
+        self._tried = 0  # the number of the last chunk a batch carried (taken or not)
+        self._round = asyncio.Condition()
+        self.written = 0  # chunks Redis took
+        self.refused = 0  # batches the fence refused (the task no longer this node's)
+        self.failed = 0  # batches Redis did not take (sent again)
+
+    # -- the OutputJournal protocol -------------------------------------------------------
+    def put(self, chunk: OutputChunk) -> None:
+        task = self._active(chunk.task_id)
+        if not isinstance(task, ClusterTask):
+            return  # not a claim of this node's (any more): nothing to fence it with
+        pending = self._pending.get(chunk.task_id)
+        if pending is None or pending.token != task.token:
+            if pending is not None:  # an earlier claim's, which the fence would refuse
+                self._waiting_bytes -= pending.bytes
+            pending = self._pending[chunk.task_id] = _Pending(task.token)
+        position = entry_id(chunk.position)
+        truncated = "1" if chunk.truncated else "0"
+        mac = self.trust.sign(OUTPUT, chunk.task_id, position, truncated, chunk.data)
+        pending.args += (position, mac, chunk.data, truncated)
+        pending.chunks += 1
+        size = len(chunk.data)
+        pending.bytes += size
+        self._waiting_bytes += size
+        self._put += 1
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send())  # at the turn's end
+
+    async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
+        await self.caught_up()  # (a reader here is given only what Redis holds)
+        try:
+            entries = await self.redis.xrange(self.keys.output(task_id),
+                                              min=f"({entry_id(after)}", count=limit)
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"the live output of task {task_id} was "
+                                                f"not read from the cluster's Redis "
+                                                f"({why(exc)})") from None
+        chunks = paged(self._chunks(task_id, entries), limit)
+        failing = self._failing.get(task_id)
+        if not chunks and failing is not None:
+            raise RpcError(jsonrpc.UNAVAILABLE, (
+                f"the live output of task {task_id} after {entry_id(after)} is not in the "
+                f"cluster's Redis: it did not take its chunks ({failing}); they are sent "
+                f"again each beat: resubscribe after {entry_id(after)}"))
+        return chunks
+
+    def _chunks(self, task_id: str, entries: list[Any]) -> list[OutputChunk]:
+        chunks = []
+        for raw_id, fields in entries:
+            position = raw_id.decode()
+            data = fields.get(b"d")
+            if data is None:  # the task's end (scripts._ended): no chunk comes after it
+                break
+            text = data.decode()
+            truncated = "1" if fields.get(b"t") == b"1" else "0"
+            if not self.trust.valid(fields.get(b"m"), OUTPUT, task_id, position,
+                                    truncated, text):
+                self.trust.refuse(OUTPUT, f"{position} of task {task_id}", fields.get(b"m"),
+                                  "that chunk is not streamed")
+                continue
+            attempt, _, n = position.partition("-")
+            chunks.append(OutputChunk(task_id, int(attempt), int(n), text, truncated == "1"))
+        return chunks
+
+    def resumed(self, task_id: str) -> tuple[Position, int]:
+        # each claim is an attempt of its own (its chunks begin at 1), and counts the
+        # bytes it keeps from none (decision 1200)
+        return START, 0
+
+    def ended(self, task_id: str) -> None:
+        """(Its chunks still waiting are sent before its end is: Outbox.send; its stream
+        expires with its record, scripts._ended.)"""
+
+    async def more(self, task_id: str, after: Position) -> bool:
+        """Until a chunk after `after` is in the task's stream, or its end, or a beat."""
+        key = self.keys.output(task_id)
+        try:
+            status = await self.redis.hget(self.keys.task(task_id), "status")
+            if status is None or status in TERMINAL:
+                return False
+            got = await self.waits.xread({key: entry_id(after)}, count=1,
+                                         block=max(1, int(self.beat * 1000)))
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"the live output of task {task_id} was "
+                                                f"not followed in the cluster's Redis "
+                                                f"({why(exc)})") from None
+        return not got or b"d" in got[0][1][0][1]
+
+    def behind(self) -> bool:
+        return self._waiting_bytes > BACKLOG_BYTES
+
+    async def caught_up(self) -> None:
+        """Until every chunk put so far was in a batch sent (taken by Redis or not)."""
+        upto = self._put
+        if self._tried >= upto:
+            return
+        async with self._round:
+            await self._round.wait_for(lambda: self._tried >= upto)
+
+    # -- the SharedOutputJournal protocol -------------------------------------------------
+    async def holds(self, task_id: str) -> bool:
+        try:
+            return bool(await self.redis.exists(self.keys.task(task_id)))
+        except RedisError as exc:
+            raise RpcError(jsonrpc.UNAVAILABLE, f"the live output of task {task_id} was "
+                                                f"not read from the cluster's Redis "
+                                                f"({why(exc)})") from None
+
+    # -- to Redis -------------------------------------------------------------------------
+    async def _send(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                tried = self._put
+                calls = [(self.scripts.output,
+                          [self.keys.task(task_id), self.keys.output(task_id)], p.args)
+                         for task_id, p in batch.items()]
+                try:
+                    results: list[Any] = await self.scripts.acknowledged(calls)
+                except Exception as exc:  # whatever it is, the readers waiting are told
+                    results = [exc] * len(calls)
+                again = self._settle(batch, results)
+                async with self._round:
+                    self._tried = tried
+                    self._round.notify_all()
+                if again:
+                    for task_id, p in again.items():  # before what came meanwhile
+                        newer = self._pending.pop(task_id, None)
+                        if newer is not None and newer.token == p.token:
+                            p.args += newer.args[1:]
+                            p.chunks += newer.chunks
+                            p.bytes += newer.bytes
+                        self._pending[task_id] = p
+                    await asyncio.sleep(self.beat)
+        finally:
+            self._sender = None
+
+    def _settle(self, batch: dict[str, _Pending], results: list[Any]
+                ) -> dict[str, _Pending]:
+        """The batches Redis did not take, to send again."""
+        again = {}
+        for (task_id, p), result in zip(batch.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                self.failed += 1
+                self._failing[task_id] = why(result)
+                again[task_id] = p
+                continue
+            self._failing.pop(task_id, None)
+            self._waiting_bytes -= p.bytes
+            if result == 1:
+                self.written += p.chunks
+            else:
+                self.refused += 1
+        return again
+
+    def stats(self) -> dict[str, int]:
+        return {"written": self.written, "refused": self.refused, "failed": self.failed,
+                "waiting_bytes": self._waiting_bytes}
+
+    async def close(self) -> None:
+        """Its last writes sent (the caller bounds the wait: what is left then goes)."""
+        sender = self._sender
+        if sender is not None:
+            try:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(sender)
+            finally:
+                sender.cancel()
