@@ -47,6 +47,8 @@ return 1"""
 class ClusterPush:
     """The PushStore of a node's cluster home."""
 
+    shared = True  # (every node delivers from it, one a task at a time)
+
     def __init__(self, redis: Any, keys: Keys, trust: Trust) -> None:
         self.redis = redis
         self.keys = keys

@@ -13,6 +13,8 @@ from .storeschema import errors_named
 class PushDB:
     """The engine's PushStore on the daemon's state database."""
 
+    shared = False  # (its flock: one daemon has it)
+
     def __init__(self, store: StateStore) -> None:
         self.store = store
 

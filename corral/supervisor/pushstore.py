@@ -12,6 +12,13 @@ from typing import Protocol
 class PushStore(Protocol):
     """A task's configs, each a record by its id, in the order first kept."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether other daemons deliver from it too (a cluster's): one that dies says
+        so by its lease lapsing alone, so the others look again at a lease's period.
+        False: this daemon alone takes what it keeps, at its start and as each config
+        is made, and looks again at nothing."""
+
     async def put(self, task_id: str, config_id: str, record: bytes, most: int) -> bool:
         """The record kept (one of its id replaced) before this returns; False, and
         nothing kept, when the task has `most` others already."""
@@ -38,6 +45,7 @@ class MemoryPush:
     """A PushStore in this process's memory (an engine without a state database)."""
 
     __slots__ = ("_by",)
+    shared = False
 
     def __init__(self) -> None:
         self._by: dict[str, dict[str, bytes]] = {}
@@ -75,6 +83,7 @@ class NodePush:
     (`keep_in`, daemon/pushjournal.py), else its memory."""
 
     __slots__ = ("_store",)
+    shared = False  # (the node's database or memory: this daemon's alone)
 
     def __init__(self) -> None:
         self._store: PushStore = MemoryPush()

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from ..daemon_harness import free_port
-from .harness import a2a_daemon
+from ..daemon_harness import free_port, in_process
+from .harness import a2a_config, a2a_daemon, tck_agent
 
 TOKEN_HEADER = "X-A2A-Notification-Token"
 
@@ -200,3 +200,39 @@ async def test_the_configs_an_older_daemon_kept_in_files_are_moved_into_its_home
                 state = body.get("statusUpdate", {}).get("status", {}).get("state")
                 if state == "TASK_STATE_COMPLETED":
                     break
+
+
+def _looking() -> list[asyncio.Task[Any]]:
+    """The loop's tasks that look at the push configs' home again and again."""
+    return [t for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__qualname__", "") == "Operations._lead"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_nodes_push_delivery_is_woken_by_the_status_change_not_polled(
+        tmp_path: Path) -> None:
+    """A node's home is its daemon's alone: the configs it keeps are taken up once at
+    its start, and each new one is watched as it is made; no loop looks at the home
+    again (one did every 5 s), and a status change is delivered as it happens."""
+    port = free_port()
+    async with in_process(tmp_path, tck_agent(), a2a_config(port)), receiver() as (
+            hook, got), httpx.AsyncClient(timeout=30) as http:
+        url = f"http://127.0.0.1:{port}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while _looking():  # (the take-up at its start, ended once done)
+            assert loop.time() < deadline, "the push configs' home is still looked at"
+            await asyncio.sleep(0.05)
+        asked = await rpc(http, url, "SendMessage", message("tck-input-required"))
+        task_id = asked["result"]["task"]["id"]
+        await rpc(http, url, "CreateTaskPushNotificationConfig", {
+            "taskId": task_id, "id": "woken", "url": hook, "token": "w0k"})
+        done = await rpc(http, url, "SendMessage", message("tck-complete-task", task_id))
+        assert done["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", done
+        while True:
+            headers, body = await asyncio.wait_for(got.get(), 30)
+            assert headers[TOKEN_HEADER] == "w0k"
+            state = body.get("statusUpdate", {}).get("status", {}).get("state")
+            if state == "TASK_STATE_COMPLETED":
+                break
+        assert _looking() == []

@@ -175,10 +175,20 @@ class Operations:
         self._leading = asyncio.get_running_loop().create_task(self._lead())
 
     async def _lead(self) -> None:
+        """The configs kept taken up. A node's home is this daemon's alone: what it keeps
+        is taken up once here, and each config made after is watched as it is made
+        (`watch`), each task's delivery woken by its own status changes (its journal
+        followed): nothing is looked at again. A cluster's other nodes deliver from it
+        too, and one that dies says so by its leases lapsing alone (no Redis tells of a
+        key's expiry unless its server is configured to): there, each lease held is
+        renewed, and the tasks no node delivers looked for, at a lease's third. A home
+        not read is looked at again at that period, whichever it is."""
         while True:
             try:
                 await self._take_up()
                 self._unread = False
+                if not self.push.shared:
+                    return
             except w.A2aError as exc:
                 if not self._unread:
                     self.push.report(f"a2a push configs not read: {exc.message}")

@@ -190,6 +190,11 @@ class PushConfigs:
         kept = await self.records(task_id)
         return kept[0].caller if kept else None
 
+    @property
+    def shared(self) -> bool:
+        """Whether other daemons deliver from the home too (PushStore.shared)."""
+        return self.store.shared
+
     async def lead(self, task_id: str, holder: str) -> bool:
         """Whether `holder` delivers the task's events now (PushStore.lead)."""
         with _unavailable():
