@@ -13,7 +13,13 @@ at receipt less that one (one clock for every process of the machine):
 
 The first WARMUP chunks of each are left out. Also the daemon's CPU time per chunk.
 
+With --cluster, the same task is a cluster task of node a on a redis-server of the bench's
+(its chunks kept in Redis, each batch one fenced script, signed with a cluster key:
+corral/cluster/clusteroutput.py), followed at a (where it runs) and at b (another node,
+following the stream in Redis); the nodes' and redis-server's CPU per chunk beside.
+
     .venv/bin/python -m bench.bench_stream [--chunks 5000] [--rate 1000] [--size 64]
+        [--cluster]
 """
 
 from __future__ import annotations
@@ -88,36 +94,85 @@ def over_pipe(n: int, rate: float, size: int) -> list[float]:
     return got
 
 
-def over_corral(d: Path, n: int, rate: float, size: int) -> tuple[list[float], float]:
+def streamer(d: Path) -> str:
     script = d / "streamer.py"
     script.write_text(AGENT)
-    c = CorralDaemon(d, textwrap.dedent(f"""
+    return textwrap.dedent(f"""
         [agents.streamer]
         command = ["{PY}", "{script}"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         task_timeout = 600
-    """))
-    c.start()
+    """)
+
+
+def cpu_of(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def streamed(submit: CorralDaemon, reader: CorralDaemon, n: int, rate: float, size: int,
+             pids: list[int]) -> tuple[list[float], list[float]]:
+    """The chunks' latencies followed at `reader`, and each of `pids`' CPU µs a chunk."""
     got: list[float] = []
 
     def took(method: str, params: Any) -> None:
         if method == "tasks.output":
             got.append((time.monotonic_ns() - int(params["data"].split(" ", 1)[0])) / 1e6)
 
+    with Client(submit.sock, timeout=None) as client:
+        accepted = client.call("tasks.submit", {"agent": "streamer", "input": {
+            "n": n, "rate": rate, "size": size}})
+    before = [cpu_of(pid) for pid in pids]
+    with Client(reader.sock, timeout=None) as client:
+        info = client.call("tasks.stream", {"task_id": accepted["task_id"]}, took)
+    spent = [(cpu_of(pid) - b) / n * 1e6 for pid, b in zip(pids, before, strict=True)]
+    assert info["status"] == "succeeded", info
+    assert len(got) == n, (len(got), n)
+    return got, spent
+
+
+def over_corral(d: Path, n: int, rate: float, size: int) -> tuple[list[float], float]:
+    c = CorralDaemon(d, streamer(d))
+    c.start()
     try:
         assert c.proc is not None
-        daemon = psutil.Process(c.proc.pid)
-        with Client(c.sock, timeout=None) as client:
-            accepted = client.call("tasks.submit", {"agent": "streamer", "input": {
-                "n": n, "rate": rate, "size": size}})
-            cpu = daemon.cpu_times()
-            info = client.call("tasks.stream", {"task_id": accepted["task_id"]}, took)
-            spent = daemon.cpu_times()
-        assert info["status"] == "succeeded", info
-        per_chunk = ((spent.user + spent.system) - (cpu.user + cpu.system)) / n * 1e6
+        got, [per_chunk] = streamed(c, c, n, rate, size, [c.proc.pid])
         return got, per_chunk
     finally:
         c.stop()
+
+
+def over_cluster(d: Path, n: int, rate: float, size: int) -> dict[str, Any]:
+    """Node a runs the task (b has no agent); its stream followed at a, then at b."""
+    from .bench_cluster import Redis, cluster
+
+    (d / "redis").mkdir()
+    redis = Redis(d / "redis")
+    key = d / "cluster.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    signed = f'key_file = "{key}"\n'
+    nodes: list[CorralDaemon] = []
+    try:
+        for name, agents in (("a", streamer(d)), ("b", "")):
+            (d / name).mkdir()
+            table = cluster(redis, name).replace("insecure = true\n", signed)
+            nodes.append(CorralDaemon(d / name, agents + table))
+            nodes[-1].start()
+        a, b = nodes
+        assert a.proc is not None and b.proc is not None
+        pids = [a.proc.pid, b.proc.pid, redis.proc.pid]
+        out: dict[str, Any] = {}
+        for where, reader in (("at_its_node", a), ("at_another_node", b)):
+            got, (cpu_a, cpu_b, cpu_redis) = streamed(a, reader, n, rate, size, pids)
+            out[where] = {**percentiles(got), "node_a_cpu_us_per_chunk": round(cpu_a, 1),
+                          "node_b_cpu_us_per_chunk": round(cpu_b, 1),
+                          "redis_cpu_us_per_chunk": round(cpu_redis, 1)}
+        return out
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.stop()
 
 
 def main() -> None:
@@ -125,9 +180,16 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=5000)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--size", type=int, default=64, help="bytes of each chunk")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also a cluster task's, its chunks in Redis")
     args = ap.parse_args()
     d = workdir("stream")
     try:
+        if args.cluster:
+            report("stream_cluster", {
+                "chunks": args.chunks, "rate": args.rate, "size": args.size,
+                **over_cluster(d, args.chunks, args.rate, args.size),
+                "load": [round(x, 2) for x in os.getloadavg()]})
         pipe = percentiles(over_pipe(args.chunks, args.rate, args.size))
         ms, cpu_us = over_corral(d, args.chunks, args.rate, args.size)
         corral = percentiles(ms)

@@ -6,10 +6,11 @@ from the running node's engine where the task runs there, else by blocking reads
 stream, which the task's end closes with an entry `e` (scripts._ended). A chunk carries a
 MAC (trust.OUTPUT) bound to its task and position.
 
-Writes go a batch a loop turn, one fenced script per task in one pipeline (scripts.OUTPUT);
-a reader here is given only what Redis holds, so a stream resumed elsewhere after this
-node died has no gap. A batch Redis did not take is sent again each beat; a reader that
-has read all Redis holds is told why the rest is not there yet.
+Writes go a batch each FLUSH_EVERY, or at once for a reader here, one fenced script per
+task in one pipeline (scripts.OUTPUT); a reader here is given only what Redis holds (from
+each running task's newest TAIL_BYTES in memory once written), so a stream resumed
+elsewhere after this node died has no gap. A batch Redis did not take is sent again each
+beat; a reader that has read all Redis holds is told why the rest is not there yet.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.chunks import START, OutputChunk, Position
-from ..supervisor.tasks.output import paged
+from ..supervisor.tasks.output import OutputTail, paged
 from .connection import why
 from .keys import Keys
 from .queue import ClusterTask
@@ -37,6 +38,9 @@ from .trust import OUTPUT, Trust
 # until they are written (supervisor/tasks/output.py: TaskOutputs._hold); while Redis does
 # not answer too: the node fences itself within 2 x node_ttl and ends what it runs
 BACKLOG_BYTES = 4 << 20
+# seconds chunks gather before they go as one batch, unless a reader here asks for them
+# (as the node's journal batches: daemon/outputjournal.py)
+FLUSH_EVERY = 0.02
 
 
 def entry_id(position: Position) -> str:
@@ -66,6 +70,8 @@ class ClusterOutputs(RedisPart):
         self.waits = waits
         self.beat = beat
         self._pending: dict[str, _Pending] = {}
+        self._tails: dict[str, OutputTail] = {}  # the running tasks' newest chunks
+        self._flush_at: asyncio.TimerHandle | None = None
         self._waiting_bytes = 0  # of chunks put and not yet taken by Redis
         self._failing: dict[str, str] = {}  # task -> why its last batch was not taken
         self._sender: asyncio.Task[None] | None = None
@@ -95,11 +101,31 @@ class ClusterOutputs(RedisPart):
         pending.bytes += size
         self._waiting_bytes += size
         self._put += 1
-        if self._sender is None:
-            self._sender = asyncio.ensure_future(self._send())  # at the turn's end
+        tail = self._tails.get(chunk.task_id)
+        if tail is None:  # (the chunks before this claim's first are Redis's alone)
+            tail = self._tails[chunk.task_id] = OutputTail((chunk.attempt, chunk.n - 1))
+        tail.add(chunk)
+        if self._sender is None and self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if self._sender is None and self._pending:
+            self._sender = asyncio.ensure_future(self._send())
 
     async def read(self, task_id: str, after: Position, limit: int) -> list[OutputChunk]:
-        await self.caught_up()  # (a reader here is given only what Redis holds)
+        # a reader here is given only what Redis holds: from the tail once written
+        tail = self._tails.get(task_id)
+        if tail is not None and after >= tail.before:
+            if not tail.chunks or tail.chunks[-1].position <= after:
+                return []
+            upto = tail.chunks[-1].position
+            await self.caught_up()
+            if task_id not in self._failing and self._tails.get(task_id) is tail:
+                return tail.after(after, limit, upto)
+        await self.caught_up()
         try:
             entries = await self.redis.xrange(self.keys.output(task_id),
                                               min=f"({entry_id(after)}", count=limit)
@@ -142,6 +168,7 @@ class ClusterOutputs(RedisPart):
     def ended(self, task_id: str) -> None:
         """(Its chunks still waiting are sent before its end is: Outbox.send; its stream
         expires with its record, scripts._ended.)"""
+        self._tails.pop(task_id, None)
 
     async def more(self, task_id: str, after: Position) -> bool:
         """Until a chunk after `after` is in the task's stream, or its end, or a beat."""
@@ -166,6 +193,7 @@ class ClusterOutputs(RedisPart):
         upto = self._put
         if self._tried >= upto:
             return
+        self._flush()
         async with self._round:
             await self._round.wait_for(lambda: self._tried >= upto)
 
@@ -221,8 +249,9 @@ class ClusterOutputs(RedisPart):
             self._waiting_bytes -= p.bytes
             if result == 1:
                 self.written += p.chunks
-            else:
+            else:  # (its tail holds what Redis does not: its readers read Redis)
                 self.refused += 1
+                self._tails.pop(task_id, None)
         return again
 
     def stats(self) -> dict[str, int]:
@@ -231,6 +260,7 @@ class ClusterOutputs(RedisPart):
 
     async def close(self) -> None:
         """Its last writes sent (the caller bounds the wait: what is left then goes)."""
+        self._flush()
         sender = self._sender
         if sender is not None:
             try:

@@ -1,26 +1,24 @@
 """Tasks' live output in the state database (the engine's OutputJournal; docs/streams.md):
 a chunk a row, the chunks of FLUSH_EVERY seconds a transaction, and each running task's
-newest TAIL_BYTES in memory too, for readers that keep up. `load` tells a restarted daemon
-where each unfinished task's output stopped and how much it holds, so its bound counts it.
+newest TAIL_BYTES in memory too (output.OutputTail), for readers that keep up. `load`
+tells a restarted daemon where each unfinished task's output stopped and how much it
+holds, so its bound counts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import itertools
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 from ..supervisor.tasks.chunks import START, OutputChunk, Position
-from ..supervisor.tasks.output import paged
+from ..supervisor.tasks.output import OutputTail, paged
 from .journalstore import JournalStore, JournalWords
 from .storeschema import errors_named
 from .storewriter import WriterThread
 
-TAIL_BYTES = 64 * 1024  # of a task's newest output, kept in memory while it is written
 # bytes of output waiting for the writer past which the worker sending it is read no
 # further until they are written (supervisor/tasks/output.py: TaskOutputs._hold)
 BACKLOG_BYTES = 4 << 20
@@ -37,47 +35,13 @@ _WORDS = JournalWords("output", "tasks' output waits in memory until it can be",
                       OutputError)
 
 
-class _OutputTail:
-    """A task's newest chunks (`chunks[first:]`), and the position of the last one not
-    among them (`before`: START when every chunk of it is)."""
-
-    __slots__ = ("before", "bytes", "chunks", "first")
-
-    def __init__(self, before: Position) -> None:
-        self.before = before
-        self.chunks: list[OutputChunk] = []
-        self.first = 0
-        self.bytes = 0
-
-    def add(self, chunk: OutputChunk) -> None:
-        self.chunks.append(chunk)
-        self.bytes += len(chunk.data)
-        while self.bytes > TAIL_BYTES and len(self.chunks) - self.first > 1:
-            gone = self.chunks[self.first]
-            self.first += 1
-            self.bytes -= len(gone.data)
-            self.before = gone.position
-        if self.first > 1024 and self.first * 2 > len(self.chunks):
-            del self.chunks[:self.first]
-            self.first = 0
-
-    def after(self, after: Position, limit: int, upto: Position) -> list[OutputChunk]:
-        at = bisect.bisect_right(self.chunks, after, lo=self.first, key=_position)
-        return paged(itertools.takewhile(lambda c: c.position <= upto,
-                                         itertools.islice(self.chunks, at, None)), limit)
-
-
-def _position(chunk: OutputChunk) -> Position:
-    return (chunk.attempt, chunk.n)
-
-
 class OutputsDB:
     def __init__(self, path: Path, writer: WriterThread,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
         self._store: JournalStore[OutputChunk] = JournalStore(
             path, writer, self._write, _WORDS, size=_size, on_error=on_error)
-        self.tails: dict[str, _OutputTail] = {}
+        self.tails: dict[str, OutputTail] = {}
         self.unfinished: dict[str, tuple[Position, int]] = {}  # load's
         self._gathered: list[OutputChunk] = []  # for the next batch (FLUSH_EVERY)
         self._gathered_bytes = 0
@@ -88,7 +52,7 @@ class OutputsDB:
         tail = self.tails.get(chunk.task_id)
         if tail is None:
             before = self.unfinished.get(chunk.task_id, (START, 0))[0]
-            tail = self.tails[chunk.task_id] = _OutputTail(before)
+            tail = self.tails[chunk.task_id] = OutputTail(before)
         tail.add(chunk)
         self._gathered.append(chunk)
         self._gathered_bytes += len(chunk.data)

@@ -34,6 +34,7 @@ BATCH = 256  # chunks a reader is given at once, at most
 BATCH_BYTES = 1 << 20  # and bytes of their text, past the first
 MAX_CHUNK_BYTES = 1 << 20  # of one chunk's text: a page holds one
 KEPT = 1000  # tasks whose streams the engine's own journal keeps
+TAIL_BYTES = 64 * 1024  # of a task's newest output, kept in memory while it is written
 # A position as an SSE event id, `ATTEMPT-N`: ASCII digits, each few enough to be a SQLite
 # integer (the journal is read from it), so the REST document says the same pattern.
 EVENT_ID = re.compile(r"[0-9]{1,18}-[0-9]{1,18}")
@@ -58,6 +59,41 @@ def paged(chunks: Iterable[OutputChunk], limit: int) -> list[OutputChunk]:
             break
         page.append(chunk)
     return page
+
+
+class OutputTail:
+    """A running task's newest chunks (`chunks[first:]`), kept by a journal for the
+    readers that keep up, and the position of the last one not among them (`before`:
+    START when every chunk of it is)."""
+
+    __slots__ = ("before", "bytes", "chunks", "first")
+
+    def __init__(self, before: Position) -> None:
+        self.before = before
+        self.chunks: list[OutputChunk] = []
+        self.first = 0
+        self.bytes = 0
+
+    def add(self, chunk: OutputChunk) -> None:
+        self.chunks.append(chunk)
+        self.bytes += len(chunk.data)
+        while self.bytes > TAIL_BYTES and len(self.chunks) - self.first > 1:
+            gone = self.chunks[self.first]
+            self.first += 1
+            self.bytes -= len(gone.data)
+            self.before = gone.position
+        if self.first > 1024 and self.first * 2 > len(self.chunks):
+            del self.chunks[:self.first]
+            self.first = 0
+
+    def after(self, after: Position, limit: int, upto: Position) -> list[OutputChunk]:
+        at = bisect.bisect_right(self.chunks, after, lo=self.first, key=_position)
+        return paged(itertools.takewhile(lambda c: c.position <= upto,
+                                         itertools.islice(self.chunks, at, None)), limit)
+
+
+def _position(chunk: OutputChunk) -> Position:
+    return (chunk.attempt, chunk.n)
 
 
 class OutputsInMemory(Discarder):
