@@ -210,6 +210,13 @@ CHAIN_LINKS = {
     "corral/supervisor/tasks/approvals.py",  # policy rules, labels (taint), approval
     "corral/supervisor/tasks/pingate.py",  # pins
     "corral/supervisor/policy.py",  # the rules' judge the approvals link asks
+    # a task submitted (REST, A2A, /mcp/corral of no task; decision 1170): identity and
+    # view (an anonymous caller's own tasks), the labels handed to it, who approves
+    "corral/daemon/records.py",
+    "corral/daemon/handing.py",
+    "corral/daemon/deciders.py",
+    # dispatch of a spawn: the labels its order carries (spawn.py read them) handed on
+    "corral/supervisor/tasks/nodespawns.py",
 }
 # doors not yet moved into the chain, each naming why (decision 1104)
 NOT_YET_IN_THE_CHAIN = {
@@ -223,10 +230,19 @@ CHECKS = {"take_tool_call", "give_back_tool_call", "gate", "judge", "terms_of",
 
 def call_checks(path: Path, root: Path = ROOT) -> list[str]:
     """Where `path` checks a call itself: a call of one of CHECKS, an ask of a person's
-    approval made (`AskKind.APPROVAL` given to an ask), a drifted tool's refusal caught."""
+    approval made (`AskKind.APPROVAL` given to an ask), a drifted tool's refusal caught,
+    labels handed to a task (`HANDED.set`), an anonymous caller judged (`caller.anonymous`
+    read: what it may reach, hand on, decide; the operator's `[a2a] anonymous` is who)."""
     found = []
-    for node in walked(file_tree(path)):
-        if isinstance(node, ast.Call):
+    tree = file_tree(path)
+    for node in walked(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "anonymous" and \
+                ast.unparse(node.value).endswith("caller"):
+            found.append(f"{path.relative_to(root)}:{node.lineno} .anonymous")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "set" and ast.unparse(node.func.value) == "HANDED":
+            found.append(f"{path.relative_to(root)}:{node.lineno} HANDED.set")
+        elif isinstance(node, ast.Call):
             f = node.func
             name = f.id if isinstance(f, ast.Name) else f.attr \
                 if isinstance(f, ast.Attribute) else ""
@@ -255,7 +271,9 @@ def test_the_check_scan_sees_a_door_that_checks_a_call_itself(tmp_path: Path) ->
                     "    take_tool_call(task, r)\n"
                     "    guard.judge(1, r, None, 'tool', 'x', {})\n"
                     "    ask(AskRequest(AskKind.APPROVAL, None))\n"
-                    "    try:\n        pins.call()\n    except ToolDrifted:\n        pass\n")
+                    "    try:\n        pins.call()\n    except ToolDrifted:\n        pass\n"
+                    "    HANDED.set((caller.who,)) if caller.anonymous else None\n"
+                    "    settings.anonymous\n")
     assert call_checks(door, tmp_path) == [
         "door.py:2 take_tool_call", "door.py:3 judge", "door.py:4 AskRequest",
-        "door.py:7 except ToolDrifted"]
+        "door.py:7 except ToolDrifted", "door.py:9 .anonymous", "door.py:9 HANDED.set"]

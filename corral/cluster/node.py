@@ -90,7 +90,8 @@ class ClusterNode:
         sessions = ClusterSessions(scripts, self.keys, trust, host, self.membership, report)
         self.steps = ClusterSteps(scripts, self.keys, trust, tasks.active.get)
         # (the desk is made below)
-        labels = ClusterLabels(self.redis, self.keys)
+        # (a task's labels: read by the view too, an anonymous A2A caller's own tasks)
+        self.labels = labels = ClusterLabels(self.redis, self.keys)
         self.push = ClusterPush(self.redis, self.keys, trust)  # (the A2A door's too)
         spawns = ClusterSpawns(scripts, self.keys, trust, self.node,
                                lambda agent, tenant: self.desk.serves(agent, tenant),

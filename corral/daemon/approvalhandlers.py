@@ -15,6 +15,7 @@ from ..supervisor.tasks.inbox import AskEnded, AskRecords, Decision, Inbox, deci
 from .api import Commands
 from .caller import Caller, Channel
 from .clusterpeer import ClusterInbox
+from .deciders import may_decide
 from .flowcontrol import drain
 from .services import Services
 
@@ -91,6 +92,7 @@ async def approvals_resolve(inboxes: Inboxes, p: m.ApprovalsResolve, caller: Cal
     ask = await shelf.read(p.id)
     if ask is None:
         raise jsonrpc.not_found("ask", p.id)
+    may_decide(caller, ask)
     return await decide(shelf, Decision(p.id, AskEnd(p.decision), caller.who,
                                         decision_data(ask, p)))
 

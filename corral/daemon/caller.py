@@ -16,6 +16,9 @@ from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.names import RESERVED
 
 SHARED = "*"  # the owner of an MCP server every tenant's callers see (`shared = true`)
+# the transport an `[a2a] anonymous` agent's caller that sent no token is made with (a2a/
+# routes.py; an A2A caller with a token is "http", as on REST)
+ANONYMOUS_VIA = "a2a"
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,6 +90,12 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         if self.token is not None:
             return f"token {self.token}"
         return f"uid {self.uid} pid {self.pid}"
+
+    @property
+    def anonymous(self) -> bool:
+        """No one: a caller of an `[a2a] anonymous` agent that sent no token (its links:
+        handing.py, deciders.py, records.py)."""
+        return self.via == ANONYMOUS_VIA and self.token is None
 
     @property
     def peer(self) -> bool:

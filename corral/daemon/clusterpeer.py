@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..supervisor.labels import NoLabels
 
 if TYPE_CHECKING:
     from ..askviews import Ask, AskEnd
@@ -45,6 +46,7 @@ class NotANode:
     redis_warnings: list[str] = []
     asks = NoClusterAsks()
     push: PushStore | None = None  # (the node's own keeps a task's push configs)
+    labels = NoLabels()  # (the node's own keeps a task's labels)
     slots: Mapping[str, list[str | None]] = {}
     here: Mapping[str, list[int]] = {}
 

@@ -30,7 +30,6 @@ from ..mcp.pool import allowed
 from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
 from ..supervisor.config import DEFAULT_TENANT, ConfigError, GatewaySettings, PositiveInt
-from ..supervisor.labels import HANDED
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
@@ -594,13 +593,8 @@ class GatewayService:
         """A replica's call of an agent: its attempt's is the task's spawn; one of no task
         passes its replica's policy as a call of no task at /mcp does."""
         async def submitted(call: Call) -> Any:  # of no task: a task of its own
-            # what the replica read is handed on to the task it starts (labels.py)
-            handed = HANDED.set(self.guard.labels.of(ident.replica, None)
-                                if self.guard is not None else ())
-            try:
-                task_id = await self.agent_tools.submit(ident, name, call.arguments)
-            finally:
-                HANDED.reset(handed)
+            # (the labels it is handed are the chain's: approvals.py `_replica_call`)
+            task_id = await self.agent_tools.submit(ident, name, call.arguments)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
         tool = f"{AGENTS_VIEW}__{name}"
         return await self._recorded(ident, tool, (-1, -1), task, lambda: self._entered(Call(

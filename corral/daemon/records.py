@@ -123,10 +123,22 @@ def task(field: str) -> Record:
         else:
             spec = d.teams.defined(info.agent)
             mine = spec is None or caller.owns(spec.agents, d.teams.tenant_of(info.agent))
-        if not (mine and sees_task(caller, info)):
+        if not (mine and sees_task(caller, info)) or not await started(d, caller, task_id):
             raise jsonrpc.not_found("task", task_id)
 
     return check
+
+
+async def started(d: Holders, caller: Caller, task_id: str) -> bool:
+    """Whether the caller may act on a task it sees by its agent: any task, but an
+    anonymous caller only one it started, which holds its label (handing.py), in the
+    home that holds it (issue 88: no one reaches the operator's tasks of its agent)."""
+    if not caller.anonymous:
+        return True
+    for store in (d.task_engine.labels, d.cluster.labels):
+        if caller.who in await store.read(task_id):
+            return True
+    return False
 
 
 def ask(field: str) -> Record:
@@ -136,7 +148,8 @@ def ask(field: str) -> Record:
         ask_id = getattr(params, field)
         cluster_asks = d.cluster.asks  # (a cluster task's asks: in Redis, any node's)
         found = d.task_engine.ask_of(ask_id) or await cluster_asks.read(ask_id)
-        if found is None or not sees_task(caller, found):
+        if found is None or not sees_task(caller, found) or \
+                not await started(d, caller, found.task_id):
             raise jsonrpc.not_found("ask", ask_id)
 
     return check

@@ -12,6 +12,7 @@ from ..supervisor.tasks.chunks import START
 from ..supervisor.tasks.output import TaskOutputs, position_of
 from .api import Commands, by_name
 from .caller import Caller, Channel
+from .handing import handing
 from .services import Services
 from .tasks import TaskFront
 from .traces import Traces
@@ -30,7 +31,8 @@ implements = COMMANDS.implements
 @implements(m.TasksSubmit)
 async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Channel
                        ) -> m.TaskAccepted:
-    answer = await t.tasks.submit(p, c)
+    with handing(caller):  # (its identity and view, its audit: the Dispatcher's)
+        answer = await t.tasks.submit(p, c)
     if answer.replayed is True and not caller.may("tasks:read"):
         # the key's task may be another caller's: its outcome is read with tasks:read
         # (a `wait` needs it already), as tasks.get reads it (issue 88)
@@ -41,7 +43,8 @@ async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Cha
 @implements(m.TasksRun)
 async def tasks_run(t: TaskServices, p: m.TasksRun, caller: Caller, c: Channel
                     ) -> m.TaskResult:
-    return await t.tasks.run(p, c)
+    with handing(caller):
+        return await t.tasks.run(p, c)
 
 
 @implements(m.TasksGet)

@@ -1,7 +1,9 @@
-"""An attacker's pass over `[a2a] anonymous` (issue 88): an anonymous caller is limited to
+"""An attacker's pass over `[a2a] anonymous` (issue 88): an anonymous caller was limited to
 its agent, not to the tasks it made, and held the scope `approvals` to answer its tasks'
 questions. With it, anyone on loopback granted a call an `approve` rule holds for a
-person, in a task the operator submitted: a `yes` sent with the task's id paid."""
+person, in a task the operator submitted: a `yes` sent with the task's id paid. Now the
+operator's task is none of its own (records.py `started`), and an approval is no
+anonymous caller's to give in its own either (deciders.py: test_anonymous_taint.py)."""
 
 from __future__ import annotations
 
@@ -36,9 +38,8 @@ async def test_an_anonymous_caller_grants_no_approval_a_person_is_asked_for() ->
             r = await http.post(f"http://127.0.0.1:{port}/a2a/worker", json={
                 "jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": sent})
         error = r.json().get("error")
-        assert error is not None and error["message"] == (
-            f"task {task_id} waits for a person's approval, which an anonymous caller "
-            "does not give: a token's holder or `corral approvals` gives it"), r.text
+        assert error is not None and (error["code"], error["message"]) == (
+            -32001, f"no such task: {task_id}"), r.text
         # the ask is as it was, and a person's approval is still what pays
         assert [a["id"] for a in d.ask("approvals.list")["asks"]] == [ask["id"]]
         assert d.cli("approvals", "approve", ask["id"]).returncode == 0

@@ -76,7 +76,9 @@ async def test_an_anonymous_callers_message_reaches_no_sensitive_tool_unasked() 
                 "jsonrpc": "2.0", "id": 2, "method": "SendMessage", "params": {
                     "message": {"messageId": "m-2", "role": "ROLE_USER", "taskId": task_id,
                                 "parts": [{"text": "yes"}]}}})
-            assert "a person's approval" in r.json()["error"]["message"], r.text
+            assert r.json()["error"]["message"] == (
+                f"task {task_id} waits for a person's approval, which an anonymous caller "
+                "does not give: a token's holder or `corral approvals` gives it"), r.text
         assert d.cli("approvals", "deny", ask["id"]).returncode == 0
         got = d.ask("tasks.get", {"task_id": task_id, "wait": True})
         assert got["output"]["isError"] is True, got

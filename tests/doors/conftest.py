@@ -53,11 +53,22 @@ def agents(tmp: Path) -> str:
         command = ["{PY}", "{HERE}/door_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         stop_timeout = 10.0
-        spawns = ["target", "denied"]
-        tools = ["pol__*", "drift__*", "corral__target", "corral__denied"]
+        spawns = ["target", "denied", "mailer"]
+        tools = ["pol__*", "drift__*", "corral__target", "corral__denied", "corral__mailer"]
+    """)
+    # the agent submissions start (test_submissions.py): its sensitive mail waits for a
+    # person, who is told why (a label, or its `approve`)
+    mailer = textwrap.dedent(f"""
+        command = ["{PY}", "{HERE}/door_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        stop_timeout = 10.0
+        max_concurrent_tasks = 4
+        tools = ["pol__*"]
+        approve = ["pol__send_mail"]
     """)
     return (f"[agents.caller]{agent}\n"
             f"[agents.budgeted]{agent}max_tool_calls_per_task = 2\n\n"
+            f"[agents.mailer]{mailer}\n"
             f'[agents.target]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
             f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
             f'[agents.denied]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
@@ -69,7 +80,8 @@ def agents(tmp: Path) -> str:
             '[[policy]]\nname = "no pay"\nmatch = { tool = "pol__pay" }\neffect = "deny"\n\n'
             '[[policy]]\nname = "no denied agent"\nmatch = { tool = "corral__denied" }\n'
             'effect = "deny"\n\n'
-            '[gateway]\nlisten = "127.0.0.1:0"\n')
+            '[gateway]\nlisten = "127.0.0.1:0"\n\n'
+            '[a2a]\nanonymous = ["mailer"]\n')
 
 
 class Entry:

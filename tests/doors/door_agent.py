@@ -5,7 +5,8 @@
 The doors: `worker` (`ctx.call_tool`, naming its task), `worker-no-task` (`tools/call`
 naming none), and the HTTP gateway at its replica's own address (CORRAL_MCP_URL, naming
 no attempt) with its replica's token: `/mcp` (SERVER__TOOL), `/mcp/NAME` (the server's
-TOOL), `/mcp/corral` (an agent, `corral__AGENT`). With {"env": true}: its replica's
+TOOL), `/mcp/corral` (an agent, `corral__AGENT`). An A2A message's input is its first
+data part. With {"env": true}: its replica's
 gateway address and token, for a test's calls of no task."""
 
 import json
@@ -61,6 +62,8 @@ def call(ctx, door, tool, arguments):
 
 
 def handle(task, ctx):
+    # a message sent over A2A: its first data part is the input
+    task = next((p["data"] for p in task.get("parts", []) if "data" in p), task)
     if task.get("env"):  # its replica's gateway address and token, for calls of no task
         return {k: os.environ[k] for k in ("CORRAL_MCP_URL", "CORRAL_MCP_TOKEN")}
     return [call(ctx, c["door"], c["tool"], c.get("arguments", {})) for c in task["calls"]]

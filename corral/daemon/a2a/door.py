@@ -18,7 +18,6 @@ from ... import jsonrpc
 from ...askviews import AskKind
 from ...jsonrpc import RpcError
 from ...methods import ApprovalsResolve, TasksCancel, TasksGet, TasksList, TasksStream, TasksSubmit
-from ...supervisor.labels import HANDED
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.askwaits import AskEnded
 from ...taskviews import TaskInfo
@@ -41,13 +40,7 @@ QUEUED_EVENTS = 256  # a stream's events waiting for its client before the follo
 RECHECK = 1.0  # seconds between two looks at a task waited for, at most
 ASK_WAIT = 30.0  # seconds a message to a running task waits for it to ask
 MAX_ID = 200  # characters of a messageId in a task's idempotency key (255 at most)
-VIA = "a2a"  # the transport an anonymous caller is made with (a token's is "http")
 YES = frozenset({"yes", "y", "approve", "approved", "ok", "true"})
-
-
-def anonymous(caller: Caller) -> bool:
-    """A caller of an `[a2a] anonymous` agent that sent no token (routes.py makes it)."""
-    return caller.via == VIA and caller.token is None
 
 
 def refusal(exc: RpcError) -> w.A2aError:
@@ -125,15 +118,9 @@ class A2aDoor:
         # the task's input is this message (a replay's, by its key, the same one): its
         # history is given from here, not read back from the journal at each look
         sent = msgspec.Raw(msgspec.json.encode(w.to_json(message)))
-        # an anonymous caller's message is text from no one, as an untrusted tool's
-        # output is: its task is given that label (its sensitive calls ask a person)
-        handed = HANDED.set((caller.who,)) if anonymous(caller) else None
-        try:
-            accepted = await self.call(caller, TasksSubmit.declared.name,
-                                       submit | {"input": sent})
-        finally:
-            if handed is not None:
-                HANDED.reset(handed)
+        # (the labels it is handed, an anonymous caller's own, are the chain's: handing.py)
+        accepted = await self.call(caller, TasksSubmit.declared.name,
+                                   submit | {"input": sent})
         if not immediately:
             return await self.settled(caller, agent, accepted.task_id, sent)
         info = await self.task(caller, agent, accepted.task_id)
@@ -164,14 +151,7 @@ class A2aDoor:
         sent = w.to_json(message)
         if ask.kind is AskKind.QUESTION:
             decision: dict[str, Any] = {"decision": "answered", "answer": sent}
-        elif anonymous(caller):
-            # `approvals` is its scope to answer questions; an approval is a person's,
-            # and anyone who reaches the agent is no one (it paid what the operator's
-            # task held for a person: issue 88's attacker's pass)
-            raise w.A2aError(w.FORBIDDEN, f"task {info.task_id} waits for a person's "
-                             "approval, which an anonymous caller does not give: a token's "
-                             "holder or `corral approvals` gives it")
-        else:
+        else:  # (who may approve is the chain's: deciders.py)
             text = " ".join(p.text for p in message.parts if isinstance(p.text, str))
             decision = {"decision": "approved" if text.strip().lower() in YES
                         else "denied", "reason": text or None}
@@ -235,7 +215,12 @@ class A2aDoor:
             if req.context_id and (summary.options.session or summary.task_id) \
                     != req.context_id:
                 continue
-            info = await self.task(caller, agent, summary.task_id, given=True)
+            try:
+                info = await self.task(caller, agent, summary.task_id, given=True)
+            except w.A2aError as exc:
+                if exc.kind == w.TASK_NOT_FOUND:  # not the caller's (records.py `started`)
+                    continue
+                raise
             tasks.append(mp.task_of(info, history if history is not None else 0,
                                     artifacts=req.include_artifacts is True))
         following = page.next if isinstance(page.next, str) else ""

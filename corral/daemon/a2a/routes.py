@@ -18,7 +18,7 @@ from ...jsonrpc import RpcError, visible
 from ...ratelimit import PerKey
 from ...supervisor.config import DEFAULT_TENANT, A2aSettings, AgentSpec
 from ..addresses import loopback
-from ..caller import Caller
+from ..caller import ANONYMOUS_VIA, Caller
 from ..http import route
 from ..http.auth import authenticate
 from ..http.context import HttpContext
@@ -26,7 +26,7 @@ from ..http.sse import Streams
 from . import card, httpjson
 from . import jsonrpc as rpc
 from . import wire as w
-from .door import VIA, A2aDoor
+from .door import A2aDoor
 from .operations import Operations
 from .push import PushConfigs
 
@@ -91,7 +91,7 @@ class A2aRoutes:
             made = caller
         elif self.anonymous(request, agent):
             tenant = self.ctx.services.agents[agent].spec.tenant
-            made = Caller(via=VIA, name=f"a2a anonymous {agent}", agents=agent,
+            made = Caller(via=ANONYMOUS_VIA, name=f"a2a anonymous {agent}", agents=agent,
                           tenant=None if tenant == DEFAULT_TENANT else tenant,
                           scopes=ANONYMOUS_SCOPES)
         else:

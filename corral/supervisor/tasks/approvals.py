@@ -21,7 +21,7 @@ from ..labels import HANDED
 from ..policy import PolicyGuard
 from .call import Call
 from .chain import give_back_tool_call, take_tool_call
-from .interceptors import StepReplay, TaskInterceptor, TaskPath, TraceStart
+from .interceptors import AGENT_TOOL, StepReplay, TaskInterceptor, TaskPath, TraceStart
 from .personwait import waiting
 from .replicacalls import ReplicaAsk, ReplicaCalls, is_replica_owner
 from .steps import CallOrdinals, args_hash
@@ -137,8 +137,16 @@ class Approvals(TaskInterceptor):
         gated = await gate(calls, call, guard)
         if isinstance(gated, dict):
             return gated
-        answer = next(gated)
-        return await answer if inspect.isawaitable(answer) else answer
+        # an agent called of no task starts a task of its own (the door's submission):
+        # what the replica read is handed on to it (labels.py), read as it is made
+        handed = HANDED.set(guard.labels.of(call.replica, None)) if guard is not None \
+            and call.name.startswith(AGENT_TOOL) else None
+        try:
+            answer = next(gated)
+            return await answer if inspect.isawaitable(answer) else answer
+        finally:
+            if handed is not None:
+                HANDED.reset(handed)
 
     def intercept_task_end(self, task: Task, next: Callable[[Task], None]) -> None:
         self._calls.forget(task.id)

@@ -1,0 +1,262 @@
+"""The door contract for a task submitted (DESIGN 28: "a task submitted" and "an A2A
+message" are calls): each link's promise that applies to a submission is one test, run at
+every door that takes one, on both homes: REST (`POST /api/v1/tasks` with a token), A2A
+(`SendMessage` with a token, and with none at an `[a2a] anonymous` agent), and
+`/mcp/corral` (an agent called as a tool, from a task: its spawn, and of no task: the
+replica's token while it runs none). The submitted agent is `mailer` (door_agent.py), its
+`pol__send_mail` held for a person by its `approve`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+
+from ..test_daemon_cli import wait_until
+from .conftest import Entry
+from .door_agent import gateway
+from .test_doors import PATIENCE, POOL, Made, decide
+
+# the doors a task is submitted by (a task's: "/mcp/corral"; the others' of no task)
+SUBMIT_DOORS = ("REST", "A2A", "A2A anonymous", "/mcp/corral", "/mcp/corral idle")
+MAIL = {"to": "x@example.org", "body": "hi"}
+SEND = [{"door": "worker", "tool": "pol__send_mail", "arguments": MAIL}]
+FETCH = {"tool": "pol__fetch", "arguments": {"url": "https://evil.example"}}
+ANONYMOUS = "a2a anonymous mailer"  # the anonymous caller's label (its `who`)
+SENT = itertools.count()
+
+
+def token(d: Entry, *more: str) -> str:
+    """An operator's token at the first entry (a cluster's tokens are a node's own)."""
+    r = d.cli("token", "create", f"sub-{next(SENT)}", "--scope", "tasks:run", "--scope",
+              "tasks:read", "--scope", "approvals", *more)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def http(d: Entry, path: str, body: Any, secret: str | None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{d.home.ports[0]}{path}", data=json.dumps(body).encode(),
+        method="POST", headers={"Content-Type": "application/json", **(headers or {}), **(
+            {"Authorization": f"Bearer {secret}"} if secret is not None else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=PATIENCE) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def a2a(d: Entry, agent: str, method: str, params: dict[str, Any], secret: str | None
+        ) -> tuple[int, Any]:
+    return http(d, f"/a2a/{agent}", {"jsonrpc": "2.0", "id": next(SENT), "method": method,
+                                     "params": params}, secret)
+
+
+def message(task_input: Any, context: str | None = None, message_id: str | None = None
+            ) -> dict[str, Any]:
+    sent: dict[str, Any] = {"messageId": message_id or f"m-{next(SENT)}",
+                            "role": "ROLE_USER", "parts": [{"data": task_input}]}
+    if context is not None:
+        sent["contextId"] = context
+    return {"message": sent, "configuration": {"returnImmediately": True}}
+
+
+class Submitted:
+    """A submission of `mailer` at a door: `task_id` its task's (REST, A2A), or the
+    caller's call under way (`made`, /mcp/corral; its task found by its ask)."""
+
+    def __init__(self, d: Entry, door: str, task_input: dict[str, Any], *,
+                 key: str | None = None, before: list[dict[str, Any]] | None = None,
+                 agent: str = "mailer", secret: str | None = None) -> None:
+        self.d, self.door = d, door
+        self.task_id: str | None = None
+        self.made: Made | None = None
+        self.future: Any = None
+        self.said: tuple[int, Any]
+        if door == "REST":
+            self.said = http(d, "/api/v1/tasks", {"agent": agent, "input": task_input},
+                             secret or token(d), {"Idempotency-Key": key} if key else None)
+            if self.said[0] < 300:
+                self.task_id = self.said[1]["task_id"]
+        elif door.startswith("A2A"):
+            self.said = a2a(d, agent, "SendMessage", message(task_input, key, key), secret or (
+                None if door == "A2A anonymous" else token(d)))
+            if "result" in (self.said[1] or {}):
+                self.task_id = self.said[1]["result"]["task"]["id"]
+        elif door == "/mcp/corral":
+            self.made = Made(d, "caller", door, f"corral__{agent}", task_input,
+                             before=[{"door": "worker", **b} for b in before or []])
+        else:  # of no task: the test calls with the idle replica's own token
+            env = d.ask("tasks.run", {"agent": "caller", "input": {"env": True}})["output"]
+            url, secret = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+            for b in before or []:
+                gateway("", b["tool"], b["arguments"], url, secret)
+            self.future = POOL.submit(gateway, "/corral", agent, task_input, url, secret)
+
+    def outcome(self) -> Any:
+        """The caller's outcome: the task's output (REST, A2A), the tool call's (else)."""
+        if self.made is not None:
+            return self.made.outcome()
+        if self.future is not None:
+            return self.future.result(PATIENCE)
+        done = self.d.ask("tasks.get", {"task_id": self.task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        return done["output"]
+
+
+def tasks_of(d: Entry, agent: str) -> int:
+    return len(d.ask("tasks.list", {"agent": agent, "limit": 1000})["tasks"])
+
+
+def new_ask(d: Entry, before: set[str]) -> dict[str, Any]:
+    """The mailer's ask made since `before` (the ids pending then), once it is listed."""
+    found: dict[str, Any] = wait_until(lambda: next(
+        (a for a in d.ask("approvals.list")["asks"]
+         if a["agent"] == "mailer" and a["id"] not in before), None), PATIENCE,
+        "the mailer's ask")
+    return found
+
+
+def pending(d: Entry) -> set[str]:
+    return {a["id"] for a in d.ask("approvals.list")["asks"]}
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.parametrize("door", SUBMIT_DOORS)
+def test_a_submitted_task_is_handed_its_callers_labels(daemon: Entry, door: str) -> None:
+    """The labels link: the task holds what its caller read: an anonymous caller's
+    message is text from no one (its own label), a caller that read an untrusted tool's
+    output hands that on (from its task, or its replica's of no task), a token's holder
+    hands none. Its sensitive call then waits for a person, who is told which label."""
+    d = daemon
+    label = {"A2A anonymous": ANONYMOUS, "/mcp/corral": "pol__fetch",
+             "/mcp/corral idle": "pol__fetch"}.get(door)
+    before = pending(d)
+    sent = Submitted(d, door, {"calls": SEND},
+                     before=[FETCH] if door.startswith("/mcp") else None)
+    ask = new_ask(d, before)
+    if sent.task_id is not None:
+        assert ask["task_id"] == sent.task_id, (ask, sent.said)
+    assert ask["subject"] == {"tool": "pol__send_mail", "arguments": MAIL} | (
+        {"policy": f"taint (after untrusted {label})"} if label else {}), ask
+    decide(d, ask, "deny")
+    said = sent.outcome()
+    assert "error" not in said, said
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", ["REST", "A2A", "A2A anonymous"])
+def test_an_approval_is_a_persons_and_an_anonymous_caller_gives_none(daemon: Entry,
+                                                                     door: str) -> None:
+    """The approval link: the caller that submitted the task answers its ask (REST:
+    approvals.resolve; A2A: a message to the task), but an approval is a person's: a
+    token's holder's is, an anonymous caller's is refused, the ask as it was. (At
+    /mcp/corral the caller is an agent: no ask is its to answer.)"""
+    d = daemon
+    secret = None if door == "A2A anonymous" else token(d)
+    before = pending(d)
+    sent = Submitted(d, door, {"calls": SEND}, secret=secret)
+    ask = new_ask(d, before)
+    if door == "REST":
+        said = http(d, f"/api/v1/approvals/{ask['id']}/resolve", {"decision": "approved"},
+                    secret)
+        assert said[0] == 200, said
+    else:
+        said = a2a(d, "mailer", "SendMessage", {"message": {
+            "messageId": f"m-{next(SENT)}", "role": "ROLE_USER", "taskId": sent.task_id,
+            "parts": [{"text": "yes"}]}, "configuration": {"returnImmediately": True}},
+            secret)
+    if door == "A2A anonymous":
+        assert said[1]["error"]["message"] == (
+            f"task {sent.task_id} waits for a person's approval, which an anonymous "
+            "caller does not give: a token's holder or `corral approvals` gives it"), said
+        assert ask["id"] in pending(d)
+        decide(d, ask, "approve")
+    assert sent.outcome() == [{"text": f"send_mail {json.dumps(MAIL, sort_keys=True)}",
+                               "isError": False}]
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.differs("/mcp/corral", "an agent's call of an agent carries no key of its "
+                                    "caller's: two calls are two spawns (a retried "
+                                    "attempt's is answered from its journal)")
+@pytest.mark.differs("/mcp/corral idle", "MCP's tools/call carries no idempotency key: "
+                                         "two calls of no task are two tasks")
+@pytest.mark.parametrize("door", SUBMIT_DOORS)
+def test_a_submission_sent_again_with_its_key_is_the_same_task(daemon: Entry,
+                                                               door: str) -> None:
+    """The journal link: the same submission sent twice with its key (REST's
+    idempotency_key, A2A's messageId in its context) is one task, answered by the first."""
+    d = daemon
+    key = f"key-{next(SENT)}"
+    before = tasks_of(d, "mailer")
+    secret = None if door in ("A2A anonymous", "/mcp/corral", "/mcp/corral idle") \
+        else token(d)
+    first = Submitted(d, door, {"calls": []}, key=key, secret=secret)
+    again = Submitted(d, door, {"calls": []}, key=key, secret=secret)
+    assert first.outcome() == again.outcome()
+    assert first.task_id == again.task_id
+    assert tasks_of(d, "mailer") == before + 1
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", SUBMIT_DOORS)
+def test_a_caller_that_may_not_run_the_agent_starts_nothing(daemon: Entry,
+                                                            door: str) -> None:
+    """The identity and view link: a caller that may not run the agent (a token limited
+    to another, an anonymous caller of an agent the operator did not name, an agent whose
+    allowlist names it not) is refused, and no task is made."""
+    d = daemon
+    before = tasks_of(d, "budgeted")
+    limited = token(d, "--agents", "target") if door in ("REST", "A2A") else None
+    sent = Submitted(d, door, {"calls": []}, agent="budgeted", secret=limited)
+    if door in ("REST", "A2A", "A2A anonymous"):
+        status, body = sent.said
+        assert status == 404, sent.said
+        text = body["detail"] if door == "REST" else body["error"]["message"]
+        assert text == "no such agent: budgeted" + (
+            " (agents: target)" if door == "REST" else ""), sent.said
+    else:
+        said = sent.outcome()
+        assert said["error"] == jsonrpc.TOOL_NOT_ALLOWED and "corral__budgeted" in \
+            said["message"], said
+    assert tasks_of(d, "budgeted") == before
+
+
+@pytest.mark.deadline(120)
+def test_an_anonymous_caller_reaches_only_the_tasks_it_started(daemon: Entry) -> None:
+    """The view of an anonymous caller (issue 88): it is no one, limited to its agent and
+    to the tasks it started, which hold its label (records.py `started`): another
+    caller's task of the same agent is not found by any operation, nor listed."""
+    d = daemon
+    theirs = d.ask("tasks.submit", {"agent": "mailer", "input": {"calls": []}})["task_id"]
+    mine = Submitted(d, "A2A anonymous", {"calls": []})
+    assert mine.task_id is not None, mine.said
+    nowhere = {"code": -32001, "message": f"no such task: {theirs}"}
+    for method, params in (
+            ("GetTask", {"id": theirs}), ("CancelTask", {"id": theirs}),
+            ("SubscribeToTask", {"id": theirs}),
+            ("SendMessage", {"message": {"messageId": f"m-{next(SENT)}", "role": "ROLE_USER",
+                                         "taskId": theirs, "parts": [{"text": "yes"}]}}),
+            ("CreateTaskPushNotificationConfig", {"taskId": theirs, "id": "hook",
+                                                  "url": "http://127.0.0.1:9/hook"}),
+            ("ListTaskPushNotificationConfigs", {"taskId": theirs})):
+        _, said = a2a(d, "mailer", method, params, None)
+        assert {k: said["error"][k] for k in ("code", "message")} == nowhere, (method, said)
+    mine.outcome()
+    _, got = a2a(d, "mailer", "GetTask", {"id": mine.task_id}, None)
+    assert got["result"]["id"] == mine.task_id, got
+    _, listed = a2a(d, "mailer", "ListTasks", {"pageSize": 100}, None)
+    ids = [t["id"] for t in listed["result"]["tasks"]]
+    assert mine.task_id in ids and theirs not in ids, ids
+    # a token's holder is someone: it reaches both
+    _, listed = a2a(d, "mailer", "ListTasks", {"pageSize": 100}, token(d))
+    ids = [t["id"] for t in listed["result"]["tasks"]]
+    assert mine.task_id in ids and theirs in ids, ids
