@@ -551,16 +551,23 @@ async def test_an_mcp_server_reaches_its_egress_allow_and_nothing_else(
                 "ConnectionRefusedError: [Errno 111] Connection refused")
             assert await reach(d, "192.0.2.1", 443) == (
                 "ConnectionRefusedError: [Errno 111] Connection refused")
+            # corral's control socket's path: its trip, saying whose refusal (egresstrip)
+            control = str(tmp_path / "corral.sock")
+            res = await d.dispatcher.call(SOCKET, "tools.call", msgspec.json.encode(
+                {"name": "reach__reach", "arguments": {"unix": control}}))
+            assert msgspec.json.decode(msgspec.json.encode(res))["content"][0]["text"] == (
+                f"connected: {refusal_line('reach', control).decode().strip()}")
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 30
-            while len(bus.queue) < 2:
+            while len(bus.queue) < 3:
                 assert loop.time() < deadline, "its refusals were never told"
                 await asyncio.sleep(0.05)
             got = [msgspec.json.decode(bus.pop())["data"] for _ in range(len(bus.queue))]
             d.sup.events.unfollow(bus)
             assert [(g["agent"], g["task"], g["kind"], g["target"]) for g in got] == [
                 ("reach", None, "connect", f"127.0.0.1:{b}"),
-                ("reach", None, "connect", "192.0.2.1:443")]
+                ("reach", None, "connect", "192.0.2.1:443"),
+                ("reach", None, "connect", f"unix:{control}")]
     # and without egress: the host's network as before
     with answering() as other:
         port = other.getsockname()[1]

@@ -20,10 +20,12 @@ import os
 import socket
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 
 from .refusals import BoundaryRefusals
+from .sandbox import out_of_reach
 
 PATH_MAX = 107  # a unix socket's path, less its NUL
 UCRED = struct.Struct("3i")  # pid, uid, gid (SO_PEERCRED)
@@ -34,9 +36,9 @@ def refusal_line(agent: str, target: str) -> bytes:
     """What the agent reads on connecting: why, in words, as a JSON-RPC error."""
     return msgspec.json.encode({"jsonrpc": "2.0", "id": None, "error": {
         "code": REFUSED_CODE,
-        "message": f"refused by corral's boundary: agent {agent}'s egress reaches corral's "
-                   f"gateways alone, not unix:{target} (corral's control socket); this "
-                   "attempt is recorded (boundary.refused)"}}) + b"\n"
+        "message": f"refused by corral's boundary: {agent}'s egress does not reach "
+                   f"unix:{target} (corral's control socket); this attempt is recorded "
+                   "(boundary.refused)"}}) + b"\n"
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
@@ -54,20 +56,30 @@ class Trips:
 
     def __init__(self, refusals: BoundaryRefusals | None) -> None:
         self.refusals = refusals
-        self.trips: dict[str, tuple[asyncio.AbstractServer, str]] = {}
+        # by label: its listener, its host path, the uid it hears, whose task it says
+        self.trips: dict[str, tuple[asyncio.AbstractServer, str, int,
+                                    Callable[[], str | None]]] = {}
 
-    async def open(self, label: str, control: str, uid: int,
-                   task_of: Callable[[], str | None]) -> str | None:
+    async def open(self, label: str, control: str | None, uid: int | None,
+                   gid: int | None, task_of: Callable[[], str | None]) -> str | None:
         """The host path to bind at `control` (the control socket's path) in replica
-        `label`'s sandbox, run as `uid`; None where there is none to be had (a path past
-        a unix socket's length, a directory not made)."""
+        `label`'s sandbox, run as `uid`/`gid` (None: the daemon's); None where there is
+        none to be had (no control socket, a path past a unix socket's length, a
+        directory not made, one the replica's user cannot reach: bwrap binds as that
+        user, and a source it cannot reach would fail the start)."""
+        uid = os.geteuid() if uid is None else uid
+        gid = os.getegid() if gid is None else gid
         kept = self.trips.get(label)
-        if kept is not None:
+        if kept is not None and kept[2:] == (uid, task_of):
             return kept[1]
+        if control is None:
+            return None
         directory = f"{control}.trip"
         path = os.path.join(directory, label)
-        if len(os.fsencode(path)) > PATH_MAX or self.refusals is None:
+        if len(os.fsencode(path)) > PATH_MAX or self.refusals is None or \
+                out_of_reach(Path(control).parent, uid, gid) is not None:
             return None
+        self.forget(label)  # (one made for another user or replica: made again)
         agent = label.partition("#")[0]
         refusals = self.refusals
 
@@ -83,13 +95,14 @@ class Trips:
 
         try:
             os.makedirs(directory, mode=0o711, exist_ok=True)
+            os.chmod(directory, 0o711)  # passable, not listed
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # (a daemon's before this one, killed)
             server = await asyncio.start_unix_server(tripped, path=path)
             os.chmod(path, 0o666)  # any uid connects; the replica's alone is heard
         except OSError:
             return None
-        self.trips[label] = (server, path)
+        self.trips[label] = (server, path, uid, task_of)
         return path
 
     def forget(self, label: str) -> None:

@@ -16,7 +16,7 @@ from ..mcp.pool import McpPool
 from ..text import plural
 from .config import MIB, McpServerSpec
 from .egressallow import allowed
-from .egressdoors import Doors
+from .egressdoors import Doors, no_task
 from .mcpegress import server_sandboxed
 from .process import ChildProcess
 from .process_replica import ProcessReplica, ReplicaHost
@@ -53,6 +53,7 @@ class McpServerReplica(ProcessReplica):
         self._refresh: asyncio.Task[Any] | None = None
         self._retune: asyncio.Future[Any] | None = None
         self._held = False  # its process in a namespace the daemon holds (mcpegress.py)
+        self._trip: str | None = None  # its listener at the control socket's path
 
     async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
                         spawning: dict[str, Any]) -> ChildProcess | None:
@@ -62,6 +63,9 @@ class McpServerReplica(ProcessReplica):
         if self.spec.egress != "none":
             return None
         doors = self.host.egress_doors
+        # its listener at the control socket's path (egresstrip.py): of no task
+        self._trip = await doors.trips.open(self.label, self.host.tuning.control_socket,
+                                            uid, gid, no_task)
         ns = await doors.open_allowed(self.label, allowed(self.spec.egress_allow))
         if ns is None and self.spec.egress_allow:
             raise OSError(f"egress_allow: the daemon cannot hold a network namespace for "
@@ -75,7 +79,8 @@ class McpServerReplica(ProcessReplica):
               beside: bool = False) -> list[str]:
         if self.spec.egress != "none":
             return argv
-        return server_sandboxed(argv, env, uid, self.spec, self.host.tuning, self._held)
+        return server_sandboxed(argv, env, uid, self.spec, self.host.tuning, self._held,
+                                None if beside else self._trip)
 
     def _new_client(self) -> McpClient:
         return McpClient(self.label, roots=self.spec.roots,

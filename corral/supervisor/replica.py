@@ -23,12 +23,12 @@ from .lifecycle import Cause, State
 from .process import ChildProcess
 from .process_replica import ProcessReplica, ReplicaHost, ReplicaStatus
 from .release import release_environment
-from .runas import out_of_reach
 from .sandbox import (
     GatewayRelay,
     agents_own,
     exit_status,
     host_refusal,
+    out_of_reach,
     program_paths,
     resolve_program,
     sandboxed,
@@ -181,7 +181,10 @@ class Replica(ProcessReplica):
                 spawning["netns"] = ns
                 self._iso = self._iso._replace(network="held-empty")
         self._filtered(spawning)
-        await self._tripped(uid)
+        # an egress sandbox's listener at the control socket's path (egresstrip.py)
+        self._trip = await self.host.egress_doors.trips.open(
+            self.label, self.host.tuning.control_socket, uid, gid, self._one_task) \
+            if self._iso.egress != "any" and self._iso.sandbox != "none" else None
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
@@ -225,19 +228,6 @@ class Replica(ProcessReplica):
         if path is not None:
             self._filter = open(path, "rb", buffering=0)  # noqa: SIM115 - kept till next
             spawning["passed"] = self._filter.fileno()
-
-    async def _tripped(self, uid: int | None) -> None:
-        """An egress sandbox's listener at the control socket's path (egresstrip.py):
-        a connect there recorded and answered as the boundary's refusal."""
-        control = self.host.tuning.control_socket
-        self._trip = None
-        if self._iso.egress != "any" and self._iso.sandbox != "none" and control:
-            trip = await self.host.egress_doors.trips.open(
-                self.label, control, os.geteuid() if uid is None else uid, self._one_task)
-            # bwrap binds as the agent's user: a trip it cannot reach would fail the start
-            if trip is not None and (uid is None or out_of_reach(Path(trip), uid, _gid_of(uid))
-                                     is None):
-                self._trip = trip
 
     async def _held(self, env: dict[str, str], spawning: dict[str, Any]) -> None:
         """egress = "gateways" over TCP: the spawn made in a namespace the daemon holds

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 from pathlib import Path
 
 import msgspec
@@ -16,6 +15,7 @@ import msgspec
 from .config import DEFAULT_TENANT, AgentSpec, Limits, ProcessSpec, TenantSpec, passwd_of
 from .dynamicusers import DynamicUsers
 from .process import as_user, resolve_user
+from .sandbox import out_of_reach
 
 
 class RunAs(msgspec.Struct, frozen=True):
@@ -77,26 +77,6 @@ def same_user(a: str, b: str) -> bool:
         return True
     pa, pb = passwd_of(a), passwd_of(b)
     return pa is not None and pb is not None and pa.pw_uid == pb.pw_uid
-
-
-def out_of_reach(path: Path, uid: int, gid: int) -> Path | None:
-    """The first directory on the way to `path` (itself included) that a process of
-    uid/gid (no supplementary groups: how corral starts another user's process) may not
-    pass through; None: every one may be."""
-    if uid == 0:
-        return None
-    here = Path("/")
-    for part in path.parts[1:]:
-        here = here / part
-        try:
-            st = os.stat(here)
-        except OSError:
-            return here
-        bit = (stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid
-               else stat.S_IXOTH)
-        if stat.S_ISDIR(st.st_mode) and not st.st_mode & bit:
-            return here
-    return None
 
 
 def _may(st: os.stat_result, uid: int, gid: int, access: int) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,6 +38,26 @@ USERNS_SYSCTLS = (
     ("user/max_user_namespaces", "0"),
     ("kernel/apparmor_restrict_unprivileged_userns", "1"),  # Ubuntu 23.10 on
 )
+
+
+def out_of_reach(path: Path, uid: int, gid: int) -> Path | None:
+    """The first directory on the way to `path` (itself included) that a process of
+    uid/gid (no supplementary groups: how corral starts another user's process) may not
+    pass through; None: every one may be."""
+    if uid == 0:
+        return None
+    here = Path("/")
+    for part in path.parts[1:]:
+        here = here / part
+        try:
+            st = os.stat(here)
+        except OSError:
+            return here
+        bit = (stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid
+               else stat.S_IXOTH)
+        if stat.S_ISDIR(st.st_mode) and not st.st_mode & bit:
+            return here
+    return None
 
 
 def userns_forbidden(sysctl: Path = Path("/proc/sys")) -> str | None:

@@ -1,6 +1,6 @@
 """An MCP stdio server (standard library only) whose tool tries the network from where it
-runs: `reach {host, port}` answers "connected" or the error's own words, for a test of an
-MCP server's own egress (tests/test_egress.py)."""
+runs: `reach {host, port}` (or `{unix: PATH}`) answers "connected" and what it read, or
+the error's own words, for a test of an MCP server's own egress (tests/test_egress.py)."""
 
 import json
 import socket
@@ -18,6 +18,16 @@ def reach(host, port):
         return f"{type(exc).__name__}: {exc}"
 
 
+def reach_unix(path):
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(path)
+            return f"connected: {s.recv(4096).decode().strip()}"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 for line in sys.stdin:
     msg = json.loads(line)
     rid = msg.get("id")
@@ -31,7 +41,8 @@ for line in sys.stdin:
         result = {"tools": TOOLS}
     elif method == "tools/call":
         args = msg["params"].get("arguments") or {}
-        said = reach(args["host"], int(args["port"]))
+        said = reach_unix(args["unix"]) if "unix" in args else \
+            reach(args["host"], int(args["port"]))
         result = {"content": [{"type": "text", "text": said}]}
     else:
         result = {}

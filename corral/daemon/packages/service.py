@@ -25,7 +25,7 @@ from ...supervisor.errors import NoSuchAgent, SupervisorError
 from ...supervisor.parts import Parts
 from ...supervisor.process import resolve_user
 from ...supervisor.release import SOURCE, VENV
-from ...supervisor.runas import out_of_reach
+from ...supervisor.sandbox import out_of_reach
 from ...text import plural
 from ..fleet import Fleet
 from ..revisions import Revision, RevisionLog, recording, spec_table, unrecording
