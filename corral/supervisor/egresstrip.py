@@ -51,6 +51,22 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
     return uid
 
 
+def _made_own(directory: str) -> bool:
+    """`directory` made, or there already as a directory of this process's uid (not a
+    link: one a local user planted beside a control socket in a directory others write
+    would have had its target's mode changed by root), passable and not listed."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o711)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return False
+        os.fchmod(fd, 0o711)
+    finally:
+        os.close(fd)
+    return True
+
+
 class Trips:
     """The replicas' listeners at the control socket's path, by label."""
 
@@ -94,8 +110,8 @@ class Trips:
                 writer.close()
 
         try:
-            os.makedirs(directory, mode=0o711, exist_ok=True)
-            os.chmod(directory, 0o711)  # passable, not listed
+            if not _made_own(directory):
+                return None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # (a daemon's before this one, killed)
             server = await asyncio.start_unix_server(tripped, path=path)
