@@ -53,8 +53,9 @@ def agents(tmp: Path) -> str:
         command = ["{PY}", "{HERE}/door_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         stop_timeout = 10.0
-        spawns = ["target", "denied", "mailer"]
-        tools = ["pol__*", "drift__*", "corral__target", "corral__denied", "corral__mailer"]
+        spawns = ["target", "denied", "mailer", "queued"]
+        tools = ["pol__*", "drift__*", "corral__target", "corral__denied", "corral__mailer",
+                 "corral__queued"]
     """)
     # the agent submissions start (test_submissions.py): its sensitive mail waits for a
     # person, who is told why (a label, or its `approve`)
@@ -73,6 +74,9 @@ def agents(tmp: Path) -> str:
             f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
             f'[agents.denied]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
             f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
+            # (test_submissions.py: the budget a submission meets, its agent's queue)
+            f'[agents.queued]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\nmax_queue = 1\nstop_timeout = 5.0\n\n'
             f'[mcp_servers.pol]\ncommand = ["{PY}", "{SERVERS}/policy_mcp.py"]\n'
             'tools_untrusted = ["fetch"]\ntools_sensitive = ["send_mail"]\n\n'
             f'[mcp_servers.drift]\ncommand = ["{PY}", "{SERVERS}/drifting_mcp.py", '
@@ -81,7 +85,7 @@ def agents(tmp: Path) -> str:
             '[[policy]]\nname = "no denied agent"\nmatch = { tool = "corral__denied" }\n'
             'effect = "deny"\n\n'
             '[gateway]\nlisten = "127.0.0.1:0"\n\n'
-            '[a2a]\nanonymous = ["mailer"]\n')
+            '[a2a]\nanonymous = ["mailer", "queued"]\n')
 
 
 class Entry:

@@ -231,6 +231,36 @@ def test_a_caller_that_may_not_run_the_agent_starts_nothing(daemon: Entry,
 
 
 @pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", SUBMIT_DOORS)
+def test_a_submission_past_its_agents_budget_is_refused_naming_it(daemon: Entry,
+                                                                  door: str) -> None:
+    """The budget link: the agent's own bounds on what waits for it (here its
+    `max_queue`, one task waiting behind one running at each node) refuse a submission at
+    every door, in the same words (its home's), and nothing is made."""
+    d = daemon
+    sleep = {"do": "sleep", "seconds": 1000}
+    held: list[str] = []
+    try:
+        for _ in d.home.entries:  # (a cluster's nodes each run one: its agent is each's)
+            held.append(d.ask("tasks.submit", {"agent": "queued", "input": sleep})["task_id"])
+        wait_until(lambda: all(d.ask("tasks.get", {"task_id": t})["status"] == "running"
+                               for t in held), PATIENCE, "a task running at each node")
+        held.append(d.ask("tasks.submit", {"agent": "queued", "input": sleep})["task_id"])
+        before = tasks_of(d, "queued")
+        sent = Submitted(d, door, {"do": "echo"}, agent="queued")
+        said = json.dumps(sent.said if door in ("REST", "A2A", "A2A anonymous")
+                          else sent.outcome())
+        # (the words are the home's: a cluster's queue is its Redis stream's, in its own)
+        words = {"node": "queue full: agent queued has 1 task waiting (max_queue 1)",
+                 "cluster": "agent queued's cluster queue is full (1 waiting, max_queue)"}
+        assert words[d.home.kind] in said, said
+        assert tasks_of(d, "queued") == before
+    finally:
+        for task_id in held:
+            d.ask("tasks.cancel", {"task_id": task_id})
+
+
+@pytest.mark.deadline(120)
 def test_an_anonymous_caller_reaches_only_the_tasks_it_started(daemon: Entry) -> None:
     """The view of an anonymous caller (issue 88): it is no one, limited to its agent and
     to the tasks it started, which hold its label (records.py `started`): another
