@@ -217,15 +217,17 @@ CHAIN_LINKS = {
     "corral/daemon/deciders.py",
     # dispatch of a spawn: the labels its order carries (spawn.py read them) handed on
     "corral/supervisor/tasks/nodespawns.py",
+    # a model call's (decision 1180): its view; policy rules, labels, approval; budget
+    "corral/supervisor/tasks/modelview.py",
+    "corral/supervisor/tasks/modelapprovals.py",
+    "corral/supervisor/tasks/modelbudget.py",
 }
 # doors not yet moved into the chain, each naming why (decision 1104)
-NOT_YET_IN_THE_CHAIN = {
-    "corral/daemon/models/gateway.py": "the model gateway judges its own model calls",
-}
-# the calls that are a check of a tool call: its budget, a policy rule's verdict, the
-# approval policy's terms, a call of no task's gate
+NOT_YET_IN_THE_CHAIN: dict[str, str] = {}
+# the calls that are a check of a call: a tool call's budget, a policy rule's verdict, the
+# approval policy's terms, a call of no task's gate, a model call's view, approval terms
 CHECKS = {"take_tool_call", "give_back_tool_call", "gate", "judge", "terms_of",
-          "model_policy_of"}
+          "model_policy_of", "model_in_view", "reserve"}
 
 
 def call_checks(path: Path, root: Path = ROOT) -> list[str]:

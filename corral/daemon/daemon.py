@@ -296,7 +296,7 @@ class Daemon:
         if self.taken is not None:  # its HTTP parts start late: the address goes on
             self.taken.gateway_address(gateway, cfg)
         models = await enter("the model gateway",
-                             part.model_gateway(conf, parts, gateway, tracer))
+                             part.model_gateway(conf, parts, gateway))
         heard = part.hear(parts, hub, sender, gateway)
         environment = part.replica_environment(parts, hub, gateway, models)
         # closed after the agents stop (entered before `running`): their last spans kept

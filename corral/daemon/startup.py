@@ -39,6 +39,9 @@ from ..supervisor.tasks.approvals import Approvals
 from ..supervisor.tasks.budget import DAY
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.interceptors import TaskInterceptor
+from ..supervisor.tasks.modelapprovals import ModelApprovals
+from ..supervisor.tasks.modelbudget import ModelBudget
+from ..supervisor.tasks.modelspan import ModelSpan
 from ..supervisor.tasks.pingate import PinGate
 from ..supervisor.tasks.sessions import SessionsEnding
 from ..supervisor.tasks.waitclock import WaitClock
@@ -188,9 +191,12 @@ def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools
     """The task path's interceptors, the outermost first: each call audited at its door
     (in `audit`, by the chain's audit link, around every link); a leader's call of a member is
     inside the leader's span; approvals inside the span, around a leader's members too;
-    then the tools' pins (a drifted tool's call not approved told to `refusals`)."""
+    then the tools' pins (a drifted tool's call not approved told to `refusals`). A model
+    call's links: its span, its policy rules, labels and approval, then its budget."""
     return [i for i in (AuditLink(audit) if audit is not None else None, tracer,
-                        Approvals(guard), PinGate(refusals), leaders) if i is not None]
+                        Approvals(guard), PinGate(refusals), leaders,
+                        ModelSpan(tracer) if tracer is not None else None,
+                        ModelApprovals(guard), ModelBudget()) if i is not None]
 
 
 def engine(conf: Conf, spared: set[int], taken: Takeover | None,
@@ -249,8 +255,8 @@ def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Se
 
 
 @contextlib.asynccontextmanager
-async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
-                        tracer: Tracer | None) -> AsyncIterator[ModelGateway | None]:
+async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService
+                        ) -> AsyncIterator[ModelGateway | None]:
     """The model gateway, where [models] names any: its callers known by the MCP
     gateway's per-replica tokens; its keys read now (one unreadable stops the start)."""
     if not conf.cfg.models:
@@ -258,8 +264,7 @@ async def model_gateway(conf: Conf, parts: Parts, gateway: GatewayService,
         return
     from .models.gateway import ModelGateway
 
-    models = ModelGateway(parts.tasks, parts.agents, gateway, gateway.attribution, tracer,
-                          gateway.guard)
+    models = ModelGateway(parts.tasks, gateway, gateway.attribution)
     with refused(ConfigError, "invalid config: "):
         models.configure(conf.cfg.models, conf.dir)
     async with closed(models.close):

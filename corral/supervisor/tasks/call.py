@@ -14,20 +14,22 @@ if TYPE_CHECKING:
     from ...mcp.relay import InputRelay
     from ..replica import Replica
     from .model import Task
+    from .modelcall import ModelCall
 
 # the doors a tool call enters by (docs/architecture.md, "One door per call")
 WORKER = "worker"  # the worker link (`tools/call`, with its task_id or none)
 MCP = "/mcp"  # the HTTP gateway, every server's tools as SERVER__TOOL
 MCP_SERVER = "/mcp/NAME"  # the HTTP gateway, one server seen as itself
 MCP_AGENTS = "/mcp/corral"  # the HTTP gateway, corral's agents as tools
-DOORS = (WORKER, MCP, MCP_SERVER, MCP_AGENTS)
+MODELS = "the model gateway"  # a model call (its `model`: the request, modelcall.py)
+DOORS = (WORKER, MCP, MCP_SERVER, MCP_AGENTS, MODELS)
 
 
 class DoorWire(NamedTuple):
     """What a gateway door's client is told while a call of no task runs (a task's call
     is the task's: its progress is the task's, its server's questions asked of a person),
     and `made`: the door's own way to make a call the engine makes not (an agent called
-    at /mcp/corral with no task: a task submitted)."""
+    at /mcp/corral with no task: a task submitted; a model call: its upstream's answer)."""
 
     on_progress: Callable[[dict[str, Any]], None] | None = None
     relay: InputRelay | None = None
@@ -41,7 +43,8 @@ class Call(NamedTuple):
     (the chain takes it for its replica's one running task, if it runs one); `key` its
     idempotency key (None: no other attempt makes it); `spawn`: a `task/spawn` judged as a
     call of `corral__AGENT` (spawn.py), `key` the spawn's (its ask's by it); `meta`: the
-    caller's `_meta` (its trace context); `door`: which door it came by."""
+    caller's `_meta` (its trace context); `door`: which door it came by; `model`: a
+    model call's request as the model gateway read it (`name` its model's)."""
 
     replica: Replica
     name: str
@@ -52,3 +55,4 @@ class Call(NamedTuple):
     meta: dict[str, Any] | None = None
     door: str = WORKER
     wire: DoorWire | None = None
+    model: ModelCall | None = None

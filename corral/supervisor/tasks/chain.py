@@ -16,6 +16,11 @@ The links, in their order:
 Around them all, audit (daemon/audit.py `AuditLink`, an interceptor's `intercept_call`):
 one row a call whatever its door and whichever link answered it. The gateway's client
 limits are its door's.
+
+A model call (its door the model gateway, `call.model` its request) passes its own
+links: its view (modelview.py), the journal, then the interceptors' `intercept_model_call`
+(trace, policy rules, labels and approval, budget: startup.py), then the door's dispatch
+(its upstream's answer, `call.wire.made`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from ...text import plural
 from ...tracecontext import CALLER
 from .call import Call
 from .interceptors import AGENT_TOOL, Interceptors, TaskInterceptor, ToolPorts
+from .modelview import model_in_view
+from .steps import MODEL_STEP
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -81,10 +88,14 @@ class Chain:
         self.router = interceptors.compose(TaskInterceptor.intercept_tool_call, self._made)
         self.allow_of = interceptors.compose(TaskInterceptor.intercept_allowed_tools,
                                              tools.allowed)
+        self.model_router = interceptors.compose(TaskInterceptor.intercept_model_call,
+                                                 _dispatched)
         # the call's outcome (or an awaitable of it), past every link
         self.enter = interceptors.compose(TaskInterceptor.intercept_call, self._linked)
 
     def _linked(self, call: Call) -> Any:
+        if call.model is not None:
+            return self._model_call(call)
         r = call.replica
         allow = self.allow_of(r)
         if not allowed(call.name, allow):
@@ -99,6 +110,18 @@ class Chain:
             call = call._replace(task=task)
         return self.steps.tool_call(task, r, call.name, call.arguments,
                                     lambda key: self.live(call._replace(key=key)))
+
+    def _model_call(self, call: Call) -> Any:
+        """A model call's outcome, an awaitable: a task's is its step (the same call of a
+        retry known by its endpoint and its body's hash), answered from the journal on a
+        retry."""
+        model_in_view(call)
+        task = call.task
+        if task is None:
+            return self.model_router(call)
+        return self.steps.tool_call(task, call.replica, MODEL_STEP + call.name,
+                                    call.arguments,
+                                    lambda key: self.model_router(call._replace(key=key)))
 
     async def live(self, call: Call) -> Any:
         """A task's tool call made (not answered from its steps): counted in its budget,
@@ -127,3 +150,9 @@ class Chain:
             if call.wire is not None and call.wire.made is not None:
                 return call.wire.made(call)
         return self.tools.call(call)
+
+
+def _dispatched(call: Call) -> Any:
+    """A model call made: the door's own forward to its upstream."""
+    assert call.wire is not None and call.wire.made is not None  # (the model gateway's)
+    return call.wire.made(call)

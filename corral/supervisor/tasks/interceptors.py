@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from ...taskviews import TaskFailure
     from ..replica import Replica
     from ..stream import Stream
+    from .budget import Budgets
+    from .host import AgentLike
     from .model import Task
     from .replicacalls import ReplicaCalls
 
@@ -62,6 +64,8 @@ class TaskPath(NamedTuple):
     # a running task's attempt failed from outside its worker (a denied call)
     fail_task: Callable[[Task, TaskFailure], None]
     replica_calls: ReplicaCalls
+    budgets: Budgets  # the agents' token and cost budgets (a model call's)
+    agent_of: Callable[[str], AgentLike | None]  # an agent by its name, None: removed
 
 
 class TaskInterceptor:
@@ -77,6 +81,11 @@ class TaskInterceptor:
 
     def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         """The call's answer, or an awaitable of it."""
+        return next(call)
+
+    def intercept_model_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
+        """A model call made live (`call.model` its request, the model gateway its door):
+        an awaitable of its outcome."""
         return next(call)
 
     def intercept_tool_list(self, replica: Replica, next: Callable[[Replica], Any]) -> Any:

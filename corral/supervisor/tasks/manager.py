@@ -138,7 +138,8 @@ class TaskManager:
         self.elicitations = Elicitations(self, self.person.ask_person)
         self.replica_calls = ReplicaCalls(self.inbox, self.stream)
         interceptors.bind(TaskPath(self.active, self.stream, self.person.ask_person,
-                                   self.person.fail_task, self.replica_calls))
+                                   self.person.fail_task, self.replica_calls, self.budgets,
+                                   lambda name: sup.agents.get(name)))
 
     def _on_session_checkpoint(self, r: Replica, p: SessionCheckpointParams) -> Any:
         task = self.worker.running_on(r, "session/checkpoint", p.task_id)
