@@ -30,7 +30,6 @@ from ..supervisor.tasks.output import OutputTail, paged
 from .connection import why
 from .keys import Keys
 from .queue import ClusterTask
-from .records import TERMINAL
 from .scripts import RedisPart, Scripts
 from .trust import OUTPUT, Trust
 
@@ -41,6 +40,7 @@ BACKLOG_BYTES = 4 << 20
 # seconds chunks gather before they go as one batch, unless a reader here asks for them
 # (as the node's journal batches: daemon/outputjournal.py)
 FLUSH_EVERY = 0.02
+RUNNING = b"running"  # a record's status while an attempt runs (not waiting for a person)
 
 
 def entry_id(position: Position) -> str:
@@ -171,11 +171,12 @@ class ClusterOutputs(RedisPart):
         self._tails.pop(task_id, None)
 
     async def more(self, task_id: str, after: Position) -> bool:
-        """Until a chunk after `after` is in the task's stream, or its end, or a beat."""
+        """Until a chunk after `after` is in the task's stream, or its end, or a beat;
+        False at once for a task not running (ended, waiting for a person, queued): its
+        reader looks at it again (the A2A door says input-required, and follows again)."""
         key = self.keys.output(task_id)
         try:
-            status = await self.redis.hget(self.keys.task(task_id), "status")
-            if status is None or status in TERMINAL:
+            if await self.redis.hget(self.keys.task(task_id), "status") != RUNNING:
                 return False
             got = await self.waits.xread({key: entry_id(after)}, count=1,
                                          block=max(1, int(self.beat * 1000)))

@@ -28,25 +28,30 @@ pytestmark = pytest.mark.timeout(180)
 COUNTER = Path(__file__).resolve().parent.parent / "a2a" / "counter_agent.py"
 
 
+ASKING = Path(__file__).resolve().parent / "asking_agent.py"
+
+
 def agents(directory: Path) -> str:
-    del directory
     return textwrap.dedent(f"""
         [agents.counter]
         command = ["{PY}", "{COUNTER}"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         retry_lost = 3
         backoff_initial = 0.05
+        [agents.asking]
+        command = ["{PY}", "{ASKING}"]
+        env = {{ PYTHONPATH = "{ROOT}", ASKING_MARK = "{directory}/ask-now" }}
         [a2a]
-        anonymous = ["counter"]
+        anonymous = ["counter", "asking"]
     """)
 
 
-def stream(home: Home, at: int, method: str, params: dict[str, Any]
+def stream(home: Home, at: int, method: str, params: dict[str, Any], agent: str = "counter"
            ) -> Iterator[dict[str, Any]]:
     """The events of a streamed JSON-RPC call of the door at an entry, as they come."""
     port = home.ports[at % len(home.ports)]
     body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    with httpx.stream("POST", f"http://127.0.0.1:{port}/a2a/counter", json=body,
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/a2a/{agent}", json=body,
                       timeout=PATIENCE) as r:
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
@@ -81,3 +86,26 @@ def test_a_stream_resubscribed_where_its_task_went_has_no_gap_and_no_duplicate(
     assert_replayed(chunks(before), chunks(after), COUNT)
     final = after[-1]["statusUpdate"]["status"]["state"]
     assert final == "TASK_STATE_COMPLETED", after[-1]
+
+
+def test_a_subscriber_where_the_task_does_not_run_is_sent_its_chunks_then_its_question(
+        home: Home) -> None:
+    """A stream followed at the other entry (a cluster's node that does not run the task)
+    while the task runs: its chunk as it comes, then input-required once it asks."""
+    message = {"messageId": f"ask-{uuid.uuid4().hex[:8]}", "role": "ROLE_USER",
+               "parts": [{"text": "hi"}]}
+    first = stream(home, 0, "SendStreamingMessage", {"message": message}, "asking")
+    task_id = next(first)["task"]["id"]
+    first.close()
+    ran = (["a", "b"].index(home.task(task_id)["attempts"][-1]["node"])
+           if home.kind == "cluster" else 0)
+    after: list[dict[str, Any]] = []
+    for event in stream(home, 1 - ran, "SubscribeToTask", {"id": task_id}, "asking"):
+        after.append(event)
+        if any("artifactUpdate" in e for e in after):
+            (home.dir / "ask-now").touch()
+        if "statusUpdate" in event:
+            break
+    assert [list(e) for e in after] == [["task"], ["artifactUpdate"], ["statusUpdate"]]
+    assert after[1]["artifactUpdate"]["artifact"]["parts"] == [{"text": "before the question"}]
+    assert after[2]["statusUpdate"]["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"

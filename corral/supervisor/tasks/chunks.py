@@ -44,8 +44,9 @@ class OutputJournal(Protocol):
 
     async def more(self, task_id: str, after: Position) -> bool:
         """For a task that runs elsewhere (not in this engine): wait until a chunk after
-        `after` may have come; False once none will (it ended), or at once where a
-        journal is this engine's alone."""
+        `after` may have come; False when none is coming now (it ended, or it is not
+        running: its reader looks at it again), and at once where a journal is this
+        engine's alone."""
 
     def behind(self) -> bool:
         """Whether more is waiting to be written than it holds in memory: the worker
