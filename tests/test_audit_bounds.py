@@ -1,16 +1,21 @@
 """The audit table is bounded per party (issue 52): each tenant's callers' rows, and the
 operator's apart, past `audit_max_rows` lose their oldest; a tenant's refused calls never
-push out the operator's rows or another tenant's."""
+push out the operator's rows or another tenant's; an agent's tool calls are a share of
+their own, pushing out no other row of their party's."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
+import pytest
 
-from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon, free_port, in_process, running_daemon, shared_tmpdir
 
 KEEP = 20
 CALLS = 60
@@ -74,3 +79,29 @@ listen = "127.0.0.1:{port}"
                 if e["method"] == "tokens.create" and e["tenant"] is None]
         assert made == ["ops0", "ops1", "ops2", "acme-ci", "globex-ci"], made
         assert [e["tenant"] for e in rows if "globex-once" in str(e["params"])] == ["globex"]
+
+
+@pytest.mark.deadline(120)
+async def test_an_agents_tool_calls_push_out_neither_its_refusals_nor_its_partys_rows(
+        tmp_path: Path) -> None:
+    """Each tool call an agent makes is an audit row (the chain's audit link): a loop of
+    benign calls past `audit_max_rows` pushed out the boundary's refusals of the agent,
+    and every other row of its party's (issue 88's attacker's pass). Its calls are a
+    share of their own: their oldest go, the rest stay."""
+    agent = (f'[agents.caller]\ncommand = ["{PY}", "{ROOT}/tests/doors/door_agent.py"]\n'
+             f'env = {{ PYTHONPATH = "{ROOT}" }}\ntools = ["pol__*"]\n'
+             'max_tool_calls_per_task = 200\n\n'
+             f'[mcp_servers.pol]\ncommand = ["{PY}", "{ROOT}/tests/servers/policy_mcp.py"]\n')
+    async with in_process(tmp_path, agent, supervisor=f"audit_max_rows = {KEEP}") as d:
+        assert d.sup.parts.refusals.refused("caller", "connect", "203.0.113.9:443",
+                                            task="t0")
+        calls = [{"door": "worker", "tool": "pol__fetch", "arguments": {"i": i}}
+                 for i in range(CALLS)]
+        task = d.sup.tasks.submit("caller", {"calls": calls})
+        await task.done
+        assert task.status == "succeeded", task.error
+        rows = await d.services.store.audit_log_now(100_000)
+        made = [r for r in rows if r[3] == "worker.call"]
+        assert KEEP <= len(made) <= KEEP + KEEP // 10, len(made)
+        assert [msgspec.json.decode(r[4])["target"] for r in rows
+                if r[3] == "boundary.refused"] == ["203.0.113.9:443"]

@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 
-from .. import methods as m
 from .. import redact
 from ..jsonrpc import RpcError
 from ..supervisor.policy import PolicyVerdict
@@ -22,12 +21,11 @@ from ..supervisor.tasks.call import WORKER, Call
 from ..supervisor.tasks.interceptors import TaskInterceptor
 from .caller import Caller
 from .logs import LogHub
-from .store import StateStore
+from .store import TOOL_CALLS, StateStore
 
 HELD = 1000  # rows kept for the table while the database opens (a tenant's refusals)
 # a tool call's row: by a gateway client (the gateway's doors), by a worker (its link)
-GATEWAY_CALL = m.GatewayCall.declared.name
-WORKER_CALL = "worker.call"
+GATEWAY_CALL, WORKER_CALL = TOOL_CALLS
 # texts a caller chose cut past TEXT_CUT characters, params past PARAMS_CUT bytes shown by
 # size alone: audit_max_rows bounds the table's bytes too (a 2 MB tool name made 6 MB rows)
 TEXT_CUT = 1024

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from .. import jsonrpc
+from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.containment import ProcessRecord
@@ -34,6 +35,11 @@ def row_limit(limit: int) -> int:
     return min(max(0, limit), 1 << 62)
 
 
+# an agent's own tool calls' rows (audit.py's AuditLink: by a gateway client, by a
+# worker), kept as a share of their party's apart
+TOOL_CALLS = (m.GatewayCall.declared.name, "worker.call")
+
+
 class StateStore:
     """Reads run on the loop's connection (`db`); writes on the writer thread, never on
     the loop once it is open:
@@ -49,7 +55,8 @@ class StateStore:
         # each party's audit rows (a tenant's callers, the operator's: tenant None) past
         # this are pruned, the oldest first, in the write of every tenth of it; 0: none
         self.audit_max_rows = audit_max_rows
-        self._audited: dict[str | None, int] = {}  # rows of each party since its prune
+        # rows of each share since its prune: (a party, whether its agents' tool calls)
+        self._audited: dict[tuple[str | None, bool], int] = {}
         self.stream = stream if stream is not None else Stream()  # the daemon's: the engine's
         self.stream.subscribe(self._audit_gap, CaughtUp)
         self.sync = sync
@@ -128,15 +135,21 @@ class StateStore:
         `who`: a token's caller ("token NAME"); a socket peer is its uid and pid."""
         said = msgspec.json.encode(params).decode()
         full = (time.time(), uid, pid, method, said, outcome, who, tenant)
-        prune = self._audit_prune_due(tenant)
+        # an agent's own tool calls are a share of their tenant's apart: a loop of benign
+        # calls pushed out the boundary's refusals of the agent and its tenant's callers'
+        # rows (issue 88's attacker's pass)
+        calls = method in TOOL_CALLS
+        prune = self._audit_prune_due((tenant, calls))
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO audit (time, uid, pid, method, params, outcome, who, "
                        "tenant) VALUES (?,?,?,?,?,?,?,?)", full)
             if prune:
-                db.execute("DELETE FROM audit WHERE tenant IS ? AND id <= (SELECT id FROM "
-                           "audit WHERE tenant IS ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                           (tenant, tenant, self.audit_max_rows))
+                share = f"method {'' if calls else 'NOT '}IN ({','.join('?' * len(TOOL_CALLS))})"
+                db.execute(f"DELETE FROM audit WHERE tenant IS ? AND {share} AND id <= "
+                           f"(SELECT id FROM audit WHERE tenant IS ? AND {share} ORDER BY id "
+                           "DESC LIMIT 1 OFFSET ?)",
+                           (tenant, *TOOL_CALLS, tenant, *TOOL_CALLS, self.audit_max_rows))
 
         if self.writer is not None:  # (lazy: one transaction for many calls' rows)
             self.writer.submit(write, "audit row", size=len(said), lazy=True)
@@ -148,13 +161,14 @@ class StateStore:
             log.error("state database %s: an audit row could not be written (%s): %s",
                       self.path, exc, full)
 
-    def _audit_prune_due(self, tenant: str | None) -> bool:
-        """Once in every tenth of the bound, so that a party holds at most 1.1 times it."""
+    def _audit_prune_due(self, share: tuple[str | None, bool]) -> bool:
+        """Once in every tenth of the bound, so that a share (a party's rows, or its
+        agents' tool calls) holds at most 1.1 times it."""
         if not self.audit_max_rows:
             return False
-        seen = self._audited.get(tenant, 0) + 1
+        seen = self._audited.get(share, 0) + 1
         due = seen >= max(1, self.audit_max_rows // 10)
-        self._audited[tenant] = 0 if due else seen
+        self._audited[share] = 0 if due else seen
         return due
 
     def _audit_gap(self, e: CaughtUp) -> None:
