@@ -84,6 +84,7 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
             'corral_cluster_trust_refused_total{kind="calls",node="solo"} 0.0',
             'corral_cluster_trust_refused_total{kind="declared",node="solo"} 0.0',
             'corral_cluster_trust_refused_total{kind="outcomes",node="solo"} 0.0',
+            'corral_cluster_trust_refused_total{kind="outputs",node="solo"} 0.0',
             'corral_cluster_trust_refused_total{kind="pins",node="solo"} 0.0',
             'corral_cluster_trust_refused_total{kind="pushes",node="solo"} 0.0',
             'corral_cluster_trust_refused_total{kind="revisions",node="solo"} 0.0',

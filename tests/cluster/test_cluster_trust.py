@@ -86,7 +86,7 @@ def test_a_redis_writer_without_the_key_runs_no_command(tmp: Path,
                             "refused": {"agents": 0, "revisions": 0, "declared": 0,
                                         "outcomes": 0, "steps": 0, "sessions": 0, "calls": 0,
                                        "spawns": 0, "tenants": 0, "asks": 0, "pins": 0,
-                                       "pushes": 0}}
+                                       "pushes": 0, "outputs": 0}}
         evil = msgspec.json.encode(shell_agent(ran))
         r.hset(K.cluster_agents, "evil", evil)  # no MAC at all
         r.hset(K.cluster_agents, "forged", evil)
