@@ -155,7 +155,7 @@ def test_a_redis_writer_without_the_key_runs_no_command(tmp: Path,
         assert trust(a)["refused"] == {"agents": 4, "revisions": 1, "declared": 1,
                                        "outcomes": 0, "steps": 0, "sessions": 0, "calls": 0,
                                        "spawns": 0, "tenants": 0, "asks": 0, "pins": 0,
-                                       "pushes": 0}
+                                       "pushes": 0, "outputs": 0}
         assert started(ran).count("good#0") == 1  # never restarted on the forged tables
         assert {line.split()[0] for line in started(ran).splitlines()} == {"0"}
 
