@@ -321,6 +321,41 @@ def test_a_tool_templates_cut_is_its_attributes_own_value() -> None:
     assert [attrs(s)["corral.task.id"] for s in spans] == [a, b]
 
 
+def test_a_chain_calls_span_from_its_template_has_its_own_call_id_and_agent() -> None:
+    """A tool call's record with the trace link's fields (its agent, its door, its call
+    id), of a task, of a replica on the worker link and of a gateway client, an agent
+    called as a tool among them: from its template, the same bytes as otlp.py's, each
+    call with its own call id; the GenAI attributes as the conventions name them."""
+    otlprecords._tools.clear()
+
+    def linked(name: str = "notes__echo", task_id: str | None = None,
+               call_id: str | None = None, door: str = "worker") -> list[Any]:
+        return [*tool(name, task_id=task_id), "caller", door, call_id]
+
+    def key() -> str:
+        return f"{new_span_id(128):032x}"
+
+    shapes = [linked(call_id=key()), linked(), linked(task_id="replica:caller#0"),
+              linked(task_id="gateway:caller#0", door="/mcp"),
+              linked("corral__target", call_id=key(), door="/mcp/corral")]
+    again = [linked(r[5], r[6] if ":" in r[6] else None,
+                    key() if r[15] is not None else None, r[14]) for r in shapes]
+    spans = tools_both(shapes + again)
+    assert None not in otlprecords._tools.values() and len(otlprecords._tools) == 5
+    for record, pb in zip(shapes + again, spans, strict=True):
+        a = attrs(pb)
+        assert a["gen_ai.tool.call.id"] == (record[15] or f"{record[3]:016x}")
+        assert a["corral.call.door"] == record[14] and a["mcp.method.name"] == "tools/call"
+        if record[5] == "corral__target":
+            assert (a["gen_ai.operation.name"], a["gen_ai.agent.name"],
+                    a["gen_ai.tool.name"]) == ("invoke_agent", "target", "target")
+        else:
+            assert (a["gen_ai.operation.name"], a["gen_ai.agent.name"],
+                    a["gen_ai.tool.name"]) == ("execute_tool", "caller", "echo")
+    assert attrs(spans[2])["corral.replica"] == "caller#0"
+    assert attrs(spans[3])["corral.gateway.client"] == "caller#0"
+
+
 class _Answers(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keeps the connection, as collectors do
     status = 200

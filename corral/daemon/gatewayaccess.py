@@ -581,24 +581,27 @@ class GatewayService:
         self.agent_tools.admit(ident, name)
         task = self.attribution.task_of(ident.replica, ident.mark)
         self._count(ident, task)
+        said = _trace_meta(params)
         if handles is None:
-            return await self._replica_agent_call(ident, task, name, arguments, on_progress)
+            return await self._replica_agent_call(ident, task, name, arguments, on_progress,
+                                                  said)
         return handles.open(ident, None, lambda _: self._replica_agent_call(
-            ident, task, name, arguments, None))
+            ident, task, name, arguments, None, said))
 
     async def _replica_agent_call(self, ident: Identity, task: Task | None, name: str,
                                   arguments: dict[str, Any],
-                                  on_progress: Callable[[dict[str, Any]], None] | None
-                                  ) -> Any:
+                                  on_progress: Callable[[dict[str, Any]], None] | None,
+                                  said: dict[str, Any] | None) -> Any:
         """A replica's call of an agent: its attempt's is the task's spawn; one of no task
-        passes its replica's policy as a call of no task at /mcp does."""
+        passes its replica's policy as a call of no task at /mcp does; `said`: the
+        client's trace context (its `_meta`'s), the call's span's parent."""
         async def submitted(call: Call) -> Any:  # of no task: a task of its own
             # (the labels it is handed are the chain's: approvals.py `_replica_call`)
             task_id = await self.agent_tools.submit(ident, name, call.arguments)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
         tool = f"{AGENTS_VIEW}__{name}"
         return await self._recorded(ident, tool, (-1, -1), task, lambda: self._entered(Call(
-            ident.replica, tool, arguments, task, door=MCP_AGENTS,
+            ident.replica, tool, arguments, task, meta=said, door=MCP_AGENTS,
             wire=DoorWire(made=submitted))))
 
     async def _entered(self, call: Call) -> Any:
@@ -739,16 +742,20 @@ class GatewayService:
                         on_progress: Callable[[dict[str, Any]], None] | None,
                         relay: InputRelay | None, on_log: LogRelay | None,
                         context: Parent | None) -> Any:
-        """A replica's call: its door's `Call`, through the one chain (tasks/chain.py)."""
+        """A replica's call: its door's `Call`, through the one chain (tasks/chain.py),
+        whose trace link makes its span, a child of the client's context (`_meta`)."""
         said = None if context is None else meta(context.trace_id, context.span_id,
                                                  context.sampled, context.tracestate)
         answer = self.chain.enter(Call(
             ident.replica, name, arguments, task, meta=said,
             door=MCP if ident.server is None else MCP_SERVER,
             wire=DoorWire(on_progress, relay, on_log, f"{ident.owner} of {ident.tenant}")))
-        if task is None and context is not None and inspect.isawaitable(answer):
-            return await self._traced(answer, context, name, ident.name)
-        return await answer if inspect.isawaitable(answer) else answer
+        if not inspect.isawaitable(answer):
+            return answer
+        if self.tracer is None and task is None and said is not None:
+            # no trace link: the client's context goes on to the server as it came
+            return await _under(answer, ClientSpan(said))
+        return await answer
 
     def _pooled(self, ident: Identity, name: str, arguments: dict[str, Any],
                 on_progress: Callable[[dict[str, Any]], None] | None,
@@ -839,6 +846,14 @@ class GatewayService:
 
 
 NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted together
+
+
+def _trace_meta(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The W3C trace context a request carries in `params._meta`, if any."""
+    said = params.get("_meta")
+    if not isinstance(said, dict) or "traceparent" not in said:
+        return None
+    return {k: said[k] for k in ("traceparent", "tracestate") if k in said}
 
 
 def _call_params(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:

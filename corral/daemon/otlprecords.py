@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 from struct import Struct
 from typing import Any
 
-from ..supervisor.tracing import QUEUE_MIX, TASK, TOOL, expand, spans_of
+from ..supervisor.tracing import QUEUE_MIX, TASK, TOOL, call_id_of, expand, spans_of
 from ..tracecontext import GOLDEN, MASK64
 from .otlp import attribute, encode_spans, span, varint
 
+# a tool call's owner that is no task: a gateway client, a replica on the worker link
+OWNERS = ("gateway:", "replica:")
 KEPT_SHAPES = 1024  # templates kept; past it, they start over
 ATTEMPT_KEYS = 6  # an attempt's fields as a plain local attempt sends them (no node, no replay)
 _ID = Struct(">Q").pack
@@ -57,10 +59,12 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
             # a tool call's span: the same bytes as its server's, tool's, attempt's and
             # outcome's last call but for its ids, times, task id and request id
             task_id = record[6]
-            gateway = task_id.startswith("gateway:")
+            gateway = task_id.startswith(OWNERS)  # (a client's: one name, not an id)
+            more = tuple(record[13:16])
             tool_key = (record[5], record[8], record[7], record[12],
                         task_id if gateway else len(task_id.encode()),
-                        None if rid is None else len(str(rid)))
+                        None if rid is None else len(str(rid)), more[:2],
+                        len(more) > 2 and more[2] is not None)
             tool_fill = _tools.get(tool_key)
             if tool_fill is None and tool_key not in _tools:
                 tool_fill = _tool_template(tool_key, record, gateway)
@@ -165,7 +169,8 @@ def _filler(pack: Callable[..., bytes], kept: list[bytes]) -> Filler:
 def _tool_template(key: tuple[Any, ...], record: Sequence[Any], gateway: bool
                    ) -> ToolFiller | None:
     """The template of a tool call's span (a parent always there), cut at its ids, its
-    times, its task id (not a gateway client's, which is in the key) and its request id;
+    times, and its texts that differ call by call: its task id (not a gateway client's,
+    which is in the key), its call id (a key, or its span id's hex) and its request id;
     checked against otlp.py's bytes for its own record and for one whose every cut field
     differs; None when either differs."""
     if len(_tools) >= KEPT_SHAPES:
@@ -178,10 +183,15 @@ def _tool_template(key: tuple[Any, ...], record: Sequence[Any], gateway: bool
         varint(s[4]))
     cuts = [(at + 2, 16, "16s"), (at + 20, 8, "8s"), (at + 30, 8, "8s"),
             (at + 38 + named + 1, 8, "Q"), (at + 38 + named + 10, 8, "Q")]
-    texts = [] if gateway else [("corral.task.id", record[6])]
+    texts: list[tuple[str, Callable[[Sequence[Any]], str]]] = []
+    if not gateway:
+        texts.append(("corral.task.id", _task_id))
+    texts.append(("gen_ai.tool.call.id", call_id_of))
     if record[9] is not None:
-        texts.append(("jsonrpc.request.id", str(record[9])))
-    for name, text in texts:  # each text is its attribute's last bytes
+        texts.append(("jsonrpc.request.id", _request_id))
+    found_at: list[tuple[int, Callable[[Sequence[Any]], str]]] = []
+    for name, text_of in texts:  # each text is its attribute's last bytes
+        text = text_of(record)
         made = attribute(b"\x4a", name, text)
         found = one.find(made)
         if found < 0:
@@ -189,8 +199,10 @@ def _tool_template(key: tuple[Any, ...], record: Sequence[Any], gateway: bool
             return None
         x = text.encode()
         cuts.append((at + found + len(made) - len(x), len(x), f"{len(x)}s"))
+        found_at.append((found, text_of))
     cuts.sort()
-    fill = _tool_filler(*_cut(whole, cuts), not gateway, record[9] is not None)
+    fill = _tool_filler(*_cut(whole, cuts), [t for _, t in sorted(found_at,
+                                                                  key=lambda f: f[0])])
     checked: ToolFiller | None = fill
     probe = _probe(record, gateway)
     ps = expand(probe, True)[0]
@@ -199,6 +211,14 @@ def _tool_template(key: tuple[Any, ...], record: Sequence[Any], gateway: bool
         checked = None
     _tools[key] = checked
     return checked
+
+
+def _task_id(record: Sequence[Any]) -> str:
+    return str(record[6])
+
+
+def _request_id(record: Sequence[Any]) -> str:
+    return str(record[9])
 
 
 def _probe(record: Sequence[Any], gateway: bool) -> list[Any]:
@@ -212,15 +232,18 @@ def _probe(record: Sequence[Any], gateway: bool) -> list[Any]:
     probe[11] += 2.5
     if not gateway:
         probe[6] = probe[6][::-1]
+    if len(probe) > 15 and probe[15] is not None:
+        probe[15] = probe[15][::-1]
     if probe[9] is not None:
         n = len(str(probe[9]))
         probe[9] = int("9" * n) if probe[9] != int("9" * n) else 10 ** (n - 1) if n > 1 else 0
     return probe
 
 
-def _tool_filler(pack: Callable[..., bytes], kept: list[bytes], task: bool, rid: bool
-                 ) -> ToolFiller:
-    """A tool call record's ids, times and texts joined with the template's cuts."""
+def _tool_filler(pack: Callable[..., bytes], kept: list[bytes],
+                 texts: list[Callable[[Sequence[Any]], str]]) -> ToolFiller:
+    """A tool call record's ids, times and texts (`texts`, in their order in the span)
+    joined with the template's cuts."""
     to_id = _ID
     k0, k1, k2, k3, k4, k5, *rest = kept
 
@@ -230,11 +253,8 @@ def _tool_filler(pack: Callable[..., bytes], kept: list[bytes], task: bool, rid:
         fields = [k0, (record[1] << 64 | record[2]).to_bytes(16, "big"), k1,
                   to_id(record[3]), k2, to_id(record[4]), k3, start, k4,
                   end if end > start else start, k5]
-        more = iter(rest)
-        if task:
-            fields += (record[6].encode(), next(more))
-        if rid:
-            fields += (str(record[9]).encode(), next(more))
+        for text_of, after in zip(texts, rest, strict=True):
+            fields += (text_of(record).encode(), after)
         return pack(*fields)
 
     return fill

@@ -36,12 +36,13 @@ from ..tracecontext import (
 )
 from .policy import PolicyVerdict
 from .process_replica import ReplicaExit
-from .tasks.call import Call
-from .tasks.interceptors import StepReplay, TaskInterceptor, TaskPath, TraceStart
+from .tasks.call import WORKER, Call
+from .tasks.interceptors import AGENT_TOOL, StepReplay, TaskInterceptor, TaskPath, TraceStart
 from .tasks.model import Task
 from .tasks.steps import MODEL_STEP
 from .tasks.taskmachine import TaskStatus
 
+AGENT_SERVER = AGENT_TOOL.removesuffix(SEP)  # "corral": its tools are agents
 # OTLP's SpanKind values
 INTERNAL, SERVER, CLIENT = 1, 2, 3
 
@@ -60,8 +61,12 @@ Span = tuple[int, int, int, str, int, float, float, "str | None", dict[str, Any]
 #        the ids are the exporter's to derive; session: the session it is a turn of, or
 #        None; a record stored before sessions were traced ends at events)
 # TOOL: (TOOL, trace_hi, trace_lo, span_id, parent_id, name, task_id, attempt, transport,
-#        request_id, start, end, error): a tool call, a worker's or a gateway client's
-#        (task_id "gateway:CLIENT", attempt 0)
+#        request_id, start, end, error, agent, door, call_id): a tool call, a worker's or
+#        a gateway client's (task_id "gateway:CLIENT" or, a replica's of no task on the
+#        worker link, "replica:LABEL"; attempt 0); agent: the calling agent's name, door:
+#        the door it came by (tasks/call.py), call_id: its idempotency key (a journaled
+#        call's; `call_id_of`); a gateway client's that is no agent's, and a record of an earlier
+#        corral, ends at error
 # SPAN: (SPAN, trace_hi, trace_lo, span_id, parent_id, name, key, kind, start, end, error,
 #        attributes): a span made whole where it ended (a workflow run's, a step's:
 #        daemon/workflows/runtraces.py); `key` the id it is read back by (a task's id,
@@ -168,19 +173,34 @@ class Tracer(TaskInterceptor):
         next(replay)
 
     def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
-        """A client span around each call of a traced task, whose context goes to the
-        MCP server (and to a team's member: its task is the span's child)."""
+        """The trace link: one client span a call, at every door (docs/tracing.md), whose
+        context goes to the MCP server in `params._meta` (and to a team's member or an
+        agent called as a tool: its task is the span's child). A traced task's call is
+        under its attempt (or the worker's own span of the same trace); a call of no task
+        under the context its caller sent in `_meta`, its decision to sample honoured,
+        and, without one, not traced."""
         task = call.task
-        trace = self.full(task) if task is not None else None
-        if trace is None or task is None:
+        said = CALLER.get()
+        more = (call.replica.name, call.door, call.key)
+        if task is None:
+            context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
+                if said else None
+            if context is None:
+                return next(call)
+            sampled = self.sampling.head(context.trace_id, context.sampled)
+            owner = f"{'replica' if call.door == WORKER else 'gateway'}:{call.replica.label}"
+            return self._timed(functools.partial(next, call), context.trace_id, sampled,
+                               context.tracestate, self.put if sampled else None,
+                               context.span_id, call.name, owner, 0, more)
+        trace = self.full(task)
+        if trace is None:
             return next(call)
         # the worker's own span, when it sent one of this trace (else the attempt's)
-        said = CALLER.get()
         parent = own_span(said.get("traceparent"), trace.trace_id) if said else 0
         return self._timed(functools.partial(next, call), trace.trace_id, trace.sampled,
                            trace.tracestate, functools.partial(self._keep, trace),
                            parent or trace.attempt_span(task.attempt), call.name, task.id,
-                           task.attempt)
+                           task.attempt, more)
 
     # -- the context in -----------------------------------------------------------------------
     def begin(self, task: Task, traceparent: str | None, tracestate: str | None) -> None:
@@ -283,9 +303,10 @@ class Tracer(TaskInterceptor):
     # -- tool calls ---------------------------------------------------------------------------
     async def _timed(self, make: Callable[[], Any], trace_id: int, sampled: bool,
                      tracestate: str | None, keep: Callable[[Record], None] | None,
-                     parent: int, name: str, owner: str, attempt: int) -> Any:
+                     parent: int, name: str, owner: str, attempt: int,
+                     more: tuple[Any, ...] = ()) -> Any:
         """`make()`'s tool call under a client span of its own, whose record `keep` is
-        given at its end (None: not kept)."""
+        given at its end (None: not kept); `more`: the record's (agent, door, call_id)."""
         span_id = new_span_id(64) or 1
         client = ClientSpan(meta(trace_id, span_id, sampled, tracestate))
         # this call's alone: it may run in its HTTP request's own task, which goes on
@@ -306,7 +327,8 @@ class Tracer(TaskInterceptor):
             CURRENT.reset(mine)
             if keep is not None:
                 keep((TOOL, trace_id >> 64, trace_id & MASK64, span_id, parent, name, owner,
-                      attempt, client.transport, client.request_id, start, time.time(), error))
+                      attempt, client.transport, client.request_id, start, time.time(), error,
+                      *more))
 
     def _keep(self, trace: TaskTrace, record: Record) -> None:
         """A span of a task's attempt: buffered when its trace is sampled, else held
@@ -333,7 +355,7 @@ class Tracer(TaskInterceptor):
         elif kind == "tool":
             server, _, tool = name.partition(SEP)
             attrs.update({"mcp.method.name": "tools/call",
-                          "gen_ai.operation.name": "execute_tool",
+                          "gen_ai.operation.name": operation_of(server),
                           "gen_ai.tool.name": tool or name, "corral.mcp.server": server})
             span_name, kind_of = f"tools/call {tool or name}", CLIENT
         else:
@@ -572,20 +594,44 @@ def _spans(record: Sequence[Any]) -> list[Span]:
     return out
 
 
+def operation_of(server: str) -> str:
+    """A tool call's gen_ai.operation.name: an agent called as a tool is invoked."""
+    return "invoke_agent" if server == AGENT_SERVER else "execute_tool"
+
+
+def call_id_of(record: Sequence[Any]) -> str:
+    """A tool call's gen_ai.tool.call.id: its idempotency key where it has one (a task's
+    journaled call: the same on each attempt's), else its span's id."""
+    key = record[15] if len(record) > 15 else None
+    return str(key) if key is not None else f"{record[3]:016x}"
+
+
 def _tool(record: Sequence[Any]) -> Span:
     (_, hi, lo, span_id, parent, name, task_id, attempt, transport, request_id, start,
-     end, error) = record
+     end, error) = record[:13]
+    agent, door = record[13:15] if len(record) > 13 else (None, None)
     tid = hi << 64 | lo
     server, _, tool = name.partition(SEP)
+    operation = operation_of(server)
     attrs: dict[str, Any] = {
-        "mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool",
+        "mcp.method.name": "tools/call", "gen_ai.operation.name": operation,
         "gen_ai.tool.name": tool or name, "corral.mcp.server": server,
         "network.transport": transport}
+    # the agent: the invoked one of an agent called as a tool, else the calling one
+    if operation == "invoke_agent":
+        attrs["gen_ai.agent.name"] = tool
+    elif agent is not None:
+        attrs["gen_ai.agent.name"] = agent
+    if door is not None:
+        attrs["corral.call.door"] = door
     if task_id.startswith("gateway:"):
         attrs["corral.gateway.client"] = task_id[len("gateway:"):]
+    elif task_id.startswith("replica:"):
+        attrs["corral.replica"] = task_id[len("replica:"):]
     else:
         attrs["corral.task.id"] = task_id
         attrs["corral.attempt"] = attempt
+    attrs["gen_ai.tool.call.id"] = call_id_of(record)
     if request_id is not None:
         attrs["jsonrpc.request.id"] = str(request_id)
     if error is not None:
