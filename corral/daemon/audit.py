@@ -24,8 +24,9 @@ from .logs import LogHub
 from .store import TOOL_CALLS, StateStore
 
 HELD = 1000  # rows kept for the table while the database opens (a tenant's refusals)
-# a tool call's row: by a gateway client (the gateway's doors), by a worker (its link)
-GATEWAY_CALL, WORKER_CALL = TOOL_CALLS
+# a call's row: a tool call by a gateway client (the gateway's doors) or a worker (its
+# link), a model call (the model gateway's door)
+GATEWAY_CALL, WORKER_CALL, MODEL_CALL = TOOL_CALLS
 # texts a caller chose cut past TEXT_CUT characters, params past PARAMS_CUT bytes shown by
 # size alone: audit_max_rows bounds the table's bytes too (a 2 MB tool name made 6 MB rows)
 TEXT_CUT = 1024
@@ -110,10 +111,10 @@ class AuditLink(TaskInterceptor):
     """The chain's audit link (tasks/chain.py), around every other link: each tool call
     one row when it is answered, at every door (a gateway door's as the gateway's own
     calls, `gateway.call` by `gateway client LABEL`, and its daemon log line; the worker
-    link's `worker.call` by `agent LABEL`, a row alone: a worker's calls are the hot
-    path, and their log line, two writes on the loop, was two thirds of the row's cost),
-    a call some link refused among them. The row goes through the store's writer,
-    group-committed off the loop."""
+    link's `worker.call` by `agent LABEL`, and the model gateway's `model.call`, rows
+    alone: a worker's calls are the hot path, and their log line, two writes on the
+    loop, was two thirds of the row's cost), a call some link refused among them. The
+    row goes through the store's writer, group-committed off the loop."""
 
     def __init__(self, audit: Audit) -> None:
         self.audit = audit
@@ -147,6 +148,10 @@ class AuditLink(TaskInterceptor):
         if call.door == WORKER:
             self.audit(Caller(via="worker", name=f"agent {label}", tenant=tenant),
                        WORKER_CALL, params, outcome, line=False)
+        elif call.model is not None:  # the model gateway's: its model, not a tool
+            params["model"] = params.pop("tool")
+            self.audit(Caller(via="models", name=f"agent {label}", tenant=tenant),
+                       MODEL_CALL, params, outcome, line=False)
         else:
             self.audit(Caller(via="gateway", name=f"gateway client {label}", tenant=tenant),
                        GATEWAY_CALL, params, outcome)

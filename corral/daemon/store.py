@@ -35,9 +35,9 @@ def row_limit(limit: int) -> int:
     return min(max(0, limit), 1 << 62)
 
 
-# an agent's own tool calls' rows (audit.py's AuditLink: by a gateway client, by a
-# worker), kept as a share of their party's apart
-TOOL_CALLS = (m.GatewayCall.declared.name, "worker.call")
+# an agent's own calls' rows (audit.py's AuditLink: a tool call by a gateway client, by
+# a worker; a model call), kept as a share of their party's apart
+TOOL_CALLS = (m.GatewayCall.declared.name, "worker.call", "model.call")
 
 
 class StateStore:
