@@ -1,0 +1,278 @@
+"""Issue 90: durable throughput, steps per second and workflow runs per second, corral
+beside DBOS (SQLite), Temporal's dev server and Restate, in one run on this machine.
+
+    sh bench/peers/setup.sh                    # once: the peers, pinned, from the registries
+    .venv/bin/python -m bench.bench_durable_throughput [--window 60] [--runs-window 20]
+        [--conc 8] [--steps 100] [--only corral,dbos,restate,temporal]
+
+Each engine as bench_durable_peers sets it up (its quick start, a durable store), driven
+by CONC clients at once for WINDOW seconds, each starting its next as its last ends:
+
+- steps: a durable task/workflow of STEPS sequential no-op steps (corral: `ctx.step` in
+  an SDK worker, bench/peers/corral_steps.py, `retries = 1`, 2 replicas; DBOS:
+  `@DBOS.step` in a `@DBOS.workflow`, in this process; Restate: `ctx.run` in a service
+  handler, invoked through its ingress; Temporal: a local activity, and an activity, in a
+  workflow, the worker in this process). Steps/s = the steps of the tasks that finished
+  in the window / its length; beside it each 5-second slice's rate (median and the
+  lowest: sustained, or not) and a task's time (p50, p99);
+- runs: a workflow of one no-op step, started and waited for (corral: `workflows.run` of
+  a `[workflows]` entry of one step, bench/peers/corral_stamp.py, 2 replicas; DBOS: a
+  workflow of one step; Restate: the handler with one `ctx.run`; Temporal: a workflow
+  of one activity). Runs/s, and a run's time (p50, p99).
+
+corral runs twice, `journal_sync = "normal"` (SQLite WAL, synchronous=NORMAL: a commit is
+not fsynced, a checkpoint is) and `"full"` (every commit fsynced). The engines are
+measured one after another (steps, then runs), the load recorded at each. A peer that is
+not installed is skipped with the reason. Every server is a child of this process,
+killed by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .bench_cluster import Client
+from .harness import PY, ROOT, CorralDaemon, report, workdir
+from .peers.servers import Missing, Restate, Temporal
+
+One = Callable[[int], Awaitable[None]]  # one task (or workflow) of n steps, to its end
+SLICE = 5.0
+
+
+def corral_config() -> str:
+    steps = ROOT / "bench" / "peers" / "corral_steps.py"
+    stamp = ROOT / "bench" / "peers" / "corral_stamp.py"
+    return f"""
+[agents.durable]
+command = ["{PY}", "{steps}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+replicas = 2
+retries = 1
+max_queue = 100000
+start_timeout = 120
+
+[agents.stamp]
+command = ["{PY}", "{stamp}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+replicas = 2
+max_queue = 100000
+start_timeout = 120
+
+[workflows.one]
+[[workflows.one.steps]]
+name = "s"
+agent = "stamp"
+"""
+
+
+class Clients:
+    """Control-socket connections, one per thread that calls (a Client is one call at a
+    time)."""
+
+    def __init__(self, sock: Path) -> None:
+        self.sock = sock
+        self.local = threading.local()
+        self.all: list[Client] = []
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        c = getattr(self.local, "client", None)
+        if c is None:
+            c = self.local.client = Client(self.sock)
+            self.all.append(c)
+        return c.call(method, params)
+
+    def close(self) -> None:
+        for c in self.all:
+            c.close()
+
+
+async def start_corral(d: Path, steps: dict[str, One], runs: dict[str, One],
+                       stops: list[Any]) -> None:
+    for sync in ("normal", "full"):
+        sub = d / sync
+        sub.mkdir()
+        daemon = CorralDaemon(sub, corral_config(),
+                              extra=f'journal_sync = "{sync}"\ndrain_timeout = 0')
+        daemon.start()
+        stops.append(daemon.stop)
+        clients = Clients(daemon.sock)
+        stops.append(clients.close)
+
+        def task(n: int, clients: Clients = clients) -> None:
+            res = clients.call("tasks.run", {"agent": "durable", "timeout": 600,
+                                             "input": {"calls": n, "mode": "step"}})
+            assert res["status"] == "succeeded", res
+
+        def run(n: int, clients: Clients = clients) -> None:
+            res = clients.call("workflows.run", {"name": "one", "input": n, "wait": 600})
+            assert res["status"] == "succeeded", res.get("error")
+
+        steps[f"corral ({sync}): ctx.step"] = threaded(task)
+        runs[f"corral ({sync}): a workflow of one step"] = threaded(run)
+
+
+def threaded(fn: Callable[[int], Any]) -> One:
+    async def one(n: int) -> None:
+        await asyncio.to_thread(fn, n)
+    return one
+
+
+async def start_dbos(d: Path, steps: dict[str, One], runs: dict[str, One],
+                     stops: list[Any]) -> None:
+    from .peers import dbos_peer
+    dbos_peer.launch(d)
+    stops.append(dbos_peer.stop)
+    steps["DBOS (SQLite): @DBOS.step"] = threaded(dbos_peer.steps)
+    runs["DBOS (SQLite): a workflow of one step"] = threaded(dbos_peer.stamps)
+
+
+async def start_restate(d: Path, steps: dict[str, One], runs: dict[str, One],
+                        stops: list[Any]) -> None:
+    import aiohttp
+
+    server = await asyncio.to_thread(Restate, d)
+    stops.append(server.stop)
+    session = aiohttp.ClientSession()
+    stops.append(lambda: asyncio.get_event_loop().create_task(session.close()))
+    url = f"http://127.0.0.1:{server.ingress}/bench/steps"
+
+    async def one(n: int) -> None:
+        async with session.post(url, json=n, timeout=aiohttp.ClientTimeout(600)) as r:
+            assert r.status == 200, await r.text()
+            await r.read()
+    steps["Restate: ctx.run"] = one
+    runs["Restate: a handler of one ctx.run"] = one
+
+
+async def start_temporal(d: Path, steps: dict[str, One], runs: dict[str, One],
+                         stops: list[Any]) -> None:
+    from temporalio.client import Client as TClient
+    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+    from .peers import temporal_peer as tp
+
+    server = await asyncio.to_thread(Temporal, d)
+    stops.append(server.stop)
+    client = await TClient.connect(f"127.0.0.1:{server.port}")
+    worker = Worker(client, task_queue="bench", workflows=tp.WORKFLOWS,
+                    activities=tp.ACTIVITIES, workflow_runner=UnsandboxedWorkflowRunner())
+    task = asyncio.ensure_future(worker.run())
+    stops.append(lambda: task.cancel())
+
+    def steps_of(local: bool) -> One:
+        async def one(n: int) -> None:
+            await client.execute_workflow(tp.Steps.run, args=[n, local],
+                                          id=f"steps-{uuid.uuid4()}", task_queue="bench")
+        return one
+
+    async def chain(n: int) -> None:
+        await client.execute_workflow(tp.Chain.run, args=[n], id=f"run-{uuid.uuid4()}",
+                                      task_queue="bench")
+    steps["Temporal: local activity"] = steps_of(True)
+    steps["Temporal: activity"] = steps_of(False)
+    runs["Temporal: a workflow of one activity"] = chain
+
+
+PEERS = {"corral": start_corral, "dbos": start_dbos, "restate": start_restate,
+         "temporal": start_temporal}
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+async def drive(one: One, n: int, conc: int, window: float) -> dict[str, Any]:
+    """CONC lanes, each its next as its last ends, for `window` seconds: what finished."""
+    ends: list[float] = []
+    took: list[float] = []
+    t0 = time.perf_counter()
+    deadline = t0 + window
+
+    async def lane() -> None:
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            await one(n)
+            end = time.perf_counter()
+            if end <= deadline:
+                ends.append(end - t0)
+                took.append(end - t)
+
+    load = os.getloadavg()[0]
+    await asyncio.gather(*(lane() for _ in range(conc)))
+    slices = [0] * max(1, int(window // SLICE))  # whole slices only
+    for e in ends:
+        if int(e // SLICE) < len(slices):
+            slices[int(e // SLICE)] += n
+    rates = [s / min(SLICE, window) for s in slices]
+    return {"per_s": round(len(ends) * n / window, 1), "finished": len(ends),
+            "slice_median_per_s": round(statistics.median(rates), 1),
+            "slice_lowest_per_s": round(min(rates), 1),
+            "p50_ms": round(statistics.median(took) * 1000, 2) if took else None,
+            "p99_ms": round(pct(took, 0.99) * 1000, 2) if took else None,
+            "load": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    d = workdir("throughput")
+    steps: dict[str, One] = {}
+    runs: dict[str, One] = {}
+    stops: list[Any] = []
+    out: dict[str, Any] = {"load_before": os.getloadavg(), "skipped": {}, "steps": {},
+                           "runs": {}, "conc": args.conc, "steps_a_task": args.steps,
+                           "window_s": args.window, "runs_window_s": args.runs_window}
+    try:
+        for name in args.only.split(","):
+            sub = d / name
+            sub.mkdir()
+            try:
+                await PEERS[name](sub, steps, runs, stops)
+            except (Missing, ImportError, RuntimeError) as e:
+                out["skipped"][name] = f"{type(e).__name__}: {e}"
+                print(f"skipped {name}: {e}", flush=True)
+        for key, one in steps.items():
+            await one(args.steps)  # warm
+            out["steps"][key] = got = await drive(one, args.steps, args.conc, args.window)
+            print(f"steps {key:<40} {got}", flush=True)
+        for key, one in runs.items():
+            await one(1)
+            out["runs"][key] = got = await drive(one, 1, args.conc, args.runs_window)
+            print(f"runs  {key:<40} {got}", flush=True)
+    finally:
+        for stop in reversed(stops):
+            try:
+                stop()
+            except Exception as e:  # one peer's failed stop must not leave the others
+                print("stop:", e)
+        await asyncio.sleep(0.1)
+        shutil.rmtree(d, ignore_errors=True)
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--window", type=float, default=60.0)
+    ap.add_argument("--runs-window", type=float, default=20.0)
+    ap.add_argument("--conc", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--only", default=",".join(PEERS))
+    args = ap.parse_args()
+    out = asyncio.run(measure(args))
+    report("durable_throughput", out)
+    print(json.dumps({"skipped": out["skipped"]}))
+
+
+if __name__ == "__main__":
+    main()
