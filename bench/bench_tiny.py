@@ -1,6 +1,7 @@
 """Issue 26: tiny task throughput, corral beside multiprocessing.Pool, in one run.
 
     .venv/bin/python -m bench.bench_tiny [--quick] [--tasks N] [--rounds R] [--corral-only]
+        [--busy B]
 
 The same echo of a tiny input (`{"n": i}`) through 1 and 2 workers, 256 tasks in flight,
 the runners taking turns in each round so that drift of this shared machine hits them
@@ -21,7 +22,9 @@ Each row also gives the CPU time per task of the bench's process (corral's super
 and load generator, or the Pool's parent and its threads) and of the workers, and
 corral's task latency (created to finished, over the finished tasks it keeps) at the
 median and p99. `--corral-only` runs corral alone (engine against engine, e.g. a branch
-against its base, with this file in both trees).
+against its base, with this file in both trees). `--busy B`: B busy loops (each a Python
+process spinning, started first and killed by its pid at the end) beside the whole run,
+for the goal at load (issue 90: one busy loop, a load of ~2 on a quiet machine).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import asyncio
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -47,7 +51,10 @@ QUICK = "--quick" in sys.argv
 CORRAL_ONLY = "--corral-only" in sys.argv
 TASKS = 5_000 if QUICK else 20_000
 ROUNDS = 3 if QUICK else 5
+BUSY = 0
 for i, a in enumerate(sys.argv):
+    if a == "--busy":
+        BUSY = int(sys.argv[i + 1])
     if a == "--tasks":
         TASKS = int(sys.argv[i + 1])
     elif a == "--rounds":
@@ -175,5 +182,19 @@ async def main() -> dict[str, Any]:
     return results
 
 
+def beside_busy_loops() -> dict[str, Any]:
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(BUSY)]
+    try:
+        results = uvloop.run(main())
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+    results["busy_loops"] = BUSY
+    return results
+
+
 if __name__ == "__main__":
-    report("tiny_corral" if CORRAL_ONLY else "tiny", uvloop.run(main()))
+    report("tiny_corral" if CORRAL_ONLY else "tiny" if not BUSY else "tiny_busy",
+           beside_busy_loops())
