@@ -19,6 +19,7 @@ from ..supervisor.refusals import BoundaryRefused
 from ..supervisor.runas import tenant_of
 from ..supervisor.tasks.call import WORKER, Call
 from ..supervisor.tasks.interceptors import TaskInterceptor
+from ..supervisor.tasks.modelcall import ModelRefusal
 from .caller import Caller
 from .logs import LogHub
 from .store import TOOL_CALLS, StateStore
@@ -99,8 +100,9 @@ def outcome_of(result: Any) -> str:
 
 
 def failure_of(exc: BaseException) -> str:
-    """A tool call's failure as its row says it."""
-    if isinstance(exc, RpcError):
+    """A call's failure as its row says it: a refusal's words (an RpcError's, a model
+    call's ModelRefusal's), else what failed."""
+    if isinstance(exc, (RpcError, ModelRefusal)):
         return f"error: {exc.message}"
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
