@@ -29,8 +29,9 @@ def model_in_view(call: Call) -> None:
     # an agent's name is its tenant's caller's to choose: a glob naming agents (not `*`)
     # names the model's own tenant's, so that a tenant's agent named to fit a shared
     # model's `ops-*` uses it no more than an unnamed one
-    if not any(glob == "*" or (tenant == spec.tenant and fnmatchcase(replica.name, glob))
-               for glob in spec.agents):
+    agents = spec.agents
+    if "*" not in agents and not (tenant == spec.tenant and any(
+            fnmatchcase(replica.name, glob) for glob in agents)):
         model.counter.refused += 1
         raise ModelRefusal(403, f"model {name} is not for agent {replica.name} "
                                 f"(models.{name}.agents: {', '.join(spec.agents)})")
