@@ -220,6 +220,7 @@ def _corral_config(work: Path, body: str) -> Path:
         state_dir = "{work}/state"
         log_dir = "{work}/logs"
         drain_timeout = 0
+        dynamic_uids = []  # (as root: the agents the daemon's user, as the peers' are)
     """) + textwrap.dedent(body))
     return config
 
