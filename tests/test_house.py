@@ -212,9 +212,11 @@ CHAIN_LINKS = {
     "corral/supervisor/policy.py",  # the rules' judge the approvals link asks
     # a task submitted (REST, A2A, /mcp/corral of no task; decision 1170): identity and
     # view (an anonymous caller's own tasks), the labels handed to it, who approves
+    "corral/daemon/api.py",  # the Dispatcher: the caller's scope, its visibility rules
     "corral/daemon/records.py",
     "corral/daemon/handing.py",
     "corral/daemon/deciders.py",
+    "corral/daemon/replayview.py",
     # dispatch of a spawn: the labels its order carries (spawn.py read them) handed on
     "corral/supervisor/tasks/nodespawns.py",
     # a model call's (decision 1180): its view; policy rules, labels, approval; budget
@@ -222,6 +224,8 @@ CHAIN_LINKS = {
     "corral/supervisor/tasks/modelapprovals.py",
     "corral/supervisor/tasks/modelbudget.py",
 }
+# what answers no call, with a check of its own: the scrape of /metrics (its token's scope)
+NOT_A_CALL = {"corral/daemon/http/metrics.py"}
 # doors not yet moved into the chain, each naming why (decision 1104)
 NOT_YET_IN_THE_CHAIN: dict[str, str] = {}
 # the calls that are a check of a call: a tool call's budget, a policy rule's verdict, the
@@ -234,7 +238,9 @@ def call_checks(path: Path, root: Path = ROOT) -> list[str]:
     """Where `path` checks a call itself: a call of one of CHECKS, an ask of a person's
     approval made (`AskKind.APPROVAL` given to an ask), a drifted tool's refusal caught,
     labels handed to a task (`HANDED.set`), an anonymous caller judged (`caller.anonymous`
-    read: what it may reach, hand on, decide; the operator's `[a2a] anonymous` is who)."""
+    read: what it may reach, hand on, decide; the operator's `[a2a] anonymous` is who), a
+    caller's scope asked of (`caller.may`: a route that answers no call, /metrics, asks
+    its own)."""
     found = []
     tree = file_tree(path)
     for node in walked(tree):
@@ -244,6 +250,9 @@ def call_checks(path: Path, root: Path = ROOT) -> list[str]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
                 node.func.attr == "set" and ast.unparse(node.func.value) == "HANDED":
             found.append(f"{path.relative_to(root)}:{node.lineno} HANDED.set")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "may" and ast.unparse(node.func.value).endswith("caller"):
+            found.append(f"{path.relative_to(root)}:{node.lineno} caller.may")
         elif isinstance(node, ast.Call):
             f = node.func
             name = f.id if isinstance(f, ast.Name) else f.attr \
@@ -260,7 +269,8 @@ def call_checks(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_no_policy_budget_approval_or_pin_check_is_outside_the_chains_links() -> None:
     outside = [c for p in sorted(CORRAL.rglob("*.py"))
-               if p.relative_to(ROOT).as_posix() not in CHAIN_LINKS | set(NOT_YET_IN_THE_CHAIN)
+               if p.relative_to(ROOT).as_posix() not in
+               CHAIN_LINKS | NOT_A_CALL | set(NOT_YET_IN_THE_CHAIN)
                for c in call_checks(p)]
     assert outside == []
     # and each door not yet moved still checks (else its entry is stale)
@@ -275,7 +285,9 @@ def test_the_check_scan_sees_a_door_that_checks_a_call_itself(tmp_path: Path) ->
                     "    ask(AskRequest(AskKind.APPROVAL, None))\n"
                     "    try:\n        pins.call()\n    except ToolDrifted:\n        pass\n"
                     "    HANDED.set((caller.who,)) if caller.anonymous else None\n"
-                    "    settings.anonymous\n")
+                    "    settings.anonymous\n"
+                    "    caller.may('tasks:read')\n")
     assert call_checks(door, tmp_path) == [
-        "door.py:2 take_tool_call", "door.py:3 judge", "door.py:4 AskRequest",
-        "door.py:7 except ToolDrifted", "door.py:9 .anonymous", "door.py:9 HANDED.set"]
+        "door.py:11 caller.may", "door.py:2 take_tool_call", "door.py:3 judge",
+        "door.py:4 AskRequest", "door.py:7 except ToolDrifted", "door.py:9 .anonymous",
+        "door.py:9 HANDED.set"]

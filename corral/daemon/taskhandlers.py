@@ -10,6 +10,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.tasks.chunks import START
 from ..supervisor.tasks.output import TaskOutputs, position_of
+from . import replayview
 from .api import Commands, by_name
 from .caller import Caller, Channel
 from .handing import handing
@@ -31,13 +32,9 @@ implements = COMMANDS.implements
 @implements(m.TasksSubmit)
 async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Channel
                        ) -> m.TaskAccepted:
-    with handing(caller):  # (its identity and view, its audit: the Dispatcher's)
-        answer = await t.tasks.submit(p, c)
-    if answer.replayed is True and not caller.may("tasks:read"):
-        # the key's task may be another caller's: its outcome is read with tasks:read
-        # (a `wait` needs it already), as tasks.get reads it (issue 88)
-        return m.TaskAccepted(task_id=answer.task_id, status=answer.status, replayed=True)
-    return answer
+    # (its identity and view before this, its audit after: the Dispatcher's)
+    with handing(caller):
+        return replayview.seen(await t.tasks.submit(p, c), caller)
 
 
 @implements(m.TasksRun)
