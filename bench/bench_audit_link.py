@@ -1,16 +1,18 @@
 """Issue 86: what the chain's audit link costs a worker-link tool call, in the daemon's CPU.
 
-    .venv/bin/python -m bench.bench_audit_link --before TREE [--quick]
+    .venv/bin/python -m bench.bench_audit_link --before TREE [--after TREE] [--quick]
 
-Two real daemons side by side in one sitting: one of this tree, one of `--before` (a
-checkout of the commit before the link, its `corral` package run from there), each with
-the minimal stdio MCP server (bench/min_mcp_server.py) and bench/tool_agent.py. Round by
+Two real daemons side by side in one sitting: one of `--after` (default this tree), one
+of `--before` (a checkout of the commit before the link), each its `corral` package run
+from its tree, with the minimal stdio MCP server (bench/min_mcp_server.py) and
+bench/tool_agent.py. Round by
 round, the daemons taking turns (a load that comes and goes falls on both alike), each
 runs a task of CALLS sequential `ctx.call_tool`s on the worker link and a task of none;
 the daemon's CPU over the first less the second, per call, is the figure: its loop's
 thread's and all its threads' (the store's writer among them), read in nanoseconds from
 the scheduler (/proc/PID/task/*/schedstat). Medians over the rounds; the link's cost is
-after less before. Beside them, in this process, the link alone: AuditLink around a call
+after less before, and the median of the rounds' paired differences. Beside them, in
+this process, the link alone: AuditLink around a call
 answered at once, with the daemon's Audit (its log hub, its stderr echo to /dev/null, a
 real state database and its writer thread), against the same call without it: per call,
 the loop's thread's CPU and the writer thread's.
@@ -43,7 +45,7 @@ from .harness import PY, ROOT, report
 
 QUICK = "--quick" in sys.argv
 CALLS = 500 if QUICK else 2000
-ROUNDS = 3 if QUICK else 7
+ROUNDS = 3 if QUICK else 11
 SERVER = ROOT / "bench" / "min_mcp_server.py"
 
 
@@ -180,13 +182,15 @@ async def link_alone(d: Path, n: int = 20000) -> dict[str, float]:
 
 def main() -> dict[str, Any]:
     before = Path(sys.argv[sys.argv.index("--before") + 1]).resolve()
+    after = Path(sys.argv[sys.argv.index("--after") + 1]).resolve() \
+        if "--after" in sys.argv else ROOT
     results: dict[str, Any] = {"loadavg_start": os.getloadavg()[0], "calls": CALLS,
                                "rounds": ROUNDS}
     with tempfile.TemporaryDirectory(prefix="corral-bench-audit-") as tmp:
         (Path(tmp) / "alone").mkdir()
         results.update(asyncio.run(link_alone(Path(tmp) / "alone")))
         variants = []
-        for name, tree in (("before", before), ("after", ROOT)):
+        for name, tree in (("before", before), ("after", after)):
             (Path(tmp) / name).mkdir()
             variants.append(Variant(name, tree, Path(tmp) / name))
         try:
@@ -206,11 +210,16 @@ def main() -> dict[str, Any]:
     results["rounds_us"] = {k: [round(x, 1) for x in xs] for k, xs in acc.items()}
     for part in ("loop", "daemon"):
         results[f"link_{part}_us"] = round(med[f"after_{part}"] - med[f"before_{part}"], 1)
+        results[f"paired_link_{part}_us"] = round(statistics.median(
+            a - b for a, b in zip(acc[f"after_{part}"], acc[f"before_{part}"], strict=True)),
+            1)
     results["loadavg_end"] = os.getloadavg()[0]
     print(f"a worker-link tool call's CPU, the loop's thread: before {med['before_loop']:.1f}"
           f" us, after {med['after_loop']:.1f} us ({results['link_loop_us']:+.1f}); the "
           f"daemon's threads: before {med['before_daemon']:.1f} us, after "
-          f"{med['after_daemon']:.1f} us ({results['link_daemon_us']:+.1f}); the link alone "
+          f"{med['after_daemon']:.1f} us ({results['link_daemon_us']:+.1f}); paired "
+          f"{results['paired_link_loop_us']:+.1f} / {results['paired_link_daemon_us']:+.1f}; "
+          f"the link alone "
           f"{results['link_alone_loop_us']:.2f} us on the loop, "
           f"{results['link_alone_writer_us']:.2f} us on the writer; load "
           f"{results['loadavg_end']:.1f}", flush=True)
