@@ -1,5 +1,6 @@
 """A test agent whose live output is numbered: each chunk names its attempt and its
-place, `attempt A chunk N`, one every PACE seconds, COUNT of them, then it answers."""
+place, `attempt A chunk N`, one every PACE seconds, COUNT of them, then it answers (a
+message's data part may give others: `{"count": N, "pace": S}`)."""
 
 import asyncio
 from typing import Any
@@ -10,10 +11,13 @@ PACE, COUNT = 0.1, 30
 
 
 async def handle(message: Any, ctx: Context) -> dict[str, int]:
-    for n in range(COUNT):
+    parts = message.get("parts", []) if isinstance(message, dict) else []
+    given = next((p["data"] for p in parts if isinstance(p, dict) and "data" in p), {})
+    count, pace = given.get("count", COUNT), given.get("pace", PACE)
+    for n in range(count):
         ctx.emit(f"attempt {ctx.attempt} chunk {n}")
-        await asyncio.sleep(PACE)
-    return {"chunks": COUNT}
+        await asyncio.sleep(pace)
+    return {"chunks": count}
 
 
 if __name__ == "__main__":

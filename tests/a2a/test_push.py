@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from ..daemon_harness import free_port, in_process
+from corral.daemon.a2a.push import MAX_QUEUED
+
+from ..conftest import ROOT
+from ..daemon_harness import PY, free_port, in_process
 from .harness import a2a_config, a2a_daemon, tck_agent
 
 TOKEN_HEADER = "X-A2A-Notification-Token"
@@ -236,3 +240,86 @@ async def test_a_nodes_push_delivery_is_woken_by_the_status_change_not_polled(
             if state == "TASK_STATE_COMPLETED":
                 break
         assert _looking() == []
+
+
+COUNTER_AGENT = textwrap.dedent(f"""
+    [agents.counter]
+    command = ["{PY}", "{Path(__file__).parent / 'counter_agent.py'}"]
+    env = {{ PYTHONPATH = "{ROOT}" }}
+""")
+
+
+@pytest.mark.timeout(120)
+async def test_a_configs_events_are_posted_one_at_a_time_in_order_and_bounded(
+        tmp_path: Path) -> None:
+    """A receiver that does not answer, a task of many chunks (an event each): each of
+    the task's configs has one post in flight at a time and its events in their order;
+    past MAX_QUEUED waiting, the oldest are dropped and counted, the end always sent
+    (issue 88's attacker's pass: every event was a post at once, each retried for
+    minutes, and a receiver could get a task's end before its chunks)."""
+    count = MAX_QUEUED + 36
+    gate = asyncio.Event()
+    inflight: dict[str, int] = {}
+    most: dict[str, int] = {}
+    got: dict[str, list[Any]] = {"a": [], "b": []}
+
+    async def hook(request: web.Request) -> web.Response:
+        token = request.headers[TOKEN_HEADER]
+        inflight[token] = inflight.get(token, 0) + 1
+        most[token] = max(most.get(token, 0), inflight[token])
+        try:
+            body = await request.json()
+            await gate.wait()
+            got[token].append(body)
+        finally:
+            inflight[token] -= 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([web.post("/hook", hook)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    hook_port, port = free_port(), free_port()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    url = f"http://127.0.0.1:{hook_port}/hook"
+    try:
+        async with in_process(tmp_path, COUNTER_AGENT, a2a_config(port, '["counter"]')), \
+                httpx.AsyncClient(timeout=30) as http:
+            base = f"http://127.0.0.1:{port}"
+            r = await http.post(f"{base}/a2a/counter", json={
+                "jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {
+                    "message": {"messageId": "many", "role": "ROLE_USER", "parts": [
+                        {"data": {"count": count, "pace": 0.005}}]},
+                    "configuration": {"returnImmediately": True,
+                                      "taskPushNotificationConfig": {
+                                          "id": "a", "url": url, "token": "a"}}}})
+            task_id = r.json()["result"]["task"]["id"]
+            await http.post(f"{base}/a2a/counter", json={
+                "jsonrpc": "2.0", "id": 2, "method": "CreateTaskPushNotificationConfig",
+                "params": {"taskId": task_id, "id": "b", "url": url, "token": "b"}})
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while True:  # the task's end, its events queued behind the receiver
+                r = await http.post(f"{base}/a2a/counter", json={
+                    "jsonrpc": "2.0", "id": 3, "method": "GetTask", "params": {"id": task_id}})
+                if r.json()["result"]["status"]["state"] == "TASK_STATE_COMPLETED":
+                    break
+                assert loop.time() < deadline
+                await asyncio.sleep(0.1)
+            # one post in flight a config, however many events wait
+            assert most == {"a": 1, "b": 1}, most
+            gate.set()
+            deadline = loop.time() + 60
+            while not all(b and "statusUpdate" in b[-1] and b[-1]["statusUpdate"]["status"][
+                    "state"] == "TASK_STATE_COMPLETED" for b in got.values()):
+                assert loop.time() < deadline, {k: len(v) for k, v in got.items()}
+                await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    for token, bodies in got.items():
+        chunks = [int(json.dumps(b).rpartition("chunk ")[2].split('"')[0]) for b in bodies
+                  if "chunk " in json.dumps(b)]
+        # in their order, none twice; what waited past MAX_QUEUED dropped, the end last
+        assert chunks == sorted(set(chunks)), (token, chunks)
+        assert len(bodies) <= MAX_QUEUED + 2 and len(chunks) < count, (token, len(bodies))
+        assert count - 1 in chunks, (token, chunks)

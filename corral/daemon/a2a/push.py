@@ -9,6 +9,7 @@ delivers what its task does next, its end at least."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import socket
@@ -33,6 +34,11 @@ RETRY_MAX = 30.0
 RETRIES = 8
 TIMEOUT = 10.0
 MAX_CONFIGS = 16  # per task
+# events of one config waiting for its receiver (its posts are one at a time, in order);
+# past it the oldest that is not the task's end is dropped, counted and said: a receiver
+# that never answers, 16 configs of a task and a task of many chunks held a post each
+MAX_QUEUED = 64
+MAX_POSTING = 256  # posts in flight at once, every config's together
 LEAD = 15.0  # seconds a daemon's word that it delivers a task's events holds (a cluster's)
 # a config's strings: each is kept in its task's home while the task lives
 # (and after it ends, until its configs are delivered to)
@@ -150,6 +156,19 @@ def public_resolver() -> Any:
     return Public()
 
 
+class _Sender:
+    """One config of one task: the events it is to be sent, one post at a time in
+    their order, and the job sending them (None: idle)."""
+
+    __slots__ = ("config", "dropped", "job", "queue")
+
+    def __init__(self, config: w.PushConfig) -> None:
+        self.config = config
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.job: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+
 class PushConfigs:
     """The configs of each task, kept by the tasks' home, and their deliveries."""
 
@@ -160,8 +179,11 @@ class PushConfigs:
         self.store = store  # the home's (supervisor/pushstore.py)
         self.delivered = 0
         self.given_up = 0
+        self.dropped = 0  # events not sent: their config's receiver was MAX_QUEUED behind
         self._http: aiohttp.ClientSession | None = None
         self._work: set[asyncio.Task[None]] = set()
+        self._senders: dict[tuple[str, str], _Sender] = {}
+        self._posting = asyncio.Semaphore(MAX_POSTING)
 
     async def check(self, config: w.PushConfig) -> None:
         bounded(config)
@@ -251,27 +273,56 @@ class PushConfigs:
             await self.store.delete(task_id, cid)
 
     async def deliver(self, task_id: str, event: dict[str, Any], final: bool) -> None:
-        """POST `event` to each config of the task (in the background); after its end,
-        its configs are forgotten by its home once delivered (a daemon killed before:
-        delivered again by the next)."""
-        loop = asyncio.get_running_loop()
-        posts = [loop.create_task(self._post(config, event))
-                 for config in await self.of(task_id)]
+        """POST `event` to each config of the task (in the background: each config's
+        events one at a time, in order); after its end, its configs are forgotten by its
+        home once delivered (a daemon killed before: delivered again by the next)."""
+        body = msgspec.json.encode(event)
+        jobs = [self._queued(task_id, config, body, final)
+                for config in await self.of(task_id)]
         if final:
-            posts.append(loop.create_task(self._forget(task_id, list(posts))))
-        for job in posts:
+            job = asyncio.get_running_loop().create_task(self._forget(task_id, jobs))
             self._work.add(job)
             job.add_done_callback(self._work.discard)
 
-    async def _forget(self, task_id: str, posts: list[asyncio.Task[None]]) -> None:
-        await asyncio.gather(*posts, return_exceptions=True)
+    def _queued(self, task_id: str, config: w.PushConfig, body: bytes, final: bool
+                ) -> asyncio.Task[None]:
+        """`body` queued for the config, its sender started if idle; the sender's job."""
+        key = (task_id, config.id if isinstance(config.id, str) else "")
+        sender = self._senders.get(key)
+        if sender is None:
+            sender = self._senders[key] = _Sender(config)
+        sender.config = config  # (one replaced meanwhile: its URL and token now)
+        if len(sender.queue) >= MAX_QUEUED:
+            sender.queue.popleft()  # (the end is only ever last: never dropped)
+            sender.dropped += 1
+            self.dropped += 1
+            if sender.dropped == 1:
+                self.report(f"a2a push to {config.url} of task {task_id}: its receiver is "
+                            f"{MAX_QUEUED} events behind; the oldest not sent are dropped "
+                            "(counted), its end is sent")
+        sender.queue.append(body)
+        if sender.job is None:
+            sender.job = asyncio.get_running_loop().create_task(self._send(key, sender))
+        return sender.job
+
+    async def _send(self, key: tuple[str, str], sender: _Sender) -> None:
+        try:
+            while sender.queue:
+                await self._post(sender.config, sender.queue.popleft())
+        finally:
+            sender.job = None
+            if not sender.queue and self._senders.get(key) is sender:
+                del self._senders[key]
+
+    async def _forget(self, task_id: str, jobs: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*jobs, return_exceptions=True)
         try:
             with _unavailable():
                 await self.store.drop(task_id)
         except w.A2aError as exc:
             self.report(f"a2a push configs of task {task_id} not forgotten: {exc.message}")
 
-    async def _post(self, config: w.PushConfig, event: dict[str, Any]) -> None:
+    async def _post(self, config: w.PushConfig, body: bytes) -> None:
         import aiohttp
 
         if self._http is None:
@@ -285,14 +336,13 @@ class PushConfigs:
         auth = config.authentication
         if not isinstance(auth, msgspec.UnsetType) and isinstance(auth.credentials, str):
             headers["Authorization"] = f"{auth.scheme} {auth.credentials}"
-        body = msgspec.json.encode(event)
         why = ""
         for attempt in range(RETRIES + 1):
             if attempt:
                 await asyncio.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
             try:
-                async with self._http.post(config.url, data=body, headers=headers,
-                                           allow_redirects=False) as r:
+                async with self._posting, self._http.post(
+                        config.url, data=body, headers=headers, allow_redirects=False) as r:
                     if 200 <= r.status < 300:
                         self.delivered += 1
                         return
@@ -304,9 +354,10 @@ class PushConfigs:
                     f"({why})")
 
     async def close(self) -> None:
-        for job in list(self._work):
+        jobs = [*self._work, *(s.job for s in self._senders.values() if s.job is not None)]
+        for job in jobs:
             job.cancel()
-        for job in list(self._work):
+        for job in jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
         if self._http is not None:
