@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ..gatewayaccess import Identity
 
 _record = msgspec.json.Decoder(AnswerRecord)
+_NO_ARGUMENTS: dict[str, Any] = {}  # a model call of no task's (read by no link)
 MAX_ROUTES = 4096  # routes kept (a model, an endpoint); past it, made again
 
 
@@ -69,10 +70,12 @@ class Route(NamedTuple):
 
 
 class _Request(NamedTuple):
-    """A request read: its `Call`, its model call (`call.model`), the request itself and
-    its model's route (None: a model corral does not serve)."""
+    """A request read: whose (its replica, its task attempt or none), its model call (the
+    Call's `model`), the request itself and its model's route (None: a model corral does
+    not serve)."""
 
-    call: Call
+    replica: Replica
+    task: Task | None
     model: ModelCall
     request: ModelRequest
     route: Route | None
@@ -216,8 +219,7 @@ class ModelGateway:
             read.input_estimate + read.output_estimate, read.cost_estimate(
                 spec.input_usd_per_mtok, spec.output_usd_per_mtok) if spec else 0.0),
             CallUsage(), route.counter if route is not None else ModelCounter(), ex.gone)
-        return _Request(Call(found, read.model, {"endpoint": endpoint.path, "body": read.digest},
-                          task, door=MODELS, model=model), model, read, route, endpoint)
+        return _Request(found, task, model, read, route, endpoint)
 
     def _upstream_name(self, name: str) -> str | None:
         spec = self.models.get(name)
@@ -269,7 +271,11 @@ class ModelGateway:
             finally:
                 kept.answer.release()
 
-        call = read.call._replace(wire=DoorWire(made=forward))
+        task = read.task
+        # its arguments, a task's alone: what a retry's same call is known by in its journal
+        call = Call(read.replica, read.request.model, _NO_ARGUMENTS if task is None else {
+            "endpoint": read.endpoint.path, "body": read.request.digest}, task, door=MODELS,
+            wire=DoorWire(made=forward), model=model)
         try:
             kept = await self.chain.enter(call)
             if call.task is not None and not made:  # (its span is the step's replay)
