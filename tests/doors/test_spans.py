@@ -93,6 +93,10 @@ def config(tmp: Path, port: int) -> str:
         tools = ["traced__*", "corral__target"]
     """)
     return (f"[agents.caller]{agent}\n"
+            f'[agents.pair]\ncommand = ["{PY}", "{HERE}/span_agent.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\nmax_concurrent_tasks = 2\n'
+            'tools = ["traced__*"]\n\n'
+
             f'[agents.target]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
             f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
             f'[mcp_servers.traced]\ncommand = ["{PY}", "{SERVERS}/traced_mcp.py"]\n\n'
@@ -217,3 +221,24 @@ def test_a_call_of_no_task_is_one_span_under_its_callers_context(home: Home,
     if operation == "execute_tool":
         text = said["result"]["content"][0]["text"]
         assert text == f"00-{trace}-{span.span_id.hex()}-01", said
+
+
+@pytest.mark.deadline(120)
+def test_a_worker_link_call_of_no_task_is_one_span_under_its_callers_context(
+        home: Home) -> None:
+    """The worker link naming no task, of a replica that could run another task (so the
+    call is its replica's, no task's), its context in `_meta`: one client span, the
+    child of that context, its replica named; the MCP server is sent that span."""
+    trace = secrets.token_hex(16)
+    said = home.call("tasks.run", {"agent": "pair", "input": {
+        "tool": "traced__where", "traceparent": f"00-{trace}-{SPAN}-01"}})
+    assert said["status"] == "succeeded", said
+
+    def of_trace(s: Any) -> bool:
+        return bool(s.trace_id.hex() == trace)
+    (span,) = wait_until(lambda: tool_spans(of_trace), PATIENCE, "the call's span")
+    assert span.parent_span_id.hex() == SPAN
+    assert_genai(span, "worker", "where", "execute_tool", "pair")
+    a = attrs(span)
+    assert a["corral.replica"].startswith("pair#") and "corral.task.id" not in a, a
+    assert said["output"] == f"00-{trace}-{span.span_id.hex()}-01", said
