@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
+from corral.cli.client import CallFailed
 
 from ..test_daemon_cli import wait_until
 from .conftest import Entry
@@ -238,14 +239,13 @@ def test_a_submission_past_its_agents_budget_is_refused_naming_it(daemon: Entry,
     `max_queue`, one task waiting behind one running at each node) refuse a submission at
     every door, in the same words (its home's), and nothing is made."""
     d = daemon
-    sleep = {"do": "sleep", "seconds": 1000}
     held: list[str] = []
     try:
         for _ in d.home.entries:  # (a cluster's nodes each run one: its agent is each's)
-            held.append(d.ask("tasks.submit", {"agent": "queued", "input": sleep})["task_id"])
+            held.append(sleeping(d))
         wait_until(lambda: all(d.ask("tasks.get", {"task_id": t})["status"] == "running"
                                for t in held), PATIENCE, "a task running at each node")
-        held.append(d.ask("tasks.submit", {"agent": "queued", "input": sleep})["task_id"])
+        held.append(sleeping(d))
         before = tasks_of(d, "queued")
         sent = Submitted(d, door, {"do": "echo"}, agent="queued")
         said = json.dumps(sent.said if door in ("REST", "A2A", "A2A anonymous")
@@ -258,6 +258,24 @@ def test_a_submission_past_its_agents_budget_is_refused_naming_it(daemon: Entry,
     finally:
         for task_id in held:
             d.ask("tasks.cancel", {"task_id": task_id})
+        for task_id in held:
+            d.ask("tasks.get", {"task_id": task_id, "wait": True})
+
+
+def sleeping(d: Entry) -> str:
+    """A task of `queued` that sleeps until cancelled, once its queue has room (a cluster's
+    stream holds a task the test before cancelled while it waited until a node pulls it)."""
+    def submitted() -> str | None:
+        try:
+            task_id: str = d.ask("tasks.submit", {"agent": "queued", "input": {
+                "do": "sleep", "seconds": 1000}})["task_id"]
+        except CallFailed as e:
+            if "queue" not in e.message:
+                raise
+            return None
+        return task_id
+    found: str = wait_until(submitted, PATIENCE, "room in the queue of queued")
+    return found
 
 
 @pytest.mark.deadline(120)
