@@ -40,6 +40,7 @@ BACKLOG_BYTES = 4 << 20
 # seconds chunks gather before they go as one batch, unless a reader here asks for them
 # (as the node's journal batches: daemon/outputjournal.py)
 FLUSH_EVERY = 0.02
+SWEEP_AT = 64  # tails at which those of tasks gone from here are first looked for
 RUNNING = b"running"  # a record's status while an attempt runs (not waiting for a person)
 
 
@@ -71,6 +72,7 @@ class ClusterOutputs(RedisPart):
         self.beat = beat
         self._pending: dict[str, _Pending] = {}
         self._tails: dict[str, OutputTail] = {}  # the running tasks' newest chunks
+        self._sweep_at = SWEEP_AT
         self._flush_at: asyncio.TimerHandle | None = None
         self._waiting_bytes = 0  # of chunks put and not yet taken by Redis
         self._failing: dict[str, str] = {}  # task -> why its last batch was not taken
@@ -103,10 +105,21 @@ class ClusterOutputs(RedisPart):
         self._put += 1
         tail = self._tails.get(chunk.task_id)
         if tail is None:  # (the chunks before this claim's first are Redis's alone)
+            if len(self._tails) >= self._sweep_at:
+                self._sweep()
             tail = self._tails[chunk.task_id] = OutputTail((chunk.attempt, chunk.n - 1))
         tail.add(chunk)
         if self._sender is None and self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._flush)
+
+    def _sweep(self) -> None:
+        """The tails of tasks no longer running here dropped: one suspended and handed
+        back to the cluster leaves without an end here (`ended`). Amortized: at a size
+        twice the last sweep's."""
+        for task_id in [t for t in self._tails
+                        if not isinstance(self._active(t), ClusterTask)]:
+            del self._tails[task_id]
+        self._sweep_at = max(SWEEP_AT, 2 * len(self._tails))
 
     def _flush(self) -> None:
         if self._flush_at is not None:
@@ -257,7 +270,7 @@ class ClusterOutputs(RedisPart):
 
     def stats(self) -> dict[str, int]:
         return {"written": self.written, "refused": self.refused, "failed": self.failed,
-                "waiting_bytes": self._waiting_bytes}
+                "waiting_bytes": self._waiting_bytes, "tails": len(self._tails)}
 
     async def close(self) -> None:
         """Its last writes sent (the caller bounds the wait: what is left then goes)."""

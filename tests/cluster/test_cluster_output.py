@@ -17,7 +17,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.cluster import records
-from corral.cluster.clusteroutput import ClusterOutputs
+from corral.cluster.clusteroutput import SWEEP_AT, ClusterOutputs
 from corral.cluster.keys import Keys
 from corral.cluster.queue import ClusterTask
 from corral.cluster.scripts import Scripts
@@ -137,4 +137,26 @@ async def test_a_reader_elsewhere_is_woken_by_a_chunk_and_ends_with_the_task(
     await out.caught_up()
     assert texts(await elsewhere.read(TID, START, 10)) == [("1-1", "one")]
     assert 0 < await client.ttl(K.output(TID)) <= await client.ttl(K.task(TID))
+    await out.close()
+
+
+async def test_the_tail_of_a_task_that_left_without_an_end_is_let_go(
+        client: Any, redis: RedisServer) -> None:
+    """A task suspended and handed back to the cluster leaves the node without an end
+    there: its newest chunks, kept for readers here, go at a later sweep (SWEEP_AT)."""
+    s = Scripts(client)
+    held: dict[str, ClusterTask] = {TID: await claimed(s, client)}
+    out = ClusterOutputs(s, K, Trust(None, "t", print), held.get, client, BEAT)
+    out.put(OutputChunk(TID, 1, 1, "one"))
+    await out.caught_up()
+    del held[TID]  # (as suspension.settle lets it go)
+    for i in range(SWEEP_AT):  # other tasks' first chunks (no record: the fence refuses)
+        other = f"{TID[:-2]}{i:02x}"
+        held[other] = ClusterTask(other, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0,
+                                  token=1, base=0, entry="0-1", stream="s", consumer="n/1")
+        out.put(OutputChunk(other, 1, 1, "x"))
+    assert out.stats()["tails"] == SWEEP_AT  # TID's gone, the 64 running ones kept
+    await out.caught_up()
+    assert out.stats()["tails"] == 0 and out.stats()["refused"] == SWEEP_AT
+    assert texts(await out.read(TID, START, 10)) == [("1-1", "one")]
     await out.close()
