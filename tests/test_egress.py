@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import socket
@@ -260,19 +261,25 @@ async def test_a_flood_of_refused_connects_is_counted_whole_and_said_within_its_
     carry a minute's burst of them (refusals.py), nothing grows with the flood."""
     async with in_process(tmp_path, fleet(tmp_path, upstream.url, "none")) as d:
         bus = d.sup.events.follow(TOPIC)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         assert await run(d, {"do": "flood", "n": 3000}) == 3000
         refusals = d.sup.parts.refusals
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while refusals.counts.get(("box", "connect"), 0) < 3000:
             assert loop.time() < deadline, f"counted: {refusals.counts}"
             await asyncio.sleep(0.05)
+        took = loop.time() - began
         assert refusals.counts == {("box", "connect"): 3000}
         said = [msgspec.json.decode(bus.pop())["data"] for _ in range(len(bus.queue))]
         d.sup.events.unfollow(bus)
-        assert len(said) == PER_MINUTE and refusals.unsaid == 3000 - PER_MINUTE
+        # a minute's burst, and what its bucket refilled (one a second) while the flood
+        # lasted: on busy cores it lasts over a second
+        assert PER_MINUTE <= len(said) <= PER_MINUTE + math.ceil(took * PER_MINUTE / 60), (
+            len(said), took)
+        assert refusals.unsaid == 3000 - len(said)
         rows = [r for r in await d.services.store.audit_log_now(10_000) if r[3] == TOPIC]
-        assert len(rows) == PER_MINUTE
+        assert len(rows) == len(said)
         # its namespace (and what watched it) goes with the agent
         assert "box#0" in d.sup.egress_doors.doors
         await d.dispatcher.call(SOCKET, "agents.remove", msgspec.json.encode(
