@@ -3,7 +3,8 @@ alone on a real redis-server: chunks kept at their positions and read back in or
 any node; a write without the claim's fence refused; a chunk whose MAC does not verify
 not streamed; a write Redis does not take (noeviction at its maxmemory) told to the reader
 in words, then sent again, with no gap and no duplicate; the stream closed by the task's
-end, past which no write lands; a reader elsewhere woken by a chunk and by the end."""
+end, past which no write lands; a reader elsewhere woken by a chunk and by the end; the
+newest chunks of a task gone without an end let go; a Redis away told to the reader."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import pytest
 from corral import jsonrpc
 from corral.cluster import records
 from corral.cluster.clusteroutput import SWEEP_AT, ClusterOutputs
+from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.queue import ClusterTask
 from corral.cluster.scripts import Scripts
 from corral.cluster.trust import Trust
 from corral.jsonrpc import RpcError
+from corral.supervisor.config import ClusterSettings
 from corral.supervisor.tasks.chunks import START, OutputChunk
 
 from ..redis_harness import RedisServer
@@ -160,3 +163,23 @@ async def test_the_tail_of_a_task_that_left_without_an_end_is_let_go(
     assert out.stats()["tails"] == 0 and out.stats()["refused"] == SWEEP_AT
     assert texts(await out.read(TID, START, 10)) == [("1-1", "one")]
     await out.close()
+
+
+async def test_a_reader_where_redis_does_not_answer_is_told_so() -> None:
+    """Redis away: the read, the look for the task and the follow each fail in words."""
+    away = connect(ClusterSettings(redis="redis://127.0.0.1:1", name="t", node="n"), "n")
+    try:
+        reader = ClusterOutputs(Scripts(away), K, Trust(None, "t", print), {}.get, away,
+                                BEAT)
+        for what, call in (("read from", reader.read(TID, (1, 2), 10)),
+                           ("read from", reader.holds(TID)),
+                           ("followed in", reader.more(TID, (1, 2)))):
+            with pytest.raises(RpcError) as unread:
+                await call
+            assert unread.value.code == jsonrpc.UNAVAILABLE
+            assert re.fullmatch(
+                re.escape(f"the live output of task {TID} was not {what} the cluster's "
+                          "Redis (") + r"Error 111 connecting to 127\.0\.0\.1:1\. "
+                r"Connection refused\)", unread.value.message), unread.value.message
+    finally:
+        await away.aclose()
