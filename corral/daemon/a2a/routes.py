@@ -91,7 +91,12 @@ class A2aRoutes:
             made = caller
         elif self.anonymous(request, agent):
             tenant = self.ctx.services.agents[agent].spec.tenant
-            made = Caller(via=ANONYMOUS_VIA, name=f"a2a anonymous {agent}", agents=agent,
+            # no one, but one no one per address off this host (`anonymous_remote`): its
+            # tasks hold its name as their label, and are its alone (decision 1171); on
+            # loopback every caller has the one address, which tells them apart not
+            remote = request.remote or ""
+            who = f"a2a anonymous {agent}" + ("" if loopback(remote) else f" at {remote}")
+            made = Caller(via=ANONYMOUS_VIA, name=who, agents=agent,
                           tenant=None if tenant == DEFAULT_TENANT else tenant,
                           scopes=ANONYMOUS_SCOPES)
         else:
