@@ -110,6 +110,15 @@ CURRENT: contextvars.ContextVar[ClientSpan | None] = contextvars.ContextVar(
     "corral_client_span", default=None)
 
 
+def current_context() -> tuple[str | None, str | None]:
+    """The (traceparent, tracestate) of the client span a call is made under now, (None,
+    None) under none: what a task it starts (an agent called as a tool) is the child of."""
+    span = CURRENT.get()
+    if span is None:
+        return None, None
+    return span.meta.get("traceparent"), span.meta.get("tracestate")
+
+
 # the `_meta` of the worker's `tools/call` being routed: set around the tool router's
 # call, which is synchronous up to the coroutine it returns (supervisor/tasks/worker.py)
 CALLER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(

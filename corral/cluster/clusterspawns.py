@@ -29,7 +29,7 @@ from ..taskviews import TaskInfo
 from .connection import never_sent, read, read_all
 from .keys import Keys
 from .queue import ClusterTask
-from .records import on_worker
+from .records import on_worker, trace_field
 from .scripts import RedisPart, Scripts, submit_script
 from .trust import SPAWN as SIGNED_SPAWN
 from .trust import TENANT, Trust
@@ -149,7 +149,8 @@ class ClusterSpawns(RedisPart):
             child_id, order.agent, order.raw_input, 0,
             "" if order.timeout is None else repr(order.timeout),
             "" if order.retries is None else order.retries, repr(time.time()), self.node,
-            order.max_queue, "0", "", task.token, order.key, order.max_children, row,
+            order.max_queue, "0", trace_field(order.traceparent, order.tracestate),
+            task.token, order.key, order.max_children, row,
             encoded(step_options(order.timeout, None)) or b"",
             lineage_field(self.trust, child_id, order.lineage, task.id), order.tenant,
             self.trust.sign(TENANT, child_id, order.agent, order.tenant)]

@@ -24,6 +24,7 @@ from ..jsonrpc import ErrorObject, RpcError
 from ..mcp.pool import allowed
 from ..supervisor.config import DEFAULT_TENANT
 from ..text import plural
+from ..tracecontext import current_context
 from .caller import AlwaysWritable, Caller, GatewayCaller
 
 if TYPE_CHECKING:
@@ -329,8 +330,11 @@ class AgentTools:
         """The corral task of a call, accepted (durable) before the handle is given."""
         self.admit(ident, agent)
         assert self.calls is not None  # (admit refuses without the daemon's methods)
+        # the child of the call's span, when it is traced (tracing.py's trace link)
+        traceparent, tracestate = current_context()
         accepted = await self.calls.call(caller_of(ident), m.TasksSubmit(
-            agent=agent, input=msgspec.Raw(msgspec.json.encode(arguments))))
+            agent=agent, input=msgspec.Raw(msgspec.json.encode(arguments)),
+            traceparent=traceparent, tracestate=tracestate))
         return str(accepted.task_id)
 
     async def outcome(self, ident: GatewayCaller, task_id: str,

@@ -3,7 +3,8 @@ call is one client span, named and attributed as OpenTelemetry's GenAI and MCP
 conventions say (`gen_ai.operation.name` `execute_tool`, or `invoke_agent` for an agent
 called as a tool; `gen_ai.tool.name`, `gen_ai.agent.name`, `mcp.method.name`), a child
 of its task's attempt or, for a call of no task, of the context its caller sent in
-`params._meta`; and the MCP server is sent that span's `traceparent` in `params._meta`.
+`params._meta`; the MCP server is sent that span's `traceparent` in `params._meta`, and an
+agent called as a tool runs a task whose own span is that span's child.
 At each door of tests/doors/conftest.py, on both homes: real daemons exporting to a real
 OTLP/HTTP receiver (decoded by the official opentelemetry-proto package), a real agent
 (tests/doors/door_agent.py) and a real MCP server that answers with the context it got
@@ -154,6 +155,14 @@ def tool_spans(match: Any) -> list[Any]:
             and attrs(s).get("mcp.method.name") == "tools/call" and match(s)]
 
 
+def assert_invoked_under(span: Any) -> None:
+    """The agent called as a tool: its task's own span is the call span's child."""
+    wait_until(lambda: [s for s in Receiver.received() if s.kind == SERVER
+                        and s.name == "invoke_agent target" and s.trace_id == span.trace_id
+                        and s.parent_span_id == span.span_id],
+               PATIENCE, "the invoked agent's task's span, the call's child")
+
+
 def assert_genai(span: Any, door: str, tool: str, operation: str, agent: str) -> None:
     a = attrs(span)
     assert span.name == f"tools/call {tool}", span.name
@@ -194,6 +203,8 @@ def test_a_tasks_call_is_one_span_of_its_trace_and_its_context_goes_upstream(
     assert span.parent_span_id == attempt.span_id
     if operation == "execute_tool":
         assert outcome["text"] == f"00-{TRACE}-{span.span_id.hex()}-01", outcome
+    else:
+        assert_invoked_under(span)
 
 
 @pytest.mark.deadline(120)
@@ -221,6 +232,8 @@ def test_a_call_of_no_task_is_one_span_under_its_callers_context(home: Home,
     if operation == "execute_tool":
         text = said["result"]["content"][0]["text"]
         assert text == f"00-{trace}-{span.span_id.hex()}-01", said
+    else:
+        assert_invoked_under(span)
 
 
 @pytest.mark.deadline(120)

@@ -37,6 +37,7 @@ class TreeEngine(Protocol):
     tenancy: Tenancy | None
 
     def submit(self, agent_name: str, task_input: Any, options: TaskOptions = ..., *,
+               traceparent: str | None = None, tracestate: str | None = None,
                task_id: str | None = None) -> Task: ...
 
     async def committed(self) -> None: ...
@@ -140,7 +141,8 @@ class NodeSpawns:
         handed = HANDED.set(order.labels)  # (the child's from its acceptance)
         try:
             engine.submit(order.agent, msgspec.Raw(order.raw_input),
-                          step_options(order.timeout, order.retries), task_id=row.task_id)
+                          step_options(order.timeout, order.retries), task_id=row.task_id,
+                          traceparent=order.traceparent, tracestate=order.tracestate)
         finally:
             HANDED.reset(handed)
         await engine.committed()

@@ -19,6 +19,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...text import plural
+from ...tracecontext import current_context
 from ...workerproto import TaskSpawnParams, TaskWaitParams
 from ..workercalls import on_request
 from .admission import admit
@@ -101,7 +102,7 @@ class Spawns:
         labels = await parent.home.labels.read(parent.id)
         got = await kept.spawn(parent, SpawnOrder(
             p.agent, spec.tenant, p.key, raw, timeout, p.retries, child, fan,
-            agent.spec.max_queue if agent is not None else 0, labels))
+            agent.spec.max_queue if agent is not None else 0, labels, *current_context()))
         if got.child is None:
             raise RpcError(jsonrpc.REFUSED,
                            f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
