@@ -2,10 +2,12 @@
 running as root, an agent naming no user (a dynamic uid of its own) tries each escape —
 a direct connect, DNS, corral's own control socket, /etc/shadow, another agent's
 directory, corral's state directory — and each is refused; what the kernel lets corral
-see (the connect, the lookup's datagram, the control socket's connect) is an event of
+see (the connect, the lookup's datagram, the control socket's connect, the open of
+/etc/shadow) is an event of
 the agent and its task, an audit row and a counter; /etc/shadow's content is never seen.
-The opens are refused unseen: the mount namespace and the file's mode answer them with
-an errno and tell no one (docs/security.md)."""
+/etc/shadow is a decoy whose open fanotify lets corral refuse and record (opentrip.py);
+the other opens are refused unseen: the mount namespace answers them with an errno and
+tells no one (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -102,8 +104,9 @@ async def trial(tmp: Path) -> None:
         assert seen["dns"]["error"].startswith("gaierror: "), seen["dns"]
         assert seen["control"] == {"ok": refusal_line("box", control).decode()}
         assert "refused by corral's boundary" in seen["control"]["ok"]
-        assert seen["shadow"] == {"error": "PermissionError: [Errno 13] Permission denied: "
-                                           "'/etc/shadow'"}
+        # its decoy's open denied by fanotify (opentrip.py): EPERM, not the mode's EACCES
+        assert seen["shadow"] == {"error": "PermissionError: [Errno 1] Operation not "
+                                           "permitted: '/etc/shadow'"}
         assert seen["other"] == {"error": "FileNotFoundError: [Errno 2] No such file or "
                                           f"directory: '{tmp}/other/notes.txt'"}
         assert seen["state"] == {"error": "FileNotFoundError: [Errno 2] No such file or "
@@ -114,7 +117,7 @@ async def trial(tmp: Path) -> None:
         assert first not in msgspec.json.encode(seen).decode()
         # what the kernel lets corral see: each an event of box and its task
         want = {("connect", "192.0.2.1:443"), ("send", resolver()),
-                ("connect", f"unix:{control}")}
+                ("connect", f"unix:{control}"), ("open", "/etc/shadow")}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         got: dict[tuple[str, str], dict[str, Any]] = {}
@@ -142,3 +145,5 @@ async def trial(tmp: Path) -> None:
                      kind="connect") >= 2
         assert value(series, "corral_boundary_refusals_total", agent="box",
                      kind="send") >= 1
+        assert value(series, "corral_boundary_refusals_total", agent="box",
+                     kind="open") == 1

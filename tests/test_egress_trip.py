@@ -50,7 +50,7 @@ async def test_a_link_planted_where_the_trips_go_is_not_followed(tmp_path: Path)
     (tmp_path / "corral.sock.trip").symlink_to(target)
     trips = Trips(refusals)
     try:
-        assert await trips.open("box#0", str(control), None, None, lambda: "t1") is None
+        assert await trips.open("box#0", str(control), None, None, lambda: "t1") == {}
         assert stat.S_IMODE(target.stat().st_mode) == 0o755
         assert list(target.iterdir()) == []
     finally:
@@ -68,10 +68,14 @@ async def test_the_trip_hears_its_replicas_uid_alone_and_no_one_elses_directory(
         # a directory of another uid there already: not used
         (tmp / "corral.sock.trip").mkdir()
         os.chown(tmp / "corral.sock.trip", 65534, 65534)
-        assert await trips.open("box#0", control, 65534, 65534, lambda: "t1") is None
+        assert await trips.open("box#0", control, 65534, 65534, lambda: "t1") == {}
         (tmp / "corral.sock.trip").rmdir()
-        path = await trips.open("box#0", control, 65534, 65534, lambda: "t1")
+        binds = await trips.open("box#0", control, 65534, 65534, lambda: "t1")
+        path = binds[control]
         assert path == f"{control}.trip/box#0"
+        # as root, the decoys of /etc/shadow and /etc/gshadow beside it (opentrip.py)
+        assert binds == {control: path, "/etc/shadow": f"{path}.shadow",
+                         "/etc/gshadow": f"{path}.gshadow"}
         assert stat.S_IMODE(os.stat(f"{control}.trip").st_mode) == 0o711
         # the replica's uid: recorded, and told in words
         out = await connect(path, 65534)

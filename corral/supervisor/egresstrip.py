@@ -24,6 +24,7 @@ from pathlib import Path
 
 import msgspec
 
+from .opentrip import GUARDED, Decoy, OpenWatch
 from .refusals import BoundaryRefusals
 from .sandbox import out_of_reach
 
@@ -67,34 +68,48 @@ def _made_own(directory: str) -> bool:
     return True
 
 
+class _Trip:
+    """One replica's: its listener, the uid it hears and whose task it says, and what
+    its sandbox binds (path inside -> the host's: the socket, the decoys)."""
+
+    __slots__ = ("binds", "decoys", "server", "task_of", "uid")
+
+    def __init__(self, server: asyncio.AbstractServer, uid: int,
+                 task_of: Callable[[], str | None], binds: dict[str, str]) -> None:
+        self.server, self.uid, self.task_of, self.binds = server, uid, task_of, binds
+        self.decoys: list[Decoy] = []
+
+
 class Trips:
-    """The replicas' listeners at the control socket's path, by label."""
+    """The replicas' trips, by label: a listener at the control socket's path, and the
+    decoys of the files no agent reads (opentrip.py) where fanotify can watch them."""
 
     def __init__(self, refusals: BoundaryRefusals | None) -> None:
         self.refusals = refusals
-        # by label: its listener, its host path, the uid it hears, whose task it says
-        self.trips: dict[str, tuple[asyncio.AbstractServer, str, int,
-                                    Callable[[], str | None]]] = {}
+        self.trips: dict[str, _Trip] = {}
+        self._opens: OpenWatch | None = None
+        self.opens_refused: str | None = None  # why no decoys (asked once)
 
     async def open(self, label: str, control: str | None, uid: int | None,
-                   gid: int | None, task_of: Callable[[], str | None]) -> str | None:
-        """The host path to bind at `control` (the control socket's path) in replica
-        `label`'s sandbox, run as `uid`/`gid` (None: the daemon's); None where there is
-        none to be had (no control socket, a path past a unix socket's length, a
-        directory not made, one the replica's user cannot reach: bwrap binds as that
-        user, and a source it cannot reach would fail the start)."""
+                   gid: int | None, task_of: Callable[[], str | None]) -> dict[str, str]:
+        """What to bind in replica `label`'s sandbox, run as `uid`/`gid` (None: the
+        daemon's): a path inside -> the host's (at `control`, the control socket's path,
+        its listener; at each of GUARDED, its decoy); none where there is none to be had
+        (no control socket, a path past a unix socket's length, a directory not made,
+        one the replica's user cannot reach: bwrap binds as that user, and a source it
+        cannot reach would fail the start)."""
         uid = os.geteuid() if uid is None else uid
         gid = os.getegid() if gid is None else gid
         kept = self.trips.get(label)
-        if kept is not None and kept[2:] == (uid, task_of):
-            return kept[1]
+        if kept is not None and (kept.uid, kept.task_of) == (uid, task_of):
+            return kept.binds
         if control is None:
-            return None
+            return {}
         directory = f"{control}.trip"
         path = os.path.join(directory, label)
         if len(os.fsencode(path)) > PATH_MAX or self.refusals is None or \
                 out_of_reach(Path(control).parent, uid, gid) is not None:
-            return None
+            return {}
         self.forget(label)  # (one made for another user or replica: made again)
         agent = label.partition("#")[0]
         refusals = self.refusals
@@ -111,23 +126,65 @@ class Trips:
 
         try:
             if not _made_own(directory):
-                return None
+                return {}
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # (a daemon's before this one, killed)
             server = await asyncio.start_unix_server(tripped, path=path)
             os.chmod(path, 0o666)  # any uid connects; the replica's alone is heard
         except OSError:
-            return None
-        self.trips[label] = (server, path, uid, task_of)
-        return path
+            return {}
+        trip = self.trips[label] = _Trip(server, uid, task_of, {control: path})
+        self._decoys(trip, path, agent)
+        return trip.binds
+
+    def _decoys(self, trip: _Trip, path: str, agent: str) -> None:
+        """The trip's decoys made and watched, where fanotify can be had."""
+        watch = self._watch()
+        if watch is None:
+            return
+        for target in GUARDED:
+            decoy = Decoy(f"{path}.{os.path.basename(target)}", agent, trip.uid, target,
+                          trip.task_of)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(decoy.path)
+                os.close(os.open(decoy.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY |
+                                 os.O_NOFOLLOW | os.O_CLOEXEC, 0o444))
+                watch.mark(decoy)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(decoy.path)
+                continue
+            trip.decoys.append(decoy)
+            trip.binds[target] = decoy.path
+
+    def _watch(self) -> OpenWatch | None:
+        if self._opens is None and self.opens_refused is None:
+            try:
+                self._opens = OpenWatch(self._opened)
+            except OSError as exc:
+                self.opens_refused = str(exc)
+        return self._opens
+
+    def _opened(self, decoy: Decoy) -> None:
+        if self.refusals is not None:
+            self.refusals.refused(decoy.agent, "open", decoy.target, task=decoy.task_of())
 
     def forget(self, label: str) -> None:
-        kept = self.trips.pop(label, None)
-        if kept is not None:
-            kept[0].close()
+        trip = self.trips.pop(label, None)
+        if trip is None:
+            return
+        trip.server.close()
+        if self._opens is not None:  # (by path: before the path goes)
+            for decoy in trip.decoys:
+                self._opens.unmark(decoy)
+        for path in trip.binds.values():
             with contextlib.suppress(OSError):
-                os.unlink(kept[1])
+                os.unlink(path)
 
     def close(self) -> None:
         for label in list(self.trips):
             self.forget(label)
+        if self._opens is not None:
+            self._opens.close()
+            self._opens = None

@@ -18,10 +18,10 @@ from .tuning import Tuning
 
 def server_sandboxed(argv: list[str], env: dict[str, str], uid: int | None,
                      spec: McpServerSpec, tuning: Tuning, held: bool,
-                     trip: str | None = None) -> list[str]:
+                     trips: dict[str, str] | None = None) -> list[str]:
     """The bwrap command line a server with egress = "none" is started by; `held`: in
-    the namespace the daemon holds for it (else bwrap makes an empty one); `trip`: its
-    listener at the control socket's path (egresstrip.py)."""
+    the namespace the daemon holds for it (else bwrap makes an empty one); `trips`: its
+    trips' binds (egresstrip.py)."""
     argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
     cwd = spec.cwd or os.getcwd()
     read_only = [*map(str, program_paths(argv[0])),
@@ -32,6 +32,4 @@ def server_sandboxed(argv: list[str], env: dict[str, str], uid: int | None,
     return sandboxed(argv, program=tuning.sandbox_program, cwd=cwd,
                      env=env, network="held" if held else "none",
                      root=(os.geteuid() if uid is None else uid) == 0, read_only=read_only,
-                     protected=tuning.protected_paths, seccomp=egress_file(),
-                     trip=None if trip is None or tuning.control_socket is None
-                     else (trip, tuning.control_socket))
+                     protected=tuning.protected_paths, seccomp=egress_file(), trips=trips)

@@ -53,7 +53,7 @@ class McpServerReplica(ProcessReplica):
         self._refresh: asyncio.Task[Any] | None = None
         self._retune: asyncio.Future[Any] | None = None
         self._held = False  # its process in a namespace the daemon holds (mcpegress.py)
-        self._trip: str | None = None  # its listener at the control socket's path
+        self._trips: dict[str, str] = {}  # its trips' binds (egresstrip.py)
 
     async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
                         spawning: dict[str, Any]) -> ChildProcess | None:
@@ -63,8 +63,8 @@ class McpServerReplica(ProcessReplica):
         if self.spec.egress != "none":
             return None
         doors = self.host.egress_doors
-        # its listener at the control socket's path (egresstrip.py): of no task
-        self._trip = await doors.trips.open(self.label, self.host.tuning.control_socket,
+        # its trips (egresstrip.py): of no task
+        self._trips = await doors.trips.open(self.label, self.host.tuning.control_socket,
                                             uid, gid, no_task)
         ns = await doors.open_allowed(self.label, allowed(self.spec.egress_allow))
         if ns is None and self.spec.egress_allow:
@@ -80,7 +80,7 @@ class McpServerReplica(ProcessReplica):
         if self.spec.egress != "none":
             return argv
         return server_sandboxed(argv, env, uid, self.spec, self.host.tuning, self._held,
-                                None if beside else self._trip)
+                                None if beside else self._trips)
 
     def _new_client(self) -> McpClient:
         return McpClient(self.label, roots=self.spec.roots,

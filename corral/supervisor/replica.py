@@ -109,7 +109,7 @@ class Replica(ProcessReplica):
         self._inner: tuple[ChildProcess, int] | None = None  # a sandboxed agent's own pid
         self._iso = isolation(spec)  # judged again, with its tenant's, at each start
         self._filter: BinaryIO | None = None  # its egress seccomp filter (`_filtered`)
-        self._trip: str | None = None  # its listener at the control socket's path
+        self._trips: dict[str, str] = {}  # its trips' binds (egresstrip.py)
         self.health: ReplicaHealth | None = None  # this life's, from Ready till it leaves serving
         self.health_carried: list[CheckState] = []  # as the previous daemon image left it
         # its worker said in `initialize` that it derives a task's trace context from the
@@ -181,10 +181,11 @@ class Replica(ProcessReplica):
                 spawning["netns"] = ns
                 self._iso = self._iso._replace(network="held-empty")
         self._filtered(spawning)
-        # an egress sandbox's listener at the control socket's path (egresstrip.py)
-        self._trip = await self.host.egress_doors.trips.open(
+        # an egress sandbox's trips: its listener at the control socket's path, its
+        # decoys of the files no agent reads (egresstrip.py)
+        self._trips = await self.host.egress_doors.trips.open(
             self.label, self.host.tuning.control_socket, uid, gid, self._one_task) \
-            if self._iso.egress != "any" and self._iso.sandbox != "none" else None
+            if self._iso.egress != "any" and self._iso.sandbox != "none" else {}
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
@@ -307,7 +308,6 @@ class Replica(ProcessReplica):
                      *spec.read_paths]
         read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                       if p and not agents_own(p, writable)]
-        control = self.host.tuning.control_socket
         if spec.release is not None:
             # only a release imports the SDK's copy (release_environment): a plain agent's
             # sandbox binds none, so its user need not reach [packages] dir
@@ -323,8 +323,7 @@ class Replica(ProcessReplica):
             writable=[*spec.write_paths, *(h for h in (self.run and self.run.home,) if h)],
             relay=self._relay(env),
             seccomp=self._seccomp(beside),
-            trip=None if beside or self._trip is None or control is None
-            else (self._trip, control))
+            trips=None if beside else self._trips)
 
     def _seccomp(self, beside: bool) -> str | int | None:
         """The filter bwrap is given: the replica's process's by its descriptor (opened

@@ -14,7 +14,7 @@ import pwd
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -231,14 +231,14 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               writable: Iterable[str] = (),
               relay: GatewayRelay | None = None,
               seccomp: str | int | None = None,
-              trip: tuple[str, str] | None = None) -> list[str]:
+              trips: Mapping[str, str] | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed; `cwd` and
     `writable` writable. Mounts are made parents first, so a read-only directory inside
     the cwd (a venv) stays read-only; a path both read-only and writable is writable.
     `relay`: run first where the gateways are TCP (egressrelay.py). `seccomp`: a filter
-    (seccomp.py) as a descriptor, or a file opened by a shell that execs bwrap. `trip`:
-    (a host socket, the path it is bound at): the replica's listener at the control
-    socket's path (egresstrip.py)."""
+    (seccomp.py) as a descriptor, or a file opened by a shell that execs bwrap. `trips`:
+    path inside -> the host's file bound there, corral's own: the replica's listener at
+    the control socket's path, its decoys of the files no agent reads (egresstrip.py)."""
     protected = list(protected)
     why = exposed(cwd, protected)
     if why:
@@ -286,11 +286,14 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     for path in (os.path.abspath(p) for p, _ in protected):
         if os.path.lexists(path) and any(_inside(path, m) for m in mounts):
             mounts[path] = MASK
-    if trip is not None:
-        mounts[os.path.abspath(trip[1])] = TRIP
+    trips = {os.path.abspath(inside): host for inside, host in (trips or {}).items()}
+    for inside in trips:
+        mounts[inside] = TRIP
     for path in sorted(mounts, key=lambda p: (p.count("/"), p)):
-        if mounts[path] == TRIP and trip is not None:
-            args += ["--bind", trip[0], path]
+        if mounts[path] == TRIP:  # (a socket bound writable: connect(2) writes to it)
+            host = trips[path]
+            args += ["--bind" if stat.S_ISSOCK(os.stat(host).st_mode) else "--ro-bind",
+                     host, path]
         elif mounts[path] == MASK:
             args += (["--tmpfs", path] if os.path.isdir(path)
                      else ["--ro-bind", "/dev/null", path])
