@@ -21,15 +21,11 @@ from ..supervisor.durable.tasks import Durables
 from ..supervisor.lifecycle import began_serving
 from ..supervisor.parts import Parts
 from ..supervisor.replicaparts import Transition
-from ..supervisor.tasks import (
-    Task,
-    TaskFailure,
-    TaskFinished,
-    is_task_id,
-)
+from ..supervisor.tasks import Task, TaskFinished, TaskStatus, is_task_id
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.sessions import SessionsEnding
+from ..supervisor.tasks.taskmachine import cancel_failure
 from ..supervisor.teams.call import driven_with
 from ..timeouts import cancel_all, within
 from ..views import NodeInfo
@@ -515,10 +511,9 @@ class ClusterNode:
             self.tasks.cancel(task_id)  # its outcome goes through the fence
             await self.flush_outbox()
         elif is_task_id(task_id):
-            error = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
-                                                   "cancelled while queued"))
-            waiting = records.error_json(TaskFailure(
-                jsonrpc.REQUEST_CANCELLED, "cancelled while suspended (waiting for a person)"))
+            # (the engine's words: CANCEL picks one by the status it finds)
+            error, waiting = (records.error_json(cancel_failure(s))
+                              for s in (TaskStatus.QUEUED, TaskStatus.SUSPENDED))
             try:
                 rec = await self.redis.hmget(self.keys.task(task_id), "stream")
                 if rec[0] is None:
@@ -536,8 +531,7 @@ class ClusterNode:
             if got is None:
                 return None
             if got.startswith(b"ended:"):
-                raise RpcError(jsonrpc.CONFLICT,
-                               f"task {task_id} already finished ({got[6:].decode()})")
+                cancel_failure(got[6:].decode(), task_id)  # (refused, as on one node)
             if got == b"asked":  # the node running it cancels it within a beat
                 with contextlib.suppress(TimeoutError):
                     return await within(self.desk.wait(task_id), 2 * self.settings.node_ttl)

@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from .. import jsonrpc
-from ..supervisor.tasks import TaskFailure, TaskFinished, TaskProgress
+from ..supervisor.tasks import TaskFinished, TaskProgress, TaskStatus
+from ..supervisor.tasks.taskmachine import cancel_failure
 from ..timeouts import within
 from . import records
 from .clusteroutput import ClusterOutputs
@@ -87,8 +87,7 @@ class Outbox(RedisPart):
         if task.consumer in self.given_up:
             return
         # (its end had it been asked to cancel meanwhile: FINISH ends it so instead)
-        cancelled = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
-                                                   "cancelled while running"))
+        cancelled = records.error_json(cancel_failure(TaskStatus.RUNNING))
         self.pending.append((task, self._finish_args(
             task, "queued", b"", cancelled, "" if at is None else repr(at), False,
             self.trust.outcome(task.id, "0", "cancelled", b"", cancelled))))

@@ -16,7 +16,8 @@ from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..supervisor.config import RETRY_LOST
-from ..supervisor.tasks import AT_MOST_ONCE_NOTE, Task, TaskFailure
+from ..supervisor.tasks import AT_MOST_ONCE_NOTE, Task, TaskFailure, TaskStatus
+from ..supervisor.tasks.taskmachine import cancel_failure
 from . import records
 from .connection import why
 from .keys import GROUP, Keys, split_consumer, split_route
@@ -97,8 +98,7 @@ class Reaper(RedisPart):
         once = records.error_json(TaskFailure(jsonrpc.PEER_CLOSED,
                                               f"{reason} ({AT_MOST_ONCE_NOTE})"))
         # (as the engine cancels a running task)
-        cancelled = records.error_json(TaskFailure(jsonrpc.REQUEST_CANCELLED,
-                                                   "cancelled while running"))
+        cancelled = records.error_json(cancel_failure(TaskStatus.RUNNING))
         for p in pending:
             entry = p["message_id"]
             if entry in held:

@@ -87,6 +87,8 @@ def test_a_running_task_cancelled_at_another_entry_ends_cancelled(home: Home) ->
     home.call("tasks.cancel", {"task_id": task_id}, at=1)
     done = home.wait(task_id)
     assert done["status"] == "cancelled", done
+    assert done["error"] == {"code": jsonrpc.REQUEST_CANCELLED,
+                             "message": "cancelled while running"}, done
     assert [a["outcome"] for a in done["attempts"]] == ["cancelled"]
     assert done["finished"] - done["started"] < 30
     code, message = home.refusal("tasks.cancel", {"task_id": task_id})
@@ -118,11 +120,18 @@ def test_a_delayed_task_outlives_a_crash_of_its_home_and_runs_once_at_its_time(
 
 
 def test_a_delayed_task_cancelled_ends_cancelled_and_never_runs(home: Home) -> None:
+    # the cancel's rule is written once (taskmachine.cancel_failure): the engine's and
+    # the cluster's CANCEL end it, and refuse a second, in the same words
     task_id = home.submit("rec", {"never": 1}, delay=30.0)
     home.call("tasks.cancel", {"task_id": task_id}, at=1)
     done = home.wait(task_id)
     assert (done["status"], done["attempts"]) == ("cancelled", []), done
+    assert done["error"] == {"code": jsonrpc.REQUEST_CANCELLED,
+                             "message": "cancelled while queued"}, done
     assert {"never": 1} not in runs(home.dir / "record")
+    code, message = home.refusal("tasks.cancel", {"task_id": task_id})
+    assert (code, message) == (jsonrpc.CONFLICT, f"task {task_id} already finished "
+                               "(cancelled)")
 
 
 def test_a_not_before_past_runs_at_once_and_one_ahead_waits_for_it(home: Home) -> None:

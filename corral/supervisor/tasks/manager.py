@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
 from ...askviews import Ask
-from ...jsonrpc import RpcError
 from ...taskoptions import NO_FILTERS, NO_OPTIONS, TaskFilters, TaskOptions, admits
 from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
@@ -58,7 +57,7 @@ from .sessions import Sessions
 from .spawn import Spawns
 from .stepjournal import StepJournal
 from .suspension import Suspensions
-from .taskmachine import TaskCause, TaskStatus, cancelled
+from .taskmachine import TaskCause, TaskStatus, cancel_failure, cancelled
 from .waitclock import WaitClock
 from .worker import WorkerMethods, report_progress
 
@@ -368,24 +367,17 @@ class TaskManager:
 
     def cancel(self, task_id: str) -> Task:
         task = self.get(task_id)
-        if task.ended:
-            raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
-        if task.queued:
-            self.queue.remove(task) or self.delays.remove(task)
-            self.endings.finish(task, TaskCause.CANCEL, TaskFailure(
-                jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
+        failure = cancel_failure(task.status, task_id)  # (as the cluster's CANCEL)
+        if not task.running:  # queued (for a slot or for its time) or suspended
+            if task.queued:
+                self.queue.remove(task) or self.delays.remove(task)
+            self.endings.finish(task, TaskCause.CANCEL, failure)
             return task
-        if task.suspended:
-            self.endings.finish(task, TaskCause.CANCEL, TaskFailure(
-                jsonrpc.REQUEST_CANCELLED, "cancelled while suspended (waiting for a person)"))
-            return task
-        attempt = task.attempts[-1]
+        attempt, replica = task.attempts[-1], task.replica
+        assert replica is not None
         cancelled(attempt)
         self.dispatch.deadlines.discard(task, task.timeout)
-        replica = task.replica
-        assert replica is not None
-        self.endings.finish(task, TaskCause.CANCEL, TaskFailure(jsonrpc.REQUEST_CANCELLED,
-                                                        "cancelled while running"))
+        self.endings.finish(task, TaskCause.CANCEL, failure)
         self.dispatch.stop_attempt(task, replica, attempt, "was cancelled")
         return task
 

@@ -297,3 +297,16 @@ def suspension_error(why: str) -> str:
 
 def cancelled(attempt: Attempt) -> None:
     attempt.outcome = S.CANCELLED
+
+
+# the status a cancel finds, in its words (any other unended: on a worker, running)
+_WHILE: dict[str, str] = {S.QUEUED: "queued", S.SUSPENDED: "suspended (waiting for a person)"}
+
+
+def cancel_failure(status: str, task_id: str = "") -> TaskFailure:
+    """A task cancelled in `status` ends with this error on either home (the engine's
+    cancel; the cluster's CANCEL, FINISH, takeover); a finished one refuses the cancel."""
+    if status in TERMINAL:
+        raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({status})")
+    return TaskFailure(jsonrpc.REQUEST_CANCELLED,
+                       f"cancelled while {_WHILE.get(status, 'running')}")
