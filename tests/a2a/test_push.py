@@ -18,7 +18,10 @@ import httpx
 import pytest
 from aiohttp import web
 
+from corral.daemon.a2a import push
+from corral.daemon.a2a import wire as w
 from corral.daemon.a2a.push import MAX_QUEUED
+from corral.supervisor.pushstore import NodePush
 
 from ..conftest import ROOT
 from ..daemon_harness import PY, free_port, in_process
@@ -323,3 +326,41 @@ async def test_a_configs_events_are_posted_one_at_a_time_in_order_and_bounded(
         assert chunks == sorted(set(chunks)), (token, chunks)
         assert len(bodies) <= MAX_QUEUED + 2 and len(chunks) < count, (token, len(bodies))
         assert count - 1 in chunks, (token, chunks)
+
+
+async def test_a_receiver_that_took_none_of_its_attempts_is_sent_the_newest_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its events one at a time: an event its receiver did not take in all its attempts
+    is given up, and what waited behind it goes but the newest (the task's end), each not
+    made to wait another event's minutes of attempts."""
+    monkeypatch.setattr(push, "RETRIES", 0)  # (one attempt each: the test's minutes)
+    seen: list[tuple[int, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        status = 500 if not seen else 204  # the first refused, the rest taken
+        seen.append((status, await request.json()))
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.add_routes([web.post("/hook", hook)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    said: list[str] = []
+    configs = push.PushConfigs(True, said.append, NodePush())
+    try:
+        await configs.add("t1", w.PushConfig(url=f"http://127.0.0.1:{port}/hook", id="c"),
+                          {"via": "test"})
+        for n in range(4):
+            await configs.deliver("t1", {"n": n}, final=n == 3)
+        async with asyncio.timeout(30):
+            while await configs.tasks():  # (forgotten once its end is delivered)
+                await asyncio.sleep(0.05)
+        assert seen == [(500, {"n": 0}), (204, {"n": 3})]
+        assert (configs.delivered, configs.given_up, configs.dropped) == (1, 1, 2)
+        assert said == [f"a2a push to http://127.0.0.1:{port}/hook given up after 1 "
+                        "attempts (HTTP 500)"]
+    finally:
+        await configs.close()
+        await runner.cleanup()

@@ -308,7 +308,16 @@ class PushConfigs:
     async def _send(self, key: tuple[str, str], sender: _Sender) -> None:
         try:
             while sender.queue:
-                await self._post(sender.config, sender.queue.popleft())
+                if not await self._post(sender.config, sender.queue.popleft()) and \
+                        len(sender.queue) > 1:
+                    # its receiver did not take one in all its attempts: what waits goes
+                    # but the newest (the task's end, when it has come), not each after
+                    # another's minutes of attempts
+                    skipped = len(sender.queue) - 1
+                    for _ in range(skipped):
+                        sender.queue.popleft()
+                    sender.dropped += skipped
+                    self.dropped += skipped
         finally:
             sender.job = None
             if not sender.queue and self._senders.get(key) is sender:
@@ -322,7 +331,8 @@ class PushConfigs:
         except w.A2aError as exc:
             self.report(f"a2a push configs of task {task_id} not forgotten: {exc.message}")
 
-    async def _post(self, config: w.PushConfig, body: bytes) -> None:
+    async def _post(self, config: w.PushConfig, body: bytes) -> bool:
+        """Whether its receiver took it, within its attempts."""
         import aiohttp
 
         if self._http is None:
@@ -345,13 +355,14 @@ class PushConfigs:
                         config.url, data=body, headers=headers, allow_redirects=False) as r:
                     if 200 <= r.status < 300:
                         self.delivered += 1
-                        return
+                        return True
                     why = f"HTTP {r.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 why = str(exc) or type(exc).__name__
         self.given_up += 1
         self.report(f"a2a push to {config.url} given up after {RETRIES + 1} attempts "
                     f"({why})")
+        return False
 
     async def close(self) -> None:
         jobs = [*self._work, *(s.job for s in self._senders.values() if s.job is not None)]
