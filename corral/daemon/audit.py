@@ -168,8 +168,18 @@ class AuditLink(TaskInterceptor):
             self.audit(Caller(via="models", name=f"agent {label}", tenant=tenant),
                        MODEL_CALL, params, outcome, line=False)
         else:
-            self.audit(Caller(via="gateway", name=f"gateway client {label}", tenant=tenant),
-                       GATEWAY_CALL, params, outcome)
+            gateway_call(self.audit, label, tenant, call.name, task, outcome)
+
+
+def gateway_call(audit: Callable[[Caller, str, Any, str], None], client: str,
+                 tenant: str | None, tool: str, task: str | None, outcome: str,
+                 who: tuple[int, int] = (-1, -1)) -> None:
+    """A gateway client's tool call's row: the audit link's of a call that passed the
+    chain, the gateway's own of one that never enters it (a refusal at its door, a
+    client that is no agent's); `who`: the client process's uid and pid, if known."""
+    audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=tenant,
+                 name=f"gateway client {client}"), GATEWAY_CALL,
+          call_params(client, tool, task), outcome)
 
 
 def _cut(text: str) -> str:

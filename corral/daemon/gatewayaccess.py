@@ -40,8 +40,7 @@ from ..supervisor.tasks.personwait import timed
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
-from .audit import GATEWAY_CALL, call_params, failure_of, outcome_of
-from .caller import Caller
+from .audit import failure_of, gateway_call, outcome_of
 from .gatewaylimits import CallCounter, Limiter
 from .gatewayskills import METHODS as SKILL_METHODS
 from .gatewayskills import GatewaySkills, is_skill, pooled
@@ -795,10 +794,8 @@ class GatewayService:
         self.by_client[ident.name].add(seconds, error, waited)
         self.by_tool[self._counted_as(tool)].add(seconds, error, waited)
         if audited:
-            self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
-                              name=f"gateway client {ident.name}"), GATEWAY_CALL,
-                       call_params(ident.name, tool, task.id if task is not None else None),
-                       outcome)
+            gateway_call(self.audit, ident.name, ident.tenant, tool,
+                         task.id if task is not None else None, outcome, who)
 
     def _counted_as(self, tool: str) -> str:
         """The name a call is counted under: its tool's, or NO_SUCH_TOOL's (a client names
