@@ -310,7 +310,8 @@ async def test_a_configs_events_are_posted_one_at_a_time_in_order_and_bounded(
                 assert loop.time() < deadline
                 await asyncio.sleep(0.1)
             # one post in flight a config, however many events wait
-            assert most == {"a": 1, "b": 1}, most
+            # (b's first may not have reached the receiver yet: at most one, if any)
+            assert most["a"] == 1 and most.get("b", 1) == 1, most
             gate.set()
             deadline = loop.time() + 60
             while not all(b and "statusUpdate" in b[-1] and b[-1]["statusUpdate"]["status"][
