@@ -4,6 +4,7 @@ beside DBOS (SQLite), Temporal's dev server and Restate, in one run on this mach
     sh bench/peers/setup.sh                    # once: the peers, pinned, from the registries
     .venv/bin/python -m bench.bench_durable_throughput [--window 60] [--runs-window 20]
         [--conc 8] [--steps 100] [--only corral,dbos,restate,temporal]
+    .venv/bin/python -m bench.bench_durable_throughput --only corral,dbos-pg
 
 Each engine as bench_durable_peers sets it up (its quick start, a durable store), driven
 by CONC clients at once for WINDOW seconds, each starting its next as its last ends:
@@ -24,7 +25,8 @@ corral runs twice, `journal_sync = "normal"` (SQLite WAL, synchronous=NORMAL: a 
 not fsynced, a checkpoint is) and `"full"` (every commit fsynced). The engines are
 measured one after another (steps, then runs), the load recorded at each. A peer that is
 not installed is skipped with the reason. Every server is a child of this process,
-killed by its pid at the end.
+killed by its pid at the end. `dbos-pg`: DBOS on Debian's PostgreSQL (a cluster of the
+bench's own, bench/peers/servers.py), in a run without `dbos` (DBOS is one per process).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Any
 
 from .bench_cluster import Client
 from .harness import PY, ROOT, CorralDaemon, report, workdir
-from .peers.servers import Missing, Restate, Temporal
+from .peers.servers import Missing, Postgres, Restate, Temporal
 
 One = Callable[[int], Awaitable[None]]  # one task (or workflow) of n steps, to its end
 SLICE = 5.0
@@ -137,6 +139,17 @@ async def start_dbos(d: Path, steps: dict[str, One], runs: dict[str, One],
     runs["DBOS (SQLite): a workflow of one step"] = threaded(dbos_peer.stamps)
 
 
+async def start_dbos_pg(d: Path, steps: dict[str, One], runs: dict[str, One],
+                        stops: list[Any]) -> None:
+    from .peers import dbos_peer
+    server = await asyncio.to_thread(Postgres, d)
+    stops.append(server.stop)
+    dbos_peer.launch(d, server.url)
+    stops.append(dbos_peer.stop)
+    steps["DBOS (Postgres): @DBOS.step"] = threaded(dbos_peer.steps)
+    runs["DBOS (Postgres): a workflow of one step"] = threaded(dbos_peer.stamps)
+
+
 async def start_restate(d: Path, steps: dict[str, One], runs: dict[str, One],
                         stops: list[Any]) -> None:
     import aiohttp
@@ -185,7 +198,8 @@ async def start_temporal(d: Path, steps: dict[str, One], runs: dict[str, One],
 
 
 PEERS = {"corral": start_corral, "dbos": start_dbos, "restate": start_restate,
-         "temporal": start_temporal}
+         "temporal": start_temporal, "dbos-pg": start_dbos_pg}
+DEFAULT = "corral,dbos,restate,temporal"  # DBOS is one per process: dbos-pg in a run of its own
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -267,7 +281,7 @@ def main() -> None:
     ap.add_argument("--runs-window", type=float, default=20.0)
     ap.add_argument("--conc", type=int, default=8)
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--only", default=",".join(PEERS))
+    ap.add_argument("--only", default=DEFAULT)
     args = ap.parse_args()
     out = asyncio.run(measure(args))
     report("durable_throughput", out)

@@ -35,8 +35,10 @@ def stamp() -> float:
     return time.time()
 
 
-def launch(d: Path) -> None:
-    DBOS(config={"name": "corral-bench", "system_database_url": f"sqlite:///{d}/dbos.sqlite",
+def launch(d: Path, url: str | None = None) -> None:
+    """DBOS on SQLite under `d`, or on the Postgres database at `url`."""
+    DBOS(config={"name": "corral-bench",
+                 "system_database_url": url or f"sqlite:///{d}/dbos.sqlite",
                  "run_admin_server": False, "log_level": "WARNING"})
     DBOS.launch()
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -122,6 +123,35 @@ class Temporal(Child):
         assert self.proc is not None
         wait_port(self.port, self.proc, "temporal dev server")
         self.pid = self.proc.pid
+
+
+class Postgres(Child):
+    """Debian's PostgreSQL (`apt-get install postgresql`), a cluster of its own under `d`
+    (initdb, trust on loopback), run as the `postgres` user (it will not run as root),
+    on a free port; `url` names its `postgres` database."""
+
+    def __init__(self, d: Path) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+        if not found or shutil.which("runuser") is None:
+            raise Missing("PostgreSQL not installed: apt-get install postgresql")
+        bin_dir = found[-1].parent
+        # (its own directory: the bench's are root's alone; removed at stop)
+        self.data = data = Path(tempfile.mkdtemp(prefix="corral-bench-pg-"))
+        shutil.chown(data, "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*as_pg, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
+                        "-U", "postgres"], check=True, stdout=subprocess.DEVNULL)
+        self.port = free_port()
+        self.spawn([*as_pg, str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
+                    "-k", str(data), "-c", "listen_addresses=127.0.0.1",
+                    "-c", "max_connections=200"], d / "postgres.log")
+        assert self.proc is not None
+        wait_port(self.port, self.proc, "postgres")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.data, ignore_errors=True)
 
 
 def have(cmd: str) -> bool:
