@@ -7,6 +7,8 @@
 #   (the same pins as pyproject's `bench` extra, without its Ray)
 # - Restate's server from npm, into $CORRAL_PEERS (default ~/.cache/corral-peers)
 # - redis-server: Debian's (`apt-get install redis-server`), as bench_cluster uses
+# - PostgreSQL, for DBOS on Postgres (bench_durable_throughput --only corral,dbos-pg):
+#   Debian's (`apt-get install postgresql`); the bench runs a cluster of its own
 set -e
 PEERS=${CORRAL_PEERS:-$HOME/.cache/corral-peers}
 RESTATE_VERSION=1.7.12
@@ -21,4 +23,6 @@ if [ ! -x "$PEERS/npm/node_modules/.bin/restate-server" ] ||
         "@restatedev/restate-server@$RESTATE_VERSION"
 fi
 command -v redis-server >/dev/null || echo "redis-server missing: apt-get install redis-server" >&2
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ||
+    echo "postgresql missing (DBOS on Postgres only): apt-get install postgresql" >&2
 echo "peers ready: restate-server in $PEERS/npm/node_modules/.bin, temporal in .venv/bin"
