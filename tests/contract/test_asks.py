@@ -17,7 +17,7 @@ import pytest
 from corral import jsonrpc
 from corral.cli.client import CallFailed
 
-from ..conftest import ROOT
+from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY
 from ..test_approvals import bump, fleet
 from .home import Home, wait_until
@@ -33,6 +33,13 @@ def agents(directory: Path) -> str:
         env = {{ PYTHONPATH = "{ROOT}" }}
         max_concurrent_tasks = 2
         retries = 1
+
+        [agents.dozer]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tools = ["counting__*"]
+        approve = ["counting__bump"]
+        suspend_after = 0.5
     """)
 
 
@@ -236,4 +243,24 @@ def test_a_task_that_ends_withdraws_its_pending_asks(home: Home) -> None:
                                                        "decision": "approved"}, at=1)
     assert code == jsonrpc.CONFLICT
     assert message.startswith(f"ask {ask['id']} has ended: withdrawn by corral at "), message
+    assert made_calls(home) == []
+
+
+def test_a_suspended_task_cancelled_ends_so_in_the_same_words_and_withdraws_its_ask(
+        home: Home) -> None:
+    """A task suspended for its ask (past its agent's suspend_after: on a cluster, its
+    record in Redis, on no node), cancelled at the other entry: the engine's words on
+    either home (taskmachine.cancel_failure), its ask withdrawn, its call never made."""
+    (home.dir / "server-count").unlink(missing_ok=True)
+    task_id = home.submit("dozer", bump(7))
+    ask = home.ask_of(task_id)
+    home.status_of(task_id, "suspended")
+    home.call("tasks.cancel", {"task_id": task_id}, at=1)
+    done = home.wait(task_id)
+    assert (done["status"], done["error"]) == ("cancelled", {
+        "code": jsonrpc.REQUEST_CANCELLED,
+        "message": "cancelled while suspended (waiting for a person)"}), done
+    for at in (0, 1):
+        got = home.call("approvals.get", {"id": ask["id"]}, at=at)
+        assert (got["end"], got["by"]) == ("withdrawn", "corral"), got
     assert made_calls(home) == []
