@@ -600,3 +600,31 @@ def test_an_mcp_servers_egress_config_errors_are_exact(tmp_path: Path) -> None:
         assert said(f'egress = "none"\negress_allow = ["{entry}"]') == (
             f"{tmp_path}/c.toml: mcp_servers.s: egress_allow: {entry!r} is not IP:PORT (an "
             "address, not a name: the sandbox has no resolver; [IPv6]:PORT)"), entry
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="egress_allow: the daemon holds the "
+                    "server's network namespace as root")
+@pytest.mark.deadline(240)
+async def test_an_agent_and_an_mcp_server_of_one_name_each_keep_their_own_boundary(
+        tmp_path: Path, upstream: StandIn) -> None:
+    """An agent and an MCP server may share a name (`box#0` each): the namespace the
+    daemon holds for one, and its trips, were the other's by that label, so the second
+    to start closed the first's listener (the agent's gateways gone)."""
+    with answering() as allowed:
+        a = allowed.getsockname()[1]
+        server = textwrap.dedent(f"""
+            [mcp_servers.box]
+            command = ["{PY}", "{HERE}/servers/reach_mcp.py"]
+            cwd = "{tmp_path / 'server-home'}"
+            egress = "none"
+            egress_allow = ["127.0.0.1:{a}"]
+        """)
+        (tmp_path / "server-home").mkdir()
+        async with in_process(tmp_path, fleet(tmp_path, upstream.url, "gateways"),
+                              server) as d:
+            res = await d.dispatcher.call(SOCKET, "tools.call", msgspec.json.encode(
+                {"name": "box__reach", "arguments": {"host": "127.0.0.1", "port": a}}))
+            assert msgspec.json.decode(msgspec.json.encode(res))["content"][0]["text"] == (
+                "connected: pong")
+            out = await run(d, {"do": "gateways", "title": "otters", "say": "hello"})
+            assert (out["tool"], out["model"]) == ("stored otters", "echo: hello")

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from .egresstrip import Trips
+from .egresstrip import Trips, named
 from .egresswatch import Watch, listen_here
 from .refusals import BoundaryRefusals
 
@@ -295,7 +295,7 @@ class Doors:
             if within is None:
                 self.refused = str(exc)
             return None
-        agent = label.partition("#")[0]
+        agent = named(label)
         servers = [await asyncio.start_server(
             _passing_to(connect(at), agent, at, self.held, self.refusals, task_of, http),
             sock=listener) for at, listener in zip(addresses, listeners, strict=True)]

@@ -29,8 +29,16 @@ from .refusals import BoundaryRefusals
 from .sandbox import out_of_reach
 
 PATH_MAX = 107  # a unix socket's path, less its NUL
+# an MCP server's replica's key here and in egressdoors.py: an agent may have its name
+# (`box#0` each), and the second to start had closed the first's listeners
+SERVER_KEY = "mcp:"
 UCRED = struct.Struct("3i")  # pid, uid, gid (SO_PEERCRED)
 REFUSED_CODE = -32001
+
+
+def named(key: str) -> str:
+    """Whose a replica's key is, as its refusals name it: its agent's or server's name."""
+    return key.removeprefix(SERVER_KEY).partition("#")[0]
 
 
 def refusal_line(agent: str, target: str) -> bytes:
@@ -111,7 +119,7 @@ class Trips:
                 out_of_reach(Path(control).parent, uid, gid) is not None:
             return {}
         self.forget(label)  # (one made for another user or replica: made again)
-        agent = label.partition("#")[0]
+        agent = named(label)
         refusals = self.refusals
 
         async def tripped(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

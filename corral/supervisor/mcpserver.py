@@ -17,6 +17,7 @@ from ..text import plural
 from .config import MIB, McpServerSpec
 from .egressallow import allowed
 from .egressdoors import Doors, no_task
+from .egresstrip import SERVER_KEY
 from .mcpegress import server_sandboxed
 from .process import ChildProcess
 from .process_replica import ProcessReplica, ReplicaHost
@@ -64,9 +65,10 @@ class McpServerReplica(ProcessReplica):
             return None
         doors = self.host.egress_doors
         # its trips (egresstrip.py): of no task
-        self._trips = await doors.trips.open(self.label, self.host.tuning.control_socket,
+        key = SERVER_KEY + self.label  # (apart from an agent's of its name)
+        self._trips = await doors.trips.open(key, self.host.tuning.control_socket,
                                             uid, gid, no_task)
-        ns = await doors.open_allowed(self.label, allowed(self.spec.egress_allow))
+        ns = await doors.open_allowed(key, allowed(self.spec.egress_allow))
         if ns is None and self.spec.egress_allow:
             raise OSError(f"egress_allow: the daemon cannot hold a network namespace for "
                           f"it here ({doors.refused}): it needs the daemon as root")
