@@ -238,6 +238,19 @@ def _corral_version() -> str:
     return CORRAL_VERSION
 
 
+def _links(rules: int) -> str:
+    """With CORRAL_BENCH_RULES=N (issue 90's "every link on"): N policy rules the model's
+    call is judged by (N - 1 of other models, the last allowing its bounded call) and
+    [tracing]; none by default."""
+    if not rules:
+        return ""
+    said = "".join(f'[[policy]]\nname = "rule {i}"\nmatch = {{ model = "other-{i}-*" }}\n'
+                   'effect = "deny"\n\n' for i in range(rules - 1))
+    return (said + '[[policy]]\nname = "bench bounded"\nmatch = { model = "bench" }\n'
+            'when = { "max_tokens" = { below = 100000 } }\neffect = "allow"\n\n'
+            "[tracing]\nexport_interval = 1.0\n")
+
+
 class CorralModel(Target):
     """corral's model gateway (`[gateway] listen`, `[models.bench]`), called with the
     token of a replica that runs no task (token_agent.py)."""
@@ -248,7 +261,7 @@ class CorralModel(Target):
         self.version = _corral_version()
         self.port = free_port()
         self.token_file = self.work / "token"
-        config = _corral_config(self.work, f"""
+        config = _corral_config(self.work, textwrap.dedent(f"""
             [gateway]
             listen = "127.0.0.1:{self.port}"
             max_concurrent = 64
@@ -260,7 +273,7 @@ class CorralModel(Target):
             [agents.holder]
             command = ["{PY}", "{HERE / 'token_agent.py'}"]
             env = {{ PYTHONPATH = "{ROOT}", TOKEN_FILE = "{self.token_file}" }}
-        """)
+        """) + _links(int(os.environ.get("CORRAL_BENCH_RULES", "0"))))
         self.popen([str(ROOT / ".venv" / "bin" / "corral"), "daemon", "--config",
                     str(config)])
 
