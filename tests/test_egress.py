@@ -609,7 +609,8 @@ async def test_an_agent_and_an_mcp_server_of_one_name_each_keep_their_own_bounda
         tmp_path: Path, upstream: StandIn) -> None:
     """An agent and an MCP server may share a name (`box#0` each): the namespace the
     daemon holds for one, and its trips, were the other's by that label, so the second
-    to start closed the first's listener (the agent's gateways gone)."""
+    to start closed the first's listener (the agent's gateways gone); and a server
+    removed let go of neither."""
     with answering() as allowed:
         a = allowed.getsockname()[1]
         server = textwrap.dedent(f"""
@@ -628,3 +629,11 @@ async def test_an_agent_and_an_mcp_server_of_one_name_each_keep_their_own_bounda
                 "connected: pong")
             out = await run(d, {"do": "gateways", "title": "otters", "say": "hello"})
             assert (out["tool"], out["model"]) == ("stored otters", "echo: hello")
+            # the server removed: what the daemon held for its egress goes with it (it
+            # stayed), the agent's kept
+            doors = d.sup.egress_doors
+            assert {"box#0", "mcp:box#0"} <= set(doors.doors) & set(doors.trips.trips)
+            await d.sup.mcp.remove("box")
+            assert "mcp:box#0" not in doors.doors and "mcp:box#0" not in doors.trips.trips
+            assert "box#0" in doors.doors and "box#0" in doors.trips.trips
+            assert not os.path.exists(tmp_path / "corral.sock.trip" / "mcp:box#0")

@@ -65,10 +65,9 @@ class McpServerReplica(ProcessReplica):
             return None
         doors = self.host.egress_doors
         # its trips (egresstrip.py): of no task
-        key = SERVER_KEY + self.label  # (apart from an agent's of its name)
-        self._trips = await doors.trips.open(key, self.host.tuning.control_socket,
+        self._trips = await doors.trips.open(self.door_key, self.host.tuning.control_socket,
                                             uid, gid, no_task)
-        ns = await doors.open_allowed(key, allowed(self.spec.egress_allow))
+        ns = await doors.open_allowed(self.door_key, allowed(self.spec.egress_allow))
         if ns is None and self.spec.egress_allow:
             raise OSError(f"egress_allow: the daemon cannot hold a network namespace for "
                           f"it here ({doors.refused}): it needs the daemon as root")
@@ -76,6 +75,11 @@ class McpServerReplica(ProcessReplica):
             spawning["netns"] = ns
             self._held = True
         return None
+
+    @property
+    def door_key(self) -> str:
+        """Its key in the egress doors and trips: apart from an agent's of its name."""
+        return SERVER_KEY + self.label
 
     def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
               beside: bool = False) -> list[str]:

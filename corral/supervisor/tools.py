@@ -35,6 +35,15 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
         self.stream = stream
         self.on_change = self._list_changed
 
+    async def remove(self, name: str) -> None:
+        """The server and its instances gone, and what the daemon held for their egress
+        with them (their namespaces, listeners and trips: egressdoors.py)."""
+        entry = self.servers.get(name)
+        gone = list(entry.all()) if entry is not None else []
+        await super().remove(name)
+        for inst in gone:
+            self.host.egress_doors.forget(inst.door_key)
+
     def add_server(self, spec: McpServerSpec) -> None:
         problem = name_problem(spec.name, server=True)
         if problem:
