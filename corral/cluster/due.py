@@ -22,9 +22,8 @@ AT_ONCE = 256  # tasks one call moves (what is left is moved at once by the next
 # made with its group where it is gone): one still queued and held (no entry) gets one;
 # one cancelled meanwhile only leaves the set (CANCEL takes it out too).
 # KEYS: due; ARGV: now, the cluster's key prefix, at most this many
-# -> {tasks moved, the earliest due time left (a string) or false}
+# -> the earliest due time left (a string), or false
 DUE = f"""
-local moved = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
     tonumber(ARGV[3]))) do
   redis.call('ZREM', KEYS[1], id)
@@ -36,11 +35,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT
     end
     redis.call('HSET', task, 'entry', redis.call('XADD', rec[3], '*', 'task', id))
     redis.call('HDEL', task, 'not_before')
-    moved = moved + 1
   end
 end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {{moved, first[2] or false}}
+return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or false
 """
 
 
@@ -53,14 +50,12 @@ class DueClock:
         self.membership = membership
         self.report = report
         self.script = redis.register_script(DUE)
-        self.moved = 0  # tasks this node moved to their streams
         self._failing = False
 
     async def step(self) -> float | None:
         """The earliest due time left (None: none)."""
-        moved, first = await self.script(keys=[self.keys.due], args=[
+        first = await self.script(keys=[self.keys.due], args=[
             repr(time.time()), self.keys.prefix, AT_ONCE])
-        self.moved += int(moved)
         return None if first is None else float(first)
 
     async def run(self) -> None:

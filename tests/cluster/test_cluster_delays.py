@@ -140,8 +140,7 @@ async def test_two_nodes_moving_due_tasks_at_once_move_each_exactly_once(
     due = client.register_script(DUE)
     answers = await asyncio.gather(*(due(keys=[k.due], args=[
         repr(time.time()), k.prefix, 7]) for _ in range(8)))
-    assert sum(moved for moved, _first in answers) == 18
-    entries = await client.xrange(stream)
+    entries = await client.xrange(stream)  # (one each: moved exactly once)
     assert sorted(f[b"task"].decode() for _e, f in entries) == sorted(ids[1:19])
     for tid, (entry_id, _f) in zip(sorted(ids[1:19]), sorted(
             entries, key=lambda e: e[1][b"task"]), strict=True):
@@ -151,7 +150,7 @@ async def test_two_nodes_moving_due_tasks_at_once_move_each_exactly_once(
     assert await client.zrange(k.due, 0, -1) == [ids[19].encode()]
     # (the calls ran in whatever order their connections reached Redis: the one that ran
     # last, whichever it was, found only the task not yet due left)
-    assert max(float(first) for _moved, first in answers) > time.time()
+    assert max(float(first) for first in answers) > time.time()
 
 
 # -- a task's own retry policy (`retry`), kept with its record -----------------------------

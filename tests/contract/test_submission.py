@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
+from corral.cli.client import CallFailed
 
 from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY
@@ -38,6 +39,11 @@ def agents(directory: Path) -> str:
         retry_backoff = {BACKOFF}
         retry_jitter = false
         stop_timeout = 5.0
+
+        [agents.bounded]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        max_queue = 1
 
         [agents.patient]
         command = ["{PY}", "{EXAMPLES}/misbehave.py"]
@@ -132,6 +138,24 @@ def test_a_delayed_task_cancelled_ends_cancelled_and_never_runs(home: Home) -> N
     code, message = home.refusal("tasks.cancel", {"task_id": task_id})
     assert (code, message) == (jsonrpc.CONFLICT, f"task {task_id} already finished "
                                "(cancelled)")
+
+
+@pytest.mark.differs("the cluster's max_queue counts what waits unread in its agent's "
+                     "stream, not what its due set holds (a delay, a retry's backoff): "
+                     "delayed tasks are unbounded there, and its refusal has its own words")
+def test_a_delayed_task_counts_against_its_agents_max_queue(home: Home) -> None:
+    held = [home.submit("bounded", {"do": "echo"}, delay=60.0)]
+    try:
+        try:
+            held.append(home.submit("bounded", {"do": "echo"}, at=1, delay=60.0))
+            refused = None
+        except CallFailed as e:
+            refused = (e.code, e.message)
+        assert refused == (jsonrpc.REFUSED, "queue full: agent bounded has 1 task waiting "
+                                            "(max_queue 1)")
+    finally:
+        for task_id in held:
+            home.call("tasks.cancel", {"task_id": task_id})
 
 
 def test_a_not_before_past_runs_at_once_and_one_ahead_waits_for_it(home: Home) -> None:
