@@ -61,7 +61,8 @@ from typing import Any, TypeVar
 from corral.cli.client import CallFailed, Client, Unreachable
 
 from .harness import BIN, ENV, PY, ROOT, CorralDaemon, free_port, workdir
-from .soak_fit import GAUGES, Sample, Sampler, Slope, fit
+from .soak_edges import POLICY, A2a, Edges, EdgeWork, Metrics, Receiver
+from .soak_fit import GAUGES, Sample, Sampler, Slope, fit, orphans
 from .soak_views import Ledger, Watch
 
 T = TypeVar("T")
@@ -232,7 +233,8 @@ class Tenant(threading.Thread):
     """One tenant's churn: a round after another, each followed by a look at its views."""
 
     def __init__(self, ledger: Ledger, api: Api, watch: Watch, gate: Gate,
-                 names: NamePool, seed: int, pause: float) -> None:
+                 names: NamePool, seed: int, pause: float, a2a: A2a, metrics: Metrics,
+                 receiver: Receiver, home: Path) -> None:
         super().__init__(name=f"soak-{ledger.tenant}", daemon=True)
         self.ledger = ledger
         self.name_ = ledger.tenant
@@ -243,6 +245,9 @@ class Tenant(threading.Thread):
         self.rng = random.Random(seed)
         self.pause = pause
         self.work = Work()
+        self.edges = EdgeWork()
+        self.home = home  # its agents' directories, one a name (a sandbox's cwd its own)
+        self.edge = Edges(self, a2a, metrics, receiver, closed_port=free_port())
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -268,8 +273,11 @@ class Tenant(threading.Thread):
             self.task(f"{self.name_}-base", {"do": "hello"})
             self.look()
             return
+        # every other round's agent in the egress sandbox (its tries out refused)
+        sandboxed = self.work.rounds % 2 == 1
         try:
-            status, body = self.ask("POST", "/agents", {"agents": {name: self.spec(name)}})
+            status, body = self.ask("POST", "/agents", {"agents": {
+                name: self.spec(name, sandboxed)}})
             if status != 200:
                 self.failed("agents.add", f"{status} {body}")
                 return
@@ -293,6 +301,7 @@ class Tenant(threading.Thread):
             last = self.team(name)
             if last is not None:
                 self.ask("GET", f"/tasks/{last}/trace")
+            self.edge.run(name, sandboxed)
             # what a tenant is shown of a name depends on whether it holds it: look while
             # it does (what an earlier holder left would show now) ...
             self.look()
@@ -302,10 +311,14 @@ class Tenant(threading.Thread):
             self.names.give_back(name, self.name_)
         self.look()  # ... and once it holds it no longer
 
-    def spec(self, name: str) -> dict[str, Any]:
-        return {"command": [PY, str(AGENT)], "env": {"PYTHONPATH": str(ROOT)},
-                "config": {"owner": self.ledger.mark}, "spawns": [name],
-                "max_concurrent_tasks": 4, "stop_timeout": 5}
+    def spec(self, name: str, sandboxed: bool) -> dict[str, Any]:
+        # (corral is installed in the venv: no PYTHONPATH, which a tenant may not send)
+        cwd = self.home / name
+        cwd.mkdir(parents=True, exist_ok=True)
+        return {"command": [PY, str(AGENT)], "config": {"owner": self.ledger.mark},
+                "cwd": str(cwd),
+                "spawns": [name], "max_concurrent_tasks": 4, "stop_timeout": 5,
+                "tools": ["notes__*"]} | ({"egress": "gateways"} if sandboxed else {})
 
     def task(self, agent: str, task_input: dict[str, Any], session: str | None = None
              ) -> dict[str, Any] | None:
@@ -489,9 +502,13 @@ class SoakDaemon:
                  wrap: tuple[str, ...] = ()) -> None:
         self.port = port
         launcher = [*wrap, str(BIN / "corral"), "daemon"] if wrap else None
-        self.daemon = CorralDaemon(d, base_agents(marks), extra=supervisor_extra(port, kept),
+        self.daemon = CorralDaemon(d, base_agents(marks),
+                                   extra=supervisor_extra(port, kept, free_port(),
+                                                          d / "homes"),
                                    launcher=launcher)
         self.state_dir = d / "state"
+        for t in TENANTS:
+            (d / "homes" / t).mkdir(parents=True, exist_ok=True)
         self.life = -1
         self.began = 0.0
         self.busy = True
@@ -583,9 +600,12 @@ class SoakDaemon:
         return subprocess.run([PY, "-m", "corral", "--socket", str(self.daemon.sock), *args],
                               capture_output=True, text=True, timeout=timeout, env=ENV)
 
-    def token(self, tenant: str) -> str:
-        scopes = [a for s in SCOPES for a in ("--scope", s)]
-        r = self.cli("token", "create", tenant, "--tenant", tenant, *scopes, "--json")
+    def token(self, tenant: str | None) -> str:
+        """A tenant's token (its SCOPES), or the operator's (None: /metrics alone)."""
+        scopes = [a for s in SCOPES for a in ("--scope", s)] if tenant else [
+            "--scope", "metrics:read"]
+        whose = ["--tenant", tenant] if tenant else []
+        r = self.cli("token", "create", tenant or "operator", *whose, *scopes, "--json")
         if r.returncode != 0:
             raise SoakFailed(f"corral token create exited {r.returncode}: {r.stderr}")
         return str(json.loads(r.stdout)["token"])
@@ -613,9 +633,11 @@ class SoakFailed(Exception):
     """The soak could not do what it measures."""
 
 
-def supervisor_extra(port: int, kept: int) -> str:
-    """The [supervisor] keys after the harness's, and the daemon's other tables."""
-    tenants = "".join(f"\n[tenants.{t}]\nmax_agents = 4\n" for t in TENANTS)
+def supervisor_extra(port: int, kept: int, gateway: int, homes: Path) -> str:
+    """The [supervisor] keys after the harness's, and the daemon's other tables (each
+    tenant's agents in a directory of its own: an egress sandbox's cwd is its agent's)."""
+    tenants = "".join(f'\n[tenants.{t}]\nmax_agents = 4\ndir = "{homes / t}"\n'
+                      for t in TENANTS)
     return textwrap.dedent(f"""
         drain_timeout = 2
         journal_max_tasks = {kept}
@@ -637,7 +659,20 @@ def supervisor_extra(port: int, kept: int) -> str:
 
         [tracing]
         keep_spans = {kept * 4}
-    """) + tenants
+
+        # the tools the tenants' agents call through the gateway (their egress sandbox's
+        # way out), under the operator's policy; the soak's push receiver is on loopback
+        [gateway]
+        listen = "127.0.0.1:{gateway}"
+
+        [mcp_servers.notes]
+        command = ["{PY}", "{ROOT / 'examples' / 'notes_server.py'}"]
+        start_timeout = 60
+        shared = true
+
+        [a2a]
+        push_private = true
+    """) + POLICY + tenants
 
 
 def base_agents(marks: dict[str, str]) -> str:
@@ -687,6 +722,9 @@ class Run:
     events: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     stopped: bool = True  # the daemon's last stop ended within STOP_WAIT
+    answered: float | None = None  # seconds the daemon took to answer at the end
+    orphans: list[str] = field(default_factory=list)  # its processes alive after its stop
+    pushes_bad: list[str] = field(default_factory=list)  # pushes the receiver refused
 
 
 def soak(plan: Plan, d: Path) -> Run:
@@ -696,14 +734,19 @@ def soak(plan: Plan, d: Path) -> Run:
     run = Run(plan, Watch(ledgers), Sampler(daemon.where, daemon.state_dir, plan.interval,
                                             d / "logs"), NamePool())
     gate = Gate()
+    receiver = Receiver(run.watch)
+    receiver.start()
     t0 = time.monotonic()
     try:
         daemon.start()
         tokens = {t: daemon.token(t) for t in TENANTS}
+        metrics = Metrics(daemon.port, daemon.token(None))
         wait_http(daemon.port, tokens[TENANTS[0]])
         run.sampler.start()
         run.tenants = [Tenant(ledgers[t], Api(daemon.port, tokens[t]), run.watch, gate,
-                              run.names, seed=i, pause=plan.pause)
+                              run.names, seed=i, pause=plan.pause,
+                              a2a=A2a(daemon.port, tokens[t], t, run.watch),
+                              metrics=metrics, receiver=receiver, home=d / "homes" / t)
                        for i, t in enumerate(TENANTS)]
         for tenant in run.tenants:
             tenant.start()
@@ -735,6 +778,10 @@ def soak(plan: Plan, d: Path) -> Run:
         daemon.schedule_tasks(ledgers)
         for tenant in run.tenants:  # a last look, every id of the other's known
             tenant.look()
+        # the daemon still answers at the end, at once
+        answered = time.monotonic()
+        wait_http(daemon.port, tokens[TENANTS[0]], within=30)
+        run.answered = round(time.monotonic() - answered, 2)
     except SoakFailed as exc:
         raise SoakFailed(f"{exc}\n{why_failed(run, daemon)}") from exc
     finally:
@@ -743,6 +790,9 @@ def soak(plan: Plan, d: Path) -> Run:
         run.sampler.halt.set()
         run.stopped = daemon.stop()
         run.seconds = time.monotonic() - t0
+        receiver.close()
+        run.pushes_bad = receiver.bad[:10]
+        run.orphans = orphans(run.sampler.below)
     return run
 
 
@@ -806,10 +856,24 @@ def report(run: Run) -> dict[str, Any]:
         "rss_second_half": second_half(samples, run.seconds, plan.warmup),
         "dirs": dirs(run.sampler.dirs, plan.warmup),
         "work": {t.name_: asdict(t.work) for t in run.tenants},
+        "edges": {t.name_: asdict(t.edges) for t in run.tenants},
+        "answered_at_end_s": run.answered,
+        "orphans": run.orphans, "processes_below": len(run.sampler.below),
+        "pushes_refused": run.pushes_bad,
+        "dir_bounds_mib": dir_bounds(plan.kept),
         "names_taken_from_the_other_tenant": run.names.crossed,
         "samples": [{"t": round(s.t, 1), "life": s.life, "since_start": round(s.since_start, 1),
                      "values": {k: round(v, 3) for k, v in s.values.items()}}
                     for s in samples]}
+
+
+def dir_bounds(kept: int) -> dict[str, float]:
+    """What the state and log directories may hold (MiB): the logs, each file's bound
+    (`log_max_bytes`, 2 backups) for the daemon's log and every name an agent or server
+    of the soak takes, twice over; the state, its database toward the team calls' fixed
+    10,000 and the WAL, four times what 55 minutes took (bench/RESULTS.md)."""
+    files = 1 + len(NAMES) + len(TENANTS) + 1
+    return {"state_mib": 64.0, "logs_mib": round(2 * files * 3 * kept * 1024 / 2**20, 2)}
 
 
 def per_minute(samples: list[Sample], key: str) -> list[float]:
@@ -892,6 +956,16 @@ def table(rep: dict[str, Any]) -> str:
                     f"asks answered, {w['crashes']} crashes, {w['caps']} caps, "
                     f"{w['scales']} scales; "
                     f"{w['failures']} failures {w['first_failures'] or ''}")
+    for tenant, e in rep["edges"].items():
+        rows.append(f"{tenant} at the edges: {e['escapes']} escapes refused ({e['refusals']} "
+                    f"refusals counted), {e['tools']} tool calls through the gateway, "
+                    f"{e['denials']} denied by policy, {e['approvals']} approved; A2A: "
+                    f"{e['a2a_sends']} sends, {e['abandoned']} streams abandoned, "
+                    f"{e['subscribes']} subscribes, {e['pushes']} ends pushed")
+    rows.append(f"at the end: the daemon answered in {rep['answered_at_end_s']} s; "
+                f"{len(rep['orphans'])} of its {rep['processes_below']} processes outlived "
+                f"it {rep['orphans'][:5] or ''}; {len(rep['pushes_refused'])} pushes refused "
+                f"{rep['pushes_refused'][:3] or ''}")
     kinds = [e["kind"] for e in rep["events"]]
     after = [e["sightings"] for e in rep["events"] if "sightings" in e]
     if after:
@@ -918,6 +992,9 @@ def verdict(rep: dict[str, Any], max_failures: float) -> int:
     if tasks == 0 or failures > max_failures * tasks:
         return 2
     if rep["cross_tenant"]["sightings"] or not all(g["flat"] for g in rep["gauges"].values()):
+        return 1
+    if rep["orphans"] or rep["pushes_refused"] or rep["answered_at_end_s"] is None or any(
+            (rep["dirs"][k]["max"] or 0) > bound for k, bound in rep["dir_bounds_mib"].items()):
         return 1
     return 0
 

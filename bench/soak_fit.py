@@ -109,15 +109,22 @@ def du(directory: Path) -> int:
     return total
 
 
-def measure(pid: int, state_dir: Path) -> dict[str, float]:
+def measure(pid: int, state_dir: Path, seen: set[tuple[int, float]] | None = None
+            ) -> dict[str, float]:
     """One reading of every gauge (psutil.Error if the process is gone, sqlite3.Error
-    if a database could not be read now)."""
+    if a database could not be read now); each process below the daemon added to `seen`
+    (its pid and when it began)."""
     p = psutil.Process(pid)
     with p.oneshot():
         rss = p.memory_info().rss
         threads = p.num_threads()
         fds = p.num_fds()
-    agents = len(p.children(recursive=True))
+    children = p.children(recursive=True)
+    agents = len(children)
+    if seen is not None:
+        for c in children:
+            with contextlib.suppress(psutil.Error):
+                seen.add((c.pid, c.create_time()))
     return {"rss_mib": rss / MIB, "fds": float(fds), "threads": float(threads),
             "agents": float(agents),
             "state_db_mib": _sqlite_bytes(state_dir / "corral.db") / MIB,
@@ -142,6 +149,8 @@ class Sampler(threading.Thread):
         self.tables: list[tuple[float, dict[str, int]]] = []
         # the bytes of the state and log directories on disk, now and then: (t, state, logs)
         self.dirs: list[tuple[float, int, int]] = []
+        # every process seen below the daemon (pid, when it began): none outlives it
+        self.below: set[tuple[int, float]] = set()
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -151,7 +160,7 @@ class Sampler(threading.Thread):
                 continue
             pid, life, began = at
             try:
-                values = measure(pid, self.state_dir)
+                values = measure(pid, self.state_dir, self.below)
             except (psutil.Error, sqlite3.Error):
                 continue  # it went between where() and the reading, or held a lock
             now = time.monotonic()
@@ -161,6 +170,22 @@ class Sampler(threading.Thread):
                     self.tables.append((now - self.t0, tables(self.state_dir / "corral.db")))
                 self.dirs.append((now - self.t0, du(self.state_dir),
                                   du(self.log_dir) if self.log_dir is not None else 0))
+
+
+def orphans(below: set[tuple[int, float]], within: float = 10.0) -> list[str]:
+    """The processes of `below` still alive (each as `pid name`), once they have had
+    `within` s to go: what a stopped daemon left behind."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = []
+        for pid, began in sorted(below):
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.create_time() == began and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {' '.join(p.cmdline())[:120]}")
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def fit(samples: list[Sample], gauge: Gauge, warmup: float) -> Slope | None:
