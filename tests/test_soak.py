@@ -1,10 +1,13 @@
 """The soak in the suite (issue 52, item 5): bench/soak.py's own run, 84 s of two
 tenants' churn against one real daemon (agents added and removed under names both
 reuse, tasks, session turns, named steps, spawn trees, workflow runs, team calls,
-schedules, traces, three reloads, a restart and an upgrade), run as a program as an
+schedules, traces, three reloads, a restart and an upgrade; issue 88's edges: egress
+agents' refused tries out, tool calls through the gateway allowed, denied and approved
+by policy, A2A sends, abandoned streams, subscribes and pushes), run as a program as an
 operator runs it, and its report held to the soak's invariants: nothing of one tenant
-ever seen by the other, and the daemon's gauges flat within bounds loose enough for a
-busy 2-core machine (below, bounds() says why each is what it is).
+ever seen by the other, nothing left at shutdown, and the daemon's gauges flat within
+bounds loose enough for a busy 2-core machine (below, bounds() says why each is what it
+is).
 
 The gauges' fit and the cross-tenant watch are also checked alone, on data whose answer
 is known: each would fail on the leak it is there to find.
@@ -121,6 +124,24 @@ def test_the_soak_did_its_churn(soaked: tuple[int, dict[str, Any], str]) -> None
             assert w[key] >= 5, (tenant, key, w)
         assert w["failures"] == 0, (tenant, w["first_failures"])
     assert rep["names_taken_from_the_other_tenant"] >= 5
+    for tenant, e in rep["edges"].items():
+        # every other round's agent is sandboxed; the soak's end may cut a round short
+        assert e["escapes"] >= 2 and e["refusals"] >= 2 * e["escapes"], (tenant, e)
+        for key in ("tools", "denials", "approvals", "a2a_sends", "abandoned", "subscribes",
+                    "pushes"):
+            assert e[key] >= 4, (tenant, key, e)
+
+
+@pytest.mark.timeout(700)
+def test_nothing_is_left_at_shutdown(soaked: tuple[int, dict[str, Any], str]) -> None:
+    """The daemon answered at the end; no process of its outlived its stop; its state
+    and log directories stayed within their bounds; every push was its tenant's."""
+    _, rep, _ = soaked
+    assert rep["answered_at_end_s"] is not None
+    assert rep["processes_below"] > 0 and rep["orphans"] == []
+    for key, bound in rep["dir_bounds_mib"].items():
+        assert rep["dirs"][key]["max"] <= bound, (key, rep["dirs"], bound)
+    assert rep["pushes_refused"] == []
     assert rep["cross_tenant"]["probes"] > 0 and rep["cross_tenant"]["views"] > 0
 
 

@@ -220,15 +220,24 @@ class Replica(ProcessReplica):
     def _filtered(self, spawning: dict[str, Any]) -> None:
         """An egress sandbox's seccomp filter, opened afresh for each start (bwrap reads
         it to its end: a descriptor already read gives nothing) and given to the spawn
-        at its number; the one of the start before closed (its process has read it)."""
-        if self._filter is not None:
-            self._filter.close()
-            self._filter = None
+        at its number; ours closed once the process holds its copy (`_attached`)."""
+        self._unfiltered()
         path = egress_file() if self._iso.egress != "any" and \
             self._iso.sandbox != "none" else None
         if path is not None:
             self._filter = open(path, "rb", buffering=0)  # noqa: SIM115 - kept till next
             spawning["passed"] = self._filter.fileno()
+
+    def _unfiltered(self) -> None:
+        if self._filter is not None:
+            self._filter.close()
+            self._filter = None
+
+    def _attached(self, proc: ChildProcess) -> None:
+        super()._attached(proc)
+        # exec'd with its own copy of the filter: ours closed now, not when the collector
+        # finds a replica removed (a churn of egress agents held dozens open)
+        self._unfiltered()
 
     async def _held(self, env: dict[str, str], spawning: dict[str, Any]) -> None:
         """egress = "gateways" over TCP: the spawn made in a namespace the daemon holds
