@@ -8,7 +8,12 @@ name one tenant freed is soon the other's), adds its agent under it, runs tasks 
 (plain ones, turns of session s1, named steps, a spawn tree, one that asks it a question
 it answers through the inbox, one whose worker crashes, one its timeout caps), scales it
 to two replicas and back, adds a workflow and a team under names both reuse too, runs
-the workflow and calls the team, reads a trace, then removes all three. The config
+the workflow and calls the team, reads a trace, and goes to corral's edges (issue 88,
+bench/soak_edges.py: every other round's agent runs under `egress = "gateways"` and
+tries to connect out, each try refused and counted; tool calls through the MCP gateway
+that the operator's policy allows, denies and holds for the tenant's approval; A2A
+sends, streams abandoned, subscriptions and pushes to a receiver), then removes all
+three. The config
 file's schedules fire a task of each tenant's own agent every few seconds. The operator,
 between the tenants' rounds, reloads the config (the schedules' clocks and the base
 agents' environment changed), restarts the daemon and upgrades it (`corral upgrade`) at
@@ -32,8 +37,10 @@ defaults.
 
 Prints a table (with the RSS at each minute, its slope over the second half, and the
 state and log directories' bytes on disk); exit status 0 when every slope is within its
-bound and nothing was sighted, 1 on a slope past its bound or any sighting, 2 when the
-soak itself failed (the daemon did not start, a tenant's work kept failing).
+bound, nothing was sighted and nothing left at shutdown, 1 on a slope past its bound, any
+sighting, a process of the daemon's alive after its stop, a directory past its bound or a
+push to the wrong tenant, 2 when the soak itself failed (the daemon did not start, a
+tenant's work kept failing).
 """
 
 from __future__ import annotations
