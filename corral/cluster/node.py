@@ -97,7 +97,7 @@ class ClusterNode:
                                 asks_bounds)
         self.outputs = ClusterOutputs(scripts, self.keys, trust, tasks.active.get,
                                       self.waits, settings.beat)
-        tasks.outputs.shared = self.outputs  # (read where a task runs on another node)
+        tasks.outputs.shared_in(self.outputs)
         self.home = ClusterHome(self.steps, sessions, spawns, self.asks,
                                 labels, self.push, self.outputs, self._requeue)
         self.outbox = Outbox(scripts, self.keys, trust, self.node, settings.beat, queue,

@@ -158,6 +158,11 @@ class TaskOutputs:
         # told of a task's end while a task's output is open here
         self._ends = stream.subscribe(self._finished, TaskFinished, listening=False)
 
+    def shared_in(self, journal: SharedOutputJournal) -> None:
+        """A cluster's output journal, once its node joins (after the engine is made):
+        where a task that runs on another node is read."""
+        self.shared = journal
+
     def stats(self) -> dict[str, int]:
         return {"chunks": self.chunks, "bytes": self.bytes, "dropped": self.dropped,
                 "holds": self.holds, "open": len(self.live)}
