@@ -26,8 +26,8 @@ from .store import TOOL_CALLS, StateStore
 
 HELD = 1000  # rows kept for the table while the database opens (a tenant's refusals)
 # a call's row: a tool call by a gateway client (the gateway's doors) or a worker (its
-# link), a model call (the model gateway's door)
-GATEWAY_CALL, WORKER_CALL, MODEL_CALL = TOOL_CALLS
+# link), a model call (the model gateway's door), a task submitted (submitted.py)
+GATEWAY_CALL, WORKER_CALL, MODEL_CALL, SUBMITTED = TOOL_CALLS
 # texts a caller chose cut past TEXT_CUT characters, params past PARAMS_CUT bytes shown by
 # size alone: audit_max_rows bounds the table's bytes too (a 2 MB tool name made 6 MB rows)
 TEXT_CUT = 1024

@@ -16,9 +16,9 @@ from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.names import RESERVED
 
 SHARED = "*"  # the owner of an MCP server every tenant's callers see (`shared = true`)
-# the transport an `[a2a] anonymous` agent's caller that sent no token is made with (a2a/
-# routes.py; an A2A caller with a token is "http", as on REST)
-ANONYMOUS_VIA = "a2a"
+# the transport of an A2A caller (a2a/routes.py): one with a token too (else "http", as on
+# REST); one that sent none, at an `[a2a] anonymous` agent, is anonymous
+A2A_VIA = "a2a"
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,7 +95,7 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     def anonymous(self) -> bool:
         """No one: a caller of an `[a2a] anonymous` agent that sent no token (its links:
         handing.py, deciders.py, records.py)."""
-        return self.via == ANONYMOUS_VIA and self.token is None
+        return self.via == A2A_VIA and self.token is None
 
     @property
     def peer(self) -> bool:

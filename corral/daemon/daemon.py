@@ -343,8 +343,8 @@ class Daemon:
         await enter("the dependents", part.closed(dependents.close))
         services = Services(
             **_engine_parts(parts, node), hub=hub, store=store, revisions=opened.revisions,
-            fleet=fleet, tasks=tasks, gateway=gateway, web=Web(), journal=opened.journal,
-            history=history, packages=packages, dev_watch=watches,
+            audit=audit, fleet=fleet, tasks=tasks, gateway=gateway, web=Web(),
+            journal=opened.journal, history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
             teams=teams, schedules=schedules, models=models,
             config_path=self.config_path, socket_path=control.path,

@@ -25,6 +25,7 @@ from ..supervisor.tasks.budget import Budgets
 from ..supervisor.tasks.output import TaskOutputs
 from ..supervisor.tasks.sessions import Sessions
 from ..supervisor.tools import Tools
+from .audit import Audit
 from .caller import Caller
 from .clusterpeer import ClusterPeer
 from .filewatch import FileWatches
@@ -89,6 +90,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     # the daemon's services
     hub: LogHub
     store: StateStore
+    audit: Audit  # its rows (audit.py), a submission's among them (submitted.py)
     revisions: RevisionLog
     fleet: Fleet
     tasks: TaskFront  # local, or the cluster's: chosen once, at start-up

@@ -36,8 +36,9 @@ def row_limit(limit: int) -> int:
 
 
 # an agent's own calls' rows (audit.py's AuditLink: a tool call by a gateway client, by
-# a worker; a model call), kept as a share of their party's apart
-TOOL_CALLS = (m.GatewayCall.declared.name, "worker.call", "model.call")
+# a worker; a model call) and the tasks submitted (submitted.py: an anonymous A2A
+# caller's among them), kept as a share of their party's apart
+TOOL_CALLS = (m.GatewayCall.declared.name, "worker.call", "model.call", "task.submitted")
 
 
 class StateStore:

@@ -12,9 +12,11 @@ from ..supervisor.tasks.chunks import START
 from ..supervisor.tasks.output import TaskOutputs, position_of
 from . import replayview
 from .api import Commands, by_name
+from .audit import Audit
 from .caller import Caller, Channel
 from .handing import handing
 from .services import Services
+from .submitted import submitted
 from .tasks import TaskFront
 from .traces import Traces
 
@@ -23,6 +25,7 @@ class TaskServices(msgspec.Struct, frozen=True):
     tasks: TaskFront  # local, or the cluster's
     traces: Traces | None  # with [tracing]
     outputs: TaskOutputs  # the engine's tasks' live output
+    audit: Audit
 
 
 COMMANDS: Commands[Services, TaskServices] = Commands(by_name(TaskServices))
@@ -32,9 +35,12 @@ implements = COMMANDS.implements
 @implements(m.TasksSubmit)
 async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Channel
                        ) -> m.TaskAccepted:
-    # (its identity and view before this, its audit after: the Dispatcher's)
+    # (its identity and view before this: the Dispatcher's; a refusal's audit after, the
+    # Dispatcher's too; an acceptance's, whatever its door, here: submitted.py)
     with handing(caller):
-        return replayview.seen(await t.tasks.submit(p, c), caller)
+        accepted = replayview.seen(await t.tasks.submit(p, c), caller)
+    submitted(t.audit, caller, p.agent, accepted.task_id)
+    return accepted
 
 
 @implements(m.TasksRun)

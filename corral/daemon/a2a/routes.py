@@ -18,7 +18,7 @@ from ...jsonrpc import RpcError, visible
 from ...ratelimit import PerKey
 from ...supervisor.config import DEFAULT_TENANT, A2aSettings, AgentSpec
 from ..addresses import loopback
-from ..caller import ANONYMOUS_VIA, Caller
+from ..caller import A2A_VIA, Caller
 from ..http import route
 from ..http.auth import authenticate
 from ..http.context import HttpContext
@@ -87,8 +87,8 @@ class A2aRoutes:
     def acting(self, request: web.Request, agent: str, caller: Caller | None) -> Caller:
         """Who the operation is made as: the caller, or the anonymous caller limited to
         the agent (its tenant's, if not the operator's)."""
-        if caller is not None:
-            made = caller
+        if caller is not None:  # (a token's holder, by the A2A door: submitted.py)
+            made = msgspec.structs.replace(caller, via=A2A_VIA)
         elif self.anonymous(request, agent):
             tenant = self.ctx.services.agents[agent].spec.tenant
             # no one, but one no one per address off this host (`anonymous_remote`): its
@@ -96,7 +96,7 @@ class A2aRoutes:
             # loopback every caller has the one address, which tells them apart not
             remote = request.remote or ""
             who = f"a2a anonymous {agent}" + ("" if loopback(remote) else f" at {remote}")
-            made = Caller(via=ANONYMOUS_VIA, name=who, agents=agent,
+            made = Caller(via=A2A_VIA, name=who, agents=agent,
                           tenant=None if tenant == DEFAULT_TENANT else tenant,
                           scopes=ANONYMOUS_SCOPES)
         else:

@@ -1,0 +1,25 @@
+"""The audit link of a task submitted (DESIGN 28, decision 1250): a submission accepted
+is one audit row, whatever door it came by (REST, the A2A door, `/mcp/corral`, the
+control socket), written where every door's submission passes (the Dispatcher's
+`tasks.submit`, taskhandlers.py) and, as the call chain's rows (audit.py's AuditLink),
+through the store's writer alone, no daemon log line. A refused submission is the
+Dispatcher's row (a tenant's) and the accepted task its journal row."""
+
+from __future__ import annotations
+
+from .audit import SUBMITTED, Audit
+from .caller import A2A_VIA, Caller
+
+# the door a submission came by, by its caller's transport (caller.py's `via`)
+DOORS = {"socket": "control socket", "http": "REST", A2A_VIA: "A2A",
+         "gateway": "/mcp/corral", "ui": "dashboard"}
+
+
+def door_of(caller: Caller) -> str:
+    return DOORS.get(caller.via, caller.via)
+
+
+def submitted(audit: Audit, caller: Caller, agent: str, task_id: str) -> None:
+    """The row of a submission accepted: who, its door, its agent and its task."""
+    audit(caller, SUBMITTED, {"door": door_of(caller), "agent": agent, "task": task_id},
+          "ok", line=False)
