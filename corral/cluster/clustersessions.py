@@ -20,7 +20,7 @@ from ..results import SessionInfo, SessionTask, SessionView
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.host import TaskHost
-from ..supervisor.tasks.sessions import SessionKey, sessions_full, turn_waits
+from ..supervisor.tasks.sessions import SessionKey, sessions_full, turn_waits, turns_unfinished
 from ..text import plural
 from . import sessionscripts
 from .connection import read, read_all
@@ -190,11 +190,8 @@ class ClusterSessions(RedisPart):
             return None
         if got != 1:
             _, cur, status, waiting = got
-            unfinished = int(waiting) + (1 if cur else 0)
-            now = f": task {cur.decode()} is {status.decode()}" if cur else ""
-            raise RpcError(jsonrpc.CONFLICT, f"session {name} of agent {agent} has "
-                                             f"{plural(unfinished, 'unfinished task')}{now}; "
-                                             "cancel them or wait for them to end")
+            raise turns_unfinished(key, int(waiting) + (1 if cur else 0), cur and (
+                f"task {cur.decode()} is {status.decode()}"))
         return view
 
     async def why_waiting(self, task_id: str, rec: dict[bytes, bytes]) -> str | None:

@@ -94,6 +94,14 @@ def sessions_full(who: str, live: int, most: int) -> str:
             "(session_ttl)")
 
 
+def turns_unfinished(key: SessionKey, pending: int, current: str | None) -> RpcError:
+    """Why a session is not ended while turns of it are unfinished (`current`: its turn
+    that runs, 'task ID is STATUS'), on either home."""
+    return RpcError(jsonrpc.CONFLICT, f"session {key.name} of agent {key.agent} has "
+                    f"{plural(pending, 'unfinished task')}{f': {current}' if current else ''}"
+                    "; cancel them or wait for them to end")
+
+
 def turn_waits(session: str | None, current: str, runs: bool, ahead: int) -> str:
     """Why a queued turn of a session does not start, on either home."""
     more = f" ({plural(ahead, 'task')} of it ahead)" if ahead else ""
@@ -362,10 +370,9 @@ class Sessions:
         """Forget a session that has no task queued or running."""
         s = self.get(key)
         if not s.idle:
-            now = f": task {s.current.id} is {s.current.status}" if s.current else ""
-            raise RpcError(jsonrpc.CONFLICT, f"session {key.name} of agent {key.agent} has "
-                                             f"{plural(s.pending, 'unfinished task')}{now}; "
-                                             "cancel them or wait for them to end")
+            cur = s.current
+            now = None if cur is None else f"task {cur.id} is {cur.status}"
+            raise turns_unfinished(key, s.pending, now)
         self._drop(s)
         return s
 
