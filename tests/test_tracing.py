@@ -985,13 +985,15 @@ async def test_the_trace_over_http_from_the_callers_header_and_only_for_its_tena
         status, trace, _ = await api.ask("GET", f"/tasks/{task_id}/trace", "acme")
         assert status == 200
         assert (trace["task_id"], trace["trace_id"]) == (task_id, CALLER_TRACE)
+        # the submission's span (REST's: decision 1251), the caller's child, the task's parent
         assert [(s["name"], s["kind"]) for s in trace["spans"]] == [
-            ("invoke_agent a-hello", "server"), ("corral.queue", "internal"),
-            ("task/run a-hello", "client")]
-        task_span = trace["spans"][0]
-        assert task_span["parent_id"] == CALLER_SPAN
+            ("tasks.submit a-hello", "server"), ("invoke_agent a-hello", "server"),
+            ("corral.queue", "internal"), ("task/run a-hello", "client")]
+        submitted, task_span = trace["spans"][:2]
+        assert submitted["parent_id"] == CALLER_SPAN
+        assert task_span["parent_id"] == submitted["span_id"]
         assert task_span["attributes"]["corral.task.id"] == task_id
-        assert {s["parent_id"] for s in trace["spans"][1:]} == {task_span["span_id"]}
+        assert {s["parent_id"] for s in trace["spans"][2:]} == {task_span["span_id"]}
         # another tenant's token: the task is not there for it, nor its trace
         status, body, _ = await api.ask("GET", f"/tasks/{task_id}/trace", "beta")
         assert (status, body) == (404, problem(404, "not found",

@@ -10,7 +10,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.tasks.chunks import START
 from ..supervisor.tasks.output import TaskOutputs, position_of
-from . import replayview
+from . import replayview, submitspan
 from .api import Commands, by_name
 from .audit import Audit
 from .caller import Caller, Channel
@@ -37,9 +37,12 @@ async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Cha
                        ) -> m.TaskAccepted:
     # (its identity and view before this: the Dispatcher's; a refusal's audit after, the
     # Dispatcher's too; an acceptance's, whatever its door, here: submitted.py)
+    tracer = t.traces.tracer if t.traces is not None else None
+    p, span = submitspan.begin(tracer, caller, p)  # (its trace link: the task's parent)
     with handing(caller):
         accepted = replayview.seen(await t.tasks.submit(p, c), caller)
     submitted(t.audit, caller, p.agent, accepted.task_id)
+    submitspan.accepted(tracer, span, caller, p, accepted.task_id)
     return accepted
 
 

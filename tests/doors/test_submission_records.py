@@ -1,21 +1,32 @@
-"""The audit link of a task submitted (DESIGN 28: "a task submitted" and "an A2A message"
-are calls; decision 1250): a submission accepted is one audit row, `task.submitted`,
-naming who asked, the door it came by, its agent and its task, at every door that takes
-one (REST with a token, A2A with a token and with none at an `[a2a] anonymous` agent,
-`/mcp/corral` of no task with the replica's own token), on both homes, written by the
-entry the submission came to. The doors and their submissions are
+"""The audit and trace links of a task submitted (DESIGN 28: "a task submitted" and "an
+A2A message" are calls; decisions 1250, 1251): a submission accepted is one audit row,
+`task.submitted`, naming who asked, the door it came by, its agent and its task, at every
+door that takes one (REST with a token, A2A with a token and with none at an `[a2a]
+anonymous` agent, `/mcp/corral` of no task with the replica's own token), on both homes,
+written by the entry the submission came to; and, with [tracing], one `invoke_agent`
+span of the submission, a child of the caller's context and the parent of its task's
+own span, exported to a real OTLP receiver (tests/doors/test_spans.py's; `/mcp/corral`'s
+is its tool call's span, held there). The doors and their submissions are
 tests/doors/test_submissions.py's."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ..contract.home import KINDS, made
 from ..test_daemon_cli import wait_until
-from .conftest import Entry
+from .conftest import Entry, agents
 from .test_doors import PATIENCE
-from .test_submissions import ANONYMOUS, Submitted
+from .test_spans import SERVER, SPAN, TRACE, Receiver, attrs
+from .test_submissions import ANONYMOUS, SENT, Submitted, http, message, token
 
 # each door as the row names it (daemon/submitted.py), and who its row says asked
 RECORDED = {"REST": ("REST", "token sub-"), "A2A": ("A2A", "token sub-"),
@@ -55,3 +66,65 @@ def test_a_submission_accepted_is_one_audit_row_naming_who_its_door_agent_and_ta
     assert row["params"] == {"door": named, "agent": "mailer", "task": task_id}
     assert row["outcome"] == "ok"
     assert row["who"].startswith(who), row
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def traced(request: pytest.FixtureRequest) -> Iterator[Entry]:
+    """The suite's home with [tracing], exporting to a receiver of its own."""
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    tmp = Path(tempfile.mkdtemp(prefix="subspans-"))
+    try:
+        with made(request.param, tmp, agents(tmp) + (
+                f'\n[tracing]\nendpoint = "http://127.0.0.1:{receiver.server_address[1]}'
+                '/v1/traces"\nsample = 1.0\nexport_interval = 0.2\n')) as home:
+            yield Entry(home)
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+        thread.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.parametrize("door", ("REST", "A2A", "A2A anonymous"))
+def test_a_submission_accepted_is_one_invoke_agent_span_the_parent_of_its_tasks(
+        traced: Entry, door: str) -> None:
+    """REST's caller sends its context (`traceparent`): the span is its child. An A2A
+    message names its conversation (contextId): the span's gen_ai.conversation.id, the
+    task's id its corral.task.id (the conventions' conversation is a session, thread)."""
+    d = traced
+    context = f"conversation-{next(SENT)}"
+    if door == "REST":
+        said = http(d, "/api/v1/tasks", {"agent": "mailer", "input": DONE}, token(d),
+                    {"traceparent": f"00-{TRACE}-{SPAN}-01"})
+        task_id = said[1]["task_id"]
+    else:
+        said = http(d, "/a2a/mailer", {"jsonrpc": "2.0", "id": next(SENT),
+                                       "method": "SendMessage",
+                                       "params": message(DONE, context)},
+                    None if door == "A2A anonymous" else token(d))
+        task_id = said[1]["result"]["task"]["id"]
+    done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    assert done["status"] == "succeeded", done
+
+    def of_task(s: Any) -> bool:
+        return bool(attrs(s).get("corral.task.id") == task_id)
+    # the task's own span is put at its end, after the submission's
+    (task_span,) = wait_until(lambda: [s for s in Receiver.received()
+                                       if s.name == "invoke_agent mailer" and of_task(s)],
+                              PATIENCE, "the task's span")
+    (span,) = [s for s in Receiver.received() if s.name == "tasks.submit mailer"
+               and of_task(s)]
+    a = attrs(span)
+    assert span.kind == SERVER
+    assert (a["gen_ai.operation.name"], a["gen_ai.agent.name"], a["corral.call.door"]) == (
+        "invoke_agent", "mailer", RECORDED[door][0]), a
+    assert (task_span.trace_id, task_span.parent_span_id) == (span.trace_id, span.span_id)
+    if door == "REST":
+        assert (span.trace_id.hex(), span.parent_span_id.hex()) == (TRACE, SPAN)
+        assert "gen_ai.conversation.id" not in a
+    else:  # (the A2A door reads no traceparent header yet: a trace of its own)
+        assert span.parent_span_id == b""
+        assert a["gen_ai.conversation.id"] == context
