@@ -19,7 +19,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
-from ..supervisor.labels import HANDED, LabelStore
+from ..supervisor.labels import HANDED, STARTER, LabelStore, accepted, session_record
 from ..supervisor.tasks import TaskFinished, is_task_id, new_id
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
@@ -148,9 +148,11 @@ class ClusterTasks(RedisPart):
         raw = bytes(p.input)
         with said(self.settings, "the task was not accepted"):
             tenant = await self._route(p.agent)
-        handed = HANDED.get()  # (kept before the task is: a node that claims it reads them)
-        if handed:
-            await self.labels.mark(task_id, handed)
+        # (kept before the task is: a node that claims it reads them)
+        session = None if p.session is None else session_record(tenant or "", p.agent,
+                                                                p.session)
+        for key, labels in accepted(task_id, session, HANDED.get(), STARTER.get()):
+            await self.labels.mark(key, labels)
         local = self.host.agents.get(p.agent)
         max_queue = local.spec.max_queue if local is not None else 0
         keys = [self.keys.task(task_id), self.keys.stream(tenant, p.agent, p.priority),

@@ -66,6 +66,7 @@ end
 redis.call('DEL', {_task_key('steps', task)}, {_task_key('spawn', task)},
   {_task_key('asks', task)})
 redis.call('EXPIRE', {_task_key('labels', task)}, {kept})
+redis.call('EXPIRE', {_task_key('labels:started', task)}, {kept})
 redis.call('EXPIRE', {_task_key('push', task)}, {kept})
 redis.call('XADD', {_task_key('output', task)}, 'NOMKSTREAM', '*', 'e', '1')
 redis.call('EXPIRE', {_task_key('output', task)}, {kept})

@@ -28,6 +28,8 @@ local shist = prefix .. 'shist:' .. owned .. ':' .. name
 local sall = prefix .. 'sessions:' .. owned
 local sbytes = prefix .. 'sbytes:' .. owned
 local slabels = prefix .. 'labels:session:' .. (tenant or '') .. ':' .. agent .. ':' .. name
+local sstarted = prefix .. 'labels:started:session:' .. (tenant or '') .. ':' .. agent .. ':'
+  .. name
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000"""
 
@@ -114,6 +116,7 @@ if redis.call('HGET', skey, 'cur') == task then
       redis.call('PEXPIRE', skey, ms)
       redis.call('PEXPIRE', shist, ms)
       redis.call('PEXPIRE', slabels, ms)
+      redis.call('PEXPIRE', sstarted, ms)
       redis.call('ZADD', sall, now + ttl, name)
     end
   end
@@ -162,6 +165,7 @@ redis.call('LTRIM', shist, -1000, -1)
 redis.call('PERSIST', skey)
 redis.call('PERSIST', shist)
 redis.call('PERSIST', slabels)
+redis.call('PERSIST', sstarted)
 redis.call('ZADD', sall, 'inf', name)
 """.replace("STICK", _stick("KEYS[2]"))
 
@@ -259,6 +263,7 @@ if cur ~= '' or waiting > 0 then return {-1, cur, status, waiting} end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 local prefix = string.sub(ARGV[2], 1, #ARGV[2] - 5)  -- (its labels: supervisor/labels.py)
 redis.call('DEL', prefix .. 'labels:session:' .. string.sub(KEYS[1], #prefix + 6))
+redis.call('DEL', prefix .. 'labels:started:session:' .. string.sub(KEYS[1], #prefix + 6))
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 return 1

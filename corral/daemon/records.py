@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
+from ..supervisor.labels import session_record, started_record
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
 from ..supervisor.workflows import WorkflowError, compile_workflow
@@ -131,14 +132,65 @@ def task(field: str) -> Record:
 
 async def started(d: Holders, caller: Caller, task_id: str) -> bool:
     """Whether the caller may act on a task it sees by its agent: any task, but an
-    anonymous caller only one it started, which holds its label (handing.py), in the
-    home that holds it (issue 88: no one reaches the operator's tasks of its agent)."""
-    if not caller.anonymous:
-        return True
+    anonymous caller only one it started (handing.py), in the home that holds it (issue
+    88: no one reaches the operator's tasks of its agent, nor the operator's turns of its
+    session, which hold its label)."""
+    return not caller.anonymous or await _started_by(d, caller, task_id)
+
+
+async def _started_by(d: Holders, caller: Caller, key: str) -> bool:
     for store in (d.task_engine.labels, d.cluster.labels):
-        if caller.who in await store.read(task_id):
+        if caller.who in await store.read(started_record(key)):
             return True
     return False
+
+
+def submitted(field: str) -> Record:
+    """A task submitted (tasks.submit, tasks.run): its agent (task_agent) and the session
+    it names: an anonymous caller's a new one or one it started (an A2A contextId: not
+    the operator's session of its agent, whose state its turn would read and write)."""
+    agent = task_agent(field)
+
+    async def check(d: Holders, params: Any, caller: Caller) -> None:
+        await agent(d, params, caller)
+        name = params.session
+        if name is not None and caller.anonymous and \
+                not await _continues(d, caller, params.agent, name):
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"contextId {jsonrpc.visible(name)} is "
+                           "a context this caller did not start: an anonymous caller "
+                           "continues only its own (send no contextId to begin one)")
+
+    return check
+
+
+async def _continues(d: Holders, caller: Caller, agent: str, name: str) -> bool:
+    """Whether session `name` of the agent is the caller's to continue: one it started,
+    or none yet (no session of the name, here nor in the cluster, and no task of the
+    agent whose own context the name is)."""
+    try:
+        s = session_named(d.sessions, d.agents, caller.tenant, agent, name)
+        key = session_record(*s.ident)
+    except RpcError as exc:
+        try:
+            kept = await elsewhere(exc, lambda: d.cluster.session(caller.tenant, agent, name))
+        except RpcError as missing:
+            if missing.code != jsonrpc.NOT_FOUND:
+                raise
+            return await _no_task_of(d, caller, agent, name)
+        key = session_record(kept.session.tenant or "", agent, name)
+    return await _started_by(d, caller, key)
+
+
+async def _no_task_of(d: Holders, caller: Caller, agent: str, name: str) -> bool:
+    """No task of the agent is `name`, or the caller started it (a context no later
+    message named yet is its first task's id: a2a/mapping.py)."""
+    try:
+        info = await d.tasks.get(name, wait=False)
+    except RpcError as exc:
+        if exc.code != jsonrpc.NOT_FOUND:
+            raise
+        return True
+    return info.agent != agent or await _started_by(d, caller, name)
 
 
 def ask(field: str) -> Record:

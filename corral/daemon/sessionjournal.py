@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from ..supervisor.labels import session_record
+from ..supervisor.labels import session_record, started_record
 from ..supervisor.tasks.sessions import SessionKey, SessionRow
 from .journalstore import JournalStore, JournalWords
 from .storeschema import errors_named
@@ -141,7 +141,9 @@ class SessionsDB:
                 r = op.row
                 db.execute(f"DELETE FROM sessions WHERE {_LIFE}", (*r[:3], r.gen))
                 db.execute(f"DELETE FROM session_tasks WHERE {_LIFE}", (*r[:3], r.gen))
-                db.execute("DELETE FROM labels WHERE key = ?", (session_record(*r[:3]),))
+                record = session_record(*r[:3])
+                db.execute("DELETE FROM labels WHERE key IN (?, ?)",
+                           (record, started_record(record)))
         db.execute("COMMIT")
 
     # -- reads (in a thread) --------------------------------------------------------------

@@ -410,8 +410,9 @@ class TaskJournalDB:
             for table in ("task_output", "asks"):
                 db.execute(f"DELETE FROM {table} WHERE task_id IN (SELECT id FROM tasks "
                            f"WHERE {where})", args)
-            db.execute(f"DELETE FROM labels WHERE key IN (SELECT id FROM tasks WHERE {where})",
-                       args)
+            db.execute(f"DELETE FROM labels WHERE key IN (SELECT id FROM tasks WHERE {where} "
+                       f"UNION ALL SELECT 'started:' || id FROM tasks WHERE {where})",
+                       (*args, *args))
             db.execute("DELETE FROM push_configs WHERE task_id IN (SELECT id FROM tasks "
                        f"WHERE {where})", args)
             db.execute(f"DELETE FROM tasks WHERE {where}", args)

@@ -340,7 +340,8 @@ RULES: dict[str, AgentRule] = {
         "agents.transition": _of_agent, "agents.roster": _of_agent,
         "agents.health": _of_agent})),
     # a task's agent may be a team's name (its calls are tasks of it)
-    "agent": AgentRule(_AGENT_PARAM, record=records.task_agent("agent")),
+    # (a task submitted: the session it names too)
+    "agent": AgentRule(_AGENT_PARAM, record=records.submitted("agent")),
     "task": AgentRule(_nothing, record=records.task("task_id")),
     "tasks": AgentRule(_AGENT_PARAM, filter=_list_filter("tasks", sees_task),
                        record=records.task_agent("agent")),

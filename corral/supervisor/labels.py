@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 # /mcp/corral by a replica): Approvals' task start reads it
 HANDED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
     "corral_handed", default=())
+# the anonymous caller a task accepted now is submitted by (handing.py): who started it
+# (and, a session's first turn, its session) is kept in records of their own beside the
+# labels, never handed on, so that "started by" (records.py) is not "holds the label"
+STARTER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "corral_starter", default=None)
 INCARNATIONS = 4096  # replicas' incarnations whose labels are kept (the oldest dropped)
 
 
@@ -124,6 +129,22 @@ def session_record(tenant: str, agent: str, name: str) -> str:
     return f"session:{tenant}:{agent}:{name}"
 
 
+def started_record(key: str) -> str:
+    """The key of who started a task or a session (`key`: its id, its session_record)."""
+    return f"started:{key}"
+
+
+def accepted(task_id: str, session: str | None, handed: Sequence[str],
+             starter: str | None) -> list[tuple[str, tuple[str, ...]]]:
+    """The records a task accepted now is given, (key, labels) each: its labels and its
+    session's (the session's next turn holds them though this turn makes no call), and
+    who started each (`starter`, an anonymous caller: the session's record of it is
+    written at every turn of its own, the first's the one that counts)."""
+    keys = [task_id] + ([session] if session is not None else [])
+    got = [(key, tuple(handed)) for key in keys] if handed else []
+    return got + ([(started_record(key), (starter,)) for key in keys] if starter else [])
+
+
 def session_key(task: LabelledTask, replica: Replica | None = None) -> str | None:
     """The record of a task's session's labels (a claim of a cluster's carries no
     tenant: its agent's is its)."""
@@ -215,14 +236,15 @@ class Labels:
             del self._replicas[next(iter(self._replicas))]  # (an exited one is never asked of)
         self._replicas[at] = _union(self._replicas.get(at, ()), labels)
 
-    def handed(self, task: LabelledTask, labels: Sequence[str]) -> None:
-        """A task accepted with labels handed on (a spawn's, an agent call's): its own
-        from its start, handed to its home before its row is, so that no handle of it
-        outlives them (its session's record is kept at its first call)."""
+    def handed(self, task: LabelledTask, labels: Sequence[str], starter: str | None = None
+               ) -> None:
+        """A task accepted with labels handed on (a spawn's, an agent call's, an anonymous
+        caller's own): its own and its session's from its start, handed to its home
+        before its row is, so that no handle of it outlives them (accepted)."""
         have = self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
-        task.home.labels.hand(task.id, have)
-        # a turn's session's record is written with the task's at its first call (unkept)
-        self._kept[task.id] = have if task.session is None else self._kept.get(task.id, ())
+        for key, kept in accepted(task.id, session_key(task), have, starter):
+            task.home.labels.hand(key, kept)
+        self._kept[task.id] = have
 
     async def read_from(self, task: LabelledTask, others: Sequence[str]) -> None:
         """The task read the outcomes of these tasks (its children's, `task/wait`): their

@@ -308,3 +308,68 @@ def test_an_anonymous_caller_reaches_only_the_tasks_it_started(daemon: Entry) ->
     _, listed = a2a(d, "mailer", "ListTasks", {"pageSize": 100}, token(d))
     ids = [t["id"] for t in listed["result"]["tasks"]]
     assert mine.task_id in ids and theirs in ids, ids
+
+
+def turn(d: Entry, session: str, calls: list[dict[str, Any]]) -> str:
+    """The operator's turn of the mailer's session (a token's holder: anyone's session)."""
+    task_id: str = d.ask("tasks.submit", {"agent": "mailer", "input": {"calls": calls},
+                                          "session": session})["task_id"]
+    return task_id
+
+
+@pytest.mark.deadline(120)
+def test_an_anonymous_caller_continues_only_a_context_it_started(daemon: Entry) -> None:
+    """An anonymous caller's contextId (issue 88): a new one, or one it started; the
+    operator's session of its agent (whose state its turn would read and write), or the
+    context of the operator's task, is refused naming it, nothing accepted."""
+    d = daemon
+    theirs = f"ops-{next(SENT)}"
+    d.ask("tasks.get", {"task_id": turn(d, theirs, []), "wait": True})
+    alone = d.ask("tasks.submit", {"agent": "mailer", "input": {"calls": []}})["task_id"]
+    before = tasks_of(d, "mailer")
+    for context in (theirs, alone):
+        _, said = a2a(d, "mailer", "SendMessage", message({"calls": []}, context), None)
+        assert said.get("error") == {
+            "code": -32602, "message": f"contextId {context} is a context this caller did "
+            "not start: an anonymous caller continues only its own (send no contextId to "
+            "begin one)"}, said
+    assert tasks_of(d, "mailer") == before
+    mine = f"anon-{next(SENT)}"
+    first = Submitted(d, "A2A anonymous", {"calls": []}, key=mine)
+    assert first.said[1]["result"]["task"]["contextId"] == mine, first.said
+    first.outcome()
+    _, said = a2a(d, "mailer", "SendMessage", message({"calls": []}, mine), None)
+    assert said["result"]["task"]["contextId"] == mine, said
+    assert said["result"]["task"]["id"] != first.task_id
+    # the context of its own first task, which named none, is its own too
+    _, said = a2a(d, "mailer", "SendMessage", message({"calls": []}), None)
+    own = said["result"]["task"]["id"]
+    d.ask("tasks.get", {"task_id": own, "wait": True})
+    _, said = a2a(d, "mailer", "SendMessage", message({"calls": []}, own), None)
+    assert said["result"]["task"]["contextId"] == own, said
+
+
+@pytest.mark.deadline(120)
+def test_a_turn_that_makes_no_call_taints_its_sessions_next_turn(daemon: Entry) -> None:
+    """An anonymous caller's turn that makes no call still leaves its label in its
+    session (kept as the turn is accepted): the session's next turn, the operator's,
+    holds it, and its sensitive call waits for a person, told why. That turn is not the
+    anonymous caller's to reach: it did not start it (records.py `started`), though it
+    holds its label."""
+    d = daemon
+    context = f"anon-{next(SENT)}"
+    Submitted(d, "A2A anonymous", {"calls": []}, key=context).outcome()
+    before = pending(d)
+    theirs = turn(d, context, SEND)
+    ask = new_ask(d, before)
+    assert ask["task_id"] == theirs, ask
+    assert ask["subject"] == {"tool": "pol__send_mail", "arguments": MAIL,
+                              "policy": f"taint (after untrusted {ANONYMOUS})"}, ask
+    decide(d, ask, "deny")
+    d.ask("tasks.get", {"task_id": theirs, "wait": True})
+    _, said = a2a(d, "mailer", "GetTask", {"id": theirs}, None)
+    assert {k: said["error"][k] for k in ("code", "message")} == {
+        "code": -32001, "message": f"no such task: {theirs}"}, said
+    for listing in ({"pageSize": 100}, {"pageSize": 100, "contextId": context}):
+        _, listed = a2a(d, "mailer", "ListTasks", listing, None)
+        assert theirs not in [t["id"] for t in listed["result"]["tasks"]], listed

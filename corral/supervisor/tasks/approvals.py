@@ -17,7 +17,7 @@ from ...askviews import Ask, AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
-from ..labels import HANDED
+from ..labels import HANDED, STARTER
 from ..policy import PolicyGuard
 from .call import Call
 from .chain import give_back_tool_call, take_tool_call
@@ -158,7 +158,7 @@ class Approvals(TaskInterceptor):
                              ) -> None:
         handed = HANDED.get()
         if handed and self._guard is not None:  # (a spawn's, an agent call's: labels.py)
-            self._guard.labels.handed(start.task, handed)
+            self._guard.labels.handed(start.task, handed, STARTER.get())
         next(start)
 
     def intercept_step_replay(self, replay: StepReplay,
