@@ -91,20 +91,21 @@ def traced(request: pytest.FixtureRequest) -> Iterator[Entry]:
 @pytest.mark.parametrize("door", ("REST", "A2A", "A2A anonymous"))
 def test_a_submission_accepted_is_one_invoke_agent_span_the_parent_of_its_tasks(
         traced: Entry, door: str) -> None:
-    """REST's caller sends its context (`traceparent`): the span is its child. An A2A
-    message names its conversation (contextId): the span's gen_ai.conversation.id, the
-    task's id its corral.task.id (the conventions' conversation is a session, thread)."""
+    """The caller sends its context (its request's `traceparent` header): the span is its
+    child. An A2A message names its conversation (contextId): the span's
+    gen_ai.conversation.id, the task's id its corral.task.id (the conventions'
+    conversation is a session, or thread)."""
     d = traced
     context = f"conversation-{next(SENT)}"
+    sent = {"traceparent": f"00-{TRACE}-{SPAN}-01"}
     if door == "REST":
-        said = http(d, "/api/v1/tasks", {"agent": "mailer", "input": DONE}, token(d),
-                    {"traceparent": f"00-{TRACE}-{SPAN}-01"})
+        said = http(d, "/api/v1/tasks", {"agent": "mailer", "input": DONE}, token(d), sent)
         task_id = said[1]["task_id"]
     else:
         said = http(d, "/a2a/mailer", {"jsonrpc": "2.0", "id": next(SENT),
                                        "method": "SendMessage",
                                        "params": message(DONE, context)},
-                    None if door == "A2A anonymous" else token(d))
+                    None if door == "A2A anonymous" else token(d), sent)
         task_id = said[1]["result"]["task"]["id"]
     done = d.ask("tasks.get", {"task_id": task_id, "wait": True})
     assert done["status"] == "succeeded", done
@@ -122,9 +123,8 @@ def test_a_submission_accepted_is_one_invoke_agent_span_the_parent_of_its_tasks(
     assert (a["gen_ai.operation.name"], a["gen_ai.agent.name"], a["corral.call.door"]) == (
         "invoke_agent", "mailer", RECORDED[door][0]), a
     assert (task_span.trace_id, task_span.parent_span_id) == (span.trace_id, span.span_id)
+    assert (span.trace_id.hex(), span.parent_span_id.hex()) == (TRACE, SPAN)
     if door == "REST":
-        assert (span.trace_id.hex(), span.parent_span_id.hex()) == (TRACE, SPAN)
         assert "gen_ai.conversation.id" not in a
-    else:  # (the A2A door reads no traceparent header yet: a trace of its own)
-        assert span.parent_span_id == b""
+    else:
         assert a["gen_ai.conversation.id"] == context

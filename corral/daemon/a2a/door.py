@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -34,6 +35,10 @@ KINDS = {
     jsonrpc.TOOL_NOT_ALLOWED: w.FORBIDDEN, jsonrpc.REFUSED: w.REFUSED,
     jsonrpc.CONFLICT: w.CONFLICT, jsonrpc.UNAVAILABLE: w.UNAVAILABLE,
 }
+# the caller's W3C trace context, its request's `traceparent` (valid) and `tracestate`
+# headers, set by routes.py around the request: a task it submits is its child
+SENT_CONTEXT: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
+    "a2a_sent_context", default=None)
 PAGE = 50  # ListTasks' page unless the caller asks for another size
 MAX_PAGE = 100
 QUEUED_EVENTS = 256  # a stream's events waiting for its client before the follow holds
@@ -118,6 +123,9 @@ class A2aDoor:
         # the task's input is this message (a replay's, by its key, the same one): its
         # history is given from here, not read back from the journal at each look
         sent = msgspec.Raw(msgspec.json.encode(w.to_json(message)))
+        context = SENT_CONTEXT.get()
+        if context is not None:  # (its span's parent: daemon/submitspan.py)
+            submit["traceparent"], submit["tracestate"] = context
         # (the labels it is handed, an anonymous caller's own, are the chain's: handing.py)
         accepted = await self.call(caller, TasksSubmit.declared.name,
                                    submit | {"input": sent})

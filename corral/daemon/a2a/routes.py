@@ -17,6 +17,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError, visible
 from ...ratelimit import PerKey
 from ...supervisor.config import DEFAULT_TENANT, A2aSettings, AgentSpec
+from ...tracecontext import parse_or_none
 from ..addresses import loopback
 from ..caller import A2A_VIA, Caller
 from ..http import route
@@ -26,7 +27,7 @@ from ..http.sse import Streams
 from . import card, httpjson
 from . import jsonrpc as rpc
 from . import wire as w
-from .door import A2aDoor
+from .door import SENT_CONTEXT, A2aDoor
 from .operations import Operations
 from .push import PushConfigs
 
@@ -157,9 +158,18 @@ class A2aRoutes:
         def card_now() -> dict[str, Any]:
             return self.card_of(request, spec)
 
-        if binding == "jsonrpc":
-            return await rpc.serve(request, body, self.ops, made, agent, card_now)
-        return await httpjson.serve(request, path, body, self.ops, made, agent, card_now)
+        # the caller's trace context, as REST reads it: one not of the format is none
+        parent = parse_or_none(request.headers.get("traceparent"),
+                               request.headers.get("tracestate"))
+        said = None if parent is None else SENT_CONTEXT.set(
+            (request.headers["traceparent"], parent.tracestate))
+        try:
+            if binding == "jsonrpc":
+                return await rpc.serve(request, body, self.ops, made, agent, card_now)
+            return await httpjson.serve(request, path, body, self.ops, made, agent, card_now)
+        finally:
+            if said is not None:
+                SENT_CONTEXT.reset(said)
 
 
 def setup(app: web.Application, ctx: HttpContext) -> None:
