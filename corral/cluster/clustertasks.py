@@ -19,7 +19,14 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
-from ..supervisor.labels import HANDED, STARTER, LabelStore, accepted, session_record
+from ..supervisor.labels import (
+    HANDED,
+    STARTER,
+    LabelStore,
+    accepted,
+    session_record,
+    starts,
+)
 from ..supervisor.tasks import TaskFinished, is_task_id, new_id
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
@@ -151,7 +158,7 @@ class ClusterTasks(RedisPart):
         # (kept before the task is: a node that claims it reads them)
         session = None if p.session is None else session_record(tenant or "", p.agent,
                                                                 p.session)
-        for key, labels in accepted(task_id, session, HANDED.get(), STARTER.get()):
+        for key, labels in accepted(task_id, session, HANDED.get()):
             await self.labels.mark(key, labels)
         local = self.host.agents.get(p.agent)
         max_queue = local.spec.max_queue if local is not None else 0
@@ -208,6 +215,10 @@ class ClusterTasks(RedisPart):
         refused = self.sessions.refusal(p.agent, got)
         if refused is not None:
             raise refused
+        # (who started it, once it is accepted: a refused turn claims no session's name;
+        # read by the view alone, never by the node that claims it)
+        for key, labels in starts(task_id, session, STARTER.get()):
+            await self.labels.mark(key, labels)
         return bool(got == 1)
 
     async def _again(self, submit: Any, keys: list[Any], args: list[Any], task_id: str

@@ -134,15 +134,21 @@ def started_record(key: str) -> str:
     return f"started:{key}"
 
 
-def accepted(task_id: str, session: str | None, handed: Sequence[str],
-             starter: str | None) -> list[tuple[str, tuple[str, ...]]]:
-    """The records a task accepted now is given, (key, labels) each: its labels and its
-    session's (the session's next turn holds them though this turn makes no call), and
-    who started each (`starter`, an anonymous caller: the session's record of it is
-    written at every turn of its own, the first's the one that counts)."""
-    keys = [task_id] + ([session] if session is not None else [])
-    got = [(key, tuple(handed)) for key in keys] if handed else []
-    return got + ([(started_record(key), (starter,)) for key in keys] if starter else [])
+def accepted(task_id: str, session: str | None, handed: Sequence[str]
+             ) -> list[tuple[str, tuple[str, ...]]]:
+    """The labels' records a task accepted now is given, (key, labels) each: its own and
+    its session's (the session's next turn holds them though this turn makes no call)."""
+    return [(key, tuple(handed)) for key in (task_id, session) if key is not None] \
+        if handed else []
+
+
+def starts(task_id: str, session: str | None, starter: str | None
+           ) -> list[tuple[str, tuple[str, ...]]]:
+    """The records of who started a task accepted now and its session (`starter`, an
+    anonymous caller; written at each turn of its own, the first's the one that counts):
+    none for a task no anonymous caller sent."""
+    return [(started_record(key), (starter,)) for key in (task_id, session)
+            if key is not None] if starter else []
 
 
 def session_key(task: LabelledTask, replica: Replica | None = None) -> str | None:
@@ -242,7 +248,8 @@ class Labels:
         caller's own): its own and its session's from its start, handed to its home
         before its row is, so that no handle of it outlives them (accepted)."""
         have = self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
-        for key, kept in accepted(task.id, session_key(task), have, starter):
+        session = session_key(task)
+        for key, kept in accepted(task.id, session, have) + starts(task.id, session, starter):
             task.home.labels.hand(key, kept)
         self._kept[task.id] = have
 

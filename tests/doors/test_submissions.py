@@ -373,3 +373,43 @@ def test_a_turn_that_makes_no_call_taints_its_sessions_next_turn(daemon: Entry) 
     for listing in ({"pageSize": 100}, {"pageSize": 100, "contextId": context}):
         _, listed = a2a(d, "mailer", "ListTasks", listing, None)
         assert theirs not in [t["id"] for t in listed["result"]["tasks"]], listed
+
+
+def refused_context(d: Entry, agent: str, context: str) -> None:
+    _, said = a2a(d, agent, "SendMessage", message({"calls": []}, context), None)
+    assert said.get("error") == {
+        "code": -32602, "message": f"contextId {context} is a context this caller did "
+        "not start: an anonymous caller continues only its own (send no contextId to "
+        "begin one)"}, said
+
+
+@pytest.mark.deadline(120)
+def test_a_context_an_anonymous_caller_did_not_keep_is_not_its_own(daemon: Entry) -> None:
+    """Who started a session goes with it: once it is ended, the operator's session begun
+    anew under its name is not the anonymous caller's; and a turn refused (its agent's
+    queue full) starts no session, so the name is not the anonymous caller's either."""
+    d = daemon
+    ended = f"anon-{next(SENT)}"
+    Submitted(d, "A2A anonymous", {"calls": []}, key=ended).outcome()
+    d.ask("sessions.end", {"agent": "mailer", "session": ended})
+    d.ask("tasks.get", {"task_id": turn(d, ended, []), "wait": True})
+    refused_context(d, "mailer", ended)
+    held: list[str] = []
+    try:
+        for _ in d.home.entries:
+            held.append(sleeping(d))
+        wait_until(lambda: all(d.ask("tasks.get", {"task_id": t})["status"] == "running"
+                               for t in held), PATIENCE, "a task running at each node")
+        held.append(sleeping(d))
+        tried = f"anon-{next(SENT)}"
+        _, said = a2a(d, "queued", "SendMessage", message({"do": "echo"}, tried), None)
+        assert "error" in said, said
+    finally:
+        for task_id in held:
+            d.ask("tasks.cancel", {"task_id": task_id})
+        for task_id in held:
+            d.ask("tasks.get", {"task_id": task_id, "wait": True})
+    done = d.ask("tasks.submit", {"agent": "queued", "input": {"do": "echo"},
+                                  "session": tried})["task_id"]
+    d.ask("tasks.get", {"task_id": done, "wait": True})
+    refused_context(d, "queued", tried)
