@@ -194,13 +194,18 @@ async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path)
     db = open_database(db_path)
     db.execute("UPDATE tasks SET finished = finished - 7200 WHERE id = ?",
                (results[7].task_id,))
+    # each task's labels and its record of who started it (labels.py) go with it
+    db.executemany("INSERT INTO labels (key, label, seq) VALUES (?, 'x', 0)",
+                   [(k,) for r in results for k in (r.task_id, f"started:{r.task_id}")])
     db.close()
     journal.start_pruning()  # a pass at once: close() lets the writer finish it
     await journal.close()
     db = open_database(db_path)
     kept = [r[0] for r in db.execute("SELECT id FROM tasks ORDER BY arrival")]
+    labelled = {r[0] for r in db.execute("SELECT key FROM labels")}
     db.close()
     assert kept == [r.task_id for r in results[4:7]]
+    assert labelled == {k for t in kept for k in (t, f"started:{t}")}
 
 
 async def test_journal_sync_full_sets_synchronous_full(tmp_path: Path) -> None:
