@@ -1,16 +1,17 @@
-"""The audit and trace links of a task submitted (DESIGN 28: "a task submitted" and "an
-A2A message" are calls; decisions 1250, 1251): a submission accepted is one audit row,
+"""The audit and trace links of a task submitted (DESIGN 28: "a task submitted" and "an A2A
+message" are calls; decisions 1250, 1251): a submission accepted is one audit row,
 `task.submitted`, naming who asked, the door it came by, its agent and its task, at every
-door that takes one (REST with a token, A2A with a token and with none at an `[a2a]
-anonymous` agent, `/mcp/corral` of no task with the replica's own token), on both homes,
-written by the entry the submission came to; and, with [tracing], one `invoke_agent`
-span of the submission, a child of the caller's context and the parent of its task's
-own span, exported to a real OTLP receiver (tests/doors/test_spans.py's; `/mcp/corral`'s
-is its tool call's span, held there). The doors and their submissions are
+door that takes one (REST with a token, A2A's SendMessage with a token and with none at an
+`[a2a] anonymous` agent, and its SendStreamingMessage; `/mcp/corral` of no task with the
+replica's own token), on both homes, written by the entry the submission came to; and, with
+[tracing], one `invoke_agent` span of the submission, a child of the caller's context and the
+parent of its task's own span, exported to a real OTLP receiver (tests/doors/test_spans.py's;
+`/mcp/corral`'s is its tool call's span, held there). The doors and their submissions are
 tests/doors/test_submissions.py's."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -19,6 +20,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ..contract.home import KINDS, made
@@ -30,9 +32,24 @@ from .test_submissions import ANONYMOUS, SENT, Submitted, http, message, token
 
 # each door as the row names it (daemon/submitted.py), and who its row says asked
 RECORDED = {"REST": ("REST", "token sub-"), "A2A": ("A2A", "token sub-"),
+            "A2A stream": ("A2A", "token sub-"),
             "A2A anonymous": ("A2A", ANONYMOUS),
             "/mcp/corral idle": ("/mcp/corral", "gateway client caller#")}
 DONE = {"calls": []}  # the mailer's task that makes no call: it ends at once
+
+
+def streamed(d: Entry, context: str | None, headers: dict[str, str] | None = None) -> str:
+    """A `SendStreamingMessage` with a token, read to its end: its task's id."""
+    body = {"jsonrpc": "2.0", "id": next(SENT), "method": "SendStreamingMessage",
+            "params": {"message": message(DONE, context)["message"]}}
+    with httpx.stream("POST", f"http://127.0.0.1:{d.home.ports[0]}/a2a/mailer", json=body,
+                      headers={"Authorization": f"Bearer {token(d)}", **(headers or {})},
+                      timeout=PATIENCE) as r:
+        assert r.status_code == 200, r.read()
+        events = [json.loads(line[len("data:"):])["result"] for line in r.iter_lines()
+                  if line.startswith("data:")]
+    task_id: str = events[0]["task"]["id"]
+    return task_id
 
 
 def mailers(d: Entry) -> set[str]:
@@ -54,10 +71,14 @@ def test_a_submission_accepted_is_one_audit_row_naming_who_its_door_agent_and_ta
         daemon: Entry, door: str) -> None:
     d = daemon
     before = mailers(d)
-    sent = Submitted(d, door, DONE)
-    sent.outcome()
-    task_id = sent.task_id or wait_until(lambda: next(iter(mailers(d) - before), None),
-                                         PATIENCE, "the submitted task")
+    if door == "A2A stream":
+        task_id = streamed(d, None)
+        assert d.ask("tasks.get", {"task_id": task_id, "wait": True})["status"] == "succeeded"
+    else:
+        sent = Submitted(d, door, DONE)
+        sent.outcome()
+        task_id = sent.task_id or wait_until(lambda: next(iter(mailers(d) - before), None),
+                                             PATIENCE, "the submitted task")
     named, who = RECORDED[door]
     # (written before the submission was answered; audit.list waits for its commit)
     rows = submitted_rows(d, task_id)
@@ -88,7 +109,7 @@ def traced(request: pytest.FixtureRequest) -> Iterator[Entry]:
 
 
 @pytest.mark.deadline(240)
-@pytest.mark.parametrize("door", ("REST", "A2A", "A2A anonymous"))
+@pytest.mark.parametrize("door", ("REST", "A2A", "A2A anonymous", "A2A stream"))
 def test_a_submission_accepted_is_one_invoke_agent_span_the_parent_of_its_tasks(
         traced: Entry, door: str) -> None:
     """The caller sends its context (its request's `traceparent` header): the span is its
@@ -101,6 +122,8 @@ def test_a_submission_accepted_is_one_invoke_agent_span_the_parent_of_its_tasks(
     if door == "REST":
         said = http(d, "/api/v1/tasks", {"agent": "mailer", "input": DONE}, token(d), sent)
         task_id = said[1]["task_id"]
+    elif door == "A2A stream":
+        task_id = streamed(d, context, sent)
     else:
         said = http(d, "/a2a/mailer", {"jsonrpc": "2.0", "id": next(SENT),
                                        "method": "SendMessage",
