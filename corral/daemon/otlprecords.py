@@ -241,7 +241,7 @@ def _probe(record: Sequence[Any], gateway: bool) -> list[Any]:
 
 
 def _tool_filler(pack: Callable[..., bytes], kept: list[bytes],
-                 texts: list[Callable[[Sequence[Any]], str]]) -> ToolFiller:
+                 texts: Sequence[Callable[[Sequence[Any]], str]]) -> ToolFiller:
     """A tool call record's ids, times and texts (`texts`, in their order in the span)
     joined with the template's cuts."""
     to_id = _ID
