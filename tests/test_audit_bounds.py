@@ -105,3 +105,34 @@ async def test_an_agents_tool_calls_push_out_neither_its_refusals_nor_its_partys
         assert KEEP <= len(made) <= KEEP + KEEP // 10, len(made)
         assert [msgspec.json.decode(r[4])["target"] for r in rows
                 if r[3] == "boundary.refused"] == ["203.0.113.9:443"]
+
+
+async def test_the_tasks_submitted_push_out_neither_an_agents_refusals_nor_its_partys_rows(
+        tmp_path: Path) -> None:
+    """Each task accepted is an audit row (`task.submitted`, decision 1250): a caller's
+    flood of submissions past `audit_max_rows` (an anonymous A2A caller's messages to an
+    agent of the operator's, in the operator's party) is a share of its own with the
+    agents' calls: their oldest go, the operator's own rows and the boundary's refusal
+    of the agent stay."""
+    from corral import methods as m
+    from corral.daemon.caller import A2A_VIA, Caller
+
+    from .daemon_harness import hello
+
+    async with in_process(tmp_path, hello("greeter"),
+                          supervisor=f"audit_max_rows = {KEEP}") as d:
+        assert d.sup.parts.refusals.refused("greeter", "connect", "203.0.113.9:443",
+                                            task="t0")
+        await d.dispatcher.call(Caller(via="socket"), m.TokensCreate(
+            name="kept", scopes=["tasks:read"]))
+        caller = Caller(via=A2A_VIA, name="a2a anonymous greeter", agents="greeter")
+        for i in range(CALLS):
+            await d.dispatcher.call(caller, m.TasksSubmit(
+                agent="greeter", input=msgspec.Raw(msgspec.json.encode({"name": str(i)}))))
+        rows = await d.services.store.audit_log_now(100_000)
+        made = [r for r in rows if r[3] == "task.submitted"]
+        assert KEEP <= len(made) <= KEEP + KEEP // 10, len(made)
+        assert {msgspec.json.decode(r[4])["door"] for r in made} == {"A2A"}
+        assert [r[3] for r in rows if r[3] == "tokens.create"] == ["tokens.create"]
+        assert [msgspec.json.decode(r[4])["target"] for r in rows
+                if r[3] == "boundary.refused"] == ["203.0.113.9:443"]
