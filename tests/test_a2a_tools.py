@@ -86,7 +86,10 @@ class Remote:
         from a2a.client import ClientConfig, create_client
         from a2a.types import Message, Part, Role, SendMessageRequest
 
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        # (a connection of its own each request: none reused as the server closes it)
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"},
+                                     limits=httpx.Limits(max_keepalive_connections=0)
+                                     ) as http:
             client = await create_client(self.url, ClientConfig(streaming=False,
                                                                 httpx_client=http),
                                          resolver_http_kwargs={"headers": {

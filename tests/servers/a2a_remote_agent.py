@@ -84,7 +84,11 @@ def main() -> None:
     app = Starlette(routes=[*create_agent_card_routes(card),
                             *create_jsonrpc_routes(handler, rpc_url="/")])
     app.add_middleware(Bearer)
-    uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")
+    # a keep-alive past any test's pause: uvicorn's 5 s close of an idle connection races
+    # a client that reuses it on busy cores ("Server disconnected without sending a
+    # response", a CI run at load 9)
+    uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning",
+                timeout_keep_alive=300)
 
 
 if __name__ == "__main__":
