@@ -76,7 +76,8 @@ T = TypeVar("T")
 AGENT = ROOT / "bench" / "soak_agent.py"
 TENANTS = ("acme", "globex")
 NAMES = ("chat0", "chat1", "chat2")  # the agent names both tenants take in turn
-SCOPES = ("agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read", "approvals")
+SCOPES = ("agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read", "approvals",
+          "events")
 WAIT = 60  # seconds a task or a run is waited for over HTTP
 ENDED = ("succeeded", "failed", "cancelled", "timed_out", "lost")  # a task's last statuses
 UPGRADE_TRIES = 3  # a refused upgrade is tried again, as its refusal invites
@@ -968,7 +969,8 @@ def table(rep: dict[str, Any]) -> str:
                     f"refusals counted), {e['tools']} tool calls through the gateway, "
                     f"{e['denials']} denied by policy, {e['approvals']} approved; A2A: "
                     f"{e['a2a_sends']} sends, {e['abandoned']} streams abandoned, "
-                    f"{e['subscribes']} subscribes, {e['pushes']} ends pushed")
+                    f"{e['subscribes']} subscribes, {e['pushes']} ends pushed; {e['events']} event "
+                    "streams abandoned")
     rows.append(f"at the end: the daemon answered in {rep['answered_at_end_s']} s; "
                 f"{len(rep['orphans'])} of its {rep['processes_below']} processes outlived "
                 f"it {rep['orphans'][:5] or ''}; {len(rep['pushes_refused'])} pushes refused "

@@ -14,6 +14,7 @@ REST work, on the agent it holds.
   (its task still ends, once); a message sent with `returnImmediately` and a push config
   naming the soak's receiver, then `SubscribeToTask` followed to the end, and the end's
   push received.
+- **The tenant's event stream** (`/api/v1/events/stream`), read a second and abandoned.
 
 Every answer read is scanned by the cross-tenant watch (bench/soak_views.py), the pushes
 too: a tenant's receiver path is its own, and another's task pushed there is a sighting.
@@ -21,6 +22,7 @@ too: a tenant's receiver path is its own, and another's task pushed there is a s
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -36,6 +38,7 @@ from .soak_views import Ledger, Watch
 T = TypeVar("T")
 WAIT = 60
 TOKEN_HEADER = "X-A2A-Notification-Token"
+EVENTS_READ = 1.0  # seconds an event stream is read before it is abandoned
 FINAL = ("TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED",
          "TASK_STATE_REJECTED")
 # the operator's rules the soak's config holds: notes titled so are denied or held
@@ -68,6 +71,7 @@ class EdgeWork:
     abandoned: int = 0  # streams dropped after their first event, their task ended
     subscribes: int = 0  # SubscribeToTask followed to the end
     pushes: int = 0  # ends pushed to the receiver
+    events: int = 0  # the tenant's event streams opened, read a moment and abandoned
 
 
 class Round(Protocol):
@@ -270,6 +274,7 @@ class Edges:
         self.send(name)
         self.abandon(name)
         self.subscribe(name)
+        self.events()
 
     def task(self, name: str, task_input: dict[str, Any]) -> dict[str, Any] | None:
         """A task over REST, waited for; its output if it succeeded."""
@@ -379,6 +384,29 @@ class Edges:
             self.t.failed("a2a stream abandoned", f"{tid}: {str(done)[:300]}")
             return
         self.t.edges.abandoned += 1
+
+    def events(self) -> None:
+        """The tenant's event stream (`/api/v1/events/stream`), read for a moment and
+        abandoned: what it carried scanned."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.a2a.port, timeout=EVENTS_READ)
+        got = b""
+        try:
+            conn.request("GET", "/api/v1/events/stream", headers={
+                "Authorization": f"Bearer {self.a2a.token}", "Accept": "text/event-stream"})
+            r = conn.getresponse()
+            if r.status != 200:
+                self.t.failed("events stream", f"{r.status} {r.read()[:300]!r}")
+                return
+            with contextlib.suppress(TimeoutError, OSError):
+                got = r.read1(65536)  # type: ignore[attr-defined]
+        finally:
+            conn.close()
+        for line in got.splitlines():
+            if line.startswith(b"data:"):
+                with contextlib.suppress(ValueError):
+                    self.t.watch.scan(self.t.ledger.tenant, "GET /events/stream",
+                                      json.loads(line[5:]))
+        self.t.edges.events += 1
 
     def subscribe(self, name: str) -> None:
         """Sent with a push config, answered at once; followed by SubscribeToTask to its

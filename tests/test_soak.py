@@ -135,7 +135,7 @@ def test_the_soak_did_its_churn(soaked: tuple[int, dict[str, Any], str]) -> None
         # every other round's agent is sandboxed; the soak's end may cut a round short
         assert e["escapes"] >= 2 and e["refusals"] >= 2 * e["escapes"], (tenant, e)
         for key in ("tools", "denials", "approvals", "a2a_sends", "abandoned", "subscribes",
-                    "pushes"):
+                    "pushes", "events"):
             assert e[key] >= 4, (tenant, key, e)
 
 
