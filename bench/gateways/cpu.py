@@ -5,13 +5,16 @@ daemon process's user+system CPU seconds before and after the N calls, divided b
 The medians of the rounds, per tree and workload, and B/A.
 
     bench/gateways/cpu.sh [--trees A,B] [--rounds 3] [-n 3000] [-c 10]
-                          [--work model,stream,mcp] [--loadgen c|py]
+                          [--work model,stream,mcp,direct] [--loadgen c,hey,py]
 
 A tree is a checkout of corral (`git worktree add /tmp/gwA HEAD` for a baseline); its
 daemon runs on this tree's venv with the tree first on PYTHONPATH. Prints one line a
 run, then the table; `--profile DIR` also records each run's daemon with py-spy (PY_SPY,
 default `py-spy` on PATH) into DIR, as speedscope JSON. The load generator (run.py's,
---loadgen, default c) is only the daemon's client: its own CPU is in no figure.
+--loadgen, default c; several, comma-separated, are alternated within each round) is only
+the daemon's client: its own CPU is in no figure. The mock provider's CPU a call over the
+same calls is measured beside the daemon's (the floor: one Python HTTP exchange, where a
+proxy makes two), and their ratio a run; `direct` is the same load straight at the mock.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from typing import Any
 
 import psutil
 
-from .run import LOADGENS
+from .run import LOADGENS, percentile
 from .run import load as load_once
-from .targets import ENV, HERE, PY, ROOT, CorralMcp, CorralModel, Target, free_port
+from .targets import ENV, HERE, PY, ROOT, CorralMcp, CorralModel, Direct, Target, free_port
 
 WORK = {"model": (CorralModel, {"stream": False}), "stream": (CorralModel, {"stream": True}),
-        "mcp": (CorralMcp, {})}
+        "mcp": (CorralMcp, {}), "direct": (Direct, {"stream": False})}
 
 
 def on_tree(kind: type[Target], tree: Path) -> type[Target]:
@@ -51,14 +54,15 @@ def on_tree(kind: type[Target], tree: Path) -> type[Target]:
     return OnTree
 
 
-def load(spec: dict[str, Any], pid: int, gen: str) -> tuple[dict[str, Any], float, float]:
-    """run.py's load, and the CPU seconds process `pid` and its main thread spent
-    meanwhile (only the main thread's share limits the rate: the store's writer thread
-    runs beside it)."""
-    before = cpu_of(pid)
+def load(spec: dict[str, Any], pid: int | None, gen: str, mock: int
+         ) -> tuple[dict[str, Any], float, float, float]:
+    """run.py's load, and the CPU seconds process `pid` (none for `direct`) and its main
+    thread spent meanwhile (only the main thread's share limits the rate: the store's
+    writer thread runs beside it), and the mock provider's."""
+    before, mock_before = cpu_of(pid) if pid else (0.0, 0.0), cpu_of(mock)[0]
     out = load_once(spec, gen)
-    after = cpu_of(pid)
-    return out, after[0] - before[0], after[1] - before[1]
+    after, mock_after = cpu_of(pid) if pid else (0.0, 0.0), cpu_of(mock)[0]
+    return out, after[0] - before[0], after[1] - before[1], mock_after - mock_before
 
 
 def cpu_of(pid: int) -> tuple[float, float]:
@@ -70,26 +74,30 @@ def cpu_of(pid: int) -> tuple[float, float]:
 
 
 def one_run(kind: type[Target], extra: dict[str, Any], tree: Path, work: Path,
-            upstream: str, n: int, c: int, profile: Path | None, label: str, gen: str
-            ) -> dict[str, Any]:
+            upstream: str, n: int, c: int, profile: Path | None, label: str, gen: str,
+            mock: int) -> dict[str, Any]:
     target = on_tree(kind, tree)(_fresh(work, label), upstream)
     spy: subprocess.Popen[bytes] | None = None
     try:
         target.start()
-        daemon = target.procs[0].pid
+        daemon = target.procs[0].pid if target.procs else None
         base = {**target.spec(), **extra, "c": c, "seconds": 120.0}
-        load({**base, "n": max(300, n // 5), "warmup": 0}, daemon, gen)  # the warm-up
-        if profile is not None:
+        load({**base, "n": max(300, n // 5), "warmup": 0}, daemon, gen, mock)  # the warm-up
+        if profile is not None and daemon is not None:
             spy = subprocess.Popen(
                 [os.environ.get("PY_SPY", "py-spy"), "record", "-r", "500", "-f",
                  "speedscope", "-o", str(profile / f"{label}.json"), "-p", str(daemon)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
         load_before = os.getloadavg()[0]
-        out, spent, main = load({**base, "n": n, "warmup": 0}, daemon, gen)
+        out, spent, main, upstream_cpu = load({**base, "n": n, "warmup": 0}, daemon, gen,
+                                              mock)
         answered = len(out["latencies"])
         return {"us_per_call": spent / max(answered, 1) * 1e6, "answered": answered,
                 "main_us_per_call": main / max(answered, 1) * 1e6,
+                "mock_us_per_call": upstream_cpu / max(answered, 1) * 1e6,
+                "p50_ms": percentile(out["latencies"], 0.5) * 1e3,
+                "p99_ms": percentile(out["latencies"], 0.99) * 1e3,
                 "errors": out["errors"], "first_error": out["first_error"],
                 "req_per_s": answered / max(out["wall_s"], 1e-9), "load": load_before}
     finally:
@@ -113,15 +121,17 @@ def main() -> None:
     ap.add_argument("-c", type=int, default=10)
     ap.add_argument("--work", default="model,stream,mcp")
     ap.add_argument("--profile", type=Path)
-    ap.add_argument("--loadgen", choices=sorted(LOADGENS), default="c")
+    ap.add_argument("--loadgen", default="c", help=f"of {', '.join(sorted(LOADGENS))}, "
+                    "comma-separated: alternated within each round")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     trees = [Path(t).resolve() for t in args.trees.split(",")]
-    works = args.work.split(",")
+    works, gens = args.work.split(","), args.loadgen.split(",")
+    if unknown := [g for g in gens if g not in LOADGENS]:
+        ap.error(f"--loadgen: unknown {unknown}; one of {sorted(LOADGENS)}")
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    got: dict[tuple[str, int], list[float]] = {}
-    mains: dict[tuple[str, int], list[float]] = {}
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     port = free_port()
     mock = subprocess.Popen([PY, str(HERE / "mock_provider.py"), str(port)], env=ENV,
                             stdout=subprocess.PIPE, start_new_session=True)
@@ -131,39 +141,57 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="corral-bench-cpu-") as tmp:
             for r in range(args.rounds):
                 for w in works:
-                    for i, tree in enumerate(trees):
-                        kind, extra = WORK[w]
-                        label = f"{w}-{'AB'[i] if len(trees) == 2 else i}-r{r}"
-                        run = one_run(kind, extra, tree, Path(tmp), upstream, args.n,
-                                      args.c, args.profile, label, args.loadgen)
-                        got.setdefault((w, i), []).append(run["us_per_call"])
-                        mains.setdefault((w, i), []).append(run["main_us_per_call"])
-                        print(f"{label:<14} {run['us_per_call']:7.1f} us/call "
-                              f"(main thread {run['main_us_per_call']:6.1f}) "
-                              f"{run['req_per_s']:7.0f} req/s errors {run['errors']} "
-                              f"load {run['load']:.1f}"
-                              + (f" ({run['first_error']})" if run["errors"] else ""),
-                              file=sys.stderr, flush=True)
+                    for gen in gens:
+                        for i, tree in enumerate(trees):
+                            kind, extra = WORK[w]
+                            label = (f"{w}-{gen}-{'AB'[i] if len(trees) == 2 else i}-r{r}")
+                            run = one_run(kind, extra, tree, Path(tmp), upstream, args.n,
+                                          args.c, args.profile, label, gen, mock.pid)
+                            runs.setdefault((w, gen, i), []).append(run)
+                            print(f"{label:<18} {run['us_per_call']:7.1f} us/call "
+                                  f"(main thread {run['main_us_per_call']:6.1f}) "
+                                  f"mock {run['mock_us_per_call']:5.1f} "
+                                  f"{run['req_per_s']:7.0f} req/s p50 {run['p50_ms']:.2f} "
+                                  f"p99 {run['p99_ms']:.2f} ms errors {run['errors']} "
+                                  f"load {run['load']:.1f}"
+                                  + (f" ({run['first_error']})" if run["errors"] else ""),
+                                  file=sys.stderr, flush=True)
     finally:
         os.killpg(mock.pid, signal.SIGTERM)
         mock.wait(30)
-    print(f"daemon CPU per call, c={args.c}, n={args.n}, medians of {args.rounds}, "
-          f"load generator {LOADGENS[args.loadgen]}:")
+    print(f"daemon CPU per call, c={args.c}, n={args.n}, medians of {args.rounds}:")
     for w in works:
-        meds = [statistics.median(got[(w, i)]) for i in range(len(trees))]
+        for gen in gens:
+            print(f"  {w} by {LOADGENS[gen]}:")
+            report(trees, [runs[(w, gen, i)] for i in range(len(trees))])
+    print(json.dumps({f"{w}/{gen}/{i}": [r["us_per_call"] for r in v]
+                      for (w, gen, i), v in runs.items()}))
+
+
+def report(trees: list[Path], runs: list[list[dict[str, Any]]]) -> None:
+    def med(rs: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(r[key] for r in rs)
+
+    for tree, rs in zip(trees, runs, strict=True):
+        if not med(rs, "us_per_call"):  # `direct`: the mock alone
+            print(f"    mock {med(rs, 'mock_us_per_call'):.0f} us, "
+                  f"{med(rs, 'req_per_s'):.0f} req/s, p50 {med(rs, 'p50_ms'):.2f} ms, "
+                  f"p99 {med(rs, 'p99_ms'):.2f} ms")
+            continue
+        # the daemon over the mock a run, the median of those: the load moves both alike
+        ratio = statistics.median(r["us_per_call"] / max(r["mock_us_per_call"], 1e-9)
+                                  for r in rs)
+        print(f"    {tree.name or tree}: {med(rs, 'us_per_call'):.0f} us (main thread "
+              f"{med(rs, 'main_us_per_call'):.0f}), mock {med(rs, 'mock_us_per_call'):.0f} "
+              f"us, daemon/mock {ratio:.2f} (paired), {med(rs, 'req_per_s'):.0f} req/s, "
+              f"p50 {med(rs, 'p50_ms'):.2f} ms, p99 {med(rs, 'p99_ms'):.2f} ms")
+    if len(runs) == 2:
         # each round's B over its A, the median of those: what drifts between rounds
         # (the machine's load) cancels within a pair
-        ratio = ""
-        if len(meds) == 2:
-            paired = statistics.median(b / a for a, b in zip(got[(w, 0)], got[(w, 1)],
-                                                             strict=True))
-            ratio = f"  B/A {meds[1] / meds[0]:.2f} (paired {paired:.2f})"
-        print(f"  {w:<7} " + "  ".join(f"{t.name or t}: {m:.0f} us" for t, m in
-                                        zip(trees, meds, strict=True)) + ratio)
-        mm = [statistics.median(mains[(w, i)]) for i in range(len(trees))]
-        print("  main thread " + "  ".join(f"{t.name or t}: {m:.0f} us" for t, m in
-                                           zip(trees, mm, strict=True)))
-    print(json.dumps({f"{w}/{i}": v for (w, i), v in got.items()}))
+        a, b = (med(rs, "us_per_call") for rs in runs)
+        paired = statistics.median(y["us_per_call"] / x["us_per_call"]
+                                   for x, y in zip(runs[0], runs[1], strict=True))
+        print(f"    B/A {b / a:.2f} (paired {paired:.2f})")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from typing import Any
 
 import aiohttp
 
-from . import cload, loadgen, peers
+from . import cload, hey, loadgen, peers
 from .targets import (
     ENV,
     HERE,
@@ -65,7 +65,8 @@ from .targets import (
     free_port,
 )
 
-LOADGENS = {"c": "loadgen.c (C, one epoll thread)", "py": "loadgen.py (aiohttp, uvloop)"}
+LOADGENS = {"c": "loadgen.c (C, one epoll thread)", "py": "loadgen.py (aiohttp, uvloop)",
+            "hey": "hey (Go; whole model calls only)"}
 MODEL_WORKLOADS = [(10, False), (10, True), (50, False), (50, True)]
 MCP_WORKLOADS = [10, 50]
 NEEDS = {"portkey": "portkey", "litellm": "litellm", "contextforge": "contextforge",
@@ -79,7 +80,10 @@ def percentile(xs: list[float], q: float) -> float:
 
 def load(spec: dict[str, Any], gen: str = "c") -> dict[str, Any]:
     """The figures of load generator `gen` (c: loadgen.c, py: loadgen.py), written to a
-    file (its stdout, a pipe, was seen broken at 64 and 128 KiB under load)."""
+    file (its stdout, a pipe, was seen broken at 64 and 128 KiB under load); hey's
+    CSV, read from its stdout."""
+    if gen == "hey":
+        return load_hey(spec)
     with tempfile.TemporaryDirectory(prefix="corral-loadgen-") as tmp:
         work = Path(tmp)
         try:
@@ -92,6 +96,20 @@ def load(spec: dict[str, Any], gen: str = "c") -> dict[str, Any]:
             return failed(spec["n"], f"the load generator failed: {r.stderr[-400:]}")
         out: dict[str, Any] = json.loads((work / "out.json").read_text())
         return out
+
+
+def load_hey(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        cmd = hey.command(spec)
+    except (ValueError, RuntimeError) as exc:
+        return failed(spec["n"], str(exc))
+    started = time.monotonic()
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True,
+                       timeout=1800)
+    wall = time.monotonic() - started
+    if r.returncode:
+        return failed(spec["n"], f"hey failed: {r.stderr[-400:]}")
+    return hey.figures(r.stdout, wall)
 
 
 def failed(n: int, why: str) -> dict[str, Any]:
