@@ -6,6 +6,7 @@ The medians of the rounds, per tree and workload, and B/A.
 
     bench/gateways/cpu.sh [--trees A,B] [--rounds 3] [-n 3000] [-c 10]
                           [--work model,stream,mcp,direct] [--loadgen c,hey,py]
+                          [--mock aiohttp|floor]
 
 A tree is a checkout of corral (`git worktree add /tmp/gwA HEAD` for a baseline); its
 daemon runs on this tree's venv with the tree first on PYTHONPATH. Prints one line a
@@ -15,6 +16,8 @@ default `py-spy` on PATH) into DIR, as speedscope JSON. The load generator (run.
 the daemon's client: its own CPU is in no figure. The mock provider's CPU a call over the
 same calls is measured beside the daemon's (the floor: one Python HTTP exchange, where a
 proxy makes two), and their ratio a run; `direct` is the same load straight at the mock.
+`--mock floor` serves it with mock_floor.py (uvloop and httptools, no web framework)
+instead of mock_provider.py (aiohttp's server on uvloop).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .targets import ENV, HERE, PY, ROOT, CorralMcp, CorralModel, Direct, Target
 
 WORK = {"model": (CorralModel, {"stream": False}), "stream": (CorralModel, {"stream": True}),
         "mcp": (CorralMcp, {}), "direct": (Direct, {"stream": False})}
+MOCKS = {"aiohttp": "mock_provider.py", "floor": "mock_floor.py"}
 
 
 def on_tree(kind: type[Target], tree: Path) -> type[Target]:
@@ -121,6 +125,7 @@ def main() -> None:
     ap.add_argument("-c", type=int, default=10)
     ap.add_argument("--work", default="model,stream,mcp")
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--mock", choices=sorted(MOCKS), default="aiohttp")
     ap.add_argument("--loadgen", default="c", help=f"of {', '.join(sorted(LOADGENS))}, "
                     "comma-separated: alternated within each round")
     args = ap.parse_args()
@@ -133,7 +138,7 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     port = free_port()
-    mock = subprocess.Popen([PY, str(HERE / "mock_provider.py"), str(port)], env=ENV,
+    mock = subprocess.Popen([PY, str(HERE / MOCKS[args.mock]), str(port)], env=ENV,
                             stdout=subprocess.PIPE, start_new_session=True)
     try:
         assert mock.stdout is not None
@@ -159,7 +164,8 @@ def main() -> None:
     finally:
         os.killpg(mock.pid, signal.SIGTERM)
         mock.wait(30)
-    print(f"daemon CPU per call, c={args.c}, n={args.n}, medians of {args.rounds}:")
+    print(f"daemon CPU per call, c={args.c}, n={args.n}, medians of {args.rounds}, "
+          f"mock {MOCKS[args.mock]}:")
     for w in works:
         for gen in gens:
             print(f"  {w} by {LOADGENS[gen]}:")
