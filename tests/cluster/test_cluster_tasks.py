@@ -89,6 +89,15 @@ def test_nodes_without_a_cluster_is_a_clear_error(tmp: Path) -> None:
 
 def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
         tmp: Path, redis: RedisServer) -> None:
+    # each acknowledged write on disk before its answer: with everysec a busy disk's slow
+    # fsync lets Redis answer writes it has not yet written, which its kill -9 then loses
+    # (ci c4: an accepted task "no such task" after the restart), not corral's to keep
+    redis.appendfsync = "always"  # (its restart below too)
+    admin = sync_redis.Redis.from_url(redis.url)
+    try:
+        admin.config_set("appendfsync", "always")
+    finally:
+        admin.close()
     # a TTL longer than the outage under a loaded machine's slow CLI calls: a node that
     # cannot renew for 2 x TTL fences itself and its tasks end lost (test_takeover.py)
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy", concurrency=4)}, ttl=6.0,
