@@ -21,6 +21,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.labels import LabelStore
 from ..supervisor.tasks import Task, new_id
+from ..supervisor.tasks.admission import cluster_refusal
 from ..supervisor.tasks.model import SpawnOrder, SpawnReply
 from ..supervisor.tasks.spawntree import Lineage
 from ..supervisor.tasks.taskmachine import TERMINAL
@@ -47,7 +48,7 @@ _lineage = msgspec.json.Decoder(tuple[int, str | None, str | None, str])
 # ARGV: SUBMIT's eleven (the child's), then the parent's fence token, the spawn's key,
 #       max_children of the parent's agent, the row (its MAC, a space, the child's id);
 #       then SUBMIT's last four (the child's place in its tree among them)
-# -> 1 spawned, -1 the child's agent's queue is full, {'fence'} the parent is not this
+# -> 1 spawned, {'full', n} the child's agent's queue is full, {'fence'} the parent is not this
 #    claim's, {'had', row} the key's row, {'fan', n} the parent has n children already
 SPAWN = submit_script(first="""
 local parent = redis.call('HMGET', KEYS[6], 'fence', 'status')
@@ -157,9 +158,9 @@ class ClusterSpawns(RedisPart):
         got = await self._run(keys, args)
         if got == 1:
             return SpawnReply(child_id)
-        if got == -1:
-            raise RpcError(jsonrpc.REFUSED, f"agent {order.agent}'s cluster queue is full "
-                                            f"({order.max_queue} waiting, max_queue)")
+        full = cluster_refusal(order.agent, got, order.max_queue)
+        if full is not None:
+            raise full
         what = got[0].decode() if isinstance(got, list) and got else ""
         if what == "had":
             return SpawnReply(self._child(task.id, order.key, got[1]), had=True)

@@ -28,6 +28,7 @@ from ..supervisor.labels import (
     starts,
 )
 from ..supervisor.tasks import TaskFinished, is_task_id, new_id
+from ..supervisor.tasks.admission import cluster_refusal
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.spawn import REACH
@@ -209,10 +210,8 @@ class ClusterTasks(RedisPart):
             got = await self._again(submit, keys, args, task_id)
         if got == REFUSED and ride is not None:
             raise LostLease(ride.call_id)
-        if got == -1:
-            raise RpcError(jsonrpc.REFUSED, f"agent {p.agent}'s cluster queue is full "
-                                            f"({max_queue} waiting, max_queue)")
-        refused = self.sessions.refusal(p.agent, got)
+        refused = cluster_refusal(p.agent, got, max_queue) or self.sessions.refusal(
+            p.agent, got)
         if refused is not None:
             raise refused
         # (who started it, once it is accepted: a refused turn claims no session's name;

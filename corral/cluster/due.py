@@ -28,7 +28,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT
     tonumber(ARGV[3]))) do
   redis.call('ZREM', KEYS[1], id)
   local task = ARGV[2] .. 'task:' .. id
-  local rec = redis.call('HMGET', task, 'status', 'entry', 'stream')
+  local rec = redis.call('HMGET', task, 'status', 'entry', 'stream', 'tenant', 'agent')
+  if rec[5] then  -- (its route's count of what is held: scripts.hold)
+    redis.call('ZREM', ARGV[2] .. 'held:' .. (rec[4] or 'default') .. ':' .. rec[5], id)
+  end
   if rec[1] == 'queued' and rec[2] == '' and rec[3] then
     if redis.call('EXISTS', rec[3]) == 0 then
       redis.call('XGROUP', 'CREATE', rec[3], '{GROUP}', '0', 'MKSTREAM')

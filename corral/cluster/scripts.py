@@ -75,6 +75,27 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 {sessionscripts.ended(task)}"""
 
 
+def held(tenant: str, agent: str) -> str:
+    """The key of a route's tasks held until their time, scored by it, named from
+    KEYS[1], a task's record: the same prefix, so the same hash slot."""
+    return f"string.match(KEYS[1], '^(.*)task:') .. 'held:' .. {tenant} .. ':' .. {agent}"
+
+
+def hold(task: str, at: str, tenant: str, agent: str) -> str:
+    """A task held until `at` in the due set (Keys.due), which due.py moves from, and in
+    its route's (held()), which its agent's max_queue counts until their time. DUE and
+    CANCEL take a task from both; a node of the version before this one takes it from the
+    due set alone, so the count is of what is not yet due, and the key lasts an hour past
+    its last task's time (beyond any clock's skew)."""
+    return f"""redis.call('ZADD', string.match(KEYS[1], '^(.*)task:') .. 'due', {at}, {task})
+do
+  local route = {held(tenant, agent)}
+  redis.call('ZADD', route, {at}, {task})
+  local last = redis.call('ZRANGE', route, -1, -1, 'WITHSCORES')[2]
+  redis.call('EXPIREAT', route, math.ceil(tonumber(last)) + 3600)
+end"""
+
+
 # A task with a delay or a not_before (taskoptions.start_at) is held out of its stream, in
 # the due set (Keys.due), until a node's beat moves it there (due.py). `due`: that time,
 # or false (queued at once).
@@ -96,23 +117,30 @@ end"""
 #       ('' none); LAST, after a variant's own arguments (so that none of them move), the
 #       task's options (JSON, '' none), its place in a spawn tree ('' none), its tenant
 #       and its MAC (trust.TENANT)
-# -> 1 accepted, 0 already accepted (a retried submit), -1 the queue is full
+# -> 1 accepted, 0 already accepted (a retried submit), {'full', what waits} the queue
+#    is full (its agent's max_queue: what waits unread in the stream, and what its route
+#    holds until its time)
 def submit_script(first: str = "", entry: str = "local entry = {xadd}",
                   then: str = "") -> str:
     return f"""{first}
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local max_queue = tonumber(ARGV[9])
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('XGROUP', 'CREATE', KEYS[2], '{GROUP}', '0', 'MKSTREAM')
-elseif max_queue > 0 and redis.call('XLEN', KEYS[2])
-    - redis.call('XPENDING', KEYS[2], '{GROUP}')[1] >= max_queue then
-  -- (what waits unread: a claimed entry stays pending until its outcome)
-  return -1
-end
 {_DUE}
+local max_queue = tonumber(ARGV[9])
+local made = redis.call('EXISTS', KEYS[2]) == 1
+if max_queue > 0 then
+  -- what waits unread (a claimed entry stays pending until its outcome) and what waits
+  -- for its time; a task to start at once is refused only when what waits is unread (no
+  -- free replica), as the node's intake refuses it
+  local unread = made and redis.call('XLEN', KEYS[2])
+    - redis.call('XPENDING', KEYS[2], '{GROUP}')[1] or 0
+  local waiting = unread + redis.call('ZCOUNT', {held('ARGV[#ARGV - 1]', 'ARGV[2]')},
+    '(' .. ARGV[7], '+inf')
+  if waiting >= max_queue and (due or unread > 0) then return {{'full', waiting}} end
+end
+if not made then redis.call('XGROUP', 'CREATE', KEYS[2], '{GROUP}', '0', 'MKSTREAM') end
 {entry.format(xadd="(due and '' or redis.call('XADD', KEYS[2], '*', 'task', ARGV[1]))")}
 if due then
-  redis.call('ZADD', string.match(KEYS[1], '^(.*)task:') .. 'due', due, ARGV[1])
+  {hold('ARGV[1]', 'due', 'ARGV[#ARGV - 1]', 'ARGV[2]')}
   redis.call('HSET', KEYS[1], 'not_before', due)
 end
 redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
@@ -379,7 +407,8 @@ _AGAIN = f"""if redis.call('HGET', KEYS[1], 'cancel') == '1' then
   redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
     'retries_left', ARGV[10])
   if ARGV[6] ~= '' then
-    redis.call('ZADD', string.match(KEYS[1], '^(.*)task:') .. 'due', ARGV[6], ARGV[2])
+    local route = redis.call('HMGET', KEYS[1], 'tenant', 'agent')
+    {hold('ARGV[2]', 'ARGV[6]', "(route[1] or 'default')", 'route[2]')}
     redis.call('HSET', KEYS[1], 'entry', '', 'not_before', ARGV[6])
   else
     redis.call('HSET', KEYS[1], 'entry', redis.call('XADD',
@@ -604,7 +633,7 @@ return 1
 # and ARGV[5]) -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or
 # false (no such task)
 CANCEL = f"""
-local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'tenant', 'agent')
 if not rec[1] then return false end
 local err, mac = ARGV[3], ARGV[5] or ''
 if rec[1] == 'suspended' and (ARGV[6] or '') ~= '' then err, mac = ARGV[6], ARGV[7] end
@@ -614,8 +643,9 @@ if rec[1] == 'queued' or rec[1] == 'suspended' then
   if rec[2] ~= '' then
     redis.call('XACK', KEYS[3], '{GROUP}', rec[2])
     redis.call('XDEL', KEYS[3], rec[2])
-  else  -- (held until due: Keys.due)
+  else  -- (held until due: hold())
     redis.call('ZREM', string.match(KEYS[1], '^(.*)task:') .. 'due', ARGV[1])
+    redis.call('ZREM', {held("(rec[3] or 'default')", 'rec[4]')}, ARGV[1])
   end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[1])
   {_ended('ARGV[1]', 'ARGV[4]', 5)}

@@ -103,7 +103,7 @@ def test_a_keyed_submit_the_cluster_refused_lets_go_of_its_key(
         assert a.task(slow[1])["status"] == "queued"
         assert error_of(a, "tasks.submit", {
             "agent": "w", "input": {"do": "echo"}, "idempotency_key": "q"}) == (
-            "agent w's cluster queue is full (1 waiting, max_queue)")
+            "queue full: agent w has 1 task waiting (max_queue 1)")
         for task_id in slow:
             a.call("tasks.cancel", {"task_id": task_id})
         # the key names nothing: another request with it is a new task, not a conflict

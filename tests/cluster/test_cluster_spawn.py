@@ -242,8 +242,8 @@ def test_a_childs_cluster_queue_full_refuses_the_spawn(tmp: Path, redis: RedisSe
         a, hold = ns["a"], tmp / "hold"
         got = _run(a, {"children": 3, "count": str(tmp / "count"), "hold": str(hold),
                        "catch": True})
-        assert got["output"] == {"refused": "agent leaf's cluster queue is full (1 waiting, "
-                                 "max_queue)", "code": jsonrpc.REFUSED}
+        assert got["output"] == {"refused": "queue full: agent leaf has 1 task waiting "
+                                 "(max_queue 1)", "code": jsonrpc.REFUSED}
         hold.touch()
         leaves = a.call("tasks.list", {"agent": "leaf"})["tasks"]
         assert len(leaves) in (1, 2), leaves

@@ -172,8 +172,8 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
         more = [submit(0) for _ in range(3)]
         r = a.run("sleepy", '{"do": "echo"}', "--priority", "0")
         assert r.returncode == 1
-        assert r.stderr.strip() == ("corral: agent sleepy's cluster queue is full (6 waiting, "
-                                    "max_queue)")
+        assert r.stderr.strip() == ("corral: queue full: agent sleepy has 6 tasks waiting "
+                                    "(max_queue 6)")
         assert a.call("tasks.cancel", {"task_id": busy})["status"] == "cancelled"
         started = {t: a.call("tasks.get", {"task_id": t, "wait": True})["started"]
                    for t in [busy, *low, *high, *more]}

@@ -5,6 +5,7 @@ current token; a takeover acts only on a consumer whose liveness key is gone."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -68,7 +69,7 @@ async def test_submit_is_idempotent_on_the_id_and_bounded(client: Any) -> None:
     assert await submit(s, 1, max_queue=2) == 0  # a retried submit: no second entry
     assert await client.xlen(K.stream("acme", "w", 0)) == 1
     assert await submit(s, 2, max_queue=2) == 1
-    assert await submit(s, 3, max_queue=2) == -1  # full: refused, nothing written
+    assert await submit(s, 3, max_queue=2) == [b"full", 2]  # refused, nothing written
     assert await client.exists(K.task(TID.format(3))) == 0
     rec = await client.hgetall(K.task(TID.format(1)))
     assert (rec[b"status"], rec[b"fence"], rec[b"input"]) == (b"queued", b"0", b'{"x":1}')
@@ -108,13 +109,38 @@ async def test_max_queue_counts_the_tenants_agent_alone(client: Any) -> None:
     """acme's `w` has max_queue waiting: globex's `w` of the same name is not full."""
     s = Scripts(client)
     assert await submit(s, 1, max_queue=1) == 1
-    assert await submit(s, 2, max_queue=1) == -1  # acme's is full
+    assert await submit(s, 2, max_queue=1) == [b"full", 1]  # acme's is full
     tid = TID.format(3)
     assert await s.submit(keys=[K.task(tid), K.stream("globex", "w", 0),
                                 K.priorities("globex", "w"), K.agents, K.live],
                           args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "",
                                 "globex", "mac"]) == 1
     assert await client.smembers(K.agents) == {b"acme:w", b"globex:w"}
+
+
+async def test_max_queue_counts_what_waits_for_its_time_until_it_is_due(client: Any
+                                                                        ) -> None:
+    """A delayed task is held out of its stream, and counts against max_queue until its
+    time, as the node's delays count: one a node of the version before left in its route's
+    count (its CANCEL and DUE take it from the due set alone) counts no longer once due."""
+    s = Scripts(client)
+    now = time.time()
+
+    async def delayed(i: int, at: float) -> Any:
+        tid = TID.format(i)
+        return await s.submit(keys=[K.task(tid), K.stream("acme", "w", 0),
+                                    K.priorities("acme", "w"), K.agents, K.live],
+                              args=[tid, "w", b"{}", 0, "", "", repr(at), "n", 1, "0", "",
+                                    '{"delay":5}', "", *TENANT])
+
+    assert await delayed(1, now) == 1
+    assert await client.xlen(K.stream("acme", "w", 0)) == 0
+    assert await delayed(2, now + 1) == [b"full", 1]
+    assert await client.ttl(f"{K.prefix}held:acme:w") > 3600
+    # (an old node's cancel: the due set alone)
+    await client.zrem(K.due, TID.format(1))
+    assert await delayed(2, now + 5.5) == 1  # task 1's time is past: it counts no longer
+    assert await delayed(3, now + 6) == [b"full", 1]
 
 
 async def test_max_queue_counts_what_waits_not_what_runs(client: Any) -> None:
@@ -131,11 +157,11 @@ async def test_max_queue_counts_what_waits_not_what_runs(client: Any) -> None:
         return [c[2] for c in claims]
 
     assert await submit(s, 1, max_queue=1) == 1
-    assert await submit(s, 2, max_queue=1) == -1  # 1 waits
+    assert await submit(s, 2, max_queue=1) == [b"full", 1]  # 1 waits
     assert await read_claim() == [TID.format(1).encode()]
     assert await client.xlen(stream) == 1  # its entry, pending until its outcome
     assert await submit(s, 2, max_queue=1) == 1  # 1 runs, 2 waits
-    assert await submit(s, 3, max_queue=1) == -1
+    assert await submit(s, 3, max_queue=1) == [b"full", 1]
     assert await read_claim() == [TID.format(2).encode()]
     assert await submit(s, 3, max_queue=1) == 1
     assert await client.xlen(stream) == 3

@@ -49,10 +49,19 @@ def check_input(size: int) -> None:
                                                f"the {MAX_INPUT_BYTES}-byte limit")
 
 
-def queue_full(agent: AgentLike, depth: int) -> RpcError:
-    return RpcError(jsonrpc.REFUSED, f"queue full: agent {agent.name} has "
-                                     f"{plural(depth, 'task')} waiting (max_queue "
-                                     f"{agent.spec.max_queue})")
+def queue_full(agent: str, depth: int, most: int) -> RpcError:
+    """The refusal of a task past its agent's max_queue, in every home's words: `depth`,
+    what waits (to start, or for its time)."""
+    return RpcError(jsonrpc.REFUSED, f"queue full: agent {agent} has "
+                                     f"{plural(depth, 'task')} waiting (max_queue {most})")
+
+
+def cluster_refusal(agent: str, got: object, most: int) -> RpcError | None:
+    """The refusal a cluster's submit script answered, as queue_full's: {'full', what
+    waits}, or -1 for a session's line (its length is its bound)."""
+    if isinstance(got, list) and got[:1] == [b"full"]:
+        return queue_full(agent, int(got[1]), most)
+    return queue_full(agent, most, most) if got == -1 else None
 
 
 def asks_size_only(timeout: float | None, bucket: TokenBucket | None,

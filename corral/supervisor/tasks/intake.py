@@ -94,7 +94,7 @@ class Intake:
             if depth >= agent.spec.max_queue and (later or e.dispatch.free_replica(agent) is None
                                                   or e.dispatch.held is not None
                                                   or e.budgets.holds(agent)):
-                raise queue_full(agent, depth)
+                raise queue_full(agent.name, depth, agent.spec.max_queue)
             if session is not None and (full := e.sessions.refusal(agent.name, session)):
                 raise full
         except RpcError:
@@ -184,7 +184,7 @@ class Intake:
                     if waiting >= max_queue and (
                             dispatch.free_replica(agent) is None
                             or dispatch.held is not None or e.budgets.holds(agent)):
-                        raise queue_full(agent, waiting)
+                        raise queue_full(name, waiting, max_queue)
                 task = Task(name, raw, priority, t or spec.task_timeout, retries, next_seq(),
                             task_id, now)
                 task.tenant, task.options, task.decoded = tenant, options, decoded
