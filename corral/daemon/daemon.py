@@ -318,7 +318,7 @@ class Daemon:
                                                                  hub, self.taken, store))
         status = Status(self.notifier, parts, extras, hub, node)
         await enter("the agents' stop", part.running(sup, conf, opened, hub, environment,
-                                                     lambda: self._graceful),
+                                                     self.taken, lambda: self._graceful),
                     lambda: part.stop_bound(sup))
         if node is not None:
             await enter("the cluster tasks' hand-back", part.closed(node.hand_back))

@@ -19,15 +19,14 @@ import msgspec
 from ..cluster.handover import NodeHanded
 from ..statefiles import open_file
 from ..supervisor.adopt import HandedProcess
-from ..supervisor.containment import ProcessRecord
 from ..supervisor.stats import Stats
 from ..supervisor.tasks.counters import CounterSnapshot
 
 # the layout of this file: an image that reads another refuses the handoff (the old one
 # then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions;
 # 3: plain programs, idle replicas, the task counters; 4: a cluster node's incarnation and
-# claims
-HANDOFF_VERSION = 4
+# claims; 5: no processes to end (the next image finds them by their records, as a crash's)
+HANDOFF_VERSION = 5
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"
@@ -142,7 +141,6 @@ class Handoff(msgspec.Struct, frozen=True):
     issued: int  # spawn tokens issued so far
     fallback: Fallback
     processes: list[HandedProcess] = []
-    ended: list[ProcessRecord] = []  # not kept: the next image ends them
     listeners: list[Listener] = []
     # the gateway's address the agents were given (its URL, its unix socket): the next
     # image gives it on before its HTTP parts start (they start after the adoptions)

@@ -530,10 +530,14 @@ async def one_node(node: ClusterNode, hub: LogHub) -> None:
 @contextlib.asynccontextmanager
 async def running(sup: Supervisor, conf: Conf, opened: Stores, hub: LogHub,
                   environment: Callable[[ProcessReplica], dict[str, str]],
-                  graceful: Callable[[], bool]) -> AsyncIterator[None]:
+                  taken: Takeover | None, graceful: Callable[[], bool]
+                  ) -> AsyncIterator[None]:
     """The engine open: what a crashed incarnation left running is stopped before
-    anything starts, and this one's processes are recorded. Its teardown stops every
+    anything starts (what an upgrade's old image did not hand over is ended once the
+    handed processes are adopted), and this one's processes are recorded. Its teardown stops every
     agent (gracefully when a stop was asked for), then ends the incarnation."""
+    if taken is not None:
+        taken.recorded(opened.store)
     sup.open(environment)
     records: ProcessRecords | None = None
     try:

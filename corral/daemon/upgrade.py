@@ -326,7 +326,7 @@ class Upgrades:
                             "go away (the socket stays open: clients wait in its backlog)")
             if node is not None:
                 await handover.settle(node)
-            kept, ended = await self._quiet(deadline, held=True)
+            kept = await self._quiet(deadline, held=True)
             # an outcome or a claim of the cluster's that came meanwhile is settled, and
             # the channels looked at again: the exec follows the last look with no await
             while node is not None and (left := handover.unsettled(node)):
@@ -334,8 +334,8 @@ class Upgrades:
                     raise UpgradeRefusal(f"{left} within {QUIESCE_TIMEOUT:g} s")
                 await asyncio.sleep(QUIET_LOOK)
                 await handover.settle(node)
-                kept, ended = await self._quiet(deadline, held=True)
-            self._exec(target, asked, kept, ended)
+                kept = await self._quiet(deadline, held=True)
+            self._exec(target, asked, kept)
         except UpgradeRefusal as exc:
             tasks.release()
             if node is not None:
@@ -345,11 +345,11 @@ class Upgrades:
             await host.control.come_back()
             await self.listeners.come_back()
 
-    async def _quiet(self, deadline: float, held: bool = False
-                     ) -> tuple[list[HandedProcess], list[ProcessRecord]]:
+    async def _quiet(self, deadline: float, held: bool = False) -> list[HandedProcess]:
         """Every worker described whole, once nothing is in flight on its channel but
         requests corral sent (and the journal and the store have written what they
-        were given): what to keep, and what the next image ends. Between looks it waits
+        were given): what to keep (the next image ends the rest, found by their records
+        in the store as after a crash: `Takeover.recorded`). Between looks it waits
         to be told: a replica's transition on the stream (a start or stop over), a
         request of a waiting replica's channel ended (`Peer.ends`); QUIET_LOOK at
         most, for what nothing tells (bytes still in a pipe, either way).
@@ -394,9 +394,7 @@ class Upgrades:
         finally:
             for sub in subs:
                 stream.unsubscribe(sub)
-        tokens = {h.record.token for h in kept}
-        ended = [t.record for token, t in sup.parts.containment.live.items() if token not in tokens]
-        return kept, ended
+        return kept
 
     def _describe(self, sup: Supervisor) -> tuple[list[HandedProcess], list[ProcessReplica]]:
         by_replica: dict[Replica, dict[str, int]] = {}
@@ -428,8 +426,7 @@ class Upgrades:
                 kept.append(h)
         return kept, waiting
 
-    def _exec(self, target: Target, asked: float, kept: list[HandedProcess],
-              ended: list[ProcessRecord]) -> None:
+    def _exec(self, target: Target, asked: float, kept: list[HandedProcess]) -> None:
         """Write the state file and exec; returns (UpgradeRefusal) only if the exec failed."""
         host = self.host
         containment, tasks = host.sup.parts.containment, host.sup.parts.tasks
@@ -442,7 +439,7 @@ class Upgrades:
                 **environment(host.notifier),
                 # the old image imports itself from where it did
                 IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
-            processes=kept, ended=ended, listeners=self.listeners.held(),
+            processes=kept, listeners=self.listeners.held(),
             gateway=(host.services.gateway.url or "", host.services.gateway.socket_path),
             subscriptions=[ResourceSubscription(*s) for s in host.sup.parts.tools.subscribed()],
             counters=carry(tasks.by_agent), engine=host.sup.parts.runtime_stats(),
@@ -499,6 +496,7 @@ class Takeover:
         self.kept_tasks = 0
         self.kept_servers = 0
         self.lost: list[str] = []
+        self.ended: list[ProcessRecord] = []  # not handed over: `settle` ends them
         self.sup: Supervisor | None = None
         self.adoptions = Adoptions(h.processes, self._adopted, self._lost)
         self._first = asyncio.Event()  # a handed process adopted (or lost): dispatch goes on
@@ -526,10 +524,6 @@ class Takeover:
         self.sup = sup
         sup.parts.containment.go_on_from(self.handoff.owner, self.handoff.issued,
                                          self.adoptions.take)
-        # tracked until they are ended: not taken for orphans, their cgroups not given to
-        # the processes started in their place
-        for rec in self.handoff.ended:
-            sup.parts.containment.adopted(rec)
         carried = self.handoff.engine
         if carried is not None:  # the supervisor's counts go on (`corral stats`)
             stats = sup.stats
@@ -537,6 +531,18 @@ class Takeover:
                 setattr(stats, name, getattr(stats, name) + getattr(carried, name))
             stats.restarts_by_cause = dict(Counter(stats.restarts_by_cause)
                                            + Counter(carried.restarts_by_cause))
+
+    def recorded(self, store: StateStore) -> None:
+        """Once the store is open, before anything is spawned: the old image's processes
+        that were not handed over, found by their records as a crash's are (incarnation.py),
+        tracked until `settle` ends them: not taken for orphans, their cgroups not given
+        to the processes started in their place."""
+        assert self.sup is not None
+        kept = {h.record.token for h in self.handoff.processes}
+        self.ended = [r for r in store.process_records([self.handoff.owner])
+                      if r.token not in kept]
+        for rec in self.ended:
+            self.sup.parts.containment.adopted(rec)
 
     def hold_back(self, unfinished: list[Unfinished]) -> list[Unfinished]:
         """The journal's unfinished tasks less those running on a kept worker: they
@@ -737,7 +743,7 @@ class Takeover:
         if self.claims and self.node is not None:  # their workers not kept
             handover.give_back(self.node, list(self.claims.values()), "its worker was not kept")
             self.claims.clear()
-        ended = [*self.handoff.ended, *(lost.record for lost in left)]
+        ended = [*self.ended, *(lost.record for lost in left)]
         await end_processes(ended)
         for rec in ended:
             containment.ended(rec.token)  # their cgroups and records go
