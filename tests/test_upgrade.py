@@ -349,7 +349,7 @@ def test_the_handoff_file_is_private() -> None:
     tmp = shared_tmpdir()
     try:
         path = handoff.path_in(tmp)
-        h = Handoff(attempt=1, from_version="x", pid=os.getpid(), asked_at=0.0,
+        h = Handoff(attempt=1, from_version="x", asked_at=0.0,
                     started_at=0.0, config="c", socket=None, control=(3, 4), owner="o",
                     issued=0, fallback=Fallback(python=PY, env={}, boot=""))
         handoff.write(path, h)
@@ -744,7 +744,7 @@ async def test_the_gateways_address_goes_on_only_where_its_sockets_are_inherited
         return load_config(path)
 
     def taken(url: str, listen: str) -> Takeover:
-        h = Handoff(attempt=1, from_version="0", pid=os.getpid(), asked_at=0.0,
+        h = Handoff(attempt=1, from_version="0", asked_at=0.0,
                     started_at=0.0, config="corral.toml", socket=None, control=(-1, -1),
                     owner="o", issued=0, fallback=Fallback(python="", env={}, boot=""),
                     listeners=[Listener("http", listen, -1)], gateway=(url, None))
@@ -831,7 +831,7 @@ async def test_the_collector_is_on_again_once_the_adoptions_are_over(
     """BOOT turns the collector off until the handed processes are adopted; `settle`
     turns it on again, and so does an adoption that fails (the image goes on)."""
     def taken() -> Takeover:
-        h = Handoff(attempt=1, from_version="0", pid=os.getpid(), asked_at=0.0,
+        h = Handoff(attempt=1, from_version="0", asked_at=0.0,
                     started_at=0.0, config="corral.toml", socket=None, control=(-1, -1),
                     owner="o", issued=0, fallback=Fallback(python="", env={}, boot=""))
         t = Takeover(h, tmp_path / "upgrade-handoff.json", None)

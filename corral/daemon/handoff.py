@@ -131,7 +131,6 @@ class Listeners:
 class Handoff(msgspec.Struct, frozen=True):
     attempt: int  # the upgrade's number in the daemon process's life
     from_version: str
-    pid: int
     asked_at: float  # wall time the upgrade was asked for
     started_at: float  # the daemon's start (its uptime goes on)
     config: str

@@ -431,10 +431,9 @@ class Upgrades:
         host = self.host
         containment, tasks = host.sup.parts.containment, host.sup.parts.tasks
         h = Handoff(
-            attempt=self.report.attempt, from_version=__version__, pid=os.getpid(),
-            asked_at=asked, started_at=host.started_at, config=str(host.config_path),
+            attempt=self.report.attempt, from_version=__version__, asked_at=asked,
+            started_at=host.started_at, config=str(host.config_path), issued=containment.issued,
             socket=host.socket_override, control=host.control.fds(), owner=containment.owner,
-            issued=containment.issued,
             fallback=Fallback(python=sys.executable, boot=BOOT, env={
                 **environment(host.notifier),
                 # the old image imports itself from where it did
