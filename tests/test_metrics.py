@@ -23,12 +23,12 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral import __version__, jsonrpc
-from corral.daemon.addresses import local_listen
 from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.http.auth import BAD_TOKEN
 from corral.daemon.tokens import tokens_of
 from corral.supervisor import State
+from corral.supervisor.addresses import local_listen
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, free_port, hello, in_process

@@ -23,6 +23,7 @@ import msgspec.inspect
 from ..othernames import hint
 from ..text import did_you_mean
 from .a2aagents import A2A_SERVER, a2a_server
+from .addresses import local_listen
 from .config import (
     DEFAULT_TENANT,
     MODEL_NAME,
@@ -50,7 +51,7 @@ from .dynamicusers import uid_range
 from .isolation import gateway_socket, isolation
 from .names import name_problem, shown
 from .runas import reach_refusal
-from .sandbox import exposed, host_refusal, relayable
+from .sandbox import exposed, host_refusal
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule
 from .seccomp import missing as no_filter
 from .startorder import order_problem
@@ -565,7 +566,7 @@ def isolation_problem(spec: AgentSpec, gateway: GatewaySettings,
     if iso.network == "gateway" and not gateway.agent_tokens:
         return ('network: network = "gateway" needs [gateway] agent_tokens = true (the '
                 "agent is given the gateway's socket with its own token)")
-    if iso.network == "gateways" and not relayable(gateway.listen):
+    if iso.network == "gateways" and not local_listen(gateway.listen):
         return ('egress: egress = "gateways" needs [gateway] listen on a loopback address '
                 'or "unix:PATH" (the gateways are relayed into the sandbox\'s empty '
                 "network namespace from there)")

@@ -110,18 +110,6 @@ def host_refusal(program: str, user: str | None, *,
     return f"bubblewrap cannot make a sandbox on this host: {said_last}"
 
 
-def relayable(listen: str | None) -> bool:
-    """Whether the gateways at `[gateway] listen` can be given to an egress =
-    "gateways" sandbox: a unix socket (bound in), or a loopback TCP address (relayed to,
-    inside, at the same address)."""
-    if listen is None:
-        return False
-    if listen.startswith("unix:"):
-        return True
-    host = listen.rpartition(":")[0].strip("[]")
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
 class GatewayRelay(NamedTuple):
     """The gateways of an egress = "gateways" agent whose gateways are TCP: the address
     its environment names (CORRAL_MCP_URL), what the daemon also serves them on (a unix

@@ -16,9 +16,9 @@ from aiohttp import web
 from ... import jsonrpc
 from ...jsonrpc import RpcError, visible
 from ...ratelimit import PerKey
+from ...supervisor.addresses import loopback
 from ...supervisor.config import DEFAULT_TENANT, A2aSettings, AgentSpec
 from ...tracecontext import parse_or_none
-from ..addresses import loopback
 from ..caller import A2A_VIA, Caller
 from ..http import route
 from ..http.auth import authenticate

@@ -35,9 +35,9 @@ from ...mcp.envelope import Mirror
 from ...mcp.http import METHOD_HEADER, NAME_HEADER, SESSION_HEADER, VERSION_HEADER
 from ...mcp.logrelay import META_LOG_LEVEL, LogRelay
 from ...mcp.server import MISSING_CAPABILITY, GatewaySession, Progress
+from ...supervisor.addresses import loopback
 from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
-from ..addresses import loopback
 from ..attribution import mark_of
 from ..mcptasks import AGENTS_VIEW
 from ..models.answers import Exchange, WrittenResponse

@@ -32,9 +32,9 @@ from prometheus_client.utils import floatToGoString
 
 from ... import __version__, jsonrpc
 from ...jsonrpc import RpcError
+from ...supervisor.addresses import local_listen
 from ...supervisor.lifecycle import Cause
 from ...supervisor.process_replica import Transition
-from ..addresses import local_listen
 from ..caller import Caller
 from ..history import BUCKETS
 from ..services import Services

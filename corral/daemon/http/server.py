@@ -18,9 +18,9 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from ...supervisor.addresses import loopback
 from ...supervisor.config import ConfigError, HttpSettings
 from ...text import clip, one_line
-from ..addresses import loopback
 from .context import HttpContext
 from .route import MAX_BODY, problem
 

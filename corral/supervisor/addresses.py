@@ -1,5 +1,6 @@
 """Whether a listen address is reachable from this host only: the one rule behind the
-HTTP server's TLS requirement, the gateway's, and what `metrics_public` may open."""
+HTTP server's TLS requirement, the gateway's, what `metrics_public` may open, and the
+gateways an egress = "gateways" sandbox is relayed to."""
 
 from __future__ import annotations
 
