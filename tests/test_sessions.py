@@ -411,9 +411,9 @@ async def test_a_sessions_history_keeps_its_last_thousand_tasks(tmp_path: Path) 
                 await journal.committed()
         await journal.committed()
         history = await journal.history(row)
-        assert [h[0] for h in history] == [f"t{i}" for i in range(n - KEEP_HISTORY + 1,
+        assert [h.task_id for h in history] == [f"t{i}" for i in range(n - KEEP_HISTORY + 1,
                                                                      n + 1)]
-        assert all(status is None for _, status, _ in history)  # no such tasks journaled
+        assert all(h.status is None for h in history)  # no such tasks journaled
         db = d.services.store.db
         (kept,) = db.execute("SELECT count(*) FROM session_tasks WHERE session = 'long'"
                              ).fetchone()

@@ -126,7 +126,7 @@ class ClusterSessions(RedisPart):
                                         "last state")
 
     # -- reading -------------------------------------------------------------------------------
-    async def listing(self, agent: str | None) -> list[SessionView]:
+    async def views(self, agent: str | None) -> list[SessionView]:
         """The cluster's live sessions (of `agent`), every tenant's (each view says
         whose)."""
         head = self.keys.sessions("", "")[:-1]  # the sets' names up to the tenant
@@ -151,13 +151,7 @@ class ClusterSessions(RedisPart):
                     out.append(view)
         return sorted(out, key=lambda v: (v.agent, v.session))
 
-    async def info(self, tenant: str | None, agent: str, name: str) -> SessionInfo | None:
-        """`sessions.get` of a cluster session: the one of `tenant` (a tenant's caller's),
-        else of the tenant whose agent of the name this node runs, else the most recently
-        used of the name."""
-        key = await self._whose(tenant, agent, name)
-        if key is None:
-            return None
+    async def info(self, key: SessionKey) -> SessionInfo | None:
         view = await read(lambda: self._read(key))
         if view is None:
             return None
@@ -174,12 +168,10 @@ class ClusterSessions(RedisPart):
                         created=float(created) if created else None)
             for task_id, (status, created) in zip(ids, rows, strict=True)])
 
-    async def end(self, tenant: str | None, agent: str, name: str) -> SessionView | None:
-        """`sessions.end` of a cluster session (found as `info` finds it), refused while
-        a turn of it is queued or running; its view as it was."""
-        key = await self._whose(tenant, agent, name)
-        view = None if key is None else await read(lambda: self._read(key))
-        if key is None or view is None:
+    async def end(self, key: SessionKey) -> SessionView | None:
+        """Refused while a turn of it is queued or running; its view as it was."""
+        view = await read(lambda: self._read(key))
+        if view is None:
             return None
         got = await self.end_script(
             keys=[self.keys.session(key), self.keys.session_line(key),
@@ -211,27 +203,6 @@ class ClusterSessions(RedisPart):
             return None
         status = await read(lambda: self.redis.hget(self.keys.task(cur.decode()), "status"))
         return turn_waits(key.name, cur.decode(), status in ON_WORKER, waiting.index(mine))
-
-    async def _whose(self, tenant: str | None, agent: str, name: str) -> SessionKey | None:
-        if tenant is not None:
-            return SessionKey(tenant, agent, name)
-        here = self._tenant(agent)
-        if here:
-            return SessionKey(here, agent, name)
-        # the agent runs on no node here: every tenant's session of the name, the last used
-        found: list[tuple[float, str]] = []
-        head = self.keys.session(SessionKey("", "", ""))[:-2]
-        tail = f":{agent}:{name}"
-        async for raw in self.redis.scan_iter(
-                match=self.keys.session(SessionKey("*", _glob(agent), _glob(name))),
-                count=1000):
-            key = raw.decode()
-            if not key.endswith(tail):  # (a tenant's name cannot hold the separator)
-                continue
-            last = await self.redis.hget(raw, "last")
-            if last is not None:
-                found.append((float(last), key[len(head):-len(tail)]))
-        return SessionKey(max(found)[1], agent, name) if found else None
 
     async def _read(self, key: SessionKey) -> SessionView | None:
         pipe = self.redis.pipeline(transaction=False)
@@ -300,7 +271,3 @@ def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: floa
         running=cur.decode() if cur else None, waiting=int(waiting),
         expires=None if score == float("inf") else score, tenant=key.tenant)
 
-
-def _glob(name: str) -> str:
-    """`name` matched literally by a SCAN pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in name)

@@ -24,7 +24,7 @@ from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import Task, TaskFinished, TaskStatus, is_task_id
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..supervisor.tasks.inbox import InboxBounds
-from ..supervisor.tasks.sessions import SessionsEnding
+from ..supervisor.tasks.sessions import SessionKey, SessionsEnding
 from ..supervisor.tasks.taskmachine import cancel_failure
 from ..supervisor.teams.call import driven_with
 from ..timeouts import cancel_all, within
@@ -406,19 +406,18 @@ class ClusterNode:
         await self.desk.sessions.end_cluster_agents({n: owners[n] for n in gone})
         return gone
 
-    async def sessions(self, agent: str | None) -> list[m.SessionView]:
+    # -- the cluster's sessions (supervisor.tasks.sessions.SessionStore) ---------------------
+    async def session_views(self, agent: str | None) -> list[m.SessionView]:
         with said(self.settings, "the cluster's sessions were not read"):
-            return await self.desk.sessions.listing(agent)
+            return await self.desk.sessions.views(agent)
 
-    async def session(self, tenant: str | None, agent: str, name: str
-                      ) -> m.SessionInfo | None:
+    async def session_info(self, key: SessionKey) -> m.SessionInfo | None:
         with said(self.settings, "the cluster's sessions were not read"):
-            return await self.desk.sessions.info(tenant, agent, name)
+            return await self.desk.sessions.info(key)
 
-    async def end_session(self, tenant: str | None, agent: str, name: str
-                          ) -> m.SessionView | None:
+    async def end_session(self, key: SessionKey) -> m.SessionView | None:
         with said(self.settings, "the session was not ended"):
-            return await self.desk.sessions.end(tenant, agent, name)
+            return await self.desk.sessions.end(key)
 
     async def runs_cluster_agent(self, name: str) -> bool:
         """Whether a command on agent `name` here is the cluster's agent's: the cluster

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..results import SessionInfo, SessionView
     from ..supervisor.pushstore import PushStore
+    from ..supervisor.tasks.sessions import SessionKey
 
 NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
 
@@ -65,13 +66,11 @@ class NotANode:
     async def remove_agents(self, names: list[str]) -> list[str]:
         return []
 
-    async def sessions(self, agent: str | None) -> list[SessionView]:
+    async def session_views(self, agent: str | None) -> list[SessionView]:
         return []
 
-    async def session(self, tenant: str | None, agent: str, name: str
-                      ) -> SessionInfo | None:
+    async def session_info(self, key: SessionKey) -> SessionInfo | None:
         return None
 
-    async def end_session(self, tenant: str | None, agent: str, name: str
-                          ) -> SessionView | None:
+    async def end_session(self, key: SessionKey) -> SessionView | None:
         return None

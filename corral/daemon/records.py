@@ -7,14 +7,13 @@ exists. Handlers then look a record up for what it is, never for whose.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..supervisor.agents import Agents
 from ..supervisor.labels import session_record, started_record
 from ..supervisor.tasks import TaskManager
-from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
+from ..supervisor.tasks.sessions import SessionBook, Sessions, no_such_session
 from ..supervisor.workflows import WorkflowError, compile_workflow
 from .caller import Caller
 from .clusterpeer import ClusterPeer
@@ -23,8 +22,6 @@ from .tasks import TaskFront
 from .teams import TeamService
 from .teams.service import sees_call
 from .workflows import WorkflowService
-
-T = TypeVar("T")
 
 
 class Holders(Protocol):
@@ -47,9 +44,6 @@ class Holders(Protocol):
 
     @property
     def task_engine(self) -> TaskManager: ...
-
-    @property
-    def agents(self) -> Agents: ...
 
     @property
     def cluster(self) -> ClusterPeer: ...
@@ -168,17 +162,12 @@ async def _continues(d: Holders, caller: Caller, agent: str, name: str) -> bool:
     or none yet (no session of the name, here nor in the cluster, and no task of the
     agent whose own context the name is)."""
     try:
-        s = session_named(d.sessions, d.agents, caller.tenant, agent, name)
-        key = session_record(*s.ident)
-    except RpcError as exc:
-        try:
-            kept = await elsewhere(exc, lambda: d.cluster.session(caller.tenant, agent, name))
-        except RpcError as missing:
-            if missing.code != jsonrpc.NOT_FOUND:
-                raise
-            return await _no_task_of(d, caller, agent, name)
-        key = session_record(kept.session.tenant or "", agent, name)
-    return await _started_by(d, caller, key)
+        kept = await SessionBook(d.sessions, d.cluster).info(caller.tenant, agent, name)
+    except RpcError as missing:
+        if missing.code != jsonrpc.NOT_FOUND:
+            raise
+        return await _no_task_of(d, caller, agent, name)
+    return await _started_by(d, caller, session_record(kept.session.tenant or "", agent, name))
 
 
 async def _no_task_of(d: Holders, caller: Caller, agent: str, name: str) -> bool:
@@ -252,43 +241,10 @@ async def schedule(d: Holders, params: Any, caller: Caller) -> None:
     _mine(caller, entry.agents, entry.tenant, "schedule", params.name)
 
 
-def session_named(sessions: Sessions, agents: Agents, tenant: str | None, agent: str,
-                  name: str) -> Session:
-    """The session a caller of `tenant` names: under its tenant, else under the tenant
-    that holds the agent's name now, else (the agent gone) the most recently used."""
-    if tenant is not None:
-        key = SessionKey(tenant, agent, name)
-    elif agent in agents:
-        key = sessions.key_of(agent, name)
-    else:
-        kept = [s for s in sessions.listing(agent) if s.name == name]
-        key = max(kept, key=lambda s: s.last_used).ident if kept else sessions.key_of(
-            agent, name)
-    return sessions.get(key)
-
-
-async def elsewhere(missing: RpcError, kept: Callable[[], Awaitable[T | None]]) -> T:
-    """What the cluster has of a session this daemon has none of; `missing` (the local
-    lookup's not-found) when it has none either, or when this daemon is no node."""
-    if missing.code != jsonrpc.NOT_FOUND:
-        raise missing
-    found = await kept()
-    if found is None:
-        raise missing
-    return found
-
-
 async def session(d: Holders, params: Any, caller: Caller) -> None:
-    """A session named by its agent and name, this daemon's or (on a node, none here) the
-    cluster's: one that is not the caller's record reads as absent."""
-    try:
-        s = session_named(d.sessions, d.agents, caller.tenant, params.agent, params.session)
-        agent, tenant = s.agent, s.tenant
-    except RpcError as exc:
-        kept = await elsewhere(exc, lambda: d.cluster.session(caller.tenant, params.agent,
-                                                              params.session))
-        agent, tenant = kept.session.agent, kept.session.tenant
-    if not caller.sees_record(agent, tenant):
-        raise RpcError(jsonrpc.NOT_FOUND, f"no such session: "
-                                          f"{jsonrpc.visible(params.session)} of agent "
-                                          f"{params.agent}")
+    """A session named by its agent and name, kept here or in the cluster: one that is not
+    the caller's record reads as absent."""
+    kept = await SessionBook(d.sessions, d.cluster).info(caller.tenant, params.agent,
+                                                         params.session)
+    if not caller.sees_record(kept.session.agent, kept.session.tenant):
+        raise no_such_session(params.agent, params.session)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from ..results import SessionTask
 from ..supervisor.labels import session_record, started_record
 from ..supervisor.tasks.sessions import SessionKey, SessionRow
 from .journalstore import JournalStore, JournalWords
@@ -73,10 +74,9 @@ class SessionsDB:
     async def committed(self) -> None:
         await self._store.group.committed()
 
-    async def history(self, row: SessionRow, limit: int = KEEP_HISTORY
-                      ) -> list[tuple[str, str | None, float | None]]:
-        """(task id, status, created) of the session's tasks in the order accepted
-        (status None: pruned from the task journal)."""
+    async def history(self, row: SessionRow, limit: int = KEEP_HISTORY) -> list[SessionTask]:
+        """The session's tasks in the order accepted (status None: pruned from the task
+        journal)."""
         with contextlib.suppress(SessionsError):  # what is written still answers
             await self.committed()
         return await asyncio.to_thread(self._history, row, limit)
@@ -147,10 +147,9 @@ class SessionsDB:
         db.execute("COMMIT")
 
     # -- reads (in a thread) --------------------------------------------------------------
-    def _history(self, row: SessionRow, limit: int
-                 ) -> list[tuple[str, str | None, float | None]]:
+    def _history(self, row: SessionRow, limit: int) -> list[SessionTask]:
         with self._store.read_lock, errors_named(self.path):
-            return [(tid, status, created) for tid, status, created in self._store.reader.execute(
+            return [SessionTask(*r) for r in self._store.reader.execute(
                 "SELECT st.task_id, t.status, t.created FROM session_tasks st LEFT JOIN "
                 "tasks t ON t.id = st.task_id WHERE st.tenant = ? AND st.agent = ? AND "
                 "st.session = ? AND st.gen = ? ORDER BY st.rowid DESC LIMIT ?",

@@ -134,3 +134,23 @@ def test_a_session_past_its_agents_bounds_is_refused_with_their_words(home: Home
     assert (code, message) == (jsonrpc.REFUSED, (
         "sessions full: agent small has 1 live session (max_sessions 1); end one (corral "
         "sessions end) or wait for one to expire (session_ttl)"))
+
+
+def test_a_session_is_one_record_read_and_ended_at_every_entry(home: Home) -> None:
+    """sessions.list, .get and .end read one source: a session is listed once at every
+    entry, ended at one, and then absent at each, in the same words."""
+    done = home.run("chat", {"turn": 1}, session="s5")
+    for at in (0, 1):
+        listed = [v for v in home.call("sessions.list", {"agent": "chat"}, at=at)["sessions"]
+                  if v["session"] == "s5"]
+        assert [(v["tasks"], v["running"], v["waiting"]) for v in listed] == [(1, None, 0)]
+        assert [t["task_id"] for t in home.session("chat", "s5", at=at)["history"]] == \
+            [done["task_id"]]
+    ended = home.call("sessions.end", {"agent": "chat", "session": "s5"}, at=1)
+    assert (ended["session"], ended["tasks"]) == ("s5", 1)
+    gone = (jsonrpc.NOT_FOUND, "no such session: s5 of agent chat")
+    for at in (0, 1):
+        assert home.refusal("sessions.get", {"agent": "chat", "session": "s5"}, at=at) == gone
+        assert home.refusal("sessions.end", {"agent": "chat", "session": "s5"}, at=at) == gone
+        assert "s5" not in {v["session"] for v in home.call(
+            "sessions.list", {"agent": "chat"}, at=at)["sessions"]}

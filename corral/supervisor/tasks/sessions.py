@@ -20,6 +20,7 @@ import msgspec
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
+from ...results import SessionInfo, SessionTask, SessionView
 from ...text import plural
 from ...timeouts import kept
 from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
@@ -125,8 +126,8 @@ class SessionJournal(Protocol):
     async def committed(self) -> None:
         """Return once everything put so far is durable; raise if it cannot be."""
 
-    async def history(self, row: SessionRow) -> list[tuple[str, str | None, float | None]]:
-        """(task id, status, created) of the session's tasks, in the order accepted."""
+    async def history(self, row: SessionRow) -> list[SessionTask]:
+        """The session's tasks, in the order accepted."""
 
     async def state(self, row: SessionRow) -> bytes | None:
         """The session's state as committed (everything put before is awaited)."""
@@ -141,6 +142,72 @@ class SessionsEnding(NamedTuple):
 
     owners: Mapping[str, str]
     endings: list[Awaitable[None]]
+
+
+class SessionStore(Protocol):
+    """Sessions read where they are kept (this engine's `Sessions`, a cluster's):
+    storage only; which session a caller names, and the stores together, are SessionBook's."""
+
+    async def session_views(self, agent: str | None) -> list[SessionView]:
+        """The live sessions (of `agent`), every tenant's."""
+
+    async def session_info(self, key: SessionKey) -> SessionInfo | None: ...
+
+    async def end_session(self, key: SessionKey) -> SessionView | None:
+        """The session's view as it was, ended (RpcError turns_unfinished while a turn of it
+        is queued or running); None: no such live session here."""
+
+
+class SessionBook(NamedTuple):
+    """The sessions a caller names, one source over every store that keeps them: this
+    engine's, then its cluster's (a `local` task's session is the node's alone)."""
+
+    here: Sessions
+    cluster: SessionStore
+
+    @property
+    def stores(self) -> tuple[SessionStore, SessionStore]:
+        return self.here, self.cluster
+
+    async def key(self, tenant: str | None, agent: str, name: str) -> SessionKey:
+        """The session a caller of `tenant` names: under its tenant, else under the tenant
+        that holds the agent's name here now, else (the agent gone) the most recently used."""
+        if tenant is not None:
+            return SessionKey(tenant, agent, name)
+        if agent not in self.here.host.agents:
+            found = [(v.last_used, v.tenant) for v in await self.listing(agent)
+                     if v.session == name]
+            if found:
+                return SessionKey(max(found)[1], agent, name)
+        return self.here.key_of(agent, name)
+
+    async def listing(self, agent: str | None) -> list[SessionView]:
+        views: dict[tuple[str | None, str, str], SessionView] = {}
+        for store in self.stores:
+            for v in await store.session_views(agent):
+                views.setdefault((v.tenant, v.agent, v.session), v)
+        return list(views.values())
+
+    async def info(self, tenant: str | None, agent: str, name: str) -> SessionInfo:
+        key = await self.key(tenant, agent, name)
+        for store in self.stores:
+            got = await store.session_info(key)
+            if got is not None:
+                return got
+        raise no_such_session(agent, name)
+
+    async def end(self, tenant: str | None, agent: str, name: str) -> SessionView:
+        key = await self.key(tenant, agent, name)
+        for store in self.stores:
+            got = await store.end_session(key)
+            if got is not None:
+                return got
+        raise no_such_session(agent, name)
+
+
+def no_such_session(agent: str, name: str) -> RpcError:
+    return RpcError(jsonrpc.NOT_FOUND, f"no such session: {jsonrpc.visible(name)} of agent "
+                                       f"{agent}")
 
 
 class Session:
@@ -202,7 +269,7 @@ class Sessions:
         self.inner = inner
         # the inner queue's own, no call in between: a line feeds that queue, not the take
         self.take: Callable[[str], Task | None] = inner.take
-        self._host = host
+        self.host = host
         self._tenancy = tenancy
         self.table: dict[SessionKey, Session] = {}
         self._parked: dict[str, int] = {}  # tasks waiting in the lines, per agent
@@ -238,7 +305,7 @@ class Sessions:
 
     def key_of(self, agent: str, name: str) -> SessionKey:
         """Session `name` of the agent of this name now (of no agent: the default tenant's)."""
-        known = self._host.agents.get(agent)
+        known = self.host.agents.get(agent)
         return SessionKey(known.spec.tenant if known is not None else DEFAULT_TENANT, agent,
                           name)
 
@@ -278,7 +345,7 @@ class Sessions:
     def _ttl(self, s: Session) -> float:
         """The session's agent's session_ttl; one whose agent is now another tenant's, or
         none (gone from the file across a restart), expires after the default one."""
-        agent = self._host.agents.get(s.agent)
+        agent = self.host.agents.get(s.agent)
         if agent is None or agent.spec.tenant != s.tenant:
             return DEFAULT_SESSION_TTL
         return agent.spec.session_ttl
@@ -354,38 +421,47 @@ class Sessions:
         if self.journal is not None:
             self.journal.add_task(s.row(), task.id)
 
-    def get(self, key: SessionKey) -> Session:
+    def _live_at(self, key: SessionKey) -> Session | None:
         s = self.table.get(key)
-        if s is None or self._expired(s, time.time()):
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such session: {jsonrpc.visible(key.name)} "
-                                              f"of agent {key.agent}")
-        return s
+        return None if s is None or self._expired(s, time.time()) else s
 
     def listing(self, agent: str | None = None) -> list[Session]:
         self.sweep()
         return sorted((s for s in self.table.values() if agent is None or s.agent == agent),
                       key=lambda s: (s.agent, s.name, s.tenant))
 
-    def end(self, key: SessionKey) -> Session:
+    # -- read by name (SessionStore) ---------------------------------------------------------
+    def view(self, s: Session) -> SessionView:
+        ttl = self._ttl(s)
+        return SessionView(
+            agent=s.agent, session=s.name, tasks=s.tasks, created=s.created,
+            last_used=s.last_used, holder=s.holder, state_bytes=s.state_bytes,
+            running=s.current.id if s.current is not None else None, waiting=len(s.line),
+            expires=s.last_used + ttl if ttl and s.idle else None, tenant=s.tenant)
+
+    async def session_views(self, agent: str | None) -> list[SessionView]:
+        return [self.view(s) for s in self.listing(agent)]
+
+    async def session_info(self, key: SessionKey) -> SessionInfo | None:
+        s = self._live_at(key)
+        if s is None:
+            return None
+        return SessionInfo(session=self.view(s), history=await self.journal.history(s.row())
+                           if self.journal is not None else [])
+
+    async def end_session(self, key: SessionKey) -> SessionView | None:
         """Forget a session that has no task queued or running."""
-        s = self.get(key)
+        s = self._live_at(key)
+        if s is None:
+            return None
         if not s.idle:
             cur = s.current
             now = None if cur is None else f"task {cur.id} is {cur.status}"
             raise turns_unfinished(key, s.pending, now)
         self._drop(s)
-        return s
-
-    async def history(self, s: Session) -> list[tuple[str, str | None, float | None]]:
-        return await self.journal.history(s.row()) if self.journal is not None else []
-
-    async def committed(self) -> None:
         if self.journal is not None:
             await self.journal.committed()
-
-    def expires(self, s: Session) -> float | None:
-        ttl = self._ttl(s)
-        return s.last_used + ttl if ttl and s.idle else None
+        return self.view(s)
 
     def restore(self, sessions: Iterable[tuple[SessionRow, int | None]],
                 members: Iterable[tuple[str, SessionKey]]) -> None:
@@ -427,7 +503,7 @@ class Sessions:
     # -- the bounds -----------------------------------------------------------------------
     def _over(self, key: SessionKey, more: int, size: int) -> str | None:
         """Why `more` sessions and `size` bytes of state more are past a bound, or None."""
-        for b in session_bounds(self._host.agents.get(key.agent), self._tenancy):
+        for b in session_bounds(self.host.agents.get(key.agent), self._tenancy):
             live = sum(self._live.get((key.tenant, a), 0) for a in b.agents)
             if more and b.max_sessions and live + more > b.max_sessions:
                 return sessions_full(b.who, live, b.max_sessions)
