@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import pytest
 
@@ -32,6 +33,7 @@ from corral.cli.client import Unreachable
 from corral.daemon.gatewayaccess import GatewayService
 from corral.daemon.handoff import Fallback, Handoff, Listener
 from corral.daemon.logs import LogHub
+from corral.daemon.store import StateStore
 from corral.daemon.upgrade import IMPORT_VARIABLE, PREFLIGHT, Takeover, firsts_first
 from corral.supervisor.adopt import Adoptions, HandedProcess
 from corral.supervisor.config import Config
@@ -824,6 +826,49 @@ async def test_the_first_adoption_is_attached_alone_and_the_others_after_it(
         await sup.remove("a")
         for _, proc in made:
             proc.wait(10)
+
+
+async def test_what_the_old_image_did_not_hand_over_is_found_by_its_record_and_ended(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """As after a crash, the new image finds the old one's processes by their records in
+    the state database (the state file names only those it hands over): one not handed is
+    tracked from before anything starts, ended by `settle` and said started again."""
+    owner = sup.parts.containment.owner
+    handed, kept = handed_process(owner, "a", 0)
+    other, left = handed_process(owner, "zygote", 1)
+    zygote = msgspec.structs.replace(other.record, kind="zygote")
+    store = StateStore(tmp_path / "corral.db")
+    writer = store.open_writer()
+    try:
+        store.begin_incarnation(owner, os.getpid(), 1)
+        writer.submit(StateStore.write_processes([handed.record, zygote], []))
+        await writer.committed()
+        h = Handoff(attempt=1, from_version="0", asked_at=0.0, started_at=0.0,
+                    config="corral.toml", socket=None, control=(-1, -1), owner=owner,
+                    issued=0, fallback=Fallback(python="", env={}, boot=""),
+                    processes=[handed])
+        t = Takeover(h, tmp_path / "upgrade-handoff.json", None)
+        t.sup = sup
+        t.recorded(store)
+        live = sup.parts.containment.live
+        assert (t.ended, zygote.token in live, handed.record.token in live) == (
+            [zygote], True, False)
+        report = await t.settle(LogHub(None))
+        # (the handed one no replica took, as an agent gone from the config)
+        assert report.restarted == [
+            "zygote zygote#1", "agent a#0",
+            "a#0 (its agent's replica did not start in the new image)"], report
+        assert (zygote.token in live, handed.record.token in live) == (False, False)
+        assert (read_stat(left.pid), read_stat(kept.pid)) == (None, None)
+    finally:
+        for fd in other.fds:
+            os.close(fd)
+        for proc in (kept, left):  # (each reaped by `settle` when it passed)
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                if proc.poll() is None:
+                    proc.kill()
+        await store.close_writer()
+        store.close()
 
 
 async def test_the_collector_is_on_again_once_the_adoptions_are_over(
