@@ -25,11 +25,11 @@ TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:=/@+-]*$"
 _TAG = re.compile(TAG_PATTERN)
 
 
-def _cli(flag: str | None = None, *, parse: str | None = None, metavar: str | None = None,
-         hidden: bool = False) -> dict[str, Any]:
-    """How the CLI spells a field (cli/tasks.py reads it): its flag when not the field's
-    name, a parser of its text (`duration`), its metavar; or no flag at all."""
-    return {"cli": {"flag": flag, "parse": parse, "metavar": metavar, "hidden": hidden}}
+def _cli(flag: str | None = None, *, parse: str | None = None, metavar: str | None = None
+         ) -> dict[str, Any]:
+    """How the CLI spells a field (cli/taskflags.py reads it): its flag when not the
+    field's name, a parser of its text (`duration`), its metavar."""
+    return {"cli": {"flag": flag, "parse": parse, "metavar": metavar}}
 
 
 class AgentRetries(Protocol):

@@ -29,8 +29,7 @@ class Flag:
         cli = (meta.extra or {}).get("cli", {}) if meta is not None else {}
         schema = meta.extra_json_schema or {} if meta is not None else {}
         self.flag = flag = "--" + (cli.get("flag") or field.name).replace("_", "-")
-        kw: dict[str, Any] = {"help": schema.get("description"), "metavar": cli.get("metavar"),
-                              "hidden": bool(cli.get("hidden"))}
+        kw: dict[str, Any] = {"help": schema.get("description"), "metavar": cli.get("metavar")}
         if isinstance(typ, mi.ListType | mi.VarTupleType):
             kw.update(multiple=True, callback=_items)
         elif cli.get("parse") == "duration":
