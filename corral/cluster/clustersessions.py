@@ -20,8 +20,13 @@ from ..results import SessionInfo, SessionTask, SessionView
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.host import TaskHost
-from ..supervisor.tasks.sessions import SessionKey, sessions_full, turn_waits, turns_unfinished
-from ..text import plural
+from ..supervisor.tasks.sessions import (
+    SessionKey,
+    sessions_full,
+    state_too_large,
+    turn_waits,
+    turns_unfinished,
+)
 from . import sessionscripts
 from .connection import read, read_all
 from .keys import Keys
@@ -91,9 +96,7 @@ class ClusterSessions(RedisPart):
 
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """Kept in Redis under the claim's fence before it is answered."""
-        if not isinstance(task, ClusterTask) or task.session is None:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task {task.id} "
-                                                   "has no session")
+        assert isinstance(task, ClusterTask) and task.session is not None
         body = msgspec.json.encode(state)
         tenant = self._tenant(task.agent)
         mac = self.trust.sign(SESSION, tenant, task.agent, task.session, body)
@@ -119,11 +122,7 @@ class ClusterSessions(RedisPart):
                                              f"{got[1].decode()}'s, not this node's agent's "
                                              f"({tenant or 'none'}); the state is not kept")
         self.refused += 1
-        raise RpcError(jsonrpc.REFUSED, f"session/checkpoint: session state too large: "
-                                        f"agent {task.agent}'s live sessions would hold "
-                                        f"{plural(int(got[1]), 'byte')} of state "
-                                        f"(max_session_bytes {most}); the session keeps its "
-                                        "last state")
+        raise state_too_large(f"agent {task.agent}", int(got[1]), most)
 
     # -- reading -------------------------------------------------------------------------------
     async def views(self, agent: str | None) -> list[SessionView]:

@@ -17,10 +17,6 @@ class SessionServices(msgspec.Struct, frozen=True):
     sessions: Sessions  # the tasks' sessions
     cluster: ClusterPeer  # the cluster's sessions, on a node
 
-    @property
-    def book(self) -> SessionBook:
-        return SessionBook(self.sessions, self.cluster)
-
 
 COMMANDS: Commands[Services, SessionServices] = Commands(by_name(SessionServices))
 implements = COMMANDS.implements
@@ -29,16 +25,16 @@ implements = COMMANDS.implements
 @implements(m.SessionsList)
 async def sessions_list(d: SessionServices, p: m.SessionsList, caller: Caller, c: Channel
                         ) -> m.SessionList:
-    return m.SessionList(sessions=await d.book.listing(p.agent))
+    return m.SessionList(sessions=await SessionBook(d.sessions, d.cluster).listing(p.agent))
 
 
 @implements(m.SessionsGet)
 async def sessions_get(d: SessionServices, p: m.SessionsGet, caller: Caller, c: Channel
                        ) -> m.SessionInfo:
-    return await d.book.info(caller.tenant, p.agent, p.session)
+    return await SessionBook(d.sessions, d.cluster).info(caller.tenant, p.agent, p.session)
 
 
 @implements(m.SessionsEnd)
 async def sessions_end(d: SessionServices, p: m.SessionsEnd, caller: Caller, c: Channel
                        ) -> m.SessionView:
-    return await d.book.end(caller.tenant, p.agent, p.session)
+    return await SessionBook(d.sessions, d.cluster).end(caller.tenant, p.agent, p.session)

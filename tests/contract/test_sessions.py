@@ -154,3 +154,26 @@ def test_a_session_is_one_record_read_and_ended_at_every_entry(home: Home) -> No
         assert home.refusal("sessions.end", {"agent": "chat", "session": "s5"}, at=at) == gone
         assert "s5" not in {v["session"] for v in home.call(
             "sessions.list", {"agent": "chat"}, at=at)["sessions"]}
+
+
+def test_a_turn_cancelled_in_its_sessions_line_leaves_it_and_the_next_follows(
+        home: Home, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    first = home.submit("chat", {"turn": 1, "hold": str(gate)}, session="s6")
+    home.status_of(first, "running")
+    dropped = home.submit("chat", {"turn": 2}, at=1, session="s6")
+    third = home.submit("chat", {"turn": 3}, session="s6")
+    home.status_of(third, "queued")
+    home.call("tasks.cancel", {"task_id": dropped}, at=1)
+    assert home.status_of(dropped, "cancelled")["attempts"] == []
+    shown = home.session("chat", "s6", at=1)["session"]
+    assert (shown["running"], shown["waiting"]) == (first, 1)
+    opened = threading.Thread(target=lambda: open(gate, "wb").close())
+    opened.start()
+    assert home.wait(first)["output"]["turns"] == [1]
+    opened.join(10)
+    assert home.wait(third)["output"]["turns"] == [1, 3]
+    assert [t["task_id"] for t in home.session("chat", "s6")["history"]] == \
+        [first, dropped, third]
+    home.call("sessions.end", {"agent": "chat", "session": "s6"})

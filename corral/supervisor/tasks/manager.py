@@ -142,6 +142,9 @@ class TaskManager:
 
     def _on_session_checkpoint(self, r: Replica, p: SessionCheckpointParams) -> Any:
         task = self.worker.running_on(r, "session/checkpoint", p.task_id)
+        if task.session is None:  # (a turn's, on either home)
+            raise jsonrpc.RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task "
+                                                           f"{task.id} has no session")
         return task.home.turns.checkpoint(task, p.state)
 
     def agent_tasks(self, agent: AgentLike) -> AgentTasks:

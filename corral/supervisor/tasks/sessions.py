@@ -103,6 +103,13 @@ def turns_unfinished(key: SessionKey, pending: int, current: str | None) -> RpcE
                     "; cancel them or wait for them to end")
 
 
+def state_too_large(who: str, held: int, most: int) -> RpcError:
+    """Why a checkpoint is refused past max_session_bytes (its state not kept), on either home."""
+    return RpcError(jsonrpc.REFUSED, f"session/checkpoint: session state too large: {who}'s "
+                    f"live sessions would hold {plural(held, 'byte')} of state "
+                    f"(max_session_bytes {most}); the session keeps its last state")
+
+
 def turn_waits(session: str | None, current: str, runs: bool, ahead: int) -> str:
     """Why a queued turn of a session does not start, on either home."""
     more = f" ({plural(ahead, 'task')} of it ahead)" if ahead else ""
@@ -501,17 +508,15 @@ class Sessions:
                 "states_read_back": self.hot.loads}
 
     # -- the bounds -----------------------------------------------------------------------
-    def _over(self, key: SessionKey, more: int, size: int) -> str | None:
+    def _over(self, key: SessionKey, more: int, size: int) -> RpcError | None:
         """Why `more` sessions and `size` bytes of state more are past a bound, or None."""
         for b in session_bounds(self.host.agents.get(key.agent), self._tenancy):
             live = sum(self._live.get((key.tenant, a), 0) for a in b.agents)
             if more and b.max_sessions and live + more > b.max_sessions:
-                return sessions_full(b.who, live, b.max_sessions)
+                return RpcError(jsonrpc.REFUSED, sessions_full(b.who, live, b.max_sessions))
             held = sum(self._bytes.get((key.tenant, a), 0) for a in b.agents)
             if size > 0 and b.max_bytes and held + size > b.max_bytes:
-                return (f"session state too large: {b.who}'s live sessions would hold "
-                        f"{plural(held + size, 'byte')} of state (max_session_bytes "
-                        f"{b.max_bytes})")
+                return state_too_large(b.who, held + size, b.max_bytes)
         return None
 
     def refusal(self, agent: str, name: str) -> RpcError | None:
@@ -526,10 +531,9 @@ class Sessions:
             self._refusal_swept = now
             self.sweep(now)  # the expired ones do not count
             why = self._over(key, 1, 0)
-        if why is None:
-            return None
-        self.refused += 1
-        return RpcError(jsonrpc.REFUSED, why)
+        if why is not None:
+            self.refused += 1
+        return why
 
     # -- the Queue --------------------------------------------------------------------------
     def put(self, task: Task) -> None:
@@ -686,9 +690,6 @@ class Sessions:
     # -- the worker's -----------------------------------------------------------------------
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """session/checkpoint: the session's state, durable before it is answered."""
-        if task.session is None:
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task {task.id} "
-                                                   "has no session")
         s = self._of(task)
         if not self._held(s):
             raise RpcError(jsonrpc.CONFLICT, f"session/checkpoint: session {s.name} of agent "
@@ -698,8 +699,7 @@ class Sessions:
         why = self._over(s.ident, 0, len(body) - s.state_bytes)
         if why is not None:
             self.refused += 1
-            raise RpcError(jsonrpc.REFUSED, f"session/checkpoint: {why}; the session keeps "
-                                            "its last state")
+            raise why
         self._sized(s, len(body))
         self.hot.put(s.key, msgspec.Raw(body))
         s.last_used = time.time()
