@@ -163,6 +163,16 @@ def test_no_handler_or_task_front_asks_whether_this_daemon_is_a_node() -> None:
     assert found == []
 
 
+def test_sessions_are_read_through_one_source_alone() -> None:
+    """A session is read and ended by name through SessionBook (decision 1290): no handler
+    or record merges this engine's sessions and the cluster's on a not-found of its own."""
+    store = {"session_views", "session_info", "end_session"}
+    calls = {f"{path.relative_to(CORRAL)}" for path in CORRAL.rglob("*.py")
+             for node in walked(file_tree(path)) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute) and node.func.attr in store}
+    assert calls == {"supervisor/tasks/sessions.py"}
+
+
 def _class_names() -> dict[str, list[str]]:
     """Each class name defined in corral/ -> where (file:line), every definition."""
     found: dict[str, list[str]] = {}

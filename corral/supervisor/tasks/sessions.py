@@ -183,7 +183,7 @@ class SessionBook(NamedTuple):
             return SessionKey(tenant, agent, name)
         if agent not in self.here.host.agents:
             found = [(v.last_used, v.tenant) for v in await self.listing(agent)
-                     if v.session == name]
+                     if (v.agent, v.session) == (agent, name)]  # (a SCAN's glob is no name)
             if found:
                 return SessionKey(max(found)[1], agent, name)
         return self.here.key_of(agent, name)
