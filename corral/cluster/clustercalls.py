@@ -23,7 +23,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.durable import STEP_ENDED, CallHandover, CallRecord, StepRow
 from ..supervisor.durable.store import DurableStore
 from ..timeouts import kept, within
-from .connection import read, read_all, why
+from .connection import read, read_all, unanswered, why
 from .keys import Keys
 from .membership import Membership
 from .rides import Ride
@@ -278,12 +278,9 @@ class ClusterCalls(RedisPart):
         tasks = [*self.held_tasks.get(call_id, ()), *tasks]
         if not tasks:
             return
-        try:
+        with unanswered(f"call {call_id} not kept: the cluster's Redis did not take its "
+                        "steps' outcomes"):
             ok = self.outcomes_first is None or await self.outcomes_first(tasks)
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"call {call_id} not kept: the cluster's "
-                                                f"Redis did not take its steps' outcomes "
-                                                f"({why(exc)})") from None
         if not ok:
             raise self.lost_lease(call_id)
         self.held_tasks.pop(call_id, None)

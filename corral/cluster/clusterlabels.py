@@ -8,11 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from .. import jsonrpc
-from ..jsonrpc import RpcError
-from .connection import read
+from .connection import read, unanswered
 from .keys import Keys
 
 
@@ -25,14 +21,12 @@ class ClusterLabels:
 
     async def mark(self, key: str, labels: Sequence[str]) -> None:
         now = time.time()
-        try:  # (ZADD NX: one a key has keeps its first score; a repeat changes nothing)
+        with unanswered(f"the labels of {key} were not kept in the cluster's Redis",
+                        ": the call is not made"):
+            # (ZADD NX: one a key has keeps its first score; a repeat changes nothing)
             await self.redis.zadd(self.keys.labels(key),
                                   {label: now + i * 1e-6 for i, label in enumerate(labels)},
                                   nx=True)
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the labels of {key} were not kept in the "
-                                                f"cluster's Redis ({exc}): the call is "
-                                                "not made") from None
 
     def hand(self, key: str, labels: Sequence[str]) -> None:
         # a cluster's task is handed its labels before Redis holds it (ClusterTasks._put
@@ -40,9 +34,6 @@ class ClusterLabels:
         return None
 
     async def read(self, key: str) -> tuple[str, ...]:
-        try:
+        with unanswered(f"the labels of {key} were not read from the cluster's Redis"):
             got = await read(lambda: self.redis.zrange(self.keys.labels(key), 0, -1))
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the labels of {key} were not read from "
-                                                f"the cluster's Redis ({exc})") from None
         return tuple(x.decode() if isinstance(x, bytes) else str(x) for x in got)

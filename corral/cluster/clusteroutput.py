@@ -20,14 +20,12 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.chunks import START, OutputChunk, Position
 from ..supervisor.tasks.output import OutputTail, paged
-from .connection import why
+from .connection import unanswered, why
 from .keys import Keys
 from .queue import ClusterTask
 from .scripts import RedisPart, Scripts
@@ -139,13 +137,10 @@ class ClusterOutputs(RedisPart):
             if task_id not in self._failing and self._tails.get(task_id) is tail:
                 return tail.after(after, limit, upto)
         await self.caught_up()
-        try:
+        with unanswered(f"the live output of task {task_id} was not read from the "
+                        "cluster's Redis"):
             entries = await self.redis.xrange(self.keys.output(task_id),
                                               min=f"({entry_id(after)}", count=limit)
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the live output of task {task_id} was "
-                                                f"not read from the cluster's Redis "
-                                                f"({why(exc)})") from None
         chunks = paged(self._chunks(task_id, entries), limit)
         failing = self._failing.get(task_id)
         if not chunks and failing is not None:
@@ -188,15 +183,12 @@ class ClusterOutputs(RedisPart):
         False at once for a task not running (ended, waiting for a person, queued): its
         reader looks at it again (the A2A door says input-required, and follows again)."""
         key = self.keys.output(task_id)
-        try:
+        with unanswered(f"the live output of task {task_id} was not followed in the "
+                        "cluster's Redis"):
             if await self.redis.hget(self.keys.task(task_id), "status") != RUNNING:
                 return False
             got = await self.waits.xread({key: entry_id(after)}, count=1,
                                          block=max(1, int(self.beat * 1000)))
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the live output of task {task_id} was "
-                                                f"not followed in the cluster's Redis "
-                                                f"({why(exc)})") from None
         return not got or b"d" in got[0][1][0][1]
 
     def behind(self) -> bool:
@@ -213,12 +205,9 @@ class ClusterOutputs(RedisPart):
 
     # -- the SharedOutputJournal protocol -------------------------------------------------
     async def holds(self, task_id: str) -> bool:
-        try:
+        with unanswered(f"the live output of task {task_id} was not read from the "
+                        "cluster's Redis"):
             return bool(await self.redis.exists(self.keys.task(task_id)))
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the live output of task {task_id} was "
-                                                f"not read from the cluster's Redis "
-                                                f"({why(exc)})") from None
 
     # -- to Redis -------------------------------------------------------------------------
     async def _send(self) -> None:

@@ -12,11 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from .. import jsonrpc
-from ..jsonrpc import RpcError
-from .connection import read
+from .connection import read, unanswered
 from .keys import Keys
 from .trust import PUSH, Trust
 
@@ -60,23 +56,17 @@ class ClusterPush:
     async def put(self, task_id: str, config_id: str, record: bytes, most: int) -> bool:
         mac = self.trust.sign(PUSH, task_id, config_id, record)
         value = f"{time.time_ns()} {mac} ".encode() + record
-        try:
+        with unanswered(f"the push config {config_id} of task {task_id} was not kept in "
+                        "the cluster's Redis"):
             kept = await self._put(keys=[self.keys.push(task_id), self.keys.pushed,
                                          self.keys.task(task_id)],
                                    args=[config_id, value, most, task_id])
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the push config {config_id} of task "
-                                                f"{task_id} was not kept in the cluster's "
-                                                f"Redis ({exc})") from None
         return bool(kept)
 
     async def of(self, task_id: str) -> dict[str, bytes]:
-        try:
+        with unanswered(f"the push configs of task {task_id} were not read from the "
+                        "cluster's Redis"):
             got = await read(lambda: self.redis.hgetall(self.keys.push(task_id)))
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the push configs of task {task_id} were "
-                                                f"not read from the cluster's Redis "
-                                                f"({exc})") from None
         found: list[tuple[int, str, bytes]] = []
         for raw_id, value in got.items():
             config_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
@@ -95,36 +85,27 @@ class ClusterPush:
         await self._forget(task_id, "")
 
     async def _forget(self, task_id: str, config_id: str) -> None:
-        try:
+        with unanswered(f"the push configs of task {task_id} were not deleted from the "
+                        "cluster's Redis"):
             await self._delete(keys=[self.keys.push(task_id), self.keys.pushed],
                                args=[config_id, task_id])
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the push configs of task {task_id} were "
-                                                f"not deleted from the cluster's Redis "
-                                                f"({exc})") from None
 
     async def tasks(self) -> list[str]:
         """(A task whose configs expired with its record leaves the set as it is read.)"""
-        try:
+        with unanswered("the tasks with push configs were not read from the cluster's "
+                        "Redis"):
             listed = await read(lambda: self.redis.smembers(self.keys.pushed))
             ids = sorted(x.decode() if isinstance(x, bytes) else str(x) for x in listed)
             gone = [t for t in ids if not await self.redis.exists(self.keys.push(t))]
             if gone:
                 await self.redis.srem(self.keys.pushed, *gone)
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"the tasks with push configs were not "
-                                                f"read from the cluster's Redis ({exc})"
-                                                ) from None
         return [t for t in ids if t not in gone]
 
     async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
-        try:
+        with unanswered(f"who delivers task {task_id}'s push configs was not read from "
+                        "the cluster's Redis"):
             return bool(await self._lead(keys=[self.keys.push_lead(task_id)],
                                          args=[holder, int(seconds * 1000)]))
-        except RedisError as exc:
-            raise RpcError(jsonrpc.UNAVAILABLE, f"who delivers task {task_id}'s push "
-                                                f"configs was not read from the cluster's "
-                                                f"Redis ({exc})") from None
 
 
 def _split(value: bytes) -> tuple[int, str, bytes]:

@@ -27,7 +27,7 @@ from ..supervisor.tasks.spawntree import Lineage
 from ..supervisor.tasks.taskmachine import TERMINAL
 from ..taskoptions import encoded, step_options
 from ..taskviews import TaskInfo
-from .connection import never_sent, read, read_all
+from .connection import never_sent, read, read_all, unanswered, why
 from .keys import Keys
 from .queue import ClusterTask
 from .records import on_worker, trace_field
@@ -36,6 +36,8 @@ from .trust import SPAWN as SIGNED_SPAWN
 from .trust import TENANT, Trust
 
 RECORD_GONE = "no task of this id is kept (its record has gone: keep_tasks, keep_tasks_for)"
+SPAWN_UNANSWERED = "task/spawn: the cluster's Redis did not answer"
+WAIT_UNANSWERED = "task/wait: the cluster's Redis did not answer"
 ROOT = Lineage(0)
 # spawns in Redis at once (a map's spawns come together): the node's pool is not all one
 # map's
@@ -95,11 +97,9 @@ class ClusterSpawns(RedisPart):
             pipe.hget(self.keys.spawns(task.id), key)
             pipe.hget(self.keys.task(task.id), "lineage")
 
-        try:
+        with unanswered(SPAWN_UNANSWERED):
             async with self._calls:
                 row, lineage = await read_all(self.redis, fill)
-        except RedisError as exc:
-            raise _unavailable(exc) from None
         mine = self._lineage(task.id, lineage)
         return (None if row is None else self._child(task.id, key, row),
                 mine._replace(depth=mine.depth + 1))
@@ -132,10 +132,8 @@ class ClusterSpawns(RedisPart):
                        "Redis writer without the key made or changed it): refused")
 
     async def serves(self, agent: str, tenant: str) -> bool:
-        try:
+        with unanswered(SPAWN_UNANSWERED):
             return await self._serves(agent, tenant)
-        except RedisError as exc:
-            raise _unavailable(exc) from None
 
     async def spawn(self, task: Task, order: SpawnOrder) -> SpawnReply:
         assert isinstance(task, ClusterTask)  # (only a claim carries these)
@@ -178,36 +176,28 @@ class ClusterSpawns(RedisPart):
                     return await self.scripts.one(self.script, keys, args)
             except RedisError as exc:
                 if again or never_sent(exc):
-                    raise _unavailable(exc) from None
+                    raise RpcError(jsonrpc.UNAVAILABLE, f"{SPAWN_UNANSWERED} ({why(exc)})"
+                                   ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- task/wait ------------------------------------------------------------------------
     async def children(self, task: Task) -> set[str]:
-        try:
+        with unanswered(WAIT_UNANSWERED):
             async with self._calls:
                 rows = await read(lambda: self.redis.hgetall(self.keys.spawns(task.id)))
-        except RedisError as exc:
-            raise _unavailable(exc, "task/wait") from None
         return {self._child(task.id, k.decode(errors="replace"), v, "task/wait")
                 for k, v in rows.items()}
 
     async def outcome(self, child_id: str) -> dict[str, Any]:
-        try:
+        with unanswered(WAIT_UNANSWERED):
             async with self._calls:
                 info = await self._info(child_id)
             if info is None:
                 return {"task_id": child_id, "status": "lost", "output": None,
                         "error": RECORD_GONE}
             ended = info if info.status in TERMINAL else await self._ended(child_id)
-        except RedisError as exc:
-            raise _unavailable(exc, "task/wait") from None
         out: dict[str, Any] = {"task_id": child_id, "status": str(ended.status),
                                "output": ended.output}
         if ended.error is not None:
             out["error"] = ended.error.message
         return out
-
-
-def _unavailable(exc: BaseException, method: str = "task/spawn") -> RpcError:
-    return RpcError(jsonrpc.UNAVAILABLE, f"{method}: the cluster's Redis did not answer "
-                                         f"({exc})")

@@ -158,3 +158,12 @@ def said(settings: ClusterSettings, what: str) -> Iterator[None]:
     except RedisError as exc:
         raise unavailable(settings, exc, what) from None
 
+
+@contextlib.contextmanager
+def unanswered(what: str, then: str = "") -> Iterator[None]:
+    """Redis not answering, as a part's error: `what` did not happen, why, and `then`."""
+    try:
+        yield
+    except RedisError as exc:
+        raise RpcError(jsonrpc.UNAVAILABLE, f"{what} ({why(exc)}){then}") from None
+
