@@ -848,8 +848,7 @@ async def test_what_the_old_image_did_not_hand_over_is_found_by_its_record_and_e
                     issued=0, fallback=Fallback(python="", env={}, boot=""),
                     processes=[handed])
         t = Takeover(h, tmp_path / "upgrade-handoff.json", None)
-        t.sup = sup
-        t.recorded(store)
+        t.go_on(sup, store)
         live = sup.parts.containment.live
         assert (t.ended, zygote.token in live, handed.record.token in live) == (
             [zygote], True, False)

@@ -288,7 +288,7 @@ class Daemon:
         refusals = BoundaryRefusals(Stream())  # told by every layer (the chain too)
         # policy rules and taint, on every path (their decisions traced and audited)
         guard = PolicyGuard(lambda: self.applied, tracer, audit.policy, refusals)
-        sup, queue = part.engine(conf, self.spared, self.taken, part.interceptors(
+        sup, queue = part.engine(conf, self.spared, part.interceptors(
             tracer, guard, leaders, refusals, audit), refusals, audit.refusal, guard.labels)
         parts = sup.parts
         dispatcher = Dispatcher(HANDLERS, audit, lambda services: services.agents, owner=owner_of)

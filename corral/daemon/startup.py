@@ -199,8 +199,8 @@ def interceptors(tracer: Tracer | None, guard: PolicyGuard, leaders: LeaderTools
                         ModelApprovals(guard), ModelBudget()) if i is not None]
 
 
-def engine(conf: Conf, spared: set[int], taken: Takeover | None,
-           interceptors: Sequence[TaskInterceptor], refusals: BoundaryRefusals | None = None,
+def engine(conf: Conf, spared: set[int], interceptors: Sequence[TaskInterceptor],
+           refusals: BoundaryRefusals | None = None,
            audited: Callable[[BoundaryRefused, str | None], None] | None = None,
            labels: Labels | None = None) -> tuple[Supervisor, ClusterQueue | None]:
     """The engine, not yet open (`running` opens it), and with [cluster] the queue its
@@ -222,8 +222,6 @@ def engine(conf: Conf, spared: set[int], taken: Takeover | None,
     if audited is not None:
         tenant_of = sup.tenancy.tenant_of
         sup.stream.subscribe(lambda e: audited(e, tenant_of(e.agent)), BoundaryRefused)
-    if taken is not None:
-        taken.before_start(sup)
     sup.parts.tuning.sandbox_program = sc.bwrap
     sup.parts.tuning.protected_paths = conf.protected
     sup.parts.tuning.gateway_relay = gateway_relay(conf.paths)
@@ -533,11 +531,11 @@ async def running(sup: Supervisor, conf: Conf, opened: Stores, hub: LogHub,
                   taken: Takeover | None, graceful: Callable[[], bool]
                   ) -> AsyncIterator[None]:
     """The engine open: what a crashed incarnation left running is stopped before
-    anything starts (what an upgrade's old image did not hand over is ended once the
-    handed processes are adopted), and this one's processes are recorded. Its teardown stops every
-    agent (gracefully when a stop was asked for), then ends the incarnation."""
+    anything starts (an upgrade's new image goes on as the old one: `Takeover.go_on`),
+    and this one's processes are recorded. Its teardown stops every agent (gracefully
+    when a stop was asked for), then ends the incarnation."""
     if taken is not None:
-        taken.recorded(opened.store)
+        taken.go_on(sup, opened.store)
     sup.open(environment)
     records: ProcessRecords | None = None
     try:

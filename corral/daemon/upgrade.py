@@ -349,7 +349,7 @@ class Upgrades:
         """Every worker described whole, once nothing is in flight on its channel but
         requests corral sent (and the journal and the store have written what they
         were given): what to keep (the next image ends the rest, found by their records
-        in the store as after a crash: `Takeover.recorded`). Between looks it waits
+        in the store as after a crash: `Takeover.go_on`). Between looks it waits
         to be told: a replica's transition on the stream (a start or stop over), a
         request of a waiting replica's channel ended (`Peer.ends`); QUIET_LOOK at
         most, for what nothing tells (bytes still in a pipe, either way).
@@ -517,12 +517,19 @@ class Takeover:
         if url and configured == {i.name: i.listen for i in self.handoff.listeners}:
             gateway.url, gateway.socket_path = url, socket_path
 
-    def before_start(self, sup: Supervisor) -> None:
-        """Before anything is spawned: the same incarnation, and the replicas' starts
-        take the handed processes."""
+    def go_on(self, sup: Supervisor, store: StateStore) -> None:
+        """Once the store is open, before anything is spawned: the same incarnation, the
+        replicas' starts taking the handed processes; the old image's others found by
+        their records as a crash's are (incarnation.py), tracked until `settle` ends them
+        (not taken for orphans, their cgroups not given to those started in their place)."""
         self.sup = sup
         sup.parts.containment.go_on_from(self.handoff.owner, self.handoff.issued,
                                          self.adoptions.take)
+        kept = {h.record.token for h in self.handoff.processes}
+        self.ended = [r for r in store.process_records([self.handoff.owner])
+                      if r.token not in kept]
+        for rec in self.ended:
+            sup.parts.containment.adopted(rec)
         carried = self.handoff.engine
         if carried is not None:  # the supervisor's counts go on (`corral stats`)
             stats = sup.stats
@@ -530,18 +537,6 @@ class Takeover:
                 setattr(stats, name, getattr(stats, name) + getattr(carried, name))
             stats.restarts_by_cause = dict(Counter(stats.restarts_by_cause)
                                            + Counter(carried.restarts_by_cause))
-
-    def recorded(self, store: StateStore) -> None:
-        """Once the store is open, before anything is spawned: the old image's processes
-        that were not handed over, found by their records as a crash's are (incarnation.py),
-        tracked until `settle` ends them: not taken for orphans, their cgroups not given
-        to the processes started in their place."""
-        assert self.sup is not None
-        kept = {h.record.token for h in self.handoff.processes}
-        self.ended = [r for r in store.process_records([self.handoff.owner])
-                      if r.token not in kept]
-        for rec in self.ended:
-            self.sup.parts.containment.adopted(rec)
 
     def hold_back(self, unfinished: list[Unfinished]) -> list[Unfinished]:
         """The journal's unfinished tasks less those running on a kept worker: they
