@@ -443,8 +443,6 @@ def test_an_approval_runs_few_modules(traced: tuple[Daemon, Tracer, Control]) ->
     assert len(modules) <= APPROVAL_BOUND, _over("an approval", modules, APPROVAL_BOUND)
 
 
-@pytest.mark.xfail(strict=True, reason="`corral run` runs 61-63 modules beyond idle "
-                   "(bound 60)")
 def test_corral_run_runs_few_modules(traced: tuple[Daemon, Tracer, Control]) -> None:
     d, tracer, control = traced
     env = {**os.environ, **tracer.env()}

@@ -19,7 +19,7 @@ import msgspec
 
 from .. import methods as m
 from ..supervisor.health import HealthChange
-from ..supervisor.process_replica import Transition
+from ..supervisor.process_replica import Transition, WorkTransition
 from ..supervisor.stream import Roster
 from .api import wire
 
@@ -67,7 +67,7 @@ class FleetWatch:
         """Number the changes from now on (before the first watcher, nothing is kept)."""
         if not self._subs:
             stream = self.stream
-            self._subs = [stream.subscribe(self._on_transition, Transition),
+            self._subs = [stream.subscribe(self._on_transition, Transition, WorkTransition),
                           stream.subscribe(self._on_roster, Roster),
                           stream.subscribe(self._on_health, HealthChange)]
 

@@ -40,7 +40,14 @@ from .mcproutes import AgentMcp
 from .notifysock import NotifyDir
 from .parts import Parts
 from .plain import make_replica
-from .process_replica import LogBatch, ProcessReplica, ReplicaExit, ReplicaStatus, Transition
+from .process_replica import (
+    LogBatch,
+    ProcessReplica,
+    ReplicaExit,
+    ReplicaStatus,
+    Transition,
+    WorkTransition,
+)
 from .quotas import QuotasChanged, Tenancy
 from .refusals import TOPIC as REFUSED_TOPIC
 from .refusals import BoundaryRefusals, BoundaryRefused
@@ -279,7 +286,8 @@ class Supervisor:
         """A queue of every future transition; a full queue drops events rather than
         block. (A callback for any event type: `self.stream.subscribe`.)"""
         q: asyncio.Queue[Transition] = asyncio.Queue(maxsize)
-        self._event_queues[q] = self.stream.subscribe(functools.partial(_offer, q), Transition)
+        self._event_queues[q] = self.stream.subscribe(functools.partial(_offer, q), Transition,
+                                                      WorkTransition)
         return q
 
     def unsubscribe(self, q: asyncio.Queue[Transition]) -> None:

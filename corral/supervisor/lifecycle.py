@@ -425,5 +425,10 @@ def began_serving(previous: State, state: State) -> bool:
     return state in SERVING and previous not in SERVING
 
 
+def at_work(previous: State, state: State) -> bool:
+    """A serving replica's move between READY, BUSY and IDLE: a task taken or ended."""
+    return previous in SERVING and state in SERVING
+
+
 def serving_changed(previous: State, state: State) -> bool:
     return (previous in SERVING) != (state in SERVING)

@@ -17,12 +17,13 @@ from .config import ProcessSpec
 from .containment import populated, set_frozen, wait_frozen
 from .executor import Executor
 from .launch import Life
-from .lifecycle import Cause, State
+from .lifecycle import Cause, State, at_work
 from .monitor import Monitor
 from .process import ChildProcess
 from .replicaparts import PartsHost
 from .replicaparts import ReplicaStatus as ReplicaStatus
 from .replicaparts import Transition as Transition
+from .replicaparts import WorkTransition as WorkTransition
 
 # how long a pause waits for the kernel to say a replica's cgroup is frozen (one in
 # uninterruptible sleep is frozen when its system call returns)
@@ -112,7 +113,8 @@ class ProcessReplica(Life, Monitor):
 
     # -- the hooks the executor runs --------------------------------------------------------
     def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
-        self.host.transitioned(self, Transition(
+        event = WorkTransition if at_work(previous, self.state) else Transition
+        self.host.transitioned(self, event(
             time=time.time(), kind=self.kind, name=self.name, replica=self.index,
             state=self.state, previous=previous, reason=reason, pid=self.pid, cause=cause))
 

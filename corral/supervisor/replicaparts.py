@@ -36,6 +36,13 @@ class Transition(msgspec.Struct, omit_defaults=True):
     cause: Cause | None = None
 
 
+class WorkTransition(Transition):
+    """A serving replica's move between READY, BUSY and IDLE: a task taken or ended. A
+    type of its own on the stream, so that a task's start and end are told only to those
+    that subscribe to it (the watchers of every move); the lifecycle's subscribers (loops
+    kept by a spec, dependents, stop marks, the STATUS line) have nothing to do for one."""
+
+
 class Sample(msgspec.Struct):
     cpu_percent: float = 0.0
     rss_bytes: int = 0
