@@ -413,7 +413,8 @@ def _approved_call(d: Daemon, i: int, control: Control | None = None) -> list[st
         gates[0].touch()
         [ask] = _until(lambda: d.ask("approvals.list")["asks"], "the call's ask")
         d.ask("approvals.resolve", {"id": ask["id"], "decision": "approved"})
-        _until(lambda: str(i) in (d.dir / "server-count").read_text().split(),
+        count = d.dir / "server-count"  # (made at the server's first call)
+        _until(lambda: count.exists() and str(i) in count.read_text().split(),
                "the call made")
         return set()
     modules = [] if control is None else path_modules(control, approval)
