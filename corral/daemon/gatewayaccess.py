@@ -24,7 +24,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp import toolsearch
-from ..mcp.client import MAX_INPUT_ROUNDS, META_CAPABILITIES
+from ..mcp.client import IDEMPOTENCY_META, MAX_INPUT_ROUNDS, META_CAPABILITIES
 from ..mcp.logrelay import LogRelay
 from ..mcp.pool import allowed
 from ..mcp.relay import InputRelay, asks_input
@@ -37,6 +37,7 @@ from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
 from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire
 from ..supervisor.tasks.personwait import timed
+from ..taskoptions import MAX_IDEMPOTENCY_KEY
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
@@ -568,10 +569,11 @@ class GatewayService:
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method} (the "
                                                      "agents' view has tools alone)")
         name, arguments = _call_params(params)
+        key = _key_meta(params)
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
         if ident.replica is None:
-            task_id = await self.agent_tools.submit(ident, name, arguments)
+            task_id = await self.agent_tools.submit(ident, name, arguments, key)
             if handles is None:
                 return await self.agent_tools.outcome(ident, task_id, on_progress)
             return handles.open(ident, Follows(name, task_id),
@@ -583,24 +585,25 @@ class GatewayService:
         said = _trace_meta(params)
         if handles is None:
             return await self._replica_agent_call(ident, task, name, arguments, on_progress,
-                                                  said)
+                                                  said, key)
         return handles.open(ident, None, lambda _: self._replica_agent_call(
-            ident, task, name, arguments, None, said))
+            ident, task, name, arguments, None, said, key))
 
     async def _replica_agent_call(self, ident: Identity, task: Task | None, name: str,
                                   arguments: dict[str, Any],
                                   on_progress: Callable[[dict[str, Any]], None] | None,
-                                  said: dict[str, Any] | None) -> Any:
+                                  said: dict[str, Any] | None, key: str | None) -> Any:
         """A replica's call of an agent: its attempt's is the task's spawn; one of no task
         passes its replica's policy as a call of no task at /mcp does; `said`: the
-        client's trace context (its `_meta`'s), the call's span's parent."""
+        client's trace context (its `_meta`'s), the call's span's parent; `key`: its
+        idempotency key (`_meta`'s), the spawn's or the submission's."""
         async def submitted(call: Call) -> Any:  # of no task: a task of its own
             # (the labels it is handed are the chain's: approvals.py `_replica_call`)
-            task_id = await self.agent_tools.submit(ident, name, call.arguments)
+            task_id = await self.agent_tools.submit(ident, name, call.arguments, call.key)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
         tool = f"{AGENTS_VIEW}__{name}"
         return await self._recorded(ident, tool, (-1, -1), task, lambda: self._entered(Call(
-            ident.replica, tool, arguments, task, meta=said, door=MCP_AGENTS,
+            ident.replica, tool, arguments, task, key, meta=said, door=MCP_AGENTS,
             wire=DoorWire(made=submitted))))
 
     async def _entered(self, call: Call) -> Any:
@@ -853,6 +856,19 @@ def _trace_meta(params: dict[str, Any]) -> dict[str, Any] | None:
     return {k: said[k] for k in ("traceparent", "tracestate") if k in said}
 
 
+def _key_meta(params: dict[str, Any]) -> str | None:
+    """The idempotency key a tools/call carries in `params._meta` (DESIGN section 10's
+    name), if any: the same call sent again with it is the same task."""
+    said = params.get("_meta")
+    key = said.get(IDEMPOTENCY_META) if isinstance(said, dict) else None
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: _meta's {IDEMPOTENCY_META} "
+                       f"is a string of 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    return key
+
+
 def _call_params(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     name, arguments = params.get("name"), params.get("arguments") or {}
     if not isinstance(name, str) or not isinstance(arguments, dict):
@@ -895,3 +911,4 @@ async def _under(call: Awaitable[Any], span: ClientSpan) -> Any:
         return await call
     finally:
         CURRENT.reset(token)
+

@@ -326,15 +326,17 @@ class AgentTools:
                            f"tool {AGENTS_VIEW}__{agent} is not one gateway client "
                            f"{ident.name} may call ({why})")
 
-    async def submit(self, ident: GatewayCaller, agent: str, arguments: dict[str, Any]) -> str:
-        """The corral task of a call, accepted (durable) before the handle is given."""
+    async def submit(self, ident: GatewayCaller, agent: str, arguments: dict[str, Any],
+                     key: str | None = None) -> str:
+        """The corral task of a call, accepted (durable) before the handle is given;
+        `key`: its idempotency key (the same call sent again is that task)."""
         self.admit(ident, agent)
         assert self.calls is not None  # (admit refuses without the daemon's methods)
         # the child of the call's span, when it is traced (tracing.py's trace link)
         traceparent, tracestate = current_context()
         accepted = await self.calls.call(caller_of(ident), m.TasksSubmit(
             agent=agent, input=msgspec.Raw(msgspec.json.encode(arguments)),
-            traceparent=traceparent, tracestate=tracestate))
+            traceparent=traceparent, tracestate=tracestate, idempotency_key=key))
         return str(accepted.task_id)
 
     async def outcome(self, ident: GatewayCaller, task_id: str,

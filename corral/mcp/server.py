@@ -19,7 +19,14 @@ from .. import __version__, jsonrpc
 from ..jsonrpc import Envelope, ErrorResponse, Id, Notification, Response, RpcError
 from . import envelope
 from .askclient import WAIT, PendingAsks
-from .client import LEGACY, LISTENED, META_CAPABILITIES, META_VERSION, SUPPORTED
+from .client import (
+    IDEMPOTENCY_META,
+    LEGACY,
+    LISTENED,
+    META_CAPABILITIES,
+    META_VERSION,
+    SUPPORTED,
+)
 from .envelope import Mirror, Refusal
 from .logrelay import LEVELS, META_LOG_LEVEL, LogRelay, valid_level
 from .relay import NEEDS, asks_input
@@ -396,11 +403,13 @@ class GatewaySession:
         return self._forward(method, upstream, on_progress, stateless, reply, on_log)
 
     def _passed(self, meta: dict[str, Any] | None, stateless: bool) -> dict[str, Any]:
-        """What of the client's `_meta` goes upstream: its W3C trace context, and its
-        capabilities (what it can answer of a server's input requests: a 2026-07-28
-        request's own, a 2025-11-25 session's from initialize)."""
+        """What of the client's `_meta` goes upstream: its W3C trace context, its call's
+        idempotency key, and its capabilities (what it can answer of a server's input
+        requests: a 2026-07-28 request's own, a 2025-11-25 session's from initialize)."""
         passed = {k: meta[k] for k in TRACE_KEYS if k in meta} \
             if meta and "traceparent" in meta else {}
+        if meta and IDEMPOTENCY_META in meta:
+            passed[IDEMPOTENCY_META] = meta[IDEMPOTENCY_META]
         if stateless and meta and isinstance(meta.get(META_CAPABILITIES), dict):
             passed[META_CAPABILITIES] = meta[META_CAPABILITIES]
         elif not stateless and self.askable:

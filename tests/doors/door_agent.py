@@ -5,7 +5,8 @@
 The doors: `worker` (`ctx.call_tool`, naming its task), `worker-no-task` (`tools/call`
 naming none), and the HTTP gateway at its replica's own address (CORRAL_MCP_URL, naming
 no attempt) with its replica's token: `/mcp` (SERVER__TOOL), `/mcp/NAME` (the server's
-TOOL), `/mcp/corral` (an agent, `corral__AGENT`). An A2A message's input is its first
+TOOL), `/mcp/corral` (an agent, `corral__AGENT`); a call's `key`, at the gateway, its
+idempotency key in `_meta`. An A2A message's input is its first
 data part. With {"env": true}: its replica's
 gateway address and token, for a test's calls of no task."""
 
@@ -24,12 +25,16 @@ def outcome(result):
     return {"text": content[0].get("text"), "isError": bool(result.get("isError"))}
 
 
-def gateway(path, name, arguments, url=None, token=None):
-    """A tools/call at the gateway (the replica's own, unless `url` and `token` say)."""
+def gateway(path, name, arguments, url=None, token=None, key=None):
+    """A tools/call at the gateway (the replica's own, unless `url` and `token` say);
+    `key`: its idempotency key, in `_meta`."""
+    said = {"io.modelcontextprotocol/protocolVersion": VERSION,
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    if key is not None:
+        said["io.corral/idempotency-key"] = key
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                       "params": {"name": name, "arguments": arguments, "_meta": {
-                           "io.modelcontextprotocol/protocolVersion": VERSION,
-                           "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
+                       "params": {"name": name, "arguments": arguments,
+                                  "_meta": said}}).encode()
     url = url or os.environ["CORRAL_MCP_URL"]
     token = token or os.environ["CORRAL_MCP_TOKEN"]
     req = urllib.request.Request(url + path, data=body, headers={
@@ -46,7 +51,7 @@ def gateway(path, name, arguments, url=None, token=None):
     return outcome(said["result"])
 
 
-def call(ctx, door, tool, arguments):
+def call(ctx, door, tool, arguments, key=None):
     server, _, own = tool.partition("__")
     if door in ("worker", "worker-no-task"):
         try:
@@ -57,8 +62,8 @@ def call(ctx, door, tool, arguments):
         except Exception as exc:  # the refusal is the answer under test
             return {"error": getattr(exc, "code", None), "message": str(exc)}
     if door == "/mcp":
-        return gateway("", tool, arguments)
-    return gateway(f"/{server}", own, arguments)  # /mcp/NAME, /mcp/corral
+        return gateway("", tool, arguments, key=key)
+    return gateway(f"/{server}", own, arguments, key=key)  # /mcp/NAME, /mcp/corral
 
 
 def handle(task, ctx):
@@ -66,7 +71,8 @@ def handle(task, ctx):
     task = next((p["data"] for p in task.get("parts", []) if "data" in p), task)
     if task.get("env"):  # its replica's gateway address and token, for calls of no task
         return {k: os.environ[k] for k in ("CORRAL_MCP_URL", "CORRAL_MCP_TOKEN")}
-    return [call(ctx, c["door"], c["tool"], c.get("arguments", {})) for c in task["calls"]]
+    return [call(ctx, c["door"], c["tool"], c.get("arguments", {}), c.get("key"))
+            for c in task["calls"]]
 
 
 if __name__ == "__main__":

@@ -26,12 +26,14 @@ class Made:
     by the test with the replica's token (no task)."""
 
     def __init__(self, d: Entry, agent: str, door: str, tool: str,
-                 arguments: dict[str, Any], before: list[dict[str, Any]] | None = None
-                 ) -> None:
+                 arguments: dict[str, Any], before: list[dict[str, Any]] | None = None,
+                 key: str | None = None) -> None:
+        """`key`: the call's idempotency key (at a gateway door, in its `_meta`)."""
         self.d, self.agent = d, agent
         self.task_id: str | None = None
         if door in TASK_DOORS:
-            calls = [*(before or []), {"door": door, "tool": tool, "arguments": arguments}]
+            calls = [*(before or []), {"door": door, "tool": tool, "arguments": arguments,
+                                       "key": key}]
             self.task_id = d.ask("tasks.submit", {"agent": agent,
                                                   "input": {"calls": calls}})["task_id"]
             return
@@ -42,7 +44,7 @@ class Made:
         for step in before or []:
             gateway(at if step["door"] == door else "", step["tool"] if at == "" else
                     step["tool"].partition("__")[2], step.get("arguments", {}), url, token)
-        self.future = POOL.submit(gateway, at, name, arguments, url, token)
+        self.future = POOL.submit(gateway, at, name, arguments, url, token, key)
 
     def outcome(self) -> dict[str, Any]:
         if self.task_id is None:

@@ -93,13 +93,14 @@ class Submitted:
                 self.task_id = self.said[1]["result"]["task"]["id"]
         elif door == "/mcp/corral":
             self.made = Made(d, "caller", door, f"corral__{agent}", task_input,
-                             before=[{"door": "worker", **b} for b in before or []])
+                             before=[{"door": "worker", **b} for b in before or []], key=key)
         else:  # of no task: the test calls with the idle replica's own token
             env = d.ask("tasks.run", {"agent": "caller", "input": {"env": True}})["output"]
             url, secret = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
             for b in before or []:
                 gateway("", b["tool"], b["arguments"], url, secret)
-            self.future = POOL.submit(gateway, "/corral", agent, task_input, url, secret)
+            self.future = POOL.submit(gateway, "/corral", agent, task_input, url, secret,
+                                      key)
 
     def outcome(self) -> Any:
         """The caller's outcome: the task's output (REST, A2A), the tool call's (else)."""
@@ -185,26 +186,65 @@ def test_an_approval_is_a_persons_and_an_anonymous_caller_gives_none(daemon: Ent
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.differs("/mcp/corral", "an agent's call of an agent carries no key of its "
-                                    "caller's: two calls are two spawns (a retried "
-                                    "attempt's is answered from its journal)")
-@pytest.mark.differs("/mcp/corral idle", "MCP's tools/call carries no idempotency key: "
-                                         "two calls of no task are two tasks")
 @pytest.mark.parametrize("door", SUBMIT_DOORS)
 def test_a_submission_sent_again_with_its_key_is_the_same_task(daemon: Entry,
                                                                door: str) -> None:
     """The journal link: the same submission sent twice with its key (REST's
-    idempotency_key, A2A's messageId in its context) is one task, answered by the first."""
+    idempotency_key, A2A's messageId in its context, /mcp/corral's `_meta`
+    `io.corral/idempotency-key`) is one task, answered by the first. (From a task, the
+    agent sends its call again in the same task, as its retry of a call it lost would.)"""
     d = daemon
     key = f"key-{next(SENT)}"
     before = tasks_of(d, "mailer")
-    secret = None if door in ("A2A anonymous", "/mcp/corral", "/mcp/corral idle") \
-        else token(d)
-    first = Submitted(d, door, {"calls": []}, key=key, secret=secret)
-    again = Submitted(d, door, {"calls": []}, key=key, secret=secret)
-    assert first.outcome() == again.outcome()
-    assert first.task_id == again.task_id
+    if door == "/mcp/corral":
+        again = {"door": door, "tool": "corral__mailer", "arguments": {"calls": []},
+                 "key": key}
+        first = Submitted(d, door, {"calls": []}, key=key, before=[again])
+        assert first.made is not None
+        said = first.made.outcome()["all"]
+        assert said[0] == said[1] and "error" not in said[0], said
+    else:
+        secret = None if door in ("A2A anonymous", "/mcp/corral idle") else token(d)
+        first = Submitted(d, door, {"calls": []}, key=key, secret=secret)
+        said = first.outcome()  # (at /mcp/corral idle: its replica is running no task)
+        second = Submitted(d, door, {"calls": []}, key=key, secret=secret)
+        assert second.outcome() == said
+        assert first.task_id == second.task_id
     assert tasks_of(d, "mailer") == before + 1
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", ["/mcp/corral", "/mcp/corral idle"])
+def test_a_submission_sent_again_with_another_key_is_another_task(daemon: Entry,
+                                                                  door: str) -> None:
+    """The key names the submission: the same call with another key, or none, is
+    another task, each its own (the key is the caller's, not its arguments')."""
+    d = daemon
+    before = tasks_of(d, "mailer")
+    keys = [f"key-{next(SENT)}", f"key-{next(SENT)}", None]
+    if door == "/mcp/corral":
+        calls = [{"door": door, "tool": "corral__mailer", "arguments": {"calls": []},
+                  "key": k} for k in keys[:2]]
+        sent = Submitted(d, door, {"calls": []}, key=keys[2], before=calls)
+        assert sent.made is not None
+        assert all("error" not in o for o in sent.made.outcome()["all"])
+    else:
+        for k in keys:
+            assert "error" not in Submitted(d, door, {"calls": []}, key=k).outcome()
+    assert tasks_of(d, "mailer") == before + 3
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", ["/mcp/corral", "/mcp/corral idle"])
+def test_a_key_past_its_bound_is_refused_naming_it(daemon: Entry, door: str) -> None:
+    """A key of 256 characters (the Idempotency-Key header's bound is 255) is refused
+    in words naming `_meta`'s member and its bound, and nothing is made."""
+    d = daemon
+    before = tasks_of(d, "mailer")
+    said = Submitted(d, door, {"calls": []}, key="k" * 256).outcome()
+    assert said == {"error": jsonrpc.INVALID_PARAMS, "message": "invalid params: _meta's "
+                    "io.corral/idempotency-key is a string of 1 to 255 characters"}, said
+    assert tasks_of(d, "mailer") == before
 
 
 @pytest.mark.deadline(120)

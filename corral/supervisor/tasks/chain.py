@@ -108,8 +108,10 @@ class Chain:
             if task is None:
                 return self._routed(call)
             call = call._replace(task=task)
+        # (a key the caller sent, /mcp/corral's, is its own: the same call sent again is
+        # the same spawn, where the journal's is the call's place in the attempt)
         return self.steps.tool_call(task, r, call.name, call.arguments,
-                                    lambda key: self.live(call._replace(key=key)))
+                                    lambda key: self.live(call._replace(key=call.key or key)))
 
     def _model_call(self, call: Call) -> Any:
         """A model call's outcome, an awaitable: a task's is its step (the same call of a
