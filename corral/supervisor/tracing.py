@@ -381,6 +381,15 @@ class Tracer(TaskInterceptor):
         attrs.update({"corral.task.id": task.id, "corral.attempt": task.attempt})
         self._of_attempt(task, name, CLIENT, start, time.time(), error, attrs)
 
+    def caller_span(self, context: Parent, name: str, key: str, start: float,
+                    error: str | None, attrs: dict[str, Any]) -> None:
+        """A client span of a call of no task made whole now, a child of the context its
+        caller sent (its decision to sample honoured); `key` whose call it was."""
+        if self.sampling.head(context.trace_id, context.sampled):
+            self.put((SPAN, context.trace_id >> 64, context.trace_id & MASK64,
+                      new_span_id(64) or 1, context.span_id, name, key, CLIENT, start,
+                      time.time(), error, attrs))
+
     def _of_attempt(self, task: Task, name: str, kind: int, start: float, end: float,
                     error: str | None, attrs: dict[str, Any]) -> None:
         """A span made whole now, a child of the task's attempt's."""

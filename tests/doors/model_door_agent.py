@@ -15,15 +15,18 @@ from corral.worker import run
 ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "CORRAL_MCP_URL", "CORRAL_MCP_TOKEN")
 
 
-def model(name, base=None, key=None):
+def model(name, base=None, key=None, traceparent=None):
     """A chat completion of model `name` (the replica's own gateway, unless `base` and
-    `key` say)."""
+    `key` say); `traceparent`: the caller's trace context, its W3C header."""
     body = json.dumps({"model": name, "max_tokens": 16,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = {"Authorization": f"Bearer {key or os.environ['OPENAI_API_KEY']}",
+               "Content-Type": "application/json"}
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
     req = urllib.request.Request(
         (base or os.environ["OPENAI_BASE_URL"]) + "/chat/completions", data=body,
-        headers={"Authorization": f"Bearer {key or os.environ['OPENAI_API_KEY']}",
-                 "Content-Type": "application/json"})
+        headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             said = json.loads(r.read())

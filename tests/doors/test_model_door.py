@@ -8,10 +8,13 @@ provider (tests/servers/model_upstream.py), a real agent (model_door_agent.py)."
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
+import secrets
 import shutil
 import subprocess
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from ..test_daemon_cli import wait_until
 from .conftest import SERVERS, Entry
 from .door_agent import gateway
 from .model_door_agent import model
+from .test_spans import CLIENT, SPAN, Receiver, attrs
 
 HERE = Path(__file__).parent
 PATIENCE = 60.0
@@ -32,7 +36,7 @@ POOL = concurrent.futures.ThreadPoolExecutor(4)
 DOORS = ("model", "model idle")
 
 
-def config(upstream: str) -> str:
+def config(upstream: str, receiver: int) -> str:
     agent = textwrap.dedent(f"""
         command = ["{PY}", "{HERE}/model_door_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
@@ -48,22 +52,29 @@ def config(upstream: str) -> str:
             f'[mcp_servers.pol]\ncommand = ["{PY}", "{SERVERS}/policy_mcp.py"]\n'
             'tools_untrusted = ["fetch"]\n\n' + models +
             '[[policy]]\nname = "no paid"\nmatch = { model = "paid" }\neffect = "deny"\n\n'
-            '[gateway]\nlisten = "127.0.0.1:0"\n\n[tracing]\nexport_interval = 0.05\n')
+            '[gateway]\nlisten = "127.0.0.1:0"\n\n[tracing]\nexport_interval = 0.05\n'
+            f'endpoint = "http://127.0.0.1:{receiver}/v1/traces"\nsample = 1.0\n')
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def home(request: pytest.FixtureRequest) -> Iterator[Entry]:
     tmp = Path(tempfile.mkdtemp(prefix="mdoor-"))  # short: the daemon's sockets are in it
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)  # (its spans)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
     provider = subprocess.Popen([PY, str(ROOT / "tests" / "servers" / "model_upstream.py"),
                                  "0"], stdout=subprocess.PIPE)
     try:
         assert provider.stdout is not None
         upstream = provider.stdout.readline().decode().strip()
-        with made(request.param, tmp, config(upstream)) as h:
+        with made(request.param, tmp, config(upstream, receiver.server_address[1])) as h:
             yield Entry(h)
     finally:
         provider.kill()
         provider.wait(30)
+        receiver.shutdown()
+        receiver.server_close()
+        thread.join()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -78,13 +89,16 @@ class Made:
     its model calls), or the test making them with the replica's token (a `tool` call of
     no task by /mcp first)."""
 
-    def __init__(self, d: Entry, agent: str, door: str, calls: list[dict[str, Any]]
-                 ) -> None:
+    def __init__(self, d: Entry, agent: str, door: str, calls: list[dict[str, Any]],
+                 traceparent: str | None = None) -> None:
+        """`traceparent`: the caller's context (the task's, given at its submission; a
+        call of no task's, its header)."""
         self.d, self.agent = d, agent
         self.task_id: str | None = None
         if door == "model":
-            self.task_id = d.ask("tasks.submit", {"agent": agent,
-                                                  "input": {"calls": calls}})["task_id"]
+            self.task_id = d.ask("tasks.submit", {
+                "agent": agent, "input": {"calls": calls}, **(
+                    {"traceparent": traceparent} if traceparent else {})})["task_id"]
             return
         env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
 
@@ -93,7 +107,7 @@ class Made:
             for c in calls:
                 if "model" in c:
                     said.append(model(c["model"], env["OPENAI_BASE_URL"],
-                                      env["OPENAI_API_KEY"]))
+                                      env["OPENAI_API_KEY"], traceparent))
                 else:
                     said.append(gateway("", c["tool"], c.get("arguments", {}),
                                         env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]))
@@ -197,21 +211,31 @@ def test_a_call_past_the_agents_token_budget_is_refused(home: Entry, door: str) 
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.differs("model idle", "a model call of no task is no span: it has no "
-                                   "attempt to be a child of (modelspan.py)")
-def test_a_tasks_model_call_is_a_genai_span_of_its_attempt(home: Entry, door: str) -> None:
-    """The trace link: the call a `chat MODEL` span by the GenAI conventions."""
-    made = Made(home, "caller", door, [{"model": "open"}])
+def test_a_model_call_is_a_genai_span_under_its_callers_context(home: Entry, door: str
+                                                                ) -> None:
+    """The trace link: the call a `chat MODEL` client span by the GenAI conventions, a
+    child of its task's attempt (the task's trace its submitter's) or, of no task, of the
+    context its caller sent (its `traceparent` header), its replica named."""
+    trace = secrets.token_hex(16)  # this door's own trace
+    made = Made(home, "caller", door, [{"model": "open"}], f"00-{trace}-{SPAN}-01")
     assert made.outcomes() == [{"status": 200, "text": "echo: hi"}]
-    assert made.task_id is not None, "no task: no span to find"
 
-    def spans() -> list[dict[str, Any]] | None:
-        view = home.ask("traces.get", {"task_id": made.task_id})
-        found = [s for s in view["spans"] if s["name"] == "chat open"]
-        return found or None
-    [span] = wait_until(spans, PATIENCE, "the model call's span")
-    assert (span["attributes"]["gen_ai.operation.name"],
-            span["attributes"]["gen_ai.request.model"]) == ("chat", "open"), span
+    def of_trace(name: str) -> list[Any]:
+        return [s for s in Receiver.received() if s.trace_id.hex() == trace
+                and s.name == name]
+    (span,) = wait_until(lambda: of_trace("chat open"), PATIENCE, "the model call's span")
+    a = attrs(span)
+    assert span.kind == CLIENT and (
+        a["gen_ai.operation.name"], a["gen_ai.request.model"], a["gen_ai.provider.name"],
+        a["gen_ai.usage.input_tokens"]) == ("chat", "open", "openai", 10), a
+    if made.task_id is None:
+        assert span.parent_span_id.hex() == SPAN, span
+        assert a["corral.replica"].startswith("caller#"), a
+    else:
+        (attempt,) = wait_until(lambda: of_trace("task/run caller"), PATIENCE,
+                                "the task's attempt's span")
+        assert span.parent_span_id == attempt.span_id, (span, attempt)
+        assert a["corral.task.id"] == made.task_id, a
 
 
 @pytest.mark.deadline(120)

@@ -272,10 +272,13 @@ class ModelGateway:
                 kept.answer.release()
 
         task = read.task
+        said = ex.headers.get("traceparent")  # (a call of no task's span's parent)
         # its arguments, a task's alone: what a retry's same call is known by in its journal
         call = Call(read.replica, read.request.model, _NO_ARGUMENTS if task is None else {
-            "endpoint": read.endpoint.path, "body": read.request.digest}, task, door=MODELS,
-            wire=DoorWire(made=forward), model=model)
+            "endpoint": read.endpoint.path, "body": read.request.digest}, task, meta=None
+            if said is None else {"traceparent": said,
+                                  "tracestate": ex.headers.get("tracestate")},
+            door=MODELS, wire=DoorWire(made=forward), model=model)
         try:
             kept = await self.chain.enter(call)
             if call.task is not None and not made:  # (its span is the step's replay)

@@ -1,7 +1,8 @@
 """The trace link of a model call (DESIGN section 28): a task's live call is a client span
 of its attempt, named and attributed by OpenTelemetry's GenAI conventions (`chat MODEL`),
 its error the refusal's or the upstream's. A call answered from the journal is the step's
-replay (tracing.py); a call of no task has no attempt to be a span of.
+replay (tracing.py). A call of no task is a span under the context its caller sent (its
+`traceparent` header, `call.meta`), as a tool call of no task is; without one, none.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...tracecontext import Parent, parse_or_none
 from .call import Call
 from .interceptors import TaskInterceptor
 
@@ -24,11 +26,17 @@ class ModelSpan(TaskInterceptor):
 
     def intercept_model_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         task = call.task
-        if task is None:
+        if task is not None:
+            return self._spanned(task, None, call, next)
+        said = call.meta
+        context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
+            if said else None
+        if context is None:
             return next(call)
-        return self._spanned(task, call, next)
+        return self._spanned(None, context, call, next)
 
-    async def _spanned(self, task: Task, call: Call, next: Callable[[Call], Any]) -> Any:
+    async def _spanned(self, task: Task | None, context: Parent | None, call: Call,
+                       next: Callable[[Call], Any]) -> Any:
         model = call.model
         assert model is not None and model.spec is not None  # (seen: modelview.py)
         start, error = time.time(), None
@@ -46,4 +54,11 @@ class ModelSpan(TaskInterceptor):
                 "gen_ai.usage.output_tokens": usage.output}
             if usage.model is not None:
                 attrs["gen_ai.response.model"] = usage.model
-            self._tracer.model_call(task, f"chat {call.name}", start, error, attrs)
+            name = f"chat {call.name}"
+            if task is not None:
+                self._tracer.model_call(task, name, start, error, attrs)
+            else:
+                assert context is not None
+                attrs["corral.replica"] = call.replica.label
+                self._tracer.caller_span(context, name, f"replica:{call.replica.label}",
+                                         start, error, attrs)
