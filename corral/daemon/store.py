@@ -9,7 +9,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ def row_limit(limit: int) -> int:
 # a worker; a model call) and the tasks submitted (submitted.py: an anonymous A2A
 # caller's among them), kept as a share of their party's apart
 TOOL_CALLS = (m.GatewayCall.declared.name, "worker.call", "model.call", "task.submitted")
+_INSERT = "INSERT INTO audit (time, uid, pid, method, params, outcome, who, tenant) " \
+          "VALUES (?,?,?,?,?,?,?,?)"
 
 
 class StateStore:
@@ -58,6 +60,11 @@ class StateStore:
         self.audit_max_rows = audit_max_rows
         # rows of each share since its prune: (a party, whether its agents' tool calls)
         self._audited: dict[tuple[str | None, bool], int] = {}
+        # answered calls' rows (`call_row`) waiting for the writer thread, and those it
+        # took and has not yet committed (its own: retried after a failed write)
+        self._calls: deque[tuple[float, str, Any, str, str, str | None, bool]] = deque()
+        self._taken: list[tuple[float, str, Any, str, str, str | None, bool]] = []
+        self._calls_due = False  # a write that takes them is submitted and not yet begun
         self.stream = stream if stream is not None else Stream()  # the daemon's: the engine's
         self.stream.subscribe(self._audit_gap, CaughtUp)
         self.sync = sync
@@ -143,14 +150,9 @@ class StateStore:
         prune = self._audit_prune_due((tenant, calls))
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT INTO audit (time, uid, pid, method, params, outcome, who, "
-                       "tenant) VALUES (?,?,?,?,?,?,?,?)", full)
+            db.execute(_INSERT, full)
             if prune:
-                share = f"method {'' if calls else 'NOT '}IN ({','.join('?' * len(TOOL_CALLS))})"
-                db.execute(f"DELETE FROM audit WHERE tenant IS ? AND {share} AND id <= "
-                           f"(SELECT id FROM audit WHERE tenant IS ? AND {share} ORDER BY id "
-                           "DESC LIMIT 1 OFFSET ?)",
-                           (tenant, *TOOL_CALLS, tenant, *TOOL_CALLS, self.audit_max_rows))
+                self._prune(db, tenant, calls)
 
         if self.writer is not None:  # (lazy: one transaction for many calls' rows)
             self.writer.submit(write, "audit row", size=len(said), lazy=True)
@@ -161,6 +163,42 @@ class StateStore:
         except sqlite3.Error as exc:
             log.error("state database %s: an audit row could not be written (%s): %s",
                       self.path, exc, full)
+
+    def call_row(self, method: str, params: Any, outcome: str, who: str,
+                 tenant: str | None) -> None:
+        """An agent's answered call's audit row (audit.py's AuditLink: a model call's), as
+        `audit` writes one but cheaper on the loop, where the hot path pays for it: its
+        params encoded, and every row waiting inserted at once, by the writer thread."""
+        if self.writer is None:
+            return self.audit(-1, -1, method, params, outcome, who, tenant)
+        self._calls.append((time.time(), method, params, outcome, who, tenant,
+                            self._audit_prune_due((tenant, True))))
+        if not self._calls_due:  # (one write waiting takes every row appended before it)
+            self._calls_due = True
+            self.writer.submit(self._write_calls, "audit row", self._taken.clear, lazy=True)
+        return None
+
+    def _write_calls(self, db: sqlite3.Connection) -> None:
+        """(The writer thread's.) A row appended after `_calls_due` is cleared here is
+        taken by this write or by the one its call then submits: none is left waiting."""
+        self._calls_due = False
+        calls, taken = self._calls, self._taken
+        while calls:
+            taken.append(calls.popleft())
+        encode = msgspec.json.encode
+        db.executemany(_INSERT, [(t, -1, -1, method, encode(params).decode(), outcome, who,
+                                  tenant) for t, method, params, outcome, who, tenant, _
+                                 in taken])
+        for tenant in {row[5] for row in taken if row[6]}:
+            self._prune(db, tenant, True)
+
+    def _prune(self, db: sqlite3.Connection, tenant: str | None, calls: bool) -> None:
+        """The party's share (its agents' calls, or the rest) down to audit_max_rows."""
+        share = f"method {'' if calls else 'NOT '}IN ({','.join('?' * len(TOOL_CALLS))})"
+        db.execute(f"DELETE FROM audit WHERE tenant IS ? AND {share} AND id <= "
+                   f"(SELECT id FROM audit WHERE tenant IS ? AND {share} ORDER BY id "
+                   "DESC LIMIT 1 OFFSET ?)",
+                   (tenant, *TOOL_CALLS, tenant, *TOOL_CALLS, self.audit_max_rows))
 
     def _audit_prune_due(self, share: tuple[str | None, bool]) -> bool:
         """Once in every tenth of the bound, so that a share (a party's rows, or its

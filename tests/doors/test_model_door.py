@@ -239,17 +239,18 @@ def test_a_model_call_is_a_genai_span_under_its_callers_context(home: Entry, doo
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.differs("model", "a model call answered is no audit row, a refused one "
-                              "alone: its record is its step, its span, the gateway's "
-                              "counters (decision 1180)")
-@pytest.mark.differs("model idle", "a model call answered is no audit row, a refused one "
-                                   "alone: the gateway's counters (decision 1180)")
 def test_the_model_call_is_audited(home: Entry, door: str) -> None:
-    """The audit link: one row of the audit log a call, naming its model."""
-    def rows() -> int:
-        return sum(1 for e in home.ask("audit.list", {"limit": 1000})["entries"]
-                   if isinstance(e["params"], dict) and e["params"].get("tool") == "open")
-    before = rows()
-    assert Made(home, "caller", door, [{"model": "open"}]).outcomes() == [
-        {"status": 200, "text": "echo: hi"}]
-    assert rows() == before + 1
+    """The audit link: one row of the audit log a call answered, `model.call` by its
+    replica, naming its model and its task (a call of no task: none); a cluster's audit
+    is each node's: the row is the node's that ran the call."""
+    def rows() -> list[dict[str, Any]]:
+        return [e for at in range(len(home.home.entries))
+                for e in home.home.call("audit.list", {"limit": 1000}, at=at)["entries"]
+                if e["method"] == "model.call" and e["params"].get("model") == "open"]
+    before = len(rows())
+    made = Made(home, "caller", door, [{"model": "open"}])
+    assert made.outcomes() == [{"status": 200, "text": "echo: hi"}]
+    (row,) = rows()[before:]
+    label = row["params"]["client"]
+    assert label.startswith("caller#") and row["params"].get("task") == made.task_id, row
+    assert row["outcome"] == "ok", row
