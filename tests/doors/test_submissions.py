@@ -20,7 +20,7 @@ from corral import jsonrpc
 from corral.cli.client import CallFailed
 
 from ..test_daemon_cli import wait_until
-from .conftest import Entry
+from .conftest import TASK_DOORS, Entry
 from .door_agent import gateway
 from .test_doors import PATIENCE, POOL, Made, decide
 
@@ -91,7 +91,7 @@ class Submitted:
                 None if door == "A2A anonymous" else token(d)))
             if "result" in (self.said[1] or {}):
                 self.task_id = self.said[1]["result"]["task"]["id"]
-        elif door == "/mcp/corral":
+        elif door in TASK_DOORS:  # (an agent called by the caller's task: its child)
             self.made = Made(d, "caller", door, f"corral__{agent}", task_input,
                              before=[{"door": "worker", **b} for b in before or []], key=key)
         else:  # of no task: the test calls with the idle replica's own token
@@ -131,18 +131,20 @@ def pending(d: Entry) -> set[str]:
 
 
 @pytest.mark.deadline(240)
-@pytest.mark.parametrize("door", SUBMIT_DOORS)
+@pytest.mark.parametrize("door", (*SUBMIT_DOORS, "worker", "worker-no-task"))
 def test_a_submitted_task_is_handed_its_callers_labels(daemon: Entry, door: str) -> None:
     """The labels link: the task holds what its caller read: an anonymous caller's
     message is text from no one (its own label), a caller that read an untrusted tool's
-    output hands that on (from its task, or its replica's of no task), a token's holder
-    hands none. Its sensitive call then waits for a person, who is told which label."""
+    output hands that on (from its task, to the child its call of the agent spawns, at
+    the worker link naming the task or not, or at /mcp/corral; or its replica's of no
+    task), a token's holder hands none. Its sensitive call then waits for a person, who
+    is told which label."""
     d = daemon
-    label = {"A2A anonymous": ANONYMOUS, "/mcp/corral": "pol__fetch",
-             "/mcp/corral idle": "pol__fetch"}.get(door)
+    label = None if door in ("REST", "A2A") else ANONYMOUS if door == "A2A anonymous" \
+        else "pol__fetch"
     before = pending(d)
     sent = Submitted(d, door, {"calls": SEND},
-                     before=[FETCH] if door.startswith("/mcp") else None)
+                     before=[FETCH] if label == "pol__fetch" else None)
     ask = new_ask(d, before)
     if sent.task_id is not None:
         assert ask["task_id"] == sent.task_id, (ask, sent.said)
@@ -451,3 +453,29 @@ def test_a_context_an_anonymous_caller_did_not_keep_is_not_its_own(daemon: Entry
                                   "session": tried})["task_id"]
     d.ask("tasks.get", {"task_id": done, "wait": True})
     refused_context(d, "queued", tried)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", [x for x in TASK_DOORS if "corral" not in x])
+def test_what_a_turn_read_taints_its_sessions_next_turn(daemon: Entry, door: str) -> None:
+    """The labels link, handed on to a session's next turn: a turn read an untrusted
+    tool's output by the door (naming its task or not); the session's next turn read
+    nothing, yet holds it: its sensitive call waits for a person, told which label, and
+    denied is not made."""
+    d = daemon
+    session = f"read-{next(SENT)}"
+    first = d.ask("tasks.submit", {"agent": "caller", "session": session, "input": {
+        "calls": [{"door": door, **FETCH}]}})["task_id"]
+    done = d.ask("tasks.get", {"task_id": first, "wait": True})
+    assert done["status"] == "succeeded" and "error" not in done["output"][0], done
+    second = d.ask("tasks.submit", {"agent": "caller", "session": session, "input": {
+        "calls": SEND}})["task_id"]
+    ask: dict[str, Any] = wait_until(lambda: next(
+        (a for a in d.ask("approvals.list")["asks"] if a["task_id"] == second), None),
+        PATIENCE, "the next turn's ask")
+    assert ask["subject"] == {"tool": "pol__send_mail", "arguments": MAIL,
+                              "policy": "taint (after untrusted pol__fetch)"}, ask
+    decide(d, ask, "deny")
+    done = d.ask("tasks.get", {"task_id": second, "wait": True})
+    assert done["output"][0]["isError"] and done["output"][0]["text"].startswith(
+        "tool call pol__send_mail was denied by "), done
