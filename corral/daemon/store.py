@@ -62,9 +62,10 @@ class StateStore:
         self._audited: dict[tuple[str | None, bool], int] = {}
         # answered calls' rows (`call_row`) waiting for the writer thread, and those it
         # took and has not yet committed (its own: retried after a failed write)
-        self._calls: deque[tuple[float, str, Any, str, str, str | None, bool]] = deque()
-        self._taken: list[tuple[float, str, Any, str, str, str | None, bool]] = []
+        self._calls: deque[tuple[float, str, Any, str, str, str | None]] = deque()
+        self._taken: list[tuple[float, str, Any, str, str, str | None]] = []
         self._calls_due = False  # a write that takes them is submitted and not yet begun
+        self._calls_seen: Counter[str | None] = Counter()  # (the thread's `_audited`)
         self.stream = stream if stream is not None else Stream()  # the daemon's: the engine's
         self.stream.subscribe(self._audit_gap, CaughtUp)
         self.sync = sync
@@ -171,8 +172,7 @@ class StateStore:
         params encoded, and every row waiting inserted at once, by the writer thread."""
         if self.writer is None:
             return self.audit(-1, -1, method, params, outcome, who, tenant)
-        self._calls.append((time.time(), method, params, outcome, who, tenant,
-                            self._audit_prune_due((tenant, True))))
+        self._calls.append((time.time(), method, params, outcome, who, tenant))
         if not self._calls_due:  # (one write waiting takes every row appended before it)
             self._calls_due = True
             self.writer.submit(self._write_calls, "audit row", self._taken.clear, lazy=True)
@@ -187,10 +187,16 @@ class StateStore:
             taken.append(calls.popleft())
         encode = msgspec.json.encode
         db.executemany(_INSERT, [(t, -1, -1, method, encode(params).decode(), outcome, who,
-                                  tenant) for t, method, params, outcome, who, tenant, _
+                                  tenant) for t, method, params, outcome, who, tenant
                                  in taken])
-        for tenant in {row[5] for row in taken if row[6]}:
+        if not self.audit_max_rows:
+            return
+        # each tenth of the bound, as `_audit_prune_due`, counted here, off the loop
+        seen, tenth = self._calls_seen, max(1, self.audit_max_rows // 10)
+        seen.update(row[5] for row in taken)
+        for tenant in [t for t, n in seen.items() if n >= tenth]:
             self._prune(db, tenant, True)
+            del seen[tenant]
 
     def _prune(self, db: sqlite3.Connection, tenant: str | None, calls: bool) -> None:
         """The party's share (its agents' calls, or the rest) down to audit_max_rows."""
