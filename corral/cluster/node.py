@@ -117,7 +117,7 @@ class ClusterNode:
                                   step_tasks.settled, self.outbox.send_held)
         self.durables = Durables(self.calls, step_tasks)
         self.reaper = Reaper(scripts, self.keys, trust, self.membership, report,
-                             settings.keep_tasks_for)
+                             settings.keep_tasks_for, host.agents)
         self.due = DueClock(self.redis, self.keys, self.membership, report)
         self.retention = ClusterRetention(scripts, self.keys, self.membership, settings)
         self.backlog = Backlog(self.redis, self.keys, parts.elastic, parts.agents)

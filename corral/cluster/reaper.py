@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
+import msgspec
 from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..supervisor.config import RETRY_LOST
 from ..supervisor.tasks import AT_MOST_ONCE_NOTE, Task, TaskFailure, TaskStatus
-from ..supervisor.tasks.taskmachine import cancel_failure
+from ..supervisor.tasks.taskmachine import (
+    LostBudget,
+    TaskCause,
+    TaskMachine,
+    TaskStep,
+    cancel_failure,
+)
+from ..taskoptions import AGENTS_RETRY, AgentRetries
 from . import records
-from .connection import why
+from .connection import read_all, why
 from .keys import GROUP, Keys, split_consumer, split_route
 from .membership import Membership
 from .queue import ClusterTask
@@ -32,10 +41,92 @@ PAGE = 100  # pending entries looked at per stream and dead consumer in one beat
 ORPHAN_BEATS = 3
 
 
+class AgentDefaults(NamedTuple):
+    """The retry policy of an agent this node does not run: an agent's defaults."""
+
+    retry_on: tuple[str, ...] = ("lost",)
+    retry_lost: int = RETRY_LOST
+
+
+class RecordPolicy:
+    """A taken-over task's retry policy as its record says (taskmachine.RetryPolicy)."""
+
+    def __init__(self, retried: tuple[str, ...], budget: LostBudget) -> None:
+        self.retried, self.budget = retried, budget
+
+    def retried_on(self, task: TaskMachine) -> tuple[str, ...]:
+        return self.retried
+
+    def lost_budget(self, task: TaskMachine) -> LostBudget:
+        return self.budget
+
+
+_attempt = msgspec.json.Decoder(dict[str, Any])
+
+
+def decided(retries: bytes | None, retry_lost: bytes | None, options: bytes | None,
+            cancel: bytes | None, attempts: list[bytes], orphan: bool,
+            spec: AgentRetries) -> tuple[TaskStep, TaskMachine]:
+    """What becomes of a dead or orphaned claim's task: the task machine's rule, as the
+    engine applies it to a node's lost attempt (asked to cancel: cancelled; an orphan:
+    given back, nothing spent; a loss: within retry_lost again for free, else as its
+    policy's retries and retry_on say). The record's retry_lost is its claiming node's."""
+    machine = TaskMachine(int(retries or 0))
+    machine.fire(TaskCause.START)
+    if cancel == b"1":
+        return machine.fire(TaskCause.CANCEL), machine
+    if orphan:
+        return machine.fire(TaskCause.RELEASED), machine
+    policy = records.options_in(options).retry or AGENTS_RETRY
+    ended = [_attempt.decode(a).get("outcome") for a in attempts]
+    # (the attempt it was running is lost with this takeover)
+    lost = ended.count("lost") + (1 if ended and ended[-1] in (None, "running") else 0)
+    budget = LostBudget(int(retry_lost) if retry_lost else policy.lost(spec), lost)
+    return machine.fire(TaskCause.LOST, RecordPolicy(policy.outcomes(spec), budget)), machine
+
+
+async def take_over(part: RedisPart, stream: str, entry: Any, tid: str, dead: str, *,
+                    orphan: bool, reason: str, kept_for: int,
+                    specs: Mapping[str, Any]) -> Any:
+    """A dead (or orphaned) consumer's entry of task `tid`: decided from its record here,
+    kept by TAKEOVER if the record is still as read. `specs`: this node's agents (an
+    agent's retry_on, where the task gave none)."""
+    task = part.keys.task(tid)
+
+    def fill(pipe: Any) -> None:
+        pipe.hmget(task, "retries_left", "retry_lost", "options", "cancel", "agent")
+        pipe.lrange(part.keys.attempts(tid), 0, -1)
+
+    (retries, retry_lost, options, cancel, agent), attempts = await read_all(
+        part.redis, fill, transaction=True)
+    local = specs.get(agent.decode()) if agent else None
+    step, machine = decided(retries, retry_lost, options, cancel, attempts, orphan,
+                            AgentDefaults() if local is None else local.spec)
+    status, spent, error = str(machine.status), "", b""
+    if machine.queued:
+        status = "requeued"
+        if str(machine.retries_left) != (retries or b"").decode():
+            spent = str(machine.retries_left)
+    elif cancel == b"1":
+        error = records.error_json(cancel_failure(TaskStatus.RUNNING))
+    else:  # (a task of an agent at most once: retry_lost = 0)
+        error = records.error_json(TaskFailure(
+            jsonrpc.PEER_CLOSED, f"{reason} ({AT_MOST_ONCE_NOTE})" if step.once else reason))
+    return await part.scripts.takeover(
+        keys=[task, part.keys.attempts(tid), stream, part.keys.outcomes,
+              part.keys.alive(dead), *part.keys.listed],
+        args=[tid, entry, dead, repr(time.time()), reason, kept_for,
+              "orphan" if orphan else "dead", retries or b"", cancel or b"", status, spent,
+              error, part.trust.outcome(tid, "0", status, b"", error) if error else ""])
+
+
 class Reaper(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, membership: Membership,
-                 report: Callable[[str], None], kept_for: float) -> None:
+                 report: Callable[[str], None], kept_for: float,
+                 agents: Mapping[str, Any]) -> None:
+        """`agents`: this node's (their retry policies)."""
         super().__init__(scripts, keys, trust)  # (trust signs the outcome of a task it ends)
+        self.agents = agents
         self.membership = membership
         self.report = report
         self.kept_for = int(kept_for)  # seconds a finished record stays ([cluster])
@@ -93,12 +184,6 @@ class Reaper(RedisPart):
         refreshing = orphans and reason is None  # (not a stopping node's last pass)
         reason = reason or (f"node {node} did not run it (its claim's answer was lost)"
                             if orphans else f"node {node} lost")
-        error = records.error_json(TaskFailure(jsonrpc.PEER_CLOSED, reason))
-        # (a task of an agent at most once: retry_lost = 0)
-        once = records.error_json(TaskFailure(jsonrpc.PEER_CLOSED,
-                                              f"{reason} ({AT_MOST_ONCE_NOTE})"))
-        # (as the engine cancels a running task)
-        cancelled = records.error_json(cancel_failure(TaskStatus.RUNNING))
         for p in pending:
             entry = p["message_id"]
             if entry in held:
@@ -113,14 +198,8 @@ class Reaper(RedisPart):
             # session's turn given to it that it was too busy to claim (sessionscripts)
             unclaimed = refreshing and await self.redis.hget(self.keys.task(tid),
                                                           "status") == b"queued"
-            got = await self.scripts.takeover(
-                keys=[self.keys.task(tid), self.keys.attempts(tid), stream,
-                      self.keys.outcomes, self.keys.alive(dead), *self.keys.listed],
-                args=[tid, entry, dead, repr(time.time()), reason, self.kept_for, error,
-                      "orphan" if orphans else "dead", cancelled,
-                      self.trust.outcome(tid, "0", "lost", b"", error),
-                      self.trust.outcome(tid, "0", "cancelled", b"", cancelled),
-                      RETRY_LOST, once, self.trust.outcome(tid, "0", "lost", b"", once)])
+            got = await take_over(self, stream, entry, tid, dead, orphan=orphans,
+                                  reason=reason, kept_for=self.kept_for, specs=self.agents)
             if got == b"requeued" and unclaimed:
                 self.orphans += 1
                 self.report(f"cluster: task {tid} given to node {node} waited "

@@ -539,24 +539,22 @@ end"""
 
 # A reaper found an entry pending with a consumer whose liveness key is gone: checked
 # again here, atomically (the consumer still dead, the entry still the task's, the task
-# still that consumer's), the task is queued again under a new entry, or ends `lost`.
-# The task machine's rule: a loss is re-run with no retry spent while its lost attempts
-# are no more than the record's retry_lost (ARGV[12] for a record with none), then while
-# it has retries; with retry_lost = 0 (at most once) never, ending with ARGV[13] (its MAC
-# ARGV[14]). An orphan (ARGV[8] = 'orphan': held by a live node that does not run it, its
-# claim's reply lost) waits again, no retry spent. One asked to cancel ends cancelled.
+# still that consumer's, and its retries and cancel's mark as the reaper read them), the
+# task is queued again under a new entry, or ends, as the reaper decided by the task
+# machine's rule (reaper.take_over): this script only keeps what it decided. One read and
+# not claimed waits again as it was. (A node of the version before decided here in Lua;
+# both keep the record alike.)
 # KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key, live and
 #       finished tasks (listed)
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
-#       error JSON (ends lost), 'dead' or 'orphan', error JSON (ends cancelled), the
-#       MACs of the outcome ending lost and ending cancelled (trust.OUTCOME, fence 0),
-#       the retry_lost of a record that has none ('' none: no retry for the loss itself),
-#       the error JSON ending it lost at most once and its MAC
-# -> 'requeued', 'lost', 'cancelled', or false (nothing to do)
+#       'dead' or 'orphan', its retries_left and cancel's mark as read ('' none), what
+#       was decided: 'requeued' with the retries left ('' unchanged), or the end
+#       ('lost', 'cancelled') with its error JSON and MAC (trust.OUTCOME, fence 0)
+# -> 'requeued', 'lost', 'cancelled', or false (nothing to do, or decide again)
 TAKEOVER = f"""
-local orphan = ARGV[8] == 'orphan'
-if not orphan and redis.call('EXISTS', KEYS[5]) == 1 then return false end
-local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'owner', 'retries_left')
+if ARGV[7] ~= 'orphan' and redis.call('EXISTS', KEYS[5]) == 1 then return false end
+local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'owner', 'retries_left',
+  'cancel')
 if rec[2] ~= ARGV[2] then
   redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
   redis.call('XDEL', KEYS[3], ARGV[2])
@@ -564,48 +562,25 @@ if rec[2] ~= ARGV[2] then
 end
 -- (its priority's stream, also for an entry of the claimed stream)
 local home = redis.call('HGET', KEYS[1], 'stream') or KEYS[3]
-if rec[1] == 'queued' then
-  -- read but not yet claimed when its reader died: it waits again as it was
-  redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
-  redis.call('XDEL', KEYS[3], ARGV[2])
-  local entry = redis.call('XADD', home, '*', 'task', ARGV[1])
-  redis.call('HSET', KEYS[1], 'entry', entry)
-  return 'requeued'
+-- (one read and not claimed when its reader died waits again as it was)
+if rec[1] ~= 'queued' then
+  if not {on_worker('rec[1]')} or rec[3] ~= ARGV[3] or (rec[4] or '') ~= ARGV[8]
+      or (rec[5] or '') ~= ARGV[9] then return false end
+  {_END_LAST_ATTEMPT}
 end
-if not {on_worker('rec[1]')} or rec[3] ~= ARGV[3] then return false end
-{_END_LAST_ATTEMPT}
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
-local retries = tonumber(rec[4]) or 0
-local asked = redis.call('HGET', KEYS[1], 'cancel') == '1'
-local retry_lost = tonumber(redis.call('HGET', KEYS[1], 'retry_lost') or ARGV[12] or '')
-local once, infra = false, false
-if not orphan and retry_lost then
-  local lost = 0
-  for _, a in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-    if cjson.decode(a)['outcome'] == 'lost' then lost = lost + 1 end
-  end
-  once = retry_lost == 0
-  infra = not once and lost <= retry_lost
-end
-if not asked and (orphan or infra or (retries > 0 and not once)) then
-  local entry = redis.call('XADD', home, '*', 'task', ARGV[1])
-  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
-    'entry', entry)
-  -- an orphan spends no retry (nothing it ran failed), nor a loss within retry_lost
-  if not orphan and not infra then
-    redis.call('HSET', KEYS[1], 'retries_left', retries - 1)
-  end
+if rec[1] == 'queued' or ARGV[10] == 'requeued' then
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '', 'entry',
+    redis.call('XADD', home, '*', 'task', ARGV[1]))
+  if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'retries_left', ARGV[11]) end
   return 'requeued'
 end
-local status, err, mac = 'lost', ARGV[7], ARGV[10] or ''
-if asked then status, err, mac = 'cancelled', ARGV[9], ARGV[11] or ''
-elseif once and ARGV[13] then err, mac = ARGV[13], ARGV[14] or '' end
-redis.call('HSET', KEYS[1], 'status', status, 'fence', '0', 'finished', ARGV[4],
-  'error', err, 'mac', mac)
+redis.call('HSET', KEYS[1], 'status', ARGV[10], 'fence', '0', 'finished', ARGV[4],
+  'error', ARGV[12], 'mac', ARGV[13])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[1])
 {_ended('ARGV[1]', 'ARGV[6]', 6)}
-return status
+return ARGV[10]
 """
 
 # A node that stops hands back what it holds: the task waits again under a new entry,

@@ -28,7 +28,9 @@ import redis as redis_py
 
 from corral.cluster import clustersessions, records, sessionscripts
 from corral.cluster.keys import Keys
-from corral.cluster.scripts import Scripts
+from corral.cluster.reaper import take_over
+from corral.cluster.scripts import RedisPart, Scripts
+from corral.cluster.trust import Trust
 from corral.supervisor.tasks.sessions import SessionKey
 
 from ..daemon_harness import PY
@@ -346,11 +348,10 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
                   args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0,
                         "30.0", "t1"])
     await client.delete(T.alive("b/1"))
-    assert await s.takeover(
-        keys=[T.task(first), T.attempts(first), T.stream("t1", "w", 0), T.outcomes,
-              T.alive("b/1"), *T.listed],
-        args=[first, entry, "b/1", "5.0", "node b lost", 60,
-              b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"lost"
+    await client.hset(T.task(first), "retry_lost", 0)  # (lost at once: at most once)
+    assert await take_over(RedisPart(s, T, Trust(None, "t", print)),
+                           T.stream("t1", "w", 0), entry, first, "b/1", orphan=False,
+                           reason="node b lost", kept_for=60, specs={}) == b"lost"
     assert await client.hget(T.session(W), "cur") == second.encode()
     assert await client.exists(T.session_line(W)) == 0
     [(moved, fields)] = await client.xrange(T.stream("t1", "w", 0))

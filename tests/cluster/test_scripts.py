@@ -12,7 +12,9 @@ import msgspec
 
 from corral.cluster import records
 from corral.cluster.keys import Keys
-from corral.cluster.scripts import Scripts
+from corral.cluster.reaper import take_over
+from corral.cluster.scripts import RedisPart, Scripts
+from corral.cluster.trust import Trust
 
 K = Keys("t")
 TID = "0190a5c0-0000-7000-8000-00000000000{}"
@@ -33,6 +35,13 @@ async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
                                 K.live],
                           args=[tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", max_queue, "0",
                                 "", *LAST])
+
+
+async def takeover(s: Scripts, tid: str, entry: Any, kind: str = "dead") -> Any:
+    """The takeover of b/1's claim, as a reaper decides and TAKEOVER keeps it."""
+    return await take_over(RedisPart(s, K, Trust(None, "t", print)), K.stream("acme", "w", 0),
+                           entry, tid, "b/1", orphan=kind == "orphan",
+                           reason="node b lost", kept_for=60, specs={})
 
 
 async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
@@ -253,17 +262,18 @@ async def test_a_takeover_needs_the_consumer_dead(client: Any) -> None:
     token, *_ = await claim(s, client, 1, consumer="b/1")
     tid = TID.format(1)
     entry = await client.hget(K.task(tid), "entry")
-    keys = [K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes, K.alive("b/1"),
-            *K.listed]
-    args = [tid, entry, "b/1", "5.0", "node b lost", 60,
-            msgspec.json.encode({"code": -32001, "message": "node b lost"})]
+
+    async def take() -> Any:
+        return await takeover(s, tid, entry)
+
     await client.set(K.alive("b/1"), b"{}")
-    assert await s.takeover(keys=keys, args=args) is None  # alive: never taken
+    assert await take() is None  # alive: never taken
     await client.delete(K.alive("b/1"))
-    assert await s.takeover(keys=keys, args=args) == b"requeued"
-    assert await s.takeover(keys=keys, args=args) is None  # the entry is stale now
+    assert await take() == b"requeued"
+    assert await take() is None  # the entry is stale now
     rec = await client.hgetall(K.task(tid))
-    assert (rec[b"status"], rec[b"fence"], rec[b"retries_left"]) == (b"queued", b"0", b"1")
+    # (a loss within an agent's default retry_lost: no retry spent)
+    assert (rec[b"status"], rec[b"fence"], rec[b"retries_left"]) == (b"queued", b"0", b"2")
     assert rec[b"entry"] != entry
     [attempt] = await client.lrange(K.attempts(tid), 0, -1)
     assert msgspec.json.decode(attempt)["error"] == "node b lost"
@@ -281,11 +291,7 @@ async def test_a_task_cancelled_while_it_waits_again_keeps_its_attempts_no_longe
     await claim(s, client, 1, consumer="b/1")
     tid = TID.format(1)
     entry = await client.hget(K.task(tid), "entry")
-    assert await s.takeover(
-        keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes, K.alive("b/1"),
-              *K.listed],
-        args=[tid, entry, "b/1", "5.0", "node b lost", 60,
-              b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"requeued"
+    assert await takeover(s, tid, entry) == b"requeued"
     assert await client.llen(K.attempts(tid)) == 1
     assert await client.ttl(K.attempts(tid)) == -1  # waiting: kept while it waits
     assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes,
@@ -314,12 +320,7 @@ async def test_a_task_asked_to_cancel_whose_node_died_is_not_run_again(client: A
                                     K.outcomes, *K.listed],
                               args=[tid, "4.0", b"{}", 60]) == b"asked"
         entry = await client.hget(K.task(tid), "entry")
-        assert await s.takeover(
-            keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes,
-                  K.alive("b/1"), *K.listed],
-            args=[tid, entry, "b/1", "5.0", "node b lost", 60,
-                  b'{"code":-32001,"message":"node b lost"}', kind, cancelled]
-        ) == b"cancelled"
+        assert await takeover(s, tid, entry, kind) == b"cancelled"
         rec = await client.hgetall(K.task(tid))
         assert (rec[b"status"], rec[b"error"], rec[b"fence"], rec[b"retries_left"]) == (
             b"cancelled", cancelled, b"0", b"2")
@@ -366,14 +367,10 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
                                 K.outcomes, *K.listed],
                           args=[ids[1], "4.0", b'{"code":-32800,"message":"c"}', 60]
                           ) == b"cancelled"
-    await client.hset(K.task(ids[2]), "retries_left", 0)
     await claim(s, client, 3, consumer="b/1")
+    await client.hset(K.task(ids[2]), "retry_lost", 0)  # (at most once: lost at once)
     entry = await client.hget(K.task(ids[2]), "entry")
-    assert await s.takeover(
-        keys=[K.task(ids[2]), K.attempts(ids[2]), K.stream("acme", "w", 0), K.outcomes,
-              K.alive("b/1"), *K.listed],
-        args=[ids[2], entry, "b/1", "5.0", "node b lost", 60, b'{"code":-32001,"message":'
-              b'"node b lost"}', "dead"]) == b"lost"
+    assert await takeover(s, ids[2], entry) == b"lost"
     assert await client.zrange(K.live, 0, -1) == [ids[3].encode()]
     assert await client.zrange(K.done, 0, -1) == [i.encode() for i in ids[:3]]
     # bounded: a node's beat takes out the oldest beyond keep_tasks (TRIM, exactly those,

@@ -21,7 +21,7 @@ import pytest
 from corral.cluster import records
 from corral.cluster.keys import GROUP, Keys
 from corral.cluster.membership import Membership
-from corral.cluster.reaper import Reaper
+from corral.cluster.reaper import Reaper, take_over
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 
@@ -94,14 +94,11 @@ async def test_a_claimed_as_submitted_task_of_a_dead_node_waits_in_its_prioritys
     tid, claimed, home = TID.format(1), K.claimed("acme", "w"), K.stream("acme", "w", 5)
     reaper = Reaper(s, K, None, Membership(  # type: ignore[arg-type]
         s, K, None, ClusterSettings(redis="", name="t", node="r"), "r",
-        lambda: (1, 0, {}), print), print, 60)
+        lambda: (1, 0, {}), print), print, 60, {})
     assert await reaper.streams() == [K.stream("acme", "w", 5), claimed]
     entry = got[1][1]
-    assert await s.takeover(
-        keys=[K.task(tid), K.attempts(tid), claimed, K.outcomes, K.alive("b/1"),
-              *K.listed],
-        args=[tid, entry, "b/1", "5.0", "node b lost", 60,
-              b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"requeued"
+    assert await take_over(reaper, claimed, entry, tid, "b/1", orphan=False,
+                           reason="node b lost", kept_for=60, specs={}) == b"requeued"
     rec = await client.hgetall(K.task(tid))
     [(moved, _)] = await client.xrange(home)
     assert (rec[b"status"], rec[b"fence"], rec[b"entry"], rec[b"stream"]) == (

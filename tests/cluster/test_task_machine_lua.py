@@ -9,12 +9,11 @@ Where the Lua differs from the table, on purpose:
 - a cancel of a running task marks it (CANCEL answers 'asked') and the node running it
   cancels it at its next beat, its outcome written by FINISH: the end is the table's,
   one beat later;
-- the takeover of a dead node's task retries it whatever its agent's `retry_on` says:
-  the record does not carry the agent's policy (an agent's default, ("lost",), is what
-  the Lua keeps; a task's own retry_on is its node's engine's to apply). The cases here
-  use that default.
-  Its retry_lost the record does carry (its claiming node's): a node's death is a loss to
-  infrastructure, retried by it as the machine retries a LOST attempt.
+- the takeover of a dead node's task is decided by the machine itself (reaper.take_over:
+  TAKEOVER keeps what it decided), with the task's own retry_on, else its agent's where
+  the reaper runs it, else an agent's default, ("lost",), which the cases here use. Its
+  retry_lost is the record's (its claiming node's): a node's death is a loss to
+  infrastructure, retried as the machine retries a LOST attempt.
 """
 
 from __future__ import annotations
@@ -28,7 +27,9 @@ from corral.cluster import records
 from corral.cluster.clusterasks import ASK, END, SUSPEND
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
-from corral.cluster.scripts import Scripts
+from corral.cluster.reaper import take_over
+from corral.cluster.scripts import RedisPart, Scripts
+from corral.cluster.trust import Trust
 from corral.supervisor.config import RETRY_LOST, ClusterSettings
 from corral.supervisor.lifecycle import IllegalTransition
 from corral.supervisor.tasks.elicitations import PREFIX as ELICITATION
@@ -123,11 +124,9 @@ class Record:
                   await self.retries(), "0", "mac"]))
 
     async def takeover(self, kind: str) -> Any:
-        return await self.s.takeover(
-            keys=[K.task(self.tid), K.attempts(self.tid), STREAM, K.outcomes,
-                  K.alive("b/1"), *K.listed],
-            args=[self.tid, await self.entry(), "b/1", "5.0", "node b lost", 60, LOST_ERR,
-                  kind, CANCEL_ERR, "mac", "mac", RETRY_LOST, ONCE_ERR, "mac"])
+        return await take_over(RedisPart(self.s, K, Trust(None, "m", print)), STREAM,
+                               await self.entry(), self.tid, "b/1", orphan=kind == "orphan",
+                               reason="node b lost", kept_for=60, specs={})
 
     async def release(self) -> Any:
         return await self.s.release(keys=[K.task(self.tid), K.attempts(self.tid), STREAM],

@@ -215,3 +215,19 @@ def test_a_task_asking_for_at_most_once_is_not_run_again_after_a_crash_and_says_
     assert done["error"]["message"].endswith(
         "(not run again: at most once, retry_lost = 0)"), done
     assert [a["outcome"] for a in done["attempts"]] == ["lost"]
+
+
+def test_a_loss_past_retry_lost_is_run_again_only_where_its_policy_says(home: Home) -> None:
+    # the loss and retry rule is written once (taskmachine.TaskMachine.fire): the node's
+    # restart and the cluster's takeover both ask it. A loss within retry_lost runs again
+    # with no retry spent; past it, a retry is spent only on an outcome retry_on names.
+    task_id = home.submit("sleeper", {"do": "sleep", "seconds": 60},
+                          retry={"retries": 2, "retry_on": ["failed"], "retry_lost": 1})
+    home.status_of(task_id, "running")
+    home.crash(task_id)
+    wait_until("its second attempt running", lambda: (
+        t := home.task(task_id))["status"] == "running" and len(t["attempts"]) == 2)
+    home.crash(task_id)
+    done = home.wait(task_id)
+    assert done["status"] == "lost", done
+    assert [a["outcome"] for a in done["attempts"]] == ["lost", "lost"], done

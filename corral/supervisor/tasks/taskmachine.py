@@ -4,7 +4,8 @@ draws it).
 A table keyed by (status, cause) gives the next status and what follows; a pair not in it
 is a bug and raises. No other module assigns a task's status (tests/test_task_machine.py
 walks corral for that); the cluster's Lua (cluster/scripts.py) keeps the same table, held
-to it by tests/cluster/test_task_machine_lua.py.
+to it by tests/cluster/test_task_machine_lua.py, and a takeover's loss and retry is this
+machine's own decision (cluster/reaper.py `decided`), which the Lua only keeps.
 """
 
 from __future__ import annotations
