@@ -217,3 +217,24 @@ def test_the_call_is_audited(daemon: Entry, door: str) -> None:
 
 
 assert set(IDLE_DOORS) < set(DOORS)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", IDLE_DOORS)
+def test_a_replicas_calls_of_no_task_count_in_its_incarnations_budget(daemon: Entry,
+                                                                      door: str) -> None:
+    """The budget link without a task: max_tool_calls_per_task 2 counts a replica's
+    calls of no task per incarnation (a new one, here: the agent restarted), whatever
+    the door; the third is refused naming the replica, and is not made."""
+    d = daemon
+    d.each("agents.restart", {"names": ["budgeted"]})
+    tool = "corral__target" if "corral" in door else "pol__http_get"
+    arguments = {"do": "echo"} if "corral" in door else {"host": "example.org"}
+    made = Made(d, "budgeted", door, tool, arguments, before=[
+        {"door": door, "tool": tool, "arguments": arguments}] * 2)
+    said = made.outcome()
+    assert said["error"] == jsonrpc.TOOL_BUDGET_EXCEEDED and said["message"].startswith(
+        "tool budget exceeded: replica budgeted#"), said
+    assert said["message"].endswith(
+        " has made 2 tool calls of no task (max_tool_calls_per_task 2, counted per "
+        "incarnation for calls that name no task)"), said
