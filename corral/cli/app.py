@@ -75,6 +75,21 @@ def command_group(declared: type[m.Params], **kw: Any
     return make
 
 
+def said(declared: type[m.Params], arg: str, say: Callable[[Any], str], **argument: Any
+         ) -> None:
+    """The command that is a method's front where it takes ARG (NAMES..., given as a
+    list, with nargs=-1) and answers one line: `say` of the result. The command is the
+    module's whose `say` it is."""
+    many = argument.get("nargs") == -1
+
+    def front(obj: Ctx, **given: Any) -> None:
+        value = given[arg]
+        click.echo(say(obj.call(declared(**{arg: list(value) if many else value}))))
+
+    front.__module__ = say.__module__
+    command(declared)(click.argument(arg, **argument)(front))
+
+
 class Ctx:
     def __init__(self, socket: str | None) -> None:
         self.socket = socket

@@ -7,7 +7,7 @@ import time
 import click
 
 from .. import methods as m
-from .app import Ctx, command, json_option
+from .app import Ctx, command, json_option, said
 from .render import human_time, table
 
 
@@ -48,9 +48,5 @@ def _key_warnings(nodes: list[m.NodeInfo]) -> list[str]:
     return out
 
 
-@command(m.NodesDrain)
-@click.argument("node")
-def nodes_drain(obj: Ctx, node: str) -> None:
-    res: m.DrainResult = obj.call(m.NodesDrain(node=node))
-    click.echo(f"node {res.node} (incarnation {res.incarnation}) drains; `corral nodes` "
-               "shows it dead once it has left")
+said(m.NodesDrain, "node", lambda res: f"node {res.node} (incarnation {res.incarnation}) "
+     "drains; `corral nodes` shows it dead once it has left")

@@ -9,7 +9,7 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, command, complete_agents, fail, json_option, names_arg, pass_ctx
+from .app import Ctx, cli, command, complete_agents, fail, json_option, names_arg, pass_ctx, said
 
 
 def _selection_command(declared: type[m.Selection], done: str) -> None:
@@ -106,11 +106,8 @@ def pid(obj: Ctx, target: str) -> None:
         fail(f"{target} has no running process")
 
 
-@command(m.AgentsRemove)
-@click.argument("names", nargs=-1, required=True, shell_complete=complete_agents)
-def remove(obj: Ctx, names: tuple[str, ...]) -> None:
-    res: m.RemoveResult = obj.call(m.AgentsRemove(names=list(names)))
-    click.echo(f"removed: {', '.join(res.removed)}")
+said(m.AgentsRemove, "names", lambda res: f"removed: {', '.join(res.removed)}", nargs=-1,
+     required=True, shell_complete=complete_agents)
 
 
 @command(m.AgentsScale, context_settings={"ignore_unknown_options": True})

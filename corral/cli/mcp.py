@@ -9,7 +9,7 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, command, fail, json_option, pass_ctx
+from .app import Ctx, cli, command, fail, json_option, pass_ctx, said
 from .render import table
 from .terminal import unguarded
 
@@ -65,11 +65,7 @@ def mcp_serve(obj: Ctx, agent: str | None, token: str | None, reconnect: float) 
 
 
 def _mcp_verb(declared: type[m.McpSelection], done: str) -> None:
-    @command(declared)
-    @click.argument("name")
-    def verb(obj: Ctx, name: str) -> None:
-        res: m.McpInstances = obj.call(declared(name=name))
-        click.echo(f"{done} {name} ({plural(res.instances, 'instance')})")
+    said(declared, "name", lambda res: f"{done} {res.name} ({plural(res.instances, 'instance')})")
 
 
 for _declared, _done in ((m.McpStart, "started"), (m.McpStop, "stopped"),

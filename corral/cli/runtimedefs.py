@@ -11,7 +11,7 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, command, json_option
+from .app import Ctx, command, json_option, said
 from .render import dumps, stamp, table
 from .tasks import _read_input
 
@@ -67,11 +67,8 @@ def runtime_commands(section: str, noun: str, methods: tuple[type[m.Params], ...
         click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
                                   if res.revision is not None else "no change"))
 
-    @command(verb["remove"])
-    @click.argument("names", nargs=-1, required=True)
-    def remove(obj: Ctx, names: tuple[str, ...]) -> None:
-        res: m.RemoveResult = obj.call(verb["remove"](names=list(names)))
-        click.echo(f"removed: {', '.join(res.removed)}")
+    said(verb["remove"], "names", lambda res: f"removed: {', '.join(res.removed)}", nargs=-1,
+         required=True)
 
     @command(verb["describe"])
     @click.argument("name")

@@ -14,7 +14,7 @@ from .. import methods as m
 from ..askviews import what_it_asks
 from ..jsonline import one_line
 from ..taskoptions import TaskFilters, TaskOptions
-from .app import Ctx, command, complete_agents, fail, json_option
+from .app import Ctx, command, complete_agents, fail, json_option, said
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 from .durations import duration
 from .render import dumps, human_time, millis, print_json, stamp, table
@@ -341,8 +341,4 @@ def where(a: m.Attempt) -> str:
     return f"{node}replica {a.replica} " + (f"pid {a.pid} " if a.pid is not None else "")
 
 
-@command(m.TasksCancel)
-@click.argument("task_id")
-def task_cancel(obj: Ctx, task_id: str) -> None:
-    res: m.TaskInfo = obj.call(m.TasksCancel(task_id=task_id))
-    click.echo(f"{res.task_id}: {res.status}")
+said(m.TasksCancel, "task_id", lambda res: f"{res.task_id}: {res.status}")

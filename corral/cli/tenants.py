@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, command_group, json_option
+from .app import Ctx, command, command_group, json_option, said
 from .render import table
 from .runtimedefs import read_tables
 
@@ -59,8 +59,5 @@ def tenants_set(obj: Ctx, name: str, pairs: tuple[str, ...]) -> None:
                                          or "no quotas"))
 
 
-@command(m.TenantsRemove)
-@click.argument("names", nargs=-1, required=True)
-def tenants_remove(obj: Ctx, names: tuple[str, ...]) -> None:
-    res: m.RemoveResult = obj.call(m.TenantsRemove(names=list(names)))
-    click.echo(f"removed: {', '.join(res.removed)}")
+said(m.TenantsRemove, "names", lambda res: f"removed: {', '.join(res.removed)}", nargs=-1,
+     required=True)

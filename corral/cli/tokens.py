@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, command, json_option
+from .app import Ctx, cli, command, json_option, said
 from .durations import duration
 from .render import stamp, table
 
@@ -62,8 +62,4 @@ def token_list(obj: Ctx, as_json: bool) -> None:
           ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])
 
 
-@command(m.TokensRevoke)
-@click.argument("name")
-def token_revoke(obj: Ctx, name: str) -> None:
-    res: m.TokenInfo = obj.call(m.TokensRevoke(name=name))
-    click.echo(f"revoked token {res.name}")
+said(m.TokensRevoke, "name", lambda res: f"revoked token {res.name}")

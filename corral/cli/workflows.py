@@ -11,7 +11,7 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, command, command_group, fail, json_option
+from .app import Ctx, cli, command, command_group, fail, json_option, said
 from .client import EXIT_FAILED
 from .durations import duration
 from .render import dumps, print_json, table
@@ -228,11 +228,7 @@ def runs_signal(obj: Ctx, run_id: str, name: str, data: str, key: str | None,
                + (", sent before under this key" if res.duplicate else ""))
 
 
-@command(m.RunsCancel)
-@click.argument("run_id")
-def run_cancel(obj: Ctx, run_id: str) -> None:
-    res: m.RunView = obj.call(m.RunsCancel(run_id=run_id))
-    click.echo(f"{res.run_id}: {res.status}")
+said(m.RunsCancel, "run_id", lambda res: f"{res.run_id}: {res.status}")
 
 
 # -- runtime workflows, with revisions (daemon/workflows/catalog.py) ------------------------

@@ -222,10 +222,6 @@ def take(s: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
         cluster=s.cluster.status(), nodes=s.cluster.views())
 
 
-def _buckets(counts: list[int]) -> list[tuple[str, int]]:
-    return list(zip(_LE, itertools.accumulate(counts), strict=True))
-
-
 def build_info() -> Metric:
     info = InfoMetricFamily("corral_build", "The corral that runs.")
     info.add_metric([], {"version": __version__, "python": platform.python_version()})
@@ -233,16 +229,14 @@ def build_info() -> Metric:
 
 
 def fleet_families(snap: Snapshot) -> Iterator[Metric]:
-    duration = HistogramMetricFamily(
-        "corral_task_duration_seconds", "Tasks' execution time (started to finished), "
-        "every agent's.")
-    duration.add_metric([], _buckets(snap.duration[0]), snap.duration[1])
-    yield duration
-    wait = HistogramMetricFamily(
-        "corral_task_queue_wait_seconds", "Tasks' time from accepted to started, every "
-        "agent's.")
-    wait.add_metric([], _buckets(snap.wait[0]), snap.wait[1])
-    yield wait
+    for name, documentation, (counts, total) in (
+            ("corral_task_duration_seconds", "Tasks' execution time (started to finished), "
+             "every agent's.", snap.duration),
+            ("corral_task_queue_wait_seconds", "Tasks' time from accepted to started, every "
+             "agent's.", snap.wait)):
+        times = HistogramMetricFamily(name, documentation)
+        times.add_metric([], list(zip(_LE, itertools.accumulate(counts), strict=True)), total)
+        yield times
     # only agents that reported: most fleets have none, and a series per agent and model
     # of zeros would be noise
     tokens = CounterMetricFamily("corral_agent_tokens", "Tokens an agent reported "
