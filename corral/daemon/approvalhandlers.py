@@ -1,20 +1,21 @@
 """The inbox's methods' handlers (corral.methods.approvals): the pending asks listed, one
-read, one decided, in this daemon's inbox or the cluster's. Who sees and decides an ask is
-the visibility rules', checked before a decision reaches the inbox."""
+read, one decided, from one source over this daemon's inbox and the cluster's (AskBook).
+Who sees and decides an ask is the visibility rules', checked before a decision reaches
+the inbox."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import jsonrpc
 from .. import methods as m
 from ..askviews import Ask, AskEnd, AskKind
 from ..jsonrpc import RpcError
 from ..supervisor.followers import Follower
-from ..supervisor.tasks.inbox import AskEnded, AskRecords, Decision, Inbox, decide
+from ..supervisor.tasks.inbox import AskEnded, Decision, decide
 from .api import Commands
 from .caller import Caller, Channel
-from .clusterpeer import ClusterInbox
+from .clusterpeer import AskBook
 from .deciders import may_decide
 from .flowcontrol import drain
 from .services import Services
@@ -23,34 +24,26 @@ WATCH_QUEUE = 1000  # asks a watcher may be behind by before it is told it misse
 WATCH_BATCH = 100  # sent in one turn of the loop
 
 
-class Inboxes(NamedTuple):
-    """Where asks are: this daemon's inbox (its own tasks'), and its cluster's."""
-
-    local: Inbox
-    cluster: ClusterInbox
+def asks_of(d: Services) -> AskBook:
+    return AskBook(d.task_engine.inbox, d.cluster.asks)
 
 
-def inboxes_of(d: Services) -> Inboxes:
-    return Inboxes(d.task_engine.inbox, d.cluster.asks)
-
-
-COMMANDS: Commands[Services, Inboxes] = Commands(inboxes_of)
+COMMANDS: Commands[Services, AskBook] = Commands(asks_of)
 implements = COMMANDS.implements
 
 
 @implements(m.ApprovalsList)
-async def approvals_list(inboxes: Inboxes, p: m.ApprovalsList, caller: Caller, c: Channel
+async def approvals_list(book: AskBook, p: m.ApprovalsList, caller: Caller, c: Channel
                          ) -> m.AskList:
-    asks = [*inboxes.local.pending(), *await inboxes.cluster.pending(caller.tenant)]
-    return m.AskList(asks=sorted(asks, key=lambda a: (a.created, a.id)))
+    return m.AskList(asks=await book.pending(caller.tenant))
 
 
 @implements(m.ApprovalsWatch)
-async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
+async def approvals_watch(book: AskBook, p: m.ApprovalsWatch, caller: Caller,
                           c: Channel) -> None:
     # every pending ask, then those made and ended on this node: a cluster task's ask
     # is told on the node that asked it and on the one that ended it
-    inbox = inboxes.local
+    inbox = book.here
     # bounded: a reader that does not read is told what it missed, never grows the daemon
     follower: Follower[Ask] = Follower(WATCH_QUEUE)
 
@@ -66,8 +59,7 @@ async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
             c.notify("approvals.ask", follower.pop())
 
     try:
-        theirs = await inboxes.cluster.pending(caller.tenant)
-        for ask in sorted([*inbox.pending(), *theirs], key=lambda a: (a.created, a.id)):
+        for ask in await book.pending(caller.tenant):
             follower.push(ask)
         await drain(c, follower, "approvals.missed", send_some)
     finally:
@@ -75,26 +67,23 @@ async def approvals_watch(inboxes: Inboxes, p: m.ApprovalsWatch, caller: Caller,
 
 
 @implements(m.ApprovalsGet)
-async def approvals_get(inboxes: Inboxes, p: m.ApprovalsGet, caller: Caller, c: Channel
+async def approvals_get(book: AskBook, p: m.ApprovalsGet, caller: Caller, c: Channel
                         ) -> Ask:
-    ask = inboxes.local.get(p.id) or await inboxes.cluster.read(p.id)
+    ask = await book.read(p.id)
     if ask is None:
         raise jsonrpc.not_found("ask", p.id)
     return ask
 
 
 @implements(m.ApprovalsResolve)
-async def approvals_resolve(inboxes: Inboxes, p: m.ApprovalsResolve, caller: Caller,
+async def approvals_resolve(book: AskBook, p: m.ApprovalsResolve, caller: Caller,
                             c: Channel) -> Ask:
-    # one decision for the asks of either home, where the ask is kept
-    shelf: AskRecords = inboxes.local if inboxes.local.get(p.id) is not None else \
-        inboxes.cluster
-    ask = await shelf.read(p.id)
+    ask = await book.read(p.id)
     if ask is None:
         raise jsonrpc.not_found("ask", p.id)
     may_decide(caller, ask)
-    return await decide(shelf, Decision(p.id, AskEnd(p.decision), caller.who,
-                                        decision_data(ask, p)))
+    return await decide(book, Decision(p.id, AskEnd(p.decision), caller.who,
+                                       decision_data(ask, p)))
 
 
 def decision_data(ask: Ask, p: m.ApprovalsResolve) -> Any:

@@ -5,7 +5,7 @@ implementation on a node; `NotANode` is the daemon's without a [cluster] table."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..results import SessionInfo, SessionView
     from ..supervisor.pushstore import PushStore
+    from ..supervisor.tasks.inbox import AskRecords, Inbox
     from ..supervisor.tasks.sessions import SessionKey
 
 NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
@@ -39,6 +40,27 @@ class NoClusterAsks:
 
     async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
         raise jsonrpc.not_found("ask", ask.id)
+
+
+class AskBook(NamedTuple):
+    """The asks a person is shown and decides, one source over both homes: this
+    engine's inbox (its own tasks'), then its cluster's. An ask is read, and ended, where
+    it is kept (an AskRecords, for `decide`)."""
+
+    here: Inbox
+    cluster: ClusterInbox
+
+    async def pending(self, tenant: str | None) -> list[Ask]:
+        """Every pending ask (a cluster's of `tenant`), oldest first."""
+        asks = [*self.here.pending(), *await self.cluster.pending(tenant)]
+        return sorted(asks, key=lambda a: (a.created, a.id))
+
+    async def read(self, ask_id: str) -> Ask | None:
+        return self.here.get(ask_id) or await self.cluster.read(ask_id)
+
+    async def end(self, ask: Ask, end: AskEnd, by: str, data: Any = None) -> Ask:
+        shelf: AskRecords = self.here if self.here.get(ask.id) is not None else self.cluster
+        return await shelf.end(ask, end, by, data)
 
 
 class NotANode:

@@ -16,7 +16,7 @@ from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.sessions import SessionBook, Sessions, no_such_session
 from ..supervisor.workflows import WorkflowError, compile_workflow
 from .caller import Caller
-from .clusterpeer import ClusterPeer
+from .clusterpeer import AskBook, ClusterPeer
 from .schedules import ScheduleService
 from .tasks import TaskFront
 from .teams import TeamService
@@ -187,8 +187,7 @@ def ask(field: str) -> Record:
     was of when it was accepted (sees_task; docs/approvals.md)."""
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         ask_id = getattr(params, field)
-        cluster_asks = d.cluster.asks  # (a cluster task's asks: in Redis, any node's)
-        found = d.task_engine.ask_of(ask_id) or await cluster_asks.read(ask_id)
+        found = await AskBook(d.task_engine.inbox, d.cluster.asks).read(ask_id)
         if found is None or not sees_task(caller, found) or \
                 not await started(d, caller, found.task_id):
             raise jsonrpc.not_found("ask", ask_id)

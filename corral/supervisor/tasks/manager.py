@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
-from ...askviews import Ask
 from ...taskoptions import NO_FILTERS, NO_OPTIONS, TaskFilters, TaskOptions, admits
 from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
@@ -206,10 +205,6 @@ class TaskManager:
         """Intake.submit: the engine's public face (the Python API's `sup.tasks.submit`)."""
         return self.intake.submit(agent_name, task_input, options, traceparent=traceparent,
                                   tracestate=tracestate, task_id=task_id)
-
-    # -- a person in the loop (inbox.py, docs/approvals.md) ---------------------------------
-    def ask_of(self, ask_id: str) -> Ask | None:
-        return self.inbox.get(ask_id)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         # asked once: get_running_loop() is a getpid(2) each time
