@@ -19,14 +19,7 @@ from .. import __version__, jsonrpc
 from ..jsonrpc import Envelope, ErrorResponse, Id, Notification, Response, RpcError
 from . import envelope
 from .askclient import WAIT, PendingAsks
-from .client import (
-    IDEMPOTENCY_META,
-    LEGACY,
-    LISTENED,
-    META_CAPABILITIES,
-    META_VERSION,
-    SUPPORTED,
-)
+from .client import IDEMPOTENCY_META, LEGACY, LISTENED, META_CAPABILITIES, META_VERSION, SUPPORTED
 from .envelope import Mirror, Refusal
 from .logrelay import LEVELS, META_LOG_LEVEL, LogRelay, valid_level
 from .relay import NEEDS, asks_input
