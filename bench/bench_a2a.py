@@ -194,21 +194,26 @@ class Server:
         raise NotImplementedError
 
 
+def launcher_of(tree: Path | None) -> list[str] | None:
+    """The command running another checkout's daemon (None: this tree's), byte-compiled
+    as this one is."""
+    if tree is None:
+        return None
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "corral")],
+                   check=True)
+    return [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1));"
+            " from corral.cli.entry import main; main()", str(tree), "daemon"]
+
+
 class Corral(Server):
     def __init__(self, replicas: int, tree: Path | None = None) -> None:
         port = free_port()
         self.dir = workdir("a2a")
         self.name = "corral" if tree is None else f"corral@{tree}"
         agents, extra = corral_config(port, replicas)
-        launcher = None
-        if tree is not None:  # the other checkout's daemon, byte-compiled as this one is
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "corral")],
-                           check=True)
-            launcher = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1));"
-                        " from corral.cli.entry import main; main()", str(tree), "daemon"]
         # (the [http] and [a2a] tables after the agents: CorralDaemon's `extra` is inside
         # its [supervisor] table)
-        self.daemon = CorralDaemon(self.dir, agents + extra, launcher=launcher)
+        self.daemon = CorralDaemon(self.dir, agents + extra, launcher=launcher_of(tree))
         self.daemon.start()
         assert self.daemon.proc is not None
         self.pid = self.daemon.proc.pid

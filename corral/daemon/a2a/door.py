@@ -46,6 +46,8 @@ RECHECK = 1.0  # seconds between two looks at a task waited for, at most
 ASK_WAIT = 30.0  # seconds a message to a running task waits for it to ask
 MAX_ID = 200  # characters of a messageId in a task's idempotency key (255 at most)
 YES = frozenset({"yes", "y", "approve", "approved", "ok", "true"})
+# a stream's events given at once: each (the chunk's id or None, StreamResponse)
+Batch = list[tuple[str | None, Any]]
 
 
 def refusal(exc: RpcError) -> w.A2aError:
@@ -72,7 +74,13 @@ class _Events:
             self.writable.clear()
 
     async def get(self) -> tuple[str, Any]:
-        item = await self.queue.get()
+        return self._taken(await self.queue.get())
+
+    def take(self) -> tuple[str, Any] | None:
+        """The next one queued, None if none is (without waiting)."""
+        return None if self.queue.empty() else self._taken(self.queue.get_nowait())
+
+    def _taken(self, item: tuple[str, Any]) -> tuple[str, Any]:
         if self.queue.qsize() < QUEUED_EVENTS // 2:
             self.writable.set()
         return item
@@ -250,11 +258,13 @@ class A2aDoor:
 
     # -- streams --------------------------------------------------------------------------
     async def events(self, caller: Caller, info: TaskInfo, *, until_input: bool,
-                     after: str | None = None) -> AsyncIterator[tuple[str | None, Any]]:
+                     after: str | None = None) -> AsyncIterator[Batch]:
         """The task's events after the snapshot `info`: each chunk of its live output
         from the journal (after `after`, a chunk's id), then as they come, with the asks
-        (input-required); its end last. Each is (the chunk's id or None, StreamResponse).
-        `until_input`: the stream ends at input-required too (SendStreamingMessage)."""
+        (input-required); its end last. Each is (the chunk's id or None, StreamResponse),
+        given in batches: the chunks queued at once are one (a replay's are hundreds,
+        written to the client at once). `until_input`: the stream ends at
+        input-required too (SendStreamingMessage)."""
         task_id, agent = info.task_id, info.agent
         events = _Events()
 
@@ -275,21 +285,27 @@ class A2aDoor:
                                                       events))
                 run.add_done_callback(lambda _: events.put(("done", None)))
                 while True:
-                    kind, value = await events.get()
-                    if kind == "done":
-                        break
-                    if kind == "chunk":
+                    item: tuple[str, Any] | None = await events.get()
+                    chunks: Batch = []
+                    while item is not None and item[0] == "chunk":
+                        value = item[1]
                         event = mp.chunk_event(info, value.data, first)
                         first, after = False, value.id
                         made = event.get("artifactUpdate", {}).get("artifact", {})
                         if isinstance(made, dict) and "artifactId" in made:
                             streamed.add(made["artifactId"])
-                        yield value.id, event
+                        chunks.append((value.id, event))
+                        item = events.take()
+                    if chunks:
+                        yield chunks
+                    if item is None:
                         continue
+                    if item[0] == "done":
+                        break
                     now = await self.task(caller, agent, task_id)
                     if mp.state_of(now) == mp.INPUT_REQUIRED and said != mp.INPUT_REQUIRED:
                         said = mp.INPUT_REQUIRED
-                        yield None, mp.status_event(now)
+                        yield [(None, mp.status_event(now))]
                         if until_input:
                             return
                     elif mp.state_of(now) != mp.INPUT_REQUIRED:
@@ -297,16 +313,16 @@ class A2aDoor:
                 final: TaskInfo = run.result()
                 state = mp.state_of(final)
                 if state in mp.TERMINAL:
-                    for made in mp.artifacts_of(final):
-                        if made.get("artifactId") not in streamed:
-                            yield None, {"artifactUpdate": {
-                                "taskId": task_id, "contextId": mp.context_of(final),
-                                "artifact": made, "lastChunk": True}}
-                    yield None, mp.status_event(final)
+                    yield [(None, {"artifactUpdate": {
+                        "taskId": task_id, "contextId": mp.context_of(final),
+                        "artifact": made, "lastChunk": True}})
+                        for made in mp.artifacts_of(final)
+                        if made.get("artifactId") not in streamed] + [
+                        (None, mp.status_event(final))]
                     return
                 if state == mp.INPUT_REQUIRED and said != mp.INPUT_REQUIRED:
                     said = state
-                    yield None, mp.status_event(final)
+                    yield [(None, mp.status_event(final))]
                     if until_input:
                         return
                 # not in flight here (queued, suspended for its answer): followed again

@@ -1,6 +1,6 @@
 """The eleven operations (spec 3.1), each from its request's params (decoded JSON) to
 its answer's JSON, or a stream's events: what both bindings call, by the operation's
-name. Streams: (event id or None, StreamResponse) pairs."""
+name. Streams: batches of (event id or None, StreamResponse) pairs."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from ..caller import Caller
 from ..http.sse import Streams
 from . import mapping as mp
 from . import wire as w
-from .door import A2aDoor
+from .door import A2aDoor, Batch
 from .push import LEAD, PushConfigs
 
 Card = Callable[[], dict[str, Any]]
-Events = AsyncIterator[tuple[str | None, Any]]
+Events = AsyncIterator[Batch]
 STREAMING = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
 
@@ -163,7 +163,7 @@ class Operations:
 
     @staticmethod
     async def _told(task: dict[str, Any], events: Events) -> Events:
-        yield None, {"task": task}
+        yield [(None, {"task": task})]
         async for event in events:
             yield event
 
@@ -240,13 +240,14 @@ class Operations:
                 return  # (another daemon delivers: it reads this one's configs too)
             info = await self.door.dispatcher.call(caller, TasksGet.declared.name,
                                                    {"task_id": task_id})
-            async for _, event in self.door.events(caller, info, until_input=False):
-                status = event.get("statusUpdate")
-                final = isinstance(status, dict) and \
-                    status.get("status", {}).get("state") in mp.TERMINAL
-                if final:
-                    self._ended.add(task_id)
-                await self.push.deliver(task_id, event, final)
+            async for batch in self.door.events(caller, info, until_input=False):
+                for _, event in batch:
+                    status = event.get("statusUpdate")
+                    final = isinstance(status, dict) and \
+                        status.get("status", {}).get("state") in mp.TERMINAL
+                    if final:
+                        self._ended.add(task_id)
+                    await self.push.deliver(task_id, event, final)
         except (w.A2aError, RpcError) as exc:
             self._failed.add(task_id)
             self.push.report(f"a2a push of task {task_id}: {exc.message}")
