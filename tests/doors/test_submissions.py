@@ -479,3 +479,31 @@ def test_what_a_turn_read_taints_its_sessions_next_turn(daemon: Entry, door: str
     done = d.ask("tasks.get", {"task_id": second, "wait": True})
     assert done["output"][0]["isError"] and done["output"][0]["text"].startswith(
         "tool call pol__send_mail was denied by "), done
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", ["/mcp idle", "/mcp/NAME idle"])
+def test_what_a_call_of_no_task_read_taints_its_replicas_next_task(daemon: Entry,
+                                                                  door: str) -> None:
+    """The labels link the other way round: the replica (a new incarnation: its agent
+    restarted) read an untrusted tool's output in a call of no task, by the door with its
+    token while it ran none; a task it runs afterwards (on the same node) holds it, for
+    its process read the text: its sensitive call waits for a person, told which label."""
+    d = daemon
+    d.each("agents.restart", {"names": ["caller"]})
+    env = d.ask("tasks.run", {"agent": "caller", "input": {"env": True}, "local": True})[
+        "output"]
+    path, name = ("", FETCH["tool"]) if door == "/mcp idle" else ("/pol", "fetch")
+    said = gateway(path, name, FETCH["arguments"], env["CORRAL_MCP_URL"],
+                   env["CORRAL_MCP_TOKEN"])
+    assert "error" not in said and not said["isError"], said
+    sent = d.ask("tasks.submit", {"agent": "caller", "local": True, "input": {
+        "calls": SEND}})["task_id"]
+    ask: dict[str, Any] = wait_until(lambda: next(
+        (a for a in d.ask("approvals.list")["asks"] if a["task_id"] == sent), None),
+        PATIENCE, "the next task's ask")
+    assert ask["subject"] == {"tool": "pol__send_mail", "arguments": MAIL,
+                              "policy": "taint (after untrusted pol__fetch)"}, ask
+    decide(d, ask, "deny")
+    done = d.ask("tasks.get", {"task_id": sent, "wait": True})
+    assert done["output"][0]["isError"], done
