@@ -135,6 +135,29 @@ async def test_deadlines_expire_in_order_each_at_its_own_time() -> None:
     assert [k for k, _ in expired] == ["short", "a", "last", "again"]
 
 
+async def test_deadlines_a_late_timer_finds_due_expire_in_deadline_order() -> None:
+    """A timer that fires late (a loaded host's loop, stalled past several deadlines)
+    finds attempts of several timeouts due at once: they expire in deadline order, not
+    in the order their timeouts were first seen (it failed beside a busy loop per core)."""
+    loop = asyncio.get_running_loop()
+    expired: list[str] = []
+    done = loop.create_future()
+
+    def expire(key: str) -> None:
+        expired.append(key)
+        if key == "last":
+            done.set_result(None)
+
+    d: Deadlines[str] = Deadlines(expire)
+    d.add("long", 0.05)  # (its timeout seen first)
+    d.add("short", 0.02)
+    d.add("last", 0.06)
+    time.sleep(0.1)  # the stall: the loop runs nothing until every deadline has passed
+    async with asyncio.timeout(5):
+        await done
+    assert expired == ["short", "long", "last"]
+
+
 # -- the local queue --------------------------------------------------------------------------
 async def test_the_local_queue_orders_by_priority_then_arrival() -> None:
     q: Queue = LocalQueue()

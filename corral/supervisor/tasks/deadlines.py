@@ -65,7 +65,7 @@ class Deadlines(Generic[K]):
         self._timer, self._at = None, math.inf
         assert self._loop is not None
         now = self._loop.time()
-        expired: list[K] = []
+        expired: list[tuple[float, K]] = []
         upcoming = math.inf
         for timeout, group in list(self._by_timeout.items()):
             due = []
@@ -73,13 +73,20 @@ class Deadlines(Generic[K]):
                 if at > now + RESOLUTION:
                     upcoming = min(upcoming, at)
                     break
-                due.append(key)
-            for key in due:
+                due.append((at, key))
+            for _, key in due:
                 del group[key]
             if not group:
                 del self._by_timeout[timeout]
             expired += due
         if upcoming < math.inf:
             self._arm(upcoming)
-        for key in expired:
+        # a late fire (a stalled loop) finds several timeouts' attempts due: each group is
+        # in deadline order, the groups not with each other
+        expired.sort(key=_deadline)
+        for _, key in expired:
             self._expire(key)
+
+
+def _deadline(due: tuple[float, object]) -> float:
+    return due[0]
