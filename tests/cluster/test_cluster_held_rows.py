@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from corral.cluster import clustercalls
 from corral.cluster.clustercalls import HOLD_FOR, ClusterCalls, field_of
 from corral.cluster.connection import connect
 from corral.cluster.membership import Membership
@@ -107,12 +108,15 @@ async def test_a_row_whose_end_no_task_keeps_is_written_at_once(
     assert a.calls.held == {}
 
 
-async def test_a_holder_taken_over_writes_nothing_it_held(pair: tuple[Node, Node]) -> None:
+async def test_a_holder_taken_over_writes_nothing_it_held(
+        pair: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
     """a, frozen past its TTL, holds an ended row (it does not know it is dead); b takes
     the call: it finds the step running under its task's id. a, thawed, writes its next
-    row: refused, and what it held with it (whether its hold's flush or that row came
-    first); b's rows stay as b found them. (Killed after the hold, a loaded loop's flush
-    could beat the kill: then it was no holder taken over.)"""
+    row: refused, and what it held with it; b's rows stay as b found them. (a shares
+    this loop with b: frozen, its hold's timer does not fire while b takes the call. On
+    a loaded host a hold of HOLD_FOR flushed between b's reads: a was then no holder
+    taken over.)"""
+    monkeypatch.setattr(clustercalls, "HOLD_FOR", 3600.0)
     a, b = pair
     await a.calls.save_call(record())
     await a.calls.save_steps(CALL_ID, [row("first", -1, None, "running")])
