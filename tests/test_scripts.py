@@ -15,6 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT
 
 FIRST_RUN = "corral: setting up .venv (first run: under a minute)…"
@@ -80,6 +82,9 @@ def test_b():
 """
 
 
+# a limit, not a wait: a few rounds to find both orders, then four more, each a pytest
+# start of ~1 s of CPU, which took past pytest's 120 s beside seven other suites (load 15)
+@pytest.mark.timeout(600)
 def test_flaky_runs_rounds_in_random_orders_and_says_how_to_replay_a_failure(
         tmp_path: Path) -> None:
     (tmp_path / "test_order.py").write_text(ORDER_BOUND)
