@@ -2,8 +2,8 @@
 docs/http.md#idempotency): the same key sent again — over HTTP's Idempotency-Key, the
 CLI's --idempotency-key, a control method's idempotency_key — is the first task, across a
 daemon's SIGKILL and restart and an upgrade in place, and runs nothing twice; another
-request with the key is refused naming it; keys are each tenant's, and bounded per
-tenant."""
+request with the key is refused naming it. (Keys each tenant's, bounded per tenant, on
+every home: tests/contract/test_submission.py.)"""
 
 from __future__ import annotations
 
@@ -140,43 +140,6 @@ def test_a_key_sent_again_after_a_sigkill_is_the_first_task_and_runs_nothing_twi
         assert d.stop() == 0
     finally:
         d.close()
-
-
-@pytest.mark.deadline(120)
-async def test_keys_are_each_tenants_and_a_tenants_bound_refuses_a_new_one(
-        tmp_path: Path) -> None:
-    record_a, record_b = tmp_path / "a", tmp_path / "b"
-    agents = (recorder("rec-a", record_a, "acme") + recorder("rec-b", record_b))
-    async with in_process(tmp_path, agents, "\n[tenants.acme]\n",
-                          "idempotency_keys_per_tenant = 2") as d:
-        async def run(agent: str, key: str | None, n: int) -> Any:
-            return await d.dispatcher.call(SOCKET, "tasks.submit", {
-                "agent": agent, "input": msgspec.Raw(msgspec.json.encode({"n": n})),
-                "idempotency_key": key, "wait": 30})
-
-        first = await run("rec-a", "k1", 1)
-        # the same key of another tenant's agent: another key, its own task (not a
-        # conflict with acme's, whose request was another)
-        other = await run("rec-b", "k1", 1)
-        assert other.task_id != first.task_id and other.status == "succeeded"
-        await run("rec-a", "k2", 2)
-        # acme holds two keys, its bound: a third is refused by the bound's name
-        with pytest.raises(RpcError) as refused:
-            await run("rec-a", "k3", 3)
-        assert (refused.value.code, refused.value.message) == (
-            jsonrpc.QUOTA_EXCEEDED,
-            "tenant acme holds 2 idempotency keys of the last 24 h "
-            "(idempotency_keys_per_tenant = 2): a new key is refused until the oldest is "
-            "that old (the same key sent again is still answered; a task submitted with "
-            "no key is accepted)")
-        # ... as its message says: a key it holds, and a task with none
-        again = await run("rec-a", "k1", 1)
-        assert (again.task_id, again.replayed) == (first.task_id, True)
-        assert (await run("rec-a", None, 4)).status == "succeeded"
-        # the default tenant's bound is its own
-        assert (await run("rec-b", "k2", 2)).status == "succeeded"
-        assert runs(record_a) == [{"n": 1}, {"n": 2}, {"n": 4}]
-        assert runs(record_b) == [{"n": 1}, {"n": 2}]
 
 
 @pytest.mark.deadline(120)

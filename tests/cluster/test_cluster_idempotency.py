@@ -1,7 +1,8 @@
 """A cluster task's idempotency key in Redis (cluster/submitkeys.py): the same key sent to
 another node is the first task, and nothing runs twice, two nodes racing one key among
-it; another request with the key is refused naming it; keys are each tenant's, bounded
-per tenant."""
+it; another request with the key is refused naming it. (What every home does alike, its
+tenant's bound and a refused submission keeping no key, is tests/contract/
+test_submission.py's.)"""
 
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from corral.taskoptions import TaskOptions
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_idempotent_submission import recorder, runs
-from .harness import nodes, sleeper
-from .test_failover import error_of
+from .harness import nodes
 
 
 def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
@@ -83,34 +83,6 @@ def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
         wait_until(lambda: len(runs(record)) == 3, what="k4's task")
         assert sorted(map(json.dumps, runs(record))) == sorted(
             map(json.dumps, [{"n": 1}, {"n": 3}, 4]))
-
-
-def test_a_keyed_submit_the_cluster_refused_lets_go_of_its_key(
-        tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": sleeper("w") + "max_queue = 1\n"}) as ns:
-        a = ns["a"]
-
-        def sleeping() -> str:
-            return str(a.call("tasks.submit", {"agent": "w", "input": {
-                "do": "sleep", "seconds": 60}})["task_id"])
-
-        # one running (its replica's one slot taken), then one waiting: the queue is full
-        # (max_queue counts what waits, not the first's entry left pending in the stream)
-        slow = [sleeping()]
-        wait_until(lambda: a.task(slow[0])["status"] == "running"
-                   and a.status()["w#0"]["tasks_running"] == 1, what="the first running")
-        slow.append(sleeping())
-        assert a.task(slow[1])["status"] == "queued"
-        assert error_of(a, "tasks.submit", {
-            "agent": "w", "input": {"do": "echo"}, "idempotency_key": "q"}) == (
-            "queue full: agent w has 1 task waiting (max_queue 1)")
-        for task_id in slow:
-            a.call("tasks.cancel", {"task_id": task_id})
-        # the key names nothing: another request with it is a new task, not a conflict
-        got = a.call("tasks.submit", {"agent": "w", "input": {"do": "echo", "n": 2},
-                                      "idempotency_key": "q", "wait": 30})
-        assert (got["status"], got["output"]["n"], "replayed" in got) == (
-            "succeeded", 2, False)
 
 
 def test_a_claim_whose_node_died_before_its_submit_is_submitted_by_the_retry(

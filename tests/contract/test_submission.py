@@ -30,8 +30,15 @@ pytestmark = pytest.mark.timeout(120)
 BACKOFF = 0.5  # seconds: the agent's retry_backoff, doubled per retry (no jitter)
 
 
+# a tenant's idempotency keys' bound (the cluster's nodes take it too)
+SUPERVISOR = "idempotency_keys_per_tenant = 2"
+
+
 def agents(directory: Path) -> str:
-    return recorder("rec", directory / "record") + textwrap.dedent(f"""
+    return recorder("rec", directory / "record") + recorder(
+        "acme-rec", directory / "acme", "acme") + textwrap.dedent(f"""
+        [tenants.acme]
+
         [agents.sleeper]
         command = ["{PY}", "{EXAMPLES}/misbehave.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
@@ -231,3 +238,46 @@ def test_a_loss_past_retry_lost_is_run_again_only_where_its_policy_says(home: Ho
     done = home.wait(task_id)
     assert done["status"] == "lost", done
     assert [a["outcome"] for a in done["attempts"]] == ["lost", "lost"], done
+
+
+def test_keys_are_each_tenants_and_a_tenants_bound_refuses_a_new_one(home: Home) -> None:
+    # the rule and its words are written once (corral/taskkeys.py): the node's journal
+    # and the cluster's Redis keep the keys, each home judges them alike
+    first = home.call("tasks.submit", {"agent": "acme-rec", "input": {"n": 1},
+                                       "idempotency_key": "k1", "wait": 30})
+    # acme's k1 is not the default tenant's (whose k1, another request, is its own)
+    assert home.call("tasks.submit", {"agent": "acme-rec", "input": {"n": 2},
+                                      "idempotency_key": "k2"}, at=1)["task_id"]
+    code, message = home.refusal("tasks.submit", {"agent": "acme-rec", "input": {"n": 3},
+                                                  "idempotency_key": "k3"}, at=1)
+    assert (code, message) == (
+        jsonrpc.QUOTA_EXCEEDED,
+        "tenant acme holds 2 idempotency keys of the last 24 h "
+        "(idempotency_keys_per_tenant = 2): a new key is refused until the oldest is "
+        "that old (the same key sent again is still answered; a task submitted with "
+        "no key is accepted)")
+    # as it says: a key it holds, and a task with none
+    again = home.call("tasks.submit", {"agent": "acme-rec", "input": {"n": 1},
+                                       "idempotency_key": "k1"})
+    assert (again["task_id"], again["replayed"]) == (first["task_id"], True)
+    assert home.run("acme-rec", {"n": 4})["status"] == "succeeded"
+    assert runs(home.dir / "acme")[:1] == [{"n": 1}]
+    assert {"n": 3} not in runs(home.dir / "acme")
+
+
+def test_a_keyed_submission_refused_keeps_no_key(home: Home) -> None:
+    held = [home.submit("bounded", {"do": "echo"}, delay=60.0)]
+    try:
+        asked = {"agent": "bounded", "input": {"do": "echo"}, "delay": 60.0,
+                 "idempotency_key": "full"}
+        code, message = home.refusal("tasks.submit", asked, at=1)
+        assert (code, message) == (jsonrpc.REFUSED, "queue full: agent bounded has 1 task "
+                                                    "waiting (max_queue 1)")
+        home.call("tasks.cancel", {"task_id": held.pop()})
+        # the key names nothing: another request with it is a new task, not a conflict
+        got = home.call("tasks.submit", {**asked, "input": {"do": "echo", "n": 2}})
+        assert "replayed" not in got, got
+        held.append(got["task_id"])
+    finally:
+        for task_id in held:
+            home.call("tasks.cancel", {"task_id": task_id})
