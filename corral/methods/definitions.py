@@ -36,6 +36,37 @@ class DefinitionRollback(Params):
     revision: int | None = None
 
 
+# What a verb of a definition kept in revisions (workflows, teams: daemon/defcatalog.py)
+# declares, the same for each kind: its result, whether it writes (agents:write) or reads
+# (tasks:read), its visibility rule (of the kind's noun) and its REST route (HTTP verb,
+# path after the kind's, summary, where its params come from).
+_RUNTIME: dict[str, tuple[Any, bool, str, str, str, str, dict[str, Any]]] = {
+    "add": (AddResult, True, "unnamed", "POST", "", "Add {section} from [{section}.NAME] tables",
+            {"idempotent": True}),
+    "describe": (DefinitionDescription, False, "{noun}", "GET", "/{name}",
+                 "A {noun}'s definition and revision", {}),
+    "update": (UpdateResult, True, "{noun}", "PATCH", "/{name}", "Change a runtime {noun}: "
+               "`set` merged into its table (a JSON merge patch)", {"body": ("set",)}),
+    "remove": (RemoveResult, True, "{noun}_names", "DELETE", "/{name}",
+               "Remove a runtime {noun}", {"path_params": ONE}),
+    "history": (DefinitionRevisions, False, "{noun}_past", "GET", "/{name}/history",
+                "A runtime {noun}'s revisions", {"query": ("limit",)}),
+    "rollback": (RollbackResult, True, "{noun}_past", "POST", "/{name}/rollback",
+                 "Go back to an earlier revision of a runtime {noun}", {"body": ("revision",)}),
+}
+
+
+def _runtime(section: str, noun: str, verb: str) -> dict[str, Any]:
+    """The declaration of the kind's method of `verb` (`workflows.update`) but its name."""
+    result, writes, seen, http, path, summary, given = _RUNTIME[verb]
+    if verb == "add":
+        given = {**given, "body": (section,)}
+    return {"result": result, "scope": "agents:write" if writes else "tasks:read",
+            "mutating": writes, "seen": seen.format(noun=noun), "cli": f"{section} {verb}",
+            "routes": (rest(http, f"/{section}{path}", summary.format(
+                section=section, noun=noun), **given),)}
+
+
 @method("workflows.list", result=WorkflowList, scope="tasks:read", seen="workflows",
         cli="workflows list", routes=(
     rest("GET", "/workflows", "The workflows: the config's and those "
@@ -97,11 +128,7 @@ class WorkflowsRun(Params):
     tracestate: str | None = None
 
 
-@method("workflows.add", result=AddResult, scope="agents:write", mutating=True, seen="unnamed",
-        cli="workflows add", routes=(
-    rest("POST", "/workflows", "Add workflows from [workflows.NAME] tables",
-         body=("workflows",), idempotent=True),
-))
+@method("workflows.add", **_runtime("workflows", "workflow", "add"))
 class WorkflowsAdd(Params):
     """Add workflows at runtime from [workflows.NAME] tables (all or nothing, each
     checked whole); they survive a daemon restart, each change a revision."""
@@ -109,48 +136,28 @@ class WorkflowsAdd(Params):
     workflows: dict[str, Any]
 
 
-@method("workflows.describe", result=DefinitionDescription, scope="tasks:read", seen="workflow",
-        cli="workflows describe", routes=(
-    rest("GET", "/workflows/{name}", "A workflow's definition and "
-         "revision"),
-))
+@method("workflows.describe", **_runtime("workflows", "workflow", "describe"))
 class WorkflowsDescribe(DefinitionNamed):
     """A workflow's definition, where it comes from and its revision."""
 
 
-@method("workflows.update", result=UpdateResult, scope="agents:write", mutating=True,
-        seen="workflow", cli="workflows update", routes=(
-    rest("PATCH", "/workflows/{name}", "Change a runtime workflow: `set` "
-         "merged into its table (a JSON merge patch)", body=("set",)),
-))
+@method("workflows.update", **_runtime("workflows", "workflow", "update"))
 class WorkflowsUpdate(DefinitionUpdate):
     """Change a workflow added at runtime: `set` merged into its table (a JSON merge
     patch; a list, such as steps, replaced whole); runs under way keep their revision."""
 
 
-@method("workflows.remove", result=RemoveResult, scope="agents:write", mutating=True,
-        seen="workflow_names", cli="workflows remove", routes=(
-    rest("DELETE", "/workflows/{name}", "Remove a runtime workflow",
-         path_params=ONE),
-))
+@method("workflows.remove", **_runtime("workflows", "workflow", "remove"))
 class WorkflowsRemove(DefinitionsRemove):
     """Remove workflows added at runtime (runs under way end on their revision)."""
 
 
-@method("workflows.history", result=DefinitionRevisions, scope="tasks:read", seen="workflow_past",
-        cli="workflows history", routes=(
-    rest("GET", "/workflows/{name}/history", "A runtime workflow's "
-         "revisions", query=("limit",)),
-))
+@method("workflows.history", **_runtime("workflows", "workflow", "history"))
 class WorkflowsHistory(DefinitionHistory):
     """A runtime workflow's revisions: who changed what, when."""
 
 
-@method("workflows.rollback", result=RollbackResult, scope="agents:write", mutating=True,
-        seen="workflow_past", cli="workflows rollback", routes=(
-    rest("POST", "/workflows/{name}/rollback", "Go back to an earlier "
-         "revision of a runtime workflow", body=("revision",)),
-))
+@method("workflows.rollback", **_runtime("workflows", "workflow", "rollback"))
 class WorkflowsRollback(DefinitionRollback):
     """Back to an earlier revision of a runtime workflow (default: the one before the
     newest; a removed workflow comes back so)."""
@@ -225,11 +232,7 @@ class TeamsList(Params):
     """The teams (the config file's and those added at runtime), with their members."""
 
 
-@method("teams.add", result=AddResult, scope="agents:write", mutating=True, seen="unnamed",
-        cli="teams add", routes=(
-    rest("POST", "/teams", "Add teams from [teams.NAME] tables",
-         body=("teams",), idempotent=True),
-))
+@method("teams.add", **_runtime("teams", "team", "add"))
 class TeamsAdd(Params):
     """Add teams at runtime from [teams.NAME] tables (all or nothing, each checked
     whole); they survive a daemon restart, each change a revision."""
@@ -237,10 +240,7 @@ class TeamsAdd(Params):
     teams: dict[str, Any]
 
 
-@method("teams.describe", result=DefinitionDescription, scope="tasks:read", seen="team",
-        cli="teams describe", routes=(
-    rest("GET", "/teams/{name}", "A team's definition and revision"),
-))
+@method("teams.describe", **_runtime("teams", "team", "describe"))
 class TeamsDescribe(DefinitionNamed):
     """A team's definition, where it comes from and its revision."""
 
@@ -256,38 +256,23 @@ class SchedulesResume(Params):
     name: str
 
 
-@method("teams.update", result=UpdateResult, scope="agents:write", mutating=True, seen="team",
-        cli="teams update", routes=(
-    rest("PATCH", "/teams/{name}", "Change a runtime team: `set` merged into "
-         "its table (a JSON merge patch)", body=("set",)),
-))
+@method("teams.update", **_runtime("teams", "team", "update"))
 class TeamsUpdate(DefinitionUpdate):
     """Change a team added at runtime: `set` merged into its table (a JSON merge patch;
     a list, such as members, replaced whole); calls under way keep their definition."""
 
 
-@method("teams.remove", result=RemoveResult, scope="agents:write", mutating=True, seen="team_names",
-        cli="teams remove", routes=(
-    rest("DELETE", "/teams/{name}", "Remove a runtime team", path_params=ONE),
-))
+@method("teams.remove", **_runtime("teams", "team", "remove"))
 class TeamsRemove(DefinitionsRemove):
     """Remove teams added at runtime (calls under way end on their definition)."""
 
 
-@method("teams.history", result=DefinitionRevisions, scope="tasks:read", seen="team_past",
-        cli="teams history", routes=(
-    rest("GET", "/teams/{name}/history", "A runtime team's revisions",
-         query=("limit",)),
-))
+@method("teams.history", **_runtime("teams", "team", "history"))
 class TeamsHistory(DefinitionHistory):
     """A runtime team's revisions: who changed what, when."""
 
 
-@method("teams.rollback", result=RollbackResult, scope="agents:write", mutating=True,
-        seen="team_past", cli="teams rollback", routes=(
-    rest("POST", "/teams/{name}/rollback", "Go back to an earlier revision "
-         "of a runtime team", body=("revision",)),
-))
+@method("teams.rollback", **_runtime("teams", "team", "rollback"))
 class TeamsRollback(DefinitionRollback):
     """Back to an earlier revision of a runtime team (default: the one before the
     newest; a removed team comes back so)."""
