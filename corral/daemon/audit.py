@@ -43,13 +43,14 @@ class Audit:
         self._store: StateStore | None = None
         self._held: list[tuple[Caller, str, Any, str]] = []
 
-    def call_row(self, method: str, params: dict[str, str], who: str,
+    def call_row(self, via: str, method: str, params: dict[str, str], who: str,
                  tenant: str | None) -> None:
         """An agent's answered call's row (the store's `call_row`: cheap on the loop), its
-        params its own (no secret, no text past TEXT_CUT: a served model's name)."""
+        params the link's own (no secret; no text past TEXT_CUT: a served model's name,
+        an allowed tool's cut)."""
         if self._store is None:
-            return self(Caller(via="models", name=who, tenant=tenant), method, params,
-                        "ok", line=False)
+            return self(Caller(via=via, name=who, tenant=tenant), method, params, "ok",
+                        line=False)
         return self._store.call_row(method, params, "ok", who, tenant)
 
     def to(self, store: StateStore) -> None:
@@ -125,8 +126,8 @@ class AuditLink(TaskInterceptor):
     link's `worker.call` by `agent LABEL`, and the model gateway's `model.call`, rows
     alone: a worker's calls are the hot path, and their log line, two writes on the
     loop, was two thirds of the row's cost), a call some link refused among them. The
-    row goes through the store's writer, group-committed off the loop (a model call
-    answered, the hot path's commonest, by the store's cheaper `call_row`)."""
+    row goes through the store's writer, group-committed off the loop (a worker's or a
+    model call answered, the hot paths' commonest, by the store's cheaper `call_row`)."""
 
     def __init__(self, audit: Audit) -> None:
         self.audit = audit
@@ -157,7 +158,8 @@ class AuditLink(TaskInterceptor):
         params = {"client": label, "model": call.name}
         if call.task is not None:
             params["task"] = call.task.id
-        self.audit.call_row(MODEL_CALL, params, f"agent {label}", tenant_of(r.spec))
+        self.audit.call_row("models", MODEL_CALL, params, f"agent {label}",
+                            tenant_of(r.spec))
         return answer
 
     async def _answered(self, call: Call, answer: Awaitable[Any]) -> Any:
@@ -176,6 +178,10 @@ class AuditLink(TaskInterceptor):
         task = call.task.id if call.task is not None else None
         params = call_params(label, call.name, task)
         if call.door == WORKER:
+            if outcome == "ok":  # answered, the worker link's hot path: the cheaper row
+                params["tool"] = _cut(call.name)
+                return self.audit.call_row("worker", WORKER_CALL, params, f"agent {label}",
+                                           tenant)
             self.audit(Caller(via="worker", name=f"agent {label}", tenant=tenant),
                        WORKER_CALL, params, outcome, line=False)
         elif call.model is not None:  # the model gateway's: its model, not a tool
