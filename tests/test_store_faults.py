@@ -114,6 +114,55 @@ async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
                               "1 audit row"]
 
 
+async def test_answered_calls_rows_in_an_outage_are_kept_bounded_and_written_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent's answered model calls while the database cannot be written (call_row):
+    their rows are held as any write is, at most max_held, the rest dropped and counted;
+    each is one row once written (not one a retried write), and a write of them the held
+    writes left no room for never stops those after it being written."""
+    monkeypatch.setattr(storeschema, "BUSY_TIMEOUT_MS", 100)  # a lock fails an attempt fast
+    db = tmp_path / "corral.db"
+    errors: list[str] = []
+    notices: list[str] = []
+
+    def called(model: str) -> None:
+        store.call_row("model.call", {"client": "a#0", "model": model}, "ok", "agent a#0",
+                       None)
+
+    async with lockable_store(db, errors, notices) as (store, writer, holder):
+        writer.max_held = 6
+        holder.execute("BEGIN EXCLUSIVE")  # every write of the writer's fails now
+        for attempt in range(3):  # three tries, a call's rows taken by each
+            for n in range(2):
+                called(f"m{attempt}{n}")
+            await writer.committed()
+        for n in range(5):  # past the bound: dropped, counted
+            called(f"late{n}")
+        assert (writer.dropped, writer.lost) == ({"audit row": 5}, 5)
+        holder.execute("ROLLBACK")
+        await writer.committed()
+        rows = [json.loads(r[4])["model"] for r in store.audit_log(100)
+                if r[3] == "model.call"]
+        assert rows == ["m00", "m01", "m10", "m11", "m20", "m21"]  # each once, in order
+        (gap,) = [r for r in store.audit_log(100) if r[3] == "audit.dropped"]
+        assert json.loads(gap[4])["rows"] == 5
+
+        # the held writes fill the bound: the calls' own write is not kept, and later
+        # calls' rows are still written once the database is
+        holder.execute("BEGIN EXCLUSIVE")
+        for i in range(6):
+            store.audit(0, i, "agents.stop", {"names": ["a"]}, "ok")
+        await writer.committed()
+        called("crowded")
+        holder.execute("ROLLBACK")
+        await writer.committed()
+        called("after")
+        await writer.committed()
+        rows = [json.loads(r[4])["model"] for r in store.audit_log(100)
+                if r[3] == "model.call"]
+        assert rows == ["m00", "m01", "m10", "m11", "m20", "m21", "crowded", "after"]
+
+
 async def test_a_write_that_raises_is_dropped_alone_and_the_writer_thread_lives_on(
         tmp_path: Path) -> None:
     db = tmp_path / "corral.db"

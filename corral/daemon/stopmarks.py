@@ -36,7 +36,7 @@ class StopMark(NamedTuple):
 class StopMarks:
     """The marks as the database holds them (kept in step by whoever commits a write)."""
 
-    def __init__(self, db: sqlite3.Connection, submit: Callable[[Write, str], None]
+    def __init__(self, db: sqlite3.Connection, submit: Callable[[Write, str], object]
                  ) -> None:
         """`submit`: a write through the store's writer, for a start that was not
         `corral start`'s."""

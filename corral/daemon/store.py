@@ -39,6 +39,7 @@ def row_limit(limit: int) -> int:
 # a worker; a model call) and the tasks submitted (submitted.py: an anonymous A2A
 # caller's among them), kept as a share of their party's apart
 TOOL_CALLS = (m.GatewayCall.declared.name, "worker.call", "model.call", "task.submitted")
+_CALL_ROWS = "call rows"  # the key of the writer's one write of answered calls' rows
 _INSERT = "INSERT INTO audit (time, uid, pid, method, params, outcome, who, tenant) " \
           "VALUES (?,?,?,?,?,?,?,?)"
 
@@ -170,12 +171,19 @@ class StateStore:
         """An agent's answered call's audit row (audit.py's AuditLink: a model call's), as
         `audit` writes one but cheaper on the loop, where the hot path pays for it: its
         params encoded, and every row waiting inserted at once, by the writer thread."""
-        if self.writer is None:
+        writer = self.writer
+        if writer is None:
             return self.audit(-1, -1, method, params, outcome, who, tenant)
+        if writer.outage.failing and len(self._calls) + len(self._taken) >= writer.max_held:
+            writer.drop("audit row")  # (held as the writer's own writes are: bounded)
+            return None
         self._calls.append((time.time(), method, params, outcome, who, tenant))
         if not self._calls_due:  # (one write waiting takes every row appended before it)
-            self._calls_due = True
-            self.writer.submit(self._write_calls, "audit row", self._taken.clear, lazy=True)
+            # keyed: one write of them waits or is written at a time (two in one batch,
+            # after a failed one, would each insert every row taken); one the held writes
+            # left no room for is submitted again by the next call
+            self._calls_due = writer.submit(self._write_calls, "audit row",
+                                            self._taken.clear, key=_CALL_ROWS, lazy=True)
         return None
 
     def _write_calls(self, db: sqlite3.Connection) -> None:
@@ -183,6 +191,7 @@ class StateStore:
         taken by this write or by the one its call then submits: none is left waiting."""
         self._calls_due = False
         calls, taken = self._calls, self._taken
+        first = len(taken)  # (those before were taken by a write that failed: counted)
         while calls:
             taken.append(calls.popleft())
         encode = msgspec.json.encode
@@ -193,7 +202,7 @@ class StateStore:
             return
         # each tenth of the bound, as `_audit_prune_due`, counted here, off the loop
         seen, tenth = self._calls_seen, max(1, self.audit_max_rows // 10)
-        seen.update(row[5] for row in taken)
+        seen.update(row[5] for row in taken[first:])
         for tenant in [t for t, n in seen.items() if n >= tenth]:
             self._prune(db, tenant, True)
             del seen[tenant]

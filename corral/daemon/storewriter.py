@@ -469,19 +469,20 @@ class StoreWriter:
 
     def submit(self, write: Write, kind: str = "write",
                then: Callable[[], None] | None = None, key: Hashable | None = None,
-               size: int = 0, lazy: bool = False) -> None:
+               size: int = 0, lazy: bool = False) -> bool:
         """`kind` names the write in the counts told in an outage; `then` runs on the loop
         once it is committed. A write with a `key` replaces a waiting one of the same key,
         so writes that supersede each other do not fill what an outage keeps. `size`: the
         bytes it writes (a batch of many is not committed on the loop). `lazy`: nothing
-        waits for it (GroupCommit.put)."""
+        waits for it (GroupCommit.put). False: not kept (dropped, past `max_held`)."""
         kept = _QueuedWrite(write, kind, then, key, size)
         slot: Hashable = ("keyed", key) if key is not None else next(self._unkeyed)
         if (self.outage.failing and len(self._group.pending) >= self.max_held
                 and slot not in self._group.pending):
-            self._drop(kind)
-            return
+            self.drop(kind)
+            return False
         self._group.put(slot, kept, lazy=lazy)
+        return True
 
     async def committed(self) -> None:
         """Until everything submitted so far has been tried (committed, or kept again)."""
@@ -537,7 +538,7 @@ class StoreWriter:
         # past max_held, the newest are dropped
         pending = self._group.pending
         while len(pending) > self.max_held:
-            self._drop(pending.pop(next(reversed(pending))).kind)
+            self.drop(pending.pop(next(reversed(pending))).kind)
         if self._group.first_failure:
             self._call("telling of the failure", self.on_error,
                 f"state database {self.thread.path} cannot be written ({error}): "
@@ -546,7 +547,8 @@ class StoreWriter:
                 f"{self.max_held} are kept, newer ones are dropped and counted): "
                 f"{what_to_do()}")
 
-    def _drop(self, kind: str) -> None:
+    def drop(self, kind: str) -> None:
+        """A write not kept in an outage (past max_held), counted: told once written again."""
         self.dropped[kind] = self.dropped.get(kind, 0) + 1
         self.lost += 1
 
