@@ -25,15 +25,24 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 READS_STDIN = ["--socket", "/nonexistent/corral.sock", "run", "w", "--input", "-"]
 
 
-@pytest.fixture
-def server() -> Iterator[forkserver.ForkServer]:
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[forkserver.ForkServer]:
+    """One server for the tests of what a request's child gets: each asks its own child
+    with its own environment, and a server's start (its imports) was most of their time
+    at load (10-16 s each at load 14)."""
     s = forkserver.ForkServer()
     try:
         yield s
     finally:
-        for child in psutil.Process(s.pid).children():
-            child.kill()
         s.close()
+
+
+@pytest.fixture
+def server(shared_server: forkserver.ForkServer) -> Iterator[forkserver.ForkServer]:
+    """The module's server, with no child of a test left to the next."""
+    yield shared_server
+    for child in psutil.Process(shared_server.pid).children():
+        child.kill()
 
 
 def fresh(args: list[str], **kw: object) -> subprocess.Popen[bytes]:

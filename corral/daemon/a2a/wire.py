@@ -30,7 +30,6 @@ INVALID_PARAMS = ErrorKind(-32602, 400, None, "INVALID_ARGUMENT")
 INTERNAL = ErrorKind(-32603, 500, None, "INTERNAL")
 TASK_NOT_FOUND = ErrorKind(-32001, 404, "TASK_NOT_FOUND", "NOT_FOUND")
 NOT_CANCELABLE = ErrorKind(-32002, 409, "TASK_NOT_CANCELABLE", "FAILED_PRECONDITION")
-PUSH_NOT_SUPPORTED = ErrorKind(-32003, 400, "PUSH_NOTIFICATION_NOT_SUPPORTED", "UNIMPLEMENTED")
 UNSUPPORTED = ErrorKind(-32004, 400, "UNSUPPORTED_OPERATION", "UNIMPLEMENTED")
 CONTENT_TYPE = ErrorKind(-32005, 415, "CONTENT_TYPE_NOT_SUPPORTED", "INVALID_ARGUMENT")
 VERSION_NOT_SUPPORTED = ErrorKind(-32009, 400, "VERSION_NOT_SUPPORTED", "UNIMPLEMENTED")
@@ -143,10 +142,6 @@ class ListPushConfigsRequest(Wire):
     task_id: str
     page_size: int | UnsetType = UNSET
     page_token: str | UnsetType = UNSET
-    tenant: str | UnsetType = UNSET
-
-
-class EmptyRequest(Wire):
     tenant: str | UnsetType = UNSET
 
 
