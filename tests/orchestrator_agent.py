@@ -8,7 +8,8 @@ doing `then`. `catch`: a refusal is the output ({"refused": message}) instead of
 task's failure. As a leaf (`leaf` in its input) it
 appends its input's `n` to `count` and returns n * 2; with `marks` (a directory, passed
 down to the leaves) it also makes a file there named for n, its task and its attempt.
-`key`: its spawns' key (else the SDK's count).
+`key`: its spawns' key (else the SDK's count). `or_else`: a spawn refused is made again,
+its key and input, of that agent, once the file `or_else_gate` exists.
 `gate`: the orchestrator spawns once that file exists (`wait_gate`: and waits for its
 children once that one does); `hold`: each leaf runs once that
 file exists (the tests make them), `nap`: then sleeps that many seconds. `note`: a file
@@ -82,7 +83,14 @@ def orchestrate(task_input, ctx):
     wait_for(task_input.get("gate"))
     ids = []
     for i in range(n):
-        ids.append(ctx.spawn(agent, leaf_input(task_input, i), key=task_input.get("key")))
+        try:
+            ids.append(ctx.spawn(agent, leaf_input(task_input, i), key=task_input.get("key")))
+        except RequestError:
+            if not task_input.get("or_else"):
+                raise
+            wait_for(task_input.get("or_else_gate"))
+            ids.append(ctx.spawn(task_input["or_else"], leaf_input(task_input, i),
+                                 key=task_input.get("key")))
         die_if(task_input, ctx, i + 1)
     wait_for(task_input.get("wait_gate"))
     return [r["output"] for r in ctx.wait(ids)]

@@ -9,15 +9,20 @@ as orchestrator and leaves, the leaves counting their runs in a file."""
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from pathlib import Path
 from typing import Any
 
-from corral import jsonrpc
+import msgspec
 
-from .daemon_harness import in_process
+from corral import jsonrpc
+from corral.taskoptions import TaskOptions
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, in_process
 from .test_gateway_stdio import wait_until_async
-from .test_spawn import counted, fleet, run
-from .test_tenants import OPERATOR
+from .test_spawn import HERE, counted, fleet, run
+from .test_tenants import OPERATOR, tenant_agent
 
 DENY = ('\n[[policy]]\nname = "no leaves for orch"\n'
         'match = { agent = "orch", tool = "corral__leaf" }\neffect = "deny"\n')
@@ -148,3 +153,68 @@ async def test_a_retrys_spawn_approved_before_is_neither_asked_nor_counted_again
         assert [a.outcome for a in res.attempts] == ["lost", "succeeded"]
         assert counted(count) == [0, 1] and (await tool_calls(d, res)) == 2
         assert d.sup.tasks.spawns.stats() == {"spawned": 2, "replayed": 1}
+
+
+async def test_an_approval_of_one_agents_spawn_is_no_approval_of_anothers_under_its_key(
+        tmp_path: Path) -> None:
+    """A person approves spawning `staging` under the orchestrator's key; that spawn is
+    then refused (its tenant's queue is full), and the orchestrator spawns `prod`, with
+    the same key and input: a person is asked again, for prod (an attacker's pass: the
+    ask's key named no agent, so the first approval let prod run unseen)."""
+    count, marker = tmp_path / "count", tmp_path / "go"
+    gate, again = tmp_path / "gate", tmp_path / "again"
+    orch = f"""
+        [tenants.t]
+        max_queue = 1
+
+        [agents.orch]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "t"
+        spawns = ["staging", "prod"]
+        approve = ["corral__staging", "corral__prod"]
+    """
+    leaves_toml = "".join(f"""
+        [agents.{name}]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "t"
+    """ for name in ("staging", "prod"))
+    holder = tenant_agent("holder", "t", f"{EXAMPLES}/misbehave.py",
+                          "max_concurrent_tasks = 1\n")
+    async with in_process(tmp_path, textwrap.dedent(orch + leaves_toml) + holder) as d:
+        running = asyncio.ensure_future(d.sup.tasks.run("orch", {
+            "children": 1, "agent": "staging", "or_else": "prod", "key": "k",
+            "count": str(count), "gate": str(gate), "or_else_gate": str(again),
+            "catch": True}, TaskOptions(timeout=120)))
+        await wait_until_async(lambda: d.sup.tasks.running("orch") == 1, timeout=30)
+        wait = {"do": "await", "path": str(marker)}
+        for _ in range(2):  # one runs, one waits: the tenant's queue is full
+            await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
+                {"agent": "holder", "input": wait}))
+        await wait_until_async(lambda: d.sup.tasks.queue.depth("holder") == 1, timeout=30)
+        gate.touch()
+        first = await asked(d)
+        assert first.subject["tool"] == "corral__staging"
+        await call(d, "approvals.resolve", {"id": first.id, "decision": "approved"})
+        marker.touch()  # the holder's tasks end: the queue has room again
+        await wait_until_async(lambda: d.sup.tasks.queue.depth("holder") == 0, timeout=30)
+        again.touch()
+
+        async def second_ask() -> Any:
+            while not running.done():
+                pending = [a for a in (await call(d, "approvals.list", {})).asks
+                           if a.id != first.id]
+                if pending:
+                    return pending[0]
+                await asyncio.sleep(0.05)
+            return None
+        second = await asyncio.wait_for(second_ask(), 60)
+        assert second is not None, (running.result(), counted(count))
+        assert second.subject["tool"] == "corral__prod"
+        assert counted(count) == []  # prod has not run
+        await call(d, "approvals.resolve", {"id": second.id, "decision": "denied"})
+        res = await running
+        assert res.output["refused"].startswith("task/spawn: tool call corral__prod was "
+                                                "denied by")
+        assert counted(count) == []

@@ -177,7 +177,10 @@ class Approvals(TaskInterceptor):
         with waiting():  # the person's time, not the call's (personwait.py)
             ask = await self._path.ask_person(AskRequest(
                 AskKind.APPROVAL, task.tenant, task.id, task.attempt, task.agent,
-                f"spawn:{call.key}:{args_hash(call.arguments).hex()}" if call.spawn else
+                # (its agent in the hash: a person's yes to one agent's spawn is none to
+                # another's the task makes under the same key and input)
+                f"spawn:{call.key}:{args_hash([call.name, call.arguments]).hex()}"
+                if call.spawn else
                 f"tool:{self._calls.key(task, call.name, call.arguments)}", subject(call, why),
                 policy.timeout))
         if ask.end is AskEnd.APPROVED:
