@@ -455,6 +455,22 @@ def test_a_context_an_anonymous_caller_did_not_keep_is_not_its_own(daemon: Entry
     refused_context(d, "queued", tried)
 
 
+def sends_only_once_asked(d: Entry, options: dict[str, Any]) -> None:
+    """A task of the caller (its `options`) that sends mail holds what was handed on:
+    its call waits for a person, told which label, and denied is not made."""
+    sent = d.ask("tasks.submit", {"agent": "caller", **options, "input": {
+        "calls": SEND}})["task_id"]
+    ask: dict[str, Any] = wait_until(lambda: next(
+        (a for a in d.ask("approvals.list")["asks"] if a["task_id"] == sent), None),
+        PATIENCE, "the task's ask")
+    assert ask["subject"] == {"tool": "pol__send_mail", "arguments": MAIL,
+                              "policy": "taint (after untrusted pol__fetch)"}, ask
+    decide(d, ask, "deny")
+    done = d.ask("tasks.get", {"task_id": sent, "wait": True})
+    assert done["output"][0]["isError"] and done["output"][0]["text"].startswith(
+        "tool call pol__send_mail was denied by "), done
+
+
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("door", [x for x in TASK_DOORS if "corral" not in x])
 def test_what_a_turn_read_taints_its_sessions_next_turn(daemon: Entry, door: str) -> None:
@@ -468,17 +484,7 @@ def test_what_a_turn_read_taints_its_sessions_next_turn(daemon: Entry, door: str
         "calls": [{"door": door, **FETCH}]}})["task_id"]
     done = d.ask("tasks.get", {"task_id": first, "wait": True})
     assert done["status"] == "succeeded" and "error" not in done["output"][0], done
-    second = d.ask("tasks.submit", {"agent": "caller", "session": session, "input": {
-        "calls": SEND}})["task_id"]
-    ask: dict[str, Any] = wait_until(lambda: next(
-        (a for a in d.ask("approvals.list")["asks"] if a["task_id"] == second), None),
-        PATIENCE, "the next turn's ask")
-    assert ask["subject"] == {"tool": "pol__send_mail", "arguments": MAIL,
-                              "policy": "taint (after untrusted pol__fetch)"}, ask
-    decide(d, ask, "deny")
-    done = d.ask("tasks.get", {"task_id": second, "wait": True})
-    assert done["output"][0]["isError"] and done["output"][0]["text"].startswith(
-        "tool call pol__send_mail was denied by "), done
+    sends_only_once_asked(d, {"session": session})
 
 
 @pytest.mark.deadline(120)
@@ -497,13 +503,4 @@ def test_what_a_call_of_no_task_read_taints_its_replicas_next_task(daemon: Entry
     said = gateway(path, name, FETCH["arguments"], env["CORRAL_MCP_URL"],
                    env["CORRAL_MCP_TOKEN"])
     assert "error" not in said and not said["isError"], said
-    sent = d.ask("tasks.submit", {"agent": "caller", "local": True, "input": {
-        "calls": SEND}})["task_id"]
-    ask: dict[str, Any] = wait_until(lambda: next(
-        (a for a in d.ask("approvals.list")["asks"] if a["task_id"] == sent), None),
-        PATIENCE, "the next task's ask")
-    assert ask["subject"] == {"tool": "pol__send_mail", "arguments": MAIL,
-                              "policy": "taint (after untrusted pol__fetch)"}, ask
-    decide(d, ask, "deny")
-    done = d.ask("tasks.get", {"task_id": sent, "wait": True})
-    assert done["output"][0]["isError"], done
+    sends_only_once_asked(d, {"local": True})
