@@ -88,6 +88,7 @@ class Assembly(msgspec.Struct, frozen=True, kw_only=True):
     extras: Extras
     services: Services
     teardown: Teardown
+    guard: PolicyGuard  # the policy in force, given each reload's config
 
 
 class Daemon:
@@ -287,7 +288,7 @@ class Daemon:
         audit = Audit(hub)
         refusals = BoundaryRefusals(Stream())  # told by every layer (the chain too)
         # policy rules and taint, on every path (their decisions traced and audited)
-        guard = PolicyGuard(lambda: self.applied, tracer, audit.policy, refusals)
+        guard = PolicyGuard(cfg, tracer, audit.policy, refusals)
         sup, queue = part.engine(conf, self.spared, part.interceptors(
             tracer, guard, leaders, refusals, audit), refusals, audit.refusal, guard.labels)
         parts = sup.parts
@@ -361,7 +362,7 @@ class Daemon:
             part.freeze_heap(collect=self.taken is None)
         return Assembly(conf=conf, sup=sup, control=control, dispatcher=dispatcher,
                         cluster=node, status=status, extras=extras, services=services,
-                        teardown=teardown), opened.unfinished
+                        teardown=teardown, guard=guard), opened.unfinished
 
     async def _web(self, teardown: Teardown, conf: part.Conf, s: Services,
                    dispatcher: Dispatcher[Services], extras: Extras) -> None:
@@ -454,6 +455,7 @@ class Daemon:
         s.teams.configure(cfg.teams)
         s.schedules.configure(cfg)
         before, self.applied = self.applied, cfg
+        self._up().guard.configure(cfg)
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes

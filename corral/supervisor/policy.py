@@ -45,9 +45,6 @@ class RuleEffect(NamedTuple):
         return f"{call} is denied: its tenant's policy is default_deny"
 
 
-ALLOWED = RuleEffect("allow", "")
-
-
 def _glob(pattern: str | None) -> Callable[[str], bool]:
     return (lambda _: True) if pattern is None else _any([pattern])
 
@@ -274,43 +271,33 @@ class PolicyGuard:
     of each call a rule denies (its audit row that one's: one row a refusal) and of each
     held call a person did not approve (`not_approved`)."""
 
-    def __init__(self, current: Callable[[], Config | None],
-                 tracer: VerdictSink | None = None,
+    def __init__(self, cfg: Config, tracer: VerdictSink | None = None,
                  audit: Callable[[PolicyVerdict], None] | None = None,
                  refusals: BoundaryRefusals | None = None) -> None:
-        self._current = current  # the daemon's config in force
-        self._compiled: tuple[Config, RuleBook] | None = None
+        self.rules = RuleBook(cfg)  # of the config in force
         self.labels = Labels()
         self._tracer = tracer
         self._audit = audit
         self._refusals = refusals
 
-    def rules(self) -> RuleBook | None:
-        """The policy of the config in force, compiled when it is first judged by: a
-        reload's new config is compiled anew."""
-        cfg = self._current()
-        if cfg is None:
-            return None
-        if self._compiled is None or self._compiled[0] is not cfg:
-            self._compiled = (cfg, RuleBook(cfg))
-        return self._compiled[1]
+    def configure(self, cfg: Config) -> None:
+        """A reload's config in force from now on: its rules compiled now, not looked
+        for at each call."""
+        self.rules = RuleBook(cfg)
 
     def reads_labels(self, task: Task) -> bool:
         """Whether the task's labels are to be read from its home before its call is
         judged: not read yet, and some tool or model of the config in force sensitive."""
         if self.labels.loaded(task):
             return False
-        rules = self.rules()
-        return rules is not None and rules.any_sensitive
+        return self.rules.any_sensitive
 
     def judge(self, owner: str, replica: Replica, tenant: str | None, kind: str,
               name: str, facts: dict[str, Any], task: Task | None = None) -> RuleEffect:
         """A call's verdict by the rules, and taint's: a sensitive call by an owner an
         untrusted tool's output reached waits for a person though the rules allow it. An
         untrusted tool's call taints its owner as it is made."""
-        rules = self.rules()
-        if rules is None:
-            return ALLOWED
+        rules = self.rules
         spec = replica.host.tenant_spec(tenant) if tenant is not None else None
         verdict = rules.judge(tenant, spec, replica.name, kind, name, facts)
         if verdict.effect == "allow" and rules.sensitive(kind, name):
@@ -356,6 +343,5 @@ class PolicyGuard:
     def replayed(self, task: Task, tool: str) -> None:
         """A tool call's answer given back from a task's step journal (a retry after a
         restart): an untrusted one taints as the live call did."""
-        rules = self.rules()
-        if rules is not None and rules.untrusted(tool):
+        if self.rules.untrusted(tool):
             self.labels.mark(task.replica, task, (tool,))
