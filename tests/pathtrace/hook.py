@@ -4,7 +4,9 @@ tests/pathtrace/trace.py writes (PYTHONPATH) when CORRAL_PATHTRACE names a direc
 It records the `corral.*` module of every function that runs, into the window the test
 last marked. The test marks windows on this process's control socket, DIR/PID.sock, one
 line a command: `mark NAME` (the calls from now on are NAME's), `settle` (answers once
-the window has seen no new module for a while: a path's trailing work is done) and `dump`
+the window has seen no new module for a while: a path's trailing work is done), `idle
+SECONDS MODULE...` (answers once the window is SECONDS long and has seen each MODULE, or
+after IDLE_LIMIT: an idle daemon's periodic work, come round at least once) and `dump`
 (every window's modules, JSON). At its exit the process writes the same JSON to
 DIR/PID.json (a short-lived process, the CLI, is read so)."""
 
@@ -24,6 +26,7 @@ from typing import Any
 _OPTIMIZED = 0x1  # inspect.CO_OPTIMIZED: a function's code (no module or class body)
 QUIET = 0.3  # settled: no new module in the window for this long
 SETTLE_LIMIT = 5.0
+IDLE_LIMIT = 15.0
 
 
 class Recorder:
@@ -52,6 +55,13 @@ class Recorder:
         while time.monotonic() < limit and time.monotonic() - self.grew < QUIET:
             time.sleep(0.05)
 
+    def idle(self, seconds: float, modules: list[str]) -> None:
+        start = time.monotonic()
+        window = self.current
+        while time.monotonic() - start < IDLE_LIMIT and (
+                time.monotonic() - start < seconds or not window.issuperset(modules)):
+            time.sleep(0.05)
+
     def dumped(self) -> str:
         return json.dumps({k: sorted(v) for k, v in self.windows.items()})
 
@@ -71,6 +81,10 @@ class Recorder:
                         f.write("ok\n")
                     elif verb == "settle":
                         self.settle()
+                        f.write("ok\n")
+                    elif verb == "idle":
+                        seconds, *modules = name.split()
+                        self.idle(float(seconds), modules)
                         f.write("ok\n")
                     else:
                         f.write(self.dumped() + "\n")

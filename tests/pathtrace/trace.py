@@ -10,16 +10,18 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-# the idle windows' span: a measurement's length, not a wait for something (the daemon's
-# heartbeats come every 0.2 s in the tests' config, its sweeps at most a second apart)
+# an idle window's span at least (the daemon's heartbeats come every 0.2 s in the tests'
+# config, its sweeps at most a second apart), and what it waits to see at least once: the
+# metrics history's sample and its write (every `[http] history_interval`), whose turn
+# comes late on a busy machine
 IDLE = 1.5
+IDLE_WORK = ("corral.daemon.history", "corral.daemon.storewriter", "corral.daemon.storeschema")
 
 
 class Tracer:
@@ -67,6 +69,9 @@ class Control:
     def settle(self) -> None:
         assert self.say("settle") == "ok\n"
 
+    def idle(self) -> None:
+        assert self.say(f"idle {IDLE} {' '.join(IDLE_WORK)}") == "ok\n"
+
     def windows(self) -> dict[str, list[str]]:
         dumped: dict[str, list[str]] = json.loads(self.say("dump"))
         return dumped
@@ -83,12 +88,12 @@ def path_modules(control: Control, path: Callable[[], set[str]]) -> list[str]:
     control.mark("before")
     control.settle()  # what came before (a connection's close) is not idle work
     control.mark("idle-before")
-    time.sleep(IDLE)
+    control.idle()
     control.mark("path")
     others = path()
     control.settle()
     control.mark("idle-after")
-    time.sleep(IDLE)
+    control.idle()
     w = control.windows()
     return sorted((set(w["path"]) | others) - set(w["idle-before"]) - set(w["idle-after"]))
 
