@@ -31,10 +31,12 @@ async def sessions_list(d: SessionServices, p: m.SessionsList, caller: Caller, c
 @implements(m.SessionsGet)
 async def sessions_get(d: SessionServices, p: m.SessionsGet, caller: Caller, c: Channel
                        ) -> m.SessionInfo:
-    return await SessionBook(d.sessions, d.cluster).info(caller.tenant, p.agent, p.session)
+    return await SessionBook(d.sessions, d.cluster).info(caller.tenant, p.agent, p.session,
+                                                         caller.sees_record)
 
 
 @implements(m.SessionsEnd)
 async def sessions_end(d: SessionServices, p: m.SessionsEnd, caller: Caller, c: Channel
                        ) -> m.SessionView:
-    return await SessionBook(d.sessions, d.cluster).end(caller.tenant, p.agent, p.session)
+    return await SessionBook(d.sessions, d.cluster).end(caller.tenant, p.agent, p.session,
+                                                        caller.sees_record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -253,4 +254,49 @@ def test_a_session_taken_over_by_another_node_stays_its_owners(
         assert [(s["tenant"], s["session"]) for s in other.call("sessions.list", {})[
             "sessions"]] == [("globex", "s1")]
         assert r.exists(K.session(ACME)) == 0
+    r.close()
+
+
+def test_a_glob_tokens_session_of_a_gone_agent_is_its_own_never_another_tenants(
+        tmp: Path, redis: RedisServer) -> None:
+    """An operator's token limited to `web*` (no tenant) names session s1 of `web1`, an
+    agent this node does not run, kept in the cluster for the default tenant and, used
+    later, for globex: it shows and ends the default tenant's, and globex's is untouched
+    (an attacker's pass: the most recently used of any tenant was chosen, so the token
+    was refused its own, and a globex turn between the record check and the handler made
+    the handler end globex's)."""
+    port = free_port()
+    http = f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    base = f"http://127.0.0.1:{port}/api/v1"
+    r = redis_py.Redis(port=redis.port)
+    mine, theirs = (SessionKey(t, "web1", "s1") for t in ("default", "globex"))
+    with nodes(tmp, redis, {"a": TENANTS + http}, extra=keyed(tmp)) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
+        now = time.time()
+        for key, last in ((mine, now - 60), (theirs, now)):  # globex's used last
+            r.hset(K.session(key), mapping={"cur": "", "created": repr(now - 120),
+                                            "last": repr(last), "tasks": "1"})
+            r.zadd(K.sessions(key.tenant, key.agent), {key.name: now + 3600})
+        made = a.cli("token", "create", "webs", "--agents", "web*", "--json",
+                     "--scope", "tasks:read", "--scope", "tasks:run")
+        assert made.returncode == 0, made.stderr
+        token = json.loads(made.stdout)["token"]
+
+        def ask(verb: str, path: str) -> tuple[int, Any]:
+            req = urllib.request.Request(base + path, method=verb, headers={
+                "Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as got:
+                    return got.status, json.loads(got.read() or b"null")
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read() or b"null")
+
+        status, body = ask("GET", "/agents/web1/sessions/s1")
+        assert (status, body["session"]["tenant"]) == (200, "default"), body
+        status, body = ask("POST", "/agents/web1/sessions/s1/end")
+        assert (status, body.get("tenant")) == (200, "default"), body
+        assert (r.exists(K.session(mine)), r.exists(K.session(theirs))) == (0, 1)
+        assert ask("GET", "/agents/web1/sessions/s1")[0] == 404
+        assert r.exists(K.session(theirs)) == 1
     r.close()

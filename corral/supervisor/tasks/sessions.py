@@ -165,6 +165,10 @@ class SessionStore(Protocol):
         is queued or running); None: no such live session here."""
 
 
+# whether a record of (agent, its tenant) is the caller's (daemon/caller.py `sees_record`)
+Sees = Callable[[str, str | None], bool]
+
+
 class SessionBook(NamedTuple):
     """The sessions a caller names, one source over every store that keeps them: this
     engine's, then its cluster's (a `local` task's session is the node's alone)."""
@@ -176,14 +180,17 @@ class SessionBook(NamedTuple):
     def stores(self) -> tuple[SessionStore, SessionStore]:
         return self.here, self.cluster
 
-    async def key(self, tenant: str | None, agent: str, name: str) -> SessionKey:
+    async def key(self, tenant: str | None, agent: str, name: str, sees: Sees) -> SessionKey:
         """The session a caller of `tenant` names: under its tenant, else under the tenant
-        that holds the agent's name here now, else (the agent gone) the most recently used."""
+        that holds the agent's name here now, else (the agent gone) the most recently used
+        of those the caller `sees` (a caller's record check and its handler each decide
+        this: another tenant's, used between the two, is never the one ended)."""
         if tenant is not None:
             return SessionKey(tenant, agent, name)
         if agent not in self.here.host.agents:
             found = [(v.last_used, v.tenant) for v in await self.listing(agent)
-                     if (v.agent, v.session) == (agent, name)]  # (a SCAN's glob is no name)
+                     if (v.agent, v.session) == (agent, name)  # (a SCAN's glob is no name)
+                     and sees(agent, v.tenant)]
             if found:
                 return SessionKey(max(found)[1], agent, name)
         return self.here.key_of(agent, name)
@@ -195,16 +202,18 @@ class SessionBook(NamedTuple):
                 views.setdefault((v.tenant, v.agent, v.session), v)
         return list(views.values())
 
-    async def info(self, tenant: str | None, agent: str, name: str) -> SessionInfo:
-        key = await self.key(tenant, agent, name)
+    async def info(self, tenant: str | None, agent: str, name: str, sees: Sees
+                   ) -> SessionInfo:
+        key = await self.key(tenant, agent, name, sees)
         for store in self.stores:
             got = await store.session_info(key)
             if got is not None:
                 return got
         raise no_such_session(agent, name)
 
-    async def end(self, tenant: str | None, agent: str, name: str) -> SessionView:
-        key = await self.key(tenant, agent, name)
+    async def end(self, tenant: str | None, agent: str, name: str, sees: Sees
+                  ) -> SessionView:
+        key = await self.key(tenant, agent, name, sees)
         for store in self.stores:
             got = await store.end_session(key)
             if got is not None:
