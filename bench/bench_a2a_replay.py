@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import psutil
 import uvloop
 
@@ -52,6 +53,13 @@ anonymous = ["replay"]
 """
 
 
+class _Frame(msgspec.Struct):
+    result: dict[str, Any]
+
+
+_frame = msgspec.json.Decoder(_Frame)
+
+
 def rpc(method: str, params: dict[str, Any]) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
                        "params": params}).encode()
@@ -73,38 +81,46 @@ async def replay(http: aiohttp.ClientSession, url: str, task_id: str, events: in
     t0 = time.perf_counter()
     async with http.post(url, data=rpc("SubscribeToTask", {"id": task_id}),
                          headers=HEADERS | {"Accept": "text/event-stream"}) as r:
-        async for line in r.content:
-            if not line.startswith(b"data:"):
-                continue
-            event = json.loads(line[5:])["result"]
-            update = event.get("artifactUpdate")
-            if update is None:
-                continue
-            text = update["artifact"]["parts"][0].get("text", "")
-            assert text == f"chunk {seen}", (text, seen)
-            seen += 1
-            if seen == events:
-                return time.perf_counter() - t0
+        # what came, split into lines here (aiohttp's read of a line at a time cost this
+        # client more CPU than the daemon's whole event), each event's JSON by msgspec
+        held = b""
+        async for got in r.content.iter_any():
+            lines = (held + got).split(b"\n")
+            held = lines.pop()
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                event = _frame.decode(line[5:]).result
+                update = event.get("artifactUpdate")
+                if update is None:
+                    continue
+                text = update["artifact"]["parts"][0].get("text", "")
+                assert text == f"chunk {seen}", (text, seen)
+                seen += 1
+                if seen == events:
+                    return time.perf_counter() - t0
     raise AssertionError(f"the stream ended after {seen} of {events} chunks")
 
 
 async def measure(url: str, events: int, subscribes: int, daemon: psutil.Process
-                  ) -> tuple[list[float], float]:
+                  ) -> tuple[list[float], float, float]:
     """The replays' seconds (after a first, live, subscribe that is not counted), and the
-    daemon's CPU seconds a replay."""
+    daemon's and this client's CPU seconds a replay."""
     async with aiohttp.ClientSession() as http:
         task_id = await start(http, url, events)
         await replay(http, url, task_id, events)
-        before = daemon.cpu_times()
+        before, mine = daemon.cpu_times(), time.process_time()
         times = sorted([await replay(http, url, task_id, events) for _ in range(subscribes)])
-        after = daemon.cpu_times()
-    return times, (after.user + after.system - before.user - before.system) / subscribes
+        after, mine = daemon.cpu_times(), time.process_time() - mine
+    return (times, (after.user + after.system - before.user - before.system) / subscribes,
+            mine / subscribes)
 
 
-def one(tree: Path | None, events: int, subscribes: int) -> tuple[list[float], float]:
+def one(tree: Path | None, events: int, subscribes: int
+        ) -> tuple[list[float], float, float]:
     """One daemon's replays (of `tree`, None: this one), seconds each, sorted, and the
     daemon's CPU seconds a replay (its user + system time over them: what the load moves
-    least)."""
+    least) and the client's (this process's: its reads and JSON decodes of the events)."""
     port = free_port()
     d = workdir("replay")
     daemon = CorralDaemon(d, config(port), launcher=launcher_of(tree))
@@ -139,27 +155,30 @@ def main() -> None:
                               "load_before": loadavg()}
     times: dict[int, list[float]] = {i: [] for i in range(len(trees))}
     cpu: dict[int, list[float]] = {i: [] for i in range(len(trees))}
+    clients: dict[int, list[float]] = {i: [] for i in range(len(trees))}
     ratios, cpu_ratios = [], []
     for r in range(args.rounds):
         medians = {}
         for tree in trees if r % 2 == 0 else trees[::-1]:
             i = trees.index(tree)
-            got, spent = one(tree, args.events, args.subscribes)
+            got, spent, client = one(tree, args.events, args.subscribes)
             times[i] += got
             cpu[i].append(spent)
+            clients[i].append(client)
             medians[i] = statistics.median(got)
             print(f"round {r} {tree or 'this tree'}: {figures(got)}, daemon CPU "
-                  f"{spent * 1000:.1f} ms a replay, load {loadavg()[0]}", flush=True)
+                  f"{spent * 1000:.1f} ms a replay (the client's {client * 1000:.1f}), "
+                  f"load {loadavg()[0]}", flush=True)
         if len(trees) == 2:
             ratios.append(round(medians[1] / medians[0], 2))
             cpu_ratios.append(round(cpu[1][-1] / cpu[0][-1], 2))
 
-    def cpu_ms(i: int) -> float:
-        return round(statistics.median(cpu[i]) * 1000, 2)
-    result |= figures(times[0]) | {"daemon_cpu_ms": cpu_ms(0)}
+    def cpu_ms(i: int) -> dict[str, float]:
+        return {"daemon_cpu_ms": round(statistics.median(cpu[i]) * 1000, 2),
+                "client_cpu_ms": round(statistics.median(clients[i]) * 1000, 2)}
+    result |= figures(times[0]) | cpu_ms(0)
     if args.vs is not None:
-        result["vs"] = {"tree": str(args.vs), **figures(times[1]),
-                        "daemon_cpu_ms": cpu_ms(1)}
+        result["vs"] = {"tree": str(args.vs), **figures(times[1]), **cpu_ms(1)}
         result["paired_ratios"] = ratios
         result["paired_cpu_ratios"] = cpu_ratios
     result["load_after"] = loadavg()
