@@ -189,10 +189,11 @@ async def test_an_approval_of_one_agents_spawn_is_no_approval_of_anothers_under_
             "catch": True}, TaskOptions(timeout=120)))
         await wait_until_async(lambda: d.sup.tasks.running("orch") == 1, timeout=30)
         wait = {"do": "await", "path": str(marker)}
-        for _ in range(2):  # one runs, one waits: the tenant's queue is full
+        for held in (0, 1):  # one runs, one waits: the tenant's queue is full
             await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
                 {"agent": "holder", "input": wait}))
-        await wait_until_async(lambda: d.sup.tasks.queue.depth("holder") == 1, timeout=30)
+            await wait_until_async(lambda held=held: d.sup.tasks.running("holder") == 1
+                                   and d.sup.tasks.queue.depth("holder") == held, timeout=30)
         gate.touch()
         first = await asked(d)
         assert first.subject["tool"] == "corral__staging"
