@@ -18,10 +18,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent.parent
 # an idle window's span at least (the daemon's heartbeats come every 0.2 s in the tests'
 # config, its sweeps at most a second apart), and what it waits to see at least once: the
-# metrics history's sample and its write (every `[http] history_interval`), whose turn
-# comes late on a busy machine
+# metrics history's sample, its write and the WAL's checkpoint after it (every `[http]
+# history_interval`), whose turn comes late on a busy machine
 IDLE = 1.5
-IDLE_WORK = ("corral.daemon.history", "corral.daemon.storewriter", "corral.daemon.storeschema")
+IDLE_WORK = ("corral.daemon.history", "corral.daemon.storewriter", "corral.daemon.storeschema",
+             "corral.daemon.checkpointer")
 
 
 class Tracer:
