@@ -63,6 +63,16 @@ def keyed(tmp: Path) -> str:
     return f'key_file = "{key}"\n'
 
 
+def asked(verb: str, url: str, token: str) -> tuple[int, Any]:
+    """The REST API's answer to `token`: its status and its JSON body."""
+    req = urllib.request.Request(url, method=verb, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as got:
+            return got.status, json.loads(got.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
 def test_a_removed_agents_cluster_sessions_end_and_the_next_tenant_starts_afresh(
         tmp: Path, redis: RedisServer) -> None:
     r = redis_py.Redis(port=redis.port)
@@ -183,13 +193,7 @@ def test_a_tenant_shows_and_ends_its_own_cluster_session_and_not_anothers(
             tokens[tenant] = json.loads(made.stdout)["token"]
 
         def ask(verb: str, path: str, tenant: str) -> tuple[int, Any]:
-            req = urllib.request.Request(base + path, method=verb, headers={
-                "Authorization": f"Bearer {tokens[tenant]}"})
-            try:
-                with urllib.request.urlopen(req, timeout=30) as got:
-                    return got.status, json.loads(got.read() or b"null")
-            except urllib.error.HTTPError as e:
-                return e.code, json.loads(e.read() or b"null")
+            return asked(verb, base + path, tokens[tenant])
 
         absent = (404, {"type": "about:blank", "title": "not found", "status": 404,
                         "detail": "no such session: s1 of agent chat",
@@ -284,13 +288,7 @@ def test_a_glob_tokens_session_of_a_gone_agent_is_its_own_never_another_tenants(
         token = json.loads(made.stdout)["token"]
 
         def ask(verb: str, path: str) -> tuple[int, Any]:
-            req = urllib.request.Request(base + path, method=verb, headers={
-                "Authorization": f"Bearer {token}"})
-            try:
-                with urllib.request.urlopen(req, timeout=30) as got:
-                    return got.status, json.loads(got.read() or b"null")
-            except urllib.error.HTTPError as e:
-                return e.code, json.loads(e.read() or b"null")
+            return asked(verb, base + path, token)
 
         status, body = ask("GET", "/agents/web1/sessions/s1")
         assert (status, body["session"]["tenant"]) == (200, "default"), body

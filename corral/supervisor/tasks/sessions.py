@@ -206,8 +206,7 @@ class SessionBook(NamedTuple):
                    ) -> SessionInfo:
         key = await self.key(tenant, agent, name, sees)
         for store in self.stores:
-            got = await store.session_info(key)
-            if got is not None:
+            if (got := await store.session_info(key)) is not None:
                 return got
         raise no_such_session(agent, name)
 
@@ -215,9 +214,8 @@ class SessionBook(NamedTuple):
                   ) -> SessionView:
         key = await self.key(tenant, agent, name, sees)
         for store in self.stores:
-            got = await store.end_session(key)
-            if got is not None:
-                return got
+            if (ended := await store.end_session(key)) is not None:
+                return ended
         raise no_such_session(agent, name)
 
 
