@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +28,7 @@ from ..supervisor.tasks.sessions import (
     turn_waits,
     turns_unfinished,
 )
+from ..supervisor.tasks.turns import Move, TurnEvent, decide, state
 from . import sessionscripts
 from .connection import read, read_all
 from .keys import Keys
@@ -168,22 +170,26 @@ class ClusterSessions(RedisPart):
             for task_id, (status, created) in zip(ids, rows, strict=True)])
 
     async def end(self, key: SessionKey) -> SessionView | None:
-        """Refused while a turn of it is queued or running; its view as it was."""
-        view = await read(lambda: self._read(key))
-        if view is None:
-            return None
-        got = await self.end_script(
-            keys=[self.keys.session(key), self.keys.session_line(key),
-                  self.keys.session_tasks(key), self.keys.sessions(key.tenant, key.agent),
-                  self.keys.session_bytes(key.tenant, key.agent)],
-            args=[key.name, self.keys.task("")])
-        if got == 0:  # (ended or expired since it was read)
-            return None
-        if got != 1:
-            _, cur, status, waiting = got
-            raise turns_unfinished(key, int(waiting) + (1 if cur else 0), cur and (
-                f"task {cur.decode()} is {status.decode()}"))
-        return view
+        """Refused while a turn of it is queued or running, as the rule decides (turns.py);
+        its view as it was. END keeps the decision only while the session is as read."""
+        while True:
+            view = await read(lambda: self._read(key))
+            if view is None:
+                return None
+            cur = view.running or ""
+            # (a current turn whose record is gone runs nowhere)
+            status = await read(partial(self.redis.hget, self.keys.task(cur), "status")
+                                ) if cur else None
+            if decide(state(bool(status), view.waiting), TurnEvent.CLOSE) is Move.REFUSE:
+                raise turns_unfinished(key, view.waiting + (1 if status else 0), status and (
+                    f"task {cur} is {status.decode()}"))
+            got = await self.end_script(
+                keys=[self.keys.session(key), self.keys.session_line(key),
+                      self.keys.session_tasks(key), self.keys.sessions(key.tenant, key.agent),
+                      self.keys.session_bytes(key.tenant, key.agent)],
+                args=[key.name, self.keys.task(""), cur, view.waiting])
+            if got == 1:  # (else its turns moved, or it ended, since it was read)
+                return view
 
     async def why_waiting(self, task_id: str, rec: dict[bytes, bytes]) -> str | None:
         """Why a queued task waits in its session's line, in a node's words."""

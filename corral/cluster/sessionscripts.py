@@ -243,23 +243,16 @@ while want > 0 and ARGV[11] do
 end"""
 
 
-# sessions.end of a cluster session: its keys deleted, refused while a turn of it is
-# queued or running (a turn's end moves the next one of its line in: it would find no
+# sessions.end of a cluster session, decided above (turns.py): its keys deleted, only
+# while its current turn and its line's length are as read (else nothing: read and
+# decided again; a turn's end moves the next one of its line in, and would find no
 # session).
 # KEYS: the session's hash, line, history, its agent's sessions (sorted set) and bytes
-#   (hash); ARGV: the session's name, the task records' key prefix
-#   -> 0 no such session (or expired), {-1, the current task ('' when none, or its record
-#   is gone), its status, the line's length} unfinished, 1 ended
+#   (hash); ARGV: the session's name, the task records' key prefix, its current turn and
+#   its line's length as read -> 1 ended, 0 not as read (or gone since)
 END = """
-local cur = redis.call('HGET', KEYS[1], 'cur')
-if not cur then return 0 end
-local waiting = redis.call('LLEN', KEYS[2])
-local status = ''
-if cur ~= '' then
-  status = redis.call('HGET', ARGV[2] .. cur, 'status') or ''
-  if status == '' then cur = '' end  -- (its record gone: no turn of it is running)
-end
-if cur ~= '' or waiting > 0 then return {-1, cur, status, waiting} end
+if redis.call('HGET', KEYS[1], 'cur') ~= ARGV[3]
+    or redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[4]) then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 local prefix = string.sub(ARGV[2], 1, #ARGV[2] - 5)  -- (its labels: supervisor/labels.py)
 redis.call('DEL', prefix .. 'labels:session:' .. string.sub(KEYS[1], #prefix + 6))

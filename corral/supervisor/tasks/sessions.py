@@ -28,6 +28,7 @@ from ..stream import Stream
 from .model import Task, TaskFinished
 from .queue import Queue
 from .sessionstates import HotStates, Key
+from .turns import Move, TurnEvent, decide, state
 
 if TYPE_CHECKING:
     from ..quotas import Tenancy
@@ -255,10 +256,14 @@ class Session:
         return not self.pending
 
     def turn_of(self, task: Task) -> bool:
-        """Whether `task` is (now) the one task of the session that may run."""
-        if self.current is None and self.first in (None, task.id):
-            self.current, self.first = task, None
-        return self.current is task
+        """Whether `task` takes (or holds) the place of the one task of the session that
+        may run, as the rule decides (turns.py): its own place, a retry's or a restored
+        first's, is free to it."""
+        free = self.current is task or (self.current is None and self.first in (None, task.id))
+        if decide(state(not free, len(self.line)), TurnEvent.SUBMIT) is not Move.START:
+            return False
+        self.current, self.first = task, None
+        return True
 
     def row(self) -> SessionRow:
         return SessionRow(self.tenant, self.agent, self.name, self.created, self.last_used,
@@ -468,7 +473,7 @@ class Sessions:
         s = self._live_at(key)
         if s is None:
             return None
-        if not s.idle:
+        if decide(state(not s.idle, len(s.line)), TurnEvent.CLOSE) is Move.REFUSE:
             cur = s.current
             now = None if cur is None else f"task {cur.id} is {cur.status}"
             raise turns_unfinished(key, s.pending, now)
@@ -654,11 +659,11 @@ class Sessions:
         elif s.current is task:
             s.current = None
         else:
-            return  # a task cancelled while it waited in the line
+            return  # a turn cancelled in the line: it left it (`remove`)
         if not self._held(s):
             return  # its session ended with its agent
         self._touch(s)
-        if s.line:
+        if decide(state(True, len(s.line)), TurnEvent.ENDS) is Move.ADVANCE:
             nxt = s.line.pop(0)
             self._parked[task.agent] -= 1
             if self._turn(nxt, front=False):
