@@ -1,6 +1,8 @@
-"""Write corral/daemon/storefresh.sql: the state database's schema as the migrations of
-corral/daemon/storeschema.py leave it, which a new database is made from at once
-(decision 927). Run it after appending a migration (tests/test_store.py says when):
+"""Squash the state database's migrations (decision 1420): write
+corral/daemon/storeschema.py's storefresh.sql as the schema that file and every entry of
+`MIGRATIONS` leave, its first line naming that layout. Then, by hand, in storeschema.py:
+`OLDEST` that layout, `MIGRATIONS` empty, and `BRIDGE` the commit before (a corral that
+upgrades the layouts squashed); docs/operations.md#with-a-restart names them too.
 
     .venv/bin/python scripts/fresh_schema.py
 """
@@ -14,21 +16,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from corral.daemon.storeschema import MIGRATIONS, digest, migrate  # noqa: E402
+from corral.daemon.storeschema import FRESH, migrate  # noqa: E402
 
-OUT = ROOT / "corral" / "daemon" / "storefresh.sql"
+
+def squash(out: Path) -> int:
+    """storefresh.sql and the migrations made into one schema at `out`; its layout."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    layout = migrate(db)
+    rows = [sql for (sql,) in db.execute(
+        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")]
+    lines = [f"-- layout {layout} (storeschema.OLDEST): made by scripts/fresh_schema.py, "
+             "not by hand"]
+    lines += [f"{sql};\n" for sql in rows]
+    out.write_text("\n".join(lines) + "\n")
+    return layout
 
 
 def main() -> int:
-    db = sqlite3.connect(":memory:", isolation_level=None)
-    migrate(db, MIGRATIONS)  # the list given: step by step, never from this file
-    rows = [sql for (sql,) in db.execute(
-        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")]
-    # the digest first, each statement as SQLite keeps it (the test compares the texts)
-    lines = [f"-- {digest(MIGRATIONS)}: made by scripts/fresh_schema.py, not by hand"]
-    lines += [f"{sql};\n" for sql in rows]
-    OUT.write_text("\n".join(lines) + "\n")
-    print(f"{OUT.relative_to(ROOT)}: {len(rows)} statements, version {len(MIGRATIONS)}")
+    layout = squash(FRESH)
+    print(f"{FRESH.relative_to(ROOT)}: layout {layout}; now set storeschema.OLDEST = "
+          f"{layout}, empty MIGRATIONS and name the commit before in BRIDGE")
     return 0
 
 

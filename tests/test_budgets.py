@@ -567,39 +567,3 @@ ROW_BEFORE_USAGE = (
     "started, finished, status, attempts) VALUES (?, ?, 'a', 0, 60, 0, ?, ?, ?, ?, '[]')")
 
 
-async def test_a_journal_from_before_usage_is_migrated_and_a_failed_migration_keeps_it(
-        tmp_path: Path) -> None:
-    """Schema 7 (no usage column) with an ended and a queued task: a migration 8 that
-    fails half-way (a crash mid-way is the same rollback) leaves schema 7 and its rows as
-    they were; the real one adds the column, the old tasks read back with no usage, and
-    the windows rebuild from nothing."""
-    import sqlite3
-
-    from corral.daemon import storeschema as store
-    from corral.daemon.taskjournal import TaskJournalDB
-
-    path = tmp_path / "corral.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    assert store.migrate(db, store.MIGRATIONS[:7]) == 7
-    now = time.time()
-    db.execute(ROW_BEFORE_USAGE, ("done", 0, now - 5, now - 5, now - 1, "succeeded"))
-    db.execute(ROW_BEFORE_USAGE, ("waits", 1, now - 5, None, None, "queued"))
-    half = [*store.MIGRATIONS[:7], store.MIGRATIONS[7] + "NOT SQL AT ALL;"]
-    with pytest.raises(sqlite3.OperationalError, match="syntax error"):
-        store.migrate(db, half)
-    assert store.schema_version(db) == 7
-    assert "usage" not in [c[1] for c in db.execute("PRAGMA table_info(tasks)")]
-    assert db.execute("SELECT id, status FROM tasks ORDER BY arrival").fetchall() == [
-        ("done", "succeeded"), ("waits", "queued")]
-    db.close()
-
-    store.open_database(path).close()  # migrates
-    journal = TaskJournalDB(path)
-    try:
-        (waits,) = journal.unfinished()
-        assert (waits.task_id, waits.usage) == ("waits", None)
-        done_ = await journal.load("done")
-        assert done_ is not None and (done_.status, done_.usage) == ("succeeded", None)
-        assert journal.usage_since(now - DAY) == []
-    finally:
-        await journal.close()

@@ -10,7 +10,6 @@ the cluster's side is tests/cluster/test_cluster_session_identity.py."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -216,50 +215,6 @@ def test_after_a_restart_and_when_the_operator_frees_the_name(
         assert [ln.split()[:3] for ln in human[1:]] == [["globex", "chat", "s1"]]
     finally:
         d.close()
-
-
-@pytest.mark.deadline(120)
-async def test_a_session_kept_before_sessions_had_owners_is_its_agents_tenants(
-        tmp_path: Path) -> None:
-    """A state database of the schema before sessions had owners: each session's rows read
-    as the tenant of the agent that held the name then (its newest revision's; `default`
-    when none names one). acme's session carries on, acme's; globex sees nothing of it."""
-    from corral.daemon.storeschema import MIGRATIONS, migrate
-
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    before = next(i for i, step in enumerate(MIGRATIONS)
-                  if isinstance(step, str) and "owned_sessions" in step)
-    db = sqlite3.connect(state / "corral.db", isolation_level=None)
-    assert migrate(db, MIGRATIONS[:before]) == before
-    spec = json.dumps({"command": ["x"], "tenant": "globex"})
-    db.executemany("INSERT INTO revisions VALUES (?, ?, ?, 'config file', 'created', ?)", [
-        ("chat", 1, 1.0, spec), ("chat", 2, 2.0, spec.replace("globex", "acme")),
-        ("gone", 1, 1.0, json.dumps({"command": ["x"]}))])
-    db.executemany("INSERT INTO sessions (agent, session, gen, created, last_used, tasks, "
-                   "holder, state) VALUES (?, ?, ?, ?, ?, 1, NULL, ?)", [
-                       ("chat", "s1", 7, 1.0, 9e9, json.dumps({"turns": [SECRET]}).encode()),
-                       ("gone", "x", 8, 1.0, 9e9, None)])
-    db.execute("INSERT INTO session_tasks VALUES ('t1', 'chat', 's1', 7)")
-    db.close()
-    async with in_process(tmp_path, chat_toml("acme"),
-                          TENANTS + '[http]\nlisten = "127.0.0.1:0"\n'
-                          ) as d, aiohttp.ClientSession() as http:
-        api = Api(d, http)
-        for name, tenant in (("ta", "acme"), ("tg", "globex")):
-            made = await d.dispatcher.call(_operator(), "tokens.create", {
-                "name": name, "scopes": SCOPES, "tenant": tenant})
-            api.tokens[name] = made.token
-        rc, out, err = await cli(d, "sessions", "--json")
-        assert rc == 0, err
-        assert listed(json.loads(out)) == [("acme", "chat", "s1"), ("default", "gone", "x")]
-        assert listed((await api.ask("GET", "/sessions", "tg"))[1]) == []
-        assert listed((await api.ask("GET", "/sessions", "ta"))[1]) == [("acme", "chat", "s1")]
-        out = await turn(api, "ta", "after")
-        assert (out["turns"], out["given"]) == ([SECRET, "after"], True)
-        kept = d.services.store.db.execute(
-            "SELECT tenant, agent, session FROM session_tasks ORDER BY rowid").fetchall()
-        assert kept[0] == ("acme", "chat", "s1") and len(kept) == 2
 
 
 @pytest.mark.deadline(120)

@@ -4,6 +4,7 @@ start-up (locked, read-only, corrupt, too new) — each a clear error, never a r
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import shutil
 import sqlite3
@@ -53,26 +54,65 @@ def tables(db: sqlite3.Connection) -> set[str]:
     return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-def test_a_database_from_before_schema_versions_is_migrated_with_its_rows(
-        tmp_path: Path) -> None:
-    path = tmp_path / "corral.db"
-    old = sqlite3.connect(path)
+def _old(path: Path, layout: int) -> bytes:
+    """A database as a corral of `layout` left it (WAL, as corral's own); its bytes."""
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")
     old.executescript(UNVERSIONED_SCHEMA)
     old.execute("INSERT INTO runtime_agents VALUES ('extra', '{\"command\": \"x\"}', 1.0)")
-    old.execute("INSERT INTO agent_state VALUES ('extra', 0, 2.0, '{\"step\": 3}')")
-    old.execute("INSERT INTO audit VALUES (1, 3.0, 0, 42, 'agents.add', '{}', 'ok')")
-    old.commit()
+    old.execute(f"PRAGMA user_version = {layout}")
     old.close()
-    s = StateStore(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("layout", [0, storeschema.OLDEST - 1])
+def test_a_database_older_than_the_oldest_layout_is_refused_untouched(
+        tmp_path: Path, layout: int) -> None:
+    """Decision 1420: the migrations before layout OLDEST are squashed into storefresh.sql;
+    a database of an older layout (0: from before layouts were numbered) is refused at
+    start, naming its layout, the oldest upgraded and what to do, and is left as it was."""
+    path = tmp_path / "corral.db"
+    before = _old(path, layout)
+    with pytest.raises(StoreError) as err:
+        StateStore(path)
+    assert str(err.value) == (
+        f"state database {path}: its layout {layout} is older than layout 35, the oldest "
+        "this corral upgrades (decision 1420); it was not changed. Start corral 0.1.0 at "
+        "commit 53eaacf8 once on it (it upgrades every older layout to 35), then this one; "
+        "or move it aside, with its -wal and -shm files, to start with an empty state")
+    assert path.read_bytes() == before
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (layout,)
+    assert tables(db) == {"runtime_agents", "agent_state", "audit"}
+    assert db.execute("SELECT name FROM runtime_agents").fetchall() == [("extra",)]
+    db.close()
+
+
+def test_a_squash_makes_the_schema_the_migrations_leave(tmp_path: Path) -> None:
+    """scripts/fresh_schema.py writes storefresh.sql as that file and the migrations after
+    it leave a database: the same tables, indexes and SQL text; with none appended, the
+    file as it is."""
+    spec = importlib.util.spec_from_file_location("fresh_schema",
+                                                  ROOT / "scripts" / "fresh_schema.py")
+    assert spec and spec.loader
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.squash(tmp_path / "same.sql") == SCHEMA_VERSION
+    assert (tmp_path / "same.sql").read_text() == storeschema.FRESH.read_text()
+    storeschema.MIGRATIONS.append("CREATE TABLE extra (x INTEGER);")
     try:
-        assert storeschema.schema_version(s.db) == SCHEMA_VERSION
-        assert {"runtime_agents", "agent_state", "audit", "tasks"} <= tables(s.db)
-        assert s.runtime_agents() == {"extra": {"command": "x"}}
-        assert s.states() == {("extra", 0): (2.0, {"step": 3})}
-        # a row from before migrations 6 and 9 names no token and no tenant
-        assert s.audit_log() == [(3.0, 0, 42, "agents.add", "{}", "ok", None, None)]
+        stepped = open_database(tmp_path / "stepped.db")
+        assert script.squash(tmp_path / "squashed.sql") == SCHEMA_VERSION + 1
     finally:
-        s.close()
+        storeschema.MIGRATIONS.pop()
+    made = storeschema.connect(tmp_path / "made.db")
+    for statement in storeschema._statements(
+            (tmp_path / "squashed.sql").read_text().partition("\n")[2]):
+        made.execute(statement)
+    assert _master(made) == _master(stepped)
+    assert "extra" in tables(made) and len(_master(made)) > 40
+    made.close()
+    stepped.close()
 
 
 def test_a_new_migration_is_one_appended_entry_applied_once(tmp_path: Path) -> None:
@@ -89,21 +129,6 @@ def test_a_new_migration_is_one_appended_entry_applied_once(tmp_path: Path) -> N
 
 def _master(db: sqlite3.Connection) -> list[tuple[str, str, str, str | None]]:
     return sorted(db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
-
-
-def test_a_new_database_is_made_as_the_migrations_leave_one(tmp_path: Path) -> None:
-    """A new database is made at once from storefresh.sql (decision 927): the same tables,
-    indexes and SQL text, and the same version, as every migration run one by one."""
-    assert storeschema.fresh_schema(storeschema.MIGRATIONS) is not None, (
-        "storeschema.MIGRATIONS changed: run scripts/fresh_schema.py")
-    new = open_database(tmp_path / "new.db")
-    stepped = storeschema.connect(tmp_path / "stepped.db")
-    assert storeschema.migrate(stepped, storeschema.MIGRATIONS) == SCHEMA_VERSION
-    assert storeschema.schema_version(new) == SCHEMA_VERSION
-    assert _master(new) == _master(stepped)
-    assert len(_master(new)) > 40
-    new.close()
-    stepped.close()
 
 
 def test_a_new_database_past_the_fresh_schema_is_migrated_step_by_step(
@@ -283,28 +308,6 @@ def test_a_revision_says_each_key_changed_old_to_new() -> None:
         "env.A removed, env.B added, env.TOKEN changed, limits.cpu_seconds 0 -> 60, "
         "limits.memory_mb 256 -> 512, replicas 3 -> 2, restart 'on-failure' -> 'always'")
     assert describe_change({"tools": ["x" * 60]}, {"tools": ["y" * 60]}) == "tools changed"
-
-
-def test_a_revision_not_of_json_costs_its_rows_their_tenant_not_the_start(
-        tmp_path: Path) -> None:
-    """The migrations that give old rows their tenant read it from the agent's newest
-    revision: one whose spec is not JSON (a hand-edited or damaged row) is passed over,
-    not the reason the daemon cannot start."""
-    path = tmp_path / "corral.db"
-    db = storeschema.connect(path)
-    storeschema.migrate(db, storeschema.MIGRATIONS[:17])
-    with db:
-        db.executemany("INSERT INTO revisions VALUES (?, ?, ?, 'ops', 'add', ?)",
-                       [("chat", 1, 1.0, '{"tenant": "acme"}'), ("chat", 2, 2.0, "{not json"),
-                        ("solo", 1, 1.0, "not json either")])
-        db.executemany("INSERT INTO tasks (id, agent, priority, timeout, retries_left, "
-                       "created, status, tool_calls, attempts) "
-                       "VALUES (?, ?, 0, 0, 0, 1.0, 'succeeded', 0, 1)",
-                       [("t1", "chat"), ("t2", "solo")])
-    assert storeschema.migrate(db) == SCHEMA_VERSION
-    assert db.execute("SELECT id, tenant FROM tasks ORDER BY id").fetchall() == [
-        ("t1", "acme"), ("t2", "default")]
-    db.close()
 
 
 def _cursors_known(db: sqlite3.Connection) -> int:

@@ -1,6 +1,6 @@
 """The task package's seams: ids (UUIDv7), running attempts' deadlines, the Queue
-protocol's local heap, the journal keyed by task id (and the migration of a journal keyed
-by the old sequence number), and no import cycle between the package's files."""
+protocol's local heap, the journal keyed by task id, and no import cycle between the
+package's files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import ast
 import asyncio
 import os
 import random
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -16,8 +15,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from corral.daemon import storeschema
-from corral.daemon.storeschema import open_database
 from corral.daemon.taskjournal import TaskJournalDB
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import LocalQueue, Queue, Task, TaskRecord, TaskStatus, new_id
@@ -211,58 +208,6 @@ async def _run_restored(journal: TaskJournalDB, records: list[TaskRecord]) -> li
         await sup.tasks.committed()
     await journal.close()
     return [t.id for t in sorted(restored, key=lambda t: t.attempts[0].started)]
-
-
-OLD_ROW = ("INSERT INTO tasks (seq, id, agent, priority, timeout, retries_left, created, "
-           "started, finished, status, tool_calls, input, output, error, attempts, progress) "
-           "VALUES (?, ?, 'q', ?, 30.0, 0, ?, ?, ?, ?, 0, ?, ?, NULL, ?, NULL)")
-
-
-async def test_a_journal_keyed_by_sequence_is_migrated_to_task_ids(tmp_path: Path) -> None:
-    db_path = tmp_path / "corral.db"
-    db = sqlite3.connect(db_path, isolation_level=None)
-    # the schema before task-id keys
-    assert storeschema.migrate(db, storeschema.MIGRATIONS[:4]) == 4
-    now = time.time()
-    done_attempt = b'[{"replica":0,"pid":1,"started":1.0,"finished":2.0,"outcome":"succeeded"}]'
-    # old ids: 12 hex characters, not in the order of their sequence numbers
-    old = [(0, "f00000000001", 0, "succeeded"), (1, "a00000000002", 0, "queued"),
-           (2, "000000000003", 2, "queued"), (3, "c00000000004", 0, "queued"),
-           (4, "b00000000005", 2, "queued")]
-    for seq, tid, prio, status in old:
-        done = status == "succeeded"
-        db.execute(OLD_ROW, (seq, tid, prio, now - 10 + seq, 1.0 if done else None,
-                             2.0 if done else None, status, None if done else b'{"do":"echo"}',
-                             b'{"output":7}' if done else None,
-                             done_attempt if done else b"[]"))
-    db.close()
-
-    db = open_database(db_path)  # migrates
-    assert storeschema.schema_version(db) == storeschema.SCHEMA_VERSION
-    rows = db.execute("SELECT id, arrival, priority, status, input, output FROM tasks "
-                      "ORDER BY arrival").fetchall()
-    columns = [c[1] for c in db.execute("PRAGMA table_info(tasks)")]
-    key = [c[1] for c in db.execute("PRAGMA table_info(tasks)") if c[5]]
-    db.close()
-    assert "seq" not in columns and key == ["id"]
-    assert rows == [(tid, seq, prio, status,
-                     None if status == "succeeded" else b'{"do":"echo"}',
-                     b'{"output":7}' if status == "succeeded" else None)
-                    for seq, tid, prio, status in old]
-
-    journal = TaskJournalDB(db_path)
-    records = journal.unfinished()
-    assert [r.task_id for r in records] == [tid for _, tid, _, st in old if st == "queued"]
-    assert (await journal.load("f00000000001")) is not None  # old ids stay valid
-    # a new task arrives after every old one
-    journal.write(Task("q", msgspec.Raw(b"1"), 0, 30.0, 0, 0))
-    await journal.committed()
-    db = open_database(db_path)
-    (top,) = db.execute("SELECT max(arrival) FROM tasks").fetchone()
-    db.close()
-    assert top == 5
-    ran = await _run_restored(journal, records)
-    assert ran == ["000000000003", "b00000000005", "a00000000002", "c00000000004"]
 
 
 # -- no import cycle between the package's files ----------------------------------------------

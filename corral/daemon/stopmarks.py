@@ -14,17 +14,6 @@ from ..supervisor.lifecycle import Cause
 from ..supervisor.replicaparts import Transition
 from .sqlwrites import Write, each, statement
 
-# appended to storeschema.MIGRATIONS (one entry: see its rule)
-MIGRATION = """
-CREATE TABLE stopped (
-    agent TEXT NOT NULL,
-    replica INTEGER NOT NULL,
-    who TEXT NOT NULL,
-    time REAL NOT NULL,
-    PRIMARY KEY (agent, replica)
-) WITHOUT ROWID;
-"""
-
 Place = tuple[str, int]  # (agent, replica index)
 
 

@@ -1,4 +1,4 @@
--- 2e7e393494d223a70bd6226d6ac41aa32a7d6c269fc284f643652d47c77fd70f: made by scripts/fresh_schema.py, not by hand
+-- layout 35 (storeschema.OLDEST): made by scripts/fresh_schema.py, not by hand
 CREATE TABLE runtime_agents (
         name TEXT PRIMARY KEY,
         spec TEXT NOT NULL,

@@ -1,30 +1,25 @@
 """The state database's schema and opening (SQLite, WAL, 0600 in a 0700 directory),
-brought to this corral's schema version (`PRAGMA user_version`: the entries of
-`MIGRATIONS` applied, each in its own transaction) before anything reads it.
+brought to this corral's layout (`PRAGMA user_version`) before anything reads it.
 
-To change the schema, append ONE entry (SQL, or a function of the connection) and never
-edit one that has landed: databases in the field have run it. Then run
-`scripts/fresh_schema.py`: a new database is made at once from storefresh.sql only while the
-`digest` it names matches these migrations. Nothing is ever reset silently: a newer, locked,
-read-only or corrupt database stops the daemon with a `StoreError` saying what to do.
+A new database is made at once from storefresh.sql, the schema at layout `OLDEST`, then
+the entries of `MIGRATIONS` each in its own transaction. To change the schema, append ONE
+entry and never edit one that has landed: databases in the field have run it. To squash
+(move `OLDEST` up), run `scripts/fresh_schema.py`. Nothing is ever reset or half-upgraded
+silently: an older, newer, locked, read-only or corrupt database stops the daemon with a
+`StoreError` saying what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..statefiles import check_database, open_file
-from .history import MIGRATION as HISTORY_MIGRATION
-from .revisions import MIGRATION as REVISIONS_MIGRATION
-from .spawnmigration import carry_spawn_trees
-from .stopmarks import MIGRATION as STOPMARKS_MIGRATION
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
 # SQLite's memory in all, past which its connections' page caches reuse their pages rather
@@ -32,7 +27,11 @@ BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock 
 # or written once (a wave of suspended tasks' writes, their read-back at start-up)
 SQLITE_HEAP_BYTES = 4 * 1024 * 1024
 
-Migration = str | Callable[[sqlite3.Connection], None]
+# The layout storefresh.sql makes, the oldest this corral upgrades: the migrations to it
+# are squashed into that file (decision 1420), as a release that is a required stop does
+OLDEST = 35
+# a corral that brings a database of any older layout to OLDEST
+BRIDGE = "corral 0.1.0 at commit 53eaacf8"
 
 # the tenant of the agent that holds the name `agent`: its newest revision's, `default`
 # when that names none (a revision whose spec is not JSON is passed over: it must not stop
@@ -41,525 +40,10 @@ HOLDER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
           "WHERE r.agent = {agent} AND json_valid(r.spec) "
           "ORDER BY r.time DESC, r.revision DESC LIMIT 1), 'default')")
 
-MIGRATIONS: list[Migration] = [
-    # 1: the schema before versioning existed (IF NOT EXISTS: databases written then
-    # already have these tables, at user_version 0)
-    """
-    CREATE TABLE IF NOT EXISTS runtime_agents (
-        name TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        added_at REAL NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS agent_state (
-        name TEXT NOT NULL,
-        replica INTEGER NOT NULL,
-        time REAL NOT NULL,
-        state TEXT NOT NULL,
-        PRIMARY KEY (name, replica)
-    );
-    CREATE TABLE IF NOT EXISTS audit (
-        id INTEGER PRIMARY KEY,
-        time REAL NOT NULL,
-        uid INTEGER NOT NULL,
-        pid INTEGER NOT NULL,
-        method TEXT NOT NULL,
-        params TEXT NOT NULL,
-        outcome TEXT NOT NULL
-    );
-    """,
-    # 2: the task journal; `output` is the worker's task/run result as it sent it
-    """
-    CREATE TABLE tasks (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        agent TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        timeout REAL NOT NULL,
-        retries_left INTEGER NOT NULL,
-        created REAL NOT NULL,
-        started REAL,
-        finished REAL,
-        status TEXT NOT NULL,
-        tool_calls INTEGER NOT NULL DEFAULT 0,
-        input BLOB,
-        output BLOB,
-        error BLOB,
-        attempts BLOB NOT NULL,
-        progress BLOB
-    );
-    CREATE INDEX tasks_unfinished ON tasks (seq) WHERE finished IS NULL;
-    CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
-    CREATE INDEX tasks_created ON tasks (created);
-    """,
-    # 3: containment: an incarnation is one run of the daemon, committed before it starts
-    # anything and deleted at a clean shutdown; the record of each process it runs
-    """
-    CREATE TABLE incarnations (
-        owner TEXT PRIMARY KEY,
-        pid INTEGER NOT NULL,
-        start_time INTEGER NOT NULL,
-        started_at REAL NOT NULL
-    );
-    CREATE TABLE processes (
-        token TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        record TEXT NOT NULL
-    );
-    CREATE INDEX processes_owner ON processes (owner);
-    """,
-    # 4: agents' spec revisions and kept scale counts (revisions.py)
-    REVISIONS_MIGRATION,
-    # 5: the task journal keyed by the task id; `arrival` is the order accepted, across
-    # daemons
-    """
-    CREATE TABLE tasks_by_id (
-        id TEXT PRIMARY KEY,
-        arrival INTEGER,
-        agent TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        timeout REAL NOT NULL,
-        retries_left INTEGER NOT NULL,
-        created REAL NOT NULL,
-        started REAL,
-        finished REAL,
-        status TEXT NOT NULL,
-        tool_calls INTEGER NOT NULL DEFAULT 0,
-        input BLOB,
-        output BLOB,
-        error BLOB,
-        attempts BLOB NOT NULL,
-        progress BLOB
-    );
-    INSERT INTO tasks_by_id (id, arrival, agent, priority, timeout, retries_left, created,
-                             started, finished, status, tool_calls, input, output, error,
-                             attempts, progress)
-        SELECT id, seq, agent, priority, timeout, retries_left, created, started, finished,
-               status, tool_calls, input, output, error, attempts, progress
-        FROM tasks ORDER BY seq;
-    DROP TABLE tasks;
-    ALTER TABLE tasks_by_id RENAME TO tasks;
-    CREATE INDEX tasks_arrival ON tasks (arrival);
-    CREATE INDEX tasks_unfinished ON tasks (arrival) WHERE finished IS NULL;
-    CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
-    CREATE INDEX tasks_created ON tasks (created);
-    """,
-    # 6: the HTTP API's bearer tokens (tokens.py): a token's SHA-256, never the token;
-    # and who asked, on audit rows ("token NAME", or NULL: a socket peer)
-    """
-    CREATE TABLE tokens (
-        name TEXT PRIMARY KEY,
-        hash TEXT NOT NULL UNIQUE,
-        scopes TEXT NOT NULL,
-        agents TEXT,
-        created REAL NOT NULL,
-        expires REAL
-    );
-    ALTER TABLE audit ADD COLUMN who TEXT;
-    """,
-    # 7: the metrics history (history.py): samples, per-minute and per-hour roll-ups
-    HISTORY_MIGRATION,
-    # 8: the usage a task's worker reported: the budgets' windows are rebuilt from it
-    """
-    ALTER TABLE tasks ADD COLUMN usage BLOB;
-    """,
-    # 9: tenants added or changed at runtime (`declared`: a config tenant's table when it
-    # was changed, so that an edit of the file wins); a token's and an audit row's tenant
-    """
-    CREATE TABLE runtime_tenants (
-        name TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        declared TEXT,
-        time REAL NOT NULL
-    );
-    ALTER TABLE tokens ADD COLUMN tenant TEXT;
-    ALTER TABLE audit ADD COLUMN tenant TEXT;
-    """,
-    # 10: tasks' steps (steps.py): each result once by its content hash (`ref`: a file,
-    # past a size); a tool call (seq from 1), a named step (0) or the checkpoint (-1)
-    """
-    CREATE TABLE step_results (
-        hash BLOB PRIMARY KEY,
-        size INTEGER NOT NULL,
-        body BLOB,
-        ref TEXT
-    ) WITHOUT ROWID;
-    CREATE TABLE steps (
-        task_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        name TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        args BLOB NOT NULL,
-        result BLOB,
-        PRIMARY KEY (task_id, seq, name)
-    ) WITHOUT ROWID;
-    CREATE INDEX steps_result ON steps (result);
-    """,
-    # 11: a queued task's earliest start, and its own retry policy's outcomes
-    """
-    ALTER TABLE tasks ADD COLUMN not_before REAL;
-    ALTER TABLE tasks ADD COLUMN retry_on TEXT;
-    """,
-    # 12: workflow runs, each with the definition it started on, and each step's row (a
-    # map step's at -1, one per item from 0); a step's task id is written before the
-    # task is submitted
-    """
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        workflow TEXT NOT NULL,
-        definition BLOB NOT NULL,
-        input BLOB NOT NULL,
-        status TEXT NOT NULL,
-        created REAL NOT NULL,
-        ended REAL,
-        deadline REAL,
-        error TEXT
-    );
-    CREATE INDEX runs_status ON runs (status);
-    CREATE TABLE run_steps (
-        run_id TEXT NOT NULL,
-        step TEXT NOT NULL,
-        item INTEGER NOT NULL,
-        task_id TEXT,
-        status TEXT NOT NULL,
-        started REAL,
-        ended REAL,
-        output BLOB,
-        error TEXT,
-        PRIMARY KEY (run_id, step, item)
-    ) WITHOUT ROWID;
-    """,
-    # 13: sessions: each live session, its state and `gen`, the life of it its rows
-    # belong to (an ended session's name may begin another); the tasks of each
-    """
-    CREATE TABLE sessions (
-        agent TEXT NOT NULL,
-        session TEXT NOT NULL,
-        gen INTEGER NOT NULL,
-        created REAL NOT NULL,
-        last_used REAL NOT NULL,
-        tasks INTEGER NOT NULL,
-        holder TEXT,
-        state BLOB,
-        PRIMARY KEY (agent, session)
-    ) WITHOUT ROWID;
-    CREATE TABLE session_tasks (
-        task_id TEXT PRIMARY KEY,
-        agent TEXT NOT NULL,
-        session TEXT NOT NULL,
-        gen INTEGER NOT NULL
-    );
-    CREATE INDEX session_tasks_of ON session_tasks (agent, session, gen);
-    """,
-    # 14: definitions changed at runtime (spec NULL: a removal; definitions.py); a run's
-    # revision of its workflow (NULL: the config file's) and the agents it may run
-    """
-    CREATE TABLE definitions (
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        time REAL NOT NULL,
-        who TEXT NOT NULL,
-        tenant TEXT,
-        change TEXT NOT NULL,
-        spec TEXT,
-        PRIMARY KEY (kind, name, revision)
-    ) WITHOUT ROWID;
-    ALTER TABLE runs ADD COLUMN revision INTEGER;
-    ALTER TABLE runs ADD COLUMN agents TEXT;
-    """,
-    # 15: teams' calls, each with the definition it started on, and each step's row, its
-    # task's id written before the task is submitted
-    """
-    CREATE TABLE team_calls (
-        call_id TEXT PRIMARY KEY,
-        team TEXT NOT NULL,
-        tenant TEXT NOT NULL,
-        definition BLOB NOT NULL,
-        input BLOB NOT NULL,
-        status TEXT NOT NULL,
-        created REAL NOT NULL,
-        ended REAL,
-        output BLOB,
-        error TEXT,
-        traceparent TEXT,
-        tracestate TEXT
-    );
-    CREATE INDEX team_calls_status ON team_calls (status);
-    CREATE TABLE team_steps (
-        call_id TEXT NOT NULL,
-        key TEXT NOT NULL,
-        task_id TEXT,
-        status TEXT NOT NULL,
-        started REAL,
-        ended REAL,
-        output BLOB,
-        error TEXT,
-        PRIMARY KEY (call_id, key)
-    ) WITHOUT ROWID;
-    """,
-    # 16: schedules: each one's last fire time accounted for (fired or skipped)
-    """
-    CREATE TABLE schedules (
-        name TEXT PRIMARY KEY,
-        last_fire REAL NOT NULL,
-        fires INTEGER NOT NULL DEFAULT 0,
-        last_started TEXT,
-        paused INTEGER
-    ) WITHOUT ROWID;
-    """,
-    # 17: a workflow run's parent trace context (a caller's, a nested step's), so that a
-    # run resumed by the next daemon stays in its trace (daemon/workflows/runtraces.py)
-    """
-    ALTER TABLE runs ADD COLUMN traceparent TEXT;
-    ALTER TABLE runs ADD COLUMN tracestate TEXT;
-    """,
-    # 18: a session is its owner's: its rows keyed by the tenant its agent
-    # was of when it began, so that another tenant's agent of the same name addresses
-    # rows of its own. A row written before reads as the tenant of the agent that held
-    # the name then: its newest revision's (`default` when it names none)
-    f"""
-    CREATE TABLE owned_sessions (
-        tenant TEXT NOT NULL,
-        agent TEXT NOT NULL,
-        session TEXT NOT NULL,
-        gen INTEGER NOT NULL,
-        created REAL NOT NULL,
-        last_used REAL NOT NULL,
-        tasks INTEGER NOT NULL,
-        holder TEXT,
-        state BLOB,
-        PRIMARY KEY (tenant, agent, session)
-    ) WITHOUT ROWID;
-    INSERT INTO owned_sessions SELECT {HOLDER.format(agent="s.agent")}, s.agent, s.session,
-        s.gen, s.created, s.last_used, s.tasks, s.holder, s.state FROM sessions s;
-    DROP TABLE sessions;
-    ALTER TABLE owned_sessions RENAME TO sessions;
-    ALTER TABLE session_tasks ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
-    UPDATE session_tasks SET tenant = {HOLDER.format(agent="session_tasks.agent")};
-    DROP INDEX session_tasks_of;
-    CREATE INDEX session_tasks_of ON session_tasks (tenant, agent, session, gen);
-    """,
-    # 19: whose a workflow run and a definition's revision are (NULL: the operator's);
-    # '?' marks the rows from before, told whose by the next daemon (definitions.UNSTAMPED)
-    """
-    ALTER TABLE runs ADD COLUMN tenant TEXT DEFAULT '?';
-    UPDATE definitions SET tenant = '?' WHERE tenant IS NULL;
-    """,
-    # 20: whose a task and an agent's revision are: the tenant its agent was of when it
-    # was made, so that a tenant taking a freed name is never shown what its earlier
-    # holder left. A task's row from before reads as the name's holder's (HOLDER); a
-    # revision's is its own table's, numbered within its agent's tenant.
-    f"""
-    ALTER TABLE tasks ADD COLUMN tenant TEXT;
-    UPDATE tasks SET tenant = {HOLDER.format(agent="tasks.agent")};
-    CREATE TABLE revisions_of_tenants (
-        agent TEXT NOT NULL,
-        tenant TEXT NOT NULL DEFAULT 'default',
-        revision INTEGER NOT NULL,
-        time REAL NOT NULL,
-        who TEXT NOT NULL,
-        change TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        PRIMARY KEY (agent, tenant, revision)
-    );
-    INSERT INTO revisions_of_tenants
-        SELECT agent, CASE WHEN json_valid(spec)
-                      THEN coalesce(json_extract(spec, '$.tenant'), 'default')
-                      ELSE 'default' END, revision, time,
-               who, change, spec FROM revisions;
-    DROP TABLE revisions;
-    ALTER TABLE revisions_of_tenants RENAME TO revisions;
-    """,
-    # 21: whose an agent's metrics history row is: its agent's tenant when sampled, so
-    # that a tenant taking a freed name is not shown its earlier holder's figures
-    f"""
-    ALTER TABLE metrics_history ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
-    UPDATE metrics_history SET tenant = {HOLDER.format(agent="metrics_history.agent")}
-        WHERE agent != '';
-    """,
-    # 22: a task's options as its submitter asked, one JSON value (taskoptions.py) in
-    # place of a column each
-    """
-    ALTER TABLE tasks ADD COLUMN options BLOB;
-    UPDATE tasks SET options = json_object('retry', json_object(
-        'retry_on', json(CAST(retry_on AS TEXT))))
-        WHERE retry_on IS NOT NULL AND json_valid(CAST(retry_on AS TEXT));
-    ALTER TABLE tasks DROP COLUMN retry_on;
-    """,
-    # 23: one durable engine (calljournal.py): a workflow's runs and a team's calls are
-    # calls of a kind, kept in one pair of tables, their rows carried over
-    """
-    CREATE TABLE calls (
-        call_id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        tenant TEXT,
-        definition BLOB NOT NULL,
-        input BLOB NOT NULL,
-        status TEXT NOT NULL,
-        created REAL NOT NULL,
-        ended REAL,
-        deadline REAL,
-        output BLOB,
-        error TEXT,
-        revision INTEGER,
-        agents TEXT,
-        traceparent TEXT,
-        tracestate TEXT
-    );
-    CREATE INDEX calls_status ON calls (kind, status);
-    CREATE INDEX calls_named ON calls (kind, name);
-    CREATE TABLE call_steps (
-        call_id TEXT NOT NULL,
-        step TEXT NOT NULL,
-        item INTEGER NOT NULL,
-        task_id TEXT,
-        status TEXT NOT NULL,
-        started REAL,
-        ended REAL,
-        output BLOB,
-        error TEXT,
-        PRIMARY KEY (call_id, step, item)
-    ) WITHOUT ROWID;
-    INSERT INTO calls SELECT run_id, 'workflow', workflow, tenant, definition, input,
-        status, created, ended, deadline, NULL, error, revision, agents, traceparent,
-        tracestate FROM runs;
-    INSERT INTO call_steps SELECT run_id, step, item, task_id, status, started, ended,
-        output, error FROM run_steps;
-    INSERT INTO calls SELECT call_id, 'team', team, tenant, definition, input, status,
-        created, ended, NULL, output, error, NULL, NULL, traceparent, tracestate
-        FROM team_calls;
-    INSERT INTO call_steps SELECT call_id, key, -1, task_id, status, started, ended,
-        output, error FROM team_steps;
-    DROP TABLE run_steps;
-    DROP TABLE runs;
-    DROP TABLE team_steps;
-    DROP TABLE team_calls;
-    """,
-    # 24: tasks' live output (outputjournal.py): a row a chunk, at its position
-    """
-    CREATE TABLE task_output (
-        task_id TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        n INTEGER NOT NULL,
-        data TEXT NOT NULL,
-        truncated INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (task_id, attempt, n)
-    ) WITHOUT ROWID;
-    """,
-    # 25: the inbox of asks (inboxjournal.py), keyed within a task by the call it holds;
-    # `outcome` NULL while it is pending
-    """
-    CREATE TABLE asks (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        tenant TEXT,
-        task_id TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        agent TEXT NOT NULL,
-        key TEXT NOT NULL,
-        subject BLOB NOT NULL,
-        created REAL NOT NULL,
-        deadline REAL,
-        outcome TEXT,
-        ended REAL,
-        decided_by TEXT,
-        data BLOB,
-        UNIQUE (task_id, key)
-    );
-    CREATE INDEX asks_pending ON asks (created) WHERE outcome IS NULL;
-    """,
-    # workflow runs' signals (workflows/signals.py), each taken by the step row it became
-    # the output of; `key`: the sender's, a second send of which is the first
-    """
-    CREATE TABLE call_signals (
-        call_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        name TEXT NOT NULL,
-        key TEXT,
-        data BLOB NOT NULL,
-        sent REAL NOT NULL,
-        sender TEXT,
-        taken_by TEXT,
-        PRIMARY KEY (call_id, seq)
-    ) WITHOUT ROWID;
-    CREATE UNIQUE INDEX call_signals_key ON call_signals (call_id, key) WHERE key IS NOT NULL;
-    """,
-    # spawn trees are durable calls (supervisor/tasks/spawntree.py): carried out of the
-    # step journal into the calls' tables (spawnmigration.py)
-    carry_spawn_trees,
-    # submissions' idempotency keys (corral/taskkeys.py), written in the transaction of
-    # their task's first row; `tenant` '' for none
-    """
-    CREATE TABLE idempotency_keys (
-        tenant TEXT NOT NULL,
-        key TEXT NOT NULL,
-        task_id TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        created REAL NOT NULL,
-        PRIMARY KEY (tenant, key)
-    ) WITHOUT ROWID;
-    CREATE INDEX idempotency_keys_held ON idempotency_keys (tenant, created);
-    CREATE INDEX idempotency_keys_age ON idempotency_keys (created);
-    """,
-    # stops by hand kept across daemon restarts, who and when (stopmarks.py)
-    STOPMARKS_MIGRATION,
-    # when an agent of a tenant was removed, or first found gone, for its retention
-    # (retention.py); its row goes with its records, or once it is an agent again
-    """
-    CREATE TABLE removed_agents (
-        agent TEXT NOT NULL,
-        tenant TEXT NOT NULL,
-        removed REAL NOT NULL,
-        PRIMARY KEY (agent, tenant)
-    ) WITHOUT ROWID;
-    """,
-    # whose an agent state checkpoint is: the tenant of its agent when it was saved, given
-    # back only to an agent of that tenant holding the name
-    f"""
-    ALTER TABLE agent_state ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
-    UPDATE agent_state SET tenant = {HOLDER.format(agent="agent_state.name")};
-    """,
-    # whose a kept `corral scale` is (revisions.py): its agent's tenant, applied to no
-    # other tenant's agent of the name
-    f"""
-    ALTER TABLE scaled ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
-    UPDATE scaled SET tenant = {HOLDER.format(agent="scaled.agent")};
-    """,
-    # labels (supervisor/labels.py): the untrusted tools whose output a task (`key` its
-    # id) or a session ("session:TENANT:AGENT:NAME") read, `seq` the order first marked
-    """
-    CREATE TABLE labels (
-        key TEXT NOT NULL,
-        label TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        PRIMARY KEY (key, label)
-    ) WITHOUT ROWID;
-    """,
-    # the tools' pins (mcp/pins.py, toolpins.py), each a Pin in JSON; once one JSON file
-    # beside the database, moved in at the first start
-    """
-    CREATE TABLE tool_pins (
-        server TEXT NOT NULL,
-        tool TEXT NOT NULL,
-        pin BLOB NOT NULL,
-        PRIMARY KEY (server, tool)
-    ) WITHOUT ROWID;
-    """,
-    # the A2A door's push configs (daemon/a2a/push.py), a record per config of a task,
-    # `seq` the order first kept; once a JSON file per task beside the database, moved in
-    # at the first start
-    """
-    CREATE TABLE push_configs (
-        task_id TEXT NOT NULL,
-        config_id TEXT NOT NULL,
-        record BLOB NOT NULL,
-        seq INTEGER NOT NULL,
-        PRIMARY KEY (task_id, config_id)
-    ) WITHOUT ROWID;
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+# layout OLDEST + 1 onwards, each entry SQL
+MIGRATIONS: list[str] = []
+SCHEMA_VERSION = OLDEST + len(MIGRATIONS)
+FRESH = Path(__file__).parent / "storefresh.sql"
 
 
 class StoreError(Exception):
@@ -705,40 +189,42 @@ def schema_version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(db: sqlite3.Connection, migrations: list[Migration] | None = None) -> int:
-    """Apply the migrations the database has not had; its schema version afterwards."""
+def migrate(db: sqlite3.Connection, migrations: list[str] | None = None) -> int:
+    """Apply the migrations the database has not had; its layout afterwards."""
     steps = MIGRATIONS if migrations is None else migrations
+    newest = OLDEST + len(steps)
     # BEGIN IMMEDIATE: a daemon racing us waits here rather than migrating twice
     db.execute("BEGIN IMMEDIATE")
     try:
         version = schema_version(db)
-        if version > len(steps):
+        if version > newest:
             raise StoreError(
                 f"its schema version {version} is newer than this corral knows "
-                f"({len(steps)}): run the corral that wrote it, or a newer one")
-        if (version == 0 and migrations is None
-                and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
-                and (statements := fresh_schema(steps)) is not None):
-            for statement in statements:
+                f"({newest}): run the corral that wrote it, or a newer one")
+        if (version == 0
+                and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None):
+            for statement in _statements(FRESH.read_text().partition("\n")[2]):
                 db.execute(statement)
-            db.execute(f"PRAGMA user_version = {len(steps)}")
-            version = len(steps)
+            db.execute(f"PRAGMA user_version = {OLDEST}")
+            version = OLDEST
+        elif version < OLDEST:
+            raise StoreError(
+                f"its layout {version} is older than layout {OLDEST}, the oldest this corral "
+                f"upgrades (decision 1420); it was not changed. Start {BRIDGE} once on it "
+                f"(it upgrades every older layout to {OLDEST}), then this one; or move it "
+                "aside, with its -wal and -shm files, to start with an empty state")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    for number in range(version + 1, len(steps) + 1):
-        step = steps[number - 1]
+    for number in range(version + 1, newest + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
             if schema_version(db) >= number:  # another process did it meanwhile
                 db.execute("COMMIT")
                 continue
-            if callable(step):
-                step(db)
-            else:
-                for statement in _statements(step):
-                    db.execute(statement)
+            for statement in _statements(steps[number - OLDEST - 1]):
+                db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
         except BaseException:
@@ -746,24 +232,6 @@ def migrate(db: sqlite3.Connection, migrations: list[Migration] | None = None) -
                 db.execute("ROLLBACK")
             raise
     return schema_version(db)
-
-
-def fresh_schema(steps: list[Migration]) -> list[str] | None:
-    """The statements of storefresh.sql (scripts/fresh_schema.py writes it, its first line
-    the digest of the migrations it ran), or None when it was made from other migrations."""
-    made, _, body = (Path(__file__).parent / "storefresh.sql").read_text().partition("\n")
-    if made.removeprefix("-- ").partition(":")[0] != digest(steps):
-        return None
-    return _statements(body)
-
-
-def digest(steps: list[Migration]) -> str:
-    """What a fresh schema is made from: each step's SQL, or its function's name."""
-    h = hashlib.sha256()
-    for step in steps:
-        text = f"{step.__module__}.{step.__qualname__}" if callable(step) else step
-        h.update(text.encode() + b"\0")
-    return h.hexdigest()
 
 
 def _statements(script: str) -> list[str]:
