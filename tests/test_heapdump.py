@@ -93,3 +93,42 @@ def test_no_frames_writes_the_accounts_alone_and_traces_nothing(tmp_path: Path) 
     assert account["sqlite"] is None or account["sqlite"]["used"] > 0
     # malloc_trim gave back what glibc kept free: the RSS after it is no more than before
     assert account["rss_trimmed"] is None or 0 < account["rss_trimmed"] <= account["rss"]
+
+
+def test_the_account_splits_the_rss_by_mapping_and_counts_pymallocs_arenas() -> None:
+    """What the RSS is made of (glibc's heaps, threads' stacks, pymalloc's arenas among the
+    other anonymous mappings, files) and pymalloc's own account, which neither glibc's
+    nor the traced total shows: small objects kept alive show in its live blocks."""
+    before = heapdump._pymalloc()
+    kept = [object() for _ in range(200_000)]  # 16 bytes each, in pymalloc's pools
+    after = heapdump._pymalloc()
+    maps = heapdump._maps()
+    assert len(kept) == 200_000
+    assert maps["file"] > 0 and maps["main_stack"] > 0
+    # the split is of the same RSS: within what the process mapped between the reads
+    assert abs(sum(maps.values()) - heapdump._rss()) < 0.1 * heapdump._rss()
+    if before is None or after is None:  # a build without pymalloc (PYTHONMALLOC=malloc)
+        return
+    live = after["bytes in allocated blocks"] - before["bytes in allocated blocks"]
+    assert live >= 200_000 * 16, (before, after)
+    assert after["bytes in arenas"] >= after["bytes in allocated blocks"]
+    assert after["classes"]["16"][1] >= 200_000  # blocks in use of the 16-byte class
+
+
+def test_a_threads_stack_is_counted_as_one() -> None:
+    """A thread's stack (a guard page below it) is told from the other mappings."""
+    ready, done = threading.Event(), threading.Event()
+
+    def waits() -> None:
+        ready.set()
+        done.wait(30)
+
+    thread = threading.Thread(target=waits)
+    thread.start()
+    try:
+        assert ready.wait(30)
+        maps = heapdump._maps()
+        assert maps.get("thread_stacks", 0) > 0, maps
+    finally:
+        done.set()
+        thread.join(30)

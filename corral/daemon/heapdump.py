@@ -2,7 +2,8 @@
 (the variables: docs/operations.md, "Troubleshooting").
 
 `python -m corral.daemon.heapdump OLD NEW`: what grew between two dumps (RSS rising while
-the traced total and glibc's bytes in use stay flat is the allocator settling, no leak).
+the traced total and glibc's bytes in use stay flat is the allocator settling, no leak);
+bench/soak_heap.py reads a series of them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import ctypes.util
 import gc
 import json
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -62,6 +65,86 @@ def _sqlite() -> dict[str, int] | None:
     return {"used": used(), "highwater": highwater(0)}
 
 
+_STAT = re.compile(r"^#\s*(.+?)\s*=\s*([\d,]+)$")
+_HELD = re.compile(r"^[\d,]+ (unused pools|arenas) \*.*=\s*([\d,]+)$")
+_CLASS = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$")
+HEAP_ALIGN = 64 << 20  # a glibc thread arena's heap: this size, aligned to it
+
+
+def _pymalloc() -> dict[str, Any] | None:
+    """pymalloc's own account (its arenas are mapped apart from glibc's heap, so neither
+    mallinfo nor the traced total shows them): its arenas, the bytes in live blocks and in
+    free ones, and per size class the pools and blocks in use (None: not this build)."""
+    try:
+        stats = ctypes.pythonapi._PyObject_DebugMallocStats
+        libc = ctypes.CDLL(None)
+        fopen, fclose = libc.fopen, libc.fclose
+    except (AttributeError, OSError):
+        return None
+    stats.argtypes = fclose.argtypes = [ctypes.c_void_p]
+    fopen.restype = ctypes.c_void_p
+    fd, name = tempfile.mkstemp(prefix="corral-pymalloc-")
+    os.close(fd)
+    try:
+        stream = fopen(name.encode(), b"w")
+        if not stream:
+            return None
+        ran = stats(stream)  # the interpreter's lock held: ctypes.pythonapi keeps it
+        fclose(stream)
+        text = Path(name).read_text()
+    finally:
+        os.unlink(name)
+    if not ran:
+        return None
+    out: dict[str, Any] = {"classes": {}}
+    for line in text.splitlines():
+        if m := _STAT.match(line):
+            out[m[1]] = int(m[2].replace(",", ""))
+        elif m := _HELD.match(line):
+            out[f"bytes in {m[1]}"] = int(m[2].replace(",", ""))
+        elif m := _CLASS.match(line):
+            out["classes"][m[2]] = [int(m[3]), int(m[4]), int(m[5])]
+    return out
+
+
+def _maps() -> dict[str, int]:
+    """The resident bytes by the kind of mapping that holds them: glibc's main heap
+    (brk), its thread arenas, threads' stacks, the main stack, the other anonymous
+    mappings (pymalloc's arenas, glibc's mmapped blocks) and files."""
+    kinds: dict[str, int] = Counter()
+    regions: list[tuple[int, int, str, str, int]] = []
+    with contextlib.suppress(OSError):
+        start = end = 0
+        perms = path = ""
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            head = line.split(maxsplit=5)
+            if "-" in head[0] and len(head) >= 5:
+                a, _, b = head[0].partition("-")
+                start, end, perms = int(a, 16), int(b, 16), head[1]
+                path = head[5] if len(head) > 5 else ""
+            elif head[0] == "Rss:":
+                regions.append((start, end, perms, path, int(head[1]) * 1024))
+    for i, (start, end, _perms, path, rss) in enumerate(regions):
+        after = regions[i + 1] if i + 1 < len(regions) else None
+        before = regions[i - 1] if i else None
+        if path == "[heap]":
+            kind = "brk_heap"
+        elif path == "[stack]":
+            kind = "main_stack"
+        elif path:
+            kind = "file" if path.startswith("/") else "other_named"
+        elif (start % HEAP_ALIGN == 0 and after is not None and after[0] == end
+              and after[2].startswith("---") and after[1] - start == HEAP_ALIGN):
+            kind = "malloc_arenas"
+        elif (before is not None and before[1] == start and before[2].startswith("---")
+              and before[1] - before[0] <= 64 << 10 and end - start >= 1 << 20):
+            kind = "thread_stacks"  # a guard page below it
+        else:
+            kind = "other_anon"
+        kinds[kind] += rss
+    return dict(kinds)
+
+
 def _rss() -> int:
     with contextlib.suppress(OSError, ValueError, IndexError):
         fields = Path("/proc/self/statm").read_text().split()
@@ -91,6 +174,7 @@ def write(where: Path, seconds: int, trim: bool = False) -> Path:
         "seconds": seconds, "rss": _rss(), "traced": traced, "traced_peak": peak,
         "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory() if tracing else None,
         "malloc": _mallinfo(), "sqlite": _sqlite(), "gc_counts": gc.get_count(),
+        "pymalloc": _pymalloc(), "maps": _maps(), "threads": threading.active_count(),
         "rss_trimmed": _trimmed() if trim else None,
         "objects": sum(types.values()), "types": dict(types.most_common(KEEP_TYPES))}))
     part.rename(out)

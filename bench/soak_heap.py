@@ -1,0 +1,151 @@
+"""Where a soak's RSS goes, from the daemon's own heap dumps (corral/daemon/heapdump.py):
+each account's least-squares slope per hour past the warm-up, and the object types and
+pymalloc size classes whose counts grow.
+
+Run the soak with the dumps on (one life: `--restarts 0 --upgrades 0`; each dump's
+`seconds` counts from the daemon's start), then read them:
+
+    CORRAL_HEAP_DUMP=DIR CORRAL_HEAP_FRAMES=0 CORRAL_HEAP_DUMP_EVERY=60 \\
+        .venv/bin/python -m bench.soak --minutes 40 --warmup 600 --restarts 0 --upgrades 0
+    .venv/bin/python -m bench.soak_heap DIR [--warmup 600] [--top 15]
+
+The accounts: the RSS and its split by the kind of mapping that holds it (glibc's brk heap
+and thread arenas, threads' stacks, other anonymous mappings: pymalloc's arenas among
+them, files); glibc's bytes in use and kept free; pymalloc's arenas, its bytes in live
+blocks and in free ones; the live objects. An RSS that grows while the bytes in use do not
+is an allocator's holes; a type whose count grows is live data, a leak if nothing bounds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+
+Dump = dict[str, Any]
+
+
+def _part(section: str, key: str) -> Callable[[Dump], float | None]:
+    """How a dump gives one key of one of its sections, in MiB (None: not in this dump)."""
+    def get(d: Dump) -> float | None:
+        part = d.get(section)
+        return None if part is None else float(part.get(key, 0)) / MIB
+    return get
+
+
+# each account: its label and how a dump gives it (None: this dump has it not)
+ACCOUNTS: list[tuple[str, Callable[[Dump], float | None]]] = [
+    ("rss", lambda d: d["rss"] / MIB),
+    *[(f"maps {k}", _part("maps", k)) for k in (
+        "brk_heap", "malloc_arenas", "thread_stacks", "other_anon", "file", "main_stack")],
+    ("glibc in use", _part("malloc", "in_use")),
+    ("glibc free", _part("malloc", "free")),
+    ("glibc mmapped", _part("malloc", "mmapped")),
+    *[(f"pymalloc {k}", _part("pymalloc", k))
+      for k in ("bytes in arenas", "bytes in allocated blocks", "bytes in available blocks",
+                "bytes in unused pools")],
+    ("sqlite used", _part("sqlite", "used")),
+    ("traced", lambda d: d["traced"] / MIB if d.get("traced") is not None else None),
+    ("objects (thousands)", lambda d: d["objects"] / 1000),
+    ("threads", lambda d: d.get("threads")),
+]
+
+
+def load(where: Path) -> list[Dump]:
+    """Every whole dump in `where`, oldest first."""
+    dumps = [json.loads(p.read_text()) for p in where.glob("heap-*.json")]
+    return sorted(dumps, key=lambda d: d["seconds"])
+
+
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """The least-squares slope per hour of (seconds, value) points (None: fewer than 3)."""
+    if len(points) < 3:
+        return None
+    mt = sum(t for t, _ in points) / len(points)
+    my = sum(v for _, v in points) / len(points)
+    sxx = sum((t - mt) ** 2 for t, _ in points)
+    if sxx == 0:
+        return None
+    return sum((t - mt) * (v - my) for t, v in points) / sxx * 3600
+
+
+def series(dumps: list[Dump], get: Callable[[Dump], float | None]) -> list[tuple[float, float]]:
+    out = []
+    for d in dumps:
+        v = get(d)
+        if v is not None:
+            out.append((float(d["seconds"]), float(v)))
+    return out
+
+
+def accounts(dumps: list[Dump]) -> list[dict[str, Any]]:
+    """Each account at the first and last dump given, and its slope per hour."""
+    rows = []
+    for label, get in ACCOUNTS:
+        points = series(dumps, get)
+        if points:
+            rows.append({"account": label, "first": round(points[0][1], 2),
+                         "last": round(points[-1][1], 2),
+                         "per_hour": None if (s := slope(points)) is None else round(s, 2)})
+    return rows
+
+
+def grew(dumps: list[Dump], counts: Callable[[Dump], dict[str, Any]], top: int
+         ) -> list[tuple[str, int, int, float]]:
+    """What grew most by count between the first dump and the last: (name, first, last,
+    slope per hour), the largest slope first (a name in only some dumps counts 0 where
+    absent: the dumps keep only the most numerous types)."""
+    names = {n for d in dumps for n in counts(d)}
+    rows = []
+    for n in names:
+        points = [(float(d["seconds"]), float(_count(counts(d).get(n)))) for d in dumps]
+        s = slope(points)
+        if s is not None and s > 0:
+            rows.append((n, int(points[0][1]), int(points[-1][1]), s))
+    return sorted(rows, key=lambda r: -r[3])[:top]
+
+
+def _count(v: Any) -> float:
+    return float(v[0] if isinstance(v, list) else v or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--warmup", type=float, default=600.0,
+                    help="seconds of the daemon's life not fitted")
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--json", action="store_true", help="the report as json")
+    a = ap.parse_args(argv)
+    dumps = [d for d in load(a.dir) if d["seconds"] >= a.warmup]
+    if len(dumps) < 3:
+        print(f"soak_heap: {len(dumps)} dumps past {a.warmup:g} s in {a.dir}", file=sys.stderr)
+        return 2
+    rep = {"dumps": len(dumps), "from_s": dumps[0]["seconds"], "to_s": dumps[-1]["seconds"],
+           "accounts": accounts(dumps),
+           "types": grew(dumps, lambda d: d["types"], a.top),
+           # pymalloc's size classes by the pools they hold (each 16 KiB)
+           "pool_classes": grew(dumps, lambda d: (d.get("pymalloc") or {}).get("classes", {}),
+                                a.top)}
+    if a.json:
+        print(json.dumps(rep))
+        return 0
+    print(f"{rep['dumps']} dumps, {rep['from_s']} s to {rep['to_s']} s of the daemon's life")
+    print(f"{'account (MiB)':34} {'first':>9} {'last':>9} {'per hour':>9}")
+    for r in rep["accounts"]:
+        per = "-" if r["per_hour"] is None else f"{r['per_hour']:+.2f}"
+        print(f"{r['account']:34} {r['first']:>9} {r['last']:>9} {per:>9}")
+    for title, rows in (("types by count", rep["types"]),
+                        ("pymalloc size classes by pools", rep["pool_classes"])):
+        print(f"{title}, growing fastest (first -> last, per hour): " + ", ".join(
+            f"{n} {a0}->{a1} ({s:+.0f})" for n, a0, a1, s in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
