@@ -1,22 +1,91 @@
-"""A submission's idempotency key (TaskOptions.idempotency_key), what every home keeps of
-it and says of it alike: the node's journal (daemon/taskjournal.py) and a cluster's Redis
-(cluster/clustertasks.py); docs/tasks.md#idempotency-keys says what a client sees. A
-tenant past its bound of live keys is refused a new one rather than have an old one
-forgotten early: that key's client's retry would run the work twice."""
+"""A submission's idempotency key (TaskOptions.idempotency_key), its rule written once above
+the home: a key is its tenant's for KEEP_SECONDS and names one task; sent again with the
+same request (its digest) it is that task, with another it is refused. A home only keeps
+keys (`KeyStore`: put if absent, return what is there), the node's journal
+(daemon/taskjournal.py) and a cluster's Redis (cluster/submitkeys.py); decision 1390,
+docs/tasks.md#idempotency-keys says what a client sees. A tenant past its bound of live
+keys is refused a new one rather than have an old one forgotten early: that key's
+client's retry would run the work twice."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, Protocol
 
 import msgspec
 
 from . import jsonrpc
 from .jsonrpc import RpcError, visible
+from .methods import TaskParams
 from .taskoptions import TaskOptions, encoded, options_of
 
 KEEP_SECONDS = 24 * 3600.0  # a key names its task at least this long
 MAX_KEYS_PER_TENANT = 10_000  # keys younger than KEEP_SECONDS a tenant holds (default)
 BOUND_NAME = "idempotency_keys_per_tenant"  # [supervisor]'s setting of the bound
+CLAIMED = "p"  # a key's task may not be submitted yet: a retry submits it under its id
+ACCEPTED = "a"  # its task acknowledged: a retry submits nothing
+
+
+class KeyClaim(NamedTuple):
+    """A tenant's key as its home holds it: the task id it names, the digest of its
+    request, its state; `new`: this call claimed it; `held`: the tenant's count when
+    refused."""
+
+    tenant: str
+    key: str
+    task_id: str
+    digest: str
+    state: str
+    new: bool
+    held: int | None = None
+
+
+class KeyStore(Protocol):
+    """A home's idempotency keys: atomic primitives, no rule."""
+
+    bound: int  # the keys younger than KEEP_SECONDS a tenant may hold
+
+    async def claim(self, tenant: str, key: str, task_id: str, digest: str) -> KeyClaim:
+        """Put if absent: the key claimed for `task_id`, or what holds it; refused (its
+        `held`) when the tenant holds `bound` keys younger than KEEP_SECONDS."""
+
+    async def accepted(self, claim: KeyClaim) -> None:
+        """Its task acknowledged: kept KEEP_SECONDS from now."""
+
+    async def release(self, claim: KeyClaim) -> None:
+        """A new claim let go of (its submission refused): the key names nothing."""
+
+
+async def claimed(store: KeyStore, tenant: str, p: TaskParams, task_id: str) -> KeyClaim:
+    """`p`'s key claimed for `task_id` (a new task's), or the task it names; refused past
+    the tenant's bound, or when it was sent with another request."""
+    key = p.idempotency_key
+    assert key is not None
+    asked = digest(p.agent, bytes(p.input), p, p.local)
+    claim = await store.claim(tenant, key, task_id, asked)
+    if claim.held is not None:
+        raise bound_reached(tenant, claim.held, store.bound)
+    if claim.digest != asked:
+        raise other_request(key)
+    return claim
+
+
+async def submitted(store: KeyStore, claim: KeyClaim,
+                    put: Callable[[str], Awaitable[object]]) -> bool:
+    """The task of a claimed key submitted (`put` under its id), unless the key says it
+    was accepted; whether it was submitted before. A refused submission lets go of a new
+    claim; one whose answer was lost (the home away) keeps it for the retry."""
+    if claim.state == ACCEPTED:
+        return True
+    try:
+        await put(claim.task_id)
+    except RpcError as exc:
+        if claim.new and exc.code != jsonrpc.UNAVAILABLE:
+            await store.release(claim)
+        raise
+    await store.accepted(claim)
+    return not claim.new
 
 
 def digest(agent: str, raw_input: bytes, options: TaskOptions, local: bool) -> str:

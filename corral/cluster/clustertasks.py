@@ -33,7 +33,7 @@ from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.spawn import REACH
 from ..supervisor.tasks.spawntree import Lineage
-from ..taskkeys import bound_reached, digest, other_request
+from ..taskkeys import KeyClaim, claimed, submitted
 from ..taskoptions import encoded, options_of
 from ..timeouts import within
 from . import listing, records
@@ -48,7 +48,7 @@ from .replicas import UnconfirmedWrite
 from .rides import REFUSED, LostLease, Ride
 from .scripts import RedisPart, Scripts
 from .submitclaim import SubmitClaims
-from .submitkeys import ACCEPTED, KeyClaim, SubmitKeys
+from .submitkeys import SubmitKeys
 from .trust import AGENT, OUTCOME, TENANT, Trust
 
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
@@ -345,38 +345,10 @@ class ClusterTasks(RedisPart):
                 if i is not None:
                     return i
 
-    async def _claimed(self, p: m.TaskParams) -> tuple[str, KeyClaim]:
-        """A submission's idempotency key claimed (submitkeys.py), with its tenant."""
-        key = p.idempotency_key
-        assert key is not None
-        asked = digest(p.agent, bytes(p.input), p, p.local)
+    async def _claimed(self, p: m.TaskParams) -> KeyClaim:
+        """A submission's idempotency key claimed (corral/taskkeys.py)."""
         with said(self.settings, "the task was not accepted"):
-            tenant = await self._route(p.agent)
-            claim = await self.submit_keys.claim(tenant, key, new_id(), asked)
-        if claim.held is not None:
-            raise bound_reached(tenant, claim.held, self.submit_keys.bound)
-        if claim.digest != asked:
-            raise other_request(key)
-        return tenant, claim
-
-    async def _keyed(self, p: m.TaskParams, tenant: str, claim: KeyClaim, *,
-                     watched: bool = False) -> bool:
-        """The task of a claimed key submitted, unless its key says it was accepted;
-        whether it was submitted before. A refused submit lets go of a new claim."""
-        if claim.state == ACCEPTED:
-            return True
-        key = p.idempotency_key
-        assert key is not None
-        try:
-            await self._put(p, claim.task_id, watched=watched)
-        except RpcError as exc:
-            if claim.new and exc.code != jsonrpc.UNAVAILABLE:
-                with contextlib.suppress(RedisError):
-                    await self.submit_keys.release(tenant, key, claim)
-            raise
-        with contextlib.suppress(RedisError):  # (else a retry submits it again: a no-op)
-            await self.submit_keys.accepted(tenant, key, claim)
-        return not claim.new
+            return await claimed(self.submit_keys, await self._route(p.agent), p, new_id())
 
     async def submit(self, p: m.TasksSubmit, wait: float | None
                      ) -> tuple[str, m.TaskResult | None, bool]:
@@ -384,8 +356,9 @@ class ClusterTasks(RedisPart):
         that many seconds, and whether an idempotency key named it, submitted before."""
         fut: Waiter | None = None
         if p.idempotency_key is not None:
-            tenant, claim = await self._claimed(p)
-            task_id, replayed = claim.task_id, await self._keyed(p, tenant, claim)
+            claim = await self._claimed(p)
+            task_id, replayed = claim.task_id, await submitted(
+                self.submit_keys, claim, lambda t: self._put(p, t))
             if wait is None:  # a replay's outcome, when its task has ended
                 ended = None
                 if replayed:
@@ -447,7 +420,7 @@ class ClusterTasks(RedisPart):
                   progress: Progress) -> m.TaskResult:
         """Submit and wait for the outcome; `progress` hears its reports from any node."""
         claimed = await self._claimed(p) if p.idempotency_key is not None else None
-        task_id = claimed[1].task_id if claimed is not None else new_id()
+        task_id = claimed.task_id if claimed is not None else new_id()
         fut: Waiter | None = self._waiter(task_id) if claimed is None else None
         self._following.setdefault(task_id, []).append(progress)
         try:
@@ -455,7 +428,8 @@ class ClusterTasks(RedisPart):
                 if claimed is None:
                     await self._put(p, task_id, watched=True)
                 else:
-                    await self._keyed(p, *claimed, watched=True)
+                    await submitted(self.submit_keys, claimed,
+                                    lambda t: self._put(p, t, watched=True))
             except BaseException:
                 if fut is not None:
                     _let_go(self._waiting, task_id, fut)

@@ -1,4 +1,4 @@
-"""A cluster task's idempotency key (corral/taskkeys.py) in Redis:
+"""A cluster task's idempotency key in Redis, the KeyStore of corral/taskkeys.py's rule:
 `corral:{NAME}:idem:TENANT:KEY` holds "TASK_ID DIGEST STATE" for KEEP_SECONDS, the
 tenant's keys a sorted set by time (`idems:TENANT`). A key is claimed with its task's id
 before the submit, so two nodes racing get one id. `p` (claimed): a retry submits under
@@ -8,10 +8,13 @@ even once the task's record has been trimmed. A refused submit lets go of its cl
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
-from ..taskkeys import KEEP_SECONDS
+from redis.exceptions import RedisError
+
+from ..taskkeys import ACCEPTED, CLAIMED, KEEP_SECONDS, KeyClaim
 from .keys import Keys
 from .scripts import Scripts
 
@@ -41,20 +44,6 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 """
 
-CLAIMED = "p"
-ACCEPTED = "a"
-
-
-class KeyClaim(NamedTuple):
-    """A key as CLAIM left it: the task id it names, the digest of its request, its
-    state; `new`: this call claimed it; `held`: the tenant's count when refused."""
-
-    task_id: str
-    digest: str
-    state: str
-    new: bool
-    held: int | None = None
-
 
 class SubmitKeys:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, bound: int) -> None:
@@ -69,22 +58,22 @@ class SubmitKeys:
         return [f"{self.keys.prefix}idem:{tenant}:{key}", f"{self.keys.prefix}idems:{tenant}"]
 
     async def claim(self, tenant: str, key: str, task_id: str, digest: str) -> KeyClaim:
-        """The key claimed for `task_id`, or what holds it."""
         got = await self.scripts.one(self._claim, self._names(tenant, key), [
             task_id, digest, repr(time.time()), KEEP_SECONDS, self.bound, key])
         if isinstance(got, bytes):
             held_id, held_digest, state = got.decode().split(" ")
-            return KeyClaim(held_id, held_digest, state, False)
+            return KeyClaim(tenant, key, held_id, held_digest, state, False)
         if got == -1:
-            return KeyClaim(task_id, digest, CLAIMED, True)
-        return KeyClaim(task_id, digest, CLAIMED, False, held=int(got))
+            return KeyClaim(tenant, key, task_id, digest, CLAIMED, True)
+        return KeyClaim(tenant, key, task_id, digest, CLAIMED, False, held=int(got))
 
-    async def accepted(self, tenant: str, key: str, claim: KeyClaim) -> None:
-        """Its task acknowledged: a retry submits nothing (the key's time from now)."""
-        await self.redis.set(self._names(tenant, key)[0],
-                             f"{claim.task_id} {claim.digest} {ACCEPTED}", xx=True,
-                             px=int(KEEP_SECONDS * 1000))
+    async def accepted(self, claim: KeyClaim) -> None:
+        with contextlib.suppress(RedisError):  # (else a retry submits it again: a no-op)
+            await self.redis.set(self._names(claim.tenant, claim.key)[0],
+                                 f"{claim.task_id} {claim.digest} {ACCEPTED}", xx=True,
+                                 px=int(KEEP_SECONDS * 1000))
 
-    async def release(self, tenant: str, key: str, claim: KeyClaim) -> None:
-        await self.scripts.run([(self._release, self._names(tenant, key), [
-            f"{claim.task_id} {claim.digest} {CLAIMED}", key])])
+    async def release(self, claim: KeyClaim) -> None:
+        with contextlib.suppress(RedisError):  # (else a retry submits under the claim)
+            await self.scripts.run([(self._release, self._names(claim.tenant, claim.key), [
+                f"{claim.task_id} {claim.digest} {CLAIMED}", claim.key])])

@@ -39,7 +39,7 @@ from ..supervisor.tasks.budget import MINUTE
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.spawntree import KIND as SPAWN_TREE
 from ..supervisor.tasks.stepjournal import CHECKPOINT_SEQ
-from ..taskkeys import KEEP_SECONDS, MAX_KEYS_PER_TENANT
+from ..taskkeys import ACCEPTED, CLAIMED, KEEP_SECONDS, MAX_KEYS_PER_TENANT, KeyClaim
 from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
@@ -147,7 +147,7 @@ class TaskJournalDB:
         """`writer`: the daemon's one writer thread (storewriter.py); without one, the
         journal starts its own. `max_keys`: the idempotency keys a tenant holds."""
         self.path = path
-        self.max_keys = max_keys
+        self.bound = max_keys
         # idempotency keys handed to the writer and not yet committed, by (tenant, key):
         # (the task's id, the digest); a lookup sees them before the table has them
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
@@ -225,7 +225,7 @@ class TaskJournalDB:
                                                      time.time() - KEEP_SECONDS))
         return (rows[0][0], rows[0][1]) if rows else None
 
-    def keys_held(self, tenant: str) -> int:
+    def _keys_held(self, tenant: str) -> int:
         """The tenant's keys younger than KEEP_SECONDS (counted on its index once after
         each prune, then kept: one older meanwhile counts until the next prune)."""
         held = self._held.get(tenant)
@@ -237,24 +237,35 @@ class TaskJournalDB:
             held = self._held[tenant] = int(count) + waiting
         return held
 
-    def keep_key(self, task: Task, tenant: str, key: str, digest: str) -> None:
-        """Keep a key with its new task: the task's first row leaves the young ones and
-        the key's row goes in the same transaction."""
+    async def claim(self, tenant: str, key: str, task_id: str, digest: str) -> KeyClaim:
+        """KeyStore's put if absent, with no await: the engine's submit follows it before
+        anything else runs here, so a key held names its task (ACCEPTED)."""
+        found = self.key_of(tenant, key)
+        if found is not None:
+            return KeyClaim(tenant, key, *found, ACCEPTED, False)
+        held = self._keys_held(tenant)
+        if held >= self.bound:
+            return KeyClaim(tenant, key, task_id, digest, CLAIMED, False, held)
+        self._keys[(tenant, key)] = (task_id, digest)
+        self._held[tenant] = held + 1
+        return KeyClaim(tenant, key, task_id, digest, CLAIMED, True)
+
+    def keep_key(self, task: Task, claim: KeyClaim) -> None:
+        """A claimed key's row, with its task's first: one transaction, so a crash keeps
+        both or neither."""
         young = self._young.pop(task.id, None)
         if young is not None:
             self._group.put(task.id, _row(task, young[1], task.input))
-        self._keys[(tenant, key)] = (task.id, digest)
-        self._group.put((tenant, key), (tenant, key, task.id, digest, task.created))
-        if tenant in self._held:
-            self._held[tenant] += 1
+        self._group.put(claim[:2], (*claim[:2], task.id, claim.digest, task.created))
 
-    def drop_key(self, tenant: str, key: str) -> None:
-        """Forget a key whose task was refused after all (its write failed): a retry of
-        the request is a new one."""
-        if self._keys.pop((tenant, key), None) is not None:
-            self._group.pending.pop((tenant, key), None)
-            if tenant in self._held:
-                self._held[tenant] -= 1
+    async def accepted(self, claim: KeyClaim) -> None:
+        """Nothing to write: the key's row went with its task's first (keep_key)."""
+
+    async def release(self, claim: KeyClaim) -> None:
+        if self._keys.pop(claim[:2], None) is not None:
+            self._group.pending.pop(claim[:2], None)
+            if claim.tenant in self._held:
+                self._held[claim.tenant] -= 1
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) of the tasks that ended at or after `since`, or

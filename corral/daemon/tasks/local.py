@@ -3,7 +3,7 @@
 A task is acknowledged only once the journal holds it; while the journal cannot write, new
 tasks are refused. A task that ended before its failed journal write was known ran, and
 its outcome is the answer: refusing it would have the client run it twice. An idempotency
-key is looked up and kept with no await between (corral/taskkeys.py).
+key is claimed and its task submitted with no await between (corral/taskkeys.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
 from ...supervisor.config import DEFAULT_TENANT
+from ...supervisor.stream import Subscription
 from ...supervisor.tasks import (
     LOST_IN_RESTART,
     ON_WORKER,
@@ -27,8 +28,9 @@ from ...supervisor.tasks import (
     TaskManager,
     TaskProgress,
     Unfinished,
+    new_id,
 )
-from ...taskkeys import bound_reached, digest, other_request
+from ...taskkeys import KeyClaim, claimed, submitted
 from ...taskviews import TaskInfo, TaskResult
 from ...text import plural
 from ...timeouts import within
@@ -78,9 +80,11 @@ class LocalFront:
         self.recovered.set()
 
     # -- handing a task in ----------------------------------------------------------------
-    def _accept(self, p: m.TaskParams) -> Task | str:
-        """The task accepted, or the id of the one its idempotency key names (nothing is
-        accepted then)."""
+    async def _accept(self, p: m.TaskParams, made: Callable[[Task], None] | None = None
+                      ) -> Task | str:
+        """The task accepted and in the journal, or the id of the one its idempotency key
+        names (nothing is accepted then: corral/taskkeys.py's rule, the journal its
+        KeyStore). `made`: told of the task before its commit is awaited."""
         tasks = self.engine
         if self.refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
@@ -92,45 +96,44 @@ class LocalFront:
                                             "journal (task_journal = false) a task accepted "
                                             "now would be lost: submit it again once the "
                                             "daemon is back")
-        key = p.idempotency_key
+        key, journal = p.idempotency_key, self.journal
         agent = self.agents.get(p.agent) if key is not None else None
         if key is None or agent is None:  # (no such agent: submit says so)
-            return tasks.submit(p.agent, p.input, p, traceparent=p.traceparent,
-                                tracestate=p.tracestate)
-        journal = self.journal
+            return await self._put(p, None, made)
         if journal is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, (
                 "invalid params: an idempotency key is kept in the task journal, and this "
                 "daemon has none (task_journal = false): submit it without one"))
-        tenant = agent.spec.tenant
-        asked = digest(p.agent, bytes(p.input), p, p.local)
-        found = journal.key_of(tenant, key)
-        if found is not None:
-            if found[1] != asked:
-                raise other_request(key)
-            return found[0]
-        held = journal.keys_held(tenant)
-        if held >= journal.max_keys:
-            raise bound_reached(tenant, held, journal.max_keys)
-        task = tasks.submit(p.agent, p.input, p, traceparent=p.traceparent,
-                            tracestate=p.tracestate)
-        journal.keep_key(task, tenant, key, asked)
-        return task
+        claim = await claimed(journal, agent.spec.tenant, p, new_id())
+        put: list[Task] = []
 
-    async def _committed(self, task: Task) -> None:
-        """In the journal before it is acknowledged. A failed write is known only after the
-        task may have reached an agent: one still queued or running is cancelled and
-        refused; one that has ended ran (its row is written when the journal can)."""
+        async def keyed(task_id: str) -> None:
+            put.append(await self._put(p, task_id, made, claim))
+
+        await submitted(journal, claim, keyed)
+        return put[0] if put else claim.task_id
+
+    async def _put(self, p: m.TaskParams, task_id: str | None,
+                   made: Callable[[Task], None] | None, keyed: KeyClaim | None = None
+                   ) -> Task:
+        """In the journal before it is acknowledged (`keyed`: its key's row with it). A
+        failed write is known only after the task may have reached an agent: one still
+        queued or running is cancelled and refused; one that has ended ran (its row is
+        written when the journal can)."""
+        task = self.engine.submit(p.agent, p.input, p, traceparent=p.traceparent,
+                                  tracestate=p.tracestate, task_id=task_id)
+        if keyed is not None and self.journal is not None:
+            self.journal.keep_key(task, keyed)
+        if made is not None:
+            made(task)
         try:
             await self.engine.committed()
         except TaskJournalError as exc:
             if not task.ended:
-                key = task.options.idempotency_key
-                if key is not None and self.journal is not None:
-                    self.journal.drop_key(task.tenant or DEFAULT_TENANT, key)
                 self.engine.cancel(task.id)
                 raise RpcError(jsonrpc.INTERNAL_ERROR,
                                f"{exc}; the task was not accepted") from None
+        return task
 
     async def _outcome(self, task: Task) -> TaskResult:
         if self.refusing is None:  # else its end is written when it can be
@@ -161,10 +164,9 @@ class LocalFront:
 
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
         await self.recovered.wait()
-        task = self._accept(p)
+        task = await self._accept(p)
         if isinstance(task, str):
             return replayed(await self._first(task, p.wait))
-        await self._committed(task)
         status = task.status
         if p.wait is None:
             return accepted(task.id, status)
@@ -177,28 +179,29 @@ class LocalFront:
 
     async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
         await self.recovered.wait()
-        task = self._accept(p)
-        if isinstance(task, str):
-            first = await self._first(task, None)
-            channel.notify("task.accepted", {"task_id": task})
-            ended = first if first.finished is not None else await self.get(task, wait=True)
-            return ended.outcome()
         # a caller that does not read gets the newest progress, never a growing backlog
         progress = Latest(channel, "task.progress")
 
         def watch(e: TaskProgress | TaskFinished) -> None:
             if isinstance(e, TaskProgress):
-                progress.send({"task_id": task.id, **e.progress})
+                progress.send({"task_id": e.task.id, **e.progress})
 
-        watching = task.watch(watch)
+        watching: list[tuple[Task, Subscription | None]] = []
         try:
-            await self._committed(task)
+            task = await self._accept(p, lambda t: watching.append((t, t.watch(watch))))
+            if isinstance(task, str):
+                first = await self._first(task, None)
+                channel.notify("task.accepted", {"task_id": task})
+                ended = first if first.finished is not None else await self.get(task,
+                                                                                wait=True)
+                return ended.outcome()
             # a caller that loses the connection (a daemon restart) waits again by this id
             channel.notify("task.accepted", {"task_id": task.id})
             # a caller that goes away cancels this wait, not the task
             await asyncio.shield(task.done)
         finally:
-            task.unwatch(watching)
+            for t, sub in watching:
+                t.unwatch(sub)
             progress.close()
         return await self._outcome(task)
 
