@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
-from msgspec.structs import replace
 
 from .. import jsonrpc, redact
 from .. import methods as m
@@ -108,29 +107,6 @@ class RuntimeCatalog(Generic[S]):
                                  rev.spec or {}, rev))
             except ConfigError as exc:
                 report(f"{self.section}: could not restore {self.noun} {name}: {exc}")
-
-    async def stamp(self, owner: Callable[[str, S], str | None]) -> int:
-        """The revisions kept before each was its tenant's, told whose they are from the
-        agents their definitions run now (`owner`); how many."""
-        told: list[tuple[DefRevision, str | None]] = []
-        last: dict[str, str | None] = {}
-        for rev in self.revisions.unstamped():
-            tenant = last.get(rev.name)
-            if rev.spec is not None:
-                try:
-                    tenant = owner(rev.name, self.parse(rev.name, rev.spec, "revision"))
-                except (ConfigError, ValueError):
-                    tenant = None  # no longer a definition: the operator's
-            last[rev.name] = tenant
-            told.append((rev, tenant))
-        if told:
-            await self.revisions.store.commit([self.revisions.stamping(told)])
-            for rev, tenant in told:
-                held = self.runtime.get(rev.name)
-                if held is not None and held[2].revision == rev.revision:
-                    self._put(rev.name, (self.parse(rev.name, held[1], "revision"),
-                                         held[1], replace(held[2], tenant=tenant)))
-        return len(told)
 
     def configure(self, specs: Mapping[str, S]) -> None:
         self.config = dict(specs)

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from .sqlwrites import Write, each, statement
+from .sqlwrites import Write, statement
 from .store import StateStore
 
 
@@ -58,9 +58,6 @@ def one_tenant(agents: Iterable[str], tenant_of: Callable[[str], str | None]
 
 
 _COLUMNS = "kind, name, revision, time, who, tenant, change, spec"
-# the tenant of a revision (or a workflow run) kept before each was its tenant's
-# (storeschema): told by the next daemon from the agents that hold the names it runs then
-UNSTAMPED = "?"
 
 
 def _row(row: tuple[Any, ...]) -> DefRevision:
@@ -101,16 +98,6 @@ class Definitions:
                           "revision DESC LIMIT ?", name, tenant, tenant, limit)
         return list(reversed(rows))
 
-    def unstamped(self) -> list[DefRevision]:
-        """The revisions kept before each was its tenant's (oldest first)."""
-        return self._rows(self.store.db, "AND tenant = ? ORDER BY name, revision",
-                          UNSTAMPED)
-
-    def stamping(self, owners: list[tuple[DefRevision, str | None]]) -> Write:
-        """The write of each revision's tenant, told at last."""
-        return each("UPDATE definitions SET tenant = ? WHERE kind = ? AND name = ? AND "
-                    "revision = ?", [(t, r.kind, r.name, r.revision) for r, t in owners])
-
     def forgetting(self, tenant: str | None, keep: int) -> Write:
         """The write that deletes the revisions of a tenant's removed names past its `keep`
         most recently removed: a removed name holds no quota, so this bounds it."""
@@ -136,7 +123,7 @@ class Definitions:
             before = last.spec if last is not None else None
             if last is not None and before == spec:
                 return
-            if last is not None and last.tenant not in (tenant, UNSTAMPED):
+            if last is not None and last.tenant != tenant:
                 # the revisions before it are another's: what they held is not told here
                 change = ("created (the revisions before it are "
                           f"{'the operator' if last.tenant is None else 'another tenant'}'s)")

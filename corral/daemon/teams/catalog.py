@@ -10,7 +10,6 @@ import msgspec
 
 from ...supervisor.teams import TeamSpec, check_team
 from ..defcatalog import Check, RuntimeCatalog
-from ..definitions import UNSTAMPED
 from ..store import StateStore
 
 KIND = "team"
@@ -23,7 +22,7 @@ class TeamCatalog(RuntimeCatalog[TeamSpec]):
     def pinned(self, spec: TeamSpec, tenant: str | None) -> TeamSpec:
         """A runtime team is its tenant's for good: a call of it runs that tenant's
         agents alone (check_team), whoever takes a member's name later."""
-        if spec.tenant is not None or tenant is None or tenant == UNSTAMPED:
+        if spec.tenant is not None or tenant is None:
             return spec
         return msgspec.structs.replace(spec, tenant=tenant)
 

@@ -4,8 +4,6 @@ they stopped, and each shown as a task of the team (`corral task ID`)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +13,7 @@ from ...supervisor.agents import Agents
 from ...supervisor.durable import CALL_ENDED, CallHandover
 from ...supervisor.durable.tasks import Durables
 from ...supervisor.tasks import TaskManager
-from ...supervisor.teams import TeamSpec, check_team
+from ...supervisor.teams import TeamSpec
 from ...supervisor.teams.call import KIND, TeamCall
 from ...supervisor.teams.calls import Teams, error_of
 from ...supervisor.teams.tools import LeaderTools
@@ -47,7 +45,6 @@ class TeamService(Teams):
         super().__init__(engine, self.rows, report, leaders, traced, durables)
         self.agents = agents
         self._agent_tenant = agents.tenancy.tenant_of  # None: no such agent
-        self._stamping: asyncio.Future[None] | None = None
         self.recovered.clear()  # set once the task journal's tasks are back (recover)
         engine.stream.subscribe(self._handed_over, CallHandover)
 
@@ -99,7 +96,6 @@ class TeamService(Teams):
         self.recovered.set()
         if calls:
             self.report(f"teams: {plural(len(calls), 'unfinished call')} resumed")
-        self._stamping = asyncio.ensure_future(self._stamp())
 
     def _handed_over(self, e: CallHandover) -> None:
         if e.record.kind == KIND and e.record.call_id not in self.live:
@@ -125,22 +121,6 @@ class TeamService(Teams):
         await self.shared.copy([call_id])
         if kept is None and self.rows.call(call_id) is not None:  # (not a task's id)
             await self._made(1)
-
-    async def _stamp(self) -> None:
-        def owner(name: str, spec: TeamSpec) -> str | None:
-            return check_team(name, spec, tenant_of=self._agent_tenant)
-        try:
-            await self.catalog.stamp(owner)
-        except StoreError as exc:
-            self.report(f"teams: revisions kept before they were their tenant's "
-                        f"could not be told whose: {exc}")
-
-    async def close(self) -> None:
-        if self._stamping is not None:
-            self._stamping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stamping
-        await super().close()
 
     async def start(self, name: str, call_input: Any, traceparent: str | None = None,
                     tracestate: str | None = None) -> TeamCall:

@@ -54,14 +54,6 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
         return (f"workflow {name} is a step of workflow {users[0]}: change or remove "
                 f"{users[0]} first") if users else None
 
-    async def stamp_all(self, tenant_of: TenantOf) -> int:
-        """Revisions from before each was its tenant's, told whose (defcatalog.stamp)."""
-        specs = self.specs()
-
-        def owner(name: str, spec: WorkflowSpec) -> str | None:
-            return one_tenant(_compiled(name, spec, specs).agents, tenant_of)
-        return await self.stamp(owner)
-
 
 def _compiled(name: str, spec: WorkflowSpec, specs: Mapping[str, WorkflowSpec]) -> Workflow:
     """Compiled with the others (its nested ones' agents)."""

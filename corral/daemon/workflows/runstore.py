@@ -18,7 +18,6 @@ from ...supervisor.durable import CALL_ENDED, WHOLE, CallRecord, StepRow
 from ...supervisor.durable.store import DurableStore
 from ...supervisor.workflows import Workflow, WorkflowSpec, compile_workflow
 from ..calljournal import COLUMNS, CallJournal, record_of
-from ..definitions import UNSTAMPED, one_tenant
 from ..sqlfilters import given
 from ..store import StateStore
 
@@ -159,22 +158,6 @@ class RunStore:
 
     def unfinished(self) -> list[Run]:
         return [Run.kept(r) for r in self.calls.unfinished(KIND)]
-
-    async def stamp(self, tenant_of: Callable[[str], str | None]) -> int:
-        """The runs kept before each was its tenant's, told whose: the tenant all their
-        agents are of now; how many."""
-        told = []
-        for (run_id,) in self.store.db.execute("SELECT call_id FROM calls WHERE kind = ? AND "
-                                                "tenant = ?", (KIND, UNSTAMPED)).fetchall():
-            run = self.load(run_id, steps=False)
-            if run is not None:
-                told.append((one_tenant(run.agents, tenant_of), run_id))
-
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("UPDATE calls SET tenant = ? WHERE call_id = ?", told)
-        if told:
-            await self.store.commit([write])
-        return len(told)
 
     def listing(self, workflow: str | None, status: str | None, since: float | None,
                 limit: int, before: str | None, sees: Sees | None) -> list[Run] | None:

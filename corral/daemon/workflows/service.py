@@ -22,7 +22,6 @@ from ...supervisor.tasks.ids import new_id
 from ...supervisor.tracing import Tracer
 from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compile_workflow
 from ...text import plural
-from ..definitions import UNSTAMPED, one_tenant
 from ..store import StateStore
 from ..storeschema import StoreError
 from .catalog import Catalog, against, table_of
@@ -62,7 +61,6 @@ class WorkflowService:
         self.max_age = 0.0
         self.max_runs: int | None = None
         self._pruning: asyncio.Task[None] | None = None
-        self._stamping: asyncio.Future[None] | None = None
         self.stream.subscribe(self._handed_over, CallHandover)
 
     def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
@@ -161,27 +159,12 @@ class WorkflowService:
         # (a run started since the services are served is driven already)
         runs = [r for r in self.rows.unfinished() if r.run_id not in self.live]
         for run in runs:
-            if run.tenant == UNSTAMPED:
-                run.tenant = one_tenant(run.agents, self.agent_tenant)
             self.calls.drive(run)
-        self._stamping = asyncio.ensure_future(self._stamp())
         self.recovered.set()
         if runs:
             self.report(f"workflows: {plural(len(runs), 'unfinished run')} resumed")
         if self.max_runs is not None and self._pruning is None:
             self._pruning = asyncio.ensure_future(self._prune_every())
-
-    async def _stamp(self) -> None:
-        try:
-            told = await self.rows.stamp(self.agent_tenant)
-            told += await self.catalog.stamp_all(self.agent_tenant)
-        except StoreError as exc:  # the operator's alone until then; told at the next
-            self.report(f"workflows: runs and revisions kept before they were their "
-                        f"tenant's could not be told whose: {exc}")
-            return
-        if told:
-            self.report(f"workflows: {plural(told, 'run or revision')} kept before they "
-                        "were their tenant's told whose, from the agents there are now")
 
     async def _prune_every(self) -> None:
         assert self.max_runs is not None
@@ -247,9 +230,8 @@ class WorkflowService:
 
     async def close(self) -> None:
         """Each driver stops where it is (its run resumed at the next start)."""
-        for chore in (self._pruning, self._stamping):
-            if chore is not None:
-                chore.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await chore
+        if self._pruning is not None:
+            self._pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruning
         await self.calls.close()
