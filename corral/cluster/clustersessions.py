@@ -61,13 +61,13 @@ class ClusterSessions(RedisPart):
         self.refused = 0  # turns and checkpoints refused for a bound
 
     # -- submit ----------------------------------------------------------------------------
-    def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
+    async def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
         """What SUBMIT takes after the plain submit's arguments: the session, the
-        bounds of its agent as this node knows them, and its owner."""
+        bounds of its agent as this node knows them, its owner, and its move."""
         local = self.host.agents.get(agent)
-        if local is None:
-            return [session, 0, 0, tenant]
-        return [session, local.spec.session_ttl, local.spec.max_sessions, tenant]
+        bounds = [0, 0] if local is None else [local.spec.session_ttl, local.spec.max_sessions]
+        return [session, *bounds, tenant, *await turn_args(
+            self.redis, self.keys, SessionKey(tenant, agent, session))]
 
     def _tenant(self, agent: str) -> str:
         """The tenant of this node's agent of the name ('' when it runs none)."""
@@ -261,6 +261,17 @@ class ClusterSessions(RedisPart):
         self.report(f"cluster: agent {agent} of tenant {tenant} was removed, but its "
                     f"sessions in Redis could not be ended ({exc}): they expire after "
                     "their session_ttl")
+
+
+async def turn_args(redis: Any, keys: Keys, key: SessionKey) -> list[Any]:
+    """A turn's move as the rule decides it (turns.py), and the session's turns it was
+    decided on (its current turn, '-' when no session, and its line's length), which
+    SUBMIT keeps only while they are so."""
+    cur, waiting = await read_all(redis, lambda pipe: (
+        pipe.hget(keys.session(key), "cur"), pipe.llen(keys.session_line(key))))
+    move = decide(state(bool(cur), waiting), TurnEvent.SUBMIT)
+    assert move is not None
+    return [move.value, "-" if cur is None else cur, waiting]
 
 
 def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: float

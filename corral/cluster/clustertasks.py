@@ -47,6 +47,7 @@ from .outbox import Outbox
 from .replicas import UnconfirmedWrite
 from .rides import REFUSED, LostLease, Ride
 from .scripts import RedisPart, Scripts
+from .sessionscripts import MOVED
 from .submitclaim import SubmitClaims
 from .submitkeys import SubmitKeys
 from .trust import AGENT, OUTCOME, TENANT, Trust
@@ -173,7 +174,8 @@ class ClusterTasks(RedisPart):
                 records.trace_field(p.traceparent, p.tracestate)]
         submit = self.scripts.submit
         if p.session is not None:
-            args += self.sessions.submit_args(p.agent, p.session, tenant)
+            with said(self.settings, "the task was not accepted"):
+                args += await self.sessions.submit_args(p.agent, p.session, tenant)
             submit = self.sessions.submit
         # its place in a spawn tree, signed for every task: a place deleted by a Redis
         # writer must not read as a root's free of any reach
@@ -208,6 +210,10 @@ class ClusterTasks(RedisPart):
                 raise unavailable(self.settings, exc, "the task was not accepted"
                                   ) from None
             got = await self._again(submit, keys, args, task_id)
+        while got == MOVED and p.session is not None:  # (its turns moved since read)
+            with said(self.settings, "the task was not accepted"):
+                args[11:18] = await self.sessions.submit_args(p.agent, p.session, tenant)
+                got = await self._submit_turn(keys=keys, args=args)
         if got == REFUSED and ride is not None:
             raise LostLease(ride.call_id)
         refused = cluster_refusal(p.agent, got, max_queue) or self.sessions.refusal(

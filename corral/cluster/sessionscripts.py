@@ -127,37 +127,42 @@ end
 end"""
 
 
-# SUBMIT of a task naming a session: a new session is refused past max_sessions (-2); the
-# task goes into the stream when the session has nothing unfinished, else into its line,
-# which max_queue bounds (-1).
+# SUBMIT of a task naming a session, its move decided above (turns.py): kept only while
+# the session's current turn and its line's length are as read (else MOVED: read and
+# decided again); a new session is refused past max_sessions (-2); the task goes into the
+# stream when it starts, else into the line, which max_queue bounds (-1).
 # KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its agent's session_ttl
-#   (seconds, 0: none), the agent's max_sessions (0: none), its agent's tenant
+#   (seconds, 0: none), the agent's max_sessions (0: none), its agent's tenant, the move
+#   ('start' or 'wait'), the current turn as read ('-': no session), the line's length
+MOVED = -3
 SUBMIT_FIRST = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local agent, name, tenant = ARGV[2], ARGV[12], ARGV[15]
 {_NAMES}
-local cur = redis.call('HGET', skey, 'cur')
-if not cur then
+local cur = redis.call('HGET', skey, 'cur') or '-'
+if cur ~= ARGV[17] or redis.call('LLEN', sline) ~= tonumber(ARGV[18]) then
+  return {MOVED}
+end
+if ARGV[17] == '-' then
   {_PRUNE}
   local most = tonumber(ARGV[14])
   if most > 0 and redis.call('ZCARD', sall) >= most then return -2 end
 end
-local turn = not cur or cur == ''
 local most_waiting = tonumber(ARGV[9])
-if not turn and most_waiting > 0 and redis.call('LLEN', sline) >= most_waiting then
+if ARGV[16] == 'wait' and most_waiting > 0 and tonumber(ARGV[18]) >= most_waiting then
   return -1
 end
 """
-ENTRY = "local entry = '0-0'\nif turn then entry = {xadd} end"
+ENTRY = "local entry = '0-0'\nif ARGV[16] == 'start' then entry = {xadd} end"
 SUBMIT_THEN = """
 redis.call('HSET', KEYS[1], 'session', name, 'stenant', tenant)
-if turn then
+if ARGV[16] == 'start' then
   redis.call('HSET', skey, 'cur', ARGV[1])
   STICK
 else
   redis.call('RPUSH', sline, ARGV[1])
 end
-if not cur then redis.call('HSET', skey, 'created', now, 'tasks', 0) end
+if ARGV[17] == '-' then redis.call('HSET', skey, 'created', now, 'tasks', 0) end
 redis.call('HSET', skey, 'ttl', ARGV[13], 'last', now)
 redis.call('HINCRBY', skey, 'tasks', 1)
 redis.call('RPUSH', shist, ARGV[1])

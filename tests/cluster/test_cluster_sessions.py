@@ -27,6 +27,7 @@ import pytest
 import redis as redis_py
 
 from corral.cluster import clustersessions, records, sessionscripts
+from corral.cluster.clustersessions import turn_args
 from corral.cluster.keys import Keys
 from corral.cluster.reaper import take_over
 from corral.cluster.scripts import RedisPart, Scripts
@@ -282,17 +283,21 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     for tid in IDS:
         assert await submit_turn(
             keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
-            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0, "t1", "",
-                  "t1", "mac"]) == 1
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0, "t1",
+                  *await turn_args(client, T, W), "", "", "t1", "mac"]) == 1
     first, second = IDS
     assert await client.xlen(T.stream("t1", "w", 0)) == 1  # the second waits in the line
     assert await client.hget(T.task(second), "entry") == b"0-0"
     assert await client.lrange(T.session_line(W), 0, -1) == [second.encode()]
     third = "0190a5c0-0000-7000-8000-000000000009"  # past max_queue 1 in the line: refused
-    assert await submit_turn(
-        keys=[T.task(third), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
-        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "s", 60, 0, "t1", "t1",
-              "mac"]) == -1
+    args = [third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "s", 60, 0, "t1",
+            *await turn_args(client, T, W), "", "", "t1", "mac"]
+    assert args[15:18] == ["wait", first.encode(), 1]  # (as the rule decides it)
+    keys = [T.task(third), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live]
+    assert await submit_turn(keys=keys, args=args) == -1
+    # decided on a read the session has moved from since: nothing kept, decided again
+    args[15:18] = ["start", "-", 0]
+    assert await submit_turn(keys=keys, args=args) == sessionscripts.MOVED
     assert await client.exists(T.task(third)) == 0
 
     async def claim(tid: str) -> Any:
@@ -340,8 +345,8 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
     for tid in IDS:
         assert await submit_turn(
             keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
-            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, 0, "t1", "",
-                  "t1", "mac"]) == 1
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, 0, "t1",
+                  *await turn_args(client, T, W), "", "", "t1", "mac"]) == 1
     entry = await client.hget(T.task(first), "entry")
     await client.set(T.alive("b/1"), b"{}")  # b claims it alive, then dies
     await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("t1", "w", 0)],

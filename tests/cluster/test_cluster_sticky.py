@@ -24,6 +24,7 @@ import pytest
 import redis as redis_py
 
 from corral.cluster import clustersessions, records
+from corral.cluster.clustersessions import turn_args
 from corral.cluster.keys import Keys
 from corral.cluster.reaper import ORPHAN_BEATS
 from corral.cluster.scripts import Scripts
@@ -306,7 +307,8 @@ async def _submit(client: Any, tid: str, session: str | None = "s", options: str
     if session is None:
         return await Scripts(client).submit(keys=keys, args=head + tail)
     return await client.register_script(clustersessions.SUBMIT)(
-        keys=keys, args=[*head, session, 60, 0, "t1", *tail])
+        keys=keys, args=[*head, session, 60, 0, "t1", *await turn_args(
+            client, T, SessionKey("t1", "w", session)), *tail])
 
 
 async def _read_claim(client: Any, consumer: str = "n/1", want: int = 1) -> Any:
