@@ -55,6 +55,14 @@ def fleet() -> str:
         retries = 1
         backoff_initial = 0.05
 
+        # no attempt follows one of its tasks': a call made once at most, of no key
+        [agents.once]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "t"
+        tools = ["legacy__*", "stateless__*"]
+        retry_lost = 0
+
     """) + servers
 
 
@@ -90,9 +98,9 @@ def asks_made(d: Any) -> asyncio.Queue[Ask]:
     return made
 
 
-async def submit(d: Any, task_input: dict[str, Any]) -> str:
+async def submit(d: Any, task_input: dict[str, Any], agent: str = "asker") -> str:
     submitted = await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
-        {"agent": "asker", "input": task_input}))
+        {"agent": agent, "input": task_input}))
     task_id: str = submitted.task_id
     return task_id
 
@@ -150,6 +158,30 @@ async def test_a_servers_elicitation_is_a_question_answered_through_the_inbox(
     assert result["content"][0]["text"] == "Hi, Ann!", result
     assert (d.sup.tasks.elicitations.asked - counted[0],
             d.sup.tasks.elicitations.replayed - counted[1]) == (1, 0)
+    assert made.empty()
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_each_elicitation_of_a_call_made_once_at_most_is_its_own_ask(
+        asker: Asker) -> None:
+    """A call no other attempt makes has no idempotency key to key its elicitation by
+    (decision 1400): the same call made twice in a task is asked twice, neither answered
+    by the other's answer."""
+    server, d = asker
+    made = asks_made(d)
+    task_id = await submit(d, {**ask_name(server), "times": 2}, agent="once")
+    keys = []
+    for name in ("Ann", "Bob"):
+        ask = await asyncio.wait_for(made.get(), 30)
+        keys.append(ask.key)
+        await d.dispatcher.call(OPERATOR, "approvals.resolve", {
+            "id": ask.id, "decision": "answered", "answer": {"name": name}})
+    done, output = await finished(d, task_id)
+    assert done.status == "succeeded", done
+    assert [r["content"][0]["text"] for r in output] == ["Hi, Ann!", "Hi, Bob!"]
+    assert keys[0] != keys[1] and all(
+        k.startswith(f"ask:elicit:{server}__ask_name:") for k in keys), keys
     assert made.empty()
 
 

@@ -440,7 +440,6 @@ def _until(fn: Callable[[], Any], what: str) -> Any:
     return value
 
 
-@pytest.mark.xfail(strict=True, reason="an approval runs 48 modules beyond idle (bound 45)")
 def test_an_approval_runs_few_modules(traced: tuple[Daemon, Tracer, Control]) -> None:
     d, _, control = traced
     _approved_call(d, 10)

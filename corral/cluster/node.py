@@ -95,6 +95,7 @@ class ClusterNode:
                                lambda task_id: self.desk.info(task_id), labels)
         self.asks = ClusterAsks(scripts, self.keys, trust, settings, tasks.inbox.waits,
                                 asks_bounds)
+        self.ask_shelves = (self.asks,)  # (daemon/clusterpeer.py: NotANode's, none)
         self.outputs = ClusterOutputs(scripts, self.keys, trust, tasks.active.get,
                                       self.waits, settings.beat)
         tasks.outputs.shared_in(self.outputs)

@@ -15,8 +15,7 @@ from ..supervisor.followers import Follower
 from ..supervisor.tasks.inbox import AskEnded, Decision, decide
 from .api import Commands
 from .caller import Caller, Channel
-from .clusterpeer import AskBook
-from .deciders import may_decide
+from .deciders import AskBook, may_decide
 from .flowcontrol import drain
 from .services import Services
 
@@ -25,7 +24,7 @@ WATCH_BATCH = 100  # sent in one turn of the loop
 
 
 def asks_of(d: Services) -> AskBook:
-    return AskBook(d.task_engine.inbox, d.cluster.asks)
+    return AskBook(d.task_engine.inbox, d.cluster.ask_shelves)
 
 
 COMMANDS: Commands[Services, AskBook] = Commands(asks_of)

@@ -16,7 +16,6 @@ from ..jsonrpc import RpcError
 from ..supervisor.policy import PolicyVerdict
 from ..supervisor.refusals import TOPIC as REFUSED_TOPIC
 from ..supervisor.refusals import BoundaryRefused
-from ..supervisor.runas import tenant_of
 from ..supervisor.tasks.call import WORKER, Call
 from ..supervisor.tasks.interceptors import TaskInterceptor
 from ..supervisor.tasks.modelcall import ModelRefusal
@@ -158,8 +157,7 @@ class AuditLink(TaskInterceptor):
         params = {"client": label, "model": call.name}
         if call.task is not None:
             params["task"] = call.task.id
-        self.audit.call_row("models", MODEL_CALL, params, f"agent {label}",
-                            tenant_of(r.spec))
+        self.audit.call_row("models", MODEL_CALL, params, f"agent {label}", r.spec.tenant)
         return answer
 
     async def _answered(self, call: Call, answer: Awaitable[Any]) -> Any:
@@ -174,7 +172,7 @@ class AuditLink(TaskInterceptor):
     def row(self, call: Call, outcome: str) -> None:
         r = call.replica
         label: str = r.label
-        tenant = tenant_of(r.spec)
+        tenant = r.spec.tenant
         task = call.task.id if call.task is not None else None
         params = call_params(label, call.name, task)
         if call.door == WORKER:

@@ -16,7 +16,8 @@ from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.sessions import SessionBook, Sessions, no_such_session
 from ..supervisor.workflows import WorkflowError, compile_workflow
 from .caller import Caller
-from .clusterpeer import AskBook, ClusterPeer
+from .clusterpeer import ClusterPeer
+from .deciders import AskBook
 from .schedules import ScheduleService
 from .tasks import TaskFront
 from .teams import TeamService
@@ -188,7 +189,7 @@ def ask(field: str) -> Record:
     was of when it was accepted (sees_task; docs/approvals.md)."""
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         ask_id = getattr(params, field)
-        found = await AskBook(d.task_engine.inbox, d.cluster.asks).read(ask_id)
+        found = await AskBook(d.task_engine.inbox, d.cluster.ask_shelves).read(ask_id)
         if found is None or not sees_task(caller, found) or \
                 not await started(d, caller, found.task_id):
             raise jsonrpc.not_found("ask", ask_id)

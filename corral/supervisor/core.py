@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import os
 import time
@@ -59,6 +60,7 @@ from .stream import Stream, Subscription
 from .tasks import KEEP_FINISHED, KEEP_FINISHED_BYTES, Queue, TaskJournal, TaskManager, WaitClock
 from .tasks.call import Call
 from .tasks.interceptors import Interceptors, TaskInterceptor, ToolPorts
+from .tasks.personwait import held
 from .tenantcgroups import TenantNodes
 from .tools import Tools
 from .tuning import Tuning
@@ -335,8 +337,11 @@ class Supervisor:
         def progress(p: dict[str, Any]) -> None:
             if call.task is not None:
                 self.tasks.report_progress(call.task, {**p, "tool": call.name})
-        # a task's: a person answers the server's elicitation within the call's deadline
-        asker = self.tasks.elicitations.asker(call, self.mcp.timeout_of(call.name))
+        # a task's: a person answers the server's elicitation within the call's deadline,
+        # asked (tasks/elicitations.py) only when the server elicits
+        asker = None if call.task is None else functools.partial(
+            self.tasks.elicitations.ask, call, self.mcp.timeout_of(call.name), held(),
+            itertools.count(1))
         return self.mcp.call(call.name, call.arguments, owner=call.replica.label,
                              on_progress=progress, asker=asker, key=call.key)
 

@@ -8,26 +8,22 @@ from the journal or its earlier attempt's ask, and a person is never asked twice
 
 from __future__ import annotations
 
-import itertools
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...askviews import AskEnd, AskKind, AskRequest
 from ...jsonrpc import RpcError
-from ...mcp.client import Asker
 from ...mcp.pool import split
 from ...workerproto import MAX_PROMPT_CHARS
 from .inbox import ELICITED
-from .model import TaskFinished
-from .personwait import PersonWait, held, waiting
+from .personwait import PersonWait, waiting
 from .questions import STEP, check_schema
-from .steps import CallOrdinals
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     from ...askviews import Ask
-    from ..stream import Stream
     from .call import Call
     from .model import Task
     from .steps import TaskSteps
@@ -42,12 +38,15 @@ CANCEL = {"action": "cancel"}
 class ElicitingEngine(Protocol):
     """What elicitations need of the TaskManager."""
 
-    stream: Stream
     steps: TaskSteps
 
 
 class Elicitations:
-    """Askers for the engine's tasks' tool calls."""
+    """The elicitations of the engine's tasks' tool calls, each asked of a person. A
+    call's asker is `partial(ask, call, timeout, held(), itertools.count(1))`, made where
+    the call is (supervisor/core.py): the call's timer (the gateway's, personwait.py) is
+    its context's, and the server's elicitation is asked from its connection's reader,
+    another context; nothing here runs for a call whose server never elicits."""
 
     def __init__(self, engine: ElicitingEngine,
                  ask_person: Callable[[AskRequest], Awaitable[Ask]]) -> None:
@@ -55,31 +54,16 @@ class Elicitations:
         self._ask_person = ask_person
         self.asked = 0  # elicitations put to a person
         self.replayed = 0  # answered from the journal or an earlier attempt's ask
-        self._calls = CallOrdinals()
-        # told of a task's end while a task's calls are counted here
-        self._ends = engine.stream.subscribe(self._finished, TaskFinished, listening=False)
 
-    def _finished(self, e: TaskFinished) -> None:
-        self._calls.forget(e.task.id)
-        if not self._calls:
-            self.engine.stream.listen(self._ends, False)
-
-    def asker(self, call: Call, timeout: float | None) -> Asker | None:
-        """Who answers the call's elicitation: a person, when it is a task's."""
-        task = call.task
-        if task is None:
-            return None
-        base = f"{PREFIX}{self._calls.key(task, call.name, call.arguments)}"
-        self.engine.stream.listen(self._ends)
-        asked = itertools.count(1)
-        # the call's timer (the gateway's), here where the call is made: the server's
-        # elicitation is asked from its connection's reader, another context
-        timing = held()
-
-        async def ask(params: dict[str, Any]) -> dict[str, Any]:
-            return await self._ask(task, call, f"{base}:{next(asked)}", params, timeout,
-                                   timing)
-        return ask
+    async def ask(self, call: Call, timeout: float | None, timing: PersonWait | None,
+                  asked: Iterator[int], params: dict[str, Any]) -> dict[str, Any]:
+        """The answer to the `asked`-th elicitation of a task's call: keyed by the call's
+        idempotency key (steps.py: its place in the attempt, a retry's same call's too),
+        or, a call made once at most (no key), by none another ask shares."""
+        assert call.task is not None  # (a task's call alone is given an asker)
+        key = f"{call.key}:{next(asked)}" if call.key is not None else uuid.uuid4().hex
+        return await self._ask(call.task, call, f"{PREFIX}{call.name}:{key}", params,
+                               timeout, timing)
 
     async def _ask(self, task: Task, call: Call, key: str, params: dict[str, Any],
                    timeout: float | None, timing: PersonWait | None) -> dict[str, Any]:
