@@ -254,10 +254,12 @@ end"""
 # session).
 # KEYS: the session's hash, line, history, its agent's sessions (sorted set) and bytes
 #   (hash); ARGV: the session's name, the task records' key prefix, its current turn and
-#   its line's length as read -> 1 ended, 0 not as read (or gone since)
+#   its line's length as read ('' no current turn, as a view reads a hash without one:
+#   else such a hash, a Redis writer's, would be read and refused forever) -> 1 ended, 0
+#   not as read
 END = """
-if redis.call('HGET', KEYS[1], 'cur') ~= ARGV[3]
-    or redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[4]) then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'cur') or ''
+if cur ~= ARGV[3] or redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[4]) then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 local prefix = string.sub(ARGV[2], 1, #ARGV[2] - 5)  -- (its labels: supervisor/labels.py)
 redis.call('DEL', prefix .. 'labels:session:' .. string.sub(KEYS[1], #prefix + 6))

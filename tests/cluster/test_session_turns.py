@@ -1,13 +1,15 @@
-"""The cluster's sessions.end keeps what the rule decided (corral/supervisor/tasks/turns.py)
-only while the session is as it was read: END, given a current turn or a line's length
-that has moved since (or a session gone), changes nothing and says so; as read, it ends
-the session."""
+"""The cluster's sessions.end and a turn's submit keep what the rule decided
+(corral/supervisor/tasks/turns.py) only while the session is as it was read: END, given a
+current turn or a line's length that has moved since (or a session gone), changes nothing
+and says so; as read, it ends the session. Each reads a hash without a current turn as
+the node's read does, so neither is decided again for ever."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from corral.cluster import sessionscripts
+from corral.cluster import clustersessions, sessionscripts
+from corral.cluster.clustersessions import turn_args
 from corral.cluster.keys import Keys
 from corral.supervisor.tasks.sessions import SessionKey
 
@@ -34,3 +36,24 @@ async def test_end_keeps_the_decision_only_while_the_session_is_as_read(client: 
     assert await client.exists(*keys[:3]) == 0
     assert await client.zscore(T.sessions("t1", "w"), "s") is None
     assert await end(keys=keys, args=["s", T.task(""), "a", 1]) == 0  # gone since
+    # a hash without a current turn (a Redis writer's) is read as the view reads it, so
+    # the node's read and END agree and it ends, not read and refused for ever
+    await client.hset(T.session(W), mapping={"created": 1.0, "tasks": 1})
+    assert await end(keys=keys, args=["s", T.task(""), "", 0]) == 1
+    assert await client.exists(T.session(W)) == 0
+
+
+async def test_submit_keeps_its_move_on_a_session_hash_without_a_current_turn(
+        client: Any) -> None:
+    """A Redis writer's hash without `cur`: read as no session, as SUBMIT reads it, so
+    the turn starts rather than being read and decided again for ever."""
+    submit = client.register_script(clustersessions.SUBMIT)
+    await client.hset(T.session(W), mapping={"created": 1.0, "tasks": 3})
+    tid = "0190a5c0-0000-7000-8000-000000000001"
+    moved = await turn_args(client, T, W)
+    assert moved == ["start", "-", 0]
+    assert await submit(
+        keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
+        args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0, "t1", *moved,
+              "", "", "t1", "mac"]) == 1
+    assert await client.hget(T.session(W), "cur") == tid.encode()
