@@ -165,6 +165,10 @@ def test_a_turn_cancelled_in_its_sessions_line_leaves_it_and_the_next_follows(
     dropped = home.submit("chat", {"turn": 2}, at=1, session="s6")
     third = home.submit("chat", {"turn": 3}, session="s6")
     home.status_of(third, "queued")
+    # not ended while turns wait in its line too: each counted, in the one rule's words
+    assert home.refusal("sessions.end", {"agent": "chat", "session": "s6"}, at=1) == (
+        jsonrpc.CONFLICT, f"session s6 of agent chat has 3 unfinished tasks: task {first} "
+        "is running; cancel them or wait for them to end")
     home.call("tasks.cancel", {"task_id": dropped}, at=1)
     assert home.status_of(dropped, "cancelled")["attempts"] == []
     shown = home.session("chat", "s6", at=1)["session"]
