@@ -1,11 +1,13 @@
 """Behaviours written once above the home, held by an AST walk of corral/ (issue 86's
-"no per-store twin"): a submission's idempotency key (corral/taskkeys.py, decision 1390).
-A store keeps keys (put if absent, return what is there); the rule that reads them, and its
-refusals' words, is written in one module."""
+"no per-store twin"): a submission's idempotency key (corral/taskkeys.py, decision 1390),
+and history and rollback (corral/rollbacks.py, decision 1391). A store keeps keys (put if
+absent, return what is there) and revisions; the rule that reads them, and its refusals'
+words, is written in one module."""
 
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 from .trees import file_tree, walked
@@ -15,6 +17,9 @@ KEY_RULE = CORRAL / "taskkeys.py"
 # what only the rule may do: a request's digest, the key's two refusals, a key's state read
 KEY_RULING = frozenset({"digest", "other_request", "bound_reached"})
 KEY_STATES = frozenset({"ACCEPTED", "CLAIMED"})
+ROLLBACK_RULE = CORRAL / "rollbacks.py"
+# a rollback's words, each followed by a number, the rule's alone (as is a history's answer)
+ROLLBACK_WORDS = ("rollback to revision ", "no revision ", "revisions kept: ")
 # each home's KeyStore
 KEY_STORES = {CORRAL / "daemon" / "taskjournal.py": "TaskJournalDB",
               CORRAL / "cluster" / "submitkeys.py": "SubmitKeys"}
@@ -73,3 +78,28 @@ def test_each_home_keeps_keys_by_the_stores_primitives_only() -> None:
                   if isinstance(n, ast.ClassDef) and n.name == name]
         methods = {n.name for n in cls.body if isinstance(n, ast.AsyncFunctionDef)}
         assert {"claim", "accepted", "release"} <= methods, (path, methods)
+
+
+def rollback_rulings(path: Path) -> list[str]:
+    """Where `path` formats a rollback's words or answers a history."""
+    found = []
+    for node in walked(file_tree(path)):
+        if isinstance(node, ast.JoinedStr):
+            found += [f"{node.lineno}: formats {a.value!r}" for a, b in itertools.pairwise(
+                node.values) if isinstance(a, ast.Constant)
+                and isinstance(b, ast.FormattedValue) and str(a.value).endswith(
+                    ROLLBACK_WORDS)]
+        elif isinstance(node, ast.Call) and (
+                getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+        ) == "HistoryResult":
+            found.append(f"{node.lineno}: answers a history")
+    return found
+
+
+def test_history_and_rollback_are_written_once_above_the_home() -> None:
+    ruled = {str(p.relative_to(CORRAL)): r for p in CORRAL.rglob("*.py")
+             if p != ROLLBACK_RULE and (r := rollback_rulings(p))}
+    assert ruled == {}
+    assert {r.partition(": ")[2] for r in rollback_rulings(ROLLBACK_RULE)} == {
+        "formats 'rollback to revision '", "formats 'no revision '",
+        "formats ' (its revisions kept: '", "answers a history"}

@@ -451,8 +451,7 @@ class ClusterNode:
         if replicas < 0:
             raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
         with said(self.settings, f"{name} was not scaled"):
-            await self.specs.change(name, lambda t: {**t, "replicas": replicas}, who,
-                                    "corral scale")
+            await self.specs.change(name, lambda t: {**t, "replicas": replicas}, who)
 
     async def rollback_agent(self, name: str, revision: int | None, who: str
                              ) -> tuple[int, int, str]:

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from .. import jsonrpc
+from ..rollbacks import restored, rolled_back
 from ..supervisor.config import AgentSpec, ConfigError
 from ..supervisor.configload import cluster_problem, parse_agents
 from ..supervisor.core import SupervisorError
@@ -164,13 +165,8 @@ class ClusterSpecs(RedisPart):
         kept = {e.revision: e for e in await self.history(name)}
         if not kept:
             raise SupervisorError(jsonrpc.NOT_FOUND, f"no cluster agent {name}")
-        current = max(kept)
-        target = revision if revision is not None else current - 1
-        entry = kept.get(target)
-        if entry is None:
-            raise SupervisorError(jsonrpc.NOT_FOUND, f"no revision {target} of cluster "
-                                  f"agent {name} (kept: {min(kept)}..{current}; see "
-                                  f"`corral history {name}`)")
+        target = restored(kept, revision, name, f"corral history {name}")
+        entry = kept[target]
         if not self.trust.valid(entry.mac, REVISION, name, encoded(entry.spec)):
             self.trust.refuse(REVISION, f"{name} revision {target}", entry.mac,
                               "not restored")
@@ -179,7 +175,7 @@ class ClusterSpecs(RedisPart):
                                   "Redis writer without the key made or changed it): "
                                   "nothing changed")
         now, change = await self.change(name, lambda _: entry.spec, who,
-                                        f"rollback to revision {target}", replace=True)
+                                        rolled_back(target), replace=True)
         return target, now, change
 
     async def remove(self, names: list[str]) -> list[str]:

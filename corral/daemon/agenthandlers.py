@@ -15,6 +15,7 @@ import msgspec
 from .. import jsonrpc, redact
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..rollbacks import listed
 from ..supervisor.agents import Agents
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import check_command, cluster_problem, parse_agents
@@ -347,21 +348,14 @@ async def agents_history(d: AgentServices, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
     node = await d.cluster.node_for(p.name)
     if node is not None:  # the cluster's revisions, the same on every node
-        kept = [m.Revision(agent=p.name, revision=e.revision, time=e.time, who=e.who,
-                           change=e.change, spec=redact.table(e.spec))
-                for e in await node.agent_history(p.name)]
-        # the newest `limit`, as the local agents' (kept[-0:] would be every one)
-        return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
-                               revisions=kept[max(0, len(kept) - row_limit(p.limit)):])
-    # an agent of this name another tenant had (removed since) is not its past
-    revs = d.revisions.history(p.name, d.fleet.tenant_of(p.name), row_limit(p.limit))
+        return listed(p.name, [m.Revision(p.name, e.revision, e.time, e.who, e.change, e.spec)
+                               for e in await node.agent_history(p.name)], row_limit(p.limit))
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
                for s in d.elastic.decided(p.name)]
-    # the store keeps the real values (a rollback runs them); the answer, the rule's
-    shown = [msgspec.structs.replace(r, spec=redact.table(r.spec)) for r in revs]
-    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name),
-                           revisions=wire(shown), scaling=scaling[-row_limit(p.limit):])
+    # an agent of this name another tenant had (removed since) is not its past
+    return listed(p.name, d.revisions.history(p.name, d.fleet.tenant_of(p.name), 1 << 62),
+                  row_limit(p.limit), scaling[-row_limit(p.limit):])
 
 
 @implements(m.AgentsUpdate)

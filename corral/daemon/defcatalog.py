@@ -15,6 +15,7 @@ import msgspec
 from .. import jsonrpc, redact
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..rollbacks import change_of, restored, rolled_back
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import convert, validate_name
 from ..supervisor.errors import refused_definition
@@ -281,13 +282,11 @@ class RuntimeCatalog(Generic[S]):
             latest = self.revisions.latest(name)
             if latest is None or not _own(latest, tenant):
                 raise jsonrpc.not_found(self.noun, name)
-            target = revision if revision is not None else latest.revision - 1
-            rev = self.revisions.get(name, target)
-            if rev is None or not _own(rev, tenant):
-                oldest = self.revisions.history(name, KEEP_REVISIONS, tenant)[0].revision
-                raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {self.noun} "
-                               f"{name} (its revisions kept: {oldest}..{latest.revision}; "
-                               f"see `corral {self.section} history {name}`)")
+            kept = {r.revision: r for r in self.revisions.history(name, KEEP_REVISIONS,
+                                                                  tenant)}
+            target = restored(kept, revision, f"{self.noun} {name}",
+                              f"corral {self.section} history {name}")
+            rev = kept[target]
             if rev.spec is None:
                 raise RpcError(jsonrpc.INVALID_PARAMS, f"revision {target} of {self.noun} "
                                f"{name} removed it: name a revision that defines it")
@@ -296,8 +295,7 @@ class RuntimeCatalog(Generic[S]):
             owner = self._owner(check, where, name, spec, {}, tenant)
             if name not in self.runtime:
                 self._room(where, tenant, [owner])
-            made = await self._record([(name, rev.spec, owner)], who,
-                                      f"rollback to revision {target}",
+            made = await self._record([(name, rev.spec, owner)], who, rolled_back(target),
                                       f"{name} was not rolled back")
             self._put(name, (spec, rev.spec, made.get(name, latest)))
             return target, made.get(name)
@@ -359,9 +357,8 @@ async def history(d: Kind[Any], p: m.DefinitionHistory, caller: Caller, c: Chann
 
 async def rollback(d: Kind[Any], p: m.DefinitionRollback, caller: Caller, c: Channel
                    ) -> m.RollbackResult:
-    restored, made = await d.catalog.rollback(p.name, p.revision, caller.who, caller.tenant,
-                                              d.check(caller))
-    return m.RollbackResult(
-        name=p.name, restored=restored, revision=made.revision if made else None,
-        change=made.change.removeprefix(f"rollback to revision {restored}: ")
-        if made else "no change")
+    target, made = await d.catalog.rollback(p.name, p.revision, caller.who, caller.tenant,
+                                            d.check(caller))
+    return m.RollbackResult(name=p.name, restored=target,
+                            revision=made.revision if made else None,
+                            change=change_of(made.change, target) if made else "no change")

@@ -87,10 +87,6 @@ class Definitions:
                           name)
         return rows[0] if rows else None
 
-    def get(self, name: str, revision: int) -> DefRevision | None:
-        rows = self._rows(self.store.db, "AND name = ? AND revision = ?", name, revision)
-        return rows[0] if rows else None
-
     def history(self, name: str, limit: int, tenant: str | None = None
                 ) -> list[DefRevision]:
         """The newest `limit` revisions (a tenant's: of its own tenant's), oldest first."""

@@ -20,6 +20,7 @@ import msgspec
 from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
 from ..methods import AgentsAdd, AgentsUpdate, ReloadResult
+from ..rollbacks import change_of, restored, rolled_back
 from ..supervisor.config import (
     DEFAULT_TENANT,
     AgentSpec,
@@ -323,15 +324,6 @@ class Fleet:
         except StoreError:  # (the writer says so in the daemon's log, once each way)
             self.writer.submit(write, "stop mark")
 
-    def revision_of_release(self, name: str, release: str) -> int:
-        """The newest revision of the agent that ran `release` (its directory's name)."""
-        ran = [r for r in self.revisions.history(name, self.tenant_of(name), limit=10_000)
-               if (path := r.spec.get("release")) and os.path.basename(path) == release]
-        if not ran:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no revision of {name} ran release {release} "
-                                              f"(see `corral releases {name}`)")
-        return max(r.revision for r in ran)
-
     async def rollback(self, name: str, revision: int | None, who: str,
                        release: str | None = None, *, tenant: str | None = None
                        ) -> tuple[int, str]:
@@ -340,23 +332,21 @@ class Fleet:
         `tenant`: as `add`'s; the releases the agent ran before may be restored."""
         async with self.changing([name]):
             held = self.tenant_of(name)
-            latest = self.revisions.latest(name, held)
-            current = latest.revision if latest else 0
-            if release is not None:
-                revision = self.revision_of_release(name, release)
-            target = revision if revision is not None else current - 1
-            rev = self.revisions.get(name, held, target)
-            if rev is None:
-                oldest = self.revisions.oldest(name, held) or 1  # (older ones pruned)
-                raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {name} (its "
-                                                  f"revisions kept: {oldest}..{current}; see "
-                                                  f"`corral history {name}`)")
+            kept = {r.revision: r for r in self.revisions.history(name, held, 1 << 62)}
+            if release is not None:  # the newest revision that ran it (its directory's name)
+                ran = [n for n, r in kept.items() if (path := r.spec.get("release"))
+                       and os.path.basename(path) == release]
+                if not ran:
+                    raise RpcError(jsonrpc.NOT_FOUND, f"no revision of {name} ran release "
+                                   f"{release} (see `corral releases {name}`)")
+                revision = max(ran)
+            target = restored(kept, revision, name, f"corral history {name}")
+            rev = kept[target]
             with jsonrpc.invalid_params(ConfigError):
                 spec = parse_agents({"agents": {name: rev.spec}}, f"revision {target}")[name]
             self.fill_cwd(spec)
             self.held_to(spec, who, tenant, releases={
-                r.spec.get("release") for r in self.revisions.history(name, held, 1 << 62)
-            } if tenant is not None else ())
+                r.spec.get("release") for r in kept.values()} if tenant is not None else ())
             if spec.release is not None and not os.path.isfile(
                     os.path.join(spec.release, READY)):
                 raise RpcError(jsonrpc.NOT_FOUND, f"revision {target} of {name} runs release "
@@ -369,10 +359,10 @@ class Fleet:
                                          self.declared_replicas.get(name, 1), held)]
             else:
                 writes = [StateStore.saving_runtime_agent(name, rev.spec)]
-            why = f"rollback to revision {target}"
-            made = await self._revise(name, spec, who, why, writes, f"{name} was not rolled back",
+            made = await self._revise(name, spec, who, rolled_back(target), writes,
+                                      f"{name} was not rolled back",
                                       lambda: self.apply_spec(name, spec))
-        return target, made[0].change.removeprefix(f"{why}: ") if made else "no change"
+        return target, change_of(made[0].change, target) if made else "no change"
 
     # -- the config file --------------------------------------------------------------------
     def start(self, cfg: Config) -> None:

@@ -189,17 +189,6 @@ class RevisionLog:
                           agent, tenant)
         return rows[0] if rows else None
 
-    def get(self, agent: str, tenant: str, revision: int) -> Revision | None:
-        rows = self._rows("WHERE agent = ? AND tenant = ? AND revision = ?", agent, tenant,
-                          revision)
-        return rows[0] if rows else None
-
-    def oldest(self, agent: str, tenant: str) -> int | None:
-        got: int | None = self.db.execute(
-            "SELECT MIN(revision) FROM revisions WHERE agent = ? AND tenant = ?",
-            (agent, tenant)).fetchone()[0]
-        return got
-
     def history(self, agent: str, tenant: str, limit: int = 100) -> list[Revision]:
         return list(reversed(self._rows(
             "WHERE agent = ? AND tenant = ? ORDER BY revision DESC LIMIT ?", agent, tenant,

@@ -117,7 +117,7 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
                    placed(both) == {"a": [1], "b": [0]}, what="a replica on each node")
         h = history(a)
         assert h["current"] == 2
-        assert h["revisions"][-1]["change"] == "corral scale: replicas 1 -> 2"
+        assert h["revisions"][-1]["change"] == "replicas 1 -> 2"
         described = a.call("agents.describe", {"name": "keeper"})
         assert (described["origin"], described["revision"]) == ("cluster", 2)
         assert described["spec"]["replicas"] == 1  # this node's share of the two
@@ -248,10 +248,10 @@ def test_changes_of_a_cluster_agent_refused(tmp: Path, redis: RedisServer) -> No
         wait_until(lambda: placed([a]) == {"a": [0]}, what="placed")
         r = a.cli("rollback", "keeper", "9")
         assert r.returncode != 0
-        assert ("no revision 9 of cluster agent keeper (kept: 1..1; see `corral history "
+        assert ("no revision 9 of keeper (its revisions kept: 1..1; see `corral history "
                 "keeper`)") in r.stderr, r.stderr
         r = a.cli("rollback", "keeper")
-        assert r.returncode != 0 and "no revision 0 of cluster agent keeper" in r.stderr
+        assert r.returncode != 0 and "no revision 0 of keeper" in r.stderr
         # (the method's params say it: the REST API's document too)
         assert refused(a, "agents.scale", {"name": "keeper", "replicas": -1}) == (
             "invalid params: Expected `int` >= 0 - at `$.replicas`")
