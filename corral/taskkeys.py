@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -23,6 +23,7 @@ from .taskoptions import TaskOptions, encoded, options_of
 KEEP_SECONDS = 24 * 3600.0  # a key names its task at least this long
 MAX_KEYS_PER_TENANT = 10_000  # keys younger than KEEP_SECONDS a tenant holds (default)
 BOUND_NAME = "idempotency_keys_per_tenant"  # [supervisor]'s setting of the bound
+T = TypeVar("T")
 CLAIMED = "p"  # a key's task may not be submitted yet: a retry submits it under its id
 ACCEPTED = "a"  # its task acknowledged: a retry submits nothing
 
@@ -71,21 +72,22 @@ async def claimed(store: KeyStore, tenant: str, p: TaskParams, task_id: str) -> 
     return claim
 
 
-async def submitted(store: KeyStore, claim: KeyClaim,
-                    put: Callable[[str], Awaitable[object]]) -> bool:
-    """The task of a claimed key submitted (`put` under its id), unless the key says it
-    was accepted; whether it was submitted before. A refused submission lets go of a new
-    claim; one whose answer was lost (the home away) keeps it for the retry."""
+async def submitted(store: KeyStore, claim: KeyClaim, put: Callable[[str], Awaitable[T]]
+                    ) -> tuple[T | None, bool]:
+    """The task of a claimed key submitted (`put` under its id: what it made), unless the
+    key says it was accepted (None); whether it was submitted before. A refused submission
+    lets go of a new claim; one whose answer was lost (the home away) keeps it for the
+    retry."""
     if claim.state == ACCEPTED:
-        return True
+        return None, True
     try:
-        await put(claim.task_id)
+        made = await put(claim.task_id)
     except RpcError as exc:
         if claim.new and exc.code != jsonrpc.UNAVAILABLE:
             await store.release(claim)
         raise
     await store.accepted(claim)
-    return not claim.new
+    return made, not claim.new
 
 
 def digest(agent: str, raw_input: bytes, options: TaskOptions, local: bool) -> str:

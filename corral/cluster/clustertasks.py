@@ -363,8 +363,8 @@ class ClusterTasks(RedisPart):
         fut: Waiter | None = None
         if p.idempotency_key is not None:
             claim = await self._claimed(p)
-            task_id, replayed = claim.task_id, await submitted(
-                self.submit_keys, claim, lambda t: self._put(p, t))
+            task_id = claim.task_id
+            _, replayed = await submitted(self.submit_keys, claim, lambda t: self._put(p, t))
             if wait is None:  # a replay's outcome, when its task has ended
                 ended = None
                 if replayed:

@@ -105,13 +105,8 @@ class LocalFront:
                 "invalid params: an idempotency key is kept in the task journal, and this "
                 "daemon has none (task_journal = false): submit it without one"))
         claim = await claimed(journal, agent.spec.tenant, p, new_id())
-        put: list[Task] = []
-
-        async def keyed(task_id: str) -> None:
-            put.append(await self._put(p, task_id, made, claim))
-
-        await submitted(journal, claim, keyed)
-        return put[0] if put else claim.task_id
+        task, _ = await submitted(journal, claim, lambda t: self._put(p, t, made, claim))
+        return task or claim.task_id
 
     async def _put(self, p: m.TaskParams, task_id: str | None,
                    made: Callable[[Task], None] | None, keyed: KeyClaim | None = None
