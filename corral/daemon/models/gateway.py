@@ -152,30 +152,46 @@ class ModelGateway:
     # -- a call ---------------------------------------------------------------------------
     async def admit(self, ex: Exchange, endpoint: Endpoint
                     ) -> Coroutine[Any, Any, None] | None:
-        """The request's call, read, to make; None when it was refused (answered).
+        """aiohttp's request, its body read once its caller is known: as `admit_read`."""
+        try:
+            found, slot = self._client(ex)
+        except ModelRefusal as exc:
+            return self._refused(ex, endpoint, exc)
+        try:
+            raw = await ex.body()
+        except BaseException:
+            slot.__exit__(None, None, None)
+            raise
+        return self._admitted(ex, endpoint, found, slot, raw)
+
+    def admit_read(self, ex: Exchange, endpoint: Endpoint
+                   ) -> Coroutine[Any, Any, None] | None:
+        """The request's call, read, to make; None when it was refused (answered). lean.py's
+        request, its body read with its head (judged here without a coroutine of its own).
         A call goes on to its end when the agent hangs up: the upstream bills it whole,
         so its usage is counted and the agent's slot held until then (else an agent that
         hangs up before a stream's usage would spend unseen)."""
         try:
             found, slot = self._client(ex)
-            try:
-                call = await self._read(ex, endpoint, found)
-            except BaseException:
-                slot.__exit__(None, None, None)
-                raise
         except ModelRefusal as exc:
-            answers.refused(ex, endpoint.format, exc.status, exc.message, exc.param,
-                            exc.code)
-            return None
+            return self._refused(ex, endpoint, exc)
+        return self._admitted(ex, endpoint, found, slot, ex.take())
+
+    def _admitted(self, ex: Exchange, endpoint: Endpoint, found: Replica,
+                  slot: AbstractContextManager[None], raw: bytes | None
+                  ) -> Coroutine[Any, Any, None] | None:
+        try:
+            call = self._read(ex, endpoint, found, raw)
+        except BaseException as exc:
+            slot.__exit__(None, None, None)
+            if isinstance(exc, ModelRefusal):
+                return self._refused(ex, endpoint, exc)
+            raise
         return self._made(ex, call, slot)  # (the slot the call's own to its end)
 
-    async def _made(self, ex: Exchange, call: _Request,
-                    slot: AbstractContextManager[None]) -> None:
-        try:
-            await self._answer(ex, call)
-        finally:
-            call.model.reservation.release()  # (a call refused or replayed: never settled)
-            slot.__exit__(None, None, None)  # (entered by _client)
+    @staticmethod
+    def _refused(ex: Exchange, endpoint: Endpoint, exc: ModelRefusal) -> None:
+        answers.refused(ex, endpoint.format, exc.status, exc.message, exc.param, exc.code)
 
     def _client(self, ex: Exchange) -> tuple[Replica, AbstractContextManager[None]]:
         """Whose the request is (its token), and one of its client's slots, entered."""
@@ -194,9 +210,10 @@ class ModelGateway:
             raise ModelRefusal(429, f"rate limited: {exc.message}") from None
         return client.replica, slot
 
-    async def _read(self, ex: Exchange, endpoint: Endpoint, found: Replica) -> _Request:
-        """The request read: which model it names, whose task attempt it is of."""
-        raw = await ex.body()
+    def _read(self, ex: Exchange, endpoint: Endpoint, found: Replica, raw: bytes | None
+              ) -> _Request:
+        """The request read (`raw` its body, None: over MAX_BODY): which model it names,
+        whose task attempt it is of."""
         if raw is None:
             self.unknown += 1
             raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} "
@@ -206,7 +223,6 @@ class ModelGateway:
         except BadBody as exc:
             self.unknown += 1
             raise ModelRefusal(400, exc.message, exc.param, exc.code) from None
-        del raw  # (`read.sent` is it, or holds it changed: the body is held once)
         if read is None:
             self.unknown += 1
             raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
@@ -214,6 +230,9 @@ class ModelGateway:
         if route is None or route.models is not self.models:
             route = self._route(read.model, endpoint)
         task = self._attempt(found, ex)
+        if task is not None:  # (what a retry's same call is known by: a task's alone)
+            read = read._replace(digest=requests.digest(raw))
+        del raw  # (`read.sent` is it, or holds it changed: the body is held once)
         spec = route.spec if route is not None else None
         model = ModelCall(endpoint.path, endpoint.format, spec, self.models, read, Reservation(
             read.input_estimate + read.output_estimate, read.cost_estimate(
@@ -255,9 +274,10 @@ class ModelGateway:
             self.unattributed += 1
         return task
 
-    async def _answer(self, ex: Exchange, read: _Request) -> None:
+    async def _made(self, ex: Exchange, read: _Request,
+                    slot: AbstractContextManager[None]) -> None:
         """The call through the chain (on a retry, answered from the task's steps) and its
-        answer written back."""
+        answer written back; the call's slot let go at its end."""
         model, counter = read.model, read.model.counter
         made: list[Relay | Whole] = []  # what the dispatch made, when it ran
 
@@ -299,10 +319,14 @@ class ModelGateway:
         except StreamCut as exc:
             counter.cut += 1
             return self._cut(call, ex, str(exc))
-        result = made[-1]
-        if isinstance(result, Relay):
-            return await result.finish()
-        return answers.whole(ex, result)
+        else:
+            result = made[-1]
+            if isinstance(result, Relay):
+                return await result.finish()
+            return answers.whole(ex, result)
+        finally:
+            model.reservation.release()  # (a call refused or replayed: never settled)
+            slot.__exit__(None, None, None)  # (entered by _client)
 
     def _cut(self, call: Call, ex: Exchange, why: str) -> None:
         call.replica.note(f"model {call.name}: {why}; the agent's stream was cut too, and "

@@ -12,7 +12,8 @@ import re
 import ssl
 import time
 import zlib
-from typing import NamedTuple, cast
+from collections.abc import Coroutine
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
@@ -361,8 +362,8 @@ class UpstreamClient:
                 wire.transport.abort()
         return None
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str],
-                   timeout: float) -> UpstreamAnswer:
+    def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float
+             ) -> Coroutine[Any, Any, UpstreamAnswer]:
         """The answer's head read (its body not yet); UpstreamFailed when it cannot be.
         A kept connection that fails before any of the answer came (the upstream closed
         it while idle) is tried once more on a new one."""
@@ -371,53 +372,45 @@ class UpstreamClient:
             if len(self.targets) >= MAX_TARGETS:
                 self.targets.clear()
             target = self.targets[url] = _address(url)
-        origin, head = target.origin, _request(target.line, body, headers)
+        head = _request(target.line, body, headers)
         message = (head + body,) if len(body) <= JOINED else (head, body)
-        wire = self._reused(origin)
+        return self._exchange(target, self._reused(target.origin), message, timeout)
+
+    async def _exchange(self, target: _Address, wire: _Wire | None,
+                        message: tuple[bytes, ...], timeout: float) -> UpstreamAnswer:
         loop = wire.loop if wire is not None else asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if wire is not None:
+        kept = wire is not None
+        while True:
+            if wire is None:
+                wire = await _connect(target, deadline, timeout)
+            assert wire.transport is not None
+            wire.arm(deadline, timeout)
             try:
-                return await self._exchange(origin, wire, message, deadline, timeout)
-            except UpstreamFailed:
-                if wire.received or wire.expired:
-                    raise
-        try:
-            async with asyncio.timeout_at(deadline):
-                _, wire = await loop.create_connection(
-                    _Wire, target.host, target.port, ssl=_context() if target.tls else None)
-        except TimeoutError:
-            raise UpstreamFailed(f"no connection in {timeout:g} s") from None
-        except OSError as exc:
-            raise UpstreamFailed(f"no connection: {type(exc).__name__}: {exc}") from None
-        return await self._exchange(origin, wire, message, deadline, timeout)
-
-    async def _exchange(self, origin: str, wire: _Wire, message: tuple[bytes, ...],
-                        deadline: float, timeout: float) -> UpstreamAnswer:
-        assert wire.transport is not None
-        wire.arm(deadline, timeout)
-        try:
-            wire.transport.writelines(message)
-            status, interim = 100, -1
-            while status < 200:  # an interim answer (100 Continue): the real one follows
-                interim += 1
-                if interim > MAX_INTERIM:  # (endless ones held the call to its timeout)
-                    raise UpstreamFailed(f"the upstream sent over MAX_INTERIM "
-                                         f"({MAX_INTERIM}) interim answers (1xx)")
-                while (end := wire.buffer.find(b"\r\n\r\n")) < 0:
-                    if len(wire.buffer) > MAX_HEAD:
-                        raise UpstreamFailed(f"the upstream's answer's head is over "
-                                             f"MAX_HEAD ({MAX_HEAD} bytes)")
-                    await wire.more()
-                status, headers = _head(wire.take(end + 4)[:-4])
-            answer = UpstreamAnswer(self, origin, wire, status, headers)
-        except BaseException as exc:
-            wire.disarm(dropped=True)
-            wire.transport.abort()
-            if wire.expired and isinstance(exc, UpstreamFailed):
-                raise UpstreamUnanswered(str(exc)) from None
-            raise
-        return answer
+                wire.transport.writelines(message)
+                status, interim = 100, -1
+                while status < 200:  # an interim answer (100 Continue): the real one follows
+                    interim += 1
+                    if interim > MAX_INTERIM:  # (endless ones held the call to its timeout)
+                        raise UpstreamFailed(f"the upstream sent over MAX_INTERIM "
+                                             f"({MAX_INTERIM}) interim answers (1xx)")
+                    while (end := wire.buffer.find(b"\r\n\r\n")) < 0:
+                        if len(wire.buffer) > MAX_HEAD:
+                            raise UpstreamFailed(f"the upstream's answer's head is over "
+                                                 f"MAX_HEAD ({MAX_HEAD} bytes)")
+                        await wire.more()
+                    status, headers = _head(wire.take(end + 4)[:-4])
+                return UpstreamAnswer(self, target.origin, wire, status, headers)
+            except BaseException as exc:
+                wire.disarm(dropped=True)
+                wire.transport.abort()
+                if kept and isinstance(exc, UpstreamFailed) and not (wire.received
+                                                                     or wire.expired):
+                    wire, kept = None, False  # (closed while idle: once more, on a new one)
+                    continue
+                if wire.expired and isinstance(exc, UpstreamFailed):
+                    raise UpstreamUnanswered(str(exc)) from None
+                raise
 
     def close(self) -> None:
         for kept in self.idle.values():
@@ -426,6 +419,19 @@ class UpstreamClient:
                 if wire.transport is not None:
                     wire.transport.abort()
         self.idle.clear()
+
+
+async def _connect(target: _Address, deadline: float, timeout: float) -> _Wire:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(deadline):
+            _, wire = await loop.create_connection(
+                _Wire, target.host, target.port, ssl=_context() if target.tls else None)
+    except TimeoutError:
+        raise UpstreamFailed(f"no connection in {timeout:g} s") from None
+    except OSError as exc:
+        raise UpstreamFailed(f"no connection: {type(exc).__name__}: {exc}") from None
+    return wire
 
 
 def _context() -> ssl.SSLContext:

@@ -102,7 +102,7 @@ class LeanConnection(HttpConnection):
                 streams = not await self._mcp(ex)
             elif self._models is not None:
                 self._models.lean += 1
-                made = await self._models.admit(ex, endpoint)
+                made = self._models.admit_read(ex, endpoint)
                 if made is not None:
                     await made
             if self.writing_paused:  # its answer unread: no other read until it is

@@ -57,7 +57,7 @@ class BadBody(Exception):
 
 class ModelRequest(NamedTuple):
     """A request read; `digest` of its body as it came is what a retry's same call is
-    known by."""
+    known by (a task's call's alone, `digest`: "" until the gateway knows it is one)."""
 
     model: str
     stream: bool
@@ -86,13 +86,21 @@ def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | No
     if not isinstance(model, str):
         return None
     fmt = endpoint.format
-    stream = _typed(members.stream, "stream", bool, fmt)
-    n = _typed(members.n, "n", int, fmt) if endpoint.path == _CHAT else None
-    if n is not None and not 1 <= n <= MAX_N:
+    stream = members.stream
+    if stream is not None and type(stream) is not bool:  # (each tested inline: most are)
+        _typed(stream, "stream", bool, fmt)
+    n = members.n if endpoint.path == _CHAT else None
+    if n is not None and (type(n) is not int or not 1 <= n <= MAX_N):
+        _typed(n, "n", int, fmt)
         raise BadBody(_range_words("n", n), "n", "integer_below_min_value" if n < 1
                       else "integer_above_max_value")
-    bound = next((b for k in OUTPUT_BOUNDS if (b := _typed(getattr(members, k), k, int,
-                                                            fmt)) is not None), None)
+    bound = None
+    for k in OUTPUT_BOUNDS:
+        bound = getattr(members, k)
+        if bound is not None:
+            if type(bound) is not int:
+                _typed(bound, k, int, fmt)
+            break
     changed: dict[str, Any] = {}
     upstream_model = upstream_name(model)
     if upstream_model is not None and upstream_model != model:
@@ -112,10 +120,14 @@ def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | No
     else:
         sent = raw
     n, bound = n or 1, max(bound, 0) if bound is not None else None
-    return ModelRequest(model, bool(stream), n, bound,
-                        hashlib.blake2b(raw, digest_size=16).hexdigest(), len(raw), sent,
+    return ModelRequest(model, bool(stream), n, bound, "", len(raw), sent,
                         -(-len(raw) // BYTES_PER_TOKEN),
                         (DEFAULT_OUTPUT if bound is None else bound) * n)
+
+
+def digest(raw: bytes) -> str:
+    """A body's digest as it came (a task's call's `digest`)."""
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 _KINDS = {bool: ("boolean", "a boolean", "a valid boolean"),

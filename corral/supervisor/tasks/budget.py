@@ -378,7 +378,8 @@ class Budgets:
     def reserve(self, agent: AgentLike, kept: Reservation) -> BudgetHold | None:
         """A model call's estimate (`kept`) held against the agent's budgets and its
         group's; or the budget that what was used and calls in flight hold reach."""
-        kept.release()
+        if kept.windows:
+            kept.release()
         now = time.time()
         group = self.groups(agent.name) if self.sharing else None
         windows: list[Budget] = []
@@ -397,7 +398,8 @@ class Budgets:
             if held is not None:
                 return held
             windows.append(own)
-        kept.hold(windows)
+        if windows:  # (none: nothing to hold, nothing held)
+            kept.hold(windows)
         return None
 
     def waiting(self, agent: str) -> str | None:
