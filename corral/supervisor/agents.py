@@ -68,6 +68,9 @@ class Agents(Mapping[str, Agent]):
     def __getitem__(self, name: str) -> Agent:
         return self._agents[name]
 
+    def get(self, name: str) -> Agent | None:  # type: ignore[override]  # (Mapping's: two calls more)
+        return self._agents.get(name)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._agents)
 

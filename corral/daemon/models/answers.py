@@ -8,6 +8,7 @@ agent's connection is cut, so that its client raises as it would talking to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any, NamedTuple
@@ -199,7 +200,8 @@ class Relay:
         """Every event but the last passed on (when not recorded, the last too, with the
         end); the whole stream recorded (when it is); StreamCut when it has no last event."""
         answer, out, rest = self.answer, b"", b""
-        await self._write(None)
+        if not self.gone:  # (the head, written with the first write)
+            self.ex.begin(answer.status, hidden_headers(passed_back(answer.headers), self.key))
         try:
             chunk = answer.ready()
             if not chunk:  # none of it yet: the head now, as the upstream's came
@@ -229,7 +231,7 @@ class Relay:
         self.usage.complete = True
         self.held = hidden(self.held + rest, self.key)
         if self.recorded is None:  # (no journal to wait for)
-            await self._write(out + self.held, end=True)
+            self._end(out + self.held)
             return None
         await self._write(out)
         return AnswerRecord(self.answer.status, SSE, hidden(b"".join(self.recorded),
@@ -263,25 +265,26 @@ class Relay:
                 self.on_text(text)
         self.unread.clear()
 
-    async def _write(self, data: bytes | None, end: bool = False) -> None:
-        """`data` written to the agent (None: the answer's head), `end`ing the stream."""
+    async def _write(self, data: bytes) -> None:
+        """`data` written to the agent (b"": the head alone)."""
         if self.gone:
             return
         try:
-            if data is None:
-                self.ex.begin(self.answer.status, hidden_headers(
-                    passed_back(self.answer.headers), self.key))
-            elif end:
-                self.gone = True
-                self.ex.end(data)
-            else:
-                await self.ex.write(data)
+            await self.ex.write(data)
         except ConnectionResetError:  # (aiohttp's ClientConnectionResetError is one)
             self.gone = True
 
-    async def finish(self) -> None:
+    def _end(self, data: bytes) -> None:
+        """`data` written to the agent, ending the stream (no wait: nothing follows)."""
+        if self.gone:
+            return
+        self.gone = True
+        with contextlib.suppress(ConnectionResetError):
+            self.ex.end(data)
+
+    def finish(self) -> None:
         """The held last event written and the stream ended, in one write."""
-        await self._write(self.held, end=True)
+        self._end(self.held)
 
 
 def _data_of(data: bytes | None) -> Any:

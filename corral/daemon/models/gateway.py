@@ -322,7 +322,7 @@ class ModelGateway:
         else:
             result = made[-1]
             if isinstance(result, Relay):
-                return await result.finish()
+                return result.finish()
             return answers.whole(ex, result)
         finally:
             model.reservation.release()  # (a call refused or replayed: never settled)
