@@ -27,13 +27,13 @@ steps, definitions and their history, schedules, logs) and asks for some of the 
 tenant's ids directly (tasks, runs, asks): bench/soak_views.py notes every record of the
 other tenant seen; right after each restart and upgrade, before any round, each tenant
 looks too (what the new life read back), its sightings counted apart. The stores are
-bounded small (`journal_max_tasks`, `audit_max_rows`, `keep_spans`, `log_max_bytes`:
---kept) so that minutes of churn take them to their bound, as days would with the
-defaults.
+bounded small (`journal_max_tasks`, `audit_max_rows`, `keep_spans`, `log_max_bytes`,
+`event_ring`: --kept) so that minutes of churn take them to their bound, as days would
+with the defaults.
 
     .venv/bin/python -m bench.soak [--minutes 20] [--warmup 120] [--interval 2]
-        [--restarts 2] [--upgrades 1] [--reload-every 120] [--kept 300] [--pause 0.25]
-        [--max-slope GAUGE=PER_HOUR ...] [--json PATH] [--keep-dir]
+        [--restarts 2] [--upgrades 1] [--reload-every 120] [--kept 300] [--event-ring N]
+        [--pause 0.25] [--max-slope GAUGE=PER_HOUR ...] [--json PATH] [--keep-dir]
 
 Prints a table (with the RSS at each minute, its slope over the second half, and the
 state and log directories' bytes on disk); exit status 0 when every slope is within its
@@ -104,6 +104,7 @@ class Plan:
     bounds: dict[str, float]
     # a command the daemon is run under (a memory profiler's: `heaptrack -o FILE`)
     wrap: tuple[str, ...] = ()
+    event_ring: int = 0  # [http] event_ring (0: kept * 4, filled within the warm-up)
 
     def events(self) -> list[tuple[float, str]]:
         """When (seconds from the start) the operator does what: the restarts and the
@@ -507,12 +508,12 @@ class SoakDaemon:
     in place; which life of it runs now, for the sampler."""
 
     def __init__(self, d: Path, port: int, kept: int, marks: dict[str, str],
-                 wrap: tuple[str, ...] = ()) -> None:
+                 wrap: tuple[str, ...] = (), event_ring: int = 0) -> None:
         self.port = port
         launcher = [*wrap, str(BIN / "corral"), "daemon"] if wrap else None
         self.daemon = CorralDaemon(d, base_agents(marks),
                                    extra=supervisor_extra(port, kept, free_port(),
-                                                          d / "homes"),
+                                                          d / "homes", event_ring),
                                    launcher=launcher)
         self.state_dir = d / "state"
         for t in TENANTS:
@@ -641,7 +642,8 @@ class SoakFailed(Exception):
     """The soak could not do what it measures."""
 
 
-def supervisor_extra(port: int, kept: int, gateway: int, homes: Path) -> str:
+def supervisor_extra(port: int, kept: int, gateway: int, homes: Path, event_ring: int = 0
+                     ) -> str:
     """The [supervisor] keys after the harness's, and the daemon's other tables (each
     tenant's agents in a directory of its own: an egress sandbox's cwd is its agent's)."""
     tenants = "".join(f'\n[tenants.{t}]\nmax_agents = 4\ndir = "{homes / t}"\n'
@@ -664,6 +666,9 @@ def supervisor_extra(port: int, kept: int, gateway: int, homes: Path) -> str:
         # within the warm-up, as the task journal's and the trace store's do
         history_raw_hours = 0.05
         history_minute_days = 0.002
+        # and so do the events kept for streams' reconnects (the default's 10,000 took
+        # the soak's churn past 40 minutes: its growth was their filling, issue 90)
+        event_ring = {event_ring or kept * 4}
 
         [tracing]
         keep_spans = {kept * 4}
@@ -738,7 +743,7 @@ class Run:
 def soak(plan: Plan, d: Path) -> Run:
     ledgers = {t: Ledger(t, f"{t}-{secrets.token_hex(4)}") for t in TENANTS}
     daemon = SoakDaemon(d, free_port(), plan.kept, {t: ledgers[t].mark for t in TENANTS},
-                        plan.wrap)
+                        plan.wrap, plan.event_ring)
     run = Run(plan, Watch(ledgers), Sampler(daemon.where, daemon.state_dir, plan.interval,
                                             d / "logs"), NamePool())
     gate = Gate()
@@ -1021,6 +1026,9 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     ap.add_argument("--kept", type=int, default=300,
                     help="journal_max_tasks, keep_tasks and log_tail_lines (the trace "
                     "store keeps 4 spans each)")
+    ap.add_argument("--event-ring", type=int, default=0,
+                    help="[http] event_ring (default: --kept times 4; 10000 is the "
+                    "daemon's own default)")
     ap.add_argument("--pause", type=float, default=0.25,
                     help="seconds each tenant waits between two rounds")
     ap.add_argument("--max-slope", action="append", default=[], metavar="GAUGE=PER_HOUR",
@@ -1041,7 +1049,7 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
             ap.error(f"--max-slope: no gauge {key} (gauges: {', '.join(BOUNDS)})")
         bounds[key] = float(value)
     return Plan(a.minutes, a.warmup, a.interval, a.restarts, a.upgrades, a.reload_every,
-                a.kept, a.pause, bounds, tuple(shlex.split(a.wrap))), a
+                a.kept, a.pause, bounds, tuple(shlex.split(a.wrap)), a.event_ring), a
 
 
 def _stopped(signum: int, _frame: object) -> None:

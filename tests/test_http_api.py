@@ -355,6 +355,33 @@ async def test_event_streams_have_ids_resume_and_stay_bounded(tmp_path: Path) ->
         writer.close()
 
 
+@pytest.mark.deadline(60)
+async def test_the_event_ring_keeps_as_many_events_as_its_setting_says(tmp_path: Path
+                                                                       ) -> None:
+    """[http] event_ring: the newest N events kept for reconnects, no more (the soak bounds
+    it small, as its other stores, so that minutes of churn take it to its bound); a
+    reconnect from before them is told how many it missed, then given the N."""
+    async with serving(tmp_path, hello("web-1"), "event_ring = 5") as api:
+        await api.token("ev", "events")
+        auth = {"Authorization": f"Bearer {api.tokens['ev']}"}
+        ring = api.d.http_server.app[API_KEY].ring
+        async with api.http.get(api.base + "/events/stream?pattern=orders.*",
+                                headers=auth) as stream:
+            await wait_until_async(lambda: ring.task is not None
+                                   and api.d.sup.events.followers)
+            before = ring.last
+            for i in range(8):
+                await api.ask("POST", "/events", "ev", {"topic": f"orders.{i}", "data": i})
+            await sse_events(stream, 8)
+        assert ring.last == before + 8
+        assert [item[0] for item in ring.items] == list(range(before + 4, before + 9))
+        async with api.http.get(api.base + "/events/stream?pattern=orders.*", headers={
+                **auth, "Last-Event-ID": str(before)}) as stream:
+            got = await sse_events(stream, 6)
+        assert (got[0]["event"], got[0]["data"]) == ("missed", {"count": 3})
+        assert [e["data"]["topic"] for e in got[1:]] == [f"orders.{i}" for i in range(3, 8)]
+
+
 def test_a_daemon_that_may_not_serve_its_http_address_starts_nothing(tmp_path: Path
                                                                       ) -> None:
     """The rule holds where it matters: the daemon itself refuses to start, says why

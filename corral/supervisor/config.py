@@ -572,6 +572,7 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_streams_per_token: PositiveInt = 100
     idle_timeout: Positive = 60.0
     stream_write_timeout: Positive = 60.0  # a stream's client taking nothing: it is cut
+    event_ring: PositiveInt = 10_000  # the newest events kept for streams' reconnects
     history_interval: Positive = 10.0
     history_raw_hours: Positive = 6.0
     history_minute_days: Positive = 7.0

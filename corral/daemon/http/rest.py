@@ -65,7 +65,7 @@ class Api:
         self.dispatcher: Dispatcher[Any] = ctx.dispatcher
         self.limiter = PerKey(ctx.settings.rate_per_minute)
         self.keys = IdempotencyKeys()
-        self.ring = sse.EventRing(ctx.dispatcher)
+        self.ring = sse.EventRing(ctx.dispatcher, ctx.settings.event_ring)
         self.streams = sse.Streams(ctx.settings.max_streams,
                                    ctx.settings.max_streams_per_token)
         self.tokens = tokens_of(ctx.services.store)

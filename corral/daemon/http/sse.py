@@ -29,8 +29,7 @@ from ..api import Dispatcher
 from ..caller import RING_CALLER, Caller
 from . import route
 
-RING = 10_000  # events kept for clients that reconnect
-RING_BYTES = 16 << 20  # and at most this much of them
+RING_BYTES = 16 << 20  # at most this much of the events kept ([http] event_ring)
 KEEPALIVE = 15.0  # seconds of quiet before a comment line, which keeps proxies open
 HIGH_WATER = 1 << 20  # bytes waiting for a client before its follow is held
 STREAM_RETRY = 5  # Retry-After of a stream refused at a cap
@@ -168,11 +167,12 @@ class EventRing:
     """The newest events of the bus, numbered from 1 in this daemon's life and framed
     once, and the task that writes them out to the readers behind."""
 
-    def __init__(self, dispatcher: Dispatcher[Any]) -> None:
+    def __init__(self, dispatcher: Dispatcher[Any], ring: int) -> None:
         self.dispatcher = dispatcher
+        self.ring = ring
         # a number the bus dropped before the ring saw it is kept as a gap (topic None),
         # so that numbers and places stay in step
-        self.items: deque[Item] = deque(maxlen=RING)
+        self.items: deque[Item] = deque(maxlen=ring)
         self.last = 0  # the number of the newest event
         self.bytes = 0
         self.changed = asyncio.Event()  # set, and replaced, at each new event
@@ -188,7 +188,7 @@ class EventRing:
         if method == "events.missed":
             # numbers that will never be sent: gaps, told to a reader as missed
             count = int(params["count"])
-            if count >= RING:
+            if count >= self.ring:
                 self.items.clear()
                 self.bytes = 0
                 self.last += count
@@ -213,7 +213,7 @@ class EventRing:
     def _keep(self, topic: str | None, data: bytes, tenant: str | None,
               agent: Of) -> None:
         self.last += 1
-        if len(self.items) == RING:
+        if len(self.items) == self.ring:
             self.bytes -= len(self.items[0][2])
         self.items.append((self.last, topic, data, tenant, agent))
         self.bytes += len(data)
