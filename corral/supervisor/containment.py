@@ -795,6 +795,23 @@ class Containment:
             self._orphan_exited(fd)
 
     # -- after a crash --------------------------------------------------------------------
+    def _in_tree(self, rec: ProcessRecord) -> bool:
+        """Whether a record's cgroup is one corral made: below its own tree, never the
+        daemon's leaf. A row of the state database (copied from another host, or made)
+        naming another service's cgroup or any directory would have its processes killed
+        and its empty directories removed."""
+        assert rec.cgroup is not None
+        if self.tree is not None:
+            root = os.path.realpath(self.tree.root)
+            path = os.path.realpath(rec.cgroup)
+            first = os.path.relpath(path, root).split(os.sep)[0]
+            if first not in (os.curdir, os.pardir, SUPERVISOR_LEAF):
+                return True
+        log.warning("process record %s names cgroup %s, not one of corral's (%s): its "
+                    "processes are not stopped by it, nor is it removed", rec.token,
+                    rec.cgroup, self.tree.root if self.tree else "no cgroup tree")
+        return False
+
     async def reclaim(self, records: Iterable[ProcessRecord], owners: Iterable[str]
                       ) -> ReclaimReport:
         """Stop every live process of earlier incarnations `owners`: those in `records`
@@ -808,7 +825,7 @@ class Containment:
             return report
         grace = max((r.stop_timeout for r in records), default=10.0)
         groups = {r.pgid: r for r in records} | {r.sid: r for r in records}
-        cgroups = {r.cgroup for r in records if r.cgroup}
+        cgroups = {r.cgroup for r in records if r.cgroup and self._in_tree(r)}
         if self.tree is not None:
             cgroups.update(self.tree.children())
 
