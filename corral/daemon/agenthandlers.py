@@ -354,7 +354,7 @@ async def agents_history(d: AgentServices, p: m.AgentsHistory,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
                for s in d.elastic.decided(p.name)]
     # an agent of this name another tenant had (removed since) is not its past
-    return listed(p.name, d.revisions.history(p.name, d.fleet.tenant_of(p.name), 1 << 62),
+    return listed(p.name, d.revisions.history(p.name, d.fleet.tenant_of(p.name)),
                   row_limit(p.limit), scaling[-row_limit(p.limit):])
 
 

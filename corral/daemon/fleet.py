@@ -332,7 +332,7 @@ class Fleet:
         `tenant`: as `add`'s; the releases the agent ran before may be restored."""
         async with self.changing([name]):
             held = self.tenant_of(name)
-            kept = {r.revision: r for r in self.revisions.history(name, held, 1 << 62)}
+            kept = {r.revision: r for r in self.revisions.history(name, held)}
             if release is not None:  # the newest revision that ran it (its directory's name)
                 ran = [n for n, r in kept.items() if (path := r.spec.get("release"))
                        and os.path.basename(path) == release]

@@ -189,10 +189,9 @@ class RevisionLog:
                           agent, tenant)
         return rows[0] if rows else None
 
-    def history(self, agent: str, tenant: str, limit: int = 100) -> list[Revision]:
-        return list(reversed(self._rows(
-            "WHERE agent = ? AND tenant = ? ORDER BY revision DESC LIMIT ?", agent, tenant,
-            limit)))
+    def history(self, agent: str, tenant: str) -> list[Revision]:
+        """Every kept revision, oldest first (as a cluster agent's: cluster/specs.py)."""
+        return self._rows("WHERE agent = ? AND tenant = ? ORDER BY revision", agent, tenant)
 
     def scaled(self, holders: Mapping[str, str] | None = None
                ) -> dict[str, tuple[int, int]]:

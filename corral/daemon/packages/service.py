@@ -333,7 +333,7 @@ class Packages:
 
     def _by_release(self, name: str, tenant: str) -> dict[str, list[Revision]]:
         out: dict[str, list[Revision]] = {}
-        for rev in self.revisions.history(name, tenant, 1_000_000):
+        for rev in self.revisions.history(name, tenant):
             if rev.release:
                 out.setdefault(rev.release, []).append(rev)
         return out
