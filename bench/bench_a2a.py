@@ -30,8 +30,10 @@ $CORRAL_PEERS (default ~/.cache/corral-peers/a2a-sut) with pinned packages.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -83,55 +85,144 @@ def sut_agent(into: Path) -> Path:
 
 
 LOADGEN = r"""
-import asyncio, json, sys, time, uuid
-import aiohttp, uvloop
+import asyncio, os, sys, time
+from urllib.parse import urlsplit
+import msgspec, uvloop
 url, total, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-lat, bad = [], []
-async def client(http, n):
-    for _ in range(n):
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {
-            "message": {"messageId": "bench-" + uuid.uuid4().hex, "role": "ROLE_USER",
-                        "parts": [{"text": "hi"}]}}})
-        t = time.perf_counter()
-        async with http.post(url, data=body, headers={"Content-Type": "application/json",
-                                                      "A2A-Version": "1.0"}) as r:
-            got = await r.read()
-        lat.append(time.perf_counter() - t)
-        res = json.loads(got).get("result") or {}
+where = urlsplit(url)
+host, port = where.hostname, where.port or 80
+HEAD = (f"POST {where.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Content-Type: application/json\r\nA2A-Version: 1.0\r\nContent-Length: %d\r\n\r\n"
+        ).encode()
+BODY = (b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"messageId":'
+        b'"bench-' + os.urandom(8).hex().encode() + b'-%d","role":"ROLE_USER",'
+        b'"parts":[{"text":"hi"}]}}}')
+lat, bad, sent = [], [], [0]
+
+def check(status, body):
+    if status == 200:
+        res = msgspec.json.decode(body).get("result") or {}
         state = (res.get("task") or {}).get("status", {}).get("state")
-        if "message" not in res and state != "TASK_STATE_COMPLETED":
-            bad.append(got[:300].decode(errors="replace"))
+        if "message" in res or state == "TASK_STATE_COMPLETED":
+            return
+    bad.append(f"{status} {body[:300].decode(errors='replace')}")
+
+def response(buf):
+    # (status, body) of the whole response at buf's start, taken from it; None: not all in
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).lower()
+    i = head.find(b"\r\ncontent-length:")
+    if i >= 0:
+        eol = head.find(b"\r\n", i + 2)
+        size = int(head[i + 17:eol if eol > 0 else None])
+        if len(buf) < end + 4 + size:
+            return None
+        body, at = bytes(buf[end + 4:end + 4 + size]), end + 4 + size
+    else:  # chunked
+        at, parts, n = end + 4, [], 1
+        while n:
+            eol = buf.find(b"\r\n", at)
+            if eol < 0:
+                return None
+            n = int(bytes(buf[at:eol]).split(b";")[0], 16)
+            if len(buf) < eol + 4 + n:
+                return None
+            parts.append(bytes(buf[eol + 2:eol + 2 + n]))
+            at = eol + 4 + n
+        body = b"".join(parts)
+    del buf[:at]
+    return int(head[9:12]), body
+
+class Client(asyncio.Protocol):
+    # one keep-alive connection sending its next message when the last is answered
+    def __init__(self, n, done):
+        self.left, self.done, self.buf = n, done, bytearray()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.send()
+
+    def send(self):
+        if self.left == 0:
+            self.transport.close()
+            return self.done.set_result(None)
+        self.left -= 1
+        sent[0] += 1
+        body = BODY % sent[0]
+        self.t = time.perf_counter()
+        self.transport.write(HEAD % len(body) + body)
+
+    def data_received(self, data):
+        self.buf += data
+        got = response(self.buf)
+        if got is not None:
+            lat.append(time.perf_counter() - self.t)
+            check(*got)
+            self.send()
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("closed by the server"))
+
 async def main():
-    conn = aiohttp.TCPConnector(limit=conc)
-    async with aiohttp.ClientSession(connector=conn) as http:
-        t = time.perf_counter()
-        await asyncio.gather(*(client(http, total // conc) for _ in range(conc)))
-        wall = time.perf_counter() - t
-    print(json.dumps({"wall": wall, "lat": lat, "bad": len(bad), "first_bad": bad[:1]}))
+    loop = asyncio.get_running_loop()
+    dones = [loop.create_future() for _ in range(conc)]
+    t = time.perf_counter()
+    for done in dones:
+        await loop.create_connection(lambda: Client(total // conc, done), host, port)
+    await asyncio.gather(*dones)
+    wall = time.perf_counter() - t
+    print(msgspec.json.encode({"wall": wall, "lat": lat, "bad": len(bad),
+                               "first_bad": bad[:1]}).decode())
+
 uvloop.run(main())
 """
 
 
-def cpu(pid: int | None) -> float:
+def cpu(pid: int | None) -> tuple[float, float]:
+    """The CPU (user + system) a process has spent, and what its live children have."""
     if pid is None:
-        return 0.0
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
+        return 0.0, 0.0
+    proc = psutil.Process(pid)
+    t = proc.cpu_times()
+    kids = 0.0
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            c = child.cpu_times()
+            kids += c.user + c.system
+    return t.user + t.system, kids
 
 
 def drive(url: str, total: int, conc: int, pid: int | None = None) -> dict[str, Any]:
-    """`total` messages at `conc`; with `pid`, the CPU that process spent a message."""
-    before = cpu(pid)
+    """`total` messages at `conc`; with `pid`, the CPU that server process spent a
+    message (and its children: corral's workers), and the load generator's."""
+    before, kids = cpu(pid)
+    gen = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, "-c", LOADGEN, url, str(total), str(conc)],
                          capture_output=True, text=True, check=True)
-    spent = cpu(pid) - before
+    gen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, kids_after = cpu(pid)
     got = json.loads(out.stdout)
     lat = sorted(got["lat"])
+    n = max(1, len(lat))
+    spent = {"daemon_cpu_us": round((after - before) / n * 1e6),
+             "workers_cpu_us": round((kids_after - kids) / n * 1e6)} if pid is not None else {}
+    spent["loadgen_cpu_us"] = round((gen_after.ru_utime + gen_after.ru_stime - gen.ru_utime
+                                     - gen.ru_stime) / n * 1e6)
     return {"messages": len(lat), "per_s": round(len(lat) / got["wall"]),
             "p50_ms": round(statistics.median(lat) * 1000, 2),
             "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)] * 1000, 2),
-            "errors": got["bad"], "first_error": got["first_bad"]} | (
-        {"daemon_cpu_us": round(spent / len(lat) * 1e6)} if pid is not None and lat else {})
+            "errors": got["bad"], "first_error": got["first_bad"]} | spent
+
+
+FIGURES = ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us", "workers_cpu_us", "loadgen_cpu_us")
+
+
+def served(figure: dict[str, Any]) -> float:
+    """The CPU a message of the server and its workers."""
+    return float(figure["daemon_cpu_us"] + figure["workers_cpu_us"])
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,11 +230,9 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(runs) == 1:
         return runs[0]
     out: dict[str, Any] = {k: statistics.median(r[k] for r in runs)
-                           for k in ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us")
-                           if k in runs[0]}
+                           for k in FIGURES if k in runs[0]}
     out["errors"] = sum(r["errors"] for r in runs)
-    out["rounds"] = [{k: r[k] for k in ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us")
-                      if k in r} for r in runs]
+    out["rounds"] = [{k: r[k] for k in FIGURES if k in r} for r in runs]
     return out
 
 
@@ -266,6 +355,7 @@ class Reference(Server):
                                           "GRPC_PORT": str(free_port())},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(port, self.proc)
+        self.pid = self.proc.pid
         self.url = f"http://127.0.0.1:{port}/"
         drive(self.url, 200, 10)
 
@@ -285,6 +375,7 @@ def main() -> None:
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--vs", type=Path, help="another checkout's daemon in the reference's place")
     p.add_argument("--profile", type=Path)
+    p.add_argument("--out", default="a2a", help="bench/results/OUT.json")
     args = p.parse_args()
     concs = [int(c) for c in args.conc.split(",")]
     result: dict[str, Any] = {"load_before": loadavg(), "messages": args.messages,
@@ -308,10 +399,15 @@ def main() -> None:
             a, b = servers
             result["ratio"] = {c: round(result[a.name][c]["per_s"] / result[b.name][c]["per_s"],
                                         2) for c in result[b.name]}
-            if isinstance(b, Corral):
-                result["cpu_ratio"] = {c: round(result[a.name][c]["daemon_cpu_us"] /
-                                                result[b.name][c]["daemon_cpu_us"], 3)
-                                       for c in result[b.name]}
+            # the reference's p50 over corral's: how many times faster corral answers
+            result["p50_ratio"] = {c: round(result[b.name][c]["p50_ms"] /
+                                            result[a.name][c]["p50_ms"], 2)
+                                   for c in result[b.name]}
+            # the servers' CPU a message (corral's daemon and its workers, the reference's
+            # one process): what the shared cores' load changes least
+            result["cpu_ratio"] = {c: round(served(result[a.name][c]) /
+                                            served(result[b.name][c]), 3)
+                                   for c in result[b.name]}
         first = servers[0]
         if args.memory and isinstance(first, Corral):
             result["corral"]["memory"] = first.memory(args.memory)
@@ -321,7 +417,7 @@ def main() -> None:
         for s in servers:
             s.close()
     result["load_after"] = loadavg()
-    report("a2a", result)
+    report(args.out, result)
 
 
 if __name__ == "__main__":
