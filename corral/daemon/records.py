@@ -113,7 +113,7 @@ def task(field: str) -> Record:
     async def check(d: Holders, params: Any, caller: Caller) -> None:
         task_id = getattr(params, field)
         info = await d.tasks.get(task_id, wait=False)  # an unknown task: not found
-        found = d.teams.find(task_id)
+        found = None if d.tasks.holds(task_id) else d.teams.find(task_id)
         if found is not None:
             mine = sees_call(caller, found)
         else:

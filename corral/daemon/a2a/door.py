@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import msgspec
@@ -46,6 +46,7 @@ RECHECK = 1.0  # seconds between two looks at a task waited for, at most
 ASK_WAIT = 30.0  # seconds a message to a running task waits for it to ask
 MAX_ID = 200  # characters of a messageId in a task's idempotency key (255 at most)
 YES = frozenset({"yes", "y", "approve", "approved", "ok", "true"})
+UNSETTLED = frozenset({"queued", "running"})  # a task accepted so: not settled (`settled`)
 # a stream's events given at once: each (the chunk's id or None, StreamResponse)
 Batch = list[tuple[str | None, Any]]
 
@@ -86,10 +87,58 @@ class _Events:
         return item
 
 
+class _AskWatch:
+    """The asks made or ended on this node, told to the waits on their task: one
+    subscription for the door (one a wait copied the stream's subscribers at each
+    message), and the tasks asked about while a submission is answered (its task's id
+    not yet known to its wait)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self._waits: dict[str, list[asyncio.Future[None]]] = {}
+        self._heard: list[set[str]] = []
+        self._sub = stream.subscribe(self._told, AskEnded)
+
+    def _told(self, e: AskEnded) -> None:
+        task_id = e.ask.task_id
+        for asked in self._waits.get(task_id, ()):
+            if not asked.done():
+                asked.set_result(None)
+        for heard in self._heard:
+            heard.add(task_id)
+
+    @contextlib.contextmanager
+    def hearing(self) -> Iterator[set[str]]:
+        """The ids of the tasks asked about meanwhile."""
+        heard: set[str] = set()
+        self._heard.append(heard)
+        try:
+            yield heard
+        finally:
+            self._heard.remove(heard)
+
+    def next(self, task_id: str) -> asyncio.Future[None]:
+        """Done at the task's next ask made or ended; `drop` it once waited for."""
+        asked = asyncio.get_running_loop().create_future()
+        self._waits.setdefault(task_id, []).append(asked)
+        return asked
+
+    def drop(self, task_id: str, asked: asyncio.Future[None]) -> None:
+        waits = self._waits.get(task_id)
+        if waits is not None:
+            waits.remove(asked)
+            if not waits:
+                del self._waits[task_id]
+
+    def close(self) -> None:
+        self.stream.unsubscribe(self._sub)
+
+
 class A2aDoor:
     def __init__(self, dispatcher: Dispatcher[Any], stream: Stream) -> None:
         self.dispatcher = dispatcher
         self.stream = stream  # the asks made and ended (input-required and its end)
+        self.asked = _AskWatch(stream)
 
     async def call(self, caller: Caller, method: str, params: dict[str, Any],
                    channel: Any = None) -> Any:
@@ -105,6 +154,7 @@ class A2aDoor:
             "task_id": task_id, "wait": wait, "input": given})
         if info.agent != agent:
             raise w.A2aError(w.TASK_NOT_FOUND, f"no such task: {task_id}")
+        info.output = mp.plain(info.output)  # (read once: its answer maps it several times)
         return info
 
     # -- SendMessage ----------------------------------------------------------------------
@@ -135,10 +185,13 @@ class A2aDoor:
         if context is not None:  # (its span's parent: daemon/submitspan.py)
             submit["traceparent"], submit["tracestate"] = context
         # (the labels it is handed, an anonymous caller's own, are the chain's: handing.py)
-        accepted = await self.call(caller, TasksSubmit.declared.name,
-                                   submit | {"input": sent})
+        with self.asked.hearing() as heard:
+            accepted = await self.call(caller, TasksSubmit.declared.name,
+                                       submit | {"input": sent})
         if not immediately:
-            return await self.settled(caller, agent, accepted.task_id, sent)
+            # one queued or running that has asked nothing is waited for, not looked at
+            return await self.settled(caller, agent, accepted.task_id, sent, unsettled=(
+                accepted.status in UNSETTLED and accepted.task_id not in heard))
         info = await self.task(caller, agent, accepted.task_id)
         info.input = sent
         return info
@@ -175,36 +228,33 @@ class A2aDoor:
         return await self.task(caller, agent, info.task_id, given=True)
 
     async def settled(self, caller: Caller, agent: str, task_id: str,
-                      given: Any = UNSET) -> TaskInfo:
+                      given: Any = UNSET, *, unsettled: bool = False) -> TaskInfo:
         """The task once it has ended or waits for input (spec 3.2.2, blocking), with its
-        input `given` (UNSET: read from the journal)."""
-        moved = asyncio.Event()
-
-        def told(e: AskEnded) -> None:
-            if e.ask.task_id == task_id:
-                moved.set()
-
+        input `given` (UNSET: read from the journal). `unsettled`: known not to be yet,
+        and to have asked nothing since that was known (not looked at first)."""
         def done(info: TaskInfo | None) -> bool:
             return info is not None and mp.state_of(info) in mp.TERMINAL | {mp.INPUT_REQUIRED}
 
-        sub = self.stream.subscribe(told, AskEnded)
-        try:
-            while True:
-                moved.clear()
-                info = await self.task(caller, agent, task_id, given=given is UNSET)
-                if not done(info):
-                    # (looked at again after RECHECK too: a question a replayed attempt
-                    # asks again after a restart is the ask its first attempt made, held
-                    # again without a word on the stream)
-                    ended = await self.changed(caller, agent, task_id, moved.wait())
-                    if ended is None or not done(ended) or given is UNSET:
-                        continue
-                    info = ended  # the task as its wait ended: not looked up again
-                if given is not UNSET:
-                    info.input = given
-                return info
-        finally:
-            self.stream.unsubscribe(sub)
+        while True:
+            asked = self.asked.next(task_id)
+            try:
+                if not unsettled:
+                    info = await self.task(caller, agent, task_id, given=given is UNSET)
+                    if done(info):
+                        break
+                unsettled = False
+                # (looked at again after RECHECK too: a question a replayed attempt asks
+                # again after a restart is the ask its first attempt made, held again
+                # without a word on the stream)
+                ended = await self.changed(caller, agent, task_id, asked)
+            finally:
+                self.asked.drop(task_id, asked)
+            if ended is not None and done(ended) and given is not UNSET:
+                info = ended  # the task as its wait ended: not looked up again
+                break
+        if given is not UNSET:
+            info.input = given
+        return info
 
     # -- ListTasks, CancelTask ------------------------------------------------------------
     async def list(self, caller: Caller, agent: str, req: w.ListTasksRequest

@@ -255,6 +255,7 @@ class Operations:
     async def close(self) -> None:
         for job in [*self._watching.values(), *([self._leading] if self._leading else [])]:
             job.cancel()
+        self.door.asked.close()
         await self.push.close()
 
 

@@ -5,6 +5,7 @@ caller may not see is not found, as on REST."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from email.utils import formatdate
@@ -73,7 +74,7 @@ class A2aRoutes:
 
     def anonymous(self, request: web.Request, agent: str) -> bool:
         return agent in self.settings.anonymous and (
-            self.settings.anonymous_remote or loopback(request.remote or ""))
+            self.settings.anonymous_remote or _loopback(request.remote or ""))
 
     def caller(self, request: web.Request, agent: str) -> Caller | None:
         """The request's caller; None for one with no token (anonymous, maybe)."""
@@ -96,7 +97,7 @@ class A2aRoutes:
             # tasks hold its name as their label, and are its alone (decision 1171); on
             # loopback every caller has the one address, which tells them apart not
             remote = request.remote or ""
-            who = f"a2a anonymous {agent}" + ("" if loopback(remote) else f" at {remote}")
+            who = f"a2a anonymous {agent}" + ("" if _loopback(remote) else f" at {remote}")
             made = Caller(via=A2A_VIA, name=who, agents=agent,
                           tenant=None if tenant == DEFAULT_TENANT else tenant,
                           scopes=ANONYMOUS_SCOPES)
@@ -170,6 +171,10 @@ class A2aRoutes:
         finally:
             if said is not None:
                 SENT_CONTEXT.reset(said)
+
+
+# a request's address read once (an IP's parse was three of a message's every time)
+_loopback = functools.lru_cache(maxsize=1024)(loopback)
 
 
 def setup(app: web.Application, ctx: HttpContext) -> None:

@@ -87,6 +87,9 @@ class ClusterFront:
         found = await self.node.task(task_id, wait=wait)
         return found if found is not None else await self.local.get(task_id, wait=wait)
 
+    def holds(self, task_id: str) -> bool:
+        return self.local.holds(task_id)
+
     async def input_of(self, task_id: str) -> msgspec.Raw | None:
         return await self.local.input_of(task_id)
 

@@ -46,6 +46,10 @@ class TaskFront(Protocol):
 
     async def get(self, task_id: str, *, wait: bool) -> TaskInfo: ...
 
+    def holds(self, task_id: str) -> bool:
+        """Whether this node's engine holds the task in memory: an id of no team's call
+        (both are made by one clock), so not looked for among them."""
+
     async def input_of(self, task_id: str) -> msgspec.Raw | None:
         """A task's input as it was sent, where it is kept; None when not."""
 

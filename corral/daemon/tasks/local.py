@@ -207,6 +207,9 @@ class LocalFront:
             await self.reattached(task_id)
         return await self.engine.info(task_id, wait=wait)
 
+    def holds(self, task_id: str) -> bool:
+        return task_id in self.engine.active or task_id in self.engine.finished
+
     async def input_of(self, task_id: str) -> msgspec.Raw | None:
         task = self.engine.active.get(task_id)
         if task is not None:

@@ -88,6 +88,8 @@ class TeamFront:
         return result(call)
 
     async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
+        if self.inner.holds(task_id):  # (no team's call: not looked for in its rows)
+            return await self.inner.get(task_id, wait=wait)
         await self.teams.read(task_id)  # (on a cluster: as Redis holds it now)
         call = self.teams.find(task_id)
         if call is None:
@@ -96,6 +98,9 @@ class TeamFront:
             await self.teams.wait(task_id, None)
             call = self.teams.call(task_id)
         return call_info(call)
+
+    def holds(self, task_id: str) -> bool:
+        return self.inner.holds(task_id)
 
     async def input_of(self, task_id: str) -> msgspec.Raw | None:
         await self.teams.read(task_id)
