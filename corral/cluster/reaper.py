@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .. import jsonrpc
 from ..supervisor.config import RETRY_LOST
@@ -29,7 +29,7 @@ from ..supervisor.tasks.taskmachine import (
 from ..taskoptions import AGENTS_RETRY, AgentRetries
 from . import records
 from .connection import read_all, why
-from .keys import GROUP, Keys, split_consumer, split_route
+from .keys import GROUP, Keys, split_route
 from .membership import Membership
 from .queue import ClusterTask
 from .scripts import RedisPart, Scripts
@@ -64,6 +64,19 @@ class RecordPolicy:
 _attempt = msgspec.json.Decoder(dict[str, Any])
 
 
+# A record's fields, a Redis writer's too: one that does not parse is read as none (its
+# defaults), never a failure of the beat, which would stop every takeover after it.
+def _number(field: bytes | None) -> int | None:
+    return int(field) if field and field.removeprefix(b"-").isdigit() else None
+
+
+def _outcome(attempt: bytes) -> Any:
+    try:
+        return _attempt.decode(attempt).get("outcome")
+    except msgspec.DecodeError:
+        return None
+
+
 def decided(retries: bytes | None, retry_lost: bytes | None, options: bytes | None,
             cancel: bytes | None, attempts: list[bytes], orphan: bool,
             spec: AgentRetries) -> tuple[TaskStep, TaskMachine]:
@@ -71,17 +84,18 @@ def decided(retries: bytes | None, retry_lost: bytes | None, options: bytes | No
     engine applies it to a node's lost attempt (asked to cancel: cancelled; an orphan:
     given back, nothing spent; a loss: within retry_lost again for free, else as its
     policy's retries and retry_on say). The record's retry_lost is its claiming node's."""
-    machine = TaskMachine(int(retries or 0))
+    machine = TaskMachine(_number(retries) or 0)
     machine.fire(TaskCause.START)
     if cancel == b"1":
         return machine.fire(TaskCause.CANCEL), machine
     if orphan:
         return machine.fire(TaskCause.RELEASED), machine
     policy = records.options_in(options).retry or AGENTS_RETRY
-    ended = [_attempt.decode(a).get("outcome") for a in attempts]
+    ended = [_outcome(a) for a in attempts]
     # (the attempt it was running is lost with this takeover)
     lost = ended.count("lost") + (1 if ended and ended[-1] in (None, "running") else 0)
-    budget = LostBudget(int(retry_lost) if retry_lost else policy.lost(spec), lost)
+    given = _number(retry_lost)
+    budget = LostBudget(policy.lost(spec) if given is None else given, lost)
     return machine.fire(TaskCause.LOST, RecordPolicy(policy.outcomes(spec), budget)), machine
 
 
@@ -99,7 +113,7 @@ async def take_over(part: RedisPart, stream: str, entry: Any, tid: str, dead: st
 
     (retries, retry_lost, options, cancel, agent), attempts = await read_all(
         part.redis, fill, transaction=True)
-    local = specs.get(agent.decode()) if agent else None
+    local = specs.get(agent.decode(errors="replace")) if agent else None
     step, machine = decided(retries, retry_lost, options, cancel, attempts, orphan,
                             AgentDefaults() if local is None else local.spec)
     status, spent, error = str(machine.status), "", b""
@@ -137,7 +151,7 @@ class Reaper(RedisPart):
     async def streams(self) -> list[str]:
         """Every task stream of the cluster (a priority each, and the claimed stream where
         it exists), in two round trips however many agents there are."""
-        routes = sorted(split_route(a.decode())
+        routes = sorted(split_route(a.decode(errors="replace"))
                         for a in await self.redis.smembers(self.keys.agents))
         # (a member without a tenant is a name from before streams had one: not read)
         routes = [(tenant, name) for tenant, name in routes if name]
@@ -150,7 +164,8 @@ class Reaper(RedisPart):
         got = await pipe.execute()
         return [s for (tenant, name), prios, claimed in zip(
                     routes, got[::2], got[1::2], strict=True)
-                for s in [*(self.keys.stream(tenant, name, int(p)) for p in prios),
+                for s in [*(self.keys.stream(tenant, name, p) for p in map(_number, prios)
+                            if p is not None),
                           *([self.keys.claimed(tenant, name)] if claimed else [])]]
 
     async def reap(self, streams: list[str]) -> None:
@@ -158,9 +173,12 @@ class Reaper(RedisPart):
         if not self.membership.member or not self.membership.settled():
             return
         for stream in streams:
-            summary = await self.redis.xpending(stream, GROUP)
-            holders = [c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-                       for c in summary.get("consumers") or ()]
+            try:
+                summary = await self.redis.xpending(stream, GROUP)
+            except ResponseError:  # (no such stream or group: nothing is pending in it)
+                continue
+            holders = [c["name"].decode(errors="replace") if isinstance(c["name"], bytes)
+                       else c["name"] for c in summary.get("consumers") or ()]
             alive = await self.membership.alive(holders)
             for dead in (c for c in holders if c not in alive):
                 await self._take_over(stream, dead)
@@ -179,7 +197,7 @@ class Reaper(RedisPart):
         holds without running it (not in `held`), idle that long: an orphan."""
         pending = await self.redis.xpending_range(stream, GROUP, "-", "+", PAGE,
                                                   consumername=dead, idle=idle)
-        node, _inc = split_consumer(dead)
+        node = dead.rpartition("/")[0] or dead  # (a Redis writer's name: as it is)
         orphans = idle is not None
         refreshing = orphans and reason is None  # (not a stopping node's last pass)
         reason = reason or (f"node {node} did not run it (its claim's answer was lost)"
@@ -193,13 +211,18 @@ class Reaper(RedisPart):
             if task_id is None:  # the entry was deleted: nothing to run, only to let go
                 await self.redis.xack(stream, GROUP, entry)
                 continue
-            tid = task_id.decode()
+            tid = task_id.decode(errors="replace")  # (a Redis writer's: no record)
             # an entry read and not claimed, its task still queued: on a live node, a
             # session's turn given to it that it was too busy to claim (sessionscripts)
             unclaimed = refreshing and await self.redis.hget(self.keys.task(tid),
                                                           "status") == b"queued"
-            got = await take_over(self, stream, entry, tid, dead, orphan=orphans,
-                                  reason=reason, kept_for=self.kept_for, specs=self.agents)
+            try:
+                got = await take_over(self, stream, entry, tid, dead, orphan=orphans,
+                                      reason=reason, kept_for=self.kept_for,
+                                      specs=self.agents)
+            except ResponseError as exc:  # (its keys a Redis writer's of another type)
+                self.report(f"cluster: task {tid} of {dead} not taken over: {why(exc)}")
+                continue
             if got == b"requeued" and unclaimed:
                 self.orphans += 1
                 self.report(f"cluster: task {tid} given to node {node} waited "

@@ -527,8 +527,9 @@ return 1
 # The attempt a node was running ends `lost` (unless it had ended meanwhile): KEYS[2] the
 # attempts list, ARGV[4] now, ARGV[5] the reason.
 _END_LAST_ATTEMPT = """local last = redis.call('LINDEX', KEYS[2], -1)
-if last then
-  local a = cjson.decode(last)
+local ok, a = false, nil
+if last then ok, a = pcall(cjson.decode, last) end  -- (a Redis writer's: no attempt)
+if ok and type(a) == 'table' then
   if a['outcome'] == nil or a['outcome'] == 'running' then  -- (omitted: the default)
     a['outcome'] = 'lost'
     a['error'] = ARGV[5]
