@@ -776,9 +776,10 @@ async def test_each_agents_first_replica_is_adopted_before_any_second(
     assert firsts_first([]) == []
 
 
-def handed_process(owner: str, name: str, index: int) -> tuple[HandedProcess,
-                                                                subprocess.Popen[bytes]]:
-    """A live process with its three pipes, described as an old image hands it over."""
+def handed_process(owner: str, name: str, index: int
+                   ) -> tuple[HandedProcess, ProcessRecord, subprocess.Popen[bytes]]:
+    """A live process with its three pipes, described as an old image hands it over, and
+    its record as the state database keeps it."""
     child_in, our_in = os.pipe()
     our_out, child_out = os.pipe()
     our_err, child_err = os.pipe()
@@ -792,7 +793,7 @@ def handed_process(owner: str, name: str, index: int) -> tuple[HandedProcess,
     rec = ProcessRecord(token=f"{owner}.{1000 + index}", kind="agent", name=name,
                         replica=index, pid=proc.pid, start_time=st.start_time,
                         pgid=proc.pid, sid=proc.pid)
-    return HandedProcess(record=rec, fds=[our_in, our_out, our_err]), proc
+    return HandedProcess(token=rec.token, fds=[our_in, our_out, our_err]), rec, proc
 
 
 async def test_the_first_adoption_is_attached_alone_and_the_others_after_it(
@@ -805,10 +806,11 @@ async def test_the_first_adoption_is_attached_alone_and_the_others_after_it(
     seen: list[tuple[str, list[str]]] = []
     lost: list[str] = []
     adoptions = Adoptions(
-        [h for h, _ in made],
         lambda r, h: seen.append((r.label, [x.label for x in a.replicas
                                             if x.machine.takes_work])),
         lambda h, why: lost.append(why))
+    assert adoptions.expect([h for h, _, _ in made], {rec.token: rec for _, rec, _ in made}
+                            ) == []
     sup.parts.containment.handed = adoptions.take
     try:
         for r in a.replicas:  # begun in one turn, as a mass start's slice
@@ -820,49 +822,58 @@ async def test_the_first_adoption_is_attached_alone_and_the_others_after_it(
         assert [label for label, _ in seen[1:]] == ["a#1", "a#2"]
         assert all("a#0" in ready for _, ready in seen[1:]), seen  # after it was Ready
         assert adoptions.adopted == 3 and adoptions.first_over.done()
-        assert [r.pid for r in a.replicas] == [p.pid for _, p in made]
+        assert [r.pid for r in a.replicas] == [p.pid for _, _, p in made]
         assert all(r.machine.takes_work for r in a.replicas)
     finally:
         await sup.remove("a")
-        for _, proc in made:
+        for _, _, proc in made:
             proc.wait(10)
 
 
 async def test_what_the_old_image_did_not_hand_over_is_found_by_its_record_and_ended(
         sup: Supervisor, tmp_path: Path) -> None:
     """As after a crash, the new image finds the old one's processes by their records in
-    the state database (the state file names only those it hands over): one not handed is
-    tracked from before anything starts, ended by `settle` and said started again."""
+    the state database: one not handed is tracked from before anything starts, ended by
+    `settle` and said started again; one handed is known by its record there (the state
+    file names its token alone), and one handed of no record is no one's, its pipes
+    closed (it ends on its stdin's end), as a crash would leave it."""
     owner = sup.parts.containment.owner
-    handed, kept = handed_process(owner, "a", 0)
-    other, left = handed_process(owner, "zygote", 1)
-    zygote = msgspec.structs.replace(other.record, kind="zygote")
+    handed, handed_rec, kept = handed_process(owner, "a", 0)
+    other, other_rec, left = handed_process(owner, "zygote", 1)
+    unrecorded, _, gone = handed_process(owner, "b", 2)
+    zygote = msgspec.structs.replace(other_rec, kind="zygote")
+    assert b'"pid"' not in msgspec.json.encode(handed)
     store = StateStore(tmp_path / "corral.db")
     writer = store.open_writer()
     try:
         store.begin_incarnation(owner, os.getpid(), 1)
-        writer.submit(StateStore.write_processes([handed.record, zygote], []))
+        writer.submit(StateStore.write_processes([handed_rec, zygote], []))
         await writer.committed()
         h = Handoff(attempt=1, from_version="0", asked_at=0.0, started_at=0.0,
                     config="corral.toml", socket=None, control=(-1, -1), owner=owner,
                     issued=0, fallback=Fallback(python="", env={}, boot=""),
-                    processes=[handed])
+                    processes=[handed, unrecorded])
         t = Takeover(h, tmp_path / "upgrade-handoff.json", None)
         t.go_on(sup, store)
         live = sup.parts.containment.live
-        assert (t.ended, zygote.token in live, handed.record.token in live) == (
+        assert (t.ended, zygote.token in live, handed_rec.token in live) == (
             [zygote], True, False)
+        assert (t.adoptions.waiting, t.adoptions.records[handed.token]) == (
+            {("agent", "a", 0): handed}, handed_rec)
+        unknown = f"process {unrecorded.token} (no record of it in the state database)"
+        assert t.lost == [unknown]
+        assert gone.wait(10) == 0  # (its stdin's end: our end closed)
         report = await t.settle(LogHub(None))
         # (the handed one no replica took, as an agent gone from the config)
         assert report.restarted == [
-            "zygote zygote#1", "agent a#0",
+            "zygote zygote#1", "agent a#0", unknown,
             "a#0 (its agent's replica did not start in the new image)"], report
-        assert (zygote.token in live, handed.record.token in live) == (False, False)
+        assert (zygote.token in live, handed_rec.token in live) == (False, False)
         assert (read_stat(left.pid), read_stat(kept.pid)) == (None, None)
     finally:
         for fd in other.fds:
             os.close(fd)
-        for proc in (kept, left):  # (each reaped by `settle` when it passed)
+        for proc in (kept, left, gone):  # (each reaped by `settle` when it passed)
             with contextlib.suppress(ChildProcessError, ProcessLookupError):
                 if proc.poll() is None:
                     proc.kill()

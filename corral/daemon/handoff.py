@@ -25,8 +25,9 @@ from ..supervisor.tasks.counters import CounterSnapshot
 # the layout of this file: an image that reads another refuses the handoff (the old one
 # then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions;
 # 3: plain programs, idle replicas, the task counters; 4: a cluster node's incarnation and
-# claims; 5: no processes to end (the next image finds them by their records, as a crash's)
-HANDOFF_VERSION = 5
+# claims; 5: no processes to end (the next image finds them by their records, as a crash's);
+# 6: a handed process named by its record's token (its pid and start time the store's)
+HANDOFF_VERSION = 6
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"

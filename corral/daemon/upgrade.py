@@ -38,6 +38,7 @@ from ..methods import DaemonUpgrade, UpgradeReport
 from ..supervisor.adopt import (
     Adoptions,
     HandedProcess,
+    close_all,
     close_on_exec,
     hand,
     hand_plain,
@@ -416,9 +417,9 @@ class Upgrades:
             if tracked is None:
                 h = None
             elif isinstance(r, PlainReplica):
-                h = hand_plain(r, tracked.record)
+                h = hand_plain(r, tracked.record.token)
             else:
-                h = hand(r, tracked.record,
+                h = hand(r, tracked.record.token,
                          by_replica.get(r, {}) if isinstance(r, Replica) else {})
             if h is None:
                 waiting.append(r)
@@ -449,7 +450,7 @@ class Upgrades:
         data = dict(target.env, **{VARIABLE: str(path)})
         fds = handed_fds(h)
         running = sum(len(k.tasks) for k in kept)
-        servers = sum(1 for k in kept if k.record.kind == "mcp")
+        servers = sum(1 for k in kept if k.session is not None)  # (an MCP server's alone)
         try:
             handoff.write(path, h)
         except OSError as exc:
@@ -497,7 +498,7 @@ class Takeover:
         self.lost: list[str] = []
         self.ended: list[ProcessRecord] = []  # not handed over: `settle` ends them
         self.sup: Supervisor | None = None
-        self.adoptions = Adoptions(h.processes, self._adopted, self._lost)
+        self.adoptions = Adoptions(self._adopted, self._lost)  # (`go_on`: what it waits for)
         self._first = asyncio.Event()  # a handed process adopted (or lost): dispatch goes on
         self._regains: set[asyncio.Future[None]] = set()  # (`_adopted`)
         self.listeners = Listeners(h.listeners)  # taken by the HTTP server and gateway
@@ -519,15 +520,19 @@ class Takeover:
 
     def go_on(self, sup: Supervisor, store: StateStore) -> None:
         """Once the store is open, before anything is spawned: the same incarnation, the
-        replicas' starts taking the handed processes; the old image's others found by
+        replicas' starts taking the handed processes by their records (one of none is
+        no one's, as after a crash: its pipes closed); the old image's others found by
         their records as a crash's are (incarnation.py), tracked until `settle` ends them
         (not taken for orphans, their cgroups not given to those started in their place)."""
         self.sup = sup
+        records = {r.token: r for r in store.process_records([self.handoff.owner])}
+        for h in self.adoptions.expect(self.handoff.processes, records):
+            close_all(h.fds)
+            self.lost.append(f"process {h.token} (no record of it in the state database)")
         sup.parts.containment.go_on_from(self.handoff.owner, self.handoff.issued,
                                          self.adoptions.take)
-        kept = {h.record.token for h in self.handoff.processes}
-        self.ended = [r for r in store.process_records([self.handoff.owner])
-                      if r.token not in kept]
+        kept = {h.token for h in self.handoff.processes}
+        self.ended = [r for r in records.values() if r.token not in kept]
         for rec in self.ended:
             sup.parts.containment.adopted(rec)
         carried = self.handoff.engine
@@ -541,7 +546,8 @@ class Takeover:
     def hold_back(self, unfinished: list[Unfinished]) -> list[Unfinished]:
         """The journal's unfinished tasks less those running on a kept worker: they
         are re-attached to it, not recovered."""
-        running = {t.task_id for h in self.handoff.processes for t in h.tasks}
+        running = {t.task_id for h in self.handoff.processes for t in h.tasks
+                   if h.token in self.adoptions.records}
         rest: list[Unfinished] = []
         for rec in unfinished:
             if (not isinstance(rec, CompactTask)  # (suspended: on no worker)
@@ -587,12 +593,12 @@ class Takeover:
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None
-        if h.record.kind == "agent":
+        if r.kind == "agent":
             # its listener made again where the old image held its sandbox's network
             # (egressdoors.py): the coroutine's first step makes it, before dispatch
             kept(self._regains, asyncio.ensure_future(r.regain_gateways()))
         self._first.set()
-        if h.record.kind == "mcp":
+        if r.kind == "mcp":
             self.kept_servers += 1
         for t in h.tasks:
             assert r.peer is not None  # (a plain program runs no task)
@@ -612,7 +618,8 @@ class Takeover:
     def _lost(self, h: HandedProcess, why: str) -> None:
         assert self.sup is not None
         self._first.set()
-        self.lost.append(f"{h.record.name}#{h.record.replica} ({why})")
+        proc = self.adoptions.records[h.token]
+        self.lost.append(f"{proc.name}#{proc.replica} ({why})")
         recs = [r for t in h.tasks if (r := self.held.pop(t.task_id, None)) is not None]
         claims = [c for t in h.tasks if (c := self.claims.pop(t.task_id, None)) is not None]
         if claims and self.node is not None:
@@ -732,12 +739,13 @@ class Takeover:
         assert self.sup is not None
         self._back()  # (what is still held was not handed: the journal's)
         containment = self.sup.parts.containment
-        for lost in left:
-            containment.adopted(lost.record)
+        left_records = [self.adoptions.records[lost.token] for lost in left]
+        for rec in left_records:
+            containment.adopted(rec)
         if self.claims and self.node is not None:  # their workers not kept
             handover.give_back(self.node, list(self.claims.values()), "its worker was not kept")
             self.claims.clear()
-        ended = [*self.ended, *(lost.record for lost in left)]
+        ended = [*self.ended, *left_records]
         await end_processes(ended)
         for rec in ended:
             containment.ended(rec.token)  # their cgroups and records go

@@ -1,9 +1,10 @@
 """Processes handed over across a re-execution of the daemon (`corral upgrade`,
-docs/operations.md): the new image, the same pid, takes each worker `hand` described (pid
-and start time, its stdio pipe fds kept open across the exec, its JSON-RPC conversation)
-instead of spawning one. Only what can be handed whole is: a worker mid-handshake,
-mid-stop or with a request of its own being answered is waited for first. Zygotes are not
-adopted (their children are: the subreaper makes them corral's own).
+docs/operations.md): the new image, the same pid, takes each worker `hand` described (its
+record's token: its pid and start time the state database's; its stdio pipe fds kept open
+across the exec, its JSON-RPC conversation) instead of spawning one. Only what can be
+handed whole is: a worker mid-handshake, mid-stop or with a request of its own being
+answered is waited for first. Zygotes are not adopted (their children are: the
+subreaper makes them corral's own).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -46,7 +47,7 @@ class HandedTask(msgspec.Struct, frozen=True):
 class HandedProcess(msgspec.Struct, frozen=True):
     """A process the previous image hands over (a state file's entry)."""
 
-    record: ProcessRecord  # kind, name, replica, pid, start time, token, cgroup
+    token: str  # its record's (kind, name, replica, pid, start time, cgroup: the store's)
     fds: list[int] = []  # stdin, stdout, stderr: our ends, kept open across the exec
     last_id: int = 0  # the last request id sent to it
     unanswered: list[int] = []  # requests sent and not answered (besides the tasks')
@@ -62,8 +63,7 @@ class HandedProcess(msgspec.Struct, frozen=True):
     health: list[CheckState] = []  # where its health checks stood
 
 
-def hand(r: ProcessReplica, record: ProcessRecord, rids: dict[str, int]
-         ) -> HandedProcess | None:
+def hand(r: ProcessReplica, token: str, rids: dict[str, int]) -> HandedProcess | None:
     """What `r`'s process is, for the next image; None when it cannot be handed whole
     (no process, no channel, not serving, a request of its own being answered, bytes
     unread on either side of its pipes). `rids`: the request ids of running tasks."""
@@ -88,14 +88,14 @@ def hand(r: ProcessReplica, record: ProcessRecord, rids: dict[str, int]
     tasks = [HandedTask(tid, rid) for tid, rid in rids.items()]
     taken = {t.rid for t in tasks}
     return HandedProcess(
-        record=record, fds=fds, last_id=last_id, idle=r.machine.idle,
+        token=token, fds=fds, last_id=last_id, idle=r.machine.idle,
         health=_health_of(r),
         unanswered=[i for i in unanswered if isinstance(i, int) and i not in taken],
         tasks=tasks, uptime=r.uptime or 0.0, restarts=r.restarts,
         zygote_child=proc.zygote_child, argv0=proc.argv0, session=session, owner=owner)
 
 
-def hand_plain(r: PlainReplica, record: ProcessRecord) -> HandedProcess | None:
+def hand_plain(r: PlainReplica, token: str) -> HandedProcess | None:
     """What a plain program's process is: its log pipes (its stdin is closed once it
     starts), its $NOTIFY_SOCKET and readiness; None until it is Ready (a readiness not
     yet told is waited for, as a worker's handshake is)."""
@@ -106,7 +106,7 @@ def hand_plain(r: PlainReplica, record: ProcessRecord) -> HandedProcess | None:
     plain = r.handed()
     if plain.notify_fd is not None:
         fds = [*fds, plain.notify_fd]  # (kept open across the exec with the pipes)
-    return HandedProcess(record=record, fds=fds, uptime=r.uptime or 0.0,
+    return HandedProcess(token=token, fds=fds, uptime=r.uptime or 0.0,
                          restarts=r.restarts, argv0=proc.argv0, plain=plain,
                          health=_health_of(r))
 
@@ -160,10 +160,10 @@ class Adoptions:
     `on_adopted` is told before the replica is Ready, so its running tasks are re-attached
     before dispatch gives it more; `on_lost`: its tasks are recovered as after a restart."""
 
-    def __init__(self, handed: list[HandedProcess],
-                 on_adopted: Callable[[Replica, HandedProcess], None],
+    def __init__(self, on_adopted: Callable[[Replica, HandedProcess], None],
                  on_lost: Callable[[HandedProcess, str], None]) -> None:
-        self.waiting = {(h.record.kind, h.record.name, h.record.replica): h for h in handed}
+        self.waiting: dict[tuple[str, str, int], HandedProcess] = {}
+        self.records: Mapping[str, ProcessRecord] = {}
         self.on_adopted = on_adopted
         self.on_lost = on_lost
         self.adopted = 0
@@ -172,15 +172,25 @@ class Adoptions:
         # Ready (the others' attaches would fill its turns); the others wait for this
         self.first_over: asyncio.Future[None] | None = None
 
+    def expect(self, handed: list[HandedProcess], records: Mapping[str, ProcessRecord]
+               ) -> list[HandedProcess]:
+        """The handed processes each waits for its replica, by its record (the state
+        database's, by token); those of no record, which none waits for."""
+        self.records = records
+        self.waiting = {(rec.kind, rec.name, rec.replica): h for h in handed
+                        if (rec := records.get(h.token)) is not None}
+        return [h for h in handed if h.token not in records]
+
     def take(self, r: ProcessReplica) -> bool:
         """Called by a replica's start (Containment.handed): True if `r` adopts a handed
         process (its life is the adoption) instead of spawning one."""
         h = self.waiting.pop((r.kind, r.name, r.index), None)
         if h is None:
             return False
-        if not same_process(h.record):
+        rec = self.records[h.token]
+        if not same_process(rec):
             close_all(h.fds)
-            self.on_lost(h, f"pid {h.record.pid} is gone")
+            self.on_lost(h, f"pid {rec.pid} is gone")
             return False
         first = self.first_over
         task = asyncio.ensure_future(self._adopt(r, h, first))
@@ -214,7 +224,7 @@ class Adoptions:
 
     async def _adopt(self, r: ProcessReplica, h: HandedProcess,
                      after: asyncio.Future[None] | None) -> None:
-        rec = h.record
+        rec = self.records[h.token]
         loop = asyncio.get_running_loop()
         if after is not None and not after.done():
             try:
@@ -296,7 +306,7 @@ class Adoptions:
         (its tasks, failed with the channel when there was one, are retried as after a
         restart)."""
         with contextlib.suppress(OSError):
-            os.kill(h.record.pid, 9)
+            os.kill(self.records[h.token].pid, 9)
         self.on_lost(h, why)
         r._life = None
         r._living = False
