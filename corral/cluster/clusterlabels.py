@@ -28,7 +28,7 @@ class ClusterLabels:
                                   {label: now + i * 1e-6 for i, label in enumerate(labels)},
                                   nx=True)
 
-    def hand(self, key: str, labels: Sequence[str]) -> None:
+    def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
         # a cluster's task is handed its labels before Redis holds it (ClusterTasks._put
         # marks them): what a node's engine accepts of it has nothing more to keep
         return None

@@ -20,12 +20,12 @@ class LabelsDB:
     async def mark(self, key: str, labels: Sequence[str]) -> None:
         await self.store.commit(_rows(key, labels))
 
-    def hand(self, key: str, labels: Sequence[str]) -> None:
+    def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
         # the writer thread runs its jobs in order: the task's row, handed to it after
         # this, is committed after these (a label row of a task never written is harmless)
         thread = self.store.thread
         assert thread is not None, "the writer opens before any task is accepted"
-        thread.hand(_rows(key, labels))
+        thread.hand([row for key, labels in records for row in _rows(key, labels)])
 
     async def read(self, key: str) -> tuple[str, ...]:
         with errors_named(self.store.path):

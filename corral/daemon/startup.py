@@ -446,7 +446,9 @@ def signals(put: Callable[[int], None]) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def event_pump(sup: Supervisor, heard: EngineLog) -> AsyncIterator[None]:
-    events = sup.subscribe(maxsize=100_000)
+    # (a task's start and end are its journal's: a replica's moves between READY, BUSY
+    # and IDLE are no line of its log, decision 1440)
+    events = sup.subscribe(maxsize=100_000, work=False)
     background = Background(heard.hub.daemon)
     background.start("event pump", lambda: heard.pump(events))
     try:

@@ -284,12 +284,14 @@ class Supervisor:
         return await self.waits.wait_event(pred, timeout)
 
     # -- events ---------------------------------------------------------------------------
-    def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Transition]:
-        """A queue of every future transition; a full queue drops events rather than
-        block. (A callback for any event type: `self.stream.subscribe`.)"""
+    def subscribe(self, maxsize: int = 10000, *, work: bool = True
+                  ) -> asyncio.Queue[Transition]:
+        """A queue of every future transition (`work`: with a serving replica's moves
+        between READY, BUSY and IDLE); a full queue drops events rather than block. (A
+        callback for any event type: `self.stream.subscribe`.)"""
         q: asyncio.Queue[Transition] = asyncio.Queue(maxsize)
-        self._event_queues[q] = self.stream.subscribe(functools.partial(_offer, q), Transition,
-                                                      WorkTransition)
+        kinds = (Transition, WorkTransition) if work else (Transition,)
+        self._event_queues[q] = self.stream.subscribe(functools.partial(_offer, q), *kinds)
         return q
 
     def unsubscribe(self, q: asyncio.Queue[Transition]) -> None:

@@ -64,10 +64,10 @@ class LabelStore(Protocol):
     async def read(self, key: str) -> tuple[str, ...]:
         """The key's labels, the first marked first; () when it has none."""
 
-    def hand(self, key: str, labels: Sequence[str]) -> None:
-        """`labels` of a task being accepted now, kept no later than any write of the
-        task's own the home is handed after this call (its row): a task its home holds
-        holds them, whenever its home is cut short."""
+    def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """The records of a task being accepted now, (key, labels) each, kept together
+        and no later than any write of the task's own the home is handed after this call
+        (its row): a task its home holds holds them, whenever its home is cut short."""
 
 
 class MemoryLabels:
@@ -84,8 +84,9 @@ class MemoryLabels:
     async def read(self, key: str) -> tuple[str, ...]:
         return self._by.get(key, ())
 
-    def hand(self, key: str, labels: Sequence[str]) -> None:
-        self._by[key] = _union(self._by.get(key, ()), labels)
+    def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
+        for key, labels in records:
+            self._by[key] = _union(self._by.get(key, ()), labels)
 
 
 class NodeLabels:
@@ -106,8 +107,8 @@ class NodeLabels:
     async def read(self, key: str) -> tuple[str, ...]:
         return await self._store.read(key)
 
-    def hand(self, key: str, labels: Sequence[str]) -> None:
-        self._store.hand(key, labels)
+    def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
+        self._store.hand(records)
 
 
 class NoLabels:
@@ -120,7 +121,7 @@ class NoLabels:
     async def read(self, key: str) -> tuple[str, ...]:
         return ()
 
-    def hand(self, key: str, labels: Sequence[str]) -> None:
+    def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
         return None
 
 
@@ -249,8 +250,9 @@ class Labels:
         before its row is, so that no handle of it outlives them (accepted)."""
         have = self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
         session = session_key(task)
-        for key, kept in accepted(task.id, session, have) + starts(task.id, session, starter):
-            task.home.labels.hand(key, kept)
+        records = accepted(task.id, session, have) + starts(task.id, session, starter)
+        if records:  # (one write of them all: one transaction of the home's writer)
+            task.home.labels.hand(records)
         self._kept[task.id] = have
 
     async def read_from(self, task: LabelledTask, others: Sequence[str]) -> None:
