@@ -97,3 +97,27 @@ async def test_a_records_cgroup_below_corrals_tree_is_stopped_and_removed(
             p.wait()
     assert os.path.isdir(tree)
 
+
+async def test_a_handed_records_cgroup_outside_corrals_tree_is_not_killed_at_its_end(
+        tmp_path: Path) -> None:
+    # the upgrade's new image tracks the old one's processes by their records in the
+    # state database (adopted) and ends those no replica took: before, a record's
+    # cgroup of another service had every process in it killed at that end
+    old = incarnation()
+    leftover = spawn_leftover(f"{old}.1")
+    other = bystander()
+    try:
+        theirs = fake_cgroup(tmp_path / "system.slice" / "other.service", other.pid)
+        tree = tmp_path / "corral"
+        tree.mkdir()
+        c = Containment("off")
+        c.tree = CgroupTree(str(tree))
+        rec = record_of(leftover, f"{old}.1", cgroup=str(theirs))
+        c.adopted(rec)
+        assert c.cgroup_of(rec.token) is None
+        c.ended(rec.token)
+        assert other.poll() is None, "another service's process was killed"
+    finally:
+        for p in (leftover, other):
+            p.kill()
+            p.wait()

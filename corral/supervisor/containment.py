@@ -624,6 +624,10 @@ class Containment:
         self.nodes = nodes
 
     def adopted(self, rec: ProcessRecord) -> None:
+        """Track a process the image before an exec started (its record the state
+        database's): a cgroup not corral's is not its, to freeze, limit or kill."""
+        if rec.cgroup is not None and not self._in_tree(rec):
+            rec = msgspec.structs.replace(rec, cgroup=None)
         t = ProcessWatch(rec, oom_kills(rec.cgroup) if rec.cgroup else 0)
         self.live[rec.token] = t
         self._by_pid[rec.pid] = t
