@@ -33,7 +33,7 @@ from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.spawn import REACH
 from ..supervisor.tasks.spawntree import Lineage
-from ..taskkeys import KeyClaim, claimed, submitted
+from ..taskkeys import KeyClaim, claimed, other_request, submitted
 from ..taskoptions import encoded, options_of
 from ..timeouts import within
 from . import listing, records
@@ -354,7 +354,20 @@ class ClusterTasks(RedisPart):
     async def _claimed(self, p: m.TaskParams) -> KeyClaim:
         """A submission's idempotency key claimed (corral/taskkeys.py)."""
         with said(self.settings, "the task was not accepted"):
-            return await claimed(self.submit_keys, await self._route(p.agent), p, new_id())
+            claim = await claimed(self.submit_keys, await self._route(p.agent), p, new_id())
+            if not claim.new:
+                await self._named(claim, p.agent)
+            return claim
+
+    async def _named(self, claim: KeyClaim, agent: str) -> None:
+        """A key sent again is answered by its tenant's task of the agent asked alone:
+        the task a key names is Redis's word, unsigned, and a Redis writer's key naming
+        another tenant's task would give its caller that task's outcome (its record's
+        tenant is signed). Refused as another request's key; a record gone is no one's."""
+        info, _ = await self._read(claim.task_id)
+        if info is not None and (info.agent != agent
+                                 or (info.tenant or DEFAULT_TENANT) != claim.tenant):
+            raise other_request(claim.key)
 
     async def submit(self, p: m.TasksSubmit, wait: float | None
                      ) -> tuple[str, m.TaskResult | None, bool]:
