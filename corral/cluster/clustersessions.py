@@ -23,6 +23,7 @@ from ..supervisor.tasks import Task
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.sessions import (
     SessionKey,
+    session_bounds,
     sessions_full,
     state_too_large,
     turn_waits,
@@ -39,6 +40,7 @@ from .scripts import RedisPart, Scripts, submit_script
 from .trust import SESSION, Trust
 
 if TYPE_CHECKING:
+    from ..supervisor.quotas import Tenancy
     from ..supervisor.replica import Replica
 
 SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
@@ -50,11 +52,13 @@ class ClusterSessions(RedisPart):
     """The cluster's side of sessions: the submit of a turn, its state, its checkpoints."""
 
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, host: TaskHost,
-                 membership: Membership, report: Callable[[str], None]) -> None:
+                 tenancy: Tenancy | None, membership: Membership,
+                 report: Callable[[str], None]) -> None:
         super().__init__(scripts, keys, trust)
         self.membership = membership
         self.report = report
         self.host = host
+        self.tenancy = tenancy  # (the node's Sessions' own: the same bounds)
         self.submit = self.redis.register_script(SUBMIT)
         self.checkpoint_script = self.redis.register_script(sessionscripts.CHECKPOINT)
         self.end_script = self.redis.register_script(sessionscripts.END)
@@ -62,25 +66,29 @@ class ClusterSessions(RedisPart):
 
     # -- submit ----------------------------------------------------------------------------
     async def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
-        """What SUBMIT takes after the plain submit's arguments: the session, the
-        bounds of its agent as this node knows them, its owner, and its move."""
+        """What SUBMIT takes after the plain submit's arguments: the session, its agent's
+        session_ttl, the bounds on its live sessions as this node knows them (the node's
+        own: session_bounds, the agent's and its tenant's over its agents), its owner,
+        and its move."""
         local = self.host.agents.get(agent)
-        bounds = [0, 0] if local is None else [local.spec.session_ttl, local.spec.max_sessions]
-        return [session, *bounds, tenant, *await turn_args(
-            self.redis, self.keys, SessionKey(tenant, agent, session))]
+        bounds = [[b.max_sessions, list(b.agents), b.who]
+                  for b in session_bounds(local, self.tenancy) if b.max_sessions]
+        return [session, local.spec.session_ttl if local is not None else 0,
+                msgspec.json.encode(bounds), tenant, *await turn_args(
+                    self.redis, self.keys, SessionKey(tenant, agent, session))]
 
     def _tenant(self, agent: str) -> str:
         """The tenant of this node's agent of the name ('' when it runs none)."""
         local = self.host.agents.get(agent)
         return local.spec.tenant if local is not None else ""
 
-    def refusal(self, agent: str, got: Any) -> RpcError | None:
-        if got != -2:
+    def refusal(self, got: Any) -> RpcError | None:
+        """SUBMIT's {-2, whose bound, its live sessions, its max_sessions} in the node's
+        words."""
+        if not isinstance(got, list) or got[:1] != [-2]:
             return None
         self.refused += 1
-        local = self.host.agents.get(agent)
-        most = local.spec.max_sessions if local is not None else 0
-        return RpcError(jsonrpc.REFUSED, sessions_full(f"agent {agent}", most, most))
+        return RpcError(jsonrpc.REFUSED, sessions_full(got[1].decode(), got[2], got[3]))
 
     # -- a claimed task's home.turns (TurnStore) -------------------------------------------
     def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:

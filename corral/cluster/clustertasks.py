@@ -216,8 +216,7 @@ class ClusterTasks(RedisPart):
                 got = await self._submit_turn(keys=keys, args=args)
         if got == REFUSED and ride is not None:
             raise LostLease(ride.call_id)
-        refused = cluster_refusal(p.agent, got, max_queue) or self.sessions.refusal(
-            p.agent, got)
+        refused = cluster_refusal(p.agent, got, max_queue) or self.sessions.refusal(got)
         if refused is not None:
             raise refused
         # (who started it, once it is accepted: a refused turn claims no session's name;

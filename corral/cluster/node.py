@@ -83,7 +83,8 @@ class ClusterNode:
         self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(scripts, self.keys, trust, settings, self.node,
                                      self._offer, report, host.stream, self._places)
-        sessions = ClusterSessions(scripts, self.keys, trust, host, self.membership, report)
+        sessions = ClusterSessions(scripts, self.keys, trust, host, tasks.tenancy,
+                                   self.membership, report)
         self.steps = ClusterSteps(scripts, self.keys, trust, tasks.active.get)
         # (the desk is made below)
         # (a task's labels: read by the view too, an anonymous A2A caller's own tasks)

@@ -129,11 +129,14 @@ end"""
 
 # SUBMIT of a task naming a session, its move decided above (turns.py): kept only while
 # the session's current turn and its line's length are as read (else MOVED: read and
-# decided again); a new session is refused past max_sessions (-2); the task goes into the
-# stream when it starts, else into the line, which max_queue bounds (-1).
+# decided again); a new session is refused at a bound given (-2: which, by its words, its
+# live sessions counted, its most); the task goes into the stream when it starts, else
+# into the line, which max_queue bounds (-1).
 # KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its agent's session_ttl
-#   (seconds, 0: none), the agent's max_sessions (0: none), its agent's tenant, the move
-#   ('start' or 'wait'), the current turn as read ('-': no session), the line's length
+#   (seconds, 0: none), the bounds on its live sessions (JSON: each its max_sessions, the
+#   agents whose sessions of the tenant it counts, its words: sessions.session_bounds),
+#   its agent's tenant, the move ('start' or 'wait'), the current turn as read ('-': no
+#   session), the line's length
 MOVED = -3
 SUBMIT_FIRST = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -145,8 +148,14 @@ if cur ~= ARGV[17] or redis.call('LLEN', sline) ~= tonumber(ARGV[18]) then
 end
 if ARGV[17] == '-' then
   {_PRUNE}
-  local most = tonumber(ARGV[14])
-  if most > 0 and redis.call('ZCARD', sall) >= most then return -2 end
+  for _, bound in ipairs(cjson.decode(ARGV[14])) do
+    local live = 0
+    for _, member in ipairs(bound[2]) do
+      live = live + redis.call('ZCOUNT', prefix .. 'sessions:' .. tenant .. ':' .. member,
+        now, '+inf')
+    end
+    if live >= bound[1] then return {{-2, bound[3], live, bound[1]}} end
+  end
 end
 local most_waiting = tonumber(ARGV[9])
 if ARGV[16] == 'wait' and most_waiting > 0 and tonumber(ARGV[18]) >= most_waiting then

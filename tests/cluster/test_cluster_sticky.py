@@ -307,7 +307,7 @@ async def _submit(client: Any, tid: str, session: str | None = "s", options: str
     if session is None:
         return await Scripts(client).submit(keys=keys, args=head + tail)
     return await client.register_script(clustersessions.SUBMIT)(
-        keys=keys, args=[*head, session, 60, 0, "t1", *await turn_args(
+        keys=keys, args=[*head, session, 60, b"[]", "t1", *await turn_args(
             client, T, SessionKey("t1", "w", session)), *tail])
 
 

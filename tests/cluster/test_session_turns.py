@@ -54,6 +54,6 @@ async def test_submit_keeps_its_move_on_a_session_hash_without_a_current_turn(
     assert moved == ["start", "-", 0]
     assert await submit(
         keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
-        args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0, "t1", *moved,
+        args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, b"[]", "t1", *moved,
               "", "", "t1", "mac"]) == 1
     assert await client.hget(T.session(W), "cur") == tid.encode()

@@ -33,9 +33,11 @@ def agents(directory: Path) -> str:
         max_concurrent_tasks = 2
         stop_timeout = 5.0
     """)
-    # `small`: one live session, of 40 bytes of state at most
+    # `small`: one live session, of 40 bytes of state at most; `left` and `right`, tenant
+    # team's, one live session between them
     return (f"[agents.chat]{chat}\n[agents.small]{chat}max_sessions = 1\n"
-            "max_session_bytes = 40\n")
+            "max_session_bytes = 40\n[tenants.team]\nmax_sessions = 1\n"
+            f"[agents.left]{chat}tenant = \"team\"\n[agents.right]{chat}tenant = \"team\"\n")
 
 
 def test_a_sessions_turns_run_one_at_a_time_in_order_each_given_the_last_state(
@@ -134,6 +136,25 @@ def test_a_session_past_its_agents_bounds_is_refused_with_their_words(home: Home
     assert (code, message) == (jsonrpc.REFUSED, (
         "sessions full: agent small has 1 live session (max_sessions 1); end one (corral "
         "sessions end) or wait for one to expire (session_ttl)"))
+
+
+def test_a_tenants_session_bound_counts_its_agents_and_refuses_in_its_words(home: Home
+                                                                            ) -> None:
+    first = home.run("left", {"turn": 1}, session="mine")
+    assert first["output"]["turns"] == [1], first
+    # another agent of the tenant: a session of it would be the tenant's second
+    code, message = home.refusal("tasks.submit", {"agent": "right", "input": {"turn": 1},
+                                                  "session": "theirs"}, at=1)
+    made = [home.call("sessions.list", {"agent": "right"}, at=at)["sessions"]
+            for at in (0, 1)]
+    home.call("sessions.end", {"agent": "left", "session": "mine"})
+    again = home.run("right", {"turn": 1}, at=1, session="theirs")
+    assert again["output"]["turns"] == [1], again
+    home.call("sessions.end", {"agent": "right", "session": "theirs"})
+    assert (code, message) == (jsonrpc.REFUSED, (
+        "sessions full: tenant team has 1 live session (max_sessions 1); end one (corral "
+        "sessions end) or wait for one to expire (session_ttl)"))
+    assert made == [[], []]
 
 
 def test_a_session_is_one_record_read_and_ended_at_every_entry(home: Home) -> None:
