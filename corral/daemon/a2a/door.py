@@ -22,6 +22,7 @@ from ...methods import ApprovalsResolve, TasksCancel, TasksGet, TasksList, Tasks
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.askwaits import AskEnded
 from ...taskviews import TaskInfo
+from ...timeouts import cancel_all
 from ..api import Dispatcher
 from ..caller import Caller
 from . import mapping as mp
@@ -395,10 +396,11 @@ class A2aDoor:
             await asyncio.wait({ended, asked}, timeout=RECHECK,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (ended, asked):
-                f.cancel()
-            with contextlib.suppress(asyncio.CancelledError, w.A2aError):
-                await ended
+            # asked again until they end: a cancellation redis-py loses (its sends'
+            # wait_for) left the wait for the end running, and a task waiting for input
+            # never ends, so a blocking SendMessage waited until its client gave up
+            with contextlib.suppress(w.A2aError):
+                await cancel_all((ended, asked))
         if ended.cancelled() or ended.exception() is not None:
             return None
         return ended.result()

@@ -1,0 +1,92 @@
+"""A blocking SendMessage waits for its task to end or to ask (daemon/a2a/door.py
+`settled`): each look waits a while for the task's end, then cancels that wait and looks
+again. Python 3.11's `asyncio.wait_for` loses a cancellation that comes as what it waits
+on finishes, and redis-py sends every command of a cluster's read through it: the wait
+for the end then ran on, and the door awaited it. A task waiting for input never ends,
+so the caller's SendMessage waited until its client gave up (tests/contract/test_push.py
+[cluster], about one run in thirty beside a busy loop per core). Here the Dispatcher's
+wait for the end loses the first cancellation it is given, as that wait did."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import msgspec
+
+from corral.daemon.a2a import mapping as mp
+from corral.daemon.a2a.door import RECHECK, A2aDoor
+from corral.daemon.api import Dispatcher
+from corral.daemon.caller import Caller
+from corral.supervisor.stream import Stream
+from corral.taskviews import TaskInfo
+
+TASK = "01a2247e-e6f4-7220-8f43-0c9d06f724ce"
+ASK = {"kind": "question", "tenant": "default", "task_id": TASK, "attempt": 1,
+       "agent": "tck", "key": "ask:1", "subject": {"prompt": "TCK: input required"},
+       "id": "ask-5f688f5be0c713e3", "created": 1.0}
+
+
+def task(status: str, asks: list[dict[str, Any]] | None = None) -> TaskInfo:
+    record: dict[str, Any] = {
+        "task_id": TASK, "agent": "tck", "status": status, "priority": 0, "created": 1.0,
+        "started": 1.0, "finished": None, "tool_calls": 0, "progress": None,
+        "output": None, "error": None, "attempts": []}
+    if asks is not None:
+        record["asks"] = asks
+    return msgspec.convert(record, TaskInfo)
+
+
+class LosesACancellation:
+    """tasks.get as a cluster node answers it: a look answers the task running, then
+    suspended with its question once it was looked at; a wait for its end (`wait`) loses
+    the first cancellation it is given and then waits on for an end that never comes."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+        self.lost = 0  # cancellations the waits for the end went on past
+        self.waits: set[asyncio.Task[Any]] = set()
+
+    async def call(self, caller: Caller, method: str, params: dict[str, Any],
+                   channel: Any = None) -> TaskInfo:
+        assert method == "tasks.get", method
+        if not params["wait"]:
+            self.looks += 1
+            return task("running") if self.looks == 1 else task("suspended", [ASK])
+        current = asyncio.current_task()
+        assert current is not None
+        self.waits.add(current)
+        try:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.lost += 1  # (as wait_for returns what finished, the cancel unseen)
+            await asyncio.Event().wait()
+        finally:
+            self.waits.discard(current)
+        raise AssertionError("the task never ends")
+
+
+async def test_a_blocking_send_says_input_required_though_a_wait_lost_its_cancel() -> None:
+    dispatcher = LosesACancellation()
+    door = A2aDoor(cast(Dispatcher[Any], dispatcher), Stream())
+    caller = Caller(via="http", name="anonymous")
+    bound = asyncio.timeout(RECHECK * 10)
+    info = None
+    try:
+        async with bound:
+            info = await door.settled(caller, "tck", TASK, given=None)
+    except TimeoutError:
+        pass
+    finally:
+        left = set(dispatcher.waits)
+        for wait in left:
+            wait.cancel()
+    # (the door's send cut short by the bound may not say so: it returned all the same)
+    assert info is not None and not bound.expired(), (
+        f"the blocking send still waited after {RECHECK * 10:g} s: its wait for the "
+        f"task's end lost {dispatcher.lost} cancellation and was awaited")
+    assert mp.state_of(info) == mp.INPUT_REQUIRED
+    assert (dispatcher.looks, dispatcher.lost) == (2, 1)
+    # every wait for the end it began has ended, the one that lost a cancellation too
+    assert left == set()
