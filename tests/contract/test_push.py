@@ -50,12 +50,39 @@ def rpc(home: Home, method: str, params: dict[str, Any], at: int = 0) -> dict[st
 
 def waiting(home: Home) -> str:
     """A task of the agent waiting for input (it stays so: its configs are kept; the
-    agent reads the message's id)."""
-    asked = rpc(home, "SendMessage", {"message": {
-        "messageId": f"tck-input-required-{id(object())}", "role": "ROLE_USER",
-        "parts": [{"text": "hi"}]}})
+    agent reads the message's id). A blocking SendMessage that does not come back within
+    the patience fails naming what each entry then held (the task, its asks, the nodes,
+    the end of each daemon's log): a flake seen once in fifteen runs beside a busy loop
+    per core said nothing but a read timeout."""
+    try:
+        asked = rpc(home, "SendMessage", {"message": {
+            "messageId": f"tck-input-required-{id(object())}", "role": "ROLE_USER",
+            "parts": [{"text": "hi"}]}})
+    except TimeoutError:
+        raise AssertionError("the blocking SendMessage never reported input-required; "
+                             + held(home)) from None
     task_id: str = asked["result"]["task"]["id"]
     return task_id
+
+
+def held(home: Home) -> str:
+    """What each entry holds of the agent's tasks and asks, and of the cluster's nodes,
+    and the end of each daemon's log (a failure's words: each read may fail too)."""
+    said = []
+    for at, entry in enumerate(home.entries):
+        for method, params in (("tasks.list", {"agent": "tck", "limit": 3}),
+                               ("approvals.list", {}), ("nodes.list", {})):
+            try:
+                got = home.call(method, params, at)
+                if method == "tasks.list":
+                    got = [home.task(t["task_id"], at) for t in got["tasks"]]
+            except Exception as exc:  # (said, not raised: the failure is the timeout)
+                got = f"not read: {exc!r}"
+            said.append(f"entry {at} {method}: {got}")
+        log = entry.state / "logs" / "corral.log"
+        tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+        said.append(f"entry {at} log:\n" + "\n".join(tail))
+    return "\n".join(said)
 
 
 @contextlib.contextmanager
