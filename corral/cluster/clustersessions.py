@@ -110,12 +110,13 @@ class ClusterSessions(RedisPart):
         body = msgspec.json.encode(state)
         tenant = self._tenant(task.agent)
         mac = self.trust.sign(SESSION, tenant, task.agent, task.session, body)
-        local = self.host.agents.get(task.agent)
-        most = local.spec.max_session_bytes if local is not None else 0
+        bounds = [[b.max_bytes, list(b.agents), b.who] for b in session_bounds(
+            self.host.agents.get(task.agent), self.tenancy) if b.max_bytes]
         try:
             got = await self.scripts.one(
                 self.checkpoint_script, [self.keys.task(task.id)],
-                [task.token, mac.encode() + b" " + body, len(body), most, tenant])
+                [task.token, mac.encode() + b" " + body, len(body),
+                 msgspec.json.encode(bounds), tenant])
         except (RedisError, OSError) as exc:
             raise RpcError(jsonrpc.UNAVAILABLE, f"session/checkpoint: not kept: the "
                                                 f"cluster's Redis did not take it ({exc})"
@@ -132,7 +133,7 @@ class ClusterSessions(RedisPart):
                                              f"{got[1].decode()}'s, not this node's agent's "
                                              f"({tenant or 'none'}); the state is not kept")
         self.refused += 1
-        raise state_too_large(f"agent {task.agent}", int(got[1]), most)
+        raise state_too_large(got[1].decode(), int(got[2]), int(got[3]))
 
     # -- reading -------------------------------------------------------------------------------
     async def views(self, agent: str | None) -> list[SessionView]:

@@ -183,26 +183,35 @@ redis.call('PERSIST', sstarted)
 redis.call('ZADD', sall, 'inf', name)
 """.replace("STICK", _stick("KEYS[2]"))
 
-# session/checkpoint of a running cluster task: fenced by the claim's token, bounded by
-# the agent's max_session_bytes over its live sessions.
+# session/checkpoint of a running cluster task: fenced by the claim's token; a state
+# larger than the session's last is refused at a bound given, its live sessions' states
+# together counted (their expired ones out of each count first).
 # KEYS: task; ARGV: token, the state (its MAC, a space, its JSON), its size in bytes, the
-#   agent's max_session_bytes (0: none), the tenant it was signed for (the checkpointing
-#   node's agent's)
-#   -> 1 written, 0 not this claim's (fenced), {-1, the bytes it would make}, or {-3, the
-#   session's tenant} when it is not the one signed for
+#   bounds on its live sessions' states (JSON: each its max_session_bytes, the agents whose
+#   sessions of the tenant it counts, its words: sessions.session_bounds), the tenant it
+#   was signed for (the checkpointing node's agent's)
+#   -> 1 written, 0 not this claim's (fenced), {-1, whose bound, the bytes it would make,
+#   its most}, or {-3, the session's tenant} when it is not the one signed for
 CHECKPOINT = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'agent', 'session', 'stenant')
 if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} or not rec[4] then return 0 end
 local agent, name, tenant = rec[3], rec[4], rec[5]
 if tenant and tenant ~= ARGV[5] then return {{-3, tenant}} end
 {_NAMES}
-local size, most = tonumber(ARGV[3]), tonumber(ARGV[4])
-if most > 0 then
-  {_PRUNE}
-  local held = 0
-  for _, b in ipairs(redis.call('HVALS', sbytes)) do held = held + tonumber(b) end
-  held = held - (tonumber(redis.call('HGET', sbytes, name)) or 0) + size
-  if held > most then return {{-1, held}} end
+local size = tonumber(ARGV[3])
+local more = size - (tonumber(redis.call('HGET', sbytes, name)) or 0)
+for _, bound in ipairs(more > 0 and cjson.decode(ARGV[4]) or {{}}) do
+  local held = more
+  for _, member in ipairs(bound[2]) do
+    local owned_by = tenant and (tenant .. ':' .. member) or member
+    local live, sizes = prefix .. 'sessions:' .. owned_by, prefix .. 'sbytes:' .. owned_by
+    for _, gone in ipairs(redis.call('ZRANGEBYSCORE', live, '-inf', '(' .. now)) do
+      redis.call('HDEL', sizes, gone)
+    end
+    redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. now)
+    for _, b in ipairs(redis.call('HVALS', sizes)) do held = held + tonumber(b) end
+  end
+  if held > bound[1] then return {{-1, bound[3], held, bound[1]}} end
 end
 redis.call('HSET', skey, 'state', ARGV[2])
 redis.call('HSET', sbytes, name, size)

@@ -310,13 +310,18 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     token, *_, cp, name, state = await claim(first)
     assert (cp, name, state) == (None, b"s", None)  # no checkpoint, the session, no state
     checkpoint = client.register_script(sessionscripts.CHECKPOINT)
-    assert await checkpoint(keys=[T.task(first)], args=[token + 1, b" {}", 2, 0, "t1"]) == 0
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":1}', 7, 0, "t1"]) == 1
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":12}', 8, 7, "t1"]) == [
-        -1, 8]  # past max_session_bytes: refused, the last state kept
+    assert await checkpoint(keys=[T.task(first)], args=[token + 1, b" {}", 2, b"[]", "t1"]
+                            ) == 0
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"b":1}', 7, b"[]", "t1"]
+                            ) == 1
+    bound = b'[[7, ["w"], "agent w"]]'
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":12}', 8, bound, "t1"]
+                            ) == [-1, b"agent w", 8, 7]  # past it: refused, the last state kept
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":1}', 7, bound, "t1"]
+                            ) == 1  # (no larger than the last: kept)
     # signed for another tenant's agent of the name: refused, naming the session's
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":2}', 7, 0, "t2"]) == [
-        -3, b"t1"]
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":2}', 7, b"[]", "t2"]
+                            ) == [-3, b"t1"]
 
     async def finish(tid: str, fence: int) -> Any:
         return await s.finish(

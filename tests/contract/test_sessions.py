@@ -34,9 +34,10 @@ def agents(directory: Path) -> str:
         stop_timeout = 5.0
     """)
     # `small`: one live session, of 40 bytes of state at most; `left` and `right`, tenant
-    # team's, one live session between them
+    # team's, two live sessions between them, of 40 bytes of state together
     return (f"[agents.chat]{chat}\n[agents.small]{chat}max_sessions = 1\n"
-            "max_session_bytes = 40\n[tenants.team]\nmax_sessions = 1\n"
+            "max_session_bytes = 40\n[tenants.team]\nmax_sessions = 2\n"
+            "max_session_bytes = 40\n"
             f"[agents.left]{chat}tenant = \"team\"\n[agents.right]{chat}tenant = \"team\"\n")
 
 
@@ -138,23 +139,31 @@ def test_a_session_past_its_agents_bounds_is_refused_with_their_words(home: Home
         "sessions end) or wait for one to expire (session_ttl)"))
 
 
-def test_a_tenants_session_bound_counts_its_agents_and_refuses_in_its_words(home: Home
-                                                                            ) -> None:
-    first = home.run("left", {"turn": 1}, session="mine")
-    assert first["output"]["turns"] == [1], first
-    # another agent of the tenant: a session of it would be the tenant's second
+def test_a_tenants_session_bounds_count_its_agents_and_refuse_in_their_words(home: Home
+                                                                              ) -> None:
+    for name in ("mine", "ours"):
+        assert home.run("left", {"turn": 1}, session=name)["output"]["turns"] == [1]
+    # another agent of the tenant: a session of it would be the tenant's third
     code, message = home.refusal("tasks.submit", {"agent": "right", "input": {"turn": 1},
                                                   "session": "theirs"}, at=1)
     made = [home.call("sessions.list", {"agent": "right"}, at=at)["sessions"]
             for at in (0, 1)]
-    home.call("sessions.end", {"agent": "left", "session": "mine"})
-    again = home.run("right", {"turn": 1}, at=1, session="theirs")
-    assert again["output"]["turns"] == [1], again
-    home.call("sessions.end", {"agent": "right", "session": "theirs"})
+    home.call("sessions.end", {"agent": "left", "session": "ours"})
+    # its state past the tenant's max_session_bytes with the other agent's: the turn
+    # fails, the session keeps its last state
+    big = home.run("right", {"turn": "x" * 20}, at=1, session="theirs")
+    small = home.run("right", {"turn": 2}, session="theirs")
+    for agent, name in (("left", "mine"), ("right", "theirs")):
+        home.call("sessions.end", {"agent": agent, "session": name})
     assert (code, message) == (jsonrpc.REFUSED, (
-        "sessions full: tenant team has 1 live session (max_sessions 1); end one (corral "
+        "sessions full: tenant team has 2 live sessions (max_sessions 2); end one (corral "
         "sessions end) or wait for one to expire (session_ttl)"))
     assert made == [[], []]
+    assert (big["status"], big["error"]["message"]) == ("failed", (
+        "RequestError: session/checkpoint: session state too large: tenant team's live "
+        "sessions would hold 47 bytes of state (max_session_bytes 40); the session keeps "
+        "its last state")), big
+    assert small["output"]["turns"] == [2], small
 
 
 def test_a_session_is_one_record_read_and_ended_at_every_entry(home: Home) -> None:
