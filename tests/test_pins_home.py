@@ -2,7 +2,7 @@
 kept in their home: the node's database (daemon/toolpins.py) or the cluster's Redis
 (cluster/toolpins.py), where two nodes pin a tool once and a person's approval on one
 holds on the other. A real SQLite store and a real redis-server; the JSON file of an
-earlier corral moved in once."""
+earlier corral refused, untouched (decision 1470)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from corral.cluster.connection import connect
@@ -102,21 +101,14 @@ async def store(tmp_path: Path) -> AsyncIterator[StateStore]:
     made.close()
 
 
-def legacy_file(state: Path, pins: dict[str, dict[str, Pin]]) -> Path:
-    path = state / PINS_FILE
-    path.write_bytes(msgspec.json.encode(pins))
-    return path
-
-
 async def test_the_nodes_pins_outlive_the_daemon_in_its_database(tmp_path: Path) -> None:
     state = tmp_path / "state"
     first = StateStore(state / "corral.db")
     first.open_writer()
     earlier = definition_of(tool())
-    legacy = legacy_file(state, {"old": {"fetch": Pin(digest_of(earlier), earlier, 5.0, 1)}})
+    await NodePins(first).first("old", "fetch", Pin(digest_of(earlier), earlier, 5.0, 1))
     pins = Pins()
-    await pins.keep_in(NodePins(first), legacy)
-    assert not legacy.exists()  # moved in, once
+    await pins.keep_in(NodePins(first), state / PINS_FILE)  # no file: nothing refused
     assert await pins.seen("web", tool()) is None  # pinned: committed before it answers
     drift = await pins.seen("web", tool(description=PULLED))
     assert drift is not None
@@ -127,7 +119,7 @@ async def test_the_nodes_pins_outlive_the_daemon_in_its_database(tmp_path: Path)
     again.open_writer()
     try:
         later = Pins()
-        await later.keep_in(NodePins(again), state / PINS_FILE)  # no file: nothing to move
+        await later.keep_in(NodePins(again), state / PINS_FILE)
         assert later.pins["old"]["fetch"].pinned_at == 5.0
         assert await later.seen("web", tool(description=PULLED)) is None  # the approved one
         assert await later.seen("web", tool()) is not None
@@ -137,16 +129,19 @@ async def test_the_nodes_pins_outlive_the_daemon_in_its_database(tmp_path: Path)
         again.close()
 
 
-async def test_a_pins_file_that_cannot_be_read_stops_the_start_saying_so(
+async def test_a_pins_file_of_an_earlier_corral_stops_the_start_untouched(
         store: StateStore, tmp_path: Path) -> None:
     legacy = tmp_path / "state" / PINS_FILE
-    legacy.write_text("{not json")
+    legacy.write_text('{"web": {}}')
+    pins = Pins()
     with pytest.raises(ValueError) as refused:
-        await Pins().keep_in(NodePins(store), legacy)
-    assert str(refused.value).startswith(
-        f"{legacy}: the tools' pins of an earlier corral cannot be read (")
-    assert str(refused.value).endswith("): move it aside to start without them")
-    assert legacy.read_text() == "{not json"  # left as it was
+        await pins.keep_in(NodePins(store), legacy)
+    assert str(refused.value) == (
+        f"{legacy}: the tools' pins of an earlier corral are no longer moved in (decision "
+        "1470); it was not changed. Start corral 0.1.0 at commit 53eaacf8 once to move them "
+        "into the state database, or move the file aside to start without them")
+    assert legacy.read_text() == '{"web": {}}'  # left as it was
+    assert pins.home is None and pins.pins == {}  # nothing read: no pin judged by it
 
 
 # -- the cluster's Redis ---------------------------------------------------------------

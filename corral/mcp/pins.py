@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import time
 import unicodedata
 from pathlib import Path
@@ -140,23 +139,16 @@ class Pins:
         self._memo: dict[int, tuple[dict[str, Any], dict[str, Any], str]] = {}
 
     async def keep_in(self, home: PinHome, legacy: Path | None = None) -> None:
-        """The pins `home` keeps, before any server is seen; those of `legacy` (the JSON
-        file pins were kept in before) moved into it once, the file then removed."""
+        """The pins `home` keeps, before any server is seen; a `legacy` file (the JSON file
+        pins were kept in before they had a home) stops the start, untouched (decision
+        1470: the bridge of decision 1420 moves it in)."""
+        if legacy is not None and legacy.exists():
+            raise ValueError(f"{legacy}: the tools' pins of an earlier corral are no longer "
+                             "moved in (decision 1470); it was not changed. Start corral "
+                             "0.1.0 at commit 53eaacf8 once to move them into the state "
+                             "database, or move the file aside to start without them")
         self.home = home  # (a load that fails leaves each pin to be asked of it)
         self.pins = await home.load()
-        if legacy is not None and legacy.exists():
-            try:
-                old = msgspec.json.decode(legacy.read_bytes(), type=Table)
-            except (msgspec.DecodeError, OSError) as exc:
-                raise ValueError(f"{legacy}: the tools' pins of an earlier corral cannot be "
-                                 f"read ({exc}): move it aside to start without them"
-                                 ) from None
-            for server, tools in old.items():
-                for tool, pin in tools.items():
-                    if tool not in self.pins.get(server, {}):
-                        kept = await home.first(server, tool, pin)
-                        self.pins.setdefault(server, {})[tool] = kept
-            os.unlink(legacy)
 
     async def seen(self, server: str, tool: dict[str, Any]) -> Drift | None:
         """A definition seen now: pinned if its tool has no pin (nor a look-alike), else
