@@ -12,7 +12,7 @@ from typing import Any
 
 from ..supervisor.agents import Agents
 from ..supervisor.elastic import Elastic
-from .keys import GROUP, Keys
+from .keys import GROUP, Keys, priority_numbers
 from .membership import NodeView
 
 
@@ -36,8 +36,8 @@ class Backlog:
         for n in names:
             pipe.zrange(self.keys.priorities(tenants[n], n), 0, -1)
         prios = await pipe.execute()
-        streams = [(n, self.keys.stream(tenants[n], n, int(p)))
-                   for n, ps in zip(names, prios, strict=True) for p in ps]
+        streams = [(n, self.keys.stream(tenants[n], n, p))
+                   for n, ps in zip(names, prios, strict=True) for p in priority_numbers(ps)]
         waiting = dict.fromkeys(names, 0)
         if streams:
             pipe = self.redis.pipeline(transaction=False)

@@ -34,6 +34,13 @@ def split_route(member: str) -> tuple[str, str]:
     return tenant, agent
 
 
+def priority_numbers(members: list[bytes]) -> list[int]:
+    """The priorities in an agent's set of them (Keys.priorities): a member that is no
+    number, a Redis writer's, names no stream (else the beat that reads it fails, every
+    beat)."""
+    return [int(m) for m in members if m.removeprefix(b"-").isdigit()]
+
+
 CHECKPOINT_FIELD = "cp"  # a task's checkpoint in its steps' hash (Keys.steps)
 
 

@@ -21,7 +21,7 @@ from ..timeouts import cancel_all, within
 from . import records
 from .connection import why
 from .home import ClusterHome
-from .keys import GROUP, Keys, route
+from .keys import GROUP, Keys, priority_numbers, route
 from .membership import Membership
 from .queue import ClusterQueue, ClusterTask
 from .scripts import Scripts
@@ -134,8 +134,8 @@ class Puller:
         tenant, name = agent.spec.tenant, agent.name
         known = self._prios.get(route(tenant, name))
         if known is None or now - known[0] > self.beat:
-            prios = {int(p) for p in await self.redis.zrange(
-                self.keys.priorities(tenant, name), 0, -1)}
+            prios = set(priority_numbers(await self.redis.zrange(
+                self.keys.priorities(tenant, name), 0, -1)))
             if 0 not in prios:
                 await self._make_default(self.keys.stream(tenant, name, 0))
             known = self._prios[route(tenant, name)] = (now, [

@@ -29,7 +29,7 @@ from ..supervisor.tasks.taskmachine import (
 from ..taskoptions import AGENTS_RETRY, AgentRetries
 from . import records
 from .connection import read_all, why
-from .keys import GROUP, Keys, split_route
+from .keys import GROUP, Keys, priority_numbers, split_route
 from .membership import Membership
 from .queue import ClusterTask
 from .scripts import RedisPart, Scripts
@@ -164,8 +164,8 @@ class Reaper(RedisPart):
         got = await pipe.execute()
         return [s for (tenant, name), prios, claimed in zip(
                     routes, got[::2], got[1::2], strict=True)
-                for s in [*(self.keys.stream(tenant, name, p) for p in map(_number, prios)
-                            if p is not None),
+                for s in [*(self.keys.stream(tenant, name, p)
+                            for p in priority_numbers(prios)),
                           *([self.keys.claimed(tenant, name)] if claimed else [])]]
 
     async def reap(self, streams: list[str]) -> None:

@@ -52,7 +52,10 @@ class ClusterRetention:
             if isinstance(info, Exception):
                 continue  # the stream is gone
             for c in info:
-                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                try:
+                    name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                except UnicodeDecodeError:  # (a Redis writer's: no node's consumer)
+                    continue
                 if not c["pending"] and name != self.membership.consumer:
                     idle.append((s, name))
         if not idle:
