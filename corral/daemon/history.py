@@ -31,8 +31,7 @@ if TYPE_CHECKING:
 
 
 class Store(Protocol):
-    """What the history needs of the StateStore (storeschema.py imports this module for its
-    migration, so not the class itself)."""
+    """What the history needs of the StateStore."""
 
     path: Path
     writer: Any
@@ -60,23 +59,6 @@ COLUMNS = ("resolution", "time", "agent", *_GAUGES, *_SUMS)
 # and whose an agent's row is: its tenant's when sampled ('' the fleet's, and a roll-up's
 # of a period in which the name changed hands: the operator's alone); schema 21
 WRITTEN = (*COLUMNS, "tenant")
-
-MIGRATION = f"""
-CREATE TABLE metrics_history (
-    resolution INTEGER NOT NULL,
-    time REAL NOT NULL,
-    agent TEXT NOT NULL,
-    {", ".join(f"{c} REAL NOT NULL" for c in _GAUGES)},
-    seconds REAL NOT NULL,
-    finished INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    exec_sum REAL NOT NULL,
-    exec_count INTEGER NOT NULL,
-    {", ".join(f"{h} INTEGER NOT NULL" for h in _H)},
-    PRIMARY KEY (resolution, agent, time)
-) WITHOUT ROWID;
-CREATE INDEX metrics_history_time ON metrics_history (resolution, time);
-"""
 
 
 def bucket_of(seconds: float) -> int:

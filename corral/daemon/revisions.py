@@ -25,25 +25,6 @@ from .sqlwrites import statement
 if TYPE_CHECKING:
     from ..supervisor.config import SupervisorSettings
 
-# appended to storeschema.MIGRATIONS (one entry: see its rule)
-MIGRATION = """
-CREATE TABLE revisions (
-    agent TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    time REAL NOT NULL,
-    who TEXT NOT NULL,
-    change TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    PRIMARY KEY (agent, revision)
-);
-CREATE TABLE scaled (
-    agent TEXT PRIMARY KEY,
-    replicas INTEGER NOT NULL,
-    declared INTEGER NOT NULL,
-    time REAL NOT NULL
-);
-"""
-
 
 def revision(agent: str, number: int, when: float, who: str, change: str,
              spec: dict[str, Any]) -> Revision:
