@@ -53,12 +53,7 @@ class FileWatches(AgentLoops[WatchKey]):
         return WatchKey(tuple(spec.watch), os.path.abspath(spec.cwd or "."), False)
 
     async def run_loop(self, name: str, key: WatchKey) -> None:
-        try:
-            from watchfiles import DefaultFilter, awatch
-        except ImportError:
-            self.report(f"{name}: watch needs watchfiles (installed with corral[daemon]); "
-                        "not watching", priority=4)
-            return
+        from watchfiles import DefaultFilter, awatch
         ignored = DefaultFilter()
         root = key.directory
         real_root = os.path.realpath(root)
