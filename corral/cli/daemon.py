@@ -70,6 +70,19 @@ def check_config(obj: Ctx, path: str | None, config: str | None, no_check: bool)
         sys.exit(EXIT_FAILED)
     click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
                f"{plural(len(cfg.mcp_servers), 'MCP server')})")
+    for line in _keys_unset(cfg):
+        click.echo(line, err=True)
+
+
+def _keys_unset(cfg: Config) -> list[str]:
+    """Each model's key_env this shell lacks, said but not refused: the daemon reads its
+    own environment (a unit's, say), and refuses to start without the key there."""
+    import os
+
+    return [f"corral: models.{name}.key_env: {spec.key_env} is not set here; the daemon "
+            "refuses to start unless its own environment has it"
+            for name, spec in cfg.models.items()
+            if spec.key_env is not None and not os.environ.get(spec.key_env, "").strip()]
 
 
 def _judged(obj: Ctx, where: Path, commands: bool) -> tuple[Config | None, list[str]]:
