@@ -20,9 +20,10 @@ import pytest
 
 from ..a2a.counter_agent import COUNT
 from ..a2a.harness import assert_replayed
+from ..cluster.harness import kill9
 from ..conftest import ROOT
 from ..daemon_harness import PY
-from .home import PATIENCE, Home
+from .home import PATIENCE, Home, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 COUNTER = Path(__file__).resolve().parent.parent / "a2a" / "counter_agent.py"
@@ -77,11 +78,24 @@ def test_a_stream_resubscribed_where_its_task_went_has_no_gap_and_no_duplicate(
         if len(chunks(before)) == 5:
             break
     task_id = before[0]["task"]["id"]
-    attempts = home.task(task_id)["attempts"]
-    ran = ["a", "b"].index(attempts[-1]["node"]) if home.kind == "cluster" else 0
-    home.crash(task_id)  # (-9 of the daemon its attempt ran on, started again after)
-    elsewhere = 1 - ran if home.kind == "cluster" else 0
-    after = list(stream(home, elsewhere, "SubscribeToTask", {"id": task_id}))
+    if home.kind == "node":
+        home.crash(task_id)  # (-9 of its one daemon, started again)
+        after = list(stream(home, 0, "SubscribeToTask", {"id": task_id}))
+    else:
+        # -9 of the node its attempt ran on; the other's subscriber comes once that
+        # node runs the task's next attempt, and the killed one is started after: its
+        # start on a loaded host outlasted the next attempt, which had ended by then
+        ran = ["a", "b"].index(home.task(task_id)["attempts"][-1]["node"])
+        dead = home.entries[ran]
+        kill9(dead)
+        try:
+            wait_until("the task's next attempt running on the other node", lambda: (
+                (last := home.task(task_id, 1 - ran)["attempts"][-1])["node"]
+                == "ab"[1 - ran] and last["outcome"] == "running"))
+            after = list(stream(home, 1 - ran, "SubscribeToTask", {"id": task_id}))
+        finally:
+            dead.start()
+            home.joined()
     assert after[0]["task"]["id"] == task_id, after[0]
     assert_replayed(chunks(before), chunks(after), COUNT)
     final = after[-1]["statusUpdate"]["status"]["state"]
