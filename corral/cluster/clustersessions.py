@@ -189,8 +189,11 @@ class ClusterSessions(RedisPart):
             # (a current turn whose record is gone runs nowhere)
             status = await read(partial(self.redis.hget, self.keys.task(cur), "status")
                                 ) if cur else None
-            if decide(state(bool(status), view.waiting), TurnEvent.CLOSE) is Move.REFUSE:
-                raise turns_unfinished(key, view.waiting + (1 if status else 0), status and (
+            # (held as the node's end reads it: while any turn is unfinished, a line
+            # behind no running turn too, which ended would wait in no session for ever)
+            unfinished = view.waiting + (1 if status else 0)
+            if decide(state(bool(unfinished), view.waiting), TurnEvent.CLOSE) is Move.REFUSE:
+                raise turns_unfinished(key, unfinished, status and (
                     f"task {cur} is {status.decode()}"))
             got = await self.end_script(
                 keys=[self.keys.session(key), self.keys.session_line(key),

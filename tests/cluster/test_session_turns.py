@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from corral import jsonrpc
 from corral.cluster import clustersessions, sessionscripts
-from corral.cluster.clustersessions import turn_args
+from corral.cluster.clustersessions import ClusterSessions, turn_args
 from corral.cluster.keys import Keys
+from corral.cluster.scripts import Scripts
+from corral.cluster.trust import Trust
+from corral.jsonrpc import RpcError
 from corral.supervisor.tasks.sessions import SessionKey
 
 T = Keys("t")
@@ -41,6 +47,26 @@ async def test_end_keeps_the_decision_only_while_the_session_is_as_read(client: 
     await client.hset(T.session(W), mapping={"created": 1.0, "tasks": 1})
     assert await end(keys=keys, args=["s", T.task(""), "", 0]) == 1
     assert await client.exists(T.session(W)) == 0
+
+
+@pytest.mark.parametrize("cur", ["gone", ""])
+async def test_end_refuses_a_session_whose_line_waits_behind_no_running_turn(
+        client: Any, cur: str) -> None:
+    """A line behind a current turn whose record is gone (or none, a Redis writer's) is
+    unfinished as the node's is: sessions.end refuses, counting the waiting turn, and keeps
+    the line, whose turn would otherwise wait, queued, in no session for ever."""
+    sessions = ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
+                               print)
+    await client.hset(T.session(W), mapping={"cur": cur, "created": 1.0, "tasks": 2})
+    await client.rpush(T.session_line(W), "b")
+    await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
+    with pytest.raises(RpcError) as refused:
+        await sessions.end(W)
+    assert (refused.value.code, refused.value.message) == (
+        jsonrpc.CONFLICT, "session s of agent w has 1 unfinished task; cancel them or wait "
+        "for them to end")
+    assert await client.lrange(T.session_line(W), 0, -1) == [b"b"]
+    assert await client.hget(T.session(W), "cur") == cur.encode()
 
 
 async def test_submit_keeps_its_move_on_a_session_hash_without_a_current_turn(
