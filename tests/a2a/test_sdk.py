@@ -35,8 +35,9 @@ from a2a.types import (
     TaskState,
 )
 
+from ..cluster.harness import kill9
 from ..conftest import ROOT
-from ..contract.home import made
+from ..contract.home import made, wait_until
 from ..daemon_harness import PY
 from .counter_agent import COUNT
 from .harness import a2a_daemon, assert_replayed, card, tck_agent
@@ -167,12 +168,23 @@ async def test_a_stream_resubscribed_on_another_node_after_a_takeover_has_no_gap
                     break
         task_id = before[0].task.id
         ran = ["a", "b"].index(home.task(task_id)["attempts"][-1]["node"])
-        home.crash(task_id)  # (its node killed, then started again as a new incarnation)
+        # its node killed; resubscribed once the other runs its next attempt, and the
+        # killed one started again after (first, its start on a loaded host outlasted
+        # that attempt, and the task had ended when the client subscribed)
+        dead = home.entries[ran]
+        kill9(dead)
         after: list[StreamResponse] = []
-        async with client(f"http://127.0.0.1:{home.ports[1 - ran]}", binding,
-                          agent="counter") as c:
-            async for event in c.subscribe(SubscribeToTaskRequest(id=task_id)):
-                after.append(event)
+        try:
+            wait_until("the task's next attempt running on the other node", lambda: (
+                (last := home.task(task_id, 1 - ran)["attempts"][-1])["node"]
+                == "ab"[1 - ran] and last["outcome"] == "running"))
+            async with client(f"http://127.0.0.1:{home.ports[1 - ran]}", binding,
+                              agent="counter") as c:
+                async for event in c.subscribe(SubscribeToTaskRequest(id=task_id)):
+                    after.append(event)
+        finally:
+            dead.start()
+            home.joined()
     assert after[0].WhichOneof("payload") == "task" and after[0].task.id == task_id
     assert_replayed(_chunks(before), _chunks(after), COUNT)
     final = after[-1].status_update.status.state
