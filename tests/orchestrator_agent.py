@@ -9,7 +9,8 @@ task's failure. As a leaf (`leaf` in its input) it
 appends its input's `n` to `count` and returns n * 2; with `marks` (a directory, passed
 down to the leaves) it also makes a file there named for n, its task and its attempt.
 `key`: its spawns' key (else the SDK's count). `or_else`: a spawn refused is made again,
-its key and input, of that agent, once the file `or_else_gate` exists.
+its key and input, of that agent, once the file `or_else_gate` exists (the refusal
+written first to the file `or_else_note`, if given).
 `gate`: the orchestrator spawns once that file exists (`wait_gate`: and waits for its
 children once that one does); `hold`: each leaf runs once that
 file exists (the tests make them), `nap`: then sleeps that many seconds. `note`: a file
@@ -85,9 +86,12 @@ def orchestrate(task_input, ctx):
     for i in range(n):
         try:
             ids.append(ctx.spawn(agent, leaf_input(task_input, i), key=task_input.get("key")))
-        except RequestError:
+        except RequestError as exc:
             if not task_input.get("or_else"):
                 raise
+            if task_input.get("or_else_note"):  # (the test waits for it, then goes on)
+                with open(task_input["or_else_note"], "w") as f:
+                    f.write(f"{exc.code} {exc.message}")
             wait_for(task_input.get("or_else_gate"))
             ids.append(ctx.spawn(task_input["or_else"], leaf_input(task_input, i),
                                  key=task_input.get("key")))

@@ -162,7 +162,7 @@ async def test_an_approval_of_one_agents_spawn_is_no_approval_of_anothers_under_
     the same key and input: a person is asked again, for prod (an attacker's pass: the
     ask's key named no agent, so the first approval let prod run unseen)."""
     count, marker = tmp_path / "count", tmp_path / "go"
-    gate, again = tmp_path / "gate", tmp_path / "again"
+    gate, again, refused = tmp_path / "gate", tmp_path / "again", tmp_path / "refused"
     orch = f"""
         [tenants.t]
         max_queue = 1
@@ -186,7 +186,7 @@ async def test_an_approval_of_one_agents_spawn_is_no_approval_of_anothers_under_
         running = asyncio.ensure_future(d.sup.tasks.run("orch", {
             "children": 1, "agent": "staging", "or_else": "prod", "key": "k",
             "count": str(count), "gate": str(gate), "or_else_gate": str(again),
-            "catch": True}, TaskOptions(timeout=120)))
+            "or_else_note": str(refused), "catch": True}, TaskOptions(timeout=120)))
         await wait_until_async(lambda: d.sup.tasks.running("orch") == 1, timeout=30)
         wait = {"do": "await", "path": str(marker)}
         for held in (0, 1):  # one runs, one waits: the tenant's queue is full
@@ -198,6 +198,10 @@ async def test_an_approval_of_one_agents_spawn_is_no_approval_of_anothers_under_
         first = await asked(d)
         assert first.subject["tool"] == "corral__staging"
         await call(d, "approvals.resolve", {"id": first.id, "decision": "approved"})
+        # the approved spawn refused (the queue full) before the holder's tasks end: on a
+        # loaded host the spawn came after, found room, and staging ran
+        await wait_until_async(refused.exists, timeout=30)
+        assert "max_queue 1" in refused.read_text(), refused.read_text()
         marker.touch()  # the holder's tasks end: the queue has room again
         await wait_until_async(lambda: d.sup.tasks.queue.depth("holder") == 0, timeout=30)
         again.touch()
