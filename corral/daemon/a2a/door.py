@@ -382,9 +382,10 @@ class A2aDoor:
         finally:
             self.stream.unsubscribe(sub)
             if run is not None and not run.done():
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError, w.A2aError):
-                    await run
+                # (asked again until it ends: a cancellation a library loses, as in
+                # `changed`, would leave the follow running for a stream gone)
+                with contextlib.suppress(w.A2aError):
+                    await cancel_all((run,))
 
     async def changed(self, caller: Caller, agent: str, task_id: str,
                       asked_or_ended: Awaitable[object]) -> TaskInfo | None:

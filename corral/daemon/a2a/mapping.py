@@ -95,7 +95,8 @@ def status_of(info: TaskInfo) -> dict[str, Any]:
     if state == INPUT_REQUIRED and info.asks:
         message = asked(info, info.asks[0])
     elif state == COMPLETED:
-        said = own(info).get("message", own(info).get("reply"))
+        mine = own(info)
+        said = mine.get("message", mine.get("reply"))
         if isinstance(said, dict):
             message = {**said, "taskId": info.task_id, "contextId": context_of(info)}
     elif state in (FAILED, REJECTED) and info.error is not None:
@@ -113,8 +114,9 @@ def artifacts_of(info: TaskInfo) -> list[dict[str, Any]]:
     output = plain(info.output)
     if output is None or STATES.get(info.status) != COMPLETED:
         return []
-    if own(info):
-        given = own(info).get("artifacts")
+    mine = own(info)
+    if mine:
+        given = mine.get("artifacts")
         return [a for a in given if isinstance(a, dict)] if isinstance(given, list) else []
     part = {"text": output} if isinstance(output, str) else {"data": output}
     return [{"artifactId": OUTPUT_ARTIFACT, "name": "output", "parts": [part]}]
