@@ -7,8 +7,10 @@ message a durable task (journaled, its output an artifact), anonymous on loopbac
 reference: its own process (uvicorn, in-memory task store), its default branch completing
 each task with a message. The load generator: CONC clients on one uvloop in a process of its
 own, each sending its next message when the last is answered (one keep-alive connection
-each), every messageId new (corral's idempotency key: a repeated one would be a replay);
-each answer checked for a completed task or a message.
+each, HTTP/1.1 written and read by hand: aiohttp's client cost as much CPU a message as
+corral's daemon, on the cores both servers share), every messageId new (corral's
+idempotency key: a repeated one would be a replay); each answer checked for a completed
+task or a message.
 
     .venv/bin/python -m bench.bench_a2a [--messages 5000] [--conc 10,50] [--replicas 2]
         [--rounds 1] [--memory 100000] [--no-peer] [--vs TREE] [--profile FILE]
