@@ -178,9 +178,12 @@ def test_slow_and_silent_clients_of_the_gateways_site_are_closed_at_its_idle_tim
             for s in clients:
                 s.close()
         with socket.create_connection(("127.0.0.1", port)) as s:
-            for b in post_head("Content-Length: 2\r\n\r\n{}"):
-                s.send(bytes([b]))
-                time.sleep(0.002)
+            # in pieces a few sends apart, whole well within it: a byte a send, each
+            # 2 ms apart, took past the 2 s on a loaded host (a sleep's wake-up is late)
+            whole = post_head("Content-Length: 2\r\n\r\n{}")
+            for at in range(0, len(whole), 16):
+                s.send(whole[at:at + 16])
+                time.sleep(0.05)
             s.settimeout(10)
             assert s.recv(4096).startswith((b"HTTP/1.1 401", b"HTTP/1.1 404"))
 
