@@ -12,9 +12,11 @@ import signal
 import subprocess
 from pathlib import Path
 
-from corral.supervisor.containment import CgroupTree, Containment
+from corral.daemon.upgrade import end_processes
+from corral.supervisor.containment import CgroupTree, Containment, ProcessRecord, read_stat
 
 from .test_containment import incarnation, record_of, spawn_leftover
+from .test_gateway_stdio import wait_until_async
 
 
 def bystander() -> subprocess.Popen[bytes]:
@@ -121,3 +123,25 @@ async def test_a_handed_records_cgroup_outside_corrals_tree_is_not_killed_at_its
         for p in (leftover, other):
             p.kill()
             p.wait()
+
+
+async def test_the_upgrades_end_of_a_record_whose_pid_is_reused_reaps_no_child_of_another(
+        ) -> None:
+    # the upgrade's settle ends the old image's processes no replica took; a record's
+    # process gone and its pid now a child of the new image's (a replica started since,
+    # ended, not yet reaped by its own waiter): before, waitpid took that child's exit
+    # status from it
+    child = subprocess.Popen(["python3", "-c", "raise SystemExit(7)"])
+    try:
+        await wait_until_async(lambda: (st := read_stat(child.pid)) is not None
+                               and st.state == "Z")
+        st = read_stat(child.pid)
+        assert st is not None
+        gone = ProcessRecord(token=f"{incarnation()}.1", kind="agent", name="old",
+                             replica=0, pid=child.pid, start_time=st.start_time - 1,
+                             pgid=st.pgid, sid=st.sid)
+        await end_processes([gone])
+        assert child.wait(5) == 7, "its exit status was taken by the upgrade's settle"
+    finally:
+        child.kill()
+        child.wait()

@@ -792,12 +792,13 @@ def kept_text(agents: int, servers: int) -> str:
 
 async def end_processes(records: list[ProcessRecord]) -> None:
     """The old image's processes that were not kept (their pipes closed by the exec):
-    SIGTERM, END_GRACE, SIGKILL; reaped (they are this process's children)."""
+    SIGTERM, END_GRACE, SIGKILL; reaped (they are this process's children). One whose
+    pid is not its process (gone, reaped) is not reaped: its pid may be a child of this
+    image's own now, whose exit status is its waiter's."""
     fds: dict[int, ProcessRecord] = {}
     for rec in records:
         fd = open_verified(rec.pid, rec.start_time)
         if fd is None:
-            try_reap(rec.pid)
             continue
         signal_fd(fd, signal.SIGTERM)
         fds[fd] = rec
@@ -811,5 +812,5 @@ async def end_processes(records: list[ProcessRecord]) -> None:
                 cgroup_kill(rec.cgroup)
     if left:
         await asyncio.sleep(0.05)
-    for rec in records:
+    for rec in fds.values():  # (a zombie until reaped: its pid still its own)
         try_reap(rec.pid)
