@@ -197,7 +197,7 @@ class ClusterTasks(RedisPart):
                 answers, got = await self.submit_batch.after(
                     [self.outbox.call_of(*c) for c in carried], keys, args)
             else:
-                got = await self._submit_turn(keys=keys, args=args)
+                got = await self._turn(keys, args, task_id)
             for c, answer in zip(carried, answers if p.session is None else [],
                                  strict=True):
                 self.outbox.landed(c, answer)
@@ -213,7 +213,7 @@ class ClusterTasks(RedisPart):
         while got == MOVED and p.session is not None:  # (its turns moved since read)
             with said(self.settings, "the task was not accepted"):
                 args[11:18] = await self.sessions.submit_args(p.agent, p.session, tenant)
-                got = await self._submit_turn(keys=keys, args=args)
+            got = await self._turn(keys, args, task_id)
         if got == REFUSED and ride is not None:
             raise LostLease(ride.call_id)
         refused = cluster_refusal(p.agent, got, max_queue) or self.sessions.refusal(got)
@@ -224,6 +224,18 @@ class ClusterTasks(RedisPart):
         for key, labels in starts(task_id, session, STARTER.get()):
             await self.labels.mark(key, labels)
         return bool(got == 1)
+
+    async def _turn(self, keys: list[Any], args: list[Any], task_id: str) -> Any:
+        """A session's turn submitted: its answer lost is asked for again as any task's,
+        whether it is the first submit or one after its session's turns moved (a write
+        that ran must never be told as not accepted: a client would send it again)."""
+        try:
+            return await self._submit_turn(keys=keys, args=args)
+        except RedisError as exc:
+            if never_sent(exc):
+                raise unavailable(self.settings, exc, "the task was not accepted"
+                                  ) from None
+            return await self._again(self.sessions.submit, keys, args, task_id)
 
     async def _again(self, submit: Any, keys: list[Any], args: list[Any], task_id: str
                      ) -> Any:
