@@ -317,8 +317,13 @@ class ClusterAsks(RedisPart):
         """The asks whose deadline passed given to the engine's waits, which end them
         timed out: those a suspended task made have no node waiting on them."""
         now = self.clock.time()
-        ids = [i.decode() for i in await self.redis.zrangebyscore(
-            self.keys.ask_deadlines, "-inf", repr(now), start=0, num=SWEPT)]
+        ids = []
+        for i in await self.redis.zrangebyscore(self.keys.ask_deadlines, "-inf",
+                                                repr(now), start=0, num=SWEPT):
+            try:
+                ids.append(i.decode())
+            except UnicodeDecodeError:  # (a Redis writer's: no ask's id, else every
+                await self.redis.zrem(self.keys.ask_deadlines, i)  # beat stopped here)
         for ask_id, ask in zip(ids, await self._rows(ids), strict=True):
             if ask is None or not ask.pending or ask.deadline is None:
                 # gone, ended by a forged hand, or listed by one (no deadline signed)
@@ -335,7 +340,7 @@ class ClusterAsks(RedisPart):
         key = self.keys.asks_pending(tenant)
         with said(self.settings, "the cluster's asks were not read"):
             ids = await read(lambda: self.redis.zrange(key, 0, MAX_PENDING - 1))
-            rows = await self._rows([i.decode() for i in ids])
+            rows = await self._rows([i.decode(errors="replace") for i in ids])
             asks = [a for a in rows if a is not None and a.pending]
             statuses = await self._statuses([a.task_id for a in asks])
         live = []

@@ -20,19 +20,27 @@ pytestmark = pytest.mark.timeout(60)
 K = Keys("test")
 
 
-def test_a_priority_that_is_no_number_or_a_consumer_of_no_name_stops_no_beat(
+def test_a_priority_that_is_no_number_or_a_name_that_is_no_utf8_stops_no_beat(
         tmp: Path, redis: RedisServer) -> None:
     # a priority that is no number among an asleep elastic agent's: the backlog's step
-    # raised on it, every beat, so no cluster task ever woke the agent; and a consumer's
+    # (and its puller) raised on it, every beat, so no cluster task ever woke the agent;
+    # and a consumer's
     # name that is not UTF-8 beside a dead one's: the retention's step raised on it, so
     # no dead consumer was ever removed
     direct = redis_py.Redis.from_url(redis.url)
     try:
         direct.zadd(K.priorities("default", "sleepy"), {"soon": 0})
+        # an ask's id that is not UTF-8 among the asks due and the pending ones: the
+        # asks' sweep, the beat's first step, raised on it, and every listing of asks
+        direct.zadd(K.ask_deadlines, {b"\xff": 0})
+        direct.zadd(K.asks_pending(), {b"\xff": 0})
         with nodes(tmp, redis, {"b": ELASTIC}) as ns:
             b = ns["b"]
             done = run(b, "sleepy", {"do": "sleep", "seconds": 0.01})
             assert done["status"] == "succeeded"
+            assert b.call("approvals.list") == {"asks": []}
+            wait_until(lambda: not direct.zrange(K.ask_deadlines, 0, -1),
+                       what="the garbled ask's deadline swept")
             stream = K.stream("default", "sleepy", 0)
             for name in (b"\xff\xfe", b"gone/1"):
                 direct.xgroup_createconsumer(stream, GROUP, name)
