@@ -397,7 +397,7 @@ class ClusterCalls(RedisPart):
         beat: a missing liveness key may be a node yet to beat again.)"""
         if not self.membership.member or not self.membership.settled():
             return []
-        ids = [i.decode() for i in await read(
+        ids = [i.decode(errors="replace") for i in await read(  # (a Redis writer's: none)
             lambda: self.redis.zrange(self.keys.calls_running, 0, -1))]
         ids = [i for i in ids if i not in self.leases]
         if not ids:
@@ -407,7 +407,7 @@ class ClusterCalls(RedisPart):
             for i in ids:
                 pipe.hget(self.keys.call(i), "holder")
 
-        holders = {i: (h.decode() if h else "") for i, h in zip(
+        holders = {i: (h.decode(errors="replace") if h else "") for i, h in zip(
             ids, await read_all(self.redis, fill), strict=True)}
         alive = await self.membership.alive(sorted({h for h in holders.values() if h}))
         me = self.membership.consumer

@@ -34,6 +34,9 @@ def test_a_priority_that_is_no_number_or_a_name_that_is_no_utf8_stops_no_beat(
         # asks' sweep, the beat's first step, raised on it, and every listing of asks
         direct.zadd(K.ask_deadlines, {b"\xff": 0})
         direct.zadd(K.asks_pending(), {b"\xff": 0})
+        # and a running durable call's: the takeover of calls raised on it, every beat,
+        # and the beat's steps after it (the retention's) never ran
+        direct.zadd(K.calls_running, {b"\xff": 0})
         with nodes(tmp, redis, {"b": ELASTIC}) as ns:
             b = ns["b"]
             done = run(b, "sleepy", {"do": "sleep", "seconds": 0.01})
