@@ -12,6 +12,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from corral.daemon.upgrade import end_processes
 from corral.supervisor.containment import CgroupTree, Containment, ProcessRecord, read_stat
 
@@ -118,7 +120,34 @@ async def test_a_handed_records_cgroup_outside_corrals_tree_is_not_killed_at_its
         c.adopted(rec)
         assert c.cgroup_of(rec.token) is None
         c.ended(rec.token)
-        assert other.poll() is None, "another service's process was killed"
+        with pytest.raises(subprocess.TimeoutExpired):  # (a SIGKILL is pending by now)
+            other.wait(1)
+    finally:
+        for p in (leftover, other):
+            p.kill()
+            p.wait()
+
+
+async def test_the_upgrades_end_of_a_kept_record_kills_no_cgroup_outside_corrals_tree(
+        tmp_path: Path) -> None:
+    # the upgrade's settle ends the old image's processes no replica took, each by its
+    # record in the state database: before, its own end killed whatever the record's
+    # cgroup held, another service's too
+    old = incarnation()
+    leftover = spawn_leftover(f"{old}.1")
+    other = bystander()
+    try:
+        theirs = fake_cgroup(tmp_path / "system.slice" / "other.service", other.pid)
+        tree = tmp_path / "corral"
+        tree.mkdir()
+        c = Containment("off")
+        c.tree = CgroupTree(str(tree))
+        await end_processes([record_of(leftover, f"{old}.1", cgroup=str(theirs))], c)
+        assert leftover.wait(5) is not None
+        # a SIGKILL sent is pending before end_processes returns: a killed process
+        # is gone well within the wait
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(1)
     finally:
         for p in (leftover, other):
             p.kill()
@@ -140,7 +169,7 @@ async def test_the_upgrades_end_of_a_record_whose_pid_is_reused_reaps_no_child_o
         gone = ProcessRecord(token=f"{incarnation()}.1", kind="agent", name="old",
                              replica=0, pid=child.pid, start_time=st.start_time - 1,
                              pgid=st.pgid, sid=st.sid)
-        await end_processes([gone])
+        await end_processes([gone], Containment("off"))
         assert child.wait(5) == 7, "its exit status was taken by the upgrade's settle"
     finally:
         child.kill()

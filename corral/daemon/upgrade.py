@@ -45,6 +45,7 @@ from ..supervisor.adopt import (
     keep_open,
 )
 from ..supervisor.containment import (
+    Containment,
     ProcessRecord,
     cgroup_kill,
     open_verified,
@@ -746,7 +747,7 @@ class Takeover:
             handover.give_back(self.node, list(self.claims.values()), "its worker was not kept")
             self.claims.clear()
         ended = [*self.ended, *left_records]
-        await end_processes(ended)
+        await end_processes(ended, containment)
         for rec in ended:
             containment.ended(rec.token)  # their cgroups and records go
         self.listeners.close_unused()  # (an address the config no longer serves)
@@ -790,11 +791,12 @@ def kept_text(agents: int, servers: int) -> str:
     return text + (f", {plural(servers, 'MCP server')}" if servers else "")
 
 
-async def end_processes(records: list[ProcessRecord]) -> None:
+async def end_processes(records: list[ProcessRecord], containment: Containment) -> None:
     """The old image's processes that were not kept (their pipes closed by the exec):
     SIGTERM, END_GRACE, SIGKILL; reaped (they are this process's children). One whose
     pid is not its process (gone, reaped) is not reaped: its pid may be a child of this
-    image's own now, whose exit status is its waiter's."""
+    image's own now, whose exit status is its waiter's. A record's cgroup is killed only
+    where it is corral's (a state database's row may name another service's)."""
     fds: dict[int, ProcessRecord] = {}
     for rec in records:
         fd = open_verified(rec.pid, rec.start_time)
@@ -807,7 +809,7 @@ async def end_processes(records: list[ProcessRecord]) -> None:
         signal_fd(fd, signal.SIGKILL)
     for fd, rec in fds.items():
         os.close(fd)
-        if rec.cgroup:
+        if rec.cgroup and containment.in_tree(rec):
             with contextlib.suppress(OSError):
                 cgroup_kill(rec.cgroup)
     if left:

@@ -626,7 +626,7 @@ class Containment:
     def adopted(self, rec: ProcessRecord) -> None:
         """Track a process the image before an exec started (its record the state
         database's): a cgroup not corral's is not its, to freeze, limit or kill."""
-        if rec.cgroup is not None and not self._in_tree(rec):
+        if rec.cgroup is not None and not self.in_tree(rec):
             rec = msgspec.structs.replace(rec, cgroup=None)
         t = ProcessWatch(rec, oom_kills(rec.cgroup) if rec.cgroup else 0)
         self.live[rec.token] = t
@@ -799,7 +799,7 @@ class Containment:
             self._orphan_exited(fd)
 
     # -- after a crash --------------------------------------------------------------------
-    def _in_tree(self, rec: ProcessRecord) -> bool:
+    def in_tree(self, rec: ProcessRecord) -> bool:
         """Whether a record's cgroup is one corral made: below its own tree, never the
         daemon's leaf. A row of the state database (copied from another host, or made)
         naming another service's cgroup or any directory would have its processes killed
@@ -829,7 +829,7 @@ class Containment:
             return report
         grace = max((r.stop_timeout for r in records), default=10.0)
         groups = {r.pgid: r for r in records} | {r.sid: r for r in records}
-        cgroups = {r.cgroup for r in records if r.cgroup and self._in_tree(r)}
+        cgroups = {r.cgroup for r in records if r.cgroup and self.in_tree(r)}
         if self.tree is not None:
             cgroups.update(self.tree.children())
 
