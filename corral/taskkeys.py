@@ -111,6 +111,14 @@ def other_request(key: str) -> RpcError:
                                       "another request: send a new key")
 
 
+def answer_of(claim: KeyClaim, agent: str, task_agent: str, task_tenant: str) -> None:
+    """A key sent again is answered by its tenant's task of the agent asked alone; a task
+    of another (a home's word for the task a key names may be unsigned: a Redis writer's
+    key naming another tenant's task) makes it another request's key."""
+    if task_agent != agent or task_tenant != claim.tenant:
+        raise other_request(claim.key)
+
+
 def bound_reached(tenant: str, held: int, bound: int) -> RpcError:
     return RpcError(jsonrpc.QUOTA_EXCEEDED, (
         f"tenant {tenant} holds {held} idempotency keys of the last "

@@ -33,7 +33,7 @@ from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.spawn import REACH
 from ..supervisor.tasks.spawntree import Lineage
-from ..taskkeys import KeyClaim, claimed, other_request, submitted
+from ..taskkeys import KeyClaim, answer_of, claimed, submitted
 from ..taskoptions import encoded, options_of
 from ..timeouts import within
 from . import listing, records
@@ -376,9 +376,8 @@ class ClusterTasks(RedisPart):
         another tenant's task would give its caller that task's outcome (its record's
         tenant is signed). Refused as another request's key; a record gone is no one's."""
         info, _ = await self._read(claim.task_id)
-        if info is not None and (info.agent != agent
-                                 or (info.tenant or DEFAULT_TENANT) != claim.tenant):
-            raise other_request(claim.key)
+        if info is not None:
+            answer_of(claim, agent, info.agent, info.tenant or DEFAULT_TENANT)
 
     async def submit(self, p: m.TasksSubmit, wait: float | None
                      ) -> tuple[str, m.TaskResult | None, bool]:
