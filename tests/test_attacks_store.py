@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 
@@ -102,56 +104,58 @@ async def test_a_records_cgroup_below_corrals_tree_is_stopped_and_removed(
     assert os.path.isdir(tree)
 
 
+# a containment, the old image's process's record, that process, and the bystander
+Handed = tuple[Containment, ProcessRecord, "Popen[bytes]", "Popen[bytes]"]
+
+
+@pytest.fixture
+def handed(tmp_path: Path) -> Iterator[Handed]:
+    """The old image's process as its record in the state database names it, that record
+    naming another service's cgroup (a bystander's, here a directory that reads as one),
+    and a containment whose own tree is elsewhere; both processes killed after."""
+    old = incarnation()
+    leftover = spawn_leftover(f"{old}.1")
+    other = bystander()
+    try:
+        theirs = fake_cgroup(tmp_path / "system.slice" / "other.service", other.pid)
+        tree = tmp_path / "corral"
+        tree.mkdir()
+        c = Containment("off")
+        c.tree = CgroupTree(str(tree))
+        yield c, record_of(leftover, f"{old}.1", cgroup=str(theirs)), leftover, other
+    finally:
+        for p in (leftover, other):
+            p.kill()
+            p.wait()
+
+
+def alive(other: Popen[bytes]) -> None:
+    """A SIGKILL sent is pending by now: a killed process is gone well within the wait."""
+    with pytest.raises(subprocess.TimeoutExpired):
+        other.wait(1)
+
+
 async def test_a_handed_records_cgroup_outside_corrals_tree_is_not_killed_at_its_end(
-        tmp_path: Path) -> None:
+        handed: Handed) -> None:
     # the upgrade's new image tracks the old one's processes by their records in the
     # state database (adopted) and ends those no replica took: before, a record's
     # cgroup of another service had every process in it killed at that end
-    old = incarnation()
-    leftover = spawn_leftover(f"{old}.1")
-    other = bystander()
-    try:
-        theirs = fake_cgroup(tmp_path / "system.slice" / "other.service", other.pid)
-        tree = tmp_path / "corral"
-        tree.mkdir()
-        c = Containment("off")
-        c.tree = CgroupTree(str(tree))
-        rec = record_of(leftover, f"{old}.1", cgroup=str(theirs))
-        c.adopted(rec)
-        assert c.cgroup_of(rec.token) is None
-        c.ended(rec.token)
-        with pytest.raises(subprocess.TimeoutExpired):  # (a SIGKILL is pending by now)
-            other.wait(1)
-    finally:
-        for p in (leftover, other):
-            p.kill()
-            p.wait()
+    c, rec, _, other = handed
+    c.adopted(rec)
+    assert c.cgroup_of(rec.token) is None
+    c.ended(rec.token)
+    alive(other)
 
 
 async def test_the_upgrades_end_of_a_kept_record_kills_no_cgroup_outside_corrals_tree(
-        tmp_path: Path) -> None:
+        handed: Handed) -> None:
     # the upgrade's settle ends the old image's processes no replica took, each by its
     # record in the state database: before, its own end killed whatever the record's
     # cgroup held, another service's too
-    old = incarnation()
-    leftover = spawn_leftover(f"{old}.1")
-    other = bystander()
-    try:
-        theirs = fake_cgroup(tmp_path / "system.slice" / "other.service", other.pid)
-        tree = tmp_path / "corral"
-        tree.mkdir()
-        c = Containment("off")
-        c.tree = CgroupTree(str(tree))
-        await end_processes([record_of(leftover, f"{old}.1", cgroup=str(theirs))], c)
-        assert leftover.wait(5) is not None
-        # a SIGKILL sent is pending before end_processes returns: a killed process
-        # is gone well within the wait
-        with pytest.raises(subprocess.TimeoutExpired):
-            other.wait(1)
-    finally:
-        for p in (leftover, other):
-            p.kill()
-            p.wait()
+    c, rec, leftover, other = handed
+    await end_processes([rec], c)
+    assert leftover.wait(5) is not None
+    alive(other)
 
 
 async def test_the_upgrades_end_of_a_record_whose_pid_is_reused_reaps_no_child_of_another(
