@@ -71,7 +71,9 @@ def test_an_agent_naming_no_user_runs_as_a_uid_of_its_own_that_reaches_nothing_e
              '> "$STATE_DIRECTORY/report.tmp"; mv "$STATE_DIRECTORY/report.tmp" '
              '"$STATE_DIRECTORY/report"; exec sleep 1000')
     agents = (plain("a", probe) + plain("b", "exec sleep 1000")
-              + plain("r", f"id -u > {tmp}/root-uid; exec sleep 1000", 'user = "root"'))
+              # written whole, then named: the name seen is never an empty file
+              + plain("r", f"id -u > {tmp}/uid.part && mv {tmp}/uid.part {tmp}/root-uid; "
+                      "exec sleep 1000", 'user = "root"'))
     with running_daemon(tmp, agents, extra=DYNAMIC) as d:
         report = homes / "a" / "report"
         wait_until(report.exists, timeout=30, what="a's report")
