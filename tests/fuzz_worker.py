@@ -41,8 +41,10 @@ def blast() -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not expected <= answered:
         time.sleep(0.05)
-    with open(os.environ["FUZZ_RESULT"], "w") as f:
+    # written whole, then named: the test waits for the name
+    with open(os.environ["FUZZ_RESULT"] + ".part", "w") as f:
         json.dump(sorted(expected - answered), f)
+    os.rename(os.environ["FUZZ_RESULT"] + ".part", os.environ["FUZZ_RESULT"])
 
 
 for raw in sys.stdin.buffer:

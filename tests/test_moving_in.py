@@ -32,7 +32,7 @@ def test_a_pm2_app_runs_in_its_directory_and_a_node_crash_says_its_error() -> No
     app, conf = tmp / "app", tmp / "conf"
     app.mkdir()
     conf.mkdir()
-    (app / "here.sh").write_text('pwd > where\nexec sleep 600\n')
+    (app / "here.sh").write_text('pwd > where.part && mv where.part where\nexec sleep 600\n')
     (app / "crash.js").write_text('function f() { throw new TypeError("port 80 is taken"); }'
                                   "\nf();\n")
     (app / "ecosystem.json").write_text(json.dumps({"apps": [
