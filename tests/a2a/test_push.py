@@ -172,41 +172,24 @@ async def test_a_push_config_outlives_a_sigkill_and_the_tasks_end_is_delivered(
                     break
 
 
-@pytest.mark.timeout(120)
-async def test_the_configs_an_older_daemon_kept_in_files_are_moved_into_its_home(
+async def test_the_configs_an_earlier_corral_kept_in_files_are_said_and_left(
         tmp_path: Path) -> None:
-    """An older daemon kept a task's configs in `a2a-push/TASK.json` of its state
-    directory: the next start moves them into the state database, and removes the file
-    (a file it cannot read is left, and said)."""
-    with a2a_daemon(tmp_path) as (d, url):
-        async with receiver() as (hook, got), httpx.AsyncClient(timeout=30) as http:
-            asked = await rpc(http, url, "SendMessage", message("tck-input-required"))
-            task_id = asked["result"]["task"]["id"]
-            assert d.proc is not None  # (killed: a stop would end the waiting task)
-            d.proc.send_signal(signal.SIGKILL)
-            d.proc.wait()
-            files = d.state / "a2a-push"
-            files.mkdir()
-            caller = {"via": "a2a", "token": None, "name": "a2a anonymous tck",
-                      "tenant": None, "agents": "tck",
-                      "scopes": ["approvals", "tasks:read", "tasks:run"]}
-            (files / f"{task_id}.json").write_text(json.dumps({"caller": caller, "configs": {
-                "old": {"url": hook, "id": "old", "taskId": task_id, "token": "0ld"}}}))
-            (files / "broken.json").write_text("{")
-            d.start()
-            listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
-                               {"taskId": task_id})
-            assert listed["result"]["configs"] == [
-                {"url": hook, "id": "old", "taskId": task_id, "token": "0ld"}]
-            assert sorted(p.name for p in files.iterdir()) == ["broken.json"]
-            done = await rpc(http, url, "SendMessage", message("tck-complete-task", task_id))
-            assert done["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", done
-            while True:
-                headers, body = await asyncio.wait_for(got.get(), 30)
-                assert headers[TOKEN_HEADER] == "0ld"
-                state = body.get("statusUpdate", {}).get("status", {}).get("state")
-                if state == "TASK_STATE_COMPLETED":
-                    break
+    """An earlier corral kept a task's configs in `a2a-push/TASK.json` of its state
+    directory: they are no longer moved into the home (decision 1520), and the start says
+    so, naming the corral that moves them, the files left as they were."""
+    said: list[str] = []
+    configs = push.PushConfigs(True, said.append, NodePush())
+    files = tmp_path / "a2a-push"
+    configs.left_in_files(files)
+    assert said == []  # (none there: nothing to say)
+    files.mkdir()
+    (files / "t1.json").write_text('{"caller": {}, "configs": {}}')
+    configs.left_in_files(files)
+    assert said == [
+        f"a2a push configs of an earlier corral in {files} are no longer moved in (decision "
+        "1520); they were not changed. Start corral 0.1.0 at commit 53eaacf8 once with [a2a] "
+        "on to move them into the state database"]
+    assert (files / "t1.json").read_text() == '{"caller": {}, "configs": {}}'
 
 
 def _looking() -> list[asyncio.Task[Any]]:

@@ -167,11 +167,11 @@ class Operations:
         async for event in events:
             yield event
 
-    async def resume(self, moved: Path) -> None:
+    async def resume(self, files: Path) -> None:
         """Deliver for the tasks whose configs their home keeps and no other daemon
-        delivers (a daemon before this one's, a dead node's), those an older daemon kept
-        in files (`moved`) moved into it first."""
-        await self.push.migrate(moved)
+        delivers (a daemon before this one's, a dead node's); the files an earlier corral
+        kept them in (`files`) said, not read (`PushConfigs.left_in_files`)."""
+        self.push.left_in_files(files)
         self._leading = asyncio.get_running_loop().create_task(self._lead())
 
     async def _lead(self) -> None:

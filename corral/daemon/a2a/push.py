@@ -56,14 +56,6 @@ class PushRecord(msgspec.Struct):
     config: w.PushConfig
 
 
-class PushFile(msgspec.Struct):
-    """A task's configs as an older daemon kept them, a file each (moved into the home
-    at the first start: `PushConfigs.migrate`)."""
-
-    caller: dict[str, Any]
-    configs: dict[str, w.PushConfig]
-
-
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's prefix: an IPv4 address behind it
 
 
@@ -222,28 +214,14 @@ class PushConfigs:
         with _unavailable():
             return await self.store.lead(task_id, holder, LEAD)
 
-    async def migrate(self, directory: Path) -> None:
-        """The configs an older daemon kept in files (`TASK.json` each) moved into the
-        home, each file removed once its configs are kept."""
-        if not directory.is_dir():
-            return
-        for path in sorted(directory.glob("*.json")):
-            try:
-                old = msgspec.json.decode(path.read_bytes(), type=PushFile)
-                for cid, config in old.configs.items():
-                    with _unavailable():
-                        await self.store.put(path.stem, cid, msgspec.json.encode(
-                            PushRecord(old.caller, config)), MAX_CONFIGS)
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError,
-                    w.A2aError) as exc:
-                self.report(f"a2a push configs of {path.stem} not moved from {path}: "
-                            f"{getattr(exc, 'message', exc)}")
-                continue
-            path.unlink()
-        with contextlib.suppress(OSError):  # (what was not moved is kept, and said)
-            for part in directory.glob("*.part"):
-                part.unlink()
-            directory.rmdir()
+    def left_in_files(self, directory: Path) -> None:
+        """Configs an earlier corral kept in files (`TASK.json` each, before decision
+        1164) are not moved into the home (decision 1520): said, and left as they are."""
+        if directory.is_dir():
+            self.report(f"a2a push configs of an earlier corral in {directory} are no "
+                        f"longer moved in (decision 1520); they were not changed. Start "
+                        f"corral 0.1.0 at commit 53eaacf8 once with [a2a] on to move them "
+                        f"into the state database")
 
     async def add(self, task_id: str, config: w.PushConfig,
                   caller: dict[str, Any]) -> w.PushConfig:
