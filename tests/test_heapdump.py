@@ -5,6 +5,8 @@ grew (the soak's hunt for what grows, bench/RESULTS.md)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from corral.daemon import heapdump
+
+from .conftest import ROOT
 
 
 def test_without_the_variable_nothing_traces_or_runs() -> None:
@@ -23,50 +27,29 @@ def test_without_the_variable_nothing_traces_or_runs() -> None:
         assert threading.active_count() == before
 
 
-class Grows:
-    """What the compared dumps are to find: instances of a type of its own."""
-
-
 @pytest.mark.deadline(60)
 def test_dumps_come_every_period_and_their_comparison_names_what_grew(
         tmp_path: Path) -> None:
-    kept: list[Grows] = []
     # dumps are named by the second: a period of more than one
     env = {heapdump.ENV_DIR: str(tmp_path / "heap"), heapdump.ENV_EVERY: "1.1"}
-    try:
-        with heapdump.from_env(env) as thread:
-            assert thread is not None and tracemalloc.is_tracing()
-            first = _next_dump(tmp_path / "heap", set())
-            kept += [Grows() for _ in range(5000)]
-            # the next dump may have begun while they were made: the one after it
-            between = _next_dump(tmp_path / "heap", {first})
-            second = _next_dump(tmp_path / "heap", {first, between})
-        thread.join(5)
-        assert not thread.is_alive()  # the hook's thread ends with it
-    finally:
-        tracemalloc.stop()
+    # in a process of its own (tests/heap_grower.py says why)
+    run = subprocess.run([sys.executable, "-m", "tests.heap_grower", json.dumps(env)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    said = json.loads(run.stdout)
+    assert said["tracing"] and said["kept"] == 5000
+    assert not said["thread_alive"]  # the hook's thread ends with it
+    first, _, second = (Path(p) for p in said["dumps"])
     account = json.loads(second.with_suffix(".json").read_text())
     assert account["rss"] > 0 and account["traced"] > 0
     assert account["malloc"] is None or account["malloc"]["in_use"] > 0
     assert account["types"]["Grows"] == 5000
     lines = heapdump.compare(first, second)
     assert lines[0] == f"{first.name} -> {second.name}: top 25 by traceback"
-    # the list's 5,000 instances are the largest growth, traced to this test's line
-    assert any("test_heapdump.py" in line for line in lines[1:12]), lines[:12]
+    # the list's 5,000 instances are the largest growth, traced to the grower's line
+    assert any("heap_grower.py" in line for line in lines[1:12]), lines[:12]
     grew = next(line for line in lines if line.startswith("types that grew: "))
     assert "Grows +5000" in grew, grew
-
-
-def _next_dump(where: Path, seen: set[Path]) -> Path:
-    """The next snapshot written whole (its json comes after it), waited for."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        new = [p for p in where.glob("heap-*.tracemalloc")
-               if p not in seen and p.with_suffix(".json").exists()]
-        if new:
-            return min(new, key=lambda p: int(p.stem.split("-")[1]))
-        time.sleep(0.05)
-    raise AssertionError(f"no dump in {where} within 30 s")
 
 
 @pytest.mark.deadline(60)
