@@ -254,15 +254,26 @@ def world_readable_tree() -> Iterator[Path]:
 # replaced worker its file). A sync test's timeout is SIGALRM's (pyproject), which fails
 # that test alone, its processes killed by its own teardown.
 ASYNC_TEST_TIMEOUT = 45.0
+# The backstop comes this long after the deadline at the least: the deadline fails the test
+# alone, and its teardown (a daemon stopped, its agents ended) runs within this. A backstop
+# at the deadline's own second (test_schemathesis's 300 and 300), or below it (a deadline
+# over pyproject's timeout, no marker of its own), ended the worker first: its clock starts
+# at the test's setup, the deadline's at its call (a worker crash at load 30)
+BACKSTOP_GRACE = 60.0
 
 
-def backstop(item: pytest.Item) -> pytest.MarkDecorator:
-    """An async test's pytest-timeout marker: its own seconds, if it gave some, by the
-    thread method."""
+def backstop(item: pytest.Item, deadline: float) -> pytest.MarkDecorator:
+    """An async test's pytest-timeout marker, by the thread method: its own seconds, if it
+    gave some, else the run's, and never before `deadline` and its grace."""
     given = item.get_closest_marker("timeout")
     seconds = given.kwargs.get("timeout", given.args[0] if given.args else None) if given \
         else None
-    return pytest.mark.timeout(seconds, method="thread")
+    if seconds is None:  # pyproject's, or the command line's (pytest-timeout's reading)
+        seconds = getattr(item.config, "_env_timeout", None)
+    if not seconds:  # no timeout asked for (0 turns it off)
+        return pytest.mark.timeout(seconds, method="thread")
+    return pytest.mark.timeout(max(float(seconds), deadline + BACKSTOP_GRACE),
+                               method="thread")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -294,7 +305,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return with_deadline
 
         item.obj = wrap(fn)  # type: ignore[attr-defined]
-        item.add_marker(backstop(item), append=False)
+        item.add_marker(backstop(item, limit), append=False)
 
 
 # -- beside other tests (pytest-xdist, `./test.sh` runs files in parallel) ----------------
