@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -181,8 +180,8 @@ def test_the_index_holds_a_row_a_millisecond_and_reads_each_task_alone(
         tmp_path: Path) -> None:
     """Decision 429: tasks whose UUIDv7 ids were made in one millisecond share an index
     row (their first 13 characters); a read still gives each task its own spans, across
-    batches; an id of another form is its own key; a store indexed a row a task (the
-    format before) has its batches dropped when it is opened, not misread."""
+    batches; an id of another form is its own key (a store of the index before is not
+    converted: decision 1521)."""
     base = new_id()
     same = [task(), task(), task()]
     for i, t in enumerate(same):  # made in one millisecond: the ids' first 13 the same
@@ -204,16 +203,6 @@ def test_the_index_holds_a_row_a_millisecond_and_reads_each_task_alone(
     assert (key_of(base), key_of("my-own-task-id"), key_of("x" * 36)) == (
         base[:13], "my-own-task-id", "x" * 36)
     store.close()
-    old = sqlite3.connect(tmp_path / "t.db")
-    old.execute("CREATE TABLE batch_tasks (task_id TEXT, batch INTEGER)")
-    old.commit()
-    old.close()
-    TraceStore(tmp_path / "t.db", 7, 1000).close()
-    db = sqlite3.connect(tmp_path / "t.db")
-    assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
-    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'batch_tasks'"
-                      ).fetchall() == []
-    db.close()
 
 
 def test_a_shape_whose_template_would_not_hold_is_written_span_by_span() -> None:

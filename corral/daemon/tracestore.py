@@ -22,8 +22,6 @@ from ..supervisor.tracing import bounded, expand
 # and batch: tasks made together are a few index rows, not a row a task. `spans`: the
 # spans stored up to this batch's, what `keep_spans` bounds.
 SCHEMA = """
-DROP TABLE IF EXISTS spans;
-DROP TABLE IF EXISTS records;
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY, written REAL NOT NULL, spans INTEGER NOT NULL,
     frame BLOB NOT NULL);
@@ -31,8 +29,6 @@ CREATE TABLE IF NOT EXISTS batch_keys (
     key TEXT NOT NULL, batch INTEGER NOT NULL, PRIMARY KEY (key, batch)
 ) WITHOUT ROWID;
 """
-# a store indexed a row a task (an older corral's): its batches have no keys; dropped
-OLD_INDEX = "DROP TABLE IF EXISTS batch_tasks; DELETE FROM batches;"
 
 
 def key_of(task_id: str) -> str:
@@ -40,13 +36,6 @@ def key_of(task_id: str) -> str:
     if len(task_id) == 36 and task_id[8] == "-" and task_id[13] == "-":
         return task_id[:13]
     return task_id
-
-
-def _schema(db: sqlite3.Connection) -> None:
-    old = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'batch_tasks'").fetchone()
-    db.executescript(SCHEMA)
-    if old:
-        db.executescript(OLD_INDEX)
 
 
 KINDS = {1: "internal", 2: "server", 3: "client"}
@@ -63,7 +52,7 @@ class TraceStore:
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")  # recent traces: a power loss may take some
-        _schema(self.db)
+        self.db.executescript(SCHEMA)
         self.spans = self.db.execute("SELECT coalesce(max(spans), 0) FROM batches"
                                      ).fetchone()[0]
 
@@ -115,7 +104,7 @@ def create(path: Path) -> None:
             os.chmod(made, 0o600)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode=WAL")
-        _schema(db)
+        db.executescript(SCHEMA)
 
 
 def of_task(path: Path, task_id: str) -> list[SpanView]:
