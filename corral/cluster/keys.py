@@ -19,11 +19,6 @@ def consumer(node: str, incarnation: int) -> str:
     return f"{node}/{incarnation}"
 
 
-def split_consumer(name: str) -> tuple[str, int]:
-    node, _, inc = name.rpartition("/")
-    return node, int(inc)
-
-
 def route(tenant: str, agent: str) -> str:
     """A tenant's agent as a member of Keys.agents (as the submit scripts write it)."""
     return f"{tenant}:{agent}"
