@@ -345,12 +345,7 @@ class ClusterTasks(RedisPart):
             carried = fut.result() if fut.done() else None
             if carried is not None:
                 return carried
-            woken, fut = fut.done(), None
-            if woken:
-                with contextlib.suppress(RedisError):
-                    i = await self._ended_info(task_id)
-                    if i is not None:
-                        return i
+            fut = None  # (woken with no outcome, or a few beats on: the record is read)
 
     async def wait(self, task_id: str) -> m.TaskInfo:
         while True:
