@@ -630,13 +630,13 @@ class Takeover:
             for rec in recs:
                 self._back(rec.task_id)
 
-    def _adopt_now(self) -> None:
+    def _adopt_now(self) -> list[ProcessReplica]:
         """Every replica with a handed process is started by the upgrade itself,
         ADOPT_BATCH a turn, not at the pace of the fleet's mass start (an adoption spawns
         nothing; the fleet's start of a replica adopted already does nothing); the kept
         MCP servers that no config start takes (`start = "lazy"`, or an agent's own,
         `scope = "per-agent"`) too. The agents' subscriptions on those servers are
-        listened to again (the servers hold them)."""
+        listened to again (the servers hold them). The replicas it starts."""
         assert self.sup is not None
         tools, agents = self.sup.parts.tools, self.sup.parts.agents
         starts: list[ProcessReplica] = []
@@ -677,22 +677,16 @@ class Takeover:
             r = replicas.get(s.subscriber)
             if r is not None:
                 tools.resubscribe(s.server, s.uri, s.subscriber, updates_to(r))
+        return starts
 
-    async def _started(self) -> None:
-        """Until the replica of every handed process that will be started has been (a
-        mass start is paced over loop turns: pacing.py), STARTED_WAIT at most: told by
-        each replica's first transition on the stream."""
+    async def _started(self, starts: list[ProcessReplica]) -> None:
+        """Until each agent replica of `starts` has been started (its start is paced over
+        loop turns: `_adopt_now`), STARTED_WAIT at most: told by each replica's first
+        transition on the stream (a kept MCP server's start took it already)."""
         sup = self.sup
         assert sup is not None
-
-        def will_start(kind: str, name: str, index: int) -> bool:
-            # (a kept MCP server's start, by the pool or _adopt_now, took it already)
-            agent = sup.parts.agents.get(name)
-            return (kind == "agent" and agent is not None and agent.spec.autostart
-                    and index < len(agent.replicas)
-                    and agent.replicas[index].machine.untouched)
-
-        unstarted = {k for k in self.adoptions.waiting if will_start(*k)}
+        unstarted = {(r.kind, r.name, r.index) for r in starts
+                     if r.kind == "agent" and r.machine.untouched}
         if not unstarted:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -714,8 +708,7 @@ class Takeover:
         goes on with each agent's first), and the others' starts begun. `meanwhile`
         runs from the first adoption on (not before: it would slow the one dispatch
         waits for) and is awaited with the rest."""
-        self._adopt_now()
-        started = asyncio.ensure_future(self._started())
+        started = asyncio.ensure_future(self._started(self._adopt_now()))
         first = asyncio.ensure_future(self._first.wait())
         try:
             await asyncio.wait([started, first], return_when=asyncio.FIRST_COMPLETED)
