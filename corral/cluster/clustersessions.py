@@ -8,7 +8,7 @@ state at every turn, sticky or not: the protocol has no "you have it" for it to 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..results import SessionInfo, SessionTask, SessionView
 from ..supervisor.config import DEFAULT_TENANT
-from ..supervisor.tasks import Task
+from ..supervisor.tasks import Task, is_task_id
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.sessions import (
     SessionKey,
@@ -31,7 +31,7 @@ from ..supervisor.tasks.sessions import (
 )
 from ..supervisor.tasks.turns import Move, TurnEvent, decide, state
 from . import sessionscripts
-from .connection import read, read_all
+from .connection import read, read_all, why
 from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
                        sessionscripts.SUBMIT_THEN)
 _FIELDS = ("cur", "last", "created", "tasks", "state", "node")  # (what `_view` reads)
+SWEPT = 100  # ended turns whose sessions a beat's sweep moves, at most
 
 
 class ClusterSessions(RedisPart):
@@ -62,6 +63,8 @@ class ClusterSessions(RedisPart):
         self.submit = self.redis.register_script(SUBMIT)
         self.checkpoint_script = self.redis.register_script(sessionscripts.CHECKPOINT)
         self.end_script = self.redis.register_script(sessionscripts.END)
+        self.turn_script = self.redis.register_script(sessionscripts.TURN)
+        self.move_script = self.redis.register_script(sessionscripts.MOVE)
         self.refused = 0  # turns and checkpoints refused for a bound
 
     # -- submit ----------------------------------------------------------------------------
@@ -135,6 +138,45 @@ class ClusterSessions(RedisPart):
         self.refused += 1
         raise state_too_large(got[1].decode(), int(got[2]), int(got[3]))
 
+    # -- a turn's end (decision 1500) --------------------------------------------------------
+    async def moved(self, task_ids: Iterable[str]) -> None:
+        """The sessions of these ended turns (those still marked so) move as the rule
+        decides (turns.py): MOVE keeps the move while the session is as read, else it is
+        read and decided again. Redis away: said, and a later sweep moves them."""
+        for tid in task_ids:
+            keys = [self.keys.task(tid), self.keys.turns_ended]
+            try:
+                while True:
+                    marked, cur, waiting, place = await self.turn_script(keys=keys,
+                                                                         args=[tid])
+                    if not marked:
+                        break
+                    cur = cur or b""  # (as kept: MOVE compares it so, whatever its bytes)
+                    if cur == tid.encode():
+                        move = decide(state(True, waiting), TurnEvent.ENDS)
+                    else:  # (a turn in the line waits behind one that holds the place)
+                        move = None if place is None else decide(state(True, waiting),
+                                                                 TurnEvent.LEAVES)
+                    if await self.scripts.one(self.move_script, keys, [
+                            tid, move.value if move else "", cur, waiting]) == 1:
+                        break
+            except (RedisError, OSError) as exc:
+                self.report(f"cluster: the session of task {tid}, which ended, has not "
+                            f"moved yet ({why(exc)}): a node's next beat moves it")
+
+    async def sweep(self) -> None:
+        """Every node's beat: the sessions of turns whose end was written and whose node
+        did not move them (it died between the two, or Redis did not answer it)."""
+        try:
+            marked = await self.redis.srandmember(self.keys.turns_ended, SWEPT)
+            ids = [t.decode(errors="replace") for t in marked]
+            if garbage := [m for m, t in zip(marked, ids, strict=True) if not is_task_id(t)]:
+                await self.redis.srem(self.keys.turns_ended, *garbage)  # (a Redis writer's)
+        except RedisError as exc:  # (a key of another type: the beat goes on)
+            self.report(f"cluster: the ended turns not read: {why(exc)}")
+            return
+        await self.moved(t for t in ids if is_task_id(t))
+
     # -- reading -------------------------------------------------------------------------------
     async def views(self, agent: str | None) -> list[SessionView]:
         """The cluster's live sessions (of `agent`), every tenant's (each view says
@@ -150,19 +192,20 @@ class ClusterSessions(RedisPart):
             live = [(n.decode(), score) for n, score
                     in await self.redis.zrange(raw, 0, -1, withscores=True) if score >= now]
             pipe = self.redis.pipeline(transaction=False)
+            pipe.smembers(self.keys.turns_ended)
             for name, _ in live:
                 key = SessionKey(tenant, name_of, name)
                 pipe.hmget(self.keys.session(key), *_FIELDS)
                 pipe.llen(self.keys.session_line(key))
-            got = await pipe.execute() if live else []
+            ended, *got = await pipe.execute() if live else [set()]
             for (name, score), fields, waiting in zip(live, got[::2], got[1::2], strict=True):
-                view = _view(SessionKey(tenant, name_of, name), fields, waiting, score)
+                view = _view(SessionKey(tenant, name_of, name), fields, waiting, score, ended)
                 if view is not None:  # (else expired between the two reads)
                     out.append(view)
         return sorted(out, key=lambda v: (v.agent, v.session))
 
     async def info(self, key: SessionKey) -> SessionInfo | None:
-        view = await read(lambda: self._read(key))
+        view, _ = await read(lambda: self._read(key))
         if view is None:
             return None
         ids = [t.decode() for t in await read(
@@ -182,13 +225,13 @@ class ClusterSessions(RedisPart):
         """Refused while a turn of it is queued or running, as the rule decides (turns.py);
         its view as it was. END keeps the decision only while the session is as read."""
         while True:
-            view = await read(lambda: self._read(key))
+            view, cur = await read(lambda: self._read(key))
             if view is None:
                 return None
-            cur = view.running or ""
-            # (a current turn whose record is gone runs nowhere)
+            # (a current turn whose record is gone runs nowhere; one that ended holds the
+            # place no more, its session's move yet to be made)
             status = await read(partial(self.redis.hget, self.keys.task(cur), "status")
-                                ) if cur else None
+                                ) if view.running else None
             # (held as the node's end reads it: while any turn is unfinished, a line
             # behind no running turn too, which ended would wait in no session for ever)
             unfinished = view.waiting + (1 if status else 0)
@@ -221,13 +264,16 @@ class ClusterSessions(RedisPart):
         status = await read(lambda: self.redis.hget(self.keys.task(cur.decode()), "status"))
         return turn_waits(key.name, cur.decode(), status in ON_WORKER, waiting.index(mine))
 
-    async def _read(self, key: SessionKey) -> SessionView | None:
+    async def _read(self, key: SessionKey) -> tuple[SessionView | None, str]:
+        """Its view, and its current turn as kept ('' none)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self.keys.session(key), *_FIELDS)
         pipe.llen(self.keys.session_line(key))
         pipe.zscore(self.keys.sessions(key.tenant, key.agent), key.name)
-        fields, waiting, score = await pipe.execute()
-        return _view(key, fields, waiting, float("inf") if score is None else score)
+        pipe.smembers(self.keys.turns_ended)
+        fields, waiting, score, ended = await pipe.execute()
+        return (_view(key, fields, waiting, float("inf") if score is None else score, ended),
+                (fields[0] or b"").decode())
 
     # -- removal ------------------------------------------------------------------------------
     async def end_agent(self, agent: str, tenant: str) -> None:
@@ -286,9 +332,10 @@ async def turn_args(redis: Any, keys: Keys, key: SessionKey) -> list[Any]:
     return [move.value, "-" if cur is None else cur, waiting]
 
 
-def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: float
-          ) -> SessionView | None:
-    """None: no such hash, or expired."""
+def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: float,
+          ended: set[bytes]) -> SessionView | None:
+    """None: no such hash, or expired. A current turn that ended (`ended`: its session's
+    move yet to be made) runs no more."""
     cur, last, created, tasks, state, node = fields
     if created is None:
         return None
@@ -296,6 +343,6 @@ def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: floa
         agent=key.agent, session=key.name, tasks=int(tasks or 0), created=float(created),
         last_used=float(last or created), holder=node.decode() if node else None,
         state_bytes=len(state.partition(b" ")[2]) if state else 0,
-        running=cur.decode() if cur else None, waiting=int(waiting),
+        running=cur.decode() if cur and cur not in ended else None, waiting=int(waiting),
         expires=None if score == float("inf") else score, tenant=key.tenant)
 

@@ -12,6 +12,7 @@ from ..supervisor.tasks.sessions import SessionKey
 GROUP = "corral"  # the one consumer group of every task stream
 KEEP_OUTCOMES = 10_000  # the outcomes stream is capped near this (MAXLEN ~)
 CLAIMED = "claimed"  # a route's stream of the tasks claimed at submission (Keys.claimed)
+TURNS_ENDED = "tended"  # the ended turns whose sessions have yet to move (Keys.turns_ended)
 
 
 def consumer(node: str, incarnation: int) -> str:
@@ -61,6 +62,7 @@ class Keys:
         self.events = f"{prefix}events"
         self.tool_pins = f"{prefix}pins"  # the tools' pins (toolpins.py), by server and tool
         self.pushed = f"{prefix}pushed"  # the tasks with push configs (clusterpush.py)
+        self.turns_ended = f"{prefix}{TURNS_ENDED}"  # (sessionscripts.ended)
 
     @property
     def listed(self) -> list[str]:

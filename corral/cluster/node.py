@@ -103,7 +103,7 @@ class ClusterNode:
         self.home = ClusterHome(self.steps, sessions, spawns, self.asks,
                                 labels, self.push, self.outputs, self._requeue)
         self.outbox = Outbox(scripts, self.keys, trust, self.node, settings.beat, queue,
-                             report, settings.keep_tasks_for, self.outputs)
+                             report, settings.keep_tasks_for, self.outputs, sessions.moved)
         self.puller = Puller(scripts, self.keys, self.membership, queue, host, tasks, report,
                              ClaimParts(self.steps, self.home, self.outbox.progress,
                                         self._serving_nodes), self.waits)
@@ -224,6 +224,7 @@ class ClusterNode:
                     await self.backlog.step(self.desk.view)
                     streams = await self.reaper.streams()
                     await self.reaper.reap(streams)
+                    await self.desk.sessions.sweep()  # (after the turns ended by it)
                     for handover in await self.calls.orphans():  # (their kinds drive them)
                         self.host.stream.emit(handover)
                     await self.retention.step(streams)
@@ -530,6 +531,8 @@ class ClusterNode:
                                   f"task {task_id} was not cancelled") from None
             if got is None:
                 return None
+            if got == b"cancelled":  # (a turn of a session: it leaves the line first)
+                await self.desk.sessions.moved([task_id])
             if got.startswith(b"ended:"):
                 cancel_failure(got[6:].decode(), task_id)  # (refused, as on one node)
             if got == b"asked":  # the node running it cancels it within a beat

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -36,7 +36,8 @@ _json = msgspec.json.Encoder().encode
 class Outbox(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, node: str, beat: float,
                  queue: ClusterQueue, report: Callable[[str], None], kept_for: float,
-                 outputs: ClusterOutputs | None = None) -> None:
+                 outputs: ClusterOutputs | None = None,
+                 moved: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
         # (trust signs each outcome: a client believes only a signed one)
         super().__init__(scripts, keys, trust)
         self.node = node
@@ -47,6 +48,8 @@ class Outbox(RedisPart):
         # the tasks' live output: a task's chunks reach Redis before its end, which
         # closes its stream (scripts._ended)
         self.outputs = outputs
+        # the sessions of turns whose end was written move (ClusterSessions.moved)
+        self.moved = moved
         self.pending: deque[tuple[ClusterTask, list[Any]]] = deque()
         self.reports: dict[str, tuple[ClusterTask, bytes]] = {}  # newest progress, by task
         # fenced incarnations: their tasks are the cluster's again, none of their outcomes go
@@ -201,6 +204,8 @@ class Outbox(RedisPart):
             landed += await self._sent_before(turned)
             turned = [t for t in turned if t not in landed]
         self.published += len(landed)
+        if self.moved is not None:
+            await self.moved([t.id for t in landed if t.session is not None])
         for task in turned:
             self.refused += 1
             self.turned[task.id] = None  # (asked by send_held at once: the newest kept)

@@ -2,20 +2,23 @@
 
 A session is a hash whose `cur` is its one task in the agent's stream, and a line of the
 later ones (records queued, entry "0-0", out of the stream): each task's end
-(scripts._ended) moves the next of the line in; the last one's starts the session_ttl.
+(scripts._ended) marks it ended, and a node then moves the next of the line in (MOVE);
+the last one's starts the session_ttl.
 A session's keys name its owner, the tenant of its first turn's agent (`stenant` of each
 turn's record). Times are Redis's own (TIME): one clock for every node.
 """
 
 from __future__ import annotations
 
-from .keys import GROUP
+from .keys import GROUP, TURNS_ENDED
 from .records import on_worker
 
 # Seconds a node's list of the turns given to it (Keys.sticky) outlives its last one: its
 # items are stale once the busy bound has passed (they are checked as they are taken),
 # and a dead incarnation's list must not stay.
 KEEP_STICKY = 3600
+# A script's answer: the session is no longer as read (read it, and decide, again).
+MOVED = -3
 
 # The session's keys named from a task's record key (KEYS[1]) and the session's tenant,
 # agent and name. (A turn submitted before sessions had owners has no tenant: its
@@ -91,40 +94,64 @@ end"""
 
 
 def ended(task: str) -> str:
-    """(A fragment of scripts._ended.) A session's current task makes way for the next
-    of its line, or leaves the session idle, to expire session_ttl from now; one that
-    ended waiting in the line (cancelled) leaves it."""
-    return f"""do
-local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session', 'stenant')
-if agent_name[2] then
-local agent, name, tenant, task = agent_name[1], agent_name[2], agent_name[3], {task}
-{_NAMES}
-if redis.call('HGET', skey, 'cur') == task then
-  local nxt = redis.call('LPOP', sline)
-  if nxt then
-    local record = prefix .. 'task:' .. nxt
-    local home = redis.call('HGET', record, 'stream')
-    local entry = redis.call('XADD', home, '*', 'task', nxt)
-    redis.call('HSET', record, 'entry', entry)
-    redis.call('HSET', skey, 'cur', nxt, 'last', now)
-    {_stick('home')}
-  else
-    local ttl = tonumber(redis.call('HGET', skey, 'ttl')) or 0
-    redis.call('HSET', skey, 'cur', '', 'last', now)
-    if ttl > 0 then
-      local ms = math.max(1, math.floor(ttl * 1000))
-      redis.call('PEXPIRE', skey, ms)
-      redis.call('PEXPIRE', shist, ms)
-      redis.call('PEXPIRE', slabels, ms)
-      redis.call('PEXPIRE', sstarted, ms)
-      redis.call('ZADD', sall, now + ttl, name)
-    end
-  end
-else
-  redis.call('LREM', sline, 1, task)
-end
-end
+    """(A fragment of scripts._ended.) A task of a session that ended is marked as a turn
+    whose session has yet to move (Keys.turns_ended): what the move is, the node decides
+    (MOVE), not this end (decision 1500)."""
+    return f"""if redis.call('HEXISTS', KEYS[1], 'session') == 1 then
+  redis.call('SADD', string.match(KEYS[1], '^(.*)task:') .. '{TURNS_ENDED}', {task})
 end"""
+
+
+# The session of the task whose record is KEYS[1], named (_NAMES).
+_OF_TASK = """local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session', 'stenant')
+local agent, name, tenant = agent_name[1], agent_name[2] or '', agent_name[3]
+""" + _NAMES
+
+# What the move of an ended turn is decided on (clustersessions.moved), in one read.
+# KEYS: the turn's record, the turns ended (Keys.turns_ended); ARGV: its id
+# -> {1 while it is marked ended else 0, the session's current turn (false: no session),
+#    its line's length, the turn's place in the line (false: not in it)}
+TURN = _OF_TASK + """
+return {redis.call('SISMEMBER', KEYS[2], ARGV[1]), redis.call('HGET', skey, 'cur'),
+  redis.call('LLEN', sline), redis.call('LPOS', sline, ARGV[1])}
+"""
+
+# An ended turn's move, decided above (turns.py), kept only while the session's current
+# turn and its line's length are as read (else MOVED: read and decided again); the turn
+# is no longer marked. 'advance': the line's first turn goes into its stream and takes
+# the place; 'rest': the session idles, to expire session_ttl from now; 'leave': the
+# turn leaves the line; '': no move (its session ended, or moved already).
+# KEYS: TURN's; ARGV: the turn's id, the move, the current turn as read ('' none), the
+#   line's length as read -> 1, or MOVED
+MOVE = _OF_TASK + f"""
+local cur = redis.call('HGET', skey, 'cur') or ''
+if cur ~= ARGV[3] or redis.call('LLEN', sline) ~= tonumber(ARGV[4]) then
+  return {MOVED}
+end
+if ARGV[2] == 'advance' then
+  local nxt = redis.call('LPOP', sline)
+  local record = prefix .. 'task:' .. nxt
+  local home = redis.call('HGET', record, 'stream')
+  redis.call('HSET', record, 'entry', redis.call('XADD', home, '*', 'task', nxt))
+  redis.call('HSET', skey, 'cur', nxt, 'last', now)
+  {_stick('home')}
+elseif ARGV[2] == 'rest' then
+  local ttl = tonumber(redis.call('HGET', skey, 'ttl')) or 0
+  redis.call('HSET', skey, 'cur', '', 'last', now)
+  if ttl > 0 then
+    local ms = math.max(1, math.floor(ttl * 1000))
+    redis.call('PEXPIRE', skey, ms)
+    redis.call('PEXPIRE', shist, ms)
+    redis.call('PEXPIRE', slabels, ms)
+    redis.call('PEXPIRE', sstarted, ms)
+    redis.call('ZADD', sall, now + ttl, name)
+  end
+elseif ARGV[2] == 'leave' then
+  redis.call('LREM', sline, 1, ARGV[1])
+end
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
 
 
 # SUBMIT of a task naming a session, its move decided above (turns.py): kept only while
@@ -137,7 +164,6 @@ end"""
 #   agents whose sessions of the tenant it counts, its words: sessions.session_bounds),
 #   its agent's tenant, the move ('start' or 'wait'), the current turn as read ('-': no
 #   session), the line's length
-MOVED = -3
 SUBMIT_FIRST = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local agent, name, tenant = ARGV[2], ARGV[12], ARGV[15]

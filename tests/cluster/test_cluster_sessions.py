@@ -26,18 +26,18 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from corral.cluster import clustersessions, records, sessionscripts
-from corral.cluster.clustersessions import turn_args
+from corral.cluster import clustersessions, records, scripts, sessionscripts
+from corral.cluster.clustersessions import ClusterSessions, turn_args
 from corral.cluster.keys import Keys
 from corral.cluster.reaper import take_over
 from corral.cluster.scripts import RedisPart, Scripts
-from corral.cluster.trust import Trust
+from corral.cluster.trust import Trust, load_key
 from corral.supervisor.tasks.sessions import SessionKey
 
 from ..daemon_harness import PY
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes
+from .harness import Node, cluster_key, nodes
 from .test_cluster_specs import log
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,7 +94,7 @@ def test_twenty_turns_on_two_nodes_run_one_at_a_time_in_order_each_once(
         assert ran_on and ran_on <= {"a", "b"}, ran_on
         r = redis_py.Redis(port=redis.port)
         try:  # idle: nothing in its line, no current task, its state kept
-            assert r.hget(K.session(S), "cur") == b""
+            wait_until(lambda: r.hget(K.session(S), "cur") == b"", what="its last move")
             assert r.exists(K.session_line(S)) == 0
             assert r.lrange(K.session_tasks(S), 0, -1) == [
                 t.encode() for t in ids]
@@ -156,6 +156,44 @@ def test_a_node_killed_mid_turn_the_turn_is_retried_elsewhere_with_the_last_stat
             assert rec["status"] == "succeeded", rec
             assert rec["output"]["turns"] == list(range(1, i + 1))
             assert [a["node"] for a in rec["attempts"]] == [other.name]
+
+
+def test_a_turn_whose_node_died_between_its_end_and_its_move_is_moved_by_a_beat(
+        tmp: Path, redis: RedisServer) -> None:
+    """Decision 1500: the end its node wrote (FINISH, here the test's, as that node's
+    outbox would send it, under its claim's token) marks the turn ended and moves
+    nothing; that node frozen, then killed, never moves the session: the other node's
+    beat does, and the turn waiting in the line runs there."""
+    hold = tmp / "hold"
+    os.mkfifo(hold)
+    with nodes(tmp, redis, {"a": chat(), "b": chat()}) as ns:
+        both_alive(ns)
+        first = submit(ns["a"], 1, hold=str(hold))
+        wait_until(lambda: ns["a"].call("tasks.get", {"task_id": first})["status"] ==
+                   "running", what="turn 1 running")
+        second = submit(ns["b"], 2)
+        stricken = ns[ns["a"].call("tasks.get", {"task_id": first})["attempts"][-1]["node"]]
+        live = ns["b" if stricken.name == "a" else "a"]
+        os.kill(stricken.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        r = redis_py.Redis(port=redis.port)
+        try:
+            fence, entry, stream, retries = r.hmget(K.task(first), "fence", "entry", "stream",
+                                                    "retries_left")
+            out = b'{"turns":[1]}'
+            mac = Trust(load_key(cluster_key(redis)), "test", print).outcome(
+                first, fence.decode(), "succeeded", out, b"")
+            assert r.register_script(scripts.FINISH)(
+                keys=[K.task(first), K.attempts(first), stream, K.outcomes, *K.listed],
+                args=[fence, first, "succeeded", out, b"", "3.0", entry, 0, 60, retries, "0",
+                      mac]) == 1
+            stricken.kill9()
+            got = done(live, second)
+            assert (got["status"], got["output"]["turns"]) == ("succeeded", [2]), got
+            assert [a["node"] for a in got["attempts"]] == [live.name]
+            assert r.smembers(K.turns_ended) == set()
+            wait_until(lambda: r.hget(K.session(S), "cur") == b"", what="its last move")
+        finally:
+            r.close()
 
 
 def test_a_turn_cancelled_in_the_line_leaves_it_and_the_next_one_runs(
@@ -330,12 +368,20 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
                   await client.hget(T.task(tid), "entry"), 0, 60, 0, "0", ""])
 
     assert await finish(first, token) == 1
+    # the end marks the turn ended, the session as it was; the node then moves it
+    assert await client.smembers(T.turns_ended) == {first.encode()}
+    assert await client.hget(T.session(W), "cur") == first.encode()
+    assert await client.hget(T.task(second), "entry") == b"0-0"
+    sessions = ClusterSessions(s, T, Trust(None, "t", print), Any, None, Any, print)
+    await sessions.moved([first])
+    assert await client.smembers(T.turns_ended) == set()
     assert await client.hget(T.task(second), "entry") != b"0-0"  # into the stream
     assert await client.hget(T.session(W), "cur") == second.encode()
     assert await client.pttl(T.session(W)) == -1  # busy: no expiry
     token2, *_, name, state = await claim(second)
     assert (name, state) == (b"s", b' {"a":1}')
     assert await finish(second, token2) == 1
+    await sessions.moved([second])
     assert await client.hget(T.session(W), "cur") == b""
     assert 0 < await client.pttl(T.session(W)) <= 60_000  # idle: session_ttl
     assert await client.zscore(T.sessions("t1", "w"), "s") is not None
@@ -362,6 +408,7 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
     assert await take_over(RedisPart(s, T, Trust(None, "t", print)),
                            T.stream("t1", "w", 0), entry, first, "b/1", orphan=False,
                            reason="node b lost", kept_for=60, specs={}) == b"lost"
+    await ClusterSessions(s, T, Trust(None, "t", print), Any, None, Any, print).sweep()
     assert await client.hget(T.session(W), "cur") == second.encode()
     assert await client.exists(T.session_line(W)) == 0
     [(moved, fields)] = await client.xrange(T.stream("t1", "w", 0))

@@ -24,10 +24,11 @@ import pytest
 import redis as redis_py
 
 from corral.cluster import clustersessions, records
-from corral.cluster.clustersessions import turn_args
+from corral.cluster.clustersessions import ClusterSessions, turn_args
 from corral.cluster.keys import Keys
 from corral.cluster.reaper import ORPHAN_BEATS
 from corral.cluster.scripts import Scripts
+from corral.cluster.trust import Trust
 from corral.supervisor.tasks.sessions import SessionKey
 
 from ..daemon_harness import PY
@@ -320,10 +321,14 @@ async def _read_claim(client: Any, consumer: str = "n/1", want: int = 1) -> Any:
 
 
 async def _finish(client: Any, tid: str, token: int) -> Any:
-    return await Scripts(client).finish(
+    """The turn's end, and its node's move of its session (decision 1500)."""
+    got = await Scripts(client).finish(
         keys=[T.task(tid), T.attempts(tid), STREAM, T.outcomes, *T.listed],
         args=[token, tid, "succeeded", b"{}", b"", "3.0",
               await client.hget(T.task(tid), "entry"), 0, 60, 0, "0", ""])
+    await ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
+                          print).moved([tid])
+    return got
 
 
 async def _held_once(client: Any) -> str:

@@ -83,3 +83,64 @@ async def test_submit_keeps_its_move_on_a_session_hash_without_a_current_turn(
         args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, b"[]", "t1", *moved,
               "", "", "t1", "mac"]) == 1
     assert await client.hget(T.session(W), "cur") == tid.encode()
+
+
+class Racing(Scripts):
+    """Scripts whose first call runs `first` before it: a write of another node's landing
+    between a node's read and its script (each real, on the test's Redis)."""
+
+    def __init__(self, client: Any, first: Any) -> None:
+        super().__init__(client)
+        self.first = first
+        self.answers: list[Any] = []
+
+    async def one(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        if self.first is not None:
+            first, self.first = self.first, None
+            await first()
+        self.answers.append(await super().one(script, keys, args))
+        return self.answers[-1]
+
+
+A, B = (f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2))
+
+
+async def test_an_ended_turns_move_on_a_session_moved_since_is_decided_again(
+        client: Any) -> None:
+    """Decision 1500: turn A's end marked it ended; its node read the session (A holding
+    its place, no line) and decided it rests; B joined the line before MOVE ran: MOVE
+    answers MOVED and changes nothing, and the node reads again and advances the line."""
+    for tid, status in ((A, "succeeded"), (B, "queued")):
+        await client.hset(T.task(tid), mapping={
+            "agent": "w", "session": "s", "stenant": "t1", "status": status, "entry": "0-0",
+            "stream": T.stream("t1", "w", 0)})
+    await client.hset(T.session(W), mapping={"cur": A, "created": 1.0, "tasks": 2, "ttl": 60})
+    await client.sadd(T.turns_ended, A)
+    racing = Racing(client, lambda: client.rpush(T.session_line(W), B))
+    await ClusterSessions(racing, T, Trust(None, "t", print), Any, None, Any, print
+                          ).moved([A])
+    assert racing.answers == [sessionscripts.MOVED, 1]
+    assert await client.hget(T.session(W), "cur") == B.encode()
+    assert await client.exists(T.session_line(W)) == 0
+    [(entry, fields)] = await client.xrange(T.stream("t1", "w", 0))
+    assert (fields, await client.hget(T.task(B), "entry")) == ({b"task": B.encode()}, entry)
+    assert await client.smembers(T.turns_ended) == set()
+    assert await client.pttl(T.session(W)) == -1  # (busy: no expiry, as a rest would set)
+
+
+async def test_garbage_among_the_ended_turns_stops_no_beat(client: Any) -> None:
+    """A Redis writer's members of the ended turns that are no task's id (one not UTF-8)
+    are removed by the sweep; the set as a key of another type is said, the beat's later
+    steps going on; a turn marked whose session is gone is unmarked, nothing moved."""
+    said: list[str] = []
+    sessions = ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
+                               said.append)
+    await client.sadd(T.turns_ended, b"\xff\xfe", b"not a task", A)
+    await client.hset(T.task(A), mapping={"agent": "w", "session": "s", "stenant": "t1"})
+    await sessions.sweep()
+    assert await client.smembers(T.turns_ended) == set()
+    assert await client.exists(T.session(W)) == 0
+    await client.set(T.turns_ended, "x")
+    await sessions.sweep()
+    assert said == ["cluster: the ended turns not read: WRONGTYPE Operation against a key "
+                    "holding the wrong kind of value"]
