@@ -81,10 +81,10 @@ def test_mcp_servers_file_understands_every_desktop_field(tmp_path: Path) -> Non
                                            "for a command, not a url"),
     ('{"command": "x", "headers": {"a": "b"}}', "mcpServers.s.headers: headers are for a url, "
                                                 "not a command"),
-    # a Literal that may be absent (`| None`) lists its values too
-    ('{"command": "x", "type": "websocket"}', "mcpServers.s.type: Invalid enum value "
-                                              "'websocket' (valid: 'http', 'sse', 'stdio', "
-                                              "'streamable-http', 'streamableHttp')"),
+    # the transports a client may name, listed
+    ('{"command": "x", "type": "websocket"}', 'mcpServers.s: type: "websocket" is not one '
+                                              "of stdio, http, streamable-http, "
+                                              "streamableHttp, sse"),
     ('{"url": "http://h", "type": "stdio"}', "mcpServers.s: transport 'stdio' needs a "
                                              "command, not a url"),
 ])

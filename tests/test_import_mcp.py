@@ -112,3 +112,28 @@ def test_a_server_neither_local_nor_remote_is_refused_and_a_pm2_json_is_pm2s(
     (tmp_path / "ecosystem.json").write_text('{"apps": [{"name": "a", "script": "a.sh"}]}')
     r = corral("import", "ecosystem.json", cwd=tmp_path)
     assert (r.returncode, r.stderr) == (0, "") and "[agents.a]" in r.stdout
+
+
+def test_a_file_is_imported_as_mcp_servers_file_reads_it(tmp_path: Path) -> None:
+    """One reader for both (supervisor/configload.py client_server, decision 1530): Cursor's
+    relative envFile is carried as the file's own, so that what is written passes
+    check-config (it was written as given and refused there: env_file '.env' is not an
+    absolute path); and a url's args, or a command's headers, refused as the daemon refuses
+    them (they were dropped unsaid)."""
+    (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": {
+        "fetch": {"command": "uvx", "envFile": ".env"}}}))
+    (tmp_path / ".env").write_text("A=1\n")
+    r = corral("import", "mcp.json", "-o", "corral.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = tomllib.loads((tmp_path / "corral.toml").read_text())
+    assert written["mcp_servers"]["fetch"]["env_file"] == [str(tmp_path.resolve() / ".env")]
+    checked = corral("check-config", "--no-check", "corral.toml", cwd=tmp_path)
+    assert (checked.returncode, checked.stdout) == (
+        0, "corral.toml: ok (0 agents, 1 MCP server)\n"), checked.stderr
+    for entry, said in (({"url": "http://h/mcp", "args": ["x"]},
+                         "mcpServers.r: args, env, envFile and cwd are for a command, not a url"),
+                        ({"command": "x", "headers": {"A": "b"}},
+                         "mcpServers.r.headers: headers are for a url, not a command")):
+        (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": {"r": entry}}))
+        r = corral("import", "mcp.json", cwd=tmp_path)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"corral: mcp.json: {said}\n")

@@ -4,7 +4,8 @@ section), and `corral help import` lists it with the table check-config reads.""
 
 from __future__ import annotations
 
-from . import mcpjson, pm2, supervisord, systemd
+from ..supervisor.configload import CARRIED, CLIENT_KEYS
+from . import pm2, supervisord, systemd
 
 # supervisord's sections, besides [program:x]'s keys
 SUPERVISORD_SECTIONS = ("[group:]", "[include]", "[eventlistener:]", "[fcgi-program:]",
@@ -20,6 +21,6 @@ def known() -> dict[str, list[str]]:
         "PM2": sorted({*pm2.CARRIED, *pm2.NOT_CARRIED, "env_*"}),
         "systemd": sorted({*systemd.CARRIED, *systemd.ORDER, *systemd.NOT_CARRIED,
                            *systemd.QUIET}),
-        "MCP clients": sorted({*mcpjson.CARRIED, *mcpjson.NOT_CARRIED, "mcpServers",
+        "MCP clients": sorted({*CARRIED, *CLIENT_KEYS, "mcpServers",
                                "servers", "inputs"}),
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect
@@ -27,6 +28,7 @@ from .addresses import local_listen
 from .config import (
     DEFAULT_TENANT,
     MODEL_NAME,
+    VARIABLE,
     A2aAgentSpec,
     A2aSettings,
     AgentSpec,
@@ -688,30 +690,98 @@ CLIENT_KEYS: dict[str, str | None] = {
     "timeout": "a client's own timeout; corral's is the server's `timeout` (seconds)",
     "description": None, "gallery": None, "version": None, "name": None,
 }
+# the keys of a client's server corral carries (Cursor's envFile, Windsurf's serverUrl)
+CARRIED = frozenset({"command", "args", "env", "cwd", "url", "serverUrl", "headers", "type",
+                     "transport", "disabled", "envFile"})
+TRANSPORTS = {"stdio": "stdio", "http": "http", "streamable-http": "http",
+              "streamableHttp": "http", "sse": "sse"}
+UNKNOWN = "not a key corral import knows of an MCP server"
+Note = Callable[[str, str], None]
 
 
-class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One entry of a desktop MCP client's `mcpServers` file: every field those clients
-    write (their own, CLIENT_KEYS, passed over); anything else is refused rather than
-    silently ignored."""
+def client_server(entry: Any, where: str, base: Path, note: Note | None = None
+                  ) -> dict[str, Any] | None:
+    """One server of a desktop MCP client's file as a `[mcp_servers.NAME]` table (None: it
+    is disabled), for `mcp_servers_file` and for `corral import` (importer/mcpjson.py).
+    `base`: the file's directory, where a relative envFile is. `note(key, why)` is told
+    what is not carried, and what is with an effect to know of; without it (the daemon's
+    own file) a key no client writes is refused."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected an object")
+    if entry.get("disabled") is True:
+        if note is not None:
+            note("disabled", "true: not imported (the client does not start it)")
+        return None
+    url, command = entry.get("url") or entry.get("serverUrl"), entry.get("command")
+    if (command is None) == (url is None):
+        raise ConfigError(f"{where}: give either command (a local server) or url (a "
+                          "remote one)")
+    table: dict[str, Any] = {}
+    said = "type" if "type" in entry else "transport"
+    kind = entry.get(said)
+    if kind is not None:
+        if kind not in TRANSPORTS:
+            raise ConfigError(f"{where}: {said}: {json.dumps(kind)} is not one of "
+                              f"{', '.join(TRANSPORTS)}")
+        if TRANSPORTS[kind] != "stdio" or url is not None:  # (stdio: a command's own)
+            table["transport"] = TRANSPORTS[kind]
+    if command is not None:
+        if "headers" in entry:
+            raise ConfigError(f"{where}.headers: headers are for a url, not a command")
+        # a list: a command string would be split at its spaces (a path may hold one)
+        table["command"] = [_text(command, where, "command")]
+        args = entry.get("args", [])
+        if not isinstance(args, list):
+            raise ConfigError(f"{where}: args: expected a list")
+        table["args"] = [_text(a, where, "args") for a in args]
+        if "cwd" in entry:
+            table["cwd"] = _text(entry["cwd"], where, "cwd")
+        env = _pairs(entry.get("env", {}), where, "env")
+        if env:
+            table["env"] = env
+        if "envFile" in entry:
+            env_file = _text(entry["envFile"], where, "envFile")
+            table["env_file"] = [str(base.resolve() / env_file)]
+            if note is not None:  # (what it holds is read at each start, unseen here: said)
+                note("envFile", f"{json.dumps(env_file)}: carried as env_file: the server "
+                                "is given every variable that file holds when it starts, as "
+                                "the daemon reads it")
+    else:
+        if any(k in entry for k in ("args", "env", "envFile", "cwd")):
+            raise ConfigError(f"{where}: args, env, envFile and cwd are for a command, not "
+                              "a url")
+        table["url"] = _text(url, where, "url")
+        headers = _pairs(entry.get("headers", {}), where, "headers")
+        if headers:
+            table["headers"] = headers
+        sent = [(header, variable) for header, value in headers.items()
+                for variable in sorted({m[1] for m in VARIABLE.finditer(value)})]
+        if note is not None:
+            for header, variable in sent:
+                note(f"headers.{header}", f"${{{variable}}}: the daemon's environment "
+                     f"variable {variable} is sent to {table['url']} in it (not set, the "
+                     "server is not reached, the daemon saying so)")
+    for k, v in entry.items():
+        if k in CARRIED:
+            continue
+        why = CLIENT_KEYS.get(k, UNKNOWN)
+        if note is None and why is UNKNOWN:
+            raise ConfigError(f"{where}: Object contains unknown field `{k}`")
+        if note is not None and why is not None:
+            note(k, f"{json.dumps(v)}: not carried: {why}")
+    return table
 
-    command: str | None = None
-    args: list[str] = []
-    env: dict[str, str] = {}
-    cwd: str | None = None
-    envFile: str | None = None  # Cursor's
-    url: str | None = None
-    serverUrl: str | None = None  # Windsurf's spelling of url
-    headers: dict[str, str] = {}
-    type: Literal["stdio", "http", "streamable-http", "streamableHttp", "sse"] | None = None
-    transport: Literal["stdio", "http", "streamable-http", "streamableHttp", "sse"] | None \
-        = None
-    disabled: bool = False
+
+def _text(v: Any, where: str, key: str) -> str:
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise ConfigError(f"{where}: {key}: {json.dumps(v)} is not a text")
+    return v if isinstance(v, str) else json.dumps(v)
 
 
-_TRANSPORTS: dict[str, Literal["stdio", "http", "sse"]] = {
-    "stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http",
-    "sse": "sse"}
+def _pairs(v: Any, where: str, key: str) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: {key}: expected an object of names and texts")
+    return {str(k): _text(x, where, f"{key}.{k}") for k, x in v.items()}
 
 
 def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
@@ -728,30 +798,9 @@ def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
     for name, entry in entries.items():
         validate_name("mcpServers", name, str(path))
         key = f"mcpServers.{name}"
-        if isinstance(entry, dict):
-            entry = {k: v for k, v in entry.items() if k not in CLIENT_KEYS}
-        d = convert(entry, DesktopServer, where=str(path), prefix=key)
-        if d.disabled:
-            continue
-        url = d.url or d.serverUrl
-        kind = d.type or d.transport
-        transport = _TRANSPORTS[kind] if kind is not None else None
-        if (d.command is None) == (url is None):
-            raise ConfigError(f"{path}: {key}: give either command (a local server) or url "
-                              "(a remote one)")
-        if url is not None and (d.args or d.env or d.cwd or d.envFile):
-            raise ConfigError(f"{path}: {key}: args, env, envFile and cwd are for a "
-                              "command, not a url")
-        if d.command is not None and d.headers:
-            raise ConfigError(f"{path}: {key}.headers: headers are for a url, not a command")
-        table: dict[str, Any] = {"transport": transport} if transport else {}
-        if url is not None:
-            table.update(url=url, headers=d.headers)
-        else:
-            table.update(command=[d.command], args=d.args, env=d.env, cwd=d.cwd,
-                         env_file=[str(path.parent.resolve() / d.envFile)] if d.envFile
-                         else None)
-        out[name] = _server(name, table, str(path), key)
+        table = client_server(entry, f"{path}: {key}", path.parent)
+        if table is not None:
+            out[name] = _server(name, table, str(path), key)
     return out
 
 
