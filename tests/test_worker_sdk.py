@@ -34,8 +34,7 @@ WORKER = textwrap.dedent('''
                     "records": len(task["records"])}
         if task == "sleep":
             ctx.progress(0, message="sleeping")  # lets the test know the task runs
-            t = time.monotonic()
-            while time.monotonic() - t < 5:
+            while True:  # until cancelled: a test's wait is never raced by its end
                 ctx.check_cancelled()
                 time.sleep(0.01)
         if task == "quiet":  # blocks, sending nothing, until cancelled
@@ -61,7 +60,7 @@ WORKER = textwrap.dedent('''
     async def ahandle(task, ctx):
         if task == "sleep":
             ctx.progress(0, message="sleeping")
-            await asyncio.sleep(5)
+            await asyncio.Event().wait()  # until cancelled
         if task == "tools":
             return await ctx.list_tools()
         return {"async": task}
@@ -141,14 +140,15 @@ def test_importing_the_sdk_stays_light() -> None:
 async def test_ping_is_answered_while_a_task_runs_and_cancel_works(worker: Worker) -> None:
     task = asyncio.ensure_future(worker.peer.request("task/run", {"task_id": "t1",
                                                                   "input": "sleep"}))
-    await asyncio.wait_for(worker.noted.wait(), 5)  # the handler is running
+    await asyncio.wait_for(worker.noted.wait(), 30)  # the handler is running
     assert worker.notes[-1][0] == "task/progress"
-    t0 = time.monotonic()
-    assert await worker.peer.request("ping", {}, timeout=2) == {}
-    assert time.monotonic() - t0 < 0.5
+    # answered while the task runs, which it does until cancelled (no time bound: a loaded
+    # host's wake-ups are late, and a ping kept behind the task would never be answered)
+    assert await worker.peer.request("ping", {}, timeout=30) == {}
+    assert not task.done()
     worker.peer.notify("task/cancel", {"task_id": "t1"})
     with pytest.raises(RpcError) as err:
-        await asyncio.wait_for(task, 3)
+        await asyncio.wait_for(task, 30)
     assert (err.value.code, err.value.message) == (jsonrpc.REQUEST_CANCELLED,
                                                    "task t1 cancelled")
 
@@ -159,18 +159,18 @@ async def test_shutdown_exits_without_answering_the_tasks_it_runs(worker: Worker
     a task the supervisor stopped under `cancelled`, never retried)."""
     runs = [asyncio.ensure_future(worker.peer.request(
         "task/run", {"task_id": f"s{i}", "input": "sleep"})) for i in range(4)]
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         while sum(1 for m, _ in worker.notes if m == "task/progress") < 4:
             worker.noted.clear()
             await worker.noted.wait()
     _, said = worker.peer.request_future("shutdown", {})
     assert worker.proc.stdin is not None
     worker.proc.stdin.close()  # as corral stops it: the request, then stdin's end
-    assert bytes(await asyncio.wait_for(said, 5)) == b"{}"
-    assert await asyncio.wait_for(worker.proc.wait(), 5) == 0
+    assert bytes(await asyncio.wait_for(said, 30)) == b"{}"
+    assert await asyncio.wait_for(worker.proc.wait(), 30) == 0
     for r in runs:
         with pytest.raises(RpcError) as err:
-            await asyncio.wait_for(r, 5)
+            await asyncio.wait_for(r, 30)
         assert (err.value.code, err.value.message) == (jsonrpc.PEER_CLOSED, "worker exited")
 
 
@@ -181,7 +181,7 @@ async def test_a_burst_of_blocking_sync_tasks_runs_at_once(tmp_path: Path) -> No
     try:
         runs = [asyncio.ensure_future(w.peer.request(
             "task/run", {"task_id": f"s{i}", "input": "sleep"})) for i in range(8)]
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             while sum(1 for m, _ in w.notes if m == "task/progress") < 8:
                 w.noted.clear()
                 await w.noted.wait()
@@ -189,7 +189,7 @@ async def test_a_burst_of_blocking_sync_tasks_runs_at_once(tmp_path: Path) -> No
             w.peer.notify("task/cancel", {"task_id": f"s{i}"})
         for r in runs:
             with pytest.raises(RpcError) as err:
-                await asyncio.wait_for(r, 3)
+                await asyncio.wait_for(r, 30)
             assert err.value.code == jsonrpc.REQUEST_CANCELLED
     finally:
         w.proc.kill()
@@ -244,7 +244,7 @@ async def test_sync_specifics(tmp_path: Path) -> None:
         assert w.notes == [("task/progress",
                             b'{"task_id":"g","progress":1,"total":2,"message":"half"}')]
         assert await w.peer.request("shutdown", {}) == {}
-        assert await asyncio.wait_for(w.proc.wait(), 5) == 0
+        assert await asyncio.wait_for(w.proc.wait(), 30) == 0
         assert w.proc.stderr is not None
         assert b"to stderr, not the channel" in await w.proc.stderr.read()
     finally:
@@ -274,7 +274,7 @@ async def test_the_start_up_heap_is_frozen_and_large_inputs_leave_the_collector_
 async def test_stdin_eof_ends_the_worker(worker: Worker) -> None:
     assert worker.proc.stdin is not None
     worker.proc.stdin.close()
-    assert await asyncio.wait_for(worker.proc.wait(), 5) == 0
+    assert await asyncio.wait_for(worker.proc.wait(), 30) == 0
 
 
 async def test_worker_calls_the_supervisor(sup: Supervisor, tmp_path: Path) -> None:
@@ -332,7 +332,7 @@ class RawWorker:
         self.fd_in, self.fd_out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self.buf = b""
         self.send(b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}\n')
-        assert json.loads(self.line(5))["id"] == 0
+        assert json.loads(self.line(30))["id"] == 0
 
     def send(self, data: bytes) -> None:
         os.write(self.fd_in, data)
@@ -368,7 +368,7 @@ def test_the_answers_of_a_burst_go_out_a_few_writes_not_one_each(tmp_path: Path)
     try:
         before = w.writes()
         w.send(b"".join(task_run(i, i) for i in range(1, 65)))
-        answers = [json.loads(w.line(10)) for _ in range(64)]
+        answers = [json.loads(w.line(30)) for _ in range(64)]
         writes = w.writes() - before
         assert sorted(a["id"] for a in answers) == list(range(1, 65))
         assert all(a["result"]["output"]["echo"] == a["id"] for a in answers)
@@ -380,18 +380,18 @@ def test_the_answers_of_a_burst_go_out_a_few_writes_not_one_each(tmp_path: Path)
 def test_an_answer_held_for_the_next_is_not_kept_behind_a_task_that_blocks(
         tmp_path: Path) -> None:
     """A quick task and two that block, in one read: the quick one's answer, held while
-    tasks waited for a thread, is written by the reader within STALL, though no task
-    ends after it."""
+    tasks waited for a thread, is written by the reader once it has waited STALL, though
+    no task ends after it."""
     w = RawWorker(tmp_path)
     try:
         w.send(task_run(1, "quick") + task_run(2, "quiet") + task_run(3, "quiet"))
-        t0 = time.monotonic()
-        answer = json.loads(w.line(3))
-        assert time.monotonic() - t0 < 1
+        # (the blocked tasks end only when cancelled: an answer held for the next would
+        # never come)
+        answer = json.loads(w.line(30))
         assert (answer["id"], answer["result"]["output"]["echo"]) == (1, "quick")
         w.send(b"".join(b'{"jsonrpc":"2.0","method":"task/cancel","params":{"task_id":"t%d"}}'
                         b"\n" % i for i in (2, 3)))
-        cancelled = [json.loads(w.line(3)) for _ in range(2)]
+        cancelled = [json.loads(w.line(30)) for _ in range(2)]
         assert sorted((a["id"], a["error"]["code"]) for a in cancelled) == [
             (2, jsonrpc.REQUEST_CANCELLED), (3, jsonrpc.REQUEST_CANCELLED)]
     finally:
