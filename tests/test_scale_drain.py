@@ -23,14 +23,19 @@ from .test_daemon_cli import wait_until
 
 pytestmark = pytest.mark.long
 
-# sleeps the task's input seconds (a task that is running when its replica is chosen)
+# sleeps the task's input seconds (a task that is running when its replica is chosen),
+# or, given {"hold": FIFO}, runs until the test opens the FIFO and closes it
 SLEEPER = """
 import time
 from corral.worker import run
 
 
 def handle(task, ctx):
-    time.sleep(task)
+    if isinstance(task, dict):
+        with open(task["hold"], "rb") as fifo:
+            fifo.read()
+    else:
+        time.sleep(task)
     return {"replica": ctx.replica}
 
 
@@ -156,7 +161,8 @@ def test_a_task_for_an_agent_draining_to_zero_waits_for_the_drain(tmp_path: Path
     a task that comes during the drain does not wake a second process in the place of
     the one draining; it runs once the drain is over (the autoscaler's next tick wakes
     the agent)."""
-    d = Daemon(tmp_path, fleet(tmp_path) + """
+    # the drain's bound (stop_timeout) past what the test does meanwhile on a loaded host
+    d = Daemon(tmp_path, fleet(tmp_path, stop_timeout=60.0) + """
         [agents.w.autoscale]
         min_replicas = 0
         max_replicas = 1
@@ -164,8 +170,13 @@ def test_a_task_for_an_agent_draining_to_zero_waits_for_the_drain(tmp_path: Path
     """)
     try:
         d.start()
+        # the first task runs until the test lets it end (it ran 2 s: at load 20+ the
+        # scale's and the status's CLI starts outlasted it, and it ended before they looked)
+        hold = tmp_path / "hold"
+        os.mkfifo(hold)
         with Client(d.sock) as c:
-            first = c.call("tasks.submit", {"agent": "w", "input": 2.0})["task_id"]
+            first = c.call("tasks.submit", {"agent": "w", "input": {"hold": str(hold)}}
+                           )["task_id"]
         wait_until(lambda: busy(d), 30, "w#0 busy")
         scaling = threading.Thread(target=lambda: d.cli("scale", "w", "0"), daemon=True)
         scaling.start()
@@ -176,6 +187,10 @@ def test_a_task_for_an_agent_draining_to_zero_waits_for_the_drain(tmp_path: Path
         assert re.search(r"^w#0 +busy \(draining\) +\d+ ", text, re.M), text
         with Client(d.sock) as c:
             second = c.call("tasks.submit", {"agent": "w", "input": 0.0})["task_id"]
+            # (queued behind the drain, not run by a second process): the first let end
+            assert c.call("tasks.get", {"task_id": second})["status"] == "queued"
+            with open(hold, "wb"):
+                pass
             ran: Any = c.call("tasks.get", {"task_id": second, "wait": True})
             before: Any = c.call("tasks.get", {"task_id": first})
         scaling.join(30)
