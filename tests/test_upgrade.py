@@ -338,6 +338,12 @@ def test_sigusr2_upgrades_and_an_upgrade_under_way_is_not_asked_twice() -> None:
                             and r, what="the upgrade's report")
         assert report["attempt"] == 1 and report["kept"] == 1 and report["pid"] == d.proc.pid
         assert pids(d) == before
+        # asked as `corral upgrade` is, through the Dispatcher: audited (decision 1522)
+        rows = [(e["method"], e["params"], e["outcome"], e["who"], e["pid"])
+                for e in d.json("audit")["entries"] if e["method"] == "daemon.upgrade"]
+        assert rows == [("daemon.upgrade", {"python": None, "pythonpath": None,
+                                            "report": False}, "ok", "signal SIGUSR2",
+                         d.proc.pid)], rows
         assert d.stop() == 0
     finally:
         d.close()

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
+from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..methods import ConfigReload, DrainReport, ReloadResult
+from ..methods import ConfigReload, DaemonUpgrade, DrainReport, ReloadResult
 from ..supervisor.config import Config, ConfigError
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
@@ -186,10 +187,17 @@ class Daemon:
                 except RpcError as exc:
                     s.hub.daemon(exc.message, priority=4)
                 continue
-            if sig in (signal.SIGUSR2, UPGRADE):
-                if sig == signal.SIGUSR2:
-                    s.hub.daemon("received SIGUSR2: upgrading")
-                    self.upgrades.begin()
+            if sig == signal.SIGUSR2:
+                s.hub.daemon("received SIGUSR2: upgrading")
+                try:  # as `corral upgrade` is, to the daemon's own interpreter: audited
+                    await self.dispatcher.call(Caller(
+                        via="signal", uid=os.geteuid(), pid=os.getpid(),
+                        name="signal SIGUSR2"), DaemonUpgrade.declared.name)
+                except RpcError as exc:  # (a refusal is said by the upgrade itself)
+                    if exc.code != jsonrpc.REFUSED:
+                        s.hub.daemon(exc.message, priority=4)
+                continue
+            if sig == UPGRADE:  # (`daemon.upgrade`'s, checked)
                 await self.upgrades.hand_over()  # returns only if nothing was handed over
                 continue
             if sig not in (STOP, STOP_NOW):

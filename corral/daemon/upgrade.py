@@ -255,7 +255,8 @@ class Upgrades:
         if self.report.state == "handing_over" or self.target is not None:
             raise RpcError(jsonrpc.CONFLICT, "an upgrade is under way")
         target = Target(p.python, p.pythonpath, self.host.notifier, self.host.spared)
-        self.begin()
+        self.report = UpgradeReport(attempt=self.report.attempt + 1, state="handing_over",
+                                    pid=os.getpid(), from_version=__version__)
         try:
             self.report.to_version = await target.check(self.host.config_path)
         except UpgradeRefusal as exc:
@@ -265,14 +266,6 @@ class Upgrades:
         self.target = target
         self._queue()
         return self.report
-
-    def begin(self) -> None:
-        """An upgrade's report, unless one is under way (SIGUSR2's: to the daemon's own
-        interpreter, checked as it is handed over)."""
-        if self.target is None and self.report.state != "handing_over":
-            self.report = UpgradeReport(attempt=self.report.attempt + 1,
-                                        state="handing_over", pid=os.getpid(),
-                                        from_version=__version__)
 
     def _refused(self, why: str) -> None:
         self.report.state, self.report.error = "refused", why
@@ -284,13 +277,7 @@ class Upgrades:
         look again (the journal and the store committed), write the state file and exec.
         Returns only when nothing was handed over."""
         target = self.target
-        if target is None:  # SIGUSR2
-            target = Target(None, None, self.host.notifier, self.host.spared)
-            try:
-                self.report.to_version = await target.check(self.host.config_path)
-            except UpgradeRefusal as exc:
-                self._refused(str(exc))
-                return
+        assert target is not None  # (checked by `ask`, which queued this)
         host = self.host
         tasks = host.sup.parts.tasks
         asked = time.time()
