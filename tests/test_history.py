@@ -229,8 +229,8 @@ def test_corral_stats_since(tmp_path: Path) -> None:
 
         bad = d.cli("stats", "--since", "1w")
         assert bad.returncode == 2
-        assert "Error: Invalid value for --since: use a duration like 30s, 5m, 2h or 1d" in (
-            bad.stderr)
+        assert "Error: Invalid value for --since: not a duration: 1w (examples: 90s, 15m, " \
+            "1h, 2d)" in bad.stderr
         zero = d.cli("stats", "--since", "0s")
         assert zero.returncode == 2
         assert "Error: Invalid value for --since: the duration must be more than 0" in zero.stderr

@@ -304,6 +304,14 @@ def complete_agents(ctx: click.Context, param: click.Parameter, incomplete: str)
         return []
 
 
+def env_pairs(given: tuple[str, ...]) -> dict[str, str]:
+    """`--env KEY=VALUE`, repeated, as the variables it sets."""
+    bad = next((e for e in given if "=" not in e), None)
+    if bad is not None:
+        raise click.BadParameter(f"{bad!r} is not KEY=VALUE", param_hint="--env")
+    return dict(e.split("=", 1) for e in given)
+
+
 names_arg = click.argument("names", nargs=-1, shell_complete=complete_agents)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 

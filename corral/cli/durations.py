@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
 import click
 
-SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_since(value: str | None) -> float | None:
+    """The time a duration ago (`duration`'s), or an ISO time."""
     if value is None:
         return None
-    mt = SINCE.match(value)
-    if mt:
-        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[mt.group(2)]
-        return time.time() - float(mt.group(1)) * mult
+    with contextlib.suppress(click.BadParameter):
+        return time.time() - (duration(value) or 0.0)
     try:
         from datetime import datetime
 
@@ -34,4 +34,4 @@ def duration(value: str | None) -> float | None:
     if match is None:
         raise click.BadParameter(f"not a duration: {value} (examples: 90s, 15m, 1h, 2d)",
                                  param_hint="--since")
-    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    return float(match[1]) * UNITS[match[2]]

@@ -9,7 +9,7 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, command, fail, json_option, pass_ctx, said
+from .app import Ctx, cli, command, env_pairs, fail, json_option, pass_ctx, said
 from .render import table
 from .terminal import unguarded
 
@@ -89,16 +89,13 @@ for _declared, _done in ((m.McpStart, "started"), (m.McpStop, "stopped"),
 @json_option
 def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str, ...],
             registry: str | None, as_json: bool) -> None:
-    pairs = [e.partition("=") for e in env]
-    bad = [e for e, (_, eq, _) in zip(env, pairs, strict=True) if not eq]
-    if bad:
-        raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--env")
+    variables = env_pairs(env)
     if registry is None and not (name and server_command):
         raise click.UsageError("give NAME -- COMMAND..., or --registry ID")
     from .daemon import print_reload
 
     print_reload(obj.call_json(m.McpAdd(name=name, command=list(server_command),
-                                        env={k: v for k, _, v in pairs},
+                                        env=variables,
                                         registry=registry), as_json))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, complete_agents, fail, json_option
+from .app import Ctx, command, complete_agents, env_pairs, fail, json_option
 from .render import dumps
 
 _POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
@@ -67,13 +67,6 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
     for r in res.replicas:
         click.echo(f"{res.name}#{r.replica}: {r.state}"
                    + (f" (pid {r.pid})" if r.pid else ""))
-
-
-def _env(pairs: tuple[str, ...]) -> dict[str, str]:
-    split = [e.split("=", 1) for e in pairs]
-    if any(len(p) != 2 for p in split):
-        raise click.BadParameter("use KEY=VALUE", param_hint="--env")
-    return dict(split)
 
 
 def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
@@ -144,7 +137,7 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         table: dict[str, Any] = {"command": command, "cwd": os.path.abspath(cwd or "."),
                                  **{k: v for k, v in given.items() if v is not None}}
         if env:
-            table["env"] = _env(env)
+            table["env"] = env_pairs(env)
         agents = {name: table}
     res: m.AddResult = obj.call(m.AgentsAdd(agents=agents, check=not no_check, cluster=cluster))
     click.echo(f"added: {', '.join(res.added)}")
@@ -187,7 +180,7 @@ def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
         at[last] = value
     patch |= {k: v for k, v in (("command", command), ("replicas", replicas)) if v is not None}
     if env or unset_env:
-        patch.setdefault("env", {}).update({**_env(env), **dict.fromkeys(unset_env)})
+        patch.setdefault("env", {}).update({**env_pairs(env), **dict.fromkeys(unset_env)})
     if not patch:
         raise click.UsageError("nothing to change: give --command, --replicas, --env, "
                                "--unset-env or --set")

@@ -11,7 +11,7 @@ import msgspec
 from .. import methods as m
 from ..text import iso_time, plural
 from .app import Ctx, command, json_option, names_arg
-from .durations import SINCE
+from .durations import duration
 from .render import dumps, human_bytes, human_time, millis, print_json, stamp, table
 
 # (paused: an operator's choice, not a failure)
@@ -232,11 +232,7 @@ def _print_usage(agents: dict[str, m.AgentStats]) -> None:
 
 def _stats_history(obj: Ctx, since: str, agent: str | None, resolution: str | None,
                    as_json: bool) -> None:
-    mt = SINCE.match(since)
-    if not mt:
-        raise click.BadParameter("use a duration like 30s, 5m, 2h or 1d",
-                                 param_hint="--since")
-    seconds = float(mt.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[mt.group(2)]
+    seconds = duration(since) or 0.0
     if seconds <= 0:
         raise click.BadParameter("the duration must be more than 0", param_hint="--since")
     h: m.MetricsHistoryResult = obj.call_json(m.StatsHistory(
