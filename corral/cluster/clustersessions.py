@@ -325,9 +325,13 @@ async def turn_args(redis: Any, keys: Keys, key: SessionKey) -> list[Any]:
     """A turn's move as the rule decides it (turns.py), and the session's turns it was
     decided on (its current turn, '-' when no session, and its line's length), which
     SUBMIT keeps only while they are so."""
-    cur, waiting = await read_all(redis, lambda pipe: (
-        pipe.hget(keys.session(key), "cur"), pipe.llen(keys.session_line(key))))
-    move = decide(state(bool(cur), waiting), TurnEvent.SUBMIT)
+    cur, waiting, ended = await read_all(redis, lambda pipe: (
+        pipe.hget(keys.session(key), "cur"), pipe.llen(keys.session_line(key)),
+        pipe.smembers(keys.turns_ended)))
+    # (a current turn that ended holds the place no more, its move yet to be made: the
+    # turn starts, and that move finds nothing to do; one of a line waits behind it)
+    move = decide(state(bool(cur) and (cur not in ended or waiting > 0), waiting),
+                  TurnEvent.SUBMIT)
     assert move is not None
     return [move.value, "-" if cur is None else cur, waiting]
 

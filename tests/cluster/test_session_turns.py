@@ -144,3 +144,38 @@ async def test_garbage_among_the_ended_turns_stops_no_beat(client: Any) -> None:
     await sessions.sweep()
     assert said == ["cluster: the ended turns not read: WRONGTYPE Operation against a key "
                     "holding the wrong kind of value"]
+
+
+async def test_a_turn_submitted_after_an_end_not_yet_moved_starts_unless_a_line_waits(
+        client: Any) -> None:
+    """Decision 1500: A ended, its session's move yet to be made: a turn submitted then
+    starts (A holds the place no more), and A's move then finds nothing to do; with a
+    line behind A, it waits at the line's end, which A's move advances."""
+    submit = client.register_script(clustersessions.SUBMIT)
+    await client.hset(T.task(A), mapping={"agent": "w", "session": "s", "stenant": "t1"})
+    await client.hset(T.session(W), mapping={"cur": A, "created": 1.0, "tasks": 1, "ttl": 60})
+    await client.sadd(T.turns_ended, A)
+
+    async def turn(tid: str) -> list[Any]:
+        moved = await turn_args(client, T, W)
+        assert await submit(
+            keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents,
+                  T.live],
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, b"[]", "t1",
+                  *moved, "", "", "t1", "mac"]) == 1
+        return moved
+
+    assert await turn(B) == ["start", A.encode(), 0]
+    assert await client.hget(T.session(W), "cur") == B.encode()
+    sessions = ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
+                               print)
+    await sessions.moved([A])
+    assert (await client.hget(T.session(W), "cur"), await client.smembers(T.turns_ended)
+            ) == (B.encode(), set())
+    assert await client.pttl(T.session(W)) == -1  # (B runs: no rest was made)
+    # B ended too, and C waits in its line: D waits behind C
+    c, d = (f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (3, 4))
+    await client.sadd(T.turns_ended, B)
+    await client.rpush(T.session_line(W), c)
+    assert await turn(d) == ["wait", B.encode(), 1]
+    assert await client.lrange(T.session_line(W), 0, -1) == [c.encode(), d.encode()]
