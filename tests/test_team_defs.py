@@ -212,7 +212,7 @@ def test_runtime_teams_from_the_cli_survive_a_restart(tmp_path: Path) -> None:
         empty = tmp_path / "none.toml"
         empty.write_text("[agents]\n")
         r = d.cli("teams", "add", str(empty))
-        assert r.returncode == 2 and f"{empty}: no [teams.NAME] tables" in r.stderr
+        assert (r.returncode, r.stderr) == (1, f"corral: {empty}: no [teams.NAME] tables\n")
         listed = d.cli("teams", "list").stdout.splitlines()
         assert listed[1].split()[:5] == ["rt", "route", "a,", "b", "rev"], listed
         r = d.cli("teams", "update", "rt", "--set", '{"default": "a"}')

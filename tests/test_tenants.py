@@ -466,9 +466,8 @@ async def test_tenants_add_reads_a_json_file_as_json_and_refuses_one_that_is_not
         rc, out, err = await cli(d, "tenants", "add", str(tmp_path / "beta.json"))
         assert (rc, out, err) == (0, "added: beta\n", "")
         rc, out, err = await cli(d, "tenants", "add", str(tmp_path / "bad.json"))
-        assert (rc, out) == (2, "")
-        assert err.endswith(f"Error: {tmp_path / 'bad.json'}: Expecting value: line 1 "
-                            "column 2 (char 1)\n"), err
+        assert (rc, out, err) == (1, "", f"corral: {tmp_path / 'bad.json'}: syntax error: "
+                                         "Expecting value: line 1 column 2 (char 1)\n")
         assert set(d.sup.tenancy.specs) == {"beta"}
         assert d.sup.tenancy.specs["beta"].max_agents == 1
 

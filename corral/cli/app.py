@@ -147,6 +147,27 @@ def fail(message: str, status: int = EXIT_FAILED) -> NoReturn:
     sys.exit(status)
 
 
+def read_tables(path: str, section: str) -> dict[str, Any]:
+    """The [section.NAME] tables of a TOML file (or a JSON file's `section` object) a
+    command adds; else the command fails, saying why."""
+    import json
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    try:
+        data = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        fail(f"{path}: syntax error: {exc}")
+    tables = data.get(section) if isinstance(data, dict) else None
+    if not isinstance(tables, dict) or not tables:
+        fail(f"{path}: no [{section}.NAME] tables")
+    return tables
+
+
 pass_ctx = click.make_pass_decorator(Ctx)
 socket_option = click.option(
     "--socket", "socket_", envvar="CORRAL_SOCKET", metavar="PATH",

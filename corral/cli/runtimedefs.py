@@ -5,13 +5,11 @@ the kind's methods' declarations name them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, command, json_option, said
+from .app import Ctx, command, json_option, read_tables, said
 from .render import dumps, stamp, table
 from .tasks import _read_input
 
@@ -22,24 +20,6 @@ def whose(tenant: str | None) -> str:
 
 
 VERBS = ("add", "update", "remove", "describe", "history", "rollback")
-
-
-def read_tables(path: str, section: str) -> dict[str, Any]:
-    """The [section.NAME] tables of a TOML file (or a JSON file's `section` object)."""
-    import json
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        data = (json.loads(raw) if path.endswith(".json")
-                else tomllib.loads(raw.decode()))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise click.UsageError(f"{path}: {exc}") from None
-    tables = data.get(section) if isinstance(data, dict) else None
-    if not isinstance(tables, dict) or not tables:
-        raise click.UsageError(f"{path}: no [{section}.NAME] tables")
-    return tables
 
 
 def runtime_commands(section: str, noun: str, methods: tuple[type[m.Params], ...]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, complete_agents, env_pairs, fail, json_option
+from .app import Ctx, command, complete_agents, env_pairs, json_option, read_tables
 from .render import dumps
 
 _POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
@@ -70,18 +70,10 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
 
 
 def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
-    import tomllib
+    """The file's agents, a cwd each: the file's directory, or a relative one in it."""
     from pathlib import Path
 
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        fail(f"{path}: syntax error: {exc}")
-    agents = data.get("agents")
-    if not isinstance(agents, dict) or not agents:
-        fail(f"{path}: no [agents.NAME] tables")
+    agents = read_tables(path, "agents")
     base = Path(path).resolve().parent
     for table in agents.values():
         if isinstance(table, dict):

@@ -7,9 +7,8 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, command_group, json_option, said
+from .app import Ctx, command, command_group, json_option, read_tables, said
 from .render import table
-from .runtimedefs import read_tables
 
 # each use shown beside its quota: (TenantUse's field, the quota's key)
 BESIDE = (("agents", "max_agents"), ("replicas", "max_replicas"), ("queued", "max_queue"),
