@@ -286,6 +286,34 @@ def test_a_broken_install_is_refused_before_the_exec() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_a_release_of_another_handoff_layout_is_refused_before_the_exec() -> None:
+    """A release that needs a full stop takes a handoff layout of its own (decision
+    1523): its check is refused with the layouts' numbers, nothing changed."""
+    from corral import __version__
+    from corral.daemon.handoff import HANDOFF_VERSION
+
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    try:
+        d.start()
+        assert d.proc is not None
+        before = pids(d)
+        later = install(tmp, "later", ("daemon/handoff.py", f"HANDOFF_VERSION = {HANDOFF_VERSION}",
+                                       f"HANDOFF_VERSION = {HANDOFF_VERSION + 1}"))
+        r = d.cli("upgrade", "--pythonpath", str(later))
+        assert r.returncode == 1, r.stdout
+        assert r.stderr.strip() == (
+            f"corral: upgrade refused, nothing changed: corral {__version__} takes handoff "
+            f"layout {HANDOFF_VERSION + 1}, this daemon writes {HANDOFF_VERSION}: stop and "
+            "start it instead"), r.stderr
+        assert pids(d) == before and d.proc.poll() is None
+        assert d.json("upgrade", "--report")["state"] == "refused"
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_a_new_image_that_fails_after_its_checks_falls_back_keeping_every_agent() -> None:
     tmp = shared_tmpdir()
     d = Daemon(tmp, worker("w") + worker("v"))

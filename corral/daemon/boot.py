@@ -16,14 +16,7 @@ from .. import __version__
 from . import handoff
 from .handoff import FAILED_VARIABLE, VARIABLE
 
-# Set by a release that cannot take a live handoff (a migration of the state that needs
-# every process stopped): the reason, which the old image's `corral upgrade` shows.
-FULL_STOP: str | None = None
 committed = False  # this image has taken the handoff (BOOT falls back before only)
-
-
-class HandoffRefusal(Exception):
-    """This image does not take the handoff; the text says why."""
 
 
 def preflight(config: str) -> int:
@@ -42,7 +35,7 @@ def preflight(config: str) -> int:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"version": __version__, "handoff": handoff.HANDOFF_VERSION,
-                      "full_stop": FULL_STOP, "compiled": compiled()}))
+                      "compiled": compiled()}))
     return 0
 
 
@@ -60,8 +53,6 @@ def resume() -> int:
     global committed
     path = Path(os.environ[VARIABLE])
     h = handoff.read(path)
-    if FULL_STOP:
-        raise HandoffRefusal(f"this corral needs a full stop: {FULL_STOP}")
     from ..supervisor.configload import load_config
 
     config = load_config(Path(h.config))  # a config this image refuses: back to the old one

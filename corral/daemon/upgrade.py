@@ -12,8 +12,8 @@ text, so a new install that cannot even be imported still runs it), catches any 
 before the new image commits (boot.py's `committed`) and execs the old interpreter with the
 old environment on the same state file, the reason in `CORRAL_UPGRADE_FAILED`; the old
 image adopts everything back. What fails after the commit is a failed start, as any. A
-release whose state needs a full stop sets boot.py's `FULL_STOP`: its preflight says why,
-and the old image refuses the upgrade with those words.
+release whose state needs a full stop takes a handoff layout of its own (handoff.py's
+`HANDOFF_VERSION`): the old image refuses the upgrade (decision 1523).
 """
 
 from __future__ import annotations
@@ -205,9 +205,6 @@ class Target:
         except (ValueError, IndexError):
             raise UpgradeRefusal(f"the new install's check said nothing readable: {out[:200]!r}"
                                  ) from None
-        if said.get("full_stop"):
-            raise UpgradeRefusal(f"corral {said.get('version')} needs a full stop, not a live "
-                                 f"upgrade: {said['full_stop']} (systemctl restart corral)")
         self.compiled = said.get("compiled") is not False  # (an older check: unsaid)
         if said.get("handoff") != handoff.HANDOFF_VERSION:
             raise UpgradeRefusal(f"corral {said.get('version')} takes handoff layout "
