@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import sys
 import urllib.parse
@@ -38,6 +37,7 @@ from corral.supervisor.tracing import TEXT_MAX, Sampling, Span, Tracer, expand
 from corral.taskviews import Attempt
 
 from .conftest import SPARED, agent
+from .daemon_harness import free_port
 from .intercepted import Engines, engines
 
 __all__ = ["engines"]  # the fixture, used by name
@@ -268,12 +268,9 @@ async def test_a_retried_task_shows_both_attempts(engines: Engines, tmp_path: Pa
 
 
 # -- a collector that is away --------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+# (its port is the harness's free_port, of this worker's band: one the kernel hands out, as
+# it did here, may be bound meanwhile by any server listening on port 0, another test's
+# daemon among them, and the collector would not be away)
 async def test_a_collector_that_is_down_costs_no_task_and_counts_its_drops(
         engines: Engines, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1/traces"
