@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_py
+
+from corral.cluster.keys import Keys
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
@@ -149,6 +152,10 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
         # loaded host has joined again as a new one)
         holder = "a/{}".format(next(n["incarnation"] for n in a.nodes()["nodes"]
                                     if n["node"] == "a"))
+        # whose lease each call is under as a goes (said if the takeover does not come)
+        with redis_py.Redis(port=redis.port) as r:
+            leases = {team: r.hget(Keys("test").call(i), "holder")
+                      for team, (i, _) in calls.items()}
         pid = a.proc.pid  # type: ignore[union-attr]
         if fault == "kill9":
             a.kill9()
@@ -158,8 +165,14 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
 
         def taken() -> int:
             return sum(log(n).count(f"taken over from {holder}") for n in (b, c))
-        wait_until(lambda: taken() >= len(calls), timeout=30,
-                   what="the live nodes to take every call")
+        try:
+            wait_until(lambda: taken() >= len(calls), timeout=30,
+                       what="the live nodes to take every call")
+        except AssertionError as exc:
+            said = {n.name: [ln for ln in log(n).splitlines() if "taken over" in ln
+                             or "incarnation" in ln or "lease" in ln] for n in (b, c)}
+            raise AssertionError(f"{exc}: from {holder}, the calls' leases {leases}; {said}; "
+                                 f"nodes {c.nodes()['nodes']}") from None
         took = time.monotonic() - gone
         assert f"(desk) taken over from {holder}" in log(b)
         # within the TTL, a beat, and what a beat of the test's CPU-shared host may add
