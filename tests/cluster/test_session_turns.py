@@ -86,20 +86,21 @@ async def test_submit_keeps_its_move_on_a_session_hash_without_a_current_turn(
 
 
 class Racing(Scripts):
-    """Scripts whose first call runs `first` before it: a write of another node's landing
-    between a node's read and its script (each real, on the test's Redis)."""
+    """Scripts whose first write runs `first` before it: a write of another node's
+    landing between a node's read and its script (each real, on the test's Redis)."""
 
     def __init__(self, client: Any, first: Any) -> None:
         super().__init__(client)
         self.first = first
         self.answers: list[Any] = []
 
-    async def one(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+    async def acknowledged(self, calls: list[Any]) -> list[Any]:
         if self.first is not None:
             first, self.first = self.first, None
             await first()
-        self.answers.append(await super().one(script, keys, args))
-        return self.answers[-1]
+        got = await super().acknowledged(calls)
+        self.answers += got
+        return got
 
 
 A, B = (f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2))
@@ -135,15 +136,19 @@ async def test_garbage_among_the_ended_turns_stops_no_beat(client: Any) -> None:
     said: list[str] = []
     sessions = ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
                                said.append)
-    await client.sadd(T.turns_ended, b"\xff\xfe", b"not a task", A)
+    await client.sadd(T.turns_ended, b"\xff\xfe", b"not a task", A, B)
     await client.hset(T.task(A), mapping={"agent": "w", "session": "s", "stenant": "t1"})
+    await client.set(T.task(B), "x")  # (its record no hash: said, the others moved)
     await sessions.sweep()
-    assert await client.smembers(T.turns_ended) == set()
+    assert await client.smembers(T.turns_ended) == {B.encode()}
     assert await client.exists(T.session(W)) == 0
+    await client.delete(T.turns_ended)
     await client.set(T.turns_ended, "x")
     await sessions.sweep()
-    assert said == ["cluster: the ended turns not read: WRONGTYPE Operation against a key "
-                    "holding the wrong kind of value"]
+    wrong = "WRONGTYPE Operation against a key holding the wrong kind of value"
+    assert said[0].startswith(  # (then the script's hash and line, Redis's words)
+        f"cluster: the session of task {B}, which ended, was not moved: {wrong} script: ")
+    assert said[1:] == [f"cluster: the ended turns not read: {wrong}"]
 
 
 async def test_a_turn_submitted_after_an_end_not_yet_moved_starts_unless_a_line_waits(
