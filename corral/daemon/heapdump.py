@@ -111,19 +111,14 @@ def _maps() -> dict[str, int]:
     """The resident bytes by the kind of mapping that holds them: glibc's main heap
     (brk), its thread arenas, threads' stacks, the main stack, the other anonymous
     mappings (pymalloc's arenas, glibc's mmapped blocks) and files."""
+    import psutil
+
     kinds: dict[str, int] = Counter()
     regions: list[tuple[int, int, str, str, int]] = []
-    with contextlib.suppress(OSError):
-        start = end = 0
-        perms = path = ""
-        for line in Path("/proc/self/smaps").read_text().splitlines():
-            head = line.split(maxsplit=5)
-            if "-" in head[0] and len(head) >= 5:
-                a, _, b = head[0].partition("-")
-                start, end, perms = int(a, 16), int(b, 16), head[1]
-                path = head[5] if len(head) > 5 else ""
-            elif head[0] == "Rss:":
-                regions.append((start, end, perms, path, int(head[1]) * 1024))
+    for m in psutil.Process().memory_maps(grouped=False):
+        a, _, b = m.addr.partition("-")
+        path = "" if m.path == "[anon]" else m.path  # (psutil's name for no name)
+        regions.append((int(a, 16), int(b, 16), m.perms, path, m.rss))
     for i, (start, end, _perms, path, rss) in enumerate(regions):
         after = regions[i + 1] if i + 1 < len(regions) else None
         before = regions[i - 1] if i else None
@@ -146,10 +141,9 @@ def _maps() -> dict[str, int]:
 
 
 def _rss() -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = Path("/proc/self/statm").read_text().split()
-        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
-    return 0
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def _trimmed() -> int | None:
