@@ -333,6 +333,31 @@ def env_pairs(given: tuple[str, ...]) -> dict[str, str]:
     return dict(e.split("=", 1) for e in given)
 
 
+def set_pairs(given: tuple[str, ...], hint: str) -> dict[str, Any]:
+    """`KEY=VALUE`s as the keys they set: a value is JSON (a bare word is a string, as a
+    person means it), a dotted key a key of a table (limits.memory_mb=512)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in given:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=hint)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *tables, last = key.split(".")
+        at = out
+        for t in tables:
+            at = at.setdefault(t, {})
+            if not isinstance(at, dict):
+                raise click.BadParameter(f"{key}: {t} is set to a value above",
+                                         param_hint=hint)
+        at[last] = value
+    return out
+
+
 names_arg = click.argument("names", nargs=-1, shell_complete=complete_agents)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, complete_agents, env_pairs, json_option, read_tables
+from .app import Ctx, command, complete_agents, env_pairs, json_option, read_tables, set_pairs
 from .render import dumps
 
 _POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
@@ -151,25 +151,7 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
 def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
            env: tuple[str, ...], unset_env: tuple[str, ...], set_: tuple[str, ...],
            no_check: bool) -> None:
-    import json
-
-    patch: dict[str, Any] = {}
-    for item in set_:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r}: use KEY=JSON", param_hint="--set")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw  # a bare word: a string, as a person means it
-        *tables, last = key.split(".")
-        at = patch
-        for t in tables:
-            at = at.setdefault(t, {})
-            if not isinstance(at, dict):
-                raise click.BadParameter(f"{key}: {t} is set to a value above",
-                                         param_hint="--set")
-        at[last] = value
+    patch = set_pairs(set_, "--set")
     patch |= {k: v for k, v in (("command", command), ("replicas", replicas)) if v is not None}
     if env or unset_env:
         patch.setdefault("env", {}).update({**env_pairs(env), **dict.fromkeys(unset_env)})

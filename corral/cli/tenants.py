@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from .. import methods as m
-from .app import Ctx, command, command_group, json_option, read_tables, said
+from .app import Ctx, command, command_group, json_option, read_tables, said, set_pairs
 from .render import table
 
 # each use shown beside its quota: (TenantUse's field, the quota's key)
@@ -42,18 +40,7 @@ def tenants_add(obj: Ctx, file: str) -> None:
 @click.argument("name")
 @click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
 def tenants_set(obj: Ctx, name: str, pairs: tuple[str, ...]) -> None:
-    import tomllib
-
-    changes: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"use KEY=VALUE, not {pair!r}", param_hint="KEY=VALUE")
-        try:  # a TOML value (4, 2.5, "bwrap"); a bare word is a string
-            changes[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            changes[key] = value
-    res: m.TenantEntry = obj.call(m.TenantsSet(name=name, set=changes))
+    res: m.TenantEntry = obj.call(m.TenantsSet(name=name, set=set_pairs(pairs, "KEY=VALUE")))
     click.echo(f"tenant {res.name}: " + (", ".join(f"{k}={v}" for k, v in res.quotas.items())
                                          or "no quotas"))
 
