@@ -488,7 +488,7 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
 
 async def cluster_pins(conf: Conf, sup: Supervisor, node: ClusterNode, hub: LogHub) -> None:
     """The tools' pins kept in the cluster's Redis; Redis away, each is asked of it at
-    its tool's next sight (and a file of an earlier corral moved in at a later start)."""
+    its tool's next sight (a pins file of an earlier corral stops the start: decision 1470)."""
     from redis.exceptions import RedisError
 
     from ..cluster.toolpins import ClusterPins
