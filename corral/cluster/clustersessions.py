@@ -63,7 +63,6 @@ class ClusterSessions(RedisPart):
         self.submit = self.redis.register_script(SUBMIT)
         self.checkpoint_script = self.redis.register_script(sessionscripts.CHECKPOINT)
         self.end_script = self.redis.register_script(sessionscripts.END)
-        self.turn_script = self.redis.register_script(sessionscripts.TURN)
         self.move_script = self.redis.register_script(sessionscripts.MOVE)
         self.refused = 0  # turns and checkpoints refused for a bound
 
@@ -141,47 +140,34 @@ class ClusterSessions(RedisPart):
     # -- a turn's end (decision 1500) --------------------------------------------------------
     async def moved(self, task_ids: Iterable[str]) -> None:
         """The sessions of these ended turns (those still marked so) move as the rule
-        decides (turns.py): MOVE keeps each move while its session is as read, else it is
-        read and decided again. The reads of all in one round trip, their moves in
-        another. Redis away: said, and a later sweep moves them."""
-        ids = list(dict.fromkeys(task_ids))
-        while ids:
+        decides (turns.py): MOVE keeps each move while its session is as read, else
+        answers what it is now, and the move is decided again; all at once, a round
+        trip each time. Redis away: said, and a later sweep moves them."""
+        # (first as nothing read: MOVE answers what it finds)
+        moves = {tid: [tid, "", b"", -1] for tid in task_ids}
+        while moves:
             try:
-                reads = await self.scripts.run([(self.turn_script, self._turn_keys(t), [t])
-                                                for t in ids])
-                calls = []
-                for tid, got in zip(ids, reads, strict=True):
-                    if isinstance(got, Exception) or not got[0]:
-                        self._unmoved(tid, got)  # (else not marked: moved already)
-                        continue
-                    _, cur, waiting, place = got
-                    cur = cur or b""  # (as kept: MOVE compares it so, whatever its bytes)
-                    if cur == tid.encode():
-                        move = decide(state(True, waiting), TurnEvent.ENDS)
-                    else:  # (a turn in the line waits behind one that holds the place)
-                        move = None if place is None else decide(state(True, waiting),
-                                                                 TurnEvent.LEAVES)
-                    calls.append((self.move_script, self._turn_keys(tid),
-                                  [tid, move.value if move else "", cur, waiting]))
-                answers = await self.scripts.acknowledged(calls) if calls else []
+                answers = await self.scripts.acknowledged([
+                    (self.move_script, [self.keys.task(tid), self.keys.turns_ended], args)
+                    for tid, args in moves.items()])
             except (RedisError, OSError) as exc:
-                self.report(f"cluster: the sessions of {len(ids)} turns that ended have not "
-                            f"moved yet ({why(exc)}): a node's next beat moves them")
+                self.report(f"cluster: the sessions of {len(moves)} turns that ended have "
+                            f"not moved yet ({why(exc)}): a node's next beat moves them")
                 return
-            for (_, _, args), got in zip(calls, answers, strict=True):
-                self._unmoved(args[0], got)
-            ids = [args[0] for (_, _, args), got in zip(calls, answers, strict=True)
-                   if got == sessionscripts.MOVED]
-
-    def _turn_keys(self, task_id: str) -> list[str]:
-        return [self.keys.task(task_id), self.keys.turns_ended]
-
-    def _unmoved(self, task_id: str, got: Any) -> None:
-        """A read or a move Redis refused (a record or session a Redis writer's, of
-        another type), said: the turn stays marked."""
-        if isinstance(got, Exception):
-            self.report(f"cluster: the session of task {task_id}, which ended, was not "
-                        f"moved: {why(got)}")
+            for tid, got in zip(list(moves), answers, strict=True):
+                if not isinstance(got, list):  # moved, moved already, or refused
+                    del moves[tid]
+                    if isinstance(got, Exception):  # (a record a Redis writer's: said)
+                        self.report(f"cluster: the session of task {tid}, which ended, "
+                                    f"was not moved: {why(got)}")
+                    continue
+                _, cur, waiting, place = got
+                if cur == tid.encode():
+                    move = decide(state(True, waiting), TurnEvent.ENDS)
+                else:  # (a turn in the line waits behind one that holds the place)
+                    move = None if place is None else decide(state(True, waiting),
+                                                             TurnEvent.LEAVES)
+                moves[tid] = [tid, move.value if move else "", cur, waiting]
 
     async def sweep(self) -> None:
         """Every node's beat: the sessions of turns whose end was written and whose node

@@ -107,26 +107,22 @@ _OF_TASK = """local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session'
 local agent, name, tenant = agent_name[1], agent_name[2] or '', agent_name[3]
 """ + _NAMES
 
-# What the move of an ended turn is decided on (clustersessions.moved), in one read.
-# KEYS: the turn's record, the turns ended (Keys.turns_ended); ARGV: its id
-# -> {1 while it is marked ended else 0, the session's current turn (false: no session),
-#    its line's length, the turn's place in the line (false: not in it)}
-TURN = _OF_TASK + """
-return {redis.call('SISMEMBER', KEYS[2], ARGV[1]), redis.call('HGET', skey, 'cur'),
-  redis.call('LLEN', sline), redis.call('LPOS', sline, ARGV[1])}
-"""
-
 # An ended turn's move, decided above (turns.py), kept only while the session's current
-# turn and its line's length are as read (else MOVED: read and decided again); the turn
-# is no longer marked. 'advance': the line's first turn goes into its stream and takes
-# the place; 'rest': the session idles, to expire session_ttl from now; 'leave': the
-# turn leaves the line; '': no move (its session ended, or moved already).
-# KEYS: TURN's; ARGV: the turn's id, the move, the current turn as read ('' none), the
-#   line's length as read -> 1, or MOVED
+# turn and its line's length are as read; else nothing changes and MOVE answers what they
+# are now, for the node to decide again (a length of -1: nothing read yet). 'advance':
+# the line's first turn goes into its stream and takes the place; 'rest': the session
+# idles, to expire session_ttl from now; 'leave': the turn leaves the line; '': no move
+# (its session ended, or moved already). The turn is then no longer marked ended.
+# KEYS: the turn's record, the turns ended (Keys.turns_ended); ARGV: the turn's id, the
+#   move, the current turn as read ('' none), the line's length as read
+# -> 1 moved, 0 not marked (moved already), or {MOVED, the current turn ('' none), the
+#    line's length, the turn's place in the line (nil: not in it)}
 MOVE = _OF_TASK + f"""
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 0 end
 local cur = redis.call('HGET', skey, 'cur') or ''
-if cur ~= ARGV[3] or redis.call('LLEN', sline) ~= tonumber(ARGV[4]) then
-  return {MOVED}
+local waiting = redis.call('LLEN', sline)
+if cur ~= ARGV[3] or waiting ~= tonumber(ARGV[4]) then
+  return {{{MOVED}, cur, waiting, redis.call('LPOS', sline, ARGV[1])}}
 end
 if ARGV[2] == 'advance' then
   local nxt = redis.call('LPOP', sline)

@@ -86,18 +86,18 @@ async def test_submit_keeps_its_move_on_a_session_hash_without_a_current_turn(
 
 
 class Racing(Scripts):
-    """Scripts whose first write runs `first` before it: a write of another node's
-    landing between a node's read and its script (each real, on the test's Redis)."""
+    """Scripts whose second call runs `between` before it: a write of another node's
+    landing between a node's read (the first) and its move (each real, on the test's
+    Redis)."""
 
-    def __init__(self, client: Any, first: Any) -> None:
+    def __init__(self, client: Any, between: Any) -> None:
         super().__init__(client)
-        self.first = first
+        self.between = between
         self.answers: list[Any] = []
 
     async def acknowledged(self, calls: list[Any]) -> list[Any]:
-        if self.first is not None:
-            first, self.first = self.first, None
-            await first()
+        if len(self.answers) == 1:
+            await self.between()
         got = await super().acknowledged(calls)
         self.answers += got
         return got
@@ -120,7 +120,9 @@ async def test_an_ended_turns_move_on_a_session_moved_since_is_decided_again(
     racing = Racing(client, lambda: client.rpush(T.session_line(W), B))
     await ClusterSessions(racing, T, Trust(None, "t", print), Any, None, Any, print
                           ).moved([A])
-    assert racing.answers == [sessionscripts.MOVED, 1]
+    # read (nothing read before), decided to rest on it, read again, advanced
+    assert racing.answers == [[sessionscripts.MOVED, A.encode(), 0, None],
+                              [sessionscripts.MOVED, A.encode(), 1, None], 1]
     assert await client.hget(T.session(W), "cur") == B.encode()
     assert await client.exists(T.session_line(W)) == 0
     [(entry, fields)] = await client.xrange(T.stream("t1", "w", 0))
