@@ -194,7 +194,10 @@ class Gate:
 
 class NamePool:
     """Who holds each shared name now, who held it last, and how often a name one tenant
-    freed was next taken by the other."""
+    freed was next taken by the other. A tenant takes a free name the other held last
+    where there is one: a name crossing between tenants is what the soak is to try, and
+    taken at random it crossed on about half the takes, too few for the suite's short run
+    on a loaded host."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -207,7 +210,8 @@ class NamePool:
             free = [n for n, h in self.holder.items() if h is None]
             if not free:
                 return None
-            name = rng.choice(free)
+            theirs = [n for n in free if self.last[n] not in (None, tenant)]
+            name = rng.choice(theirs or free)
             self.holder[name] = tenant
             if self.last[name] not in (None, tenant):
                 self.crossed += 1
