@@ -25,8 +25,14 @@ from corral.cli.install import quoted
 from .conftest import EXAMPLES, ROOT, nobody_reason
 from .daemon_harness import PY, Daemon, corral_popen, corral_run, hello, shared_tmpdir
 
+# seconds a wait for an event may take on a loaded 2-core host, as the contract suite's
+# PATIENCE: a wait ends when its event comes, so the bound costs a passing run nothing,
+# where 15 s was short for what a wait may wait on (a process's start, a CLI's, a beat)
+# with five workers and a busy loop per core on the two cores
+WAIT = 60.0
 
-def wait_until(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+
+def wait_until(fn: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = fn()
