@@ -55,10 +55,15 @@ async def call(url: str) -> dict[str, Any]:
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26)
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                                     "params": {"name": "x", "arguments": {
-                                         "message": "hi"}}}).encode() + b"\n")
+        for message in ({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                            "protocolVersion": "2025-11-25", "capabilities": {},
+                            "clientInfo": {"name": "test", "version": "0"}}},
+                        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                        {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                         "params": {"name": "x", "arguments": {"message": "hi"}}}):
+            proc.stdin.write(json.dumps(message).encode() + b"\n")
         await proc.stdin.drain()
+        await asyncio.wait_for(proc.stdout.readline(), 10)  # (initialize's answer)
         # within 10 s, not the remote's 60: a call that is answered at all is so at once
         line = await asyncio.wait_for(proc.stdout.readline(), 10)
         answer: dict[str, Any] = json.loads(line)

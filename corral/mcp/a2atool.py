@@ -1,9 +1,10 @@
 """Remote A2A agents as gateway tools: `[a2a_agents.NAME]` is the tool `a2a__NAME`.
 
-One stdio MCP server (`python -m corral.mcp.a2atool`) that the pool supervises like any
-other, so a call of a remote agent is judged, journaled, budgeted and replayed as every
-tool call is (DESIGN 29): nothing here decides who may call what. A call sends one A2A
-message (JSON-RPC binding, spec v1.0) and waits for the remote task to settle.
+One stdio MCP server (`python -m corral.mcp.a2atool`, spoken by the gateway's own session:
+mcp/server.py) that the pool supervises like any other, so a call of a remote agent is
+judged, journaled, budgeted and replayed as every tool call is (DESIGN 29): nothing here
+decides who may call what. A call sends one A2A message (JSON-RPC binding, spec v1.0) and
+waits for the remote task to settle.
 
 A call's idempotency key (its `_meta`, mcp/client.py) is the message's `messageId` and
 names its context: a retried attempt finds the task the first one started (ListTasks of
@@ -17,15 +18,18 @@ import hashlib
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from ..jsonrpc import METHOD_NOT_FOUND, RpcError
 from ..timeouts import within
+from .client import IDEMPOTENCY_META
+from .logrelay import LogRelay
+from .server import GatewaySession, Progress, StdioTransport
 
-KEY_META = "io.corral/idempotency-key"  # mcp/client.py IDEMPOTENCY_META (no import: a
-# server process loads as little of corral as it can)
 VERSION = "1.0"
 TERMINAL = {"TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED",
             "TASK_STATE_REJECTED"}
@@ -210,19 +214,16 @@ def tool_result(got: dict[str, Any]) -> dict[str, Any]:
 
 
 class Server:
-    """The MCP side: stdio lines in, answers out; each call a task of its own."""
+    """The MCP side: mcp/server.py's session over this process's stdio (`serve`), whose
+    backend this is; its one feature the remote agents' tools."""
+
+    features = frozenset({"tools"})
 
     def __init__(self, agents: dict[str, RemoteAgent]) -> None:
         self.agents = agents
-        self.calls: dict[Any, asyncio.Task[None]] = {}
         self.http: aiohttp.ClientSession | None = None
-        self.out = sys.stdout.buffer
 
-    def send(self, msg: dict[str, Any]) -> None:
-        self.out.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-        self.out.flush()
-
-    async def tools(self) -> list[dict[str, Any]]:
+    async def list_items(self, kind: str) -> list[dict[str, Any]]:
         assert self.http is not None
         listed = []
         for name, agent in self.agents.items():
@@ -238,7 +239,9 @@ class Server:
                            "inputSchema": INPUT_SCHEMA})
         return listed
 
-    async def call(self, rid: Any, params: dict[str, Any]) -> None:
+    async def forward(self, method: str, params: dict[str, Any], on_progress: Progress | None,
+                      on_log: LogRelay | None = None) -> dict[str, Any]:
+        """A tools/call (the one request the session forwards for "tools")."""
         assert self.http is not None
         name = params.get("name")
         agent = self.agents.get(name) if isinstance(name, str) else None
@@ -246,67 +249,50 @@ class Server:
             if agent is None:
                 raise RemoteError(f"no remote A2A agent named {name!r}")
             meta = params.get("_meta") or {}
-            key = meta.get(KEY_META) if isinstance(meta, dict) else None
+            key = meta.get(IDEMPOTENCY_META) if isinstance(meta, dict) else None
             arguments = params.get("arguments") or {}
             got = await within(agent.call(self.http, arguments,
                                           key if isinstance(key, str) else None),
                                agent.timeout)
-            result = tool_result(got)
+            return tool_result(got)
         except (RemoteError, aiohttp.ClientError, OSError, ValueError) as exc:
-            result = {"content": [{"type": "text", "text": str(exc) or type(exc).__name__}],
-                      "isError": True}
+            return {"content": [{"type": "text", "text": str(exc) or type(exc).__name__}],
+                    "isError": True}
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             # an answer read as A2A's that is not: said at once (uncaught, the call was
             # never answered, its agent waiting out its tool's timeout)
-            result = {"content": [{"type": "text", "text": f"{name}: it answered what A2A "
-                                   f"does not ({type(exc).__name__}: {exc})"}],
-                      "isError": True}
+            return {"content": [{"type": "text", "text": f"{name}: it answered what A2A "
+                                 f"does not ({type(exc).__name__}: {exc})"}],
+                    "isError": True}
         except TimeoutError:
-            result = {"content": [{"type": "text", "text": f"{name}: no answer within "
-                                   f"{agent.timeout if agent else 0:g} s"}], "isError": True}
-        finally:
-            self.calls.pop(rid, None)
-        self.send({"jsonrpc": "2.0", "id": rid, "result": result})
+            return {"content": [{"type": "text", "text": f"{name}: no answer within "
+                                 f"{agent.timeout if agent else 0:g} s"}], "isError": True}
 
-    async def handle(self, msg: dict[str, Any]) -> None:
-        method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
-        if method == "notifications/cancelled":
-            task = self.calls.pop(params.get("requestId"), None)
-            if task is not None:
-                task.cancel()
-            return
-        if rid is None:
-            return
-        if method == "initialize":
-            self.send({"jsonrpc": "2.0", "id": rid, "result": {
-                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "corral-a2a", "version": VERSION}}})
-        elif method == "tools/list":
-            self.send({"jsonrpc": "2.0", "id": rid, "result": {"tools": await self.tools()}})
-        elif method == "tools/call":
-            self.calls[rid] = asyncio.create_task(self.call(rid, params))
-        elif method == "ping":
-            self.send({"jsonrpc": "2.0", "id": rid, "result": {}})
-        else:
-            self.send({"jsonrpc": "2.0", "id": rid, "error": {
-                "code": -32601, "message": f"method not found: {method}"}})
+    # (no "tasks" nor "subscriptions" feature: the session asks none of these)
+    async def task(self, method: str, params: dict[str, Any]) -> Any:
+        raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+
+    async def subscribe(self, uri: str, on_update: Callable[[str], None]) -> None:
+        raise RpcError(METHOD_NOT_FOUND, "method not found: resources/subscribe")
+
+    async def unsubscribe(self, uri: str) -> None:
+        raise RpcError(METHOD_NOT_FOUND, "method not found: resources/unsubscribe")
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        out = sys.stdout.buffer
+
+        def write(data: bytes) -> None:
+            out.write(data)
+            out.flush()
+
+        session = GatewaySession(self)
+        ended = asyncio.Event()
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: StdioTransport(session, write, ended.set), sys.stdin)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
             self.http = http
-            while line := await reader.readline():
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(msg, dict):
-                    await self.handle(msg)
-            for task in list(self.calls.values()):
-                task.cancel()
+            await ended.wait()
+            session.close()  # (its calls in flight cancelled)
 
 
 def agents_of(text: str) -> dict[str, RemoteAgent]:
