@@ -97,8 +97,6 @@ class ServerSession(msgspec.Struct, frozen=True):
 
     version: str
     capabilities: dict[str, Any] = {}
-    server_info: dict[str, Any] = {}
-    instructions: str | None = None
     tools: list[dict[str, Any]] = []
     rejected_tools: list[str] = []
     log_level: str | None = None
@@ -126,8 +124,6 @@ class McpClient:
         self.peer: Peer | None = None
         self.version: str | None = None
         self.capabilities: dict[str, Any] = {}
-        self.server_info: dict[str, Any] = {}
-        self.instructions: str | None = None
         self.tools: list[dict[str, Any]] = []
         # the tools by name and the list they index (made again when listed or resumed)
         self._named: tuple[list[dict[str, Any]], dict[Any, dict[str, Any]]] = ([], {})
@@ -369,10 +365,6 @@ class McpClient:
         if STATELESS in offered:
             self._negotiated(STATELESS)
             self.capabilities = found.get("capabilities") or {}
-            self.instructions = found.get("instructions")
-            self.server_info = (found.get("serverInfo")
-                                or (found.get("_meta") or {}).get(
-                                    "io.modelcontextprotocol/serverInfo") or {})
             await self._after_connect(deadline)
             self._listen()
             return STATELESS
@@ -401,8 +393,6 @@ class McpClient:
         version: str = answered
         self._negotiated(version)
         self.capabilities = result.get("capabilities") or {}
-        self.server_info = result.get("serverInfo") or {}
-        self.instructions = result.get("instructions")
         self.peer.notify("notifications/initialized")
         await self._after_connect(deadline)
         return version
