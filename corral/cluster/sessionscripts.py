@@ -11,7 +11,7 @@ turn's record). Times are Redis's own (TIME): one clock for every node.
 from __future__ import annotations
 
 from .keys import GROUP, TURNS_ENDED
-from .records import on_worker
+from .records import TERMINAL, on_worker
 
 # Seconds a node's list of the turns given to it (Keys.sticky) outlives its last one: its
 # items are stale once the busy bound has passed (they are checked as they are taken),
@@ -255,6 +255,10 @@ CLAIM_TURN = """local sess, state = false, false
   end"""
 
 
+# Lua: whether the record's status `rec[1]` is an end.
+_ENDED = "(" + " or ".join(f"rec[1] == '{s.decode()}'" for s in sorted(TERMINAL)) + ")"
+
+
 # (A fragment of scripts.READ_CLAIM.) The turns given to this incarnation (its list,
 # ARGV[11]) claimed first, up to `want`, each only while its record is still queued under
 # the entry given, pending with this consumer, in one of this read's streams: another item
@@ -271,10 +275,11 @@ while want > 0 and ARGV[11] do
     if KEYS[s] == home then at = s end
   end
   local rec = at and redis.call('HMGET', prefix .. 'task:' .. id, 'status', 'entry')
+  local mine = at and rec[2] == entry
+    and #redis.call('XPENDING', home, '{GROUP}', entry, entry, 1, ARGV[1]) == 1
   -- (only a turn still queued under the entry given: claim() acknowledges and deletes the
   -- entry of any other, which a forged item naming a running task's would have it do)
-  if at and rec[1] == 'queued' and rec[2] == entry
-      and #redis.call('XPENDING', home, '{GROUP}', entry, entry, 1, ARGV[1]) == 1 then
+  if mine and rec[1] == 'queued' then
     local got = claim_reply(at - 2, entry, id, claim(KEYS[1], home, entry, id, prefix, c))
     if got then
       -- its entry's idle time from now, as a read's claim has it: counted from its
@@ -284,6 +289,11 @@ while want > 0 and ARGV[11] do
       want = want - 1
       sticky = sticky + 1
     end
+  elseif mine and {_ENDED} then
+    -- a turn moved into the stream though it had ended (cancelled in its line as the
+    -- turn before it ended: its node then moves its session again) is let go
+    redis.call('XACK', home, '{GROUP}', entry)
+    redis.call('XDEL', home, entry)
   end
 end"""
 

@@ -407,6 +407,39 @@ async def test_a_turn_is_not_given_to_a_holder_that_cannot_take_it(
     assert claim[2] == second.encode()
 
 
+async def test_a_turn_moved_in_though_it_ended_is_let_go_by_its_holders_read(
+        client: Any) -> None:
+    """Decision 1500: the third turn cancelled in the line (its move not yet made) as the
+    second ends, and the second's move made first: the third is moved into the stream and
+    given to the holder though it has ended. The holder's read lets its entry go (no
+    entry left pending with it for ever), and the third's own move rests the session."""
+    assert await _held_once(client) == "n/1"
+    await client.set(T.alive("n/1"), json.dumps(BEAT))
+    second, third = _tid(2), _tid(3)
+    assert await _submit(client, second) == 1
+    assert await _submit(client, third) == 1  # in the line
+    _, [claim], _, _ = await _read_claim(client)
+    assert claim[2] == second.encode()
+    scripts = Scripts(client)
+    assert await scripts.cancel(
+        keys=[T.task(third), T.attempts(third), STREAM, T.outcomes, *T.listed],
+        args=[third, "3.0", b"{}", 60, "", "", ""]) == b"cancelled"
+    assert await scripts.finish(
+        keys=[T.task(second), T.attempts(second), STREAM, T.outcomes, *T.listed],
+        args=[claim[3], second, "succeeded", b"{}", b"", "3.0", claim[1], 0, 60, 0, "0",
+              ""]) == 1
+    sessions = ClusterSessions(scripts, T, Trust(None, "t", print), Any, None, Any, print)
+    await sessions.moved([second])
+    moved = await client.hget(T.task(third), "entry")
+    assert await client.lrange(GIVEN, 0, -1) == [moved + b" " + third.encode()]
+    assert (await _read_claim(client))[:2] == [0, []]
+    assert (await client.xpending(STREAM, "corral"))["pending"] == 0
+    assert await client.xrange(STREAM, moved, moved) == []
+    await sessions.moved([third])
+    assert await client.hget(T.session(W), "cur") == b""
+    assert await client.smembers(T.turns_ended) == set()
+
+
 async def test_a_turn_behind_a_backlog_is_not_given(client: Any) -> None:
     """Another task of the agent waits unread: the session's turn is not given (it would
     jump it); the first read takes the older task first."""
