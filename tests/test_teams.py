@@ -28,7 +28,8 @@ pytestmark = pytest.mark.long
 OPERATOR = Caller(via="socket")
 
 # every agent here: what it does is its ROLE; with `mark` in its input, a member leaves a
-# file named for its role and task id once it has worked, so a test counts its runs
+# file named for its role and task id once it has worked, so a test counts its runs; with
+# `hold_for` naming its role, it works only once the file given there is (the test's gate)
 AGENT = '''
 import os, time, uuid
 from pathlib import Path
@@ -43,8 +44,9 @@ def handle(inp, ctx):
         names = sorted(t["name"] for t in ctx.list_tools()["tools"])
         sent = {"ask": inp["ask"], "mark": inp.get("mark"),
                 "sleep_for": inp.get("sleep_for", {})}
-        if "tag" in inp:
-            sent["tag"] = inp["tag"]
+        for key in ("tag", "hold_for"):
+            if key in inp:
+                sent[key] = inp[key]
         calls = [ctx.call_tool(f"desk__{m}", {"input": sent}) for m in inp["call"]]
         flag = inp.get("crash_once")
         if flag and not Path(flag).exists():
@@ -56,6 +58,9 @@ def handle(inp, ctx):
         raise RuntimeError("bad at this")
     if isinstance(inp, dict) and inp.get("sleep_for", {}).get(ROLE):
         time.sleep(inp["sleep_for"][ROLE])
+    if isinstance(inp, dict) and inp.get("hold_for", {}).get(ROLE):
+        while not Path(inp["hold_for"][ROLE]).exists():
+            time.sleep(0.01)
     if isinstance(inp, dict) and inp.get("mark"):
         who = f"{ROLE}-{inp['tag']}" if "tag" in inp else ROLE
         (Path(inp["mark"]) / f"{who}.{ctx.task_id}.{uuid.uuid4().hex}").write_text("")
