@@ -359,7 +359,10 @@ def test_a_team_call_with_no_retries_survives_a_daemon_sigkill(tmp_path: Path) -
     d = Daemon(tmp_path, toml + '[teams.all]\nmode = "broadcast"\nmembers = ["a", "b"]\n')
     try:
         d.start()
-        inp = {"mark": str(marks), "sleep_for": {"b": 3}}
+        # b held at work until the daemon is back (a sleep of 3 s could end before the kill
+        # on a loaded host, and b's task then had no attempt to lose)
+        gate = tmp_path / "go"
+        inp = {"mark": str(marks), "hold_for": {"b": str(gate)}}
         r = d.cli("submit", "all", "--input", json.dumps(inp), "--json")
         call_id = json.loads(r.stdout)["task_id"]
         wait_until(lambda: team_steps(d, call_id).get("member:a", {}).get("status")
@@ -374,6 +377,7 @@ def test_a_team_call_with_no_retries_survives_a_daemon_sigkill(tmp_path: Path) -
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
         d.start()
+        gate.touch()
         info = d.json("task", call_id, "--wait")
         assert (info["agent"], info["status"]) == ("all", "succeeded"), info
         steps = team_steps(d, call_id)

@@ -98,14 +98,17 @@ async def test_runtime_teams_over_http_with_revisions_and_tenants(tmp_path: Path
         assert [(t["name"], t["revision"]) for t in body["teams"]] == [
             ("cfg", None), ("desk", 1)]
 
-        # a call keeps the definition it started on across a change under it
+        # a call keeps the definition it started on across a change under it (its member
+        # held until the change is made: a second's sleep could end first on a loaded host)
+        gate = tmp_path / "go"
         status, first = await ask("POST", "/tasks", "ta", {
-            "agent": "desk", "input": {"sleep_for": {"a1": 1.0}}})
+            "agent": "desk", "input": {"hold_for": {"a1": str(gate)}}})
         assert (status, first["status"]) == (202, "running"), first
         status, body = await ask("PATCH", "/teams/desk", "ta",
                                  {"set": {"members": ["a2"]}})
         assert (status, body) == (200, {"name": "desk", "revision": 2,
                                         "change": "members changed"})
+        gate.touch()
         ended = await api.d.dispatcher.call(SOCKET, "tasks.get", {
             "task_id": first["task_id"], "wait": True})
         assert (ended.status, sorted(ended.output)) == ("succeeded", ["a1"]), ended

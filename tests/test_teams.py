@@ -357,7 +357,10 @@ def test_a_call_resumes_after_a_sigkill_and_a_member_that_succeeded_is_not_run_a
                + '[teams.all]\nmode = "broadcast"\nmembers = ["a", "b"]\n')
     try:
         d.start()
-        inp = {"mark": str(marks), "sleep_for": {"b": 3}}
+        # b is held at work until the kill (a sleep of 3 s could end, at load 20+, before
+        # a's end was seen)
+        gate = tmp_path / "go"
+        inp = {"mark": str(marks), "hold_for": {"b": str(gate)}}
         r = d.cli("submit", "all", "--input", json.dumps(inp), "--json")
         call_id = json.loads(r.stdout)["task_id"]
         # killed once member a has succeeded and b is still at work
@@ -367,6 +370,7 @@ def test_a_call_resumes_after_a_sigkill_and_a_member_that_succeeded_is_not_run_a
         assert _steps(d, call_id)["member:b"]["status"] == "running"
         d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         d.proc.wait()  # type: ignore[union-attr]
+        gate.touch()
         d.start()
         info = d.json("task", call_id, "--wait")
         assert (info["agent"], info["status"]) == ("all", "succeeded"), info
@@ -439,7 +443,9 @@ def test_a_leader_waiting_on_a_member_through_a_sigkill_gets_that_members_task(
     d = Daemon(tmp_path, agents_toml(tmp_path, "a b bad lead") + DESK)
     try:
         d.start()
-        inp = {"ask": "q", "call": ["a", "b"], "mark": str(marks), "sleep_for": {"b": 3}}
+        gate = tmp_path / "go"  # b held at work until the kill
+        inp = {"ask": "q", "call": ["a", "b"], "mark": str(marks),
+               "hold_for": {"b": str(gate)}}
         r = d.cli("submit", "desk", "--input", json.dumps(inp), "--json")
         call_id = json.loads(r.stdout)["task_id"]
         # killed while the leader waits for b, a's call done
@@ -447,6 +453,7 @@ def test_a_leader_waiting_on_a_member_through_a_sigkill_gets_that_members_task(
             pass
         d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         d.proc.wait()  # type: ignore[union-attr]
+        gate.touch()
         d.start()
         info = d.json("task", call_id, "--wait")
         assert info["status"] == "succeeded", info
