@@ -1,6 +1,7 @@
 """A worker with health checks the test steers by files in $HEALTH_DIR: `unready-N` makes
 replica N's "ready" check fail, `dead-N` its "live" check (N: the replica, or `all`);
-a task sleeps `sleep` seconds and answers with the worker's pid and replica."""
+a task sleeps `sleep` seconds, or until the file `hold` names is there, and answers with
+the worker's pid and replica."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def live() -> None:
 
 def handle(task_input: Any, ctx: Any) -> Any:
     time.sleep(float(task_input.get("sleep", 0)))
+    while "hold" in task_input and not Path(task_input["hold"]).exists():
+        time.sleep(0.01)
     return {"pid": os.getpid(), "replica": ctx.replica}
 
 

@@ -714,15 +714,21 @@ def test_the_sdk_answers_health_check_from_its_functions(tmp_path: Path) -> None
 async def test_a_busy_handler_does_not_make_its_replica_unready(
         sup: Supervisor, tmp_path: Path) -> None:
     seen = Seen(sup)
-    sup.add(health_agent("h", tmp_path, readiness=ready_check(timeout=0.5, failures=1),
-                         liveness=live_check(timeout=0.5, failures=1)))
+    # one failure flips a check; its timeout past a loaded host's wake-ups (a check the
+    # busy handler held would never be answered)
+    sup.add(health_agent("h", tmp_path, readiness=ready_check(timeout=5.0, failures=1),
+                         liveness=live_check(timeout=5.0, failures=1)))
     r = sup.agent("h").replicas[0]
     await seen.until(lambda: r.serving and r.health_ready, timeout=30)
+    # the handler holds its thread (and, waiting, not the GIL) until both checks went on
+    # meanwhile, not for a time they may or may not fill on a loaded host
+    hold = tmp_path / "go"
+    task = sup.tasks.submit("h", {"hold": str(hold)})
+    await seen.until(lambda: task.status == "running", timeout=30)
     before = sup.health_board.checks
-    # the handler holds its thread (and, sleeping, not the GIL) for 1.5 s
-    task = sup.tasks.submit("h", {"sleep": 1.5})
+    await seen.until(lambda: sup.health_board.checks - before >= 6, timeout=30)
+    hold.touch()
     await seen.until(lambda: task.status == "succeeded", timeout=30)
-    assert sup.health_board.checks - before >= 6  # both checks went on meanwhile
     assert not [c for c in seen.changes if not c.ok] and r.health_ready
     assert sum(sup.health_board.failures.values()) == 0
 
