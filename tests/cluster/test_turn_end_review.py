@@ -221,3 +221,21 @@ async def test_an_older_nodes_turn_behind_a_marked_turn_is_started_by_its_move(
     await sessions_of(client).moved([A])
     assert await started(client) == [C.encode()]
     assert await client.hget(T.session(W), "cur") == C.encode()
+
+
+@pytest.mark.parametrize("first", [A, B])
+async def test_two_nodes_moving_a_session_for_two_ended_turns_start_the_next_once(
+        client: Any, first: str) -> None:
+    """A (holding the place) ended and B (first in its line) was cancelled, each moved
+    by another node at once, in either order: C, behind B, starts once and holds the
+    place; nothing stays marked."""
+    await turns(client, A, B, C, status="succeeded")
+    await client.hset(T.task(B), "status", "cancelled")
+    await client.sadd(T.turns_ended, A, B)
+    second = B if first == A else A
+    await asyncio.gather(sessions_of(client).moved([first]),
+                         sessions_of(client).moved([second]))
+    assert (await started(client)).count(C.encode()) == 1
+    assert await client.hget(T.session(W), "cur") == C.encode()
+    assert await client.exists(T.session_line(W)) == 0
+    assert await client.smembers(T.turns_ended) == set()
