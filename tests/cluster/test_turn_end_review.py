@@ -239,3 +239,18 @@ async def test_two_nodes_moving_a_session_for_two_ended_turns_start_the_next_onc
     assert await client.hget(T.session(W), "cur") == C.encode()
     assert await client.exists(T.session_line(W)) == 0
     assert await client.smembers(T.turns_ended) == set()
+
+
+async def test_one_node_moving_both_ended_turns_in_one_batch_starts_the_next_once(
+        client: Any) -> None:
+    """As above, both moved by one node's batch (an outbox's, a sweep's): the two moves
+    are decided on one read each time, and the second, no longer as read, is decided
+    again: C starts once."""
+    await turns(client, A, B, C, status="succeeded")
+    await client.hset(T.task(B), "status", "cancelled")
+    await client.sadd(T.turns_ended, A, B)
+    await sessions_of(client).moved([A, B])
+    assert (await started(client)).count(C.encode()) == 1
+    assert await client.hget(T.session(W), "cur") == C.encode()
+    assert await client.exists(T.session_line(W)) == 0
+    assert await client.smembers(T.turns_ended) == set()
