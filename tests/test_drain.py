@@ -9,13 +9,14 @@ import json
 import re
 import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from .conftest import ROOT
-from .daemon_harness import Daemon, free_port, shared_tmpdir, sleeper
+from .daemon_harness import Daemon, corral_popen, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
 
 DRAIN = "drain_timeout = 30"  # [supervisor]: the fleet's, far past what a test waits
@@ -74,15 +75,27 @@ def test_a_task_running_at_shutdown_finishes_once_on_its_first_attempt() -> None
     d = Daemon(tmp, worker("w"), extra=DRAIN)
     try:
         d.start()
-        tid = submit(d, "w", '{"do": "sleep", "seconds": 5}')
+        # the task ends once the drain is under way, not after 5 s of its own, which the
+        # shutdown's start could outlast on a loaded host (nothing left to drain then)
+        gate = tmp / "go"
+        tid = submit(d, "w", json.dumps({"do": "await", "path": str(gate)}))
         running(d, tid)
         assert d.proc is not None
         pid = d.proc.pid
-        r = d.cli("shutdown", timeout=60)
+        shutdown = corral_popen(["--socket", str(d.sock), "shutdown"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: "1 running task may finish" in log(d), what="the drain")
+            gate.touch()
+            out, err = shutdown.communicate(timeout=60)
+        finally:
+            if shutdown.poll() is None:
+                shutdown.kill()
+                shutdown.wait()
         # it returned once the daemon was gone (its exit status is ours to reap)
-        assert d.proc.poll() == 0, r
-        assert r.returncode == 0, r.stderr
-        lines = r.stdout.splitlines()
+        assert d.proc.poll() == 0, (out, err)
+        assert shutdown.returncode == 0, err
+        lines = out.splitlines()
         assert re.fullmatch(r"drained in \d+\.\d s: 1 finished \(succeeded 1\)", lines[0])
         assert lines[1:] == [f"  {tid}  w  succeeded",
                              f"waiting for the daemon (pid {pid}) to stop its agents ...",
@@ -92,7 +105,7 @@ def test_a_task_running_at_shutdown_finishes_once_on_its_first_attempt() -> None
         # the next daemon has nothing to run again: one attempt, the first, succeeded
         d.start()
         t = d.json("task", tid)
-        assert (t["status"], t["output"]) == ("succeeded", {"slept": 5, "attempt": 1})
+        assert (t["status"], t["output"]) == ("succeeded", {"awaited": str(gate)})
         assert attempts(d, tid) == [("succeeded", None)]
         assert "unfinished task" not in log(d).split(f"pid {d.proc.pid}")[-1]
         assert d.stop() == 0
