@@ -153,12 +153,15 @@ async def test_python_callers_and_socket_callers_get_the_same_outcomes(
 
 
 async def test_values_no_caller_takes_are_not_kept_with_the_finished_task(
-        sup: Supervisor) -> None:
+        sup: Supervisor, tmp_path: Path) -> None:
     # a cancelled run and a cancelled map leave their tasks running; when they end, only
     # the output's bytes stay with them (decision 78: no object graph kept)
     sup.add(agent("sl", "misbehave.py", max_concurrent_tasks=8))
     await sup.wait_state("sl", State.READY)
-    slow = {"do": "sleep", "seconds": 0.3, "payload": {"a": [1, 2]}}
+    # each runs until the test has seen all three running and cancelled their callers (a
+    # sleep of its own could end before the third began, on a loaded host)
+    gate = tmp_path / "go"
+    slow = {"do": "await", "path": str(gate), "payload": {"a": [1, 2]}}
     ran = asyncio.ensure_future(sup.tasks.run("sl", slow))
     mapped = asyncio.ensure_future(sup.tasks.map("sl", [slow, slow], concurrency=2))
     while sup.tasks.running("sl") < 3:
@@ -167,10 +170,11 @@ async def test_values_no_caller_takes_are_not_kept_with_the_finished_task(
     assert len(tasks) == 3 and all(t.decoded for t in tasks)
     ran.cancel()
     mapped.cancel()
+    gate.touch()
     await asyncio.gather(*(asyncio.shield(t.done) for t in tasks))
     for t in tasks:
         assert t.status == "succeeded" and t.out is not None
         assert (t.out.fresh, t.out.value) == (False, None)
-        assert t.output == {"slept": 0.3, "attempt": 1}  # read from its bytes
+        assert t.output == {"awaited": str(gate)}  # read from its bytes
     with pytest.raises(asyncio.CancelledError):
         await ran
