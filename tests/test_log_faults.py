@@ -138,7 +138,9 @@ def test_a_log_file_that_cannot_be_written_drops_lines_counted_and_resumes(
     assert re.fullmatch(
         rf"corral: log file {re.escape(str(sayer_log))} is written again: {count} lines were "
         r"dropped from it since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(File too large\)", back)
-    assert int(count) >= 3 + 1  # three lines, their events and at least one "after" attempt
+    # the three lines at least; an "after" try is dropped too when it comes within the
+    # second before the file is tried again, which on a loaded host had passed (CI g1: 3)
+    assert int(count) >= 3
 
 
 ECHO_INTO_A_PIPE = r"""
