@@ -56,7 +56,7 @@ async def test_rows_land_on_their_own_after_the_linger(
     async with store_of(tmp_path / "corral.db") as (store, _):
         for i in range(3):
             store.audit(0, i, "gateway.call", CALL, "ok")
-        await wait_until_async(lambda: methods(store) == [0, 1, 2], timeout=10)
+        await wait_until_async(lambda: methods(store) == [0, 1, 2])
 
 
 async def test_a_write_that_is_waited_for_takes_the_rows_along(
@@ -66,7 +66,7 @@ async def test_a_write_that_is_waited_for_takes_the_rows_along(
         store.audit(0, 1, "gateway.call", CALL, "ok")
         await asyncio.sleep(0)
         writer.submit(lambda db: None, "checkpoint")  # at this turn's end, as ever
-        await wait_until_async(lambda: methods(store) == [1], timeout=10)
+        await wait_until_async(lambda: methods(store) == [1])
 
 
 async def test_the_audit_list_has_a_row_queued_this_turn(

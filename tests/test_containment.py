@@ -84,7 +84,7 @@ async def start_escaper(sup: Supervisor, name: str, **kw: object) -> tuple[int, 
     assert st.sid != r.pid and st.pgid != r.pid
     # what it still has of its agent: the spawn token in its environment (which reads
     # empty while its exec of `sleep`, right after it told its pid, is under way)
-    await wait_until_async(lambda: read_token(esc) is not None, timeout=5)
+    await wait_until_async(lambda: read_token(esc) is not None)
     token = read_token(esc)
     assert token is not None and token_owner(token) == sup.containment.owner
     return r.pid, esc

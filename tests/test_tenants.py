@@ -284,7 +284,7 @@ rate_per_minute = 2
         wait = {"do": "await", "path": str(marker)}
         first = await _run(d, "b1", wait, detach=True)  # runs: the rate's first token
         second = await _run(d, "b1", wait, detach=True)  # waits: its second
-        await wait_until_async(lambda: sup.tasks.running("b1") == 1, timeout=10)
+        await wait_until_async(lambda: sup.tasks.running("b1") == 1)
         assert sup.tasks.queue.depth("b1") == 1
         params = msgspec.json.encode({"agent": "b1", "input": {"do": "echo"}})
         with pytest.raises(RpcError) as e:
@@ -317,7 +317,7 @@ async def one_runs_one_held(d: Daemon, marker: Path) -> tuple[str, str]:
     sup = d.sup
     wait = {"do": "await", "path": str(marker)}
     first = (await _run(d, "s1", wait, detach=True)).task_id
-    await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
+    await wait_until_async(lambda: sup.tasks.running("s1") == 1)
     held = (await _run(d, "s2", wait, detach=True)).task_id
     info = await call(d, "tasks.get", {"task_id": held})
     assert (info.status, sup.tasks.queue.depth("s2"), sup.tasks.running("s2")) == (
@@ -346,7 +346,7 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         # cleared: no gate, and the task it held starts at once (no task's end needed)
         await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 0}})
         assert _hooks(d) == (False, False)
-        await wait_until_async(lambda: sup.tasks.running("s2") == 1, timeout=10)
+        await wait_until_async(lambda: sup.tasks.running("s2") == 1)
         await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": 50}})
         assert _hooks(d) == (False, True)
         await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": None}})
@@ -378,7 +378,7 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_on_reload(
         config.write_text(text)
         await call(d, "config.reload")
         assert _hooks(d) == (False, False)
-        await wait_until_async(lambda: sup.tasks.running("s2") == 1, timeout=10)
+        await wait_until_async(lambda: sup.tasks.running("s2") == 1)
         await both_succeed(d, marker, ids)
 
 
