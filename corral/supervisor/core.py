@@ -267,8 +267,9 @@ class Supervisor:
         return s
 
     async def wait_state(self, name: str, states: State | Iterable[State], *,
-                         replica: int = 0, timeout: float = 10.0) -> Replica:
-        """Wait until replica `replica` of `name` is in one of `states` (now or later)."""
+                         replica: int = 0, timeout: float = 60.0) -> Replica:
+        """Wait until replica `replica` of `name` is in one of `states` (now or later).
+        The wait ends when the state is reached, so its bound is a loaded host's start."""
         r = self.agent(name).replicas[replica]
         await self.waits.wait_replica(r, states, timeout)
         return r
