@@ -35,7 +35,7 @@ from .connection import read, read_all, why
 from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
-from .records import ON_WORKER
+from .records import ON_WORKER, TERMINAL
 from .scripts import RedisPart, Scripts, submit_script
 from .trust import SESSION, Trust
 
@@ -334,9 +334,12 @@ async def turn_args(redis: Any, keys: Keys, key: SessionKey) -> list[Any]:
         pipe.hget(keys.session(key), "cur"), pipe.llen(keys.session_line(key)),
         pipe.smembers(keys.turns_ended)))
     # (a current turn that ended holds the place no more, its move yet to be made: the
-    # turn starts, and that move finds nothing to do; one of a line waits behind it)
-    move = decide(state(bool(cur) and (cur not in ended or waiting > 0), waiting),
-                  TurnEvent.SUBMIT)
+    # turn starts, and that move finds nothing to do; one of a line waits behind it. Its
+    # record says it ended: a mark no end wrote, a Redis writer's, starts no turn beside
+    # a running one)
+    held = bool(cur) and (cur not in ended or waiting > 0 or await redis.hget(
+        keys.task(cur.decode(errors="replace")), "status") not in TERMINAL)
+    move = decide(state(held, waiting), TurnEvent.SUBMIT)
     assert move is not None
     return [move.value, "-" if cur is None else cur, waiting]
 

@@ -102,10 +102,8 @@ def ended(task: str) -> str:
 end"""
 
 
-# The session of the task whose record is KEYS[1], named (_NAMES).
-_OF_TASK = """local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session', 'stenant')
-local agent, name, tenant = agent_name[1], agent_name[2] or '', agent_name[3]
-""" + _NAMES
+# Lua: whether the record's status `rec[1]` is an end.
+_ENDED = "(" + " or ".join(f"rec[1] == '{s.decode()}'" for s in sorted(TERMINAL)) + ")"
 
 # An ended turn's move, decided above (turns.py), kept only while the session's current
 # turn and its line's length are as read; else nothing changes and MOVE answers what they
@@ -113,12 +111,28 @@ local agent, name, tenant = agent_name[1], agent_name[2] or '', agent_name[3]
 # the line's first turn goes into its stream and takes the place; 'rest': the session
 # idles, to expire session_ttl from now; 'leave': the turn leaves the line; '': no move
 # (its session ended, or moved already). The turn is then no longer marked ended.
+# A marker no end wrote (its record gone: expired, or a Redis writer's id; or a turn that
+# has not ended: a Redis writer's) is unmarked and moves nothing, else it would stay
+# marked for ever, or start a line's next turn beside a running one, or strand a waiting
+# one out of its line and every stream.
 # KEYS: the turn's record, the turns ended (Keys.turns_ended); ARGV: the turn's id, the
 #   move, the current turn as read ('' none), the line's length as read
-# -> 1 moved, 0 not marked (moved already), or {MOVED, the current turn ('' none), the
-#    line's length, the turn's place in the line (nil: not in it)}
-MOVE = _OF_TASK + f"""
+# -> 1 moved, 0 not marked (moved already, or its record gone), an error naming a turn
+#    marked that has not ended, or {MOVED, the current turn ('' none), the line's length,
+#    the turn's place in the line (nil: not in it)}
+MOVE = f"""
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 0 end
+local rec = redis.call('HMGET', KEYS[1], 'status', 'agent', 'session', 'stenant')
+if not rec[1] or not rec[2] or not rec[3] or not {_ENDED} then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  if not rec[1] then return 0 end
+  if not rec[2] or not rec[3] then
+    return redis.error_reply('it is marked ended but its record names no session')
+  end
+  return redis.error_reply('it is marked ended but is ' .. rec[1] .. ': not moved')
+end
+local agent, name, tenant = rec[2], rec[3], rec[4]
+{_NAMES}
 local cur = redis.call('HGET', skey, 'cur') or ''
 local waiting = redis.call('LLEN', sline)
 if cur ~= ARGV[3] or waiting ~= tonumber(ARGV[4]) then
@@ -253,10 +267,6 @@ CLAIM_TURN = """local sess, state = false, false
     state = redis.call('HGET', skey, 'state') or false
     if redis.call('HEXISTS', skey, 'cur') == 1 then redis.call('HSET', skey, 'node', c[1]) end
   end"""
-
-
-# Lua: whether the record's status `rec[1]` is an end.
-_ENDED = "(" + " or ".join(f"rec[1] == '{s.decode()}'" for s in sorted(TERMINAL)) + ")"
 
 
 # (A fragment of scripts.READ_CLAIM.) The turns given to this incarnation (its list,

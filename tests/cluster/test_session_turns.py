@@ -159,7 +159,8 @@ async def test_a_turn_submitted_after_an_end_not_yet_moved_starts_unless_a_line_
     starts (A holds the place no more), and A's move then finds nothing to do; with a
     line behind A, it waits at the line's end, which A's move advances."""
     submit = client.register_script(clustersessions.SUBMIT)
-    await client.hset(T.task(A), mapping={"agent": "w", "session": "s", "stenant": "t1"})
+    await client.hset(T.task(A), mapping={"agent": "w", "session": "s", "stenant": "t1",
+                                          "status": "succeeded"})  # (as its end wrote it)
     await client.hset(T.session(W), mapping={"cur": A, "created": 1.0, "tasks": 1, "ttl": 60})
     await client.sadd(T.turns_ended, A)
 

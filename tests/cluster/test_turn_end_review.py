@@ -25,16 +25,6 @@ A, B, C = (f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2, 3))
 STREAM = T.stream("t1", "w", 0)
 # Findings of this read not fixed yet (/work/notes/turnend-from-review.md): each test
 # turns plain in the commit that fixes it.
-R1 = pytest.mark.xfail(strict=True, reason=(
-    "R1: MOVE fails on a marker whose record is gone (concatenates a boolean); the "
-    "sweep keeps it for ever"))
-R2_RUNS = pytest.mark.xfail(strict=True, reason=(
-    "R2: MOVE trusts the marker, not the record's status: the line advances beside a "
-    "running turn"))
-R2_WAITS = pytest.mark.xfail(strict=True, reason=(
-    "R2: MOVE trusts the marker: a queued turn of a line leaves it and is stranded"))
-R3 = pytest.mark.xfail(strict=True, reason=(
-    "R3: the submit's read trusts the marker: a turn starts beside a running one"))
 R4 = pytest.mark.xfail(strict=True, reason=(
     "R4: the mark is _ended's last write: a set of another type fails the end after "
     "it was written, stranding the line"))
@@ -108,7 +98,6 @@ async def test_a_session_ended_between_the_end_and_its_move_starts_nothing(
     assert await client.smembers(T.turns_ended) == set()
 
 
-@R1
 async def test_a_marker_whose_task_record_is_gone_is_unmarked(client: Any) -> None:
     """An ended turn's record expired (keep_tasks_for) or deleted before its session
     moved, or a Redis writer's task id: the sweep must unmark it, not fail on it at
@@ -122,7 +111,6 @@ async def test_a_marker_whose_task_record_is_gone_is_unmarked(client: Any) -> No
     assert await client.smembers(T.turns_ended) == set(), said
 
 
-@R2_RUNS
 async def test_a_marked_turn_that_still_runs_is_not_moved(client: Any) -> None:
     """A marker naming a turn that has not ended (a Redis writer's: no end of it was
     written) must not move its session: here the line's B would start beside A, which
@@ -135,7 +123,6 @@ async def test_a_marked_turn_that_still_runs_is_not_moved(client: Any) -> None:
     assert await client.lrange(T.session_line(W), 0, -1) == [B.encode()]
 
 
-@R2_WAITS
 async def test_a_marked_turn_that_waits_in_its_line_is_not_stranded(client: Any) -> None:
     """A marker naming a queued turn of a line must not take it out of the line: it
     would stay queued, in no stream, for ever."""
@@ -146,7 +133,6 @@ async def test_a_marked_turn_that_waits_in_its_line_is_not_stranded(client: Any)
     assert await client.hget(T.task(B), "status") == b"queued"
 
 
-@R3
 async def test_a_submit_does_not_start_beside_a_running_turn_marked_ended(
         client: Any) -> None:
     """The submit's read takes a marked current turn as ended: a marker naming a turn
