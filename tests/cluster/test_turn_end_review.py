@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
+from corral import jsonrpc
 from corral.cluster.clustersessions import SUBMIT, ClusterSessions, turn_args
 from corral.cluster.keys import GROUP, Keys
 from corral.cluster.reaper import take_over
 from corral.cluster.scripts import CANCEL, RedisPart, Scripts
 from corral.cluster.trust import Trust
+from corral.jsonrpc import RpcError
 from corral.supervisor.tasks.sessions import SessionKey
 
 T = Keys("t")
@@ -28,6 +30,9 @@ STREAM = T.stream("t1", "w", 0)
 R4 = pytest.mark.xfail(strict=True, reason=(
     "R4: the mark is _ended's last write: a set of another type fails the end after "
     "it was written, stranding the line"))
+R7 = pytest.mark.xfail(strict=True, reason=(
+    "R7: sessions.end reads a marked current turn as ended without its record's status: "
+    "a marker no end wrote ends the session under its running turn"))
 
 
 def sessions_of(client: Any, said: list[str] | None = None) -> ClusterSessions:
@@ -240,3 +245,20 @@ async def test_one_node_moving_both_ended_turns_in_one_batch_starts_the_next_onc
     assert await client.hget(T.session(W), "cur") == C.encode()
     assert await client.exists(T.session_line(W)) == 0
     assert await client.smembers(T.turns_ended) == set()
+
+
+@R7
+async def test_sessions_end_refuses_while_a_turn_marked_ended_still_runs(
+        client: Any) -> None:
+    """sessions.end reads a marked current turn as ended: a marker no end wrote (a Redis
+    writer's) must not let the session end under its running turn, as the submit's read
+    no longer lets a turn start beside it."""
+    await turns(client, A, status="running")
+    await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
+    await client.sadd(T.turns_ended, A)
+    with pytest.raises(RpcError) as refused:
+        await sessions_of(client).end(W)
+    assert (refused.value.code, refused.value.message) == (
+        jsonrpc.CONFLICT, f"session s of agent w has 1 unfinished task: task {A} is "
+        "running; cancel them or wait for them to end")
+    assert await client.hget(T.session(W), "cur") == A.encode()
