@@ -234,15 +234,18 @@ class ClusterSessions(RedisPart):
             if view is None:
                 return None
             # (a current turn whose record is gone runs nowhere; one that ended holds the
-            # place no more, its session's move yet to be made)
+            # place no more, its session's move yet to be made: marked, and its record
+            # says so, as a mark no end wrote, a Redis writer's, would not)
             status = await read(partial(self.redis.hget, self.keys.task(cur), "status")
-                                ) if view.running else None
+                                ) if cur else None
+            holds = status is not None and (view.running is not None
+                                            or status not in TERMINAL)
             # (held as the node's end reads it: while any turn is unfinished, a line
             # behind no running turn too, which ended would wait in no session for ever)
-            unfinished = view.waiting + (1 if status else 0)
+            unfinished = view.waiting + (1 if holds else 0)
             if decide(state(bool(unfinished), view.waiting), TurnEvent.CLOSE) is Move.REFUSE:
-                raise turns_unfinished(key, unfinished, status and (
-                    f"task {cur} is {status.decode()}"))
+                raise turns_unfinished(key, unfinished, f"task {cur} is {status.decode()}"
+                                       if holds and status else None)
             got = await self.end_script(
                 keys=[self.keys.session(key), self.keys.session_line(key),
                       self.keys.session_tasks(key), self.keys.sessions(key.tenant, key.agent),

@@ -30,9 +30,6 @@ STREAM = T.stream("t1", "w", 0)
 R4 = pytest.mark.xfail(strict=True, reason=(
     "R4: the mark is _ended's last write: a set of another type fails the end after "
     "it was written, stranding the line"))
-R7 = pytest.mark.xfail(strict=True, reason=(
-    "R7: sessions.end reads a marked current turn as ended without its record's status: "
-    "a marker no end wrote ends the session under its running turn"))
 
 
 def sessions_of(client: Any, said: list[str] | None = None) -> ClusterSessions:
@@ -247,7 +244,6 @@ async def test_one_node_moving_both_ended_turns_in_one_batch_starts_the_next_onc
     assert await client.smembers(T.turns_ended) == set()
 
 
-@R7
 async def test_sessions_end_refuses_while_a_turn_marked_ended_still_runs(
         client: Any) -> None:
     """sessions.end reads a marked current turn as ended: a marker no end wrote (a Redis
