@@ -425,6 +425,7 @@ _AGAIN = f"""if redis.call('HGET', KEYS[1], 'cancel') == '1' then
 #       rides on the outcomes stream (the waiting client then reads no record), the
 #       outcome's MAC (trust.OUTCOME), then this node's attempts (JSON each)
 FINISH = f"""
+{sessionscripts.MARKABLE}
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
 if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
 local base = tonumber(ARGV[8])
@@ -553,6 +554,7 @@ end"""
 #       ('lost', 'cancelled') with its error JSON and MAC (trust.OUTCOME, fence 0)
 # -> 'requeued', 'lost', 'cancelled', or false (nothing to do, or decide again)
 TAKEOVER = f"""
+{sessionscripts.MARKABLE}
 if ARGV[7] ~= 'orphan' and redis.call('EXISTS', KEYS[5]) == 1 then return false end
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'owner', 'retries_left',
   'cancel')
@@ -609,6 +611,7 @@ return 1
 # and ARGV[5]) -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or
 # false (no such task)
 CANCEL = f"""
+{sessionscripts.MARKABLE}
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'tenant', 'agent')
 if not rec[1] then return false end
 local err, mac = ARGV[3], ARGV[5] or ''

@@ -102,6 +102,17 @@ def ended(task: str) -> str:
 end"""
 
 
+# (The first statement of every script that can end a task: FINISH, with _AGAIN, CANCEL
+# and TAKEOVER.) A session's task's end marks it last (`ended`), and Redis keeps what a
+# script wrote before it fails: the ended turns' set of another type (a Redis writer's)
+# would let the end be written and its mark fail, its line stranded behind it for ever.
+# Read first, it fails such an end before its first write. (A task of no session never
+# reads the sessions' key.)
+MARKABLE = f"""if redis.call('HEXISTS', KEYS[1], 'session') == 1 then
+  redis.call('SCARD', string.match(KEYS[1], '^(.*)task:') .. '{TURNS_ENDED}')
+end"""
+
+
 # Lua: whether the record's status `rec[1]` is an end.
 _ENDED = "(" + " or ".join(f"rec[1] == '{s.decode()}'" for s in sorted(TERMINAL)) + ")"
 

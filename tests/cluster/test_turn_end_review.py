@@ -25,11 +25,6 @@ T = Keys("t")
 W = SessionKey("t1", "w", "s")
 A, B, C = (f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2, 3))
 STREAM = T.stream("t1", "w", 0)
-# Findings of this read not fixed yet (/work/notes/turnend-from-review.md): each test
-# turns plain in the commit that fixes it.
-R4 = pytest.mark.xfail(strict=True, reason=(
-    "R4: the mark is _ended's last write: a set of another type fails the end after "
-    "it was written, stranding the line"))
 
 
 def sessions_of(client: Any, said: list[str] | None = None) -> ClusterSessions:
@@ -144,29 +139,35 @@ async def test_a_submit_does_not_start_beside_a_running_turn_marked_ended(
     assert await turn_args(client, T, W) == ["wait", A.encode(), 0]
 
 
-@R4
 async def test_a_cancel_refused_by_the_ended_turns_set_strands_no_line(
         client: Any) -> None:
     """The ended turns' set of another type (a Redis writer's, then repaired): CANCEL
-    of B, waiting behind A, fails at its last write, the mark, after B's record was
-    written cancelled; the line must not be left for ever behind B, which no one will
-    mark (C never starts)."""
+    of B, waiting behind A, fails before its first write (its end could not be marked,
+    and its line would wait behind it for ever), the canceller told; once the set is
+    repaired the cancel ends B, and A's end moves the line past it: C starts."""
     await turns(client, A, B, C, status="running")
     await client.set(T.turns_ended, "x")
     cancel = client.register_script(CANCEL)
+    keys = [T.task(B), T.attempts(B), STREAM, T.outcomes, *T.listed]
+    args = [B, "1.0", '"cancelled"', 60, "mac", "", ""]
     with pytest.raises(ResponseError, match="WRONGTYPE"):  # (the canceller is told so)
-        await cancel(keys=[T.task(B), T.attempts(B), STREAM, T.outcomes, *T.listed],
-                     args=[B, "1.0", '"cancelled"', 60, "mac", "", ""])
-    assert await client.hget(T.task(B), "status") == b"cancelled"  # (yet written)
+        await cancel(keys=keys, args=args)
+    assert await client.hget(T.task(B), "status") == b"queued"  # (nothing written)
+    assert await client.ttl(T.task(B)) == -1
+    assert not await client.exists(T.outcomes)
     assert await client.lrange(T.session_line(W), 0, -1) == [B.encode(), C.encode()]
     await client.delete(T.turns_ended)
+    assert await cancel(keys=keys, args=args) == b"cancelled"
+    assert await client.smembers(T.turns_ended) == {B.encode()}
     sessions = sessions_of(client)
+    await sessions.moved([B])  # (as node.cancel does)
+    assert await client.lrange(T.session_line(W), 0, -1) == [C.encode()]
     await client.hset(T.task(A), "status", "succeeded")  # A's end, as FINISH writes it
     await client.sadd(T.turns_ended, A)
     await sessions.moved([A])
-    for _ in range(3):  # (three beats)
-        await sessions.sweep()
-    assert C.encode() in await started(client)
+    assert await started(client) == [C.encode()]
+    assert await client.hget(T.session(W), "cur") == C.encode()
+    assert await client.smembers(T.turns_ended) == set()
 
 
 async def test_a_dead_nodes_turn_taken_over_is_moved_by_the_beats_sweep(
