@@ -108,6 +108,32 @@ async def test_a_marker_whose_task_record_is_gone_is_unmarked(client: Any) -> No
     assert await client.smembers(T.turns_ended) == set(), said
 
 
+async def test_a_line_behind_a_turn_whose_record_is_gone_waits_until_cancelled(
+        client: Any) -> None:
+    """The known limit (decision 1500): A's record gone before its move (no node for
+    keep_tasks_for, or a Redis writer's), the session's names went with it, so its move
+    moves nothing and B waits behind it; the way out is the operator's: B cancelled
+    leaves the line (its own record names the session), and the session then ends (A
+    runs nowhere)."""
+    await turns(client, A, B, status="succeeded")
+    await client.delete(T.task(A))
+    await client.sadd(T.turns_ended, A)
+    sessions = sessions_of(client)
+    await sessions.sweep()
+    assert await client.smembers(T.turns_ended) == set()
+    assert await client.lrange(T.session_line(W), 0, -1) == [B.encode()]
+    with pytest.raises(RpcError, match="unfinished"):
+        await sessions.end(W)
+    cancel = client.register_script(CANCEL)
+    assert await cancel(keys=[T.task(B), T.attempts(B), STREAM, T.outcomes, *T.listed],
+                        args=[B, "1.0", '"cancelled"', 60, "mac", "", ""]) == b"cancelled"
+    await sessions.moved([B])
+    assert await client.lrange(T.session_line(W), 0, -1) == []
+    assert await started(client) == []
+    assert (await sessions.end(W)) is not None
+    assert not await client.exists(T.session(W))
+
+
 async def test_a_marked_turn_that_still_runs_is_not_moved(client: Any) -> None:
     """A marker naming a turn that has not ended (a Redis writer's: no end of it was
     written) must not move its session: here the line's B would start beside A, which
