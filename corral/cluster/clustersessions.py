@@ -7,13 +7,14 @@ state at every turn, sticky or not: the protocol has no "you have it" for it to 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
                        sessionscripts.SUBMIT_THEN)
 _FIELDS = ("cur", "last", "created", "tasks", "state", "node")  # (what `_view` reads)
+_TURN_READ_SHA = hashlib.sha1(sessionscripts.TURN_READ.encode()).hexdigest()
 SWEPT = 100  # ended turns whose sessions a beat's sweep moves, at most
 
 
@@ -64,6 +66,7 @@ class ClusterSessions(RedisPart):
         self.checkpoint_script = self.redis.register_script(sessionscripts.CHECKPOINT)
         self.end_script = self.redis.register_script(sessionscripts.END)
         self.move_script = self.redis.register_script(sessionscripts.MOVE)
+        self.read_script = self.redis.register_script(sessionscripts.SESSION_READ)
         self.refused = 0  # turns and checkpoints refused for a bound
 
     # -- submit ----------------------------------------------------------------------------
@@ -197,14 +200,20 @@ class ClusterSessions(RedisPart):
             live = [(n.decode(), score) for n, score
                     in await self.redis.zrange(raw, 0, -1, withscores=True) if score >= now]
             pipe = self.redis.pipeline(transaction=False)
-            pipe.smembers(self.keys.turns_ended)
             for name, _ in live:
                 key = SessionKey(tenant, name_of, name)
                 pipe.hmget(self.keys.session(key), *_FIELDS)
                 pipe.llen(self.keys.session_line(key))
-            ended, *got = await pipe.execute() if live else [set()]
+            got = await pipe.execute() if live else []
+            # (the ended turns' set tested for the current turns alone, not fetched whole;
+            # a move between the two reads lists an ended turn as running a moment
+            # longer: a listing, which decides nothing)
+            curs = [fields[0] for fields in got[::2] if fields[0]]
+            marked = dict(zip(curs, await self.redis.smismember(
+                self.keys.turns_ended, curs), strict=True)) if curs else {}
             for (name, score), fields, waiting in zip(live, got[::2], got[1::2], strict=True):
-                view = _view(SessionKey(tenant, name_of, name), fields, waiting, score, ended)
+                view = _view(SessionKey(tenant, name_of, name), fields, waiting, score,
+                             marked.get(fields[0]) == 1)
                 if view is not None:  # (else expired between the two reads)
                     out.append(view)
         return sorted(out, key=lambda v: (v.agent, v.session))
@@ -274,14 +283,12 @@ class ClusterSessions(RedisPart):
 
     async def _read(self, key: SessionKey) -> tuple[SessionView | None, str]:
         """Its view, and its current turn as kept ('' none)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.session(key), *_FIELDS)
-        pipe.llen(self.keys.session_line(key))
-        pipe.zscore(self.keys.sessions(key.tenant, key.agent), key.name)
-        pipe.smembers(self.keys.turns_ended)
-        fields, waiting, score, ended = await pipe.execute()
-        return (_view(key, fields, waiting, float("inf") if score is None else score, ended),
-                (fields[0] or b"").decode())
+        waiting, score, marked, *fields = await self.read_script(
+            keys=[self.keys.session(key), self.keys.session_line(key),
+                  self.keys.sessions(key.tenant, key.agent), self.keys.turns_ended],
+            args=[key.name, *_FIELDS])
+        return (_view(key, fields, waiting, float("inf") if score is None else float(score),
+                      marked == 1), (fields[0] or b"").decode())
 
     # -- removal ------------------------------------------------------------------------------
     async def end_agent(self, agent: str, tenant: str) -> None:
@@ -333,24 +340,29 @@ async def turn_args(redis: Any, keys: Keys, key: SessionKey) -> list[Any]:
     """A turn's move as the rule decides it (turns.py), and the session's turns it was
     decided on (its current turn, '-' when no session, and its line's length), which
     SUBMIT keeps only while they are so."""
-    cur, waiting, ended = await read_all(redis, lambda pipe: (
-        pipe.hget(keys.session(key), "cur"), pipe.llen(keys.session_line(key)),
-        pipe.smembers(keys.turns_ended)))
+    args = (3, keys.session(key), keys.session_line(key), keys.turns_ended, keys.task(""))
+
+    async def once() -> list[Any]:
+        try:
+            return list(await redis.evalsha(_TURN_READ_SHA, *args))
+        except NoScriptError:
+            return list(await redis.eval(sessionscripts.TURN_READ, *args))
+
+    waiting, cur, status = await read(once)
     # (a current turn that ended holds the place no more, its move yet to be made: the
     # turn starts, and that move finds nothing to do; one of a line waits behind it. Its
     # record says it ended: a mark no end wrote, a Redis writer's, starts no turn beside
     # a running one)
-    held = bool(cur) and (cur not in ended or waiting > 0 or await redis.hget(
-        keys.task(cur.decode(errors="replace")), "status") not in TERMINAL)
+    held = bool(cur) and (status is None or waiting > 0 or status not in TERMINAL)
     move = decide(state(held, waiting), TurnEvent.SUBMIT)
     assert move is not None
     return [move.value, "-" if cur is None else cur, waiting]
 
 
 def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: float,
-          ended: set[bytes]) -> SessionView | None:
-    """None: no such hash, or expired. A current turn that ended (`ended`: its session's
-    move yet to be made) runs no more."""
+          marked: bool) -> SessionView | None:
+    """None: no such hash, or expired. A current turn that ended (`marked`: its
+    session's move yet to be made) runs no more."""
     cur, last, created, tasks, state, node = fields
     if created is None:
         return None
@@ -358,6 +370,6 @@ def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: floa
         agent=key.agent, session=key.name, tasks=int(tasks or 0), created=float(created),
         last_used=float(last or created), holder=node.decode() if node else None,
         state_bytes=len(state.partition(b" ")[2]) if state else 0,
-        running=cur.decode() if cur and cur not in ended else None, waiting=int(waiting),
+        running=cur.decode() if cur and not marked else None, waiting=int(waiting),
         expires=None if score == float("inf") else score, tenant=key.tenant)
 

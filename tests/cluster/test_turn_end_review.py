@@ -165,6 +165,32 @@ async def test_a_submit_does_not_start_beside_a_running_turn_marked_ended(
     assert await turn_args(client, T, W) == ["wait", A.encode(), 0]
 
 
+async def test_the_reads_test_the_current_turns_mark_alone(client: Any) -> None:
+    """A submit's read, a session's and the sessions' views test the ended turns' set
+    for the current turn alone, not fetched whole (every turn ended cluster-wide and not
+    yet moved, read by every submit): a set of another type (a Redis writer's) refuses
+    no new session's submit; another turn's mark is nothing to this session, its own
+    makes its current turn ended."""
+    await client.set(T.turns_ended, "x")
+    assert await turn_args(client, T, W) == ["start", "-", 0]
+    await turns(client, A, status="succeeded")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await turn_args(client, T, W)
+    await client.delete(T.turns_ended)
+    await client.sadd(T.turns_ended, B)
+    await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
+    sessions = sessions_of(client)
+    assert await turn_args(client, T, W) == ["wait", A.encode(), 0]
+    assert [v.running for v in await sessions.views(None)] == [A]
+    info = await sessions.info(W)
+    assert info is not None and info.session.running == A
+    await client.sadd(T.turns_ended, A)
+    assert await turn_args(client, T, W) == ["start", A.encode(), 0]
+    assert [v.running for v in await sessions.views(None)] == [None]
+    info = await sessions.info(W)
+    assert info is not None and info.session.running is None
+
+
 async def test_a_cancel_refused_by_the_ended_turns_set_strands_no_line(
         client: Any) -> None:
     """The ended turns' set of another type (a Redis writer's, then repaired): CANCEL
