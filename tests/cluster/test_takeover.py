@@ -210,10 +210,15 @@ def test_a_claim_whose_answer_was_lost_is_given_back_when_its_node_stops(
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="a and b alive")
-        [busy] = submit(a, 1, 0.5)
+        # (b busy until the orphan is claimed in its name: a busy task of a fixed time
+        # could end first on a loaded host, and b would read the orphan itself)
+        gate = tmp / "busy-gate"
+        busy = a.call("tasks.submit", {"agent": "sleepy", "input": {
+            "do": "await", "path": str(gate)}})["task_id"]
         wait_until(lambda: running_on(b) == 1, what="b busy")
         [orphan] = submit(a, 1, 0.1)
         claim_unknown_to_b(redis, orphan)
+        gate.touch()
         assert b.stop() == 0
         b.start()
         done = outcomes(a, [busy, orphan])
