@@ -23,7 +23,7 @@ import pytest
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import Node, sleeper
-from .test_takeover import outcomes, running_on, submit
+from .test_takeover import held, outcomes, running_on, submit
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -193,9 +193,11 @@ def test_an_outcome_redis_cannot_take_refuses_the_upgrade(
     a = Node(tmp / "a", "a", redis, sleeper("sleepy"), ttl=30.0, beat=1.0)
     with started(a):
         a.start()
-        ids = submit(a, 1, 1.0)
+        gate = tmp / "gate"  # (it runs until Redis is away: its outcome waits then)
+        ids = [held(a, gate)]
         wait_until(lambda: running_on(a) == 1, what="a busy")
         redis.kill()
+        gate.touch()
         wait_until(lambda: a.call("stats.get")["cluster"]["outbox"] == 1,
                    what="the outcome waiting for Redis")
         assert a.proc is not None

@@ -25,6 +25,13 @@ def submit(n: Node, count: int, seconds: float) -> list[str]:
             for _ in range(count)]
 
 
+def held(n: Node, gate: Path) -> str:
+    """A task that runs until `gate` exists: busy for as long as the test needs, where a
+    task of a fixed time could end first on a loaded host."""
+    return str(n.call("tasks.submit", {"agent": "sleepy", "input": {
+        "do": "await", "path": str(gate)}})["task_id"])
+
+
 def outcomes(n: Node, ids: list[str]) -> list[dict[str, Any]]:
     return [n.call("tasks.get", {"task_id": t, "wait": True}) for t in ids]
 
@@ -128,10 +135,12 @@ def test_a_node_paused_past_its_ttl_cannot_complete_what_was_taken(
         # c may take nothing until b holds the task
         assert c.proc is not None
         c.proc.send_signal(signal.SIGSTOP)
-        [task_id] = submit(a, 1, 1.0)
+        gate = tmp / "gate"  # (it runs on b until b is stopped)
+        task_id = held(a, gate)
         wait_until(lambda: running_on(b) == 1, what="running on b")
         assert b.proc is not None
         b.proc.send_signal(signal.SIGSTOP)
+        gate.touch()
         c.proc.send_signal(signal.SIGCONT)
         # b's key expires; the task is taken over and runs on c, while b sleeps
         [done] = outcomes(a, [task_id])
@@ -188,10 +197,12 @@ def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServ
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="a and b alive")
-        [busy] = submit(a, 1, 1.0)  # b's one slot is taken: the next task waits unread
+        gate = tmp / "gate"  # b's one slot is taken: the next task waits unread
+        busy = held(a, gate)
         wait_until(lambda: running_on(b) == 1, what="b busy")
         [orphan] = submit(a, 1, 0.1)
         claim_unknown_to_b(redis, orphan)
+        gate.touch()
         done = outcomes(a, [busy, orphan])
         assert [d["status"] for d in done] == ["succeeded", "succeeded"]
         assert [(x["node"], x["outcome"], x["error"]) for x in done[1]["attempts"]] == [
@@ -210,11 +221,8 @@ def test_a_claim_whose_answer_was_lost_is_given_back_when_its_node_stops(
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="a and b alive")
-        # (b busy until the orphan is claimed in its name: a busy task of a fixed time
-        # could end first on a loaded host, and b would read the orphan itself)
-        gate = tmp / "busy-gate"
-        busy = a.call("tasks.submit", {"agent": "sleepy", "input": {
-            "do": "await", "path": str(gate)}})["task_id"]
+        gate = tmp / "gate"  # (b busy until the orphan is claimed in its name)
+        busy = held(a, gate)
         wait_until(lambda: running_on(b) == 1, what="b busy")
         [orphan] = submit(a, 1, 0.1)
         claim_unknown_to_b(redis, orphan)
@@ -243,9 +251,11 @@ def test_a_node_cut_off_from_redis_loses_its_tasks_and_comes_back(
             wait_until(lambda: all_alive(a), what="three nodes alive")
             assert c.proc is not None
             c.proc.send_signal(signal.SIGSTOP)  # b takes the task
-            [task_id] = submit(a, 1, 1.0)
+            gate = tmp / "gate"  # (it runs on b until b is cut off)
+            task_id = held(a, gate)
             wait_until(lambda: running_on(b) == 1, what="running on b")
             proxy.cut()
+            gate.touch()
             c.proc.send_signal(signal.SIGCONT)
             [done] = outcomes(a, [task_id])
             assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [
