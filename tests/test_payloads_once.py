@@ -170,6 +170,9 @@ async def test_values_no_caller_takes_are_not_kept_with_the_finished_task(
     assert len(tasks) == 3 and all(t.decoded for t in tasks)
     ran.cancel()
     mapped.cancel()
+    # (the callers' cancellation taken in full before their tasks may end: a map's
+    # reaches its waits a step or more after the cancel)
+    await asyncio.gather(ran, mapped, return_exceptions=True)
     gate.touch()
     await asyncio.gather(*(asyncio.shield(t.done) for t in tasks))
     for t in tasks:
