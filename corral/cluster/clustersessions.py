@@ -7,14 +7,13 @@ state at every turn, sticky or not: the protocol has no "you have it" for it to 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
                        sessionscripts.SUBMIT_THEN)
 _FIELDS = ("cur", "last", "created", "tasks", "state", "node")  # (what `_view` reads)
-_TURN_READ_SHA = hashlib.sha1(sessionscripts.TURN_READ.encode()).hexdigest()
 SWEPT = 100  # ended turns whose sessions a beat's sweep moves, at most
 
 
@@ -80,7 +78,7 @@ class ClusterSessions(RedisPart):
                   for b in session_bounds(local, self.tenancy) if b.max_sessions]
         return [session, local.spec.session_ttl if local is not None else 0,
                 msgspec.json.encode(bounds), tenant, *await turn_args(
-                    self.redis, self.keys, SessionKey(tenant, agent, session))]
+                    self.scripts, self.keys, SessionKey(tenant, agent, session))]
 
     def _tenant(self, agent: str) -> str:
         """The tenant of this node's agent of the name ('' when it runs none)."""
@@ -336,17 +334,14 @@ class ClusterSessions(RedisPart):
                     "their session_ttl")
 
 
-async def turn_args(redis: Any, keys: Keys, key: SessionKey) -> list[Any]:
+async def turn_args(scripts: Scripts, keys: Keys, key: SessionKey) -> list[Any]:
     """A turn's move as the rule decides it (turns.py), and the session's turns it was
     decided on (its current turn, '-' when no session, and its line's length), which
     SUBMIT keeps only while they are so."""
-    args = (3, keys.session(key), keys.session_line(key), keys.turns_ended, keys.task(""))
-
     async def once() -> list[Any]:
-        try:
-            return list(await redis.evalsha(_TURN_READ_SHA, *args))
-        except NoScriptError:
-            return list(await redis.eval(sessionscripts.TURN_READ, *args))
+        return list(await scripts.turn_read(
+            keys=[keys.session(key), keys.session_line(key), keys.turns_ended],
+            args=[keys.task("")]))
 
     waiting, cur, status = await read(once)
     # (a current turn that ended holds the place no more, its move yet to be made: the

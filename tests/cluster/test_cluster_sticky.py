@@ -309,7 +309,7 @@ async def _submit(client: Any, tid: str, session: str | None = "s", options: str
         return await Scripts(client).submit(keys=keys, args=head + tail)
     return await client.register_script(clustersessions.SUBMIT)(
         keys=keys, args=[*head, session, 60, b"[]", "t1", *await turn_args(
-            client, T, SessionKey("t1", "w", session)), *tail])
+            Scripts(client), T, SessionKey("t1", "w", session)), *tail])
 
 
 async def _read_claim(client: Any, consumer: str = "n/1", want: int = 1) -> Any:

@@ -76,7 +76,7 @@ async def test_submit_keeps_its_move_on_a_session_hash_without_a_current_turn(
     submit = client.register_script(clustersessions.SUBMIT)
     await client.hset(T.session(W), mapping={"created": 1.0, "tasks": 3})
     tid = "0190a5c0-0000-7000-8000-000000000001"
-    moved = await turn_args(client, T, W)
+    moved = await turn_args(Scripts(client), T, W)
     assert moved == ["start", "-", 0]
     assert await submit(
         keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
@@ -165,7 +165,7 @@ async def test_a_turn_submitted_after_an_end_not_yet_moved_starts_unless_a_line_
     await client.sadd(T.turns_ended, A)
 
     async def turn(tid: str) -> list[Any]:
-        moved = await turn_args(client, T, W)
+        moved = await turn_args(Scripts(client), T, W)
         assert await submit(
             keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents,
                   T.live],

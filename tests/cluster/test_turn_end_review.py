@@ -162,7 +162,17 @@ async def test_a_submit_does_not_start_beside_a_running_turn_marked_ended(
     that still runs must not make the next turn start beside it."""
     await turns(client, A, status="running")
     await client.sadd(T.turns_ended, A)
-    assert await turn_args(client, T, W) == ["wait", A.encode(), 0]
+    assert await turn_args(Scripts(client), T, W) == ["wait", A.encode(), 0]
+
+
+async def test_the_submits_read_is_loaded_again_after_redis_forgets_it(client: Any) -> None:
+    """The read goes through Scripts like every script: after a SCRIPT FLUSH (a restarted
+    Redis) it is loaded again and answers, not NOSCRIPT."""
+    scripts = Scripts(client)
+    await turns(client, A, status="running")
+    assert await turn_args(scripts, T, W) == ["wait", A.encode(), 0]
+    await client.script_flush()
+    assert await turn_args(scripts, T, W) == ["wait", A.encode(), 0]
 
 
 async def test_the_reads_test_the_current_turns_mark_alone(client: Any) -> None:
@@ -172,20 +182,20 @@ async def test_the_reads_test_the_current_turns_mark_alone(client: Any) -> None:
     no new session's submit; another turn's mark is nothing to this session, its own
     makes its current turn ended."""
     await client.set(T.turns_ended, "x")
-    assert await turn_args(client, T, W) == ["start", "-", 0]
+    assert await turn_args(Scripts(client), T, W) == ["start", "-", 0]
     await turns(client, A, status="succeeded")
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        await turn_args(client, T, W)
+        await turn_args(Scripts(client), T, W)
     await client.delete(T.turns_ended)
     await client.sadd(T.turns_ended, B)
     await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
     sessions = sessions_of(client)
-    assert await turn_args(client, T, W) == ["wait", A.encode(), 0]
+    assert await turn_args(Scripts(client), T, W) == ["wait", A.encode(), 0]
     assert [v.running for v in await sessions.views(None)] == [A]
     info = await sessions.info(W)
     assert info is not None and info.session.running == A
     await client.sadd(T.turns_ended, A)
-    assert await turn_args(client, T, W) == ["start", A.encode(), 0]
+    assert await turn_args(Scripts(client), T, W) == ["start", A.encode(), 0]
     assert [v.running for v in await sessions.views(None)] == [None]
     info = await sessions.info(W)
     assert info is not None and info.session.running is None
