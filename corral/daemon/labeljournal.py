@@ -5,36 +5,82 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
-from .sqlwrites import Write, statement
+from ..supervisor.labels import of_session
+from .sqlwrites import each
 from .store import StateStore
 from .storeschema import errors_named
 
+INSERT = "INSERT OR IGNORE INTO labels (key, label, seq) VALUES (?,?,?)"
+LabelRow = tuple[str, str, int]  # (key, label, seq): INSERT's
+# the records of the tasks this process wrote that are read back from memory (the oldest
+# dropped): an anonymous caller's look at the task it just sent reads who started it
+RECENT = 4096
+
+
+class Batches(Protocol):
+    """The task journal (taskjournal.py): the label rows of a task being accepted go in
+    its next batch, with the task's first row or before it."""
+
+    def labels(self, rows: Sequence[LabelRow]) -> None: ...
+
 
 class LabelsDB:
-    """The engine's LabelStore on the daemon's state database."""
+    """The engine's LabelStore on the daemon's state database. A task's records are read
+    back from memory while they are among the RECENT this process wrote: a task's id
+    names no other task, and only the process that runs a task adds to its labels; a
+    session's are read from the database (its records go with it, and its name comes
+    again)."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, journal: Batches | None = None) -> None:
         self.store = store
+        self.journal = journal  # None: no task journal (task_journal = false)
+        self._recent: dict[str, tuple[str, ...]] = {}
 
     async def mark(self, key: str, labels: Sequence[str]) -> None:
-        await self.store.commit(_rows(key, labels))
+        await self.store.commit([each(INSERT, _rows(key, labels))])
+        kept = self._recent.get(key)
+        if kept is not None:  # (one not among them may have more in the database)
+            self._recent[key] = _union(kept, labels)
 
     def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
-        # the writer thread runs its jobs in order: the task's row, handed to it after
-        # this, is committed after these (a label row of a task never written is harmless)
-        thread = self.store.thread
-        assert thread is not None, "the writer opens before any task is accepted"
-        thread.hand([row for key, labels in records for row in _rows(key, labels)])
+        rows = [row for key, labels in records for row in _rows(key, labels)]
+        if self.journal is not None:
+            # one transaction with the task's first row: no commit of their own
+            self.journal.labels(rows)
+        else:
+            # the writer thread runs its jobs in order: the task's row, handed to it
+            # after this, is committed after these (a label row of a task never written
+            # is harmless)
+            thread = self.store.thread
+            assert thread is not None, "the writer opens before any task is accepted"
+            thread.hand([each(INSERT, rows)])
+        for key, labels in records:
+            if not of_session(key):  # (a task's, accepted now: all it has)
+                self._remember(key, _union((), labels))
+
+    def _remember(self, key: str, labels: tuple[str, ...]) -> None:
+        recent = self._recent
+        kept = recent.get(key)
+        if kept is None and len(recent) >= RECENT:
+            del recent[next(iter(recent))]
+        recent[key] = labels if kept is None else _union(kept, labels)
 
     async def read(self, key: str) -> tuple[str, ...]:
+        kept = self._recent.get(key)
+        if kept is not None:
+            return kept
         with errors_named(self.store.path):
             rows = self.store.db.rows("SELECT label FROM labels WHERE key = ? ORDER BY seq",
                                       (key,))
         return tuple(label for (label,) in rows)
 
 
-def _rows(key: str, labels: Sequence[str]) -> list[Write]:
+def _rows(key: str, labels: Sequence[str]) -> list[LabelRow]:
     seq = time.time_ns()
-    return [statement("INSERT OR IGNORE INTO labels (key, label, seq) VALUES (?,?,?)",
-                      (key, label, seq + i)) for i, label in enumerate(labels)]
+    return [(key, label, seq + i) for i, label in enumerate(labels)]
+
+
+def _union(have: tuple[str, ...], more: Sequence[str]) -> tuple[str, ...]:
+    return (*have, *(x for x in dict.fromkeys(more) if x not in have))

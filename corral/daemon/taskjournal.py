@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from ..taskviews import queue_wait
 from ..text import iso_time, plural
 from .calljournal import delete_ended_calls
 from .inboxjournal import delete_replica_asks
+from .labeljournal import INSERT as LABEL_INSERT
+from .labeljournal import LabelRow
 from .sqlfilters import given
 from .steps import (
     KEEP_ENDED,
@@ -134,7 +136,9 @@ KEY_FIND = ("SELECT task_id, digest FROM idempotency_keys "
 KEY_COUNT = "SELECT count(*) FROM idempotency_keys WHERE tenant = ? AND created >= ?"
 
 Row = tuple[Any, ...]
-TASK_ROW = 20  # a task's row's length (UPSERT's); a key's row is shorter
+TASK_ROW = 20  # a task's row's length (UPSERT's)
+KEY_ROW = 5  # an idempotency key's (KEY_UPSERT's)
+LABEL_ROW = 3  # a label's (labeljournal.py's INSERT)
 
 
 class TaskJournalDB:
@@ -258,6 +262,12 @@ class TaskJournalDB:
             self._group.put(task.id, _row(task, young[1], task.input))
         self._group.put(claim[:2], (*claim[:2], task.id, claim.digest, task.created))
 
+    def labels(self, rows: Sequence[LabelRow]) -> None:
+        """The label rows of a task being accepted now (labeljournal.py): in the next
+        batch, which is its first row's or an earlier one, one transaction with the rest."""
+        for row in rows:
+            self._group.put(("label", row[0], row[1]), row)
+
     async def accepted(self, claim: KeyClaim) -> None:
         """Nothing to write: the key's row went with its task's first (keep_key)."""
 
@@ -363,7 +373,7 @@ class TaskJournalDB:
         if error is None:
             if self._keys:
                 for row in rows:
-                    if len(row) != TASK_ROW:  # a key's, in the table now
+                    if len(row) == KEY_ROW:  # a key's, in the table now
                         self._keys.pop((row[0], row[1]), None)
             since = self._outage.recovered()
             if since is not None:
@@ -389,9 +399,10 @@ class TaskJournalDB:
         db.execute("BEGIN")
         if all(len(row) == TASK_ROW for row in rows):
             db.executemany(UPSERT, rows)
-        else:  # idempotency keys among them (keep_key)
+        else:  # idempotency keys (keep_key) or labels (`labels`) among them
             db.executemany(UPSERT, [row for row in rows if len(row) == TASK_ROW])
-            db.executemany(KEY_UPSERT, [row for row in rows if len(row) != TASK_ROW])
+            db.executemany(KEY_UPSERT, [row for row in rows if len(row) == KEY_ROW])
+            db.executemany(LABEL_INSERT, [row for row in rows if len(row) == LABEL_ROW])
         db.execute("COMMIT")
         self.batches += 1
         self.rows += len(rows)
@@ -557,7 +568,7 @@ def _record(row: Row) -> TaskRecord:
 def _size(row: Row) -> int:
     """The bytes of a row's input and output, held in memory until it is written."""
     if len(row) != TASK_ROW:
-        return 0  # a key's
+        return 0  # a key's, a label's
     return (len(row[11]) if row[11] is not None else 0) + (
         len(row[12]) if row[12] is not None else 0)
 
@@ -566,7 +577,7 @@ def _merged(older: Row, newer: Row) -> Row:
     """A task's newer snapshot, keeping the input and the output the engine has dropped
     since."""
     if len(newer) != TASK_ROW:
-        return newer  # a key's, written again after a failed batch
+        return newer  # a key's or a label's, written again after a failed batch
     if newer[1] is None:  # the arrival, given at the first write only
         newer = (newer[0], older[1], *newer[2:])
     keep_input = newer[11] is None

@@ -29,6 +29,7 @@ HANDED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
 STARTER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "corral_starter", default=None)
 INCARNATIONS = 4096  # replicas' incarnations whose labels are kept (the oldest dropped)
+SESSION = "session:"  # the keys of sessions' records begin so (a task's is its id)
 
 
 class _Home(Protocol):
@@ -127,12 +128,17 @@ class NoLabels:
 
 def session_record(tenant: str, agent: str, name: str) -> str:
     """The key of a session's labels (its home's journal deletes it with the session)."""
-    return f"session:{tenant}:{agent}:{name}"
+    return f"{SESSION}{tenant}:{agent}:{name}"
 
 
 def started_record(key: str) -> str:
     """The key of who started a task or a session (`key`: its id, its session_record)."""
     return f"started:{key}"
+
+
+def of_session(key: str) -> bool:
+    """Whether a record is a session's (session_record, or who started it), not a task's."""
+    return key.startswith((SESSION, started_record(SESSION)))
 
 
 def accepted(task_id: str, session: str | None, handed: Sequence[str]
