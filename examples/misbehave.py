@@ -56,10 +56,7 @@ makes it never answer.
 """
 
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 
 mode = os.environ.get("MISBEHAVE", "")
@@ -79,6 +76,11 @@ if mode == "hugeline":
     sys.stdout.write("\n")
     sys.stdout.flush()
 if mode == "grandchild":
+    # subprocess, signal and threading are imported by the modes that use them: the
+    # suite starts this agent for hundreds of tests, and the three were near half of a
+    # start's CPU (bench/RESULTS.md)
+    import subprocess
+
     child = subprocess.Popen(["sleep", "1000"])
     print(f"grandchild {child.pid}", file=sys.stderr, flush=True)
 
@@ -215,6 +217,8 @@ def handle(task, ctx):
                 results.append({"error": getattr(exc, "code", None), "message": str(exc)})
         return results
     if what == "tools-at-once":
+        import threading
+
         calls = task["calls"]
         got: list[object] = [None] * len(calls)
 
@@ -255,6 +259,7 @@ def handle(task, ctx):
 
 if mode == "stubborn":
     import json
+    import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for line in sys.stdin:
