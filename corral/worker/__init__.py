@@ -4,10 +4,10 @@ stdin and answers the protocol itself, so a ping is answered while a handler wor
 
 from __future__ import annotations
 
+import _thread
 import gc
 import os
 import sys
-import threading
 import time
 
 from . import codec
@@ -266,7 +266,7 @@ class Worker(SupervisorLink):
         self._threads += 1
         self._waiting += 1
         self._last_take = time.monotonic()
-        threading.Thread(target=self._pool_thread, daemon=True, name="task").start()
+        _thread.start_new_thread(self._pool_thread, ())  # not threading's: link.py
 
     def _before_read(self, fd: int) -> None:
         """Before the reader waits for input: the answers held are written; while a task
@@ -368,7 +368,7 @@ class Worker(SupervisorLink):
             import asyncio
 
             self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, daemon=True, name="asyncio").start()
+            _thread.start_new_thread(self._loop.run_forever, ())
         return self._loop
 
     def _start_async(self, rid: Any, ctx: Context, task_input: Any) -> None:

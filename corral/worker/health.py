@@ -3,7 +3,7 @@ their own so that a busy handler does not fail them."""
 
 from __future__ import annotations
 
-import threading
+import _thread
 
 from .errors import exc_text
 
@@ -41,7 +41,7 @@ class HealthAnswers:
     def __init__(self, reply: Callable[[Any, Any], None], loop: Callable[[], Any]) -> None:
         self._reply = reply  # the worker's answer to a request
         self._loop = loop  # the worker's asyncio loop, started if need be
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._jobs: Any = None  # health/check requests for the health thread
         self._pending = 0
 
@@ -54,7 +54,7 @@ class HealthAnswers:
             from _queue import SimpleQueue
 
             self._jobs = SimpleQueue()
-            threading.Thread(target=self._thread, daemon=True, name="health").start()
+            _thread.start_new_thread(self._thread, ())
         with self._lock:
             full = self._pending >= HEALTH_PENDING_MAX
             if not full:

@@ -3,8 +3,8 @@ private stdout, each request's answer waited for by a thread or an asyncio futur
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 
 from . import codec
 from .errors import INTERNAL_ERROR, REQUEST_TIMEOUT, RequestError
@@ -16,24 +16,29 @@ if TYPE_CHECKING:
 
 
 class _Waiter:
-    """A response slot: a thread blocks on it, or an asyncio future is completed from it."""
+    """A response slot: a thread blocks on it, or an asyncio future is completed from it.
 
-    __slots__ = ("callback", "event", "value")
+    The SDK uses `_thread` alone, not `threading`: a worker's start imports no more than
+    it must (threading and what it imports were a large part of a bare worker's start). A
+    slot is answered once, so a lock held from its making to its answer is its event."""
+
+    __slots__ = ("answered", "callback", "value")
 
     def __init__(self, callback: Callable[[bool, Any], None] | None = None) -> None:
-        self.event = threading.Event()
+        self.answered = _thread.allocate_lock()
+        self.answered.acquire()  # released by the answer
         self.value: tuple[bool, Any] = (False, None)
         self.callback = callback  # told the answer, in the reader's thread
 
     def resolve(self, ok: bool, value: Any) -> None:
         self.value = (ok, value)
-        self.event.set()
+        self.answered.release()
         if self.callback is not None:
             self.callback(ok, value)
 
     def answer(self, method: str, timeout: float | None = None) -> Any:
         """The answer, waited for (its error raised)."""
-        if not self.event.wait(timeout):
+        if not self.answered.acquire(timeout=-1 if timeout is None else timeout):
             raise RequestError(REQUEST_TIMEOUT, f"{method}: no answer within {timeout} s")
         ok, value = self.value
         if not ok:
@@ -45,7 +50,7 @@ class SupervisorLink:
     """Sending to corral and matching its answers to the requests made (the Worker's)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._next_id = 0
         self._waiters: dict[int, _Waiter] = {}
         self._unflushed = 0  # lines in `_out`'s buffer, not yet in the pipe
