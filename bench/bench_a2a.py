@@ -13,7 +13,7 @@ idempotency key: a repeated one would be a replay); each answer checked for a co
 task or a message.
 
     .venv/bin/python -m bench.bench_a2a [--messages 5000] [--conc 10,50] [--replicas 2]
-        [--rounds 1] [--memory 100000] [--no-peer] [--vs TREE] [--profile FILE]
+        [--rounds 1] [--memory 100000] [--no-peer] [--vs TREE [--swap]] [--profile FILE]
 
 Each figure gives the messages per second, the latency's p50 and p99, and for corral the
 CPU the daemon spent a message (its process's user + system time over the figure; what
@@ -21,7 +21,10 @@ the shared cores' load does not change much). `--rounds R` takes each figure R t
 servers alternated figure by figure, and gives each one's median (and its rounds).
 `--vs TREE`: beside this tree's daemon, the daemon of another checkout (e.g. a worktree of
 the commit before a change; the agent and the load generator are this tree's), in place
-of the reference: corral's own A/B, paired. `--profile FILE`: py-spy (if installed)
+of the reference: corral's own A/B, paired, both daemons started the one way and the
+servers' order turned each round (A B, B A, ...). The daemon started first measured up to
+~1.15x the CPU a message of the one started second in A/A runs (same code, load ~15), so
+a claim takes both orders: `--swap` starts TREE's first. `--profile FILE`: py-spy (if installed)
 samples the daemon's threads over one more c=10 figure, FILE its raw collapsed stacks.
 
 `--memory N` sends N messages to corral alone at c=10 and reports the daemon's RSS after
@@ -297,10 +300,10 @@ def launcher_of(tree: Path | None) -> list[str] | None:
 
 
 class Corral(Server):
-    def __init__(self, replicas: int, tree: Path | None = None) -> None:
+    def __init__(self, replicas: int, tree: Path | None = None, name: str = "") -> None:
         port = free_port()
         self.dir = workdir("a2a")
-        self.name = "corral" if tree is None else f"corral@{tree}"
+        self.name = name or ("corral" if tree is None else f"corral@{tree}")
         agents, extra = corral_config(port, replicas)
         # (the [http] and [a2a] tables after the agents: CorralDaemon's `extra` is inside
         # its [supervisor] table)
@@ -376,6 +379,7 @@ def main() -> None:
     p.add_argument("--memory", type=int, default=0)
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--vs", type=Path, help="another checkout's daemon in the reference's place")
+    p.add_argument("--swap", action="store_true", help="with --vs: its daemon started first")
     p.add_argument("--profile", type=Path)
     p.add_argument("--out", default="a2a", help="bench/results/OUT.json")
     args = p.parse_args()
@@ -385,15 +389,23 @@ def main() -> None:
                               "id": uuid.uuid4().hex[:8]}
     servers: list[Server] = []
     try:
-        servers.append(Corral(args.replicas))
-        if args.vs is not None:
+        # (with --vs both daemons start the one way, and `--swap` starts the other's
+        # first: in A/A runs the daemon started first spent up to ~1.15x the CPU a message
+        # of the one started second; a claim is both orders' figures)
+        if args.vs is not None and args.swap:
             servers.append(Corral(args.replicas, args.vs.resolve()))
-        elif not args.no_peer:
+        servers.append(Corral(args.replicas, None if args.vs is None else ROOT, "corral"))
+        if args.vs is not None and not args.swap:
+            servers.append(Corral(args.replicas, args.vs.resolve()))
+        elif args.vs is None and not args.no_peer:
             servers.append(Reference())
+        servers.sort(key=lambda s: s.name != "corral")  # this tree's first in the results
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {s.name: {} for s in servers}
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for c in concs:
-                for s in servers:  # each figure of the servers in turn: drift hits all
+                # each figure of the servers in turn, the first of a round going second in
+                # the next (A B B A ...): drift, and what the other's figure left, hit both
+                for s in servers if r % 2 == 0 else servers[::-1]:
                     runs[s.name].setdefault(f"c{c}", []).append(s.figure(args.messages, c))
         for s in servers:
             result[s.name] = {c: medians(r) for c, r in runs[s.name].items()}
