@@ -17,6 +17,7 @@ from corral.daemon.models.http1 import (
     MAX_INTERIM,
     UpstreamClient,
     UpstreamFailed,
+    fields,
 )
 
 BODY = b'{"model":"m"}'
@@ -106,7 +107,7 @@ async def failure(client: UpstreamClient, url: str, timeout: float = 10.0) -> st
 
 async def test_a_kept_connection_carries_the_next_call_and_headers_are_read(
         raw: RawServer) -> None:
-    raw.script = answer_each(OK, OK.replace(b"r1", b"r2"))
+    raw.script = answer_each(OK, OK.replace(b"r1", b"r2"), OK)
     client = UpstreamClient()
     try:
         answer = await client.post(raw.url, BODY, {"authorization": "Bearer k"}, 10)
@@ -119,6 +120,12 @@ async def test_a_kept_connection_carries_the_next_call_and_headers_are_read(
         assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
         assert b"\r\nauthorization: Bearer k\r\n" in first and first.endswith(BODY)
         assert b"Accept-Encoding: identity" in first
+        # a route's headers encoded once, a call's own after them
+        answer = await client.post(raw.url, BODY, fields({"authorization": "Bearer k"}), 10,
+                                   {"openai-beta": "b", "idempotency-key": "i"})
+        answer.release()
+        assert raw.requests[2].endswith(b"\r\nauthorization: Bearer k\r\nopenai-beta: b\r\n"
+                                        b"idempotency-key: i\r\n\r\n" + BODY)
     finally:
         client.close()
 
@@ -364,5 +371,8 @@ async def test_nothing_listening_and_a_header_with_a_line_break_fail_naming_them
         with pytest.raises(UpstreamFailed) as caught:
             await client.post(raw.url, BODY, {"x-a": "1\r\nHost: evil"}, 10)
         assert str(caught.value) == "the header 'x-a' for the upstream holds a line break"
+        with pytest.raises(UpstreamFailed) as caught:  # (a call's own, after a route's)
+            await client.post(raw.url, BODY, fields({}), 10, {"x-b": "1\nHost: evil"})
+        assert str(caught.value) == "the header 'x-b' for the upstream holds a line break"
     finally:
         client.close()

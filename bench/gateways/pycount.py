@@ -4,13 +4,14 @@ than a cut of a few percent, where what the interpreter runs a call is the same 
 load. Each tree's daemon is started with pycount_site/ first on its PYTHONPATH (its
 sitecustomize counts the main thread on a signal), beside the one mock, warmed, then
 counted over N calls of the load: the bytecode instructions it ran a call (`--mode ops`,
-sys.settrace's opcode events) or its Python functions' calls and resumes and the C
-functions called (`--mode calls`, sys.setprofile's events), in all and by function.
+sys.settrace's opcode events; `--mode lines`: by line) or its Python functions' calls and
+resumes and the C functions called (`--mode calls`, sys.setprofile's events), in all and
+by function.
 What it leaves out is the C work (httptools, msgspec, uvloop, the kernel's sockets):
 cpu.py and cpu_pair.py time the whole.
 
     bench/gateways/pycount.sh --trees A[,B] [-n 1000] [--work model|stream|mcp]
-                              [--mode ops|calls] [--top 40]
+                              [--mode ops|lines|calls] [--top 40]
 
 With CORRAL_BENCH_RULES=N every daemon judges N policy rules and traces (targets.py).
 """
@@ -94,7 +95,7 @@ def main() -> None:
     ap.add_argument("--trees", default=str(ROOT), help="checkouts, comma-separated")
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--work", choices=["model", "stream", "mcp"], default="model")
-    ap.add_argument("--mode", choices=["ops", "calls"], default="ops")
+    ap.add_argument("--mode", choices=["ops", "lines", "calls"], default="ops")
     ap.add_argument("--mock", choices=sorted(MOCKS), default="floor")
     ap.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
@@ -117,7 +118,7 @@ def main() -> None:
     finally:
         os.killpg(mock.pid, signal.SIGTERM)
         mock.wait(30)
-    what = "bytecode instructions" if args.mode == "ops" else "Python calls and resumes"
+    what = "bytecode instructions" if args.mode != "calls" else "Python calls and resumes"
     print(f"{what} a {args.work} call in the daemon's main thread, {args.n} calls, "
           f"load {os.getloadavg()[0]:.1f}:")
     totals = []

@@ -2,8 +2,9 @@
 PYTHONPATH, CORRAL_PYCOUNT the file to write): on SIGRTMIN+5 the main thread's Python
 work is counted, on SIGRTMIN+6 the counts are written, one function a line. With
 CORRAL_PYCOUNT_MODE=ops, the bytecode instructions each function ran (sys.settrace's
-opcode events); else its calls and resumes (sys.setprofile's call events) and the C
-functions called. Nothing is counted without CORRAL_PYCOUNT."""
+opcode events), with =lines those of each line; else its calls and resumes
+(sys.setprofile's call events) and the C functions called. Nothing is counted without
+CORRAL_PYCOUNT."""
 
 import os
 import signal
@@ -27,11 +28,19 @@ if os.environ.get("CORRAL_PYCOUNT"):
             _counts[(frame.f_code.co_filename, frame.f_code.co_name)] += 1
         return _trace
 
+    def _trace_lines(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            _counts[(code.co_filename, f"{code.co_name}:{frame.f_lineno}")] += 1
+        return _trace_lines
+
     def _start(*_: Any) -> None:
         _counts.clear()
         _c_calls.clear()
-        if os.environ.get("CORRAL_PYCOUNT_MODE") == "ops":
-            sys.settrace(_trace)
+        mode = os.environ.get("CORRAL_PYCOUNT_MODE")
+        if mode in ("ops", "lines"):
+            sys.settrace(_trace if mode == "ops" else _trace_lines)
         else:
             sys.setprofile(_profile)
         with open(os.environ["CORRAL_PYCOUNT"] + ".on", "w"):

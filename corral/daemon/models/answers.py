@@ -27,6 +27,9 @@ from .wire import PASSED_BACK_PREFIXES, Format, event_fields, is_last, refusal
 
 SSE = "text/event-stream"
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# a whole answer's head up to its length, by its status and content type (the upstream's)
+_STARTS: dict[tuple[int, str], bytes] = {}
+MAX_STARTS = 256
 _decode = msgspec.json.Decoder()
 
 
@@ -103,9 +106,20 @@ class Exchange:
     def answer(self, status: int, ctype: str, body: bytes,
                headers: Mapping[str, str] | None = None) -> None:
         self.status = status
-        if not self.transport.is_closing():
-            self.transport.write(_status_line(status, headers, (
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n")) + body)
+        if self.transport.is_closing():
+            return
+        if headers:
+            head = _status_line(status, headers, (
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"))
+        else:  # (most answers: their head to its length made once)
+            start = _STARTS.get((status, ctype))
+            if start is None:
+                if len(_STARTS) >= MAX_STARTS:
+                    _STARTS.clear()
+                start = _STARTS[(status, ctype)] = _status_line(
+                    status, None, f"Content-Type: {ctype}\r\n")[:-2] + b"Content-Length: "
+            head = b"%b%d\r\n\r\n" % (start, len(body))
+        self.transport.write(head + body)
 
     def begin(self, status: int, headers: Mapping[str, str]) -> None:
         """A stream's head (SSE), written with its first write."""

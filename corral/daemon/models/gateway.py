@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -32,7 +33,7 @@ from ..http.route import MAX_BODY
 from . import answers
 from . import request as requests
 from .answers import AnswerRecord, Exchange, Relay, StreamCut, Whole
-from .http1 import UpstreamFailed
+from .http1 import UpstreamFailed, fields
 from .keys import hidden, hidden_headers, read_keys
 from .request import BadBody, ModelRequest
 from .upstream import Upstream, UpstreamDown
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 _record = msgspec.json.Decoder(AnswerRecord)
 _NO_ARGUMENTS: dict[str, Any] = {}  # a model call of no task's (read by no link)
 MAX_ROUTES = 4096  # routes kept (a model, an endpoint); past it, made again
+_PASSED_ON = frozenset(PASSED_ON)
 
 
 class UpstreamError(Exception):
@@ -67,6 +69,7 @@ class Route(NamedTuple):
     counter: ModelCounter
     url: str  # the upstream's
     headers: dict[str, str]  # the upstream's: the content type and the model's key
+    sent: bytes | dict[str, str]  # them encoded once (a key that cannot be: on each call)
 
 
 class _Request(NamedTuple):
@@ -254,11 +257,15 @@ class ModelGateway:
         headers = {"content-type": "application/json"}
         if key is not None:
             headers.update(upstream_auth(spec.format, key))
+        try:
+            sent: bytes | dict[str, str] = fields(headers)
+        except UpstreamFailed:  # (its call fails naming the header, as every call does)
+            sent = headers
         if len(self._routes) >= MAX_ROUTES:
             self._routes.clear()
         route = self._routes[(name, endpoint.path)] = Route(
             self.models, spec, self._counter(name), spec.url.rstrip("/") + endpoint.upstream,
-            headers)
+            headers, sent)
         return route
 
     def _attempt(self, replica: Replica, ex: Exchange) -> Task | None:
@@ -280,17 +287,6 @@ class ModelGateway:
         answer written back; the call's slot let go at its end."""
         model, counter = read.model, read.model.counter
         made: list[Relay | Whole] = []  # what the dispatch made, when it ran
-
-        async def forward(call: Call) -> Any:  # (its key: steps.py's, a task's alone)
-            made.append(await self._live(ex, call, read, call.key))
-            kept = made[-1]
-            if isinstance(kept, Whole):  # (decoded for a task's journal alone)
-                return kept.record() if call.task is not None else None
-            try:
-                return await kept.run()
-            finally:
-                kept.answer.release()
-
         task = read.task
         said = ex.headers.get("traceparent")  # (a call of no task's span's parent)
         # its arguments, a task's alone: what a retry's same call is known by in its journal
@@ -298,7 +294,8 @@ class ModelGateway:
             "endpoint": read.endpoint.path, "body": read.request.digest}, task, meta=None
             if said is None else {"traceparent": said,
                                   "tracestate": ex.headers.get("tracestate")},
-            door=MODELS, wire=DoorWire(made=forward), model=model)
+            door=MODELS, wire=DoorWire(made=partial(self._forward, ex, read, made)),
+            model=model)
         try:
             kept = await self.chain.enter(call)
             if call.task is not None and not made:  # (its span is the step's replay)
@@ -333,22 +330,26 @@ class ModelGateway:
                           "nothing of it journaled")
         ex.cut()
 
-    async def _live(self, ex: Exchange, call: Call, read: _Request,
-                    idempotency: str | None = None) -> Relay | Whole:
-        """A whole answer read (its usage in the call's), or a stream's relay, not yet run.
-        `idempotency`: a task's call's key, the same on every attempt, sent upstream."""
+    async def _forward(self, ex: Exchange, read: _Request, made: list[Relay | Whole],
+                       call: Call) -> Any:
+        """The door's dispatch: a whole answer read (its usage in the call's), or a stream
+        relayed, what it made put in `made` (written back by `_made`); a task's call's
+        outcome its record (a whole one decoded for its journal alone). A task's call's
+        key (steps.py's), the same on every attempt, is sent upstream."""
         key, route, request = self.keys.get(call.name), read.route, read.request
+        idempotency = call.key
         usage = read.model.usage
         assert route is not None and isinstance(usage, CallUsage)  # (seen: modelview.py)
-        spec = route.spec
-        headers = route.headers.copy()
-        for h in PASSED_ON:
-            if (v := ex.headers.get(h)) is not None:
-                headers[h] = v
+        spec, said = route.spec, ex.headers
+        extra: dict[str, str] | None = None  # the call's own headers, after the route's
+        # (lean's are a dict of lowercase names: most name none of PASSED_ON)
+        if type(said) is not dict or not _PASSED_ON.isdisjoint(said):
+            extra = {h: v for h in PASSED_ON if (v := said.get(h)) is not None}
         if idempotency is not None:
-            headers["idempotency-key"] = idempotency
+            extra = {**(extra or {}), "idempotency-key": idempotency}
         try:
-            answer = await self.upstream.send(spec, route.url, request.sent, headers)
+            answer = await self.upstream.send(spec, route.url, request.sent, route.sent,
+                                              extra)
         except UpstreamDown as exc:
             usage.unanswered = exc.unanswered
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
@@ -356,8 +357,13 @@ class ModelGateway:
         ctype = answer.headers.get("content-type", "application/json")
         usage.answered = answer.status < 300
         if request.stream and usage.answered and ctype.startswith(answers.SSE):
-            return Relay(ex, read.endpoint.format, answer, usage, self._output_of(call),
-                         key, record=call.task is not None)
+            relay = Relay(ex, read.endpoint.format, answer, usage, self._output_of(call),
+                          key, record=call.task is not None)
+            made.append(relay)
+            try:
+                return await relay.run()
+            finally:
+                answer.release()
         try:
             body = hidden(await answer.read(), key)
         except UpstreamFailed as exc:
@@ -370,7 +376,8 @@ class ModelGateway:
                                 hidden_headers(answers.passed_back(answer.headers), key))
         usage.read_body(body)
         usage.complete = True
-        return Whole(answer.status, ctype, body)
+        made.append(whole := Whole(answer.status, ctype, body))
+        return whole.record() if call.task is not None else None
 
     def _output_of(self, call: Call) -> Callable[[str], None] | None:
         """A live streamed answer's text, into its task's live output as it passes."""

@@ -12,7 +12,7 @@ import re
 import ssl
 import time
 import zlib
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
@@ -157,10 +157,11 @@ class UpstreamAnswer:
         self._decoder: zlib._Decompress | None = None
         self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
         self.unanswered = 0  # tries before it the upstream took, unanswered (upstream.py)
-        self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        coding, said = headers.get("transfer-encoding"), headers.get("connection")
+        self.chunked = coding is not None and "chunked" in coding.lower()
         self.state = _SIZE
         length = headers.get("content-length")
-        self.to_close = headers.get("connection", "").lower() == "close"
+        self.to_close = said is not None and said.lower() == "close"
         if status in (204, 304):
             length = "0"
         if self.chunked or length is None:
@@ -285,14 +286,15 @@ _SPACE = " \t\n\x0b\x0c\r"  # what bytes.strip() strips (str.strip() strips more
 
 
 def _head(data: bytes) -> tuple[int, dict[str, str]]:
-    lines = data.split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
+    lines = data.decode("latin-1").split("\r\n")  # (each byte one character)
+    version, _, rest = lines[0].partition(" ")
     code = rest[:3]
-    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isascii() or \
+            not code.isdigit():  # (ASCII's digits alone: not "²")
         raise UpstreamFailed(f"the upstream's answer is not HTTP/1.1: "
-                             f"{lines[0][:60]!r}")
+                             f"{lines[0].encode('latin-1')[:60]!r}")
     headers: dict[str, str] = {}
-    for line in data.decode("latin-1").split("\r\n")[1:]:  # (each byte one character)
+    for line in lines[1:]:
         name, colon, value = line.partition(":")
         if not colon or not name or name != name.strip(_SPACE):
             raise UpstreamFailed(f"the upstream's header line "
@@ -322,18 +324,24 @@ def _address(url: str) -> _Address:
     return _Address(f"{parts.scheme}://{host}:{port}", tls, host, port, line.encode("latin-1"))
 
 
-def _request(line: bytes, body: bytes, headers: dict[str, str]) -> bytes:
-    """The request's head (a large body is written after it, not joined to it: a copy
-    of a 16 MiB body for as long as the call waits)."""
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    if "\0" in fields or fields.count("\n") != len(headers) or \
-            fields.count("\r") != len(headers):
+def fields(headers: Mapping[str, str]) -> bytes:
+    """Headers as a request's lines; UpstreamFailed naming one that holds a line break.
+    A caller whose headers are the same on every call (a route's) encodes them once."""
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if "\0" in text or text.count("\n") != len(headers) or \
+            text.count("\r") != len(headers):
         name = next(n for n, v in headers.items() if any(c in n + v for c in "\r\n\0"))
         raise UpstreamFailed(f"the header {name[:40]!r} for the upstream holds a line "
                              "break")
     # (an agent's header aiohttp read is UTF-8 with surrogateescape: its bytes as they came)
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _request(line: bytes, body: bytes, lines: bytes) -> bytes:
+    """The request's head (a large body is written after it, not joined to it: a copy
+    of a 16 MiB body for as long as the call waits)."""
     return b"%b\r\nContent-Length: %d\r\nAccept-Encoding: identity\r\n%b\r\n" % (
-        line, len(body), fields.encode("utf-8", "surrogateescape"))
+        line, len(body), lines)
 
 
 class UpstreamClient:
@@ -362,17 +370,20 @@ class UpstreamClient:
                 wire.transport.abort()
         return None
 
-    def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float
+    def post(self, url: str, body: bytes, headers: Mapping[str, str] | bytes,
+             timeout: float, extra: Mapping[str, str] | None = None
              ) -> Coroutine[Any, Any, UpstreamAnswer]:
         """The answer's head read (its body not yet); UpstreamFailed when it cannot be.
-        A kept connection that fails before any of the answer came (the upstream closed
-        it while idle) is tried once more on a new one."""
+        `headers` as `fields` encoded them, or to encode; `extra`: the call's own, after
+        them. A kept connection that fails before any of the answer came (the upstream
+        closed it while idle) is tried once more on a new one."""
         target = self.targets.get(url)
         if target is None:
             if len(self.targets) >= MAX_TARGETS:
                 self.targets.clear()
             target = self.targets[url] = _address(url)
-        head = _request(target.line, body, headers)
+        lines = headers if isinstance(headers, bytes) else fields(headers)
+        head = _request(target.line, body, lines + fields(extra) if extra else lines)
         message = (head + body,) if len(body) <= JOINED else (head, body)
         return self._exchange(target, self._reused(target.origin), message, timeout)
 

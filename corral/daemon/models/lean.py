@@ -169,8 +169,10 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | Non
         return None  # (aiohttp's to refuse, saying why, or to upgrade)
     url, fields = read.url, read.fields
     endpoint, n = _PATHS.get(path := url.partition(b"?")[0]), len(url)
+    queried = len(path) < n  # (else the URL is a path known, its characters with it)
     if (endpoint is None and path != MCP) or not head.startswith(b"POST ") or \
-            head[n + 5:n + 16] != b" HTTP/1.1\r\n" or _PATH.fullmatch(url) is None or \
+            head[n + 5:n + 16] != b" HTTP/1.1\r\n" or \
+            (queried and _PATH.fullmatch(url) is None) or \
             not 0 < len(fields) < 2 * MAX_HEADERS or (len(head) > MAX_FIELD and max(
                 map(len, head.split(b"\r\n"))) > MAX_FIELD):
         return None

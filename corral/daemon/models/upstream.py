@@ -6,6 +6,7 @@ alive between calls). A 429, a 5xx or a failed connection is tried again as the 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ... import redact
@@ -38,15 +39,17 @@ class Upstream:
         self.retried = 0  # tries made again after a 429, 5xx or failed connection
 
     async def send(self, spec: ModelSpec, url: str, body: bytes,
-                   headers: dict[str, str]) -> UpstreamAnswer:
+                   headers: Mapping[str, str] | bytes,
+                   extra: Mapping[str, str] | None = None) -> UpstreamAnswer:
         """The upstream's answer, its status and headers read (its body not yet): the
         caller reads or streams it, and releases it. Its `unanswered` (and UpstreamDown's):
-        the tries before it that the upstream took and did not answer in time."""
+        the tries before it that the upstream took and did not answer in time. `headers`
+        and `extra`: as UpstreamClient.post takes them."""
         wait = BACKOFF
         unanswered = 0
         for left in range(spec.retries, -1, -1):
             try:
-                answer = await self.client.post(url, body, headers, spec.timeout)
+                answer = await self.client.post(url, body, headers, spec.timeout, extra)
             except UpstreamFailed as exc:
                 unanswered += isinstance(exc, UpstreamUnanswered)
                 if not left:

@@ -28,6 +28,7 @@ _said = msgspec.json.Decoder(_Report)
 _INPUT = frozenset({"prompt_tokens", "input_tokens", "cache_creation_input_tokens",
                     "cache_read_input_tokens"})
 _OUTPUT = frozenset({"completion_tokens", "output_tokens"})
+_COUNTS = _INPUT | _OUTPUT
 
 
 class CallUsage:
@@ -89,8 +90,9 @@ class CallUsage:
             return
         inp = out = 0
         read = False
-        for key, value in usage.items():  # (each key once: a dict's)
-            if value is None or (key not in _INPUT and key not in _OUTPUT):
+        for key in _COUNTS.intersection(usage):  # (each key once: a dict's)
+            value = usage[key]
+            if value is None:
                 continue  # (a count left null is one not said)
             if type(value) is not int or not 0 <= value <= 10**15:
                 # a count it cannot read ("900", -5, a table) says nothing: the call is
@@ -99,8 +101,10 @@ class CallUsage:
                 self.doubted = True
                 return
             read = True
-            inp += value if key in _INPUT else 0
-            out += value if key in _OUTPUT else 0
+            if key in _INPUT:
+                inp += value
+            else:
+                out += value
         if not read or self.doubted:
             return  # a usage of no count (`{}`) says nothing either
         self.said = True
