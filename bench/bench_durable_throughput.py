@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -50,6 +51,26 @@ from .peers.servers import Missing, Postgres, Restate, Temporal
 
 One = Callable[[int], Awaitable[None]]  # one task (or workflow) of n steps, to its end
 SLICE = 5.0
+# an engine's CPU seconds so far, its server's and its workers' (corral's daemon and
+# agents), by the key of each of its entries
+CPU: dict[str, Callable[[], tuple[float, float]]] = {}
+
+
+def cpu_of(pid: int) -> Callable[[], tuple[float, float]]:
+    """(the process's CPU seconds, its children's) so far."""
+    import psutil
+
+    proc = psutil.Process(pid)
+
+    def now() -> tuple[float, float]:
+        t = proc.cpu_times()
+        kids = 0.0
+        for c in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                k = c.cpu_times()
+                kids += k.user + k.system
+        return t.user + t.system, kids
+    return now
 
 
 def corral_config() -> str:
@@ -100,8 +121,8 @@ class Clients:
 
 
 async def start_corral(d: Path, steps: dict[str, One], runs: dict[str, One],
-                       stops: list[Any]) -> None:
-    for sync in ("normal", "full"):
+                       stops: list[Any], syncs: tuple[str, ...] = ("normal", "full")) -> None:
+    for sync in syncs:
         sub = d / sync
         sub.mkdir()
         daemon = CorralDaemon(sub, corral_config(),
@@ -122,6 +143,9 @@ async def start_corral(d: Path, steps: dict[str, One], runs: dict[str, One],
 
         steps[f"corral ({sync}): ctx.step"] = threaded(task)
         runs[f"corral ({sync}): a workflow of one step"] = threaded(run)
+        assert daemon.proc is not None
+        CPU[f"corral ({sync}): ctx.step"] = CPU[f"corral ({sync}): a workflow of one step"] \
+            = cpu_of(daemon.proc.pid)
 
 
 def threaded(fn: Callable[[int], Any]) -> One:
@@ -207,10 +231,13 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-async def drive(one: One, n: int, conc: int, window: float) -> dict[str, Any]:
-    """CONC lanes, each its next as its last ends, for `window` seconds: what finished."""
+async def drive(one: One, n: int, conc: int, window: float,
+                cpu: Callable[[], tuple[float, float]] | None = None) -> dict[str, Any]:
+    """CONC lanes, each its next as its last ends, for `window` seconds: what finished,
+    and with `cpu`, the engine's CPU a step (or run), its server's and its workers'."""
     ends: list[float] = []
     took: list[float] = []
+    every: list[float] = []  # those past the window too (the CPU's count)
     t0 = time.perf_counter()
     deadline = t0 + window
 
@@ -219,12 +246,15 @@ async def drive(one: One, n: int, conc: int, window: float) -> dict[str, Any]:
             t = time.perf_counter()
             await one(n)
             end = time.perf_counter()
+            every.append(end)
             if end <= deadline:
                 ends.append(end - t0)
                 took.append(end - t)
 
     load = os.getloadavg()[0]
+    cpu0 = cpu() if cpu is not None else None
     await asyncio.gather(*(lane() for _ in range(conc)))
+    cpu1 = cpu() if cpu is not None else None
     slices = [0] * max(1, int(window // SLICE))  # whole slices only
     for e in ends:
         if int(e // SLICE) < len(slices):
@@ -235,7 +265,10 @@ async def drive(one: One, n: int, conc: int, window: float) -> dict[str, Any]:
             "slice_lowest_per_s": round(min(rates), 1),
             "p50_ms": round(statistics.median(took) * 1000, 2) if took else None,
             "p99_ms": round(pct(took, 0.99) * 1000, 2) if took else None,
-            "load": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+            "load": round(load, 2), "load_after": round(os.getloadavg()[0], 2)} | ({
+                "server_cpu_us": round((cpu1[0] - cpu0[0]) / max(1, len(every) * n) * 1e6),
+                "workers_cpu_us": round((cpu1[1] - cpu0[1]) / max(1, len(every) * n) * 1e6)}
+                if cpu0 is not None and cpu1 is not None else {})
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -251,17 +284,22 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             sub = d / name
             sub.mkdir()
             try:
-                await PEERS[name](sub, steps, runs, stops)
+                if name == "corral":
+                    await start_corral(sub, steps, runs, stops, tuple(args.sync.split(",")))
+                else:
+                    await PEERS[name](sub, steps, runs, stops)
             except (Missing, ImportError, RuntimeError) as e:
                 out["skipped"][name] = f"{type(e).__name__}: {e}"
                 print(f"skipped {name}: {e}", flush=True)
-        for key, one in steps.items():
+        for key, one in steps.items() if "steps" in args.what else ():
             await one(args.steps)  # warm
-            out["steps"][key] = got = await drive(one, args.steps, args.conc, args.window)
+            out["steps"][key] = got = await drive(one, args.steps, args.conc, args.window,
+                                                  CPU.get(key))
             print(f"steps {key:<40} {got}", flush=True)
-        for key, one in runs.items():
+        for key, one in runs.items() if "runs" in args.what else ():
             await one(1)
-            out["runs"][key] = got = await drive(one, 1, args.conc, args.runs_window)
+            out["runs"][key] = got = await drive(one, 1, args.conc, args.runs_window,
+                                                 CPU.get(key))
             print(f"runs  {key:<40} {got}", flush=True)
     finally:
         for stop in reversed(stops):
@@ -282,6 +320,8 @@ def main() -> None:
     ap.add_argument("--conc", type=int, default=8)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--only", default=DEFAULT)
+    ap.add_argument("--sync", default="normal,full", help="corral's journal_sync values")
+    ap.add_argument("--what", default="steps,runs", help="steps, runs, or both")
     args = ap.parse_args()
     out = asyncio.run(measure(args))
     report("durable_throughput", out)

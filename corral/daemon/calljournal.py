@@ -1,20 +1,23 @@
 """Durable calls in the state database: each call of every kind (a workflow's run, a
 team's call) with the definition it started on, and each step's row. Writes are committed
-before what they describe is done: a step's task id before its task is submitted. Step
-rows are group-committed: those saved while a commit is under way go in the next one,
-together, each saver waiting for its own."""
+before what they describe is done: a step's task id before its task is submitted. A
+call's record and its step rows are group-committed (storewriter.GroupCommit): those saved
+while a commit is under way go in the next one, every call's together, each saver waiting
+for its own; a commit that fails is told to its savers and not kept (decision 1610)."""
 
 from __future__ import annotations
 
-import asyncio
+import itertools
+import operator
 import sqlite3
 from typing import Any
 
 import msgspec
 
 from ..supervisor.durable import CallRecord, StepRow
-from .sqlwrites import each, statement
 from .store import StateStore
+from .storeschema import StoreError
+from .storewriter import GroupCommit
 
 COLUMNS = ("call_id, kind, name, tenant, definition, input, status, created, ended, "
            "deadline, output, error, revision, agents, traceparent, tracestate")
@@ -28,14 +31,21 @@ def _value(blob: bytes | None) -> Any:
     return msgspec.json.decode(blob) if blob is not None else None
 
 
-def _settle(waiters: asyncio.Future[None], commit: asyncio.Future[None]) -> None:
-    if commit.cancelled():
-        waiters.cancel()
-    elif commit.exception() is not None:
-        waiters.set_exception(commit.exception())  # type: ignore[arg-type]
-        waiters.exception()  # told to each saver; never "not retrieved"
-    else:
-        waiters.set_result(None)
+_CALL = f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_STEP = ("INSERT OR REPLACE INTO call_steps (call_id, step, item, task_id, status, started, "
+         "ended, output, error) VALUES (?,?,?,?,?,?,?,?,?)")
+Row = tuple[str, tuple[Any, ...]]  # a statement and its values
+
+
+def _write(db: sqlite3.Connection, batch: list[Row]) -> None:
+    db.execute("BEGIN")
+    for sql, rows in itertools.groupby(batch, key=operator.itemgetter(0)):
+        db.executemany(sql, [values for _, values in rows])
+    db.execute("COMMIT")
+
+
+def _told(batch: list[Row], error: str | None) -> None:
+    """(Each saver is told by its own wait.)"""
 
 
 def record_of(row: tuple[Any, ...]) -> CallRecord:
@@ -60,9 +70,22 @@ class CallJournal:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self._lock = asyncio.Lock()
-        self._waiting: list[tuple[str, StepRow]] = []
-        self._next: asyncio.Future[None] | None = None
+        self._group: GroupCommit[Row] | None = None  # made on the first write
+
+    async def _saved(self, rows: list[tuple[tuple[Any, ...], Row]]) -> None:
+        group = self._group
+        if group is None:
+            assert self.store.thread is not None, "the writer opens before any call"
+            path = self.store.path
+            group = self._group = GroupCommit(
+                self.store.thread, _write, _told, keep=False,
+                error_type=lambda error: StoreError(
+                    f"state database {path} cannot be written ({error})"))
+        for key, row in rows:
+            group.put(key, row)
+        # what is saved meanwhile waits with it: a saver cancelled (its call) cancels
+        # none of it
+        await group.committed()
 
     async def save_call(self, record: CallRecord) -> None:
         values = (record.call_id, record.kind, record.name, record.tenant, record.definition,
@@ -70,28 +93,13 @@ class CallJournal:
                   record.ended, record.deadline, _json(record.output), record.error,
                   record.revision, _json(record.agents), record.traceparent,
                   record.tracestate)
-        await self.store.commit([statement(f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES "
-                                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)])
+        await self._saved([(("call", record.call_id), (_CALL, values))])
 
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
         """Committed when this returns (or StoreError), with what else was saved meanwhile."""
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        mine = self._next
-        self._waiting.extend((call_id, r) for r in rows)
-        async with self._lock:
-            if mine.done():  # committed by the saver before us, with its own
-                return mine.result()
-            taken, self._waiting, self._next = self._waiting, [], None
-            write = each("INSERT OR REPLACE INTO call_steps (call_id, step, item, task_id, "
-                         "status, started, ended, output, error) VALUES (?,?,?,?,?,?,?,?,?)",
-                         [(cid, r.step, r.item, r.task_id, r.status, r.started, r.ended,
-                           _json(r.output), r.error) for cid, r in taken])
-            # the others' rows are in it: a saver cancelled (its call) does not cancel it
-            commit = asyncio.ensure_future(self.store.commit([write]))
-            commit.add_done_callback(lambda done: _settle(mine, done))
-            await asyncio.shield(commit)
-            return None
+        await self._saved([(("step", call_id, r.step, r.item), (_STEP, (
+            call_id, r.step, r.item, r.task_id, r.status, r.started, r.ended,
+            _json(r.output), r.error))) for r in rows])
 
     def _with_rows(self, record: CallRecord) -> CallRecord:
         for step, item, task_id, st, started, end, err in self.store.db.execute(

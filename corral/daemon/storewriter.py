@@ -277,7 +277,8 @@ class GroupCommit(Generic[V]):
     `merge`d with it. A batch that fails loses nothing: its writes wait again in front of
     the newer ones, tried every RETRY_EVERY seconds; `settled(batch, error)` is told after
     each attempt (`first_failure`: whether it began an outage, told once), and what waits
-    in `committed()` resolves, or fails with `error_type`."""
+    in `committed()` resolves, or fails with `error_type`. Not `keep`: a batch that fails
+    is told to its waiters and dropped (their writes were refused, as a command's are)."""
 
     def __init__(self, thread: WriterThread,
                  job: Callable[[sqlite3.Connection, list[V]], None],
@@ -285,8 +286,9 @@ class GroupCommit(Generic[V]):
                  merge: Callable[[V, V], V] | None = None,
                  size: Callable[[V], int] | None = None,
                  error_type: Callable[[str], Exception] | None = None,
-                 explain: Callable[[str], str] | None = None) -> None:
+                 explain: Callable[[str], str] | None = None, keep: bool = True) -> None:
         self.thread = thread
+        self._keep = keep
         self._job = job
         self._settled = settled
         self._merge = merge
@@ -404,7 +406,7 @@ class GroupCommit(Generic[V]):
         if error is not None and self._explain is not None:
             error = self._explain(error)
         try:
-            if error is not None:
+            if error is not None and self._keep:
                 newer, self.pending = self.pending, {}
                 for key, value in items:
                     self._put(key, value)

@@ -131,6 +131,7 @@ INSERT INTO idempotency_keys (tenant, key, task_id, digest, created) VALUES (?, 
 ON CONFLICT (tenant, key) DO UPDATE SET task_id = excluded.task_id,
     digest = excluded.digest, created = excluded.created
 """
+KNOWN = "SELECT 1 FROM tasks WHERE id = ?"
 KEY_FIND = ("SELECT task_id, digest FROM idempotency_keys "
             "WHERE tenant = ? AND key = ? AND created >= ?")
 KEY_COUNT = "SELECT count(*) FROM idempotency_keys WHERE tenant = ? AND created >= ?"
@@ -209,6 +210,13 @@ class TaskJournalDB:
         with errors_named(self.path):
             found = self._loop_rows().rows(WHOLE, (task_id,))
         return _record(found[0]) if found else None
+
+    def knows(self, task_id: str) -> bool:
+        if task_id in self._young or task_id in self._group.pending or any(
+                key == task_id for key, _ in self._group.inflight):
+            return True
+        with errors_named(self.path):
+            return bool(self._loop_rows().rows(KNOWN, (task_id,)))
 
     # -- idempotency keys (corral/taskkeys.py) ------------------------------------------
     def _loop_rows(self) -> StoreConnection:

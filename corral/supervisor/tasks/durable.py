@@ -42,6 +42,10 @@ class TaskJournal(Protocol):
     def record(self, task_id: str) -> TaskRecord | None:
         """A task's committed row whole, as a restart takes it back (on the loop)."""
 
+    def knows(self, task_id: str) -> bool:
+        """Whether a task of this id was ever written here, committed or waiting to be
+        (on the loop)."""
+
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int, before: str | None = None,
                     sees: Sees | None = None, filters: TaskFilters = NO_FILTERS

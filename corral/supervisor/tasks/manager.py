@@ -240,6 +240,12 @@ class TaskManager:
         """Whether the task is unfinished in this engine (kept compact or not)."""
         return task_id in self.active or task_id in self.suspensions.compact
 
+    def knows(self, task_id: str) -> bool:
+        """Whether a task of this id was ever accepted here: in memory, or in the journal
+        (committed or waiting to be), without waiting for a commit or a thread."""
+        return (self.holds(task_id) or task_id in self.finished
+                or (self.journal is not None and self.journal.knows(task_id)))
+
     def traced_again(self, task: Task) -> None:
         """A task this process did not accept, traced from its id (no caller's context is kept)."""
         if self.trace_begin is not None and task.trace is None:

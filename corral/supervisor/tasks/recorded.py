@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ...jsonrpc import RpcError
 from ...taskviews import TaskInfo
 from ..errors import NoSuchAgent
 from .model import Task
@@ -31,12 +30,12 @@ async def outcome(engine: TaskManager, task: RecordedTask, submit: Callable[[], 
                   ) -> TaskInfo:
     """The recorded task to its end, made by `submit` (under `task.task_id`) when the
     engine has never heard of it and its agent is still of the record's tenant."""
-    try:
+    if engine.knows(task.task_id):
         return await engine.info(task.task_id, wait=True)
-    except RpcError:  # no such task: it never reached the task journal
-        held = engine.sup.agents.get(task.agent)
-        if held is not None and task.tenant and held.spec.tenant != task.tenant:
-            raise NoSuchAgent(task.agent, None) from None
-        submit()
-        await engine.committed()
-        return await engine.info(task.task_id, wait=True)
+    # no such task: it never reached the task journal
+    held = engine.sup.agents.get(task.agent)
+    if held is not None and task.tenant and held.spec.tenant != task.tenant:
+        raise NoSuchAgent(task.agent, None)
+    submit()
+    await engine.committed()
+    return await engine.info(task.task_id, wait=True)

@@ -1,0 +1,90 @@
+"""What a durable call's commit covers (decision 1610): the records and step rows of every
+call saved in one turn are one transaction; a commit that fails is told to each saver and
+never written after; a step's recorded task is looked for without a commit or a thread."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from corral.daemon import storeschema
+from corral.daemon.calljournal import CallJournal
+from corral.daemon.storeschema import StoreError
+from corral.daemon.taskjournal import TaskJournalDB
+from corral.supervisor.durable import CallRecord, StepRow
+from corral.supervisor.tasks import Task
+
+from .test_store_faults import lockable_store
+
+
+def record(call_id: str, status: str = "running") -> CallRecord:
+    return CallRecord(call_id, "workflow", "w", b"{}", {"n": call_id}, status, 1.0)
+
+
+async def test_the_calls_saved_in_one_turn_are_one_transaction(tmp_path: Path) -> None:
+    async with lockable_store(tmp_path / "corral.db", [], []) as (store, _, _holder):
+        assert store.thread is not None
+        calls = CallJournal(store)
+        jobs = store.thread.here + store.thread.handed
+        await asyncio.gather(*(calls.save_call(record(f"c{i}")) for i in range(8)),
+                             *(calls.save_steps(f"c{i}", [StepRow("s", -1, "running", f"t{i}")])
+                               for i in range(8)))
+        assert store.thread.here + store.thread.handed == jobs + 1
+        assert [(r.call_id, r.input, r.rows) for r in calls.unfinished("workflow")] == [
+            (f"c{i}", {"n": f"c{i}"}, {("s", -1): StepRow("s", -1, "running", f"t{i}")})
+            for i in range(8)]
+        # a record saved again in the same turn as its step's end: both in one write
+        await asyncio.gather(calls.save_steps("c0", [StepRow("s", -1, "succeeded", "t0",
+                                                             output={"x": 1})]),
+                             calls.save_call(record("c0", "succeeded")))
+        assert store.thread.here + store.thread.handed == jobs + 2
+        kept = calls.load("c0")
+        assert kept is not None and kept.status == "succeeded"
+        assert (kept.rows[("s", -1)].status, calls.output("c0", "s", -1)) == ("succeeded",
+                                                                              {"x": 1})
+
+
+async def test_a_failed_commit_is_told_to_each_saver_and_never_written_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storeschema, "BUSY_TIMEOUT_MS", 100)  # a lock fails a commit fast
+    db = tmp_path / "corral.db"
+    errors: list[str] = []
+    async with lockable_store(db, errors, errors) as (store, _, holder):
+        calls = CallJournal(store)
+        holder.execute("BEGIN EXCLUSIVE")  # every commit fails now
+        told = await asyncio.gather(
+            calls.save_call(record("a")), calls.save_steps("a", [StepRow("s", -1, "running",
+                                                                         "t")]),
+            calls.save_call(record("b")), return_exceptions=True)
+        assert [str(e) for e in told] == [
+            f"state database {db} cannot be written (database is locked)"] * 3
+        assert all(isinstance(e, StoreError) for e in told)
+        holder.execute("ROLLBACK")  # written again: what was refused is not
+        await calls.save_call(record("c"))
+        assert [r.call_id for r in calls.unfinished("workflow")] == ["c"]
+        assert (calls.load("a"), calls.load("b")) == (None, None)
+        assert errors == []
+
+
+async def test_a_recorded_task_is_known_waiting_committed_and_after_a_restart(
+        tmp_path: Path) -> None:
+    """`knows`: what `outcome` asks before it submits a step's recorded task (a task it
+    does not know is submitted under the recorded id; one it knows is waited for)."""
+    db = tmp_path / "tasks.db"
+    storeschema.open_database(db).close()
+    journal = TaskJournalDB(db)
+    task = Task("a", msgspec.Raw(b'{"x": 1}'), 0, 30.0, 0, 1, task_id="t-1")
+    assert not journal.knows("t-1")
+    journal.write(task)  # young: its row waits, nobody waiting for it
+    assert journal.knows("t-1")
+    await journal.committed()
+    assert journal.knows("t-1") and not journal.knows("t-2")
+    await journal.close()
+    again = TaskJournalDB(db)  # the next daemon: from the table alone
+    try:
+        assert again.knows("t-1") and not again.knows("t-2")
+    finally:
+        await again.close()
