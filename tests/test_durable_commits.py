@@ -5,6 +5,9 @@ never written after; a step's recorded task is looked for without a commit or a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -12,7 +15,9 @@ import pytest
 
 from corral.daemon import storeschema
 from corral.daemon.calljournal import CallJournal
+from corral.daemon.sqlwrites import Write, statement
 from corral.daemon.storeschema import StoreError
+from corral.daemon.storewriter import WriterThread
 from corral.daemon.taskjournal import TaskJournalDB
 from corral.supervisor.durable import CallRecord, StepRow
 from corral.supervisor.tasks import Task
@@ -88,3 +93,63 @@ async def test_a_recorded_task_is_known_waiting_committed_and_after_a_restart(
         assert again.knows("t-1") and not again.knows("t-2")
     finally:
         await again.close()
+
+
+@contextlib.asynccontextmanager
+async def held_writer(path: Path) -> AsyncIterator[tuple[WriterThread, list[str],
+                                                         threading.Event]]:
+    """A writer thread over a fresh database with a table `t` (unique `n`), the
+    statements its connection ends transactions with, and a gate: a job that waits for it
+    holds the thread busy, so what is queued meanwhile is queued together."""
+    storeschema.open_database(path).close()
+    writer = WriterThread(path, sync="full")
+    ends: list[str] = []
+    try:
+        await writer.commit([statement("CREATE TABLE t (n INTEGER UNIQUE)")])
+        writer._db.set_trace_callback(
+            lambda sql: ends.append(sql) if sql in ("COMMIT", "ROLLBACK") else None)
+        gate = threading.Event()
+        yield writer, ends, gate
+    finally:
+        gate.set()
+        await writer.close()
+
+
+def insert(n: int) -> Write:
+    return statement("INSERT INTO t (n) VALUES (?)", (n,))
+
+
+async def test_commits_queued_while_the_writer_is_busy_share_one_transaction(
+        tmp_path: Path) -> None:
+    async with held_writer(tmp_path / "corral.db") as (writer, ends, gate):
+        writer.run(lambda db: gate.wait(30))  # busy (a fsync, say)
+        commits = [asyncio.ensure_future(writer.commit([insert(n)])) for n in range(5)]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*commits)
+        assert ends == ["COMMIT"]  # the five in one
+        assert writer._db.rows("SELECT n FROM t ORDER BY rowid") == [(n,) for n in range(5)]
+
+
+async def test_a_failing_commit_in_a_shared_one_is_told_alone_and_the_order_is_kept(
+        tmp_path: Path) -> None:
+    """A job of its own transaction among them (a pruning) runs where it was queued;
+    a commit that fails in the shared transaction fails alone, the others written."""
+    async with held_writer(tmp_path / "corral.db") as (writer, ends, gate):
+        writer.run(lambda db: gate.wait(30))
+        first = [asyncio.ensure_future(writer.commit([insert(n)])) for n in (1, 1, 2)]
+        await asyncio.sleep(0)  # (each queued as its task first runs)
+        seen: list[list[tuple[int]]] = []
+        writer.run(lambda db: seen.append(db.execute("SELECT n FROM t").fetchall()))
+        after = asyncio.ensure_future(writer.commit([insert(3)]))
+        await asyncio.sleep(0)
+        gate.set()
+        told = await asyncio.gather(*first, after, return_exceptions=True)
+        assert [None if r is None else str(r) for r in told] == [
+            None, f"state database {writer.path} cannot be written (UNIQUE constraint "
+                  "failed: t.n)", None, None]
+        assert isinstance(told[1], StoreError)
+        # the three together, rolled back, each then alone; the fourth after the read
+        assert ends == ["ROLLBACK", "COMMIT", "ROLLBACK", "COMMIT", "COMMIT"]
+        assert seen == [[(1,), (2,)]]
+        assert writer._db.rows("SELECT n FROM t ORDER BY rowid") == [(1,), (2,), (3,)]

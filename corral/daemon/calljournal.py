@@ -38,10 +38,8 @@ Row = tuple[str, tuple[Any, ...]]  # a statement and its values
 
 
 def _write(db: sqlite3.Connection, batch: list[Row]) -> None:
-    db.execute("BEGIN")
     for sql, rows in itertools.groupby(batch, key=operator.itemgetter(0)):
         db.executemany(sql, [values for _, values in rows])
-    db.execute("COMMIT")
 
 
 def _told(batch: list[Row], error: str | None) -> None:
@@ -78,7 +76,7 @@ class CallJournal:
             assert self.store.thread is not None, "the writer opens before any call"
             path = self.store.path
             group = self._group = GroupCommit(
-                self.store.thread, _write, _told, keep=False,
+                self.store.thread, _write, _told, keep=False, shared=True,
                 error_type=lambda error: StoreError(
                     f"state database {path} cannot be written ({error})"))
         for key, row in rows:

@@ -42,6 +42,9 @@ HERE_PAUSE = 10.0
 # the WAL file's size kept after the writer starts it again from its beginning: a burst's
 # high-water (10,000 tasks suspended at once left 180 MB) is given back
 WAL_KEPT_BYTES = 16 * 1024 * 1024
+# WriterThread: jobs inside its transaction queued together share one commit, this many at
+# most (one fsync for them with journal_sync "full")
+SHARED_MOST = 256
 # a write nobody waits for (an audit row) waits this long for others to join its batch:
 # one transaction for many calls' rows; `committed()` and every other write take it along
 LINGER = 0.05
@@ -77,6 +80,17 @@ def what_to_do() -> str:
             f"{os.geteuid()}")
 
 
+class InTransaction(NamedTuple):
+    """A job that runs inside the writer thread's transaction (its BEGIN and COMMIT are
+    the thread's), so that the jobs of its kind queued beside it share one commit."""
+
+    write: Write
+
+
+Job = Write | InTransaction
+Done = Callable[[str | None], None] | None
+
+
 class Outage:
     """A writer's failure to write, from the first failed attempt until one works: told
     once (`failed()` is True for the first), retried every RETRY_EVERY seconds."""
@@ -110,6 +124,11 @@ class WriterThread:
     writers never contend for the write lock; `done(error)` is called on the loop. The WAL
     is checkpointed by a Checkpointer thread beside it, never by its commits.
 
+    Jobs `InTransaction` queued one after another when the thread takes the first are
+    one transaction (group commit: with sync "full", the commits that came while one was
+    flushed share the next flush); where it fails, each is run again alone, so each is
+    told its own outcome, as alone (decision 1610).
+
     `run_on_loop(job)` runs a small job on the loop, on the same connection, only when that
     cannot hold the loop up or reorder jobs: nothing queued or running, sync "normal", the
     last such job quick, and a lock held elsewhere makes it give way. It saves the two
@@ -127,8 +146,7 @@ class WriterThread:
             self._db.close()
             raise
         self.sync = sync
-        self._jobs: queue.SimpleQueue[tuple[Write, Callable[[str | None], None] | None]
-                                      | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Job, Done] | None] = queue.SimpleQueue()
         # jobs given to the thread and not yet finished: the loop runs one itself only at
         # 0, so the connection is never used by two threads and jobs keep their order
         self._unfinished = 0
@@ -144,13 +162,13 @@ class WriterThread:
         self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
         self._thread.start()
 
-    def run(self, job: Write, done: Callable[[str | None], None] | None = None) -> None:
+    def run(self, job: Job, done: Done = None) -> None:
         with self._count_lock:
             self._unfinished += 1
         self.handed += 1
         self._jobs.put((job, done))
 
-    def run_on_loop(self, job: Write) -> tuple[bool, str | None]:
+    def run_on_loop(self, job: Job) -> tuple[bool, str | None]:
         """(True, its error or None), or (False, None) when it was not run and should be
         given to `run`."""
         if self.sync != "normal" or self._closing or time.monotonic() < self._here_until:
@@ -170,7 +188,7 @@ class WriterThread:
                     return False, None  # the thread tries it, and says what is wrong
                 self._waits = False
             try:
-                job(db)
+                _alone(job)(db)
             except sqlite3.Error as exc:
                 self._rollback(db)
                 if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY,
@@ -203,7 +221,7 @@ class WriterThread:
 
     async def commit(self, writes: Iterable[Write]) -> None:
         done: asyncio.Future[str | None] = self._loop.create_future()
-        job = _transaction(list(writes))
+        job = InTransaction(_writes(list(writes)))
 
         def told(error: str | None) -> None:
             if not done.cancelled():  # its waiter gone (a stop): the commit is made anyway
@@ -217,35 +235,69 @@ class WriterThread:
     def hand(self, writes: Iterable[Write]) -> None:
         """One transaction nobody waits for, committed before any job handed after it
         (its error is logged)."""
-        self.run(_transaction(list(writes)))
+        self.run(InTransaction(_writes(list(writes))))
 
     def _run(self) -> None:
         db = self._db
-        while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            job, done = item
-            error: str | None = None
-            self._wait_for_locks(db)
-            try:
-                job(db)
-            except Exception as exc:  # the thread outlives any one job
-                # (every command's record, the task journal and shutdown wait on it)
-                error = self._failed(exc)
-                self._rollback(db)
+        item = self._jobs.get()
+        while item is not None:
+            group = [item]
+            item = None
+            if isinstance(group[0][0], InTransaction):
+                while len(group) < SHARED_MOST:
+                    try:
+                        item = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None or not isinstance(item[0], InTransaction):
+                        break  # (run after the group: the order is kept)
+                    group.append(item)
+                    item = None
+            errors = self._together(db, group)
             with self._count_lock:
-                self._unfinished -= 1
-            if error is None:
+                self._unfinished -= len(group)
+            if any(e is None for e in errors):
                 self.checkpointer.wrote()
-            if done is not None:
-                self._loop.call_soon_threadsafe(done, error)
-            elif error is not None:
-                log.error("state database %s: %s", self.path, error)
+            told = [(done, error) for (_, done), error in zip(group, errors, strict=True)
+                    if done is not None]
+            if told:
+                self._loop.call_soon_threadsafe(_tell, told)
+            for (_, done), error in zip(group, errors, strict=True):
+                if done is None and error is not None:
+                    log.error("state database %s: %s", self.path, error)
             # while it waits for the next job the thread would hold this one, and with it
             # its batch: a wave of 10,000 suspended tasks' rows kept until the next write,
             # each among the wave's short-lived objects, each holding an allocator's arena
-            del item, job, done
+            del group, told, errors
+            if item is None:
+                item = self._jobs.get()
+        # (None: closed, after the jobs given before it)
+
+    def _together(self, db: storeschema.StoreConnection, group: list[tuple[Job, Done]]
+                  ) -> list[str | None]:
+        """Each job's error or None: the group in one transaction, or where that fails,
+        each again alone (the thread outlives any one job: every command's record, the
+        task journal and shutdown wait on it)."""
+        self._wait_for_locks(db)
+        if len(group) > 1:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for job, _ in group:
+                    assert isinstance(job, InTransaction)
+                    job.write(db)
+                db.execute("COMMIT")
+                return [None] * len(group)
+            except Exception:  # told by each alone
+                self._rollback(db)
+        errors: list[str | None] = []
+        for job, _ in group:
+            try:
+                _alone(job)(db)
+                errors.append(None)
+            except Exception as exc:
+                errors.append(self._failed(exc))
+                self._rollback(db)
+        return errors
 
     def _failed(self, exc: Exception) -> str:
         if not isinstance(exc, sqlite3.Error):
@@ -278,7 +330,9 @@ class GroupCommit(Generic[V]):
     the newer ones, tried every RETRY_EVERY seconds; `settled(batch, error)` is told after
     each attempt (`first_failure`: whether it began an outage, told once), and what waits
     in `committed()` resolves, or fails with `error_type`. Not `keep`: a batch that fails
-    is told to its waiters and dropped (their writes were refused, as a command's are)."""
+    is told to its waiters and dropped (their writes were refused, as a command's are).
+    `shared`: `job` runs inside the writer thread's transaction (WriterThread), so that
+    batches of several GroupCommits queued together share one commit."""
 
     def __init__(self, thread: WriterThread,
                  job: Callable[[sqlite3.Connection, list[V]], None],
@@ -286,9 +340,11 @@ class GroupCommit(Generic[V]):
                  merge: Callable[[V, V], V] | None = None,
                  size: Callable[[V], int] | None = None,
                  error_type: Callable[[str], Exception] | None = None,
-                 explain: Callable[[str], str] | None = None, keep: bool = True) -> None:
+                 explain: Callable[[str], str] | None = None, keep: bool = True,
+                 shared: bool = False) -> None:
         self.thread = thread
         self._keep = keep
+        self._shared = shared
         self._job = job
         self._settled = settled
         self._merge = merge
@@ -386,9 +442,10 @@ class GroupCommit(Generic[V]):
         done = self._inflight_done = self._pending_done or self._loop.create_future()
         self._pending_done = None
 
-        def job(db: sqlite3.Connection) -> None:
+        def write(db: sqlite3.Connection) -> None:
             self._job(db, batch)
 
+        job: Job = InTransaction(write) if self._shared else write
         if (len(batch) <= HERE_MAX and not self.outage.failing
                 and (self._size is None or sum(map(self._size, batch)) <= HERE_BYTES)):
             ran, error = self.thread.run_on_loop(job)
@@ -461,7 +518,8 @@ class StoreWriter:
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self.max_held = max_held
         self._group: GroupCommit[_QueuedWrite] = GroupCommit(thread, self._job, self._settle,
-                                                             size=attrgetter("size"))
+                                                             size=attrgetter("size"),
+                                                             shared=True)
         self.outage = self._group.outage
         self._unkeyed = itertools.count()  # keys for writes that replace nothing
         self._wrong: list[str] = []  # the batch in flight's dropped writes (one at a time)
@@ -503,7 +561,6 @@ class StoreWriter:
     def _job(self, db: sqlite3.Connection, batch: list[_QueuedWrite]) -> None:
         wrong = self._wrong
         wrong.clear()
-        db.execute("BEGIN")
         for kept in batch:
             db.execute("SAVEPOINT one")
             try:
@@ -516,7 +573,6 @@ class StoreWriter:
                        else f"it failed ({described(exc)})")
                 wrong.append(f"one {kept.kind} dropped, {why}")
             db.execute("RELEASE one")
-        db.execute("COMMIT")
 
     def _call(self, what: str, fn: Callable[..., None], *args: Any) -> None:
         """A callback after a batch: one that raises is reported and the others still run."""
@@ -592,10 +648,30 @@ def counted(counts: dict[str, int]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _transaction(batch: list[Write]) -> Write:
-    def job(db: sqlite3.Connection) -> None:
+def _writes(batch: list[Write]) -> Write:
+    def write(db: sqlite3.Connection) -> None:
+        for one in batch:
+            one(db)
+    return write
+
+
+def _alone(job: Job) -> Write:
+    """A job as its own transaction."""
+    if not isinstance(job, InTransaction):
+        return job
+    write = job.write
+
+    def transaction(db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
-        for write in batch:
-            write(db)
+        write(db)
         db.execute("COMMIT")
-    return job
+    return transaction
+
+
+def _tell(told: list[tuple[Callable[[str | None], None], str | None]]) -> None:
+    """(On the loop.) The group's waiters, in its order: one wake-up of the loop for them."""
+    for done, error in told:
+        try:
+            done(error)
+        except Exception:  # (as a callback of its own would be): the others are told
+            log.exception("state database: a commit's waiter failed")

@@ -172,7 +172,7 @@ class TaskJournalDB:
         # by id: the latest snapshot of each task; one GroupCommit with StoreWriter's kind
         self._group: GroupCommit[Row] = GroupCommit(
             self._writer, self._write, self._settled, merge=_merged, size=_size,
-            error_type=TaskJournalError, explain=self._cannot)
+            error_type=TaskJournalError, explain=self._cannot, shared=True)
         self._outage = self._group.outage  # since a write failed, until one works
         self._prune_timer: asyncio.TimerHandle | None = None
         # new tasks whose first row waits: id -> (when, arrival, the task), oldest first
@@ -379,6 +379,8 @@ class TaskJournalDB:
 
     def _settled(self, rows: list[Row], error: str | None) -> None:
         if error is None:
+            self.batches += 1
+            self.rows += len(rows)
             if self._keys:
                 for row in rows:
                     if len(row) == KEY_ROW:  # a key's, in the table now
@@ -404,16 +406,14 @@ class TaskJournalDB:
 
     # -- on the writer thread (store.WriterThread) ------------------------------------
     def _write(self, db: sqlite3.Connection, rows: list[Row]) -> None:
-        db.execute("BEGIN")
+        """(In the writer's transaction: a batch of its own, or shared with the writes
+        queued beside it.)"""
         if all(len(row) == TASK_ROW for row in rows):
             db.executemany(UPSERT, rows)
         else:  # idempotency keys (keep_key) or labels (`labels`) among them
             db.executemany(UPSERT, [row for row in rows if len(row) == TASK_ROW])
             db.executemany(KEY_UPSERT, [row for row in rows if len(row) == KEY_ROW])
             db.executemany(LABEL_INSERT, [row for row in rows if len(row) == LABEL_ROW])
-        db.execute("COMMIT")
-        self.batches += 1
-        self.rows += len(rows)
 
     def _prune(self, db: sqlite3.Connection) -> None:
         # a pruned task's steps, output, asks, labels and push configs go with it, and the
