@@ -251,6 +251,25 @@ def _links(rules: int) -> str:
             "[tracing]\nexport_interval = 1.0\n")
 
 
+def _mcp_links(rules: int) -> tuple[str, str]:
+    """With CORRAL_BENCH_RULES=N, the MCP call's every link on, as bench_policy's: N
+    `[[policy]]` rules (N - 2 of other tools, each testing an argument; one testing the
+    echo's text, one allowing it), the echo marked sensitive (each call reads its owner's
+    labels) and a tool untrusted, and [tracing]; the server's marks and the rest of the
+    config, none by default."""
+    if not rules:
+        return "", ""
+    said = "".join(f'[[policy]]\nname = "other {i}"\nmatch = {{ tool = "other{i}__*" }}\n'
+                   'when = { "arguments.path" = { under = "/workspace" } }\n'
+                   f'effect = "{"deny" if i % 2 else "approve"}"\n\n'
+                   for i in range(max(rules - 2, 0)))
+    return ('tools_sensitive = ["echo"]\ntools_untrusted = ["fetch"]\n',
+            said + '[[policy]]\nname = "no secret"\nmatch = { tool = "min__echo" }\n'
+            'when = { "arguments.text" = { in = ["secret", "password"] } }\n'
+            'effect = "deny"\n\n[[policy]]\nname = "echo"\nmatch = { tool = "min__*" }\n'
+            'effect = "allow"\n\n[tracing]\nexport_interval = 1.0\n')
+
+
 class CorralModel(Target):
     """corral's model gateway (`[gateway] listen`, `[models.bench]`), called with the
     token of a replica that runs no task (token_agent.py)."""
@@ -342,16 +361,17 @@ class CorralMcp(Target):
     def launch(self) -> None:
         self.version = _corral_version()
         self.port = free_port()
-        config = _corral_config(self.work, f"""
+        marks, links = _mcp_links(int(os.environ.get("CORRAL_BENCH_RULES", "0")))
+        config = _corral_config(self.work, textwrap.dedent(f"""
             [mcp_servers.min]
             command = ["{PY}", "{MIN_SERVER}"]
             start = "eager"
-
+        """) + marks + textwrap.dedent(f"""
             [gateway]
             listen = "127.0.0.1:{self.port}"
             anonymous_tools = ["*"]
             max_concurrent = 64
-        """)
+        """) + links)
         self.popen([str(ROOT / ".venv" / "bin" / "corral"), "daemon", "--config",
                     str(config)])
 

@@ -60,14 +60,21 @@ def test_a_node_killed_after_call_k_leaves_the_retry_nothing_to_call_twice(
         assert done["output"]["results"] == [f"{said} {i}" for i in range(1, 11)]
         assert lines(counter if named else tmp / "server-count") == [
             str(i) for i in range(1, 11)]
-        first, second = done["attempts"]
+        attempts = done["attempts"]
+        first, last = attempts[0], attempts[-1]
         assert (first["node"], first["outcome"]) == (killed.name, "lost")
-        assert (second["node"], second["outcome"]) == (other.name, "succeeded")
-        assert second["replayed"] == k and "diverged" not in second
+        assert last["outcome"] == "succeeded" and "diverged" not in last
+        # a loaded host may let the survivor's own lease lapse too (CI a1, at load 37: three
+        # attempts): each attempt between is then lost and replays, none diverges, and the
+        # counts above still say no call was made twice
+        assert all(a["outcome"] == "lost" and "diverged" not in a for a in attempts[1:-1])
+        assert last["replayed"] >= k
         # and the retry on the other node was given the task's last checkpoint
         assert done["output"]["resumed"] is checkpoint
         assert done["output"]["task_state"] == ({"done": k} if checkpoint else None)
-        assert other.call("stats.get")["tasks"]["steps"]["replayed"] == k
+        if len(attempts) == 2:
+            assert last["node"] == other.name and last["replayed"] == k
+            assert other.call("stats.get")["tasks"]["steps"]["replayed"] == k
         r = redis_py.Redis(port=redis.port)
         try:  # the steps went with the task's end
             assert r.exists(Keys("test").steps(task_id)) == 0

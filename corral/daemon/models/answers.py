@@ -23,7 +23,7 @@ from .http1 import UpstreamAnswer, UpstreamFailed
 from .keys import hidden, hidden_headers
 from .textdeltas import text_in
 from .usage import CallUsage
-from .wire import PASSED_BACK_PREFIXES, Format, event_fields, is_last, refusal
+from .wire import LAST, PASSED_BACK_PREFIXES, Format, event_read, refusal
 
 SSE = "text/event-stream"
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -255,14 +255,14 @@ class Relay:
         """Complete events read for usage and text; what is passed on, up to the last
         event (held from there: a key quoted is within one event, hidden here whole)."""
         events = hidden(events, self.key)
-        usage, start = self.usage, 0
+        usage, start, last = self.usage, 0, LAST[self.fmt]
         for event in events.split(b"\n\n")[:-1]:
-            kind, data = event_fields(event)
+            data, ends = event_read(event, last)
             if b'"usage"' in event or (usage.model is None and b'"model"' in event):
                 usage.read_body(data or b"")
             if b"delta" in event:  # (an event adding to the answer, in each format)
                 self.unread.append(data)
-            if is_last(self.fmt, kind, data):
+            if ends:
                 self.held, events = events[start:], events[:start]
                 break
             start += len(event) + 2

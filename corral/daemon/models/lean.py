@@ -179,10 +179,10 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | Non
     joined = b"\n".join(fields)
     if not joined.isascii():
         return None  # (a byte past ASCII: aiohttp's to read)
-    listed = joined.decode().split("\n")
     headers = {}
-    for i in range(0, len(listed), 2):
-        headers[listed[i].lower()] = listed[i + 1].rstrip(" \t")
+    pairs = iter(joined.decode().split("\n"))  # (names and values in turn)
+    for name, value in zip(pairs, pairs, strict=True):
+        headers[name.lower()] = value.rstrip(" \t")
     if 2 * len(headers) < len(fields) or not _ASKING.isdisjoint(headers) or \
             headers.get("connection", "close").lower() not in ("keep-alive", "close"):
         return None  # (repeated, a compressed body, asking of the connection: aiohttp's)

@@ -77,28 +77,28 @@ def refusal(fmt: Format, status: int, message: str, param: str | None = None,
                                           "param": param, "code": code or openai_type}})
 
 
-_LAST_KINDS = {"openai": (b"response.completed", b"response.failed", b"response.incomplete"),
-               "anthropic": (b"message_stop",)}
+# the events that end a stream, by format: their `event:` kinds, and their `data:` (Chat
+# Completions' `[DONE]`; None: none)
+LAST: dict[str, tuple[tuple[bytes, ...], bytes | None]] = {
+    "openai": ((b"response.completed", b"response.failed", b"response.incomplete"),
+               b"[DONE]"),
+    "anthropic": ((b"message_stop",), None)}
 
 
-def event_fields(event: bytes) -> tuple[bytes | None, bytes | None]:
-    """The values of an SSE event's first `event:` line and first `data:` line (None
-    where it has none), read in one pass."""
+def event_read(event: bytes, last: tuple[tuple[bytes, ...], bytes | None]
+               ) -> tuple[bytes | None, bool]:
+    """An SSE event's first `data:` line's value (None where it has none), and whether
+    the event ends its stream (`last`: its format's LAST; Chat Completions' `data: [DONE]`,
+    Responses' `response.completed`, failed or incomplete, Messages' `message_stop`), read
+    in one pass."""
     if event.startswith(b"data:") and b"\n" not in event:  # (one line: most events)
-        return None, event[5:].strip()
-    kind = data = None
+        line = event[5:].strip()
+        return line, line == last[1]
+    kind: bytes | None = None
+    data: bytes | None = None
     for line in event.split(b"\n"):
         if data is None and line.startswith(b"data:"):
             data = line[5:].strip()
         elif kind is None and line.startswith(b"event:"):
             kind = line[6:].strip()
-    return kind, data
-
-
-def is_last(fmt: Format, kind: bytes | None, data: bytes | None) -> bool:
-    """Whether an SSE event (its `event_fields`) ends its stream: Chat Completions'
-    `data: [DONE]`, Responses' `response.completed` (or failed, or incomplete),
-    Messages' `message_stop`."""
-    if kind in _LAST_KINDS[fmt]:
-        return True
-    return fmt == "openai" and data == b"[DONE]"
+    return data, kind in last[0] or (data is not None and data == last[1])
