@@ -21,6 +21,7 @@ from corral.daemon.storewriter import WriterThread
 from corral.daemon.taskjournal import TaskJournalDB
 from corral.supervisor.durable import CallRecord, StepRow
 from corral.supervisor.tasks import Task
+from corral.supervisor.workflows import WorkflowSpec
 
 from .test_store_faults import lockable_store
 
@@ -153,3 +154,39 @@ async def test_a_failing_commit_in_a_shared_one_is_told_alone_and_the_order_is_k
         assert ends == ["ROLLBACK", "COMMIT", "ROLLBACK", "COMMIT", "COMMIT"]
         assert seen == [[(1,), (2,)]]
         assert writer._db.rows("SELECT n FROM t ORDER BY rowid") == [(1,), (2,), (3,)]
+
+
+def test_a_workflow_is_compiled_once_per_change_and_its_agents_checked_at_each_start(
+        tmp_path: Path) -> None:
+    """A run's start takes its workflow as compiled for every run (Catalog.whole) and
+    checks its agents as compiling with them would (check_agents): the same refusal,
+    for the first step whose agent is not known."""
+    from corral.daemon.store import StateStore
+    from corral.daemon.workflows.catalog import Catalog
+    from corral.supervisor.workflows import WorkflowError, compile_workflow
+    from corral.supervisor.workflows.plan import check_agents
+
+    two = msgspec.convert({"steps": [{"name": "a", "agent": "x"}, {"name": "b", "agent": "y"},
+                                     {"name": "c", "workflow": "one"}]}, WorkflowSpec)
+    one = msgspec.convert({"steps": [{"name": "s", "agent": "z"}]}, WorkflowSpec)
+    store = StateStore(tmp_path / "corral.db")
+    try:
+        catalog = Catalog(store)
+        catalog.configure({"two": two, "one": one})
+        wf = catalog.whole("two")
+        assert wf is not None and catalog.whole("two") is wf and catalog.workflow("two") is wf
+        assert wf.agents == ["x", "y", "z"]
+        check_agents(wf, {"x", "y"}.__contains__)  # (z is the nested one's: its start's)
+        for known in ({"y"}, {"x"}, set()):
+            with pytest.raises(WorkflowError) as alone:
+                check_agents(wf, known.__contains__)
+            with pytest.raises(WorkflowError) as whole:
+                compile_workflow("two", two, known.__contains__, {"one": one})
+            assert str(alone.value) == str(whole.value) == (
+                f"workflow two, step {'a' if 'x' not in known else 'b'}: no such agent: "
+                f"{'x' if 'x' not in known else 'y'}")
+        catalog.configure({"two": two})  # a reload: its nested workflow gone
+        assert catalog.whole("two") is None and catalog.whole("nope") is None
+        assert catalog.workflow("two").agents == ["x", "y"]  # (said when it is run)
+    finally:
+        store.close()

@@ -32,13 +32,34 @@ def against(tenant_of: TenantOf, known: Mapping[str, WorkflowSpec]) -> Check[Wor
 class Catalog(RuntimeCatalog[WorkflowSpec]):
     def __init__(self, store: StateStore) -> None:
         super().__init__(store, KIND, "workflows", WorkflowSpec)
+        # each workflow compiled with the others, while `specs()` is the one they were
+        # compiled with (a change makes it anew): every run's start asks, and a run never
+        # changes its Workflow
+        self._made: dict[str, Workflow | None] = {}
+        self._made_of: Mapping[str, WorkflowSpec] | None = None
+
+    def whole(self, name: str) -> Workflow | None:
+        """`name` compiled with the workflows there are, checked whole but for its
+        agents; None where that fails (or there is no such workflow)."""
+        specs = self.specs()
+        if specs is not self._made_of:
+            self._made, self._made_of = {}, specs
+        if name not in self._made:
+            spec = specs.get(name)
+            try:
+                self._made[name] = (compile_workflow(name, spec, None, specs)
+                                    if spec is not None else None)
+            except WorkflowError:
+                self._made[name] = None
+        return self._made[name]
 
     def workflow(self, name: str) -> Workflow:
-        specs = self.specs()
-        spec = specs.get(name)
+        spec = self.specs().get(name)
         if spec is None:
             raise jsonrpc.not_found("workflow", name)
-        return _compiled(name, spec, specs)
+        wf = self.whole(name)
+        # a nested one gone by a reload: said when it is run
+        return wf if wf is not None else compile_workflow(name, spec)
 
     def tenant(self, name: str, tenant_of: TenantOf) -> str | None:
         """Whose a workflow is: a runtime one's, its revision's; the config file's, the
@@ -53,11 +74,3 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
                        and any(st.workflow == name for st in s.steps))
         return (f"workflow {name} is a step of workflow {users[0]}: change or remove "
                 f"{users[0]} first") if users else None
-
-
-def _compiled(name: str, spec: WorkflowSpec, specs: Mapping[str, WorkflowSpec]) -> Workflow:
-    """Compiled with the others (its nested ones' agents)."""
-    try:
-        return compile_workflow(name, spec, None, specs)
-    except WorkflowError:  # a nested one gone by a reload: said when it is run
-        return compile_workflow(name, spec)

@@ -15,6 +15,7 @@ from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
 from ...supervisor.durable import WHOLE, StepRow
+from ...supervisor.durable.record import StepKey
 from ...supervisor.workflows import (
     Workflow,
     WorkflowSpec,
@@ -73,25 +74,32 @@ def _graph(run: Run) -> list[m.RunGraphStep]:
     return out
 
 
-def _page(run: Run, store: RunStore, p: m.RunsGet) -> tuple[list[m.RunStepView], int | None]:
+Read = tuple[int, m.RunStepView] | None  # a row's output's bytes as kept, and its view
+
+
+def _page(run: Run, store: RunStore, p: m.RunsGet, key: StepKey
+          ) -> tuple[list[m.RunStepView], int | None, Read]:
     """A page of the run's step rows, ended early past MAX_OUTPUT_SHOWN bytes of their
-    outputs (one row at least); and the offset of the next page, None at the last."""
+    outputs (one row at least); the offset of the next page, None at the last; and the
+    row `key`'s output's bytes and its view where the page read it."""
     order = {s.name: s.index for s in run.wf.steps}
     rows = sorted((r for r in run.rows.values() if r.step in order
                    and (p.step is None or r.step == p.step)),
                   key=lambda r: (order[r.step], r.item))
     wanted = rows[p.offset:p.offset + p.limit]
     if not p.outputs:
-        return _rows(run, wanted, None, len(rows), p.offset)
+        return _rows(run, wanted, None, len(rows), p.offset, key)
     # (read lazily, a step's rows with one query: the page may end before its last)
     with contextlib.closing(store.outputs_of(run.run_id, [(r.step, r.item)
                                                           for r in wanted])) as blobs:
-        return _rows(run, wanted, blobs, len(rows), p.offset)
+        return _rows(run, wanted, blobs, len(rows), p.offset, key)
 
 
 def _rows(run: Run, wanted: list[StepRow], blobs: Iterator[bytes | None] | None,
-          total: int, offset: int) -> tuple[list[m.RunStepView], int | None]:
+          total: int, offset: int, key: StepKey
+          ) -> tuple[list[m.RunStepView], int | None, Read]:
     page: list[m.RunStepView] = []
+    read: Read = None
     shown = 0
     for r in wanted:
         output = None
@@ -102,8 +110,10 @@ def _rows(run: Run, wanted: list[StepRow], blobs: Iterator[bytes | None] | None,
                 break
             output = msgspec.json.decode(raw) if raw is not None else None
         page.append(_step_view(run, r, output))
+        if blobs is not None and (r.step, r.item) == key:
+            read = (len(raw) if raw is not None else len(b"null"), page[-1])
     end = offset + len(page)
-    return page, end if end < total else None
+    return page, end if end < total else None, read
 
 
 def run_view(run: Run, store: RunStore, page: m.RunsGet | None) -> m.RunView:
@@ -116,14 +126,19 @@ def run_view(run: Run, store: RunStore, page: m.RunsGet | None) -> m.RunView:
     if page is None:
         return view
     view.graph = _graph(run)
-    view.steps, following = _page(run, store, page)
+    last = run.wf.steps[-1]
+    view.steps, following, read = _page(run, store, page, (last.name, WHOLE))
     if following is not None:
         view.steps_next = following
     if run.status == "succeeded":
-        last = run.wf.steps[-1]
-        view.output_bytes = store.output_bytes(run.run_id, last.name, last.mapped)
-        if view.output_bytes <= MAX_OUTPUT_SHOWN:
-            view.output = store.outputs(run).get(last.name)
+        if read is not None and not last.mapped:  # on the page: not read again
+            view.output_bytes, shown = read
+            if view.output_bytes <= MAX_OUTPUT_SHOWN:
+                view.output = shown.output
+        else:
+            view.output_bytes = store.output_bytes(run.run_id, last.name, last.mapped)
+            if view.output_bytes <= MAX_OUTPUT_SHOWN:
+                view.output = store.outputs(run).get(last.name)
     return view
 
 

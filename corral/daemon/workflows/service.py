@@ -21,6 +21,7 @@ from ...supervisor.tasks import TaskManager
 from ...supervisor.tasks.ids import new_id
 from ...supervisor.tracing import Tracer
 from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compile_workflow
+from ...supervisor.workflows.plan import check_agents
 from ...text import plural
 from ..store import StateStore
 from ..storeschema import StoreError
@@ -100,11 +101,18 @@ class WorkflowService:
         if spec is None:
             raise jsonrpc.not_found("workflow", name)
         tenant = self.tenant(name)
-        try:
+
+        def known(agent: str) -> bool:
             # a tenant's workflow runs its tenant's agents alone: a name another tenant
             # took since is no agent of it
-            wf = compile_workflow(name, spec, lambda a: a in self.agents and (
-                tenant is None or self.agent_tenant(a) == tenant), specs)
+            return agent in self.agents and (tenant is None or self.agent_tenant(agent) == tenant)
+
+        wf = self.catalog.whole(name)  # (compiled once for every run, but for its agents)
+        try:
+            if wf is None:
+                wf = compile_workflow(name, spec, known, specs)  # what is wrong, said
+            else:
+                check_agents(wf, known)
         except WorkflowError as exc:
             raise refused_definition(exc) from None
         rev = self.catalog.revision_of(name)

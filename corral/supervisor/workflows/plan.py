@@ -84,8 +84,7 @@ def compile_workflow(name: str, spec: WorkflowSpec,
             raise WorkflowError(f"{where}: two steps named {s.name}")
         names[s.name] = i
         _check_kind(f"{where}, step {s.name}", s)
-        if s.agent is not None and known_agent is not None and not known_agent(s.agent):
-            raise WorkflowMissing(f"{where}, step {s.name}: no such agent: {s.agent}")
+        _check_agent(where, s, known_agent)
         if s.workflow is not None and workflows is not None and s.workflow != name \
                 and s.workflow not in workflows:
             raise WorkflowMissing(f"{where}, step {s.name}: no such workflow: "
@@ -102,6 +101,18 @@ def compile_workflow(name: str, spec: WorkflowSpec,
                     f"{where}, step {st.name}: $steps.{dep}.output refers to step {dep}, "
                     "which comes after it (a step may use the steps before it only)")
     return Workflow(name, spec, steps, nested)
+
+
+def check_agents(wf: Workflow, known_agent: Callable[[str], bool]) -> None:
+    """What `compile_workflow` with `known_agent` says of `wf`, compiled whole without it
+    (nothing else can be wrong then): the first step whose agent is not known."""
+    for st in wf.steps:
+        _check_agent(f"workflow {wf.name}", st.spec, known_agent)
+
+
+def _check_agent(where: str, s: StepSpec, known_agent: Callable[[str], bool] | None) -> None:
+    if s.agent is not None and known_agent is not None and not known_agent(s.agent):
+        raise WorkflowMissing(f"{where}, step {s.name}: no such agent: {s.agent}")
 
 
 def _check_kind(at: str, s: StepSpec) -> None:
