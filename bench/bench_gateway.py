@@ -5,7 +5,7 @@
 tools/call per second made by the official MCP SDK's ClientSession, against the same
 minimal stdio server (bench/min_mcp_server.py), at concurrency 1 and 8:
 - direct: the SDK client talks to the server itself (stdio);
-- corral mcp serve: through the gateway over stdio (and the daemon's control socket);
+- corral mcp serve: through the gateway over stdio (bridged to /mcp on the daemon's local socket);
 - corral HTTP gateway: through `[gateway] listen` (Streamable HTTP on loopback);
 - mcp-proxy (PyPI, pinned 0.13.0, in its own venv at bench/.work because it needs mcp<2):
   the peer gateway fronting the same server over Streamable HTTP.

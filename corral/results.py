@@ -409,11 +409,6 @@ class McpInstances(Result):
     instances: int
 
 
-class GatewayItems(Result):
-    items: list[McpItem]
-    features: list[str]
-
-
 class UpgradeReport(Result):
     """An upgrade of the daemon in place (docs/operations.md, "Upgrades"): `state` is
     "none" (never asked), "handing_over" (checked, the exec under way), "done" (the new

@@ -311,9 +311,10 @@ async def test_what_reaches_an_mcp_server_of_a_clients_trace_context_is_w3c_and_
                         {"traceparent": {"x": 1}, "tracestate": state},
                         {"traceparent": "00-\n" + "x" * (1 << 20)}):
             # each request its own asyncio task, as the socket's connection runs it
-            await asyncio.ensure_future(d.dispatcher.call(OPERATOR, "gateway.call", {
-                "agent": "web", "method": "tools/call", "params": {
-                    "name": "sc__echo", "arguments": {"text": "hi"}, "_meta": context}}))
+            gateway = d.services.gateway
+            await asyncio.ensure_future(gateway.forward(gateway.identify(agent="web"),
+                                                        "tools/call", {
+                "name": "sc__echo", "arguments": {"text": "hi"}, "_meta": context}, None))
         seen = [json.loads(line)["meta"] or {} for line in record.read_text().splitlines()]
         assert len(seen) == 3
         assert (seen[0]["traceparent"], seen[0]["tracestate"]) == (good, state[:512])

@@ -443,6 +443,21 @@ print(s.makefile().readline().strip())
     assert reply["error"]["code"] == -32004
     assert reply["error"]["message"].startswith("unauthorized: uid 65534 may not use this socket")
     assert daemon.proc is not None and daemon.proc.poll() is None
+    # the MCP gateway's local socket (`corral mcp serve`'s) beside it: the same mode, and
+    # its file opened up, each request's peer refused as the control socket refuses it
+    mcp = Path(f"{daemon.sock}.mcp")
+    assert stat.S_IMODE(mcp.stat().st_mode) == 0o660
+    os.chmod(mcp, 0o666)
+    r = subprocess.run(["/usr/bin/python3", "-c", f"""
+import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(mcp)!r})
+s.sendall(b'POST /mcp HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 2\\r\\n'
+          b'Connection: close\\r\\n\\r\\n{{}}')
+print(s.makefile().read())
+"""], capture_output=True, text=True, **AS_NOBODY)
+    head, _, body = r.stdout.partition("\n\n")
+    assert head.startswith("HTTP/1.1 401 "), r.stdout
+    assert json.loads(body)["error"]["message"] == \
+        "unauthorized: uid 65534 may not use this socket"
 
 
 def test_second_daemon_refuses_and_the_first_keeps_running(daemon: Daemon) -> None:

@@ -230,9 +230,9 @@ async def test_a_call_of_no_task_is_refused_or_declined_as_before(tmp_path: Path
         made = asks_made(d)
 
         def call(server: str) -> Any:
-            return d.dispatcher.call(OPERATOR, "gateway.call", {
-                "agent": "asker", "method": "tools/call",
-                "params": {"name": f"{server}__ask_name", "arguments": {"greeting": "Yo"}}})
+            gateway = d.services.gateway
+            return gateway.forward(gateway.identify(agent="asker"), "tools/call", {
+                "name": f"{server}__ask_name", "arguments": {"greeting": "Yo"}}, None)
         said = await call("stateless")
         assert said["content"][0]["text"] == "elicitation decline", said
         # the SDK's server fails the call with the client's refusal of its request

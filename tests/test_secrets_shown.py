@@ -355,7 +355,7 @@ def test_a_cluster_agents_secrets_are_in_no_answer_and_its_replicas_run_them(
 # tables that hold no secret (a tenant's quotas)
 PAYLOADS = {("tasks.run", "input"), ("events.publish", "data"), ("tools.call", "arguments"),
             ("tenants.add", "tenants"), ("tenants.set", "set"), ("prompts.get", "arguments"),
-            ("resources.read", "uri"), ("gateway.call", "params")}
+            ("resources.read", "uri")}
 # definitions of workflows and teams: shown whole by describe and history to who may read
 # them (docs/workflows.md, "Who sees what": no place for a secret, which goes in an
 # agent's env or config, redacted), so their audit rows show them as they are

@@ -668,9 +668,6 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = "",
                            {"uri": "note://x", "server": GHOST_S}),
         "prompts.list": ("missing", {"server": BS}, {"server": GHOST_S}),
         "prompts.get": ("missing", {"name": f"{BS}__p"}, {"name": f"{GHOST_S}__p"}),
-        "gateway.list": ("missing", {"agent": B}, {"agent": GHOST}),
-        "gateway.call": ("missing", {"agent": B}, {"agent": GHOST}),
-        "gateway.watch": ("own", None, None),
         "gateway.status": ("own", None, None),
         "tokens.create": ("forbidden", {"name": "x", "scopes": ["admin"]}, None),
         "tokens.list": ("forbidden", {}, None),
@@ -839,9 +836,10 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         # the operator sees both
         assert {r.name for r in (await call(d, "agents.status", {})).agents} == {"a1", B}
         # the gateway's figures name clients and tools: another tenant's are left out
+        gateway = d.services.gateway
         for agent, tool in ((B, f"{BS}__echo"), ("a1", "aserv__echo")):
-            await call(d, "gateway.call", {"agent": agent, "method": "tools/call", "params": {
-                "name": tool, "arguments": {"text": "x"}}})
+            await gateway.forward(gateway.identify(agent=agent), "tools/call", {
+                "name": tool, "arguments": {"text": "x"}}, None)
         every = await call(d, "gateway.status", {})
         assert {"agent:a1", f"agent:{B}"} <= set(every["clients"])
         for seen in ((await call(d, "gateway.status", {}, a)),
@@ -870,8 +868,8 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         assert sup.mcp.allowlist(sup.agents["a1"].spec) == ["aserv__*", "common__*"]
         called = await _run(d, "a1", {"do": "tools", "tool": f"{BS}__echo", "times": 1})
         assert f"tool {BS}__echo is not allowed for agent a1" in bytes(called.output).decode()
-        listed = await call(d, "gateway.list", {"agent": "a1"}, a)
-        assert {t["name"].split("__")[0] for t in listed.items} == {"aserv", "common"}
+        listed = await gateway.list_items(gateway.identify(agent="a1"), "tools")
+        assert {t["name"].split("__")[0] for t in listed} == {"aserv", "common"}
 
 
 @pytest.mark.deadline(120)
@@ -1081,6 +1079,24 @@ async def test_the_event_stream_over_http_is_split_by_tenant(tmp_path: Path) -> 
 
 # a client of the control socket in the standard library alone, for a Python user nobody
 # may run: one request, its answer on stdout
+RAW_MCP = """
+import http.client, json, socket, sys
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(30)
+        self.sock.connect(sys.argv[1])
+meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}}
+c = Conn("localhost")
+c.request("POST", "/mcp" + (f"?agent={sys.argv[2]}" if sys.argv[2] else ""),
+          json.dumps({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
+                      "params": {"_meta": meta}}),
+          {"Content-Type": "application/json", "Accept": "application/json",
+           "Mcp-Method": "server/discover"})
+r = c.getresponse()
+print(r.status, r.read().decode())
+"""
 RAW_CLIENT = """
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
@@ -1119,6 +1135,16 @@ def test_a_unix_group_of_a_tenant_on_the_socket() -> None:
     d.config.write_text(d.config.read_text() + '[tenants.a]\ngroup = "nogroup"\n'
                         "[tenants.b]\n")
 
+    def as_nobody_mcp(agent: str | None) -> tuple[int, str]:
+        """A 2026-07-28 server/discover POSTed to the local socket as nobody: its status,
+        and its refusal's words ('' none)."""
+        r = subprocess.run([NOBODY_PY, "-c", RAW_MCP, f"{d.sock}.mcp", agent or ""],
+                           capture_output=True, text=True, timeout=60, user="nobody",
+                           group="nogroup", extra_groups=[], cwd="/")
+        assert r.returncode == 0, r.stderr
+        status, _, body = r.stdout.partition(" ")
+        return int(status), "" if status == "200" else json.loads(body)["error"]["message"]
+
     def as_nobody(method: str, params: dict[str, Any]) -> dict[str, Any]:
         r = subprocess.run([NOBODY_PY, "-c", RAW_CLIENT, str(d.sock), method,
                             json.dumps(params)], capture_output=True, text=True,
@@ -1146,6 +1172,16 @@ def test_a_unix_group_of_a_tenant_on_the_socket() -> None:
         assert {a["name"] for a in d.json("status")["agents"]} == {"a1", B}
         audit = d.json("audit")["entries"]
         assert [e["tenant"] for e in audit if e["method"] == "agents.stop"] == ["a", "a"]
+        # the MCP gateway's local socket (`corral mcp serve`'s) judges its peer as the
+        # control socket does: open as it is, and the tenant's peer is one of its agents
+        assert os.stat(f"{d.sock}.mcp").st_mode & 0o777 == 0o666
+        assert as_nobody_mcp("a1") == (200, "")
+        status, said = as_nobody_mcp(None)
+        assert status == 403 and said.startswith("forbidden: uid 65534 pid ")
+        assert said.endswith(" is a caller of tenant a: a gateway client of its own is one "
+                             "of its agents (agent, not token)")
+        assert as_nobody_mcp(B) == (404, f"no such agent: {B}")
+        assert as_nobody_mcp(GHOST) == (404, f"no such agent: {GHOST}")
         assert d.stop() == 0
     finally:
         d.close()

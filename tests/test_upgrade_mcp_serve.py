@@ -1,8 +1,8 @@
 """`corral mcp serve` across a real `corral upgrade`'s exec: a tool call the host sends
 while no image reads (the old one gone to its exec, the new one's boot held on a FIFO
-the test writes) is made once, by the next image, and the link serves on. The race of a
-call sent as the old image stops reading is made every time by a stand-in daemon in
-tests/test_mcp_serve_goaway.py (decision 970)."""
+the test writes) is made once, by the next image, and the bridge serves on: the handed-over
+socket holds its connection in its backlog, and the next image's 404 for the session it
+never had has the host's initialize sent again, then the call (decision 1580)."""
 
 from __future__ import annotations
 

@@ -1,202 +1,224 @@
-"""`corral mcp serve`: the pool as an MCP server over stdio, for a host that starts it.
+"""`corral mcp serve`: an MCP host's stdio, bridged to the daemon's MCP gateway door.
 
-The MCP side is corral.mcp.gateway's session; what it serves comes from the running daemon
-through the control socket (`gateway.list`, `gateway.call`, `gateway.watch`), so the
-daemon's allowlists, limits, accounting and audit apply exactly as to HTTP clients.
-Reconnecting, and a call the departed image never read, are said in docs/gateway.md."""
+Each JSON-RPC line the host writes is POSTed as it came to `/mcp` on the daemon's local
+socket (daemon/localgateway.py, beside the control socket), where the caller is who its
+peer credentials say, as on the control socket; what comes back, a JSON answer or an SSE
+stream's messages, goes to stdout a line each, and so does the session's GET stream
+(list_changed, resource updates). A call so enters by the `/mcp` door and passes its
+chain as any HTTP client's does (decision 1580). A daemon that restarted or was upgraded
+has forgotten the session: the host's `initialize` is sent again, a request the session's
+absence refused (unread: never made) is sent again, and the host is told the lists
+changed. Reconnecting: docs/gateway.md.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import msgspec
 
 from .. import jsonrpc
-from ..jsonrpc import LineProtocol, Peer, RpcError
-from ..mcp.logrelay import LogRelay
-from ..mcp.server import GatewaySession, Progress, StdioTransport
-from ..methods import CANCEL, GOING_AWAY, GatewayCall, GatewayItems, GatewayList, GatewayWatch
-from ..timeouts import within
+from ..daemon.localgateway import local_socket
+from ..jsonrpc import LineProtocol
+from ..mcp import sse
+from ..mcp.envelope import NAMED
+from ..mcp.http import EVENT_STREAM, JSON, METHOD_HEADER, NAME_HEADER, SESSION_HEADER
+from ..mcp.paramheaders import header_value
 
 RETRY_EVERY = 0.2
+MAX_EVENT = 64 << 20  # one message of an SSE stream, at most
+AGAIN = "corral-mcp-serve"  # the id of a request of the bridge's own, never the host's
+CHANGED = [f"notifications/{kind}/list_changed" for kind in ("tools", "resources", "prompts")]
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}}
 
 
-class DaemonLink:
-    """The control-socket connection, its notifications, and reconnection."""
+class HostLine(msgspec.Struct):
+    """What the bridge reads of a host's message: what its headers say again."""
 
-    def __init__(self, path: Path, agent: str | None, token: str | None,
-                 reconnect: float) -> None:
-        self.path = path
-        self.who: dict[str, Any] = {"agent": agent, "token": token}
-        self.reconnect = reconnect
-        self.peer: Peer | None = None
-        self.features: frozenset[str] = frozenset({"tools"})
-        self.lost = asyncio.Event()
-        self.up = asyncio.Event()
-        # the kinds of list a later `gateway.changed` names, for the host (`_serve`)
-        self.changes: asyncio.Queue[list[str]] = asyncio.Queue()
-        # the connection a daemon left for an upgrade, and the last request it read
-        self._left: tuple[Peer, int] | None = None
-        self._progress: dict[int, Progress] = {}
-        self._logs: dict[int, LogRelay] = {}
-        self._ids = itertools.count(1)
-        self._first_change: asyncio.Future[None] | None = None
-        self._watch_task: asyncio.Future[None] | None = None
-        self._transport: asyncio.BaseTransport | None = None
+    id: jsonrpc.Id | None = None
+    method: str | None = None
+    params: dict[str, Any] | None = None
 
-    def close(self) -> None:
-        """Leaving: nothing more is sent or expected on the control socket."""
-        if self.peer is not None:
-            self.peer.close("corral mcp serve is exiting")
-        if self._transport is not None:
-            self._transport.close()
 
-    async def connect(self, within_s: float = 10.0) -> None:
-        """Connect, and wait `within_s` for the daemon's first `gateway.changed`."""
-        loop = asyncio.get_running_loop()
-        holder: list[Peer] = []
+_message = msgspec.json.Decoder(HostLine)
 
-        def line(data: bytes) -> None:
-            holder[0].feed_line(data)
 
-        def eof(exc: Exception | None) -> None:
-            holder[0].close(f"the corral daemon at {self.path} went away")
-            self.up.clear()
-            self.lost.set()
+def head_of(line: bytes) -> HostLine:
+    try:
+        return _message.decode(line)
+    except (ValueError, RecursionError):  # (msgspec's, and a string not UTF-8)
+        return HostLine()  # (a batch, or what the door refuses in its own words)
 
-        transport, _ = await loop.create_unix_connection(
-            lambda: LineProtocol(line, eof), str(self.path))
-        peer = Peer(f"corral daemon at {self.path}", transport.write,  # type: ignore[attr-defined]
-                    on_notification=self._notification, cancel_method=CANCEL)
-        holder.append(peer)
-        self.peer = peer
-        self._transport = transport
-        self.lost.clear()
-        first: asyncio.Future[None] = loop.create_future()
-        self._first_change = first
-        # the watch runs for the connection's life; its first notification says what
-        # the pool serves
-        self._watch_task = asyncio.ensure_future(self._watch(peer))
-        await within(first, within_s)
-        self._left = None  # (the next image has answered)
-        self.up.set()
 
-    async def _watch(self, peer: Peer) -> None:
-        with contextlib.suppress(RpcError):
-            await peer.request(GatewayWatch.declared.name, {})
+class SessionGone(Exception):
+    """The daemon knows the session no more (it restarted): begin again."""
 
-    def _notification(self, method: str, raw: Any, peer: Peer) -> None:
-        params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
-        if method == GOING_AWAY and isinstance(params.get("last_id"), int):
-            self._left = (peer, params["last_id"])
-        elif method == "gateway.progress":
-            cb = self._progress.get(params.pop("progress_id", None))
-            if cb is not None:
-                cb(params)
-        elif method == "gateway.log":
-            said = self._logs.get(params.pop("progress_id", None))
-            if said is not None:
-                said.send(params)  # at its level: the daemon's LogRelay
-        elif method == "gateway.changed":
-            self.features = frozenset(params.get("features") or ["tools"])
-            if self._first_change is not None and not self._first_change.done():
-                self._first_change.set_result(None)
-            elif params.get("kinds"):
-                self.changes.put_nowait(params["kinds"])
 
-    def _live(self) -> Peer:
-        if self.peer is None or self.peer.closed is not None:
-            raise RpcError(jsonrpc.PEER_CLOSED, f"the corral daemon at {self.path} is not "
-                                                "reachable (reconnecting)")
-        return self.peer
+class Bridge:
+    def __init__(self, control: Path, agent: str | None, token: str | None,
+                 write: Callable[[bytes], None]) -> None:
+        self.control = control  # the daemon, as its user names it
+        self.url = "http://localhost/mcp" + (f"?agent={quote(agent)}" if agent else "")
+        self.auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        self.reconnect = 0.0
+        self.write = write
+        # a connection a request: one refused was sent nothing, so is safe to try again
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(str(local_socket(control)), force_close=True),
+            timeout=aiohttp.ClientTimeout(total=None))
+        self.session: str | None = None  # its Mcp-Session-Id
+        self.init: bytes | None = None  # the host's initialize, to begin again with
+        self.begun = 0  # sessions begun: a request refused for an older one begins none
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._listening: asyncio.Task[None] | None = None
 
-    async def _ask(self, method: str, params: dict[str, Any], type: Any) -> Any:
-        """`method` asked of the daemon. After a GOING_AWAY, a call is sent to the next
-        image only once it has answered (so one given up on is never read later), and a
-        call the image that left never read is sent again then."""
-        while True:
-            if self._left is not None and not self.up.is_set():
-                try:
-                    await within(self.up.wait(), self.reconnect)
-                except TimeoutError:
-                    raise RpcError(jsonrpc.PEER_CLOSED, f"the corral daemon at {self.path} "
-                                   f"went away for an upgrade and did not come back within "
-                                   f"{self.reconnect:g} s: {method} was not made") from None
-                continue
-            peer = self._live()
-            rid = peer.sent + 1  # (the id `request` gives it, before its first await)
+    async def forward(self, line: bytes, head: HostLine) -> None:
+        """One host message to the daemon, its answer (or the failure's) to the host."""
+        if head.method == "initialize":
+            self.init = line
+        try:
+            begun = self.begun
             try:
-                return await peer.request(method, params, type=type)
-            except RpcError as exc:
-                left = self._left
-                if exc.code != jsonrpc.PEER_CLOSED or left is None or left[0] is not peer \
-                        or rid <= left[1]:
+                await self._exchange(line, head)
+            except SessionGone:
+                await self.begin_again(begun)
+                await self._exchange(line, head)
+        except aiohttp.ClientConnectorError as exc:
+            self._fail(head, f"the corral daemon at {self.control} is not reachable "
+                             f"({exc.strerror or exc})")
+        except (aiohttp.ClientError, SessionGone, sse.TooLarge):
+            self._fail(head, f"the corral daemon at {self.control} went away")
+
+    def _fail(self, head: HostLine, message: str) -> None:
+        if head.id is not None and head.method is not None:
+            self.write(jsonrpc.encode(jsonrpc.ErrorResponse(head.id, jsonrpc.RpcError(
+                jsonrpc.PEER_CLOSED, message).to_object())))
+
+    async def _open(self, head: HostLine, body: bytes | None = None) -> aiohttp.ClientResponse:
+        """A POST of `body` (None: the session's GET stream), saying who, the session, and
+        what the body says (its method and what it names, as a 2026-07-28 request's
+        must); its connection tried again for `reconnect` seconds while none can be made,
+        as while an upgrade's next image starts."""
+        h = {"Accept": f"{JSON}, {EVENT_STREAM}", "Content-Type": JSON, **self.auth}
+        if self.session is not None:
+            h[SESSION_HEADER] = self.session
+        if head.method is not None and head.id is not None:
+            h[METHOD_HEADER] = head.method
+            named = (head.params or {}).get(NAMED.get(head.method, ""))
+            if isinstance(named, str):
+                h[NAME_HEADER] = header_value(named)
+        deadline = asyncio.get_running_loop().time() + self.reconnect
+        while True:
+            try:
+                return await (self.http.get(self.url, headers=h) if body is None
+                              else self.http.post(self.url, data=body, headers=h))
+            except aiohttp.ClientConnectorError:
+                if asyncio.get_running_loop().time() >= deadline:
                     raise
+                await asyncio.sleep(RETRY_EVERY)
 
-    async def list_items(self, kind: str) -> list[dict[str, Any]]:
-        res: GatewayItems = await self._ask(
-            GatewayList.declared.name, {**self.who, "kind": kind}, GatewayItems)
-        return res.items
+    async def _exchange(self, line: bytes, head: HostLine, told: bool = True) -> None:
+        """`line` sent, and (`told`) what answers it written to the host."""
+        had = self.session
+        async with await self._open(head, line) as resp:
+            body = await resp.read() if resp.content_type != EVENT_STREAM else b""
+            if resp.status == 404 and had is not None and b"initialize again" in body:
+                raise SessionGone
+            made = resp.headers.get(SESSION_HEADER)
+            if made is not None and head.method == "initialize":
+                self.session, self.begun = made, self.begun + 1
+                self._listen()
+            if told:
+                await self._relay(resp, head, body)
 
-    async def task(self, method: str, params: dict[str, Any]) -> Any:
-        """Not offered over stdio (its features have no "tasks"): the HTTP gateway's."""
-        raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+    async def _relay(self, resp: aiohttp.ClientResponse, head: HostLine, body: bytes) -> None:
+        """The answer's messages to the host: a JSON body, or each of an SSE stream's; a
+        refusal with the request's id where the door had not read it."""
+        if resp.content_type == EVENT_STREAM:
+            parser = sse.Parser(MAX_EVENT)
+            async for chunk in resp.content.iter_any():
+                for ev in parser.feed(chunk):
+                    if ev.event == "message" and ev.data.strip():
+                        self.write(ev.data + b"\n")
+        elif resp.status < 400 and body.strip():
+            self.write(body.rstrip(b"\n") + b"\n")
+        elif resp.status >= 400 and (head.id is not None or head.method is None):
+            self.write(jsonrpc.encode(refusal(body, head.id)))
 
-    async def subscribe(self, uri: str, on_update: Callable[[str], None]) -> None:
-        """Not offered over stdio (no "subscriptions"): the HTTP gateway's."""
-        raise RpcError(jsonrpc.METHOD_NOT_FOUND, "method not found: resources/subscribe")
+    async def begin_again(self, begun: int) -> None:
+        """The host's initialize sent again (once for every request that found the
+        session gone together), and the host told the lists changed."""
+        if self.begun != begun or self.init is None:
+            return
+        self.session = None
+        again = {"jsonrpc": "2.0", "id": AGAIN, "method": "initialize",
+                 "params": msgspec.json.decode(self.init).get("params")}
+        await self._exchange(jsonrpc.encode(again), HostLine(AGAIN, "initialize"), told=False)
+        if self.session is None:
+            raise SessionGone  # (refused, not begun: no daemon that serves this client)
+        await self._exchange(jsonrpc.encode({"jsonrpc": "2.0", "method":
+                                             "notifications/initialized"}), HostLine(), False)
+        for method in CHANGED:
+            self.write(jsonrpc.encode({"jsonrpc": "2.0", "method": method}))
 
-    async def unsubscribe(self, uri: str) -> None:
-        raise RpcError(jsonrpc.METHOD_NOT_FOUND, "method not found: resources/unsubscribe")
+    def _listen(self) -> None:
+        if self._listening is not None and self._listening is not asyncio.current_task():
+            self._listening.cancel()
+        self._listening = asyncio.ensure_future(self._stream(self.begun))
 
-    async def forward(self, method: str, params: dict[str, Any],
-                      on_progress: Progress | None, on_log: LogRelay | None = None) -> Any:
-        pid = next(self._ids)
-        if on_progress is not None:
-            self._progress[pid] = on_progress
-        if on_log is not None:
-            self._logs[pid] = on_log
-        try:
-            # the result is passed on as the daemon wrote it, never decoded here
-            return await self._ask(
-                GatewayCall.declared.name, {**self.who, "method": method, "params": params,
-                                            "progress_id": pid if on_progress or on_log
-                                            else None,
-                                            "log_level": on_log.level if on_log else None},
-                msgspec.Raw)
-        finally:
-            self._progress.pop(pid, None)
-            self._logs.pop(pid, None)
+    async def _stream(self, begun: int) -> None:
+        """The session's GET stream, to the host; a daemon gone is sought for `reconnect`
+        seconds (then `lost` says so), and a session it forgot begun again."""
+        while self.begun == begun:
+            try:
+                async with await self._open(HostLine()) as resp:
+                    if resp.status == 404:  # forgotten
+                        await self.begin_again(begun)
+                    if resp.status != 200:  # (else ended, or held elsewhere)
+                        return
+                    await self._relay(resp, HostLine(), b"")
+            except aiohttp.ClientConnectorError:
+                if not self.lost.done():
+                    self.lost.set_result(f"lost the corral daemon at {self.control} and "
+                                         f"could not reconnect within {self.reconnect:g} s")
+                return
+            except (aiohttp.ClientError, SessionGone, sse.TooLarge):
+                continue  # went away mid-stream: sought again
+
+    async def close(self) -> None:
+        """The host left: its session ended (what it still has in flight cancelled)."""
+        if self._listening is not None:
+            self._listening.cancel()
+        if self.session is not None:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.http.delete(self.url, headers={
+                        SESSION_HEADER: self.session, **self.auth}) as resp:
+                    await resp.read()
+        await self.http.close()
 
 
-async def serve(path: Path, agent: str | None, token: str | None, reconnect: float) -> int:
-    link = DaemonLink(path, agent, token, reconnect)
-    try:
-        return await _serve(link)
-    finally:
-        link.close()
+def refusal(body: bytes, rid: jsonrpc.Id | None) -> dict[str, Any]:
+    """The door's JSON-RPC error (its words as one, where it said them otherwise), with
+    the request's id where the door had not read it."""
+    with contextlib.suppress(ValueError):
+        said = msgspec.json.decode(body)
+        if isinstance(said, dict) and isinstance(said.get("error"), dict):
+            return {**said, "id": said.get("id") if said.get("id") is not None else rid}
+    return {"jsonrpc": "2.0", "id": rid, "error": {
+        "code": jsonrpc.INVALID_REQUEST, "message": body.decode(errors="replace").strip()}}
 
 
-async def _serve(link: DaemonLink) -> int:
+async def serve(control: Path, agent: str | None, token: str | None, reconnect: float
+                ) -> int:
     loop = asyncio.get_running_loop()
-    try:
-        await link.connect()
-    except (OSError, TimeoutError) as exc:
-        print(f"corral mcp serve: cannot reach the corral daemon at {link.path}: "
-              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
-        return 3
-    if any(v is not None for v in link.who.values()):  # refuse an unknown identity at once
-        try:
-            await link.list_items("tools")
-        except RpcError as exc:
-            print(f"corral mcp serve: {exc.message}", file=sys.stderr)
-            return 1
     write: Callable[[bytes], None]
     try:
         out, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
@@ -205,52 +227,69 @@ async def _serve(link: DaemonLink) -> int:
         def write(data: bytes) -> None:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
-    # its notifications (list_changed) are written as its answers are
-    session = GatewaySession(link, push=lambda msg: write(jsonrpc.encode(msg)))
-    done: asyncio.Future[None] = loop.create_future()
-
-    def stdin_closed() -> None:
-        session.close()
-        if not done.done():
-            done.set_result(None)
-    await loop.connect_read_pipe(lambda: StdioTransport(session, write, stdin_closed),
-                                 sys.stdin)
-    while not done.done():
-        lost: asyncio.Future[Any] = asyncio.ensure_future(link.lost.wait())
-        changed: asyncio.Future[list[str]] = asyncio.ensure_future(link.changes.get())
-        waiting: list[asyncio.Future[Any]] = [done, lost, changed]
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if changed.done():
-            session.notify_changed(changed.result())
-        else:
-            changed.cancel()
-        if done.done():
-            lost.cancel()
-            break
-        if not lost.done():
-            lost.cancel()
-            continue
-        if not await _reconnect(link, done):
-            if done.done():
-                break
-            print(f"corral mcp serve: lost the corral daemon at {link.path} and could not "
-                  f"reconnect within {link.reconnect:g} s", file=sys.stderr)
-            session.close()
-            return 1
-        session.notify_changed(["tools", "resources", "prompts"])
-    return 0
-
-
-async def _reconnect(link: DaemonLink, done: asyncio.Future[None]) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + link.reconnect
-    while loop.time() < deadline and not done.done():
+    bridge = Bridge(control, agent, token, write)
+    try:
+        # a 2026-07-28 `server/discover` (no session needed) says at once whether the
+        # daemon serves this client: exit 3 when it cannot be reached, 1 when it refuses
+        probe = {"jsonrpc": "2.0", "id": AGAIN, "method": "server/discover",
+                 "params": {"_meta": META}}
         try:
-            await link.connect(max(0.01, min(10.0, deadline - loop.time())))
-            return True
-        except (OSError, TimeoutError):
-            await asyncio.sleep(RETRY_EVERY)
-    return False
+            async with await bridge._open(HostLine(AGAIN, "server/discover"),
+                                          jsonrpc.encode(probe)) as resp:
+                body = await resp.read()
+        except aiohttp.ClientConnectorError as exc:
+            print(f"corral mcp serve: cannot reach the corral daemon at {control}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 3
+        if resp.status != 200:
+            print(f"corral mcp serve: {refusal(body, None)['error']['message']}",
+                  file=sys.stderr)
+            return 1
+        bridge.reconnect = reconnect
+        return await _serve(bridge, loop)
+    finally:
+        await bridge.close()
+
+
+async def _serve(bridge: Bridge, loop: asyncio.AbstractEventLoop) -> int:
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+    await loop.connect_read_pipe(
+        lambda: LineProtocol(lines.put_nowait, lambda exc: lines.put_nowait(None),
+                             max_line=jsonrpc.DEFAULT_MAX_LINE), sys.stdin)
+    calls: dict[Any, asyncio.Task[None]] = {}  # the host's requests in flight, by id
+    while True:
+        got = asyncio.ensure_future(lines.get())
+        waiting: list[asyncio.Future[Any]] = [got, bridge.lost]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not got.done():
+            got.cancel()
+            print(f"corral mcp serve: {bridge.lost.result()}", file=sys.stderr)
+            return 1
+        line = got.result()
+        if line is None:
+            break
+        head = head_of(line)
+        if head.method == "initialize":  # its session, before what follows it
+            await bridge.forward(line, head)
+            continue
+        if head.method == "notifications/cancelled":
+            # its POST dropped: the door cancels what it was making (a 2026-07-28
+            # request, of no session, has nothing else to hear it by)
+            rid = (head.params or {}).get("requestId")
+            cancelled = calls.pop((type(rid), rid), None)
+            if cancelled is not None:
+                cancelled.cancel()
+            if bridge.session is None:
+                continue
+        call = asyncio.ensure_future(bridge.forward(line, head))
+        if head.id is not None and head.method is not None:
+            key = (type(head.id), head.id)  # (1 and "1" are two)
+            calls[key] = call
+            call.add_done_callback(lambda done, key=key: calls.pop(key, None)  # type: ignore[misc]
+                                   if calls.get(key) is done else None)
+    for call in list(calls.values()):
+        call.cancel()
+    return 0
 
 
 def run_serve(path: Path, agent: str | None, token: str | None, reconnect: float) -> int:

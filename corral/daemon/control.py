@@ -331,6 +331,9 @@ class ControlServer:
         self._listener_copy: socket.socket | None = None
         self._leaving: set[Connection] = set()
         self._left: asyncio.Event | None = None
+        # sockets whose peers are judged as this one's (localgateway.py): the same mode
+        # and group
+        self.shared: list[Path] = []
 
     def _complain(self, text: str) -> None:
         log.warning("%s", text, extra=ALSO_STREAMED)
@@ -344,8 +347,18 @@ class ControlServer:
     def _open_to_tenants(self) -> None:
         """With tenants' groups, the socket is open to every local user (0666), as one
         file has one group: each peer is then judged by its credentials at connect."""
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o666 if self.tenant_groups else 0o660)
+        for path in (self.path, *self.shared):
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o666 if self.tenant_groups else 0o660)
+
+    def share(self, path: Path) -> None:
+        """`path`, a socket whose peers are judged as this one's, given its mode and
+        group, now and at each change of the tenants' groups."""
+        self.shared.append(path)
+        self._open_to_tenants()
+        if self.group_gid is not None:
+            with contextlib.suppress(PermissionError):
+                os.chown(path, -1, self.group_gid)
 
     def tenant_of(self, uid: int, gid: int) -> str | None:
         """The tenant a peer calls as: the one whose group it is in. Root and the daemon's

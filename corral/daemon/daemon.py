@@ -363,7 +363,7 @@ class Daemon:
             extras=extras.status, draining=status.draining,
             traces=traces)
         if self.taken is None:  # (an upgrade's new image: once its agents are adopted)
-            await self._web(teardown, conf, services, dispatcher, extras)
+            await self._web(teardown, conf, services, dispatcher, extras, control)
         history.start()
         await enter("the metrics history", part.closed(history.close))
         if self.freeze_heap:
@@ -373,13 +373,14 @@ class Daemon:
                         teardown=teardown, guard=guard), opened.unfinished
 
     async def _web(self, teardown: Teardown, conf: part.Conf, s: Services,
-                   dispatcher: Dispatcher[Services], extras: Extras) -> None:
+                   dispatcher: Dispatcher[Services], extras: Extras,
+                   control: ControlServer) -> None:
         """[http] and [gateway] listen: before the agents start (they are given the
         gateway's address), but in an upgrade's new image once its agents are adopted: the
         sockets are inherited, so a client waits in the backlog meanwhile."""
         enter, listeners, web = teardown.enter, self.upgrades.listeners, s.web
         web.gateway = await enter("the HTTP gateway", part.http_gateway(
-            conf, s.gateway, s.hub, extras, listeners, s.models))
+            conf, s.gateway, s.hub, extras, listeners, control, s.models))
         if conf.cfg.http.listen:
             from .http.ui import LoginSessions  # with aiohttp: only where [http] is configured
 
@@ -427,7 +428,7 @@ class Daemon:
             # aiohttp imported in a thread meanwhile: the loop adopts and dispatches
             try:
                 await self.taken.adopt(lambda: asyncio.to_thread(import_web, up.conf.cfg))
-                await self._web(up.teardown, up.conf, s, up.dispatcher, up.extras)
+                await self._web(up.teardown, up.conf, s, up.dispatcher, up.extras, up.control)
                 if self.freeze_heap:
                     part.freeze_heap(collect=False)
                 self.upgrades.report = await self.taken.settle(s.hub)

@@ -1,7 +1,7 @@
 """The gateway's daemon side: who a client is, what it may use, and what it did.
 
-Every gateway call, from `corral mcp serve` over the control socket or from the HTTP
-gateway, goes through `GatewayService.call` once: the client's allowlist, its limits,
+Every gateway call, from the HTTP gateway's sites (`corral mcp serve`'s, on the local
+socket, among them), goes through `GatewayService.call` once: the client's allowlist, its limits,
 accounting and the audit log. Who the clients are: docs/gateway.md.
 """
 
@@ -138,6 +138,8 @@ class Identity(msgspec.Struct, kw_only=True):
     agents: str | None = None
     scopes: frozenset[str] | None = None
     operator: bool = False
+    # the client process's uid and pid, where its socket says (the local socket's)
+    who: tuple[int, int] = (-1, -1)
 
 
 class _Slot(msgspec.Struct):
@@ -427,8 +429,7 @@ class GatewayService:
 
     async def forward(self, ident: Identity, method: str, params: dict[str, Any],
                       on_progress: Callable[[dict[str, Any]], None] | None,
-                      who: tuple[int, int] = (-1, -1), on_log: LogRelay | None = None
-                      ) -> Any:
+                      on_log: LogRelay | None = None) -> Any:
         if ident.server == AGENTS_VIEW:
             return await self._agent_call(ident, method, params, None, on_progress)
         if method in SKILL_METHODS or (method == "resources/read" and
@@ -441,14 +442,13 @@ class GatewayService:
             name = params.get("name")
             if isinstance(name, str) and self._task_tool(name) == "required":
                 raise needs_tasks(f"tool {name}")  # a call made no task: refused
-            return await self._tool_call(ident, params, on_progress, who, on_log)
+            return await self._tool_call(ident, params, on_progress, on_log)
         with self.slot(ident):
             return await self._other(ident, method, params)
 
     async def _tool_call(self, ident: Identity, params: dict[str, Any],
                          on_progress: Callable[[dict[str, Any]], None] | None,
-                         who: tuple[int, int] = (-1, -1), on_log: LogRelay | None = None
-                         ) -> Any:
+                         on_log: LogRelay | None = None) -> Any:
         name, arguments = _call_params(params)
         if name == toolsearch.TOOL and self.searching(ident):
             # over the client's own list: it finds nothing it could not have listed
@@ -457,8 +457,7 @@ class GatewayService:
         context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
             if isinstance(said, dict) else None
         relay, opened = self._relay(ident, name, params, name.partition("__")[0])
-        result = await self.call(ident, name, arguments, on_progress, who, context, relay,
-                                 on_log)
+        result = await self.call(ident, name, arguments, on_progress, context, relay, on_log)
         return self._sealed(ident, name, opened, relay, result)
 
     def _sealed(self, ident: Identity, subject: str, opened: SealedState | None,
@@ -602,7 +601,7 @@ class GatewayService:
             task_id = await self.agent_tools.submit(ident, name, call.arguments, call.key)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
         tool = f"{AGENTS_VIEW}__{name}"
-        return await self._recorded(ident, tool, (-1, -1), task, lambda: self._entered(Call(
+        return await self._recorded(ident, tool, task, lambda: self._entered(Call(
             ident.replica, tool, arguments, task, key, meta=said, door=MCP_AGENTS,
             wire=DoorWire(made=submitted))))
 
@@ -692,13 +691,13 @@ class GatewayService:
 
     async def call(self, ident: Identity, name: str, arguments: dict[str, Any],
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
-                   who: tuple[int, int] = (-1, -1), context: Parent | None = None,
+                   context: Parent | None = None,
                    relay: InputRelay | None = None, on_log: LogRelay | None = None) -> Any:
         """One tools/call by a gateway client: allowlist, attribution, limits, accounting,
         audit; `context`: the client's trace context, the call's span's parent."""
         if (ident.allow is not None and not allowed(name, ident.allow)) or \
                 not self._tenant_sees(ident, name):
-            self._record(ident, name, 0.0, "refused: not in the allowlist", who)
+            self._record(ident, name, 0.0, "refused: not in the allowlist")
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {name} is not in the allowlist of gateway client "
                            f"{ident.name} ({_shown_allow(ident.allow)})")
@@ -708,20 +707,20 @@ class GatewayService:
                 self.attribution.task_of(ident.replica, ident.mark)
             limiter.admit(ident)
         except RpcError as exc:
-            self._record(ident, name, 0.0, f"refused: {exc.message}", who)
+            self._record(ident, name, 0.0, f"refused: {exc.message}")
             raise
         if ident.replica is not None:
             self._count(ident, task)
         try:
-            return await self._recorded(ident, name, who, task, lambda: self._replicas(
+            return await self._recorded(ident, name, task, lambda: self._replicas(
                 ident, task, name, arguments, on_progress, relay, on_log, context)
                 if ident.replica is not None else self._pooled(
                     ident, name, arguments, on_progress, relay, on_log, context))
         finally:
             limiter.in_flight -= 1
 
-    async def _recorded(self, ident: Identity, name: str, who: tuple[int, int],
-                        task: Task | None, make: Callable[[], Awaitable[Any]]) -> Any:
+    async def _recorded(self, ident: Identity, name: str, task: Task | None,
+                        make: Callable[[], Awaitable[Any]]) -> Any:
         """The outcome of the call `make` makes, its time and the person's wait counted,
         and audited here unless it passed the chain (a replica's: the chain's audit
         link writes its row)."""
@@ -736,7 +735,7 @@ class GatewayService:
                 outcome = failure_of(exc)
                 raise
             finally:
-                self._record(ident, name, time.perf_counter() - start, outcome, who, task,
+                self._record(ident, name, time.perf_counter() - start, outcome, task,
                              person.seconds, audited=ident.replica is None)
 
     async def _replicas(self, ident: Identity, task: Task | None, name: str,
@@ -789,8 +788,7 @@ class GatewayService:
                                             context.sampled, context.tracestate)))
 
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
-                who: tuple[int, int], task: Task | None = None, waited: float = 0.0,
-                audited: bool = True) -> None:
+                task: Task | None = None, waited: float = 0.0, audited: bool = True) -> None:
         """The call counted; `audited`: its row written (a call the chain ran has the
         chain's audit link's)."""
         error = outcome != "ok"
@@ -798,7 +796,7 @@ class GatewayService:
         self.by_tool[self._counted_as(tool)].add(seconds, error, waited)
         if audited:
             gateway_call(self.audit, ident.name, ident.tenant, tool,
-                         task.id if task is not None else None, outcome, who)
+                         task.id if task is not None else None, outcome, ident.who)
 
     def _counted_as(self, tool: str) -> str:
         """The name a call is counted under: its tool's, or NO_SUCH_TOOL's (a client names

@@ -65,6 +65,7 @@ from .inboxjournal import AsksDB
 from .incarnation import ProcessRecords, reclaim
 from .journald import JournalSender, StderrEcho
 from .labeljournal import LabelsDB
+from .localgateway import LocalGateway, local_socket
 from .logfiles import Rotation
 from .logs import LogDirError, LoggedWarnings, LogHub
 from .outputjournal import OutputsDB
@@ -658,19 +659,34 @@ async def packages(conf: Conf, parts: Parts, opened: Stores, fleet: Fleet,
 
 @contextlib.asynccontextmanager
 async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras: Extras,
-                       listeners: Listeners, models: ModelGateway | None = None
+                       listeners: Listeners, control: ControlServer,
+                       models: ModelGateway | None = None
                        ) -> AsyncIterator[HttpGateway | None]:
     """The HTTP gateway, before any agent starts (agents are given its URL): at `/mcp`
-    of the [http] server, and on a site of its own at `[gateway] listen`, an extra."""
+    of the [http] server, on a site of its own at `[gateway] listen`, an extra, and on
+    the local socket (localgateway.py), made for it alone at its first client when
+    neither is configured."""
     cfg = conf.cfg
-    if not (cfg.gateway.listen or cfg.http.listen):
-        yield None
-        return
-    from .http.mcp import HttpGateway
+    made: list[HttpGateway] = []
 
-    http = HttpGateway(gateway, cfg.gateway, conf.dir, listeners, models,
-                       relay=gateway_relay(conf.paths))
+    def make() -> HttpGateway:
+        if not made:
+            from .http.mcp import HttpGateway
+
+            made.append(HttpGateway(gateway, cfg.gateway, conf.dir, listeners, models,
+                                    relay=gateway_relay(conf.paths)))
+        return made[0]
+
+    path = local_socket(conf.paths.socket)
+    local = LocalGateway(path, control, gateway, listeners, make) \
+        if len(os.fsencode(path)) <= SOCKET_PATH_MAX else None
     try:
+        if local is not None:
+            await local.start()
+        if not (cfg.gateway.listen or cfg.http.listen):
+            yield None
+            return
+        http = make()
         if cfg.gateway.listen:
             async def attempt() -> None:
                 await http.start()
@@ -681,7 +697,10 @@ async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras:
             await extra(extras, "gateway", cfg.gateway.listen, attempt)
         yield http
     finally:
-        await http.close()
+        if local is not None:
+            await local.close()
+        if made:
+            await made[0].close()
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,6 @@ from typing import Any
 import msgspec
 
 from .. import jsonrpc
-from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.containment import ProcessRecord
@@ -38,7 +37,7 @@ def row_limit(limit: int) -> int:
 # an agent's own calls' rows (audit.py's AuditLink: a tool call by a gateway client, by
 # a worker; a model call) and the tasks submitted (submitted.py: an anonymous A2A
 # caller's among them), kept as a share of their party's apart
-TOOL_CALLS = (m.GatewayCall.declared.name, "worker.call", "model.call", "task.submitted")
+TOOL_CALLS = ("gateway.call", "worker.call", "model.call", "task.submitted")
 _CALL_ROWS = "call rows"  # the key of the writer's one write of answered calls' rows
 _INSERT = "INSERT INTO audit (time, uid, pid, method, params, outcome, who, tenant) " \
           "VALUES (?,?,?,?,?,?,?,?)"

@@ -64,6 +64,7 @@ from ..timeouts import kept, within
 from . import handoff
 from .control import ControlServer, any_set
 from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, ResourceSubscription
+from .localgateway import NAME as LOCAL
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
@@ -500,7 +501,8 @@ class Takeover:
         configured = {name: listen for name, listen in (("http", cfg.http.listen),
                                                         ("gateway", cfg.gateway.listen))
                       if listen}
-        if url and configured == {i.name: i.listen for i in self.handoff.listeners}:
+        if url and configured == {i.name: i.listen for i in self.handoff.listeners
+                                  if i.name != LOCAL}:
             gateway.url, gateway.socket_path = url, socket_path
 
     def go_on(self, sup: Supervisor, store: StateStore) -> None:

@@ -140,13 +140,6 @@ def _own_tenant(params: Any, caller: Caller) -> None:
         raise jsonrpc.not_found("tenant", params.tenant)
 
 
-def _gateway_client(params: Any, caller: Caller) -> None:
-    if caller.tenant is not None and (params.agent is None or params.token is not None):
-        raise _glob_refusal(caller, "a gateway client of its own is one of its agents "
-                                    "(agent, not token)")
-    _one("agent")(params, caller)
-
-
 def _both(*checks: Callable[[Any, Caller], None]) -> Callable[[Any, Caller], None]:
     def check(params: Any, caller: Caller) -> None:
         for one in checks:
@@ -390,7 +383,6 @@ RULES: dict[str, AgentRule] = {
     # let through whole_tenants are a tenant's
     "tenant_use": AgentRule(_nothing, filter=lambda r, c: _replace(
         r, tenants=[t for t in r.tenants if t.name == c.tenant]), whole_tenants=True),
-    "gateway_client": AgentRule(_gateway_client),
     "gateway_stats": AgentRule(_nothing, filter=_gateway_filter),
 }
 

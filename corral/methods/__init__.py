@@ -57,7 +57,7 @@ DOMAINS: dict[str, tuple[str, ...]] = {
                     "WorkflowsDescribe", "WorkflowsHistory", "WorkflowsList", "WorkflowsPlan",
                     "WorkflowsRemove", "WorkflowsRollback", "WorkflowsRun", "WorkflowsUpdate"),
     "events": ("EventsFollow", "EventsPublish"),
-    "gateway": ("GatewayCall", "GatewayClient", "GatewayList", "GatewayStatus", "GatewayWatch"),
+    "gateway": ("GatewayStatus",),
     "logs": ("LogsFollow", "LogsRotate", "LogsTail"),
     "mcp": ("McpAdd", "McpRemove", "McpRestart", "McpSelection", "McpStart", "McpStatus",
             "McpStop", "PromptsGet", "PromptsList", "ResourcesList", "ResourcesRead",

@@ -32,7 +32,9 @@ TRUSTED = "Fetch a URL and return its text."
 TASK_DOORS = ("worker", "worker-no-task", "/mcp", "/mcp/NAME", "/mcp/corral")
 # a call of no task: the test makes it with the replica's token while it runs none
 IDLE_DOORS = ("/mcp idle", "/mcp/NAME idle", "/mcp/corral idle")
-DOORS = TASK_DOORS + IDLE_DOORS
+# `corral mcp serve --token` with the replica's token, as a host runs it: its stdio
+# bridged to /mcp on the daemon's local socket (decision 1580)
+DOORS = TASK_DOORS + IDLE_DOORS + ("stdio idle",)
 
 
 def pytest_configure(config: pytest.Config) -> None:

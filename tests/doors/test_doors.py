@@ -1,18 +1,24 @@
 """The door contract (DESIGN 28, docs/architecture.md "One door per call"): each link's
 promise is one test, run at every door a tool call enters by — the worker link naming
 its task and naming none, `/mcp`, `/mcp/NAME` and `/mcp/corral` from a task, and the
-gateway's paths with the replica's token while it runs no task; on both homes. Real
+gateway's paths with the replica's token while it runs no task, and `corral mcp serve`
+with it (its stdio bridged to /mcp); on both homes. Real
 daemons, real agents (tests/doors/door_agent.py), real MCP servers."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import os
+import subprocess
 from typing import Any
 
 import pytest
 
 from corral import jsonrpc
 
+from ..conftest import ROOT
+from ..daemon_harness import PY
 from ..test_daemon_cli import wait_until
 from .conftest import DOORS, IDLE_DOORS, TASK_DOORS, Entry
 from .door_agent import gateway
@@ -39,6 +45,14 @@ class Made:
             return
         env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
         url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+        if door == "stdio idle":  # at the node whose gateway the replica was told of
+            at = next(i for i in range(len(d.home.entries))
+                      if d.home.call("gateway.status", {}, at=i)["url"] == url)
+            sock = str(d.home.entry(at).sock)
+            for step in before or []:
+                stdio(sock, step["tool"], step.get("arguments", {}), token)
+            self.future = POOL.submit(stdio, sock, tool, arguments, token, key)
+            return
         server, _, own = tool.partition("__")
         at, name = {"/mcp idle": ("", tool)}.get(door, (f"/{server}", own))
         for step in before or []:
@@ -71,6 +85,35 @@ class Made:
             return None
         found: dict[str, Any] = wait_until(mine, PATIENCE, f"an ask of {self.agent}")
         return found
+
+
+def stdio(sock: str, tool: str, arguments: dict[str, Any], token: str,
+          key: str | None = None) -> dict[str, Any]:
+    """A tools/call through `corral mcp serve --token`, as a 2025-11-25 host makes it:
+    its outcome as door_agent.py's `gateway` says one."""
+    proc = subprocess.Popen(
+        [PY, "-m", "corral", "--socket", sock, "mcp", "serve", "--token", token],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdin is not None and proc.stdout is not None
+    meta = {"io.corral/idempotency-key": key} if key is not None else {}
+    for rid, method, params in (
+            (1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                               "clientInfo": {"name": "host", "version": "1"}}),
+            (None, "notifications/initialized", {}),
+            (2, "tools/call", {"name": tool, "arguments": arguments, "_meta": meta})):
+        proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": method, "params": params,
+                                     **({"id": rid} if rid else {})}) + "\n")
+    proc.stdin.flush()
+    try:
+        said = next(got for got in map(json.loads, proc.stdout) if got.get("id") == 2)
+    finally:
+        proc.stdin.close()
+        proc.wait(PATIENCE)
+    if "error" in said:
+        return {"error": said["error"].get("code"), "message": said["error"].get("message")}
+    content = said["result"].get("content") or [{}]
+    return {"text": content[0].get("text"), "isError": bool(said["result"].get("isError"))}
 
 
 def decide(d: Entry, ask: dict[str, Any], decision: str) -> None:
@@ -220,7 +263,7 @@ assert set(IDLE_DOORS) < set(DOORS)
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("door", IDLE_DOORS)
+@pytest.mark.parametrize("door", (*IDLE_DOORS, "stdio idle"))
 def test_a_replicas_calls_of_no_task_count_in_its_incarnations_budget(daemon: Entry,
                                                                       door: str) -> None:
     """The budget link without a task: max_tool_calls_per_task 2 counts a replica's

@@ -1,6 +1,7 @@
 """The HTTP gateway: the pool as one MCP server over Streamable HTTP, in the daemon
 (docs/http.md, "The MCP gateway"), at `/mcp` of the daemon's HTTP server and, with
-`[gateway] listen`, on a site of its own too, by the same handlers and sessions.
+`[gateway] listen`, on a site of its own too, and on the local socket beside the control
+socket (`corral mcp serve`'s: localgateway.py), by the same handlers and sessions.
 
 aiohttp is imported here only, and this module only when the gateway is served over HTTP.
 """
@@ -12,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import socket
 import ssl
 import time
 from collections import deque
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from ...supervisor.config import GatewaySettings
     from ..gatewayaccess import GatewayService, Identity
     from ..handoff import Listeners
+    from ..localgateway import LocalGateway
     from ..models.gateway import ModelGateway
 
 log = logging.getLogger("corral.gateway.http")
@@ -203,6 +206,8 @@ class HttpGateway:
         self.socket_path: str | None = None
         self.mounted = ""  # its URL on the [http] server, when mounted there
         self._runner: web.AppRunner | None = None
+        self.local: LocalGateway | None = None  # the local socket's site, once served
+        self._local_runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._abandoning = False  # a site that failed to start is being cleaned up
         self.refused = Refusals({})  # the heads its own site's connections refused
@@ -319,6 +324,24 @@ class HttpGateway:
         await web.UnixSite(self._runner, path, ssl_context=tls).start()
         Path(path).chmod(0o666)
 
+    async def serve_local(self, sock: socket.socket, local: LocalGateway) -> None:
+        """The local socket's site (localgateway.py), held across `corral upgrade` as the
+        others are; its callers are identified by `local`."""
+        from ..localgateway import NAME
+
+        app = web.Application(client_max_size=MAX_BODY)
+        self.mount(app)
+        self._local_runner = runner = HttpRunner(
+            app, self.refused, partial(LeanConnection, models=self.models, mcp=self.lean),
+            handle_signals=False, access_log=None, handler_cancellation=True,
+            shutdown_timeout=2.0, keepalive_timeout=self.settings.idle_timeout)
+        await runner.setup()
+        site = web.SockSite(runner, sock)
+        await site.start()
+        self.local = local
+        if self.listeners is not None:
+            held_across_upgrade(self.listeners, NAME, str(local.path), runner, site, None)
+
     def _path(self, p: str) -> str:
         path = Path(p)
         return str(path if path.is_absolute() else self.base / path)
@@ -331,9 +354,13 @@ class HttpGateway:
             self._reaper = None
         for sid in list(self.sessions):
             self._end(sid)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._runner, self._local_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._local_runner = None
+        if self.local is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.local.path.unlink()
         for made in (self.socket_path, self.relay):
             if made:
                 with contextlib.suppress(FileNotFoundError):
@@ -370,7 +397,12 @@ class HttpGateway:
             raise _http(403, f"origin {origin} is not allowed")
         auth = request.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
-        if not auth:
+        local = self.local
+        ident: Identity | None
+        if local is not None and request.transport is not None and \
+                request.transport.get_extra_info("sockname") == str(local.path):
+            ident = self._local(request, local, token.strip() if auth else None)
+        elif not auth:
             ident = self.service.anonymous()
         else:
             try:
@@ -390,6 +422,16 @@ class HttpGateway:
         if not self.service.sees_server(ident, server):
             raise _http(404, f"no MCP server {server} this client may use")
         return msgspec.structs.replace(ident, server=server)
+
+    @staticmethod
+    def _local(request: web.Request, local: LocalGateway, token: str | None) -> Identity:
+        """A client of the local socket: its peer's caller, or the agent (`?agent=NAME`)
+        or token it names; refused in the words of the control socket's refusals."""
+        try:
+            return local.identify(request.transport, request.query.get("agent"), token)
+        except RpcError as exc:
+            status = {jsonrpc.UNAUTHORIZED: 401, jsonrpc.NOT_FOUND: 404}.get(exc.code, 403)
+            raise _http(status, exc.message) from None
 
     @staticmethod
     def _marked(request: web.Request, ident: Identity) -> Identity:
@@ -747,5 +789,6 @@ def _http(status: int, text: str, headers: dict[str, str] | None = None,
 
 
 _ERRORS: dict[int, type[web.HTTPException]] = {
-    400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
-    406: web.HTTPNotAcceptable, 409: web.HTTPConflict, 503: web.HTTPServiceUnavailable}
+    400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
+    404: web.HTTPNotFound, 406: web.HTTPNotAcceptable, 409: web.HTTPConflict,
+    503: web.HTTPServiceUnavailable}

@@ -91,7 +91,9 @@ class LeanConnection(HttpConnection):
         del held[:start + length]
 
     def _hand_over(self, first: bytes = b"") -> None:
-        self._lean = False
+        # a request's `Connection: close`, read lean, is aiohttp's to read again: set, it
+        # would drop the bytes handed to it (its data_received reads nothing once closing)
+        self._lean, self._close = False, False
         held, self._held = first + self._held, bytearray()
         super().data_received(held)
 
