@@ -21,7 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from corral.daemon import otlprecords
 from corral.daemon.otlp import encode as encode_spans
-from corral.daemon.traceexport import _RAWS, Collector, ExportConfig, Exporter
+from corral.daemon.otlpcollector import Collector
+from corral.daemon.traceexport import _RAWS, ExportConfig, Exporter
 from corral.daemon.tracestore import CUT_PAST, TraceStore, key_of, of_task
 from corral.supervisor.tasks import Task, TaskFailure, TaskStatus
 from corral.supervisor.tasks.ids import new_id

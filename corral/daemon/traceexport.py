@@ -14,7 +14,6 @@ change. It ends at the end of its input, after the batches taken are sent.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import queue
@@ -22,18 +21,17 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
 from ..supervisor.tracing import TEXT_MAX, spans_of
 from .otlprecords import encode
 from .tracestore import TraceStore
+
+if TYPE_CHECKING:
+    from .otlpcollector import Collector
 
 log = logging.getLogger("corral.traces")
 
@@ -54,52 +52,6 @@ class ExportConfig(msgspec.Struct, kw_only=True):
     timeout: float = 5.0
 
 
-# -- the collector ---------------------------------------------------------------------------
-class Collector:
-    """POSTs to the OTLP/HTTP endpoint on one connection kept open between batches (a
-    connection a request cost the exporter about as much as encoding the batch did);
-    through urllib, a request at a time, when a proxy of the environment applies."""
-
-    def __init__(self, endpoint: str, headers: dict[str, str], timeout: float) -> None:
-        self.endpoint = endpoint
-        self.headers = {"Content-Type": "application/x-protobuf", **headers}
-        self.timeout = timeout
-        url = urllib.parse.urlsplit(endpoint)
-        self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        proxied = url.scheme in urllib.request.getproxies() and not (
-            url.hostname and urllib.request.proxy_bypass(url.hostname))
-        self._new: Callable[[], http.client.HTTPConnection] | None = None
-        if not proxied and url.hostname and url.scheme in ("http", "https"):
-            kind = (http.client.HTTPSConnection if url.scheme == "https"
-                    else http.client.HTTPConnection)
-            host, port = url.hostname, url.port
-            self._new = lambda: kind(host, port, timeout=timeout)
-        self._conn: http.client.HTTPConnection | None = None
-
-    def post(self, body: bytes) -> None:
-        """Raises what urllib raises when the request fails (an answer of 300 or more
-        included: an HTTPError)."""
-        if self._new is None:
-            request = urllib.request.Request(self.endpoint, data=body, method="POST",
-                                             headers=self.headers)
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                answer.read()
-            return
-        if self._conn is None:
-            self._conn = self._new()
-        try:
-            self._conn.request("POST", self.path, body, self.headers)
-            answer = self._conn.getresponse()
-            answer.read()
-        except BaseException:
-            self._conn.close()  # the next batch on a new connection
-            self._conn = None
-            raise
-        if answer.status >= 300:
-            raise urllib.error.HTTPError(self.endpoint, answer.status, answer.reason,
-                                         answer.headers, None)
-
-
 # -- the process -----------------------------------------------------------------------------
 class Exporter:
     """The store written as batches arrive (the main thread); the collector sent to by a
@@ -117,9 +69,14 @@ class Exporter:
         self._lock = threading.Lock()  # the counts and stdout, between the two threads
         self._queue: queue.Queue[Any] = queue.Queue(QUEUED_BATCHES)
         self._sender: threading.Thread | None = None
+        self._collector: Collector | None = None
         self._pruned = 0.0
         self._warned = 0.0
         if cfg.endpoint is not None:
+            # only with an endpoint: http.client and urllib were most of the exporter's
+            # imports, and a local store alone needs neither
+            from .otlpcollector import Collector
+
             self._collector = Collector(cfg.endpoint, cfg.headers, cfg.timeout)
             self._sender = threading.Thread(target=self._send_loop, name="otlp-send",
                                             daemon=True)
@@ -188,8 +145,8 @@ class Exporter:
     def _send(self, batch: list[Any], spans: int) -> None:
         """A batch's spans made (in this thread, off the store's) and sent; `batch`:
         (record, whether its msgpack was short enough to hold no text to cut) pairs."""
-        cfg = self.cfg
-        assert cfg.endpoint is not None
+        cfg, collector = self.cfg, self._collector
+        assert cfg.endpoint is not None and collector is not None
         try:
             body, _ = encode(batch, cfg.service, cfg.node, cfg.version)
         except Exception as exc:  # a record it cannot make spans of: that batch, not the
@@ -198,9 +155,8 @@ class Exporter:
             log.warning("tracing: %s", self.error)
             return
         try:
-            self._collector.post(body)
-        except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException
-                ) as exc:
+            collector.post(body)
+        except collector.FAILURES as exc:
             self._lost(spans, str(exc))
             now = time.monotonic()
             if now - self._warned >= 60:
