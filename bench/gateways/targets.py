@@ -251,20 +251,29 @@ def _links(rules: int) -> str:
             "[tracing]\nexport_interval = 1.0\n")
 
 
-def _mcp_links(rules: int) -> tuple[str, str]:
-    """With CORRAL_BENCH_RULES=N, the MCP call's every link on, as bench_policy's: N
-    `[[policy]]` rules (N - 2 of other tools, each testing an argument; one testing the
-    echo's text, one allowing it), the echo marked sensitive (each call reads its owner's
-    labels) and a tool untrusted, and [tracing]; the server's marks and the rest of the
-    config, none by default."""
+def _mcp_links(rules: int, token_file: Path) -> tuple[str, str]:
+    """With CORRAL_BENCH_RULES=N, the MCP call's every link on, as bench_policy's: the
+    call an agent replica's (token_agent.py's token: an anonymous client's call is none of
+    the chain's), judged by N `[[policy]]` rules (N - 2 of other tools, each testing an
+    argument; one testing the echo's text, one allowing it), the echo marked sensitive
+    (each call reads its owner's labels) and a tool untrusted, and [tracing]; the server's
+    marks and the rest of the config, none by default."""
     if not rules:
         return "", ""
+    holder = textwrap.dedent(f"""
+        [agents.holder]
+        command = ["{PY}", "{HERE / 'token_agent.py'}"]
+        tools = ["min__*"]
+        max_tool_calls_per_task = 1000000000  # (counted each call: the budget's link)
+        env = {{ PYTHONPATH = "{ROOT}", TOKEN_FILE = "{token_file}" }}
+
+    """)
     said = "".join(f'[[policy]]\nname = "other {i}"\nmatch = {{ tool = "other{i}__*" }}\n'
                    'when = { "arguments.path" = { under = "/workspace" } }\n'
                    f'effect = "{"deny" if i % 2 else "approve"}"\n\n'
                    for i in range(max(rules - 2, 0)))
     return ('tools_sensitive = ["echo"]\ntools_untrusted = ["fetch"]\n',
-            said + '[[policy]]\nname = "no secret"\nmatch = { tool = "min__echo" }\n'
+            holder + said + '[[policy]]\nname = "no secret"\nmatch = { tool = "min__echo" }\n'
             'when = { "arguments.text" = { in = ["secret", "password"] } }\n'
             'effect = "deny"\n\n[[policy]]\nname = "echo"\nmatch = { tool = "min__*" }\n'
             'effect = "allow"\n\n[tracing]\nexport_interval = 1.0\n')
@@ -361,7 +370,10 @@ class CorralMcp(Target):
     def launch(self) -> None:
         self.version = _corral_version()
         self.port = free_port()
-        marks, links = _mcp_links(int(os.environ.get("CORRAL_BENCH_RULES", "0")))
+        self.token_file = self.work / "token"
+        marks, links = _mcp_links(int(os.environ.get("CORRAL_BENCH_RULES", "0")),
+                                  self.token_file)
+        self.as_agent = bool(links)
         config = _corral_config(self.work, textwrap.dedent(f"""
             [mcp_servers.min]
             command = ["{PY}", "{MIN_SERVER}"]
@@ -375,8 +387,13 @@ class CorralMcp(Target):
         self.popen([str(ROOT / ".venv" / "bin" / "corral"), "daemon", "--config",
                     str(config)])
 
+    def ready_to_probe(self) -> bool:
+        return not self.as_agent or self.token_file.exists()
+
     def spec(self) -> dict[str, Any]:
-        return {"kind": "mcp", "url": f"http://127.0.0.1:{self.port}/mcp", "headers": {}}
+        return {"kind": "mcp", "url": f"http://127.0.0.1:{self.port}/mcp", "headers": {
+            "Authorization": f"Bearer {self.token_file.read_text()}"} if self.as_agent
+            else {}}
 
 
 TRANSLATE_MODE = os.environ.get("BENCH_TRANSLATE_MODE", "--stateless").split()

@@ -1,7 +1,8 @@
-"""bench/gateways' holder of a model-gateway token: a corral agent that does nothing but
-write its replica's own OPENAI_API_KEY (the token corral's model gateway knows its
-callers by) to $TOKEN_FILE, so that the load generator, a process of no agent, can call
-the gateway as this replica. Written whole then renamed: a reader never sees half."""
+"""bench/gateways' holder of a gateway token: a corral agent that does nothing but write
+its replica's own CORRAL_MCP_TOKEN (the token both of corral's gateways know its callers
+by: its OPENAI_API_KEY too) to $TOKEN_FILE, so that the load generator, a process of no
+agent, can call either gateway as this replica. Written whole then renamed: a reader
+never sees half."""
 
 import os
 from typing import Any
@@ -10,7 +11,7 @@ from corral.worker import run
 
 path = os.environ["TOKEN_FILE"]
 with open(path + ".tmp", "w") as f:
-    f.write(os.environ["OPENAI_API_KEY"])
+    f.write(os.environ["CORRAL_MCP_TOKEN"])
 os.replace(path + ".tmp", path)
 
 
