@@ -95,6 +95,9 @@ def test_the_canonical_forms() -> None:
     assert canonical_path("etc/passwd") is None
     assert canonical_host("::1") == "::1" and canonical_host("[0:0::1]") == "::1"
     assert canonical_host("gpt-4o") == "gpt-4o" and canonical_host(".") == "."
+    # an IPv6 scope is any text, past the characters an address is written with
+    assert canonical_host("FE80:0::1%Eth0") == "fe80::1%eth0"
+    assert canonical_host("hi 3.") == "hi 3" and canonical_host("") == ""
 
 
 def test_a_relative_prefix_is_refused_at_load(tmp_path: Path) -> None:
