@@ -48,7 +48,10 @@ def config(tree: Path, scratch: Path, variant: str) -> str:
         backoff_initial = 0.05
         stop_timeout = 10.0
         """) for name in ("one", "two"))
-    return head + f'log_dir = "{scratch}/state/logs"\ndrain_timeout = 0\n' + agents
+    # as the tests' daemons (tests/daemon_harness.py): the agents run as the daemon's user,
+    # their interpreter and files under root's directories, which no dynamic uid may reach
+    return (head + f'log_dir = "{scratch}/state/logs"\ndrain_timeout = 0\n'
+            + "dynamic_uids = []\n" + agents)
 
 
 def boot(tree: Path, variant: str) -> dict[str, float]:
