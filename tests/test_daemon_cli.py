@@ -32,7 +32,11 @@ from .daemon_harness import PY, Daemon, corral_popen, corral_run, hello, shared_
 WAIT = 60.0
 
 
-def wait_until(fn: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
+def wait_until(fn: Callable[[], Any], timeout: float = WAIT, what: str = "condition",
+               every: float = 0.05) -> Any:
+    """`fn()`'s first true value, looked at `every` seconds; a look that costs the daemon
+    much (a read of hundreds of agents) can be made less often where a later look still
+    sees what an earlier one would have (a counter)."""
     deadline = time.monotonic() + timeout
     while True:
         value = fn()
@@ -40,7 +44,7 @@ def wait_until(fn: Callable[[], Any], timeout: float = WAIT, what: str = "condit
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 # drop root's supplementary groups too, or group 0 would still open a 0660 root socket

@@ -34,9 +34,11 @@ def test_a_node_of_more_idle_agents_than_its_pool_stays_a_member(
     # delays a beat; the blocking reads hold a connection a beat each all the same)
     with nodes(tmp, redis, {"a": fleet}, ttl=TTL, beat=BEAT) as ns:
         a = ns["a"]
+        # each look a read of every agent's stats, in the daemon and in this process:
+        # made seldom, as the starts of all of them take seconds
         wait_until(lambda: sum(1 for v in a.call("stats.get")["agents"].values()
                                if v["replicas"] >= 1) == AGENTS, timeout=180,
-                   what=f"{AGENTS} agents' replicas up")
+                   what=f"{AGENTS} agents' replicas up", every=0.5)
         stats = a.call("stats.get")
         assert stats["supervisor"]["cold_fallbacks"] == 0  # every one forked
         before = stats["cluster"]
@@ -50,7 +52,9 @@ def test_a_node_of_more_idle_agents_than_its_pool_stays_a_member(
                 "member", before["fences"], before["incarnation"]), st
             return time.monotonic() >= until
 
-        wait_until(member_throughout, timeout=60, what="three TTLs as a member")
+        # a fence between two looks is still seen at the next: its count and the
+        # incarnation only grow, so a look each second holds the node to them throughout
+        wait_until(member_throughout, timeout=60, what="three TTLs as a member", every=1.0)
         last = f"idle{AGENTS - 1:03d}"
         done = run(a, last, {"sleep": 0})
         assert (done["status"], done["attempts"][-1]["node"]) == ("succeeded", "a"), done
