@@ -46,6 +46,7 @@ import threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 MAX_MESSAGE = 1 << 20
@@ -277,6 +278,13 @@ DEVNULL = -3
 _ENVIRONMENT_OF_THE_INTERPRETER = ("LANG", "LC_ALL", "LC_CTYPE")
 
 
+def interpreter_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """What of an environment an interpreter reads at its start (PYTHON*, the locale): a
+    test's own environment given this process's is one the server serves (`serves`)."""
+    return {k: v for k, v in env.items()
+            if k.startswith("PYTHON") or k in _ENVIRONMENT_OF_THE_INTERPRETER}
+
+
 def enabled() -> bool:
     return os.environ.get("CORRAL_TEST_FORK", "1") != "0"
 
@@ -491,10 +499,7 @@ class ForkServer:
     def serves(self, env: dict[str, str]) -> bool:
         """Whether a child with this environment would start as a fresh interpreter would:
         what the interpreter reads at its start (PYTHON*, the locale) is the server's."""
-        def fixed(e: dict[str, str]) -> dict[str, str]:
-            return {k: v for k, v in e.items()
-                    if k.startswith("PYTHON") or k in _ENVIRONMENT_OF_THE_INTERPRETER}
-        return fixed(env) == fixed(self.env)
+        return interpreter_settings(env) == interpreter_settings(self.env)
 
     def popen(self, args: list[str], env: dict[str, str], cwd: str | None = None,
               stdin: Any = None, stdout: Any = None, stderr: Any = None,

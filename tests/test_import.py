@@ -6,6 +6,7 @@ passes check-config; one runs under a real daemon; every refusal says why."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from corral.supervisor.configload import load_config
 
 from .daemon_harness import corral_run, running_daemon, shared_tmpdir
+from .forkserver import interpreter_settings
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +34,10 @@ NODE = shutil.which("node", path=ENV["PATH"])
 
 def corral(*args: str, env: dict[str, str] | None = None, cwd: Path = CORPUS
            ) -> subprocess.CompletedProcess[str]:
-    return corral_run([*args], env={**(env or ENV), "PYTHONPATH": str(ROOT)}, cwd=cwd)
+    # and this interpreter's own settings, which no file of the corpus names: the CLI is
+    # forked from the fork server, not started and its modules imported anew each time
+    return corral_run([*args], env={**(env or ENV), **interpreter_settings(os.environ),
+                                    "PYTHONPATH": str(ROOT)}, cwd=cwd)
 
 
 def needs_node(name: str) -> object:

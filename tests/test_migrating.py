@@ -4,6 +4,7 @@ for it; `corral help import` lists the same table."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from corral.importer.keys import known
 from corral.othernames import OTHER_NAMES, listing
 
 from .daemon_harness import corral_run
+from .forkserver import interpreter_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "migrating.md").read_text()
@@ -51,7 +53,9 @@ def test_every_other_name_is_beside_corrals_key_in_a_row_of_its_tools_table() ->
 
 
 def corral(*args: str) -> subprocess.CompletedProcess[str]:
-    return corral_run([*args], env={"PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    # (this interpreter's own settings too: forked from the fork server, not started anew)
+    return corral_run([*args], env={**interpreter_settings(os.environ),
+                                    "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
 
 
 @pytest.mark.parametrize("how", [("help", "import"), ("import", "--help")])

@@ -5,14 +5,19 @@ load; PM2's cron_restart is imported as it."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 import time
 from pathlib import Path
 
 from .daemon_harness import corral_run, hello, running_daemon, shared_tmpdir
+from .forkserver import interpreter_settings
 from .test_daemon_cli import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+# a CLI's own environment, with this interpreter's settings: forked from the fork server
+# (tests/forkserver.py), not started and its modules imported anew
+BARE = {**interpreter_settings(os.environ), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
 
 
 def fleet(cron: str) -> str:
@@ -59,8 +64,7 @@ def test_each_matching_minute_restarts_the_agent_gracefully_but_one_stopped_by_h
 def test_a_cron_corral_cannot_read_is_refused_at_load(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text(
         '[agents.a]\ncommand = "sleep 1"\nprotocol = "none"\nrestart_cron = "0 3 * *"\n')
-    r = corral_run(["check-config", "--no-check", "c.toml"], env={"PYTHONPATH": str(ROOT)},
-                   cwd=tmp_path)
+    r = corral_run(["check-config", "--no-check", "c.toml"], env=BARE, cwd=tmp_path)
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr == ('corral: invalid config: c.toml: agents.a: restart_cron: cron '
                         '"0 3 * *": expected 5 fields (minute hour day month weekday), '
@@ -71,8 +75,7 @@ def test_pm2s_cron_restart_is_imported_as_restart_cron(tmp_path: Path) -> None:
     (tmp_path / "eco.json").write_text(
         '{"apps": [{"name": "nightly", "script": "job.sh", "cron_restart": "0 3 * * *"},'
         ' {"name": "secs", "script": "job.sh", "cron_restart": "*/30 * * * * *"}]}')
-    r = corral_run(["import", "eco.json"], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-                   cwd=tmp_path)
+    r = corral_run(["import", "eco.json"], env=BARE, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert 'restart_cron = "0 3 * * *"' in r.stdout.split("[agents.secs]")[0]
     assert "restart_cron" not in r.stdout.split("[agents.secs]")[1]
@@ -94,8 +97,7 @@ def test_an_imported_pm2_cron_restart_restarts_the_app_when_the_manual_clock_pas
         '{"name": "once", "script": "sleep", "args": ["600"], "autorestart": false, '
         '"instances": 2, "min_uptime": 1000, '
         f'"cron_restart": "{at.tm_min} {at.tm_hour} * * *"}}]}}')
-    r = corral_run(["import", "eco.json"], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-                   cwd=tmp)
+    r = corral_run(["import", "eco.json"], env=BARE, cwd=tmp)
     assert r.returncode == 0, r.stderr
     (tmp / "d").mkdir()
     with running_daemon(tmp / "d", r.stdout, extra="manual_clock = true") as d:

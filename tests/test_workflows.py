@@ -22,6 +22,11 @@ from corral.supervisor.workflows import WorkflowSpec, compile_workflow, plan_tex
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, corral_run
+from .forkserver import interpreter_settings
+
+# a CLI with no daemon's variables, but with this interpreter's own settings: forked from
+# the fork server (tests/forkserver.py), not started and its modules imported anew
+BARE = {**interpreter_settings(os.environ), "PYTHONPATH": str(ROOT)}
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
 pytestmark = pytest.mark.long
@@ -161,16 +166,16 @@ def test_a_definition_is_loaded_and_its_plan_printed(tmp_path: Path) -> None:
 def test_the_plan_of_a_file_without_a_daemon(tmp_path: Path) -> None:
 
     _, path = _load(tmp_path, PIPE)
-    r = corral_run(["workflows", "plan", "pipe", "--file", path], env={"PYTHONPATH": str(ROOT)})
+    r = corral_run(["workflows", "plan", "pipe", "--file", path], env=BARE)
     assert (r.returncode, r.stdout.splitlines()[:3]) == (0, [
         "workflow pipe: 3 steps", "  three steps, each fed the one before",
         "1. fetch: agent wf, after the start"]), r.stderr
-    r = corral_run(["workflows", "plan", "nope", "--file", path], env={"PYTHONPATH": str(ROOT)})
+    r = corral_run(["workflows", "plan", "nope", "--file", path], env=BARE)
     assert (r.returncode, r.stderr) == (
         1, f"corral: no such workflow: nope in {path} (workflows: pipe)\n")
     (tmp_path / "bad.toml").write_text(_steps('name = "a"\nagent = "nope"'))
     r = corral_run(["workflows", "plan", "w", "--file", str(tmp_path / "bad.toml")],
-                   env={"PYTHONPATH": str(ROOT)})
+                   env=BARE)
     assert (r.returncode, r.stderr) == (1, f"corral: invalid config: {tmp_path}/bad.toml: "
                                            "workflow w, step a: no such agent: nope\n")
 
