@@ -90,6 +90,31 @@ def test_mcp_serve_gives_up_with_a_clear_error(daemon: Daemon) -> None:
         daemon.start()
 
 
+def test_mcp_serve_answers_a_line_over_its_limit_and_serves_on(daemon: Daemon) -> None:
+    """A host's line past the line limit (16 MiB) is never buffered: it is answered as an
+    invalid request (its id unread), and the next line is served."""
+    import subprocess
+
+    proc = corral_popen(["--socket", str(daemon.sock), "mcp", "serve"],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        big = (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"x":"'
+               + b"x" * (16 << 20) + b'"}}')
+        proc.stdin.write(big + b"\n")
+        proc.stdin.write(b'{"jsonrpc":"2.0","id":2,"method":"server/discover","params":{'
+                         b'"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+                         b'"io.modelcontextprotocol/clientCapabilities":{}}}}\n')
+        proc.stdin.flush()
+        assert proc.stdout.readline() == (
+            b'{"id":null,"error":{"code":-32600,"message":"invalid request: a %d-byte '
+            b'message is over the line limit"},"jsonrpc":"2.0"}\n' % len(big))
+        assert b'"id":2,"result"' in proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def http_client(d: Daemon) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=str(d.dir / "mcp.sock")),
                               timeout=httpx2.Timeout(30, read=60))

@@ -253,9 +253,15 @@ async def serve(control: Path, agent: str | None, token: str | None, reconnect: 
 
 async def _serve(bridge: Bridge, loop: asyncio.AbstractEventLoop) -> int:
     lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def oversized(size: int, head: bytes, tail: bytes) -> None:
+        bridge.write(jsonrpc.encode(jsonrpc.ErrorResponse(None, jsonrpc.RpcError(
+            jsonrpc.INVALID_REQUEST, f"invalid request: a {size}-byte message is over the "
+                                     "line limit").to_object())))
     await loop.connect_read_pipe(
         lambda: LineProtocol(lines.put_nowait, lambda exc: lines.put_nowait(None),
-                             max_line=jsonrpc.DEFAULT_MAX_LINE), sys.stdin)
+                             max_line=jsonrpc.DEFAULT_MAX_LINE, on_oversize=oversized),
+        sys.stdin)
     calls: dict[Any, asyncio.Task[None]] = {}  # the host's requests in flight, by id
     while True:
         got = asyncio.ensure_future(lines.get())
