@@ -203,6 +203,30 @@ def test_the_clis_start_imports_no_engine() -> None:
     assert (r.returncode, r.stdout, r.stderr) == (0, "\n", "")
 
 
+@pytest.mark.parametrize(("module", "unused"), [
+    # the worker SDK: every agent's start, the start the suite pays most often; its locks
+    # and threads are _thread's
+    ("corral.worker", ("threading", "functools", "collections", "typing", "json")),
+    # the config's schema alone (`corral import`, `check-config`): corral.supervisor's names
+    # are imported when asked for, not the engine with the package
+    ("corral.supervisor.configload", ("corral.supervisor.core", "corral.supervisor.tasks",
+                                      "corral.supervisor.replica")),
+    # the trace exporter with no endpoint: its HTTP client is imported with an endpoint
+    ("corral.daemon.traceexport", ("http.client", "urllib.request", "email.parser")),
+])
+def test_a_processs_start_imports_none_of_what_it_does_not_use(
+        module: str, unused: tuple[str, ...]) -> None:
+    """Starts the suite pays hundreds of times each (bench/RESULTS.md, "The suite's
+    process starts")."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", f"import sys, {module}; print(*sorted("
+                        f"m for m in sys.modules if m in {unused!r}))"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "\n", "")
+
+
 def test_the_daemons_start_imports_no_http_stack() -> None:
     """A daemon's start imports aiohttp (client or server) only for what its config asks
     of it ([http], an MCP server over HTTP, a webhook): most daemons have none of them,
