@@ -56,6 +56,25 @@ async def test_mcp_serve_survives_a_daemon_restart(daemon: Daemon) -> None:
         assert text(await s.call_tool("sc__echo", {"text": "again"})) == "again"
 
 
+async def test_mcp_serve_meets_its_clients_limit_as_every_gateway_client(
+        daemon: Daemon) -> None:
+    """Through the bridge the operator is the gateway client `operator`, bounded as any:
+    max_concurrent = 2, a third call in flight refused at once, in the gateway's words."""
+    async with gateway(daemon) as s:
+        await listed(s, "sc__slow")
+        slow = [asyncio.ensure_future(s.call_tool("sc__slow", {"seconds": 30}))
+                for _ in range(2)]
+        await wait_until_async(lambda: daemon.json("mcp", "status")["gateway"]["clients"]
+                               .get("operator", {}).get("in_flight") == 2)
+        with pytest.raises(MCPError) as err:
+            await s.call_tool("sc__echo", {"text": "third"})
+        assert str(err.value) == ("gateway client operator has 2 calls in flight, its "
+                                  "limit (max_concurrent)")
+        for t in slow:
+            t.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+
+
 def test_mcp_serve_gives_up_with_a_clear_error(daemon: Daemon) -> None:
     import subprocess
 
