@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
 from ..supervisor.config import ConfigError
-from . import json5, mcpjson, pm2, procfile, supervisord, systemd
+from . import json5
 from .model import Conversion, How, config_text, link, unique
 
-READERS: dict[str, Callable[[Path, How], Conversion]] = {
-    "supervisord": supervisord.read,
-    "pm2": pm2.read,
-    "procfile": procfile.read,
-    "systemd": systemd.read,
-    "mcp": mcpjson.read,
-}
+# each tool's reader, by its module, imported for the files that need it: an MCP client's
+# reader brings the config's whole loader and PM2's its sandbox, which a Procfile's import
+# (a fresh interpreter each time) has no use for
+READERS = {"supervisord": "supervisord", "pm2": "pm2", "procfile": "procfile",
+           "systemd": "systemd", "mcp": "mcpjson"}
+
+
+def reader(kind: str) -> Callable[[Path, How], Conversion]:
+    read: Callable[[Path, How], Conversion] = import_module(
+        f"{__package__}.{READERS[kind]}").read
+    return read
 
 
 def kind_of(path: Path) -> str:
@@ -36,6 +41,8 @@ def kind_of(path: Path) -> str:
             data = json5.loads(text)
         except ValueError:
             return "pm2"
+        from . import mcpjson
+
         return "mcp" if mcpjson.servers_of(data) and not (
             isinstance(data, dict) and "apps" in data) else "pm2"
     head = text[:65536]
@@ -52,7 +59,7 @@ def kind_of(path: Path) -> str:
 
 def read_all(paths: list[Path], how: How, kind: str | None = None) -> list[Conversion]:
     """The files, each read, and the order between them linked (model.link)."""
-    imports = [READERS[kind or kind_of(p)](p, how) for p in paths]
+    imports = [reader(kind or kind_of(p))(p, how) for p in paths]
     unique(imports)
     link(imports)
     return imports
