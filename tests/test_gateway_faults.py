@@ -4,12 +4,14 @@ a server stopped by hand (list_changed), a client's limits."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .daemon_harness import PY, Daemon, corral_popen, running_daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_popen, hello, running_daemon, shared_tmpdir
 from .test_gateway_stdio import SCRIPTED, gateway, listed, text, wait_until_async
 
 mcp = pytest.importorskip("mcp")
@@ -107,6 +109,37 @@ def test_mcp_serve_gives_up_with_a_clear_error(daemon: Daemon) -> None:
             proc.kill()
             proc.wait()
         daemon.start()
+
+
+def test_mcp_serve_exits_when_the_next_daemon_refuses_its_client(tmp_path: Path) -> None:
+    """A daemon restarted without the agent `--agent` names will not begin the session
+    again: the bridge says why on stderr and exits 1, rather than asking for ever."""
+    import subprocess
+
+    d = Daemon(tmp_path, hello("h"))
+    proc = None
+    try:
+        d.start()
+        proc = corral_popen(["--socket", str(d.sock), "mcp", "serve", "--agent", "h"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(INIT).encode() + b"\n")
+        proc.stdin.flush()
+        assert b'"id":1,"result"' in proc.stdout.readline()
+        d.stop()
+        d.config.write_text(d.config.read_text().replace("[agents.h]", "[agents.g]"))
+        d.start()
+        assert proc.wait(60) == 1
+        assert proc.stderr is not None
+        assert proc.stderr.read().decode() == (
+            f"corral mcp serve: the corral daemon at {d.sock} did not begin the session "
+            "again: no such agent: h (agents: g)\n")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        d.close()
 
 
 def test_mcp_serve_answers_a_line_over_its_limit_and_serves_on(daemon: Daemon) -> None:

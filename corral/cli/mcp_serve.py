@@ -161,9 +161,13 @@ class Bridge:
         self.session = None
         again = {"jsonrpc": "2.0", "id": AGAIN, "method": "initialize",
                  "params": msgspec.json.decode(self.init).get("params")}
-        await self._exchange(jsonrpc.encode(again), HostLine(AGAIN, "initialize"), told=False)
-        if self.session is None:
-            raise SessionGone  # (refused, not begun: no daemon that serves this client)
+        async with await self._open(HostLine(AGAIN, "initialize"),
+                                    jsonrpc.encode(again)) as resp:
+            made, body = resp.headers.get(SESSION_HEADER), await resp.read()
+        if made is None:  # refused: the daemon serves this client no more
+            raise SessionGone(refusal(body, None)["error"]["message"])
+        self.session, self.begun = made, self.begun + 1
+        self._listen()
         await self._exchange(jsonrpc.encode({"jsonrpc": "2.0", "method":
                                              "notifications/initialized"}), HostLine(), False)
         for method in CHANGED:
@@ -190,7 +194,12 @@ class Bridge:
                     self.lost.set_result(f"lost the corral daemon at {self.control} and "
                                          f"could not reconnect within {self.reconnect:g} s")
                 return
-            except (aiohttp.ClientError, SessionGone, sse.TooLarge):
+            except SessionGone as exc:
+                if not self.lost.done():
+                    self.lost.set_result(f"the corral daemon at {self.control} did not "
+                                         f"begin the session again: {exc}")
+                return
+            except (aiohttp.ClientError, sse.TooLarge):
                 continue  # went away mid-stream: sought again
 
     async def close(self) -> None:
