@@ -38,7 +38,7 @@ class _Waiter:
 
     def answer(self, method: str, timeout: float | None = None) -> Any:
         """The answer, waited for (its error raised)."""
-        if not self.answered.acquire(timeout=-1 if timeout is None else timeout):
+        if not self.answered.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             raise RequestError(REQUEST_TIMEOUT, f"{method}: no answer within {timeout} s")
         ok, value = self.value
         if not ok:
