@@ -62,7 +62,7 @@ async def run_task(d: Any, task_input: dict[str, Any], agent: str = "gw") -> Any
 
 
 async def gateway_status(d: Any) -> m.GatewayStats:
-    # the engine's answer is its wire twin's dict (gatewayhandlers.gateway_status)
+    # the engine's answer is its wire twin's dict (mcphandlers.gateway_status)
     return msgspec.convert(await d.dispatcher.call(OPERATOR, "gateway.status", {}),
                            m.GatewayStats)
 

@@ -1,13 +1,13 @@
 """The MCP pool's methods' handlers: the servers' tools, resources and prompts listed and
 called as an operator (or as an agent's allowlist sees them), the servers started and
-stopped."""
+stopped, and the gateway's figures (its clients reach it at `/mcp`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -89,6 +89,13 @@ async def mcp_status(d: McpServices, p: m.McpStatus, caller: Caller, c: Channel
                      ) -> m.McpStatusResult:
     return m.McpStatusResult(mcp_servers=wire(d.tools.status()),
                              gateway=wire(d.gateway_status()))
+
+
+@implements(m.GatewayStatus)
+async def gateway_status(d: McpServices, p: m.GatewayStatus, caller: Caller, c: Channel
+                         ) -> m.GatewayStats:
+    # the engine's answer is its wire twin's dict: it encodes alike
+    return cast(m.GatewayStats, d.gateway_status())
 
 
 @implements(m.McpStart)

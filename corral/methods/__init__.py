@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .declaration import REGISTRY as REGISTRY
     from .definitions import *
     from .events import *
-    from .gateway import *
     from .logs import *
     from .mcp import *
     from .packages import *
@@ -57,11 +56,10 @@ DOMAINS: dict[str, tuple[str, ...]] = {
                     "WorkflowsDescribe", "WorkflowsHistory", "WorkflowsList", "WorkflowsPlan",
                     "WorkflowsRemove", "WorkflowsRollback", "WorkflowsRun", "WorkflowsUpdate"),
     "events": ("EventsFollow", "EventsPublish"),
-    "gateway": ("GatewayStatus",),
     "logs": ("LogsFollow", "LogsRotate", "LogsTail"),
-    "mcp": ("McpAdd", "McpRemove", "McpRestart", "McpSelection", "McpStart", "McpStatus",
-            "McpStop", "PromptsGet", "PromptsList", "ResourcesList", "ResourcesRead",
-            "ToolsCall", "ToolsList", "ToolsPins"),
+    "mcp": ("GatewayStatus", "McpAdd", "McpRemove", "McpRestart", "McpSelection", "McpStart",
+            "McpStatus", "McpStop", "PromptsGet", "PromptsList", "ResourcesList",
+            "ResourcesRead", "ToolsCall", "ToolsList", "ToolsPins"),
     "packages": ("PackagesDeploy", "PackagesReleases"),
     "stats": ("StatsGet", "StatsHistory", "StatsSample", "StatsWatch"),
     "tenants": ("TenantsAdd", "TenantsList", "TenantsRemove", "TenantsSet"),

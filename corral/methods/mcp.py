@@ -48,6 +48,16 @@ class McpStatus(Params):
     """The MCP servers: state, protocol version, tools, calls, errors per instance."""
 
 
+@method("gateway.status", result=GatewayStats, scope="metrics:read", seen="gateway_stats",
+        dashboard=True, routes=(
+    rest("GET", "/gateway", "The gateway's calls per client and per tool, and the HTTP "
+         "gateway's sessions"),
+))
+class GatewayStatus(Params):
+    """Gateway calls per client and per tool: counts, errors, latency percentiles; the
+    HTTP gateway's address and sessions."""
+
+
 class McpSelection(Params):
     """One MCP server by name (all its instances)."""
 
