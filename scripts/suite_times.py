@@ -50,6 +50,14 @@ def timeline(path: Path, top: int) -> int:
     print("the longest waits for a turn (s, from the run's start):")
     for r in sorted(rows, key=lambda r: r[2] - r[3])[:top]:
         print(f"{r[3] - r[2]:8.1f} at {r[2] - start:6.0f}  {r[0]} {r[1]}")
+    # the run's tail: a file begun late and long ends the run with the other workers idle,
+    # and then wants a higher rank in tests/durations.json
+    print("each worker's last file (s from the run's start: begun, ended):")
+    for worker in sorted({r[0] for r in rows}):
+        mine = sorted((r for r in rows if r[0] == worker), key=lambda r: r[3])
+        last = mine[-1][1].split("::", 1)[0]
+        began = min(r[3] for r in mine if r[1].split("::", 1)[0] == last)
+        print(f"{worker:>8} {began - start:6.0f} {mine[-1][4] - start:6.0f}  {last}")
     return 0
 
 

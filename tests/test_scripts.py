@@ -163,7 +163,8 @@ def test_suite_times_tells_a_files_waiting_from_its_cpu(tmp_path: Path) -> None:
 
 def test_suite_times_reads_a_runs_timeline(tmp_path: Path) -> None:
     """CORRAL_TEST_TIMELINE's lines (worker, test, turn asked, begun, ended): each
-    worker's time in tests, waiting and idle after, and the longest waits."""
+    worker's time in tests, waiting and idle after, the longest waits, and each worker's
+    last file (the run's tail)."""
     def times(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(ROOT / "scripts" / "suite_times.py"),
                                *args], capture_output=True, text=True, timeout=60)
@@ -183,7 +184,10 @@ def test_suite_times_reads_a_runs_timeline(tmp_path: Path) -> None:
         "     gw0       10        0             0",
         "     gw1        5        3             1",
         "the longest waits for a turn (s, from the run's start):",
-        "     3.0 at      5  gw1 t.py::c"]
+        "     3.0 at      5  gw1 t.py::c",
+        "each worker's last file (s from the run's start: begun, ended):",
+        "     gw0      0     10  t.py",
+        "     gw1      1      9  t.py"]
 
 
 def test_the_kept_durations_name_only_the_suites_files() -> None:
