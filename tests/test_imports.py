@@ -211,8 +211,12 @@ def test_the_clis_start_imports_no_engine() -> None:
     # are imported when asked for, not the engine with the package
     ("corral.supervisor.configload", ("corral.supervisor.core", "corral.supervisor.tasks",
                                       "corral.supervisor.replica")),
-    # the trace exporter with no endpoint: its HTTP client is imported with an endpoint
-    ("corral.daemon.traceexport", ("http.client", "urllib.request", "email.parser")),
+    # the trace exporter with no endpoint: its HTTP client is imported with an endpoint,
+    # and of the engine what a record's spans need (corral.supervisor.tasks' names too are
+    # imported when asked for)
+    ("corral.daemon.traceexport", ("http.client", "urllib.request", "email.parser",
+                                   "corral.supervisor.tasks.manager",
+                                   "corral.supervisor.process_replica")),
 ])
 def test_a_processs_start_imports_none_of_what_it_does_not_use(
         module: str, unused: tuple[str, ...]) -> None:

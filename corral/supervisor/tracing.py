@@ -11,7 +11,7 @@ import inspect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -34,13 +34,16 @@ from ..tracecontext import (
     parse_or_none,
     parse_or_refuse,
 )
-from .policy import PolicyVerdict
-from .process_replica import ReplicaExit
-from .tasks.call import WORKER, Call
+from .tasks.call import WORKER
 from .tasks.interceptors import AGENT_TOOL, StepReplay, TaskInterceptor, TaskPath, TraceStart
-from .tasks.model import Task
 from .tasks.steps import MODEL_STEP
 from .tasks.taskmachine import TaskStatus
+
+if TYPE_CHECKING:
+    from .policy import PolicyVerdict
+    from .process_replica import ReplicaExit
+    from .tasks.call import Call
+    from .tasks.model import Task
 
 AGENT_SERVER = AGENT_TOOL.removesuffix(SEP)  # "corral": its tools are agents
 # OTLP's SpanKind values
@@ -155,6 +158,10 @@ class Tracer(TaskInterceptor):
 
     # -- the engine's interceptor ----------------------------------------------------------
     def bind(self, path: TaskPath) -> None:
+        # (here, not at the module's top: the trace exporter's process imports this
+        # module for a record's spans, and the replicas' modules are none of its work)
+        from .process_replica import ReplicaExit
+
         self._active = path.active
         path.stream.subscribe(self._exited, ReplicaExit)
 
