@@ -256,17 +256,7 @@ class HttpGateway:
             raise ConfigError(
                 f"gateway.listen: refusing to serve {where}, which is not a loopback address, "
                 "without TLS: set tls_cert and tls_key, or allow_remote = true")
-        app = web.Application(client_max_size=MAX_BODY)
-        self.mount(app)
-        # a client that goes away cancels its handler, and so its call upstream; the
-        # model calls of the common shape and POSTs of /mcp are served lean (models/lean.py);
-        # a connection with no whole request within idle_timeout is closed (as [http]'s)
-        self._runner = HttpRunner(app, self.refused,
-                                  partial(LeanConnection, models=self.models, mcp=self.lean),
-                                  handle_signals=False, access_log=None,
-                                  handler_cancellation=True, shutdown_timeout=2.0,
-                                  keepalive_timeout=s.idle_timeout)
-        await self._runner.setup()
+        self._runner = await self._site()
         try:
             await self._serve(kind, where, port, tls)
         except BaseException:
@@ -278,6 +268,20 @@ class HttpGateway:
             finally:
                 self._runner, self._abandoning = None, False
             raise
+
+    async def _site(self) -> web.AppRunner:
+        """The runner of a site of its own (`[gateway] listen`'s, the local socket's)."""
+        app = web.Application(client_max_size=MAX_BODY)
+        self.mount(app)
+        # a client that goes away cancels its handler, and so its call upstream; the
+        # model calls of the common shape and POSTs of /mcp are served lean (models/lean.py);
+        # a connection with no whole request within idle_timeout is closed (as [http]'s)
+        runner = HttpRunner(app, self.refused,
+                            partial(LeanConnection, models=self.models, mcp=self.lean),
+                            handle_signals=False, access_log=None, handler_cancellation=True,
+                            shutdown_timeout=2.0, keepalive_timeout=self.settings.idle_timeout)
+        await runner.setup()
+        return runner
 
     async def _serve(self, kind: str, where: str | None, port: int | None,
                      tls: ssl.SSLContext | None) -> None:
@@ -329,13 +333,7 @@ class HttpGateway:
         others are; its callers are identified by `local`."""
         from ..localgateway import NAME
 
-        app = web.Application(client_max_size=MAX_BODY)
-        self.mount(app)
-        self._local_runner = runner = HttpRunner(
-            app, self.refused, partial(LeanConnection, models=self.models, mcp=self.lean),
-            handle_signals=False, access_log=None, handler_cancellation=True,
-            shutdown_timeout=2.0, keepalive_timeout=self.settings.idle_timeout)
-        await runner.setup()
+        self._local_runner = runner = await self._site()
         site = web.SockSite(runner, sock)
         await site.start()
         self.local = local
