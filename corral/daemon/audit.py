@@ -120,13 +120,14 @@ def failure_of(exc: BaseException) -> str:
 
 class AuditLink(TaskInterceptor):
     """The chain's audit link (tasks/chain.py), around every other link: each tool call
-    one row when it is answered, at every door (a gateway door's as the gateway's own
-    calls, `gateway.call` by `gateway client LABEL`, and its daemon log line; the worker
-    link's `worker.call` by `agent LABEL`, and the model gateway's `model.call`, rows
-    alone: a worker's calls are the hot path, and their log line, two writes on the
-    loop, was two thirds of the row's cost), a call some link refused among them. The
-    row goes through the store's writer, group-committed off the loop (a worker's or a
-    model call answered, the hot paths' commonest, by the store's cheaper `call_row`)."""
+    one row when it is answered, at every door (the worker link's `worker.call` by `agent
+    LABEL`, a gateway door's `gateway.call` by `gateway client LABEL`, the model gateway's
+    `model.call` by `agent LABEL`), a call some link refused among them. An answered call
+    is the store's cheaper `call_row` at every door, and no line of the daemon log (its two
+    writes on the loop were two thirds of a worker's row's cost, and a tenth of an MCP
+    call's: decision 1630); a refused or failed one is `Audit.__call__`'s row, in its
+    words, with its log line at a gateway door. Either goes through the store's writer,
+    group-committed off the loop."""
 
     def __init__(self, audit: Audit) -> None:
         self.audit = audit
@@ -175,11 +176,15 @@ class AuditLink(TaskInterceptor):
         tenant = r.spec.tenant
         task = call.task.id if call.task is not None else None
         params = call_params(label, call.name, task)
-        if call.door == WORKER:
-            if outcome == "ok":  # answered, the worker link's hot path: the cheaper row
-                params["tool"] = _cut(call.name)
+        worker = call.door == WORKER
+        if outcome == "ok":  # answered, every door's hot path: the cheaper row
+            params["tool"] = _cut(call.name)
+            if worker:
                 return self.audit.call_row("worker", WORKER_CALL, params, f"agent {label}",
                                            tenant)
+            return self.audit.call_row("gateway", GATEWAY_CALL, params,
+                                       f"gateway client {label}", tenant)
+        if worker:
             self.audit(Caller(via="worker", name=f"agent {label}", tenant=tenant),
                        WORKER_CALL, params, outcome, line=False)
         elif call.model is not None:  # the model gateway's: its model, not a tool
@@ -190,15 +195,16 @@ class AuditLink(TaskInterceptor):
             gateway_call(self.audit, label, tenant, call.name, task, outcome)
 
 
-def gateway_call(audit: Callable[[Caller, str, Any, str], None], client: str,
-                 tenant: str | None, tool: str, task: str | None, outcome: str,
-                 who: tuple[int, int] = (-1, -1)) -> None:
+def gateway_call(audit: Callable[..., None], client: str, tenant: str | None, tool: str,
+                 task: str | None, outcome: str, who: tuple[int, int] = (-1, -1)) -> None:
     """A gateway client's tool call's row: the audit link's of a call that passed the
-    chain, the gateway's own of one that never enters it (a refusal at its door, a
-    client that is no agent's); `who`: the client process's uid and pid, if known."""
+    chain and was refused or failed, the gateway's own of one that never enters it (a
+    refusal at its door, a client that is no agent's); `who`: the client process's uid
+    and pid, if known. A line of the daemon log too, unless it was answered (as no
+    answered call at any door is: decision 1630)."""
     audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=tenant,
                  name=f"gateway client {client}"), GATEWAY_CALL,
-          call_params(client, tool, task), outcome)
+          call_params(client, tool, task), outcome, line=outcome != "ok")
 
 
 def _cut(text: str) -> str:
