@@ -142,6 +142,26 @@ def test_mcp_serve_exits_when_the_next_daemon_refuses_its_client(tmp_path: Path)
         d.close()
 
 
+def test_a_local_socket_that_cannot_be_bound_is_said_and_the_daemon_serves_on(
+        tmp_path: Path) -> None:
+    """Something in the local socket's place (a directory here) is no reason not to
+    start: the daemon says why in its log and serves on; `corral mcp serve` cannot
+    reach it (exit 3), the CLI can."""
+    d = Daemon(tmp_path, hello("h"))
+    (tmp_path / "corral.sock.mcp").mkdir()
+    try:
+        d.start()
+        assert d.cli("status").returncode == 0
+        r = d.cli("mcp", "serve", input="")
+        assert r.returncode == 3 and r.stderr.startswith(
+            f"corral mcp serve: cannot reach the corral daemon at {d.sock}: "), r.stderr
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert f"the MCP gateway's local socket {d.sock}.mcp cannot be served (" in log
+        assert "): corral mcp serve cannot reach this daemon" in log
+    finally:
+        d.close()
+
+
 def test_mcp_serve_answers_a_line_over_its_limit_and_serves_on(daemon: Daemon) -> None:
     """A host's line past the line limit (16 MiB) is never buffered: it is answered as an
     invalid request (its id unread), and the next line is served."""

@@ -61,11 +61,14 @@ class LocalGateway:
         sock = self.listeners.take(NAME, str(self.path))
         if sock is None:
             # the control socket's lock is held: a socket file here is stale
-            self.path.unlink(missing_ok=True)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old_umask = os.umask(0o117)  # born 0660, never briefly wider
             try:
+                self.path.unlink(missing_ok=True)
                 sock.bind(str(self.path))
+            except OSError:
+                sock.close()
+                raise
             finally:
                 os.umask(old_umask)
             sock.listen(BACKLOG)

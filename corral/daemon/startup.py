@@ -681,8 +681,14 @@ async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras:
     local = LocalGateway(path, control, gateway, listeners, make) \
         if len(os.fsencode(path)) <= SOCKET_PATH_MAX else None
     try:
-        if local is not None:
-            await local.start()
+        try:
+            if local is not None:
+                await local.start()
+        except OSError as exc:  # (an extra: the daemon serves on without it)
+            hub.daemon(f"the MCP gateway's local socket {path} cannot be served "
+                       f"({exc.strerror or exc}): corral mcp serve cannot reach this daemon",
+                       priority=4)
+            local = None
         if not (cfg.gateway.listen or cfg.http.listen):
             yield None
             return
