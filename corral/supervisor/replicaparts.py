@@ -84,6 +84,9 @@ class ReplicaParts:
         self.spec = spec
         self.name = name
         self.index = index
+        # read many times a call (each link names its replica): made once, as its name
+        # and index are
+        self.label = f"{name}#{index}"
         self.machine = Machine(RestartPolicy(
             spec.restart,
             max_restarts=spec.max_restarts,
@@ -104,10 +107,6 @@ class ReplicaParts:
         self.last_exit: str | None = None
         self.exited_clean = False  # the last life ended in a clean exit
         self._init: asyncio.Task[None] | None = None  # the handshake under way
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}#{self.index}"
 
     def note(self, text: str) -> None:
         """A line of corral's own about this replica, into its log."""
