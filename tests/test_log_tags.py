@@ -1,5 +1,5 @@
 """A line's tag in its log file (its time to the millisecond, source#replica[pid] and
-stream) is rendered once for the lines that share it (a gateway call's audit line each),
+stream) is rendered once for the lines that share it (a burst of an agent's output lines),
 never carried over to a line of another millisecond, source, replica, pid or stream."""
 
 from __future__ import annotations
