@@ -65,7 +65,9 @@ PRELOAD = ("corral.cli.entry", "corral.cli.main", "corral.daemon.daemon", "io", 
            "corral.daemon.http.server", "corral.daemon.http.metrics",
            "corral.daemon.http.rest", "corral.daemon.http.index",
            "corral.daemon.http.openapi", "corral.cluster.node", "corral.cluster.queue",
-           "corral.cluster.schedules", "corral.daemon.tasks.clustered")
+           "corral.cluster.schedules", "corral.daemon.tasks.clustered",
+           # and the commands the tests run most: a child imported its command's module
+           "corral.cli.status", "corral.cli.tasks", "corral.cli.logs", "corral.cli.fleet")
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -222,6 +224,28 @@ def become(child: _Child, initial: dict[int, Any], base_path: list[str],
         os._exit(status)
 
 
+def _warm() -> None:
+    """What each child made again at its first use, made once here and shared by every
+    fork: each control method's decoders (msgspec's reading of their types, a CLI's
+    answer's) and a config's conversion (a daemon's first load_config)."""
+    import tempfile
+
+    import msgspec
+
+    from corral.methods import REGISTRY
+    from corral.supervisor.configload import load_config
+
+    for declared in REGISTRY.values():
+        for kind in (declared.params, declared.result):
+            with contextlib.suppress(Exception):  # a type no decoder takes: nothing to warm
+                msgspec.json.Decoder(kind)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "corral.toml")
+        with open(path, "w") as f:
+            f.write('[agents.a]\ncommand = ["true"]\n')
+        load_config(path)
+
+
 def main() -> None:
     import gc
     import importlib
@@ -238,6 +262,7 @@ def main() -> None:
     try:
         for name in PRELOAD:
             importlib.import_module(name)
+        _warm()
     except BaseException as exc:
         _send(control.fileno(), {"error": f"preload failed: {type(exc).__name__}: {exc}"})
         return
