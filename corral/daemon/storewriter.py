@@ -262,9 +262,10 @@ class WriterThread:
                     if done is not None]
             if told:
                 self._loop.call_soon_threadsafe(_tell, told)
-            for (_, done), error in zip(group, errors, strict=True):
-                if done is None and error is not None:
-                    log.error("state database %s: %s", self.path, error)
+            # (a comprehension: a loop's own names would hold its last job and its waiter)
+            for error in [e for (_, done), e in zip(group, errors, strict=True)
+                          if done is None and e is not None]:
+                log.error("state database %s: %s", self.path, error)
             # while it waits for the next job the thread would hold this one, and with it
             # its batch: a wave of 10,000 suspended tasks' rows kept until the next write,
             # each among the wave's short-lived objects, each holding an allocator's arena
