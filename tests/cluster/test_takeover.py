@@ -167,7 +167,9 @@ def test_tasks_longer_than_the_ttl_are_never_run_again(tmp: Path,
         wait_until(lambda: all_alive(a), what="three nodes alive")
         ids = submit(a, 4, 3 * TTL)
         done = outcomes(a, ids)
-        assert [(d["status"], len(d["attempts"])) for d in done] == [("succeeded", 1)] * 4
+        # (the attempts in the report: CI z1 read two of the four run twice, at load 7)
+        assert [(d["status"], len(d["attempts"])) for d in done] == [("succeeded", 1)] * 4, [
+            d["attempts"] for d in done]
         assert sorted(d["attempts"][0]["node"] for d in done) == ["b", "b", "c", "c"]
 
 
