@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from msgspec import UNSET, UnsetType
 
 from .taskviews import ModelUsage
@@ -49,21 +50,27 @@ class TaskTotals(TaskCounts):
     success_rate: float | None
 
 
-class SupervisorStats(Result):
-    """The engine's counters (supervisor.core.Stats) and the daemon's."""
+class Stats(msgspec.Struct):
+    spawned: int = 0
+    restarts: int = 0
+    # restarts by what ended the life restarted (lifecycle.Cause: crash, hang, cap, ...)
+    restarts_by_cause: dict[str, int] = {}
+    failures: int = 0  # entered Failed
+    spawn_failures: int = 0
+    cold_fallbacks: int = 0  # warm starts asked for and not possible (reason in the log)
+    exits: int = 0
+    # processes still not reaped KILL_GRACE after SIGKILL (uninterruptible sleep): stop()
+    # returned without them
+    stuck_after_kill: int = 0
+    active: int = 0  # live processes now
+    loop_stalls: int = 0  # heartbeat ticks at least a second late (see listening.py)
+    longest_stall: float = 0.0
+    subscriber_failures: int = 0  # event stream deliveries that raised (stream.py)
 
-    spawned: int
-    restarts: int
-    restarts_by_cause: dict[str, int]  # by what ended the life restarted (crash, cap, ...)
-    failures: int
-    spawn_failures: int
-    cold_fallbacks: int
-    exits: int
-    stuck_after_kill: int  # not reaped within a bound after SIGKILL: stop() went on
-    active: int
-    loop_stalls: int
-    longest_stall: float
-    subscriber_failures: int  # deliveries of the event stream that raised
+
+class SupervisorStats(Stats, Result, kw_only=True):
+    """The engine's counters (Stats) and the daemon's."""
+
     uptime: float
     log_lines: int
     log_lines_dropped: int

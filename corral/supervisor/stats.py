@@ -1,8 +1,11 @@
-"""What the supervisor counts: its own figures (Stats) and its heartbeat loop's work."""
+"""What the supervisor counts: its own figures (Stats, corral.statsresults': `stats.get`
+answers them) and its heartbeat loop's work."""
 
 from __future__ import annotations
 
 import msgspec
+
+from ..statsresults import Stats as Stats
 
 
 class HeartbeatWork(msgspec.Struct):
@@ -25,21 +28,3 @@ class HeartbeatWork(msgspec.Struct):
     # seconds between looks at a quiet worker found parked, where the fleet is large
     # enough that the heartbeat's budget bounds them (below timeout/2: every timeout/2)
     look_every: float = 0.0
-
-
-class Stats(msgspec.Struct):
-    spawned: int = 0
-    restarts: int = 0
-    # restarts by what ended the life restarted (lifecycle.Cause: crash, hang, cap, ...)
-    restarts_by_cause: dict[str, int] = {}
-    failures: int = 0  # entered Failed
-    spawn_failures: int = 0
-    cold_fallbacks: int = 0  # warm starts asked for and not possible (reason in the log)
-    exits: int = 0
-    # processes still not reaped KILL_GRACE after SIGKILL (uninterruptible sleep): stop()
-    # returned without them
-    stuck_after_kill: int = 0
-    active: int = 0  # live processes now
-    loop_stalls: int = 0  # heartbeat ticks at least a second late (see listening.py)
-    longest_stall: float = 0.0
-    subscriber_failures: int = 0  # event stream deliveries that raised (stream.py)
