@@ -363,8 +363,8 @@ async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
 
     from corral.daemon import storewriter
     from corral.daemon.steplog import log_dir
-    from corral.daemon.steps import StepsDB, StepsError
-    from corral.daemon.storeschema import open_database
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import StoreError, open_database
     from corral.daemon.storewriter import WriterThread
     from corral.supervisor.tasks.stepjournal import Step
 
@@ -379,12 +379,12 @@ async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
         other.execute("ALTER TABLE steps RENAME TO steps_away")
         steps.put(Step("t", 1, "a__b", 1, b"h", b'{"n":1}'))
         await steps.committed("t")  # in the log: committed
-        with pytest.raises(StepsError):
+        with pytest.raises(StoreError):
             await steps.stored()
         assert len(list(log_dir(db).iterdir())) == 1
         assert errors and "the step log keeps the others" in errors[0]
         steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}'))
-        with pytest.raises(StepsError, match="no such table: steps"):
+        with pytest.raises(StoreError, match="no such table: steps"):
             await steps.committed("t")
         assert len(list(log_dir(db).iterdir())) == 1  # no second file
         other.execute("ALTER TABLE steps_away RENAME TO steps")
@@ -406,8 +406,8 @@ async def test_a_journal_written_again_ends_its_outage_and_the_next_is_told_anew
 
     from corral.daemon import storewriter
     from corral.daemon.steplog import log_dir
-    from corral.daemon.steps import StepsDB, StepsError
-    from corral.daemon.storeschema import open_database
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import StoreError, open_database
     from corral.daemon.storewriter import WriterThread
     from corral.supervisor.tasks.stepjournal import Step
 
@@ -423,7 +423,7 @@ async def test_a_journal_written_again_ends_its_outage_and_the_next_is_told_anew
             other.execute("ALTER TABLE steps RENAME TO steps_away")
             steps.put(Step("t", n, "a__b", 1, b"h", b'{"n":%d}' % n))
             await steps.committed("t")  # in the step log, as at the first outage
-            with pytest.raises(StepsError):
+            with pytest.raises(StoreError):
                 await steps.stored()
             assert len(errors) == n and "the step log keeps the others" in errors[-1]
             other.execute("ALTER TABLE steps_away RENAME TO steps")

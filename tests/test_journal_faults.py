@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.daemon.taskjournal import TaskJournalDB, TaskJournalError
+from corral.daemon.storeschema import StoreError
+from corral.daemon.taskjournal import TaskJournalDB
 from corral.supervisor import Supervisor
 
 from .conftest import agent as agent_spec
@@ -52,7 +53,7 @@ async def test_failed_writes_are_kept_and_caught_up_and_what_is_left_is_named_at
         await sup.tasks.committed()
         holder.execute("BEGIN EXCLUSIVE")  # every write of the journal's fails now
         t2 = sup.tasks.submit("w", {"do": "await", "path": str(gate2)})
-        with pytest.raises(TaskJournalError) as err:
+        with pytest.raises(StoreError) as err:
             await sup.tasks.committed()
         assert str(err.value) == refused
         assert errors == [f"{refused}: new tasks are refused until it can be written; the "

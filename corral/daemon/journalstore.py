@@ -12,19 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, NamedTuple, TypeVar
 
-from .storeschema import connect
+from .storeschema import StoreError, connect
 from .storewriter import GroupCommit, WriterThread
 
 V = TypeVar("V")
 
 
 class JournalWords(NamedTuple):
-    """How a journal's failures read: `what` it holds ("steps"), what `waits` while it
-    cannot be written, and the error type its waiters see."""
+    """How a journal's failures read: `what` it holds ("steps"), and what `waits` while it
+    cannot be written (its waiters see a StoreError)."""
 
     what: str
     waits: str
-    error_type: type[Exception]
 
 
 class JournalStore(Generic[V]):
@@ -40,7 +39,7 @@ class JournalStore(Generic[V]):
         self.reader = connect(path)
         self.read_lock = threading.Lock()
         self.group: GroupCommit[V] = GroupCommit(
-            writer, job, self._settled, size=size, error_type=words.error_type,
+            writer, job, self._settled, size=size, error_type=StoreError,
             explain=lambda error: f"{words.what} cannot be written to {path} ({error})")
 
     def _settled(self, batch: list[V], error: str | None) -> None:
@@ -52,7 +51,7 @@ class JournalStore(Generic[V]):
 
     async def close(self) -> None:
         """Write what is pending (the writer thread closes after), then close."""
-        with contextlib.suppress(self._words.error_type):
+        with contextlib.suppress(StoreError):
             await self.group.committed()
         self.group.cancel_retry()
         self.reader.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..supervisor.tasks.chunks import START, OutputChunk, Position
 from ..supervisor.tasks.output import OutputTail, paged
 from .journalstore import JournalStore, JournalWords
-from .storeschema import errors_named
+from .storeschema import StoreError, errors_named
 from .storewriter import WriterThread
 
 # bytes of output waiting for the writer past which the worker sending it is read no
@@ -27,12 +27,7 @@ BACKLOG_BYTES = 4 << 20
 FLUSH_EVERY = 0.02
 
 
-class OutputError(Exception):
-    """The message names the file and SQLite's reason."""
-
-
-_WORDS = JournalWords("output", "tasks' output waits in memory until it can be",
-                      OutputError)
+_WORDS = JournalWords("output", "tasks' output waits in memory until it can be")
 
 
 class OutputsDB:
@@ -98,7 +93,7 @@ class OutputsDB:
 
     async def caught_up(self) -> None:
         self._flush()
-        with contextlib.suppress(OutputError):  # what is written still answers
+        with contextlib.suppress(StoreError):  # what is written still answers
             await self._store.group.committed()
 
     # -- at start-up, in a thread ---------------------------------------------------------

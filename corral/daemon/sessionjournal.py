@@ -17,7 +17,7 @@ from ..results import SessionTask
 from ..supervisor.labels import session_record, started_record
 from ..supervisor.tasks.sessions import SessionKey, SessionRow
 from .journalstore import JournalStore, JournalWords
-from .storeschema import errors_named
+from .storeschema import StoreError, errors_named
 from .storewriter import WriterThread
 
 # one life of a session's rows: its owner, its agent's name and its own, its gen
@@ -43,12 +43,7 @@ class _End(NamedTuple):
 _Op = SessionRow | _State | _Task | _End
 
 
-class SessionsError(Exception):
-    """The message names the file and SQLite's reason."""
-
-
-_WORDS = JournalWords("sessions", "session checkpoints wait until they can",
-                      SessionsError)
+_WORDS = JournalWords("sessions", "session checkpoints wait until they can")
 
 
 class SessionsDB:
@@ -77,7 +72,7 @@ class SessionsDB:
     async def history(self, row: SessionRow, limit: int = KEEP_HISTORY) -> list[SessionTask]:
         """The session's tasks in the order accepted (status None: pruned from the task
         journal)."""
-        with contextlib.suppress(SessionsError):  # what is written still answers
+        with contextlib.suppress(StoreError):  # what is written still answers
             await self.committed()
         return await asyncio.to_thread(self._history, row, limit)
 

@@ -21,7 +21,7 @@ from ..statefiles import make_dir, open_file
 from ..supervisor.tasks.stepjournal import Step
 from .journalstore import JournalStore, JournalWords
 from .steplog import StepLog, leftovers, log_dir, records
-from .storeschema import connect, errors_named
+from .storeschema import StoreError, connect, errors_named
 from .storewriter import WriterThread
 
 REF_ABOVE = 256 * 1024  # a result larger than this is a file of its own
@@ -48,10 +48,6 @@ class _Retire(NamedTuple):
 _Op = Step | _Drop | _Retire
 
 
-class StepsError(Exception):
-    """The message names the file and SQLite's reason."""
-
-
 def results_dir(db_path: Path) -> Path:
     return db_path.parent / RESULTS_DIR
 
@@ -67,7 +63,7 @@ class StepsDB:
                 if sync == "normal" else "")
         words = JournalWords("steps", "the tool calls of tasks that may be retried whose "
                              "steps go to the database are answered with this error until "
-                             f"they can be{kept}", StepsError)
+                             f"they can be{kept}")
         self._store: JournalStore[_Op] = JournalStore(path, writer, self._write, words,
                                                       size=_size, on_error=on_error)
         self.rows = 0  # steps written
@@ -117,7 +113,7 @@ class StepsDB:
         await self._store.group.committed()
 
     async def history(self, task_id: str) -> list[Step]:
-        with contextlib.suppress(StepsError):  # what is written still answers
+        with contextlib.suppress(StoreError):  # what is written still answers
             await self.stored()
         return await asyncio.to_thread(self._history, task_id)
 

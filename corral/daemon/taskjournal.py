@@ -57,7 +57,7 @@ from .steps import (
     remove_refs,
     results_dir,
 )
-from .storeschema import HOLDER, StoreConnection, connect, errors_named
+from .storeschema import HOLDER, StoreConnection, StoreError, connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
 
 log = logging.getLogger("corral.taskjournal")
@@ -172,7 +172,7 @@ class TaskJournalDB:
         # by id: the latest snapshot of each task; one GroupCommit with StoreWriter's kind
         self._group: GroupCommit[Row] = GroupCommit(
             self._writer, self._write, self._settled, merge=_merged, size=_size,
-            error_type=TaskJournalError, explain=self._cannot, shared=True)
+            error_type=StoreError, explain=self._cannot, shared=True)
         self._outage = self._group.outage  # since a write failed, until one works
         self._prune_timer: asyncio.TimerHandle | None = None
         # new tasks whose first row waits: id -> (when, arrival, the task), oldest first
@@ -351,12 +351,12 @@ class TaskJournalDB:
         await self._group.committed()
 
     async def load(self, task_id: str) -> TaskInfo | None:
-        with contextlib.suppress(TaskJournalError):  # what is written still answers
+        with contextlib.suppress(StoreError):  # what is written still answers
             await self.committed()
         return await asyncio.to_thread(self._load, task_id)
 
     async def load_input(self, task_id: str) -> msgspec.Raw | None:
-        with contextlib.suppress(TaskJournalError):
+        with contextlib.suppress(StoreError):
             await self.committed()
         return await asyncio.to_thread(self._load_input, task_id)
 
@@ -364,7 +364,7 @@ class TaskJournalDB:
                     limit: int, before: str | None = None,
                     sees: Sees | None = None, filters: TaskFilters = NO_FILTERS
                     ) -> list[TaskSummary]:
-        with contextlib.suppress(TaskJournalError):
+        with contextlib.suppress(StoreError):
             await self.committed()
         page = await asyncio.to_thread(self._query, agent, status, since, limit, before,
                                        sees, filters)
@@ -521,7 +521,7 @@ class TaskJournalDB:
         for timer in (self._prune_timer, self._release_timer):
             if timer is not None:
                 timer.cancel()
-        with contextlib.suppress(TaskJournalError):
+        with contextlib.suppress(StoreError):
             await self.committed()  # while failing: one more attempt
         self._group.cancel_retry()
         if self._group.pending:
@@ -536,10 +536,6 @@ class TaskJournalDB:
         self._reader.close()
         if self._rows is not None:
             self._rows.close()
-
-
-class TaskJournalError(Exception):
-    """The message names the file and SQLite's reason."""
 
 
 def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:

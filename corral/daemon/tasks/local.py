@@ -36,7 +36,8 @@ from ...text import plural
 from ...timeouts import within
 from ..caller import Channel
 from ..flowcontrol import Latest
-from ..taskjournal import TaskJournalDB, TaskJournalError
+from ..storeschema import StoreError
+from ..taskjournal import TaskJournalDB
 from .front import Page, Sees, accepted, listing_window, replayed
 
 
@@ -123,7 +124,7 @@ class LocalFront:
             made(task)
         try:
             await self.engine.committed()
-        except TaskJournalError as exc:
+        except StoreError as exc:
             if not task.ended:
                 self.engine.cancel(task.id)
                 raise RpcError(jsonrpc.INTERNAL_ERROR,
@@ -132,7 +133,7 @@ class LocalFront:
 
     async def _outcome(self, task: Task) -> TaskResult:
         if self.refusing is None:  # else its end is written when it can be
-            with contextlib.suppress(TaskJournalError):  # logged by the journal; it stands
+            with contextlib.suppress(StoreError):  # logged by the journal; it stands
                 await self.engine.committed()
         return await self.engine.outcome(task)
 
@@ -142,7 +143,7 @@ class LocalFront:
         still wait for its commit, and fail it (then this one is refused as it is)."""
         try:
             await self.engine.committed()
-        except TaskJournalError as exc:
+        except StoreError as exc:
             # refused as the first is: its task still runs (the first's refusal cancels
             # it), or the first has let go of the key already
             task = self.engine.active.get(task_id) or self.engine.finished.get(task_id)
