@@ -174,26 +174,6 @@ async def test_a_push_config_outlives_a_sigkill_and_the_tasks_end_is_delivered(
                     break
 
 
-async def test_the_configs_an_earlier_corral_kept_in_files_are_said_and_left(
-        tmp_path: Path) -> None:
-    """An earlier corral kept a task's configs in `a2a-push/TASK.json` of its state
-    directory: they are no longer moved into the home (decision 1520), and the start says
-    so, naming the corral that moves them, the files left as they were."""
-    said: list[str] = []
-    configs = push.PushConfigs(True, said.append, NodePush())
-    files = tmp_path / "a2a-push"
-    configs.left_in_files(files)
-    assert said == []  # (none there: nothing to say)
-    files.mkdir()
-    (files / "t1.json").write_text('{"caller": {}, "configs": {}}')
-    configs.left_in_files(files)
-    assert said == [
-        f"a2a push configs of an earlier corral in {files} are no longer moved in (decision "
-        "1520); they were not changed. Start corral 0.1.0 at commit 53eaacf8 once with [a2a] "
-        "on to move them into the state database"]
-    assert (files / "t1.json").read_text() == '{"caller": {}, "configs": {}}'
-
-
 def _looking() -> list[asyncio.Task[Any]]:
     """The loop's tasks that look at the push configs' home again and again."""
     return [t for t in asyncio.all_tasks()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -167,11 +166,9 @@ class Operations:
         async for event in events:
             yield event
 
-    async def resume(self, files: Path) -> None:
+    async def resume(self) -> None:
         """Deliver for the tasks whose configs their home keeps and no other daemon
-        delivers (a daemon before this one's, a dead node's); the files an earlier corral
-        kept them in (`files`) said, not read (`PushConfigs.left_in_files`)."""
-        self.push.left_in_files(files)
+        delivers (a daemon before this one's, a dead node's)."""
         self._leading = asyncio.get_running_loop().create_task(self._lead())
 
     async def _lead(self) -> None:

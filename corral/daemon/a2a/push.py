@@ -15,7 +15,6 @@ import ipaddress
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -213,15 +212,6 @@ class PushConfigs:
         """Whether `holder` delivers the task's events now (PushStore.lead)."""
         with _unavailable():
             return await self.store.lead(task_id, holder, LEAD)
-
-    def left_in_files(self, directory: Path) -> None:
-        """Configs an earlier corral kept in files (`TASK.json` each, before decision
-        1164) are not moved into the home (decision 1520): said, and left as they are."""
-        if directory.is_dir():
-            self.report(f"a2a push configs of an earlier corral in {directory} are no "
-                        f"longer moved in (decision 1520); they were not changed. Start "
-                        f"corral 0.1.0 at commit 53eaacf8 once with [a2a] on to move them "
-                        f"into the state database")
 
     async def add(self, task_id: str, config: w.PushConfig,
                   caller: dict[str, Any]) -> w.PushConfig:

@@ -34,7 +34,6 @@ from .push import PushConfigs
 
 PREFIX = "/a2a"
 CARD_PATH = ".well-known/agent-card.json"
-PUSH_DIR = "a2a-push"  # an earlier corral kept each task's push configs here (decision 1164)
 JSON_TYPES = frozenset({"application/json", "application/a2a+json"})
 CARD_MAX_AGE = 300  # seconds a client may keep a card
 # what an anonymous caller may do: run the agent's tasks, read them, answer their asks
@@ -45,7 +44,6 @@ class A2aRoutes:
     def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
         self.settings: A2aSettings = ctx.a2a
-        self.files = ctx.services.store.path.parent / PUSH_DIR
         # the push configs' home: the cluster's with [cluster] (any node delivers), else
         # the node's state database
         home = ctx.services.cluster.push or ctx.services.task_engine.push
@@ -184,7 +182,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         await a2a.ops.close()
 
     async def resume(app: web.Application) -> None:
-        await a2a.ops.resume(a2a.files)
+        await a2a.ops.resume()
 
     app.on_startup.append(resume)
     app.on_cleanup.append(close)
