@@ -38,11 +38,19 @@ def _part(section: str, key: str) -> Callable[[Dump], float | None]:
     return get
 
 
+def _heap(d: Dump, *keys: str) -> float | None:
+    """glibc's main arena's figure (the sum of `keys`), in MiB (None: not in this dump)."""
+    heaps = (d.get("malloc") or {}).get("heaps")
+    return None if not heaps else sum(heaps[0][k] for k in keys) / MIB
+
+
 # each account: its label and how a dump gives it (None: this dump has it not)
 ACCOUNTS: list[tuple[str, Callable[[Dump], float | None]]] = [
     ("rss", lambda d: d["rss"] / MIB),
     *[(f"maps {k}", _part("maps", k)) for k in (
         "brk_heap", "malloc_arenas", "thread_stacks", "other_anon", "file", "main_stack")],
+    ("glibc main arena (brk)", lambda d: _heap(d, "system")),
+    ("glibc main arena's free chunks", lambda d: _heap(d, "free_fast", "free_rest")),
     ("glibc in use", _part("malloc", "in_use")),
     ("glibc free", _part("malloc", "free")),
     ("glibc mmapped", _part("malloc", "mmapped")),
@@ -50,6 +58,9 @@ ACCOUNTS: list[tuple[str, Callable[[Dump], float | None]]] = [
       for k in ("bytes in arenas", "bytes in allocated blocks", "bytes in available blocks",
                 "bytes in unused pools")],
     ("sqlite used", _part("sqlite", "used")),
+    ("sqlite slab slots (thousands)",
+     lambda d: None if "slab_slots" not in (d.get("sqlite") or {})
+     else d["sqlite"]["slab_slots"] / 1000),
     ("traced", lambda d: d["traced"] / MIB if d.get("traced") is not None else None),
     ("objects (thousands)", lambda d: d["objects"] / 1000),
     ("threads", lambda d: d.get("threads")),

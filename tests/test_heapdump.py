@@ -74,6 +74,13 @@ def test_no_frames_writes_the_accounts_alone_and_traces_nothing(tmp_path: Path) 
     account = json.loads(dumps[0].read_text())
     assert account["traced"] is None and account["rss"] > 0
     assert account["sqlite"] is None or account["sqlite"]["used"] > 0
+    # glibc's arenas one by one, the main one (the brk heap) first, with its free chunks
+    # by size: [from, to, count, bytes]
+    heaps = (account["malloc"] or {}).get("heaps")
+    if heaps is not None:
+        assert heaps[0]["nr"] == 0 and heaps[0]["system"] > 0
+        assert all(lo <= hi and n >= 0 and size >= 0 for h in heaps
+                   for lo, hi, n, size in h["sizes"])
     # malloc_trim gave back what glibc kept free: the RSS after it is no more than before
     assert account["rss_trimmed"] is None or 0 < account["rss_trimmed"] <= account["rss"]
 

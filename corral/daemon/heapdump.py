@@ -48,7 +48,46 @@ def _mallinfo() -> dict[str, int] | None:
     call.restype = _MallInfo2
     info = call()
     return {"arena": info.arena, "in_use": info.uordblks, "free": info.fordblks,
-            "mmapped": info.hblkhd}
+            "mmapped": info.hblkhd, "top": info.keepcost, "heaps": _malloc_heaps()}
+
+
+def _malloc_heaps() -> list[dict[str, Any]] | None:
+    """Per glibc arena (the main one, on the brk heap, first): its bytes from the system and
+    its free chunks by size, `[from, to, count, bytes]` (malloc_info's XML), so that a
+    heap's holes are seen by size and by which threads' arena holds them."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        libc = ctypes.CDLL(None)
+        info, fopen, fclose = libc.malloc_info, libc.fopen, libc.fclose
+    except (OSError, AttributeError):
+        return None
+    info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    fclose.argtypes = [ctypes.c_void_p]
+    fopen.restype = ctypes.c_void_p
+    fd, name = tempfile.mkstemp(prefix="corral-malloc-")
+    os.close(fd)
+    try:
+        stream = fopen(name.encode(), b"w")
+        if not stream:
+            return None
+        info(0, stream)
+        fclose(stream)
+        root = ET.fromstring(Path(name).read_text())
+    except ET.ParseError:
+        return None
+    finally:
+        os.unlink(name)
+    heaps = []
+    for heap in root.iter("heap"):
+        sizes = [[int(s.get("from", 0)), int(s.get("to", 0)), int(s.get("count", 0)),
+                  int(s.get("total", 0))] for s in heap.iter("size")]
+        system = {s.get("type"): int(s.get("size", 0)) for s in heap.iter("system")}
+        free = {t.get("type"): int(t.get("size", 0)) for t in heap.iter("total")}
+        heaps.append({"nr": int(heap.get("nr", 0)), "system": system.get("current", 0),
+                      "free_fast": free.get("fast", 0), "free_rest": free.get("rest", 0),
+                      "sizes": sizes})
+    return heaps
 
 
 def _sqlite() -> dict[str, int] | None:
@@ -62,7 +101,14 @@ def _sqlite() -> dict[str, int] | None:
     except (OSError, AttributeError, TypeError):
         return None
     used.restype = highwater.restype = ctypes.c_int64
-    return {"used": used(), "highwater": highwater(0)}
+    out = {"used": used(), "highwater": highwater(0)}
+    # the page cache's slots from its slab (corral/supervisor/memory.py) and the bytes of
+    # pages past it, from malloc: (SQLITE_STATUS_PAGECACHE_USED, _OVERFLOW)
+    now, top = ctypes.c_int64(), ctypes.c_int64()
+    for op, key in ((1, "slab_slots"), (2, "slab_overflow")):
+        if lib.sqlite3_status64(op, ctypes.byref(now), ctypes.byref(top), 0) == 0:
+            out[key], out[key + "_highwater"] = now.value, top.value
+    return out
 
 
 _STAT = re.compile(r"^#\s*(.+?)\s*=\s*([\d,]+)$")
