@@ -5,6 +5,8 @@ beside DBOS (SQLite), Temporal's dev server and Restate, in one run on this mach
     .venv/bin/python -m bench.bench_durable_throughput [--window 60] [--runs-window 20]
         [--conc 8] [--steps 100] [--only corral,dbos,restate,temporal]
     .venv/bin/python -m bench.bench_durable_throughput --only corral,dbos-pg
+    .venv/bin/python -m bench.bench_durable_throughput --only corral --what runs \
+        --vs TREE --chunks 8 --runs-window 5  # paired against another checkout's daemon
 
 Each engine as bench_durable_peers sets it up (its quick start, a durable store), driven
 by CONC clients at once for WINDOW seconds, each starting its next as its last ends:
@@ -27,6 +29,12 @@ measured one after another (steps, then runs), the load recorded at each. A peer
 not installed is skipped with the reason. Every server is a child of this process,
 killed by its pid at the end. `dbos-pg`: DBOS on Debian's PostgreSQL (a cluster of the
 bench's own, bench/peers/servers.py), in a run without `dbos` (DBOS is one per process).
+
+`--vs TREE`: the daemon of another checkout (a worktree of the tree before a change) beside
+this tree's, each measured in `--chunks` windows alternated with the other's (each chunk
+the other one first), so that both see the same load; the JSON's `vs` has the median of
+the per-chunk ratios (this tree / the other: runs or steps a second, the daemon's CPU a
+run or step, p50) and each one's medians.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from .bench_a2a import launcher_of
 from .bench_cluster import Client
 from .harness import PY, ROOT, CorralDaemon, report, workdir
 from .peers.servers import Missing, Postgres, Restate, Temporal
@@ -121,12 +130,15 @@ class Clients:
 
 
 async def start_corral(d: Path, steps: dict[str, One], runs: dict[str, One],
-                       stops: list[Any], syncs: tuple[str, ...] = ("normal", "full")) -> None:
+                       stops: list[Any], syncs: tuple[str, ...] = ("normal", "full"),
+                       tree: Path | None = None, label: str = "corral") -> None:
+    """`tree`: another checkout's daemon (--vs), its entries named `label`."""
     for sync in syncs:
         sub = d / sync
         sub.mkdir()
         daemon = CorralDaemon(sub, corral_config(),
-                              extra=f'journal_sync = "{sync}"\ndrain_timeout = 0')
+                              extra=f'journal_sync = "{sync}"\ndrain_timeout = 0',
+                              launcher=launcher_of(tree))
         daemon.start()
         stops.append(daemon.stop)
         clients = Clients(daemon.sock)
@@ -141,10 +153,10 @@ async def start_corral(d: Path, steps: dict[str, One], runs: dict[str, One],
             res = clients.call("workflows.run", {"name": "one", "input": n, "wait": 600})
             assert res["status"] == "succeeded", res.get("error")
 
-        steps[f"corral ({sync}): ctx.step"] = threaded(task)
-        runs[f"corral ({sync}): a workflow of one step"] = threaded(run)
+        steps[f"{label} ({sync}): ctx.step"] = threaded(task)
+        runs[f"{label} ({sync}): a workflow of one step"] = threaded(run)
         assert daemon.proc is not None
-        CPU[f"corral ({sync}): ctx.step"] = CPU[f"corral ({sync}): a workflow of one step"] \
+        CPU[f"{label} ({sync}): ctx.step"] = CPU[f"{label} ({sync}): a workflow of one step"] \
             = cpu_of(daemon.proc.pid)
 
 
@@ -291,16 +303,29 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             except (Missing, ImportError, RuntimeError) as e:
                 out["skipped"][name] = f"{type(e).__name__}: {e}"
                 print(f"skipped {name}: {e}", flush=True)
-        for key, one in steps.items() if "steps" in args.what else ():
-            await one(args.steps)  # warm
-            out["steps"][key] = got = await drive(one, args.steps, args.conc, args.window,
-                                                  CPU.get(key))
-            print(f"steps {key:<40} {got}", flush=True)
-        for key, one in runs.items() if "runs" in args.what else ():
-            await one(1)
-            out["runs"][key] = got = await drive(one, 1, args.conc, args.runs_window,
-                                                 CPU.get(key))
-            print(f"runs  {key:<40} {got}", flush=True)
+        if args.vs is not None:
+            (d / "before").mkdir()
+            await start_corral(d / "before", steps, runs, stops, tuple(args.sync.split(",")),
+                               args.vs.resolve(), "before")
+        for what, engines, n, window in (("steps", steps, args.steps, args.window),
+                                         ("runs", runs, 1, args.runs_window)):
+            if what not in args.what:
+                continue
+            for one in engines.values():
+                await one(n)  # warm
+            keys = list(engines)
+            for chunk in range(args.chunks):
+                # (with --vs, each sync's pair in turn, each chunk the other one first)
+                order = keys if chunk % 2 == 0 else _swapped(keys)
+                for key in order:
+                    got = await drive(engines[key], n, args.conc, window, CPU.get(key))
+                    out[what].setdefault(key, []).append(got)
+                    print(f"{what:<5} {key:<40} {got}", flush=True)
+        for what in ("steps", "runs"):
+            out[what] = {k: v[0] if len(v) == 1 else chunked(v) for k, v in out[what].items()}
+        if args.vs is not None:
+            out["vs"] = {"tree": str(args.vs), "pairs": paired(out)}
+            print(json.dumps(out["vs"], indent=1))
     finally:
         for stop in reversed(stops):
             try:
@@ -313,6 +338,40 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _swapped(keys: list[str]) -> list[str]:
+    """The keys with each "before" entry moved ahead of this tree's of the same sync."""
+    out = list(keys)
+    for i, key in enumerate(keys):
+        if key.startswith("corral ") and "before " + key[len("corral "):] in keys:
+            j = keys.index("before " + key[len("corral "):])
+            out[i], out[j] = keys[j], keys[i]
+    return out
+
+
+def chunked(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """An engine's chunks: each as measured, and their medians."""
+    med = {k: round(statistics.median(c[k] for c in chunks), 2)
+           for k in ("per_s", "p50_ms", "p99_ms", "server_cpu_us", "load")
+           if all(c.get(k) is not None for c in chunks)}
+    return {"median": med, "chunks": chunks}
+
+
+def paired(out: dict[str, Any]) -> dict[str, Any]:
+    """This tree against --vs, chunk by chunk: the median of the per-chunk ratios."""
+    pairs: dict[str, Any] = {}
+    for what in ("steps", "runs"):
+        for key, mine in out[what].items():
+            theirs = out[what].get("before " + key[len("corral "):])
+            if not key.startswith("corral ") or theirs is None or "chunks" not in mine:
+                continue
+            ratios = {k: round(statistics.median(
+                a[k] / b[k] for a, b in zip(mine["chunks"], theirs["chunks"], strict=True)),
+                3) for k in ("per_s", "server_cpu_us", "p50_ms")}
+            pairs[f"{what} {key}"] = {"this/before": ratios, "this": mine["median"],
+                                      "before": theirs["median"]}
+    return pairs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--window", type=float, default=60.0)
@@ -322,6 +381,10 @@ def main() -> None:
     ap.add_argument("--only", default=DEFAULT)
     ap.add_argument("--sync", default="normal,full", help="corral's journal_sync values")
     ap.add_argument("--what", default="steps,runs", help="steps, runs, or both")
+    ap.add_argument("--vs", type=Path, help="another checkout's corral beside this one's, "
+                    "chunk by chunk (with --only corral)")
+    ap.add_argument("--chunks", type=int, default=1,
+                    help="windows an engine is measured in, alternated with the others'")
     args = ap.parse_args()
     out = asyncio.run(measure(args))
     report("durable_throughput", out)

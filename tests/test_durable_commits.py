@@ -19,7 +19,8 @@ from corral.daemon.sqlwrites import Write, statement
 from corral.daemon.storeschema import StoreError
 from corral.daemon.storewriter import WriterThread
 from corral.daemon.taskjournal import TaskJournalDB
-from corral.supervisor.durable import CallRecord, StepRow
+from corral.supervisor.durable import CallRecord, StepEnd, StepRow
+from corral.supervisor.durable.engine import StepEngine
 from corral.supervisor.tasks import Task
 from corral.supervisor.workflows import WorkflowSpec
 
@@ -94,6 +95,55 @@ async def test_a_recorded_task_is_known_waiting_committed_and_after_a_restart(
         assert again.knows("t-1") and not again.knows("t-2")
     finally:
         await again.close()
+
+
+async def test_a_calls_end_and_its_last_steps_are_one_commit(tmp_path: Path) -> None:
+    """(decision 1680) StepEngine.keep_end on the state database: one transaction."""
+    async with lockable_store(tmp_path / "corral.db", [], []) as (store, _, _holder):
+        assert store.thread is not None
+        calls = CallJournal(store)
+        engine = StepEngine(calls, Uncancelled())
+        call = Kept("k1")
+        await calls.save_call(call.record())
+
+        async def work(step_id: str) -> StepEnd:
+            return StepEnd("succeeded", {"x": 1})
+
+        jobs = store.thread.here + store.thread.handed
+        row = await engine.step(call, ("s", -1), work, last=True)
+        assert store.thread.here + store.thread.handed == jobs + 1  # its row, alone
+        before = calls.load("k1")
+        assert before is not None and before.rows[("s", -1)].status == "running"
+        call.status = "succeeded"
+        await engine.keep_end(call)
+        assert store.thread.here + store.thread.handed == jobs + 2
+        kept = calls.load("k1")
+        assert kept is not None and kept.status == "succeeded"
+        assert (kept.rows[("s", -1)].status, kept.rows[("s", -1)].task_id) == (
+            "succeeded", row.task_id)
+        assert calls.output("k1", "s", -1) == {"x": 1}
+        assert call.rows[("s", -1)].status == "succeeded"
+
+
+class Uncancelled:
+    def cancel_task(self, task_id: str) -> None:
+        raise AssertionError(task_id)
+
+
+class Kept:
+    """A call of the tests' own kind, kept by the engine."""
+
+    def __init__(self, call_id: str) -> None:
+        self.call_id = call_id
+        self.status = "running"
+        self.error: str | None = None
+        self.ended: float | None = None
+        self.deadline: float | None = None
+        self.tenant: str | None = None
+        self.rows: dict[tuple[str, int], StepRow] = {}
+
+    def record(self) -> CallRecord:
+        return record(self.call_id, self.status)
 
 
 @contextlib.asynccontextmanager

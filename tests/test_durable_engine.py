@@ -181,12 +181,18 @@ class Plan:
     abandoned: list[str] = field(default_factory=list)
     ends: list[str] = field(default_factory=list)
     stops: list[str] = field(default_factory=list)
+    last: bool = False  # the last step's end left to the call's (StepEngine.end)
+    # awaited after the last step ended and before the call's status is set
+    after_last: asyncio.Event | None = None
 
     async def drive(self, call: Job) -> None:
         for name in self.steps:
-            row = await self.engine.step(call, (name, WHOLE), self.work)
+            row = await self.engine.step(call, (name, WHOLE), self.work,
+                                         last=self.last and name == self.steps[-1])
             if row.status != "succeeded":
                 raise StepFailed(f"step {name}: {row.status}")
+        if self.after_last is not None:
+            await self.after_last.wait()
         call.status = "succeeded"
 
     async def abandon(self, call: Job) -> None:
@@ -203,9 +209,10 @@ class Plan:
         self.stops.append(why)
 
 
-def _driver(store: MemoryStore, steps: list[str], work: Work) -> tuple[Calls[Job], Plan]:
-    plan = Plan(StepEngine(store, Cancelled()), steps, work)
-    calls: Calls[Job] = Calls(plan, store)
+def _driver(store: MemoryStore, steps: list[str], work: Work, *, last: bool = False
+            ) -> tuple[Calls[Job], Plan]:
+    plan = Plan(StepEngine(store, Cancelled()), steps, work, last=last)
+    calls: Calls[Job] = Calls(plan, plan.engine)
     calls.recovered.set()
     return calls, plan
 
@@ -303,3 +310,89 @@ async def test_a_store_that_fails_stops_the_driver_told_and_the_call_stays_runni
     loaded = store.load("d6")
     assert loaded is not None and loaded.status == "running"
     assert "d6" not in calls.live
+
+
+class CountingStore(MemoryStore):
+    """Its writes in order: (what, the call's status or the rows' statuses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, Any]] = []
+
+    async def save_call(self, record: CallRecord) -> None:
+        self.writes.append(("call", record.status))
+        await super().save_call(record)
+
+    async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
+        self.writes.append(("steps", [(r.step, r.status) for r in rows]))
+        await super().save_steps(call_id, rows)
+
+
+async def test_a_last_steps_end_is_kept_with_the_calls_own_and_until_then_not_at_all(
+        ) -> None:
+    """(decision 1680) A store without one commit for both keeps the step's first."""
+    store = CountingStore()
+    seen: list[str] = []
+    calls, plan = _driver(store, ["a", "b"], _succeeds(seen, {"n": 2}), last=True)
+    told: list[tuple[str, str]] = []
+    plan.engine.observe = lambda call, row: told.append((row.step, row.status))
+    plan.after_last = asyncio.Event()
+    job = await _kept(store, Job("e1"))
+    store.writes.clear()
+    calls.drive(job)
+    while len(seen) < 2:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # (b's work has returned; its end is left to the call's)
+    # neither kept nor in the call's rows: a kill now finds b running under its id
+    assert store.writes == [("steps", [("a", "running")]), ("steps", [("a", "succeeded")]),
+                            ("steps", [("b", "running")])]
+    assert job.rows[("b", WHOLE)].status == "running" and told[-1] == ("b", "running")
+    plan.after_last.set()
+    await calls.wait("e1", None)
+    assert store.writes[3:] == [("steps", [("b", "succeeded")]), ("call", "succeeded")]
+    assert told[-1] == ("b", "succeeded") and plan.ends == ["succeeded"]
+    loaded = store.load("e1")
+    assert loaded is not None and loaded.rows[("b", WHOLE)].status == "succeeded"
+    assert plan.engine.output(job, loaded.rows[("b", WHOLE)]) == {"n": 2}
+
+
+async def test_a_call_that_ends_otherwise_after_its_last_step_keeps_that_steps_end_first(
+        ) -> None:
+    """Cancelled (or past its deadline) between its last step's end and its own: the step
+    ended as its work did, kept before the call's running steps are abandoned."""
+    store = CountingStore()
+    calls, plan = _driver(store, ["a"], _succeeds([], "out"), last=True)
+    plan.after_last = asyncio.Event()  # (never set: the call waits there)
+    job = await _kept(store, Job("e2"))
+    store.writes.clear()
+    calls.drive(job)
+    while len(store.writes) < 1:
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert await calls.cancel("e2", "asked to") is True
+    assert store.writes == [("steps", [("a", "running")]), ("steps", [("a", "succeeded")]),
+                            ("call", "cancelled")]
+    assert plan.abandoned == ["e2"] and job.rows[("a", WHOLE)].status == "succeeded"
+
+
+async def test_a_stopping_process_forgets_an_end_left_for_the_call_and_resumes_the_step(
+        ) -> None:
+    store = CountingStore()
+    seen: list[str] = []
+    calls, plan = _driver(store, ["a"], _succeeds(seen, "out"), last=True)
+    plan.after_last = asyncio.Event()
+    calls.drive(await _kept(store, Job("e3")))
+    while not seen:
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await calls.close()
+    assert plan.engine._last == {}  # (nothing held for a call no longer driven)
+    (record,) = store.unfinished("job")
+    assert record.rows[("a", WHOLE)].status == "running"
+    later, _ = _driver(store, ["a"], _succeeds(seen, "again"))
+    resumed = Job("e3", rows=record.rows)
+    later.drive(resumed)
+    await later.wait("e3", None)
+    assert seen == [seen[0], seen[0]] and resumed.status == "succeeded"  # under its kept id

@@ -46,6 +46,21 @@ def _told(batch: list[Row], error: str | None) -> None:
     """(Each saver is told by its own wait.)"""
 
 
+def _call_row(record: CallRecord) -> tuple[tuple[Any, ...], Row]:
+    """A call's record as a batch's write, keyed by its call."""
+    return (("call", record.call_id), (_CALL, (
+        record.call_id, record.kind, record.name, record.tenant, record.definition,
+        msgspec.json.encode(record.input), record.status, record.created, record.ended,
+        record.deadline, _json(record.output), record.error, record.revision,
+        _json(record.agents), record.traceparent, record.tracestate)))
+
+
+def _step_rows(call_id: str, rows: list[StepRow]) -> list[tuple[tuple[Any, ...], Row]]:
+    return [(("step", call_id, r.step, r.item), (_STEP, (
+        call_id, r.step, r.item, r.task_id, r.status, r.started, r.ended, _json(r.output),
+        r.error))) for r in rows]
+
+
 def record_of(row: tuple[Any, ...]) -> CallRecord:
     """A call's row (COLUMNS), without its steps."""
     (call_id, kind, name, tenant, definition, inp, status, created, ended, deadline,
@@ -86,18 +101,15 @@ class CallJournal:
         await group.committed()
 
     async def save_call(self, record: CallRecord) -> None:
-        values = (record.call_id, record.kind, record.name, record.tenant, record.definition,
-                  msgspec.json.encode(record.input), record.status, record.created,
-                  record.ended, record.deadline, _json(record.output), record.error,
-                  record.revision, _json(record.agents), record.traceparent,
-                  record.tracestate)
-        await self._saved([(("call", record.call_id), (_CALL, values))])
+        await self._saved([_call_row(record)])
 
     async def save_steps(self, call_id: str, rows: list[StepRow]) -> None:
         """Committed when this returns (or StoreError), with what else was saved meanwhile."""
-        await self._saved([(("step", call_id, r.step, r.item), (_STEP, (
-            call_id, r.step, r.item, r.task_id, r.status, r.started, r.ended,
-            _json(r.output), r.error))) for r in rows])
+        await self._saved(_step_rows(call_id, rows))
+
+    async def save_end(self, record: CallRecord, rows: list[StepRow]) -> None:
+        """(durable.store.EndKeeper) The call's end and its last step's: one batch."""
+        await self._saved([*_step_rows(record.call_id, rows), _call_row(record)])
 
     def _with_rows(self, record: CallRecord) -> CallRecord:
         for step, item, task_id, st, started, end, err in self.store.db.execute(

@@ -230,6 +230,7 @@ async def workflows_run(d: WorkflowServices, p: m.WorkflowsRun, caller: Caller, 
                                   tracestate=p.tracestate)
     if p.wait is not None:
         await d.workflows.wait(run.run_id, p.wait)
+    await d.workflows.kept(run.run_id)
     return run_view(run, d.workflows.rows, m.RunsGet(run_id=run.run_id))
 
 
@@ -238,6 +239,7 @@ async def runs_get(d: WorkflowServices, p: m.RunsGet, caller: Caller, c: Channel
     if p.wait is not None:
         await d.workflows.wait(p.run_id, p.wait)
     await d.workflows.read(p.run_id)
+    await d.workflows.kept(p.run_id)
     run = d.workflows.get(p.run_id)
     if p.step is not None and p.step not in {s.name for s in run.wf.steps}:
         raise RpcError(jsonrpc.INVALID_PARAMS, f"run {run.run_id} has no step {p.step} "

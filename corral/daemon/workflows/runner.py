@@ -77,7 +77,10 @@ class Runner:
             while True:
                 for st in run.wf.ready(ended, started):
                     started.add(st.name)
-                    pending[asyncio.ensure_future(self._step(run, st))] = st.name
+                    # the run's last step: nothing else runs, nothing is left to start
+                    last = not pending and all(s.name in started or s.name in ended
+                                               for s in run.wf.steps)
+                    pending[asyncio.ensure_future(self._step(run, st, last))] = st.name
                 if not pending:
                     break
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -92,7 +95,9 @@ class Runner:
                 await asyncio.gather(*pending, return_exceptions=True)
         run.status = "succeeded"
 
-    async def _step(self, run: Run, st: PlanStep) -> None:
+    async def _step(self, run: Run, st: PlanStep, last: bool) -> None:
+        """`last`: the run ends when this step does, and its end is kept with the run's
+        (StepEngine.end)."""
         whole = run.rows.get((st.name, WHOLE))
         scope = Scope(run.input, self.rows.outputs(run))
         if whole is None:
@@ -105,7 +110,7 @@ class Runner:
                 await self.steps.save(run, [StepRow(st.name, WHOLE, "running",
                                                     started=time.time())])
         if not st.mapped:
-            await self._task(run, st, WHOLE, scope)
+            await self._task(run, st, WHOLE, scope, last)
             return
         try:
             listed = items(st, scope)
@@ -117,7 +122,8 @@ class Runner:
         except StepFailed as exc:
             await self.steps.end(run, (st.name, WHOLE), StepEnd("failed", None, str(exc)))
             raise
-        await self.steps.end(run, (st.name, WHOLE), StepEnd("succeeded", None, None))
+        await self.steps.end(run, (st.name, WHOLE), StepEnd("succeeded", None, None),
+                             last=last)
 
     async def _map(self, run: Run, st: PlanStep, scope: Scope, listed: list[Any]) -> None:
         """One task per item, `concurrency` at a time, in their order."""
@@ -138,7 +144,8 @@ class Runner:
                 t.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
 
-    async def _task(self, run: Run, st: PlanStep, item: int, scope: Scope) -> None:
+    async def _task(self, run: Run, st: PlanStep, item: int, scope: Scope,
+                    last: bool = False) -> None:
         key = (st.name, item)
         at = st.name if item == WHOLE else f"{st.name}[{item}]"
         row = run.rows.get(key)
@@ -149,7 +156,8 @@ class Runner:
                 await self.steps.end(run, (st.name, item), StepEnd("failed", None, str(exc)))
                 raise StepFailed(f"step {at}: {exc}") from None
             try:
-                row = await self.steps.step(run, key, self._work(run, st, item, task_input))
+                row = await self.steps.step(run, key, self._work(run, st, item, task_input),
+                                            last=last)
             except RpcError as exc:  # refused by the engine: the step failed
                 raise StepFailed(f"step {at}: {exc.message}") from None
         if row.status == "skipped" and st.spec.signal is not None:

@@ -53,7 +53,7 @@ class WorkflowService:
         self.report = report
         self.catalog = Catalog(store)
         self.catalog.restore(report)
-        self.calls: Calls[Run] = Calls(self.runner, self.rows.calls, self.shared)
+        self.calls: Calls[Run] = Calls(self.runner, self.runner.steps, self.shared)
         self.live = self.calls.live
         # no step is submitted before the task journal's tasks are back in the engine
         # (a run started meanwhile waits): a recorded step's task is found, not doubled
@@ -191,6 +191,13 @@ class WorkflowService:
 
     async def wait(self, run_id: str, timeout: float | None) -> None:
         await self.calls.wait(run_id, timeout)
+
+    async def kept(self, run_id: str) -> None:
+        """A run shown ended is shown as kept: one whose driver is keeping its end (with its
+        last step's: StepEngine.end) is waited for, a commit's time."""
+        live = self.live.get(run_id)
+        if live is not None and live[0].status in RUN_ENDED:
+            await asyncio.shield(live[1])
 
     async def read(self, run_id: str | None = None, newest: int = 0) -> None:
         """On a cluster: this node's copies of a run or the `newest` runs refreshed from

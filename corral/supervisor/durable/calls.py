@@ -10,8 +10,9 @@ import time
 from typing import Generic, Protocol, TypeVar
 
 from ...timeouts import within
+from .engine import StepEngine
 from .record import Durable
-from .store import DurableStore, SharedStore
+from .store import SharedStore
 
 
 class StepFailed(Exception):
@@ -39,11 +40,12 @@ class Planner(Protocol[C_contra]):
 
 
 class Calls(Generic[C]):
-    def __init__(self, planner: Planner[C], store: DurableStore,
+    def __init__(self, planner: Planner[C], steps: StepEngine,
                  shared: SharedStore | None = None) -> None:
-        """`shared`: `store` when several daemons share it (a cluster's)."""
+        """`steps`: the engine the planner runs the calls' steps on, which keeps each call's
+        end; `shared`: its store when several daemons share it (a cluster's)."""
         self.planner = planner
-        self.store = store
+        self.steps = steps
         self.shared = shared
         self.live: dict[str, tuple[C, asyncio.Task[None]]] = {}
         self._why: dict[str, str] = {}  # call id -> why its driver was cancelled
@@ -74,13 +76,16 @@ class Calls(Generic[C]):
             await self._end(call)
         finally:
             self.live.pop(call.call_id, None)
+            self.steps.forget(call.call_id)
 
     async def _end(self, call: C) -> None:
+        steps = self.steps
         try:
             if call.status != "succeeded":
+                await steps.let_go(call)
                 await self.planner.abandon(call)
             call.ended = time.time()
-            await self.store.save_call(call.record())
+            await steps.keep_end(call)  # (with its last step's end, in one commit)
             self.planner.ended(call)
         except Exception as exc:  # (as above)
             self._stopped(call, exc)

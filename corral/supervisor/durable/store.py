@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from msgspec.structs import replace
 
@@ -24,6 +24,14 @@ class DurableStore(Protocol):
         """The calls of this kind still running, oldest first."""
 
     def output(self, call_id: str, step: str, item: int) -> Any: ...
+
+
+@runtime_checkable
+class EndKeeper(Protocol):
+    """A store that keeps a call's end and its last step's in one commit (the daemon's)."""
+
+    async def save_end(self, record: CallRecord, rows: list[StepRow]) -> None:
+        """The call's record and these rows of its steps, durable together when it returns."""
 
 
 class SharedStore(DurableStore, Protocol):

@@ -42,7 +42,7 @@ class Teams:
         self.report = report
         self.specs: dict[str, TeamSpec] = {}
         self.calls: Calls[TeamCall] = Calls(
-            self.runner, self.store, durables.store if durables is not None else None)
+            self.runner, self.runner.steps, durables.store if durables is not None else None)
         self.live = self.calls.live  # the calls driven now, by id
         # no call's step is submitted before the engine has the journal's tasks back
         self.recovered = self.calls.recovered
