@@ -100,12 +100,12 @@ class Puller:
             consumer = self.membership.consumer
             try:
                 streams = await self._streams(agent)
-                got = await self._read_claim(agent, consumer, streams, want)
-                if got is not None and got[0] < want and not got[2]:
+                lasts = await self._read_claim(agent, consumer, streams)
+                if lasts is not None:
                     # drained: wait for what comes after the newest entries it saw. The
                     # wait takes nothing: a node whose slots were taken meanwhile (by
                     # claims at submission) takes none
-                    reply = await self.waits.xread(dict(zip(streams, got[1], strict=True)),
+                    reply = await self.waits.xread(dict(zip(streams, lasts, strict=True)),
                                                    count=1, block=block)
                     if not reply:
                         # a blocking read that came back empty may have missed a priority
@@ -152,13 +152,21 @@ class Puller:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def _read_claim(self, agent: AgentLike, consumer: str, streams: list[str],
-                          want: int) -> tuple[int, list[bytes], bool] | None:
-        """Read and claim up to `want` entries, at most this node's share of what waits.
-        -> entries read, each stream's newest entry id, and whether the share held it
-        back; None when this node was fenced or lost the agent meanwhile."""
+    async def _read_claim(self, agent: AgentLike, consumer: str, streams: list[str]
+                          ) -> list[bytes] | None:
+        """Read and claim as many entries as the agent has slots for now, at most this
+        node's share of what waits. -> each stream's newest entry id where it read fewer
+        than it had slots for, not held back by its share (drained); None where it read
+        them all, or this node was fenced, lost the agent or its free slots meanwhile."""
         name = agent.name
         if self.host.agents.get(name) is not agent or consumer != self.membership.consumer:
+            return None
+        # counted here, with no wait before the script is sent: slots counted before the
+        # streams' lookup may have been taken meanwhile by claims at submission, and a
+        # read for them queued a task here that another node had a slot for (a loaded
+        # host's burst ran three tasks on its submitter, the last after another's end)
+        want = self.queue.wanted(agent)
+        if want <= 0:
             return None
         node = self.membership.node
         now = time.time()
@@ -176,7 +184,7 @@ class Puller:
         self.read += read
         for i, *claim in claims:
             self.take(name, consumer, streams[i], claim)
-        return int(read), lasts, bool(held)
+        return list(lasts) if read < want and not held else None
 
     def take(self, name: str, consumer: str, stream: str, claim: list[Any]) -> None:
         """A task this incarnation claimed (a claim's reply, scripts.READ_CLAIM) handed

@@ -10,6 +10,7 @@ refused."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from pathlib import Path
@@ -25,9 +26,11 @@ from corral.cluster.reaper import Reaper, take_over
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 
+from ..daemon_harness import in_process
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes, sleeper
+from ..test_methods import Raw
+from .harness import Node, cluster_table, nodes, sleeper
 from .test_scripts import LAST, TID, finish, submit
 
 pytestmark = pytest.mark.timeout(60)
@@ -208,12 +211,13 @@ def test_a_task_submitted_where_a_slot_is_free_starts_there_once(
         assert cluster_stats(ns["b"])["claimed"] == 0
 
 
-def submit_in_one_write(node: Node, n: int, seconds: float) -> list[str]:
-    """`n` sleeps submitted to `node` in one write to its socket (one batch or several,
-    as its loop's turns cut the write); their task ids."""
+def submit_in_one_write(node: Node | Path, n: int, seconds: float) -> list[str]:
+    """`n` sleeps submitted to `node` (or the control socket at that path) in one write
+    to its socket (one batch or several, as its loop's turns cut the write); their task
+    ids."""
     enc = msgspec.json.Encoder()
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(node.sock))
+        sock.connect(str(node if isinstance(node, Path) else node.sock))
         sock.sendall(b"".join(enc.encode({
             "jsonrpc": "2.0", "id": i, "method": "tasks.submit",
             "params": {"agent": "sleepy", "input": {"do": "sleep", "seconds": seconds}}})
@@ -235,6 +239,50 @@ def test_a_burst_the_submitter_has_no_slots_for_starts_on_the_other_node_at_once
         assert all(d["attempts"][0]["started"] - d["created"] < 1.5 for d in done)
         assert cluster_stats(a)["claimed_at_submit"] <= 2
         assert cluster_stats(b)["claimed_at_submit"] == 0
+
+
+async def test_a_pull_reads_for_the_slots_free_when_it_reads_not_before_its_lookup(
+        tmp: Path, redis: RedisServer) -> None:
+    """A burst that takes the node's slots by claims at submission while its pull loop
+    looks its streams up leaves the rest in the streams: the pull that follows reads
+    nothing until a slot frees. Fails with the slots counted before the lookup: the read
+    claims the rest too, to wait here for a slot (a loaded host's burst ran three tasks on
+    its submitter, the last after another's end, with a slot free on the other node)."""
+    (tmp / "a").mkdir()
+    sock = tmp / "a" / "corral.sock"
+    async with in_process(tmp / "a", sleeper("sleepy", concurrency=2),
+                          toml=cluster_table(redis, "a")) as d:
+        puller = d.cluster.puller
+        lookup = puller._streams
+        burst: list[str] = []
+        submitted = asyncio.Event()
+
+        async def a_burst_during_the_lookup(agent: Any) -> list[str]:
+            streams = await lookup(agent)
+            if not burst and d.cluster.membership.member:
+                burst.append("")  # (one burst: the lookups after it go on meanwhile)
+                burst[:] = await asyncio.to_thread(submit_in_one_write, sock, 4, 1.0)
+                submitted.set()
+            return streams
+
+        puller._streams = a_burst_during_the_lookup  # type: ignore[method-assign]
+        await submitted.wait()
+        done = [await asyncio.to_thread(ended_task, sock, t) for t in burst]
+        assert [x["status"] for x in done] == ["succeeded"] * 4
+        assert d.cluster.submit_claims.claimed == 2
+        by_claim = sorted(done, key=lambda x: x["started"])
+        first_end = min(x["attempts"][0]["finished"] for x in by_claim[:2])
+        # the two in the stream claimed once a slot was free, not at once
+        assert [x["started"] >= first_end for x in by_claim[2:]] == [True, True], done
+
+
+def ended_task(sock: Path, task_id: str) -> dict[str, Any]:
+    c = Raw(sock)
+    try:
+        return dict(msgspec.json.decode(c.call("tasks.get", {"task_id": task_id,
+                                                             "wait": True})))
+    finally:
+        c.close()
 
 
 def test_the_submitter_killed_right_after_the_submit_its_task_runs_once_elsewhere(
