@@ -1,8 +1,9 @@
 """Tenants that the kernel keeps apart (issue 23): a Unix user per tenant, its log
-directory, RLIMIT_NPROC per tenant (and an agent's own, under user nobody), and a cgroup
-per tenant where the cgroup v2 subtree is delegated.
+directory, RLIMIT_NPROC per tenant (and an agent's own), and a cgroup per tenant where the
+cgroup v2 subtree is delegated.
 
-The user tests need root and two users that exist (`nobody`, `daemon`): none is created.
+The user tests need root and users that exist (`nobody`, `daemon`, and `games` for the
+fork bombs): none is created.
 The cgroup tests use test_cgroups' `delegated` fixture (a fresh cgroup marked as systemd
 marks a delegated one); a knob whose controller the hierarchy here lacks is skipped with
 the reason."""
@@ -37,6 +38,22 @@ from .test_cgroups import delegated  # noqa: F401  (the fixture)
 from .test_tenants import tenant_agent
 
 USERS = ("nobody", "daemon")
+# the fork bombs' user, which no other test runs as: RLIMIT_NPROC counts every process of
+# a user on the host, and each test counts its user's processes left after it, so under
+# nobody (which many tests run as) each had the machine to itself (`alone`) at the run's end
+FORKER = "games"
+
+
+def forker_reason() -> str | None:
+    try:
+        pwd.getpwnam(FORKER)
+    except KeyError:
+        return f"needs the user {FORKER} on this host (the test creates none)"
+    return None
+
+
+def forker_uid() -> int:
+    return pwd.getpwnam(FORKER).pw_uid
 
 PROBE = """
 import ctypes, errno, os, resource
@@ -233,23 +250,19 @@ def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
         d.close()
 
 
-# RLIMIT_NPROC counts every process of user nobody on the host, and the test counts the
-# nobody processes left after it: no other test's beside it
-@pytest.mark.alone
 async def test_a_fork_bomb_under_its_tenants_user_is_named_by_the_tenants_cap(
         sup: Supervisor, world_readable_tree: Path) -> None:
     """The exit names the RLIMIT_NPROC the process ran under (its tenant's max_processes,
     the agent giving none), and the restart counts it as a cap, not a crash."""
-    reason = users_reason() or nobody_reason()
+    reason = users_reason() or nobody_reason() or forker_reason()
     if reason:
         pytest.skip(reason)
     tree = world_readable_tree
-    sup.tenancy.put("a", TenantSpec(user="nobody", max_processes=12))
+    sup.tenancy.put("a", TenantSpec(user=FORKER, max_processes=12))
     sup.add(agent("forker", command=[NOBODY_PY, str(tree / "examples" / "misbehave.py")],
                   env={"PYTHONPATH": str(tree)}, cwd=str(tree), tenant="a"))
     r = await sup.wait_state("forker", State.READY)
-    assert r.pid is not None and psutil.Process(r.pid).uids().real == pwd.getpwnam(
-        "nobody").pw_uid
+    assert r.pid is not None and psutil.Process(r.pid).uids().real == forker_uid()
     task = await sup.tasks.run("forker", {"do": "fork"})
     assert task.status == "lost" and task.error is not None
     assert task.error.message == "worker exited: process limit (RLIMIT_NPROC 12)"
@@ -258,15 +271,13 @@ async def test_a_fork_bomb_under_its_tenants_user_is_named_by_the_tenants_cap(
     assert sup.stats.restarts_by_cause == {Cause.CAP: 1}
     await sup.remove("forker")
     # its forked children were SIGKILLed with the group; death is asynchronous, so wait
-    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534]
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == forker_uid()]
     _, alive = psutil.wait_procs(left, timeout=5)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
-# RLIMIT_NPROC counts every process of user nobody on the host, and the test counts the
-# nobody processes left after it: no other test's beside it
-@pytest.mark.alone
-@pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
+@pytest.mark.skipif((nobody_reason() or forker_reason()) is not None,
+                    reason=nobody_reason() or forker_reason() or "")
 async def test_a_fork_bomb_under_its_agents_user_is_named_by_the_agents_cap(
         sup: Supervisor, world_readable_tree: Path) -> None:
     """An agent's own process cap (no tenant): with restart = never, the replica ends
@@ -274,19 +285,19 @@ async def test_a_fork_bomb_under_its_agents_user_is_named_by_the_agents_cap(
     tree = world_readable_tree
     sup.add(agent(
         "forker", command=[NOBODY_PY, str(tree / "examples" / "misbehave.py")],
-        env={"PYTHONPATH": str(tree)}, cwd=str(tree), user="nobody",
+        env={"PYTHONPATH": str(tree)}, cwd=str(tree), user=FORKER,
         limits=Limits(processes=12), restart="never",
     ))
     r = await sup.wait_state("forker", State.READY)
     assert r.pid is not None
-    assert psutil.Process(r.pid).uids().real == 65534
+    assert psutil.Process(r.pid).uids().real == forker_uid()
     assert r.peer is not None
     with pytest.raises(RpcError):
         await r.peer.request("task/run", {"task_id": "t", "input": {"do": "fork"}})
     await sup.wait_state("forker", State.TERMINATED)
     assert r.last_exit == "process limit (RLIMIT_NPROC 12)"
     # its forked children were SIGKILLed with the group; death is asynchronous, so wait
-    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534]
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == forker_uid()]
     _, alive = psutil.wait_procs(left, timeout=5)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
