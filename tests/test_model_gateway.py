@@ -456,7 +456,7 @@ async def test_a_whole_answer_cut_mid_body_is_a_502_naming_it_and_not_journaled(
                              "texts": ["half", "after"]})
     half, after = res.output["answers"]
     assert (half["error"], half["status"]) == ("InternalServerError", 502), half
-    assert "model gpt-small: the upstream's answer ended before its Content-Length" \
+    assert "model gpt-small: the upstream's answer was cut before its end" \
         in half["message"]
     assert after == "echo: after"
     stats = model_stats(d, "gpt-small")

@@ -1,5 +1,6 @@
 """The model gateway's HTTP/1.1 client for its upstreams: one request at a time on each
-kept-alive connection, over an asyncio Protocol, its answer parsed here. Not aiohttp's
+kept-alive connection, over an asyncio Protocol, its answer read by llhttp (httptools'
+response parser, as the gateways' requests are: decision 1671). Not aiohttp's
 client: its machinery per call (a task, several futures, a stream reader) was a third of
 the latency the gateway added to a small completion. An answer's head past MAX_HEAD, or its
 body past MAX_ANSWER, fails the call naming the bound.
@@ -8,13 +9,14 @@ body past MAX_ANSWER, fails the call naming the bound.
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
 import zlib
 from collections.abc import Coroutine, Mapping
 from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
+
+import httptools
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 MAX_INTERIM = 8  # interim answers (1xx) before the answer: more fail the call
@@ -138,48 +140,77 @@ class _Wire(asyncio.Protocol):
         self._wake()
 
 
-# a chunked body's states, each named by what is read in it (said when the body is cut)
-_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
-_SIZE, _CHUNK, _CHUNK_END, _TRAILERS = ("a chunk's size", "a chunk", "a chunk's end",
-                                        "its trailers")
+class _AnswerParts:
+    """llhttp's callbacks (httptools' response parser) for the answer a call reads: its
+    status and headers (names lowercased, a repeated one joined) once its head is read,
+    past its interim answers (1xx), and its body's bytes as they are parsed. Bytes past
+    its end begin another message (`extra`), never read."""
+
+    __slots__ = ("body", "complete", "extra", "head_done", "headers", "interims", "kept_alive",
+                 "parser", "status")
+
+    def __init__(self) -> None:
+        self.parser: httptools.HttpResponseParser | None = None  # (let go by `release`)
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.status = self.interims = 0
+        self.head_done = self.complete = self.extra = self.kept_alive = False
+
+    def on_message_begin(self) -> None:
+        self.extra = self.complete and self.status >= 200
+        if not self.extra:
+            self.headers, self.head_done, self.complete = {}, False, False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.extra:
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t")
+            self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        if not self.extra and self.parser is not None:
+            self.status = self.parser.get_status_code()
+            self.kept_alive = self.parser.should_keep_alive()  # (its head's word)
+            self.interims += self.status < 200
+            self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.extra:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def _feed(parser: httptools.HttpResponseParser, data: bytes) -> None:
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError as exc:
+        raise UpstreamFailed(f"the upstream's answer is not HTTP/1.1: {exc}") from None
 
 
 class UpstreamAnswer:
     """An answer's status and headers (names lowercased), its body read whole (`read`) or
     as it comes (`ready`, then `more`) to where its Content-Length, its chunked encoding
-    or the connection's end says; `release` gives the connection back, or ends it."""
+    or the connection's end says (llhttp's reading); `release` gives the connection back,
+    or ends it."""
 
-    def __init__(self, client: UpstreamClient, origin: str, wire: _Wire, status: int,
-                 headers: dict[str, str]) -> None:
-        self.status = status
-        self.headers = headers
+    def __init__(self, client: UpstreamClient, origin: str, wire: _Wire,
+                 parser: httptools.HttpResponseParser, message: _AnswerParts) -> None:
+        self.status = message.status
+        self.headers = message.headers
         self._client, self._origin, self._wire = client, origin, wire
+        self._parser, self._message = parser, message
         self._decoder: zlib._Decompress | None = None
         self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
         self.unanswered = 0  # tries before it the upstream took, unanswered (upstream.py)
-        coding, said = headers.get("transfer-encoding"), headers.get("connection")
-        self.chunked = coding is not None and "chunked" in coding.lower()
-        self.state = _SIZE
-        length = headers.get("content-length")
-        self.to_close = said is not None and said.lower() == "close"
-        if status in (204, 304):
-            length = "0"
-        if self.chunked or length is None:
-            self.left = -1  # (chunked: the chunk's bytes left, once in one)
-            self.to_close = self.to_close or not self.chunked
-        elif length.isascii() and length.isdigit() and len(length) < 19:  # (not "²")
-            self.left = int(length)
-        else:
-            raise UpstreamFailed(f"the upstream's Content-Length {length[:40]!r} is not a "
-                                 "number")
-        self.ended = self.left == 0
+        self.to_close = False  # the connection is not kept after it
+        coding = self.headers.get("transfer-encoding")
+        # no length said: the body is read to the connection's end
+        self.until_close = "content-length" not in self.headers and self.status not in (
+            204, 304) and (coding is None or "chunked" not in coding.lower())
+        self.ended = message.complete
 
     async def read(self) -> bytes:
-        wire = self._wire
-        if 0 <= self.left <= min(len(wire.buffer), MAX_ANSWER) and not self.chunked \
-                and "content-encoding" not in self.headers:  # (come whole: most answers)
-            self.ended, self.received = True, self.left
-            return wire.take(self.left)
         parts = [self.ready()]
         while not self.ended:
             await self.more()
@@ -189,7 +220,12 @@ class UpstreamAnswer:
     def ready(self) -> bytes:
         """The body's bytes at hand (b"": none yet), decoded as its Content-Encoding says;
         `ended` once its end is read."""
-        chunk = self._framed()
+        wire, message = self._wire, self._message
+        if wire.buffer and not message.complete:  # (bytes past its end are left unread)
+            _feed(self._parser, wire.take(len(wire.buffer)))
+        chunk = b"".join(message.body)
+        message.body.clear()
+        self.ended = self.ended or message.complete
         if "content-encoding" in self.headers:  # (asked for identity: seldom)
             self._decoder = self._decoder or _decoder(self.headers["content-encoding"])
             if self._decoder is not None:
@@ -201,69 +237,24 @@ class UpstreamAnswer:
                                  f"({MAX_ANSWER} bytes)")
         return chunk
 
-    def _framed(self) -> bytes:
-        wire = self._wire
-        if not self.chunked:  # (to the close: all there is; ended, none)
-            part = wire.take(len(wire.buffer) if self.left < 0 else self.left)
-            if self.left > 0:
-                self.left -= len(part)
-                self.ended = not self.left
-            return part
-        data, at, parts = wire.take(len(wire.buffer)), 0, []  # (all at hand, read here)
-        while at < len(data) and not self.ended:
-            if self.state is _CHUNK:
-                parts.append(data[at:at + self.left])
-                at += len(parts[-1])
-                self.left -= len(parts[-1])
-                self.state = _CHUNK if self.left else _CHUNK_END
-                continue
-            end = data.find(b"\r\n", at)
-            if end < 0:
-                if len(data) - at > MAX_HEAD:
-                    raise UpstreamFailed(f"the upstream's line in {self.state} is over "
-                                         f"MAX_HEAD ({MAX_HEAD} bytes)")
-                break
-            self._line(data[at:end])
-            at = end + 2
-        if at < len(data):  # (a line not yet whole, or bytes past the body's end)
-            wire.buffer[:0] = data[at:]
-        return b"".join(parts)
-
-    def _line(self, line: bytes) -> None:
-        if self.state is _SIZE:
-            size_text = line.split(b";", 1)[0].strip()
-            # (int() also reads a sign, "0x" and "_": a negative size looped for ever)
-            if not _HEX.fullmatch(size_text):
-                raise UpstreamFailed(f"the upstream's chunk size {size_text[:20]!r} is "
-                                     "not hexadecimal")
-            self.left = int(size_text, 16)
-            self.state = _CHUNK if self.left else _TRAILERS
-        elif self.state is _CHUNK_END:
-            if line:
-                raise UpstreamFailed("the upstream's chunk is longer than its size")
-            self.state = _SIZE
-        else:
-            self.ended = not line  # (the empty line after its trailers)
-
     async def more(self) -> None:
-        """Until bytes arrive: UpstreamFailed naming where the body was cut, unless it is
-        to the connection's end and that was it."""
+        """Until bytes arrive: UpstreamFailed saying the body was cut, unless it is to the
+        connection's end and that was it."""
         try:
             await self._wire.more()
         except UpstreamFailed as exc:
-            if self.chunked:
-                raise UpstreamFailed(f"the upstream's answer was cut in {self.state} "
-                                     f"({exc})") from None
             if self._wire.expired:
                 raise
-            if self.left >= 0:
-                raise UpstreamFailed("the upstream's answer ended before its "
-                                     "Content-Length") from None
+            if not self.until_close:
+                raise UpstreamFailed(f"the upstream's answer was cut before its end "
+                                     f"({exc})") from None
             self.ended = True
 
     def release(self) -> None:
-        wire = self._wire
-        reusable = self.ended and not self.to_close and wire.closed is None
+        wire, message = self._wire, self._message
+        message.parser = None  # (the parser holds it: each goes with the answer)
+        reusable = self.ended and not self.to_close and not message.extra and \
+            message.kept_alive and wire.closed is None
         kept = reusable and not wire.buffer
         wire.disarm(dropped=not kept)
         if kept:
@@ -280,28 +271,6 @@ def _decoder(encoding: str) -> zlib._Decompress | None:
         return zlib.decompressobj(wbits=47)  # gzip's or zlib's header, told apart
     raise UpstreamFailed(f"the upstream's Content-Encoding {encoding[:40]!r} is not one "
                          "corral reads (asked for identity)")
-
-
-_SPACE = " \t\n\x0b\x0c\r"  # what bytes.strip() strips (str.strip() strips more)
-
-
-def _head(data: bytes) -> tuple[int, dict[str, str]]:
-    lines = data.decode("latin-1").split("\r\n")  # (each byte one character)
-    version, _, rest = lines[0].partition(" ")
-    code = rest[:3]
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isascii() or \
-            not code.isdigit():  # (ASCII's digits alone: not "²")
-        raise UpstreamFailed(f"the upstream's answer is not HTTP/1.1: "
-                             f"{lines[0].encode('latin-1')[:60]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip(_SPACE):
-            raise UpstreamFailed(f"the upstream's header line "
-                                 f"{line.encode('latin-1')[:60]!r} is malformed")
-        key, text = name.lower(), value.strip(_SPACE)
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return int(code), headers
 
 
 class _Address(NamedTuple):
@@ -397,22 +366,27 @@ class UpstreamClient:
                 wire = await _connect(target, deadline, timeout)
             assert wire.transport is not None
             wire.arm(deadline, timeout)
+            answer = _AnswerParts()
+            answer.parser = parser = httptools.HttpResponseParser(answer)
             try:
                 wire.transport.writelines(message)
-                status, interim = 100, -1
-                while status < 200:  # an interim answer (100 Continue): the real one follows
-                    interim += 1
-                    if interim > MAX_INTERIM:  # (endless ones held the call to its timeout)
+                head = 0
+                # an interim answer (100 Continue): the real one follows
+                while not (answer.head_done and answer.status >= 200):
+                    # (endless ones held the call to its timeout)
+                    if answer.interims > MAX_INTERIM:
                         raise UpstreamFailed(f"the upstream sent over MAX_INTERIM "
                                              f"({MAX_INTERIM}) interim answers (1xx)")
-                    while (end := wire.buffer.find(b"\r\n\r\n")) < 0:
-                        if len(wire.buffer) > MAX_HEAD:
-                            raise UpstreamFailed(f"the upstream's answer's head is over "
-                                                 f"MAX_HEAD ({MAX_HEAD} bytes)")
+                    if head > MAX_HEAD:
+                        raise UpstreamFailed(f"the upstream's answer's head is over "
+                                             f"MAX_HEAD ({MAX_HEAD} bytes)")
+                    if not wire.buffer:
                         await wire.more()
-                    status, headers = _head(wire.take(end + 4)[:-4])
-                return UpstreamAnswer(self, target.origin, wire, status, headers)
+                    head += len(wire.buffer)
+                    _feed(parser, wire.take(len(wire.buffer)))
+                return UpstreamAnswer(self, target.origin, wire, parser, answer)
             except BaseException as exc:
+                answer.parser = None
                 wire.disarm(dropped=True)
                 wire.transport.abort()
                 if kept and isinstance(exc, UpstreamFailed) and not (wire.received
