@@ -349,8 +349,9 @@ async def test_a_tokens_file_client_of_no_tenant_uses_no_tenants_own_server(
             ["many__forecast_weather"]
         with pytest.raises(MCPError) as err:
             await s.call_tool("acmes__forecast_weather", {"city": "Oslo"})
-        assert str(err.value) == ("tool acmes__forecast_weather is not in the allowlist "
-                                  "of gateway client full (*)")
+        assert str(err.value) == ("tool acmes__forecast_weather is not allowed for gateway "
+                                  "client full (its tools allowlist: ['*']; tenant default "
+                                  "does not see MCP server acmes)")
     async with httpx2.AsyncClient(timeout=30) as http:
         r = await http.post(gateway_url(d) + "/acmes", json={
             "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},

@@ -96,8 +96,8 @@ async def test_http_clients_see_the_pool_filtered_by_their_token(daemon: Daemon)
         assert names == {"notes__add", "notes__get", "notes__search"}
         with pytest.raises(MCPError) as err:
             await s.call_tool("ev__echo", {"message": "x"})
-        assert str(err.value) == ("tool ev__echo is not in the allowlist of gateway client "
-                                  "notes-only (notes__*)")
+        assert str(err.value) == ("tool ev__echo is not allowed for gateway client "
+                                  "notes-only (its tools allowlist: ['notes__*'])")
     st = daemon.json("mcp", "status")["gateway"]
     assert st["clients"]["full"]["calls"] >= 1
     assert st["clients"]["notes-only"]["errors"] >= 1
@@ -123,8 +123,8 @@ async def test_a_server_is_seen_as_itself_at_its_own_path(daemon: Daemon) -> Non
         assert (await s.list_tools()).tools == []
         with pytest.raises(MCPError) as err:
             await s.call_tool("echo", {"message": "x"})
-        assert str(err.value) == ("tool ev__echo is not in the allowlist of gateway client "
-                                  "notes-only (notes__*)")
+        assert str(err.value) == ("tool ev__echo is not allowed for gateway client "
+                                  "notes-only (its tools allowlist: ['notes__*'])")
 
 
 async def test_an_unknown_servers_path_is_404_and_a_session_keeps_its_path(
@@ -380,8 +380,8 @@ async def test_an_agent_uses_the_pool_with_its_own_token(daemon: Daemon) -> None
     assert res["output"]["tools"] == ["ev__echo", "notes__add", "notes__get",
                                       "notes__search"]
     assert res["output"]["stored"] == "stored otters"
-    assert res["output"]["refused"].startswith("tool sc__echo is not in the allowlist of "
-                                               "gateway client gwagent#0")
+    assert res["output"]["refused"].startswith("tool sc__echo is not allowed for agent "
+                                               "gwagent (its tools allowlist: ")
 
 
 async def test_list_changed_reaches_http_sessions_and_sessions_survive_restart(
@@ -428,7 +428,7 @@ async def test_an_api_token_with_mcp_call_opens_the_gateway_narrowed_by_its_glob
         assert names == {"notes__add", "notes__get", "notes__search", "ev__echo"}
         with pytest.raises(MCPError) as err:
             await s.call_tool("sc__slow", {"seconds": 0})
-        assert "is not in the allowlist of gateway client token mcp-gw" in str(err.value)
+        assert "is not allowed for gateway client token mcp-gw" in str(err.value)
     async with httpx2.AsyncClient() as c:
         r = await c.post(url(daemon), json={
             "jsonrpc": "2.0", "id": 1, "method": "initialize",

@@ -132,8 +132,8 @@ async def test_an_agents_identity_sees_and_calls_only_its_allowlist(daemon: Daem
         assert text(await s.call_tool("notes__get", {"title": "g"})) in ("gw", "")
         with pytest.raises(MCPError) as err:
             await s.call_tool("ev__echo", {"message": "no"})
-        assert str(err.value) == ("tool ev__echo is not in the allowlist of gateway client "
-                                  "agent:researcher (notes__*)")
+        assert str(err.value) == ("tool ev__echo is not allowed for gateway client "
+                                  "agent:researcher (its tools allowlist: ['notes__*'])")
     r = daemon.cli("mcp", "serve", "--agent", "ghost", input="")
     assert (r.returncode, r.stderr) == (1, "corral mcp serve: no such agent: ghost (agents: "
                                            "researcher)\n")

@@ -164,8 +164,8 @@ async def test_a_search_sees_the_callers_view_alone(daemon: Daemon) -> None:
         assert await search(s, query="invoice", limit=50) == INVOICES
         with pytest.raises(MCPError) as err:
             await s.call_tool("many__forecast_weather", {"city": "Oslo"})
-        assert str(err.value) == ("tool many__forecast_weather is not in the allowlist of "
-                                  "gateway client narrow (many__*_invoice)")
+        assert str(err.value) == ("tool many__forecast_weather is not allowed for gateway "
+                                  "client narrow (its tools allowlist: ['many__*_invoice'])")
 
 
 async def test_bad_search_arguments_are_invalid_params(daemon: Daemon) -> None:

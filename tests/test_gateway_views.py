@@ -100,7 +100,8 @@ async def test_a_session_sees_no_server_of_another_tenant_added_while_it_lives(
         assert uris == ["mem://doc/0", "mem://doc/1", "mem://doc/2"]
         assert len((await s.list_resource_templates()).resource_templates) == 1
         assert await refused(s.call_tool("b1__echo", {"text": "x"})) == \
-            "tool b1__echo is not in the allowlist of gateway client token acme-t (*)"
+            ("tool b1__echo is not allowed for gateway client token acme-t (its tools "
+             "allowlist: ['*']; tenant acme does not see MCP server b1)")
         assert await refused(s.get_prompt("b1__greet", {"who": "x"})) == \
             "prompt b1__greet is not one gateway client token acme-t may use: tenant acme " \
             "does not see MCP server b1"

@@ -92,8 +92,8 @@ async def test_a_glob_of_no_tenant_sees_and_acts_on_no_tenants_agent_of_its_lett
             assert names and all(n.startswith("ours__") for n in names), names
             with pytest.raises(MCPError) as err:
                 await s.call_tool("theirs__create_invoice", {})
-            assert str(err.value).startswith("tool theirs__create_invoice is not in the "
-                                              "allowlist of gateway client token glob")
+            assert str(err.value).startswith("tool theirs__create_invoice is not allowed "
+                                              "for gateway client token glob")
         listed = await d.dispatcher.call(SOCKET, "tasks.list", {"agent": "web-evil"})
         # (of web-evil's tasks, the operator's two alone: the refused call ran none)
         assert sorted(t.task_id for t in listed.tasks) == sorted(mine[:2]), listed

@@ -150,8 +150,8 @@ async def test_mcp_is_served_by_the_http_server_beside_the_rest_api(tmp_path: Pa
         out = await run_agent(api.d)
         assert (out["tools"], out["stored"]) == (
             ["notes__add", "notes__get", "notes__search"], "stored otters")
-        assert out["refused"].startswith("tool sc__echo is not in the allowlist of "
-                                         "gateway client gwagent#0")
+        assert out["refused"].startswith("tool sc__echo is not allowed for agent "
+                                         "gwagent (its tools allowlist: ")
 
         # a session's stream open when the daemon stops ends with it, at once (not at
         # the server's shutdown timeout)

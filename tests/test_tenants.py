@@ -1319,8 +1319,9 @@ async def test_a_gateway_client_of_a_tenant_calls_no_other_tenants_server_whatev
                          max_concurrent=4, rate_per_minute=0, max_sessions=1)
         with pytest.raises(RpcError) as err:
             await gw.call(ident, "zserv__echo", {"text": "x"})
-        assert err.value.message == ("tool zserv__echo is not in the allowlist of gateway "
-                                     "client a1#0 (*)")
+        assert err.value.message == ("tool zserv__echo is not allowed for gateway client "
+                                     "a1#0 (its tools allowlist: ['*']; tenant a does not "
+                                     "see MCP server zserv)")
         # its own tenant's and the shared ones it calls
         assert await gw.call(ident, "aserv__echo", {"text": "x"}) is not None
         assert await gw.call(ident, "common__echo", {"text": "x"}) is not None

@@ -153,7 +153,7 @@ class AuditLink(TaskInterceptor):
         except BaseException as exc:
             self.row(call, failure_of(exc))
             raise
-        r = call.replica
+        r = call.agent
         label: str = r.label
         params = {"client": label, "model": call.name}
         if call.task is not None:
@@ -172,12 +172,19 @@ class AuditLink(TaskInterceptor):
 
     def row(self, call: Call, outcome: str) -> None:
         r = call.replica
-        label: str = r.label
-        tenant = r.spec.tenant
+        who = NO_PEER
+        tenant: str | None
+        if r is not None:
+            label: str = r.label
+            tenant = r.spec.tenant
+        else:  # a gateway client's, no agent's: its process too, where its socket says
+            client = call.client
+            assert client is not None
+            label, tenant, who = client.name, client.tenant, client.who
         task = call.task.id if call.task is not None else None
         params = call_params(label, call.name, task)
         worker = call.door == WORKER
-        if outcome == "ok":  # answered, every door's hot path: the cheaper row
+        if outcome == "ok" and who == NO_PEER:  # answered: every door's hot path, cheaper
             params["tool"] = _cut(call.name)
             if worker:
                 return self.audit.call_row("worker", WORKER_CALL, params, f"agent {label}",
@@ -192,16 +199,20 @@ class AuditLink(TaskInterceptor):
             self.audit(Caller(via="models", name=f"agent {label}", tenant=tenant),
                        MODEL_CALL, params, outcome, line=False)
         else:
-            gateway_call(self.audit, label, tenant, call.name, task, outcome)
+            gateway_call(self.audit, label, tenant, call.name, task, outcome, who)
+
+
+NO_PEER = (-1, -1)  # a caller whose process its socket does not say
 
 
 def gateway_call(audit: Callable[..., None], client: str, tenant: str | None, tool: str,
-                 task: str | None, outcome: str, who: tuple[int, int] = (-1, -1)) -> None:
+                 task: str | None, outcome: str, who: tuple[int, int] = NO_PEER) -> None:
     """A gateway client's tool call's row: the audit link's of a call that passed the
-    chain and was refused or failed, the gateway's own of one that never enters it (a
-    refusal at its door, a client that is no agent's); `who`: the client process's uid
-    and pid, if known. A line of the daemon log too, unless it was answered (as no
-    answered call at any door is: decision 1630)."""
+    chain and was refused or failed, or was answered to a client whose process is known
+    (the local socket's: its uid and pid kept, decision 1580), and the gateway's own of a
+    refusal at its door (its limits) that never enters the chain; `who`: the client
+    process's uid and pid, if known. A line of the daemon log too, unless it was
+    answered (as no answered call at any door is: decision 1630)."""
     audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=tenant,
                  name=f"gateway client {client}"), GATEWAY_CALL,
           call_params(client, tool, task), outcome, line=outcome != "ok")

@@ -8,6 +8,7 @@ accounting and the audit log. Who the clients are: docs/gateway.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import re
 import secrets
@@ -26,7 +27,6 @@ from ..jsonrpc import RpcError
 from ..mcp import toolsearch
 from ..mcp.client import IDEMPOTENCY_META, MAX_INPUT_ROUNDS, META_CAPABILITIES
 from ..mcp.logrelay import LogRelay
-from ..mcp.pool import allowed
 from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
 from ..supervisor.config import DEFAULT_TENANT, ConfigError, GatewaySettings, PositiveInt
@@ -35,7 +35,7 @@ from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
-from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire
+from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire, GatewayClient
 from ..supervisor.tasks.personwait import timed
 from ..taskoptions import MAX_IDEMPOTENCY_KEY
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
@@ -534,9 +534,9 @@ class GatewayService:
         or as it says itself; None: not one (nor is a tool the client may not see)."""
         if not isinstance(name, str) or "__" not in name:
             return None
-        if (ident.allow is not None and not allowed(name, ident.allow)) or \
-                not self._tenant_sees(ident, name):
-            return None
+        if self.chain.refused(Call(ident.replica, name, {}, None,
+                                   client=self._client(ident))) is not None:
+            return None  # (the chain's view link says so: the call is its refusal)
         configured = self._task_tool(name)
         if configured is not None:
             return configured
@@ -601,7 +601,7 @@ class GatewayService:
             task_id = await self.agent_tools.submit(ident, name, call.arguments, call.key)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
         tool = f"{AGENTS_VIEW}__{name}"
-        return await self._recorded(ident, tool, task, lambda: self._entered(Call(
+        return await self._recorded(ident, tool, lambda: self._entered(Call(
             ident.replica, tool, arguments, task, key, meta=said, door=MCP_AGENTS,
             wire=DoorWire(made=submitted))))
 
@@ -693,37 +693,36 @@ class GatewayService:
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
                    context: Parent | None = None,
                    relay: InputRelay | None = None, on_log: LogRelay | None = None) -> Any:
-        """One tools/call by a gateway client: allowlist, attribution, limits, accounting,
-        audit; `context`: the client's trace context, the call's span's parent."""
-        if (ident.allow is not None and not allowed(name, ident.allow)) or \
-                not self._tenant_sees(ident, name):
-            self._record(ident, name, 0.0, "refused: not in the allowlist")
-            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
-                           f"tool {name} is not in the allowlist of gateway client "
-                           f"{ident.name} ({_shown_allow(ident.allow)})")
+        """One tools/call by a gateway client, an agent's replica or not: its door's part
+        (attribution, limits, accounting) around the one chain, whose links judge it
+        (tasks/chain.py); `context`: the client's trace context, the call's span's parent."""
         limiter = self.limiters[ident.name]
         try:
             task = None if ident.replica is None else \
                 self.attribution.task_of(ident.replica, ident.mark)
             limiter.admit(ident)
         except RpcError as exc:
-            self._record(ident, name, 0.0, f"refused: {exc.message}")
+            self._refused(ident, name, f"refused: {exc.message}")
             raise
         if ident.replica is not None:
             self._count(ident, task)
         try:
-            return await self._recorded(ident, name, task, lambda: self._replicas(
-                ident, task, name, arguments, on_progress, relay, on_log, context)
-                if ident.replica is not None else self._pooled(
-                    ident, name, arguments, on_progress, relay, on_log, context))
+            return await self._recorded(ident, name, lambda: self._entered_by(
+                ident, task, name, arguments, on_progress, relay, on_log, context))
         finally:
             limiter.in_flight -= 1
 
-    async def _recorded(self, ident: Identity, name: str, task: Task | None,
+    def _client(self, ident: Identity) -> GatewayClient | None:
+        """The client as a Call names one that is no agent's replica (None: a replica's)."""
+        if ident.replica is not None:
+            return None
+        return GatewayClient(ident.name, ident.owner, ident.tenant, ident.allow,
+                      functools.partial(self._tenant_sees, ident), ident.who)
+
+    async def _recorded(self, ident: Identity, name: str,
                         make: Callable[[], Awaitable[Any]]) -> Any:
-        """The outcome of the call `make` makes, its time and the person's wait counted,
-        and audited here unless it passed the chain (a replica's: the chain's audit
-        link writes its row)."""
+        """The outcome of the call `make` makes, its time and the person's wait counted
+        (its audit row is the chain's audit link's)."""
         start = time.perf_counter()
         outcome = "ok"
         with timed() as person:  # the approval's wait, counted apart
@@ -735,38 +734,32 @@ class GatewayService:
                 outcome = failure_of(exc)
                 raise
             finally:
-                self._record(ident, name, time.perf_counter() - start, outcome, task,
-                             person.seconds, audited=ident.replica is None)
+                self._counted(ident, name, time.perf_counter() - start, outcome,
+                              person.seconds)
 
-    async def _replicas(self, ident: Identity, task: Task | None, name: str,
-                        arguments: dict[str, Any],
-                        on_progress: Callable[[dict[str, Any]], None] | None,
-                        relay: InputRelay | None, on_log: LogRelay | None,
-                        context: Parent | None) -> Any:
-        """A replica's call: its door's `Call`, through the one chain (tasks/chain.py),
-        whose trace link makes its span, a child of the client's context (`_meta`)."""
+    async def _entered_by(self, ident: Identity, task: Task | None, name: str,
+                          arguments: dict[str, Any],
+                          on_progress: Callable[[dict[str, Any]], None] | None,
+                          relay: InputRelay | None, on_log: LogRelay | None,
+                          context: Parent | None) -> Any:
+        """The client's call: its door's `Call`, through the one chain (tasks/chain.py),
+        whose trace link makes its span, a child of the client's context (`_meta`). A
+        client that is no agent's replica is the Call's `client`: its allowlist and its
+        tenant's view for the chain's first link."""
         said = None if context is None else meta(context.trace_id, context.span_id,
                                                  context.sampled, context.tracestate)
         answer = self.chain.enter(Call(
             ident.replica, name, arguments, task, meta=said,
             door=MCP if ident.server is None else MCP_SERVER,
-            wire=DoorWire(on_progress, relay, on_log, f"{ident.owner} of {ident.tenant}")))
+            # tenant and all: a token's name made again for another tenant is another caller
+            wire=DoorWire(on_progress, relay, on_log, f"{ident.owner} of {ident.tenant}"),
+            client=self._client(ident)))
         if not inspect.isawaitable(answer):
             return answer
         if self.tracer is None and task is None and said is not None:
             # no trace link: the client's context goes on to the server as it came
             return await _under(answer, ClientSpan(said))
         return await answer
-
-    def _pooled(self, ident: Identity, name: str, arguments: dict[str, Any],
-                on_progress: Callable[[dict[str, Any]], None] | None,
-                relay: InputRelay | None, on_log: LogRelay | None,
-                context: Parent | None) -> Awaitable[Any]:
-        # tenant and all: a token's name made again for another tenant is another caller
-        call = self.tools.call(name, arguments, owner=ident.owner, on_progress=on_progress,
-                               relay=relay, on_log=on_log,
-                               caller=f"{ident.owner} of {ident.tenant}")
-        return call if context is None else self._traced(call, context, name, ident.name)
 
     def _count(self, ident: Identity, task: Task | None) -> None:
         """An agent replica's call, counted as a task's step or as no task's."""
@@ -778,25 +771,17 @@ class GatewayService:
             counter.attributed += 1
             self.attributed += 1
 
-    def _traced(self, call: Awaitable[Any], context: Parent, tool: str, client: str
-                ) -> Awaitable[Any]:
-        """The call under a client span, child of the client's; with tracing off, the
-        client's own context passed on to the server as it came."""
-        if self.tracer is not None:
-            return self.tracer.gateway_call(call, context, tool, client)
-        return _under(call, ClientSpan(meta(context.trace_id, context.span_id,
-                                            context.sampled, context.tracestate)))
-
-    def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
-                task: Task | None = None, waited: float = 0.0, audited: bool = True) -> None:
-        """The call counted; `audited`: its row written (a call the chain ran has the
-        chain's audit link's)."""
+    def _counted(self, ident: Identity, tool: str, seconds: float, outcome: str,
+                 waited: float = 0.0) -> None:
         error = outcome != "ok"
         self.by_client[ident.name].add(seconds, error, waited)
         self.by_tool[self._counted_as(tool)].add(seconds, error, waited)
-        if audited:
-            gateway_call(self.audit, ident.name, ident.tenant, tool,
-                         task.id if task is not None else None, outcome, ident.who)
+
+    def _refused(self, ident: Identity, tool: str, outcome: str) -> None:
+        """A call its door refused (the client's limits, an attempt it may not name),
+        which never entered the chain: counted, and its row the door's own."""
+        self._counted(ident, tool, 0.0, outcome)
+        gateway_call(self.audit, ident.name, ident.tenant, tool, None, outcome, ident.who)
 
     def _counted_as(self, tool: str) -> str:
         """The name a call is counted under: its tool's, or NO_SUCH_TOOL's (a client names
@@ -893,12 +878,6 @@ def _qualified(server: str, method: str, params: dict[str, Any]) -> dict[str, An
             ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
         return {**params, "ref": {**ref, "name": f"{server}__{ref['name']}"}}
     return params
-
-
-def _shown_allow(allow: list[str] | None) -> str:
-    """An allowlist in a refusal: its patterns, `empty`, or `*` for every tool (a client
-    refused by its tenant's servers, not its list)."""
-    return "*" if allow is None else ", ".join(allow) or "empty"
 
 
 async def _under(call: Awaitable[Any], span: ClientSpan) -> Any:

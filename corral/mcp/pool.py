@@ -280,8 +280,9 @@ class McpPool(Generic[Spec, Inst]):
                    relay: InputRelay | None = None, on_log: LogRelay | None = None,
                    asker: Asker | None = None, caller: str | None = None,
                    key: str | None = None) -> Any:
-        """Call a tool; the caller has checked its allowlist (McpClient.call_tool says
-        the rest)."""
+        """Call a tool; its caller's allowlist is the call chain's first link's to check
+        (supervisor/tasks/chain.py), a drifted definition ToolDrifted for its pins link
+        (McpClient.call_tool says the rest)."""
         server, tool = split(qualified)
         entry = self.servers.get(server)
         if entry is None:  # (the names a caller chose, cut: 2 MB of one were 4 MB of this)

@@ -331,9 +331,11 @@ class Supervisor:
         self.events.publish(REFUSED_TOPIC, msgspec.structs.asdict(e), "corral", tenant)
 
     def _route_tool(self, call: Call) -> Any:
-        wire = call.wire
+        wire, r, client = call.wire, call.replica, call.client
+        # (a gateway client's that is no agent's is made for its own owner)
+        owner = client.owner if client is not None else r.label if r is not None else None
         if call.task is None and wire is not None:  # a gateway client's, of no task
-            return self.mcp.call(call.name, call.arguments, owner=call.replica.label,
+            return self.mcp.call(call.name, call.arguments, owner=owner,
                                  on_progress=wire.on_progress, relay=wire.relay,
                                  on_log=wire.on_log, caller=wire.caller, key=call.key)
 
@@ -345,7 +347,7 @@ class Supervisor:
         asker = None if call.task is None else functools.partial(
             self.tasks.elicitations.ask, call, self.mcp.timeout_of(call.name), held(),
             itertools.count(1))
-        return self.mcp.call(call.name, call.arguments, owner=call.replica.label,
+        return self.mcp.call(call.name, call.arguments, owner=owner,
                              on_progress=progress, asker=asker, key=call.key)
 
     async def _list_tools(self, replica: Replica) -> dict[str, Any]:

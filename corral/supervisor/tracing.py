@@ -10,7 +10,7 @@ import functools
 import inspect
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
@@ -188,14 +188,15 @@ class Tracer(TaskInterceptor):
         and, without one, not traced."""
         task = call.task
         said = CALLER.get()
-        more = (call.replica.name, call.door, call.key)
+        r = call.replica  # (None: a gateway client's, no agent's, named by its client)
+        more = (r.name if r is not None else None, call.door, call.key)
         if task is None:
             context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
                 if said else None
             if context is None:
                 return next(call)
             sampled = self.sampling.head(context.trace_id, context.sampled)
-            owner = f"{'replica' if call.door == WORKER else 'gateway'}:{call.replica.label}"
+            owner = f"{'replica' if call.door == WORKER else 'gateway'}:{call.caller}"
             return self._timed(functools.partial(next, call), context.trace_id, sampled,
                                context.tracestate, self.put if sampled else None,
                                context.span_id, call.name, owner, 0, more)
@@ -406,15 +407,6 @@ class Tracer(TaskInterceptor):
                                new_span_id(64) or 1, trace.attempt_span(task.attempt), name,
                                task.id, kind, start, end, error, attrs))
 
-    async def gateway_call(self, call: Awaitable[Any], context: Parent, name: str,
-                           client: str) -> Any:
-        """A gateway client's tool call, under a client span that is a child of the
-        context the client sent in `_meta` (its decision to sample honoured)."""
-        sampled = self.sampling.head(context.trace_id, context.sampled)
-        return await self._timed(functools.partial(_given, call), context.trace_id, sampled,
-                                 context.tracestate, self.put if sampled else None,
-                                 context.span_id, name, f"gateway:{client}", 0)
-
     # -- a worker's exit ----------------------------------------------------------------------
     def _exited(self, e: ReplicaExit) -> None:
         r = e.replica
@@ -471,10 +463,6 @@ class Tracer(TaskInterceptor):
     def stats(self) -> dict[str, int]:
         return {"recorded": self.recorded, "dropped": self.dropped,
                 "buffered": self.buffered}
-
-
-def _given(call: Awaitable[Any]) -> Awaitable[Any]:
-    return call
 
 
 def own_span(traceparent: Any, trace_id: int) -> int:

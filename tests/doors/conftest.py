@@ -10,6 +10,8 @@ is taken off."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +37,21 @@ IDLE_DOORS = ("/mcp idle", "/mcp/NAME idle", "/mcp/corral idle")
 # `corral mcp serve --token` with the replica's token, as a host runs it: its stdio
 # bridged to /mcp on the daemon's local socket (decision 1580)
 DOORS = TASK_DOORS + IDLE_DOORS + ("stdio idle",)
+# a gateway client that is no agent's replica, a token's holder of the tokens file, at the
+# doors it has: /mcp, /mcp/NAME, and `corral mcp serve --token` on the local socket (the
+# policy rules, taint and budgets bind an agent's calls, not its: decision 1640)
+CLIENT_DOORS = ("/mcp client", "/mcp/NAME client", "stdio client")
+CLIENT, CLIENT_TOKEN = "plain", "door-suite-token-of-a-client-that-is-no-agents"
+CLIENT_TOOLS = ["pol__http_get", "drift__*"]
+
+
+def tokens_file(tmp: Path, tools: list[str] = CLIENT_TOOLS) -> Path:
+    """The tokens file naming CLIENT, its allowlist `tools`."""
+    digest = hashlib.sha256(CLIENT_TOKEN.encode()).hexdigest()
+    path = tmp / "tokens.toml"
+    path.write_text(f'[clients.{CLIENT}]\ntoken_sha256 = "{digest}"\n'
+                    f"tools = {json.dumps(tools)}\n")
+    return path
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,7 +106,7 @@ def agents(tmp: Path) -> str:
             '[[policy]]\nname = "no pay"\nmatch = { tool = "pol__pay" }\neffect = "deny"\n\n'
             '[[policy]]\nname = "no denied agent"\nmatch = { tool = "corral__denied" }\n'
             'effect = "deny"\n\n'
-            '[gateway]\nlisten = "127.0.0.1:0"\n\n'
+            f'[gateway]\nlisten = "127.0.0.1:0"\ntokens_file = "{tokens_file(tmp)}"\n\n'
             '[a2a]\nanonymous = ["mailer", "queued"]\n')
 
 

@@ -20,7 +20,16 @@ from corral import jsonrpc
 from ..conftest import ROOT
 from ..daemon_harness import PY
 from ..test_daemon_cli import wait_until
-from .conftest import DOORS, IDLE_DOORS, TASK_DOORS, Entry
+from .conftest import (
+    CLIENT,
+    CLIENT_DOORS,
+    CLIENT_TOKEN,
+    CLIENT_TOOLS,
+    DOORS,
+    IDLE_DOORS,
+    TASK_DOORS,
+    Entry,
+)
 from .door_agent import gateway
 
 PATIENCE = 60.0
@@ -43,9 +52,14 @@ class Made:
             self.task_id = d.ask("tasks.submit", {"agent": agent,
                                                   "input": {"calls": calls}})["task_id"]
             return
-        env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
-        url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
-        if door == "stdio idle":  # at the node whose gateway the replica was told of
+        if door in CLIENT_DOORS:  # a token's holder, no agent's replica: at the first node
+            self.agent, self.owner = CLIENT, f"replica:gateway:{CLIENT}:"
+            url, token = d.ask("gateway.status", {})["url"], CLIENT_TOKEN
+        else:
+            env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
+            url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+            self.owner = f"replica:{agent}#"  # (its asks': its incarnation's)
+        if door.startswith("stdio"):  # at the node whose gateway the replica was told of
             at = next(i for i in range(len(d.home.entries))
                       if d.home.call("gateway.status", {}, at=i)["url"] == url)
             sock = str(d.home.entry(at).sock)
@@ -54,7 +68,7 @@ class Made:
             self.future = POOL.submit(stdio, sock, tool, arguments, token, key)
             return
         server, _, own = tool.partition("__")
-        at, name = {"/mcp idle": ("", tool)}.get(door, (f"/{server}", own))
+        at, name = ("", tool) if door.split()[0] == "/mcp" else (f"/{server}", own)
         for step in before or []:
             gateway(at if step["door"] == door else "", step["tool"] if at == "" else
                     step["tool"].partition("__")[2], step.get("arguments", {}), url, token)
@@ -75,7 +89,7 @@ class Made:
             for a in self.d.ask("approvals.list")["asks"]:
                 if a["agent"] == self.agent and (
                         a["task_id"] == self.task_id if self.task_id is not None
-                        else a["task_id"].startswith(f"replica:{self.agent}#")):
+                        else a["task_id"].startswith(self.owner)):
                     return dict(a)
             if self.task_id is not None:
                 done = self.d.ask("tasks.get", {"task_id": self.task_id})
@@ -88,15 +102,16 @@ class Made:
 
 
 def stdio(sock: str, tool: str, arguments: dict[str, Any], token: str,
-          key: str | None = None) -> dict[str, Any]:
+          key: str | None = None, said: dict[str, Any] | None = None) -> dict[str, Any]:
     """A tools/call through `corral mcp serve --token`, as a 2025-11-25 host makes it:
-    its outcome as door_agent.py's `gateway` says one."""
+    its outcome as door_agent.py's `gateway` says one; `said`: more of its `_meta`."""
     proc = subprocess.Popen(
         [PY, "-m", "corral", "--socket", sock, "mcp", "serve", "--token", token],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdin is not None and proc.stdout is not None
     meta = {"io.corral/idempotency-key": key} if key is not None else {}
+    meta.update(said or {})
     for rid, method, params in (
             (1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                "clientInfo": {"name": "host", "version": "1"}}),
@@ -122,7 +137,7 @@ def decide(d: Entry, ask: dict[str, Any], decision: str) -> None:
 
 
 @pytest.mark.deadline(240)
-@pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
+@pytest.mark.parametrize("door", [x for x in DOORS + CLIENT_DOORS if "corral" not in x])
 def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Entry,
                                                                    door: str) -> None:
     """The pins link: the tool's definition changed since it was pinned; the call waits
@@ -143,7 +158,7 @@ def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Entry
 
 
 @pytest.mark.deadline(240)
-@pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
+@pytest.mark.parametrize("door", [x for x in DOORS + CLIENT_DOORS if "corral" not in x])
 def test_a_drifted_tool_denied_is_refused_naming_the_drift_and_recorded(
         daemon: Entry, door: str) -> None:
     """The pins link, denied: the call is refused naming the drift, and the refusal is
@@ -241,22 +256,46 @@ def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Entry,
     recorded(daemon, made, "taint", target, before)
 
 
+def tool_rows(d: Entry, tool: str) -> list[dict[str, Any]]:
+    """The audit rows naming `tool`, of every node (a cluster's audit is each node's)."""
+    return [e for at in range(len(d.home.entries))
+            for e in d.home.call("audit.list", {"limit": 1000}, at=at)["entries"]
+            if isinstance(e["params"], dict) and e["params"].get("tool") == tool]
+
+
 @pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", DOORS + CLIENT_DOORS)
 def test_the_call_is_audited(daemon: Entry, door: str) -> None:
     """The audit link: one row of the audit log a call, naming its tool (a cluster's
     audit is each node's: the row is the node's that ran the call)."""
     d = daemon
     tool = "corral__target" if "corral" in door else "pol__http_get"
     arguments = {"do": "echo"} if "corral" in door else {"host": "example.org"}
-
-    def rows() -> int:
-        return sum(1 for at in range(len(d.home.entries))
-                   for e in d.home.call("audit.list", {"limit": 1000}, at=at)["entries"]
-                   if isinstance(e["params"], dict) and e["params"].get("tool") == tool)
-    before = rows()
+    before = len(tool_rows(d, tool))
     said = Made(d, "caller", door, tool, arguments).outcome()
     assert "error" not in said, said
-    assert rows() == before + 1
+    assert len(tool_rows(d, tool)) == before + 1
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", CLIENT_DOORS)
+def test_a_clients_call_outside_its_allowlist_is_the_views_refusal_and_one_row(
+        daemon: Entry, door: str) -> None:
+    """The identity and view link for a client that is no agent's: a tool outside its
+    allowlist is refused by the chain's first link in the one form every door's caller
+    is refused in, and the refusal is the audit link's one row, in the link's words."""
+    d = daemon
+    refusal = (f"tool pol__pay is not allowed for gateway client {CLIENT} (its tools "
+               f"allowlist: {CLIENT_TOOLS})")
+
+    def rows() -> list[dict[str, Any]]:
+        return [e for e in tool_rows(d, "pol__pay") if e["outcome"] == f"error: {refusal}"]
+    before = len(rows())
+    said = Made(d, CLIENT, door, "pol__pay", {"amount": 1}).outcome()
+    assert said == {"error": jsonrpc.TOOL_NOT_ALLOWED, "message": refusal}, said
+    now = wait_until(lambda: (lambda got: got if len(got) > before else None)(rows()),
+                     PATIENCE, "the refusal's audit row")
+    assert len(now) == before + 1 and now[0]["method"] == "gateway.call", now
 
 
 assert set(IDLE_DOORS) < set(DOORS)

@@ -35,8 +35,18 @@ from ..conftest import ROOT
 from ..contract.home import KINDS, Home, made
 from ..daemon_harness import PY
 from ..test_daemon_cli import wait_until
-from .conftest import HERE, IDLE_DOORS, SERVERS, TASK_DOORS
+from .conftest import CLIENT as GATEWAY_CLIENT
+from .conftest import (
+    CLIENT_DOORS,
+    CLIENT_TOKEN,
+    HERE,
+    IDLE_DOORS,
+    SERVERS,
+    TASK_DOORS,
+    tokens_file,
+)
 from .door_agent import VERSION
+from .test_doors import stdio
 
 PATIENCE = 60.0
 TRACE = "ab" * 16
@@ -45,7 +55,9 @@ CLIENT, SERVER = 3, 2  # OTLP's SpanKind values
 # the door a Call names (tasks/call.py), by the suite's door
 DOOR = {"worker": "worker", "worker-no-task": "worker", "/mcp": "/mcp",
         "/mcp/NAME": "/mcp/NAME", "/mcp/corral": "/mcp/corral", "/mcp idle": "/mcp",
-        "/mcp/NAME idle": "/mcp/NAME", "/mcp/corral idle": "/mcp/corral"}
+        "/mcp/NAME idle": "/mcp/NAME", "/mcp/corral idle": "/mcp/corral",
+        # (the bridge posts to /mcp)
+        "/mcp client": "/mcp", "/mcp/NAME client": "/mcp/NAME", "stdio client": "/mcp"}
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -101,7 +113,8 @@ def config(tmp: Path, port: int) -> str:
             f'[agents.target]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
             f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
             f'[mcp_servers.traced]\ncommand = ["{PY}", "{SERVERS}/traced_mcp.py"]\n\n'
-            '[gateway]\nlisten = "127.0.0.1:0"\n\n'
+            f'[gateway]\nlisten = "127.0.0.1:0"\n'
+            f'tokens_file = "{tokens_file(tmp, ["traced__*"])}"\n\n'
             f'[tracing]\nendpoint = "http://127.0.0.1:{port}/v1/traces"\nsample = 1.0\n'
             "export_interval = 0.2\n")
 
@@ -255,3 +268,37 @@ def test_a_worker_link_call_of_no_task_is_one_span_under_its_callers_context(
     a = attrs(span)
     assert a["corral.replica"].startswith("pair#") and "corral.task.id" not in a, a
     assert said["output"] == f"00-{trace}-{span.span_id.hex()}-01", said
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", CLIENT_DOORS)
+def test_a_clients_call_is_one_span_under_its_context(home: Home, door: str) -> None:
+    """A gateway client's call that is no agent's (a token's holder), its context in
+    `params._meta`: one client span of the chain's trace link at the door it came by, the
+    child of that context, its client named and no agent; the MCP server is sent that
+    span as its parent."""
+    trace = secrets.token_hex(16)
+    traceparent = f"00-{trace}-{SPAN}-01"
+    if door == "stdio client":
+        got = stdio(str(home.entry(0).sock), "traced__where", {}, CLIENT_TOKEN,
+                    said={"traceparent": traceparent})
+        assert not got["isError"], got
+        text = got["text"]
+    else:
+        path, name = ("", "traced__where") if door == "/mcp client" else ("/traced", "where")
+        said = post(home.call("gateway.status", {})["url"], CLIENT_TOKEN, path, name, {},
+                    traceparent)
+        assert "result" in said and not said["result"].get("isError"), said
+        text = said["result"]["content"][0]["text"]
+
+    def of_trace(s: Any) -> bool:
+        return bool(s.trace_id.hex() == trace)
+    (span,) = wait_until(lambda: tool_spans(of_trace), PATIENCE, "the call's span")
+    assert span.parent_span_id.hex() == SPAN
+    a = attrs(span)
+    assert span.name == "tools/call where", span.name
+    assert (a["gen_ai.operation.name"], a["gen_ai.tool.name"], a["corral.call.door"],
+            a["corral.gateway.client"]) == ("execute_tool", "where", DOOR[door],
+                                            GATEWAY_CLIENT), a
+    assert "gen_ai.agent.name" not in a, a
+    assert text == f"00-{trace}-{span.span_id.hex()}-01", text

@@ -326,7 +326,7 @@ class ModelGateway:
             slot.__exit__(None, None, None)  # (entered by _client)
 
     def _cut(self, call: Call, ex: Exchange, why: str) -> None:
-        call.replica.note(f"model {call.name}: {why}; the agent's stream was cut too, and "
+        call.agent.note(f"model {call.name}: {why}; the agent's stream was cut too, and "
                           "nothing of it journaled")
         ex.cut()
 
@@ -387,8 +387,8 @@ class ModelGateway:
         outputs = self.tasks.outputs
 
         def told(text: str) -> None:
-            if task.running and task.replica is call.replica:
-                outputs.put(task, call.replica, text)
+            if task.running and task.replica is call.agent:
+                outputs.put(task, call.agent, text)
 
         return told
 

@@ -74,54 +74,59 @@ class Approvals(TaskInterceptor):
         self._path = path
 
     def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
+        r = call.replica
+        if r is None:
+            # a gateway client's, no agent's: the rules, `approve` and taint bind what an
+            # agent does (decision 1640); the client is held by its allowlist, the view's
+            return next(call)
         task = call.task
         if task is None:
             assert self._path is not None  # bound as the engine was made
-            return self._replica_call(self._path.replica_calls, call, next, self._guard)
+            return self._replica_call(self._path.replica_calls, call, r, next, self._guard)
         guard = self._guard
         if guard is not None and guard.reads_labels(task):
-            return self._loaded(guard, call, task, next)
-        return self._task_call(call, task, next)
+            return self._loaded(guard, call, r, task, next)
+        return self._task_call(call, r, task, next)
 
-    async def _loaded(self, guard: PolicyGuard, call: Call, task: Task,
+    async def _loaded(self, guard: PolicyGuard, call: Call, r: Replica, task: Task,
                       next: Callable[[Call], Any]) -> Any:
         """The task's first call here: its labels read from its home first (a retry's,
         after a restart or on another node; labels.py)."""
-        await guard.labels.load(task, call.replica)
-        answer = self._task_call(call, task, next)
+        await guard.labels.load(task, r)
+        answer = self._task_call(call, r, task, next)
         return await answer if inspect.isawaitable(answer) else answer
 
-    def _task_call(self, call: Call, task: Task, next: Callable[[Call], Any]) -> Any:
+    def _task_call(self, call: Call, r: Replica, task: Task, next: Callable[[Call], Any]
+                   ) -> Any:
         # a claim of a cluster's carries no tenant: its agent's here is its (the cluster
         # routes a task to its tenant's agent)
-        tenant = task.tenant if task.tenant is not None else getattr(
-            call.replica.spec, "tenant", None)
-        policy = policy_of(call.replica, tenant)
+        tenant = task.tenant if task.tenant is not None else getattr(r.spec, "tenant", None)
+        policy = policy_of(r, tenant)
         guard = self._guard
         if guard is not None:
-            verdict = guard.judge(task.id, call.replica, tenant, "tool", call.name,
+            verdict = guard.judge(task.id, r, tenant, "tool", call.name,
                                   {"arguments": call.arguments}, task)
             if verdict.effect == "deny":
                 return tool_error(verdict.said(f"tool call {call.name}"))
-            guard.labels.mark(call.replica, task, ())  # (what its replica read is its)
-            unkept = guard.labels.unkept(task, call.replica)
+            guard.labels.mark(r, task, ())  # (what its replica read is its)
+            unkept = guard.labels.unkept(task, r)
             if unkept:  # kept before the call is made: its answer is the untrusted text
                 return self._kept(task, unkept, lambda: self._made(
-                    call, task, policy, next, verdict.rule if verdict.effect == "approve"
-                    else None))
+                    call, r, task, policy, next, verdict.rule
+                    if verdict.effect == "approve" else None))
             if verdict.effect == "approve":
-                return self._held(call, task, policy or terms_of(call.replica, []), next,
+                return self._held(call, r, task, policy or terms_of(r, []), next,
                                   verdict.rule)
-        return self._made(call, task, policy, next, None)
+        return self._made(call, r, task, policy, next, None)
 
-    def _made(self, call: Call, task: Task, policy: ApprovalPolicy | None,
+    def _made(self, call: Call, r: Replica, task: Task, policy: ApprovalPolicy | None,
               next: Callable[[Call], Any], why: str | None) -> Any:
         """`why`: the rule (or taint) holding the call, None when none does."""
         if why is not None:
-            return self._held(call, task, policy or terms_of(call.replica, []), next, why)
+            return self._held(call, r, task, policy or terms_of(r, []), next, why)
         if policy is None or not allowed(call.name, policy.patterns):
             return next(call)
-        return self._held(call, task, policy, next)
+        return self._held(call, r, task, policy, next)
 
     @staticmethod
     async def _kept(task: Task, unkept: list[tuple[str, tuple[str, ...]]],
@@ -132,14 +137,14 @@ class Approvals(TaskInterceptor):
         return await answer if inspect.isawaitable(answer) else answer
 
     @staticmethod
-    async def _replica_call(calls: ReplicaCalls, call: Call,
+    async def _replica_call(calls: ReplicaCalls, call: Call, r: Replica,
                             next: Callable[[Call], Any], guard: PolicyGuard | None) -> Any:
-        gated = await gate(calls, call, guard)
+        gated = await gate(calls, call, r, guard)
         if isinstance(gated, dict):
             return gated
         # an agent called of no task starts a task of its own (the door's submission):
         # what the replica read is handed on to it (labels.py), read as it is made
-        handed = HANDED.set(guard.labels.of(call.replica, None)) if guard is not None \
+        handed = HANDED.set(guard.labels.of(r, None)) if guard is not None \
             and call.name.startswith(AGENT_TOOL) else None
         try:
             answer = next(gated)
@@ -168,7 +173,7 @@ class Approvals(TaskInterceptor):
             self._guard.replayed(replay.task, replay.name)
         next(replay)
 
-    async def _held(self, call: Call, task: Task, policy: ApprovalPolicy,
+    async def _held(self, call: Call, r: Replica, task: Task, policy: ApprovalPolicy,
                     next: Callable[[Call], Any], why: str = "") -> Any:
         assert self._path is not None  # bound as the engine was made
         # a held call is no call of the task's budget until it is made (its attempt may
@@ -184,7 +189,7 @@ class Approvals(TaskInterceptor):
                 f"tool:{self._calls.key(task, call.name, call.arguments)}", subject(call, why),
                 policy.timeout))
         if ask.end is AskEnd.APPROVED:
-            take_tool_call(task, call.replica)
+            take_tool_call(task, r)
             edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
             answer = next(call if edited is None else call._replace(arguments=edited))
             return await answer if inspect.isawaitable(answer) else answer
@@ -193,7 +198,7 @@ class Approvals(TaskInterceptor):
         if ask.end is AskEnd.WITHDRAWN:
             raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
         if self._guard is not None:
-            self._guard.not_approved(call.replica, task, task.tenant, call.name, why,
+            self._guard.not_approved(r, task, task.tenant, call.name, why,
                                      ask.end is AskEnd.TIMED_OUT)
         if how == "fail":
             self._path.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, said))
@@ -201,12 +206,11 @@ class Approvals(TaskInterceptor):
         return tool_error(said)
 
 
-async def gate(calls: ReplicaCalls, call: Call, guard: PolicyGuard | None = None
-               ) -> Call | dict[str, Any]:
+async def gate(calls: ReplicaCalls, call: Call, r: Replica,
+               guard: PolicyGuard | None = None) -> Call | dict[str, Any]:
     """A replica's call of no task under its agent's and tenant's policy, counted in its
     incarnation's tool budget, held for a person when `approve` or a rule names it: the call
     to make, or the tool error the caller reads (RpcError when the policy says `fail`)."""
-    r = call.replica
     tenant = getattr(r.spec, "tenant", None)
     why = ""
     if guard is not None:

@@ -1,7 +1,8 @@
 """The `Call` (DESIGN section 28): one value for a tool call whatever door it came by —
-who makes it (its replica, and so its agent and tenant; its task or none), what it names,
-its arguments, its key and its door. A door reads its wire into a Call, the chain
-(chain.py) runs it, and the door writes the outcome back in its wire.
+who makes it (its replica, and so its agent and tenant; its task or none; or a gateway
+client that is no agent's, its `GatewayClient`), what it names, its arguments, its key
+and its door. A door reads its wire into a Call, the chain (chain.py) runs it, and the
+door writes the outcome back in its wire.
 """
 
 from __future__ import annotations
@@ -38,15 +39,32 @@ class DoorWire(NamedTuple):
     made: Callable[[Call], Any] | None = None
 
 
-class Call(NamedTuple):
-    """A tool call on its way through the chain: `task` None when it is of no task
-    (the chain takes it for its replica's one running task, if it runs one); `key` its
-    idempotency key (None: no other attempt makes it); `spawn`: a `task/spawn` judged as a
-    call of `corral__AGENT` (spawn.py), `key` the spawn's (its ask's by it); `meta`: the
-    caller's `_meta` (its trace context); `door`: which door it came by; `model`: a
-    model call's request as the model gateway read it (`name` its model's)."""
+class GatewayClient(NamedTuple):
+    """A gateway client that is no agent's replica — the operator at the local socket,
+    `corral mcp serve --agent`, a token's holder, an anonymous caller: who it is (`name`,
+    its `tenant`), what it may call (`allow`, None: every tool; `sees`: whether its tenant
+    sees a SERVER__TOOL's server, judged at each call), the owner the pool's per-agent
+    servers know its calls by, and its process (uid, pid) where its socket says."""
 
-    replica: Replica
+    name: str
+    owner: str | None
+    tenant: str | None
+    allow: list[str] | None
+    sees: Callable[[str], bool]
+    who: tuple[int, int] = (-1, -1)
+
+
+class Call(NamedTuple):
+    """A tool call on its way through the chain: its caller an agent's `replica`, or a
+    gateway `client` that is no agent's (`replica` None: of no task, ever); `task` None
+    when it is of no task (the chain takes it for its replica's one running task, if it
+    runs one); `key` its idempotency key (None: no other attempt makes it); `spawn`: a
+    `task/spawn` judged as a call of `corral__AGENT` (spawn.py), `key` the spawn's (its
+    ask's by it); `meta`: the caller's `_meta` (its trace context); `door`: which door it
+    came by; `model`: a model call's request as the model gateway read it (`name` its
+    model's)."""
+
+    replica: Replica | None
     name: str
     arguments: dict[str, Any]
     task: Task | None
@@ -56,3 +74,31 @@ class Call(NamedTuple):
     door: str = WORKER
     wire: DoorWire | None = None
     model: ModelCall | None = None
+    client: GatewayClient | None = None
+
+    @property
+    def agent(self) -> Replica:
+        """The agent's replica that makes it: a task's call's, a model call's, a call of
+        no task at the worker link (a client makes none of them: its call never reaches
+        what reads this)."""
+        assert self.replica is not None, f"{self.caller}: a client's call has no replica"
+        return self.replica
+
+    @property
+    def caller(self) -> str:
+        """Who makes it, as its audit row, its span and a refusal name it: its replica's
+        label (NAME#N), or the client's name."""
+        if self.replica is not None:
+            label: str = self.replica.label
+            return label
+        assert self.client is not None  # (one or the other: the door's read says)
+        return self.client.name
+
+    @property
+    def tenant(self) -> str | None:
+        """The caller's tenant (None: the default's, or the operator's)."""
+        if self.replica is not None:
+            tenant: str | None = getattr(self.replica.spec, "tenant", None)
+            return tenant
+        assert self.client is not None
+        return self.client.tenant

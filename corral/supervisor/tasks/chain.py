@@ -3,10 +3,14 @@ door per call"): a door reads its wire into a `Call` (call.py) and gives it to `
 what comes back is the call's outcome, which the door writes in its wire.
 
 The links, in their order:
-- identity and view: the replica's allowlist (a team's leader's members included);
+- identity and view: the replica's allowlist (a team's leader's members included), or a
+  gateway client's that is no agent's (`Call.client`: the operator, a token's holder),
+  with its tenant's view; refused in one form (`not_allowed`) whoever calls;
 - the owner: a call of no task is its replica's, and, where the replica runs one task,
   that task's (`sole_task`), so that every link after sees the task;
-- journal: a task's call is its step (steps.py), answered from the journal on a retry;
+- journal: a task's call is its step (steps.py), answered from the journal on a retry
+  (this link, the budget and the labels need a task or a replica: a client's call,
+  having neither, passes none of them);
 - budget: a task's call made live counts in its max_tool_calls_per_task (a call of no
   task counts in its replica's incarnation's, approvals.gate);
 - the interceptors (startup.py `interceptors`): trace, then policy rules, labels
@@ -34,6 +38,7 @@ from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...text import plural
 from ...tracecontext import CALLER
+from ..config import DEFAULT_TENANT
 from .call import Call
 from .interceptors import AGENT_TOOL, Interceptors, TaskInterceptor, ToolPorts
 from .modelview import model_in_view
@@ -43,6 +48,32 @@ if TYPE_CHECKING:
     from ..replica import Replica
     from .model import Task
     from .steps import TaskSteps
+
+
+def not_allowed(tool: str, caller: str, allow: list[str] | None, why: str = "") -> RpcError:
+    """The view link's refusal, in one form at every door: the tool, its caller (`agent
+    NAME`, `gateway client NAME`) and its allowlist (None: every tool, `why` then saying
+    what else keeps it out)."""
+    return RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                    f"tool {tool} is not allowed for {caller} (its tools allowlist: "
+                    f"{['*'] if allow is None else allow}{why})")
+
+
+def out_of_view(call: Call) -> RpcError | None:
+    """A gateway client's refusal by its view, None when it sees the tool: its allowlist,
+    and its tenant's servers judged now (an allowlist made when its session began may
+    predate a server another tenant added)."""
+    client = call.client
+    assert client is not None
+    caller = f"gateway client {client.name}"
+    if client.allow is not None and not allowed(call.name, client.allow):
+        return not_allowed(call.name, caller, client.allow)
+    if not client.sees(call.name):  # (a client of no tenant, not the operator: default's)
+        tenant = client.tenant if client.tenant is not None else DEFAULT_TENANT
+        return not_allowed(call.name, caller, client.allow,
+                           f"; tenant {tenant} does not see MCP server "
+                           f"{call.name.partition('__')[0]}")
+    return None
 
 
 def sole_task(active: Mapping[str, Task], replica: Any) -> Task | None:
@@ -96,12 +127,14 @@ class Chain:
     def _linked(self, call: Call) -> Any:
         if call.model is not None:
             return self._model_call(call)
+        refusal = self.refused(call)
+        if refusal is not None:
+            raise refusal
         r = call.replica
-        allow = self.allow_of(r)
-        if not allowed(call.name, allow):
-            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
-                           f"tool {call.name} is not allowed for agent {r.name} (its tools "
-                           f"allowlist: {allow})")
+        if r is None:  # a gateway client's, no agent's: of no task, ever
+            # (budget, journal and labels are a task's or a replica's: a client has
+            # neither, so its call goes on to the interceptors as a call of no task)
+            return self._routed(call)
         task = call.task
         if task is None:
             task = sole_task(self.active, r)
@@ -113,6 +146,17 @@ class Chain:
         return self.steps.tool_call(task, r, call.name, call.arguments,
                                     lambda key: self.live(call._replace(key=call.key or key)))
 
+    def refused(self, call: Call) -> RpcError | None:
+        """The identity and view link's verdict: the caller's refusal, None when it may
+        call the tool (asked by a door too, where it must know before the call what a
+        tool is to its caller: the gateway's tasks extension)."""
+        r = call.replica
+        if r is None:
+            return out_of_view(call)
+        allow = self.allow_of(r)
+        return None if allowed(call.name, allow) else \
+            not_allowed(call.name, f"agent {r.name}", allow)
+
     def _model_call(self, call: Call) -> Any:
         """A model call's outcome, an awaitable: a task's is its step (the same call of a
         retry known by its endpoint and its body's hash), answered from the journal on a
@@ -121,7 +165,7 @@ class Chain:
         task = call.task
         if task is None:
             return self.model_router(call)
-        return self.steps.tool_call(task, call.replica, MODEL_STEP + call.name,
+        return self.steps.tool_call(task, call.agent, MODEL_STEP + call.name,
                                     call.arguments,
                                     lambda key: self.model_router(call._replace(key=key)))
 
@@ -129,8 +173,9 @@ class Chain:
         """A task's tool call made (not answered from its steps): counted in its budget,
         then past the interceptors (a spawn judged as its call of `corral__AGENT` enters
         here: its own journal is its spawns')."""
-        assert call.task is not None  # (a task's alone is journaled)
-        take_tool_call(call.task, call.replica)
+        task, r = call.task, call.replica
+        assert task is not None and r is not None  # (a task's alone is journaled)
+        take_tool_call(task, r)
         result = self._routed(call)
         return await result if inspect.isawaitable(result) else result
 

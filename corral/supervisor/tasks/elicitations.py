@@ -92,7 +92,7 @@ class Elicitations:
         else:  # timed out, or withdrawn: nobody answered
             return CANCEL
         # the task's before the server has it: a retry is given it back
-        await steps.put(task, call.replica, STEP + key, result)
+        await steps.put(task, call.agent, STEP + key, result)
         self.asked += 1
         return result
 

@@ -93,7 +93,7 @@ class ModelApprovals(TaskInterceptor):
 
     async def _loaded(self, guard: PolicyGuard, task: Task, call: Call,
                       next: Callable[[Call], Any]) -> Any:
-        await guard.labels.load(task, call.replica)
+        await guard.labels.load(task, call.agent)
         asking = self._asking(call)
         if asking is not None:
             return await self._held(call, next, *asking)
@@ -105,19 +105,19 @@ class ModelApprovals(TaskInterceptor):
         task, model = call.task, call.model
         assert model is not None  # (a model call's)
         tenant = task.tenant if task is not None and task.tenant is not None \
-            else getattr(call.replica.spec, "tenant", None)
+            else getattr(call.agent.spec, "tenant", None)
         rule = ""
         guard = self._guard
         if guard is not None:
             assert self._path is not None  # bound as the engine was made
             owner = task.id if task is not None else \
-                self._path.replica_calls.owner_of(call.replica)
-            verdict = guard.judge(owner, call.replica, tenant, "model", call.name,
+                self._path.replica_calls.owner_of(call.agent)
+            verdict = guard.judge(owner, call.agent, tenant, "model", call.name,
                                   {"max_tokens": model.ask.bound}, task)
             if verdict.effect == "deny":
                 raise ModelRefusal(403, verdict.said(f"model call {call.name}"))
             rule = verdict.rule if verdict.effect == "approve" else ""
-        policy = model_policy_of(call.replica, tenant, bool(rule))
+        policy = model_policy_of(call.agent, tenant, bool(rule))
         if policy is None:
             return None
         why = rule or why_held(policy, call.name, model.most_cost())
@@ -134,7 +134,7 @@ class ModelApprovals(TaskInterceptor):
         if task is None:
             # the replica's: its incarnation asks, the call waiting meanwhile
             try:
-                ask = await path.replica_calls.ask(call.replica, ReplicaAsk(
+                ask = await path.replica_calls.ask(call.agent, ReplicaAsk(
                     AskKind.APPROVAL, "model", asked, policy.timeout))
             except RpcError as exc:  # a bound of the inbox's
                 raise ModelRefusal(429, exc.message) from None
@@ -150,8 +150,8 @@ class ModelApprovals(TaskInterceptor):
             return await next(call)
         words = not_approved(ask, f"model call {call.name}", policy.timeout)
         if ask.end is not AskEnd.WITHDRAWN and self._guard is not None:
-            self._guard.not_approved(call.replica, task, task.tenant if task is not None
-                                     else getattr(call.replica.spec, "tenant", None),
+            self._guard.not_approved(call.agent, task, task.tenant if task is not None
+                                     else getattr(call.agent.spec, "tenant", None),
                                      call.name, why, ask.end is AskEnd.TIMED_OUT)
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
         if how == "fail" and ask.end is not AskEnd.WITHDRAWN and task is not None:

@@ -34,7 +34,7 @@ class ModelBudget(TaskInterceptor):
         model = call.model
         assert model is not None and model.spec is not None  # (seen: modelview.py)
         if model.spec.rate_per_minute:
-            self._rate(call.name, call.replica.spec.tenant, model.spec, model)
+            self._rate(call.name, call.agent.spec.tenant, model.spec, model)
         self._reserve(call, model)
         model.counter.calls += 1  # (a call made: its budgets' to count)
         return self._counted(call, model, next)
@@ -52,7 +52,7 @@ class ModelBudget(TaskInterceptor):
         """The call's estimate held against the agent's and its tenant's budgets, unless
         what was used and what calls in flight hold already reach one."""
         assert self._path is not None  # bound as the engine was made
-        name = call.replica.name
+        name = call.agent.name
         agent = self._path.agent_of(name)
         if agent is None:
             return
@@ -95,5 +95,5 @@ class ModelBudget(TaskInterceptor):
         if call.task is not None:
             budgets.count(call.task, usage.input, usage.output, cost, used, now)
         else:
-            budgets.count_agent(call.replica.name, usage.input, usage.output, cost, used,
+            budgets.count_agent(call.agent.name, usage.input, usage.output, cost, used,
                                 now)

@@ -16,7 +16,7 @@ def model_in_view(call: Call) -> None:
     it cannot see, 400 for another endpoint's format, 403 for one not for its agent)."""
     model = call.model
     assert model is not None  # (a model call's)
-    spec, replica, name = model.spec, call.replica, call.name
+    spec, replica, name = model.spec, call.agent, call.name
     tenant = replica.spec.tenant
     if spec is None or not (spec.shared or spec.tenant == tenant):
         mine = sorted(n for n, s in model.served.items() if s.shared or s.tenant == tenant)

@@ -1,6 +1,7 @@
-"""The pin gate (docs/security.md#tool-pins): an agent's call of a tool whose definition
-drifted from its pin (mcp/pins.py `ToolDrifted`) waits for a person; an interceptor of the
-task path, so a task's calls and a replica's calls of no task ask alike."""
+"""The pin gate (docs/security.md#tool-pins): a call of a tool whose definition drifted
+from its pin (mcp/pins.py `ToolDrifted`) waits for a person; an interceptor of the task
+path, so a task's calls, a replica's calls of no task and a gateway client's (no agent's)
+ask alike, and a call not approved is the boundary's refusal."""
 
 from __future__ import annotations
 
@@ -35,11 +36,11 @@ class PinGate(TaskInterceptor):
             if not await self._approved(call, drifted):
                 if self._refusals is not None:
                     task = call.task
+                    r = call.replica
                     self._refusals.refused(
-                        call.replica.name, "pin", call.name,
+                        r.name if r is not None else call.caller, "pin", call.name,
                         task=task.id if task is not None else None,
-                        tenant=task.tenant if task is not None else
-                        getattr(call.replica.spec, "tenant", None))
+                        tenant=task.tenant if task is not None else call.tenant)
                 raise
             drifted.pins.approve(drifted.drift)
         answer = next(call)
@@ -51,8 +52,11 @@ class PinGate(TaskInterceptor):
                    "pin": drifted.drift.subject()}
         task = call.task
         with waiting():  # the person's time, not the call's
-            if task is None:
-                ask = await self._path.replica_calls.ask(call.replica, ReplicaAsk(
+            if call.client is not None:  # a gateway client's, no agent's: its own ask
+                ask = await self._path.replica_calls.client_ask(call.client, ReplicaAsk(
+                    AskKind.APPROVAL, "pin", subject, None))
+            elif task is None:
+                ask = await self._path.replica_calls.ask(call.agent, ReplicaAsk(
                     AskKind.APPROVAL, "pin", subject, None))
             else:
                 ask = await self._path.ask_person(AskRequest(

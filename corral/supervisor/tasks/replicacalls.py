@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..process_replica import ReplicaExit
     from ..replica import Replica
     from ..stream import Stream
+    from .call import GatewayClient
 
 OWNER_PREFIX = "replica:"
 
@@ -115,6 +116,25 @@ class ReplicaCalls:
             r.waiting_for_person -= 1
             if parked is not None and peer is not None:
                 peer.unpark(parked)
+
+    async def client_ask(self, client: GatewayClient, asked: ReplicaAsk) -> Ask:
+        """A gateway client's call (no agent's) held for a person, asked as a replica's
+        call of no task is: its owner the call's own (`replica:gateway:NAME:NONCE`, the
+        prefix every owner of no task has: pruned and withdrawn at a start as theirs), there
+        being no incarnation to share; the ask withdrawn if the call ends first (its client
+        gone). The inbox's bounds hold (its tenant's pending asks)."""
+        owner = f"{OWNER_PREFIX}gateway:{client.name}:{secrets.token_hex(4)}"
+        req = AskRequest(asked.kind, client.tenant, owner, 0, client.name,
+                         f"{asked.what}:1", asked.subject, asked.timeout)
+        check_subject(req)
+        ask = await self.inbox.ask(req)
+        if not ask.pending:
+            return ask
+        try:
+            return await self.inbox.wait(ask)
+        finally:
+            if self.inbox.asking(owner):
+                kept(self._withdrawing, self.inbox.withdraw(owner))
 
     def _exited(self, e: ReplicaExit) -> None:
         w = self.windows.pop(e.replica.label, None)

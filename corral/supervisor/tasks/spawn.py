@@ -154,7 +154,7 @@ class Spawns:
         if call.spawn:  # a spawn's judgement passed (`_judge`): it makes the spawn
             return {"input": call.arguments}
         key = call.key if call.key is not None else secrets.token_hex(16)
-        got = await self._spawn(parent, call.replica, TaskSpawnParams(
+        got = await self._spawn(parent, call.agent, TaskSpawnParams(
             task_id=parent.id, agent=call.name.removeprefix(AGENT_TOOL), key=key,
             input=call.arguments))
         child = got["child"]
