@@ -252,7 +252,15 @@ CHAIN_LINKS = {
 # what answers no call, with a check of its own: the scrape of /metrics (its token's scope)
 NOT_A_CALL = {"corral/daemon/http/metrics.py"}
 # doors not yet moved into the chain, each naming why (decision 1104)
-NOT_YET_IN_THE_CHAIN: dict[str, str] = {}
+NOT_YET_IN_THE_CHAIN: dict[str, str] = {
+    # DESIGN 28 names a skill read a call: the gateway's skills judge a client's view of
+    # a skill (its allowlist, as SERVER__SKILL) themselves until a read is a Call
+    "corral/daemon/gatewayskills.py": "a skill read is not yet a Call",
+    # an agent called at /mcp/corral: the caller's allowlist (a token's agent glob) and
+    # its replica's `spawns` are judged at the door, before the chain (a replica's) or
+    # the submission's links (a client's that is no agent's, decision 1170) see the call
+    "corral/daemon/mcptasks.py": "an agent call's view at /mcp/corral is the door's",
+}
 # the calls that are a check of a call: a tool call's budget, a policy rule's verdict, the
 # approval policy's terms, a call of no task's gate, a model call's view, approval terms
 CHECKS = {"take_tool_call", "give_back_tool_call", "gate", "judge", "terms_of",
@@ -260,7 +268,9 @@ CHECKS = {"take_tool_call", "give_back_tool_call", "gate", "judge", "terms_of",
 
 
 def call_checks(path: Path, root: Path = ROOT) -> list[str]:
-    """Where `path` checks a call itself: a call of one of CHECKS, an ask of a person's
+    """Where `path` checks a call itself: a call of one of CHECKS, a caller's allowlist
+    asked (`allowed(NAME, X.allow)`: a client's, a token's; a list filtered for a listing
+    passes `allow` itself, no caller's), an ask of a person's
     approval made (`AskKind.APPROVAL` given to an ask), a drifted tool's refusal caught,
     labels handed to a task (`HANDED.set`), an anonymous caller judged (`caller.anonymous`
     read: what it may reach, hand on, decide; the operator's `[a2a] anonymous` is who), a
@@ -284,7 +294,9 @@ def call_checks(path: Path, root: Path = ROOT) -> list[str]:
                 if isinstance(f, ast.Attribute) else ""
             asks = any(isinstance(a, ast.Attribute) and a.attr == "APPROVAL"
                        for a in node.args[:1])
-            if name in CHECKS or asks:
+            whose = name == "allowed" and len(node.args) > 1 and \
+                isinstance(node.args[1], ast.Attribute) and node.args[1].attr == "allow"
+            if name in CHECKS or asks or whose:
                 found.append(f"{path.relative_to(root)}:{node.lineno} {name}")
         elif isinstance(node, ast.ExceptHandler) and node.type is not None and \
                 "ToolDrifted" in ast.unparse(node.type):
@@ -311,11 +323,12 @@ def test_the_check_scan_sees_a_door_that_checks_a_call_itself(tmp_path: Path) ->
                     "    try:\n        pins.call()\n    except ToolDrifted:\n        pass\n"
                     "    HANDED.set((caller.who,)) if caller.anonymous else None\n"
                     "    settings.anonymous\n"
-                    "    caller.may('tasks:read')\n")
+                    "    caller.may('tasks:read')\n"
+                    "    allowed(name, ident.allow) and allowed(name, allow)\n")
     assert call_checks(door, tmp_path) == [
-        "door.py:11 caller.may", "door.py:2 take_tool_call", "door.py:3 judge",
-        "door.py:4 AskRequest", "door.py:7 except ToolDrifted", "door.py:9 .anonymous",
-        "door.py:9 HANDED.set"]
+        "door.py:11 caller.may", "door.py:12 allowed", "door.py:2 take_tool_call",
+        "door.py:3 judge", "door.py:4 AskRequest", "door.py:7 except ToolDrifted",
+        "door.py:9 .anonymous", "door.py:9 HANDED.set"]
 
 
 # Issue 86's per-path module counts: the corral modules whose functions run in a real
