@@ -130,12 +130,13 @@ def test_a_file_that_exists_is_not_replaced_but_with_force(tmp_path: Path) -> No
      'apps: expected a list of apps (PM2\'s {"apps": [...]})'),
     # a .json is data (JSON5 at most), never run as pm2 runs it (issue 74)
     ("eco.json", "{apps: [}",
-     'not JSON (nor JSON5): line 1 column 9: expected a value (JSON5: an object, array, '
-     'string, number, true, false or null; a .json file is data, never run), found "}"'),
+     'not JSON (nor JSON5; a .json file is data, never run): line 1 column 9: Unexpected '
+     '"}"'),
     ("eco.json", "// a comment\n{apps: [{name: 'a', script: process.env.APP}]}",
-     'not JSON (nor JSON5): line 2 column 29: expected a value (JSON5: an object, array, '
-     'string, number, true, false or null; a .json file is data, never run), found '
-     '"process.env."'),
+     'not JSON (nor JSON5; a .json file is data, never run): line 2 column 29: Unexpected '
+     '"p"'),
+    ("eco.json", "[" * 500 + "]" * 500,
+     "not JSON (nor JSON5; a .json file is data, never run): nested too deep"),
     ("eco.json", '{"apps": [{"script": "a", "instances": "lots"}]}',
      'apps[0] (a): instances: "lots" is not a number or "max"'),
     ("Procfile", "web gunicorn\n", "no process types (`TYPE: command` lines)"),

@@ -8,8 +8,7 @@ from importlib import import_module
 from pathlib import Path
 
 from ..supervisor.config import ConfigError
-from . import json5
-from .model import Conversion, How, config_text, link, unique
+from .model import Conversion, How, config_text, json_data, link, unique
 
 # each tool's reader, by its module, imported for the files that need it: an MCP client's
 # reader brings the config's whole loader and PM2's its sandbox, which a Procfile's import
@@ -38,8 +37,8 @@ def kind_of(path: Path) -> str:
         # an MCP client's file holds servers (mcpServers, VS Code's servers), a PM2
         # file apps: what it holds says which (pm2's reader names what is wrong)
         try:
-            data = json5.loads(text)
-        except ValueError:
+            data = json_data(path, text)
+        except ConfigError:
             return "pm2"
         from . import mcpjson
 

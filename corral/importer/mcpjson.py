@@ -13,8 +13,7 @@ from typing import Any
 
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import client_server
-from . import json5
-from .model import Conversion, How, agent_name, config_text
+from .model import Conversion, How, agent_name, config_text, json_data
 
 # a value VS Code fills in as it starts a server: corral knows none of them
 _CLIENT_VARIABLE = re.compile(r"\$\{(input|env|workspaceFolder|userHome|pathSeparator|"
@@ -34,10 +33,7 @@ def servers_of(data: Any) -> tuple[str, dict[str, Any]] | None:
 
 def read(path: Path, how: How) -> Conversion:
     text = config_text(path)
-    try:
-        data = json5.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not JSON (nor JSON5): {exc}") from None
+    data = json_data(path, text)
     found = servers_of(data)
     if found is None:
         raise ConfigError(f"{path}: no mcpServers (nor VS Code's servers): not an MCP "

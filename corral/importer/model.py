@@ -48,6 +48,33 @@ def config_text(path: Path) -> str:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def json_data(path: Path, text: str) -> Any:
+    """A `.json` file's data, JSON5 at most, read by json5 (as data: pm2 evaluates a
+    `.json` as JavaScript, corral import never runs one: anything past JSON5, a call, a
+    variable, `process.env`, is refused where it stands); ConfigError saying where."""
+    import json5  # (only where such a file is read)
+
+    try:
+        return _whole(json5.loads(text))
+    except (ValueError, RecursionError) as exc:
+        where = "nested too deep" if isinstance(exc, RecursionError) else re.sub(
+            r"^<string>:(\d+) (.*) at column (\d+)$", r"line \1 column \3: \2", str(exc))
+        raise ConfigError(f"{path}: not JSON (nor JSON5; a .json file is data, never run): "
+                          f"{where}") from None
+
+
+def _whole(value: Any) -> Any:
+    """Strings whose `\\u` escapes of a pair of surrogates are the one character they
+    name (json5 keeps the two halves)."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {_whole(k): _whole(v) for k, v in value.items()}
+    return value
+
+
 def whole(text: str, where: str, key: str) -> int:
     try:
         return int(text.strip())

@@ -17,8 +17,8 @@ from typing import Any
 from ..othernames import target
 from ..supervisor.config import ConfigError
 from ..supervisor.schedule import Cron, ScheduleError
-from . import jsbox, json5
-from .model import RUN_AS_ROOT, USER_RE, Conversion, How, config_text
+from . import jsbox
+from .model import RUN_AS_ROOT, USER_RE, Conversion, How, config_text, json_data
 
 VERSION_TIMEOUT = 10.0
 # the interpreter PM2 runs a script with by its extension (where `interpreter` is unset)
@@ -106,10 +106,7 @@ def _load(path: Path, env: dict[str, str]) -> tuple[Any, list[str]]:
     installed beside it."""
     text = config_text(path)  # a BOM, as node passes over it
     if path.suffix.lower() in (".json", ".json5"):
-        try:
-            return json5.loads(text), []
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not JSON (nor JSON5): {exc}") from None
+        return json_data(path, text), []
     return evaluate(path, env)
 
 
