@@ -38,9 +38,11 @@ IDLE_DOORS = ("/mcp idle", "/mcp/NAME idle", "/mcp/corral idle")
 # bridged to /mcp on the daemon's local socket (decision 1580)
 DOORS = TASK_DOORS + IDLE_DOORS + ("stdio idle",)
 # a gateway client that is no agent's replica, a token's holder of the tokens file, at the
-# doors it has: /mcp, /mcp/NAME, and `corral mcp serve --token` on the local socket (the
-# policy rules, taint and budgets bind an agent's calls, not its: decision 1640)
-CLIENT_DOORS = ("/mcp client", "/mcp/NAME client", "stdio client")
+# doors it has: /mcp, /mcp/NAME, and `corral mcp serve --token` on the local socket; and
+# the operator, `corral mcp serve` as the socket's peer, every tool its allowlist (the
+# policy rules, taint and budgets bind an agent's calls, not theirs: decision 1640)
+TOKEN_DOORS = ("/mcp client", "/mcp/NAME client", "stdio client")
+CLIENT_DOORS = (*TOKEN_DOORS, "stdio operator")
 CLIENT, CLIENT_TOKEN = "plain", "door-suite-token-of-a-client-that-is-no-agents"
 CLIENT_TOOLS = ["pol__http_get", "drift__*"]
 

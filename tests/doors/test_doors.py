@@ -28,6 +28,7 @@ from .conftest import (
     DOORS,
     IDLE_DOORS,
     TASK_DOORS,
+    TOKEN_DOORS,
     Entry,
 )
 from .door_agent import gateway
@@ -52,9 +53,12 @@ class Made:
             self.task_id = d.ask("tasks.submit", {"agent": agent,
                                                   "input": {"calls": calls}})["task_id"]
             return
-        if door in CLIENT_DOORS:  # a token's holder, no agent's replica: at the first node
-            self.agent, self.owner = CLIENT, f"replica:gateway:{CLIENT}:"
-            url, token = d.ask("gateway.status", {})["url"], CLIENT_TOKEN
+        token: str | None
+        if door in CLIENT_DOORS:  # no agent's replica (a token's, the operator): first node
+            self.agent = "operator" if door == "stdio operator" else CLIENT
+            self.owner = f"replica:gateway:{self.agent}:"  # (its asks': the call's own)
+            url = d.ask("gateway.status", {})["url"]
+            token = None if door == "stdio operator" else CLIENT_TOKEN
         else:
             env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
             url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
@@ -101,12 +105,14 @@ class Made:
         return found
 
 
-def stdio(sock: str, tool: str, arguments: dict[str, Any], token: str,
+def stdio(sock: str, tool: str, arguments: dict[str, Any], token: str | None,
           key: str | None = None, said: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A tools/call through `corral mcp serve --token`, as a 2025-11-25 host makes it:
-    its outcome as door_agent.py's `gateway` says one; `said`: more of its `_meta`."""
+    """A tools/call through `corral mcp serve --token` (none: as the socket's peer, the
+    operator), as a 2025-11-25 host makes it: its outcome as door_agent.py's `gateway`
+    says one; `said`: more of its `_meta`."""
     proc = subprocess.Popen(
-        [PY, "-m", "corral", "--socket", sock, "mcp", "serve", "--token", token],
+        [PY, "-m", "corral", "--socket", sock, "mcp", "serve",
+         *(("--token", token) if token is not None else ())],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdin is not None and proc.stdout is not None
@@ -274,11 +280,15 @@ def test_the_call_is_audited(daemon: Entry, door: str) -> None:
     before = len(tool_rows(d, tool))
     said = Made(d, "caller", door, tool, arguments).outcome()
     assert "error" not in said, said
-    assert len(tool_rows(d, tool)) == before + 1
+    rows = tool_rows(d, tool)
+    assert len(rows) == before + 1
+    if door == "stdio operator":  # its process's uid, as the local socket's peer says it
+        assert {e["uid"] for e in rows if e["params"]["client"] == "operator"} == \
+            {os.getuid()}, rows
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("door", CLIENT_DOORS)
+@pytest.mark.parametrize("door", TOKEN_DOORS)
 def test_a_clients_call_outside_its_allowlist_is_the_views_refusal_and_one_row(
         daemon: Entry, door: str) -> None:
     """The identity and view link for a client that is no agent's: a tool outside its

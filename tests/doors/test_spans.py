@@ -57,7 +57,8 @@ DOOR = {"worker": "worker", "worker-no-task": "worker", "/mcp": "/mcp",
         "/mcp/NAME": "/mcp/NAME", "/mcp/corral": "/mcp/corral", "/mcp idle": "/mcp",
         "/mcp/NAME idle": "/mcp/NAME", "/mcp/corral idle": "/mcp/corral",
         # (the bridge posts to /mcp)
-        "/mcp client": "/mcp", "/mcp/NAME client": "/mcp/NAME", "stdio client": "/mcp"}
+        "/mcp client": "/mcp", "/mcp/NAME client": "/mcp/NAME", "stdio client": "/mcp",
+        "stdio operator": "/mcp"}
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -279,8 +280,10 @@ def test_a_clients_call_is_one_span_under_its_context(home: Home, door: str) -> 
     span as its parent."""
     trace = secrets.token_hex(16)
     traceparent = f"00-{trace}-{SPAN}-01"
-    if door == "stdio client":
-        got = stdio(str(home.entry(0).sock), "traced__where", {}, CLIENT_TOKEN,
+    client = "operator" if door == "stdio operator" else GATEWAY_CLIENT
+    if door.startswith("stdio"):
+        got = stdio(str(home.entry(0).sock), "traced__where", {},
+                    None if client == "operator" else CLIENT_TOKEN,
                     said={"traceparent": traceparent})
         assert not got["isError"], got
         text = got["text"]
@@ -298,7 +301,6 @@ def test_a_clients_call_is_one_span_under_its_context(home: Home, door: str) -> 
     a = attrs(span)
     assert span.name == "tools/call where", span.name
     assert (a["gen_ai.operation.name"], a["gen_ai.tool.name"], a["corral.call.door"],
-            a["corral.gateway.client"]) == ("execute_tool", "where", DOOR[door],
-                                            GATEWAY_CLIENT), a
+            a["corral.gateway.client"]) == ("execute_tool", "where", DOOR[door], client), a
     assert "gen_ai.agent.name" not in a, a
     assert text == f"00-{trace}-{span.span_id.hex()}-01", text
