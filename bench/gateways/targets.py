@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 PY = str(ROOT / ".venv" / "bin" / "python")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 MIN_SERVER = ROOT / "bench" / "min_mcp_server.py"
+BENCH_TOKEN = "bench-client-token-of-no-agent"  # (CORRAL_BENCH_TOKEN's client)
 LITELLM_KEY = "sk-bench-litellm-master"  # its proxy refuses to start without one
 # ContextForge refuses to start on its placeholders; these are a bench's, on loopback
 CF_SECRET = "bench-jwt-secret-0123456789abcdef0123456789"
@@ -374,6 +376,15 @@ class CorralMcp(Target):
         marks, links = _mcp_links(int(os.environ.get("CORRAL_BENCH_RULES", "0")),
                                   self.token_file)
         self.as_agent = bool(links)
+        # CORRAL_BENCH_TOKEN=1: a tokens file's client calls (no agent's, as anonymous is,
+        # with its token looked up): decision 1640's path
+        tokens = ""
+        if os.environ.get("CORRAL_BENCH_TOKEN") and not self.as_agent:
+            self.token_file.write_text(BENCH_TOKEN)
+            digest = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
+            (self.work / "tokens.toml").write_text(
+                f'[clients.bench]\ntoken_sha256 = "{digest}"\ntools = ["min__*"]\n')
+            tokens = f'tokens_file = "{self.work / "tokens.toml"}"\n'
         config = _corral_config(self.work, textwrap.dedent(f"""
             [mcp_servers.min]
             command = ["{PY}", "{MIN_SERVER}"]
@@ -383,7 +394,7 @@ class CorralMcp(Target):
             listen = "127.0.0.1:{self.port}"
             anonymous_tools = ["*"]
             max_concurrent = 64
-        """) + links)
+        """) + tokens + links)
         self.popen([str(ROOT / ".venv" / "bin" / "corral"), "daemon", "--config",
                     str(config)])
 
@@ -392,8 +403,8 @@ class CorralMcp(Target):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "mcp", "url": f"http://127.0.0.1:{self.port}/mcp", "headers": {
-            "Authorization": f"Bearer {self.token_file.read_text()}"} if self.as_agent
-            else {}}
+            "Authorization": f"Bearer {self.token_file.read_text()}"}
+            if self.token_file.exists() else {}}
 
 
 TRANSLATE_MODE = os.environ.get("BENCH_TRANSLATE_MODE", "--stateless").split()
