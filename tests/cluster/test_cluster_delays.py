@@ -111,11 +111,13 @@ def test_a_delayed_task_cancelled_ends_cancelled_and_never_runs(
     with nodes(tmp, redis, {"a": sleeper("w"), "b": sleeper("w")}) as ns:
         a, b = ns["a"], ns["b"]
         both_alive(a)
+        # a delay the calls below come well within on a loaded host too: a second had
+        # passed there before the cancel came, and the task ran ("already finished")
         task_id = a.call("tasks.submit", {"agent": "w", "input": ECHO,
-                                          "delay": 1.0})["task_id"]
+                                          "delay": 4.0})["task_id"]
         # a later one, due after it: once it has run, the first's time had come too
         later = a.call("tasks.submit", {"agent": "w", "input": ECHO,
-                                        "delay": 1.5})["task_id"]
+                                        "delay": 4.5})["task_id"]
         cancelled = b.call("tasks.cancel", {"task_id": task_id})
         assert cancelled["status"] == "cancelled", cancelled
         assert cancelled["error"]["message"] == "cancelled while queued"
