@@ -55,6 +55,7 @@ def forker_reason() -> str | None:
 def forker_uid() -> int:
     return pwd.getpwnam(FORKER).pw_uid
 
+
 PROBE = """
 import ctypes, errno, os, resource
 from corral.worker import run
