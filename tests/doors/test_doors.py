@@ -8,10 +8,12 @@ daemons, real agents (tests/doors/door_agent.py), real MCP servers."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import os
 import subprocess
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,7 +33,7 @@ from .conftest import (
     TOKEN_DOORS,
     Entry,
 )
-from .door_agent import gateway
+from .door_agent import VERSION, gateway
 
 PATIENCE = 60.0
 POOL = concurrent.futures.ThreadPoolExecutor(4)
@@ -186,6 +188,39 @@ def test_a_drifted_tool_denied_is_refused_naming_the_drift_and_recorded(
         "tool drift__fetch is blocked: its definition changed since it was pinned "
         "(description differ; pinned "), said
     wait_until(lambda: refusals() == before + 1, PATIENCE, "the refusal's audit row")
+
+
+@pytest.mark.deadline(240)
+def test_a_clients_ask_is_withdrawn_when_its_call_ends_first(daemon: Entry) -> None:
+    """The pins link's ask of a client that is no agent's is its call's own: the client
+    gone before a person decided (its connection closed), the ask is withdrawn and none
+    is left pending in `corral approvals` (an attacker's pass: else each call a client
+    left would hold one of its tenant's pending asks for ever)."""
+    d = daemon
+    d.each("tools.list")
+    (d.dir / "description").write_text("Fetch a URL, changed for a client that goes.")
+    d.each("mcp.restart", {"name": "drift"})
+    url = urlsplit(d.ask("gateway.status", {})["url"])
+    assert url.hostname is not None
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=PATIENCE)
+    conn.request("POST", url.path, json.dumps({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "drift__fetch", "arguments": {"url": "gone"}, "_meta": {
+                "io.modelcontextprotocol/protocolVersion": VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {}}}}), {
+        "Authorization": f"Bearer {CLIENT_TOKEN}", "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": VERSION,
+        "Mcp-Method": "tools/call", "Mcp-Name": "drift__fetch"})
+
+    def pending() -> dict[str, Any] | None:
+        return next((a for a in d.ask("approvals.list")["asks"]
+                     if a["task_id"].startswith(f"replica:gateway:{CLIENT}:")), None)
+    ask = wait_until(pending, PATIENCE, "the client's ask")
+    conn.close()
+    ended = wait_until(lambda: (lambda a: a if a["end"] is not None else None)(
+        d.ask("approvals.get", {"id": ask["id"]})), PATIENCE, "the ask ended")
+    assert (ended["end"], ended["by"]) == ("withdrawn", "corral"), ended
+    assert pending() is None
 
 
 def refused(d: Entry, kind: str, target: str) -> list[tuple[str, str | None]]:
