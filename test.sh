@@ -71,6 +71,15 @@ collect() {  # collect FILE...: their modules compiled, their collection said no
 # kept under their sources' bytes (scripts/kept_pycs.py, decision 1005): the collection
 # then compiles only the installed packages its imports reach (the store: CORRAL_KEPT, above)
 .venv/bin/python scripts/kept_pycs.py restore "$CORRAL_KEPT/pycs" || true
+# and hypothesis's tables, kept once per machine as mypy's cache is: its Unicode and codec
+# maps, and each local module's constants under its source's hash, which the collection
+# (the hypothesis plugin reads them at every collection that holds a hypothesis test) and
+# each worker that draws text made again in a fresh clone (bench/RESULTS.md, the suite);
+# its examples database is the clone's own
+hypothesis_kept="$CORRAL_KEPT/hypothesis"
+if [ ! -d .hypothesis ] && [ -d "$hypothesis_kept" ]; then
+    mkdir .hypothesis && cp -r "$hypothesis_kept"/. .hypothesis/ || rm -rf .hypothesis
+fi
 halves=$(find tests -name 'test_*.py' | sort)
 # shellcheck disable=SC2046
 collect $(echo "$halves" | awk 'NR % 2 == 1') &
@@ -106,6 +115,21 @@ status=0
 # could be another process's by the time the trap above kills it
 wait "$clients" || true
 clients=""
+# hypothesis's tables kept for the next clone (replaced whole, by a rename), the constants
+# of sources this checkout holds alone: those of sources changed since would pile up
+constants=.hypothesis/constants
+if [ -d .hypothesis/unicode_data ] && mkdir -p "$CORRAL_KEPT" &&
+        hypothesis_tmp=$(mktemp -d "$hypothesis_kept.XXXXXX"); then
+    cp -r .hypothesis/unicode_data "$hypothesis_tmp"/ && mkdir "$hypothesis_tmp/constants" && {
+        git ls-files -z '*.py' | xargs -0 sha1sum | cut -c1-16 | sort -u |
+            while read -r hash; do
+                for kept in "$constants/$hash" "$constants/${hash}_nolimit"; do
+                    [ ! -f "$kept" ] || printf '%s\n' "$kept"
+                done
+            done | xargs -r cp -t "$hypothesis_tmp/constants"
+    } && rm -rf "$hypothesis_kept" && mv -T "$hypothesis_tmp" "$hypothesis_kept" ||
+        rm -rf "$hypothesis_tmp"
+fi
 echo "== mypy"
 typed=0
 wait "$mypy" || typed=$?
