@@ -261,10 +261,11 @@ NOT_YET_IN_THE_CHAIN: dict[str, str] = {
     # the submission's links (a client's that is no agent's, decision 1170) see the call
     "corral/daemon/mcptasks.py": "an agent call's view at /mcp/corral is the door's",
 }
-# the calls that are a check of a call: a tool call's budget, a policy rule's verdict, the
-# approval policy's terms, a call of no task's gate, a model call's view, approval terms
-CHECKS = {"take_tool_call", "give_back_tool_call", "gate", "judge", "terms_of",
-          "model_policy_of", "model_in_view", "reserve"}
+# the calls that are a check of a call: a tool call's budget, a policy rule's verdict (a
+# client's too, decision 1641), the approval policy's terms, a call of no task's gate,
+# a model call's view, approval terms
+CHECKS = {"take_tool_call", "give_back_tool_call", "gate", "judge", "judge_client",
+          "terms_of", "model_policy_of", "model_in_view", "reserve"}
 
 
 def call_checks(path: Path, root: Path = ROOT) -> list[str]:

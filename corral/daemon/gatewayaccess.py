@@ -140,6 +140,8 @@ class Identity(msgspec.Struct, kw_only=True):
     operator: bool = False
     # the client process's uid and pid, where its socket says (the local socket's)
     who: tuple[int, int] = (-1, -1)
+    # the agent `corral mcp serve --agent` serves as, whose policy rules judge its calls
+    as_agent: str = ""
 
 
 class _Slot(msgspec.Struct):
@@ -257,7 +259,8 @@ class GatewayService:
         if agent is not None:
             spec = self.agents.agent(agent).spec  # NOT_FOUND for an unknown agent
             return Identity(name=f"agent:{agent}", allow=self.tools.allowlist(spec),
-                            owner=f"{agent}#0", tenant=spec.tenant, **self._limits())
+                            owner=f"{agent}#0", tenant=spec.tenant, as_agent=agent,
+                            **self._limits())
         return Identity(name=OPERATOR, allow=None, owner="corral-cli", operator=True,
                         **self._limits())
 
@@ -717,7 +720,9 @@ class GatewayService:
         if ident.replica is not None:
             return None
         return GatewayClient(ident.name, ident.owner, ident.tenant, ident.allow,
-                      functools.partial(self._tenant_sees, ident), ident.who)
+                             functools.partial(self._tenant_sees, ident), ident.who,
+                             None if ident.tenant is None else
+                             self.agents.tenancy.specs.get(ident.tenant), ident.as_agent)
 
     async def _recorded(self, ident: Identity, name: str,
                         make: Callable[[], Awaitable[Any]]) -> Any:

@@ -21,6 +21,7 @@ from .refusals import BoundaryRefusals
 if TYPE_CHECKING:
     from .config import Config
     from .replica import Replica
+    from .tasks.call import GatewayClient
     from .tasks.model import Task
 
 EFFECTS = ("allow", "approve", "deny")  # each stricter than the one before
@@ -314,6 +315,26 @@ class PolicyGuard:
                                   json.dumps(shape(facts), sort_keys=True)), replica, task)
         return verdict
 
+    def judge_client(self, client: GatewayClient, name: str, facts: dict[str, Any]
+                     ) -> RuleEffect:
+        """A gateway client's tool call (no agent's: decision 1641) by the operator's
+        rules and its tenant's, as the agent it speaks as (`client.agent`, "" for none:
+        a rule naming agents matches no other client). No label: taint is a task's or
+        a replica's, and a client has neither."""
+        verdict = self.rules.judge(client.tenant, client.spec, client.agent, "tool", name,
+                                   facts)
+        if verdict.effect == "allow":
+            return verdict
+        rule = verdict.rule or "default_deny"
+        if verdict.effect == "deny" and self._refusals is not None:
+            self._refusals.refused(client.name, "policy", f"{name} ({_rule_said(rule)})",
+                                   tenant=client.tenant)
+        elif self._audit is not None:
+            self._audit(PolicyVerdict(client.owner or client.name, client.name,
+                                      client.tenant, "tool", name, verdict.effect, rule,
+                                      json.dumps(shape(facts), sort_keys=True)))
+        return verdict
+
     def _record(self, d: PolicyVerdict, replica: Replica, task: Task | None) -> None:
         if task is not None and self._tracer is not None:
             self._tracer.policy_decision(task, d)
@@ -328,14 +349,15 @@ class PolicyGuard:
         elif self._audit is not None:
             self._audit(d)
 
-    def not_approved(self, replica: Replica, task: Task | None, tenant: str | None,
+    def not_approved(self, caller: str, task: Task | None, tenant: str | None,
                      name: str, why: str, timed_out: bool) -> None:
         """A call held for a person (`why`: the rule or taint holding it, "" when the
         agent's `approve`) that a person denied, or did not decide in time: the
-        boundary's refusal, of kind taint when taint held it."""
+        boundary's refusal, naming its `caller` (its agent's name, or a gateway client's),
+        of kind taint when taint held it."""
         if self._refusals is not None:
             end = "not approved in time" if timed_out else "denied"
-            self._refusals.refused(replica.name, "taint" if why.startswith(TAINT) else
+            self._refusals.refused(caller, "taint" if why.startswith(TAINT) else
                                    "policy", f"{name} ({why or 'approve'}: {end})",
                                    task=task.id if task is not None else None,
                                    tenant=tenant)

@@ -40,7 +40,7 @@ DOORS = TASK_DOORS + IDLE_DOORS + ("stdio idle",)
 # a gateway client that is no agent's replica, a token's holder of the tokens file, at the
 # doors it has: /mcp, /mcp/NAME, and `corral mcp serve --token` on the local socket; and
 # the operator, `corral mcp serve` as the socket's peer, every tool its allowlist (the
-# policy rules, taint and budgets bind an agent's calls, not theirs: decision 1640)
+# policy rules bind their calls as an agent's, taint and budgets do not: decision 1641)
 TOKEN_DOORS = ("/mcp client", "/mcp/NAME client", "stdio client")
 CLIENT_DOORS = (*TOKEN_DOORS, "stdio operator")
 CLIENT, CLIENT_TOKEN = "plain", "door-suite-token-of-a-client-that-is-no-agents"
@@ -101,13 +101,20 @@ def agents(tmp: Path) -> str:
             # (test_submissions.py: the budget a submission meets, its agent's queue)
             f'[agents.queued]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
             f'env = {{ PYTHONPATH = "{ROOT}" }}\nmax_queue = 1\nstop_timeout = 5.0\n\n'
+            # (shared: tenant acme's clients see it, test_doors.py's default_deny)
             f'[mcp_servers.pol]\ncommand = ["{PY}", "{SERVERS}/policy_mcp.py"]\n'
-            'tools_untrusted = ["fetch"]\ntools_sensitive = ["send_mail"]\n\n'
+            'tools_untrusted = ["fetch"]\ntools_sensitive = ["send_mail"]\nshared = true\n\n'
             f'[mcp_servers.drift]\ncommand = ["{PY}", "{SERVERS}/drifting_mcp.py", '
             f'"{tmp}/description"]\n\n'
             '[[policy]]\nname = "no pay"\nmatch = { tool = "pol__pay" }\neffect = "deny"\n\n'
             '[[policy]]\nname = "no denied agent"\nmatch = { tool = "corral__denied" }\n'
             'effect = "deny"\n\n'
+            # a client's tool (CLIENT_TOOLS) denied, and held for a person, by its argument
+            '[[policy]]\nname = "no pay host"\nmatch = { tool = "pol__http_get" }\n'
+            'when = { "arguments.host" = { in = ["pay.example"] } }\neffect = "deny"\n\n'
+            '[[policy]]\nname = "ask host"\nmatch = { tool = "pol__http_get" }\n'
+            'when = { "arguments.host" = { in = ["ask.example"] } }\neffect = "approve"\n\n'
+            '[tenants.acme]\ndefault_deny = true\n\n'
             f'[gateway]\nlisten = "127.0.0.1:0"\ntokens_file = "{tokens_file(tmp)}"\n\n'
             '[a2a]\nanonymous = ["mailer", "queued"]\n')
 

@@ -45,8 +45,9 @@ class Made:
 
     def __init__(self, d: Entry, agent: str, door: str, tool: str,
                  arguments: dict[str, Any], before: list[dict[str, Any]] | None = None,
-                 key: str | None = None) -> None:
-        """`key`: the call's idempotency key (at a gateway door, in its `_meta`)."""
+                 key: str | None = None, client: tuple[str, str] | None = None) -> None:
+        """`key`: the call's idempotency key (at a gateway door, in its `_meta`);
+        `client`: at a client's door, another client than CLIENT, (its name, its token)."""
         self.d, self.agent = d, agent
         self.task_id: str | None = None
         if door in TASK_DOORS:
@@ -57,10 +58,11 @@ class Made:
             return
         token: str | None
         if door in CLIENT_DOORS:  # no agent's replica (a token's, the operator): first node
-            self.agent = "operator" if door == "stdio operator" else CLIENT
+            name, token = client or (("operator", None) if door == "stdio operator"
+                                     else (CLIENT, CLIENT_TOKEN))
+            self.agent = name
             self.owner = f"replica:gateway:{self.agent}:"  # (its asks': the call's own)
             url = d.ask("gateway.status", {})["url"]
-            token = None if door == "stdio operator" else CLIENT_TOKEN
         else:
             env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
             url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
@@ -240,18 +242,60 @@ def recorded(d: Entry, made: Made, kind: str, target: str, before: int) -> None:
 
 
 @pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", DOORS + CLIENT_DOORS)
 def test_a_policy_deny_is_the_tools_error_and_recorded(daemon: Entry, door: str) -> None:
-    """The policy rules link: a rule's deny, whatever the door; the refusal the
-    boundary's (`boundary.refused` of kind policy, its one audit row)."""
-    tool, rule = ("corral__denied", "no denied agent") if "corral" in door else \
-        ("pol__pay", "no pay")
+    """The policy rules link: a rule's deny, whatever the door and whoever calls (a
+    client that is no agent's too, the operator's own host included: decision 1641); the
+    refusal the boundary's (`boundary.refused` of kind policy, its one audit row)."""
+    tool, rule, arguments = ("corral__denied", "no denied agent", {"amount": 1}) \
+        if "corral" in door else ("pol__http_get", "no pay host", {"host": "pay.example"}) \
+        if door in CLIENT_DOORS else ("pol__pay", "no pay", {"amount": 1})
     target = f"{tool} (policy rule {rule})"
     before = len(refused(daemon, "policy", target))
-    made = Made(daemon, "caller", door, tool, {"amount": 1})
+    made = Made(daemon, "caller", door, tool, arguments)
     said = made.outcome()
     assert said == {"text": f"tool call {tool} is denied by policy rule {rule}",
                     "isError": True}, said
     recorded(daemon, made, "policy", target, before)
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.parametrize("door", CLIENT_DOORS)
+def test_a_clients_call_a_rule_holds_waits_for_a_person(daemon: Entry, door: str) -> None:
+    """The policy rules link's approve for a client that is no agent's: its call waits on
+    its own ask, which `corral approvals` shows naming the rule, and is made once a
+    person approves it (decision 1641)."""
+    made = Made(daemon, "caller", door, "pol__http_get", {"host": "ask.example"})
+    ask = made.ask()
+    assert (ask["subject"]["tool"], ask["subject"]["policy"]) == (
+        "pol__http_get", "ask host"), ask
+    decide(daemon, ask, "approve")
+    assert made.outcome() == {"text": 'http_get {"host": "ask.example"}', "isError": False}
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", CLIENT_DOORS)
+def test_a_tenants_default_deny_binds_its_clients(daemon: Entry, door: str) -> None:
+    """The policy rules link for a client of a tenant (its API token, at each of a
+    client's doors): its tenant's default_deny refuses the call no rule of its allows,
+    as the tool's error, the boundary's refusal naming the client. The operator is no
+    tenant's: acme's default_deny does not bind it (decision 1641)."""
+    d = daemon
+    if door == "stdio operator":
+        said = Made(d, "caller", door, "pol__http_get", {"host": "acme.example"}).outcome()
+        assert said == {"text": 'http_get {"host": "acme.example"}', "isError": False}
+        return
+    name = f"acme{TOKEN_DOORS.index(door)}"
+    token = d.ask("tokens.create", {"name": name, "scopes": ["mcp:call"],
+                                    "tenant": "acme"})["token"]
+    target = "pol__http_get (default_deny)"
+    before = len(refused(d, "policy", target))
+    made = Made(d, "caller", door, "pol__http_get", {"host": "acme.example"},
+                client=(f"token {name}", token))
+    said = made.outcome()
+    assert said == {"text": "tool call pol__http_get is denied: its tenant's policy is "
+                            "default_deny", "isError": True}, said
+    recorded(d, made, "policy", target, before)
 
 
 @pytest.mark.deadline(120)

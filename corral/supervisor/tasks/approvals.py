@@ -1,6 +1,7 @@
 """Approvals: a task's tool calls that the policy (the agent's `approve` and its tenant's,
 which the agent cannot take away) names wait for a person (docs/approvals.md); an
-interceptor of the task path, so every live call passes it.
+interceptor of the task path, so every live call passes it, a gateway client's that is
+no agent's too (the rules and its tenant's policy, decision 1641).
 
 An ask is keyed by its tool, its arguments' hash and how many such calls came before it in
 the attempt, so that a retried attempt making the same calls finds the same asks.
@@ -19,7 +20,7 @@ from ...mcp.pool import allowed
 from ...taskviews import TaskFailure
 from ..labels import HANDED, STARTER
 from ..policy import PolicyGuard
-from .call import Call
+from .call import Call, GatewayClient
 from .chain import give_back_tool_call, take_tool_call
 from .interceptors import AGENT_TOOL, StepReplay, TaskInterceptor, TaskPath, TraceStart
 from .personwait import waiting
@@ -75,10 +76,8 @@ class Approvals(TaskInterceptor):
 
     def intercept_tool_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         r = call.replica
-        if r is None:
-            # a gateway client's, no agent's: the rules, `approve` and taint bind what an
-            # agent does (decision 1640); the client is held by its allowlist, the view's
-            return next(call)
+        if r is None:  # a gateway client's, no agent's: its rules, not a replica's budget
+            return self._client_call(call, next)
         task = call.task
         if task is None:
             assert self._path is not None  # bound as the engine was made
@@ -127,6 +126,43 @@ class Approvals(TaskInterceptor):
         if policy is None or not allowed(call.name, policy.patterns):
             return next(call)
         return self._held(call, r, task, policy, next)
+
+    def _client_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
+        """A gateway client's call under the operator's rules and its tenant's (their
+        deny, their approve, its tenant's default_deny and `approve`: decision 1641)."""
+        client = call.client
+        assert client is not None  # (a Call's caller is a replica or a client)
+        why = ""
+        if self._guard is not None:
+            verdict = self._guard.judge_client(client, call.name,
+                                               {"arguments": call.arguments})
+            if verdict.effect == "deny":
+                return tool_error(verdict.said(f"tool call {call.name}"))
+            why = verdict.rule if verdict.effect == "approve" else ""
+        held = client.spec.approve if client.spec is not None else []
+        if not why and not (held and allowed(call.name, held)):
+            return next(call)
+        return self._client_held(call, client, next, why)
+
+    async def _client_held(self, call: Call, client: GatewayClient,
+                           next: Callable[[Call], Any], why: str) -> Any:
+        """A client's call held for a person: its ask the call's own (withdrawn if the
+        call ends first, as a pin's), with no timeout but the client's own patience."""
+        assert self._path is not None  # bound as the engine was made
+        with waiting():  # the person's time, not the call's (personwait.py)
+            ask = await self._path.replica_calls.client_ask(client, ReplicaAsk(
+                AskKind.APPROVAL, "tool", subject(call, why), None))
+        if ask.end is AskEnd.APPROVED:
+            edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
+            answer = next(call if edited is None else call._replace(arguments=edited))
+            return await answer if inspect.isawaitable(answer) else answer
+        said = not_approved(ask, f"tool call {call.name}", None)
+        if ask.end is AskEnd.WITHDRAWN:
+            raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
+        if self._guard is not None:
+            self._guard.not_approved(client.name, None, client.tenant, call.name, why,
+                                     ask.end is AskEnd.TIMED_OUT)
+        return tool_error(said)
 
     @staticmethod
     async def _kept(task: Task, unkept: list[tuple[str, tuple[str, ...]]],
@@ -198,7 +234,7 @@ class Approvals(TaskInterceptor):
         if ask.end is AskEnd.WITHDRAWN:
             raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
         if self._guard is not None:
-            self._guard.not_approved(r, task, task.tenant, call.name, why,
+            self._guard.not_approved(r.name, task, task.tenant, call.name, why,
                                      ask.end is AskEnd.TIMED_OUT)
         if how == "fail":
             self._path.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, said))
@@ -237,7 +273,8 @@ async def gate(calls: ReplicaCalls, call: Call, r: Replica,
     if ask.end is AskEnd.WITHDRAWN:
         raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
     if guard is not None:
-        guard.not_approved(r, None, tenant, call.name, why, ask.end is AskEnd.TIMED_OUT)
+        guard.not_approved(r.name, None, tenant, call.name, why,
+                           ask.end is AskEnd.TIMED_OUT)
     how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
     if how == "fail":
         raise RpcError(jsonrpc.TOOL_NOT_ALLOWED, said)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from ...mcp.logrelay import LogRelay
     from ...mcp.relay import InputRelay
+    from ..config import TenantSpec
     from ..replica import Replica
     from .model import Task
     from .modelcall import ModelCall
@@ -44,7 +45,11 @@ class GatewayClient(NamedTuple):
     `corral mcp serve --agent`, a token's holder, an anonymous caller: who it is (`name`,
     its `tenant`), what it may call (`allow`, None: every tool; `sees`: whether its tenant
     sees a SERVER__TOOL's server, judged at each call), the owner the pool's per-agent
-    servers know its calls by, and its process (uid, pid) where its socket says."""
+    servers know its calls by, and its process (uid, pid) where its socket says; `spec`:
+    its tenant's [tenants.NAME] as the call is read (its rules, default_deny and
+    `approve`), None for none; `agent`: the agent whose rules judge it as theirs
+    (`--agent NAME`'s), "" for every other client, which a rule naming agents does not
+    match (decision 1641)."""
 
     name: str
     owner: str | None
@@ -52,6 +57,8 @@ class GatewayClient(NamedTuple):
     allow: list[str] | None
     sees: Callable[[str], bool]
     who: tuple[int, int] = (-1, -1)
+    spec: TenantSpec | None = None
+    agent: str = ""
 
 
 class Call(NamedTuple):

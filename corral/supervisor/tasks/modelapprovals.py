@@ -150,7 +150,7 @@ class ModelApprovals(TaskInterceptor):
             return await next(call)
         words = not_approved(ask, f"model call {call.name}", policy.timeout)
         if ask.end is not AskEnd.WITHDRAWN and self._guard is not None:
-            self._guard.not_approved(call.agent, task, task.tenant if task is not None
+            self._guard.not_approved(call.agent.name, task, task.tenant if task is not None
                                      else getattr(call.agent.spec, "tenant", None),
                                      call.name, why, ask.end is AskEnd.TIMED_OUT)
         how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
