@@ -373,9 +373,14 @@ class CorralMcp(Target):
         self.version = _corral_version()
         self.port = free_port()
         self.token_file = self.work / "token"
+        # CORRAL_BENCH_ANONYMOUS=1 beside CORRAL_BENCH_RULES: the same links and rules,
+        # the call an anonymous client's (no agent's: decision 1641's rules link), the
+        # holder's token kept where no call sends it
+        anonymous = bool(os.environ.get("CORRAL_BENCH_ANONYMOUS"))
         marks, links = _mcp_links(int(os.environ.get("CORRAL_BENCH_RULES", "0")),
-                                  self.token_file)
-        self.as_agent = bool(links)
+                                  self.work / "holder-token" if anonymous
+                                  else self.token_file)
+        self.as_agent = bool(links) and not anonymous
         # CORRAL_BENCH_TOKEN=1: a tokens file's client calls (no agent's, as anonymous is,
         # with its token looked up): decision 1640's path
         tokens = ""
