@@ -1,14 +1,21 @@
 """Finished tasks' payloads go back to the system (memory.py): after enough bytes are let
-go, the heap is trimmed once, a moment later, and not before."""
+go, the heap is trimmed once, a moment later, and not before. SQLite's pages come from a
+fixed slab, not from malloc, in a process that asked before its first connection."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 from corral.supervisor import Supervisor
-from corral.supervisor.memory import TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
+from corral.supervisor.memory import SLAB_SLOTS, TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
 
-from .conftest import agent
+from .conftest import ROOT, agent
 from .test_gateway_stdio import wait_until_async
 
 
@@ -47,3 +54,52 @@ async def test_finished_tasks_payloads_are_let_go_and_trimmed(sup: Supervisor) -
     # not yet trimmed (a fast machine): a trim is due within TRIM_DELAY
     await wait_until_async(lambda: memory.trims >= 1, TRIM_DELAY + 10)
     assert memory.trims >= 1 and memory.released < TRIM_AFTER
+
+
+_SLAB_PROBE = """
+import ctypes, ctypes.util, json, os, sqlite3, sys
+from corral.supervisor import memory
+first = None
+if sys.argv[1] == "open":  # a connection open before: SQLite is not shut under it
+    first = sqlite3.connect(":memory:")
+done, again = memory.page_slab(), memory.page_slab()
+lib = ctypes.CDLL(ctypes.util.find_library("sqlite3"))
+db = sqlite3.connect(sys.argv[2])
+db.execute("CREATE TABLE t (x)")
+db.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 4000)
+db.commit()
+assert db.execute("SELECT count(*) FROM t").fetchone() == (4000,)
+now, top = ctypes.c_int64(), ctypes.c_int64()
+status = [lib.sqlite3_status64(op, ctypes.byref(now), ctypes.byref(top), 0) == 0
+          and top.value for op in (1, 2)]  # PAGECACHE_USED (slots), _OVERFLOW (bytes)
+print(json.dumps({"done": done, "again": again, "slots": status[0],
+                  "overflow": status[1]}))
+# db left open: closed by the interpreter's exit, after every Python object is gone
+"""
+
+
+def _slab_probe(tmp_path: Path, how: str, **env: str) -> dict[str, Any]:
+    db = tmp_path / f"{how}{len(env)}.db"
+    run = subprocess.run([sys.executable, "-c", _SLAB_PROBE, how, str(db)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **env})
+    # 0: a connection closed at the exit, after the module's objects, wrote to a slab
+    # that was still mapped (a Python-owned one was unmapped by then: SIGSEGV)
+    assert run.returncode == 0, run.stderr
+    said: dict[str, Any] = json.loads(run.stdout)
+    return said
+
+
+def test_sqlites_pages_come_from_the_slab_in_a_process_with_no_connection(
+        tmp_path: Path) -> None:
+    said = _slab_probe(tmp_path, "fresh")
+    assert said["done"] is True and said["again"] is False  # once a process
+    # every page of the ~2 MB table's writes and reads was a slot; none from malloc
+    assert 100 < said["slots"] <= SLAB_SLOTS and said["overflow"] == 0, said
+
+
+def test_no_slab_under_an_open_connection_or_when_the_variable_says_0(
+        tmp_path: Path) -> None:
+    for said in (_slab_probe(tmp_path, "open"),
+                 _slab_probe(tmp_path, "fresh", CORRAL_SQLITE_SLAB="0")):
+        assert said["done"] is False and said["slots"] == 0 and said["overflow"] > 0, said

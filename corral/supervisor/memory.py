@@ -1,9 +1,12 @@
-"""Giving the memory of finished tasks' payloads back to the system (docs/operations.md).
+"""Keeping the daemon's heap from growing: payloads given back, SQLite's pages in a slab.
 
-glibc keeps a freed block below its mmap threshold mapped in its heap, and kept outputs pin
-the pages around the holes; `malloc_trim(0)` gives them back (1.8 ms with ~30 MiB). So
-once TRIM_AFTER bytes were let go a trim runs TRIM_DELAY later, on a thread. Not taken: a
-lower `M_MMAP_THRESHOLD`, which made a 100 KB task's round trip 60 % slower.
+Finished tasks' payloads go back to the system (docs/operations.md): glibc keeps a freed
+block below its mmap threshold mapped in its heap, and kept outputs pin the pages around
+the holes; `malloc_trim(0)` gives them back (1.8 ms with ~30 MiB). So once TRIM_AFTER
+bytes were let go a trim runs TRIM_DELAY later, on a thread. Not taken: a lower
+`M_MMAP_THRESHOLD`, which made a 100 KB task's round trip 60 % slower.
+
+SQLite's page cache comes from a fixed slab apart from the heap: page_slab, decision 1660.
 """
 
 from __future__ import annotations
@@ -67,3 +70,69 @@ class Releaser:
             # heap, and ctypes lets the GIL go meanwhile
             self._loop.run_in_executor(None, self._trim, 0)
             self.trims += 1
+
+
+SLAB_SLOTS = 512  # SQLite's page buffers in the slab, every connection's together
+SLAB_ENV = "CORRAL_SQLITE_SLAB"  # the slots instead (0: no slab, malloc's pages)
+PAGE_BYTES = 4096  # the databases' page size (SQLite's default, never changed here)
+SQLITE_CONFIG_PAGECACHE = 7
+SQLITE_CONFIG_PCACHE_HDRSZ = 24
+_slab: list[int] = []  # the slab's address: mapped for the process's life, never unmapped
+
+
+def page_slab(slots: int | None = None) -> bool:
+    """SQLite's page buffers from one fixed slab, mapped apart from glibc's heap.
+
+    Each read transaction after another connection's commit empties a connection's page
+    cache (WAL mode) and fills it again, page by page: with the buffers from malloc, every
+    read on the loop freed and took back blocks of ~4.4 KB in the brk heap, amid Python's
+    own long-lived blocks, which took parts of the holes, so that the next pages extended
+    the heap (issue 90: a soak's brk extensions past its warm-up were all these). A slab's
+    slots are reused as they are freed, and once few are left the caches reuse their least
+    recently used pages; a page no slot holds comes from malloc as before. Done
+    once, before any connection is open (SQLite's configuration is the process's, set only
+    while it is shut down): False when not done (connections open, another SQLite than
+    the sqlite3 module's, no slots asked for)."""
+    import ctypes
+    import ctypes.util
+    import mmap
+    import os
+    import sqlite3
+
+    if slots is None:
+        asked = os.environ.get(SLAB_ENV) or ""
+        slots = int(asked) if asked.isdigit() else SLAB_SLOTS
+    if _slab or slots <= 0:
+        return False
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3"))
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        lib.sqlite3_libversion.restype = ctypes.c_char_p
+    except (OSError, AttributeError, TypeError):
+        return False
+    if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
+        return False  # the module's own copy of SQLite, out of reach
+    if lib.sqlite3_memory_used() != 0:
+        return False  # a connection is open: shutting SQLite down would pull it away
+    if lib.sqlite3_shutdown() != 0:
+        return False
+    header = ctypes.c_int(0)
+    if lib.sqlite3_config(ctypes.c_int(SQLITE_CONFIG_PCACHE_HDRSZ), ctypes.byref(header)):
+        lib.sqlite3_initialize()
+        return False
+    size = (PAGE_BYTES + header.value + 7) & ~7
+    # mapped by libc, not by a Python object: connections closed at the interpreter's
+    # exit still write to their pages, after its objects are gone
+    libc = ctypes.CDLL(None)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    start = libc.mmap(None, size * slots, mmap.PROT_READ | mmap.PROT_WRITE,
+                      mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    done = start not in (None, ctypes.c_void_p(-1).value) and lib.sqlite3_config(
+        ctypes.c_int(SQLITE_CONFIG_PAGECACHE), ctypes.c_void_p(start), ctypes.c_int(size),
+        ctypes.c_int(slots)) == 0
+    lib.sqlite3_initialize()
+    if done:
+        _slab.append(start)
+    return done
