@@ -266,9 +266,11 @@ def compare(old: Path, new: Path, top: int = 25) -> list[str]:
                                     for s in sides]
     if all(counts):
         a, b = counts
+        malloc = [{k: v for k, v in (c["malloc"] or {}).items() if k != "heaps"}
+                  for c in counts]  # (each arena's free chunks: bench/soak_heap.py's)
         lines.append(f"rss {a['rss'] / 2**20:.1f} -> {b['rss'] / 2**20:.1f} MiB, traced "
                      f"{a['traced'] / 2**20:.1f} -> {b['traced'] / 2**20:.1f} MiB, malloc "
-                     f"{a['malloc']} -> {b['malloc']}, sqlite {a.get('sqlite')} -> "
+                     f"{malloc[0]} -> {malloc[1]}, sqlite {a.get('sqlite')} -> "
                      f"{b.get('sqlite')}, objects {a['objects']} -> {b['objects']}")
         grew = sorted(((b["types"].get(t, 0) - a["types"].get(t, 0), t)
                        for t in {*a["types"], *b["types"]}), reverse=True)
