@@ -23,6 +23,7 @@ from ..conftest import ROOT
 from ..daemon_harness import PY
 from ..test_daemon_cli import wait_until
 from .conftest import (
+    AGENTS_CLIENT,
     CLIENT,
     CLIENT_DOORS,
     CLIENT_TOKEN,
@@ -57,7 +58,7 @@ class Made:
                                                   "input": {"calls": calls}})["task_id"]
             return
         token: str | None
-        if door in CLIENT_DOORS:  # no agent's replica (a token's, the operator): first node
+        if door in (*CLIENT_DOORS, AGENTS_CLIENT):  # no agent's (a token's, the operator)
             name, token = client or (("operator", None) if door == "stdio operator"
                                      else (CLIENT, CLIENT_TOKEN))
             self.agent = name
@@ -242,7 +243,9 @@ def recorded(d: Entry, made: Made, kind: str, target: str, before: int) -> None:
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("door", DOORS + CLIENT_DOORS)
+@pytest.mark.parametrize("door", (*DOORS, *CLIENT_DOORS, AGENTS_CLIENT))
+@pytest.mark.differs(AGENTS_CLIENT, "a client's call of an agent at /mcp/corral is the "
+                     "door's submission, which no policy rule judges (decision 1641)")
 def test_a_policy_deny_is_the_tools_error_and_recorded(daemon: Entry, door: str) -> None:
     """The policy rules link: a rule's deny, whatever the door and whoever calls (a
     client that is no agent's too, the operator's own host included: decision 1641); the
