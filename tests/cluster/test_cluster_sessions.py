@@ -113,7 +113,12 @@ def test_corral_sessions_on_any_node_lists_the_clusters(tmp: Path, redis: RedisS
         ids = [submit(ns["a"], 1, "s"), submit(ns["b"], 2, "s"), submit(ns["a"], 1, "t")]
         assert [done(ns["a"], t)["status"] for t in ids] == ["succeeded"] * 3
         for n in ns.values():
-            listed = n.call("sessions.list", {"agent": "chat"})["sessions"]
+            # each once its last turn's end has moved it (its expiry set): a node moves a
+            # session after its turn's outcome is written, which a client waiting on the
+            # task may read first (a loaded host's listing came between: expires None)
+            listed = wait_until(lambda n=n: (got := n.call("sessions.list", {
+                "agent": "chat"})["sessions"]) and all(
+                    v["expires"] is not None for v in got) and got, what="sessions moved")
             assert [(v["agent"], v["session"], v["tasks"], v["running"], v["waiting"],
                      v["tenant"]) for v in listed] == [
                 ("chat", "s", 2, None, 0, "default"), ("chat", "t", 1, None, 0, "default")]
