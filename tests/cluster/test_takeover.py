@@ -46,18 +46,17 @@ def claim_unknown_to_b(redis: RedisServer, task_id: str) -> None:
     import redis as redis_py
 
     from corral.cluster import records
-    from corral.cluster.keys import Keys
-    from corral.cluster.scripts import READ_CLAIM
+    from corral.cluster.keys import GROUP, Keys
+    from corral.cluster.scripts import CLAIM
 
     k = Keys("test")
     r = redis_py.Redis(port=redis.port)
     try:
-        # one entry read and claimed as b's puller does (READ_CLAIM), its answer dropped
-        _, [claimed], _, _ = r.eval(
-            READ_CLAIM, 2, k.fence, k.stream("default", "sleepy", 0), "b/1", "b", "1.0",
-            records.claimed_attempt("b", 1.0), 0, "30.0", 1, k.prefix, 1, "default",
-            k.sticky("default", "sleepy", "b/1"), "")
-        assert claimed[2] == task_id.encode()
+        [[stream, [(entry, _)]]] = r.xreadgroup(
+            GROUP, "b/1", {k.stream("default", "sleepy", 0): ">"}, count=1)
+        assert r.eval(CLAIM, 4, k.task(task_id), k.attempts(task_id), k.fence, stream,
+                      "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0, "30.0",
+                      "default")
     finally:
         r.close()
 
