@@ -574,14 +574,12 @@ class GatewayService:
         key = _key_meta(params)
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
-        if ident.replica is None:
-            task_id = await self.agent_tools.submit(ident, name, arguments, key)
-            if handles is None:
-                return await self.agent_tools.outcome(ident, task_id, on_progress)
-            return handles.open(ident, Follows(name, task_id),
-                                lambda handle: self.agent_tools.outcome(ident, task_id))
-        # an agent's call of an agent is a tool call as any, past its allowlist and `spawns`
+        # a call of an agent is a tool call as any, past the caller's allowlist (a token's
+        # agent glob) and a replica's `spawns`
         self.agent_tools.admit(ident, name)
+        if ident.replica is None:
+            return await self._client_agent_call(ident, name, arguments, handles,
+                                                 on_progress, _trace_meta(params), key)
         task = self.attribution.task_of(ident.replica, ident.mark)
         self._count(ident, task)
         said = _trace_meta(params)
@@ -607,6 +605,30 @@ class GatewayService:
         return await self._recorded(ident, tool, lambda: self._entered(Call(
             ident.replica, tool, arguments, task, key, meta=said, door=MCP_AGENTS,
             wire=DoorWire(made=submitted))))
+
+    async def _client_agent_call(self, ident: Identity, name: str,
+                                 arguments: dict[str, Any], handles: TaskHandles | None,
+                                 on_progress: Callable[[dict[str, Any]], None] | None,
+                                 said: dict[str, Any] | None, key: str | None) -> Any:
+        """A client's call of an agent that is no agent's: a Call of the one chain, its
+        `client` the caller, whose view, policy rules, audit and trace links judge it as
+        any tool call of its; its dispatch the submission of its corral task, then
+        followed by a handle (the tasks extension) or waited for."""
+        async def submitted(call: Call) -> Any:
+            task_id = await self.agent_tools.submit(ident, name, call.arguments, call.key)
+            if handles is None:
+                return await self.agent_tools.outcome(ident, task_id, on_progress)
+            return handles.open(ident, Follows(name, task_id),
+                                lambda handle: self.agent_tools.outcome(ident, task_id))
+        tool = f"{AGENTS_VIEW}__{name}"
+        client = self._client(ident)
+        assert client is not None  # (a replica's call is _replica_agent_call's)
+        if ident.scopes is not None:  # an API token's view here is its agent glob
+            client = client._replace(allow=None if ident.agents is None
+                                     else [f"{AGENTS_VIEW}__{ident.agents}"])
+        return await self._entered(Call(None, tool, arguments, None, key, meta=said,
+                                        door=MCP_AGENTS, wire=DoorWire(made=submitted),
+                                        client=client))
 
     async def _entered(self, call: Call) -> Any:
         answer = self.chain.enter(call)

@@ -45,8 +45,8 @@ TOKEN_DOORS = ("/mcp client", "/mcp/NAME client", "stdio client")
 CLIENT_DOORS = (*TOKEN_DOORS, "stdio operator")
 CLIENT, CLIENT_TOKEN = "plain", "door-suite-token-of-a-client-that-is-no-agents"
 CLIENT_TOOLS = ["pol__http_get", "drift__*", "corral__denied"]
-# the client's call of an agent at /mcp/corral: a task submitted by the door, not yet a Call
-# of the chain (tests/test_house.py's NOT_YET_IN_THE_CHAIN), so no policy rule judges it
+# the client's call of an agent at /mcp/corral: a Call of the chain whose dispatch is the
+# door's submission of its task (decision 1645)
 AGENTS_CLIENT = "/mcp/corral client"
 
 

@@ -244,8 +244,6 @@ def recorded(d: Entry, made: Made, kind: str, target: str, before: int) -> None:
 
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("door", (*DOORS, *CLIENT_DOORS, AGENTS_CLIENT))
-@pytest.mark.differs(AGENTS_CLIENT, "a client's call of an agent at /mcp/corral is the "
-                     "door's submission, which no policy rule judges (decision 1641)")
 def test_a_policy_deny_is_the_tools_error_and_recorded(daemon: Entry, door: str) -> None:
     """The policy rules link: a rule's deny, whatever the door and whoever calls (a
     client that is no agent's too, the operator's own host included: decision 1641); the
