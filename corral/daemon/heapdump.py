@@ -21,7 +21,7 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,30 @@ def _mallinfo() -> dict[str, int] | None:
             "mmapped": info.hblkhd, "top": info.keepcost, "heaps": _malloc_heaps()}
 
 
+def _written_by(prefix: str, write: Callable[[int], object]) -> tuple[object, str] | None:
+    """What a C function writes to a `FILE *` it is given (malloc_info's XML, the
+    interpreter's allocator stats), read back: its return and the text; None when libc
+    gives no stream."""
+    try:
+        libc = ctypes.CDLL(None)
+        fopen, fclose = libc.fopen, libc.fclose
+    except (OSError, AttributeError):
+        return None
+    fclose.argtypes = [ctypes.c_void_p]
+    fopen.restype = ctypes.c_void_p
+    fd, name = tempfile.mkstemp(prefix=prefix)
+    os.close(fd)
+    try:
+        stream = fopen(name.encode(), b"w")
+        if not stream:
+            return None
+        ran = write(stream)
+        fclose(stream)
+        return ran, Path(name).read_text()
+    finally:
+        os.unlink(name)
+
+
 def _malloc_heaps() -> list[dict[str, Any]] | None:
     """Per glibc arena (the main one, on the brk heap, first): its bytes from the system and
     its free chunks by size, `[from, to, count, bytes]` (malloc_info's XML), so that a
@@ -58,26 +82,17 @@ def _malloc_heaps() -> list[dict[str, Any]] | None:
     import xml.etree.ElementTree as ET
 
     try:
-        libc = ctypes.CDLL(None)
-        info, fopen, fclose = libc.malloc_info, libc.fopen, libc.fclose
+        info = ctypes.CDLL(None).malloc_info
     except (OSError, AttributeError):
         return None
     info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    fclose.argtypes = [ctypes.c_void_p]
-    fopen.restype = ctypes.c_void_p
-    fd, name = tempfile.mkstemp(prefix="corral-malloc-")
-    os.close(fd)
+    written = _written_by("corral-malloc-", lambda stream: info(0, stream))
+    if written is None:
+        return None
     try:
-        stream = fopen(name.encode(), b"w")
-        if not stream:
-            return None
-        info(0, stream)
-        fclose(stream)
-        root = ET.fromstring(Path(name).read_text())
+        root = ET.fromstring(written[1])
     except ET.ParseError:
         return None
-    finally:
-        os.unlink(name)
     heaps = []
     for heap in root.iter("heap"):
         sizes = [[int(s.get("from", 0)), int(s.get("to", 0)), int(s.get("count", 0)),
@@ -123,25 +138,14 @@ def _pymalloc() -> dict[str, Any] | None:
     free ones, and per size class the pools and blocks in use (None: not this build)."""
     try:
         stats = ctypes.pythonapi._PyObject_DebugMallocStats
-        libc = ctypes.CDLL(None)
-        fopen, fclose = libc.fopen, libc.fclose
-    except (AttributeError, OSError):
+    except AttributeError:
         return None
-    stats.argtypes = fclose.argtypes = [ctypes.c_void_p]
-    fopen.restype = ctypes.c_void_p
-    fd, name = tempfile.mkstemp(prefix="corral-pymalloc-")
-    os.close(fd)
-    try:
-        stream = fopen(name.encode(), b"w")
-        if not stream:
-            return None
-        ran = stats(stream)  # the interpreter's lock held: ctypes.pythonapi keeps it
-        fclose(stream)
-        text = Path(name).read_text()
-    finally:
-        os.unlink(name)
-    if not ran:
+    stats.argtypes = [ctypes.c_void_p]
+    # the interpreter's lock held through it: ctypes.pythonapi keeps it
+    written = _written_by("corral-pymalloc-", stats)
+    if written is None or not written[0]:
         return None
+    text = written[1]
     out: dict[str, Any] = {"classes": {}}
     for line in text.splitlines():
         if m := _STAT.match(line):
