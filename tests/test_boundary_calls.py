@@ -239,9 +239,10 @@ async def test_at_mcp_corral_spawns_globs_and_tenants_hold(daemon: Daemon) -> No
         assert (await s.list_tools()).tools == []
         with pytest.raises(MCPError) as err:
             await s.call_tool("budgeted", {"do": "echo"})
-        assert str(err.value) == (
-            "tool corral__budgeted is not one gateway client linked#0 may call (agent "
-            "linked may not spawn tasks of agent budgeted (its spawns list: []))")
+        assert str(err.value) == (  # (the chain's view link's one form: decision 1690)
+            "tool corral__budgeted is not allowed for agent linked (its tools allowlist: "
+            "['counting__*', 'corral__*']; its spawns list [] does not name agent "
+            "budgeted)")
 
     # an API token limited to budg* runs those agents alone, as the API would
     made = d.cli("token", "create", "budg-only", "--scope", "mcp:call", "--agents", "budg*",
@@ -252,9 +253,9 @@ async def test_at_mcp_corral_spawns_globs_and_tenants_hold(daemon: Daemon) -> No
         assert [t.name for t in (await s.list_tools()).tools] == ["budgeted"]
         with pytest.raises(MCPError) as err:
             await s.call_tool("linked", {"do": "echo"})
-        assert str(err.value) == ("tool corral__linked is not one gateway client token "
-                                  "budg-only may call (not within its token's agents "
-                                  "budg*)")
+        assert str(err.value) == ("tool corral__linked is not allowed for gateway client "
+                                  "token budg-only (its tools allowlist: "
+                                  "['corral__budg*'])")
         ran = await s.call_tool("budgeted", {"do": "echo", "n": 1})
         assert not ran.is_error and json.loads(text(ran)) == {"do": "echo", "n": 1}
 

@@ -256,11 +256,6 @@ NOT_YET_IN_THE_CHAIN: dict[str, str] = {
     # DESIGN 28 names a skill read a call: the gateway's skills judge a client's view of
     # a skill (its allowlist, as SERVER__SKILL) themselves until a read is a Call
     "corral/daemon/gatewayskills.py": "a skill read is not yet a Call",
-    # an agent called at /mcp/corral: the caller's allowlist (a token's agent glob, which
-    # also lists the agents it sees) and a replica's `spawns` are judged at the door in
-    # the door's words before the chain sees the call (whose view link judges a client's
-    # again, by the same allowlist or glob: decision 1645)
-    "corral/daemon/mcptasks.py": "an agent call's view at /mcp/corral is the door's",
 }
 # the calls that are a check of a call: a tool call's budget, a policy rule's verdict (a
 # client's too, decision 1641), the approval policy's terms, a call of no task's gate,

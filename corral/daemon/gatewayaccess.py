@@ -196,7 +196,7 @@ class GatewayService:
         self.tracer = tracer
         # the tasks extension; an agent as a tool is a task submitted through `calls`
         self.handles = TaskHandles(lambda: self.settings)
-        self.agent_tools = AgentTools(calls, lambda: list(agents.values()))
+        self.agent_tools = AgentTools(calls, lambda: list(agents.values()), self._sees_agent)
         # a replica's call of an attempt is its step
         self.attribution = Attribution(tasks.active)
         self.chain = tasks.worker.chain  # every replica's call passes it
@@ -565,8 +565,9 @@ class GatewayService:
                           handles: TaskHandles | None,
                           on_progress: Callable[[dict[str, Any]], None] | None = None
                           ) -> Any:
-        """A call of an agent's tool (/mcp/corral): its corral task, followed by a handle
-        or waited for. A replica's call is judged inside its handle."""
+        """A call of an agent's tool (/mcp/corral): a Call of the one chain, whose view
+        link alone judges whether the caller may make it (decision 1690); its corral task,
+        followed by a handle or waited for."""
         if method != "tools/call":
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method} (the "
                                                      "agents' view has tools alone)")
@@ -574,20 +575,38 @@ class GatewayService:
         key = _key_meta(params)
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
-        # a call of an agent is a tool call as any, past the caller's allowlist (a token's
-        # agent glob) and a replica's `spawns`
-        self.agent_tools.admit(ident, name)
         if ident.replica is None:
             return await self._client_agent_call(ident, name, arguments, handles,
                                                  on_progress, _trace_meta(params), key)
         task = self.attribution.task_of(ident.replica, ident.mark)
         self._count(ident, task)
         said = _trace_meta(params)
-        if handles is None:
+        if handles is None or self.chain.refused(self._agent_call_of(ident, name)) \
+                is not None:  # (the view's refusal is the call's own: no handle for it)
             return await self._replica_agent_call(ident, task, name, arguments, on_progress,
                                                   said, key)
         return handles.open(ident, None, lambda _: self._replica_agent_call(
             ident, task, name, arguments, None, said, key))
+
+    def _agent_call_of(self, ident: Identity, agent: str) -> Call:
+        """The caller's call of `agent` at /mcp/corral as the chain's view link reads it:
+        a replica's is its own (its allowlist and `spawns`); a client's view of the agents
+        is its allowlist's `corral__AGENT`, an API token's its agent glob (its allowlist at
+        /mcp is its agents' tools, not the agents), an anonymous client's none (it runs
+        no agent)."""
+        client = self._client(ident)
+        if client is not None and ident.scopes is not None:
+            client = client._replace(allow=None if ident.agents is None
+                                     else [f"{AGENTS_VIEW}__{ident.agents}"])
+        elif client is not None and ident.name == "anonymous":
+            client = client._replace(allow=[])
+        return Call(ident.replica, f"{AGENTS_VIEW}__{agent}", {}, None, door=MCP_AGENTS,
+                    client=client)
+
+    def _sees_agent(self, ident: Identity, agent: str) -> bool:
+        """Whether the chain's view link admits the caller's call of `agent` (read for
+        the agents' listing, which shows what a call would be let make)."""
+        return self.chain.refused(self._agent_call_of(ident, agent)) is None
 
     async def _replica_agent_call(self, ident: Identity, task: Task | None, name: str,
                                   arguments: dict[str, Any],
@@ -601,10 +620,10 @@ class GatewayService:
             # (the labels it is handed are the chain's: approvals.py `_replica_call`)
             task_id = await self.agent_tools.submit(ident, name, call.arguments, call.key)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
-        tool = f"{AGENTS_VIEW}__{name}"
-        return await self._recorded(ident, tool, lambda: self._entered(Call(
-            ident.replica, tool, arguments, task, key, meta=said, door=MCP_AGENTS,
-            wire=DoorWire(made=submitted))))
+        return await self._recorded(ident, f"{AGENTS_VIEW}__{name}", lambda: self._entered(
+            self._agent_call_of(ident, name)._replace(
+                arguments=arguments, task=task, key=key, meta=said,
+                wire=DoorWire(made=submitted))))
 
     async def _client_agent_call(self, ident: Identity, name: str,
                                  arguments: dict[str, Any], handles: TaskHandles | None,
@@ -620,15 +639,8 @@ class GatewayService:
                 return await self.agent_tools.outcome(ident, task_id, on_progress)
             return handles.open(ident, Follows(name, task_id),
                                 lambda handle: self.agent_tools.outcome(ident, task_id))
-        tool = f"{AGENTS_VIEW}__{name}"
-        client = self._client(ident)
-        assert client is not None  # (a replica's call is _replica_agent_call's)
-        if ident.scopes is not None:  # an API token's view here is its agent glob
-            client = client._replace(allow=None if ident.agents is None
-                                     else [f"{AGENTS_VIEW}__{ident.agents}"])
-        return await self._entered(Call(None, tool, arguments, None, key, meta=said,
-                                        door=MCP_AGENTS, wire=DoorWire(made=submitted),
-                                        client=client))
+        return await self._entered(self._agent_call_of(ident, name)._replace(
+            arguments=arguments, key=key, meta=said, wire=DoorWire(made=submitted)))
 
     async def _entered(self, call: Call) -> Any:
         answer = self.chain.enter(call)

@@ -13,15 +13,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import ErrorObject, RpcError
-from ..mcp.pool import allowed
 from ..supervisor.config import DEFAULT_TENANT
 from ..text import plural
 from ..tracecontext import current_context
@@ -280,34 +278,23 @@ def _plain(result: Any) -> Any:
     return result
 
 
-def _admits(ident: GatewayCaller, agent: str) -> str | None:
-    """Why the client may not call the agent's tool, None when it may: its allowlist,
-    or for an API token its agent glob; and for an agent's replica its agent's `spawns`
-    (a task it starts here is one it could spawn)."""
-    if ident.scopes is not None:
-        if ident.agents is not None and not fnmatchcase(agent, ident.agents):
-            return f"not within its token's agents {ident.agents}"
-    elif ident.allow is not None and not allowed(f"{AGENTS_VIEW}__{agent}", ident.allow):
-        return "not in its allowlist"
-    replica = ident.replica
-    if replica is not None:
-        listed: list[str] = list(getattr(replica.spec, "spawns", []))
-        if not allowed(agent, listed):
-            return (f"agent {replica.name} may not spawn tasks of agent {agent} (its "
-                    f"spawns list: {listed})")
-    return None
+Client = TypeVar("Client", bound=GatewayCaller)
 
 
-class AgentTools:
+class AgentTools(Generic[Client]):
     """corral's agents as tools (at /mcp/corral), each call a corral task."""
 
-    def __init__(self, calls: Dispatcher[Any] | None, agents: Callable[[], list[Any]]
-                 ) -> None:
+    def __init__(self, calls: Dispatcher[Any] | None, agents: Callable[[], list[Any]],
+                 in_view: Callable[[Client, str], bool]) -> None:
+        """`in_view`: the chain's view link's verdict on a call of the agent by the
+        caller (chain.py `Chain.refused`), read for the listing: it lists what its view
+        would admit, and judges no call itself (decision 1690)."""
         self.calls = calls  # None: a gateway without the daemon's methods (a test's)
         self.agents = agents
+        self.in_view = in_view
 
-    def listed(self, ident: GatewayCaller) -> list[dict[str, Any]]:
-        if self.calls is None or ident.name == "anonymous":
+    def listed(self, ident: Client) -> list[dict[str, Any]]:
+        if self.calls is None:
             return []
         caller = self.calls.bind(caller_of(ident))
         return [{"name": a.name,
@@ -316,22 +303,15 @@ class AgentTools:
                  "inputSchema": {"type": "object"},
                  "execution": {"taskSupport": "optional"}}
                 for a in self.agents()
-                if caller.sees(a.name) and _admits(ident, a.name) is None]
-
-    def admit(self, ident: GatewayCaller, agent: str) -> None:
-        why = "an anonymous client runs no agent" if ident.name == "anonymous" \
-            else _admits(ident, agent)
-        if self.calls is None or why is not None:
-            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
-                           f"tool {AGENTS_VIEW}__{agent} is not one gateway client "
-                           f"{ident.name} may call ({why})")
+                if caller.sees(a.name) and self.in_view(ident, a.name)]
 
     async def submit(self, ident: GatewayCaller, agent: str, arguments: dict[str, Any],
                      key: str | None = None) -> str:
         """The corral task of a call, accepted (durable) before the handle is given;
         `key`: its idempotency key (the same call sent again is that task)."""
-        self.admit(ident, agent)
-        assert self.calls is not None  # (admit refuses without the daemon's methods)
+        if self.calls is None:  # (a test's gateway: no task to submit)
+            raise RpcError(jsonrpc.INTERNAL_ERROR, "internal error: this gateway has no "
+                                                   "daemon to run agents")
         # the child of the call's span, when it is traced (tracing.py's trace link)
         traceparent, tracestate = current_context()
         accepted = await self.calls.call(caller_of(ident), m.TasksSubmit(

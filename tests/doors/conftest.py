@@ -44,7 +44,7 @@ DOORS = TASK_DOORS + IDLE_DOORS + ("stdio idle",)
 TOKEN_DOORS = ("/mcp client", "/mcp/NAME client", "stdio client")
 CLIENT_DOORS = (*TOKEN_DOORS, "stdio operator")
 CLIENT, CLIENT_TOKEN = "plain", "door-suite-token-of-a-client-that-is-no-agents"
-CLIENT_TOOLS = ["pol__http_get", "drift__*", "corral__denied"]
+CLIENT_TOOLS = ["pol__http_get", "drift__*", "corral__denied", "corral__target"]
 # the client's call of an agent at /mcp/corral: a Call of the chain whose dispatch is the
 # door's submission of its task (decision 1645)
 AGENTS_CLIENT = "/mcp/corral client"
@@ -80,9 +80,10 @@ def agents(tmp: Path) -> str:
         command = ["{PY}", "{HERE}/door_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         stop_timeout = 10.0
+        # (its allowlist names corral__caller, its spawns do not: test_doors.py's view)
         spawns = ["target", "denied", "mailer", "queued"]
         tools = ["pol__*", "drift__*", "corral__target", "corral__denied", "corral__mailer",
-                 "corral__queued"]
+                 "corral__queued", "corral__caller"]
     """)
     # the agent submissions start (test_submissions.py): its sensitive mail waits for a
     # person, who is told why (a label, or its `approve`)
@@ -117,6 +118,9 @@ def agents(tmp: Path) -> str:
             'when = { "arguments.host" = { in = ["pay.example"] } }\neffect = "deny"\n\n'
             '[[policy]]\nname = "ask host"\nmatch = { tool = "pol__http_get" }\n'
             'when = { "arguments.host" = { in = ["ask.example"] } }\neffect = "approve"\n\n'
+            # a client's call of an agent held for a person (test_doors.py's handle)
+            '[[policy]]\nname = "ask target"\nmatch = { tool = "corral__target" }\n'
+            'when = { "arguments.say" = { in = ["ask"] } }\neffect = "approve"\n\n'
             '[tenants.acme]\ndefault_deny = true\n\n'
             f'[gateway]\nlisten = "127.0.0.1:0"\ntokens_file = "{tokens_file(tmp)}"\n\n'
             '[a2a]\nanonymous = ["mailer", "queued"]\n')

@@ -367,25 +367,61 @@ def test_the_call_is_audited(daemon: Entry, door: str) -> None:
             {os.getuid()}, rows
 
 
+def refusal_rows(d: Entry, tool: str, refusal: str) -> list[dict[str, Any]]:
+    return [e for e in tool_rows(d, tool) if e["outcome"] == f"error: {refusal}"]
+
+
+def one_row_more(d: Entry, tool: str, refusal: str, before: int) -> list[dict[str, Any]]:
+    """The refusal's audit rows, once there is one more than `before`: as many as that."""
+    now = wait_until(lambda: (lambda got: got if len(got) > before else None)(
+        refusal_rows(d, tool, refusal)), PATIENCE, "the refusal's audit row")
+    assert len(now) == before + 1, now
+    return now
+
+
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("door", TOKEN_DOORS)
+@pytest.mark.parametrize("door", (*TOKEN_DOORS, AGENTS_CLIENT))
 def test_a_clients_call_outside_its_allowlist_is_the_views_refusal_and_one_row(
         daemon: Entry, door: str) -> None:
     """The identity and view link for a client that is no agent's: a tool outside its
     allowlist is refused by the chain's first link in the one form every door's caller
-    is refused in, and the refusal is the audit link's one row, in the link's words."""
+    is refused in, and the refusal is the audit link's one row, in the link's words; at
+    /mcp/corral too, an agent its allowlist does not name (decision 1690: the door
+    judged it first, in words of its own, and wrote no row)."""
     d = daemon
-    refusal = (f"tool pol__pay is not allowed for gateway client {CLIENT} (its tools "
+    tool = "corral__queued" if door == AGENTS_CLIENT else "pol__pay"
+    refusal = (f"tool {tool} is not allowed for gateway client {CLIENT} (its tools "
                f"allowlist: {CLIENT_TOOLS})")
-
-    def rows() -> list[dict[str, Any]]:
-        return [e for e in tool_rows(d, "pol__pay") if e["outcome"] == f"error: {refusal}"]
-    before = len(rows())
-    said = Made(d, CLIENT, door, "pol__pay", {"amount": 1}).outcome()
+    before = len(refusal_rows(d, tool, refusal))
+    said = Made(d, CLIENT, door, tool, {"amount": 1}).outcome()
     assert said == {"error": jsonrpc.TOOL_NOT_ALLOWED, "message": refusal}, said
-    now = wait_until(lambda: (lambda got: got if len(got) > before else None)(rows()),
-                     PATIENCE, "the refusal's audit row")
-    assert len(now) == before + 1 and now[0]["method"] == "gateway.call", now
+    now = one_row_more(d, tool, refusal, before)
+    assert now[0]["method"] == "gateway.call", now
+
+
+SPAWNING_DOORS = ("worker", "worker-no-task", "/mcp/corral", "/mcp/corral idle")
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", SPAWNING_DOORS)
+def test_an_agent_its_spawns_do_not_name_is_the_views_refusal_at_every_door(
+        daemon: Entry, door: str) -> None:
+    """The identity and view link for an agent called as a tool: its allowlist names
+    corral__caller but its `spawns` do not name caller, so the call is refused by the
+    chain's first link in its one form at every door, before any other link counts it,
+    one audit row (decision 1690: the worker link refused it only at the spawn, in the
+    spawn's words, the gateway at its door, in the door's)."""
+    d = daemon
+    before = sum(1 for e in tool_rows(d, "corral__caller")
+                 if e["outcome"].startswith("error: tool corral__caller is not allowed"))
+    said = Made(d, "caller", door, "corral__caller", {"do": "echo"}).outcome()
+    assert said["error"] == jsonrpc.TOOL_NOT_ALLOWED, said
+    message = said["message"]
+    assert message.startswith("tool corral__caller is not allowed for agent caller (its "
+                              "tools allowlist: ["), said
+    assert message.endswith("; its spawns list ['target', 'denied', 'mailer', 'queued'] "
+                            "does not name agent caller)"), said
+    one_row_more(d, "corral__caller", message, before)
 
 
 assert set(IDLE_DOORS) < set(DOORS)
@@ -410,3 +446,81 @@ def test_a_replicas_calls_of_no_task_count_in_its_incarnations_budget(daemon: En
     assert said["message"].endswith(
         " has made 2 tool calls of no task (max_tool_calls_per_task 2, counted per "
         "incarnation for calls that name no task)"), said
+
+
+TASKS = "io.modelcontextprotocol/tasks"
+
+
+def agents_rpc(url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One request of CLIENT at /mcp/corral, a 2026-07-28 client that declares the tasks
+    extension: its JSON-RPC answer."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {TASKS: {}}}}}}
+    named = params.get("name", params.get("taskId"))
+    url = urlsplit(url + "/corral")
+    assert url.hostname is not None
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=PATIENCE * 2)
+    try:
+        conn.request("POST", url.path, json.dumps(body), {
+            "Authorization": f"Bearer {CLIENT_TOKEN}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": VERSION,
+            "Mcp-Method": method, **({"Mcp-Name": named} if isinstance(named, str) else {})})
+        said: dict[str, Any] = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    return said
+
+
+def targets(d: Entry) -> list[str]:
+    """The ids of agent target's tasks, every node's."""
+    return sorted(t["task_id"] for t in d.ask("tasks.list", {"agent": "target",
+                                                             "limit": 1000})["tasks"])
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.parametrize("decision", ("approve", "deny"))
+def test_a_clients_agent_call_a_rule_holds_gets_its_handle_once_a_person_decides(
+        daemon: Entry, decision: str) -> None:
+    """The tasks extension at /mcp/corral under a policy rule's `approve` (decision 1645):
+    the client's call waits on its own ask with no handle given and no task submitted;
+    approved, it is answered the handle of the task then submitted, which ends with the
+    agent's output; denied, it is answered the rule's denial as the tool's error, and no
+    task is submitted."""
+    d = daemon
+    url = d.ask("gateway.status", {})["url"]
+    arguments = {"do": "echo", "say": "ask", "decision": decision}
+    before = targets(d)
+    made = POOL.submit(agents_rpc, url, "tools/call", {"name": "target",
+                                                        "arguments": arguments})
+
+    def ask() -> dict[str, Any] | None:
+        assert not made.done(), f"answered with no ask: {made.result()}"
+        return next((a for a in d.ask("approvals.list")["asks"]
+                     if a["task_id"].startswith(f"replica:gateway:{CLIENT}:")
+                     and a["subject"]["arguments"] == arguments), None)
+    held = wait_until(ask, PATIENCE, "the client's ask")
+    assert (held["subject"]["tool"], held["subject"]["policy"]) == (
+        "corral__target", "ask target"), held
+    assert targets(d) == before and not made.done()  # no task, no handle yet
+    decide(d, held, decision)
+    said = made.result(PATIENCE)
+    if decision == "deny":
+        ended = d.ask("approvals.get", {"id": held["id"]})
+        assert said == {"jsonrpc": "2.0", "id": 1, "result": {
+            "content": [{"type": "text", "text": "tool call corral__target was denied by "
+                                                 f"{ended['by']} (ask {held['id']})"}],
+            "isError": True, "resultType": "complete"}}, said  # (a result, not a handle)
+        assert targets(d) == before
+        return
+    handle = said["result"]
+    assert (handle["resultType"], handle["status"]) == ("task", "working"), said
+    task_id = handle["_meta"]["corral/task"]
+    assert targets(d) == sorted([*before, task_id])
+
+    def done() -> dict[str, Any] | None:
+        got: dict[str, Any] = agents_rpc(url, "tasks/get", {"taskId": handle["taskId"]})[
+            "result"]
+        return got if got["status"] == "completed" else None
+    result = wait_until(done, PATIENCE, "the handle completed")["result"]
+    assert (result["structuredContent"], result["isError"]) == (arguments, False), result

@@ -3,9 +3,10 @@ door per call"): a door reads its wire into a `Call` (call.py) and gives it to `
 what comes back is the call's outcome, which the door writes in its wire.
 
 The links, in their order:
-- identity and view: the replica's allowlist (a team's leader's members included), or a
-  gateway client's that is no agent's (`Call.client`: the operator, a token's holder),
-  with its tenant's view; refused in one form (`not_allowed`) whoever calls;
+- identity and view: the replica's allowlist (a team's leader's members included) and,
+  for an agent called as a tool, its `spawns`; or a gateway client's that is no agent's
+  (`Call.client`: the operator, a token's holder), with its tenant's view; refused in
+  one form (`not_allowed`) whoever calls, at whatever door;
 - the owner: a call of no task is its replica's, and, where the replica runs one task,
   that task's (`sole_task`), so that every link after sees the task;
 - journal: a task's call is its step (steps.py), answered from the journal on a retry
@@ -154,8 +155,17 @@ class Chain:
         if r is None:
             return out_of_view(call)
         allow = self.allow_of(r)
-        return None if allowed(call.name, allow) else \
-            not_allowed(call.name, f"agent {r.name}", allow)
+        if not allowed(call.name, allow):
+            return not_allowed(call.name, f"agent {r.name}", allow)
+        if call.name.startswith(AGENT_TOOL):
+            # an agent called as a tool starts a task of it: one its `spawns` names
+            # (decision 1690: at every door, before any other link counts or holds it)
+            agent = call.name[len(AGENT_TOOL):]
+            listed: list[str] = list(getattr(r.spec, "spawns", []))
+            if not allowed(agent, listed):
+                return not_allowed(call.name, f"agent {r.name}", allow,
+                                   f"; its spawns list {listed} does not name agent {agent}")
+        return None
 
     def _model_call(self, call: Call) -> Any:
         """A model call's outcome, an awaitable: a task's is its step (the same call of a
