@@ -11,31 +11,42 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec
-    from .configload import load_config
-    from .containment import ProcessEnded, ProcessStarted
-    from .core import Agent, NoSuchAgent, Supervisor, SupervisorError
-    from .lifecycle import Cause, State
-    from .process_replica import (
-        LogBatch,
-        ProcessReplica,
-        ReplicaExit,
-        ReplicaHost,
-        ReplicaStatus,
-        Transition,
-    )
-    from .replica import AgentHost, Replica
-    from .stats import Stats
-    from .stream import Checkpoint, ListChanged, Stall, Stream, Subscription, Tick
-    from .tasks import (
-        Task,
-        TaskInfo,
-        TaskJournal,
-        TaskRecord,
-        TaskResult,
-        TaskStatus,
-        TaskSummary,
-    )
+    from .config import AgentSpec as AgentSpec
+    from .config import Config as Config
+    from .config import ConfigError as ConfigError
+    from .config import Limits as Limits
+    from .config import McpServerSpec as McpServerSpec
+    from .configload import load_config as load_config
+    from .containment import ProcessEnded as ProcessEnded
+    from .containment import ProcessStarted as ProcessStarted
+    from .core import Agent as Agent
+    from .core import NoSuchAgent as NoSuchAgent
+    from .core import Supervisor as Supervisor
+    from .core import SupervisorError as SupervisorError
+    from .lifecycle import Cause as Cause
+    from .lifecycle import State as State
+    from .process_replica import LogBatch as LogBatch
+    from .process_replica import ProcessReplica as ProcessReplica
+    from .process_replica import ReplicaExit as ReplicaExit
+    from .process_replica import ReplicaHost as ReplicaHost
+    from .process_replica import ReplicaStatus as ReplicaStatus
+    from .process_replica import Transition as Transition
+    from .replica import AgentHost as AgentHost
+    from .replica import Replica as Replica
+    from .stats import Stats as Stats
+    from .stream import Checkpoint as Checkpoint
+    from .stream import ListChanged as ListChanged
+    from .stream import Stall as Stall
+    from .stream import Stream as Stream
+    from .stream import Subscription as Subscription
+    from .stream import Tick as Tick
+    from .tasks import Task as Task
+    from .tasks import TaskInfo as TaskInfo
+    from .tasks import TaskJournal as TaskJournal
+    from .tasks import TaskRecord as TaskRecord
+    from .tasks import TaskResult as TaskResult
+    from .tasks import TaskStatus as TaskStatus
+    from .tasks import TaskSummary as TaskSummary
 
 # each name's module
 MODULES: dict[str, tuple[str, ...]] = {
@@ -53,46 +64,6 @@ MODULES: dict[str, tuple[str, ...]] = {
               "TaskSummary"),
 }
 _MODULE_OF = {name: module for module, names in MODULES.items() for name in names}
-
-# (a list mypy reads: the names it may be asked for)
-__all__ = [
-    "Agent",
-    "AgentHost",
-    "AgentSpec",
-    "Cause",
-    "Checkpoint",
-    "Config",
-    "ConfigError",
-    "Limits",
-    "ListChanged",
-    "LogBatch",
-    "McpServerSpec",
-    "NoSuchAgent",
-    "ProcessEnded",
-    "ProcessReplica",
-    "ProcessStarted",
-    "Replica",
-    "ReplicaExit",
-    "ReplicaHost",
-    "ReplicaStatus",
-    "Stall",
-    "State",
-    "Stats",
-    "Stream",
-    "Subscription",
-    "Supervisor",
-    "SupervisorError",
-    "Task",
-    "TaskInfo",
-    "TaskJournal",
-    "TaskRecord",
-    "TaskResult",
-    "TaskStatus",
-    "TaskSummary",
-    "Tick",
-    "Transition",
-    "load_config",
-]
 
 
 def __getattr__(name: str) -> Any:
