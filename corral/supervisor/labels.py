@@ -90,28 +90,6 @@ class MemoryLabels:
             self._by[key] = _union(self._by.get(key, ()), labels)
 
 
-class NodeLabels:
-    """The engine's own LabelStore: the daemon's state database's once it is opened
-    (`keep_in`), else its memory."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self) -> None:
-        self._store: LabelStore = MemoryLabels()
-
-    def keep_in(self, store: LabelStore) -> None:
-        self._store = store
-
-    async def mark(self, key: str, labels: Sequence[str]) -> None:
-        await self._store.mark(key, labels)
-
-    async def read(self, key: str) -> tuple[str, ...]:
-        return await self._store.read(key)
-
-    def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
-        self._store.hand(records)
-
-
 class NoLabels:
     """The LabelStore of a home that keeps nothing (model.Nowhere): the engine's memory
     holds a task's labels while it runs."""

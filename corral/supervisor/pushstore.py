@@ -77,34 +77,3 @@ class MemoryPush:
     async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
         return True  # (this process alone delivers)
 
-
-class NodePush:
-    """The engine's own PushStore: the daemon's state database's once it is opened
-    (`keep_in`, daemon/pushjournal.py), else its memory."""
-
-    __slots__ = ("_store",)
-    shared = False  # (the node's database or memory: this daemon's alone)
-
-    def __init__(self) -> None:
-        self._store: PushStore = MemoryPush()
-
-    def keep_in(self, store: PushStore) -> None:
-        self._store = store
-
-    async def put(self, task_id: str, config_id: str, record: bytes, most: int) -> bool:
-        return await self._store.put(task_id, config_id, record, most)
-
-    async def of(self, task_id: str) -> dict[str, bytes]:
-        return await self._store.of(task_id)
-
-    async def delete(self, task_id: str, config_id: str) -> None:
-        await self._store.delete(task_id, config_id)
-
-    async def drop(self, task_id: str) -> None:
-        await self._store.drop(task_id)
-
-    async def tasks(self) -> list[str]:
-        return await self._store.tasks()
-
-    async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
-        return await self._store.lead(task_id, holder, seconds)

@@ -21,7 +21,7 @@ from aiohttp import web
 from corral.daemon.a2a import push
 from corral.daemon.a2a import wire as w
 from corral.daemon.a2a.push import MAX_QUEUED
-from corral.supervisor.pushstore import NodePush
+from corral.supervisor.pushstore import MemoryPush
 
 from ..conftest import ROOT
 from ..daemon_harness import PY, free_port, in_process
@@ -334,7 +334,7 @@ async def test_a_receiver_that_took_none_of_its_attempts_is_sent_the_newest_next
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     said: list[str] = []
-    configs = push.PushConfigs(True, said.append, NodePush())
+    configs = push.PushConfigs(True, said.append, MemoryPush())
     try:
         await configs.add("t1", w.PushConfig(url=f"http://127.0.0.1:{port}/hook", id="c"),
                           {"via": "test"})

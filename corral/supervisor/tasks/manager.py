@@ -18,8 +18,8 @@ from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import SessionCheckpointParams, UsageReportParams
 from ..config import DEFAULT_TENANT
-from ..labels import Labels, NodeLabels
-from ..pushstore import NodePush
+from ..labels import Labels, LabelStore, MemoryLabels
+from ..pushstore import MemoryPush, PushStore
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .budget import Budgets, no_group
@@ -127,10 +127,10 @@ class TaskManager:
         self.clock = clock if clock is not None else WaitClock()
         self.inbox = Inbox(self.stream, clock=self.clock)
         # where the tasks it accepts are kept (nodehome.py)
-        self.labels = NodeLabels()  # its state database's once opened (labeljournal.py)
-        self.push = NodePush()  # its state database's once opened (pushjournal.py)
-        self.home: TaskHome = NodeHome(self, self.sessions, self.spawns.node, self.inbox,
-                                       self.labels, self.push)
+        # its memory's, its state database's once opened (labeljournal.py, pushjournal.py)
+        self.labels: LabelStore = MemoryLabels()
+        self.push: PushStore = MemoryPush()
+        self.home: TaskHome = NodeHome(self, self.sessions, self.spawns.node, self.inbox)
         self.suspensions = Suspensions(self, self.clock, self.endings.again)
         self.questions = Questions(self, self.person.ask_person)  # task/ask
         self.elicitations = Elicitations(self, self.person.ask_person)

@@ -22,22 +22,32 @@ class HomeEngine(Protocol):
     journal: TaskJournal | None
     steps: TaskSteps
     outputs: TaskOutputs
+    labels: LabelStore
+    push: PushStore
 
 
 class NodeHome:
-    """Reads the engine's journals as they are now: the daemon attaches them after the
-    engine is made (`TaskManager.journal`, `Steps.journal_to`, `TaskOutputs.journal`)."""
+    """Reads the engine's journals and stores as they are now: the daemon attaches them
+    after the engine is made (`TaskManager.journal`, `Steps.journal_to`,
+    `TaskOutputs.journal`, `TaskManager.labels` and `.push`)."""
 
-    __slots__ = ("asks", "engine", "labels", "push", "spawns", "turns")
+    __slots__ = ("asks", "engine", "spawns", "turns")
 
     def __init__(self, engine: HomeEngine, turns: TurnStore, spawns: SpawnStore,
-                 asks: AskShelf, labels: LabelStore, push: PushStore) -> None:
+                 asks: AskShelf) -> None:
         self.engine = engine
         self.turns = turns
         self.spawns = spawns
         self.asks = asks
-        self.labels = labels
-        self.push = push  # the A2A door's push configs (daemon/a2a/push.py)
+
+    @property
+    def labels(self) -> LabelStore:
+        return self.engine.labels
+
+    @property
+    def push(self) -> PushStore:
+        """The A2A door's push configs (daemon/a2a/push.py)."""
+        return self.engine.push
 
     @property
     def steps(self) -> StepJournal | None:
