@@ -95,7 +95,7 @@ class ClusterSessions(RedisPart):
 
     # -- a claimed task's home.turns (TurnStore) -------------------------------------------
     def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:
-        """The state the CLAIM of this turn read, if its MAC verifies."""
+        """The state the claim of this turn read (READ_CLAIM's), if its MAC verifies."""
         if not isinstance(task, ClusterTask) or task.session_state is None:
             return None
         assert task.session is not None

@@ -163,7 +163,7 @@ SUBMIT = submit_script()
 # attempt begun. A task no longer queued (finished, or queued again under a new entry) is
 # not taken and the stale entry leaves the stream; nor is a task of another tenant than
 # the claiming agent's (only a Redis writer's hand puts it there). One Lua function for
-# CLAIM, READ_CLAIM and SUBMIT_CLAIM; `c`: consumer, node, now, attempt (JSON), the
+# READ_CLAIM and SUBMIT_CLAIM; `c`: consumer, node, now, attempt (JSON), the
 # claiming node's retries, task_timeout, agent's tenant and retry_lost (nil: none said).
 # -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created, checkpoint step or false, session or false, its state or false, trace
@@ -217,30 +217,8 @@ local function claim_reply(place, entry, id, got)
 end
 """
 
-# One entry read: KEYS: task, attempts, fence, stream
-# ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries,
-#       task_timeout, agent's tenant and retry_lost
-# -> false, or claim()'s answer, its trailing falses cut
-CLAIM = _CLAIM_FN + """
-local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
-if not alive(prefix, ARGV[1]) then return false end
-local got = claim(KEYS[3], KEYS[4], ARGV[4], id, prefix,
-  {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]})
-if not got then return false end
-if not got[12] then
-  if not got[11] or got[11] == '' then
-    got[11] = nil
-    if not got[9] then
-      got[9], got[10] = nil, nil
-      if not got[8] then got[8] = nil end
-    end
-  end
-end
-return got
-"""
-
 # Read and claim in one round trip: entries read from the agent's streams in KEYS order
-# until ARGV[7], each claimed as CLAIM claims one. With ARGV[9] nodes serving the agent,
+# until ARGV[7], each claimed by claim() above. With ARGV[9] nodes serving the agent,
 # at most its share of what waits unread (rounded up): a node woken with another by a
 # burst leaves the other its part, and reads again at once for what is left.
 # KEYS: fence, the tenant's agent's streams (highest priority first)
@@ -798,7 +776,6 @@ class Scripts:
         self.redis = redis
         self.acks = acks  # what acknowledges a write (replicas.py); None: Redis's answer
         self.submit = redis.register_script(SUBMIT)
-        self.claim = redis.register_script(CLAIM)
         self.read_claim = redis.register_script(READ_CLAIM)
         self.submit_claim = redis.register_script(SUBMIT_CLAIM)
         self.finish = redis.register_script(FINISH)

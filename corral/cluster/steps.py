@@ -109,7 +109,7 @@ class ClusterSteps(RedisPart):
         return sorted((s for s in steps if s is not None), key=lambda s: s.seq)
 
     def resume(self, task: ClusterTask, value: bytes) -> None:
-        """A retried claim given its task's last checkpoint as CLAIM read it, if it verifies."""
+        """A retried claim given its task's last checkpoint as its claim read it, if it verifies."""
         step = self._step(task.id, CHECKPOINT_FIELD, value)
         if step is not None and step.body is not None:
             task.checkpoint = msgspec.Raw(step.body)

@@ -42,6 +42,7 @@ from ..test_elicitations import fleet as elicit_fleet
 from ..test_model_gateway import KEY as PROVIDER_KEY
 from ..test_model_gateway import fleet as model_fleet
 from ..test_model_gateway import upstream  # noqa: F401 (a fixture)
+from .claimscript import claim_script
 from .harness import Node, nodes, run
 from .test_cluster_specs import log
 from .test_cluster_steps import running_task
@@ -537,10 +538,9 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
                           args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "",
                                 "", "acme", "mac"]) == 1
     entry = await client.hget(K.task(TID), "entry")
-    token, *_ = await s.claim(keys=[K.task(TID), K.attempts(TID), K.fence,
-                                    K.stream("acme", "w", 0)],
-                              args=["n/1", "n", "2.0", entry,
-                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
+    token, *_ = await claim_script(s)(
+        keys=[K.task(TID), K.attempts(TID), K.fence, K.stream("acme", "w", 0)],
+        args=["n/1", "n", "2.0", entry, records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
 
     async def ask(fence: int, key: str, ask_id: str, per_task: int = 10) -> Any:
         return await ask_script(keys=[K.task(TID), K.task_asks(TID), K.ask(ask_id),

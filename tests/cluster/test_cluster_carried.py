@@ -32,6 +32,7 @@ from corral.supervisor.tasks import TaskFinished, TaskStatus
 from corral.supervisor.tasks.payload import Output
 
 from ..redis_harness import RedisServer
+from .claimscript import claim_script
 from .test_cluster_calls import CALL_ID, KEY, K, Node, record, row
 from .test_cluster_held_rows import _status
 from .test_cluster_rides import TASK as NEXT
@@ -76,10 +77,10 @@ async def _ended_here(n: Node, outbox: Outbox) -> ClusterTask:
                    args=[DONE, "w", b"{}", 0, "", "", "1.0", "a", 0, "0", "", "", "",
                          "default", "mac"])
     entry = await n.calls.redis.hget(K.task(DONE), "entry")
-    token, *_ = await s.claim(keys=[K.task(DONE), K.attempts(DONE), K.fence, stream],
-                              args=[n.membership.consumer, "a", "2.0", entry,
-                                    records.claimed_attempt("a", 2.0), 0, "30.0",
-                                    "default"])
+    token, *_ = await claim_script(s)(
+        keys=[K.task(DONE), K.attempts(DONE), K.fence, stream],
+        args=[n.membership.consumer, "a", "2.0", entry, records.claimed_attempt("a", 2.0), 0,
+              "30.0", "default"])
     task = ClusterTask(DONE, "w", msgspec.Raw(b"{}"), 0, 30.0, 0, 1.0, token=token,
                        base=0, entry=entry.decode(), stream=stream,
                        consumer=n.membership.consumer)

@@ -29,6 +29,7 @@ from corral.supervisor.config import ClusterSettings
 from corral.supervisor.tasks.chunks import START, OutputChunk
 
 from ..redis_harness import RedisServer
+from .claimscript import claim_script
 
 pytestmark = pytest.mark.timeout(60)
 K = Keys("t")
@@ -44,10 +45,9 @@ async def claimed(s: Scripts, client: Any) -> ClusterTask:
                    args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "acme",
                          "mac"])
     entry = await client.hget(K.task(TID), "entry")
-    token, *_ = await s.claim(keys=[K.task(TID), K.attempts(TID), K.fence,
-                                    K.stream("acme", "w", 0)],
-                              args=["n/1", "n", "2.0", entry,
-                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
+    token, *_ = await claim_script(s)(
+        keys=[K.task(TID), K.attempts(TID), K.fence, K.stream("acme", "w", 0)],
+        args=["n/1", "n", "2.0", entry, records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
     return ClusterTask(TID, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=token, base=0,
                        entry=entry.decode(), stream=K.stream("acme", "w", 0),
                        consumer="n/1")

@@ -37,6 +37,7 @@ from corral.supervisor.tasks.sessions import SessionKey
 from ..daemon_harness import PY
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
+from .claimscript import claim_script
 from .harness import Node, cluster_key, nodes
 from .test_cluster_specs import log
 
@@ -346,10 +347,9 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
 
     async def claim(tid: str) -> Any:
         entry = await client.hget(T.task(tid), "entry")
-        return await s.claim(keys=[T.task(tid), T.attempts(tid), T.fence,
-                                   T.stream("t1", "w", 0)],
-                             args=["n/1", "n", "2.0", entry,
-                                   records.claimed_attempt("n", 2.0), 2, "30.0", "t1"])
+        return await claim_script(s)(
+            keys=[T.task(tid), T.attempts(tid), T.fence, T.stream("t1", "w", 0)],
+            args=["n/1", "n", "2.0", entry, records.claimed_attempt("n", 2.0), 2, "30.0", "t1"])
 
     token, *_, cp, name, state = await claim(first)
     assert (cp, name, state) == (None, b"s", None)  # no checkpoint, the session, no state
@@ -406,9 +406,9 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
                   *await turn_args(Scripts(client), T, W), "", "", "t1", "mac"]) == 1
     entry = await client.hget(T.task(first), "entry")
     await client.set(T.alive("b/1"), b"{}")  # b claims it alive, then dies
-    await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("t1", "w", 0)],
-                  args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0,
-                        "30.0", "t1"])
+    await claim_script(s)(
+        keys=[T.task(first), T.attempts(first), T.fence, T.stream("t1", "w", 0)],
+        args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0, "30.0", "t1"])
     await client.delete(T.alive("b/1"))
     await client.hset(T.task(first), "retry_lost", 0)  # (lost at once: at most once)
     assert await take_over(RedisPart(s, T, Trust(None, "t", print)),

@@ -25,6 +25,7 @@ from corral.supervisor.config import ClusterSettings
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_durable import fleet, lines
+from .claimscript import claim_script
 from .harness import Node, nodes
 from .test_cluster_specs import log
 
@@ -118,10 +119,9 @@ async def test_only_the_claim_writes_steps_and_they_go_with_the_task(client: Any
                           args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "",
                                 "", "acme", "mac"]) == 1
     entry = await client.hget(K.task(TID), "entry")
-    token, *_ = await s.claim(keys=[K.task(TID), K.attempts(TID), K.fence,
-                                    K.stream("acme", "w", 0)],
-                              args=["n/1", "n", "2.0", entry,
-                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
+    token, *_ = await claim_script(s)(
+        keys=[K.task(TID), K.attempts(TID), K.fence, K.stream("acme", "w", 0)],
+        args=["n/1", "n", "2.0", entry, records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
 
     async def step(fence: int, drop: str, *fields: str) -> Any:
         return await s.step(keys=[K.task(TID), K.steps(TID)], args=[fence, drop, *fields])
@@ -195,10 +195,9 @@ async def test_a_step_the_fence_or_redis_refuses_fails_its_call_with_the_reason(
                    args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "acme",
                          "mac"])
     entry = await client.hget(K.task(TID), "entry")
-    token, *_ = await s.claim(keys=[K.task(TID), K.attempts(TID), K.fence,
-                                    K.stream("acme", "w", 0)],
-                              args=["n/1", "n", "2.0", entry,
-                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
+    token, *_ = await claim_script(s)(
+        keys=[K.task(TID), K.attempts(TID), K.fence, K.stream("acme", "w", 0)],
+        args=["n/1", "n", "2.0", entry, records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
 
     def task(fence: int) -> ClusterTask:
         return ClusterTask(TID, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=fence,

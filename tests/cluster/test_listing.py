@@ -16,6 +16,8 @@ from corral.cluster.trust import Trust
 from corral.jsonrpc import RpcError
 from corral.supervisor.tasks.ids import IdClock
 
+from .claimscript import claim_script
+
 K = Keys("t")
 T0 = 1_750_000_000.0  # the first task's time; each next one a millisecond later
 
@@ -37,9 +39,9 @@ async def submit_many(s: Scripts, agents: list[str]) -> list[str]:
 
 async def finish(s: Scripts, c: Any, tid: str, agent: str, status: str) -> None:
     entry = await c.hget(K.task(tid), "entry")
-    got = await s.claim(keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("acme", agent, 0)],
-                        args=["n/1", "n", "2.0", entry, records.claimed_attempt("n", 2.0),
-                              0, "30.0", "acme"])
+    got = await claim_script(s)(
+        keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("acme", agent, 0)],
+        args=["n/1", "n", "2.0", entry, records.claimed_attempt("n", 2.0), 0, "30.0", "acme"])
     if status == "running":
         return
     assert await s.finish(

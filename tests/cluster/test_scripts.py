@@ -16,6 +16,8 @@ from corral.cluster.reaper import take_over
 from corral.cluster.scripts import RedisPart, Scripts
 from corral.cluster.trust import Trust
 
+from .claimscript import claim_script
+
 K = Keys("t")
 TID = "0190a5c0-0000-7000-8000-00000000000{}"
 ATTEMPT = b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"succeeded"}'
@@ -52,7 +54,7 @@ async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
     was = await c.exists(K.alive(consumer))
     await c.set(K.alive(consumer), b"{}")
     try:
-        return await s.claim(
+        return await claim_script(s)(
             keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("acme", "w", 0)],
             args=[consumer, consumer.split("/")[0], "2.0", entry,
                   records.claimed_attempt("n", 2.0), 2, "30.0", TENANT[0]])
@@ -429,11 +431,10 @@ async def test_an_incarnation_whose_key_lapsed_claims_nothing_and_reads_nothing(
     stream = K.stream("acme", "w", 0)
     assert await submit(s, 1) == 1
     entry = await client.hget(K.task(TID.format(1)), "entry")
-    assert await s.claim(keys=[K.task(TID.format(1)), K.attempts(TID.format(1)), K.fence,
-                               stream],
-                         args=["gone/1", "gone", "2.0", entry,
-                               records.claimed_attempt("gone", 2.0), 2, "30.0", "acme"]
-                         ) is None
+    assert await claim_script(s)(
+        keys=[K.task(TID.format(1)), K.attempts(TID.format(1)), K.fence, stream],
+        args=["gone/1", "gone", "2.0", entry, records.claimed_attempt("gone", 2.0), 2, "30.0",
+              "acme"]) is None
     [got] = await s.run([(s.read_claim, [K.fence, stream],
                           ["gone/1", "gone", "2.0", records.claimed_attempt("gone", 2.0), 2,
                            "30.0", 10, K.prefix, 1, "acme"])])

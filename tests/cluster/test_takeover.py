@@ -47,7 +47,8 @@ def claim_unknown_to_b(redis: RedisServer, task_id: str) -> None:
 
     from corral.cluster import records
     from corral.cluster.keys import GROUP, Keys
-    from corral.cluster.scripts import CLAIM
+
+    from .claimscript import CLAIM
 
     k = Keys("test")
     r = redis_py.Redis(port=redis.port)

@@ -42,6 +42,7 @@ from corral.supervisor.tasks.taskmachine import (
 )
 
 from ..redis_harness import RedisServer
+from .claimscript import claim_script
 
 K = Keys("m")
 TID = "0190a5c0-0000-7000-8000-0000000000{:02d}"
@@ -104,7 +105,7 @@ class Record:
                                b'{"replica":0,"pid":1,"started":1.0,"outcome":"lost"}')
         await self.c.set(K.alive("b/1"), b"{}")
         try:
-            got = await self.s.claim(
+            got = await claim_script(self.s)(
                 keys=[K.task(self.tid), K.attempts(self.tid), K.fence, STREAM],
                 args=["b/1", "b", "2.0", await self.entry(),
                       records.claimed_attempt("b", 2.0), 2, "30.0", "acme", retry_lost])
