@@ -272,10 +272,11 @@ async def cluster_floor(port: int, n: int = 2000) -> dict[str, float]:
                    args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "acme", "mac"])
     entry = await client.hget(keys.task(tid), "entry")
     await client.set(keys.alive("n/1"), b"{}")  # a claim is a live incarnation's
-    token, *_ = await s.claim(keys=[keys.task(tid), keys.attempts(tid), keys.fence,
-                                    keys.stream("acme", "w", 0)],
-                              args=["n/1", "n", "2.0", entry,
-                                    records.claimed_attempt("n", 2.0), 2, "30.0", "acme"])
+    # read and claimed as a node's puller does (scripts.READ_CLAIM): its token, 4th
+    [(_, [(_, _, _, token, *_)], *_)] = await s.run([(
+        s.read_claim, [keys.fence, keys.stream("acme", "w", 0)],
+        ["n/1", "n", "2.0", records.claimed_attempt("n", 2.0), 2, "30.0", 1, keys.prefix,
+         1, "acme"])])
     task = ClusterTask(tid, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=int(token),
                        base=0, entry=entry.decode(), stream=keys.stream("acme", "w", 0),
                        consumer="n/1")
