@@ -40,13 +40,6 @@ if TYPE_CHECKING:
     from .stream import Stream as Stream
     from .stream import Subscription as Subscription
     from .stream import Tick as Tick
-    from .tasks import Task as Task
-    from .tasks import TaskInfo as TaskInfo
-    from .tasks import TaskJournal as TaskJournal
-    from .tasks import TaskRecord as TaskRecord
-    from .tasks import TaskResult as TaskResult
-    from .tasks import TaskStatus as TaskStatus
-    from .tasks import TaskSummary as TaskSummary
 
 # each name's module
 MODULES: dict[str, tuple[str, ...]] = {
@@ -60,8 +53,6 @@ MODULES: dict[str, tuple[str, ...]] = {
     "replica": ("AgentHost", "Replica"),
     "stats": ("Stats",),
     "stream": ("Checkpoint", "ListChanged", "Stall", "Stream", "Subscription", "Tick"),
-    "tasks": ("Task", "TaskInfo", "TaskJournal", "TaskRecord", "TaskResult", "TaskStatus",
-              "TaskSummary"),
 }
 _MODULE_OF = {name: module for module, names in MODULES.items() for name in names}
 
