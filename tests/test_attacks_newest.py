@@ -441,7 +441,9 @@ def test_a_skills_uri_walks_out_of_an_admitted_skill_to_no_other(daemon: Daemon)
         f"skill {out}/SKILL.md of MCP server sk refused: no digest is listed for it to be "
         "checked by")}
     got = skill_rpc(d, NARROW, "skills/get", f"{out}/SKILL.md")["error"]
-    assert got["message"] == f"skill {out}/SKILL.md: no server this client may use has it"
+    assert got["message"] == ("skill sk__weather-report is not allowed for gateway client "
+                              "narrow (its tools allowlist: ['sk__deploy-check', "
+                              "'many__*'])")
     listed = skill_rpc(d, NARROW, "resources/directory/read", out)["error"]
     assert listed["message"] == f"resources/directory/read {out}: no directory of a skill"
     assert "Weather report" not in json.dumps([read, got, listed])

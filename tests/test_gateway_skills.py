@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from corral import jsonrpc
+
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 
 httpx2 = pytest.importorskip("httpx2")
@@ -203,6 +205,9 @@ anonymous_tools = ["sk__deploy-check"]
                             ("resources/read", "skill://sk/weather-report/SKILL.md"),
                             ("resources/read",
                              "skill://sk/weather-report/templates/report.md")):
+            # the chain's view link's refusal, in its one form (decision 1691)
             assert rpc(g, "", method, {"uri": uri})["error"] == {
-                "code": -32602, "message": f"skill {uri}: no server this client may use "
-                                           "has it", "data": {"uri": uri}}, (method, uri)
+                "code": jsonrpc.TOOL_NOT_ALLOWED,
+                "message": "skill sk__weather-report is not allowed for gateway client "
+                           "anonymous (its tools allowlist: ['sk__deploy-check'])"}, (
+                method, uri)

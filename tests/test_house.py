@@ -251,12 +251,6 @@ CHAIN_LINKS = {
 }
 # what answers no call, with a check of its own: the scrape of /metrics (its token's scope)
 NOT_A_CALL = {"corral/daemon/http/metrics.py"}
-# doors not yet moved into the chain, each naming why (decision 1104)
-NOT_YET_IN_THE_CHAIN: dict[str, str] = {
-    # DESIGN 28 names a skill read a call: the gateway's skills judge a client's view of
-    # a skill (its allowlist, as SERVER__SKILL) themselves until a read is a Call
-    "corral/daemon/gatewayskills.py": "a skill read is not yet a Call",
-}
 # the calls that are a check of a call: a tool call's budget, a policy rule's verdict (a
 # client's too, decision 1641), the approval policy's terms, a call of no task's gate,
 # a model call's view, approval terms
@@ -304,11 +298,11 @@ def call_checks(path: Path, root: Path = ROOT) -> list[str]:
 def test_no_policy_budget_approval_or_pin_check_is_outside_the_chains_links() -> None:
     outside = [c for p in sorted(CORRAL.rglob("*.py"))
                if p.relative_to(ROOT).as_posix() not in
-               CHAIN_LINKS | NOT_A_CALL | set(NOT_YET_IN_THE_CHAIN)
+               CHAIN_LINKS | NOT_A_CALL
                for c in call_checks(p)]
+    # a door checks nothing itself: its skill reads and /mcp/corral's view of an agent
+    # included (decisions 1690 and 1691)
     assert outside == []
-    # and each door not yet moved still checks (else its entry is stale)
-    assert all(call_checks(ROOT / p) for p in NOT_YET_IN_THE_CHAIN)
 
 
 def test_the_check_scan_sees_a_door_that_checks_a_call_itself(tmp_path: Path) -> None:

@@ -122,7 +122,8 @@ class AuditLink(TaskInterceptor):
     """The chain's audit link (tasks/chain.py), around every other link: each tool call
     one row when it is answered, at every door (the worker link's `worker.call` by `agent
     LABEL`, a gateway door's `gateway.call` by `gateway client LABEL`, the model gateway's
-    `model.call` by `agent LABEL`), a call some link refused among them. An answered call
+    `model.call` by `agent LABEL`; a skill read `gateway.call` naming its skill and method,
+    decision 1691), a call some link refused among them. An answered call
     is the store's cheaper `call_row` at every door, and no line of the daemon log (its two
     writes on the loop were two thirds of a worker's row's cost, and a tenth of an MCP
     call's: decision 1630); a refused or failed one is `Audit.__call__`'s row, in its
@@ -181,6 +182,12 @@ class AuditLink(TaskInterceptor):
             client = call.client
             assert client is not None
             label, tenant, who = client.name, client.tenant, client.who
+        if call.skill is not None:  # a skill read: its skill's SERVER__SKILL, its method
+            self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=tenant,
+                              name=f"gateway client {label}"), GATEWAY_CALL,
+                       {"client": label, "skill": _cut(call.name), "read": call.skill},
+                       outcome, line=outcome != "ok")
+            return None
         task = call.task.id if call.task is not None else None
         params = call_params(label, call.name, task)
         worker = call.door == WORKER

@@ -204,7 +204,8 @@ class GatewayService:
         self.unattributed = 0
         self.seal = StateSeal()  # the states of input requests relayed to clients
         self.own_skills: OwnSkills | None = None  # [gateway] skills_dir, as last loaded
-        self.skills = GatewaySkills(tools, self._tenant_sees, lambda: self.own_skills)
+        self.skills = GatewaySkills(tools, self._tenant_sees, lambda: self.own_skills,
+                                    self._skill_read, self._sees_skill)
 
     # -- configuration --------------------------------------------------------------------
     def open_tokens(self, authenticate: Callable[[str], Token | None]) -> None:
@@ -641,6 +642,25 @@ class GatewayService:
                                 lambda handle: self.agent_tools.outcome(ident, task_id))
         return await self._entered(self._agent_call_of(ident, name)._replace(
             arguments=arguments, key=key, meta=said, wire=DoorWire(made=submitted)))
+
+    def _skill_call(self, ident: Identity, name: str, method: str = "skills/get") -> Call:
+        """A skill read as the chain reads it: its SERVER__SKILL `name`, its method."""
+        return Call(ident.replica, name, {}, None,
+                    door=MCP if ident.server is None else MCP_SERVER,
+                    client=self._client(ident), skill=method)
+
+    async def _skill_read(self, ident: Identity, method: str, params: dict[str, Any],
+                          name: str, made: Callable[[], Awaitable[Any]]) -> Any:
+        """A skill read (DESIGN 28): a Call of the one chain, whose view link judges it,
+        its trace and audit links as any call's, its dispatch the read `made` (decision
+        1691); `params`'s `_meta` its trace context."""
+        return await self._entered(self._skill_call(ident, name, method)._replace(
+            meta=_trace_meta(params), wire=DoorWire(made=lambda call: made())))
+
+    def _sees_skill(self, ident: Identity, name: str) -> bool:
+        """Whether the chain's view link admits the client's read of the skill `name`
+        (read for the skills' lists: what may be read, no more)."""
+        return self.chain.refused(self._skill_call(ident, name)) is None
 
     async def _entered(self, call: Call) -> Any:
         answer = self.chain.enter(call)

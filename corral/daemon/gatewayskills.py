@@ -11,12 +11,12 @@ import base64
 import binascii
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..mcp.pool import SEP, allowed
+from ..mcp.pool import SEP
 from .caller import GatewayCaller
 from .mcptasks import AGENTS_VIEW
 
@@ -83,11 +83,23 @@ def of_skill(entry: dict[str, Any], uri: str) -> bool:
 
 
 class GatewaySkills(Generic[Identity]):
+    """The door's part of a skill read (decision 1691): what it names, read from its URI
+    (the server, the skill of a file), and the read itself, checked against its digest;
+    whether the client may make it is the chain's view link's, whose verdict the listing
+    reads too."""
+
     def __init__(self, tools: Tools, sees: Callable[[Identity, str], bool],
-                 own: Callable[[], OwnSkills | None]) -> None:
+                 own: Callable[[], OwnSkills | None],
+                 read: Callable[[Identity, str, dict[str, Any], str,
+                                 Callable[[], Awaitable[Any]]], Awaitable[Any]],
+                 in_view: Callable[[Identity, str], bool]) -> None:
         self.tools = tools
         self.sees = sees  # whether the client's tenant sees a tool's server now
         self.own = own  # the operator's skills as the config last loaded them
+        # a read (its method, the request's params, its SERVER__SKILL, the read to make)
+        # as a Call of the one chain; and its view link's verdict on one, for the lists
+        self.read = read
+        self.in_view = in_view
 
     async def serve(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
         if method == "skills/list":
@@ -100,23 +112,34 @@ class GatewaySkills(Generic[Identity]):
                            f"invalid params: {method} needs a {SCHEME} uri")
         server, src, theirs = await self._route(ident, uri)
         if method == "skills/get":
-            self._admit(ident, server, name_of(theirs), uri)
-            got = await src.request("skills/get", {"uri": theirs},
-                                            timeout=self._timeout(server))
-            skill = got.get("skill") if isinstance(got, dict) else None
-            if not isinstance(skill, dict) or skill.get("uri") != theirs:
-                raise RpcError(jsonrpc.SERVER_ERROR, f"skills/get {uri}: MCP server "
-                                                     f"{server} answered no entry of it")
-            await self._verify(server, src, skill, uri)
-            return {"skill": _shown(ident, server, skill)}
+            return await self.read(ident, method, params, _named(server, name_of(theirs)),
+                                   lambda: self._got(ident, server, src, uri, theirs))
         # a file of a skill: checked against the digest its server lists for it
         entries = await src.list_all("skills/list", "skills", self._timeout(server))
         if method == "resources/directory/read":
-            return await self._directory(ident, server, src, entries, uri, theirs)
+            return await self._directory(ident, server, src, entries, params, uri, theirs)
         skill = next((e for e in entries if of_skill(e, theirs)), None)
-        if skill is not None:
-            self._admit(ident, server, name_of(str(skill.get("uri"))), uri)
-        want = _digest_of(skill, theirs) if skill is not None else None
+        if skill is None:  # (a file of no skill's: no skill to name, nor a digest)
+            raise self._refused(server, uri, "no digest is listed for it to be checked by")
+        want = _digest_of(skill, theirs)
+        return await self.read(ident, method, params,
+                               _named(server, name_of(str(skill.get("uri")))),
+                               lambda: self._file(server, src, uri, theirs, want))
+
+    async def _got(self, ident: Identity, server: str, src: SkillSource, uri: str,
+                   theirs: str) -> dict[str, Any]:
+        """skills/get made: the skill's entry, once its SKILL.md matches its digest."""
+        got = await src.request("skills/get", {"uri": theirs}, timeout=self._timeout(server))
+        skill = got.get("skill") if isinstance(got, dict) else None
+        if not isinstance(skill, dict) or skill.get("uri") != theirs:
+            raise RpcError(jsonrpc.SERVER_ERROR, f"skills/get {uri}: MCP server "
+                                                 f"{server} answered no entry of it")
+        await self._verify(server, src, skill, uri)
+        return {"skill": _shown(ident, server, skill)}
+
+    async def _file(self, server: str, src: SkillSource, uri: str, theirs: str,
+                    want: str | None) -> dict[str, Any]:
+        """A skill's file read, once it matches the digest `want` its skill lists."""
         if want is None:
             raise self._refused(server, uri, "no digest is listed for it to be checked by")
         contents = await self._read(server, src, theirs, want, uri)
@@ -132,7 +155,7 @@ class GatewaySkills(Generic[Identity]):
             for skill in entries:
                 name = name_of(str(skill.get("uri")))
                 if name is None or not self._admits(ident, server, name):
-                    continue
+                    continue  # (one its view does not admit: a read of it is refused)
                 shown = _shown(ident, server, skill)
                 try:
                     await self._verify(server, src, skill, shown["uri"])
@@ -157,15 +180,9 @@ class GatewaySkills(Generic[Identity]):
                 if self._admits(ident, OWN, str(r["name"]))]
 
     def _admits(self, ident: Identity, server: str, skill: str) -> bool:
-        return (ident.allow is None or allowed(f"{server}{SEP}{skill}", ident.allow)) \
-            and self.sees(ident, f"{server}{SEP}")
-
-    def _admit(self, ident: Identity, server: str, skill: str | None, uri: str) -> None:
-        """Refuses a skill the client's allowlist does not admit (one its URI names no
-        skill of is admitted only where every skill is)."""
-        if ident.allow is not None and (skill is None or not self._admits(ident, server,
-                                                                          skill)):
-            raise _unknown(uri)
+        """Whether the chain's view link admits the client's read of the skill (a list
+        shows what may be read, no more)."""
+        return self.in_view(ident, _named(server, skill))
 
     async def _route(self, ident: Identity, uri: str
                      ) -> tuple[str, SkillSource, str]:
@@ -185,22 +202,30 @@ class GatewaySkills(Generic[Identity]):
         return server, found[server], theirs
 
     async def _directory(self, ident: Identity, server: str, src: SkillSource,
-                         entries: list[dict[str, Any]], uri: str, theirs: str
-                         ) -> dict[str, Any]:
+                         entries: list[dict[str, Any]], params: dict[str, Any], uri: str,
+                         theirs: str) -> Any:
         """A skill's directory, or one within it, as its entry lists its files: served by
         corral, once the skill's SKILL.md matches its digest."""
         prefix = theirs.rstrip("/") + "/"
         skill = next((e for e in entries if of_skill(e, prefix)), None)
-        files = skill.get("resources") if skill is not None else None
+        if skill is None:  # (no skill's: none to name)
+            raise _no_directory(uri, "no directory of a skill")
+        return await self.read(ident, "resources/directory/read", params,
+                               _named(server, name_of(str(skill.get("uri")))),
+                               lambda: self._listed_below(ident, server, src, skill, uri,
+                                                          theirs, prefix))
+
+    async def _listed_below(self, ident: Identity, server: str, src: SkillSource,
+                            skill: dict[str, Any], uri: str, theirs: str, prefix: str
+                            ) -> dict[str, Any]:
+        """A directory read made: its entries, as the skill's entry lists its files."""
+        files = skill.get("resources")
         listed = [str(f.get("uri")) for f in files if isinstance(f, dict)] \
             if isinstance(files, list) else []
         below = [u[len(prefix):] for u in listed if u.startswith(prefix)]
-        if skill is not None:
-            self._admit(ident, server, name_of(str(skill.get("uri"))), uri)
-        if skill is None or not below:
-            why = "a file, not a directory" if theirs in listed else "no directory of a skill"
-            raise RpcError(jsonrpc.INVALID_PARAMS, f"resources/directory/read {uri}: {why}",
-                           {"uri": uri})
+        if not below:
+            raise _no_directory(uri, "a file, not a directory" if theirs in listed
+                                else "no directory of a skill")
         await self._verify(server, src, skill, uri)
         shown = _shown(ident, server, {"uri": prefix})["uri"]
         children: dict[str, dict[str, Any]] = {}
@@ -258,6 +283,18 @@ class GatewaySkills(Generic[Identity]):
 def _unknown(uri: str) -> RpcError:
     return RpcError(jsonrpc.INVALID_PARAMS,
                     f"skill {uri}: no server this client may use has it", {"uri": uri})
+
+
+def _no_directory(uri: str, why: str) -> RpcError:
+    return RpcError(jsonrpc.INVALID_PARAMS, f"resources/directory/read {uri}: {why}",
+                    {"uri": uri})
+
+
+def _named(server: str, skill: str | None) -> str:
+    """A skill's SERVER__SKILL, as an allowlist admits it and a Call names it (a skill
+    its URI does not name: its server's alone, `SERVER__`, which admits it only where
+    every skill of its server is admitted)."""
+    return f"{server}{SEP}{skill or ''}"
 
 
 def _digest_of(skill: dict[str, Any], uri: str) -> str | None:

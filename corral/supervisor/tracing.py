@@ -64,12 +64,13 @@ Span = tuple[int, int, int, str, int, float, float, "str | None", dict[str, Any]
 #        the ids are the exporter's to derive; session: the session it is a turn of, or
 #        None; a record stored before sessions were traced ends at events)
 # TOOL: (TOOL, trace_hi, trace_lo, span_id, parent_id, name, task_id, attempt, transport,
-#        request_id, start, end, error, agent, door, call_id): a tool call, a worker's or
+#        request_id, start, end, error, agent, door, call_id[, read]): a tool call, a worker's or
 #        a gateway client's (task_id "gateway:CLIENT" or, a replica's of no task on the
 #        worker link, "replica:LABEL"; attempt 0); agent: the calling agent's name, door:
 #        the door it came by (tasks/call.py), call_id: its idempotency key (a journaled
 #        call's; `call_id_of`); a gateway client's that is no agent's, and a record of an earlier
-#        corral, ends at error
+#        corral, ends at error; read: a skill read's method (decision 1691), its name the
+#        skill's SERVER__SKILL
 # SPAN: (SPAN, trace_hi, trace_lo, span_id, parent_id, name, key, kind, start, end, error,
 #        attributes): a span made whole where it ended (a workflow run's, a step's:
 #        daemon/workflows/runtraces.py); `key` the id it is read back by (a task's id,
@@ -189,7 +190,9 @@ class Tracer(TaskInterceptor):
         task = call.task
         said = CALLER.get()
         r = call.replica  # (None: a gateway client's, no agent's, named by its client)
-        more = (r.name if r is not None else None, call.door, call.key)
+        more: tuple[Any, ...] = (r.name if r is not None else None, call.door, call.key)
+        if call.skill is not None:
+            more += (call.skill,)
         if task is None:
             context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
                 if said else None
@@ -209,6 +212,9 @@ class Tracer(TaskInterceptor):
                            trace.tracestate, functools.partial(self._keep, trace),
                            parent or trace.attempt_span(task.attempt), call.name, task.id,
                            task.attempt, more)
+
+    # a skill read's span is a call of no task's, its method in its record (decision 1691)
+    intercept_skill_read = intercept_tool_call
 
     # -- the context in -----------------------------------------------------------------------
     def begin(self, task: Task, traceparent: str | None, tracestate: str | None) -> None:
@@ -614,12 +620,15 @@ def _tool(record: Sequence[Any]) -> Span:
     (_, hi, lo, span_id, parent, name, task_id, attempt, transport, request_id, start,
      end, error) = record[:13]
     agent, door = record[13:15] if len(record) > 13 else (None, None)
+    read = record[16] if len(record) > 16 else None  # a skill read's method
     tid = hi << 64 | lo
     server, _, tool = name.partition(SEP)
-    operation = operation_of(server)
+    operation = operation_of(server) if read is None else None
     attrs: dict[str, Any] = {
         "mcp.method.name": "tools/call", "gen_ai.operation.name": operation,
         "gen_ai.tool.name": tool or name, "corral.mcp.server": server,
+        "network.transport": transport} if read is None else {
+        "mcp.method.name": read, "corral.skill.name": tool, "corral.mcp.server": server,
         "network.transport": transport}
     # the agent: the invoked one of an agent called as a tool, else the calling one
     if operation == "invoke_agent":
@@ -635,10 +644,11 @@ def _tool(record: Sequence[Any]) -> Span:
     else:
         attrs["corral.task.id"] = task_id
         attrs["corral.attempt"] = attempt
-    attrs["gen_ai.tool.call.id"] = call_id_of(record)
+    if read is None:
+        attrs["gen_ai.tool.call.id"] = call_id_of(record)
     if request_id is not None:
         attrs["jsonrpc.request.id"] = str(request_id)
     if error is not None:
         attrs["error.type"] = "tool_error" if error == "tool_error" else "rpc_error"
-    return (tid, span_id, parent, f"tools/call {tool or name}", CLIENT, start, end, error,
-            attrs, (), task_id)
+    return (tid, span_id, parent, f"{read or 'tools/call'} {tool or name}", CLIENT, start,
+            end, error, attrs, (), task_id)

@@ -44,7 +44,8 @@ DOORS = TASK_DOORS + IDLE_DOORS + ("stdio idle",)
 TOKEN_DOORS = ("/mcp client", "/mcp/NAME client", "stdio client")
 CLIENT_DOORS = (*TOKEN_DOORS, "stdio operator")
 CLIENT, CLIENT_TOKEN = "plain", "door-suite-token-of-a-client-that-is-no-agents"
-CLIENT_TOOLS = ["pol__http_get", "drift__*", "corral__denied", "corral__target"]
+CLIENT_TOOLS = ["pol__http_get", "drift__*", "corral__denied", "corral__target",
+                "sk__deploy-check"]
 # the client's call of an agent at /mcp/corral: a Call of the chain whose dispatch is the
 # door's submission of its task (decision 1645)
 AGENTS_CLIENT = "/mcp/corral client"
@@ -83,7 +84,7 @@ def agents(tmp: Path) -> str:
         # (its allowlist names corral__caller, its spawns do not: test_doors.py's view)
         spawns = ["target", "denied", "mailer", "queued"]
         tools = ["pol__*", "drift__*", "corral__target", "corral__denied", "corral__mailer",
-                 "corral__queued", "corral__caller"]
+                 "corral__queued", "corral__caller", "sk__deploy-check"]
     """)
     # the agent submissions start (test_submissions.py): its sensitive mail waits for a
     # person, who is told why (a label, or its `approve`)
@@ -110,6 +111,9 @@ def agents(tmp: Path) -> str:
             'tools_untrusted = ["fetch"]\ntools_sensitive = ["send_mail"]\nshared = true\n\n'
             f'[mcp_servers.drift]\ncommand = ["{PY}", "{SERVERS}/drifting_mcp.py", '
             f'"{tmp}/description"]\n\n'
+            # skills (SEP-2640): a skill read is a call (test_doors.py, decision 1691)
+            f'[mcp_servers.sk]\ncommand = ["{PY}", "{SERVERS}/skills_mcp.py"]\n'
+            'start_timeout = 30.0\n\n'
             '[[policy]]\nname = "no pay"\nmatch = { tool = "pol__pay" }\neffect = "deny"\n\n'
             '[[policy]]\nname = "no denied agent"\nmatch = { tool = "corral__denied" }\n'
             'effect = "deny"\n\n'

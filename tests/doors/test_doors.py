@@ -524,3 +524,81 @@ def test_a_clients_agent_call_a_rule_holds_gets_its_handle_once_a_person_decides
         return got if got["status"] == "completed" else None
     result = wait_until(done, PATIENCE, "the handle completed")["result"]
     assert (result["structuredContent"], result["isError"]) == (arguments, False), result
+
+
+SKILLS = "io.modelcontextprotocol/skills"
+SKILL_DOORS = ("/mcp client", "/mcp/NAME client", "/mcp idle", "/mcp/NAME idle")
+
+
+def skill_read(url: str, token: str, method: str, uri: str) -> dict[str, Any]:
+    """One 2026-07-28 request of a skill's URI at `url` with `token` (the MCP SDK has no
+    skills client): its JSON-RPC answer."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"uri": uri, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {SKILLS: {}}}}}}
+    where = urlsplit(url)
+    assert where.hostname is not None
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=PATIENCE)
+    try:
+        conn.request("POST", where.path, json.dumps(body), {
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": VERSION,
+            "Mcp-Method": method, **({"Mcp-Name": uri} if method == "resources/read"
+                                     else {})})
+        said: dict[str, Any] = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    return said
+
+
+def skill_rows(d: Entry, skill: str) -> list[tuple[str, str, str]]:
+    """The (client, method, outcome) of each audit row of a read of `skill`, every node's."""
+    return [(e["params"]["client"], e["params"]["read"], e["outcome"])
+            for at in range(len(d.home.entries))
+            for e in d.home.call("audit.list", {"limit": 1000}, at=at)["entries"]
+            if isinstance(e["params"], dict) and e["params"].get("skill") == skill]
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", SKILL_DOORS)
+def test_a_skill_read_is_a_call_the_view_link_judges_and_the_audit_keeps(
+        daemon: Entry, door: str) -> None:
+    """DESIGN 28 names a skill read a call (decision 1691): the caller's read of a skill
+    its allowlist admits (as SERVER__SKILL) is made, its file or its entry alike, one row
+    each; one it does not admit is refused by the chain's view link in the one form every
+    caller is refused in, and each refusal is one row (the gateway judged it itself, in
+    words of its own, and kept no row)."""
+    d = daemon
+    if door in TOKEN_DOORS:
+        url, token = d.ask("gateway.status", {})["url"], CLIENT_TOKEN
+        caller = f"gateway client {CLIENT}"
+    else:
+        env = d.ask("tasks.run", {"agent": "caller", "input": {"env": True}})["output"]
+        url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+        caller = "agent caller"
+    at, base = (url + "/sk", "skill://") if "NAME" in door else (url, "skill://sk/")
+    before = {s: len(skill_rows(d, s)) for s in ("sk__deploy-check", "sk__weather-report")}
+    got = skill_read(at, token, "skills/get", f"{base}deploy-check/SKILL.md")
+    assert got["result"]["skill"]["uri"] == f"{base}deploy-check/SKILL.md", got
+    refused = skill_read(at, token, "skills/get", f"{base}weather-report/SKILL.md")
+    error = refused["error"]
+    assert error["code"] == jsonrpc.TOOL_NOT_ALLOWED and error["message"].startswith(
+        f"skill sk__weather-report is not allowed for {caller} (its tools allowlist: ["), \
+        refused
+    if door in TOKEN_DOORS:
+        assert error["message"] == (f"skill sk__weather-report is not allowed for {caller} "
+                                    f"(its tools allowlist: {CLIENT_TOOLS})"), refused
+    file = skill_read(at, token, "resources/read", f"{base}weather-report/templates/report.md")
+    assert file.get("error") == error, file
+
+    def rows_past(skill: str, more: int) -> list[tuple[str, str, str]] | None:
+        now = skill_rows(d, skill)
+        return now[before[skill]:] if len(now) >= before[skill] + more else None
+    made = wait_until(lambda: rows_past("sk__deploy-check", 1), PATIENCE, "the read's row")
+    held = wait_until(lambda: rows_past("sk__weather-report", 2), PATIENCE,
+                      "the refusals' rows")
+    assert [(m, o) for _, m, o in made] == [("skills/get", "ok")], made
+    assert sorted((m, o) for _, m, o in held) == [
+        ("resources/read", f"error: {error['message']}"),
+        ("skills/get", f"error: {error['message']}")], held
+    assert len({c for c, _, _ in made + held}) == 1, (made, held)  # one caller's

@@ -114,8 +114,10 @@ def config(tmp: Path, port: int) -> str:
             f'[agents.target]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
             f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
             f'[mcp_servers.traced]\ncommand = ["{PY}", "{SERVERS}/traced_mcp.py"]\n\n'
+            f'[mcp_servers.sk]\ncommand = ["{PY}", "{SERVERS}/skills_mcp.py"]\n'
+            'start_timeout = 30.0\n\n'
             f'[gateway]\nlisten = "127.0.0.1:0"\n'
-            f'tokens_file = "{tokens_file(tmp, ["traced__*"])}"\n\n'
+            f'tokens_file = "{tokens_file(tmp, ["traced__*", "sk__*"])}"\n\n'
             f'[tracing]\nendpoint = "http://127.0.0.1:{port}/v1/traces"\nsample = 1.0\n'
             "export_interval = 0.2\n")
 
@@ -304,3 +306,40 @@ def test_a_clients_call_is_one_span_under_its_context(home: Home, door: str) -> 
             a["corral.gateway.client"]) == ("execute_tool", "where", DOOR[door], client), a
     assert "gen_ai.agent.name" not in a, a
     assert text == f"00-{trace}-{span.span_id.hex()}-01", text
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", ("/mcp client", "/mcp/NAME client"))
+def test_a_skill_read_is_one_span_under_its_callers_context(home: Home, door: str) -> None:
+    """A skill read is a call of the chain (decision 1691): its trace link makes one
+    client span, the child of the context its client sent in `params._meta`, named and
+    attributed as MCP's conventions name a request (`mcp.method.name` its method, no
+    GenAI tool), its skill, server, door and client named."""
+    trace = secrets.token_hex(16)
+    path, uri = ("", "skill://sk/deploy-check/SKILL.md") if door == "/mcp client" else (
+        "/sk", "skill://deploy-check/SKILL.md")
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "skills/get", "params": {
+        "uri": uri, "_meta": {
+            "traceparent": f"00-{trace}-{SPAN}-01",
+            "io.modelcontextprotocol/protocolVersion": VERSION,
+            "io.modelcontextprotocol/clientCapabilities": {"extensions": {
+                "io.modelcontextprotocol/skills": {}}}}}}).encode()
+    req = urllib.request.Request(home.call("gateway.status", {})["url"] + path, data=body,
+                                 headers={
+        "Authorization": f"Bearer {CLIENT_TOKEN}", "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": VERSION,
+        "Mcp-Method": "skills/get"})
+    with urllib.request.urlopen(req, timeout=PATIENCE) as r:
+        said = json.loads(r.read())
+    assert said["result"]["skill"]["uri"] == uri, said
+
+    def spans() -> list[Any]:
+        return [s for s in Receiver.received() if s.kind == CLIENT
+                and s.trace_id.hex() == trace]
+    (span,) = wait_until(spans, PATIENCE, "the read's span")
+    assert (span.name, span.parent_span_id.hex()) == ("skills/get deploy-check", SPAN)
+    a = attrs(span)
+    assert (a["mcp.method.name"], a["corral.skill.name"], a["corral.mcp.server"],
+            a["corral.call.door"], a["corral.gateway.client"]) == (
+        "skills/get", "deploy-check", "sk", DOOR[door], GATEWAY_CLIENT), a
+    assert not [k for k in a if k.startswith("gen_ai.")], a

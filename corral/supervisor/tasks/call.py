@@ -1,8 +1,8 @@
-"""The `Call` (DESIGN section 28): one value for a tool call whatever door it came by —
-who makes it (its replica, and so its agent and tenant; its task or none; or a gateway
-client that is no agent's, its `GatewayClient`), what it names, its arguments, its key
-and its door. A door reads its wire into a Call, the chain (chain.py) runs it, and the
-door writes the outcome back in its wire.
+"""The `Call` (DESIGN section 28): one value for a tool call (or a skill read) whatever
+door it came by — who makes it (its replica, and so its agent and tenant; its task or
+none; or a gateway client that is no agent's, its `GatewayClient`), what it names, its
+arguments, its key and its door. A door reads its wire into a Call, the chain
+(chain.py) runs it, and the door writes the outcome back in its wire.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class Call(NamedTuple):
     `task/spawn` judged as a call of `corral__AGENT` (spawn.py), `key` the spawn's (its
     ask's by it); `meta`: the caller's `_meta` (its trace context); `door`: which door it
     came by; `model`: a model call's request as the model gateway read it (`name` its
-    model's)."""
+    model's); `skill`: a skill read's method (`skills/get`, `resources/read` of a skill's
+    file, `resources/directory/read`), `name` the skill's SERVER__SKILL (decision 1691)."""
 
     replica: Replica | None
     name: str
@@ -82,6 +83,7 @@ class Call(NamedTuple):
     wire: DoorWire | None = None
     model: ModelCall | None = None
     client: GatewayClient | None = None
+    skill: str | None = None
 
     @property
     def agent(self) -> Replica:

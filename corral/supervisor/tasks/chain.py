@@ -22,6 +22,12 @@ Around them all, audit (daemon/audit.py `AuditLink`, an interceptor's `intercept
 one row a call whatever its door and whichever link answered it. The gateway's client
 limits are its door's.
 
+A skill read (`call.skill`, at /mcp and /mcp/NAME; decision 1691) passes identity and
+view (its SERVER__SKILL as an allowlist admits it), the interceptors'
+`intercept_skill_read` (trace), and the door's read; audit around it as around every
+call. It is of no task and asks nothing of a person: the journal, budget, rules, labels,
+approval and pins are a tool call's.
+
 A model call (its door the model gateway, `call.model` its request) passes its own
 links: its view (modelview.py), the journal, then the interceptors' `intercept_model_call`
 (trace, policy rules, labels and approval, budget: startup.py), then the door's dispatch
@@ -51,12 +57,13 @@ if TYPE_CHECKING:
     from .steps import TaskSteps
 
 
-def not_allowed(tool: str, caller: str, allow: list[str] | None, why: str = "") -> RpcError:
-    """The view link's refusal, in one form at every door: the tool, its caller (`agent
-    NAME`, `gateway client NAME`) and its allowlist (None: every tool, `why` then saying
-    what else keeps it out)."""
+def not_allowed(tool: str, caller: str, allow: list[str] | None, why: str = "",
+                what: str = "tool") -> RpcError:
+    """The view link's refusal, in one form at every door: the tool (`what`: or the
+    skill), its caller (`agent NAME`, `gateway client NAME`) and its allowlist (None:
+    every tool, `why` then saying what else keeps it out)."""
     return RpcError(jsonrpc.TOOL_NOT_ALLOWED,
-                    f"tool {tool} is not allowed for {caller} (its tools allowlist: "
+                    f"{what} {tool} is not allowed for {caller} (its tools allowlist: "
                     f"{['*'] if allow is None else allow}{why})")
 
 
@@ -67,13 +74,14 @@ def out_of_view(call: Call) -> RpcError | None:
     client = call.client
     assert client is not None
     caller = f"gateway client {client.name}"
+    what = "tool" if call.skill is None else "skill"
     if client.allow is not None and not allowed(call.name, client.allow):
-        return not_allowed(call.name, caller, client.allow)
+        return not_allowed(call.name, caller, client.allow, what=what)
     if not client.sees(call.name):  # (a client of no tenant, not the operator: default's)
         tenant = client.tenant if client.tenant is not None else DEFAULT_TENANT
         return not_allowed(call.name, caller, client.allow,
                            f"; tenant {tenant} does not see MCP server "
-                           f"{call.name.partition('__')[0]}")
+                           f"{call.name.partition('__')[0]}", what)
     return None
 
 
@@ -122,6 +130,8 @@ class Chain:
                                              tools.allowed)
         self.model_router = interceptors.compose(TaskInterceptor.intercept_model_call,
                                                  _dispatched)
+        self.skill_router = interceptors.compose(TaskInterceptor.intercept_skill_read,
+                                                 _dispatched)
         # the call's outcome (or an awaitable of it), past every link
         self.enter = interceptors.compose(TaskInterceptor.intercept_call, self._linked)
 
@@ -131,6 +141,8 @@ class Chain:
         refusal = self.refused(call)
         if refusal is not None:
             raise refusal
+        if call.skill is not None:  # a skill read: its trace, then the door's read
+            return self._routed(call, self.skill_router)
         r = call.replica
         if r is None:  # a gateway client's, no agent's: of no task, ever
             # (budget, journal and labels are a task's or a replica's: a client has
@@ -156,7 +168,8 @@ class Chain:
             return out_of_view(call)
         allow = self.allow_of(r)
         if not allowed(call.name, allow):
-            return not_allowed(call.name, f"agent {r.name}", allow)
+            return not_allowed(call.name, f"agent {r.name}", allow,
+                               what="tool" if call.skill is None else "skill")
         if call.name.startswith(AGENT_TOOL):
             # an agent called as a tool starts a task of it: one its `spawns` names
             # (decision 1690: at every door, before any other link counts or holds it)
@@ -189,13 +202,15 @@ class Chain:
         result = self._routed(call)
         return await result if inspect.isawaitable(result) else result
 
-    def _routed(self, call: Call) -> Any:
-        """The router's call, the caller's trace context (`_meta`) set as its span starts."""
+    def _routed(self, call: Call, router: Callable[[Call], Any] | None = None) -> Any:
+        """The router's call (or `router`'s), the caller's trace context (`_meta`) set as
+        its span starts."""
+        route = self.router if router is None else router
         if call.meta is None:
-            return self.router(call)
+            return route(call)
         said = CALLER.set(call.meta)
         try:
-            return self.router(call)
+            return route(call)
         finally:
             CALLER.reset(said)
 
@@ -210,6 +225,7 @@ class Chain:
 
 
 def _dispatched(call: Call) -> Any:
-    """A model call made: the door's own forward to its upstream."""
-    assert call.wire is not None and call.wire.made is not None  # (the model gateway's)
+    """A model call made, or a skill read: the door's own (its upstream's answer, the
+    skill as its server gives it, checked against its digest)."""
+    assert call.wire is not None and call.wire.made is not None  # (the door's, always)
     return call.wire.made(call)

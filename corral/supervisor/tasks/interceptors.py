@@ -88,6 +88,11 @@ class TaskInterceptor:
         an awaitable of its outcome."""
         return next(call)
 
+    def intercept_skill_read(self, call: Call, next: Callable[[Call], Any]) -> Any:
+        """A skill read past its view (`call.skill` its method): an awaitable of what the
+        door read."""
+        return next(call)
+
     def intercept_tool_list(self, replica: Replica, next: Callable[[Replica], Any]) -> Any:
         """The replica's `tools/list` answer, or an awaitable of it."""
         return next(replica)
