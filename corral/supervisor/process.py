@@ -214,7 +214,6 @@ class ChildProcess(asyncio.Protocol):
         self._stdout: asyncio.BaseTransport | None = None
         self._stderr: asyncio.BaseTransport | None = None
         self._on_stderr_lines: Callable[[LineBlock], None] | None = None
-        self._on_stdout_eof: Callable[[Exception | None], None] | None = None
         self.reader: LineProtocol | None = None  # stdout's
         # takes none of the process's requests while its stdin is full (set by the owner)
         self.peer: Peer | None = None
@@ -294,7 +293,6 @@ class ChildProcess(asyncio.Protocol):
         on_stdout_line: Callable[[bytes], None] | None = None,
         on_stderr_lines: Callable[[LineBlock], None],
         on_oversize: Callable[[int, bytes, bytes], None],
-        on_stdout_eof: Callable[[Exception | None], None] | None = None,
         on_stdout_lines: Callable[[LineBlock], None] | None = None,
         on_attach: Callable[[ChildProcess], None] | None = None,
         max_line: int = DEFAULT_MAX_LINE,
@@ -308,7 +306,6 @@ class ChildProcess(asyncio.Protocol):
             on_attach(self)
         loop = self.loop
         self._on_stderr_lines = on_stderr_lines
-        self._on_stdout_eof = on_stdout_eof
         pipes = [stdin, stdout, stderr]  # each as given to its transport, once it is
 
         def given(i: int) -> Any:
@@ -399,8 +396,6 @@ class ChildProcess(asyncio.Protocol):
 
     def _stdout_eof(self, exc: Exception | None) -> None:
         self._pipe_fds[0] = -2
-        if self._on_stdout_eof is not None:
-            self._on_stdout_eof(exc)
         self._pipe_at_eof()
 
     def _stderr_eof(self, exc: Exception | None) -> None:
