@@ -393,10 +393,12 @@ class ClusterCalls(RedisPart):
 
     async def orphans(self) -> list[CallHandover]:
         """The calls running under a dead incarnation's lease, taken by this node and
-        copied into its journal. (None while Redis has not answered for a TTL and a
-        beat: a missing liveness key may be a node yet to beat again.)"""
-        if not self.membership.member or not self.membership.settled():
+        copied into its journal. Until Redis has answered for a TTL and a beat, only the
+        calls of this incarnation whose driver stopped (a missing liveness key may be a
+        node yet to beat again; this node's own key is no other's to wait for)."""
+        if not self.membership.member:
             return []
+        settled = self.membership.settled()
         ids = [i.decode(errors="replace") for i in await read(  # (a Redis writer's: none)
             lambda: self.redis.zrange(self.keys.calls_running, 0, -1))]
         ids = [i for i in ids if i not in self.leases]
@@ -409,8 +411,10 @@ class ClusterCalls(RedisPart):
 
         holders = {i: (h.decode(errors="replace") if h else "") for i, h in zip(
             ids, await read_all(self.redis, fill), strict=True)}
-        alive = await self.membership.alive(sorted({h for h in holders.values() if h}))
         me = self.membership.consumer
+        if not settled:
+            holders = {i: h for i, h in holders.items() if h == me}
+        alive = await self.membership.alive(sorted({h for h in holders.values() if h}))
         taken = []
         for call_id, holder in holders.items():
             if holder in alive and holder != me:  # (this node's own: its driver stopped)

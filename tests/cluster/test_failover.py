@@ -119,11 +119,13 @@ def replicated(tmp: Path, count: int, appendfsync: str = "everysec", at_once: bo
     # Redis 7 waits 5 s (repl-diskless-sync-delay) for more replicas before it streams
     # its data to one that (re)connects: at each start, at a replica's return and after
     # a failover; the tests' replicas come one at a time or all at once
-    # (not for the Sentinel tests: a replica following the promoted primary would load
-    # its data at once while the nodes' writes wait on it; their runs under busy loops
+    # (the first primary streams at once in every test; its replicas wait as Redis does
+    # in the Sentinel tests: a replica following the promoted primary would load its
+    # data at once while the nodes' writes wait on it; their runs under busy loops
     # failed with it)
-    sync = ("--repl-diskless-sync-delay", "0") if at_once else ()
-    primary = RedisServer(tmp / "primary", appendfsync=appendfsync, args=sync).start()
+    at_start = ("--repl-diskless-sync-delay", "0")
+    sync = at_start if at_once else ()
+    primary = RedisServer(tmp / "primary", appendfsync=appendfsync, args=at_start).start()
     replicas: list[RedisServer] = []
     try:
         for i in range(count):
