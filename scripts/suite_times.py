@@ -4,7 +4,10 @@ its tests spent (their own and their reaped children's), both from pytest's cach
 deadlines, backoffs, a child's start, or a core another process held).
 
     .venv/bin/python scripts/suite_times.py [--top N] [--cache DIR] [--write FILE]
-        [--timeline FILE]
+        [--timeline FILE] [--tests N]
+
+`--tests N` lists the N tests that waited longest (their time less their CPU, each phase
+summed): where a daemon's timer (a TTL, a backoff, a beat, a grace) holds a test.
 
 `--timeline FILE` reads what a run made with CORRAL_TEST_TIMELINE=FILE set (each test's
 worker, and when its turn was asked, begun and ended): each worker's time in tests, in
@@ -61,6 +64,20 @@ def timeline(path: Path, top: int) -> int:
     return 0
 
 
+def waits(cache: Path, top: int) -> int:
+    path = cache / "v" / "corral" / "tests"
+    if not path.exists():
+        raise SystemExit(f"no tests in {cache}: run the suite (./test.sh) first")
+    spent = {str(k): (float(v[0]), float(v[1])) for k, v in json.loads(path.read_text()).items()}
+    waited = sum(w - c for w, c in spent.values())
+    print(f"tests: {len(spent)}; waiting {waited:.0f} s")
+    print(f"{'wait s':>8} {'time s':>7} {'CPU s':>6}  test")
+    for t in sorted(spent, key=lambda t: spent[t][1] - spent[t][0])[:top]:
+        w, c = spent[t]
+        print(f"{w - c:8.1f} {w:7.1f} {c:6.1f}  {t}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--top", type=int, default=25, help="the files to list, longest first")
@@ -72,9 +89,13 @@ def main(argv: list[str]) -> int:
                          "that are still in the checkout")
     ap.add_argument("--timeline", type=Path, metavar="FILE",
                     help="what a run with CORRAL_TEST_TIMELINE=FILE wrote")
+    ap.add_argument("--tests", type=int, metavar="N",
+                    help="the N tests that waited longest, not the files")
     args = ap.parse_args(argv)
     if args.timeline is not None:
         return timeline(args.timeline, args.top)
+    if args.tests is not None:
+        return waits(args.cache, args.tests)
     wall, cpu = load(args.cache, "durations"), load(args.cache, "cpu")
     if args.write is not None:
         kept = {f: round(s, 1) for f, s in sorted(wall.items()) if (ROOT / f).is_file()}

@@ -430,6 +430,9 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 _FILE_SECONDS: dict[str, float] = {}
 _FILE_CPU: dict[str, float] = {}
 _FILE_TURNS: dict[str, float] = {}
+# and each test's time and CPU (its phases summed): the tests that wait longest on the
+# daemons' timers, beside their CPU (scripts/suite_times.py --tests)
+_TEST_TIMES: dict[str, list[float]] = {}
 _CPU_MARK = "cpu_seconds"
 _TURN_MARK = "turn_seconds"
 HELD_ALARM = 0.1  # seconds after the report: in the phase that follows it
@@ -479,6 +482,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
     cpu = sum(float(v) for k, v in report.user_properties if k == _CPU_MARK)  # type: ignore[arg-type]
     _FILE_CPU[path] = _FILE_CPU.get(path, 0.0) + cpu
+    spent = _TEST_TIMES.setdefault(report.nodeid, [0.0, 0.0])
+    spent[0] += report.duration
+    spent[1] += cpu
     if report.when == "setup":
         turn = sum(float(v) for k, v in report.user_properties if k == _TURN_MARK)  # type: ignore[arg-type]
         _FILE_TURNS[path] = _FILE_TURNS.get(path, 0.0) + turn
@@ -494,4 +500,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         known = cache.get(key, {})
         known.update({f: round(s, 2) for f, s in seconds.items()})
         cache.set(key, known)
+    kept = cache.get("corral/tests", {})
+    kept.update({t: [round(w, 3), round(c, 3)] for t, (w, c) in _TEST_TIMES.items()})
+    cache.set("corral/tests", kept)
 

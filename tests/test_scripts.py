@@ -161,6 +161,28 @@ def test_suite_times_tells_a_files_waiting_from_its_cpu(tmp_path: Path) -> None:
         "tests/a.py 30 s, tests/test_scripts.py 1 s")
 
 
+def test_suite_times_lists_the_tests_that_waited_longest(tmp_path: Path) -> None:
+    def times(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "suite_times.py"),
+                               "--cache", str(tmp_path), *args], capture_output=True,
+                              text=True, timeout=60)
+
+    r = times("--tests", "2")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"no tests in {tmp_path}: run the suite (./test.sh) first\n")
+    kept = tmp_path / "v" / "corral"
+    kept.mkdir(parents=True)
+    (kept / "tests").write_text('{"t.py::a": [10.0, 9.5], "t.py::b": [8.0, 1.0], '
+                                '"t.py::c": [3.0, 0.5]}')
+    r = times("--tests", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "tests: 3; waiting 10 s",
+        "  wait s  time s  CPU s  test",
+        "     7.0     8.0    1.0  t.py::b",
+        "     2.5     3.0    0.5  t.py::c"]
+
+
 def test_suite_times_reads_a_runs_timeline(tmp_path: Path) -> None:
     """CORRAL_TEST_TIMELINE's lines (worker, test, turn asked, begun, ended): each
     worker's time in tests, waiting and idle after, the longest waits, and each worker's
