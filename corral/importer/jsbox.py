@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from ..supervisor import seccomp
-from ..supervisor.sandbox import find_program, program_paths, userns_forbidden
+from ..supervisor.sandbox import find_program, program_paths, system_args, userns_forbidden
 
 TIME_LIMIT = 10.0
 MEMORY_MB = 2048  # address space: node 20 reserves about 1 GiB before it runs a line
@@ -66,14 +66,7 @@ def argv(node: str, tree: Path, flag: str, script: str, target: str, filter_fd: 
                       "(bubblewrap), which is not installed here (Debian's package is "
                       f"bubblewrap): {ASK_JSON}")
     args = [bwrap, "--die-with-parent", "--new-session", "--unshare-all",
-            "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
-    for name in SYSTEM:
-        path = Path("/") / name
-        if path.is_symlink():
-            args += ["--symlink", os.readlink(path), f"/{name}"]
-        elif path.is_dir():
-            args += ["--ro-bind", str(path), f"/{name}"]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            "--unshare-user", "--disable-userns", "--cap-drop", "ALL", *system_args(SYSTEM)]
     for path in program_paths(node):
         args += ["--ro-bind-try", str(path), str(path)]
     args += ["--ro-bind", str(tree), str(tree), "--remount-ro", "/",

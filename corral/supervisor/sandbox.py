@@ -132,15 +132,18 @@ def _relayed(relay: GatewayRelay, argv: list[str]) -> tuple[list[str], list[str]
                    *argv]
 
 
-def _system_args(root: Path = Path("/")) -> list[str]:
+def system_args(names: Iterable[str] = SYSTEM) -> list[str]:
+    """bwrap's arguments for the system a sandbox has: the directories `names` read-only
+    (a link as the link), a /proc, /dev and /tmp of its own (the importer's too: jsbox.py,
+    whose names leave /etc out)."""
     out: list[str] = []
-    for name in SYSTEM:
-        path = root / name
+    for name in names:
+        path = Path("/") / name
         if path.is_symlink():
             out += ["--symlink", os.readlink(path), f"/{name}"]
         elif path.is_dir():
             out += ["--ro-bind", str(path), f"/{name}"]
-    return out
+    return [*out, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
 
 
 def _prefix(program: Path) -> Path | None:
@@ -245,8 +248,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     # "held": the network namespace the spawn is made in, the daemon's (egressdoors.py)
     if network in ("none", "gateway", "gateways"):
         args.append("--unshare-net")
-    args += _system_args()
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    args += system_args()
     relay_binds: list[str] = []
     if network == "gateways" and gateway_socket is not None:
         network = "gateway"  # a unix gateway: its socket, as "gateway" binds it
