@@ -579,15 +579,13 @@ class GatewayService:
         if ident.replica is None:
             return await self._client_agent_call(ident, name, arguments, handles,
                                                  on_progress, _trace_meta(params), key)
-        task = self.attribution.task_of(ident.replica, ident.mark)
-        self._count(ident, task)
         said = _trace_meta(params)
         if handles is None or self.chain.refused(self._agent_call_of(ident, name)) \
                 is not None:  # (the view's refusal is the call's own: no handle for it)
-            return await self._replica_agent_call(ident, task, name, arguments, on_progress,
+            return await self._replica_agent_call(ident, name, arguments, on_progress,
                                                   said, key)
         return handles.open(ident, None, lambda _: self._replica_agent_call(
-            ident, task, name, arguments, None, said, key))
+            ident, name, arguments, None, said, key))
 
     def _agent_call_of(self, ident: Identity, agent: str) -> Call:
         """The caller's call of `agent` at /mcp/corral as the chain's view link reads it:
@@ -609,7 +607,7 @@ class GatewayService:
         the agents' listing, which shows what a call would be let make)."""
         return self.chain.refused(self._agent_call_of(ident, agent)) is None
 
-    async def _replica_agent_call(self, ident: Identity, task: Task | None, name: str,
+    async def _replica_agent_call(self, ident: Identity, name: str,
                                   arguments: dict[str, Any],
                                   on_progress: Callable[[dict[str, Any]], None] | None,
                                   said: dict[str, Any] | None, key: str | None) -> Any:
@@ -621,10 +619,11 @@ class GatewayService:
             # (the labels it is handed are the chain's: approvals.py `_replica_call`)
             task_id = await self.agent_tools.submit(ident, name, call.arguments, call.key)
             return await self.agent_tools.outcome(ident, task_id, on_progress)
-        return await self._recorded(ident, f"{AGENTS_VIEW}__{name}", lambda: self._entered(
-            self._agent_call_of(ident, name)._replace(
+        tool = f"{AGENTS_VIEW}__{name}"
+        return await self._limited(ident, tool, lambda task: self._recorded(
+            ident, tool, lambda: self._entered(self._agent_call_of(ident, name)._replace(
                 arguments=arguments, task=task, key=key, meta=said,
-                wire=DoorWire(made=submitted))))
+                wire=DoorWire(made=submitted)))))
 
     async def _client_agent_call(self, ident: Identity, name: str,
                                  arguments: dict[str, Any], handles: TaskHandles | None,
@@ -640,8 +639,9 @@ class GatewayService:
                 return await self.agent_tools.outcome(ident, task_id, on_progress)
             return handles.open(ident, Follows(name, task_id),
                                 lambda handle: self.agent_tools.outcome(ident, task_id))
-        return await self._entered(self._agent_call_of(ident, name)._replace(
-            arguments=arguments, key=key, meta=said, wire=DoorWire(made=submitted)))
+        return await self._limited(ident, f"{AGENTS_VIEW}__{name}", lambda _: self._entered(
+            self._agent_call_of(ident, name)._replace(
+                arguments=arguments, key=key, meta=said, wire=DoorWire(made=submitted))))
 
     def _skill_call(self, ident: Identity, name: str, method: str = "skills/get") -> Call:
         """A skill read as the chain reads it: its SERVER__SKILL `name`, its method."""
@@ -753,19 +753,29 @@ class GatewayService:
         """One tools/call by a gateway client, an agent's replica or not: its door's part
         (attribution, limits, accounting) around the one chain, whose links judge it
         (tasks/chain.py); `context`: the client's trace context, the call's span's parent."""
+        return await self._limited(ident, name, lambda task: self._recorded(
+            ident, name, lambda: self._entered_by(ident, task, name, arguments, on_progress,
+                                                  relay, on_log, context)))
+
+    async def _limited(self, ident: Identity, tool: str,
+                       make: Callable[[Task | None], Awaitable[Any]]) -> Any:
+        """`make(task)`, a call under the door's part of every gateway call, whatever its
+        door: its attempt (a replica's; None, a call of no task), the client's limits (a
+        slot of its max_concurrent held until it is answered, a token of its
+        rate_per_minute: /mcp/corral's too, decision 1692) and its count; a refusal
+        there the door's own row (`_refused`), before the chain."""
         limiter = self.limiters[ident.name]
         try:
             task = None if ident.replica is None else \
                 self.attribution.task_of(ident.replica, ident.mark)
             limiter.admit(ident)
         except RpcError as exc:
-            self._refused(ident, name, f"refused: {exc.message}")
+            self._refused(ident, tool, f"refused: {exc.message}")
             raise
         if ident.replica is not None:
             self._count(ident, task)
         try:
-            return await self._recorded(ident, name, lambda: self._entered_by(
-                ident, task, name, arguments, on_progress, relay, on_log, context))
+            return await make(task)
         finally:
             limiter.in_flight -= 1
 

@@ -51,12 +51,19 @@ CLIENT_TOOLS = ["pol__http_get", "drift__*", "corral__denied", "corral__target",
 AGENTS_CLIENT = "/mcp/corral client"
 
 
+# a client of one call in flight (its max_concurrent), test_doors.py's limits
+ONE, ONE_TOKEN = "one", "door-suite-token-of-a-client-of-one-call-at-once"
+
+
 def tokens_file(tmp: Path, tools: list[str] = CLIENT_TOOLS) -> Path:
-    """The tokens file naming CLIENT, its allowlist `tools`."""
+    """The tokens file naming CLIENT, its allowlist `tools`, and ONE."""
     digest = hashlib.sha256(CLIENT_TOKEN.encode()).hexdigest()
+    one = hashlib.sha256(ONE_TOKEN.encode()).hexdigest()
     path = tmp / "tokens.toml"
     path.write_text(f'[clients.{CLIENT}]\ntoken_sha256 = "{digest}"\n'
-                    f"tools = {json.dumps(tools)}\n")
+                    f"tools = {json.dumps(tools)}\n\n"
+                    f'[clients.{ONE}]\ntoken_sha256 = "{one}"\nmax_concurrent = 1\n'
+                    'tools = ["pol__http_get", "corral__target"]\n')
     return path
 
 

@@ -30,6 +30,8 @@ from .conftest import (
     CLIENT_TOOLS,
     DOORS,
     IDLE_DOORS,
+    ONE,
+    ONE_TOKEN,
     TASK_DOORS,
     TOKEN_DOORS,
     Entry,
@@ -602,3 +604,28 @@ def test_a_skill_read_is_a_call_the_view_link_judges_and_the_audit_keeps(
         ("resources/read", f"error: {error['message']}"),
         ("skills/get", f"error: {error['message']}")], held
     assert len({c for c, _, _ in made + held}) == 1, (made, held)  # one caller's
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.parametrize("door", ("/mcp client", AGENTS_CLIENT))
+def test_a_clients_call_held_for_a_person_holds_its_slot_at_every_door(
+        daemon: Entry, door: str) -> None:
+    """A client's limits bind at every door (decision 1692, an attacker's pass): of one
+    call in flight (max_concurrent 1), its call a rule holds for a person holds its one
+    slot, so a second is refused at once, naming the limit, and asks nobody. At
+    /mcp/corral a client's call had taken no slot, so one client could hold as many of
+    its tenant's pending asks as it liked (max_pending_asks_per_tenant, 1,000 by
+    default), after which its tenant's agents' own asks were refused."""
+    d = daemon
+    tool, arguments = ("corral__target", {"do": "echo", "say": "ask", "one": 1}) \
+        if door == AGENTS_CLIENT else ("pol__http_get", {"host": "ask.example"})
+    first = Made(d, "caller", door, tool, arguments, client=(ONE, ONE_TOKEN))
+    held = first.ask()
+    second = Made(d, "caller", door, tool, arguments, client=(ONE, ONE_TOKEN)).outcome()
+    assert second == {"error": jsonrpc.REFUSED, "message": f"gateway client {ONE} has 1 "
+                      "call in flight, its limit (max_concurrent)"}, second
+    assert [a["id"] for a in d.ask("approvals.list")["asks"] if a["agent"] == ONE] == [
+        held["id"]]
+    decide(d, held, "approve")
+    said = first.outcome()
+    assert said["isError"] is False, said
