@@ -11,7 +11,7 @@ from pathlib import Path
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_workflows import agent_toml
-from .harness import nodes
+from .harness import STEADY_TTL, nodes
 
 ITEMS = 300
 
@@ -41,7 +41,9 @@ def test_a_map_wider_than_the_pool_runs_every_item(tmp: Path, redis: RedisServer
     for name in ("a", "b"):
         (tmp / name).mkdir()
         fleet[name] = agent_toml(tmp / name, replicas=2) + WIDE
-    with nodes(tmp, redis, fleet) as ns:
+    # (three hundred items at once hold a node's loop: at the short TTL a loaded host's
+    # node lapsed, and its writes into the run were refused as no longer its lease's)
+    with nodes(tmp, redis, fleet, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         run_id = a.call("workflows.run", {"name": "wide", "input": {}})["run_id"]
         view = dict(wait_until(

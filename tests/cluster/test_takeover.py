@@ -211,7 +211,10 @@ def test_a_node_stopped_gracefully_hands_its_tasks_back(tmp: Path,
 def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServer) -> None:
     """An entry a live node holds but does not run (the claim's reply lost with its
     connection) is an orphan: its owner gives it back after ORPHAN_BEATS, no retry spent."""
-    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+    # b/1 must live through the test (the claim is made in its name): twice the short
+    # TTL, as a loaded host lapsed b past it (its claim refused, CI W8); its orphan pass
+    # waits for b to be settled, a TTL and a beat after it joined
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=2 * TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="a and b alive")
