@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -79,7 +80,7 @@ class RemoteAgent:
 
     async def card(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         async with http.get(f"{self.url}/.well-known/agent-card.json",
-                            headers=self._headers(),
+                            headers=self._headers(), allow_redirects=False,
                             timeout=aiohttp.ClientTimeout(total=CARD_TIMEOUT)) as resp:
             if resp.status != 200:
                 raise RemoteError(f"{self.name}: its agent card answered HTTP {resp.status}")
@@ -105,7 +106,15 @@ class RemoteAgent:
             card = await self.card(http)
             for face in card.get("supportedInterfaces") or []:
                 if isinstance(face, dict) and face.get("protocolBinding") == "JSONRPC":
-                    self._endpoint = str(face.get("url") or self.url)
+                    url = str(face.get("url") or self.url)
+                    if _origin(url) != _origin(self.url):
+                        # (the card is the remote's word: no way to another host, or a
+                        # service of the daemon's own network, with the remote's token)
+                        raise RemoteError(f"{self.name}: its agent card names its JSONRPC "
+                                          f"interface at {url[:200]!r}, not at {self.url}, "
+                                          "the origin its [a2a_agents] url names: not "
+                                          "called")
+                    self._endpoint = url
                     break
             else:
                 raise RemoteError(f"{self.name}: its agent card declares no JSONRPC "
@@ -116,7 +125,7 @@ class RemoteAgent:
                   params: dict[str, Any]) -> Any:
         body = {"jsonrpc": "2.0", "id": uuid.uuid4().hex, "method": method, "params": params}
         async with http.post(await self.endpoint(http), data=json.dumps(body),
-                             headers=self._headers()) as resp:
+                             headers=self._headers(), allow_redirects=False) as resp:
             text = await self._read(resp, method)
             try:
                 answer = json.loads(text)
@@ -182,6 +191,18 @@ class RemoteAgent:
             await asyncio.sleep(next(waits, POLL_WAITS[-1]))
             task = await self.rpc(http, "GetTask", {"id": task["id"]})
         return task
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """A URL's scheme, host and port (its scheme's default where it names none)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # (a port out of range: no origin's)
+        return scheme, "", None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(
+        scheme)
 
 
 def _state(task: dict[str, Any]) -> str:
