@@ -1,0 +1,152 @@
+"""The reviewer's and attacker's pass over session 6's landed changes (decisions 1690,
+1691 and 1692: an agent called at /mcp/corral judged by the chain's view link alone, a
+skill read a Call of the one chain, a gateway door's limits). Each test is a behaviour
+the tree before (3ce62fd6) had, or a hole either tree has, read with real daemons and a
+replica's own token; a hole not yet closed in its owner's file is a strict xfail that
+names it (docs/security.md, /work/notes's note to its owner)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from corral import jsonrpc
+
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+
+VERSION = "2026-07-28"
+SKILLS = "io.modelcontextprotocol/skills"
+AGENT = ROOT / "tests" / "doors" / "door_agent.py"
+EXAMPLE = ROOT / "examples" / "skills"
+NOTES = "skill://corral/release-notes/SKILL.md"
+# a tokens-file client of one call a minute, its allowlist one of the operator's skills
+RATED, RATED_TOKEN = "rated", "attack-s6-token-of-a-client-of-one-call-a-minute"
+
+
+def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One 2026-07-28 request at `url` with `token`, skills' extension declared: its
+    JSON-RPC answer."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {SKILLS: {}}}}}}
+    where = urlsplit(url)
+    assert where.hostname is not None
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    name = params.get("uri", params.get("name"))
+    try:
+        conn.request("POST", where.path, json.dumps(body), {
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": VERSION,
+            "Mcp-Method": method, **({"Mcp-Name": str(name)} if name is not None else {})})
+        said: dict[str, Any] = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    return said
+
+
+def replica_env(d: Daemon, agent: str) -> tuple[str, str]:
+    """The gateway address and token the agent's replica was given (its task tells)."""
+    env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
+    return env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
+
+
+@pytest.fixture(scope="module")
+def skills_daemon() -> Iterator[Daemon]:
+    """A daemon serving the operator's own skills (examples/skills, server `corral`) and
+    an agent `reader` whose allowlist admits every tool and which spawns no agent."""
+    tmp = shared_tmpdir()
+    skills = tmp / "skills"
+    shutil.copytree(EXAMPLE, skills)
+    tokens = tmp / "tokens.toml"
+    tokens.write_text(f"[clients.{RATED}]\n"
+                      f'token_sha256 = "{hashlib.sha256(RATED_TOKEN.encode()).hexdigest()}"\n'
+                      'tools = ["corral__release-notes"]\nrate_per_minute = 1\n')
+    with running_daemon(tmp, f"""
+[agents.reader]
+command = ["{PY}", "{AGENT}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+stop_timeout = 10.0
+tools = ["*"]
+
+[gateway]
+listen = "127.0.0.1:0"
+skills_dir = "{skills}"
+tokens_file = "{tokens}"
+""") as d:
+        yield d
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.xfail(strict=True, reason="defect: the view link (tasks/chain.py `refused`) "
+                   "judges a replica's spawns for every corral__ name, and the operator's "
+                   "own skills are server corral's (gatewayskills.py OWN), so an agent "
+                   "spawning nothing is refused each of them (decisions 1690 with 1691)")
+def test_an_agent_reads_the_operators_skills_its_allowlist_admits_whatever_it_spawns(
+        skills_daemon: Daemon) -> None:
+    """The operator's own skills are the server `corral`'s (OWN = AGENTS_VIEW), so a skill
+    read is a Call named `corral__SKILL`, the name an agent called as a tool has. Decision
+    1690 judges a replica's `spawns` in the view link for every `corral__` name, and 1691
+    sends skill reads through that link: an agent whose allowlist admits the skill, and
+    which spawns nothing, was refused its read (and its list left it out) as though it
+    had asked to start a task of an agent named `release-notes`. On 3ce62fd6 it read it."""
+    url, token = replica_env(skills_daemon, "reader")
+    listed = rpc(url, token, "skills/list", {})
+    assert [s["uri"] for s in listed["result"]["skills"]] == [
+        "skill://corral/incident-review/SKILL.md", NOTES], listed
+    got = rpc(url, token, "skills/get", {"uri": NOTES})
+    assert got.get("result", {}).get("skill", {}).get("uri") == NOTES, got
+    file = rpc(url, token, "resources/read", {"uri": NOTES})
+    assert file.get("result", {}).get("contents", [{}])[0].get("uri") == NOTES, file
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.xfail(strict=True, reason="hole: a skill read, audited since decision 1691, "
+                   "takes no token of its client's rate_per_minute (gatewayaccess.py "
+                   "forward: a slot alone), so a client past its rate still writes a "
+                   "gateway.call row a read and pushes its party's tool-call rows out")
+def test_a_skill_read_takes_a_token_of_its_clients_rate_as_every_audited_call_does(
+        skills_daemon: Daemon) -> None:
+    """Decision 1691 made a skill read a call whose audit link writes a `gateway.call`
+    row (a refused one a daemon log line too); decision 1692 says every gateway door's
+    part is one `_limited`: a slot and a token of the client's rate. A read takes its
+    slot but no token, so a client of one call a minute reads (and is audited) as fast
+    as it likes: its rows join its party's share of tool-call rows (store.py `_prune`),
+    whose oldest they push out, past the bound its operator set."""
+    d = skills_daemon
+    url = d.ask("gateway.status", {})["url"]
+    first = rpc(url, RATED_TOKEN, "skills/get", {"uri": NOTES})
+    assert first.get("result", {}).get("skill", {}).get("uri") == NOTES, first
+    again = rpc(url, RATED_TOKEN, "skills/get", {"uri": NOTES})
+    assert again.get("error") == {
+        "code": jsonrpc.REFUSED,
+        "message": f"gateway client {RATED} is over its rate of 1 call a minute"}, again
+
+
+def test_the_importers_sandbox_binds_no_etc_and_no_more_of_the_system(
+        tmp_path: Path) -> None:
+    """5801b2be wrote the system's binds once (sandbox.system_args) and the importer's
+    node sandbox calls it with its own names, which leave /etc (the host's secrets) out.
+    Its JavaScript tests cannot tell: node's permission model refuses a read of
+    /etc/passwd before the sandbox is reached, so a jsbox that bound the agents'
+    names would pass them all. Read from its command line: what it binds of the system."""
+    jsbox = pytest.importorskip("corral.importer.jsbox")
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    node = shutil.which("node") or "/usr/bin/node"
+    args = jsbox.argv(node, tmp_path, "--permission", "0", "file:///x.js", 3)
+    bound = [args[i + 2] for i, a in enumerate(args)
+             if a in ("--ro-bind", "--ro-bind-try", "--bind", "--symlink", "--dev-bind")]
+    assert not [b for b in bound if b == "/etc" or b.startswith("/etc/")], args
+    system = {b for b in bound if b.count("/") == 1 and b != str(tmp_path)}
+    assert system <= {f"/{n}" for n in jsbox.SYSTEM}, (system, args)
+    assert {"/usr", "/bin", "/lib"} <= system, args
