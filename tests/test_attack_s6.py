@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -150,3 +151,17 @@ def test_the_importers_sandbox_binds_no_etc_and_no_more_of_the_system(
     system = {b for b in bound if b.count("/") == 1 and b != str(tmp_path)}
     assert system <= {f"/{n}" for n in jsbox.SYSTEM}, (system, args)
     assert {"/usr", "/bin", "/lib"} <= system, args
+
+
+@pytest.mark.parametrize("package", ["corral.supervisor", "corral.supervisor.tasks"])
+def test_a_star_import_of_a_lazy_package_gives_every_name_it_lists(package: str) -> None:
+    """39489905 took the lazy packages' `__all__` away (their names listed once in
+    MODULES, re-exported to mypy by TYPE_CHECKING imports): with no `__all__`, `import *`
+    takes only the names a module's globals already hold, and a lazy package holds none
+    until each is asked for, so `from corral.supervisor import *` gave no Supervisor,
+    State or AgentSpec (docs/guide.md's embedding names) while mypy, reading the
+    re-exports, said it did. On 3ce62fd6 it gave them all."""
+    got: dict[str, Any] = {}
+    exec(f"from {package} import *", got)  # (the statement under test, in a fresh namespace)
+    listed = {n for names in importlib.import_module(package).MODULES.values() for n in names}
+    assert sorted(listed - set(got)) == []

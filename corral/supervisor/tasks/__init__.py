@@ -68,6 +68,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     ".waitclock": ("WaitClock",),
 }
 _MODULE_OF = {name: module for module, names in MODULES.items() for name in names}
+# a star import's names (without it, `import *` gives none of the lazy ones)
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
