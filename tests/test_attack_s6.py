@@ -29,13 +29,16 @@ SKILLS = "io.modelcontextprotocol/skills"
 AGENT = ROOT / "tests" / "doors" / "door_agent.py"
 EXAMPLE = ROOT / "examples" / "skills"
 NOTES = "skill://corral/release-notes/SKILL.md"
+MISBEHAVE = ROOT / "examples" / "misbehave.py"
 # a tokens-file client of one call a minute, its allowlist one of the operator's skills
 RATED, RATED_TOKEN = "rated", "attack-s6-token-of-a-client-of-one-call-a-minute"
+# a tokens-file client whose allowlist names one agent
+PLAIN, PLAIN_TOKEN = "plain", "attack-s6-token-of-a-client-of-one-agent"
 
 
 def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One 2026-07-28 request at `url` with `token`, skills' extension declared: its
-    JSON-RPC answer."""
+    """One 2026-07-28 request at `url` with `token` (none: anonymous), skills' extension
+    declared: its JSON-RPC answer."""
     body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": {
         "io.modelcontextprotocol/protocolVersion": VERSION,
         "io.modelcontextprotocol/clientCapabilities": {"extensions": {SKILLS: {}}}}}}
@@ -45,7 +48,8 @@ def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, 
     name = params.get("uri", params.get("name"))
     try:
         conn.request("POST", where.path, json.dumps(body), {
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+            "Content-Type": "application/json",
             "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": VERSION,
             "Mcp-Method": method, **({"Mcp-Name": str(name)} if name is not None else {})})
         said: dict[str, Any] = json.loads(conn.getresponse().read())
@@ -62,15 +66,21 @@ def replica_env(d: Daemon, agent: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def skills_daemon() -> Iterator[Daemon]:
-    """A daemon serving the operator's own skills (examples/skills, server `corral`) and
-    an agent `reader` whose allowlist admits every tool and which spawns no agent."""
+    """A daemon serving the operator's own skills (examples/skills, server `corral`); an
+    agent `reader` whose allowlist admits every tool and which spawns no agent, and one,
+    `caller`, whose allowlist names more agents than its `spawns`; three agents to call,
+    one of them tenant acme's; two tokens-file clients."""
     tmp = shared_tmpdir()
     skills = tmp / "skills"
     shutil.copytree(EXAMPLE, skills)
     tokens = tmp / "tokens.toml"
     tokens.write_text(f"[clients.{RATED}]\n"
                       f'token_sha256 = "{hashlib.sha256(RATED_TOKEN.encode()).hexdigest()}"\n'
-                      'tools = ["corral__release-notes"]\nrate_per_minute = 1\n')
+                      'tools = ["corral__release-notes"]\nrate_per_minute = 1\n\n'
+                      f"[clients.{PLAIN}]\n"
+                      f'token_sha256 = "{hashlib.sha256(PLAIN_TOKEN.encode()).hexdigest()}"\n'
+                      'tools = ["corral__target"]\n')
+    echo = f'command = ["{PY}", "{MISBEHAVE}"]\nenv = {{ PYTHONPATH = "{ROOT}" }}\n'
     with running_daemon(tmp, f"""
 [agents.reader]
 command = ["{PY}", "{AGENT}"]
@@ -78,10 +88,27 @@ env = {{ PYTHONPATH = "{ROOT}" }}
 stop_timeout = 10.0
 tools = ["*"]
 
+[agents.caller]
+command = ["{PY}", "{AGENT}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+stop_timeout = 10.0
+tools = ["corral__target", "corral__ops-*"]
+spawns = ["target"]
+
+[agents.target]
+{echo}
+[agents.ops-1]
+{echo}
+[tenants.acme]
+
+[agents.acme-1]
+{echo}tenant = "acme"
+
 [gateway]
 listen = "127.0.0.1:0"
 skills_dir = "{skills}"
 tokens_file = "{tokens}"
+anonymous_tools = ["*"]
 """) as d:
         yield d
     shutil.rmtree(tmp, ignore_errors=True)
@@ -165,3 +192,41 @@ def test_a_star_import_of_a_lazy_package_gives_every_name_it_lists(package: str)
     exec(f"from {package} import *", got)  # (the statement under test, in a fresh namespace)
     listed = {n for names in importlib.import_module(package).MODULES.values() for n in names}
     assert sorted(listed - set(got)) == []
+
+
+AGENTS = ("target", "ops-1", "acme-1", "caller")
+
+
+@pytest.mark.deadline(180)
+def test_the_agents_listed_to_each_caller_are_those_its_calls_may_start(
+        skills_daemon: Daemon) -> None:
+    """Decision 1690: /mcp/corral's listing reads the view link's verdict, which alone
+    judges the call. For each kind of caller a less trusted party holds (a tokens file's
+    allowlist, an API token's agent glob, a tenant's token, an anonymous caller, a replica
+    whose `spawns` name fewer agents than its allowlist), the agents listed are exactly
+    those its call may start, and these are the ones the tree before (3ce62fd6) let it
+    start (review's probe of both trees: the same verdicts, in other words)."""
+    d = skills_daemon
+    url = d.ask("gateway.status", {})["url"]
+    made = {"ops-glob": ("--agents", "ops-*"), "acme": ("--tenant", "acme")}
+    tokens = {f"token {name}": d.json("token", "create", f"s6-{name}", "--scope",
+                                      "mcp:call", *how)["token"]
+              for name, how in made.items()}
+    callers = {PLAIN: PLAIN_TOKEN, "glob": tokens["token ops-glob"],
+               "tenant": tokens["token acme"], "anonymous": "",
+               "replica": replica_env(d, "caller")[1]}
+    started = {"plain": ["target"], "glob": ["ops-1"], "tenant": ["acme-1"],
+               "anonymous": [], "replica": ["target"]}
+    for who, token in callers.items():
+        listed = rpc(url + "/corral", token, "tools/list", {})
+        names = sorted(t["name"] for t in listed.get("result", {}).get("tools", []))
+        ran = []
+        for agent in AGENTS:
+            got = rpc(url + "/corral", token, "tools/call",
+                      {"name": agent, "arguments": {"do": "echo"}})
+            if "result" in got:
+                ran.append(agent)
+            else:
+                assert got["error"]["code"] in (jsonrpc.TOOL_NOT_ALLOWED, jsonrpc.NOT_FOUND,
+                                                jsonrpc.UNAUTHORIZED), (who, agent, got)
+        assert (names, sorted(ran)) == (started[who], started[who]), (who, listed)
