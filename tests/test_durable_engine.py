@@ -110,6 +110,35 @@ async def test_a_steps_id_is_kept_before_its_work_starts_and_it_runs_once() -> N
     assert engine.output(job, again) == {"n": 1}
 
 
+class Fresh:
+    """A work that can start under an id made now without looking for it (StepTask)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    async def __call__(self, step_id: str) -> StepEnd:
+        self.seen.append(("looked for", step_id))
+        return StepEnd("succeeded", None)
+
+    async def fresh(self, step_id: str) -> StepEnd:
+        self.seen.append(("fresh", step_id))
+        return StepEnd("succeeded", None)
+
+
+async def test_a_new_rows_work_starts_fresh_and_a_kept_rows_is_looked_for() -> None:
+    store = MemoryStore()
+    engine = StepEngine(store, Cancelled())
+    job = await _kept(store, Job("c5"))
+    await store.save_steps("c5", [StepRow("b", WHOLE, "running", "kept-id", 1.0)])
+    loaded = store.load("c5")
+    assert loaded is not None
+    job.rows = loaded.rows
+    work = Fresh()
+    new = await engine.step(job, ("a", WHOLE), work)
+    await engine.step(job, ("b", WHOLE), work)
+    assert work.seen == [("fresh", new.task_id), ("looked for", "kept-id")]
+
+
 async def test_a_row_that_names_an_id_is_run_again_under_that_id() -> None:
     """As after a crash between the row's commit and the work's end."""
     store = MemoryStore()

@@ -79,3 +79,31 @@ async def test_a_recorded_task_is_waited_for_read_or_made_once(tmp_path: Path) -
         assert (info.task_id, str(info.status), output(info)) == (
             task_id, "succeeded", {"op": "echo", "v": 2})
         assert made == [task_id]
+
+
+@pytest.mark.deadline(120)
+async def test_a_fresh_id_is_submitted_without_asking_the_journal(tmp_path: Path) -> None:
+    """A step whose row was made just now (StepEngine.step): no task of its id can exist,
+    so the journal is not read for it; an id the engine knows is still looked for."""
+    async with in_process(tmp_path, agent_toml(tmp_path, replicas=1)) as d:
+        engine = d.services.task_engine
+        journal = engine.journal
+        assert journal is not None
+        asked: list[str] = []
+        journal._loop_rows().set_trace_callback(asked.append)
+        task_id = new_id()
+        info = await outcome(engine, rec(task_id), lambda: engine.submit(
+            "wf", {"op": "echo", "v": 3}, task_id=task_id), fresh=True)
+        assert (info.task_id, str(info.status), output(info)) == (
+            task_id, "succeeded", {"op": "echo", "v": 3})
+        assert not [q for q in asked if "FROM tasks" in q], asked
+        # (not fresh: looked for, and found ended, not made again)
+        done = new_id()
+        engine.submit("wf", {"op": "echo", "v": 4}, task_id=done)
+        await engine.info(done, wait=True)
+        await engine.committed()
+        engine.finished.pop(done, None)
+        again = await outcome(engine, rec(done), never)
+        assert (again.task_id, output(again)) == (done, {"op": "echo", "v": 4})
+        assert [q for q in asked if "FROM tasks WHERE id" in q], asked
+

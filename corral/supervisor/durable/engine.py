@@ -64,9 +64,11 @@ class StepEngine:
             running = cast(RowCarrier, work).carry(self.store, call.call_id, new,
                                                    lambda: self._noted(call, [new]))
         else:
+            # a work that can start under an id made now without looking for it (StepTask)
+            fresh = getattr(work, "fresh", None) if row is None else None
             row = await self.begin(call, key)
             assert row.task_id is not None
-            running = work(row.task_id)
+            running = (fresh or work)(row.task_id)
         try:
             end = await running
         except RpcError as exc:

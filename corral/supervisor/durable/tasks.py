@@ -4,6 +4,7 @@ its agent only while that is of the call's tenant: recorded.py), waited for to i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import msgspec
@@ -53,16 +54,34 @@ class StepTasks:
         self.engine = engine
 
     def work(self, step: AgentTask) -> Work:
-        async def run(task_id: str) -> StepEnd:
-            recorded = RecordedTask(task_id, step.agent, step.tenant)
-            info = await outcome(self.engine, recorded, lambda: self.engine.submit(
-                step.agent, step.input, step.options, task_id=task_id,
-                traceparent=step.traceparent, tracestate=step.tracestate))
-            return step_end(info)
-        return run
+        return StepTask(self.engine, step)
 
     def cancel_task(self, task_id: str) -> None:
         task = self.engine.live(task_id)
         if task is not None and task.status not in TERMINAL:
             with contextlib.suppress(RpcError):
                 self.engine.cancel(task_id)
+
+
+class StepTask:
+    """A step's task on this daemon's engine, under the id its row holds: waited for where
+    the engine has it, else submitted (recorded.py)."""
+
+    def __init__(self, engine: TaskManager, step: AgentTask) -> None:
+        self.engine = engine
+        self.step = step
+
+    def __call__(self, task_id: str) -> Awaitable[StepEnd]:
+        return self._run(task_id, False)
+
+    def fresh(self, task_id: str) -> Awaitable[StepEnd]:
+        """Its row made just now under a new id (StepEngine.step): submitted, not looked for."""
+        return self._run(task_id, True)
+
+    async def _run(self, task_id: str, fresh: bool) -> StepEnd:
+        step = self.step
+        recorded = RecordedTask(task_id, step.agent, step.tenant)
+        info = await outcome(self.engine, recorded, lambda: self.engine.submit(
+            step.agent, step.input, step.options, task_id=task_id,
+            traceparent=step.traceparent, tracestate=step.tracestate), fresh=fresh)
+        return step_end(info)

@@ -26,11 +26,13 @@ class RecordedTask(msgspec.Struct, frozen=True):
     tenant: str | None
 
 
-async def outcome(engine: TaskManager, task: RecordedTask, submit: Callable[[], Task]
-                  ) -> TaskInfo:
+async def outcome(engine: TaskManager, task: RecordedTask, submit: Callable[[], Task],
+                  *, fresh: bool = False) -> TaskInfo:
     """The recorded task to its end, made by `submit` (under `task.task_id`) when the
-    engine has never heard of it and its agent is still of the record's tenant."""
-    if engine.knows(task.task_id):
+    engine has never heard of it and its agent is still of the record's tenant. `fresh`:
+    its id was made and recorded just now, so no task of it can exist and the journal is
+    not asked (a read on the loop a step, after every commit of another connection)."""
+    if not fresh and engine.knows(task.task_id):
         return await engine.info(task.task_id, wait=True)
     # no such task: it never reached the task journal
     held = engine.sup.agents.get(task.agent)
