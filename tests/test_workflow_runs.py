@@ -68,6 +68,26 @@ async def _run(api: Api, name: str, inp: Any = None) -> Any:
                                        {"name": name, "input": inp, "wait": 30})
 
 
+@pytest.mark.deadline(120)
+async def test_a_runs_answer_holds_its_last_steps_output_as_kept_not_read_back(
+        tmp_path: Path) -> None:
+    """workflows.run answers with the rows a runs.get reads back, its last step's output
+    the one its end kept with the run's, not read from the database again."""
+    async with in_process(tmp_path, hello("web-1") + hello("db"), FLOWS) as d:
+        asked: list[str] = []
+        d.services.store.db.set_trace_callback(asked.append)
+        answer = await d.dispatcher.call(SOCKET, "workflows.run",
+                                         {"name": "mixed", "input": {"x": 1}, "wait": 30})
+        d.services.store.db.set_trace_callback(None)
+        again = await d.dispatcher.call(SOCKET, "runs.get", {"run_id": answer.run_id})
+        assert answer.status == "succeeded" and answer.output is not None, answer
+        assert (answer.steps, answer.output, answer.output_bytes) == (
+            again.steps, again.output, again.output_bytes)
+        assert [s.step for s in answer.steps] == ["hi", "there"]
+        read = [q for q in asked if "SELECT item, output FROM call_steps" in q]
+        assert len(read) == 1 and "'hi'" in read[0], read
+
+
 # -- events --------------------------------------------------------------------------------
 @pytest.mark.deadline(120)
 async def test_each_step_and_run_is_an_event_on_the_stream_and_the_bus(tmp_path: Path

@@ -5,7 +5,7 @@ names is before the handler runs (records.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import msgspec
@@ -14,7 +14,7 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
-from ...supervisor.durable import WHOLE, StepRow
+from ...supervisor.durable import STEP_ENDED, WHOLE, StepRow
 from ...supervisor.durable.record import StepKey
 from ...supervisor.workflows import (
     Workflow,
@@ -90,9 +90,26 @@ def _page(run: Run, store: RunStore, p: m.RunsGet, key: StepKey
     if not p.outputs:
         return _rows(run, wanted, None, len(rows), p.offset, key)
     # (read lazily, a step's rows with one query: the page may end before its last)
-    with contextlib.closing(store.outputs_of(run.run_id, [(r.step, r.item)
-                                                          for r in wanted])) as blobs:
+    with contextlib.closing(_outputs(run, store, [(r.step, r.item) for r in wanted])
+                            ) as blobs:
         return _rows(run, wanted, blobs, len(rows), p.offset, key)
+
+
+def _outputs(run: Run, store: RunStore, keys: list[StepKey]
+             ) -> Generator[bytes | None, None, None]:
+    """The outputs of these rows as kept, in their order: the one the run holds for its
+    answer (Run.answer: its last step's, kept with its end) not read back."""
+    held = run.answer
+    row = run.rows.get(held[0]) if held else None
+    if not held or row is None or row.status not in STEP_ENDED or held[0] not in keys:
+        yield from store.outputs_of(run.run_id, keys)
+        return
+    rest = store.outputs_of(run.run_id, [k for k in keys if k != held[0]])
+    try:
+        for k in keys:
+            yield held[1] if k == held[0] else next(rest)
+    finally:
+        rest.close()
 
 
 def _rows(run: Run, wanted: list[StepRow], blobs: Iterator[bytes | None] | None,
@@ -228,10 +245,14 @@ async def workflows_run(d: WorkflowServices, p: m.WorkflowsRun, caller: Caller, 
     d.catalog.workflow(p.name)  # an unknown one: not found
     run = await d.workflows.start(p.name, p.input, traceparent=p.traceparent,
                                   tracestate=p.tracestate)
-    if p.wait is not None:
-        await d.workflows.wait(run.run_id, p.wait)
-    await d.workflows.kept(run.run_id)
-    return run_view(run, d.workflows.rows, m.RunsGet(run_id=run.run_id))
+    run.answer = []  # (before its driver's first step: it runs on a later turn)
+    try:
+        if p.wait is not None:
+            await d.workflows.wait(run.run_id, p.wait)
+        await d.workflows.kept(run.run_id)
+        return run_view(run, d.workflows.rows, m.RunsGet(run_id=run.run_id))
+    finally:
+        run.answer = None
 
 
 @implements(m.RunsGet)

@@ -9,6 +9,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from ...jsonrpc import RpcError
 from ...supervisor.durable import STEP_ENDED, WHOLE, StepEnd, StepRow
 from ...supervisor.durable.calls import StepFailed
@@ -160,6 +162,9 @@ class Runner:
                                             last=last)
             except RpcError as exc:  # refused by the engine: the step failed
                 raise StepFailed(f"step {at}: {exc.message}") from None
+            if last and run.answer is not None:
+                run.answer[:] = [key, None if row.output is None
+                                 else msgspec.json.encode(row.output)]
         if row.status == "skipped" and st.spec.signal is not None:
             return  # (its signal did not come in time, and the step says go on)
         if row.status != "succeeded":

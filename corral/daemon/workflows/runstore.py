@@ -50,6 +50,10 @@ class Run(msgspec.Struct):
     # whose run it is: its workflow's tenant when it started (WorkflowService.tenant);
     # None: of no one tenant, the operator's
     tenant: str | None = None
+    # while a caller waits to be answered with the run's rows (workflows.run): its last
+    # step's key and output as kept, once that ended here, so the answer does not read
+    # them back; None: no caller waits (a run keeps no output in memory otherwise)
+    answer: list[Any] | None = None
 
     @property
     def agents(self) -> list[str]:
