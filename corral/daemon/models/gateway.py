@@ -365,7 +365,10 @@ class ModelGateway:
             finally:
                 answer.release()
         try:
-            body = hidden(await answer.read(), key)
+            body = answer.ready()  # (a small answer's whole body came with its head)
+            if not answer.ended:
+                body += await answer.read()
+            body = hidden(body, key)
         except UpstreamFailed as exc:
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None
         finally:

@@ -59,6 +59,10 @@ class _Wire(asyncio.Protocol):
         self.deadline, self.timeout = _IDLE, 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.fires = _IDLE  # when `timer` fires
+        # its answers' reader, made once (llhttp reads the answers of a kept-alive
+        # connection in turn, so none is made a call, its callbacks looked up by name)
+        self.parts = _AnswerParts()
+        self.parts.parser = self.parser = httptools.HttpResponseParser(self.parts)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -77,6 +81,7 @@ class _Wire(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.parts.parser = None  # (the parser holds its parts: gone with the connection)
         reason = f": {type(exc).__name__}: {exc}".rstrip(": ") if exc else ""
         self.closed = self.closed or UpstreamFailed(
             f"the upstream closed the connection{reason}")
@@ -87,15 +92,16 @@ class _Wire(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def more(self) -> None:
-        """Until bytes arrive or the connection ends (UpstreamFailed if it had)."""
+    def more(self) -> asyncio.Future[None]:
+        """What is done when bytes arrive or the connection ends (UpstreamFailed, raised
+        at once, if it had): awaited by the caller (no coroutine of its own a wait)."""
         if self.closed is not None:
             raise self.closed
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
-        self.waiter = self.loop.create_future()
-        await self.waiter
+        waiter = self.waiter = self.loop.create_future()
+        return waiter
 
     def take(self, n: int) -> bytes:
         if n >= len(self.buffer):  # (all of it: most reads) one copy
@@ -144,15 +150,22 @@ class _AnswerParts:
     """llhttp's callbacks (httptools' response parser) for the answer a call reads: its
     status and headers (names lowercased, a repeated one joined) once its head is read,
     past its interim answers (1xx), and its body's bytes as they are parsed. Bytes past
-    its end begin another message (`extra`), never read."""
+    its end begin another message (`extra`), never read. One a connection, begun again
+    for each call's answer (a connection is kept for the next call only when its answer
+    ended where its last message did)."""
 
     __slots__ = ("body", "complete", "extra", "head_done", "headers", "interims", "kept_alive",
                  "parser", "status")
 
     def __init__(self) -> None:
-        self.parser: httptools.HttpResponseParser | None = None  # (let go by `release`)
-        self.headers: dict[str, str] = {}
+        self.parser: httptools.HttpResponseParser | None = None  # (let go with the wire)
         self.body: list[bytes] = []
+        self.begin()
+
+    def begin(self) -> None:
+        """A call's answer to read, from its first byte."""
+        self.headers: dict[str, str] = {}
+        self.body.clear()
         self.status = self.interims = 0
         self.head_done = self.complete = self.extra = self.kept_alive = False
 
@@ -211,6 +224,7 @@ class UpstreamAnswer:
         self.ended = message.complete
 
     async def read(self) -> bytes:
+        """The body's bytes not yet taken (`ready`), to its end."""
         parts = [self.ready()]
         while not self.ended:
             await self.more()
@@ -252,7 +266,6 @@ class UpstreamAnswer:
 
     def release(self) -> None:
         wire, message = self._wire, self._message
-        message.parser = None  # (the parser holds it: each goes with the answer)
         reusable = self.ended and not self.to_close and not message.extra and \
             message.kept_alive and wire.closed is None
         kept = reusable and not wire.buffer
@@ -366,8 +379,8 @@ class UpstreamClient:
                 wire = await _connect(target, deadline, timeout)
             assert wire.transport is not None
             wire.arm(deadline, timeout)
-            answer = _AnswerParts()
-            answer.parser = parser = httptools.HttpResponseParser(answer)
+            answer, parser = wire.parts, wire.parser
+            answer.begin()
             try:
                 wire.transport.writelines(message)
                 head = 0
@@ -386,7 +399,6 @@ class UpstreamClient:
                     _feed(parser, wire.take(len(wire.buffer)))
                 return UpstreamAnswer(self, target.origin, wire, parser, answer)
             except BaseException as exc:
-                answer.parser = None
                 wire.disarm(dropped=True)
                 wire.transport.abort()
                 if kept and isinstance(exc, UpstreamFailed) and not (wire.received
