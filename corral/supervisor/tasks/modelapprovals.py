@@ -42,11 +42,11 @@ def model_policy_of(r: Replica, tenant: str | None, held_by_rule: bool = False
     `held_by_rule`: a policy rule or taint holds this one, supervisor/policy.py)."""
     spec = r.spec
     held = r.host.tenant_spec(tenant) if tenant is not None else None
-    models = [*getattr(spec, "approve_models", []),
-              *(held.approve_models if held is not None else ())]
+    own: list[str] = getattr(spec, "approve_models", [])
     cost_over: float = getattr(spec, "approve_cost_over", 0.0)
-    if not models and not cost_over and not held_by_rule:
-        return None
+    if not (own or cost_over or held_by_rule or (held is not None and held.approve_models)):
+        return None  # (most calls: no list made)
+    models = [*own, *(held.approve_models if held is not None else ())]
     timeout = getattr(spec, "approve_timeout", 0.0)
     return ModelPolicy(models, cost_over, timeout or None, getattr(spec, "on_deny", "error"),
                        getattr(spec, "on_timeout", "error"))
@@ -102,22 +102,21 @@ class ModelApprovals(TaskInterceptor):
     def _asking(self, call: Call) -> tuple[ModelPolicy, str] | None:
         """Whether the call waits for a person: its policy and why, or None; ModelRefusal
         when a rule denies it."""
-        task, model = call.task, call.model
+        task, model, r = call.task, call.model, call.agent
         assert model is not None  # (a model call's)
         tenant = task.tenant if task is not None and task.tenant is not None \
-            else getattr(call.agent.spec, "tenant", None)
+            else getattr(r.spec, "tenant", None)
         rule = ""
         guard = self._guard
         if guard is not None:
             assert self._path is not None  # bound as the engine was made
-            owner = task.id if task is not None else \
-                self._path.replica_calls.owner_of(call.agent)
-            verdict = guard.judge(owner, call.agent, tenant, "model", call.name,
+            owner = task.id if task is not None else self._path.replica_calls.owner_of(r)
+            verdict = guard.judge(owner, r, tenant, "model", call.name,
                                   {"max_tokens": model.ask.bound}, task)
             if verdict.effect == "deny":
                 raise ModelRefusal(403, verdict.said(f"model call {call.name}"))
             rule = verdict.rule if verdict.effect == "approve" else ""
-        policy = model_policy_of(call.agent, tenant, bool(rule))
+        policy = model_policy_of(r, tenant, bool(rule))
         if policy is None:
             return None
         why = rule or why_held(policy, call.name, model.most_cost())
