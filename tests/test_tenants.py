@@ -1317,11 +1317,12 @@ async def test_a_gateway_client_of_a_tenant_calls_no_other_tenants_server_whatev
         # before b's server was there)
         ident = Identity(name="a1#0", allow=["*"], owner="a1#0", tenant="a",
                          max_concurrent=4, rate_per_minute=0, max_sessions=1)
-        with pytest.raises(RpcError) as err:
-            await gw.call(ident, "zserv__echo", {"text": "x"})
-        assert err.value.message == ("tool zserv__echo is not allowed for gateway client "
-                                     "a1#0 (its tools allowlist: ['*']; tenant a does not "
-                                     "see MCP server zserv)")
+        # (b's server answered as one that is not there: decision 1694)
+        for server in ("zserv", "nosuch"):
+            with pytest.raises(RpcError) as err:
+                await gw.call(ident, f"{server}__echo", {"text": "x"})
+            assert err.value.message == (f"no such tool: {server}__echo (no MCP server "
+                                         f"{server})")
         # its own tenant's and the shared ones it calls
         assert await gw.call(ident, "aserv__echo", {"text": "x"}) is not None
         assert await gw.call(ident, "common__echo", {"text": "x"}) is not None

@@ -274,6 +274,11 @@ class GatewayService:
         entry = self.tools.servers.get(tool.partition("__")[0])
         return entry is None or entry.spec.shared or entry.spec.tenant == tenant
 
+    def _server_seen(self, ident: Identity) -> Callable[[str], bool]:
+        """Whether the client's tenant sees a server now (one it does not, none there is:
+        decision 1694)."""
+        return lambda server: self._tenant_sees(ident, f"{server}__")
+
     def tenant_sessions(self, ident: Identity) -> int:
         """The HTTP sessions the client's tenant's clients may hold together (0: no bound)."""
         if ident.tenant is None:
@@ -670,11 +675,10 @@ class GatewayService:
         pool = self.tools
         if method == "prompts/get":
             name = str(params.get("name"))
-            self._prompt_seen(ident, name)
             relay, opened = self._relay(ident, name, params, name.partition("__")[0])
             return self._sealed(ident, name, opened, relay, await pool.get_prompt(
                 name, params.get("arguments") or {}, owner=ident.owner, allow=ident.allow,
-                relay=relay))
+                relay=relay, sees=self._server_seen(ident)))
         if method == "resources/read":
             uri = str(params.get("uri"))
             server = await self._server_of(ident, uri)
@@ -685,21 +689,12 @@ class GatewayService:
             ref = dict(params.get("ref") or {})
             if ref.get("type") == "ref/prompt":
                 server, _, ref["name"] = str(ref.get("name")).partition("__")
-                self._prompt_seen(ident, f"{server}__{ref['name']}")
             else:
                 server = await self._server_of(ident, str(ref.get("uri")), templates=True)
             return await pool.complete(server, ref, params.get("argument") or {},
                                        params.get("context"), owner=ident.owner,
-                                       allow=ident.allow)
+                                       allow=ident.allow, sees=self._server_seen(ident))
         raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
-
-    def _prompt_seen(self, ident: Identity, name: str) -> None:
-        """Refuses a prompt of a server the client's tenant does not see now."""
-        if not self._tenant_sees(ident, name):
-            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
-                           f"prompt {name} is not one gateway client {ident.name} may use: "
-                           f"tenant {ident.tenant} does not see MCP server "
-                           f"{name.partition('__')[0]}")
 
     async def subscribe(self, ident: Identity, uri: str, subscriber: str,
                         on_update: Callable[[str], None]) -> None:

@@ -80,6 +80,14 @@ LISTED = {"resources": ("resources", "uri"),
           "prompts": ("prompts", "name")}
 
 
+def no_server(qualified: str, server: str, what: str = "tool") -> RpcError:
+    """A tool (or skill) of no MCP server there is, or none its caller's tenant sees: the
+    one answer for both (a server of another tenant's is not told from one that is not
+    there: decision 1694), the names a caller chose cut (2 MB of one were 4 MB of this)."""
+    return RpcError(jsonrpc.NOT_FOUND, f"no such {what}: {text.clip(qualified, 200)} "
+                                       f"(no MCP server {text.clip(server, 200)})")
+
+
 def split(qualified: str, what: str = "tool") -> tuple[str, str]:
     server, sep, name = qualified.partition(SEP)
     if not sep or not server or not name:
@@ -252,10 +260,15 @@ class McpPool(Generic[Spec, Inst]):
         return [item for items in lists for item in items]
 
     async def _admitted(self, server: str, what: str, qualified: str, owner: str | None,
-                        allow: list[str] | None) -> tuple[ServerEntry[Spec, Inst], Inst]:
+                        allow: list[str] | None, sees: Callable[[str], bool] | None = None
+                        ) -> tuple[ServerEntry[Spec, Inst], Inst]:
+        """`sees`: whether the caller's tenant sees a server (one it does not is none
+        there is, in the same words: decision 1694)."""
         if allow is not None and not allowed(qualified, allow):
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"{what} {qualified} is not allowed (allowlist: {allow})")
+        if sees is not None and not sees(server):
+            raise jsonrpc.not_found("MCP server", server)
         entry = self.server(server)
         return entry, await self.instance(entry, owner)
 
@@ -285,9 +298,8 @@ class McpPool(Generic[Spec, Inst]):
         (McpClient.call_tool says the rest)."""
         server, tool = split(qualified)
         entry = self.servers.get(server)
-        if entry is None:  # (the names a caller chose, cut: 2 MB of one were 4 MB of this)
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {text.clip(qualified, 200)} "
-                                              f"(no MCP server {text.clip(server, 200)})")
+        if entry is None:
+            raise no_server(qualified, server)
         inst = await self.instance(entry, owner)
         definition = inst.client.tool(tool)
         if definition is None:
@@ -390,18 +402,20 @@ class McpPool(Generic[Spec, Inst]):
 
     async def get_prompt(self, qualified: str, arguments: dict[str, str], *,
                          owner: str | None = None, allow: list[str] | None = None,
-                         relay: InputRelay | None = None) -> Any:
+                         relay: InputRelay | None = None,
+                         sees: Callable[[str], bool] | None = None) -> Any:
         server, name = split(qualified, "prompt")
-        entry, inst = await self._admitted(server, "prompt", qualified, owner, allow)
+        entry, inst = await self._admitted(server, "prompt", qualified, owner, allow, sees)
         return await inst.client.get_prompt(name, arguments, entry.spec.timeout, relay)
 
     async def complete(self, server: str, ref: dict[str, Any], argument: dict[str, Any],
                        context: dict[str, Any] | None = None, *, owner: str | None = None,
-                       allow: list[str] | None = None) -> Any:
+                       allow: list[str] | None = None,
+                       sees: Callable[[str], bool] | None = None) -> Any:
         """completion/complete of a prompt's (name unqualified) or resource template's argument."""
         subject = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
         entry, inst = await self._admitted(server, "completion for",
-                                           f"{server}{SEP}{subject}", owner, allow)
+                                           f"{server}{SEP}{subject}", owner, allow, sees)
         return await inst.client.complete(ref, argument, context, entry.spec.timeout)
 
     def status(self) -> list[dict[str, Any]]:

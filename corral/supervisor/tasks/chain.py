@@ -42,10 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ...mcp.pool import allowed
+from ...mcp.pool import allowed, no_server
 from ...text import plural
 from ...tracecontext import CALLER
-from ..config import DEFAULT_TENANT
 from .call import Call
 from .interceptors import AGENT_TOOL, Interceptors, TaskInterceptor, ToolPorts
 from .modelview import model_in_view
@@ -78,10 +77,9 @@ def out_of_view(call: Call) -> RpcError | None:
     if client.allow is not None and not allowed(call.name, client.allow):
         return not_allowed(call.name, caller, client.allow, what=what)
     if not client.sees(call.name):  # (a client of no tenant, not the operator: default's)
-        tenant = client.tenant if client.tenant is not None else DEFAULT_TENANT
-        return not_allowed(call.name, caller, client.allow,
-                           f"; tenant {tenant} does not see MCP server "
-                           f"{call.name.partition('__')[0]}", what)
+        # a server its tenant does not see is none there is, in the pool's words: another
+        # tenant's is not told from one that is not there (decision 1694)
+        return no_server(call.name, call.name.partition("__")[0], what)
     return None
 
 
