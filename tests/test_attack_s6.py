@@ -230,3 +230,57 @@ def test_the_agents_listed_to_each_caller_are_those_its_calls_may_start(
                 assert got["error"]["code"] in (jsonrpc.TOOL_NOT_ALLOWED, jsonrpc.NOT_FOUND,
                                                 jsonrpc.UNAUTHORIZED), (who, agent, got)
         assert (names, sorted(ran)) == (started[who], started[who]), (who, listed)
+
+
+STAR, STAR_TOKEN = "star", "attack-s6-token-of-a-client-whose-allowlist-admits-all"
+
+
+@pytest.fixture(scope="module")
+def views_daemon() -> Iterator[Daemon]:
+    """Tenant acme's MCP server `mine`; a tokens-file client of no tenant (the default
+    tenant's) whose allowlist admits every name; an operator's rule denying `*__fetch`."""
+    tmp = shared_tmpdir()
+    tokens = tmp / "tokens.toml"
+    tokens.write_text(f"[clients.{STAR}]\n"
+                      f'token_sha256 = "{hashlib.sha256(STAR_TOKEN.encode()).hexdigest()}"\n'
+                      'tools = ["*"]\n')
+    with running_daemon(tmp, f"""
+[tenants.acme]
+
+[mcp_servers.mine]
+command = ["{PY}", "{ROOT / "tests" / "servers" / "policy_mcp.py"}"]
+tenant = "acme"
+
+[[policy]]
+name = "no fetch"
+match = {{ tool = "*__fetch" }}
+effect = "deny"
+
+[gateway]
+listen = "127.0.0.1:0"
+tokens_file = "{tokens}"
+""") as d:
+        yield d
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.xfail(strict=True, reason="hole: a client tells another tenant's MCP server "
+                   "from a name of none: the view link refuses the first, a name of no "
+                   "server passes on to the policy rules, whose verdict (a deny here; an "
+                   "approve holds it for a person) is another answer (decision 1694's "
+                   "aim, open where a rule matches the name)")
+def test_a_client_tells_no_other_tenants_server_from_none_under_a_rule_naming_both(
+        views_daemon: Daemon) -> None:
+    """Decision 1022 hides another tenant's servers from a gateway client; an allowlist
+    of `*` (a tokens file's, an anonymous one) admits every name to the view link, which
+    refuses one of another tenant's server there. A name of no server at all goes on past
+    it to the rules: under a rule matching both names, the two answers differ, so one
+    call a guess tells which servers another tenant has."""
+    url = views_daemon.ask("gateway.status", {})["url"]
+    said = {server: rpc(url, STAR_TOKEN, "tools/call",
+                        {"name": f"{server}__fetch", "arguments": {}})
+            for server in ("mine", "nosuch")}
+    shown = {server: json.dumps({k: v for k, v in got.items() if k != "id"}).replace(
+        server, "S") for server, got in said.items()}
+    assert shown["mine"] == shown["nosuch"], said
