@@ -284,3 +284,35 @@ def test_a_client_tells_no_other_tenants_server_from_none_under_a_rule_naming_bo
     shown = {server: json.dumps({k: v for k, v in got.items() if k != "id"}).replace(
         server, "S") for server, got in said.items()}
     assert shown["mine"] == shown["nosuch"], said
+
+
+@pytest.mark.deadline(180)
+def test_the_skills_listed_to_each_caller_are_those_it_may_read(
+        skills_daemon: Daemon) -> None:
+    """Decision 1691: the skills' lists read the view link's verdict, which alone judges
+    a read. For each kind of caller (a tokens file's allowlist, an API token's agent glob,
+    a tenant's token, an anonymous caller, replicas), the operator's skills it is listed
+    in skills/list and resources/list are exactly those its skills/get and resources/read
+    are answered, whatever the view decides of a replica's `spawns`."""
+    d = skills_daemon
+    url = d.ask("gateway.status", {})["url"]
+    made = {"ops-glob": ("--agents", "ops-*"), "acme": ("--tenant", "acme")}
+    callers = {f"token {name}": d.json("token", "create", f"s6-skills-{name}", "--scope",
+                                       "mcp:call", *how)["token"]
+               for name, how in made.items()}
+    callers.update({PLAIN: PLAIN_TOKEN, "anonymous": "",
+                    "caller": replica_env(d, "caller")[1],
+                    "reader": replica_env(d, "reader")[1]})
+    both = ["skill://corral/incident-review/SKILL.md", NOTES]
+    expected = {"token ops-glob": [], "token acme": both, PLAIN: [], "anonymous": both,
+                "caller": []}
+    for who, token in callers.items():
+        listed = sorted(s["uri"] for s in rpc(url, token, "skills/list", {})["result"][
+            "skills"])
+        resources = sorted(r["uri"] for r in rpc(url, token, "resources/list", {})[
+            "result"]["resources"] if r["uri"].startswith("skill://"))
+        read = [uri for uri in both
+                if "result" in rpc(url, token, "skills/get", {"uri": uri})
+                and "result" in rpc(url, token, "resources/read", {"uri": uri})]
+        assert listed == resources == read, (who, listed, resources, read)
+        assert who not in expected or read == expected[who], (who, read)
