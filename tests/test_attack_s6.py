@@ -115,10 +115,6 @@ anonymous_tools = ["*"]
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason="defect: the view link (tasks/chain.py `refused`) "
-                   "judges a replica's spawns for every corral__ name, and the operator's "
-                   "own skills are server corral's (gatewayskills.py OWN), so an agent "
-                   "spawning nothing is refused each of them (decisions 1690 with 1691)")
 def test_an_agent_reads_the_operators_skills_its_allowlist_admits_whatever_it_spawns(
         skills_daemon: Daemon) -> None:
     """The operator's own skills are the server `corral`'s (OWN = AGENTS_VIEW), so a skill
@@ -138,10 +134,6 @@ def test_an_agent_reads_the_operators_skills_its_allowlist_admits_whatever_it_sp
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason="hole: a skill read, audited since decision 1691, "
-                   "takes no token of its client's rate_per_minute (gatewayaccess.py "
-                   "forward: a slot alone), so a client past its rate still writes a "
-                   "gateway.call row a read and pushes its party's tool-call rows out")
 def test_a_skill_read_takes_a_token_of_its_clients_rate_as_every_audited_call_does(
         skills_daemon: Daemon) -> None:
     """Decision 1691 made a skill read a call whose audit link writes a `gateway.call`
@@ -265,11 +257,6 @@ tokens_file = "{tokens}"
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason="hole: a client tells another tenant's MCP server "
-                   "from a name of none: the view link refuses the first, a name of no "
-                   "server passes on to the policy rules, whose verdict (a deny here; an "
-                   "approve holds it for a person) is another answer (decision 1694's "
-                   "aim, open where a rule matches the name)")
 def test_a_client_tells_no_other_tenants_server_from_none_under_a_rule_naming_both(
         views_daemon: Daemon) -> None:
     """Decision 1022 hides another tenant's servers from a gateway client; an allowlist

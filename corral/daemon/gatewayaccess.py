@@ -150,9 +150,10 @@ class _Slot(msgspec.Struct):
 
     limiter: Limiter
     ident: Identity
+    rated: bool = False
 
     def __enter__(self) -> None:
-        self.limiter.admit(self.ident, rated=False)
+        self.limiter.admit(self.ident, self.rated)
 
     def __exit__(self, *exc: object) -> None:
         self.limiter.in_flight -= 1
@@ -271,8 +272,14 @@ class GatewayService:
         if ident.operator:
             return True
         tenant = ident.tenant if ident.tenant is not None else DEFAULT_TENANT
-        entry = self.tools.servers.get(tool.partition("__")[0])
-        return entry is None or entry.spec.shared or entry.spec.tenant == tenant
+        server, sep, _ = tool.partition("__")
+        entry = self.tools.servers.get(server)
+        if entry is None:
+            # a server that is not there is judged here as one not seen, not passed on to
+            # the rules: a rule matching both names would answer the two apart (the
+            # agents' and the operator's skills are the server corral's, never the pool's)
+            return not sep or server == AGENTS_VIEW
+        return entry.spec.shared or entry.spec.tenant == tenant
 
     def _server_seen(self, ident: Identity) -> Callable[[str], bool]:
         """Whether the client's tenant sees a server now (one it does not, none there is:
@@ -388,10 +395,11 @@ class GatewayService:
     def features(self) -> frozenset[str]:
         return frozenset({"tools", "resources", "prompts", "completions"})
 
-    def slot(self, ident: Identity) -> _Slot:
+    def slot(self, ident: Identity, rated: bool = False) -> _Slot:
         """One of the client's `max_concurrent` slots for a request that is not a tool
-        call: nothing a client sends runs unbounded."""
-        return _Slot(self.limiters[ident.name], ident)
+        call: nothing a client sends runs unbounded; `rated`, a token of its
+        rate_per_minute too (a call the chain audits: a skill read)."""
+        return _Slot(self.limiters[ident.name], ident, rated)
 
     async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
         """Tools and prompts named SERVER__NAME; under tool search, `search_tools` and the
@@ -443,7 +451,9 @@ class GatewayService:
             return await self._agent_call(ident, method, params, None, on_progress)
         if method in SKILL_METHODS or (method == "resources/read" and
                                        is_skill(str(params.get("uri")))):
-            with self.slot(ident):
+            # a read is a Call with its row (decision 1691): rated as a tool call is,
+            # or a client past its rate writes rows as fast as it sends; a list is none
+            with self.slot(ident, rated=method != "skills/list"):
                 return await self.skills.serve(ident, method, params)
         if ident.server is not None:
             params = _qualified(ident.server, method, params)

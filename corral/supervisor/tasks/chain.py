@@ -168,9 +168,10 @@ class Chain:
         if not allowed(call.name, allow):
             return not_allowed(call.name, f"agent {r.name}", allow,
                                what="tool" if call.skill is None else "skill")
-        if call.name.startswith(AGENT_TOOL):
+        if call.skill is None and call.name.startswith(AGENT_TOOL):
             # an agent called as a tool starts a task of it: one its `spawns` names
-            # (decision 1690: at every door, before any other link counts or holds it)
+            # (decision 1690: at every door, before any other link counts or holds it);
+            # the operator's own skills share the name's server, and a read starts none
             agent = call.name[len(AGENT_TOOL):]
             listed: list[str] = list(getattr(r.spec, "spawns", []))
             if not allowed(agent, listed):
