@@ -292,7 +292,7 @@ def test_the_skills_listed_to_each_caller_are_those_it_may_read(
                     "reader": replica_env(d, "reader")[1]})
     both = ["skill://corral/incident-review/SKILL.md", NOTES]
     expected = {"token ops-glob": [], "token acme": both, PLAIN: [], "anonymous": both,
-                "caller": []}
+                "caller": [], "reader": both}
     for who, token in callers.items():
         listed = sorted(s["uri"] for s in rpc(url, token, "skills/list", {})["result"][
             "skills"])
@@ -302,4 +302,4 @@ def test_the_skills_listed_to_each_caller_are_those_it_may_read(
                 if "result" in rpc(url, token, "skills/get", {"uri": uri})
                 and "result" in rpc(url, token, "resources/read", {"uri": uri})]
         assert listed == resources == read, (who, listed, resources, read)
-        assert who not in expected or read == expected[who], (who, read)
+        assert read == expected[who], (who, read)
