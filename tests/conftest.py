@@ -368,26 +368,23 @@ class Turns:
     """Whose turn it is across the workers of one run: every test holds a shared lock
     while it runs, a test marked `alone` the exclusive one, so it runs with no other test
     beside it (it counts what a whole user runs, as RLIMIT_NPROC of user nobody does, or
-    every process of that user). A turnstile is passed first: an `alone` test waiting holds
-    it, so the tests that come after wait behind it instead of starving it, as readers
-    of a bare flock would. Locks held by a worker that dies go with its fds."""
+    every process of that user). The exclusive one waits while any test runs, the tests
+    asked for meanwhile going first: a file holding a test marked `alone` is handed out
+    last (`longest_first`), so it runs once the others are done, rather than holding the
+    workers that still had tests at the gate while the ones running ended (a turnstile
+    did: the run's tail was that wait, then the `alone` test, then theirs). Locks held
+    by a worker that dies go with its fds."""
 
     def __init__(self, directory: Path) -> None:
-        self.gate = open(directory / "corral-turns.gate", "a")  # noqa: SIM115
         self.lock = open(directory / "corral-turns.lock", "a")  # noqa: SIM115
 
     @contextlib.contextmanager
     def take(self, alone: bool) -> Iterator[None]:
-        fcntl.flock(self.gate, fcntl.LOCK_EX)
-        if not alone:
-            fcntl.flock(self.gate, fcntl.LOCK_UN)
         fcntl.flock(self.lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         try:
             yield
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
-            if alone:
-                fcntl.flock(self.gate, fcntl.LOCK_UN)
 
 
 _TURNS: Turns | None = None
