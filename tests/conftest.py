@@ -459,7 +459,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: object) -> Iterator[None]
     the controller (pytest-xdist sends a report's user_properties). A test's SIGALRM
     (pytest-timeout) that comes while pytest makes the report is held until it is made:
     raised in pytest's own formatting of a failure, it was an INTERNALERROR that ended a
-    parallel run. Held, it comes at once after, in the next phase."""
+    parallel run. Held, it comes at once after, in the next phase. A failure whose
+    traceback pytest cannot format (`unformatted`) is reported without it."""
     global _cpu_since
     held: list[int] = []
     alarm = signal.signal(signal.SIGALRM, lambda signum, frame: held.append(signum))
@@ -469,9 +470,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: object) -> Iterator[None]
         signal.signal(signal.SIGALRM, alarm)
         if held:
             signal.setitimer(signal.ITIMER_REAL, HELD_ALARM)
+    try:
+        report = outcome.get_result()
+    except SystemError as exc:
+        report = unformatted(item, call, exc)  # type: ignore[arg-type]
+        outcome.force_result(report)
     now = _cpu_now()
-    outcome.get_result().user_properties.append((_CPU_MARK, round(now - _cpu_since, 4)))
+    report.user_properties.append((_CPU_MARK, round(now - _cpu_since, 4)))
     _cpu_since = now
+
+
+def unformatted(item: pytest.Item, call: pytest.CallInfo[None], exc: SystemError
+                ) -> pytest.TestReport:
+    """The phase's report, failed, with its exception and why its traceback is missing:
+    CPython 3.11.7's ast.parse, in pytest's reading of the failing lines, raised "AST
+    constructor recursion depth mismatch" on a loaded host, out of the report's making,
+    an INTERNALERROR that ended the worker and the parallel run with it (CI b2, suite 1)."""
+    said = call.excinfo.exconly() if call.excinfo is not None else "(no exception)"
+    return pytest.TestReport(
+        item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
+        f"{said}\n(its traceback not formatted: {type(exc).__name__}: {exc})", call.when,
+        [], call.duration, call.start, call.stop, user_properties=list(item.user_properties))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

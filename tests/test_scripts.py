@@ -183,6 +183,30 @@ def test_suite_times_lists_the_tests_that_waited_longest(tmp_path: Path) -> None
         "     2.5     3.0    0.5  t.py::c"]
 
 
+def test_a_failure_pytest_cannot_format_is_reported_without_its_traceback(
+        tmp_path: Path) -> None:
+    """tests/conftest.py's `unformatted`: the SystemError CPython 3.11.7's ast.parse raised
+    in pytest's reading of a failure's lines, at load, fails the test with its own
+    exception said, not the worker with an INTERNALERROR."""
+    (tmp_path / "conftest.py").write_text(
+        "import _pytest._code.code\n"
+        "from tests.conftest import pytest_runtest_makereport  # noqa: F401\n"
+        "def mismatch(*args, **kwargs):\n"
+        "    raise SystemError('AST constructor recursion depth mismatch (before=147, "
+        "after=48)')\n"
+        "_pytest._code.code.getstatementrange_ast = mismatch\n")
+    (tmp_path / "test_it.py").write_text("def test_it():\n    assert 1 == 2\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-rf", str(tmp_path / "test_it.py")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "INTERNALERROR" not in r.stdout + r.stderr
+    assert ("AssertionError: assert 1 == 2\n(its traceback not formatted: SystemError: "
+            "AST constructor recursion depth mismatch (before=147, after=48))") in r.stdout
+    assert r.stdout.splitlines()[-1].startswith("1 failed")
+
+
 def test_suite_times_reads_a_runs_timeline(tmp_path: Path) -> None:
     """CORRAL_TEST_TIMELINE's lines (worker, test, turn asked, begun, ended): each
     worker's time in tests, waiting and idle after, the longest waits, and each worker's
