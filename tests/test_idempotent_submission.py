@@ -163,19 +163,21 @@ async def test_a_keyed_task_its_journal_could_not_record_keeps_no_key(
     async with in_process(tmp_path, recorder("rec", tmp_path / "record")) as d:
         db = tmp_path / "state" / "corral.db"
 
-        async def submit() -> Any:
+        async def submit(hold: int) -> Any:
             return await d.dispatcher.call(SOCKET, "tasks.submit", {
-                "agent": "rec", "input": msgspec.Raw(b'{"hold": 4}'),
+                "agent": "rec", "input": msgspec.Raw(b'{"hold": %d}' % hold),
                 "idempotency_key": "k", "wait": 30})
 
-        # (the task runs on past the journal's 2 s wait for its lock: one that ended
-        # first ran, and its outcome would be the answer)
+        # (the task runs on well past the journal's 2 s wait for its lock, a loaded
+        # loop's stalls included: one that ended first ran, and its outcome would be the
+        # answer; the request after it holds for nothing, as its replica is free only
+        # once that sleep ends)
         holder = sqlite3.connect(db, isolation_level=None)
         try:
             holder.execute("BEGIN EXCLUSIVE")  # every write of the journal fails now
             # the request and its retry while the first waits for its commit: the retry
             # is told the first's task only once it is durable, so both are refused
-            both = await asyncio.gather(submit(), submit(), return_exceptions=True)
+            both = await asyncio.gather(submit(8), submit(8), return_exceptions=True)
             for refused in both:
                 assert isinstance(refused, RpcError)
                 assert (refused.code, refused.message) == (
@@ -191,10 +193,11 @@ async def test_a_keyed_task_its_journal_could_not_record_keeps_no_key(
                ).supervisor.task_journal_refusing is not None:  # its catch-up, <= 1 s
             assert loop.time() < deadline, "the journal never wrote again"
             await asyncio.sleep(0.05)
-        # the task refused kept no key: the same request is a new task, then that one
-        again = await submit()
+        # the task refused kept no key: its key's next request is a new task (one kept
+        # would answer it as that task's, or refuse its other input), then that one
+        again = await submit(0)
         assert again.status == "succeeded" and again.replayed is msgspec.UNSET
-        assert (await submit()).task_id == again.task_id
+        assert (await submit(0)).task_id == again.task_id
         listed = (await d.dispatcher.call(SOCKET, "tasks.list", {})).tasks
         assert sorted(t.status for t in listed) == ["cancelled", "succeeded"]
         keys = sqlite3.connect(db)

@@ -110,7 +110,7 @@ async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
         # it reads none of the answers: past STDIN_HIGH of them, its requests wait
         # (the request that finds its requests paused is held as it is read: a turn or
         # more after the mark, on a loaded machine)
-        await wait_until_async(lambda: child.stdin_full and peer.held is not None, 10)
+        await wait_until_async(lambda: child.stdin_full and peer.held is not None, 30)
         assert peer.requests_paused and child.reader.paused
         seen, backlog = len(answered), child.stdin_backlog
         # past the mark by at most what one turn of the loop gathers before it is written
@@ -121,7 +121,7 @@ async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
             assert (len(answered), child.stdin_backlog) == (seen, backlog)
         # it reads them: under STDIN_LOW, its requests are taken again
         os.kill(popen.pid, signal.SIGUSR1)
-        await wait_until_async(lambda: len(answered) > seen + 100_000, 10)
+        await wait_until_async(lambda: len(answered) > seen + 100_000, 30)
     finally:
         child.kill_group(signal.SIGKILL)
         popen.wait(10)
