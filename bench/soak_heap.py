@@ -11,8 +11,8 @@ Run the soak with the dumps on (one life: `--restarts 0 --upgrades 0`; each dump
 
 The accounts: the RSS and its split by the kind of mapping that holds it (glibc's brk heap
 and thread arenas, threads' stacks, other anonymous mappings: pymalloc's arenas among
-them, files); glibc's bytes in use and kept free; pymalloc's arenas, its bytes in live
-blocks and in free ones; the live objects. An RSS that grows while the bytes in use do not
+them, files); glibc's bytes in use and kept free, and its main arena's free chunks of
+8-64 KiB; pymalloc's arenas, its bytes in live blocks and in free ones; the live objects. An RSS that grows while the bytes in use do not
 is an allocator's holes; a type whose count grows is live data, a leak if nothing bounds it.
 """
 
@@ -44,6 +44,18 @@ def _heap(d: Dump, *keys: str) -> float | None:
     return None if not heaps else sum(heaps[0][k] for k in keys) / MIB
 
 
+def _holes(low: int, high: int, count: bool = False) -> Callable[[Dump], float | None]:
+    """How a dump gives the main arena's free chunks of more than `low` bytes up to `high`:
+    their MiB, or their number (None: not in this dump)."""
+    def get(d: Dump) -> float | None:
+        heaps = (d.get("malloc") or {}).get("heaps")
+        if not heaps:
+            return None
+        sizes = [s for s in heaps[0]["sizes"] if low < s[1] <= high]  # [from, to, n, bytes]
+        return float(sum(s[2] for s in sizes)) if count else sum(s[3] for s in sizes) / MIB
+    return get
+
+
 # each account: its label and how a dump gives it (None: this dump has it not)
 ACCOUNTS: list[tuple[str, Callable[[Dump], float | None]]] = [
     ("rss", lambda d: d["rss"] / MIB),
@@ -51,6 +63,9 @@ ACCOUNTS: list[tuple[str, Callable[[Dump], float | None]]] = [
         "brk_heap", "malloc_arenas", "thread_stacks", "other_anon", "file", "main_stack")],
     ("glibc main arena (brk)", lambda d: _heap(d, "system")),
     ("glibc main arena's free chunks", lambda d: _heap(d, "free_fast", "free_rest")),
+    # the holes the loop's churn leaves (issue 90): their bytes, and how many
+    ("  of them 8-64 KiB", _holes(8 << 10, 64 << 10)),
+    ("  of them 8-64 KiB (count)", _holes(8 << 10, 64 << 10, count=True)),
     ("glibc in use", _part("malloc", "in_use")),
     ("glibc free", _part("malloc", "free")),
     ("glibc mmapped", _part("malloc", "mmapped")),
