@@ -12,8 +12,9 @@ Run the soak with the dumps on (one life: `--restarts 0 --upgrades 0`; each dump
 The accounts: the RSS and its split by the kind of mapping that holds it (glibc's brk heap
 and thread arenas, threads' stacks, other anonymous mappings: pymalloc's arenas among
 them, files); glibc's bytes in use and kept free, and its main arena's free chunks of
-8-64 KiB; pymalloc's arenas, its bytes in live blocks and in free ones; the live objects. An RSS that grows while the bytes in use do not
-is an allocator's holes; a type whose count grows is live data, a leak if nothing bounds it.
+8-64 KiB; pymalloc's arenas, its bytes in live blocks and in free ones; the live objects.
+An RSS that grows while the bytes in use do not is an allocator's holes; a type whose
+count grows is live data, a leak if nothing bounds it.
 """
 
 from __future__ import annotations
