@@ -196,10 +196,12 @@ def test_a_failure_pytest_cannot_format_is_reported_without_its_traceback(
         "after=48)')\n"
         "_pytest._code.code.getstatementrange_ast = mismatch\n")
     (tmp_path / "test_it.py").write_text("def test_it():\n    assert 1 == 2\n")
+    # (pytest alone, without every installed plugin's import: as flaky's test above)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "-rf", str(tmp_path / "test_it.py")], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env={**os.environ, "PYTHONPATH": str(ROOT),
+                            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert r.returncode == 1, r.stdout + r.stderr
     assert "INTERNALERROR" not in r.stdout + r.stderr
     assert ("AssertionError: assert 1 == 2\n(its traceback not formatted: SystemError: "
