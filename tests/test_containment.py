@@ -114,7 +114,9 @@ async def test_a_double_forked_setsid_grandchild_is_gone_after_a_sigkill_of_its_
     assert await asyncio.wait_for(q.get(), 10) == esc
     esc2 = await asyncio.wait_for(q.get(), 10)
     # a pass over /proc now that it exists (the exit's own passes may all have run before
-    # it did): it is its live agent's, and left alone
+    # it did) and has its token (none while its exec of `sleep` is under way, and a pass
+    # then only looks once more later): it is its live agent's, and left alone
+    await wait_until_async(lambda: read_token(esc2) is not None)
     assert await sup.containment._sweep_now() == 0
     assert alive(esc2)
     assert [list(t.escapees) for t in sup.containment.live.values()] == [[esc2]]
