@@ -64,6 +64,14 @@ def replica_env(d: Daemon, agent: str) -> tuple[str, str]:
     return env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
 
 
+def api_tokens(d: Daemon, prefix: str) -> dict[str, str]:
+    """Two API tokens of scope mcp:call, as `token ops-glob` (agents `ops-*`) and `token
+    acme` (tenant acme): the callers a less trusted party holds by the operator's hand."""
+    made = {"ops-glob": ("--agents", "ops-*"), "acme": ("--tenant", "acme")}
+    return {f"token {name}": d.json("token", "create", f"{prefix}-{name}", "--scope",
+                                    "mcp:call", *how)["token"] for name, how in made.items()}
+
+
 @pytest.fixture(scope="module")
 def skills_daemon() -> Iterator[Daemon]:
     """A daemon serving the operator's own skills (examples/skills, server `corral`); an
@@ -200,10 +208,7 @@ def test_the_agents_listed_to_each_caller_are_those_its_calls_may_start(
     start (review's probe of both trees: the same verdicts, in other words)."""
     d = skills_daemon
     url = d.ask("gateway.status", {})["url"]
-    made = {"ops-glob": ("--agents", "ops-*"), "acme": ("--tenant", "acme")}
-    tokens = {f"token {name}": d.json("token", "create", f"s6-{name}", "--scope",
-                                      "mcp:call", *how)["token"]
-              for name, how in made.items()}
+    tokens = api_tokens(d, "s6")
     callers = {PLAIN: PLAIN_TOKEN, "glob": tokens["token ops-glob"],
                "tenant": tokens["token acme"], "anonymous": "",
                "replica": replica_env(d, "caller")[1]}
@@ -283,10 +288,7 @@ def test_the_skills_listed_to_each_caller_are_those_it_may_read(
     are answered, whatever the view decides of a replica's `spawns`."""
     d = skills_daemon
     url = d.ask("gateway.status", {})["url"]
-    made = {"ops-glob": ("--agents", "ops-*"), "acme": ("--tenant", "acme")}
-    callers = {f"token {name}": d.json("token", "create", f"s6-skills-{name}", "--scope",
-                                       "mcp:call", *how)["token"]
-               for name, how in made.items()}
+    callers = api_tokens(d, "s6-skills")
     callers.update({PLAIN: PLAIN_TOKEN, "anonymous": "",
                     "caller": replica_env(d, "caller")[1],
                     "reader": replica_env(d, "reader")[1]})
