@@ -770,11 +770,17 @@ class GatewayService:
         rate_per_minute: /mcp/corral's too, decision 1692) and its count; a refusal
         there the door's own row (`_refused`), before the chain."""
         limiter = self.limiters[ident.name]
+        admitted = False
         try:
+            # the token before the attempt: a refused address is a row too (decision
+            # 1740), or a stale one wrote rows as fast as it was sent
+            limiter.admit(ident)
+            admitted = True
             task = None if ident.replica is None else \
                 self.attribution.task_of(ident.replica, ident.mark)
-            limiter.admit(ident)
         except RpcError as exc:
+            if admitted:
+                limiter.in_flight -= 1
             self._refused(ident, tool, f"refused: {exc.message}")
             raise
         if ident.replica is not None:

@@ -1,0 +1,111 @@
+"""The reviewer's and attacker's pass of session 7: the holes issue 86's last stop named
+and left open (its closing note's "Existing holes review named and did not close"), and
+what this session's other streams land. Each test reads real daemons with a replica's own
+token or a tokens file's; a hole not yet closed in its owner's file is a strict xfail
+that names it (docs/security.md, /work/notes's note to its owner)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from corral import jsonrpc
+
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+
+VERSION = "2026-07-28"
+AGENT = ROOT / "tests" / "doors" / "door_agent.py"
+POLICY_SERVER = ROOT / "tests" / "servers" / "policy_mcp.py"
+
+
+def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One 2026-07-28 request at `url` (its query kept: an attempt's address) with
+    `token`: its JSON-RPC answer (an HTTP refusal's body as it came)."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {}}}}
+    where = urlsplit(url)
+    assert where.hostname is not None
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    try:
+        conn.request("POST", where.path + (f"?{where.query}" if where.query else ""),
+                     json.dumps(body), {
+                         "Authorization": f"Bearer {token}",
+                         "Content-Type": "application/json",
+                         "Accept": "application/json, text/event-stream",
+                         "MCP-Protocol-Version": VERSION, "Mcp-Method": method,
+                         "Mcp-Name": str(params.get("name"))})
+        said: dict[str, Any] = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    return said
+
+
+@pytest.fixture(scope="module")
+def s7() -> Iterator[Daemon]:
+    """Tenants alpha and beta, each with an MCP server of its own (`ours`, `theirs`);
+    alpha's agent `prober`, whose allowlist is `*`; an agent `late` of its own; the
+    operator's rule denying `*__fetch` (it names a server of each tenant's, and none);
+    every gateway client's rate one call a minute."""
+    tmp = shared_tmpdir()
+    agent = f'command = ["{PY}", "{AGENT}"]\nenv = {{ PYTHONPATH = "{ROOT}" }}\n' \
+            'stop_timeout = 10.0\n'
+    with running_daemon(tmp, f"""
+[tenants.alpha]
+[tenants.beta]
+
+[agents.prober]
+{agent}tenant = "alpha"
+tools = ["*"]
+
+[agents.late]
+{agent}tools = ["*"]
+
+[mcp_servers.ours]
+command = ["{PY}", "{POLICY_SERVER}"]
+tenant = "alpha"
+
+[mcp_servers.theirs]
+command = ["{PY}", "{POLICY_SERVER}"]
+tenant = "beta"
+
+[[policy]]
+name = "no fetch"
+match = {{ tool = "*__fetch" }}
+effect = "deny"
+
+[gateway]
+listen = "127.0.0.1:0"
+rate_per_minute = 1
+""") as d:
+        yield d
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.deadline(120)
+def test_a_stale_attempts_address_takes_a_token_of_its_replicas_rate(s7: Daemon) -> None:
+    """Decision 1692: every gateway call takes a token of its client's rate_per_minute,
+    and a call its door refuses writes an audit row of its own (a `gateway.call` row and
+    a line of the daemon log). A call at an attempt's address that is no longer running
+    was refused before its token was taken: a replica sends such calls as fast as it
+    likes, each a row that pushes its tenant's older tool-call rows out. Rated, the
+    stale call spends the replica's one call of the minute, so its next, at its own
+    address, is the rate's refusal."""
+    ran = s7.ask("tasks.run", {"agent": "late", "input": {"env": True}})
+    url, token = ran["output"]["CORRAL_MCP_URL"], ran["output"]["CORRAL_MCP_TOKEN"]
+    stale = rpc(f"{url}?task={ran['task_id']}&attempt=1", token, "tools/call",
+                {"name": "ours__echo", "arguments": {}})
+    assert stale["error"]["code"] == jsonrpc.NOT_FOUND, stale
+    assert stale["error"]["message"].startswith(
+        f"attempt 1 of task {ran['task_id']} is not running on late#0"), stale
+    again = rpc(url, token, "tools/call", {"name": "ours__echo", "arguments": {}})
+    assert again.get("error") == {
+        "code": jsonrpc.REFUSED,
+        "message": "gateway client late#0 is over its rate of 1 call a minute"}, again
