@@ -53,17 +53,25 @@ AGENTS_CLIENT = "/mcp/corral client"
 
 # a client of one call in flight (its max_concurrent), test_doors.py's limits
 ONE, ONE_TOKEN = "one", "door-suite-token-of-a-client-of-one-call-at-once"
+# clients of one call a minute (their rate_per_minute), by the door test_doors.py reads
+# a skill at: each door's token its own, as a rate is its client's
+RATED = {"/mcp client": ("rated-mcp", "door-suite-token-of-a-client-of-one-call-a-minute"),
+         "/mcp/NAME client": ("rated-name", "door-suite-token-of-one-call-a-minute-by-name")}
 
 
 def tokens_file(tmp: Path, tools: list[str] = CLIENT_TOOLS) -> Path:
-    """The tokens file naming CLIENT, its allowlist `tools`, and ONE."""
+    """The tokens file naming CLIENT, its allowlist `tools`, ONE and the RATED."""
     digest = hashlib.sha256(CLIENT_TOKEN.encode()).hexdigest()
     one = hashlib.sha256(ONE_TOKEN.encode()).hexdigest()
     path = tmp / "tokens.toml"
     path.write_text(f'[clients.{CLIENT}]\ntoken_sha256 = "{digest}"\n'
                     f"tools = {json.dumps(tools)}\n\n"
                     f'[clients.{ONE}]\ntoken_sha256 = "{one}"\nmax_concurrent = 1\n'
-                    'tools = ["pol__http_get", "corral__target"]\n')
+                    'tools = ["pol__http_get", "corral__target"]\n' + "".join(
+                        f'\n[clients.{name}]\n'
+                        f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+                        'rate_per_minute = 1\ntools = ["sk__deploy-check"]\n'
+                        for name, token in RATED.values()))
     return path
 
 

@@ -32,6 +32,7 @@ from .conftest import (
     IDLE_DOORS,
     ONE,
     ONE_TOKEN,
+    RATED,
     TASK_DOORS,
     TOKEN_DOORS,
     Entry,
@@ -604,6 +605,33 @@ def test_a_skill_read_is_a_call_the_view_link_judges_and_the_audit_keeps(
         ("resources/read", f"error: {error['message']}"),
         ("skills/get", f"error: {error['message']}")], held
     assert len({c for c, _, _ in made + held}) == 1, (made, held)  # one caller's
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", sorted(RATED))
+def test_a_skill_read_takes_a_token_of_its_clients_rate_at_every_door(
+        daemon: Entry, door: str) -> None:
+    """A skill read is a call the audit keeps (decision 1691), so it takes a token of its
+    client's rate_per_minute as every audited gateway call does (6a5ef737): a client of
+    one call a minute reads a skill once, and its next read, its entry or its file, is
+    the rate's refusal, not another row; its skills/list, a view read, takes a slot
+    alone and is answered still. At each door a skill is read at, /mcp (`skill://sk/N`)
+    and /mcp/NAME (`skill://N`)."""
+    d = daemon
+    name, token = RATED[door]
+    url = d.ask("gateway.status", {})["url"]
+    at, base = (url + "/sk", "skill://") if "NAME" in door else (url, "skill://sk/")
+    got = skill_read(at, token, "skills/get", f"{base}deploy-check/SKILL.md")
+    assert got["result"]["skill"]["uri"] == f"{base}deploy-check/SKILL.md", got
+    over = {"code": jsonrpc.REFUSED,
+            "message": f"gateway client {name} is over its rate of 1 call a minute"}
+    again = skill_read(at, token, "skills/get", f"{base}deploy-check/SKILL.md")
+    assert again.get("error") == over, again
+    file = skill_read(at, token, "resources/read", f"{base}deploy-check/SKILL.md")
+    assert file.get("error") == over, file
+    listed = skill_read(at, token, "skills/list", "")
+    assert [s["uri"] for s in listed["result"]["skills"]] == [
+        f"{base}deploy-check/SKILL.md"], listed
 
 
 @pytest.mark.deadline(240)
