@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,11 +20,12 @@ import pytest
 from corral import jsonrpc
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, corral_run, running_daemon, shared_tmpdir
 
 VERSION = "2026-07-28"
 AGENT = ROOT / "tests" / "doors" / "door_agent.py"
 POLICY_SERVER = ROOT / "tests" / "servers" / "policy_mcp.py"
+SKILLS = ROOT / "examples" / "skills"  # incident-review, release-notes
 
 
 def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -53,8 +56,9 @@ def s7() -> Iterator[Daemon]:
     """Tenants alpha and beta, each with an MCP server of its own (`ours`, `theirs`);
     alpha's agent `prober`, whose allowlist is `*`; an agent `late` of its own; the
     operator's rule denying `*__fetch` (it names a server of each tenant's, and none);
-    every gateway client's rate one call a minute."""
+    every gateway client's rate one call a minute; the operator's skills (SKILLS)."""
     tmp = shared_tmpdir()
+    shutil.copytree(SKILLS, tmp / "skills")
     agent = f'command = ["{PY}", "{AGENT}"]\nenv = {{ PYTHONPATH = "{ROOT}" }}\n' \
             'stop_timeout = 10.0\n'
     with running_daemon(tmp, f"""
@@ -84,6 +88,7 @@ effect = "deny"
 [gateway]
 listen = "127.0.0.1:0"
 rate_per_minute = 1
+skills_dir = "{tmp / 'skills'}"
 """) as d:
         yield d
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,3 +114,59 @@ def test_a_stale_attempts_address_takes_a_token_of_its_replicas_rate(s7: Daemon)
     assert again.get("error") == {
         "code": jsonrpc.REFUSED,
         "message": "gateway client late#0 is over its rate of 1 call a minute"}, again
+
+
+def twin(name: str) -> str:
+    """The refusal of agent `name` named as one of the operator's skills."""
+    return (f"agents.{name}: its name is the operator's skill {name}'s too ([gateway] "
+            f"skills_dir): an allowlist's corral__{name} would admit both starting the "
+            "agent's tasks and reading the skill; rename one")
+
+
+def test_check_config_refuses_an_agent_named_as_one_of_the_operators_skills(
+        tmp_path: Path) -> None:
+    """The operator's skills are the server corral's (decision 1146), and so are the agents
+    called as tools (decision 1063): an allowlist admits a skill as `corral__NAME` and an
+    agent as `corral__AGENT`. A tokens file's client given `corral__release-notes` to
+    read that skill could start tasks of an agent `release-notes` at /mcp/corral (its
+    allowlist is all a client's view of the agents is), and one given the agent read the
+    skill. Each name now names one thing: the config is refused, at start, at reload and
+    by check-config, saying which name and why."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[agents.release-notes]\ncommand = ["{PY}", "{AGENT}"]\n\n'
+                      f'[gateway]\nskills_dir = "{SKILLS}"\n')
+    r = corral_run(["check-config", "--no-check", str(config)],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"corral: invalid config: {config}: {twin('release-notes')}\n")
+
+
+@pytest.mark.deadline(120)
+def test_an_agent_added_at_run_time_is_not_named_as_one_of_the_operators_skills(
+        s7: Daemon) -> None:
+    """As at start (above): an agent added at run time with a skill's name is refused,
+    saying which and why, and nothing is added."""
+    r = s7.cli("add", "--name", "incident-review", "--command", f"{PY} {AGENT}",
+               "--no-check")
+    assert (r.returncode, r.stderr) == (
+        1, f"corral: agents.add: {twin('incident-review')}\n"), r
+    assert "incident-review" not in {a["name"] for a in s7.ask("agents.status", {"names": []})[
+        "agents"]}
+
+
+@pytest.mark.deadline(120)
+def test_a_reload_refuses_a_skill_named_as_an_agent_added_at_run_time(s7: Daemon) -> None:
+    """The other way round: a skill put in skills_dir with the name of an agent added at
+    run time is refused by the reload that would read it, and the agent stays."""
+    assert s7.cli("add", "--name", "triage", "--command", f"{PY} {AGENT}", "--no-check",
+                  "--replicas", "0").returncode == 0
+    skill = s7.dir / "skills" / "triage"
+    skill.mkdir()
+    (skill / "SKILL.md").write_text("---\nname: triage\ndescription: Triage.\n---\n")
+    try:
+        r = s7.cli("reload")
+        assert (r.returncode, r.stderr) == (
+            1, f"corral: reload rejected, nothing changed: {twin('triage')}\n"), r
+    finally:
+        shutil.rmtree(skill)
+    assert s7.ask("agents.describe", {"name": "triage"})["origin"] == "runtime"

@@ -220,6 +220,13 @@ class GatewayService:
             path = Path(settings.tokens_file)
             tokens = load_tokens(path if path.is_absolute() else base / path)
         own = OwnSkills.load(base / settings.skills_dir) if settings.skills_dir else None
+        if own is not None:  # (an agent the config names is its loader's to refuse)
+            from ..supervisor.configload import skill_twin
+
+            twin = skill_twin((a.name for a in self.agents.values()),
+                              (s.name for s in own.skills.values()))
+            if twin is not None:
+                raise ConfigError(twin)
         said = [f"{key} {old!r} -> {new!r}" for key, old, new in (
             (k, getattr(self.settings, k), getattr(settings, k))
             for k in settings.__struct_fields__) if old != new]

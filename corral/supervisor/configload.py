@@ -479,6 +479,9 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
             cluster_problem(aspec, cluster is not None)
         if problem:
             problems.append(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
+    twin = skill_twin(agents, skill_names(gateway, base))
+    if twin is not None:
+        problems.append(f"{origin[twin.split(':')[0]]}: {twin}")
     workflows = parse_workflows(data, where, set(agents), problems)
     teams = parse_teams(data, where, agents, servers, problems)
     schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
@@ -547,6 +550,31 @@ def _include(inc: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServ
         with _collected(problems):
             _define(origin, f"mcp_servers.{name}", str(inc))
             servers[name] = sspec
+
+
+def skill_twin(agents: Iterable[str], skills: Iterable[str]) -> str | None:
+    """The first agent named as one of the operator's own skills (`[gateway] skills_dir`),
+    as `agents.NAME: problem`, or None. Both are the server corral's, so an allowlist's
+    `corral__NAME` would admit starting the one's tasks and reading the other (decision
+    1741): each name names one thing."""
+    both = sorted(set(agents) & set(skills))
+    if not both:
+        return None
+    name = both[0]
+    return (f"agents.{name}: its name is the operator's skill {name}'s too ([gateway] "
+            f"skills_dir): an allowlist's corral__{name} would admit both starting the "
+            "agent's tasks and reading the skill; rename one")
+
+
+def skill_names(gateway: GatewaySettings, base: Path) -> list[str]:
+    """The names of the operator's own skills, as ownskills.py reads `skills_dir` (each a
+    directory, not a link, named as its skill): none where it is unset or no directory
+    (the gateway says that, reading it)."""
+    if not gateway.skills_dir:
+        return []
+    root = base / gateway.skills_dir
+    return [sub.name for sub in root.iterdir() if sub.is_dir() and not sub.is_symlink()] \
+        if root.is_dir() else []
 
 
 def isolation_problem(spec: AgentSpec, gateway: GatewaySettings,
