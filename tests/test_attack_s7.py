@@ -56,7 +56,7 @@ def s7() -> Iterator[Daemon]:
     """Tenants alpha and beta, each with an MCP server of its own (`ours`, `theirs`);
     alpha's agent `prober`, whose allowlist is `*`; an agent `late` of its own; the
     operator's rule denying `*__fetch` (it names a server of each tenant's, and none);
-    every gateway client's rate one call a minute; the operator's skills (SKILLS)."""
+    every gateway client's rate two calls a minute; the operator's skills (SKILLS)."""
     tmp = shared_tmpdir()
     shutil.copytree(SKILLS, tmp / "skills")
     agent = f'command = ["{PY}", "{AGENT}"]\nenv = {{ PYTHONPATH = "{ROOT}" }}\n' \
@@ -87,7 +87,7 @@ effect = "deny"
 
 [gateway]
 listen = "127.0.0.1:0"
-rate_per_minute = 1
+rate_per_minute = 2
 skills_dir = "{tmp / 'skills'}"
 """) as d:
         yield d
@@ -101,8 +101,8 @@ def test_a_stale_attempts_address_takes_a_token_of_its_replicas_rate(s7: Daemon)
     a line of the daemon log). A call at an attempt's address that is no longer running
     was refused before its token was taken: a replica sends such calls as fast as it
     likes, each a row that pushes its tenant's older tool-call rows out. Rated, the
-    stale call spends the replica's one call of the minute, so its next, at its own
-    address, is the rate's refusal."""
+    stale call spends one of the replica's two calls of the minute, so its second
+    after, at its own address, is the rate's refusal."""
     ran = s7.ask("tasks.run", {"agent": "late", "input": {"env": True}})
     url, token = ran["output"]["CORRAL_MCP_URL"], ran["output"]["CORRAL_MCP_TOKEN"]
     stale = rpc(f"{url}?task={ran['task_id']}&attempt=1", token, "tools/call",
@@ -110,10 +110,12 @@ def test_a_stale_attempts_address_takes_a_token_of_its_replicas_rate(s7: Daemon)
     assert stale["error"]["code"] == jsonrpc.NOT_FOUND, stale
     assert stale["error"]["message"].startswith(
         f"attempt 1 of task {ran['task_id']} is not running on late#0"), stale
+    made = rpc(url, token, "tools/call", {"name": "ours__echo", "arguments": {}})
+    assert made["error"]["code"] == jsonrpc.TOOL_NOT_ALLOWED, made  # (its view's: a call)
     again = rpc(url, token, "tools/call", {"name": "ours__echo", "arguments": {}})
     assert again.get("error") == {
         "code": jsonrpc.REFUSED,
-        "message": "gateway client late#0 is over its rate of 1 call a minute"}, again
+        "message": "gateway client late#0 is over its rate of 2 calls a minute"}, again
 
 
 def twin(name: str) -> str:
@@ -170,3 +172,24 @@ def test_a_reload_refuses_a_skill_named_as_an_agent_added_at_run_time(s7: Daemon
     finally:
         shutil.rmtree(skill)
     assert s7.ask("agents.describe", {"name": "triage"})["origin"] == "runtime"
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", ["worker", "worker-no-task", "/mcp", "/mcp/NAME"])
+def test_a_replica_of_every_tool_tells_no_other_tenants_server_from_none(
+        s7: Daemon, door: str) -> None:
+    """Decision 1694's aim for a replica: an agent whose allowlist is `*` (tenant alpha's
+    `prober`) calls a tool of tenant beta's server and one of no server at all, under a
+    rule denying both names, at each door its task has (the worker link naming its task
+    and naming none, its gateway's /mcp and /mcp/NAME). The view link closed this for
+    gateway clients alone (6a5ef737: a name of no pool server refused as another
+    tenant's); a replica's allowlist is its tenant's view (quotas.py `visible_allow`:
+    `*` is each server it sees, `ours__*`), so both names are refused there, in one form,
+    before any rule: the answers read alike but for the name."""
+    calls = [{"door": door, "tool": f"{server}__fetch", "arguments": {}}
+             for server in ("theirs", "nosuch")]
+    said = s7.ask("tasks.run", {"agent": "prober", "input": {"calls": calls}})["output"]
+    theirs, nosuch = (json.dumps(got).replace(server, "S")
+                      for got, server in zip(said, ("theirs", "nosuch"), strict=True))
+    assert theirs == nosuch, said
+    assert "denied by policy rule" not in theirs, said
