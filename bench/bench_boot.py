@@ -7,9 +7,15 @@ rusage is the daemon's user+sys plus that of every child it reaped (the agents',
 hello variant). Two configs: "empty" ([supervisor] socket and state_dir, no agent) and
 "hello" (two examples/hello.py agents, the test harness's settings). Boots alternate
 between the trees boot by boot (A B, then B A, ...), so a change of load falls on both.
+Two more configs: "http" ([http] listen on a free port) and "cluster" ([cluster] on a
+redis-server the bench starts, as tests/cluster's daemons are).
+
+With --fork, each daemon is forked as the test suite starts it: by the tree's own
+tests/forkserver.py (its server has imported the CLI's and the daemon's modules once), so
+a boot's CPU is what a daemon still pays after the fork (wait4's of the child).
 
     .venv/bin/python -m bench.bench_boot -n 20 --tree A=/tmp/boot-a --tree B=.
-        -> bench/results/bench_boot.json
+        -> bench/results/bench_boot.json (bench_boot_fork.json with --fork)
 
 A tree given to --tree should be byte-compiled first (`python -m compileall -q corral`),
 as an installed one is: a boot would otherwise compile ~500 modules.
@@ -18,9 +24,9 @@ as an installed one is: a boot would otherwise compile ~500 modules.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,10 +42,18 @@ OUT = ROOT / "bench" / "results" / "bench_boot.json"
 READY_WAIT = 60.0
 
 
-def config(tree: Path, scratch: Path, variant: str) -> str:
+def config(tree: Path, scratch: Path, variant: str, redis: str | None = None) -> str:
     head = f'[supervisor]\nsocket = "{scratch}/corral.sock"\nstate_dir = "{scratch}/state"\n'
     if variant == "empty":
         return head
+    if variant == "http":
+        return head + '[http]\nlisten = "127.0.0.1:0"\n'
+    if variant == "cluster":
+        key = scratch / "cluster.key"
+        key.write_text(os.urandom(32).hex())
+        key.chmod(0o600)
+        return head + (f'[cluster]\nredis = "{redis}"\nname = "bench"\n'
+                       f'node = "{scratch.name}"\nkey_file = "{key}"\n')
     agents = "".join(textwrap.dedent(f"""
         [agents.{name}]
         command = ["{sys.executable}", "{tree}/examples/hello.py"]
@@ -54,24 +68,36 @@ def config(tree: Path, scratch: Path, variant: str) -> str:
             + "dynamic_uids = []\n" + agents)
 
 
-def boot(tree: Path, variant: str) -> dict[str, float]:
-    """One boot to READY and stop: its CPU (daemon and reaped children) and its times."""
+def fork_server(tree: Path) -> Any:
+    """The tree's own tests/forkserver.py, its server started (its PYTHONPATH the tree)."""
+    spec = importlib.util.spec_from_file_location(f"forkserver_{abs(hash(tree))}",
+                                                  tree / "tests" / "forkserver.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ForkServer()
+
+
+def boot(tree: Path, variant: str, server: Any = None, redis: str | None = None
+         ) -> dict[str, float]:
+    """One boot to READY and stop: its CPU (daemon and reaped children) and its times;
+    forked by `server` (the tree's fork server) if given."""
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
         scratch = Path(tmp)
         path = scratch / "corral.toml"
-        path.write_text(config(tree, scratch, variant))
+        path.write_text(config(tree, scratch, variant, redis))
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(scratch / "notify"))
         notify.settimeout(READY_WAIT)
         env = {**os.environ, "PYTHONPATH": str(tree), "NOTIFY_SOCKET": str(scratch / "notify"),
                "PYTHONDONTWRITEBYTECODE": "1"}
         env.pop("CORRAL_SOCKET", None)
+        argv = ["daemon", "--config", str(path)]
         t0 = time.perf_counter()
         # run in the tree: `python -m` puts the working directory first on sys.path,
         # ahead of PYTHONPATH (from another tree, that tree's corral would run)
-        proc = subprocess.Popen([sys.executable, "-m", "corral", "daemon", "--config",
-                                 str(path)], env=env, cwd=tree)
-        pid = proc.pid
+        proc = (server.popen(argv, env=env, cwd=str(tree)) if server is not None else
+                subprocess.Popen([sys.executable, "-m", "corral", *argv], env=env, cwd=tree))
         try:
             deadline = t0 + READY_WAIT
             while True:
@@ -80,9 +106,14 @@ def boot(tree: Path, variant: str) -> dict[str, float]:
                 if "READY=1" in msg.split("\n"):
                     break
             ready = time.perf_counter() - t0
-            os.kill(pid, signal.SIGTERM)
-            _, status, ru = os.wait4(pid, 0)  # reaped here, for its rusage: not by Popen
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.terminate()
+            if server is not None:  # its server reaps it, and says its rusage's CPU
+                status = proc.wait()
+                cpu, user, system = proc.cpu, float("nan"), float("nan")
+            else:
+                _, wstatus, ru = os.wait4(proc.pid, 0)  # reaped here, for its rusage
+                status = proc.returncode = os.waitstatus_to_exitcode(wstatus)
+                cpu, user, system = ru.ru_utime + ru.ru_stime, ru.ru_utime, ru.ru_stime
         except BaseException:
             proc.kill()
             proc.wait()
@@ -92,9 +123,8 @@ def boot(tree: Path, variant: str) -> dict[str, float]:
         total = time.perf_counter() - t0
         if status != 0:
             raise RuntimeError(f"daemon of {tree} ({variant}) exited with status {status}")
-        return {"cpu_ms": (ru.ru_utime + ru.ru_stime) * 1000, "user_ms": ru.ru_utime * 1000,
-                "sys_ms": ru.ru_stime * 1000, "ready_ms": ready * 1000,
-                "stop_ms": (total - ready) * 1000}
+        return {"cpu_ms": cpu * 1000, "user_ms": user * 1000, "sys_ms": system * 1000,
+                "ready_ms": ready * 1000, "stop_ms": (total - ready) * 1000}
 
 
 def p90(xs: list[float]) -> float:
@@ -113,9 +143,13 @@ def main() -> int:
     p.add_argument("-n", type=int, default=20, help="boots per tree and variant")
     p.add_argument("--tree", action="append", default=[],
                    help="NAME=PATH of a corral tree (default: this one)")
-    p.add_argument("--variant", action="append", choices=("empty", "hello"), default=[])
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--variant", action="append",
+                   choices=("empty", "hello", "http", "cluster"), default=[])
+    p.add_argument("--fork", action="store_true",
+                   help="fork each daemon from the tree's tests/forkserver.py server")
+    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    out = args.out or (OUT.with_name("bench_boot_fork.json") if args.fork else OUT)
     trees = [(name, Path(path).resolve()) for name, _, path in
              (t.partition("=") for t in args.tree)] or [("this", ROOT)]
     variants = args.variant or ["empty", "hello"]
@@ -127,15 +161,34 @@ def main() -> int:
             raise SystemExit(f"{tree}: its daemon would import {where}")
     rows: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {name: [] for name, _ in trees} for v in variants}
-    load = [os.getloadavg()[0]]
-    for i in range(args.n):
-        order = trees if i % 2 == 0 else trees[::-1]
-        for variant in variants:
-            for name, tree in order:
-                rows[variant][name].append(boot(tree, variant))
-        load.append(os.getloadavg()[0])
-        print(f"round {i + 1}/{args.n} load {load[-1]:.2f}", file=sys.stderr)
+    servers = {name: fork_server(tree) if args.fork else None for name, tree in trees}
+    redis = None
+    with tempfile.TemporaryDirectory(prefix="bench-boot-redis-") as where:
+        if "cluster" in variants:
+            redis = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket",
+                                      f"{where}/redis.sock", "--save", "", "--appendonly",
+                                      "no"], stdout=subprocess.DEVNULL)
+            while not os.path.exists(f"{where}/redis.sock"):  # (its own start: no event)
+                time.sleep(0.01)
+        url = f"unix://{where}/redis.sock"
+        load = [os.getloadavg()[0]]
+        try:
+            for i in range(args.n):
+                order = trees if i % 2 == 0 else trees[::-1]
+                for variant in variants:
+                    for name, tree in order:
+                        rows[variant][name].append(boot(tree, variant, servers[name], url))
+                load.append(os.getloadavg()[0])
+                print(f"round {i + 1}/{args.n} load {load[-1]:.2f}", file=sys.stderr)
+        finally:
+            if redis is not None:
+                redis.terminate()
+                redis.wait()
+            for server in servers.values():
+                if server is not None:
+                    server.close()
     result: dict[str, Any] = {"n": args.n, "trees": {n: str(t) for n, t in trees},
+                              "fork": args.fork,
                               "load_1min": [round(x, 2) for x in load], "variants": {}}
     for variant in variants:
         result["variants"][variant] = {name: {**summary(rs), "boots": rs}
@@ -145,8 +198,8 @@ def main() -> int:
             print(f"{variant:6} {name:6} cpu median {s['cpu_ms_median']:7.1f} ms "
                   f"p90 {s['cpu_ms_p90']:7.1f} ms   ready median {s['ready_ms_median']:7.1f}"
                   f" ms p90 {s['ready_ms_p90']:7.1f} ms")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

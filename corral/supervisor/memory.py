@@ -93,8 +93,8 @@ def page_slab(slots: int | None = None) -> bool:
     once, before any connection is open (SQLite's configuration is the process's, set only
     while it is shut down): False when not done (connections open, another SQLite than
     the sqlite3 module's, no slots asked for)."""
+    import _sqlite3
     import ctypes
-    import ctypes.util
     import mmap
     import os
     import sqlite3
@@ -105,7 +105,9 @@ def page_slab(slots: int | None = None) -> bool:
     if _slab or slots <= 0:
         return False
     try:
-        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3"))
+        # the module's own: its symbols are found through it, where it links them from
+        # (ctypes.util.find_library ran ldconfig, a process, at every daemon's start)
+        lib = ctypes.CDLL(_sqlite3.__file__)
         lib.sqlite3_memory_used.restype = ctypes.c_int64
         lib.sqlite3_libversion.restype = ctypes.c_char_p
     except (OSError, AttributeError, TypeError):

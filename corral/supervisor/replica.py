@@ -159,7 +159,8 @@ class Replica(ProcessReplica):
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = super()._environment(uid)
         if self.spec.release is not None:  # an agent package's release (release.py)
-            release_environment(env, self.spec.release, self.host.tuning.release_sdk)
+            sdk = self.host.tuning.release_sdk
+            release_environment(env, self.spec.release, sdk() if sdk is not None else None)
         return env
 
     async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
@@ -322,7 +323,7 @@ class Replica(ProcessReplica):
             # sandbox binds none, so its user need not reach [packages] dir
             read_only.append(spec.release)
             if self.host.tuning.release_sdk is not None:
-                read_only.append(self.host.tuning.release_sdk)
+                read_only.append(self.host.tuning.release_sdk())
         return sandboxed(
             argv, program=self.host.tuning.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
             network=network, root=(os.geteuid() if uid is None else uid) == 0,

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .dynamicusers import DynamicUsers
 
 
@@ -18,7 +20,9 @@ class Tuning(msgspec.Struct):
     sandbox_program: str = "bwrap"  # [supervisor] bwrap
     # corral's own files (path, what), which no sandboxed agent may write or reach
     protected_paths: list[tuple[str, str]] = msgspec.field(default_factory=list)
-    release_sdk: str | None = None  # the worker SDK on every release's PYTHONPATH
+    # the worker SDK on every release's PYTHONPATH: its directory, installed at the first
+    # ask (a release's start); OSError where it cannot be
+    release_sdk: Callable[[], str] | None = None
     # the unix socket the gateways are also served on when they are TCP, relayed into
     # egress = "gateways" sandboxes
     gateway_relay: str | None = None

@@ -149,7 +149,6 @@ class Api:
     # -- the handlers ---------------------------------------------------------------------
     def handler(self, res: Resource) -> route.Route:
         spec = REGISTRY[res.method]
-        body_fields = bodies.field_types(spec.params, res.body)
 
         async def handle(request: web.Request) -> web.StreamResponse:
             caller = self.caller(request)
@@ -166,7 +165,8 @@ class Api:
                 if request.content_type not in (JSON, "", "application/octet-stream"):
                     return route.problem(415, f"send the body as {JSON}, not "
                                               f"{request.content_type}")
-                read = await route.body_of(request, route.limit_of(body_fields))
+                read = await route.body_of(request, route.limit_of(
+                    _body_types(spec.params, res.body)))
                 if isinstance(read, web.Response):
                     return read
                 body = read
@@ -350,6 +350,13 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     app.add_routes([web.route(res.verb, PREFIX + res.path, api.handler(res),
                               expect_handler=_expect) for res in RESOURCES])
     app.add_routes([web.get(PREFIX + "/openapi.json", openapi.handler()), *index.routes()])
+
+
+@cache
+def _body_types(params: type[msgspec.Struct], body: tuple[str, ...]) -> tuple[Any, ...]:
+    """The types of a route's body fields, found at its first request with a body, not
+    every route's at the mount: most routes of a daemon are never asked."""
+    return tuple(bodies.field_types(params, body))
 
 
 async def _expect(request: web.Request) -> None:

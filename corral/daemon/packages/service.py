@@ -68,6 +68,7 @@ class Packages:
         self._building: set[asyncio.Task[Any]] = set()
         self._cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
         self._containment = parts.containment
+        self._sdk: str | None = None
 
     @functools.cached_property
     def builder(self) -> Builder:
@@ -79,28 +80,36 @@ class Packages:
 
     # -- start-up ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Before any agent starts: the directory, the SDK every release imports, what
-        interrupted builds left (removed), and interrupted switches (undone)."""
+        """Before any agent starts: the directory, what interrupted builds left (removed),
+        and interrupted switches (undone). The SDK every release imports is installed at
+        the first release's start (`sdk`)."""
         releases = self.releases
 
-        def prepare() -> tuple[str, list[Path]]:
+        def prepare() -> list[Path]:
             releases.prepare()
-            sdk = releases.install_sdk(Path(__file__).resolve().parents[2])
             gone = list(releases.incomplete())
             for path in gone:
                 remove_tree(path)
-            return str(sdk), gone
+            return gone
 
         try:
-            sdk, gone = await asyncio.to_thread(prepare)
+            gone = await asyncio.to_thread(prepare)
         except OSError as exc:
             raise StoreError(f"packages directory {releases.root}: {exc.strerror or exc}"
                              ) from None
-        self.tuning.release_sdk = sdk
+        self.tuning.release_sdk = self.sdk
         for path in gone:
             self.report(f"removed {path}: its build was interrupted (no READY)", priority=4)
         for name, rollout in (await asyncio.to_thread(releases.rollouts)).items():
             await self._undo_rollout(name, rollout)
+
+    def sdk(self) -> str:
+        """The copy of the worker SDK a release's process imports, installed at its first
+        ask (a release's start: OSError fails that start): a daemon that runs no release
+        copied it at every start (decision 1700)."""
+        if self._sdk is None:
+            self._sdk = str(self.releases.install_sdk(Path(__file__).resolve().parents[2]))
+        return self._sdk
 
     async def _undo_rollout(self, name: str, rollout: Rollout) -> None:
         was = (f"release {os.path.basename(rollout.previous['release'])}"
