@@ -88,6 +88,10 @@ def test_b():
 def test_flaky_runs_rounds_in_random_orders_and_says_how_to_replay_a_failure(
         tmp_path: Path) -> None:
     (tmp_path / "test_order.py").write_text(ORDER_BOUND)
+    # the rounds' rootdir, so their node ids are the same in every run of this test: the
+    # seeds tried below, each a round, are then as many every time (named from the repo's
+    # root, the ids held this test's tmp_path, and a run might try many)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
 
     def flaky(*args: str) -> subprocess.CompletedProcess[str]:
         # the rounds' pytest with only the plugin it names (randomly): a start of ~1 s,
@@ -99,7 +103,7 @@ def test_flaky_runs_rounds_in_random_orders_and_says_how_to_replay_a_failure(
                                    "TMPDIR": str(tmp_path)})
 
     # which seeds put test_b first depends on the tests' node ids (pytest-randomly mixes
-    # them in), and so on this test's tmp_path: seeds are tried until both orders are seen
+    # them in) and on pytest-randomly's own ways: seeds are tried until both orders are seen
     runs: dict[int, subprocess.CompletedProcess[str]] = {}
     for seed in range(1, 41):
         runs[seed] = flaky("--seed", str(seed))
