@@ -193,3 +193,54 @@ def test_a_replica_of_every_tool_tells_no_other_tenants_server_from_none(
                       for got, server in zip(said, ("theirs", "nosuch"), strict=True))
     assert theirs == nosuch, said
     assert "denied by policy rule" not in theirs, said
+
+
+# a node's liveness TTL longer than the test waits for its run: a node that waited for its
+# cluster to settle (a TTL and a beat of Redis answering) before it took its own stopped
+# run again would not end the run within RESUMED
+LONG_TTL, RESUMED = 90.0, 40.0
+
+
+@pytest.mark.deadline(120)
+def test_a_node_takes_its_own_stopped_run_again_once_redis_answers() -> None:
+    """02d20820: a cluster node whose workflow run's driver stopped (Redis away as it wrote
+    a step's end: `workflows: run R (slow) stopped: ...; it is resumed by the cluster's
+    next beat`) takes it again at its next beat once Redis answers, not a TTL and a beat
+    later: only another incarnation's missing liveness key may be a node yet to beat
+    again, and this node's own is no other's to wait for. test_failover's run passed
+    either way (its bound is the whole test's); here each event is waited for in turn
+    (the map under way, Redis killed, the node's own stop said, Redis started again from
+    its AOF) under a TTL longer than the run is given to end. Reverted, the run stays
+    running past RESUMED."""
+    from .cluster.harness import nodes
+    from .redis_harness import REDIS_SERVER, RedisServer
+    from .test_daemon_cli import wait_until
+    from .test_workflows import SLOW, _marks, agent_toml
+
+    assert REDIS_SERVER is not None, "redis-server is not installed: . scripts/redis.sh"
+    tmp = shared_tmpdir()
+    redis = RedisServer(tmp / "redis", appendfsync="always").start()
+    try:
+        (tmp / "a").mkdir()
+        with nodes(tmp, redis, {"a": agent_toml(tmp / "a", replicas=2) + SLOW},
+                   ttl=LONG_TTL) as ns:
+            a = ns["a"]
+            marks = tmp / "marks"
+            marks.mkdir()
+            run_id = a.call("workflows.run", {"name": "slow", "input": {
+                "dir": str(marks)}})["run_id"]
+            wait_until(lambda: any(k.startswith("each") for k in _marks(marks)),
+                       timeout=60, what="the map under way")
+            redis.kill()
+            wait_until(lambda: a.ask("logs.tail", {
+                "names": ["corral"], "lines": 1,
+                "grep": f"workflows: run {run_id} (slow) stopped: "})["lines"],
+                timeout=60, what="the node's own run stopped")
+            redis.start()
+            view = wait_until(lambda: (v := a.call("runs.get", {"run_id": run_id}))[
+                "status"] != "running" and v, timeout=RESUMED, what="the run's end")
+            assert (view["status"], view["output"]) == (
+                "succeeded", sum(i * i for i in range(6))), view
+    finally:
+        redis.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
