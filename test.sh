@@ -68,9 +68,14 @@ collect() {  # collect FILE...: their modules compiled, their collection said no
         -p no:cacheprovider "$@" >/dev/null 2>&1 || true
 }
 # where a clone of the same tests ran here before, pytest's rewritten modules are found
-# kept under their sources' bytes (scripts/kept_pycs.py, decision 1005): the collection
-# then compiles only the installed packages its imports reach (the store: CORRAL_KEPT, above)
-.venv/bin/python scripts/kept_pycs.py restore "$CORRAL_KEPT/pycs" || true
+# kept under their sources' bytes (scripts/kept_pycs.py, decision 1005; the store:
+# CORRAL_KEPT, above). Where every test module's is, the collection is not made: it would
+# write nothing the workers' own collections do not read already, and it was most of
+# the set-up before pytest (bench/RESULTS.md, the suite)
+collecting=yes
+if .venv/bin/python scripts/kept_pycs.py restore "$CORRAL_KEPT/pycs"; then
+    collecting=""
+fi
 # and hypothesis's tables, kept once per machine as mypy's cache is: its Unicode and codec
 # maps, and each local module's constants under its source's hash, which the collection
 # (the hypothesis plugin reads them at every collection that holds a hypothesis test) and
@@ -80,13 +85,17 @@ hypothesis_kept="$CORRAL_KEPT/hypothesis"
 if [ ! -d .hypothesis ] && [ -d "$hypothesis_kept" ]; then
     mkdir .hypothesis && cp -r "$hypothesis_kept"/. .hypothesis/ || rm -rf .hypothesis
 fi
-halves=$(find tests -name 'test_*.py' | sort)
-# shellcheck disable=SC2046
-collect $(echo "$halves" | awk 'NR % 2 == 1') &
-collected=$!
-# shellcheck disable=SC2046
-collect $(echo "$halves" | awk 'NR % 2 == 0') &
-collected2=$!
+collected=""
+collected2=""
+if [ -n "$collecting" ]; then
+    halves=$(find tests -name 'test_*.py' | sort)
+    # shellcheck disable=SC2046
+    collect $(echo "$halves" | awk 'NR % 2 == 1') &
+    collected=$!
+    # shellcheck disable=SC2046
+    collect $(echo "$halves" | awk 'NR % 2 == 0') &
+    collected2=$!
+fi
 # and, niced like mypy and not waited for, the official OpenAI and Anthropic clients,
 # which only the model gateway's agents import (a start of one compiled them again: ~0.7
 # s of its CPU, some thirty starts)
@@ -94,9 +103,11 @@ nice -n 10 .venv/bin/python -m compileall -q -j 0 \
     .venv/lib/python3*/site-packages/openai .venv/lib/python3*/site-packages/anthropic \
     >/dev/null 2>&1 &
 clients=$!
-wait "$collected"
-wait "$collected2"
-.venv/bin/python scripts/kept_pycs.py keep "$CORRAL_KEPT/pycs" || true
+if [ -n "$collecting" ]; then
+    wait "$collected"
+    wait "$collected2"
+    .venv/bin/python scripts/kept_pycs.py keep "$CORRAL_KEPT/pycs" || true
+fi
 wait "$servers"
 wait "$tools"
 wait "$frameworks"

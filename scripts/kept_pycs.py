@@ -12,6 +12,10 @@ import) is checked by its source's mtime and size, so its header is written anew
 source here, whose bytes are the kept ones. A source edited since is not found under its
 new bytes: it is compiled again, as it would be.
 
+`restore` exits 1 where a test module (a file pytest rewrites: test_*.py, conftest.py) is
+left without its rewritten byte code, and 0 where every one has it: then a collection
+would make nothing the workers' own do not, and test.sh makes none before pytest.
+
 usage: kept_pycs.py restore|keep STORE [ROOT]   (STORE: the kept files' directory, test.sh's
 $CORRAL_KEPT/pycs as scripts/kept.sh places the store; ROOT: the tests' directory, tests/
 by default)
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import struct
@@ -47,20 +52,31 @@ def key(source_bytes: bytes, tag: str) -> str:
     return f"{hashlib.sha256(source_bytes).hexdigest()}.{tag}"
 
 
-def restore(root: Path, kept: Path) -> tuple[int, int]:
+def rewritten(source: Path) -> bool:
+    """Whether pytest rewrites the module's asserts (the suite's test files and conftests:
+    pyproject's python_files is pytest's default)."""
+    return source.name == "conftest.py" or (source.name.startswith("test_")
+                                            and source.suffix == ".py")
+
+
+def restore(root: Path, kept: Path) -> tuple[int, int, int]:
     """Write every kept pyc of a source under `root` into its __pycache__: (written, of
-    sources)."""
+    sources, test modules left without their rewritten one)."""
     if not kept.is_dir():
-        return 0, len(sources(root))
+        found = sources(root)
+        return 0, len(found), sum(1 for s in found if rewritten(s))
     wanted: dict[str, list[Path]] = {}  # a source's bytes' hash: its kept files
     for f in kept.iterdir():
         digest, _, tag = f.name.partition(".")
         if tag.endswith(".pyc"):
             wanted.setdefault(digest, []).append(f)
-    written = 0
+    written = missing = 0
     found = sources(root)
+    # the name pytest gives the modules it rewrites (assertion/rewrite.py's PYC_TAIL)
+    ours = f"{sys.implementation.cache_tag}-pytest-{importlib.metadata.version('pytest')}.pyc"
     for source in found:
         data = source.read_bytes()
+        missing += rewritten(source)
         for f in wanted.get(hashlib.sha256(data).hexdigest(), []):
             tag = f.name.partition(".")[2]
             try:
@@ -79,7 +95,8 @@ def restore(root: Path, kept: Path) -> tuple[int, int]:
             atomic_write(out, blob)
             os.utime(f)  # used: not let go
             written += 1
-    return written, len(found)
+            missing -= rewritten(source) and tag == ours
+    return written, len(found), missing
 
 
 def keep(root: Path, kept: Path) -> int:
@@ -139,9 +156,10 @@ def main(argv: list[str]) -> int:
     store = Path(argv[1])
     root = Path(argv[2] if len(argv) == 3 else "tests")
     if argv[0] == "restore":
-        written, of = restore(root, store)
-        print(f"kept_pycs: {written} byte-code files restored for {of} sources",
-              file=sys.stderr)
+        written, of, missing = restore(root, store)
+        print(f"kept_pycs: {written} byte-code files restored for {of} sources; "
+              f"{missing} test modules without theirs", file=sys.stderr)
+        return 1 if missing else 0
     else:
         print(f"kept_pycs: {keep(root, store)} new byte-code files kept", file=sys.stderr)
     return 0
