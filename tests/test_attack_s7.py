@@ -157,6 +157,29 @@ def test_an_agent_added_at_run_time_is_not_named_as_one_of_the_operators_skills(
 
 
 @pytest.mark.deadline(120)
+def test_a_cluster_agent_is_not_named_as_one_of_the_operators_skills() -> None:
+    """A cluster agent (`corral add --cluster`, kept in Redis and placed by the nodes)
+    comes by its own way, not the node's fleet: it is refused the same, and nothing is
+    kept in Redis."""
+    from .cluster.harness import nodes
+    from .redis_harness import REDIS_SERVER, RedisServer
+
+    assert REDIS_SERVER is not None, "redis-server is not installed: . scripts/redis.sh"
+    tmp = shared_tmpdir()
+    redis = RedisServer(tmp / "redis").start()
+    try:
+        with nodes(tmp, redis, {"a": f'[gateway]\nskills_dir = "{SKILLS}"\n'}) as ns:
+            r = ns["a"].cli("add", "--cluster", "--name", "release-notes", "--command",
+                            f"{PY} {AGENT}", "--no-check")
+            assert (r.returncode, r.stderr) == (
+                1, f"corral: agents.add: {twin('release-notes')}\n"), r
+            assert ns["a"].ask("agents.status", {"names": []})["agents"] == []
+    finally:
+        redis.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.deadline(120)
 def test_a_reload_refuses_a_skill_named_as_an_agent_added_at_run_time(s7: Daemon) -> None:
     """The other way round: a skill put in skills_dir with the name of an agent added at
     run time is refused by the reload that would read it, and the agent stays."""

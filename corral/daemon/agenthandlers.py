@@ -18,7 +18,13 @@ from ..jsonrpc import RpcError
 from ..rollbacks import listed
 from ..supervisor.agents import Agents
 from ..supervisor.config import ConfigError
-from ..supervisor.configload import check_command, cluster_problem, parse_agents
+from ..supervisor.configload import (
+    check_command,
+    cluster_problem,
+    parse_agents,
+    skill_names,
+    skill_twin,
+)
 from ..supervisor.elastic import Elastic
 from ..supervisor.lifecycle import RESTARTED, STOPPED_BY_HAND, State
 from ..supervisor.quotas import Tenancy
@@ -287,6 +293,10 @@ async def agents_add(d: AgentServices, p: m.AgentsAdd, caller: Caller, c: Channe
     if teams:
         raise RpcError(jsonrpc.CONFLICT, f"agent {teams[0]}: a team has its name (a task "
                                          "names one or the other)")
+    # an allowlist's corral__NAME names one thing (decision 1741), a cluster agent too
+    twin = skill_twin(p.agents, skill_names(d.fleet.gateway, d.fleet.config_dir))
+    if twin is not None:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"{m.AgentsAdd.declared.name}: {twin}")
     if p.for_cluster:
         return m.AddResult(added=await add_cluster_agents(d, p, caller.who))
     return m.AddResult(added=await d.fleet.add(p.agents, caller.who, check=p.check,

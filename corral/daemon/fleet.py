@@ -34,8 +34,6 @@ from ..supervisor.configload import (
     check_sandboxes,
     isolation_problem,
     parse_agents,
-    skill_names,
-    skill_twin,
 )
 from ..supervisor.elastic import scale_refusal
 from ..supervisor.errors import SupervisorError, UnreadyKept
@@ -175,9 +173,6 @@ class Fleet:
                                             self.quotas.specs.get(spec.tenant))
                 if problem:
                     raise ConfigError(f"{what}: agents.{name}.{problem}")
-            twin = skill_twin(specs, skill_names(self.gateway, self.config_dir))
-            if twin is not None:
-                raise ConfigError(f"{what}: {twin}")
             dynamic = self.tuning.dynamic_users
             check_sandboxes(specs, self.tuning.sandbox_program, what,
                             self.tuning.protected_paths, self.quotas.specs,
