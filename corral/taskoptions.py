@@ -7,6 +7,7 @@ call) refuses it by its name. `TaskFilters` are the listings' filters on them.""
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Annotated, Any, Literal, Protocol
 
@@ -143,6 +144,8 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
 
     def given(self) -> list[str]:
         """The options given a value other than their default, by name, in order."""
+        if _values(self) == _DEFAULT_VALUES:  # (most give none: read at once)
+            return []
         return [name for name, default in _DEFAULTS if getattr(self, name) != default]
 
 
@@ -150,6 +153,8 @@ OPTION_FIELDS = msgspec.structs.fields(TaskOptions)
 OPTION_NAMES = tuple(f.name for f in OPTION_FIELDS)
 _DEFAULTS = tuple((f.name, f.default_factory() if f.default is msgspec.NODEFAULT
                    else f.default) for f in OPTION_FIELDS)
+_DEFAULT_VALUES = tuple(default for _, default in _DEFAULTS)
+_values = operator.attrgetter(*OPTION_NAMES)
 NO_OPTIONS = TaskOptions()  # every option its default (a task's agent decides)
 _options = msgspec.json.Decoder(TaskOptions)
 

@@ -90,10 +90,15 @@ class Times(msgspec.Struct):
     sum: float = 0.0
     count: int = 0
 
-    def add(self, seconds: float) -> None:
-        self.buckets[bucket_of(seconds)] += 1
-        self.sum += seconds
-        self.count += 1
+
+def add_each(seconds: float, *times: Times) -> None:
+    """A time counted in each of `times` (its bucket found once: a task's end counts in
+    two or three)."""
+    i = bucket_of(seconds)
+    for t in times:
+        t.buckets[i] += 1
+        t.sum += seconds
+        t.count += 1
 
 
 class AgentTimes(msgspec.Struct):
@@ -134,14 +139,10 @@ class TaskTimes:
             started = task.started
             # one that never ran (cancelled or lost while queued) waited until its end
             waited = max(0.0, (end if started is None else started) - task.created)
-            times.wait.add(waited)
-            self.wait.add(waited)
-            if started is None:
-                continue
-            took = max(0.0, end - started)
-            times.duration.add(took)
-            times.interval.add(took)
-            self.duration.add(took)
+            add_each(waited, times.wait, self.wait)
+            if started is not None:
+                add_each(max(0.0, end - started), times.duration, times.interval,
+                         self.duration)
 
     def forget(self, keep: Iterable[str]) -> None:
         kept = set(keep)

@@ -13,14 +13,16 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import msgspec
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from ... import jsonrpc
 from ...askviews import AskKind
 from ...jsonrpc import RpcError
 from ...methods import ApprovalsResolve, TasksCancel, TasksGet, TasksList, TasksStream, TasksSubmit
+from ...results import TaskAccepted
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.askwaits import AskEnded
+from ...taskoptions import NO_OPTIONS, TaskOptions
 from ...taskviews import TaskInfo
 from ...timeouts import cancel_all
 from ..api import Dispatcher
@@ -54,6 +56,23 @@ Batch = list[tuple[str | None, Any]]
 
 def refusal(exc: RpcError) -> w.A2aError:
     return w.A2aError(KINDS.get(exc.code, w.INTERNAL), exc.message)
+
+
+def _ended(accepted: TaskAccepted, agent: str, context: str | UnsetType, sent: msgspec.Raw
+           ) -> TaskInfo | None:
+    """The task as its submission's outcome tells it, if it ended by then (None: not, or
+    with no attempt, whose end the outcome does not time): what an A2A answer reads of
+    an ended task."""
+    attempts = accepted.attempts
+    if attempts is UNSET or not attempts or attempts[-1].finished is None:
+        return None
+    first, last = attempts[0], attempts[-1]
+    return TaskInfo(task_id=accepted.task_id, agent=agent, status=accepted.status, priority=0,
+                    created=first.started, started=first.started, finished=last.finished,
+                    tool_calls=0, progress=None, output=mp.plain(accepted.output),
+                    error=None if accepted.error is UNSET else accepted.error,
+                    attempts=attempts, input=sent,
+                    options=NO_OPTIONS if context is UNSET else TaskOptions(session=context))
 
 
 class _Events:
@@ -174,22 +193,27 @@ class A2aDoor:
         # that names no context begins a new one, each time: the task's own id, a
         # session only once a later message names it (so that contexts no one
         # continues hold no session: decision 1122)
-        submit: dict[str, Any] = {"agent": agent}
-        if message.context_id is not UNSET:
-            digest = hashlib.sha256(msgspec.json.encode(message)).hexdigest()[:16]
-            submit["idempotency_key"] = f"{message.message_id[:MAX_ID]}#{digest}"
-            submit["session"] = message.context_id
         # the task's input is this message (a replay's, by its key, the same one): its
         # history is given from here, not read back from the journal at each look
-        sent = msgspec.Raw(msgspec.json.encode(w.to_json(message)))
+        encoded = msgspec.json.encode(message)
+        sent = msgspec.Raw(encoded)
+        submit: dict[str, Any] = {"agent": agent, "input": sent}
+        if message.context_id is not UNSET:
+            digest = hashlib.sha256(encoded).hexdigest()[:16]
+            submit["idempotency_key"] = f"{message.message_id[:MAX_ID]}#{digest}"
+            submit["session"] = message.context_id
         context = SENT_CONTEXT.get()
         if context is not None:  # (its span's parent: daemon/submitspan.py)
             submit["traceparent"], submit["tracestate"] = context
+        if not immediately:  # its outcome with its acceptance, if it has ended by then
+            submit["wait"] = 0
         # (the labels it is handed, an anonymous caller's own, are the chain's: handing.py)
         with self.asked.hearing() as heard:
-            accepted = await self.call(caller, TasksSubmit.declared.name,
-                                       submit | {"input": sent})
+            accepted = await self.call(caller, TasksSubmit.declared.name, submit)
         if not immediately:
+            ended = _ended(accepted, agent, message.context_id, sent)
+            if ended is not None:  # (not looked up again: its outcome is the call's answer)
+                return ended
             # one queued or running that has asked nothing is waited for, not looked at
             return await self.settled(caller, agent, accepted.task_id, sent, unsettled=(
                 accepted.status in UNSETTLED and accepted.task_id not in heard))

@@ -28,24 +28,40 @@ def answer(body: dict[str, Any], status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
+class _Envelope(msgspec.Struct):
+    """A request's members as sent (checked by `read`), its params left undecoded."""
+
+    jsonrpc: Any = None
+    id: Any = None
+    method: Any = None
+    params: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
 def read(body: bytes) -> tuple[Any, str, Any]:
-    """(id, method, params) of a request; A2aError (with the id, when read) if none."""
+    """(id, method, params) of a request; A2aError (with the id, when read) if none. Its
+    params are decoded by the operation (wire.decode) from their bytes when no name in
+    the body is snake_case, else given as decoded JSON."""
     try:
-        msg = msgspec.json.decode(body)
+        msg = _envelope.decode(body)
+    except msgspec.ValidationError:  # not an object
+        msg = None
     except msgspec.DecodeError as exc:
         raise w.A2aError(w.PARSE, f"parse error: {exc}") from None
     except RecursionError:  # msgspec's depth limit: a 500 before (issue 88's attacks)
         raise w.A2aError(w.PARSE, f"parse error: {TOO_DEEP}") from None
-    if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" \
-            or not isinstance(msg.get("method"), str) \
-            or not isinstance(msg.get("id", None), str | int | None) \
-            or isinstance(msg.get("id"), bool):
+    if msg is None or msg.jsonrpc != "2.0" or not isinstance(msg.method, str) \
+            or not isinstance(msg.id, str | int | None) or isinstance(msg.id, bool):
         raise w.A2aError(w.INVALID_REQUEST, "invalid request: a JSON-RPC 2.0 request "
                          "is an object with jsonrpc \"2.0\", a method and an id")
-    params = msg.get("params", {})
-    if not isinstance(params, dict):
+    params: Any = msg.params
+    if bytes(memoryview(params)[:1]) != b"{":
         raise w.A2aError(w.INVALID_PARAMS, "invalid params: params is not an object")
-    return msg.get("id"), msg["method"], params
+    if w.snake_named(body):
+        params = msgspec.json.decode(params)
+    return msg.id, msg.method, params
 
 
 async def serve(request: web.Request, body: bytes, ops: Operations, caller: Caller,

@@ -160,18 +160,42 @@ def camel(value: Any) -> Any:
     return value
 
 
+# a member named in snake_case in a JSON text (a quote inside a string is escaped, so
+# what matches is a name; one that is not, in a value, costs camel's walk alone)
+_SNAKE_NAME = re.compile(rb'"[A-Za-z0-9]*_[A-Za-z0-9_]*"\s*:')
+
+
+def snake_named(body: bytes) -> bool:
+    """Whether some member of the JSON text may be named in snake_case (`camel`'s work)."""
+    return _SNAKE_NAME.search(body) is not None
+
+
 T = TypeVar("T")
 
 
 def decode(value: Any, into: type[T]) -> T:
-    """`value` (decoded JSON) as `into`, or InvalidParams saying what is wrong."""
+    """`value` (decoded JSON, or the bytes of an object whose names are all camelCase)
+    as `into`, or InvalidParams saying what is wrong."""
     try:
-        typed = msgspec.convert(camel(value if value is not None else {}), into)
+        if isinstance(value, msgspec.Raw):
+            typed = _decoder(into).decode(value)
+        else:
+            typed = msgspec.convert(camel(value if value is not None else {}), into)
     except msgspec.ValidationError as exc:
         raise A2aError(INVALID_PARAMS, f"invalid params: {exc}") from None
     if isinstance(typed, SendRequest):
         check_message(typed.message)
     return typed
+
+
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}  # each type's, made at its first use
+
+
+def _decoder(into: type[T]) -> msgspec.json.Decoder[T]:
+    made = _decoders.get(into)
+    if made is None:
+        made = _decoders[into] = msgspec.json.Decoder(into)
+    return made
 
 
 def check_message(message: Message) -> None:

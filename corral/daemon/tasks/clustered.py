@@ -64,7 +64,9 @@ class ClusterFront:
         if p.local:
             return await self.local.submit(p, channel)
         await self.recovered.wait()
-        task_id, outcome, replayed = await self.desk.submit(self._admitted(p), p.wait)
+        # (a wait of 0 is none: a task on Redis has not ended as it is accepted, and a
+        # replay's ended outcome is read then too)
+        task_id, outcome, replayed = await self.desk.submit(self._admitted(p), p.wait or None)
         answer = accepted(task_id, "queued", outcome)
         if replayed:
             answer.replayed = True

@@ -166,11 +166,12 @@ class LocalFront:
         status = task.status
         if p.wait is None:
             return accepted(task.id, status)
-        try:
-            # a caller that goes away cancels this wait, not the task
-            await within(asyncio.shield(task.done), p.wait)
-        except TimeoutError:
-            return accepted(task.id, status)
+        if not task.done.done():  # (one ended by its commit is not waited for)
+            try:
+                # a caller that goes away cancels this wait, not the task
+                await within(asyncio.shield(task.done), p.wait)
+            except TimeoutError:
+                return accepted(task.id, status)
         return accepted(task.id, status, await self._outcome(task))
 
     async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
