@@ -118,11 +118,11 @@ def test_a_stale_attempts_address_takes_a_token_of_its_replicas_rate(s7: Daemon)
         "message": "gateway client late#0 is over its rate of 2 calls a minute"}, again
 
 
-def twin(name: str) -> str:
-    """The refusal of agent `name` named as one of the operator's skills."""
-    return (f"agents.{name}: its name is the operator's skill {name}'s too ([gateway] "
+def twin(name: str, kind: str = "agent") -> str:
+    """The refusal of agent (or team) `name` named as one of the operator's skills."""
+    return (f"{kind}s.{name}: its name is the operator's skill {name}'s too ([gateway] "
             f"skills_dir): an allowlist's corral__{name} would admit both starting the "
-            "agent's tasks and reading the skill; rename one")
+            f"{kind}'s tasks and reading the skill; rename one")
 
 
 def test_check_config_refuses_an_agent_named_as_one_of_the_operators_skills(
@@ -141,6 +141,34 @@ def test_check_config_refuses_an_agent_named_as_one_of_the_operators_skills(
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stdout, r.stderr) == (
         1, "", f"corral: invalid config: {config}: {twin('release-notes')}\n")
+
+
+def test_check_config_refuses_a_team_named_as_one_of_the_operators_skills(
+        tmp_path: Path) -> None:
+    """A team's name is taken wherever an agent's is, a call of `corral__TEAM` at
+    /mcp/corral its call (docs/teams.md): a tokens file's client given
+    `corral__release-notes` to read that skill called a team `release-notes` (review's
+    probe: its members' tasks ran). Refused as an agent is."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[agents.echo]\ncommand = ["{PY}", "{AGENT}"]\n\n'
+                      '[teams.release-notes]\nmode = "broadcast"\nmembers = ["echo"]\n\n'
+                      f'[gateway]\nskills_dir = "{SKILLS}"\n')
+    r = corral_run(["check-config", "--no-check", str(config)],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"corral: invalid config: {config}: {twin('release-notes', 'team')}\n")
+
+
+@pytest.mark.deadline(120)
+def test_a_team_added_at_run_time_is_not_named_as_one_of_the_operators_skills(
+        s7: Daemon) -> None:
+    """As at start (above), and nothing is added."""
+    table = s7.dir / "team.toml"
+    table.write_text('[teams.incident-review]\nmode = "broadcast"\nmembers = ["late"]\n')
+    r = s7.cli("teams", "add", str(table))
+    assert (r.returncode, r.stderr) == (
+        1, f"corral: teams.add: {twin('incident-review', 'team')}\n"), r
+    assert "incident-review" not in {t["name"] for t in s7.ask("teams.list")["teams"]}
 
 
 @pytest.mark.deadline(120)

@@ -479,11 +479,9 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
             cluster_problem(aspec, cluster is not None)
         if problem:
             problems.append(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
-    twin = skill_twin(agents, skill_names(gateway, base))
-    if twin is not None:
-        problems.append(f"{origin[twin.split(':')[0]]}: {twin}")
     workflows = parse_workflows(data, where, set(agents), problems)
     teams = parse_teams(data, where, agents, servers, problems)
+    problems += _skill_twins(skill_names(gateway, base), agents, teams, origin, where)
     schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
     models = parse_models(data, where, problems)
     policy = parse_policy(data, where, problems)
@@ -552,18 +550,19 @@ def _include(inc: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServ
             servers[name] = sspec
 
 
-def skill_twin(agents: Iterable[str], skills: Iterable[str]) -> str | None:
-    """The first agent named as one of the operator's own skills (`[gateway] skills_dir`),
-    as `agents.NAME: problem`, or None. Both are the server corral's, so an allowlist's
-    `corral__NAME` would admit starting the one's tasks and reading the other (decision
-    1741): each name names one thing."""
-    both = sorted(set(agents) & set(skills))
+def skill_twin(names: Iterable[str], skills: Iterable[str], kind: str = "agent"
+               ) -> str | None:
+    """The first agent (or team: `kind`) named as one of the operator's own skills
+    (`[gateway] skills_dir`), as `agents.NAME: problem`, or None. Both are the server
+    corral's, so an allowlist's `corral__NAME` would admit starting the one's tasks and
+    reading the other (decision 1741): each name names one thing."""
+    both = sorted(set(names) & set(skills))
     if not both:
         return None
     name = both[0]
-    return (f"agents.{name}: its name is the operator's skill {name}'s too ([gateway] "
+    return (f"{kind}s.{name}: its name is the operator's skill {name}'s too ([gateway] "
             f"skills_dir): an allowlist's corral__{name} would admit both starting the "
-            "agent's tasks and reading the skill; rename one")
+            f"{kind}'s tasks and reading the skill; rename one")
 
 
 def skill_names(gateway: GatewaySettings, base: Path) -> list[str]:
@@ -575,6 +574,15 @@ def skill_names(gateway: GatewaySettings, base: Path) -> list[str]:
     root = base / gateway.skills_dir
     return [sub.name for sub in root.iterdir() if sub.is_dir() and not sub.is_symlink()] \
         if root.is_dir() else []
+
+
+def _skill_twins(skills: list[str], agents: Mapping[str, Any], teams: Mapping[str, Any],
+                 origin: dict[str, str], where: str) -> list[str]:
+    """The first agent and the first team named as one of the operator's skills, each
+    said where it is declared (`skill_twin`)."""
+    twins = [(skill_twin(agents, skills), origin), (skill_twin(teams, skills, "team"), {})]
+    return [f"{found.get(twin.split(':')[0], where)}: {twin}"
+            for twin, found in twins if twin is not None]
 
 
 def isolation_problem(spec: AgentSpec, gateway: GatewaySettings,

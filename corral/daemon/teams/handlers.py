@@ -4,10 +4,13 @@ record the dispatcher asks of first (records.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from ... import jsonrpc
 from ... import methods as m
+from ...supervisor.configload import skill_names, skill_twin
 from ...supervisor.teams import TeamSpec
 from .. import defcatalog
 from ..api import Commands
@@ -25,6 +28,8 @@ class TeamServices(msgspec.Struct, frozen=True):
     teams: TeamService  # [teams.NAME] and their calls
     catalog: TeamCatalog  # the teams added at runtime, with revisions
     tasks: TaskFront  # a team's calls are tasks of its name
+    # the operator's own skills' names, none of which a team may have (read when asked)
+    skills: Callable[[], list[str]]
 
     def defined(self, name: str) -> tuple[TeamSpec, list[str]]:
         spec = self.catalog.specs().get(name)
@@ -40,7 +45,8 @@ class TeamServices(msgspec.Struct, frozen=True):
 
 
 def team_services(d: Services) -> TeamServices:
-    return TeamServices(d.teams, d.teams.catalog, d.tasks)
+    return TeamServices(d.teams, d.teams.catalog, d.tasks,
+                        lambda: skill_names(d.fleet.gateway, d.fleet.config_dir))
 
 
 COMMANDS: Commands[Services, TeamServices] = Commands(team_services)
@@ -59,6 +65,9 @@ async def teams_list(d: TeamServices, p: m.TeamsList, caller: Caller, c: Channel
 
 @implements(m.TeamsAdd)
 async def teams_add(d: TeamServices, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.AddResult:
+    twin = skill_twin(p.teams, d.skills(), "team")  # (corral__NAME names one thing: 1741)
+    if twin is not None:
+        raise jsonrpc.RpcError(jsonrpc.INVALID_PARAMS, f"{m.TeamsAdd.declared.name}: {twin}")
     return m.AddResult(added=await d.catalog.add(p.teams, caller.who, caller.tenant,
                                                  d.check(caller)))
 
