@@ -198,6 +198,11 @@ def main() -> int:
             print(f"{variant:6} {name:6} cpu median {s['cpu_ms_median']:7.1f} ms "
                   f"p90 {s['cpu_ms_p90']:7.1f} ms   ready median {s['ready_ms_median']:7.1f}"
                   f" ms p90 {s['ready_ms_p90']:7.1f} ms")
+        if len(trees) == 2:  # each round's two boots, the second tree's over the first's
+            (first, a), (second, b) = rows[variant].items()
+            ratio = statistics.median(y["cpu_ms"] / x["cpu_ms"] for x, y in zip(a, b, strict=True))
+            result["variants"][variant]["ratio"] = round(ratio, 3)
+            print(f"{variant:6} {second}/{first} cpu, median of the rounds' ratios {ratio:.3f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
