@@ -21,6 +21,8 @@ from corral import jsonrpc
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, corral_run, running_daemon, shared_tmpdir
+from .servers.model_upstream import StandIn
+from .test_model_gateway import provider_key, upstream  # noqa: F401
 
 VERSION = "2026-07-28"
 AGENT = ROOT / "tests" / "doors" / "door_agent.py"
@@ -295,3 +297,56 @@ def test_a_node_takes_its_own_stopped_run_again_once_redis_answers() -> None:
     finally:
         redis.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_a_kept_alive_connections_next_request_keeps_nothing_of_the_last(
+        tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
+    """Model's stream (issue 90): lean's request parser kept for a connection's life, and
+    one serving task a connection that waits for its next request. What a request said is
+    its own: on one kept-alive connection, a model call with the replica's token answered,
+    then (sent after that answer, so read by the waiting task, not pipelined) the same
+    call with no token is the 401 a fresh connection's is and reaches no upstream; a call
+    whose head and body come in two writes after it is answered as its own; and a POST
+    of /mcp with no token after an authorized one is the gateway's 401, not the last
+    call's client. Fails with a head's fields, its target or its token carried over."""
+    from corral.daemon.http.mcp import METADATA
+
+    from .daemon_harness import in_process
+    from .test_lean_attacks import INIT, raw
+    from .test_model_lean import connected, fleet
+    from .test_model_usage import CHAT, chat, token_of
+
+    async with in_process(tmp_path, fleet(upstream.url)) as d:
+        token = await token_of(d)
+        head = [f"POST {CHAT} HTTP/1.1", "Host: corral", "Content-Type: application/json"]
+
+        def call(text: str, *auth: str) -> bytes:
+            body = json.dumps(chat(text)).encode()
+            return raw(*head, *auth, f"Content-Length: {len(body)}", body=body)
+
+        made = upstream.calls()
+        wire = await connected(d)
+        wire.writer.write(call("first", f"Authorization: Bearer {token}"))
+        status, _, body = await wire.answer()
+        assert (status, json.loads(body)["choices"][0]["message"]["content"]) == (
+            200, "echo: first"), body
+        wire.writer.write(call("second"))
+        status, _, refusal = await wire.answer()
+        assert (status, json.loads(refusal)["error"]["code"]) == (401, "invalid_api_key")
+        third = call("third", f"Authorization: Bearer {token}")
+        cut = third.index(b"\r\n\r\n") + 4
+        wire.writer.write(third[:cut])
+        await wire.writer.drain()
+        wire.writer.write(third[cut:])
+        status, _, body = await wire.answer()
+        assert (status, json.loads(body)["choices"][0]["message"]["content"]) == (
+            200, "echo: third"), body
+        assert upstream.calls() == made + 2
+        wire.writer.write(raw("POST /mcp HTTP/1.1", "Host: corral",
+                              "Content-Type: application/json",
+                              "Accept: application/json, text/event-stream",
+                              f"Content-Length: {len(INIT)}", body=INIT))
+        status, headers, _ = await wire.answer()
+        assert (status, headers.get("www-authenticate")) == (
+            401, f'Bearer resource_metadata="http://corral{METADATA}/mcp"'), headers
+        wire.writer.close()
