@@ -440,6 +440,8 @@ class GroupCommit(Generic[V]):
         self.inflight = items = list(self.pending.items())
         self.pending.clear()
         batch = [v for _, v in items]
+        # (nothing is in flight: what waits is this batch alone, its size counted as put)
+        size = self.waiting_bytes
         done = self._inflight_done = self._pending_done or self._loop.create_future()
         self._pending_done = None
 
@@ -447,20 +449,18 @@ class GroupCommit(Generic[V]):
             self._job(db, batch)
 
         job: Job = InTransaction(write) if self._shared else write
-        if (len(batch) <= HERE_MAX and not self.outage.failing
-                and (self._size is None or sum(map(self._size, batch)) <= HERE_BYTES)):
+        if len(batch) <= HERE_MAX and not self.outage.failing and size <= HERE_BYTES:
             ran, error = self.thread.run_on_loop(job)
             if ran:
-                self._batch_done(done, items, batch, error)
+                self._batch_done(done, items, batch, size, error)
                 return
-        self.thread.run(job, lambda error: self._batch_done(done, items, batch, error))
+        self.thread.run(job, lambda error: self._batch_done(done, items, batch, size, error))
 
     def _batch_done(self, done: asyncio.Future[None], items: list[tuple[Hashable, V]],
-                    batch: list[V], error: str | None) -> None:
+                    batch: list[V], size: int, error: str | None) -> None:
         self._inflight_done = None
         self.inflight = []
-        if self._size is not None:
-            self.waiting_bytes -= sum(self._size(v) for v in batch)
+        self.waiting_bytes -= size
         if error is not None and self._explain is not None:
             error = self._explain(error)
         try:
