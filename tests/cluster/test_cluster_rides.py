@@ -178,7 +178,10 @@ def test_a_driver_frozen_past_its_lease_makes_no_task_for_its_next_step(
         assert rows["s1"] == s1
         tasks = b.call("tasks.list", {"agent": "sleepy"})["tasks"]
         assert sorted(t["task_id"] for t in tasks) == sorted([s1, rows["s2"]])
-        assert a.call("stats.get")["cluster"]["calls"]["late_writes_refused"] == 1
+        # each of a's writes in flight as its lease was found lost is refused and counted:
+        # the held rows' timed flush and s2's ride may both have been sent by then (which
+        # goes first, and whether the other waits for its answer, is the host's timing)
+        assert a.call("stats.get")["cluster"]["calls"]["late_writes_refused"] >= 1
 
 
 class Desk:
