@@ -35,7 +35,11 @@ from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, free_port, shared_tmpdir
 from .test_approvals import pending, wait_for
 from .test_mcp_servers import NPM, NPM_VERSION
+
+# autouse: the module's pages share a chromium (decision 962)
+from .test_ui import chromium_of_module as chromium_of_module
 from .test_ui import chromium_page, needs_chromium
+from .test_ui import one_chromium as one_chromium
 from .test_ui_approvals import open_inbox
 
 HERE = Path(__file__).parent

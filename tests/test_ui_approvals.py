@@ -21,7 +21,11 @@ from .daemon_harness import Daemon, shared_tmpdir
 from .test_approvals import bump, counted, pending, wait_for
 from .test_approvals import fleet as approvals_fleet
 from .test_questions import fleet as questions_fleet
+
+# autouse: the module's pages share a chromium (decision 962)
+from .test_ui import chromium_of_module as chromium_of_module
 from .test_ui import chromium_page, needs_chromium
+from .test_ui import one_chromium as one_chromium
 
 HTTP = '\n[http]\nlisten = "127.0.0.1:0"\n'
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
