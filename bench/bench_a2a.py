@@ -26,6 +26,9 @@ servers' order turned each round (A B, B A, ...). The daemon started first measu
 ~1.15x the CPU a message of the one started second in A/A runs (same code, load ~15), so
 a claim takes both orders: `--swap` starts TREE's first. `--profile FILE`: py-spy (if installed)
 samples the daemon's threads over one more c=10 figure, FILE its raw collapsed stacks.
+`--pycount N`: after the figures, each tree's daemon started again with
+bench/gateways/pycount_site and the bytecode instructions its main thread runs counted over N
+messages at c=10 (what the load does not change: a round's CPU moves ±20 % at load 20).
 
 `--memory N` sends N messages to corral alone at c=10 and reports the daemon's RSS after
 a tenth of them (warm) and at the end. The reference server's venv is made once under
@@ -56,6 +59,7 @@ from .bench_scale import loadavg
 from .harness import ROOT, CorralDaemon, cleanup, free_port, report, workdir
 
 ECHO = ROOT / "bench" / "echo_agent.py"
+PYCOUNT_SITE = ROOT / "bench" / "gateways" / "pycount_site"
 # the kit beside the checkout, as scripts/a2a-tck.sh finds it
 TCK = next((p for p in (Path(os.environ.get("CORRAL_A2A_TCK", "/nonexistent")),
                         ROOT.parent / "shared" / "a2a-tck",
@@ -300,14 +304,20 @@ def launcher_of(tree: Path | None) -> list[str] | None:
 
 
 class Corral(Server):
-    def __init__(self, replicas: int, tree: Path | None = None, name: str = "") -> None:
+    def __init__(self, replicas: int, tree: Path | None = None, name: str = "",
+                 counts: Path | None = None) -> None:
         port = free_port()
         self.dir = workdir("a2a")
         self.name = name or ("corral" if tree is None else f"corral@{tree}")
         agents, extra = corral_config(port, replicas)
+        launcher = launcher_of(tree)
+        if counts is not None:  # (pycount_site's hook first on its path, as pycount.py's)
+            launcher = ["env", f"PYTHONPATH={PYCOUNT_SITE}:{tree or ROOT}",
+                        f"CORRAL_PYCOUNT={counts}", "CORRAL_PYCOUNT_MODE=ops",
+                        *(launcher_of(tree or ROOT) or [])]
         # (the [http] and [a2a] tables after the agents: CorralDaemon's `extra` is inside
         # its [supervisor] table)
-        self.daemon = CorralDaemon(self.dir, agents + extra, launcher=launcher_of(tree))
+        self.daemon = CorralDaemon(self.dir, agents + extra, launcher=launcher)
         self.daemon.start()
         assert self.daemon.proc is not None
         self.pid = self.daemon.proc.pid
@@ -347,6 +357,35 @@ class Corral(Server):
         cleanup(self.dir)
 
 
+def pycount(tree: Path | None, total: int) -> dict[str, Any]:
+    """The bytecode instructions the daemon's main thread runs a message, over `total`
+    messages at c=10 (a daemon of its own, warmed first)."""
+    with tempfile.TemporaryDirectory(prefix="corral-a2a-pycount-") as tmp:
+        out = Path(tmp) / "counts"
+        server = Corral(2, tree, counts=out)
+        try:
+            drive(server.url, 500, 10)
+            os.kill(server.pid or 0, signal.SIGRTMIN + 5)
+            _appears(Path(f"{out}.on"))
+            got = drive(server.url, total, 10)
+            os.kill(server.pid or 0, signal.SIGRTMIN + 6)
+            _appears(out)
+        finally:
+            server.close()
+        ops = sum(int(line.split("\t")[0]) for line in out.read_text().splitlines()
+                  if line.split("\t")[1] == "py")
+    return {"messages": got["messages"], "errors": got["errors"],
+            "ops": round(ops / max(got["messages"], 1), 1)}
+
+
+def _appears(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the daemon did not write {path} in {timeout:g} s")
+        time.sleep(0.05)
+
+
 class Reference(Server):
     name = "reference"
 
@@ -381,6 +420,7 @@ def main() -> None:
     p.add_argument("--vs", type=Path, help="another checkout's daemon in the reference's place")
     p.add_argument("--swap", action="store_true", help="with --vs: its daemon started first")
     p.add_argument("--profile", type=Path)
+    p.add_argument("--pycount", type=int, default=0, metavar="N")
     p.add_argument("--out", default="a2a", help="bench/results/OUT.json")
     args = p.parse_args()
     concs = [int(c) for c in args.conc.split(",")]
@@ -430,6 +470,11 @@ def main() -> None:
     finally:
         for s in servers:
             s.close()
+    if args.pycount:
+        trees = {"corral": None} | ({} if args.vs is None else {
+            f"corral@{args.vs.resolve()}": args.vs.resolve()})
+        for name, tree in trees.items():
+            result.setdefault(name, {})["pycount"] = pycount(tree, args.pycount)
     result["load_after"] = loadavg()
     report(args.out, result)
 
