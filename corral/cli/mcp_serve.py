@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import msgspec
 
 from .. import jsonrpc
@@ -29,8 +28,15 @@ from ..daemon.localgateway import local_socket
 from ..jsonrpc import LineProtocol
 from ..mcp import sse
 from ..mcp.envelope import NAMED
-from ..mcp.http import EVENT_STREAM, JSON, METHOD_HEADER, NAME_HEADER, SESSION_HEADER
-from ..mcp.paramheaders import header_value
+from ..mcp.paramheaders import (
+    EVENT_STREAM,
+    JSON,
+    METHOD_HEADER,
+    NAME_HEADER,
+    SESSION_HEADER,
+    header_value,
+)
+from .unixhttp import Answer, Broken, Unreachable, exchange
 
 RETRY_EVERY = 0.2
 MAX_EVENT = 64 << 20  # one message of an SSE stream, at most
@@ -66,14 +72,12 @@ class Bridge:
     def __init__(self, control: Path, agent: str | None, token: str | None,
                  write: Callable[[bytes], None]) -> None:
         self.control = control  # the daemon, as its user names it
-        self.url = "http://localhost/mcp" + (f"?agent={quote(agent)}" if agent else "")
+        self.target = "/mcp" + (f"?agent={quote(agent)}" if agent else "")
+        # a connection a request: one refused was sent nothing, so is safe to try again
+        self.socket = str(local_socket(control))
         self.auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
         self.reconnect = 0.0
         self.write = write
-        # a connection a request: one refused was sent nothing, so is safe to try again
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(str(local_socket(control)), force_close=True),
-            timeout=aiohttp.ClientTimeout(total=None))
         self.session: str | None = None  # its Mcp-Session-Id
         self.init: bytes | None = None  # the host's initialize, to begin again with
         self.begun = 0  # sessions begun: a request refused for an older one begins none
@@ -91,10 +95,10 @@ class Bridge:
             except SessionGone:
                 await self.begin_again(begun)
                 await self._exchange(line, head)
-        except aiohttp.ClientConnectorError as exc:
+        except Unreachable as exc:
             self._fail(head, f"the corral daemon at {self.control} is not reachable "
                              f"({exc.strerror or exc})")
-        except (aiohttp.ClientError, SessionGone, sse.TooLarge):
+        except (Broken, SessionGone, sse.TooLarge):
             self._fail(head, f"the corral daemon at {self.control} went away")
 
     def _fail(self, head: HostLine, message: str) -> None:
@@ -102,7 +106,7 @@ class Bridge:
             self.write(jsonrpc.encode(jsonrpc.ErrorResponse(head.id, jsonrpc.RpcError(
                 jsonrpc.PEER_CLOSED, message).to_object())))
 
-    async def _open(self, head: HostLine, body: bytes | None = None) -> aiohttp.ClientResponse:
+    async def _open(self, head: HostLine, body: bytes | None = None) -> Answer:
         """A POST of `body` (None: the session's GET stream), saying who, the session, and
         what the body says (its method and what it names, as a 2026-07-28 request's
         must); its connection tried again for `reconnect` seconds while none can be made,
@@ -118,9 +122,9 @@ class Bridge:
         deadline = asyncio.get_running_loop().time() + self.reconnect
         while True:
             try:
-                return await (self.http.get(self.url, headers=h) if body is None
-                              else self.http.post(self.url, data=body, headers=h))
-            except aiohttp.ClientConnectorError:
+                return await exchange(self.socket, "GET" if body is None else "POST",
+                                      self.target, h, body)
+            except Unreachable:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
                 await asyncio.sleep(RETRY_EVERY)
@@ -139,12 +143,12 @@ class Bridge:
             if told:
                 await self._relay(resp, head, body)
 
-    async def _relay(self, resp: aiohttp.ClientResponse, head: HostLine, body: bytes) -> None:
+    async def _relay(self, resp: Answer, head: HostLine, body: bytes) -> None:
         """The answer's messages to the host: a JSON body, or each of an SSE stream's; a
         refusal with the request's id where the door had not read it."""
         if resp.content_type == EVENT_STREAM:
             parser = sse.Parser(MAX_EVENT)
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.chunks():
                 for ev in parser.feed(chunk):
                     if ev.event == "message" and ev.data.strip():
                         self.write(ev.data + b"\n")
@@ -189,7 +193,7 @@ class Bridge:
                     if resp.status != 200:  # (else ended, or held elsewhere)
                         return
                     await self._relay(resp, HostLine(), b"")
-            except aiohttp.ClientConnectorError:
+            except Unreachable:
                 if not self.lost.done():
                     self.lost.set_result(f"lost the corral daemon at {self.control} and "
                                          f"could not reconnect within {self.reconnect:g} s")
@@ -199,7 +203,7 @@ class Bridge:
                     self.lost.set_result(f"the corral daemon at {self.control} did not "
                                          f"begin the session again: {exc}")
                 return
-            except (aiohttp.ClientError, sse.TooLarge):
+            except (Broken, sse.TooLarge):
                 continue  # went away mid-stream: sought again
 
     async def close(self) -> None:
@@ -207,11 +211,10 @@ class Bridge:
         if self._listening is not None:
             self._listening.cancel()
         if self.session is not None:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with self.http.delete(self.url, headers={
+            with contextlib.suppress(OSError, Broken):  # (Unreachable: an OSError)
+                async with await exchange(self.socket, "DELETE", self.target, {
                         SESSION_HEADER: self.session, **self.auth}) as resp:
                     await resp.read()
-        await self.http.close()
 
 
 def refusal(body: bytes, rid: jsonrpc.Id | None) -> dict[str, Any]:
@@ -246,7 +249,7 @@ async def serve(control: Path, agent: str | None, token: str | None, reconnect: 
             async with await bridge._open(HostLine(AGAIN, "server/discover"),
                                           jsonrpc.encode(probe)) as resp:
                 body = await resp.read()
-        except aiohttp.ClientConnectorError as exc:
+        except Unreachable as exc:
             print(f"corral mcp serve: cannot reach the corral daemon at {control}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 3

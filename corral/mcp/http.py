@@ -22,16 +22,16 @@ from .. import jsonrpc
 from ..redact import url as _url
 from ..timeouts import kept
 from . import sse
+from .paramheaders import EVENT_STREAM as EVENT_STREAM
+from .paramheaders import JSON as JSON
+from .paramheaders import METHOD_HEADER as METHOD_HEADER
+from .paramheaders import NAME_HEADER as NAME_HEADER
+from .paramheaders import SESSION_HEADER as SESSION_HEADER
+from .paramheaders import VERSION_HEADER as VERSION_HEADER
 from .paramheaders import ParamHeaders, header_value
 
 log = logging.getLogger("corral.mcp.http")
 
-JSON = "application/json"
-EVENT_STREAM = "text/event-stream"
-SESSION_HEADER = "Mcp-Session-Id"
-VERSION_HEADER = "MCP-Protocol-Version"
-METHOD_HEADER = "Mcp-Method"
-NAME_HEADER = "Mcp-Name"
 NAMED = frozenset({"tools/call", "prompts/get", "resources/read"})
 MAX_RESUMES = 5  # reconnections of one response stream that bring nothing new
 DRAIN_TIMEOUT = 1.0  # seconds to read an answered POST stream to its end

@@ -1,7 +1,8 @@
-"""Tool arguments said again as HTTP headers (SEP-2243, revision 2026-07-28): a property
-marked `x-mcp-header: NAME` is sent as `Mcp-Param-NAME` with every call of the tool. A
-definition that breaks the rules (`designations`) is left out, alone; a null or missing
-argument sends no header.
+"""MCP's HTTP headers: the transport's own names (here, with no import of an HTTP
+library, for `corral mcp serve`'s start), and tool arguments said again as headers
+(SEP-2243, revision 2026-07-28): a property marked `x-mcp-header: NAME` is sent as
+`Mcp-Param-NAME` with every call of the tool. A definition that breaks the rules
+(`designations`) is left out, alone; a null or missing argument sends no header.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from typing import Any
 
 import msgspec
 
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+METHOD_HEADER = "Mcp-Method"
+NAME_HEADER = "Mcp-Name"
 PREFIX = "Mcp-Param-"
 MARK = "x-mcp-header"
 PRIMITIVE = ("string", "integer", "boolean")
