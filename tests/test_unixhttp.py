@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.cli.unixhttp import MAX_HEAD, Broken, Unreachable, exchange
+from corral.cli.unixhttp import MAX_HEAD, ExchangeError, NoConnection, exchange
 
 
 class Server:
@@ -95,7 +95,7 @@ async def test_an_answer_cut_short_is_broken(serving: tuple[str, list[Server]]) 
     path, servers = serving
     servers.append(Server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"))
     async with await exchange(path, "GET", "/mcp", {}) as answer:
-        with pytest.raises(Broken, match=r"^the connection ended before the whole answer$"):
+        with pytest.raises(ExchangeError, match=r"^the connection ended before the whole answer$"):
             await answer.read()
 
 
@@ -109,12 +109,12 @@ async def test_what_is_no_whole_answer_is_broken(serving: tuple[str, list[Server
                                                  answer: bytes, said: str) -> None:
     path, servers = serving
     servers.append(Server(answer))
-    with pytest.raises(Broken, match=said):
+    with pytest.raises(ExchangeError, match=said):
         await exchange(path, "GET", "/mcp", {})
 
 
 async def test_no_socket_is_unreachable_with_its_reason(tmp_path: Path) -> None:
-    with pytest.raises(Unreachable) as got:
+    with pytest.raises(NoConnection) as got:
         await exchange(str(tmp_path / "none.sock"), "GET", "/mcp", {})
     assert got.value.strerror == "No such file or directory"
 

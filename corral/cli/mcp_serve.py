@@ -36,7 +36,7 @@ from ..mcp.paramheaders import (
     SESSION_HEADER,
     header_value,
 )
-from .unixhttp import Answer, Broken, Unreachable, exchange
+from .unixhttp import ExchangeError, HttpAnswer, NoConnection, exchange
 
 RETRY_EVERY = 0.2
 MAX_EVENT = 64 << 20  # one message of an SSE stream, at most
@@ -95,10 +95,10 @@ class Bridge:
             except SessionGone:
                 await self.begin_again(begun)
                 await self._exchange(line, head)
-        except Unreachable as exc:
+        except NoConnection as exc:
             self._fail(head, f"the corral daemon at {self.control} is not reachable "
                              f"({exc.strerror or exc})")
-        except (Broken, SessionGone, sse.TooLarge):
+        except (ExchangeError, SessionGone, sse.TooLarge):
             self._fail(head, f"the corral daemon at {self.control} went away")
 
     def _fail(self, head: HostLine, message: str) -> None:
@@ -106,7 +106,7 @@ class Bridge:
             self.write(jsonrpc.encode(jsonrpc.ErrorResponse(head.id, jsonrpc.RpcError(
                 jsonrpc.PEER_CLOSED, message).to_object())))
 
-    async def _open(self, head: HostLine, body: bytes | None = None) -> Answer:
+    async def _open(self, head: HostLine, body: bytes | None = None) -> HttpAnswer:
         """A POST of `body` (None: the session's GET stream), saying who, the session, and
         what the body says (its method and what it names, as a 2026-07-28 request's
         must); its connection tried again for `reconnect` seconds while none can be made,
@@ -124,7 +124,7 @@ class Bridge:
             try:
                 return await exchange(self.socket, "GET" if body is None else "POST",
                                       self.target, h, body)
-            except Unreachable:
+            except NoConnection:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
                 await asyncio.sleep(RETRY_EVERY)
@@ -143,7 +143,7 @@ class Bridge:
             if told:
                 await self._relay(resp, head, body)
 
-    async def _relay(self, resp: Answer, head: HostLine, body: bytes) -> None:
+    async def _relay(self, resp: HttpAnswer, head: HostLine, body: bytes) -> None:
         """The answer's messages to the host: a JSON body, or each of an SSE stream's; a
         refusal with the request's id where the door had not read it."""
         if resp.content_type == EVENT_STREAM:
@@ -193,7 +193,7 @@ class Bridge:
                     if resp.status != 200:  # (else ended, or held elsewhere)
                         return
                     await self._relay(resp, HostLine(), b"")
-            except Unreachable:
+            except NoConnection:
                 if not self.lost.done():
                     self.lost.set_result(f"lost the corral daemon at {self.control} and "
                                          f"could not reconnect within {self.reconnect:g} s")
@@ -203,7 +203,7 @@ class Bridge:
                     self.lost.set_result(f"the corral daemon at {self.control} did not "
                                          f"begin the session again: {exc}")
                 return
-            except (Broken, sse.TooLarge):
+            except (ExchangeError, sse.TooLarge):
                 continue  # went away mid-stream: sought again
 
     async def close(self) -> None:
@@ -211,7 +211,7 @@ class Bridge:
         if self._listening is not None:
             self._listening.cancel()
         if self.session is not None:
-            with contextlib.suppress(OSError, Broken):  # (Unreachable: an OSError)
+            with contextlib.suppress(OSError, ExchangeError):  # (NoConnection: an OSError)
                 async with await exchange(self.socket, "DELETE", self.target, {
                         SESSION_HEADER: self.session, **self.auth}) as resp:
                     await resp.read()
@@ -249,7 +249,7 @@ async def serve(control: Path, agent: str | None, token: str | None, reconnect: 
             async with await bridge._open(HostLine(AGAIN, "server/discover"),
                                           jsonrpc.encode(probe)) as resp:
                 body = await resp.read()
-        except Unreachable as exc:
+        except NoConnection as exc:
             print(f"corral mcp serve: cannot reach the corral daemon at {control}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 3

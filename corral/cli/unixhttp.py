@@ -16,11 +16,11 @@ READ = 64 * 1024  # bytes asked of the socket at once
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 
 
-class Unreachable(OSError):
+class NoConnection(OSError):
     """No connection could be made: nothing was sent."""
 
 
-class Broken(Exception):
+class ExchangeError(Exception):
     """The connection failed or ended before the whole answer, or the answer is not
     HTTP/1.1."""
 
@@ -32,7 +32,7 @@ class Headers(dict[str, str]):
         return super().get(name.lower(), default)
 
 
-class Answer:
+class HttpAnswer:
     """One answer: its status and headers once made; its body read whole (`read`) or as
     it comes (`chunks`). Its connection is closed at the end of its `async with`."""
 
@@ -71,23 +71,23 @@ class Answer:
         try:
             data = await self._reader.read(READ)
         except OSError as exc:
-            raise Broken(f"the connection failed: {exc}") from None
+            raise ExchangeError(f"the connection failed: {exc}") from None
         if not data:
             # a body of no stated length runs to the connection's end
             if self._head and "content-length" not in self.headers and "chunked" not in \
                     (self.headers.get("transfer-encoding") or "").lower():
                 self._done = True
                 return False
-            raise Broken("the connection ended before the "
+            raise ExchangeError("the connection ended before the "
                          + ("whole answer" if self._head else "answer's head"))
         if not self._head:
             self._read += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            raise Broken(f"not an HTTP/1.1 answer: {exc}") from None
+            raise ExchangeError(f"not an HTTP/1.1 answer: {exc}") from None
         if not self._head and self._read > MAX_HEAD:
-            raise Broken(f"an answer's head over {MAX_HEAD} bytes")
+            raise ExchangeError(f"an answer's head over {MAX_HEAD} bytes")
         return True
 
     async def _begin(self) -> None:
@@ -116,7 +116,7 @@ class Answer:
     def close(self) -> None:
         self._writer.close()
 
-    async def __aenter__(self) -> Answer:
+    async def __aenter__(self) -> HttpAnswer:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -125,9 +125,9 @@ class Answer:
 
 
 async def exchange(path: str, method: str, target: str, headers: Mapping[str, str],
-                   body: bytes | None = None) -> Answer:
+                   body: bytes | None = None) -> HttpAnswer:
     """`method target` sent on the unix socket at `path`, once its answer's head is read.
-    Unreachable when no connection is made; Broken when it fails after that."""
+    NoConnection when no connection is made; ExchangeError when it fails after that."""
     lines = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close"]
     for name, value in headers.items():
         if any(c in value for c in "\r\n\0") or any(c in name for c in "\r\n\0:"):
@@ -139,8 +139,8 @@ async def exchange(path: str, method: str, target: str, headers: Mapping[str, st
     try:
         reader, writer = await asyncio.open_unix_connection(path)
     except OSError as exc:
-        raise Unreachable(exc.errno, exc.strerror) from None
-    answer = Answer(reader, writer)
+        raise NoConnection(exc.errno, exc.strerror) from None
+    answer = HttpAnswer(reader, writer)
     try:
         writer.write(request)
         await answer._begin()
