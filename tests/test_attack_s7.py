@@ -355,12 +355,6 @@ async def test_a_kept_alive_connections_next_request_keeps_nothing_of_the_last(
 ANSWERED = 20.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "corral mcp serve (boot's corral/cli/mcp_serve.py): a host's method is put in the "
-    "Mcp-Method header as it is, and a control character in it makes the HTTP client "
-    "raise (aiohttp's ValueError, 'Forbidden control character'; boot's candidate "
-    "unixhttp.py the same for a character past Latin-1, UnicodeEncodeError): the "
-    "request's task dies and the host is never answered"))
 @pytest.mark.deadline(120)
 def test_the_bridge_answers_a_hosts_request_whatever_its_method_is(s7: Daemon) -> None:
     """`corral mcp serve` (as the socket's peer, the operator) carries a host's request's

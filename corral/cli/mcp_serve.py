@@ -98,6 +98,8 @@ class Bridge:
         except NoConnection as exc:
             self._fail(head, f"the corral daemon at {self.control} is not reachable "
                              f"({exc.strerror or exc})")
+        except ValueError as exc:  # what no request may carry (exchange's refusal)
+            self._fail(head, f"the request cannot be sent to the corral daemon: {exc}")
         except (ExchangeError, SessionGone, sse.TooLarge):
             self._fail(head, f"the corral daemon at {self.control} went away")
 
@@ -115,7 +117,7 @@ class Bridge:
         if self.session is not None:
             h[SESSION_HEADER] = self.session
         if head.method is not None and head.id is not None:
-            h[METHOD_HEADER] = head.method
+            h[METHOD_HEADER] = header_value(head.method)  # (one no header carries: wrapped)
             named = (head.params or {}).get(NAMED.get(head.method, ""))
             if isinstance(named, str):
                 h[NAME_HEADER] = header_value(named)
