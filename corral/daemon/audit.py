@@ -154,7 +154,8 @@ class AuditLink(TaskInterceptor):
         except BaseException as exc:
             self.row(call, failure_of(exc))
             raise
-        r = call.agent
+        r = call.replica
+        assert r is not None  # (a model call's: its agent's)
         label: str = r.label
         params = {"client": label, "model": call.name}
         if call.task is not None:

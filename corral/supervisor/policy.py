@@ -55,11 +55,11 @@ def _test(path: str, test: PolicyTest, strict: bool) -> Callable[[dict[str, Any]
     {"arguments": ...}, a model call's {"max_tokens": ...}). `strict`: the rule denies
     or holds, so a path it cannot place (a relative one) is taken to be under its prefix;
     an `allow` takes it to be outside."""
-    keys = path.split(".")
+    first, *rest = path.split(".")
 
     def value(facts: dict[str, Any]) -> Any:
-        v: Any = facts
-        for k in keys:
+        v: Any = facts.get(first)  # (the facts are a dict: the link's own)
+        for k in rest:
             if not isinstance(v, dict) or k not in v:
                 return None
             v = v[k]
@@ -133,32 +133,52 @@ def _compile(rules: list[PolicyRule], where: str) -> tuple[_Rule, ...]:
 
 
 class _List:
-    """One list of rules, its first match the verdict; the rules that could match a
-    (tenant, agent, kind, name) kept, so that a call tests only their `when`."""
+    """One list of rules, its first match the verdict."""
 
     def __init__(self, rules: tuple[_Rule, ...], default: str) -> None:
         self.rules = rules
         self.default = RuleEffect(default, "")
-        self._cands: dict[tuple[str, str, str, str], tuple[_Rule, ...]] = {}
 
-    def judge(self, tenant: str, agent: str, kind: str, name: str, facts: dict[str, Any]
-              ) -> RuleEffect:
-        key = (tenant, agent, kind, name)
-        cands = self._cands.get(key)
-        if cands is None:
-            if len(self._cands) >= CACHED:
-                self._cands.clear()
-            cands = tuple(r for r in self.rules
-                          if r.tenant(tenant) and r.agent(agent) and r.named(kind, name))
-            if len(name) <= NAME_CACHED:
-                self._cands[key] = cands
-        for r in cands:
-            for test in r.tests:
-                if not test(facts):
-                    break
-            else:
-                return r.verdict
-        return self.default
+    def could(self, tenant: str, agent: str, kind: str, name: str) -> tuple[_Rule, ...]:
+        """The rules that could match a call of (tenant, agent, kind, name): a call tests
+        only their `when`."""
+        return tuple(r for r in self.rules
+                     if r.tenant(tenant) and r.agent(agent) and r.named(kind, name))
+
+
+def _first(cands: tuple[_Rule, ...], facts: dict[str, Any], default: RuleEffect
+           ) -> RuleEffect:
+    for r in cands:
+        for test in r.tests:
+            if not test(facts):
+                break
+        else:
+            return r.verdict
+    return default
+
+
+class _Plan(NamedTuple):
+    """What judges a call of one (tenant, agent, kind, name), found once: the operator's
+    rules that could match it, its tenant's list and theirs (`spec` the tenant's
+    [tenants.NAME] they were found under: another spec finds them again), and the name's
+    marks."""
+
+    spec: TenantSpec | None
+    operator: tuple[_Rule, ...]
+    own: _List | None
+    theirs: tuple[_Rule, ...]
+    sensitive: bool
+    untrusted: bool  # (a tool's alone)
+
+    def judge(self, facts: dict[str, Any], default: RuleEffect) -> RuleEffect:
+        """`default`: the operator's list's."""
+        verdict = _first(self.operator, facts, default) if self.operator else default
+        own = self.own
+        if own is not None:
+            theirs = _first(self.theirs, facts, own.default)
+            if EFFECTS.index(theirs.effect) > EFFECTS.index(verdict.effect):
+                return theirs
+        return verdict
 
 
 class RuleBook:
@@ -183,6 +203,8 @@ class RuleBook:
         self.any_sensitive = bool(sensitive or self._sensitive_models)
         # a tool's marks by its name, (untrusted, sensitive), read once
         self._marks: dict[str, tuple[bool, bool]] = {}
+        # (tenant, agent, kind, name) -> its _Plan
+        self._plans: dict[tuple[str, str, str, str], _Plan] = {}
 
     def _tenant(self, name: str, spec: TenantSpec | None) -> _List | None:
         if spec is None:
@@ -195,18 +217,30 @@ class RuleBook:
             held = self._tenants[name] = (spec, rules)
         return held[1]
 
+    def plan(self, tenant: str, spec: TenantSpec | None, agent: str, kind: str, name: str
+             ) -> _Plan:
+        """A call's `_Plan`, kept for the next call of the same (`spec`: its tenant's
+        [tenants.NAME] now, None if none)."""
+        key = (tenant, agent, kind, name)
+        plan = self._plans.get(key)
+        if plan is not None and plan.spec is spec:
+            return plan
+        if len(self._plans) >= CACHED:
+            self._plans.clear()
+        own = self._tenant(tenant, spec)
+        plan = _Plan(spec, self.operator.could(tenant, agent, kind, name), own,
+                     own.could(tenant, agent, kind, name) if own is not None else (),
+                     self.sensitive(kind, name), kind == "tool" and self.untrusted(name))
+        if len(name) <= NAME_CACHED:
+            self._plans[key] = plan
+        return plan
+
     def judge(self, tenant: str | None, spec: TenantSpec | None, agent: str, kind: str,
               name: str, facts: dict[str, Any]) -> RuleEffect:
         """The call's verdict (`kind`: "tool" or "model"; `spec`: its tenant's
         [tenants.NAME], None if none)."""
-        tenant = tenant or DEFAULT_TENANT
-        verdict = self.operator.judge(tenant, agent, kind, name, facts)
-        own = self._tenant(tenant, spec)
-        if own is not None:
-            theirs = own.judge(tenant, agent, kind, name, facts)
-            if EFFECTS.index(theirs.effect) > EFFECTS.index(verdict.effect):
-                return theirs
-        return verdict
+        return self.plan(tenant or DEFAULT_TENANT, spec, agent, kind, name).judge(
+            facts, self.operator.default)
 
     def _marks_of(self, tool: str) -> tuple[bool, bool]:
         marks = self._marks.get(tool)
@@ -293,26 +327,30 @@ class PolicyGuard:
             return False
         return self.rules.any_sensitive
 
-    def judge(self, owner: str, replica: Replica, tenant: str | None, kind: str,
-              name: str, facts: dict[str, Any], task: Task | None = None) -> RuleEffect:
+    def judge(self, owner: str | Callable[[], str], replica: Replica, tenant: str | None,
+              kind: str, name: str, facts: dict[str, Any], task: Task | None = None
+              ) -> RuleEffect:
         """A call's verdict by the rules, and taint's: a sensitive call by an owner an
         untrusted tool's output reached waits for a person though the rules allow it. An
-        untrusted tool's call taints its owner as it is made."""
+        untrusted tool's call taints its owner as it is made. `owner`: its name, or how
+        to find it, where a verdict is kept (most calls' is not)."""
         rules = self.rules
         spec = replica.host.tenant_spec(tenant) if tenant is not None else None
-        verdict = rules.judge(tenant, spec, replica.name, kind, name, facts)
-        if verdict.effect == "allow" and rules.sensitive(kind, name):
+        plan = rules.plan(tenant or DEFAULT_TENANT, spec, replica.name, kind, name)
+        verdict = plan.judge(facts, rules.operator.default)
+        if verdict.effect == "allow" and plan.sensitive:
             read = self.labels.of(replica, task)
             if read:
                 verdict = RuleEffect("approve", f"{TAINT} (after untrusted {read[0]})")
-        if verdict.effect != "deny" and kind == "tool" and rules.untrusted(name):
+        if verdict.effect != "deny" and plan.untrusted:
             self.labels.mark(replica, task, (name,))
         # an allow by no rule is no decision, and a traced allow's span needs a tracer
         if verdict.effect != "allow" or (verdict.rule and task is not None
                                          and self._tracer is not None):
-            self._record(PolicyVerdict(owner, replica.label, tenant, kind, name, verdict.effect,
-                                  verdict.rule or "default_deny",
-                                  json.dumps(shape(facts), sort_keys=True)), replica, task)
+            self._record(PolicyVerdict(
+                owner if isinstance(owner, str) else owner(), replica.label, tenant, kind,
+                name, verdict.effect, verdict.rule or "default_deny",
+                json.dumps(shape(facts), sort_keys=True)), replica, task)
         return verdict
 
     def judge_client(self, client: GatewayClient, name: str, facts: dict[str, Any]

@@ -189,15 +189,12 @@ class Tracer(TaskInterceptor):
         and, without one, not traced."""
         task = call.task
         said = CALLER.get()
-        r = call.replica  # (None: a gateway client's, no agent's, named by its client)
-        more: tuple[Any, ...] = (r.name if r is not None else None, call.door, call.key)
-        if call.skill is not None:
-            more += (call.skill,)
         if task is None:
             context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
                 if said else None
             if context is None:
                 return next(call)
+            more = _more(call)
             sampled = self.sampling.head(context.trace_id, context.sampled)
             owner = f"{'replica' if call.door == WORKER else 'gateway'}:{call.caller}"
             return self._timed(functools.partial(next, call), context.trace_id, sampled,
@@ -206,6 +203,7 @@ class Tracer(TaskInterceptor):
         trace = self.full(task)
         if trace is None:
             return next(call)
+        more = _more(call)
         # the worker's own span, when it sent one of this trace (else the attempt's)
         parent = own_span(said.get("traceparent"), trace.trace_id) if said else 0
         return self._timed(functools.partial(next, call), trace.trace_id, trace.sampled,
@@ -469,6 +467,14 @@ class Tracer(TaskInterceptor):
     def stats(self) -> dict[str, int]:
         return {"recorded": self.recorded, "dropped": self.dropped,
                 "buffered": self.buffered}
+
+
+def _more(call: Call) -> tuple[Any, ...]:
+    """A call's span's record past its name: its replica (None: a gateway client's, no
+    agent's, named by its client), door and key, and a skill read's method."""
+    r = call.replica
+    more: tuple[Any, ...] = (r.name if r is not None else None, call.door, call.key)
+    return more if call.skill is None else (*more, call.skill)
 
 
 def own_span(traceparent: Any, trace_id: int) -> int:

@@ -10,7 +10,8 @@ the attempt, so that a retried attempt making the same calls finds the same asks
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ... import jsonrpc
@@ -45,8 +46,9 @@ def policy_of(r: Replica, tenant: str | None) -> ApprovalPolicy | None:
     """None when no call of the replica's tasks waits for a person."""
     own: list[str] = getattr(r.spec, "approve", [])
     held = r.host.tenant_spec(tenant) if tenant is not None else None
-    patterns = [*own, *(held.approve if held is not None else ())]
-    return terms_of(r, patterns) if patterns else None
+    if not (own or (held is not None and held.approve)):
+        return None  # (most calls: no list made)
+    return terms_of(r, [*own, *(held.approve if held is not None else ())])
 
 
 def terms_of(r: Replica, patterns: list[str]) -> ApprovalPolicy:
@@ -173,15 +175,28 @@ class Approvals(TaskInterceptor):
         return await answer if inspect.isawaitable(answer) else answer
 
     @staticmethod
-    async def _replica_call(calls: ReplicaCalls, call: Call, r: Replica,
-                            next: Callable[[Call], Any], guard: PolicyGuard | None) -> Any:
-        gated = await gate(calls, call, r, guard)
+    def _replica_call(calls: ReplicaCalls, call: Call, r: Replica,
+                      next: Callable[[Call], Any], guard: PolicyGuard | None) -> Any:
+        gated = gate(calls, call, r, guard)
         if isinstance(gated, dict):
             return gated
-        # an agent called of no task starts a task of its own (the door's submission):
-        # what the replica read is handed on to it (labels.py), read as it is made
+        if not isinstance(gated, Call) or call.name.startswith(AGENT_TOOL):
+            return Approvals._handed(gated, r, next, guard)
+        return next(gated)  # (most calls: no coroutine of this link's)
+
+    @staticmethod
+    async def _handed(gated: Call | Awaitable[Call | dict[str, Any]], r: Replica,
+                      next: Callable[[Call], Any], guard: PolicyGuard | None) -> Any:
+        """A call a person is asked about first (`gated` its ask, awaited), or an agent's
+        called of no task, which starts a task of its own (the door's submission): what
+        the replica read is handed on to it (labels.py), read as it is made."""
+        if not isinstance(gated, Call):
+            asked = await gated
+            if isinstance(asked, dict):
+                return asked
+            gated = asked
         handed = HANDED.set(guard.labels.of(r, None)) if guard is not None \
-            and call.name.startswith(AGENT_TOOL) else None
+            and gated.name.startswith(AGENT_TOOL) else None
         try:
             answer = next(gated)
             return await answer if inspect.isawaitable(answer) else answer
@@ -242,15 +257,16 @@ class Approvals(TaskInterceptor):
         return tool_error(said)
 
 
-async def gate(calls: ReplicaCalls, call: Call, r: Replica,
-               guard: PolicyGuard | None = None) -> Call | dict[str, Any]:
+def gate(calls: ReplicaCalls, call: Call, r: Replica, guard: PolicyGuard | None = None
+         ) -> Call | dict[str, Any] | Awaitable[Call | dict[str, Any]]:
     """A replica's call of no task under its agent's and tenant's policy, counted in its
     incarnation's tool budget, held for a person when `approve` or a rule names it: the call
-    to make, or the tool error the caller reads (RpcError when the policy says `fail`)."""
+    to make, or the tool error the caller reads (RpcError when the policy says `fail`), or,
+    held, an awaitable of either."""
     tenant = getattr(r.spec, "tenant", None)
     why = ""
     if guard is not None:
-        verdict = guard.judge(calls.owner_of(r), r, tenant, "tool", call.name,
+        verdict = guard.judge(partial(calls.owner_of, r), r, tenant, "tool", call.name,
                               {"arguments": call.arguments})
         if verdict.effect == "deny":
             return tool_error(verdict.said(f"tool call {call.name}"))
@@ -262,6 +278,13 @@ async def gate(calls: ReplicaCalls, call: Call, r: Replica,
     elif policy is None or not allowed(call.name, policy.patterns):
         return call
     calls.give_back_tool_call(r)  # (held: counted once it is made)
+    return _asked(calls, call, r, guard, tenant, policy, why)
+
+
+async def _asked(calls: ReplicaCalls, call: Call, r: Replica, guard: PolicyGuard | None,
+                 tenant: str | None, policy: ApprovalPolicy, why: str
+                 ) -> Call | dict[str, Any]:
+    """A replica's call held: the person's answer, as `gate`'s."""
     with waiting():  # the person's time, not the call's (personwait.py)
         ask = await calls.ask(r, ReplicaAsk(
             AskKind.APPROVAL, "tool", subject(call, why), policy.timeout))

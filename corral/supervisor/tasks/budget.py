@@ -176,6 +176,8 @@ class Reservation:
             w.reserved_cost += self.cost
 
     def release(self) -> None:
+        if not self.windows:
+            return  # (most calls': none held, no list made)
         for w in self.windows:
             w.reserved_tokens -= self.tokens
             w.reserved_cost = max(0.0, w.reserved_cost - self.cost)  # no float drift
@@ -380,8 +382,12 @@ class Budgets:
         group's; or the budget that what was used and calls in flight hold reach."""
         if kept.windows:
             kept.release()
-        now = time.time()
         group = self.groups(agent.name) if self.sharing else None
+        spec = agent.spec
+        if group is None and not (spec.tokens_per_minute or spec.tokens_per_day
+                                  or spec.max_cost_usd_per_day):
+            return None  # (most calls: no budget to hold the estimate against)
+        now = time.time()
         windows: list[Budget] = []
         if group is not None:
             shared = self.window(group[0])
@@ -390,7 +396,6 @@ class Budgets:
                 held.budget = f"{group[0]} {held.budget}"
                 return held
             windows.append(shared)
-        spec = agent.spec
         if spec.tokens_per_minute or spec.tokens_per_day or spec.max_cost_usd_per_day:
             own = self.window(agent.name)
             held = own.held(spec.tokens_per_minute, spec.tokens_per_day,

@@ -8,6 +8,7 @@ set) may pass `approve_cost_over` waits for a person.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ... import jsonrpc
@@ -102,15 +103,16 @@ class ModelApprovals(TaskInterceptor):
     def _asking(self, call: Call) -> tuple[ModelPolicy, str] | None:
         """Whether the call waits for a person: its policy and why, or None; ModelRefusal
         when a rule denies it."""
-        task, model, r = call.task, call.model, call.agent
-        assert model is not None  # (a model call's)
+        task, model, r = call.task, call.model, call.replica
+        assert model is not None and r is not None  # (a model call's: its agent's)
         tenant = task.tenant if task is not None and task.tenant is not None \
             else getattr(r.spec, "tenant", None)
         rule = ""
         guard = self._guard
         if guard is not None:
             assert self._path is not None  # bound as the engine was made
-            owner = task.id if task is not None else self._path.replica_calls.owner_of(r)
+            owner = task.id if task is not None else partial(
+                self._path.replica_calls.owner_of, r)  # (found if a verdict is kept)
             verdict = guard.judge(owner, r, tenant, "model", call.name,
                                   {"max_tokens": model.ask.bound}, task)
             if verdict.effect == "deny":

@@ -52,7 +52,9 @@ class ModelBudget(TaskInterceptor):
         """The call's estimate held against the agent's and its tenant's budgets, unless
         what was used and what calls in flight hold already reach one."""
         assert self._path is not None  # bound as the engine was made
-        name = call.agent.name
+        r = call.replica
+        assert r is not None  # (a model call's: its agent's)
+        name = r.name
         agent = self._path.agent_of(name)
         if agent is None:
             return

@@ -14,9 +14,9 @@ from .modelcall import ModelRefusal
 def model_in_view(call: Call) -> None:
     """Nothing when the call's agent may use its model; else ModelRefusal (404 for a model
     it cannot see, 400 for another endpoint's format, 403 for one not for its agent)."""
-    model = call.model
-    assert model is not None  # (a model call's)
-    spec, replica, name = model.spec, call.agent, call.name
+    model, replica = call.model, call.replica
+    assert model is not None and replica is not None  # (a model call's: its agent's)
+    spec, name = model.spec, call.name
     tenant = replica.spec.tenant
     if spec is None or not (spec.shared or spec.tenant == tenant):
         mine = sorted(n for n, s in model.served.items() if s.shared or s.tenant == tenant)
