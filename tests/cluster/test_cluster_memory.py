@@ -17,7 +17,7 @@ from corral.cluster.keys import GROUP, Keys
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes, sleeper
+from .harness import STEADY_TTL, Node, nodes, sleeper
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,7 +68,9 @@ def test_redis_memory_returns_to_its_baseline_once_the_queues_drain(
         tmp: Path, redis: RedisServer, r: Any) -> None:
     extra = f"keep_tasks = {KEPT}\nkeep_tasks_for = {KEPT_FOR}\n"
     agent = sleeper("w", concurrency=4)
-    with nodes(tmp, redis, {"a": agent, "b": agent}, extra=extra) as ns:
+    # no node lapses here: a loaded host held a's loop past the short TTL, a fenced
+    # itself and joined again, and its new incarnation's key was read as Redis's growth
+    with nodes(tmp, redis, {"a": agent, "b": agent}, extra=extra, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(v["alive"] for v in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")
