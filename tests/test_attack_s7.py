@@ -22,6 +22,7 @@ from corral import jsonrpc
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, corral_run, running_daemon, shared_tmpdir
 from .servers.model_upstream import StandIn
+from .test_daemon_cli import wait_until
 from .test_model_gateway import provider_key, upstream  # noqa: F401
 
 VERSION = "2026-07-28"
@@ -56,7 +57,8 @@ def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, 
 @pytest.fixture(scope="module")
 def s7() -> Iterator[Daemon]:
     """Tenants alpha and beta, each with an MCP server of its own (`ours`, `theirs`);
-    alpha's agent `prober`, whose allowlist is `*`; an agent `late` of its own; the
+    alpha's agent `prober`, whose allowlist is `*`; agents `late` and `flood` of their own
+    (each a test's replica, as a rate is its client's); the
     operator's rule denying `*__fetch` (it names a server of each tenant's, and none);
     every gateway client's rate two calls a minute; the operator's skills (SKILLS)."""
     tmp = shared_tmpdir()
@@ -72,6 +74,9 @@ def s7() -> Iterator[Daemon]:
 tools = ["*"]
 
 [agents.late]
+{agent}tools = ["*"]
+
+[agents.flood]
 {agent}tools = ["*"]
 
 [mcp_servers.ours]
@@ -118,6 +123,44 @@ def test_a_stale_attempts_address_takes_a_token_of_its_replicas_rate(s7: Daemon)
     assert again.get("error") == {
         "code": jsonrpc.REFUSED,
         "message": "gateway client late#0 is over its rate of 2 calls a minute"}, again
+
+
+FLOOD = 50  # calls past a client's rate, sent as fast as it can
+
+
+def rows_of(d: Daemon, client: str) -> list[str]:
+    """The outcomes of the audit rows of `client`'s gateway calls, oldest first."""
+    return [e["outcome"] for e in reversed(d.ask("audit.list", {"limit": 1000})["entries"])
+            if isinstance(e["params"], dict) and e["params"].get("client") == client]
+
+
+@pytest.mark.deadline(120)
+def test_a_client_past_its_rate_writes_a_row_a_minute_however_fast_it_sends(
+        s7: Daemon) -> None:
+    """Each call a gateway client's own limits refuse (its rate_per_minute, its
+    max_concurrent) wrote an audit row and a daemon log line, so a client of two calls a
+    minute wrote rows as fast as it sent (review's probe: 200 calls, 200 rows): its
+    tenant's older tool-call rows pushed out of audit_max_rows, the same hole decisions
+    1691's read and 1740's address had, through the refusal itself. Now such a refusal is
+    one row a minute a client, the ones between counted in its stats and said in its next
+    row; the calls it makes are each a row as before."""
+    ran = s7.ask("tasks.run", {"agent": "flood", "input": {"env": True}})
+    url, token = ran["output"]["CORRAL_MCP_URL"], ran["output"]["CORRAL_MCP_TOKEN"]
+    before = len(rows_of(s7, "flood#0"))
+    said = [rpc(url, token, "tools/call", {"name": "ours__echo", "arguments": {}})
+            for _ in range(FLOOD)]
+    over = {"code": jsonrpc.REFUSED,
+            "message": "gateway client flood#0 is over its rate of 2 calls a minute"}
+    assert [s.get("error") == over for s in said].count(True) >= FLOOD - 2, said
+    refused = f"refused: {over['message']}"
+
+    def rows() -> list[str] | None:
+        now = rows_of(s7, "flood#0")[before:]
+        return now if refused in now else None
+    written = wait_until(rows, 30, "the refusal's row")
+    assert written.count(refused) == 1 and len(written) <= 3, written
+    stats = s7.ask("gateway.status", {})["clients"]["flood#0"]
+    assert stats["errors"] >= FLOOD - 2, stats
 
 
 def twin(name: str, kind: str = "agent") -> str:
@@ -267,7 +310,6 @@ def test_a_node_takes_its_own_stopped_run_again_once_redis_answers() -> None:
     running past RESUMED."""
     from .cluster.harness import nodes
     from .redis_harness import REDIS_SERVER, RedisServer
-    from .test_daemon_cli import wait_until
     from .test_workflows import SLOW, _marks, agent_toml
 
     assert REDIS_SERVER is not None, "redis-server is not installed: . scripts/redis.sh"
@@ -404,3 +446,15 @@ def test_the_bridge_answers_a_hosts_request_whatever_its_method_is(s7: Daemon) -
         proc.wait(60)
     assert said.get(4, {}).get("result") == {}, said
     assert all("error" in said.get(rid, {}) for rid in (2, 3)), said
+
+
+def test_a_clients_refusals_by_its_limits_between_rows_are_said_in_the_next() -> None:
+    """The row a minute above: the first refusal is written, those within the minute are
+    counted, and the first after it is written saying how many were not."""
+    from corral.daemon.gatewaylimits import REFUSAL_ROW_EVERY, Limiter
+
+    limiter = Limiter()
+    assert [limiter.refusal_row(t) for t in (100.0, 101.0, 102.0, 159.9)] == [
+        0, None, None, None]
+    assert limiter.refusal_row(100.0 + REFUSAL_ROW_EVERY) == 3
+    assert limiter.refusal_row(161.0) is None

@@ -38,6 +38,7 @@ from ..supervisor.stream import Stream, Subscription
 from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire, GatewayClient
 from ..supervisor.tasks.personwait import timed
 from ..taskoptions import MAX_IDEMPOTENCY_KEY
+from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Audit, Dispatcher
 from .attribution import AttemptMark, Attribution
@@ -777,17 +778,21 @@ class GatewayService:
         rate_per_minute: /mcp/corral's too, decision 1692) and its count; a refusal
         there the door's own row (`_refused`), before the chain."""
         limiter = self.limiters[ident.name]
-        admitted = False
+        try:
+            limiter.admit(ident)
+        except RpcError as exc:  # its limits': a row a minute (decision 1742)
+            unwritten = limiter.refusal_row(time.monotonic())
+            self._refused(ident, tool, f"refused: {exc.message}" + (
+                f" ({plural(unwritten, 'refusal')} by its limits before it not written)"
+                if unwritten else ""), unwritten is not None)
+            raise
         try:
             # the token before the attempt: a refused address is a row too (decision
             # 1740), or a stale one wrote rows as fast as it was sent
-            limiter.admit(ident)
-            admitted = True
             task = None if ident.replica is None else \
                 self.attribution.task_of(ident.replica, ident.mark)
         except RpcError as exc:
-            if admitted:
-                limiter.in_flight -= 1
+            limiter.in_flight -= 1
             self._refused(ident, tool, f"refused: {exc.message}")
             raise
         if ident.replica is not None:
@@ -864,11 +869,12 @@ class GatewayService:
         self.by_client[ident.name].add(seconds, error, waited)
         self.by_tool[self._counted_as(tool)].add(seconds, error, waited)
 
-    def _refused(self, ident: Identity, tool: str, outcome: str) -> None:
+    def _refused(self, ident: Identity, tool: str, outcome: str, row: bool = True) -> None:
         """A call its door refused (the client's limits, an attempt it may not name),
-        which never entered the chain: counted, and its row the door's own."""
+        which never entered the chain: counted, and its row the door's own (`row`)."""
         self._counted(ident, tool, 0.0, outcome)
-        gateway_call(self.audit, ident.name, ident.tenant, tool, None, outcome, ident.who)
+        if row:
+            gateway_call(self.audit, ident.name, ident.tenant, tool, None, outcome, ident.who)
 
     def _counted_as(self, tool: str) -> str:
         """The name a call is counted under: its tool's, or NO_SUCH_TOOL's (a client names

@@ -16,6 +16,9 @@ from ..text import plural
 from .caller import GatewayCaller
 
 LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
+# a client's refusals by its own limits: one audit row in each of these many seconds, the
+# others counted and said in the next (decision 1742)
+REFUSAL_ROW_EVERY = 60.0
 
 
 class CallCounter(msgspec.Struct):
@@ -59,6 +62,18 @@ class Limiter(msgspec.Struct):
 
     in_flight: int = 0
     bucket: TokenBucket | None = None
+    # refusals by its limits not written since its last row's, and when the next is due
+    unwritten: int = 0
+    row_due: float = 0.0
+
+    def refusal_row(self, now: float) -> int | None:
+        """Whether a refusal by its limits now has its row: None (counted, not written),
+        or how many since the last row were not written."""
+        if now < self.row_due:
+            self.unwritten += 1
+            return None
+        unwritten, self.unwritten, self.row_due = self.unwritten, 0, now + REFUSAL_ROW_EVERY
+        return unwritten
 
     def admit(self, ident: GatewayCaller, rated: bool = True) -> None:
         """Take a slot (and, for a call, a token of its rate) or refuse."""
