@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -234,10 +236,10 @@ async def serve(control: Path, agent: str | None, token: str | None, reconnect: 
                 ) -> int:
     loop = asyncio.get_running_loop()
     write: Callable[[bytes], None]
-    try:
+    if pollable(sys.stdout.fileno()):
         out, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
         write = out.write  # type: ignore[attr-defined]
-    except ValueError:  # stdout is a regular file: plain writes are fine there
+    else:  # a file, /dev/null: plain writes are fine there
         def write(data: bytes) -> None:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
@@ -272,10 +274,14 @@ async def _serve(bridge: Bridge, loop: asyncio.AbstractEventLoop) -> int:
         bridge.write(jsonrpc.encode(jsonrpc.ErrorResponse(None, jsonrpc.RpcError(
             jsonrpc.INVALID_REQUEST, f"invalid request: a {size}-byte message is over the "
                                      "line limit").to_object())))
-    await loop.connect_read_pipe(
-        lambda: LineProtocol(lines.put_nowait, lambda exc: lines.put_nowait(None),
-                             max_line=jsonrpc.DEFAULT_MAX_LINE, on_oversize=oversized),
-        sys.stdin)
+    reader = LineProtocol(lines.put_nowait, lambda exc: lines.put_nowait(None),
+                          max_line=jsonrpc.DEFAULT_MAX_LINE, on_oversize=oversized)
+    whole = not pollable(sys.stdin.fileno())
+    if whole:  # a file, /dev/null: read whole, off the loop
+        reader.data_received(await asyncio.to_thread(sys.stdin.buffer.read))
+        reader.connection_lost(None)
+    else:
+        await loop.connect_read_pipe(lambda: reader, sys.stdin)
     calls: dict[Any, asyncio.Task[None]] = {}  # the host's requests in flight, by id
     while True:
         got = asyncio.ensure_future(lines.get())
@@ -307,9 +313,18 @@ async def _serve(bridge: Bridge, loop: asyncio.AbstractEventLoop) -> int:
             calls[key] = call
             call.add_done_callback(lambda done, key=key: calls.pop(key, None)  # type: ignore[misc]
                                    if calls.get(key) is done else None)
+    if whole:  # a file's requests are each answered (a host gone cancels what it left)
+        await asyncio.gather(*calls.values(), return_exceptions=True)
     for call in list(calls.values()):
         call.cancel()
     return 0
+
+
+def pollable(fd: int) -> bool:
+    """Whether the loop's pipe transports can take `fd`: uvloop's end the process (libuv's
+    abort) on what epoll refuses, a regular file or /dev/null."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
 def run_serve(path: Path, agent: str | None, token: str | None, reconnect: float) -> int:
