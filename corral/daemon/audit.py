@@ -190,15 +190,17 @@ class AuditLink(TaskInterceptor):
                        outcome, line=outcome != "ok")
             return None
         task = call.task.id if call.task is not None else None
-        params = call_params(label, call.name, task)
-        worker = call.door == WORKER
+        worker, name = call.door == WORKER, call.name
         if outcome == "ok" and who == NO_PEER:  # answered: every door's hot path, cheaper
-            params["tool"] = _cut(call.name)
+            params = {"client": label, "tool": name if len(name) <= TEXT_CUT else _cut(name)}
+            if task is not None:
+                params["task"] = task
             if worker:
                 return self.audit.call_row("worker", WORKER_CALL, params, f"agent {label}",
                                            tenant)
             return self.audit.call_row("gateway", GATEWAY_CALL, params,
                                        f"gateway client {label}", tenant)
+        params = call_params(label, name, task)
         if worker:
             self.audit(Caller(via="worker", name=f"agent {label}", tenant=tenant),
                        WORKER_CALL, params, outcome, line=False)
@@ -207,7 +209,7 @@ class AuditLink(TaskInterceptor):
             self.audit(Caller(via="models", name=f"agent {label}", tenant=tenant),
                        MODEL_CALL, params, outcome, line=False)
         else:
-            gateway_call(self.audit, label, tenant, call.name, task, outcome, who)
+            gateway_call(self.audit, label, tenant, name, task, outcome, who)
 
 
 NO_PEER = (-1, -1)  # a caller whose process its socket does not say

@@ -97,5 +97,6 @@ class ModelBudget(TaskInterceptor):
         if call.task is not None:
             budgets.count(call.task, usage.input, usage.output, cost, used, now)
         else:
-            budgets.count_agent(call.agent.name, usage.input, usage.output, cost, used,
+            assert call.replica is not None  # (a model call's: its agent's)
+            budgets.count_agent(call.replica.name, usage.input, usage.output, cost, used,
                                 now)
