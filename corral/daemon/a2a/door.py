@@ -6,6 +6,7 @@ told in the protocol's errors."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import hashlib
@@ -78,31 +79,46 @@ def _ended(accepted: TaskAccepted, agent: str, context: str | UnsetType, sent: m
 class _Events:
     """tasks.stream's Channel: its notifications queued for the A2A stream, with the
     asks of the task made or ended meanwhile; bounded, so a client that does not read
-    holds the follow, never grows the daemon."""
+    holds the follow, never grows the daemon. One reader (`get`, `take`) at a time: a
+    deque and its reader's future, not an asyncio.Queue (whose put and get were a third
+    of a replay's work an event)."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.items: collections.deque[tuple[str, Any]] = collections.deque()
         self.writable = asyncio.Event()
         self.writable.set()
+        self._reader: asyncio.Future[None] | None = None
 
     def notify(self, method: str, params: Any) -> None:
         if method == "tasks.output":
             self.put(("chunk", params))
 
     def put(self, item: tuple[str, Any]) -> None:
-        self.queue.put_nowait(item)
-        if self.queue.qsize() >= QUEUED_EVENTS:
+        items = self.items
+        items.append(item)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+        if len(items) >= QUEUED_EVENTS:
             self.writable.clear()
 
     async def get(self) -> tuple[str, Any]:
-        return self._taken(await self.queue.get())
+        while not self.items:
+            self._reader = reader = asyncio.get_running_loop().create_future()
+            try:
+                await reader
+            finally:
+                self._reader = None
+        return self._taken()
 
     def take(self) -> tuple[str, Any] | None:
         """The next one queued, None if none is (without waiting)."""
-        return None if self.queue.empty() else self._taken(self.queue.get_nowait())
+        return self._taken() if self.items else None
 
-    def _taken(self, item: tuple[str, Any]) -> tuple[str, Any]:
-        if self.queue.qsize() < QUEUED_EVENTS // 2:
+    def _taken(self) -> tuple[str, Any]:
+        items = self.items
+        item = items.popleft()
+        if len(items) < QUEUED_EVENTS // 2 and not self.writable.is_set():
             self.writable.set()
         return item
 
@@ -369,7 +385,7 @@ class A2aDoor:
                         made = event.get("artifactUpdate", {}).get("artifact", {})
                         if isinstance(made, dict) and "artifactId" in made:
                             streamed.add(made["artifactId"])
-                        chunks.append((value.id, event))
+                        chunks.append((after, event))
                         item = events.take()
                     if chunks:
                         yield chunks
