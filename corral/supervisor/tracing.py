@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from ..mcp.pool import SEP
 from ..tracecontext import (
     CALLER,
     CURRENT,
@@ -36,7 +35,6 @@ from ..tracecontext import (
 )
 from .tasks.call import WORKER
 from .tasks.interceptors import AGENT_TOOL, StepReplay, TaskInterceptor, TaskPath, TraceStart
-from .tasks.steps import MODEL_STEP
 from .tasks.taskmachine import TaskStatus
 
 if TYPE_CHECKING:
@@ -45,7 +43,9 @@ if TYPE_CHECKING:
     from .tasks.call import Call
     from .tasks.model import Task
 
-AGENT_SERVER = AGENT_TOOL.removesuffix(SEP)  # "corral": its tools are agents
+# The exporter's process imports this module: the engine's (mcp.pool, tasks.steps) are not
+# among its imports, so a tool's name is split at its "__" here as the tools' rules split it
+AGENT_SERVER = AGENT_TOOL.removesuffix("__")  # "corral": its tools are agents
 # OTLP's SpanKind values
 INTERNAL, SERVER, CLIENT = 1, 2, 3
 
@@ -360,12 +360,14 @@ class Tracer(TaskInterceptor):
         would be."""
         attrs: dict[str, Any] = {"corral.task.id": task.id, "corral.attempt": task.attempt,
                                  "corral.step.replayed": True}
+        from .tasks.steps import MODEL_STEP  # (the engine's, loaded: see AGENT_SERVER)
+
         if kind == "tool" and name.startswith(MODEL_STEP):
             model = name[len(MODEL_STEP):]
             attrs.update({"gen_ai.operation.name": "chat", "gen_ai.request.model": model})
             span_name, kind_of = f"chat {model}", CLIENT
         elif kind == "tool":
-            server, _, tool = name.partition(SEP)
+            server, _, tool = name.partition("__")
             attrs.update({"mcp.method.name": "tools/call",
                           "gen_ai.operation.name": operation_of(server),
                           "gen_ai.tool.name": tool or name, "corral.mcp.server": server})
@@ -628,7 +630,7 @@ def _tool(record: Sequence[Any]) -> Span:
     agent, door = record[13:15] if len(record) > 13 else (None, None)
     read = record[16] if len(record) > 16 else None  # a skill read's method
     tid = hi << 64 | lo
-    server, _, tool = name.partition(SEP)
+    server, _, tool = name.partition("__")
     operation = operation_of(server) if read is None else None
     attrs: dict[str, Any] = {
         "mcp.method.name": "tools/call", "gen_ai.operation.name": operation,
