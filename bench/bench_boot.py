@@ -7,8 +7,9 @@ rusage is the daemon's user+sys plus that of every child it reaped (the agents',
 hello variant). Two configs: "empty" ([supervisor] socket and state_dir, no agent) and
 "hello" (two examples/hello.py agents, the test harness's settings). Boots alternate
 between the trees boot by boot (A B, then B A, ...), so a change of load falls on both.
-Two more configs: "http" ([http] listen on a free port) and "cluster" ([cluster] on a
-redis-server the bench starts, as tests/cluster's daemons are).
+More configs: "http" ([http] listen on a free port), "cluster" ([cluster] on a
+redis-server the bench starts, as tests/cluster's daemons are) and "tracing" ([tracing]
+alone: the exporter process the daemon starts is among its reaped children).
 
 With --fork, each daemon is forked as the test suite starts it: by the tree's own
 tests/forkserver.py (its server has imported the CLI's and the daemon's modules once), so
@@ -48,6 +49,8 @@ def config(tree: Path, scratch: Path, variant: str, redis: str | None = None) ->
         return head
     if variant == "http":
         return head + '[http]\nlisten = "127.0.0.1:0"\n'
+    if variant == "tracing":  # (its exporter a process of the daemon's: its CPU counted)
+        return head + "[tracing]\n"
     if variant == "cluster":
         key = scratch / "cluster.key"
         key.write_text(os.urandom(32).hex())
@@ -144,7 +147,7 @@ def main() -> int:
     p.add_argument("--tree", action="append", default=[],
                    help="NAME=PATH of a corral tree (default: this one)")
     p.add_argument("--variant", action="append",
-                   choices=("empty", "hello", "http", "cluster"), default=[])
+                   choices=("empty", "hello", "http", "cluster", "tracing"), default=[])
     p.add_argument("--fork", action="store_true",
                    help="fork each daemon from the tree's tests/forkserver.py server")
     p.add_argument("--out", type=Path, default=None)
