@@ -11,6 +11,7 @@ import fnmatch
 import json
 import re
 from collections.abc import Callable
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .canonical import canonical_host, canonical_path
@@ -65,12 +66,15 @@ def _test(path: str, test: PolicyTest, strict: bool) -> Callable[[dict[str, Any]
             v = v[k]
         return v
 
+    # (a top-level fact, a model call's: read with no Python frame a test)
+    read: Callable[[dict[str, Any]], Any] = value if rest else methodcaller("get", first)
+
     if test.under is not None:
         prefix = canonical_path(test.under) or test.under  # (absolute: PolicyTest.check)
         inside = prefix.rstrip("/") + "/"
 
         def under(arguments: dict[str, Any]) -> bool:
-            v = value(arguments)
+            v = read(arguments)
             if not isinstance(v, str):
                 return False
             p = canonical_path(v)  # a `..` leaves the prefix as the file system would
@@ -82,13 +86,13 @@ def _test(path: str, test: PolicyTest, strict: bool) -> Callable[[dict[str, Any]
         among = frozenset(canonical_host(x) for x in test.in_)
 
         def in_(arguments: dict[str, Any]) -> bool:
-            v = value(arguments)
+            v = read(arguments)
             return isinstance(v, str) and canonical_host(v) in among
         return in_
     bound = test.below
 
     def below(arguments: dict[str, Any]) -> bool:
-        v = value(arguments)
+        v = read(arguments)
         return (isinstance(v, (int, float)) and not isinstance(v, bool)
                 and bound is not None and v < bound)
     return below
@@ -172,7 +176,14 @@ class _Plan(NamedTuple):
 
     def judge(self, facts: dict[str, Any], default: RuleEffect) -> RuleEffect:
         """`default`: the operator's list's."""
-        verdict = _first(self.operator, facts, default) if self.operator else default
+        verdict = default
+        for r in self.operator:  # (`_first`'s, inline: every call judged passes here)
+            for test in r.tests:
+                if not test(facts):
+                    break
+            else:
+                verdict = r.verdict
+                break
         own = self.own
         if own is not None:
             theirs = _first(self.theirs, facts, own.default)

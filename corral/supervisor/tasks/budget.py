@@ -287,7 +287,7 @@ class Budgets:
         if agent is None:
             agent = self.usage[name] = ModelUsage()
         agent.add_model(model, inp, out, cost)
-        self.window(name).add(inp + out, cost, when)
+        (self.windows.get(name) or self.window(name)).add(inp + out, cost, when)
         group = self.groups(name) if self.sharing else None
         if group is not None:
             self.window(group[0]).add(inp + out, cost, when)
