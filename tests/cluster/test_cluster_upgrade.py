@@ -23,6 +23,7 @@ import pytest
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import Node, sleeper
+from .test_cluster_specs import log
 from .test_takeover import held, outcomes, running_on, submit
 
 pytestmark = pytest.mark.timeout(90)
@@ -64,6 +65,12 @@ def upgrading(a: Node, *args: str) -> tuple[threading.Thread, list[Any]]:
 # A node whose hand-over must not lapse: its key outlives an exec and a new image's start
 # on a loaded machine (seconds, where the cluster tests' 1 s TTL finds a dead node fast)
 KEPT = {"ttl": 10.0, "beat": 0.5}
+
+
+def fenced(n: Node) -> list[str]:
+    """What the node's log says of its fences and joins: why it fenced itself (its key
+    lapsed, or another daemon beat as this node), for a failure's message."""
+    return [line for line in log(n).splitlines() if "fenced" in line or "joined" in line]
 
 
 def workers(n: Node) -> dict[str, tuple[int, int]]:
@@ -179,7 +186,7 @@ def test_a_claim_whose_worker_is_not_kept_goes_back_to_the_cluster(
         [done] = outcomes(a, held)
         assert (done["status"], [x["outcome"] for x in done["attempts"]]) == (
             "succeeded", ["lost", "succeeded"]), done
-        assert a.call("stats.get")["cluster"]["fences"] == 0
+        assert a.call("stats.get")["cluster"]["fences"] == 0, fenced(a)
         log = (a.state / "logs" / "corral.log").read_text()
         assert ("cluster: 1 tasks handed back (node a's worker was lost in its upgrade: "
                 "its agent's replica did not start in the new image)") in log
@@ -241,4 +248,4 @@ def test_a_new_image_that_fails_falls_back_as_the_same_node(
         after = view(a)["a"]
         assert (after["incarnation"], after["alive"]) == (before["incarnation"], True)
         assert workers(a) == kept
-        assert a.call("stats.get")["cluster"]["fences"] == 0
+        assert a.call("stats.get")["cluster"]["fences"] == 0, fenced(a)
