@@ -66,6 +66,11 @@ PRELOAD = ("corral.cli.entry", "corral.cli.main", "corral.daemon.daemon", "io", 
            "corral.daemon.http.rest", "corral.daemon.http.index",
            "corral.daemon.http.openapi", "corral.cluster.node", "corral.cluster.queue",
            "corral.cluster.schedules", "corral.daemon.tasks.clustered",
+           # what a daemon of an [http], [gateway] or [cluster] table imported after the
+           # fork (boot's diff of a forked daemon's modules against the server's): the A2A
+           # door's routes, the codec of the loop's getaddrinfo of a str host, the pins
+           "corral.daemon.a2a.routes", "encodings.idna", "stringprep",
+           "corral.cluster.toolpins",
            # and the commands the tests run most: a child imported its command's module
            "corral.cli.status", "corral.cli.tasks", "corral.cli.logs", "corral.cli.fleet")
 
@@ -242,7 +247,9 @@ def _warm() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "corral.toml")
         with open(path, "w") as f:
-            f.write('[agents.a]\ncommand = ["true"]\n')
+            # (a [supervisor] table too: msgspec's type info of its Struct, made at its
+            # first conversion, was each daemon's own)
+            f.write('[supervisor]\nheartbeat_interval = 1.0\n\n[agents.a]\ncommand = ["true"]\n')
         load_config(path)
 
 
