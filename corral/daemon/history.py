@@ -92,8 +92,8 @@ class Times(msgspec.Struct):
 
 
 def add_each(seconds: float, *times: Times) -> None:
-    """A time counted in each of `times` (its bucket found once: a task's end counts in
-    two or three)."""
+    """A time counted in each of `times` (its bucket found once: a task's run counts in
+    two)."""
     i = bucket_of(seconds)
     for t in times:
         t.buckets[i] += 1
@@ -118,9 +118,19 @@ class TaskTimes:
         self.finished = finished
         self.last: str | None = None
         self.agents: defaultdict[str, AgentTimes] = defaultdict(AgentTimes)
-        # every agent's, agents gone included (/metrics' histograms never go back)
-        self.duration = Times()
-        self.wait = Times()
+        # the agents forgotten: /metrics' histograms, every agent's, never go back
+        self.gone = AgentTimes()
+
+    @property
+    def duration(self) -> Times:
+        """Every agent's execution times, agents gone included (summed when read, not
+        counted a second time at each task's end)."""
+        return _summed([self.gone.duration, *(t.duration for t in self.agents.values())])
+
+    @property
+    def wait(self) -> Times:
+        """Every agent's queue waits, agents gone included."""
+        return _summed([self.gone.wait, *(t.wait for t in self.agents.values())])
 
     def poll(self) -> None:
         finished = self.finished
@@ -139,15 +149,28 @@ class TaskTimes:
             started = task.started
             # one that never ran (cancelled or lost while queued) waited until its end
             waited = max(0.0, (end if started is None else started) - task.created)
-            add_each(waited, times.wait, self.wait)
+            add_each(waited, times.wait)
             if started is not None:
-                add_each(max(0.0, end - started), times.duration, times.interval,
-                         self.duration)
+                add_each(max(0.0, end - started), times.duration, times.interval)
 
     def forget(self, keep: Iterable[str]) -> None:
         kept = set(keep)
+        gone = self.gone
         for name in [n for n in self.agents if n not in kept]:
-            del self.agents[name]
+            times = self.agents.pop(name)
+            gone.duration = _summed([gone.duration, times.duration])
+            gone.wait = _summed([gone.wait, times.wait])
+
+
+def _summed(times: list[Times]) -> Times:
+    total = Times()
+    buckets = total.buckets
+    for t in times:
+        for i, n in enumerate(t.buckets):
+            buckets[i] += n
+        total.sum += t.sum
+        total.count += t.count
+    return total
 
 
 def _row(resolution: int, when: float, agent: str, gauges: tuple[float, ...],
@@ -257,7 +280,7 @@ class History:
         rows: list[tuple[Any, ...]] = []
         total = [0.0] * len(_GAUGES)
         fin_total = err_total = 0
-        fleet_times = Times()
+        intervals: list[Times] = []
         by_agent = tasks.by_agent
         counted = self.counted
         timed = self.times.agents
@@ -289,10 +312,7 @@ class History:
             interval = Times()
             if t is not None:
                 interval, t.interval = t.interval, Times()
-                for i, n in enumerate(interval.buckets):
-                    fleet_times.buckets[i] += n
-                fleet_times.sum += interval.sum
-                fleet_times.count += interval.count
+                intervals.append(interval)
             fin_total += d_fin
             err_total += d_err
             rows.append((*_row(RAW, now, name, gauges, seconds, d_fin, d_err, interval),
@@ -302,7 +322,7 @@ class History:
                 del counted[name]
             self.times.forget(agents)
         rows.insert(0, (*_row(RAW, now, FLEET, tuple(total), seconds, fin_total,
-                              err_total, fleet_times), ""))
+                              err_total, _summed(intervals)), ""))
         return rows
 
     def _write(self, rows: list[tuple[Any, ...]], now: float, agents: int

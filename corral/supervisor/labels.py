@@ -116,7 +116,10 @@ def started_record(key: str) -> str:
 
 def of_session(key: str) -> bool:
     """Whether a record is a session's (session_record, or who started it), not a task's."""
-    return key.startswith((SESSION, started_record(SESSION)))
+    return key.startswith(_SESSIONS)
+
+
+_SESSIONS = (SESSION, started_record(SESSION))
 
 
 def accepted(task_id: str, session: str | None, handed: Sequence[str]
