@@ -63,14 +63,19 @@ def upgrading(a: Node, *args: str) -> tuple[threading.Thread, list[Any]]:
 
 
 # A node whose hand-over must not lapse: its key outlives an exec and a new image's start
-# on a loaded machine (seconds, where the cluster tests' 1 s TTL finds a dead node fast)
-KEPT = {"ttl": 10.0, "beat": 0.5}
+# on a loaded machine (seconds, where the cluster tests' 1 s TTL finds a dead node fast).
+# No test waits for it to expire; a third of it lapsed in each of this file's hand-overs
+# in one round beside a busy loop per core and others' soaks: the new image's first beat
+# came that much later than the old one's last
+KEPT = {"ttl": 30.0, "beat": 0.5}
 
 
-def fenced(n: Node) -> list[str]:
+def fenced(n: Node) -> str:
     """What the node's log says of its fences and joins: why it fenced itself (its key
-    lapsed, or another daemon beat as this node), for a failure's message."""
-    return [line for line in log(n).splitlines() if "fenced" in line or "joined" in line]
+    lapsed, or another daemon beat as this node), for a failure's message (whole: a
+    string, which pytest does not cut)."""
+    return "\n".join(line for line in log(n).splitlines()
+                     if "fenced" in line or "joined" in line)
 
 
 def workers(n: Node) -> dict[str, tuple[int, int]]:
