@@ -27,7 +27,7 @@ from ..daemon_harness import PY
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_spawn import HERE, counted, fleet, reach_walk
-from .harness import TTL, Node, cluster_table, nodes
+from .harness import STEADY_TTL, TTL, Node, cluster_table, nodes
 from .test_cluster_specs import log
 from .test_cluster_trust import attacker, trust
 from .test_scripts import LAST, TID, submit
@@ -72,10 +72,12 @@ def test_a_map_wider_than_the_redis_pool_spawns_and_waits(tmp: Path, redis: Redi
     """150 spawns sent at once (ctx.map) and waited for: more than the node's Redis
     client has connections (100), which a spawn or a wait must not all ask for at once."""
     wide = fleet("max_tool_calls_per_task = 150")  # (each spawn is one of its calls)
-    with nodes(tmp, redis, {"a": wide, "b": wide}) as ns:
+    # (the nodes' TTL a steady one: the test waits on no node's lapse, and at load a
+    # node's loop held past the short TTL over 150 spawns failed the map: fresh clone h1)
+    with nodes(tmp, redis, {"a": wide, "b": wide}, ttl=STEADY_TTL) as ns:
         count = tmp / "count"
         done = _run(ns["a"], {"children": 150, "map": True, "count": str(count)})
-        assert done["status"] == "succeeded", done
+        assert done["status"] == "succeeded", (done.get("error"), done)
         assert done["output"] == [i * 2 for i in range(150)]
         assert counted(count) == list(range(150))
 
