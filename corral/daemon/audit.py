@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
-from .. import redact
+from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
 from ..supervisor.policy import PolicyVerdict
 from ..supervisor.refusals import TOPIC as REFUSED_TOPIC
@@ -19,7 +20,9 @@ from ..supervisor.refusals import BoundaryRefused
 from ..supervisor.tasks.call import WORKER, Call
 from ..supervisor.tasks.interceptors import TaskInterceptor
 from ..supervisor.tasks.modelcall import ModelRefusal
+from ..text import plural
 from .caller import Caller
+from .gatewaylimits import RefusalRows
 from .logs import LogHub
 from .store import TOOL_CALLS, StateStore
 
@@ -31,6 +34,10 @@ GATEWAY_CALL, WORKER_CALL, MODEL_CALL, SUBMITTED = TOOL_CALLS
 # size alone: audit_max_rows bounds the table's bytes too (a 2 MB tool name made 6 MB rows)
 TEXT_CUT = 1024
 PARAMS_CUT = 64 * 1024
+# a replica's calls the view link refuses at the worker link, which has no rate: rows
+# written a minute, the others counted and said in the next (decision 1743); replicas kept
+VIEW_ROWS = 60
+REFUSERS = 4096
 
 
 class Audit:
@@ -132,6 +139,27 @@ class AuditLink(TaskInterceptor):
 
     def __init__(self, audit: Audit) -> None:
         self.audit = audit
+        self._refused: dict[str, RefusalRows] = {}  # by replica, at the worker link
+
+    def _failed(self, call: Call, exc: BaseException) -> None:
+        """A call that failed or was refused, its row; a replica's refused by the view
+        link at the worker link VIEW_ROWS a minute (decision 1743: else an agent writes
+        them as fast as its pipe carries them, pushing its tenant's rows out)."""
+        outcome = failure_of(exc)
+        r = call.replica
+        if call.door == WORKER and r is not None and isinstance(exc, RpcError) and \
+                exc.code == jsonrpc.TOOL_NOT_ALLOWED:
+            rows = self._refused.get(r.label)
+            if rows is None:
+                if len(self._refused) >= REFUSERS:
+                    self._refused.clear()
+                rows = self._refused[r.label] = RefusalRows(burst=VIEW_ROWS)
+            unwritten = rows.refusal_row(time.monotonic())
+            if unwritten is None:
+                return
+            if unwritten:
+                outcome += f" ({plural(unwritten, 'refusal')} by its view before it not written)"
+        self.row(call, outcome)
 
     def intercept_call(self, call: Call, next: Callable[[Call], Any]) -> Any:
         if call.model is not None:
@@ -139,7 +167,7 @@ class AuditLink(TaskInterceptor):
         try:
             answer = next(call)
         except BaseException as exc:
-            self.row(call, failure_of(exc))
+            self._failed(call, exc)
             raise
         if inspect.isawaitable(answer):
             return self._answered(call, answer)
@@ -152,7 +180,7 @@ class AuditLink(TaskInterceptor):
         try:
             answer = await next(call)
         except BaseException as exc:
-            self.row(call, failure_of(exc))
+            self._failed(call, exc)
             raise
         r = call.replica
         assert r is not None  # (a model call's: its agent's)
@@ -167,7 +195,7 @@ class AuditLink(TaskInterceptor):
         try:
             result = await answer
         except BaseException as exc:
-            self.row(call, failure_of(exc))
+            self._failed(call, exc)
             raise
         self.row(call, outcome_of(result))
         return result

@@ -57,23 +57,34 @@ class CallCounter(msgspec.Struct):
         return row
 
 
-class Limiter(msgspec.Struct):
-    """A client's calls in flight and its rate (its bucket made again when that changes)."""
+class RefusalRows(msgspec.Struct):
+    """A caller's refusals' audit rows: `burst` of them written in each REFUSAL_ROW_EVERY
+    seconds, the others counted and said in the next written (decisions 1742, 1743)."""
+
+    burst: int = 1
+    written: int = 0  # in the window that ends at `window_end`
+    unwritten: int = 0  # since the last row written
+    window_end: float = 0.0
+
+    def refusal_row(self, now: float) -> int | None:
+        """Whether a refusal now has its row: None (counted, not written), or how many
+        since the last row were not written."""
+        if now >= self.window_end:
+            self.window_end, self.written = now + REFUSAL_ROW_EVERY, 0
+        if self.written >= self.burst:
+            self.unwritten += 1
+            return None
+        self.written += 1
+        unwritten, self.unwritten = self.unwritten, 0
+        return unwritten
+
+
+class Limiter(RefusalRows):
+    """A client's calls in flight and its rate (its bucket made again when that changes);
+    its refusals by them one row a minute (decision 1742)."""
 
     in_flight: int = 0
     bucket: TokenBucket | None = None
-    # refusals by its limits not written since its last row's, and when the next is due
-    unwritten: int = 0
-    row_due: float = 0.0
-
-    def refusal_row(self, now: float) -> int | None:
-        """Whether a refusal by its limits now has its row: None (counted, not written),
-        or how many since the last row were not written."""
-        if now < self.row_due:
-            self.unwritten += 1
-            return None
-        unwritten, self.unwritten, self.row_due = self.unwritten, 0, now + REFUSAL_ROW_EVERY
-        return unwritten
 
     def admit(self, ident: GatewayCaller, rated: bool = True) -> None:
         """Take a slot (and, for a call, a token of its rate) or refuse."""
