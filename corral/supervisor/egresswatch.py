@@ -19,6 +19,7 @@ import contextlib
 import ipaddress
 import socket
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -37,6 +38,11 @@ PENDING = 4096  # connects awaiting their answer, kept at most (the oldest forgo
 READS = 256  # packets read a turn of the loop, at most
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 16 * 1024 * 1024
+PACKET_MAX = 65535
+# each loop's thread reads every watch's packets into one buffer of its own, made once: a
+# block of the largest packet's size taken and freed at every read (or at every watch)
+# left holes in the loop's heap as it turned over (issue 90)
+_buffers = threading.local()
 
 
 def _route_all_local(family: int) -> None:
@@ -113,15 +119,18 @@ class Watch:
         self.packets.close()
 
     def _read(self) -> None:
+        view: memoryview | None = getattr(_buffers, "view", None)
+        if view is None:
+            view = _buffers.view = memoryview(bytearray(PACKET_MAX))
         for _ in range(READS):
             try:
-                packet, where = self.packets.recvfrom(65535)
+                size, where = self.packets.recvfrom_into(view)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
             if where[2] == PACKET_OUTGOING:  # (the loopback shows each twice)
-                self.seen(packet)
+                self.seen(bytes(view[:size]))
 
     def seen(self, packet: bytes) -> None:
         ip = _ip(packet)
