@@ -358,7 +358,9 @@ def test_a_node_takes_its_own_stopped_run_again_once_redis_answers() -> None:
             view = wait_until(lambda: (v := a.call("runs.get", {"run_id": run_id}))[
                 "status"] != "running" and v, timeout=RESUMED, what="the run's end")
             assert (view["status"], view["output"]) == (
-                "succeeded", sum(i * i for i in range(6))), view
+                "succeeded", sum(i * i for i in range(6))), (
+                view.get("error"), view, a.ask("logs.tail", {
+                    "names": ["corral"], "lines": 40, "grep": "workflows|task|lost|fence"}))
     finally:
         redis.kill()
         shutil.rmtree(tmp, ignore_errors=True)
