@@ -189,3 +189,30 @@ async def test_a_push_url_spelling_a_private_address_otherwise_is_refused(
             listed = await rpc(http, url, "ListTaskPushNotificationConfigs",
                                {"taskId": task_id})
             assert listed["result"]["configs"] == []
+
+
+@pytest.mark.timeout(120)
+async def test_a_run_only_token_is_refused_a_message_whose_answer_it_may_not_read(
+        tmp_path: Path) -> None:
+    """A2A's answer to SendMessage is the task (its state, its output once ended), which
+    is read with tasks:read: a blocking message was refused to a `tasks:run`-only token
+    before its task was made, but one with `returnImmediately` made its task, then was
+    refused the look at it, so the caller started work whose answer it may not read
+    (review's pass, session 7's closing note). Now both are refused at the submission,
+    on both bindings, and no task is made (decision 1791)."""
+    with a2a_daemon(tmp_path, anonymous="[]") as (d, url):
+        token = d.json("token", "create", "runner", "--scope", "tasks:run")["token"]
+        said = ("forbidden: tasks.get needs the tasks:read scope, which token runner "
+                "does not hold")
+        async with httpx.AsyncClient(timeout=30, headers={
+                "Authorization": f"Bearer {token}"}) as http:
+            for immediately in (True, False):
+                sent = message("tck-complete-task") | {
+                    "configuration": {"returnImmediately": immediately}}
+                refused = await rpc(http, url, "SendMessage", sent, ok=False)
+                assert (refused["error"]["code"], refused["error"]["message"]) == (
+                    -32600, said), (immediately, refused)
+                r = await http.post(f"{url}/a2a/tck/message:send", json=sent)
+                assert (r.status_code, r.json()["error"]["message"]) == (403, said), \
+                    (immediately, r.text)
+        assert d.ask("tasks.list", {})["tasks"] == []

@@ -221,8 +221,8 @@ class A2aDoor:
         context = SENT_CONTEXT.get()
         if context is not None:  # (its span's parent: daemon/submitspan.py)
             submit["traceparent"], submit["tracestate"] = context
-        if not immediately:  # its outcome with its acceptance, if it has ended by then
-            submit["wait"] = 0
+        # (returned at once too: the answer is the task, read with tasks:read, decision 1791)
+        submit["wait"] = 0  # its outcome with its acceptance, if it has ended by then
         # (the labels it is handed, an anonymous caller's own, are the chain's: handing.py)
         with self.asked.hearing() as heard:
             accepted = await self.call(caller, TasksSubmit.declared.name, submit)
