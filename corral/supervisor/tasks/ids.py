@@ -112,12 +112,5 @@ def new_ids(n: int) -> list[str]:
     return _clock.make_many(n, time.time_ns())
 
 
-def id_time(task_id: str) -> float | None:
-    """The Unix time (seconds) an id was made, or None for an id from before UUIDv7."""
-    if not FORMAT.fullmatch(task_id):
-        return None
-    return int(task_id[:8] + task_id[9:13], 16) / 1000
-
-
 def is_task_id(text: str) -> bool:
     return ANY.fullmatch(text) is not None
