@@ -863,9 +863,11 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
             for f in followers:
                 bus.unfollow(f)
 
-        # a tenant's agent reaches its tenant's servers and shared ones, not another's
+        # a tenant's agent reaches its tenant's servers and shared ones, not another's,
+        # and its tenant's agents (decision 1790: their bound is where they are called)
         sup = d.sup
-        assert sup.mcp.allowlist(sup.agents["a1"].spec) == ["aserv__*", "common__*"]
+        assert sup.mcp.allowlist(sup.agents["a1"].spec) == [
+            "corral__*", "aserv__*", "common__*"]
         called = await _run(d, "a1", {"do": "tools", "tool": f"{BS}__echo", "times": 1})
         assert f"tool {BS}__echo is not allowed for agent a1" in bytes(called.output).decode()
         listed = await gateway.list_items(gateway.identify(agent="a1"), "tools")

@@ -238,16 +238,16 @@ def visible_allow(allow: list[str], tenant: str, servers: Mapping[str, McpServer
     """An agent's tools allowlist as its tenant narrows it: each pattern rooted at each
     server of its tenant or shared (`*` -> `notes__*`), so none admits another tenant's
     server; one without SERVER__ other than `*` then admits nothing. Unchanged where the
-    agent sees every server. The agents' view (`corral__AGENT`) is kept as written: its
-    reach is judged where agents are called (daemon/mcptasks.py)."""
+    agent sees every server. The agents' view is kept (`*` too: `corral__*`, decision
+    1790): its reach, its tenant's agents, is judged where agents are called."""
     seen = [n for n, s in servers.items() if s.shared or s.tenant == tenant]
     if len(seen) == len(servers):
         return allow
     out: list[str] = []
     for pattern in allow:
         server, sep, rest = pattern.partition("__")
-        if sep and fnmatchcase(AGENTS_VIEW, server):
-            out.append(f"{AGENTS_VIEW}__{rest}")
+        if pattern == "*" or (sep and fnmatchcase(AGENTS_VIEW, server)):
+            out.append(f"{AGENTS_VIEW}__{rest if sep else '*'}")
         for name in seen:
             if sep and fnmatchcase(name, server):
                 out.append(f"{name}__{rest}")

@@ -141,6 +141,14 @@ def agents(tmp: Path) -> str:
             '[[policy]]\nname = "ask target"\nmatch = { tool = "corral__target" }\n'
             'when = { "arguments.say" = { in = ["ask"] } }\neffect = "approve"\n\n'
             '[tenants.acme]\ndefault_deny = true\n\n'
+            # a tenant's agent of every tool (test_doors.py's tenant's view): its agents
+            # are its tenant's alone; it sees pol, not drift or sk (the default tenant's)
+            '[tenants.beta]\n\n'
+            f'[agents.beta-caller]\ncommand = ["{PY}", "{HERE}/door_agent.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\nstop_timeout = 10.0\ntenant = "beta"\n'
+            'tools = ["*"]\nspawns = ["*"]\n\n'
+            f'[agents.beta-target]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\ntenant = "beta"\n\n'
             f'[gateway]\nlisten = "127.0.0.1:0"\ntokens_file = "{tokens_file(tmp)}"\n\n'
             '[a2a]\nanonymous = ["mailer", "queued"]\n')
 
