@@ -128,10 +128,14 @@ def test_a_stale_attempts_address_takes_a_token_of_its_replicas_rate(s7: Daemon)
 FLOOD = 50  # calls past a client's rate, sent as fast as it can
 
 
-def rows_of(d: Daemon, client: str) -> list[str]:
-    """The outcomes of the audit rows of `client`'s gateway calls, oldest first."""
-    return [e["outcome"] for e in reversed(d.ask("audit.list", {"limit": 1000})["entries"])
-            if isinstance(e["params"], dict) and e["params"].get("client") == client]
+def rows_of(d: Daemon, client: str, method: str = "gateway.call") -> list[str]:
+    """The outcomes of the audit rows of `client`'s calls at `method`'s doors, oldest
+    first (as audit.list lists them): the module's other tests write rows of the same
+    replica at the worker link, so a count of its every row read before a test is no
+    index into its rows after."""
+    return [e["outcome"] for e in d.ask("audit.list", {"limit": 1000})["entries"]
+            if e["method"] == method and isinstance(e["params"], dict)
+            and e["params"].get("client") == client]
 
 
 @pytest.mark.deadline(120)
@@ -172,16 +176,14 @@ def test_an_agents_refused_calls_write_no_more_rows_than_a_bound(s7: Daemon) -> 
     written, the others counted and said in the next (decision 1743)."""
     from corral.daemon.audit import VIEW_ROWS
 
-    before = len([e for e in s7.ask("audit.list", {"limit": 1000})["entries"]
-                  if e["method"] == "worker.call"])
+    before = len(rows_of(s7, "flood#0", "worker.call"))
     calls = [{"door": door, "tool": "nosuch__x", "arguments": {}}
              for door in ("worker", "worker-no-task") for _ in range(FLOOD)]
     said = s7.ask("tasks.run", {"agent": "flood", "input": {"calls": calls}})["output"]
     assert {s["error"] for s in said} == {jsonrpc.TOOL_NOT_ALLOWED}, said
 
     def rows() -> int | None:
-        made = len([e for e in s7.ask("audit.list", {"limit": 1000})["entries"]
-                    if e["method"] == "worker.call"]) - before
+        made = len(rows_of(s7, "flood#0", "worker.call")) - before
         return made if made >= VIEW_ROWS else None
     assert wait_until(rows, 30, "the refusals' rows") == VIEW_ROWS < len(calls)
 
