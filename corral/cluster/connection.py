@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
@@ -77,7 +78,11 @@ def connect(settings: ClusterSettings, node: str, pool: int = POOL) -> Any:
     # a reply may take a blocking read's `beat` plus the network: a TTL is the most any
     # call waits for a Redis that does not answer, and for a connection of the pool
     most = settings.node_ttl + settings.beat
+    # maintenance notifications off: on, redis-py 8.1's pool hands out a connection that
+    # Redis closed without its checkout's look at the socket, and that connection's first
+    # command fails, never tried again here (decision 1770)
     options: dict[str, Any] = {
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
         "decode_responses": False, "retry": Retry(NoBackoff(), 0),
         "socket_timeout": most, "socket_connect_timeout": settings.beat,
         "client_name": f"corral:{node}", "max_connections": pool, "timeout": most}
@@ -118,9 +123,9 @@ def why(exc: BaseException) -> str:
 
 
 async def read(call: Callable[[], Awaitable[T]]) -> T:
-    """A read, tried once more on a connection error: after Redis restarts, every
-    connection the pool kept is dead, and the first use of each says so (no retries are
-    configured, since not every write may be repeated; a read may)."""
+    """A read, tried once more on a connection error: one lost while the read was on
+    it, as Redis went away or came back (no retries are configured, since not every
+    write may be repeated; a read may)."""
     try:
         return await call()
     except (RedisConnectionError, RedisTimeoutError):
