@@ -13,7 +13,7 @@ import gc
 import itertools
 import platform
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,66 +239,55 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
         yield times
     # only agents that reported: most fleets have none, and a series per agent and model
     # of zeros would be noise
-    tokens = CounterMetricFamily("corral_agent_tokens", "Tokens an agent reported "
-                                 "(usage/report), by model and kind (input, output).",
-                                 labels=("agent", "model", "kind"))
-    cost = CounterMetricFamily("corral_agent_cost_usd", "Dollars an agent reported "
-                               "(usage/report), by model.", labels=("agent", "model"))
-    for agent, model, inp, out, dollars in snap.usage:
-        tokens.add_metric([agent, model, "input"], inp)
-        tokens.add_metric([agent, model, "output"], out)
-        cost.add_metric([agent, model], dollars)
-    yield tokens
-    yield cost
-    mcp = CounterMetricFamily("corral_mcp_calls", "Calls to each MCP server, by "
-                              "outcome.", labels=("server", "outcome"))
-    for server, (calls, errors) in snap.mcp.items():
-        mcp.add_metric([server, "ok"], calls - errors)
-        mcp.add_metric([server, "error"], errors)
-    yield mcp
-    replica_calls = CounterMetricFamily(
-        "corral_gateway_replica_calls", "Agent replicas' tool calls through the MCP "
-        "gateway, by attribution: task (a step of the task attempt it is for), none (no "
-        "attempt's: made as any client's).", labels=("attribution",))
-    replica_calls.add_metric(["task"], snap.replica_calls[0])
-    replica_calls.add_metric(["none"], snap.replica_calls[1])
-    yield replica_calls
+    yield family(CounterMetricFamily, "corral_agent_tokens", "Tokens an agent reported "
+                 "(usage/report), by model and kind (input, output).",
+                 ("agent", "model", "kind"),
+                 [s for agent, model, inp, out, _ in snap.usage
+                  for s in (((agent, model, "input"), inp), ((agent, model, "output"), out))])
+    yield family(CounterMetricFamily, "corral_agent_cost_usd", "Dollars an agent reported "
+                 "(usage/report), by model.", ("agent", "model"),
+                 [((agent, model), dollars) for agent, model, _, _, dollars in snap.usage])
+    yield family(CounterMetricFamily, "corral_mcp_calls", "Calls to each MCP server, by "
+                 "outcome.", ("server", "outcome"),
+                 [s for server, (calls, errors) in snap.mcp.items()
+                  for s in (((server, "ok"), calls - errors), ((server, "error"), errors))])
+    yield family(CounterMetricFamily, "corral_gateway_replica_calls", "Agent replicas' tool "
+                 "calls through the MCP gateway, by attribution: task (a step of the task "
+                 "attempt it is for), none (no attempt's: made as any client's).",
+                 ("attribution",), zip([("task",), ("none",)], snap.replica_calls, strict=True))
     yield from autoscale_families(snap)
-    yield counted("corral_http_requests", "Requests to the daemon's HTTP server, by route "
-                  "and status.", ("route", "code"), snap.requests)
-    yield counted("corral_health_check_failures", "Failed health checks ([health]), by "
-                  "agent and check (readiness, liveness).", ("agent", "check"),
-                  snap.health_failures)
-    ready = GaugeMetricFamily(
-        "corral_agent_ready_replicas", "An agent's serving replicas that pass their "
-        "readiness check (agents with [health]).", labels=("agent", "tenant"))
-    for agent, (n, tenant) in snap.ready.items():
-        ready.add_metric([agent, tenant], n)
-    yield ready
-    yield counted("corral_boundary_refusals", "What corral's boundary refused an agent "
-                  "(boundary.refused), by agent and kind (connect, send, bind, open, policy, "
-                  "pin, taint).", ("agent", "kind"), snap.refusals)
+    yield family(CounterMetricFamily, "corral_http_requests", "Requests to the daemon's HTTP "
+                 "server, by route and status.", ("route", "code"), snap.requests.items())
+    yield family(CounterMetricFamily, "corral_health_check_failures", "Failed health checks "
+                 "([health]), by agent and check (readiness, liveness).", ("agent", "check"),
+                 snap.health_failures.items())
+    yield family(GaugeMetricFamily, "corral_agent_ready_replicas", "An agent's serving "
+                 "replicas that pass their readiness check (agents with [health]).",
+                 ("agent", "tenant"),
+                 [((agent, tenant), n) for agent, (n, tenant) in snap.ready.items()])
+    yield family(CounterMetricFamily, "corral_boundary_refusals", "What corral's boundary "
+                 "refused an agent (boundary.refused), by agent and kind (connect, send, bind, "
+                 "open, policy, pin, taint).", ("agent", "kind"), snap.refusals.items())
 
 
-def counted(name: str, documentation: str, labels: tuple[str, str],
-            counts: Mapping[tuple[str, str], int]) -> Metric:
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    for key, n in counts.items():
-        family.add_metric(list(key), n)
-    return family
+def family(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str,
+           documentation: str, labels: tuple[str, ...],
+           samples: Iterable[tuple[Sequence[str], float]]) -> Metric:
+    made = kind(name, documentation, labels=labels)
+    for key, value in samples:
+        made.add_metric(list(key), value)
+    return made
 
 
 def autoscale_families(snap: Snapshot) -> Iterator[Metric]:
-    yield counted("corral_autoscale_decisions", "The autoscaler's changes of an agent's "
-                  "replica count, by direction (up, down, wake, sleep, hibernate, held).",
-                  ("agent", "direction"), dict(sorted(snap.decisions.items())))
-    replicas = GaugeMetricFamily(
-        "corral_autoscale_replicas", "An elastic agent's replica count: the one its "
-        "autoscaler wants (desired) and the one it has (current).", labels=("agent", "kind"))
-    for agent, desired, current in snap.scaled:
-        replicas.add_metric([agent, "desired"], desired)
-        replicas.add_metric([agent, "current"], current)
-    yield replicas
+    yield family(CounterMetricFamily, "corral_autoscale_decisions", "The autoscaler's "
+                 "changes of an agent's replica count, by direction (up, down, wake, sleep, "
+                 "hibernate, held).", ("agent", "direction"), sorted(snap.decisions.items()))
+    yield family(GaugeMetricFamily, "corral_autoscale_replicas", "An elastic agent's replica "
+                 "count: the one its autoscaler wants (desired) and the one it has "
+                 "(current).", ("agent", "kind"),
+                 [s for agent, desired, current in snap.scaled
+                  for s in (((agent, "desired"), desired), ((agent, "current"), current))])
 
 
 # this node's cluster counters: (family, help, key in ClusterNode.status)
@@ -318,66 +307,47 @@ def cluster_families(snap: Snapshot) -> Iterator[Metric]:
     if st is None:
         return
     me = str(st["node"])
-    up = GaugeMetricFamily("corral_cluster_node_up", "1 while a node's liveness key "
-                           "exists, else 0 (every node that ever beat).", labels=("node",))
-    load = GaugeMetricFamily("corral_cluster_node_load", "A node's tasks running and "
-                             "waiting, at its last beat.", labels=("node",))
-    capacity = GaugeMetricFamily("corral_cluster_node_capacity", "A node's task slots "
-                                 "of serving replicas, at its last beat.", labels=("node",))
-    for n in snap.nodes:
-        up.add_metric([n.node], 1 if n.alive else 0)
-        load.add_metric([n.node], n.load)
-        capacity.add_metric([n.node], n.capacity)
-    yield from (up, load, capacity)
+    nodes = ("node",)
+    yield family(GaugeMetricFamily, "corral_cluster_node_up", "1 while a node's liveness key "
+                 "exists, else 0 (every node that ever beat).", nodes,
+                 [((n.node,), 1 if n.alive else 0) for n in snap.nodes])
+    yield family(GaugeMetricFamily, "corral_cluster_node_load", "A node's tasks running and "
+                 "waiting, at its last beat.", nodes, [((n.node,), n.load) for n in snap.nodes])
+    yield family(GaugeMetricFamily, "corral_cluster_node_capacity", "A node's task slots of "
+                 "serving replicas, at its last beat.", nodes,
+                 [((n.node,), n.capacity) for n in snap.nodes])
     for name, text, key in CLUSTER_COUNTERS:
-        c = CounterMetricFamily(name, text, labels=("node",))
-        c.add_metric([me], int(st[key]))
-        yield c
-    taken = CounterMetricFamily("corral_cluster_takeovers", "Tasks of dead nodes this "
-                                "node's reaper took over, by outcome (requeued, lost).",
-                                labels=("node", "outcome"))
-    taken.add_metric([me, "requeued"], int(st["requeued"]))
-    taken.add_metric([me, "lost"], int(st["lost"]))
-    yield taken
-    outbox = GaugeMetricFamily("corral_cluster_outbox", "Outcomes waiting for Redis on "
-                               "this node.", labels=("node",))
-    outbox.add_metric([me], int(st["outbox"]))
-    yield outbox
-    placed = GaugeMetricFamily("corral_cluster_agent_replicas", "Replicas of cluster "
-                               "agents placed on this node.", labels=("node", "agent"))
-    for agent, slots in st["agents"]["placed"].items():
-        placed.add_metric([me, agent], len(slots))
-    yield placed
-    refused = CounterMetricFamily(
-        "corral_cluster_trust_refused", "Records read from Redis whose MAC did not verify "
-        "with this node's cluster key ([cluster] key_file), by kind: never run, placed or "
-        "told.", labels=("node", "kind"))
-    for kind, count in sorted(st["trust"]["refused"].items()):
-        refused.add_metric([me, kind], int(count))
-    yield refused
-    keyed = GaugeMetricFamily("corral_cluster_key", "1 when this node has a cluster key "
-                              "([cluster] key_file), else 0: without one a writer of Redis "
-                              "runs commands here.", labels=("node",))
-    keyed.add_metric([me], 1 if st["trust"]["key"] else 0)
-    yield keyed
-    risks = GaugeMetricFamily("corral_cluster_redis_warnings", "What the cluster's Redis "
-                              "risks by its settings as this node last read them "
-                              "(appendonly, appendfsync, maxmemory-policy): 0 as "
-                              "docs/cluster.md asks.", labels=("node",))
-    risks.add_metric([me], len(st["redis_warnings"]))
-    yield risks
+        yield family(CounterMetricFamily, name, text, nodes, [((me,), int(st[key]))])
+    yield family(CounterMetricFamily, "corral_cluster_takeovers", "Tasks of dead nodes this "
+                 "node's reaper took over, by outcome (requeued, lost).", ("node", "outcome"),
+                 [((me, outcome), int(st[outcome])) for outcome in ("requeued", "lost")])
+    yield family(GaugeMetricFamily, "corral_cluster_outbox", "Outcomes waiting for Redis on "
+                 "this node.", nodes, [((me,), int(st["outbox"]))])
+    yield family(GaugeMetricFamily, "corral_cluster_agent_replicas", "Replicas of cluster "
+                 "agents placed on this node.", ("node", "agent"),
+                 [((me, agent), len(slots)) for agent, slots in st["agents"]["placed"].items()])
+    yield family(CounterMetricFamily, "corral_cluster_trust_refused", "Records read from Redis "
+                 "whose MAC did not verify with this node's cluster key ([cluster] key_file), "
+                 "by kind: never run, placed or told.", ("node", "kind"),
+                 [((me, kind), int(count))
+                  for kind, count in sorted(st["trust"]["refused"].items())])
+    yield family(GaugeMetricFamily, "corral_cluster_key", "1 when this node has a cluster key "
+                 "([cluster] key_file), else 0: without one a writer of Redis runs commands "
+                 "here.", nodes, [((me,), 1 if st["trust"]["key"] else 0)])
+    yield family(GaugeMetricFamily, "corral_cluster_redis_warnings", "What the cluster's Redis "
+                 "risks by its settings as this node last read them (appendonly, "
+                 "appendfsync, maxmemory-policy): 0 as docs/cluster.md asks.", nodes,
+                 [((me,), len(st["redis_warnings"]))])
 
 
 def trace_families(traces: Traces | None) -> Iterator[Metric]:
     if traces is None:
         return
-    for name, text, value in (
-            ("corral_trace_spans_exported", "Spans the collector took.", traces.exported),
-            ("corral_trace_spans_dropped", "Spans dropped: the buffer was full, or their "
-             "export failed (the collector away).", traces.dropped)):
-        family = CounterMetricFamily(name, text)
-        family.add_metric([], value)
-        yield family
+    yield family(CounterMetricFamily, "corral_trace_spans_exported", "Spans the collector "
+                 "took.", (), [((), traces.exported)])
+    yield family(CounterMetricFamily, "corral_trace_spans_dropped", "Spans dropped: the "
+                 "buffer was full, or their export failed (the collector away).", (),
+                 [((), traces.dropped)])
 
 
 class Families(Collector):
