@@ -3,14 +3,17 @@ the home: a key is its tenant's for KEEP_SECONDS and names one task; sent again 
 same request (its digest) it is that task, with another it is refused. A home only keeps
 keys (`KeyStore`: put if absent, return what is there), the node's journal
 (daemon/taskjournal.py) and a cluster's Redis (cluster/submitkeys.py); decision 1390,
-docs/tasks.md#idempotency-keys says what a client sees. A tenant past its bound of live
+docs/tasks.md#idempotency-keys says what a client sees. A key is kept as its caller's
+(`HOLDER`, decision 1792), counted in its tenant's bound. A tenant past its bound of live
 keys is refused a new one rather than have an old one forgotten early: that key's
 client's retry would run the work twice."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import NamedTuple, Protocol, TypeVar
 
 import msgspec
@@ -26,6 +29,9 @@ BOUND_NAME = "idempotency_keys_per_tenant"  # [supervisor]'s setting of the boun
 T = TypeVar("T")
 CLAIMED = "p"  # a key's task may not be submitted yet: a retry submits it under its id
 ACCEPTED = "a"  # its task acknowledged: a retry submits nothing
+# whose a key sent now is: its submission's caller (daemon/taskhandlers.py); None: no
+# caller's, the embedded engine's or the daemon's own
+HOLDER: ContextVar[str | None] = ContextVar("key_holder", default=None)
 
 
 class KeyClaim(NamedTuple):
@@ -64,7 +70,7 @@ async def claimed(store: KeyStore, tenant: str, p: TaskParams, task_id: str) -> 
     key = p.idempotency_key
     assert key is not None
     asked = digest(p.agent, bytes(p.input), p, p.local)
-    claim = await store.claim(tenant, key, task_id, asked)
+    claim = await store.claim(tenant, kept_as(key), task_id, asked)
     if claim.held is not None:
         raise bound_reached(tenant, claim.held, store.bound)
     if claim.digest != asked:
@@ -88,6 +94,25 @@ async def submitted(store: KeyStore, claim: KeyClaim, put: Callable[[str], Await
         raise
     await store.accepted(claim)
     return made, not claim.new
+
+
+@contextmanager
+def held_by(holder: str) -> Iterator[None]:
+    """Within: a key sent is `holder`'s."""
+    said = HOLDER.set(holder)
+    try:
+        yield
+    finally:
+        HOLDER.reset(said)
+
+
+def kept_as(key: str) -> str:
+    """The key as its home keeps it: its holder's own, so that another caller of its
+    tenant sending it makes a task of its own and is told nothing of the first's (its
+    request, its agent, that it was sent at all); the holder's length first, so no two
+    holders' keys are one."""
+    holder = HOLDER.get()
+    return key if holder is None else f"{len(holder)}:{holder}:{key}"
 
 
 def digest(agent: str, raw_input: bytes, options: TaskOptions, local: bool) -> str:
@@ -116,7 +141,7 @@ def answer_of(claim: KeyClaim, agent: str, task_agent: str, task_tenant: str) ->
     of another (a home's word for the task a key names may be unsigned: a Redis writer's
     key naming another tenant's task) makes it another request's key."""
     if task_agent != agent or task_tenant != claim.tenant:
-        raise other_request(claim.key)
+        raise other_request(claim.key.removeprefix(kept_as("")))
 
 
 def bound_reached(tenant: str, held: int, bound: int) -> RpcError:

@@ -115,7 +115,7 @@ class TaskOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
         extra=_cli(flag="tag", metavar="TAG"))] = ()
     idempotency_key: Annotated[str, msgspec.Meta(
         min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
-        description="The same key sent again (by the same tenant, within 24 h) gives the "
+        description="The same key sent again (by the same caller, within 24 h) gives the "
                     "first task, its id and outcome, and runs nothing twice, across a "
                     "daemon's restart and on any node of a cluster; with another request, "
                     "refused (409). The HTTP API takes it as the Idempotency-Key header.",

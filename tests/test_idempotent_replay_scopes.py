@@ -1,6 +1,8 @@
-"""An idempotency key is its tenant's, and the task it names may be another caller's: a
-replay answers that task's outcome only to a caller that may read tasks (issue 88). A
-`tasks:run`-only token sent another caller's key again and read its task's output."""
+"""An idempotency key was its tenant's, so the task it named could be another caller's: a
+`tasks:run`-only token sent another caller's key again and read its task's output (issue
+88). A key is its caller's now (decision 1792): the same request with another caller's
+key is a task of its own, and a replay answers its outcome only to a caller that may
+read tasks, as tasks.get does."""
 
 from __future__ import annotations
 
@@ -45,9 +47,9 @@ async def test_a_run_only_token_reads_no_output_by_sending_anothers_key_again(
         tmp_path: Path) -> None:
     """The attack: the owner submits with key `order-1` and reads its output; a
     `tasks:run`-only token of the same tenant sends the same request with the key and
-    was answered the owner's output. Now its replay says the task and its status alone
-    (the output is read with tasks:read), a keyed `tasks.run` needs tasks:read, and a
-    409 for the key names no task."""
+    was answered the owner's output. Now it is a task of its own, whose replay says the
+    task and its status alone (the output is read with tasks:read), a keyed `tasks.run`
+    needs tasks:read, and a 409 for the key names no task."""
     port = free_port()
     async with in_process(tmp_path, recorder(tmp_path / "record"),
                           f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
@@ -60,9 +62,11 @@ async def test_a_run_only_token_reads_no_output_by_sending_anothers_key_again(
             status, first = await post(http, url, owner, asked, "order-1", "?wait=30")
             assert (status, first["status"], first["output"]) == (200, "succeeded",
                                                                   {"by": "rec"})
+            status, mine = await post(http, url, runner, asked, "order-1")
+            assert status == 202 and mine["task_id"] != first["task_id"], mine
             status, again = await post(http, url, runner, asked, "order-1")
             assert status in (200, 202), again
-            assert again == {"task_id": first["task_id"], "status": "succeeded",
+            assert again == {"task_id": mine["task_id"], "status": again["status"],
                              "replayed": True}
             # the owner's own replay still reads it
             status, own = await post(http, url, owner, asked, "order-1")
@@ -81,4 +85,6 @@ async def test_a_run_only_token_reads_no_output_by_sending_anothers_key_again(
                 "agent": "rec", "input": asked["input"], "idempotency_key": "order-1"}))
         assert e.value.code == jsonrpc.FORBIDDEN and "tasks:read" in e.value.message, \
             e.value.message
-        assert len((tmp_path / "record").read_text().splitlines()) == 1
+        await d.dispatcher.call(Caller(via="socket"), "tasks.get", msgspec.json.encode({
+            "task_id": mine["task_id"], "wait": True}))
+        assert len((tmp_path / "record").read_text().splitlines()) == 2

@@ -102,6 +102,12 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         """A socket peer: its uid and pid say who it is (an audit row names no one)."""
         return self.token is None and self.name is None
 
+    @property
+    def holder(self) -> str:
+        """Whose an idempotency key it sends is: who it is, a socket peer by its uid (its
+        retry is another process)."""
+        return f"uid {self.uid}" if self.peer else self.who
+
     def may(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
 

@@ -20,7 +20,7 @@ from corral import jsonrpc
 from corral.cli.client import CallFailed
 
 from ..test_daemon_cli import wait_until
-from .conftest import TASK_DOORS, Entry
+from .conftest import CLIENT_TOKEN, TASK_DOORS, Entry
 from .door_agent import gateway
 from .test_doors import PATIENCE, POOL, Made, decide
 
@@ -213,6 +213,42 @@ def test_a_submission_sent_again_with_its_key_is_the_same_task(daemon: Entry,
         assert second.outcome() == said
         assert first.task_id == second.task_id
     assert tasks_of(d, "mailer") == before + 1
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", ["REST", "A2A", "/mcp/corral idle"])
+def test_a_key_is_its_callers_own_and_tells_nothing_of_another_callers(daemon: Entry,
+                                                                      door: str) -> None:
+    """A key names its caller's submission (its token, its gateway client): another
+    caller of the same tenant sending the key (here the same input to another agent) makes
+    a task of its own. The key was its tenant's, so that caller was refused `used for
+    another request` (the first caller's submission told to it: that key, another
+    agent), or, with the same request, answered the first caller's task; and could take
+    a key another caller was about to use (review's pass, session 7's closing note;
+    decision 1792). Each caller's own key still names its own task when sent again."""
+    d = daemon
+    key = f"shared-{next(SENT)}"
+    if door == "/mcp/corral idle":  # the caller's replica, and the tokens file's client
+        env = d.ask("tasks.run", {"agent": "caller", "input": {"env": True}})["output"]
+        url = d.ask("gateway.status", {})["url"]
+
+        def send(agent: str, task_input: dict[str, Any], secret: str) -> Any:
+            return gateway("/corral", agent, task_input,
+                           env["CORRAL_MCP_URL"] if agent == "mailer" else url, secret, key)
+        first, second = env["CORRAL_MCP_TOKEN"], CLIENT_TOKEN
+    else:
+        def send(agent: str, task_input: dict[str, Any], secret: str) -> Any:
+            sent = Submitted(d, door, task_input, key=key, agent=agent, secret=secret)
+            assert sent.task_id is not None, sent.said
+            return sent.task_id, sent.outcome()
+        first, second = token(d), token(d)
+    mailed, targeted = tasks_of(d, "mailer"), tasks_of(d, "target")
+    mine = send("mailer", {"calls": []}, first)
+    theirs = send("target", {"calls": []}, second)  # (A2A's key: the message and its id)
+    assert "error" not in json.dumps(theirs), theirs
+    assert send("target", {"calls": []}, second) == theirs
+    assert send("mailer", {"calls": []}, first) == mine
+    assert (tasks_of(d, "mailer"), tasks_of(d, "target")) == (mailed + 1, targeted + 1)
 
 
 @pytest.mark.deadline(120)

@@ -30,7 +30,7 @@ from ...supervisor.tasks import (
     Unfinished,
     new_id,
 )
-from ...taskkeys import KeyClaim, claimed, submitted
+from ...taskkeys import KeyClaim, claimed, kept_as, submitted
 from ...taskviews import TaskInfo, TaskResult
 from ...text import plural
 from ...timeouts import within
@@ -150,7 +150,7 @@ class LocalFront:
             key = task.options.idempotency_key if task is not None else None
             if task is not None and (not task.ended or key is None or self.journal is None
                                      or self.journal.key_of(task.tenant or DEFAULT_TENANT,
-                                                            key) is None):
+                                                            kept_as(key)) is None):
                 raise RpcError(jsonrpc.INTERNAL_ERROR,
                                f"{exc}; the task was not accepted") from None
         if wait is not None:
