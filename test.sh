@@ -69,13 +69,13 @@ collect() {  # collect FILE...: their modules compiled, their collection said no
 }
 # where a clone of the same tests ran here before, pytest's rewritten modules are found
 # kept under their sources' bytes (scripts/kept_pycs.py, decision 1005; the store:
-# CORRAL_KEPT, above). Where every test module's is, the collection is not made: it would
-# write nothing the workers' own collections do not read already, and it was most of
-# the set-up before pytest (bench/RESULTS.md, the suite)
-collecting=yes
-if .venv/bin/python scripts/kept_pycs.py restore "$CORRAL_KEPT/pycs"; then
-    collecting=""
-fi
+# CORRAL_KEPT, above). The collection makes only the test modules left without theirs
+# (restore names the files whose collection makes them; all, where it failed saying
+# none), and none where every one is found: it would write nothing the workers' own
+# collections do not read already, and the whole suite's was most of the set-up before
+# pytest (bench/RESULTS.md, the suite), where a session's changed tests were a few files
+collecting=$(.venv/bin/python scripts/kept_pycs.py restore "$CORRAL_KEPT/pycs") ||
+    [ -n "$collecting" ] || collecting=$(find tests -name 'test_*.py' | sort)
 # and hypothesis's tables, kept once per machine as mypy's cache is: its Unicode and codec
 # maps, and each local module's constants under its source's hash, which the collection
 # (the hypothesis plugin reads them at every collection that holds a hypothesis test) and
@@ -88,13 +88,15 @@ fi
 collected=""
 collected2=""
 if [ -n "$collecting" ]; then
-    halves=$(find tests -name 'test_*.py' | sort)
     # shellcheck disable=SC2046
-    collect $(echo "$halves" | awk 'NR % 2 == 1') &
+    collect $(echo "$collecting" | awk 'NR % 2 == 1') &
     collected=$!
-    # shellcheck disable=SC2046
-    collect $(echo "$halves" | awk 'NR % 2 == 0') &
-    collected2=$!
+    # (a half of no file would collect the whole suite)
+    if [ "$(echo "$collecting" | wc -l)" -gt 1 ]; then
+        # shellcheck disable=SC2046
+        collect $(echo "$collecting" | awk 'NR % 2 == 0') &
+        collected2=$!
+    fi
 fi
 # and, niced like mypy and not waited for, the official OpenAI and Anthropic clients,
 # which only the model gateway's agents import (a start of one compiled them again: ~0.7
@@ -105,7 +107,7 @@ nice -n 10 .venv/bin/python -m compileall -q -j 0 \
 clients=$!
 if [ -n "$collecting" ]; then
     wait "$collected"
-    wait "$collected2"
+    [ -z "$collected2" ] || wait "$collected2"
     .venv/bin/python scripts/kept_pycs.py keep "$CORRAL_KEPT/pycs" || true
 fi
 wait "$servers"

@@ -13,8 +13,10 @@ source here, whose bytes are the kept ones. A source edited since is not found u
 new bytes: it is compiled again, as it would be.
 
 `restore` exits 1 where a test module (a file pytest rewrites: test_*.py, conftest.py) is
-left without its rewritten byte code, and 0 where every one has it: then a collection
-would make nothing the workers' own do not, and test.sh makes none before pytest.
+left without its rewritten byte code, and prints what a collection needs to make those (each
+such test file, and for a conftest a test file beside it), a line each; 0 where every one
+has it: then a collection would make nothing the workers' own do not, and test.sh makes
+none before pytest.
 
 usage: kept_pycs.py restore|keep STORE [ROOT]   (STORE: the kept files' directory, test.sh's
 $CORRAL_KEPT/pycs as scripts/kept.sh places the store; ROOT: the tests' directory, tests/
@@ -59,24 +61,25 @@ def rewritten(source: Path) -> bool:
                                             and source.suffix == ".py")
 
 
-def restore(root: Path, kept: Path) -> tuple[int, int, int]:
+def restore(root: Path, kept: Path) -> tuple[int, int, list[Path]]:
     """Write every kept pyc of a source under `root` into its __pycache__: (written, of
     sources, test modules left without their rewritten one)."""
     if not kept.is_dir():
         found = sources(root)
-        return 0, len(found), sum(1 for s in found if rewritten(s))
+        return 0, len(found), [s for s in found if rewritten(s)]
     wanted: dict[str, list[Path]] = {}  # a source's bytes' hash: its kept files
     for f in kept.iterdir():
         digest, _, tag = f.name.partition(".")
         if tag.endswith(".pyc"):
             wanted.setdefault(digest, []).append(f)
-    written = missing = 0
+    written = 0
+    missing: list[Path] = []
     found = sources(root)
     # the name pytest gives the modules it rewrites (assertion/rewrite.py's PYC_TAIL)
     ours = f"{sys.implementation.cache_tag}-pytest-{importlib.metadata.version('pytest')}.pyc"
     for source in found:
         data = source.read_bytes()
-        missing += rewritten(source)
+        restored = False
         for f in wanted.get(hashlib.sha256(data).hexdigest(), []):
             tag = f.name.partition(".")[2]
             try:
@@ -95,8 +98,23 @@ def restore(root: Path, kept: Path) -> tuple[int, int, int]:
             atomic_write(out, blob)
             os.utime(f)  # used: not let go
             written += 1
-            missing -= rewritten(source) and tag == ours
+            restored = restored or tag == ours
+        if rewritten(source) and not restored:
+            missing.append(source)
     return written, len(found), missing
+
+
+def to_collect(missing: list[Path]) -> list[Path]:
+    """The test files whose collection rewrites every module of `missing`: each test file,
+    and for a conftest one beside it or below (a collection rewrites the conftests on its
+    files' paths), none where a listed file is so already."""
+    files = [m for m in missing if m.name != "conftest.py"]
+    for conftest in (m for m in missing if m.name == "conftest.py"):
+        here = conftest.parent
+        if not any(here in f.parents for f in files):
+            files.extend(sorted(p for p in sources(here) if rewritten(p)
+                                and p.name != "conftest.py")[:1])
+    return files
 
 
 def keep(root: Path, kept: Path) -> int:
@@ -158,7 +176,9 @@ def main(argv: list[str]) -> int:
     if argv[0] == "restore":
         written, of, missing = restore(root, store)
         print(f"kept_pycs: {written} byte-code files restored for {of} sources; "
-              f"{missing} test modules without theirs", file=sys.stderr)
+              f"{len(missing)} test modules without theirs", file=sys.stderr)
+        for path in to_collect(missing):
+            print(path)
         return 1 if missing else 0
     else:
         print(f"kept_pycs: {keep(root, store)} new byte-code files kept", file=sys.stderr)

@@ -509,10 +509,11 @@ def test_mcp_servers_keeps_the_pypi_servers_and_waits_for_its_npm_install(
 KEPT_TEST = "import helper\n\n\ndef test_it():\n    x = helper.ONE\n    assert x == 2\n"
 
 
-def pytest_in(checkout: Path, *args: str, write: bool) -> subprocess.CompletedProcess[str]:
-    """pytest over `checkout`'s tests, as the collection (`write`) or a worker (the suite's
-    PYTHONDONTWRITEBYTECODE: it reads byte code, writes none) runs it, saying where its
-    rewritten modules came from (PYTEST_DEBUG)."""
+def pytest_in(checkout: Path, *args: str, write: bool, paths: tuple[str, ...] = ("tests",)
+              ) -> subprocess.CompletedProcess[str]:
+    """pytest over `checkout`'s tests (or `paths` of it), as the collection (`write`) or a
+    worker (the suite's PYTHONDONTWRITEBYTECODE: it reads byte code, writes none) runs it,
+    saying where its rewritten modules came from (PYTEST_DEBUG)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     if not write:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -521,7 +522,8 @@ def pytest_in(checkout: Path, *args: str, write: bool) -> subprocess.CompletedPr
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
-         "-o", "addopts=", "--rootdir", str(checkout), *args, str(checkout / "tests")],
+         "-o", "addopts=", "--rootdir", str(checkout), *args,
+         *(str(checkout / p) for p in paths)],
         cwd=checkout, env={**env, "PYTEST_DEBUG": "1"}, capture_output=True, text=True,
         timeout=120)
 
@@ -536,7 +538,51 @@ def kept_pycs(checkout: Path, store: Path, verb: str) -> str:
     assert r.returncode == (1 if verb == "restore" and not said.endswith(" 0 test modules "
                                                                           "without theirs")
                             else 0), r.stderr
+    assert r.stdout == "" or r.returncode == 1, r.stdout  # what to collect: none is missing
     return said
+
+
+def to_collect(checkout: Path, store: Path) -> list[str]:
+    """The files a restore in `checkout` names for the collection to make what it left
+    missing (test.sh collects just those)."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "kept_pycs.py"), "restore",
+                        str(store / "pycs")], cwd=checkout, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == (1 if r.stdout else 0), (r.returncode, r.stdout, r.stderr)
+    return r.stdout.splitlines()
+
+
+def test_a_restore_names_just_the_files_whose_collection_makes_what_it_left_missing(
+        tmp_path: Path) -> None:
+    """Each test file left without its rewritten byte code, and for such a conftest one
+    test file beside it, is named; a collection of those alone leaves nothing missing (the
+    whole suite's was collected where a session had changed a few of its files)."""
+    store = tmp_path / "store"
+    a, b = (tmp_path / n for n in "ab")
+    for checkout in (a, b):
+        (checkout / "tests" / "sub").mkdir(parents=True)
+        (checkout / "tests" / "conftest.py").write_text("ROOT = 1\n")
+        (checkout / "tests" / "test_one.py").write_text("def test_one():\n    assert 1\n")
+        (checkout / "tests" / "sub" / "conftest.py").write_text("SUB = 1\n")
+        for name in ("two", "three"):
+            (checkout / "tests" / "sub" / f"test_{name}.py").write_text(
+                f"def test_{name}():\n    assert 1\n")
+    # nothing kept: every test file (each conftest has one named below it already)
+    assert to_collect(a, store) == ["tests/sub/test_three.py", "tests/sub/test_two.py",
+                                    "tests/test_one.py"]
+    assert pytest_in(a, "--collect-only", "-q", write=True).returncode == 0
+    kept_pycs(a, store, "keep")
+    assert to_collect(a, store) == []
+    # b: a test file and sub's conftest edited: the one, and the first test file beside
+    # the conftest (its collection rewrites the conftests on its path)
+    (b / "tests" / "test_one.py").write_text("def test_one():\n    assert 2\n")
+    (b / "tests" / "sub" / "conftest.py").write_text("SUB = 2\n")
+    named = to_collect(b, store)
+    assert named == ["tests/test_one.py", "tests/sub/test_three.py"]
+    assert pytest_in(b, "--collect-only", "-q", write=True, paths=tuple(named)
+                     ).returncode == 0
+    kept_pycs(b, store, "keep")
+    assert to_collect(b, store) == []
 
 
 def test_kept_pycs_carry_a_collections_byte_code_to_another_checkout(tmp_path: Path
