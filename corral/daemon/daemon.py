@@ -75,6 +75,10 @@ log = logging.getLogger("corral.daemon")
 STOP = -1  # queued like a signal: `daemon.shutdown`
 STOP_NOW = -2  # `daemon.shutdown` with now: no drain
 UPGRADE = -3  # `daemon.upgrade`, checked: hand over and exec (upgrade.py)
+# the signals that are a method's call: what the log says the daemon does, and the method
+SIGNALLED: dict[int, tuple[str, str]] = {
+    signal.SIGHUP: ("reloading", ConfigReload.declared.name),
+    signal.SIGUSR2: ("upgrading", DaemonUpgrade.declared.name)}
 
 
 class Assembly(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,23 +182,16 @@ class Daemon:
         """The daemon's loop: what the kernel and the operator ask for, one at a time."""
         while True:
             sig = await self._signals.get()
-            if sig == signal.SIGHUP:
-                s.hub.daemon("received SIGHUP: reloading")
-                try:  # as `corral reload` is: through the Dispatcher, audited
+            if sig in SIGNALLED:
+                name, (doing, method) = signal.Signals(sig).name, SIGNALLED[sig]
+                s.hub.daemon(f"received {name}: {doing}")
+                try:  # as `corral reload` or `corral upgrade` (to the daemon's own
+                    # interpreter) is: through the Dispatcher, audited
                     await self.dispatcher.call(Caller(
                         via="signal", uid=os.geteuid(), pid=os.getpid(),
-                        name="signal SIGHUP"), ConfigReload.declared.name)
-                except RpcError as exc:
-                    s.hub.daemon(exc.message, priority=4)
-                continue
-            if sig == signal.SIGUSR2:
-                s.hub.daemon("received SIGUSR2: upgrading")
-                try:  # as `corral upgrade` is, to the daemon's own interpreter: audited
-                    await self.dispatcher.call(Caller(
-                        via="signal", uid=os.geteuid(), pid=os.getpid(),
-                        name="signal SIGUSR2"), DaemonUpgrade.declared.name)
-                except RpcError as exc:  # (a refusal is said by the upgrade itself)
-                    if exc.code != jsonrpc.REFUSED:
+                        name=f"signal {name}"), method)
+                except RpcError as exc:  # (an upgrade's refusal is said by the upgrade)
+                    if exc.code != jsonrpc.REFUSED or sig == signal.SIGHUP:
                         s.hub.daemon(exc.message, priority=4)
                 continue
             if sig == UPGRADE:  # (`daemon.upgrade`'s, checked)
