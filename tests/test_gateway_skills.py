@@ -22,6 +22,7 @@ from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 httpx2 = pytest.importorskip("httpx2")
 
 SERVER = Path(__file__).parent / "servers" / "skills_mcp.py"
+ECHO = Path(__file__).parent.parent / "examples" / "misbehave.py"
 SKILLS = "io.modelcontextprotocol/skills"
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {"extensions": {SKILLS: {}}}}
@@ -211,3 +212,32 @@ anonymous_tools = ["sk__deploy-check"]
                 "message": "skill sk__weather-report is not allowed for gateway client "
                            "anonymous (its tools allowlist: ['sk__deploy-check'])"}, (
                 method, uri)
+
+
+@pytest.mark.deadline(120)
+def test_a_reload_refuses_a_skill_named_as_a_team_added_at_run_time() -> None:
+    """The operator's skills and the agents (teams too) are the server corral's: an
+    allowlist's `corral__NAME` admits both, so each name names one thing (decision 1741).
+    A reload reading a skill named as an agent added at run time was refused, but one
+    named as a team added at run time was not (the gateway knew no teams: 1741's open
+    case), and a client given the skill called the team. Now the reload is refused,
+    naming the team, and the team stays (decision 1793)."""
+    tmp = shared_tmpdir()
+    (tmp / "skills").mkdir()
+    agent = f'[agents.echo]\ncommand = ["{PY}", "{ECHO}"]\nreplicas = 0\n'
+    with running_daemon(tmp, agent, f'[gateway]\nlisten = "127.0.0.1:0"\n'
+                                    f'skills_dir = "{tmp / "skills"}"\n') as d:
+        table = tmp / "team.toml"
+        table.write_text('[teams.triage]\nmode = "broadcast"\nmembers = ["echo"]\n')
+        r = d.cli("teams", "add", str(table))
+        assert r.returncode == 0, r.stderr
+        skill = tmp / "skills" / "triage"
+        skill.mkdir()
+        (skill / "SKILL.md").write_text("---\nname: triage\ndescription: Triage.\n---\n")
+        r = d.cli("reload")
+        assert (r.returncode, r.stderr) == (1, (
+            "corral: reload rejected, nothing changed: teams.triage: its name is the "
+            "operator's skill triage's too ([gateway] skills_dir): an allowlist's "
+            "corral__triage would admit both starting the team's tasks and reading the "
+            "skill; rename one\n")), r
+        assert "triage" in {t["name"] for t in d.ask("teams.list")["teams"]}

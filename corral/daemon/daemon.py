@@ -444,7 +444,8 @@ class Daemon:
             started = self._up().conf.cfg
             gateway = msgspec.structs.replace(cfg.gateway, **{
                 k: getattr(started.gateway, k) for k in GATEWAY_AT_START})
-            gateway_changes = s.gateway.configure(gateway, self.config_path.parent)
+            gateway_changes = s.gateway.configure(gateway, self.config_path.parent,
+                                                  s.teams.catalog.runtime)
             if s.models is not None:
                 gateway_changes += s.models.configure(cfg.models, self.config_path.parent)
             s.tenants.check_reload(cfg, [(a.name, a.spec.tenant)

@@ -15,7 +15,7 @@ import secrets
 import time
 import tomllib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
@@ -213,9 +213,11 @@ class GatewayService:
     def open_tokens(self, authenticate: Callable[[str], Token | None]) -> None:
         self.api_tokens = authenticate
 
-    def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
+    def configure(self, settings: GatewaySettings, base: Path, teams: Iterable[str] = ()
+                  ) -> list[str]:
         """Apply [gateway] (at start and on reload: rotating a token is an edit and a
-        reload). What changed, in words; raises ConfigError, changing nothing."""
+        reload). What changed, in words; raises ConfigError, changing nothing. `teams`:
+        those added at run time (the config's are its loader's to judge)."""
         tokens: dict[str, tuple[str, TokenEntry]] = {}
         if settings.tokens_file:
             path = Path(settings.tokens_file)
@@ -224,8 +226,9 @@ class GatewayService:
         if own is not None:  # (an agent the config names is its loader's to refuse)
             from ..supervisor.configload import skill_twin
 
-            twin = skill_twin((a.name for a in self.agents.values()),
-                              (s.name for s in own.skills.values()))
+            skills = [s.name for s in own.skills.values()]
+            twin = skill_twin((a.name for a in self.agents.values()), skills) \
+                or skill_twin(teams, skills, "team")
             if twin is not None:
                 raise ConfigError(twin)
         said = [f"{key} {old!r} -> {new!r}" for key, old, new in (
