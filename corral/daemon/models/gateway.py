@@ -70,6 +70,7 @@ class Route(NamedTuple):
     url: str  # the upstream's
     headers: dict[str, str]  # the upstream's: the content type and the model's key
     sent: bytes | dict[str, str]  # them encoded once (a key that cannot be: on each call)
+    key: str | None  # the model's key (hidden in what comes back), the one `sent` holds
 
 
 class _Request(NamedTuple):
@@ -265,7 +266,7 @@ class ModelGateway:
             self._routes.clear()
         route = self._routes[(name, endpoint.path)] = Route(
             self.models, spec, self._counter(name), spec.url.rstrip("/") + endpoint.upstream,
-            headers, sent)
+            headers, sent, key)
         return route
 
     def _attempt(self, replica: Replica, ex: Exchange) -> Task | None:
@@ -336,11 +337,9 @@ class ModelGateway:
         relayed, what it made put in `made` (written back by `_made`); a task's call's
         outcome its record (a whole one decoded for its journal alone). A task's call's
         key (steps.py's), the same on every attempt, is sent upstream."""
-        key, route, request = self.keys.get(call.name), read.route, read.request
-        idempotency = call.key
-        usage = read.model.usage
+        route, request, usage = read.route, read.request, read.model.usage
         assert route is not None and isinstance(usage, CallUsage)  # (seen: modelview.py)
-        spec, said = route.spec, ex.headers
+        key, idempotency, said = route.key, call.key, ex.headers
         extra: dict[str, str] | None = None  # the call's own headers, after the route's
         # (lean's are a dict of lowercase names: most name none of PASSED_ON)
         if type(said) is not dict or not _PASSED_ON.isdisjoint(said):
@@ -348,8 +347,8 @@ class ModelGateway:
         if idempotency is not None:
             extra = {**(extra or {}), "idempotency-key": idempotency}
         try:
-            answer = await self.upstream.send(spec, route.url, request.sent, route.sent,
-                                              extra)
+            answer = await self.upstream.send(route.spec, route.url, request.sent,
+                                              route.sent, extra)
         except UpstreamDown as exc:
             usage.unanswered = exc.unanswered
             raise ModelRefusal(502, f"model {call.name}: {exc}") from None

@@ -217,10 +217,6 @@ class UpstreamAnswer:
         self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
         self.unanswered = 0  # tries before it the upstream took, unanswered (upstream.py)
         self.to_close = False  # the connection is not kept after it
-        coding = self.headers.get("transfer-encoding")
-        # no length said: the body is read to the connection's end
-        self.until_close = "content-length" not in self.headers and self.status not in (
-            204, 304) and (coding is None or "chunked" not in coding.lower())
         self.ended = message.complete
 
     async def read(self) -> bytes:
@@ -250,6 +246,14 @@ class UpstreamAnswer:
             raise UpstreamFailed(f"the upstream's answer is over MAX_ANSWER "
                                  f"({MAX_ANSWER} bytes)")
         return chunk
+
+    @property
+    def until_close(self) -> bool:
+        """No length said: the body is read to the connection's end (judged when the
+        connection ends, not a call)."""
+        coding = self.headers.get("transfer-encoding")
+        return "content-length" not in self.headers and self.status not in (204, 304) \
+            and (coding is None or "chunked" not in coding.lower())
 
     async def more(self) -> None:
         """Until bytes arrive: UpstreamFailed saying the body was cut, unless it is to the

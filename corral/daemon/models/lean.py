@@ -76,11 +76,11 @@ class LeanConnection(HttpConnection):
         parsed = _head(bytes(held[:end + 4]))
         if parsed is None or (parsed[0] is not None and self._models is None):
             return self._hand_over()
-        endpoint, path, headers, length = parsed
+        endpoint, path, headers, length, close = parsed
         start, self._want = end + 4, end + 4 + length
         if len(held) < self._want:
             return  # (its body's bytes still to come)
-        self._close = headers.get("connection", "").lower() == "close"  # after its answer
+        self._close = close  # (after its answer)
         self._request_in_progress, self._mcp_call, self._want = True, endpoint is None, 0
         assert self.transport is not None
         query = path.partition("?")[2]  # (a repeated name: its first value, as aiohttp's)
@@ -160,9 +160,10 @@ class _HeadFields:
         self.fields += (name, value)
 
 
-def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | None:
-    """A model call's request line and headers (None its endpoint: a POST of /mcp) from
-    its head (to its blank line), or None when not of the common shape."""
+def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int, bool] | None:
+    """A model call's request line, headers, body's length and whether it closes the
+    connection (None its endpoint: a POST of /mcp) from its head (to its blank line), or
+    None when not of the common shape."""
     read = _HeadFields()
     parser = httptools.HttpRequestParser(read)
     try:
@@ -185,9 +186,10 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int] | Non
     pairs = iter(joined.decode().split("\n"))  # (names and values in turn)
     for name, value in zip(pairs, pairs, strict=True):
         headers[name.lower()] = value.rstrip(" \t")
+    connection = headers.get("connection", "keep-alive").lower()
     if 2 * len(headers) < len(fields) or not _ASKING.isdisjoint(headers) or \
-            headers.get("connection", "close").lower() not in ("keep-alive", "close"):
+            connection not in ("keep-alive", "close"):
         return None  # (repeated, a compressed body, asking of the connection: aiohttp's)
     length = headers.get("content-length", "")  # (HTTP/1.1 without a Host: aiohttp's 400)
-    return (endpoint, url.decode(), headers, int(length)) if "host" in headers \
-        and length.isdecimal() and int(length) <= LEAN_BODY else None
+    return (endpoint, url.decode(), headers, size, connection == "close") if "host" in \
+        headers and length.isdecimal() and (size := int(length)) <= LEAN_BODY else None
