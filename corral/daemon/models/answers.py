@@ -255,17 +255,18 @@ class Relay:
         """Complete events read for usage and text; what is passed on, up to the last
         event (held from there: a key quoted is within one event, hidden here whole)."""
         events = hidden(events, self.key)
-        usage, start, last = self.usage, 0, LAST[self.fmt]
-        for event in events.split(b"\n\n")[:-1]:
+        usage, last, unread = self.usage, LAST[self.fmt], self.unread
+        split = events.split(b"\n\n")
+        for i, event in enumerate(split[:-1]):
             data, ends = event_read(event, last)
             if b'"usage"' in event or (usage.model is None and b'"model"' in event):
                 usage.read_body(data or b"")
             if b"delta" in event:  # (an event adding to the answer, in each format)
-                self.unread.append(data)
-            if ends:
+                unread.append(data)
+            if ends:  # (where it begins: the events before it and their blank lines)
+                start = len(b"\n\n".join(split[:i])) + 2 * (i > 0)
                 self.held, events = events[start:], events[:start]
                 break
-            start += len(event) + 2
         if not self.held or self.on_text is not None:
             self._passed()
         return events

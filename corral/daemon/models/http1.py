@@ -12,8 +12,8 @@ import asyncio
 import ssl
 import time
 import zlib
-from collections.abc import Coroutine, Mapping
-from typing import Any, NamedTuple, cast
+from collections.abc import Mapping
+from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -356,9 +356,8 @@ class UpstreamClient:
                 wire.transport.abort()
         return None
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str] | bytes,
-             timeout: float, extra: Mapping[str, str] | None = None
-             ) -> Coroutine[Any, Any, UpstreamAnswer]:
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str] | bytes,
+                   timeout: float, extra: Mapping[str, str] | None = None) -> UpstreamAnswer:
         """The answer's head read (its body not yet); UpstreamFailed when it cannot be.
         `headers` as `fields` encoded them, or to encode; `extra`: the call's own, after
         them. A kept connection that fails before any of the answer came (the upstream
@@ -371,10 +370,7 @@ class UpstreamClient:
         lines = headers if isinstance(headers, bytes) else fields(headers)
         head = _request(target.line, body, lines + fields(extra) if extra else lines)
         message = (head + body,) if len(body) <= JOINED else (head, body)
-        return self._exchange(target, self._reused(target.origin), message, timeout)
-
-    async def _exchange(self, target: _Address, wire: _Wire | None,
-                        message: tuple[bytes, ...], timeout: float) -> UpstreamAnswer:
+        wire = self._reused(target.origin)
         loop = wire.loop if wire is not None else asyncio.get_running_loop()
         deadline = loop.time() + timeout
         kept = wire is not None
@@ -387,19 +383,19 @@ class UpstreamClient:
             answer.begin()
             try:
                 wire.transport.writelines(message)
-                head = 0
+                head_read = 0
                 # an interim answer (100 Continue): the real one follows
                 while not (answer.head_done and answer.status >= 200):
                     # (endless ones held the call to its timeout)
                     if answer.interims > MAX_INTERIM:
                         raise UpstreamFailed(f"the upstream sent over MAX_INTERIM "
                                              f"({MAX_INTERIM}) interim answers (1xx)")
-                    if head > MAX_HEAD:
+                    if head_read > MAX_HEAD:
                         raise UpstreamFailed(f"the upstream's answer's head is over "
                                              f"MAX_HEAD ({MAX_HEAD} bytes)")
                     if not wire.buffer:
                         await wire.more()
-                    head += len(wire.buffer)
+                    head_read += len(wire.buffer)
                     _feed(parser, wire.take(len(wire.buffer)))
                 return UpstreamAnswer(self, target.origin, wire, parser, answer)
             except BaseException as exc:
