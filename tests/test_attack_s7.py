@@ -368,6 +368,54 @@ def test_a_node_takes_its_own_stopped_run_again_once_redis_answers() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.deadline(120)
+def test_a_step_whose_submit_was_not_answered_stops_its_run_and_does_not_fail_it() -> None:
+    """The i2 run's end `failed`: a cluster step's submit answered UNAVAILABLE (its answer
+    lost twice, or Redis away) was ended `failed` by the durable engine, like a refusal,
+    and the workflow's runner failed the run when Redis took that row, though the task
+    may have been made and run (as here: the submit's answer is held back past the
+    node's socket timeout, twice, at the proxy; the task runs). Such an answer says the
+    cluster's Redis did not answer, not that the step failed: the driver stops, as for
+    any write Redis did not take, and the node's next beat takes the run again, its step
+    found under the same id (one task, its mark once) and the run succeeds."""
+    from .cluster.harness import STEADY_TTL, Node
+    from .cluster.proxy import Proxy
+    from .redis_harness import REDIS_SERVER, RedisServer
+    from .test_workflows import SLOW, _marks, agent_toml
+
+    assert REDIS_SERVER is not None, "redis-server is not installed: . scripts/redis.sh"
+    tmp = shared_tmpdir()
+    redis = RedisServer(tmp / "redis", appendfsync="always").start()
+    proxy = Proxy(redis.port)
+    # the submit of the map's third item's task, and then its `_again`: each answer held
+    # back past the node's socket timeout (node_ttl + beat)
+    submit, held = b'"mark":"each2"', STEADY_TTL + 3.0
+    sent = proxy.watch(submit)
+    proxy.hold(held, submit)
+    a = Node(tmp / "a", "a", redis, agent_toml(tmp, replicas=2) + SLOW, ttl=STEADY_TTL)
+    a.config.write_text(a.config.read_text().replace(redis.url, proxy.url))
+    try:
+        a.start()
+        marks = tmp / "marks"
+        marks.mkdir()
+        run_id = a.call("workflows.run", {"name": "slow", "input": {
+            "dir": str(marks)}})["run_id"]
+        assert sent.wait(60), "the third item's task was never submitted"
+        proxy.hold(held, submit)
+        view = wait_until(lambda: (v := a.call("runs.get", {"run_id": run_id}))[
+            "status"] != "running" and v, timeout=90, what="the run's end")
+        assert (view["status"], view["output"]) == (
+            "succeeded", sum(i * i for i in range(6))), (view.get("error"), view)
+        assert len(_marks(marks)["each2"]) == 1, _marks(marks)
+        assert a.ask("logs.tail", {"names": ["corral"], "lines": 1, "grep": (
+            f"workflows: run {run_id} (slow) stopped: the cluster's Redis at ")})["lines"]
+    finally:
+        a.close()
+        proxy.close()
+        redis.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 async def test_a_kept_alive_connections_next_request_keeps_nothing_of_the_last(
         tmp_path: Path, upstream: StandIn) -> None:  # noqa: F811
     """Model's stream (issue 90): lean's request parser kept for a connection's life, and

@@ -78,7 +78,7 @@ def connect(settings: ClusterSettings, node: str, pool: int = POOL) -> Any:
     # a reply may take a blocking read's `beat` plus the network: a TTL is the most any
     # call waits for a Redis that does not answer, and for a connection of the pool
     most = settings.node_ttl + settings.beat
-    # maintenance notifications off: on, redis-py 8.1's pool hands out a connection that
+    # maintenance notifications off: on, redis-py's pool hands out a connection that
     # Redis closed without its checkout's look at the socket, and that connection's first
     # command fails, never tried again here (decision 1770)
     options: dict[str, Any] = {

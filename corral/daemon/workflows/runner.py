@@ -160,8 +160,11 @@ class Runner:
             try:
                 row = await self.steps.step(run, key, self._work(run, st, item, task_input),
                                             last=last)
-            except RpcError as exc:  # refused by the engine: the step failed
-                raise StepFailed(f"step {at}: {exc.message}") from None
+            except RpcError as exc:
+                ended = run.rows.get(key)
+                if ended is None or ended.status not in STEP_ENDED:
+                    raise  # its row not ended: its store or the cluster's Redis away (stop)
+                raise StepFailed(f"step {at}: {exc.message}") from None  # refused: failed
             if last and run.answer is not None:
                 run.answer[:] = [key, None if row.output is None
                                  else msgspec.json.encode(row.output)]

@@ -12,6 +12,7 @@ from typing import Any, Protocol, cast
 
 from msgspec.structs import replace
 
+from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ..tasks.ids import new_id
 from .record import STEP_ENDED, Durable, StepEnd, StepKey, StepRow
@@ -50,8 +51,10 @@ class StepEngine:
     async def step(self, call: Durable, key: StepKey, work: Work, *, last: bool = False
                    ) -> StepRow:
         """The step to its end: its row as it ended before, else its work run under its row's id
-        (made and kept first). A refusal (RpcError) is the step's failure, ended and raised.
-        `last`: the call ends when it does (`end`)."""
+        (made and kept first). A refusal (RpcError) is the step's failure, ended and raised;
+        not UNAVAILABLE (the cluster's Redis did not answer: its task may be made), raised
+        with the step left running, as a store's failure is. `last`: the call ends when it
+        does (`end`)."""
         row = call.rows.get(key)
         if row is not None and row.status in STEP_ENDED:
             return row
@@ -72,7 +75,8 @@ class StepEngine:
         try:
             end = await running
         except RpcError as exc:
-            await self.end(call, key, StepEnd("failed", None, exc.message))
+            if exc.code != jsonrpc.UNAVAILABLE:
+                await self.end(call, key, StepEnd("failed", None, exc.message))
             raise
         return await self.end(call, key, end, last=last)
 
