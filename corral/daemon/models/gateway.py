@@ -184,14 +184,43 @@ class ModelGateway:
     def _admitted(self, ex: Exchange, endpoint: Endpoint, found: Replica,
                   slot: AbstractContextManager[None], raw: bytes | None
                   ) -> Coroutine[Any, Any, None] | None:
+        """The request read (`raw` its body, None: over MAX_BODY): which model it names,
+        whose task attempt it is of; its call to make, the slot the call's own to its end
+        (None: refused, answered, the slot let go)."""
         try:
-            call = self._read(ex, endpoint, found, raw)
+            if raw is None:
+                self.unknown += 1
+                raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} "
+                                        "bytes)")
+            try:
+                read = requests.read(raw, endpoint, self.models)
+            except BadBody as exc:
+                self.unknown += 1
+                raise ModelRefusal(400, exc.message, exc.param, exc.code) from None
+            if read is None:
+                self.unknown += 1
+                raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its "
+                                        "model")
+            route = self._routes.get((read.model, endpoint.path))
+            if route is None or route.models is not self.models:
+                route = self._route(read.model, endpoint)
+            task = self._attempt(found, ex)
+            if task is not None:  # (what a retry's same call is known by: a task's alone)
+                read = read._replace(digest=requests.digest(raw))
+            del raw  # (`read.sent` is it, or holds it changed: the body is held once)
+            spec = route.spec if route is not None else None
+            model = ModelCall(endpoint.path, endpoint.format, spec, self.models, read,
+                              Reservation(read.input_estimate + read.output_estimate,
+                                          read.cost_estimate(spec.input_usd_per_mtok,
+                                                             spec.output_usd_per_mtok)
+                                          if spec else 0.0), CallUsage(),
+                              route.counter if route is not None else ModelCounter(), ex.gone)
         except BaseException as exc:
             slot.__exit__(None, None, None)
             if isinstance(exc, ModelRefusal):
                 return self._refused(ex, endpoint, exc)
             raise
-        return self._made(ex, call, slot)  # (the slot the call's own to its end)
+        return self._made(ex, _Request(found, task, model, read, route, endpoint), slot)
 
     @staticmethod
     def _refused(ex: Exchange, endpoint: Endpoint, exc: ModelRefusal) -> None:
@@ -213,40 +242,6 @@ class ModelGateway:
             self.unknown += 1
             raise ModelRefusal(429, f"rate limited: {exc.message}") from None
         return client.replica, slot
-
-    def _read(self, ex: Exchange, endpoint: Endpoint, found: Replica, raw: bytes | None
-              ) -> _Request:
-        """The request read (`raw` its body, None: over MAX_BODY): which model it names,
-        whose task attempt it is of."""
-        if raw is None:
-            self.unknown += 1
-            raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} "
-                                    "bytes)")
-        try:
-            read = requests.read(raw, endpoint, self._upstream_name)
-        except BadBody as exc:
-            self.unknown += 1
-            raise ModelRefusal(400, exc.message, exc.param, exc.code) from None
-        if read is None:
-            self.unknown += 1
-            raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
-        route = self._routes.get((read.model, endpoint.path))
-        if route is None or route.models is not self.models:
-            route = self._route(read.model, endpoint)
-        task = self._attempt(found, ex)
-        if task is not None:  # (what a retry's same call is known by: a task's alone)
-            read = read._replace(digest=requests.digest(raw))
-        del raw  # (`read.sent` is it, or holds it changed: the body is held once)
-        spec = route.spec if route is not None else None
-        model = ModelCall(endpoint.path, endpoint.format, spec, self.models, read, Reservation(
-            read.input_estimate + read.output_estimate, read.cost_estimate(
-                spec.input_usd_per_mtok, spec.output_usd_per_mtok) if spec else 0.0),
-            CallUsage(), route.counter if route is not None else ModelCounter(), ex.gone)
-        return _Request(found, task, model, read, route, endpoint)
-
-    def _upstream_name(self, name: str) -> str | None:
-        spec = self.models.get(name)
-        return spec.model if spec is not None else None
 
     def _route(self, name: str, endpoint: Endpoint) -> Route | None:
         """The upstream of model `name` at this endpoint (kept), None when corral serves

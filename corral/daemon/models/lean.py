@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import httptools
+import msgspec
 from aiohttp import web
 
 from ..http.server import MAX_FIELD, MAX_HEADERS, HttpConnection
@@ -144,14 +145,12 @@ class LeanConnection(HttpConnection):
         self._keepalive_handle = None  # (armed again at its answer's end)
 
 
-class _HeadFields:
-    """httptools' callbacks: a head's URL, and its fields' names and values in turn."""
+class _HeadFields(msgspec.Struct, gc=False):
+    """httptools' callbacks: a head's URL, and its fields' names and values in turn (a
+    Struct: made a head with no Python of its own)."""
 
-    __slots__ = ("fields", "url")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.fields: list[bytes] = []
+    url: bytes = b""
+    fields: list[bytes] = msgspec.field(default_factory=list)
 
     def on_url(self, url: bytes) -> None:
         self.url += url

@@ -10,12 +10,15 @@ small messages took ~420 MiB for as long as its upstream answered.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from .wire import Endpoint, Format
+
+if TYPE_CHECKING:
+    from ...supervisor.config import ModelSpec
 
 BYTES_PER_TOKEN = 4  # the estimate of a text's tokens from its size
 OUTPUT_BOUNDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -74,10 +77,11 @@ class ModelRequest(NamedTuple):
                 + self.output_estimate * output_usd_per_mtok) / 1e6
 
 
-def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | None]
+def read(raw: bytes, endpoint: Endpoint, served: Mapping[str, ModelSpec]
          ) -> ModelRequest | None:
     """None when `raw` is no JSON object naming its model (corral's own refusal);
-    BadBody when a member corral reads is not of the type the provider takes."""
+    BadBody when a member corral reads is not of the type the provider takes. `served`:
+    the models corral serves (one's name upstream sent in its place)."""
     try:
         members = _read.decode(raw)
     except msgspec.DecodeError:
@@ -102,9 +106,9 @@ def read(raw: bytes, endpoint: Endpoint, upstream_name: Callable[[str], str | No
                 _typed(bound, k, int, fmt)
             break
     changed: dict[str, Any] = {}
-    upstream_model = upstream_name(model)
-    if upstream_model is not None and upstream_model != model:
-        changed["model"] = upstream_model
+    spec = served.get(model)  # (its `model`: its name upstream, None: the same)
+    if spec is not None and spec.model is not None and spec.model != model:
+        changed["model"] = spec.model
     if stream and endpoint.path == _CHAT:
         options = members.stream_options
         if not (isinstance(options, dict) and options.get("include_usage")):

@@ -31,21 +31,20 @@ _OUTPUT = frozenset({"completion_tokens", "output_tokens"})
 _COUNTS = _INPUT | _OUTPUT
 
 
-class CallUsage:
+class CallUsage(msgspec.Struct, gc=False):
     """What the upstream said of a call, and how far its answer got (`answered`: a
-    success's head came; `complete`: read to its end)."""
+    success's head came; `complete`: read to its end). A Struct: made a call with no
+    Python of its own."""
 
-    __slots__ = ("answered", "complete", "doubted", "input", "model", "output", "passed",
-                 "said", "unanswered")
-
-    def __init__(self) -> None:
-        self.input = 0
-        self.output = 0
-        self.model: str | None = None
-        self.answered = self.complete = self.said = False
-        self.doubted = False  # a count it said could not be read: it says nothing
-        self.passed = 0
-        self.unanswered = 0  # tries the upstream took and did not answer in time
+    input: int = 0
+    output: int = 0
+    model: str | None = None
+    answered: bool = False
+    complete: bool = False
+    said: bool = False
+    doubted: bool = False  # a count it said could not be read: it says nothing
+    passed: int = 0
+    unanswered: int = 0  # tries the upstream took and did not answer in time
 
     def passed_text(self, text: str | None) -> None:
         """A stream's event that adds to the answer (a delta) passed: its text's estimate,
