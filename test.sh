@@ -50,6 +50,17 @@ mypy_kept="$CORRAL_KEPT/mypy-cache"
 if [ ! -d .mypy_cache ] && [ -d "$mypy_kept" ]; then
     cp -r "$mypy_kept" .mypy_cache || rm -rf .mypy_cache
 fi
+# and the installed packages' byte code, kept once per machine under the venv's pins and
+# linked into a fresh clone's venv (scripts/kept_pycs.py link): uv installs none, and each
+# pytest worker compiled the packages its collection imports, all of them at once
+site=$(echo .venv/lib/python3*/site-packages)
+site_kept=""
+if [ -f .venv/.corral-install-test ]; then
+    site_kept="$CORRAL_KEPT/site-pycs-$(sha256sum <.venv/.corral-install-test | cut -c1-16)"
+fi
+if [ -n "$site_kept" ] && [ -d "$site_kept" ]; then
+    .venv/bin/python scripts/kept_pycs.py link "$site_kept" "$site" || true
+fi
 typecheck=$(mktemp)
 nice -n 10 .venv/bin/mypy >"$typecheck" 2>&1 &
 mypy=$!
@@ -128,6 +139,11 @@ status=0
 # could be another process's by the time the trap above kills it
 wait "$clients" || true
 clients=""
+# what the run compiled of the installed packages, kept for the next clone
+if [ -n "$site_kept" ]; then
+    mkdir -p "$site_kept" && .venv/bin/python scripts/kept_pycs.py link "$site" "$site_kept" ||
+        true
+fi
 # hypothesis's tables kept for the next clone (replaced whole, by a rename), the constants
 # of sources this checkout holds alone: those of sources changed since would pile up
 constants=.hypothesis/constants

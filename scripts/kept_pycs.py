@@ -18,9 +18,19 @@ such test file, and for a conftest a test file beside it), a line each; 0 where 
 has it: then a collection would make nothing the workers' own do not, and test.sh makes
 none before pytest.
 
+`link FROM TO` hard-links each byte-code file under FROM's __pycache__ directories that TO
+lacks, or holds older, at the same place (copied where a link cannot be made): test.sh
+keeps the installed packages' byte code so, once per machine under the venv's pins, and
+links it into a fresh clone's venv and back. uv installs none, and every pytest worker's
+collection compiled the same packages at once in a fresh clone. A package's files are the
+same across those venvs (uv links them from its cache), and Python checks a byte-code
+file against its source's mtime and size as it reads it, writing a new file in its place
+where it differs.
+
 usage: kept_pycs.py restore|keep STORE [ROOT]   (STORE: the kept files' directory, test.sh's
 $CORRAL_KEPT/pycs as scripts/kept.sh places the store; ROOT: the tests' directory, tests/
 by default)
+       kept_pycs.py link FROM TO
 """
 
 from __future__ import annotations
@@ -154,6 +164,38 @@ def keep(root: Path, kept: Path) -> int:
     return new
 
 
+def link(source: Path, target: Path) -> int:
+    """Each byte-code file under `source`'s __pycache__ directories that `target` lacks,
+    or holds older (one written before its source was installed anew: Python wrote the
+    newer where it read the older), linked there in its place: how many."""
+    new = 0
+    for pyc in sorted(source.rglob("__pycache__/*.pyc")):
+        out = target / pyc.relative_to(source)
+        try:
+            made = pyc.stat()
+            there = out.stat()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        else:
+            if there.st_ino == made.st_ino or there.st_mtime >= made.st_mtime:
+                continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        try:
+            os.link(pyc, tmp)
+        except OSError:  # another filesystem
+            try:
+                atomic_write(out, pyc.read_bytes())
+            except OSError:
+                continue
+        else:
+            os.replace(tmp, out)
+        new += 1
+    return new
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """`path` holds `data` whole or is as it was: a reader beside never sees half of it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -168,6 +210,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "link":
+        print(f"kept_pycs: {link(Path(argv[1]), Path(argv[2]))} byte-code files linked",
+              file=sys.stderr)
+        return 0
     if len(argv) not in (2, 3) or argv[0] not in ("restore", "keep"):
         print(__doc__.rsplit("usage: ", 1)[1].strip(), file=sys.stderr)
         return 2

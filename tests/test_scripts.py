@@ -5,8 +5,10 @@ fail with any install; scripts/flaky.py and scripts/suite_times.py say what they
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import py_compile
 import re
 import shutil
 import signal
@@ -550,6 +552,52 @@ def to_collect(checkout: Path, store: Path) -> list[str]:
                        timeout=60)
     assert r.returncode == (1 if r.stdout else 0), (r.returncode, r.stdout, r.stderr)
     return r.stdout.splitlines()
+
+
+def test_kept_pycs_link_carries_installed_packages_byte_code_to_another_venv(
+        tmp_path: Path) -> None:
+    """The installed packages' byte code (test.sh, kept once per machine): each file under a
+    __pycache__ that the other tree lacks or holds older is hard-linked there, and Python
+    reads it for the same package file installed in another venv (uv links them from its
+    cache); nothing else is linked, and a newer file there is left."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for venv in (a, b):
+        (venv / "pkg" / "sub").mkdir(parents=True)
+    for name in ("pkg/mod.py", "pkg/sub/deep.py"):
+        (a / name).write_text("X = 1\n")
+        os.link(a / name, b / name)
+        py_compile.compile(str(a / name), doraise=True)
+    old = b / "pkg" / "__pycache__" / Path(importlib.util.cache_from_source(
+        str(b / "pkg" / "mod.py"))).name
+    old.parent.mkdir()
+    old.write_bytes(b"older")
+    os.utime(old, (1, 1))
+
+    def link(source: Path, target: Path) -> str:
+        r = subprocess.run([sys.executable, str(ROOT / "scripts" / "kept_pycs.py"), "link",
+                            str(source), str(target)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stderr.strip()
+
+    assert link(a, b) == "kept_pycs: 2 byte-code files linked"
+    made = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) == made
+    for pyc in a.rglob("*.pyc"):
+        assert (b / pyc.relative_to(a)).stat().st_ino == pyc.stat().st_ino
+    assert link(a, b) == "kept_pycs: 0 byte-code files linked"
+    read = subprocess.run([sys.executable, "-v", "-c", "import pkg.sub.deep, pkg.mod"],
+                          cwd=b, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert read.returncode == 0, read.stderr
+    for name in ("pkg/__pycache__/mod.", "pkg/sub/__pycache__/deep."):
+        assert f"code object from '{b}/{name}" in read.stderr
+    # a file there newer than the one kept (Python wrote it for a source installed anew)
+    newer = b / "pkg" / "__pycache__" / old.name
+    newer.unlink()
+    newer.write_bytes(b"newer")
+    assert link(a, b) == "kept_pycs: 0 byte-code files linked"
+    assert newer.read_bytes() == b"newer"
 
 
 def test_a_restore_names_just_the_files_whose_collection_makes_what_it_left_missing(
