@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from aiohttp import HttpVersion11, web
@@ -46,7 +46,7 @@ class AnswerRecord(msgspec.Struct, array_like=True):
         return self.type.startswith(SSE)
 
 
-class Whole(NamedTuple):
+class Whole(msgspec.Struct):
     """An answer read whole, its body as the upstream sent it (the key hidden): written
     to the agent as it is, and made a record (decoded) only for a task's journal."""
 

@@ -73,7 +73,7 @@ class Route(NamedTuple):
     key: str | None  # the model's key (hidden in what comes back), the one `sent` holds
 
 
-class _Request(NamedTuple):
+class _Request(msgspec.Struct):
     """A request read: whose (its replica, its task attempt or none), its model call (the
     Call's `model`), the request itself and its model's route (None: a model corral does
     not serve)."""
@@ -206,7 +206,7 @@ class ModelGateway:
                 route = self._route(read.model, endpoint)
             task = self._attempt(found, ex)
             if task is not None:  # (what a retry's same call is known by: a task's alone)
-                read = read._replace(digest=requests.digest(raw))
+                read = msgspec.structs.replace(read, digest=requests.digest(raw))
             del raw  # (`read.sent` is it, or holds it changed: the body is held once)
             spec = route.spec if route is not None else None
             model = ModelCall(endpoint.path, endpoint.format, spec, self.models, read,

@@ -17,6 +17,7 @@ from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 import httptools
+import msgspec
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 MAX_INTERIM = 8  # interim answers (1xx) before the answer: more fail the call
@@ -201,23 +202,24 @@ def _feed(parser: httptools.HttpResponseParser, data: bytes) -> None:
         raise UpstreamFailed(f"the upstream's answer is not HTTP/1.1: {exc}") from None
 
 
-class UpstreamAnswer:
+class UpstreamAnswer(msgspec.Struct):
     """An answer's status and headers (names lowercased), its body read whole (`read`) or
     as it comes (`ready`, then `more`) to where its Content-Length, its chunked encoding
     or the connection's end says (llhttp's reading); `release` gives the connection back,
-    or ends it."""
+    or ends it. A Struct: made a call with no Python of its own."""
 
-    def __init__(self, client: UpstreamClient, origin: str, wire: _Wire,
-                 parser: httptools.HttpResponseParser, message: _AnswerParts) -> None:
-        self.status = message.status
-        self.headers = message.headers
-        self._client, self._origin, self._wire = client, origin, wire
-        self._parser, self._message = parser, message
-        self._decoder: zlib._Decompress | None = None
-        self.received = 0  # bytes of its body so far, decoded (what a broken one passed)
-        self.unanswered = 0  # tries before it the upstream took, unanswered (upstream.py)
-        self.to_close = False  # the connection is not kept after it
-        self.ended = message.complete
+    status: int
+    headers: dict[str, str]
+    ended: bool  # its body's end read (a small answer's came with its head)
+    _client: UpstreamClient
+    _origin: str
+    _wire: _Wire
+    _parser: httptools.HttpResponseParser
+    _message: _AnswerParts
+    _decoder: zlib._Decompress | None = None
+    received: int = 0  # bytes of its body so far, decoded (what a broken one passed)
+    unanswered: int = 0  # tries before it the upstream took, unanswered (upstream.py)
+    to_close: bool = False  # the connection is not kept after it
 
     async def read(self) -> bytes:
         """The body's bytes not yet taken (`ready`), to its end."""
@@ -397,7 +399,8 @@ class UpstreamClient:
                         await wire.more()
                     head_read += len(wire.buffer)
                     _feed(parser, wire.take(len(wire.buffer)))
-                return UpstreamAnswer(self, target.origin, wire, parser, answer)
+                return UpstreamAnswer(answer.status, answer.headers, answer.complete, self,
+                                      target.origin, wire, parser, answer)
             except BaseException as exc:
                 wire.disarm(dropped=True)
                 wire.transport.abort()

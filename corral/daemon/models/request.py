@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -58,9 +58,10 @@ class BadBody(Exception):
         self.code = code
 
 
-class ModelRequest(NamedTuple):
+class ModelRequest(msgspec.Struct):
     """A request read; `digest` of its body as it came is what a retry's same call is
-    known by (a task's call's alone, `digest`: "" until the gateway knows it is one)."""
+    known by (a task's call's alone, `digest`: "" until the gateway knows it is one). A
+    Struct: made a call with no Python of its own."""
 
     model: str
     stream: bool
