@@ -14,7 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 import msgspec
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_request import BaseRequest
 
@@ -66,27 +66,23 @@ def passed_back(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower().startswith(PASSED_BACK_PREFIXES)}
 
 
-class Exchange:
+class Exchange(msgspec.Struct):
     """One request to the model gateway and its answer, written to its connection as
     HTTP/1.1 bytes: whole with its Content-Length, a stream in chunks (an HTTP/1.0
     client's to the connection's end). lean.py's connection makes it with the body it
     read, the gateway's aiohttp handler with aiohttp's request (its body read as it
-    comes, once the caller is known, by body_of)."""
+    comes, once the caller is known, by body_of). A Struct: made a call with no Python
+    of its own."""
 
-    __slots__ = ("_head", "chunked", "conn", "headers", "query", "raw", "request",
-                 "status", "transport")
-
-    def __init__(self, conn: BaseProtocol, transport: asyncio.Transport,
-                 headers: Mapping[str, str], query: Mapping[str, str], raw: bytes,
-                 request: web.Request | None = None) -> None:
-        self.conn = conn  # aiohttp's protocol of the connection: its flow control
-        self.transport = transport
-        self.headers = headers  # (looked up by lowercase names)
-        self.query, self.request = query, request
-        self.raw: bytes | None = raw
-        self.chunked = request is None or request.version >= HttpVersion11
-        self._head = b""  # a stream's, until its first write
-        self.status = 0  # the answer's, once it is begun
+    conn: BaseProtocol  # aiohttp's protocol of the connection: its flow control
+    transport: asyncio.Transport
+    headers: Mapping[str, str]  # (looked up by lowercase names)
+    query: Mapping[str, str]
+    raw: bytes | None
+    request: web.Request | None = None
+    chunked: bool = True  # a stream's encoding (False: an HTTP/1.0 client's, to its end)
+    _head: bytes = b""  # a stream's, until its first write
+    status: int = 0  # the answer's, once it is begun
 
     async def body(self) -> bytes | None:
         """The body (None: over MAX_BODY), held once: by the call from here."""
@@ -189,26 +185,23 @@ def whole(ex: Exchange, record: AnswerRecord | Whole,
     ex.answer(record.status, record.type or "application/json", body, headers)
 
 
-class Relay:
+class Relay(msgspec.Struct):
     """One streamed answer passed on as it comes (each read of the upstream's one write of
-    its complete events) and recorded; its last event held back until `finish`."""
+    its complete events) and recorded (`recorded`, None: a call of no task keeps none);
+    its last event held back until `finish`. A Struct: made with no Python of its own."""
 
-    def __init__(self, ex: Exchange, fmt: Format, answer: UpstreamAnswer,
-                 usage: CallUsage, on_text: Callable[[str], None] | None = None,
-                 key: str | None = None, record: bool = True) -> None:
-        self.ex = ex
-        self.fmt = fmt
-        self.answer = answer
-        self.usage = usage
-        # the text each event adds, told as it passes (the task's live output)
-        self.on_text = on_text
-        self.key = key
-        # the stream as it came, for a task's journal (a call of no task keeps none)
-        self.recorded: list[bytes] | None = [] if record else None
-        self.held = b""  # the last event, and anything after it
-        # the data of the deltas of the read with the last event: read when needed alone
-        self.unread: list[bytes | None] = []
-        self.gone = False  # nothing more is written to the agent: it hung up, or it ended
+    ex: Exchange
+    fmt: Format
+    answer: UpstreamAnswer
+    usage: CallUsage
+    # the text each event adds, told as it passes (the task's live output)
+    on_text: Callable[[str], None] | None
+    key: str | None
+    recorded: list[bytes] | None  # the stream as it came, for a task's journal
+    held: bytes = b""  # the last event, and anything after it
+    # the data of the deltas of the read with the last event: read when needed alone
+    unread: list[bytes | None] = msgspec.field(default_factory=list)
+    gone: bool = False  # nothing more is written to the agent: it hung up, or it ended
 
     async def run(self) -> AnswerRecord | None:
         """Every event but the last passed on (when not recorded, the last too, with the

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
@@ -146,7 +146,7 @@ class ModelGateway:
             if transport is None:  # the agent is gone already
                 return answers.WrittenResponse(request, 200)
             ex = Exchange(request.protocol, transport, request.headers, request.query, b"",
-                          request)
+                          request, request.version >= HttpVersion11)
             made = await self.admit(ex, endpoint)
             if made is not None:  # (aiohttp cancels a handler whose agent hung up)
                 await asyncio.shield(asyncio.get_running_loop().create_task(made))
@@ -352,7 +352,7 @@ class ModelGateway:
         usage.answered = answer.status < 300
         if request.stream and usage.answered and ctype.startswith(answers.SSE):
             relay = Relay(ex, read.endpoint.format, answer, usage, self._output_of(call),
-                          key, record=call.task is not None)
+                          key, None if call.task is None else [])
             made.append(relay)
             try:
                 return await relay.run()
