@@ -17,6 +17,14 @@ waiting for a turn and idle after its last test, and the longest waits for a tur
 hands the files out in, longest first (tests/conftest.py; a checkout's own cache of its
 last run goes before it).
 
+`--simulate N [N ...]` plays the run again on `--cores` cores with N workers, from each
+test's time and CPU in the cache: its files handed out longest first, a worker taking its
+next file when two of its tests are left (pytest-xdist's loadfile), each worker's
+collection first (`--collection`, CPU alone), and each test's CPU shared out whenever the
+tests running want more than the cores, its waiting (its time less its CPU) not. It says
+the run's time and the cores' idle share a worker count would give, before a whole run is
+spent on it; a test marked `alone` is not held apart.
+
 A file that mostly waits can share the machine with others: the suite's floor on C cores
 is its CPU over C, not its time."""
 
@@ -78,6 +86,49 @@ def waits(cache: Path, top: int) -> int:
     return 0
 
 
+STEP = 0.05  # the simulation's clock, seconds
+
+
+def simulate(cache: Path, workers: int, cores: int, collection: float) -> tuple[float, float]:
+    """(the run's time, the cores' idle share) of the cache's tests on `workers` workers."""
+    path = cache / "v" / "corral" / "tests"
+    if not path.exists():
+        raise SystemExit(f"no tests in {cache}: run the suite (./test.sh) first")
+    files: dict[str, list[list[float]]] = {}
+    for nodeid, (time, cpu) in json.loads(path.read_text()).items():
+        # [waiting left, CPU left]
+        files.setdefault(nodeid.split("::", 1)[0], []).append(
+            [max(0.0, float(time) - float(cpu)), float(cpu)])
+    queue = sorted(files.values(), key=lambda tests: -sum(w + c for w, c in tests))
+    pending: list[list[list[float]]] = [[[0.0, collection]] for _ in range(workers)]
+
+    def hand_out(worker: int) -> None:
+        if queue and len(pending[worker]) <= 2:
+            pending[worker].extend(queue.pop(0))
+
+    for worker in range(workers):
+        hand_out(worker)
+    now = idle = 0.0
+    while any(pending):
+        running = [tests[0] for tests in pending if tests]
+        # each test's CPU as a share of its length, all of it shared when over the cores
+        want = sum(c / (w + c) for w, c in running if w + c > 0)
+        speed = min(1.0, cores / want) if want else 1.0
+        idle += max(0.0, cores - want) * STEP
+        for test in running:
+            length = test[0] + test[1] / speed
+            done = min(1.0, STEP / length) if length > 0 else 1.0
+            left = 1.0 - done
+            test[0] *= left
+            test[1] *= left
+        for worker, tests in enumerate(pending):
+            if tests and tests[0][0] + tests[0][1] < 1e-6:
+                tests.pop(0)
+                hand_out(worker)
+        now += STEP
+    return now, idle / max(cores * now, 1e-9)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--top", type=int, default=25, help="the files to list, longest first")
@@ -91,7 +142,17 @@ def main(argv: list[str]) -> int:
                     help="what a run with CORRAL_TEST_TIMELINE=FILE wrote")
     ap.add_argument("--tests", type=int, metavar="N",
                     help="the N tests that waited longest, not the files")
+    ap.add_argument("--simulate", type=int, nargs="+", metavar="N",
+                    help="the run's time with N workers, played again from the cache")
+    ap.add_argument("--collection", type=float, default=6.0, metavar="S",
+                    help="a worker's collection's CPU, seconds (--simulate)")
     args = ap.parse_args(argv)
+    if args.simulate:
+        for workers in args.simulate:
+            took, idle = simulate(args.cache, workers, args.cores, args.collection)
+            print(f"{workers} workers on {args.cores} cores: {took:.0f} s, the cores idle "
+                  f"{100 * idle:.0f}%")
+        return 0
     if args.timeline is not None:
         return timeline(args.timeline, args.top)
     if args.tests is not None:

@@ -189,6 +189,36 @@ def test_suite_times_lists_the_tests_that_waited_longest(tmp_path: Path) -> None
         "     2.5     3.0    0.5  t.py::c"]
 
 
+def test_suite_times_plays_a_run_again_with_other_worker_counts(tmp_path: Path) -> None:
+    """--simulate: the cache's tests on N workers, each test's waiting kept and its CPU
+    shared out past the cores: waits overlap with more workers, CPU beyond the cores
+    does not."""
+    def simulate(tests: dict[str, list[float]], *workers: str) -> list[str]:
+        (kept / "tests").write_text(json.dumps(tests))
+        r = subprocess.run([sys.executable, str(ROOT / "scripts" / "suite_times.py"),
+                            "--cache", str(tmp_path), "--collection", "0", "--simulate",
+                            *workers], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+
+    kept = tmp_path / "v" / "corral"
+    kept.mkdir(parents=True)
+    waits = {"a.py::x": [10.0, 0.0], "b.py::y": [10.0, 0.0]}
+    assert simulate(waits, "1", "2") == ["1 workers on 2 cores: 20 s, the cores idle 100%",
+                                         "2 workers on 2 cores: 10 s, the cores idle 100%"]
+    cpu = {f"{f}.py::t": [10.0, 10.0] for f in "abcd"}
+    assert simulate(cpu, "1", "2", "4") == [
+        "1 workers on 2 cores: 40 s, the cores idle 50%",
+        "2 workers on 2 cores: 20 s, the cores idle 0%",
+        "4 workers on 2 cores: 20 s, the cores idle 0%"]
+    # a file's tests stay on its worker, in order: two files of a wait then a CPU's
+    # second each, on two cores: the second file waits for no core
+    mixed = {"a.py::w": [5.0, 0.0], "a.py::c": [1.0, 1.0], "b.py::w": [5.0, 0.0],
+             "b.py::c": [1.0, 1.0]}
+    assert simulate(mixed, "1", "2") == ["1 workers on 2 cores: 12 s, the cores idle 92%",
+                                         "2 workers on 2 cores: 6 s, the cores idle 83%"]
+
+
 def test_a_failure_pytest_cannot_format_is_reported_without_its_traceback(
         tmp_path: Path) -> None:
     """tests/conftest.py's `unformatted`: the SystemError CPython 3.11.7's ast.parse raised
