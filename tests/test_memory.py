@@ -1,6 +1,7 @@
 """Finished tasks' payloads go back to the system (memory.py): after enough bytes are let
 go, the heap is trimmed once, a moment later, and not before. SQLite's pages come from a
-fixed slab, not from malloc, in a process that asked before its first connection."""
+fixed slab, not from malloc, in a process that asked before its first connection. The
+daemon's threads share one glibc arena."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from corral.supervisor import Supervisor
+from corral.supervisor import Supervisor, memory
 from corral.supervisor.memory import SLAB_SLOTS, TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
 
 from .conftest import ROOT, agent
@@ -103,3 +104,49 @@ def test_no_slab_under_an_open_connection_or_when_the_variable_says_0(
     for said in (_slab_probe(tmp_path, "open"),
                  _slab_probe(tmp_path, "fresh", CORRAL_SQLITE_SLAB="0")):
         assert said["done"] is False and said["slots"] == 0 and said["overflow"] > 0, said
+
+
+_ARENA_PROBE = """
+import json, sys, threading
+from corral.daemon.heapdump import _malloc_heaps
+from corral.supervisor import memory
+done = memory.arena_bound() if sys.argv[1] == "bound" else None
+held, ready, go = [], threading.Barrier(9), threading.Event()
+
+def work() -> None:
+    held.append([bytes(4096) for _ in range(8)])  # blocks past pymalloc's: glibc's
+    ready.wait()  # every thread alive at once, so none takes another's arena
+    go.wait()
+
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+ready.wait()
+heaps = len(_malloc_heaps() or [])
+go.set()
+for t in threads:
+    t.join()
+print(json.dumps({"done": done, "heaps": heaps}))
+"""
+
+
+def _arena_probe(how: str, **env: str) -> dict[str, Any]:
+    run = subprocess.run([sys.executable, "-c", _ARENA_PROBE, how], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert run.returncode == 0, run.stderr
+    said: dict[str, Any] = json.loads(run.stdout)
+    return said
+
+
+def test_the_daemons_threads_share_one_arena_beside_the_main_one() -> None:
+    assert _arena_probe("bound") == {"done": True, "heaps": memory.ARENAS}
+    # as glibc is, eight threads allocating at once take arenas of their own
+    assert _arena_probe("as is")["heaps"] > memory.ARENAS
+
+
+def test_the_operators_own_arena_bound_is_kept() -> None:
+    said = _arena_probe("bound", MALLOC_ARENA_MAX="4")
+    assert said == {"done": False, "heaps": 4}
+    said = _arena_probe("bound", GLIBC_TUNABLES="glibc.malloc.arena_max=3")
+    assert said == {"done": False, "heaps": 3}
+

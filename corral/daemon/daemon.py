@@ -538,9 +538,10 @@ def run_daemon(config: Path, socket: str | None, taken: Takeover | None = None) 
 
     disable_own_core_dumps()
     raise_own_open_files()
-    from ..supervisor.memory import page_slab
+    from ..supervisor.memory import arena_bound, page_slab
 
     page_slab()  # SQLite's pages out of the loop's heap, before any connection is open
+    arena_bound()  # before the daemon's threads, each of which would take an arena
     logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
                         format="corral: %(levelname)s %(name)s: %(message)s")
     status = uvloop.run(exit_past_skipped(Daemon(config, socket=socket, freeze_heap=True,

@@ -1,4 +1,5 @@
-"""Keeping the daemon's heap from growing: payloads given back, SQLite's pages in a slab.
+"""Keeping the daemon's heap from growing: payloads given back, SQLite's pages in a slab,
+one glibc arena for its threads.
 
 Finished tasks' payloads go back to the system (docs/operations.md): glibc keeps a freed
 block below its mmap threshold mapped in its heap, and kept outputs pin the pages around
@@ -7,6 +8,7 @@ bytes were let go a trim runs TRIM_DELAY later, on a thread. Not taken: a lower
 `M_MMAP_THRESHOLD`, which made a 100 KB task's round trip 60 % slower.
 
 SQLite's page cache comes from a fixed slab apart from the heap: page_slab, decision 1660.
+The daemon's threads share one glibc arena: arena_bound, decision 1795.
 """
 
 from __future__ import annotations
@@ -138,3 +140,27 @@ def page_slab(slots: int | None = None) -> bool:
     if done:
         _slab.append(start)
     return done
+
+
+ARENAS = 2  # glibc's arenas in the daemon: the main one (the loop's) and one its threads share
+M_ARENA_MAX = -8  # mallopt's parameter (malloc.h)
+
+
+def arena_bound(arenas: int = ARENAS) -> bool:
+    """At most `arenas` glibc arenas in this process, set before its threads start.
+
+    glibc gives each new thread an arena of its own up to eight a core, each a heap whose
+    holes and free top only that arena reuses: the daemon's long-lived threads (the store's
+    writer, the executors, the spawners) took up to 15 of them, and in a soak their resident bytes
+    kept growing after the warm-up (issue 90). False when not done: not glibc, or the
+    operator's own `MALLOC_ARENA_MAX` (or `GLIBC_TUNABLES`' arena_max), which is kept."""
+    import ctypes
+    import os
+
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
