@@ -204,17 +204,24 @@ class ModelGateway:
             route = self._routes.get((read.model, endpoint.path))
             if route is None or route.models is not self.models:
                 route = self._route(read.model, endpoint)
-            task = self._attempt(found, ex)
-            if task is not None:  # (what a retry's same call is known by: a task's alone)
+            try:  # its task attempt, as the MCP gateway's are told (attribution.py)
+                task = self.attribution.task_of(found, mark_of(ex.query))
+            except ValueError as exc:
+                raise ModelRefusal(400, str(exc)) from None
+            except RpcError as exc:
+                raise ModelRefusal(404, exc.message) from None
+            if task is None:
+                self.unattributed += 1
+            else:  # (what a retry's same call is known by: a task's alone)
                 read = msgspec.structs.replace(read, digest=requests.digest(raw))
             del raw  # (`read.sent` is it, or holds it changed: the body is held once)
             spec = route.spec if route is not None else None
+            cost = (read.input_estimate * spec.input_usd_per_mtok + read.output_estimate
+                    * spec.output_usd_per_mtok) / 1e6 if spec else 0.0  # (its estimate)
             model = ModelCall(endpoint.path, endpoint.format, spec, self.models, read,
-                              Reservation(read.input_estimate + read.output_estimate,
-                                          read.cost_estimate(spec.input_usd_per_mtok,
-                                                             spec.output_usd_per_mtok)
-                                          if spec else 0.0), CallUsage(),
-                              route.counter if route is not None else ModelCounter(), ex.gone)
+                              Reservation(read.input_estimate + read.output_estimate, cost),
+                              CallUsage(), route.counter if route is not None
+                              else ModelCounter(), ex.gone)
         except BaseException as exc:
             slot.__exit__(None, None, None)
             if isinstance(exc, ModelRefusal):
@@ -263,19 +270,6 @@ class ModelGateway:
             self.models, spec, self._counter(name), spec.url.rstrip("/") + endpoint.upstream,
             headers, sent, key)
         return route
-
-    def _attempt(self, replica: Replica, ex: Exchange) -> Task | None:
-        """The task attempt a call of `replica` is for, as the MCP gateway's are told
-        (attribution.py); none is counted."""
-        try:
-            task = self.attribution.task_of(replica, mark_of(ex.query))
-        except ValueError as exc:
-            raise ModelRefusal(400, str(exc)) from None
-        except RpcError as exc:
-            raise ModelRefusal(404, exc.message) from None
-        if task is None:
-            self.unattributed += 1
-        return task
 
     async def _made(self, ex: Exchange, read: _Request,
                     slot: AbstractContextManager[None]) -> None:

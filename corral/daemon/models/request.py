@@ -73,10 +73,6 @@ class ModelRequest(msgspec.Struct):
     input_estimate: int  # tokens: of its size
     output_estimate: int  # of its bound (DEFAULT_OUTPUT without one), for each choice
 
-    def cost_estimate(self, input_usd_per_mtok: float, output_usd_per_mtok: float) -> float:
-        return (self.input_estimate * input_usd_per_mtok
-                + self.output_estimate * output_usd_per_mtok) / 1e6
-
 
 def read(raw: bytes, endpoint: Endpoint, served: Mapping[str, ModelSpec]
          ) -> ModelRequest | None:
