@@ -3,17 +3,16 @@ the home: a key is its tenant's for KEEP_SECONDS and names one task; sent again 
 same request (its digest) it is that task, with another it is refused. A home only keeps
 keys (`KeyStore`: put if absent, return what is there), the node's journal
 (daemon/taskjournal.py) and a cluster's Redis (cluster/submitkeys.py); decision 1390,
-docs/tasks.md#idempotency-keys says what a client sees. A key is kept as its caller's
-(`HOLDER`, decision 1792), counted in its tenant's bound. A tenant past its bound of live
+docs/tasks.md#idempotency-keys says what a client sees. A key is kept as its holder's (its
+caller's, decision 1792), an input of its submission (decision 1805), counted in its
+tenant's bound. A tenant past its bound of live
 keys is refused a new one rather than have an old one forgotten early: that key's
 client's retry would run the work twice."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol, TypeVar
 
 import msgspec
@@ -29,9 +28,6 @@ BOUND_NAME = "idempotency_keys_per_tenant"  # [supervisor]'s setting of the boun
 T = TypeVar("T")
 CLAIMED = "p"  # a key's task may not be submitted yet: a retry submits it under its id
 ACCEPTED = "a"  # its task acknowledged: a retry submits nothing
-# whose a key sent now is: its submission's caller (daemon/taskhandlers.py); None: no
-# caller's, the embedded engine's or the daemon's own
-HOLDER: ContextVar[str | None] = ContextVar("key_holder", default=None)
 
 
 class KeyClaim(NamedTuple):
@@ -64,13 +60,15 @@ class KeyStore(Protocol):
         """A new claim let go of (its submission refused): the key names nothing."""
 
 
-async def claimed(store: KeyStore, tenant: str, p: TaskParams, task_id: str) -> KeyClaim:
-    """`p`'s key claimed for `task_id` (a new task's), or the task it names; refused past
-    the tenant's bound, or when it was sent with another request."""
+async def claimed(store: KeyStore, tenant: str, p: TaskParams, task_id: str,
+                  holder: str | None) -> KeyClaim:
+    """`p`'s key claimed for `task_id` (a new task's) as `holder`'s (`kept_as`), or the
+    task it names; refused past the tenant's bound, or when it was sent with another
+    request."""
     key = p.idempotency_key
     assert key is not None
     asked = digest(p.agent, bytes(p.input), p, p.local)
-    claim = await store.claim(tenant, kept_as(key), task_id, asked)
+    claim = await store.claim(tenant, kept_as(key, holder), task_id, asked)
     if claim.held is not None:
         raise bound_reached(tenant, claim.held, store.bound)
     if claim.digest != asked:
@@ -96,22 +94,12 @@ async def submitted(store: KeyStore, claim: KeyClaim, put: Callable[[str], Await
     return made, not claim.new
 
 
-@contextmanager
-def held_by(holder: str) -> Iterator[None]:
-    """Within: a key sent is `holder`'s."""
-    said = HOLDER.set(holder)
-    try:
-        yield
-    finally:
-        HOLDER.reset(said)
-
-
-def kept_as(key: str) -> str:
-    """The key as its home keeps it: its holder's own, so that another caller of its
-    tenant sending it makes a task of its own and is told nothing of the first's (its
-    request, its agent, that it was sent at all); the holder's length first, so no two
-    holders' keys are one."""
-    holder = HOLDER.get()
+def kept_as(key: str, holder: str | None) -> str:
+    """The key as its home keeps it: its holder's own (`Caller.holder`, said by the door
+    the submission came by; None: no caller's, the daemon's own), so that another caller
+    of its tenant sending it makes a task of its own and is told nothing of the first's
+    (its request, its agent, that it was sent at all); the holder's length first, so no
+    two holders' keys are one."""
     return key if holder is None else f"{len(holder)}:{holder}:{key}"
 
 
@@ -136,12 +124,13 @@ def other_request(key: str) -> RpcError:
                                       "another request: send a new key")
 
 
-def answer_of(claim: KeyClaim, agent: str, task_agent: str, task_tenant: str) -> None:
-    """A key sent again is answered by its tenant's task of the agent asked alone; a task
-    of another (a home's word for the task a key names may be unsigned: a Redis writer's
-    key naming another tenant's task) makes it another request's key."""
-    if task_agent != agent or task_tenant != claim.tenant:
-        raise other_request(claim.key.removeprefix(kept_as("")))
+def answer_of(claim: KeyClaim, p: TaskParams, task_agent: str, task_tenant: str) -> None:
+    """A key sent again (by `p`) is answered by its tenant's task of the agent asked
+    alone; a task of another (a home's word for the task a key names may be unsigned: a
+    Redis writer's key naming another tenant's task) makes it another request's key."""
+    if task_agent != p.agent or task_tenant != claim.tenant:
+        assert p.idempotency_key is not None
+        raise other_request(p.idempotency_key)
 
 
 def bound_reached(tenant: str, held: int, bound: int) -> RpcError:

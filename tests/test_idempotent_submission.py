@@ -20,7 +20,8 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.daemon.caller import Caller
+from corral import methods as m
+from corral.daemon.caller import Caller, Discard
 from corral.jsonrpc import RpcError
 
 from .conftest import PY, ROOT
@@ -211,3 +212,25 @@ async def test_a_keyed_task_its_journal_could_not_record_keeps_no_key(
                                 ).fetchall() == [("default", "6:uid -1:k", again.task_id)]
         finally:
             keys.close()
+
+
+@pytest.mark.deadline(120)
+async def test_a_keys_holder_is_an_input_of_the_submission_at_the_task_front(
+        tmp_path: Path) -> None:
+    """Whose a key is, is said by the submission itself (decision 1805): the task front
+    takes its holder as an input, so a door that reaches it without the tasks handlers
+    (no ambient holder set) keeps its callers' keys apart all the same; None, the
+    daemon's own, is said in words, never a default a new door falls into."""
+    async with in_process(tmp_path, recorder("rec", tmp_path / "record")) as d:
+        front = d.services.tasks
+
+        async def submit(holder: str | None) -> str:
+            accepted = await front.submit(m.TasksSubmit(
+                agent="rec", input=msgspec.Raw(b'{"n": 1}'), idempotency_key="k", wait=30),
+                Discard(), holder)
+            return str(accepted.task_id)
+
+        mine, theirs, own = await submit("token a"), await submit("token b"), await submit(
+            None)
+        assert len({mine, theirs, own}) == 3
+        assert (await submit("token a"), await submit(None)) == (mine, own)

@@ -357,30 +357,32 @@ class ClusterTasks(RedisPart):
                 if i is not None:
                     return i
 
-    async def _claimed(self, p: m.TaskParams) -> KeyClaim:
-        """A submission's idempotency key claimed (corral/taskkeys.py)."""
+    async def _claimed(self, p: m.TaskParams, holder: str | None) -> KeyClaim:
+        """A submission's idempotency key claimed as `holder`'s (corral/taskkeys.py)."""
         with said(self.settings, "the task was not accepted"):
-            claim = await claimed(self.submit_keys, await self._route(p.agent), p, new_id())
+            claim = await claimed(self.submit_keys, await self._route(p.agent), p, new_id(),
+                                  holder)
             if not claim.new:
-                await self._named(claim, p.agent)
+                await self._named(claim, p)
             return claim
 
-    async def _named(self, claim: KeyClaim, agent: str) -> None:
+    async def _named(self, claim: KeyClaim, p: m.TaskParams) -> None:
         """A key sent again is answered by its tenant's task of the agent asked alone:
         the task a key names is Redis's word, unsigned, and a Redis writer's key naming
         another tenant's task would give its caller that task's outcome (its record's
         tenant is signed). Refused as another request's key; a record gone is no one's."""
         info, _ = await self._read(claim.task_id)
         if info is not None:
-            answer_of(claim, agent, info.agent, info.tenant or DEFAULT_TENANT)
+            answer_of(claim, p, info.agent, info.tenant or DEFAULT_TENANT)
 
-    async def submit(self, p: m.TasksSubmit, wait: float | None
+    async def submit(self, p: m.TasksSubmit, wait: float | None, holder: str | None
                      ) -> tuple[str, m.TaskResult | None, bool]:
         """The task's id once Redis holds it, with `wait` its outcome if it ends within
-        that many seconds, and whether an idempotency key named it, submitted before."""
+        that many seconds, and whether `holder`'s idempotency key named it, submitted
+        before."""
         fut: Waiter | None = None
         if p.idempotency_key is not None:
-            claim = await self._claimed(p)
+            claim = await self._claimed(p, holder)
             task_id = claim.task_id
             _, replayed = await submitted(self.submit_keys, claim, lambda t: self._put(p, t))
             if wait is None:  # a replay's outcome, when its task has ended
@@ -441,9 +443,10 @@ class ClusterTasks(RedisPart):
         return new
 
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
-                  progress: Progress) -> m.TaskResult:
-        """Submit and wait for the outcome; `progress` hears its reports from any node."""
-        claimed = await self._claimed(p) if p.idempotency_key is not None else None
+                  progress: Progress, holder: str | None) -> m.TaskResult:
+        """Submit and wait for the outcome; `progress` hears its reports from any node;
+        `holder` as `submit`'s."""
+        claimed = await self._claimed(p, holder) if p.idempotency_key is not None else None
         task_id = claimed.task_id if claimed is not None else new_id()
         fut: Waiter | None = self._waiter(task_id) if claimed is None else None
         self._following.setdefault(task_id, []).append(progress)

@@ -328,7 +328,7 @@ def starter(tasks: Any, workflows: Any) -> Starter:
         if spec.agent is not None:
             accepted = await tasks.submit(m.TasksSubmit(
                 agent=spec.agent, input=msgspec.Raw(msgspec.json.encode(spec.input)),
-                timeout=spec.timeout), Discard())
+                timeout=spec.timeout), Discard(), None)
             return str(accepted.task_id)
         return str((await workflows.start(spec.workflow, spec.input)).run_id)
 

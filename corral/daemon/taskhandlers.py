@@ -10,7 +10,6 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.tasks.chunks import START
 from ..supervisor.tasks.output import TaskOutputs, position_of
-from ..taskkeys import held_by
 from . import replayview, submitspan
 from .api import Commands, by_name
 from .audit import Audit
@@ -40,8 +39,8 @@ async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Cha
     # Dispatcher's too; an acceptance's, whatever its door, here: submitted.py)
     tracer = t.traces.tracer if t.traces is not None else None
     p, span = submitspan.begin(tracer, caller, p)  # (its trace link: the task's parent)
-    with handing(caller), held_by(caller.holder):
-        accepted = replayview.seen(await t.tasks.submit(p, c), caller)
+    with handing(caller):
+        accepted = replayview.seen(await t.tasks.submit(p, c, caller.holder), caller)
     submitted(t.audit, caller, p.agent, accepted.task_id)
     submitspan.accepted(tracer, span, caller, p, accepted.task_id)
     return accepted
@@ -50,8 +49,8 @@ async def tasks_submit(t: TaskServices, p: m.TasksSubmit, caller: Caller, c: Cha
 @implements(m.TasksRun)
 async def tasks_run(t: TaskServices, p: m.TasksRun, caller: Caller, c: Channel
                     ) -> m.TaskResult:
-    with handing(caller), held_by(caller.holder):
-        return await t.tasks.run(p, c)
+    with handing(caller):
+        return await t.tasks.run(p, c, caller.holder)
 
 
 @implements(m.TasksGet)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis as redis_py
 
-from corral.taskkeys import KEEP_SECONDS, digest, held_by, kept_as
+from corral.taskkeys import KEEP_SECONDS, digest, kept_as
 from corral.taskoptions import TaskOptions
 
 from ..redis_harness import RedisServer
@@ -37,8 +37,7 @@ def test_a_key_forged_to_name_another_tenants_task_gives_its_output_to_no_one(
             asked = digest("rec", b'{"n": 1}', TaskOptions(idempotency_key=key), False)
             direct = redis_py.Redis.from_url(redis.url)
             try:
-                with held_by(f"uid {os.getuid()}"):  # (the CLI's key: decision 1792)
-                    kept = kept_as(key)
+                kept = kept_as(key, f"uid {os.getuid()}")  # (the CLI's: decision 1792)
                 direct.set(f"corral:{{test}}:idem:default:{kept}",
                            f"{theirs['task_id']} {asked} {state}",
                            px=int(KEEP_SECONDS * 1000))

@@ -14,7 +14,7 @@ from pathlib import Path
 import redis as redis_py
 
 from corral.supervisor.tasks import new_id
-from corral.taskkeys import KEEP_SECONDS, digest, held_by, kept_as
+from corral.taskkeys import KEEP_SECONDS, digest, kept_as
 from corral.taskoptions import TaskOptions
 
 from ..redis_harness import RedisServer
@@ -97,8 +97,7 @@ def test_a_claim_whose_node_died_before_its_submit_is_submitted_by_the_retry(
         asked = digest("rec", b'{"n": 1}', TaskOptions(idempotency_key="lost"), False)
         direct = redis_py.Redis.from_url(redis.url)
         try:
-            with held_by(f"uid {os.getuid()}"):  # (the socket peer's key: decision 1792)
-                kept = kept_as("lost")
+            kept = kept_as("lost", f"uid {os.getuid()}")  # (the socket peer's: 1792)
             direct.set(f"corral:{{test}}:idem:default:{kept}", f"{claimed} {asked} p",
                        px=int(KEEP_SECONDS * 1000))
         finally:

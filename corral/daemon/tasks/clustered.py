@@ -60,27 +60,29 @@ class ClusterFront:
                         tenancy=self.quotas, depth=self.engine.queue.depth)
         return p if timeout == p.timeout else msgspec.structs.replace(p, timeout=timeout)
 
-    async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
+    async def submit(self, p: m.TasksSubmit, channel: Channel, holder: str | None
+                     ) -> m.TaskAccepted:
         if p.local:
-            return await self.local.submit(p, channel)
+            return await self.local.submit(p, channel, holder)
         await self.recovered.wait()
         # (a wait of 0 is none: a task on Redis has not ended as it is accepted, and a
         # replay's ended outcome is read then too)
-        task_id, outcome, replayed = await self.desk.submit(self._admitted(p), p.wait or None)
+        task_id, outcome, replayed = await self.desk.submit(self._admitted(p), p.wait or None,
+                                                            holder)
         answer = accepted(task_id, "queued", outcome)
         if replayed:
             answer.replayed = True
         return answer
 
-    async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
+    async def run(self, p: m.TasksRun, channel: Channel, holder: str | None) -> TaskResult:
         if p.local:
-            return await self.local.run(p, channel)
+            return await self.local.run(p, channel, holder)
         await self.recovered.wait()
         # progress from whichever node runs it, coalesced for a slow reader as a local
         # task's is
         latest = Latest(channel, "task.progress")
         try:
-            return await self.desk.run(self._admitted(p), channel.notify, latest.send)
+            return await self.desk.run(self._admitted(p), channel.notify, latest.send, holder)
         finally:
             latest.close()
 

@@ -36,13 +36,15 @@ class TaskFront(Protocol):
         """`reattached`: in an upgrade's new image, until a running task it carries is
         back in the engine (a wait for one waits for it)."""
 
-    async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
+    async def submit(self, p: m.TasksSubmit, channel: Channel, holder: str | None
+                     ) -> m.TaskAccepted:
         """Accept a task: its id once it is durable (journal, or Redis); with `wait`,
-        its outcome too if it ends within the wait."""
+        its outcome too if it ends within the wait. `holder`: whose its idempotency key
+        is (`Caller.holder`, said by every door; None: the daemon's own, its tenant's)."""
 
-    async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
+    async def run(self, p: m.TasksRun, channel: Channel, holder: str | None) -> TaskResult:
         """Accept a task and answer its outcome (`task.accepted`, then `task.progress`
-        notifications on `channel` meanwhile)."""
+        notifications on `channel` meanwhile); `holder` as `submit`'s."""
 
     async def get(self, task_id: str, *, wait: bool) -> TaskInfo: ...
 

@@ -18,7 +18,6 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
-from ...supervisor.config import DEFAULT_TENANT
 from ...supervisor.stream import Subscription
 from ...supervisor.tasks import (
     LOST_IN_RESTART,
@@ -30,7 +29,7 @@ from ...supervisor.tasks import (
     Unfinished,
     new_id,
 )
-from ...taskkeys import KeyClaim, claimed, kept_as, submitted
+from ...taskkeys import KeyClaim, claimed, submitted
 from ...taskviews import TaskInfo, TaskResult
 from ...text import plural
 from ...timeouts import within
@@ -81,11 +80,11 @@ class LocalFront:
         self.recovered.set()
 
     # -- handing a task in ----------------------------------------------------------------
-    async def _accept(self, p: m.TaskParams, made: Callable[[Task], None] | None = None
-                      ) -> Task | str:
-        """The task accepted and in the journal, or the id of the one its idempotency key
-        names (nothing is accepted then: corral/taskkeys.py's rule, the journal its
-        KeyStore). `made`: told of the task before its commit is awaited."""
+    async def _accept(self, p: m.TaskParams, holder: str | None,
+                      made: Callable[[Task], None] | None = None) -> Task | KeyClaim:
+        """The task accepted and in the journal, or the claim of `holder`'s idempotency
+        key that names another (nothing is accepted then: corral/taskkeys.py's rule, the
+        journal its KeyStore). `made`: told of the task before its commit is awaited."""
         tasks = self.engine
         if self.refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
@@ -105,9 +104,9 @@ class LocalFront:
             raise RpcError(jsonrpc.INVALID_PARAMS, (
                 "invalid params: an idempotency key is kept in the task journal, and this "
                 "daemon has none (task_journal = false): submit it without one"))
-        claim = await claimed(journal, agent.spec.tenant, p, new_id())
+        claim = await claimed(journal, agent.spec.tenant, p, new_id(), holder)
         task, _ = await submitted(journal, claim, lambda t: self._put(p, t, made, claim))
-        return task or claim.task_id
+        return task or claim
 
     async def _put(self, p: m.TaskParams, task_id: str | None,
                    made: Callable[[Task], None] | None, keyed: KeyClaim | None = None
@@ -137,20 +136,19 @@ class LocalFront:
                 await self.engine.committed()
         return await self.engine.outcome(task)
 
-    async def _first(self, task_id: str, wait: float | None) -> TaskInfo:
+    async def _first(self, claim: KeyClaim, wait: float | None) -> TaskInfo:
         """The task an idempotency key named, as it is now, or once it ends within
         `wait` (seconds; None: now). Durable before it is told: the first request may
         still wait for its commit, and fail it (then this one is refused as it is)."""
+        task_id = claim.task_id
         try:
             await self.engine.committed()
         except StoreError as exc:
             # refused as the first is: its task still runs (the first's refusal cancels
             # it), or the first has let go of the key already
             task = self.engine.active.get(task_id) or self.engine.finished.get(task_id)
-            key = task.options.idempotency_key if task is not None else None
-            if task is not None and (not task.ended or key is None or self.journal is None
-                                     or self.journal.key_of(task.tenant or DEFAULT_TENANT,
-                                                            kept_as(key)) is None):
+            if task is not None and (not task.ended or self.journal is None
+                                     or self.journal.key_of(claim.tenant, claim.key) is None):
                 raise RpcError(jsonrpc.INTERNAL_ERROR,
                                f"{exc}; the task was not accepted") from None
         if wait is not None:
@@ -158,10 +156,11 @@ class LocalFront:
                 return await within(self.get(task_id, wait=True), wait)
         return await self.get(task_id, wait=False)
 
-    async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
+    async def submit(self, p: m.TasksSubmit, channel: Channel, holder: str | None
+                     ) -> m.TaskAccepted:
         await self.recovered.wait()
-        task = await self._accept(p)
-        if isinstance(task, str):
+        task = await self._accept(p, holder)
+        if isinstance(task, KeyClaim):
             return replayed(await self._first(task, p.wait))
         status = task.status
         if p.wait is None:
@@ -174,7 +173,7 @@ class LocalFront:
                 return accepted(task.id, status)
         return accepted(task.id, status, await self._outcome(task))
 
-    async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
+    async def run(self, p: m.TasksRun, channel: Channel, holder: str | None) -> TaskResult:
         await self.recovered.wait()
         # a caller that does not read gets the newest progress, never a growing backlog
         progress = Latest(channel, "task.progress")
@@ -185,12 +184,13 @@ class LocalFront:
 
         watching: list[tuple[Task, Subscription | None]] = []
         try:
-            task = await self._accept(p, lambda t: watching.append((t, t.watch(watch))))
-            if isinstance(task, str):
+            task = await self._accept(p, holder,
+                                      lambda t: watching.append((t, t.watch(watch))))
+            if isinstance(task, KeyClaim):
                 first = await self._first(task, None)
-                channel.notify("task.accepted", {"task_id": task})
-                ended = first if first.finished is not None else await self.get(task,
-                                                                                wait=True)
+                channel.notify("task.accepted", {"task_id": task.task_id})
+                ended = first if first.finished is not None else await self.get(
+                    task.task_id, wait=True)
                 return ended.outcome()
             # a caller that loses the connection (a daemon restart) waits again by this id
             channel.notify("task.accepted", {"task_id": task.id})

@@ -68,9 +68,10 @@ class TeamFront:
         live = self.teams.calls.live.get(call.call_id)
         return call, live[1] if live is not None else None
 
-    async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
+    async def submit(self, p: m.TasksSubmit, channel: Channel, holder: str | None
+                     ) -> m.TaskAccepted:
         if p.agent not in self.teams:
-            return await self.inner.submit(p, channel)
+            return await self.inner.submit(p, channel, holder)
         call, driver = await self._start(p)
         if p.wait is not None and driver is not None:
             with contextlib.suppress(TimeoutError):
@@ -78,9 +79,9 @@ class TeamFront:
         return accepted(call.call_id, call.status,
                         None if call.status == "running" else result(call))
 
-    async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
+    async def run(self, p: m.TasksRun, channel: Channel, holder: str | None) -> TaskResult:
         if p.agent not in self.teams:
-            return await self.inner.run(p, channel)
+            return await self.inner.run(p, channel, holder)
         call, driver = await self._start(p)
         channel.notify("task.accepted", {"task_id": call.call_id})
         if driver is not None:

@@ -94,7 +94,7 @@ async def teams_call(d: TeamServices, p: m.TeamsCall, caller: Caller, c: Channel
     d.defined(p.name)
     return await d.tasks.submit(m.TasksSubmit(
         agent=p.name, input=p.input, wait=p.wait, traceparent=p.traceparent,
-        tracestate=p.tracestate), c)
+        tracestate=p.tracestate), c, caller.holder)
 
 
 @implements(m.CallsGet)
