@@ -81,8 +81,8 @@ async def post_all(port: int, path: str, secret: str, body: bytes, clients: int,
     return got
 
 
-# beside other tests: the loop's worst answer is timed by the daemon's own CPU in it, as
-# test_http_hostile's attacks are, not by its wall time, which a loaded host stretches
+# beside other tests: the loop's worst answer is timed less the host's scheduling delays,
+# as test_http_hostile's attacks are, not by its wall time, which a loaded host stretches
 @pytest.mark.deadline(180)
 def test_a_16_mib_body_of_tiny_values_is_refused_before_it_is_read(http: Http) -> None:
     """A token with agents:read alone sends 16 MiB of `[{},{},...]` to a write, three
@@ -108,10 +108,10 @@ def test_a_16_mib_body_of_tiny_values_is_refused_before_it_is_read(http: Http) -
     grown = _status_kib(pid, "VmHWM") * 1024 - rss0
     assert grown < 48 * MiB, f"the daemon's peak RSS grew {grown / MiB:.0f} MiB"
     # the daemon's own part of its longest answer, as settled() in test_http_hostile
-    # asserts: at load 10-17 on 2 cores the round trip's wall time read 0.16-0.48 s while
-    # the daemon spent at most 0.03 s on a core in it (bench/RESULTS.md, decision 855);
-    # the body decoded before the scope's check (the finding) spends seconds there
-    assert seen["calls"] > 10 and seen["busy"] < STALL, seen
+    # asserts: at load 10-17 on 2 cores the round trip's wall time read 0.16-0.48 s, most
+    # of it the host's (bench/RESULTS.md, decision 855); the body decoded before the
+    # scope's check (the finding) holds the loop for seconds
+    assert seen["calls"] > 10 and seen["stall"] < STALL, seen
     too_big = asyncio.run(post_all(http.port, "/api/v1/agents/hello/stop", writer, body,
                                    clients=3, rounds=1))
     assert too_big == [(413, problem(

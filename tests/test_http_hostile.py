@@ -32,45 +32,50 @@ STALL = 0.100  # the loop's budget (DESIGN section 9)
 IDLE = 2.0  # [http] idle_timeout here
 
 PROBE = r"""
-import json, os, socket, sys, time
+import glob, json, os, socket, sys, time
 path, stop, pid = sys.argv[1], sys.argv[2], sys.argv[3]
 s = socket.socket(socket.AF_UNIX); s.connect(path); f = s.makefile("rb")
-tick = os.sysconf("SC_CLK_TCK")
 
-def cpu():
-    # the daemon's CPU time (every thread's, user and system): what it spent itself
-    with open(f"/proc/{pid}/stat") as st:
-        fields = st.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / tick
+def waited():
+    # nanoseconds spent runnable but off a core (/proc/PID/schedstat's second field): by
+    # this probe, and by each of the daemon's threads (one holding the GIL delays the loop)
+    total = 0
+    for stat in ["/proc/self/schedstat", *glob.glob(f"/proc/{pid}/task/*/schedstat")]:
+        try:
+            with open(stat) as st:
+                total += int(st.read().split()[1])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            pass
+    return total / 1e9
 
-worst, busy, n, rid = 0.0, 0.0, 0, 0
+worst, stall, n, rid = 0.0, 0.0, 0, 0
 # at least 11 round trips whatever the attack's length: a quick attack still has
 # its stall measured around it; "up" once the first has come back (the attack waits)
 while n < 11 or not os.path.exists(stop):
     rid += 1
-    t0, c0 = time.perf_counter(), cpu()
+    w0, t0 = waited(), time.perf_counter()
     s.sendall(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "daemon.info",
                           "params": {}}).encode() + b"\n")
     line = f.readline()
     assert b'"result"' in line, line
     dt = time.perf_counter() - t0
-    # a round trip is as long as the daemon's loop was held, or as the host kept the
-    # daemon (or this probe) off a core: only the part the daemon ran is its own stall
-    # (the CPU clock counts in ticks: one is added for the reading's rounding)
-    own = min(dt, cpu() - c0 + 1 / tick)
-    worst, busy, n = max(worst, dt), max(busy, own), n + 1
+    # the round trip less the time the host kept the daemon or this probe off a core
+    # while runnable: what is left is the daemon holding the answer back, running other
+    # work or blocked (a write to a client that never reads), not the machine's load
+    own = max(0.0, dt - (waited() - w0))
+    worst, stall, n = max(worst, dt), max(stall, own), n + 1
     if n == 1:
         print("up", flush=True)
     time.sleep(max(0.0, 0.005 - dt))
-print(json.dumps({"worst": worst, "busy": busy, "calls": n}))
+print(json.dumps({"worst": worst, "stall": stall, "calls": n}))
 """
 
 
 class Probe:
     """The control socket's round trip every 5 ms, in a process of its own (the test's
-    clients do not delay it): `worst`, the longest; `busy`, the longest part of one that
-    the daemon spent on a core (its CPU time meanwhile): the loop's longest stall of its
-    own making, whatever else the host runs."""
+    clients do not delay it): `worst`, the longest; `stall`, the longest less the time the
+    host kept the daemon's threads or the probe waiting for a core: the loop's longest
+    stall of its own making (working or blocked), whatever else the host runs."""
 
     def __init__(self, d: Daemon) -> None:
         self.stop = d.dir / "probe.stop"
@@ -155,10 +160,10 @@ def settled(h: Http, rss0: int, budget: int, probe: Probe, *, known_stall: str =
     over = []
     # the daemon's own part of the longest round trip: a loaded host's scheduling delays
     # the probe and the daemon alike, and is no stall of the daemon's making
-    if seen["busy"] >= STALL:
+    if seen["stall"] >= STALL:
         if not known_stall:
             raise AssertionError(seen)
-        over.append(f"{known_stall} (worst {seen['busy'] * 1000:.0f} ms of the daemon's "
+        over.append(f"{known_stall} (worst {seen['stall'] * 1000:.0f} ms of the daemon's "
                     f"own)")
     if grown >= budget:
         if not known_growth:
