@@ -184,50 +184,53 @@ class ModelGateway:
     def _admitted(self, ex: Exchange, endpoint: Endpoint, found: Replica,
                   slot: AbstractContextManager[None], raw: bytes | None
                   ) -> Coroutine[Any, Any, None] | None:
-        """The request read (`raw` its body, None: over MAX_BODY): which model it names,
-        whose task attempt it is of; its call to make, the slot the call's own to its end
-        (None: refused, answered, the slot let go)."""
+        """The call of the request read, to make, the slot its own to its end (None:
+        refused, answered, the slot let go)."""
         try:
-            if raw is None:
-                self.unknown += 1
-                raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} "
-                                        "bytes)")
-            try:
-                read = requests.read(raw, endpoint, self.models)
-            except BadBody as exc:
-                self.unknown += 1
-                raise ModelRefusal(400, exc.message, exc.param, exc.code) from None
-            if read is None:
-                self.unknown += 1
-                raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its "
-                                        "model")
-            route = self._routes.get((read.model, endpoint.path))
-            if route is None or route.models is not self.models:
-                route = self._route(read.model, endpoint)
-            try:  # its task attempt, as the MCP gateway's are told (attribution.py)
-                task = self.attribution.task_of(found, mark_of(ex.query))
-            except ValueError as exc:
-                raise ModelRefusal(400, str(exc)) from None
-            except RpcError as exc:
-                raise ModelRefusal(404, exc.message) from None
-            if task is None:
-                self.unattributed += 1
-            else:  # (what a retry's same call is known by: a task's alone)
-                read = msgspec.structs.replace(read, digest=requests.digest(raw))
-            del raw  # (`read.sent` is it, or holds it changed: the body is held once)
-            spec = route.spec if route is not None else None
-            cost = (read.input_estimate * spec.input_usd_per_mtok + read.output_estimate
-                    * spec.output_usd_per_mtok) / 1e6 if spec else 0.0  # (its estimate)
-            model = ModelCall(endpoint.path, endpoint.format, spec, self.models, read,
-                              Reservation(read.input_estimate + read.output_estimate, cost),
-                              CallUsage(), route.counter if route is not None
-                              else ModelCounter(), ex.gone)
-        except BaseException as exc:
+            return self._made(ex, self._read(ex, endpoint, found, raw), slot)
+        except BaseException as exc:  # (`_made` only makes its coroutine: a refusal is _read's)
             slot.__exit__(None, None, None)
             if isinstance(exc, ModelRefusal):
                 return self._refused(ex, endpoint, exc)
             raise
-        return self._made(ex, _Request(found, task, model, read, route, endpoint), slot)
+
+    def _read(self, ex: Exchange, endpoint: Endpoint, found: Replica, raw: bytes | None
+              ) -> _Request:
+        """The request read (`raw` its body, None: over MAX_BODY): which model it names,
+        whose task attempt it is of."""
+        if raw is None:
+            self.unknown += 1
+            raise ModelRefusal(413, f"the request's body is over MAX_BODY ({MAX_BODY} bytes)")
+        try:
+            read = requests.read(raw, endpoint, self.models)
+        except BadBody as exc:
+            self.unknown += 1
+            raise ModelRefusal(400, exc.message, exc.param, exc.code) from None
+        if read is None:
+            self.unknown += 1
+            raise ModelRefusal(400, f"{endpoint.path} takes a JSON object naming its model")
+        route = self._routes.get((read.model, endpoint.path))
+        if route is None or route.models is not self.models:
+            route = self._route(read.model, endpoint)
+        try:  # its task attempt, as the MCP gateway's are told (attribution.py)
+            task = self.attribution.task_of(found, mark_of(ex.query))
+        except ValueError as exc:
+            raise ModelRefusal(400, str(exc)) from None
+        except RpcError as exc:
+            raise ModelRefusal(404, exc.message) from None
+        if task is None:
+            self.unattributed += 1
+        else:  # (what a retry's same call is known by: a task's alone)
+            read = msgspec.structs.replace(read, digest=requests.digest(raw))
+        del raw  # (`read.sent` is it, or holds it changed: the body is held once)
+        spec = route.spec if route is not None else None
+        cost = (read.input_estimate * spec.input_usd_per_mtok + read.output_estimate
+                * spec.output_usd_per_mtok) / 1e6 if spec else 0.0  # (its estimate)
+        return _Request(found, task, ModelCall(
+            endpoint.path, endpoint.format, spec, self.models, read,
+            Reservation(read.input_estimate + read.output_estimate, cost), CallUsage(),
+            route.counter if route is not None else ModelCounter(), ex.gone),
+            read, route, endpoint)
 
     @staticmethod
     def _refused(ex: Exchange, endpoint: Endpoint, exc: ModelRefusal) -> None:
