@@ -75,10 +75,11 @@ log = logging.getLogger("corral.daemon")
 STOP = -1  # queued like a signal: `daemon.shutdown`
 STOP_NOW = -2  # `daemon.shutdown` with now: no drain
 UPGRADE = -3  # `daemon.upgrade`, checked: hand over and exec (upgrade.py)
-# the signals that are a method's call: what the log says the daemon does, and the method
-SIGNALLED: dict[int, tuple[str, str]] = {
-    signal.SIGHUP: ("reloading", ConfigReload.declared.name),
-    signal.SIGUSR2: ("upgrading", DaemonUpgrade.declared.name)}
+# the signals that are a method's call: what the log says the daemon does, the method, and
+# whether the log says the method's refusal too (an upgrade's is said by the upgrade)
+SIGNALLED: dict[int, tuple[str, str, bool]] = {
+    signal.SIGHUP: ("reloading", ConfigReload.declared.name, True),
+    signal.SIGUSR2: ("upgrading", DaemonUpgrade.declared.name, False)}
 
 
 class Assembly(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,15 +184,15 @@ class Daemon:
         while True:
             sig = await self._signals.get()
             if sig in SIGNALLED:
-                name, (doing, method) = signal.Signals(sig).name, SIGNALLED[sig]
+                name, (doing, method, refusal_said) = signal.Signals(sig).name, SIGNALLED[sig]
                 s.hub.daemon(f"received {name}: {doing}")
                 try:  # as `corral reload` or `corral upgrade` (to the daemon's own
                     # interpreter) is: through the Dispatcher, audited
                     await self.dispatcher.call(Caller(
                         via="signal", uid=os.geteuid(), pid=os.getpid(),
                         name=f"signal {name}"), method)
-                except RpcError as exc:  # (an upgrade's refusal is said by the upgrade)
-                    if exc.code != jsonrpc.REFUSED or sig == signal.SIGHUP:
+                except RpcError as exc:
+                    if exc.code != jsonrpc.REFUSED or refusal_said:
                         s.hub.daemon(exc.message, priority=4)
                 continue
             if sig == UPGRADE:  # (`daemon.upgrade`'s, checked)
