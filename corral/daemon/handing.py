@@ -9,30 +9,29 @@ agent of no task hands what the replica read (the tool chain's: supervisor/tasks
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from ..supervisor.labels import HANDED, STARTER
 from .caller import Caller
 
 
-def own(caller: Caller) -> tuple[str, ...]:
-    """The labels of what the caller says (its own label, an anonymous caller's)."""
-    return (caller.who,) if caller.anonymous else ()
+class handing:  # (named as the function it was: `with handing(caller):`)
+    """Within: a task accepted is handed the caller's labels (its own label, an anonymous
+    caller's), beside any handed already, and an anonymous caller's is recorded as started
+    by it (records.py `started`). (A class, not a generator: it is entered a submission.)"""
 
+    __slots__ = ("_said", "_starter", "caller")
 
-@contextmanager
-def handing(caller: Caller) -> Iterator[None]:
-    """Within: a task accepted is handed the caller's labels, beside any handed already,
-    and an anonymous caller's is recorded as started by it (records.py `started`)."""
-    mine = own(caller)
-    if not mine:
-        yield
-        return
-    said = HANDED.set((*HANDED.get(), *(x for x in mine if x not in HANDED.get())))
-    starter = STARTER.set(caller.who)
-    try:
-        yield
-    finally:
-        STARTER.reset(starter)
-        HANDED.reset(said)
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+
+    def __enter__(self) -> None:
+        caller = self.caller
+        if caller.anonymous:
+            held = HANDED.get()
+            who = caller.who
+            self._said = HANDED.set(held if who in held else (*held, who))
+            self._starter = STARTER.set(who)
+
+    def __exit__(self, *_: object) -> None:
+        if self.caller.anonymous:
+            STARTER.reset(self._starter)
+            HANDED.reset(self._said)

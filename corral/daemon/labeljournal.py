@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..supervisor.labels import of_session
+from ..supervisor.labels import SESSIONS
 from .sqlwrites import each
 from .store import StateStore
 from .storeschema import errors_named
@@ -45,7 +45,9 @@ class LabelsDB:
             self._recent[key] = _union(kept, labels)
 
     def hand(self, records: Sequence[tuple[str, Sequence[str]]]) -> None:
-        rows = [row for key, labels in records for row in _rows(key, labels)]
+        seq = time.time_ns()  # (a key's rows in their order; the keys' rows share it)
+        rows = [(key, label, seq + i) for key, labels in records
+                for i, label in enumerate(labels)]
         if self.journal is not None:
             # one transaction with the task's first row: no commit of their own
             self.journal.labels(rows)
@@ -56,16 +58,17 @@ class LabelsDB:
             thread = self.store.thread
             assert thread is not None, "the writer opens before any task is accepted"
             thread.hand([each(INSERT, rows)])
-        for key, labels in records:
-            if not of_session(key):  # (a task's, accepted now: all it has)
-                self._remember(key, _union((), labels))
-
-    def _remember(self, key: str, labels: tuple[str, ...]) -> None:
         recent = self._recent
-        kept = recent.get(key)
-        if kept is None and len(recent) >= RECENT:
-            del recent[next(iter(recent))]
-        recent[key] = labels if kept is None else _union(kept, labels)
+        for key, labels in records:
+            if key.startswith(SESSIONS):
+                continue  # (a session's may have more in the database)
+            kept = recent.get(key)
+            if kept is not None:
+                recent[key] = _union(kept, labels)
+                continue
+            if len(recent) >= RECENT:
+                del recent[next(iter(recent))]
+            recent[key] = tuple(dict.fromkeys(labels))  # (a task's, accepted now: all it has)
 
     async def read(self, key: str) -> tuple[str, ...]:
         kept = self._recent.get(key)

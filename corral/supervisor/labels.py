@@ -114,12 +114,9 @@ def started_record(key: str) -> str:
     return f"started:{key}"
 
 
-def of_session(key: str) -> bool:
-    """Whether a record is a session's (session_record, or who started it), not a task's."""
-    return key.startswith(_SESSIONS)
-
-
-_SESSIONS = (SESSION, started_record(SESSION))
+# what the key of a session's record (session_record, or who started it) begins with, and
+# a task's never does
+SESSIONS = (SESSION, started_record(SESSION))
 
 
 def accepted(task_id: str, session: str | None, handed: Sequence[str]
