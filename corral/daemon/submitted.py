@@ -20,6 +20,12 @@ def door_of(caller: Caller) -> str:
 
 
 def submitted(audit: Audit, caller: Caller, agent: str, task_id: str) -> None:
-    """The row of a submission accepted: who, its door, its agent and its task."""
-    audit(caller, SUBMITTED, {"door": door_of(caller), "agent": agent, "task": task_id},
-          "ok", line=False)
+    """The row of a submission accepted: who, its door, its agent and its task (names and
+    an id: nothing to redact or cut). A caller known by its token or name alone is an
+    answered call's cheaper row (`call_row`, the same share of the bound); one with a uid
+    and pid (a socket peer, the dashboard's) is a row that says them."""
+    params = {"door": door_of(caller), "agent": agent, "task": task_id}
+    if caller.uid == -1 and not caller.peer:
+        audit.call_row(caller.via, SUBMITTED, params, caller.who, caller.tenant)
+    else:
+        audit(caller, SUBMITTED, params, "ok", line=False)
