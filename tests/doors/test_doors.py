@@ -661,10 +661,6 @@ def test_a_clients_call_held_for_a_person_holds_its_slot_at_every_door(
 
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("door", DOORS)
-@pytest.mark.differs("/mcp idle", "a replica's call of no task at /mcp naming corral__AGENT "
-                     "is the pool's (no such tool: no MCP server corral), for every agent: "
-                     "its agents are served at /mcp/corral")
-@pytest.mark.differs("stdio idle", "as at /mcp idle, which it bridges")
 def test_a_tenants_agent_of_every_tool_calls_its_tenants_agents_and_no_others(
         daemon: Entry, door: str) -> None:
     """The identity and view link for an agent of a tenant whose allowlist is `*`: its
@@ -672,7 +668,10 @@ def test_a_tenants_agent_of_every_tool_calls_its_tenants_agents_and_no_others(
     tenant's (as an agent of the default tenant's `*` reaches the default tenant's);
     it dropped the agents, so such an agent could call none (review's pass, session 7's
     closing note; decision 1790). It calls its tenant's agent at every door, and an
-    agent of another tenant is none there is."""
+    agent of another tenant is none there is. (At /mcp and stdio a replica's call of no
+    task naming `corral__AGENT` was the pool's, "no such tool", where the same call made
+    while it ran a task was its spawn: now a task of its own, as at /mcp/corral,
+    decision 1806.)"""
     d = daemon
     own = Made(d, "beta-caller", door, "corral__beta-target", {"do": "echo"}).outcome()
     assert own == {"text": '{"do":"echo"}', "isError": False}, own
