@@ -182,6 +182,12 @@ class Puller:
         read, claims, lasts, held = reply
         self.reads += 1
         self.read += read
+        if claims:
+            # confirmed by the replicas (the marker's write and WAIT) before any starts, as
+            # a claim at submission is: a task no replica holds, run here, would run again
+            # under a new id once a promoted replica's run submitted its step anew. Not
+            # confirmed: none starts, each an orphan for the reaper (decision 1800)
+            await self.scripts.acknowledged([])
         for i, *claim in claims:
             self.take(name, consumer, streams[i], claim)
         return list(lasts) if read < want and not held else None

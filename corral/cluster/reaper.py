@@ -200,8 +200,8 @@ class Reaper(RedisPart):
         node = dead.rpartition("/")[0] or dead  # (a Redis writer's name: as it is)
         orphans = idle is not None
         refreshing = orphans and reason is None  # (not a stopping node's last pass)
-        reason = reason or (f"node {node} did not run it (its claim's answer was lost)"
-                            if orphans else f"node {node} lost")
+        reason = reason or (f"node {node} did not run it (its claim's answer was lost or "
+                            "not confirmed)" if orphans else f"node {node} lost")
         for p in pending:
             entry = p["message_id"]
             if entry in held:

@@ -3,7 +3,9 @@ connection through it and refuses new ones (a node cut off from Redis while the 
 still reach it); `restore()` lets connections through again; `watch()` tells when the
 node sends a command (what it does, seen on the wire: no hook in the node for the test);
 `hold()` keeps Redis's answers to the node back for a while after it sends a command (a
-command that ran, its answer late, as on a loaded host)."""
+command that ran, its answer late, as on a loaded host). Between a primary and its replica,
+`stall()` stops the replication stream at a given write: the primary took it and what
+follows, the replica never has them."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Proxy:
         self.open: list[socket.socket] = []
         self.watches: list[tuple[tuple[bytes, ...], threading.Event]] = []
         self.holds: list[tuple[tuple[bytes, ...], float]] = []
+        self.stalls: list[tuple[bytes, ...]] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -50,7 +53,7 @@ class Proxy:
                 continue
             with self.lock:
                 self.open += [client, server]
-            held = [0.0]  # until when (monotonic) the server's answers wait
+            held = [0.0]  # until when (monotonic) the server's answers wait (inf: never sent)
             for a, b, seen in ((client, server, True), (server, client, False)):
                 threading.Thread(target=self._pump, args=(a, b, seen, held),
                                  daemon=True).start()
@@ -70,6 +73,13 @@ class Proxy:
         with self.lock:
             self.holds.append((parts, seconds))
 
+    def stall(self, *parts: bytes) -> None:
+        """Once: from the first of Redis's answers holding every one of `parts`, nothing
+        more of Redis reaches the client on that connection (a replica following the
+        primary through the proxy: the stream cut at that write, the link still up)."""
+        with self.lock:
+            self.stalls.append(parts)
+
     def _pump(self, src: socket.socket, dst: socket.socket, seen: bool,
               held: list[float]) -> None:
         tail = b""
@@ -85,7 +95,16 @@ class Proxy:
                             if all(part in data for part in hold[0]):
                                 self.holds.remove(hold)
                                 held[0] = time.monotonic() + hold[1]
-                elif not seen and (wait := held[0] - time.monotonic()) > 0:
+                elif not seen and self.stalls:
+                    tail = (tail + data)[-(len(data) + 4096):]
+                    with self.lock:
+                        for parts in list(self.stalls):
+                            if all(part in tail for part in parts):
+                                self.stalls.remove(parts)
+                                held[0] = float("inf")
+                if not seen and held[0] == float("inf"):
+                    continue
+                if not seen and (wait := held[0] - time.monotonic()) > 0:
                     time.sleep(wait)
                 dst.sendall(data)
         for s in (src, dst):

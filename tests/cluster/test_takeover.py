@@ -227,7 +227,7 @@ def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServ
         done = outcomes(a, [busy, orphan])
         assert [d["status"] for d in done] == ["succeeded", "succeeded"]
         assert [(x["node"], x["outcome"], x["error"]) for x in done[1]["attempts"]] == [
-            ("b", "lost", "node b did not run it (its claim's answer was lost)"),
+            ("b", "lost", "node b did not run it (its claim's answer was lost or not confirmed)"),
             ("b", "succeeded", None)]
         assert b.call("stats.get")["cluster"]["orphans"] == 1
 
