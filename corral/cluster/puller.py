@@ -122,8 +122,13 @@ class Puller:
                 await asyncio.sleep(self.beat)
 
     def streams(self) -> list[str]:
-        """Every stream this node has read (where the reaper looks)."""
+        """Every stream this node has read or claimed in (where the reaper looks)."""
         return sorted(self._read)
+
+    def claims_in(self, stream: str) -> None:
+        """A stream this node claims a task in before its answer comes (submitclaim.py):
+        a claim whose answer is lost or not confirmed is found there as an orphan."""
+        self._read.add(stream)
 
     async def _streams(self, agent: AgentLike) -> list[str]:
         """The agent's streams, highest priority first; read again at most every beat.

@@ -58,6 +58,8 @@ class SubmitClaims(Batcher):
                 out.append((self.riding if riding else self.script, keys, args))
                 continue
             self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
+            # (SUBMIT's tenant is its last argument but one)
+            self.puller.claims_in(self.puller.keys.claimed(args[-2], agent))
             spec = self.puller.host.agents[agent].spec
             # (SUBMIT's last four stay last)
             out.append((self.claim_riding if riding else self.scripts.submit_claim,
