@@ -471,6 +471,10 @@ class GatewayService:
             params = _qualified(ident.server, method, params)
         if method == "tools/call":
             name = params.get("name")
+            if ident.replica is not None and isinstance(name, str) and \
+                    name.startswith(AGENT_TOOL):  # served as at /mcp/corral (decision 1806)
+                return await self._agent_call(ident, method, {
+                    **params, "name": name[len(AGENT_TOOL):]}, None, on_progress)
             if isinstance(name, str) and self._task_tool(name) == "required":
                 raise needs_tasks(f"tool {name}")  # a call made no task: refused
             return await self._tool_call(ident, params, on_progress, on_log)
@@ -488,9 +492,7 @@ class GatewayService:
         context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
             if isinstance(said, dict) else None
         relay, opened = self._relay(ident, name, params, name.partition("__")[0])
-        key = _key_meta(params) if name.startswith(AGENT_TOOL) else None  # (/mcp/corral's)
-        result = await self.call(ident, name, arguments, on_progress, context, relay, on_log,
-                                 key)
+        result = await self.call(ident, name, arguments, on_progress, context, relay, on_log)
         return self._sealed(ident, name, opened, relay, result)
 
     def _sealed(self, ident: Identity, subject: str, opened: SealedState | None,
@@ -644,21 +646,15 @@ class GatewayService:
         passes its replica's policy as a call of no task at /mcp does; `said`: the
         client's trace context (its `_meta`'s), the call's span's parent; `key`: its
         idempotency key (`_meta`'s), the spawn's or the submission's."""
+        async def submitted(call: Call) -> Any:  # of no task: a task of its own
+            # (the labels it is handed are the chain's: approvals.py `_replica_call`)
+            task_id = await self.agent_tools.submit(ident, name, call.arguments, call.key)
+            return await self.agent_tools.outcome(ident, task_id, on_progress)
         tool = f"{AGENTS_VIEW}__{name}"
         return await self._limited(ident, tool, lambda task: self._recorded(
             ident, tool, lambda: self._entered(self._agent_call_of(ident, name)._replace(
                 arguments=arguments, task=task, key=key, meta=said,
-                wire=DoorWire(made=functools.partial(self._submitted, ident,
-                                                     on_progress))))))
-
-    async def _submitted(self, ident: Identity,
-                         on_progress: Callable[[dict[str, Any]], None] | None,
-                         call: Call) -> Any:
-        """A replica's call of an agent of no task, at /mcp/corral and /mcp (decision
-        1806): a task of its own (the labels it is handed are the chain's: approvals.py)."""
-        task_id = await self.agent_tools.submit(ident, call.name.removeprefix(AGENT_TOOL),
-                                                call.arguments, call.key)
-        return await self.agent_tools.outcome(ident, task_id, on_progress)
+                wire=DoorWire(made=submitted)))))
 
     async def _client_agent_call(self, ident: Identity, name: str,
                                  arguments: dict[str, Any], handles: TaskHandles | None,
@@ -774,15 +770,13 @@ class GatewayService:
     async def call(self, ident: Identity, name: str, arguments: dict[str, Any],
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
                    context: Parent | None = None,
-                   relay: InputRelay | None = None, on_log: LogRelay | None = None,
-                   key: str | None = None) -> Any:
+                   relay: InputRelay | None = None, on_log: LogRelay | None = None) -> Any:
         """One tools/call by a gateway client, an agent's replica or not: its door's part
         (attribution, limits, accounting) around the one chain, whose links judge it
-        (tasks/chain.py); `context`: the client's trace context, the call's span's parent;
-        `key`: an agent's call's idempotency key."""
+        (tasks/chain.py); `context`: the client's trace context, the call's span's parent."""
         return await self._limited(ident, name, lambda task: self._recorded(
             ident, name, lambda: self._entered_by(ident, task, name, arguments, on_progress,
-                                                  relay, on_log, context, key)))
+                                                  relay, on_log, context)))
 
     async def _limited(self, ident: Identity, tool: str,
                        make: Callable[[Task | None], Awaitable[Any]]) -> Any:
@@ -847,7 +841,7 @@ class GatewayService:
                           arguments: dict[str, Any],
                           on_progress: Callable[[dict[str, Any]], None] | None,
                           relay: InputRelay | None, on_log: LogRelay | None,
-                          context: Parent | None, key: str | None) -> Any:
+                          context: Parent | None) -> Any:
         """The client's call: its door's `Call`, through the one chain (tasks/chain.py),
         whose trace link makes its span, a child of the client's context (`_meta`). A
         client that is no agent's replica is the Call's `client`: its allowlist and its
@@ -855,12 +849,10 @@ class GatewayService:
         said = None if context is None else meta(context.trace_id, context.span_id,
                                                  context.sampled, context.tracestate)
         answer = self.chain.enter(Call(
-            ident.replica, name, arguments, task, key=key, meta=said,
+            ident.replica, name, arguments, task, meta=said,
             door=MCP if ident.server is None else MCP_SERVER,
             # tenant and all: a token's name made again for another tenant is another caller
-            wire=DoorWire(on_progress, relay, on_log, f"{ident.owner} of {ident.tenant}",
-                          None if ident.replica is None else functools.partial(
-                              self._submitted, ident, on_progress)),
+            wire=DoorWire(on_progress, relay, on_log, f"{ident.owner} of {ident.tenant}"),
             client=self._client(ident)))
         if not inspect.isawaitable(answer):
             return answer
