@@ -88,3 +88,44 @@ async def test_a_run_only_token_reads_no_output_by_sending_anothers_key_again(
         await d.dispatcher.call(Caller(via="socket"), "tasks.get", msgspec.json.encode({
             "task_id": mine["task_id"], "wait": True}))
         assert len((tmp_path / "record").read_text().splitlines()) == 2
+
+
+@pytest.mark.deadline(120)
+async def test_a_token_made_again_under_a_revoked_ones_name_holds_none_of_its_keys(
+        tmp_path: Path) -> None:
+    """A key is its token's, and a token is its identity, not its name (DESIGN 20): a
+    token revoked and another made under its name within the keys' 24 h was the same
+    holder, so the new one was answered the first one's task for the same request and
+    refused `used for another request` for another, and one of another tenant was given
+    the first one's answer of a request that makes something else (`POST /agents`),
+    replayed before its own limits were judged (decision 1807). Now each is a holder of
+    its own."""
+    port = free_port()
+    async with in_process(tmp_path, recorder(tmp_path / "record") + "\n[tenants.acme]\n",
+                          f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
+        made = tokens_of(d.services.store)
+        scopes = ["tasks:run", "tasks:read", "agents:write"]
+        first, _ = await made.create("ci", scopes, None, None)
+        url = f"http://127.0.0.1:{port}/api/v1"
+        asked = {"agent": "rec", "input": {"secret": "the first token's"}}
+        added = msgspec.json.encode({"agents": {"spy": {"command": ["true"]}},
+                                     "check": False})
+        async with aiohttp.ClientSession() as http:
+            status, theirs = await post(http, url, first, asked, "k-1", "?wait=30")
+            assert (status, theirs["output"]) == (200, {"by": "rec"}), theirs
+            assert (await post(http, url, first, {"agent": "rec", "input": 3}, "k-3"))[0] == 202
+            async with http.post(f"{url}/agents", data=added, headers={
+                    "Authorization": f"Bearer {first}", "Idempotency-Key": "k-2"}) as r:
+                assert r.status == 200, await r.read()
+            await made.revoke("ci")
+            second, _ = await made.create("ci", scopes, None, None)
+            status, mine = await post(http, url, second, asked, "k-1")
+            assert status == 202 and mine["task_id"] != theirs["task_id"], mine
+            assert "replayed" not in mine, mine
+            status, other = await post(http, url, second, {"agent": "rec", "input": 2}, "k-3")
+            assert status == 202 and "replayed" not in other, other
+            await made.revoke("ci")
+            third, _ = await made.create("ci", scopes, None, None, "acme")
+            async with http.post(f"{url}/agents", data=added, headers={
+                    "Authorization": f"Bearer {third}", "Idempotency-Key": "k-2"}) as r:
+                assert "Idempotent-Replayed" not in r.headers, (r.status, await r.read())

@@ -29,6 +29,9 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     gid: int = -1
     pid: int = -1
     token: str | None = None  # the name of the token it presented
+    # when that token was made: with its name, the token's identity (DESIGN 20), which a
+    # later token of the name never shares
+    since: float | None = None
     # a caller inside the daemon, as the audit log names it ("signal SIGHUP")
     name: str | None = None
     tenant: str | None = None  # None: every tenant (an operator)
@@ -104,9 +107,12 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def holder(self) -> str:
-        """Whose an idempotency key it sends is: who it is, a socket peer by its uid (its
-        retry is another process)."""
-        return f"uid {self.uid}" if self.peer else self.who
+        """Whose an idempotency key it sends is: who it is, a token by its identity (a
+        later token of its name is another holder), a socket peer by its uid (its retry
+        is another process)."""
+        if self.peer:
+            return f"uid {self.uid}"
+        return self.who if self.since is None else f"{self.who} of {self.since!r}"
 
     def may(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -141,6 +147,7 @@ class GatewayCaller(Protocol):
     rate_per_minute: int
     operator: bool
     replica: Any  # an agent replica's token: the replica
+    since: float | None  # an API token's: when it was made (Caller.since)
 
 
 class AlwaysWritable:

@@ -144,6 +144,7 @@ class Identity(msgspec.Struct, kw_only=True):
     who: tuple[int, int] = (-1, -1)
     # the agent `corral mcp serve --agent` serves as, whose policy rules judge its calls
     as_agent: str = ""
+    since: float | None = None  # an API token's: when it was made (Caller.since)
 
 
 class _Slot(msgspec.Struct):
@@ -364,7 +365,7 @@ class GatewayService:
         return Identity(name=f"token {token.name}", owner=f"token:{token.name}",
                         allow=self._token_allow(token.agents, token.tenant),
                         tenant=token.tenant, agents=token.agents, scopes=token.scopes,
-                        operator=token.tenant is None, **self._limits())
+                        operator=token.tenant is None, since=token.created, **self._limits())
 
     def _token_allow(self, agents: str | None, tenant: str | None) -> list[str] | None:
         servers = {n: e.spec for n, e in self.tools.servers.items()}

@@ -262,7 +262,7 @@ def caller_of(ident: GatewayCaller) -> Caller:
     tenant = ident.tenant if ident.tenant is not None or ident.operator \
         else DEFAULT_TENANT
     return Caller(via="gateway", name=f"gateway client {ident.name}", tenant=tenant,
-                  scopes=TASK_SCOPES, agents=ident.agents)
+                  scopes=TASK_SCOPES, agents=ident.agents, since=ident.since)
 
 
 def _plain(result: Any) -> Any:

@@ -30,7 +30,7 @@ def bearer(tokens: Tokens) -> Callable[[web.Request], Caller | None]:
         if token is None:
             raise RpcError(jsonrpc.UNAUTHORIZED, BAD_TOKEN)
         return Caller(via="http", token=token.name, scopes=token.scopes,
-                      agents=token.agents, tenant=token.tenant)
+                      agents=token.agents, tenant=token.tenant, since=token.created)
 
     return authenticate
 

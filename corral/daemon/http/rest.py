@@ -270,7 +270,7 @@ class Api:
         if not key or len(key) > MAX_KEY_LENGTH:
             return route.problem(400, "an Idempotency-Key is 1 to "
                                  f"{MAX_KEY_LENGTH} characters", jsonrpc.INVALID_REQUEST)
-        who = caller.who
+        who = caller.holder  # (a token's identity: a later one of its name is another)
         fingerprint = IdempotencyKeys.fingerprint(request.method, request.path,
                                                   request.query_string, body)
         try:
