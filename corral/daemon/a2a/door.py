@@ -10,7 +10,7 @@ import collections
 import contextlib
 import contextvars
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import msgspec
@@ -143,15 +143,15 @@ class _AskWatch:
         for heard in self._heard:
             heard.add(task_id)
 
-    @contextlib.contextmanager
-    def hearing(self) -> Iterator[set[str]]:
-        """The ids of the tasks asked about meanwhile."""
+    def listen(self) -> set[str]:
+        """The ids of the tasks asked about from now, until `unlisten` (in a try's finally,
+        not a generator's context manager: it is entered at every message)."""
         heard: set[str] = set()
         self._heard.append(heard)
-        try:
-            yield heard
-        finally:
-            self._heard.remove(heard)
+        return heard
+
+    def unlisten(self, heard: set[str]) -> None:
+        self._heard.remove(heard)
 
     def next(self, task_id: str) -> asyncio.Future[None]:
         """Done at the task's next ask made or ended; `drop` it once waited for."""
@@ -224,8 +224,11 @@ class A2aDoor:
         # (returned at once too: the answer is the task, read with tasks:read, decision 1791)
         submit["wait"] = 0  # its outcome with its acceptance, if it has ended by then
         # (the labels it is handed, an anonymous caller's own, are the chain's: handing.py)
-        with self.asked.hearing() as heard:
+        heard = self.asked.listen()
+        try:
             accepted = await self.call(caller, TasksSubmit.declared.name, submit)
+        finally:
+            self.asked.unlisten(heard)
         if not immediately:
             ended = _ended(accepted, agent, message.context_id, sent)
             if ended is not None:  # (not looked up again: its outcome is the call's answer)
