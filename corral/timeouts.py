@@ -23,6 +23,32 @@ async def within(aw: Awaitable[T], timeout: float | None) -> T:
         return await aw
 
 
+async def waited(fut: asyncio.Future[T], timeout: float | None) -> T:
+    """`within(asyncio.shield(fut), timeout)`: `fut`'s result, or TimeoutError once
+    `timeout` seconds have passed (None: no bound), `fut` (shared: a task's end, a
+    driver) never cancelled by this wait or its caller's cancellation. One future of the
+    caller's and a timer, not a shield's and a Timeout's (a run's wait, at every run)."""
+    if not fut.done():
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        fut.add_done_callback(wake)
+        timer = None if timeout is None else loop.call_later(timeout, wake)
+        try:
+            await woken
+        finally:
+            fut.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
+        if not fut.done():
+            raise TimeoutError
+    return fut.result()
+
+
 # how long a cancelled task may go on before it is asked again: a cancellation lost in a
 # library shows as a task still running after its next await, which is at most a beat
 AGAIN_AFTER = 0.1

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from corral.timeouts import cancel_all, kept, within
+from corral.timeouts import cancel_all, kept, waited, within
 
 RUNNERS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {
     "asyncio": asyncio.run, "uvloop": uvloop.run}
@@ -63,6 +63,54 @@ def test_no_bound_waits_for_the_result() -> None:
         return await within(answer(), None)
 
     assert asyncio.run(main()) == 42
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_shared_future_waited_for_past_the_bound_is_a_timeout_and_left_pending(
+        runner: str) -> None:
+    """`waited` is `within(asyncio.shield(fut))`: the shared future outlives the wait that
+    timed out and the waiter that was cancelled."""
+
+    async def main() -> tuple[bool, float, str, int]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            await waited(fut, 0.05)
+        took = loop.time() - began
+        waiter = asyncio.ensure_future(waited(fut, None))
+        await asyncio.sleep(0)  # (it waits on `fut`)
+        waiter.cancel()
+        outcome = "cancelled"
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            pass
+        else:
+            outcome = "returned"
+        left = fut.cancelled()
+        fut.set_result(7)
+        return left, took, outcome, await waited(fut, 0)
+
+    cancelled, took, outcome, seven = RUNNERS[runner](main())
+    assert not cancelled and 0.04 <= took < 5
+    assert outcome == "cancelled"
+    assert seven == 7  # (done already: its result at once, even with no time left)
+
+
+def test_a_shared_future_s_result_or_exception_is_the_wait_s() -> None:
+    async def main() -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        ok: asyncio.Future[int] = loop.create_future()
+        bad: asyncio.Future[int] = loop.create_future()
+        loop.call_later(0.01, ok.set_result, 42)
+        loop.call_later(0.01, bad.set_exception, ValueError("no"))
+        got = await waited(ok, 5)
+        with pytest.raises(ValueError) as exc:
+            await waited(bad, 5)
+        return got, str(exc.value)
+
+    assert asyncio.run(main()) == (42, "no")
 
 
 def test_cancel_all_asks_again_a_task_whose_cancellation_was_swallowed() -> None:

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from ..timeouts import within
+from ..timeouts import waited
 
 LOGIN_TIMEOUT = 600.0  # seconds to wait for the browser's redirect
 
@@ -74,7 +74,7 @@ async def login(config: Path, name: str, port: int, say: Callable[[str], None]) 
             say(f"Open this URL in a browser to authorize corral for {name}:\n\n"
                 f"  {auth_url}\n\nWaiting for the redirect to {redirect_uri} ...")
             try:
-                answer, got = await within(asyncio.shield(redirected), LOGIN_TIMEOUT)
+                answer, got = await waited(redirected, LOGIN_TIMEOUT)
             except TimeoutError:
                 raise LoginError(f"no redirect within {LOGIN_TIMEOUT:g} s") from None
             if got != state:

@@ -24,7 +24,7 @@ import msgspec
 from ..methods import TraceView
 from ..supervisor.config import TracingSettings
 from ..supervisor.tracing import BUFFER_BYTES, Sampling, Tracer
-from ..timeouts import within
+from ..timeouts import waited
 from . import tracestore
 
 log = logging.getLogger("corral.daemon")
@@ -310,7 +310,7 @@ class Traces:
         body = self._encoder.encode({"flush": self._seq, "sent": sent})
         pipe.write(len(body).to_bytes(4, "big") + body)
         try:
-            await within(asyncio.shield(fut), timeout)
+            await waited(fut, timeout)
         except TimeoutError:
             self._flushes.pop(self._seq, None)
 
@@ -332,7 +332,7 @@ class Traces:
             pipe.close()
         if proc is not None and self._watcher is not None:
             try:
-                await within(asyncio.shield(self._watcher),
+                await waited(self._watcher,
                              self.cfg.export_timeout + 5)
             except TimeoutError:
                 proc.kill()

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from ..cork import Cork, Parts
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol, Peer
-from ..timeouts import within
+from ..timeouts import waited
 from . import pipeends
 from .caps import wrap_argv
 from .config import ConfigError, Limits, passwd_of, resolved_user
@@ -424,7 +424,7 @@ class ChildProcess(asyncio.Protocol):
         fut = self.output_closed
         while not fut.done():
             with contextlib.suppress(TimeoutError):
-                await within(asyncio.shield(fut), OUTPUT_GRACE)
+                await waited(fut, OUTPUT_GRACE)
             if not fut.done() and (self._unread() == 0 or self.loop.time() >= deadline):
                 return False
         return True
@@ -487,7 +487,7 @@ class ChildProcess(asyncio.Protocol):
         """Whether the process exited within `timeout` (never cancels `exited`)."""
         if not self.exited.done():  # wait_for would still take a turn, a timer and a waiter
             with contextlib.suppress(TimeoutError):
-                await within(asyncio.shield(self.exited), timeout)
+                await waited(self.exited, timeout)
         return self.exited.done()
 
     @property

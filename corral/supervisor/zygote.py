@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from ..timeouts import within
+from ..timeouts import waited
 from .caps import rlimits
 from .config import Limits
 from .containment import TOKEN_VARIABLE, Containment, place
@@ -162,7 +162,7 @@ class Zygote:
         ours.setblocking(False)
         loop.add_reader(ours.fileno(), self._readable)
         try:
-            self.pid = await within(asyncio.shield(self.ready), START_TIMEOUT)
+            self.pid = await waited(self.ready, START_TIMEOUT)
         except TimeoutError:
             self._die(f"zygote did not get ready within {START_TIMEOUT:g} s")
         if self.dead is not None:
@@ -265,7 +265,7 @@ class Zygote:
                 for fd in theirs:
                     os.close(fd)
             try:
-                pid = await within(asyncio.shield(fut), SPAWN_TIMEOUT)
+                pid = await waited(fut, SPAWN_TIMEOUT)
             except TimeoutError:
                 self._die(f"zygote did not fork within {SPAWN_TIMEOUT:g} s")
                 raise ZygoteUnavailable(self.dead or "") from None

@@ -35,7 +35,7 @@ from ...supervisor.config import Limits, PackagesSettings
 from ...supervisor.containment import Containment
 from ...supervisor.process import ChildProcess, Launch
 from ...supervisor.release import READY, SOURCE, VENV
-from ...timeouts import within
+from ...timeouts import waited
 from . import checked
 from .manifest import Manifest
 from .releases import (
@@ -489,9 +489,9 @@ class Builder:
         if child.alive:
             child.kill_group(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
-                await within(asyncio.shield(child.exited), 10.0)
+                await waited(child.exited, 10.0)
         with contextlib.suppress(TimeoutError):
-            await within(asyncio.shield(child.output_closed), 1.0)
+            await waited(child.output_closed, 1.0)
         child.kill_group(signal.SIGKILL)  # what it left in its group
         self.containment.ended(child.token)
         child.close()

@@ -32,7 +32,7 @@ from ...supervisor.tasks import (
 from ...taskkeys import KeyClaim, claimed, submitted
 from ...taskviews import TaskInfo, TaskResult
 from ...text import plural
-from ...timeouts import within
+from ...timeouts import waited, within
 from ..caller import Channel
 from ..flowcontrol import Latest
 from ..storeschema import StoreError
@@ -168,7 +168,7 @@ class LocalFront:
         if not task.done.done():  # (one ended by its commit is not waited for)
             try:
                 # a caller that goes away cancels this wait, not the task
-                await within(asyncio.shield(task.done), p.wait)
+                await waited(task.done, p.wait)
             except TimeoutError:
                 return accepted(task.id, status)
         return accepted(task.id, status, await self._outcome(task))

@@ -16,7 +16,7 @@ from ...supervisor.tasks import Unfinished
 from ...supervisor.teams.call import TeamCall
 from ...supervisor.teams.calls import result
 from ...taskviews import TaskInfo, TaskResult
-from ...timeouts import within
+from ...timeouts import waited
 from ..caller import Channel
 from ..tasks.front import Page, Sees, TaskFront, accepted, listing_window
 from .service import TeamService, call_info
@@ -75,7 +75,7 @@ class TeamFront:
         call, driver = await self._start(p)
         if p.wait is not None and driver is not None:
             with contextlib.suppress(TimeoutError):
-                await within(asyncio.shield(driver), p.wait)
+                await waited(driver, p.wait)
         return accepted(call.call_id, call.status,
                         None if call.status == "running" else result(call))
 

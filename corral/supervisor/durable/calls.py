@@ -9,7 +9,7 @@ import contextlib
 import time
 from typing import Generic, Protocol, TypeVar
 
-from ...timeouts import within
+from ...timeouts import waited, within
 from .engine import StepEngine
 from .record import Durable
 from .store import SharedStore
@@ -101,7 +101,7 @@ class Calls(Generic[C]):
         live = self.live.get(call_id)
         if live is not None:
             with contextlib.suppress(TimeoutError):
-                await within(asyncio.shield(live[1]), timeout)
+                await waited(live[1], timeout)
 
     async def cancel(self, call_id: str, why: str) -> bool:
         """The call ended `cancelled` with `why`; False when it is not driven here."""
