@@ -149,7 +149,7 @@ async def test_calls_wait_for_the_services_and_bad_calls_are_refused_before() ->
     from corral.daemon.commandtable import HANDLERS
 
     audited: list[tuple[str, str]] = []
-    d: Dispatcher[Any] = Dispatcher(HANDLERS, lambda c, m, p, o: audited.append((m, o)))
+    d: Dispatcher[Any] = Dispatcher(HANDLERS, lambda c, m, p, o, line=True: audited.append((m, o)))
     caller = Caller(via="test", scopes=frozenset({"agents:read"}))
     # refused at once, before any service exists: unknown method, wrong params, scope
     with pytest.raises(RpcError) as e:

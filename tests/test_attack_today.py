@@ -97,6 +97,10 @@ async def test_a_map_over_a_list_past_the_bound_fails_its_step_before_any_task(
         assert json.loads(params) == {"name": "fan", "input": f"({size} bytes)",
                                       "wait": 30.0, "traceparent": None,
                                       "tracestate": None}
+        # a run started is its row alone, as a task submitted is: no line of the daemon
+        # log (decision 1810), where a mutating call's other rows have one
+        logged = [ln.text for ln in d.services.hub.tail(["corral"], 1000, None)]
+        assert not [t for t in logged if "workflows.run" in t], logged
         # within the bound: the items run (a short list, for the test's time)
         run = await d.dispatcher.call(OPERATOR, "workflows.run", msgspec.json.encode(
             {"name": "fan", "input": [{"name": "x"}, {"name": "y"}], "wait": 30}))

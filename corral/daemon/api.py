@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -103,7 +103,11 @@ class Handlers(Generic[Ctx]):
         return self._loaded
 
 
-Audit = Callable[[Caller, str, Any, str], None]
+class Audit(Protocol):
+    """audit.py's Audit: a call's row (`line`: and its line of the daemon log)."""
+
+    def __call__(self, caller: Caller, method: str, params: Any, outcome: str,
+                 line: bool = True) -> None: ...
 
 
 class Dispatcher(Generic[Ctx]):
@@ -249,7 +253,7 @@ class Dispatcher(Generic[Ctx]):
                 raise
             raise told from None
         if spec.mutating and params.changes():
-            self.audit(caller, spec.name, params, outcome(result))
+            self.audit(caller, spec.name, params, outcome(result), line=params.logged)
         return result
 
     def _handle(self, context: Ctx, name: str, params: Any, caller: Caller,

@@ -121,6 +121,9 @@ def method(name: str, *, scope: str, result: Any, seen: str | None,
 class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # the method this Struct is the params of (set by `method`; a base Params has none)
     declared: ClassVar[Method]
+    # a `mutating` call answered is a line of the daemon log beside its audit row (not a
+    # workflow run's: a submission, as a task's is a row alone; decision 1810)
+    logged: ClassVar[bool] = True
 
     def changes(self) -> bool:
         """Whether this call of a `mutating` method changes state (it is audited then); a

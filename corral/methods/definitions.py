@@ -4,7 +4,7 @@ params for each kind."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -118,6 +118,8 @@ class RunsGet(Params):
 class WorkflowsRun(Params):
     """Start a run of a workflow with this input; its id at once, or with wait, the run
     as it is when it ends or the wait is over (the tasks:read scope too)."""
+
+    logged: ClassVar[bool] = False
 
     name: str
     input: Any = None
