@@ -103,7 +103,7 @@ class Handlers(Generic[Ctx]):
         return self._loaded
 
 
-class Audit(Protocol):
+class Auditor(Protocol):
     """audit.py's Audit: a call's row (`line`: and its line of the daemon log)."""
 
     def __call__(self, caller: Caller, method: str, params: Any, outcome: str,
@@ -114,7 +114,7 @@ class Dispatcher(Generic[Ctx]):
     """Every front end's one way in. A transport may take calls before the services exist
     (the control socket answers while the state database opens): they wait until `serve`."""
 
-    def __init__(self, handlers: Handlers[Ctx], audit: Audit,
+    def __init__(self, handlers: Handlers[Ctx], audit: Auditor,
                  agents: Callable[[Ctx], Iterable[str]] | None = None,
                  owner: Callable[[Ctx, str, str], str | None] | None = None) -> None:
         # the declared methods whose name names no domain (checked without an import)

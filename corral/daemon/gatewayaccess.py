@@ -41,7 +41,7 @@ from ..supervisor.tasks.personwait import timed
 from ..taskoptions import MAX_IDEMPOTENCY_KEY
 from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
-from .api import Audit, Dispatcher
+from .api import Auditor, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .audit import failure_of, gateway_call, outcome_of
 from .gatewaylimits import CallCounter, Limiter
@@ -169,7 +169,7 @@ class GatewayChanged(NamedTuple):
 
 
 class GatewayService:
-    def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Audit,
+    def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Auditor,
                  tasks: TaskManager, calls: Dispatcher[Any] | None = None,
                  tracer: Tracer | None = None, guard: PolicyGuard | None = None) -> None:
         self.agents = agents

@@ -49,7 +49,7 @@ from ..supervisor.teams.tools import LeaderTools
 from ..supervisor.tracing import Tracer
 from ..timeouts import within
 from . import journald
-from .api import Audit, Dispatcher
+from .api import Auditor, Dispatcher
 from .askwebhook import AskWebhook
 from .audit import Audit as AuditLog
 from .audit import AuditLink
@@ -240,7 +240,7 @@ def gateway_relay(paths: Paths) -> str | None:
     return path if len(os.fsencode(path)) <= SOCKET_PATH_MAX else None
 
 
-def gateway_service(conf: Conf, parts: Parts, audit: Audit, calls: Dispatcher[Services],
+def gateway_service(conf: Conf, parts: Parts, audit: Auditor, calls: Dispatcher[Services],
                     traces: Traces | None, guard: PolicyGuard | None = None) -> GatewayService:
     """The MCP gateway's service, configured (its tokens file read); `guard`: the
     policy its replicas' calls of no task pass."""
