@@ -362,7 +362,10 @@ class GatewayService:
             # a token that is one, refused for its scopes: 403, not an unknown token's 401
             raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: token {token.name} lacks the "
                                               "mcp:call scope the gateway needs")
-        return Identity(name=f"token {token.name}", owner=f"token:{token.name}",
+        # its owner, the per-agent servers' instance its own: its identity's (a later
+        # token of its name never shares it, decision 1808)
+        return Identity(name=f"token {token.name}",
+                        owner=f"token:{token.name} of {token.created!r}",
                         allow=self._token_allow(token.agents, token.tenant),
                         tenant=token.tenant, agents=token.agents, scopes=token.scopes,
                         operator=token.tenant is None, since=token.created, **self._limits())
