@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import resource
@@ -45,6 +46,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     in_collection_order(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Iterator[None]:
+    """The collection's objects (every test module and what it imports: a worker collects
+    the whole suite) live as long as the process. The collector's passes among them while
+    importing find nothing, and frozen they are out of the passes the tests' own garbage
+    brings on, each of which walked the whole heap (corral/cli/entry.py does the same)."""
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def pytest_asyncio_loop_factories(config: object, item: object) -> dict[str, object]:

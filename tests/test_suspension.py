@@ -561,6 +561,9 @@ async def test_a_wave_of_suspensions_leaves_no_cycle_for_the_collector(
 def _holders(a: Attempt, mine: list[Attempt]) -> list[str]:
     """The types of what holds attempt `a` but `mine` and its task's attempts."""
     found = []
+    # what the collection froze (tests/conftest.py: modules' dicts, among others) is
+    # looked through too, so a module's global that holds it is found
+    gc.unfreeze()
     for h in gc.get_referrers(a):  # (a loop: a comprehension would hold `a` in a cell)
         if h is not mine and not (isinstance(h, tuple) and len(h) == 1 and h[0] is a):
             found.append(type(h).__name__)
