@@ -38,10 +38,11 @@ def config() -> str:
         stop_timeout = 10.0
         tools = ["corral__*"]
     """)
+    askers = "".join(f'[agents.{name}]{agent}spawns = ["minion"]\n'
+                     'approve = ["corral__minion"]\nmax_tool_calls_per_task = 1\n\n'
+                     for name in ("asker", "asker-mcp"))  # (asker-mcp: its budget at /mcp)
     return (f'[agents.boss]{agent}spawns = ["minion"]\nmax_children = 1\n\n'
-            f'[agents.deep]{agent}spawns = ["minion"]\nmax_spawn_depth = 0\n\n'
-            f'[agents.asker]{agent}spawns = ["minion"]\napprove = ["corral__minion"]\n'
-            'max_tool_calls_per_task = 1\n\n'
+            f'[agents.deep]{agent}spawns = ["minion"]\nmax_spawn_depth = 0\n\n{askers}'
             f"[agents.minion]{agent}\n"
             '[gateway]\nlisten = "127.0.0.1:0"\n')
 
@@ -178,21 +179,24 @@ async def test_an_attempts_call_of_an_agent_asks_for_the_task_and_spends_its_bud
 
 
 @pytest.mark.deadline(120)
+@pytest.mark.parametrize("at", ["/corral", ""])
 async def test_a_tasks_extension_clients_call_held_for_a_person_is_given_its_handle_at_once(
-        daemon: Daemon) -> None:
-    """asker's replica's call of no task at /mcp/corral, of a client of the tasks
-    extension: the handle comes back while a person decides (it held the request
-    until then), and reads the child's result once approved."""
+        daemon: Daemon, at: str) -> None:
+    """asker's replica's call of no task at /mcp/corral (and at /mcp, as corral__minion:
+    decision 1806), of a client of the tasks extension: the handle comes back while a
+    person decides (it held the request until then), and reads the child's result once
+    approved."""
     d = daemon
-    env = await asyncio.to_thread(replica_env, d, "asker")
-    url, token = env["CORRAL_MCP_URL"] + "/corral", env["CORRAL_MCP_TOKEN"]
-    handle = await asyncio.to_thread(stateless, url, token, "tools/call",
-                                     {"name": "minion", "arguments": {"do": "echo", "n": 7}})
+    n, asker = (7, "asker") if at else (9, "asker-mcp")  # (a replica's budget of its own)
+    env = await asyncio.to_thread(replica_env, d, asker)
+    url, token = env["CORRAL_MCP_URL"] + at, env["CORRAL_MCP_TOKEN"]
+    handle = await asyncio.to_thread(stateless, url, token, "tools/call", {
+        "name": "minion" if at else "corral__minion", "arguments": {"do": "echo", "n": n}})
     assert (handle["result"]["resultType"], handle["result"]["status"]) == (
         "task", "working"), handle
-    [ask] = await asyncio.to_thread(wait_until, lambda: asks_of(d, "asker") or None, 30,
+    [ask] = await asyncio.to_thread(wait_until, lambda: asks_of(d, asker) or None, 30,
                                     "the replica's ask")
-    assert ask["task_id"].startswith("replica:asker#0:"), ask
+    assert ask["task_id"].startswith(f"replica:{asker}#0:"), ask
     got = await asyncio.to_thread(stateless, url, token, "tasks/get",
                                   {"taskId": handle["result"]["taskId"]})
     assert got["result"]["status"] == "working", got
@@ -205,7 +209,7 @@ async def test_a_tasks_extension_clients_call_held_for_a_person_is_given_its_han
         return now if now["status"] != "working" else None
     done = await asyncio.to_thread(wait_until, ended, 30, "the handle's end")
     assert done["status"] == "completed" and not done["result"]["isError"], done
-    assert json.loads(done["result"]["content"][0]["text"]) == {"do": "echo", "n": 7}
+    assert json.loads(done["result"]["content"][0]["text"]) == {"do": "echo", "n": n}
 
 
 @pytest.mark.deadline(120)

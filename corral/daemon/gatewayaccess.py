@@ -36,7 +36,6 @@ from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
 from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire, GatewayClient
-from ..supervisor.tasks.interceptors import AGENT_TOOL
 from ..supervisor.tasks.personwait import timed
 from ..taskoptions import MAX_IDEMPOTENCY_KEY
 from ..text import plural
@@ -47,7 +46,7 @@ from .audit import failure_of, gateway_call, outcome_of
 from .gatewaylimits import CallCounter, Limiter
 from .gatewayskills import METHODS as SKILL_METHODS
 from .gatewayskills import GatewaySkills, is_skill, pooled
-from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles
+from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles, agents_called
 from .ownskills import OwnSkills
 from .relayseal import Holder, SealedState, StateSeal, answered
 from .tokendigests import TokenDigests, hash_token
@@ -463,8 +462,9 @@ class GatewayService:
     async def forward(self, ident: Identity, method: str, params: dict[str, Any],
                       on_progress: Callable[[dict[str, Any]], None] | None,
                       on_log: LogRelay | None = None) -> Any:
-        if ident.server == AGENTS_VIEW:
-            return await self._agent_call(ident, method, params, None, on_progress)
+        called = agents_called(ident, method, params)
+        if called is not None:
+            return await self._agent_call(ident, method, called, None, on_progress)
         if method in SKILL_METHODS or (method == "resources/read" and
                                        is_skill(str(params.get("uri")))):
             # a read is a Call with its row (decision 1691): rated as a tool call is,
@@ -475,10 +475,6 @@ class GatewayService:
             params = _qualified(ident.server, method, params)
         if method == "tools/call":
             name = params.get("name")
-            if ident.replica is not None and isinstance(name, str) and \
-                    name.startswith(AGENT_TOOL):  # served as at /mcp/corral (decision 1806)
-                return await self._agent_call(ident, method, {
-                    **params, "name": name[len(AGENT_TOOL):]}, None, on_progress)
             if isinstance(name, str) and self._task_tool(name) == "required":
                 raise needs_tasks(f"tool {name}")  # a call made no task: refused
             return await self._tool_call(ident, params, on_progress, on_log)
@@ -544,8 +540,9 @@ class GatewayService:
         handled = _HANDLED.get(method)
         if handled is not None:
             return handled(self.handles, ident, params)
-        if ident.server == AGENTS_VIEW:
-            return await self._agent_call(ident, method, params, self.handles)
+        called = agents_called(ident, method, params)
+        if called is not None:
+            return await self._agent_call(ident, method, called, self.handles)
         if ident.server is not None:
             params = _qualified(ident.server, method, params)
         how = await self._task_support(ident, params.get("name"))

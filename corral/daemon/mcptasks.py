@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .api import Dispatcher
 
 AGENTS_VIEW = "corral"  # /mcp/corral: the agents as tools (RESERVED: no server has it)
+AGENTS_PREFIX = f"{AGENTS_VIEW}__"  # an agent's name as a tool at /mcp: corral__AGENT
 POLL_MS = 500  # what a client is told to wait between two tasks/get
 TASK_SCOPES = frozenset({"tasks:run", "tasks:read"})
 ENDED = frozenset({"completed", "failed", "cancelled"})
@@ -253,6 +254,19 @@ def _sees(ident: GatewayCaller, handle: GatewayTask) -> bool:
         return True
     agent = handle.follows.agent if handle.follows is not None else ""
     return ident.tenant is not None and caller_of(ident).sees_record(agent, handle.tenant)
+
+
+def agents_called(ident: GatewayCaller, method: str, params: dict[str, Any]
+                  ) -> dict[str, Any] | None:
+    """The params of a call of the agents' view: at /mcp/corral, or a replica's tools/call
+    of `corral__AGENT` at /mcp, served as at /mcp/corral (decision 1806); None: neither."""
+    if ident.server == AGENTS_VIEW:
+        return params
+    name = params.get("name")
+    if ident.server is not None or ident.replica is None or method != "tools/call" or \
+            not isinstance(name, str) or not name.startswith(AGENTS_PREFIX):
+        return None
+    return {**params, "name": name[len(AGENTS_PREFIX):]}
 
 
 def caller_of(ident: GatewayCaller) -> Caller:
