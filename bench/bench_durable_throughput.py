@@ -7,6 +7,8 @@ beside DBOS (SQLite), Temporal's dev server and Restate, in one run on this mach
     .venv/bin/python -m bench.bench_durable_throughput --only corral,dbos-pg
     .venv/bin/python -m bench.bench_durable_throughput --only corral --what runs \
         --vs TREE --chunks 8 --runs-window 5  # paired against another checkout's daemon
+    .venv/bin/python -m bench.bench_durable_throughput --pycount 1000 [--vs TREE]
+        # the bytecodes a run on the daemon's loop (bench_a2a's --pycount's way)
 
 Each engine as bench_durable_peers sets it up (its quick start, a durable store), driven
 by CONC clients at once for WINDOW seconds, each starting its next as its last ends:
@@ -45,6 +47,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import threading
 import time
@@ -53,7 +56,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .bench_a2a import launcher_of
+from .bench_a2a import PYCOUNT_SITE, _appears, launcher_of
 from .bench_cluster import Client
 from .harness import PY, ROOT, CorralDaemon, report, workdir
 from .peers.servers import Missing, Postgres, Restate, Temporal
@@ -372,6 +375,47 @@ def paired(out: dict[str, Any]) -> dict[str, Any]:
     return pairs
 
 
+def pycount(tree: Path | None, total: int, conc: int) -> dict[str, Any]:
+    """The bytecode instructions the daemon's main thread runs a workflow run of one step
+    (`normal`), over `total` runs at `conc` clients, warmed first (bench_a2a's --pycount:
+    what the load does not change; a daemon of its own, this tree's or `tree`'s)."""
+    d = workdir("runs-pycount")
+    counts = d / "counts"
+    daemon = CorralDaemon(d, corral_config(), extra='journal_sync = "normal"\ndrain_timeout = 0',
+                          launcher=["env", f"PYTHONPATH={PYCOUNT_SITE}:{tree or ROOT}",
+                                    f"CORRAL_PYCOUNT={counts}", "CORRAL_PYCOUNT_MODE=ops",
+                                    *(launcher_of(tree or ROOT) or [])])
+    daemon.start()
+    assert daemon.proc is not None
+    clients = Clients(daemon.sock)
+
+    def runs(n: int) -> None:
+        def one(i: int) -> None:
+            res = clients.call("workflows.run", {"name": "one", "input": i, "wait": 600})
+            assert res["status"] == "succeeded", res.get("error")
+        lanes = [threading.Thread(target=lambda k=k: [one(i) for i in range(k, n, conc)])
+                 for k in range(conc)]
+        for t in lanes:
+            t.start()
+        for t in lanes:
+            t.join()
+
+    try:
+        runs(300)
+        os.kill(daemon.proc.pid, signal.SIGRTMIN + 5)
+        _appears(Path(f"{counts}.on"))
+        runs(total)
+        os.kill(daemon.proc.pid, signal.SIGRTMIN + 6)
+        _appears(counts)
+        ops = sum(int(line.split("\t")[0]) for line in counts.read_text().splitlines()
+                  if line.split("\t")[1] == "py")
+    finally:
+        clients.close()
+        daemon.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    return {"runs": total, "ops": round(ops / total, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--window", type=float, default=60.0)
@@ -385,7 +429,15 @@ def main() -> None:
                     "chunk by chunk (with --only corral)")
     ap.add_argument("--chunks", type=int, default=1,
                     help="windows an engine is measured in, alternated with the others'")
+    ap.add_argument("--pycount", type=int, default=0, metavar="N",
+                    help="only the bytecodes a run on the daemon's loop, over N runs (with "
+                    "--vs: that tree's too)")
     args = ap.parse_args()
+    if args.pycount:
+        trees = {"corral": None} | ({} if args.vs is None else {"before": args.vs.resolve()})
+        print(json.dumps({name: pycount(tree, args.pycount, args.conc)
+                          for name, tree in trees.items()}))
+        return
     out = asyncio.run(measure(args))
     report("durable_throughput", out)
     print(json.dumps({"skipped": out["skipped"]}))
