@@ -463,6 +463,10 @@ def test_a_run_under_way_when_the_primary_dies_finishes_with_each_step_once(
             for key, task_ids in marked.items():
                 step, item = ("each", int(key[4:])) if key.startswith("each") else (key, None)
                 assert task_ids == {rows[(step, item)]}, (key, task_ids)
+            # and its work done once: a task run again under its own id (a claim the
+            # promoted replica lacked, claimed again there) leaves a second mark
+            assert len(list(marks.iterdir())) == len(marked), sorted(
+                f.name for f in marks.iterdir())
             listed = a.nodes()["nodes"]
             assert {(x["node"], x["alive"], x["incarnation"]) for x in listed} == {
                 ("a", True, 1), ("b", True, 1)}
