@@ -50,3 +50,27 @@ def test_a_token_made_again_under_a_revoked_ones_name_gets_a_per_agent_server_of
         found = gateway("", "mine__search", {"word": "first"}, url, second)
         # (no note found: no content; the first token's instance answered "kept")
         assert found == {"text": None, "isError": False}, found
+
+
+@pytest.mark.deadline(240)
+def test_an_agent_made_again_under_a_removed_ones_name_gets_a_per_agent_server_of_its_own(
+        ) -> None:
+    """A replica's instance is its label's (`AGENT#N`), and was kept for the server's
+    life: an agent removed and another made under its name (by another tenant, where the
+    server is shared) was given the first one's, and read what it had left there. Now a
+    removed agent's instances are stopped and forgotten with it (decision 1809)."""
+    table = {"command": [PY, str(EXAMPLES / "misbehave.py")], "env": {
+        "PYTHONPATH": str(EXAMPLES.parent)}, "tools": ["mine__*"]}
+    with running_daemon(shared_tmpdir(), "", SERVER) as d:
+        def run(tool: str, arguments: dict[str, str]) -> object:
+            done = d.ask("tasks.run", {"agent": "scribe", "input": {
+                "do": "tools", "tool": tool, "arguments": arguments}})
+            assert done["status"] == "succeeded", done
+            return done["output"][0]["structuredContent"]
+
+        d.ask("agents.add", {"agents": {"scribe": table}})
+        assert run("mine__add", {"title": "kept", "text": "the first agent's"}) == {
+            "result": "stored kept"}
+        d.ask("agents.remove", {"names": ["scribe"]})
+        d.ask("agents.add", {"agents": {"scribe": table}})
+        assert run("mine__search", {"word": "first"}) == {"result": []}

@@ -56,7 +56,7 @@ from .replica import Replica
 from .replicastates import ReplicaStates
 from .startstop import stop_all
 from .stats import HeartbeatWork, Stats
-from .stream import Stream, Subscription
+from .stream import Roster, Stream, Subscription
 from .tasks import KEEP_FINISHED, KEEP_FINISHED_BYTES, Queue, TaskJournal, TaskManager, WaitClock
 from .tasks.call import Call
 from .tasks.interceptors import Interceptors, TaskInterceptor, ToolPorts
@@ -153,6 +153,7 @@ class Supervisor:
         self.answers_read = self.tasks.dispatch.answers_read
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.stream.subscribe(self._refused, BoundaryRefused)
+        self.stream.subscribe(self._roster, Roster)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
         self.elastic = Elastic(registry, self.tasks, self.stream, self.tenancy, self.tuning)
         self.wake = self.elastic.wake
@@ -216,6 +217,11 @@ class Supervisor:
             self._heartbeat = None
         await self.containment.close()
         self.notify_dir.close()
+
+    def _roster(self, e: Roster) -> None:
+        """An agent removed: its per-agent tool servers' instances go with it (decision 1809)."""
+        if e.agent not in self.agents:
+            self.mcp.forget_agent(e.agent)
 
     # -- the API (README "Python API"; the parts hold the rest) ---------------------------
     def add(self, spec: AgentSpec, *, start: bool | None = None) -> Agent:

@@ -5,6 +5,7 @@ every list change on the stream."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable
 from typing import Any
@@ -15,6 +16,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pins import Pins
 from ..mcp.pool import McpPool
+from ..timeouts import kept
 from .config import ConfigError, McpServerSpec
 from .errors import SupervisorError
 from .lifecycle import SERVING, State
@@ -34,6 +36,7 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
         self.waits = waits
         self.stream = stream
         self.on_change = self._list_changed
+        self._leaving: set[asyncio.Task[None]] = set()  # removed agents' instances, stopping
 
     async def remove(self, name: str) -> None:
         """The server and its instances gone, and what the daemon held for their egress
@@ -43,6 +46,24 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
         await super().remove(name)
         for inst in gone:
             self.host.egress_doors.forget(inst.door_key)
+
+    def forget_agent(self, agent: str) -> None:
+        """A removed agent's replicas' per-agent instances (owned by their labels, AGENT#N)
+        stopped and forgotten: an agent made later under its name, another tenant's too,
+        is given instances of its own, not what the first left in them (DESIGN 20;
+        decision 1809), and none is kept for the server's life."""
+        for entry in self.servers.values():
+            for owner in [o for o in entry.per_agent if o.startswith(f"{agent}#")]:
+                kept(self._leaving, asyncio.ensure_future(self._stopped(
+                    entry.per_agent.pop(owner))))
+
+    async def _stopped(self, inst: McpServerReplica) -> None:
+        await inst.stop("its agent removed")
+        self.host.egress_doors.forget(inst.door_key)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._leaving)
+        await super().close()
 
     def add_server(self, spec: McpServerSpec) -> None:
         problem = name_problem(spec.name, server=True)
