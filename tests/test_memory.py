@@ -1,7 +1,7 @@
 """Finished tasks' payloads go back to the system (memory.py): after enough bytes are let
 go, the heap is trimmed once, a moment later, and not before. SQLite's pages come from a
 fixed slab, not from malloc, in a process that asked before its first connection. The
-daemon's threads share one glibc arena."""
+daemon's threads share one glibc arena, and its latency windows hold a double a value."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from corral.percentile import Window
 from corral.supervisor import Supervisor, memory
 from corral.supervisor.memory import SLAB_SLOTS, TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
 
@@ -150,3 +151,17 @@ def test_the_operators_own_arena_bound_is_kept() -> None:
     said = _arena_probe("bound", GLIBC_TUNABLES="glibc.malloc.arena_max=3")
     assert said == {"done": False, "heaps": 3}
 
+
+def test_a_latency_window_keeps_its_latest_values_oldest_first_in_a_double_each() -> None:
+    w = Window(3)
+    w.extend([0.1, 0.2])
+    assert list(w) == [0.1, 0.2] and len(w) == 2
+    w.extend([0.3, 0.4, 0.5])  # past its size: the oldest make room
+    assert list(w) == [0.3, 0.4, 0.5] and len(w) == 3
+    w.append(0.6)
+    assert list(w) == [0.4, 0.5, 0.6] and sorted(w) == [0.4, 0.5, 0.6]
+    # its values in one array, not a float object each
+    assert w.values.itemsize == 8 and len(w.values) == 3
+    w.clear()
+    w.append(0.7)
+    assert list(w) == [0.7]

@@ -3,14 +3,13 @@ and its calls in flight and rate (Limiter), as GatewayService keeps them per cli
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..percentile import percentile_ms
+from ..percentile import Window, percentile_ms
 from ..ratelimit import TokenBucket
 from ..text import plural
 from .caller import GatewayCaller
@@ -27,8 +26,7 @@ class CallCounter(msgspec.Struct):
 
     calls: int = 0
     errors: int = 0
-    latencies: deque[float] = msgspec.field(
-        default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    latencies: Window = msgspec.field(default_factory=lambda: Window(LATENCY_SAMPLES))
     attributed: int = 0  # a replica's calls made as a task's step, and as none's
     unattributed: int = 0
     waited: int = 0  # calls that waited for a person, and how long in all

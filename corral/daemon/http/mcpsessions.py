@@ -6,6 +6,7 @@ request, for the newest KEEP_EVICTED.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -67,8 +68,9 @@ class SessionTable(dict[str, S]):
                                f"call in flight or a stream open): {key} {bound}; end one "
                                "(DELETE) or try again later")
         _, sid = min(idle)
-        self._evicted[sid] = (f"session evicted: {who} was at {key} {bound} and it was the "
-                              "least recently used idle one: initialize again")
+        # one copy of each reason, however many of the ids kept it is told to
+        self._evicted[sid] = sys.intern(f"session evicted: {who} was at {key} {bound} and it "
+                                        "was the least recently used idle one: initialize again")
         while len(self._evicted) > KEEP_EVICTED:
             self._evicted.popitem(last=False)
         self.evictions += 1

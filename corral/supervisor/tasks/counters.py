@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 
-from ...percentile import percentile_ms
+from ...percentile import Window, percentile_ms
 from ...ratelimit import TokenBucket
 from .taskmachine import TERMINAL
 
@@ -29,7 +28,7 @@ class AgentTasks:
     def __init__(self, per_minute: float) -> None:
         self.bucket = TokenBucket(per_minute) if per_minute else None
         self.counts = dict.fromkeys(COUNTED, 0)
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.latencies = Window(LATENCY_WINDOW)
         self.running = 0
 
     def stats(self, depth: int) -> dict[str, Any]:
