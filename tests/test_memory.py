@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from corral.daemon.logfiles import LogPlace, RotatingFile, Rotation
+from corral.daemon.steplog import StepLog
 from corral.percentile import Window
 from corral.supervisor import Supervisor, memory
 from corral.supervisor.memory import SLAB_SLOTS, TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
+from corral.supervisor.tasks.stepjournal import Step
 
 from .conftest import ROOT, agent
 from .test_gateway_stdio import wait_until_async
@@ -165,3 +168,31 @@ def test_a_latency_window_keeps_its_latest_values_oldest_first_in_a_double_each(
     w.clear()
     w.append(0.7)
     assert list(w) == [0.7]
+
+
+def test_the_step_logs_batches_and_a_logs_rotations_intern_no_string(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    # pathlib interns each part of a path it parses: a name made again and again, in a
+    # Path, churns the interpreter's table of interned strings, which the churn doubles
+    interned: list[str] = []
+    real = sys.intern
+
+    def counted(text: str) -> str:
+        interned.append(text)
+        return real(text)
+
+    log = StepLog(tmp_path / "step-log")
+    rotating = RotatingFile(LogPlace(tmp_path / "agent.log", Rotation(10, 2, 0.0, True)))
+    monkeypatch.setattr(sys, "intern", counted)
+    for seq in range(1, 4):
+        assert log.append(Step("t1", seq, "tool", 1, b"", None))
+        assert log.rotate() is not None  # a batch's file closed; the next one begins
+        rotating.write(b"a" * 10)  # past its size: rotated, its copy gzipped on a thread
+    rotating.close()
+    assert interned == []
+    _ = tmp_path / "made"  # (what a Path does: the count can fail)
+    monkeypatch.undo()
+    assert interned == ["made"]
+    assert sorted(os.listdir(tmp_path)) == ["agent.log", "agent.log.1.gz", "agent.log.2.gz",
+                                            "step-log"]
+    assert len(os.listdir(log.dir)) == 3

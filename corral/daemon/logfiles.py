@@ -46,7 +46,7 @@ def _open_log(path: Path) -> int:
     return _own_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 
-def _own_file(path: Path, flags: int) -> int:
+def _own_file(path: Path | str, flags: int) -> int:
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
     except OSError as exc:
@@ -60,29 +60,33 @@ def _own_file(path: Path, flags: int) -> int:
     return fd
 
 
-def copy_name(path: Path, n: int, compressed: bool) -> Path:
-    return path.with_name(f"{path.name}.{n}{GZ if compressed else ''}")
+def copy_name(path: Path, n: int, compressed: bool) -> str:
+    # a str, not a Path: pathlib interns each part of a path it parses, and the copies'
+    # names, made again at every rotation, would churn the interpreter's table of
+    # interned strings (steplog.py)
+    return f"{path}.{n}{GZ if compressed else ''}"
 
 
-def compress(plain: Path) -> None:
+def compress(plain: str) -> None:
     """`plain` as `plain.gz`, written aside and renamed into place (or left, on failure)."""
-    done = plain.with_name(plain.name + GZ)
-    part = plain.with_name(plain.name + GZ + ".part")
+    done = plain + GZ
+    part = done + ".part"
     try:
         # the directory may be a tenant's user's: what is in these places is theirs to
         # put, so neither is followed (root would gzip the file a link names into the
         # tenant's directory, or write over it)
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
         with os.fdopen(_own_file(plain, os.O_RDONLY), "rb") as src, \
                 os.fdopen(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                   | os.O_CLOEXEC, 0o640), "wb") as raw, \
                 gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst, 1024 * 1024)
-        part.replace(done)
-        plain.unlink()
+        os.replace(part, done)
+        os.unlink(plain)
     except OSError:
         with contextlib.suppress(OSError):
-            part.unlink()
+            os.unlink(part)
 
 
 class RotatingFile:
@@ -134,14 +138,14 @@ class RotatingFile:
             for i in range(backups, 0, -1):
                 for packed in (False, True):  # copies made before compress was set too
                     src = copy_name(self.path, i, packed)
-                    if not src.exists():
+                    if not os.path.exists(src):
                         continue
                     if i == backups:
-                        src.unlink()
+                        os.unlink(src)
                     else:
-                        src.replace(copy_name(self.path, i + 1, packed))
+                        os.replace(src, copy_name(self.path, i + 1, packed))
             first = copy_name(self.path, 1, False)
-            self.path.replace(first)
+            os.replace(self.path, first)
             if gz:
                 self._compressing = threading.Thread(
                     target=compress, args=(first,), name="log-compress", daemon=True)

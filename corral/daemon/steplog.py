@@ -41,7 +41,7 @@ class StepLog:
         self.dir = directory
         self._next = time.time_ns()  # file names sort in the order they were begun
         self._fd = -1
-        self.path: Path | None = None
+        self.path: str | None = None
         self.size = 0
 
     def append(self, step: Step) -> bool:
@@ -66,11 +66,14 @@ class StepLog:
     def _open(self) -> None:
         make_dir(self.dir)
         self._next += 1
-        path = self.dir / f"{self._next:020d}.log"
+        # a str, not a Path: pathlib interns each part of a path it parses, and a new
+        # name each batch churns the interpreter's table of interned strings, which that
+        # churn doubles (and where interned strings are immortal, keeps each for good)
+        path = os.path.join(self.dir, f"{self._next:020d}.log")
         self._fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self.path, self.size = path, 0
 
-    def rotate(self) -> Path | None:
+    def rotate(self) -> str | None:
         """Close the current file (its records are a batch now); the next record begins
         another. The closed file's path, or None if none was open."""
         path = self.path

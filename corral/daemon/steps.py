@@ -42,7 +42,7 @@ class _Drop(NamedTuple):
 class _Retire(NamedTuple):
     """A log file whose records are in the same transaction: removed once it commits."""
 
-    path: Path
+    path: str
 
 
 _Op = Step | _Drop | _Retire
@@ -155,7 +155,8 @@ class StepsDB:
                 # its records are committed: the file goes before anything later is (read
                 # back after a kill in between, it writes the same rows again)
                 db.execute("COMMIT")
-                op.path.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(op.path)
                 db.execute("BEGIN")
                 continue
             if isinstance(op, _Drop):
