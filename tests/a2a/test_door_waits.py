@@ -14,11 +14,13 @@ from typing import Any, cast
 
 import msgspec
 
+from corral.askviews import Ask
 from corral.daemon.a2a import mapping as mp
-from corral.daemon.a2a.door import RECHECK, A2aDoor
+from corral.daemon.a2a.door import RECHECK, A2aDoor, _AskWatch
 from corral.daemon.api import Dispatcher
 from corral.daemon.caller import Caller
 from corral.supervisor.stream import Stream
+from corral.supervisor.tasks.askwaits import AskEnded
 from corral.taskviews import TaskInfo
 
 TASK = "01a2247e-e6f4-7220-8f43-0c9d06f724ce"
@@ -90,3 +92,21 @@ async def test_a_blocking_send_says_input_required_though_a_wait_lost_its_cancel
     assert (dispatcher.looks, dispatcher.lost) == (2, 1)
     # every wait for the end it began has ended, the one that lost a cancellation too
     assert left == set()
+
+
+def test_messages_listening_at_once_each_hear_the_asks_and_none_is_left_listening() -> None:
+    """The asks heard while a blocking message's submission is answered: each message's
+    set is its own. Taken back by equality (`list.remove`), the later message's answer,
+    coming first, took the earlier one's empty set in its place: the earlier heard no ask
+    after it (its task's question then unseen), and its own took back raised ValueError
+    (its SendMessage failed), while the set left stayed listening for good, gathering
+    every asked task's id (review's attacker's pass)."""
+    stream = Stream()
+    watch = _AskWatch(stream)
+    earlier, later = watch.listen(), watch.listen()
+    watch.unlisten(later)  # (its submission answered first)
+    stream.emit(AskEnded(msgspec.convert(ASK, Ask)))
+    assert (earlier, later) == ({TASK}, set())
+    watch.unlisten(earlier)
+    stream.emit(AskEnded(msgspec.convert({**ASK, "task_id": "another"}, Ask)))
+    assert (earlier, later) == ({TASK}, set())

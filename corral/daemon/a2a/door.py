@@ -132,7 +132,8 @@ class _AskWatch:
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self._waits: dict[str, list[asyncio.Future[None]]] = {}
-        self._heard: list[set[str]] = []
+        # each listening message's own set, by its identity (two empty sets are equal)
+        self._heard: dict[int, set[str]] = {}
         self._sub = stream.subscribe(self._told, AskEnded)
 
     def _told(self, e: AskEnded) -> None:
@@ -140,18 +141,18 @@ class _AskWatch:
         for asked in self._waits.get(task_id, ()):
             if not asked.done():
                 asked.set_result(None)
-        for heard in self._heard:
+        for heard in self._heard.values():
             heard.add(task_id)
 
     def listen(self) -> set[str]:
         """The ids of the tasks asked about from now, until `unlisten` (in a try's finally,
         not a generator's context manager: it is entered at every message)."""
         heard: set[str] = set()
-        self._heard.append(heard)
+        self._heard[id(heard)] = heard
         return heard
 
     def unlisten(self, heard: set[str]) -> None:
-        self._heard.remove(heard)
+        del self._heard[id(heard)]
 
     def next(self, task_id: str) -> asyncio.Future[None]:
         """Done at the task's next ask made or ended; `drop` it once waited for."""
