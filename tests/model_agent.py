@@ -13,28 +13,46 @@ Its output:
 each answer's text, or the error a call raised (its status and message), and what its
 environment held."""
 
+import contextlib
+import gc
 import os
 import signal
 
 from corral.worker import run
 
 
+@contextlib.contextmanager
+def collector_off():
+    """A library's import and its client's making, with the collector off: what they make
+    lives as long as the agent, and the passes among it find nothing (bench/RESULTS.md,
+    the suite)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def one(api, model, text, stream, query, extra=None):
     # each library imported by the first call of its format (the worker answers initialize
     # first), and only the one the call uses: either import is seconds of CPU
     if api == "messages":
-        import anthropic
+        with collector_off():
+            import anthropic
 
-        client = anthropic.Anthropic(max_retries=0, default_query=query)
+            client = anthropic.Anthropic(max_retries=0, default_query=query)
         args = {"model": model, "max_tokens": 64,
                 "messages": [{"role": "user", "content": text}]}
         if not stream:
             return client.messages.create(**args).content[0].text
         with client.messages.stream(**args) as s:
             return "".join(s.text_stream)
-    import openai
+    with collector_off():
+        import openai
 
-    client = openai.OpenAI(max_retries=0, default_query=query)
+        client = openai.OpenAI(max_retries=0, default_query=query)
     if api == "responses":
         if not stream:
             return client.responses.create(model=model, input=text).output_text

@@ -2,8 +2,17 @@
 reference server's tools, resources and prompts), on the official SDK (mcp 2.x), over
 stdio: behind corral's gateway and seen as itself at /mcp/NAME, the suite's fixture
 scenarios run through the gateway (tests/test_gateway_conformance.py)."""
+# ruff: noqa: E402 (the collector is turned off before the SDK's imports, below)
 
 from __future__ import annotations
+
+import gc
+
+# what the SDK's imports make lives as long as the server, and the collector's passes
+# among it while importing find nothing: off until the imports are done, then frozen
+# (bench/RESULTS.md, the suite: a third of a start's CPU)
+collecting = gc.isenabled()
+gc.disable()
 
 import asyncio
 import base64
@@ -36,6 +45,10 @@ from mcp.types import (
     ToolExecution,
 )
 from pydantic import BaseModel
+
+gc.freeze()
+if collecting:
+    gc.enable()
 
 # the tasks extension's fixtures (conformance 0.2.0-alpha.12's tasks-* scenarios) that say
 # they run as tasks: the gateway holds their calls as its tasks (corral/daemon/mcptasks.py)
