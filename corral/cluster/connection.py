@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import (
+    AbstractConnection,
     BlockingConnectionPool,
     Connection,
     SSLConnection,
@@ -40,7 +41,7 @@ from ..supervisor.config import ClusterSettings
 T = TypeVar("T")
 
 
-class _PackedByHiredis:
+class _PackedByHiredis(AbstractConnection):
     """Commands packed by hiredis, in C, not by redis-py's asyncio connection in Python
     (which does so only for its synchronous one): that packing was the largest part of a
     node's CPU per cluster task (its script calls carry a dozen arguments)."""
@@ -49,6 +50,20 @@ class _PackedByHiredis:
         if isinstance(args[0], str):  # "SCRIPT LOAD": a command of two words
             args = (*args[0].encode().split(), *args[1:])
         return [hiredis.pack_command(args)]
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """A connection closed under the command before its write (Redis gone while the
+        pool handed it out) is a lost connection, as an OS error at the write is to
+        redis-py: uvloop's transport refuses the write with a RuntimeError, which reached
+        the caller as an internal error. No byte was written: the caller's path for Redis
+        not answering applies (decision 1801)."""
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            if "closed" not in str(exc):
+                raise
+            raise RedisConnectionError(f"Error while writing to {self._host_error()}: "
+                                       f"the connection was closed") from exc
 
 
 # each kind of connection redis-py makes (tcp, TLS, unix; of a Sentinels' primary), packed

@@ -1,16 +1,17 @@
 """A TCP proxy the test controls, between one node and Redis: `cut()` drops every
 connection through it and refuses new ones (a node cut off from Redis while the others
-still reach it); `restore()` lets connections through again; `watch()` tells when the
-node sends a command (what it does, seen on the wire: no hook in the node for the test);
-`hold()` keeps Redis's answers to the node back for a while after it sends a command (a
-command that ran, its answer late, as on a loaded host). Between a primary and its replica,
-`stall()` stops the replication stream at a given write: the primary took it and what
-follows, the replica never has them."""
+still reach it), `reset()` with a reset (RST) rather than a close; `restore()` lets
+connections through again; `watch()` tells when the node sends a command (what it does,
+seen on the wire: no hook in the node for the test); `hold()` keeps Redis's answers to the
+node back for a while after it sends a command (a command that ran, its answer late, as on
+a loaded host). Between a primary and its replica, `stall()` stops the replication stream
+at a given write: the primary took it and what follows, the replica never has them."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 
@@ -25,6 +26,7 @@ class Proxy:
         self.port = self.listener.getsockname()[1]
         self.cut_off = threading.Event()
         self.closed = threading.Event()
+        self.resetting = threading.Event()
         self.lock = threading.Lock()
         self.open: list[socket.socket] = []
         self.watches: list[tuple[tuple[bytes, ...], threading.Event]] = []
@@ -109,7 +111,10 @@ class Proxy:
                 dst.sendall(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+                if self.resetting.is_set():
+                    s.close()
+                else:
+                    s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
         self.cut_off.set()
@@ -120,8 +125,23 @@ class Proxy:
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
+    def reset(self) -> None:
+        """`cut()`, each connection reset (RST) rather than closed: as the kernel ends a
+        killed Redis's connections whose bytes it had yet to read."""
+        self.cut_off.set()
+        self.resetting.set()
+        with self.lock:
+            conns, self.open = self.open, []
+        # each socket's pump woken by a shutdown of its reading end alone (which sends
+        # nothing; a close would wait for its blocked recv), and its close then a reset
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RD)
+
     def restore(self) -> None:
         self.cut_off.clear()
+        self.resetting.clear()
 
     def close(self) -> None:
         self.closed.set()

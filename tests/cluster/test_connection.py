@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from corral.cluster.connection import connect
 from corral.supervisor.config import ClusterSettings
 
 from ..redis_harness import RedisServer
+from .proxy import Proxy
 from .test_failover import MASTER, Sentinel
 
 # a Lua write, as the node's scripts are: its count says how many times it ran
@@ -59,3 +61,33 @@ async def test_a_write_after_redis_restarts_runs_once_on_a_connection_made_anew(
             assert [await bump(keys=["n"]) for _ in range(3)] == [4, 5, 6]
         finally:
             await client.aclose()
+
+
+async def test_a_command_on_a_connection_reset_under_it_is_a_lost_connection(
+        redis: RedisServer) -> None:
+    """A connection Redis reset after the pool handed it out and before the command's
+    write (the window of a loaded loop: the q-run's failover under load) is a lost
+    connection, redis-py's ConnectionError that the node's callers answer as Redis not
+    answering: uvloop's transport refuses the write with a RuntimeError ("the handler is
+    closed"), which reached a submitter as an internal error. Nothing was written."""
+    proxy = Proxy(redis.port)
+    client = connect(ClusterSettings(redis=proxy.url, name="t", node="n"), "n")
+    try:
+        bump = client.register_script(BUMP)
+        assert await bump(keys=["n"]) == 1
+        conn = await client.connection_pool.get_connection()
+        try:
+            proxy.reset()
+            with pytest.raises(ConnectionResetError):
+                await conn._writer.wait_closed()  # the transport closed by the reset
+            with pytest.raises(RedisConnectionError) as lost:
+                await conn.send_command("EVALSHA", bump.sha, 1, "n")
+            assert str(lost.value) == \
+                f"Error while writing to 127.0.0.1:{proxy.port}: the connection was closed"
+        finally:
+            await client.connection_pool.release(conn)
+        proxy.restore()
+        assert await bump(keys=["n"]) == 2  # the write refused never reached Redis
+    finally:
+        await client.aclose()
+        proxy.close()
