@@ -44,7 +44,27 @@ T = TypeVar("T")
 class _PackedByHiredis(AbstractConnection):
     """Commands packed by hiredis, in C, not by redis-py's asyncio connection in Python
     (which does so only for its synchronous one): that packing was the largest part of a
-    node's CPU per cluster task (its script calls carry a dozen arguments)."""
+    node's CPU per cluster task (its script calls carry a dozen arguments). Each
+    connection loads its client's scripts as it is made (`_Loading`)."""
+
+    def __init__(self, *, scripts: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scripts = {} if scripts is None else scripts
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        """A Redis without the scripts (new, restarted, or a replica just promoted:
+        scripts are not replicated) has them all before the connection's first command:
+        a batch's call answered NOSCRIPT is run again after the calls behind it, which
+        ran, and a call that reads what it wrote (a step's submit after the end of the
+        step before it) saw it not yet written (decision 1802)."""
+        await super().on_connect_check_health(check_health)
+        loads = list(self.scripts.values())
+        if loads:
+            await self.send_packed_command(
+                [self.pack_command("SCRIPT LOAD", src)[0] for src in loads],
+                check_health=False)
+            for _ in loads:
+                await self.read_response()
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str):  # "SCRIPT LOAD": a command of two words
@@ -71,6 +91,15 @@ _PACKED: dict[type, type] = {
     kind: type(f"Packed{kind.__name__}", (_PackedByHiredis, kind), {})
     for kind in (Connection, SSLConnection, UnixDomainSocketConnection,
                  SentinelManagedConnection, SentinelManagedSSLConnection)}
+
+
+class _Loading(Redis):
+    """A client whose scripts each of its connections loads as it is made."""
+
+    def register_script(self, script: Any) -> Any:
+        made = super().register_script(script)
+        self.connection_pool.connection_kwargs["scripts"][made.sha] = made.script
+        return made
 
 
 # A node's connections to Redis at most: what is in Redis at once beyond them (a wide
@@ -100,10 +129,11 @@ def connect(settings: ClusterSettings, node: str, pool: int = POOL) -> Any:
         "maint_notifications_config": MaintNotificationsConfig(enabled=False),
         "decode_responses": False, "retry": Retry(NoBackoff(), 0),
         "socket_timeout": most, "socket_connect_timeout": settings.beat,
-        "client_name": f"corral:{node}", "max_connections": pool, "timeout": most}
+        "client_name": f"corral:{node}", "max_connections": pool, "timeout": most,
+        "scripts": {}}
     client = (_primary_of(settings, options) if settings.sentinels
-              else Redis.from_pool(BlockingConnectionPool.from_url(settings.redis,
-                                                                   **options)))
+              else _Loading.from_pool(BlockingConnectionPool.from_url(settings.redis,
+                                                                      **options)))
     # the URL chose the kind of connection (tcp, TLS, unix); its packing is hiredis's
     made = client.connection_pool
     made.connection_class = _PACKED.get(made.connection_class, made.connection_class)
@@ -122,7 +152,7 @@ def _primary_of(settings: ClusterSettings, options: dict[str, Any]) -> Any:
         "socket_timeout": settings.beat, "socket_connect_timeout": settings.beat})
     assert settings.sentinel_master is not None  # (ClusterSettings.check)
     return asked.master_for(settings.sentinel_master, connection_pool_class=_SentinelPool,
-                            **url, **options, ssl=tls)
+                            redis_class=_Loading, **url, **options, ssl=tls)
 
 
 def place(settings: ClusterSettings) -> str:

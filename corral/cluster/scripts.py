@@ -800,7 +800,8 @@ class Scripts:
         """Many script calls in one round trip, each answer or its error in order (with
         `acks`, confirmed by them). Not redis-py's piped scripts, which ask SCRIPT EXISTS
         first (a round trip more): a call answered NOSCRIPT did nothing, and goes again
-        once loaded."""
+        once loaded, after those behind it, which ran (each connection loads the client's
+        scripts as it is made, decision 1802: that is a SCRIPT FLUSH on a live one)."""
         answers = await self._pipe(calls, acks)
         results = answers[:len(calls)]
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]

@@ -13,6 +13,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from corral.cluster.connection import connect
+from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 
 from ..redis_harness import RedisServer
@@ -91,3 +92,30 @@ async def test_a_command_on_a_connection_reset_under_it_is_a_lost_connection(
     finally:
         await client.aclose()
         proxy.close()
+
+
+# a write, and a read of what it wrote: its answer says whether the write ran before it
+PUSH = b"return redis.call('RPUSH', KEYS[1], ARGV[1])"
+SEEN = b"return redis.call('LRANGE', KEYS[1], 0, -1)"
+
+
+async def test_a_batch_on_a_redis_without_the_scripts_runs_its_calls_in_order(
+        redis: RedisServer) -> None:
+    """A Redis without the scripts (new, restarted, a replica just promoted) has every
+    script of the client loaded by each connection as it is made: a batch's call answered
+    NOSCRIPT ran again after the calls behind it, which had run, so a step's submit saw
+    the end of the step before it not yet written and refused it (a false "another node
+    took it over" in a run, a beat lost)."""
+    client = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
+    try:
+        push, seen = client.register_script(PUSH), client.register_script(SEEN)
+        scripts = Scripts(client)
+        for key in ("new", "restarted"):
+            if key == "restarted":
+                await asyncio.to_thread(redis.restart)
+            # (the read alone first: on the tree before, it loaded its script alone)
+            assert await scripts.run([(seen, [key], [])]) == [[]]
+            assert await scripts.run([(push, [key], [b"a"]), (seen, [key], [])]) \
+                == [1, [b"a"]]
+    finally:
+        await client.aclose()
