@@ -191,8 +191,14 @@ class Puller:
             # confirmed by the replicas (the marker's write and WAIT) before any starts, as
             # a claim at submission is: a task no replica holds, run here, would run again
             # under a new id once a promoted replica's run submitted its step anew. Not
-            # confirmed: none starts, each an orphan for the reaper (decision 1800)
-            await self.scripts.acknowledged([])
+            # confirmed: none starts, each an orphan for the reaper (decision 1800). Counted
+            # as claims under way meanwhile, or a claim at submission took their slots too
+            # (decision 1803)
+            self.queue.claims(name, len(claims))
+            try:
+                await self.scripts.acknowledged([])
+            finally:
+                self.queue.claims_ended(name, len(claims))
         for i, *claim in claims:
             self.take(name, consumer, streams[i], claim)
         return list(lasts) if read < want and not held else None

@@ -58,7 +58,8 @@ class ClusterQueue(LocalQueue):
     def __init__(self) -> None:
         super().__init__()
         self._wake: dict[str, asyncio.Event] = {}
-        # claims at submission sent and not yet answered, by agent (submitclaim.py)
+        # claims under way, by agent: at submission, sent and not yet answered
+        # (submitclaim.py); a pull's, until the replicas confirm them (puller.py)
         self.claiming: dict[str, int] = {}
 
     # -- for the pullers ----------------------------------------------------------------
@@ -67,6 +68,17 @@ class ClusterQueue(LocalQueue):
         less what already waits here for them or is being claimed."""
         return (free_slots(agent) - self.depth(agent.name)
                 - self.claiming.get(agent.name, 0))
+
+    def claims(self, agent: str, n: int) -> None:
+        """`n` claims of `agent` under way (counted by `wanted`) until `claims_ended`."""
+        self.claiming[agent] = self.claiming.get(agent, 0) + n
+
+    def claims_ended(self, agent: str, n: int) -> None:
+        left = self.claiming[agent] - n
+        if left:
+            self.claiming[agent] = left
+        else:
+            del self.claiming[agent]
 
     def event(self, agent: str) -> asyncio.Event:
         return self._wake.setdefault(agent, asyncio.Event())

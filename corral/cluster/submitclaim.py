@@ -57,7 +57,7 @@ class SubmitClaims(Batcher):
             if left > shares[agent]:
                 out.append((self.riding if riding else self.script, keys, args))
                 continue
-            self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
+            self.queue.claims(agent, 1)
             # (SUBMIT's tenant is its last argument but one)
             self.puller.claims_in(self.puller.keys.claimed(args[-2], agent))
             spec = self.puller.host.agents[agent].spec
@@ -73,14 +73,9 @@ class SubmitClaims(Batcher):
         return script is self.scripts.submit_claim or script is self.claim_riding
 
     def sent(self, planned: list[Call]) -> None:
-        claiming = self.queue.claiming
         for script, _keys, args in planned:
             if self._claims(script):
-                left = claiming[args[1]] - 1
-                if left:
-                    claiming[args[1]] = left
-                else:
-                    del claiming[args[1]]
+                self.queue.claims_ended(args[1], 1)
 
     def answer(self, call: Call, result: Any) -> Any:
         """SUBMIT's answer; a task claimed with it goes to the engine here, unless this

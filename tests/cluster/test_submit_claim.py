@@ -276,6 +276,46 @@ async def test_a_pull_reads_for_the_slots_free_when_it_reads_not_before_its_look
         assert [x["started"] >= first_end for x in by_claim[2:]] == [True, True], done
 
 
+async def test_claims_a_pull_awaits_the_confirmation_of_hold_their_slots_meanwhile(
+        tmp: Path, redis: RedisServer) -> None:
+    """A task submitted while the node's pull awaits its claim's confirmation (the
+    marker's write and WAIT, decision 1800) is not claimed at its submission when the
+    pulled claim takes the agent's one slot: it waits in the stream, for this node's next
+    read or another node's. Fails with the pulled claims counted nowhere across that
+    await: the submission claimed it too, two tasks here for one slot (decision 1803)."""
+    (tmp / "a").mkdir()
+    sock = tmp / "a" / "corral.sock"
+    async with in_process(tmp / "a", sleeper("sleepy"), toml=cluster_table(redis, "a")) as d:
+        puller, claims = d.cluster.puller, d.cluster.submit_claims
+        scripts = puller.scripts
+        confirm = scripts.acknowledged
+        during: list[str] = []
+        wanted: list[int] = []
+
+        async def a_submission_during_the_pulls_confirmation(calls: list[Any]) -> list[Any]:
+            if not calls and not during:  # (the pull's: a submission's has its calls)
+                wanted.append(puller.queue.wanted(puller.host.agents["sleepy"]))
+                during[:] = await asyncio.to_thread(submit_in_one_write, sock, 1, 0.05)
+            return await confirm(calls)
+
+        scripts.acknowledged = a_submission_during_the_pulls_confirmation  # type: ignore[method-assign]
+        # submitted while the node drains (none claimed at submission, none read), then
+        # pulled once it no longer does
+        puller.paused = True
+        first = await asyncio.to_thread(submit_in_one_write, sock, 1, 0.3)
+        puller.paused = False
+        puller.queue.wake("sleepy")
+        pulled = await asyncio.to_thread(ended_task, sock, first[0])
+        assert len(during) == 1  # (submitted before the pulled one started)
+        late = await asyncio.to_thread(ended_task, sock, during[0])
+        assert [x["status"] for x in (pulled, late)] == ["succeeded"] * 2
+        assert (wanted, claims.claimed, puller.claimed) == ([0], 0, 2)
+        assert puller.queue.claiming == {}
+        # the late one ran after the pulled one, in the one slot
+        assert late["attempts"][0]["started"] >= pulled["attempts"][0]["finished"], (
+            pulled, late)
+
+
 def ended_task(sock: Path, task_id: str) -> dict[str, Any]:
     c = Raw(sock)
     try:
