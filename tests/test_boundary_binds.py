@@ -202,13 +202,13 @@ async def test_an_agent_chooses_no_bind_of_its_next_sandbox_by_a_link(tmp_path: 
     home = tmp_path / "home"
     (hostdir / "tool").write_text("#!/bin/sh\ncat secret.txt\n")
     paths = program_paths(str(hostdir / "tool"))
-    assert paths == [hostdir, hostdir]  # a program not in a bin directory: its own
+    assert paths == [str(hostdir)] * 2  # a program not in a bin directory: its own
     link = home / "bin" / "agent"
     own_command(tmp_path, home)
     link.unlink()
     link.symlink_to(hostdir / "tool")
-    assert program_paths(str(link), [str(home)]) == [home, home]
-    assert program_paths(str(link)) == [home, hostdir]
+    assert program_paths(str(link), [str(home)]) == [str(home)] * 2
+    assert program_paths(str(link)) == [str(home), str(hostdir)]
 
 
 def test_a_pyvenv_cfg_where_the_agent_writes_is_never_read(tmp_path: Path) -> None:
@@ -220,11 +220,11 @@ def test_a_pyvenv_cfg_where_the_agent_writes_is_never_read(tmp_path: Path) -> No
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(base / "bin" / "python3")
     (venv / "pyvenv.cfg").write_text(f"home = {base / 'bin'}\n")
-    assert program_paths(str(venv / "bin" / "python")) == [venv, base, base]
-    assert program_paths(str(venv / "bin" / "python"), [str(tmp_path / "home")]) == [venv,
-                                                                                    venv]
+    assert program_paths(str(venv / "bin" / "python")) == [str(venv), str(base), str(base)]
+    assert program_paths(str(venv / "bin" / "python"), [str(tmp_path / "home")]) == [
+        str(venv)] * 2
     assert program_paths(str(venv / "bin" / "python"), [str(tmp_path / "elsewhere")]) == [
-        venv, base, base]
+        str(venv), str(base), str(base)]
 
 
 @pytest.mark.deadline(120)

@@ -507,13 +507,13 @@ def test_what_a_program_needs_is_its_installation_or_its_directory(tmp_path: Pat
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(base / "bin" / "python3")
     (venv / "pyvenv.cfg").write_text(f"home = {base / 'bin'}\n")
-    assert program_paths(str(venv / "bin" / "python")) == [venv, base, base]
+    assert program_paths(str(venv / "bin" / "python")) == [str(venv), str(base), str(base)]
     # a script outside a bin directory: its own directory, not the one holding it (here,
     # every agent's)
     script = tmp_path / "agents" / "x" / "run.sh"
     script.parent.mkdir(parents=True)
     script.touch()
-    assert program_paths(str(script)) == [script.parent, script.parent]
+    assert program_paths(str(script)) == [str(script.parent)] * 2
     # the system's: bound already
     assert program_paths("/usr/bin/env") == []
 

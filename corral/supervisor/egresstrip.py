@@ -20,7 +20,6 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from pathlib import Path
 
 import msgspec
 
@@ -116,7 +115,7 @@ class Trips:
         directory = f"{control}.trip"
         path = os.path.join(directory, label)
         if len(os.fsencode(path)) > PATH_MAX or self.refusals is None or \
-                out_of_reach(Path(control).parent, uid, gid) is not None:
+                out_of_reach(os.path.dirname(control), uid, gid) is not None:
             return {}
         self.forget(label)  # (one made for another user or replica: made again)
         agent = named(label)

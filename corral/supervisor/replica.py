@@ -40,7 +40,7 @@ from .zygote import Key, Zygotes, ZygoteUnavailable, swallow, warm_argv
 
 PROTOCOL_VERSION = "1"
 # corral's package, which a sandboxed agent's worker SDK is imported from
-SDK = Path(__file__).resolve().parent.parent
+SDK = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
 BOUNDARIES = {

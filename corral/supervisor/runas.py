@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import msgspec
 
 from .config import DEFAULT_TENANT, AgentSpec, Limits, ProcessSpec, TenantSpec, passwd_of
 from .dynamicusers import DynamicUsers
 from .process import as_user, resolve_user
-from .sandbox import out_of_reach
+from .sandbox import out_of_reach, plain
 
 
 class RunAs(msgspec.Struct, frozen=True):
@@ -107,19 +106,20 @@ def reach_refusal(spec: AgentSpec, tenant: TenantSpec | None, dynamic: range | N
         uid, gid, who = pw.pw_uid, pw.pw_gid, f"user {run.user}"
     if uid == 0:
         return None
-    cwd = Path(os.path.abspath(spec.cwd or os.getcwd()))
+    cwd = os.path.abspath(spec.cwd or os.getcwd())
     argv = spec.argv()
     program = argv[0] if "/" in argv[0] else shutil.which(
         argv[0], path=spec.env.get("PATH", os.environ.get("PATH", os.defpath)))
     # (path, what it is, the access it needs: a directory passed, a program run, a
     # script read)
-    wanted: list[tuple[Path, str, int]] = [(cwd, "its cwd", os.X_OK)]
+    wanted: list[tuple[str, str, int]] = [(cwd, "its cwd", os.X_OK)]
     if program is not None:
-        named = cwd / program
+        named = plain(os.path.join(cwd, program))
         wanted += [(named, "its command", os.X_OK),
-                   (Path(os.path.realpath(named)), "the program its command is", os.X_OK)]
-    if len(argv) > 1 and not argv[1].startswith("-") and (cwd / argv[1]).is_file():
-        wanted.append((cwd / argv[1], "its script", os.R_OK))
+                   (os.path.realpath(named), "the program its command is", os.X_OK)]
+    script = plain(os.path.join(cwd, argv[1])) if len(argv) > 1 else ""
+    if script and not argv[1].startswith("-") and os.path.isfile(script):
+        wanted.append((script, "its script", os.R_OK))
     for path, what, access in wanted:
         blocked = out_of_reach(path, uid, gid)
         try:

@@ -40,15 +40,17 @@ USERNS_SYSCTLS = (
 )
 
 
-def out_of_reach(path: Path, uid: int, gid: int) -> Path | None:
-    """The first directory on the way to `path` (itself included) that a process of
-    uid/gid (no supplementary groups: how corral starts another user's process) may not
-    pass through; None: every one may be."""
+def out_of_reach(path: str, uid: int, gid: int) -> str | None:
+    """The first directory on the way to `path` (absolute; itself included) that a
+    process of uid/gid (no supplementary groups: how corral starts another user's process)
+    may not pass through; None: every one may be. Each `..` is passed as the kernel does,
+    not folded away. Strings, not pathlib's: it interns every part it parses, and an
+    agent's start would churn the interpreter's table of them."""
     if uid == 0:
         return None
-    here = Path("/")
-    for part in path.parts[1:]:
-        here = here / part
+    here = ""
+    for part in plain(path).split("/")[1:]:
+        here = f"{here}/{part}"
         try:
             st = os.stat(here)
         except OSError:
@@ -58,6 +60,13 @@ def out_of_reach(path: Path, uid: int, gid: int) -> Path | None:
         if stat.S_ISDIR(st.st_mode) and not st.st_mode & bit:
             return here
     return None
+
+
+def plain(path: str) -> str:
+    """`path` as pathlib shows it: no empty nor `.` parts; each `..` kept (the kernel
+    passes through the directory before it)."""
+    parts = "/".join(part for part in path.split("/") if part not in ("", "."))
+    return f"/{parts}" if path.startswith("/") else parts or "."
 
 
 def userns_forbidden(sysctl: Path = Path("/proc/sys")) -> str | None:
@@ -138,44 +147,51 @@ def system_args(names: Iterable[str] = SYSTEM) -> list[str]:
     whose names leave /etc out)."""
     out: list[str] = []
     for name in names:
-        path = Path("/") / name
-        if path.is_symlink():
-            out += ["--symlink", os.readlink(path), f"/{name}"]
-        elif path.is_dir():
-            out += ["--ro-bind", str(path), f"/{name}"]
+        path = f"/{name}"
+        if os.path.islink(path):
+            out += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            out += ["--ro-bind", path, path]
     return [*out, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
 
 
-def _prefix(program: Path) -> Path | None:
+def _prefix(program: str) -> str | None:
     """The installation a program belongs to (the parent of its bin directory, else its
     own directory: a script's grandparent may be a home), None where that is / or under
     the system's directories, bound already."""
-    prefix = program.parent.parent if program.parent.name == "bin" else program.parent
-    if len(prefix.parts) < 2 or prefix.parts[1] in SYSTEM:
+    parent = os.path.dirname(plain(program))
+    prefix = os.path.dirname(parent) if os.path.basename(parent) == "bin" else parent
+    parts = prefix.split("/")
+    if not prefix.startswith("/") or parts[1] in ("", *SYSTEM):
         return None
     return prefix
 
 
-def program_paths(program: str, writable: Iterable[str] = ()) -> list[Path]:
+def program_paths(program: str, writable: Iterable[str] = ()) -> list[str]:
     """What running `program` (an absolute path) needs besides the system: its
     installation, as named and as resolved, and where it is a venv's interpreter, that
     venv and its base interpreter's installation (pyvenv.cfg's `home`). Nothing is read
     from where the agent may write (`writable`: its cwd and write_paths), which it would
     choose its next sandbox's binds by: a program there is not followed through its
-    links, nor a pyvenv.cfg there read (issue 88; decision 1129)."""
+    links, nor a pyvenv.cfg there read (issue 88; decision 1129). Strings, not pathlib's
+    (out_of_reach says why)."""
     writable = list(writable)
-    named = Path(program)
-    real = named if agents_own(str(named), writable) else Path(os.path.realpath(named))
+    named = plain(program)
+    real = named if agents_own(named, writable) else os.path.realpath(named)
     out = [p for p in (_prefix(named), _prefix(real)) if p is not None]
-    cfg = named.parent.parent / "pyvenv.cfg"
+    cfg = os.path.join(os.path.dirname(os.path.dirname(named)), "pyvenv.cfg")
     try:
-        lines = [] if agents_own(str(cfg), writable) else cfg.read_text().splitlines()
-    except OSError:
+        if agents_own(cfg, writable):
+            lines = []
+        else:
+            with open(cfg, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+    except (OSError, ValueError):
         lines = []
     for line in lines:
         key, _, value = line.partition("=")
         if key.strip() == "home" and value.strip():
-            base = _prefix(Path(value.strip()) / "python")
+            base = _prefix(os.path.join(value.strip(), "python"))
             if base is not None:
                 out.append(base)
     return out

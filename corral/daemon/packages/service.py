@@ -241,7 +241,7 @@ class Packages:
             return  # the spawn refuses it, in its own words
         if uid is None or gid is None:
             return
-        blocked = out_of_reach(self.releases.root, uid, gid)
+        blocked = out_of_reach(str(self.releases.root), uid, gid)
         if blocked is not None:
             raise RpcError(jsonrpc.REFUSED, f"deploy of {name}: it runs as user {user}, "
                            f"who cannot pass through {blocked} to its release in "
