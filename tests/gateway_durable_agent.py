@@ -10,32 +10,22 @@ handing over another attempt's address). On its first attempt, after call `stop_
 it writes `marker` and SIGKILLs itself (and the child). `hold`: before its calls, it
 writes its own address to that file and waits until the file is removed. A call refused
 by the gateway ends the task with the refusal as its output's `refused`."""
-# ruff: noqa: E402 (the collector is turned off before the SDK's imports, below)
 
-import gc
+from tests.quietimports import collector_off
 
-# what the SDK's imports make lives as long as the agent, and the collector's passes among
-# it while importing find nothing: off until the imports are done, then frozen, as the
-# worker freezes its start-up heap (bench/RESULTS.md, the suite)
-collecting = gc.isenabled()
-gc.disable()
+with collector_off(freeze=True):
+    import asyncio
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
 
-import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-
-import httpx2
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-
-gc.freeze()
-if collecting:
-    gc.enable()
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
 
 
 async def calls(url: str, task: dict, attempt: int, kill: list[int]) -> dict:

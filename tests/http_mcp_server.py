@@ -6,42 +6,31 @@
 
 Binds 127.0.0.1 (port 0 unless --port), prints `port N` on stdout, then serves.
 """
-# ruff: noqa: E402 (the collector is turned off before the SDK's imports, below)
-
 from __future__ import annotations
 
-import gc
+from tests.quietimports import collector_off
 
-# what the SDK's imports make lives as long as the server, and the collector's passes
-# among it while importing find nothing: off until the imports are done, then frozen
-# (bench/RESULTS.md, the suite: a third of a start's CPU)
-collecting = gc.isenabled()
-gc.disable()
+with collector_off(freeze=True):
+    import argparse
+    import asyncio
+    import base64
+    import hashlib
+    import itertools
+    import json
+    import secrets
+    import socket
+    import sys
+    from typing import Any
+    from urllib.parse import urlencode
 
-import argparse
-import asyncio
-import base64
-import hashlib
-import itertools
-import json
-import secrets
-import socket
-import sys
-from typing import Any
-from urllib.parse import urlencode
-
-import uvicorn
-from mcp.server import MCPServer
-from mcp.server.mcpserver import Context
-from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
-from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import JSONRPCMessage
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-
-gc.freeze()
-if collecting:
-    gc.enable()
+    import uvicorn
+    from mcp.server import MCPServer
+    from mcp.server.mcpserver import Context
+    from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+    from mcp.server.transport_security import TransportSecuritySettings
+    from mcp.types import JSONRPCMessage
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 server = MCPServer("remote")
 _counter = itertools.count(1)

@@ -13,33 +13,18 @@ Its output:
 each answer's text, or the error a call raised (its status and message), and what its
 environment held."""
 
-import contextlib
-import gc
 import os
 import signal
 
 from corral.worker import run
-
-
-@contextlib.contextmanager
-def collector_off():
-    """A library's import and its client's making, with the collector off: what they make
-    lives as long as the agent, and the passes among it find nothing (bench/RESULTS.md,
-    the suite)."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
+from tests.quietimports import collector_off
 
 
 def one(api, model, text, stream, query, extra=None):
     # each library imported by the first call of its format (the worker answers initialize
     # first), and only the one the call uses: either import is seconds of CPU
     if api == "messages":
-        with collector_off():
+        with collector_off(freeze=False):
             import anthropic
 
             client = anthropic.Anthropic(max_retries=0, default_query=query)
@@ -49,7 +34,7 @@ def one(api, model, text, stream, query, extra=None):
             return client.messages.create(**args).content[0].text
         with client.messages.stream(**args) as s:
             return "".join(s.text_stream)
-    with collector_off():
+    with collector_off(freeze=False):
         import openai
 
         client = openai.OpenAI(max_retries=0, default_query=query)

@@ -7,40 +7,29 @@ usage: a2a_remote_agent.py PORT LOG [TOKEN]. Every message it receives is a line
 `release: X` comes (a call in flight for as long as a test needs); `ask` asks for input;
 `fail` fails. With TOKEN, a request without `Authorization: Bearer TOKEN` is a 401.
 """
-# ruff: noqa: E402 (the collector is turned off before the SDK's imports, below)
-
 from __future__ import annotations
 
-import gc
+from tests.quietimports import collector_off
 
-# what the SDK's imports make lives as long as the server, and the collector's passes
-# among it while importing find nothing: off until the imports are done, then frozen
-# (bench/RESULTS.md, the suite: a third of a start's CPU)
-collecting = gc.isenabled()
-gc.disable()
+with collector_off(freeze=True):
+    import asyncio
+    import sys
 
-import asyncio
-import sys
+    import uvicorn
+    from a2a.server.agent_execution.agent_executor import AgentExecutor
+    from a2a.server.agent_execution.context import RequestContext
+    from a2a.server.events.event_queue import EventQueue
 
-import uvicorn
-from a2a.server.agent_execution.agent_executor import AgentExecutor
-from a2a.server.agent_execution.context import RequestContext
-from a2a.server.events.event_queue import EventQueue
-
-# the handler the TCK's own agent runs on (its executor enqueues no Task of its own)
-from a2a.server.request_handlers.default_request_handler import LegacyRequestHandler
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
-from a2a.server.tasks.inmemory_task_store import InMemoryTaskStore
-from a2a.server.tasks.task_updater import TaskUpdater
-from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Part
-from starlette.applications import Starlette
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-gc.freeze()
-if collecting:
-    gc.enable()
+    # the handler the TCK's own agent runs on (its executor enqueues no Task of its own)
+    from a2a.server.request_handlers.default_request_handler import LegacyRequestHandler
+    from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+    from a2a.server.tasks.inmemory_task_store import InMemoryTaskStore
+    from a2a.server.tasks.task_updater import TaskUpdater
+    from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Part
+    from starlette.applications import Starlette
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
 
 PORT, LOG = int(sys.argv[1]), sys.argv[2]
 TOKEN = sys.argv[3] if len(sys.argv) > 3 else None

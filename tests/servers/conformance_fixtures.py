@@ -2,53 +2,42 @@
 reference server's tools, resources and prompts), on the official SDK (mcp 2.x), over
 stdio: behind corral's gateway and seen as itself at /mcp/NAME, the suite's fixture
 scenarios run through the gateway (tests/test_gateway_conformance.py)."""
-# ruff: noqa: E402 (the collector is turned off before the SDK's imports, below)
-
 from __future__ import annotations
 
-import gc
+from tests.quietimports import collector_off
 
-# what the SDK's imports make lives as long as the server, and the collector's passes
-# among it while importing find nothing: off until the imports are done, then frozen
-# (bench/RESULTS.md, the suite: a third of a start's CPU)
-collecting = gc.isenabled()
-gc.disable()
+with collector_off(freeze=True):
+    import asyncio
+    import base64
+    import json
+    import os
+    import sys
+    import threading
+    from typing import Any
 
-import asyncio
-import base64
-import json
-import os
-import sys
-import threading
-from typing import Any
-
-from mcp.server import MCPServer
-from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
-from mcp.shared.exceptions import MCPError
-from mcp.types import (
-    AudioContent,
-    CallToolResult,
-    Completion,
-    CreateMessageRequest,
-    CreateMessageRequestParams,
-    ElicitRequest,
-    ElicitRequestFormParams,
-    EmbeddedResource,
-    ImageContent,
-    InputRequiredResult,
-    ListRootsRequest,
-    SamplingMessage,
-    TextContent,
-    TextResourceContents,
-    Tool,
-    ToolExecution,
-)
-from pydantic import BaseModel
-
-gc.freeze()
-if collecting:
-    gc.enable()
+    from mcp.server import MCPServer
+    from mcp.server.mcpserver import Context
+    from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
+    from mcp.shared.exceptions import MCPError
+    from mcp.types import (
+        AudioContent,
+        CallToolResult,
+        Completion,
+        CreateMessageRequest,
+        CreateMessageRequestParams,
+        ElicitRequest,
+        ElicitRequestFormParams,
+        EmbeddedResource,
+        ImageContent,
+        InputRequiredResult,
+        ListRootsRequest,
+        SamplingMessage,
+        TextContent,
+        TextResourceContents,
+        Tool,
+        ToolExecution,
+    )
+    from pydantic import BaseModel
 
 # the tasks extension's fixtures (conformance 0.2.0-alpha.12's tasks-* scenarios) that say
 # they run as tasks: the gateway holds their calls as its tasks (corral/daemon/mcptasks.py)
