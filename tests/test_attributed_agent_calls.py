@@ -213,10 +213,12 @@ async def test_a_tasks_extension_clients_call_held_for_a_person_is_given_its_han
 
 
 @pytest.mark.deadline(120)
-def test_on_the_worker_link_a_tasks_call_of_an_agent_is_its_spawn_and_one_of_no_task_none(
+def test_on_the_worker_link_a_tasks_call_of_an_agent_is_its_spawn_and_one_of_no_task_its_own(
         daemon: Daemon) -> None:
     """The same door from the worker: `ctx.call_tool("corral__minion")` spawns within
-    boss's max_children 1; a `tools/call` of it naming no task starts nothing."""
+    boss's max_children 1; a `tools/call` of it naming no task (boss has three slots, so
+    no task is the call's) is a task of its own, no spawn, beyond max_children: until
+    decision 1830 it went on to the pool, "no such tool", and started nothing."""
     d = daemon
     spawned = len(tasks_of(d, "minion"))
     task_id = submit(d, "boss", {"do": "tools", "tool": "corral__minion", "times": 2,
@@ -229,7 +231,10 @@ def test_on_the_worker_link_a_tasks_call_of_an_agent_is_its_spawn_and_one_of_no_
                                   "spawned 1 child (max_children 1 of agent boss)"), refused
     raw = d.ask("tasks.get", {"task_id": submit(d, "boss", {
         "do": "raw", "method": "tools/call",
-        "params": {"name": "corral__minion", "arguments": {"do": "echo"}}}), "wait": True})
-    assert raw["output"] == {"error": -32010, "message": "no such tool: corral__minion "
-                                                         "(no MCP server corral)"}, raw
-    assert len(tasks_of(d, "minion")) == spawned + 1
+        "params": {"name": "corral__minion", "arguments": {"do": "echo", "n": 9}}}),
+        "wait": True})
+    result = raw["output"]["result"]
+    assert (result["isError"], result["structuredContent"]) == (False, {"do": "echo", "n": 9})
+    own = d.task(result["_meta"]["corral/task"])
+    assert own["agent"] == "minion" and own["status"] == "succeeded", own
+    assert len(tasks_of(d, "minion")) == spawned + 2

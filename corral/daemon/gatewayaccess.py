@@ -25,7 +25,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp import toolsearch
-from ..mcp.client import IDEMPOTENCY_META, MAX_INPUT_ROUNDS, META_CAPABILITIES
+from ..mcp.client import MAX_INPUT_ROUNDS, META_CAPABILITIES
 from ..mcp.logrelay import LogRelay
 from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
@@ -37,7 +37,6 @@ from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
 from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire, GatewayClient
 from ..supervisor.tasks.personwait import timed
-from ..taskoptions import MAX_IDEMPOTENCY_KEY
 from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Auditor, Dispatcher
@@ -46,7 +45,17 @@ from .audit import failure_of, gateway_call, outcome_of
 from .gatewaylimits import CallCounter, Limiter
 from .gatewayskills import METHODS as SKILL_METHODS
 from .gatewayskills import GatewaySkills, is_skill, pooled
-from .mcptasks import AGENTS_VIEW, AgentTools, Follows, GatewayTask, TaskHandles, agents_called
+from .mcptasks import (
+    AGENTS_VIEW,
+    AgentTools,
+    Follows,
+    GatewayTask,
+    TaskHandles,
+    agents_called,
+    call_params,
+    key_meta,
+    trace_meta,
+)
 from .ownskills import OwnSkills
 from .relayseal import Holder, SealedState, StateSeal, answered
 from .tokendigests import TokenDigests, hash_token
@@ -203,6 +212,7 @@ class GatewayService:
         # a replica's call of an attempt is its step
         self.attribution = Attribution(tasks.active)
         self.chain = tasks.worker.chain  # every replica's call passes it
+        tasks.worker.agents_wire = DoorWire(made=self._linked_agent_call)
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
         self.seal = StateSeal()  # the states of input requests relayed to clients
@@ -484,7 +494,7 @@ class GatewayService:
     async def _tool_call(self, ident: Identity, params: dict[str, Any],
                          on_progress: Callable[[dict[str, Any]], None] | None,
                          on_log: LogRelay | None = None) -> Any:
-        name, arguments = _call_params(params)
+        name, arguments = call_params(params)
         if name == toolsearch.TOOL and self.searching(ident):
             # over the client's own list: it finds nothing it could not have listed
             return toolsearch.answer(await self._items(ident, "tools"), arguments)
@@ -604,14 +614,14 @@ class GatewayService:
         if method != "tools/call":
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method} (the "
                                                      "agents' view has tools alone)")
-        name, arguments = _call_params(params)
-        key = _key_meta(params)
+        name, arguments = call_params(params)
+        key = key_meta(params)
         if handles is not None:
             handles.room(ident)  # before the task exists: a refusal leaves nothing behind
         if ident.replica is None:
             return await self._client_agent_call(ident, name, arguments, handles,
-                                                 on_progress, _trace_meta(params), key)
-        said = _trace_meta(params)
+                                                 on_progress, trace_meta(params), key)
+        said = trace_meta(params)
         if handles is None or self.chain.refused(self._agent_call_of(ident, name)) \
                 is not None:  # (the view's refusal is the call's own: no handle for it)
             return await self._replica_agent_call(ident, name, arguments, on_progress,
@@ -657,6 +667,18 @@ class GatewayService:
                 arguments=arguments, task=task, key=key, meta=said,
                 wire=DoorWire(made=submitted)))))
 
+    async def _linked_agent_call(self, call: Call) -> Any:
+        """The worker link's call of an agent that is no task's, past the chain: a task
+        of its own, submitted as its replica's tenant's caller, as at /mcp (decision
+        1830)."""
+        r = call.replica
+        assert r is not None  # (the worker link's caller is its replica)
+        ident = Identity(name=r.label, allow=[], owner=r.label, tenant=tenant_of(r.spec),
+                         replica=r, **self._limits())
+        task_id = await self.agent_tools.submit(ident, call.name.partition("__")[2],
+                                                call.arguments, call.key)
+        return await self.agent_tools.outcome(ident, task_id)
+
     async def _client_agent_call(self, ident: Identity, name: str,
                                  arguments: dict[str, Any], handles: TaskHandles | None,
                                  on_progress: Callable[[dict[str, Any]], None] | None,
@@ -687,7 +709,7 @@ class GatewayService:
         its trace and audit links as any call's, its dispatch the read `made` (decision
         1691); `params`'s `_meta` its trace context."""
         return await self._entered(self._skill_call(ident, name, method)._replace(
-            meta=_trace_meta(params), wire=DoorWire(made=lambda call: made())))
+            meta=trace_meta(params), wire=DoorWire(made=lambda call: made())))
 
     def _sees_skill(self, ident: Identity, name: str) -> bool:
         """Whether the chain's view link admits the client's read of the skill `name`
@@ -931,35 +953,6 @@ class GatewayService:
 
 
 NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted together
-
-
-def _trace_meta(params: dict[str, Any]) -> dict[str, Any] | None:
-    """The W3C trace context a request carries in `params._meta`, if any."""
-    said = params.get("_meta")
-    if not isinstance(said, dict) or "traceparent" not in said:
-        return None
-    return {k: said[k] for k in ("traceparent", "tracestate") if k in said}
-
-
-def _key_meta(params: dict[str, Any]) -> str | None:
-    """The idempotency key a tools/call carries in `params._meta` (DESIGN section 10's
-    name), if any: the same call sent again with it is the same task."""
-    said = params.get("_meta")
-    key = said.get(IDEMPOTENCY_META) if isinstance(said, dict) else None
-    if key is None:
-        return None
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: _meta's {IDEMPOTENCY_META} "
-                       f"is a string of 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    return key
-
-
-def _call_params(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    name, arguments = params.get("name"), params.get("arguments") or {}
-    if not isinstance(name, str) or not isinstance(arguments, dict):
-        raise RpcError(jsonrpc.INVALID_PARAMS,
-                       "invalid params: tools/call needs a name and object arguments")
-    return name, arguments
 
 
 def _as_itself(item: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -20,7 +20,9 @@ import msgspec
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import ErrorObject, RpcError
+from ..mcp.client import IDEMPOTENCY_META
 from ..supervisor.config import DEFAULT_TENANT
+from ..taskoptions import MAX_IDEMPOTENCY_KEY
 from ..text import plural
 from ..tracecontext import current_context
 from .caller import AlwaysWritable, Caller, GatewayCaller
@@ -364,3 +366,32 @@ class AgentTools(Generic[Client]):
         if info.status == SUCCEEDED and isinstance(output, dict):
             out["structuredContent"] = output
         return out
+
+
+def trace_meta(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The W3C trace context a request carries in `params._meta`, if any."""
+    said = params.get("_meta")
+    if not isinstance(said, dict) or "traceparent" not in said:
+        return None
+    return {k: said[k] for k in ("traceparent", "tracestate") if k in said}
+
+
+def key_meta(params: dict[str, Any]) -> str | None:
+    """The idempotency key a tools/call carries in `params._meta` (DESIGN section 10's
+    name), if any: the same call sent again with it is the same task."""
+    said = params.get("_meta")
+    key = said.get(IDEMPOTENCY_META) if isinstance(said, dict) else None
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: _meta's {IDEMPOTENCY_META} "
+                       f"is a string of 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    return key
+
+
+def call_params(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name, arguments = params.get("name"), params.get("arguments") or {}
+    if not isinstance(name, str) or not isinstance(arguments, dict):
+        raise RpcError(jsonrpc.INVALID_PARAMS,
+                       "invalid params: tools/call needs a name and object arguments")
+    return name, arguments

@@ -37,6 +37,10 @@ IDLE_DOORS = ("/mcp idle", "/mcp/NAME idle", "/mcp/corral idle")
 # `corral mcp serve --token` with the replica's token, as a host runs it: its stdio
 # bridged to /mcp on the daemon's local socket (decision 1580)
 DOORS = TASK_DOORS + IDLE_DOORS + ("stdio idle",)
+# the worker link naming no task where its replica runs no sole task: a task's call by
+# `tools/call` naming none, of caller's twin of two slots (chain.py `sole_task`: beside a
+# free slot, a call of no task is its replica's)
+WORKER_IDLE = "worker idle"
 # a gateway client that is no agent's replica, a token's holder of the tokens file, at the
 # doors it has: /mcp, /mcp/NAME, and `corral mcp serve --token` on the local socket; and
 # the operator, `corral mcp serve` as the socket's peer, every tool its allowlist (the
@@ -112,6 +116,7 @@ def agents(tmp: Path) -> str:
         approve = ["pol__send_mail"]
     """)
     return (f"[agents.caller]{agent}\n"
+            f"[agents.caller-idle]{agent}max_concurrent_tasks = 2\n\n"
             f"[agents.budgeted]{agent}max_tool_calls_per_task = 2\n\n"
             f"[agents.mailer]{mailer}\n"
             f'[agents.target]\ncommand = ["{PY}", "{ROOT}/examples/misbehave.py"]\n'

@@ -35,6 +35,7 @@ from .conftest import (
     RATED,
     TASK_DOORS,
     TOKEN_DOORS,
+    WORKER_IDLE,
     Entry,
 )
 from .door_agent import VERSION, gateway
@@ -52,6 +53,8 @@ class Made:
                  key: str | None = None, client: tuple[str, str] | None = None) -> None:
         """`key`: the call's idempotency key (at a gateway door, in its `_meta`);
         `client`: at a client's door, another client than CLIENT, (its name, its token)."""
+        if door == WORKER_IDLE:
+            agent, door = f"{agent}-idle", "worker-no-task"
         self.d, self.agent = d, agent
         self.task_id: str | None = None
         if door in TASK_DOORS:
@@ -425,6 +428,22 @@ def test_an_agent_its_spawns_do_not_name_is_the_views_refusal_at_every_door(
     assert message.endswith("; its spawns list ['target', 'denied', 'mailer', 'queued'] "
                             "does not name agent caller)"), said
     one_row_more(d, "corral__caller", message, before)
+
+
+AGENT_CALLING_IDLE = ("/mcp idle", "/mcp/corral idle", "stdio idle", WORKER_IDLE)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("door", AGENT_CALLING_IDLE)
+def test_a_replicas_call_of_an_agent_of_no_task_is_a_task_of_its_own_at_every_door(
+        daemon: Entry, door: str) -> None:
+    """Dispatch for a call of no task (DESIGN 28: its replica's): an agent called as a
+    tool by a replica that runs no sole task is a task of its own, its output the call's
+    result, whatever the door. At /mcp and stdio it was the pool's, "no such tool", until
+    decision 1806; on the worker link until decision 1830."""
+    n = AGENT_CALLING_IDLE.index(door)  # (each door's output its own)
+    said = Made(daemon, "caller", door, "corral__target", {"do": "echo", "n": n}).outcome()
+    assert said == {"text": f'{{"do":"echo","n":{n}}}', "isError": False}, said
 
 
 assert set(IDLE_DOORS) < set(DOORS)

@@ -21,9 +21,9 @@ from ...workerproto import (
 )
 from ..stream import Stream
 from ..workercalls import on_notification, on_request
-from .call import Call
+from .call import Call, DoorWire
 from .chain import Chain
-from .interceptors import Interceptors, TaskInterceptor, ToolPorts
+from .interceptors import AGENT_TOOL, Interceptors, TaskInterceptor, ToolPorts
 from .model import Task, TaskProgress
 from .output import TaskOutputs
 from .steps import TaskSteps
@@ -61,6 +61,9 @@ class WorkerMethods:
         self.tool_lister = interceptors.compose(TaskInterceptor.intercept_tool_list,
                                                 tools.listing)
         self.outputs = TaskOutputs(stream, live)
+        # an agent called naming no task, where no task is the call's: the daemon's own
+        # dispatch, a task of its own (gatewayaccess.py), as at /mcp (decision 1830)
+        self.agents_wire: DoorWire | None = None
         notes, methods = host.worker_notifications, host.worker_methods
         on_notification(notes, TaskProgressParams, self.on_progress)
         on_notification(notes, TaskOutputParams, self.on_output)
@@ -94,7 +97,9 @@ class WorkerMethods:
     def on_tool_call(self, r: Replica, p: ToolsCallParams) -> Any:
         """The worker link's door: the call, with the task it names if it runs it."""
         return self.chain.enter(Call(r, p.name, p.arguments or {},
-                                     self._task_of(r, p.task_id), meta=p.meta))
+                                     self._task_of(r, p.task_id), meta=p.meta,
+                                     wire=self.agents_wire if p.name.startswith(AGENT_TOOL)
+                                     else None))
 
     def on_tool_list(self, r: Replica, p: ToolsListParams) -> Any:
         return self.tool_lister(r)
