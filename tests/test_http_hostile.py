@@ -134,16 +134,29 @@ def request(token: str, path: str = "/api/v1/agents", extra: str = "") -> bytes:
             f"{extra}\r\n").encode()
 
 
-def answer_of(s: socket.socket, timeout: float = 10.0) -> bytes:
-    """What the server sends until it closes (or `timeout`)."""
+def answer_of(s: socket.socket, timeout: float = 10.0, out: bytes = b"") -> bytes:
+    """What the server sends (after `out`, read of it already) until its answer is whole
+    (its head and the body its Content-Length says), it closes, or `timeout`: an answer
+    the server keeps the connection open after (a refused stream's 503, an answered
+    request) was read until the timeout, every such read a wait of its whole bound."""
     s.settimeout(timeout)
-    out = b""
     try:
-        while chunk := s.recv(65536):
+        while not whole(out) and (chunk := s.recv(65536)):
             out += chunk
     except (TimeoutError, ConnectionResetError):
         pass
     return out
+
+
+def whole(answer: bytes) -> bool:
+    """Whether `answer` holds a head and all of the body its Content-Length says (an
+    answer without one ends where the server closes)."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:] if sep else []:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def settled(h: Http, rss0: int, budget: int, probe: Probe, *, known_stall: str = "",
@@ -316,7 +329,7 @@ max_streams_per_token = 2
 
         def refused(token: str) -> bytes:
             s, got = opened(token)
-            got += answer_of(s, 5)
+            got = answer_of(s, 5, got)
             s.close()
             assert got.startswith(b"HTTP/1.1 503"), got
             return got
