@@ -356,8 +356,11 @@ class GroupCommit(Generic[V]):
         self.pending: dict[Hashable, V] = {}  # in the order they came; replaced in place
         self.inflight: list[tuple[Hashable, V]] = []
         self.waiting_bytes = 0  # `size` of what is pending and in flight
-        self._pending_done: asyncio.Future[None] | None = None
-        self._inflight_done: asyncio.Future[None] | None = None
+        # who waits in `committed()` for the next batch, and for the one in flight (None:
+        # none in flight): a future each, so that a waiter's cancellation is its own alone
+        # (one shared future would need a shield a wait)
+        self._pending_done: list[asyncio.Future[None]] = []
+        self._inflight_done: list[asyncio.Future[None]] | None = None
         self._flush_scheduled = False
         self._lingering: asyncio.TimerHandle | None = None  # a lazy write's flush, later
         self._hot = False  # a write was begun at once this turn (put's `now`)
@@ -422,12 +425,11 @@ class GroupCommit(Generic[V]):
             self._lingering.cancel()  # someone waits for the lazy writes now
             self._lingering = None
             self._schedule()
-        if self.pending:
-            if self._pending_done is None:
-                self._pending_done = self._loop.create_future()
-            await asyncio.shield(self._pending_done)
-        elif self._inflight_done is not None:
-            await asyncio.shield(self._inflight_done)
+        waiters = self._pending_done if self.pending else self._inflight_done
+        if waiters is not None:
+            waiter = self._loop.create_future()
+            waiters.append(waiter)
+            await waiter
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -442,8 +444,8 @@ class GroupCommit(Generic[V]):
         batch = [v for _, v in items]
         # (nothing is in flight: what waits is this batch alone, its size counted as put)
         size = self.waiting_bytes
-        done = self._inflight_done = self._pending_done or self._loop.create_future()
-        self._pending_done = None
+        done = self._inflight_done = self._pending_done
+        self._pending_done = []
 
         def write(db: sqlite3.Connection) -> None:
             self._job(db, batch)
@@ -456,7 +458,7 @@ class GroupCommit(Generic[V]):
                 return
         self.thread.run(job, lambda error: self._batch_done(done, items, batch, size, error))
 
-    def _batch_done(self, done: asyncio.Future[None], items: list[tuple[Hashable, V]],
+    def _batch_done(self, done: list[asyncio.Future[None]], items: list[tuple[Hashable, V]],
                     batch: list[V], size: int, error: str | None) -> None:
         self._inflight_done = None
         self.inflight = []
@@ -475,13 +477,17 @@ class GroupCommit(Generic[V]):
                 self.first_failure = self.outage.failed(self._loop, error)
             self._settled(batch, error)
         finally:  # whatever a callback did: committed() and the next batch never hang
-            if error is None or self._error_type is None:
-                done.set_result(None)
-            else:
-                done.set_exception(self._error_type(error))
-                done.exception()  # retrieved here: nobody may be waiting
+            # (the next batch's flush first: what the callbacks wrote, an outage's audit
+            # row, is begun before its waiters go on)
             if self.pending and not self._flush_scheduled:
                 self._schedule()
+            for waiter in done:
+                if waiter.done():  # (its waiter cancelled)
+                    continue
+                if error is None or self._error_type is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(self._error_type(error))
 
 
 class _QueuedWrite(NamedTuple):

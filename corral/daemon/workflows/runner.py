@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from .runtraces import RunTraces
 
 
+def _all_started(run: Run, started: set[str], ended: set[str]) -> bool:
+    """With none running, the step started last is the run's last: nothing is left."""
+    return all(s.name in started or s.name in ended for s in run.wf.steps)
+
+
 class Children(Protocol):
     """Where a nested step's run is started, waited for and cancelled (the service)."""
 
@@ -77,11 +82,18 @@ class Runner:
         pending: dict[asyncio.Task[None], str] = {}
         try:
             while True:
-                for st in run.wf.ready(ended, started):
+                ready = run.wf.ready(ended, started)
+                if len(ready) == 1 and not pending:
+                    # nothing else can start before it ends: run in the driver, not as a
+                    # task of its own (its making and its wait, two turns of the loop)
+                    st = ready[0]
                     started.add(st.name)
-                    # the run's last step: nothing else runs, nothing is left to start
-                    last = not pending and all(s.name in started or s.name in ended
-                                               for s in run.wf.steps)
+                    await self._step(run, st, _all_started(run, started, ended))
+                    ended.add(st.name)
+                    continue
+                for st in ready:
+                    started.add(st.name)
+                    last = not pending and _all_started(run, started, ended)
                     pending[asyncio.ensure_future(self._step(run, st, last))] = st.name
                 if not pending:
                     break

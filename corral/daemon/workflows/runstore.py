@@ -57,7 +57,10 @@ class Run(msgspec.Struct):
 
     @property
     def agents(self) -> list[str]:
-        return sorted({*self.wf.agents, *(self.nested_agents or ())})
+        nested = self.nested_agents
+        if not nested or nested == self.wf.agents:  # (a run started here: its own)
+            return self.wf.agents
+        return sorted({*self.wf.agents, *nested})
 
     @property
     def call_id(self) -> str:

@@ -16,6 +16,7 @@ from ... import jsonrpc
 from ...taskoptions import NO_FILTERS, NO_OPTIONS, TaskFilters, TaskOptions, admits
 from ...taskviews import TaskFailure, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
+from ...timeouts import waited
 from ...workerproto import SessionCheckpointParams, UsageReportParams
 from ..config import DEFAULT_TENANT
 from ..labels import Labels, LabelStore, MemoryLabels
@@ -328,7 +329,7 @@ class TaskManager:
         task = (self.live(task_id) if wait else self.active.get(task_id)) or \
             self.finished.get(task_id)
         if task is not None and wait:
-            await asyncio.shield(task.done)
+            await waited(task.done, None)
         if task is not None and not (task.output_dropped and self.journal is not None):
             shown = task.info()
             if task.queued:

@@ -18,13 +18,10 @@ STEP_NAME = re.compile(NAME)
 
 class PlanStep(msgspec.Struct):
     spec: StepSpec
+    name: str  # its spec's (asked many times a run)
     index: int  # its place in the definition
     input: Any  # what it is sent, with references (the default filled in)
     deps: frozenset[str] = msgspec.field(default_factory=frozenset)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     @property
     def mapped(self) -> bool:
@@ -35,15 +32,10 @@ class Workflow(msgspec.Struct):
     name: str
     spec: WorkflowSpec
     steps: list[PlanStep]
-    # the agents its nested workflows run, theirs too (compiled with the workflows there
-    # are; a run keeps those it started with)
-    nested_agents: frozenset[str] = frozenset()
-
-    @property
-    def agents(self) -> list[str]:
-        """Every agent a run of it may start a task of, its nested workflows' too."""
-        return sorted({s.spec.agent for s in self.steps if s.spec.agent is not None}
-                      | self.nested_agents)
+    # every agent a run of it may start a task of, its nested workflows' too, theirs
+    # through every level (compiled with the workflows there are; a run keeps those it
+    # started with), sorted
+    agents: list[str]
 
     @property
     def nested(self) -> list[str]:
@@ -100,7 +92,8 @@ def compile_workflow(name: str, spec: WorkflowSpec,
                 raise WorkflowError(
                     f"{where}, step {st.name}: $steps.{dep}.output refers to step {dep}, "
                     "which comes after it (a step may use the steps before it only)")
-    return Workflow(name, spec, steps, nested)
+    return Workflow(name, spec, steps, sorted(
+        {s.agent for s in spec.steps if s.agent is not None} | nested))
 
 
 def check_agents(wf: Workflow, known_agent: Callable[[str], bool]) -> None:
@@ -191,7 +184,7 @@ def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> P
             if ref.step == s.name:
                 raise WorkflowError(f"{where}: a cycle of steps: {s.name} -> {s.name}")
             deps.add(ref.step)
-    return PlanStep(s, i, value, frozenset(deps))
+    return PlanStep(s, s.name, i, value, frozenset(deps))
 
 
 def _check_cycles(where: str, steps: list[PlanStep]) -> None:
