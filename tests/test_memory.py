@@ -8,19 +8,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from corral.daemon.logfiles import LogPlace, RotatingFile, Rotation
 from corral.daemon.steplog import StepLog
 from corral.percentile import Window
-from corral.supervisor import Supervisor, memory
+from corral.supervisor import State, Supervisor, memory
 from corral.supervisor.memory import SLAB_SLOTS, TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
+from corral.supervisor.sandbox import host_refusal
 from corral.supervisor.tasks.stepjournal import Step
 
 from .conftest import ROOT, agent
+from .daemon_harness import PY, free_port, in_process
 from .test_gateway_stdio import wait_until_async
 
 
@@ -196,3 +202,50 @@ def test_the_step_logs_batches_and_a_logs_rotations_intern_no_string(
     assert sorted(os.listdir(tmp_path)) == ["agent.log", "agent.log.1.gz", "agent.log.2.gz",
                                             "step-log"]
     assert len(os.listdir(log.dir)) == 3
+
+
+@pytest.mark.skipif(host_refusal("bwrap", None) is not None, reason="no sandbox here")
+@pytest.mark.deadline(180)
+async def test_an_agents_sandboxed_starts_intern_no_new_string(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    # a sandboxed start parsed its interpreter's paths (the venv, where it resolves to,
+    # pyvenv.cfg's home, the relay's) with pathlib, which interned each part, freed at
+    # the start's end: a slot of the interned table each, at every start. A string is
+    # interned anew where intern() hands back a copy of it made here (an equal one alive
+    # is shared; a one-character string is the interpreter's own, never freed)
+    home = tmp_path / "home"
+    home.mkdir()
+    box = textwrap.dedent(f"""
+        [agents.box]
+        command = ["{PY}", "{ROOT / 'tests' / 'sandbox_agent.py'}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        cwd = "{home}"
+        egress = "gateways"
+        stop_timeout = 5.0
+        start_timeout = 60.0
+        [gateway]
+        listen = "127.0.0.1:{free_port()}"
+    """)
+    new: list[str] = []
+    real = sys.intern
+
+    def counted(text: str) -> str:
+        fresh = text[:1] + text[1:]
+        out = real(fresh)
+        if out is fresh and len(text) > 1:
+            new.append(text)
+        return out
+
+    async with in_process(tmp_path, box) as d:
+        pid = d.sup.agents["box"].replicas[0].pid
+        with open(f"/proc/{pid}/cmdline", "rb") as f:  # what is measured: a sandbox's
+            assert f.read().split(b"\0")[0].endswith(b"bwrap")
+        monkeypatch.setattr(sys, "intern", counted)
+        for _ in range(3):
+            await d.sup.restart("box")
+            await d.sup.wait_state("box", {State.READY, State.IDLE, State.BUSY}, timeout=60)
+        assert new == []
+        made = secrets.token_hex(4)
+        _ = Path(f"/{made}")  # (what a new part does: the count can fail)
+        monkeypatch.undo()
+    assert new == [made]
