@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -287,6 +288,10 @@ async def drive(one: One, n: int, conc: int, window: float,
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    # a thread for each client (`threaded`): the loop's default pool has cpu_count + 4,
+    # six on two cores, so eight clients were six at once
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(args.conc, "client"))
     d = workdir("throughput")
     steps: dict[str, One] = {}
     runs: dict[str, One] = {}
