@@ -19,6 +19,8 @@ F = TypeVar("F", bound=asyncio.Future[Any])
 async def within(aw: Awaitable[T], timeout: float | None) -> T:
     """`await aw`, or TimeoutError once `timeout` seconds have passed (None: no bound).
     A coroutine runs in the caller's task (not a task of its own, as with wait_for)."""
+    if timeout is None:  # (no Timeout to make, enter and leave: one never fires)
+        return await aw
     async with asyncio.timeout(timeout):
         return await aw
 

@@ -242,7 +242,6 @@ async def workflows_plan(d: WorkflowServices, p: m.WorkflowsPlan, caller: Caller
 @implements(m.WorkflowsRun)
 async def workflows_run(d: WorkflowServices, p: m.WorkflowsRun, caller: Caller, c: Channel
                         ) -> m.RunView:
-    d.catalog.workflow(p.name)  # an unknown one: not found
     run = await d.workflows.start(p.name, p.input, traceparent=p.traceparent,
                                   tracestate=p.tracestate)
     run.answer = []  # (before its driver's first step: it runs on a later turn)

@@ -6,6 +6,7 @@ No code, no arithmetic: a path, nothing more.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -31,8 +32,10 @@ class Ref(msgspec.Struct, frozen=True):
     path: tuple[str | int, ...]
 
 
+@functools.lru_cache(maxsize=1024)
 def parse(text: str) -> Ref | None:
-    """The reference `text` is, or None when it is not one."""
+    """The reference `text` is, or None when it is not one (a definition's, parsed again
+    at each step's input and condition: kept)."""
     m = WHOLE.fullmatch(text)
     if m is None:
         return None
