@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ...jsonrpc import TOO_DEEP
 from ..caller import Caller
+from ..models.lean import answer_json
 from . import sse
 from . import wire as w
 from .operations import Card, Operations
@@ -39,11 +40,10 @@ ROUTES: list[tuple[str, re.Pattern[str], str, tuple[str, ...]]] = [
 INTEGERS = frozenset({"historyLength", "pageSize"})
 
 
-def error(exc: w.A2aError) -> web.Response:
+def error(request: web.Request, exc: w.A2aError) -> web.StreamResponse:
     body = {"error": {"code": exc.kind.http, "status": exc.kind.status,
                       "message": exc.message, "details": exc.info()}}
-    return web.Response(body=msgspec.json.encode(body), status=exc.kind.http,
-                        content_type="application/json")
+    return answer_json(request, msgspec.json.encode(body), exc.kind.http)
 
 
 def query(request: web.Request) -> dict[str, Any]:
@@ -103,5 +103,5 @@ async def serve(request: web.Request, path: str, body: bytes, ops: Operations,
                                        "message": exc.message, "details": exc.info()}})
         result = await ops.call(op, caller, agent, params, card)
     except w.A2aError as exc:
-        return error(exc)
-    return web.Response(body=msgspec.json.encode(result), content_type="application/json")
+        return error(request, exc)
+    return answer_json(request, msgspec.json.encode(result))

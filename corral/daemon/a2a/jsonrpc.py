@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ...jsonrpc import TOO_DEEP
 from ..caller import Caller
+from ..models.lean import answer_json
 from . import sse
 from . import wire as w
 from .operations import STREAMING, Card, Operations
@@ -23,9 +24,9 @@ def error(req_id: Any, exc: w.A2aError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "error": body}
 
 
-def answer(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(body), status=status,
-                        content_type="application/json")
+def answer(request: web.Request, body: dict[str, Any], status: int = 200
+           ) -> web.StreamResponse:
+    return answer_json(request, msgspec.json.encode(body), status)
 
 
 class _Envelope(msgspec.Struct):
@@ -38,6 +39,15 @@ class _Envelope(msgspec.Struct):
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
+
+
+def streams(body: bytes) -> bool:
+    """Whether a request's method is a stream's (one not read: no)."""
+    try:
+        method = _envelope.decode(body).method
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return isinstance(method, str) and method in STREAMING
 
 
 def read(body: bytes) -> tuple[Any, str, Any]:
@@ -78,5 +88,5 @@ async def serve(request: web.Request, body: bytes, ops: Operations, caller: Call
                 lambda exc: error(req_id, exc))
         result = await ops.call(method, caller, agent, params, card)
     except w.A2aError as exc:
-        return answer(error(req_id, exc))
-    return answer({"jsonrpc": "2.0", "id": req_id, "result": result})
+        return answer(request, error(req_id, exc))
+    return answer(request, {"jsonrpc": "2.0", "id": req_id, "result": result})

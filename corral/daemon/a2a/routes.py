@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import time
 from email.utils import formatdate
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from aiohttp import web
@@ -25,6 +26,8 @@ from ..http import route
 from ..http.auth import authenticate
 from ..http.context import HttpContext
 from ..http.sse import Streams
+from ..models.answers import Exchange
+from ..models.lean import LeanRequest, Serve, respond
 from . import card, httpjson
 from . import jsonrpc as rpc
 from . import wire as w
@@ -33,6 +36,9 @@ from .operations import Operations
 from .push import PushConfigs
 
 PREFIX = "/a2a"
+# the POSTs read lean (models/lean.py): a message to an agent (a name aiohttp's router reads
+# as it came: no escape, no dot segment), JSON-RPC or HTTP+JSON's SendMessage
+_LEAN = re.compile(r"/a2a/([^/%.][^/%]*)(/message:send)?")
 CARD_PATH = ".well-known/agent-card.json"
 JSON_TYPES = frozenset({"application/json", "application/a2a+json"})
 CARD_MAX_AGE = 300  # seconds a client may keep a card
@@ -130,6 +136,25 @@ class A2aRoutes:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, content_type="application/json", headers=headers)
 
+    def posts(self, path: str) -> Serve | None:
+        """What serves a POST of `path` read lean: `lean`, for a message to an agent."""
+        return self.lean if _LEAN.fullmatch(path) else None
+
+    async def lean(self, ex: Exchange) -> bool:
+        """A POST models/lean.py read, served as aiohttp's is (aiohttp's request machinery
+        was a fifth of a message's CPU); False, nothing done, for one aiohttp's is to
+        serve as it came: a stream, a query (a name given twice is read otherwise), a
+        Cookie (the dashboard's session: LeanRequest reads none)."""
+        agent, _, rest = ex.path[len(PREFIX) + 1:].partition("/")
+        if ex.query or "cookie" in ex.headers or (
+                not rest and rpc.streams(ex.raw or b"")):
+            return False
+        respond(ex, await self.serve(cast(web.Request, LeanRequest(
+            ex, {"agent": agent, "rest": rest}))))
+        route_, status = _ROUTES[bool(rest)], str(ex.status)  # (metrics.py's count)
+        self.ctx.requests[route_, status] = self.ctx.requests.get((route_, status), 0) + 1
+        return True
+
     async def serve(self, request: web.Request) -> web.StreamResponse:
         agent = request.match_info["agent"]
         path = request.match_info.get("rest", "").strip("/")
@@ -150,9 +175,9 @@ class A2aRoutes:
                                  f"{request.content_type}")
         except w.A2aError as exc:
             if binding == "jsonrpc":
-                return rpc.answer(rpc.error(None, exc), exc.kind.http
+                return rpc.answer(request, rpc.error(None, exc), exc.kind.http
                                   if exc.kind.http in (401, 403, 404, 429) else 200)
-            return httpjson.error(exc)
+            return httpjson.error(request, exc)
 
         def card_now() -> dict[str, Any]:
             return self.card_of(request, spec)
@@ -175,7 +200,11 @@ class A2aRoutes:
 _loopback = functools.lru_cache(maxsize=1024)(loopback)
 
 
-def setup(app: web.Application, ctx: HttpContext) -> None:
+# the routes' patterns as aiohttp names them (metrics.py's label)
+_ROUTES = (f"{PREFIX}/{{agent}}", f"{PREFIX}/{{agent}}/{{rest}}")
+
+
+def setup(app: web.Application, ctx: HttpContext) -> A2aRoutes:
     a2a = A2aRoutes(ctx)
 
     async def close(app: web.Application) -> None:
@@ -191,3 +220,4 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         web.route("*", f"{PREFIX}/{{agent}}", a2a.serve),
         web.route("*", f"{PREFIX}/{{agent}}/{{rest:.*}}", a2a.serve),
     ])
+    return a2a

@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import msgspec
-from aiohttp import HttpVersion11, web
-from aiohttp.hdrs import CONTENT_TYPE
-from multidict import CIMultiDict
+from aiohttp import web
 from yarl import URL
 
 from ... import jsonrpc
@@ -42,8 +40,8 @@ from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
 from ..attribution import mark_of
 from ..mcptasks import AGENTS_VIEW
-from ..models.answers import Exchange, WrittenResponse
-from ..models.lean import LeanConnection
+from ..models.answers import Exchange
+from ..models.lean import LeanConnection, LeanRequest, answer_json, respond
 from .mcpsessions import SessionsFull, SessionTable
 from .server import HttpRunner, Refusals, held_across_upgrade
 
@@ -277,7 +275,8 @@ class HttpGateway:
         # model calls of the common shape and POSTs of /mcp are served lean (models/lean.py);
         # a connection with no whole request within idle_timeout is closed (as [http]'s)
         runner = HttpRunner(app, self.refused,
-                            partial(LeanConnection, models=self.models, mcp=self.lean),
+                            partial(LeanConnection, models=self.models,
+                                    posts={ENDPOINT: self.lean}.get),
                             handle_signals=False, access_log=None, handler_cancellation=True,
                             shutdown_timeout=2.0, keepalive_timeout=self.settings.idle_timeout)
         await runner.setup()
@@ -484,10 +483,7 @@ class HttpGateway:
             return False
         except web.HTTPException as exc:
             resp = exc
-        if isinstance(resp, web.Response):  # (an error, or a 202: not written yet)
-            ex.answer(resp.status, resp.headers.get(CONTENT_TYPE, resp.content_type),
-                      resp.body if isinstance(resp.body, bytes) else b"",
-                      {k: v for k, v in resp.headers.items() if k != CONTENT_TYPE})
+        respond(ex, resp)
         return True
 
     async def post(self, request: web.Request) -> web.StreamResponse:
@@ -706,32 +702,8 @@ class HttpGateway:
                                   "resource_name": "corral MCP gateway"})
 
 
-_WRITTEN = web.StreamResponse()  # a lean POST's answer, written: nothing more to do
-
-
 class _Streams(Exception):
     """A POST read lean that is answered with a stream (aiohttp's, as it came)."""
-
-
-class LeanRequest:
-    """What of aiohttp's request the handlers read, of a POST of /mcp models/lean.py read."""
-
-    match_info: dict[str, str] = {}
-    path, version, keep_alive = ENDPOINT, HttpVersion11, True
-
-    def __init__(self, ex: Exchange) -> None:
-        self.ex = ex  # its answer's writer (_json)
-        self.headers, self.query = CIMultiDict(ex.headers), ex.query
-        self.transport, self.protocol, self.raw = ex.transport, ex.conn, ex.raw or b""
-
-    async def read(self) -> bytes:
-        return self.raw
-
-    @property
-    def url(self) -> URL:
-        """Its address (a 401's metadata's origin), as its Host header names it."""
-        tls = self.transport.get_extra_info("sslcontext") is not None
-        return URL.build(scheme="https" if tls else "http", authority=self.headers.get("Host", ""))
 
 
 def _origin(request: web.Request) -> URL:
@@ -761,17 +733,7 @@ def _wants_progress(env: Envelope) -> bool:
 
 def _json(request: web.Request, msg: Any, status: int, headers: dict[str, str] | None = None
           ) -> web.StreamResponse:
-    """Written as HTTP/1.1 bytes by models/answers.py's Exchange: aiohttp's response
-    machinery was a tenth of the daemon's CPU a tools/call."""
-    body = msgspec.json.encode(msg)
-    if isinstance(request, LeanRequest):  # (its writer at hand: lean() returns no response)
-        request.ex.answer(status, "application/json", body, headers)
-        return _WRITTEN
-    if request.transport is None:  # the client went: aiohttp's response, for it to drop
-        return web.Response(body=body, status=status, headers=headers)
-    Exchange(request.protocol, request.transport, {}, {}, b"", request).answer(
-        status, "application/json", body, headers)
-    return WrittenResponse(request, status)
+    return answer_json(request, msgspec.json.encode(msg), status, headers)
 
 
 def _http(status: int, text: str, headers: dict[str, str] | None = None,

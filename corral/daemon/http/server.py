@@ -9,20 +9,18 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import StreamResponse
 
 from ...supervisor.addresses import loopback
 from ...supervisor.config import ConfigError, HttpSettings
 from ...text import clip, one_line
+from ..models.lean import MAX_FIELD, MAX_HEADERS, HttpConnection, LeanConnection, Posts
 from .context import HttpContext
-from .route import MAX_BODY, problem
+from .route import MAX_BODY
 
 if TYPE_CHECKING:
     from ..handoff import Drain, Listeners
@@ -69,7 +67,6 @@ def health_routes(ctx: HttpContext) -> list[web.RouteDef]:
 
 log = logging.getLogger("corral.http")
 REFUSED_EVERY = 10.0  # seconds between two log lines about refused requests, at least
-MAX_FIELD, MAX_HEADERS = 8190, 128  # a request head past these is refused (a 400)
 
 
 class Refusals:
@@ -97,52 +94,6 @@ class Refusals:
         self.untold = 0
 
 
-class HttpConnection(RequestHandler):
-    """aiohttp's connection, reading nothing more once a request's head was refused.
-
-    aiohttp feeds what follows a malformed head to its failed parser, each chunk one more
-    error holding it twice: megabytes of one header line pinned that much per connection.
-    `close()` is aiohttp's "no more requests": the 400 already queued is still answered.
-    """
-
-    __slots__ = ()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        # aiohttp has no hook for a refused head: its queue holds an error in place of a
-        # request (the pinned aiohttp version; tests/test_http_hostile.py watches it)
-        queued = self._messages
-        if queued and not isinstance(queued[-1][0], RawRequestMessage):
-            self.close()
-
-    def handle_error(self, request: BaseRequest, status: int = 500,
-                     exc: BaseException | None = None, message: str | None = None
-                     ) -> StreamResponse:
-        answer = super().handle_error(request, status, exc, message)
-        if not isinstance(exc, HttpProcessingError):
-            return answer
-        if isinstance(self._manager, _Server):
-            self._manager.refusals.refused(status, request.remote, exc)
-        # a problem document, as every other refusal is (aiohttp's own is text/plain,
-        # which the OpenAPI document names for no answer)
-        refused = problem(status, clip(one_line(exc.message or str(exc)), 200))
-        refused.force_close()
-        return refused
-
-    async def shutdown(self, timeout: float | None = 15.0) -> None:
-        # With no request in progress the connection's task is idle or in aiohttp's
-        # lingering read (10 s) of a refused body: a daemon stopping after a large body
-        # was refused waited those whole 10 s (its teardown's step deadline)
-        if not self._request_in_progress and self._task_handler is not None:
-            self._task_handler.cancel()
-        await super().shutdown(timeout)
-
-    def log_exception(self, *args: Any, **kw: Any) -> None:
-        if isinstance(kw.get("exc_info"), HttpProcessingError):
-            return  # a refused request: told by handle_error, in one line
-        super().log_exception(*args, **kw)  # a defect: its traceback, as aiohttp logs it
-
-
 class _Server(web.Server):
     refusals: Refusals
     connection: Callable[..., HttpConnection]
@@ -153,7 +104,7 @@ class _Server(web.Server):
 
 class HttpRunner(web.AppRunner):
     """aiohttp's runner, its connections made by `connection`: an HttpConnection's kind
-    (the gateway's site's serve its model calls and MCP POSTs lean: models/lean.py)."""
+    (the [http] and gateway sites' read their POSTs of the common shape lean: models/lean.py)."""
 
     def __init__(self, app: web.Application, refusals: Refusals,
                  connection: Callable[..., HttpConnection] = HttpConnection, **kwargs: Any
@@ -227,6 +178,7 @@ class HttpServer:
         self.runner: web.AppRunner | None = None
         self.url = ""
         self._tls: ssl.SSLContext | None = None
+        self.posts: Posts = lambda path: None  # (mount's: the A2A door's)
 
     def mount(self) -> None:
         from ..a2a import routes as a2a
@@ -236,7 +188,7 @@ class HttpServer:
         if self.ctx.services.http is not None:  # the MCP gateway's /mcp
             self.ctx.services.http.mount(self.app)
         rest.setup(self.app, self.ctx)
-        a2a.setup(self.app, self.ctx)
+        self.posts = a2a.setup(self.app, self.ctx).posts
         metrics.setup(self.app, self.ctx)
         ui.setup(self.app, self.ctx)
 
@@ -248,7 +200,9 @@ class HttpServer:
         # the keep-alive timer runs from a connection's start: one that has not sent a
         # whole request within idle_timeout is closed. A client that goes away cancels
         # its handler, so a stream's slot is free when the connection closes
-        self.runner = HttpRunner(self.app, Refusals(self.ctx.requests), access_log=None,
+        # (the A2A door's messages read lean: models/lean.py)
+        self.runner = HttpRunner(self.app, Refusals(self.ctx.requests), partial(
+            LeanConnection, models=None, posts=self.posts), access_log=None,
                                  handler_cancellation=True,
                                  keepalive_timeout=self.ctx.settings.idle_timeout)
         await self.runner.setup()

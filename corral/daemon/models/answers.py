@@ -83,6 +83,7 @@ class Exchange(msgspec.Struct):
     chunked: bool = True  # a stream's encoding (False: an HTTP/1.0 client's, to its end)
     _head: bytes = b""  # a stream's, until its first write
     status: int = 0  # the answer's, once it is begun
+    path: str = ""  # its request's (lean.py's: what serves it)
 
     async def body(self) -> bytes | None:
         """The body (None: over MAX_BODY), held once: by the call from here."""

@@ -1,38 +1,54 @@
-"""The model gateway's calls served lean on its own site (issue 77). The site's connections
-are aiohttp's, except that a request for a model endpoint in the common shape (HTTP/1.1,
-a Content-Length body of at most LEAN_BODY bytes, nothing asked of the connection) is
-read by httptools (llhttp, which aiohttp's own parser is too: one parser reads every
-request of the gateways) and answered through an Exchange (answers.py), without
-aiohttp's request and response machinery: most of the CPU a call cost the daemon past its
-upstream's. The first request of another shape hands the connection to aiohttp as it
-came, for its life (the gateway serves it there too, answering through an Exchange all
-the same).
+"""The HTTP sites' connections (the [http] site's and the gateway's own): aiohttp's,
+hardened (`HttpConnection`), and on each a POST in the common shape (HTTP/1.1, a
+Content-Length body of at most LEAN_BODY bytes, nothing asked of the connection) for a
+path the site serves lean (a model call, the MCP gateway's /mcp, the A2A door's
+messages) read by httptools (llhttp, which aiohttp's own parser is too: one parser reads
+every request) and answered through an Exchange (answers.py), without aiohttp's request
+and response machinery: most of the CPU a call cost the daemon past its upstream's (issue
+77), a fifth of an A2A message's. The first request of another shape hands the connection
+to aiohttp as it came, for its life (served there alike, answering through an Exchange
+all the same).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl
 
 import httptools
 import msgspec
 from aiohttp import web
+from aiohttp.hdrs import CONTENT_TYPE
+from aiohttp.helpers import HeadersMixin
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+from multidict import CIMultiDict
+from yarl import URL
 
-from ..http.server import MAX_FIELD, MAX_HEADERS, HttpConnection
-from .answers import Exchange
+from ...text import clip, one_line
+from ..http.route import problem
+from .answers import Exchange, WrittenResponse
 from .wire import ENDPOINTS, Endpoint
 
 if TYPE_CHECKING:
     from .gateway import ModelGateway
 
+MAX_FIELD, MAX_HEADERS = 8190, 128  # a request head past these is refused (a 400)
 LEAN_BODY = 256 * 1024  # a larger body is aiohttp's to read (body_of: as it comes)
 _PATHS = {e.path.encode(): e for e in ENDPOINTS}
-MCP = b"/mcp"  # the MCP gateway's POST, answered lean unless it streams (http/mcp.py)
+# a POST's path -> what serves it lean (False: nothing done, aiohttp's as it came: a
+# stream); None, aiohttp's
+Serve = Callable[[Exchange], Awaitable[bool]]
+Posts = Callable[[str], Serve | None]
 # the heads lean takes (httptools, llhttp's parser, refused control bytes, a bare CR or
 # LF, a folded line, a repeated Content-Length): a byte past ASCII, a fragment, an
 # absolute URL, a repeated header, a head asking of the connection are aiohttp's
@@ -41,19 +57,66 @@ _ASKING = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade
 log = logging.getLogger("corral.gateway.http")
 
 
+class HttpConnection(RequestHandler):
+    """aiohttp's connection, reading nothing more once a request's head was refused.
+
+    aiohttp feeds what follows a malformed head to its failed parser, each chunk one more
+    error holding it twice: megabytes of one header line pinned that much per connection.
+    `close()` is aiohttp's "no more requests": the 400 already queued is still answered.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # aiohttp has no hook for a refused head: its queue holds an error in place of a
+        # request (the pinned aiohttp version; tests/test_http_hostile.py watches it)
+        queued = self._messages
+        if queued and not isinstance(queued[-1][0], RawRequestMessage):
+            self.close()
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> StreamResponse:
+        answer = super().handle_error(request, status, exc, message)
+        if not isinstance(exc, HttpProcessingError):
+            return answer
+        refusals = getattr(self._manager, "refusals", None)  # (server.py's runner's)
+        if refusals is not None:
+            refusals.refused(status, request.remote, exc)
+        # a problem document, as every other refusal is (aiohttp's own is text/plain,
+        # which the OpenAPI document names for no answer)
+        refused = problem(status, clip(one_line(exc.message or str(exc)), 200))
+        refused.force_close()
+        return refused
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        # With no request in progress the connection's task is idle or in aiohttp's
+        # lingering read (10 s) of a refused body: a daemon stopping after a large body
+        # was refused waited those whole 10 s (its teardown's step deadline)
+        if not self._request_in_progress and self._task_handler is not None:
+            self._task_handler.cancel()
+        await super().shutdown(timeout)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if isinstance(kw.get("exc_info"), HttpProcessingError):
+            return  # a refused request: told by handle_error, in one line
+        super().log_exception(*args, **kw)  # a defect: its traceback, as aiohttp logs it
+
+
 class LeanConnection(HttpConnection):
-    """The hardened connection (http/server.py), its model calls of the common shape and
-    the MCP gateway's POSTs answered whole (http/mcp.py) answered here, one at a time (a
+    """The hardened connection, its model calls and the POSTs `posts` serves (the MCP
+    gateway's, the A2A door's) in the common shape answered here, one at a time (a
     request pipelined behind one waits in `_held` for its answer); a head it does not
     take (past MAX_FIELD or MAX_HEADERS too) is aiohttp's."""
 
-    __slots__ = ("_call", "_held", "_lean", "_mcp", "_mcp_call", "_models", "_want")
+    __slots__ = ("_call", "_cancels", "_held", "_lean", "_models", "_posts", "_want")
 
-    def __init__(self, manager: web.Server, models: ModelGateway | None,
-                 mcp: Callable[[Exchange], Awaitable[bool]], **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, models: ModelGateway | None, posts: Posts,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._models, self._mcp = models, mcp
-        self._mcp_call = False  # the call answering is of /mcp: its client's end cancels it
+        self._models, self._posts = models, posts
+        self._cancels = False  # the call answering is a POST's: its client's end cancels it
         self._lean = True  # until a request of another shape: aiohttp's to the end
         self._held, self._want = bytearray(), 0  # (its bytes parsed again once `_want` came)
         self._call: asyncio.Task[None] | None = None
@@ -75,20 +138,24 @@ class LeanConnection(HttpConnection):
         if end < 0:
             return self._hand_over() if len(held) > MAX_FIELD * 2 else None
         parsed = _head(bytes(held[:end + 4]))
-        if parsed is None or (parsed[0] is not None and self._models is None):
+        if parsed is None:
             return self._hand_over()
-        endpoint, path, headers, length, close = parsed
+        endpoint, url, headers, length, close = parsed
+        path, _, query = url.partition("?")  # (a repeated name: its first value, as aiohttp's)
+        serve = self._posts(path) if endpoint is None else None
+        if serve is None and (endpoint is None or self._models is None):
+            return self._hand_over()
         start, self._want = end + 4, end + 4 + length
         if len(held) < self._want:
             return  # (its body's bytes still to come)
         self._close = close  # (after its answer)
-        self._request_in_progress, self._mcp_call, self._want = True, endpoint is None, 0
+        self._request_in_progress, self._cancels, self._want = True, serve is not None, 0
         assert self.transport is not None
-        query = path.partition("?")[2]  # (a repeated name: its first value, as aiohttp's)
         ex = Exchange(self, self.transport, headers, dict(reversed(parse_qsl(
-            query, keep_blank_values=True))) if query else {}, bytes(held[start:start + length]))
+            query, keep_blank_values=True))) if query else {}, bytes(held[start:start + length]),
+            path=path)
         self._call = self._loop.create_task(self._serve(
-            ex, endpoint, bytes(held[:start + length]) if endpoint is None else b""))
+            ex, endpoint, serve, bytes(held[:start + length]) if serve is not None else b""))
         del held[:start + length]
 
     def _hand_over(self, first: bytes = b"") -> None:
@@ -98,12 +165,13 @@ class LeanConnection(HttpConnection):
         held, self._held = first + self._held, bytearray()
         super().data_received(held)
 
-    async def _serve(self, ex: Exchange, endpoint: Endpoint | None, raw: bytes) -> None:
-        streams = False  # a POST of /mcp answered with a stream: aiohttp's, as it came
+    async def _serve(self, ex: Exchange, endpoint: Endpoint | None, serve: Serve | None,
+                     raw: bytes) -> None:
+        streams = False  # a POST answered with a stream: aiohttp's, as it came
         try:
-            if endpoint is None:
-                streams = not await self._mcp(ex)
-            elif self._models is not None:
+            if serve is not None:
+                streams = not await serve(ex)
+            elif self._models is not None and endpoint is not None:
                 self._models.lean += 1
                 made = self._models.admit_read(ex, endpoint)
                 if made is not None:
@@ -112,7 +180,7 @@ class LeanConnection(HttpConnection):
                 with contextlib.suppress(ConnectionError):  # (gone: its call ended)
                     await self._drain_helper()
         except Exception:  # a defect: its traceback, and the connection's end
-            log.exception("the call on %s failed", endpoint.path if endpoint else "/mcp")
+            log.exception("the call on %s failed", ex.path)
             self.force_close()
         finally:
             self._request_in_progress, self._call = False, None
@@ -136,13 +204,88 @@ class LeanConnection(HttpConnection):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
-        if self._call is not None and self._mcp_call:  # (as aiohttp's handler would be)
+        if self._call is not None and self._cancels:  # (as aiohttp's handler would be)
             self._call.cancel()
 
     def _process_keepalive(self) -> None:
         if not (self._lean and self._request_in_progress):  # (answering: not idle)
             return super()._process_keepalive()
         self._keepalive_handle = None  # (armed again at its answer's end)
+
+
+class LeanRequest(HeadersMixin):
+    """What of aiohttp's request the handlers of a POST read lean read (http/mcp.py's,
+    a2a/routes.py's): the one handler serves both; its answer is written by its Exchange
+    (`answer_json`, `respond`). A request with a Cookie header is never the A2A door's
+    lean (its handlers read no cookie)."""
+
+    method, cookies, match_info = "POST", cast(Mapping[str, str], {}), cast(Mapping[str, str], {})
+
+    def __init__(self, ex: Exchange, match_info: Mapping[str, str] | None = None) -> None:
+        self.ex, self.path = ex, ex.path  # its answer's writer
+        self.headers = self._headers = CIMultiDict(ex.headers)
+        self.query, self.transport, self.protocol = ex.query, ex.transport, ex.conn
+        self.raw = ex.raw or b""
+        if match_info is not None:
+            self.match_info = match_info
+
+    async def read(self) -> bytes:
+        return self.raw
+
+    @property
+    def content(self) -> LeanRequest:  # (route.body_of's reader: the body at once)
+        return self
+
+    async def readany(self) -> bytes:
+        raw, self.raw = self.raw, b""
+        return raw
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.transport.get_extra_info("sslcontext") is not None else "http"
+
+    @property
+    def host(self) -> str:
+        return self.headers["Host"]  # (a head without one is aiohttp's)
+
+    @functools.cached_property  # (read at each look at who calls: once)
+    def remote(self) -> str | None:
+        """As aiohttp's: the peer's address, a unix socket's peer its name."""
+        peer = self.transport.get_extra_info("peername")
+        return None if peer is None else str(peer[0] if isinstance(peer, list | tuple) else peer)
+
+    @property
+    def url(self) -> URL:
+        """Its address (a 401's metadata's origin), as its Host header names it."""
+        return URL.build(scheme=self.scheme, authority=self.host)
+
+
+WRITTEN = web.StreamResponse()  # a lean POST's answer, written: nothing more to do
+
+
+def answer_json(request: web.Request, body: bytes, status: int = 200,
+                headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """A JSON answer written as HTTP/1.1 bytes by an Exchange (answers.py), whichever path
+    read its request: aiohttp's response machinery was a tenth of the daemon's CPU a
+    tools/call."""
+    if isinstance(request, LeanRequest):  # (its writer at hand: nothing returned is written)
+        request.ex.answer(status, "application/json", body, headers)
+        return WRITTEN
+    if request.transport is None:  # the client went: aiohttp's response, for it to drop
+        return web.Response(body=body, status=status, headers=headers,
+                            content_type="application/json")
+    Exchange(request.protocol, request.transport, {}, {}, b"", request).answer(
+        status, "application/json", body, headers)
+    return WrittenResponse(request, status)
+
+
+def respond(ex: Exchange, resp: web.StreamResponse) -> None:
+    """What a handler returned for a request read lean, written (one `answer_json` wrote:
+    nothing more)."""
+    if isinstance(resp, web.Response):  # (an error, or a 202: not written yet)
+        ex.answer(resp.status, resp.headers.get(CONTENT_TYPE, resp.content_type),
+                  resp.body if isinstance(resp.body, bytes) else b"",
+                  {k: v for k, v in resp.headers.items() if k != CONTENT_TYPE})
 
 
 class _HeadFields(msgspec.Struct, gc=False):
@@ -160,9 +303,11 @@ class _HeadFields(msgspec.Struct, gc=False):
 
 
 def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int, bool] | None:
-    """A model call's request line, headers, body's length and whether it closes the
-    connection (None its endpoint: a POST of /mcp) from its head (to its blank line), or
-    None when not of the common shape."""
+    """A POST's endpoint (a model call's; else None), URL, headers, body's length and
+    whether it closes the connection from its head (to its blank line), or None when not
+    of the common shape."""
+    if not head.startswith(b"POST "):
+        return None  # (not parsed: a GET's connection is aiohttp's at once)
     read = _HeadFields()
     parser = httptools.HttpRequestParser(read)
     try:
@@ -171,10 +316,9 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int, bool]
         return None  # (aiohttp's to refuse, saying why, or to upgrade)
     url, fields = read.url, read.fields
     endpoint, n = _PATHS.get(path := url.partition(b"?")[0]), len(url)
-    queried = len(path) < n  # (else the URL is a path known, its characters with it)
-    if (endpoint is None and path != MCP) or not head.startswith(b"POST ") or \
-            head[n + 5:n + 16] != b" HTTP/1.1\r\n" or \
-            (queried and _PATH.fullmatch(url) is None) or \
+    # (a model call's URL that is its path alone: a path known, its characters with it)
+    if head[n + 5:n + 16] != b" HTTP/1.1\r\n" or \
+            ((endpoint is None or len(path) < n) and _PATH.fullmatch(url) is None) or \
             not 0 < len(fields) < 2 * MAX_HEADERS or (len(head) > MAX_FIELD and max(
                 map(len, head.split(b"\r\n"))) > MAX_FIELD):
         return None
