@@ -97,6 +97,12 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
                          if not os.path.isabs(p.removeprefix("-"))), None)
         if relative is not None:
             raise ValueError(f"env_file {relative!r} is not an absolute path")
+        # (the checks at its start stat these: a NUL there is no path, and no word exec
+        # can pass)
+        words = [self.command] if isinstance(self.command, str) else self.command
+        nul = next((w for w in (*words, self.cwd or "") if "\0" in w), None)
+        if nul is not None:
+            raise ValueError(f"{nul!r} holds a NUL, which no path nor argument may hold")
 
     @property
     def stop_signum(self) -> signal.Signals:

@@ -41,15 +41,15 @@ USERNS_SYSCTLS = (
 
 
 def out_of_reach(path: str, uid: int, gid: int) -> str | None:
-    """The first directory on the way to `path` (absolute; itself included) that a
-    process of uid/gid (no supplementary groups: how corral starts another user's process)
-    may not pass through; None: every one may be. Each `..` is passed as the kernel does,
-    not folded away. Strings, not pathlib's: it interns every part it parses, and an
-    agent's start would churn the interpreter's table of them."""
+    """The first directory on the way to `path` (itself included; a relative one from
+    the cwd) that a process of uid/gid (no supplementary groups: how corral starts another
+    user's process) may not pass through; None: every one may be. Each `..` is passed as
+    the kernel does, not folded away. Strings, not pathlib's: it interns every part it
+    parses, and an agent's start would churn the interpreter's table of them."""
     if uid == 0:
         return None
     here = ""
-    for part in plain(path).split("/")[1:]:
+    for part in plain(os.path.join(os.getcwd(), path)).split("/")[1:]:
         here = f"{here}/{part}"
         try:
             st = os.stat(here)

@@ -1,0 +1,73 @@
+"""The paths an agent's start checks (corral/supervisor/sandbox.py, runas.py), read as
+strings: an attacker's pass. A NUL in a command's word or a cwd is refused where the
+table is read, at every way one comes in (the config file, `corral add`, a tenant's or a
+package's table, an MCP server's): it reached the reach check's stat at a runtime add
+with --no-check, and a ValueError came back where a refusal was owed. `..` is passed
+through as the kernel does, never folded away."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.supervisor.config import ConfigError
+from corral.supervisor.configload import load_config, parse_agents, parse_servers
+from corral.supervisor.sandbox import out_of_reach, plain
+
+NUL = "holds a NUL, which no path nor argument may hold"
+
+
+def test_a_nul_in_a_command_or_a_cwd_is_refused_where_the_table_is_read(
+        tmp_path: Path) -> None:
+    config = tmp_path / "corral.toml"
+    config.write_text('[agents.a]\ncommand = ["/usr/bin/python3"]\n'
+                      'cwd = "/tmp/a\\u0000b"\n')
+    with pytest.raises(ConfigError) as said:
+        load_config(config)
+    assert str(said.value) == f"{config}: agents.a: '/tmp/a\\x00b' {NUL}"
+    tables: list[tuple[dict[str, Any], str]] = [
+        ({"command": ["/usr/bin/py\0thon3", "x.py"], "user": "nobody"},
+         "/usr/bin/py\0thon3"),
+        ({"command": ["/usr/bin/python3", "x\0.py"]}, "x\0.py"),
+        ({"command": "/usr/bin/python3 x\0.py"}, "/usr/bin/python3 x\0.py"),
+        ({"command": ["/usr/bin/python3"], "cwd": "/tmp/a\0b", "sandbox": "bwrap"},
+         "/tmp/a\0b")]
+    for table, word in tables:
+        with pytest.raises(ConfigError) as said:
+            parse_agents({"agents": {"x": table}}, "agents.add")
+        assert str(said.value) == f"agents.add: agents.x: {word!r} {NUL}"
+    with pytest.raises(ConfigError) as said:
+        parse_servers({"mcp_servers": {"s": {"command": ["srv\0"]}}}, "servers.add")
+    assert str(said.value) == f"servers.add: mcp_servers.s: 'srv\\x00' {NUL}"
+    # a newline is a path's to hold
+    assert parse_agents({"agents": {"x": {"command": ["/usr/bin/python3", "a\nb"]}}},
+                        "agents.add")["x"].argv() == ["/usr/bin/python3", "a\nb"]
+
+
+def test_the_way_to_a_path_passes_each_directory_before_a_dot_dot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # (in /tmp: the test's own directory is under one only its owner passes)
+    top = Path(tempfile.mkdtemp(prefix="corral-reach-"))
+    try:
+        top.chmod(0o755)
+        shut, open_ = top / "shut", top / "open"
+        shut.mkdir(mode=0o700)
+        open_.mkdir(mode=0o755)
+        uid, gid = os.getuid() + 1, os.getgid() + 1  # (neither the owner nor its group)
+        assert out_of_reach(f"{shut}/../open", uid, gid) == str(shut)
+        assert out_of_reach(f"{open_}/./../open//", uid, gid) is None
+        assert out_of_reach(f"{shut}/../open", 0, 0) is None  # root passes everywhere
+        monkeypatch.chdir(top)  # a relative path: from the cwd, not from /
+        assert out_of_reach("shut/../open", uid, gid) == str(shut)
+        assert out_of_reach("open", uid, gid) is None
+    finally:
+        shutil.rmtree(top)
+    # pathlib's reading, kept: no empty nor `.` parts, each `..` where it was
+    assert plain("/a//b/./c/../d/") == "/a/b/c/../d" == str(Path("/a//b/./c/../d/"))
+    assert plain("./a/./b") == "a/b" == str(Path("./a/./b"))
+    assert plain(".") == "." == str(Path("."))
