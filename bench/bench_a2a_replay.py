@@ -9,7 +9,9 @@ output at once and then stays open; once a first stream has seen them all, the t
 subscribed to again (`SubscribeToTask`, JSON-RPC binding, its SSE stream) SUBSCRIBES
 times, one after another. A replay's time is from the request sent to the last of the
 EVENTS chunks read (every one counted, in order); the median and p99 of them (the first
-subscribe, the live one, not counted). `--vs TREE`: another checkout's daemon (a
+subscribe, the live one, not counted). Where a replay's time went: the daemon's threads'
+time on a core and runnable but off one over it, and this client's (/proc's schedstat),
+given for the median replay and the slowest (`tail`). `--vs TREE`: another checkout's daemon (a
 worktree of the commit before a change) measured the same way, the two alternated A B A B
 for `--rounds`, a new daemon each; each tree's figures over all its replays, and the
 rounds' paired ratios of the medians (TREE's / this tree's).
@@ -18,6 +20,8 @@ rounds' paired ratios of the medians (TREE's / this tree's).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import statistics
 import time
@@ -102,22 +106,41 @@ async def replay(http: aiohttp.ClientSession, url: str, task_id: str, events: in
     raise AssertionError(f"the stream ended after {seen} of {events} chunks")
 
 
+def sched(pid: int | str) -> tuple[float, float]:
+    """A process's threads' seconds on a core and runnable but off one (schedstat)."""
+    ran = waited = 0
+    for stat in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        with contextlib.suppress(OSError, ValueError):  # (a thread that ended meanwhile)
+            on, off, _ = Path(stat).read_text().split()
+            ran, waited = ran + int(on), waited + int(off)
+    return ran / 1e9, waited / 1e9
+
+
+# a replay: its seconds, the daemon's on a core and waiting for one, the client's likewise
+Spent = tuple[float, float, float, float, float]
+
+
 async def measure(url: str, events: int, subscribes: int, daemon: psutil.Process
-                  ) -> tuple[list[float], float, float]:
-    """The replays' seconds (after a first, live, subscribe that is not counted), and the
+                  ) -> tuple[list[Spent], float, float]:
+    """The replays (after a first, live, subscribe that is not counted), sorted, and the
     daemon's and this client's CPU seconds a replay."""
     async with aiohttp.ClientSession() as http:
         task_id = await start(http, url, events)
         await replay(http, url, task_id, events)
         before, mine = daemon.cpu_times(), time.process_time()
-        times = sorted([await replay(http, url, task_id, events) for _ in range(subscribes)])
+        spent = []
+        for _ in range(subscribes):
+            d0, c0 = sched(daemon.pid), sched("self")
+            took = await replay(http, url, task_id, events)
+            d1, c1 = sched(daemon.pid), sched("self")
+            spent.append((took, d1[0] - d0[0], d1[1] - d0[1], c1[0] - c0[0], c1[1] - c0[1]))
         after, mine = daemon.cpu_times(), time.process_time() - mine
-    return (times, (after.user + after.system - before.user - before.system) / subscribes,
-            mine / subscribes)
+    return (sorted(spent), (after.user + after.system - before.user - before.system)
+            / subscribes, mine / subscribes)
 
 
 def one(tree: Path | None, events: int, subscribes: int
-        ) -> tuple[list[float], float, float]:
+        ) -> tuple[list[Spent], float, float]:
     """One daemon's replays (of `tree`, None: this one), seconds each, sorted, and the
     daemon's CPU seconds a replay (its user + system time over them: what the load moves
     least) and the client's (this process's: its reads and JSON decodes of the events)."""
@@ -136,11 +159,18 @@ def one(tree: Path | None, events: int, subscribes: int
         cleanup(d)
 
 
-def figures(times: list[float]) -> dict[str, Any]:
-    times = sorted(times)
+def figures(spent: list[Spent]) -> dict[str, Any]:
+    spent = sorted(spent)
+    times = [s[0] for s in spent]
+
+    def where(s: Spent) -> dict[str, float]:
+        return {k: round(v * 1000, 1) for k, v in zip(
+            ("ms", "daemon_on_cpu", "daemon_waiting", "client_on_cpu", "client_waiting"), s,
+            strict=True)}
     return {"p50_ms": round(statistics.median(times) * 1000, 1),
             "p99_ms": round(times[max(0, int(len(times) * 0.99) - 1)] * 1000, 1),
-            "min_ms": round(times[0] * 1000, 1), "max_ms": round(times[-1] * 1000, 1)}
+            "min_ms": round(times[0] * 1000, 1), "max_ms": round(times[-1] * 1000, 1),
+            "median": where(spent[len(spent) // 2]), "tail": [where(s) for s in spent[-3:]]}
 
 
 def main() -> None:
@@ -153,7 +183,7 @@ def main() -> None:
     trees: list[Path | None] = [None] if args.vs is None else [None, args.vs.resolve()]
     result: dict[str, Any] = {"events": args.events, "subscribes": args.subscribes,
                               "load_before": loadavg()}
-    times: dict[int, list[float]] = {i: [] for i in range(len(trees))}
+    times: dict[int, list[Spent]] = {i: [] for i in range(len(trees))}
     cpu: dict[int, list[float]] = {i: [] for i in range(len(trees))}
     clients: dict[int, list[float]] = {i: [] for i in range(len(trees))}
     ratios, cpu_ratios = [], []
@@ -165,7 +195,7 @@ def main() -> None:
             times[i] += got
             cpu[i].append(spent)
             clients[i].append(client)
-            medians[i] = statistics.median(got)
+            medians[i] = statistics.median(s[0] for s in got)
             print(f"round {r} {tree or 'this tree'}: {figures(got)}, daemon CPU "
                   f"{spent * 1000:.1f} ms a replay (the client's {client * 1000:.1f}), "
                   f"load {loadavg()[0]}", flush=True)
