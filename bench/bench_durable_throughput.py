@@ -31,6 +31,9 @@ measured one after another (steps, then runs), the load recorded at each. A peer
 not installed is skipped with the reason. Every server is a child of this process,
 killed by its pid at the end. `dbos-pg`: DBOS on Debian's PostgreSQL (a cluster of the
 bench's own, bench/peers/servers.py), in a run without `dbos` (DBOS is one per process).
+CPU a run (or step): corral's daemon (`server_cpu_us`) and its agents (`workers_cpu_us`),
+Postgres's processes (DBOS's `server_cpu_us`), and this process (`bench_cpu_us`: the
+clients, and DBOS itself, which runs in it).
 
 `--vs TREE`: the daemon of another checkout (a worktree of the tree before a change) beside
 this tree's, each measured in `--chunks` windows alternated with the other's (each chunk
@@ -188,6 +191,12 @@ async def start_dbos_pg(d: Path, steps: dict[str, One], runs: dict[str, One],
     stops.append(dbos_peer.stop)
     steps["DBOS (Postgres): @DBOS.step"] = threaded(dbos_peer.steps)
     runs["DBOS (Postgres): a workflow of one step"] = threaded(dbos_peer.stamps)
+    assert server.proc is not None
+    postgres = cpu_of(server.proc.pid)
+    # (its server's CPU: Postgres's processes, every backend; DBOS itself runs in this
+    # process, its CPU in `bench_cpu_us` with the clients')
+    CPU["DBOS (Postgres): @DBOS.step"] = CPU["DBOS (Postgres): a workflow of one step"] \
+        = lambda: (sum(postgres()), 0.0)
 
 
 async def start_restate(d: Path, steps: dict[str, One], runs: dict[str, One],
@@ -269,7 +278,9 @@ async def drive(one: One, n: int, conc: int, window: float,
 
     load = os.getloadavg()[0]
     cpu0 = cpu() if cpu is not None else None
+    own0 = _own_cpu()
     await asyncio.gather(*(lane() for _ in range(conc)))
+    own1 = _own_cpu()
     cpu1 = cpu() if cpu is not None else None
     slices = [0] * max(1, int(window // SLICE))  # whole slices only
     for e in ends:
@@ -281,10 +292,17 @@ async def drive(one: One, n: int, conc: int, window: float,
             "slice_lowest_per_s": round(min(rates), 1),
             "p50_ms": round(statistics.median(took) * 1000, 2) if took else None,
             "p99_ms": round(pct(took, 0.99) * 1000, 2) if took else None,
-            "load": round(load, 2), "load_after": round(os.getloadavg()[0], 2)} | ({
+            "load": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+            "bench_cpu_us": round((own1 - own0) / max(1, len(every) * n) * 1e6)} | ({
                 "server_cpu_us": round((cpu1[0] - cpu0[0]) / max(1, len(every) * n) * 1e6),
                 "workers_cpu_us": round((cpu1[1] - cpu0[1]) / max(1, len(every) * n) * 1e6)}
                 if cpu0 is not None and cpu1 is not None else {})
+
+
+def _own_cpu() -> float:
+    """This process's CPU seconds so far: its clients' (and DBOS's, which runs in it)."""
+    t = os.times()
+    return t.user + t.system
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:

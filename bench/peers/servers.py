@@ -147,6 +147,14 @@ class Postgres(Child):
                     "-c", "max_connections=200"], d / "postgres.log")
         assert self.proc is not None
         wait_port(self.port, self.proc, "postgres")
+        # (listening is not accepting: a connection while it starts up is refused, "the
+        # database system is starting up", at load past its first second)
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p",
+                              str(self.port)], check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres not ready on {self.port}")
+            time.sleep(0.05)
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def stop(self) -> None:
