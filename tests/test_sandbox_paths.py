@@ -3,12 +3,15 @@ strings: an attacker's pass. A NUL in a command's word or a cwd is refused where
 table is read, at every way one comes in (the config file, `corral add`, a tenant's or a
 package's table, an MCP server's): it reached the reach check's stat at a runtime add
 with --no-check, and a ValueError came back where a refusal was owed. `..` is passed
-through as the kernel does, never folded away."""
+through as the kernel does, never folded away. Nothing inside what the agent may write is
+bound apart (decision 1825): a link it made on the way to its own venv chose what its next
+sandbox bound there, over corral's masks."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import load_config, parse_agents, parse_servers
-from corral.supervisor.sandbox import out_of_reach, plain
+from corral.supervisor.sandbox import host_refusal, out_of_reach, plain, program_paths, sandboxed
 
 NUL = "holds a NUL, which no path nor argument may hold"
 
@@ -71,3 +74,35 @@ def test_the_way_to_a_path_passes_each_directory_before_a_dot_dot(
     assert plain("/a//b/./c/../d/") == "/a/b/c/../d" == str(Path("/a//b/./c/../d/"))
     assert plain("./a/./b") == "a/b" == str(Path("./a/./b"))
     assert plain(".") == "." == str(Path("."))
+
+
+@pytest.mark.skipif(host_refusal("bwrap", None) is not None, reason="no sandbox here")
+def test_a_link_the_agent_makes_on_the_way_to_its_venv_binds_nothing(tmp_path: Path) -> None:
+    """The attack: an agent whose command is its own venv's (HOME/x/venv/bin/tool) moves
+    x away and makes x a relative link to corral's installation, bound read-only in
+    every sandbox with corral's own files in it masked. Its next sandbox bound its venv
+    "as named": bwrap followed the link on the host and inside, binding corral's venv
+    again after the mask, and ran corral's tool with the masked file readable."""
+    corral, home = tmp_path / "corral", tmp_path / "deep" / "er" / "home"
+    secret = corral / "venv" / "secret.toml"
+    for venv, script in ((corral / "venv", f"echo corral; cat {secret}"),
+                         (home / "x" / "venv", f"mv x x.old; ln -s "
+                          f"{os.path.relpath(corral, home)} x; echo swapped")):
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "tool").write_text(f"#!/bin/sh\n{script}\n")
+        (venv / "bin" / "tool").chmod(0o755)
+    secret.write_text("the operator's secret")
+    tool = str(home / "x" / "venv" / "bin" / "tool")
+
+    def life() -> str:
+        argv = sandboxed([tool], program="bwrap", cwd=str(home), env={}, network="none",
+                         root=os.geteuid() == 0,
+                         read_only=[*program_paths(tool, [str(home)]), str(corral)],
+                         protected=[(str(secret), "corral's config")])
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+
+    assert life() == "swapped\n"  # (its x, a mount's parent, is its to move)
+    assert (home / "x").is_symlink()
+    # x names corral's venv now, seen through its cwd: that venv's tool runs, its
+    # secret still masked
+    assert life() == "corral\n"

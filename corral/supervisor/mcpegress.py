@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .config import McpServerSpec
-from .sandbox import program_paths, resolve_program, sandboxed
+from .sandbox import agents_own, program_paths, resolve_program, sandboxed
 from .seccomp import egress_file
 from .tuning import Tuning
 
@@ -24,11 +24,13 @@ def server_sandboxed(argv: list[str], env: dict[str, str], uid: int | None,
     trips' binds (egresstrip.py)."""
     argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
     cwd = spec.cwd or os.getcwd()
-    read_only = [*map(str, program_paths(argv[0])),
-                 *(p for p in spec.env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    # (nothing its writable cwd holds is bound apart, as an agent's: decision 1825)
+    read_only = [p for p in spec.env.get("PYTHONPATH", "").split(os.pathsep)
+                 if p and not agents_own(p, [cwd])]
     script = os.path.join(cwd, argv[1]) if len(argv) > 1 else ""
-    if os.path.isfile(script):  # an interpreter's script: its directory, read-only
-        read_only.append(os.path.dirname(os.path.abspath(script)))
+    if os.path.isfile(script) and not agents_own(script, [cwd]):
+        read_only.append(os.path.dirname(os.path.abspath(script)))  # an interpreter's
+    read_only += program_paths(argv[0], [cwd])
     return sandboxed(argv, program=tuning.sandbox_program, cwd=cwd,
                      env=env, network="held" if held else "none",
                      root=(os.geteuid() if uid is None else uid) == 0, read_only=read_only,

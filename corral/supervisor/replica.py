@@ -312,12 +312,13 @@ class Replica(ProcessReplica):
         # cannot would not import it outside a sandbox either: it has its own, or none)
         sdk = [SDK] if uid is None or out_of_reach(SDK, uid, _gid_of(uid)) is None else []
         # what the agent may write chooses no bind (issue 88): a link or a pyvenv.cfg
-        # there is not followed, nor a PYTHONPATH entry there bound apart
+        # there is not followed, nor a path there bound apart (its writable bind holds it;
+        # a link the agent made on the way to it chose what was bound: decision 1825)
         writable = [spec.cwd or os.getcwd(), *spec.write_paths]
-        read_only = [*program_paths(argv[0], writable), *sdk, *spec.sandbox_paths,
-                     *spec.read_paths]
-        read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                      if p and not agents_own(p, writable)]
+        read_only = [p for p in (*sdk, *spec.sandbox_paths, *spec.read_paths,
+                                 *env.get("PYTHONPATH", "").split(os.pathsep))
+                     if p and not agents_own(p, writable)]
+        read_only += program_paths(argv[0], writable)
         if spec.release is not None:
             # only a release imports the SDK's copy (release_environment): a plain agent's
             # sandbox binds none, so its user need not reach [packages] dir

@@ -173,12 +173,12 @@ def program_paths(program: str, writable: Iterable[str] = ()) -> list[str]:
     venv and its base interpreter's installation (pyvenv.cfg's `home`). Nothing is read
     from where the agent may write (`writable`: its cwd and write_paths), which it would
     choose its next sandbox's binds by: a program there is not followed through its
-    links, nor a pyvenv.cfg there read (issue 88; decision 1129). Strings, not pathlib's
-    (out_of_reach says why)."""
+    links, nor a pyvenv.cfg there read (issue 88; decision 1129), nor an installation
+    there bound apart (decision 1825). Strings, not pathlib's (out_of_reach says why)."""
     writable = list(writable)
     named = plain(program)
     real = named if agents_own(named, writable) else os.path.realpath(named)
-    out = [p for p in (_prefix(named), _prefix(real)) if p is not None]
+    out = [_prefix(named), _prefix(real)]
     cfg = os.path.join(os.path.dirname(os.path.dirname(named)), "pyvenv.cfg")
     try:
         if agents_own(cfg, writable):
@@ -191,10 +191,8 @@ def program_paths(program: str, writable: Iterable[str] = ()) -> list[str]:
     for line in lines:
         key, _, value = line.partition("=")
         if key.strip() == "home" and value.strip():
-            base = _prefix(os.path.join(value.strip(), "python"))
-            if base is not None:
-                out.append(base)
-    return out
+            out.append(_prefix(os.path.join(value.strip(), "python")))
+    return [p for p in out if p is not None and not agents_own(p, writable)]
 
 
 def agents_own(path: str, writable: Iterable[str]) -> bool:
@@ -273,7 +271,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
             raise OSError('egress = "gateways": the gateways have no socket to relay to '
                           "([gateway] listen is not served)")
         relay_binds, argv = _relayed(relay, argv)
-        read_only = [*read_only, *map(str, program_paths(relay.python))]
+        read_only = [*read_only, *program_paths(relay.python)]
     mounts: dict[str, str] = {}
     for path in read_only:
         mounts.setdefault(os.path.abspath(path), "--ro-bind-try")
