@@ -18,14 +18,12 @@ STEP_NAME = re.compile(NAME)
 
 class PlanStep(msgspec.Struct):
     spec: StepSpec
-    name: str  # its spec's (asked many times a run)
+    # its spec's name, and whether it has a map (each asked many times a run)
+    name: str
+    mapped: bool
     index: int  # its place in the definition
     input: Any  # what it is sent, with references (the default filled in)
     deps: frozenset[str] = msgspec.field(default_factory=frozenset)
-
-    @property
-    def mapped(self) -> bool:
-        return self.spec.map is not None
 
 
 class Workflow(msgspec.Struct):
@@ -184,7 +182,7 @@ def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> P
             if ref.step == s.name:
                 raise WorkflowError(f"{where}: a cycle of steps: {s.name} -> {s.name}")
             deps.add(ref.step)
-    return PlanStep(s, s.name, i, value, frozenset(deps))
+    return PlanStep(s, s.name, s.map is not None, i, value, frozenset(deps))
 
 
 def _check_cycles(where: str, steps: list[PlanStep]) -> None:
