@@ -31,7 +31,7 @@ async def waited(fut: asyncio.Future[T], timeout: float | None) -> T:
     driver) never cancelled by this wait or its caller's cancellation. One future of the
     caller's and a timer, not a shield's and a Timeout's (a run's wait, at every run)."""
     if not fut.done():
-        loop = asyncio.get_running_loop()
+        loop = fut.get_loop()  # (not get_running_loop: on 3.11 a getpid syscall a call)
         woken: asyncio.Future[None] = loop.create_future()
 
         def wake(_: object = None) -> None:
