@@ -33,7 +33,8 @@ killed by its pid at the end. `dbos-pg`: DBOS on Debian's PostgreSQL (a cluster 
 bench's own, bench/peers/servers.py), in a run without `dbos` (DBOS is one per process).
 CPU a run (or step): corral's daemon (`server_cpu_us`) and its agents (`workers_cpu_us`),
 Postgres's processes (DBOS's `server_cpu_us`), and this process (`bench_cpu_us`: the
-clients, and DBOS itself, which runs in it).
+clients, and DBOS itself, which runs in it); corral's loop thread's own (`loop_cpu_us`)
+and its wait for a core while it could run (`loop_wait_us`).
 
 `--vs TREE`: the daemon of another checkout (a worktree of the tree before a change) beside
 this tree's, each measured in `--chunks` windows alternated with the other's (each chunk
@@ -70,6 +71,9 @@ SLICE = 5.0
 # an engine's CPU seconds so far, its server's and its workers' (corral's daemon and
 # agents), by the key of each of its entries
 CPU: dict[str, Callable[[], tuple[float, float]]] = {}
+# corral's daemon's main thread, its loop (/proc's schedstat: its ns on a core, and waiting
+# for one while it could run): runs/s is one over their sum a run once it is never idle
+LOOP: dict[str, Path] = {}
 
 
 def cpu_of(pid: int) -> Callable[[], tuple[float, float]]:
@@ -165,6 +169,8 @@ async def start_corral(d: Path, steps: dict[str, One], runs: dict[str, One],
         assert daemon.proc is not None
         CPU[f"{label} ({sync}): ctx.step"] = CPU[f"{label} ({sync}): a workflow of one step"] \
             = cpu_of(daemon.proc.pid)
+        LOOP[f"{label} ({sync}): ctx.step"] = LOOP[f"{label} ({sync}): a workflow of one step"] \
+            = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/schedstat")
 
 
 def threaded(fn: Callable[[int], Any]) -> One:
@@ -256,8 +262,16 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def _sched(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    on, waited = path.read_text().split()[:2]
+    return int(on), int(waited)
+
+
 async def drive(one: One, n: int, conc: int, window: float,
-                cpu: Callable[[], tuple[float, float]] | None = None) -> dict[str, Any]:
+                cpu: Callable[[], tuple[float, float]] | None = None,
+                loop: Path | None = None) -> dict[str, Any]:
     """CONC lanes, each its next as its last ends, for `window` seconds: what finished,
     and with `cpu`, the engine's CPU a step (or run), its server's and its workers'."""
     ends: list[float] = []
@@ -278,9 +292,11 @@ async def drive(one: One, n: int, conc: int, window: float,
 
     load = os.getloadavg()[0]
     cpu0 = cpu() if cpu is not None else None
+    loop0 = _sched(loop)
     own0 = _own_cpu()
     await asyncio.gather(*(lane() for _ in range(conc)))
     own1 = _own_cpu()
+    loop1 = _sched(loop)
     cpu1 = cpu() if cpu is not None else None
     slices = [0] * max(1, int(window // SLICE))  # whole slices only
     for e in ends:
@@ -296,7 +312,10 @@ async def drive(one: One, n: int, conc: int, window: float,
             "bench_cpu_us": round((own1 - own0) / max(1, len(every) * n) * 1e6)} | ({
                 "server_cpu_us": round((cpu1[0] - cpu0[0]) / max(1, len(every) * n) * 1e6),
                 "workers_cpu_us": round((cpu1[1] - cpu0[1]) / max(1, len(every) * n) * 1e6)}
-                if cpu0 is not None and cpu1 is not None else {})
+                if cpu0 is not None and cpu1 is not None else {}) | ({
+                "loop_cpu_us": round((loop1[0] - loop0[0]) / max(1, len(every) * n) / 1e3),
+                "loop_wait_us": round((loop1[1] - loop0[1]) / max(1, len(every) * n) / 1e3)}
+                if loop0 is not None and loop1 is not None else {})
 
 
 def _own_cpu() -> float:
@@ -344,7 +363,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 # (with --vs, each sync's pair in turn, each chunk the other one first)
                 order = keys if chunk % 2 == 0 else _swapped(keys)
                 for key in order:
-                    got = await drive(engines[key], n, args.conc, window, CPU.get(key))
+                    got = await drive(engines[key], n, args.conc, window, CPU.get(key),
+                                      LOOP.get(key))
                     out[what].setdefault(key, []).append(got)
                     print(f"{what:<5} {key:<40} {got}", flush=True)
         for what in ("steps", "runs"):
