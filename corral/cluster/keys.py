@@ -84,6 +84,10 @@ class Keys:
     def claimed(self, tenant: str, agent: str) -> str:
         return f"{self.prefix}q:{tenant}:{agent}:{CLAIMED}"
 
+    def route_of(self, stream: str) -> str:
+        """The route a task stream (a priority's, or the claimed one) is of."""
+        return stream[len(self.prefix) + 2:].rpartition(":")[0]
+
     def priorities(self, tenant: str, agent: str) -> str:
         return f"{self.prefix}prio:{tenant}:{agent}"
 

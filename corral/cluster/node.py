@@ -218,6 +218,7 @@ class ClusterNode:
                     # what runs here, and what ended here with its outcome not yet written
                     held = [*self.tasks.active.values(), *(t for t, _ in self.outbox.pending)]
                     await self.reaper.refresh(held, self.puller.streams())
+                    await self.puller.let_go()
                     await self._cancels()
                     await self.asks.sweep()  # a suspended task's asks' deadlines
                     await self.desk.refresh_view()

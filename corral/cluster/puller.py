@@ -55,7 +55,10 @@ class Puller:
         self.loops: dict[str, asyncio.Task[None]] = {}
         # the route (keys.route) -> (when, streams)
         self._prios: dict[str, tuple[float, list[str]]] = {}
-        self._read: set[str] = set()
+        # the route -> the streams this node read or claimed in (where the reaper looks
+        # for what it holds without running it), kept while it runs the agent or holds
+        # an entry there
+        self._read: dict[str, set[str]] = {}
         self.claimed = 0  # tasks this node claimed
         self.claims = claims
         self.closed = False
@@ -123,12 +126,30 @@ class Puller:
 
     def streams(self) -> list[str]:
         """Every stream this node has read or claimed in (where the reaper looks)."""
-        return sorted(self._read)
+        return sorted(s for streams in self._read.values() for s in streams)
 
     def claims_in(self, stream: str) -> None:
         """A stream this node claims a task in before its answer comes (submitclaim.py):
         a claim whose answer is lost or not confirmed is found there as an orphan."""
-        self._read.add(stream)
+        self._read.setdefault(self.keys.route_of(stream), set()).add(stream)
+
+    async def let_go(self) -> None:
+        """The streams of agents this node no longer runs, once it holds no entry in
+        them (an orphan the beat's refresh gives back first): the reaper looks there no
+        more, a round trip each a beat, and what is kept is bounded by the agents it
+        runs, not every agent it ever ran."""
+        here = {route(a.spec.tenant, name) for name, a in self.host.agents.items()}
+        consumer = self.membership.consumer
+        for gone in [r for r in self._read if r not in here]:
+            self._prios.pop(gone, None)
+            for stream in list(self._read[gone]):
+                with contextlib.suppress(ResponseError):  # (no such stream or group)
+                    if await self.redis.xpending_range(stream, GROUP, "-", "+", 1,
+                                                       consumername=consumer):
+                        continue
+                self._read[gone].discard(stream)
+            if not self._read[gone]:
+                del self._read[gone]
 
     async def _streams(self, agent: AgentLike) -> list[str]:
         """The agent's streams, highest priority first; read again at most every beat.
@@ -145,7 +166,7 @@ class Puller:
                 await self._make_default(self.keys.stream(tenant, name, 0))
             known = self._prios[route(tenant, name)] = (now, [
                 self.keys.stream(tenant, name, p) for p in sorted(prios | {0}, reverse=True)])
-            self._read.update(known[1])
+            self._read.setdefault(route(tenant, name), set()).update(known[1])
         return known[1]
 
     async def _make_default(self, stream: str) -> None:
@@ -210,7 +231,7 @@ class Puller:
          session, state) = claim[:12]
         traceparent, tracestate = records.trace_of(claim[12] if len(claim) > 12 else None)
         self.claimed += 1
-        self._read.add(stream)
+        self.claims_in(stream)
         task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
                            float(timeout), int(retries), float(created), token=int(token),
                            base=int(base), entry=entry.decode(), stream=stream,
