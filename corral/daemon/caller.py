@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection
 from fnmatch import fnmatchcase
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -148,6 +148,15 @@ class GatewayCaller(Protocol):
     operator: bool
     replica: Any  # an agent replica's token: the replica
     since: float | None  # an API token's: when it was made (Caller.since)
+
+
+class ClientEnded(NamedTuple):
+    """A client's identity ended or changed (a token revoked; a tokens file's client that
+    a reload removed, or changed: its secret, its tools, its limits): its sessions end,
+    their streams too, for they keep the identity they began with (decision 1831)."""
+
+    name: str
+    since: float | None = None
 
 
 class AlwaysWritable:

@@ -13,7 +13,6 @@ import inspect
 import re
 import secrets
 import time
-import tomllib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from fnmatch import fnmatchcase
@@ -29,7 +28,7 @@ from ..mcp.client import MAX_INPUT_ROUNDS, META_CAPABILITIES
 from ..mcp.logrelay import LogRelay
 from ..mcp.relay import InputRelay, asks_input
 from ..mcp.server import needs_tasks
-from ..supervisor.config import DEFAULT_TENANT, ConfigError, GatewaySettings, PositiveInt
+from ..supervisor.config import DEFAULT_TENANT, ConfigError, GatewaySettings
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
@@ -42,6 +41,7 @@ from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Auditor, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .audit import failure_of, gateway_call, outcome_of
+from .caller import ClientEnded
 from .gatewaylimits import CallCounter, Limiter
 from .gatewayskills import METHODS as SKILL_METHODS
 from .gatewayskills import GatewaySkills, is_skill, pooled
@@ -59,6 +59,7 @@ from .mcptasks import (
 from .ownskills import OwnSkills
 from .relayseal import Holder, SealedState, StateSeal, answered
 from .tokendigests import TokenDigests, hash_token
+from .tokensfile import OPERATOR, TokenEntry, load_tokens
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
@@ -67,10 +68,9 @@ if TYPE_CHECKING:
     from ..supervisor.tasks.model import Task
     from ..supervisor.tools import Tools
     from ..supervisor.tracing import Tracer
-    from .tokens import Token
+    from .tokens import Token, TokenRevoked
 
 
-OPERATOR = "operator"
 # resources one gateway session may subscribe to at once (each may hold a listen stream)
 MAX_SUBSCRIPTIONS = 64
 # the tasks extension's requests of a task already made (a table, not one made a request)
@@ -84,40 +84,6 @@ def _expands(template: Any, uri: str) -> bool:
         return False
     parts = re.split(r"\{[^}]*\}", template)
     return re.fullmatch(".+".join(re.escape(p) for p in parts), uri) is not None
-
-
-class TokenEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One [clients.NAME] table of the tokens file."""
-
-    token_sha256: str
-    tools: list[str] = msgspec.field(default_factory=lambda: ["*"])
-    max_concurrent: int | None = None
-    rate_per_minute: int | None = None
-    max_sessions: PositiveInt | None = None  # its HTTP sessions at once
-
-
-class TokensFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    clients: dict[str, TokenEntry] = {}
-
-
-def load_tokens(path: Path) -> dict[str, tuple[str, TokenEntry]]:
-    """token hash -> (client name, entry); errors name the file and the key."""
-    from ..supervisor.configload import convert
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not TOML: {exc}") from None
-    parsed: TokensFile = convert(data, TokensFile, where=str(path))
-    out: dict[str, tuple[str, TokenEntry]] = {}
-    for name, entry in parsed.clients.items():
-        digest = entry.token_sha256.lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ConfigError(f"{path}: clients.{name}.token_sha256: not a SHA-256 hex digest")
-        out[digest] = (name, entry)
-    return out
 
 
 class _Limits(TypedDict):
@@ -222,7 +188,16 @@ class GatewayService:
 
     # -- configuration --------------------------------------------------------------------
     def open_tokens(self, authenticate: Callable[[str], Token | None]) -> None:
+        from .tokens import TokenRevoked
+
         self.api_tokens = authenticate
+        self.stream.subscribe(self._revoked, TokenRevoked)
+
+    def _revoked(self, e: TokenRevoked) -> None:
+        """What a revoked token held at the gateway ends: its sessions, and its per-agent
+        instances, whose owner no later token is (decision 1831)."""
+        self.stream.emit(ClientEnded(f"token {e.token.name}", e.token.created))
+        self.tools.forget(_owner_of(e.token).__eq__, "its token revoked")
 
     def configure(self, settings: GatewaySettings, base: Path, teams: Iterable[str] = ()
                   ) -> list[str]:
@@ -249,12 +224,14 @@ class GatewayService:
         after = {name: (digest, entry) for digest, (name, entry) in tokens.items()}
         said += [f"client {n} added" for n in sorted(set(after) - set(before))]
         said += [f"client {n} removed" for n in sorted(set(before) - set(after))]
-        said += [f"client {n} changed" for n in sorted(set(before) & set(after))
-                 if before[n] != after[n]]
+        changed = [n for n in sorted(set(before) & set(after)) if before[n] != after[n]]
+        said += [f"client {n} changed" for n in changed]
         for gone in set(self.tokens) - set(tokens):
             self.digests.forget(gone)
         self.settings = settings
         self.tokens = tokens
+        for name in [*changed, *(set(before) - set(after))]:
+            self.stream.emit(ClientEnded(name))
         if (own.entries() if own else []) != (self.own_skills.entries()
                                              if self.own_skills else []):
             # their SKILL.md files are in resources/list (the extension says no more)
@@ -371,10 +348,7 @@ class GatewayService:
             # a token that is one, refused for its scopes: 403, not an unknown token's 401
             raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: token {token.name} lacks the "
                                               "mcp:call scope the gateway needs")
-        # its owner, the per-agent servers' instance its own: its identity's (a later
-        # token of its name never shares it, decision 1808)
-        return Identity(name=f"token {token.name}",
-                        owner=f"token:{token.name} of {token.created!r}",
+        return Identity(name=f"token {token.name}", owner=_owner_of(token),
                         allow=self._token_allow(token.agents, token.tenant),
                         tenant=token.tenant, agents=token.agents, scopes=token.scopes,
                         operator=token.tenant is None, since=token.created, **self._limits())
@@ -953,6 +927,12 @@ class GatewayService:
 
 
 NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted together
+
+
+def _owner_of(token: Token) -> str:
+    """An API token's owner of per-agent instances: its identity's, its name and the time
+    it was made (a later token of its name never shares it, decision 1808)."""
+    return f"token:{token.name} of {token.created!r}"
 
 
 def _as_itself(item: dict[str, Any], kind: str) -> dict[str, Any]:

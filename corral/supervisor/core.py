@@ -221,7 +221,7 @@ class Supervisor:
     def _roster(self, e: Roster) -> None:
         """An agent removed: its per-agent tool servers' instances go with it (decision 1809)."""
         if e.agent not in self.agents:
-            self.mcp.forget_agent(e.agent)
+            self.mcp.forget(lambda owner: owner.startswith(f"{e.agent}#"), "its agent removed")
 
     # -- the API (README "Python API"; the parts hold the rest) ---------------------------
     def add(self, spec: AgentSpec, *, start: bool | None = None) -> Agent:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -47,18 +47,19 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
         for inst in gone:
             self.host.egress_doors.forget(inst.door_key)
 
-    def forget_agent(self, agent: str) -> None:
-        """A removed agent's replicas' per-agent instances (owned by their labels, AGENT#N)
-        stopped and forgotten: an agent made later under its name, another tenant's too,
-        is given instances of its own, not what the first left in them (DESIGN 20;
-        decision 1809), and none is kept for the server's life."""
+    def forget(self, owned: Callable[[str], bool], why: str) -> None:
+        """The per-agent instances of the owners `owned` names stopped and forgotten: a
+        removed agent's replicas' (owned by their labels, AGENT#N: an agent made later
+        under its name, another tenant's too, is given instances of its own, not what the
+        first left in them, DESIGN 20, decision 1809), a revoked token's (decision 1831);
+        none is kept for the server's life."""
         for entry in self.servers.values():
-            for owner in [o for o in entry.per_agent if o.startswith(f"{agent}#")]:
+            for owner in [o for o in entry.per_agent if owned(o)]:
                 kept(self._leaving, asyncio.ensure_future(self._stopped(
-                    entry.per_agent.pop(owner))))
+                    entry.per_agent.pop(owner), why)))
 
-    async def _stopped(self, inst: McpServerReplica) -> None:
-        await inst.stop("its agent removed")
+    async def _stopped(self, inst: McpServerReplica, why: str) -> None:
+        await inst.stop(why)
         self.host.egress_doors.forget(inst.door_key)
 
     async def close(self) -> None:

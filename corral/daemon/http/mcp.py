@@ -39,6 +39,7 @@ from ...supervisor.addresses import loopback
 from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
 from ..attribution import mark_of
+from ..caller import ClientEnded
 from ..mcptasks import AGENTS_VIEW
 from ..models.answers import Exchange
 from ..models.lean import LeanConnection, LeanRequest, answer_json, respond
@@ -209,6 +210,7 @@ class HttpGateway:
         self._reaper: asyncio.Task[None] | None = None
         self._abandoning = False  # a site that failed to start is being cleaned up
         self.refused = Refusals({})  # the heads its own site's connections refused
+        self._ended = service.stream.subscribe(self._client_ended, ClientEnded)
 
     # -- start and stop -------------------------------------------------------------------
     def mount(self, app: web.Application) -> None:
@@ -344,6 +346,7 @@ class HttpGateway:
         return str(path if path.is_absolute() else self.base / path)
 
     async def close(self) -> None:
+        self.service.stream.unsubscribe(self._ended)
         if self.listeners is not None:
             self.listeners.gone("gateway")
         if self._reaper is not None:
@@ -379,6 +382,11 @@ class HttpGateway:
             for sid in [sid for sid, s in self.sessions.items()
                         if s.last_seen < before and not s.busy]:
                 self._end(sid)
+
+    def _client_ended(self, e: ClientEnded) -> None:
+        for sid in [sid for sid, s in self.sessions.items()
+                    if s.ident.name == e.name and s.ident.since == e.since]:
+            self._end(sid)
 
     def _end(self, sid: str) -> None:
         sess = self.sessions.pop(sid, None)
