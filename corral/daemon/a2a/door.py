@@ -371,6 +371,7 @@ class A2aDoor:
         said = mp.state_of(info)
         streamed: set[str] = set()
         first = after is None
+        ids = {"taskId": task_id, "contextId": mp.context_of(info)}  # (its events')
         run: asyncio.Future[Any] | None = None
         try:
             while True:
@@ -384,7 +385,7 @@ class A2aDoor:
                     chunks: Batch = []
                     while item is not None and item[0] == "chunk":
                         value = item[1]
-                        event = mp.chunk_event(info, value.data, first)
+                        event = mp.chunk_event(ids, value.data, first)
                         first, after = False, value.id
                         made = event.get("artifactUpdate", {}).get("artifact", {})
                         if isinstance(made, dict) and "artifactId" in made:

@@ -97,7 +97,7 @@ async def serve(request: web.Request, path: str, body: bytes, ops: Operations,
         if op in ("SendStreamingMessage", "SubscribeToTask"):
             events = await ops.stream(op, caller, agent, params,
                                       request.headers.get("Last-Event-ID"))
-            return await sse.write(request, events, lambda event: event,
+            return await sse.write(request, events, (b"", b""),
                                    lambda exc: {"error": {
                                        "code": exc.kind.http, "status": exc.kind.status,
                                        "message": exc.message, "details": exc.info()}})

@@ -84,7 +84,7 @@ async def serve(request: web.Request, body: bytes, ops: Operations, caller: Call
                                       request.headers.get("Last-Event-ID"))
             return await sse.write(
                 request, events,
-                lambda event: {"jsonrpc": "2.0", "id": req_id, "result": event},
+                (b'{"jsonrpc":"2.0","id":%b,"result":' % msgspec.json.encode(req_id), b"}"),
                 lambda exc: error(req_id, exc))
         result = await ops.call(method, caller, agent, params, card)
     except w.A2aError as exc:

@@ -164,10 +164,10 @@ def status_event(info: TaskInfo) -> dict[str, Any]:
                              "status": status_of(info)}}
 
 
-def chunk_event(info: TaskInfo, data: str, first: bool) -> dict[str, Any]:
+def chunk_event(ids: dict[str, str], data: str, first: bool) -> dict[str, Any]:
     """A chunk of live output as an event: one the agent wrote as an A2A event (a JSON
-    object of one of EVENT_KEYS) as it is, with the task's ids; any other text, a piece
-    of the `stream` artifact."""
+    object of one of EVENT_KEYS) as it is, with the task's ids (its `taskId` and
+    `contextId`, made once a stream); any other text, a piece of the `stream` artifact."""
     if data.startswith("{"):
         try:
             given = msgspec.json.decode(data)
@@ -177,9 +177,7 @@ def chunk_event(info: TaskInfo, data: str, first: bool) -> dict[str, Any]:
             key = next(iter(given))
             body = given[key]
             if key in EVENT_KEYS and isinstance(body, dict):
-                return {key: {**body, "taskId": info.task_id,
-                              "contextId": context_of(info)}}
-    return {"artifactUpdate": {"taskId": info.task_id, "contextId": context_of(info),
-                               "artifact": {"artifactId": STREAM_ARTIFACT,
-                                            "parts": [{"text": data}]},
+                return {key: {**body, **ids}}
+    return {"artifactUpdate": {**ids, "artifact": {"artifactId": STREAM_ARTIFACT,
+                                                   "parts": [{"text": data}]},
                                "append": not first}}

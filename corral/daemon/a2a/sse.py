@@ -17,18 +17,19 @@ from .operations import Events
 WRITE_DEADLINE = 60.0
 
 
-async def write(request: web.Request, events: Events,
-                framed: Callable[[Any], Any], failed: Callable[[w.A2aError], Any]
-                ) -> web.StreamResponse:
-    """`framed(event)`: the data of an event's frame (JSON-RPC wraps it); `failed`: an
-    error after the stream opened, as its last frame."""
+async def write(request: web.Request, events: Events, framed: tuple[bytes, bytes],
+                failed: Callable[[w.A2aError], Any]) -> web.StreamResponse:
+    """`framed`: the bytes before and after an event's JSON in its frame's data (JSON-RPC
+    wraps it: one encoding of the event alone, not of a wrapper made each event);
+    `failed`: an error after the stream opened, as its last frame."""
+    head, tail = b"data: " + framed[0], framed[1] + b"\n\n"
     response = await sse.open_stream(request)
     try:
         async for batch in events:  # (a write a batch, BATCH_BYTES at most: a replay's
             parts, size = [], 0    # 1,000 events were 1,000 writes)
             for event_id, event in batch:
                 data = (b"id: %b\n" % event_id.encode() if event_id is not None else b"") + \
-                    b"data: " + msgspec.json.encode(framed(event)) + b"\n\n"
+                    head + msgspec.json.encode(event) + tail
                 parts.append(data)
                 size += len(data)
                 if size >= sse.BATCH_BYTES:
