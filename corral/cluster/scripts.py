@@ -128,11 +128,17 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local max_queue = tonumber(ARGV[9])
 local made = redis.call('EXISTS', KEYS[2]) == 1
 if max_queue > 0 then
-  -- what waits unread (a claimed entry stays pending until its outcome) and what waits
+  -- what waits unread in the route's every priority's stream (a claimed entry stays
+  -- pending until its outcome; each priority a stream, decision 1832) and what waits
   -- for its time; a task to start at once is refused only when what waits is unread (no
   -- free replica), as the node's intake refuses it
-  local unread = made and redis.call('XLEN', KEYS[2])
-    - redis.call('XPENDING', KEYS[2], '{GROUP}')[1] or 0
+  local unread = 0
+  for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    local s = string.match(KEYS[2], '^(.*:)') .. p
+    if redis.call('EXISTS', s) == 1 then
+      unread = unread + redis.call('XLEN', s) - redis.call('XPENDING', s, '{GROUP}')[1]
+    end
+  end
   local waiting = unread + redis.call('ZCOUNT', {held('ARGV[#ARGV - 1]', 'ARGV[2]')},
     '(' .. ARGV[7], '+inf')
   if waiting >= max_queue and (due or unread > 0) then return {{'full', waiting}} end

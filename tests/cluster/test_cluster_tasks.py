@@ -170,17 +170,17 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
                    what="b busy")
         low = [submit(0) for _ in range(3)]
         high = [submit(5) for _ in range(3)]
-        # the bound is per stream (an agent and a priority), by the submitting node's
-        # max_queue, of what waits unread: priority 0 holds 3 waiting (and the running
-        # task's entry, pending: not counted), so 3 more
-        more = [submit(0) for _ in range(3)]
-        r = a.run("sleepy", '{"do": "echo"}', "--priority", "0")
-        assert r.returncode == 1
-        assert r.stderr.strip() == ("corral: queue full: agent sleepy has 6 tasks waiting "
-                                    "(max_queue 6)")
+        # the bound is the agent's (its every priority's stream: decision 1832), by the
+        # submitting node's max_queue, of what waits unread: 6 waiting (the running
+        # task's entry, pending, not counted), so none more at any priority
+        for priority in ("0", "5", "9"):
+            r = a.run("sleepy", '{"do": "echo"}', "--priority", priority)
+            assert r.returncode == 1
+            assert r.stderr.strip() == ("corral: queue full: agent sleepy has 6 tasks "
+                                        "waiting (max_queue 6)")
         assert a.call("tasks.cancel", {"task_id": busy})["status"] == "cancelled"
         started = {t: a.call("tasks.get", {"task_id": t, "wait": True})["started"]
-                   for t in [busy, *low, *high, *more]}
+                   for t in [busy, *low, *high]}
         assert max(started[t] for t in high) < min(started[t] for t in low)
 
 

@@ -338,6 +338,36 @@ def test_a_submission_past_its_agents_budget_is_refused_naming_it(daemon: Entry,
             d.ask("tasks.get", {"task_id": task_id, "wait": True})
 
 
+@pytest.mark.deadline(120)
+def test_a_submission_at_another_priority_past_its_agents_budget_is_refused_too(
+        daemon: Entry) -> None:
+    """The budget link's `max_queue` bounds what waits for the agent, whatever its
+    priority, on both homes: a node's queue counts every task waiting, but the cluster's
+    submit counted what waited unread in the stream of the submission's own priority (a
+    stream each), so a caller queued `max_queue` tasks a priority, past the bound as far
+    as it liked (review's pass over the cluster's accounting, decision 1832)."""
+    d = daemon
+    held: list[str] = []
+    try:
+        for _ in d.home.entries:  # (a cluster's nodes each run one: its agent is each's)
+            held.append(sleeping(d))
+        wait_until(lambda: all(d.ask("tasks.get", {"task_id": t})["status"] == "running"
+                               for t in held), PATIENCE, "a task running at each node")
+        held.append(sleeping(d))
+        before = tasks_of(d, "queued")
+        with pytest.raises(CallFailed) as refused:
+            d.ask("tasks.submit", {"agent": "queued", "priority": 7,
+                                   "input": {"do": "echo"}})
+        assert refused.value.message == (
+            "queue full: agent queued has 1 task waiting (max_queue 1)"), refused.value
+        assert tasks_of(d, "queued") == before
+    finally:
+        for task_id in held:
+            d.ask("tasks.cancel", {"task_id": task_id})
+        for task_id in held:
+            d.ask("tasks.get", {"task_id": task_id, "wait": True})
+
+
 def sleeping(d: Entry) -> str:
     """A task of `queued` that sleeps until cancelled, once its queue has room (a cluster's
     stream holds a task the test before cancelled while it waited until a node pulls it)."""
