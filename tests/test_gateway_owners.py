@@ -131,7 +131,8 @@ def test_a_revoked_tokens_instance_and_sessions_end_and_its_name_again_is_a_toke
     instance, kept for the server's life before, is stopped and forgotten; its sessions
     end, their open streams too (its GET stream kept receiving), and the new token of its
     name, which a session checked by name alone, is not served in the old one's session
-    as the old token (its tenant, its allowlist, its instance: the note read again)."""
+    as the old token (its tenant, its allowlist, its instance: the note read again). An
+    expired token's sessions end at its expiry."""
     with running_daemon(shared_tmpdir(), "", SERVER) as d:
         url = d.json("mcp", "status")["gateway"]["http"]["url"]
 
@@ -157,6 +158,13 @@ def test_a_revoked_tokens_instance_and_sessions_end_and_its_name_again_is_a_toke
         found = gateway("", "mine__search", {"word": "first"}, url, second)
         # (no note found: no content; the first token's instance answered "kept")
         assert found == {"text": None, "isError": False}, found
+        # a token's sessions end at its expiry too, as its REST streams do: its requests
+        # were refused from then, but the streams it held open kept receiving
+        r = d.cli("token", "create", "brief", "--scope", "mcp:call", "--expires", "5s",
+                  "--json")
+        assert r.returncode == 0, r.stderr
+        brief = json.loads(r.stdout)["token"]
+        assert held(url, brief, session(url, brief)).result(PATIENCE) == 200
 
 
 @pytest.mark.deadline(180)

@@ -119,6 +119,7 @@ class Identity(msgspec.Struct, kw_only=True):
     # the agent `corral mcp serve --agent` serves as, whose policy rules judge its calls
     as_agent: str = ""
     since: float | None = None  # an API token's: when it was made (Caller.since)
+    until: float | None = None  # an API token's: when it expires (its sessions end then)
 
 
 class _Slot(msgspec.Struct):
@@ -351,7 +352,8 @@ class GatewayService:
         return Identity(name=f"token {token.name}", owner=_owner_of(token),
                         allow=self._token_allow(token.agents, token.tenant),
                         tenant=token.tenant, agents=token.agents, scopes=token.scopes,
-                        operator=token.tenant is None, since=token.created, **self._limits())
+                        operator=token.tenant is None, since=token.created,
+                        until=token.expires, **self._limits())
 
     def _token_allow(self, agents: str | None, tenant: str | None) -> list[str] | None:
         servers = {n: e.spec for n, e in self.tools.servers.items()}

@@ -141,6 +141,7 @@ class HttpSession:
         self.streams: dict[str, SseStream] = {}
         self.standalone: SseStream | None = None
         self.watching: Subscription | None = None  # to the gateway's changes
+        self.expiry: asyncio.TimerHandle | None = None  # its token's, where it expires
         self._seq = itertools.count(1)
 
     def emit(self, stream: SseStream, msg: Any, *, last: bool = False) -> None:
@@ -391,6 +392,8 @@ class HttpGateway:
     def _end(self, sid: str) -> None:
         sess = self.sessions.pop(sid, None)
         if sess is not None:
+            if sess.expiry is not None:
+                sess.expiry.cancel()
             if sess.watching is not None:
                 self.service.unwatch(sess.watching)
             sess.close()
@@ -596,6 +599,9 @@ class HttpGateway:
         sid = secrets.token_urlsafe(24)
         sess = HttpSession(sid, ident, PoolBackend(self.service, ident))
         self.sessions[sid] = sess
+        if ident.until is not None:  # its token's expiry ends it, its streams too (1831)
+            sess.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, ident.until - time.time()), self._end, sid)
         sess.watching = self.service.watch(lambda e: sess.mcp.notify_changed(e.kinds))
         return sess
 
