@@ -16,7 +16,7 @@ import msgspec
 
 from corral.askviews import Ask
 from corral.daemon.a2a import mapping as mp
-from corral.daemon.a2a.door import RECHECK, A2aDoor, _AskWatch
+from corral.daemon.a2a.door import ASKED, DONE, QUEUED_EVENTS, RECHECK, A2aDoor, _AskWatch, _Events
 from corral.daemon.api import Dispatcher
 from corral.daemon.caller import Caller
 from corral.supervisor.stream import Stream
@@ -110,3 +110,28 @@ def test_messages_listening_at_once_each_hear_the_asks_and_none_is_left_listenin
     watch.unlisten(earlier)
     stream.emit(AskEnded(msgspec.convert({**ASK, "task_id": "another"}, Ask)))
     assert (earlier, later) == ({TASK}, set())
+
+
+async def test_a_streams_queue_holds_its_follow_when_full_until_half_is_read() -> None:
+    """A stream's queue (door.py `_Events`) of chunks its client has not read: at
+    QUEUED_EVENTS it clears `writable` (tasks.stream's follow waits on it), and sets it
+    again once fewer than half are left, not before; the chunks, an ask and the follow's
+    end come out in the order they went in. Fails with the queue growing past its bound
+    unheld, or the follow let go at the first read."""
+    events = _Events()
+    chunks = [object() for _ in range(QUEUED_EVENTS)]
+    for i, chunk in enumerate(chunks):
+        assert events.writable.is_set(), i
+        events.notify("tasks.output", chunk)
+    events.notify("tasks.other", "not queued")
+    assert not events.writable.is_set() and len(events.items) == QUEUED_EVENTS
+    events.put(ASKED)
+    events.put(DONE)
+    got = [await events.get()]
+    while len(events.items) >= QUEUED_EVENTS // 2:
+        assert not events.writable.is_set(), len(events.items)
+        got.append(events.take())
+    assert events.writable.is_set()
+    while (item := events.take()) is not None:
+        got.append(item)
+    assert got == [*chunks, ASKED, DONE]

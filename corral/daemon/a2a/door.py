@@ -51,6 +51,7 @@ ASK_WAIT = 30.0  # seconds a message to a running task waits for it to ask
 MAX_ID = 200  # characters of a messageId in a task's idempotency key (255 at most)
 YES = frozenset({"yes", "y", "approve", "approved", "ok", "true"})
 UNSETTLED = frozenset({"queued", "running"})  # a task accepted so: not settled (`settled`)
+ASKED, DONE = "asked", "done"  # (the stream's queue: an ask made or ended, the follow's end)
 # a stream's events given at once: each (the chunk's id or None, StreamResponse)
 Batch = list[tuple[str | None, Any]]
 
@@ -84,41 +85,43 @@ class _Events:
     of a replay's work an event)."""
 
     def __init__(self) -> None:
-        self.items: collections.deque[tuple[str, Any]] = collections.deque()
+        self.items: collections.deque[Any] = collections.deque()  # a chunk, ASKED or DONE
         self.writable = asyncio.Event()
         self.writable.set()
+        self._held = False  # (writable cleared: the follow holds)
         self._reader: asyncio.Future[None] | None = None
 
     def notify(self, method: str, params: Any) -> None:
         if method == "tasks.output":
-            self.put(("chunk", params))
+            self.put(params)
 
-    def put(self, item: tuple[str, Any]) -> None:
+    def put(self, item: Any) -> None:
         items = self.items
         items.append(item)
         reader = self._reader
         if reader is not None and not reader.done():
             reader.set_result(None)
         if len(items) >= QUEUED_EVENTS:
+            self._held = True
             self.writable.clear()
 
-    async def get(self) -> tuple[str, Any]:
+    async def get(self) -> Any:
         while not self.items:
             self._reader = reader = asyncio.get_running_loop().create_future()
             try:
                 await reader
             finally:
                 self._reader = None
-        return self._taken()
+        return self.take()
 
-    def take(self) -> tuple[str, Any] | None:
+    def take(self) -> Any:
         """The next one queued, None if none is (without waiting)."""
-        return self._taken() if self.items else None
-
-    def _taken(self) -> tuple[str, Any]:
         items = self.items
+        if not items:
+            return None
         item = items.popleft()
-        if len(items) < QUEUED_EVENTS // 2 and not self.writable.is_set():
+        if self._held and len(items) < QUEUED_EVENTS // 2:
+            self._held = False
             self.writable.set()
         return item
 
@@ -365,7 +368,7 @@ class A2aDoor:
 
         def told(e: AskEnded) -> None:
             if e.ask.task_id == task_id:
-                events.put(("ask", None))
+                events.put(ASKED)
 
         sub = self.stream.subscribe(told, AskEnded)
         said = mp.state_of(info)
@@ -379,14 +382,13 @@ class A2aDoor:
                                                  else {"last_event_id": after})
                 run = asyncio.ensure_future(self.call(caller, TasksStream.declared.name, params,
                                                       events))
-                run.add_done_callback(lambda _: events.put(("done", None)))
+                run.add_done_callback(lambda _: events.put(DONE))
                 while True:
-                    item: tuple[str, Any] | None = await events.get()
+                    item = await events.get()
                     chunks: Batch = []
-                    while item is not None and item[0] == "chunk":
-                        value = item[1]
-                        event = mp.chunk_event(ids, value.data, first)
-                        first, after = False, value.id
+                    while item is not None and not isinstance(item, str):  # (a chunk)
+                        event = mp.chunk_event(ids, item.data, first)
+                        first, after = False, item.id
                         made = event.get("artifactUpdate", {}).get("artifact", {})
                         if isinstance(made, dict) and "artifactId" in made:
                             streamed.add(made["artifactId"])
@@ -396,7 +398,7 @@ class A2aDoor:
                         yield chunks
                     if item is None:
                         continue
-                    if item[0] == "done":
+                    if item is DONE:
                         break
                     now = await self.task(caller, agent, task_id)
                     if mp.state_of(now) == mp.INPUT_REQUIRED and said != mp.INPUT_REQUIRED:
