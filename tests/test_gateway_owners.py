@@ -244,3 +244,29 @@ def test_a_tokens_file_client_is_not_named_as_another_kind_of_caller(tmp_path: P
         f"{path}: clients.{name}: a client's name is 1-64 characters of [A-Za-z0-9_-], "
         "starting with a letter or digit, and neither anonymous nor operator (the "
         "gateway's own callers)"), refused.value
+
+
+@pytest.mark.deadline(180)
+def test_a_removed_agents_replicas_leave_the_gateways_clients() -> None:
+    """The gateway keeps a client's limits (its slots, its rate) and its calls' counts (a
+    window of latencies each) by its name, a replica's its label (`AGENT#N`): a tenant
+    adding and removing agents under fresh names, each calling through the gateway once,
+    grew both for good (review's pass, DESIGN 20). A removed agent's replicas now leave
+    them with it (decision 1831)."""
+    door_agent = Path(__file__).parent / "doors" / "door_agent.py"
+    table = {"command": [PY, str(door_agent)], "env": {"PYTHONPATH": str(EXAMPLES.parent)},
+             "tools": ["mine__*"]}
+    with running_daemon(shared_tmpdir(), "", SERVER) as d:
+        def clients() -> list[str]:
+            return sorted(d.ask("gateway.status", {})["clients"])
+
+        for n in range(3):
+            name = f"churn{n}"
+            d.ask("agents.add", {"agents": {name: table}})
+            done = d.ask("tasks.run", {"agent": name, "input": {"calls": [
+                {"door": "/mcp", "tool": "mine__search", "arguments": {"word": "x"}}]}})
+            assert done["status"] == "succeeded", done
+            assert f"{name}#0" in clients(), clients()
+            d.ask("agents.remove", {"names": [name]})
+        wait_until(lambda: not [c for c in clients() if c.startswith("churn")], PATIENCE,
+                   "the removed agents' replicas gone from the gateway's clients")

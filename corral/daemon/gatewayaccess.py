@@ -33,7 +33,7 @@ from ..supervisor.lifecycle import serving_changed
 from ..supervisor.policy import PolicyGuard
 from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
-from ..supervisor.stream import Stream, Subscription
+from ..supervisor.stream import Roster, Stream, Subscription
 from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire, GatewayClient
 from ..supervisor.tasks.personwait import timed
 from ..text import plural
@@ -180,6 +180,7 @@ class GatewayService:
         self.attribution = Attribution(tasks.active)
         self.chain = tasks.worker.chain  # every replica's call passes it
         tasks.worker.agents_wire = DoorWire(made=self._linked_agent_call)
+        stream.subscribe(self._roster, Roster)
         self.attributed = 0  # replicas' calls made as a task's step, and made as none's
         self.unattributed = 0
         self.seal = StateSeal()  # the states of input requests relayed to clients
@@ -391,6 +392,14 @@ class GatewayService:
             self.replica_tokens.pop(digest, None)
             self._model_clients.pop(digest, None)
             self.digests.forget(digest)
+
+    def _roster(self, e: Roster) -> None:
+        """A removed agent's replicas leave the clients' limits and counts, kept by name: an
+        agent made and removed under fresh names grew both for good (decision 1831)."""
+        if e.agent not in self.agents:
+            for kept in (self.limiters, self.by_client):
+                for label in [n for n in kept if n.startswith(f"{e.agent}#")]:
+                    del kept[label]
 
     # -- what a client sees and calls -----------------------------------------------------
     def features(self) -> frozenset[str]:
