@@ -46,15 +46,22 @@ class TokenBucket:
         return 0.0 if self.take() else self.wait()
 
 
+KEPT = 1024  # buckets kept before the full ones are let go
+
+
 class PerKey:
     """A bucket of `per_minute` for each key (a caller); `per_minute` 0 or less: no
-    limit. A key's bucket is made at its first take and kept."""
+    limit. A key's bucket is made at its first take and kept while it is not full: a full
+    one is a new one's equal, and a caller's key may be its address (the A2A door's
+    anonymous callers off the host), so what is kept is the last minute's callers."""
 
     def __init__(self, per_minute: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
         self.clock = clock
         self.buckets: dict[str, TokenBucket] = {}
+        self.sweep_at = KEPT  # (doubled past a sweep that kept more: each key a sweep's
+        # cost at most once, however many arrive)
 
     def admit(self, key: str) -> float:
         """0 when `key` may go now (and it is counted), else the seconds until it could."""
@@ -62,5 +69,10 @@ class PerKey:
             return 0.0
         bucket = self.buckets.get(key)
         if bucket is None:
+            if len(self.buckets) >= self.sweep_at:
+                now = self.clock()
+                self.buckets = {k: b for k, b in self.buckets.items()
+                                if b._level(now) < b.capacity}
+                self.sweep_at = max(KEPT, 2 * len(self.buckets))
             bucket = self.buckets[key] = TokenBucket(self.per_minute, self.clock)
         return bucket.admit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.ratelimit import PerKey, TokenBucket
+from corral.ratelimit import KEPT, PerKey, TokenBucket
 
 
 class Clock:
@@ -58,3 +58,29 @@ def test_per_key_buckets_are_apart_and_zero_is_no_limit() -> None:
     unlimited = PerKey(0, clock)
     assert all(unlimited.admit("a") == 0.0 for _ in range(1000))
     assert unlimited.buckets == {}
+
+
+def test_per_key_keeps_the_buckets_of_the_last_minutes_callers_not_every_caller() -> None:
+    """A key's bucket was kept for good, and the A2A door's anonymous callers off the host
+    (`anonymous_remote`) are a key an address: one sender cycling addresses grew the daemon
+    without bound (review's pass over the A2A door). A full bucket is a new one's equal,
+    so those are let go once the buckets kept pass KEPT: what is kept is the callers of
+    the last minute. A key let go takes as a new one would, and a key not yet refilled
+    keeps its wait."""
+    clock = Clock()
+    limits = PerKey(2, clock)
+    for n in range(3 * KEPT):
+        assert limits.admit(f"10.0.{n // 256}.{n % 256}") == 0.0
+    assert len(limits.buckets) == 3 * KEPT  # (within a minute: every one counts)
+    limits.admit("slow")
+    limits.admit("slow")
+    clock.now += 60.0  # every address's bucket full again, slow's too
+    assert [limits.admit("10.0.0.0") for _ in range(3)] == [0.0, 0.0,
+                                                             pytest.approx(30.0)]
+    # new callers: past the bound those of the minute before are let go (what is kept is
+    # at most twice what a minute brought, however long the daemon runs)
+    for n in range(KEPT + 2):
+        assert limits.admit(f"fresh{n}") == 0.0
+    assert len(limits.buckets) < 2 * KEPT, len(limits.buckets)
+    assert "slow" not in limits.buckets
+    assert limits.admit("10.0.0.0") == pytest.approx(30.0)  # (not full: kept, its wait)
