@@ -130,12 +130,12 @@ wait "$a2atck"
 echo "== pytest"
 # the files in parallel, each in one worker with its tests in their order (pytest-xdist,
 # --dist loadfile; a test marked `alone` has the machine to itself, tests/conftest.py):
-# six workers on two cores: the files wait on beats, deadlines and processes for most
-# of their time, which the workers beside them fill (five left the cores idle for part
-# of a quiet run: decisions 931, 981, 1777);
+# eight workers on two cores: the files wait on beats, deadlines and processes for most
+# of their time, which the workers beside them fill (fewer left the cores idle whenever
+# every worker waited at once: decisions 931, 981, 1777, 1835);
 # CORRAL_TEST_WORKERS=0 runs them one after another in this process
 status=0
-.venv/bin/python -m pytest -n "${CORRAL_TEST_WORKERS:-6}" --dist loadfile "$@" || status=$?
+.venv/bin/python -m pytest -n "${CORRAL_TEST_WORKERS:-8}" --dist loadfile "$@" || status=$?
 # the clients' compile waited for (long done by now): reaped and not waited for, its pid
 # could be another process's by the time the trap above kills it
 wait "$clients" || true
