@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .conftest import SPARED
 from .daemon_harness import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -62,6 +63,10 @@ class RedisServer:
                 *self.args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
+        # the test's, not an agent's: an in-process daemon beside it (its process the
+        # server's parent) sweeps re-parented children after any agent's exit, and would
+        # kill it as an orphan and reap its status (conftest's SPARED)
+        SPARED.add(self.proc.pid)
         deadline = time.monotonic() + START_TIMEOUT
         while not _ping(self.port):
             if self.proc.poll() is not None:
@@ -84,6 +89,8 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        if self.proc is not None:
+            SPARED.discard(self.proc.pid)
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
 

@@ -14,7 +14,7 @@ import pytest
 from corral.cluster.keys import route
 from corral.supervisor.config import DEFAULT_TENANT
 
-from ..conftest import EXAMPLES, ROOT, SPARED
+from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY, in_process
 from ..redis_harness import RedisServer
 from ..test_gateway_stdio import wait_until_async
@@ -40,10 +40,6 @@ async def test_a_removed_agents_streams_are_let_go_once_the_node_holds_nothing_t
     agent ever read kept its streams (a tenant churning agent names grew them, and the
     beat's round trips, without bound)."""
     (tmp / "a").mkdir()
-    # the test's redis-server is a child of the daemon's process here: spared, or the
-    # sweep after a removed agent's exit kills it as a re-parented orphan
-    assert redis.proc is not None
-    SPARED.add(redis.proc.pid)
     sock = tmp / "a" / "corral.sock"
     table = {"command": [PY, str(EXAMPLES / "misbehave.py")], "env": {"PYTHONPATH": str(ROOT)}}
     async with in_process(tmp / "a", sleeper("kept"), toml=cluster_table(redis, "a")) as d:

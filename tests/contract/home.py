@@ -20,7 +20,7 @@ from typing import Any
 
 from corral.cli.client import CallFailed, Client
 
-from ..cluster.harness import Node, kill9
+from ..cluster.harness import TTL, Node, kill9
 from ..daemon_harness import Daemon, free_port
 from ..redis_harness import RedisServer, redis_server
 from ..test_daemon_cli import wait_until as waited
@@ -57,10 +57,10 @@ class Tenant:
 class Home:
     """`agents`: the agents' (and tenants') TOML; `supervisor`: [supervisor] lines of a
     node home; `cluster`: [cluster] lines of a cluster home (each home's own bounds are
-    its own keys: the test names both)."""
+    its own keys: the test names both); `ttl`: a cluster node's node_ttl."""
 
     def __init__(self, kind: str, directory: Path, agents: str, supervisor: str = "",
-                 cluster: str = "") -> None:
+                 cluster: str = "", ttl: float = TTL) -> None:
         assert kind in KINDS, kind
         self.kind = kind
         self.dir = directory
@@ -78,9 +78,9 @@ class Home:
             if self.redis is None:
                 (directory / name).mkdir(parents=True, exist_ok=True)
                 self.entries.append(Daemon(directory / name, toml, extra=supervisor))
-            else:  # (a short TTL: a dead node is found within a test's patience)
+            else:  # (by default a short TTL: a dead node is found within a patience)
                 self.entries.append(Node(directory / name, name, self.redis, toml,
-                                         supervisor, extra=cluster))
+                                         supervisor, ttl=ttl, extra=cluster))
 
     def start(self) -> Home:
         # side by side, each awaited on its own READY (a daemon's start is ~0.5 s of CPU)
@@ -200,9 +200,9 @@ class Home:
 
 
 @contextlib.contextmanager
-def made(kind: str, directory: Path, agents: str, supervisor: str = "", cluster: str = ""
-         ) -> Iterator[Home]:
-    home = Home(kind, directory, agents, supervisor, cluster)
+def made(kind: str, directory: Path, agents: str, supervisor: str = "", cluster: str = "",
+         ttl: float = TTL) -> Iterator[Home]:
+    home = Home(kind, directory, agents, supervisor, cluster, ttl)
     try:
         yield home.start()
     finally:
