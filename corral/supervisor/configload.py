@@ -667,9 +667,11 @@ def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
                 f'this host: {why} (egress_fallback = "warn" runs it unenforced)')
         if why:
             raise ConfigError(f"{where}: agents.{name}.sandbox: {why}")
-        why = exposed(spec.cwd or os.getcwd(), protected)
-        if why:
-            raise ConfigError(f"{where}: agents.{name}.cwd: {why}")
+        for key, place in (("cwd", spec.cwd or os.getcwd()),
+                           *(("write_paths", w) for w in spec.write_paths)):
+            why = exposed(place, protected)
+            if why:
+                raise ConfigError(f"{where}: agents.{name}.{key}: {why}")
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:

@@ -220,9 +220,9 @@ def exposed(cwd: str, protected: Iterable[tuple[str, str]]) -> str | None:
     """Why `cwd` may not be a sandboxed agent's (it is writable there): it holds one of
     corral's own files, as (path, what it is) in `protected` — an agent there would
     rewrite corral's orders (its config, includes, state, socket). None when it holds none."""
-    cwd = os.path.abspath(cwd)
-    for path, what in protected:
-        if _inside(os.path.abspath(path), cwd):
+    cwd, real = os.path.abspath(cwd), os.path.realpath(cwd)
+    for path, what in protected:  # (as named and as resolved: a link names it elsewhere)
+        if _inside(os.path.abspath(path), cwd) or _inside(os.path.realpath(path), real):
             return (f"{cwd} is writable in the sandbox and holds {what} ({path}): give the "
                     "agent a cwd of its own")
     return None
@@ -244,10 +244,11 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     (seccomp.py) as a descriptor, or a file opened by a shell that execs bwrap. `trips`:
     path inside -> the host's file bound there, corral's own: the replica's listener at
     the control socket's path, its decoys of the files no agent reads (egresstrip.py)."""
-    protected = list(protected)
-    why = exposed(cwd, protected)
-    if why:
-        raise OSError(why)
+    protected, writable = list(protected), [cwd, *writable]
+    for place in writable:  # (corral's file in a writable bind: the agent moves its mask)
+        why = exposed(place, protected)
+        if why:
+            raise OSError(why)
     found = find_program(program)
     if found is None:
         raise OSError(f"bubblewrap is not installed ({program} not found)")
@@ -275,9 +276,15 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     mounts: dict[str, str] = {}
     for path in read_only:
         mounts.setdefault(os.path.abspath(path), "--ro-bind-try")
-    for path in writable:
-        mounts[os.path.abspath(path)] = "--bind"
-    mounts[os.path.abspath(cwd)] = "--bind"
+    # one writable bind inside another is not bound apart, the outer one holds it: a
+    # link the agent made on the way to it would choose what was bound (decision 1825)
+    kept: list[str] = []
+    for path in sorted({os.path.abspath(p) for p in writable}, key=lambda p: p.count("/")):
+        if not agents_own(path, kept):
+            kept.append(path)
+            mounts[path] = "--bind"
+        else:
+            mounts.pop(path, None)
     if network == "gateway":
         if gateway_socket is None:
             raise OSError('network = "gateway": the MCP gateway has no unix socket '
@@ -287,7 +294,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
         mounts[notify_socket] = "--bind"
     # corral's own files inside what it may read are masked: read-only is no guard for a
     # unix socket (connect(2) needs no write permission), nor for secrets
-    for path in (os.path.abspath(p) for p, _ in protected):
+    for path in {q for p, _ in protected for q in (os.path.abspath(p), os.path.realpath(p))}:
         if os.path.lexists(path) and any(_inside(path, m) for m in mounts):
             mounts[path] = MASK
     trips = {os.path.abspath(inside): host for inside, host in (trips or {}).items()}
