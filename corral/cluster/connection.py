@@ -120,7 +120,8 @@ def connect(settings: ClusterSettings, node: str, pool: int = POOL) -> Any:
     """A client of at most `pool` connections (typed Any: redis-py's asyncio annotations
     say every reply may be an awaitable or not)."""
     # a reply may take a blocking read's `beat` plus the network: a TTL is the most any
-    # call waits for a Redis that does not answer, and for a connection of the pool
+    # call waits for a Redis that does not answer, and for a connection of the pool, made
+    # or handed (a connect is timed on the node's loop, at load busier than a beat)
     most = settings.node_ttl + settings.beat
     # maintenance notifications off: on, redis-py's pool hands out a connection that
     # Redis closed without its checkout's look at the socket, and that connection's first
@@ -128,7 +129,7 @@ def connect(settings: ClusterSettings, node: str, pool: int = POOL) -> Any:
     options: dict[str, Any] = {
         "maint_notifications_config": MaintNotificationsConfig(enabled=False),
         "decode_responses": False, "retry": Retry(NoBackoff(), 0),
-        "socket_timeout": most, "socket_connect_timeout": settings.beat,
+        "socket_timeout": most, "socket_connect_timeout": most,
         "client_name": f"corral:{node}", "max_connections": pool, "timeout": most,
         "scripts": {}}
     client = (_primary_of(settings, options) if settings.sentinels

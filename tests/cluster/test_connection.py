@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,5 +118,30 @@ async def test_a_batch_on_a_redis_without_the_scripts_runs_its_calls_in_order(
             assert await scripts.run([(seen, [key], [])]) == [[]]
             assert await scripts.run([(push, [key], [b"a"]), (seen, [key], [])]) \
                 == [1, [b"a"]]
+    finally:
+        await client.aclose()
+
+
+async def test_a_connection_is_made_while_the_nodes_loop_is_busier_than_a_beat(
+        redis: RedisServer) -> None:
+    """A connect is timed on the node's loop, and was bounded by a beat: a loop held by
+    callbacks of more than a beat each (a wide map's spawns on a loaded host) failed it
+    "Timeout connecting to server" though Redis was idle (test_cluster_spawn's wide map at
+    load). Its bound is now the TTL a reply has."""
+    settings = ClusterSettings(redis=redis.url, name="t", node="n", beat=0.25, node_ttl=4.0)
+    client = connect(settings, "n")
+    loop = asyncio.get_running_loop()
+    until = time.monotonic() + 3 * settings.beat
+
+    def busy() -> None:  # (a spin, not a sleep: the loop is held, as by work)
+        began = time.monotonic()
+        while time.monotonic() - began < 1.2 * settings.beat:
+            pass
+        if began < until:
+            loop.call_soon(busy)
+    try:
+        loop.call_soon(busy)
+        assert await client.ping() is True
+        assert time.monotonic() > until  # (the connect waited out the busy loop)
     finally:
         await client.aclose()
