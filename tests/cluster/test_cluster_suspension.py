@@ -69,10 +69,12 @@ def suspended_here(ns: dict[str, Node], task_id: str, agent: str = "writer"
     """The task's ask pending, its attempt waiting on a node: that node's clock moved
     past suspend_after, the task is suspended in Redis, and that node holds neither its
     slot nor its process (its elastic writer asleep)."""
-    [ask] = wait_until(lambda: pending(next(iter(ns.values()))), 30, "its ask")
-    runner = wait_until(lambda: running_task(ns, task_id), 30, "its attempt")
-    wait_until(lambda: runner.call("stats.get")["cluster"]["asks"]["waited_on"] == 1, 30,
-               "its attempt waiting on its ask")
+    # (wait_until's own bound, a loaded host's: a shorter one was reached at load in the
+    # fresh clone r2, the elastic writer started cold)
+    [ask] = wait_until(lambda: pending(next(iter(ns.values()))), what="its ask")
+    runner = wait_until(lambda: running_task(ns, task_id), what="its attempt")
+    wait_until(lambda: runner.call("stats.get")["cluster"]["asks"]["waited_on"] == 1,
+               what="its attempt waiting on its ask")
     # (the record has its attempt's worker once the attempt ends: the node's replicas)
     [pid] = [r["pid"] for r in writers(runner, agent) if r["pid"]]
     assert psutil.pid_exists(pid)
