@@ -228,9 +228,10 @@ def _daemon_section(parser: configparser.RawConfigParser, imp: Conversion,
             elif k == "user":
                 user = user_of(v, base, "[supervisord]", imp)
                 if user in ("root", "0"):
-                    imp.note("[supervisord]", k, f"{user}: each program that names no "
-                                                 "user runs as the daemon's (root, where "
-                                                 "it runs as root)")
+                    imp.note("[supervisord]", k, f"{user}: not carried: a program "
+                                                 "naming no user runs as a uid of its own under "
+                                                 'a root daemon (dynamic_uids); user = "root" '
+                                                 "keeps one root")
                     user = None
                 elif user:
                     imp.note("[supervisord]", k, f"{user}: user = {json.dumps(user)} on "
