@@ -30,7 +30,7 @@ from ..daemon_harness import in_process
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_methods import Raw
-from .harness import Node, cluster_table, nodes, sleeper
+from .harness import STEADY_TTL, Node, cluster_table, nodes, sleeper
 from .test_scripts import LAST, TID, finish, submit
 
 pytestmark = pytest.mark.timeout(60)
@@ -250,8 +250,10 @@ async def test_a_pull_reads_for_the_slots_free_when_it_reads_not_before_its_look
     its submitter, the last after another's end, with a slot free on the other node)."""
     (tmp / "a").mkdir()
     sock = tmp / "a" / "corral.sock"
+    # (the steady TTL: on the short one a loaded host's node, on the test's own loop,
+    # fenced itself during the burst, which it then took as no member, claiming none)
     async with in_process(tmp / "a", sleeper("sleepy", concurrency=2),
-                          toml=cluster_table(redis, "a")) as d:
+                          toml=cluster_table(redis, "a", ttl=STEADY_TTL)) as d:
         puller = d.cluster.puller
         lookup = puller._streams
         burst: list[str] = []
