@@ -16,12 +16,16 @@ for (let i = 0; i < Number(count); i++) {
   const transport = new StreamableHTTPClientTransport(new URL(url), {
     requestInit: { headers: { Authorization: `Bearer ${token}` } },
   });
+  let step = "connect";
   try {
     await client.connect(transport);
+    step = "listTools";
     const { tools } = await client.listTools();
     results.push({ session: transport.sessionId, tools: tools.length });
   } catch (err) {
-    results.push({ error: String(err) });
+    // (undici's "fetch failed" says why only in its cause: a reset, a refusal, a timeout)
+    const cause = err.cause ? ` (${err.cause.code ?? ""} ${err.cause})` : "";
+    results.push({ error: `${step}: ${err}${cause}` });
   } finally {
     await client.close();
   }
