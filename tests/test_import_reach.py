@@ -263,9 +263,6 @@ def test_supervisords_user_is_every_programs_that_names_none(tmp_path: Path) -> 
      "[Service]: User: '%u' is '%u' where corral import runs (a template's instance or a "
      "host's specifier is not known to it): refused: without its user the program would "
      "run as root"),
-    ("w.service", "[Service]\nExecStart=/usr/bin/w\nDynamicUser=yes\n",
-     "[Service]: DynamicUser: yes: corral makes no dynamic user: refused: without its user "
-     "the program would run as root (give User= a user of its own, made on this host)"),
     ("eco.json", '{"apps": [{"name": "a", "script": "a.sh", "uid": ""}]}',
      'apps[0] (a): uid: "" is not a user\'s name or number: refused: without its user '
      "the program would run as root"),

@@ -263,8 +263,8 @@ _YES = {"yes", "true", "on", "1"}
 def _user(given: dict[str, tuple[str, str, list[str]]], table: dict[str, Any],
           where: str, imp: Conversion, name: str) -> None:
     """User= and Group= as written, or the unit refused: a user corral import cannot
-    resolve (a template's %i, a host's specifier) is never left out, nor is systemd's
-    DynamicUser=, which corral has no equivalent of (the program would run as root)."""
+    resolve (a template's %i, a host's specifier) is never left out; DynamicUser= of no
+    User= is corral's agent of no user, a uid of its own under a root daemon."""
     for low, key in (("user", "User"), ("group", "Group")):
         values = given.get(low, ("", key, []))[2]
         if not values:
@@ -279,11 +279,11 @@ def _user(given: dict[str, tuple[str, str, list[str]]], table: dict[str, Any],
                               f"is not known to it): {RUN_AS_ROOT}{hint}")
         table[low] = value
     dynamic = given.get("dynamicuser", ("", "", []))[2]
-    if dynamic and dynamic[-1].lower() in _YES:
-        if "user" not in table:
-            raise ConfigError(f"{where}: DynamicUser: {dynamic[-1]}: corral makes no "
-                              f"dynamic user: {RUN_AS_ROOT} (give User= a user of its own, "
-                              "made on this host)")
+    if dynamic and dynamic[-1].lower() in _YES and "user" not in table:
+        imp.note(where, "DynamicUser", f"{dynamic[-1]}: no user: under a root daemon it runs "
+                 "as a uid of its own ([supervisor] dynamic_uids), as under systemd; with "
+                 "dynamic_uids = [] or a daemon not root, as the daemon's user")
+    elif dynamic and dynamic[-1].lower() in _YES:
         imp.note(where, "DynamicUser", f"{dynamic[-1]}: user = {json.dumps(table['user'])}"
                                        ", which must exist on this host (corral makes no "
                                        "dynamic user)")
