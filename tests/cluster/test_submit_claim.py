@@ -11,6 +11,7 @@ refused."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import socket
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from corral.cli.client import CallFailed
 from corral.cluster import records
 from corral.cluster.keys import GROUP, Keys
 from corral.cluster.membership import Membership
@@ -365,6 +367,48 @@ def test_a_submitter_paused_past_its_ttl_cannot_write_what_was_taken(
         wait_until(lambda: cluster_stats(a)["fences"] >= 1, what="a fenced")
         assert cluster_stats(a)["published"] == 0
         assert b.call("tasks.get", {"task_id": task_id}) == done
+
+
+def test_a_node_paused_past_its_ttl_leaves_each_task_one_run_and_max_queue_held(
+        tmp: Path, redis: RedisServer) -> None:
+    """The door suite's budget test at load (a submission past max_queue accepted once,
+    "has 3 tasks waiting" for 1 once) was a node's lapse: paused past its TTL, it fences
+    itself, and its running task is lost and retried into the stream, where a retry is no
+    admission. Once the node is back, each task runs once at a time, what waits is what
+    max_queue counts, and a submission past it is refused naming that count."""
+    worker = sleeper("sleepy") + "max_queue = 1\n"
+    with nodes(tmp, redis, {"a": worker, "b": worker}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: both_alive(a), what="a and b alive")
+        held = [sleep_task(a, 1000)]
+        held.append(sleep_task(b, 1000))
+        wait_until(lambda: all(a.task(t)["status"] == "running" for t in held),
+                   what="a task running at each node")
+        held.append(sleep_task(a, 1000))  # (waiting: the one max_queue allows)
+        on_b = next(t for t in held[:2] if a.task(t)["attempts"][0]["node"] == "b")
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGSTOP)
+        try:  # b's task lost once a finds b's key gone, and queued again
+            wait_until(lambda: a.task(on_b)["attempts"][0]["outcome"] == "lost",
+                       what="b's task taken over")
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: both_alive(a) and sorted(a.task(t)["status"] for t in held) == [
+            "queued", "running", "running"], what="b back, running one of the two waiting")
+        assert cluster_stats(b)["fences"] == 1
+        with pytest.raises(CallFailed) as refused:
+            a.ask("tasks.submit", {"agent": "sleepy", "input": {"do": "sleep", "seconds": 1}})
+        assert refused.value.message == ("queue full: agent sleepy has 1 task waiting "
+                                         "(max_queue 1)")
+        for t in held:
+            a.call("tasks.cancel", {"task_id": t})
+        ended = [a.call("tasks.get", {"task_id": t, "wait": True}) for t in held]
+        assert [e["status"] for e in ended] == ["cancelled"] * 3
+        # one attempt of each at a time: every attempt but a task's last ended before it
+        for e in ended:
+            runs = e["attempts"]
+            assert all(x["finished"] is not None and x["finished"] <= y["started"]
+                       for x, y in itertools.pairwise(runs)), e
 
 
 def test_the_submitter_killed_after_a_batch_its_tasks_run_each_once_elsewhere(
