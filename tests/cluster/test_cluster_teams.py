@@ -148,10 +148,12 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
         call_id = calls["all"][0]
         assert f"call {call_id} is driven by another node of the cluster" in (
             error_of(b, "calls.cancel", {"call_id": call_id}) or "")
-        # the incarnation holding the calls (a node that lost Redis for a while under a
-        # loaded host has joined again as a new one)
+        # a's incarnation as it goes; the calls are taken from whichever of a's held them (a
+        # node that lost Redis for a while under a loaded host has joined again as a new
+        # one, its calls taken from the old one, maybe before the fault: suite r2)
         holder = "a/{}".format(next(n["incarnation"] for n in a.nodes()["nodes"]
                                     if n["node"] == "a"))
+        from_a = re.compile(r"taken over from (a/\d+)")
         # whose lease each call is under as a goes (said if the takeover does not come)
         with redis_py.Redis(port=redis.port) as r:
             leases = {team: r.hget(Keys("test").call(i), "holder")
@@ -164,7 +166,7 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
         gone = time.monotonic()
 
         def taken() -> int:
-            return sum(log(n).count(f"taken over from {holder}") for n in (b, c))
+            return sum(len(from_a.findall(log(n))) for n in (b, c))
         try:
             wait_until(lambda: taken() >= len(calls), timeout=30,
                        what="the live nodes to take every call")
@@ -175,13 +177,13 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
                                  f"nodes {c.nodes()['nodes']}") from None
         took = time.monotonic() - gone
         gate.touch()  # the members at work go on, wherever they run now
-        assert f"(desk) taken over from {holder}" in log(b)
+        assert re.search(r"\(desk\) taken over from a/\d+", log(b))
         # within the TTL, a beat, and what a beat of the test's CPU-shared host may add
         assert took <= TTL + 0.25 + 2.0, took
         if fault == "sigstop":
             os.kill(pid, signal.SIGCONT)  # a thaws, driving its calls as if nothing happened
             try:
-                wait_until(lambda: f"no longer this node's (its lease as {holder}" in log(a),
+                wait_until(lambda: "no longer this node's (its lease as a/" in log(a),
                            timeout=60, what="a's late write refused")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; a's log ends: {log(a)[-3000:]}") from None
@@ -204,9 +206,9 @@ def test_a_call_of_each_mode_whose_node_dies_finishes_on_another(
         # did not answer under a loaded host: ci r1)
         taker = {n.name: re.findall(r"taken over from ([a-z]+/\d+)", log(n)) for n in (b, c)}
         froms = taker["b"] + taker["c"]
-        assert froms.count(holder) == len(calls), froms
+        assert sum(f.startswith("a/") for f in froms) == len(calls), froms
         live = {f"{x['node']}/{x['incarnation']}" for x in c.nodes()["nodes"] if x["alive"]}
-        assert all(f == holder or (f[0] in "bc" and f not in live)
+        assert all(f.startswith("a/") or (f[0] in "bc" and f not in live)
                    or (f in live and f.startswith(f"{n}/"))
                    for n, fs in taker.items() for f in fs), (taker, live)
         assert sum(n.call("stats.get")["cluster"]["calls"]["taken"] for n in (b, c)) == len(
