@@ -9,6 +9,7 @@ import asyncio
 import os
 import re
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from corral.supervisor.health import (
     Verdict,
 )
 from corral.supervisor.lifecycle import Cause
+from corral.supervisor.process import SPAWN_THREADS, abandoned_spawns, off_loop, spawn_pool
 from corral.supervisor.replica import Replica
 from corral.supervisor.stream import Tick
 
@@ -744,6 +746,61 @@ async def test_a_check_command_that_cannot_run_is_a_failed_check(
         f'liveness check "{missing}" failed 2 times: cannot run {missing}: [Errno 2] No such '
         f"file or directory: '{missing}'")
     assert sup.agent("h").replicas[0].restarts == 0
+
+
+def _hold_spawn_threads() -> tuple[threading.Event, list[threading.Event]]:
+    """Every spawn thread held until the gate is set: a fork asked meanwhile waits in
+    flight, as one does on a loaded host (suite r2, load 25)."""
+    gate = threading.Event()
+    held = [threading.Event() for _ in range(SPAWN_THREADS)]
+
+    def hold(e: threading.Event) -> None:
+        e.set()
+        gate.wait()
+
+    for e in held:
+        spawn_pool().submit(hold, e)
+    return gate, held
+
+
+async def test_a_spawn_whose_caller_is_cancelled_is_undone_before_the_wait_for_it_ends(
+        ) -> None:
+    gate, held = _hold_spawn_threads()
+    undone: list[str] = []
+    caller = asyncio.create_task(off_loop(lambda: "made", undone.append))
+    await asyncio.get_running_loop().run_in_executor(None, lambda: all(e.wait() for e in held))
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    settled = asyncio.create_task(abandoned_spawns())
+    done, _ = await asyncio.wait([settled], timeout=0.3)
+    assert not done and undone == []  # the fork is still asked for: not yet made
+    gate.set()
+    await settled
+    assert undone == ["made"]
+
+
+async def test_a_supervisor_closed_while_a_checks_fork_is_in_flight_leaves_none_of_its_pipes(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """The check's task is cancelled at the close while its fork waits on a spawn thread:
+    the close ends only once that fork has ended and its process is killed (the fixture
+    asserts no pipe, pidfd or process of it outlives the close)."""
+    seen = Seen(sup)
+    sup.add(health_agent("h", tmp_path, liveness=CheckSpec(
+        command=[PY, "-c", "pass"], interval=0.1, failures=2, recovery="event")))
+    r = sup.agent("h").replicas[0]
+    await seen.until(lambda: r.serving and r.health is not None)
+    gate, held = _hold_spawn_threads()
+    await asyncio.get_running_loop().run_in_executor(None, lambda: all(e.wait() for e in held))
+    health = r.health
+    assert health is not None
+    await seen.until(lambda: any(run.task is not None for run in health.runs),
+                     what="a check asked for its fork")
+    closing = asyncio.create_task(sup.close(graceful=False))
+    done, _ = await asyncio.wait([closing], timeout=0.3)
+    assert not done  # the check's fork is still in flight
+    gate.set()
+    await closing
 
 
 async def test_a_paused_replica_runs_no_check_and_is_checked_afresh_on_resume(

@@ -41,6 +41,7 @@ from .mcproutes import AgentMcp
 from .notifysock import NotifyDir
 from .parts import Parts
 from .plain import make_replica
+from .process import abandoned_spawns
 from .process_replica import (
     LogBatch,
     ProcessReplica,
@@ -215,6 +216,7 @@ class Supervisor:
         if self._heartbeat is not None:
             await cancel_all([self._heartbeat])
             self._heartbeat = None
+        await abandoned_spawns()  # (a check cancelled mid-spawn: its fork's pipes)
         await self.containment.close()
         self.notify_dir.close()
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import termios
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +118,11 @@ def spawn_pool() -> ThreadPoolExecutor:
     return _spawn_pool
 
 
+# what the spawn threads still make for a caller cancelled meanwhile (weak: a test's loop
+# closed under one leaves it for nobody)
+_abandoned: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+
+
 async def off_loop(fn: Callable[[], T], undo: Callable[[T], None]) -> T:
     """Run `fn` on the spawn threads; if the caller is cancelled meanwhile, `undo` what it
     made once it is made (a process started for nobody is killed, not leaked)."""
@@ -125,11 +131,22 @@ async def off_loop(fn: Callable[[], T], undo: Callable[[T], None]) -> T:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
         def made(f: asyncio.Future[T]) -> None:
+            _abandoned.discard(f)
             if not f.cancelled() and f.exception() is None:
                 undo(f.result())
 
+        _abandoned.add(fut)
         fut.add_done_callback(made)
         raise
+
+
+async def abandoned_spawns() -> None:
+    """Until every fork this loop's cancelled callers left on the spawn threads has ended
+    and been undone: a fork/exec in flight holds its pipes (a closing supervisor's checks,
+    cancelled mid-spawn, would leave them open past its close)."""
+    loop = asyncio.get_running_loop()
+    while mine := [f for f in _abandoned if f.get_loop() is loop]:
+        await asyncio.wait(mine)
 
 
 def set_pipe_sizes(fds: list[int]) -> None:
