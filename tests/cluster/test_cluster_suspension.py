@@ -32,7 +32,7 @@ from ..test_approvals import bump, counted
 from ..test_approvals import fleet as approvals_fleet
 from ..test_daemon_cli import wait_until
 from ..test_suspension import fleet as suspension_fleet
-from .harness import Node, nodes
+from .harness import STEADY_TTL, Node, nodes
 from .test_cluster_approvals import both_alive, other_than, pending
 from .test_cluster_specs import log
 from .test_cluster_steps import running_task
@@ -177,7 +177,11 @@ def test_a_question_after_three_calls_resumes_on_another_node_answered_from_redi
 def test_the_suspending_node_killed_the_task_resumes_on_another_its_call_once(
         tmp: Path, redis: RedisServer) -> None:
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+    # the steady TTL: the survivor must not lapse while it resumes the task (the lead's
+    # fresh clone q1, load ~9, eight workers: its attempt lost to its own lapse under the
+    # short one, then run again there, the call still made once)
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK,
+               ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(2)}
                                )["task_id"]
