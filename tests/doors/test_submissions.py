@@ -8,10 +8,12 @@ replica's token while it runs none). The submitted agent is `mailer` (door_agent
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -317,13 +319,7 @@ def test_a_submission_past_its_agents_budget_is_refused_naming_it(daemon: Entry,
     `max_queue`, one task waiting behind one running at each node) refuse a submission at
     every door, in the same words (its home's), and nothing is made."""
     d = daemon
-    held: list[str] = []
-    try:
-        for _ in d.home.entries:  # (a cluster's nodes each run one: its agent is each's)
-            held.append(sleeping(d))
-        wait_until(lambda: all(d.ask("tasks.get", {"task_id": t})["status"] == "running"
-                               for t in held), PATIENCE, "a task running at each node")
-        held.append(sleeping(d))
+    with queue_full(d):
         before = tasks_of(d, "queued")
         sent = Submitted(d, door, {"do": "echo"}, agent="queued")
         said = json.dumps(sent.said if door in ("REST", "A2A", "A2A anonymous")
@@ -331,11 +327,6 @@ def test_a_submission_past_its_agents_budget_is_refused_naming_it(daemon: Entry,
         # (in one home's words as in the other's: admission.queue_full)
         assert "queue full: agent queued has 1 task waiting (max_queue 1)" in said, said
         assert tasks_of(d, "queued") == before
-    finally:
-        for task_id in held:
-            d.ask("tasks.cancel", {"task_id": task_id})
-        for task_id in held:
-            d.ask("tasks.get", {"task_id": task_id, "wait": True})
 
 
 @pytest.mark.deadline(120)
@@ -347,13 +338,7 @@ def test_a_submission_at_another_priority_past_its_agents_budget_is_refused_too(
     stream each), so a caller queued `max_queue` tasks a priority, past the bound as far
     as it liked (review's pass over the cluster's accounting, decision 1832)."""
     d = daemon
-    held: list[str] = []
-    try:
-        for _ in d.home.entries:  # (a cluster's nodes each run one: its agent is each's)
-            held.append(sleeping(d))
-        wait_until(lambda: all(d.ask("tasks.get", {"task_id": t})["status"] == "running"
-                               for t in held), PATIENCE, "a task running at each node")
-        held.append(sleeping(d))
+    with queue_full(d):
         before = tasks_of(d, "queued")
         with pytest.raises(CallFailed) as refused:
             d.ask("tasks.submit", {"agent": "queued", "priority": 7,
@@ -361,6 +346,20 @@ def test_a_submission_at_another_priority_past_its_agents_budget_is_refused_too(
         assert refused.value.message == (
             "queue full: agent queued has 1 task waiting (max_queue 1)"), refused.value
         assert tasks_of(d, "queued") == before
+
+
+@contextlib.contextmanager
+def queue_full(d: Entry) -> Iterator[None]:
+    """`queued` full: a task running at each node and one waiting (its max_queue), each
+    cancelled and ended after."""
+    held: list[str] = []
+    try:
+        for _ in d.home.entries:  # (a cluster's nodes each run one: its agent is each's)
+            held.append(sleeping(d))
+        wait_until(lambda: all(d.ask("tasks.get", {"task_id": t})["status"] == "running"
+                               for t in held), PATIENCE, "a task running at each node")
+        held.append(sleeping(d))
+        yield
     finally:
         for task_id in held:
             d.ask("tasks.cancel", {"task_id": task_id})
