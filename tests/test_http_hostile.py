@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -502,6 +502,33 @@ async def test_a_held_stream_that_never_drains_is_aborted_at_its_write_deadline(
 
 
 # -- slow-loris ------------------------------------------------------------------------------
+def dripped(socks: list[socket.socket], piece: Callable[[int, int], bytes]
+            ) -> dict[int, float]:
+    """Each of `socks` (non-blocking) sent `piece(k, i)` at its `i`th turn, a turn every
+    20 ms (the attack's pace; b"": nothing), until the server has closed each or IDLE +
+    10 s have passed: when each was closed, from the first turn. Each is closed after."""
+    closed_at: dict[int, float] = {}
+    t0, i = time.monotonic(), 0
+    while len(closed_at) < len(socks) and time.monotonic() - t0 < IDLE + 10:
+        for k, s in enumerate(socks):
+            if k in closed_at:
+                continue
+            try:
+                if data := piece(k, i):
+                    s.send(data)
+                if s.recv(4096) == b"":
+                    closed_at[k] = time.monotonic() - t0
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_at[k] = time.monotonic() - t0
+        i += 1
+        time.sleep(0.02)
+    for s in socks:
+        s.close()
+    return closed_at
+
+
 @pytest.mark.deadline(120)
 def test_slow_loris_clients_are_closed_and_a_slow_whole_request_is_answered(
         http: Http) -> None:
@@ -515,26 +542,8 @@ def test_slow_loris_clients_are_closed_and_a_slow_whole_request_is_answered(
         s.connect(("127.0.0.1", http.port))
         s.setblocking(False)
         loris.append(s)
-    closed_at: dict[int, float] = {}
-    t0 = time.monotonic()
-    i = 0
     # a byte every 20 ms each: the head is never whole within idle_timeout
-    while len(closed_at) < len(loris) and time.monotonic() - t0 < IDLE + 10:
-        for k, s in enumerate(loris):
-            if k in closed_at:
-                continue
-            try:
-                s.send(head[i:i + 1])
-                if s.recv(4096) == b"":
-                    closed_at[k] = time.monotonic() - t0
-            except BlockingIOError:
-                pass
-            except OSError:
-                closed_at[k] = time.monotonic() - t0
-        i += 1
-        time.sleep(0.02)
-    for s in loris:
-        s.close()
+    closed_at = dripped(loris, lambda k, i: head[i:i + 1])
     assert len(closed_at) == len(loris), f"{len(loris) - len(closed_at)} still open"
     assert max(closed_at.values()) < IDLE + 5
     # the same a byte at a time, but whole well within idle_timeout: answered

@@ -26,7 +26,7 @@ from corral.daemon.models.lean import LEAN_BODY
 
 from ..daemon_harness import free_port, in_process
 from ..test_daemon_cli import tmp
-from ..test_http_hostile import IDLE, Http, MiB, Probe, answer_of, http, settled
+from ..test_http_hostile import IDLE, Http, MiB, Probe, answer_of, dripped, http, settled
 from ..test_model_lean import Wire
 from .harness import a2a_config, tck_agent
 
@@ -263,25 +263,8 @@ def test_slow_and_silent_a2a_clients_are_closed_at_the_idle_timeout(http: Http) 
         if k % 3 == 2:
             s.sendall(head)
         s.setblocking(False)
-    gone: dict[int, float] = {}
-    t0, i = time.monotonic(), 0
-    while len(gone) < len(slow) and time.monotonic() - t0 < IDLE + 10:
-        for k, s in enumerate(slow):
-            if k in gone:
-                continue
-            try:
-                if k % 3:
-                    s.send(head[i:i + 1] if k % 3 == 1 else b"{")
-                if s.recv(4096) == b"":
-                    gone[k] = time.monotonic() - t0
-            except BlockingIOError:
-                pass
-            except OSError:
-                gone[k] = time.monotonic() - t0
-        i += 1
-        time.sleep(0.02)
-    for s in slow:
-        s.close()
+    gone = dripped(slow, lambda k, i: (head[i:i + 1] if k % 3 == 1 else b"{")
+                   if k % 3 else b"")
     assert len(gone) == len(slow), f"{len(slow) - len(gone)} still open"
     assert max(gone.values()) < IDLE + 5, sorted(gone.values())[-3:]
     whole = a2a_head(token, len(LOOK)) + LOOK
