@@ -4,6 +4,7 @@ the daemon stays responsive and bounded, and never blames agents for its own sta
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import shlex
@@ -21,6 +22,7 @@ import psutil
 import pytest
 
 from corral.daemon.background import Background
+from corral.daemon.flowcontrol import HELD_MAX, Latest
 from corral.supervisor import Supervisor
 from corral.supervisor.core import default_max_replicas
 
@@ -361,6 +363,64 @@ def test_progress_to_a_client_that_does_not_read_is_coalesced(tmp: Path) -> None
         assert d.stop() == 0
     finally:
         d.close()
+
+
+class _Reader:
+    """A control client as Latest writes to it: a socket with room or without."""
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.sent: list[tuple[str, Any]] = []
+
+    def notify(self, method: str, params: Any) -> None:
+        self.sent.append((method, params))
+
+
+def test_progress_held_until_the_task_is_told_accepted() -> None:
+    """A task running on another node may report progress before its client is told the
+    task was accepted (CI saw `task.progress` first): a held stream keeps its updates until
+    it is released, each up to a bound and then the newest, and one never released says
+    nothing."""
+    async def main() -> None:
+        c = _Reader()
+        progress = Latest(c, "task.progress", held=True)
+        progress.send({"progress": 1})
+        progress.send({"progress": 2})
+        assert c.sent == []
+        c.notify("task.accepted", {"task_id": "t"})
+        progress.release()
+        assert c.sent == [("task.accepted", {"task_id": "t"}),
+                          ("task.progress", {"progress": 1}), ("task.progress", {"progress": 2})]
+        progress.send({"progress": 3})
+        assert c.sent[-1] == ("task.progress", {"progress": 3})
+        # past the bound, the newest replaces the last kept and says how many it replaced
+        c1 = _Reader()
+        many = Latest(c1, "task.progress", held=True)
+        for i in range(HELD_MAX + 5):
+            many.send({"progress": i})
+        many.release()
+        assert [p for _, p in c1.sent] == [{"progress": i} for i in range(HELD_MAX - 1)] + [
+            {"progress": HELD_MAX + 4, "coalesced": 5}]
+        # released while the client's socket is full: sent when it has room
+        c2 = _Reader()
+        later = Latest(c2, "task.progress", held=True)
+        later.send({"progress": 1})
+        c2.writable.clear()
+        later.release()
+        await asyncio.sleep(0)
+        assert c2.sent == []
+        c2.writable.set()
+        while not c2.sent:
+            await asyncio.sleep(0)
+        assert c2.sent == [("task.progress", {"progress": 1})]
+        # a task never accepted: its held progress is dropped at the stream's end
+        c3 = _Reader()
+        never = Latest(c3, "task.progress", held=True)
+        never.send({"progress": 1})
+        never.close()
+        assert c3.sent == []
+    asyncio.run(main())
 
 
 def test_the_log_tail_is_bounded_in_bytes(tmp: Path) -> None:

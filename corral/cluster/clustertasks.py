@@ -442,9 +442,10 @@ class ClusterTasks(RedisPart):
         await ride.kept()
         return new
 
-    async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
+    async def run(self, p: m.TasksRun, accepted: Callable[[str], None],
                   progress: Progress, holder: str | None) -> m.TaskResult:
-        """Submit and wait for the outcome; `progress` hears its reports from any node;
+        """Submit and wait for the outcome; `accepted` is told its id once Redis holds it,
+        and `progress` hears its reports from any node (which may come before that);
         `holder` as `submit`'s."""
         claimed = await self._claimed(p, holder) if p.idempotency_key is not None else None
         task_id = claimed.task_id if claimed is not None else new_id()
@@ -461,7 +462,7 @@ class ClusterTasks(RedisPart):
                 if fut is not None:
                     _let_go(self._waiting, task_id, fut)
                 raise
-            notify("task.accepted", {"task_id": task_id})
+            accepted(task_id)
             got = await self._ended(task_id, fut)
         finally:
             _let_go(self._following, task_id, progress)

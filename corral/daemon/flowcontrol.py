@@ -18,6 +18,8 @@ T = TypeVar("T")
 
 # a follow's items sent at a turn of the loop, at most (a log line, an event each)
 FOLLOW_BATCH = 500
+# a task's progress reports kept, each one, before its client is told it was accepted
+HELD_MAX = 100
 
 
 async def drain(c: Channel, follower: Follower[T], missed_method: str,
@@ -37,16 +39,29 @@ async def drain(c: Channel, follower: Follower[T], missed_method: str,
 class Latest:
     """Notifications of which only the newest matters. While the client's socket is full
     each one replaces the one not yet sent, and the one finally sent carries how many it
-    replaced (`coalesced`): the daemon holds one per stream, whatever the client does."""
+    replaced (`coalesced`): the daemon holds one per stream, whatever the client does.
+    A stream made `held` keeps its updates until `release`: a task's first reports may
+    come (from its worker, or another node) before its client is told it was accepted."""
 
-    def __init__(self, c: Channel, method: str) -> None:
+    def __init__(self, c: Channel, method: str, *, held: bool = False) -> None:
         self.c = c
         self.method = method
+        self.held = held
+        self.early: list[dict[str, Any]] = []
         self.pending: dict[str, Any] | None = None
         self.replaced = 0
         self._flush: asyncio.Future[None] | None = None
 
     def send(self, params: dict[str, Any]) -> None:
+        if self.held:
+            # each kept, for a client that shows every step, up to a bound past which
+            # the newest replaces the last kept
+            if len(self.early) < HELD_MAX:
+                self.early.append(params)
+            else:
+                self.early[-1] = params
+                self.replaced += 1
+            return
         if self.pending is None and self.c.writable.is_set():
             self.c.notify(self.method, params)
             return
@@ -55,6 +70,24 @@ class Latest:
         self.pending = params
         if self._flush is None:
             self._flush = asyncio.ensure_future(self._send_when_writable())
+
+    def release(self) -> None:
+        """What the stream held goes out now, in order, as far as the client's socket has
+        room; the newest of it (carrying what it replaced) when the client reads."""
+        self.held = False
+        early, self.early = self.early, []
+        if not early:
+            return
+        for params in early[:-1]:
+            self.send(params)
+        if self.pending is not None:
+            self.replaced += 1
+        self.pending = early[-1]
+        if self._flush is None:
+            if self.c.writable.is_set():
+                self._send_pending()
+            else:
+                self._flush = asyncio.ensure_future(self._send_when_writable())
 
     async def _send_when_writable(self) -> None:
         await self.c.writable.wait()
@@ -69,7 +102,10 @@ class Latest:
 
     def close(self) -> None:
         """The stream is over: the newest update still goes out (one message, whatever
-        the client's socket holds), before whatever ends the stream."""
+        the client's socket holds), before whatever ends the stream; a stream still held
+        (its task never accepted) says nothing."""
+        if self.held:
+            self.early.clear()
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None

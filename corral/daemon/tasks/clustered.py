@@ -80,9 +80,14 @@ class ClusterFront:
         await self.recovered.wait()
         # progress from whichever node runs it, coalesced for a slow reader as a local
         # task's is
-        latest = Latest(channel, "task.progress")
+        latest = Latest(channel, "task.progress", held=True)
+
+        def accepted(task_id: str) -> None:
+            channel.notify("task.accepted", {"task_id": task_id})
+            latest.release()
+
         try:
-            return await self.desk.run(self._admitted(p), channel.notify, latest.send, holder)
+            return await self.desk.run(self._admitted(p), accepted, latest.send, holder)
         finally:
             latest.close()
 

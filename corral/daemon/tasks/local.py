@@ -176,7 +176,7 @@ class LocalFront:
     async def run(self, p: m.TasksRun, channel: Channel, holder: str | None) -> TaskResult:
         await self.recovered.wait()
         # a caller that does not read gets the newest progress, never a growing backlog
-        progress = Latest(channel, "task.progress")
+        progress = Latest(channel, "task.progress", held=True)
 
         def watch(e: TaskProgress | TaskFinished) -> None:
             if isinstance(e, TaskProgress):
@@ -189,11 +189,13 @@ class LocalFront:
             if isinstance(task, KeyClaim):
                 first = await self._first(task, None)
                 channel.notify("task.accepted", {"task_id": task.task_id})
+                progress.release()
                 ended = first if first.finished is not None else await self.get(
                     task.task_id, wait=True)
                 return ended.outcome()
             # a caller that loses the connection (a daemon restart) waits again by this id
             channel.notify("task.accepted", {"task_id": task.id})
+            progress.release()
             # a caller that goes away cancels this wait, not the task
             await asyncio.shield(task.done)
         finally:
