@@ -162,13 +162,13 @@ def test_a_file_last_written_in_an_earlier_period_is_rotated_at_its_first_line(
     log = tmp_path / "a.log"
     log.write_text("yesterday's\n")
     os.utime(log, (time.time() - day, time.time() - day))
-    f = RotatingFile(LogPlace(log, Rotation(max_bytes=10**6, backups=2, every=day)))
+    f = RotatingFile(LogPlace(str(log), Rotation(max_bytes=10**6, backups=2, every=day)))
     f.turn(time.time())
     f.write(b"today's\n")
     f.close()
     assert (log.read_text(), (tmp_path / "a.log.1").read_text()) == (
         "today's\n", "yesterday's\n")
-    f = RotatingFile(LogPlace(log, Rotation(max_bytes=10**6, backups=2, every=day)))
+    f = RotatingFile(LogPlace(str(log), Rotation(max_bytes=10**6, backups=2, every=day)))
     f.turn(time.time())
     f.write(b"today's again\n")
     f.close()
@@ -181,7 +181,7 @@ def test_a_new_file_is_of_its_first_lines_period(tmp_path: Path) -> None:
     loaded host) begins a file of its own second, rotated at the next second's line: the
     file took the clock's second at its opening, and held lines of two (issue 72)."""
     log = tmp_path / "a.log"
-    f = RotatingFile(LogPlace(log, Rotation(max_bytes=10**6, backups=2, every=1)))
+    f = RotatingFile(LogPlace(str(log), Rotation(max_bytes=10**6, backups=2, every=1)))
     now = time.time()
     f.turn(now - 1)
     f.write(b"a second ago\n")

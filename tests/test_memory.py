@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
+from corral.daemon import heapdump
 from corral.daemon.logfiles import LogPlace, RotatingFile, Rotation
+from corral.daemon.logs import LogHub
 from corral.daemon.steplog import StepLog
+from corral.jsonrpc import LineBlock
 from corral.percentile import Window
 from corral.supervisor import State, Supervisor, memory
 from corral.supervisor.memory import SLAB_SLOTS, TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
@@ -188,7 +191,7 @@ def test_the_step_logs_batches_and_a_logs_rotations_intern_no_string(
         return real(text)
 
     log = StepLog(tmp_path / "step-log")
-    rotating = RotatingFile(LogPlace(tmp_path / "agent.log", Rotation(10, 2, 0.0, True)))
+    rotating = RotatingFile(LogPlace(str(tmp_path / "agent.log"), Rotation(10, 2, 0.0, True)))
     monkeypatch.setattr(sys, "intern", counted)
     for seq in range(1, 4):
         assert log.append(Step("t1", seq, "tool", 1, b"", None))
@@ -202,6 +205,40 @@ def test_the_step_logs_batches_and_a_logs_rotations_intern_no_string(
     assert sorted(os.listdir(tmp_path)) == ["agent.log", "agent.log.1.gz", "agent.log.2.gz",
                                             "step-log"]
     assert len(os.listdir(log.dir)) == 3
+
+
+def test_agents_log_files_placed_and_heap_dumps_named_intern_no_string(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    # each agent's log file is placed at its open, and each heap dump has a new name: as
+    # Paths, pathlib interned every agent's file name and every dump's, a slot of the
+    # interned table each as agents come and go (chatN.log) and dumps are written
+    interned: list[str] = []
+    real = sys.intern
+
+    def counted(text: str) -> str:
+        interned.append(text)
+        return real(text)
+
+    hub = LogHub(tmp_path / "logs")
+    logs, dumps = f"{tmp_path}/logs", f"{tmp_path}/dumps"
+    os.mkdir(dumps)
+    heapdump.write(dumps, 0)  # (its modules imported first, as in a daemon that dumps)
+    monkeypatch.setattr(sys, "intern", counted)
+    names = [f"chat{secrets.token_hex(4)}" for _ in range(3)]
+    for n, name in enumerate(names, 1):
+        hub.emit(name, 0, 1, "stderr", LineBlock.one(f"line of {name}"))
+        assert hub.path_of(name) == f"{logs}/{name}.log"
+        hub.forget(name)  # its file rotated aside: a copy name, then gone for good
+        heapdump.write(dumps, n)
+    hub.close()
+    assert interned == [], interned
+    _ = tmp_path / "made"  # (what a Path does: the count can fail)
+    monkeypatch.undo()
+    assert interned == ["made"]
+    assert sorted(os.listdir(dumps)) == [f"heap-{n}.json" for n in range(4)]
+    # each forgotten agent's file moved to its first copy, an empty one begun in its place
+    assert sorted(f for f in os.listdir(logs) if f.startswith("chat")) == sorted(
+        f"{name}.log{copy}" for name in names for copy in ("", ".1"))
 
 
 @pytest.mark.skipif(host_refusal("bwrap", None) is not None, reason="no sandbox here")

@@ -538,7 +538,7 @@ async def test_a_tenant_log_directory_that_cannot_be_made_leaves_the_log_in_log_
         said = [ln.text for ln in d.services.hub.tail(["corral"], 1000, None)]
         assert (f"tenant t: cannot make its log directory {logs}/tenants/t (File exists); "
                 f"its processes log to {logs}") in said, said
-        assert d.services.hub.path_of("a1") == logs / "a1.log"
+        assert d.services.hub.path_of("a1") == str(logs / "a1.log")
 
 
 def test_a_config_without_tenants_has_only_the_default_one(tmp_path: Path) -> None:

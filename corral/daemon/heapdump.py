@@ -70,7 +70,8 @@ def _written_by(prefix: str, write: Callable[[int], object]) -> tuple[object, st
             return None
         ran = write(stream)
         fclose(stream)
-        return ran, Path(name).read_text()
+        with open(name) as f:  # (not a Path: see `write`)
+            return ran, f.read()
     finally:
         os.unlink(name)
 
@@ -205,23 +206,26 @@ def _trimmed() -> int | None:
     return _rss()
 
 
-def write(where: Path, seconds: int, trim: bool = False) -> Path:
-    """One dump: the snapshot and its json; the json's path."""
+def write(where: str, seconds: int, trim: bool = False) -> str:
+    """One dump: the snapshot and its json; the json's path. Its names are joined as str:
+    a Path would intern each dump's new name in the daemon it measures."""
     tracing = tracemalloc.is_tracing()
     if tracing:
-        tracemalloc.take_snapshot().dump(str(where / f"heap-{seconds}.tracemalloc"))
+        tracemalloc.take_snapshot().dump(os.path.join(where, f"heap-{seconds}.tracemalloc"))
     types = Counter(type(o).__qualname__ for o in gc.get_objects())
     traced, peak = tracemalloc.get_traced_memory() if tracing else (None, None)
-    out = where / f"heap-{seconds}.json"
-    part = out.with_suffix(".json.part")  # renamed when whole: a reader never sees half
-    part.write_text(json.dumps({
+    out = os.path.join(where, f"heap-{seconds}.json")
+    part = out + ".part"  # renamed when whole: a reader never sees half
+    text = json.dumps({
         "seconds": seconds, "rss": _rss(), "traced": traced, "traced_peak": peak,
         "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory() if tracing else None,
         "malloc": _mallinfo(), "sqlite": _sqlite(), "gc_counts": gc.get_count(),
         "pymalloc": _pymalloc(), "maps": _maps(), "threads": threading.active_count(),
         "rss_trimmed": _trimmed() if trim else None,
-        "objects": sum(types.values()), "types": dict(types.most_common(KEEP_TYPES))}))
-    part.rename(out)
+        "objects": sum(types.values()), "types": dict(types.most_common(KEEP_TYPES))})
+    with open(part, "w") as f:
+        f.write(text)
+    os.rename(part, out)
     return out
 
 
@@ -233,8 +237,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread |
         return
     every = float(env.get(ENV_EVERY) or 300)
     trim = env.get(ENV_TRIM) == "1"
-    directory = Path(where)
-    directory.mkdir(parents=True, exist_ok=True)
+    os.makedirs(where, exist_ok=True)
     frames = int(env.get(ENV_FRAMES) or 12)
     if frames > 0 and not tracemalloc.is_tracing():
         tracemalloc.start(frames)
@@ -244,7 +247,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread |
     def dumps() -> None:
         while not halt.wait(every):
             with contextlib.suppress(OSError):
-                write(directory, round(time.monotonic() - began), trim)
+                write(where, round(time.monotonic() - began), trim)
 
     # a thread, not a task of the loop: a dump blocks for as long as it walks the heap,
     # which the loop's latency gauges would otherwise count against the daemon

@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import threading
-from pathlib import Path
 from typing import NamedTuple
 
 # what a log file's place may hold instead of a file (below), said as the file's failure
@@ -33,37 +32,38 @@ class Rotation(NamedTuple):
 
 
 class LogPlace(NamedTuple):
-    """Where a source's lines are written, and its rotation."""
+    """Where a source's lines are written, and its rotation. The path is a str, not a
+    Path: pathlib interns each part of a path it parses, and each agent's file is placed
+    again at each of its opens, so a Path's name would churn the interpreter's table of
+    interned strings as agents come and go (steplog.py)."""
 
-    path: Path
+    path: str
     rotation: Rotation
 
 
-def _open_log(path: Path) -> int:
+def _open_log(path: str) -> int:
     """A log file opened for appending, if it is a file of its own: a tenant's user owns
     its log directory (tenantdirs.py) and may put a symlink there (root would append to
     what it names), a FIFO (root would wait on it) or a hard link in a log's place."""
     return _own_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 
-def _own_file(path: Path | str, flags: int) -> int:
+def _own_file(path: str, flags: int) -> int:
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO none reads
-            raise OSError(exc.errno, NOT_A_LOG, str(path)) from None
+            raise OSError(exc.errno, NOT_A_LOG, path) from None
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
-        raise OSError(errno.EPERM, NOT_A_LOG, str(path))
+        raise OSError(errno.EPERM, NOT_A_LOG, path)
     return fd
 
 
-def copy_name(path: Path, n: int, compressed: bool) -> str:
-    # a str, not a Path: pathlib interns each part of a path it parses, and the copies'
-    # names, made again at every rotation, would churn the interpreter's table of
-    # interned strings (steplog.py)
+def copy_name(path: str, n: int, compressed: bool) -> str:
+    # a str, as the file's own path (LogPlace): made again at every rotation
     return f"{path}.{n}{GZ if compressed else ''}"
 
 
@@ -151,7 +151,8 @@ class RotatingFile:
                     target=compress, args=(first,), name="log-compress", daemon=True)
                 self._compressing.start()
         else:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
         self._fd = _open_log(self.path)
         self.size = 0
 
@@ -174,9 +175,9 @@ STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
 class StreamFile:
     """The daemon's stdout or stderr as a source's log, never rotated."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.dup(STREAMS[str(path)])
+        self._fd = os.dup(STREAMS[path])
         os.set_inheritable(self._fd, False)
 
     def write(self, *parts: bytes) -> None:
@@ -197,6 +198,6 @@ class StreamFile:
 
 
 def open_place(place: LogPlace) -> RotatingFile | StreamFile:
-    if str(place.path) in STREAMS:
+    if place.path in STREAMS:
         return StreamFile(place.path)
     return RotatingFile(place)

@@ -221,13 +221,15 @@ class LogHub:
             if not raw:
                 self.unread = _earlier_files(log_dir)
 
-    def path_of(self, source: str) -> Path:
+    def path_of(self, source: str) -> str:
         return self.place_of(source).path
 
     def place_of(self, source: str) -> LogPlace:
         assert self.log_dir is not None
         where = self.locate(source) if self.locate is not None else None
-        return where or LogPlace(self.log_dir / log_file_name(source), self.rotation)
+        # joined as a str: a Path would intern the file's name (LogPlace)
+        return where or LogPlace(os.path.join(self.log_dir, log_file_name(source)),
+                                 self.rotation)
 
     def reopen(self, source: str) -> None:
         """The source's file closed, opened again (where `locate` says) at its next line."""
@@ -235,16 +237,16 @@ class LogHub:
         if f is not None:
             f.close()
 
-    def rotate(self, sources: Iterable[str]) -> list[Path]:
+    def rotate(self, sources: Iterable[str]) -> list[str]:
         """`corral logs --rotate`: the files rotated (OSError: one that cannot be moved)."""
-        done: list[Path] = []
+        done: list[str] = []
         if self.log_dir is None:
             return done
         for source in sources:
             f = self.files.get(source)
             if f is None:
                 place = self.place_of(source)
-                if not place.path.exists():
+                if not os.path.exists(place.path):
                     continue
                 f = self.files[source] = open_place(place)
             if isinstance(f, RotatingFile):
@@ -259,7 +261,7 @@ class LogHub:
         self.unread.pop(source, None)
         self.broken.pop(source, None)
         f = self.files.pop(source, None)
-        if f is None and self.log_dir is not None and self.path_of(source).exists():
+        if f is None and self.log_dir is not None and os.path.exists(self.path_of(source)):
             with contextlib.suppress(OSError):
                 f = open_place(self.place_of(source))
         if f is not None:

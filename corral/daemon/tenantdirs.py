@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..supervisor.config import ConfigError
@@ -32,6 +31,15 @@ def own_rotation(spec: ProcessSpec, default: Rotation) -> Rotation:
         default.backups if spec.log_backups is None else spec.log_backups,
         default.every if spec.log_rotate_every is None else spec.log_rotate_every,
         default.compress if spec.log_compress is None else spec.log_compress)
+
+
+def _directory(path: str, mode: int) -> None:
+    """`path` made a directory, or one already (as pathlib's mkdir with exist_ok)."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 class TenantDirs:
@@ -59,12 +67,15 @@ class TenantDirs:
         if spec is None or self.hub.log_dir is None:
             return None
         rotation = own_rotation(spec, self.hub.rotation)
+        # the places as str, joined, not Paths: pathlib would intern each agent's file
+        # name at each open (LogPlace)
         if spec.log_file is not None:
-            return LogPlace(Path(spec.log_file), rotation)
+            return LogPlace(spec.log_file, rotation)
         tenant = tenant_of(spec)
         run = run_as(spec, self.quotas.specs.get(tenant))
         where = self._ensure(tenant, run.user, run.group) if run.tenant_user else None
-        return LogPlace((where or self.hub.log_dir) / log_file_name(source), rotation)
+        return LogPlace(os.path.join(where or self.hub.log_dir, log_file_name(source)),
+                        rotation)
 
     def starting(self, r: ProcessReplica) -> dict[str, str]:
         """A replica's process is about to start: a file open where it no longer belongs
@@ -74,9 +85,9 @@ class TenantDirs:
             self.hub.reopen(r.name)
         return {}
 
-    def _ensure(self, tenant: str, user: str | None, group: str | None) -> Path | None:
+    def _ensure(self, tenant: str, user: str | None, group: str | None) -> str | None:
         assert self.hub.log_dir is not None
-        d = self.hub.log_dir / TENANTS / tenant
+        d = os.path.join(self.hub.log_dir, TENANTS, tenant)
         try:
             uid, gid = resolve_user(user, group)
         except ConfigError:
@@ -86,10 +97,10 @@ class TenantDirs:
         if self._made.get(tenant) == owner:
             return d
         try:
-            d.parent.mkdir(mode=0o755, exist_ok=True)
-            d.mkdir(mode=0o700, exist_ok=True)
+            _directory(os.path.dirname(d), 0o755)
+            _directory(d, 0o700)
             os.chown(d, *owner)
-            d.chmod(0o700)
+            os.chmod(d, 0o700)
         except OSError as exc:
             self.report(f"tenant {tenant}: cannot make its log directory {d} "
                         f"({exc.strerror}); its processes log to {self.hub.log_dir}",
