@@ -305,7 +305,7 @@ def launcher_of(tree: Path | None) -> list[str] | None:
 
 class Corral(Server):
     def __init__(self, replicas: int, tree: Path | None = None, name: str = "",
-                 counts: Path | None = None) -> None:
+                 counts: Path | None = None, mode: str = "ops") -> None:
         port = free_port()
         self.dir = workdir("a2a")
         self.name = name or ("corral" if tree is None else f"corral@{tree}")
@@ -313,7 +313,7 @@ class Corral(Server):
         launcher = launcher_of(tree)
         if counts is not None:  # (pycount_site's hook first on its path, as pycount.py's)
             launcher = ["env", f"PYTHONPATH={PYCOUNT_SITE}:{tree or ROOT}",
-                        f"CORRAL_PYCOUNT={counts}", "CORRAL_PYCOUNT_MODE=ops",
+                        f"CORRAL_PYCOUNT={counts}", f"CORRAL_PYCOUNT_MODE={mode}",
                         *(launcher_of(tree or ROOT) or [])]
         # (the [http] and [a2a] tables after the agents: CorralDaemon's `extra` is inside
         # its [supervisor] table)
@@ -357,12 +357,14 @@ class Corral(Server):
         cleanup(self.dir)
 
 
-def pycount(tree: Path | None, total: int) -> dict[str, Any]:
+def pycount(tree: Path | None, total: int, top: int = 0, mode: str = "ops"
+            ) -> dict[str, Any]:
     """The bytecode instructions the daemon's main thread runs a message, over `total`
-    messages at c=10 (a daemon of its own, warmed first)."""
+    messages at c=10 (a daemon of its own, warmed first); with `top`, its `top` largest
+    functions' (`mode` lines: lines'; calls: calls and resumes) a message too."""
     with tempfile.TemporaryDirectory(prefix="corral-a2a-pycount-") as tmp:
         out = Path(tmp) / "counts"
-        server = Corral(2, tree, counts=out)
+        server = Corral(2, tree, counts=out, mode=mode)
         try:
             drive(server.url, 500, 10)
             os.kill(server.pid or 0, signal.SIGRTMIN + 5)
@@ -372,10 +374,23 @@ def pycount(tree: Path | None, total: int) -> dict[str, Any]:
             _appears(out)
         finally:
             server.close()
-        ops = sum(int(line.split("\t")[0]) for line in out.read_text().splitlines()
-                  if line.split("\t")[1] == "py")
-    return {"messages": got["messages"], "errors": got["errors"],
-            "ops": round(ops / max(got["messages"], 1), 1)}
+        rows = [line.split("\t") for line in out.read_text().splitlines()]
+    n = max(got["messages"], 1)
+    ops = sum(int(row[0]) for row in rows if row[1] == "py")
+    counted: dict[str, Any] = {"messages": got["messages"], "errors": got["errors"],
+                               "ops": round(ops / n, 1)}
+    if top:
+        counted["top"] = [f"{int(row[0]) / n:8.1f} {row[2]} {_short(row[3]) or '(C)'}"
+                          for row in rows if row[1] == "py" or mode == "calls"][:top]
+    return counted
+
+
+def _short(path: str) -> str:
+    """A counted function's file, from the package's or the library's root."""
+    for root in ("/corral/", "/site-packages/", "/lib/python3"):
+        if root in path:
+            return path[path.index(root) + 1:]
+    return path
 
 
 def _appears(path: Path, timeout: float = 30.0) -> None:
@@ -421,6 +436,11 @@ def main() -> None:
     p.add_argument("--swap", action="store_true", help="with --vs: its daemon started first")
     p.add_argument("--profile", type=Path)
     p.add_argument("--pycount", type=int, default=0, metavar="N")
+    p.add_argument("--top", type=int, default=0, metavar="K",
+                   help="with --pycount: the K largest functions' (or lines') counts too")
+    p.add_argument("--mode", choices=("ops", "lines", "calls"), default="ops",
+                   help="with --top: each function's bytecodes, each line's, or each "
+                   "function's calls and resumes (the total is bytecodes only with ops)")
     p.add_argument("--out", default="a2a", help="bench/results/OUT.json")
     args = p.parse_args()
     concs = [int(c) for c in args.conc.split(",")]
@@ -474,7 +494,8 @@ def main() -> None:
         trees = {"corral": None} | ({} if args.vs is None else {
             f"corral@{args.vs.resolve()}": args.vs.resolve()})
         for name, tree in trees.items():
-            result.setdefault(name, {})["pycount"] = pycount(tree, args.pycount)
+            result.setdefault(name, {})["pycount"] = pycount(
+                tree, args.pycount, args.top, args.mode)
     result["load_after"] = loadavg()
     report(args.out, result)
 

@@ -229,8 +229,10 @@ class A2aDoor:
         submit["wait"] = 0  # its outcome with its acceptance, if it has ended by then
         # (the labels it is handed, an anonymous caller's own, are the chain's: handing.py)
         heard = self.asked.listen()
-        try:
-            accepted = await self.call(caller, TasksSubmit.declared.name, submit)
+        try:  # (`call`'s, written out: its frame was one more at each resume of the submission)
+            accepted = await self.dispatcher.call(caller, TasksSubmit.declared.name, submit)
+        except RpcError as exc:
+            raise refusal(exc) from None
         finally:
             self.asked.unlisten(heard)
         if not immediately:

@@ -39,6 +39,7 @@ class _Envelope(msgspec.Struct):
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
+_ID_TYPES = (str, int, type(None))  # a request's id's (a union made once, not per request)
 
 
 def streams(body: bytes) -> bool:
@@ -63,7 +64,7 @@ def read(body: bytes) -> tuple[Any, str, Any]:
     except RecursionError:  # msgspec's depth limit: a 500 before (issue 88's attacks)
         raise w.A2aError(w.PARSE, f"parse error: {TOO_DEEP}") from None
     if msg is None or msg.jsonrpc != "2.0" or not isinstance(msg.method, str) \
-            or not isinstance(msg.id, str | int | None) or isinstance(msg.id, bool):
+            or not isinstance(msg.id, _ID_TYPES) or isinstance(msg.id, bool):
         raise w.A2aError(w.INVALID_REQUEST, "invalid request: a JSON-RPC 2.0 request "
                          "is an object with jsonrpc \"2.0\", a method and an id")
     params: Any = msg.params

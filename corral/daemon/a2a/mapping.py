@@ -75,27 +75,33 @@ def asked(info: TaskInfo, ask: Ask) -> dict[str, Any]:
 
 def own(info: TaskInfo) -> dict[str, Any]:
     """The `a2a` member of the task's output ({} when it has none)."""
+    if info.status != "succeeded":
+        return {}
     output = plain(info.output)
     out = output.get(A2A_OUTPUT) if isinstance(output, dict) else None
-    return out if isinstance(out, dict) and STATES.get(info.status) == COMPLETED else {}
+    return out if isinstance(out, dict) else {}
 
 
-def reply_of(info: TaskInfo) -> dict[str, Any] | None:
-    """The Message the agent answered in place of its task, if it did."""
-    reply = own(info).get("reply")
-    if not isinstance(reply, dict):
-        return None
-    return {**reply, "contextId": context_of(info)}
+def answer_of(info: TaskInfo, history: int | None) -> dict[str, Any]:
+    """A message's answer: the Message the agent answered in place of its task, if it
+    did, else the task."""
+    mine = own(info)
+    reply = mine.get("reply")
+    if isinstance(reply, dict):
+        return {"message": {**reply, "contextId": context_of(info)}}
+    return {"task": task_of(info, history, mine=mine)}
 
 
-def status_of(info: TaskInfo) -> dict[str, Any]:
+def status_of(info: TaskInfo, mine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The task's status (`mine`: its `own`, when read already)."""
     state = state_of(info)
     status: dict[str, Any] = {"state": state}
     message = None
     if state == INPUT_REQUIRED and info.asks:
         message = asked(info, info.asks[0])
     elif state == COMPLETED:
-        mine = own(info)
+        if mine is None:
+            mine = own(info)
         said = mine.get("message", mine.get("reply"))
         if isinstance(said, dict):
             message = {**said, "taskId": info.task_id, "contextId": context_of(info)}
@@ -108,13 +114,16 @@ def status_of(info: TaskInfo) -> dict[str, Any]:
     return status
 
 
-def artifacts_of(info: TaskInfo) -> list[dict[str, Any]]:
+def artifacts_of(info: TaskInfo, mine: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
     """The task's output as artifacts: an A2A agent's own, else one artifact holding the
-    output (text as a text part, any other JSON a data part)."""
+    output (text as a text part, any other JSON a data part). `mine`: its `own`, when
+    read already."""
     output = plain(info.output)
-    if output is None or STATES.get(info.status) != COMPLETED:
+    if output is None or info.status != "succeeded":
         return []
-    mine = own(info)
+    if mine is None:
+        mine = own(info)
     if mine:
         given = mine.get("artifacts")
         return [a for a in given if isinstance(a, dict)] if isinstance(given, list) else []
@@ -130,19 +139,22 @@ def history_of(info: TaskInfo, limit: int | None) -> list[dict[str, Any]]:
     if isinstance(given, dict) and "messageId" in given:
         messages.append({**given, "taskId": info.task_id,
                          "contextId": context_of(info)})
-    if state_of(info) == INPUT_REQUIRED and info.asks:
+    if info.asks and state_of(info) == INPUT_REQUIRED:
         messages.append(asked(info, info.asks[0]))
     if limit is not None:
         messages = messages[len(messages) - limit:] if limit > 0 else []
     return messages
 
 
-def task_of(info: TaskInfo, history: int | None = None, artifacts: bool = True
-            ) -> dict[str, Any]:
+def task_of(info: TaskInfo, history: int | None = None, artifacts: bool = True, *,
+            mine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The task as A2A's Task (`mine`: its `own`, when read already)."""
+    if mine is None:
+        mine = own(info)
     task: dict[str, Any] = {"id": info.task_id, "contextId": context_of(info),
-                            "status": status_of(info)}
+                            "status": status_of(info, mine)}
     if artifacts:
-        made = artifacts_of(info)
+        made = artifacts_of(info, mine)
         if made:
             task["artifacts"] = made
     told = history_of(info, history)

@@ -90,13 +90,15 @@ class A2aRoutes:
             raise w.A2aError(w.UNAUTHENTICATED if exc.code == jsonrpc.UNAUTHORIZED
                              else w.FORBIDDEN, exc.message) from None
 
-    def acting(self, request: web.Request, agent: str, caller: Caller | None) -> Caller:
+    def acting(self, request: web.Request, agent: str, caller: Caller | None,
+               spec: AgentSpec | None = None) -> Caller:
         """Who the operation is made as: the caller, or the anonymous caller limited to
-        the agent (its tenant's, if not the operator's)."""
+        the agent (its tenant's, if not the operator's). `spec`: the agent's, as `spec`
+        found it for this caller (for no one: the agent is anonymous to this request)."""
         if caller is not None:  # (a token's holder, by the A2A door: submitted.py)
             made = msgspec.structs.replace(caller, via=A2A_VIA)
-        elif self.anonymous(request, agent):
-            tenant = self.ctx.services.agents[agent].spec.tenant
+        elif spec is not None or self.anonymous(request, agent):
+            tenant = (spec or self.ctx.services.agents[agent].spec).tenant
             # no one, but one no one per address off this host (`anonymous_remote`): its
             # tasks hold its name as their label, and are its alone (decision 1171); on
             # loopback every caller has the one address, which tells them apart not
@@ -150,12 +152,15 @@ class A2aRoutes:
                 not rest and rpc.streams(ex.raw or b"")):
             return False
         respond(ex, await self.serve(cast(web.Request, LeanRequest(
-            ex, {"agent": agent, "rest": rest}))))
+            ex, {"agent": agent, "rest": rest})), ex.raw or b""))
         route_, status = _ROUTES[bool(rest)], str(ex.status)  # (metrics.py's count)
         self.ctx.requests[route_, status] = self.ctx.requests.get((route_, status), 0) + 1
         return True
 
-    async def serve(self, request: web.Request) -> web.StreamResponse:
+    async def serve(self, request: web.Request, body: bytes | None = None
+                    ) -> web.StreamResponse:
+        """A request of either binding; `body` its body when read already (lean.py's,
+        within its bound, which is under body_of's)."""
         agent = request.match_info["agent"]
         path = request.match_info.get("rest", "").strip("/")
         binding = "jsonrpc" if not path and request.method == "POST" else "http_json"
@@ -166,10 +171,12 @@ class A2aRoutes:
                                  f"served: this agent speaks {w.VERSION}")
             caller = self.caller(request, agent)
             spec = self.spec(request, agent, caller)
-            made = self.acting(request, agent, caller)
-            body = await route.body_of(request)
-            if isinstance(body, web.Response):
-                return body
+            made = self.acting(request, agent, caller, spec)
+            if body is None:
+                read = await route.body_of(request)
+                if isinstance(read, web.Response):
+                    return read
+                body = read
             if body and request.content_type not in JSON_TYPES:
                 raise w.A2aError(w.CONTENT_TYPE, f"send the body as application/json, not "
                                  f"{request.content_type}")

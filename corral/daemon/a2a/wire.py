@@ -204,6 +204,10 @@ def check_message(message: Message) -> None:
     if not message.parts:
         raise A2aError(INVALID_PARAMS, "invalid params: message.parts is empty")
     for i, part in enumerate(message.parts):
+        # (counted without a name each: the names are read for a refusal alone)
+        if (part.text is not UNSET) + (part.raw is not UNSET) + (part.url is not UNSET) \
+                + (part.data is not UNSET) == 1:
+            continue
         given = [n for n in ("text", "raw", "url", "data")
                  if getattr(part, n) is not UNSET]
         if len(given) != 1:

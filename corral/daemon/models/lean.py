@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import operator
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -25,7 +26,7 @@ import httptools
 import msgspec
 from aiohttp import web
 from aiohttp.hdrs import CONTENT_TYPE
-from aiohttp.helpers import HeadersMixin
+from aiohttp.helpers import HeadersMixin, parse_content_type
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
@@ -54,6 +55,7 @@ Posts = Callable[[str], Serve | None]
 # absolute URL, a repeated header, a head asking of the connection are aiohttp's
 _PATH = re.compile(rb"/[!$%%&-;=?-Z_a-z~]{0,%d}" % (MAX_FIELD - 14))
 _ASKING = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
+_TRIMMED = operator.methodcaller("rstrip", " \t")  # a header's value, its trailing space off
 log = logging.getLogger("corral.gateway.http")
 
 
@@ -154,8 +156,10 @@ class LeanConnection(HttpConnection):
         ex = Exchange(self, self.transport, headers, dict(reversed(parse_qsl(
             query, keep_blank_values=True))) if query else {}, bytes(held[start:start + length]),
             path=path)
+        # (a POST served here keeps its head's bytes alone for a hand-over: its body is
+        # the Exchange's, not copied twice for the call's life)
         self._call = self._loop.create_task(self._serve(
-            ex, endpoint, serve, bytes(held[:start + length]) if serve is not None else b""))
+            ex, endpoint, serve, bytes(held[:start]) if serve is not None else b""))
         del held[:start + length]
 
     def _hand_over(self, first: bytes = b"") -> None:
@@ -166,7 +170,7 @@ class LeanConnection(HttpConnection):
         super().data_received(held)
 
     async def _serve(self, ex: Exchange, endpoint: Endpoint | None, serve: Serve | None,
-                     raw: bytes) -> None:
+                     head: bytes) -> None:
         streams = False  # a POST answered with a stream: aiohttp's, as it came
         try:
             if serve is not None:
@@ -188,7 +192,7 @@ class LeanConnection(HttpConnection):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             if streams:
-                self._hand_over(raw)
+                self._hand_over(head + (ex.raw or b""))
             elif self._close or self._force_close:
                 ex.transport.close()
             else:
@@ -228,6 +232,11 @@ class LeanRequest(HeadersMixin):
         self.raw = ex.raw or b""
         if match_info is not None:
             self.match_info = match_info
+        # as aiohttp's: the peer's address, a unix socket's peer its name (read here: a
+        # cached_property's lookup cost the door more than the read)
+        peer = ex.transport.get_extra_info("peername")
+        self.remote = None if peer is None else str(
+            peer[0] if isinstance(peer, list | tuple) else peer)
 
     async def read(self) -> bytes:
         return self.raw
@@ -248,16 +257,20 @@ class LeanRequest(HeadersMixin):
     def host(self) -> str:
         return self.headers["Host"]  # (a head without one is aiohttp's)
 
-    @functools.cached_property  # (read at each look at who calls: once)
-    def remote(self) -> str | None:
-        """As aiohttp's: the peer's address, a unix socket's peer its name."""
-        peer = self.transport.get_extra_info("peername")
-        return None if peer is None else str(peer[0] if isinstance(peer, list | tuple) else peer)
+    @property
+    def content_type(self) -> str:
+        """As aiohttp's, its parse kept by the header's text (a few are ever sent)."""
+        return _content_type(self.ex.headers.get("content-type"))
 
     @property
     def url(self) -> URL:
         """Its address (a 401's metadata's origin), as its Host header names it."""
         return URL.build(scheme=self.scheme, authority=self.host)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_type(raw: str | None) -> str:
+    return "application/octet-stream" if raw is None else parse_content_type(raw)[0]
 
 
 WRITTEN = web.StreamResponse()  # a lean POST's answer, written: nothing more to do
@@ -325,10 +338,8 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int, bool]
     joined = b"\n".join(fields)
     if not joined.isascii():
         return None  # (a byte past ASCII: aiohttp's to read)
-    headers = {}
-    pairs = iter(joined.decode().split("\n"))  # (names and values in turn)
-    for name, value in zip(pairs, pairs, strict=True):
-        headers[name.lower()] = value.rstrip(" \t")
+    pairs = joined.decode().split("\n")  # (names and values in turn; made in C, no loop)
+    headers = dict(zip(map(str.lower, pairs[::2]), map(_TRIMMED, pairs[1::2]), strict=True))
     connection = headers.get("connection", "keep-alive").lower()
     if 2 * len(headers) < len(fields) or not _ASKING.isdisjoint(headers) or \
             connection not in ("keep-alive", "close"):

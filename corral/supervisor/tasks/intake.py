@@ -101,11 +101,12 @@ class Intake:
             q.counts["refused"] += 1
             raise
         retries = options.retry.retries if options.retry is not None else None
+        # (a caller's id given as the task is made: an id made there and then replaced
+        # cost each step's run its clock read and formatting)
         task = Task(agent.name, raw, options.priority, timeout or agent.spec.task_timeout,
-                    agent.spec.retries if retries is None else retries, e.next_seq(), now=now)
+                    agent.spec.retries if retries is None else retries, e.next_seq(),
+                    task_id, now)
         task.home, task.options = e.home, options
-        if task_id is not None:
-            task.id = task_id
         if session is not None:
             task.session = session
         task.tenant = agent.spec.tenant
