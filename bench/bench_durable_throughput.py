@@ -8,7 +8,8 @@ beside DBOS (SQLite), Temporal's dev server and Restate, in one run on this mach
     .venv/bin/python -m bench.bench_durable_throughput --only corral --what runs \
         --vs TREE --chunks 8 --runs-window 5  # paired against another checkout's daemon
     .venv/bin/python -m bench.bench_durable_throughput --pycount 1000 [--vs TREE]
-        # the bytecodes a run on the daemon's loop (bench_a2a's --pycount's way)
+        [--what steps] [--top 30]
+        # the bytecodes a run (or a step) on the daemon's loop (bench_a2a's --pycount's way)
 
 Each engine as bench_durable_peers sets it up (its quick start, a durable store), driven
 by CONC clients at once for WINDOW seconds, each starting its next as its last ends:
@@ -440,10 +441,13 @@ def paired(out: dict[str, Any]) -> dict[str, Any]:
     return pairs
 
 
-def pycount(tree: Path | None, total: int, conc: int) -> dict[str, Any]:
+def pycount(tree: Path | None, total: int, conc: int, what: str = "runs", steps: int = 100,
+            top: int = 0) -> dict[str, Any]:
     """The bytecode instructions the daemon's main thread runs a workflow run of one step
-    (`normal`), over `total` runs at `conc` clients, warmed first (bench_a2a's --pycount:
-    what the load does not change; a daemon of its own, this tree's or `tree`'s)."""
+    (`what` runs), or a `ctx.step` (steps: over tasks of `steps` each), `normal`, over
+    `total` runs (or steps) at `conc` clients, warmed first (bench_a2a's --pycount: what the
+    load does not change; a daemon of its own, this tree's or `tree`'s); with `top`, the
+    functions that ran the most of them, each's count a run (or step)."""
     d = workdir("runs-pycount")
     counts = d / "counts"
     daemon = CorralDaemon(d, corral_config(), extra='journal_sync = "normal"\ndrain_timeout = 0',
@@ -456,8 +460,15 @@ def pycount(tree: Path | None, total: int, conc: int) -> dict[str, Any]:
 
     def runs(n: int) -> None:
         def one(i: int) -> None:
+            if what == "steps":
+                res = clients.call("tasks.run", {"agent": "durable", "timeout": 600,
+                                                 "input": {"calls": steps, "mode": "step"}})
+                assert res["status"] == "succeeded", res
+                return
             res = clients.call("workflows.run", {"name": "one", "input": i, "wait": 600})
             assert res["status"] == "succeeded", res.get("error")
+        if what == "steps":  # tasks of `steps` each
+            n = max(conc, n // steps)
         lanes = [threading.Thread(target=lambda k=k: [one(i) for i in range(k, n, conc)])
                  for k in range(conc)]
         for t in lanes:
@@ -472,13 +483,16 @@ def pycount(tree: Path | None, total: int, conc: int) -> dict[str, Any]:
         runs(total)
         os.kill(daemon.proc.pid, signal.SIGRTMIN + 6)
         _appears(counts)
-        ops = sum(int(line.split("\t")[0]) for line in counts.read_text().splitlines()
-                  if line.split("\t")[1] == "py")
+        lines = [line.split("\t") for line in counts.read_text().splitlines()]
+        ops = sum(int(n) for n, kind, *_ in lines if kind == "py")
     finally:
         clients.close()
         daemon.stop()
         shutil.rmtree(d, ignore_errors=True)
-    return {"runs": total, "ops": round(ops / total, 1)}
+    done = max(conc, total // steps) * steps if what == "steps" else total
+    return {what: done, "ops": round(ops / done, 1)} | ({"top": [
+        (round(int(n) / done, 1), f"{Path(path).name}:{name}")
+        for n, kind, name, path in lines[:top] if kind == "py"]} if top else {})
 
 
 def main() -> None:
@@ -495,16 +509,22 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=1,
                     help="windows an engine is measured in, alternated with the others'")
     ap.add_argument("--pycount", type=int, default=0, metavar="N",
-                    help="only the bytecodes a run on the daemon's loop, over N runs (with "
-                    "--vs: that tree's too)")
+                    help="only the bytecodes a run (--what runs) or a step (--what steps) on "
+                    "the daemon's loop, over N of them (with --vs: that tree's too)")
+    ap.add_argument("--out", default="durable_throughput",
+                    help="the name of its JSON in bench/results (a paired sitting's own)")
+    ap.add_argument("--top", type=int, default=0, metavar="N",
+                    help="with --pycount: the N functions that ran the most bytecodes")
     args = ap.parse_args()
     if args.pycount:
         trees = {"corral": None} | ({} if args.vs is None else {"before": args.vs.resolve()})
-        print(json.dumps({name: pycount(tree, args.pycount, args.conc)
-                          for name, tree in trees.items()}))
+        print(json.dumps({name: pycount(tree, args.pycount, args.conc,
+                                        "steps" if args.what == "steps" else "runs",
+                                        args.steps, args.top)
+                          for name, tree in trees.items()}, indent=1))
         return
     out = asyncio.run(measure(args))
-    report("durable_throughput", out)
+    report(args.out, out)
     print(json.dumps({"skipped": out["skipped"]}))
 
 

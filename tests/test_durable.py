@@ -282,7 +282,8 @@ async def test_a_step_is_one_write_to_the_log_and_reaches_the_database_in_batche
     steps = StepsDB(db, writer)
     try:
         for seq in (1, 2, 3):
-            steps.put(Step("t", seq, "a__b", 1, b"h", b'{"n":%d}' % seq))
+            # durable as put: its caller is answered with no wait (TaskSteps.put_answered)
+            assert steps.put(Step("t", seq, "a__b", 1, b"h", b'{"n":%d}' % seq)) is True
             await steps.committed("t")
         assert (steps.rows, writer.here, writer.handed) == (0, 0, 0)
         (log,) = log_dir(db).iterdir()
@@ -293,6 +294,33 @@ async def test_a_step_is_one_write_to_the_log_and_reaches_the_database_in_batche
         steps.put(Step("t", 4, "a__b", 1, b"h", b'{"n":4}'))
         assert [s.seq for s in await steps.history("t")] == [1, 2, 3, 4]
         assert list(log_dir(db).iterdir()) == []
+    finally:
+        await steps.close()
+        await writer.close()
+
+
+async def test_a_logged_step_behind_a_write_to_the_database_waits_for_its_commit(
+        tmp_path: Path) -> None:
+    """A step in the log is durable as it is put only where nothing put before it still
+    waits for the database: behind a diverged attempt's drop, its put says so (False),
+    its caller waits for the commit, and the next one is durable as put again."""
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.stepjournal import Step
+
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    steps = StepsDB(db, writer)
+    try:
+        assert steps.put(Step("t", 1, "a__b", 1, b"h", b'{"n":1}')) is True
+        steps.drop_from("t", 1)
+        assert steps.put(Step("t", 1, "a__c", 2, b"h", b'{"n":2}')) is False
+        await steps.committed("t")
+        assert steps.put(Step("t", 2, "a__c", 2, b"h", b'{"n":3}')) is True
+        assert [(s.seq, s.name) for s in await steps.history("t")] == [
+            (1, "a__c"), (2, "a__c")]
     finally:
         await steps.close()
         await writer.close()
@@ -383,7 +411,8 @@ async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
             await steps.stored()
         assert len(list(log_dir(db).iterdir())) == 1
         assert errors and "the step log keeps the others" in errors[0]
-        steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}'))
+        # the database's way: not durable until its commit, which its caller waits for
+        assert steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}')) is False
         with pytest.raises(StoreError, match="no such table: steps"):
             await steps.committed("t")
         assert len(list(log_dir(db).iterdir())) == 1  # no second file

@@ -73,7 +73,7 @@ class StepsDB:
         self._direct = 0  # writes given to the GroupCommit as they came, not yet committed
 
     # -- the StepJournal protocol ---------------------------------------------------------
-    def put(self, step: Step) -> None:
+    def put(self, step: Step) -> bool:
         log = self._log
         # (while the database fails, steps go its way and are refused as it refuses
         # them: the log does not pile up batches it cannot empty)
@@ -85,10 +85,11 @@ class StepsDB:
             elif self._flush_at is None:
                 self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY,
                                                                        self._flush)
-            return
+            return not self._direct  # (and what went to the database before it, committed)
         self._flush()
         self._direct += 1
         self._store.group.put((step.task_id, step.seq, step.name), step, now=True)
+        return False
 
     def drop_from(self, task_id: str, seq: int) -> None:
         self._flush()

@@ -24,8 +24,10 @@ class Step(NamedTuple):
 class StepJournal(Protocol):
     """Where steps are made durable (the daemon's: corral.daemon.steps.StepsDB)."""
 
-    def put(self, step: Step) -> None:
-        """Keep a step (a newer one with its key replaces it); does not block."""
+    def put(self, step: Step) -> bool | None:
+        """Keep a step (a newer one with its key replaces it); does not block. True: it is
+        durable as this returns, with everything put before it (`committed` would not
+        wait); else `committed` says when."""
 
     def drop_from(self, task_id: str, seq: int) -> None:
         """Forget the task's tool-call steps from `seq` on (an attempt diverged there)."""

@@ -340,9 +340,9 @@ class TaskSteps:
                 now.tools[step.seq] = step
         elif now is st:
             self._count(st, len(body))
-        journal.put(step)
         self.journaled += 1
-        await journal.committed(task.id)
+        if journal.put(step) is not True:
+            await journal.committed(task.id)
         flight.step = step
         return msgspec.Raw(body)
 
@@ -417,20 +417,45 @@ class TaskSteps:
                            f"{method}: the step name {name!r:.80} is reserved: names "
                            f"beginning {' or '.join(RESERVED)} are corral's own steps")
 
+    def put_answered(self, task: Task, r: Replica, name: str, result: Any
+                     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """A worker's `step/put`: its answer itself where the step is durable as it is put
+        (the daemon's step log), else an awaitable of it: a plain answer is sent with no
+        asyncio task of its own (jsonrpc), which was the most of a step's cost here."""
+        st = self._attempts.get(task.id)
+        if st is None or st.attempt != task.attempt or (
+                st.loaded is not None and not st.loaded.done()):
+            return self.put(task, r, name, result)  # (its history first, or its state made)
+        journal = self._journaling(task, r.spec)
+        if journal is None or self._keep(task, r, st, journal, name, result):
+            return {}
+        return self._committed(journal, task.id)
+
     async def put(self, task: Task, r: Replica, name: str, result: Any) -> dict[str, Any]:
         journal = self._journaling(task, r.spec)
         if journal is None:
             return {}
         st = await self._state(task)
+        if not self._keep(task, r, st, journal, name, result):
+            await journal.committed(task.id)
+        return {}
+
+    def _keep(self, task: Task, r: Replica, st: _Attempt, journal: StepJournal, name: str,
+              result: Any) -> bool:
+        """The named step put in the journal, unless it is past a budget (refused, raised);
+        whether it is durable already."""
         self._check_budget(task, r, st)
         body = msgspec.json.encode(result)
         step = Step(task.id, NAMED_SEQ, name, task.attempt, b"", body)
         st.named[name] = step
         # the name the worker chose is kept as its result is: counted against the budget
         self._count(st, len(body) + _named_bytes(step))
-        journal.put(step)
         self.journaled += 1
-        await journal.committed(task.id)
+        return journal.put(step) is True
+
+    @staticmethod
+    async def _committed(journal: StepJournal, task_id: str) -> dict[str, Any]:
+        await journal.committed(task_id)
         return {}
 
     # -- the task's checkpoint ------------------------------------------------------------
@@ -438,8 +463,8 @@ class TaskSteps:
         body = msgspec.json.encode(state)
         task.checkpoint = msgspec.Raw(body)
         journal = self._journaling(task, task.replica.spec if task.replica else None)
-        if journal is not None:
-            journal.put(Step(task.id, CHECKPOINT_SEQ, "", task.attempt, b"", body))
+        if journal is not None and journal.put(
+                Step(task.id, CHECKPOINT_SEQ, "", task.attempt, b"", body)) is not True:
             await journal.committed(task.id)
         return {}
 
