@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import itertools
+import operator
 import sqlite3
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -91,14 +93,21 @@ class Times(msgspec.Struct):
     count: int = 0
 
 
-def add_each(seconds: float, *times: Times) -> None:
-    """A time counted in each of `times` (its bucket found once: a task's run counts in
-    two)."""
-    i = bucket_of(seconds)
+def add_each(seconds: list[float], *times: Times) -> None:
+    """Times counted in each of `times`, a negative one as 0 (their buckets found once,
+    in C: a call a time was most of what a finished task cost the loop)."""
+    counts = Counter(map(_BUCKET, seconds))
+    total, n = sum(filter(_POSITIVE, seconds)), len(seconds)
     for t in times:
-        t.buckets[i] += 1
-        t.sum += seconds
-        t.count += 1
+        buckets = t.buckets
+        for i, k in counts.items():
+            buckets[i] += k
+        t.sum += total
+        t.count += n
+
+
+_BUCKET = functools.partial(bisect.bisect_left, BUCKETS)  # (bucket_of's: a negative's is 0)
+_POSITIVE = (0.0).__lt__  # (what a sum of times clamped at 0 adds)
 
 
 class AgentTimes(msgspec.Struct):
@@ -139,19 +148,29 @@ class TaskTimes:
         newest = next(reversed(finished))
         if newest == self.last:
             return
-        since = list(itertools.takewhile(lambda t: t != self.last, reversed(finished)))
+        # (the ids back to the last one seen compared in C, each agent's times counted at
+        # once after: a lambda's and two calls a task were most of its look)
+        since = list(itertools.takewhile(functools.partial(operator.ne, self.last),
+                                         reversed(finished)))
         self.last = newest
-        agents = self.agents
+        waits: defaultdict[str, list[float]] = defaultdict(list)
+        runs: defaultdict[str, list[float]] = defaultdict(list)
         for task_id in reversed(since):
             task = finished[task_id]
-            times = agents[task.agent]
             end = task.finished or 0.0
             started = task.started
             # one that never ran (cancelled or lost while queued) waited until its end
-            waited = max(0.0, (end if started is None else started) - task.created)
-            add_each(waited, times.wait)
-            if started is not None:
-                add_each(max(0.0, end - started), times.duration, times.interval)
+            if started is None:
+                waits[task.agent].append(end - task.created)
+            else:
+                waits[task.agent].append(started - task.created)
+                runs[task.agent].append(end - started)
+        agents = self.agents
+        for name, seconds in waits.items():
+            add_each(seconds, agents[name].wait)
+        for name, seconds in runs.items():
+            times = agents[name]
+            add_each(seconds, times.duration, times.interval)
 
     def forget(self, keep: Iterable[str]) -> None:
         kept = set(keep)
