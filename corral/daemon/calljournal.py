@@ -31,7 +31,13 @@ def _value(blob: bytes | None) -> Any:
     return msgspec.json.decode(blob) if blob is not None else None
 
 
-_CALL = f"INSERT OR REPLACE INTO calls ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+# a call's row again (its end, a planted spawn tree's): changed where it is, not deleted and
+# inserted as REPLACE does, which rewrote its row and each index of the table twice; its
+# kind and name (calls_named's) are its own for good
+_CALL = (f"INSERT INTO calls ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+         "ON CONFLICT (call_id) DO UPDATE SET " + ", ".join(
+             f"{c} = excluded.{c}" for c in COLUMNS.split(", ")
+             if c not in ("call_id", "kind", "name")))
 _STEP = ("INSERT OR REPLACE INTO call_steps (call_id, step, item, task_id, status, started, "
          "ended, output, error) VALUES (?,?,?,?,?,?,?,?,?)")
 Row = tuple[str, tuple[Any, ...]]  # a statement and its values

@@ -439,9 +439,10 @@ class GroupCommit(Generic[V]):
             self._lingering = None
         if self._inflight_done is not None or not self.pending:
             return
-        self.inflight = items = list(self.pending.items())
-        self.pending.clear()
-        batch = [v for _, v in items]
+        pending = self.pending
+        self.inflight = items = list(pending.items())
+        batch = list(pending.values())
+        pending.clear()
         # (nothing is in flight: what waits is this batch alone, its size counted as put)
         size = self.waiting_bytes
         done = self._inflight_done = self._pending_done
