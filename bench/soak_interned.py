@@ -17,6 +17,7 @@ Objects/dict-common.h); the library must keep its symbol table (`nm` finds `inte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import struct
 import subprocess
@@ -52,6 +53,30 @@ class Table:
     def _read(self, address: int, size: int) -> bytes:
         return os.pread(self.mem, size, address)
 
+    def entries(self, since: int) -> tuple[int, list[int]]:
+        """The table's entries from `since` on (a new string is appended at the end until
+        the table is rebuilt): how many there are now, and the strings' addresses in those
+        (0: interned and let go already)."""
+        (d,) = struct.unpack("<Q", self._read(self.where, 8))
+        (keys,) = struct.unpack("<Q", self._read(d + 32, 8))
+        head = self._read(keys, 32)
+        index_bytes, kind = 1 << head[9], head[10]
+        (count,) = struct.unpack("<q", head[24:32])
+        size = 16 if kind else 24  # (key, value) a unicode-keyed table's entry, else hash too
+        since = min(since, count)
+        raw = self._read(keys + 32 + index_bytes + since * size, (count - since) * size)
+        return count, [struct.unpack_from("<Q", raw, i * size + (0 if kind else 8))[0]
+                       for i in range(count - since)]
+
+    def text(self, address: int) -> str | None:
+        """An ASCII str's text (PyASCIIObject: its length, its state, the bytes after)."""
+        head = self._read(address + 16, 32)
+        (length,) = struct.unpack_from("<q", head, 0)
+        state = head[16]
+        if not state & 0x40 or length > 200:  # (not ascii, or long: not a name)
+            return None
+        return self._read(address + 48, length).decode("ascii", "replace")
+
     def read(self) -> tuple[int, int, int]:
         """(live strings, free slots before a rebuild, slots)."""
         (d,) = struct.unpack("<Q", self._read(self.where, 8))
@@ -69,9 +94,13 @@ def main() -> int:
     ap.add_argument("pid", type=int)
     ap.add_argument("--every", type=float, default=0.0, help="0: one reading")
     ap.add_argument("--out", default="")
+    ap.add_argument("--new", action="store_true",
+                    help="print the strings interned after the first reading, as seen")
     a = ap.parse_args()
     table = Table(a.pid)
     began = time.monotonic()
+    if a.new:
+        return _new_names(table, a.every or 1.0, a.out, began)
     while True:
         try:
             live, free, slots = table.read()
@@ -85,6 +114,32 @@ def main() -> int:
         if a.every <= 0:
             return 0
         time.sleep(a.every)
+
+
+def _new_names(table: Table, every: float, out: str, began: float) -> int:
+    """Each string interned after the start, as its entry is seen at the table's end:
+    one interned and let go within a reading's interval shows as `<gone>`."""
+    count, _ = table.entries(1 << 62)
+    while True:
+        time.sleep(every)
+        try:
+            now, keys = table.entries(count)
+        except OSError:
+            return 0
+        if now < count:  # rebuilt: its entries packed anew
+            count = now
+            continue
+        count = now
+        for key in keys:
+            text = "<gone>"
+            if key:
+                with contextlib.suppress(OSError):
+                    text = repr(table.text(key))
+            line = f"{time.monotonic() - began:.1f}\t{text}"
+            print(line, flush=True)
+            if out:
+                with open(out, "a") as f:
+                    f.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from corral.daemon.steplog import StepLog
 from corral.jsonrpc import LineBlock
 from corral.percentile import Window
 from corral.supervisor import State, Supervisor, memory
+from corral.supervisor.config import ProcessSpec
+from corral.supervisor.configload import check_command
 from corral.supervisor.memory import SLAB_SLOTS, TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
 from corral.supervisor.sandbox import host_refusal
 from corral.supervisor.tasks.stepjournal import Step
@@ -239,6 +241,33 @@ def test_agents_log_files_placed_and_heap_dumps_named_intern_no_string(
     # each forgotten agent's file moved to its first copy, an empty one begun in its place
     assert sorted(f for f in os.listdir(logs) if f.startswith("chat")) == sorted(
         f"{name}.log{copy}" for name in names for copy in ("", ".1"))
+
+
+def test_an_agents_command_checked_interns_no_string(tmp_path: Path, monkeypatch: Any) -> None:
+    # an agent's command is checked at each add and reload: by pathlib, each part of its
+    # path was interned, and a part no other live string shares (a venv's `.venv`) was
+    # added to the interned table anew at each check, and let go after
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "run.sh").chmod(0o755)
+    (tmp_path / "plain.py").write_text("")
+    specs = [ProcessSpec(command=[f"{tmp_path}/./run.sh", "x"]),
+             ProcessSpec(command=["./plain.py"], cwd=f"{tmp_path}/"),
+             ProcessSpec(command=["sub/../missing"], cwd=str(tmp_path))]
+    said = [None, f"./plain.py: not executable ({tmp_path}/plain.py)",
+            f"sub/../missing: no such file ({tmp_path}/sub/../missing)"]
+    interned: list[str] = []
+    real = sys.intern
+
+    def counted(text: str) -> str:
+        interned.append(text)
+        return real(text)
+
+    monkeypatch.setattr(sys, "intern", counted)
+    whys = [check_command(spec) for spec in specs]
+    _ = Path("made")  # (what a Path does: the count can fail)
+    monkeypatch.undo()
+    assert interned == ["made"]
+    assert whys == said  # shown as pathlib showed them
 
 
 @pytest.mark.skipif(host_refusal("bwrap", None) is not None, reason="no sandbox here")

@@ -53,7 +53,7 @@ from .dynamicusers import uid_range
 from .isolation import gateway_socket, isolation
 from .names import name_problem, shown
 from .runas import reach_refusal
-from .sandbox import exposed, host_refusal
+from .sandbox import exposed, host_refusal, plain
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule
 from .seccomp import missing as no_filter
 from .startorder import order_problem
@@ -685,8 +685,11 @@ def check_command(spec: ProcessSpec) -> str | None:
     agent's own PATH if its env sets one, as exec would."""
     program = spec.argv()[0]
     if "/" in program:
-        path = Path(program) if os.path.isabs(program) else Path(spec.cwd or ".") / program
-        if not path.is_file():
+        # joined as str, shown as pathlib would: pathlib interns each part it parses, and
+        # this runs at every add and reload of an agent
+        path = plain(program if os.path.isabs(program)
+                     else os.path.join(spec.cwd or ".", program))
+        if not os.path.isfile(path):
             return f"{program}: no such file ({path})"
         if not os.access(path, os.X_OK):
             return f"{program}: not executable ({path})"
