@@ -117,11 +117,12 @@ def sleeper(name: str, *, retries: int = 0, concurrency: int = 1, warm: bool = F
 
 
 @contextlib.contextmanager
-def nodes(tmp: Path, redis: RedisServer, agents: dict[str, str], **cluster: Any
-          ) -> Iterator[dict[str, Node]]:
+def nodes(tmp: Path, redis: RedisServer, agents: dict[str, str], *, ready: float = 60.0,
+          **cluster: Any) -> Iterator[dict[str, Node]]:
     """Started nodes by name (each with its agents' TOML), stopped after. The nodes start
     side by side (each awaited on its own READY after all are started): a daemon's start
-    is ~0.5 s of one core, and three one after another were a test's first 1.5 s."""
+    is ~0.5 s of one core, and three one after another were a test's first 1.5 s.
+    `ready`: how long a node may take to READY, which waits for every agent it starts."""
     made: dict[str, Node] = {}
     try:
         for name, toml in agents.items():
@@ -129,7 +130,7 @@ def nodes(tmp: Path, redis: RedisServer, agents: dict[str, str], **cluster: Any
         for n in made.values():
             n.start(wait_ready=False)
         for n in made.values():
-            n.notify.wait_for("READY", proc=n.proc)
+            n.notify.wait_for("READY", ready, proc=n.proc)
         yield made
     finally:
         for n in made.values():

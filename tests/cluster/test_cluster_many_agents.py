@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import nodes, run, sleeper
@@ -23,6 +25,8 @@ from .harness import nodes, run, sleeper
 # run beside the others: alone, its three TTLs held four workers idle (decision 982)
 TTL, BEAT = 12.0, 4.0
 AGENTS = 300  # well past the node's pool of connections for everything but those reads
+# the starts' bound, three TTLs as a member, and the run at the end
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_a_node_of_more_idle_agents_than_its_pool_stays_a_member(
@@ -31,8 +35,10 @@ def test_a_node_of_more_idle_agents_than_its_pool_stays_a_member(
     # 300 workers start, and 300 cold interpreters were a third of the file's CPU
     fleet = "".join(sleeper(f"idle{i:03d}", warm=True) for i in range(AGENTS))
     # (a TTL of a few seconds: starting 300 workers on a loaded host must not be what
-    # delays a beat; the blocking reads hold a connection a beat each all the same)
-    with nodes(tmp, redis, {"a": fleet}, ttl=TTL, beat=BEAT) as ns:
+    # delays a beat; the blocking reads hold a connection a beat each all the same).
+    # READY waits for every agent up, which took past the harness's minute at load:
+    # the test's own bound for them
+    with nodes(tmp, redis, {"a": fleet}, ttl=TTL, beat=BEAT, ready=180) as ns:
         a = ns["a"]
         # each look a read of every agent's stats, in the daemon and in this process:
         # made seldom, as the starts of all of them take seconds

@@ -38,10 +38,14 @@ from .test_cluster_specs import log
 from .test_cluster_steps import running_task
 from .test_cluster_upgrade import KEPT, started
 from .test_failover import linked, replicated
+from .test_takeover import said_of_leases
 
 pytestmark = pytest.mark.timeout(150)
 SUSPEND_AFTER = 300  # the agent's suspend_after: five minutes of the node's clock
 CLOCK = "manual_clock = true"
+# the nodes run on the steady TTL: no test here waits on a lapse, and a node lapsed under
+# the short one at load has its attempt's steps refused by the fence, so the attempt that
+# takes the task over makes its calls again (counted twice, by design of the fence)
 SUSPENDED_ERROR = (f"waited {SUSPEND_AFTER} s for a person (suspend_after): its task "
                    "resumes by replay when what it asked has ended")
 
@@ -115,7 +119,7 @@ def _port(n: Node) -> int:
 def test_a_suspended_cluster_task_resumes_by_replay_where_it_is_claimed_its_call_once(
         tmp: Path, redis: RedisServer) -> None:
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(1)}
                                )["task_id"]
@@ -155,12 +159,14 @@ def test_a_question_after_three_calls_resumes_on_another_node_answered_from_redi
     returns the answer."""
     agents = suspension_fleet(tmp)
     marks = tmp / "marks"
-    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "asker", "input": {
             "prompt": "Which file?", "calls": 3, "marks": str(marks)}})["task_id"]
         runner, ask = suspended_here(ns, task_id, "asker")
-        assert counted(tmp) == ["0", "1", "2"]
+        # (its attempts and what the nodes said of leases, if it ran twice)
+        assert counted(tmp) == ["0", "1", "2"], (record(runner, task_id)["attempts"],
+                                                 said_of_leases(ns.values()))
         other = other_than(ns, runner)
         answered = other.cli("approvals", "answer", ask["id"], "--data", '"/srv/a"')
         assert answered.returncode == 0, answered.stderr
@@ -214,7 +220,7 @@ def test_one_of_two_asks_at_once_decided_the_task_suspends_on_the_other(
     hold, gate = tmp / "hold", tmp / "gate"
     agents = fleet(tmp).replace(f'"{tmp}/server-count"]', f'"{tmp}/server-count", "{hold}"]')
     os.mkfifo(gate)
-    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         a = ns["a"]
         task_id = a.call("tasks.submit", {"agent": "writer", "input": {
@@ -255,7 +261,7 @@ def test_a_suspension_redis_took_unconfirmed_gives_the_attempt_back_its_call_onc
     again in Redis) does not also reach the attempt here: the call runs once."""
     agents = fleet(tmp)
     with replicated(tmp, 1) as (primary, [replica]), \
-            nodes(tmp, primary, {"a": agents}, supervisor=CLOCK,
+            nodes(tmp, primary, {"a": agents}, supervisor=CLOCK, ttl=STEADY_TTL,
                   extra="ack_replicas = 1\nack_timeout = 0.5\n") as ns:
         a = ns["a"]
         wait_until(lambda: any(n["alive"] for n in a.nodes()["nodes"]), 30, "node a alive")
@@ -359,7 +365,7 @@ def test_a_suspension_unconfirmed_is_read_again_while_redis_is_away_then_found_t
 def test_a_denied_suspended_cluster_task_sees_the_tool_error(tmp: Path,
                                                             redis: RedisServer) -> None:
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["b"].call("tasks.submit", {"agent": "writer", "input": bump(3)}
                                )["task_id"]
@@ -379,7 +385,7 @@ def test_a_denied_suspended_cluster_task_sees_the_tool_error(tmp: Path,
 def test_a_suspended_cluster_task_cancelled_ends_and_its_ask_is_withdrawn(
         tmp: Path, redis: RedisServer) -> None:
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(4)}
                                )["task_id"]
@@ -408,7 +414,7 @@ def test_a_suspended_cluster_tasks_ask_times_out_as_its_policy_says(
     # its deadline is the node's clock's, as suspend_after is: past the suspension (ten
     # minutes of the runner's clock), not yet past its deadline until moved again
     agents = fleet(tmp, 'approve_timeout = 900.0\non_timeout = "fail"\n')
-    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(5)}
                                )["task_id"]
@@ -433,7 +439,7 @@ def test_a_forged_end_is_not_applied_and_two_decisions_race_to_one(
     counted, the task waits on suspended. Then two decisions at once, on two nodes:
     one is applied (the task resumes once, its call once), the other refused."""
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, supervisor=CLOCK, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(6)}
                                )["task_id"]

@@ -14,7 +14,7 @@ import pytest
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import TTL, Node, nodes, sleeper
+from .harness import STEADY_TTL, TTL, Node, nodes, sleeper
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,7 +132,9 @@ def test_at_most_once_a_task_of_a_dead_node_ends_lost(tmp: Path,
 
 def test_a_node_paused_past_its_ttl_cannot_complete_what_was_taken(
         tmp: Path, redis: RedisServer) -> None:
-    with three(tmp, redis, retries=1) as ns:
+    # the steady TTL: the pause is what lapses b, and b comes back once; under the short
+    # one a loaded host lapsed b again after it rejoined (incarnation 3, not 2)
+    with three(tmp, redis, retries=1, ttl=STEADY_TTL) as ns:
         a, b, c = ns["a"], ns["b"], ns["c"]
         wait_until(lambda: all_alive(a), what="three nodes alive")
         # c may take nothing until b holds the task
@@ -158,7 +160,8 @@ def test_a_node_paused_past_its_ttl_cannot_complete_what_was_taken(
         assert stats["published"] == 0
         assert outcomes(a, [task_id]) == [done]
         wait_until(lambda: all_alive(a), what="b back as a new incarnation")
-        assert {n["node"]: n["incarnation"] for n in a.nodes()["nodes"]}["b"] == 2
+        assert {n["node"]: n["incarnation"] for n in a.nodes()["nodes"]}["b"] == 2, (
+            said_of_leases(ns.values()))
 
 
 def test_tasks_longer_than_the_ttl_are_never_run_again(tmp: Path,
@@ -189,15 +192,20 @@ def said_of_leases(ns: Any) -> dict[str, list[str]]:
 
 def test_a_node_stopped_gracefully_hands_its_tasks_back(tmp: Path,
                                                         redis: RedisServer) -> None:
-    # no retries: a stop is no failure, and costs none
-    with three(tmp, redis, retries=0) as ns:
+    # no retries: a stop is no failure, and costs none; the steady TTL, as no node
+    # lapses here (a lapse of b's would take its tasks as lost, not handed back)
+    with three(tmp, redis, retries=0, ttl=STEADY_TTL) as ns:
         a, b, c = ns["a"], ns["b"], ns["c"]
         wait_until(lambda: all_alive(a), what="three nodes alive")
-        ids = submit(a, 6, 1.0)
+        # held until b has stopped: a task of fixed seconds could end on b before its
+        # stop reached its hand-back (one did, at load), and a task ended is not handed back
+        gate = tmp / "gate"
+        ids = [held(a, gate) for _ in range(6)]
         wait_until(lambda: running_on(b) == 2, what="b busy")
         assert b.stop() == 0
         assert b.proc is not None and b.proc.stderr is not None
         assert "cluster: 2 tasks handed back (node b stopped)" in b.proc.stderr.read().decode()
+        gate.touch()
         done = outcomes(a, ids)
         assert [d["status"] for d in done] == ["succeeded"] * len(ids)
         assert outcomes(c, ids) == done
