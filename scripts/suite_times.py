@@ -15,7 +15,13 @@ waiting for a turn and idle after its last test, and the longest waits for a tur
 
 `--write tests/durations.json` keeps each file's time as the order a fresh clone's run
 hands the files out in, longest first (tests/conftest.py; a checkout's own cache of its
-last run goes before it).
+last run goes before it). With `--merge` the cache is a loaded run's, whose times are not a
+quiet run's (a file that waits on timers is stretched less than one that wants a core):
+FILE's own figures are kept, a file whose figure is below its CPU in the cache gets that
+CPU (a file takes at least its CPU), and a file it lacks gets the larger of its CPU and
+its time there scaled by the two runs' ratio over the files both hold. A file ranked
+short that is not is handed out last and ends the run (the test marked `alone` waits for
+it); ranked long, it only starts sooner.
 
 `--simulate N [N ...]` plays the run again on `--cores` cores with N workers, from each
 test's time and CPU in the cache: its files handed out longest first, a worker taking its
@@ -129,6 +135,23 @@ def simulate(cache: Path, workers: int, cores: int, collection: float) -> tuple[
     return now, idle / max(cores * now, 1e-9)
 
 
+def merged(path: Path, wall: dict[str, float], cpu: dict[str, float]) -> dict[str, float]:
+    """`path`'s figures, each file it ranks below its CPU in `cpu` given that CPU, and each
+    it lacks the larger of its CPU and its time in `wall` scaled to `path`'s runs (the
+    ratio over the files both hold)."""
+    kept = {str(k): float(v) for k, v in json.loads(path.read_text()).items()} \
+        if path.exists() else {}
+    both = [f for f in kept if f in wall]
+    scale = sum(kept[f] for f in both) / max(sum(wall[f] for f in both), 1e-9) if both \
+        else 1.0
+    for f, seconds in wall.items():
+        if f not in kept:
+            kept[f] = max(cpu.get(f, 0.0), seconds * scale)
+        else:
+            kept[f] = max(kept[f], cpu.get(f, 0.0))
+    return kept
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--top", type=int, default=25, help="the files to list, longest first")
@@ -138,6 +161,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--write", type=Path, metavar="FILE",
                     help="keep each file's time there (tests/durations.json), the files "
                          "that are still in the checkout")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --write: keep FILE's figures, mending only the files it "
+                         "lacks or ranks below their CPU (the cache a loaded run's)")
     ap.add_argument("--timeline", type=Path, metavar="FILE",
                     help="what a run with CORRAL_TEST_TIMELINE=FILE wrote")
     ap.add_argument("--tests", type=int, metavar="N",
@@ -159,7 +185,8 @@ def main(argv: list[str]) -> int:
         return waits(args.cache, args.tests)
     wall, cpu = load(args.cache, "durations"), load(args.cache, "cpu")
     if args.write is not None:
-        kept = {f: round(s, 1) for f, s in sorted(wall.items()) if (ROOT / f).is_file()}
+        kept = merged(args.write, wall, cpu) if args.merge else wall
+        kept = {f: round(s, 1) for f, s in sorted(kept.items()) if (ROOT / f).is_file()}
         args.write.write_text(json.dumps(kept, indent=0) + "\n")
     known = [f for f in wall if f in cpu]
     total_wall = sum(wall[f] for f in known)

@@ -167,6 +167,37 @@ def test_suite_times_tells_a_files_waiting_from_its_cpu(tmp_path: Path) -> None:
         "tests/a.py 30 s, tests/test_scripts.py 1 s")
 
 
+def test_suite_times_merges_a_loaded_runs_times_into_the_kept_order(tmp_path: Path) -> None:
+    """--merge: a loaded run stretches a file that wants a core more than one that waits
+    on timers, so its times are no quiet run's order. The kept figures stay; a file kept
+    below its CPU takes that CPU, a file not kept its time scaled to the kept runs."""
+    kept = tmp_path / "v" / "corral"
+    kept.mkdir(parents=True)
+    (kept / "durations").write_text(json.dumps({
+        "tests/test_soak.py": 400.0, "tests/test_config.py": 40.0,
+        "tests/test_scripts.py": 20.0}))
+    (kept / "cpu").write_text(json.dumps({
+        "tests/test_soak.py": 30.0, "tests/test_config.py": 12.0,
+        "tests/test_scripts.py": 2.0}))
+    order = tmp_path / "durations.json"
+    quiet = {"tests/test_soak.py": 90.0, "tests/test_config.py": 10.0, "tests/gone.py": 5.0}
+
+    def write(*args: str) -> dict[str, float]:
+        order.write_text(json.dumps(quiet))
+        r = subprocess.run([sys.executable, str(ROOT / "scripts" / "suite_times.py"),
+                            "--cache", str(tmp_path), "--top", "0", "--write", str(order),
+                            *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(order.read_text()))
+
+    # the runs' ratio over the files both hold: (90 + 10) / (400 + 40)
+    assert write("--merge") == {"tests/test_config.py": 12.0, "tests/test_scripts.py": 4.5,
+                                "tests/test_soak.py": 90.0}
+    # without it, the loaded run's own times
+    assert write() == {"tests/test_config.py": 40.0, "tests/test_scripts.py": 20.0,
+                       "tests/test_soak.py": 400.0}
+
+
 def test_suite_times_lists_the_tests_that_waited_longest(tmp_path: Path) -> None:
     def times(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(ROOT / "scripts" / "suite_times.py"),
