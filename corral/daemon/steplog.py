@@ -47,8 +47,7 @@ class StepLog:
     def append(self, step: Step) -> bool:
         """Write the step's record; False if it could not be (nothing of it is left in
         the file: the caller journals it another way)."""
-        body = _encode((step.task_id, step.seq, step.name, step.attempt, step.args,
-                        step.body))
+        body = _encode(step)  # (a NamedTuple: msgpack's array of its fields, in order)
         record = HEAD.pack(len(body), zlib.crc32(body)) + body
         try:
             if self._fd < 0:

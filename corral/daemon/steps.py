@@ -22,7 +22,7 @@ from ..supervisor.tasks.stepjournal import Step
 from .journalstore import JournalStore, JournalWords
 from .steplog import StepLog, leftovers, log_dir, records
 from .storeschema import StoreError, connect, errors_named
-from .storewriter import WriterThread
+from .storewriter import HERE_BYTES, HERE_MAX, WriterThread
 
 REF_ABOVE = 256 * 1024  # a result larger than this is a file of its own
 RESULTS_DIR = "step-results"
@@ -39,13 +39,20 @@ class _Drop(NamedTuple):
     seq: int
 
 
-class _Retire(NamedTuple):
-    """A log file whose records are in the same transaction: removed once it commits."""
+class _Logged(NamedTuple):
+    """A log file's records, in the order written, one write of the batch (not one a
+    step: the loop's share of each step was a GroupCommit put): committed, then the file
+    removed. `size`: its bytes, each record counted at least ROW_WEIGHT, so a batch of more
+    records than a batch committed on the loop holds (storewriter.HERE_MAX) goes to the
+    writer thread as its records did one by one."""
 
+    steps: list[Step]
     path: str
+    size: int
 
 
-_Op = Step | _Drop | _Retire
+_Op = Step | _Drop | _Logged
+ROW_WEIGHT = HERE_BYTES // HERE_MAX
 
 
 def results_dir(db_path: Path) -> Path:
@@ -130,10 +137,10 @@ class StepsDB:
         assert self._log is not None
         batch, self._logged = self._logged, []
         done = self._log.rotate()
-        for step in batch:
-            self._store.group.put((step.task_id, step.seq, step.name), step)
-        if done is not None:  # (a failed batch keeps it: read back at the next start)
-            self._store.group.put(("retire", done), _Retire(done))
+        assert done is not None  # (a record was written: its file is open)
+        size = sum(len(step.body) for step in batch if step.body) + ROW_WEIGHT * len(batch)
+        # (a failed batch keeps its file: read back at the next start)
+        self._store.group.put(("log", done), _Logged(batch, done, size))
 
     def recover(self) -> int:
         """At start-up, in a thread, before any step is read: the log files a daemon
@@ -152,7 +159,9 @@ class StepsDB:
         unlink: list[str] = []
         db.execute("BEGIN")
         for op in ops:
-            if isinstance(op, _Retire):
+            if isinstance(op, _Logged):
+                for step in op.steps:
+                    self._put(db, step, unlink)
                 # its records are committed: the file goes before anything later is (read
                 # back after a kill in between, it writes the same rows again)
                 db.execute("COMMIT")
@@ -164,22 +173,27 @@ class StepsDB:
                 unlink += drop_unused(db, _deleted(
                     db, "DELETE FROM steps WHERE task_id = ? AND seq >= ?", op))
                 continue
-            result = None
-            if op.body is not None:
-                result = hashlib.blake2b(op.body, digest_size=16).digest()
-                self._keep(db, result, op.body)
-            replaced = None
-            if op.seq <= 0:  # a named step or a checkpoint may be written again
-                replaced = db.execute("SELECT result FROM steps WHERE task_id = ? AND seq = ? "
-                                      "AND name = ?", (op.task_id, op.seq, op.name)).fetchone()
-            db.execute("INSERT OR REPLACE INTO steps (task_id, seq, name, attempt, args, "
-                       "result) VALUES (?, ?, ?, ?, ?, ?)",
-                       (op.task_id, op.seq, op.name, op.attempt, op.args, result))
-            if replaced is not None and replaced[0] is not None and replaced[0] != result:
-                unlink += drop_unused(db, {replaced[0]})
-            self.rows += 1
+            self._put(db, op, unlink)
         db.execute("COMMIT")
         remove_refs(self.dir, unlink)
+
+    def _put(self, db: sqlite3.Connection, op: Step, unlink: list[str]) -> None:
+        """The step's row (a newer one of its key replaces it); the files of the results
+        no step names any more added to `unlink`, to remove once committed."""
+        result = None
+        if op.body is not None:
+            result = hashlib.blake2b(op.body, digest_size=16).digest()
+            self._keep(db, result, op.body)
+        replaced = None
+        if op.seq <= 0:  # a named step or a checkpoint may be written again
+            replaced = db.execute("SELECT result FROM steps WHERE task_id = ? AND seq = ? "
+                                  "AND name = ?", (op.task_id, op.seq, op.name)).fetchone()
+        db.execute("INSERT OR REPLACE INTO steps (task_id, seq, name, attempt, args, "
+                   "result) VALUES (?, ?, ?, ?, ?, ?)",
+                   (op.task_id, op.seq, op.name, op.attempt, op.args, result))
+        if replaced is not None and replaced[0] is not None and replaced[0] != result:
+            unlink += drop_unused(db, {replaced[0]})
+        self.rows += 1
 
     def _keep(self, db: sqlite3.Connection, h: bytes, body: bytes) -> None:
         if len(body) <= REF_ABOVE:
@@ -265,4 +279,6 @@ def remove_refs(directory: Path, refs: list[str]) -> None:
 
 
 def _size(op: _Op) -> int:
+    if isinstance(op, _Logged):
+        return op.size
     return len(op.body) if isinstance(op, Step) and op.body is not None else 0
