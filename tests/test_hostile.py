@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from corral.daemon.background import Background
-from corral.daemon.flowcontrol import HELD_MAX, Latest
+from corral.daemon.flowcontrol import HELD_CHARS, HELD_MAX, Latest
 from corral.supervisor import Supervisor
 from corral.supervisor.core import default_max_replicas
 
@@ -402,6 +402,15 @@ def test_progress_held_until_the_task_is_told_accepted() -> None:
         many.release()
         assert [p for _, p in c1.sent] == [{"progress": i} for i in range(HELD_MAX - 1)] + [
             {"progress": HELD_MAX + 4, "coalesced": 5}]
+        # and past the bound of their messages' characters (a worker's strings), the same
+        c4 = _Reader()
+        big = Latest(c4, "task.progress", held=True)
+        half = "x" * (HELD_CHARS // 2)
+        for i in range(5):
+            big.send({"progress": i, "message": half})
+        big.release()
+        assert [p["progress"] for _, p in c4.sent] == [0, 4]
+        assert c4.sent[-1][1]["coalesced"] == 3
         # released while the client's socket is full: sent when it has room
         c2 = _Reader()
         later = Latest(c2, "task.progress", held=True)

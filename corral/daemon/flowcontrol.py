@@ -18,8 +18,10 @@ T = TypeVar("T")
 
 # a follow's items sent at a turn of the loop, at most (a log line, an event each)
 FOLLOW_BATCH = 500
-# a task's progress reports kept, each one, before its client is told it was accepted
+# a task's progress reports kept, each one, before its client is told it was accepted,
+# and their messages' characters (a worker's string, else bounded by its line alone)
 HELD_MAX = 100
+HELD_CHARS = 1 << 20
 
 
 async def drain(c: Channel, follower: Follower[T], missed_method: str,
@@ -48,19 +50,25 @@ class Latest:
         self.method = method
         self.held = held
         self.early: list[dict[str, Any]] = []
+        self.early_chars = 0
         self.pending: dict[str, Any] | None = None
         self.replaced = 0
         self._flush: asyncio.Future[None] | None = None
 
     def send(self, params: dict[str, Any]) -> None:
         if self.held:
-            # each kept, for a client that shows every step, up to a bound past which
-            # the newest replaces the last kept
-            if len(self.early) < HELD_MAX:
+            # each kept, for a client that shows every step, up to bounds past which the
+            # newest replaces the last kept
+            message = params.get("message")
+            chars = len(message) if isinstance(message, str) else 0
+            if len(self.early) < HELD_MAX and self.early_chars + chars <= HELD_CHARS:
                 self.early.append(params)
-            else:
+            elif self.early:
                 self.early[-1] = params
                 self.replaced += 1
+            else:
+                self.early.append(params)  # the first alone, whatever its size
+            self.early_chars += chars
             return
         if self.pending is None and self.c.writable.is_set():
             self.c.notify(self.method, params)
