@@ -26,8 +26,9 @@ it); ranked long, it only starts sooner.
 `--simulate N [N ...]` plays the run again on `--cores` cores with N workers, from each
 test's time and CPU in the cache: its files handed out longest first, a worker taking its
 next file when two of its tests are left (pytest-xdist's loadfile), each worker's
-collection first (`--collection`, CPU alone), and each test's CPU shared out whenever the
-tests running want more than the cores, its waiting (its time less its CPU) not. It says
+collection first (`--collection`, CPU alone), and the running tests' CPU slowed alike
+whenever they want more than the cores, to the pace that keeps the cores just busy, their
+waiting (a test's time less its CPU) not. It says
 the run's time and the cores' idle share a worker count would give, before a whole run is
 spent on it; a test marked `alone` is not held apart.
 
@@ -95,6 +96,32 @@ def waits(cache: Path, top: int) -> int:
 STEP = 0.05  # the simulation's clock, seconds
 
 
+def busy(running: list[list[float]], speed: float) -> float:
+    """The cores the running tests keep busy when each one's CPU goes at `speed`: a test
+    goes through its length (its waiting, then its CPU stretched) at one pace, so its
+    CPU is that share of it."""
+    return sum(c / (w + c / speed) for w, c in running if c > 0)
+
+
+def core_speed(running: list[list[float]], cores: int) -> float:
+    """The pace of the running tests' CPU (1: each its own core): where they want more
+    than the cores, the pace that keeps the cores just busy. Their CPU's share of each
+    one's length alone (want = c / (w + c)) scaled down would leave a test that mostly
+    waits its waiting unstretched and so its CPU faster than its share: the cores then
+    did more than they have, the more so with more workers (ten read faster than eight,
+    and measured slower)."""
+    if busy(running, 1.0) <= cores:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        if busy(running, mid) > cores:
+            high = mid
+        else:
+            low = mid
+    return max(low, 1e-9)
+
+
 def simulate(cache: Path, workers: int, cores: int, collection: float) -> tuple[float, float]:
     """(the run's time, the cores' idle share) of the cache's tests on `workers` workers."""
     path = cache / "v" / "corral" / "tests"
@@ -117,10 +144,8 @@ def simulate(cache: Path, workers: int, cores: int, collection: float) -> tuple[
     now = idle = 0.0
     while any(pending):
         running = [tests[0] for tests in pending if tests]
-        # each test's CPU as a share of its length, all of it shared when over the cores
-        want = sum(c / (w + c) for w, c in running if w + c > 0)
-        speed = min(1.0, cores / want) if want else 1.0
-        idle += max(0.0, cores - want) * STEP
+        speed = core_speed(running, cores)
+        idle += max(0.0, cores - busy(running, speed)) * STEP
         for test in running:
             length = test[0] + test[1] / speed
             done = min(1.0, STEP / length) if length > 0 else 1.0

@@ -248,6 +248,12 @@ def test_suite_times_plays_a_run_again_with_other_worker_counts(tmp_path: Path) 
              "b.py::c": [1.0, 1.0]}
     assert simulate(mixed, "1", "2") == ["1 workers on 2 cores: 12 s, the cores idle 92%",
                                          "2 workers on 2 cores: 6 s, the cores idle 83%"]
+    # tests that wait half their time, more of them than the cores hold: their CPU on two
+    # cores takes its whole, 80 s over 2 (shared out by each one's share, their waiting
+    # unstretched, the model read 30 s: more CPU than the cores have)
+    halves = {f"{f}.py::t": [20.0, 10.0] for f in "abcdefgh"}
+    assert simulate(halves, "4", "8") == ["4 workers on 2 cores: 40 s, the cores idle 0%",
+                                          "8 workers on 2 cores: 40 s, the cores idle 0%"]
 
 
 def test_a_failure_pytest_cannot_format_is_reported_without_its_traceback(
