@@ -180,8 +180,11 @@ async def test_a_new_task_with_attempts_already_is_claimed_by_claim(client: Any)
 
 # -- real daemons ------------------------------------------------------------------------
 def two(tmp: Path, redis: RedisServer, *, retries: int = 0, concurrency: int = 1) -> Any:
+    """Two nodes on the steady TTL: a node lapsed under the short one at load claims
+    nothing at its submissions (not a member), and one paused past its TTL lapsed again
+    once back; a kill or a pause still lapses a node, a few seconds later."""
     worker = sleeper("sleepy", retries=retries, concurrency=concurrency)
-    return nodes(tmp, redis, {"a": worker, "b": worker})
+    return nodes(tmp, redis, {"a": worker, "b": worker}, ttl=STEADY_TTL)
 
 
 def both_alive(a: Node) -> bool:
@@ -289,7 +292,10 @@ async def test_claims_a_pull_awaits_the_confirmation_of_hold_their_slots_meanwhi
     await: the submission claimed it too, two tasks here for one slot (decision 1803)."""
     (tmp / "a").mkdir()
     sock = tmp / "a" / "corral.sock"
-    async with in_process(tmp / "a", sleeper("sleepy"), toml=cluster_table(redis, "a")) as d:
+    # (the steady TTL: the node, on the test's own loop, lapsed under the short one at
+    # load, and its pulled task, queued again, was claimed a second time)
+    async with in_process(tmp / "a", sleeper("sleepy"),
+                          toml=cluster_table(redis, "a", ttl=STEADY_TTL)) as d:
         puller, claims = d.cluster.puller, d.cluster.submit_claims
         scripts = puller.scripts
         confirm = scripts.acknowledged
@@ -377,7 +383,8 @@ def test_a_node_paused_past_its_ttl_leaves_each_task_one_run_and_max_queue_held(
     admission. Once the node is back, each task runs once at a time, what waits is what
     max_queue counts, and a submission past it is refused naming that count."""
     worker = sleeper("sleepy") + "max_queue = 1\n"
-    with nodes(tmp, redis, {"a": worker, "b": worker}) as ns:
+    # (the steady TTL: b fenced twice under the short one at load, lapsing again once back)
+    with nodes(tmp, redis, {"a": worker, "b": worker}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: both_alive(a), what="a and b alive")
         held = [sleep_task(a, 1000)]
