@@ -120,7 +120,8 @@ class TaskDispatch:
 
     def pump(self, agent_name: str) -> None:
         queue = self.queue
-        if not queue.depth(agent_name):
+        left = queue.depth(agent_name)
+        if not left:
             return  # (a task's end pumps too: most often nothing waits)
         q = self.by_agent.get(agent_name)
         if q is None or self.held is not None:
@@ -164,6 +165,11 @@ class TaskDispatch:
                     self._start(task, self.sessions.prefer(task, r, agent), q, now)
                 else:
                     self._start(task, r, q, now)
+                left -= 1
+            # the last that waited started: no scan of the replicas again for none (a task
+            # put while these started, by whatever put it, pumped then)
+            if left <= 0:
+                return
 
     # the replica is told of each task it starts and ends here, and only here
     def _start(self, task: Task, r: Replica, q: AgentTasks, now: float) -> None:
