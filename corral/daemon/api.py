@@ -163,7 +163,7 @@ class Dispatcher(Generic[Ctx]):
         handler's run to await. `params`: JSON bytes, a msgspec.Raw, a dict, or None."""
         caller = self.bind(caller)
         try:
-            spec, typed, rule = self.check(caller, name, params)
+            spec, typed, rule = self._check(caller, name, params)
         except RpcError as exc:
             if caller.tenant is not None and name in REGISTRY:
                 # a tenant's refused calls are audited, reads too: trying another
@@ -196,7 +196,11 @@ class Dispatcher(Generic[Ctx]):
               ) -> tuple[Method, Any, AgentRule | None]:
         """What `dispatch` checks before anything runs, for a transport that serves a
         call from what it already has (a stream's shared ring): raises RpcError."""
-        caller = self.bind(caller)  # (one bound already is as it is)
+        return self._check(self.bind(caller), name, params)  # (one bound is as it is)
+
+    def _check(self, caller: Caller, name: str, params: Any
+               ) -> tuple[Method, Any, AgentRule | None]:
+        """`check` of a caller bound already."""
         spec = self.method(name)
         _scope_held(caller, spec)
         typed = decode(params, spec.params)
@@ -229,8 +233,10 @@ class Dispatcher(Generic[Ctx]):
 
     async def _run(self, spec: Method, params: Any, caller: Caller, channel: Channel,
                    rule: AgentRule | None = None) -> Any:
-        ready = self._ready()
-        context = ready.result() if ready.done() else await asyncio.shield(ready)
+        ready = self._context
+        # (the services exist: the usual case, read with no call)
+        context = ready.result() if ready is not None and ready.done() else \
+            await asyncio.shield(self._ready())
         try:
             if rule is not None and rule.record is not None:
                 # the record the params name must be the caller's: no handler asks
@@ -238,7 +244,11 @@ class Dispatcher(Generic[Ctx]):
             # the tasks a caller limited to some agents submits spawn none beyond them
             reach = REACH.set((caller.who, caller.agents)) if caller.agents else None
             try:
-                result = await self._handle(context, spec.name, params, caller, channel)
+                domain, fn = self.handlers.get(spec.name)
+                narrowed = self._narrowed
+                if domain not in narrowed:
+                    narrowed[domain] = domain.narrow(context)
+                result = await fn(narrowed[domain], params, caller, channel)
             finally:
                 if reach is not None:
                     REACH.reset(reach)
@@ -255,13 +265,6 @@ class Dispatcher(Generic[Ctx]):
         if spec.mutating and params.changes():
             self.audit(caller, spec.name, params, outcome(result), line=params.logged)
         return result
-
-    def _handle(self, context: Ctx, name: str, params: Any, caller: Caller,
-                channel: Channel) -> Awaitable[Any]:
-        domain, fn = self.handlers.get(name)
-        if domain not in self._narrowed:
-            self._narrowed[domain] = domain.narrow(context)
-        return fn(self._narrowed[domain], params, caller, channel)
 
 
 def _scope_held(caller: Caller, spec: Method) -> None:
