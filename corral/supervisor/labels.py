@@ -232,7 +232,10 @@ class Labels:
         """A task accepted with labels handed on (a spawn's, an agent call's, an anonymous
         caller's own): its own and its session's from its start, handed to its home
         before its row is, so that no handle of it outlives them (accepted)."""
-        have = self._tasks[task.id] = _union(self._tasks.get(task.id, ()), labels)
+        had = self._tasks.get(task.id)
+        # (a task accepted now has none yet: its labels, each once, in their order)
+        have = self._tasks[task.id] = tuple(dict.fromkeys(labels)) if had is None else \
+            _union(had, labels)
         session = session_key(task)
         records = accepted(task.id, session, have) + starts(task.id, session, starter)
         if records:  # (one write of them all: one transaction of the home's writer)
