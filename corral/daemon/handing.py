@@ -9,6 +9,8 @@ agent of no task hands what the replica read (the tool chain's: supervisor/tasks
 
 from __future__ import annotations
 
+import contextvars
+
 from ..supervisor.labels import HANDED, STARTER
 from .caller import Caller
 
@@ -19,6 +21,7 @@ class handing:  # (named as the function it was: `with handing(caller):`)
     by it (records.py `started`). (A class, not a generator: it is entered a submission.)"""
 
     __slots__ = ("_said", "_starter", "caller")
+    _said: contextvars.Token[tuple[str, ...]] | None
 
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
@@ -30,8 +33,11 @@ class handing:  # (named as the function it was: `with handing(caller):`)
             who = caller.who
             self._said = HANDED.set(held if who in held else (*held, who))
             self._starter = STARTER.set(who)
+        else:
+            self._said = None  # (what `__exit__` reads: the caller's property asked once)
 
     def __exit__(self, *_: object) -> None:
-        if self.caller.anonymous:
+        said = self._said
+        if said is not None:
             STARTER.reset(self._starter)
-            HANDED.reset(self._said)
+            HANDED.reset(said)
