@@ -127,6 +127,10 @@ class Dispatcher(Generic[Ctx]):
         self.owner = owner  # whose an agent or a server is, for the callers of a tenant
         self._context: asyncio.Future[Ctx] | None = None
         self._narrowed: dict[Commands[Ctx, Any], Any] = {}
+        # the channel of every call made in the daemon that takes no stream: it holds
+        # nothing of a call's (its event set for good: a wait on it returns at once, bound
+        # to no loop), so one serves them all
+        self._discard = Discard()
 
     def bind(self, caller: Caller) -> Caller:
         """A limited caller, given the way to tell whose each object is (before the
@@ -229,7 +233,7 @@ class Dispatcher(Generic[Ctx]):
                    channel: Channel | None = None) -> Any:
         """A call made in the daemon, of `request`'s method (or one named, with params)."""
         name, params = named(request, params)
-        return await self.dispatch(caller, name, params, channel or Discard())
+        return await self.dispatch(caller, name, params, channel or self._discard)
 
     async def _run(self, spec: Method, params: Any, caller: Caller, channel: Channel,
                    rule: AgentRule | None = None) -> Any:
