@@ -201,7 +201,7 @@ async def test_revoking_a_token_ends_its_streams_and_its_dashboard_sessions(
             assert (await sse_events(others, 1))[0]["data"]["topic"] == "t.after"
             others.close()
         await wait_until_async(lambda: not api_of(d).streams.open and not api_of(
-            d).held_by)
+            d).by_token.held_by)
 
         # a token that expires ends its streams at its expiry, not when its client goes
         brief = await d.dispatcher.call(SOCKET, "tokens.create", {

@@ -96,7 +96,7 @@ async def serve(request: web.Request, path: str, body: bytes, ops: Operations,
         params = {**query(request), **params}
         if op in ("SendStreamingMessage", "SubscribeToTask"):
             events = await ops.stream(op, caller, agent, params,
-                                      request.headers.get("Last-Event-ID"))
+                                      request)
             return await sse.write(request, events, (b"", b""),
                                    lambda exc: {"error": {
                                        "code": exc.kind.http, "status": exc.kind.status,

@@ -82,7 +82,7 @@ async def serve(request: web.Request, body: bytes, ops: Operations, caller: Call
         req_id, method, params = read(body)
         if method in STREAMING:
             events = await ops.stream(method, caller, agent, params,
-                                      request.headers.get("Last-Event-ID"))
+                                      request)
             return await sse.write(
                 request, events,
                 (b'{"jsonrpc":"2.0","id":%b,"result":' % msgspec.json.encode(req_id), b"}"),

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
+from aiohttp import web
 from msgspec import UNSET
 
 from ...jsonrpc import RpcError
@@ -17,6 +18,7 @@ from ...methods import TasksGet
 from ...taskviews import TaskInfo
 from ..caller import Caller
 from ..http.sse import Streams
+from ..http.tokenstreams import TokenStreams
 from . import mapping as mp
 from . import wire as w
 from .door import A2aDoor, Batch
@@ -28,10 +30,12 @@ STREAMING = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
 
 class Operations:
-    def __init__(self, door: A2aDoor, push: PushConfigs, streams: Streams) -> None:
+    def __init__(self, door: A2aDoor, push: PushConfigs, streams: Streams,
+                 by_token: TokenStreams) -> None:
         self.door = door
         self.push = push
         self.streams = streams  # the open streams of each caller, bounded as REST's are
+        self.by_token = by_token  # a token's, ended when it is revoked or expires
         self._watching: dict[str, asyncio.Task[None]] = {}
         self.holder = uuid.uuid4().hex  # this daemon, as it says it delivers a task's
         self._ended: set[str] = set()  # tasks whose end is handed to delivery
@@ -126,17 +130,26 @@ class Operations:
 
     # -- streams --------------------------------------------------------------------------
     async def stream(self, name: str, caller: Caller, agent: str, params: Any,
-                     after: str | None) -> Events:
+                     request: web.Request) -> Events:
         """The stream's events, its checks made before the first (an error then is the
-        call's answer, not an event)."""
+        call's answer, not an event); `request` the stream's (its Last-Event-ID, and its
+        connection ended with its token)."""
         full = self.streams.full(caller.who)
         if full is not None:  # before a message is submitted
             raise w.A2aError(w.UNAVAILABLE, full)
-        return self._held(caller, await self._stream(name, caller, agent, params, after))
+        return self._held(caller, request, await self._stream(
+            name, caller, agent, params, request.headers.get("Last-Event-ID")))
 
-    async def _held(self, caller: Caller, events: Events) -> Events:
-        with self.streams.held(caller.who):
-            async for event in events:
+    async def _held(self, caller: Caller, request: web.Request, events: Events) -> Events:
+        """The events, while the stream is held: its caller's, and its token's until the
+        token is revoked or expires (the stream ends then, whole)."""
+        with self.streams.held(caller.who), \
+                self.by_token.lasting(request, caller.token) as stop:
+            if caller.token is None:  # (no one's: nothing ends it but its task or client)
+                async for event in events:
+                    yield event
+                return
+            async for event in _until(events, stop):
                 yield event
 
     async def _stream(self, name: str, caller: Caller, agent: str, params: Any,
@@ -266,6 +279,22 @@ def _immediate(req: w.SendRequest) -> w.SendRequest:
     config = req.configuration if req.configuration is not UNSET else w.SendConfiguration()
     return msgspec.structs.replace(req, configuration=msgspec.structs.replace(
         config, return_immediately=True))
+
+
+async def _until(events: Events, stop: asyncio.Future[None]) -> Events:
+    """`events` until `stop` is done (a wait for the next one is cancelled then)."""
+    while True:
+        step = asyncio.ensure_future(anext(events))
+        await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+        if not step.done():
+            step.cancel()
+            await asyncio.wait((step,))
+            return
+        try:
+            batch = step.result()
+        except StopAsyncIteration:
+            return
+        yield batch
 
 
 def _push_of(req: w.SendRequest) -> w.PushConfig | None:

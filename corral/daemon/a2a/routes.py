@@ -26,8 +26,10 @@ from ..http import route
 from ..http.auth import authenticate
 from ..http.context import HttpContext
 from ..http.sse import Streams
+from ..http.tokenstreams import TokenStreams
 from ..models.answers import Exchange
 from ..models.lean import LeanRequest, Serve, respond
+from ..tokens import tokens_of
 from . import card, httpjson
 from . import jsonrpc as rpc
 from . import wire as w
@@ -57,7 +59,8 @@ class A2aRoutes:
                               PushConfigs(ctx.a2a.push_private, ctx.services.hub.daemon,
                                           home),
                               Streams(ctx.settings.max_streams,
-                                      ctx.settings.max_streams_per_token))
+                                      ctx.settings.max_streams_per_token),
+                              TokenStreams(tokens_of(ctx.services.store)))
         self.limiter = PerKey(ctx.settings.rate_per_minute)
         self.cards: dict[bytes, float] = {}  # a card's digest -> when first served
 

@@ -5,11 +5,8 @@ the Dispatcher, the answer as JSON or problem+json). Nothing here knows what a m
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -25,12 +22,13 @@ from ...tracecontext import parse_or_none
 from ..api import Dispatcher
 from ..caller import Caller
 from ..eventhandlers import event_tenant
-from ..tokens import TokenRevoked, tokens_of
+from ..tokens import tokens_of
 from . import bodies, index, openapi, route, sse
 from .auth import authenticate, bearer
 from .context import HttpContext
 from .idempotency import MAX_KEY_LENGTH, Answer, IdempotencyKeys, Pending
 from .resources import PREFIX, RESOURCES
+from .tokenstreams import TokenStreams
 
 JSON = "application/json"
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -71,8 +69,7 @@ class Api:
         self.tokens = tokens_of(ctx.services.store)
         # the open streams of each token (a dashboard session's under the token it was
         # made from): revoking the token ends them
-        self.held_by: dict[str, dict[int, tuple[web.Request, asyncio.Future[None]]]] = {}
-        self.tokens.stream.subscribe(self.revoked, TokenRevoked)
+        self.by_token = TokenStreams(self.tokens)
 
     # -- the way in ----------------------------------------------------------------------
     def caller(self, request: web.Request) -> Caller | web.Response:
@@ -202,42 +199,13 @@ class Api:
         refused = self.streams.refusal(caller.who)
         if refused is not None:
             return refused
-        with self.streams.held(caller.who), self.lasting(request, token, until) as stop:
+        with self.streams.held(caller.who), \
+                self.by_token.lasting(request, token, until) as stop:
             if typed is not None:
                 return await sse.events(request, self.ring, caller, typed, tenant, stop,
                                         self.ctx.settings.stream_write_timeout)
             return await sse.follow(request, self.dispatcher, caller, res.method, params,
                                     stop, self.ctx.settings.stream_write_timeout)
-
-    @contextlib.contextmanager
-    def lasting(self, request: web.Request, token: str | None, until: float | None
-                ) -> Iterator[asyncio.Future[None]]:
-        """While a stream is open: known as its token's, and ended at its expiry. What
-        it yields is done when the stream is to end."""
-        loop = asyncio.get_running_loop()
-        stop: asyncio.Future[None] = loop.create_future()
-        known = self.tokens.named(token) if token is not None else None
-        if known is not None and known.expires is not None:
-            until = known.expires if until is None else min(until, known.expires)
-        timer = None if until is None else loop.call_later(
-            max(0.0, until - time.time()), _end, request, stop)
-        held = self.held_by.setdefault(token, {}) if token is not None else None
-        if held is not None:
-            held[id(request)] = (request, stop)
-        try:
-            yield stop
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if held is not None and token is not None:
-                held.pop(id(request), None)
-                if not held:
-                    self.held_by.pop(token, None)
-
-    def revoked(self, e: TokenRevoked) -> None:
-        """Its streams end now, not when their clients go."""
-        for request, stop in list(self.held_by.get(e.token.name, {}).values()):
-            _end(request, stop)
 
     async def answer(self, request: web.Request, caller: Caller, res: Resource,
                      params: Any) -> web.Response:
@@ -304,18 +272,6 @@ class Api:
             return response
         finally:
             self.keys.keep_answer(who, key, kept)
-
-
-END_GRACE = 5.0  # seconds an ended stream's client has to take its end
-
-
-def _end(request: web.Request, stop: asyncio.Future[None]) -> None:
-    """End a stream now, its response ended as a whole one is (an EventSource sees a
-    stream that ended, not a broken connection); its connection aborted past END_GRACE."""
-    if stop.done():
-        return
-    stop.set_result(None)
-    sse.end_connection(request, END_GRACE)
 
 
 @web.middleware
