@@ -170,8 +170,7 @@ class StepsDB:
                 db.execute("BEGIN")
                 continue
             if isinstance(op, _Drop):
-                unlink += drop_unused(db, _deleted(
-                    db, "DELETE FROM steps WHERE task_id = ? AND seq >= ?", op))
+                unlink += drop_unused(db, _deleted(db, "task_id = ? AND seq >= ?", op))
                 continue
             self._put(db, op, unlink)
         db.execute("COMMIT")
@@ -238,26 +237,31 @@ class StepsDB:
 
 def delete_steps(db: sqlite3.Connection, where: str, args: Iterable[object]) -> set[bytes]:
     """Delete the steps of the tasks `where` (SQL on `tasks`) selects."""
-    return _deleted(db, f"DELETE FROM steps WHERE task_id IN (SELECT id FROM tasks WHERE "
-                        f"{where})", tuple(args))
+    return _deleted(db, f"task_id IN (SELECT id FROM tasks WHERE {where})", tuple(args))
 
 
 def delete_ended(db: sqlite3.Connection, before: float) -> set[bytes]:
     """Delete the steps of the tasks that ended before `before`. Looked up from the
     steps, which hold only tasks not ended or lately ended, not from every task."""
-    return _deleted(db, "DELETE FROM steps WHERE EXISTS (SELECT 1 FROM tasks WHERE "
-                        "tasks.id = steps.task_id AND tasks.finished < ?)", (before,))
+    return _deleted(db, "EXISTS (SELECT 1 FROM tasks WHERE tasks.id = steps.task_id AND "
+                        "tasks.finished < ?)", (before,))
 
 
 def delete_orphans(db: sqlite3.Connection) -> set[bytes]:
     """Steps of tasks the journal does not hold (their task's row never committed)."""
-    return _deleted(db, "DELETE FROM steps WHERE task_id NOT IN (SELECT id FROM tasks)")
+    return _deleted(db, "task_id NOT IN (SELECT id FROM tasks)")
 
 
-def _deleted(db: sqlite3.Connection, delete: str, args: Iterable[object] = ()) -> set[bytes]:
-    """The results the steps `delete` deletes named (for drop_unused)."""
-    rows = db.execute(delete + " RETURNING result", tuple(args)).fetchall()
-    return {r[0] for r in rows if r[0] is not None}
+def _deleted(db: sqlite3.Connection, where: str, args: Iterable[object] = ()) -> set[bytes]:
+    """Delete the steps `where` selects: the results they named (for drop_unused). Their
+    distinct results read first, then one DELETE: a DELETE ... RETURNING made a Python row
+    of every step deleted (a pruning's hundreds of thousands), each taking the GIL back
+    from the loop, where the results the steps share are few."""
+    args = tuple(args)
+    found = {r for (r,) in db.execute(
+        f"SELECT DISTINCT result FROM steps WHERE ({where}) AND result IS NOT NULL", args)}
+    db.execute(f"DELETE FROM steps WHERE {where}", args)
+    return found
 
 
 def drop_unused(db: sqlite3.Connection, hashes: set[bytes]) -> list[str]:
