@@ -158,7 +158,11 @@ async def test_a_stream_resubscribed_on_another_node_after_a_takeover_has_no_gap
         tmp_path: Path, binding: str) -> None:
     """Two nodes on one Redis: the task's node killed (-9) while the stream is read, the
     task taken over, the stream resubscribed at the other node."""
-    agents = COUNTER_AGENT + '[a2a]\nanonymous = ["counter"]\n'
+    # the task's attempt answers only once the stream is resubscribed: a loaded host's
+    # client could otherwise come after the task had ended
+    hold = tmp_path / "subscribed"
+    agents = COUNTER_AGENT.replace("env = { ", f'env = {{ COUNTER_HOLD = "{hold}", ') + \
+        '[a2a]\nanonymous = ["counter"]\n'
     with made("cluster", tmp_path, agents) as home:
         before: list[StreamResponse] = []
         async with client(f"http://127.0.0.1:{home.ports[0]}", binding, agent="counter") as c:
@@ -170,7 +174,8 @@ async def test_a_stream_resubscribed_on_another_node_after_a_takeover_has_no_gap
         ran = ["a", "b"].index(home.task(task_id)["attempts"][-1]["node"])
         # its node killed; resubscribed once the other runs its next attempt, and the
         # killed one started again after (first, its start on a loaded host outlasted
-        # that attempt, and the task had ended when the client subscribed)
+        # that attempt, and the task had ended when the client subscribed); the attempt
+        # answers once the stream is open
         dead = home.entries[ran]
         kill9(dead)
         after: list[StreamResponse] = []
@@ -182,7 +187,9 @@ async def test_a_stream_resubscribed_on_another_node_after_a_takeover_has_no_gap
                               agent="counter") as c:
                 async for event in c.subscribe(SubscribeToTaskRequest(id=task_id)):
                     after.append(event)
+                    hold.touch()
         finally:
+            hold.touch()
             dead.start()
             home.joined()
     assert after[0].WhichOneof("payload") == "task" and after[0].task.id == task_id
