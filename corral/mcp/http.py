@@ -21,7 +21,7 @@ import msgspec
 from .. import jsonrpc
 from ..redact import url as _url
 from ..timeouts import kept
-from . import sse
+from . import resend, sse
 from .paramheaders import EVENT_STREAM as EVENT_STREAM
 from .paramheaders import JSON as JSON
 from .paramheaders import METHOD_HEADER as METHOD_HEADER
@@ -37,6 +37,10 @@ MAX_RESUMES = 5  # reconnections of one response stream that bring nothing new
 DRAIN_TIMEOUT = 1.0  # seconds to read an answered POST stream to its end
 LEGACY_STATUSES = (400, 404, 405)
 MAX_AUTH_ROUNDS = 2  # new credentials for one request: authorize, then step up once
+# seconds an idle connection is kept for the next request: well inside the idle limits
+# servers close connections at (Node's, uvicorn's), as a request sent on a connection the
+# server is closing is reset unread, and one that may act is not sent again (resend.py)
+KEEPALIVE = 2.0
 
 
 class _Meta(msgspec.Struct):
@@ -175,11 +179,15 @@ class HttpTransport:
     # -- requests ---------------------------------------------------------------------------
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
-                # the server's messages are bounded by max_message, not aiohttp's defaults
-                read_bufsize=2**16)
+            self._http = self._new_session(aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE))
         return self._http
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector, trace_configs=[resend.tracing()],
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+            # the server's messages are bounded by max_message, not aiohttp's defaults
+            read_bufsize=2**16)
 
     async def _headers(self, accept: str = f"{JSON}, {EVENT_STREAM}") -> dict[str, str]:
         h = {"Accept": accept, **self.static_headers}
@@ -231,7 +239,10 @@ class HttpTransport:
             headers = await self._headers()
             headers["Content-Type"] = JSON
             headers.update(head.mirrored(self.param_headers))
-            async with http.post(self.url, data=data, headers=headers) as resp:
+            async with contextlib.AsyncExitStack() as stack:
+                resp = await resend.posted(stack, http, self.url, data, headers,
+                                           resend.repeatable(head.method, head.id),
+                                           self._new_session)
                 status = resp.status
                 if (status in (401, 403) and self.auth is not None
                         and auth_rounds < MAX_AUTH_ROUNDS
