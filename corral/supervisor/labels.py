@@ -123,8 +123,11 @@ def accepted(task_id: str, session: str | None, handed: Sequence[str]
              ) -> list[tuple[str, tuple[str, ...]]]:
     """The labels' records a task accepted now is given, (key, labels) each: its own and
     its session's (the session's next turn holds them though this turn makes no call)."""
-    return [(key, tuple(handed)) for key in (task_id, session) if key is not None] \
-        if handed else []
+    if not handed:
+        return []
+    labels = tuple(handed)
+    # (a list of one or two, not a comprehension's frame: every anonymous message's)
+    return [(task_id, labels)] if session is None else [(task_id, labels), (session, labels)]
 
 
 def starts(task_id: str, session: str | None, starter: str | None
@@ -132,8 +135,10 @@ def starts(task_id: str, session: str | None, starter: str | None
     """The records of who started a task accepted now and its session (`starter`, an
     anonymous caller; written at each turn of its own, the first's the one that counts):
     none for a task no anonymous caller sent."""
-    return [(started_record(key), (starter,)) for key in (task_id, session)
-            if key is not None] if starter else []
+    if not starter:
+        return []
+    own = (started_record(task_id), (starter,))
+    return [own] if session is None else [own, (started_record(session), (starter,))]
 
 
 def session_key(task: LabelledTask, replica: Replica | None = None) -> str | None:
