@@ -14,9 +14,11 @@ import pytest
 
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import check_sandboxes, parse_agents
-from corral.supervisor.sandbox import host_refusal, sandboxed
+from corral.supervisor.sandbox import sandboxed
 
-pytestmark = pytest.mark.skipif(host_refusal("bwrap", None) is not None,
+from .sandboxprobe import sandbox_refusal
+
+pytestmark = pytest.mark.skipif(sandbox_refusal(None) is not None,
                                 reason="no sandbox here")
 
 

@@ -21,16 +21,17 @@ import pytest
 
 from corral.daemon.tokens import tokens_of
 from corral.supervisor import State
-from corral.supervisor.sandbox import host_refusal, program_paths
+from corral.supervisor.sandbox import program_paths
 
 from .conftest import ROOT
 from .daemon_harness import PY, free_port, in_process
+from .sandboxprobe import sandbox_refusal
 from .test_http_api import SOCKET
 
 HERE = Path(__file__).resolve().parent
 NO_FILE = "FileNotFoundError: [Errno 2] No such file or directory"
-pytestmark = pytest.mark.skipif(host_refusal("bwrap", None) is not None,
-                                reason=f"no sandbox here: {host_refusal('bwrap', None)}")
+pytestmark = pytest.mark.skipif(sandbox_refusal(None) is not None,
+                                reason=f"no sandbox here: {sandbox_refusal(None)}")
 
 
 def secret_dir(tmp: Path) -> Path:

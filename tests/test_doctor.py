@@ -18,13 +18,13 @@ import pytest
 from corral.daemon.doctor import GATEWAYS_HOW
 from corral.paths import default_config
 from corral.supervisor.landlock import abi
-from corral.supervisor.sandbox import host_refusal
 
 from .conftest import ROOT
 from .daemon_harness import PY, config_text, corral_run
+from .sandboxprobe import sandbox_refusal
 
-pytestmark = pytest.mark.skipif(host_refusal("bwrap", None) is not None,
-                                reason=f"no sandbox here: {host_refusal('bwrap', None)}")
+pytestmark = pytest.mark.skipif(sandbox_refusal(None) is not None,
+                                reason=f"no sandbox here: {sandbox_refusal(None)}")
 FORBIDDEN = ("user namespaces are forbidden on this host (user.max_user_namespaces = 0); "
              "bubblewrap needs one to sandbox a process (bwrap: Creating new namespace "
              "failed: nesting depth or /proc/sys/user/max_*_namespaces exceeded (ENOSPC))")

@@ -26,10 +26,10 @@ from corral.supervisor.configload import check_commands, load_config
 from corral.supervisor.egresstrip import refusal_line
 from corral.supervisor.isolation import isolation
 from corral.supervisor.refusals import PER_MINUTE, TOPIC
-from corral.supervisor.sandbox import host_refusal
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, config_text, free_port, in_process
+from .sandboxprobe import sandbox_refusal
 from .servers.model_upstream import StandIn
 from .test_http_api import SOCKET
 
@@ -37,8 +37,8 @@ HERE = Path(__file__).resolve().parent
 KEY = "sk-provider-SECRET-egress"
 REFUSED = "ConnectionRefusedError: [Errno 111] Connection refused"
 NO_FILE = "FileNotFoundError: [Errno 2] No such file or directory"
-pytestmark = pytest.mark.skipif(host_refusal("bwrap", None) is not None,
-                                reason=f"no sandbox here: {host_refusal('bwrap', None)}")
+pytestmark = pytest.mark.skipif(sandbox_refusal(None) is not None,
+                                reason=f"no sandbox here: {sandbox_refusal(None)}")
 
 
 @pytest.fixture

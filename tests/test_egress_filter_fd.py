@@ -17,15 +17,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from corral.supervisor.sandbox import host_refusal
-
 from .conftest import ROOT
 from .daemon_harness import PY, free_port, in_process
+from .sandboxprobe import sandbox_refusal
 from .test_http_api import SOCKET
 
 HERE = Path(__file__).resolve().parent
-pytestmark = pytest.mark.skipif(host_refusal("bwrap", None) is not None,
-                                reason=f"no sandbox here: {host_refusal('bwrap', None)}")
+pytestmark = pytest.mark.skipif(sandbox_refusal(None) is not None,
+                                reason=f"no sandbox here: {sandbox_refusal(None)}")
 
 
 def filters_open() -> int:

@@ -25,10 +25,10 @@ import pytest
 from corral.daemon.tokens import tokens_of
 from corral.supervisor.egresstrip import refusal_line
 from corral.supervisor.refusals import TOPIC
-from corral.supervisor.sandbox import host_refusal
 
 from .conftest import ROOT
 from .daemon_harness import free_port, in_process, shared_tmpdir
+from .sandboxprobe import sandbox_refusal
 from .test_http_api import SOCKET
 from .test_metrics import samples, scrape, value
 
@@ -37,8 +37,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="a new user's trial as DESIGN runs it: "
                        "the daemon as root (the agent a dynamic uid, its refusals seen "
                        "in the network namespace the daemon holds)"),
-    pytest.mark.skipif(host_refusal("bwrap", None) is not None,
-                       reason=f"no sandbox here: {host_refusal('bwrap', None)}"),
+    pytest.mark.skipif(sandbox_refusal(None) is not None,
+                       reason=f"no sandbox here: {sandbox_refusal(None)}"),
     pytest.mark.skipif(not os.access(SYSTEM_PY, os.X_OK),
                        reason=f"no interpreter a dynamic uid reaches ({SYSTEM_PY})")]
 

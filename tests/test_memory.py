@@ -27,11 +27,11 @@ from corral.supervisor import State, Supervisor, memory
 from corral.supervisor.config import ProcessSpec
 from corral.supervisor.configload import check_command
 from corral.supervisor.memory import SLAB_SLOTS, TRIM_AFTER, TRIM_DELAY, Releaser, _malloc_trim
-from corral.supervisor.sandbox import host_refusal
 from corral.supervisor.tasks.stepjournal import Step
 
 from .conftest import ROOT, agent
 from .daemon_harness import PY, free_port, in_process
+from .sandboxprobe import sandbox_refusal
 from .test_gateway_stdio import wait_until_async
 
 
@@ -270,7 +270,7 @@ def test_an_agents_command_checked_interns_no_string(tmp_path: Path, monkeypatch
     assert whys == said  # shown as pathlib showed them
 
 
-@pytest.mark.skipif(host_refusal("bwrap", None) is not None, reason="no sandbox here")
+@pytest.mark.skipif(sandbox_refusal(None) is not None, reason="no sandbox here")
 @pytest.mark.deadline(180)
 async def test_an_agents_sandboxed_starts_intern_no_new_string(
         tmp_path: Path, monkeypatch: Any) -> None:

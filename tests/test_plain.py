@@ -28,10 +28,10 @@ from corral.supervisor.configload import cluster_problem, load_config, parse_age
 from corral.supervisor.lifecycle import Cause
 from corral.supervisor.plain import PlainReplica
 from corral.supervisor.process_replica import LogBatch, Transition
-from corral.supervisor.sandbox import host_refusal
 
 from .conftest import NOBODY_PY, agent, nobody_reason
 from .daemon_harness import PY, free_port, in_process, problem, shared_tmpdir
+from .sandboxprobe import sandbox_refusal
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import serving
 from .test_tokens import cli
@@ -475,8 +475,8 @@ async def test_corral_add_protocol_none_from_the_cli_and_status_shows_its_status
 
 
 @pytest.mark.deadline(60)
-@pytest.mark.skipif(host_refusal("bwrap", None) is not None,
-                    reason=f"no sandbox here: {host_refusal('bwrap', None)}")
+@pytest.mark.skipif(sandbox_refusal(None) is not None,
+                    reason=f"no sandbox here: {sandbox_refusal(None)}")
 async def test_a_sandboxed_program_without_a_network_is_heard_on_its_socket(
         sup: Supervisor, tmp_path: Path) -> None:
     # its socket is bound into the sandbox; its pid there is another, the kernel's

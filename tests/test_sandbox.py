@@ -33,14 +33,15 @@ from corral.supervisor.sandbox import (
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, config_text, in_process, shared_tmpdir
+from .sandboxprobe import sandbox_refusal
 from .test_cgroups import delegated, procs  # noqa: F401  (the fixture)
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import SOCKET
 
 HERE = Path(__file__).resolve().parent
-pytestmark = pytest.mark.skipif(host_refusal("bwrap", None) is not None,
-                                reason=f"no sandbox here: {host_refusal('bwrap', None)}")
+pytestmark = pytest.mark.skipif(sandbox_refusal(None) is not None,
+                                reason=f"no sandbox here: {sandbox_refusal(None)}")
 
 
 def agent(name: str, home: Path, extra: str = "") -> str:

@@ -20,7 +20,9 @@ import pytest
 
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import load_config, parse_agents, parse_servers
-from corral.supervisor.sandbox import host_refusal, out_of_reach, plain, program_paths, sandboxed
+from corral.supervisor.sandbox import out_of_reach, plain, program_paths, sandboxed
+
+from .sandboxprobe import sandbox_refusal
 
 NUL = "holds a NUL, which no path nor argument may hold"
 
@@ -76,7 +78,7 @@ def test_the_way_to_a_path_passes_each_directory_before_a_dot_dot(
     assert plain(".") == "." == str(Path("."))
 
 
-@pytest.mark.skipif(host_refusal("bwrap", None) is not None, reason="no sandbox here")
+@pytest.mark.skipif(sandbox_refusal(None) is not None, reason="no sandbox here")
 def test_a_link_the_agent_makes_on_the_way_to_its_venv_binds_nothing(tmp_path: Path) -> None:
     """The attack: an agent whose command is its own venv's (HOME/x/venv/bin/tool) moves
     x away and makes x a relative link to corral's installation, bound read-only in

@@ -39,10 +39,10 @@ from corral.daemon.tokens import tokens_of
 from corral.supervisor.config import AgentSpec, ConfigError, TenantSpec
 from corral.supervisor.configload import load_config
 from corral.supervisor.release import READY
-from corral.supervisor.sandbox import host_refusal
 
 from .conftest import NOBODY_PY, nobody_reason
 from .daemon_harness import free_port, in_process, shared_tmpdir
+from .sandboxprobe import sandbox_refusal
 from .test_gateway_stdio import wait_until_async
 from .test_tenants_kernel import users_reason
 
@@ -70,7 +70,7 @@ def reason() -> str | None:
         grp.getgrnam("nogroup")
     except KeyError:
         return "needs the group nogroup (nobody's) on this host (the test creates none)"
-    box = host_refusal("bwrap", "nobody")
+    box = sandbox_refusal("nobody")
     return f"no sandbox for nobody here: {box}" if box else None
 
 
