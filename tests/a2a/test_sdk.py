@@ -16,24 +16,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from a2a.client import Client, ClientConfig, ClientFactory
-from a2a.types import (
-    CancelTaskRequest,
-    GetTaskPushNotificationConfigRequest,
-    GetTaskRequest,
-    Message,
-    Part,
-    Role,
-    SendMessageRequest,
-    StreamResponse,
-    SubscribeToTaskRequest,
-    TaskPushNotificationConfig,
-    TaskState,
-)
 
 from ..cluster.harness import kill9
 from ..conftest import ROOT
@@ -41,6 +27,10 @@ from ..contract.home import made, wait_until
 from ..daemon_harness import PY
 from .counter_agent import COUNT
 from .harness import a2a_daemon, assert_replayed, card, tck_agent
+
+if TYPE_CHECKING:
+    from a2a.client import Client
+    from a2a.types import SendMessageRequest, StreamResponse
 
 BINDINGS = ["JSONRPC", "HTTP+JSON"]
 COUNTER = Path(__file__).parent / "counter_agent.py"
@@ -56,6 +46,10 @@ COUNTER_AGENT = textwrap.dedent(f"""
 @asynccontextmanager
 async def client(url: str, binding: str, *, streaming: bool = True, agent: str = "tck",
                  token: str | None = None) -> AsyncIterator[Client]:
+    # the official SDK imported by the tests that call it, not by every worker's
+    # collection (bench/RESULTS.md, the suite)
+    from a2a.client import ClientConfig, ClientFactory
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(timeout=30, headers=headers) as http:
         factory = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming,
@@ -64,6 +58,8 @@ async def client(url: str, binding: str, *, streaming: bool = True, agent: str =
 
 
 def message(prefix: str, task_id: str = "", text: str = "hi") -> SendMessageRequest:
+    from a2a.types import Message, Part, Role, SendMessageRequest
+
     return SendMessageRequest(message=Message(
         message_id=f"{prefix}-{uuid.uuid4().hex[:8]}", role=Role.ROLE_USER,
         task_id=task_id, parts=[Part(text=text)]))
@@ -77,6 +73,8 @@ async def events(c: Client, request: SendMessageRequest) -> list[StreamResponse]
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_send_get_stream_answer_and_cancel_through_the_official_client(
         tmp_path: Path, binding: str) -> None:
+    from a2a.types import CancelTaskRequest, GetTaskRequest, TaskState
+
     with a2a_daemon(tmp_path) as (_, url):
         async with client(url, binding, streaming=False) as c:
             # blocking: the task once it has ended, its data artifact the agent's
@@ -130,6 +128,8 @@ def _chunks(seen: list[StreamResponse]) -> list[str]:
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_a_stream_resubscribed_after_the_daemon_is_sigkilled_has_no_gap_and_no_duplicate(
         tmp_path: Path, binding: str) -> None:
+    from a2a.types import SubscribeToTaskRequest, TaskState
+
     with a2a_daemon(tmp_path, COUNTER_AGENT, anonymous='["counter"]') as (d, url):
         before: list[StreamResponse] = []
         async with client(url, binding, agent="counter") as c:
@@ -158,6 +158,8 @@ async def test_a_stream_resubscribed_on_another_node_after_a_takeover_has_no_gap
         tmp_path: Path, binding: str) -> None:
     """Two nodes on one Redis: the task's node killed (-9) while the stream is read, the
     task taken over, the stream resubscribed at the other node."""
+    from a2a.types import SubscribeToTaskRequest, TaskState
+
     # the task's attempt answers only once the stream is resubscribed: a loaded host's
     # client could otherwise come after the task had ended
     hold = tmp_path / "subscribed"
@@ -208,6 +210,14 @@ def _token(d: Any, name: str, tenant: str) -> str:
 @pytest.mark.parametrize("binding", BINDINGS)
 async def test_another_tenants_card_task_and_push_config_are_refused(
         tmp_path: Path, binding: str) -> None:
+    from a2a.types import (
+        CancelTaskRequest,
+        GetTaskPushNotificationConfigRequest,
+        GetTaskRequest,
+        TaskPushNotificationConfig,
+        TaskState,
+    )
+
     agents = tck_agent("acme-tck", 'tenant = "acme"\n') + tck_agent("bolt-tck",
                                                                     'tenant = "bolt"\n')
     extra = "[tenants.acme]\n[tenants.bolt]\n"
