@@ -39,7 +39,7 @@ class _Drop(NamedTuple):
     seq: int
 
 
-class _Logged(NamedTuple):
+class _LogBatch(NamedTuple):
     """A log file's records, in the order written, one write of the batch (not one a
     step: the loop's share of each step was a GroupCommit put): committed, then the file
     removed. `size`: its bytes, each record counted at least ROW_WEIGHT, so a batch of more
@@ -51,7 +51,7 @@ class _Logged(NamedTuple):
     size: int
 
 
-_Op = Step | _Drop | _Logged
+_Op = Step | _Drop | _LogBatch
 ROW_WEIGHT = HERE_BYTES // HERE_MAX
 
 
@@ -140,7 +140,7 @@ class StepsDB:
         assert done is not None  # (a record was written: its file is open)
         size = sum(len(step.body) for step in batch if step.body) + ROW_WEIGHT * len(batch)
         # (a failed batch keeps its file: read back at the next start)
-        self._store.group.put(("log", done), _Logged(batch, done, size))
+        self._store.group.put(("log", done), _LogBatch(batch, done, size))
 
     def recover(self) -> int:
         """At start-up, in a thread, before any step is read: the log files a daemon
@@ -159,7 +159,7 @@ class StepsDB:
         unlink: list[str] = []
         db.execute("BEGIN")
         for op in ops:
-            if isinstance(op, _Logged):
+            if isinstance(op, _LogBatch):
                 for step in op.steps:
                     self._put(db, step, unlink)
                 # its records are committed: the file goes before anything later is (read
@@ -283,6 +283,6 @@ def remove_refs(directory: Path, refs: list[str]) -> None:
 
 
 def _size(op: _Op) -> int:
-    if isinstance(op, _Logged):
+    if isinstance(op, _LogBatch):
         return op.size
     return len(op.body) if isinstance(op, Step) and op.body is not None else 0
