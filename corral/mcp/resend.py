@@ -30,7 +30,7 @@ def repeatable(method: str | None, request_id: object) -> bool:
     return request_id is None or method in REPEATABLE
 
 
-class _Sent:
+class _ConnectionNote:
     """What a POST's trace tells of its connection."""
 
     __slots__ = ("reused",)
@@ -41,8 +41,8 @@ class _Sent:
 
 async def _reused(_session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: Any
                   ) -> None:
-    # (a request sent with no `_Sent`, the stream's GET or a DELETE, is told nothing)
-    if isinstance(sent := ctx.trace_request_ctx, _Sent):
+    # (a request sent with no `_ConnectionNote`, the stream's GET or a DELETE, is told nothing)
+    if isinstance(sent := ctx.trace_request_ctx, _ConnectionNote):
         sent.reused = True
 
 
@@ -61,7 +61,7 @@ async def posted(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, 
     `stack`. Failed on a kept connection before its response began, a `safe` request is
     sent once more on a connection of its own, made by `fresh` (a session as `http` is,
     on the connector given)."""
-    sent = _Sent()
+    sent = _ConnectionNote()
     try:
         return await stack.enter_async_context(
             http.post(url, data=data, headers=headers, trace_request_ctx=sent))
