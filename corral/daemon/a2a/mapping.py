@@ -75,7 +75,7 @@ def asked(info: TaskInfo, ask: Ask) -> dict[str, Any]:
 
 def own(info: TaskInfo) -> dict[str, Any]:
     """The `a2a` member of the task's output ({} when it has none)."""
-    if info.status != "succeeded":
+    if STATES.get(info.status) != COMPLETED:
         return {}
     output = plain(info.output)
     out = output.get(A2A_OUTPUT) if isinstance(output, dict) else None
@@ -120,7 +120,7 @@ def artifacts_of(info: TaskInfo, mine: dict[str, Any] | None = None
     output (text as a text part, any other JSON a data part). `mine`: its `own`, when
     read already."""
     output = plain(info.output)
-    if output is None or info.status != "succeeded":
+    if output is None or STATES.get(info.status) != COMPLETED:
         return []
     if mine is None:
         mine = own(info)
