@@ -1,5 +1,6 @@
 """A worker that writes every input it is given to the file $RECORD, one JSON line each,
-and answers which tenant's worker ran it ($WHO) after `hold` seconds: the cluster's
+and answers which tenant's worker ran it ($WHO) after `hold` seconds (and once the file
+its `gate` names exists, where it names one): the cluster's
 tenant routing tests (tests/cluster/test_cluster_tenant_routing.py) read what reached
 whose process."""
 
@@ -14,6 +15,9 @@ def handle(task_input, ctx):
     with open(os.environ["RECORD"], "a") as f:
         f.write(json.dumps(task_input) + "\n")
     time.sleep(float(task_input.get("hold", 0)))
+    gate = task_input.get("gate")
+    while gate is not None and not os.path.exists(gate):
+        time.sleep(0.02)
     return {"by": os.environ["WHO"]}
 
 

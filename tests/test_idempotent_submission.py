@@ -168,21 +168,25 @@ async def test_a_keyed_task_its_journal_could_not_record_keeps_no_key(
     async with in_process(tmp_path, recorder("rec", tmp_path / "record")) as d:
         db = tmp_path / "state" / "corral.db"
 
-        async def submit(hold: int) -> Any:
+        gate = tmp_path / "go-on"
+
+        async def submit(task_input: dict[str, Any]) -> Any:
             return await d.dispatcher.call(SOCKET, "tasks.submit", {
-                "agent": "rec", "input": msgspec.Raw(b'{"hold": %d}' % hold),
+                "agent": "rec", "input": msgspec.Raw(msgspec.json.encode(task_input)),
                 "idempotency_key": "k", "wait": 30})
 
-        # (the task runs on well past the journal's 2 s wait for its lock, a loaded
-        # loop's stalls included: one that ended first ran, and its outcome would be the
-        # answer; the request after it holds for nothing, as its replica is free only
-        # once that sleep ends)
+        # (the task runs on until the journal's refusal is told, held by its gate: one
+        # that ended first ran, and its outcome would be the answer, and the journal's
+        # writer may wait for the lock once for each write queued before it, the state
+        # database's too; the request after it holds for nothing, as its replica is free
+        # only once the gate opens)
         holder = sqlite3.connect(db, isolation_level=None)
         try:
             holder.execute("BEGIN EXCLUSIVE")  # every write of the journal fails now
             # the request and its retry while the first waits for its commit: the retry
             # is told the first's task only once it is durable, so both are refused
-            both = await asyncio.gather(submit(8), submit(8), return_exceptions=True)
+            held = {"gate": str(gate)}
+            both = await asyncio.gather(submit(held), submit(held), return_exceptions=True)
             for refused in both:
                 assert isinstance(refused, RpcError)
                 assert (refused.code, refused.message) == (
@@ -192,6 +196,7 @@ async def test_a_keyed_task_its_journal_could_not_record_keeps_no_key(
             holder.execute("ROLLBACK")
         finally:
             holder.close()
+            gate.touch()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
         while (await d.dispatcher.call(SOCKET, "stats.get")
@@ -200,9 +205,9 @@ async def test_a_keyed_task_its_journal_could_not_record_keeps_no_key(
             await asyncio.sleep(0.05)
         # the task refused kept no key: its key's next request is a new task (one kept
         # would answer it as that task's, or refuse its other input), then that one
-        again = await submit(0)
+        again = await submit({})
         assert again.status == "succeeded" and again.replayed is msgspec.UNSET
-        assert (await submit(0)).task_id == again.task_id
+        assert (await submit({})).task_id == again.task_id
         listed = (await d.dispatcher.call(SOCKET, "tasks.list", {})).tasks
         assert sorted(t.status for t in listed) == ["cancelled", "succeeded"]
         keys = sqlite3.connect(db)
