@@ -181,10 +181,8 @@ def test_a_latency_window_keeps_its_latest_values_oldest_first_in_a_double_each(
     assert list(w) == [0.7]
 
 
-def test_the_step_logs_batches_and_a_logs_rotations_intern_no_string(
-        tmp_path: Path, monkeypatch: Any) -> None:
-    # pathlib interns each part of a path it parses: a name made again and again, in a
-    # Path, churns the interpreter's table of interned strings, which the churn doubles
+def counting_interns(monkeypatch: Any) -> list[str]:
+    """Each string interned from now on (until `monkeypatch.undo()`), in order."""
     interned: list[str] = []
     real = sys.intern
 
@@ -192,9 +190,17 @@ def test_the_step_logs_batches_and_a_logs_rotations_intern_no_string(
         interned.append(text)
         return real(text)
 
+    monkeypatch.setattr(sys, "intern", counted)
+    return interned
+
+
+def test_the_step_logs_batches_and_a_logs_rotations_intern_no_string(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    # pathlib interns each part of a path it parses: a name made again and again, in a
+    # Path, churns the interpreter's table of interned strings, which the churn doubles
     log = StepLog(tmp_path / "step-log")
     rotating = RotatingFile(LogPlace(str(tmp_path / "agent.log"), Rotation(10, 2, 0.0, True)))
-    monkeypatch.setattr(sys, "intern", counted)
+    interned = counting_interns(monkeypatch)
     for seq in range(1, 4):
         assert log.append(Step("t1", seq, "tool", 1, b"", None))
         assert log.rotate() is not None  # a batch's file closed; the next one begins
@@ -214,18 +220,11 @@ def test_agents_log_files_placed_and_heap_dumps_named_intern_no_string(
     # each agent's log file is placed at its open, and each heap dump has a new name: as
     # Paths, pathlib interned every agent's file name and every dump's, a slot of the
     # interned table each as agents come and go (chatN.log) and dumps are written
-    interned: list[str] = []
-    real = sys.intern
-
-    def counted(text: str) -> str:
-        interned.append(text)
-        return real(text)
-
     hub = LogHub(tmp_path / "logs")
     logs, dumps = f"{tmp_path}/logs", f"{tmp_path}/dumps"
     os.mkdir(dumps)
     heapdump.write(dumps, 0)  # (its modules imported first, as in a daemon that dumps)
-    monkeypatch.setattr(sys, "intern", counted)
+    interned = counting_interns(monkeypatch)
     names = [f"chat{secrets.token_hex(4)}" for _ in range(3)]
     for n, name in enumerate(names, 1):
         hub.emit(name, 0, 1, "stderr", LineBlock.one(f"line of {name}"))
@@ -255,14 +254,7 @@ def test_an_agents_command_checked_interns_no_string(tmp_path: Path, monkeypatch
              ProcessSpec(command=["sub/../missing"], cwd=str(tmp_path))]
     said = [None, f"./plain.py: not executable ({tmp_path}/plain.py)",
             f"sub/../missing: no such file ({tmp_path}/sub/../missing)"]
-    interned: list[str] = []
-    real = sys.intern
-
-    def counted(text: str) -> str:
-        interned.append(text)
-        return real(text)
-
-    monkeypatch.setattr(sys, "intern", counted)
+    interned = counting_interns(monkeypatch)
     whys = [check_command(spec) for spec in specs]
     _ = Path("made")  # (what a Path does: the count can fail)
     monkeypatch.undo()
