@@ -134,12 +134,14 @@ class Dispatcher(Generic[Ctx]):
 
     def bind(self, caller: Caller) -> Caller:
         """A limited caller, given the way to tell whose each object is (before the
-        services exist: nothing is anyone's, so nothing is seen)."""
+        services exist: nothing is anyone's, so nothing is seen). Bound once, it may be
+        kept (a door's caller of many requests): its way reads the services as they are."""
         if not caller.limited or caller.owner is not None:
             return caller
-        ready, owner = self._context, self.owner
+        owner = self.owner
 
         def owner_of(kind: str, name: str) -> str | None:
+            ready = self._context
             if owner is None or ready is None or not ready.done():
                 return None
             return owner(ready.result(), kind, name)
@@ -229,11 +231,13 @@ class Dispatcher(Generic[Ctx]):
         return NoSuchAgent(exc.name, None if known is None else
                            [n for n in known if caller.sees(n)], exc.note)
 
-    async def call(self, caller: Caller, request: str | Params, params: Any = None,
-                   channel: Channel | None = None) -> Any:
-        """A call made in the daemon, of `request`'s method (or one named, with params)."""
+    def call(self, caller: Caller, request: str | Params, params: Any = None,
+             channel: Channel | None = None) -> Awaitable[Any]:
+        """A call made in the daemon, of `request`'s method (or one named, with params):
+        its run to await, as `dispatch`'s (a refusal raises here; no frame of its own at
+        each resume of the run)."""
         name, params = named(request, params)
-        return await self.dispatch(caller, name, params, channel or self._discard)
+        return self.dispatch(caller, name, params, channel or self._discard)
 
     async def _run(self, spec: Method, params: Any, caller: Caller, channel: Channel,
                    rule: AgentRule | None = None) -> Any:

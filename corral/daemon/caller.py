@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection
 from fnmatch import fnmatchcase
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, overload
 
 import msgspec
 
@@ -19,10 +19,36 @@ SHARED = "*"  # the owner of an MCP server every tenant's callers see (`shared =
 # the transport of an A2A caller (a2a/routes.py): one with a token too (else "http", as on
 # REST); one that sent none, at an `[a2a] anonymous` agent, is anonymous
 A2A_VIA = "a2a"
+T = TypeVar("T")
 
 
-class Caller(msgspec.Struct, frozen=True, kw_only=True):
-    """Who asked, as the transport authenticated them, with their tenant and scopes."""
+class once(Generic[T]):  # (a decorator, named as `property` is)
+    """A Caller's value of its fields, made at its first read and kept in the instance's
+    `__dict__`, where later reads find it as an attribute: a call reads who its caller is
+    at each link, and a property made it again each time. (Not functools' cached_property,
+    which takes a lock at each first read; a frozen Struct's fields never change, and
+    `msgspec.structs.replace` makes an instance with an empty `__dict__`.)"""
+
+    def __init__(self, make: Callable[[Any], T]) -> None:
+        self.make = make
+        self.name = make.__name__
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> once[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type) -> T: ...
+
+    def __get__(self, instance: object, owner: type) -> T | once[T]:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.make(instance)
+        return value
+
+
+class Caller(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+    """Who asked, as the transport authenticated them, with their tenant and scopes (its
+    values of them, `who` and the rest, each made once: `once`)."""
 
     via: str  # the transport: "socket", "http", ...
     uid: int = -1
@@ -42,11 +68,11 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     # an MCP server ("server") is of, None when there is none
     owner: Callable[[str, str], str | None] | None = None
 
-    @property
+    @once
     def limited(self) -> bool:
         return self.agents is not None or self.tenant is not None
 
-    @property
+    @once
     def user(self) -> str:
         """The user behind a call (not the one process: `who`)."""
         return f"token {self.token}" if self.token is not None else f"uid {self.uid}"
@@ -86,7 +112,7 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         owner = self.owner("server", name) if self.owner is not None else None
         return owner == self.tenant or owner == SHARED
 
-    @property
+    @once
     def who(self) -> str:
         if self.name is not None:
             return self.name
@@ -94,18 +120,18 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
             return f"token {self.token}"
         return f"uid {self.uid} pid {self.pid}"
 
-    @property
+    @once
     def anonymous(self) -> bool:
         """No one: a caller of an `[a2a] anonymous` agent that sent no token (its links:
         handing.py, deciders.py, records.py)."""
         return self.via == A2A_VIA and self.token is None
 
-    @property
+    @once
     def peer(self) -> bool:
         """A socket peer: its uid and pid say who it is (an audit row names no one)."""
         return self.token is None and self.name is None
 
-    @property
+    @once
     def holder(self) -> str:
         """Whose an idempotency key it sends is: who it is, a token by its identity (a
         later token of its name is another holder), a socket peer by its uid (its retry

@@ -46,6 +46,9 @@ JSON_TYPES = frozenset({"application/json", "application/a2a+json"})
 CARD_MAX_AGE = 300  # seconds a client may keep a card
 # what an anonymous caller may do: run the agent's tasks, read them, answer their asks
 ANONYMOUS_SCOPES = frozenset({"tasks:run", "tasks:read", "approvals"})
+# the anonymous callers kept made and bound (one an agent on loopback; one an address
+# besides with `anonymous_remote`): the least recently seen made again when asked
+KEPT_ANONYMOUS = 1024
 
 
 class A2aRoutes:
@@ -62,6 +65,7 @@ class A2aRoutes:
                                       ctx.settings.max_streams_per_token),
                               TokenStreams(tokens_of(ctx.services.store)))
         self.limiter = PerKey(ctx.settings.rate_per_minute)
+        self.no_one = functools.lru_cache(maxsize=KEPT_ANONYMOUS)(self._no_one)
         self.cards: dict[bytes, float] = {}  # a card's digest -> when first served
 
     def spec(self, request: web.Request, agent: str, caller: Caller | None) -> AgentSpec:
@@ -72,8 +76,7 @@ class A2aRoutes:
         if found is not None and found.protocol == "none":
             found = None  # a plain program takes no tasks: no A2A agent
         seen = found is not None and (
-            self.ctx.dispatcher.bind(caller).sees(agent) if caller is not None
-            else self.anonymous(request, agent))
+            caller.sees(agent) if caller is not None else self.anonymous(request, agent))
         if found is None or not seen:
             raise w.A2aError(w.ErrorKind(-32601, 404, None, "NOT_FOUND"), f"no such agent: "
                              f"{agent}")
@@ -84,11 +87,12 @@ class A2aRoutes:
             self.settings.anonymous_remote or _loopback(request.remote or ""))
 
     def caller(self, request: web.Request, agent: str) -> Caller | None:
-        """The request's caller; None for one with no token (anonymous, maybe)."""
+        """The request's caller, bound (the Dispatcher's `bind`, once a request); None for
+        one with no token (anonymous, maybe)."""
         if "Authorization" not in request.headers:
             return None
         try:
-            return authenticate(self.ctx, request)
+            return self.ctx.dispatcher.bind(authenticate(self.ctx, request))
         except RpcError as exc:
             raise w.A2aError(w.UNAUTHENTICATED if exc.code == jsonrpc.UNAUTHORIZED
                              else w.FORBIDDEN, exc.message) from None
@@ -99,7 +103,7 @@ class A2aRoutes:
         the agent (its tenant's, if not the operator's). `spec`: the agent's, as `spec`
         found it for this caller (for no one: the agent is anonymous to this request)."""
         if caller is not None:  # (a token's holder, by the A2A door: submitted.py)
-            made = msgspec.structs.replace(caller, via=A2A_VIA)
+            made = msgspec.structs.replace(caller, via=A2A_VIA)  # (bound as it was)
         elif spec is not None or self.anonymous(request, agent):
             tenant = (spec or self.ctx.services.agents[agent].spec).tenant
             # no one, but one no one per address off this host (`anonymous_remote`): its
@@ -107,9 +111,7 @@ class A2aRoutes:
             # loopback every caller has the one address, which tells them apart not
             remote = request.remote or ""
             who = f"a2a anonymous {agent}" + ("" if _loopback(remote) else f" at {remote}")
-            made = Caller(via=A2A_VIA, name=who, agents=agent,
-                          tenant=None if tenant == DEFAULT_TENANT else tenant,
-                          scopes=ANONYMOUS_SCOPES)
+            made = self.no_one(agent, who, None if tenant == DEFAULT_TENANT else tenant)
         else:
             raise w.A2aError(w.UNAUTHENTICATED, "unauthorized: no bearer token (send "
                              "Authorization: Bearer <token>)")
@@ -118,6 +120,12 @@ class A2aRoutes:
             raise w.A2aError(w.REFUSED, f"{made.who} is over its "
                              f"{self.limiter.per_minute} requests per minute")
         return made
+
+    def _no_one(self, agent: str, who: str, tenant: str | None) -> Caller:
+        """An anonymous caller, made and bound once for the requests it makes (`no_one`):
+        a message's links read who it is several times."""
+        return self.ctx.dispatcher.bind(Caller(via=A2A_VIA, name=who, agents=agent,
+                                               tenant=tenant, scopes=ANONYMOUS_SCOPES))
 
     def card_of(self, request: web.Request, spec: AgentSpec) -> dict[str, Any]:
         base = f"{request.scheme}://{request.host}{PREFIX}/{spec.name}"

@@ -80,11 +80,13 @@ class LocalFront:
         self.recovered.set()
 
     # -- handing a task in ----------------------------------------------------------------
-    async def _accept(self, p: m.TaskParams, holder: str | None,
-                      made: Callable[[Task], None] | None = None) -> Task | KeyClaim:
+    def _accept(self, p: m.TaskParams, holder: str | None,
+                made: Callable[[Task], None] | None = None) -> Awaitable[Task | KeyClaim]:
         """The task accepted and in the journal, or the claim of `holder`'s idempotency
         key that names another (nothing is accepted then: corral/taskkeys.py's rule, the
-        journal its KeyStore). `made`: told of the task before its commit is awaited."""
+        journal its KeyStore). `made`: told of the task before its commit is awaited.
+        To await: a refusal raises at the call, and a task of no key is `_put`'s (no
+        frame of this one at each resume of its wait for the commit)."""
         tasks = self.engine
         if self.refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
@@ -99,12 +101,18 @@ class LocalFront:
         key, journal = p.idempotency_key, self.journal
         agent = self.agents.get(p.agent) if key is not None else None
         if key is None or agent is None:  # (no such agent: submit says so)
-            return await self._put(p, None, made)
+            return self._put(p, None, made)
         if journal is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, (
                 "invalid params: an idempotency key is kept in the task journal, and this "
                 "daemon has none (task_journal = false): submit it without one"))
-        claim = await claimed(journal, agent.spec.tenant, p, new_id(), holder)
+        return self._keyed(p, journal, agent.spec.tenant, holder, made)
+
+    async def _keyed(self, p: m.TaskParams, journal: TaskJournalDB, tenant: str,
+                     holder: str | None, made: Callable[[Task], None] | None
+                     ) -> Task | KeyClaim:
+        """`_accept` of a task with an idempotency key."""
+        claim = await claimed(journal, tenant, p, new_id(), holder)
         task, _ = await submitted(journal, claim, lambda t: self._put(p, t, made, claim))
         return task or claim
 
