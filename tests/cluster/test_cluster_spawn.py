@@ -25,7 +25,7 @@ from corral.cluster.scripts import Scripts
 from ..conftest import ROOT
 from ..daemon_harness import PY
 from ..redis_harness import RedisServer
-from ..test_daemon_cli import wait_until
+from ..test_daemon_cli import WAIT, wait_until
 from ..test_spawn import HERE, counted, fleet, reach_walk
 from .harness import STEADY_TTL, TTL, Node, cluster_table, nodes
 from .test_cluster_specs import log
@@ -220,7 +220,12 @@ def test_a_spawn_under_a_claim_no_longer_the_nodes_is_refused(
 
 def test_a_spawn_redis_does_not_answer_is_refused_so(tmp: Path, redis: RedisServer
                                                      ) -> None:
-    with nodes(tmp, redis, {"a": fleet()}) as ns:
+    # Redis away, the node fences itself two TTLs after its last renewal and the task
+    # leaves its replica: a spawn that reaches the node after that is refused as an
+    # attempt no longer running there, not as Redis's silence (a loaded host's worker,
+    # slow to see the gate, came after the short TTL's lapse). With the TTL the test's
+    # own patience, the refusal it waits for comes before any lapse can
+    with nodes(tmp, redis, {"a": fleet()}, ttl=WAIT) as ns:
         a, gate, note = ns["a"], tmp / "gate", tmp / "note"
         _running(a, {"children": 1, "count": str(tmp / "count"), "catch": True,
                      "gate": str(gate), "note": str(note)})
