@@ -43,9 +43,10 @@ from ..test_model_gateway import KEY as PROVIDER_KEY
 from ..test_model_gateway import fleet as model_fleet
 from ..test_model_gateway import upstream  # noqa: F401 (a fixture)
 from .claimscript import claim_script
-from .harness import Node, nodes, run
+from .harness import STEADY_TTL, Node, nodes, run
 from .test_cluster_specs import log
 from .test_cluster_steps import running_task
+from .test_takeover import said_of_leases
 
 pytestmark = pytest.mark.timeout(120)
 HERE = Path(__file__).parent.parent
@@ -661,11 +662,19 @@ def test_the_asking_node_restarted_the_ask_waits_on_and_its_call_runs_once(
 def test_an_mcp_servers_elicitation_in_a_cluster_task_is_answered_on_another_node(
         tmp: Path, redis: RedisServer) -> None:
     agents = elicit_fleet() + TENANTS
-    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+    # the steady TTL: no lapse is waited on here. Under the short one a loaded host's node
+    # lapsed, its attempt lost with its question unasked, and the attempt that claimed the
+    # task again started the server anew, once for each lapse, past the question's bound
+    with nodes(tmp, redis, {"a": agents, "b": agents}, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "asker",
                                                 "input": ask_name("stateless")})["task_id"]
-        [ask] = wait_until(lambda: pending(ns["b"]), 30, "the server's question")
+        try:
+            [ask] = wait_until(lambda: pending(ns["b"]), 30, "the server's question")
+        except AssertionError as late:  # (with its attempts and the nodes' lease lines)
+            raise AssertionError(late.args[0], ns["a"].call(
+                "tasks.get", {"task_id": task_id})["attempts"], said_of_leases(ns.values())
+                                 ) from None
         assert (ask["kind"], ask["task_id"], ask["tenant"], ask["subject"]) == (
             "question", task_id, "t", {"prompt": "Hi: what is your name?",
                                        "schema": ASK_NAME_SCHEMA, "server": "stateless",
