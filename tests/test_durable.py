@@ -282,7 +282,7 @@ async def test_a_step_is_one_write_to_the_log_and_reaches_the_database_in_batche
     steps = StepsDB(db, writer)
     try:
         for seq in (1, 2, 3):
-            # durable as put: its caller is answered with no wait (TaskSteps.put_answered)
+            # durable as put: its caller is answered with no wait (TaskSteps.put)
             assert steps.put(Step("t", seq, "a__b", 1, b"h", b'{"n":%d}' % seq)) is True
             await steps.committed("t")
         assert (steps.rows, writer.here, writer.handed) == (0, 0, 0)

@@ -92,7 +92,8 @@ class Elicitations:
         else:  # timed out, or withdrawn: nobody answered
             return CANCEL
         # the task's before the server has it: a retry is given it back
-        await steps.put(task, call.agent, STEP + key, result)
+        if not isinstance(kept := steps.put(task, call.agent, STEP + key, result), dict):
+            await kept
         self.asked += 1
         return result
 

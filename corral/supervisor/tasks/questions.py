@@ -96,7 +96,8 @@ class Questions:
         if ended.end is not AskEnd.ANSWERED:
             raise _unanswered(ended)
         # the answer is the task's before the worker has it: a retry is given it back
-        await steps.put(task, r, STEP + name, ended.data)
+        if not isinstance(kept := steps.put(task, r, STEP + name, ended.data), dict):
+            await kept
         if replayed:
             self.replayed += 1
         else:

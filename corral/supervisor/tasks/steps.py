@@ -417,26 +417,26 @@ class TaskSteps:
                            f"{method}: the step name {name!r:.80} is reserved: names "
                            f"beginning {' or '.join(RESERVED)} are corral's own steps")
 
-    def put_answered(self, task: Task, r: Replica, name: str, result: Any
-                     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
-        """A worker's `step/put`: its answer itself where the step is durable as it is put
-        (the daemon's step log), else an awaitable of it: a plain answer is sent with no
-        asyncio task of its own (jsonrpc), which was the most of a step's cost here."""
-        st = self._attempts.get(task.id)
-        if st is None or st.attempt != task.attempt or (
-                st.loaded is not None and not st.loaded.done()):
-            return self.put(task, r, name, result)  # (its history first, or its state made)
-        journal = self._journaling(task, r.spec)
-        if journal is None or self._keep(task, r, st, journal, name, result):
-            return {}
-        return self._committed(journal, task.id)
-
-    async def put(self, task: Task, r: Replica, name: str, result: Any) -> dict[str, Any]:
+    def put(self, task: Task, r: Replica, name: str, result: Any
+            ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """A named step's put (a worker's `step/put`, an answer corral keeps for a retry):
+        its answer itself where the step is durable as it is put (the daemon's step log),
+        else an awaitable of it: a plain answer is sent with no asyncio task of its own
+        (jsonrpc), which was the most of a step's cost here."""
         journal = self._journaling(task, r.spec)
         if journal is None:
             return {}
-        st = await self._state(task)
-        if not self._keep(task, r, st, journal, name, result):
+        st = self._attempts.get(task.id)
+        if st is None or st.attempt != task.attempt or (
+                st.loaded is not None and not st.loaded.done()):
+            return self._put_read(task, r, journal, name, result)  # its history first
+        return {} if self._keep(task, r, st, journal, name, result) else self._committed(
+            journal, task.id)
+
+    async def _put_read(self, task: Task, r: Replica, journal: StepJournal, name: str,
+                        result: Any) -> dict[str, Any]:
+        """The put once the attempt's state is made (its history read, on a retry)."""
+        if not self._keep(task, r, await self._state(task), journal, name, result):
             await journal.committed(task.id)
         return {}
 

@@ -119,7 +119,7 @@ class WorkerMethods:
     def on_step_put(self, r: Replica, p: StepPutParams) -> Any:
         task = self.running_on(r, "step/put", p.task_id)
         self.steps.reserved(p.name, "step/put")
-        return self.steps.put_answered(task, r, p.name, p.result)
+        return self.steps.put(task, r, p.name, p.result)
 
     def on_task_checkpoint(self, r: Replica, p: TaskCheckpointParams) -> Any:
         return self.steps.checkpoint(self.running_on(r, "task/checkpoint", p.task_id),
