@@ -300,9 +300,6 @@ class Fleet:
                                lambda: self.agents.scale(name, replicas))
             self.stops.forgotten(name, replicas)
 
-    def stop_mark(self, name: str, index: int) -> StopMark | None:
-        return self.stops.of(name, index)
-
     async def stopping(self, places: list[Place], who: str, when: float) -> None:
         """Before an operator's stop of these replicas: its marks committed, so that no
         later daemon starts them. Never refused for want of the database (an operator's

@@ -35,7 +35,7 @@ from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Roster, Stream, Subscription
 from ..supervisor.tasks.call import MCP, MCP_AGENTS, MCP_SERVER, Call, DoorWire, GatewayClient
-from ..supervisor.tasks.personwait import timed
+from ..supervisor.tasks.personwait import PersonWait
 from ..text import plural
 from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Auditor, Dispatcher
@@ -833,7 +833,7 @@ class GatewayService:
         (its audit row is the chain's audit link's)."""
         start = time.perf_counter()
         outcome = "ok"
-        with timed() as person:  # the approval's wait, counted apart
+        with PersonWait() as person:  # the approval's wait, counted apart
             try:
                 result = await make()
                 outcome = outcome_of(result)

@@ -36,11 +36,6 @@ class PersonWait:
 _HELD: ContextVar[PersonWait | None] = ContextVar("corral_person_wait", default=None)
 
 
-def timed() -> PersonWait:
-    """A holder of the person's waits of what runs in this context, `with` it."""
-    return PersonWait()
-
-
 def held() -> PersonWait | None:
     """The holder of this context's calls (None: nobody times them)."""
     return _HELD.get()
