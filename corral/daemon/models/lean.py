@@ -302,12 +302,17 @@ def respond(ex: Exchange, resp: web.StreamResponse) -> None:
 
 
 class _HeadFields(msgspec.Struct, gc=False):
-    """httptools' callbacks: a head's URL's parts, and its fields, each kept by a C
-    method (a Python callback a field cost a call's frame): a name repeated as it came
-    keeps its first value, which the count of the head's lines tells apart."""
+    """httptools' callbacks: a head's URL, and its fields' names and values in turn (a
+    Struct: made a head with no Python of its own)."""
 
-    on_url: Callable[[bytes], object]
-    on_header: Callable[[bytes, bytes], object]
+    url: bytes = b""
+    fields: list[bytes] = msgspec.field(default_factory=list)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += (name, value)
 
 
 def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int, bool] | None:
@@ -316,32 +321,27 @@ def _head(head: bytes) -> tuple[Endpoint | None, str, dict[str, str], int, bool]
     of the common shape."""
     if not head.startswith(b"POST "):
         return None  # (not parsed: a GET's connection is aiohttp's at once)
-    parts: list[bytes] = []
-    fields: dict[bytes, bytes] = {}
-    parser = httptools.HttpRequestParser(_HeadFields(parts.append, fields.setdefault))
+    read = _HeadFields()
+    parser = httptools.HttpRequestParser(read)
     try:
         parser.feed_data(head)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         return None  # (aiohttp's to refuse, saying why, or to upgrade)
-    url = parts[0] if len(parts) == 1 else b"".join(parts)
+    url, fields = read.url, read.fields
     endpoint, n = _PATHS.get(path := url.partition(b"?")[0]), len(url)
-    # its fields' lines: llhttp refused a bare CR or LF and a folded line, and the request
-    # line ends in CRLF (below), so every other CRLF but the blank line's ends a field
-    lines = head.count(b"\r\n") - 2
     # (a model call's URL that is its path alone: a path known, its characters with it)
     if head[n + 5:n + 16] != b" HTTP/1.1\r\n" or \
             ((endpoint is None or len(path) < n) and _PATH.fullmatch(url) is None) or \
-            not 0 < lines < MAX_HEADERS or (len(head) > MAX_FIELD and max(
+            not 0 < len(fields) < 2 * MAX_HEADERS or (len(head) > MAX_FIELD and max(
                 map(len, head.split(b"\r\n"))) > MAX_FIELD):
         return None
-    names, values = b"\n".join(fields), b"\n".join(fields.values())
-    if not (names.isascii() and values.isascii()):
+    joined = b"\n".join(fields)
+    if not joined.isascii():
         return None  # (a byte past ASCII: aiohttp's to read)
-    # (made in C, no loop)
-    headers = dict(zip(map(str.lower, names.decode().split("\n")),
-                       map(_TRIMMED, values.decode().split("\n")), strict=True))
+    pairs = joined.decode().split("\n")  # (names and values in turn; made in C, no loop)
+    headers = dict(zip(map(str.lower, pairs[::2]), map(_TRIMMED, pairs[1::2]), strict=True))
     connection = headers.get("connection", "keep-alive").lower()
-    if len(headers) < lines or not _ASKING.isdisjoint(headers) or \
+    if 2 * len(headers) < len(fields) or not _ASKING.isdisjoint(headers) or \
             connection not in ("keep-alive", "close"):
         return None  # (repeated, a compressed body, asking of the connection: aiohttp's)
     length = headers.get("content-length", "")  # (HTTP/1.1 without a Host: aiohttp's 400)
