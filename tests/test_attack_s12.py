@@ -311,13 +311,13 @@ def _runs(p: Any, directory: Path) -> bool:
 async def test_a_repeated_authorization_header_is_read_alike_on_the_lean_door_and_aiohttps(
         tmp_path: Path) -> None:
     """The lean door's head read keeps a repeated header's first value and hands the
-    request to aiohttp where a name comes twice, whatever its case (44d0033e's read and
-    the one be9958e4 put back alike): a token's
-    caller is bound from the header the request is read with, so two `Authorization`
-    headers, a revoked token's and a valid one's, in either order and either case, are
-    answered alike by the lean door (a message to the agent) and by aiohttp's (the same
-    with a query, which the lean door never serves): the revoked one is never passed over
-    for the valid one behind it on one door and not the other."""
+    request to aiohttp where a name comes twice, whatever its case (44d0033e's read and the one
+    be9958e4 put back alike): a token's caller is bound from the header the request is
+    read with, so two `Authorization` headers, a revoked token's and a valid one's, in
+    either order and either case, are answered alike by the lean door (a message to the
+    agent) and by aiohttp's (the same with a query, which the lean door never serves):
+    the revoked one is never passed over for the valid one behind it on one door and not
+    the other."""
     from .a2a.test_lean_messages import post, send
     from .test_model_lean import Wire
 
