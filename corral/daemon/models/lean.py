@@ -75,6 +75,20 @@ class HttpConnection(RequestHandler):
         if queued and not isinstance(queued[-1][0], RawRequestMessage):
             self.close()
 
+    async def _handle_request(
+            self, request: BaseRequest, start_time: float | None,
+            request_handler: Callable[[BaseRequest], Awaitable[StreamResponse]]
+    ) -> tuple[StreamResponse, bool]:
+        if not (self._messages or self._buffer_paused or self._upgraded):
+            # aiohttp's parser counts a request in flight from its body's end to its start
+            # and pauses itself at its queue's bound: one started before its body came
+            # stays counted, the parser pauses short of the bound the connection pauses
+            # reading at, and the requests it holds wait for bytes a pipelining client
+            # may never send (its connection then closed as idle, those never answered).
+            # With the queue dry, what the parser holds is parsed now
+            self.data_received(b"")
+        return await super()._handle_request(request, start_time, request_handler)
+
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
                      ) -> StreamResponse:
