@@ -152,28 +152,39 @@ async def test_an_anonymous_caller_kept_for_an_agent_reads_nothing_of_it_once_it
             assert got["result"]["id"] == after, got
 
 
-@pytest.mark.xfail(strict=True, reason="routed to the lead (attacker-to-lead.md): a reload "
-                   "neither applies [a2a] nor says a restart does")
 @pytest.mark.timeout(120)
 async def test_a_reload_that_ends_an_agents_anonymous_access_ends_it(tmp_path: Path) -> None:
-    """`[a2a] anonymous` names the agents a caller reaches with no token; a reload whose
-    file names an agent there no more must end that access, or say it does not. The A2A
-    door read the table as the daemon started, and a reload neither applied it nor said a
-    restart would (`[a2a]` is not among the tables read at start, daemon.py `START_ONLY`):
-    the operator who took an agent off the list and reloaded left it open to anyone on
-    the host, told nothing (attacker's pass, session 12)."""
+    """`[a2a] anonymous` names the agents a caller reaches with no token. The A2A door read
+    the table as the daemon started, and a reload neither applied it nor said a restart
+    would (`[a2a]` was not among the tables read at start): the operator who took an agent
+    off the list and reloaded left it open to anyone on the host, told nothing (attacker's
+    pass, session 12). A reload now hands the door the file's `[a2a]`: the agent is refused
+    to no one at the next request (its anonymous callers kept made are never asked), put
+    back by the next reload; `push_private`, which the door's push configs were made
+    with, is said to need a restart."""
     with a2a_daemon(tmp_path) as (d, url):
         async with httpx.AsyncClient(timeout=30) as http:
             status, made = await _rpc(http, url, "SendMessage", _message("tck-complete-task"))
             assert status == 200, made
-            d.config.write_text(d.config.read_text().replace('anonymous = ["tck"]',
-                                                             "anonymous = []"))
+            opened = d.config.read_text()
+            d.config.write_text(opened.replace('anonymous = ["tck"]', "anonymous = []"))
             reloaded = d.cli("reload", "--json")
             assert reloaded.returncode == 0, reloaded.stderr
-            told = "[a2a]" in msgspec.json.decode(reloaded.stdout)["restart_needed"]
-            status, said = await _rpc(http, url, "SendMessage", _message("tck-complete-task"))
-            assert told or (status, said.get("error", {}).get("message")) == (
-                401, "unauthorized: no bearer token (send Authorization: Bearer <token>)"), said
+            assert msgspec.json.decode(reloaded.stdout)["restart_needed"] == []
+            for method, params in (("SendMessage", _message("tck-complete-task")),
+                                   ("GetTask", {"id": made["result"]["task"]["id"]})):
+                status, said = await _rpc(http, url, method, params)
+                assert (status, said.get("error", {}).get("message")) == (
+                    404, "no such agent: tck"), said
+            r = await http.get(f"{url}/a2a/tck/.well-known/agent-card.json")
+            assert (r.status_code, r.json()["detail"]) == (404, "no such agent: tck")
+            # the list again, with push_private changed: open again, and the one key said
+            d.config.write_text(opened.replace("push_private = true", "push_private = false"))
+            reloaded = d.cli("reload", "--json")
+            assert msgspec.json.decode(reloaded.stdout)["restart_needed"] == [
+                "[a2a] push_private"]
+            status, made = await _rpc(http, url, "SendMessage", _message("tck-complete-task"))
+            assert status == 200, made
 
 
 @pytest.mark.timeout(120)

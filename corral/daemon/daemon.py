@@ -462,6 +462,11 @@ class Daemon:
         s.workflows.configure(cfg.workflows)
         s.teams.configure(cfg.teams)
         s.schedules.configure(cfg)
+        if s.web.server is not None:
+            # who may call the A2A door with no token, from its next request (a push
+            # config's addresses stay checked as at start: restart_needed says so)
+            s.web.server.ctx.a2a = msgspec.structs.replace(
+                cfg.a2a, push_private=started.a2a.push_private)
         before, self.applied = self.applied, cfg
         self._up().guard.configure(cfg)
         local, declared = by_placement(cfg)
@@ -491,6 +496,8 @@ def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
 START_ONLY = ("tracing", "http", "cluster", "packages")
 
 
+# [a2a]'s keys the A2A door's parts were made with at start: a reload keeps them
+A2A_AT_START = ("push_private",)
 # [gateway]'s keys its HTTP listener was made with at start: a reload keeps them
 GATEWAY_AT_START = ("listen", "allow_remote", "tls_cert", "tls_key", "max_sessions",
                     "session_idle_timeout")
@@ -501,6 +508,8 @@ def read_at_start(started: Config, now: Config) -> list[str]:
     said = [f"[{name}]" for name in START_ONLY if getattr(started, name) != getattr(now, name)]
     said += [f"[gateway] {key}" for key in GATEWAY_AT_START
              if getattr(started.gateway, key) != getattr(now.gateway, key)]
+    said += [f"[a2a] {key}" for key in A2A_AT_START
+             if getattr(started.a2a, key) != getattr(now.a2a, key)]
     if now.models and not started.models:
         said.append("[models]")
     if now.supervisor.dynamic_uids != started.supervisor.dynamic_uids:

@@ -19,7 +19,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError, visible
 from ...ratelimit import PerKey
 from ...supervisor.addresses import loopback
-from ...supervisor.config import DEFAULT_TENANT, A2aSettings, AgentSpec
+from ...supervisor.config import DEFAULT_TENANT, AgentSpec
 from ...tracecontext import parse_or_none
 from ..caller import A2A_VIA, Caller
 from ..http import route
@@ -53,8 +53,7 @@ KEPT_ANONYMOUS = 1024
 
 class A2aRoutes:
     def __init__(self, ctx: HttpContext) -> None:
-        self.ctx = ctx
-        self.settings: A2aSettings = ctx.a2a
+        self.ctx = ctx  # its `a2a` read at each request: a reload hands it the file's
         # the push configs' home: the cluster's with [cluster] (any node delivers), else
         # the node's state database
         home = ctx.services.cluster.push or ctx.services.task_engine.push
@@ -83,8 +82,9 @@ class A2aRoutes:
         return found
 
     def anonymous(self, request: web.Request, agent: str) -> bool:
-        return agent in self.settings.anonymous and (
-            self.settings.anonymous_remote or _loopback(request.remote or ""))
+        settings = self.ctx.a2a  # (as the last reload left it)
+        return agent in settings.anonymous and (
+            settings.anonymous_remote or _loopback(request.remote or ""))
 
     def caller(self, request: web.Request, agent: str) -> Caller | None:
         """The request's caller, bound (the Dispatcher's `bind`, once a request); None for
@@ -129,7 +129,7 @@ class A2aRoutes:
 
     def card_of(self, request: web.Request, spec: AgentSpec) -> dict[str, Any]:
         base = f"{request.scheme}://{request.host}{PREFIX}/{spec.name}"
-        return card.card_of(spec, base, anonymous=spec.name in self.settings.anonymous)
+        return card.card_of(spec, base, anonymous=spec.name in self.ctx.a2a.anonymous)
 
     async def card(self, request: web.Request) -> web.StreamResponse:
         agent = request.match_info["agent"]
