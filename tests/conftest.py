@@ -72,12 +72,12 @@ def open_fds() -> set[int]:
 
 
 def live_children() -> list[psutil.Process]:
-    """This process's descendants, its fork server (tests/forkserver.py) left out, were
-    it one: it lives as long as this process."""
-    from . import forkserver
+    """This process's descendants, its fork server (tests/forkserver.py) and its MCP SDK
+    server (tests/warmforks.py) left out, were it one: they live as long as this process."""
+    from . import forkserver, warmforks
 
-    return [p for p in psutil.Process().children(recursive=True)
-            if p.pid != forkserver.server_pid()]
+    servers = {forkserver.server_pid(), warmforks.sdk_server_pid()}
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in servers]
 
 
 def agent(name: str, script: str = "hello.py", **kw: object) -> AgentSpec:
@@ -171,11 +171,24 @@ def _fork_server() -> None:
 
 
 def spare_the_fork_server() -> None:
-    """This process's fork server (tests/forkserver.py) is its child for the whole run:
-    an in-process supervisor's sweep of re-parented orphans would kill it."""
-    from . import forkserver
+    """This process's fork server (tests/forkserver.py) and MCP SDK server
+    (tests/warmforks.py) are its children for the whole run: an in-process supervisor's
+    sweep of re-parented orphans would kill them."""
+    from . import forkserver, warmforks
 
-    pid = forkserver.server_pid()
+    for pid in (forkserver.server_pid(), warmforks.sdk_server_pid()):
+        if pid is not None:
+            SPARED.add(pid)
+
+
+@pytest.fixture(scope="session")
+def warm_mcp_sdk() -> None:
+    """This process's MCP SDK server (tests/warmforks.py), for the tests whose daemons
+    start MCP servers on the official SDK by `warmforks.sdk_command`: each a fork of it,
+    not an interpreter that imports the SDK again (~1.4 s of CPU a start)."""
+    from . import warmforks
+
+    pid = warmforks.sdk_server()
     if pid is not None:
         SPARED.add(pid)
 
@@ -452,14 +465,15 @@ _cpu_since = 0.0
 
 
 def _cpu_now() -> float:
-    from . import forkserver
+    from . import forkserver, warmforks
 
     mine = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     # and the fork server's children (their parent is the server, which reports each
-    # one's wait4 rusage as it ends), and the server's own
+    # one's wait4 rusage as it ends), and the server's own; and the MCP SDK server's
+    # children (tests/warmforks.py)
     return (mine.ru_utime + mine.ru_stime + reaped.ru_utime + reaped.ru_stime
-            + forkserver.reported_cpu())
+            + forkserver.reported_cpu() + warmforks.reported_cpu())
 
 
 def pytest_runtest_logstart(nodeid: str, location: object) -> None:

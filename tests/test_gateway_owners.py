@@ -22,12 +22,16 @@ from .conftest import EXAMPLES
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .doors.door_agent import gateway
 from .test_daemon_cli import wait_until
+from .warmforks import sdk_toml
 
 pytest.importorskip("mcp")  # (the notes server is the official SDK's)
 
+# the notes server a fork of this process's MCP SDK server (tests/warmforks.py)
+NOTES = sdk_toml(f"{EXAMPLES}/notes_server.py")
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 SERVER = f"""
 [mcp_servers.mine]  # the notes a caller adds, kept in its own instance's memory
-command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+command = {NOTES}
 scope = "per-agent"
 start_timeout = 60.0
 

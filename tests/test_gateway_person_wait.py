@@ -29,8 +29,10 @@ from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_boundary_calls import asks_of, config, finished, replica_env, session, submit, text
 from .test_gateway_stdio import wait_until_async
+from .warmforks import sdk_toml
 
 pytest.importorskip("mcp")
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 
 HELD = 1.5  # seconds the test, as the person, holds each ask before it approves
 
@@ -130,13 +132,13 @@ async def test_a_persons_wait_is_counted_apart_from_the_calls_latency(
 
 
 SERVERS = {"legacy": "--legacy", "stateless": ""}  # (tests/test_elicitations.py's)
+# the fixture server a fork of this process's MCP SDK server (tests/warmforks.py)
+FIXTURES = f"{Path(__file__).parent}/servers/conformance_fixtures.py"
 
 
 def eliciting(tmp: Path) -> str:
-    here = Path(__file__).parent
     servers = "".join(
-        f'[mcp_servers.{name}]\ncommand = ["{PY}", "{here}/servers/conformance_fixtures.py"'
-        + (f', "{flag}"' if flag else "") + ']\nshared = true\n\n'
+        f'[mcp_servers.{name}]\ncommand = {sdk_toml(FIXTURES, *flag.split())}\nshared = true\n\n'
         for name, flag in SERVERS.items())
     return textwrap.dedent(f"""
         [agents.asker]

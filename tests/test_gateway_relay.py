@@ -31,8 +31,12 @@ import pytest
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
+from .warmforks import sdk_toml
 
 FIXTURES = Path(__file__).parent / "servers" / "conformance_fixtures.py"
+# a fork of this process's MCP SDK server (tests/warmforks.py)
+FIXTURES_CMD = sdk_toml(str(FIXTURES))
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 TASKS = "io.modelcontextprotocol/tasks"
 VERSION = "2026-07-28"
 ELICITING = {"elicitation": {}}
@@ -57,7 +61,7 @@ def config(port: int, input_wait: float) -> str:
 [tenants.globex]
 
 [mcp_servers.fx]
-command = ["{PY}", "{FIXTURES}"]
+command = {FIXTURES_CMD}
 start_timeout = 30.0
 shared = true
 
@@ -66,7 +70,7 @@ confirm_delete = "optional"
 multi_input = "optional"
 
 [mcp_servers.fr]  # the same, whose callers' roots are theirs to give
-command = ["{PY}", "{FIXTURES}"]
+command = {FIXTURES_CMD}
 start_timeout = 30.0
 shared = true
 relay_roots = true

@@ -17,6 +17,7 @@ import pytest
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_mcp import EVERYTHING, everything_reason
+from .warmforks import sdk_toml
 
 mcp = pytest.importorskip("mcp")
 from mcp import ClientSession, StdioServerParameters  # noqa: E402
@@ -24,8 +25,12 @@ from mcp.client.stdio import stdio_client  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
 
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
-pytestmark = pytest.mark.skipif(everything_reason() is not None,
-                                reason=everything_reason() or "")
+pytestmark = [pytest.mark.skipif(everything_reason() is not None,
+                                 reason=everything_reason() or ""),
+              pytest.mark.usefixtures("warm_mcp_sdk")]
+
+# the notes server a fork of this process's MCP SDK server (tests/warmforks.py)
+NOTES = sdk_toml(f"{EXAMPLES}/notes_server.py")
 
 
 def pool(revision: str) -> str:
@@ -33,7 +38,7 @@ def pool(revision: str) -> str:
     (ev), the scripted one speaking `revision` (sc)."""
     return f"""
 [mcp_servers.notes]
-command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+command = {NOTES}
 start_timeout = 30.0
 
 [mcp_servers.ev]

@@ -24,6 +24,7 @@ from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, free_port, in_process
 from .test_gateway_stdio import listed, text
 from .test_http_api import SOCKET, Api
+from .warmforks import sdk_toml
 
 mcp = pytest.importorskip("mcp")
 import httpx2  # noqa: E402
@@ -37,6 +38,10 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
                    "clientInfo": {"name": "t", "version": "1"}}}
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 
+# the notes server a fork of this process's MCP SDK server (tests/warmforks.py)
+NOTES = sdk_toml(f"{EXAMPLES}/notes_server.py")
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
+
 
 def config(gateway_listen: str = "") -> str:
     return f"""
@@ -46,7 +51,7 @@ env = {{ PYTHONPATH = "{ROOT}" }}
 tools = ["notes__*"]
 
 [mcp_servers.notes]
-command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+command = {NOTES}
 start_timeout = 30.0
 
 [gateway]

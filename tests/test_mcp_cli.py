@@ -15,8 +15,13 @@ import pytest
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
+from .warmforks import sdk_toml
 
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
+
+# the notes server a fork of this process's MCP SDK server (tests/warmforks.py)
+NOTES = sdk_toml(f"{EXAMPLES}/notes_server.py")
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 
 
 def fleet_daemon() -> Iterator[Daemon]:
@@ -25,7 +30,7 @@ def fleet_daemon() -> Iterator[Daemon]:
         "command": PY, "args": [str(SCRIPTED), "v2025-06"]}}}))
     agents = f"""
 [mcp_servers.notes]
-command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+command = {NOTES}
 start = "eager"
 start_timeout = 30.0
 
@@ -235,7 +240,7 @@ def test_a_failed_call_is_one_audit_line_on_stderr_as_in_corral_log() -> None:
     """A server's multi-line error (pydantic's, ending in a URL) is one line in the
     daemon's stderr, the same line as in corral.log, escaped and not cut."""
     tmp = shared_tmpdir()
-    d = Daemon(tmp, f'[mcp_servers.notes]\ncommand = ["{PY}", "{EXAMPLES}/notes_server.py"]\n'
+    d = Daemon(tmp, f'[mcp_servers.notes]\ncommand = {NOTES}\n'
                     'start_timeout = 30.0\n')
     try:
         d.start()

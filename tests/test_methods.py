@@ -23,10 +23,15 @@ from corral.methods import REGISTRY
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, hello, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
+from .warmforks import sdk_toml
 
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
 # an MCP server's own answer, passed on as it is: open by design
 OPEN = {"tools.call", "resources.read", "prompts.get"}
+
+# the notes server a fork of this process's MCP SDK server (tests/warmforks.py)
+NOTES = sdk_toml(f"{EXAMPLES}/notes_server.py")
+pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 
 
 def test_every_method_declares_a_result() -> None:
@@ -137,7 +142,7 @@ tools = ["notes__*"]
 approve = ["notes__search"]
 
 [mcp_servers.notes]
-command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+command = {NOTES}
 start = "eager"
 start_timeout = 30.0
 

@@ -19,11 +19,12 @@ from corral.jsonrpc import RpcError
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import load_config
 
-from .conftest import ROOT
+from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon
+from .warmforks import sdk_toml
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
-pytestmark = pytest.mark.long
+pytestmark = [pytest.mark.long, pytest.mark.usefixtures("warm_mcp_sdk")]
 
 OPERATOR = Caller(via="socket")
 
@@ -68,6 +69,9 @@ def handle(inp, ctx):
 
 run(handle)
 '''
+
+# the notes server a fork of this process's MCP SDK server (tests/warmforks.py)
+NOTES = sdk_toml(f"{EXAMPLES}/notes_server.py")
 
 
 def agents_toml(directory: Path, roles: str = "a b bad router lead",
@@ -686,12 +690,10 @@ async def test_the_gateway_shows_no_team_as_agents_are_not_and_no_leaders_tool(
     from mcp.client.stdio import stdio_client
     from mcp.shared.exceptions import MCPError
 
-    from .conftest import EXAMPLES
-
     assert mcp is not None
     toml = agents_toml(tmp_path, "a b lead") + textwrap.dedent(f"""
         [mcp_servers.notes]
-        command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+        command = {NOTES}
         start_timeout = 30.0
         [teams.desk]
         mode = "coordinate"

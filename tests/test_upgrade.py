@@ -44,9 +44,13 @@ from corral.supervisor.core import Supervisor
 from .conftest import EXAMPLES, ROOT, agent
 from .daemon_harness import PY, Daemon, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
+from .warmforks import sdk_toml
 
 # minutes of this file: a parallel run starts it first (tests/conftest.py longest_first)
-pytestmark = pytest.mark.long
+pytestmark = [pytest.mark.long, pytest.mark.usefixtures("warm_mcp_sdk")]
+
+# the notes server a fork of this process's MCP SDK server (tests/warmforks.py)
+NOTES = sdk_toml(f"{EXAMPLES}/notes_server.py")
 
 
 def worker(name: str) -> str:
@@ -55,7 +59,7 @@ def worker(name: str) -> str:
 
 NOTES = f"""
 [mcp_servers.notes]
-command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+command = {NOTES}
 start = "eager"
 start_timeout = 30.0
 """

@@ -1,0 +1,166 @@
+"""The tests' programs as forks of one process (tests/warmforks.py): a forked
+conformance client ends as a fresh one would, with its status and its error on its own
+stderr, and the suite's kill of what it started reaches the client; a fork's launcher
+ends as its fork does (by its status, or its signal) whatever the server's other forks
+do, a launcher killed outright takes its fork with it, and a launch with no server is a
+cold start. (The clients that
+pass are tests/test_conformance.py's and tests/test_client_conformance_revisions.py's.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import ROOT
+from .test_daemon_cli import wait_until
+from .warmforks import CLIENT_IMPORTS, launch, reported_cpu, sdk_command, zygote
+
+CLIENT = str(Path(__file__).with_name("conformance_client.py"))
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MCP_CONFORMANCE_SCENARIO": "tools_call"}
+
+
+def forks_of_the_zygote() -> list[psutil.Process]:
+    """The clients the test's zygote (a child of this process) runs now."""
+    return [c for p in psutil.Process().children()
+            if any("warmforks.py" in a for a in p.cmdline()) for c in p.children()]
+
+
+def test_a_forked_client_that_fails_ends_as_a_fresh_one(tmp_path: Path) -> None:
+    """Its server refuses the connection: the fork's status and the error it says are
+    a fresh interpreter's, on the launcher's own stderr."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/mcp"
+    fresh = subprocess.run([sys.executable, CLIENT, url], capture_output=True, text=True,
+                           env=ENV, cwd=tmp_path, timeout=120)
+    with zygote(tmp_path, CLIENT, CLIENT_IMPORTS) as client:
+        forked = subprocess.run([*client, url], capture_output=True, text=True, env=ENV,
+                                cwd=tmp_path, timeout=120)
+    assert fresh.returncode == 1, fresh.stderr
+    assert (forked.returncode, forked.stdout) == (1, fresh.stdout), forked.stderr
+    assert forked.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1]
+
+
+def test_the_launchers_kill_reaches_the_client(tmp_path: Path) -> None:
+    """The suite ends a client past its timeout by killing what it started: the launcher
+    passes SIGTERM on to the fork (whose server never answers), which ends, and the
+    launcher with it."""
+    with socket.socket() as silent, zygote(tmp_path, CLIENT, CLIENT_IMPORTS) as client:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections queued, never accepted nor answered
+        launcher = subprocess.Popen([*client, f"http://127.0.0.1:{silent.getsockname()[1]}"
+                                     "/mcp"], env=ENV, cwd=tmp_path,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            [fork] = wait_until(forks_of_the_zygote, what="the client forked")
+            launcher.send_signal(signal.SIGTERM)
+            assert launcher.wait(30) == -signal.SIGTERM
+            _, alive = psutil.wait_procs([fork], timeout=30)  # (the zygote's to reap)
+            assert alive == []
+        finally:
+            launcher.kill()
+            launcher.wait()
+
+
+# a program that says its argv and pid, then ends as its first argument says: "exit N",
+# "kill" (SIGKILL, by itself), "spin" (once it spent a second of CPU) or "wait" (until
+# its stdin ends)
+PROGRAM = """
+import os, signal, sys
+print(" ".join(sys.argv[1:]), os.getpid(), flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(int(sys.argv[2]))
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[1] == "spin":  # until its CPU reaches a second
+    while sum(os.times()[:2]) < 1:
+        pass
+    sys.exit(0)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> str:
+    path = tmp_path / "program.py"
+    path.write_text(PROGRAM)
+    return str(path)
+
+
+def test_a_launch_ends_with_its_fork_while_a_later_fork_runs(tmp_path: Path,
+                                                            program: str) -> None:
+    """The server's forks hold no other fork's request: a launch whose fork ended has
+    its status at once, while a fork started after it still runs."""
+    with zygote(tmp_path, program, ()) as command:
+        launched = []
+        try:
+            for _ in range(2):  # the second forked once the first said it runs
+                launched.append(subprocess.Popen([*command, "wait"], stdin=subprocess.PIPE,
+                                                 stdout=subprocess.PIPE, text=True))
+                assert launched[-1].stdout is not None
+                assert launched[-1].stdout.readline().startswith("wait ")
+            first, later = launched
+            first.communicate("", timeout=30)
+            assert (first.returncode, later.poll()) == (0, None)
+        finally:
+            for launcher in launched:
+                launcher.kill()
+                launcher.communicate(timeout=30)
+
+
+def test_a_fork_killed_by_a_signal_ends_its_launcher_by_it(tmp_path: Path,
+                                                           program: str) -> None:
+    with zygote(tmp_path, program, ()) as command:
+        killed = subprocess.run([*command, "kill"], capture_output=True, text=True,
+                                timeout=30)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+
+def test_a_launcher_killed_outright_takes_its_fork_with_it(tmp_path: Path,
+                                                           program: str) -> None:
+    """A daemon's SIGKILL of its server's process group reaches the launcher alone: its
+    fork, waiting on a stdin still open, ends by the launcher's end."""
+    with zygote(tmp_path, program, ()) as command:
+        launcher = subprocess.Popen([*command, "wait"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert launcher.stdout is not None
+            fork = psutil.Process(int(launcher.stdout.readline().split()[-1]))
+            launcher.kill()
+            assert launcher.wait(30) == -signal.SIGKILL
+            fork.wait(30)  # (psutil.TimeoutExpired: the fork ran on)
+        finally:
+            launcher.kill()
+            launcher.wait()
+            assert launcher.stdin is not None
+            launcher.stdin.close()
+
+
+def test_a_launch_with_no_server_is_a_cold_start(tmp_path: Path, program: str) -> None:
+    """No server at the path: the launcher becomes `python PROGRAM ARGS` itself."""
+    missing = str(tmp_path / "no-server")
+    cold = subprocess.run([sys.executable, "-I", "-S", launch.__code__.co_filename, "launch",
+                           missing, program, "exit", "4"], capture_output=True, text=True,
+                          timeout=60)
+    said, _ = cold.stdout.rsplit(maxsplit=1)
+    assert (cold.returncode, said) == (4, "exit 4"), cold.stderr
+
+
+@pytest.mark.skipif(os.environ.get("CORRAL_TEST_WARM") == "0",
+                    reason="CORRAL_TEST_WARM=0: no MCP SDK server")
+@pytest.mark.usefixtures("warm_mcp_sdk")
+def test_the_sdk_servers_forks_cpu_is_the_tests(program: str) -> None:
+    """The worker's MCP SDK server is reaped at the worker's end: the CPU of each fork is
+    counted as it ends (tests/conftest.py adds it to the test's), not then."""
+    before = reported_cpu()
+    spun = subprocess.run([*sdk_command(program), "spin"], capture_output=True, text=True,
+                          timeout=60)
+    assert (spun.returncode, spun.stdout.split()[0]) == (0, "spin"), spun.stderr
+    assert 1 <= reported_cpu() - before < 5
