@@ -356,3 +356,33 @@ async def test_a_repeated_authorization_header_is_read_alike_on_the_lean_door_an
             # aiohttp's rule: the first one sent is the caller
             first_good = made["good"] in headers[0]
             assert seen[0] == ((200, None) if first_good else (401, UNAUTHORIZED)), headers
+
+
+@pytest.mark.timeout(120)
+def test_a_reload_says_the_control_sockets_group_and_the_approvals_webhook_are_the_starts(
+        tmp_path: Path) -> None:
+    """`[supervisor] group` makes its members operators at the control socket (root on the
+    host), and `[approvals]` is where every ask is posted, signed: each is taken at start
+    (the socket's owner and its check of a peer's gid; the webhook's sender), and a reload
+    whose file removed or changed it applied nothing and said nothing, so an operator who
+    took a group's access away, or moved the webhook off a leaked secret, and reloaded
+    was told it was done (the lead's ask of this pass: the tables a reload neither applies
+    nor names). A reload now names each as needing a restart."""
+    started = textwrap.dedent("""
+        group = "nogroup"
+        [approvals]
+        webhook = "http://127.0.0.1:9/asks"
+        webhook_secret = "old-secret-0123456789"
+    """)
+    d = Daemon(tmp_path, "", extra=started)
+    try:
+        d.start()
+        text = d.config.read_text()
+        d.config.write_text(text.replace('group = "nogroup"', "").replace(
+            "old-secret-0123456789", "new-secret-0123456789"))
+        reloaded = d.cli("reload", "--json")
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert sorted(msgspec.json.decode(reloaded.stdout)["restart_needed"]) == [
+            "[approvals]", "[supervisor] group"]
+    finally:
+        d.close()

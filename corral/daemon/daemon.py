@@ -493,7 +493,7 @@ def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
 
 
 # The tables a running daemon took at its start and does not take again on a reload.
-START_ONLY = ("tracing", "http", "cluster", "packages")
+START_ONLY = ("tracing", "http", "cluster", "packages", "approvals")
 
 
 # [a2a]'s keys the A2A door's parts were made with at start: a reload keeps them
@@ -514,6 +514,10 @@ def read_at_start(started: Config, now: Config) -> list[str]:
         said.append("[models]")
     if now.supervisor.dynamic_uids != started.supervisor.dynamic_uids:
         said.append("[supervisor] dynamic_uids")  # (the uids given are the daemon's life's)
+    if now.supervisor.group != started.supervisor.group:
+        # (the control socket's operators: its owner and the check of each peer's gid
+        # were made at start, so a group taken off the file is still the operator's)
+        said.append("[supervisor] group")
     return said
 
 
