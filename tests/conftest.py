@@ -176,7 +176,9 @@ def spare_the_fork_server() -> None:
     sweep of re-parented orphans would kill them."""
     from . import forkserver, warmforks
 
-    for pid in (forkserver.server_pid(), warmforks.sdk_server_pid()):
+    # (the MCP SDK server started again where a test killed it)
+    sdk = warmforks.sdk_server() if warmforks.sdk_server_pid() is not None else None
+    for pid in (forkserver.server_pid(), sdk):
         if pid is not None:
             SPARED.add(pid)
 

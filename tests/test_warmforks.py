@@ -18,9 +18,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, spare_the_fork_server
 from .test_daemon_cli import wait_until
-from .warmforks import CLIENT_IMPORTS, launch, reported_cpu, sdk_command, zygote
+from .warmforks import (
+    CLIENT_IMPORTS,
+    launch,
+    reported_cpu,
+    sdk_command,
+    sdk_server_pid,
+    zygote,
+)
 
 CLIENT = str(Path(__file__).with_name("conformance_client.py"))
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MCP_CONFORMANCE_SCENARIO": "tools_call"}
@@ -160,6 +167,24 @@ def test_the_sdk_servers_forks_cpu_is_the_tests(program: str) -> None:
     """The worker's MCP SDK server is reaped at the worker's end: the CPU of each fork is
     counted as it ends (tests/conftest.py adds it to the test's), not then."""
     before = reported_cpu()
+    spun = subprocess.run([*sdk_command(program), "spin"], capture_output=True, text=True,
+                          timeout=60)
+    assert (spun.returncode, spun.stdout.split()[0]) == (0, "spin"), spun.stderr
+    assert 1 <= reported_cpu() - before < 5
+
+
+@pytest.mark.skipif(os.environ.get("CORRAL_TEST_WARM") == "0",
+                    reason="CORRAL_TEST_WARM=0: no MCP SDK server")
+@pytest.mark.usefixtures("warm_mcp_sdk")
+def test_an_sdk_server_a_test_killed_is_started_again(program: str) -> None:
+    """A test that ends what its cgroup holds may kill the worker's server: the next
+    test's setup starts another, whose forks' CPU is counted after the first's."""
+    killed = psutil.Process(sdk_server_pid())
+    before = reported_cpu()
+    killed.kill()
+    killed.wait(30)
+    spare_the_fork_server()  # (each test's setup)
+    assert sdk_server_pid() not in (None, killed.pid)
     spun = subprocess.run([*sdk_command(program), "spin"], capture_output=True, text=True,
                           timeout=60)
     assert (spun.returncode, spun.stdout.split()[0]) == (0, "spin"), spun.stderr

@@ -260,6 +260,8 @@ def zygote(tmp: Path, program: str, preload: tuple[str, ...]) -> Iterator[list[s
 # is this process's, so that a test module's config text may name it at import
 SDK_PATH = f"/tmp/corral-warm-mcp-{os.getpid()}"
 _sdk: list[subprocess.Popen[str]] = []
+# the CPU the servers before this one said (one killed is started again)
+_spent_before = [0.0]
 
 
 def sdk_command(program: str) -> list[str]:
@@ -274,8 +276,12 @@ def sdk_toml(program: str, *args: str) -> str:
 
 
 def sdk_server() -> int | None:
-    """This process's MCP SDK server's pid, started at the first call (none with
-    CORRAL_TEST_WARM=0: each server a cold start, to compare)."""
+    """This process's MCP SDK server's pid, started at the first call, and again where it
+    was killed (by a test that ends what its cgroup holds); none with CORRAL_TEST_WARM=0:
+    each server a cold start, to compare."""
+    if _sdk and _sdk[0].poll() is not None:
+        _spent_before[0] = reported_cpu()
+        stop(_sdk.pop(), SDK_PATH)
     if not _sdk and os.environ.get("CORRAL_TEST_WARM") != "0":
         import atexit
         import tempfile
@@ -292,10 +298,10 @@ def sdk_server_pid() -> int | None:
 def reported_cpu() -> float:
     """The CPU of this process's MCP SDK server's children that ended so far."""
     if not _sdk:
-        return 0.0
+        return _spent_before[0]
     with contextlib.suppress(OSError, ValueError), open(SDK_PATH + ".cpu") as said:
-        return float(said.read() or 0)
-    return 0.0
+        return _spent_before[0] + float(said.read() or 0)
+    return _spent_before[0]
 
 
 if __name__ == "__main__":
