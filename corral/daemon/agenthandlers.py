@@ -144,7 +144,7 @@ async def agents_status(d: AgentServices, p: m.AgentsStatus, caller: Caller, c: 
 def _status(d: AgentServices, r: Replica, draining: bool) -> ReplicaStatus:
     """A replica's status, with who stopped it by hand, or whether a scale-down drains it."""
     st = r.status()
-    mark = d.fleet.stops.of(r.name, r.index) if r.stopped_by_hand else None
+    mark = d.fleet.stop_mark(r.name, r.index) if r.stopped_by_hand else None
     if mark is not None:
         if r.machine.untouched:  # held down from a daemon's start: not started,
             # because it was stopped, and reads as it did when stopped

@@ -300,6 +300,11 @@ class Fleet:
                                lambda: self.agents.scale(name, replicas))
             self.stops.forgotten(name, replicas)
 
+    def stop_mark(self, name: str, index: int) -> StopMark | None:
+        """Who stopped replica `index` of `name` by hand, if one did (a handler asks the
+        fleet, not its parts: tests/test_declarations.py)."""
+        return self.stops.of(name, index)
+
     async def stopping(self, places: list[Place], who: str, when: float) -> None:
         """Before an operator's stop of these replicas: its marks committed, so that no
         later daemon starts them. Never refused for want of the database (an operator's
