@@ -3,8 +3,9 @@
 under a lease (the call's `holder` and `fence`); every write shows the token and is
 refused when the call's is another. A step's ended row is held here and rides with the
 call's next write (or goes alone after HOLD_FOR), never before its task's outcome
-(`outcomes_first`). Redis is the truth; `local`, the node's journal, holds a copy of each
-call it drives for the engine's synchronous reads: a call taken over is copied in first.
+(`outcomes_first`), and a call's end never before a held row's write under way. Redis
+is the truth; `local`, the node's journal, holds a copy of each call it drives for the
+engine's synchronous reads: a call taken over is copied in first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, get_type_hints
+from typing import Any, NamedTuple, cast, get_type_hints
 
 import msgspec
 from msgspec.structs import astuple
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.durable import STEP_ENDED, CallHandover, CallRecord, StepRow
-from ..supervisor.durable.store import DurableStore
+from ..supervisor.durable.store import DurableStore, EndKeeper
 from ..timeouts import kept, within
 from .connection import read, read_all, unanswered, why
 from .keys import Keys
@@ -130,11 +131,16 @@ class ClusterCalls(RedisPart):
         self.held_tasks: dict[str, list[str]] = {}  # and the tasks those rows name
         self._timed: set[str] = set()
         self.flushing: set[asyncio.Task[None]] = set()  # the held rows going alone
+        # call id -> the writes under way that took rows from `held`, each done once
+        # answered (or failed, its rows held again): a call's end waits for them
+        self.carrying: dict[str, list[asyncio.Future[None]]] = {}
         self.held_again = 0  # held rows a write took and Redis did not answer for
         self.closed = False  # (held rows no longer held again)
         self.kept = kept
         self.membership = membership
         self.local = local
+        # (asked once: isinstance of a protocol is slow)
+        self._one_commit = isinstance(local, EndKeeper)
         self.leases: dict[str, Lease] = {}  # call id -> this node's lease of it
         # call id -> the lease this node held until another node took the call (its
         # later writes are refused without asking Redis)
@@ -214,6 +220,12 @@ class ClusterCalls(RedisPart):
         payload = msgspec.json.encode(astuple(record)[:-1])
         mac = self.trust.sign(CALL, record.call_id, payload)
         await self._outcomes_first(record.call_id, [])
+        while record.status != "running" and record.call_id in self.carrying:
+            # a flush may have taken its last step's row as its end came: Redis takes
+            # that row first (or it is held again, and goes with the end), else a reader
+            # between the two would see the call ended beside that step still running
+            await self._carried(record.call_id)
+            await self._outcomes_first(record.call_id, [])
         # its held rows first: an ended call's rows are all in Redis as it ends
         await self._held_write(record.call_id, {}, [(
             self._save_call, [
@@ -295,12 +307,33 @@ class ClusterCalls(RedisPart):
         args: list[Any] = [part for row in rows.items() for part in row]
         calls = [(self._save_steps, [self.keys.call(call_id),
                                      self.keys.call_steps(call_id)], args)] if rows else []
+        carried = self._carrying(call_id) if held else None
         try:
             await self._fenced(call_id, [*calls, *(then or [])])
         except RpcError as exc:
             if exc.code == jsonrpc.UNAVAILABLE:
                 self._held_again(call_id, held, [], fields)
             raise
+        finally:
+            if carried is not None:
+                self._landed(call_id, carried)
+
+    def _carrying(self, call_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.carrying.setdefault(call_id, []).append(fut)
+        return fut
+
+    def _landed(self, call_id: str, fut: asyncio.Future[None]) -> None:
+        under_way = self.carrying[call_id]
+        under_way.remove(fut)
+        if not under_way:
+            del self.carrying[call_id]
+        fut.set_result(None)
+
+    async def _carried(self, call_id: str) -> None:
+        """The writes under way that took the call's held rows, answered or failed."""
+        for fut in list(self.carrying.get(call_id, ())):
+            await asyncio.shield(fut)
 
     def _held_again(self, call_id: str, rows: dict[str, bytes], tasks: list[str],
                     newer: dict[str, bytes]) -> None:
@@ -441,9 +474,16 @@ class ClusterCalls(RedisPart):
         self.held_tasks.pop(call_id, None)
 
     async def _copied(self, record: CallRecord) -> None:
+        """The call and its rows in the journal, one commit where it makes one: a read
+        between two would see the call as Redis holds it beside its rows as they were (a
+        run ended, its last step still running: no output)."""
+        rows = list(record.rows.values())
+        if rows and self._one_commit:
+            await cast(EndKeeper, self.local).save_end(record, rows)
+            return
         await self.local.save_call(record)
-        if record.rows:
-            await self.local.save_steps(record.call_id, list(record.rows.values()))
+        if rows:
+            await self.local.save_steps(record.call_id, rows)
 
     # -- what another node drives, read here (`corral runs`, `run-status`) ---------------
     async def newest(self, kind: str, n: int) -> list[str]:
