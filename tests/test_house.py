@@ -322,6 +322,76 @@ def test_the_check_scan_sees_a_door_that_checks_a_call_itself(tmp_path: Path) ->
         "door.py:9 .anonymous", "door.py:9 HANDED.set"]
 
 
+# Issue 86's "one of each": every HTTP message corral takes is read by llhttp (httptools,
+# or aiohttp's parser, which is llhttp too), and every seccomp filter is built by libseccomp
+# (supervisor/seccomp.py): a hand parser or a hand-built filter beside them is a second one,
+# each with the holes the other closes.
+HTTP_TESTS = {"startswith", "endswith", "match", "fullmatch", "search", "compile", "find",
+              "index", "split", "partition", "rpartition"}
+FILTER_NAMES = ("SECCOMP_RET", "SECCOMP_SET_MODE", "PR_SET_SECCOMP", "BPF_", "sock_filter",
+                "sock_fprog")
+
+
+def _literal(node: ast.AST) -> str:
+    value = node.value if isinstance(node, ast.Constant) else None
+    return value.decode("latin-1") if isinstance(value, bytes) else \
+        value if isinstance(value, str) else ""
+
+
+def _imports(tree: ast.Module) -> set[str]:
+    return {name.split(".")[0] for node in walked(tree) for name in (
+        [a.name for a in node.names] if isinstance(node, ast.Import) else
+        [node.module or ""] if isinstance(node, ast.ImportFrom) else [])}
+
+
+def second_parsers(path: Path, root: Path) -> list[str]:
+    """A module's reads of HTTP by hand (a literal of HTTP's version tested against what
+    was read, in a module llhttp reads nothing for) and its seccomp programs built by hand
+    (BPF's names, or pyseccomp outside seccomp.py)."""
+    rel, tree = path.relative_to(root).as_posix(), file_tree(path)
+    imported = _imports(tree)
+    by_llhttp = bool(imported & {"httptools", "aiohttp"})  # (its checks bound llhttp's read)
+    found: list[str] = []
+    if "pyseccomp" in imported and not f"/{rel}".endswith("/supervisor/seccomp.py"):
+        found.append(f"{rel} libseccomp outside seccomp.py")
+    for node in walked(tree):
+        tested = [a for a in node.args if isinstance(node.func, ast.Attribute) and
+                  node.func.attr in HTTP_TESTS] if isinstance(node, ast.Call) else \
+            [node.left, *node.comparators] if isinstance(node, ast.Compare) else []
+        if not by_llhttp and any("HTTP/" in _literal(a) for a in tested):
+            found.append(f"{rel}:{node.lineno} HTTP read by hand")
+        name = node.id if isinstance(node, ast.Name) else \
+            node.attr if isinstance(node, ast.Attribute) else ""
+        if any(n in name for n in FILTER_NAMES):
+            found.append(f"{rel}:{node.lineno} a filter built by hand")
+    return found
+
+
+def test_one_http_parser_and_one_seccomp_builder() -> None:
+    assert [f for p in sorted(CORRAL.rglob("*.py")) for f in second_parsers(p, ROOT)] == []
+
+
+def test_the_parser_scan_sees_a_hand_parser_and_a_hand_filter(tmp_path: Path) -> None:
+    (tmp_path / "supervisor").mkdir()
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f(line, code):\n"
+                     "    if line.startswith(b'HTTP/1.1 '):\n"
+                     "        return line.split(None, 2)\n"
+                     "    return line[:5] == 'HTTP/' or code == 200\n"
+                     "ANSWER = b'HTTP/1.1 200 OK' + b'\\r\\n'\n")
+    box = tmp_path / "box.py"
+    box.write_text("import pyseccomp\nfrom pyseccomp import SyscallFilter\n"
+                   "RET = SECCOMP_RET_KILL\nimport struct\n"
+                   "prog = struct.pack('HBBI', BPF_LD | 0x20, 0, 0, 4)\n")
+    (tmp_path / "supervisor" / "seccomp.py").write_text("import pyseccomp\n")
+    # a module llhttp reads for may bound what it read by the same literals
+    (tmp_path / "lean.py").write_text(probe.read_text() + "import httptools\n")
+    assert [f for p in sorted(tmp_path.rglob("*.py")) for f in second_parsers(p, tmp_path)] == [
+        "box.py libseccomp outside seccomp.py", "box.py:3 a filter built by hand",
+        "box.py:5 a filter built by hand",
+        "probe.py:2 HTTP read by hand", "probe.py:4 HTTP read by hand"]
+
+
 # Issue 86's per-path module counts: the corral modules whose functions run in a real
 # daemon (and in the CLI a path starts) during the path, beyond those it runs while idle
 # (tests/pathtrace/). Each path is run once before it is measured: what it does only once

@@ -11,11 +11,13 @@ import ssl
 import urllib.parse
 from typing import NamedTuple
 
+import httptools
+
 from ..timeouts import within
 from .config import tcp_address
 
-# the longest status line read from an HTTP answer; the rest of the answer is not read
-STATUS_LINE_MAX = 1024
+# the most of an HTTP answer read for its head; its body is never read
+HEAD_MAX = 16384
 
 
 class ProbeResult(NamedTuple):
@@ -63,15 +65,48 @@ async def _get(url: str) -> ProbeResult:
         writer.write(f"GET {target} HTTP/1.1\r\nHost: {netloc}\r\nUser-Agent: corral-health"
                      f"\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
-        line = await reader.readline()
+        code, reason = await _status(reader)
     finally:
         await _close(writer)
-    parts = line[:STATUS_LINE_MAX].decode("latin-1").split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdecimal():
-        return ProbeResult(False, f"GET {url}: not an HTTP answer: {line[:80]!r}")
-    code = int(parts[1])
-    said = f"GET {url}: {code}" + (f" {parts[2].strip()}" if len(parts) > 2 else "")
+    said = f"GET {url}: {code}" + (f" {reason}" if reason else "")
     return ProbeResult(200 <= code < 400, said)
+
+
+class _Status:
+    """httptools' callbacks for an answer's head: its reason phrase, and the head's end
+    (llhttp reads it, as it reads every HTTP message corral takes)."""
+
+    def __init__(self) -> None:
+        self.reason = b""
+        self.whole = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_headers_complete(self) -> None:
+        self.whole = True
+
+
+async def _status(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """The answer's status and reason, once its head is whole (ValueError: not HTTP, or
+    the connection ended or the head outgrew HEAD_MAX first)."""
+    status = _Status()
+    parser = httptools.HttpResponseParser(status)
+    head = b""
+    while not status.whole:
+        if len(head) >= HEAD_MAX:
+            raise ValueError(f"its answer's head is over {HEAD_MAX} bytes")
+        data = await reader.read(HEAD_MAX - len(head))
+        head += data
+        try:
+            if not data:
+                raise httptools.HttpParserError("the connection ended")
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # (its head is whole)
+        except httptools.HttpParserError:
+            raise ValueError(f"not an HTTP answer: {head[:80]!r}") from None
+    return parser.get_status_code(), status.reason.decode("latin-1").strip()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
