@@ -6,7 +6,9 @@ engine's end came after HOLD_FOR, when the flush had taken the row and its write
 on its way, and the end went alone and reached Redis first. A `runs.get` then copied the
 run as Redis held it: `succeeded`, its last step still `running`, no output. Here the
 flush's write is held back on its way to Redis (a test proxy of its own: the cluster's
-proxy holds answers back, not commands), against a real redis-server."""
+proxy holds answers back, not commands), against a real redis-server. And the copy `runs.get`
+makes: one commit of the node's journal, never over the rows of a driver that took the
+run while the copy's read was under way."""
 
 from __future__ import annotations
 
@@ -89,6 +91,7 @@ class _Late:
 class Node:
     calls: ClusterCalls
     local: DurableStore
+    membership: Membership
 
 
 @pytest.fixture
@@ -106,7 +109,7 @@ async def _node(name: str, url: str, local: DurableStore | None = None) -> Node:
     await membership.join()
     local = local if local is not None else MemoryStore()
     return Node(ClusterCalls(Scripts(client), K, Trust(KEY, "t", print), membership, local,
-                             settled=lambda task_id: task_id == ENDED), local)
+                             settled=lambda task_id: task_id == ENDED), local, membership)
 
 
 def _record(status: str) -> CallRecord:
@@ -187,3 +190,29 @@ async def test_a_run_copied_from_redis_is_one_commit_of_the_nodes_journal(
             await n.calls.redis.aclose()
         await store.close_writer()
         store.close()
+
+
+@pytest.mark.deadline(60)
+async def test_a_copy_read_before_the_node_took_the_run_leaves_its_drivers_rows(
+        redis: RedisServer) -> None:
+    """(`runs.get` copies a run no driver holds here, as when its driver stopped: the
+    beat may take it again while the copy's read is under way, and the driver's rows
+    in the journal are then newer than what the read found.)"""
+    proxy = LateProxy(redis.port)
+    a = await _node("a", proxy.url)
+    try:
+        await a.calls.save_call(_record("running"))
+        await a.calls.save_steps(RUN_ID, [_last("running")])
+        a.calls.stopped(RUN_ID)  # (its driver stopped: the lease let go)
+        proxy.hold(LATE, b"HGETALL", K.call_steps(RUN_ID).encode())
+        reading = asyncio.ensure_future(a.calls.copy([RUN_ID]))
+        assert await a.calls.take(RUN_ID, a.membership.consumer)  # (the beat's)
+        await a.calls.save_steps(RUN_ID, [_last("succeeded", 55)])  # (held)
+        await reading
+        assert a.local.output(RUN_ID, "last", -1) == 55
+        kept = a.local.load(RUN_ID)
+        assert kept is not None and kept.rows[("last", -1)].status == "succeeded"
+    finally:
+        await a.calls.close()
+        await a.calls.redis.aclose()
+        proxy.close()

@@ -500,5 +500,7 @@ class ClusterCalls(RedisPart):
                 record = await self.fetch(call_id)
             except (ForeignRecord, RedisError):
                 continue
-            if record is not None:
+            # taken here while it was read (the beat's, its driver stopped): the
+            # journal's rows are its driver's, newer than Redis's (those held here)
+            if record is not None and call_id not in self.leases:
                 await self._copied(record)
