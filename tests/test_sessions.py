@@ -397,8 +397,8 @@ async def test_turns_waiting_for_their_session_are_no_load_for_the_autoscaler(
 
 
 async def test_a_sessions_history_keeps_its_last_thousand_tasks(tmp_path: Path) -> None:
-    from corral.daemon.sessionjournal import KEEP_HISTORY, PRUNE_EVERY
-    from corral.supervisor.tasks.sessions import SessionRow
+    from corral.daemon.sessionjournal import PRUNE_EVERY
+    from corral.supervisor.tasks.sessions import KEEP_HISTORY, SessionRow
 
     async with in_process(tmp_path, chat()) as d:
         journal = d.sup.tasks.sessions.journal

@@ -32,13 +32,21 @@ def decisions(lua: str) -> list[str]:
 
 def events_decided(module: Path) -> set[TurnEvent]:
     """The events a store's module asks the rule about (`decide(..., TurnEvent.X)`)."""
-    out = set()
-    for node in ast.walk(ast.parse(module.read_text())):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id == "decide" and len(node.args) == 2
-                and isinstance(event := node.args[1], ast.Attribute)):
-            out.add(TurnEvent[event.attr])
-    return out
+    return events_decided_in(ast.parse(module.read_text()))
+
+
+def closes(module: Path) -> list[str]:
+    """The functions of `module` that ask the rule about a session's close."""
+    return [fn.name for fn in ast.walk(ast.parse(module.read_text()))
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            and TurnEvent.CLOSE in events_decided_in(fn)]
+
+
+def events_decided_in(tree: ast.AST) -> set[TurnEvent]:
+    return {TurnEvent[node.args[1].attr] for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == "decide" and len(node.args) == 2
+            and isinstance(node.args[1], ast.Attribute)}
 
 
 NODE = ROOT / "corral/supervisor/tasks/sessions.py"
@@ -66,12 +74,16 @@ def test_the_rule_has_a_move_for_each_turn_a_store_can_see() -> None:
         turns.Turns.LINED]
 
 
-def test_the_node_asks_the_rule_at_a_turns_submit_end_and_the_sessions_close() -> None:
-    assert events_decided(NODE) >= {TurnEvent.SUBMIT, TurnEvent.ENDS, TurnEvent.CLOSE}
+def test_the_node_asks_the_rule_at_a_turns_submit_and_end() -> None:
+    assert events_decided(NODE) >= {TurnEvent.SUBMIT, TurnEvent.ENDS}
 
 
-def test_a_clusters_session_end_is_decided_above_and_kept_under_a_compare_and_set() -> None:
-    assert TurnEvent.CLOSE in events_decided(CLUSTER)
+def test_a_sessions_end_is_decided_once_above_every_store() -> None:
+    """sessions.end is decided in `end_turns`, above the stores, on what a store read
+    (decision 1948); each store keeps it only while the session is as read (the
+    cluster's END under a compare-and-set)."""
+    assert closes(NODE) == ["end_turns"]
+    assert TurnEvent.CLOSE not in events_decided(CLUSTER)
     assert decisions(sessionscripts.END) == []
 
 

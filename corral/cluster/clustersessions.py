@@ -17,21 +17,21 @@ from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..results import SessionInfo, SessionTask, SessionView
+from ..results import SessionTask, SessionView
 from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.tasks import Task, is_task_id
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.sessions import (
     SessionKey,
+    SessionTurns,
     session_bounds,
     sessions_full,
     state_too_large,
     turn_waits,
-    turns_unfinished,
 )
-from ..supervisor.tasks.turns import Move, TurnEvent, decide, state
+from ..supervisor.tasks.turns import TurnEvent, decide, state
 from . import sessionscripts
-from .connection import read, read_all, why
+from .connection import read, read_all, said, why
 from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
@@ -40,6 +40,7 @@ from .scripts import RedisPart, Scripts, submit_script
 from .trust import SESSION, Trust
 
 if TYPE_CHECKING:
+    from ..supervisor.config import ClusterSettings
     from ..supervisor.quotas import Tenancy
     from ..supervisor.replica import Replica
 
@@ -47,6 +48,7 @@ SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
                        sessionscripts.SUBMIT_THEN)
 _FIELDS = ("cur", "last", "created", "tasks", "state", "node")  # (what `_view` reads)
 SWEPT = 100  # ended turns whose sessions a beat's sweep moves, at most
+UNREAD = "the cluster's sessions were not read"
 
 
 class ClusterSessions(RedisPart):
@@ -54,8 +56,9 @@ class ClusterSessions(RedisPart):
 
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, host: TaskHost,
                  tenancy: Tenancy | None, membership: Membership,
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None], settings: ClusterSettings) -> None:
         super().__init__(scripts, keys, trust)
+        self.settings = settings  # (Redis not answering a command: said in its words)
         self.membership = membership
         self.report = report
         self.host = host
@@ -184,82 +187,84 @@ class ClusterSessions(RedisPart):
         await self.moved(t for t in ids if is_task_id(t))
 
     # -- reading -------------------------------------------------------------------------------
-    async def views(self, agent: str | None) -> list[SessionView]:
+    async def session_views(self, agent: str | None) -> list[SessionView]:
         """The cluster's live sessions (of `agent`), every tenant's (each view says
         whose)."""
         head = self.keys.sessions("", "")[:-1]  # the sets' names up to the tenant
         now = time.time()
         out: list[SessionView] = []
-        async for raw in self.redis.scan_iter(match=self.keys.sessions("*", agent or "*"),
-                                              count=1000):
-            tenant, _, name_of = raw.decode()[len(head):].partition(":")
-            if not name_of:  # (a set of before sessions had owners: no tenant in its name)
-                continue
-            live = [(n.decode(), score) for n, score
-                    in await self.redis.zrange(raw, 0, -1, withscores=True) if score >= now]
-            pipe = self.redis.pipeline(transaction=False)
-            for name, _ in live:
-                key = SessionKey(tenant, name_of, name)
-                pipe.hmget(self.keys.session(key), *_FIELDS)
-                pipe.llen(self.keys.session_line(key))
-            got = await pipe.execute() if live else []
-            # (the ended turns' set tested for the current turns alone, not fetched whole;
-            # a move between the two reads lists an ended turn as running a moment
-            # longer: a listing, which decides nothing)
-            curs = [fields[0] for fields in got[::2] if fields[0]]
-            marked = dict(zip(curs, await self.redis.smismember(
-                self.keys.turns_ended, curs), strict=True)) if curs else {}
-            for (name, score), fields, waiting in zip(live, got[::2], got[1::2], strict=True):
-                view = _view(SessionKey(tenant, name_of, name), fields, waiting, score,
-                             marked.get(fields[0]) == 1)
-                if view is not None:  # (else expired between the two reads)
-                    out.append(view)
+        with said(self.settings, UNREAD):
+            async for raw in self.redis.scan_iter(
+                    match=self.keys.sessions("*", agent or "*"), count=1000):
+                tenant, _, name_of = raw.decode()[len(head):].partition(":")
+                if not name_of:  # (a set of before sessions had owners: no tenant in it)
+                    continue
+                live = [(n.decode(), score) for n, score in await self.redis.zrange(
+                    raw, 0, -1, withscores=True) if score >= now]
+                pipe = self.redis.pipeline(transaction=False)
+                for name, _ in live:
+                    key = SessionKey(tenant, name_of, name)
+                    pipe.hmget(self.keys.session(key), *_FIELDS)
+                    pipe.llen(self.keys.session_line(key))
+                got = await pipe.execute() if live else []
+                # (the ended turns' set tested for the current turns alone, not fetched
+                # whole; a move between the two reads lists an ended turn as running a
+                # moment longer: a listing, which decides nothing)
+                curs = [fields[0] for fields in got[::2] if fields[0]]
+                marked = dict(zip(curs, await self.redis.smismember(
+                    self.keys.turns_ended, curs), strict=True)) if curs else {}
+                for (name, score), fields, waiting in zip(live, got[::2], got[1::2],
+                                                          strict=True):
+                    view = _view(SessionKey(tenant, name_of, name), fields, waiting, score,
+                                 marked.get(fields[0]) == 1)
+                    if view is not None:  # (else expired between the two reads)
+                        out.append(view)
         return sorted(out, key=lambda v: (v.agent, v.session))
 
-    async def info(self, key: SessionKey) -> SessionInfo | None:
-        view, _ = await read(lambda: self._read(key))
-        if view is None:
-            return None
-        ids = [t.decode() for t in await read(
-            lambda: self.redis.lrange(self.keys.session_tasks(key), 0, -1))]
-
-        def fill(pipe: Any) -> None:
-            for task_id in ids:
-                pipe.hmget(self.keys.task(task_id), "status", "created")
-
-        rows = await read_all(self.redis, fill) if ids else []
-        return SessionInfo(session=view, history=[
-            SessionTask(task_id=task_id, status=status.decode() if status else None,
-                        created=float(created) if created else None)
-            for task_id, (status, created) in zip(ids, rows, strict=True)])
-
-    async def end(self, key: SessionKey) -> SessionView | None:
-        """Refused while a turn of it is queued or running, as the rule decides (turns.py);
-        its view as it was. END keeps the decision only while the session is as read."""
-        while True:
-            view, cur = await read(lambda: self._read(key))
-            if view is None:
-                return None
+    async def session_turns(self, key: SessionKey) -> SessionTurns | None:
+        with said(self.settings, UNREAD):
+            waiting, score, marked, *fields = await read(lambda: self.read_script(
+                keys=[self.keys.session(key), self.keys.session_line(key),
+                      self.keys.sessions(key.tenant, key.agent), self.keys.turns_ended],
+                args=[key.name, *_FIELDS]))
+            view = _view(key, fields, waiting, float("inf") if score is None
+                         else float(score), marked == 1)
+            cur = (fields[0] or b"").decode()
             # (a current turn whose record is gone runs nowhere; one that ended holds the
             # place no more, its session's move yet to be made: marked, and its record
             # says so, as a mark no end wrote, a Redis writer's, would not)
             status = await read(partial(self.redis.hget, self.keys.task(cur), "status")
-                                ) if cur else None
-            holds = status is not None and (view.running is not None
-                                            or status not in TERMINAL)
-            # (held as the node's end reads it: while any turn is unfinished, a line
-            # behind no running turn too, which ended would wait in no session for ever)
-            unfinished = view.waiting + (1 if holds else 0)
-            if decide(state(bool(unfinished), view.waiting), TurnEvent.CLOSE) is Move.REFUSE:
-                raise turns_unfinished(key, unfinished, f"task {cur} is {status.decode()}"
-                                       if holds and status else None)
-            got = await self.end_script(
+                                ) if cur and view is not None else None
+        if view is None:
+            return None
+        holds = status is not None and (view.running is not None or status not in TERMINAL)
+        # (held as the node's end reads it: while any turn is unfinished, a line behind
+        # no running turn too, which ended would wait in no session for ever)
+        return SessionTurns(view, view.waiting + holds, cur,
+                            status.decode() if holds and status else None)
+
+    async def session_history(self, key: SessionKey) -> list[SessionTask]:
+        def fill(pipe: Any) -> None:
+            for task_id in ids:
+                pipe.hmget(self.keys.task(task_id), "status", "created")
+
+        with said(self.settings, UNREAD):
+            ids = [t.decode() for t in await read(
+                lambda: self.redis.lrange(self.keys.session_tasks(key), 0, -1))]
+            rows = await read_all(self.redis, fill) if ids else []
+        return [SessionTask(task_id=task_id, status=status.decode() if status else None,
+                            created=float(created) if created else None)
+                for task_id, (status, created) in zip(ids, rows, strict=True)]
+
+    async def end_session(self, key: SessionKey, read: SessionTurns) -> bool:
+        """END deletes its keys only while its current turn and its line are as read."""
+        with said(self.settings, "the session was not ended"):
+            got: int = await self.end_script(
                 keys=[self.keys.session(key), self.keys.session_line(key),
                       self.keys.session_tasks(key), self.keys.sessions(key.tenant, key.agent),
                       self.keys.session_bytes(key.tenant, key.agent)],
-                args=[key.name, self.keys.task(""), cur, view.waiting])
-            if got == 1:  # (else its turns moved, or it ended, since it was read)
-                return view
+                args=[key.name, self.keys.task(""), read.current, read.view.waiting])
+        return got == 1
 
     async def why_waiting(self, task_id: str, rec: dict[bytes, bytes]) -> str | None:
         """Why a queued task waits in its session's line, in a node's words."""
@@ -278,15 +283,6 @@ class ClusterSessions(RedisPart):
             return None
         status = await read(lambda: self.redis.hget(self.keys.task(cur.decode()), "status"))
         return turn_waits(key.name, cur.decode(), status in ON_WORKER, waiting.index(mine))
-
-    async def _read(self, key: SessionKey) -> tuple[SessionView | None, str]:
-        """Its view, and its current turn as kept ('' none)."""
-        waiting, score, marked, *fields = await self.read_script(
-            keys=[self.keys.session(key), self.keys.session_line(key),
-                  self.keys.sessions(key.tenant, key.agent), self.keys.turns_ended],
-            args=[key.name, *_FIELDS])
-        return (_view(key, fields, waiting, float("inf") if score is None else float(score),
-                      marked == 1), (fields[0] or b"").decode())
 
     # -- removal ------------------------------------------------------------------------------
     async def end_agent(self, agent: str, tenant: str) -> None:

@@ -24,7 +24,7 @@ from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import Task, TaskFinished, TaskStatus, is_task_id
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..supervisor.tasks.inbox import InboxBounds
-from ..supervisor.tasks.sessions import SessionKey, SessionsEnding
+from ..supervisor.tasks.sessions import SessionsEnding
 from ..supervisor.tasks.taskmachine import cancel_failure
 from ..supervisor.teams.call import driven_with
 from ..timeouts import cancel_all, within
@@ -84,7 +84,8 @@ class ClusterNode:
         self.membership = Membership(scripts, self.keys, trust, settings, self.node,
                                      self._offer, report, host.stream, self._places)
         sessions = ClusterSessions(scripts, self.keys, trust, host, tasks.tenancy,
-                                   self.membership, report)
+                                   self.membership, report, settings)
+        self.session_stores = (sessions,)  # (daemon/clusterpeer.py: NotANode's, none)
         self.steps = ClusterSteps(scripts, self.keys, trust, tasks.active.get)
         # (the desk is made below)
         # (a task's labels: read by the view too, an anonymous A2A caller's own tasks)
@@ -409,19 +410,6 @@ class ClusterNode:
             gone = await self.specs.remove(names)
         await self.desk.sessions.end_cluster_agents({n: owners[n] for n in gone})
         return gone
-
-    # -- the cluster's sessions (supervisor.tasks.sessions.SessionStore) ---------------------
-    async def session_views(self, agent: str | None) -> list[m.SessionView]:
-        with said(self.settings, "the cluster's sessions were not read"):
-            return await self.desk.sessions.views(agent)
-
-    async def session_info(self, key: SessionKey) -> m.SessionInfo | None:
-        with said(self.settings, "the cluster's sessions were not read"):
-            return await self.desk.sessions.info(key)
-
-    async def end_session(self, key: SessionKey) -> m.SessionView | None:
-        with said(self.settings, "the session was not ended"):
-            return await self.desk.sessions.end(key)
 
     async def runs_cluster_agent(self, name: str) -> bool:
         """Whether a command on agent `name` here is the cluster's agent's: the cluster

@@ -10,6 +10,7 @@ turn's record). Times are Redis's own (TIME): one clock for every node.
 
 from __future__ import annotations
 
+from ..supervisor.tasks.sessions import KEEP_HISTORY
 from .keys import GROUP, TURNS_ENDED
 from .records import TERMINAL, on_worker
 
@@ -251,13 +252,13 @@ if ARGV[17] == '-' then redis.call('HSET', skey, 'created', now, 'tasks', 0) end
 redis.call('HSET', skey, 'ttl', ARGV[13], 'last', now)
 redis.call('HINCRBY', skey, 'tasks', 1)
 redis.call('RPUSH', shist, ARGV[1])
-redis.call('LTRIM', shist, -1000, -1)
+redis.call('LTRIM', shist, -KEEP, -1)
 redis.call('PERSIST', skey)
 redis.call('PERSIST', shist)
 redis.call('PERSIST', slabels)
 redis.call('PERSIST', sstarted)
 redis.call('ZADD', sall, 'inf', name)
-""".replace("STICK", _stick("KEYS[2]"))
+""".replace("STICK", _stick("KEYS[2]")).replace("KEEP", str(KEEP_HISTORY))
 
 # session/checkpoint of a running cluster task: fenced by the claim's token; a state
 # larger than the session's last is refused at a bound given, its live sessions' states

@@ -1,8 +1,8 @@
 """What the command layer asks of the cluster, and what a daemon with no [cluster] answers
 instead: handlers never ask whether this daemon is a node. `ClusterNode` is the one
 implementation on a node; `NotANode` is the daemon's without a [cluster] table. Their
-`ask_shelves` are where a person's asks are kept besides the engine's inbox: the
-cluster's, or none (deciders.AskBook reads each)."""
+`ask_shelves` and `session_stores` keep asks and sessions besides the engine's own: the
+cluster's, or none (deciders.AskBook and sessions.SessionBook read each)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ if TYPE_CHECKING:
     from ..cluster.clusterasks import ClusterAsks
     from ..cluster.membership import NodeView
     from ..cluster.node import ClusterNode
-    from ..results import SessionInfo, SessionView
     from ..supervisor.pushstore import PushStore
-    from ..supervisor.tasks.sessions import SessionKey
+    from ..supervisor.tasks.sessions import SessionStore
 
 NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
 
@@ -33,6 +32,7 @@ class NotANode:
 
     redis_warnings: list[str] = []
     ask_shelves: tuple[ClusterAsks, ...] = ()
+    session_stores: tuple[SessionStore, ...] = ()
     push: PushStore | None = None  # (the node's own keeps a task's push configs)
     labels = NoLabels()  # (the node's own keeps a task's labels)
     slots: Mapping[str, list[str | None]] = {}
@@ -52,12 +52,3 @@ class NotANode:
 
     async def remove_agents(self, names: list[str]) -> list[str]:
         return []
-
-    async def session_views(self, agent: str | None) -> list[SessionView]:
-        return []
-
-    async def session_info(self, key: SessionKey) -> SessionInfo | None:
-        return None
-
-    async def end_session(self, key: SessionKey) -> SessionView | None:
-        return None

@@ -163,8 +163,8 @@ async def _continues(d: Holders, caller: Caller, agent: str, name: str) -> bool:
     or none yet (no session of the name, here nor in the cluster, and no task of the
     agent whose own context the name is)."""
     try:
-        kept = await SessionBook(d.sessions, d.cluster).info(caller.tenant, agent, name,
-                                                             caller.sees_record)
+        kept = await SessionBook(d.sessions, d.cluster.session_stores).info(
+            caller.tenant, agent, name, caller.sees_record)
     except RpcError as missing:
         if missing.code != jsonrpc.NOT_FOUND:
             raise
@@ -245,7 +245,7 @@ async def schedule(d: Holders, params: Any, caller: Caller) -> None:
 async def session(d: Holders, params: Any, caller: Caller) -> None:
     """A session named by its agent and name, kept here or in the cluster: one that is not
     the caller's record reads as absent."""
-    kept = await SessionBook(d.sessions, d.cluster).info(caller.tenant, params.agent,
-                                                         params.session, caller.sees_record)
+    kept = await SessionBook(d.sessions, d.cluster.session_stores).info(
+        caller.tenant, params.agent, params.session, caller.sees_record)
     if not caller.sees_record(kept.session.agent, kept.session.tenant):
         raise no_such_session(params.agent, params.session)

@@ -25,18 +25,19 @@ implements = COMMANDS.implements
 @implements(m.SessionsList)
 async def sessions_list(d: SessionServices, p: m.SessionsList, caller: Caller, c: Channel
                         ) -> m.SessionList:
-    return m.SessionList(sessions=await SessionBook(d.sessions, d.cluster).listing(p.agent))
+    book = SessionBook(d.sessions, d.cluster.session_stores)
+    return m.SessionList(sessions=await book.listing(p.agent))
 
 
 @implements(m.SessionsGet)
 async def sessions_get(d: SessionServices, p: m.SessionsGet, caller: Caller, c: Channel
                        ) -> m.SessionInfo:
-    return await SessionBook(d.sessions, d.cluster).info(caller.tenant, p.agent, p.session,
-                                                         caller.sees_record)
+    return await SessionBook(d.sessions, d.cluster.session_stores).info(
+        caller.tenant, p.agent, p.session, caller.sees_record)
 
 
 @implements(m.SessionsEnd)
 async def sessions_end(d: SessionServices, p: m.SessionsEnd, caller: Caller, c: Channel
                        ) -> m.SessionView:
-    return await SessionBook(d.sessions, d.cluster).end(caller.tenant, p.agent, p.session,
-                                                        caller.sees_record)
+    return await SessionBook(d.sessions, d.cluster.session_stores).end(
+        caller.tenant, p.agent, p.session, caller.sees_record)

@@ -15,14 +15,13 @@ from typing import NamedTuple
 
 from ..results import SessionTask
 from ..supervisor.labels import session_record, started_record
-from ..supervisor.tasks.sessions import SessionKey, SessionRow
+from ..supervisor.tasks.sessions import KEEP_HISTORY, SessionKey, SessionRow
 from .journalstore import JournalStore, JournalWords
 from .storeschema import StoreError, errors_named
 from .storewriter import WriterThread
 
 # one life of a session's rows: its owner, its agent's name and its own, its gen
 _LIFE = "tenant = ? AND agent = ? AND session = ? AND gen = ?"
-KEEP_HISTORY = 1000  # tasks of a session kept in its history (and read back)
 PRUNE_EVERY = 64  # past KEEP_HISTORY, the older ones are deleted every this many tasks
 
 
@@ -69,12 +68,12 @@ class SessionsDB:
     async def committed(self) -> None:
         await self._store.group.committed()
 
-    async def history(self, row: SessionRow, limit: int = KEEP_HISTORY) -> list[SessionTask]:
+    async def history(self, row: SessionRow) -> list[SessionTask]:
         """The session's tasks in the order accepted (status None: pruned from the task
         journal)."""
         with contextlib.suppress(StoreError):  # what is written still answers
             await self.committed()
-        return await asyncio.to_thread(self._history, row, limit)
+        return await asyncio.to_thread(self._history, row)
 
     async def state(self, row: SessionRow) -> bytes | None:
         """The session's state as committed (the states put before it are awaited)."""
@@ -142,13 +141,13 @@ class SessionsDB:
         db.execute("COMMIT")
 
     # -- reads (in a thread) --------------------------------------------------------------
-    def _history(self, row: SessionRow, limit: int) -> list[SessionTask]:
+    def _history(self, row: SessionRow) -> list[SessionTask]:
         with self._store.read_lock, errors_named(self.path):
             return [SessionTask(*r) for r in self._store.reader.execute(
                 "SELECT st.task_id, t.status, t.created FROM session_tasks st LEFT JOIN "
                 "tasks t ON t.id = st.task_id WHERE st.tenant = ? AND st.agent = ? AND "
                 "st.session = ? AND st.gen = ? ORDER BY st.rowid DESC LIMIT ?",
-                (*row[:3], row.gen, limit)).fetchall()][::-1]
+                (*row[:3], row.gen, KEEP_HISTORY)).fetchall()][::-1]
 
     async def close(self) -> None:
         await self._store.close()

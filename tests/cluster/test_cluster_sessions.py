@@ -381,7 +381,7 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     assert await client.smembers(T.turns_ended) == {first.encode()}
     assert await client.hget(T.session(W), "cur") == first.encode()
     assert await client.hget(T.task(second), "entry") == b"0-0"
-    sessions = ClusterSessions(s, T, Trust(None, "t", print), Any, None, Any, print)
+    sessions = ClusterSessions(s, T, Trust(None, "t", print), Any, None, Any, print, Any)
     await sessions.moved([first])
     assert await client.smembers(T.turns_ended) == set()
     assert await client.hget(T.task(second), "entry") != b"0-0"  # into the stream
@@ -417,7 +417,7 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
     assert await take_over(RedisPart(s, T, Trust(None, "t", print)),
                            T.stream("t1", "w", 0), entry, first, "b/1", orphan=False,
                            reason="node b lost", kept_for=60, specs={}) == b"lost"
-    await ClusterSessions(s, T, Trust(None, "t", print), Any, None, Any, print).sweep()
+    await ClusterSessions(s, T, Trust(None, "t", print), Any, None, Any, print, Any).sweep()
     assert await client.hget(T.session(W), "cur") == second.encode()
     assert await client.exists(T.session_line(W)) == 0
     [(moved, fields)] = await client.xrange(T.stream("t1", "w", 0))

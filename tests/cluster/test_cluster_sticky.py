@@ -327,7 +327,7 @@ async def _finish(client: Any, tid: str, token: int) -> Any:
         args=[token, tid, "succeeded", b"{}", b"", "3.0",
               await client.hget(T.task(tid), "entry"), 0, 60, 0, "0", ""])
     await ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
-                          print).moved([tid])
+                          print, Any).moved([tid])
     return got
 
 
@@ -428,7 +428,7 @@ async def test_a_turn_moved_in_though_it_ended_is_let_go_by_its_holders_read(
         keys=[T.task(second), T.attempts(second), STREAM, T.outcomes, *T.listed],
         args=[claim[3], second, "succeeded", b"{}", b"", "3.0", claim[1], 0, 60, 0, "0",
               ""]) == 1
-    sessions = ClusterSessions(scripts, T, Trust(None, "t", print), Any, None, Any, print)
+    sessions = ClusterSessions(scripts, T, Trust(None, "t", print), Any, None, Any, print, Any)
     await sessions.moved([second])
     moved = await client.hget(T.task(third), "entry")
     assert await client.lrange(GIVEN, 0, -1) == [moved + b" " + third.encode()]

@@ -17,7 +17,7 @@ from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 from corral.cluster.trust import Trust
 from corral.jsonrpc import RpcError
-from corral.supervisor.tasks.sessions import SessionKey
+from corral.supervisor.tasks.sessions import SessionKey, end_turns
 
 T = Keys("t")
 W = SessionKey("t1", "w", "s")
@@ -56,12 +56,12 @@ async def test_end_refuses_a_session_whose_line_waits_behind_no_running_turn(
     unfinished as the node's is: sessions.end refuses, counting the waiting turn, and keeps
     the line, whose turn would otherwise wait, queued, in no session for ever."""
     sessions = ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
-                               print)
+                               print, Any)
     await client.hset(T.session(W), mapping={"cur": cur, "created": 1.0, "tasks": 2})
     await client.rpush(T.session_line(W), "b")
     await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
     with pytest.raises(RpcError) as refused:
-        await sessions.end(W)
+        await end_turns(sessions, W)
     assert (refused.value.code, refused.value.message) == (
         jsonrpc.CONFLICT, "session s of agent w has 1 unfinished task; cancel them or wait "
         "for them to end")
@@ -118,7 +118,7 @@ async def test_an_ended_turns_move_on_a_session_moved_since_is_decided_again(
     await client.hset(T.session(W), mapping={"cur": A, "created": 1.0, "tasks": 2, "ttl": 60})
     await client.sadd(T.turns_ended, A)
     racing = Racing(client, lambda: client.rpush(T.session_line(W), B))
-    await ClusterSessions(racing, T, Trust(None, "t", print), Any, None, Any, print
+    await ClusterSessions(racing, T, Trust(None, "t", print), Any, None, Any, print, Any
                           ).moved([A])
     # read (nothing read before), decided to rest on it, read again, advanced
     assert racing.answers == [[sessionscripts.MOVED, A.encode(), 0, None],
@@ -137,7 +137,7 @@ async def test_garbage_among_the_ended_turns_stops_no_beat(client: Any) -> None:
     steps going on; a turn marked whose session is gone is unmarked, nothing moved."""
     said: list[str] = []
     sessions = ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
-                               said.append)
+                               said.append, Any)
     await client.sadd(T.turns_ended, b"\xff\xfe", b"not a task", A, B)
     await client.hset(T.task(A), mapping={"agent": "w", "session": "s", "stenant": "t1"})
     await client.set(T.task(B), "x")  # (its record no hash: said, the others moved)
@@ -176,7 +176,7 @@ async def test_a_turn_submitted_after_an_end_not_yet_moved_starts_unless_a_line_
     assert await turn(B) == ["start", A.encode(), 0]
     assert await client.hget(T.session(W), "cur") == B.encode()
     sessions = ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
-                               print)
+                               print, Any)
     await sessions.moved([A])
     assert (await client.hget(T.session(W), "cur"), await client.smembers(T.turns_ended)
             ) == (B.encode(), set())

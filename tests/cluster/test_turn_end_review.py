@@ -19,7 +19,7 @@ from corral.cluster.reaper import take_over
 from corral.cluster.scripts import CANCEL, RedisPart, Scripts
 from corral.cluster.trust import Trust
 from corral.jsonrpc import RpcError
-from corral.supervisor.tasks.sessions import SessionKey
+from corral.supervisor.tasks.sessions import SessionKey, end_turns
 
 T = Keys("t")
 W = SessionKey("t1", "w", "s")
@@ -29,7 +29,7 @@ STREAM = T.stream("t1", "w", 0)
 
 def sessions_of(client: Any, said: list[str] | None = None) -> ClusterSessions:
     return ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
-                           print if said is None else said.append)
+                           print if said is None else said.append, Any)
 
 
 async def turns(client: Any, cur: str, *line: str, status: str = "running") -> None:
@@ -88,7 +88,7 @@ async def test_a_session_ended_between_the_end_and_its_move_starts_nothing(
     await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
     await client.sadd(T.turns_ended, A)
     sessions = sessions_of(client)
-    assert (await sessions.end(W)) is not None
+    assert (await end_turns(sessions, W)) is not None
     await sessions.moved([A])
     assert await client.exists(T.session(W), T.session_line(W)) == 0
     assert await started(client) == []
@@ -123,14 +123,14 @@ async def test_a_line_behind_a_turn_whose_record_is_gone_waits_until_cancelled(
     assert await client.smembers(T.turns_ended) == set()
     assert await client.lrange(T.session_line(W), 0, -1) == [B.encode()]
     with pytest.raises(RpcError, match="unfinished"):
-        await sessions.end(W)
+        await end_turns(sessions, W)
     cancel = client.register_script(CANCEL)
     assert await cancel(keys=[T.task(B), T.attempts(B), STREAM, T.outcomes, *T.listed],
                         args=[B, "1.0", '"cancelled"', 60, "mac", "", ""]) == b"cancelled"
     await sessions.moved([B])
     assert await client.lrange(T.session_line(W), 0, -1) == []
     assert await started(client) == []
-    assert (await sessions.end(W)) is not None
+    assert (await end_turns(sessions, W)) is not None
     assert not await client.exists(T.session(W))
 
 
@@ -191,14 +191,14 @@ async def test_the_reads_test_the_current_turns_mark_alone(client: Any) -> None:
     await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
     sessions = sessions_of(client)
     assert await turn_args(Scripts(client), T, W) == ["wait", A.encode(), 0]
-    assert [v.running for v in await sessions.views(None)] == [A]
-    info = await sessions.info(W)
-    assert info is not None and info.session.running == A
+    assert [v.running for v in await sessions.session_views(None)] == [A]
+    read = await sessions.session_turns(W)
+    assert read is not None and read.view.running == A
     await client.sadd(T.turns_ended, A)
     assert await turn_args(Scripts(client), T, W) == ["start", A.encode(), 0]
-    assert [v.running for v in await sessions.views(None)] == [None]
-    info = await sessions.info(W)
-    assert info is not None and info.session.running is None
+    assert [v.running for v in await sessions.session_views(None)] == [None]
+    read = await sessions.session_turns(W)
+    assert read is not None and read.view.running is None
 
 
 async def test_a_cancel_refused_by_the_ended_turns_set_strands_no_line(
@@ -315,8 +315,9 @@ async def test_sessions_end_refuses_while_a_turn_marked_ended_still_runs(
     await turns(client, A, status="running")
     await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
     await client.sadd(T.turns_ended, A)
+    sessions = sessions_of(client)
     with pytest.raises(RpcError) as refused:
-        await sessions_of(client).end(W)
+        await end_turns(sessions, W)
     assert (refused.value.code, refused.value.message) == (
         jsonrpc.CONFLICT, f"session s of agent w has 1 unfinished task: task {A} is "
         "running; cancel them or wait for them to end")

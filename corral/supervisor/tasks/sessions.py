@@ -42,6 +42,7 @@ LOAD_RETRY = 1.0  # seconds before a state the journal could not read is read ag
 # a refusal looks over the table for expired sessions at most this often (seconds): a
 # caller at its bound does not make each refused task a pass over every session
 REFUSED_SWEEP = 1.0
+KEEP_HISTORY = 1000  # a session's last tasks kept in its history, on every home
 
 
 class SessionBound(NamedTuple):
@@ -96,14 +97,6 @@ def sessions_full(who: str, live: int, most: int) -> str:
             "(session_ttl)")
 
 
-def turns_unfinished(key: SessionKey, pending: int, current: str | None) -> RpcError:
-    """Why a session is not ended while turns of it are unfinished (`current`: its turn
-    that runs, 'task ID is STATUS'), on either home."""
-    return RpcError(jsonrpc.CONFLICT, f"session {key.name} of agent {key.agent} has "
-                    f"{plural(pending, 'unfinished task')}{f': {current}' if current else ''}"
-                    "; cancel them or wait for them to end")
-
-
 def state_too_large(who: str, held: int, most: int) -> RpcError:
     """Why a checkpoint is refused past max_session_bytes (its state not kept), on either home."""
     return RpcError(jsonrpc.REFUSED, f"session/checkpoint: session state too large: {who}'s "
@@ -152,18 +145,49 @@ class SessionsEnding(NamedTuple):
     endings: list[Awaitable[None]]
 
 
+class SessionTurns(NamedTuple):
+    """A session as its store read it: its view, its turns unfinished, the turn holding its
+    place as kept ('' none: what `end_session` compares) and its status (None: none holds it)."""
+
+    view: SessionView
+    unfinished: int
+    current: str
+    status: str | None
+
+
 class SessionStore(Protocol):
-    """Sessions read where they are kept (this engine's `Sessions`, a cluster's):
-    storage only; which session a caller names, and the stores together, are SessionBook's."""
+    """Where sessions are kept (this engine's `Sessions`, a cluster's): storage only; which
+    session a caller names, the stores together, and whether a session may end are
+    SessionBook's, written once above them."""
 
     async def session_views(self, agent: str | None) -> list[SessionView]:
         """The live sessions (of `agent`), every tenant's."""
 
-    async def session_info(self, key: SessionKey) -> SessionInfo | None: ...
+    async def session_turns(self, key: SessionKey) -> SessionTurns | None:
+        """None: no such live session here."""
 
-    async def end_session(self, key: SessionKey) -> SessionView | None:
-        """The session's view as it was, ended (RpcError turns_unfinished while a turn of it
-        is queued or running); None: no such live session here."""
+    async def session_history(self, key: SessionKey) -> list[SessionTask]:
+        """The session's tasks, in the order accepted."""
+
+    async def end_session(self, key: SessionKey, read: SessionTurns) -> bool:
+        """Forget the session, only while its turns are as `read`; False: they moved, or
+        it ended, since (read it, and decide, again)."""
+
+
+async def end_turns(store: SessionStore, key: SessionKey) -> SessionView | None:
+    """The session's view as it was, ended, as the rule decides (turns.py) on what
+    `store` read, on every home: refused while a turn of it is unfinished, else kept by
+    the store while the session is as read; None: no such live session there."""
+    while (read := await store.session_turns(key)) is not None:
+        if decide(state(bool(read.unfinished), read.view.waiting),
+                  TurnEvent.CLOSE) is Move.REFUSE:
+            holds = f": task {read.current} is {read.status}" if read.status else ""
+            raise RpcError(jsonrpc.CONFLICT, f"session {key.name} of agent {key.agent} has "
+                           f"{plural(read.unfinished, 'unfinished task')}{holds}; cancel "
+                           "them or wait for them to end")
+        if await store.end_session(key, read):
+            return read.view
+    return None
 
 
 # whether a record of (agent, its tenant) is the caller's (daemon/caller.py `sees_record`)
@@ -175,11 +199,11 @@ class SessionBook(NamedTuple):
     engine's, then its cluster's (a `local` task's session is the node's alone)."""
 
     here: Sessions
-    cluster: SessionStore
+    elsewhere: tuple[SessionStore, ...]  # (daemon/clusterpeer.py: `session_stores`)
 
     @property
-    def stores(self) -> tuple[SessionStore, SessionStore]:
-        return self.here, self.cluster
+    def stores(self) -> tuple[SessionStore, ...]:
+        return self.here, *self.elsewhere
 
     async def key(self, tenant: str | None, agent: str, name: str, sees: Sees) -> SessionKey:
         """The session a caller of `tenant` names: under its tenant, else under the tenant
@@ -207,15 +231,15 @@ class SessionBook(NamedTuple):
                    ) -> SessionInfo:
         key = await self.key(tenant, agent, name, sees)
         for store in self.stores:
-            if (got := await store.session_info(key)) is not None:
-                return got
+            if (got := await store.session_turns(key)) is not None:
+                return SessionInfo(session=got.view, history=await store.session_history(key))
         raise no_such_session(agent, name)
 
     async def end(self, tenant: str | None, agent: str, name: str, sees: Sees
                   ) -> SessionView:
         key = await self.key(tenant, agent, name, sees)
         for store in self.stores:
-            if (ended := await store.end_session(key)) is not None:
+            if (ended := await end_turns(store, key)) is not None:
                 return ended
         raise no_such_session(agent, name)
 
@@ -461,26 +485,24 @@ class Sessions:
     async def session_views(self, agent: str | None) -> list[SessionView]:
         return [self.view(s) for s in self.listing(agent)]
 
-    async def session_info(self, key: SessionKey) -> SessionInfo | None:
+    async def session_turns(self, key: SessionKey) -> SessionTurns | None:
         s = self._live_at(key)
-        if s is None:
-            return None
-        return SessionInfo(session=self.view(s), history=await self.journal.history(s.row())
-                           if self.journal is not None else [])
+        cur = s.current if s is not None else None
+        return None if s is None else SessionTurns(self.view(s), s.pending, cur.id if cur else "",
+                                                   cur.status if cur else None)
 
-    async def end_session(self, key: SessionKey) -> SessionView | None:
-        """Forget a session that has no task queued or running."""
+    async def session_history(self, key: SessionKey) -> list[SessionTask]:
+        s, journal = self._live_at(key), self.journal
+        return [] if s is None or journal is None else await journal.history(s.row())
+
+    async def end_session(self, key: SessionKey, read: SessionTurns) -> bool:
         s = self._live_at(key)
-        if s is None:
-            return None
-        if decide(state(not s.idle, len(s.line)), TurnEvent.CLOSE) is Move.REFUSE:
-            cur = s.current
-            now = None if cur is None else f"task {cur.id} is {cur.status}"
-            raise turns_unfinished(key, s.pending, now)
+        if s is None or await self.session_turns(key) != read:  # (moved since it was read)
+            return False
         self._drop(s)
         if self.journal is not None:
             await self.journal.committed()
-        return self.view(s)
+        return True
 
     def restore(self, sessions: Iterable[tuple[SessionRow, int | None]],
                 members: Iterable[tuple[str, SessionKey]]) -> None:

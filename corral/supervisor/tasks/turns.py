@@ -31,7 +31,7 @@ class Move(Enum):
     REST = "rest"  # the place is free: the session idles toward its session_ttl
     LEAVE = "leave"  # the turn leaves the line; the one holding the place goes on
     END = "end"  # the session and its keys are forgotten
-    REFUSE = "refuse"  # not ended: turns_unfinished's words
+    REFUSE = "refuse"  # not ended: sessions.end_turns' words
 
 
 RULE: dict[tuple[Turns, TurnEvent], Move] = {
