@@ -14,13 +14,14 @@ from ..daemon_harness import hello
 from ..redis_harness import RedisServer
 from ..test_gateway_stdio import wait_until_async
 from ..test_http_api import PROBLEM, serving
-from .harness import cluster_table
+from .harness import STEADY_TTL, cluster_table
 
 
 @pytest.mark.deadline(60)
 async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
     (tmp / "d").mkdir()
-    async with serving(tmp / "d", hello("greeter"), cluster_table(redis, "solo")) as api:
+    async with serving(tmp / "d", hello("greeter"), cluster_table(redis, "solo",
+                                                                  ttl=STEADY_TTL)) as api:
         await api.token("ops", "agents:read", "tasks:run", "tasks:read")
 
         # joined (and so listed) by the time the daemon is set up and its agents ready

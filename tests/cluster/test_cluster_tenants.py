@@ -18,7 +18,7 @@ from ..conftest import NOBODY_PY, nobody_reason
 from ..daemon_harness import free_port
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes, sleeper
+from .harness import STEADY_TTL, Node, nodes, sleeper
 from .test_placement import KEEPER
 
 
@@ -26,7 +26,7 @@ def test_a_cluster_task_is_held_to_its_tenants_task_quotas(tmp: Path,
                                                           redis: RedisServer) -> None:
     agents = ('[tenants.t]\nrate_per_minute = 2\nmax_task_seconds = 1\n'
               + sleeper("s") + 'tenant = "t"\n')
-    with nodes(tmp, redis, {"a": agents}) as ns:
+    with nodes(tmp, redis, {"a": agents}, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         # its timeout capped at max_task_seconds, on the cluster as here
@@ -105,7 +105,7 @@ def test_a_limited_callers_stats_name_only_the_cluster_agents_it_sees(
     told of theirs alone, over HTTP; the operator of both."""
     port = free_port()
     toml = f'[tenants.a]\n[tenants.b]\n[http]\nlisten = "127.0.0.1:{port}"\n'
-    with nodes(tmp, redis, {"n1": toml}) as ns:
+    with nodes(tmp, redis, {"n1": toml}, ttl=STEADY_TTL) as ns:
         n = ns["n1"]
         two_tenants_cluster_agents(n)
         base = f"http://127.0.0.1:{port}/api/v1"
@@ -137,7 +137,8 @@ def test_a_tenants_socket_caller_sees_only_its_cluster_agents_in_stats(
     """A peer in tenant a's Unix group (`nobody` in `nogroup`) on a cluster node's
     socket: stats.get and stats.watch's samples name ka, never b's kb; the nodes
     (`corral status --cluster`, `corral nodes`) are the operator's."""
-    with nodes(tmp, redis, {"n1": '[tenants.a]\ngroup = "nogroup"\n[tenants.b]\n'}) as ns:
+    with nodes(tmp, redis, {"n1": '[tenants.a]\ngroup = "nogroup"\n[tenants.b]\n'},
+               ttl=STEADY_TTL) as ns:
         n = ns["n1"]
         two_tenants_cluster_agents(n)
         r = subprocess.run([NOBODY_PY, "-c", SOCKET_STATS, str(n.sock)],
@@ -171,9 +172,10 @@ def test_a_tenants_token_is_told_only_of_its_cluster_agents_a_file_declares_othe
     port = free_port()
     tenants = "[tenants.a]\n[tenants.b]\n"
     first = Node(tmp / "n1", "n1", redis, tenants + declared("ka", "a", "1")
-                 + declared("kb", "b", "1"))
+                 + declared("kb", "b", "1"), ttl=STEADY_TTL)
     second = Node(tmp / "n2", "n2", redis, tenants + declared("ka", "a", "2")
-                  + declared("kb", "b", "2") + f'[http]\nlisten = "127.0.0.1:{port}"\n')
+                  + declared("kb", "b", "2") + f'[http]\nlisten = "127.0.0.1:{port}"\n',
+                  ttl=STEADY_TTL)
     try:
         first.start()
         wait_until(lambda: placed(first.call("stats.get")) == {"ka", "kb"},

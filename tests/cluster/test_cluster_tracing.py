@@ -14,7 +14,7 @@ from corral.cluster.keys import Keys
 from ..daemon_harness import hello
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import nodes
+from .harness import STEADY_TTL, nodes
 
 TRACING = "\n[tracing]\nexport_interval = 0.05\n"
 CALLER_TRACE, CALLER_SPAN = "ab" * 16, "cd" * 8
@@ -22,7 +22,8 @@ CALLER_TRACE, CALLER_SPAN = "ab" * 16, "cd" * 8
 
 def test_a_callers_context_goes_through_redis_to_the_node_that_runs_the_task(
         tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": hello("greeter") + TRACING}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter") + TRACING},
+               ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: any(n["node"] == "b" and n["alive"]
                                for n in a.nodes()["nodes"]), what="b alive")
@@ -62,7 +63,8 @@ def test_a_bad_context_is_refused_at_the_submit_and_a_good_one_kept_in_its_bound
     a local task's is (refused with the reason, nothing in Redis), and kept as the W3C
     format writes it, its tracestate cut to its bound: a caller cannot store what it
     likes in the record every claim answers."""
-    with nodes(tmp, redis, {"a": "", "b": hello("greeter") + TRACING}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter") + TRACING},
+               ttl=STEADY_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: any(n["node"] == "b" and n["alive"]
                                for n in a.nodes()["nodes"]), what="b alive")

@@ -21,21 +21,26 @@ from ..redis_harness import RedisServer
 from ..test_gateway_stdio import wait_until_async
 
 TTL, BEAT = 0.6, 0.15
+# a test that steps its nodes by hand and waits on no lapse: on a loaded host a stall
+# outlasted the short TTL between two steps (the key a step counts on had lapsed), and a
+# join outlasted the beat a step waits for it (the node was still joining after the step)
+STEADY_TTL, STEADY_BEAT = 20.0, 5.0
 
 
-def member(redis: RedisServer, node: str, said: list[str]) -> Membership:
-    settings = ClusterSettings(redis=redis.url, name="t", node=node, node_ttl=TTL, beat=BEAT)
+def member(redis: RedisServer, node: str, said: list[str], ttl: float = TTL,
+           beat: float = BEAT) -> Membership:
+    settings = ClusterSettings(redis=redis.url, name="t", node=node, node_ttl=ttl, beat=beat)
     client = connect(settings, node)
     return Membership(Scripts(client), Keys("t"), Trust(None, "t", print), settings, node,
                       lambda: (4, 1, {"greeter": "default"}), said.append)
 
 
-async def joined_watching_fences(redis: RedisServer) -> tuple[Membership, list[str],
-                                                                 list[str]]:
+async def joined_watching_fences(redis: RedisServer, ttl: float = TTL, beat: float = BEAT
+                                 ) -> tuple[Membership, list[str], list[str]]:
     """Node a, joined, with what it said and the incarnations it fenced."""
     said: list[str] = []
     fenced: list[str] = []
-    a = member(redis, "a", said)
+    a = member(redis, "a", said, ttl, beat)
     a.stream.subscribe(lambda e: fenced.append(e.consumer), NodeFence)
     await a.join()
     return a, said, fenced
@@ -44,12 +49,15 @@ async def joined_watching_fences(redis: RedisServer) -> tuple[Membership, list[s
 async def test_a_node_is_alive_while_it_beats_and_dead_a_ttl_after(
         redis: RedisServer) -> None:
     said: list[str] = []
-    a, b = member(redis, "a", said), member(redis, "b", said)
+    # b's lapse is waited on, on a TTL that a loaded host's stall between its join and the
+    # first look does not outlast; a, which looks, on the steady one
+    a = member(redis, "a", said, STEADY_TTL, STEADY_BEAT)
+    b = member(redis, "b", said, 4 * TTL)
     await a.join()
     await b.join()
     assert (a.consumer, b.consumer) == ("a/1", "b/1")
     ttl_ms = await a.redis.pttl(a.keys.alive(a.consumer))
-    assert 0 < ttl_ms <= TTL * 1000
+    assert 0 < ttl_ms <= STEADY_TTL * 1000
     views = {v.node: v for v in await a.nodes()}
     assert views["a"].alive and views["b"].alive
     assert (views["a"].capacity, views["a"].load, views["a"].agents) == (4, 1, ["greeter"])
@@ -64,7 +72,7 @@ async def test_a_node_is_alive_while_it_beats_and_dead_a_ttl_after(
             assert time.monotonic() < deadline, "b never died"
             await asyncio.sleep(0.05)
         assert views["a"].alive, "a renews every beat"
-        assert views["b"].incarnation == 1 and views["b"].last_beat < time.time() - TTL / 2
+        assert views["b"].incarnation == 1 and views["b"].last_beat < time.time() - b.ttl / 2
     finally:
         beating.cancel()
         await a.redis.aclose()
@@ -73,7 +81,7 @@ async def test_a_node_is_alive_while_it_beats_and_dead_a_ttl_after(
 
 async def test_an_expired_key_fences_the_node_and_it_joins_as_a_new_incarnation(
         redis: RedisServer) -> None:
-    a, said, fenced = await joined_watching_fences(redis)
+    a, said, fenced = await joined_watching_fences(redis, STEADY_TTL, STEADY_BEAT)
     # what a node paused past its TTL finds when it wakes: its key is gone
     await a.redis.delete(a.keys.alive(a.consumer))
     await a.step()
@@ -113,7 +121,8 @@ async def test_two_daemons_as_one_node_one_yields(redis: RedisServer) -> None:
     to find the other at its beat leaves at once (its key deleted) and waits."""
     said_a: list[str] = []
     said_b: list[str] = []
-    a, b = member(redis, "n", said_a), member(redis, "n", said_b)
+    a = member(redis, "n", said_a, STEADY_TTL, STEADY_BEAT)
+    b = member(redis, "n", said_b, STEADY_TTL, STEADY_BEAT)
     b.daemon = "another process"
     await a.join()
     await b.step()
@@ -129,7 +138,7 @@ async def test_two_daemons_as_one_node_one_yields(redis: RedisServer) -> None:
     await a.redis.delete(alive_a)
     await b.step()
     assert (b.state, b.consumer) == ("member", "n/2")
-    await a.redis.set(alive_a, value, px=int(TTL * 1000))
+    await a.redis.set(alive_a, value, px=int(STEADY_TTL * 1000))
     fenced: list[str] = []
     a.stream.subscribe(lambda e: fenced.append(e.consumer), NodeFence)
     await a.step()
