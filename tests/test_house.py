@@ -471,7 +471,10 @@ def test_a_gateway_tool_call_runs_few_modules(traced: tuple[Daemon, Tracer, Cont
             return set()
         modules = path_modules(control, call)
     print(_over("a gateway tool call", modules, GATEWAY_CALL_BOUND))
-    assert "corral.daemon.http.mcp" in modules  # its door, seen
+    # its door, seen in the path's window (not in the count: the door's module is also the
+    # gateway's session reaper's, whose wake in an idle window on a loaded host took it
+    # off the count)
+    assert "corral.daemon.http.mcp" in control.windows()["path"]
     assert len(modules) <= GATEWAY_CALL_BOUND, _over("a gateway tool call", modules,
                                                      GATEWAY_CALL_BOUND)
 
@@ -514,10 +517,19 @@ def _until(fn: Callable[[], Any], what: str) -> Any:
     return value
 
 
+def _in_each(*measures: list[str]) -> list[str]:
+    """The modules each measure of a path counted: the daemon's work that comes round
+    rarely (the gateway's session reaper, the journals' prunes), fallen in one measure's
+    window, is not the path's."""
+    return sorted(set.intersection(*(set(m) for m in measures)))
+
+
 def test_an_approval_runs_few_modules(traced: tuple[Daemon, Tracer, Control]) -> None:
     d, _, control = traced
     _approved_call(d, 10)
-    modules = _approved_call(d, 11, control)
+    # (measured twice: the path is at its bound, and one rare wake in its window is one
+    # module over)
+    modules = _in_each(_approved_call(d, 11, control), _approved_call(d, 12, control))
     print(_over("an approval", modules, APPROVAL_BOUND))
     assert len(modules) <= APPROVAL_BOUND, _over("an approval", modules, APPROVAL_BOUND)
 
