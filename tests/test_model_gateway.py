@@ -9,7 +9,10 @@ formats, streaming included, that keeps every request it had
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import textwrap
 from collections import Counter
@@ -52,6 +55,14 @@ async def upstream() -> AsyncIterator[StandIn]:
         await stand_in.close()
 
 
+# The agent's heartbeat, past the tests' daemon's: its task's thread importing a client
+# library holds the GIL nearly all the time, and on a loaded host its main thread answered
+# the daemon's ping seconds late; taken for hung, its attempt was lost and the retry made
+# its failed or cut call again (nothing of such a call is journaled), a call the upstream
+# then had twice (test_a_worker_silent_past_the_daemons_heartbeat_keeps_its_attempt)
+HEARTBEAT = 30.0
+
+
 def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "",
           claude_extra: str = "") -> str:
     (tmp / "anthropic.key").write_text(ANTHROPIC_KEY + "\n")
@@ -61,6 +72,7 @@ def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "
         env = {{ PYTHONPATH = "{ROOT}", PROVIDER_KEY_SEEN = "no" }}
         retries = 1
         backoff_initial = 0.05
+        heartbeat_timeout = {HEARTBEAT}
         {agent_extra}
 
         [gateway]
@@ -149,6 +161,36 @@ async def test_an_agents_client_reaches_the_upstream_through_corral_with_corrals
     env = res.output["env"]
     assert env["OPENAI_BASE_URL"].endswith("/v1")
     assert env["OPENAI_API_KEY"] == env["ANTHROPIC_API_KEY"] != KEY
+
+
+@pytest.mark.asyncio(loop_scope="module")  # the loop of the shared daemon (`shared`)
+async def test_a_worker_silent_past_the_daemons_heartbeat_keeps_its_attempt(
+        shared: Shared) -> None:
+    """The model tests' agent stopped while its call is held at the upstream, for twice
+    the tests' daemon's heartbeat_timeout, as a loaded host's worker importing a client
+    library was silent: the agent's own heartbeat_timeout (HEARTBEAT) keeps it, and its
+    task runs in one attempt, the upstream having the call once. Taken for hung, its
+    attempt was lost and the retry made a failed or cut call again: CI's upstream had
+    test_the_agent_never_sees_the_provider_key's 401 twice, and test_model_usage counted
+    its stalled stream twice."""
+    d, upstream = shared.d, shared.upstream
+    replica = d.sup.agents["writer"].replicas[0]
+    pid, before = replica.pid, len(upstream.requests)
+    upstream.release.clear()
+    task = d.sup.tasks.submit("writer", {"api": "chat", "model": "gpt-small",
+                                         "texts": ["hold"]}, TaskOptions(timeout=60))
+    await wait_until_async(lambda: len(upstream.requests) > before)
+    os.kill(pid, signal.SIGSTOP)  # (its call in flight: the task's attempt is running)
+    try:  # the fault itself: a silence past the daemon's heartbeat_timeout
+        await asyncio.sleep(2 * d.sup.tuning.heartbeat_timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # (taken for hung: killed)
+            os.kill(pid, signal.SIGCONT)
+        upstream.release.set()
+    info = await d.sup.tasks.info(task.id, wait=True)
+    assert [(a.outcome, a.error) for a in info.attempts] == [("succeeded", None)]
+    assert [last_text(r["body"]) for r in upstream.requests[before:]] == ["hold"]
+    assert replica.pid == pid
 
 
 def lines_of(path: Path) -> str:
@@ -376,8 +418,10 @@ async def test_the_agent_never_sees_the_provider_key(tmp_path: Path,
         res2 = await run_task(d, {"api": "messages", "model": "claude-small",
                                   "texts": ["status 401"]})
         assert "Incorrect API key provided: ***." in res2.output["answers"][0]["message"]
-        # the upstream had the real keys
-        assert [r["key"] for r in upstream.requests] == [KEY, KEY, ANTHROPIC_KEY]
+        # the upstream had the real keys, each call once (a task's lost attempt, retried,
+        # makes its failed call again)
+        assert [r["key"] for r in upstream.requests] == [KEY, KEY, ANTHROPIC_KEY], \
+            [(a.outcome, a.error) for a in (*res.attempts, *res2.attempts)]
         # its whole environment as it saw it (/proc/PID/environ holds its process title
         # since the SDK set it), and every answer
         environ = res.output["env"]

@@ -11,6 +11,7 @@ What the last user message says steers it:
 - `stall`: a stream that stops after its first three events, its connection kept open
   (a caller's timeout ends it);
 - `slow`: no answer at all, its connection kept open (a caller's timeout ends it);
+- `hold`: the echo once the test sets `release` (its request taken meanwhile);
 - `half`: a whole answer cut mid-body (its Content-Length not reached);
 - `status NNN`: answered with that status and an error quoting the key it was sent (as a
   provider's 401 does), in the endpoint's format;
@@ -168,6 +169,7 @@ class StandIn:
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.closing = asyncio.Event()  # what a stalled stream waits for
+        self.release = asyncio.Event()  # what a held answer waits for
 
     def calls(self, path: str | None = None) -> int:
         return sum(1 for r in self.requests if path is None or r["path"] == path)
@@ -183,6 +185,7 @@ class StandIn:
 
     async def close(self) -> None:
         self.closing.set()
+        self.release.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -249,6 +252,8 @@ class StandIn:
             return web.Response(status=503)
         if text == "half":
             return await self._half(request)
+        if text == "hold":
+            await self.release.wait()
         if body.get("stream") and text == "endcut":  # all but usage in one write, then
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)  # closed before the chunked end
