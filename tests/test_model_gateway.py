@@ -55,11 +55,12 @@ async def upstream() -> AsyncIterator[StandIn]:
         await stand_in.close()
 
 
-# The agent's heartbeat, past the tests' daemon's: its task's thread importing a client
-# library holds the GIL nearly all the time, and on a loaded host its main thread answered
-# the daemon's ping seconds late; taken for hung, its attempt was lost and the retry made
-# its failed or cut call again (nothing of such a call is journaled), a call the upstream
-# then had twice (test_a_worker_silent_past_the_daemons_heartbeat_keeps_its_attempt)
+# The model tests' agents' heartbeat, past the tests' daemon's: a task's thread importing
+# a client library (or encoding a body of megabytes) holds the GIL nearly all the time,
+# and on a loaded host the main thread answered the daemon's ping seconds late; taken for
+# hung, its attempt was lost and the retry made its failed or cut call again (nothing of
+# such a call is journaled), a call the upstream then had twice
+# (test_a_worker_silent_past_the_daemons_heartbeat_keeps_its_attempt)
 HEARTBEAT = 30.0
 
 

@@ -28,7 +28,14 @@ from .conftest import ROOT
 from .daemon_harness import PY, Daemon, free_port, in_process
 from .servers.model_upstream import USAGE_IN, StandIn, chat_body, last_text
 from .test_model_approvals import OPERATOR, next_ask
-from .test_model_gateway import fleet, lines_of, provider_key, run_task, upstream  # noqa: F401
+from .test_model_gateway import (  # noqa: F401
+    HEARTBEAT,
+    fleet,
+    lines_of,
+    provider_key,
+    run_task,
+    upstream,
+)
 from .test_questions import asks_made
 
 HERE = Path(__file__).parent
@@ -93,6 +100,7 @@ def raw_fleet(provider: Holding, agent_extra: str = "") -> str:
         [agents.raw]
         command = ["{PY}", "{HERE}/raw_model_agent.py"]
         env = {{ PYTHONPATH = "{ROOT}" }}
+        heartbeat_timeout = {HEARTBEAT}
         {agent_extra}
 
         [gateway]
@@ -409,7 +417,11 @@ async def test_a_16_mib_bodys_call_holds_it_once_while_the_upstream_answers(
         before = daemon.memory_info().rss
         running = asyncio.ensure_future(task([{"path": CHAT, "body": chat("hold"),
                                                "pad": BODY_MESSAGES}]))
-        await holding.held(1)
+        try:
+            await holding.held(1)
+        except TimeoutError:  # (a loaded host's fresh clone: said whole)
+            raise AssertionError(("the call never reached the upstream", lines_of(
+                d.state / "logs" / "raw.log")[-3000:])) from None
         size = holding.sizes[-1]
         assert size > 15_000_000
         risen = daemon.memory_info().rss - before
