@@ -19,6 +19,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..results import SessionTask, SessionView
 from ..supervisor.config import DEFAULT_TENANT
+from ..supervisor.labels import session_record, started_record
 from ..supervisor.tasks import Task, is_task_id
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.sessions import (
@@ -293,9 +294,8 @@ class ClusterSessions(RedisPart):
         except (RedisError, OSError) as exc:
             self._not_ended(agent, tenant, exc)
             return
-        if not any(n.node != self.membership.node and n.runs(tenant, agent)
-                   for n in nodes):
-            await self._end(agent, tenant)
+        if not any(n.node != self.membership.node and n.runs(tenant, agent) for n in nodes):
+            await self.end_cluster_agents({agent: tenant})
 
     async def owners(self, names: list[str]) -> dict[str, str]:
         """The tenant of the cluster's agent of each name (`default` when none)."""
@@ -305,24 +305,23 @@ class ClusterSessions(RedisPart):
                 for n, t in zip(names, tenants, strict=True)}
 
     async def end_cluster_agents(self, owners: dict[str, str]) -> None:
-        for agent, tenant in owners.items():
-            await self._end(agent, tenant)
-
-    async def _end(self, agent: str, tenant: str) -> None:
         """Redis away, they are left to expire (session_ttl): no other tenant's agent can
         address them."""
-        live = self.keys.sessions(tenant, agent)
-        try:
-            names = [n.decode() for n in await self.redis.zrange(live, 0, -1)]
-            pipe = self.redis.pipeline(transaction=True)
-            for name in names:
-                key = SessionKey(tenant, agent, name)
-                pipe.delete(self.keys.session(key), self.keys.session_line(key),
-                            self.keys.session_tasks(key))
-            pipe.delete(live, self.keys.session_bytes(tenant, agent))
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._not_ended(agent, tenant, exc)
+        for agent, tenant in owners.items():
+            live = self.keys.sessions(tenant, agent)
+            try:
+                names = [n.decode() for n in await self.redis.zrange(live, 0, -1)]
+                pipe = self.redis.pipeline(transaction=True)
+                for name in names:
+                    key = SessionKey(tenant, agent, name)
+                    record = session_record(*key)  # (its labels go with it, as END's do)
+                    pipe.delete(self.keys.session(key), self.keys.session_line(key),
+                                self.keys.session_tasks(key), self.keys.labels(record),
+                                self.keys.labels(started_record(record)))
+                pipe.delete(live, self.keys.session_bytes(tenant, agent))
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self._not_ended(agent, tenant, exc)
 
     def _not_ended(self, agent: str, tenant: str, exc: Exception) -> None:
         self.report(f"cluster: agent {agent} of tenant {tenant} was removed, but its "

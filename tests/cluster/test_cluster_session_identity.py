@@ -22,6 +22,7 @@ import redis as redis_py
 
 from corral import jsonrpc
 from corral.cluster.keys import Keys
+from corral.supervisor.labels import session_record, started_record
 from corral.supervisor.tasks.sessions import SessionKey
 
 from ..daemon_harness import PY, free_port
@@ -86,9 +87,17 @@ def test_a_removed_agents_cluster_sessions_end_and_the_next_tenant_starts_afresh
         assert r.hget(K.session(ACME), "state").partition(b" ")[2] == (
             b'{"turns":["acme\'s secret"]}')
         assert r.zrange(K.sessions("acme", "chat"), 0, -1) == [b"s1"]
+        # the labels its turns kept (as a turn that read an untrusted tool's would) and
+        # who started it (an anonymous caller's)
+        record = session_record("acme", "chat", "s1")
+        labelled = [K.labels(record), K.labels(started_record(record))]
+        for key in labelled:
+            r.zadd(key, {"taint (after untrusted pol__fetch)": 1.0})
         assert a.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
-        # ended with its agent: its state, history and counts are gone from Redis
+        # ended with its agent: its state, history, counts and labels are gone from Redis,
+        # as sessions.end leaves them (the END script)
         assert [k for k in r.scan_iter(match=K.prefix + "s*:*acme*")] == []
+        assert r.exists(*labelled) == 0
         add(a, "globex")
         done = turn(a, "globex's first")
         assert done["status"] == "succeeded", done
