@@ -10,7 +10,7 @@ import pytest
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import nodes, run, sleeper
+from .harness import STEADY_TTL, nodes, run, sleeper
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,7 +28,7 @@ idle_after = 600.0
 
 def test_a_cluster_task_wakes_an_asleep_agent_and_the_backlog_scales_it(
         tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": ELASTIC}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": ELASTIC}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="two nodes alive")

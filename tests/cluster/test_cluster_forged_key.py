@@ -17,7 +17,7 @@ from corral.taskoptions import TaskOptions
 
 from ..redis_harness import RedisServer
 from ..test_idempotent_submission import recorder, runs
-from .harness import nodes
+from .harness import STEADY_TTL, nodes
 
 
 def test_a_key_forged_to_name_another_tenants_task_gives_its_output_to_no_one(
@@ -25,7 +25,7 @@ def test_a_key_forged_to_name_another_tenants_task_gives_its_output_to_no_one(
     record, record_x = tmp / "record", tmp / "record-x"
     agents = (recorder("rec", record) + recorder("rec-x", record_x, "acme")
               + "\n[tenants.acme]\n")
-    with nodes(tmp, redis, {"a": agents}) as ns:
+    with nodes(tmp, redis, {"a": agents}, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         r = a.run("rec-x", '{"secret": 1}')
         assert r.returncode == 0, r.stderr

@@ -20,7 +20,7 @@ from corral.taskoptions import TaskOptions
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_idempotent_submission import recorder, runs
-from .harness import nodes
+from .harness import STEADY_TTL, nodes
 
 
 def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
@@ -28,7 +28,7 @@ def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
     record, record_x = tmp / "record", tmp / "record-x"
     agents = (recorder("rec", record) + recorder("rec-x", record_x, "acme")
               + "\n[tenants.acme]\n")
-    with nodes(tmp, redis, {"a": agents, "b": ""},
+    with nodes(tmp, redis, {"a": agents, "b": ""}, ttl=STEADY_TTL,
                supervisor="idempotency_keys_per_tenant = 3") as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
@@ -89,7 +89,7 @@ def test_a_key_sent_to_another_node_is_the_first_task_and_runs_nothing_twice(
 def test_a_claim_whose_node_died_before_its_submit_is_submitted_by_the_retry(
         tmp: Path, redis: RedisServer) -> None:
     record = tmp / "record"
-    with nodes(tmp, redis, {"a": recorder("rec", record)}) as ns:
+    with nodes(tmp, redis, {"a": recorder("rec", record)}, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         # what a node killed between its claim and its submit leaves in Redis
         # (submitkeys.py): the key claimed for an id no task has

@@ -19,7 +19,7 @@ from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY, free_port
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes
+from .harness import STEADY_TTL, Node, nodes
 from .test_cluster_specs import log
 from .test_cluster_trust import K, attacker, key_file, keyed, trust
 
@@ -75,7 +75,8 @@ def test_a_tenant_taking_a_freed_name_is_shown_no_cluster_task_of_its_earlier_ho
     port = free_port()
     toml = (f'[tenants.acme]\n[tenants.globex]\n[tracing]\nexport_interval = 0.05\n'
             f'[http]\nlisten = "127.0.0.1:{port}"\n')
-    with nodes(tmp, redis, {"n1": toml}, extra=keyed(key_file(tmp / "key"))) as ns:
+    with nodes(tmp, redis, {"n1": toml}, extra=keyed(key_file(tmp / "key")),
+               ttl=STEADY_TTL) as ns:
         n = ns["n1"]
         wait_until(lambda: len(n.nodes()["nodes"]) == 1, what="the node")
         acme, globex = token(n, port, "acme"), token(n, port, "globex")

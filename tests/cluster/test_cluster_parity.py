@@ -25,7 +25,7 @@ from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes, sleeper
+from .harness import STEADY_TTL, Node, nodes, sleeper
 from .test_failover import answer_of, error_of
 
 pytestmark = pytest.mark.timeout(180)
@@ -249,8 +249,8 @@ def every_key(rows: list[Row]) -> dict[str, Any]:
 
 def test_the_table_walked_against_two_nodes(tmp: Path, redis: RedisServer) -> None:
     rows = table()
-    with nodes(tmp, redis, {"a": "", "b": sleeper("w", concurrency=2) + session_chat()}
-               ) as ns:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("w", concurrency=2) + session_chat()},
+               ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="both nodes alive")

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import nodes, sleeper
+from .harness import STEADY_TTL, nodes, sleeper
 
 POLICY = 'retry_on = ["failed"]\nretry_backoff = 0.3\nretry_jitter = false\n'
 
 
 def test_a_failed_cluster_task_is_retried_on_its_node_by_its_agents_policy(
         tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": sleeper("w", retries=1) + POLICY}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("w", retries=1) + POLICY},
+               ttl=STEADY_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         r = a.run("w", '{"do": "until", "attempt": 2}')

@@ -17,7 +17,7 @@ from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_spawn import counted, fleet
 from ..test_spawn_policy import APPROVE
-from .harness import nodes
+from .harness import STEADY_TTL, nodes
 from .test_cluster_spawn import _ended, _run
 
 pytestmark = pytest.mark.timeout(180)
@@ -29,7 +29,7 @@ def test_a_cluster_tasks_spawn_is_denied_or_held_by_the_policy(
     toml = fleet(APPROVE) + ('\n[[policy]]\nname = "no orch for orch"\n'
                              'match = { agent = "orch", tool = "corral__orch" }\n'
                              'effect = "deny"\n')
-    with nodes(tmp, redis, {"a": toml, "b": toml}) as ns:
+    with nodes(tmp, redis, {"a": toml, "b": toml}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         got = _run(a, {"recurse": 1, "catch": True})
         assert got["output"] == {"refused": "task/spawn: tool call corral__orch is denied "

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import nodes, sleeper
+from .harness import STEADY_TTL, nodes, sleeper
 
 
 def test_a_cluster_tasks_tags_are_kept_with_its_record_and_filtered_on_every_node(
         tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": sleeper("w")}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("w")}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         r = a.cli("submit", "w", "--input", '{"do": "echo"}', "--tag", "env=prod",
