@@ -9,6 +9,7 @@ per replica), and the daemon that comes back runs exactly one process per replic
 
 from __future__ import annotations
 
+import json
 import textwrap
 import time
 from collections.abc import Iterator
@@ -217,13 +218,24 @@ def wait_for(what: str, fn: object, timeout: float = 30.0) -> object:
         time.sleep(0.05)
 
 
-def running_task(nsd: NSystemd) -> str:
-    r = nsd.run(CLI, "run", "sleeper", "--input", '{"do": "sleep", "seconds": 3}',
+def running_task(nsd: NSystemd, gate: str) -> str:
+    """A task that runs until the test writes `gate` (a path inside): running across a
+    stop's drain however long the test's looks take (each look is a CLI of its own, and
+    on a loaded host one took as long as a task of a fixed few seconds, which ended
+    between two looks)."""
+    r = nsd.run(CLI, "run", "sleeper", "--input", json.dumps({"do": "await", "path": gate}),
                 "--detach", check=False)
     assert r.returncode == 0, r.stderr
     tid = r.stdout.strip()
     wait_for("the task running", lambda: task_info(nsd, tid)["status"] == "running")
     return tid
+
+
+def draining(nsd: NSystemd) -> str:
+    """systemd's StatusText once it says the daemon drains its one task."""
+    return str(wait_for("StatusText=draining", lambda: (s := nsd.run(
+        "systemctl", "show", "-p", "StatusText", "--value", "corral").stdout.strip())
+        .startswith("draining 1 task") and s))
 
 
 @pytest.mark.timeout(150)
@@ -236,21 +248,28 @@ def test_systemctl_restart_and_stop_drain_a_running_task(nsd: NSystemd) -> None:
     unit_cg = nsd.unit_cgroup("corral.service")
     check_fleet(nsd, unit_cg)
 
-    tid = running_task(nsd)
-    nsd.run("systemctl", "restart", "corral", timeout=90)  # returns once READY=1 again
+    gate = "/var/lib/corral-test/restart-gate"
+    tid = running_task(nsd, gate)
+    before = service(nsd).main_pid
+    nsd.run("systemctl", "restart", "--no-block", "corral")
+    draining(nsd)
+    nsd.write(gate, "")
+    # the new daemon: active once it said READY=1
+    wait_for("the daemon back", lambda: (s := service(nsd)).active == "active"
+             and s.main_pid not in (0, before), timeout=90)
     check_fleet(nsd, unit_cg)
     info = task_info(nsd, tid)
     assert info["status"] == "succeeded", info
     assert [(a["outcome"], a["error"]) for a in info["attempts"]] == [  # type: ignore[attr-defined]
         ("succeeded", None)]
-    assert info["output"] == {"slept": 3, "attempt": 1}
+    assert info["output"] == {"awaited": gate}
 
-    tid = running_task(nsd)
+    gate = "/var/lib/corral-test/stop-gate"
+    tid = running_task(nsd, gate)
     nsd.run("systemctl", "stop", "--no-block", "corral")
-    status = wait_for("StatusText=draining", lambda: (s := nsd.run(
-        "systemctl", "show", "-p", "StatusText", "--value", "corral").stdout.strip())
-        .startswith("draining 1 task") and s)
-    assert str(status).endswith("; 5 agents, 6/6 replicas serving, 0 failed"), status
+    status = draining(nsd)
+    assert status.endswith("; 5 agents, 6/6 replicas serving, 0 failed"), status
+    nsd.write(gate, "")
     wait_for("the unit stopped", lambda: service(nsd).active == "inactive", timeout=60)
     assert nsd.processes(unit_cg) == set()
     log = nsd.path("/var/log/corral/corral.log").read_text()
