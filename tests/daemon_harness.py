@@ -52,6 +52,13 @@ def corral_popen(args: list[str], env: Mapping[str, str] | None = None,
                             stdout=stdout, stderr=stderr, text=text)
 
 
+# how long a test's CLI call may take before it is taken for hung: an upgrade execs a new
+# daemon that starts again what it keeps, and at a loaded host's pace that outlasted the
+# half minute this was (a fresh clone's upgrades); a hang is still caught, by the tests'
+# deadlines
+CLI_PATIENCE = 90.0
+
+
 def corral_run(args: list[str], input: str | None = None, timeout: float | None = None,
                env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
                text: bool = True) -> subprocess.CompletedProcess[Any]:
@@ -245,7 +252,7 @@ class Daemon:
                        if "event loop stalled for" not in line)
 
     def cli(self, *args: str, input: str | None = None, user: str | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+            timeout: float = CLI_PATIENCE) -> subprocess.CompletedProcess[str]:
         argv = ["--socket", str(self.sock), *args]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         if user is not None:  # (the fork server runs as this process's user)
