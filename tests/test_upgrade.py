@@ -390,7 +390,7 @@ def test_the_handoff_file_is_private() -> None:
     try:
         path = handoff.path_in(tmp)
         h = Handoff(attempt=1, from_version="x", asked_at=0.0,
-                    started_at=0.0, config="c", socket=None, control=(3, 4), owner="o",
+                    config="c", socket=None, control=(3, 4),
                     issued=0, fallback=Fallback(python=PY, env={}, boot=""))
         handoff.write(path, h)
         assert path.stat().st_mode & 0o777 == 0o600
@@ -785,8 +785,8 @@ async def test_the_gateways_address_goes_on_only_where_its_sockets_are_inherited
 
     def taken(url: str, listen: str) -> Takeover:
         h = Handoff(attempt=1, from_version="0", asked_at=0.0,
-                    started_at=0.0, config="corral.toml", socket=None, control=(-1, -1),
-                    owner="o", issued=0, fallback=Fallback(python="", env={}, boot=""),
+                    config="corral.toml", socket=None, control=(-1, -1),
+                    issued=0, fallback=Fallback(python="", env={}, boot=""),
                     listeners=[Listener("http", listen, -1)], gateway=(url, None))
         return Takeover(h, tmp_path / "upgrade-handoff.json", None)
 
@@ -884,15 +884,23 @@ async def test_what_the_old_image_did_not_hand_over_is_found_by_its_record_and_e
     store = StateStore(tmp_path / "corral.db")
     writer = store.open_writer()
     try:
-        store.begin_incarnation(owner, os.getpid(), 1)
+        # this process's incarnation is the row of its pid and start time (the exec kept
+        # both), not an earlier one's of the same pid
+        me = read_stat(os.getpid())
+        assert me is not None
+        store.begin_incarnation("earlier", os.getpid(), me.start_time - 1)
+        store.begin_incarnation(owner, os.getpid(), me.start_time)
         writer.submit(StateStore.write_processes([handed_rec, zygote], []))
         await writer.committed()
-        h = Handoff(attempt=1, from_version="0", asked_at=0.0, started_at=0.0,
-                    config="corral.toml", socket=None, control=(-1, -1), owner=owner,
+        h = Handoff(attempt=1, from_version="0", asked_at=0.0,
+                    config="corral.toml", socket=None, control=(-1, -1),
                     issued=0, fallback=Fallback(python="", env={}, boot=""),
                     processes=[handed, unrecorded])
         t = Takeover(h, tmp_path / "upgrade-handoff.json", None)
+        # the daemon's uptime goes on from its process's start, which the exec kept
+        assert abs(t.started_at - psutil.Process().create_time()) < 1.5, t.started_at
         t.go_on(sup, store)
+        assert sup.parts.containment.owner == owner
         live = sup.parts.containment.live
         assert (t.ended, zygote.token in live, handed_rec.token in live) == (
             [zygote], True, False)
@@ -925,8 +933,8 @@ async def test_the_collector_is_on_again_once_the_adoptions_are_over(
     turns it on again, and so does an adoption that fails (the image goes on)."""
     def taken() -> Takeover:
         h = Handoff(attempt=1, from_version="0", asked_at=0.0,
-                    started_at=0.0, config="corral.toml", socket=None, control=(-1, -1),
-                    owner="o", issued=0, fallback=Fallback(python="", env={}, boot=""))
+                    config="corral.toml", socket=None, control=(-1, -1),
+                    issued=0, fallback=Fallback(python="", env={}, boot=""))
         t = Takeover(h, tmp_path / "upgrade-handoff.json", None)
         t.sup = sup
         return t

@@ -122,7 +122,7 @@ class Daemon:
         self._drained: asyncio.Future[DrainReport] | None = None
         self.taken = taken  # this image took over from an upgrade's old one
         if taken is not None:
-            self.started_at = taken.handoff.started_at
+            self.started_at = taken.started_at
         self.upgrades = Upgrades(self, lambda: self._signals.put_nowait(UPGRADE), taken)
 
     # -- what the set-up made -------------------------------------------------------------

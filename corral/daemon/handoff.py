@@ -26,8 +26,9 @@ from ..supervisor.tasks.counters import CounterSnapshot
 # then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions;
 # 3: plain programs, idle replicas, the task counters; 4: a cluster node's incarnation and
 # claims; 5: no processes to end (the next image finds them by their records, as a crash's);
-# 6: a handed process named by its record's token (its pid and start time the store's)
-HANDOFF_VERSION = 6
+# 6: a handed process named by its record's token (its pid and start time the store's);
+# 7: no incarnation nor start (the store's row of this process, the process's own start)
+HANDOFF_VERSION = 7
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"
@@ -133,12 +134,10 @@ class Handoff(msgspec.Struct, frozen=True):
     attempt: int  # the upgrade's number in the daemon process's life
     from_version: str
     asked_at: float  # wall time the upgrade was asked for
-    started_at: float  # the daemon's start (its uptime goes on)
     config: str
     socket: str | None  # --socket, if it was given
     control: tuple[int, int]  # the control socket's listening fd, its lock file's fd
-    owner: str  # the incarnation (containment tokens, process records)
-    issued: int  # spawn tokens issued so far
+    issued: int  # spawn tokens the incarnation issued so far
     fallback: Fallback
     processes: list[HandedProcess] = []
     listeners: list[Listener] = []

@@ -49,12 +49,14 @@ from ..supervisor.containment import (
     ProcessRecord,
     cgroup_kill,
     open_verified,
+    read_stat,
     signal_fd,
     try_reap,
     wait_fds,
 )
 from ..supervisor.mcproutes import updates_to
 from ..supervisor.plain import PlainReplica
+from ..supervisor.procstat import since_start
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import AttemptEnded, CompactTask, TaskFinished, TaskRecord, Unfinished
@@ -162,7 +164,6 @@ class Host(Protocol):
     notifier: Notifier
     config_path: Path
     socket_override: str | None
-    started_at: float
     spared: set[int]  # children of the daemon's own that the subreaper leaves alone
 
 
@@ -419,8 +420,8 @@ class Upgrades:
         containment, tasks = host.sup.parts.containment, host.sup.parts.tasks
         h = Handoff(
             attempt=self.report.attempt, from_version=__version__, asked_at=asked,
-            started_at=host.started_at, config=str(host.config_path), issued=containment.issued,
-            socket=host.socket_override, control=host.control.fds(), owner=containment.owner,
+            config=str(host.config_path), issued=containment.issued,
+            socket=host.socket_override, control=host.control.fds(),
             fallback=Fallback(python=sys.executable, boot=BOOT, env={
                 **environment(host.notifier),
                 # the old image imports itself from where it did
@@ -471,6 +472,11 @@ class Takeover:
     def __init__(self, h: Handoff, path: Path, failed: str | None,
                  config: Config | None = None) -> None:
         self.handoff = h
+        # the same process: the exec kept its pid and start time (its uptime, and its
+        # incarnation's row in the state database: `go_on`)
+        me = read_stat(os.getpid())
+        assert me is not None  # (its own /proc entry)
+        self.me, self.started_at = me, time.time() - since_start(me.start_time)
         # inherited by the exec only: the tracing exporter, spawned before the adoptions
         # and the control socket, held them all (an MCP server never read its stdin's end)
         close_on_exec(handed_fds(h))
@@ -506,18 +512,20 @@ class Takeover:
             gateway.url, gateway.socket_path = url, socket_path
 
     def go_on(self, sup: Supervisor, store: StateStore) -> None:
-        """Once the store is open, before anything is spawned: the same incarnation, the
+        """Once the store is open, before anything is spawned: the same incarnation (the
+        state database's row of this process, which `incarnation.reclaim` leaves), the
         replicas' starts taking the handed processes by their records (one of none is
         no one's, as after a crash: its pipes closed); the old image's others found by
         their records as a crash's are (incarnation.py), tracked until `settle` ends them
         (not taken for orphans, their cgroups not given to those started in their place)."""
         self.sup = sup
-        records = {r.token: r for r in store.process_records([self.handoff.owner])}
+        owner = next(o for o, pid, start in store.incarnations()
+                     if (pid, start) == (self.me.pid, self.me.start_time))
+        records = {r.token: r for r in store.process_records([owner])}
         for h in self.adoptions.expect(self.handoff.processes, records):
             close_all(h.fds)
             self.lost.append(f"process {h.token} (no record of it in the state database)")
-        sup.parts.containment.go_on_from(self.handoff.owner, self.handoff.issued,
-                                         self.adoptions.take)
+        sup.parts.containment.go_on_from(owner, self.handoff.issued, self.adoptions.take)
         kept = {h.token for h in self.handoff.processes}
         self.ended = [r for r in records.values() if r.token not in kept]
         for rec in self.ended:

@@ -7,6 +7,7 @@ an open file names that process, never a later one with the same pid.
 from __future__ import annotations
 
 import os
+import time
 
 from .containment import ProcStat, parse_stat
 
@@ -22,6 +23,11 @@ UNAVAILABLE = -2  # an fd of /proc that could not be opened: not tried again thi
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def since_start(start_time: int) -> float:
+    """Seconds since a process started, by its stat's start time (ticks after boot)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - start_time / CLOCK_TICKS
 
 
 def open_fds(pid: int) -> int | None:
