@@ -27,8 +27,10 @@ from ..supervisor.tasks.counters import CounterSnapshot
 # 3: plain programs, idle replicas, the task counters; 4: a cluster node's incarnation and
 # claims; 5: no processes to end (the next image finds them by their records, as a crash's);
 # 6: a handed process named by its record's token (its pid and start time the store's);
-# 7: no incarnation nor start (the store's row of this process, the process's own start)
-HANDOFF_VERSION = 7
+# 7: no incarnation nor start (the store's row of this process, the process's own start);
+# 8: a handed process's start its record's, its program and its parent unsaid (waitpid
+# tells whose child it is; its program named only a failed exec's status 127)
+HANDOFF_VERSION = 8
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"

@@ -27,6 +27,7 @@ from .lifecycle import Cause
 from .mcpserver import McpServerReplica
 from .plain import PlainHanded, PlainReplica
 from .process import ChildProcess, set_pipe_sizes
+from .procstat import since_start
 from .replica import Replica
 
 if TYPE_CHECKING:
@@ -52,10 +53,7 @@ class HandedProcess(msgspec.Struct, frozen=True):
     last_id: int = 0  # the last request id sent to it
     unanswered: list[int] = []  # requests sent and not answered (besides the tasks')
     tasks: list[HandedTask] = []
-    uptime: float = 0.0
     restarts: int = 0
-    zygote_child: bool = False  # forked by a zygote: reaped by us once the zygote is gone
-    argv0: str = ""
     session: ServerSession | None = None  # an MCP server's: what its client negotiated
     owner: str | None = None  # a per-agent MCP server's agent replica
     idle: bool = False  # it had run a task and was idle: idle again, not "ready"
@@ -91,8 +89,7 @@ def hand(r: ProcessReplica, token: str, rids: dict[str, int]) -> HandedProcess |
         token=token, fds=fds, last_id=last_id, idle=r.machine.idle,
         health=_health_of(r),
         unanswered=[i for i in unanswered if isinstance(i, int) and i not in taken],
-        tasks=tasks, uptime=r.uptime or 0.0, restarts=r.restarts,
-        zygote_child=proc.zygote_child, argv0=proc.argv0, session=session, owner=owner)
+        tasks=tasks, restarts=r.restarts, session=session, owner=owner)
 
 
 def hand_plain(r: PlainReplica, token: str) -> HandedProcess | None:
@@ -106,8 +103,7 @@ def hand_plain(r: PlainReplica, token: str) -> HandedProcess | None:
     plain = r.handed()
     if plain.notify_fd is not None:
         fds = [*fds, plain.notify_fd]  # (kept open across the exec with the pipes)
-    return HandedProcess(token=token, fds=fds, uptime=r.uptime or 0.0,
-                         restarts=r.restarts, argv0=proc.argv0, plain=plain,
+    return HandedProcess(token=token, fds=fds, restarts=r.restarts, plain=plain,
                          health=_health_of(r))
 
 
@@ -240,19 +236,14 @@ class Adoptions:
             close_all(h.fds)
             self._failed(r, h, f"pid {rec.pid} cannot be watched: {exc}")
             return
-        if h.zygote_child:
-            # its zygote has gone with the old image's end of its socket: the child is
-            # ours, the subreaper's, and its status is read by waitpid (process.py)
-            child = ChildProcess(rec.pid, pidfd, loop, containment, rec.token,
-                                 status=loop.create_future())
-        else:
-            child = ChildProcess(rec.pid, pidfd, loop, containment, rec.token,
-                                 reap=lambda: _reap(rec.pid))
-        child.argv0 = h.argv0
+        # its status read by waitpid: this process's child, or the subreaper's once a
+        # zygote that forked it is gone (one still alive reaps it: its status unknown)
+        child = ChildProcess(rec.pid, pidfd, loop, containment, rec.token,
+                             reap=lambda: _reap(rec.pid))
         containment.adopted(rec)
         r.process = child
         r.pid = rec.pid
-        r.spawned_at = time.monotonic() - h.uptime
+        r.spawned_at = time.monotonic() - since_start(rec.start_time)  # (as its record says)
         r.machine.restarts = h.restarts
         plain = h.plain if isinstance(r, PlainReplica) else None
         if plain is not None:
@@ -316,6 +307,6 @@ class Adoptions:
 def _reap(pid: int) -> int | None:
     try:
         done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # pragma: no cover - reaped elsewhere
+    except ChildProcessError:  # (reaped by the zygote that forked it)
         return -1
     return None if done == 0 else os.waitstatus_to_exitcode(status)

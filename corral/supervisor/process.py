@@ -507,10 +507,6 @@ class ChildProcess(asyncio.Protocol):
                 await waited(self.exited, timeout)
         return self.exited.done()
 
-    @property
-    def zygote_child(self) -> bool:
-        return self._status is not None
-
     def fds(self) -> list[int] | None:
         """Our ends of its stdin, stdout and stderr (handed over by `corral upgrade`)."""
         pipes = [t.get_extra_info("pipe") if t is not None else None
