@@ -386,6 +386,15 @@ class GatewayService:
             env["CORRAL_MCP_SOCKET"] = self.socket_path
         return env
 
+    def token_of(self, replica: ProcessReplica) -> str | None:
+        """The digest of the token `replica` was given (`corral upgrade` hands it on)."""
+        return self._replica_hash.get(replica.label)
+
+    def kept(self, replica: ProcessReplica, digest: str) -> None:
+        """A replica kept across `corral upgrade` goes on with the token it was given."""
+        self._replica_hash[replica.label] = digest
+        self.replica_tokens[digest] = replica
+
     def forget_replica(self, e: ReplicaExit) -> None:
         digest = self._replica_hash.pop(e.replica.label, None)
         if digest is not None:

@@ -29,8 +29,9 @@ from ..supervisor.tasks.counters import CounterSnapshot
 # 6: a handed process named by its record's token (its pid and start time the store's);
 # 7: no incarnation nor start (the store's row of this process, the process's own start);
 # 8: a handed process's start its record's, its program and its parent unsaid (waitpid
-# tells whose child it is; its program named only a failed exec's status 127)
-HANDOFF_VERSION = 8
+# tells whose child it is; its program named only a failed exec's status 127); 9: an
+# agent's gateway token (its digest) and what its calls of no task read
+HANDOFF_VERSION = 9
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"

@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
+
 from .. import __version__, jsonrpc
 from ..cluster import handover
 from ..jsonrpc import RpcError
@@ -393,6 +395,7 @@ class Upgrades:
         kept: list[HandedProcess] = []
         waiting: list[ProcessReplica] = []
         live = sup.parts.containment.live
+        gateway, labelled = self.host.services.gateway, sup.parts.tasks.labelled
         replicas: list[ProcessReplica] = [r for agent in sup.parts.agents.values()
                                           for r in agent.replicas]
         for r in [*replicas, *sup.parts.tools.instances()]:
@@ -410,6 +413,10 @@ class Upgrades:
                          by_replica.get(r, {}) if isinstance(r, Replica) else {})
             if h is None:
                 waiting.append(r)
+            elif isinstance(r, Replica):  # (what an agent's holds of ours: its token, what
+                # its calls of no task read)
+                kept.append(msgspec.structs.replace(h, gateway=gateway.token_of(r), labels=list(
+                    labelled.of_incarnation(r))))
             else:
                 kept.append(h)
         return kept, waiting
@@ -494,6 +501,7 @@ class Takeover:
         self._first = asyncio.Event()  # a handed process adopted (or lost): dispatch goes on
         self._regains: set[asyncio.Future[None]] = set()  # (`_adopted`)
         self.listeners = Listeners(h.listeners)  # taken by the HTTP server and gateway
+        self.gateway: GatewayService | None = None  # (`gateway_address`: its tokens go on)
         # a cluster node's running claims, re-attached by its node (cluster/handover.py)
         self.claims = {c.task_id: c for c in h.cluster.claims} if h.cluster else {}
         self.node: ClusterNode | None = None
@@ -503,6 +511,7 @@ class Takeover:
         was served on are inherited for the same addresses: a replica that starts
         before the HTTP parts do (they start once the handed processes are adopted) is
         given it, and a client of it waits in the backlog."""
+        self.gateway = gateway
         url, socket_path = self.handoff.gateway
         configured = {name: listen for name, listen in (("http", cfg.http.listen),
                                                         ("gateway", cfg.gateway.listen))
@@ -588,6 +597,10 @@ class Takeover:
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None
+        if h.gateway is not None and self.gateway is not None:
+            self.gateway.kept(r, h.gateway)  # (before it is Ready: a call may come at once)
+        if h.labels:  # (its incarnation is the process's, kept: spawned_at is set)
+            self.sup.parts.tasks.labelled.mark(r, None, h.labels)
         if r.kind == "agent":
             # its listener made again where the old image held its sandbox's network
             # (egressdoors.py): the coroutine's first step makes it, before dispatch

@@ -59,6 +59,8 @@ class HandedProcess(msgspec.Struct, frozen=True):
     idle: bool = False  # it had run a task and was idle: idle again, not "ready"
     plain: PlainHanded | None = None  # a plain program's: fds are stdout and stderr
     health: list[CheckState] = []  # where its health checks stood
+    gateway: str | None = None  # the digest of the gateway token it was given
+    labels: list[str] = []  # what its calls of no task read (supervisor/labels.py)
 
 
 def hand(r: ProcessReplica, token: str, rids: dict[str, int]) -> HandedProcess | None:

@@ -206,6 +206,11 @@ class Labels:
                 got = _union(got, self._tasks.get(other, ()))
         return got
 
+    def of_incarnation(self, replica: Replica) -> tuple[str, ...]:
+        """What the replica's calls of no task read (`corral upgrade` hands it on with the
+        process that read it)."""
+        return self._replicas.get(_incarnation(replica), ())
+
     # -- marking -------------------------------------------------------------------------
     def mark(self, replica: Replica | None, task: LabelledTask | None, labels: Sequence[str]
              ) -> None:
