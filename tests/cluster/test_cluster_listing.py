@@ -15,7 +15,7 @@ import redis as redis_py
 from ..daemon_harness import hello
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes, sleeper
+from .harness import STEADY_TTL, Node, nodes, sleeper
 
 
 def listed(n: Node, *args: str) -> Any:
@@ -30,7 +30,7 @@ def ids(page: Any) -> list[str]:
 
 def test_every_node_lists_the_clusters_tasks(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy") + hello("greeter"),
-                            "c": ""}) as ns:
+                            "c": ""}, ttl=STEADY_TTL) as ns:
         a, b, c = ns["a"], ns["b"], ns["c"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 3, what="three nodes")
 
@@ -131,7 +131,7 @@ class Client:
 def test_progress_of_a_task_running_elsewhere_reaches_its_client(
         tmp: Path, redis: RedisServer) -> None:
     hold = tmp / "go-on"
-    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         c = Client(a.sock)

@@ -23,7 +23,7 @@ from .harness import STEADY_TTL, Node, nodes, sleeper
 
 def test_a_task_submitted_on_a_runs_on_b_and_every_node_reads_it(
         tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: any(n["node"] == "b" and n["alive"]
                                for n in a.nodes()["nodes"]), what="b alive")
@@ -41,7 +41,7 @@ def test_a_task_submitted_on_a_runs_on_b_and_every_node_reads_it(
 
 
 def test_nodes_and_a_cluster_task_answer_as_declared(tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": hello("greeter")}) as ns:
+    with nodes(tmp, redis, {"a": hello("greeter")}, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         c = Raw(a.sock)
         try:
@@ -62,7 +62,7 @@ def test_nodes_and_a_cluster_task_answer_as_declared(tmp: Path, redis: RedisServ
 
 
 def test_local_runs_here_and_refusals_say_why(tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         r = b.run("greeter", "null", "--local")
@@ -134,7 +134,7 @@ def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
 
 
 def test_progress_reaches_the_record_read_anywhere(tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
         r = a.run("sleepy", '{"do": "progress", "steps": 3}')
@@ -185,7 +185,7 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
 
 
 def test_a_cluster_task_is_cancelled_from_any_node(tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")
 
@@ -249,9 +249,9 @@ def test_an_unready_replica_takes_no_cluster_task(tmp: Path, redis: RedisServer)
     agent = sleeper("sleepy") + (
         f'[agents.sleepy.health.readiness]\ncommand = ["test", "-e", "{marker}"]\n'
         "interval = 0.1\nfailures = 1\n")
-    b = Node(tmp / "b", "b", redis, agent)
+    b = Node(tmp / "b", "b", redis, agent, ttl=STEADY_TTL)
     try:
-        with nodes(tmp, redis, {"a": ""}) as ns:
+        with nodes(tmp, redis, {"a": ""}, ttl=STEADY_TTL) as ns:
             a = ns["a"]
             b.start(wait_ready=False)  # it says READY once its replica is ready
             wait_until(lambda: len(a.nodes()["nodes"]) == 2, what="both nodes")

@@ -27,7 +27,7 @@ from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY, Daemon, corral_popen
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes, run, sleeper
+from .harness import STEADY_TTL, Node, nodes, run, sleeper
 from .test_cluster_specs import log, refused
 
 pytestmark = pytest.mark.timeout(120)
@@ -281,11 +281,14 @@ def test_a_second_daemon_as_a_live_node_is_refused(tmp: Path, redis: RedisServer
     the first; once the first is gone (killed: its key expires), a daemon of that name
     starts and joins as a new incarnation. Without a key_file (said: `insecure = true`),
     `corral nodes` says what a Redis writer can do."""
-    with nodes(tmp, redis, {"a": sleeper("w")}, extra=INSECURE) as ns:
+    # the steady TTL: a's lapse is waited on only once it is killed, and at the short one
+    # a loaded host's stall lapsed it before (the second daemon then named incarnation 2)
+    with nodes(tmp, redis, {"a": sleeper("w")}, extra=INSECURE, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: a.nodes()["nodes"], what="a joined")
         assert a.proc is not None
-        second = Node(tmp / "again", "a", redis, sleeper("w"), extra=INSECURE)
+        second = Node(tmp / "again", "a", redis, sleeper("w"), extra=INSECURE,
+                      ttl=STEADY_TTL)
         try:
             second.start(wait_ready=False)
             assert second.proc is not None and second.proc.wait(30) == 1
@@ -312,7 +315,8 @@ def test_a_second_daemon_as_a_live_node_is_refused(tmp: Path, redis: RedisServer
 
         # the first killed: its key is yet to expire, and no one beats it again
         a.kill9()
-        third = Node(tmp / "third", "a", redis, sleeper("w"), extra=INSECURE)
+        third = Node(tmp / "third", "a", redis, sleeper("w"), extra=INSECURE,
+                     ttl=STEADY_TTL)
         try:
             third.start()
             wait_until(lambda: [(n["alive"], n["incarnation"])
