@@ -73,27 +73,35 @@ async def _get(url: str) -> ProbeResult:
 
 
 class _Status:
-    """httptools' callbacks for an answer's head: its reason phrase, and the head's end
-    (llhttp reads it, as it reads every HTTP message corral takes)."""
+    """httptools' callbacks for an answer's head: its status and reason once the first
+    final head is whole (llhttp reads it, as it reads every HTTP message corral takes). An
+    interim answer (1xx but 101) is read past, as HTTP asks of a client; what llhttp reads
+    after the final head (a body, a next answer) changes neither."""
 
     def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.reason = b""  # the head's being read
+        self.code: int | None = None  # the final head's, once whole
+        self.said = ""
+
+    def on_message_begin(self) -> None:
         self.reason = b""
-        self.whole = False
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_headers_complete(self) -> None:
-        self.whole = True
+        code = self.parser.get_status_code()
+        if self.code is None and (code == 101 or not 100 <= code < 200):
+            self.code, self.said = code, self.reason.decode("latin-1").strip()
 
 
 async def _status(reader: asyncio.StreamReader) -> tuple[int, str]:
-    """The answer's status and reason, once its head is whole (ValueError: not HTTP, or
-    the connection ended or the head outgrew HEAD_MAX first)."""
+    """The answer's status and reason, once its final head is whole (ValueError: not HTTP,
+    or the connection ended or the heads outgrew HEAD_MAX first)."""
     status = _Status()
-    parser = httptools.HttpResponseParser(status)
     head = b""
-    while not status.whole:
+    while status.code is None:
         if len(head) >= HEAD_MAX:
             raise ValueError(f"its answer's head is over {HEAD_MAX} bytes")
         data = await reader.read(HEAD_MAX - len(head))
@@ -101,12 +109,13 @@ async def _status(reader: asyncio.StreamReader) -> tuple[int, str]:
         try:
             if not data:
                 raise httptools.HttpParserError("the connection ended")
-            parser.feed_data(data)
+            status.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # (its head is whole)
         except httptools.HttpParserError:
-            raise ValueError(f"not an HTTP answer: {head[:80]!r}") from None
-    return parser.get_status_code(), status.reason.decode("latin-1").strip()
+            if status.code is None:  # (else what follows the head is refused: unread)
+                raise ValueError(f"not an HTTP answer: {head[:80]!r}") from None
+    return status.code, status.said
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
