@@ -137,8 +137,12 @@ FIXTURES = f"{Path(__file__).parent}/servers/conformance_fixtures.py"
 
 
 def eliciting(tmp: Path) -> str:
+    # each server is started by its first call, which waits for it within its
+    # start_timeout: on a loaded host the SDK server's start outlasted the default (the
+    # call refused, 'is not serving: started')
     servers = "".join(
-        f'[mcp_servers.{name}]\ncommand = {sdk_toml(FIXTURES, *flag.split())}\nshared = true\n\n'
+        f'[mcp_servers.{name}]\ncommand = {sdk_toml(FIXTURES, *flag.split())}\nshared = true\n'
+        'start_timeout = 60.0\n\n'
         for name, flag in SERVERS.items())
     return textwrap.dedent(f"""
         [agents.asker]
