@@ -73,10 +73,11 @@ def open_fds() -> set[int]:
 
 def live_children() -> list[psutil.Process]:
     """This process's descendants, its fork server (tests/forkserver.py) and its MCP SDK
-    server (tests/warmforks.py) left out, were it one: they live as long as this process."""
+    and agents' servers (tests/warmforks.py) left out, were it one: they live as long as
+    this process."""
     from . import forkserver, warmforks
 
-    servers = {forkserver.server_pid(), warmforks.sdk_server_pid()}
+    servers = {forkserver.server_pid(), *warmforks.server_pids()}
     return [p for p in psutil.Process().children(recursive=True) if p.pid not in servers]
 
 
@@ -171,14 +172,13 @@ def _fork_server() -> None:
 
 
 def spare_the_fork_server() -> None:
-    """This process's fork server (tests/forkserver.py) and MCP SDK server
+    """This process's fork server (tests/forkserver.py) and MCP SDK and agents' servers
     (tests/warmforks.py) are its children for the whole run: an in-process supervisor's
     sweep of re-parented orphans would kill them."""
     from . import forkserver, warmforks
 
-    # (the MCP SDK server started again where a test killed it)
-    sdk = warmforks.sdk_server() if warmforks.sdk_server_pid() is not None else None
-    for pid in (forkserver.server_pid(), sdk):
+    # (a warm server started again where a test killed it)
+    for pid in (forkserver.server_pid(), *warmforks.servers()):
         if pid is not None:
             SPARED.add(pid)
 
@@ -472,8 +472,8 @@ def _cpu_now() -> float:
     mine = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     # and the fork server's children (their parent is the server, which reports each
-    # one's wait4 rusage as it ends), and the server's own; and the MCP SDK server's
-    # children (tests/warmforks.py)
+    # one's wait4 rusage as it ends), and the server's own; and the MCP SDK and agents'
+    # servers' children (tests/warmforks.py)
     return (mine.ru_utime + mine.ru_stime + reaped.ru_utime + reaped.ru_stime
             + forkserver.reported_cpu() + warmforks.reported_cpu())
 

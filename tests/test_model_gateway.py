@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from .conftest import ROOT
 from .daemon_harness import PY, config_text, free_port, in_process
 from .servers.model_upstream import USAGE_IN, USAGE_OUT, StandIn, last_text
 from .test_gateway_stdio import wait_until_async
+from .warmforks import agent_toml
 
 HERE = Path(__file__).parent
 KEY = "sk-provider-SECRET-0123456789abcdef"  # the provider's key: corral's alone
@@ -65,11 +67,19 @@ HEARTBEAT = 30.0
 
 
 def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "",
-          claude_extra: str = "") -> str:
+          claude_extra: str = "", forked: bool = True) -> str:
+    """`forked`: the agent a fork of the worker's agents' server, which imported both
+    clients once (seconds of CPU at each start); its replica's pid is then a launcher's,
+    which passes SIGTERM and SIGINT on and takes the fork with it when killed, and which
+    a SIGSTOP stops alone. An agent of corral's own zygote (`preload`) is started as
+    written."""
     (tmp / "anthropic.key").write_text(ANTHROPIC_KEY + "\n")
+    agent = HERE / "model_agent.py"
+    command = agent_toml(agent, "openai", "anthropic") \
+        if forked and "preload" not in agent_extra else json.dumps([PY, str(agent)])
     return textwrap.dedent(f"""
         [agents.writer]
-        command = ["{PY}", "{HERE}/model_agent.py"]
+        command = {command}
         env = {{ PYTHONPATH = "{ROOT}", PROVIDER_KEY_SEEN = "no" }}
         retries = 1
         backoff_initial = 0.05
@@ -121,7 +131,8 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shar
         stand_in = StandIn()
         await stand_in.start()
         try:
-            async with in_process(tmp, fleet(tmp, stand_in.url)) as d:
+            # (its agent started once, as written: a test stops it by its pid)
+            async with in_process(tmp, fleet(tmp, stand_in.url, forked=False)) as d:
                 yield Shared(d, stand_in, tmp)
         finally:
             await stand_in.close()

@@ -3,7 +3,8 @@ conformance client ends as a fresh one would, with its status and its error on i
 stderr, and the suite's kill of what it started reaches the client; a fork's launcher
 ends as its fork does (by its status, or its signal) whatever the server's other forks
 do, a launcher killed outright takes its fork with it, and a launch with no server is a
-cold start. (The clients that
+cold start. An agent's server imported its preload once, for every fork, and a server
+started bare holds none of the test's variables. (The clients that
 pass are tests/test_conformance.py's and tests/test_client_conformance_revisions.py's.)"""
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from .conftest import ROOT, spare_the_fork_server
 from .test_daemon_cli import wait_until
 from .warmforks import (
     CLIENT_IMPORTS,
+    agent_command,
     launch,
     reported_cpu,
     sdk_command,
     sdk_server_pid,
+    served,
     zygote,
 )
 
@@ -189,3 +192,75 @@ def test_an_sdk_server_a_test_killed_is_started_again(program: str) -> None:
                           timeout=60)
     assert (spun.returncode, spun.stdout.split()[0]) == (0, "spin"), spun.stderr
     assert 1 <= reported_cpu() - before < 5
+
+
+# a program that says which of the modules its arguments name were imported before it
+# ran, and its pid
+SAYS_IMPORTED = """
+import os, sys
+print(*[m in sys.modules for m in sys.argv[1:]], os.getpid(), flush=True)
+"""
+
+
+@pytest.fixture
+def says_imported(tmp_path: Path) -> str:
+    path = tmp_path / "says_imported.py"
+    path.write_text(SAYS_IMPORTED)
+    return str(path)
+
+
+def test_a_servers_preload_is_imported_once_for_every_fork(
+        tmp_path: Path, says_imported: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three launches: the server imported its preload once, at its start, and each
+    fork found it imported, none importing it again."""
+    said = tmp_path / "said"
+    monkeypatch.setenv("CORRAL_TEST_IMPORT_SAID", str(said))
+    module = "tests.servers.said_import"
+    with served(tmp_path, (module,)) as (server, launcher):
+        runs = [subprocess.run([*launcher, says_imported, module], capture_output=True,
+                               text=True, timeout=60) for _ in range(3)]
+        assert [(run.returncode, run.stdout.split()[0]) for run in runs] == \
+            [(0, "True")] * 3, [run.stderr for run in runs]
+        forks = {int(run.stdout.split()[1]) for run in runs}
+        assert said.read_text().split() == [str(server.pid)]
+        assert len(forks) == 3 and server.pid not in forks
+
+
+def test_a_bare_server_holds_none_of_the_tests_variables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agents' server is started bare: a variable the test set for its daemon (a
+    provider's key) is neither in a fork's environment nor in the memory that
+    /proc/PID/environ shows of it (the server's own); a fork has its launcher's."""
+    monkeypatch.setenv("CORRAL_TEST_SET", "by-the-test")
+    program = tmp_path / "environ.py"
+    program.write_text("import os\n"
+                       "print(os.environ.get('CORRAL_TEST_SET'), os.environ.get('MINE'),\n"
+                       "      b'CORRAL_TEST_SET' in open('/proc/self/environ', 'rb').read())\n")
+    with served(tmp_path, (), bare=True) as (_, launcher):
+        run = subprocess.run([*launcher, str(program)], capture_output=True, text=True,
+                             timeout=60, env={"MINE": "launcher's", "PATH": os.defpath})
+    assert (run.returncode, run.stdout.split()) == (0, ["None", "launcher's", "False"]), \
+        run.stderr
+
+
+@pytest.mark.skipif(os.environ.get("CORRAL_TEST_WARM") == "0",
+                    reason="CORRAL_TEST_WARM=0: no agents' server")
+def test_an_agent_command_is_a_fork_of_its_preloads_server_which_is_spared(
+        says_imported: str) -> None:
+    """`agent_command` starts this process's agents' server of the preload it names
+    (one a preload), spared by the in-process daemons and none of a test's children."""
+    from .conftest import SPARED, live_children
+
+    command = agent_command(says_imported, "fractions")
+    assert agent_command(says_imported, "fractions") == command  # the same server
+    other = agent_command(says_imported)
+    path = command[command.index("launch") + 1]
+    assert other[other.index("launch") + 1] != path
+    [server] = [p for p in psutil.Process().children() if path in p.cmdline()]
+    assert server.pid in SPARED and server.pid not in {p.pid for p in live_children()}
+    launched = subprocess.Popen([*command, "fractions"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    out, err = launched.communicate(timeout=60)
+    imported, pid = out.split()
+    assert (launched.returncode, imported) == (0, "True"), err
+    assert int(pid) != launched.pid  # a fork, not the launcher become the program

@@ -22,6 +22,11 @@ request's socket hung up: SIGIO, whose default ends a process). Where no server 
 at SOCKET the launcher becomes `python PROGRAM ARGS...` itself (a cold start). The
 server reaps each child itself, so that the children's CPU is the server's children's,
 and so its parent's (the test's) once the server is reaped.
+
+The model gateway's agents (tests/model_agent.py) are forks of a server too, one a
+preload (`agent_command`), started bare: their official OpenAI and Anthropic clients are
+seconds of CPU a start, and their tests each make a daemon of their own, so that a zygote
+of corral's own (an agent's `preload`) would import them again in every test.
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ def launch(path: str, argv: list[str]) -> int:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         conn.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        # no server: a cold start, as the program would be started without one
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError):
+        # no server (or none of this user's): a cold start, as the program would be
+        # started without one
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         os.execv(sys.executable, [sys.executable, *argv])
     req = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}
@@ -95,6 +101,7 @@ def launch(path: str, argv: list[str]) -> int:
 def serve(path: str, preload: list[str]) -> None:
     """Fork a program for each connection to `path`, until killed."""
     import fcntl
+    import gc
     import importlib
     import random
     import resource
@@ -104,8 +111,11 @@ def serve(path: str, preload: list[str]) -> None:
 
     from tests.forkserver import _generators
 
+    gc.disable()
     for module in preload:
         importlib.import_module(module)
+    gc.freeze()  # the preload's heap, out of every later pass of the collector's
+    gc.enable()
     if threading.active_count() > 1:  # a fork copies the calling thread only
         raise SystemExit("the programs' imports started a thread: cannot fork them")
     generators = _generators()
@@ -209,15 +219,25 @@ def serve(path: str, preload: list[str]) -> None:
             os.close(fd)
 
 
-def start(path: str, preload: tuple[str, ...], cwd: Path | str) -> subprocess.Popen[str]:
-    """A server at `path` that has imported `preload`, ready."""
+# what of this process's environment a server started bare keeps: its forks are given
+# their launchers' (the memory /proc/PID/environ reads is still the server's)
+BARE = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE")
+
+
+def start(path: str, preload: tuple[str, ...], cwd: Path | str, bare: bool = False
+          ) -> subprocess.Popen[str]:
+    """A server at `path` that has imported `preload`, ready; `bare`: with none of this
+    process's environment but the interpreter's settings and BARE (not a variable a test
+    set for its daemon, such as a provider's key that its agents must never see)."""
     import subprocess
 
     from .conftest import ROOT
 
+    env = {k: v for k, v in os.environ.items() if k in BARE or k.startswith("PYTHON")} \
+        if bare else dict(os.environ)
     proc = subprocess.Popen([sys.executable, HERE, "serve", path, *preload],
                             stdout=subprocess.PIPE, text=True, cwd=cwd,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**env, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     return proc
 
@@ -238,30 +258,77 @@ def stop(proc: subprocess.Popen[str], path: str) -> None:
 
 
 @contextlib.contextmanager
-def zygote(tmp: Path, program: str, preload: tuple[str, ...]) -> Iterator[list[str]]:
-    """A server for one test: the command that starts `program` as its fork (the args
-    after it)."""
+def served(tmp: Path, preload: tuple[str, ...], bare: bool = False
+           ) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """A server for one test (`start`), and the command that launches a program as its
+    fork (the program's path and its args after it)."""
     import tempfile
 
     # a short path: a Unix socket's is at most 107 bytes
     where = tempfile.mkdtemp(prefix="corral-zygote-")
     path = os.path.join(where, "s")
-    proc = start(path, preload, tmp)
+    proc = start(path, preload, tmp, bare)
     try:
-        yield [sys.executable, "-I", "-S", HERE, "launch", path, program]
+        yield proc, [sys.executable, "-I", "-S", HERE, "launch", path]
     finally:
         stop(proc, path)
         with contextlib.suppress(OSError):
             os.rmdir(where)
 
 
-# the MCP SDK's server of this process (a pytest worker), started by the first test that
-# asks for it (tests/conftest.py, warm_mcp_sdk) and kept to the process's end: its path
-# is this process's, so that a test module's config text may name it at import
-SDK_PATH = f"/tmp/corral-warm-mcp-{os.getpid()}"
-_sdk: list[subprocess.Popen[str]] = []
-# the CPU the servers before this one said (one killed is started again)
-_spent_before = [0.0]
+@contextlib.contextmanager
+def zygote(tmp: Path, program: str, preload: tuple[str, ...]) -> Iterator[list[str]]:
+    """A server for one test: the command that starts `program` as its fork (the args
+    after it)."""
+    with served(tmp, preload) as (_, launcher):
+        yield [*launcher, program]
+
+
+class _Server:
+    """A server of this process (a pytest worker), started at its first use and kept to
+    the process's end, started again where a test killed it; its path is this
+    process's, so that a test module's config text may name it at import."""
+
+    def __init__(self, name: str, preload: tuple[str, ...], bare: bool) -> None:
+        self.path = f"/tmp/corral-warm-{name}-{os.getpid()}"
+        self.preload = preload
+        self.bare = bare  # (`start`)
+        self.proc: subprocess.Popen[str] | None = None
+        self.spent_before = 0.0  # what the servers before this one said
+
+    def server(self) -> int | None:
+        """Its pid, started at the first call, and again where it was killed (by a test
+        that ends what its cgroup holds); none with CORRAL_TEST_WARM=0: each program a
+        cold start, to compare."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.spent_before = self.reported_cpu()
+            stop(self.proc, self.path)
+            self.proc = None
+        if self.proc is None and os.environ.get("CORRAL_TEST_WARM") != "0":
+            import atexit
+            import tempfile
+
+            self.proc = start(self.path, self.preload, tempfile.gettempdir(), self.bare)
+            atexit.register(stop, self.proc, self.path)
+        return self.pid()
+
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def reported_cpu(self) -> float:
+        """The CPU of its children that ended so far."""
+        if self.proc is None:
+            return self.spent_before
+        with contextlib.suppress(OSError, ValueError), open(self.path + ".cpu") as said:
+            return self.spent_before + float(said.read() or 0)
+        return self.spent_before
+
+
+# the MCP SDK's server (tests/conftest.py's warm_mcp_sdk starts it), and the agents', one a
+# preload (each started by the first `agent_command` that names it)
+_SDK = _Server("mcp", MCP_SDK, bare=False)
+_AGENTS: dict[tuple[str, ...], _Server] = {}
+SDK_PATH = _SDK.path
 
 
 def sdk_command(program: str) -> list[str]:
@@ -276,32 +343,55 @@ def sdk_toml(program: str, *args: str) -> str:
 
 
 def sdk_server() -> int | None:
-    """This process's MCP SDK server's pid, started at the first call, and again where it
-    was killed (by a test that ends what its cgroup holds); none with CORRAL_TEST_WARM=0:
-    each server a cold start, to compare."""
-    if _sdk and _sdk[0].poll() is not None:
-        _spent_before[0] = reported_cpu()
-        stop(_sdk.pop(), SDK_PATH)
-    if not _sdk and os.environ.get("CORRAL_TEST_WARM") != "0":
-        import atexit
-        import tempfile
-
-        _sdk.append(start(SDK_PATH, MCP_SDK, tempfile.gettempdir()))
-        atexit.register(stop, _sdk[0], SDK_PATH)
-    return sdk_server_pid()
+    """This process's MCP SDK server's pid (`_Server.server`)."""
+    return _SDK.server()
 
 
 def sdk_server_pid() -> int | None:
-    return _sdk[0].pid if _sdk else None
+    return _SDK.pid()
+
+
+def agent_command(program: str | Path, *preload: str) -> list[str]:
+    """The command that starts the worker `program` as a fork of this process's agents'
+    server that imported `preload`: started here where none runs (its imports made
+    before the daemon starts the agent, whose start they would otherwise slow past its
+    start_timeout on a loaded host), bare (`start`), and spared by the test's in-process
+    daemons (tests/conftest.py's SPARED), as the fork server is."""
+    server = _AGENTS.get(preload)
+    if server is None:
+        server = _AGENTS[preload] = _Server(f"agents{len(_AGENTS)}", preload, bare=True)
+    pid = server.server()
+    if pid is not None:
+        from .conftest import SPARED
+
+        SPARED.add(pid)
+    return [sys.executable, "-I", "-S", HERE, "launch", server.path, str(program)]
+
+
+def agent_toml(program: str | Path, *preload: str) -> str:
+    """`agent_command(program, *preload)` as a TOML array, for an agent's `command`."""
+    return json.dumps(agent_command(program, *preload))
+
+
+def _servers() -> list[_Server]:
+    return [_SDK, *_AGENTS.values()]
+
+
+def servers() -> list[int]:
+    """The pids of this process's servers that run, each started again where a test
+    killed it (at each test's setup: tests/conftest.py)."""
+    return [pid for server in _servers() if server.proc is not None
+            and (pid := server.server()) is not None]
+
+
+def server_pids() -> set[int]:
+    """The pids of this process's servers, as they are now."""
+    return {pid for server in _servers() if (pid := server.pid()) is not None}
 
 
 def reported_cpu() -> float:
-    """The CPU of this process's MCP SDK server's children that ended so far."""
-    if not _sdk:
-        return _spent_before[0]
-    with contextlib.suppress(OSError, ValueError), open(SDK_PATH + ".cpu") as said:
-        return _spent_before[0] + float(said.read() or 0)
-    return _spent_before[0]
+    """The CPU of this process's servers' children that ended so far."""
+    return sum(server.reported_cpu() for server in _servers())
 
 
 if __name__ == "__main__":
