@@ -26,6 +26,15 @@ class Batches(Protocol):
     def labels(self, rows: Sequence[LabelRow]) -> None: ...
 
 
+class Ends(Protocol):
+    """The sessions' journal (sessionjournal.py): a session's end deletes its labels in
+    its batch, which a new life of its name must not read, nor write before."""
+
+    def ending(self, key: str) -> bool: ...
+
+    async def committed(self) -> None: ...
+
+
 class LabelsDB:
     """The engine's LabelStore on the daemon's state database. A task's records are read
     back from memory while they are among the RECENT this process wrote: a task's id
@@ -33,12 +42,20 @@ class LabelsDB:
     session's are read from the database (its records go with it, and its name comes
     again)."""
 
-    def __init__(self, store: StateStore, journal: Batches | None = None) -> None:
+    def __init__(self, store: StateStore, journal: Batches | None = None,
+                 ends: Ends | None = None) -> None:
         self.store = store
         self.journal = journal  # None: no task journal (task_journal = false)
+        self.ends = ends
         self._recent: dict[str, tuple[str, ...]] = {}
 
+    async def _ended(self, key: str) -> None:
+        """A session's record read or written after its last life's end commits."""
+        if self.ends is not None and key.startswith(SESSIONS) and self.ends.ending(key):
+            await self.ends.committed()
+
     async def mark(self, key: str, labels: Sequence[str]) -> None:
+        await self._ended(key)
         await self.store.commit([each(INSERT, _rows(key, labels))])
         kept = self._recent.get(key)
         if kept is not None:  # (one not among them may have more in the database)
@@ -74,6 +91,7 @@ class LabelsDB:
         kept = self._recent.get(key)
         if kept is not None:
             return kept
+        await self._ended(key)
         with errors_named(self.store.path):
             rows = self.store.db.rows("SELECT label FROM labels WHERE key = ? ORDER BY seq",
                                       (key,))

@@ -68,6 +68,15 @@ class SessionsDB:
     async def committed(self) -> None:
         await self._store.group.committed()
 
+    def ending(self, key: str) -> bool:
+        """Whether a life's end whose DELETE takes `key` (a session's labels, or who
+        started it) is yet to commit: what is read or written of it now would be that
+        life's, or undone by it."""
+        group = self._store.group
+        return any(isinstance(op, _End) and key in (
+            record := session_record(*op.row[:3]), started_record(record))
+            for op in (*group.pending.values(), *(op for _, op in group.inflight)))
+
     async def history(self, row: SessionRow) -> list[SessionTask]:
         """The session's tasks in the order accepted (status None: pruned from the task
         journal)."""

@@ -409,7 +409,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[St
                 for agent, when, tokens, cost in await asyncio.to_thread(
                         journal.usage_since, time.time() - DAY):
                     parts.tasks.budgets.restore(agent, tokens, cost, when)
-            parts.tasks.labels = LabelsDB(store, journal)
+            parts.tasks.labels = LabelsDB(store, journal, sessions)
             parts.tasks.push = PushDB(store)
             parts.tasks.inbox.load(AsksDB(store), asks_bounds(sc),
                 # a suspended task's id held once, by the engine and its asks

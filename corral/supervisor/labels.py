@@ -169,6 +169,9 @@ class Labels:
         self._tasks: dict[str, tuple[str, ...]] = {}  # a running task's (and its session's)
         self._kept: dict[str, tuple[str, ...]] = {}  # of those, what its home has
         self._sessions: dict[str, tuple[str, ...]] = {}  # a running turn's session's
+        # a running turn -> its session's key as it was filed (a cluster's claim carries no
+        # tenant: its replica's gives it, and the replica is gone by the turn's end)
+        self._session_of: dict[str, str] = {}
         self._replicas: dict[tuple[str, Any], tuple[str, ...]] = {}  # calls of no task'
         self._on: dict[str, dict[str, None]] = {}  # replica label -> its labelled tasks
         self._where: dict[str, str] = {}  # a labelled task -> its replica's label
@@ -188,6 +191,7 @@ class Labels:
         session = await store.read(key) if key is not None else ()
         if key is not None:
             self._sessions[key] = _union(self._sessions.get(key, ()), session)
+            self._session_of[task.id] = key
         self._kept[task.id] = _union(self._kept.get(task.id, ()), own)
         self._tasks[task.id] = _union(self._tasks.get(task.id, ()), (*own, *session))
 
@@ -227,6 +231,7 @@ class Labels:
         key = session_key(task, replica)
         if key is not None:
             self._sessions[key] = _union(self._sessions.get(key, ()), got)
+            self._session_of[task.id] = key
         if replica is not None and self._where.get(task.id) != replica.label:
             self._on.setdefault(replica.label, {})[task.id] = None
             self._where[task.id] = replica.label
@@ -282,7 +287,7 @@ class Labels:
         """The task ended: its labels are its home's alone now."""
         self._tasks.pop(task.id, None)
         self._kept.pop(task.id, None)
-        key = session_key(task, task.replica)
+        key = self._session_of.pop(task.id, None) or session_key(task, task.replica)
         if key is not None:
             self._sessions.pop(key, None)
         where = self._where.pop(task.id, None)
