@@ -384,12 +384,11 @@ def test_a_daemon_killed_while_paused_has_its_stopped_processes_reclaimed(
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(10)
     assert {proc_state(p) for p in pids} == {"T"}  # frozen, orphaned
-    t0 = time.monotonic()
     d.start()
     # the next daemon found them and thawed them for the SIGTERM: gone at once, not
-    # after the grace (stop_timeout) and a SIGKILL
+    # after the grace (stop_timeout) and a SIGKILL, as its log says (a bound on the time
+    # counted the next daemon's whole start, which a loaded host's outlasted)
     assert {proc_state(p) for p in pids} <= {None, "Z"}  # (a zombie: ours to reap)
-    assert time.monotonic() - t0 < 8.0
     log = (d.state / "logs" / "corral.log").read_text()
     assert "2 of its processes were still running (2 ended by SIGTERM, 0 by SIGKILL)" in log
     wait_until(lambda: all(s["state"] == "ready" for s in d.status().values()),
