@@ -467,7 +467,10 @@ def test_an_asks_deadline_is_the_clock_of_the_node_that_waits_on_it(
     move of that clock past it ends the next ask timed out, its task failed as its
     policy says."""
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents}, supervisor="manual_clock = true") as ns:
+    # the steady TTL: it waits on no lapse (at the short one a fresh clone at load waited
+    # for the approved task's end in vain)
+    with nodes(tmp, redis, {"a": agents}, supervisor="manual_clock = true",
+               ttl=STEADY_TTL) as ns:
         a = ns["a"]
         both_alive(ns)
         first = a.call("tasks.submit", {"agent": "hasty", "input": bump(7)})["task_id"]
