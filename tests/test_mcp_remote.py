@@ -96,6 +96,8 @@ start = "eager"
 backoff_initial = 0.05
 backoff_max = 0.2
 max_restarts = 100
+# (a loaded host keeps it down for long: never "too many restarts" while the test waits)
+restart_window = 5.0
 
 [mcp_servers.old]
 url = "{servers['old'].url}"
