@@ -188,6 +188,36 @@ async def test_model_calls_pass_rules_on_their_model_and_max_tokens_and_taint(
         assert made.empty()
 
 
+async def read_in_no_task(d: Daemon) -> None:
+    """The daemon started, and the reader's replica reads the untrusted fetcher over the
+    worker link in a call naming no task: its incarnation's labels are tainted."""
+    await asyncio.to_thread(d.start)
+    read = await asyncio.to_thread(finished, d, submit_input(d, raw_call(
+        FETCH["tool"], FETCH["arguments"])))
+    assert read["output"]["result"]["content"][0]["text"] == made(
+        "fetch", **FETCH["arguments"])
+
+
+async def denied_at_the_gateway(d: Daemon) -> dict[str, Any]:
+    """The reader's sensitive call at the gateway's /mcp, of no task either (two tasks
+    running): a person is asked, naming the taint; denied, the client reads the tool's
+    error. The ask."""
+    env = await asyncio.to_thread(replica_env, d, "reader")
+    async with two_running(d, "reader"), session(env["CORRAL_MCP_URL"],
+                                                 env["CORRAL_MCP_TOKEN"]) as s:
+        call = asyncio.ensure_future(s.call_tool(SEND["tool"], SEND["arguments"]))
+        await wait_until_async(lambda: asks_of(d, "reader") or call.done())
+        assert not call.done(), call.result()
+        [ask] = asks_of(d, "reader")
+        assert ask["subject"] == {**SEND, "policy": "taint (after untrusted pol__fetch)"}
+        said = await asyncio.to_thread(d.cli, "approvals", "deny", ask["id"])
+        assert said.returncode == 0, said.stderr
+        result = await call
+        assert result.is_error and text(result).startswith(
+            "tool call pol__send_mail was denied by "), result
+    return ask
+
+
 @pytest.mark.deadline(180)
 async def test_a_replicas_calls_of_no_task_are_tainted_at_every_door() -> None:
     """A call of no task is its replica's incarnation's: an untrusted tool's output read
@@ -196,25 +226,9 @@ async def test_a_replicas_calls_of_no_task_are_tainted_at_every_door() -> None:
     person owned by the incarnation; denied, the client reads the tool's error."""
     d = Daemon(shared_tmpdir(), FLEET + '\n[gateway]\nlisten = "127.0.0.1:0"\n')
     try:
-        await asyncio.to_thread(d.start)
-        read = await asyncio.to_thread(finished, d, submit_input(d, raw_call(
-            FETCH["tool"], FETCH["arguments"])))
-        assert read["output"]["result"]["content"][0]["text"] == made(
-            "fetch", **FETCH["arguments"])
-        env = await asyncio.to_thread(replica_env, d, "reader")
-        async with two_running(d, "reader"), session(env["CORRAL_MCP_URL"],
-                                                     env["CORRAL_MCP_TOKEN"]) as s:
-            call = asyncio.ensure_future(s.call_tool(SEND["tool"], SEND["arguments"]))
-            await wait_until_async(lambda: asks_of(d, "reader") or call.done())
-            assert not call.done(), call.result()
-            [ask] = asks_of(d, "reader")
-            assert ask["task_id"].startswith("replica:reader#0:"), ask
-            assert ask["subject"] == {**SEND, "policy": "taint (after untrusted pol__fetch)"}
-            said = await asyncio.to_thread(d.cli, "approvals", "deny", ask["id"])
-            assert said.returncode == 0, said.stderr
-            result = await call
-            assert result.is_error and text(result).startswith(
-                "tool call pol__send_mail was denied by "), result
+        await read_in_no_task(d)
+        ask = await denied_at_the_gateway(d)
+        assert ask["task_id"].startswith("replica:reader#0:"), ask
     finally:
         await asyncio.to_thread(d.close)
 

@@ -1083,44 +1083,17 @@ async def test_what_a_kept_replica_read_in_calls_of_no_task_still_taints_it() ->
     worker link in a call of no task before the upgrade, the replica's sensitive call of
     no task at the gateway's /mcp after it asks a person, as it did before (the
     incarnation's labels ride the state file with its pipes)."""
-    from .test_boundary_calls import (
-        asks_of,
-        finished,
-        raw_call,
-        replica_env,
-        session,
-        text,
-        two_running,
-    )
-    from .test_gateway_stdio import wait_until_async
-    from .test_policy import made
-    from .test_taint import FETCH, FLEET, SEND, submit_input
+    from .test_taint import FLEET, denied_at_the_gateway, read_in_no_task
 
     d = Daemon(shared_tmpdir(), FLEET + '\n[gateway]\nlisten = "127.0.0.1:0"\n')
     try:
-        await asyncio.to_thread(d.start)
-        read = await asyncio.to_thread(finished, d, submit_input(d, raw_call(
-            FETCH["tool"], FETCH["arguments"])))
-        assert read["output"]["result"]["content"][0]["text"] == made(
-            "fetch", **FETCH["arguments"])
+        await read_in_no_task(d)
         before = await asyncio.to_thread(pids, d)
         # (its MCP server and SDK agent handed, the new image started: a loaded host's
         # upgrade took more than the CLI's default wait)
         r = await asyncio.to_thread(d.cli, "upgrade", timeout=120)
         assert r.returncode == 0, r.stderr + r.stdout
         assert await asyncio.to_thread(pids, d) == before  # (the same process)
-        env = await asyncio.to_thread(replica_env, d, "reader")
-        async with two_running(d, "reader"), session(env["CORRAL_MCP_URL"],
-                                                     env["CORRAL_MCP_TOKEN"]) as s:
-            call = asyncio.ensure_future(s.call_tool(SEND["tool"], SEND["arguments"]))
-            await wait_until_async(lambda: asks_of(d, "reader") or call.done())
-            assert not call.done(), call.result()
-            [ask] = asks_of(d, "reader")
-            assert ask["subject"] == {**SEND, "policy": "taint (after untrusted pol__fetch)"}
-            said = await asyncio.to_thread(d.cli, "approvals", "deny", ask["id"])
-            assert said.returncode == 0, said.stderr
-            result = await call
-            assert result.is_error and text(result).startswith(
-                "tool call pol__send_mail was denied by "), result
+        await denied_at_the_gateway(d)
     finally:
         await asyncio.to_thread(d.close)
