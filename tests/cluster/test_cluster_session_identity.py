@@ -28,7 +28,7 @@ from corral.supervisor.tasks.sessions import SessionKey
 from ..daemon_harness import PY, free_port
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes
+from .harness import STEADY_TTL, Node, nodes
 from .test_cluster_specs import log
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,7 +149,10 @@ def test_sessions_of_an_agent_another_node_still_runs_are_kept(
         stop_timeout = 5.0
         tenant = "acme"
     """)
-    with nodes(tmp, redis, {"a": TENANTS + table, "b": TENANTS + table}) as ns:
+    # (steady: a live node that lapsed at the short TTL would be no other node running
+    # chat to the removal, which then ends the sessions this test keeps)
+    with nodes(tmp, redis, {"a": TENANTS + table, "b": TENANTS + table},
+               ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="both nodes alive")
@@ -164,7 +167,7 @@ def test_a_removed_cluster_agents_sessions_end(tmp: Path, redis: RedisServer) ->
     """A cluster agent (`placement = "cluster"`, acme's) removed from the cluster: its
     sessions leave Redis with it, whichever node its replicas ran on."""
     r = redis_py.Redis(port=redis.port)
-    with nodes(tmp, redis, {"a": TENANTS, "b": TENANTS}) as ns:
+    with nodes(tmp, redis, {"a": TENANTS, "b": TENANTS}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.nodes()["nodes"]) == 2,
                    what="both nodes alive")
