@@ -135,6 +135,11 @@ class Membership(RedisPart):
         self._joining: asyncio.Future[None] | None = None  # a join not yet seen to end
         self.changed = asyncio.Event()  # set at each join and fence
         self.places = places
+        # the agents (-> tenant) of the beat Redis last took: a session's next turn may be
+        # given to this node for any of them (sessionscripts' sticky turn) until a beat
+        # without it is taken
+        self.published: dict[str, str] = {}
+        self._offered: dict[str, str] = {}  # (those of the beat being written)
 
     @property
     def member(self) -> bool:
@@ -148,6 +153,7 @@ class Membership(RedisPart):
 
     def _beat_json(self) -> bytes:
         capacity, load, agents = self.offer()
+        self._offered = agents
         room, placed, draining = self.places() if self.places is not None else (0, [], False)
         return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load,
                                         sorted(agents), time.time(), room, placed,
@@ -215,15 +221,17 @@ class Membership(RedisPart):
         inc = int(await self.redis.incr(self.keys.incarnations(self.node)))
         name = consumer(self.node, inc)
         self.incarnation, self.consumer = inc, name
+        beat = self._beat_json()
+        offered = self._offered
         ok = await self.scripts.join(keys=[self.keys.alive(name), self.keys.nodes],
-                                     args=[self.node, self._beat_json(), int(self.ttl * 1000),
+                                     args=[self.node, beat, int(self.ttl * 1000),
                                            *self._one_daemon()])
         if self._another(ok):
             self.state = "duplicate"
             return
         if not ok:  # pragma: no cover - an incarnation number is never given twice
             raise RuntimeError(f"incarnation {name} is already alive")
-        self.renewed = time.monotonic()
+        self.renewed, self.published = time.monotonic(), offered
         self.state = "member"
         self.report(f"cluster: joined as {name}")
         self.stream.emit(NodeJoin(name))
@@ -231,8 +239,10 @@ class Membership(RedisPart):
         self.changed.clear()
 
     async def renew(self) -> bool:
+        beat = self._beat_json()
+        offered = self._offered
         ok = await self.scripts.beat(keys=[self.keys.alive(self.consumer), self.keys.nodes],
-                                     args=[self.node, self._beat_json(), int(self.ttl * 1000),
+                                     args=[self.node, beat, int(self.ttl * 1000),
                                            *self._one_daemon()])
         if self._another(ok):
             # two daemons joined as one node (Redis was away when this one started): the
@@ -243,7 +253,7 @@ class Membership(RedisPart):
             await self.redis.delete(self.keys.alive(self.consumer))
             return True
         if ok:
-            self.renewed = time.monotonic()
+            self.renewed, self.published = time.monotonic(), offered
         return bool(ok)
 
     def fence(self, why_: str) -> None:

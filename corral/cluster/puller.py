@@ -138,7 +138,10 @@ class Puller:
         them (an orphan the beat's refresh gives back first): the reaper looks there no
         more, a round trip each a beat, and what is kept is bounded by the agents it
         runs, not every agent it ever ran."""
-        here = {route(a.spec.tenant, name) for name, a in self.host.agents.items()}
+        # (and those the beat Redis holds still names: a sticky turn given here now is
+        # held in their streams, and the refresh gives it back only where it looks)
+        here = {route(a.spec.tenant, name) for name, a in self.host.agents.items()} | {
+            route(tenant, name) for name, tenant in self.membership.published.items()}
         consumer = self.membership.consumer
         for gone in [r for r in self._read if r not in here]:
             self._prios.pop(gone, None)

@@ -310,3 +310,55 @@ def test_a_glob_tokens_session_of_a_gone_agent_is_its_own_never_another_tenants(
         assert ask("GET", "/agents/web1/sessions/s1")[0] == 404
         assert r.exists(K.session(theirs)) == 1
     r.close()
+
+
+def test_a_turn_given_to_a_node_as_it_removes_the_agent_goes_to_another(
+        tmp: Path, redis: RedisServer) -> None:
+    """A session's next turn is given to the node that ran its last while that node's beat
+    in Redis names the agent (sessionscripts' sticky turn). A node that has just removed the
+    agent keeps that beat until its next is taken, and a turn given to it meanwhile is held
+    in the agent's streams: the node looks there until a beat without the agent is taken,
+    its refresh giving the turn back (an orphan), and the other node runs it in the session.
+    Before, the node stopped looking at once, and the turn (and the session's line behind
+    it) waited for ever. The holder's beat answer is held back at its own proxy across the
+    removal, so that its beat naming chat stands in Redis."""
+    from .proxy import Proxy
+
+    table = TENANTS + textwrap.dedent(f"""
+        [agents.chat]
+        command = ["{PY}", "{HERE}/session_agent.py"]
+        env = {{ PYTHONPATH = "{HERE.parent}" }}
+        stop_timeout = 5.0
+        tenant = "acme"
+    """)
+    # (a liveness key that outlives the held beat answer: the holder neither lapses nor
+    # fences meanwhile)
+    ttl, held = 10.0, 4.0
+    proxies = {name: Proxy(redis.port) for name in "ab"}
+    made = {name: Node(tmp / name, name, redis, table, ttl=ttl) for name in "ab"}
+    try:
+        for name, n in made.items():
+            n.config.write_text(n.config.read_text().replace(redis.url, proxies[name].url))
+            n.start()
+        wait_until(lambda: sum(n["alive"] for n in made["a"].nodes()["nodes"]) == 2,
+                   what="both nodes alive")
+        first = turn(made["a"], SECRET)
+        assert first["output"]["turns"] == [SECRET], first
+        [ran] = {x["node"] for x in first["attempts"]}
+        holder, other = made[ran], made["b" if ran == "a" else "a"]
+        beat = (f'"node":"{ran}","incarnation"'.encode(), b'"agents":["chat"]')
+        beaten = proxies[ran].watch(*beat)
+        proxies[ran].hold(held, *beat)
+        assert beaten.wait(30), "the holder's next beat"
+        assert holder.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
+        # (a few of the holder's beats, so that its puller has let chat's streams go on
+        # the tree before; what it shows holds whether or not one came)
+        time.sleep(1.0)
+        done = turn(other, "more")
+        assert (done["status"], done["output"]["turns"]) == ("succeeded", [SECRET, "more"]), done
+        assert done["attempts"][-1]["node"] == other.name, done["attempts"]
+    finally:
+        for n in made.values():
+            n.close()
+        for p in proxies.values():
+            p.close()
