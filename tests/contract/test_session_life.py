@@ -57,9 +57,12 @@ def test_an_idle_session_expires_at_every_entry_and_its_name_starts_afresh(home:
     second = home.run("brief", {"turn": 2}, at=1, session="e1")
     assert (first["output"]["turns"], second["output"]["turns"]) == ([1], [1, 2])
     for at in (0, 1):
-        # (the turn's own end is listed once its session has moved: decision 1500)
+        # (the turn's own end is listed once its session has moved: decision 1500; on the
+        # cluster, between a turn's end and its session's move, the view says no turn runs
+        # and no expiry yet, the session resting only once moved)
         view = wait_until(f"e1 idle at entry {at}", lambda at=at: next(
-            (v for v in listed(home, "brief", "e1", at) if v["running"] is None), None))
+            (v for v in listed(home, "brief", "e1", at)
+             if v["running"] is None and v["expires"] is not None), None))
         assert (view["tasks"], view["waiting"], view["tenant"]) == (2, 0, "default")
         # it expires session_ttl after its last use, which its listing says
         assert view["expires"] == pytest.approx(view["last_used"] + BRIEF_TTL, abs=0.5)
