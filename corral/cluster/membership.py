@@ -139,7 +139,6 @@ class Membership(RedisPart):
         # given to this node for any of them (sessionscripts' sticky turn) until a beat
         # without it is taken
         self.published: dict[str, str] = {}
-        self._offered: dict[str, str] = {}  # (those of the beat being written)
 
     @property
     def member(self) -> bool:
@@ -151,15 +150,15 @@ class Membership(RedisPart):
         since = self.connected_since
         return since is not None and time.monotonic() - since >= self.ttl + self.beat
 
-    def _beat_json(self) -> bytes:
+    def _beat_json(self) -> tuple[bytes, dict[str, str]]:
+        """The beat to write, and the agents it offers (published once Redis takes it)."""
         capacity, load, agents = self.offer()
-        self._offered = agents
         room, placed, draining = self.places() if self.places is not None else (0, [], False)
         return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load,
                                         sorted(agents), time.time(), room, placed,
                                         draining, self.daemon, os.getpid(),
                                         socket.gethostname(), self.trust.fingerprint, agents,
-                                        self.sticky))
+                                        self.sticky)), agents
 
     def _one_daemon(self) -> list[Any]:
         return [self.daemon, self.keys.alive("")]
@@ -221,8 +220,7 @@ class Membership(RedisPart):
         inc = int(await self.redis.incr(self.keys.incarnations(self.node)))
         name = consumer(self.node, inc)
         self.incarnation, self.consumer = inc, name
-        beat = self._beat_json()
-        offered = self._offered
+        beat, offered = self._beat_json()
         ok = await self.scripts.join(keys=[self.keys.alive(name), self.keys.nodes],
                                      args=[self.node, beat, int(self.ttl * 1000),
                                            *self._one_daemon()])
@@ -239,8 +237,7 @@ class Membership(RedisPart):
         self.changed.clear()
 
     async def renew(self) -> bool:
-        beat = self._beat_json()
-        offered = self._offered
+        beat, offered = self._beat_json()
         ok = await self.scripts.beat(keys=[self.keys.alive(self.consumer), self.keys.nodes],
                                      args=[self.node, beat, int(self.ttl * 1000),
                                            *self._one_daemon()])
