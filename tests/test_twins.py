@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from corral.cluster import sessionscripts
@@ -47,6 +48,24 @@ def events_decided_in(tree: ast.AST) -> set[TurnEvent]:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
             and node.func.id == "decide" and len(node.args) == 2
             and isinstance(node.args[1], ast.Attribute)}
+
+
+def functions_with(module: Path, found: Callable[[ast.AST], bool]) -> list[str]:
+    """The functions of `module` with a node `found` in them."""
+    return [fn.name for fn in ast.walk(ast.parse(module.read_text()))
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            and any(found(node) for node in ast.walk(fn))]
+
+
+def reads_a_ttl(node: ast.AST) -> bool:
+    """An agent's session_ttl read (`spec.session_ttl`)."""
+    return isinstance(node, ast.Attribute) and node.attr == "session_ttl"
+
+
+def adds_a_ttl(node: ast.AST) -> bool:
+    """A ttl added to a time: an expiry computed."""
+    return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and any(
+        "ttl" in ast.unparse(side) for side in (node.left, node.right))
 
 
 NODE = ROOT / "corral/supervisor/tasks/sessions.py"
@@ -98,3 +117,13 @@ def test_a_clusters_turn_end_is_decided_above_the_home() -> None:
     move, which MOVE keeps under a compare-and-set (decision 1500)."""
     assert {TurnEvent.ENDS, TurnEvent.LEAVES} <= events_decided(CLUSTER)
     assert decisions(sessionscripts.ended("ARGV[2]") + sessionscripts.MOVE) == []
+
+
+def test_a_sessions_expiry_is_computed_once_above_every_store() -> None:
+    """When an idle session expires is `sessions.expires` of what a store read (its last
+    use, its ttl, whether it idles), and its ttl `sessions.session_ttl`'s, the agent's or
+    the default: the node asks at each read, the cluster at a turn's submit, keeping it
+    as its keys' TTL (decision 1965). No store reads an agent's ttl or adds one itself."""
+    assert functions_with(NODE, reads_a_ttl) == ["session_ttl"]
+    assert functions_with(NODE, adds_a_ttl) == ["expires"]
+    assert functions_with(CLUSTER, reads_a_ttl) == functions_with(CLUSTER, adds_a_ttl) == []

@@ -25,7 +25,9 @@ from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.sessions import (
     SessionKey,
     SessionTurns,
+    expires,
     session_bounds,
+    session_ttl,
     sessions_full,
     state_too_large,
     turn_waits,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
 SUBMIT = submit_script(sessionscripts.SUBMIT_FIRST, sessionscripts.ENTRY,
                        sessionscripts.SUBMIT_THEN)
-_FIELDS = ("cur", "last", "created", "tasks", "state", "node")  # (what `_view` reads)
+_FIELDS = ("cur", "last", "created", "tasks", "state", "node", "ttl")  # (`_view`'s)
 SWEPT = 100  # ended turns whose sessions a beat's sweep moves, at most
 UNREAD = "the cluster's sessions were not read"
 
@@ -80,7 +82,7 @@ class ClusterSessions(RedisPart):
         local = self.host.agents.get(agent)
         bounds = [[b.max_sessions, list(b.agents), b.who]
                   for b in session_bounds(local, self.tenancy) if b.max_sessions]
-        return [session, local.spec.session_ttl if local is not None else 0,
+        return [session, session_ttl(local, tenant),
                 msgspec.json.encode(bounds), tenant, *await turn_args(
                     self.scripts, self.keys, SessionKey(tenant, agent, session))]
 
@@ -200,10 +202,10 @@ class ClusterSessions(RedisPart):
                 tenant, _, name_of = raw.decode()[len(head):].partition(":")
                 if not name_of:  # (a set of before sessions had owners: no tenant in it)
                     continue
-                live = [(n.decode(), score) for n, score in await self.redis.zrange(
+                live = [n.decode() for n, score in await self.redis.zrange(
                     raw, 0, -1, withscores=True) if score >= now]
                 pipe = self.redis.pipeline(transaction=False)
-                for name, _ in live:
+                for name in live:
                     key = SessionKey(tenant, name_of, name)
                     pipe.hmget(self.keys.session(key), *_FIELDS)
                     pipe.llen(self.keys.session_line(key))
@@ -214,9 +216,8 @@ class ClusterSessions(RedisPart):
                 curs = [fields[0] for fields in got[::2] if fields[0]]
                 marked = dict(zip(curs, await self.redis.smismember(
                     self.keys.turns_ended, curs), strict=True)) if curs else {}
-                for (name, score), fields, waiting in zip(live, got[::2], got[1::2],
-                                                          strict=True):
-                    view = _view(SessionKey(tenant, name_of, name), fields, waiting, score,
+                for name, fields, waiting in zip(live, got[::2], got[1::2], strict=True):
+                    view = _view(SessionKey(tenant, name_of, name), fields, waiting,
                                  marked.get(fields[0]) == 1)
                     if view is not None:  # (else expired between the two reads)
                         out.append(view)
@@ -224,12 +225,12 @@ class ClusterSessions(RedisPart):
 
     async def session_turns(self, key: SessionKey) -> SessionTurns | None:
         with said(self.settings, UNREAD):
-            waiting, score, marked, *fields = await read(lambda: self.read_script(
+            # (its score unread: the expiry is `_view`'s, from the hash)
+            waiting, _, marked, *fields = await read(lambda: self.read_script(
                 keys=[self.keys.session(key), self.keys.session_line(key),
                       self.keys.sessions(key.tenant, key.agent), self.keys.turns_ended],
                 args=[key.name, *_FIELDS]))
-            view = _view(key, fields, waiting, float("inf") if score is None
-                         else float(score), marked == 1)
+            view = _view(key, fields, waiting, marked == 1)
             cur = (fields[0] or b"").decode()
             # (a current turn whose record is gone runs nowhere; one that ended holds the
             # place no more, its session's move yet to be made: marked, and its record
@@ -349,17 +350,20 @@ async def turn_args(scripts: Scripts, keys: Keys, key: SessionKey) -> list[Any]:
     return [move.value, "-" if cur is None else cur, waiting]
 
 
-def _view(key: SessionKey, fields: list[bytes | None], waiting: int, score: float,
-          marked: bool) -> SessionView | None:
+def _view(key: SessionKey, fields: list[bytes | None], waiting: int, marked: bool
+          ) -> SessionView | None:
     """None: no such hash, or expired. A current turn that ended (`marked`: its
-    session's move yet to be made) runs no more."""
-    cur, last, created, tasks, state, node = fields
+    session's move yet to be made) runs no more, and its session idles only once moved
+    (MOVE's rest empties `cur`, as it starts the ttl the view's expiry reads)."""
+    cur, last, created, tasks, state, node, ttl = fields
     if created is None:
         return None
+    last_used = float(last or created)
     return SessionView(
         agent=key.agent, session=key.name, tasks=int(tasks or 0), created=float(created),
-        last_used=float(last or created), holder=node.decode() if node else None,
+        last_used=last_used, holder=node.decode() if node else None,
         state_bytes=len(state.partition(b" ")[2]) if state else 0,
         running=cur.decode() if cur and not marked else None, waiting=int(waiting),
-        expires=None if score == float("inf") else score, tenant=key.tenant)
+        expires=expires(last_used, float(ttl or 0), not cur and not waiting),
+        tenant=key.tenant)
 

@@ -187,3 +187,34 @@ async def test_a_turn_submitted_after_an_end_not_yet_moved_starts_unless_a_line_
     await client.rpush(T.session_line(W), c)
     assert await turn(d) == ["wait", B.encode(), 1]
     assert await client.lrange(T.session_line(W), 0, -1) == [c.encode(), d.encode()]
+
+
+async def test_a_view_between_a_turns_end_and_its_move_says_no_turn_runs_and_no_expiry_yet(
+        client: Any) -> None:
+    """Decision 1500's window: A ended (marked), its session not moved yet. Every read of
+    the session (the listing, a session's read that sessions.end decides on) says no turn
+    runs, none is unfinished, and no expiry yet: its `cur` is still A, and it idles only
+    once moved. A's move rests it; the views then say it expires its ttl after that move,
+    the instant the store's own expiry (its score, its keys' TTL) is set to."""
+    await client.hset(T.task(A), mapping={"agent": "w", "session": "s", "stenant": "t1",
+                                          "status": "succeeded"})  # (as its end wrote it)
+    await client.hset(T.session(W), mapping={"cur": A, "created": 1.0, "last": 2.0,
+                                             "tasks": 1, "ttl": 60})
+    await client.zadd(T.sessions("t1", "w"), {"s": float("inf")})
+    await client.sadd(T.turns_ended, A)
+    sessions = ClusterSessions(Scripts(client), T, Trust(None, "t", print), Any, None, Any,
+                               print, Any)
+
+    async def seen() -> tuple[Any, ...]:
+        read = await sessions.session_turns(W)
+        assert read is not None
+        assert await sessions.session_views("w") == [read.view]
+        return read.view.running, read.view.expires, read.view.last_used, read.unfinished
+
+    assert await seen() == (None, None, 2.0, 0)
+    await sessions.moved([A])
+    last = float(await client.hget(T.session(W), "last"))
+    assert last > 2.0
+    assert await seen() == (None, last + 60, last, 0)
+    assert await client.zscore(T.sessions("t1", "w"), "s") == last + 60
+    assert 59_000 < await client.pttl(T.session(W)) <= 60_000

@@ -1,6 +1,7 @@
 """A session's life on each home (DESIGN 17, 25; docs/durable.md#sessions), beside
 test_sessions.py's order of turns: an idle session expires after its agent's session_ttl,
-at every entry at once, and its name then starts afresh; a turn held for its time keeps
+at every entry at once, and its name then starts afresh (of no session_ttl, it is kept,
+listed with no expiry); a turn held for its time keeps
 its session live and unfinished; the words a waiting turn is given count the turns ahead
 of it; a session's history is its turns in order, each with its status, read alike at
 every entry. The agent: tests/session_agent.py."""
@@ -38,7 +39,8 @@ def agents(directory: Path) -> str:
         max_concurrent_tasks = 2
         stop_timeout = 5.0
     """)
-    return f"[agents.chat]{chat}\n[agents.brief]{chat}session_ttl = {BRIEF_TTL}\n"
+    return (f"[agents.chat]{chat}\n[agents.brief]{chat}session_ttl = {BRIEF_TTL}\n"
+            f"[agents.keep]{chat}session_ttl = 0\n")
 
 
 def listed(home: Home, agent: str, name: str, at: int) -> list[dict[str, Any]]:
@@ -77,6 +79,21 @@ def test_an_idle_session_expires_at_every_entry_and_its_name_starts_afresh(home:
     assert shown["session"]["tasks"] == 1
     assert [t["task_id"] for t in shown["history"]] == [again["task_id"]]
     home.call("sessions.end", {"agent": "brief", "session": "e1"})
+
+
+def test_an_idle_session_of_no_session_ttl_is_listed_with_no_expiry_at_every_entry(
+        home: Home) -> None:
+    """An agent's session_ttl of 0 keeps its idle sessions: every entry lists the session
+    with no turn running and no expiry, as soon as its turn has ended (on the cluster,
+    between the turn's end and its session's move, decision 1500, as after it)."""
+    first = home.run("keep", {"turn": 1}, session="k1")
+    second = home.run("keep", {"turn": 2}, at=1, session="k1")
+    assert (first["status"], second["output"]["turns"]) == ("succeeded", [1, 2])
+    for at in (0, 1):
+        [view] = listed(home, "keep", "k1", at)
+        assert (view["running"], view["waiting"], view["expires"], view["tasks"]) == (
+            None, 0, None, 2), view
+    home.call("sessions.end", {"agent": "keep", "session": "k1"}, at=1)
 
 
 def test_a_running_turn_keeps_its_session_from_expiring(home: Home, tmp_path: Path

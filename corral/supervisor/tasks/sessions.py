@@ -90,6 +90,20 @@ def session_bounds(agent: AgentLike | None, tenancy: Tenancy | None) -> list[Ses
     return out
 
 
+def session_ttl(agent: AgentLike | None, tenant: str) -> float:
+    """A session's session_ttl on every home: its agent's here; of an agent now another
+    tenant's, or not known here (gone across a restart, or another node's), the default."""
+    if agent is None or agent.spec.tenant != tenant:
+        return DEFAULT_SESSION_TTL
+    return agent.spec.session_ttl
+
+
+def expires(last_used: float, ttl: float, idle: bool) -> float | None:
+    """When a session expires, on every home, from what its store read: `ttl` after its
+    last use once no turn of it is unfinished; None: not while one is, nor with no ttl."""
+    return last_used + ttl if ttl and idle else None
+
+
 def sessions_full(who: str, live: int, most: int) -> str:
     """Why one more session is refused past a bound, on either home."""
     return (f"sessions full: {who} has {plural(live, 'live session')} (max_sessions "
@@ -385,17 +399,13 @@ class Sessions:
         return self.table.get(s.ident) is s
 
     # -- the table ------------------------------------------------------------------------
-    def _ttl(self, s: Session) -> float:
-        """The session's agent's session_ttl; one whose agent is now another tenant's, or
-        none (gone from the file across a restart), expires after the default one."""
-        agent = self.host.agents.get(s.agent)
-        if agent is None or agent.spec.tenant != s.tenant:
-            return DEFAULT_SESSION_TTL
-        return agent.spec.session_ttl
+    def _expires(self, s: Session) -> float | None:
+        return expires(s.last_used, session_ttl(self.host.agents.get(s.agent), s.tenant),
+                       s.idle)
 
     def _expired(self, s: Session, now: float) -> bool:
-        ttl = self._ttl(s)
-        return bool(ttl) and s.idle and now - s.last_used > ttl
+        at = self._expires(s)
+        return at is not None and now > at
 
     def _drop(self, s: Session) -> None:
         if self._held(s):
@@ -475,12 +485,11 @@ class Sessions:
 
     # -- read by name (SessionStore) ---------------------------------------------------------
     def view(self, s: Session) -> SessionView:
-        ttl = self._ttl(s)
         return SessionView(
             agent=s.agent, session=s.name, tasks=s.tasks, created=s.created,
             last_used=s.last_used, holder=s.holder, state_bytes=s.state_bytes,
             running=s.current.id if s.current is not None else None, waiting=len(s.line),
-            expires=s.last_used + ttl if ttl and s.idle else None, tenant=s.tenant)
+            expires=self._expires(s), tenant=s.tenant)
 
     async def session_views(self, agent: str | None) -> list[SessionView]:
         return [self.view(s) for s in self.listing(agent)]
