@@ -26,11 +26,12 @@ class Usage(msgspec.Struct, gc=False):
     cost_usd: float = 0.0
     reports: int = 0
 
-    def add(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+    def add(self, input_tokens: int, output_tokens: int, cost_usd: float,
+            reports: int = 1) -> None:
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         self.cost_usd += cost_usd
-        self.reports += 1
+        self.reports += reports
 
 
 # the models one usage keeps apart; a report of any further model is counted under
@@ -47,8 +48,8 @@ class ModelUsage(Usage, gc=False):
     models: dict[str, Usage] = {}
 
     def add_model(self, model: str, input_tokens: int, output_tokens: int,
-                  cost_usd: float) -> None:
-        self.add(input_tokens, output_tokens, cost_usd)
+                  cost_usd: float, reports: int = 1) -> None:
+        self.add(input_tokens, output_tokens, cost_usd, reports)
         one = self.models.get(model)
         if one is None and len(self.models) >= MODELS_MAX:
             model = OTHER_MODELS
@@ -56,7 +57,7 @@ class ModelUsage(Usage, gc=False):
         if one is None:
             # (not the shared default: msgspec copies a mutable default per instance)
             one = self.models[model] = Usage()
-        one.add(input_tokens, output_tokens, cost_usd)
+        one.add(input_tokens, output_tokens, cost_usd, reports)
 
 
 class MadeAgain(msgspec.Struct, gc=False):

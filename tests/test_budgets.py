@@ -152,6 +152,51 @@ def test_a_worker_naming_a_new_model_in_each_report_grows_no_totals_past_the_bou
     assert task.usage is not None and task.usage.models["model-3"].input_tokens == 6
 
 
+def test_an_agents_usage_of_one_second_is_counted_as_each_call_alone() -> None:
+    """An agent's calls of one second and model are added to its totals and windows
+    together (budget.py `_Tally`): its totals, models, reports and windows' buckets are
+    those of each call added alone, and every reader (the gate, a reservation, stats,
+    the totals, forget) sees what was counted last, added or not yet."""
+    from types import SimpleNamespace
+
+    from corral.supervisor.tasks.budget import Reservation
+
+    budgets = Budgets(lambda _: None, lambda _: None)
+    agent = SimpleNamespace(name="a", spec=SimpleNamespace(
+        tokens_per_minute=100, tokens_per_day=0, max_cost_usd_per_day=0.0))
+    t = math.floor(time.time()) + 0.25  # (a second's first quarter: three in one)
+    budgets.count_agent("a", 30, 10, 0.125, "m1", t)
+    budgets.count_agent("a", 20, 0, 0.25, "m1", t + 0.5)
+    # what the calls of the second still open hold is read by every reader
+    assert budgets.over(agent) is None
+    budgets.count_agent("a", 20, 0, 0.5, "m1", t + 0.6)  # 80 in the minute
+    first = Reservation(20, 0.0)
+    assert budgets.reserve(agent, first) is None  # (80 and none held: room)
+    held = budgets.reserve(agent, Reservation(1, 0.0))
+    assert held is not None and (held.budget, held.used, held.reserved) == (
+        "tokens_per_minute", 80, 20)
+    first.release()
+    budgets.count_agent("a", 5, 15, 0.0, "m2", t + 0.7)  # another model, the same second
+    over = budgets.over(agent)
+    assert over is not None and (over.budget, over.used) == ("tokens_per_minute", 100)
+    budgets.count_agent("a", 1, 1, 1.0, "m1", t + 1.0)  # the next second
+    stats = budgets.stats("a")
+    assert stats is not None and (stats["tokens_last_minute"], stats["tokens_last_day"],
+                                  stats["cost_usd_last_day"]) == (102, 102, 1.875)
+    assert budgets.usage["a"] == ModelUsage(76, 26, 1.875, 5, {
+        "m1": Usage(71, 11, 1.875, 4), "m2": Usage(5, 15, 0.0, 1)})
+    # the windows' buckets: each second's once, as each call added alone leaves them
+    window = budgets.windows["a"]
+    assert [tuple(b) for b in window.minute_tokens.buckets] == [
+        (t - 0.25, 100.0), (t + 0.75, 2.0)]
+    assert sum(b[1] for b in window.day_cost.buckets) == 1.875
+    budgets.count_agent("a", 7, 0, 0.0, "m1", t + 1.5)
+    budgets.forget("a")  # (what was counted and not yet added goes with the rest)
+    assert budgets.stats("a") is None and "a" not in budgets.usage
+    budgets.count_agent("a", 3, 0, 0.0, "m1", t + 1.6)
+    assert budgets.usage["a"] == ModelUsage(3, 0, 0.0, 1, {"m1": Usage(3, 0, 0.0, 1)})
+
+
 def test_the_budget_keys_are_validated(tmp_path: Path) -> None:
     path = tmp_path / "corral.toml"
     for line, said in (("tokens_per_minute = -5", "Expected `int` >= 0"),

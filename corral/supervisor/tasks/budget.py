@@ -184,6 +184,19 @@ class Reservation:
         self.windows = []
 
 
+class _Tally:
+    """An agent's usage of one model within one second of the wall clock, counted once
+    for all its calls (a model call counted into its agent's totals, its model's and its
+    three windows was a tenth of the gateway's Python a call); folded into them when the
+    next call is of another second or model, or when they are read."""
+
+    __slots__ = ("cost", "input", "model", "output", "reports", "second")
+
+    def __init__(self, second: float, model: str, inp: int, out: int, cost: float) -> None:
+        self.second, self.model = second, model
+        self.input, self.output, self.cost, self.reports = inp, out, cost, 1
+
+
 class BadUsage(ValueError):
     """A usage/report that is not counted; the message says why."""
 
@@ -244,8 +257,9 @@ class Budgets:
         self.reopen = reopen
         self.depth = depth
         self.tell = tell
-        self.usage: dict[str, ModelUsage] = {}  # since the daemon started
-        self.windows: dict[str, Budget] = {}
+        self._usage: dict[str, ModelUsage] = {}  # since the daemon started
+        self._windows: dict[str, Budget] = {}
+        self._tallies: dict[str, _Tally] = {}  # an agent's usage not yet in those (`_fold`)
         self.holding: dict[str, BudgetHold] = {}  # agents held now, as last judged
         self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self.bad_reports = 0
@@ -282,20 +296,60 @@ class Budgets:
     def count_agent(self, name: str, inp: int, out: int, cost: float, model: str,
                     when: float) -> None:
         """Usage of the agent `name` (and its group's), of no task: a model call through
-        corral's model gateway that no task attempt is known to have made."""
-        agent = self.usage.get(name)
-        if agent is None:
-            agent = self.usage[name] = ModelUsage()
-        agent.add_model(model, inp, out, cost)
-        (self.windows.get(name) or self.window(name)).add(inp + out, cost, when)
+        corral's model gateway that no task attempt is known to have made. Its own totals
+        and windows take it with its other usage of the same second and model, at once
+        (`_fold`): the same sums, in the same windows' buckets."""
+        second = when // 1.0  # (a bucket of the minute's window, and inside one of the day's)
+        kept = self._tallies.get(name)
+        if kept is not None and kept.second == second and kept.model == model:
+            kept.input += inp
+            kept.output += out
+            kept.cost += cost
+            kept.reports += 1
+        else:
+            if kept is not None:
+                self._add(name, kept)
+            self._tallies[name] = _Tally(second, model, inp, out, cost)
         group = self.groups(name) if self.sharing else None
         if group is not None:
             self.window(group[0]).add(inp + out, cost, when)
 
+    def _add(self, name: str, kept: _Tally) -> None:
+        agent = self._usage.get(name)
+        if agent is None:
+            agent = self._usage[name] = ModelUsage()
+        agent.add_model(kept.model, kept.input, kept.output, kept.cost, kept.reports)
+        window = self._windows.get(name)
+        if window is None:
+            window = self._windows[name] = Budget()
+        window.add(kept.input + kept.output, kept.cost, kept.second)
+
+    def _fold(self, name: str) -> None:
+        """The agent's usage counted and not yet added, added (before its totals or
+        windows are read)."""
+        kept = self._tallies.pop(name, None)
+        if kept is not None:
+            self._add(name, kept)
+
+    @property
+    def usage(self) -> dict[str, ModelUsage]:
+        """Every agent's usage since the daemon started."""
+        for name in list(self._tallies):
+            self._fold(name)
+        return self._usage
+
+    @property
+    def windows(self) -> dict[str, Budget]:
+        """Every agent's and group's windows."""
+        for name in list(self._tallies):
+            self._fold(name)
+        return self._windows
+
     def window(self, agent: str) -> Budget:
-        w = self.windows.get(agent)
+        self._fold(agent)
+        w = self._windows.get(agent)
         if w is None:
-            w = self.windows[agent] = Budget()
+            w = self._windows[agent] = Budget()
         return w
 
     def restore(self, agent: str, tokens: int, cost_usd: float, when: float) -> None:
@@ -307,7 +361,7 @@ class Budgets:
     def holds(self, agent: AgentLike, now: float | None = None) -> bool:
         """True while the agent is over a budget at `now` (the pump's instant: a task
         never shows a start before the edge its gate opened at); a timer reopens it."""
-        if not self.windows:
+        if not (self._windows or self._tallies):
             return False  # nothing reported yet, so nothing over a budget (a fleet's start)
         spec = agent.spec
         name = agent.name
@@ -319,7 +373,8 @@ class Budgets:
             if self.holding:
                 self.holding.pop(name, None)  # its budgets were taken away (a reload)
             return False  # (the dispatch path of every agent without a budget)
-        w = self.windows.get(name)
+        self._fold(name)
+        w = self._windows.get(name)
         if w is None:
             return False
         if now is None:
@@ -331,7 +386,7 @@ class Budgets:
     def _holds_group(self, agent: AgentLike, key: str, tokens_per_minute: int,
                      now: float) -> bool:
         """The agent's group's shared budget, held under the group's key (its timer reopens all)."""
-        w = self.windows.get(key)
+        w = self._windows.get(key)
         if w is None:
             return False
         held = w.held(tokens_per_minute, 0, 0, now)
@@ -365,13 +420,14 @@ class Budgets:
         """The budget the agent is over now, its group's first, or None (unlike `holds`, silent)."""
         now = time.time()
         group = self.groups(agent.name) if self.sharing else None
-        shared = self.windows.get(group[0]) if group is not None else None
+        shared = self._windows.get(group[0]) if group is not None else None
         if group is not None and shared is not None:
             held = shared.held(group[1], 0, 0, now)
             if held is not None:
                 held.budget = f"{group[0]} {held.budget}"
                 return held
-        spec, own = agent.spec, self.windows.get(agent.name)
+        self._fold(agent.name)
+        spec, own = agent.spec, self._windows.get(agent.name)
         if own is None:
             return None
         return own.held(spec.tokens_per_minute, spec.tokens_per_day,
@@ -418,17 +474,19 @@ class Budgets:
     # -- shown --------------------------------------------------------------------------
     def stats(self, agent: str) -> dict[str, Any] | None:
         """The agent's usage and windows (`corral stats`); None if it never reported."""
-        w = self.windows.get(agent)
+        self._fold(agent)
+        w = self._windows.get(agent)
         if w is None:
             return None
-        used = self.usage.get(agent) or ModelUsage()  # (or restored windows only)
+        used = self._usage.get(agent) or ModelUsage()  # (or restored windows only)
         return {**msgspec.structs.asdict(used),
                 "models": {m: msgspec.structs.asdict(u) for m, u in used.models.items()},
                 **w.figures(time.time()), "waiting": self.waiting(agent)}
 
     def forget(self, agent: str) -> None:
-        self.usage.pop(agent, None)
-        self.windows.pop(agent, None)
+        self._tallies.pop(agent, None)
+        self._usage.pop(agent, None)
+        self._windows.pop(agent, None)
         self.holding.pop(agent, None)
         armed = self._timers.pop(agent, None)
         if armed is not None:
