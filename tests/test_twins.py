@@ -57,6 +57,12 @@ def functions_with(module: Path, found: Callable[[ast.AST], bool]) -> list[str]:
             and any(found(node) for node in ast.walk(fn))]
 
 
+def calls(name: str) -> Callable[[ast.AST], bool]:
+    """A call of the function `name`."""
+    return lambda node: isinstance(node, ast.Call) and isinstance(
+        node.func, ast.Name) and node.func.id == name
+
+
 def reads_a_ttl(node: ast.AST) -> bool:
     """An agent's session_ttl read (`spec.session_ttl`)."""
     return isinstance(node, ast.Attribute) and node.attr == "session_ttl"
@@ -93,8 +99,8 @@ def test_the_rule_has_a_move_for_each_turn_a_store_can_see() -> None:
         turns.Turns.LINED]
 
 
-def test_the_node_asks_the_rule_at_a_turns_submit_and_end() -> None:
-    assert events_decided(NODE) >= {TurnEvent.SUBMIT, TurnEvent.ENDS}
+def test_the_node_asks_the_rule_at_a_turns_submit() -> None:
+    assert TurnEvent.SUBMIT in events_decided(NODE)
 
 
 def test_a_sessions_end_is_decided_once_above_every_store() -> None:
@@ -112,10 +118,17 @@ def test_a_clusters_turn_start_is_decided_above_and_kept_under_a_compare_and_set
                      + sessionscripts.SUBMIT_THEN) == []
 
 
-def test_a_clusters_turn_end_is_decided_above_the_home() -> None:
-    """A task's end only marks its turn ended (scripts._ended); the node decides the
-    move, which MOVE keeps under a compare-and-set (decision 1500)."""
-    assert {TurnEvent.ENDS, TurnEvent.LEAVES} <= events_decided(CLUSTER)
+def test_a_turns_end_is_decided_once_above_every_store() -> None:
+    """An ended turn's move is `turns.ended`'s, on what a store read of its session
+    (whether the turn held its place, its line's length, whether it waits in it): the
+    node keeps it in memory, at a waiting turn's cancel (`remove`) and at a turn's end
+    (`_finished`); on the cluster a task's end only marks its turn ended
+    (scripts._ended), and MOVE keeps the move under a compare-and-set (decisions 1500,
+    1966). Neither store asks the rule about a turn's end itself."""
+    for module in (NODE, CLUSTER):
+        assert not events_decided(module) & {TurnEvent.ENDS, TurnEvent.LEAVES}
+    assert functions_with(NODE, calls("ended")) == ["remove", "_finished"]
+    assert functions_with(CLUSTER, calls("ended")) == ["moved"]
     assert decisions(sessionscripts.ended("ARGV[2]") + sessionscripts.MOVE) == []
 
 

@@ -32,7 +32,7 @@ from ..supervisor.tasks.sessions import (
     state_too_large,
     turn_waits,
 )
-from ..supervisor.tasks.turns import TurnEvent, decide, state
+from ..supervisor.tasks.turns import TurnEvent, decide, ended, state
 from . import sessionscripts
 from .connection import read, read_all, said, why
 from .keys import Keys
@@ -169,11 +169,7 @@ class ClusterSessions(RedisPart):
                                     f"was not moved: {why(got)}")
                     continue
                 _, cur, waiting, place = got
-                if cur == tid.encode():
-                    move = decide(state(True, waiting), TurnEvent.ENDS)
-                else:  # (a turn in the line waits behind one that holds the place)
-                    move = None if place is None else decide(state(True, waiting),
-                                                             TurnEvent.LEAVES)
+                move = ended(cur == tid.encode(), waiting, place is not None)
                 moves[tid] = [tid, move.value if move else "", cur, waiting]
 
     async def sweep(self) -> None:

@@ -1,10 +1,10 @@
 """A session's life on each home (DESIGN 17, 25; docs/durable.md#sessions), beside
 test_sessions.py's order of turns: an idle session expires after its agent's session_ttl,
 at every entry at once, and its name then starts afresh (of no session_ttl, it is kept,
-listed with no expiry); a turn held for its time keeps
-its session live and unfinished; the words a waiting turn is given count the turns ahead
-of it; a session's history is its turns in order, each with its status, read alike at
-every entry. The agent: tests/session_agent.py."""
+listed with no expiry); a turn held for its time keeps its session live and unfinished;
+the words a waiting turn is given count the turns ahead of it; a session's history is its
+turns in order, each with its status, read alike at every entry; a turn's end after its
+line's waiting turn was cancelled rests its session. The agent: tests/session_agent.py."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
+from corral.supervisor.config import DEFAULT_SESSION_TTL
 
 from ..conftest import ROOT
 from ..daemon_harness import PY
@@ -150,6 +151,38 @@ def test_a_sessions_history_is_its_turns_in_order_with_their_status_at_every_ent
     assert seen[0] == seen[1] == [(rec["task_id"], rec["status"], rec["created"])
                                   for rec in (ok, failed, after)]
     home.call("sessions.end", {"agent": "chat", "session": "h1"}, at=1)
+
+
+def test_a_turn_ending_after_its_line_was_cancelled_rests_its_session(
+        home: Home, tmp_path: Path) -> None:
+    """A turn's end moves its session as the rule decides on what its store read
+    (turns.ended): the line's one waiting turn cancelled leaves it, and the running
+    turn's end then rests the session, no line left behind it, at every entry; the next
+    turn starts with the last state kept."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    first = home.submit("chat", {"turn": 1, "hold": str(gate)}, session="r1")
+    home.status_of(first, "running")
+    dropped = home.submit("chat", {"turn": 2}, at=1, session="r1")
+    home.status_of(dropped, "queued")
+    home.call("tasks.cancel", {"task_id": dropped})
+    assert home.status_of(dropped, "cancelled", at=1)["attempts"] == []
+    opening = held(gate)
+    opening.start()
+    assert home.wait(first)["output"]["turns"] == [1]
+    opening.join(10)
+    for at in (0, 1):
+        view = wait_until(f"r1 idle at entry {at}", lambda at=at: next(
+            (v for v in listed(home, "chat", "r1", at)
+             if v["running"] is None and v["expires"] is not None), None))
+        assert (view["tasks"], view["waiting"]) == (2, 0), view
+        assert view["expires"] == pytest.approx(view["last_used"] + DEFAULT_SESSION_TTL,
+                                                abs=0.5)
+    assert [(t["task_id"], t["status"]) for t in home.session("chat", "r1", at=1)[
+        "history"]] == [(first, "succeeded"), (dropped, "cancelled")]
+    after = home.run("chat", {"turn": 3}, at=1, session="r1")
+    assert (after["output"]["turns"], after["output"]["given"]) == ([1, 3], True)
+    home.call("sessions.end", {"agent": "chat", "session": "r1"})
 
 
 @pytest.mark.differs("a cluster refuses a session's turn with a delay or not_before "

@@ -28,7 +28,7 @@ from ..stream import Stream
 from .model import Task, TaskFinished
 from .queue import Queue
 from .sessionstates import HotStates, Key
-from .turns import Move, TurnEvent, decide, state
+from .turns import Move, TurnEvent, decide, ended, state
 
 if TYPE_CHECKING:
     from ..quotas import Tenancy
@@ -629,14 +629,14 @@ class Sessions:
 
     def remove(self, task: Task) -> bool:
         s = self._turns.get(task.id)
-        if s is not None and (task in s.line or s.warming is task):
-            if s.warming is task:
-                s.warming = None
-            else:
-                s.line.remove(task)
-            self._parked[task.agent] -= 1
-            return True
-        return self.inner.remove(task)
+        if s is not None and s.warming is task:
+            s.warming = None
+        elif s is not None and ended(False, len(s.line), task in s.line) is Move.LEAVE:
+            s.line.remove(task)  # (its cancel is its end: it leaves the line at once)
+        else:
+            return self.inner.remove(task)
+        self._parked[task.agent] -= 1
+        return True
 
     def depth(self, agent: str) -> int:
         return self.inner.depth(agent) + self._parked.get(agent, 0)
@@ -685,16 +685,16 @@ class Sessions:
         if s is None:
             return
         s.pending = max(0, s.pending - 1)
-        if s.first == task.id:  # restored, and ended before it was queued (lost)
-            s.first = None
-        elif s.current is task:
-            s.current = None
-        else:
-            return  # a turn cancelled in the line: it left it (`remove`)
+        # (a restored first turn holds its place too, ended before it was queued: lost;
+        # one cancelled in the line left it at its cancel, `remove`: no move)
+        move = ended(s.current is task or s.first == task.id, len(s.line), False)
+        if move is None:
+            return
+        s.current = s.first = None
         if not self._held(s):
             return  # its session ended with its agent
         self._touch(s)
-        if decide(state(True, len(s.line)), TurnEvent.ENDS) is Move.ADVANCE:
+        if move is Move.ADVANCE:
             nxt = s.line.pop(0)
             self._parked[task.agent] -= 1
             if self._turn(nxt, front=False):

@@ -59,3 +59,13 @@ def decide(now: Turns, event: TurnEvent) -> Move | None:
     """The move of `event` in state `now`; None: the event moves nothing (a turn of a
     session ended meanwhile, with its agent)."""
     return RULE.get((now, event))
+
+
+def ended(holds: bool, waiting: int, in_line: bool) -> Move | None:
+    """An ended turn's move on every home, from what its store read of its session:
+    whether the turn held its place, its line's length, whether the turn waits in it.
+    None: neither (a turn that left its line at its cancel, or whose session ended or
+    has moved already)."""
+    if holds:
+        return decide(state(True, waiting), TurnEvent.ENDS)
+    return decide(state(True, waiting), TurnEvent.LEAVES) if in_line else None
