@@ -58,3 +58,49 @@ def test_a_readable_usage_is_counted_as_said() -> None:
         "input_tokens": 9000, "output_tokens": 1}}}
     assert settled(first, {"type": "message_delta", "usage": {"output_tokens": "lots"}}
                    )[0] == 9000
+
+
+def test_every_body_is_read_as_the_loose_reader_reads_it() -> None:
+    """The typed read (`_TypedReport`: a count in C, no Python a member) and the loose one it
+    falls back to (`_read_loose`: a member of any type) leave a call's usage the same on
+    every body: events of each format, counts of every type, members of another type
+    beside them, and a body that is no object."""
+    import random
+
+    rnd = random.Random(90)
+    values: list[object] = [None, 0, 5, 12, -5, "900", 1.5, True, 10**16, {"n": 1}, [1]]
+    keys = ["prompt_tokens", "input_tokens", "cache_creation_input_tokens",
+            "cache_read_input_tokens", "completion_tokens", "output_tokens",
+            "total_tokens", "prompt_tokens_details"]
+
+    def usage() -> object:
+        if rnd.random() < 0.1:
+            return rnd.choice([None, "x", 5, []])
+        return {k: rnd.choice(values) for k in rnd.sample(keys, rnd.randint(0, 4))}
+
+    def part() -> object:
+        if rnd.random() < 0.15:
+            return rnd.choice([None, "x", 3])
+        said: dict[str, object] = {}
+        if rnd.random() < 0.7:
+            said["model"] = rnd.choice(["m", None, 5])
+        if rnd.random() < 0.8:
+            said["usage"] = usage()
+        return said
+
+    members = {"type": lambda: rnd.choice(["message_start", "message_delta", None, 5,
+                                           "response.completed"]),
+               "message": part, "response": part,
+               "model": lambda: rnd.choice(["m2", None, 7]), "usage": usage}
+    counted = 0
+    for _ in range(5000):
+        events = [msgspec.json.encode({k: made() for k, made in members.items()
+                                       if rnd.random() < 0.5})
+                  for _ in range(rnd.randint(1, 3))] + [b"[1, 2]"] * (rnd.random() < 0.05)
+        typed, loose = CallUsage(), CallUsage()
+        for event in events:
+            typed.read_body(event)
+            loose._read_loose(event)
+        assert typed == loose, events
+        counted += typed.said
+    assert counted > 200  # (bodies whose usage is read, not only refused ones)
