@@ -1,7 +1,8 @@
 """Sessions in order, on each home (DESIGN 17, 25): the turns of one session run one at
 a time, in the order they were submitted, each handed the state the last one left; a
 turn waiting for its session says so; a turn in flight when its home crashes is run
-again with the last state kept, and the next turn follows it. The agent:
+again with the last state kept, and the next turn follows it; two new sessions racing
+past max_sessions at two entries make one, the other refused. The agent:
 tests/session_agent.py (each turn appends its number to the session's state)."""
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 import pytest
 
 from corral import jsonrpc
+from corral.cli.client import CallFailed
 
 from ..conftest import ROOT
 from ..daemon_harness import PY
-from .home import Home, wait_until
+from .home import PATIENCE, Home, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 HERE = Path(__file__).parent.parent
@@ -139,6 +141,35 @@ def test_a_session_past_its_agents_bounds_is_refused_with_their_words(home: Home
     assert (code, message) == (jsonrpc.REFUSED, (
         "sessions full: agent small has 1 live session (max_sessions 1); end one (corral "
         "sessions end) or wait for one to expire (session_ttl)"))
+
+
+def test_two_new_sessions_racing_at_two_entries_past_max_sessions_one_is_refused(
+        home: Home) -> None:
+    """max_sessions is kept at a submit as one step with the count it is decided on (the
+    node's loop, the cluster's SUBMIT): two new sessions of `small` submitted at once,
+    one at each entry, make one live session and one refusal in the bound's words."""
+    start = threading.Barrier(2)
+    got: dict[str, Any] = {}
+
+    def submit(name: str, at: int) -> None:
+        start.wait(PATIENCE)
+        try:
+            got[name] = home.submit("small", {"turn": 1}, at=at, session=name)
+        except CallFailed as e:
+            got[name] = (e.code, e.message)
+
+    racing = [threading.Thread(target=submit, args=(name, at))
+              for name, at in (("near", 0), ("far", 1))]
+    for t in racing:
+        t.start()
+    for t in racing:
+        t.join(PATIENCE)
+    [(kept, task_id)] = [(n, v) for n, v in got.items() if isinstance(v, str)]
+    assert home.wait(task_id)["output"]["turns"] == [1]
+    home.call("sessions.end", {"agent": "small", "session": kept})
+    assert [v for v in got.values() if not isinstance(v, str)] == [(jsonrpc.REFUSED, (
+        "sessions full: agent small has 1 live session (max_sessions 1); end one (corral "
+        "sessions end) or wait for one to expire (session_ttl)"))]
 
 
 def test_a_tenants_session_bounds_count_its_agents_and_refuse_in_their_words(home: Home
