@@ -75,10 +75,10 @@ class ClusterSessions(RedisPart):
 
     # -- submit ----------------------------------------------------------------------------
     async def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
-        """What SUBMIT takes after the plain submit's arguments: the session, its agent's
-        session_ttl, the bounds on its live sessions as this node knows them (the node's
-        own: session_bounds, the agent's and its tenant's over its agents), its owner,
-        and its move."""
+        """What SUBMIT takes after the plain submit's arguments: the session, its ttl
+        (`session_ttl`: its agent's as this node knows it, else the default), the bounds
+        on its live sessions as this node knows them (the node's own: session_bounds,
+        the agent's and its tenant's over its agents), its owner, and its move."""
         local = self.host.agents.get(agent)
         bounds = [[b.max_sessions, list(b.agents), b.who]
                   for b in session_bounds(local, self.tenancy) if b.max_sessions]

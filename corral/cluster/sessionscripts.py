@@ -210,7 +210,7 @@ return 1
 # decided again); a new session is refused at a bound given (-2: which, by its words, its
 # live sessions counted, its most); the task goes into the stream when it starts, else
 # into the line, which max_queue bounds (-1).
-# KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its agent's session_ttl
+# KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its ttl (session_ttl)
 #   (seconds, 0: none), the bounds on its live sessions (JSON: each its max_sessions, the
 #   agents whose sessions of the tenant it counts, its words: sessions.session_bounds),
 #   its agent's tenant, the move ('start' or 'wait'), the current turn as read ('-': no
