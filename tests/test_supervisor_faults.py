@@ -190,15 +190,17 @@ async def test_a_worker_whose_main_thread_stops_reading_is_hung(sup: Supervisor)
 
 
 async def test_a_slow_reader_is_waited_for_not_taken_for_hung(sup: Supervisor) -> None:
-    # it floods corral with requests but reads the answers slowly (~500 KB/s) for its
-    # first MB: past the budget its requests wait, for longer than its heartbeat timeout,
-    # and as long as it reads some of what is waiting it is not hung
+    # it floods corral with requests but reads the answers slowly for its first MB: past
+    # the budget its requests wait, for longer than its heartbeat timeout, and as long as
+    # it reads some of what is waiting it is not hung. Its reads are slow enough that a
+    # loaded host's corral, slow to answer, still fills the budget before they speed up
+    # (at a faster pace the reader kept up and the backlog never reached it)
     logs: list[bytes] = []
     sup.stream.subscribe(lambda e: logs.extend(e.lines), LogBatch)
     n, topic = 2600, "t" * 1000  # answers of ~1 KB: 2.6 MB in all, past pipe and budget
     sup.add(agent("slowpoke", command=[PY, str(ROOT / "tests" / "flood_worker.py")],
                   heartbeat_timeout=1.0, env={
-                      "FLOOD_READS": "1", "FLOOD_READ": "16384,0.03,1000000",
+                      "FLOOD_READS": "1", "FLOOD_READ": "16384,0.1,1000000",
                       "FLOOD_REQUESTS": str(n), "FLOOD_PARAMS": f'{{"topic":"{topic}"}}'}))
     r = await sup.wait_state("slowpoke", State.READY)
     proc = r.process
