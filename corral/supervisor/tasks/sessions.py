@@ -289,10 +289,6 @@ class Session:
         self.warming: Task | None = None
         self.front = False
 
-    @property
-    def idle(self) -> bool:
-        return not self.pending
-
     def turn_of(self, task: Task) -> bool:
         """Whether `task` takes (or holds) the place of the one task of the session that
         may run, as the rule decides (turns.py): its own place, a retry's or a restored
@@ -401,7 +397,7 @@ class Sessions:
     # -- the table ------------------------------------------------------------------------
     def _expires(self, s: Session) -> float | None:
         return expires(s.last_used, session_ttl(self.host.agents.get(s.agent), s.tenant),
-                       s.idle)
+                       not s.pending)  # (idle: no turn of it unfinished)
 
     def _expired(self, s: Session, now: float) -> bool:
         at = self._expires(s)
