@@ -6,7 +6,7 @@ uncounted once let 235k tokens billed pass a 5,000-a-minute budget.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
@@ -25,43 +25,6 @@ class _Report(msgspec.Struct):
 
 
 _said = msgspec.json.Decoder(_Report)
-# a count as corral reads one (a whole number of tokens, within reason; null: not said)
-_Count = Annotated[int, msgspec.Meta(ge=0, le=10**15)] | None
-
-
-class _Counts(msgspec.Struct, gc=False):
-    """A usage whose every count is one corral reads, decoded in one pass: inputs first
-    (in `_INPUT`'s members), then outputs."""
-
-    prompt_tokens: _Count = None
-    input_tokens: _Count = None
-    cache_creation_input_tokens: _Count = None
-    cache_read_input_tokens: _Count = None
-    completion_tokens: _Count = None
-    output_tokens: _Count = None
-
-
-class _Part(msgspec.Struct, gc=False):
-    """A stream event's `message` (Messages') or `response` (Responses'): its model and
-    usage."""
-
-    model: str | None = None
-    usage: _Counts | None = None
-
-
-class _TypedReport(msgspec.Struct, gc=False):
-    """`_Report` where every member is of the type corral reads (the rest skipped): most
-    answers and events, read with no Python a count; any other is `_Report`'s to read."""
-
-    type: str | None = None
-    message: _Part | None = None
-    response: _Part | None = None
-    model: str | None = None
-    usage: _Counts | None = None
-
-
-_counted = msgspec.json.Decoder(_TypedReport)
-_NOT_SAID = (None,) * len(_Counts.__struct_fields__)
 _INPUT = frozenset({"prompt_tokens", "input_tokens", "cache_creation_input_tokens",
                     "cache_read_input_tokens"})
 _OUTPUT = frozenset({"completion_tokens", "output_tokens"})
@@ -109,35 +72,6 @@ class CallUsage(msgspec.Struct, gc=False):
 
     def read_body(self, body: bytes) -> None:
         """The model and usage a whole answer, or a stream's event, says."""
-        try:
-            said = _counted.decode(body)
-        except msgspec.DecodeError:  # (a ValidationError is one: a member of another type)
-            return self._read_loose(body)
-        part: _Part | _TypedReport = said
-        if said.type == "message_start" and said.message is not None:
-            part = said.message  # (as `_read_loose` chooses where the usage is)
-        elif said.response is not None:
-            part = said.response
-        if part.model is not None:
-            self.model = part.model
-        counts = part.usage
-        if counts is None or self.doubted:
-            return
-        counted = msgspec.structs.astuple(counts)
-        if counted == _NOT_SAID:
-            return  # a usage of no count (`{}`) says nothing
-        prompt, inp, created, cached, completion, out = counted
-        self.said = True
-        inp = (prompt or 0) + (inp or 0) + (created or 0) + (cached or 0)
-        out = (completion or 0) + (out or 0)
-        if inp:
-            self.input = inp  # a stream's later event restates it, never adds to it
-        if out:
-            self.output = out  # message_delta's count is the running total
-
-    def _read_loose(self, body: bytes) -> None:
-        """`read_body` where a member is of another type than corral reads: a count it
-        cannot read makes the usage say nothing."""
         try:
             said = _said.decode(body)
         except msgspec.DecodeError:
