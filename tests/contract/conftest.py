@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ..cluster.harness import STEADY_TTL
 from .home import KINDS, Home, made
 
 MARK = "differs(reason): the cluster's home is not yet what the contract says: its " \
@@ -41,13 +42,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="module", params=KINDS)
 def home(request: pytest.FixtureRequest) -> Iterator[Home]:
     """The module's home: its `agents(directory)` TOML, and its bounds, `SUPERVISOR`
-    ([supervisor] lines, the node's) and `CLUSTER` ([cluster] lines, the cluster's)."""
+    ([supervisor] lines, the node's) and `CLUSTER` ([cluster] lines, the cluster's).
+    A cluster's nodes run on the steady TTL: a test waits on a node's lapse only after
+    its kill (`crash`), and a live node's lapse under a loaded host's loop stall makes
+    the other node take its tasks over, attempts no test expects."""
     module = request.module
     # a short path: the daemons' unix sockets live in it
     directory = Path(tempfile.mkdtemp(prefix="contract-"))
     try:
         with made(request.param, directory, module.agents(directory),
-                  getattr(module, "SUPERVISOR", ""), getattr(module, "CLUSTER", "")) as h:
+                  getattr(module, "SUPERVISOR", ""), getattr(module, "CLUSTER", ""),
+                  ttl=STEADY_TTL) as h:
             yield h
     finally:
         shutil.rmtree(directory, ignore_errors=True)
