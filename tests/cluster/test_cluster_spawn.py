@@ -31,6 +31,7 @@ from .harness import STEADY_TTL, Node, cluster_table, nodes
 from .test_cluster_specs import log
 from .test_cluster_trust import attacker, trust
 from .test_scripts import LAST, TID, submit
+from .test_takeover import said_of_leases
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -327,8 +328,15 @@ def test_a_spawn_tree_whose_node_dies_finishes_on_another_spawning_none_twice(
         task_id = first.call("tasks.submit", {"agent": "orch", "input": {
             "children": CHILDREN, "count": str(count), "marks": str(marks), "nap": 0.2,
             "stop_after": STOP_AFTER, "how": "hang", "marker": str(marker)}})["task_id"]
-        # its first attempt spawned STOP_AFTER children and hangs: its node dies
-        wait_until(marker.exists, timeout=60, what="the orchestrator's marker")
+        # its first attempt spawned STOP_AFTER children and hangs: its node dies (the
+        # marker comes within a second or two at load; a wait past that says where the
+        # task stood, how far it spawned and what the nodes said of their leases)
+        try:
+            wait_until(marker.exists, timeout=60, what="the orchestrator's marker")
+        except AssertionError as late:
+            raise AssertionError(late.args[0], first.call(
+                "tasks.get", {"task_id": task_id}), sorted(p.name for p in marks.iterdir()),
+                said_of_leases(ns.values())) from None
         driving = first.call("tasks.get", {"task_id": task_id})["attempts"][-1]["node"]
         pid = ns[driving].proc.pid  # type: ignore[union-attr]
         if fault == "kill9":
