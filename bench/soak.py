@@ -34,6 +34,7 @@ with the defaults.
     .venv/bin/python -m bench.soak [--minutes 20] [--warmup 120] [--interval 2]
         [--restarts 2] [--upgrades 1] [--reload-every 120] [--kept 300] [--event-ring N]
         [--pause 0.25] [--max-slope GAUGE=PER_HOUR ...] [--json PATH] [--keep-dir]
+        [--fresh-names] [--wrap COMMAND]
 
 Prints a table (with the RSS at each minute, its slope over the second half, and the
 state and log directories' bytes on disk); exit status 0 when every slope is within its
@@ -105,6 +106,7 @@ class Plan:
     # a command the daemon is run under (a memory profiler's: `heaptrack -o FILE`)
     wrap: tuple[str, ...] = ()
     event_ring: int = 0  # [http] event_ring (0: kept * 4, filled within the warm-up)
+    fresh_names: bool = False  # each round's agent under a name never used before
 
     def events(self) -> list[tuple[float, str]]:
         """When (seconds from the start) the operator does what: the restarts and the
@@ -197,12 +199,19 @@ class NamePool:
     freed was next taken by the other. A tenant takes a free name the other held last
     where there is one: a name crossing between tenants is what the soak is to try, and
     taken at random it crossed on about half the takes, too few for the suite's short run
-    on a loaded host."""
+    on a loaded host.
 
-    def __init__(self) -> None:
+    With `fresh`, each take of a slot is a name never used before (`chat0-17`): a fleet
+    whose agents are made per job, where what the daemon keeps per name and never
+    forgets grows with the rounds (issue 90), which reused names cannot show."""
+
+    def __init__(self, fresh: bool = False) -> None:
         self._lock = threading.Lock()
+        self.fresh = fresh
         self.holder: dict[str, str | None] = dict.fromkeys(NAMES)
         self.last: dict[str, str | None] = dict.fromkeys(NAMES)
+        self.current = {n: n for n in NAMES}  # each slot's name now (fresh: its latest)
+        self.taken = 0
         self.crossed = 0
 
     def take(self, tenant: str, rng: random.Random) -> str | None:
@@ -211,16 +220,24 @@ class NamePool:
             if not free:
                 return None
             theirs = [n for n in free if self.last[n] not in (None, tenant)]
-            name = rng.choice(theirs or free)
-            self.holder[name] = tenant
-            if self.last[name] not in (None, tenant):
+            slot = rng.choice(theirs or free)
+            self.holder[slot] = tenant
+            if self.last[slot] not in (None, tenant):
                 self.crossed += 1
-            return name
+            self.taken += 1
+            if self.fresh:
+                self.current[slot] = f"{slot}-{self.taken}"
+            return self.current[slot]
 
     def give_back(self, name: str, tenant: str) -> None:
         with self._lock:
-            self.holder[name] = None
-            self.last[name] = tenant
+            slot = name.partition("-")[0]
+            self.holder[slot] = None
+            self.last[slot] = tenant
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self.current.values())
 
 
 @dataclass
@@ -468,7 +485,7 @@ class Tenant(threading.Thread):
         other tenant's by id."""
         paths = ["/agents", "/tasks?limit=100", "/runs?limit=100", "/sessions",
                  "/workflows", "/teams", "/schedules", "/approvals"]
-        for n in NAMES:
+        for n in self.names.names():
             paths += [f"/tasks?agent={n}&limit=100", f"/agents/{n}", f"/agents/{n}/history",
                       f"/agents/{n}/logs", f"/agents/{n}/sessions/s1",
                       f"/workflows/wf-{n}", f"/workflows/wf-{n}/history",
@@ -749,7 +766,7 @@ def soak(plan: Plan, d: Path) -> Run:
     daemon = SoakDaemon(d, free_port(), plan.kept, {t: ledgers[t].mark for t in TENANTS},
                         plan.wrap, plan.event_ring)
     run = Run(plan, Watch(ledgers), Sampler(daemon.where, daemon.state_dir, plan.interval,
-                                            d / "logs"), NamePool())
+                                            d / "logs"), NamePool(plan.fresh_names))
     gate = Gate()
     receiver = Receiver(run.watch)
     receiver.start()
@@ -877,7 +894,9 @@ def report(run: Run) -> dict[str, Any]:
         "answered_at_end_s": run.answered,
         "orphans": run.orphans, "processes_below": len(run.sampler.below),
         "pushes_refused": run.pushes_bad,
-        "dir_bounds_mib": dir_bounds(plan.kept),
+        # (fresh names: each name's log file is the operator's to keep, a file a name)
+        "dir_bounds_mib": {k: v for k, v in dir_bounds(plan.kept).items()
+                           if not (plan.fresh_names and k == "logs_mib")},
         "names_taken_from_the_other_tenant": run.names.crossed,
         "samples": [{"t": round(s.t, 1), "life": s.life, "since_start": round(s.since_start, 1),
                      "values": {k: round(v, 3) for k, v in s.values.items()}}
@@ -1045,6 +1064,9 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
                     help="run the daemon under this command (e.g. 'heaptrack -o FILE'; "
                     "a profiler's pid is no daemon's: with --restarts 0 --upgrades 0, and "
                     "the gauges are the wrapper's)")
+    ap.add_argument("--fresh-names", action="store_true",
+                    help="each round's agent under a name never used before (a fleet of "
+                    "agents made per job), not the three names both tenants reuse")
     a = ap.parse_args(argv)
     bounds = dict(BOUNDS)
     for item in a.max_slope:
@@ -1053,7 +1075,8 @@ def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
             ap.error(f"--max-slope: no gauge {key} (gauges: {', '.join(BOUNDS)})")
         bounds[key] = float(value)
     return Plan(a.minutes, a.warmup, a.interval, a.restarts, a.upgrades, a.reload_every,
-                a.kept, a.pause, bounds, tuple(shlex.split(a.wrap)), a.event_ring), a
+                a.kept, a.pause, bounds, tuple(shlex.split(a.wrap)), a.event_ring,
+                a.fresh_names), a
 
 
 def _stopped(signum: int, _frame: object) -> None:

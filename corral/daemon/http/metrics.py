@@ -35,6 +35,7 @@ from ...jsonrpc import RpcError
 from ...supervisor.addresses import local_listen
 from ...supervisor.lifecycle import Cause
 from ...supervisor.process_replica import Transition
+from ...supervisor.stream import Roster
 from ..caller import Caller
 from ..history import BUCKETS
 from ..services import Services
@@ -51,11 +52,18 @@ SLICE = 0.002  # seconds of per-agent lines written before the loop turns
 
 class Restarts:
     """Restarts per agent by the cause that ended the life restarted, counted from the
-    event stream (the engine counts them by cause for the whole fleet only)."""
+    event stream (the engine counts them by cause for the whole fleet only); an agent's
+    go with it, at the roster's change that removed it (once at each scrape, a daemon
+    nobody scraped kept one a name ever restarted, its agents made and removed under new
+    names)."""
 
     def __init__(self, services: Services) -> None:
         self.agents = services.agents
         self.by_agent: dict[str, dict[str, int]] = {}
+
+    def on_roster(self, e: Roster) -> None:
+        if e.agent not in self.agents:
+            self.by_agent.pop(e.agent, None)
 
     def on_event(self, e: Transition) -> None:
         if e.cause is not Cause.POLICY_RESTART or e.kind != "agent":
@@ -67,10 +75,6 @@ class Restarts:
         cause = str(getattr(agent.replicas[e.replica], "_restart_cause", Cause.CRASH))
         counts = self.by_agent.setdefault(e.name, {})
         counts[cause] = counts.get(cause, 0) + 1
-
-    def forget_gone(self) -> None:
-        for name in [n for n in self.by_agent if n not in self.agents]:
-            del self.by_agent[name]
 
 
 @dataclass(slots=True)
@@ -395,7 +399,6 @@ async def exposition(services: Services, restarts: Restarts,
                      requests: dict[tuple[str, str], int], heads: list[bytes],
                      encoder: Encoder) -> bytes:
     services.history.times.poll()
-    restarts.forget_gone()
     fleet = take(services, requests)
     by_agent = services.task_engine.by_agent
     depth = services.task_engine.queue.depth
@@ -440,7 +443,8 @@ async def exposition(services: Services, restarts: Restarts,
 def setup(app: web.Application, ctx: HttpContext) -> None:
     services = ctx.services
     restarts = Restarts(services)
-    subscription = services.stream.subscribe(restarts.on_event, Transition)
+    subscriptions = (services.stream.subscribe(restarts.on_event, Transition),
+                     services.stream.subscribe(restarts.on_roster, Roster))
     requests = ctx.requests
     public = ctx.settings.metrics_public and local_listen(ctx.settings.listen)
 
@@ -489,7 +493,8 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
                             headers={"Content-Type": content_type})
 
     async def unsubscribe(app: web.Application) -> None:
-        services.stream.unsubscribe(subscription)
+        for subscription in subscriptions:
+            services.stream.unsubscribe(subscription)
 
     app.middlewares.append(count)
     app.router.add_get("/metrics", metrics)

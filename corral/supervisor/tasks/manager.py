@@ -405,6 +405,10 @@ class TaskManager:
             agent = self.sup.agents.get(name)
             self.retired.keep(name, agent.spec.tenant if agent is not None else
                               DEFAULT_TENANT, self.by_agent.pop(name))
+        # agents come and go under new names: lines kept for every name ever queued
+        # for would be a map that only grows
+        if isinstance(self.sessions.inner, LocalQueue):
+            self.sessions.inner.forget(name)
 
     # -- from workers ---------------------------------------------------------------------
     def _task_known(self, task_id: str) -> Task | None:

@@ -122,3 +122,11 @@ class LocalQueue:
                     return ahead + 1
                 ahead += 1
         return None
+
+    def forget(self, agent: str) -> None:
+        """The agent was removed and its waiting tasks taken: its empty lines go too (a
+        task still waiting keeps them). Not at each emptying: a tiny task's put and take
+        would make them anew each time."""
+        lines = self._lines.get(agent)
+        if lines is not None and not lines.count:
+            del self._lines[agent]

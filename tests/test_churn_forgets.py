@@ -1,0 +1,120 @@
+"""What the daemon keeps of an agent, a session, a token or a stream is let go with it
+(issue 90): churn under names never used again — the shape of a fleet whose agents are
+made per job, which the soak's three reused names cannot show — grows no structure of
+the daemon's by an entry a name.
+
+The daemon runs in this process, its bounded stores small so that a few rounds fill
+them; each round, through the control socket and the HTTP API as an operator and a
+client use them, adds an agent under a new name, runs its tasks (one a turn of a new
+session, one whose worker crashes so its replica is restarted), scales it to two and
+back, makes a token and calls with it, opens an event stream and abandons it, revokes
+the token and removes the agent. bench/soak_census.py counts every container an object
+of corral's holds, by owner (`Class.attr`), and the live objects of each class, after
+warm-up rounds and again after ROUNDS more: a map keyed by what churned and never
+forgotten grows by one a round, and so does a class whose objects outlive their round.
+"""
+
+from __future__ import annotations
+
+import gc
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp.web_protocol import RequestHandler
+
+from bench.soak_census import take
+from corral.supervisor.tasks.counters import RETIRED_AGENTS, RetiredCounts
+
+from .conftest import ROOT
+from .daemon_harness import PY, in_process
+from .test_gateway_stdio import wait_until_async
+from .test_http_api import SOCKET
+
+AGENT = ROOT / "bench" / "soak_agent.py"
+WARM = 3  # rounds that take the bounded stores below to their bound
+ROUNDS = 6  # rounds after the first census: a map kept per name grows by this many
+# every bound the rounds would otherwise still be filling, small
+SUPERVISOR = "keep_tasks = 8\njournal_max_tasks = 8\nlog_tail_lines = 8\n"
+HTTP = textwrap.dedent("""
+    [http]
+    listen = "127.0.0.1:0"
+    rate_per_minute = 0
+    event_ring = 16
+    history_interval = 0.5
+""")
+
+
+async def call(d: Any, method: str, params: dict[str, Any]) -> Any:
+    out = await d.dispatcher.call(SOCKET, method, msgspec.json.encode(params))
+    return msgspec.json.decode(msgspec.json.encode(out))
+
+
+async def one_round(d: Any, http: aiohttp.ClientSession, i: int) -> None:
+    name = f"job{i}"
+    made = await call(d, "tokens.create", {"name": f"client{i}", "scopes": [
+        "tasks:run", "tasks:read", "events"]})
+    head = {"Authorization": f"Bearer {made['token']}"}
+    base = d.http_server.url + "/api/v1"
+    # first: the round's events after it find it gone (a stream abandoned is let go at
+    # the next event written to it, or its next keepalive)
+    async with http.get(f"{base}/events/stream", headers=head) as r:
+        assert r.status == 200  # and abandoned unread
+    await call(d, "agents.add", {"agents": {name: {
+        "command": [PY, str(AGENT)], "env": {"PYTHONPATH": str(ROOT)},
+        "max_concurrent_tasks": 2, "stop_timeout": 5, "backoff_initial": 0.05}}})
+    for task_input, extra, status in (
+            ({"do": "hello"}, {}, "succeeded"),
+            ({"do": "turn"}, {"session": f"session{i}"}, "succeeded"),
+            ({"do": "crash"}, {}, "lost")):  # (its worker gone under it: no retry asked)
+        done = await call(d, "tasks.run", {"agent": name, "input": {**task_input, "mark": "m"},
+                                           **extra})
+        assert done["status"] == status, done
+    for replicas in (2, 1):
+        await call(d, "agents.scale", {"name": name, "replicas": replicas})
+    async with http.post(f"{base}/tasks?wait=30", headers=head, json={
+            "agent": name, "input": {"do": "hello", "mark": "m"}}) as r:
+        assert r.status == 200 and (await r.json())["status"] == "succeeded"
+    await call(d, "tokens.revoke", {"name": f"client{i}"})
+    await call(d, "agents.remove", {"names": [name]})
+
+
+def closed_connections() -> int:
+    """The HTTP server's connections alive in this process whose socket is closed: one
+    a client left is let go a moment after its close, not at once."""
+    gc.collect()
+    return sum(isinstance(o, RequestHandler) and o.transport is None
+               for o in gc.get_objects())
+
+
+async def census() -> dict[str, dict[str, int]]:
+    """The census once the connections the rounds closed are gone (each round's stream's
+    and the client's: live ones would count as kept), but one: the event ring's fan-out
+    holds the last stream it wrote to until its next pass (sse.EventRing._write_out)."""
+    await wait_until_async(lambda: closed_connections() <= 1, timeout=60)
+    gc.collect()
+    return take()
+
+
+@pytest.mark.deadline(300)
+async def test_rounds_under_new_names_grow_no_structure_by_a_name(tmp_path: Path) -> None:
+    async with in_process(tmp_path, "", HTTP, SUPERVISOR) as d, \
+            aiohttp.ClientSession() as http:
+        for i in range(WARM):
+            await one_round(d, http, i)
+        before = await census()
+        for i in range(WARM, WARM + ROUNDS):
+            await one_round(d, http, i)
+        after = await census()
+    # the longest container of each owner (a map of one object, keyed by what churned)
+    # and the live objects of each class (an object kept for each thing gone)
+    grew = {(part, k): (before[part].get(k, 0), n) for part in ("largest", "classes")
+            for k, n in after[part].items() if n - before[part].get(k, 0) >= ROUNDS}
+    kept = grew.pop(("largest", f"{RetiredCounts.__module__}.RetiredCounts.by_name"), None)
+    # (the removed agents' task counts, kept for RETIRED_AGENTS names: /metrics' counters
+    # never go back)
+    assert kept is None or kept[1] <= RETIRED_AGENTS
+    assert grew == {}, grew
