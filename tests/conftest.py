@@ -177,17 +177,19 @@ def spare_the_fork_server() -> None:
     sweep of re-parented orphans would kill them."""
     from . import forkserver, warmforks
 
-    # (a warm server started again where a test killed it)
+    # (the warm servers that run: one a test killed is started again where next used)
     for pid in (forkserver.server_pid(), *warmforks.servers()):
         if pid is not None:
             SPARED.add(pid)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def warm_mcp_sdk() -> None:
     """This process's MCP SDK server (tests/warmforks.py), for the tests whose daemons
     start MCP servers on the official SDK by `warmforks.sdk_command`: each a fork of it,
-    not an interpreter that imports the SDK again (~1.4 s of CPU a start)."""
+    not an interpreter that imports the SDK again (~1.4 s of CPU a start). Asked by each
+    module that uses it, before the module's own daemons: one a test killed since is
+    started again there."""
     from . import warmforks
 
     pid = warmforks.sdk_server()

@@ -27,8 +27,10 @@ from .warmforks import (
     launch,
     reported_cpu,
     sdk_command,
+    sdk_server,
     sdk_server_pid,
     served,
+    servers,
     zygote,
 )
 
@@ -179,14 +181,19 @@ def test_the_sdk_servers_forks_cpu_is_the_tests(program: str) -> None:
 @pytest.mark.skipif(os.environ.get("CORRAL_TEST_WARM") == "0",
                     reason="CORRAL_TEST_WARM=0: no MCP SDK server")
 @pytest.mark.usefixtures("warm_mcp_sdk")
-def test_an_sdk_server_a_test_killed_is_started_again(program: str) -> None:
-    """A test that ends what its cgroup holds may kill the worker's server: the next
-    test's setup starts another, whose forks' CPU is counted after the first's."""
+def test_an_sdk_server_a_test_killed_is_started_again_where_next_used(program: str) -> None:
+    """A test that ends what its cgroup holds, or an in-process supervisor not told to
+    spare it, may kill the worker's server: each test's setup leaves it ended (a file
+    whose every test killed it had it started again, its imports made anew, at every
+    test), and the next module that uses it starts another (`warm_mcp_sdk`), whose forks'
+    CPU is counted after the first's."""
     killed = psutil.Process(sdk_server_pid())
     before = reported_cpu()
     killed.kill()
     killed.wait(30)
     spare_the_fork_server()  # (each test's setup)
+    assert (sdk_server_pid(), servers()) == (killed.pid, [])
+    sdk_server()  # (warm_mcp_sdk, at the next module that uses it)
     assert sdk_server_pid() not in (None, killed.pid)
     spun = subprocess.run([*sdk_command(program), "spin"], capture_output=True, text=True,
                           timeout=60)

@@ -298,8 +298,8 @@ class _Server:
 
     def server(self) -> int | None:
         """Its pid, started at the first call, and again where it was killed (by a test
-        that ends what its cgroup holds); none with CORRAL_TEST_WARM=0: each program a
-        cold start, to compare."""
+        that ends what its cgroup holds, or an in-process supervisor not told to spare
+        it); none with CORRAL_TEST_WARM=0: each program a cold start, to compare."""
         if self.proc is not None and self.proc.poll() is not None:
             self.spent_before = self.reported_cpu()
             stop(self.proc, self.path)
@@ -378,10 +378,14 @@ def _servers() -> list[_Server]:
 
 
 def servers() -> list[int]:
-    """The pids of this process's servers that run, each started again where a test
-    killed it (at each test's setup: tests/conftest.py)."""
-    return [pid for server in _servers() if server.proc is not None
-            and (pid := server.server()) is not None]
+    """The pids of this process's servers that run (at each test's setup:
+    tests/conftest.py). One a test killed is started again where it is next used
+    (`agent_command`, the SDK's by each module of `warm_mcp_sdk`), not here: a file whose
+    in-process supervisors kill what they did not start, test after test, had each
+    killed server started again and its imports made anew, for tests that never used
+    it (the agents' server's are seconds of CPU)."""
+    return [server.proc.pid for server in _servers()
+            if server.proc is not None and server.proc.poll() is None]
 
 
 def server_pids() -> set[int]:
