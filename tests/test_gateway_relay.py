@@ -29,7 +29,14 @@ import httpx2
 import pytest
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .daemon_harness import (
+    Daemon,
+    Proc,
+    corral_popen,
+    free_port,
+    running_daemon,
+    shared_tmpdir,
+)
 from .test_daemon_cli import wait_until
 from .warmforks import sdk_toml
 
@@ -308,7 +315,7 @@ class Serve:
     `told`, in order, for the test to check. A message that does not come within
     HEAR_WAIT fails the test naming what it waited for, not at pytest's timeout."""
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
+    def __init__(self, process: Proc) -> None:
         self.process = process
         self.told: list[dict[str, Any]] = []
         self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -351,10 +358,9 @@ class Serve:
 @contextlib.contextmanager
 def mcp_serve(g: Gateway) -> Iterator[Serve]:
     """`corral mcp serve`, ended by closing its stdin: it must exit 0."""
-    serve = subprocess.Popen(
-        [PY, "-m", "corral", "--socket", str(g.daemon.sock), "mcp", "serve"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    serve = corral_popen(["--socket", str(g.daemon.sock), "mcp", "serve"],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
     assert serve.stdin is not None and serve.stdout is not None
     heard = Serve(serve)
     try:

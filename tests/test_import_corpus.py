@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .daemon_harness import corral_run
+from .forkserver import interpreter_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "tests" / "data" / "import" / "CORPUS.md"
@@ -29,7 +30,9 @@ NODE = shutil.which("node")
 
 
 def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # (this interpreter's own settings too: forked from the fork server, not started anew)
     return corral_run([*args], env={"PATH": os.environ.get("PATH", os.defpath),
+                               **interpreter_settings(os.environ),
                                "PYTHONPATH": str(ROOT)}, cwd=cwd)
 
 

@@ -20,7 +20,7 @@ import pytest
 from corral import jsonrpc
 
 from ..conftest import ROOT
-from ..daemon_harness import PY
+from ..daemon_harness import corral_popen
 from ..test_daemon_cli import wait_until
 from .conftest import (
     AGENTS_CLIENT,
@@ -121,11 +121,10 @@ def stdio(sock: str, tool: str, arguments: dict[str, Any], token: str | None,
     """A tools/call through `corral mcp serve --token` (none: as the socket's peer, the
     operator), as a 2025-11-25 host makes it: its outcome as door_agent.py's `gateway`
     says one; `said`: more of its `_meta`."""
-    proc = subprocess.Popen(
-        [PY, "-m", "corral", "--socket", sock, "mcp", "serve",
-         *(("--token", token) if token is not None else ())],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = corral_popen(
+        ["--socket", sock, "mcp", "serve", *(("--token", token) if token is not None else ())],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None
     meta = {"io.corral/idempotency-key": key} if key is not None else {}
     meta.update(said or {})
