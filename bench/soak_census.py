@@ -66,6 +66,26 @@ def _fields(o: object) -> Iterable[tuple[str, object]]:
                 continue
 
 
+def _every_object() -> Iterable[object]:
+    """Every object this process holds that the collector can see into, the frozen ones
+    too: the daemon freezes its heap once set up (`gc.freeze`), and `gc.get_objects()`
+    leaves the frozen out, which are its long-lived ones (the engine, its queues and its
+    maps) whose containers are what a churn's keys fill. So the walk goes from every
+    object the collector lists, every module and every thread's frame, through what each
+    refers to."""
+    seen: set[int] = set()
+    todo: list[object] = [*gc.get_objects(), *list(sys.modules.values()),
+                          *sys._current_frames().values()]
+    while todo:
+        o = todo.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        yield o
+        todo.extend(r for r in gc.get_referents(o)
+                    if gc.is_tracked(r) and id(r) not in seen)
+
+
 def take() -> dict[str, Any]:
     """One census of this process: {"classes": {qualname: live objects}, "sizes":
     {owner.attr: summed length}, "largest": {owner.attr: the longest one}}."""
@@ -78,7 +98,7 @@ def take() -> dict[str, Any]:
         if n > largest.get(key, -1):
             largest[key] = n
 
-    for o in gc.get_objects():
+    for o in _every_object():
         cls = type(o)
         module = cls.__dict__.get("__module__") if isinstance(cls.__dict__, dict) else None
         module = getattr(cls, "__module__", None) if module is None else module
@@ -117,7 +137,7 @@ def start(out: str, every: float) -> threading.Thread:
             seconds = round(time.monotonic() - began)
             c = take()
             c["seconds"] = seconds
-            c["gc_objects"] = len(gc.get_objects())
+            c["gc_objects"] = len(gc.get_objects())  # (the frozen left out)
             with open(out, "a") as f:
                 f.write(json.dumps(c) + "\n")
 

@@ -27,10 +27,12 @@ import pytest
 from aiohttp.web_protocol import RequestHandler
 
 from bench.soak_census import take
+from corral.supervisor.egressdoors import Door, Doors
 from corral.supervisor.tasks.counters import RETIRED_AGENTS, RetiredCounts
 
 from .conftest import ROOT
-from .daemon_harness import PY, in_process
+from .daemon_harness import PY, free_port, in_process
+from .sandboxprobe import sandbox_refusal
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import SOCKET
 
@@ -118,3 +120,40 @@ async def test_rounds_under_new_names_grow_no_structure_by_a_name(tmp_path: Path
     # never go back)
     assert kept is None or kept[1] <= RETIRED_AGENTS
     assert grew == {}, grew
+
+
+async def sandboxed_round(d: Any, home: Path, i: int) -> None:
+    """An agent under a new name in the egress sandbox (a namespace and listeners of the
+    daemon's a replica), scaled to two and back, and removed."""
+    name = f"boxed{i}"
+    await call(d, "agents.add", {"agents": {name: {
+        "command": [PY, str(AGENT)], "env": {"PYTHONPATH": str(ROOT)}, "cwd": str(home),
+        "egress": "gateways", "stop_timeout": 5, "start_timeout": 60}}})
+    for replicas in (2, 1):
+        await call(d, "agents.scale", {"name": name, "replicas": replicas})
+    done = await call(d, "tasks.run", {"agent": name, "input": {"do": "hello", "mark": "m"}})
+    assert done["status"] == "succeeded", done
+    await call(d, "agents.remove", {"names": [name]})
+
+
+@pytest.mark.skipif(sandbox_refusal(None) is not None,
+                    reason=f"no sandbox here: {sandbox_refusal(None)}")
+@pytest.mark.deadline(300)
+async def test_a_scaled_down_replicas_sandbox_goes_with_it(tmp_path: Path) -> None:
+    """A replica a scale-down took out is gone for good: its namespace, its listeners and
+    their watch are let go then, not when a replica of its label comes again, which under
+    new names never does (each was kept, an fd and a socket or two each)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    gateway = f'\n[gateway]\nlisten = "127.0.0.1:{free_port()}"\n'
+    async with in_process(tmp_path, "", gateway, SUPERVISOR) as d:
+        for i in range(WARM):
+            await sandboxed_round(d, home, i)
+        before = take()
+        for i in range(WARM, WARM + ROUNDS):
+            await sandboxed_round(d, home, i)
+        after = take()
+    doors = f"{Doors.__module__}.Doors.doors"
+    assert (before["largest"].get(doors, 0), after["largest"].get(doors, 0)) == (0, 0)
+    door = f"{Door.__module__}.Door"
+    assert after["classes"].get(door, 0) - before["classes"].get(door, 0) < ROUNDS, after

@@ -229,6 +229,18 @@ class Agents(Mapping[str, Agent]):
     def forget(self, replicas: Iterable[Replica]) -> None:
         for r in replicas:
             self.census[r.state] -= 1
+            if self.doors is not None and not self._labelled(r):
+                # a replica gone for good (a scale-down's): its namespace and listeners
+                # go with it, not when a replica of its label comes again, which under
+                # new names never does
+                self.doors.forget(r.label)
+
+    def _labelled(self, r: Replica) -> bool:
+        """Whether a replica of the agent still bears `r`'s label (a rollout's new
+        process takes its old one's place, and its namespace)."""
+        agent = self._agents.get(r.name)
+        return agent is not None and any(x.label == r.label and x is not r
+                                         for x in (*agent.replicas, *agent.replacing))
 
     def up(self, names: Iterable[str]) -> bool:
         # one not there yet is waited for: a config's agents are added one by one
