@@ -205,6 +205,11 @@ class TaskSteps:
                             st.named[step.name] = step
                         if step.body is not None and step.seq != CHECKPOINT_SEQ:
                             st.bytes += len(step.body) + _named_bytes(step)
+                    # the calls its journal says earlier attempts made count in its tool
+                    # budget on every home: a cluster retry's task is made again from
+                    # its record, its count not carried (a model call counts in none)
+                    made = sum(not s.name.startswith(MODEL_STEP) for s in st.tools.values())
+                    task.tool_calls = max(task.tool_calls, made)
                 finally:
                     st.loaded.set_result(None)
         if st.loaded is not None and not st.loaded.done():
