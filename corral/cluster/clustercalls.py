@@ -460,12 +460,33 @@ class ClusterCalls(RedisPart):
                 continue
             if not await self.take(call_id, holder):
                 continue  # another live node took it first
+            record = await self._read_taken(call_id)
+            if record is None:
+                continue
             await self._copied(record)
             for r in record.rows.values():
                 r.output = None  # (kept in the journal alone, as the engine keeps rows)
             self.taken += 1
             taken.append(CallHandover(record, holder or "no node"))
         return taken
+
+    async def _read_taken(self, call_id: str) -> CallRecord | None:
+        """The call as Redis holds it under the lease this node just took: a holder
+        kept off a core past its TTL still wrote under its own until the take (a step's
+        new row with its task's submit), and a read before it would miss that row, its
+        step made again under a new id. Not running, or not one this cluster's nodes
+        wrote: the lease let go (None)."""
+        try:
+            record = await self.fetch(call_id)
+        except ForeignRecord:
+            record = None
+        except BaseException:
+            self.stopped(call_id)  # (taken again at a later beat)
+            raise
+        if record is None or record.status != "running":
+            self.stopped(call_id)
+            return None
+        return record
 
     def stopped(self, call_id: str) -> None:
         """Its driver here stopped: the lease let go, so the next beat's `orphans` takes it."""
