@@ -76,17 +76,15 @@ async def remove_raw(d: Any, tmp_path: Path) -> str:
     return text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (attacker-to-lead 11:46): "
-    "a removed agent's call answered after its removal is counted under its name"))
 async def test_a_removed_agents_call_answered_after_its_removal_leaves_it_no_usage(
         tmp_path: Path, hostile: Hostile) -> None:
     """An agent's model call held by its upstream past the agent's removal, answered
     then: the gateway counts it (the model's figures, the task's usage), and nothing of
     it is kept under the agent's name. It failed: the removal forgets the agent's
-    budgets first (`forget_agent`), the call's end then counts it anew under the name
+    budgets first (`forget_agent`), the call's end then counted it anew under the name
     (the fold's tally, kept for ever, /metrics' series of a removed agent), and the
-    agent added again under that name starts with 15 tokens of its 20 a minute used."""
+    agent added again under that name started with 15 tokens of its 20 a minute used.
+    A call's agent's budgets now count it only while that agent is the one of its name."""
     async with in_process(tmp_path, budgeted(hostile)) as d:
         task = d.sup.tasks.submit("raw", {"calls": [asked("hold")]}, TaskOptions(timeout=60))
         await asyncio.wait_for(hostile.one_held.wait(), 30)
@@ -219,18 +217,16 @@ async def test_a_burst_of_two_models_calls_is_counted_each_once_and_the_cap_miss
                 } == {m: (10 * passed.count(m), passed.count(m)) for m in set(passed)}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (attacker-to-lead 11:59): "
-    "the old replica's exit forgets the new replica's token (keyed by label)"))
 async def test_a_replica_restarted_by_a_reload_keeps_its_model_calls(
         tmp_path: Path, hostile: Hostile) -> None:
     """A reload changing an agent (its budget) restarts its replica, which is given a
     new token: the new process's model call is answered. It failed 401 "not a corral
-    model token": the gateway forgets a replica's token by its label at the exit of a
-    process (`forget_replica`, on ReplicaExit), and the old process's exit, seen after
-    the new one's token was made under the same label, took the new token away (its
-    tools at /mcp take the same token). The budget's fold is kept across the reload:
-    what was used neither forgotten nor counted again, refused at the new cap."""
+    model token": the gateway kept a replica's token by its label, and a rollout starts
+    the new replica of the label before the old one exits, so the old process's exit
+    (`forget_replica`, on ReplicaExit) took the new one's token away (its tools at /mcp
+    take the same token). Tokens are now kept by the replica itself. The budget's fold
+    is kept across the reload: what was used neither forgotten nor counted again,
+    refused at the new cap."""
     async with in_process(tmp_path, two_models(hostile, 45)) as d:
         before = await token_of(d, "m")
         config = tmp_path / "corral.toml"

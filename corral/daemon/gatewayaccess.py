@@ -157,7 +157,9 @@ class GatewayService:
         self.tokens: dict[str, tuple[str, TokenEntry]] = {}
         # token hash -> its replica (its identity made at each use, with today's servers)
         self.replica_tokens: dict[str, ProcessReplica] = {}
-        self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
+        # a replica -> its token's hash, by the replica itself: a rollout starts a new
+        # replica of the label while the old one still drains, each its own token
+        self._replica_hash: dict[ProcessReplica, str] = {}
         self.digests = TokenDigests()  # a token's hash, once (not once a request)
         # a replica's model-gateway identity by its token's hash, with the settings and
         # spec it was made of (made again when either is another)
@@ -374,12 +376,12 @@ class GatewayService:
             return {}
         token = secrets.token_urlsafe(32)
         digest = hash_token(token)
-        old = self._replica_hash.pop(replica.label, None)
+        old = self._replica_hash.pop(replica, None)
         if old is not None:
             self.replica_tokens.pop(old, None)
             self._model_clients.pop(old, None)
             self.digests.forget(old)
-        self._replica_hash[replica.label] = digest
+        self._replica_hash[replica] = digest
         self.replica_tokens[digest] = replica
         env = {"CORRAL_MCP_URL": self.url, "CORRAL_MCP_TOKEN": token}
         if self.socket_path:
@@ -388,15 +390,15 @@ class GatewayService:
 
     def token_of(self, replica: ProcessReplica) -> str | None:
         """The digest of the token `replica` was given (`corral upgrade` hands it on)."""
-        return self._replica_hash.get(replica.label)
+        return self._replica_hash.get(replica)
 
     def kept(self, replica: ProcessReplica, digest: str) -> None:
         """A replica kept across `corral upgrade` goes on with the token it was given."""
-        self._replica_hash[replica.label] = digest
+        self._replica_hash[replica] = digest
         self.replica_tokens[digest] = replica
 
     def forget_replica(self, e: ReplicaExit) -> None:
-        digest = self._replica_hash.pop(e.replica.label, None)
+        digest = self._replica_hash.pop(e.replica, None)
         if digest is not None:
             self.replica_tokens.pop(digest, None)
             self._model_clients.pop(digest, None)

@@ -286,12 +286,15 @@ class Budgets:
         return task
 
     def count(self, task: Task, inp: int, out: int, cost: float, model: str,
-              when: float) -> None:
+              when: float, *, agent: bool = True) -> None:
+        """Usage of `task`, and of its agent's budgets unless `agent` is False (the agent
+        the usage was of is gone: `ModelBudget._count`)."""
         used = task.usage
         if used is None:
             used = task.usage = ModelUsage()
         used.add_model(model, inp, out, cost)
-        self.count_agent(task.agent, inp, out, cost, model, when)
+        if agent:
+            self.count_agent(task.agent, inp, out, cost, model, when)
 
     def count_agent(self, name: str, inp: int, out: int, cost: float, model: str,
                     when: float) -> None:

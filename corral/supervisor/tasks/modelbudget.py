@@ -19,6 +19,7 @@ from .modelcall import ModelCall, ModelRefusal
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
+    from .host import AgentLike
 
 
 class ModelBudget(TaskInterceptor):
@@ -35,9 +36,9 @@ class ModelBudget(TaskInterceptor):
         assert model is not None and model.spec is not None  # (seen: modelview.py)
         if model.spec.rate_per_minute:
             self._rate(call.name, call.agent.spec.tenant, model.spec, model)
-        self._reserve(call, model)
+        agent = self._reserve(call, model)
         model.counter.calls += 1  # (a call made: its budgets' to count)
-        return self._counted(call, model, next)
+        return self._counted(call, model, agent, next)
 
     def _rate(self, name: str, tenant: str, spec: ModelSpec, model: ModelCall) -> None:
         kept = self._rates.get((name, tenant))
@@ -48,19 +49,20 @@ class ModelBudget(TaskInterceptor):
             raise ModelRefusal(429, f"rate limited: tenant {tenant} is over model "
                                     f"{name}'s rate_per_minute ({spec.rate_per_minute:g})")
 
-    def _reserve(self, call: Call, model: ModelCall) -> None:
+    def _reserve(self, call: Call, model: ModelCall) -> AgentLike | None:
         """The call's estimate held against the agent's and its tenant's budgets, unless
-        what was used and what calls in flight hold already reach one."""
+        what was used and what calls in flight hold already reach one; the agent it was
+        held for (None: removed)."""
         assert self._path is not None  # bound as the engine was made
         r = call.replica
         assert r is not None  # (a model call's: its agent's)
         name = r.name
         agent = self._path.agent_of(name)
         if agent is None:
-            return
+            return None
         kept = self._path.budgets.reserve(agent, model.reservation)
         if kept is None:
-            return
+            return agent
         model.counter.refused += 1
         if kept.reserved:
             raise ModelRefusal(429, f"budget exceeded: agent {name}'s {kept.budget} is "
@@ -71,16 +73,19 @@ class ModelBudget(TaskInterceptor):
                                 f"{kept.limit:g}, {kept.used:g} used; room again at "
                                 f"{iso_time(kept.until)}")
 
-    async def _counted(self, call: Call, model: ModelCall, next: Callable[[Call], Any]
-                       ) -> Any:
+    async def _counted(self, call: Call, model: ModelCall, agent: AgentLike | None,
+                       next: Callable[[Call], Any]) -> Any:
         try:
             return await next(call)
         finally:  # every end: whole, cut, timed out, failed, cancelled
-            self._count(call, model)
+            self._count(call, model, agent)
 
-    def _count(self, call: Call, model: ModelCall) -> None:
+    def _count(self, call: Call, model: ModelCall, agent: AgentLike | None) -> None:
         """A live call's usage, settled against its budgets, its estimate's hold let go
-        at the same instant (a replayed one's was counted when it was made)."""
+        at the same instant (a replayed one's was counted when it was made). Its agent's
+        budgets count it only while that agent is still the one of its name: one removed
+        while the call was made had its budgets forgotten, and counted anew they would be
+        kept for ever, or be the next agent's of the name."""
         model.reservation.release()
         usage, ask = model.usage, model.ask
         usage.settle(ask.input_estimate, ask.output_estimate)
@@ -94,9 +99,11 @@ class ModelBudget(TaskInterceptor):
                 usage.output * spec.output_usd_per_mtok) / 1e6
         used, now = usage.model or call.name, time.time()
         budgets = self._path.budgets
+        assert call.replica is not None  # (a model call's: its agent's)
+        name = call.replica.name
+        ours = agent is not None and self._path.agent_of(name) is agent
         if call.task is not None:
-            budgets.count(call.task, usage.input, usage.output, cost, used, now)
-        else:
-            assert call.replica is not None  # (a model call's: its agent's)
-            budgets.count_agent(call.replica.name, usage.input, usage.output, cost, used,
-                                now)
+            budgets.count(call.task, usage.input, usage.output, cost, used, now,
+                          agent=ours)
+        elif ours:
+            budgets.count_agent(name, usage.input, usage.output, cost, used, now)
