@@ -207,8 +207,11 @@ class TaskSteps:
                             st.bytes += len(step.body) + _named_bytes(step)
                     # the calls its journal says earlier attempts made count in its tool
                     # budget on every home: a cluster retry's task is made again from
-                    # its record, its count not carried (a model call counts in none)
-                    made = sum(not s.name.startswith(MODEL_STEP) for s in st.tools.values())
+                    # its record, its count not carried (a model call counts in none; a
+                    # call marked and not answered, held for a person or lost on its
+                    # way, counts when this attempt makes it)
+                    made = sum(s.body is not None and not s.name.startswith(MODEL_STEP)
+                               for s in st.tools.values())
                     task.tool_calls = max(task.tool_calls, made)
                 finally:
                     st.loaded.set_result(None)
