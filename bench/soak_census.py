@@ -169,18 +169,10 @@ def write_site(where: Path, out: Path, every: float) -> Path:
 
 
 # -- reading a census file -------------------------------------------------------------------
-def slope(points: list[tuple[float, float]]) -> float | None:
-    if len(points) < 3:
-        return None
-    mt = sum(t for t, _ in points) / len(points)
-    my = sum(v for _, v in points) / len(points)
-    sxx = sum((t - mt) ** 2 for t, _ in points)
-    return None if sxx == 0 else sum((t - mt) * (v - my) for t, v in points) / sxx * 3600
-
-
 def grew(rows: list[dict[str, Any]], part: Callable[[dict[str, Any]], dict[str, int]],
          top: int) -> list[tuple[str, int, int, float]]:
     """(name, first, last, per hour) of the fastest-growing names of `part`."""
+    from bench.soak_heap import slope  # (the reader's alone: the daemon's census needs it not)
     names = {n for r in rows for n in part(r)}
     out = []
     for n in names:

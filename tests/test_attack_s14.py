@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +23,17 @@ from corral.taskoptions import TaskOptions
 
 from .conftest import ROOT
 from .daemon_harness import PY, free_port, in_process
-from .test_attacks_models import CHAT, HERE, KEY, Hostile, asked
+from .test_attacks_models import (  # noqa: F401 - the fixtures, shared
+    CHAT,
+    HERE,
+    Hostile,
+    asked,
+    hostile,
+    provider_key,
+)
 from .test_gateway_stdio import wait_until_async
 
 OPERATOR = Caller(via="socket")
-
-
-@pytest.fixture
-async def hostile() -> AsyncIterator[Hostile]:
-    upstream = Hostile()
-    await upstream.start()
-    try:
-        yield upstream
-    finally:
-        upstream.release.set()
-        assert upstream.runner is not None
-        await upstream.runner.cleanup()
-
-
-@pytest.fixture(autouse=True)
-def provider_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CORRAL_TEST_PROVIDER_KEY", KEY)
 
 
 def budgeted(upstream: Hostile) -> str:
@@ -77,7 +66,7 @@ async def remove_raw(d: Any, tmp_path: Path) -> str:
 
 
 async def test_a_removed_agents_call_answered_after_its_removal_leaves_it_no_usage(
-        tmp_path: Path, hostile: Hostile) -> None:
+        tmp_path: Path, hostile: Hostile) -> None:  # noqa: F811 - the fixture
     """An agent's model call held by its upstream past the agent's removal, answered
     then: the gateway counts it (the model's figures, the task's usage), and nothing of
     it is kept under the agent's name. It failed: the removal forgets the agent's
@@ -100,7 +89,7 @@ async def test_a_removed_agents_call_answered_after_its_removal_leaves_it_no_usa
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "HOLE (attacker-to-lead 11:48): "
+    "HOLE (docs/security.md, session 14): "
     "a cluster session begun at a node not running its agent has no bound and the default ttl"))
 def test_a_session_begun_at_a_node_not_running_its_agent_is_bounded_as_its_agent_says(
         tmp_path: Path) -> None:
@@ -168,7 +157,7 @@ async def usage_of(d: Any) -> Any:
 
 
 async def test_a_burst_of_two_models_calls_is_counted_each_once_and_the_cap_misses_none(
-        tmp_path: Path, hostile: Hostile) -> None:
+        tmp_path: Path, hostile: Hostile) -> None:  # noqa: F811 - the fixture
     """The budgets' per-second fold (d7096703) against an agent holding its replica's
     token (handed on by its first task): at tokens_per_minute 45 and 15 tokens a call,
     six calls at once of two models in turn pass no more than the cap allows (each
@@ -218,7 +207,7 @@ async def test_a_burst_of_two_models_calls_is_counted_each_once_and_the_cap_miss
 
 
 async def test_a_replica_restarted_by_a_reload_keeps_its_model_calls(
-        tmp_path: Path, hostile: Hostile) -> None:
+        tmp_path: Path, hostile: Hostile) -> None:  # noqa: F811 - the fixture
     """A reload changing an agent (its budget) restarts its replica, which is given a
     new token: the new process's model call is answered. It failed 401 "not a corral
     model token": the gateway kept a replica's token by its label, and a rollout starts
@@ -252,7 +241,7 @@ async def test_a_replica_restarted_by_a_reload_keeps_its_model_calls(
 
 
 async def test_an_agent_removed_and_added_again_does_not_reset_its_tenants_budget(
-        tmp_path: Path, hostile: Hostile) -> None:
+        tmp_path: Path, hostile: Hostile) -> None:  # noqa: F811 - the fixture
     """What a removal forgets (memory's maps, decision 1980; the budgets' `forget`) is the
     agent's own, never its tenant's: at the tenant's tokens_per_minute 20, a call of 15,
     the agent removed and added again under its name, its first call is admitted (15
@@ -278,7 +267,7 @@ async def test_an_agent_removed_and_added_again_does_not_reset_its_tenants_budge
 
 
 async def test_an_unbudgeted_agents_calls_of_two_models_in_turn_are_each_counted_once(
-        tmp_path: Path, hostile: Hostile) -> None:
+        tmp_path: Path, hostile: Hostile) -> None:  # noqa: F811 - the fixture
     """An agent of no budget is admitted without a look at its windows, so its calls of
     one second build the fold's tally (d7096703): six at once and four one at a time, of
     two models in turn within a second or two, are in its figures each once, under its
