@@ -192,7 +192,9 @@ def test_an_sdk_server_a_test_killed_is_started_again_where_next_used(program: s
     killed.kill()
     killed.wait(30)
     spare_the_fork_server()  # (each test's setup)
-    assert (sdk_server_pid(), servers()) == (killed.pid, [])
+    # (not started again there: the agents' servers an earlier test of this worker
+    # started may run beside it)
+    assert (sdk_server_pid(), killed.pid in servers()) == (killed.pid, False)
     sdk_server()  # (warm_mcp_sdk, at the next module that uses it)
     assert sdk_server_pid() not in (None, killed.pid)
     spun = subprocess.run([*sdk_command(program), "spin"], capture_output=True, text=True,
