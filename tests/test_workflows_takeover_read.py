@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -32,7 +30,8 @@ from corral.supervisor.durable import CallRecord, StepRow
 from corral.supervisor.durable.store import MemoryStore
 
 from .cluster.proxy import Proxy
-from .redis_harness import REDIS_SERVER, RedisServer, redis_server
+from .redis_harness import RedisServer
+from .test_workflows_ended_rows import redis  # noqa: F401 - the fixture, shared
 
 K = Keys("t")
 KEY = b"k" * 32
@@ -109,13 +108,6 @@ class Node:
     membership: Membership
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    assert REDIS_SERVER is not None, "redis-server is not installed: . scripts/redis.sh"
-    with redis_server(tmp_path / "redis") as server:
-        yield server
-
-
 async def _node(name: str, url: str) -> Node:
     settings = ClusterSettings(redis=url, name="t", node=name, node_ttl=TTL, beat=BEAT)
     client = connect(settings, name)
@@ -144,7 +136,7 @@ async def _lapsed(a: Node, b: Node, proxy: GateProxy) -> Gate:
 
 @pytest.mark.deadline(60)
 async def test_a_run_taken_over_is_driven_from_its_rows_read_under_the_takers_lease(
-        redis: RedisServer) -> None:
+        redis: RedisServer) -> None:  # noqa: F811 - the fixture
     proxy = GateProxy(redis.port)
     a = await _node("a", redis.url)  # the run's driver, which lapses and writes on
     b = await _node("b", proxy.url)  # the taker, its reads through the gate
@@ -174,7 +166,7 @@ async def test_a_run_taken_over_is_driven_from_its_rows_read_under_the_takers_le
 
 @pytest.mark.deadline(60)
 async def test_a_run_whose_rows_a_redis_writer_changed_before_the_take_is_let_go(
-        redis: RedisServer) -> None:
+        redis: RedisServer) -> None:  # noqa: F811 - the fixture
     """(Its read under the lease finds a row no node of the cluster wrote: the run is
     not driven, and the lease is let go, as the read before the take lets it be.)"""
     proxy = GateProxy(redis.port)
