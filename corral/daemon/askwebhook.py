@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -35,6 +35,28 @@ class HookDelivery(NamedTuple):
 def signature(secret: str, body: bytes) -> str:
     """The X-Corral-Signature of a body: what a receiver computes to check it."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
+               retries: int, held: contextlib.AbstractAsyncContextManager[Any]) -> str | None:
+    """POST `body` until its receiver takes it (2xx), at most `retries` times again, each
+    after twice the wait of the one before (the A2A door's pushes too); `held` for each
+    attempt (a bound of posts in flight). None once taken, else why the last failed."""
+    from aiohttp import ClientError
+
+    why = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            await asyncio.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
+        try:
+            async with held, http.post(url, data=body, headers=headers,
+                                       allow_redirects=False) as r:
+                if 200 <= r.status < 300:
+                    return None
+                why = f"HTTP {r.status}"
+        except (ClientError, TimeoutError, OSError) as exc:
+            why = str(exc) or type(exc).__name__
+    return why
 
 
 class AskWebhook:
@@ -83,24 +105,14 @@ class AskWebhook:
                     self._full_told = False
 
     async def _deliver(self, http: aiohttp.ClientSession, d: HookDelivery) -> None:
-        from aiohttp import ClientError
-
         s = self.settings
         headers = {"Content-Type": "application/json", "X-Corral-Delivery": d.name,
                    "X-Corral-Signature": signature(s.webhook_secret, d.body)}
-        why = ""
-        for attempt in range(s.webhook_retries + 1):
-            if attempt:
-                await asyncio.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
-            try:
-                async with http.post(s.webhook, data=d.body, headers=headers,
-                                     allow_redirects=False) as r:
-                    if 200 <= r.status < 300:
-                        self.delivered += 1
-                        return
-                    why = f"HTTP {r.status}"
-            except (ClientError, TimeoutError, OSError) as exc:
-                why = str(exc) or type(exc).__name__
+        why = await post(http, s.webhook, d.body, headers, s.webhook_retries,
+                         contextlib.nullcontext())
+        if why is None:
+            self.delivered += 1
+            return
         self.given_up += 1
         self.report(f"approvals webhook: delivery {d.name} given up after "
                     f"{s.webhook_retries + 1} attempts to {s.webhook} ({why})")

@@ -23,14 +23,13 @@ from msgspec import UNSET
 
 from ...jsonrpc import RpcError
 from ...supervisor.pushstore import PushStore
+from ..askwebhook import post
 from . import wire as w
 
 if TYPE_CHECKING:
     import aiohttp
 
-RETRY_FIRST = 0.5  # seconds before the first retry, doubled after each (askwebhook's)
-RETRY_MAX = 30.0
-RETRIES = 8
+RETRIES = 8  # each after twice the wait of the one before (askwebhook.post)
 TIMEOUT = 10.0
 MAX_CONFIGS = 16  # per task
 # events of one config waiting for its receiver (its posts are one at a time, in order);
@@ -314,19 +313,10 @@ class PushConfigs:
         auth = config.authentication
         if not isinstance(auth, msgspec.UnsetType) and isinstance(auth.credentials, str):
             headers["Authorization"] = f"{auth.scheme} {auth.credentials}"
-        why = ""
-        for attempt in range(RETRIES + 1):
-            if attempt:
-                await asyncio.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
-            try:
-                async with self._posting, self._http.post(
-                        config.url, data=body, headers=headers, allow_redirects=False) as r:
-                    if 200 <= r.status < 300:
-                        self.delivered += 1
-                        return True
-                    why = f"HTTP {r.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                why = str(exc) or type(exc).__name__
+        why = await post(self._http, config.url, body, headers, RETRIES, self._posting)
+        if why is None:
+            self.delivered += 1
+            return True
         self.given_up += 1
         self.report(f"a2a push to {config.url} given up after {RETRIES + 1} attempts "
                     f"({why})")
