@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 import msgspec
-import pytest
 
+from corral import jsonrpc
 from corral.daemon.caller import Caller
 from corral.taskoptions import TaskOptions
 
@@ -88,29 +88,38 @@ async def test_a_removed_agents_call_answered_after_its_removal_leaves_it_no_usa
         assert st["agents"]["raw"]["usage"] is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE (docs/security.md, session 14): "
-    "a cluster session begun at a node not running its agent has no bound and the default ttl"))
-def test_a_session_begun_at_a_node_not_running_its_agent_is_bounded_as_its_agent_says(
+def test_a_session_begun_at_a_node_not_running_its_agent_is_refused_there_at_every_door(
         tmp_path: Path) -> None:
-    """Node a runs chat (max_sessions 1, session_ttl 5 s), node b none: a second session
-    of chat begun at b is refused in the bound's words, as at a. It failed: b asks
-    SUBMIT for no bound (`session_bounds` of an agent it does not know is none) and the
-    default ttl (`session_ttl`, decision 1965), so a client choosing its entry keeps two
-    live sessions of an agent of one, the second for seven days."""
+    """Node a runs chat (max_sessions 1), node b none: a session of chat begun at b is
+    refused at each door that can begin one (the CLI's socket, REST), in words saying where
+    to begin it, and a's one session stays the only one. It failed: b asked SUBMIT for no
+    bound (`session_bounds` of an agent it does not know is none) and the default ttl, so a
+    client choosing its entry kept two live sessions of an agent of one, the second for
+    seven days (decision 1991). A turn of a live session still comes in at b (its ttl the
+    hash's: tests/cluster/test_cluster_sessions.py). A2A at b serves no chat (no such
+    agent), and a spawn names no session."""
     from .cluster.harness import STEADY_TTL, nodes
     from .cluster.test_cluster_sessions import both_alive, chat, done, submit
+    from .contract.home import Tenant
     from .redis_harness import redis_server
 
+    port = free_port()
     with redis_server(tmp_path / "redis") as redis, nodes(
-            tmp_path, redis, {"a": chat("max_sessions = 1\nsession_ttl = 5.0\n"), "b": ""},
+            tmp_path, redis, {"a": chat("max_sessions = 1\n"),
+                              "b": f'[http]\nlisten = "127.0.0.1:{port}"\n'},
             ttl=STEADY_TTL) as ns:
         both_alive(ns)
         assert done(ns["a"], submit(ns["a"], 1, "one"))["status"] == "succeeded"
+        said = ("session two of agent chat not begun: node b does not run chat, so knows "
+                "neither its max_sessions nor its session_ttl; begin it at a node that "
+                "runs chat (`corral nodes`), its later turns at any node")
         r = ns["b"].cli("run", "chat", "--input", '{"turn": 1}', "--session", "two")
-        assert (r.returncode, r.stderr) == (1, (
-            "corral: sessions full: agent chat has 1 live session (max_sessions 1); end "
-            "one (corral sessions end) or wait for one to expire (session_ttl)\n"))
+        assert (r.returncode, r.stderr) == (1, f"corral: {said}\n")
+        made = ns["b"].cli("token", "create", "client", "--scope", "tasks:run")
+        assert made.returncode == 0, made.stderr
+        status, body = Tenant(port, made.stdout.strip())("POST", "/tasks", {
+            "agent": "chat", "input": {"turn": 1}, "session": "two"})
+        assert (status, body["detail"], body["code"]) == (409, said, jsonrpc.CONFLICT)
         assert [v["session"] for v in ns["a"].call("sessions.list", {"agent": "chat"})[
             "sessions"]] == ["one"]
 

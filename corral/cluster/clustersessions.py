@@ -75,16 +75,23 @@ class ClusterSessions(RedisPart):
 
     # -- submit ----------------------------------------------------------------------------
     async def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
-        """What SUBMIT takes after the plain submit's arguments: the session, its ttl
-        (`session_ttl`: its agent's as this node knows it, else the default), the bounds
-        on its live sessions as this node knows them (the node's own: session_bounds,
-        the agent's and its tenant's over its agents), its owner, and its move."""
+        """What SUBMIT takes after the plain submit's arguments: the session, its ttl (its
+        agent's here; '' the hash's own), the bounds on its live sessions (session_bounds:
+        the agent's and its tenant's over its agents), its owner, and its move. A node
+        that does not run the agent knows none of them: it refuses a new session, and a
+        turn of one that lives keeps the ttl its hash holds (decision 1991)."""
         local = self.host.agents.get(agent)
+        move = await turn_args(self.scripts, self.keys, SessionKey(tenant, agent, session))
+        if local is None and move[1] == "-":  # (SUBMIT keeps it only while still so)
+            raise RpcError(jsonrpc.CONFLICT, (  # (not a 429: waiting changes nothing here)
+                f"session {jsonrpc.visible(session)} of agent {agent} not begun: node "
+                f"{self.membership.node} does not run {agent}, so knows neither its "
+                f"max_sessions nor its session_ttl; begin it at a node that runs {agent} "
+                "(`corral nodes`), its later turns at any node"))
         bounds = [[b.max_sessions, list(b.agents), b.who]
                   for b in session_bounds(local, self.tenancy) if b.max_sessions]
-        return [session, session_ttl(local, tenant),
-                msgspec.json.encode(bounds), tenant, *await turn_args(
-                    self.scripts, self.keys, SessionKey(tenant, agent, session))]
+        return [session, "" if local is None else session_ttl(local, tenant),
+                msgspec.json.encode(bounds), tenant, *move]
 
     def _tenant(self, agent: str) -> str:
         """The tenant of this node's agent of the name ('' when it runs none)."""

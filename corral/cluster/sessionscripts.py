@@ -210,11 +210,11 @@ return 1
 # decided again); a new session is refused at a bound given (-2: which, by its words, its
 # live sessions counted, its most); the task goes into the stream when it starts, else
 # into the line, which max_queue bounds (-1).
-# KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its ttl (session_ttl)
-#   (seconds, 0: none), the bounds on its live sessions (JSON: each its max_sessions, the
-#   agents whose sessions of the tenant it counts, its words: sessions.session_bounds),
-#   its agent's tenant, the move ('start' or 'wait'), the current turn as read ('-': no
-#   session), the line's length
+# KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its ttl (seconds, 0:
+#   none; '': the hash's own), the bounds on its live sessions (JSON: each its
+#   max_sessions, the agents whose sessions of the tenant it counts, its words:
+#   sessions.session_bounds), its agent's tenant, the move ('start' or 'wait'), the
+#   current turn as read ('-': no session), the line's length
 SUBMIT_FIRST = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local agent, name, tenant = ARGV[2], ARGV[12], ARGV[15]
@@ -249,7 +249,8 @@ else
   redis.call('RPUSH', sline, ARGV[1])
 end
 if ARGV[17] == '-' then redis.call('HSET', skey, 'created', now, 'tasks', 0) end
-redis.call('HSET', skey, 'ttl', ARGV[13], 'last', now)
+redis.call('HSET', skey, 'last', now)
+if ARGV[13] ~= '' then redis.call('HSET', skey, 'ttl', ARGV[13]) end
 redis.call('HINCRBY', skey, 'tasks', 1)
 redis.call('RPUSH', shist, ARGV[1])
 redis.call('LTRIM', shist, -KEEP, -1)

@@ -170,12 +170,14 @@ def local(a: Node, b: Node) -> str:
 
 
 def session(a: Node, b: Node) -> str:
-    first = answer_of(a, "tasks.submit", {"agent": "chat", "input": {"turn": 1},
-                                          "session": "p", "wait": 60})
+    """Begun at b, which runs chat (a node that does not is refused: decision 1991), its
+    next turn submitted at a."""
+    b.call("tasks.submit", {"agent": "chat", "input": {"turn": 1}, "session": "p",
+                            "wait": 60})
     got = answer_of(a, "tasks.submit", {"agent": "chat", "input": {"turn": 2},
                                         "session": "p", "wait": 60})
     assert got["result"]["output"]["turns"] == [1, 2], got  # the state went on
-    return ran_on_b(first)
+    return ran_on_b(got)
 
 
 def team_call(a: Node, b: Node) -> str:

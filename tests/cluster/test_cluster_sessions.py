@@ -7,8 +7,8 @@ nodes, a ten-turn session whose fifth turn's node is kill -9'd, or frozen past i
 and thawed (its late checkpoint refused), each turn's work done once (the fifth's at
 most twice); `sessions show` and `sessions end` on any node; a turn
 cancelled in the session's line leaves it; max_sessions and max_session_bytes refuse
-with the reason, and session_ttl expires a session in Redis (the default one a session
-whose turn a node not running its agent submitted); a forged or unsigned state
+with the reason, and session_ttl expires a session in Redis (a turn submitted at a node not
+running its agent keeps its session's); a forged or unsigned state
 is refused. Real daemons, real workers (tests/session_agent.py), a real redis-server;
 and the scripts alone: the line moved at each end (a takeover's `lost` too), max_queue
 bounding the line, the checkpoint fenced by the claim's token and bounded."""
@@ -33,7 +33,6 @@ from corral.cluster.keys import Keys
 from corral.cluster.reaper import take_over
 from corral.cluster.scripts import RedisPart, Scripts
 from corral.cluster.trust import Trust, load_key
-from corral.supervisor.config import DEFAULT_SESSION_TTL
 from corral.supervisor.tasks.sessions import SessionKey
 
 from ..daemon_harness import PY
@@ -142,20 +141,24 @@ def test_corral_sessions_on_any_node_lists_the_clusters(tmp: Path, redis: RedisS
 
 def test_a_turn_submitted_at_a_node_not_running_its_agent_leaves_a_session_that_expires(
         tmp: Path, redis: RedisServer) -> None:
-    """A session's ttl is `sessions.session_ttl` on both homes: its agent's where the
-    turn was submitted, else the default one (a node's for an agent it does not know).
-    A turn submitted at b, which runs no chat, used to keep no ttl: its session never
-    expired, holding its place against max_sessions for ever."""
-    with nodes(tmp, redis, {"a": chat("session_ttl = 5.0\n"), "b": ""},
+    """A session's ttl is its agent's where its turn was submitted, and a turn submitted at
+    a node that does not run the agent keeps the one its session's hash holds (decision
+    1991): chat's session far, begun at a (session_ttl 30 s), its second turn submitted at
+    b, which runs no chat, rests for 30 s. Before, b gave it the default ttl, a week (and
+    before decision 1965 none: it never expired, holding its place against max_sessions
+    for ever)."""
+    with nodes(tmp, redis, {"a": chat("session_ttl = 30.0\n"), "b": ""},
                ttl=STEADY_TTL) as ns:
         both_alive(ns)
-        assert done(ns["b"], submit(ns["b"], 1, "far"))["status"] == "succeeded"
+        assert done(ns["a"], submit(ns["a"], 1, "far"))["status"] == "succeeded"
+        assert done(ns["b"], submit(ns["b"], 2, "far"))["output"]["turns"] == [1, 2]
         [view] = wait_until(lambda: [v for v in ns["a"].call("sessions.list", {
-            "agent": "chat"})["sessions"] if v["expires"] is not None], what="far moved")
-        assert view["expires"] == pytest.approx(view["last_used"] + DEFAULT_SESSION_TTL)
+            "agent": "chat"})["sessions"] if v["expires"] is not None and v["tasks"] == 2],
+            what="far moved")
+        assert view["expires"] == pytest.approx(view["last_used"] + 30.0, abs=0.5)
         rc = redis_py.Redis(port=redis.port)
         try:
-            assert rc.ttl(K.session(SessionKey("default", "chat", "far"))) > 5
+            assert 0 < rc.ttl(K.session(SessionKey("default", "chat", "far"))) <= 30
         finally:
             rc.close()
 

@@ -92,7 +92,8 @@ def session_bounds(agent: AgentLike | None, tenancy: Tenancy | None) -> list[Ses
 
 def session_ttl(agent: AgentLike | None, tenant: str) -> float:
     """A session's session_ttl on every home: its agent's here; of an agent now another
-    tenant's, or not known here (gone across a restart, or another node's), the default."""
+    tenant's, or gone across a restart, the default (a cluster node that does not run it
+    keeps the ttl the session's hash holds: decision 1991)."""
     if agent is None or agent.spec.tenant != tenant:
         return DEFAULT_SESSION_TTL
     return agent.spec.session_ttl
