@@ -117,6 +117,18 @@ def held(url: str, token: str, sid: str) -> concurrent.futures.Future[int]:
     return stream
 
 
+def refused(url: str, token: str) -> bool:
+    """Whether the gateway refuses the token (401, a plain text's)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=PATIENCE)
+    try:
+        conn.request("POST", parts.path, "{}", {"Authorization": f"Bearer {token}",
+                                                "Content-Type": "application/json"})
+        return conn.getresponse().status == 401
+    finally:
+        conn.close()
+
+
 def owners(d: Daemon) -> list[str]:
     """The owners of the per-agent server's instances, as `corral mcp status` lists them."""
     return [r["owner"] for r in d.json("mcp", "status")["mcp_servers"]
@@ -274,3 +286,31 @@ def test_a_removed_agents_replicas_leave_the_gateways_clients() -> None:
             d.ask("agents.remove", {"names": [name]})
         wait_until(lambda: not [c for c in clients() if c.startswith("churn")], PATIENCE,
                    "the removed agents' replicas gone from the gateway's clients")
+
+
+@pytest.mark.deadline(180)
+def test_a_replicas_sessions_end_at_its_exit() -> None:
+    """A replica's sessions at /mcp hold its identity, and with it the replica, which
+    holds what it ran with: one that exited without ending them (killed, removed,
+    replaced by a reload) left them kept until the idle reaper, and a stream one held
+    open, which the reaper never ends, for good (issue 90). They now end at its exit, as
+    a client's do when its identity ends (decision 2010): its open stream too."""
+    door_agent = Path(__file__).parent / "doors" / "door_agent.py"
+    table = {"command": [PY, str(door_agent)], "env": {"PYTHONPATH": str(EXAMPLES.parent)},
+             "tools": ["mine__*"]}
+    with running_daemon(shared_tmpdir(), "", SERVER) as d:
+        def sessions() -> int:
+            return int(d.ask("mcp.status")["gateway"]["http"]["sessions"])
+
+        d.ask("agents.add", {"agents": {"leaver": table}})
+        done = d.ask("tasks.run", {"agent": "leaver", "input": {"env": True}})
+        assert done["status"] == "succeeded", done
+        url, token = done["output"]["CORRAL_MCP_URL"], done["output"]["CORRAL_MCP_TOKEN"]
+        sid = session(url, token)
+        stream = held(url, token, sid)
+        assert sessions() == 1
+        d.ask("agents.remove", {"names": ["leaver"]})
+        # its exit heard: its token is forgotten then, in the same event's delivery
+        wait_until(lambda: refused(url, token), PATIENCE, "the removed replica's token refused")
+        assert sessions() == 0
+        assert stream.result(PATIENCE) == 200  # (ended by the daemon, not read timed out)

@@ -37,6 +37,7 @@ from ...mcp.logrelay import META_LOG_LEVEL, LogRelay
 from ...mcp.server import MISSING_CAPABILITY, GatewaySession, Progress
 from ...supervisor.addresses import loopback
 from ...supervisor.config import ConfigError
+from ...supervisor.process_replica import ReplicaExit
 from ...supervisor.stream import Subscription
 from ..attribution import mark_of
 from ..caller import ClientEnded
@@ -211,7 +212,8 @@ class HttpGateway:
         self._reaper: asyncio.Task[None] | None = None
         self._abandoning = False  # a site that failed to start is being cleaned up
         self.refused = Refusals({})  # the heads its own site's connections refused
-        self._ended = service.stream.subscribe(self._client_ended, ClientEnded)
+        self._ended = (service.stream.subscribe(self._client_ended, ClientEnded),
+                       service.stream.subscribe(self._replica_exited, ReplicaExit))
 
     # -- start and stop -------------------------------------------------------------------
     def mount(self, app: web.Application) -> None:
@@ -347,7 +349,8 @@ class HttpGateway:
         return str(path if path.is_absolute() else self.base / path)
 
     async def close(self) -> None:
-        self.service.stream.unsubscribe(self._ended)
+        for sub in self._ended:
+            self.service.stream.unsubscribe(sub)
         if self.listeners is not None:
             self.listeners.gone("gateway")
         if self._reaper is not None:
@@ -387,6 +390,13 @@ class HttpGateway:
     def _client_ended(self, e: ClientEnded) -> None:
         for sid in [sid for sid, s in self.sessions.items()
                     if s.ident.name == e.name and s.ident.since == e.since]:
+            self._end(sid)
+
+    def _replica_exited(self, e: ReplicaExit) -> None:
+        """A replica's sessions end with it: each holds the replica, which holds what it
+        ran with, and one it left open would be kept until the idle reaper, or for good
+        while a stream of it is held (decision 2010)."""
+        for sid in [sid for sid, s in self.sessions.items() if s.ident.replica is e.replica]:
             self._end(sid)
 
     def _end(self, sid: str) -> None:
