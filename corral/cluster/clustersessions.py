@@ -26,9 +26,9 @@ from ..supervisor.tasks.sessions import (
     SessionKey,
     SessionTurns,
     expires,
+    over,
     session_bounds,
     session_ttl,
-    sessions_full,
     state_too_large,
     turn_waits,
 )
@@ -71,40 +71,38 @@ class ClusterSessions(RedisPart):
         self.end_script = self.redis.register_script(sessionscripts.END)
         self.move_script = self.redis.register_script(sessionscripts.MOVE)
         self.read_script = self.redis.register_script(sessionscripts.SESSION_READ)
-        self.refused = 0  # turns and checkpoints refused for a bound
+        self.counts = self.redis.register_script(sessionscripts.COUNTS)
 
     # -- submit ----------------------------------------------------------------------------
     async def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
         """What SUBMIT takes after the plain submit's arguments: the session, its ttl (its
-        agent's here; '' the hash's own), the bounds on its live sessions (session_bounds:
-        the agent's and its tenant's over its agents), its owner, and its move. A node
-        that does not run the agent knows none of them: it refuses a new session, and a
-        turn of one that lives keeps the ttl its hash holds (decision 1991)."""
+        agent's here; '' the hash's own), what a new session was admitted on (each set of
+        live sessions its bounds count, and its count read), its owner, and its move. A
+        node that does not run the agent knows none of its bounds: it refuses a new
+        session, and a turn of one that lives keeps its hash's ttl (decision 1991)."""
         local = self.host.agents.get(agent)
         move = await turn_args(self.scripts, self.keys, SessionKey(tenant, agent, session))
-        if local is None and move[1] == "-":  # (SUBMIT keeps it only while still so)
-            raise RpcError(jsonrpc.CONFLICT, (  # (not a 429: waiting changes nothing here)
-                f"session {jsonrpc.visible(session)} of agent {agent} not begun: node "
-                f"{self.membership.node} does not run {agent}, so knows neither its "
-                f"max_sessions nor its session_ttl; begin it at a node that runs {agent} "
-                "(`corral nodes`), its later turns at any node"))
-        bounds = [[b.max_sessions, list(b.agents), b.who]
-                  for b in session_bounds(local, self.tenancy) if b.max_sessions]
+        seen: list[Any] = []
+        if move[1] == "-":  # (SUBMIT keeps it only while still so)
+            if local is None:
+                raise RpcError(jsonrpc.CONFLICT, (  # (not a 429: waiting changes nothing here)
+                    f"session {jsonrpc.visible(session)} of agent {agent} not begun: node "
+                    f"{self.membership.node} does not run {agent}, so knows neither its "
+                    f"max_sessions nor its session_ttl; begin it at a node that runs "
+                    f"{agent} (`corral nodes`), its later turns at any node"))
+            bounds = session_bounds(local, self.tenancy)
+            sets = {a: self.keys.sessions(tenant, a) for b in bounds for a in b.agents}
+            counted = await read(lambda: self.counts(keys=[*sets.values()]))
+            if (why := over(bounds, dict(zip(sets, counted, strict=True)), {}, 1, 0)):
+                raise why
+            seen = [*zip(sets.values(), counted, strict=True)]
         return [session, "" if local is None else session_ttl(local, tenant),
-                msgspec.json.encode(bounds), tenant, *move]
+                msgspec.json.encode(seen), tenant, *move]
 
     def _tenant(self, agent: str) -> str:
         """The tenant of this node's agent of the name ('' when it runs none)."""
         local = self.host.agents.get(agent)
         return local.spec.tenant if local is not None else ""
-
-    def refusal(self, got: Any) -> RpcError | None:
-        """SUBMIT's {-2, whose bound, its live sessions, its max_sessions} in the node's
-        words."""
-        if not isinstance(got, list) or got[:1] != [-2]:
-            return None
-        self.refused += 1
-        return RpcError(jsonrpc.REFUSED, sessions_full(got[1].decode(), got[2], got[3]))
 
     # -- a claimed task's home.turns (TurnStore) -------------------------------------------
     def started(self, task: Task, replica: Replica) -> msgspec.Raw | None:
@@ -148,7 +146,6 @@ class ClusterSessions(RedisPart):
                                              f"agent {task.agent} is tenant "
                                              f"{got[1].decode()}'s, not this node's agent's "
                                              f"({tenant or 'none'}); the state is not kept")
-        self.refused += 1
         raise state_too_large(got[1].decode(), int(got[2]), int(got[3]))
 
     # -- a turn's end (decision 1500) --------------------------------------------------------

@@ -216,7 +216,7 @@ class ClusterTasks(RedisPart):
             got = await self._turn(keys, args, task_id)
         if got == REFUSED and ride is not None:
             raise LostLease(ride.call_id)
-        refused = cluster_refusal(p.agent, got, max_queue) or self.sessions.refusal(got)
+        refused = cluster_refusal(p.agent, got, max_queue)
         if refused is not None:
             raise refused
         # (who started it, once it is accepted: a refused turn claims no session's name;

@@ -114,6 +114,15 @@ MARKABLE = f"""if redis.call('HEXISTS', KEYS[1], 'session') == 1 then
 end"""
 
 
+# A new session's read (clustersessions.submit_args): the live sessions of each sorted set
+# KEYS names (an agent's of a tenant, scored by when each expires), by Redis's clock.
+COUNTS = """
+local t = redis.call('TIME')
+local now, out = tonumber(t[1]) + tonumber(t[2]) / 1000000, {}
+for i, live in ipairs(KEYS) do out[i] = redis.call('ZCOUNT', live, now, '+inf') end
+return out
+"""
+
 # A submit's read of the session (clustersessions.turn_args), one round trip: the ended
 # turns' set is tested for the current turn only, not fetched whole (every turn ended
 # cluster-wide and not yet moved).
@@ -205,16 +214,15 @@ return 1
 """
 
 
-# SUBMIT of a task naming a session, its move decided above (turns.py): kept only while
-# the session's current turn and its line's length are as read (else MOVED: read and
-# decided again); a new session is refused at a bound given (-2: which, by its words, its
-# live sessions counted, its most); the task goes into the stream when it starts, else
-# into the line, which max_queue bounds (-1).
+# SUBMIT of a task naming a session, its move and a new session's bounds decided above
+# (turns.py, sessions.over): kept only while the session's turns (its current turn, its
+# line's length) are as read and a new one's live sessions counted have not grown (else
+# MOVED: read and decided again); the task goes into the stream when it starts, else into
+# the line, which max_queue bounds (-1).
 # KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its ttl (seconds, 0:
-#   none; '': the hash's own), the bounds on its live sessions (JSON: each its
-#   max_sessions, the agents whose sessions of the tenant it counts, its words:
-#   sessions.session_bounds), its agent's tenant, the move ('start' or 'wait'), the
-#   current turn as read ('-': no session), the line's length
+#   none; '': the hash's own), what a new session was admitted on (JSON: each live
+#   sessions' set and its count as read, COUNTS'), its agent's tenant, the move ('start'
+#   or 'wait'), the current turn as read ('-': no session), the line's length
 SUBMIT_FIRST = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local agent, name, tenant = ARGV[2], ARGV[12], ARGV[15]
@@ -225,13 +233,8 @@ if cur ~= ARGV[17] or redis.call('LLEN', sline) ~= tonumber(ARGV[18]) then
 end
 if ARGV[17] == '-' then
   {_PRUNE}
-  for _, bound in ipairs(cjson.decode(ARGV[14])) do
-    local live = 0
-    for _, member in ipairs(bound[2]) do
-      live = live + redis.call('ZCOUNT', prefix .. 'sessions:' .. tenant .. ':' .. member,
-        now, '+inf')
-    end
-    if live >= bound[1] then return {{-2, bound[3], live, bound[1]}} end
+  for _, seen in ipairs(cjson.decode(ARGV[14])) do
+    if redis.call('ZCOUNT', seen[1], now, '+inf') > seen[2] then return {MOVED} end
   end
 end
 local most_waiting = tonumber(ARGV[9])

@@ -143,32 +143,54 @@ def test_a_session_past_its_agents_bounds_is_refused_with_their_words(home: Home
         "sessions end) or wait for one to expire (session_ttl)"))
 
 
-def test_two_new_sessions_racing_at_two_entries_past_max_sessions_one_is_refused(
-        home: Home) -> None:
-    """max_sessions is kept at a submit as one step with the count it is decided on (the
-    node's loop, the cluster's SUBMIT): two new sessions of `small` submitted at once,
-    one at each entry, make one live session and one refusal in the bound's words."""
-    start = threading.Barrier(2)
-    got: dict[str, Any] = {}
+def raced(home: Home, *new: tuple[str, str]) -> list[Any]:
+    """A new session of each (agent, session) submitted at once, the first at one entry,
+    the second at the other: one must be made (its turn waited for, the session ended
+    then); the others' refusals, their codes and words."""
+    start = threading.Barrier(len(new))
+    got: dict[tuple[str, str], Any] = {}
 
-    def submit(name: str, at: int) -> None:
+    def submit(agent: str, name: str, at: int) -> None:
         start.wait(PATIENCE)
         try:
-            got[name] = home.submit("small", {"turn": 1}, at=at, session=name)
+            got[agent, name] = home.submit(agent, {"turn": 1}, at=at, session=name)
         except CallFailed as e:
-            got[name] = (e.code, e.message)
+            got[agent, name] = (e.code, e.message)
 
-    racing = [threading.Thread(target=submit, args=(name, at))
-              for name, at in (("near", 0), ("far", 1))]
+    racing = [threading.Thread(target=submit, args=(*one, at)) for at, one in enumerate(new)]
     for t in racing:
         t.start()
     for t in racing:
         t.join(PATIENCE)
-    [(kept, task_id)] = [(n, v) for n, v in got.items() if isinstance(v, str)]
+    [((agent, name), task_id)] = [(k, v) for k, v in got.items() if isinstance(v, str)]
     assert home.wait(task_id)["output"]["turns"] == [1]
-    home.call("sessions.end", {"agent": "small", "session": kept})
-    assert [v for v in got.values() if not isinstance(v, str)] == [(jsonrpc.REFUSED, (
+    home.call("sessions.end", {"agent": agent, "session": name})
+    return [v for v in got.values() if not isinstance(v, str)]
+
+
+def test_two_new_sessions_racing_at_two_entries_past_max_sessions_one_is_refused(
+        home: Home) -> None:
+    """max_sessions is decided once above the stores, on the live sessions a store read
+    (sessions.over), and kept in one step with that read still holding (the node's loop,
+    the cluster's SUBMIT under a compare-and-set: decision 1992): two new sessions of
+    `small` submitted at once, one at each entry, make one live session and one refusal
+    in the bound's words."""
+    assert raced(home, ("small", "near"), ("small", "far")) == [(jsonrpc.REFUSED, (
         "sessions full: agent small has 1 live session (max_sessions 1); end one (corral "
+        "sessions end) or wait for one to expire (session_ttl)"))]
+
+
+def test_two_new_sessions_of_a_tenants_two_agents_racing_past_its_bound_one_is_refused(
+        home: Home) -> None:
+    """A tenant's max_sessions over its agents, decided and kept as an agent's is: team's
+    one live session of `left`, and a new one of `left` and one of `right` submitted at
+    once, one at each entry, make one more and one refusal in the tenant's words (the
+    cluster's SUBMIT compares each agent's count it read, not their sum)."""
+    assert home.run("left", {"turn": 1}, session="first")["output"]["turns"] == [1]
+    refused = raced(home, ("left", "l2"), ("right", "r2"))
+    home.call("sessions.end", {"agent": "left", "session": "first"})
+    assert refused == [(jsonrpc.REFUSED, (
+        "sessions full: tenant team has 2 live sessions (max_sessions 2); end one (corral "
         "sessions end) or wait for one to expire (session_ttl)"))]
 
 

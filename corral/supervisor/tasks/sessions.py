@@ -13,6 +13,7 @@ import bisect
 import contextlib
 import itertools
 import time
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -105,11 +106,22 @@ def expires(last_used: float, ttl: float, idle: bool) -> float | None:
     return last_used + ttl if ttl and idle else None
 
 
-def sessions_full(who: str, live: int, most: int) -> str:
-    """Why one more session is refused past a bound, on either home."""
-    return (f"sessions full: {who} has {plural(live, 'live session')} (max_sessions "
-            f"{most}); end one (corral sessions end) or wait for one to expire "
-            "(session_ttl)")
+def over(bounds: Iterable[SessionBound], live: Mapping[str, int], held: Mapping[str, int],
+         more: int, size: int) -> RpcError | None:
+    """Why `more` sessions and `size` bytes of state more are past a bound, or None, on
+    every home: on what its store read of each agent a bound counts (its live sessions,
+    their states' bytes), which the store keeps the move under (decision 1992)."""
+    for b in bounds:
+        now = sum(live.get(a, 0) for a in b.agents)
+        if more and b.max_sessions and now + more > b.max_sessions:
+            return RpcError(jsonrpc.REFUSED, (
+                f"sessions full: {b.who} has {plural(now, 'live session')} (max_sessions "
+                f"{b.max_sessions}); end one (corral sessions end) or wait for one to "
+                "expire (session_ttl)"))
+        kept = sum(held.get(a, 0) for a in b.agents) + size
+        if size > 0 and b.max_bytes and kept > b.max_bytes:
+            return state_too_large(b.who, kept, b.max_bytes)
+    return None
 
 
 def state_too_large(who: str, held: int, most: int) -> RpcError:
@@ -333,9 +345,9 @@ class Sessions:
         self._names: dict[str, str] = {}
         self._journal: SessionJournal | None = None
         self.hot = HotStates(64 * 1024 * 1024)  # (the daemon's: session_memory_mb)
-        # live sessions and their states' bytes, per (tenant, agent)
-        self._live: dict[tuple[str, str], int] = {}
-        self._bytes: dict[tuple[str, str], int] = {}
+        # live sessions and their states' bytes, per tenant, per agent
+        self._live: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._bytes: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._loading: set[asyncio.Task[None]] = set()
         self.pump = pump
         self.expired = 0  # sessions dropped for their session_ttl
@@ -365,13 +377,11 @@ class Sessions:
 
     def _new(self, key: SessionKey, now: float) -> Session:
         s = self.table[key] = Session(key, now)
-        owner = (key.tenant, key.agent)
-        self._live[owner] = self._live.get(owner, 0) + 1
+        self._live[key.tenant][key.agent] += 1
         return s
 
     def _sized(self, s: Session, size: int) -> None:
-        owner = (s.tenant, s.agent)
-        self._bytes[owner] = self._bytes.get(owner, 0) + size - s.state_bytes
+        self._bytes[s.tenant][s.agent] += size - s.state_bytes
         s.state_bytes = size
 
     def _of(self, task: Task) -> Session:
@@ -407,14 +417,9 @@ class Sessions:
     def _drop(self, s: Session) -> None:
         if self._held(s):
             del self.table[s.ident]
-            owner = (s.tenant, s.agent)
-            self._live[owner] -= 1
-            if not self._live[owner]:  # (names come and go: no count of none is kept)
-                del self._live[owner]
-            if s.state_bytes:  # (its view still tells its size)
-                self._bytes[owner] -= s.state_bytes
-            if not self._bytes.get(owner, 1):
-                del self._bytes[owner]
+            # (its view still tells its size; names come and go: no count of none is kept)
+            self._live[s.tenant] -= Counter({s.agent: 1})
+            self._bytes[s.tenant] -= Counter({s.agent: s.state_bytes})
             self.hot.drop(s.key)
         if self.journal is not None:
             self.journal.end(s.row())
@@ -543,28 +548,21 @@ class Sessions:
 
     def stats(self) -> dict[str, int]:
         return {"live": len(self.table), "expired": self.expired, "ended": self.ended,
-                "refused": self.refused, "state_bytes": sum(self._bytes.values()),
+                "refused": self.refused,
+                "state_bytes": sum(c.total() for c in self._bytes.values()),
                 "states_in_memory": len(self.hot), "memory_bytes": self.hot.bytes,
                 "states_read_back": self.hot.loads}
 
     # -- the bounds -----------------------------------------------------------------------
     def _over(self, key: SessionKey, more: int, size: int) -> RpcError | None:
-        """Why `more` sessions and `size` bytes of state more are past a bound, or None."""
-        for b in session_bounds(self.host.agents.get(key.agent), self._tenancy):
-            live = sum(self._live.get((key.tenant, a), 0) for a in b.agents)
-            if more and b.max_sessions and live + more > b.max_sessions:
-                return RpcError(jsonrpc.REFUSED, sessions_full(b.who, live, b.max_sessions))
-            held = sum(self._bytes.get((key.tenant, a), 0) for a in b.agents)
-            if size > 0 and b.max_bytes and held + size > b.max_bytes:
-                return state_too_large(b.who, held + size, b.max_bytes)
-        return None
+        """`over` on this table's counts (its loop keeps what it decides as one step)."""
+        return over(session_bounds(self.host.agents.get(key.agent), self._tenancy),
+                    self._live.get(key.tenant, {}), self._bytes.get(key.tenant, {}), more, size)
 
     def refusal(self, agent: str, name: str) -> RpcError | None:
         """Why a task naming session `name` of `agent` is refused, or None."""
-        key = self.key_of(agent, name)
-        s = self.table.get(key)
-        now = time.time()
-        if s is not None and not self._expired(s, now):
+        key, now = self.key_of(agent, name), time.time()
+        if self._live_at(key) is not None:
             return None
         why = self._over(key, 1, 0)
         if why is not None and now - self._refusal_swept > REFUSED_SWEEP:
