@@ -351,9 +351,12 @@ def test_a_turn_given_to_a_node_as_it_removes_the_agent_goes_to_another(
         proxies[ran].hold(held, *beat)
         assert beaten.wait(30), "the holder's next beat"
         assert holder.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
-        # (a few of the holder's beats, so that its puller has let chat's streams go on
-        # the tree before; what it shows holds whether or not one came)
-        time.sleep(1.0)
+        # (a beat of the holder's begun after the removal, so that its puller has let
+        # chat's streams go on the tree before: each beat sweeps the ended turns after
+        # its puller's let_go, and the second sweep seen is of a beat begun after it)
+        for _ in range(2):
+            swept = proxies[ran].watch(b"SRANDMEMBER", K.turns_ended.encode())
+            assert swept.wait(30), "a beat of the holder's after the removal"
         done = turn(other, "more")
         assert (done["status"], done["output"]["turns"]) == ("succeeded", [SECRET, "more"]), done
         assert done["attempts"][-1]["node"] == other.name, done["attempts"]
