@@ -144,5 +144,5 @@ def give_back(node: ClusterNode, claims: list[Claim], why: str) -> None:
                          c.retries_left, c.created, token=c.token, base=c.base,
                          entry=c.entry, stream=c.stream, consumer=c.consumer)
              for c in claims]
-    node.background(node.release(tasks, f"node {node.node}'s worker was lost in its "
-                                        f"upgrade: {why}"))
+    node.background(node.reaper.hand_back(tasks, f"node {node.node}'s worker was lost in "
+                                                 f"its upgrade: {why}", lost=True))

@@ -297,7 +297,7 @@ class ClusterNode:
             self.tasks.queue.remove(t)
             self.tasks.active.pop(t.id, None)
         if waiting and self.membership.member:
-            await self.release(waiting, reason)
+            await self.reaper.hand_back(waiting, reason, lost=False)
 
     async def flush_outbox(self) -> None:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -319,8 +319,8 @@ class ClusterNode:
 
     async def hand_back(self) -> None:
         """A node about to stop (before its agents do): it reads nothing more, sends the
-        outcomes it has, and hands back what it still holds, its retries untouched (no
-        TTL to wait out)."""
+        outcomes it has, and hands back what it still holds (no TTL to wait out): what
+        waits here as an orphan's, what runs as a loss (Reaper.hand_back)."""
         await self.puller.close()
         if not self.membership.member:
             return
@@ -333,9 +333,10 @@ class ClusterNode:
         await self.flush_outbox()
         self.outbox.given_up.add(consumer)
         reason = f"node {self.node} stopped"
+        await self.stop_queued(reason)
         held = self._held(consumer)
         if held:
-            await self.release(held, reason)
+            await self.reaper.hand_back(held, reason, lost=True)
         # a claim whose answer the closed pull loop never read (cancelled in its round
         # trip) is this incarnation's in Redis and unknown here: it waits again, no retry
         # spent, rather than being taken over as a dead node's once the key is gone
@@ -344,21 +345,6 @@ class ClusterNode:
     def background(self, work: Awaitable[None]) -> None:
         """A one-off of the node's, ended with its loops (handover.py's give-back)."""
         self._loops.append(asyncio.ensure_future(work))
-
-    async def release(self, held: list[ClusterTask], reason: str) -> None:
-        """These claims back to the cluster at once, their retries untouched."""
-        pipe = self.redis.pipeline(transaction=False)
-        for t in held:
-            await self.scripts.release(
-                keys=[self.keys.task(t.id), self.keys.attempts(t.id), t.stream],
-                args=[t.token, t.id, t.entry, repr(time.time()), reason], client=pipe)
-        try:
-            given = await within(pipe.execute(), self.settings.node_ttl)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.report(f"cluster: {len(held)} tasks not handed back ({why(exc)}): the "
-                        "cluster takes them over once this node's key expires")
-            return
-        self.report(f"cluster: {sum(1 for g in given if g)} tasks handed back ({reason})")
 
     async def close(self) -> None:
         self.host.stream.unsubscribe(self._serving)

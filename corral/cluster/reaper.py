@@ -8,6 +8,7 @@ gone, and after Redis was away a reaper waits out a TTL and a beat (`Membership.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +28,7 @@ from ..supervisor.tasks.taskmachine import (
     cancel_failure,
 )
 from ..taskoptions import AGENTS_RETRY, AgentRetries
+from ..timeouts import within
 from . import records
 from .connection import read_all, why
 from .keys import GROUP, Keys, priority_numbers, split_route
@@ -100,11 +102,11 @@ def decided(retries: bytes | None, retry_lost: bytes | None, options: bytes | No
 
 
 async def take_over(part: RedisPart, stream: str, entry: Any, tid: str, dead: str, *,
-                    orphan: bool, reason: str, kept_for: int,
-                    specs: Mapping[str, Any]) -> Any:
+                    orphan: bool, reason: str, kept_for: int, specs: Mapping[str, Any],
+                    live: bool = False) -> Any:
     """A dead (or orphaned) consumer's entry of task `tid`: decided from its record here,
     kept by TAKEOVER if the record is still as read. `specs`: this node's agents (an
-    agent's retry_on, where the task gave none)."""
+    agent's retry_on, where the task gave none); `live`: its holder hands it back."""
     task = part.keys.task(tid)
 
     def fill(pipe: Any) -> None:
@@ -130,7 +132,8 @@ async def take_over(part: RedisPart, stream: str, entry: Any, tid: str, dead: st
         keys=[task, part.keys.attempts(tid), stream, part.keys.outcomes,
               part.keys.alive(dead), *part.keys.listed],
         args=[tid, entry, dead, repr(time.time()), reason, kept_for,
-              "orphan" if orphan else "dead", retries or b"", cancel or b"", status, spent,
+              "live" if orphan or live else "dead", retries or b"", cancel or b"",
+              status, spent,
               error, part.trust.outcome(tid, "0", status, b"", error) if error else ""])
 
 
@@ -239,6 +242,24 @@ class Reaper(RedisPart):
             elif got == b"cancelled":
                 self.report(f"cluster: task {tid} cancelled ({reason} before it acted on "
                             "the cancel asked)")
+
+    async def hand_back(self, held: list[ClusterTask], reason: str, *, lost: bool) -> None:
+        """This node's claims back to the cluster at once, as `take_over` decides: never
+        on a worker, an orphan's (nothing spent); `lost`, their attempts lost with their
+        workers, a loss as a dead node's (within retry_lost, nothing spent; at most
+        once, the task ends lost)."""
+        try:
+            got = await within(asyncio.gather(*(take_over(
+                self, t.stream, t.entry, t.id, t.consumer, orphan=not lost, reason=reason,
+                kept_for=self.kept_for, specs=self.agents, live=True) for t in held)),
+                self.membership.ttl)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.report(f"cluster: {len(held)} tasks not handed back ({why(exc)}): the "
+                        "cluster takes them over once this node's key expires")
+            return
+        ended = got.count(b"lost")
+        self.report(f"cluster: {got.count(b'requeued')} tasks handed back ({reason})"
+                    + (f", {ended} lost (not run again)" if ended else ""))
 
     async def refresh(self, tasks: Iterable[Task], streams: Iterable[str]) -> None:
         """The owner's every beat: its running cluster tasks' entries are its own again,

@@ -509,37 +509,25 @@ end
 return 1
 """
 
-# The attempt a node was running ends `lost` (unless it had ended meanwhile): KEYS[2] the
-# attempts list, ARGV[4] now, ARGV[5] the reason.
-_END_LAST_ATTEMPT = """local last = redis.call('LINDEX', KEYS[2], -1)
-local ok, a = false, nil
-if last then ok, a = pcall(cjson.decode, last) end  -- (a Redis writer's: no attempt)
-if ok and type(a) == 'table' then
-  if a['outcome'] == nil or a['outcome'] == 'running' then  -- (omitted: the default)
-    a['outcome'] = 'lost'
-    a['error'] = ARGV[5]
-    a['finished'] = tonumber(ARGV[4])
-    redis.call('LSET', KEYS[2], -1, cjson.encode(a))
-  end
-end"""
-
-# A reaper found an entry pending with a consumer whose liveness key is gone: checked
-# again here, atomically (the consumer still dead, the entry still the task's, the task
-# still that consumer's, and its retries and cancel's mark as the reaper read them), the
-# task is queued again under a new entry, or ends, as the reaper decided by the task
-# machine's rule (reaper.take_over): this script only keeps what it decided. One read and
-# not claimed waits again as it was. (A node of the version before decided here in Lua;
-# both keep the record alike.)
+# A reaper found an entry pending with a consumer whose liveness key is gone (or a live
+# node hands its own back: an orphan, or its claims as it stops): checked again here,
+# atomically (the consumer still dead, the entry still the task's, the task still that
+# consumer's, and its retries and cancel's mark as the reaper read them), the task is
+# queued again under a new entry, or ends, as the reaper decided by the task machine's
+# rule (reaper.take_over): this script only keeps what it decided. One read and not
+# claimed waits again as it was. (A node of the version before decided here in Lua; both
+# keep the record alike.)
 # KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key, live and
 #       finished tasks (listed)
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
-#       'dead' or 'orphan', its retries_left and cancel's mark as read ('' none), what
-#       was decided: 'requeued' with the retries left ('' unchanged), or the end
-#       ('lost', 'cancelled') with its error JSON and MAC (trust.OUTCOME, fence 0)
+#       'dead' (its liveness key must be gone) or 'live', its retries_left and cancel's
+#       mark as read ('' none), what was decided: 'requeued' with the retries left (''
+#       unchanged), or the end ('lost', 'cancelled') with its error JSON and MAC
+#       (trust.OUTCOME, fence 0)
 # -> 'requeued', 'lost', 'cancelled', or false (nothing to do, or decide again)
 TAKEOVER = f"""
 {sessionscripts.MARKABLE}
-if ARGV[7] ~= 'orphan' and redis.call('EXISTS', KEYS[5]) == 1 then return false end
+if ARGV[7] == 'dead' and redis.call('EXISTS', KEYS[5]) == 1 then return false end
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'owner', 'retries_left',
   'cancel')
 if rec[2] ~= ARGV[2] then
@@ -553,7 +541,18 @@ local home = redis.call('HGET', KEYS[1], 'stream') or KEYS[3]
 if rec[1] ~= 'queued' then
   if not {on_worker('rec[1]')} or rec[3] ~= ARGV[3] or (rec[4] or '') ~= ARGV[8]
       or (rec[5] or '') ~= ARGV[9] then return false end
-  {_END_LAST_ATTEMPT}
+  -- the attempt it was running ends lost (unless it had ended meanwhile)
+  local last = redis.call('LINDEX', KEYS[2], -1)
+  local ok, a = false, nil
+  if last then ok, a = pcall(cjson.decode, last) end  -- (a Redis writer's: no attempt)
+  if ok and type(a) == 'table' then
+    if a['outcome'] == nil or a['outcome'] == 'running' then  -- (omitted: the default)
+      a['outcome'] = 'lost'
+      a['error'] = ARGV[5]
+      a['finished'] = tonumber(ARGV[4])
+      redis.call('LSET', KEYS[2], -1, cjson.encode(a))
+    end
+  end
 end
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
@@ -568,22 +567,6 @@ redis.call('HSET', KEYS[1], 'status', ARGV[10], 'fence', '0', 'finished', ARGV[4
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[1])
 {_ended('ARGV[1]', 'ARGV[6]', 6)}
 return ARGV[10]
-"""
-
-# A node that stops hands back what it holds: the task waits again under a new entry,
-# its retries untouched.
-# KEYS: task, attempts, stream; ARGV: token, task_id, entry, now, reason -> 1, or 0 when
-# the task is no longer this claim's
-RELEASE = f"""
-local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
-if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
-{_END_LAST_ATTEMPT}
-redis.call('XACK', KEYS[3], '{GROUP}', ARGV[3])
-redis.call('XDEL', KEYS[3], ARGV[3])
-local entry = redis.call('XADD', redis.call('HGET', KEYS[1], 'stream') or KEYS[3], '*',
-  'task', ARGV[2])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '', 'entry', entry)
-return 1
 """
 
 # `corral cancel` of a cluster task, on any node: one queued or suspended ends here; a
@@ -789,7 +772,6 @@ class Scripts:
         self.step = redis.register_script(STEP)
         self.output = redis.register_script(OUTPUT)
         self.takeover = redis.register_script(TAKEOVER)
-        self.release = redis.register_script(RELEASE)
         self.cancel = redis.register_script(CANCEL)
         self.join = redis.register_script(JOIN)
         self.beat = redis.register_script(BEAT)

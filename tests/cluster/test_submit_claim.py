@@ -25,7 +25,8 @@ from corral.cluster import records
 from corral.cluster.keys import GROUP, Keys
 from corral.cluster.membership import Membership
 from corral.cluster.reaper import Reaper, take_over
-from corral.cluster.scripts import Scripts
+from corral.cluster.scripts import RedisPart, Scripts
+from corral.cluster.trust import Trust
 from corral.supervisor.config import ClusterSettings
 
 from ..daemon_harness import in_process
@@ -117,12 +118,15 @@ async def test_a_claimed_as_submitted_task_of_a_dead_node_waits_in_its_prioritys
 
 async def test_a_claimed_as_submitted_task_given_back_waits_in_its_prioritys_stream(
         client: Any) -> None:
-    """A stopping node's RELEASE of it: queued again in its record's stream."""
+    """A stopping node's hand-back of it (Reaper.hand_back, its holder alive): queued
+    again in its record's stream."""
     s = Scripts(client)
     got = await submit_claim(s, 1, prio=5)
     tid, claimed, home = TID.format(1), K.claimed("acme", "w"), K.stream("acme", "w", 5)
-    assert await s.release(keys=[K.task(tid), K.attempts(tid), claimed],
-                           args=[got[1][3], tid, got[1][1], "3.0", "node n stopped"]) == 1
+    part = RedisPart(s, K, Trust(None, "t", print))
+    assert await take_over(part, claimed, got[1][1], tid, "n/1", orphan=False,
+                           reason="node n stopped", kept_for=60, specs={},
+                           live=True) == b"requeued"
     [(moved, _)] = await client.xrange(home)
     assert (await client.hget(K.task(tid), "entry"), await client.xlen(claimed)) == (
         moved, 0)

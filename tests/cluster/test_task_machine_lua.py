@@ -125,14 +125,11 @@ class Record:
                   await self.retries(), "0", "mac"]))
 
     async def takeover(self, kind: str) -> Any:
+        """`kind`: 'dead', 'orphan', or 'stopping' (its live node hands it back)."""
         return await take_over(RedisPart(self.s, K, Trust(None, "m", print)), STREAM,
                                await self.entry(), self.tid, "b/1", orphan=kind == "orphan",
-                               reason="node b lost", kept_for=60, specs={})
-
-    async def release(self) -> Any:
-        return await self.s.release(keys=[K.task(self.tid), K.attempts(self.tid), STREAM],
-                                    args=[self.token, self.tid, await self.entry(), "4.0",
-                                          "node b stopping"])
+                               reason="node b lost", kept_for=60, specs={},
+                               live=kind != "dead")
 
     async def cancel(self) -> Any:
         return await self.s.cancel(
@@ -162,10 +159,6 @@ def takes_over(kind: str) -> Lua:
     return lua
 
 
-async def released(r: Record) -> Any:
-    return await r.release()
-
-
 async def cancels(r: Record) -> Any:
     return await r.cancel()
 
@@ -191,7 +184,8 @@ CASES: list[tuple[str, int | None, Lua, TaskCause, Any]] = [
      b"requeued"),
     ("an orphaned claim with retries keeps them", 2, takes_over("orphan"), C.RELEASED,
      b"requeued"),
-    ("a node that stops hands its claim back, no retry spent", 1, released, C.RELEASED, 1),
+    ("a node that stops hands its running claim back: a loss, none spent within "
+     "retry_lost", 1, takes_over("stopping"), C.LOST, b"requeued"),
     ("a cancel of a waiting task ends it cancelled", None, cancels, C.CANCEL,
      b"cancelled"),
     ("a cancel of a running task ends it cancelled, at its node's beat", 1,
@@ -216,17 +210,18 @@ DEAD: list[tuple[str, int, int, int, bytes]] = [
 ]
 
 
+@pytest.mark.parametrize("kind", ["dead", "stopping"])  # (a stopping node's: as a dead one's)
 @pytest.mark.parametrize(("case", "retries", "retry_lost", "before", "answer"), DEAD,
                          ids=[c[0] for c in DEAD])
 async def test_the_lua_takes_a_dead_nodes_task_over_as_the_machine_retries_a_loss(
         client: Any, case: str, retries: int, retry_lost: int, before: int,
-        answer: bytes) -> None:
+        answer: bytes, kind: str) -> None:
     r = Record(Scripts(client), client, 1)
     await r.submit()
     assert await r.claim(retries, retry_lost, before)
     m = machine(retries)
     assert await r.state() == (m.status.value, m.retries_left)
-    assert await r.takeover("dead") == answer
+    assert await r.takeover(kind) == answer
     step = m.fire(C.LOST, LuaRetryPolicy(LostBudget(retry_lost, before + 1)))
     assert await r.state() == (m.status.value, m.retries_left), case
     if answer == b"lost":  # and its error says why it was not run again, as the engine's
@@ -276,7 +271,7 @@ async def test_a_task_asked_to_cancel_whose_node_died_ends_cancelled_as_the_mach
 
 
 async def test_a_finished_record_moves_no_more_as_a_finished_task(client: Any) -> None:
-    """An outcome is written once: a second FINISH, a cancel, a release, a takeover of
+    """An outcome is written once: a second FINISH, a cancel, a hand-back, a takeover of
     a finished record change nothing, as every cause but a start is ignored by a finished
     task's machine; a claim is refused (the machine raises: a start of a finished task
     is a bug)."""
@@ -286,9 +281,9 @@ async def test_a_finished_record_moves_no_more_as_a_finished_task(client: Any) -
     assert await r.finish("failed") == 1
     m = machine(1)
     m.fire(C.FAILED)
-    answers = [await r.finish("succeeded"), await r.cancel(), await r.release(),
+    answers = [await r.finish("succeeded"), await r.cancel(), await r.takeover("stopping"),
                await r.takeover("dead")]
-    assert answers == [0, b"ended:failed", 0, None]
+    assert answers == [0, b"ended:failed", None, None]
     for cause in (C.ANSWERED, C.CANCEL, C.RELEASED, C.LOST):
         assert m.fire(cause, LuaRetryPolicy()).target is None
     assert await r.state() == (m.status.value, m.retries_left) == ("failed", 1)

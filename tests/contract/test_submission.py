@@ -281,3 +281,81 @@ def test_a_keyed_submission_refused_keeps_no_key(home: Home) -> None:
     finally:
         for task_id in held:
             home.call("tasks.cancel", {"task_id": task_id})
+
+
+def test_a_task_queued_for_a_replica_cancelled_ends_cancelled_and_never_runs(
+        home: Home) -> None:
+    # the cancel's rule (taskmachine.cancel_failure): what has not reached a worker ends
+    # at once, in its status's words, at any entry
+    # every replica of the agent busy (one a node: each of a cluster's nodes runs one)
+    busy = [home.submit("patient", {"do": "sleep", "seconds": 60}, at=at)
+            for at in range(len(home.entries))]
+    try:
+        for b in busy:
+            home.status_of(b, "running")
+        task_id = home.submit("patient", {"do": "echo", "never": 1}, at=1)
+        assert home.task(task_id)["status"] == "queued"
+        home.call("tasks.cancel", {"task_id": task_id})
+        done = home.wait(task_id, at=1)
+        assert (done["status"], done["attempts"]) == ("cancelled", []), done
+        assert done["error"] == {"code": jsonrpc.REQUEST_CANCELLED,
+                                 "message": "cancelled while queued"}, done
+    finally:
+        for b in busy:
+            home.call("tasks.cancel", {"task_id": b})
+    assert [home.wait(b)["status"] for b in busy] == ["cancelled"] * len(busy)
+
+
+def test_a_retry_waiting_out_its_backoff_cancelled_ends_cancelled_and_runs_no_more(
+        home: Home) -> None:
+    task_id = home.submit("patient", {"do": "until", "attempt": 2},
+                          retry={"retries": 1, "retry_on": ["failed"]})
+    wait_until("the retry in its backoff", lambda: (
+        t := home.task(task_id))["status"] == "queued" and t["attempts"])
+    home.call("tasks.cancel", {"task_id": task_id}, at=1)
+    done = home.wait(task_id)
+    assert done["status"] == "cancelled", done
+    assert done["error"] == {"code": jsonrpc.REQUEST_CANCELLED,
+                             "message": "cancelled while queued"}, done
+    assert [a["outcome"] for a in done["attempts"]] == ["failed"], done
+    assert home.wait(task_id, at=1)["attempts"] == done["attempts"]
+
+
+def test_a_cancel_of_no_task_is_refused_in_the_same_words(home: Home) -> None:
+    for task_id in ("0190a5c0-0000-7000-8000-000000000001", "not-a-task"):
+        assert home.refusal("tasks.cancel", {"task_id": task_id}, at=1) == (
+            jsonrpc.NOT_FOUND, f"no such task: {task_id}")
+
+
+def test_a_loss_past_retry_lost_spends_a_retry_where_its_policy_retries_a_loss(
+        home: Home) -> None:
+    # the loss and retry rule once (taskmachine.TaskMachine.fire), asked by the node's
+    # restart and the cluster's takeover: the first loss within retry_lost is free, the
+    # second spends the retry retry_on names, and the third attempt runs to its end
+    task_id = home.submit("sleeper", {"do": "until", "attempt": 3, "how": "sleep"},
+                          retry={"retries": 1, "retry_on": ["lost"], "retry_lost": 1})
+    for attempt in (1, 2):
+        wait_until(f"attempt {attempt} running", lambda attempt=attempt: (
+            t := home.task(task_id))["status"] == "running"
+            and len(t["attempts"]) == attempt)
+        home.crash(task_id)
+    done = home.wait(task_id)
+    assert (done["status"], done["output"]) == ("succeeded", {"attempt": 3}), done
+    assert [a["outcome"] for a in done["attempts"]] == ["lost", "lost", "succeeded"], done
+
+
+
+
+def test_an_at_most_once_task_running_when_its_home_stops_is_not_run_again(
+        home: Home) -> None:
+    # a stop takes a running attempt with it: a loss, which the loss rule decides
+    # (taskmachine.TaskMachine.fire) on either home; at most once (retry_lost = 0), the
+    # task is never run again, whether the node's daemon stops or a cluster node hands
+    # its claims back
+    task_id = home.submit("sleeper", {"do": "sleep", "seconds": 60},
+                          retry={"retry_lost": 0})
+    home.status_of(task_id, "running")
+    home.restart()
+    done = home.wait(task_id)
+    assert done["status"] == "lost", done
+    assert [a["outcome"] for a in done["attempts"]] == ["lost"], done

@@ -1,0 +1,126 @@
+"""No per-store twin of a task's loss and retry rule, its cancel, its delay or its
+submission key (issue 86): each behaviour is decided once above the home, the node's
+engine or the cluster's reaper asking the task machine (supervisor/tasks/taskmachine.py)
+and the words of taskmachine.py and corral/taskkeys.py, and a cluster script keeps what
+was decided, comparing the record only against what was read (its ARGV). What is still
+decided in a store is a strict xfail naming it. (The keys' rule: tests/test_twins_keys.py.)
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+
+from corral.cluster import scripts
+
+from .conftest import ROOT
+
+CLUSTER = ROOT / "corral" / "cluster"
+# what of a task's record the loss and retry rule reads: its retries, its cancel's mark
+_RETRY_FIELDS = re.compile(r"retries_left|retry_lost|'cancel'|\brec\[[45]\]")
+# a task's start time, as its options say it
+_START_FIELDS = re.compile(r"'delay'|'not_before'|\"delay\"|\"not_before\"")
+# a record's status, as a script finds it
+_STATUS = re.compile(r"\brec\[1\]")
+
+
+def conditions(lua: str, fields: re.Pattern[str]) -> list[str]:
+    """The parts of `lua`'s conditions that test `fields` otherwise than against what was
+    read (ARGV): a rule written in the store."""
+    out = []
+    for cond in re.findall(r"\b(?:if|elseif)\s+(.*?)\s+then\b", lua, re.S):
+        out += [part for part in parts(cond) if fields.search(part) and "ARGV" not in part]
+    return out
+
+
+def parts(cond: str) -> list[str]:
+    """`cond` split at its `and`s and `or`s outside parentheses."""
+    out, depth, start = [], 0, 0
+    for m in re.finditer(r"[()]|\s+(?:and|or)\s+", cond):
+        if m.group() in "()":
+            depth += 1 if m.group() == "(" else -1
+        elif depth == 0:
+            out.append(cond[start:m.start()])
+            start = m.end()
+    return [*out, cond[start:]]
+
+
+def lua_scripts() -> dict[str, str]:
+    """The task scripts of cluster/scripts.py, by name."""
+    return {name: text for name, text in vars(scripts).items()
+            if name.isupper() and not name.startswith("_") and isinstance(text, str)
+            and "redis.call" in text}
+
+
+def requeuing() -> set[str]:
+    """The scripts that put a claimed task back in its queue (queued again, no owner)."""
+    return {name for name, text in lua_scripts().items()
+            if re.search(r"'status',\s*'queued',\s*'fence',\s*'0',\s*'owner'", text)}
+
+
+def calls_in(path: str, function: str) -> set[str]:
+    """The names `function` of the module at `path` calls (`f(...)`, `x.f(...)`)."""
+    tree = ast.parse((ROOT / path).read_text())
+    (fn,) = [n for n in ast.walk(tree)
+             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == function]
+    return {c.func.attr if isinstance(c.func, ast.Attribute) else c.func.id
+            for c in ast.walk(fn) if isinstance(c, ast.Call)
+            and isinstance(c.func, ast.Attribute | ast.Name)}
+
+
+def test_the_check_sees_a_rule_in_lua_and_passes_a_compare_and_set() -> None:
+    assert conditions("if redis.call('HGET', KEYS[1], 'cancel') == '1' then x() end",
+                      _RETRY_FIELDS) == ["redis.call('HGET', KEYS[1], 'cancel') == '1'"]
+    assert conditions("if rec[3] ~= ARGV[3] or (rec[4] or '') ~= ARGV[8] then",
+                      _RETRY_FIELDS) == []
+    assert conditions("if o['delay'] then", _START_FIELDS) == ["o['delay']"]
+    assert requeuing() >= {"TAKEOVER"}
+
+
+def test_a_claims_loss_is_decided_by_the_task_machine_and_kept_under_a_compare_and_set(
+        ) -> None:
+    """A dead node's claim, an orphan, and a stopping node's claims (what ran there lost
+    with its worker) are each decided by `reaper.decided`, the task machine's rule as
+    the engine applies it to a node's lost attempt; TAKEOVER keeps it only while the
+    record's retries and cancel's mark are as read. No script hands a claim back on its
+    own (RELEASE did, retries untouched, an at-most-once task run again: decision 1995)."""
+    assert "fire" in calls_in("corral/cluster/reaper.py", "decided")
+    assert {"take_over"} <= calls_in("corral/cluster/reaper.py", "hand_back")
+    assert conditions(scripts.TAKEOVER, _RETRY_FIELDS) == []
+    assert "RELEASE" not in lua_scripts()
+    assert requeuing() == {"FINISH", "TAKEOVER"}
+
+
+@pytest.mark.xfail(strict=True, reason="a retry's FINISH reads the cancel's mark itself: "
+                                       "asked to cancel, the retry ends cancelled, decided "
+                                       "in the Lua")
+def test_a_retry_is_kept_by_finish_as_decided_above() -> None:
+    assert conditions(scripts.FINISH, _RETRY_FIELDS) == []
+
+
+@pytest.mark.xfail(strict=True, reason="a claim keeps the task's own retry_lost by "
+                                       "matching its options' JSON in the Lua "
+                                       "(RetryOptions.lost's rule)")
+def test_a_claim_keeps_no_retry_policy_of_its_own_reading() -> None:
+    assert "retry_lost" not in scripts.READ_CLAIM.replace("'retry_lost'", "")
+
+
+@pytest.mark.xfail(strict=True, reason="CANCEL picks what a cancel does by the status it "
+                                       "finds (ended at once, marked for its node, or "
+                                       "refused), as TaskManager.cancel does in Python")
+def test_a_cancel_is_decided_above_and_kept_under_a_compare_and_set() -> None:
+    assert [c for c in conditions(scripts.CANCEL, _STATUS) if "'" in c] == []
+
+
+def test_a_cancels_words_are_the_task_machines_on_every_home() -> None:
+    assert "cancel_failure" in calls_in("corral/supervisor/tasks/manager.py", "cancel")
+    assert "cancel_failure" in calls_in("corral/cluster/node.py", "cancel")
+
+
+@pytest.mark.xfail(strict=True, reason="SUBMIT computes a delayed task's start time from "
+                                       "its options in the Lua (TaskOptions.start_at's "
+                                       "rule)")
+def test_a_tasks_start_time_is_computed_once_above_the_home() -> None:
+    assert [n for n, text in lua_scripts().items() if _START_FIELDS.search(text)] == []
