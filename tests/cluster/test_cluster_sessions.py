@@ -421,6 +421,32 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     assert await client.zscore(T.sessions("t1", "w"), "s") is not None
 
 
+async def test_a_new_session_is_kept_only_while_the_live_sessions_it_was_admitted_on_hold(
+        client: Any) -> None:
+    """max_sessions is decided above SUBMIT (sessions.over, on COUNTS' read: an expired
+    session not counted), and SUBMIT keeps a new session only while no count it was
+    decided on has grown (decision 1992): one made since the read, MOVED and nothing kept;
+    one expired since, kept (fewer live sessions than it was admitted on)."""
+    submit_turn = client.register_script(clustersessions.SUBMIT)
+    live = T.sessions("t1", "w")
+    await client.zadd(live, {"a": float("inf"), "gone": 1.0})
+    assert await client.register_script(sessionscripts.COUNTS)(keys=[live]) == [1]
+    await client.zadd(live, {"b": float("inf")})  # another session begun since the read
+
+    async def submitted(tid: str, seen: int) -> Any:
+        return await submit_turn(
+            keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60,
+                  json.dumps([[live, seen]]), "t1", *await turn_args(Scripts(client), T, W),
+                  "", "", "t1", "mac"])
+
+    first, second = IDS
+    assert await submitted(first, 1) == sessionscripts.MOVED
+    assert await client.exists(T.task(first), T.session(W)) == 0
+    assert await submitted(second, 3) == 1
+    assert await client.zrange(live, 0, -1) == [b"a", b"b", b"s"]  # (the expired one pruned)
+
+
 async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> None:
     """The end every end shares: a takeover with no retry left ends the turn `lost`, and
     the next turn of the session goes into the stream, its state the last checkpoint's."""
