@@ -45,10 +45,12 @@ class BadTraceparent(ValueError):
 
 def parse(traceparent: str, tracestate: str | None = None) -> Parent:
     m = _TRACEPARENT.fullmatch(traceparent.strip().lower())
-    if m is None or m.group(1) == "ff" or (m.group(1) == "00" and m.group(5)):
+    if m is not None:  # (its groups read at once: a call each was most of a parse)
+        version, trace, span, flags, rest = m.groups()
+    if m is None or version == "ff" or (version == "00" and rest):
         raise BadTraceparent(f"traceparent must be the W3C format 00-<32 hex>-<16 hex>-<2 "
                              f"hex>, not {traceparent!r:.80}")
-    trace_id, span_id = int(m.group(2), 16), int(m.group(3), 16)
+    trace_id, span_id = int(trace, 16), int(span, 16)
     if not trace_id or not span_id:
         raise BadTraceparent("traceparent: an all-zero trace id or span id is invalid")
     state = tracestate.strip()[:MAX_TRACESTATE] if tracestate else None
@@ -57,7 +59,7 @@ def parse(traceparent: str, tracestate: str | None = None) -> Parent:
         # bytes that are not UTF-8 arrive as lone surrogates) is none of a context's,
         # and would fail every write of it (the run store's, a worker's message)
         state = None
-    return Parent(trace_id, span_id, bool(int(m.group(4), 16) & SAMPLED), state or None)
+    return Parent(trace_id, span_id, bool(int(flags, 16) & SAMPLED), state or None)
 
 
 def parse_or_refuse(traceparent: str, tracestate: str | None = None) -> Parent:

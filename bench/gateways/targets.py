@@ -240,6 +240,9 @@ def _corral_version() -> str:
     return CORRAL_VERSION
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 def _links(rules: int) -> str:
     """With CORRAL_BENCH_RULES=N (issue 90's "every link on"): N policy rules the model's
     call is judged by (N - 1 of other models, the last allowing its bounded call) and
@@ -311,9 +314,13 @@ class CorralModel(Target):
         return self.token_file.exists()
 
     def spec(self) -> dict[str, Any]:
+        # with CORRAL_BENCH_RULES, each call sends a sampled traceparent: a call of no
+        # task makes its GenAI span under its caller's context, so the span's link is on
+        traced = {"traceparent": TRACEPARENT} if os.environ.get("CORRAL_BENCH_RULES") \
+            not in (None, "", "0") else {}
         return {"kind": "model", "url": f"http://127.0.0.1:{self.port}/v1/chat/completions",
-                "headers": {"Authorization": f"Bearer {self.token_file.read_text()}"},
-                "model": "bench"}
+                "headers": {"Authorization": f"Bearer {self.token_file.read_text()}",
+                            **traced}, "model": "bench"}
 
 
 class Portkey(Target):

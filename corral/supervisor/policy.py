@@ -33,6 +33,7 @@ CACHED = 4096  # (tenant, agent, tool) triples whose matching rules are kept
 # their entries are (4,096 names of 2 MB each were 8 GB)
 NAME_CACHED = 256
 TAINT = "taint"  # a call held by taint: its rule's words begin so
+_NUMBERS = (int, float)
 
 
 class RuleEffect(NamedTuple):
@@ -90,11 +91,11 @@ def _test(path: str, test: PolicyTest, strict: bool) -> Callable[[dict[str, Any]
             return isinstance(v, str) and canonical_host(v) in among
         return in_
     bound = test.below
+    assert bound is not None  # (a test is exactly one of the three: PolicyTest.check)
 
     def below(arguments: dict[str, Any]) -> bool:
         v = read(arguments)
-        return (isinstance(v, (int, float)) and not isinstance(v, bool)
-                and bound is not None and v < bound)
+        return type(v) in _NUMBERS and v < bound  # (JSON's numbers: a bool is none)
     return below
 
 
@@ -349,14 +350,14 @@ class PolicyGuard:
         spec = replica.host.tenant_spec(tenant) if tenant is not None else None
         plan = rules.plan(tenant or DEFAULT_TENANT, spec, replica.name, kind, name)
         verdict = plan.judge(facts, rules.operator.default)
-        if verdict.effect == "allow" and plan.sensitive:
+        if plan.sensitive and verdict.effect == "allow":  # (most names are neither marked)
             read = self.labels.of(replica, task)
             if read:
                 verdict = RuleEffect("approve", f"{TAINT} (after untrusted {read[0]})")
-        if verdict.effect != "deny" and plan.untrusted:
+        if plan.untrusted and verdict.effect != "deny":
             self.labels.mark(replica, task, (name,))
         # an allow by no rule is no decision, and a traced allow's span needs a tracer
-        if verdict.effect != "allow" or (verdict.rule and task is not None
+        if verdict.effect != "allow" or (task is not None and verdict.rule
                                          and self._tracer is not None):
             self._record(PolicyVerdict(
                 owner if isinstance(owner, str) else owner(), replica.label, tenant, kind,

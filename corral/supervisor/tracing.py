@@ -127,7 +127,7 @@ class Tracer(TaskInterceptor):
         self.capacity = capacity
         self.batch = batch
         self.dropped = 0  # spans the buffer had no room for (the exporter counts its own)
-        self.recorded = 0
+        self._taken = 0  # records taken by the exporter (`recorded`: these and the waiting)
         self.buffered = 0  # records waiting, in `_frames` and `_frame`
         self._bytes = 0  # their bytes in `_frames`
         self._frame_spans = 0  # the spans the records in `_frame` make
@@ -140,6 +140,10 @@ class Tracer(TaskInterceptor):
         self._encode = msgspec.msgpack.Encoder().encode_into
         self.ready = ready
         self._active: Mapping[str, Task] = {}  # the engine's tasks in flight (`bind`)
+
+    @property
+    def recorded(self) -> int:
+        return self._taken + self.buffered
 
     @property
     def sampling(self) -> Sampling:
@@ -195,7 +199,7 @@ class Tracer(TaskInterceptor):
             if context is None:
                 return next(call)
             more = _more(call)
-            sampled = self.sampling.head(context.trace_id, context.sampled)
+            sampled = self._sampling.head(context.trace_id, context.sampled)
             owner = f"{'replica' if call.door == WORKER else 'gateway'}:{call.caller}"
             return self._timed(functools.partial(next, call), context.trace_id, sampled,
                                context.tracestate, self.put if sampled else None,
@@ -220,7 +224,7 @@ class Tracer(TaskInterceptor):
         if traceparent:
             p = parse_or_refuse(traceparent, tracestate)
             task.trace = TaskTrace(p.trace_id, p.span_id,
-                                   self.sampling.head(p.trace_id, p.sampled), p.tracestate)
+                                   self._sampling.head(p.trace_id, p.sampled), p.tracestate)
         elif len(task.id) == 36:  # a UUIDv7: the trace is the task's id (FromId)
             # `head`'s decision, read from the id's last 14 hex digits without parsing
             # them: every unsampled task pays it
@@ -228,7 +232,7 @@ class Tracer(TaskInterceptor):
         else:  # an id from before UUIDv7 (a caller's): one draw for the trace and span ids
             bits = new_span_id(192)
             trace_id = (bits >> 64) or 1
-            sampled = self._all or self.sampling.head(trace_id, None)
+            sampled = self._all or self._sampling.head(trace_id, None)
             task.trace = TaskTrace(trace_id, 0, sampled, None, bits & MASK64)
 
     @staticmethod
@@ -251,22 +255,23 @@ class Tracer(TaskInterceptor):
         mark = len(frame)
         try:
             self._encode(record, frame, -1)
-            if len(frame) - mark > RECORD_MAX:  # a worker's long texts: cut now, as the
+            size = len(frame)
+            if size - mark > RECORD_MAX:  # a worker's long texts: cut now, as the
                 del frame[mark:]  # exporter would, so that the buffer's bytes stay bounded
                 self._encode(bounded(msgspec.to_builtins(record)), frame, -1)
+                size = len(frame)
         except (TypeError, ValueError, OverflowError):  # a value msgpack cannot carry
             del frame[mark:]
             self.dropped += spans
             return
-        if self._bytes + len(frame) > BUFFER_BYTES:
+        if self._bytes + size > BUFFER_BYTES:
             del frame[mark:]
             self.dropped += spans
             return
         self.buffered += 1
-        self.recorded += 1
         self._in_frame += 1
         self._frame_spans += spans
-        if self._in_frame == self.batch or len(frame) >= FRAME_BYTES:
+        if self._in_frame == self.batch or size >= FRAME_BYTES:
             self._seal()
             if self.ready is not None:
                 self.ready()
@@ -298,6 +303,7 @@ class Tracer(TaskInterceptor):
             self._seal()
         frames = list(self._frames)
         self._frames.clear()
+        self._taken += self.buffered
         self.buffered = self._bytes = 0
         return frames
 
@@ -399,7 +405,7 @@ class Tracer(TaskInterceptor):
                     error: str | None, attrs: dict[str, Any]) -> None:
         """A client span of a call of no task made whole now, a child of the context its
         caller sent (its decision to sample honoured); `key` whose call it was."""
-        if self.sampling.head(context.trace_id, context.sampled):
+        if self._sampling.head(context.trace_id, context.sampled):
             self.put((SPAN, context.trace_id >> 64, context.trace_id & MASK64,
                       new_span_id(64) or 1, context.span_id, name, key, CLIENT, start,
                       time.time(), error, attrs))

@@ -59,6 +59,6 @@ class ModelSpan(TaskInterceptor):
                 self._tracer.model_call(task, name, start, error, attrs)
             else:
                 assert context is not None
-                attrs["corral.replica"] = call.agent.label
-                self._tracer.caller_span(context, name, f"replica:{call.agent.label}",
-                                         start, error, attrs)
+                label = attrs["corral.replica"] = call.agent.label
+                self._tracer.caller_span(context, name, f"replica:{label}", start, error,
+                                         attrs)
