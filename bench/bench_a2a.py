@@ -17,8 +17,10 @@ task or a message.
 
 Each figure gives the messages per second, the latency's p50 and p99, and for corral the
 CPU the daemon spent a message (its process's user + system time over the figure; what
-the shared cores' load does not change much). `--rounds R` takes each figure R times, the
-servers alternated figure by figure, and gives each one's median (and its rounds).
+the shared cores' load does not change much), and its main thread's alone (`loop_cpu_us`:
+the event loop, one core at most, so what bounds the rate on an idle second core).
+`--rounds R` takes each figure R times, the servers alternated figure by figure, and
+gives each one's median (and its rounds).
 `--vs TREE`: beside this tree's daemon, the daemon of another checkout (e.g. a worktree of
 the commit before a change; the agent and the load generator are this tree's), in place
 of the reference: corral's own A/B, paired, both daemons started the one way and the
@@ -190,33 +192,36 @@ uvloop.run(main())
 """
 
 
-def cpu(pid: int | None) -> tuple[float, float]:
-    """The CPU (user + system) a process has spent, and what its live children have."""
+def cpu(pid: int | None) -> tuple[float, float, float]:
+    """The CPU (user + system) a process has spent, what its main thread has (corral's
+    event loop: one core at most, so the rate's bound), and what its live children have."""
     if pid is None:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     proc = psutil.Process(pid)
     t = proc.cpu_times()
+    main = next((th.user_time + th.system_time for th in proc.threads() if th.id == pid), 0.0)
     kids = 0.0
     for child in proc.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             c = child.cpu_times()
             kids += c.user + c.system
-    return t.user + t.system, kids
+    return t.user + t.system, main, kids
 
 
 def drive(url: str, total: int, conc: int, pid: int | None = None) -> dict[str, Any]:
     """`total` messages at `conc`; with `pid`, the CPU that server process spent a
     message (and its children: corral's workers), and the load generator's."""
-    before, kids = cpu(pid)
+    before, main, kids = cpu(pid)
     gen = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, "-c", LOADGEN, url, str(total), str(conc)],
                          capture_output=True, text=True, check=True)
     gen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    after, kids_after = cpu(pid)
+    after, main_after, kids_after = cpu(pid)
     got = json.loads(out.stdout)
     lat = sorted(got["lat"])
     n = max(1, len(lat))
     spent = {"daemon_cpu_us": round((after - before) / n * 1e6),
+             "loop_cpu_us": round((main_after - main) / n * 1e6),
              "workers_cpu_us": round((kids_after - kids) / n * 1e6)} if pid is not None else {}
     spent["loadgen_cpu_us"] = round((gen_after.ru_utime + gen_after.ru_stime - gen.ru_utime
                                      - gen.ru_stime) / n * 1e6)
@@ -226,7 +231,8 @@ def drive(url: str, total: int, conc: int, pid: int | None = None) -> dict[str, 
             "errors": got["bad"], "first_error": got["first_bad"]} | spent
 
 
-FIGURES = ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us", "workers_cpu_us", "loadgen_cpu_us")
+FIGURES = ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us", "loop_cpu_us", "workers_cpu_us",
+           "loadgen_cpu_us")
 
 
 def served(figure: dict[str, Any]) -> float:

@@ -354,6 +354,7 @@ class A2aDoor:
             if exc.code == jsonrpc.CONFLICT:  # it ended meanwhile
                 raise w.A2aError(w.NOT_CANCELABLE, exc.message) from None
             raise refusal(exc) from None
+        cancelled.output = mp.plain(cancelled.output)
         return cancelled
 
     # -- streams --------------------------------------------------------------------------
@@ -411,6 +412,7 @@ class A2aDoor:
                     elif mp.state_of(now) != mp.INPUT_REQUIRED:
                         said = mp.state_of(now)
                 final: TaskInfo = run.result()
+                final.output = mp.plain(final.output)
                 state = mp.state_of(final)
                 if state in mp.TERMINAL:
                     yield [(None, {"artifactUpdate": {

@@ -43,7 +43,10 @@ _ID_TYPES = (str, int, type(None))  # a request's id's (a union made once, not p
 
 
 def streams(body: bytes) -> bool:
-    """Whether a request's method is a stream's (one not read: no)."""
+    """Whether a request's method is a stream's (one not read: no). A body that names
+    neither stream, nor escapes a letter, is not read for it."""
+    if b"Stream" not in body and b"Subscribe" not in body and b"\\u" not in body:
+        return False
     try:
         method = _envelope.decode(body).method
     except (msgspec.DecodeError, RecursionError):

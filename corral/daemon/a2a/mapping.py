@@ -39,7 +39,8 @@ def timestamp(t: float | None) -> str | None:
 
 
 def plain(value: Any) -> Any:
-    """A value of a task as JSON (its output and input may be kept as their bytes)."""
+    """A value of a task as JSON (its output and input may be kept as their bytes): the
+    door's TaskInfos' output is read so once, as each is given to it, for the maps below."""
     return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
 
 
@@ -77,7 +78,7 @@ def own(info: TaskInfo) -> dict[str, Any]:
     """The `a2a` member of the task's output ({} when it has none)."""
     if STATES.get(info.status) != COMPLETED:
         return {}
-    output = plain(info.output)
+    output = info.output
     out = output.get(A2A_OUTPUT) if isinstance(output, dict) else None
     return out if isinstance(out, dict) else {}
 
@@ -119,7 +120,7 @@ def artifacts_of(info: TaskInfo, mine: dict[str, Any] | None = None
     """The task's output as artifacts: an A2A agent's own, else one artifact holding the
     output (text as a text part, any other JSON a data part). `mine`: its `own`, when
     read already."""
-    output = plain(info.output)
+    output = info.output
     if output is None or STATES.get(info.status) != COMPLETED:
         return []
     if mine is None:

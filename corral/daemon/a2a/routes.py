@@ -46,8 +46,8 @@ JSON_TYPES = frozenset({"application/json", "application/a2a+json"})
 CARD_MAX_AGE = 300  # seconds a client may keep a card
 # what an anonymous caller may do: run the agent's tasks, read them, answer their asks
 ANONYMOUS_SCOPES = frozenset({"tasks:run", "tasks:read", "approvals"})
-# the anonymous callers kept made and bound (one an agent on loopback; one an address
-# besides with `anonymous_remote`): the least recently seen made again when asked
+# the anonymous callers kept made and bound (one an agent and address): the least
+# recently seen made again when asked
 KEPT_ANONYMOUS = 1024
 
 
@@ -106,12 +106,8 @@ class A2aRoutes:
             made = msgspec.structs.replace(caller, via=A2A_VIA)  # (bound as it was)
         elif spec is not None or self.anonymous(request, agent):
             tenant = (spec or self.ctx.services.agents[agent].spec).tenant
-            # no one, but one no one per address off this host (`anonymous_remote`): its
-            # tasks hold its name as their label, and are its alone (decision 1171); on
-            # loopback every caller has the one address, which tells them apart not
-            remote = request.remote or ""
-            who = f"a2a anonymous {agent}" + ("" if _loopback(remote) else f" at {remote}")
-            made = self.no_one(agent, who, None if tenant == DEFAULT_TENANT else tenant)
+            made = self.no_one(agent, request.remote or "",
+                               None if tenant == DEFAULT_TENANT else tenant)
         else:
             raise w.A2aError(w.UNAUTHENTICATED, "unauthorized: no bearer token (send "
                              "Authorization: Bearer <token>)")
@@ -121,9 +117,13 @@ class A2aRoutes:
                              f"{self.limiter.per_minute} requests per minute")
         return made
 
-    def _no_one(self, agent: str, who: str, tenant: str | None) -> Caller:
-        """An anonymous caller, made and bound once for the requests it makes (`no_one`):
-        a message's links read who it is several times."""
+    def _no_one(self, agent: str, remote: str, tenant: str | None) -> Caller:
+        """An anonymous caller of the address `remote`, made and bound once for the
+        requests it makes (`no_one`): a message's links read who it is several times."""
+        # no one, but one no one per address off this host (`anonymous_remote`): its
+        # tasks hold its name as their label, and are its alone (decision 1171); on
+        # loopback every caller has the one address, which tells them apart not
+        who = f"a2a anonymous {agent}" + ("" if _loopback(remote) else f" at {remote}")
         return self.ctx.dispatcher.bind(Caller(via=A2A_VIA, name=who, agents=agent,
                                                tenant=tenant, scopes=ANONYMOUS_SCOPES))
 
@@ -159,13 +159,13 @@ class A2aRoutes:
         serve as it came: a stream, a query (a name given twice is read otherwise), a
         Cookie (the dashboard's session: LeanRequest reads none)."""
         agent, _, rest = ex.path[len(PREFIX) + 1:].partition("/")
-        if ex.query or "cookie" in ex.headers or (
-                not rest and rpc.streams(ex.raw or b"")):
+        body = ex.raw or b""
+        if ex.query or "cookie" in ex.headers or (not rest and rpc.streams(body)):
             return False
         respond(ex, await self.serve(cast(web.Request, LeanRequest(
-            ex, {"agent": agent, "rest": rest})), ex.raw or b""))
-        route_, status = _ROUTES[bool(rest)], str(ex.status)  # (metrics.py's count)
-        self.ctx.requests[route_, status] = self.ctx.requests.get((route_, status), 0) + 1
+            ex, {"agent": agent, "rest": rest})), body))
+        counted, key = self.ctx.requests, (_ROUTES[bool(rest)], str(ex.status))
+        counted[key] = counted.get(key, 0) + 1  # (metrics.py's count)
         return True
 
     async def serve(self, request: web.Request, body: bytes | None = None
