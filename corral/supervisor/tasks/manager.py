@@ -22,6 +22,7 @@ from ..config import DEFAULT_TENANT
 from ..labels import Labels, LabelStore, MemoryLabels
 from ..pushstore import MemoryPush, PushStore
 from ..quotas import QuotasChanged
+from ..stream import Roster
 from ..workercalls import on_notification, on_request
 from .budget import Budgets, no_group
 from .chunks import START, OutputChunk
@@ -105,6 +106,7 @@ class TaskManager:
             TenantGate(self.quotas.tenant_full, self.quotas.freed) if tenancy is not None else None)
         self.delays = Delays(self.endings.due)  # tasks not to start before a time
         self.stream = sup.stream  # TaskFinished, TaskProgress, AttemptEnded go on it
+        self.stream.subscribe(self._roster, Roster)
         if tenancy is not None:
             self.stream.subscribe(self.quotas.changed, QuotasChanged)
             self.quotas.changed()
@@ -397,8 +399,7 @@ class TaskManager:
                 "output": self.outputs.stats(), "suspensions": self.suspensions.stats()}
 
     def forget_agent(self, name: str) -> None:
-        """An agent was removed: its queued tasks are cancelled."""
-        self.budgets.forget(name)
+        """An agent's removal begins: its queued tasks are cancelled."""
         if name in self.by_agent:
             self.endings.drain(name, TaskCause.CANCEL, TaskFailure(
                 jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
@@ -409,6 +410,14 @@ class TaskManager:
         # for would be a map that only grows
         if isinstance(self.sessions.inner, LocalQueue):
             self.sessions.inner.forget(name)
+
+    def _roster(self, e: Roster) -> None:
+        """A removed agent's budgets are forgotten once its removal is over, not as it
+        begins: its replicas' stops, between the two, may still count (a worker's last
+        usage/report, a model call answered), and counted under a name already forgotten
+        they were kept for ever, or the next agent's of the name (decision 2011)."""
+        if e.agent not in self.sup.agents:
+            self.budgets.forget(e.agent)
 
     # -- from workers ---------------------------------------------------------------------
     def _task_known(self, task_id: str) -> Task | None:
