@@ -105,10 +105,13 @@ CARRIED_STATS = ("spawned", "restarts", "failures", "spawn_failures", "cold_fall
 # which `python -c` puts first as `-m` does): --pythonpath, or the old image's own
 IMPORT_VARIABLE = "CORRAL_IMPORT_FROM"
 # (the collector off: the check imports what the daemon imports, reads the config and
-# exits; nothing it makes needs collecting)
+# exits; nothing it makes needs collecting; and its exit is its streams flushed and no
+# teardown of every module it imported, most of what the check did after its answer, as
+# the daemon's own exit: an exception still ends it as the interpreter's would)
 PREFLIGHT = ("import gc, os, sys; gc.disable(); sys.path[0:0] = [p for p in os.environ.pop("
              "'CORRAL_IMPORT_FROM', '').split(os.pathsep) if p]; "
-             "from corral.daemon.boot import preflight; sys.exit(preflight(sys.argv[1]))")
+             "from corral.daemon.boot import preflight; status = preflight(sys.argv[1]); "
+             "sys.stdout.flush(); sys.stderr.flush(); os._exit(status)")
 
 BOOT = r'''
 import gc, os, sys
