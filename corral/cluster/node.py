@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,11 +20,10 @@ from ..supervisor.durable.tasks import Durables
 from ..supervisor.lifecycle import began_serving
 from ..supervisor.parts import Parts
 from ..supervisor.replicaparts import Transition
-from ..supervisor.tasks import Task, TaskFinished, TaskStatus, is_task_id
+from ..supervisor.tasks import Task, TaskFinished, is_task_id
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.sessions import SessionsEnding
-from ..supervisor.tasks.taskmachine import cancel_failure
 from ..supervisor.teams.call import driven_with
 from ..timeouts import cancel_all, within
 from ..views import NodeInfo
@@ -54,7 +52,7 @@ from .queue import ClusterQueue, ClusterTask, free_slots
 from .reaper import Reaper
 from .replicas import acks_of
 from .retention import ClusterRetention
-from .scripts import Scripts
+from .scripts import Scripts, cancel
 from .specs import ClusterSpecs, Describe, Entry
 from .steps import ClusterSteps
 from .submitclaim import SubmitClaims
@@ -487,20 +485,8 @@ class ClusterNode:
             self.tasks.cancel(task_id)  # its outcome goes through the fence
             await self.flush_outbox()
         elif is_task_id(task_id):
-            # (the engine's words: CANCEL picks one by the status it finds)
-            error, waiting = (records.error_json(cancel_failure(s))
-                              for s in (TaskStatus.QUEUED, TaskStatus.SUSPENDED))
             try:
-                rec = await self.redis.hmget(self.keys.task(task_id), "stream")
-                if rec[0] is None:
-                    return None
-                got = await self.scripts.one(
-                    self.scripts.cancel,
-                    [self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
-                     self.keys.outcomes, *self.keys.listed],
-                    [task_id, repr(time.time()), error, int(self.settings.keep_tasks_for),
-                     self.trust.outcome(task_id, "0", "cancelled", b"", error), waiting,
-                     self.trust.outcome(task_id, "0", "cancelled", b"", waiting)])
+                got = await cancel(self.desk, task_id, int(self.settings.keep_tasks_for))
             except RedisError as exc:
                 raise unavailable(self.settings, exc,
                                   f"task {task_id} was not cancelled") from None
@@ -508,8 +494,6 @@ class ClusterNode:
                 return None
             if got == b"cancelled":  # (a turn of a session: it leaves the line first)
                 await self.desk.sessions.moved([task_id])
-            if got.startswith(b"ended:"):
-                cancel_failure(got[6:].decode(), task_id)  # (refused, as on one node)
             if got == b"asked":  # the node running it cancels it within a beat
                 with contextlib.suppress(TimeoutError):
                     return await within(self.desk.wait(task_id), 2 * self.settings.node_ttl)

@@ -4,13 +4,15 @@ Redis, and every write of an attempt checks the fence token its claim issued. On
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from ..supervisor.tasks.taskmachine import cancel_failure
 from . import sessionscripts
 from .keys import CHECKPOINT_FIELD, CLAIMED, GROUP, KEEP_OUTCOMES, Keys
-from .records import on_worker
+from .records import ON_WORKER, error_json, on_worker
 from .replicas import Acks
 from .trust import Trust
 
@@ -569,39 +571,31 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[
 return ARGV[10]
 """
 
-# `corral cancel` of a cluster task, on any node: one queued or suspended ends here; a
-# running one is marked, and the node running it cancels it at its next beat (its
-# outcome written through the fence like any other).
+# `corral cancel` of a cluster task as `cancel` decided it, while its status is as read:
+# ended here ('cancelled'), or marked for the node whose worker runs it ('asked').
 # KEYS: task, attempts, stream, outcomes, live and finished tasks (listed); ARGV: task_id,
 # now, error JSON, seconds a finished record is kept, the MAC of the outcome
-# (trust.OUTCOME, fence 0), the error JSON and MAC of a suspended one's ('' none: ARGV[3]
-# and ARGV[5]) -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or
-# false (no such task)
+# (trust.OUTCOME, fence 0), the status read, what was decided -> ARGV[7], or 'moved'
 CANCEL = f"""
 {sessionscripts.MARKABLE}
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'tenant', 'agent')
-if not rec[1] then return false end
-local err, mac = ARGV[3], ARGV[5] or ''
-if rec[1] == 'suspended' and (ARGV[6] or '') ~= '' then err, mac = ARGV[6], ARGV[7] end
-if rec[1] == 'queued' or rec[1] == 'suspended' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2], 'error', err,
-    'fence', '0', 'mac', mac)
-  if rec[2] ~= '' then
-    redis.call('XACK', KEYS[3], '{GROUP}', rec[2])
-    redis.call('XDEL', KEYS[3], rec[2])
-  else  -- (held until due: hold())
-    redis.call('ZREM', string.match(KEYS[1], '^(.*)task:') .. 'due', ARGV[1])
-    redis.call('ZREM', {held("(rec[3] or 'default')", 'rec[4]')}, ARGV[1])
-  end
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[1])
-  {_ended('ARGV[1]', 'ARGV[4]', 5)}
-  return 'cancelled'
-end
-if {on_worker('rec[1]')} then
+if rec[1] ~= ARGV[6] then return 'moved' end
+if ARGV[7] == 'asked' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
   return 'asked'
 end
-return 'ended:' .. rec[1]
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2], 'error', ARGV[3],
+  'fence', '0', 'mac', ARGV[5])
+if rec[2] ~= '' then
+  redis.call('XACK', KEYS[3], '{GROUP}', rec[2])
+  redis.call('XDEL', KEYS[3], rec[2])
+else  -- (held until due: hold())
+  redis.call('ZREM', string.match(KEYS[1], '^(.*)task:') .. 'due', ARGV[1])
+  redis.call('ZREM', {held("(rec[3] or 'default')", 'rec[4]')}, ARGV[1])
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[1])
+{_ended('ARGV[1]', 'ARGV[4]', 5)}
+return 'cancelled'
 """
 
 # One daemon per node name: another daemon's beat in the nodes hash, its incarnation
@@ -835,3 +829,23 @@ class RedisPart:
         self.scripts = scripts
         self.keys = keys
         self.trust = trust
+
+
+async def cancel(part: RedisPart, task_id: str, kept_for: int) -> Any:
+    """A cluster task cancelled as the engine cancels one (TaskManager.cancel), a finished
+    one refused in the machine's words; the node running it cancels it at its next beat
+    ('asked'). None: no such task."""
+    task = part.keys.task(task_id)
+    while True:
+        stream, status = await part.redis.hmget(task, "stream", "status")
+        if stream is None or status is None:
+            return None
+        error = error_json(cancel_failure(status.decode(errors="replace"), task_id))
+        got = await part.scripts.one(part.scripts.cancel, [
+            task, part.keys.attempts(task_id), stream, part.keys.outcomes,
+            *part.keys.listed], [
+            task_id, repr(time.time()), error, kept_for,
+            part.trust.outcome(task_id, "0", "cancelled", b"", error), status,
+            "asked" if status in ON_WORKER else "cancelled"])
+        if got != b"moved":
+            return got

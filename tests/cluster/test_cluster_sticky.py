@@ -27,7 +27,7 @@ from corral.cluster import clustersessions, records
 from corral.cluster.clustersessions import ClusterSessions, turn_args
 from corral.cluster.keys import Keys
 from corral.cluster.reaper import ORPHAN_BEATS
-from corral.cluster.scripts import Scripts
+from corral.cluster.scripts import RedisPart, Scripts, cancel
 from corral.cluster.trust import Trust
 from corral.supervisor.tasks.sessions import SessionKey
 
@@ -421,9 +421,8 @@ async def test_a_turn_moved_in_though_it_ended_is_let_go_by_its_holders_read(
     _, [claim], _, _ = await _read_claim(client)
     assert claim[2] == second.encode()
     scripts = Scripts(client)
-    assert await scripts.cancel(
-        keys=[T.task(third), T.attempts(third), STREAM, T.outcomes, *T.listed],
-        args=[third, "3.0", b"{}", 60, "", "", ""]) == b"cancelled"
+    assert await cancel(RedisPart(scripts, T, Trust(None, "t", print)), third, 60
+                        ) == b"cancelled"
     assert await scripts.finish(
         keys=[T.task(second), T.attempts(second), STREAM, T.outcomes, *T.listed],
         args=[claim[3], second, "succeeded", b"{}", b"", "3.0", claim[1], 0, 60, 0, "0",

@@ -13,7 +13,7 @@ import msgspec
 from corral.cluster import records
 from corral.cluster.keys import Keys
 from corral.cluster.reaper import take_over
-from corral.cluster.scripts import RedisPart, Scripts
+from corral.cluster.scripts import RedisPart, Scripts, cancel
 from corral.cluster.trust import Trust
 
 from .claimscript import claim_script
@@ -296,10 +296,7 @@ async def test_a_task_cancelled_while_it_waits_again_keeps_its_attempts_no_longe
     assert await takeover(s, tid, entry) == b"requeued"
     assert await client.llen(K.attempts(tid)) == 1
     assert await client.ttl(K.attempts(tid)) == -1  # waiting: kept while it waits
-    assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0), K.outcomes,
-                                *K.listed],
-                          args=[tid, "6.0", b'{"code":-32800,"message":"c"}', 60]
-                          ) == b"cancelled"
+    assert await cancel(RedisPart(s, K, Trust(None, "t", print)), tid, 60) == b"cancelled"
     assert await client.hget(K.task(tid), "status") == b"cancelled"
     assert await client.llen(K.attempts(tid)) == 1  # still readable, for as long as it
     assert 0 < await client.ttl(K.task(tid)) <= 60
@@ -318,9 +315,7 @@ async def test_a_task_asked_to_cancel_whose_node_died_is_not_run_again(client: A
         await submit(s, i)
         await claim(s, client, i, consumer="b/1")
         tid = TID.format(i)
-        assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("acme", "w", 0),
-                                    K.outcomes, *K.listed],
-                              args=[tid, "4.0", b"{}", 60]) == b"asked"
+        assert await cancel(RedisPart(s, K, Trust(None, "t", print)), tid, 60) == b"asked"
         entry = await client.hget(K.task(tid), "entry")
         assert await takeover(s, tid, entry, kind) == b"cancelled"
         rec = await client.hgetall(K.task(tid))
@@ -365,10 +360,7 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
     token, *_ = await claim(s, client, 1)
     assert await finish(s, client, 1, token) == 1
     entry = await client.hget(K.task(ids[1]), "entry")
-    assert await s.cancel(keys=[K.task(ids[1]), K.attempts(ids[1]), K.stream("acme", "w", 0),
-                                K.outcomes, *K.listed],
-                          args=[ids[1], "4.0", b'{"code":-32800,"message":"c"}', 60]
-                          ) == b"cancelled"
+    assert await cancel(RedisPart(s, K, Trust(None, "t", print)), ids[1], 60) == b"cancelled"
     await claim(s, client, 3, consumer="b/1")
     await client.hset(K.task(ids[2]), "retry_lost", 0)  # (at most once: lost at once)
     entry = await client.hget(K.task(ids[2]), "entry")

@@ -28,8 +28,9 @@ from corral.cluster.clusterasks import ASK, END, SUSPEND
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.reaper import take_over
-from corral.cluster.scripts import RedisPart, Scripts
+from corral.cluster.scripts import RedisPart, Scripts, cancel
 from corral.cluster.trust import Trust
+from corral.jsonrpc import RpcError
 from corral.supervisor.config import RETRY_LOST, ClusterSettings
 from corral.supervisor.lifecycle import IllegalTransition
 from corral.supervisor.tasks.elicitations import PREFIX as ELICITATION
@@ -132,9 +133,7 @@ class Record:
                                live=kind != "dead")
 
     async def cancel(self) -> Any:
-        return await self.s.cancel(
-            keys=[K.task(self.tid), K.attempts(self.tid), STREAM, K.outcomes, *K.listed],
-            args=[self.tid, "4.0", CANCEL_ERR, 60, "mac"])
+        return await cancel(RedisPart(self.s, K, Trust(None, "m", print)), self.tid, 60)
 
     async def retries(self) -> int:
         return int(await self.c.hget(K.task(self.tid), "retries_left") or 0)
@@ -281,9 +280,11 @@ async def test_a_finished_record_moves_no_more_as_a_finished_task(client: Any) -
     assert await r.finish("failed") == 1
     m = machine(1)
     m.fire(C.FAILED)
-    answers = [await r.finish("succeeded"), await r.cancel(), await r.takeover("stopping"),
+    answers = [await r.finish("succeeded"), await r.takeover("stopping"),
                await r.takeover("dead")]
-    assert answers == [0, b"ended:failed", None, None]
+    assert answers == [0, None, None]
+    with pytest.raises(RpcError, match=f"task {r.tid} already finished \\(failed\\)"):
+        await r.cancel()
     for cause in (C.ANSWERED, C.CANCEL, C.RELEASED, C.LOST):
         assert m.fire(cause, LuaRetryPolicy()).target is None
     assert await r.state() == (m.status.value, m.retries_left) == ("failed", 1)

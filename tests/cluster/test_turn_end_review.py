@@ -126,7 +126,8 @@ async def test_a_line_behind_a_turn_whose_record_is_gone_waits_until_cancelled(
         await end_turns(sessions, W)
     cancel = client.register_script(CANCEL)
     assert await cancel(keys=[T.task(B), T.attempts(B), STREAM, T.outcomes, *T.listed],
-                        args=[B, "1.0", '"cancelled"', 60, "mac", "", ""]) == b"cancelled"
+                        args=[B, "1.0", '"cancelled"', 60, "mac", "queued", "cancelled"]
+                        ) == b"cancelled"
     await sessions.moved([B])
     assert await client.lrange(T.session_line(W), 0, -1) == []
     assert await started(client) == []
@@ -211,7 +212,7 @@ async def test_a_cancel_refused_by_the_ended_turns_set_strands_no_line(
     await client.set(T.turns_ended, "x")
     cancel = client.register_script(CANCEL)
     keys = [T.task(B), T.attempts(B), STREAM, T.outcomes, *T.listed]
-    args = [B, "1.0", '"cancelled"', 60, "mac", "", ""]
+    args = [B, "1.0", '"cancelled"', 60, "mac", "queued", "cancelled"]
     with pytest.raises(ResponseError, match="WRONGTYPE"):  # (the canceller is told so)
         await cancel(keys=keys, args=args)
     assert await client.hget(T.task(B), "status") == b"queued"  # (nothing written)
