@@ -17,6 +17,7 @@ forgotten grows by one a round, and so does a class whose objects outlive their 
 from __future__ import annotations
 
 import gc
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from bench.soak_census import take
 from corral.supervisor.egressdoors import Door, Doors
+from corral.supervisor.policy import CACHED, RuleBook
 from corral.supervisor.tasks.counters import RETIRED_AGENTS, RetiredCounts
 
 from .conftest import ROOT
@@ -67,9 +69,11 @@ async def one_round(d: Any, http: aiohttp.ClientSession, i: int) -> None:
         assert r.status == 200  # and abandoned unread
     await call(d, "agents.add", {"agents": {name: {
         "command": [PY, str(AGENT)], "env": {"PYTHONPATH": str(ROOT)},
-        "max_concurrent_tasks": 2, "stop_timeout": 5, "backoff_initial": 0.05}}})
+        "max_concurrent_tasks": 2, "stop_timeout": 5, "backoff_initial": 0.05,
+        "spawns": [name]}}})
     for task_input, extra, status in (
             ({"do": "hello"}, {}, "succeeded"),
+            ({"do": "spawn", "n": 1}, {}, "succeeded"),  # (its `spawns` names it)
             ({"do": "turn"}, {"session": f"session{i}"}, "succeeded"),
             ({"do": "crash"}, {}, "lost")):  # (its worker gone under it: no retry asked)
         done = await call(d, "tasks.run", {"agent": name, "input": {**task_input, "mark": "m"},
@@ -92,13 +96,13 @@ def closed_connections() -> int:
                for o in gc.get_objects())
 
 
-async def census() -> dict[str, dict[str, int]]:
+async def census() -> dict[str, Any]:
     """The census once the connections the rounds closed are gone (each round's stream's
     and the client's: live ones would count as kept), but one: the event ring's fan-out
     holds the last stream it wrote to until its next pass (sse.EventRing._write_out)."""
     await wait_until_async(lambda: closed_connections() <= 1, timeout=60)
     gc.collect()
-    return take()
+    return {**take(), "patterns": sum(isinstance(o, re.Pattern) for o in gc.get_objects())}
 
 
 @pytest.mark.deadline(300)
@@ -115,10 +119,19 @@ async def test_rounds_under_new_names_grow_no_structure_by_a_name(tmp_path: Path
     # and the live objects of each class (an object kept for each thing gone)
     grew = {(part, k): (before[part].get(k, 0), n) for part in ("largest", "classes")
             for k, n in after[part].items() if n - before[part].get(k, 0) >= ROUNDS}
+    # and no compiled pattern kept a name (fnmatch's cache, of a `spawns` list's names)
+    patterns = after["patterns"] - before["patterns"]
+    assert patterns < ROUNDS, patterns
     kept = grew.pop(("largest", f"{RetiredCounts.__module__}.RetiredCounts.by_name"), None)
     # (the removed agents' task counts, kept for RETIRED_AGENTS names: /metrics' counters
     # never go back)
     assert kept is None or kept[1] <= RETIRED_AGENTS
+    # (the policy's verdicts by agent and tool, and the marks by tool, of a spawn (a call
+    # of `agents__NAME`): caches of CACHED entries, emptied when full)
+    for cache in ("largest", f"{RuleBook.__module__}.RuleBook._plans"), (
+            "largest", f"{RuleBook.__module__}.RuleBook._marks"), (
+            "classes", f"{RuleBook.__module__}._Plan"):
+        assert grew.pop(cache, (0, 0))[1] <= CACHED
     assert grew == {}, grew
 
 

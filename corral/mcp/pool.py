@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -23,6 +24,7 @@ from .pins import Pins, ToolDrifted
 from .relay import InputRelay
 
 SEP = "__"
+_WILD = re.compile(r"[*?[]").search  # what makes a pattern fnmatch's, not a name
 
 # what a replica's status says that an MCP server instance's does not
 AGENT_ONLY = ("ready", "health", "status_text", "done", "stopped_by", "stopped_at",
@@ -97,8 +99,12 @@ def split(qualified: str, what: str = "tool") -> tuple[str, str]:
 
 
 def allowed(qualified: str, patterns: list[str]) -> bool:
-    # ("*", anonymous_tools' and many a token's, admits every name: no match made a call)
-    return "*" in patterns or any(fnmatch.fnmatchcase(qualified, p) for p in patterns)
+    # ("*", anonymous_tools' and many a token's, admits every name: no match made a call;
+    # a pattern with no wildcard is compared, not compiled: fnmatch's cache keeps tens of
+    # thousands of the patterns it compiles, and the `spawns` lists of a fleet's agents
+    # made per job name names never used again)
+    return "*" in patterns or qualified in patterns or any(
+        fnmatch.fnmatchcase(qualified, p) for p in patterns if _WILD(p))
 
 
 def could_match(server: str, pattern: str) -> bool:
