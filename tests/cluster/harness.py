@@ -25,6 +25,10 @@ BEAT = 0.25
 # the short one (the stalls a loaded CI host's nodes logged), and the node is then taken
 # for dead by the others, its claims and placements taken over, as by design
 STEADY_TTL = 4 * TTL
+# the TTL of a test that must see no lapse at all (its one node's lapse would take back its
+# own task, and a call the fenced attempt could not journal is made again): past the
+# stalls a host loaded far beyond its cores gives a node's loop
+CALM_TTL = 30 * TTL
 
 
 def cluster_key(redis: RedisServer) -> Path:
