@@ -8,10 +8,13 @@ no attempt) with its replica's token: `/mcp` (SERVER__TOOL), `/mcp/NAME` (the se
 TOOL), `/mcp/corral` (an agent, `corral__AGENT`); a call's `key`, at the gateway, its
 idempotency key in `_meta`. An A2A message's input is its first
 data part. With {"env": true}: its replica's
-gateway address and token, for a test's calls of no task."""
+gateway address and token, for a test's calls of no task. A call {"die": true} is the
+first attempt's SIGKILL of its own worker there (a lost attempt), and on a retry the
+outcome {"attempt": N}."""
 
 import json
 import os
+import signal
 import urllib.error
 import urllib.request
 
@@ -71,8 +74,15 @@ def handle(task, ctx):
     task = next((p["data"] for p in task.get("parts", []) if "data" in p), task)
     if task.get("env"):  # its replica's gateway address and token, for calls of no task
         return {k: os.environ[k] for k in ("CORRAL_MCP_URL", "CORRAL_MCP_TOKEN")}
-    return [call(ctx, c["door"], c["tool"], c.get("arguments", {}), c.get("key"))
+    return [died(ctx) if c.get("die") else
+            call(ctx, c["door"], c["tool"], c.get("arguments", {}), c.get("key"))
             for c in task["calls"]]
+
+
+def died(ctx):
+    if ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"attempt": ctx.attempt}
 
 
 if __name__ == "__main__":

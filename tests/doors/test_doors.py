@@ -324,6 +324,29 @@ def test_a_tasks_tool_budget_counts_each_call_once_whatever_its_door(daemon: Ent
                                 "tool calls (max_tool_calls_per_task 2)"}, third
 
 
+@pytest.mark.deadline(180)
+@pytest.mark.parametrize("door", TASK_DOORS)
+def test_a_retry_has_only_what_is_left_of_its_tasks_tool_budget_whatever_its_door(
+        daemon: Entry, door: str) -> None:
+    """The budget link across attempts (decision 1985, tests/contract/test_tool_budget.py
+    on the worker link): max_tool_calls_per_task 2, two calls by the door, then the
+    attempt's worker is killed; the retry is answered both from the task's journal and
+    its third call is refused naming the task, the two it made earlier counted."""
+    tool = "corral__target" if "corral" in door else "pol__http_get"
+    arguments = {"do": "echo"} if "corral" in door else {"host": "example.org"}
+    call = {"door": door, "tool": tool, "arguments": arguments}
+    made = Made(daemon, "budgeted", door, tool, arguments,
+                before=[call, call, {"die": True}])
+    done = daemon.ask("tasks.get", {"task_id": made.task_id, "wait": True})
+    assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"], done
+    first, second, retried, third = done["output"]
+    assert "error" not in first and "error" not in second, (first, second)
+    assert retried == {"attempt": 2}, retried
+    assert third == {"error": jsonrpc.TOOL_BUDGET_EXCEEDED,
+                     "message": f"tool budget exceeded: task {made.task_id} has made 2 "
+                                "tool calls (max_tool_calls_per_task 2)"}, third
+
+
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("door", [x for x in DOORS if "corral" not in x])
 def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Entry,
