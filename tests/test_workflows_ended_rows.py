@@ -13,9 +13,6 @@ run while the copy's read was under way."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,48 +40,6 @@ RUN_ID = "0190a5c0-0000-7000-8000-0000000000e1"
 LATE = 2.0  # seconds the flush's write is held back on its way to Redis
 # the last step's task, which ended on the node (its row is held)
 ENDED = "0190a5c0-0000-7000-8000-0000000000e2"
-
-
-class LateProxy(Proxy):
-    """The cluster's proxy that also holds a command back on its way to Redis (as a
-    loaded host's scheduler holds a connection's writes back behind another's)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.late: list[tuple[bytes, float]] = []
-        self.seen = threading.Event()
-        super().__init__(upstream_port)
-
-    def delay(self, seconds: float, part: bytes) -> None:
-        """Once: the next command holding `part` reaches Redis `seconds` after it is sent."""
-        with self.lock:
-            self.late.append((part, seconds))
-
-    def _pump(self, src: socket.socket, dst: socket.socket, seen: bool,
-              held: list[float]) -> None:
-        super()._pump(src, _Late(dst, self) if seen else dst, seen, held)
-
-
-class _Late:
-    """The socket to Redis, its sends held back where the proxy says."""
-
-    def __init__(self, sock: socket.socket, proxy: LateProxy) -> None:
-        self.sock, self.proxy = sock, proxy
-
-    def sendall(self, data: bytes) -> None:
-        with self.proxy.lock:
-            due = next(((p, s) for p, s in self.proxy.late if p in data), None)
-            if due is not None:
-                self.proxy.late.remove(due)
-        if due is not None:
-            self.proxy.seen.set()
-            time.sleep(due[1])
-        self.sock.sendall(data)
-
-    def shutdown(self, how: int) -> None:
-        self.sock.shutdown(how)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass
@@ -124,17 +79,17 @@ def _last(status: str, output: object = None) -> StepRow:
 @pytest.mark.deadline(60)
 async def test_a_runs_end_waits_for_its_last_rows_flush_under_way(
         redis: RedisServer) -> None:
-    proxy = LateProxy(redis.port)
+    proxy = Proxy(redis.port)
     a = await _node("a", proxy.url)  # the run's driver, its writes through the proxy
     b = await _node("b", redis.url)  # a node that shows the run (`runs.get`)
     try:
         await a.calls.save_call(_record("running"))
         await a.calls.save_steps(RUN_ID, [_last("running")])  # (its task's submit's)
         # its end held, and flushed alone after HOLD_FOR: that write late to Redis
-        proxy.delay(LATE, b'"succeeded","' + ENDED.encode())
+        late = proxy.gate(b'"succeeded","' + ENDED.encode(), answers=False, most=LATE)
         await a.calls.save_steps(RUN_ID, [_last("succeeded", 55)])
         assert a.local.output(RUN_ID, "last", -1) == 55  # (the node's journal at once)
-        assert await asyncio.to_thread(proxy.seen.wait, 30), "the row was never flushed"
+        assert await asyncio.to_thread(late.reached.wait, 30), "the row was never flushed"
         assert a.calls.held == {}  # (the flush took the row: its write under way)
         await a.calls.save_call(_record("succeeded"))
         got = await b.calls.fetch(RUN_ID)
@@ -198,7 +153,7 @@ async def test_a_copy_read_before_the_node_took_the_run_leaves_its_drivers_rows(
     """(`runs.get` copies a run no driver holds here, as when its driver stopped: the
     beat may take it again while the copy's read is under way, and the driver's rows
     in the journal are then newer than what the read found.)"""
-    proxy = LateProxy(redis.port)
+    proxy = Proxy(redis.port)
     a = await _node("a", proxy.url)
     try:
         await a.calls.save_call(_record("running"))

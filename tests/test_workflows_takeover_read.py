@@ -11,9 +11,7 @@ own, on the taker's connection), against a real redis-server."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -29,7 +27,7 @@ from corral.supervisor.config import ClusterSettings
 from corral.supervisor.durable import CallRecord, StepRow
 from corral.supervisor.durable.store import MemoryStore
 
-from .cluster.proxy import Proxy
+from .cluster.proxy import Gate, Proxy
 from .redis_harness import RedisServer
 from .test_workflows_ended_rows import redis  # noqa: F401 - the fixture, shared
 
@@ -40,66 +38,6 @@ FIRST = StepRow("s01", -1, "succeeded", "0190a5c0-0000-7000-8000-0000000000f2", 
 # the map's item whose row the lapsed node writes while the taker's read is under way
 ITEM = StepRow("s10", 21, "running", "0190a5c0-0000-7000-8000-0000000000f3", 3.0)
 TTL, BEAT = 0.5, 0.2
-
-
-@dataclass
-class Gate:
-    """A command's answers kept from the node until `opened`; `answered` once Redis has
-    run the command (its answer is at the proxy)."""
-
-    parts: tuple[bytes, ...]
-    answered: threading.Event = field(default_factory=threading.Event)
-    opened: threading.Event = field(default_factory=threading.Event)
-
-
-class GateProxy(Proxy):
-    """The cluster's proxy that also keeps one command's answer back until the test lets
-    it go (the cluster's `hold` keeps answers back for a time)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.gates: list[Gate] = []
-        self.armed: dict[int, Gate] = {}  # a connection's gate, until its answer goes
-        super().__init__(upstream_port)
-
-    def gate(self, *parts: bytes) -> Gate:
-        """Once: the answers to the next command holding every one of `parts`."""
-        g = Gate(parts)
-        with self.lock:
-            self.gates.append(g)
-        return g
-
-    def _pump(self, src: socket.socket, dst: socket.socket, seen: bool,
-              held: list[float]) -> None:
-        # (`held` is the one object a connection's two pumps share)
-        super()._pump(src, _Gated(dst, self, id(held), seen), seen, held)
-
-
-class _Gated:
-    def __init__(self, sock: socket.socket, proxy: GateProxy, conn: int,
-                 to_redis: bool) -> None:
-        self.sock, self.proxy, self.conn, self.to_redis = sock, proxy, conn, to_redis
-
-    def sendall(self, data: bytes) -> None:
-        with self.proxy.lock:
-            if self.to_redis:  # (armed before the command goes: its answer cannot pass)
-                g = next((g for g in self.proxy.gates
-                          if all(p in data for p in g.parts)), None)
-                if g is not None:
-                    self.proxy.gates.remove(g)
-                    self.proxy.armed[self.conn] = g
-                g = None
-            else:
-                g = self.proxy.armed.pop(self.conn, None)
-        if g is not None:
-            g.answered.set()
-            g.opened.wait(30)
-        self.sock.sendall(data)
-
-    def shutdown(self, how: int) -> None:
-        self.sock.shutdown(how)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass
@@ -122,7 +60,7 @@ def _record() -> CallRecord:
     return CallRecord(RUN_ID, "workflow", "long", b'{"steps":[]}', None, "running", 1.0)
 
 
-async def _lapsed(a: Node, b: Node, proxy: GateProxy) -> Gate:
+async def _lapsed(a: Node, b: Node, proxy: Proxy) -> Gate:
     """a drives the run and lapses (it beats no more: kept off a core, its liveness key
     gone, its lease kept); b settled: its beat would take the run. The gate is on b's
     read of the run's steps."""
@@ -137,13 +75,13 @@ async def _lapsed(a: Node, b: Node, proxy: GateProxy) -> Gate:
 @pytest.mark.deadline(60)
 async def test_a_run_taken_over_is_driven_from_its_rows_read_under_the_takers_lease(
         redis: RedisServer) -> None:  # noqa: F811 - the fixture
-    proxy = GateProxy(redis.port)
+    proxy = Proxy(redis.port)
     a = await _node("a", redis.url)  # the run's driver, which lapses and writes on
     b = await _node("b", proxy.url)  # the taker, its reads through the gate
     try:
         gate = await _lapsed(a, b, proxy)
         taking = asyncio.ensure_future(b.calls.orphans())  # (b's beat)
-        assert await asyncio.to_thread(gate.answered.wait, 30), "b never read the run"
+        assert await asyncio.to_thread(gate.reached.wait, 30), "b never read the run"
         # a, on a core again, starts the item (its row as its task's submit writes it)
         await a.calls.save_steps(RUN_ID, [ITEM])
         gate.opened.set()
@@ -169,13 +107,13 @@ async def test_a_run_whose_rows_a_redis_writer_changed_before_the_take_is_let_go
         redis: RedisServer) -> None:  # noqa: F811 - the fixture
     """(Its read under the lease finds a row no node of the cluster wrote: the run is
     not driven, and the lease is let go, as the read before the take lets it be.)"""
-    proxy = GateProxy(redis.port)
+    proxy = Proxy(redis.port)
     a = await _node("a", redis.url)
     b = await _node("b", proxy.url)
     try:
         gate = await _lapsed(a, b, proxy)
         taking = asyncio.ensure_future(b.calls.orphans())
-        assert await asyncio.to_thread(gate.answered.wait, 30), "b never read the run"
+        assert await asyncio.to_thread(gate.reached.wait, 30), "b never read the run"
         await a.calls.redis.hset(K.call_steps(RUN_ID), "21\ns10", b"forged [1]")
         gate.opened.set()
         assert await taking == []

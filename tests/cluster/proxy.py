@@ -4,8 +4,10 @@ still reach it), `reset()` with a reset (RST) rather than a close; `restore()` l
 connections through again; `watch()` tells when the node sends a command (what it does,
 seen on the wire: no hook in the node for the test); `hold()` keeps Redis's answers to the
 node back for a while after it sends a command (a command that ran, its answer late, as on
-a loaded host). Between a primary and its replica, `stall()` stops the replication stream
-at a given write: the primary took it and what follows, the replica never has them."""
+a loaded host); `gate()` keeps one command back on its way to Redis, or its answers on
+their way back, until the test opens it (or for a time: a write late to Redis). Between a
+primary and its replica, `stall()` stops the replication stream at a given write: the
+primary took it and what follows, the replica never has them."""
 
 from __future__ import annotations
 
@@ -14,6 +16,24 @@ import socket
 import struct
 import threading
 import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Gate:
+    """The next command holding every one of `parts`, held at the proxy: on its way to
+    Redis, or (`answers`) run at once and its answers held on their way back; `reached`
+    once it is held there, which lasts until `opened` or `most` seconds."""
+
+    parts: tuple[bytes, ...]
+    answers: bool
+    most: float
+    reached: threading.Event = field(default_factory=threading.Event)
+    opened: threading.Event = field(default_factory=threading.Event)
+
+    def hold(self) -> None:
+        self.reached.set()
+        self.opened.wait(self.most)
 
 
 class Proxy:
@@ -32,6 +52,7 @@ class Proxy:
         self.watches: list[tuple[tuple[bytes, ...], threading.Event]] = []
         self.holds: list[tuple[tuple[bytes, ...], float]] = []
         self.stalls: list[tuple[bytes, ...]] = []
+        self.gates: list[Gate] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -56,8 +77,9 @@ class Proxy:
             with self.lock:
                 self.open += [client, server]
             held = [0.0]  # until when (monotonic) the server's answers wait (inf: never sent)
+            armed: list[Gate] = []  # the gate the next answers on it wait at
             for a, b, seen in ((client, server, True), (server, client, False)):
-                threading.Thread(target=self._pump, args=(a, b, seen, held),
+                threading.Thread(target=self._pump, args=(a, b, seen, held, armed),
                                  daemon=True).start()
 
     def watch(self, *parts: bytes) -> threading.Event:
@@ -75,6 +97,15 @@ class Proxy:
         with self.lock:
             self.holds.append((parts, seconds))
 
+    def gate(self, *parts: bytes, answers: bool = True, most: float = 30.0) -> Gate:
+        """Once: the next command holding every one of `parts` (within one send) is held
+        on its way to Redis, or, with `answers`, sent at once and Redis's answers on that
+        connection held, until the gate is opened or `most` seconds have passed."""
+        g = Gate(parts, answers, most)
+        with self.lock:
+            self.gates.append(g)
+        return g
+
     def stall(self, *parts: bytes) -> None:
         """Once: from the first of Redis's answers holding every one of `parts`, nothing
         more of Redis reaches the client on that connection (a replica following the
@@ -83,10 +114,25 @@ class Proxy:
             self.stalls.append(parts)
 
     def _pump(self, src: socket.socket, dst: socket.socket, seen: bool,
-              held: list[float]) -> None:
+              held: list[float], armed: list[Gate]) -> None:
         tail = b""
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if seen and self.gates:
+                    with self.lock:  # (armed before the command goes: its answer cannot pass)
+                        g = next((g for g in self.gates if all(p in data for p in g.parts)),
+                                 None)
+                        if g is not None:
+                            self.gates.remove(g)
+                            if g.answers:
+                                armed.append(g)
+                    if g is not None and not g.answers:
+                        g.hold()
+                elif not seen and armed:
+                    with self.lock:
+                        g = armed.pop() if armed else None
+                    if g is not None:
+                        g.hold()
                 if seen and (self.watches or self.holds):
                     tail = (tail + data)[-(len(data) + 4096):]
                     with self.lock:
