@@ -344,8 +344,6 @@ def test_a_loss_past_retry_lost_spends_a_retry_where_its_policy_retries_a_loss(
     assert [a["outcome"] for a in done["attempts"]] == ["lost", "lost", "succeeded"], done
 
 
-
-
 def test_an_at_most_once_task_running_when_its_home_stops_is_not_run_again(
         home: Home) -> None:
     # a stop takes a running attempt with it: a loss, which the loss rule decides
