@@ -33,9 +33,11 @@ def daemon(obj: Ctx, config: str | None) -> None:
     """Run the supervisor daemon in the foreground (systemd runs it this way too)."""
     from pathlib import Path
 
-    from ..daemon.daemon import run_daemon
     from ..paths import default_config
+    from .entry import long_lived_imports
 
+    with long_lived_imports():  # the daemon's modules, as the CLI's
+        from ..daemon.daemon import run_daemon
     path = Path(config or default_config())
     if not path.exists():
         fail(f"no config file at {path} (give one with --config)")

@@ -3,24 +3,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
-def main() -> None:
-    # What the CLI's import makes (tens of thousands of objects) lives as long as the
-    # process: the collector's passes among them while importing find nothing, and frozen
-    # they are out of every later pass, the one at the interpreter's exit too (~0.01 s of
-    # a command's ~0.07 s of CPU). What a command makes after is collected as before.
+@contextlib.contextmanager
+def long_lived_imports() -> Iterator[None]:
+    """Imports that make what lives as long as the process (tens of thousands of
+    objects): the collector's passes among them while importing find nothing, and frozen
+    they are out of every later pass, the one at the interpreter's exit too (a share of
+    a command's CPU, and of a daemon's boot: bench/RESULTS.md). What is made after is
+    collected as before."""
     gc.disable()
     try:
-        from .main import main as cli_main
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.startswith("corral"):
-            raise
-        sys.exit(f"corral: the CLI and the daemon need {exc.name}, which is not installed: "
-                 "pip install \"corral[daemon]\" (plain `corral` is the worker SDK only)")
+        yield
     finally:
         gc.freeze()
         gc.enable()
+
+
+def main() -> None:
+    with long_lived_imports():
+        try:
+            from .main import main as cli_main
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.startswith("corral"):
+                raise
+            sys.exit(f"corral: the CLI and the daemon need {exc.name}, which is not "
+                     "installed: pip install \"corral[daemon]\" (plain `corral` is the "
+                     "worker SDK only)")
     cli_main()
