@@ -133,7 +133,7 @@ class TaskInfo(_TaskHead):
     usage: ModelUsage | None = None  # what the worker reported (usage/report)
     waiting: str | None = None  # why a queued task is not started yet (a budget)
     # seconds from accepted to its first start: its wait in the queue, a sleeping agent's
-    # wake among it (None: not started, or a cluster task's)
+    # wake among it (None: not started)
     queue_wait: float | None = None
     # the input as it was sent, when asked for (tasks.get with input) and kept: absent
     # when not asked, or not kept (a cluster task's, a task of a daemon without a journal

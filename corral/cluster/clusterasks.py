@@ -300,7 +300,7 @@ class ClusterAsks(RedisPart):
         was not."""
         assert isinstance(task, ClusterTask)
         node = task.consumer.rsplit("/", 1)[0]
-        attempt = records.suspended_attempt(task.attempts[-1], node, time.time(),
+        attempt = records.suspended_attempt(task, node, time.time(),
                                             suspension_error(why))
         keys = [self.keys.task(task.id), self.keys.attempts(task.id), task.stream,
                 self.keys.task_asks(task.id)]

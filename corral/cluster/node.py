@@ -24,6 +24,7 @@ from ..supervisor.tasks import Task, TaskFinished, is_task_id
 from ..supervisor.tasks.host import AgentLike, TaskHost
 from ..supervisor.tasks.inbox import InboxBounds
 from ..supervisor.tasks.sessions import SessionsEnding
+from ..supervisor.tasks.steps import tool_calls_made
 from ..supervisor.teams.call import driven_with
 from ..timeouts import cancel_all, within
 from ..views import NodeInfo
@@ -469,6 +470,10 @@ class ClusterNode:
             if info is not None and info.status.encode() not in records.TERMINAL:
                 # what it waits for, wherever it runs (clusterasks.py)
                 info.asks = await self.asks.of_task(task_id) or info.asks
+                # the calls its running attempt made so far, as its steps say them (its
+                # record counts those of its ended attempts: decision 2035)
+                info.tool_calls = max(info.tool_calls, tool_calls_made(
+                    await self.steps.history(task_id)))
         except RedisError as exc:
             if self.tasks.holds(task_id) or task_id in self.tasks.finished:
                 return None  # this node's engine still knows it

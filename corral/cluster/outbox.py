@@ -100,7 +100,7 @@ class Outbox(RedisPart):
                      when: str, inline: bool, mac: str) -> list[Any]:
         return [task.token, task.id, status, output, error, when, task.entry, task.base,
                 self.kept_for, task.retries_left, "1" if inline else "0", mac,
-                *(records.attempt_json(a, self.node) for a in task.attempts)]
+                *records.attempts_json(task, self.node)]
 
     def _release(self, task_id: str) -> None:
         held = self.held.pop(task_id, None)

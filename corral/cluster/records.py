@@ -15,9 +15,10 @@ from msgspec import UNSET, UnsetType
 from .. import methods as m
 from ..supervisor.tasks import ON_WORKER as TASK_ON_WORKER
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
-from ..supervisor.tasks import Attempt, TaskFailure
+from ..supervisor.tasks import Task, TaskFailure
 from ..supervisor.tasks.dispatch import why_delayed
 from ..taskoptions import NO_OPTIONS, TaskOptions, decoded
+from ..taskviews import queue_wait
 from ..tracecontext import MAX_TRACESTATE, parse_or_refuse
 from ..tracecontext import traceparent as format_traceparent
 
@@ -51,19 +52,35 @@ class ClusterAttempt(msgspec.Struct, omit_defaults=True):
     replayed: int | UnsetType = UNSET  # its steps answered from the task's (steps.py)
     diverged: int | UnsetType = UNSET
     backoff: float | UnsetType = UNSET  # (Attempt's: it was retried after so long)
+    # the task's tool calls when its node wrote this attempt (Task.tool_calls, the count
+    # its budget keeps): the count its view says, carried by the write of the attempt's
+    # end, never one of its own per call
+    tool_calls: int | UnsetType = UNSET
+
+
+class _Calls(msgspec.Struct):
+    tool_calls: int = 0
 
 
 _encode = msgspec.json.Encoder().encode
+_calls = msgspec.json.Decoder(_Calls)
 
 
-def attempt_json(a: Attempt, node: str) -> bytes:
-    return _encode(ClusterAttempt(a.replica, a.pid, a.started, node, a.finished, a.outcome,
-                                  a.error, a.replayed, a.diverged, a.backoff))
+def attempts_json(task: Task, node: str) -> list[bytes]:
+    """The attempts of the task's claim as the record keeps them, the last with the
+    task's count of tool calls."""
+    last = len(task.attempts) - 1
+    return [_encode(ClusterAttempt(a.replica, a.pid, a.started, node, a.finished,
+                                   a.outcome, a.error, a.replayed, a.diverged, a.backoff,
+                                   task.tool_calls if i == last else UNSET))
+            for i, a in enumerate(task.attempts)]
 
 
-def suspended_attempt(a: Attempt, node: str, now: float, error: str) -> bytes:
+def suspended_attempt(task: Task, node: str, now: float, error: str) -> bytes:
+    """The task's last attempt as its suspension ends it."""
+    a = task.attempts[-1]
     return _encode(ClusterAttempt(a.replica, a.pid, a.started, node, now, "suspended",
-                                  error, a.replayed, a.diverged))
+                                  error, a.replayed, a.diverged, tool_calls=task.tool_calls))
 
 
 def claimed_attempt(node: str, now: float) -> bytes:
@@ -111,6 +128,13 @@ def _raw(rec: dict[bytes, bytes], key: bytes) -> Any:
     return msgspec.Raw(v) if v else None
 
 
+def tool_calls(attempts: list[bytes]) -> int:
+    """The task's tool calls as its record says them: the most any of its attempts'
+    writes counted (each counts its task's calls, those of attempts before it too: an
+    attempt taken over from a dead node says none of its own)."""
+    return max((_calls.decode(a).tool_calls for a in attempts), default=0)
+
+
 def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.TaskInfo:
     err = rec.get(b"error")
     # held out of its stream until then (due.py), as a local delayed task waits
@@ -119,10 +143,13 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
     return m.TaskInfo(
         task_id=task_id, agent=rec[b"agent"].decode(), status=rec[b"status"].decode(),
         priority=int(rec[b"priority"]), created=float(rec[b"created"]),
-        started=when(rec.get(b"started")), finished=when(rec.get(b"finished")), tool_calls=0,
+        started=when(rec.get(b"started")), finished=when(rec.get(b"finished")),
+        tool_calls=tool_calls(attempts),
         progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
         error=_error.decode(err) if err else None,
         attempts=tried, options=options_in(rec.get(b"options")),
+        # (its first claim's time: as a node's journal reads it, from its acceptance)
+        queue_wait=queue_wait(float(rec[b"created"]), when(rec.get(b"started"))),
         not_before=not_before, waiting=None if not_before is None
         else why_delayed(not_before, tried, True))
 

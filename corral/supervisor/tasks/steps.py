@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import hashlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
@@ -53,6 +53,15 @@ _CALLER_TASK: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.Con
 def caller_task() -> asyncio.Task[Any] | None:
     """The task of the request the current call is made for (a flight's handler's)."""
     return _CALLER_TASK.get() or asyncio.current_task()
+
+
+def tool_calls_made(steps: Iterable[Step]) -> int:
+    """The tool calls a task's steps say its attempts made, as its tool budget counts
+    them (decision 1985) and its view says them (decision 2035): each call answered; a
+    model call's step counts in no tool budget, a named step and the checkpoint are no
+    calls, a call marked and not answered counts once it is made."""
+    return sum(s.seq >= 1 and s.body is not None and not s.name.startswith(MODEL_STEP)
+               for s in steps)
 
 
 class StepsDiverged(NamedTuple):
@@ -207,12 +216,8 @@ class TaskSteps:
                             st.bytes += len(step.body) + _named_bytes(step)
                     # the calls its journal says earlier attempts made count in its tool
                     # budget on every home: a cluster retry's task is made again from
-                    # its record, its count not carried (a model call counts in none; a
-                    # call marked and not answered, held for a person or lost on its
-                    # way, counts when this attempt makes it)
-                    made = sum(s.body is not None and not s.name.startswith(MODEL_STEP)
-                               for s in st.tools.values())
-                    task.tool_calls = max(task.tool_calls, made)
+                    # its record, its count not carried (tool_calls_made: which count)
+                    task.tool_calls = max(task.tool_calls, tool_calls_made(st.tools.values()))
                 finally:
                     st.loaded.set_result(None)
         if st.loaded is not None and not st.loaded.done():
