@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -209,6 +208,8 @@ def _trimmed() -> int | None:
 def write(where: str, seconds: int, trim: bool = False) -> str:
     """One dump: the snapshot and its json; the json's path. Its names are joined as str:
     a Path would intern each dump's new name in the daemon it measures."""
+    import tracemalloc
+
     tracing = tracemalloc.is_tracing()
     if tracing:
         tracemalloc.take_snapshot().dump(os.path.join(where, f"heap-{seconds}.tracemalloc"))
@@ -239,6 +240,8 @@ def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread |
     trim = env.get(ENV_TRIM) == "1"
     os.makedirs(where, exist_ok=True)
     frames = int(env.get(ENV_FRAMES) or 12)
+    import tracemalloc  # (and pickle under it: imported by no daemon that does not dump)
+
     if frames > 0 and not tracemalloc.is_tracing():
         tracemalloc.start(frames)
     began = time.monotonic()
@@ -261,6 +264,8 @@ def from_env(env: Mapping[str, str] = os.environ) -> Iterator[threading.Thread |
 
 def compare(old: Path, new: Path, top: int = 25) -> list[str]:
     """What grew from one dump to the next, by traceback and by type."""
+    import tracemalloc
+
     before = tracemalloc.Snapshot.load(str(old))
     after = tracemalloc.Snapshot.load(str(new))
     lines = [f"{old.name} -> {new.name}: top {top} by traceback"]
