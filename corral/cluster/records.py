@@ -15,7 +15,7 @@ from msgspec import UNSET, UnsetType
 from .. import methods as m
 from ..supervisor.tasks import ON_WORKER as TASK_ON_WORKER
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
-from ..supervisor.tasks import Task, TaskFailure
+from ..supervisor.tasks import ModelUsage, Task, TaskFailure
 from ..supervisor.tasks.dispatch import why_delayed
 from ..taskoptions import NO_OPTIONS, TaskOptions, decoded
 from ..taskviews import queue_wait
@@ -56,23 +56,30 @@ class ClusterAttempt(msgspec.Struct, omit_defaults=True):
     # its budget keeps): the count its view says, carried by the write of the attempt's
     # end, never one of its own per call
     tool_calls: int | UnsetType = UNSET
+    # what its worker reported it spent (usage/report) while its node held the claim: a
+    # claim's task is made from the record, which carries no usage, so each claim's is
+    # its own and the view adds them up
+    usage: ModelUsage | UnsetType = UNSET
 
 
-class _Calls(msgspec.Struct):
+class _ViewShare(msgspec.Struct):
+    """What an attempt's write carries for its task's view."""
+
     tool_calls: int = 0
+    usage: ModelUsage | None = None
 
 
 _encode = msgspec.json.Encoder().encode
-_calls = msgspec.json.Decoder(_Calls)
+_carried = msgspec.json.Decoder(_ViewShare)
 
 
 def attempts_json(task: Task, node: str) -> list[bytes]:
     """The attempts of the task's claim as the record keeps them, the last with the
-    task's count of tool calls."""
+    task's count of tool calls and its claim's usage."""
     last = len(task.attempts) - 1
     return [_encode(ClusterAttempt(a.replica, a.pid, a.started, node, a.finished,
                                    a.outcome, a.error, a.replayed, a.diverged, a.backoff,
-                                   task.tool_calls if i == last else UNSET))
+                                   *_carry(task) if i == last else ()))
             for i, a in enumerate(task.attempts)]
 
 
@@ -80,7 +87,11 @@ def suspended_attempt(task: Task, node: str, now: float, error: str) -> bytes:
     """The task's last attempt as its suspension ends it."""
     a = task.attempts[-1]
     return _encode(ClusterAttempt(a.replica, a.pid, a.started, node, now, "suspended",
-                                  error, a.replayed, a.diverged, tool_calls=task.tool_calls))
+                                  error, a.replayed, a.diverged, UNSET, *_carry(task)))
+
+
+def _carry(task: Task) -> tuple[int, ModelUsage | UnsetType]:
+    return task.tool_calls, UNSET if task.usage is None else task.usage
 
 
 def claimed_attempt(node: str, now: float) -> bytes:
@@ -128,11 +139,21 @@ def _raw(rec: dict[bytes, bytes], key: bytes) -> Any:
     return msgspec.Raw(v) if v else None
 
 
-def tool_calls(attempts: list[bytes]) -> int:
-    """The task's tool calls as its record says them: the most any of its attempts'
-    writes counted (each counts its task's calls, those of attempts before it too: an
-    attempt taken over from a dead node says none of its own)."""
-    return max((_calls.decode(a).tool_calls for a in attempts), default=0)
+def carried(attempts: list[bytes]) -> tuple[int, ModelUsage | None]:
+    """The task's tool calls and usage as its record says them: the most any of its
+    attempts' writes counted (each counts its task's calls, those of attempts before it
+    too), and the sum of its claims' usage. An attempt taken over from a dead node says
+    neither."""
+    calls, usage = 0, None
+    for a in attempts:
+        kept = _carried.decode(a)
+        calls = max(calls, kept.tool_calls)
+        if kept.usage is not None:
+            usage = usage or ModelUsage()
+            for model, u in kept.usage.models.items():
+                usage.add_model(model, u.input_tokens, u.output_tokens, u.cost_usd,
+                                u.reports)
+    return calls, usage
 
 
 def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.TaskInfo:
@@ -140,14 +161,15 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
     # held out of its stream until then (due.py), as a local delayed task waits
     not_before = when(rec.get(b"not_before")) if rec.get(b"status") == b"queued" else None
     tried = [_attempt.decode(a) for a in attempts]
+    calls, usage = carried(attempts)
     return m.TaskInfo(
         task_id=task_id, agent=rec[b"agent"].decode(), status=rec[b"status"].decode(),
         priority=int(rec[b"priority"]), created=float(rec[b"created"]),
         started=when(rec.get(b"started")), finished=when(rec.get(b"finished")),
-        tool_calls=tool_calls(attempts),
+        tool_calls=calls,
         progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
         error=_error.decode(err) if err else None,
-        attempts=tried, options=options_in(rec.get(b"options")),
+        attempts=tried, usage=usage, options=options_in(rec.get(b"options")),
         # (its first claim's time: as a node's journal reads it, from its acceptance)
         queue_wait=queue_wait(float(rec[b"created"]), when(rec.get(b"started"))),
         not_before=not_before, waiting=None if not_before is None

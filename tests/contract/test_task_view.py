@@ -1,9 +1,10 @@
 """A task's view on each home (issue 86: one behaviour on both homes): what `tasks.get`,
 the REST API's task and `corral task --json` say of a task is the same on a node and on a
 cluster, at every entry: the tool calls it made (each once, a call answered from its
-journal not again), its queue wait, and what its worker reported it spent. The agent
-(tests/durable_agent.py) calls the counting MCP server (tests/servers/counting_mcp.py);
-`usage` is examples/misbehave.py's."""
+journal not again), its queue wait, and what its workers reported it spent, every
+attempt's. The agent (tests/durable_agent.py) calls the counting MCP server
+(tests/servers/counting_mcp.py); `usage` is examples/misbehave.py's, `spender`
+tests/contract/usage_agent.py's."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ def agents(directory: Path) -> str:
         env = {{ PYTHONPATH = "{ROOT}" }}
         retry_lost = 0
         tools = ["counting__*"]
+
+        [agents.spender]
+        command = ["{PY}", "{HERE}/contract/usage_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retries = 1
+        retry_on = ["failed"]
+        backoff_initial = 0.05
         """)
 
 
@@ -101,8 +109,6 @@ def test_a_started_tasks_view_says_its_queue_wait(home: Home) -> None:
             max(0.0, view["started"] - view["created"]), abs=1e-3), view
 
 
-@pytest.mark.differs("a cluster task's record keeps no usage its worker reported "
-                     "(usage/report): its view says none")
 def test_a_tasks_view_says_the_usage_its_worker_reported(home: Home) -> None:
     done = home.run("usage", {"do": "usage", "reports": [
         {"input_tokens": 10, "output_tokens": 4, "cost_usd": 0.5, "model": "m"}]})
@@ -125,3 +131,17 @@ def test_a_tasks_view_asked_with_its_input_says_it(home: Home) -> None:
         status, body = home.tenant("default", at)("GET",
                                                    f"/tasks/{done['task_id']}?input=true")
         assert (status, body["input"]) == (200, sent), body
+
+
+def test_a_retried_tasks_view_says_the_usage_of_every_attempt(home: Home) -> None:
+    # each attempt reports the same: the task spent it twice, once on each home's node
+    done = home.run("spender", {"reports": [
+        {"input_tokens": 10, "output_tokens": 4, "cost_usd": 0.5, "model": "m"},
+        {"input_tokens": 1, "output_tokens": 2, "cost_usd": 0.25, "model": "n"}]})
+    assert [a["outcome"] for a in done["attempts"]] == ["failed", "succeeded"], done
+    for view in views(home, done["task_id"]):
+        usage = view["usage"]
+        assert (usage["input_tokens"], usage["output_tokens"], usage["cost_usd"],
+                usage["reports"]) == (22, 12, 1.5, 4), view
+        assert {k: (u["input_tokens"], u["reports"]) for k, u in usage["models"].items()
+                } == {"m": (20, 2), "n": (2, 2)}, view
