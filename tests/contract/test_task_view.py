@@ -1,8 +1,8 @@
 """A task's view on each home (issue 86: one behaviour on both homes): what `tasks.get`,
 the REST API's task and `corral task --json` say of a task is the same on a node and on a
 cluster, at every entry: the tool calls it made (each once, a call answered from its
-journal not again), its queue wait, and what its workers reported it spent, every
-attempt's. The agent (tests/durable_agent.py) calls the counting MCP server
+journal not again), its queue wait, its last progress, and what its workers reported
+they spent, every attempt's. The agent (tests/durable_agent.py) calls the counting MCP server
 (tests/servers/counting_mcp.py); `usage` is examples/misbehave.py's, `spender`
 tests/contract/usage_agent.py's."""
 
@@ -145,3 +145,11 @@ def test_a_retried_tasks_view_says_the_usage_of_every_attempt(home: Home) -> Non
                 usage["reports"]) == (22, 12, 1.5, 4), view
         assert {k: (u["input_tokens"], u["reports"]) for k, u in usage["models"].items()
                 } == {"m": (20, 2), "n": (2, 2)}, view
+
+
+def test_a_finished_tasks_view_says_its_last_progress(home: Home) -> None:
+    done = home.run("usage", {"do": "progress", "steps": 3})
+    assert done["status"] == "succeeded", done
+    last = {"progress": 3, "total": 3, "message": "step 3"}
+    assert [v["progress"] for v in views(home, done["task_id"])] == [last] * 3 * len(
+        home.entries)
