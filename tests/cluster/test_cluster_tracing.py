@@ -38,9 +38,10 @@ def test_a_callers_context_goes_through_redis_to_the_node_that_runs_the_task(
         assert (task_span["name"], task_span["parent_id"]) == ("invoke_agent greeter",
                                                                CALLER_SPAN)
         assert task_span["attributes"]["corral.task.id"] == res["task_id"]
-        # claimed at its submission (on the node that runs it), and a session's turn
-        # (its own submit): the same
-        for node, more in ((b, ()), (a, ("--session", "s1"))):
+        # claimed at its submission (on the node that runs it), and a session's turns
+        # (their own submit; the session begun where its agent runs, decision 1991, its
+        # next turn at the other node): the same
+        for node, more in ((b, ()), (b, ("--session", "s1")), (a, ("--session", "s1"))):
             r = node.run("greeter", '{"name": "v"}', "--traceparent",
                          f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", *more)
             assert r.returncode == 0, r.stderr
