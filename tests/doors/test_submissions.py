@@ -26,6 +26,8 @@ from .conftest import CLIENT_TOKEN, TASK_DOORS, Entry
 from .door_agent import gateway
 from .test_doors import PATIENCE, POOL, Made, decide
 
+ENDED = ("succeeded", "failed", "timed_out", "cancelled", "lost")
+
 # the doors a task is submitted by (a task's: "/mcp/corral"; the others' of no task)
 SUBMIT_DOORS = ("REST", "A2A", "A2A anonymous", "/mcp/corral", "/mcp/corral idle")
 MAIL = {"to": "x@example.org", "body": "hi"}
@@ -363,8 +365,20 @@ def queue_full(d: Entry) -> Iterator[None]:
     finally:
         for task_id in held:
             d.ask("tasks.cancel", {"task_id": task_id})
-        for task_id in held:
-            d.ask("tasks.get", {"task_id": task_id, "wait": True})
+        all_ended(d, held)
+
+
+def all_ended(d: Entry, held: list[str]) -> None:
+    """Each cancelled task ended; one that did not is named with its view and the nodes'
+    (a fresh clone's loaded run once waited past the test's deadline on one of them)."""
+    def views() -> list[Any]:
+        return [d.ask("tasks.get", {"task_id": t}) for t in held]
+    try:
+        wait_until(lambda: all(v["status"] in ENDED for v in views()), PATIENCE,
+                   "the cancelled tasks ended")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {json.dumps(views())}; nodes: "
+                             f"{json.dumps(d.ask('nodes.list'))}") from exc
 
 
 def sleeping(d: Entry) -> str:
@@ -512,8 +526,7 @@ def test_a_context_an_anonymous_caller_did_not_keep_is_not_its_own(daemon: Entry
     finally:
         for task_id in held:
             d.ask("tasks.cancel", {"task_id": task_id})
-        for task_id in held:
-            d.ask("tasks.get", {"task_id": task_id, "wait": True})
+        all_ended(d, held)
     done = d.ask("tasks.submit", {"agent": "queued", "input": {"do": "echo"},
                                   "session": tried})["task_id"]
     d.ask("tasks.get", {"task_id": done, "wait": True})
