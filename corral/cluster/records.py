@@ -15,12 +15,14 @@ from msgspec import UNSET, UnsetType
 from .. import methods as m
 from ..supervisor.tasks import ON_WORKER as TASK_ON_WORKER
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
-from ..supervisor.tasks import ModelUsage, Task, TaskFailure
+from ..supervisor.tasks import ModelUsage, Task, TaskFailure, is_task_id
 from ..supervisor.tasks.dispatch import why_delayed
 from ..taskoptions import NO_OPTIONS, TaskOptions, decoded
 from ..taskviews import queue_wait
 from ..tracecontext import MAX_TRACESTATE, parse_or_refuse
 from ..tracecontext import traceparent as format_traceparent
+from .connection import read
+from .keys import Keys
 
 # the engine's, as the record's status field holds them
 TERMINAL = frozenset(s.encode() for s in TASK_TERMINAL)
@@ -197,3 +199,26 @@ def inline_result(task_id: str, fields: dict[bytes, bytes]) -> m.TaskResult | No
     return m.TaskResult(task_id, status.decode(), msgspec.Raw(out) if out else None,
                         _error.decode(err) if err else None,
                         _attempts.decode(fields[b"attempts"]))
+
+
+async def input_of(redis: Any, keys: Keys, task_id: str) -> msgspec.Raw | None:
+    """The task's input as its record keeps it, the bytes every claim of it gives its
+    worker (None: no record, or no input a view may show): a cluster task's home is its
+    record, as a node's task's is its journal (decision 2045)."""
+    if not is_task_id(task_id):
+        return None
+    kept = await read(lambda: redis.hget(keys.task(task_id), "input"))
+    return one_json_line(kept)
+
+
+def one_json_line(field: bytes | None) -> msgspec.Raw | None:
+    """An unsigned field shown as the JSON it is, when it is one JSON value on one line:
+    forwarded as it is kept, a Redis writer's bytes that are not would break the answer
+    that carries them (a line of the wire, jsonrpc.py), so they are none."""
+    if not field or b"\n" in field:
+        return None
+    try:
+        msgspec.json.decode(field)
+    except msgspec.DecodeError:
+        return None
+    return msgspec.Raw(field)

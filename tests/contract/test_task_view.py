@@ -119,9 +119,6 @@ def test_a_tasks_view_says_the_usage_its_worker_reported(home: Home) -> None:
                 view["usage"]["cost_usd"]) == (10, 4, 0.5), view
 
 
-@pytest.mark.differs("a cluster task's input is read from the answering node's own journal "
-                     "(daemon/tasks/clustered.py input_of), never from its record in Redis "
-                     "that keeps it: asked with input, its view says none")
 def test_a_tasks_view_asked_with_its_input_says_it(home: Home) -> None:
     sent = {"calls": 1, "note": "as sent"}
     done = home.run("durable", sent)

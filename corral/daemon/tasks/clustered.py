@@ -9,9 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
+from redis.exceptions import RedisError
 
 from ... import jsonrpc
 from ... import methods as m
+from ...cluster import records
+from ...cluster.connection import unavailable
 from ...cluster.node import ClusterNode
 from ...jsonrpc import RpcError
 from ...supervisor.quotas import Tenancy
@@ -100,7 +103,16 @@ class ClusterFront:
         return self.local.holds(task_id)
 
     async def input_of(self, task_id: str) -> msgspec.Raw | None:
-        return await self.local.input_of(task_id)
+        """A cluster task's input from its record, the one its workers are given (decision
+        2045); one the cluster has not is this node's own."""
+        try:
+            kept = await records.input_of(self.desk.redis, self.desk.keys, task_id)
+        except RedisError as exc:
+            if self.local.holds(task_id):  # this node's engine still knows it (node.task)
+                return await self.local.input_of(task_id)
+            raise unavailable(self.node.settings, exc,
+                              f"task {task_id}'s input cannot be read") from None
+        return kept if kept is not None else await self.local.input_of(task_id)
 
     async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
         if p.local:
