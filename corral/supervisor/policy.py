@@ -34,6 +34,8 @@ CACHED = 4096  # (tenant, agent, tool) triples whose matching rules are kept
 NAME_CACHED = 256
 TAINT = "taint"  # a call held by taint: its rule's words begin so
 _NUMBERS = (int, float)
+# a tenant's [tenants.NAME] its caller did not read (`PolicyGuard.judge` reads it)
+UNREAD: Any = object()
 
 
 class RuleEffect(NamedTuple):
@@ -340,14 +342,16 @@ class PolicyGuard:
         return self.rules.any_sensitive
 
     def judge(self, owner: str | Callable[[], str], replica: Replica, tenant: str | None,
-              kind: str, name: str, facts: dict[str, Any], task: Task | None = None
-              ) -> RuleEffect:
+              kind: str, name: str, facts: dict[str, Any], task: Task | None = None,
+              spec: TenantSpec | None = UNREAD) -> RuleEffect:
         """A call's verdict by the rules, and taint's: a sensitive call by an owner an
         untrusted tool's output reached waits for a person though the rules allow it. An
         untrusted tool's call taints its owner as it is made. `owner`: its name, or how
-        to find it, where a verdict is kept (most calls' is not)."""
+        to find it, where a verdict is kept (most calls' is not); `spec`: the tenant's
+        [tenants.NAME] (None: none) where the caller read it already, else read here."""
         rules = self.rules
-        spec = replica.host.tenant_spec(tenant) if tenant is not None else None
+        if spec is UNREAD:
+            spec = replica.host.tenant_spec(tenant) if tenant is not None else None
         plan = rules.plan(tenant or DEFAULT_TENANT, spec, replica.name, kind, name)
         verdict = plan.judge(facts, rules.operator.default)
         if plan.sensitive and verdict.effect == "allow":  # (most names are neither marked)

@@ -25,7 +25,7 @@ from .replicacalls import ReplicaAsk
 from .steps import CallOrdinals
 
 if TYPE_CHECKING:
-    from ..replica import Replica
+    from ..config import AgentSpec, TenantSpec
     from .model import Task
 
 
@@ -37,20 +37,17 @@ class ModelPolicy(NamedTuple):
     on_timeout: str
 
 
-def model_policy_of(r: Replica, tenant: str | None, held_by_rule: bool = False
+def model_policy_of(spec: AgentSpec, held: TenantSpec | None, held_by_rule: bool = False
                     ) -> ModelPolicy | None:
-    """None when no model call of the replica's tasks waits for a person (unless
-    `held_by_rule`: a policy rule or taint holds this one, supervisor/policy.py)."""
-    spec = r.spec
-    held = r.host.tenant_spec(tenant) if tenant is not None else None
-    own: list[str] = getattr(spec, "approve_models", [])
-    cost_over: float = getattr(spec, "approve_cost_over", 0.0)
+    """None when no model call of the agent's (`spec`) tasks waits for a person, its
+    tenant's [tenants.NAME] being `held` (None: none), unless `held_by_rule`: a policy
+    rule or taint holds this one (supervisor/policy.py)."""
+    own, cost_over = spec.approve_models, spec.approve_cost_over
     if not (own or cost_over or held_by_rule or (held is not None and held.approve_models)):
         return None  # (most calls: no list made)
     models = [*own, *(held.approve_models if held is not None else ())]
-    timeout = getattr(spec, "approve_timeout", 0.0)
-    return ModelPolicy(models, cost_over, timeout or None, getattr(spec, "on_deny", "error"),
-                       getattr(spec, "on_timeout", "error"))
+    return ModelPolicy(models, cost_over, spec.approve_timeout or None, spec.on_deny,
+                       spec.on_timeout)
 
 
 def why_held(policy: ModelPolicy, name: str, cost: float | None) -> str | None:
@@ -105,8 +102,11 @@ class ModelApprovals(TaskInterceptor):
         when a rule denies it."""
         task, model, r = call.task, call.model, call.replica
         assert model is not None and r is not None  # (a model call's: its agent's)
+        spec = r.spec
         tenant = task.tenant if task is not None and task.tenant is not None \
-            else getattr(r.spec, "tenant", None)
+            else spec.tenant
+        # its tenant's settings, read once for the rules and the approval both
+        held = r.host.tenant_spec(tenant) if tenant is not None else None
         rule = ""
         guard = self._guard
         if guard is not None:
@@ -114,11 +114,11 @@ class ModelApprovals(TaskInterceptor):
             owner = task.id if task is not None else partial(
                 self._path.replica_calls.owner_of, r)  # (found if a verdict is kept)
             verdict = guard.judge(owner, r, tenant, "model", call.name,
-                                  {"max_tokens": model.ask.bound}, task)
+                                  {"max_tokens": model.ask.bound}, task, held)
             if verdict.effect == "deny":
                 raise ModelRefusal(403, verdict.said(f"model call {call.name}"))
             rule = verdict.rule if verdict.effect == "approve" else ""
-        policy = model_policy_of(r, tenant, bool(rule))
+        policy = model_policy_of(spec, held, bool(rule))
         if policy is None:
             return None
         why = rule or why_held(policy, call.name, model.most_cost())

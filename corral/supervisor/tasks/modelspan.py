@@ -58,7 +58,8 @@ class ModelSpan(TaskInterceptor):
             if task is not None:
                 self._tracer.model_call(task, name, start, error, attrs)
             else:
-                assert context is not None
-                label = attrs["corral.replica"] = call.agent.label
+                replica = call.replica  # (read past `Call.agent`'s property: no frame)
+                assert context is not None and replica is not None  # (a model call's)
+                label = attrs["corral.replica"] = replica.label
                 self._tracer.caller_span(context, name, f"replica:{label}", start, error,
                                          attrs)
