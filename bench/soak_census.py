@@ -100,8 +100,10 @@ def take() -> dict[str, Any]:
 
     for o in _every_object():
         cls = type(o)
-        module = cls.__dict__.get("__module__") if isinstance(cls.__dict__, dict) else None
-        module = getattr(cls, "__module__", None) if module is None else module
+        # a class's own, from its dict: a C type has none there, and `cls.__module__` makes
+        # its name anew and interns it at each read, which in the daemon it measures churns
+        # the interpreter's table of interned strings until it doubles
+        module = cls.__dict__.get("__module__")
         if not isinstance(module, str) or not module.startswith("corral"):
             continue
         name = f"{module}.{cls.__qualname__}"
