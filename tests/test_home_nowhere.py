@@ -30,7 +30,7 @@ async def test_a_task_kept_nowhere_spawns_nothing_and_its_turns_keep_nothing() -
     with pytest.raises(RpcError) as placed:
         await spawns.placed(task, "k")
     assert (placed.value.code, placed.value.message) == (jsonrpc.REFUSED, refused)
-    order = SpawnOrder("leaf", "default", "k", b"{}", None, None, Lineage(1), 5, 0)
+    order = SpawnOrder("leaf", "default", "k", b"{}", None, None, Lineage(1), 5)
     with pytest.raises(RpcError) as spawned:
         await spawns.spawn(task, order)
     assert (spawned.value.code, spawned.value.message) == (jsonrpc.REFUSED, refused)

@@ -75,15 +75,18 @@ class ClusterSpawns(RedisPart):
 
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, node: str,
                  serves: Callable[[str, str], Awaitable[bool]],
+                 max_queue: Callable[[str, str], Awaitable[int]],
                  ended: Callable[[str], Awaitable[TaskInfo]],
                  info: Callable[[str], Awaitable[TaskInfo | None]], labels: LabelStore
                  ) -> None:
-        """`ended`, `info`: a cluster task's record once it ended, and as it is now;
-        `labels`: where a child's handed labels are kept."""
+        """`max_queue`: the bound of a tenant's agent's queue (ClusterTasks'); `ended`,
+        `info`: a cluster task's record once it ended, and as it is now; `labels`: where
+        a child's handed labels are kept."""
         super().__init__(scripts, keys, trust)
         self.labels = labels
         self.node = node
         self._serves = serves
+        self._max_queue = max_queue
         self._ended = ended
         self._info = info
         self.script = self.redis.register_script(SPAWN)
@@ -142,13 +145,14 @@ class ClusterSpawns(RedisPart):
                 self.keys.priorities(order.tenant, order.agent), self.keys.agents,
                 self.keys.live, self.keys.task(task.id), self.keys.spawns(task.id)]
         row = f"{self.trust.sign(SIGNED_SPAWN, task.id, order.key, child_id)} {child_id}"
+        max_queue = await self._max_queue(order.agent, order.tenant)
         if order.labels:  # (kept before the child is: a node that claims it reads them)
             await self.labels.mark(child_id, order.labels)
         args: list[Any] = [
             child_id, order.agent, order.raw_input, 0,
             "" if order.timeout is None else repr(order.timeout),
             "" if order.retries is None else order.retries, repr(time.time()), self.node,
-            order.max_queue, "0", trace_field(order.traceparent, order.tracestate),
+            max_queue, "0", trace_field(order.traceparent, order.tracestate),
             task.token, order.key, order.max_children, row,
             encoded(step_options(order.timeout, None)) or b"",
             lineage_field(self.trust, child_id, order.lineage, task.id), order.tenant,
@@ -156,7 +160,7 @@ class ClusterSpawns(RedisPart):
         got = await self._run(keys, args)
         if got == 1:
             return SpawnReply(child_id)
-        full = cluster_refusal(order.agent, got, order.max_queue)
+        full = cluster_refusal(order.agent, got, max_queue)
         if full is not None:
             raise full
         what = got[0].decode() if isinstance(got, list) and got else ""

@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
+from ..supervisor.config import DEFAULT_TENANT, AgentSpec, ClusterSettings, ConfigError
+from ..supervisor.configload import parse_agents
 from ..supervisor.labels import (
     HANDED,
     STARTER,
@@ -126,6 +127,21 @@ class ClusterTasks(RedisPart):
         raise RpcError(jsonrpc.REFUSED, f"no live node of cluster {self.settings.name} "
                                         f"runs agent {agent}")
 
+    async def max_queue(self, agent: str, tenant: str) -> int:
+        """The bound on what waits for the tenant's agent of the name, for every submit
+        and spawn at this node: its own agent's max_queue when it runs it, else the
+        tightest the live nodes that run it say in their beats as last read (they differ
+        only while a reload reaches them one by one), else its cluster table's, which a
+        node places (decision 2040)."""
+        local = self.host.agents.get(agent)
+        if local is not None and local.spec.tenant == tenant:
+            return local.spec.max_queue
+        said = [n.queues.get(agent, 0) for n in self.view if n.runs(tenant, agent)]
+        if said:
+            return min((most for most in said if most), default=0)
+        table = await self._table(agent)
+        return table.max_queue if table is not None and table.tenant == tenant else 0
+
     async def serves(self, agent: str, tenant: str) -> bool:
         """Whether a task of the tenant's agent of the name would be run (as `_route` finds it)."""
         local = self.host.agents.get(agent)
@@ -162,8 +178,7 @@ class ClusterTasks(RedisPart):
                                                                 p.session)
         for key, labels in accepted(task_id, session, HANDED.get()):
             await self.labels.mark(key, labels)
-        local = self.host.agents.get(p.agent)
-        max_queue = local.spec.max_queue if local is not None else 0
+        max_queue = await self.max_queue(p.agent, tenant)
         keys = [self.keys.task(task_id), self.keys.stream(tenant, p.agent, p.priority),
                 self.keys.priorities(tenant, p.agent), self.keys.agents, self.keys.live]
         # (its retries: its own policy's, else the claiming node's agent's)
@@ -254,8 +269,8 @@ class ClusterTasks(RedisPart):
                 f"the task was not accepted, unless Redis took it before it stopped "
                 f"answering (`corral task {task_id}` tells once it answers)") from None
 
-    async def _table_tenant(self, agent: str) -> str | None:
-        """The tenant the cluster's table of `agent` names, when it verifies."""
+    async def _table(self, agent: str) -> AgentSpec | None:
+        """The cluster's table of `agent` as its spec, when it verifies."""
         def fill(pipe: Any) -> None:
             pipe.hget(self.keys.cluster_agents, agent)
             pipe.hget(self.keys.agent_macs, agent)
@@ -263,8 +278,15 @@ class ClusterTasks(RedisPart):
         table, mac = await read_all(self.redis, fill, transaction=True)
         if table is None or not self.trust.valid(mac, AGENT, agent, table):
             return None
-        tenant = msgspec.json.decode(table).get("tenant", DEFAULT_TENANT)
-        return tenant if isinstance(tenant, str) else None
+        try:
+            return parse_agents({"agents": {agent: msgspec.json.decode(table)}},
+                                "the cluster's spec")[agent]
+        except (ConfigError, msgspec.DecodeError):
+            return None
+
+    async def _table_tenant(self, agent: str) -> str | None:
+        spec = await self._table(agent)
+        return None if spec is None else spec.tenant
 
     # -- ask --------------------------------------------------------------------------------
     async def list(self, p: m.TasksList, since: float | None, limit: int,

@@ -54,6 +54,9 @@ class Beat(msgspec.Struct):
     tenants: dict[str, str] = {}
     # it takes a session's next turn when it ran the last ([cluster] sticky_sessions)
     sticky: bool = True
+    # agent -> its max_queue, of the agents it runs that have one: the bound a node that
+    # runs none of the name submits its tasks under (ClusterTasks.max_queue)
+    queues: dict[str, int] = {}
 
 
 _DAEMONS: dict[int, str] = {}
@@ -76,6 +79,7 @@ class NodeView(NodeInfo):
     """One line of `corral nodes`, with the tenant of each agent it runs (not shown)."""
 
     tenants: dict[str, str] = {}
+    queues: dict[str, int] = {}  # (Beat's)
 
     @property
     def consumer(self) -> str:
@@ -93,6 +97,7 @@ class NodeView(NodeInfo):
 
 Offer = Callable[[], tuple[int, int, dict[str, str]]]  # -> capacity, load, agent -> tenant
 Places = Callable[[], tuple[int, list[str], bool]]  # -> room, placed, draining
+Queues = Callable[[], dict[str, int]]  # -> agent -> its max_queue (those that have one)
 
 _beat = msgspec.json.Decoder(Beat)
 
@@ -110,7 +115,8 @@ class NodeFence(NamedTuple):
 class Membership(RedisPart):
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, settings: ClusterSettings,
                  node: str, offer: Offer, report: Callable[[str], None],
-                 stream: Stream | None = None, places: Places | None = None) -> None:
+                 stream: Stream | None = None, places: Places | None = None,
+                 queues: Queues | None = None) -> None:
         super().__init__(scripts, keys, trust)  # (its key's fingerprint is in the beat)
         self.stream = stream if stream is not None else Stream()
         self.daemon = this_daemon()
@@ -135,6 +141,7 @@ class Membership(RedisPart):
         self._joining: asyncio.Future[None] | None = None  # a join not yet seen to end
         self.changed = asyncio.Event()  # set at each join and fence
         self.places = places
+        self.queues = queues
         # the agents (-> tenant) of the beat Redis last took: a session's next turn may be
         # given to this node for any of them (sessionscripts' sticky turn) until a beat
         # without it is taken
@@ -158,7 +165,8 @@ class Membership(RedisPart):
                                         sorted(agents), time.time(), room, placed,
                                         draining, self.daemon, os.getpid(),
                                         socket.gethostname(), self.trust.fingerprint, agents,
-                                        self.sticky)), agents
+                                        self.sticky, self.queues() if self.queues else {})
+                                  ), agents
 
     def _one_daemon(self) -> list[Any]:
         return [self.daemon, self.keys.alive("")]
@@ -334,7 +342,8 @@ class Membership(RedisPart):
         alive = await self.alive([consumer(b.node, b.incarnation) for b in beats])
         return [NodeView(b.node, consumer(b.node, b.incarnation) in alive, b.incarnation,
                          b.load, b.agents, b.last_beat, b.capacity, b.room, b.placed,
-                         b.draining, b.pid, b.host, b.key, b.tenants) for b in beats]
+                         b.draining, b.pid, b.host, b.key, b.tenants, b.queues)
+                for b in beats]
 
     async def alive(self, consumers: list[str]) -> set[str]:
         if not consumers:

@@ -81,7 +81,8 @@ class ClusterNode:
         self.scripts = scripts = Scripts(self.redis, acks_of(settings, self.keys.acks))
         self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(scripts, self.keys, trust, settings, self.node,
-                                     self._offer, report, host.stream, self._places)
+                                     self._offer, report, host.stream, self._places,
+                                     self._queues)
         sessions = ClusterSessions(scripts, self.keys, trust, host, tasks.tenancy,
                                    self.membership, report, settings)
         self.session_stores = (sessions,)  # (daemon/clusterpeer.py: NotANode's, none)
@@ -92,6 +93,7 @@ class ClusterNode:
         self.push = ClusterPush(self.redis, self.keys, trust)  # (the A2A door's too)
         spawns = ClusterSpawns(scripts, self.keys, trust, self.node,
                                lambda agent, tenant: self.desk.serves(agent, tenant),
+                               lambda agent, tenant: self.desk.max_queue(agent, tenant),
                                lambda task_id: self.desk.wait(task_id),
                                lambda task_id: self.desk.info(task_id), labels)
         self.asks = ClusterAsks(scripts, self.keys, trust, settings, tasks.inbox.waits,
@@ -167,6 +169,9 @@ class ClusterNode:
                        for a in agents.values())
         return capacity, len(self.tasks.active), {n: a.spec.tenant
                                                   for n, a in agents.items()}
+
+    def _queues(self) -> dict[str, int]:
+        return {n: a.spec.max_queue for n, a in self.host.agents.items() if a.spec.max_queue}
 
     def _fenced(self, e: NodeFence) -> None:
         self.outbox.given_up.add(e.consumer)

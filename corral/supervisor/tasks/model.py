@@ -423,7 +423,6 @@ class SpawnOrder(NamedTuple):
     retries: int | None  # None: its agent's retries where it runs
     lineage: Lineage  # its place in the tree
     max_children: int  # of the parent's agent
-    max_queue: int  # of its agent, where the parent runs (0: unbounded, or not run there)
     labels: tuple[str, ...] = ()  # the parent's, handed on (supervisor/labels.py)
     # the span it is spawned under (an agent called as a tool: its call's): its parent
     traceparent: str | None = None

@@ -101,8 +101,8 @@ class Spawns:
         # what the parent read, as its call of `corral__AGENT` kept it (approvals.py)
         labels = await parent.home.labels.read(parent.id)
         got = await kept.spawn(parent, SpawnOrder(
-            p.agent, spec.tenant, p.key, raw, timeout, p.retries, child, fan,
-            agent.spec.max_queue if agent is not None else 0, labels, *current_context()))
+            p.agent, spec.tenant, p.key, raw, timeout, p.retries, child, fan, labels,
+            *current_context()))
         if got.child is None:
             raise RpcError(jsonrpc.REFUSED,
                            f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
