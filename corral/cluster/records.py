@@ -37,7 +37,6 @@ def on_worker(status: str) -> str:
 
 NOT_STARTED = -1  # an attempt claimed by a node, not yet on one of its replicas
 
-_attempt = msgspec.json.Decoder(m.Attempt)
 _error = msgspec.json.Decoder(m.TaskFailure)
 
 
@@ -64,15 +63,17 @@ class ClusterAttempt(msgspec.Struct, omit_defaults=True):
     usage: ModelUsage | UnsetType = UNSET
 
 
-class _ViewShare(msgspec.Struct):
-    """What an attempt's write carries for its task's view."""
+class _AttemptRow(m.Attempt):
+    """An attempt as the record keeps it, read once for the view: the attempt it shows,
+    and what its write carries for its task's view."""
 
     tool_calls: int = 0
     usage: ModelUsage | None = None
 
 
 _encode = msgspec.json.Encoder().encode
-_carried = msgspec.json.Decoder(_ViewShare)
+_row = msgspec.json.Decoder(_AttemptRow)
+_ATTEMPT_FIELDS = len(m.Attempt.__struct_fields__)  # (a subclass's own come after)
 
 
 def attempts_json(task: Task, node: str) -> list[bytes]:
@@ -141,14 +142,13 @@ def _raw(rec: dict[bytes, bytes], key: bytes) -> Any:
     return msgspec.Raw(v) if v else None
 
 
-def carried(attempts: list[bytes]) -> tuple[int, ModelUsage | None]:
+def carried(attempts: list[_AttemptRow]) -> tuple[int, ModelUsage | None]:
     """The task's tool calls and usage as its record says them: the most any of its
     attempts' writes counted (each counts its task's calls, those of attempts before it
     too), and the sum of its claims' usage. An attempt taken over from a dead node says
     neither."""
     calls, usage = 0, None
-    for a in attempts:
-        kept = _carried.decode(a)
+    for kept in attempts:
         calls = max(calls, kept.tool_calls)
         if kept.usage is not None:
             usage = usage or ModelUsage()
@@ -162,8 +162,10 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
     err = rec.get(b"error")
     # held out of its stream until then (due.py), as a local delayed task waits
     not_before = when(rec.get(b"not_before")) if rec.get(b"status") == b"queued" else None
-    tried = [_attempt.decode(a) for a in attempts]
-    calls, usage = carried(attempts)
+    rows = [_row.decode(a) for a in attempts]
+    # (the view's attempts are the local ones: what each write carried is the task's)
+    tried = [m.Attempt(*msgspec.structs.astuple(a)[:_ATTEMPT_FIELDS]) for a in rows]
+    calls, usage = carried(rows)
     return m.TaskInfo(
         task_id=task_id, agent=rec[b"agent"].decode(), status=rec[b"status"].decode(),
         priority=int(rec[b"priority"]), created=float(rec[b"created"]),
