@@ -136,8 +136,8 @@ class TaskInfo(_TaskHead):
     # wake among it (None: not started)
     queue_wait: float | None = None
     # the input as it was sent, when asked for (tasks.get with input) and kept: absent
-    # when not asked, or not kept (a cluster task's, a task of a daemon without a journal
-    # once it has finished, a row pruned)
+    # when not asked, or not kept (a task of a daemon without a journal once it has
+    # finished, a row pruned; a cluster task's is its record's)
     input: Any | UnsetType = UNSET
     # a queued task's earliest start (wall time): submitted with a delay, or a retry's
     # backoff; None: as soon as a replica is free

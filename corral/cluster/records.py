@@ -171,7 +171,8 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
         priority=int(rec[b"priority"]), created=float(rec[b"created"]),
         started=when(rec.get(b"started")), finished=when(rec.get(b"finished")),
         tool_calls=calls,
-        progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
+        # (its output is signed with its outcome, its progress not: checked before shown)
+        progress=one_json_line(rec.get(b"progress")), output=_raw(rec, b"output"),
         error=_error.decode(err) if err else None,
         attempts=tried, usage=usage, options=options_in(rec.get(b"options")),
         # (its first claim's time: as a node's journal reads it, from its acceptance)

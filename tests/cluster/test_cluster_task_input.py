@@ -1,8 +1,9 @@
 """A cluster task's input asked for (`tasks.get` input, REST `?input=true`): read from its
 record, the bytes every claim gives its worker (decision 2045). The record's input is not
 signed: a Redis writer's is shown, as it is what the task's worker runs; one that is not
-one JSON value on one line is none, the rest of the view as it was. With Redis away, a
-task this node runs is answered from its engine."""
+one JSON value on one line is none, the rest of the view as it was, and so is such a
+progress, unsigned too. With Redis away, a task this node runs is answered from its
+engine."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 K = Keys("test")  # the harness's cluster name
 
 
-def test_the_records_input_is_shown_and_one_that_is_no_json_line_is_none(
+def test_the_records_input_is_shown_and_an_unsigned_field_of_no_json_line_is_none(
         tmp: Path, redis: RedisServer) -> None:
     port = free_port()
     with nodes(tmp, redis, {"a": sleeper("sleepy") + f'[http]\nlisten = "127.0.0.1:{port}"\n'},
@@ -53,6 +54,14 @@ def test_the_records_input_is_shown_and_one_that_is_no_json_line_is_none(
                 direct.hset(K.task(task_id), "input", kept)
                 for view in views():
                     assert "input" not in view, (kept, view)
+                    assert (view["status"], view["output"]) == ("succeeded",
+                                                                done["output"]), view
+            direct.hset(K.task(task_id), "progress", b'{"progress": 1}')
+            assert [v["progress"] for v in views()] == [{"progress": 1}] * 2
+            for kept in (b"not json", b'{"a": 1}\n', b"\xff"):
+                direct.hset(K.task(task_id), "progress", kept)
+                for view in views():
+                    assert view["progress"] is None, (kept, view)
                     assert (view["status"], view["output"]) == ("succeeded",
                                                                 done["output"]), view
         finally:

@@ -95,7 +95,8 @@ def test_a_running_tasks_view_counts_the_calls_made_so_far(home: Home,
 
 @pytest.mark.differs("a cluster task's running attempt whose calls are journaled nowhere "
                      "(no next attempt would read them) counts them in its view only "
-                     "once it ends: its record and steps say none before")
+                     "once it ends: its record and steps say none before, only its node "
+                     "knows them, and a write per call is what decision 2035 refused")
 def test_a_running_tasks_view_counts_its_calls_journaled_nowhere(home: Home,
                                                                 tmp_path: Path) -> None:
     running = running_calls(home, "once", tmp_path / "marker")
