@@ -331,7 +331,8 @@ def test_a_retry_has_only_what_is_left_of_its_tasks_tool_budget_whatever_its_doo
     """The budget link across attempts (decision 1985, tests/contract/test_tool_budget.py
     on the worker link): max_tool_calls_per_task 2, two calls by the door, then the
     attempt's worker is killed; the retry is answered both from the task's journal and
-    its third call is refused naming the task, the two it made earlier counted."""
+    its third call is refused naming the task, the two it made earlier counted, the two
+    its view says (tool_calls: decision 2035 on a cluster)."""
     tool = "corral__target" if "corral" in door else "pol__http_get"
     arguments = {"do": "echo"} if "corral" in door else {"host": "example.org"}
     call = {"door": door, "tool": tool, "arguments": arguments}
@@ -339,6 +340,7 @@ def test_a_retry_has_only_what_is_left_of_its_tasks_tool_budget_whatever_its_doo
                 before=[call, call, {"die": True}])
     done = daemon.ask("tasks.get", {"task_id": made.task_id, "wait": True})
     assert [a["outcome"] for a in done["attempts"]] == ["lost", "succeeded"], done
+    assert done["tool_calls"] == 2, done
     first, second, retried, third = done["output"]
     assert "error" not in first and "error" not in second, (first, second)
     assert retried == {"attempt": 2}, retried
