@@ -85,9 +85,11 @@ from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.config import TracingSettings
 from corral.supervisor.tasks import Task, TaskInterceptor, TaskStatus
 from corral.supervisor.tasks.interceptors import TraceStart
-from corral.supervisor.tracing import TOOL, Span, Tracer, expand
+from corral.supervisor.tracerecords import TOOL, Span, expand
+from corral.supervisor.tracing import Tracer
 from corral.taskviews import Attempt
-from corral.tracecontext import MASK64, FromId, TaskTrace, new_span_id, new_trace_id
+from corral.tracecontext import FromId, TaskTrace, new_span_id, new_trace_id
+from corral.traceids import MASK64
 
 from .bench_payload import add_echo, scale_echo
 from .harness import (
@@ -252,7 +254,7 @@ def exporter_cost(tmp: Path) -> dict[str, float]:
     batches of 512 as the daemon sends them."""
     from corral.daemon.otlprecords import encode as encode_records
     from corral.daemon.traceexport import _RAWS
-    from corral.supervisor.tracing import TEXT_MAX, spans_of
+    from corral.supervisor.tracerecords import TEXT_MAX, spans_of
     from corral.tracecontext import FROM_ID
 
     tracer = Tracer(capacity=SPANS)

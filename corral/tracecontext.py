@@ -14,11 +14,11 @@ import re
 from typing import Any, NamedTuple
 
 from . import jsonrpc
+from .traceids import GOLDEN, MASK64, id_span, id_trace
 
 # version 00 as the W3C Recommendation writes it; a later version is read by its first
 # four fields, as the Recommendation asks of a reader that knows only 00
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-MASK64 = (1 << 64) - 1
 SAMPLED = 0x01
 MAX_TRACESTATE = 512  # bytes kept of a caller's tracestate (the Recommendation's own bound)
 
@@ -127,9 +127,6 @@ CALLER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "corral_caller_meta", default=None)
 
 
-GOLDEN = 0x9E3779B97F4A7C15  # spreads attempt numbers over the span id's bits
-
-
 class FromId:
     """A task's new trace, sampled or not, whose ids are its task id's (a UUIDv7: 32 hex
     digits, the low 62 bits random): the trace id is the id, its first attempt's span id
@@ -153,16 +150,6 @@ class FromId:
 
 
 FROM_ID = (FromId(False), FromId(True))
-
-
-def id_span(trace_id: int) -> int:
-    """The span id of a task (or run) traced from its id, from its trace id."""
-    return ((trace_id & MASK64) ^ GOLDEN) or 1
-
-
-def id_trace(task_id: str) -> int:
-    """The trace id of a task traced from its id (FromId)."""
-    return int(task_id.replace("-", ""), 16)
 
 
 def of_id(task_id: str, sampled: bool) -> TaskTrace:

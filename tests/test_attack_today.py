@@ -275,7 +275,7 @@ async def test_an_agents_long_error_is_stored_in_its_trace_cut_to_the_bound(
     """The local trace store keeps spans by count (`keep_spans`): an agent failing its
     tasks with a message of a megabyte must not make each span a megabyte. The task's
     span and its attempt's keep TEXT_MAX characters of it (and say it was cut)."""
-    from corral.supervisor.tracing import TEXT_MAX
+    from corral.supervisor.tracerecords import TEXT_MAX
 
     from .conftest import ROOT
     from .daemon_harness import PY

@@ -111,7 +111,7 @@ def test_a_tool_calls_span_from_a_template_carries_its_task_id_whole() -> None:
     template's bytes (a cut UTF-8 character is a request every collector refuses)."""
     otlprecords = pytest.importorskip("corral.daemon.otlprecords")
     from corral.daemon.otlp import span
-    from corral.supervisor.tracing import TOOL, expand
+    from corral.supervisor.tracerecords import TOOL, expand
 
     def record(task_id: str) -> tuple[object, ...]:
         return (TOOL, 0x1234, 0x5678, 77, 88, "search", task_id, 1, "stdio", 5, 1000.0,
@@ -140,7 +140,8 @@ def test_a_tasks_spans_from_a_template_carry_its_task_id_whole() -> None:
     from corral.daemon.otlp import encode as encode_spans
     from corral.daemon.traceexport import _RAWS
     from corral.supervisor.tasks import Task, TaskStatus
-    from corral.supervisor.tracing import TEXT_MAX, Tracer, expand
+    from corral.supervisor.tracerecords import TEXT_MAX, expand
+    from corral.supervisor.tracing import Tracer
     from corral.taskviews import Attempt
     from corral.tracecontext import TaskTrace, new_trace_id
 

@@ -212,11 +212,15 @@ def test_the_clis_start_imports_no_engine() -> None:
     ("corral.supervisor.configload", ("corral.supervisor.core", "corral.supervisor.tasks",
                                       "corral.supervisor.replica")),
     # the trace exporter with no endpoint: its HTTP client is imported with an endpoint,
-    # and of the engine what a record's spans need (corral.supervisor.tasks' names too are
-    # imported when asked for)
+    # and of the engine what a record's spans need (supervisor/tracerecords.py), not the
+    # engine's tracer, its task machine or asyncio (a traced daemon's exporter was most of
+    # its start: bench/RESULTS.md, the boot's paragraph)
     ("corral.daemon.traceexport", ("http.client", "urllib.request", "email.parser",
+                                   "asyncio", "corral.jsonrpc", "corral.tracecontext",
+                                   "corral.supervisor.tracing",
+                                   "corral.supervisor.tasks.taskmachine",
                                    "corral.supervisor.tasks.manager",
-                                   "corral.supervisor.process_replica")),
+                                   "corral.supervisor.process_replica", "corral.results")),
 ])
 def test_a_processs_start_imports_none_of_what_it_does_not_use(
         module: str, unused: tuple[str, ...]) -> None:

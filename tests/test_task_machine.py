@@ -459,7 +459,7 @@ STATUS_ALLOWED: dict[tuple[str, str], str] = {
     ("supervisor/tracing.py",
      "said = error.message if error is not None and status != SUCCEEDED else None"):
         "a trace record's error text",
-    ("supervisor/tracing.py", "if outcome != TaskStatus.SUCCEEDED:"):
+    ("supervisor/tracerecords.py", 'if outcome != "succeeded":'):
         "an attempt's span's error, from its record",
     # a task's view (TaskInfo) told as an MCP task's result, and an MCP task's own status
     ("daemon/mcptasks.py", 'if info.status == "cancelled":'): "a task's view, told",

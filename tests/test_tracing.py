@@ -33,7 +33,8 @@ from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
 from corral.supervisor.config import TracingSettings
 from corral.supervisor.tasks import TaskStatus
-from corral.supervisor.tracing import TEXT_MAX, Sampling, Span, Tracer, expand
+from corral.supervisor.tracerecords import TEXT_MAX, Span, expand
+from corral.supervisor.tracing import Sampling, Tracer
 from corral.taskviews import Attempt
 
 from .conftest import SPARED, agent
@@ -561,7 +562,7 @@ def test_a_task_is_counted_for_the_spans_it_makes_kept_or_dropped() -> None:
     """A task's record is counted, buffered or dropped, for the spans `expand` makes of
     it: two for one that ended before any attempt (cancelled while queued), three for
     one attempt, and two more each attempt after."""
-    from corral.supervisor.tracing import spans_of as record_spans
+    from corral.supervisor.tracerecords import spans_of as record_spans
 
     from .test_tracing_export import task as made
 
@@ -738,7 +739,7 @@ async def test_a_dead_exporter_costs_no_task_and_is_restarted(
 def two_attempts(task_id: str, error: str | None = None) -> tuple[Any, ...]:
     """A finished task's record with two attempts: five spans (the task's, and a queue
     wait and an attempt each)."""
-    from corral.supervisor.tracing import TASK
+    from corral.supervisor.tracerecords import TASK
 
     attempts = [Attempt(0, 1, 1.0, 2.0, "lost"), Attempt(0, 2, 3.0, 4.0, "failed")]
     return (TASK, None, None, None, 0, "a", task_id, "failed", error, 0, 0, 1.0, 4.0,
@@ -752,7 +753,7 @@ async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
     import signal
 
     from corral.supervisor.tasks.ids import new_id
-    from corral.supervisor.tracing import spans_of as record_spans
+    from corral.supervisor.tracerecords import spans_of as record_spans
 
     cfg = tracing(None, export_interval=3600, batch=1)
     _sup, traces = traced(engines, cfg, tmp_path)

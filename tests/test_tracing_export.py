@@ -26,9 +26,11 @@ from corral.daemon.traceexport import _RAWS, ExportConfig, Exporter
 from corral.daemon.tracestore import CUT_PAST, TraceStore, key_of, of_task
 from corral.supervisor.tasks import Task, TaskFailure, TaskStatus
 from corral.supervisor.tasks.ids import new_id
-from corral.supervisor.tracing import TEXT_MAX, TOOL, Tracer, expand, spans_of
+from corral.supervisor.tracerecords import TEXT_MAX, TOOL, expand, spans_of
+from corral.supervisor.tracing import Tracer
 from corral.taskviews import Attempt, ModelUsage
-from corral.tracecontext import FROM_ID, MASK64, TaskTrace, new_span_id, new_trace_id
+from corral.tracecontext import FROM_ID, TaskTrace, new_span_id, new_trace_id
+from corral.traceids import MASK64
 
 
 def task(agent: str = "echo", *, trace: Any = None, status: TaskStatus =

@@ -17,12 +17,12 @@ from corral.supervisor.tracing import Sampling, Tracer, own_span
 from corral.tracecontext import (
     FROM_ID,
     TaskTrace,
-    id_trace,
     meta,
     new_trace_id,
     of_id,
     parse_or_none,
 )
+from corral.traceids import id_trace
 
 from .conftest import agent
 from .intercepted import Engines, engines

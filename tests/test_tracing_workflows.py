@@ -170,7 +170,8 @@ def test_an_unsampled_runs_spans_are_kept_only_where_it_failed() -> None:
     from corral.supervisor.durable import WHOLE, StepRow
     from corral.supervisor.stream import Stream
     from corral.supervisor.tasks.ids import new_id
-    from corral.supervisor.tracing import Sampling, Tracer, expand
+    from corral.supervisor.tracerecords import expand
+    from corral.supervisor.tracing import Sampling, Tracer
     from corral.supervisor.workflows import WorkflowSpec, compile_workflow
 
     spec = msgspec.convert({"steps": [{"name": "a", "agent": "x"}]}, WorkflowSpec)
@@ -270,7 +271,7 @@ async def traced_service(tmp_path: Path, sup: Supervisor, tracer: Tracer,
 
 
 def spans_of(tracer: Tracer) -> list[Any]:
-    from corral.supervisor.tracing import expand
+    from corral.supervisor.tracerecords import expand
 
     return [s for r in tracer.pending() for s in expand(r)]
 

@@ -1,5 +1,5 @@
 """OTLP's trace protobuf written by hand: an `ExportTraceServiceRequest` of the engine's
-spans (supervisor/tracing.py's Span), for the exporter process, at a fraction of the
+spans (supervisor/tracerecords.py's Span), for the exporter process, at a fraction of the
 official `opentelemetry-proto` messages' CPU (docs/tracing.md): each attribute's `KeyValue`
 bytes are kept by (key, value). tests/test_otlp.py decodes the output with the official
 package, field by field.

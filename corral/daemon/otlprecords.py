@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from struct import Struct
 from typing import Any
 
-from ..supervisor.tracing import QUEUE_MIX, TASK, TOOL, call_id_of, expand, spans_of
-from ..tracecontext import GOLDEN, MASK64
+from ..supervisor.tracerecords import QUEUE_MIX, TASK, TOOL, call_id_of, expand, spans_of
+from ..traceids import GOLDEN, MASK64
 from .otlp import attribute, encode_spans, span, varint
 
 # a tool call's owner that is no task: a gateway client, a replica on the worker link
@@ -32,7 +32,7 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
            version: str = "", scope: str = "corral") -> tuple[bytes, int]:
     """An ExportTraceServiceRequest of the spans of `batch`'s records, and how many spans
     it holds; `batch`: (record as the pipe brought it, whether its msgpack was TEXT_MAX
-    bytes at most) pairs (supervisor/tracing.py's `expand`)."""
+    bytes at most) pairs (supervisor/tracerecords.py's `expand`)."""
     body: list[bytes] = []
     add = body.append
     spans = 0

@@ -13,8 +13,10 @@ import time
 import msgspec
 
 from .. import methods as m
-from ..supervisor.tracing import SERVER, SPAN, Tracer
-from ..tracecontext import MASK64, meta, new_span_id, parse_or_none
+from ..supervisor.tracerecords import SERVER, SPAN
+from ..supervisor.tracing import Tracer
+from ..tracecontext import meta, new_span_id, parse_or_none
+from ..traceids import MASK64
 from .caller import A2A_VIA, Caller
 from .submitted import door_of
 

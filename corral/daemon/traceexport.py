@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from ..supervisor.tracing import TEXT_MAX, spans_of
+from ..supervisor.tracerecords import TEXT_MAX, spans_of
 from .otlprecords import encode
 from .tracestore import TraceStore
 

@@ -10,13 +10,15 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..methods import SpanView
 from ..statefiles import check_database, make_dir, open_file
-from ..supervisor.tracing import bounded, expand
+from ..supervisor.tracerecords import bounded, expand
+
+if TYPE_CHECKING:
+    from ..results import SpanView
 
 # a row a batch (the pipe's frame, made its spans when read), and a row a key (key_of)
 # and batch: tasks made together are a few index rows, not a row a task. `spans`: the
@@ -109,6 +111,9 @@ def create(path: Path) -> None:
 
 def of_task(path: Path, task_id: str) -> list[SpanView]:
     """A task's spans, oldest first (a blocking read: run it in a thread)."""
+    # (here: the views are the daemon's reading, none of the exporter's process's imports)
+    from ..results import SpanView
+
     # a key is a millisecond's ids, any tenant's: its batches are read one at a time, and
     # decoded only when they hold the id's bytes
     needle = task_id.encode()

@@ -13,15 +13,14 @@ from typing import Any, NamedTuple
 from ...supervisor.durable import WHOLE
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.ids import FORMAT
-from ...supervisor.tracing import INTERNAL, SPAN, Tracer
+from ...supervisor.tracerecords import INTERNAL, SPAN
+from ...supervisor.tracing import Tracer
 from ...tracecontext import (
-    MASK64,
-    id_span,
-    id_trace,
     parse_or_none,
     parse_or_refuse,
     traceparent,
 )
+from ...traceids import MASK64, id_span, id_trace
 from .runevents import RunEnded, StepEnded
 from .runstore import Run
 
