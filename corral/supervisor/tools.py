@@ -27,6 +27,9 @@ from .remote import RemoteMcpServer
 from .stream import ListChanged, Stream
 from .waits import Waits
 
+# agents' allowlists kept (a fleet's agents each one; past it, all made again)
+KEPT_ALLOWS = 1024
+
 
 class Tools(McpPool[McpServerSpec, McpServerReplica]):
     def __init__(self, host: McpHost, waits: Waits, stream: Stream,
@@ -37,6 +40,10 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
         self.stream = stream
         self.on_change = self._list_changed
         self._leaving: set[asyncio.Task[None]] = set()  # removed agents' instances, stopping
+        # the servers' generation: one more as a server comes, goes or changes its spec
+        self._generation = 0
+        # an agent's name -> the spec, the generation and the allowlist made of them
+        self._allows: dict[str, tuple[Any, int, list[str]]] = {}
 
     async def remove(self, name: str) -> None:
         """The server and its instances gone, and what the daemon held for their egress
@@ -91,6 +98,7 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
         if old != spec:
             return False
         entry.spec = spec
+        self._generation += 1
         for inst in entry.all():
             inst.retune(spec)
         return True
@@ -100,8 +108,19 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
             yield from entry.all()
 
     def allowlist(self, spec: Any) -> list[str]:
-        return visible_allow(list(getattr(spec, "tools", [])), spec.tenant,
-                             {n: e.spec for n, e in self.servers.items()})
+        """The agent's (`spec`'s) tools allowlist as its tenant narrows it, kept for its
+        next call while the spec is the same object and no server came, went or changed:
+        what it is made of is its key (each call's view asks for it, at every door, and
+        it was made again each time). Read, never changed, by those it is given to."""
+        held = self._allows.get(spec.name)
+        if held is not None and held[0] is spec and held[1] == self._generation:
+            return held[2]
+        allow = visible_allow(list(getattr(spec, "tools", [])), spec.tenant,
+                              {n: e.spec for n, e in self.servers.items()})
+        if len(self._allows) >= KEPT_ALLOWS:
+            self._allows.clear()
+        self._allows[spec.name] = (spec, self._generation, allow)
+        return allow
 
     def spec_of(self, name: str) -> McpServerSpec | None:
         e = self.servers.get(name)
@@ -128,6 +147,10 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
             raise RpcError(jsonrpc.REFUSED, f"MCP server {inst.label} is not serving: "
                                             f"{inst.reason}")
         return inst
+
+    def _came_or_went(self, server: str) -> None:
+        self._generation += 1  # (after the change: a list made before it is made again)
+        super()._came_or_went(server)
 
     def _list_changed(self, server: str, kind: str) -> None:
         self.stream.emit(ListChanged(server, kind))
