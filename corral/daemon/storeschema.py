@@ -1,11 +1,12 @@
 """The state database's schema and opening (SQLite, WAL, 0600 in a 0700 directory),
 brought to this corral's layout (`PRAGMA user_version`) before anything reads it.
 
-A new database is made at once from storefresh.sql, the schema at layout `OLDEST`, then
-the entries of `MIGRATIONS` each in its own transaction. To change the schema, append ONE
-entry and never edit one that has landed: databases in the field have run it. To squash
-(move `OLDEST` up), run `scripts/fresh_schema.py`. Nothing is ever reset or half-upgraded
-silently: an older, newer, locked, read-only or corrupt database stops the daemon with a
+A new database is the schema at layout `OLDEST` at once (storefresh.db's bytes placed,
+else storefresh.sql's statements run), then the entries of `MIGRATIONS` each in its own
+transaction. To change the schema, append ONE entry and never edit one that has landed:
+databases in the field have run it. To squash (move `OLDEST` up), run
+`scripts/fresh_schema.py`. Nothing is ever reset or half-upgraded silently: an older,
+newer, locked, read-only or corrupt database stops the daemon with a
 `StoreError` saying what to do.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..statefiles import check_database, open_file
+from ..statefiles import SQLITE_SIDES, check_database, open_file
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
 # SQLite's memory in all, past which its connections' page caches reuse their pages rather
@@ -44,6 +45,10 @@ HOLDER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
 MIGRATIONS: list[str] = []
 SCHEMA_VERSION = OLDEST + len(MIGRATIONS)
 FRESH = Path(__file__).parent / "storefresh.sql"
+# storefresh.sql's schema made into a database (scripts/fresh_schema.py writes both): a new
+# database is its bytes placed, not the statements run, SQLite's DDL being most of a first
+# start's store
+FRESH_DB = Path(__file__).parent / "storefresh.db"
 
 
 class StoreError(Exception):
@@ -167,6 +172,7 @@ def open_database(path: Path, *, sync: str = "normal") -> StoreConnection:
         # SQLite follows links: the file and the ones it makes beside it are looked at
         # first, and a link in any one's place refused (statefiles.py)
         check_database(path)
+        place_fresh(path)
         os.close(open_file(path, os.O_RDWR | os.O_CREAT))
     except OSError as exc:
         raise StoreError(f"state database {path} cannot be created ({exc.strerror}): set "
@@ -183,6 +189,35 @@ def open_database(path: Path, *, sync: str = "normal") -> StoreConnection:
         db.close()
         raise StoreError(f"state database {path}: {exc}") from None
     return db
+
+
+def place_fresh(path: Path) -> bool:
+    """A new database at `path`, FRESH_DB's schema, made whole before it has a name: its
+    bytes written to an unnamed file of its directory (O_TMPFILE), then linked at `path`,
+    which fails where a file is (one another process made meanwhile: nothing replaced,
+    nothing opened half-written, nothing left behind). False where none was placed (a
+    file is there or beside it, a WAL SQLite would read into it; or the file system makes
+    no unnamed file): the database is then made by storefresh.sql's statements."""
+    if any(os.path.lexists(f"{path}{side}") for side in SQLITE_SIDES):
+        return False
+    data = FRESH_DB.read_bytes()
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600, dir_fd=directory)
+        try:
+            with open(fd, "wb", closefd=False) as out:
+                out.write(data)
+            # (linkat of the unnamed file by its /proc name: following it needs no
+            # privilege, where AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH)
+            os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=directory,
+                    follow_symlinks=True)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(directory)
+    return True
 
 
 def schema_version(db: sqlite3.Connection) -> int:
