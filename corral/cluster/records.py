@@ -159,7 +159,10 @@ def carried(attempts: list[_AttemptRow]) -> tuple[int, ModelUsage | None]:
 
 
 def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.TaskInfo:
-    err = rec.get(b"error")
+    # a node writes the output and the error only with the task's end, signed with it
+    # (its MAC checked before this is read): one of a task not ended is no node's
+    ended = rec.get(b"status") in TERMINAL
+    err = rec.get(b"error") if ended else None
     # held out of its stream until then (due.py), as a local delayed task waits
     not_before = when(rec.get(b"not_before")) if rec.get(b"status") == b"queued" else None
     rows = [_row.decode(a) for a in attempts]
@@ -172,7 +175,8 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
         started=when(rec.get(b"started")), finished=when(rec.get(b"finished")),
         tool_calls=calls,
         # (its output is signed with its outcome, its progress not: checked before shown)
-        progress=one_json_line(rec.get(b"progress")), output=_raw(rec, b"output"),
+        progress=one_json_line(rec.get(b"progress")),
+        output=_raw(rec, b"output") if ended else None,
         error=_error.decode(err) if err else None,
         attempts=tried, usage=usage, options=options_in(rec.get(b"options")),
         # (its first claim's time: as a node's journal reads it, from its acceptance)
