@@ -722,3 +722,46 @@ def test_a_tenants_agent_of_every_tool_calls_its_tenants_agents_and_no_others(
     # (the Dispatcher's not-found offers a name the caller sees: its tenant's alone)
     assert other["error"] == jsonrpc.NOT_FOUND and other["message"] in (
         "no such agent: target", "no such agent: target (did you mean `beta-target`?)"), other
+
+
+# the allowlists' names (the caller agent's `corral__target`; the client's `pol__http_get`,
+# and `corral__target` at /mcp/corral) and what spells a glob character in their place
+LISTED_DOORS = (*DOORS, *TOKEN_DOORS, AGENTS_CLIENT)
+
+
+def spelled(name: str) -> list[str]:
+    """Names that spell a wildcard where `name` has a letter (`?`, a bracket class of it,
+    `*` after it): each one fnmatch would read as a pattern matching `name`."""
+    return [f"{name[:-1]}?", f"{name[:-1]}[{name[-1]}]", f"{name}*",
+            f"{name[:-2]}[{name[-2]}]{name[-1]}"]
+
+
+@pytest.mark.deadline(180)
+@pytest.mark.parametrize("door", LISTED_DOORS)
+def test_a_listed_name_is_admitted_and_one_that_spells_a_wildcard_is_not_at_every_door(
+        daemon: Entry, door: str) -> None:
+    """The identity and view link for a pattern of no wildcard, compared as a name, not
+    matched (decision 2025): a name listed as it is by the caller's allowlist is admitted
+    at every door; a name that spells a glob character in its place (`?`, a bracket class,
+    `*`) is no name the list admits, and is refused by the link in its one form, naming
+    it and the caller."""
+    d = daemon
+    n = LISTED_DOORS.index(door)  # (each door's output its own)
+    client = door in (*TOKEN_DOORS, AGENTS_CLIENT)
+    if door in TOKEN_DOORS and "NAME" not in door:  # (an agent is /mcp/corral's)
+        tool, arguments = "pol__http_get", {"host": f"listed{n}.example"}
+        text = f'http_get {{"host": "listed{n}.example"}}'
+    else:
+        tool, arguments = "corral__target", {"do": "echo", "listed": n}
+        text = f'{{"do":"echo","listed":{n}}}'
+    said = Made(d, "caller", door, tool, arguments).outcome()
+    assert said == {"text": text, "isError": False}, said
+    for name in spelled(tool):
+        said = Made(d, "caller", door, name, arguments).outcome()
+        if client:
+            assert said == {"error": jsonrpc.TOOL_NOT_ALLOWED, "message": f"tool {name} is "
+                            f"not allowed for gateway client {CLIENT} (its tools allowlist: "
+                            f"{CLIENT_TOOLS})"}, said
+        else:
+            assert said["error"] == jsonrpc.TOOL_NOT_ALLOWED and said["message"].startswith(
+                f"tool {name} is not allowed for agent caller (its tools allowlist: ["), said
