@@ -12,6 +12,8 @@ import fnmatch
 import hashlib
 import http.client
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from corral import jsonrpc
 from corral.mcp.pool import allowed
 
 from .conftest import ROOT
-from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
 
 VERSION = "2026-07-28"
 SERVERS = Path(__file__).parent / "servers"
@@ -167,3 +169,100 @@ def test_allowed_is_fnmatchs_verdict_for_every_name_and_pattern() -> None:
     differ = [(name, p) for name, p in CASES
               if allowed(name, [p]) != fnmatch.fnmatchcase(name, p)]
     assert differ == [], differ
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[tuple[Daemon, str]]:
+    """A daemon of MCP server `pol` (tests/servers/policy_mcp.py, shared), its HTTP API
+    and /mcp on one address (its base URL given), a policy rule denying `pol__pay`, agent
+    `web-1` whose allowlist is `pol__http_get`, and tenant acme of default_deny."""
+    tmp, port = shared_tmpdir(), free_port()
+    with running_daemon(tmp, f"""
+[agents.web-1]
+command = ["{PY}", "{ROOT}/examples/misbehave.py"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+tools = ["pol__http_get"]
+
+[mcp_servers.pol]
+command = ["{PY}", "{SERVERS}/policy_mcp.py"]
+shared = true
+
+[[policy]]
+name = "no pay"
+match = {{ tool = "pol__pay" }}
+effect = "deny"
+
+[tenants.acme]
+default_deny = true
+""", extra=f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
+        yield d, f"http://127.0.0.1:{port}"
+
+
+def rest_call(base: str, token: str, tool: str, arguments: dict[str, Any]
+              ) -> tuple[int, dict[str, Any]]:
+    """POST /api/v1/tools/TOOL/call with `token`: the status and the JSON answered."""
+    req = urllib.request.Request(f"{base}/api/v1/tools/{tool}/call", method="POST",
+                                 data=json.dumps({"arguments": arguments}).encode(),
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+REST_DOOR = ("hole: the HTTP API's tools.call (POST /tools/NAME/call, `corral tools call`) "
+             "calls the pool itself, not through the chain: no view, policy or audit link")
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.xfail(strict=True, reason=REST_DOOR)
+def test_a_glob_tokens_rest_tool_call_is_held_to_its_agents_allowlists(
+        api: tuple[Daemon, str]) -> None:
+    """An API token of `mcp:call` with an agent glob (`--agents 'web-*'`) may call "only the
+    tools those agents' `tools` admit" (docs/guide.md, decision 172: the glob narrows the
+    tools at each call): at /mcp it calls pol__http_get and is refused pol__pay. The HTTP
+    API's POST /tools/NAME/call (tools.call) with the same token called pol__write_file:
+    the control method calls the pool (mcphandlers.tools_call), and its visibility rule
+    judges only whether the caller's tenant sees the server."""
+    d, base = api
+    token = d.json("token", "create", "web-glob", "--scope", "mcp:call", "--agents",
+                   "web-*")["token"]
+    said = rpc(f"{base}/mcp", token, "tools/call", {"name": "pol__write_file",
+                                                     "arguments": {"path": "/x"}})
+    assert said.get("error", {}).get("code") == jsonrpc.TOOL_NOT_ALLOWED, said
+    status, got = rest_call(base, token, "pol__write_file", {"path": "/x"})
+    assert status >= 400, (status, got)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.xfail(strict=True, reason=REST_DOOR)
+def test_a_tenants_rest_tool_call_is_held_to_its_default_deny(
+        api: tuple[Daemon, str]) -> None:
+    """A tenant's API token of `mcp:call`: at /mcp its call of a shared server's tool no
+    rule allows is refused by its tenant's default_deny. The HTTP API's tools.call with
+    the same token made the call."""
+    d, base = api
+    token = d.json("token", "create", "acme-rest", "--scope", "mcp:call", "--tenant",
+                   "acme")["token"]
+    said = rpc(f"{base}/mcp", token, "tools/call", {"name": "pol__http_get",
+                                                     "arguments": {"host": "a.example"}})
+    assert said.get("result", {}).get("isError") is True, said
+    status, got = rest_call(base, token, "pol__http_get", {"host": "a.example"})
+    assert status >= 400, (status, got)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.xfail(strict=True, reason=REST_DOOR)
+def test_a_policy_deny_holds_a_rest_tool_call(api: tuple[Daemon, str]) -> None:
+    """A policy rule's deny binds the operator's calls at the gateway (decision 1641: at
+    /mcp, and `corral mcp serve` as the socket's peer); at the HTTP API's tools.call a
+    token that is the operator there (no tenant, no glob) made the call the rule denies."""
+    d, base = api
+    token = d.json("token", "create", "ops-rest", "--scope", "mcp:call")["token"]
+    said = rpc(f"{base}/mcp", token, "tools/call", {"name": "pol__pay",
+                                                     "arguments": {"amount": 1}})
+    assert said.get("result", {}).get("isError") is True, said
+    status, got = rest_call(base, token, "pol__pay", {"amount": 1})
+    assert status >= 400 or got.get("isError") is True, (status, got)
