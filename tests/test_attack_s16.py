@@ -4,7 +4,7 @@ spell a pattern's glob characters; and the allowlist's promise for a resource (d
 protocol.md: `fs__file:///srv/*` admits only its resources under /srv) against a URI that
 spells its way out. Real daemons, a real MCP server of files that serves a URI as a
 naive one does (tests/servers/files_mcp.py), a tokens-file client at the gateway. A hole
-not yet closed is a strict xfail that names it."""
+not yet closed is a strict xfail that names it; one closed, a test of its refusal."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from corral.mcp.pool import allowed
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
 
 VERSION = "2026-07-28"
 SERVERS = Path(__file__).parent / "servers"
@@ -100,7 +101,9 @@ def read(d: Daemon, door: str, who: str, uri: str) -> dict[str, Any]:
     if door == "worker":
         said: dict[str, Any] = d.ask("tasks.run", {"agent": who, "input": {
             "server": "files", "uri": uri}})["output"]
-        return said if "error" in said else {"result": said}
+        if "error" in said:  # (the agent's {"error": code, "message"}, as JSON-RPC's)
+            return {"error": {"code": said["error"], "message": said["message"]}}
+        return {"result": said}
     return rpc(d.ask("gateway.status", {})["url"], TOKENS[who], "resources/read",
                {"uri": uri})
 
@@ -111,44 +114,54 @@ def text_of(said: dict[str, Any]) -> str:
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason="hole: a resource allowlist's pattern is matched "
-                   "on the URI as the caller spells it, dot segments and escapes too")
 @pytest.mark.parametrize("climb", ["pub/../private/key.txt", "pub/%2e%2e/private/key.txt",
-                                   "pub/./../private/key.txt"])
+                                   "pub/./../private/key.txt", "pub/%2e%2e%2fprivate/key.txt",
+                                   "pub/%252e%252e/private/key.txt"])
 @pytest.mark.parametrize("door", READ_DOORS)
 def test_a_resource_uri_that_climbs_out_of_its_allowlists_directory_is_refused(
         files: tuple[Daemon, Path], door: str, climb: str) -> None:
     """docs/protocol.md: `fs__file:///srv/*` admits only a server's resources under /srv.
-    The allowlist link matches the pattern on the URI as the caller wrote it, and fnmatch's
-    `*` takes `/` and `..` too: `file://ROOT/pub/../private/key.txt` is admitted by
+    The allowlist link matched the pattern on the URI as the caller wrote it, and
+    fnmatch's `*` takes `/` and `..`: `file://ROOT/pub/../private/key.txt` was admitted by
     `files__file://ROOT/pub/*`, and a server that reads the path it is given (as a naive
-    one does) answers the file outside pub/. At /mcp the URI must be one a server lists,
+    one does) answered the file outside pub/. At /mcp the URI must be one a server lists,
     or expand a template it lists (`file://ROOT/pub/{name}`, whose expression takes any
-    characters); on the worker link, any URI of the server named."""
+    characters); on the worker link, any URI of the server named. A URI with a dot
+    segment, raw or escaped (twice, too), is refused for its caller's allowlist, naming
+    the segment (decision 2051)."""
     d, tmp = files
     assert text_of(read(d, door, READER, f"file://{tmp}/pub/readme.txt")) == "public"
     said = read(d, door, READER, f"file://{tmp}/{climb}")
-    assert SECRET not in json.dumps(said), said
-    assert said.get("error", {}).get("code") == jsonrpc.TOOL_NOT_ALLOWED, said
+    assert said["error"] == {"code": jsonrpc.TOOL_NOT_ALLOWED, "message": (
+        f"resource files__file://{tmp}/{climb} is not allowed: its URI has the dot segment "
+        f"'{'.' if climb.startswith('pub/./') else '..'}', which no allowlist admits")}, said
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason="hole: decision 2025 admits a name equal to a "
-                   "pattern whose bracket class does not match it")
 @pytest.mark.parametrize("door", READ_DOORS)
 def test_a_uri_that_spells_its_allowlists_bracket_pattern_is_not_admitted_by_it(
         files: tuple[Daemon, Path], door: str) -> None:
-    """Decision 2025 compares a name with the allowlist (`qualified in patterns`) before it
-    matches the patterns with a wildcard, so a name that is a pattern's own text is
+    """Decision 2025 compared a name with the allowlist (`qualified in patterns`) before it
+    matched the patterns with a wildcard, so a name that is a pattern's own text was
     admitted whether or not the pattern matches it: `report-[0-9].txt` admits report-3.txt
-    and, since 2025, the file named `report-[0-9].txt`, which its class matches not (on the
-    tree before, 5737a617, refused: fnmatch's semantics, which the decision says it keeps
-    for a pattern with `*`, `?` or `[`)."""
+    and, after 2025, the file named `report-[0-9].txt`, which its class matches not (on
+    the tree before, 5737a617, refused: fnmatch's semantics, which the decision says it
+    keeps for a pattern with `*`, `?` or `[`). A name that spells a wildcard is now only
+    matched (decision 2050): refused on the worker link by the allowlist, and at /mcp not
+    listed to the client, so no server it may use lists it."""
     d, tmp = files
     assert text_of(read(d, door, MONTHS, f"file://{tmp}/pub/report-3.txt")) == \
         "the third report"
-    said = read(d, door, MONTHS, f"file://{tmp}/pub/report-[0-9].txt")
-    assert said.get("error", {}).get("code") == jsonrpc.TOOL_NOT_ALLOWED, said
+    uri = f"file://{tmp}/pub/report-[0-9].txt"
+    said = read(d, door, MONTHS, uri)
+    if door == "worker":
+        assert said["error"] == {"code": jsonrpc.TOOL_NOT_ALLOWED, "message": (
+            f"resource files__{uri} is not allowed (allowlist: "
+            f"['files__{uri}'])")}, said
+    else:
+        assert said["error"] == {"code": jsonrpc.INVALID_PARAMS, "data": {"uri": uri},
+                                 "message": f"resource {uri}: no server this client may "
+                                            "use lists it"}, said
 
 
 # names against patterns where a name's own text is a pattern: fnmatch's verdict is the one
@@ -161,11 +174,10 @@ CASES = [("srv__a[b]", "srv__a[b]"), ("srv__ab", "srv__a[b]"), ("srv__a[!b]", "s
          ("srv__x\n", "srv__x"), ("srv__x", "srv__x\n"), ("srv__a[]b]", "srv__a[]b]")]
 
 
-@pytest.mark.xfail(strict=True, reason="hole: decision 2025 admits a name equal to a "
-                   "pattern whose bracket class does not match it")
 def test_allowed_is_fnmatchs_verdict_for_every_name_and_pattern() -> None:
     """`allowed` compares a pattern with no wildcard as a name (decision 2025): for every
-    name, whatever characters it spells, its verdict is fnmatchcase's."""
+    name, whatever characters it spells, its verdict is fnmatchcase's (a name that is the
+    text of a bracket pattern was admitted by it: decision 2050)."""
     differ = [(name, p) for name, p in CASES
               if allowed(name, [p]) != fnmatch.fnmatchcase(name, p)]
     assert differ == [], differ
@@ -212,57 +224,61 @@ def rest_call(base: str, token: str, tool: str, arguments: dict[str, Any]
         return e.code, json.loads(e.read() or b"{}")
 
 
-REST_DOOR = ("hole: the HTTP API's tools.call (POST /tools/NAME/call, `corral tools call`) "
-             "calls the pool itself, not through the chain: no view, policy or audit link")
+# each token's calls at both doors: (tool, arguments, what both answer), the answer a
+# refusal of the view link (its code and words) or the tool's result (its text, isError)
+WEB_GLOB = "tool {tool} is not allowed for gateway client token {name} (its tools " \
+    "allowlist: ['pol__http_get'])"
+DEFAULT_DENY = "tool call {tool} is denied: its tenant's policy is default_deny"
+NO_PAY = "tool call pol__pay is denied by policy rule no pay"
+REST_CASES = {
+    "glob": (("--agents", "web-*"), [
+        ("pol__write_file", {"path": "/x"}, (jsonrpc.TOOL_NOT_ALLOWED, WEB_GLOB)),
+        ("pol__http_get", {"host": "a.example"}, ('http_get {"host": "a.example"}', False)),
+        ("pol__pay", {"amount": 1}, (jsonrpc.TOOL_NOT_ALLOWED, WEB_GLOB))]),
+    "tenant": (("--tenant", "acme"), [
+        ("pol__http_get", {"host": "a.example"}, (DEFAULT_DENY, True)),
+        ("pol__pay", {"amount": 1}, (NO_PAY, True))]),
+    "operator": ((), [
+        ("pol__write_file", {"path": "/x"}, ('write_file {"path": "/x"}', False)),
+        ("pol__pay", {"amount": 1}, (NO_PAY, True))]),
+}
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason=REST_DOOR)
-def test_a_glob_tokens_rest_tool_call_is_held_to_its_agents_allowlists(
-        api: tuple[Daemon, str]) -> None:
-    """An API token of `mcp:call` with an agent glob (`--agents 'web-*'`) may call "only the
-    tools those agents' `tools` admit" (docs/guide.md, decision 172: the glob narrows the
-    tools at each call): at /mcp it calls pol__http_get and is refused pol__pay. The HTTP
-    API's POST /tools/NAME/call (tools.call) with the same token called pol__write_file:
-    the control method calls the pool (mcphandlers.tools_call), and its visibility rule
-    judges only whether the caller's tenant sees the server."""
+@pytest.mark.parametrize("who", sorted(REST_CASES))
+def test_a_tokens_rest_tool_call_is_judged_by_the_chain_as_at_mcp(
+        api: tuple[Daemon, str], who: str) -> None:
+    """The HTTP API's POST /tools/NAME/call (tools.call, `corral tools call`) called the
+    pool itself, past the chain: an API token of `mcp:call` with an agent glob called a
+    tool its agents' allowlists do not admit (docs/guide.md, decision 172: the glob
+    narrows the tools at each call), a tenant's token one its tenant's default_deny
+    refuses, and the operator's token one a policy rule denies (decision 1641: the rules
+    bind the operator's calls at the gateway); each was answered by the server. Now the
+    control method is a door of the one chain for the caller /mcp makes of its token
+    (decision 2052): each call is answered at REST as at /mcp, and each made or refused
+    is the audit link's `gateway.call` row naming the token."""
     d, base = api
-    token = d.json("token", "create", "web-glob", "--scope", "mcp:call", "--agents",
-                   "web-*")["token"]
-    said = rpc(f"{base}/mcp", token, "tools/call", {"name": "pol__write_file",
-                                                     "arguments": {"path": "/x"}})
-    assert said.get("error", {}).get("code") == jsonrpc.TOOL_NOT_ALLOWED, said
-    status, got = rest_call(base, token, "pol__write_file", {"path": "/x"})
-    assert status >= 400, (status, got)
+    how, cases = REST_CASES[who]
+    name = f"rest-{who}"
+    token = d.json("token", "create", name, "--scope", "mcp:call", *how)["token"]
 
-
-@pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason=REST_DOOR)
-def test_a_tenants_rest_tool_call_is_held_to_its_default_deny(
-        api: tuple[Daemon, str]) -> None:
-    """A tenant's API token of `mcp:call`: at /mcp its call of a shared server's tool no
-    rule allows is refused by its tenant's default_deny. The HTTP API's tools.call with
-    the same token made the call."""
-    d, base = api
-    token = d.json("token", "create", "acme-rest", "--scope", "mcp:call", "--tenant",
-                   "acme")["token"]
-    said = rpc(f"{base}/mcp", token, "tools/call", {"name": "pol__http_get",
-                                                     "arguments": {"host": "a.example"}})
-    assert said.get("result", {}).get("isError") is True, said
-    status, got = rest_call(base, token, "pol__http_get", {"host": "a.example"})
-    assert status >= 400, (status, got)
-
-
-@pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason=REST_DOOR)
-def test_a_policy_deny_holds_a_rest_tool_call(api: tuple[Daemon, str]) -> None:
-    """A policy rule's deny binds the operator's calls at the gateway (decision 1641: at
-    /mcp, and `corral mcp serve` as the socket's peer); at the HTTP API's tools.call a
-    token that is the operator there (no tenant, no glob) made the call the rule denies."""
-    d, base = api
-    token = d.json("token", "create", "ops-rest", "--scope", "mcp:call")["token"]
-    said = rpc(f"{base}/mcp", token, "tools/call", {"name": "pol__pay",
-                                                     "arguments": {"amount": 1}})
-    assert said.get("result", {}).get("isError") is True, said
-    status, got = rest_call(base, token, "pol__pay", {"amount": 1})
-    assert status >= 400 or got.get("isError") is True, (status, got)
+    def rows() -> int:
+        return sum(1 for e in d.ask("audit.list", {"limit": 1000})["entries"]
+                   if e["method"] == "gateway.call"
+                   and e["params"].get("client") == f"token {name}")
+    before = rows()
+    for tool, arguments, (said, error) in cases:
+        at_mcp = rpc(f"{base}/mcp", token, "tools/call", {"name": tool,
+                                                          "arguments": arguments})
+        at_rest = rest_call(base, token, tool, arguments)
+        if isinstance(said, int):  # a refusal of the view link
+            words = error.replace("{tool}", tool).replace("{name}", name)
+            assert at_mcp["error"] == {"code": said, "message": words}, at_mcp
+            assert at_rest == (403, {"type": "about:blank", "title": "forbidden",
+                                     "status": 403, "detail": words, "code": said}), at_rest
+        else:
+            answer = {"content": [{"type": "text", "text": said.replace("{tool}", tool)}],
+                      "isError": error}
+            assert at_mcp["result"] == {**answer, "resultType": "complete"}, at_mcp
+            assert at_rest == (200, answer), at_rest
+    wait_until(lambda: rows() == before + 2 * len(cases), 60, "the calls' audit rows")

@@ -8,6 +8,7 @@ the same reason until then."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from corral import jsonrpc
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
+
+POOL = concurrent.futures.ThreadPoolExecutor(1)
 
 HERE = Path(__file__).parent
 TRUSTED = "Fetch a URL and return its text."
@@ -99,7 +102,9 @@ def test_a_changed_definition_is_blocked_until_a_person_approves_it(daemon: Daem
     assert f'+  "description": "{PULLED}",' in shown_cli
     assert shown_cli[-1].startswith("pending")
     # meanwhile it is still pinned as it was, its change waiting; listings hide it (its
-    # new description may be the attack), and a call that is no agent's is refused
+    # new description may be the attack), and the operator's own call asks a person too
+    # (`corral tools call` is a door of the chain, as `corral mcp serve` is: decision
+    # 2052), refused once denied
     [pin] = d.json("tools", "pins")
     assert (pin["digest"], pin["drifted"]) == (pinned, shown["pin"]["digest"])
     assert "drift__fetch" not in [t["name"] for t in d.ask("tools.list")["tools"]]
@@ -108,7 +113,12 @@ def test_a_changed_definition_is_blocked_until_a_person_approves_it(daemon: Daem
         "TOOL          DIGEST        STATE",
         f"drift__fetch  {pinned[:12]}  changed to {shown['pin']['digest'][:12]}: waits "
         "for approval"]
-    operator = d.cli("tools", "call", "drift__fetch", "--args", '{"url": "x"}')
+    calling = POOL.submit(d.cli, "tools", "call", "drift__fetch", "--args", '{"url": "x"}')
+    held = wait_for(lambda: [a for a in d.ask("approvals.list")["asks"]
+                             if a["subject"]["arguments"] == {"url": "x"}], "the operator's ask")
+    assert not calling.done() and held[0]["agent"] == "operator", held
+    assert d.cli("approvals", "deny", held[0]["id"]).returncode == 0
+    operator = calling.result(60)
     assert operator.returncode != 0
     assert "tool drift__fetch is blocked: its definition changed since it was pinned " \
            "(description differ" in operator.stderr

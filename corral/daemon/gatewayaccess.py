@@ -41,7 +41,7 @@ from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Auditor, Dispatcher
 from .attribution import AttemptMark, Attribution
 from .audit import failure_of, gateway_call, outcome_of
-from .caller import ClientEnded
+from .caller import Caller, ClientEnded
 from .gatewaylimits import CallCounter, Limiter
 from .gatewayskills import METHODS as SKILL_METHODS
 from .gatewayskills import GatewaySkills, is_skill, pooled
@@ -201,7 +201,7 @@ class GatewayService:
         """What a revoked token held at the gateway ends: its sessions, and its per-agent
         instances, whose owner no later token is (decision 1831)."""
         self.stream.emit(ClientEnded(f"token {e.token.name}", e.token.created))
-        self.tools.forget(_owner_of(e.token).__eq__, "its token revoked")
+        self.tools.forget(_owner_of(e.token.name, e.token.created).__eq__, "its token revoked")
 
     def configure(self, settings: GatewaySettings, base: Path, teams: Iterable[str] = ()
                   ) -> list[str]:
@@ -352,11 +352,21 @@ class GatewayService:
             # a token that is one, refused for its scopes: 403, not an unknown token's 401
             raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: token {token.name} lacks the "
                                               "mcp:call scope the gateway needs")
-        return Identity(name=f"token {token.name}", owner=_owner_of(token),
-                        allow=self._token_allow(token.agents, token.tenant),
-                        tenant=token.tenant, agents=token.agents, scopes=token.scopes,
-                        operator=token.tenant is None, since=token.created,
-                        until=token.expires, **self._limits())
+        return msgspec.structs.replace(self.identity_of(Caller(
+            via="http", token=token.name, scopes=token.scopes, agents=token.agents,
+            tenant=token.tenant, since=token.created)), until=token.expires)
+
+    def identity_of(self, caller: Caller) -> Identity:
+        """A command's caller at the gateway's chain (decision 2052): an API token's holder
+        as /mcp makes it, the socket's operator as `corral mcp serve`'s peer (its uid)."""
+        if caller.token is not None:
+            return Identity(name=f"token {caller.token}", owner=_owner_of(caller.token,
+                            caller.since), allow=self._token_allow(caller.agents, caller.tenant),
+                            tenant=caller.tenant, agents=caller.agents, scopes=caller.scopes,
+                            operator=caller.tenant is None, since=caller.since, **self._limits())
+        if caller.limited:  # (a dashboard's login: no caller of tools.call today)
+            raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: {caller.who} calls tools at /mcp")
+        return msgspec.structs.replace(self.identify(), who=(caller.uid, caller.pid))
 
     def _token_allow(self, agents: str | None, tenant: str | None) -> list[str] | None:
         servers = {n: e.spec for n, e in self.tools.servers.items()}
@@ -951,10 +961,10 @@ class GatewayService:
 NO_SUCH_TOOL = "(no such tool)"  # the calls of names no server has, counted together
 
 
-def _owner_of(token: Token) -> str:
+def _owner_of(name: str, created: float | None) -> str:
     """An API token's owner of per-agent instances: its identity's, its name and the time
     it was made (a later token of its name never shares it, decision 1808)."""
-    return f"token:{token.name} of {token.created!r}"
+    return f"token:{name} of {created!r}"
 
 
 def _as_itself(item: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The MCP pool's methods' handlers: the servers' tools, resources and prompts listed and
-called as an operator (or as an agent's allowlist sees them), the servers started and
-stopped, and the gateway's figures (its clients reach it at `/mcp`)."""
+read as an operator (or as an agent's allowlist sees them), a tool called through the
+gateway's chain as its caller is there, the servers started and stopped, and the
+gateway's figures (its clients reach it at `/mcp`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..supervisor.tools import Tools
 from . import mcpfile
 from .api import Commands, by_name, wire
 from .caller import Caller, Channel
+from .gatewayaccess import GatewayService
 from .services import Services
 
 
@@ -31,6 +33,7 @@ class McpServices(msgspec.Struct, frozen=True):
     gateway_status: Callable[[], dict[str, Any]]  # the gateway's figures, beside the pool's
     config_path: Path  # whose mcp_servers_file `mcp add` and `mcp remove` write
     reload: Callable[[str], Awaitable[m.ReloadResult]]  # who asked -> what changed
+    gateway: GatewayService  # whose chain a tool call enters by (tools.call)
 
 
 COMMANDS: Commands[Services, McpServices] = Commands(by_name(McpServices))
@@ -81,7 +84,9 @@ async def tools_pins(d: McpServices, p: m.ToolsPins, caller: Caller, c: Channel
 
 @implements(m.ToolsCall)
 async def tools_call(d: McpServices, p: m.ToolsCall, caller: Caller, c: Channel) -> Any:
-    return await d.tools.call(p.name, p.arguments, owner=CLI_OWNER)
+    # a door of the one chain, as /mcp is for the same caller (decision 2052: it called
+    # the pool itself, past every link: an API token's glob, its tenant's rules, policy)
+    return await d.gateway.call(d.gateway.identity_of(caller), p.name, p.arguments)
 
 
 @implements(m.McpStatus)

@@ -13,6 +13,7 @@ import fnmatch
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, Protocol, TypeVar
+from urllib.parse import unquote
 
 import msgspec
 
@@ -25,6 +26,8 @@ from .relay import InputRelay
 
 SEP = "__"
 _WILD = re.compile(r"[*?[]").search  # what makes a pattern fnmatch's, not a name
+# where a server that reads a URI as a path may begin a segment of it
+_SEGMENTS = re.compile(r"[/\\?#;]").split
 
 # what a replica's status says that an MCP server instance's does not
 AGENT_ONLY = ("ready", "health", "status_text", "done", "stopped_by", "stopped_at",
@@ -102,9 +105,23 @@ def allowed(qualified: str, patterns: list[str]) -> bool:
     # ("*", anonymous_tools' and many a token's, admits every name: no match made a call;
     # a pattern with no wildcard is compared, not compiled: fnmatch's cache keeps tens of
     # thousands of the patterns it compiles, and the `spawns` lists of a fleet's agents
-    # made per job name names never used again)
-    return "*" in patterns or qualified in patterns or any(
+    # made per job name names never used again. A name that spells a wildcard is only
+    # matched: the pattern whose text it is may not match it, `a[b]` admitting `ab` alone)
+    return "*" in patterns or (qualified in patterns and not _WILD(qualified)) or any(
         fnmatch.fnmatchcase(qualified, p) for p in patterns if _WILD(p))
+
+
+def dot_segment(uri: str) -> str | None:
+    """The dot segment (`.`, `..`) a resource's URI has as a server may read it, its
+    escapes decoded (an escape of an escape too), or None. An allowlist's pattern is
+    matched on the URI as written, and fnmatch's `*` takes `/` and `..`: a URI that
+    climbs out of the directory a pattern names would be admitted by it."""
+    for _ in range(3):
+        decoded = unquote(uri)
+        if decoded == uri:
+            break
+        uri = decoded
+    return next((s for s in _SEGMENTS(uri) if s in (".", "..")), None)
 
 
 def could_match(server: str, pattern: str) -> bool:
@@ -340,16 +357,26 @@ class McpPool(Generic[Spec, Inst]):
     async def read_resource(self, server: str, uri: str, *, owner: str | None = None,
                             allow: list[str] | None = None,
                             relay: InputRelay | None = None) -> Any:
-        entry, inst = await self._admitted(server, "resource", f"{server}{SEP}{uri}",
-                                           owner, allow)
+        entry, inst = await self._resource(server, uri, owner, allow)
         return await inst.client.read_resource(uri, entry.spec.timeout, relay)
+
+    async def _resource(self, server: str, uri: str, owner: str | None,
+                        allow: list[str] | None) -> tuple[ServerEntry[Spec, Inst], Inst]:
+        """A resource its caller's allowlist admits by a URI that climbs nowhere (none
+        of a caller no allowlist judges is refused for its path: all is its to read)."""
+        qualified = f"{server}{SEP}{uri}"
+        climb = None if allow is None or "*" in allow else dot_segment(uri)
+        if climb is not None:
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"resource {text.clip(qualified, 200)} is not allowed: its URI "
+                           f"has the dot segment {climb!r}, which no allowlist admits")
+        return await self._admitted(server, "resource", qualified, owner, allow)
 
     async def subscribe(self, server: str, uri: str, subscriber: str,
                         on_update: ResourceListener, *, owner: str | None = None,
                         allow: list[str] | None = None) -> None:
         """`on_update` hears each update of `uri` until `unsubscribe` by the same `subscriber`."""
-        entry, inst = await self._admitted(server, "resource", f"{server}{SEP}{uri}",
-                                           owner, allow)
+        entry, inst = await self._resource(server, uri, owner, allow)
         if not (inst.client.capabilities.get("resources") or {}).get("subscribe"):
             raise RpcError(jsonrpc.REFUSED, f"MCP server {server} does not offer resource "
                                             "subscriptions")

@@ -18,8 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from corral import jsonrpc
+from corral.cli.client import CallFailed
 
 from ..conftest import ROOT
+from ..contract.home import Tenant
 from ..daemon_harness import corral_popen
 from ..test_daemon_cli import wait_until
 from .conftest import (
@@ -42,6 +44,39 @@ from .door_agent import VERSION, gateway
 
 PATIENCE = 60.0
 POOL = concurrent.futures.ThreadPoolExecutor(4)
+# the command layer's tools.call (decision 2052): the HTTP API's POST /tools/NAME/call as an
+# API token of mcp:call of no tenant, and `corral tools call`'s control method as the
+# socket's operator; each a door of the one chain, as the operator's host's at stdio
+REST_OPERATOR, CONTROL_OPERATOR = "REST operator", "control operator"
+COMMAND_DOORS = (REST_OPERATOR, CONTROL_OPERATOR)
+_REST_TOKENS: dict[int, Tenant] = {}
+
+
+def rest_operator(d: Entry) -> Tenant:
+    """The first entry's REST API as the home's API token of mcp:call (made once)."""
+    rest = _REST_TOKENS.get(id(d.home))
+    if rest is None:
+        made = d.cli("token", "create", "door-rest", "--scope", "mcp:call")
+        assert made.returncode == 0, made.stderr
+        rest = _REST_TOKENS[id(d.home)] = Tenant(d.home.ports[0], made.stdout.strip())
+    return rest
+
+
+def command_call(d: Entry, door: str, tool: str, arguments: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """A tools.call at a command door: its outcome as door_agent.py's `gateway` says one."""
+    if door == REST_OPERATOR:
+        status, said = rest_operator(d)("POST", f"/tools/{tool}/call",
+                                        {"arguments": arguments})
+        if status != 200:
+            return {"error": said.get("code"), "message": said.get("detail")}
+    else:
+        try:
+            said = d.ask("tools.call", {"name": tool, "arguments": arguments})
+        except CallFailed as e:
+            return {"error": e.code, "message": e.message}
+    content = said.get("content") or [{}]
+    return {"text": content[0].get("text"), "isError": bool(said.get("isError"))}
 
 
 class Made:
@@ -57,6 +92,11 @@ class Made:
             agent, door = f"{agent}-idle", "worker-no-task"
         self.d, self.agent = d, agent
         self.task_id: str | None = None
+        if door in COMMAND_DOORS:
+            self.agent = "token door-rest" if door == REST_OPERATOR else "operator"
+            self.owner = f"replica:gateway:{self.agent}:"
+            self.future = POOL.submit(command_call, d, door, tool, arguments)
+            return
         if door in TASK_DOORS:
             calls = [*(before or []), {"door": door, "tool": tool, "arguments": arguments,
                                        "key": key}]
@@ -248,14 +288,15 @@ def recorded(d: Entry, made: Made, kind: str, target: str, before: int) -> None:
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("door", (*DOORS, *CLIENT_DOORS, AGENTS_CLIENT))
+@pytest.mark.parametrize("door", (*DOORS, *CLIENT_DOORS, AGENTS_CLIENT, *COMMAND_DOORS))
 def test_a_policy_deny_is_the_tools_error_and_recorded(daemon: Entry, door: str) -> None:
     """The policy rules link: a rule's deny, whatever the door and whoever calls (a
-    client that is no agent's too, the operator's own host included: decision 1641); the
+    client that is no agent's too, the operator's own host included: decision 1641; the
+    operator's tools.call by the HTTP API and the control socket: decision 2052); the
     refusal the boundary's (`boundary.refused` of kind policy, its one audit row)."""
     tool, rule, arguments = ("corral__denied", "no denied agent", {"amount": 1}) \
         if "corral" in door else ("pol__http_get", "no pay host", {"host": "pay.example"}) \
-        if door in CLIENT_DOORS else ("pol__pay", "no pay", {"amount": 1})
+        if door in (*CLIENT_DOORS, *COMMAND_DOORS) else ("pol__pay", "no pay", {"amount": 1})
     target = f"{tool} (policy rule {rule})"
     before = len(refused(daemon, "policy", target))
     made = Made(daemon, "caller", door, tool, arguments)
@@ -380,7 +421,7 @@ def tool_rows(d: Entry, tool: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("door", DOORS + CLIENT_DOORS)
+@pytest.mark.parametrize("door", DOORS + CLIENT_DOORS + COMMAND_DOORS)
 def test_the_call_is_audited(daemon: Entry, door: str) -> None:
     """The audit link: one row of the audit log a call, naming its tool (a cluster's
     audit is each node's: the row is the node's that ran the call)."""
