@@ -12,6 +12,8 @@ import fnmatch
 import hashlib
 import http.client
 import json
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,13 +26,16 @@ import pytest
 from corral import jsonrpc
 from corral.mcp.pool import allowed
 
+from .cluster.harness import STEADY_TTL
 from .conftest import ROOT
+from .contract.home import KINDS, Home, made
 from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 VERSION = "2026-07-28"
 SERVERS = Path(__file__).parent / "servers"
 AGENT = Path(__file__).parent / "attack_s16_agent.py"
+SPENDER = Path(__file__).parent / "attack_s16_spender.py"
 SECRET = "the key of a file outside every allowlist"
 # a tokens-file client and an agent of each allowlist: the files under pub/, pub/'s
 # numbered reports
@@ -282,3 +287,39 @@ def test_a_tokens_rest_tool_call_is_judged_by_the_chain_as_at_mcp(
             assert at_mcp["result"] == {**answer, "resultType": "complete"}, at_mcp
             assert at_rest == (200, answer), at_rest
     wait_until(lambda: rows() == before + 2 * len(cases), 60, "the calls' audit rows")
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def home(request: pytest.FixtureRequest) -> Iterator[Home]:
+    """Both homes (a node's, two cluster nodes on a real redis-server): agent `victim`
+    (examples/misbehave.py) and agent `spender` (tests/attack_s16_spender.py)."""
+    directory = Path(tempfile.mkdtemp(prefix="attack16-"))
+    agents = "".join(f'[agents.{name}]\ncommand = ["{PY}", "{path}"]\n'
+                     f'env = {{ PYTHONPATH = "{ROOT}" }}\n\n'
+                     for name, path in (("victim", ROOT / "examples" / "misbehave.py"),
+                                        ("spender", SPENDER)))
+    try:
+        with made(request.param, directory, agents, ttl=STEADY_TTL) as h:
+            yield h
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.deadline(180)
+def test_an_agents_usage_report_naming_another_agents_task_is_in_no_view(home: Home) -> None:
+    """The view's usage (decision 2036: on the cluster, each claim's carried by its
+    attempt's write, and added up): a worker's `usage/report` is taken as reported, for a
+    task of its own agent; one naming another agent's task, finished or not known to its
+    node, counts in neither task's view at any entry, on either home, and the reporter's
+    own task says its own usage alone."""
+    victim = home.run("victim", {"do": "echo"})
+    assert victim["status"] == "succeeded", victim
+    for at in range(len(home.entries)):  # (each entry's node may run the spender)
+        spent = home.run("spender", {"victim": victim["task_id"]}, at)
+        assert spent["status"] == "succeeded", spent
+        for seen in range(len(home.entries)):
+            own = home.task(spent["task_id"], seen)["usage"]
+            assert (own["input_tokens"], own["output_tokens"], own["cost_usd"],
+                    sorted(own["models"])) == (1, 2, 0.25, ["own"]), own
+    for seen in range(len(home.entries)):
+        assert home.task(victim["task_id"], seen)["usage"] is None, seen
