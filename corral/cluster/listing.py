@@ -1,7 +1,8 @@
 """`corral tasks` of a cluster, read from two sorted sets the task scripts keep (`live`,
 `done`), never by scanning keys. Every score is 0 and task ids (UUIDv7) sort by time: a
 page is a range by id, newest first; other filters are applied to the records, a batch at
-a time. A member whose record has expired is dropped as it is met.
+a time. A member whose record has expired is dropped as it is met; a record that does not parse (a
+Redis writer's) is passed over, never the listing's failure.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ async def page(redis: Any, keys: Keys, trust: Trust, *, agent: str | None,
         if not ids:
             break
         for tid, rec in zip(ids, await _records(redis, keys, ids), strict=True):
-            summary = _summary(tid, rec, trust)
+            try:
+                summary = _summary(tid, rec, trust)
+            except ValueError:  # a Redis writer's garbage in it: not listed, kept
+                continue
             if summary is None:
                 gone.append(tid)
             elif ((agent is None or summary.agent == agent)
@@ -102,7 +106,8 @@ async def _next_ids(redis: Any, sets: list[str], high: str, low: str
 async def _records(redis: Any, keys: Keys, ids: list[bytes]) -> list[list[Any]]:
     def fill(pipe: Any) -> None:
         for tid in ids:
-            t = tid.decode()
+            # (a member that is no UTF-8 names no record: dropped as one expired)
+            t = tid.decode(errors="replace")
             pipe.hmget(keys.task(t), *_FIELDS)
             pipe.llen(keys.attempts(t))
 
