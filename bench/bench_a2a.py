@@ -18,7 +18,9 @@ task or a message.
 Each figure gives the messages per second, the latency's p50 and p99, and for corral the
 CPU the daemon spent a message (its process's user + system time over the figure; what
 the shared cores' load does not change much), and its main thread's alone (`loop_cpu_us`:
-the event loop, one core at most, so what bounds the rate on an idle second core).
+the event loop, one core at most, so what bounds the rate on an idle second core), and
+that thread's wait for a core while it could run (`loop_wait_us`: how loaded the host was
+for it; /proc's schedstat).
 `--rounds R` takes each figure R times, the servers alternated figure by figure, and
 gives each one's median (and its rounds).
 `--vs TREE`: beside this tree's daemon, the daemon of another checkout (e.g. a worktree of
@@ -208,20 +210,36 @@ def cpu(pid: int | None) -> tuple[float, float, float]:
     return t.user + t.system, main, kids
 
 
+def waited(pid: int | None) -> float:
+    """The seconds the process's main thread (corral's loop) has waited for a core while it
+    could run (/proc's schedstat): what a loaded host adds to each of its turns."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except OSError:
+        return 0.0
+    return int(stat[1]) / 1e9
+
+
 def drive(url: str, total: int, conc: int, pid: int | None = None) -> dict[str, Any]:
     """`total` messages at `conc`; with `pid`, the CPU that server process spent a
-    message (and its children: corral's workers), and the load generator's."""
+    message (and its children: corral's workers), its loop's wait for a core, and the
+    load generator's CPU."""
+    wait = waited(pid)
     before, main, kids = cpu(pid)
     gen = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, "-c", LOADGEN, url, str(total), str(conc)],
                          capture_output=True, text=True, check=True)
     gen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after, main_after, kids_after = cpu(pid)
+    wait_after = waited(pid)
     got = json.loads(out.stdout)
     lat = sorted(got["lat"])
     n = max(1, len(lat))
     spent = {"daemon_cpu_us": round((after - before) / n * 1e6),
              "loop_cpu_us": round((main_after - main) / n * 1e6),
+             "loop_wait_us": round((wait_after - wait) / n * 1e6),
              "workers_cpu_us": round((kids_after - kids) / n * 1e6)} if pid is not None else {}
     spent["loadgen_cpu_us"] = round((gen_after.ru_utime + gen_after.ru_stime - gen.ru_utime
                                      - gen.ru_stime) / n * 1e6)
@@ -231,8 +249,8 @@ def drive(url: str, total: int, conc: int, pid: int | None = None) -> dict[str, 
             "errors": got["bad"], "first_error": got["first_bad"]} | spent
 
 
-FIGURES = ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us", "loop_cpu_us", "workers_cpu_us",
-           "loadgen_cpu_us")
+FIGURES = ("per_s", "p50_ms", "p99_ms", "daemon_cpu_us", "loop_cpu_us", "loop_wait_us",
+           "workers_cpu_us", "loadgen_cpu_us")
 
 
 def served(figure: dict[str, Any]) -> float:

@@ -39,6 +39,12 @@ HERE_MAX = 16
 HERE_BYTES = 64 * 1024  # and a batch this large in all (a task's output, a checkpoint)
 HERE_SLOW = 0.02
 HERE_PAUSE = 10.0
+# and a loop asked for more than HERE_BUSY commits in a HERE_WINDOW is busy: the batches of
+# a GroupCommit that `yields` are then the thread's, which makes each beside the loop's next
+# batch on another core (a lone caller's few commits stay on the loop, where no hand-over
+# can delay them)
+HERE_BUSY = 4
+HERE_WINDOW = 0.02
 # the WAL file's size kept after the writer starts it again from its beginning: a burst's
 # high-water (10,000 tasks suspended at once left 180 MB) is given back
 WAL_KEPT_BYTES = 16 * 1024 * 1024
@@ -132,7 +138,9 @@ class WriterThread:
     `run_on_loop(job)` runs a small job on the loop, on the same connection, only when that
     cannot hold the loop up or reorder jobs: nothing queued or running, sync "normal", the
     last such job quick, and a lock held elsewhere makes it give way. It saves the two
-    hand-overs a busy host can each delay by a scheduler tick (bench/RESULTS.md)."""
+    hand-overs a busy host can each delay by a scheduler tick (bench/RESULTS.md). A job
+    that `yields` is not run there while the loop is busy with commits (HERE_BUSY): the
+    thread's SQLite work then runs beside the loop (decision 2055)."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
@@ -152,6 +160,11 @@ class WriterThread:
         self._unfinished = 0
         self._count_lock = threading.Lock()
         self._here_until = 0.0  # after a slow job on the loop: none there before this
+        # the loop's asks to commit counted in windows of HERE_WINDOW: this one's end, its
+        # count so far, and whether the last window's made the loop busy
+        self._window_ends = 0.0
+        self._asked = 0
+        self._busy = False
         # the connection's busy timeout is 0 while the loop runs jobs on it (it must never
         # wait for a lock there) and the thread's own otherwise; it is set back only when
         # the other side runs next, not twice a job
@@ -162,16 +175,31 @@ class WriterThread:
         self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
         self._thread.start()
 
+    def _busy_at(self, now: float) -> bool:
+        """Whether the loop is busy with commits: more than HERE_BUSY asked of it in this
+        window or in the last (an ask that then goes to the thread counts once)."""
+        if now >= self._window_ends:
+            # (a window with no ask between it and this one: not busy)
+            self._busy = (self._asked > HERE_BUSY
+                          and now < self._window_ends + HERE_WINDOW)
+            self._window_ends, self._asked = now + HERE_WINDOW, 0
+        return self._busy or self._asked >= HERE_BUSY
+
     def run(self, job: Job, done: Done = None) -> None:
+        """(On the loop: its asks are counted.)"""
+        self._asked += 1
         with self._count_lock:
             self._unfinished += 1
         self.handed += 1
         self._jobs.put((job, done))
 
-    def run_on_loop(self, job: Job) -> tuple[bool, str | None]:
+    def run_on_loop(self, job: Job, *, yields: bool = False) -> tuple[bool, str | None]:
         """(True, its error or None), or (False, None) when it was not run and should be
         given to `run`."""
-        if self.sync != "normal" or self._closing or time.monotonic() < self._here_until:
+        if self.sync != "normal" or self._closing:
+            return False, None
+        now = time.monotonic()
+        if (self._busy_at(now) and yields) or now < self._here_until:
             return False, None
         with self._count_lock:
             if self._unfinished:
@@ -205,6 +233,7 @@ class WriterThread:
             with self._count_lock:
                 self._unfinished -= 1
         self.here += 1
+        self._asked += 1
         self.checkpointer.wrote()
         return True, None
 
@@ -333,7 +362,8 @@ class GroupCommit(Generic[V]):
     in `committed()` resolves, or fails with `error_type`. Not `keep`: a batch that fails
     is told to its waiters and dropped (their writes were refused, as a command's are).
     `shared`: `job` runs inside the writer thread's transaction (WriterThread), so that
-    batches of several GroupCommits queued together share one commit."""
+    batches of several GroupCommits queued together share one commit. `yields`: its small
+    batches are the thread's while the loop is busy with commits (`run_on_loop`)."""
 
     def __init__(self, thread: WriterThread,
                  job: Callable[[sqlite3.Connection, list[V]], None],
@@ -342,8 +372,9 @@ class GroupCommit(Generic[V]):
                  size: Callable[[V], int] | None = None,
                  error_type: Callable[[str], Exception] | None = None,
                  explain: Callable[[str], str] | None = None, keep: bool = True,
-                 shared: bool = False) -> None:
+                 shared: bool = False, yields: bool = False) -> None:
         self.thread = thread
+        self._yields = yields
         self._keep = keep
         self._shared = shared
         self._job = job
@@ -453,7 +484,7 @@ class GroupCommit(Generic[V]):
 
         job: Job = InTransaction(write) if self._shared else write
         if len(batch) <= HERE_MAX and not self.outage.failing and size <= HERE_BYTES:
-            ran, error = self.thread.run_on_loop(job)
+            ran, error = self.thread.run_on_loop(job, yields=self._yields)
             if ran:
                 self._batch_done(done, items, batch, size, error)
                 return

@@ -172,7 +172,7 @@ class TaskJournalDB:
         # by id: the latest snapshot of each task; one GroupCommit with StoreWriter's kind
         self._group: GroupCommit[Row] = GroupCommit(
             self._writer, self._write, self._settled, merge=_merged, size=_size,
-            error_type=StoreError, explain=self._cannot, shared=True)
+            error_type=StoreError, explain=self._cannot, shared=True, yields=True)
         self._outage = self._group.outage  # since a write failed, until one works
         self._prune_timer: asyncio.TimerHandle | None = None
         # new tasks whose first row waits: id -> (when, arrival, the task), oldest first
