@@ -323,3 +323,29 @@ def test_an_agents_usage_report_naming_another_agents_task_is_in_no_view(home: H
                     sorted(own["models"])) == (1, 2, 0.25, ["own"]), own
     for seen in range(len(home.entries)):
         assert home.task(victim["task_id"], seen)["usage"] is None, seen
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("who", sorted(REST_CASES))
+def test_a_tokens_rest_tool_list_is_what_mcp_lists_for_it(api: tuple[Daemon, str],
+                                                          who: str) -> None:
+    """The HTTP API's GET /tools (tools.list) listed every server's every tool to an API
+    token of `mcp:call` with an agent glob, where /mcp lists it the tools its agents'
+    allowlists admit (its view: decision 172): the names of the tools it may not call.
+    Now a token's listing is the one /mcp makes for it (decision 2053), saying the
+    allowlist it took."""
+    d, base = api
+    how, _ = REST_CASES[who]
+    token = d.json("token", "create", f"list-{who}", "--scope", "mcp:call", *how)["token"]
+    req = urllib.request.Request(f"{base}/api/v1/tools",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        listed = json.loads(r.read())
+    at_mcp = rpc(f"{base}/mcp", token, "tools/list", {})["result"]["tools"]
+    every = ["pol__fetch", "pol__http_get", "pol__pay", "pol__read_mail", "pol__send_mail",
+             "pol__write_file"]
+    assert sorted(t["name"] for t in at_mcp) == (["pol__http_get"] if who == "glob"
+                                                 else every), at_mcp
+    assert sorted(t["name"] for t in listed["tools"]) == sorted(t["name"] for t in at_mcp)
+    assert listed.get("allow") == ({"glob": ["pol__http_get"], "tenant": ["*"]}.get(
+        who)), listed

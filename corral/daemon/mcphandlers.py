@@ -42,10 +42,14 @@ implements = COMMANDS.implements
 CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls
 
 
-def _lister(d: McpServices, agent: str | None) -> dict[str, Any]:
-    """Whose view a listing takes: an agent's (its allowlist) or the operator's (all)."""
+def _lister(d: McpServices, agent: str | None, caller: Caller) -> dict[str, Any]:
+    """Whose view a listing takes: an agent's (its allowlist), an API token's as /mcp
+    lists for it (its glob's agents' allowlists: decision 2053), or the operator's (all)."""
     if agent is None:
-        return {"owner": CLI_OWNER}
+        if caller.token is None:
+            return {"owner": CLI_OWNER}
+        ident = d.gateway.identity_of(caller)
+        return {"owner": ident.owner, **({} if ident.allow is None else {"allow": ident.allow})}
     a = d.agents.agent(agent)
     return {"owner": f"{a.name}#0", "allow": list(a.spec.tools)}
 
@@ -69,7 +73,7 @@ async def _listing(d: McpServices, who: dict[str, Any], server: str | None,
 
 @implements(m.ToolsList)
 async def tools_list(d: McpServices, p: m.ToolsList, caller: Caller, c: Channel) -> m.ToolList:
-    who = _lister(d, p.agent)
+    who = _lister(d, p.agent, caller)
     (tools,), unavailable, failed = await _listing(d, who, p.server, d.tools.list_tools)
     # with an agent, its allowlist, so an empty listing can say why
     return m.ToolList(tools=tools, unavailable=unavailable, failed=failed,
@@ -131,7 +135,7 @@ async def mcp_file(d: McpServices, p: m.McpAdd | m.McpRemove, caller: Caller, c:
 async def resources_list(d: McpServices, p: m.ResourcesList, caller: Caller, c: Channel
                          ) -> m.ResourceList:
     (resources, templates), unavailable, failed = await _listing(
-        d, _lister(d, p.agent), p.server, d.tools.list_resources,
+        d, _lister(d, p.agent, caller), p.server, d.tools.list_resources,
         d.tools.list_resource_templates)
     return m.ResourceList(resources=resources, resource_templates=templates,
                           unavailable=unavailable, failed=failed)
@@ -154,7 +158,7 @@ async def resources_read(d: McpServices, p: m.ResourcesRead, caller: Caller, c: 
 @implements(m.PromptsList)
 async def prompts_list(d: McpServices, p: m.PromptsList, caller: Caller, c: Channel
                        ) -> m.PromptList:
-    (prompts,), unavailable, failed = await _listing(d, _lister(d, p.agent), p.server,
+    (prompts,), unavailable, failed = await _listing(d, _lister(d, p.agent, caller), p.server,
                                                      d.tools.list_prompts)
     return m.PromptList(prompts=prompts, unavailable=unavailable, failed=failed)
 
