@@ -137,7 +137,10 @@ def start(out: str, every: float) -> threading.Thread:
         while True:
             time.sleep(every)
             seconds = round(time.monotonic() - began)
-            c = take()
+            try:
+                c = take()
+            except Exception as exc:  # (said in the file, and the next census tries again)
+                c = {"error": f"{type(exc).__name__}: {exc}"}
             c["seconds"] = seconds
             c["gc_objects"] = len(gc.get_objects())  # (the frozen left out)
             with open(out, "a") as f:
@@ -204,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.file is None:
         ap.error("a census file, or --site")
     rows = [json.loads(line) for line in a.file.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["seconds"] >= a.warmup]
+    for r in rows:
+        if "error" in r:
+            print(f"the census at {r['seconds']} s failed: {r['error']}")
+    rows = [r for r in rows if r["seconds"] >= a.warmup and "error" not in r]
     if len(rows) < 3:
         print(f"soak_census: {len(rows)} censuses past {a.warmup:g} s", file=sys.stderr)
         return 2
