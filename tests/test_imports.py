@@ -293,7 +293,9 @@ _NOT_USED = ("aiohttp", "redis", "opentelemetry", "prometheus_client", "anthropi
              "corral.daemon.teams.handlers", "corral.daemon.workflows.handlers",
              "corral.daemon.packages.build", "corral.daemon.packages.checked",
              "corral.daemon.packages.manifest", "corral.daemon.packages.requirements",
-             "uv._find_uv")
+             "uv._find_uv",
+             # imported where a drift's diff, a compressed rotation or a heap dump uses them
+             "difflib", "gzip", "ctypes.util")
 
 # the dataclasses a start still makes (~1-2 ms each at import, their methods compiled
 # from source; a msgspec Struct's class ~0.05 ms): the engine's and the daemon's records

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -39,6 +38,8 @@ class _MallInfo2(ctypes.Structure):
 
 def _mallinfo() -> dict[str, int] | None:
     """glibc's account of its heap (None elsewhere)."""
+    import ctypes.util  # (here and in a dump's other readers: a daemon's start pays none)
+
     name = ctypes.util.find_library("c")
     try:
         call = ctypes.CDLL(name).mallinfo2
@@ -107,6 +108,7 @@ def _malloc_heaps() -> list[dict[str, Any]] | None:
 
 def _sqlite() -> dict[str, int] | None:
     """The bytes SQLite holds now and at most (native, never traced)."""
+    import ctypes.util
     import sqlite3  # noqa: F401 - loads the library the daemon's connections use
 
     name = ctypes.util.find_library("sqlite3")

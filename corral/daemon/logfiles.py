@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import os
 import shutil
 import stat
@@ -69,6 +68,8 @@ def copy_name(path: str, n: int, compressed: bool) -> str:
 
 def compress(plain: str) -> None:
     """`plain` as `plain.gz`, written aside and renamed into place (or left, on failure)."""
+    import gzip  # here: only a rotation asked to compress pays for it, not a daemon's start
+
     done = plain + GZ
     part = done + ".part"
     try:

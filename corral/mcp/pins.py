@@ -8,7 +8,6 @@ tool is pinned once for every node and a person's approval holds on each.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import time
@@ -55,6 +54,8 @@ def digest_of(definition: dict[str, Any]) -> str:
 
 
 def difference(was: dict[str, Any], now: dict[str, Any]) -> str:
+    import difflib  # here: only a drifted tool's ask pays for it, not a daemon's start
+
     def lines(d: dict[str, Any]) -> list[str]:
         return json.dumps(d, sort_keys=True, indent=2).splitlines()
 
