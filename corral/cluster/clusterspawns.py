@@ -49,7 +49,7 @@ _lineage = msgspec.json.Decoder(tuple[int, str | None, str | None, str])
 # KEYS: SUBMIT's five (the child's), the parent's record, the parent's spawns
 # ARGV: SUBMIT's eleven (the child's), then the parent's fence token, the spawn's key,
 #       max_children of the parent's agent, the row (its MAC, a space, the child's id);
-#       then SUBMIT's last four (the child's place in its tree among them)
+#       then SUBMIT's last five (the child's place in its tree among them)
 # -> 1 spawned, {'full', n} the child's agent's queue is full, {'fence'} the parent is not this
 #    claim's, {'had', row} the key's row, {'fan', n} the parent has n children already
 SPAWN = submit_script(first="""
@@ -153,7 +153,7 @@ class ClusterSpawns(RedisPart):
             "" if order.timeout is None else repr(order.timeout),
             "" if order.retries is None else order.retries, repr(time.time()), self.node,
             max_queue, "0", trace_field(order.traceparent, order.tracestate),
-            task.token, order.key, order.max_children, row,
+            task.token, order.key, order.max_children, row, "",
             encoded(step_options(order.timeout, None)) or b"",
             lineage_field(self.trust, child_id, order.lineage, task.id), order.tenant,
             self.trust.sign(TENANT, child_id, order.agent, order.tenant)]

@@ -183,8 +183,10 @@ class ClusterTasks(RedisPart):
                 self.keys.priorities(tenant, p.agent), self.keys.agents, self.keys.live]
         # (its retries: its own policy's, else the claiming node's agent's)
         retries = "" if p.retry is None or p.retry.retries is None else p.retry.retries
+        options, now = options_of(p), time.time()
+        at = options.start_at(now)  # (checked at the door: clustered.py)
         args = [task_id, p.agent, raw, p.priority,
-                "" if p.timeout is None else repr(p.timeout), retries, repr(time.time()),
+                "" if p.timeout is None else repr(p.timeout), retries, repr(now),
                 self.membership.node, max_queue, "1" if watched else "0",
                 records.trace_field(p.traceparent, p.tracestate)]
         submit = self.scripts.submit
@@ -195,7 +197,7 @@ class ClusterTasks(RedisPart):
         # its place in a spawn tree, signed for every task: a place deleted by a Redis
         # writer must not read as a root's free of any reach
         reach = REACH.get()
-        args += [encoded(options_of(p)) or b"",
+        args += ["" if at is None else repr(at), encoded(options) or b"",
                  lineage_field(self.trust, task_id, ROOT if reach is None
                                else Lineage(0, reach[1], reach[0])),
                  tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]
@@ -204,7 +206,7 @@ class ClusterTasks(RedisPart):
             await self._landed_first(ride)
             carried = self.outbox.take(ride.tasks)
             keys += ride.keys
-            args[-4:-4] = ride.args([(self.keys.task(t.id), t.token, a[2])
+            args[-5:-5] = ride.args([(self.keys.task(t.id), t.token, a[2])
                                      for t, a in carried])
             submit = self.submit_batch.riding
         try:

@@ -9,7 +9,7 @@ The guarded scripts are SUBMIT's and SUBMIT_CLAIM's with the guard before them: 
 keys, then the call's and its steps' (KEYS[#KEYS - 1], KEYS[#KEYS]); their arguments,
 then the outcomes carried (one msgpack array of task key, fence, status, ...), the
 call's token and its rows (one msgpack array of field, signed row, ...) just before
-SUBMIT's last four (ARGV[#ARGV - 6] to ARGV[#ARGV - 4]), so that no argument either
+SUBMIT's last five (ARGV[#ARGV - 7] to ARGV[#ARGV - 5]), so that no argument either
 script reads moves.
 """
 
@@ -30,15 +30,15 @@ KEYS = 7  # a riding submit's keys (SUBMIT's five, the call's two); SUBMIT_CLAIM
 
 def _guarded(script: str, refused: str) -> str:
     return f"""local call = redis.call('HMGET', KEYS[#KEYS - 1], 'fence', 'status')
-if call[1] ~= ARGV[#ARGV - 5] or (call[2] and call[2] ~= 'running') then
+if call[1] ~= ARGV[#ARGV - 6] or (call[2] and call[2] ~= 'running') then
   return {refused}
 end
-local ended = cmsgpack.unpack(ARGV[#ARGV - 6])
+local ended = cmsgpack.unpack(ARGV[#ARGV - 7])
 for i = 1, #ended, 3 do
   local rec = redis.call('HMGET', ended[i], 'fence', 'status')
   if rec[1] ~= ended[i + 1] or rec[2] ~= ended[i + 2] then return {refused} end
 end
-local rows = cmsgpack.unpack(ARGV[#ARGV - 4])
+local rows = cmsgpack.unpack(ARGV[#ARGV - 5])
 for i = 1, #rows, 2 do redis.call('HSET', KEYS[#KEYS], rows[i], rows[i + 1]) end
 """ + script
 

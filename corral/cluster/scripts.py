@@ -98,17 +98,6 @@ do
 end"""
 
 
-# A task with a delay or a not_before (taskoptions.start_at) is held out of its stream, in
-# the due set (Keys.due), until a node's beat moves it there (due.py). `due`: that time,
-# or false (queued at once).
-_DUE = """local due = false
-local opts = ARGV[#ARGV - 3]
-if opts ~= '' and (string.find(opts, '"delay"', 1, true)
-    or string.find(opts, '"not_before"', 1, true)) then
-  local o, now = cjson.decode(opts), tonumber(ARGV[7])
-  local at = o['not_before'] or (o['delay'] and now + o['delay'])
-  if at and at > now then due = at end
-end"""
 
 
 # KEYS: task, stream, priorities (Keys.stream, Keys.priorities), agents (routes), live
@@ -117,8 +106,9 @@ end"""
 #       the claiming node's), created, submitted_on, max_queue (0: unbounded), '1' when
 #       a client waits for its progress (PROGRESS) else '0', the caller's trace context
 #       ('' none); LAST, after a variant's own arguments (so that none of them move), the
-#       task's options (JSON, '' none), its place in a spawn tree ('' none), its tenant
-#       and its MAC (trust.TENANT)
+#       time it may start at (taskoptions.start_at: '' at once), the task's options (JSON,
+#       '' none), its place in a spawn tree ('' none), its tenant and its MAC
+#       (trust.TENANT)
 # -> 1 accepted, 0 already accepted (a retried submit), {'full', what waits} the queue
 #    is full (its agent's max_queue: what waits unread in the stream, and what its route
 #    holds until its time)
@@ -126,7 +116,8 @@ def submit_script(first: str = "", entry: str = "local entry = {xadd}",
                   then: str = "") -> str:
     return f"""{first}
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-{_DUE}
+-- (held out of its stream, in the due set, until a node's beat moves it there: due.py)
+local due = tonumber(ARGV[#ARGV - 4])
 local max_queue = tonumber(ARGV[9])
 local made = redis.call('EXISTS', KEYS[2]) == 1
 if max_queue > 0 then
@@ -294,7 +285,7 @@ return {read, out, lasts, held}
 # KEYS: SUBMIT's, then the fence
 # ARGV: SUBMIT's (11), then consumer, node, now, attempt (JSON), the claiming node's
 #       retries and task_timeout, the cluster's key prefix, its retry_lost; then SUBMIT's
-#       last four
+#       last five
 # -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
 SUBMIT_CLAIM = _CLAIM_FN + """local added, direct
 local prefix = ARGV[18]

@@ -49,7 +49,7 @@ class SubmitClaims(Batcher):
             # (a durable call's rows ride with it: its keys and arguments after SUBMIT's)
             riding = len(keys) == RIDING_KEYS
             own, last = (keys[:-2], keys[-2:]) if riding else (keys, [])
-            tail = 7 if riding else 4
+            tail = 8 if riding else 5
             # the last of the batch claimed: those left to the others go first, and wake
             # their reads while Redis runs this node's claims
             left = by_agent[agent]
@@ -61,7 +61,7 @@ class SubmitClaims(Batcher):
             # (SUBMIT's tenant is its last argument but one)
             self.puller.claims_in(self.puller.keys.claimed(args[-2], agent))
             spec = self.puller.host.agents[agent].spec
-            # (SUBMIT's last four stay last)
+            # (SUBMIT's last five stay last)
             out.append((self.claim_riding if riding else self.scripts.submit_claim,
                         [*own, self.puller.keys.fence, *last],
                         [*args[:-tail], consumer, node, repr(now), attempt, spec.retries,

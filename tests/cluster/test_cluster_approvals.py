@@ -544,7 +544,7 @@ async def test_only_the_claim_asks_an_ask_ends_once_and_goes_with_its_task(
     assert await s.submit(keys=[K.task(TID), K.stream("acme", "w", 0),
                                 K.priorities("acme", "w"), K.agents, K.live],
                           args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "",
-                                "", "acme", "mac"]) == 1
+                                "", "", "acme", "mac"]) == 1
     entry = await client.hget(K.task(TID), "entry")
     token, *_ = await claim_script(s)(
         keys=[K.task(TID), K.attempts(TID), K.fence, K.stream("acme", "w", 0)],

@@ -75,7 +75,7 @@ async def _ended_here(n: Node, outbox: Outbox) -> ClusterTask:
     await s.submit(keys=[K.task(DONE), stream, K.priorities("default", "w"), K.agents,
                          K.live],
                    args=[DONE, "w", b"{}", 0, "", "", "1.0", "a", 0, "0", "", "", "",
-                         "default", "mac"])
+                         "", "default", "mac"])
     entry = await n.calls.redis.hget(K.task(DONE), "entry")
     token, *_ = await claim_script(s)(
         keys=[K.task(DONE), K.attempts(DONE), K.fence, stream],
@@ -95,7 +95,7 @@ async def _ride(n: Node, outbox: Outbox, ride: Ride) -> list[Any]:
     carried = outbox.take(ride.tasks)
     submit, keys, args = _submit(n, ride, claim=False, task=NEXT)
     ended = [(K.task(t.id), t.token, a[2]) for t, a in carried]
-    args[-7:-4] = ride.args(ended)
+    args[-8:-5] = ride.args(ended)
     answers = await n.calls.scripts.acknowledged(
         [*(outbox.call_of(*c) for c in carried), (submit, keys, args)])
     for c, answer in zip(carried, answers, strict=False):

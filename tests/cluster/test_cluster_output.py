@@ -42,7 +42,7 @@ async def claimed(s: Scripts, client: Any) -> ClusterTask:
     """TID submitted and claimed by incarnation n/1: the task as the node holds it."""
     await s.submit(keys=[K.task(TID), K.stream("acme", "w", 0), K.priorities("acme", "w"),
                          K.agents, K.live],
-                   args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "acme",
+                   args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "", "acme",
                          "mac"])
     entry = await client.hget(K.task(TID), "entry")
     token, *_ = await claim_script(s)(

@@ -57,7 +57,7 @@ def _submit(n: Node, ride: Ride, claim: bool, task: str = TASK
     keys = [K.task(task), K.stream("default", "w", 0), K.priorities("default", "w"),
             K.agents, K.live]
     args: list[Any] = [task, "w", b"{}", 0, "", "", "1.0", "a", 0, "0", ""]
-    last = [b"", "", "default", n.calls.trust.sign(TENANT, task, "w", "default")]
+    last = ["", b"", "", "default", n.calls.trust.sign(TENANT, task, "w", "default")]
     if not claim:
         return (n.calls.redis.register_script(SUBMIT_RIDING), [*keys, *ride.keys],
                 [*args, *ride.args(), *last])

@@ -357,14 +357,14 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
         assert await submit_turn(
             keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
             args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, b"[]", "t1",
-                  *await turn_args(Scripts(client), T, W), "", "", "t1", "mac"]) == 1
+                  *await turn_args(Scripts(client), T, W), "", "", "", "t1", "mac"]) == 1
     first, second = IDS
     assert await client.xlen(T.stream("t1", "w", 0)) == 1  # the second waits in the line
     assert await client.hget(T.task(second), "entry") == b"0-0"
     assert await client.lrange(T.session_line(W), 0, -1) == [second.encode()]
     third = "0190a5c0-0000-7000-8000-000000000009"  # past max_queue 1 in the line: refused
     args = [third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "s", 60, b"[]", "t1",
-            *await turn_args(Scripts(client), T, W), "", "", "t1", "mac"]
+            *await turn_args(Scripts(client), T, W), "", "", "", "t1", "mac"]
     assert args[15:18] == ["wait", first.encode(), 1]  # (as the rule decides it)
     keys = [T.task(third), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live]
     assert await submit_turn(keys=keys, args=args) == -1
@@ -438,7 +438,7 @@ async def test_a_new_session_is_kept_only_while_the_live_sessions_it_was_admitte
             keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
             args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60,
                   json.dumps([[live, seen]]), "t1", *await turn_args(Scripts(client), T, W),
-                  "", "", "t1", "mac"])
+                  "", "", "", "t1", "mac"])
 
     first, second = IDS
     assert await submitted(first, 1) == sessionscripts.MOVED
@@ -457,7 +457,7 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
         assert await submit_turn(
             keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
             args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, b"[]", "t1",
-                  *await turn_args(Scripts(client), T, W), "", "", "t1", "mac"]) == 1
+                  *await turn_args(Scripts(client), T, W), "", "", "", "t1", "mac"]) == 1
     entry = await client.hget(T.task(first), "entry")
     await client.set(T.alive("b/1"), b"{}")  # b claims it alive, then dies
     await claim_script(s)(

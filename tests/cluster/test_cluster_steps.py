@@ -120,7 +120,7 @@ async def test_only_the_claim_writes_steps_and_they_go_with_the_task(client: Any
                                 K.priorities("acme", "w"), K.agents,
                                 K.live],
                           args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "",
-                                "", "acme", "mac"]) == 1
+                                "", "", "acme", "mac"]) == 1
     entry = await client.hget(K.task(TID), "entry")
     token, *_ = await claim_script(s)(
         keys=[K.task(TID), K.attempts(TID), K.fence, K.stream("acme", "w", 0)],
@@ -195,7 +195,7 @@ async def test_a_step_the_fence_or_redis_refuses_fails_its_call_with_the_reason(
     s = Scripts(client)
     await s.submit(keys=[K.task(TID), K.stream("acme", "w", 0),
                          K.priorities("acme", "w"), K.agents, K.live],
-                   args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "acme",
+                   args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "", "acme",
                          "mac"])
     entry = await client.hget(K.task(TID), "entry")
     token, *_ = await claim_script(s)(

@@ -304,7 +304,7 @@ async def _submit(client: Any, tid: str, session: str | None = "s", options: str
                   ) -> Any:
     keys = [T.task(tid), STREAM, T.priorities("t1", "w"), T.agents, T.live]
     head = [tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", ""]
-    tail = [options, "", "t1", "mac"]
+    tail = ["", options, "", "t1", "mac"]
     if session is None:
         return await Scripts(client).submit(keys=keys, args=head + tail)
     return await client.register_script(clustersessions.SUBMIT)(
@@ -463,7 +463,7 @@ async def test_forged_items_in_a_holders_list_are_dropped_touching_nothing(
     elsewhere, own = _tid(8), _tid(9)
     assert await Scripts(client).submit(
         keys=[T.task(elsewhere), other, T.priorities("t2", "w"), T.agents, T.live],
-        args=[elsewhere, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "t2",
+        args=[elsewhere, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "", "t2",
               "mac"]) == 1
     assert await _submit(client, own, session=None) == 1
     e_other = await client.hget(T.task(elsewhere), "entry")

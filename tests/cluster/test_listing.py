@@ -31,7 +31,7 @@ async def submit_many(s: Scripts, agents: list[str]) -> list[str]:
                                    K.priorities("acme", a), K.agents,
                                    K.live],
                         [t, a, b"null", 0, "", "", repr(T0 + i / 1000), "n", 0, "0", "",
-                         "", "", "acme", "mac"])
+                         "", "", "", "acme", "mac"])
                        for i, (t, a) in enumerate(zip(ids, agents, strict=True))])
     assert got == [1] * len(ids)
     return ids

@@ -27,7 +27,7 @@ ATTEMPT = b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"succeeded"}
 TENANT = ("acme", "mac")
 # what every SUBMIT takes last: the task's options (none), its place in a spawn tree
 # (none), its tenant and that one's MAC
-LAST = ("", "", *TENANT)
+LAST = ("", "", "", *TENANT)  # SUBMIT's last: start time, options, place, tenant, MAC
 
 
 async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
@@ -125,7 +125,7 @@ async def test_max_queue_counts_the_tenants_agent_alone(client: Any) -> None:
     assert await s.submit(keys=[K.task(tid), K.stream("globex", "w", 0),
                                 K.priorities("globex", "w"), K.agents, K.live],
                           args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "",
-                                "globex", "mac"]) == 1
+                                "", "globex", "mac"]) == 1
     assert await client.smembers(K.agents) == {b"acme:w", b"globex:w"}
 
 
@@ -142,7 +142,7 @@ async def test_max_queue_counts_what_waits_for_its_time_until_it_is_due(client: 
         return await s.submit(keys=[K.task(tid), K.stream("acme", "w", 0),
                                     K.priorities("acme", "w"), K.agents, K.live],
                               args=[tid, "w", b"{}", 0, "", "", repr(at), "n", 1, "0", "",
-                                    '{"delay":5}', "", *TENANT])
+                                    repr(at + 5), '{"delay":5}', "", *TENANT])
 
     assert await delayed(1, now) == 1
     assert await client.xlen(K.stream("acme", "w", 0)) == 0

@@ -81,7 +81,7 @@ async def test_submit_keeps_its_move_on_a_session_hash_without_a_current_turn(
     assert await submit(
         keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents, T.live],
         args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, b"[]", "t1", *moved,
-              "", "", "t1", "mac"]) == 1
+              "", "", "", "t1", "mac"]) == 1
     assert await client.hget(T.session(W), "cur") == tid.encode()
 
 
@@ -170,7 +170,7 @@ async def test_a_turn_submitted_after_an_end_not_yet_moved_starts_unless_a_line_
             keys=[T.task(tid), T.stream("t1", "w", 0), T.priorities("t1", "w"), T.agents,
                   T.live],
             args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, b"[]", "t1",
-                  *moved, "", "", "t1", "mac"]) == 1
+                  *moved, "", "", "", "t1", "mac"]) == 1
         return moved
 
     assert await turn(B) == ["start", A.encode(), 0]

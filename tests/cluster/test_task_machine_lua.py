@@ -93,7 +93,7 @@ class Record:
     async def submit(self) -> None:
         assert await self.s.submit(
             keys=[K.task(self.tid), STREAM, K.priorities("acme", "w"), K.agents, K.live],
-            args=[self.tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "acme",
+            args=[self.tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "", "acme",
                   "mac"]) == 1
 
     async def claim(self, retries: int | None = None, retry_lost: int = RETRY_LOST,

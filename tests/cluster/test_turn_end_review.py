@@ -268,7 +268,7 @@ async def test_an_older_nodes_turn_behind_a_marked_turn_is_started_by_its_move(
     assert await submit(
         keys=[T.task(C), STREAM, T.priorities("t1", "w"), T.agents, T.live],
         args=[C, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, b"[]", "t1",
-              "wait", A, 0, "", "", "t1", "mac"]) == 1
+              "wait", A, 0, "", "", "", "t1", "mac"]) == 1
     assert await started(client) == []
     await sessions_of(client).moved([A])
     assert await started(client) == [C.encode()]
