@@ -38,7 +38,6 @@ class Operations:
         self.by_token = by_token  # a token's, ended when it is revoked or expires
         self._watching: dict[str, asyncio.Task[None]] = {}
         self.holder = uuid.uuid4().hex  # this daemon, as it says it delivers a task's
-        self._ended: set[str] = set()  # tasks whose end is handed to delivery
         self._failed: set[str] = set()  # tasks whose delivery failed (said): not taken up
         self._leading: asyncio.Task[None] | None = None
         self._unread = False  # the home was not read (said once until it is again)
@@ -210,10 +209,9 @@ class Operations:
             if not await self.push.lead(task_id, self.holder):
                 job.cancel()
         kept = await self.push.tasks()
-        self._ended &= set(kept)
         self._failed &= set(kept)
         for task_id in kept:
-            if task_id in self._watching or task_id in self._ended or \
+            if task_id in self._watching or task_id in self.push.ending or \
                     task_id in self._failed:
                 continue
             caller = await self.push.caller(task_id)
@@ -232,7 +230,7 @@ class Operations:
         """Deliver the task's events to its push configs until it ends (unless another
         daemon of the cluster does)."""
         self._failed.discard(task_id)
-        self._ended.discard(task_id)
+        self.push.ending.discard(task_id)
         self._start(caller, task_id)
 
     def _start(self, caller: Caller, task_id: str) -> None:
@@ -253,8 +251,6 @@ class Operations:
                     status = event.get("statusUpdate")
                     final = isinstance(status, dict) and \
                         status.get("status", {}).get("state") in mp.TERMINAL
-                    if final:
-                        self._ended.add(task_id)
                     await self.push.deliver(task_id, event, final)
         except (w.A2aError, RpcError) as exc:
             self._failed.add(task_id)

@@ -174,6 +174,9 @@ class PushConfigs:
         self._work: set[asyncio.Task[None]] = set()
         self._senders: dict[tuple[str, str], _Sender] = {}
         self._posting = asyncio.Semaphore(MAX_POSTING)
+        # tasks whose end is handed to delivery, until their configs are forgotten (one
+        # whose forgetting failed stays, its configs kept: not to be taken up again here)
+        self.ending: set[str] = set()
 
     async def check(self, config: w.PushConfig) -> None:
         bounded(config)
@@ -193,9 +196,12 @@ class PushConfigs:
         return found
 
     async def tasks(self) -> list[str]:
-        """The tasks whose configs the home keeps."""
+        """The tasks whose configs the home keeps (a task of `ending` whose configs it
+        no longer keeps, another daemon's forgetting, let go)."""
         with _unavailable():
-            return await self.store.tasks()
+            kept = await self.store.tasks()
+        self.ending &= set(kept)
+        return kept
 
     async def caller(self, task_id: str) -> dict[str, Any] | None:
         """Who made the task's first config (its deliveries are made as them)."""
@@ -247,6 +253,7 @@ class PushConfigs:
         jobs = [self._queued(task_id, config, body, final)
                 for config in await self.of(task_id)]
         if final:
+            self.ending.add(task_id)
             job = asyncio.get_running_loop().create_task(self._forget(task_id, jobs))
             self._work.add(job)
             job.add_done_callback(self._work.discard)
@@ -297,6 +304,8 @@ class PushConfigs:
                 await self.store.drop(task_id)
         except w.A2aError as exc:
             self.report(f"a2a push configs of task {task_id} not forgotten: {exc.message}")
+            return
+        self.ending.discard(task_id)
 
     async def _post(self, config: w.PushConfig, body: bytes) -> bool:
         """Whether its receiver took it, within its attempts."""
