@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/venv.sh examples
+# what an install put in the venv byte-compiled once: uv writes no .pyc, and where
+# PYTHONDONTWRITEBYTECODE is set (many an image sets it) every start of the daemon, the
+# CLI and the example's notes MCP server compiled its imports again, the server past its
+# start_timeout on a busy machine (test.sh compiles what its run imports itself)
+if [ -n "$_installed" ]; then
+    echo "corral: byte-compiling .venv's packages (first run)…" >&2
+    .venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages >/dev/null 2>&1 ||
+        true
+fi
 # the example agents run `python3`: the venv's, which has the worker SDK
 export PATH="$PWD/.venv/bin:$PATH"
 # the socket's absolute path, as the README exports it: the hint works from any directory

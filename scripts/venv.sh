@@ -3,6 +3,7 @@
 # usage: . scripts/venv.sh EXTRAS
 PY=${PYTHON:-python3}
 _said=
+_installed=  # set when this run installed (its caller may compile what it installed)
 if [ ! -x .venv/bin/python ]; then
     # pip -q says nothing for the minute a first install takes: say why we wait
     echo "corral: setting up .venv (first run: under a minute)…" >&2
@@ -41,7 +42,7 @@ if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_inputs" ]; then
             -C editable_mode=compat -e ".[$1]" pip; } ||
     .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
         --config-settings editable_mode=compat -e ".[$1]" &&
-        printf '%s' "$_inputs" > "$_stamp"
+        printf '%s' "$_inputs" > "$_stamp" && _installed=1
 fi
 # byte-compile what changed: an editable install is not compiled by pip, and where
 # PYTHONDONTWRITEBYTECODE is set every daemon, CLI and worker start would compile corral
