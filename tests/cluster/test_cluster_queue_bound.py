@@ -25,6 +25,7 @@ from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_spawn import HERE
 from .harness import STEADY_TTL, Node, nodes, sleeper
+from .test_cluster_sessions import chat
 from .test_cluster_specs import keeper
 from .test_failover import error_of
 
@@ -132,3 +133,25 @@ def test_a_cluster_agent_no_live_node_runs_is_bounded_by_its_tables_max_queue(
             for task_id in made:
                 b.call("tasks.cancel", {"task_id": task_id})
         assert made == [held]
+
+
+@pytest.mark.deadline(120)
+def test_a_sessions_line_at_a_node_not_running_its_agent_is_bounded_by_its_max_queue(
+        tmp: Path, redis: RedisServer) -> None:
+    """A session's turns wait in its line while one runs, and the line is its agent's
+    queue (max_queue bounds it): a turn submitted at b, which runs no chat, is refused past
+    a's bound in a's words, as at a. Before, b bounded the line by none."""
+    marker = tmp / "marker"
+    with nodes(tmp, redis, {"a": chat("max_queue = 1\n"), "b": ""}, ttl=STEADY_TTL) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in b.nodes()["nodes"]) == 2,
+                   what="both nodes alive")
+        turn: dict[str, Any] = {"agent": "chat", "session": "s"}
+        a.call("tasks.submit", turn | {"input": {"turn": 1, "how": "hang",
+                                                 "marker": str(marker)}})
+        wait_until(marker.exists, what="turn 1 running")
+        b.call("tasks.submit", turn | {"input": {"turn": 2}})  # (waits in the line)
+        for n in (b, a):
+            assert error_of(n, "tasks.submit", turn | {"input": {"turn": 3}}) == (
+                "queue full: agent chat has 1 task waiting (max_queue 1)")
+        assert len(b.call("tasks.list", {"agent": "chat"})["tasks"]) == 2
