@@ -73,9 +73,10 @@ SHARE = 0.6
 # the slowest pace it was read at; a structure kept for each round's names is
 # tests/test_churn_forgets.py's census to find, at any pace.
 # The threads' floor is above one thread more, made late in a slow run (the default
-# executor makes its threads as first needed): a fresh clone's run beside six engineers' work, at a pace of 571,
-# read it +429 (2 se 86) against a bound of 343; a thread kept a round still reads past it
-# at that pace (about +740, scaled from the planted leak's +2,455 at 1,900).
+# executor makes its threads as first needed): a fresh clone's run beside six engineers'
+# work, at a pace of 571, read it +429 (2 se 86) against a bound of 343; a thread kept a
+# round still reads past it at that pace (about +740, scaled from the planted leak's
+# +2,455 at 1,900).
 FLOOR = {"rss_mib": 480.0, "fds": 1800.0, "threads": 500.0}
 # The stores grow by time more than by round, in a sawtooth: each start of the daemon
 # prunes them (0.3-0.5 MiB of the state database in a 28 s life), so their one line
