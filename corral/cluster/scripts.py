@@ -98,8 +98,6 @@ do
 end"""
 
 
-
-
 # KEYS: task, stream, priorities (Keys.stream, Keys.priorities), agents (routes), live
 #       tasks (listed)
 # ARGV: task_id, agent, input, priority, timeout ('' the claiming node's), retries (''
