@@ -118,10 +118,17 @@ async def test_a_run_copied_from_redis_is_one_commit_of_the_nodes_journal(
     seen: set[tuple[str, str, object]] = set()
 
     def look() -> None:
-        kept = journal.load(RUN_ID)
-        assert kept is not None
-        seen.add((kept.status, kept.rows[("last", -1)].status,
-                  journal.output(RUN_ID, "last", -1)))
+        # one read transaction: its reads are one snapshot, as a reader's one statement is
+        # (a commit the writer thread makes lands between two statements otherwise, and
+        # the look would see a commit's halves that were never apart)
+        store.db.execute("BEGIN")
+        try:
+            kept = journal.load(RUN_ID)
+            assert kept is not None
+            seen.add((kept.status, kept.rows[("last", -1)].status,
+                      journal.output(RUN_ID, "last", -1)))
+        finally:
+            store.db.execute("COMMIT")
 
     async def looking() -> None:  # (another caller's reads, one every turn of the loop)
         while True:
