@@ -1,0 +1,131 @@
+"""An attacker's pass over session 17's surfaces (docs/security.md keeps them): the
+nodes' beats as a writer of the cluster's Redis leaves them (decision 2040's `queues`
+made the beat a typed record a node reads for every submit), and what else the session
+landed. Real daemons, a real redis-server. A hole not yet closed is a strict xfail that
+names it; one closed, a test of its refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as redis_py
+
+from corral.cluster.keys import GROUP, Keys
+
+from .a2a.harness import a2a_daemon
+from .a2a.test_push import message, receiver
+from .cluster.harness import STEADY_TTL, nodes, run
+from .cluster.test_cluster_elastic import ELASTIC
+from .redis_harness import REDIS_SERVER, RedisServer, redis_server
+from .test_daemon_cli import wait_until
+
+K = Keys("test")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    assert REDIS_SERVER is not None, "redis-server is not installed: . scripts/redis.sh"
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+# -- a beat that does not parse -----------------------------------------------------------
+
+# what a writer leaves in the nodes' hash: bytes of no JSON, and a beat of decision
+# 2040's shape whose `queues` is no number
+GARBLED = {"ghost": b"{not json", "phantom": (
+    b'{"node":"phantom","incarnation":1,"capacity":1,"load":0,"agents":["sleepy"],'
+    b'"last_beat":0,"queues":{"sleepy":"many"}}')}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.xfail(strict=True, reason=(
+    "corral/cluster/membership.py `nodes` decodes every beat of the nodes' hash and "
+    "raises on one that does not parse: every node's beat stops at refresh_view (its "
+    "takeovers, backlog and retention never run: an asleep agent's task is never woken) "
+    "and `corral nodes` fails"))
+def test_a_beat_that_does_not_parse_stops_no_beat_and_no_listing(
+        tmp_path: Path, redis: RedisServer) -> None:
+    """A writer's beat in the nodes' hash that is no JSON, or one whose max_queue is no
+    number, is no node's: `corral nodes` lists the live nodes without it, and the beat's
+    steps after the view's read go on (the retention removes a dead consumer)."""
+    direct = redis_py.Redis.from_url(redis.url)
+    try:
+        direct.hset(K.nodes, mapping=GARBLED)
+        with nodes(tmp_path, redis, {"b": ELASTIC}, ttl=STEADY_TTL) as ns:
+            b = ns["b"]
+            listed = b.call("nodes.list")
+            assert [n["node"] for n in listed["nodes"]] == ["b"]
+            done = run(b, "sleepy", {"do": "sleep", "seconds": 0.01})
+            assert done["status"] == "succeeded"
+            stream = K.stream("default", "sleepy", 0)
+            direct.xgroup_createconsumer(stream, GROUP, "gone/1")
+            wait_until(lambda: b.call("stats.get")["cluster"]["retention"][
+                "consumers_removed"] >= 1, what="the dead consumer removed")
+    finally:
+        direct.close()
+
+
+# -- a push config's token revoked ----------------------------------------------------------
+
+async def _rpc(http: httpx.AsyncClient, url: str, secret: str, method: str,
+               params: dict[str, Any]) -> dict[str, Any]:
+    r = await http.post(f"{url}/a2a/tck", json={"jsonrpc": "2.0", "id": 1, "method": method,
+                                                 "params": params},
+                        headers={"Authorization": f"Bearer {secret}"})
+    body: dict[str, Any] = r.json()
+    assert "result" in body, (method, body)
+    return body["result"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=True, reason=(
+    "corral/daemon/a2a/operations.py delivers a task's push configs as the caller kept "
+    "with its first config (`watch`, `_take_up`), never asked again: a revoked token's "
+    "configs are posted the task's events, its output too, as its A2A streams no "
+    "longer are (decision 1890)"))
+async def test_a_revoked_tokens_push_config_is_posted_nothing_more(tmp_path: Path) -> None:
+    """A token's push config of a task waiting for input, the token revoked: the task's
+    end, answered by another token of the tenant, is posted to the other's config and
+    not to the revoked one's, as the revoked token's streams end (decision 1890)."""
+    with a2a_daemon(tmp_path, anonymous="[]") as (d, url):
+        # (the answer to the task's question is an approval's: the scope's)
+        scopes = ("--scope", "tasks:run", "--scope", "tasks:read", "--scope", "approvals")
+        secret = {name: d.json("token", "create", name, *scopes)["token"]
+                  for name in ("held", "other")}
+        async with receiver() as (hook, got), receiver() as (other_hook, other_got), \
+                httpx.AsyncClient(timeout=30) as http:
+            asked = await _rpc(http, url, secret["held"], "SendMessage",
+                               message("tck-input-required"))
+            task_id = asked["task"]["id"]
+            await _rpc(http, url, secret["held"], "CreateTaskPushNotificationConfig", {
+                "taskId": task_id, "id": "held", "url": hook, "token": "held's"})
+            await _rpc(http, url, secret["other"], "CreateTaskPushNotificationConfig", {
+                "taskId": task_id, "id": "other", "url": other_hook, "token": "other's"})
+            assert d.cli("token", "revoke", "held").returncode == 0
+            done = await _rpc(http, url, secret["other"], "SendMessage",
+                              message("tck-complete-task", task_id))
+            assert done["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+            while True:  # the other token's config is told the end
+                _, body = await asyncio.wait_for(other_got.get(), 30)
+                if body.get("statusUpdate", {}).get("status", {}).get("state") == \
+                        "TASK_STATE_COMPLETED":
+                    break
+            # every config delivered to: the ended task's configs are forgotten then
+            for _ in range(300):
+                listed = await _rpc(http, url, secret["other"],
+                                    "ListTaskPushNotificationConfigs", {"taskId": task_id})
+                if not listed["configs"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert not listed["configs"], listed
+            posted = []
+            while not got.empty():
+                posted.append(got.get_nowait()[1])
+            assert not any("Hello from TCK" in json.dumps(b) for b in posted), posted
