@@ -7,16 +7,22 @@ names it; one closed, a test of its refusal."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis as redis_py
+import yarl
 
 from corral.cluster.keys import GROUP, Keys
+from corral.daemon.a2a import push
+from corral.daemon.a2a import wire as w
+from corral.supervisor.pushstore import MemoryPush
 
 from .a2a.harness import a2a_daemon
 from .a2a.test_push import message, receiver
@@ -129,3 +135,79 @@ async def test_a_revoked_tokens_push_config_is_posted_nothing_more(tmp_path: Pat
             while not got.empty():
                 posted.append(got.get_nowait()[1])
             assert not any("Hello from TCK" in json.dumps(b) for b in posted), posted
+
+
+# -- a push config kept while private addresses were allowed --------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason=(
+    "corral/daemon/a2a/push.py checks a config's URL when it is made alone: one kept while "
+    "[a2a] push_private was on is posted to its loopback address after the operator turned "
+    "it off and restarted (an address literal never reaches the public resolver)"))
+async def test_a_config_kept_under_push_private_is_not_posted_once_it_is_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config made while the operator allowed private addresses, kept in its task's home
+    (a node's state database outlives the daemon), and the operator then turns
+    `push_private` off and restarts (a reload says it takes one, decision 1921): the
+    restarted daemon's deliveries post nothing to the loopback address, said, as a config
+    naming it is refused when made."""
+    monkeypatch.setattr(push, "RETRIES", 0)  # (one attempt each: the test's minutes)
+    async with receiver() as (hook, got):
+        home = MemoryPush()  # (the same home across the restart)
+        said: list[str] = []
+        before = push.PushConfigs(True, said.append, home)
+        await before.add("t1", w.PushConfig(url=hook, id="kept"), {"via": "test"})
+        await before.close()
+        after = push.PushConfigs(False, said.append, home)
+        try:
+            await after.deliver("t1", {"statusUpdate": {"status": {
+                "state": "TASK_STATE_COMPLETED"}}}, final=True)
+            async with asyncio.timeout(30):
+                while await after.tasks() and got.empty():
+                    await asyncio.sleep(0.05)
+            assert got.empty(), got.get_nowait()
+            assert any(hook in line and "private" in line for line in said), said
+        finally:
+            await after.close()
+
+
+# -- a push URL read as two hosts ------------------------------------------------------------
+
+# what a URL's authority may hold between a public address and a loopback one
+BETWEEN = ["@", "#", "?", "/", "\\", ":", ";", " ", "\t", "\n", "\r", "\x00", "%40", "%23",
+           "[", "]", "%", ".", "&", "\u3002", "\uff20", "\uff03", ":80@", "@@", "#@", "?@",
+           "\\@", "]@", "@[", ""]
+
+
+def test_a_push_url_names_the_host_the_check_read_to_its_client() -> None:
+    """The check reads a push URL's host with `urlsplit`, and the client that posts to it
+    (aiohttp) with yarl: a URL each reads as another host would have the check pass a
+    public address and the post go to a loopback one. 4,500 spellings of the two around
+    what an authority may hold: none that yarl reads as an address that is not public is
+    read by the check as a public address or a name."""
+    public, loopback = "8.8.8.8", "127.0.0.1"
+    seen = 0
+    for one, two in itertools.product(BETWEEN, repeat=2):
+        for url in (f"http://{public}{one}{loopback}{two}/",
+                    f"http://{loopback}{one}{public}{two}/",
+                    f"http://{public}{one}{two}{loopback}/",
+                    f"http://[{public}{one}{loopback}]{two}/",
+                    f"http://{one}{public}{two}{loopback}/"):
+            try:
+                checked, posted = urlsplit(url).hostname, yarl.URL(url).raw_host
+            except ValueError:
+                continue  # (refused by one: no config is made, or no post)
+            if not checked or not posted:
+                continue
+            try:
+                if push._global(posted):
+                    continue
+            except ValueError:
+                continue  # a name: the public resolver answers for it at the post
+            seen += 1
+            try:
+                assert not push._global(checked), url
+            except ValueError:
+                raise AssertionError(f"{url!r}: checked as the name {checked!r}, posted to "
+                                     f"{posted!r}") from None
+    assert seen > 300  # (the spellings that reach the loopback address)
