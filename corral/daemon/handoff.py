@@ -19,8 +19,6 @@ import msgspec
 from ..cluster.handover import NodeHanded
 from ..statefiles import open_file
 from ..supervisor.adopt import HandedProcess
-from ..supervisor.stats import Stats
-from ..supervisor.tasks.counters import CounterSnapshot
 
 # the layout of this file: an image that reads another refuses the handoff (the old one
 # then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions;
@@ -30,8 +28,9 @@ from ..supervisor.tasks.counters import CounterSnapshot
 # 7: no incarnation nor start (the store's row of this process, the process's own start);
 # 8: a handed process's start its record's, its program and its parent unsaid (waitpid
 # tells whose child it is; its program named only a failed exec's status 127); 9: an
-# agent's gateway token (its digest) and what its calls of no task read
-HANDOFF_VERSION = 9
+# agent's gateway token (its digest) and what its calls of no task read; 10: no counts, no
+# idleness, no health (they start again as after a restart: decision 2080)
+HANDOFF_VERSION = 10
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"
@@ -148,10 +147,6 @@ class Handoff(msgspec.Struct, frozen=True):
     # image gives it on before its HTTP parts start (they start after the adoptions)
     gateway: tuple[str, str | None] = ("", None)
     subscriptions: list[ResourceSubscription] = []
-    counters: dict[str, CounterSnapshot] = {}  # each agent's (`corral stats`)
-    engine: Stats | None = None  # the supervisor's counts (spawned, restarts, ...)
-    steps: dict[str, int] = {}  # the step journal's counters
-    sessions_expired: int = 0
     cluster: NodeHanded | None = None  # a cluster node's (cluster/handover.py)
     version: int = HANDOFF_VERSION
 

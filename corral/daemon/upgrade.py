@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -62,7 +62,6 @@ from ..supervisor.procstat import since_start
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import AttemptEnded, CompactTask, TaskFinished, TaskRecord, Unfinished
-from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import kept, within
 from . import handoff
@@ -97,10 +96,6 @@ ADOPT_BATCH = 64
 # how long a zygote or plain program of the old image has to exit (its stdin is closed by
 # the exec) before SIGKILL
 END_GRACE = 2.0
-# the supervisor's counts that go on across an upgrade (the others are of now: live
-# processes, the loop's stalls, which the new image measures again)
-CARRIED_STATS = ("spawned", "restarts", "failures", "spawn_failures", "cold_fallbacks",
-                 "exits", "stuck_after_kill")
 # where the image to exec imports corral from, first (before the directory it runs in,
 # which `python -c` puts first as `-m` does): --pythonpath, or the old image's own
 IMPORT_VARIABLE = "CORRAL_IMPORT_FROM"
@@ -427,7 +422,7 @@ class Upgrades:
     def _exec(self, target: Target, asked: float, kept: list[HandedProcess]) -> None:
         """Write the state file and exec; returns (UpgradeRefusal) only if the exec failed."""
         host = self.host
-        containment, tasks = host.sup.parts.containment, host.sup.parts.tasks
+        containment = host.sup.parts.containment
         h = Handoff(
             attempt=self.report.attempt, from_version=__version__, asked_at=asked,
             config=str(host.config_path), issued=containment.issued,
@@ -439,9 +434,6 @@ class Upgrades:
             processes=kept, listeners=self.listeners.held(),
             gateway=(host.services.gateway.url or "", host.services.gateway.socket_path),
             subscriptions=[ResourceSubscription(*s) for s in host.sup.parts.tools.subscribed()],
-            counters=carry(tasks.by_agent), engine=host.sup.parts.runtime_stats(),
-            steps=tasks.steps.stats(),
-            sessions_expired=tasks.sessions.expired,
             cluster=None if host.cluster is None else handover.handed(host.cluster))
         path = handoff.path_in(host.store.path.parent)
         data = dict(target.env, **{VARIABLE: str(path)})
@@ -542,13 +534,6 @@ class Takeover:
         self.ended = [r for r in records.values() if r.token not in kept]
         for rec in self.ended:
             sup.parts.containment.adopted(rec)
-        carried = self.handoff.engine
-        if carried is not None:  # the supervisor's counts go on (`corral stats`)
-            stats = sup.stats
-            for name in CARRIED_STATS:
-                setattr(stats, name, getattr(stats, name) + getattr(carried, name))
-            stats.restarts_by_cause = dict(Counter(stats.restarts_by_cause)
-                                           + Counter(carried.restarts_by_cause))
 
     def hold_back(self, unfinished: list[Unfinished]) -> list[Unfinished]:
         """The journal's unfinished tasks less those running on a kept worker: they
@@ -562,7 +547,6 @@ class Takeover:
                 self.held[rec.task_id] = rec
             else:
                 rest.append(rec)
-        self._counters_go_on(Counter(rec.agent for rec in unfinished))
         loop = asyncio.get_running_loop()
         self._coming = {tid: loop.create_future() for tid in self.held}
         return rest
@@ -582,21 +566,6 @@ class Takeover:
             fut = self._coming.pop(tid, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-
-    def _counters_go_on(self, again: Counter[str]) -> None:
-        """`corral stats` goes on from the previous image's counts (each task taken back
-        from the journal is accepted again by this image: counted once)."""
-        assert self.sup is not None
-        tasks, h = self.sup.parts.tasks, self.handoff
-        for name, carried in h.counters.items():
-            agent = self.sup.parts.agents.get(name)
-            if agent is None:
-                continue  # (gone from the config)
-            q = tasks.by_agent.setdefault(name, AgentTasks(agent.spec.rate_per_minute))
-            carry_on(q, carried, again[name])
-        for name in ("journaled", "replayed", "diverged"):
-            setattr(tasks.steps, name, getattr(tasks.steps, name) + h.steps.get(name, 0))
-        tasks.sessions.expired += h.sessions_expired
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None

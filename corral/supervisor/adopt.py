@@ -21,7 +21,6 @@ import msgspec
 from ..mcp.client import ServerSession
 from ..timeouts import kept
 from .containment import ProcessRecord, read_stat
-from .health import CheckState
 from .launch import MAX_IN_FLIGHT
 from .lifecycle import Cause
 from .mcpserver import McpServerReplica
@@ -56,9 +55,7 @@ class HandedProcess(msgspec.Struct, frozen=True):
     restarts: int = 0
     session: ServerSession | None = None  # an MCP server's: what its client negotiated
     owner: str | None = None  # a per-agent MCP server's agent replica
-    idle: bool = False  # it had run a task and was idle: idle again, not "ready"
     plain: PlainHanded | None = None  # a plain program's: fds are stdout and stderr
-    health: list[CheckState] = []  # where its health checks stood
     gateway: str | None = None  # the digest of the gateway token it was given
     labels: list[str] = []  # what its calls of no task read (supervisor/labels.py)
 
@@ -88,8 +85,7 @@ def hand(r: ProcessReplica, token: str, rids: dict[str, int]) -> HandedProcess |
     tasks = [HandedTask(tid, rid) for tid, rid in rids.items()]
     taken = {t.rid for t in tasks}
     return HandedProcess(
-        token=token, fds=fds, last_id=last_id, idle=r.machine.idle,
-        health=_health_of(r),
+        token=token, fds=fds, last_id=last_id,
         unanswered=[i for i in unanswered if isinstance(i, int) and i not in taken],
         tasks=tasks, restarts=r.restarts, session=session, owner=owner)
 
@@ -105,13 +101,7 @@ def hand_plain(r: PlainReplica, token: str) -> HandedProcess | None:
     plain = r.handed()
     if plain.notify_fd is not None:
         fds = [*fds, plain.notify_fd]  # (kept open across the exec with the pipes)
-    return HandedProcess(token=token, fds=fds, restarts=r.restarts, plain=plain,
-                         health=_health_of(r))
-
-
-def _health_of(r: ProcessReplica) -> list[CheckState]:
-    health = getattr(r, "health", None)  # (an agent's replica: an MCP server has none)
-    return health.carried() if health is not None else []
+    return HandedProcess(token=token, fds=fds, restarts=r.restarts, plain=plain)
 
 
 def keep_open(fds: list[int]) -> None:
@@ -284,10 +274,8 @@ class Adoptions:
         r.ready_at = time.monotonic()
         r._last_pong = r.host.listening.now()
         running = r.tasks_running
-        if h.health and isinstance(r, Replica):
-            r.health_carried = h.health
         said = f"adopted across an upgrade (pid {rec.pid})"
-        r.executor.fire(Cause.ADOPTED_IDLE if h.idle and not running else Cause.READY, said)
+        r.executor.fire(Cause.READY, said)
         if plain is not None:
             assert isinstance(r, PlainReplica)
             r.ready_again(plain)

@@ -228,44 +228,20 @@ class AgentReadiness(NamedTuple):
     text: str
 
 
-class CheckState(msgspec.Struct, frozen=True):
-    """Where one check's counter stood, handed across `corral upgrade` (adopt.py): the
-    same life goes on, so its checks go on from there (no start_period again)."""
-
-    kind: str
-    ok: bool | None
-    previous: bool | None
-    failures: int
-    successes: int
-    message: str
-
-
 class ReplicaHealth:
     """The checks of one life of one replica."""
 
-    def __init__(self, r: CheckedReplica, spec: HealthSpec, board: HealthBoard,
-                 carried: Sequence[CheckState] = ()) -> None:
+    def __init__(self, r: CheckedReplica, spec: HealthSpec, board: HealthBoard) -> None:
         self.r = r
         self.board = board
-        grace_until = time.monotonic() + spec.start_period if not carried else 0.0
+        grace_until = time.monotonic() + spec.start_period
         self.runs = [CheckRun(kind, c, grace_until) for kind, c in spec.checks()]
-        for state in carried:
-            for run in self.runs:
-                if run.kind == state.kind:
-                    c = run.counter
-                    c.ok, c.previous, c.failures, c.successes, c.message = (
-                        state.ok, state.previous, state.failures, state.successes,
-                        state.message)
         self.closed = False
         self.ready = self._ready_now()
         self.execs: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         for run in self.runs:  # the first check at once: readiness gates the first task
             run.timer = loop.call_soon(self._due, run)
-
-    def carried(self) -> list[CheckState]:
-        return [CheckState(run.kind, c.ok, c.previous, c.failures, c.successes, c.message)
-                for run in self.runs for c in (run.counter,)]
 
     def _ready_now(self) -> bool:
         for run in self.runs:

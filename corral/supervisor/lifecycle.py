@@ -31,8 +31,6 @@ class Cause(StrEnum):
 
     SPAWN = "spawn"  # a start by hand: forgives past restarts
     READY = "ready"  # the handshake was answered
-    # a process kept across `corral upgrade` that was idle in the image before: idle again
-    ADOPTED_IDLE = "adopted idle"
     TASK = "task"
     DONE = "done"  # the last running task ended
     STOP = "stop"  # an operator's (stop, scale down, replace, remove, shutdown): stay down
@@ -121,8 +119,6 @@ def _table() -> dict[tuple[State, Cause], MachineStep]:
     rows(LIVE, [C.SPAWN, C.BACKOFF_OVER], IGNORE)  # it runs already
     rows(STOPPED, [C.BACKOFF_OVER], IGNORE)  # a timer outlived its backoff
     rows([S.STARTING], [C.READY], MachineStep(S.READY, serving=True))
-    rows([S.STARTING], [C.ADOPTED_IDLE], MachineStep(S.IDLE, serving=True))
-    rows(sorted(set(State) - {S.STARTING}), [C.ADOPTED_IDLE], IGNORE)
     rows([S.READY, S.IDLE], [C.TASK], MachineStep(S.BUSY))
     # busy, or on its way out (paused: below)
     rows(sorted(set(State) - {S.READY, S.IDLE, S.PAUSED}), [C.TASK], IGNORE)

@@ -17,7 +17,7 @@ from .caps import nice_for_weight
 from .config import AgentSpec, Limits
 from .dynamicusers import DynamicUsers
 from .egressdoors import Doors
-from .health import CheckState, HealthBoard, ReplicaHealth
+from .health import HealthBoard, ReplicaHealth
 from .isolation import Isolation, isolation
 from .lifecycle import Cause, State
 from .process import ChildProcess
@@ -111,7 +111,6 @@ class Replica(ProcessReplica):
         self._filter: BinaryIO | None = None  # its egress seccomp filter (`_filtered`)
         self._trips: dict[str, str] = {}  # its trips' binds (egresstrip.py)
         self.health: ReplicaHealth | None = None  # this life's, from Ready till it leaves serving
-        self.health_carried: list[CheckState] = []  # as the previous daemon image left it
         # its worker said in `initialize` that it derives a task's trace context from the
         # task's id (docs/protocol.md#trace-context). Not known of an adopted worker,
         # whose handshake was the last image's: it is sent `_meta`.
@@ -399,9 +398,7 @@ class Replica(ProcessReplica):
 
     def _serving(self) -> None:
         if self.spec.health is not None:
-            self.health = ReplicaHealth(self, self.spec.health, self.host.health_board,
-                                        self.health_carried)
-        self.health_carried = []
+            self.health = ReplicaHealth(self, self.spec.health, self.host.health_board)
         self.host.replica_ready(self)
 
     def _down(self) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import msgspec
-
 from ...percentile import Window, percentile_ms
 from ...ratelimit import TokenBucket
 from .taskmachine import TERMINAL
@@ -89,27 +87,3 @@ class RetiredCounts:
         total: dict[str, Any] = {k: sum(c[k] for _, c in self.by_name.values())
                                  for k in COUNTED}
         return {**total, "queue_depth": 0, "running": 0}
-
-
-class CounterSnapshot(msgspec.Struct, frozen=True):
-    """An agent's counters handed to the next daemon image (`corral upgrade`)."""
-
-    counts: dict[str, int]
-    latencies: list[float] = []
-
-
-def carry(by_agent: Mapping[str, AgentTasks]) -> dict[str, CounterSnapshot]:
-    return {name: CounterSnapshot(dict(q.counts), list(q.latencies))
-            for name, q in by_agent.items()}
-
-
-def carry_on(q: AgentTasks, c: CounterSnapshot, counted_again: int) -> None:
-    """`q` (nothing counted yet) takes `c`'s counts and latencies. `counted_again`: the
-    agent's tasks the new image accepts once more as it takes them back."""
-    for k in COUNTED:
-        q.counts[k] += c.counts.get(k, 0)
-    q.counts["accepted"] -= counted_again
-    kept = list(q.latencies)
-    q.latencies.clear()
-    q.latencies.extend(c.latencies)
-    q.latencies.extend(kept)
