@@ -230,7 +230,13 @@ def _json_object(text: str, hint: str) -> dict[str, Any]:
               help="The arguments, a JSON object.")
 @json_option
 def tools_call(obj: Ctx, name: str, args: str, as_json: bool) -> None:
-    res = obj.call(m.ToolsCall(name=name, arguments=_json_object(args, "--args")))
+    def on_note(method: str, params: Any) -> None:
+        if method == "tools.progress" and params.get("message"):
+            click.echo(f"corral: {name}: {params['message']}", err=True)
+
+    # the daemon bounds the call (its server's `timeout`), not a person's decision (told)
+    res = obj.call(m.ToolsCall(name=name, arguments=_json_object(args, "--args")),
+                   on_notification=on_note, wait_forever=True)
     if as_json:
         print_json(res)
     else:

@@ -90,7 +90,8 @@ async def tools_pins(d: McpServices, p: m.ToolsPins, caller: Caller, c: Channel
 async def tools_call(d: McpServices, p: m.ToolsCall, caller: Caller, c: Channel) -> Any:
     # a door of the one chain, as /mcp is for the same caller (decision 2052: it called
     # the pool itself, past every link: an API token's glob, its tenant's rules, policy)
-    return await d.gateway.call(d.gateway.identity_of(caller), p.name, p.arguments)
+    return await d.gateway.call(d.gateway.identity_of(caller), p.name, p.arguments,
+                                lambda note: c.notify("tools.progress", note))
 
 
 @implements(m.McpStatus)

@@ -152,7 +152,7 @@ class Approvals(TaskInterceptor):
         call ends first, as a pin's), with no timeout but the client's own patience."""
         assert self._path is not None  # bound as the engine was made
         with waiting():  # the person's time, not the call's (personwait.py)
-            ask = await self._path.replica_calls.client_ask(client, ReplicaAsk(
+            ask = await self._path.replica_calls.client_ask(call, ReplicaAsk(
                 AskKind.APPROVAL, "tool", subject(call, why), None))
         if ask.end is AskEnd.APPROVED:
             edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None

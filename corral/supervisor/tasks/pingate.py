@@ -53,7 +53,7 @@ class PinGate(TaskInterceptor):
         task = call.task
         with waiting():  # the person's time, not the call's
             if call.client is not None:  # a gateway client's, no agent's: its own ask
-                ask = await self._path.replica_calls.client_ask(call.client, ReplicaAsk(
+                ask = await self._path.replica_calls.client_ask(call, ReplicaAsk(
                     AskKind.APPROVAL, "pin", subject, None))
             elif task is None:
                 ask = await self._path.replica_calls.ask(call.agent, ReplicaAsk(

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..process_replica import ReplicaExit
     from ..replica import Replica
     from ..stream import Stream
-    from .call import GatewayClient
+    from .call import Call
 
 OWNER_PREFIX = "replica:"
 
@@ -117,12 +117,15 @@ class ReplicaCalls:
             if parked is not None and peer is not None:
                 peer.unpark(parked)
 
-    async def client_ask(self, client: GatewayClient, asked: ReplicaAsk) -> Ask:
+    async def client_ask(self, call: Call, asked: ReplicaAsk) -> Ask:
         """A gateway client's call (no agent's) held for a person, asked as a replica's
         call of no task is: its owner the call's own (`replica:gateway:NAME:NONCE`, the
         prefix every owner of no task has: pruned and withdrawn at a start as theirs), there
         being no incarnation to share; the ask withdrawn if the call ends first (its client
-        gone). The inbox's bounds hold (its tenant's pending asks)."""
+        gone), and told its door's client as progress. The inbox's bounds hold (its
+        tenant's pending asks)."""
+        client = call.client
+        assert client is not None  # (a client's call, no replica's)
         owner = f"{OWNER_PREFIX}gateway:{client.name}:{secrets.token_hex(4)}"
         req = AskRequest(asked.kind, client.tenant, owner, 0, client.name,
                          f"{asked.what}:1", asked.subject, asked.timeout)
@@ -130,6 +133,10 @@ class ReplicaCalls:
         ask = await self.inbox.ask(req)
         if not ask.pending:
             return ask
+        if call.wire is not None and call.wire.on_progress is not None:
+            call.wire.on_progress({"progress": 0, "message": (
+                f"waits for a person's decision on ask {ask.id}: `corral approvals approve "
+                f"{ask.id}` (or deny)")})
         try:
             return await self.inbox.wait(ask)
         finally:
