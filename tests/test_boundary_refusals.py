@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from corral.supervisor.refusals import (
+    FORGOTTEN,
     MAX_TARGET,
     PER_MINUTE,
     TOPIC,
@@ -19,7 +20,7 @@ from corral.supervisor.refusals import (
 )
 from corral.supervisor.stream import Stream
 
-from .conftest import ROOT
+from .conftest import ROOT, agent
 from .daemon_harness import PY, hello
 from .test_metrics import running, samples, scrape, value
 
@@ -46,8 +47,12 @@ def test_a_flood_is_counted_whole_said_within_its_rate_and_grows_nothing() -> No
     # agents beyond number: at most max_keys (agent, kind) kept, the oldest forgotten
     for i in range(10_000):
         refusals.refused(f"a{i}", "bind", "0.0.0.0:80")
-    assert len(refusals.counts) == 100 and refusals.forgotten == 10_000 + 2 - 100
-    assert ("a9999", "bind") in refusals.counts and ("web", "connect") not in refusals.counts
+    kept = {key: n for key, n in refusals.counts.items() if key[0] != FORGOTTEN}
+    assert len(kept) == 100 and refusals.forgotten == 10_000 + 2 - 100
+    assert ("a9999", "bind") in kept and ("web", "connect") not in kept
+    # whose counts are kept by kind: no total goes back
+    assert {kind: n for (agent, kind), n in refusals.counts.items() if agent == FORGOTTEN} \
+        == {"connect": 100_001, "open": 1, "bind": 10_000 - 100}
     # a target past its bound is cut, saying its size
     refusals.refused("long", "open", "/x" * 5000)
     assert said[-1].target == f"{('/x' * 5000)[:MAX_TARGET]}… (10000 characters)"
@@ -79,6 +84,27 @@ async def test_a_refusal_is_an_event_an_audit_row_and_a_counter(tmp_path: Path) 
         assert value(series, "corral_boundary_refusals_total", agent="web",
                      kind="connect") == 1
         assert value(series, "corral_boundary_refusals_total", agent="web", kind="open") == 1
+
+
+@pytest.mark.deadline(90)
+async def test_a_removed_agents_keys_are_forgotten_and_their_counts_kept(
+        tmp_path: Path) -> None:
+    """Agents added and removed by fresh names (a fleet's churn): each one's (agent, kind)
+    pairs go with it, not kept to the bound, and /metrics' total does not go back."""
+    async with running(tmp_path, hello("web")) as d:
+        refusals = d.sup.parts.refusals
+        refusals.refused("web", "open", "/etc/shadow")
+        for i in range(3):
+            d.sup.add(agent(f"churn{i}", "hello.py"), start=False)
+            refusals.refused(f"churn{i}", "connect", "203.0.113.9:443")
+            refusals.refused(f"churn{i}", "open", "/etc/shadow")
+            await d.sup.remove(f"churn{i}")
+        assert refusals.counts == {("web", "open"): 1, (FORGOTTEN, "connect"): 3,
+                                   (FORGOTTEN, "open"): 3}
+        series = samples((await scrape(d))[2])
+        assert {(dict(labels)["agent"], dict(labels)["kind"]): n
+                for (name, labels), n in series.items()
+                if name == "corral_boundary_refusals_total"} == refusals.counts
 
 
 @pytest.mark.deadline(120)

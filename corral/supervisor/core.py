@@ -221,9 +221,11 @@ class Supervisor:
         self.notify_dir.close()
 
     def _roster(self, e: Roster) -> None:
-        """An agent removed: its per-agent tool servers' instances go with it (decision 1809)."""
+        """An agent removed: its per-agent tool servers' instances go with it (decision
+        1809), and its refusals' keys (their counts kept)."""
         if e.agent not in self.agents:
             self.mcp.forget(lambda owner: owner.startswith(f"{e.agent}#"), "its agent removed")
+            self.refusals.forget(e.agent)
 
     # -- the API (README "Python API"; the parts hold the rest) ---------------------------
     def add(self, spec: AgentSpec, *, start: bool | None = None) -> Agent:

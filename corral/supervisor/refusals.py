@@ -7,9 +7,10 @@ A refusal is counted at once (`counts`: `corral_boundary_refusals_total{agent,ki
 `BoundaryRefused`: the supervisor publishes it on the bus (`boundary.refused`, `corral
 events`, the dashboard) and the daemon writes its audit row. Past the rate a refusal is
 counted and not emitted; the next one emitted says how many were not (`unsaid`). What is
-kept is bounded: MAX_KEYS (agent, kind) pairs, the least recently refused forgotten first,
-and a target cut at MAX_TARGET characters — an agent refusing itself in a loop grows
-nothing.
+kept is bounded: MAX_KEYS (agent, kind) pairs, the least recently refused forgotten first
+(and an agent's when it is removed), their counts kept by kind as agent FORGOTTEN's, so no
+total goes back; and a target cut at MAX_TARGET characters — an agent refusing itself in a
+loop grows nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ MAX_KEYS = 4096
 MAX_TARGET = 512
 # the kinds the layers record (a refusal of another kind is recorded all the same)
 KINDS = ("connect", "send", "bind", "open", "policy", "pin", "taint")
+FORGOTTEN = "(forgotten)"  # whose counts are those of pairs forgotten (no agent's name)
 
 
 class BoundaryRefused(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +68,15 @@ class BoundaryRefusals:
         self._keys: OrderedDict[tuple[str, str], _Key] = OrderedDict()
         self.unsaid = 0  # refusals counted and never emitted, in all
         self.forgotten = 0  # (agent, kind) pairs forgotten past max_keys
+        self._folded: dict[str, int] = {}  # kind -> the forgotten pairs' counts
+
+    def forget(self, agent: str) -> None:
+        """An agent removed: its pairs forgotten (its counts kept as FORGOTTEN's)."""
+        for key in [key for key in self._keys if key[0] == agent]:
+            self._fold(key)
+
+    def _fold(self, key: tuple[str, str]) -> None:
+        self._folded[key[1]] = self._folded.get(key[1], 0) + self._keys.pop(key).count
 
     def refused(self, agent: str, kind: str, target: str, *, task: str | None = None,
                 tenant: str | None = None) -> bool:
@@ -76,7 +87,7 @@ class BoundaryRefusals:
         entry = self._keys.get(key)
         if entry is None:
             if len(self._keys) >= self.max_keys:
-                self._keys.popitem(last=False)
+                self._fold(next(iter(self._keys)))
                 self.forgotten += 1
             entry = self._keys[key] = _Key(TokenBucket(self.per_minute, self.clock))
         else:
@@ -96,4 +107,5 @@ class BoundaryRefusals:
     @property
     def counts(self) -> dict[tuple[str, str], int]:
         """BoundaryRefusals by (agent, kind), as /metrics says them."""
-        return {key: entry.count for key, entry in self._keys.items()}
+        return {**{key: entry.count for key, entry in self._keys.items()},
+                **{(FORGOTTEN, kind): n for kind, n in self._folded.items()}}
