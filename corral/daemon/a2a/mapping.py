@@ -7,6 +7,7 @@ import datetime
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
 from ...askviews import Ask, AskKind
 from ...taskviews import TaskInfo
@@ -166,10 +167,11 @@ def task_of(info: TaskInfo, history: int | None = None, artifacts: bool = True, 
 
 
 def submitted(info: TaskInfo, history: int | None) -> dict[str, Any]:
-    """The task as it was accepted: a stream's first event, before what it did."""
-    task = task_of(info, history, artifacts=False)
-    task["status"] = {"state": SUBMITTED, "timestamp": timestamp(info.created)}
-    return task
+    """The task as it was accepted, whatever it has done since (a fast one has ended): a
+    stream's first event, before the events of what it did (spec 3.1.2), its state and
+    its metadata alike."""
+    return task_of(msgspec.structs.replace(info, status="queued", started=None,
+                                           finished=None, asks=UNSET), history)
 
 
 def status_event(info: TaskInfo) -> dict[str, Any]:
