@@ -260,11 +260,12 @@ async def runs_get(d: WorkflowServices, p: m.RunsGet, caller: Caller, c: Channel
         await d.workflows.wait(p.run_id, p.wait)
     await d.workflows.read(p.run_id)
     await d.workflows.kept(p.run_id)
-    run = d.workflows.get(p.run_id)
-    if p.step is not None and p.step not in {s.name for s in run.wf.steps}:
-        raise RpcError(jsonrpc.INVALID_PARAMS, f"run {run.run_id} has no step {p.step} "
-                       f"(its steps: {', '.join(s.name for s in run.wf.steps)})")
-    return run_view(run, d.workflows.rows, p)
+    with d.workflows.snapshot():  # the run's row, its steps' rows, their outputs
+        run = d.workflows.get(p.run_id)
+        if p.step is not None and p.step not in {s.name for s in run.wf.steps}:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"run {run.run_id} has no step {p.step} "
+                           f"(its steps: {', '.join(s.name for s in run.wf.steps)})")
+        return run_view(run, d.workflows.rows, p)
 
 
 @implements(m.RunsList)

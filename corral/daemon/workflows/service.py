@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ... import jsonrpc
@@ -206,6 +206,15 @@ class WorkflowService:
             return
         ids = [run_id] if run_id is not None else await self.shared.newest(KIND, newest)
         await self.shared.copy([i for i in ids if i not in self.live])
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """The reads within it (a run, its rows, their outputs) one snapshot of the state
+        database: a commit of the writer thread (a node's copy of a run, a prune) lands
+        before them all or after, never between two."""
+        with (db := self.rows.store.db):
+            db.execute("BEGIN")
+            yield
 
     def get(self, run_id: str) -> Run:
         live = self.live.get(run_id)
