@@ -433,12 +433,20 @@ def paired(out: dict[str, Any]) -> dict[str, Any]:
             theirs = out[what].get("before " + key[len("corral "):])
             if not key.startswith("corral ") or theirs is None or "chunks" not in mine:
                 continue
-            ratios = {k: round(statistics.median(
-                a[k] / b[k] for a, b in zip(mine["chunks"], theirs["chunks"], strict=True)),
-                3) for k in ("per_s", "server_cpu_us", "p50_ms")}
+            ratios = {k: _ratio(mine["chunks"], theirs["chunks"], k)
+                      for k in ("per_s", "server_cpu_us", "p50_ms")}
             pairs[f"{what} {key}"] = {"this/before": ratios, "this": mine["median"],
                                       "before": theirs["median"]}
     return pairs
+
+
+def _ratio(mine: list[dict[str, Any]], theirs: list[dict[str, Any]], k: str
+           ) -> float | None:
+    """The median of the per-chunk ratios of `k`, a chunk whose other side measured none
+    (no CPU in a chunk its process spent waiting, no run finished) left out: None when
+    every one was."""
+    ratios = [a[k] / b[k] for a, b in zip(mine, theirs, strict=True) if b[k]]
+    return round(statistics.median(ratios), 3) if ratios else None
 
 
 def pycount(tree: Path | None, total: int, conc: int, what: str = "runs", steps: int = 100,
