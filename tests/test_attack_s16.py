@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import http.client
 import json
 import shutil
 import tempfile
@@ -19,7 +18,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,9 +28,9 @@ from .cluster.harness import STEADY_TTL
 from .conftest import ROOT
 from .contract.home import KINDS, Home, made
 from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .mcp_post import rpc
 from .test_daemon_cli import wait_until
 
-VERSION = "2026-07-28"
 SERVERS = Path(__file__).parent / "servers"
 AGENT = Path(__file__).parent / "attack_s16_agent.py"
 SPENDER = Path(__file__).parent / "attack_s16_spender.py"
@@ -44,26 +42,6 @@ MONTHS, MONTHS_TOKEN = "months", "attack-s16-token-of-a-reader-of-numbered-repor
 TOKENS = {READER: READER_TOKEN, MONTHS: MONTHS_TOKEN}
 # the doors a resource is read at: the agent's task on the worker link, a client at /mcp
 READ_DOORS = ("worker", "/mcp client")
-
-
-def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One 2026-07-28 request at `url` with `token`: its JSON-RPC answer."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": {
-        "io.modelcontextprotocol/protocolVersion": VERSION,
-        "io.modelcontextprotocol/clientCapabilities": {}}}}
-    where = urlsplit(url)
-    assert where.hostname is not None
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
-    name = params.get("uri", params.get("name"))
-    try:
-        conn.request("POST", where.path, json.dumps(body), {
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": VERSION,
-            "Mcp-Method": method, **({"Mcp-Name": str(name)} if name is not None else {})})
-        said: dict[str, Any] = json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-    return said
 
 
 def client(name: str, token: str, tools: list[str]) -> str:

@@ -8,14 +8,12 @@ names it (docs/security.md, /work/notes's note to its owner)."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import importlib
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,8 +21,8 @@ from corral import jsonrpc
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .mcp_post import rpc as post
 
-VERSION = "2026-07-28"
 SKILLS = "io.modelcontextprotocol/skills"
 AGENT = ROOT / "tests" / "doors" / "door_agent.py"
 EXAMPLE = ROOT / "examples" / "skills"
@@ -37,25 +35,8 @@ PLAIN, PLAIN_TOKEN = "plain", "attack-s6-token-of-a-client-of-one-agent"
 
 
 def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One 2026-07-28 request at `url` with `token` (none: anonymous), skills' extension
-    declared: its JSON-RPC answer."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": {
-        "io.modelcontextprotocol/protocolVersion": VERSION,
-        "io.modelcontextprotocol/clientCapabilities": {"extensions": {SKILLS: {}}}}}}
-    where = urlsplit(url)
-    assert where.hostname is not None
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
-    name = params.get("uri", params.get("name"))
-    try:
-        conn.request("POST", where.path, json.dumps(body), {
-            **({"Authorization": f"Bearer {token}"} if token else {}),
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": VERSION,
-            "Mcp-Method": method, **({"Mcp-Name": str(name)} if name is not None else {})})
-        said: dict[str, Any] = json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-    return said
+    """One request at `url` with `token` (none: anonymous), skills' extension declared."""
+    return post(url, token, method, params, {"extensions": {SKILLS: {}}})
 
 
 def replica_env(d: Daemon, agent: str) -> tuple[str, str]:

@@ -6,14 +6,12 @@ that names it (docs/security.md, /work/notes's note to its owner)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,37 +19,14 @@ from corral import jsonrpc
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, corral_run, running_daemon, shared_tmpdir
+from .mcp_post import rpc
 from .servers.model_upstream import StandIn
 from .test_daemon_cli import wait_until
 from .test_model_gateway import provider_key, upstream  # noqa: F401
 
-VERSION = "2026-07-28"
 AGENT = ROOT / "tests" / "doors" / "door_agent.py"
 POLICY_SERVER = ROOT / "tests" / "servers" / "policy_mcp.py"
 SKILLS = ROOT / "examples" / "skills"  # incident-review, release-notes
-
-
-def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One 2026-07-28 request at `url` (its query kept: an attempt's address) with
-    `token`: its JSON-RPC answer (an HTTP refusal's body as it came)."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": {
-        "io.modelcontextprotocol/protocolVersion": VERSION,
-        "io.modelcontextprotocol/clientCapabilities": {}}}}
-    where = urlsplit(url)
-    assert where.hostname is not None
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
-    try:
-        conn.request("POST", where.path + (f"?{where.query}" if where.query else ""),
-                     json.dumps(body), {
-                         "Authorization": f"Bearer {token}",
-                         "Content-Type": "application/json",
-                         "Accept": "application/json, text/event-stream",
-                         "MCP-Protocol-Version": VERSION, "Mcp-Method": method,
-                         "Mcp-Name": str(params.get("name"))})
-        said: dict[str, Any] = json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-    return said
 
 
 @pytest.fixture(scope="module")
