@@ -76,6 +76,10 @@ class Keys:
     def incarnations(self, node: str) -> str:
         return f"{self.prefix}inc:{node}"
 
+    def running_calls(self, consumer_name: str) -> str:
+        """An incarnation's running cluster attempts' tool calls (runningcalls.py)."""
+        return f"{self.prefix}tcalls:{consumer_name}"
+
     # -- tasks: queued by route (tenant and agent name: no ':' in either), so that another
     # tenant's agent of the name has streams of its own -------------------------------
     def stream(self, tenant: str, agent: str, priority: int) -> str:

@@ -53,6 +53,7 @@ from .queue import ClusterQueue, ClusterTask, free_slots
 from .reaper import Reaper
 from .replicas import acks_of
 from .retention import ClusterRetention
+from .runningcalls import RunningCalls
 from .scripts import Scripts, cancel
 from .specs import ClusterSpecs, Describe, Entry
 from .steps import ClusterSteps
@@ -87,6 +88,8 @@ class ClusterNode:
                                    self.membership, report, settings)
         self.session_stores = (sessions,)  # (daemon/clusterpeer.py: NotANode's, none)
         self.steps = ClusterSteps(scripts, self.keys, trust, tasks.active.get)
+        self.running_calls = RunningCalls(self.redis, self.keys, self.membership,
+                                          tasks.active.get)
         # (the desk is made below)
         # (a task's labels: read by the view too, an anonymous A2A caller's own tasks)
         self.labels = labels = ClusterLabels(self.redis, self.keys)
@@ -235,6 +238,7 @@ class ClusterNode:
                         self.host.stream.emit(handover)
                     await self.retention.step(streams)
                     await self._drain_step()
+                    await self.running_calls.beat(held)  # (last: it holds up no reaping)
                     short = self.scripts.acks is not None and self.scripts.acks.fell_short()
                     if short or self._beats % redischeck.CHECK_BEATS == 0:
                         await self._check_redis()
@@ -475,10 +479,11 @@ class ClusterNode:
             if info is not None and info.status.encode() not in records.TERMINAL:
                 # what it waits for, wherever it runs (clusterasks.py)
                 info.asks = await self.asks.of_task(task_id) or info.asks
-                # the calls its running attempt made so far, as its steps say them (its
-                # record counts those of its ended attempts: decision 2035)
+                # the calls its running attempt made so far, as its steps say them and
+                # its node last wrote them (its record counts those of its ended
+                # attempts: decisions 2035, 2095)
                 info.tool_calls = max(info.tool_calls, tool_calls_made(
-                    await self.steps.history(task_id)))
+                    await self.steps.history(task_id)), await self.running_calls.of(task_id))
         except RedisError as exc:
             if self.tasks.holds(task_id) or task_id in self.tasks.finished:
                 return None  # this node's engine still knows it
