@@ -21,7 +21,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.labels import LabelStore
 from ..supervisor.tasks import Task, new_id
-from ..supervisor.tasks.admission import cluster_refusal
+from ..supervisor.tasks.admission import QueueBound, cluster_refusal
 from ..supervisor.tasks.model import SpawnOrder, SpawnReply
 from ..supervisor.tasks.spawntree import Lineage
 from ..supervisor.tasks.taskmachine import TERMINAL
@@ -75,7 +75,7 @@ class ClusterSpawns(RedisPart):
 
     def __init__(self, scripts: Scripts, keys: Keys, trust: Trust, node: str,
                  serves: Callable[[str, str], Awaitable[bool]],
-                 max_queue: Callable[[str, str], Awaitable[int]],
+                 max_queue: Callable[[str, str], Awaitable[QueueBound]],
                  ended: Callable[[str], Awaitable[TaskInfo]],
                  info: Callable[[str], Awaitable[TaskInfo | None]], labels: LabelStore
                  ) -> None:
@@ -145,14 +145,14 @@ class ClusterSpawns(RedisPart):
                 self.keys.priorities(order.tenant, order.agent), self.keys.agents,
                 self.keys.live, self.keys.task(task.id), self.keys.spawns(task.id)]
         row = f"{self.trust.sign(SIGNED_SPAWN, task.id, order.key, child_id)} {child_id}"
-        max_queue = await self._max_queue(order.agent, order.tenant)
+        bound = await self._max_queue(order.agent, order.tenant)
         if order.labels:  # (kept before the child is: a node that claims it reads them)
             await self.labels.mark(child_id, order.labels)
         args: list[Any] = [
             child_id, order.agent, order.raw_input, 0,
             "" if order.timeout is None else repr(order.timeout),
             "" if order.retries is None else order.retries, repr(time.time()), self.node,
-            max_queue, "0", trace_field(order.traceparent, order.tracestate),
+            bound.most, "0", trace_field(order.traceparent, order.tracestate),
             task.token, order.key, order.max_children, row, "",
             encoded(step_options(order.timeout, None)) or b"",
             lineage_field(self.trust, child_id, order.lineage, task.id), order.tenant,
@@ -160,7 +160,7 @@ class ClusterSpawns(RedisPart):
         got = await self._run(keys, args)
         if got == 1:
             return SpawnReply(child_id)
-        full = cluster_refusal(order.agent, got, max_queue)
+        full = cluster_refusal(order.agent, got, bound)
         if full is not None:
             raise full
         what = got[0].decode() if isinstance(got, list) and got else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -29,7 +29,7 @@ from ..supervisor.labels import (
     starts,
 )
 from ..supervisor.tasks import TaskFinished, is_task_id, new_id
-from ..supervisor.tasks.admission import cluster_refusal
+from ..supervisor.tasks.admission import QueueBound, cluster_refusal
 from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.spawn import REACH
@@ -66,6 +66,17 @@ def _let_go(by: dict[str, list[Any]], task_id: str, item: Any) -> None:
         items.remove(item)
         if not items:
             del by[task_id]
+
+
+def _least(bounds: Iterable[int]) -> int:
+    return min((most for most in bounds if most), default=0)
+
+
+def _tighter(agents: int, tenants: int, tenant: str) -> QueueBound:
+    """The agent's bound, or the tenant's when that is the tighter (0: none)."""
+    if tenants and (not agents or tenants < agents):
+        return QueueBound(tenants, tenant)
+    return QueueBound(agents)
 
 
 class ClusterTasks(RedisPart):
@@ -127,20 +138,24 @@ class ClusterTasks(RedisPart):
         raise RpcError(jsonrpc.REFUSED, f"no live node of cluster {self.settings.name} "
                                         f"runs agent {agent}")
 
-    async def max_queue(self, agent: str, tenant: str) -> int:
+    async def max_queue(self, agent: str, tenant: str) -> QueueBound:
         """The bound on what waits for the tenant's agent of the name, for every submit
-        and spawn at this node: its own agent's max_queue when it runs it, else the
-        tightest the live nodes that run it say in their beats as last read (they differ
-        only while a reload reaches them one by one), else its cluster table's, which a
-        node places (decision 2040)."""
+        and spawn at this node: its agent's max_queue, or its tenant's own when tighter
+        (decision 2096). Its own agent's and tenant's when it runs it, else the tightest
+        the live nodes that run it say in their beats as last read (they differ only
+        while a reload reaches them one by one), else its cluster table's, which a node
+        places (decision 2040)."""
         local = self.host.agents.get(agent)
         if local is not None and local.spec.tenant == tenant:
-            return local.spec.max_queue
-        said = [n.queues.get(agent, 0) for n in self.view if n.runs(tenant, agent)]
+            mine = self.membership.queues() if self.membership.queues else ({}, {})
+            return _tighter(local.spec.max_queue, mine[1].get(tenant, 0), tenant)
+        said = [n for n in self.view if n.runs(tenant, agent)]
         if said:
-            return min((most for most in said if most), default=0)
+            return _tighter(_least(n.queues.get(agent, 0) for n in said),
+                            _least(n.tenant_queues.get(tenant, 0) for n in said), tenant)
         table = await self._table(agent)
-        return table.max_queue if table is not None and table.tenant == tenant else 0
+        return QueueBound(table.max_queue if table is not None and table.tenant == tenant
+                          else 0)
 
     async def serves(self, agent: str, tenant: str) -> bool:
         """Whether a task of the tenant's agent of the name would be run (as `_route` finds it)."""
@@ -178,7 +193,7 @@ class ClusterTasks(RedisPart):
                                                                 p.session)
         for key, labels in accepted(task_id, session, HANDED.get()):
             await self.labels.mark(key, labels)
-        max_queue = await self.max_queue(p.agent, tenant)
+        bound = await self.max_queue(p.agent, tenant)
         keys = [self.keys.task(task_id), self.keys.stream(tenant, p.agent, p.priority),
                 self.keys.priorities(tenant, p.agent), self.keys.agents, self.keys.live]
         # (its retries: its own policy's, else the claiming node's agent's)
@@ -187,7 +202,7 @@ class ClusterTasks(RedisPart):
         at = options.start_at(now)  # (checked at the door: clustered.py)
         args = [task_id, p.agent, raw, p.priority,
                 "" if p.timeout is None else repr(p.timeout), retries, repr(now),
-                self.membership.node, max_queue, "1" if watched else "0",
+                self.membership.node, bound.most, "1" if watched else "0",
                 records.trace_field(p.traceparent, p.tracestate)]
         submit = self.scripts.submit
         if p.session is not None:
@@ -233,7 +248,7 @@ class ClusterTasks(RedisPart):
             got = await self._turn(keys, args, task_id)
         if got == REFUSED and ride is not None:
             raise LostLease(ride.call_id)
-        refused = cluster_refusal(p.agent, got, max_queue)
+        refused = cluster_refusal(p.agent, got, bound)
         if refused is not None:
             raise refused
         # (who started it, once it is accepted: a refused turn claims no session's name;

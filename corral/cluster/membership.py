@@ -54,9 +54,11 @@ class Beat(msgspec.Struct):
     tenants: dict[str, str] = {}
     # it takes a session's next turn when it ran the last ([cluster] sticky_sessions)
     sticky: bool = True
-    # agent -> its max_queue, of the agents it runs that have one: the bound a node that
-    # runs none of the name submits its tasks under (ClusterTasks.max_queue)
+    # agent -> its max_queue, of the agents it runs that have one, and tenant -> its own
+    # ([tenants.X]), of their tenants that have one: the bounds a node that runs none of
+    # the name submits its tasks under (ClusterTasks.max_queue)
     queues: dict[str, int] = {}
+    tenant_queues: dict[str, int] = {}
 
 
 _DAEMONS: dict[int, str] = {}
@@ -80,6 +82,7 @@ class NodeView(NodeInfo):
 
     tenants: dict[str, str] = {}
     queues: dict[str, int] = {}  # (Beat's)
+    tenant_queues: dict[str, int] = {}
 
     @property
     def consumer(self) -> str:
@@ -97,7 +100,8 @@ class NodeView(NodeInfo):
 
 Offer = Callable[[], tuple[int, int, dict[str, str]]]  # -> capacity, load, agent -> tenant
 Places = Callable[[], tuple[int, list[str], bool]]  # -> room, placed, draining
-Queues = Callable[[], dict[str, int]]  # -> agent -> its max_queue (those that have one)
+# -> agent -> its max_queue, and tenant -> its own, of those that have one
+Queues = Callable[[], tuple[dict[str, int], dict[str, int]]]
 
 _beat = msgspec.json.Decoder(Beat)
 
@@ -161,12 +165,12 @@ class Membership(RedisPart):
         """The beat to write, and the agents it offers (published once Redis takes it)."""
         capacity, load, agents = self.offer()
         room, placed, draining = self.places() if self.places is not None else (0, [], False)
+        queues, tenant_queues = self.queues() if self.queues else ({}, {})
         return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load,
                                         sorted(agents), time.time(), room, placed,
                                         draining, self.daemon, os.getpid(),
                                         socket.gethostname(), self.trust.fingerprint, agents,
-                                        self.sticky, self.queues() if self.queues else {})
-                                  ), agents
+                                        self.sticky, queues, tenant_queues)), agents
 
     def _one_daemon(self) -> list[Any]:
         return [self.daemon, self.keys.alive("")]
@@ -342,7 +346,8 @@ class Membership(RedisPart):
         alive = await self.alive([consumer(b.node, b.incarnation) for b in beats])
         return [NodeView(b.node, consumer(b.node, b.incarnation) in alive, b.incarnation,
                          b.load, b.agents, b.last_beat, b.capacity, b.room, b.placed,
-                         b.draining, b.pid, b.host, b.key, b.tenants, b.queues)
+                         b.draining, b.pid, b.host, b.key, b.tenants, b.queues,
+                         b.tenant_queues)
                 for b in beats]
 
     async def alive(self, consumers: list[str]) -> set[str]:

@@ -173,8 +173,12 @@ class ClusterNode:
         return capacity, len(self.tasks.active), {n: a.spec.tenant
                                                   for n, a in agents.items()}
 
-    def _queues(self) -> dict[str, int]:
-        return {n: a.spec.max_queue for n, a in self.host.agents.items() if a.spec.max_queue}
+    def _queues(self) -> tuple[dict[str, int], dict[str, int]]:
+        agents = self.host.agents.values()
+        specs = self.tasks.tenancy.specs if self.tasks.tenancy is not None else {}
+        return ({a.name: a.spec.max_queue for a in agents if a.spec.max_queue},
+                {t: specs[t].max_queue for t in {a.spec.tenant for a in agents}
+                 if t in specs and specs[t].max_queue})
 
     def _fenced(self, e: NodeFence) -> None:
         self.outbox.given_up.add(e.consumer)

@@ -41,6 +41,12 @@ def retry_after(seconds: float) -> dict[str, float]:
     return {"retry_after": round(seconds, 3)}
 
 
+def tenant_queue_full(tenant: str, most: int, queued: int, agent: str) -> RpcError:
+    """The refusal of a task past its tenant's max_queue, in every home's words."""
+    return RpcError(jsonrpc.REFUSED, f"tenant {tenant}: max_queue {most} reached ({queued} "
+                                     f"waiting); a task for {agent} needs 1 more")
+
+
 class Tenancy:
     """The tenants' specs and the checks of their quotas, over the supervisor's agents;
     each change told on the stream (QuotasChanged)."""
@@ -185,9 +191,7 @@ class Tenancy:
         if spec.max_queue:
             queued = sum(depth(a.name) for a in self.members(tenant))
             if queued >= spec.max_queue:
-                return RpcError(jsonrpc.REFUSED, f"tenant {tenant}: max_queue "
-                                f"{spec.max_queue} reached ({queued} waiting); a task for "
-                                f"{agent.name} needs 1 more")
+                return tenant_queue_full(tenant, spec.max_queue, queued, agent.name)
         if spec.rate_per_minute:
             bucket = self._buckets.get(tenant)
             if bucket is None:

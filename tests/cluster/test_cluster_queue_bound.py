@@ -155,3 +155,35 @@ def test_a_sessions_line_at_a_node_not_running_its_agent_is_bounded_by_its_max_q
             assert error_of(n, "tasks.submit", turn | {"input": {"turn": 3}}) == (
                 "queue full: agent chat has 1 task waiting (max_queue 1)")
         assert len(b.call("tasks.list", {"agent": "chat"})["tasks"]) == 2
+
+
+@pytest.mark.deadline(120)
+def test_a_task_submitted_at_a_node_not_running_its_agent_is_bounded_by_its_tenants_max_queue(
+        tmp: Path, redis: RedisServer) -> None:
+    """A tenant's own `max_queue` ([tenants.X]) bounds its agent's cluster tasks at every
+    node, as the node running the agent says it in its beats: b runs none of acme's agents
+    and has no [tenants.acme] (decision 2096). Before, it counted only the tasks waiting
+    at a node that runs the agent, and b bounded the task by none."""
+    # (its agent's own bound is the looser: the tenant's is met, in its words)
+    a_toml = sleeper("w") + 'tenant = "acme"\nmax_queue = 2\n\n[tenants.acme]\nmax_queue = 1\n'
+    with nodes(tmp, redis, {"a": a_toml, "b": ""}, ttl=STEADY_TTL) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in b.nodes()["nodes"]) == 2,
+                   what="both nodes alive")
+        sleep = {"agent": "w", "input": {"do": "sleep", "seconds": 1000}}
+        held = [a.call("tasks.submit", sleep)["task_id"]]
+        try:
+            wait_until(lambda: a.call("tasks.get", {"task_id": held[0]})["status"]
+                       == "running", what="w's task running at a")
+            held.append(b.call("tasks.submit", sleep)["task_id"])  # (waits: w is full)
+            for n in (b, a):
+                assert error_of(n, "tasks.submit", sleep) == (
+                    "tenant acme: max_queue 1 reached (1 waiting); a task for w needs 1 "
+                    "more")
+        finally:
+            made = [t["task_id"] for t in b.call("tasks.list", {"agent": "w"})["tasks"]]
+            for task_id in made:
+                a.call("tasks.cancel", {"task_id": task_id})
+            wait_until(lambda: all(a.call("tasks.get", {"task_id": t})["status"] in ENDED
+                                   for t in made), what="w's tasks ended")
+        assert sorted(made) == sorted(held)  # (nothing made by the refused submits)

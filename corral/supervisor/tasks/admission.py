@@ -4,13 +4,13 @@ is journaled or queued."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...text import plural
-from ..quotas import retry_after
+from ..quotas import retry_after, tenant_queue_full
 
 if TYPE_CHECKING:
     from ..quotas import Tenancy
@@ -56,12 +56,27 @@ def queue_full(agent: str, depth: int, most: int) -> RpcError:
                                      f"{plural(depth, 'task')} waiting (max_queue {most})")
 
 
-def cluster_refusal(agent: str, got: object, most: int) -> RpcError | None:
-    """The refusal a cluster's submit script answered, as queue_full's: {'full', what
-    waits}, or -1 for a session's line (its length is its bound)."""
+class QueueBound(NamedTuple):
+    """What a cluster task's queue is bounded by: `most` waiting (0: none), its agent's
+    max_queue, or its tenant's when that is the tighter (`tenant` names it)."""
+
+    most: int
+    tenant: str | None = None
+
+
+def cluster_refusal(agent: str, got: object, bound: QueueBound) -> RpcError | None:
+    """The refusal a cluster's submit script answered, in the words of the bound it met
+    (queue_full's, or the tenant's): {'full', what waits}, or -1 for a session's line
+    (its length is its bound)."""
     if isinstance(got, list) and got[:1] == [b"full"]:
-        return queue_full(agent, int(got[1]), most)
-    return queue_full(agent, most, most) if got == -1 else None
+        waiting = int(got[1])
+    elif got == -1:
+        waiting = bound.most
+    else:
+        return None
+    if bound.tenant is not None:
+        return tenant_queue_full(bound.tenant, bound.most, waiting, agent)
+    return queue_full(agent, waiting, bound.most)
 
 
 def asks_size_only(timeout: float | None, bucket: TokenBucket | None,
