@@ -104,6 +104,7 @@ Places = Callable[[], tuple[int, list[str], bool]]  # -> room, placed, draining
 Queues = Callable[[], tuple[dict[str, int], dict[str, int]]]
 
 _beat = msgspec.json.Decoder(Beat)
+GARBLED_SAID = 64  # the names of beats that do not parse said in the log, at most
 
 
 class NodeJoin(NamedTuple):
@@ -150,6 +151,7 @@ class Membership(RedisPart):
         # given to this node for any of them (sessionscripts' sticky turn) until a beat
         # without it is taken
         self.published: dict[str, str] = {}
+        self._garbled: set[bytes] = set()  # the names whose beat was said not to parse
 
     @property
     def member(self) -> bool:
@@ -178,9 +180,9 @@ class Membership(RedisPart):
     async def holder(self) -> Beat | None:
         """Another daemon's beat as this node, while its incarnation is alive."""
         raw = await self.redis.hget(self.keys.nodes, self.node)
-        if raw is None:
+        b = None if raw is None else self._parsed(self.node.encode(), raw)
+        if b is None:
             return None
-        b = _beat.decode(raw)
         if b.daemon == self.daemon or not await self.redis.exists(
                 self.keys.alive(consumer(b.node, b.incarnation))):
             return None
@@ -339,7 +341,7 @@ class Membership(RedisPart):
     async def nodes(self) -> list[NodeView]:
         """Every node that ever beat in this cluster, by name."""
         got = await read(lambda: self.redis.hgetall(self.keys.nodes))
-        beats = [_beat.decode(v) for v in got.values()]
+        beats = [b for b in (self._parsed(k, v) for k, v in got.items()) if b is not None]
         beats.sort(key=lambda b: b.node)
         if not beats:
             return []
@@ -349,6 +351,18 @@ class Membership(RedisPart):
                          b.draining, b.pid, b.host, b.key, b.tenants, b.queues,
                          b.tenant_queues)
                 for b in beats]
+
+    def _parsed(self, name: bytes, raw: bytes) -> Beat | None:
+        """A beat of the nodes' hash; None for one that does not parse (a Redis writer's:
+        no node's, passed over, said once for a name, never a failed read)."""
+        try:
+            return _beat.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            if name not in self._garbled and len(self._garbled) < GARBLED_SAID:
+                self._garbled.add(name)
+                self.report(f"cluster: the beat of node {name.decode(errors='replace')!r} "
+                            f"in Redis does not parse ({exc}): passed over")
+            return None
 
     async def alive(self, consumers: list[str]) -> set[str]:
         if not consumers:

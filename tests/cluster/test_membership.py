@@ -237,3 +237,29 @@ def test_a_forked_process_beats_as_another_daemon() -> None:
         os.waitpid(pid, 0)
     assert len(child) == 32 and child != parent
     assert this_daemon() == parent
+
+
+async def test_a_beat_that_does_not_parse_is_passed_over_and_said_once(
+        redis: RedisServer) -> None:
+    """A Redis writer's beat in the nodes' hash (no JSON; a max_queue that is no number)
+    is no node's: the nodes are listed without it, said once for its name, and one under
+    this node's own name holds up no start (tests/test_attack_s17.py has the daemon's)."""
+    said: list[str] = []
+    a = member(redis, "a", said, STEADY_TTL, STEADY_BEAT)
+    try:
+        await a.redis.hset(a.keys.nodes, mapping={
+            "ghost": b"{not json", "a": b'{"node":"a","incarnation":1,"capacity":1,'
+            b'"load":0,"agents":[],"last_beat":0,"queues":{"w":"many"}}'})
+        assert await a.holder() is None
+        await a.check_unique()
+        await a.join()
+        for _ in range(2):
+            assert [v.node for v in await a.nodes()] == ["a"]
+        assert said == [
+            "cluster: the beat of node 'a' in Redis does not parse (Expected `int`, got "
+            "`str` - at `$.queues[...]`): passed over",
+            "cluster: joined as a/1",
+            "cluster: the beat of node 'ghost' in Redis does not parse (JSON is malformed: "
+            "object keys must be strings (byte 1)): passed over"], said
+    finally:
+        await a.redis.aclose()
