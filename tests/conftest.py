@@ -443,11 +443,20 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     timeline = os.environ.get("CORRAL_TEST_TIMELINE")
     if timeline:
         # each test's worker, turn asked, begun and ended (monotonic: one clock for the
-        # machine), a line each, to see what a parallel run's workers did when
+        # machine), a line each, to see what a parallel run's workers did when; and the
+        # worker's pid and its fork server's, which process accounting's records name as
+        # the parents of what a test started (the file's true CPU: a worker's
+        # RUSAGE_CHILDREN counts a long-lived child's at whichever test reaps it), and the
+        # worker's own CPU so far (its in-process daemons' threads in it)
+        from . import forkserver
+
+        own = resource.getrusage(resource.RUSAGE_SELF)
         with open(timeline, "a") as out:
             out.write(json.dumps([item.config.workerinput["workerid"],  # type: ignore[attr-defined]
                                   item.nodeid, round(asked, 3), round(began, 3),
-                                  round(time.monotonic(), 3)]) + "\n")
+                                  round(time.monotonic(), 3), os.getpid(),
+                                  forkserver.server_pid(),
+                                  round(own.ru_utime + own.ru_stime, 3)]) + "\n")
 
 
 # Each file's time in the last run that ran it, kept in pytest's cache: scripts/flaky.py
