@@ -367,6 +367,29 @@ async def test_a_cancelled_turn_leaves_the_line_and_the_next_one_runs(tmp_path: 
             (fourth.id, "succeeded")]
 
 
+async def test_a_turn_held_for_its_time_waits_in_its_line_and_leaves_it_at_its_cancel(
+        tmp_path: Path) -> None:
+    """A turn with a delay takes its place in its session's line as it is accepted,
+    counted among the delayed alone (max_queue adds both: not twice); cancelled there it
+    leaves the line and its time, never requeued, and the turn behind it has the place."""
+    async with in_process(tmp_path, chat()) as d:
+        tasks = d.sup.tasks
+        first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f1")},
+                             TaskOptions(session="c"))
+        held = tasks.submit("chat", {"turn": 2}, TaskOptions(session="c", delay=600))
+        after = tasks.submit("chat", {"turn": 3}, TaskOptions(session="c"))
+        s = tasks.sessions.table[tasks.sessions.key_of("chat", "c")]
+        assert ([t.id for t in s.line], tasks.queue.depth("chat"),
+                tasks.delays.count("chat")) == ([held.id, after.id], 1, 1)
+        assert tasks.cancel(held.id).status == "cancelled"
+        assert ([t.id for t in s.line], tasks.queue.depth("chat"),
+                tasks.delays.holds(held)) == ([after.id], 1, False)
+        await release(str(tmp_path / "f1"))
+        await asyncio.wait_for(asyncio.shield(after.done), 30)
+        assert (first.output["turns"], after.output["turns"]) == ([1], [1, 3])
+        assert (tasks.queue.depth("chat"), s.current, s.line) == (0, None, [])
+
+
 async def test_a_retry_waiting_for_its_backoff_keeps_its_sessions_turn(
         tmp_path: Path) -> None:
     fleet = chat(extra="retry_backoff = 0.3\nretry_jitter = false\n")
@@ -443,8 +466,8 @@ async def test_a_delayed_turn_keeps_its_session_from_expiring(tmp_path: Path) ->
             await asyncio.sleep(0.05)
         assert seen == [("d", 2, None)]
         assert (await refused(d, "sessions.end", {"agent": "chat", "session": "d"})) == (
-            jsonrpc.CONFLICT, "session d of agent chat has 1 unfinished task; cancel them "
-                              "or wait for them to end")
+            jsonrpc.CONFLICT, f"session d of agent chat has 1 unfinished task: task "
+                              f"{later.id} is queued; cancel them or wait for them to end")
         await asyncio.wait_for(asyncio.shield(later.done), 30)
         assert later.output["turns"] == [1, 2] and tasks.sessions.expired == 0
 

@@ -158,7 +158,8 @@ _ENDED = "(" + " or ".join(f"rec[1] == '{s.decode()}'" for s in sorted(TERMINAL)
 # An ended turn's move, decided above (turns.py), kept only while the session's current
 # turn and its line's length are as read; else nothing changes and MOVE answers what they
 # are now, for the node to decide again (a length of -1: nothing read yet). 'advance':
-# the line's first turn goes into its stream and takes the place; 'rest': the session
+# the line's first turn takes the place and goes into its stream (one held for its time,
+# a delay's, waits in the due set: due.py moves it when due); 'rest': the session
 # idles, to expire session_ttl from now; 'leave': the turn leaves the line; '': no move
 # (its session ended, or moved already). The turn is then no longer marked ended.
 # A marker no end wrote (its record gone: expired, or a Redis writer's id; or a turn that
@@ -191,10 +192,17 @@ end
 if ARGV[2] == 'advance' then
   local nxt = redis.call('LPOP', sline)
   local record = prefix .. 'task:' .. nxt
-  local home = redis.call('HGET', record, 'stream')
-  redis.call('HSET', record, 'entry', redis.call('XADD', home, '*', 'task', nxt))
   redis.call('HSET', skey, 'cur', nxt, 'last', now)
-  {_stick('home')}
+  -- (where the turn given the place waits is its record's: its time, not its session's)
+  local due_at = redis.call('ZSCORE', prefix .. 'due', nxt)
+  if due_at then
+    redis.call('HSET', record, 'entry', '')  -- (DUE moves it into its stream when due)
+  else
+    local home = redis.call('HGET', record, 'stream')
+    redis.call('HSET', record, 'entry', redis.call('XADD', home, '*', 'task', nxt))
+    redis.call('HDEL', record, 'not_before')
+    {_stick('home')}
+  end
 elseif ARGV[2] == 'rest' then
   local ttl = tonumber(redis.call('HGET', skey, 'ttl')) or 0
   redis.call('HSET', skey, 'cur', '', 'last', now)
@@ -217,8 +225,9 @@ return 1
 # SUBMIT of a task naming a session, its move and a new session's bounds decided above
 # (turns.py, sessions.over): kept only while the session's turns (its current turn, its
 # line's length) are as read and a new one's live sessions counted have not grown (else
-# MOVED: read and decided again); the task goes into the stream when it starts, else into
-# the line, which max_queue bounds (-1).
+# MOVED: read and decided again); the task goes into the stream when it starts (one held
+# for its time into the due set, as a plain task: its turn is its place in the session's
+# order, its start its time's), else into the line, which max_queue bounds (-1).
 # KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its ttl (seconds, 0:
 #   none; '': the hash's own), what a new session was admitted on (JSON: each live
 #   sessions' set and its count as read, COUNTS'), its agent's tenant, the move ('start'
@@ -247,7 +256,7 @@ SUBMIT_THEN = """
 redis.call('HSET', KEYS[1], 'session', name, 'stenant', tenant)
 if ARGV[16] == 'start' then
   redis.call('HSET', skey, 'cur', ARGV[1])
-  STICK
+  if not due then STICK end
 else
   redis.call('RPUSH', sline, ARGV[1])
 end

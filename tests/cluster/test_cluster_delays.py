@@ -80,11 +80,6 @@ def test_a_not_before_in_the_past_runs_at_once_and_bad_values_are_refused_as_loc
             assert error_of(a, "tasks.submit", asked) == error_of(
                 b, "tasks.submit", {**asked, "local": True}), bad
             assert said in (error_of(a, "tasks.submit", asked) or ""), bad
-        assert error_of(a, "tasks.submit", {
-            "agent": "w", "input": ECHO, "delay": 1, "session": "s"}) == (
-            "invalid params: a session's turn on a cluster is not delayed (its turns run "
-            "one at a time, in the order they came): submit it without delay and "
-            "not_before")
         assert [t["task_id"] for t in a.call("tasks.list", {})["tasks"]] == [
             got["task_id"]]
 

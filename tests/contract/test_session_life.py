@@ -1,7 +1,9 @@
 """A session's life on each home (DESIGN 17, 25; docs/durable.md#sessions), beside
 test_sessions.py's order of turns: an idle session expires after its agent's session_ttl,
 at every entry at once, and its name then starts afresh (of no session_ttl, it is kept,
-listed with no expiry); a turn held for its time keeps its session live and unfinished;
+listed with no expiry); a turn held for its time keeps its session live and unfinished,
+holding its place (cancelled, the next has it), and behind a running one starts at its
+time, not at that one's end;
 the words a waiting turn is given count the turns ahead of it; a session's history is its
 turns in order, each with its status, read alike at every entry; a turn's end after its
 line's waiting turn was cancelled rests its session. The agent: tests/session_agent.py."""
@@ -29,6 +31,9 @@ HERE = Path(__file__).parent.parent
 # seconds an idle session of `brief` lives: long enough for a loaded host to read it at
 # both entries before it goes
 BRIEF_TTL = 3.0
+# seconds a turn is held for its time behind a running one: long enough for that turn's
+# end on a loaded host to come before it
+HELD = 6.0
 
 
 def agents(directory: Path) -> str:
@@ -185,9 +190,9 @@ def test_a_turn_ending_after_its_line_was_cancelled_rests_its_session(
     home.call("sessions.end", {"agent": "chat", "session": "r1"})
 
 
-@pytest.mark.differs("a cluster refuses a session's turn with a delay or not_before "
-                     "(invalid params: its turns run in the order they came)")
 def test_a_turn_held_for_its_time_keeps_its_session_live_and_unfinished(home: Home) -> None:
+    """A turn with a delay takes its session's free place as it is submitted and holds it
+    till its time: a later turn waits behind it, in the order they came."""
     home.run("brief", {"turn": 1}, session="d1")
     later = home.submit("brief", {"turn": 2}, at=1, session="d1", delay=BRIEF_TTL + 3)
     # past the ttl of the first turn's end, while the second waits for its time
@@ -196,8 +201,58 @@ def test_a_turn_held_for_its_time_keeps_its_session_live_and_unfinished(home: Ho
             (v["tasks"], v["expires"]) for v in listed(home, "brief", "d1", at)] == [
             (2, None)])
     code, message = home.refusal("sessions.end", {"agent": "brief", "session": "d1"})
+    after = home.submit("brief", {"turn": 3}, session="d1")
     done = home.wait(later, at=1)
     assert (done["status"], done["output"]["turns"]) == ("succeeded", [1, 2]), done
-    assert (code, message) == (jsonrpc.CONFLICT, "session d1 of agent brief has 1 "
-                               "unfinished task; cancel them or wait for them to end")
+    assert home.wait(after)["output"]["turns"] == [1, 2, 3]
+    assert (code, message) == (jsonrpc.CONFLICT, f"session d1 of agent brief has 1 "
+                               f"unfinished task: task {later} is queued; cancel them or "
+                               "wait for them to end")
     home.call("sessions.end", {"agent": "brief", "session": "d1"})
+
+
+def test_a_turn_held_for_its_time_cancelled_gives_its_place_to_the_next(home: Home) -> None:
+    """A turn holding its session's place till its time, cancelled, gives the place to
+    the turn behind it at once, and is never run (its time no longer comes)."""
+    home.run("chat", {"turn": 1}, session="d3")
+    later = home.submit("chat", {"turn": 2}, at=1, session="d3", delay=600)
+    after = home.submit("chat", {"turn": 3}, session="d3")
+    for at in (0, 1):
+        assert [(v["running"], v["waiting"]) for v in listed(home, "chat", "d3", at)] == [
+            (later, 1)]
+    home.call("tasks.cancel", {"task_id": later}, at=1)
+    assert home.wait(after)["output"]["turns"] == [1, 3]
+    gone = home.task(later)
+    assert (gone["status"], gone["attempts"]) == ("cancelled", []), gone
+    assert [(t["task_id"], t["status"]) for t in home.session("chat", "d3", at=1)[
+        "history"]][1:] == [(later, "cancelled"), (after, "succeeded")]
+    home.call("sessions.end", {"agent": "chat", "session": "d3"})
+
+
+def test_a_turn_held_for_its_time_behind_a_running_one_starts_at_its_time(
+        home: Home, tmp_path: Path) -> None:
+    """A turn with a delay, submitted while another of its session runs, takes its place in
+    the line behind it; that turn's end, before its time, gives it the place, which it
+    holds till then: it starts at its time, given the state the first one kept, a turn
+    submitted after it waits behind it, and its session neither idles nor expires
+    meanwhile."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    first = home.submit("chat", {"turn": 1, "hold": str(gate)}, session="d2")
+    home.status_of(first, "running")
+    later = home.submit("chat", {"turn": 2}, at=1, session="d2", delay=HELD)
+    due = home.task(later, at=1)["not_before"]
+    after = home.submit("chat", {"turn": 3}, session="d2")
+    opening = held(gate)
+    opening.start()
+    ended = home.wait(first)["attempts"][-1]["finished"]
+    opening.join(10)
+    assert ended < due, (ended, due)  # (else this test did not test the move)
+    for at in (0, 1):
+        assert [(v["tasks"], v["expires"]) for v in listed(home, "chat", "d2", at)] == [
+            (3, None)]
+    done = home.wait(later, at=1)
+    assert (done["status"], done["output"]["turns"]) == ("succeeded", [1, 2]), done
+    assert done["attempts"][0]["started"] >= due - 0.01, (done, due)
+    assert home.wait(after)["output"]["turns"] == [1, 2, 3]
+    home.call("sessions.end", {"agent": "chat", "session": "d2"})

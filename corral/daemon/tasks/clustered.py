@@ -52,11 +52,6 @@ class ClusterFront:
             p.start_at(time.time())
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
-        if p.session is not None and (p.delay is not None or p.not_before is not None):
-            raise RpcError(jsonrpc.INVALID_PARAMS, (
-                "invalid params: a session's turn on a cluster is not delayed (its turns "
-                "run one at a time, in the order they came): submit it without delay and "
-                "not_before"))
         # the one admission step, as a local task passes it: for an agent this node runs,
         # its tenant's task quotas (this node's counts) and max_task_seconds
         timeout = admit(self.agents.get(p.agent), len(p.input), p.timeout,

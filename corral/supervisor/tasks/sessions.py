@@ -455,7 +455,8 @@ class Sessions:
             self.journal.put(s.row())
 
     def accept(self, task: Task) -> None:
-        """A task naming a session accepted: bound to it (made anew if expired), in its history."""
+        """A task naming a session accepted: bound to it (made anew if expired), in its
+        history, its place taken (`_turn` counts it once put: its time come)."""
         assert task.session is not None
         key = self.key_of(task.agent, task.session)
         s = self.table.get(key)
@@ -469,6 +470,8 @@ class Sessions:
                 self.sweep(now)
             s = self._new(key, now)
         self._turns[task.id] = s
+        if not s.turn_of(task):  # (its place in the order they came, a turn held for its
+            bisect.insort(s.line, task, key=lambda t: t.seq)  # time's too, as a cluster's)
         self.stream.listen(self._ends)
         s.tasks += 1
         s.pending += 1
@@ -579,7 +582,8 @@ class Sessions:
             self.inner.put(task)
 
     def requeue(self, task: Task) -> None:
-        """A retry of the session's current task goes back; a later (delayed) one waits its turn."""
+        """A retry of the session's current task goes back; a delayed one, its time come,
+        starts if it holds the place, else waits on in the line."""
         if not self._holds(task) or self._turn(task, front=True):
             self.inner.requeue(task)
 
@@ -587,16 +591,26 @@ class Sessions:
         """Whether the session's task may wait in the agents' queue now; else it waits
         in the session's line, or for its session's state to be read back."""
         s = self._of(task)
+        at = bisect.bisect_left(s.line, task.seq, key=lambda t: t.seq)
+        if at < len(s.line) and s.line[at] is task:  # (its place taken at its acceptance)
+            self._park(task, 1)
+            return False
         if s.turn_of(task):
             if not s.state_bytes or self.journal is None or self.hot.get(s.key) is not None:
                 return True
             s.warming, s.front = task, front
-            self._parked[task.agent] = self._parked.get(task.agent, 0) + 1
+            self._park(task, 1)
             self._read_back(s, task)
             return False
-        bisect.insort(s.line, task, key=lambda t: t.seq)
-        self._parked[task.agent] = self._parked.get(task.agent, 0) + 1
+        s.line.insert(at, task)
+        self._park(task, 1)
         return False
+
+    def _park(self, task: Task, n: int) -> None:
+        """`n` more of the agent's tasks wait here: counted once their time has come (a
+        turn held for it is the delays' count till then, which max_queue adds)."""
+        if task.not_before is None:
+            self._parked[task.agent] = self._parked.get(task.agent, 0) + n
 
     def _read_back(self, s: Session, task: Task) -> None:
         kept(self._loading, asyncio.get_running_loop().create_task(self._load(s, task)))
@@ -615,7 +629,7 @@ class Sessions:
         if s.warming is not task:  # cancelled while it was read
             return
         s.warming = None
-        self._parked[task.agent] -= 1
+        self._park(task, -1)
         if state is not None and self._held(s):
             self.hot.loads += 1
             self.hot.put(s.key, msgspec.Raw(state))
@@ -630,8 +644,8 @@ class Sessions:
             s.line.remove(task)  # (its cancel is its end: it leaves the line at once)
         else:
             return self.inner.remove(task)
-        self._parked[task.agent] -= 1
-        return True
+        self._park(task, -1)
+        return task.not_before is None  # (one held for its time: the delays let it go too)
 
     def depth(self, agent: str) -> int:
         return self.inner.depth(agent) + self._parked.get(agent, 0)
@@ -691,8 +705,10 @@ class Sessions:
         self._touch(s)
         if move is Move.ADVANCE:
             nxt = s.line.pop(0)
-            self._parked[task.agent] -= 1
-            if self._turn(nxt, front=False):
+            self._park(nxt, -1)
+            if nxt.not_before is not None:  # (held for its time: requeued then, it starts)
+                s.turn_of(nxt)
+            elif self._turn(nxt, front=False):
                 self.inner.put(nxt)
             self.pump(task.agent)
 
