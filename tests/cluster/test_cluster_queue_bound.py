@@ -8,10 +8,12 @@ words of the node that runs it, and nothing is made."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,28 @@ def _refusal(b: Node, door: str, port: int) -> Any:
     return b.call("tasks.get", {"task_id": task_id, "wait": True})["output"]
 
 
+@contextlib.contextmanager
+def _w_full(a: Node, b: Node) -> Iterator[dict[str, Any]]:
+    """A task of `w` (a's) running and one waiting, both nodes alive: the input of one
+    more is given; after, w's tasks are cancelled, and none was made but those two."""
+    wait_until(lambda: sum(n["alive"] for n in b.nodes()["nodes"]) == 2,
+               what="both nodes alive")
+    sleep = {"agent": "w", "input": {"do": "sleep", "seconds": 1000}}
+    held = [a.call("tasks.submit", sleep)["task_id"]]
+    try:
+        wait_until(lambda: a.call("tasks.get", {"task_id": held[0]})["status"]
+                   == "running", what="w's task running at a")
+        held.append(a.call("tasks.submit", sleep)["task_id"])  # (waits: w is full)
+        yield sleep
+    finally:
+        made = [t["task_id"] for t in b.call("tasks.list", {"agent": "w"})["tasks"]]
+        for task_id in made:
+            a.call("tasks.cancel", {"task_id": task_id})
+        wait_until(lambda: all(a.call("tasks.get", {"task_id": t})["status"] in ENDED
+                               for t in made), what="w's tasks ended")
+    assert sorted(made) == sorted(held)  # (nothing made by a refused submit)
+
+
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("door", DOORS)
 def test_a_task_submitted_at_a_node_not_running_its_agent_is_bounded_by_its_max_queue(
@@ -87,14 +111,7 @@ def test_a_task_submitted_at_a_node_not_running_its_agent_is_bounded_by_its_max_
     with nodes(tmp, redis, {"a": sleeper("w") + "max_queue = 1\n", "b": _orch(port)},
                ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in b.nodes()["nodes"]) == 2,
-                   what="both nodes alive")
-        sleep = {"agent": "w", "input": {"do": "sleep", "seconds": 1000}}
-        held = [a.call("tasks.submit", sleep)["task_id"]]
-        try:
-            wait_until(lambda: a.call("tasks.get", {"task_id": held[0]})["status"]
-                       == "running", what="w's task running at a")
-            held.append(a.call("tasks.submit", sleep)["task_id"])  # (waits: w is full)
+        with _w_full(a, b) as sleep:
             assert error_of(a, "tasks.submit", sleep) == FULL  # (the node running it)
             said = _refusal(b, door, port)
             assert said == {
@@ -103,13 +120,6 @@ def test_a_task_submitted_at_a_node_not_running_its_agent_is_bounded_by_its_max_
                                "status": 429, "detail": FULL, "code": jsonrpc.REFUSED}),
                 "spawn": {"refused": FULL, "code": jsonrpc.REFUSED},
             }.get(door, FULL), said
-        finally:
-            made = [t["task_id"] for t in b.call("tasks.list", {"agent": "w"})["tasks"]]
-            for task_id in made:
-                a.call("tasks.cancel", {"task_id": task_id})
-            wait_until(lambda: all(a.call("tasks.get", {"task_id": t})["status"] in ENDED
-                                   for t in made), what="w's tasks ended")
-        assert sorted(made) == sorted(held)  # (nothing made by the refused submit)
 
 
 @pytest.mark.deadline(120)
@@ -168,22 +178,8 @@ def test_a_task_submitted_at_a_node_not_running_its_agent_is_bounded_by_its_tena
     a_toml = sleeper("w") + 'tenant = "acme"\nmax_queue = 2\n\n[tenants.acme]\nmax_queue = 1\n'
     with nodes(tmp, redis, {"a": a_toml, "b": ""}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in b.nodes()["nodes"]) == 2,
-                   what="both nodes alive")
-        sleep = {"agent": "w", "input": {"do": "sleep", "seconds": 1000}}
-        held = [a.call("tasks.submit", sleep)["task_id"]]
-        try:
-            wait_until(lambda: a.call("tasks.get", {"task_id": held[0]})["status"]
-                       == "running", what="w's task running at a")
-            held.append(b.call("tasks.submit", sleep)["task_id"])  # (waits: w is full)
+        with _w_full(a, b) as sleep:
             for n in (b, a):
                 assert error_of(n, "tasks.submit", sleep) == (
                     "tenant acme: max_queue 1 reached (1 waiting); a task for w needs 1 "
                     "more")
-        finally:
-            made = [t["task_id"] for t in b.call("tasks.list", {"agent": "w"})["tasks"]]
-            for task_id in made:
-                a.call("tasks.cancel", {"task_id": task_id})
-            wait_until(lambda: all(a.call("tasks.get", {"task_id": t})["status"] in ENDED
-                                   for t in made), what="w's tasks ended")
-        assert sorted(made) == sorted(held)  # (nothing made by the refused submits)
