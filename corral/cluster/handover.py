@@ -115,12 +115,18 @@ def go_on(node: ClusterNode, h: NodeHanded) -> None:
     m.renewed = time.monotonic() - max(0.0, time.time() - h.renewed_at)
 
 
+def _task(c: Claim, node: ClusterNode | None = None) -> ClusterTask:
+    """The claim's task (`node`: kept here, its home the node's)."""
+    return ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout, c.retries_left,
+                       c.created, token=c.token, base=c.base, entry=c.entry,
+                       stream=c.stream, consumer=c.consumer,
+                       home=node.home if node is not None else None)
+
+
 def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
     """A handed claim, re-attached to its kept worker. An incarnation fenced already
     cancels it at once: the cluster runs it elsewhere."""
-    t = ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout, c.retries_left,
-                    c.created, token=c.token, base=c.base, entry=c.entry, stream=c.stream,
-                    consumer=c.consumer, home=node.home)
+    t = _task(c, node)
     t.started, t.attempts, t.tool_calls = c.started, tuple(c.attempts), c.tool_calls
     t.usage, t.checkpoint = c.usage, c.checkpoint
     t.session, t.session_state = c.session, c.session_state
@@ -140,9 +146,5 @@ def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
 def give_back(node: ClusterNode, claims: list[Claim], why: str) -> None:
     """Handed claims whose worker was not adopted: back to the cluster now (else the
     orphan rule would, beats later)."""
-    tasks = [ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout,
-                         c.retries_left, c.created, token=c.token, base=c.base,
-                         entry=c.entry, stream=c.stream, consumer=c.consumer)
-             for c in claims]
-    node.background(node.reaper.hand_back(tasks, f"node {node.node}'s worker was lost in "
-                                                 f"its upgrade: {why}", lost=True))
+    why = f"node {node.node}'s worker was lost in its upgrade: {why}"
+    node.background(node.reaper.hand_back([_task(c) for c in claims], why, lost=True))

@@ -23,7 +23,6 @@ import contextlib
 import gc
 import json
 import os
-import signal
 import sys
 import time
 from collections import deque
@@ -49,12 +48,10 @@ from ..supervisor.adopt import (
 from ..supervisor.containment import (
     Containment,
     ProcessRecord,
-    cgroup_kill,
+    end_all,
     open_verified,
     read_stat,
-    signal_fd,
     try_reap,
-    wait_fds,
 )
 from ..supervisor.mcproutes import updates_to
 from ..supervisor.plain import PlainReplica
@@ -765,26 +762,15 @@ def kept_text(agents: int, servers: int) -> str:
 
 async def end_processes(records: list[ProcessRecord], containment: Containment) -> None:
     """The old image's processes that were not kept (their pipes closed by the exec):
-    SIGTERM, END_GRACE, SIGKILL; reaped (they are this process's children). One whose
-    pid is not its process (gone, reaped) is not reaped: its pid may be a child of this
-    image's own now, whose exit status is its waiter's. A record's cgroup is killed only
-    where it is corral's (a state database's row may name another service's)."""
-    fds: dict[int, ProcessRecord] = {}
-    for rec in records:
-        fd = open_verified(rec.pid, rec.start_time)
-        if fd is None:
-            continue
-        signal_fd(fd, signal.SIGTERM)
-        fds[fd] = rec
-    left = await wait_fds(set(fds), END_GRACE)
-    for fd in left:
-        signal_fd(fd, signal.SIGKILL)
-    for fd, rec in fds.items():
+    ended as a crashed incarnation's are (`end_all`: SIGTERM, END_GRACE, SIGKILL, their
+    cgroups where corral's: a state database's row may name another service's), then
+    reaped (they are this process's children). One whose pid is not its process (gone,
+    reaped) is not reaped: its pid may be a child of this image's own now, whose exit
+    status is its waiter's."""
+    fds = {fd: rec for rec in records
+           if (fd := open_verified(rec.pid, rec.start_time)) is not None}
+    await end_all(set(fds), {rec.cgroup for rec in fds.values()
+                             if rec.cgroup and containment.in_tree(rec)}, END_GRACE)
+    for fd, rec in fds.items():  # (a zombie until reaped: its pid still its own)
         os.close(fd)
-        if rec.cgroup and containment.in_tree(rec):
-            with contextlib.suppress(OSError):
-                cgroup_kill(rec.cgroup)
-    if left:
-        await asyncio.sleep(0.05)
-    for rec in fds.values():  # (a zombie until reaped: its pid still its own)
         try_reap(rec.pid)

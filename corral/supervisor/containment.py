@@ -892,17 +892,8 @@ class Containment:
         for cg in cgroups:
             with contextlib.suppress(OSError):
                 set_frozen(cg, False)
-        for fd in fds:
-            signal_fd(fd, signal.SIGTERM)
-            signal_fd(fd, signal.SIGCONT)
-        left = await wait_fds(set(fds), grace)
-        report.terminated = len(fds) - len(left)
-        for fd in left:
-            signal_fd(fd, signal.SIGKILL)
-        report.killed = len(left)
-        for cg in cgroups:
-            cgroup_kill(cg)
-        await wait_fds(left, 5.0)
+        report.killed = await end_all(set(fds), cgroups, grace)
+        report.terminated = len(fds) - report.killed
         for fd in fds:
             os.close(fd)  # their parent (init, or the service manager) reaps them
         for cg in cgroups:
@@ -911,6 +902,24 @@ class Containment:
                 if remove_cgroup(cg):
                     report.cgroups += 1
         return report
+
+
+async def end_all(fds: set[int], cgroups: Iterable[str], grace: float) -> int:
+    """SIGTERM (and SIGCONT: a stopped one must run to handle it) each pidfd's process,
+    `grace`, SIGKILL the rest and kill every cgroup; until they are gone (5 s at most).
+    How many took SIGKILL. The fds stay the caller's. A crashed incarnation's processes
+    (`Containment.reclaim`) and those an upgrade did not keep (daemon/upgrade.py) end
+    by it."""
+    for fd in fds:
+        signal_fd(fd, signal.SIGTERM)
+        signal_fd(fd, signal.SIGCONT)
+    left = await wait_fds(fds, grace)
+    for fd in left:
+        signal_fd(fd, signal.SIGKILL)
+    for cg in cgroups:
+        cgroup_kill(cg)
+    await wait_fds(left, 5.0)
+    return len(left)
 
 
 async def wait_fds(fds: set[int], timeout: float) -> set[int]:

@@ -42,8 +42,6 @@ class PlainHanded(msgspec.Struct, frozen=True):
     ready_seen: bool = False
     status_text: str | None = None
     watchdog_age: float = 0.0  # seconds since its last WATCHDOG=1 (or its Ready)
-    received: int = 0
-    refused: int = 0
 
 
 class PlainHost(AgentHost, Protocol):
@@ -169,9 +167,7 @@ class PlainReplica(Replica):
         return PlainHanded(
             notify_fd=fd, notify_path=sock.path if sock is not None and fd is not None
             else None, ready_seen=self._ready_seen, status_text=self.status_text,
-            watchdog_age=max(0.0, self.host.listening.now() - self._watchdog_fed),
-            received=sock.received if sock is not None else 0,
-            refused=sock.refused if sock is not None else 0)
+            watchdog_age=max(0.0, self.host.listening.now() - self._watchdog_fed))
 
     def take_handed(self, h: PlainHanded) -> None:
         """Before its channel is made: the notify socket the previous image bound (what
@@ -181,7 +177,6 @@ class PlainReplica(Replica):
             self.host.notify_dir.adopt(os.path.dirname(h.notify_path))
             self.notify = NotifySocket.inherited(h.notify_fd, h.notify_path, self._notified,
                                                  self._accepts, self._refused)
-            self.notify.received, self.notify.refused = h.received, h.refused
         self._ready_seen, self.status_text = h.ready_seen, h.status_text
 
     def ready_again(self, h: PlainHanded) -> None:
