@@ -8,12 +8,14 @@ that timeout before."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from .daemon_harness import Daemon, corral_popen, shared_tmpdir
+from .test_daemon_cli import wait_until
 from .test_tool_pins import PULLED, TRUSTED, fleet
 
 
@@ -58,6 +60,28 @@ def test_a_held_call_names_its_ask_and_waits_for_the_persons_decision(
         assert approved.returncode == 0, approved.stderr
         out, err = calling.communicate(timeout=60)
         assert (calling.returncode, out, err) == (0, "fetched x\n", "")
+    finally:
+        calling.kill()
+        calling.wait()
+    # drifted again, the next call held: the operator gives up on it (Ctrl-C), and its
+    # ask is withdrawn, so no approval makes the call later (it stayed pending on the
+    # tree before, the call's handler waiting on for it)
+    d.stop()
+    (d.dir / "description").write_text(TRUSTED + " Again.")
+    d.start()
+    calling = corral_popen(
+        ["--socket", str(d.sock), "tools", "call", "drift__fetch", "--args", '{"url": "y"}'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert calling.stderr is not None
+        told = calling.stderr.readline()
+        [ask] = d.ask("approvals.list")["asks"]
+        assert ask["id"] in told and ask["subject"]["arguments"] == {"url": "y"}, told
+        calling.send_signal(signal.SIGINT)
+        assert calling.wait(30) == 130
+        ended = wait_until(lambda: (a := d.ask("approvals.get", {"id": ask["id"]}))["end"]
+                           and a, 30, "the ask's end")
+        assert (ended["end"], d.ask("approvals.list")["asks"]) == ("withdrawn", [])
     finally:
         calling.kill()
         calling.wait()

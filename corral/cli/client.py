@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..methods import GOING_AWAY, DaemonInfo, Method, Params, named
+from ..methods import CANCEL, GOING_AWAY, DaemonInfo, Method, Params, named
 
 if TYPE_CHECKING:
     # pathlib (and urllib, ipaddress) is not imported at a command's start
@@ -162,9 +162,11 @@ class Client:
         on_notification: Callable[[str, Any], None] | None = None,
         *,
         result: Any = Any,
+        cancelled: bool = False,
     ) -> Any:
         """The method's answer decoded into `result` (plain JSON values unless a type is
-        given); notifications meanwhile go to `on_notification`."""
+        given); notifications meanwhile go to `on_notification`. `cancelled`: an interrupt
+        (Ctrl-C) cancels it in the daemon too (a client gone is a half-close there)."""
         self._next_id += 1
         rid = self._next_id
         # the envelope is written here rather than with corral.jsonrpc, which would import
@@ -172,32 +174,37 @@ class Client:
         req = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
         line = msgspec.json.encode(req) + b"\n"
         self._send(line)
-
-        while True:
-            msg = _message.decode(self._read_line())
-            if msg.method is not None and msg.id is UNSET:
-                params = msgspec.json.decode(msg.params)
-                if on_notification is not None:
-                    on_notification(msg.method, params)
-                if msg.method == GOING_AWAY:
-                    self._resume(method, rid, params)
-                    self._send(line)
-                continue
-            if msg.id not in (rid, None, UNSET):
-                continue
-            if msg.error is not None:
-                e = msg.error
-                data = e.get("data")
-                if e.get("code") == UNAVAILABLE and isinstance(data, dict) and \
-                        data.get("going_away") is True:
-                    raise GoneAway(e.get("message", ""))
-                raise CallFailed(e.get("code", 0), e.get("message", ""), data)
-            try:
-                return msgspec.json.decode(msg.result, type=result)
-            except msgspec.ValidationError as exc:
-                raise CallFailed(INTERNAL_ERROR, f"the daemon's answer to {method} is not "
-                                 f"what this corral reads ({exc}): are the daemon and this "
-                                 "CLI the same version?") from None
+        try:
+            while True:
+                msg = _message.decode(self._read_line())
+                if msg.method is not None and msg.id is UNSET:
+                    params = msgspec.json.decode(msg.params)
+                    if on_notification is not None:
+                        on_notification(msg.method, params)
+                    if msg.method == GOING_AWAY:
+                        self._resume(method, rid, params)
+                        self._send(line)
+                    continue
+                if msg.id not in (rid, None, UNSET):
+                    continue
+                if msg.error is not None:
+                    e = msg.error
+                    data = e.get("data")
+                    if e.get("code") == UNAVAILABLE and isinstance(data, dict) and \
+                            data.get("going_away") is True:
+                        raise GoneAway(e.get("message", ""))
+                    raise CallFailed(e.get("code", 0), e.get("message", ""), data)
+                try:
+                    return msgspec.json.decode(msg.result, type=result)
+                except msgspec.ValidationError as exc:
+                    raise CallFailed(INTERNAL_ERROR, f"the daemon's answer to {method} is not "
+                                     f"what this corral reads ({exc}): are the daemon and this "
+                                     "CLI the same version?") from None
+        except KeyboardInterrupt:
+            if cancelled:
+                self._send(msgspec.json.encode({"jsonrpc": "2.0", "method": CANCEL,
+                                                "params": {"id": rid}}) + b"\n")
+            raise
 
     def _send(self, line: bytes) -> None:
         # a refused client is told why, then disconnected: the reason is still readable
@@ -254,11 +261,12 @@ class Client:
         on_notification: Callable[[str, Any], None] | None = None,
         *,
         result: Any = None,
+        cancelled: bool = False,
     ) -> Any:
         """`call` of the method whose params `request` is (or, for a script, named so
         with its params), the answer decoded into the result the method declares
         (corral.methods; the CLI reads its fields), or into `result` where the caller
         names one."""
         method, params = named(request, params)
-        return self.call(method, params, on_notification,
+        return self.call(method, params, on_notification, cancelled=cancelled,
                          result=result if result is not None else result_type(request))

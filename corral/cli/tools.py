@@ -234,9 +234,10 @@ def tools_call(obj: Ctx, name: str, args: str, as_json: bool) -> None:
         if method == "tools.progress" and params.get("message"):
             click.echo(f"corral: {name}: {params['message']}", err=True)
 
-    # the daemon bounds the call (its server's `timeout`), not a person's decision (told)
+    # the daemon bounds the call (its server's `timeout`), not a person's decision (told):
+    # Ctrl-C withdraws its ask
     res = obj.call(m.ToolsCall(name=name, arguments=_json_object(args, "--args")),
-                   on_notification=on_note, wait_forever=True)
+                   on_notification=on_note, wait_forever=True, cancelled=True)
     if as_json:
         print_json(res)
     else:
