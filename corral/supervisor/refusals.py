@@ -67,7 +67,6 @@ class BoundaryRefusals:
         self.clock = clock
         self._keys: OrderedDict[tuple[str, str], _Key] = OrderedDict()
         self.unsaid = 0  # refusals counted and never emitted, in all
-        self.forgotten = 0  # (agent, kind) pairs forgotten past max_keys
         self._folded: dict[str, int] = {}  # kind -> the forgotten pairs' counts
 
     def forget(self, agent: str) -> None:
@@ -88,7 +87,6 @@ class BoundaryRefusals:
         if entry is None:
             if len(self._keys) >= self.max_keys:
                 self._fold(next(iter(self._keys)))
-                self.forgotten += 1
             entry = self._keys[key] = _Key(TokenBucket(self.per_minute, self.clock))
         else:
             self._keys.move_to_end(key)
