@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 import re
 
-import pytest
-
 from corral.cluster import scripts
 
 from .conftest import ROOT
@@ -94,18 +92,22 @@ def test_a_claims_loss_is_decided_by_the_task_machine_and_kept_under_a_compare_a
     assert requeuing() == {"FINISH", "TAKEOVER"}
 
 
-@pytest.mark.xfail(strict=True, reason="a retry's FINISH reads the cancel's mark itself: "
-                                       "asked to cancel, the retry ends cancelled, decided "
-                                       "in the Lua")
 def test_a_retry_is_kept_by_finish_as_decided_above() -> None:
+    """A retry asked to cancel while it ran ends cancelled: decided by its node on the
+    cancel's mark it read, by the machine's cancel of a running task (outbox.py, the
+    reaper's `cancelled`, as a takeover decides it); FINISH keeps a retry only while the
+    mark is as read (decision 2090)."""
+    assert {"fire", "cancelled"} <= calls_in("corral/cluster/outbox.py", "_decide_again")
+    assert "cancelled" in calls_in("corral/cluster/reaper.py", "decided")
     assert conditions(scripts.FINISH, _RETRY_FIELDS) == []
 
 
-@pytest.mark.xfail(strict=True, reason="a claim keeps the task's own retry_lost by "
-                                       "matching its options' JSON in the Lua "
-                                       "(RetryOptions.lost's rule)")
 def test_a_claim_keeps_no_retry_policy_of_its_own_reading() -> None:
+    """A claim keeps its node's agent's retry_lost as data; the task's own is read where
+    a loss is decided, by RetryOptions.lost (decision 2091)."""
+    assert "lost" in calls_in("corral/cluster/reaper.py", "decided")
     assert "retry_lost" not in scripts.READ_CLAIM.replace("'retry_lost'", "")
+    assert "retry_lost" not in scripts.SUBMIT_CLAIM.replace("'retry_lost'", "")
 
 
 def test_a_cancel_is_decided_above_and_kept_under_a_compare_and_set() -> None:

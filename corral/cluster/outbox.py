@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,13 +17,14 @@ import msgspec
 from redis.exceptions import RedisError
 
 from ..supervisor.tasks import TaskFinished, TaskProgress, TaskStatus
-from ..supervisor.tasks.taskmachine import cancel_failure
+from ..supervisor.tasks.taskmachine import TaskCause, TaskMachine, cancel_failure
 from ..timeouts import within
 from . import records
 from .clusteroutput import ClusterOutputs
 from .connection import why
 from .keys import Keys
 from .queue import ClusterQueue, ClusterTask
+from .reaper import cancelled
 from .scripts import RedisPart, Scripts
 from .trust import Trust
 
@@ -30,6 +32,7 @@ BATCH = 256  # outcomes written in one round trip (a pipeline of script calls)
 # an output up to this size rides along on the outcomes stream, which every node reads:
 # the client waiting for it needs no read of the record
 INLINE_OUTPUT = 4096
+MARKED = 2  # FINISH's answer to a retry whose cancel's mark is not as read
 _json = msgspec.json.Encoder().encode
 
 
@@ -89,11 +92,10 @@ class Outbox(RedisPart):
         self.queue.wake(task.agent)  # its slot is free: its agent's puller may read more
         if task.consumer in self.given_up:
             return
-        # (its end had it been asked to cancel meanwhile: FINISH ends it so instead)
-        cancelled = records.error_json(cancel_failure(TaskStatus.RUNNING))
+        # (kept while its cancel's mark is none, as this node's beat last read it: a
+        # cancel asked since makes FINISH answer MARKED, and the retry is decided again)
         self.pending.append((task, self._finish_args(
-            task, "queued", b"", cancelled, "" if at is None else repr(at), False,
-            self.trust.outcome(task.id, "0", "cancelled", b"", cancelled))))
+            task, "queued", b"", b"", "" if at is None else repr(at), False, "")))
         self._kick.set()
 
     def _finish_args(self, task: ClusterTask, status: str, output: bytes, error: bytes,
@@ -200,6 +202,9 @@ class Outbox(RedisPart):
                         f"({why(again[0][1])})")
         landed = [t for (t, _args), ok in zip(batch, written, strict=True) if ok == 1]
         turned = [t for (t, _args), ok in zip(batch, written, strict=True) if ok == 0]
+        marked = [item for item, ok in zip(batch, written, strict=True) if ok == MARKED]
+        if marked:
+            await self._decide_again(marked)
         with contextlib.suppress(RedisError):
             landed += await self._sent_before(turned)
             turned = [t for t in turned if t not in landed]
@@ -214,6 +219,32 @@ class Outbox(RedisPart):
             self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
                         "refused: the task was taken over from this node")
         return not again
+
+    async def _decide_again(self, marked: list[tuple[ClusterTask, list[Any]]]) -> None:
+        """Retries FINISH refused for their cancel's mark, decided again on the mark read
+        now (as it was while Redis does not answer), first of what waits: asked to cancel,
+        the machine's cancel of the attempt each ran ends it, in cancel_failure's words
+        for a task on a worker (where the cancel found it); else the retry, kept while
+        the mark is as now read."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task, _args in marked:
+            pipe.hget(self.keys.task(task.id), "cancel")
+        try:
+            marks = await pipe.execute()
+        except RedisError:
+            marks = [args[4] for _task, args in marked]
+        for (task, args), mark in reversed(list(zip(marked, marks, strict=True))):
+            machine = TaskMachine(task.retries_left)
+            machine.fire(TaskCause.START)
+            if cancelled(machine, mark) is None:
+                self.pending.appendleft((task, [*args[:4], mark or b"", *args[5:]]))
+                continue
+            status, error = str(machine.status), records.error_json(
+                cancel_failure(TaskStatus.RUNNING))
+            self.pending.appendleft((task, self._finish_args(
+                task, status, b"", error, repr(time.time()), task.base == 0,
+                self.trust.outcome(task.id, task.token, status, b"", error))))
+        self._kick.set()
 
     async def _sent_before(self, refused: list[ClusterTask]) -> list[ClusterTask]:
         """Of the outcomes FINISH refused, those it refused for being there already: sent

@@ -79,17 +79,24 @@ def _outcome(attempt: bytes) -> Any:
         return None
 
 
+def cancelled(machine: TaskMachine, cancel: bytes | None) -> TaskStep | None:
+    """A claimed task's cancel's mark as read (CANCEL's 'asked'): the machine's cancel of
+    its attempt on a worker; None, the machine unmoved, when no cancel was asked."""
+    return machine.fire(TaskCause.CANCEL) if cancel == b"1" else None
+
+
 def decided(retries: bytes | None, retry_lost: bytes | None, options: bytes | None,
             cancel: bytes | None, attempts: list[bytes], orphan: bool,
             spec: AgentRetries) -> tuple[TaskStep, TaskMachine]:
     """What becomes of a dead or orphaned claim's task: the task machine's rule, as the
     engine applies it to a node's lost attempt (asked to cancel: cancelled; an orphan:
     given back, nothing spent; a loss: within retry_lost again for free, else as its
-    policy's retries and retry_on say). The record's retry_lost is its claiming node's."""
+    policy's retries and retry_on say). Its retry_lost is its own, else its agent's as the
+    record keeps it from its claiming node (RetryOptions.lost), else `spec`'s."""
     machine = TaskMachine(_number(retries) or 0)
     machine.fire(TaskCause.START)
-    if cancel == b"1":
-        return machine.fire(TaskCause.CANCEL), machine
+    if (step := cancelled(machine, cancel)) is not None:
+        return step, machine
     if orphan:
         return machine.fire(TaskCause.RELEASED), machine
     policy = records.options_in(options).retry or AGENTS_RETRY
@@ -97,7 +104,8 @@ def decided(retries: bytes | None, retry_lost: bytes | None, options: bytes | No
     # (the attempt it was running is lost with this takeover)
     lost = ended.count("lost") + (1 if ended and ended[-1] in (None, "running") else 0)
     given = _number(retry_lost)
-    budget = LostBudget(policy.lost(spec) if given is None else given, lost)
+    agent = spec if given is None else AgentDefaults(spec.retry_on, given)
+    budget = LostBudget(policy.lost(agent), lost)
     return machine.fire(TaskCause.LOST, RecordPolicy(policy.outcomes(spec), budget)), machine
 
 

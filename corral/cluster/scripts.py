@@ -161,7 +161,9 @@ SUBMIT = submit_script()
 # not taken and the stale entry leaves the stream; nor is a task of another tenant than
 # the claiming agent's (only a Redis writer's hand puts it there). One Lua function for
 # READ_CLAIM and SUBMIT_CLAIM; `c`: consumer, node, now, attempt (JSON), the
-# claiming node's retries, task_timeout, agent's tenant and retry_lost (nil: none said).
+# claiming node's retries, task_timeout, agent's tenant and retry_lost (nil: none said),
+# the last kept as its agent's: a task's own, in its options, is read where a loss is
+# decided (reaper.decided, by RetryOptions.lost), never here.
 # -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created, checkpoint step or false, session or false, its state or false, trace
 #    context or false[, options (JSON) when they carry a retry policy of their own]}
@@ -172,9 +174,6 @@ _CLAIM_FN = f"""
 -- otherwise hold a task for a dead consumer, which retention may have let go.
 local function alive(prefix, consumer)
   return redis.call('EXISTS', prefix .. 'alive:' .. consumer) == 1
-end
-local function own_lost(options)
-  return options and string.match(options, '"retry_lost":(%d+)')
 end
 local function policy(options)
   if options and string.find(options, '"retry"', 1, true) then return options end
@@ -194,8 +193,7 @@ local function claim(fence, stream, entry, id, prefix, c)
   local had = redis.call('HMGET', task, 'retries_left', 'timeout', 'started')
   if had[1] == '' then redis.call('HSET', task, 'retries_left', c[5]) end
   if had[2] == '' then redis.call('HSET', task, 'timeout', c[6]) end
-  local lost = own_lost(redis.call('HGET', task, 'options')) or c[8]
-  if lost and lost ~= '' then redis.call('HSET', task, 'retry_lost', lost) end
+  if c[8] then redis.call('HSET', task, 'retry_lost', c[8]) end
   redis.call('HSET', task, 'status', 'running', 'fence', token, 'owner', c[1], 'node', c[2])
   if not had[3] then redis.call('HSET', task, 'started', c[3]) end
   redis.call('RPUSH', attempts, c[4])
@@ -332,8 +330,7 @@ local function fresh(s)
   local retries = ARGV[6] ~= '' and ARGV[6] or c[5]
   redis.call('HSET', KEYS[1], 'status', 'running', 'fence', token, 'owner', c[1],
     'node', c[2], 'started', c[3], 'timeout', timeout, 'retries_left', retries)
-  local lost = own_lost(ARGV[#ARGV - 3]) or c[8]
-  if lost and lost ~= '' then redis.call('HSET', KEYS[1], 'retry_lost', lost) end
+  if c[8] then redis.call('HSET', KEYS[1], 'retry_lost', c[8]) end
   redis.call('RPUSH', attempts, c[4])
   return {1, claim_reply(s, added, ARGV[1], {token, 0, ARGV[3], timeout, retries, ARGV[4],
     ARGV[7], false, false, false, ARGV[11], policy(ARGV[#ARGV - 3])})}
@@ -366,43 +363,23 @@ end
 return {1}
 """
 
-# A retry (status 'queued') from the node that ended the attempt: the task waits again,
-# its fence withdrawn, due after its backoff (ARGV[6], '' at once) in the due set, else
-# in its record's stream. One asked to cancel while it ran (CANCEL's mark) ends cancelled
-# instead: ARGV[5] its error, ARGV[12] that outcome's MAC (fence 0).
-_AGAIN = f"""if redis.call('HGET', KEYS[1], 'cancel') == '1' then
-    local t = redis.call('TIME')
-    redis.call('HSET', KEYS[1], 'status', 'cancelled', 'fence', '0', 'finished',
-      tonumber(t[1]) + tonumber(t[2]) / 1000000, 'error', ARGV[5], 'mac', ARGV[12],
-      'retries_left', ARGV[10])
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{KEEP_OUTCOMES}', '*', 'task', ARGV[2])
-    {_ended('ARGV[2]', 'ARGV[9]', 5)}
-    return 1
-  end
-  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
-    'retries_left', ARGV[10])
-  if ARGV[6] ~= '' then
-    local route = redis.call('HMGET', KEYS[1], 'tenant', 'agent')
-    {hold('ARGV[2]', 'ARGV[6]', "(route[1] or 'default')", 'route[2]')}
-    redis.call('HSET', KEYS[1], 'entry', '', 'not_before', ARGV[6])
-  else
-    redis.call('HSET', KEYS[1], 'entry', redis.call('XADD',
-      redis.call('HGET', KEYS[1], 'stream') or KEYS[3], '*', 'task', ARGV[2]))
-  end"""
-
-# The outcome of an attempt (or its retry, _AGAIN), only while the task still runs under
+# The outcome of an attempt (or its retry), only while the task still runs under
 # the writer's fence token: a node paused past its TTL, whose task was taken over, is
-# refused (0), so a task never gets two outcomes.
+# refused (0), so a task never gets two outcomes. A retry is as its node decided it on the
+# cancel's mark it read (outbox.py: asked to cancel, it ends cancelled instead), kept only
+# while the mark is as read: else 2, and the node reads and decides again.
 # KEYS: task, attempts, stream, outcomes, live and finished tasks (listed)
 # ARGV: token, task_id, status ('queued': a retry), output JSON ('' none), error JSON
-#       ('' none), finished (a retry: when it is due, '' at once), entry, attempts before
-#       the claim, seconds a finished record is kept, retries_left, '1' when the outcome
-#       rides on the outcomes stream (the waiting client then reads no record), the
-#       outcome's MAC (trust.OUTCOME), then this node's attempts (JSON each)
+#       ('' none; a retry's: the cancel's mark as read, '' none), finished (a retry: when
+#       it is due, '' at once), entry, attempts before the claim, seconds a finished
+#       record is kept, retries_left, '1' when the outcome rides on the outcomes stream
+#       (the waiting client then reads no record), the outcome's MAC (trust.OUTCOME),
+#       then this node's attempts (JSON each)
 FINISH = f"""
 {sessionscripts.MARKABLE}
-local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'cancel')
 if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} then return 0 end
+if ARGV[3] == 'queued' and (rec[3] or '') ~= ARGV[5] then return 2 end
 local base = tonumber(ARGV[8])
 if base == 0 then
   redis.call('DEL', KEYS[2])
@@ -417,7 +394,18 @@ end
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[7])
 redis.call('XDEL', KEYS[3], ARGV[7])
 if ARGV[3] == 'queued' then
-  {_AGAIN}
+  -- a retry waits again, its fence withdrawn, due after its backoff (ARGV[6], '' at
+  -- once) in the due set, else in its record's stream
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
+    'retries_left', ARGV[10])
+  if ARGV[6] ~= '' then
+    local route = redis.call('HMGET', KEYS[1], 'tenant', 'agent')
+    {hold('ARGV[2]', 'ARGV[6]', "(route[1] or 'default')", 'route[2]')}
+    redis.call('HSET', KEYS[1], 'entry', '', 'not_before', ARGV[6])
+  else
+    redis.call('HSET', KEYS[1], 'entry', redis.call('XADD',
+      redis.call('HGET', KEYS[1], 'stream') or KEYS[3], '*', 'task', ARGV[2]))
+  end
   return 1
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[6],

@@ -13,20 +13,27 @@ Where the Lua differs from the table, on purpose:
   TAKEOVER keeps what it decided), with the task's own retry_on, else its agent's where
   the reaper runs it, else an agent's default, ("lost",), which the cases here use. Its
   retry_lost is the record's (its claiming node's): a node's death is a loss to
-  infrastructure, retried as the machine retries a LOST attempt.
+  infrastructure, retried as the machine retries a LOST attempt;
+- a retry is the node's machine's, and one asked to cancel while it ran ends cancelled:
+  FINISH keeps a retry only while the cancel's mark is as the node read it, and the node
+  decides again on the mark it reads (outbox.py).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from corral.cluster import records
 from corral.cluster.clusterasks import ASK, END, SUSPEND
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
+from corral.cluster.outbox import Outbox
+from corral.cluster.queue import ClusterTask
 from corral.cluster.reaper import take_over
 from corral.cluster.scripts import RedisPart, Scripts, cancel
 from corral.cluster.trust import Trust
@@ -41,6 +48,7 @@ from corral.supervisor.tasks.taskmachine import (
     TaskMachine,
     TaskStatus,
 )
+from corral.taskviews import Attempt
 
 from ..redis_harness import RedisServer
 from .claimscript import claim_script
@@ -90,11 +98,11 @@ class Record:
     async def entry(self) -> Any:
         return await self.c.hget(K.task(self.tid), "entry")
 
-    async def submit(self) -> None:
+    async def submit(self, options: str = "") -> None:
         assert await self.s.submit(
             keys=[K.task(self.tid), STREAM, K.priorities("acme", "w"), K.agents, K.live],
-            args=[self.tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", "", "", "acme",
-                  "mac"]) == 1
+            args=[self.tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "", options, "",
+                  "acme", "mac"]) == 1
 
     async def claim(self, retries: int | None = None, retry_lost: int = RETRY_LOST,
                     lost_before: int = 0) -> bool:
@@ -227,6 +235,23 @@ async def test_the_lua_takes_a_dead_nodes_task_over_as_the_machine_retries_a_los
         error = await client.hget(K.task(r.tid), "error")
         assert error == (ONCE_ERR if step.once else LOST_ERR), case
         assert step.once == (retry_lost == 0)
+
+
+@pytest.mark.parametrize(("own", "agents", "answer"), [(0, 2, b"lost"), (2, 0, b"requeued")],
+                         ids=["at most once of its own", "its own budget"])
+async def test_a_tasks_own_retry_lost_decides_its_takeover_over_its_agents(
+        client: Any, own: int, agents: int, answer: bytes) -> None:
+    """The claim keeps its node's agent's retry_lost in the record, as data; the task's
+    own, in its options, decides the loss where it is decided (reaper.decided, by
+    RetryOptions.lost), as the engine decides its own tasks' (retry.retry_lost)."""
+    r = Record(Scripts(client), client, 1)
+    await r.submit(json.dumps({"retry": {"retry_lost": own}}, separators=(",", ":")))
+    assert await r.claim(1, agents)
+    assert await client.hget(K.task(r.tid), "retry_lost") == str(agents).encode()
+    assert await r.takeover("dead") == answer
+    m = machine(1)
+    m.fire(C.LOST, LuaRetryPolicy(LostBudget(own, 1)))
+    assert await r.state() == (m.status.value, m.retries_left)
 
 
 def machine(retries: int | None) -> TaskMachine:
@@ -502,25 +527,71 @@ async def test_a_retried_failure_queues_the_record_again_as_the_machine_queues_t
         assert await r.claim(0)  # any node's claim takes it, as a queued task
 
 
+class Wakes:
+    def wake(self, agent: str) -> None:
+        """(a slot freed: no puller reads here)"""
+
+
+async def retried(r: Record, at: float | None) -> tuple[Outbox, list[str]]:
+    """Node b's outbox with the record's claim as b's engine leaves it once its machine
+    retried the failed attempt (one retry spent, due at `at`), sent for FINISH to keep;
+    and what b reports."""
+    said: list[str] = []
+    outbox = Outbox(r.s, K, Trust(None, "m", print), "b", 0.2, Wakes(),  # type: ignore[arg-type]
+                    said.append, 60)
+    task = ClusterTask(r.tid, "w", msgspec.Raw(b"{}"), 0, 30.0, 0, 1.0, token=r.token,
+                       base=0, entry=(await r.entry()).decode(), stream=STREAM,
+                       consumer="b/1")
+    task.attempts = [Attempt(0, 1, 2.0, 3.0, "failed", "attempt 1 failed")]
+    outbox.requeue(task, at)
+    return outbox, said
+
+
 async def test_a_retry_of_a_task_asked_to_cancel_ends_it_cancelled_as_the_machine(
         client: Any) -> None:
-    """CANCEL marked it while it ran; its node's machine then retried its failed attempt
-    (queued), which the cancel ends: the record ends cancelled, never queued again."""
+    """CANCEL marked it while it ran, after its node's beat last read no mark; the node's
+    machine then retried its failed attempt. FINISH keeps a retry only while the mark is
+    as its node read it: refused, the node reads the mark and decides as the machine
+    cancels a running task, in cancel_failure's words; the record ends cancelled, never
+    queued again, its attempt as it ended."""
     r = Record(Scripts(client), client, 1)
     await r.submit()
     assert await r.claim(1)
     assert await r.cancel() == b"asked"
+    outbox, said = await retried(r, 9.5)
+    assert await outbox.send()  # refused: nothing written, decided again
+    assert await r.state() == ("running", 1)
+    assert [args[2] for _task, args in outbox.pending] == ["cancelled"]
+    assert await outbox.send()
     m = machine(1)
     m.fire(C.FAILED, FailedRetried())
     m.fire(C.CANCEL, FailedRetried())
-    assert await r.s.finish(
-        keys=[K.task(r.tid), K.attempts(r.tid), STREAM, K.outcomes, *K.listed],
-        args=[r.token, r.tid, "queued", b"", CANCEL_ERR, "9.5", await r.entry(), 0, 60,
-              0, "0", "mac", b'{"replica":0,"pid":1,"started":2.0,"outcome":"failed"}']) == 1
     assert await r.state() == (m.status.value, m.retries_left) == ("cancelled", 0)
     rec = await client.hgetall(K.task(r.tid))
-    assert (rec[b"error"], rec[b"mac"], rec[b"fence"]) == (CANCEL_ERR, b"mac", b"0")
-    assert float(rec[b"finished"]) > 0
+    assert (rec[b"error"], rec[b"fence"]) == (CANCEL_ERR, str(r.token).encode())
+    assert rec[b"mac"] == Trust(None, "m", print).outcome(
+        r.tid, r.token, "cancelled", b"", CANCEL_ERR).encode()
+    assert [json.loads(a)["outcome"] for a in await client.lrange(K.attempts(r.tid), 0, -1)
+            ] == ["failed"]
     assert await client.zscore(K.due, r.tid) is None
     assert await client.zscore(K.live, r.tid) is None  # listed among the finished
-    assert [f[b"task"] for _e, f in await client.xrange(K.outcomes)] == [r.tid.encode()]
+    [(_e, out)] = await client.xrange(K.outcomes)
+    assert (out[b"task"], out[b"status"], out[b"error"]) == (
+        r.tid.encode(), b"cancelled", CANCEL_ERR)
+    assert (list(outbox.pending), outbox.published, outbox.refused, said) == ([], 1, 0, [])
+
+
+async def test_a_retry_is_kept_under_the_mark_its_node_read_again(client: Any) -> None:
+    """A mark that is no cancel's (a Redis writer's) refuses the retry decided on none;
+    read again it asks no cancel of the machine, and FINISH keeps the retry under it."""
+    r = Record(Scripts(client), client, 1)
+    await r.submit()
+    assert await r.claim(1)
+    await client.hset(K.task(r.tid), "cancel", "x")
+    outbox, said = await retried(r, None)
+    assert await outbox.send()
+    assert [args[2:5] for _task, args in outbox.pending] == [["queued", b"", b"x"]]
+    assert await outbox.send()
+    assert await r.state() == ("queued", 0)
+    assert [e for e, _f in await client.xrange(STREAM)] == [await r.entry()]
+    assert (list(outbox.pending), outbox.published, said) == ([], 1, [])

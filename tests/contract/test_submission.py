@@ -2,8 +2,8 @@
 task again and runs nothing twice, another request under it is refused naming the key; its
 `timeout` ends an attempt past it `timed_out`; `delay` and `not_before` hold it queued
 until its time; its own `retry` policy runs it again as it says, with its agent's
-backoff. The agents: tests/recording_agent.py (a line per input it ran) and
-examples/misbehave.py."""
+backoff, and a retry asked to cancel while its attempt ran ends cancelled. The agents:
+tests/recording_agent.py (a line per input it ran) and examples/misbehave.py."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ import json
 import re
 import textwrap
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from corral import jsonrpc
 from corral.cli.client import CallFailed
+from corral.cluster.keys import Keys
 
 from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY
@@ -357,3 +360,44 @@ def test_an_at_most_once_task_running_when_its_home_stops_is_not_run_again(
     done = home.wait(task_id)
     assert done["status"] == "lost", done
     assert [a["outcome"] for a in done["attempts"]] == ["lost"], done
+
+
+def asked(home: Home, task_id: str, cancelling: Future[Any]) -> None:
+    """A cancel of a running task taken: on a node, its answer (the task ended there); on
+    a cluster, its mark in the record, for the node running the task to act on at its
+    next beat."""
+    if home.redis is None:
+        cancelling.result()
+        return
+    keys = redis.Redis.from_url(home.redis.url)
+    try:
+        wait_until("the cancel's mark", lambda: keys.hget(
+            Keys("test").task(task_id), "cancel") == b"1")
+    finally:
+        keys.close()
+
+
+def test_a_retry_asked_to_cancel_while_it_ran_ends_cancelled_and_runs_no_more(
+        home: Home) -> None:
+    # a cancel asked while an attempt runs, the attempt then ending in an outcome its
+    # policy retries: on a cluster its node's beat may not have read the mark yet, and
+    # the retry its machine decided is decided again on the mark (decision 2090)
+    go = home.dir / "go"
+    # its first attempt waits for `go`, then its worker exits: an outcome (lost) that its
+    # policy retries; a second attempt would return
+    task_id = home.submit("patient", {"do": "sequence", "calls": [
+        {"await": str(go), "attempt": 1}, {"crash": 1}]},
+        retry={"retries": 1, "retry_on": ["lost"]})
+    home.status_of(task_id, "running")
+    with ThreadPoolExecutor(1) as pool:
+        cancelling = pool.submit(home.call, "tasks.cancel", {"task_id": task_id}, 1)
+        asked(home, task_id, cancelling)
+        go.touch()
+        cancelling.result()
+    done = home.wait(task_id)
+    assert done["status"] == "cancelled", done
+    assert done["error"] == {"code": jsonrpc.REQUEST_CANCELLED,
+                             "message": "cancelled while running"}, done
+    # (its attempt stopped by the cancel, or ended by its worker's exit first)
+    assert [a["outcome"] in ("cancelled", "lost") for a in done["attempts"]] == [True], done
+    assert home.wait(task_id, at=1)["attempts"] == done["attempts"]
