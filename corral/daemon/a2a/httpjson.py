@@ -14,7 +14,7 @@ from ..caller import Caller
 from ..models.lean import answer_json
 from . import sse
 from . import wire as w
-from .operations import Card, Operations
+from .operations import STREAMING, Card, Operations
 
 # (HTTP method, path pattern) -> the operation; its groups are its params
 ROUTES: list[tuple[str, re.Pattern[str], str, tuple[str, ...]]] = [
@@ -40,10 +40,14 @@ ROUTES: list[tuple[str, re.Pattern[str], str, tuple[str, ...]]] = [
 INTEGERS = frozenset({"historyLength", "pageSize"})
 
 
-def error(request: web.Request, exc: w.A2aError) -> web.StreamResponse:
-    body = {"error": {"code": exc.kind.http, "status": exc.kind.status,
+def document(exc: w.A2aError) -> dict[str, Any]:
+    """The error as AIP-193's document: an answer's body, or a stream's last event."""
+    return {"error": {"code": exc.kind.http, "status": exc.kind.status,
                       "message": exc.message, "details": exc.info()}}
-    return answer_json(request, msgspec.json.encode(body), exc.kind.http)
+
+
+def error(request: web.Request, exc: w.A2aError) -> web.StreamResponse:
+    return answer_json(request, msgspec.json.encode(document(exc)), exc.kind.http)
 
 
 def query(request: web.Request) -> dict[str, Any]:
@@ -94,13 +98,9 @@ async def serve(request: web.Request, path: str, body: bytes, ops: Operations,
                                  "object")
             params = {**given, **params}
         params = {**query(request), **params}
-        if op in ("SendStreamingMessage", "SubscribeToTask"):
-            events = await ops.stream(op, caller, agent, params,
-                                      request)
-            return await sse.write(request, events, (b"", b""),
-                                   lambda exc: {"error": {
-                                       "code": exc.kind.http, "status": exc.kind.status,
-                                       "message": exc.message, "details": exc.info()}})
+        if op in STREAMING:
+            events = await ops.stream(op, caller, agent, params, request)
+            return await sse.write(request, events, (b"", b""), document)
         result = await ops.call(op, caller, agent, params, card)
     except w.A2aError as exc:
         return error(request, exc)

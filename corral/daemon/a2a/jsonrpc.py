@@ -84,8 +84,7 @@ async def serve(request: web.Request, body: bytes, ops: Operations, caller: Call
     try:
         req_id, method, params = read(body)
         if method in STREAMING:
-            events = await ops.stream(method, caller, agent, params,
-                                      request)
+            events = await ops.stream(method, caller, agent, params, request)
             return await sse.write(
                 request, events,
                 (b'{"jsonrpc":"2.0","id":%b,"result":' % msgspec.json.encode(req_id), b"}"),
