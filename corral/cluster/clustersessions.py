@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -70,7 +69,6 @@ class ClusterSessions(RedisPart):
         self.checkpoint_script = self.redis.register_script(sessionscripts.CHECKPOINT)
         self.end_script = self.redis.register_script(sessionscripts.END)
         self.move_script = self.redis.register_script(sessionscripts.MOVE)
-        self.read_script = self.redis.register_script(sessionscripts.SESSION_READ)
         self.counts = self.redis.register_script(sessionscripts.COUNTS)
 
     # -- submit ----------------------------------------------------------------------------
@@ -225,25 +223,18 @@ class ClusterSessions(RedisPart):
 
     async def session_turns(self, key: SessionKey) -> SessionTurns | None:
         with said(self.settings, UNREAD):
-            # (its score unread: the expiry is `_view`'s, from the hash)
-            waiting, _, marked, *fields = await read(lambda: self.read_script(
-                keys=[self.keys.session(key), self.keys.session_line(key),
-                      self.keys.sessions(key.tenant, key.agent), self.keys.turns_ended],
-                args=[key.name, *_FIELDS]))
-            view = _view(key, fields, waiting, marked == 1)
-            cur = (fields[0] or b"").decode()
-            # (a current turn whose record is gone runs nowhere; one that ended holds the
-            # place no more, its session's move yet to be made: marked, and its record
-            # says so, as a mark no end wrote, a Redis writer's, would not)
-            status = await read(partial(self.redis.hget, self.keys.task(cur), "status")
-                                ) if cur and view is not None else None
+            waiting, marked, status, fields = await session_read(self.scripts, self.keys, key)
+        view = _view(key, fields, waiting, marked)
         if view is None:
             return None
-        holds = status is not None and (view.running is not None or status not in TERMINAL)
+        cur = (fields[0] or b"").decode()
+        # (a current turn whose record is gone runs nowhere; one that ended holds the
+        # place no more, its session's move yet to be made: marked, and its record says
+        # so, as a mark no end wrote, a Redis writer's, would not)
+        holds = bool(status) and (view.running is not None or status not in TERMINAL)
         # (held as the node's end reads it: while any turn is unfinished, a line behind
         # no running turn too, which ended would wait in no session for ever)
-        return SessionTurns(view, view.waiting + holds, cur,
-                            status.decode() if holds and status else None)
+        return SessionTurns(view, view.waiting + holds, cur, status.decode() if holds else None)
 
     async def session_history(self, key: SessionKey) -> list[SessionTask]:
         def fill(pipe: Any) -> None:
@@ -330,21 +321,27 @@ class ClusterSessions(RedisPart):
                     "their session_ttl")
 
 
+async def session_read(scripts: Scripts, keys: Keys, key: SessionKey
+                       ) -> tuple[int, bool, bytes, list[Any]]:
+    """The session's line's length, whether its current turn is marked ended, that turn's
+    status (b'': none, or its record gone), and the hash's `_FIELDS` (SESSION_READ)."""
+    waiting, marked, status, *fields = await read(lambda: scripts.session_read(
+        keys=[keys.session(key), keys.session_line(key), keys.turns_ended],
+        args=[keys.task(""), *_FIELDS]))
+    return waiting, marked == 1, status, fields
+
+
 async def turn_args(scripts: Scripts, keys: Keys, key: SessionKey) -> list[Any]:
     """A turn's move as the rule decides it (turns.py), and the session's turns it was
     decided on (its current turn, '-' when no session, and its line's length), which
     SUBMIT keeps only while they are so."""
-    async def once() -> list[Any]:
-        return list(await scripts.turn_read(
-            keys=[keys.session(key), keys.session_line(key), keys.turns_ended],
-            args=[keys.task("")]))
-
-    waiting, cur, status = await read(once)
+    waiting, marked, status, fields = await session_read(scripts, keys, key)
+    cur = fields[0]
     # (a current turn that ended holds the place no more, its move yet to be made: the
     # turn starts, and that move finds nothing to do; one of a line waits behind it. Its
     # record says it ended: a mark no end wrote, a Redis writer's, starts no turn beside
     # a running one)
-    held = bool(cur) and (status is None or waiting > 0 or status not in TERMINAL)
+    held = bool(cur) and (not marked or waiting > 0 or status not in TERMINAL)
     move = decide(state(held, waiting), TurnEvent.SUBMIT)
     assert move is not None
     return [move.value, "-" if cur is None else cur, waiting]

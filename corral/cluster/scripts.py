@@ -753,7 +753,7 @@ class Scripts:
         self.trim = redis.register_script(TRIM)
         self.drop_consumer = redis.register_script(DROP_CONSUMER)
         self.alive = redis.register_script(ALIVE)
-        self.turn_read = redis.register_script(sessionscripts.TURN_READ)
+        self.session_read = redis.register_script(sessionscripts.SESSION_READ)
 
     async def run(self, calls: list[Call], acks: Acks | None = None) -> list[Any]:
         """Many script calls in one round trip, each answer or its error in order (with

@@ -123,32 +123,22 @@ for i, live in ipairs(KEYS) do out[i] = redis.call('ZCOUNT', live, now, '+inf') 
 return out
 """
 
-# A submit's read of the session (clustersessions.turn_args), one round trip: the ended
-# turns' set is tested for the current turn only, not fetched whole (every turn ended
-# cluster-wide and not yet moved).
-# KEYS: the session's hash, its line, the turns ended; ARGV: the task records' key prefix
-# -> {the line's length, the current turn (nil: no session), its record's status when it
-#    is marked ended ('' its record gone; nil: not marked)}
-TURN_READ = """
-local cur = redis.call('HGET', KEYS[1], 'cur')
-local status = false
-if cur and cur ~= '' and redis.call('SISMEMBER', KEYS[3], cur) == 1 then
-  status = redis.call('HGET', ARGV[1] .. cur, 'status') or ''
-end
-return {redis.call('LLEN', KEYS[2]), cur, status}
-"""
-
-# A session's read (clustersessions._read), its current turn's mark with it: read apart,
-# a move between the two would show an ended turn as current and not marked, holding its
-# place.
-# KEYS: the session's hash, its line, its agent's sessions (sorted set), the turns ended;
-#   ARGV: its name, then the hash's fields -> {the line's length, its score (nil: none),
-#   1 when its current turn is marked ended else 0, then the fields}
+# A session's read, one round trip (clustersessions `_read`: a submit's, a view's, an
+# end's), its current turn's mark and its record's status with it: read apart, a move
+# between them would show an ended turn as current and not marked, holding its place. The
+# ended turns' set is tested for the current turn only, not fetched whole.
+# KEYS: the session's hash, its line, the turns ended; ARGV: the task records' key
+#   prefix, then the hash's fields ('cur' first) -> {the line's length, 1 when its
+#   current turn is marked ended else 0, that turn's record's status ('' no current
+#   turn, or its record gone), then the fields}
 SESSION_READ = """
 local fields = redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
-local marked = fields[1] and fields[1] ~= '' and redis.call('SISMEMBER', KEYS[4], fields[1])
-return {redis.call('LLEN', KEYS[2]), redis.call('ZSCORE', KEYS[3], ARGV[1]), marked or 0,
-  unpack(fields)}
+local marked, status = 0, ''
+if fields[1] and fields[1] ~= '' then
+  marked = redis.call('SISMEMBER', KEYS[3], fields[1])
+  status = redis.call('HGET', ARGV[1] .. fields[1], 'status') or ''
+end
+return {redis.call('LLEN', KEYS[2]), marked, status, unpack(fields)}
 """
 
 
