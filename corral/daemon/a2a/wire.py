@@ -151,13 +151,34 @@ _OPAQUE = frozenset({"data", "metadata", "params"})
 
 
 def camel(value: Any) -> Any:
-    """A ProtoJSON value's field names as camelCase (parsers take either, spec 5.5)."""
-    if isinstance(value, dict):
-        return {(k if "_" not in k else _SNAKE.sub(lambda m: m.group(1).upper(), k)):
-                (v if k in _OPAQUE else camel(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [camel(v) for v in value]
-    return value
+    """A ProtoJSON value's field names as camelCase (parsers take either, spec 5.5),
+    walked on a list of its own: a body the JSON decoder takes raised RecursionError out
+    of a recursive walk, two frames a level (decision 2110)."""
+    made = [value]
+    todo: list[tuple[Any, Any, Any]] = [(value, made, 0)]  # (a value, its container, where)
+    while todo:
+        given, into, at = todo.pop()
+        if into[at] is not given:
+            continue  # (a name sent twice, snake_case and camelCase: its last value kept)
+        if isinstance(given, dict):
+            out: dict[str, Any] = {}
+            into[at] = out
+            for k, v in given.items():
+                name = k if "_" not in k else _SNAKE.sub(_upper, k)
+                out[name] = v
+                if k not in _OPAQUE and isinstance(v, _WALKED):
+                    todo.append((v, out, name))
+        elif isinstance(given, list):
+            into[at] = items = list(given)
+            todo.extend((v, items, i) for i, v in enumerate(items) if isinstance(v, _WALKED))
+    return made[0]
+
+
+_WALKED = (dict, list)
+
+
+def _upper(m: re.Match[str]) -> str:
+    return m.group(1).upper()
 
 
 # a member named in snake_case in a JSON text (a quote inside a string is escaped, so
