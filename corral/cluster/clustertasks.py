@@ -147,8 +147,10 @@ class ClusterTasks(RedisPart):
         places (decision 2040)."""
         local = self.host.agents.get(agent)
         if local is not None and local.spec.tenant == tenant:
-            mine = self.membership.queues() if self.membership.queues else ({}, {})
-            return _tighter(local.spec.max_queue, mine[1].get(tenant, 0), tenant)
+            # (this node's [tenants], which its sessions' bounds read too)
+            tenancy = self.sessions.tenancy
+            own = tenancy.specs.get(tenant) if tenancy is not None else None
+            return _tighter(local.spec.max_queue, own.max_queue if own else 0, tenant)
         said = [n for n in self.view if n.runs(tenant, agent)]
         if said:
             return _tighter(_least(n.queues.get(agent, 0) for n in said),
