@@ -275,10 +275,7 @@ class Adoptions:
         r._last_pong = r.host.listening.now()
         running = r.tasks_running
         said = f"adopted across an upgrade (pid {rec.pid})"
-        r.executor.fire(Cause.READY, said)
-        if plain is not None:
-            assert isinstance(r, PlainReplica)
-            r.ready_again(plain)
+        r.executor.fire(Cause.READY, said)  # (a plain program's watchdog clock starts again)
         if running and r.machine.moves(Cause.TASK):
             r.executor.fire(Cause.TASK, f"{running} task(s) running across the upgrade")
 

@@ -41,7 +41,6 @@ class PlainHanded(msgspec.Struct, frozen=True):
     notify_path: str | None = None
     ready_seen: bool = False
     status_text: str | None = None
-    watchdog_age: float = 0.0  # seconds since its last WATCHDOG=1 (or its Ready)
 
 
 class PlainHost(AgentHost, Protocol):
@@ -166,8 +165,7 @@ class PlainReplica(Replica):
         fd = sock.fileno() if sock is not None else None
         return PlainHanded(
             notify_fd=fd, notify_path=sock.path if sock is not None and fd is not None
-            else None, ready_seen=self._ready_seen, status_text=self.status_text,
-            watchdog_age=max(0.0, self.host.listening.now() - self._watchdog_fed))
+            else None, ready_seen=self._ready_seen, status_text=self.status_text)
 
     def take_handed(self, h: PlainHanded) -> None:
         """Before its channel is made: the notify socket the previous image bound (what
@@ -178,9 +176,6 @@ class PlainReplica(Replica):
             self.notify = NotifySocket.inherited(h.notify_fd, h.notify_path, self._notified,
                                                  self._accepts, self._refused)
         self._ready_seen, self.status_text = h.ready_seen, h.status_text
-
-    def ready_again(self, h: PlainHanded) -> None:
-        self._watchdog_fed = self.host.listening.now() - h.watchdog_age
 
     # -- $NOTIFY_SOCKET -------------------------------------------------------------------
     def _accepts(self, pid: int) -> bool:
