@@ -266,3 +266,47 @@ def test_names_walked_to_camelcase_keep_their_places_their_last_value_and_the_ca
     for _ in range(100_000):
         walked = walked["aB"][0]
     assert walked == "leaf"
+
+
+# -- another caller's push config -----------------------------------------------------------
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=True, reason=(
+    "corral/daemon/a2a/operations.py lists, gets and deletes a task's push configs for "
+    "any caller that sees the task: another token of the tenant reads a config's token "
+    "and credentials (the receiver's secrets its maker gave) and deletes it"))
+async def test_a_push_configs_secrets_and_deletion_are_its_makers_alone(
+        tmp_path: Path) -> None:
+    """Two tokens of one tenant, each seeing the other's task: a push config's token and
+    authentication are what its receiver checks a post by, so another caller that reads
+    them posts as the daemon; and a config another deletes stops its maker's posts. The
+    maker's config is neither listed, got nor deleted by the other (a key is its caller's
+    own likewise, decision 1792); its maker still lists it whole."""
+    with a2a_daemon(tmp_path, anonymous="[]") as (d, url):
+        scopes = ("--scope", "tasks:run", "--scope", "tasks:read")
+        secret = {name: d.json("token", "create", name, *scopes)["token"]
+                  for name in ("maker", "other")}
+        async with httpx.AsyncClient(timeout=30) as http:
+            asked = await _rpc(http, url, secret["maker"], "SendMessage",
+                               message("tck-input-required"))
+            task_id = asked["task"]["id"]
+            config = {"taskId": task_id, "id": "mine", "url": "http://8.8.8.8/hook",
+                      "token": "the receiver's token",
+                      "authentication": {"scheme": "Bearer", "credentials": "hunter2"}}
+            await _rpc(http, url, secret["maker"], "CreateTaskPushNotificationConfig",
+                       config)
+            listed = await _rpc(http, url, secret["other"],
+                                "ListTaskPushNotificationConfigs", {"taskId": task_id})
+            r = await http.post(f"{url}/a2a/tck", headers={
+                "Authorization": f"Bearer {secret['other']}"}, json={
+                "jsonrpc": "2.0", "id": 1, "method": "GetTaskPushNotificationConfig",
+                "params": {"taskId": task_id, "id": "mine"}})
+            seen = json.dumps([listed, r.json()])
+            assert "hunter2" not in seen and "the receiver's token" not in seen, seen
+            await http.post(f"{url}/a2a/tck", headers={
+                "Authorization": f"Bearer {secret['other']}"}, json={
+                "jsonrpc": "2.0", "id": 1, "method": "DeleteTaskPushNotificationConfig",
+                "params": {"taskId": task_id, "id": "mine"}})
+            kept = await _rpc(http, url, secret["maker"], "ListTaskPushNotificationConfigs",
+                              {"taskId": task_id})
+            assert kept["configs"] == [config], kept
