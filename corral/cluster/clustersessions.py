@@ -38,7 +38,7 @@ from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
 from .records import ON_WORKER, TERMINAL
-from .scripts import RedisPart, Scripts, submit_script
+from .scripts import Call, RedisPart, Scripts, submit_script
 from .trust import SESSION, Trust
 
 if TYPE_CHECKING:
@@ -200,23 +200,14 @@ class ClusterSessions(RedisPart):
                 tenant, _, name_of = raw.decode()[len(head):].partition(":")
                 if not name_of:  # (a set of before sessions had owners: no tenant in it)
                     continue
-                live = [n.decode() for n, score in await self.redis.zrange(
-                    raw, 0, -1, withscores=True) if score >= now]
-                pipe = self.redis.pipeline(transaction=False)
-                for name in live:
-                    key = SessionKey(tenant, name_of, name)
-                    pipe.hmget(self.keys.session(key), *_FIELDS)
-                    pipe.llen(self.keys.session_line(key))
-                got = await pipe.execute() if live else []
-                # (the ended turns' set tested for the current turns alone, not fetched
-                # whole; a move between the two reads lists an ended turn as running a
-                # moment longer: a listing, which decides nothing)
-                curs = [fields[0] for fields in got[::2] if fields[0]]
-                marked = dict(zip(curs, await self.redis.smismember(
-                    self.keys.turns_ended, curs), strict=True)) if curs else {}
-                for name, fields, waiting in zip(live, got[::2], got[1::2], strict=True):
-                    view = _view(SessionKey(tenant, name_of, name), fields, waiting,
-                                 marked.get(fields[0]) == 1)
+                live = [SessionKey(tenant, name_of, n.decode()) for n, score in
+                        await self.redis.zrange(raw, 0, -1, withscores=True) if score >= now]
+                for key, got in zip(live, await self.scripts.run(
+                        [read_call(self.scripts, self.keys, key) for key in live]), strict=True):
+                    if isinstance(got, Exception):
+                        raise got
+                    waiting, marked, _, *fields = got
+                    view = _view(key, fields, waiting, marked == 1)
                     if view is not None:  # (else expired between the two reads)
                         out.append(view)
         return sorted(out, key=lambda v: (v.agent, v.session))
@@ -265,17 +256,11 @@ class ClusterSessions(RedisPart):
         if name is None or tenant is None:
             return None
         key = SessionKey(tenant.decode(), rec[b"agent"].decode(), name.decode())
-
-        def fill(pipe: Any) -> None:
-            pipe.hget(self.keys.session(key), "cur")
-            pipe.lrange(self.keys.session_line(key), 0, -1)
-
-        cur, waiting = await read_all(self.redis, fill)
-        mine = task_id.encode()
-        if not cur or mine not in waiting:
+        _, _, status, (cur, *_) = await session_read(self.scripts, self.keys, key)
+        place = await read(lambda: self.redis.lpos(self.keys.session_line(key), task_id))
+        if not cur or place is None:
             return None
-        status = await read(lambda: self.redis.hget(self.keys.task(cur.decode()), "status"))
-        return turn_waits(key.name, cur.decode(), status in ON_WORKER, waiting.index(mine))
+        return turn_waits(key.name, cur.decode(), status in ON_WORKER, place)
 
     # -- removal ------------------------------------------------------------------------------
     async def end_agent(self, agent: str, tenant: str) -> None:
@@ -325,10 +310,15 @@ async def session_read(scripts: Scripts, keys: Keys, key: SessionKey
                        ) -> tuple[int, bool, bytes, list[Any]]:
     """The session's line's length, whether its current turn is marked ended, that turn's
     status (b'': none, or its record gone), and the hash's `_FIELDS` (SESSION_READ)."""
-    waiting, marked, status, *fields = await read(lambda: scripts.session_read(
-        keys=[keys.session(key), keys.session_line(key), keys.turns_ended],
-        args=[keys.task(""), *_FIELDS]))
+    call, keys_of, args = read_call(scripts, keys, key)
+    waiting, marked, status, *fields = await read(lambda: call(keys=keys_of, args=args))
     return waiting, marked == 1, status, fields
+
+
+def read_call(scripts: Scripts, keys: Keys, key: SessionKey) -> Call:
+    """SESSION_READ of the session (`session_read` decodes its answer)."""
+    return (scripts.session_read, [keys.session(key), keys.session_line(key),
+                                   keys.turns_ended], [keys.task(""), *_FIELDS])
 
 
 async def turn_args(scripts: Scripts, keys: Keys, key: SessionKey) -> list[Any]:
