@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from corral.daemon.a2a import push
 from corral.daemon.a2a import wire as w
 from corral.daemon.a2a.wire import camel
 from corral.supervisor.pushstore import MemoryPush
+from corral.supervisor.tasks.sessions import SessionKey
 
 from .a2a.harness import a2a_daemon
 from .a2a.test_push import message, receiver
@@ -310,3 +312,33 @@ async def test_a_push_configs_secrets_and_deletion_are_its_makers_alone(
             kept = await _rpc(http, url, secret["maker"], "ListTaskPushNotificationConfigs",
                               {"taskId": task_id})
             assert kept["configs"] == [config], kept
+
+
+# -- a cluster session that does not parse ----------------------------------------------------
+
+@pytest.mark.timeout(90)
+@pytest.mark.xfail(strict=True, reason=(
+    "corral/cluster/clustersessions.py `session_views` (and `_view`) parse every session's "
+    "set name, member and fields as a node wrote them: one a Redis writer left that does "
+    "not parse raises out of the listing, so `corral sessions` fails for every caller at "
+    "every node, and a session named at a node not running its agent is not found"))
+def test_a_cluster_session_that_does_not_parse_stops_no_listing(
+        tmp_path: Path, redis: RedisServer) -> None:
+    """A writer's session whose record does not parse (a time that is no number), or a
+    set of sessions whose name or member is no UTF-8, is no session: the listing answers
+    with the sessions that parse (as decision 2047 has a task's listing pass over a
+    record that does not parse)."""
+    direct = redis_py.Redis.from_url(redis.url)
+    try:
+        live = time.time() + 3600
+        for name, created in (("kept", str(time.time())), ("garbled", "no time")):
+            direct.zadd(K.sessions("default", "sleepy"), {name: live})
+            direct.hset(K.session(SessionKey("default", "sleepy", name)), mapping={
+                "created": created, "tasks": "1", "ttl": "3600"})
+        direct.zadd(K.sessions("default", "sleepy"), {b"\xff": live})
+        direct.zadd(K.sessions("default", "sleepy").encode() + b"\xff", {"x": live})
+        with nodes(tmp_path, redis, {"b": ELASTIC}, ttl=STEADY_TTL) as ns:
+            listed = ns["b"].call("sessions.list", {"agent": "sleepy"})
+            assert [s["session"] for s in listed["sessions"]] == ["kept"], listed
+    finally:
+        direct.close()
