@@ -139,10 +139,6 @@ async def test_a_revoked_tokens_push_config_is_posted_nothing_more(tmp_path: Pat
 # -- a push config kept while private addresses were allowed --------------------------------
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "corral/daemon/a2a/push.py checks a config's URL when it is made alone: one kept while "
-    "[a2a] push_private was on is posted to its loopback address after the operator turned "
-    "it off and restarted (an address literal never reaches the public resolver)"))
 async def test_a_config_kept_under_push_private_is_not_posted_once_it_is_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A config made while the operator allowed private addresses, kept in its task's home

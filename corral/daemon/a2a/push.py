@@ -87,6 +87,15 @@ async def _private(host: str) -> bool:
     return not infos or any(not _global(str(info[4][0])) for info in infos)
 
 
+def _names_private(url: str) -> bool:
+    """Whether the URL's host is an address literal that is not public (a name's
+    addresses are the public resolver's to judge at the post)."""
+    try:
+        return not _global(urlsplit(url).hostname or "")
+    except ValueError:
+        return False
+
+
 async def check_url(url: str, private: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -170,6 +179,8 @@ class PushConfigs:
         self.delivered = 0
         self.given_up = 0
         self.dropped = 0  # events not sent: their config's receiver was MAX_QUEUED behind
+        self.refused = 0  # events not sent: their config would not be made now (`_refusal`)
+        self._refused: set[tuple[str, str]] = set()  # (task, config) refused, said
         self._http: aiohttp.ClientSession | None = None
         self._work: set[asyncio.Task[None]] = set()
         self._senders: dict[tuple[str, str], _Sender] = {}
@@ -282,6 +293,15 @@ class PushConfigs:
     async def _send(self, key: tuple[str, str], sender: _Sender) -> None:
         try:
             while sender.queue:
+                why = self._refusal(sender.config)
+                if why is not None:
+                    self.refused += len(sender.queue)
+                    sender.queue.clear()
+                    if key not in self._refused:
+                        self._refused.add(key)
+                        self.report(f"a2a push config {key[1]} of task {key[0]} refused: "
+                                    f"{why}; its events are not sent")
+                    break
                 if not await self._post(sender.config, sender.queue.popleft()) and \
                         len(sender.queue) > 1:
                     # its receiver did not take one in all its attempts: what waits goes
@@ -297,6 +317,15 @@ class PushConfigs:
             if not sender.queue and self._senders.get(key) is sender:
                 del self._senders[key]
 
+    def _refusal(self, config: w.PushConfig) -> str | None:
+        """Why a config is not posted to now, as it would not be made now (None: it is):
+        one kept while the operator allowed private addresses names an address literal
+        the public resolver never sees."""
+        if not self.private and _names_private(config.url):
+            return (f"its url {config.url!r} names a private or loopback address, which "
+                    "[a2a] push_private no longer allows")
+        return None
+
     async def _forget(self, task_id: str, jobs: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*jobs, return_exceptions=True)
         try:
@@ -306,6 +335,7 @@ class PushConfigs:
             self.report(f"a2a push configs of task {task_id} not forgotten: {exc.message}")
             return
         self.ending.discard(task_id)
+        self._refused = {key for key in self._refused if key[0] != task_id}
 
     async def _post(self, config: w.PushConfig, body: bytes) -> bool:
         """Whether its receiver took it, within its attempts."""
