@@ -217,10 +217,15 @@ class Membership(RedisPart):
                 self.report(f"cluster: node {self.node}: no other daemon is it any more")
             self.duplicate, self._holder = None, None
             return False
-        b = _beat.decode(got)
-        text = holder_text(b, self.cluster)
-        if self._holder != (b.daemon, b.incarnation):
-            self._holder = (b.daemon, b.incarnation)
+        b = self._parsed(self.node.encode(), got.encode() if isinstance(got, str) else got)
+        # (one that does not parse is a Redis writer's, but the script found the
+        # incarnation it names alive: waited out as another daemon's)
+        text = holder_text(b, self.cluster) if b is not None else (
+            f"node {self.node}'s beat in Redis does not parse and names a live "
+            "incarnation: waiting for its key to lapse")
+        holder = (b.daemon, b.incarnation) if b is not None else ("", 0)
+        if self._holder != holder:
+            self._holder = holder
             self.report(f"cluster: this daemon does not join: {text}")
         self.duplicate = text
         return True
@@ -361,7 +366,7 @@ class Membership(RedisPart):
             if name not in self._garbled and len(self._garbled) < GARBLED_SAID:
                 self._garbled.add(name)
                 self.report(f"cluster: the beat of node {name.decode(errors='replace')!r} "
-                            f"in Redis does not parse ({exc}): passed over")
+                            f"in Redis does not parse ({exc}): no node's")
             return None
 
     async def alive(self, consumers: list[str]) -> set[str]:

@@ -257,9 +257,35 @@ async def test_a_beat_that_does_not_parse_is_passed_over_and_said_once(
             assert [v.node for v in await a.nodes()] == ["a"]
         assert said == [
             "cluster: the beat of node 'a' in Redis does not parse (Expected `int`, got "
-            "`str` - at `$.queues[...]`): passed over",
+            "`str` - at `$.queues[...]`): no node's",
             "cluster: joined as a/1",
             "cluster: the beat of node 'ghost' in Redis does not parse (JSON is malformed: "
-            "object keys must be strings (byte 1)): passed over"], said
+            "object keys must be strings (byte 1)): no node's"], said
+    finally:
+        await a.redis.aclose()
+
+
+async def test_a_beat_that_does_not_parse_naming_a_live_incarnation_is_waited_out(
+        redis: RedisServer) -> None:
+    """JOIN's script finds a beat under this node's name whose daemon is not this one and
+    whose incarnation is alive: another daemon's, though it does not parse (a Redis
+    writer's). The node waits it out as it waits out another daemon, and joins once the
+    key is gone; before, the beat's decode raised out of the join."""
+    said: list[str] = []
+    a = member(redis, "a", said, STEADY_TTL, STEADY_BEAT)
+    try:
+        await a.redis.hset(a.keys.nodes, "a", b'{"daemon":"other","incarnation":7}')
+        await a.redis.set(a.keys.alive("a/7"), b"x", px=60_000)
+        await a.join()
+        waiting = ("node a's beat in Redis does not parse and names a live incarnation: "
+                   "waiting for its key to lapse")
+        assert (a.state, a.duplicate) == ("duplicate", waiting)
+        await a.redis.delete(a.keys.alive("a/7"))
+        await a.join()
+        assert (a.state, a.consumer, a.duplicate) == ("member", "a/2", None)
+        assert said == [
+            "cluster: the beat of node 'a' in Redis does not parse (Object missing required "
+            "field `node`): no node's", f"cluster: this daemon does not join: {waiting}",
+            "cluster: node a: no other daemon is it any more", "cluster: joined as a/2"], said
     finally:
         await a.redis.aclose()
