@@ -256,7 +256,7 @@ class ClusterSessions(RedisPart):
         if name is None or tenant is None:
             return None
         key = SessionKey(tenant.decode(), rec[b"agent"].decode(), name.decode())
-        _, _, status, (cur, *_) = await session_read(self.scripts, self.keys, key)
+        _, _, status, (cur,) = await session_read(self.scripts, self.keys, key, ("cur",))
         place = await read(lambda: self.redis.lpos(self.keys.session_line(key), task_id))
         if not cur or place is None:
             return None
@@ -306,27 +306,28 @@ class ClusterSessions(RedisPart):
                     "their session_ttl")
 
 
-async def session_read(scripts: Scripts, keys: Keys, key: SessionKey
-                       ) -> tuple[int, bool, bytes, list[Any]]:
+async def session_read(scripts: Scripts, keys: Keys, key: SessionKey,
+                       fields: tuple[str, ...] = _FIELDS) -> tuple[int, bool, bytes, list[Any]]:
     """The session's line's length, whether its current turn is marked ended, that turn's
-    status (b'': none, or its record gone), and the hash's `_FIELDS` (SESSION_READ)."""
-    call, keys_of, args = read_call(scripts, keys, key)
-    waiting, marked, status, *fields = await read(lambda: call(keys=keys_of, args=args))
-    return waiting, marked == 1, status, fields
+    status (b'': none, or its record gone), and the hash's `fields` (SESSION_READ)."""
+    call, keys_of, args = read_call(scripts, keys, key, fields)
+    waiting, marked, status, *got = await read(lambda: call(keys=keys_of, args=args))
+    return waiting, marked == 1, status, got
 
 
-def read_call(scripts: Scripts, keys: Keys, key: SessionKey) -> Call:
+def read_call(scripts: Scripts, keys: Keys, key: SessionKey,
+              fields: tuple[str, ...] = _FIELDS) -> Call:
     """SESSION_READ of the session (`session_read` decodes its answer)."""
     return (scripts.session_read, [keys.session(key), keys.session_line(key),
-                                   keys.turns_ended], [keys.task(""), *_FIELDS])
+                                   keys.turns_ended], [keys.task(""), *fields])
 
 
 async def turn_args(scripts: Scripts, keys: Keys, key: SessionKey) -> list[Any]:
     """A turn's move as the rule decides it (turns.py), and the session's turns it was
     decided on (its current turn, '-' when no session, and its line's length), which
     SUBMIT keeps only while they are so."""
-    waiting, marked, status, fields = await session_read(scripts, keys, key)
-    cur = fields[0]
+    # ('cur' alone: a submit does not fetch the state, which a view sizes)
+    waiting, marked, status, (cur,) = await session_read(scripts, keys, key, ("cur",))
     # (a current turn that ended holds the place no more, its move yet to be made: the
     # turn starts, and that move finds nothing to do; one of a line waits behind it. Its
     # record says it ended: a mark no end wrote, a Redis writer's, starts no turn beside
