@@ -332,11 +332,6 @@ async def test_a_push_configs_secrets_and_deletion_are_its_makers_alone(
 # -- a cluster session that does not parse ----------------------------------------------------
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason=(
-    "corral/cluster/clustersessions.py `session_views` (and `_view`) parse every session's "
-    "set name, member and fields as a node wrote them: one a Redis writer left that does "
-    "not parse raises out of the listing, so `corral sessions` fails for every caller at "
-    "every node, and a session named at a node not running its agent is not found"))
 def test_a_cluster_session_that_does_not_parse_stops_no_listing(
         tmp_path: Path, redis: RedisServer) -> None:
     """A writer's session whose record does not parse (a time that is no number), or a

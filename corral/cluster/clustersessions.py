@@ -7,6 +7,7 @@ state at every turn, sticky or not: the protocol has no "you have it" for it to 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -197,19 +198,28 @@ class ClusterSessions(RedisPart):
         with said(self.settings, UNREAD):
             async for raw in self.redis.scan_iter(
                     match=self.keys.sessions("*", agent or "*"), count=1000):
-                tenant, _, name_of = raw.decode()[len(head):].partition(":")
+                # (a name, a member or a record that does not parse, a Redis writer's, is
+                # passed over and kept, as a task's listing does: decision 2087)
+                try:
+                    tenant, _, name_of = raw.decode()[len(head):].partition(":")
+                except ValueError:
+                    continue
                 if not name_of:  # (a set of before sessions had owners: no tenant in it)
                     continue
-                live = [SessionKey(tenant, name_of, n.decode()) for n, score in
-                        await self.redis.zrange(raw, 0, -1, withscores=True) if score >= now]
+                live: list[SessionKey] = []
+                for n, score in await self.redis.zrange(raw, 0, -1, withscores=True):
+                    if score >= now:
+                        with contextlib.suppress(ValueError):
+                            live.append(SessionKey(tenant, name_of, n.decode()))
                 for key, got in zip(live, await self.scripts.run(
                         [read_call(self.scripts, self.keys, key) for key in live]), strict=True):
                     if isinstance(got, Exception):
                         raise got
                     waiting, marked, _, *fields = got
-                    view = _view(key, fields, waiting, marked == 1)
-                    if view is not None:  # (else expired between the two reads)
-                        out.append(view)
+                    with contextlib.suppress(ValueError):
+                        view = _view(key, fields, waiting, marked == 1)
+                        if view is not None:  # (else expired between the two reads)
+                            out.append(view)
         return sorted(out, key=lambda v: (v.agent, v.session))
 
     async def session_turns(self, key: SessionKey) -> SessionTurns | None:

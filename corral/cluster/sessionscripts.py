@@ -103,7 +103,7 @@ def ended(task: str) -> str:
 end"""
 
 
-# (The first statement of every script that can end a task: FINISH, with _AGAIN, CANCEL
+# (The first statement of every script that can end a task: FINISH, CANCEL
 # and TAKEOVER.) A session's task's end marks it last (`ended`), and Redis keeps what a
 # script wrote before it fails: the ended turns' set of another type (a Redis writer's)
 # would let the end be written and its mark fail, its line stranded behind it for ever.
