@@ -109,11 +109,6 @@ async def _rpc(http: httpx.AsyncClient, url: str, secret: str, method: str,
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "corral/daemon/a2a/operations.py delivers a task's push configs as the caller kept "
-    "with its first config (`watch`, `_take_up`), never asked again: a revoked token's "
-    "configs are posted the task's events, its output too, as its A2A streams no "
-    "longer are (decision 1890)"))
 async def test_a_revoked_tokens_push_config_is_posted_nothing_more(tmp_path: Path) -> None:
     """A token's push config of a task waiting for input, the token revoked: the task's
     end, answered by another token of the tenant, is posted to the other's config and

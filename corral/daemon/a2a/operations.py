@@ -5,6 +5,7 @@ name. Streams: batches of (event id or None, StreamResponse) pairs."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -251,10 +252,28 @@ class Operations:
                     status = event.get("statusUpdate")
                     final = isinstance(status, dict) and \
                         status.get("status", {}).get("state") in mp.TERMINAL
-                    await self.push.deliver(task_id, event, final)
+                    await self.push.deliver(task_id, event, final, self._refusal)
         except (w.A2aError, RpcError) as exc:
             self._failed.add(task_id)
             self.push.report(f"a2a push of task {task_id}: {exc.message}")
+
+    def _refusal(self, maker: dict[str, Any]) -> str | None:
+        """Why a config's maker would not make it now (None: they would): the token it
+        was made under revoked, or past its expiry, as its streams end then (decision
+        1890). Each config is its maker's: every one of a task's saw the task when it
+        was made, and a token's tenant, agents and scopes are its identity's. A token
+        made later under its name is another; tokens are a node's own, so a config made
+        under another node's is not this one's to post to."""
+        name = maker.get("token")
+        if name is None:
+            return None
+        token = self.by_token.tokens.named(name)
+        if token is None or token.created != maker.get("since", token.created):
+            return (f"its maker's token {name} is no longer this daemon's (revoked, or "
+                    "another node's)")
+        if token.expired(time.time()):
+            return f"its maker's token {name} has expired"
+        return None
 
     async def close(self) -> None:
         for job in [*self._watching.values(), *([self._leading] if self._leading else [])]:
@@ -265,7 +284,8 @@ class Operations:
 
 def kept_caller(caller: Caller) -> dict[str, Any]:
     """Who made a config, as its home keeps them."""
-    return {"via": caller.via, "token": caller.token, "name": caller.name,
+    return {"via": caller.via, "token": caller.token, "since": caller.since,
+            "name": caller.name,
             "tenant": caller.tenant, "agents": caller.agents,
             "scopes": sorted(caller.scopes)}
 

@@ -44,6 +44,8 @@ MAX_URL = 2048
 MAX_SECRET = 4096  # its token, its authentication's scheme and credentials
 MAX_CONFIG_ID = 128
 TOKEN_HEADER = "X-A2A-Notification-Token"
+# why a config's maker would not make it now (None: they would): the door's word on them
+Refusal = Callable[[dict[str, Any]], str | None]
 
 
 class PushRecord(msgspec.Struct):
@@ -256,13 +258,20 @@ class PushConfigs:
         with _unavailable():
             await self.store.delete(task_id, cid)
 
-    async def deliver(self, task_id: str, event: dict[str, Any], final: bool) -> None:
-        """POST `event` to each config of the task (in the background: each config's
-        events one at a time, in order); after its end, its configs are forgotten by its
-        home once delivered (a daemon killed before: delivered again by the next)."""
+    async def deliver(self, task_id: str, event: dict[str, Any], final: bool,
+                      refusal: Refusal = lambda _: None) -> None:
+        """POST `event` to each config of the task whose maker `refusal` does not refuse
+        (in the background: each config's events one at a time, in order); after its
+        end, its configs are forgotten by its home once delivered (a daemon killed
+        before: delivered again by the next)."""
         body = msgspec.json.encode(event)
-        jobs = [self._queued(task_id, config, body, final)
-                for config in await self.of(task_id)]
+        jobs = []
+        for kept in await self.records(task_id):
+            why = refusal(kept.caller)
+            if why is None:
+                jobs.append(self._queued(task_id, kept.config, body, final))
+            else:
+                self._refuse(task_id, kept.config, why, 1)
         if final:
             self.ending.add(task_id)
             job = asyncio.get_running_loop().create_task(self._forget(task_id, jobs))
@@ -295,12 +304,8 @@ class PushConfigs:
             while sender.queue:
                 why = self._refusal(sender.config)
                 if why is not None:
-                    self.refused += len(sender.queue)
+                    self._refuse(key[0], sender.config, why, len(sender.queue))
                     sender.queue.clear()
-                    if key not in self._refused:
-                        self._refused.add(key)
-                        self.report(f"a2a push config {key[1]} of task {key[0]} refused: "
-                                    f"{why}; its events are not sent")
                     break
                 if not await self._post(sender.config, sender.queue.popleft()) and \
                         len(sender.queue) > 1:
@@ -325,6 +330,15 @@ class PushConfigs:
             return (f"its url {config.url!r} names a private or loopback address, which "
                     "[a2a] push_private no longer allows")
         return None
+
+    def _refuse(self, task_id: str, config: w.PushConfig, why: str, events: int) -> None:
+        """A config's events not sent, counted, and said once for it."""
+        self.refused += events
+        key = (task_id, config.id if isinstance(config.id, str) else "")
+        if key not in self._refused:
+            self._refused.add(key)
+            self.report(f"a2a push config {key[1]} of task {task_id} refused: {why}; "
+                        "its events are not sent")
 
     async def _forget(self, task_id: str, jobs: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*jobs, return_exceptions=True)
