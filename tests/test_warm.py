@@ -20,7 +20,7 @@ from corral.supervisor.containment import TOKEN_VARIABLE
 from corral.supervisor.replica import Replica
 from corral.supervisor.zygote import Key, ZygoteUnavailable
 
-from .conftest import NOBODY_PY, PY, agent, nobody_reason
+from .conftest import NOBODY_PY, PY, ROOT, agent, nobody_reason
 
 LIMITS = Limits(memory_mb=512, cpu_seconds=100, open_files=200, processes=4000,
                 file_size_mb=50)
@@ -191,6 +191,35 @@ async def test_a_preload_that_fails_to_import_is_a_cold_start_with_the_error(
     assert set(said) == {"warm start unavailable, starting cold: preload failed: "
                          "ModuleNotFoundError: No module named 'no_such_module_here'"}
     assert not sup.zygotes.zygotes and sup.zygotes.failures == 1
+
+
+async def test_a_relative_pythonpath_is_read_from_the_agent_s_cwd_warm_as_cold(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """docs/frameworks.md's table: a relative PYTHONPATH beside `preload` (decision 2115).
+    The zygote runs at /, where its Python took `lib` for /lib: every fork exited at its
+    import (ModuleNotFoundError) where a cold start of the same agent served; and two
+    agents writing the same `lib` in two directories are two zygotes, each its own."""
+    for where in ("east", "west"):
+        (tmp_path / where / "lib").mkdir(parents=True)
+        (tmp_path / where / "lib" / "shelf.py").write_text(f"WHERE = {where!r}\n")
+        (tmp_path / where / "agent.py").write_text(
+            "import shelf\nfrom corral.worker import run\nrun(lambda i, c: shelf.WHERE)\n")
+
+    def spec(where: str) -> dict[str, object]:
+        return {"command": [PY, "agent.py"], "cwd": str(tmp_path / where),
+                "env": {"PYTHONPATH": f"lib{os.pathsep}{ROOT}"}}
+
+    sup.add(agent("cold", **spec("east")))
+    sup.add(agent("east", preload=["json"], **spec("east")))
+    sup.add(agent("west", preload=["json"], **spec("west")))
+    replicas = [await sup.wait_state(name, State.READY) for name in ("cold", "east", "west")]
+    assert [(await sup.tasks.run(name, None)).output for name in ("cold", "east", "west")] \
+        == ["east", "east", "west"]
+    assert [(r.restarts, r.last_exit) for r in replicas] == [(0, None)] * 3
+    assert sorted(z.key.pythonpath or "" for z in sup.zygotes.zygotes.values()) == [
+        f"{tmp_path / where / 'lib'}{os.pathsep}{ROOT}" for where in ("east", "west")]
+    assert [z.spawned for z in sup.zygotes.zygotes.values()] == [1, 1]
+    assert sup.stats.cold_fallbacks == 0
 
 
 async def test_a_preload_that_starts_a_thread_is_refused_with_the_reason(

@@ -36,7 +36,7 @@ from .sandbox import (
 )
 from .seccomp import egress_file, missing
 from .tuning import Tuning
-from .zygote import Key, Zygotes, ZygoteUnavailable, swallow, warm_argv
+from .zygote import Key, Zygotes, ZygoteUnavailable, swallow, warm_argv, warm_pythonpath
 
 PROTOCOL_VERSION = "1"
 # corral's package, which a sandboxed agent's worker SDK is imported from
@@ -196,9 +196,10 @@ class Replica(ProcessReplica):
             return None
         try:
             argv = spec.argv()
-            key = Key(warm_argv(argv, env), preload, uid, gid, env.get("PYTHONPATH"))
-            zygote = await self.host.zygotes.get(
-                key, lambda: self.host.zygote_environment(env))
+            pythonpath = warm_pythonpath(env, spec.cwd)
+            key = Key(warm_argv(argv, env), preload, uid, gid, pythonpath)
+            zygote = await self.host.zygotes.get(key, lambda: self.host.zygote_environment(
+                env if pythonpath is None else {**env, "PYTHONPATH": pythonpath}))
             return await zygote.spawn(argv, env=env, cwd=spec.cwd, limits=self._limits(),
                                       **spawning)
         except ZygoteUnavailable as exc:

@@ -100,6 +100,17 @@ def warm_argv(argv: list[str], env: dict[str, str]) -> str:
     return os.path.abspath(interpreter)
 
 
+def warm_pythonpath(env: dict[str, str], cwd: str | None) -> str | None:
+    """The agent's PYTHONPATH with each relative entry made its cwd's, as a cold start
+    reads it: the zygote runs at /, where its Python would take `.` for the root."""
+    value = env.get("PYTHONPATH")
+    if value is None:
+        return None
+    base = cwd or os.getcwd()
+    return os.pathsep.join(p if not p or os.path.isabs(p) else os.path.join(base, p)
+                           for p in value.split(os.pathsep))
+
+
 class Zygote:
     def __init__(self, key: Key, env: dict[str, str], containment: Containment,
                  on_death: Callable[[Zygote], None] | None = None) -> None:
