@@ -14,7 +14,7 @@ import msgspec
 
 from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
-from ..supervisor.policy import PolicyVerdict
+from ..supervisor.policy import SHOWN_DEPTH, PolicyVerdict
 from ..supervisor.refusals import TOPIC as REFUSED_TOPIC
 from ..supervisor.refusals import BoundaryRefused
 from ..supervisor.tasks.call import WORKER, Call
@@ -264,18 +264,20 @@ def _cut(text: str) -> str:
 
 def _bounded(shown: Any) -> bytes:
     """`shown`'s JSON, each text in it cut (keys too), and past PARAMS_CUT bytes its size
-    alone (encoded once: a row is written at every gateway call)."""
-    def cut(v: Any) -> Any:
+    alone (encoded once: a row is written at every gateway call); below SHOWN_DEPTH,
+    "..."."""
+    def cut(v: Any, depth: int) -> Any:
         if isinstance(v, str):
             return _cut(v)
         if isinstance(v, dict):
-            return {_cut(str(k)): cut(x) for k, x in v.items()}
+            return {_cut(str(k)): cut(x, depth + 1) for k, x in v.items()} \
+                if depth < SHOWN_DEPTH else "..."
         if isinstance(v, (list, tuple)):
-            return [cut(x) for x in v]
+            return [cut(x, depth + 1) for x in v] if depth < SHOWN_DEPTH else "..."
         return v
     raw = msgspec.json.encode(shown)
     if len(raw) <= TEXT_CUT:  # (most rows: nothing in them to cut)
         return raw
-    raw = msgspec.json.encode(cut(msgspec.json.decode(raw)))
+    raw = msgspec.json.encode(cut(msgspec.json.decode(raw), 0))
     return raw if len(raw) <= PARAMS_CUT else \
         msgspec.json.encode({"cut": f"params of {len(raw)} bytes"})

@@ -285,12 +285,20 @@ def _rule_said(rule: str) -> str:
     return rule if rule == "default_deny" else f"policy rule {rule}"
 
 
-def shape(value: Any) -> Any:
+# how deep a call's arguments are shown (a shape, an audit row): below it "...", as the
+# doors' decoders take arguments nested deeper than a walk of the interpreter's stack can
+# go, and a denied call must still be refused with its rule's words and its row written
+SHOWN_DEPTH = 32
+
+
+def shape(value: Any, depth: int = 0) -> Any:
     """Arguments by shape only, for a log or a trace: keys and types, never values."""
     if isinstance(value, dict):
-        return {str(k): shape(v) for k, v in value.items()}
+        return {str(k): shape(v, depth + 1) for k, v in value.items()} \
+            if depth < SHOWN_DEPTH else "..."
     if isinstance(value, list):
-        return [shape(v) for v in value[:3]] + (["..."] if len(value) > 3 else [])
+        return [shape(v, depth + 1) for v in value[:3]] + (["..."] if len(value) > 3 else []) \
+            if depth < SHOWN_DEPTH else "..."
     return type(value).__name__
 
 

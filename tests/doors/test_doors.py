@@ -21,7 +21,7 @@ from corral import jsonrpc
 from corral.cli.client import CallFailed
 
 from ..conftest import ROOT
-from ..contract.home import Tenant
+from ..contract.home import Home, Tenant
 from ..daemon_harness import corral_popen
 from ..test_daemon_cli import wait_until
 from .conftest import (
@@ -49,16 +49,17 @@ POOL = concurrent.futures.ThreadPoolExecutor(4)
 # socket's operator; each a door of the one chain, as the operator's host's at stdio
 REST_OPERATOR, CONTROL_OPERATOR = "REST operator", "control operator"
 COMMAND_DOORS = (REST_OPERATOR, CONTROL_OPERATOR)
-_REST_TOKENS: dict[int, Tenant] = {}
+# by the home, not its id: a torn-down home's id is taken again by the next one's
+_REST_TOKENS: dict[Home, Tenant] = {}
 
 
 def rest_operator(d: Entry) -> Tenant:
     """The first entry's REST API as the home's API token of mcp:call (made once)."""
-    rest = _REST_TOKENS.get(id(d.home))
+    rest = _REST_TOKENS.get(d.home)
     if rest is None:
         made = d.cli("token", "create", "door-rest", "--scope", "mcp:call")
         assert made.returncode == 0, made.stderr
-        rest = _REST_TOKENS[id(d.home)] = Tenant(d.home.ports[0], made.stdout.strip())
+        rest = _REST_TOKENS[d.home] = Tenant(d.home.ports[0], made.stdout.strip())
     return rest
 
 
@@ -318,17 +319,8 @@ def nested(levels: int, leaf: Any) -> Any:
 DEEP = 700
 
 
-# the doors where the deny of such arguments is an internal error and leaves no row yet
-DEEP_HOLE = pytest.mark.xfail(strict=True, reason=(
-    "corral/supervisor/policy.py `shape` (an agent's verdict's record) and "
-    "corral/daemon/audit.py `_bounded`'s `cut` (a command door's row) walk the arguments "
-    "two frames a level: RecursionError, the call an internal error, no boundary row"))
-
-
 @pytest.mark.deadline(120)
-@pytest.mark.parametrize("door", (
-    *(pytest.param(door, marks=DEEP_HOLE) for door in (*DOORS, *COMMAND_DOORS)),
-    *CLIENT_DOORS, AGENTS_CLIENT))
+@pytest.mark.parametrize("door", (*DOORS, *COMMAND_DOORS, *CLIENT_DOORS, AGENTS_CLIENT))
 def test_a_policy_deny_of_arguments_nested_deep_is_refused_and_recorded(
         daemon: Entry, door: str) -> None:
     """The policy rules link's deny of a call whose arguments are nested as deep as the
