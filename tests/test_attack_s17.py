@@ -283,10 +283,6 @@ def test_names_walked_to_camelcase_keep_their_places_their_last_value_and_the_ca
 # -- another caller's push config -----------------------------------------------------------
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "corral/daemon/a2a/operations.py lists, gets and deletes a task's push configs for "
-    "any caller that sees the task: another token of the tenant reads a config's token "
-    "and credentials (the receiver's secrets its maker gave) and deletes it"))
 async def test_a_push_configs_secrets_and_deletion_are_its_makers_alone(
         tmp_path: Path) -> None:
     """Two tokens of one tenant, each seeing the other's task: a push config's token and

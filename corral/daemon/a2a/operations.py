@@ -104,19 +104,20 @@ class Operations:
     async def push_get(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
         req = w.decode(params, w.PushConfigRequest)
         await self.door.task(caller, agent, req.task_id)
-        return w.to_json(await self.push.get(req.task_id, req.id))
+        return w.to_json(await self.push.get(req.task_id, req.id, kept_caller(caller)))
 
     async def push_list(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
         req = w.decode(params, w.ListPushConfigsRequest)
         await self.door.task(caller, agent, req.task_id)
-        return {"configs": [w.to_json(c) for c in await self.push.of(req.task_id)],
+        return {"configs": [w.to_json(c) for c in await self.push.of(
+                    req.task_id, kept_caller(caller))],
                 "nextPageToken": ""}
 
     async def push_delete(self, caller: Caller, agent: str, params: Any, card: Card
                           ) -> Any:
         req = w.decode(params, w.PushConfigRequest)
         await self.door.task(caller, agent, req.task_id)
-        await self.push.delete(req.task_id, req.id)
+        await self.push.delete(req.task_id, req.id, kept_caller(caller))
         return {}
 
     unary: dict[str, Callable[[Operations, Caller, str, Any, Card], Awaitable[Any]]] = {

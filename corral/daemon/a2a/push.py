@@ -56,6 +56,15 @@ class PushRecord(msgspec.Struct):
     config: w.PushConfig
 
 
+def made_by(kept: PushRecord, maker: dict[str, Any]) -> bool:
+    """Whether `maker` (a kept caller) made the config: the same token, or no token's
+    both (a config's secrets and its deletion are its maker's alone, as a key is its
+    caller's, decision 1792; one kept before its token's creation time was: by name)."""
+    since = maker.get("since")
+    return kept.caller.get("token") == maker.get("token") and \
+        kept.caller.get("since", since) == since
+
+
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's prefix: an IPv4 address behind it
 
 
@@ -235,6 +244,10 @@ class PushConfigs:
                   caller: dict[str, Any]) -> w.PushConfig:
         await self.check(config)
         cid = config.id if config.id is not UNSET and config.id else uuid.uuid4().hex
+        if cid == config.id and any(kept.config.id == cid and not made_by(kept, caller)
+                                    for kept in await self.records(task_id)):
+            raise w.A2aError(w.INVALID_PARAMS, f"invalid params: task {task_id} has a "
+                             f"push config {cid} of another caller")
         made = msgspec.structs.replace(config, id=cid, task_id=task_id)
         with _unavailable():
             kept = await self.store.put(task_id, cid, msgspec.json.encode(
@@ -244,19 +257,22 @@ class PushConfigs:
                              f"{MAX_CONFIGS} push configs, the most it may")
         return made
 
-    async def get(self, task_id: str, cid: str) -> w.PushConfig:
-        for kept in await self.records(task_id):
-            if kept.config.id == cid:
-                return kept.config
+    async def get(self, task_id: str, cid: str, maker: dict[str, Any]) -> w.PushConfig:
+        for config in await self.of(task_id, maker):
+            if config.id == cid:
+                return config
         raise w.A2aError(w.TASK_NOT_FOUND, f"task {task_id} has no push config {cid}")
 
-    async def of(self, task_id: str) -> list[w.PushConfig]:
-        return [kept.config for kept in await self.records(task_id)]
+    async def of(self, task_id: str, maker: dict[str, Any]) -> list[w.PushConfig]:
+        """The task's configs `maker` made (another's are none of theirs)."""
+        return [kept.config for kept in await self.records(task_id) if made_by(kept, maker)]
 
-    async def delete(self, task_id: str, cid: str) -> None:
-        """Gone, whether it was there or not (a delete is idempotent: spec 3.1.10)."""
-        with _unavailable():
-            await self.store.delete(task_id, cid)
+    async def delete(self, task_id: str, cid: str, maker: dict[str, Any]) -> None:
+        """Gone, whether it was there or not (a delete is idempotent: spec 3.1.10); one
+        another made is not the caller's to delete."""
+        if any(config.id == cid for config in await self.of(task_id, maker)):
+            with _unavailable():
+                await self.store.delete(task_id, cid)
 
     async def deliver(self, task_id: str, event: dict[str, Any], final: bool,
                       refusal: Refusal = lambda _: None) -> None:
