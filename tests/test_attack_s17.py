@@ -78,10 +78,6 @@ def test_a_beat_that_does_not_parse_stops_no_beat_and_no_listing(
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason=(
-    "corral/cluster/scripts.py `_ONE_DAEMON` (JOIN's and BEAT's check of another daemon "
-    "as the node) decodes the beat under the node's own name with cjson.decode unguarded: "
-    "a writer's bytes of no JSON there fail every JOIN, so the node never joins"))
 def test_a_beat_that_does_not_parse_under_a_nodes_own_name_keeps_it_from_joining_no_more(
         tmp_path: Path, redis: RedisServer) -> None:
     """Bytes of no JSON under the node's own name in the nodes' hash are no daemon's beat

@@ -576,14 +576,16 @@ return 'cancelled'
 """
 
 # One daemon per node name: another daemon's beat in the nodes hash, its incarnation
-# alive, makes JOIN and BEAT return that beat (JSON) and change nothing.
+# alive, makes JOIN and BEAT return that beat (JSON) and change nothing; bytes there that
+# are no beat are no daemon's (a Redis writer's: decision 2097), written over.
 # KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms, this daemon's id, the liveness keys'
 # prefix
 _ONE_DAEMON = """local cur = redis.call('HGET', KEYS[2], ARGV[1])
 if cur and ARGV[4] then
-  local b = cjson.decode(cur)
-  if b['daemon'] ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. ARGV[1] .. '/' ..
-      string.format('%d', b['incarnation'])) == 1 then
+  local ok, b = pcall(cjson.decode, cur)
+  local inc = ok and type(b) == 'table' and tonumber(b['incarnation'])
+  if inc and b['daemon'] ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. ARGV[1] .. '/' ..
+      string.format('%d', inc)) == 1 then
     return cur
   end
 end"""
