@@ -16,6 +16,10 @@ from .keys import Keys
 from .membership import Membership
 from .queue import ClusterTask
 
+# the most digits a written count is read with: a count the records' integers hold, and
+# int() refuses a writer's text of thousands of digits (ValueError: a failed view)
+COUNT_DIGITS = 18
+
 
 class RunningCalls:
     def __init__(self, redis: Any, keys: Keys, membership: Membership,
@@ -51,7 +55,7 @@ class RunningCalls:
 
     async def of(self, task_id: str) -> int:
         """The calls of the task's running attempt as its node last wrote them (0: none
-        written, or one of a Redis writer's that is no count)."""
+        written, or one of a Redis writer's that is no count, or no count of an integer's)."""
         mine = self.local(task_id)
         if isinstance(mine, ClusterTask) and not mine.ended:
             return mine.tool_calls
@@ -60,4 +64,4 @@ class RunningCalls:
             return 0
         kept = self.keys.running_calls(owner.decode(errors="replace"))
         got = await read(lambda: self.redis.hget(kept, task_id))
-        return int(got) if got and got.isdigit() else 0
+        return int(got) if got and got.isdigit() and len(got) <= COUNT_DIGITS else 0
