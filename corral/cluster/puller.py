@@ -204,8 +204,15 @@ class Puller:
                            want, self.keys.prefix, self.claims.serving(agent), agent.spec.tenant,
                            self.keys.sticky(agent.spec.tenant, name, consumer),
                            agent.spec.retry_lost]
-        [reply] = await self.scripts.run([(self.scripts.read_claim,
-                                           [self.keys.fence, *streams], args)])
+        # claims under way across the read's round trip too: else a claim at submission
+        # took a slot it reads for, two tasks here for one, the waiting one uncounted by
+        # max_queue (SUBMIT counts what is unread) while another node's slot stayed free
+        self.queue.claims(name, want)
+        try:
+            [reply] = await self.scripts.run([(self.scripts.read_claim,
+                                               [self.keys.fence, *streams], args)])
+        finally:
+            self.queue.claims_ended(name, want)
         if isinstance(reply, Exception):
             raise reply  # what was read is left pending with this node: an orphan
         read, claims, lasts, held = reply

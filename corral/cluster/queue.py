@@ -59,7 +59,8 @@ class ClusterQueue(LocalQueue):
         super().__init__()
         self._wake: dict[str, asyncio.Event] = {}
         # claims under way, by agent: at submission, sent and not yet answered
-        # (submitclaim.py); a pull's, until the replicas confirm them (puller.py)
+        # (submitclaim.py); a pull's, from its read's send until the replicas confirm
+        # what it claimed (puller.py)
         self.claiming: dict[str, int] = {}
 
     # -- for the pullers ----------------------------------------------------------------

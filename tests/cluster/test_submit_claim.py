@@ -287,13 +287,17 @@ async def test_a_pull_reads_for_the_slots_free_when_it_reads_not_before_its_look
         assert [x["started"] >= first_end for x in by_claim[2:]] == [True, True], done
 
 
-async def test_claims_a_pull_awaits_the_confirmation_of_hold_their_slots_meanwhile(
-        tmp: Path, redis: RedisServer) -> None:
-    """A task submitted while the node's pull awaits its claim's confirmation (the
-    marker's write and WAIT, decision 1800) is not claimed at its submission when the
-    pulled claim takes the agent's one slot: it waits in the stream, for this node's next
-    read or another node's. Fails with the pulled claims counted nowhere across that
-    await: the submission claimed it too, two tasks here for one slot (decision 1803)."""
+@pytest.mark.parametrize("during", ["read", "confirmation"])
+async def test_claims_a_pull_awaits_hold_their_slots_meanwhile(
+        tmp: Path, redis: RedisServer, during: str) -> None:
+    """A task submitted while the node's pull awaits its read (the read and claim's round
+    trip) or its claim's confirmation (the marker's write and WAIT, decision 1800) is not
+    claimed at its submission when the pull takes the agent's one slot: it waits in the
+    stream, for this node's next read or another node's. Fails with the pull's slots
+    counted nowhere across that await: the submission claimed a task too, two here for
+    one slot, the other node's free slot left and a task waiting here out of the count
+    max_queue bounds (decision 1803, the read's amended: the door contract's budget test
+    accepted a task past its agent's max_queue on a fresh clone's run)."""
     (tmp / "a").mkdir()
     sock = tmp / "a" / "corral.sock"
     # (the steady TTL: the node, on the test's own loop, lapsed under the short one at
@@ -302,17 +306,24 @@ async def test_claims_a_pull_awaits_the_confirmation_of_hold_their_slots_meanwhi
                           toml=cluster_table(redis, "a", ttl=STEADY_TTL)) as d:
         puller, claims = d.cluster.puller, d.cluster.submit_claims
         scripts = puller.scripts
-        confirm = scripts.acknowledged
-        during: list[str] = []
+        awaited = scripts.run
+        submitted: list[str] = []
         wanted: list[int] = []
 
-        async def a_submission_during_the_pulls_confirmation(calls: list[Any]) -> list[Any]:
-            if not calls and not during:  # (the pull's: a submission's has its calls)
+        async def a_submission_during_the_pull(calls: list[Any], acks: Any = None
+                                               ) -> list[Any]:
+            got = await awaited(calls, acks)
+            # Redis answered, the pull not yet told: its read that claimed (its read_claim
+            # call, its answer's claims), or its confirmation (a call of none)
+            pulls = (not calls if during == "confirmation" else
+                     bool(calls) and calls[0][0] is scripts.read_claim
+                     and isinstance(got[0], list) and bool(got[0][1]))
+            if pulls and not submitted:
                 wanted.append(puller.queue.wanted(puller.host.agents["sleepy"]))
-                during[:] = await asyncio.to_thread(submit_in_one_write, sock, 1, 0.05)
-            return await confirm(calls)
+                submitted[:] = await asyncio.to_thread(submit_in_one_write, sock, 1, 0.05)
+            return got
 
-        scripts.acknowledged = a_submission_during_the_pulls_confirmation  # type: ignore[method-assign]
+        scripts.run = a_submission_during_the_pull  # type: ignore[method-assign]
         # submitted while the node drains (none claimed at submission, none read), then
         # pulled once it no longer does
         puller.paused = True
@@ -320,8 +331,8 @@ async def test_claims_a_pull_awaits_the_confirmation_of_hold_their_slots_meanwhi
         puller.paused = False
         puller.queue.wake("sleepy")
         pulled = await asyncio.to_thread(ended_task, sock, first[0])
-        assert len(during) == 1  # (submitted before the pulled one started)
-        late = await asyncio.to_thread(ended_task, sock, during[0])
+        assert len(submitted) == 1  # (submitted before the pulled one started)
+        late = await asyncio.to_thread(ended_task, sock, submitted[0])
         assert [x["status"] for x in (pulled, late)] == ["succeeded"] * 2
         assert (wanted, claims.claimed, puller.claimed) == ([0], 0, 2)
         assert puller.queue.claiming == {}
