@@ -191,7 +191,7 @@ class PushConfigs:
         self.given_up = 0
         self.dropped = 0  # events not sent: their config's receiver was MAX_QUEUED behind
         self.refused = 0  # events not sent: their config would not be made now (`_refusal`)
-        self._refused: set[tuple[str, str]] = set()  # (task, config) refused, said
+        self._refused: dict[str, set[str]] = {}  # task -> its configs refused, said
         self._http: aiohttp.ClientSession | None = None
         self._work: set[asyncio.Task[None]] = set()
         self._senders: dict[tuple[str, str], _Sender] = {}
@@ -350,10 +350,11 @@ class PushConfigs:
     def _refuse(self, task_id: str, config: w.PushConfig, why: str, events: int) -> None:
         """A config's events not sent, counted, and said once for it."""
         self.refused += events
-        key = (task_id, config.id if isinstance(config.id, str) else "")
-        if key not in self._refused:
-            self._refused.add(key)
-            self.report(f"a2a push config {key[1]} of task {task_id} refused: {why}; "
+        cid = config.id if isinstance(config.id, str) else ""
+        said = self._refused.setdefault(task_id, set())
+        if cid not in said:
+            said.add(cid)
+            self.report(f"a2a push config {cid} of task {task_id} refused: {why}; "
                         "its events are not sent")
 
     async def _forget(self, task_id: str, jobs: list[asyncio.Task[None]]) -> None:
@@ -365,7 +366,7 @@ class PushConfigs:
             self.report(f"a2a push configs of task {task_id} not forgotten: {exc.message}")
             return
         self.ending.discard(task_id)
-        self._refused = {key for key in self._refused if key[0] != task_id}
+        self._refused.pop(task_id, None)  # (its end: not every refused key read again)
 
     async def _post(self, config: w.PushConfig, body: bytes) -> bool:
         """Whether its receiver took it, within its attempts."""
