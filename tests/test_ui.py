@@ -796,6 +796,13 @@ def test_the_charts_say_when_there_is_no_history_yet() -> None:
             expect(page.locator("#history-note")).to_contain_text(
                 "Live: points of hello, one a second")
             wait_for_points(page, 3)
+            # a page opened at the view's address: the view comes once the session was
+            # read, and loads the history then (it stayed "Loading the history…" before)
+            page.goto(page.url.split("#")[0] + "#/metrics")
+            page.reload()
+            expect(page.locator("#history-note")).to_have_text(
+                "No history samples yet for the fleet: the daemon takes one every "
+                "hour ([http] history_interval).", timeout=30_000)
             assert page.evaluate("window.__cspViolations") == []
 
 

@@ -1555,6 +1555,10 @@ class App extends Component {
     }
     Object.assign(session, await r.json());
     this.fleet = new FleetModel();
+    // a view is shown once the session says what it may call: one shown before judged
+    // by an empty list, and the history's, which decides at its mount whether it loads,
+    // never loaded (a page opened at #/metrics)
+    this.setState({ ready: true });
     const state = (s, method) => this.connection(s, method);
     this.unfollow = [
       follow("agents.watch", { interval: 1 }, {
@@ -1711,7 +1715,8 @@ class App extends Component {
         <span class=${`live${stale ? " stale" : ""}`} id="live">${seen
           ? `live, updated ${new Date(seen).toLocaleTimeString()}` : "connecting…"}</span>
       </header>
-      <main>${error && html`<div class="error">${error}</div>`}${this.view()}</main>`;
+      <main>${error && html`<div class="error">${error}</div>`}${this.state.ready
+        ? this.view() : html`<p class="note" id="reading-session">Reading the session…</p>`}</main>`;
   }
 }
 
