@@ -558,7 +558,8 @@ class ClusterTasks(RedisPart):
 
     def _carried(self, task_id: str, fields: dict[bytes, bytes]) -> None:
         """An outcome carried on the stream is told only when its MAC verifies; an entry
-        that carries none has the waiters read the record."""
+        that carries none, or attempts that do not decode, has the waiters read the
+        record."""
         status = fields.get(b"status")
         if status is not None and not self.trust.outcome_valid(
                 fields.get(b"mac"), task_id, fields.get(b"fence"), status,
@@ -567,7 +568,12 @@ class ClusterTasks(RedisPart):
                               fields.get(b"mac"), "not told to the client waiting for "
                               "it, which waits on for the real one")
             return
-        self._wake(task_id, records.inline_result(task_id, fields))
+        try:
+            told = records.inline_result(task_id, fields)
+        except (KeyError, msgspec.DecodeError):
+            # attempts no node wrote (the MAC leaves them out): the record tells
+            told = None
+        self._wake(task_id, told)
 
     def _progressed(self, task_id: str, raw: bytes) -> None:
         following = self._following.get(task_id)
