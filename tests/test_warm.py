@@ -193,21 +193,25 @@ async def test_a_preload_that_fails_to_import_is_a_cold_start_with_the_error(
     assert not sup.zygotes.zygotes and sup.zygotes.failures == 1
 
 
+@pytest.mark.parametrize("entry", ["lib", ""])
 async def test_a_relative_pythonpath_is_read_from_the_agent_s_cwd_warm_as_cold(
-        sup: Supervisor, tmp_path: Path) -> None:
+        sup: Supervisor, tmp_path: Path, entry: str) -> None:
     """docs/frameworks.md's table: a relative PYTHONPATH beside `preload` (decision 2115).
-    The zygote runs at /, where its Python took `lib` for /lib: every fork exited at its
-    import (ModuleNotFoundError) where a cold start of the same agent served; and two
-    agents writing the same `lib` in two directories are two zygotes, each its own."""
+    The zygote runs at /, where its Python took `lib` for /lib, and an empty entry (the
+    cwd, to Python's startup) for /: every fork exited at its import
+    (ModuleNotFoundError) where a cold start of the same agent served; and two agents
+    writing the same entry in two directories are two zygotes, each its own."""
     for where in ("east", "west"):
-        (tmp_path / where / "lib").mkdir(parents=True)
-        (tmp_path / where / "lib" / "shelf.py").write_text(f"WHERE = {where!r}\n")
-        (tmp_path / where / "agent.py").write_text(
+        (tmp_path / where / entry).mkdir(parents=True, exist_ok=True)
+        (tmp_path / where / "bin").mkdir()
+        (tmp_path / where / entry / "shelf.py").write_text(f"WHERE = {where!r}\n")
+        # (in a directory of its own: Python puts a script's first on its path)
+        (tmp_path / where / "bin" / "agent.py").write_text(
             "import shelf\nfrom corral.worker import run\nrun(lambda i, c: shelf.WHERE)\n")
 
     def spec(where: str) -> dict[str, object]:
-        return {"command": [PY, "agent.py"], "cwd": str(tmp_path / where),
-                "env": {"PYTHONPATH": f"lib{os.pathsep}{ROOT}"}}
+        return {"command": [PY, "bin/agent.py"], "cwd": str(tmp_path / where),
+                "env": {"PYTHONPATH": f"{entry}{os.pathsep}{ROOT}"}}
 
     sup.add(agent("cold", **spec("east")))
     sup.add(agent("east", preload=["json"], **spec("east")))
@@ -217,7 +221,8 @@ async def test_a_relative_pythonpath_is_read_from_the_agent_s_cwd_warm_as_cold(
         == ["east", "east", "west"]
     assert [(r.restarts, r.last_exit) for r in replicas] == [(0, None)] * 3
     assert sorted(z.key.pythonpath or "" for z in sup.zygotes.zygotes.values()) == [
-        f"{tmp_path / where / 'lib'}{os.pathsep}{ROOT}" for where in ("east", "west")]
+        f"{os.path.join(tmp_path / where, entry) if entry else tmp_path / where}"
+        f"{os.pathsep}{ROOT}" for where in ("east", "west")]
     assert [z.spawned for z in sup.zygotes.zygotes.values()] == [1, 1]
     assert sup.stats.cold_fallbacks == 0
 

@@ -102,12 +102,14 @@ def warm_argv(argv: list[str], env: dict[str, str]) -> str:
 
 def warm_pythonpath(env: dict[str, str], cwd: str | None) -> str | None:
     """The agent's PYTHONPATH with each relative entry made its cwd's, as a cold start
-    reads it: the zygote runs at /, where its Python would take `.` for the root."""
+    reads it: the zygote runs at /, where its Python would take `.` for the root, and
+    an empty entry (the cwd, to Python's startup) for / too. An empty PYTHONPATH names
+    no entry."""
     value = env.get("PYTHONPATH")
-    if value is None:
-        return None
+    if not value:
+        return value
     base = cwd or os.getcwd()
-    return os.pathsep.join(p if not p or os.path.isabs(p) else os.path.join(base, p)
+    return os.pathsep.join(os.path.join(base, p) if p else base
                            for p in value.split(os.pathsep))
 
 
