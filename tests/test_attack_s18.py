@@ -223,10 +223,6 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.mark.deadline(150)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: corral/cluster/node.py _drain_step reads the drain order with int() outside "
-    "the beat's RedisError guard: a Redis writer's value of no number raises out of every "
-    "beat before runningcalls' write (decision 2095) and Redis's check"))
 def test_a_drain_order_that_is_no_number_keeps_no_running_calls_from_the_views(
         tmp_path: Path, redis: RedisServer) -> None:
     """The attack: a writer of the cluster's Redis sets node a's drain order (`draining`,

@@ -266,9 +266,11 @@ class ClusterNode:
         agents elsewhere, finish what was taken, then leave the cluster for good (until
         the daemon starts again); local work goes on."""
         if not self.draining:
-            # asked of this incarnation: a node restarted since is not drained again
+            # asked of this incarnation: a node restarted since is not drained again; the
+            # order is matched as written, not parsed (a Redis writer's text of no number
+            # is no order, and failed the beat at int())
             asked = await self.redis.hget(self.keys.draining, self.node)
-            if asked is None or int(asked) != self.membership.incarnation:
+            if asked != b"%d" % self.membership.incarnation:
                 return
             self.draining = self.puller.paused = self.placement.draining = True
             self.report(f"cluster: node {self.node} drains: it takes no new tasks, "
