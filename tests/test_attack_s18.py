@@ -265,3 +265,97 @@ def test_a_drain_order_that_is_no_number_keeps_no_running_calls_from_the_views(
                               if "loop failed" in line][:1]
         assert b.call("tasks.get", {"task_id": task_id})["tool_calls"] == 2
         assert a.call("tasks.cancel", {"task_id": task_id})["status"] == "cancelled"
+
+
+# -- a command spelt through a `..`: checked normalized, its installation bound as spelt --
+
+async def _written(path: Path) -> str:
+    """What a program writes whole at `path` (a name it moves there), once it is there."""
+    async def there() -> None:
+        while not path.exists():
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(there(), 60)
+    return path.read_text()
+
+
+SPELT = "/tmp/../bin/sh"  # the system's shell, spelt through a directory that is no system's
+
+
+@NO_SANDBOX
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("where", ("command", "health check"))
+@pytest.mark.xfail(strict=True, reason=(
+    "hole: corral/supervisor/sandbox.py _prefix judges a program's installation by its "
+    "parts as spelt (`/tmp/..` is no system directory) and sandboxed() binds it normalized "
+    "(`/`), where tenantbinds.py checked the command normalized (/bin/sh, the system's) "
+    "and a health check's command not at all: `/tmp/../bin/sh` binds the host's root "
+    "into a tenant's sandbox"))
+async def test_a_tenants_program_spelt_through_a_dot_dot_binds_no_host_root(
+        tmp_path: Path, where: str) -> None:
+    """The attack: a tenant's admin posts a sandboxed program whose command (or whose
+    health check's command) is the system's shell spelt `/tmp/../bin/sh`. tenantbinds.py
+    judges an agent's command normalized, /bin/sh, a system program any tenant may run (a
+    check's command it does not judge); the sandbox binds the program's installation, the
+    parent of its bin directory as spelt, `/tmp/..`, which `_prefix` does not take for
+    the root (its first part is `tmp`, no system directory) and `sandboxed` binds
+    normalized: `/`, the host's whole tree read-only (corral's own files masked). The
+    shell cats a host file into the agent's cwd."""
+    host, acme = tmp_path / "host", tmp_path / "acme"
+    host.mkdir()
+    acme.mkdir()
+    (host / "secret.txt").write_text("the host's secret")
+    port = free_port()
+    tenants = (f'[tenants.acme]\ndir = "{acme}"\nsandbox = "bwrap"\n\n'
+               f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    look = f"cat {host / 'secret.txt'} > said.tmp 2>&1; mv said.tmp said"
+    table: dict[str, Any] = {"protocol": "none", "restart": "never"}
+    if where == "command":
+        table["command"] = [SPELT, "-c", f"{look}; exec sleep 1000"]
+    else:
+        table["command"] = ["/bin/sleep", "1000"]
+        table["health"] = {"liveness": {"command": [SPELT, "-c", look], "interval": 0.2}}
+    async with in_process(tmp_path, "", tenants) as d:
+        async with await _tenant(d, port) as http, http.post(
+                "/api/v1/agents", json={"agents": {"box": table}}) as r:
+            assert r.status == 200, await r.text()
+        said = await _written(acme / "said")
+        assert said == f"cat: {host / 'secret.txt'}: No such file or directory\n", said
+
+
+@NO_SANDBOX
+@pytest.mark.deadline(120)
+@pytest.mark.xfail(strict=True, reason=(
+    "hole: corral/daemon/tenantbinds.py binds_refusal judges an agent's command alone: a "
+    "tenant's health check or recovery command outside its cwd has its installation "
+    "bound into the check's sandbox (replica.py _wrap beside)"))
+async def test_a_tenants_check_command_outside_its_cwd_is_refused_as_its_command_is(
+        tmp_path: Path) -> None:
+    """The attack: tenant acme's caller, refused a command in a host directory (its
+    installation would be bound: tests/test_boundary_binds.py), names it as its agent's
+    liveness check's command instead. A check runs beside the agent, in a sandbox made as
+    the agent's (`_wrap(beside=True)`), which binds the check program's installation as it
+    binds the agent's: the host directory, read-only. The program here reads what its
+    directory holds into the agent's cwd. A check's command, and a recovery's, are refused
+    where the agent's command is, the key named."""
+    host, acme = tmp_path / "host", tmp_path / "acme"
+    host.mkdir()
+    acme.mkdir()
+    (host / "secret.txt").write_text("the host's secret")
+    tool = host / "tool"
+    tool.write_text(f"#!/bin/sh\ncat {host / 'secret.txt'} > said.tmp 2>&1; mv said.tmp said\n")
+    tool.chmod(0o755)
+    port = free_port()
+    tenants = (f'[tenants.acme]\ndir = "{acme}"\nsandbox = "bwrap"\n\n'
+               f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    async with in_process(tmp_path, "", tenants) as d:
+        async with await _tenant(d, port) as http:
+            for refused in ({"command": [str(tool)]},
+                            {"health": {"liveness": {"command": [str(tool)], "interval": 0.2}},
+                             "command": ["/bin/sleep", "1000"]}):
+                async with http.post("/api/v1/agents", json={"agents": {"box": {
+                        "protocol": "none", "restart": "never", **refused}}}) as r:
+                    body = await r.json()
+                    assert r.status == 403, (refused, body)
+                    assert f'is {tool}, outside its cwd ({acme})' in body["detail"], body
+        assert "box" not in d.sup.agents
+        assert not (acme / "said").exists()
