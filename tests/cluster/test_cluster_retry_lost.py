@@ -3,8 +3,8 @@ workflow run whose map items run on both, and no `retries` written anywhere. Nod
 kill -9'd mid-map: node b takes a's run over within node_ttl and a beat (its own, well
 inside node_ttl + 10 s) and finishes it, re-running the items that were running on a
 (lost to a node's death: retried by retry_lost, their steps replayed), and b's own run,
-some of whose items were running on a, does not fail either. Every item's work is done by
-its row's one task."""
+some of whose items were running on a (held there until it dies), does not fail either.
+Every item's work is done by its row's one task."""
 
 from __future__ import annotations
 
@@ -71,6 +71,14 @@ def test_a_nodes_kill9_mid_map_fails_no_run_with_no_retries_written(
         (tmp / name).mkdir()
         toml = agent_toml(tmp / name, replicas=2).replace("retries = 3\n", "")
         assert "retries" not in toml
+        if name == "a":  # b's items a takes are held there until a dies
+            script = tmp / name / "wfagent.py"
+            held = script.read_text().replace('    if inp.get("sleep"):', (
+                '    if inp.get("mark", "").startswith("b-"):\n'
+                '        time.sleep(3600)\n'
+                '    if inp.get("sleep"):'))
+            assert held != script.read_text()
+            script.write_text(held)
         fleet[name] = toml + MAP
     marks = tmp / "marks"
     marks.mkdir()
@@ -82,7 +90,8 @@ def test_a_nodes_kill9_mid_map_fails_no_run_with_no_retries_written(
                    what="two nodes alive")
         runs = {n.name: n.call("workflows.run", {"name": "sq", "input": {
             "dir": str(marks), "tag": n.name}})["run_id"] for n in (a, b)}
-        # mid-map: items done, and items of b's own run running on a
+        # mid-map: items done, and items of b's own run running on a (held there: one
+        # that ended between this look and the kill would have no lost attempt)
         on_a = wait_until(lambda: (
             sum(s["status"] == "succeeded" for s in _items(b, runs["a"]).values()) >= 1
             and _running_on(b, runs["b"], "a")), timeout=60,
