@@ -12,7 +12,6 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import msgspec
@@ -23,7 +22,7 @@ from ..jsonrpc import ErrorObject, RpcError
 from ..mcp.client import IDEMPOTENCY_META
 from ..supervisor.config import DEFAULT_TENANT
 from ..taskoptions import MAX_IDEMPOTENCY_KEY
-from ..text import plural
+from ..text import iso_time, plural
 from ..tracecontext import current_context
 from .caller import AlwaysWritable, Caller, GatewayCaller
 
@@ -62,10 +61,6 @@ class OutputRelay(AlwaysWritable):
             self.on_progress({"progress": self.sent, "message": params.data})
 
 
-def stamp(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
-
-
 class Follows(NamedTuple):  # the corral task a handle follows
     agent: str
     task_id: str
@@ -90,8 +85,8 @@ class GatewayTask:
 
     def view(self, ttl: float) -> dict[str, Any]:
         out: dict[str, Any] = {"taskId": self.id, "status": self.status,
-                               "createdAt": stamp(self.created),
-                               "lastUpdatedAt": stamp(self.updated),
+                               "createdAt": iso_time(self.created, ms=True),
+                               "lastUpdatedAt": iso_time(self.updated, ms=True),
                                "ttlMs": int(ttl * 1000), "pollIntervalMs": POLL_MS}
         if self.follows is not None:
             out["_meta"] = {"corral/task": self.follows.task_id}

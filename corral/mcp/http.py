@@ -208,10 +208,11 @@ class HttpTransport:
         except HttpError as exc:
             self._fail(head, str(exc))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
-            self._fail(head, f"cannot reach {shown(self._post_url)}: {_describe(exc)}")
-            self._lose(f"unreachable: {_describe(exc)}")
+            self._fail(head, f"cannot reach {shown(self._post_url)}: {jsonrpc.describe(exc)}")
+            self._lose(f"unreachable: {jsonrpc.describe(exc)}")
         except aiohttp.ClientError as exc:
-            self._fail(head, f"HTTP exchange with {shown(self._post_url)} failed: {_describe(exc)}")
+            self._fail(head, f"HTTP exchange with {shown(self._post_url)} failed: "
+                             f"{jsonrpc.describe(exc)}")
         if head.method == "notifications/initialized" and not self.legacy \
                 and self._listener is None and not self._closed:
             self._listener = asyncio.ensure_future(self._listen())
@@ -392,7 +393,7 @@ class HttpTransport:
                     await self._pump(resp, parser, None)
             except (aiohttp.ClientError, OSError, TimeoutError, HttpError) as exc:
                 failures += 1
-                log.info("%s: GET stream: %s", self.name, _describe(exc))
+                log.info("%s: GET stream: %s", self.name, jsonrpc.describe(exc))
                 if failures > MAX_RESUMES:
                     return
             await asyncio.sleep(parser.retry)
@@ -427,7 +428,7 @@ class HttpTransport:
                             self.feed(ev.data)
             raise HttpError(f"{shown(self.url)} closed the SSE stream")
         except (aiohttp.ClientError, OSError, TimeoutError, HttpError, sse.TooLarge) as exc:
-            why = _describe(exc)
+            why = jsonrpc.describe(exc)
             if not found.done():
                 found.set_exception(HttpError(why))
             self._lose(f"SSE stream lost: {why}")
@@ -467,8 +468,4 @@ def _error_text(resp: aiohttp.ClientResponse, raw: bytes) -> str:
     body = raw.decode("utf-8", "replace").strip()
     text = f"HTTP {resp.status} {resp.reason or ''}".strip()
     return f"{resp.method} {shown(resp.url)}: {text}" + (f": {body}" if body else "")
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 

@@ -299,8 +299,7 @@ class HttpGateway:
             path = self._path(where)
             if inherited is None:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):
-                    Path(path).unlink()
+                Path(path).unlink(missing_ok=True)
             site = (web.SockSite(self._runner, inherited) if inherited
                     else web.UnixSite(self._runner, path))
             self.socket_path = path
@@ -327,8 +326,7 @@ class HttpGateway:
         agent's bytes through as they are (TLS too), so the same TLS is spoken here. Open
         to every user, as the TCP site is: a client needs a token either way."""
         assert self._runner is not None
-        with contextlib.suppress(FileNotFoundError):
-            Path(path).unlink()
+        Path(path).unlink(missing_ok=True)
         await web.UnixSite(self._runner, path, ssl_context=tls).start()
         Path(path).chmod(0o666)
 
@@ -363,12 +361,10 @@ class HttpGateway:
                 await runner.cleanup()
         self._runner = self._local_runner = None
         if self.local is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.local.path.unlink()
+            self.local.path.unlink(missing_ok=True)
         for made in (self.socket_path, self.relay):
             if made:
-                with contextlib.suppress(FileNotFoundError):
-                    Path(made).unlink()
+                Path(made).unlink(missing_ok=True)
 
     def status(self) -> dict[str, Any]:
         return {"listen": self.settings.listen, "url": self.url,
