@@ -70,10 +70,6 @@ def _sandboxed(extra: dict[str, Any]) -> dict[str, Any]:
 
 @NO_SANDBOX
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: corral/supervisor/replica.py _wrap binds a relative PYTHONPATH entry from the "
-    "daemon's cwd (os.path.abspath), where tenantbinds.py checked it from the agent's: a "
-    "tenant's `.` binds the directory the daemon started in (systemd's /) read-only"))
 async def test_a_tenants_relative_pythonpath_binds_nothing_of_the_daemons_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The attack: a tenant's admin posts a sandboxed agent whose PYTHONPATH names `.` (or

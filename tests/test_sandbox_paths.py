@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from corral.supervisor.config import ConfigError
+from corral.supervisor.config import ConfigError, McpServerSpec
 from corral.supervisor.configload import load_config, parse_agents, parse_servers
+from corral.supervisor.mcpegress import server_sandboxed
 from corral.supervisor.sandbox import out_of_reach, plain, program_paths, sandboxed
+from corral.supervisor.tuning import Tuning
 
 from .sandboxprobe import sandbox_refusal
 
@@ -76,6 +78,25 @@ def test_the_way_to_a_path_passes_each_directory_before_a_dot_dot(
     assert plain("/a//b/./c/../d/") == "/a/b/c/../d" == str(Path("/a//b/./c/../d/"))
     assert plain("./a/./b") == "a/b" == str(Path("./a/./b"))
     assert plain(".") == "." == str(Path("."))
+
+
+@pytest.mark.skipif(sandbox_refusal(None) is not None, reason="no sandbox here")
+def test_an_mcp_servers_relative_pythonpath_is_read_from_its_cwd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An egress = "none" server's relative PYTHONPATH entry is its cwd's, as its
+    interpreter reads it (session 18's hole 1, the agents' line's twin): it bound the
+    directory of that name in the daemon's own cwd read-only."""
+    host, srv = tmp_path / "host", tmp_path / "srv"
+    for place in (host / "lib", srv / "lib"):
+        place.mkdir(parents=True)
+    monkeypatch.chdir(host)
+    spec = McpServerSpec(command=["/bin/true"], cwd=str(srv),
+                         env={"PYTHONPATH": f"lib{os.pathsep}{os.pathsep}/usr/lib/x"})
+    argv = server_sandboxed(["/bin/true"], {}, None, spec, Tuning(), held=False)
+    assert str(host / "lib") not in argv
+    # (its own lib is held by its cwd's writable bind: none apart)
+    assert [argv[i:i + 3] for i, a in enumerate(argv) if a == "--ro-bind-try"] == [
+        ["--ro-bind-try", "/usr/lib/x", "/usr/lib/x"]]
 
 
 @pytest.mark.skipif(sandbox_refusal(None) is not None, reason="no sandbox here")

@@ -14,6 +14,7 @@ from .config import McpServerSpec
 from .sandbox import agents_own, program_paths, resolve_program, sandboxed
 from .seccomp import egress_file
 from .tuning import Tuning
+from .zygote import warm_pythonpath
 
 
 def server_sandboxed(argv: list[str], env: dict[str, str], uid: int | None,
@@ -25,7 +26,7 @@ def server_sandboxed(argv: list[str], env: dict[str, str], uid: int | None,
     argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
     cwd = spec.cwd or os.getcwd()
     # (nothing its writable cwd holds is bound apart, as an agent's: decision 1825)
-    read_only = [p for p in spec.env.get("PYTHONPATH", "").split(os.pathsep)
+    read_only = [p for p in (warm_pythonpath(spec.env, cwd) or "").split(os.pathsep)
                  if p and not agents_own(p, [cwd])]
     script = os.path.join(cwd, argv[1]) if len(argv) > 1 else ""
     if os.path.isfile(script) and not agents_own(script, [cwd]):

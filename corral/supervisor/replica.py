@@ -315,8 +315,11 @@ class Replica(ProcessReplica):
         # there is not followed, nor a path there bound apart (its writable bind holds it;
         # a link the agent made on the way to it chose what was bound: decision 1825)
         writable = [spec.cwd or os.getcwd(), *spec.write_paths]
+        # a relative PYTHONPATH entry is the agent's cwd's, as its interpreter reads it
+        # (and tenantbinds.py judged it), never the daemon's
+        pythonpath = warm_pythonpath(env, spec.cwd) or ""
         read_only = [p for p in (*sdk, *spec.sandbox_paths, *spec.read_paths,
-                                 *env.get("PYTHONPATH", "").split(os.pathsep))
+                                 *pythonpath.split(os.pathsep))
                      if p and not agents_own(p, writable)]
         read_only += program_paths(argv[0], writable)
         if spec.release is not None:
