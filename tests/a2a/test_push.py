@@ -237,10 +237,11 @@ async def test_a_configs_events_are_posted_one_at_a_time_in_order_and_bounded(
     ends: set[Any] = set()
     queued = push.PushConfigs._queued
 
-    def observed(configs: Any, task_id: str, config: Any, body: bytes, final: bool) -> Any:
-        job = queued(configs, task_id, config, body, final)
+    def observed(configs: Any, task_id: str, kept: Any, body: bytes, final: bool,
+                 refusal: Any) -> Any:
+        job = queued(configs, task_id, kept, body, final, refusal)
         if final:
-            ends.add(config.id)
+            ends.add(kept.config.id)
         return job
 
     monkeypatch.setattr(push.PushConfigs, "_queued", observed)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp import web
 
 from corral.daemon.a2a import push
 from corral.daemon.a2a import wire as w
 from corral.supervisor.pushstore import MemoryPush
 
+from ..daemon_harness import free_port
 from .test_push import receiver
 
 MAKER = {"via": "a2a", "token": "maker", "since": 1.5}
@@ -69,3 +71,51 @@ async def test_a_config_whose_maker_is_refused_is_posted_nothing_and_said_once()
                             "maker is revoked; its events are not sent"]
         finally:
             await configs.close()
+
+
+async def test_events_queued_before_their_makers_refusal_are_not_posted_after_it() -> None:
+    """The door's word on a config's maker is asked before each post, not as an event
+    is queued: events waiting behind a receiver when the maker's token is revoked (its
+    end among them) were posted after the revocation; now the post in flight is the last."""
+    gate = asyncio.Event()
+    got: list[object] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        await gate.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([web.post("/hook", hook)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    said: list[str] = []
+    configs = push.PushConfigs(True, said.append, MemoryPush())
+    revoked: list[str] = []
+    try:
+        await configs.add("t1", w.PushConfig(url=f"http://127.0.0.1:{port}/hook",
+                                            id="gone"), MAKER)
+
+        def refusal(maker: dict[str, object]) -> str | None:
+            return revoked[0] if revoked and maker["token"] == "maker" else None
+
+        await configs.deliver("t1", {"statusUpdate": {"n": 1}}, False, refusal)
+        async with asyncio.timeout(30):  # the first posted, its answer held
+            while not got:
+                await asyncio.sleep(0.02)
+        await configs.deliver("t1", {"statusUpdate": {"n": 2}}, False, refusal)
+        await configs.deliver("t1", ENDED, True, refusal)
+        revoked.append("its maker's token maker is revoked")
+        gate.set()
+        async with asyncio.timeout(30):  # its end handled: the configs forgotten
+            while await configs.tasks():
+                await asyncio.sleep(0.02)
+        assert got == [{"statusUpdate": {"n": 1}}]
+        assert (configs.delivered, configs.refused) == (1, 2)
+        assert said == ["a2a push config gone of task t1 refused: its maker's token "
+                        "maker is revoked; its events are not sent"]
+    finally:
+        await configs.close()
+        await runner.cleanup()

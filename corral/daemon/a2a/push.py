@@ -168,12 +168,15 @@ def public_resolver() -> Any:
 
 class _Sender:
     """One config of one task: the events it is to be sent, one post at a time in
-    their order, and the job sending them (None: idle)."""
+    their order, and the job sending them (None: idle); its maker, and the door's word on
+    them, asked before each post."""
 
-    __slots__ = ("config", "dropped", "job", "queue")
+    __slots__ = ("config", "dropped", "job", "maker", "queue", "refusal")
 
-    def __init__(self, config: w.PushConfig) -> None:
-        self.config = config
+    def __init__(self, kept: PushRecord, refusal: Refusal) -> None:
+        self.config = kept.config
+        self.maker = kept.caller
+        self.refusal = refusal
         self.queue: collections.deque[bytes] = collections.deque()
         self.job: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -276,31 +279,27 @@ class PushConfigs:
 
     async def deliver(self, task_id: str, event: dict[str, Any], final: bool,
                       refusal: Refusal = lambda _: None) -> None:
-        """POST `event` to each config of the task whose maker `refusal` does not refuse
-        (in the background: each config's events one at a time, in order); after its
-        end, its configs are forgotten by its home once delivered (a daemon killed
+        """POST `event` to each config of the task (in the background: each config's
+        events one at a time, in order), while `refusal` does not refuse its maker; after
+        its end, its configs are forgotten by its home once delivered (a daemon killed
         before: delivered again by the next)."""
         body = msgspec.json.encode(event)
-        jobs = []
-        for kept in await self.records(task_id):
-            why = refusal(kept.caller)
-            if why is None:
-                jobs.append(self._queued(task_id, kept.config, body, final))
-            else:
-                self._refuse(task_id, kept.config, why, 1)
+        jobs = [self._queued(task_id, kept, body, final, refusal)
+                for kept in await self.records(task_id)]
         if final:
             self.ending.add(task_id)
             job = asyncio.get_running_loop().create_task(self._forget(task_id, jobs))
             self._work.add(job)
             job.add_done_callback(self._work.discard)
 
-    def _queued(self, task_id: str, config: w.PushConfig, body: bytes, final: bool
-                ) -> asyncio.Task[None]:
+    def _queued(self, task_id: str, kept: PushRecord, body: bytes, final: bool,
+                refusal: Refusal) -> asyncio.Task[None]:
         """`body` queued for the config, its sender started if idle; the sender's job."""
+        config = kept.config
         key = (task_id, config.id if isinstance(config.id, str) else "")
         sender = self._senders.get(key)
         if sender is None:
-            sender = self._senders[key] = _Sender(config)
+            sender = self._senders[key] = _Sender(kept, refusal)
         sender.config = config  # (one replaced meanwhile: its URL and token now)
         if len(sender.queue) >= MAX_QUEUED:
             sender.queue.popleft()  # (the end is only ever last: never dropped)
@@ -318,7 +317,7 @@ class PushConfigs:
     async def _send(self, key: tuple[str, str], sender: _Sender) -> None:
         try:
             while sender.queue:
-                why = self._refusal(sender.config)
+                why = self._refusal(sender)
                 if why is not None:
                     self._refuse(key[0], sender.config, why, len(sender.queue))
                     sender.queue.clear()
@@ -338,14 +337,17 @@ class PushConfigs:
             if not sender.queue and self._senders.get(key) is sender:
                 del self._senders[key]
 
-    def _refusal(self, config: w.PushConfig) -> str | None:
-        """Why a config is not posted to now, as it would not be made now (None: it is):
-        one kept while the operator allowed private addresses names an address literal
-        the public resolver never sees."""
-        if not self.private and _names_private(config.url):
-            return (f"its url {config.url!r} names a private or loopback address, which "
+    def _refusal(self, sender: _Sender) -> str | None:
+        """Why a config is not posted to now, as it would not be made now (None: it is),
+        asked before each post, so that what waited in its queue meanwhile is judged
+        too: its maker refused by the door (a token revoked or expired), or one kept
+        while the operator allowed private addresses naming an address literal the
+        public resolver never sees."""
+        url = sender.config.url
+        if not self.private and _names_private(url):
+            return (f"its url {url!r} names a private or loopback address, which "
                     "[a2a] push_private no longer allows")
-        return None
+        return sender.refusal(sender.maker)
 
     def _refuse(self, task_id: str, config: w.PushConfig, why: str, events: int) -> None:
         """A config's events not sent, counted, and said once for it."""
