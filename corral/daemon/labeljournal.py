@@ -4,6 +4,7 @@ session, committed before the call that reads the untrusted text is made."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -47,7 +48,9 @@ class LabelsDB:
         self.store = store
         self.journal = journal  # None: no task journal (task_journal = false)
         self.ends = ends
-        self._recent: dict[str, tuple[str, ...]] = {}
+        # oldest first: a dict's deleted slots at its front were walked by each eviction's
+        # next(iter()) until its next resize, an OrderedDict pops its first at once
+        self._recent: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     async def _ended(self, key: str) -> None:
         """A session's record read or written after its last life's end commits."""
@@ -84,7 +87,7 @@ class LabelsDB:
                 recent[key] = _union(kept, labels)
                 continue
             if len(recent) >= RECENT:
-                del recent[next(iter(recent))]
+                recent.popitem(last=False)
             recent[key] = tuple(dict.fromkeys(labels))  # (a task's, accepted now: all it has)
 
     async def read(self, key: str) -> tuple[str, ...]:

@@ -3,7 +3,6 @@ input and answers as history, a chunk of its live output as a stream's event."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import msgspec
@@ -11,6 +10,7 @@ from msgspec import UNSET
 
 from ...askviews import Ask, AskKind
 from ...taskviews import TaskInfo
+from ...text import iso_time
 
 SUBMITTED, WORKING = "TASK_STATE_SUBMITTED", "TASK_STATE_WORKING"
 COMPLETED, FAILED = "TASK_STATE_COMPLETED", "TASK_STATE_FAILED"
@@ -30,13 +30,6 @@ OUTPUT_ARTIFACT = "output"  # the artifact a plain agent's output is
 STREAM_ARTIFACT = "stream"  # the artifact a plain agent's live output is
 # a chunk of live output that is one A2A event: the agent's own status or artifact update
 EVENT_KEYS = ("statusUpdate", "artifactUpdate")
-
-
-def timestamp(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
 
 
 def plain(value: Any) -> Any:
@@ -112,7 +105,7 @@ def status_of(info: TaskInfo, mine: dict[str, Any] | None = None) -> dict[str, A
     if message is not None:
         status["message"] = message
     when = info.finished or info.started or info.created
-    status["timestamp"] = timestamp(when)
+    status["timestamp"] = None if when is None else iso_time(when, ms=True)
     return status
 
 
