@@ -420,6 +420,33 @@ class Turns:
 
 
 _TURNS: Turns | None = None
+# An async test's backstop (`backstop`) ends its worker with every thread's stack written
+# to the worker's terminal, which pytest-xdist sends nowhere: a run said only "[gwN] node
+# down: Not properly terminated", the test and what held it unknown. This long before the
+# backstop, the stacks go to the run's own stderr (pytest's faulthandler's copy of it)
+STACKS_AHEAD = 5.0
+
+
+@contextlib.contextmanager
+def stacks_ahead(item: pytest.Item) -> Iterator[None]:
+    """Every thread's stack written to the run's stderr STACKS_AHEAD before the test's
+    backstop ends its process, if it is still running then."""
+    import faulthandler
+
+    from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+    marker = item.get_closest_marker("timeout")
+    seconds = marker.kwargs.get("timeout", marker.args[0] if marker.args else None) \
+        if marker is not None and marker.kwargs.get("method") == "thread" else None
+    stderr = item.config.stash.get(fault_handler_stderr_fd_key, None)
+    if not seconds or stderr is None:
+        yield
+        return
+    faulthandler.dump_traceback_later(max(1.0, float(seconds) - STACKS_AHEAD), file=stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -435,7 +462,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
         # is the one directory every worker of this run shares, and no other run
         _TURNS = Turns(item.config._tmp_path_factory.getbasetemp().parent)  # type: ignore[attr-defined]
     asked = time.monotonic()
-    with _TURNS.take(item.get_closest_marker("alone") is not None):
+    with _TURNS.take(item.get_closest_marker("alone") is not None), stacks_ahead(item):
         # what the turn cost, carried by the setup's report (scripts/suite_times.py)
         began = time.monotonic()
         item.user_properties.append((_TURN_MARK, round(began - asked, 4)))

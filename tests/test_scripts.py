@@ -282,6 +282,36 @@ def test_a_failure_pytest_cannot_format_is_reported_without_its_traceback(
     assert r.stdout.splitlines()[-1].startswith("1 failed")
 
 
+def test_a_worker_ended_by_a_tests_backstop_has_said_every_threads_stack(
+        tmp_path: Path) -> None:
+    """tests/conftest.py's `stacks_ahead`: an async test that holds its event loop, so its
+    asyncio deadline cannot fail it, is ended by its backstop with its worker, whose own
+    stack dump pytest-xdist sends nowhere; the stacks, the test's frame among them, were
+    written to the run's stderr before it."""
+    (tmp_path / "conftest.py").write_text(
+        "import tests.conftest\n"
+        "from tests.conftest import pytest_collection_modifyitems  # noqa: F401\n"
+        "from tests.conftest import pytest_runtest_protocol  # noqa: F401\n"
+        "tests.conftest.BACKSTOP_GRACE = 1.0\n")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "markers = deadline(seconds)\n")
+    (tmp_path / "test_it.py").write_text(
+        "import time\nimport pytest\n\n\n@pytest.mark.deadline(1)\n"
+        "async def test_held():\n    time.sleep(60)\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-p", "xdist", "-p", "pytest_timeout", "-p", "asyncio", "-n", "1",
+                        "--timeout", "8", str(tmp_path / "test_it.py")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT),
+                            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "worker 'gw0' crashed while running 'test_it.py::test_held'" in r.stdout, r.stdout
+    said = r.stderr[r.stderr.find("Timeout (0:00:03)!"):]
+    assert said.startswith("Timeout (0:00:03)!\nThread 0x"), r.stderr
+    assert f'File "{tmp_path}/test_it.py", line 7 in test_held' in said, said
+
+
 def test_suite_times_reads_a_runs_timeline(tmp_path: Path) -> None:
     """CORRAL_TEST_TIMELINE's lines (worker, test, turn asked, begun, ended): each
     worker's time in tests, waiting and idle after, the longest waits, and each worker's
