@@ -146,11 +146,11 @@ class ClusterTasks(RedisPart):
         while a reload reaches them one by one), else its cluster table's, which a node
         places (decision 2040)."""
         local = self.host.agents.get(agent)
-        if local is not None and local.spec.tenant == tenant:
-            # (this node's [tenants], which its sessions' bounds read too)
-            tenancy = self.sessions.tenancy
-            own = tenancy.specs.get(tenant) if tenancy is not None else None
-            return _tighter(local.spec.max_queue, own.max_queue if own else 0, tenant)
+        if local is not None and local.spec.tenant == tenant and self.membership.queues:
+            # (this node's own, as its beat says them: read from its agents and
+            # [tenants] now, one place for both)
+            agents, tenants = self.membership.queues()
+            return _tighter(agents.get(agent, 0), tenants.get(tenant, 0), tenant)
         said = [n for n in self.view if n.runs(tenant, agent)]
         if said:
             return _tighter(_least(n.queues.get(agent, 0) for n in said),
