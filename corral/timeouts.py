@@ -66,10 +66,10 @@ async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
         for t in pending:
             t.cancel()
         _, pending = await asyncio.wait(pending, timeout=AGAIN_AFTER)
-    for t in tasks:
-        exc = None if t.cancelled() else t.exception()
-        if exc is not None:
-            raise exc
+    # each one's looked at (a task whose exception nobody read is logged when collected)
+    raised = [exc for t in tasks if not t.cancelled() and (exc := t.exception()) is not None]
+    if raised:
+        raise raised[0]
 
 
 def kept(tasks: set[F], task: F) -> F:

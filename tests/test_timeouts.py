@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -154,6 +155,29 @@ def test_cancel_all_raises_what_a_task_failed_with() -> None:
         assert b.cancelled()
 
     asyncio.run(main())
+
+
+def test_cancel_all_reads_every_tasks_failure_not_only_the_one_it_raises() -> None:
+    """The failures after the one raised are read too: a task whose exception nobody read
+    is logged as never retrieved when it is collected, which awaiting each did not do."""
+
+    async def main() -> list[str]:
+        said: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: said.append(context["message"]))
+
+        async def fails(why: str) -> None:
+            raise ValueError(why)
+
+        tasks = [asyncio.ensure_future(fails("first")), asyncio.ensure_future(fails("second"))]
+        await asyncio.sleep(0)
+        with pytest.raises(ValueError, match="first"):
+            await cancel_all(tasks)
+        del tasks
+        gc.collect()
+        return said
+
+    assert asyncio.run(main()) == []
 
 
 def test_kept_holds_a_task_until_it_ends_however_it_ends() -> None:

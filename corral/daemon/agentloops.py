@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from ..supervisor.agents import Agents
 from ..supervisor.process_replica import Transition
+from ..timeouts import cancel_all
 
 K = TypeVar("K")
 
@@ -51,8 +52,5 @@ class AgentLoops(Generic[K]):
         self.closed = True
         tasks = [t for _, t in self.loops.values()]
         self.loops.clear()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        with contextlib.suppress(Exception):
+            await cancel_all(tasks)

@@ -19,6 +19,7 @@ import msgspec
 from ..supervisor.config import ApprovalsSettings
 from ..supervisor.stream import Stream
 from ..supervisor.tasks.inbox import AskEnded
+from ..timeouts import cancel_all
 
 if TYPE_CHECKING:
     import aiohttp
@@ -119,6 +120,4 @@ class AskWebhook:
 
     async def close(self) -> None:
         self._stream.unsubscribe(self._sub)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_all([self._task])

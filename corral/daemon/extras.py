@@ -10,7 +10,6 @@ address without TLS) fails the start: that is a rule, not a fault.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Awaitable, Callable
 
@@ -18,6 +17,7 @@ import msgspec
 
 from ..methods import ExtraStatus
 from ..supervisor.config import ConfigError
+from ..timeouts import cancel_all
 
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
@@ -130,7 +130,5 @@ class Extras:
         self._closed = True
         for e in self.extras:
             if e.retrying is not None:
-                e.retrying.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await e.retrying
+                await cancel_all([e.retrying])
                 e.retrying = None

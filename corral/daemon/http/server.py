@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -18,6 +16,7 @@ from aiohttp.web_protocol import RequestHandler
 from ...supervisor.addresses import loopback
 from ...supervisor.config import ConfigError, HttpSettings
 from ...text import clip, one_line
+from ...throttle import Throttle
 from ..models.lean import MAX_FIELD, MAX_HEADERS, HttpConnection, LeanConnection, Posts
 from .context import HttpContext
 from .route import MAX_BODY
@@ -66,32 +65,22 @@ def health_routes(ctx: HttpContext) -> list[web.RouteDef]:
 
 
 log = logging.getLogger("corral.http")
-REFUSED_EVERY = 10.0  # seconds between two log lines about refused requests, at least
 
 
 class Refusals:
-    """Requests aiohttp refused before any route saw them, counted and told in one line
-    at most every REFUSED_EVERY seconds: aiohttp's own traceback for each one was a
-    journal any client could fill."""
+    """Requests aiohttp refused before any route saw them, counted, and told in one line
+    a Throttle's interval at most: aiohttp's own traceback for each one was a journal any
+    client could fill."""
 
     def __init__(self, counts: dict[tuple[str, str], int]) -> None:
         self.counts = counts
-        self.told_at = -math.inf
-        self.untold = 0
+        self.told = Throttle(partial(log.warning, "%s"))
 
     def refused(self, status: int, remote: str | None, exc: BaseException) -> None:
         key = ("refused", str(status))
         self.counts[key] = self.counts.get(key, 0) + 1
-        now = time.monotonic()
-        if now - self.told_at < REFUSED_EVERY:
-            self.untold += 1
-            return
-        more = f" ({self.untold} more refused since the last such line)" if self.untold \
-            else ""
-        log.warning("refused a request from %s: %d, %s%s", remote or "?", status,
-                    clip(one_line(str(exc)), 200), more)
-        self.told_at = now
-        self.untold = 0
+        self.told(f"refused a request from {remote or '?'}: {status}, "
+                  f"{clip(one_line(str(exc)), 200)}")
 
 
 class _Server(web.Server):

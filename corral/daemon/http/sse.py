@@ -24,7 +24,7 @@ from ... import jsonrpc
 from ... import methods as m
 from ...methods import REGISTRY
 from ...supervisor.events import Delivery, Of, Viewer, agent_of, reaches, seen_by
-from ...timeouts import kept
+from ...timeouts import cancel_all, kept
 from ..api import Dispatcher
 from ..caller import RING_CALLER, Caller
 from . import route
@@ -228,11 +228,8 @@ class EventRing:
             self._fan_out = asyncio.ensure_future(self._write_out())
 
     async def close(self) -> None:
-        for task in (self.task, self._fan_out):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        with contextlib.suppress(Exception):
+            await cancel_all(t for t in (self.task, self._fan_out) if t is not None)
 
     @property
     def first(self) -> int:
@@ -538,11 +535,6 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
         except ConnectionResetError:
             pass
     finally:
-        tasks = [run] if pump is None else [run, pump]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError,
-                                     Exception):
-                await task
+        with contextlib.suppress(Exception):
+            await cancel_all([run] if pump is None else [run, pump])
     return response
