@@ -280,12 +280,6 @@ SPELT = "/tmp/../bin/sh"  # the system's shell, spelt through a directory that i
 @NO_SANDBOX
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("where", ("command", "health check"))
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: corral/supervisor/sandbox.py _prefix judges a program's installation by its "
-    "parts as spelt (`/tmp/..` is no system directory) and sandboxed() binds it normalized "
-    "(`/`), where tenantbinds.py checked the command normalized (/bin/sh, the system's) "
-    "and a health check's command not at all: `/tmp/../bin/sh` binds the host's root "
-    "into a tenant's sandbox"))
 async def test_a_tenants_program_spelt_through_a_dot_dot_binds_no_host_root(
         tmp_path: Path, where: str) -> None:
     """The attack: a tenant's admin posts a sandboxed program whose command (or whose

@@ -80,6 +80,21 @@ def test_the_way_to_a_path_passes_each_directory_before_a_dot_dot(
     assert plain(".") == "." == str(Path("."))
 
 
+def test_a_program_spelt_through_a_dot_dot_binds_what_the_kernel_runs_it_from(
+        tmp_path: Path) -> None:
+    """The attack (session 18's hole 5): a tenant's program spelt `/tmp/../bin/sh` (the
+    system's shell, which tenantbinds.py lets pass) had its installation judged as spelt,
+    `/tmp/..`, whose first part is no system directory's, and bound folded: the host's
+    root. An installation is judged as it is bound."""
+    assert program_paths("/tmp/../bin/sh") == []
+    assert program_paths("/usr/../tmp/../bin/../usr/bin/env") == []
+    tool = tmp_path / "b" / "bin" / "tool"
+    tool.parent.mkdir(parents=True)
+    tool.touch()
+    (tmp_path / "a").mkdir()
+    assert program_paths(f"{tmp_path}/a/../b/bin/tool") == [str(tmp_path / "b")] * 2
+
+
 @pytest.mark.skipif(sandbox_refusal(None) is not None, reason="no sandbox here")
 def test_an_mcp_servers_relative_pythonpath_is_read_from_its_cwd(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -158,8 +158,9 @@ def system_args(names: Iterable[str] = SYSTEM) -> list[str]:
 def _prefix(program: str) -> str | None:
     """The installation a program belongs to (the parent of its bin directory, else its
     own directory: a script's grandparent may be a home), None where that is / or under
-    the system's directories, bound already."""
-    parent = os.path.dirname(plain(program))
+    the system's directories, bound already. Judged as bound: folded, not as spelt (the
+    parent of `/tmp/..`'s bin directory is /, which `tmp` would have passed for apart)."""
+    parent = os.path.dirname(os.path.normpath(plain(program)))
     prefix = os.path.dirname(parent) if os.path.basename(parent) == "bin" else parent
     parts = prefix.split("/")
     if not prefix.startswith("/") or parts[1] in ("", *SYSTEM):
