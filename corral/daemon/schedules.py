@@ -23,7 +23,7 @@ from ..supervisor.schedule import Schedule, ScheduleSpec, compile_schedule
 from ..supervisor.schedule import ScheduleRow as Row
 from ..supervisor.stream import Stream
 from ..text import plural
-from ..timeouts import kept
+from ..timeouts import cancel_all, kept
 from .caller import Discard
 from .sqlwrites import statement
 from .store import StateStore
@@ -314,9 +314,8 @@ class ScheduleService:
     async def close(self) -> None:
         for live in self.live.values():
             self._disarm(live)
-        for t in list(self._firing):
-            t.cancel()
-        await asyncio.gather(*self._firing, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await cancel_all(self._firing)
         await self.ledger.close()
 
 

@@ -20,7 +20,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..redact import url as _url
-from ..timeouts import kept
+from ..timeouts import cancel_all, kept
 from . import resend, sse
 from .paramheaders import EVENT_STREAM as EVENT_STREAM
 from .paramheaders import JSON as JSON
@@ -162,10 +162,8 @@ class HttpTransport:
         if self._closed:
             return
         self._closed = True
-        tasks = [*self._tasks, *([self._listener] if self._listener else [])]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await cancel_all([*self._tasks, *([self._listener] if self._listener else [])])
         http = self._http
         if http is not None:
             if self.session_id is not None and not self.legacy:
