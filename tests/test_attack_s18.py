@@ -314,10 +314,6 @@ async def test_a_tenants_program_spelt_through_a_dot_dot_binds_no_host_root(
 
 @NO_SANDBOX
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: corral/daemon/tenantbinds.py binds_refusal judges an agent's command alone: a "
-    "tenant's health check or recovery command outside its cwd has its installation "
-    "bound into the check's sandbox (replica.py _wrap beside)"))
 async def test_a_tenants_check_command_outside_its_cwd_is_refused_as_its_command_is(
         tmp_path: Path) -> None:
     """The attack: tenant acme's caller, refused a command in a host directory (its

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from corral import jsonrpc
@@ -350,6 +351,36 @@ def test_a_tenant_without_a_user_or_dir_lets_its_callers_name_neither() -> None:
     assert said(sandbox="none", network="host") is None  # (what it has without them)
     assert said(sandbox="bwrap") == ("sandbox", "\"bwrap\" differs from tenant t's "
                                                 "(\"none\")")
+
+
+def test_a_tenants_check_and_recovery_commands_are_judged_as_its_command(
+        tmp_path: Path) -> None:
+    """The rule alone (session 18's hole 6): a health check's command and an exec
+    recovery run in a sandbox made as the agent's, which binds their programs'
+    installations, so each is refused where the agent's command would be, its key
+    named; the system's programs and the agent's own cwd's pass."""
+    acme, host = tmp_path / "acme", tmp_path / "host"
+    for place in (acme, host):
+        place.mkdir()
+    tool = str(host / "tool")
+    tenant = TenantSpec(dir=str(acme), sandbox="bwrap")
+    why = (f"\"{tool}\" is {tool}, outside its cwd ({acme}), the system's directories and "
+           "corral's own installation: its installation would be bound into the sandbox")
+
+    def said(health: dict[str, Any]) -> tuple[str, str] | None:
+        spec = msgspec.convert({"command": ["/bin/sleep", "1000"], "name": "x",
+                                "tenant": "acme", "cwd": str(acme), "health": health},
+                               AgentSpec)
+        return refusal(spec, "acme", tenant, str(acme))
+
+    assert said({"liveness": {"command": [tool]}}) == ("health.liveness.command", why)
+    assert said({"readiness": {"command": ["/bin/true"]},
+                 "liveness": {"check": "alive", "recovery": "exec", "exec": [tool, "-x"]}}
+                ) == ("health.liveness.exec", why)
+    assert said({"readiness": {"check": "up", "recovery": "exec", "exec": [tool]}}) == (
+        "health.readiness.exec", why)
+    assert said({"readiness": {"command": ["./probe"], "recovery": "exec",
+                               "exec": ["/bin/sh", "-c", "true"]}}) is None
 
 
 def test_a_tenants_dir_is_absolute_and_where_its_agents_run(tmp_path: Path) -> None:

@@ -56,13 +56,24 @@ def binds_refusal(spec: AgentSpec, cwd: str) -> tuple[str, str] | None:
     found = _env_refusal(spec.env, cwd, own)
     if found is not None:
         return "env", found
-    argv = spec.argv()
-    program = resolve_program(argv[0], {**os.environ, **spec.env}, cwd) if argv else ""
-    if program and not _allowed(program, own):
-        return "command", (f"{_shown(argv[0])} is {program}, outside its cwd ({cwd}), the "
-                           "system's directories and corral's own installation: its "
-                           "installation would be bound into the sandbox")
+    for key, argv in _commands(spec):
+        program = resolve_program(argv[0], {**os.environ, **spec.env}, cwd) if argv else ""
+        if program and not _allowed(program, own):
+            return key, (f"{_shown(argv[0])} is {program}, outside its cwd ({cwd}), the "
+                         "system's directories and corral's own installation: its "
+                         "installation would be bound into the sandbox")
     return None
+
+
+def _commands(spec: AgentSpec) -> list[tuple[str, list[str]]]:
+    """(key, argv) of each command the agent's table runs in a sandbox made as its own:
+    its command, and each health check's command and recovery (health.py runs them
+    beside it)."""
+    found = [("command", spec.argv())]
+    for kind, check in spec.health.checks() if spec.health is not None else ():
+        found += [(f"health.{kind}.{key}", argv) for key in ("command", "exec")
+                  if (argv := getattr(check, key))]
+    return found
 
 
 def env_refusal(spec: AgentSpec, cwd: str) -> str | None:
