@@ -9,7 +9,7 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -71,6 +71,32 @@ def command_group(declared: type[m.Params], **kw: Any
                 called(*args, **kwargs)
 
         return group(unless_a_command)
+
+    return make
+
+
+Shows = TypeVar("Shows", bound=Callable[[Any], None])
+
+
+def shows(declared: type[m.Params], *, group: bool = False, more: str = "", **kw: Any
+          ) -> Callable[[Shows], Shows]:
+    """The command that is a method's front and shows its answer: as JSON with --json,
+    else as `show` says it (`show` stays a function of the answer). Its arguments and
+    options (`show`'s click decorators) are named as the method's params and given to it
+    as they come (a `callback` makes one's value); with `group`, the front of
+    `command_group`'s group."""
+
+    def make(show: Shows) -> Shows:
+        @functools.wraps(show)
+        def front(obj: Ctx, as_json: bool, **given: Any) -> None:
+            show(obj.call_json(declared(**given), as_json))
+
+        # --json last, as it is where a command declares it itself
+        vars(front)["__click_params__"] = []
+        json_option(front)
+        vars(front)["__click_params__"] += getattr(show, "__click_params__", [])
+        (command_group(declared, **kw) if group else command(declared, more=more, **kw))(front)
+        return show
 
     return make
 

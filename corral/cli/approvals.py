@@ -13,14 +13,12 @@ import msgspec
 from .. import methods as m
 from ..askviews import Ask, what_it_asks
 from ..text import one_line, plural
-from .app import Ctx, command, command_group, doc, json_option, pass_ctx
+from .app import Ctx, cli, command, doc, json_option, pass_ctx, shows
 from .render import dumps, stamp, table
 
 
-@command_group(m.ApprovalsList)
-@json_option
-def approvals(obj: Ctx, as_json: bool) -> None:
-    res: m.AskList = obj.call_json(m.ApprovalsList(), as_json)
+@shows(m.ApprovalsList, group=True)
+def approvals(res: m.AskList) -> None:
     # an agent's words (a prompt, arguments) one line each: a newline in them never
     # draws a row of its own, nor does a control character act on the terminal
     table([[a.id, a.kind, one_line(a.task_id), one_line(a.agent), a.tenant or "-",
@@ -30,6 +28,8 @@ def approvals(obj: Ctx, as_json: bool) -> None:
           ["ASK", "KIND", "TASK", "AGENT", "TENANT", "CREATED", "DEADLINE", "ASKS"])
 
 
+@shows(m.ApprovalsGet)
+@click.argument("id", metavar="ASK_ID")
 def _shown(ask: Ask) -> None:
     click.echo(one_line(f"ask {ask.id}: {ask.kind} of task {ask.task_id} ({ask.agent}): "
                         f"{what_it_asks(ask)}"))
@@ -46,11 +46,8 @@ def _shown(ask: Ask) -> None:
     click.echo(one_line(said + (f": {dumps(ask.data)}" if ask.data is not None else "")))
 
 
-@command(m.ApprovalsGet)
-@click.argument("ask_id")
-@json_option
-def approvals_show(obj: Ctx, ask_id: str, as_json: bool) -> None:
-    _shown(obj.call_json(m.ApprovalsGet(id=ask_id), as_json))
+group = cli.commands["approvals"]
+assert isinstance(group, click.Group)  # (for the type of its commands below)
 
 
 def _json(text: str, option: str) -> Any:
@@ -65,7 +62,7 @@ def _json(text: str, option: str) -> Any:
         raise click.UsageError(f"{option}: not JSON: {exc}{hint}") from None
 
 
-@approvals.command("approve", help=doc(m.ApprovalsResolve),
+@group.command("approve", help=doc(m.ApprovalsResolve),
                    short_help="Approve a held call: it runs (with --args, with those).")
 @click.argument("ask_id")
 @click.option("--args", "arguments", metavar="JSON",
@@ -80,7 +77,7 @@ def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: boo
                          as_json))
 
 
-@approvals.command("deny", help=doc(m.ApprovalsResolve),
+@group.command("deny", help=doc(m.ApprovalsResolve),
                    short_help="Deny an ask: its call refused, or its question declined.")
 @click.argument("ask_id")
 @click.option("--reason", help="Why: the agent is told it with the tool's error.")
@@ -90,7 +87,7 @@ def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> 
     _shown(obj.call_json(m.ApprovalsResolve(id=ask_id, decision="denied", reason=reason), as_json))
 
 
-@approvals.command("answer", help=doc(m.ApprovalsResolve),
+@group.command("answer", help=doc(m.ApprovalsResolve),
                    short_help="Answer a question with JSON valid by its schema.")
 @click.argument("ask_id")
 @click.option("--data", "data", metavar="JSON", required=True,

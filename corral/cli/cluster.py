@@ -7,16 +7,11 @@ import time
 import click
 
 from .. import methods as m
-from .app import Ctx, command, json_option, said
+from .app import said, shows
 from .render import human_time, table
 
 
-@command(m.NodesList)
-@json_option
-def nodes_list(obj: Ctx, as_json: bool) -> None:
-    print_nodes(obj.call_json(m.NodesList(), as_json))
-
-
+@shows(m.NodesList)
 def print_nodes(res: m.NodesResult) -> None:
     now = time.time()
     rows = [[n.node, ("draining" if n.draining else "alive") if n.alive else "dead",

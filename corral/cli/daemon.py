@@ -13,7 +13,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import iso_time, plural
-from .app import Ctx, cli, command, complete_agents, fail, json_option, pass_ctx
+from .app import Ctx, cli, command, complete_agents, fail, json_option, pass_ctx, shows
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .durations import duration
 from .render import human_time, print_json, table
@@ -236,14 +236,9 @@ def version(obj: Ctx) -> None:
         sys.exit(EXIT_UNREACHABLE)  # as every command that needs the daemon
 
 
-@command(m.ConfigReload, more="\n\nPrints each agent, MCP server, workflow, team "
-             "and schedule added, removed or changed, then how many are unchanged; an agent "
-             "whose rollout stopped is named on stderr with the reason.")
-@json_option
-def reload(obj: Ctx, as_json: bool) -> None:
-    print_reload(obj.call_json(m.ConfigReload(), as_json))
-
-
+@shows(m.ConfigReload, more="\n\nPrints each agent, MCP server, workflow, team and schedule "
+      "added, removed or changed, then how many are unchanged; an agent whose rollout "
+      "stopped is named on stderr with the reason.")
 def print_reload(res: m.ReloadResult) -> None:
     """What a reload changed (`corral reload`'s, `corral mcp add`'s and `remove`'s)."""
     kinds = (("agent", msgspec.structs.asdict(res)), ("MCP server", res.mcp_servers),
@@ -287,16 +282,11 @@ def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
         fail(exc.message)
 
 
-@command(m.DaemonClock)
+@shows(m.DaemonClock)
 @click.option("--advance", default=None, metavar="DURATION",
+              callback=lambda ctx, param, value: duration(value, "--advance") or 0.0,
               help="Move the manual clock this far ahead: 90s, 10m, 2h, 1d.")
-@json_option
-def clock(obj: Ctx, advance: str | None, as_json: bool) -> None:
-    try:
-        seconds = duration(advance) or 0.0
-    except click.BadParameter as exc:
-        raise click.BadParameter(exc.message, param_hint="--advance") from None
-    res: m.ClockTime = obj.call_json(m.DaemonClock(advance=seconds), as_json)
+def clock(res: m.ClockTime) -> None:
     kind = f"manual, moved {res.ahead:g} s" if res.manual else "the wall's"
     click.echo(f"{iso_time(res.time)} ({kind})")
 
@@ -338,10 +328,8 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-@command(m.UiLogin)
-@json_option
-def ui_login(obj: Ctx, as_json: bool) -> None:
-    res: m.UiLoginResult = obj.call_json(m.UiLogin(), as_json)
+@shows(m.UiLogin)
+def ui_login(res: m.UiLoginResult) -> None:
     # the link alone on stdout, so that `xdg-open "$(corral ui)"` works
     click.echo(res.url)
     left = max(0, round(res.expires - time.time()))

@@ -26,12 +26,17 @@ def parse_since(value: str | None) -> float | None:
                                  param_hint="--since") from None
 
 
-def duration(value: str | None) -> float | None:
-    """Seconds from 90, 90s, 15m, 1h or 2d."""
+def as_seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """`duration` as a callback of the option --since."""
+    return duration(value)
+
+
+def duration(value: str | None, hint: str = "--since") -> float | None:
+    """Seconds from 90, 90s, 15m, 1h or 2d (else a usage error naming the option `hint`)."""
     if value is None:
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
     if match is None:
         raise click.BadParameter(f"not a duration: {value} (examples: 90s, 15m, 1h, 2d)",
-                                 param_hint="--since")
+                                 param_hint=hint)
     return float(match[1]) * UNITS[match[2]]

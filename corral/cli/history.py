@@ -6,18 +6,13 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, command, complete_agents, json_option
+from .app import Ctx, command, complete_agents, shows
 from .render import dumps, stamp, table
 
 
-@command(m.AgentsHistory)
+@shows(m.AgentsHistory)
 @click.argument("name", shell_complete=complete_agents)
 @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
-@json_option
-def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-    print_history(obj.call_json(m.AgentsHistory(name=name, limit=limit), as_json))
-
-
 def print_history(res: m.HistoryResult) -> None:
     rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
              stamp(r.time), r.who, r.change] for r in res.revisions]
@@ -52,11 +47,9 @@ def rollback(obj: Ctx, name: str, rev: str | None) -> None:
                f"{res.revision})" + (f": {res.change}" if res.change else ""))
 
 
-@command(m.AuditList)
+@shows(m.AuditList)
 @click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
-@json_option
-def audit(obj: Ctx, limit: int, as_json: bool) -> None:
-    res: m.AuditResult = obj.call_json(m.AuditList(limit=limit), as_json)
+def audit(res: m.AuditResult) -> None:
     # who acted as revisions name it: a token by its name, a socket peer by uid and pid
     rows = [[stamp(e.time), e.who or f"uid {e.uid} pid {e.pid}", e.tenant or "-", e.method,
              e.outcome, dumps(e.params)[:60]] for e in res.entries]

@@ -9,7 +9,7 @@ import click
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, command, env_pairs, fail, json_option, pass_ctx, said
+from .app import Ctx, cli, command, env_pairs, fail, json_option, pass_ctx, said, shows
 from .render import table
 from .terminal import unguarded
 
@@ -19,10 +19,8 @@ def mcp_group() -> None:
     """The MCP tool servers corral runs."""
 
 
-@command(m.McpStatus)
-@json_option
-def mcp_status(obj: Ctx, as_json: bool) -> None:
-    res: m.McpStatusResult = obj.call_json(m.McpStatus(), as_json)
+@shows(m.McpStatus)
+def mcp_status(res: m.McpStatusResult) -> None:
     print_mcp(res.mcp_servers)
     print_gateway(res.gateway)
 
@@ -99,13 +97,12 @@ def mcp_add(obj: Ctx, name: str, server_command: tuple[str, ...], env: tuple[str
                                         registry=registry), as_json))
 
 
-@command(m.McpRemove, more="\n\nPrints what the reload changed.")
+@shows(m.McpRemove, more="\n\nPrints what the reload changed.")
 @click.argument("name")
-@json_option
-def mcp_remove(obj: Ctx, name: str, as_json: bool) -> None:
+def mcp_remove(res: m.ReloadResult) -> None:
     from .daemon import print_reload
 
-    print_reload(obj.call_json(m.McpRemove(name=name), as_json))
+    print_reload(res)
 
 
 @mcp_group.command("login")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, complete_agents, json_option
+from .app import Ctx, command, complete_agents, json_option, shows
 from .render import human_bytes, stamp, table
 
 
@@ -36,14 +36,12 @@ def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
                f"{res.revision}" + (f"; was {res.previous}" if res.previous else ""))
 
 
-@command(m.PackagesReleases)
+@shows(m.PackagesReleases)
 @click.argument("name", shell_complete=complete_agents)
-@json_option
-def releases(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.ReleasesResult = obj.call_json(m.PackagesReleases(name=name), as_json)
+def releases(res: m.ReleasesResult) -> None:
     if not res.releases:  # a header over nothing reads as a fault of the command
-        click.echo(f"{name}: no releases (an agent deployed from a package has them: "
-                   f"corral deploy PATH); its revisions: corral history {name}")
+        click.echo(f"{res.name}: no releases (an agent deployed from a package has them: "
+                   f"corral deploy PATH); its revisions: corral history {res.name}")
         return
     rows = [[("* " if r.current else "  ") + r.release, r.version or "-",
              stamp(r.built_at) if r.built_at else "-",

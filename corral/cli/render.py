@@ -64,6 +64,4 @@ def human_time(s: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def stamp(t: float) -> str:
-    """A time in a table: ISO 8601, UTC, as in the logs."""
-    return iso_time(t)
+stamp = iso_time  # a time in a table: ISO 8601, UTC, as in the logs

@@ -9,15 +9,9 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, command, json_option, read_tables, said
+from .app import Ctx, command, read_tables, said, shows
 from .render import dumps, stamp, table
 from .tasks import _read_input
-
-
-def whose(tenant: str | None) -> str:
-    """A record's tenant as a table shows it ("-": of no one tenant, the operator's)."""
-    return tenant if tenant is not None else "-"
-
 
 VERBS = ("add", "update", "remove", "describe", "history", "rollback")
 
@@ -50,25 +44,21 @@ def runtime_commands(section: str, noun: str, methods: tuple[type[m.Params], ...
     said(verb["remove"], "names", lambda res: f"removed: {', '.join(res.removed)}", nargs=-1,
          required=True)
 
-    @command(verb["describe"])
+    @shows(verb["describe"])
     @click.argument("name")
-    @json_option
-    def describe(obj: Ctx, name: str, as_json: bool) -> None:
-        res = obj.call_json(verb["describe"](name=name), as_json)
+    def describe(res: m.DefinitionDescription) -> None:
         where = ("the config file" if res.source == "config"
                  else f"added at runtime, revision {res.revision}"
                  + (f", tenant {res.tenant}" if res.tenant else ""))
         click.echo(f"{noun} {res.name} ({where})\nagents: {', '.join(res.agents)}")
         click.echo(dumps(res.definition, indent=2))
 
-    @command(verb["history"])
+    @shows(verb["history"])
     @click.argument("name")
     @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
-    @json_option
-    def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-        res = obj.call_json(verb["history"](name=name, limit=limit), as_json)
+    def history(res: m.DefinitionRevisions) -> None:
         table([[("* " if r.revision == res.current else "  ") + str(r.revision),
-                stamp(r.time), r.who, whose(r.tenant), r.change] for r in res.revisions],
+                stamp(r.time), r.who, r.tenant or "-", r.change] for r in res.revisions],
               ["  REV", "TIME", "WHO", "TENANT", "CHANGE"])
 
     @command(verb["rollback"])

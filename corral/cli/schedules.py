@@ -6,14 +6,12 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, command, command_group, json_option
+from .app import shows
 from .render import stamp, table
 
 
-@command_group(m.SchedulesList)
-@json_option
-def schedules(obj: Ctx, as_json: bool) -> None:
-    res: m.ScheduleList = obj.call_json(m.SchedulesList(), as_json)
+@shows(m.SchedulesList, group=True)
+def schedules(res: m.ScheduleList) -> None:
     table([[s.name, f"agent {s.agent}" if s.agent else f"workflow {s.workflow}",
             f"every {s.every}" if s.every else f"cron {s.cron}", s.missed,
             "paused" if s.paused else "running", str(s.fires),
@@ -24,11 +22,9 @@ def schedules(obj: Ctx, as_json: bool) -> None:
 
 
 def _verb(declared: type[m.SchedulesPause | m.SchedulesResume]) -> None:
-    @command(declared)
+    @shows(declared)
     @click.argument("name")
-    @json_option
-    def verb(obj: Ctx, name: str, as_json: bool) -> None:
-        s: m.ScheduleEntry = obj.call_json(declared(name=name), as_json)
+    def verb(s: m.ScheduleEntry) -> None:
         state = "paused" if s.paused else f"running; next fire {stamp(s.next_fire)}" if \
             s.next_fire is not None else "running"
         click.echo(f"schedule {s.name}: {state}")

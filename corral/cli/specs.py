@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .. import methods as m
-from .app import Ctx, command, complete_agents, env_pairs, json_option, read_tables, set_pairs
+from .app import Ctx, command, complete_agents, env_pairs, read_tables, set_pairs, shows
 from .render import dumps
 
 _POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
@@ -33,11 +33,9 @@ def _spec_value(v: Any) -> str:
     return str(v)
 
 
-@command(m.AgentsDescribe)
+@shows(m.AgentsDescribe)
 @click.argument("name", shell_complete=complete_agents)
-@json_option
-def describe(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.DescribeResult = obj.call_json(m.AgentsDescribe(name=name), as_json)
+def describe(res: m.DescribeResult) -> None:
     spec = res.spec
     click.echo(f"name: {res.name}")
     click.echo(f"origin: {res.origin}")

@@ -47,6 +47,11 @@ def _read_input(value: str, hint: str = "--input") -> msgspec.Raw:
     return raw
 
 
+def input_of(ctx: click.Context, param: click.Parameter, value: str) -> msgspec.Raw:
+    """`_read_input` as an option's callback (--input, --data)."""
+    return _read_input(value, param.opts[0])
+
+
 reconnect_option = click.option(
     "--reconnect", type=click.FloatRange(min=0), default=60.0, show_default=True,
     metavar="SECONDS",

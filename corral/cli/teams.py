@@ -10,10 +10,10 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, command, json_option
+from .app import cli, shows
 from .render import dumps, table
-from .runtimedefs import runtime_commands, whose
-from .tasks import _read_input
+from .runtimedefs import runtime_commands
+from .tasks import input_of
 
 
 @cli.group("teams", help="Teams: those of the config ([teams.NAME]) and those added at "
@@ -23,12 +23,10 @@ def teams() -> None:
     pass
 
 
-@command(m.TeamsList)
-@json_option
-def teams_list(obj: Ctx, as_json: bool) -> None:
-    res: m.TeamList = obj.call_json(m.TeamsList(), as_json)
+@shows(m.TeamsList)
+def teams_list(res: m.TeamList) -> None:
     table([[t.name, t.mode, ", ".join(t.members),
-            "file" if t.revision is None else f"rev {t.revision}", whose(t.tenant),
+            "file" if t.revision is None else f"rev {t.revision}", t.tenant or "-",
             t.description]
            for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "TENANT", "DESCRIPTION"])
 
@@ -37,16 +35,13 @@ runtime_commands("teams", "team", (m.TeamsAdd, m.TeamsUpdate, m.TeamsRemove, m.T
                                    m.TeamsHistory, m.TeamsRollback))
 
 
-@command(m.TeamsCall)
+@shows(m.TeamsCall)
 @click.argument("name")
-@click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
+@click.option("--input", "input", default="null", metavar="JSON|@FILE|-", callback=input_of,
               help="The call's input: JSON, @file with JSON, or - for stdin (default null).")
 @click.option("--wait", type=click.FloatRange(0, m.MAX_WAIT), default=None, metavar="S",
               help="Hold the answer up to S seconds for the call's outcome.")
-@json_option
-def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bool) -> None:
-    res: m.TaskAccepted = obj.call_json(
-        m.TeamsCall(name=name, input=_read_input(input_), wait=wait), as_json)
+def teams_call(res: m.TaskAccepted) -> None:
     click.echo(f"{res.task_id} {res.status}")
     if res.output is not msgspec.UNSET and res.output is not None:
         click.echo(dumps(res.output))
@@ -54,17 +49,13 @@ def teams_call(obj: Ctx, name: str, input_: str, wait: float | None, as_json: bo
         click.echo(f"error: {res.error.message}", err=True)
 
 
-@command(m.CallsList)
+@shows(m.CallsList)
 @click.argument("name")
 @click.option("--status", default=None, help="Only the calls of this status.")
 @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
 @click.option("--before", default=None, metavar="ID",
               help="Only the calls made before this one (the page's cursor).")
-@json_option
-def teams_calls(obj: Ctx, name: str, status: str | None, limit: int, before: str | None,
-                as_json: bool) -> None:
-    res: m.TaskList = obj.call_json(
-        m.CallsList(name=name, status=status, limit=limit, before=before), as_json)
+def teams_calls(res: m.TaskList) -> None:
     table([[t.task_id, t.status, time.strftime("%Y-%m-%d %H:%M:%S",
                                                time.localtime(t.created))]
            for t in res.tasks], ["CALL", "STATUS", "CREATED"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, command, command_group, json_option, read_tables, said, set_pairs
+from .app import Ctx, command, read_tables, said, set_pairs, shows
 from .render import table
 
 # each use shown beside its quota: (TenantUse's field, the quota's key)
@@ -13,10 +13,8 @@ BESIDE = (("agents", "max_agents"), ("replicas", "max_replicas"), ("queued", "ma
           ("running", "max_concurrent_tasks"), ("tokens_last_minute", "tokens_per_minute"))
 
 
-@command_group(m.TenantsList)
-@json_option
-def tenants(obj: Ctx, as_json: bool) -> None:
-    res: m.TenantList = obj.call_json(m.TenantsList(), as_json)
+@shows(m.TenantsList, group=True)
+def tenants(res: m.TenantList) -> None:
     beside = {quota for _, quota in BESIDE}
     table([[t.name, *(_beside(getattr(t.use, used), t.quotas.get(quota))
                       for used, quota in BESIDE),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, cli, command, json_option, said
+from .app import cli, said, shows
 from .durations import duration
 from .render import stamp, table
 
@@ -15,12 +15,8 @@ def token() -> None:
     """Bearer tokens of the HTTP API: create (shown once), list, revoke."""
 
 
-def _lifetime(value: str | None) -> float | None:
-    try:
-        seconds = duration(value)
-    except click.BadParameter as exc:
-        exc.param_hint = "--expires"
-        raise
+def _lifetime(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    seconds = duration(value, "--expires")
     if seconds is not None and seconds <= 0:
         raise click.BadParameter("a token's lifetime must be positive", param_hint="--expires")
     return seconds
@@ -30,22 +26,17 @@ def _when(t: float | None) -> str:
     return "never" if t is None else stamp(t)
 
 
-@command(m.TokensCreate)
+@shows(m.TokensCreate)
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, required=True, metavar="SCOPE",
               type=click.Choice(sorted(m.SCOPES)), help="A scope it holds (repeat).")
 @click.option("--agents", default=None, metavar="GLOB",
               help="Only agents whose names match GLOB (e.g. 'web-*').")
-@click.option("--expires", default=None, metavar="DURATION",
+@click.option("--expires", "expires_in", default=None, metavar="DURATION", callback=_lifetime,
               help="Lifetime, e.g. 30d or 12h (default: never expires).")
 @click.option("--tenant", default=None, metavar="TENANT",
               help="A tenant's token: it sees and acts on that tenant's objects only.")
-@json_option
-def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | None,
-                 expires: str | None, tenant: str | None, as_json: bool) -> None:
-    res: m.TokenCreated = obj.call_json(m.TokensCreate(
-        name=name, scopes=list(scopes), agents=agents, expires_in=_lifetime(expires),
-        tenant=tenant), as_json)
+def token_create(res: m.TokenCreated) -> None:
     click.echo(res.token)
     click.echo(f"corral: token {res.name} ({', '.join(res.scopes)}"
                f"{f'; agents {res.agents}' if res.agents else ''}"
@@ -53,10 +44,8 @@ def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | Non
                f"{_when(res.expires)}): it is shown this once", err=True)
 
 
-@command(m.TokensList)
-@json_option
-def token_list(obj: Ctx, as_json: bool) -> None:
-    res: m.TokenList = obj.call_json(m.TokensList(), as_json)
+@shows(m.TokensList)
+def token_list(res: m.TokenList) -> None:
     table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
             stamp(t.created), _when(t.expires)] for t in res.tokens],
           ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import methods as m
-from .app import Ctx, command, fail, json_option
+from .app import fail, shows
 
 BAR = 40  # columns of the time axis
 
@@ -58,13 +58,11 @@ def _detail(s: m.SpanView) -> str:
     return "  " + " ".join(parts) if parts else ""
 
 
-@command(m.TracesGet)
+@shows(m.TracesGet)
 @click.argument("task_id")
-@json_option
-def trace(obj: Ctx, task_id: str, as_json: bool) -> None:
-    res: m.TraceView = obj.call_json(m.TracesGet(task_id=task_id), as_json)
+def trace(res: m.TraceView) -> None:
     lines = waterfall(res)
     if not lines:
-        fail(f"no trace kept for task {task_id} (not sampled, not finished yet, or pruned "
+        fail(f"no trace kept for task {res.task_id} (not sampled, not finished yet, or pruned "
              "from the local store)")
     click.echo("\n".join(lines))

@@ -11,12 +11,12 @@ import click
 import msgspec
 
 from .. import methods as m
-from .app import Ctx, cli, command, command_group, fail, json_option, said
+from .app import Ctx, cli, command, fail, json_option, said, shows
 from .client import EXIT_FAILED
-from .durations import duration
+from .durations import as_seconds
 from .render import dumps, print_json, table
-from .runtimedefs import runtime_commands, whose
-from .tasks import _read_input
+from .runtimedefs import runtime_commands
+from .tasks import _read_input, input_of
 
 
 @cli.group("workflows", help="Workflows: those of the config ([workflows.NAME]) and those "
@@ -25,12 +25,10 @@ def workflows() -> None:
     pass
 
 
-@command(m.WorkflowsList)
-@json_option
-def workflows_list(obj: Ctx, as_json: bool) -> None:
-    res: m.WorkflowList = obj.call_json(m.WorkflowsList(), as_json)
+@shows(m.WorkflowsList)
+def workflows_list(res: m.WorkflowList) -> None:
     table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
-            "file" if w.revision is None else f"rev {w.revision}", whose(w.tenant),
+            "file" if w.revision is None else f"rev {w.revision}", w.tenant or "-",
             w.description]
            for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "TENANT", "DESCRIPTION"])
 
@@ -188,42 +186,33 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
     _shown_run(obj.call(page, wait_forever=wait is not None), obj, as_json, wait)
 
 
-@command_group(m.RunsList)
+@shows(m.RunsList, group=True)
 @click.option("--workflow", default=None, help="Only this workflow's runs.")
 @click.option("--status", default=None,
               type=click.Choice(["running", "succeeded", "failed", "cancelled",
                                  "timed_out"]),
               help="Only runs in this status.")
-@click.option("--since", default=None, metavar="DURATION",
+@click.option("--since", default=None, metavar="DURATION", callback=as_seconds,
               help="Only runs started within this long ago: 90s, 15m, 1h, 2d.")
 @click.option("--before", default=None, metavar="RUN_ID",
               help="Only runs started before this one: the next page (older runs).")
 @click.option("-n", "--limit", type=click.IntRange(min=0), default=100, show_default=True)
-@json_option
-def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | None,
-              before: str | None, limit: int, as_json: bool) -> None:
-    res: m.RunList = obj.call_json(m.RunsList(
-        workflow=workflow, status=status, limit=limit, since=duration(since),
-        before=before), as_json)
-    table([[r.run_id, r.workflow, r.status, _took(r.created, r.ended), whose(r.tenant),
+def runs_list(res: m.RunList) -> None:
+    table([[r.run_id, r.workflow, r.status, _took(r.created, r.ended), r.tenant or "-",
             r.error or ""]
            for r in res.runs], ["RUN", "WORKFLOW", "STATUS", "TOOK", "TENANT", "ERROR"])
     if isinstance(res.next, str):
         click.echo(f"older runs: the same with --before {res.next}", err=True)
 
 
-@command(m.RunsSignal)
+@shows(m.RunsSignal)
 @click.argument("run_id")
 @click.argument("name")
-@click.option("--data", "data", default="null", metavar="JSON",
+@click.option("--data", "data", default="null", metavar="JSON", callback=input_of,
               help="The signal's data (the step's output): JSON, @FILE, or - for stdin.")
 @click.option("--key", default=None,
               help="Names this signal: sent again with it, it is answered as the first.")
-@json_option
-def runs_signal(obj: Ctx, run_id: str, name: str, data: str, key: str | None,
-                as_json: bool) -> None:
-    res: m.SignalSent = obj.call_json(m.RunsSignal(
-        run_id=run_id, name=name, data=_read_input(data, "--data"), key=key), as_json)
+def runs_signal(res: m.SignalSent) -> None:
     click.echo(f"{res.run_id}: signal {res.name} kept (#{res.seq})"
                + (", sent before under this key" if res.duplicate else ""))
 
