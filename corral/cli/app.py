@@ -103,14 +103,12 @@ def shows(declared: type[m.Params], *, group: bool = False, more: str = "", **kw
 
 def said(declared: type[m.Params], arg: str, say: Callable[[Any], str], **argument: Any
          ) -> None:
-    """The command that is a method's front where it takes ARG (NAMES..., given as a
-    list, with nargs=-1) and answers one line: `say` of the result. The command is the
-    module's whose `say` it is."""
-    many = argument.get("nargs") == -1
+    """The command that is a method's front where it takes ARG (NAMES..., with nargs=-1)
+    and answers one line: `say` of the result. The command is the module's whose `say`
+    it is."""
 
     def front(obj: Ctx, **given: Any) -> None:
-        value = given[arg]
-        click.echo(say(obj.call(declared(**{arg: list(value) if many else value}))))
+        click.echo(say(obj.call(declared(**given))))
 
     front.__module__ = say.__module__
     command(declared)(click.argument(arg, **argument)(front))

@@ -103,17 +103,13 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
 @click.option("--protocol", type=click.Choice(["corral", "none"]), default=None,
               help='"none": any program (a web server, a script), supervised but given no '
                    "tasks; its stdout and stderr are its log (default: corral, a worker).")
-@click.option("--ready", "ready", type=click.Choice(["started", "notify"]), default=None,
-              help="With --protocol none: ready once started (default), or once it sends "
-                   "READY=1 to $NOTIFY_SOCKET.")
 def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         replicas: int | None, restart_: str | None, env: tuple[str, ...],
         cwd: str | None, tenant: str | None, no_check: bool, cluster: bool,
-        protocol: str | None, ready: str | None) -> None:
+        protocol: str | None) -> None:
     if file and (name or command):
         raise click.UsageError("give a FILE or --name/--command, not both")
-    for flag, value, shape in (("tenant", tenant, "NAME"), ("protocol", protocol, "none"),
-                               ("ready", ready, "notify")):
+    for flag, value, shape in (("tenant", tenant, "NAME"), ("protocol", protocol, "none")):
         if file and value is not None:
             raise click.UsageError(f"--{flag} goes with --name/--command; in a FILE, write "
                                    f'{flag} = "{shape}" in each [agents.NAME] table')
@@ -123,7 +119,7 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         if not (name and command):
             raise click.UsageError("give a FILE, or both --name and --command")
         given = {"replicas": replicas, "restart": restart_, "tenant": tenant,
-                 "protocol": protocol, "ready": ready}
+                 "protocol": protocol}
         table: dict[str, Any] = {"command": command, "cwd": os.path.abspath(cwd or "."),
                                  **{k: v for k, v in given.items() if v is not None}}
         if env:

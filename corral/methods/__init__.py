@@ -98,6 +98,3 @@ if not TYPE_CHECKING:  # for mypy each name is the module's own (the imports abo
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         _domain(domain)
         return globals()[name]
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), *_DOMAIN_OF, "REGISTRY"})
