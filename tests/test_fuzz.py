@@ -145,6 +145,9 @@ def settled(daemon: Daemon) -> bool:
         return False
 
 
+# (a fixed amount of work: 80 conversations, a few seconds on a quiet machine, minutes on
+# one at a load of tens, where the default timeout cut it)
+@pytest.mark.timeout(300)
 def test_random_and_mutated_requests_to_the_control_socket(daemon: Daemon) -> None:
     assert daemon.proc is not None
     healthy(daemon)
