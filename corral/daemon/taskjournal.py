@@ -42,7 +42,7 @@ from ..supervisor.tasks.stepjournal import CHECKPOINT_SEQ
 from ..taskkeys import ACCEPTED, CLAIMED, KEEP_SECONDS, MAX_KEYS_PER_TENANT, KeyClaim
 from ..taskoptions import NO_FILTERS, TaskFilters, decoded, encoded, filter_sql
 from ..taskviews import queue_wait
-from ..text import iso_time, plural
+from ..text import iso_time, listing, plural
 from .calljournal import delete_ended_calls
 from .inboxjournal import delete_replica_asks
 from .labeljournal import INSERT as LABEL_INSERT
@@ -528,9 +528,8 @@ class TaskJournalDB:
             ids = [row[0] for row in self._group.pending.values() if len(row) == TASK_ROW]
             self.on_error(
                 f"task journal {self.path}: the latest changes of {plural(len(ids), 'task')} "
-                f"could not be written before shutdown ({', '.join(ids[:10])}"
-                f"{', …' if len(ids) > 10 else ''}): the next daemon takes them as last "
-                "recorded (queued ones run, running ones are retried or end lost)")
+                f"could not be written before shutdown ({listing(ids)}): the next daemon takes "
+                "them as last recorded (queued ones run, running ones are retried or end lost)")
         if self._own_writer:
             await self._writer.close()
         self._reader.close()
