@@ -69,7 +69,8 @@ class ClusterPush:
             got = await read(lambda: self.redis.hgetall(self.keys.push(task_id)))
         found: list[tuple[int, str, bytes]] = []
         for raw_id, value in got.items():
-            config_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            # (an id that is no UTF-8 is no node's: its MAC does not verify)
+            config_id = raw_id.decode(errors="replace")
             seq, mac, record = _split(value)
             if not self.trust.valid(mac, PUSH, task_id, config_id, record):
                 self.trust.refuse(PUSH, f"{task_id}/{config_id}", mac or None,
@@ -91,15 +92,17 @@ class ClusterPush:
                                args=[config_id, task_id])
 
     async def tasks(self) -> list[str]:
-        """(A task whose configs expired with its record leaves the set as it is read.)"""
+        """(A task whose configs expired with its record leaves the set as it is read,
+        as does a member that is no UTF-8, a Redis writer's: it names no task.)"""
         with unanswered("the tasks with push configs were not read from the cluster's "
                         "Redis"):
             listed = await read(lambda: self.redis.smembers(self.keys.pushed))
-            ids = sorted(x.decode() if isinstance(x, bytes) else str(x) for x in listed)
-            gone = [t for t in ids if not await self.redis.exists(self.keys.push(t))]
+            ids = {x: x.decode(errors="replace") for x in listed}
+            gone = [x for x, t in ids.items() if t.encode() != x
+                    or not await self.redis.exists(self.keys.push(t))]
             if gone:
                 await self.redis.srem(self.keys.pushed, *gone)
-        return [t for t in ids if t not in gone]
+        return sorted(t for x, t in ids.items() if x not in gone)
 
     async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
         with unanswered(f"who delivers task {task_id}'s push configs was not read from "
