@@ -30,7 +30,7 @@ from ..supervisor.tasks.inbox import (
 )
 from ..supervisor.tasks.model import Resumer
 from ..supervisor.tasks.taskmachine import suspension_error
-from ..timeouts import within
+from ..timeouts import cancel_all, within
 from . import records
 from .connection import read, read_all, said
 from .keys import GROUP, Keys
@@ -499,10 +499,6 @@ class ClusterAsks(RedisPart):
                 "waited_on": len(self._heeded), "suspended": self.suspended}
 
     async def close(self) -> None:
-        work = [t for t in (self._hearer, self._listener) if t is not None]
-        for t in work:
-            t.cancel()
-        for t in work:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        with contextlib.suppress(Exception):
+            await cancel_all(t for t in (self._hearer, self._listener) if t is not None)
         self._heeded.clear()

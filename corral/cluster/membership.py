@@ -107,10 +107,6 @@ _beat = msgspec.json.Decoder(Beat)
 GARBLED_SAID = 64  # the names of beats that do not parse said in the log, at most
 
 
-class NodeJoin(NamedTuple):
-    consumer: str
-
-
 class NodeFence(NamedTuple):
     """This node's incarnation `consumer` fenced itself: what it held is the cluster's."""
 
@@ -251,7 +247,6 @@ class Membership(RedisPart):
         self.renewed, self.published = time.monotonic(), offered
         self.state = "member"
         self.report(f"cluster: joined as {name}")
-        self.stream.emit(NodeJoin(name))
         self.changed.set()
         self.changed.clear()
 

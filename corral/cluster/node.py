@@ -82,8 +82,9 @@ class ClusterNode:
         self.scripts = scripts = Scripts(self.redis, acks_of(settings, self.keys.acks))
         self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(scripts, self.keys, trust, settings, self.node,
-                                     self._offer, report, host.stream, self._places,
-                                     self._queues)
+                                     self._offer, report, host.stream,
+                                     # (placement is made below, before the beats)
+                                     lambda: self.placement.places(), self._queues)
         sessions = ClusterSessions(scripts, self.keys, trust, host, tasks.tenancy,
                                    self.membership, report, settings)
         self.session_stores = (sessions,)  # (daemon/clusterpeer.py: NotANode's, none)
@@ -154,9 +155,6 @@ class ClusterNode:
         share a burst."""
         return max(1, sum(1 for n in self.desk.view if n.runs(agent.spec.tenant,
                                                               agent.name)))
-
-    def _places(self) -> tuple[int, list[str], bool]:
-        return self.placement.places()  # (made after the membership, before its beats)
 
     def _sessions_ending(self, e: SessionsEnding) -> None:
         e.endings.extend(self.desk.sessions.end_agent(agent, tenant)

@@ -137,11 +137,6 @@ def when(v: bytes | None) -> float | None:
     return float(v) if v else None
 
 
-def _raw(rec: dict[bytes, bytes], key: bytes) -> Any:
-    v = rec.get(key)
-    return msgspec.Raw(v) if v else None
-
-
 def carried(attempts: list[_AttemptRow]) -> tuple[int, ModelUsage | None]:
     """The task's tool calls and usage as its record says them: the most any of its
     attempts' writes counted (each counts its task's calls, those of attempts before it
@@ -176,7 +171,7 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
         tool_calls=calls,
         # (its output is signed with its outcome, its progress not: checked before shown)
         progress=one_json_line(rec.get(b"progress")),
-        output=_raw(rec, b"output") if ended else None,
+        output=msgspec.Raw(rec[b"output"]) if ended and rec.get(b"output") else None,
         error=_error.decode(err) if err else None,
         attempts=tried, usage=usage, options=options_in(rec.get(b"options")),
         # (its first claim's time: as a node's journal reads it, from its acceptance)

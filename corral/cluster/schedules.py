@@ -9,11 +9,11 @@ even across a lease's expiry. Times are Redis's (`TIME`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from ..supervisor.schedule import ScheduleRow
+from ..timeouts import cancel_all
 
 # KEYS[1] the schedule's hash. ARGV: me, ttl (ms), mode, a fire time, last_started ("":
 # unchanged), paused ("" as declared, "0", "1"). Modes: "renew" (the lease alone), "init"
@@ -135,6 +135,4 @@ class ClusterLedger:
 
     async def close(self) -> None:
         if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+            await cancel_all([self._keeper])

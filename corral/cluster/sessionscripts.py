@@ -37,11 +37,13 @@ local sstarted = prefix .. 'labels:started:session:' .. (tenant or '') .. ':' ..
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000"""
 
-# The agent's expired sessions out of its count and its bytes.
-_PRUNE = """for _, gone in ipairs(redis.call('ZRANGEBYSCORE', sall, '-inf', '(' .. now)) do
-  redis.call('HDEL', sbytes, gone)
+
+def _prune(live: str, sizes: str) -> str:
+    """An agent's expired sessions out of its count (`live`) and its bytes (`sizes`)."""
+    return f"""for _, gone in ipairs(redis.call('ZRANGEBYSCORE', {live}, '-inf', '(' .. now)) do
+  redis.call('HDEL', {sizes}, gone)
 end
-redis.call('ZREMRANGEBYSCORE', sall, '-inf', '(' .. now)"""
+redis.call('ZREMRANGEBYSCORE', {live}, '-inf', '(' .. now)"""
 
 
 def _stick(stream: str) -> str:
@@ -231,7 +233,7 @@ if cur ~= ARGV[17] or redis.call('LLEN', sline) ~= tonumber(ARGV[18]) then
   return {MOVED}
 end
 if ARGV[17] == '-' then
-  {_PRUNE}
+  {_prune('sall', 'sbytes')}
   for _, seen in ipairs(cjson.decode(ARGV[14])) do
     if redis.call('ZCOUNT', seen[1], now, '+inf') > seen[2] then return {MOVED} end
   end
@@ -285,10 +287,7 @@ for _, bound in ipairs(more > 0 and cjson.decode(ARGV[4]) or {{}}) do
   for _, member in ipairs(bound[2]) do
     local owned_by = tenant and (tenant .. ':' .. member) or member
     local live, sizes = prefix .. 'sessions:' .. owned_by, prefix .. 'sbytes:' .. owned_by
-    for _, gone in ipairs(redis.call('ZRANGEBYSCORE', live, '-inf', '(' .. now)) do
-      redis.call('HDEL', sizes, gone)
-    end
-    redis.call('ZREMRANGEBYSCORE', live, '-inf', '(' .. now)
+    {_prune('live', 'sizes')}
     for _, b in ipairs(redis.call('HVALS', sizes)) do held = held + tonumber(b) end
   end
   if held > bound[1] then return {{-1, bound[3], held, bound[1]}} end
