@@ -63,9 +63,8 @@ COLUMNS = ("resolution", "time", "agent", *_GAUGES, *_SUMS)
 WRITTEN = (*COLUMNS, "tenant")
 
 
-def bucket_of(seconds: float) -> int:
-    """The index of the bucket a time falls in (Prometheus' `le`: at most the bound)."""
-    return bisect.bisect_left(BUCKETS, seconds)
+# a time's bucket, its index (Prometheus' `le`: at most the bound; a negative time's is 0)
+bucket_of = functools.partial(bisect.bisect_left, BUCKETS)
 
 
 def quantile(counts: list[int], q: float) -> float | None:
@@ -96,7 +95,7 @@ class Times(msgspec.Struct):
 def add_each(seconds: list[float], *times: Times) -> None:
     """Times counted in each of `times`, a negative one as 0 (their buckets found once,
     in C: a call a time was most of what a finished task cost the loop)."""
-    counts = Counter(map(_BUCKET, seconds))
+    counts = Counter(map(bucket_of, seconds))
     total, n = sum(filter(_POSITIVE, seconds)), len(seconds)
     for t in times:
         buckets = t.buckets
@@ -106,7 +105,6 @@ def add_each(seconds: list[float], *times: Times) -> None:
         t.count += n
 
 
-_BUCKET = functools.partial(bisect.bisect_left, BUCKETS)  # (bucket_of's: a negative's is 0)
 _POSITIVE = (0.0).__lt__  # (what a sum of times clamped at 0 adds)
 
 
