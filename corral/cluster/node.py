@@ -437,8 +437,7 @@ class ClusterNode:
                            "the cluster agent's command (a reload, or remove and add it)")
 
     async def scale_agent(self, name: str, replicas: int, who: str) -> None:
-        if replicas < 0:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+        # (a count below 0 is refused where agents.scale is decoded: AgentsScale's bound)
         with said(self.settings, f"{name} was not scaled"):
             await self.specs.change(name, lambda t: {**t, "replicas": replicas}, who)
 
