@@ -550,7 +550,7 @@ class ClusterTasks(RedisPart):
                     task_id = fields.get(b"task")
                     if task_id is None:
                         continue
-                    tid = task_id.decode()
+                    tid = task_id.decode(errors="replace")  # (no UTF-8: no task's)
                     if b"progress" in fields:
                         self._progressed(tid, fields[b"progress"])
                     elif tid in self._waiting:
@@ -570,8 +570,9 @@ class ClusterTasks(RedisPart):
             return
         try:
             told = records.inline_result(task_id, fields)
-        except (KeyError, msgspec.DecodeError):
-            # attempts no node wrote (the MAC leaves them out): the record tells
+        except (KeyError, ValueError, msgspec.DecodeError):
+            # attempts no node wrote (the MAC leaves them out), or an insecure cluster's
+            # status that is no UTF-8: the record tells
             told = None
         self._wake(task_id, told)
 

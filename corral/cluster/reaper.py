@@ -129,7 +129,7 @@ async def take_over(part: RedisPart, stream: str, entry: Any, tid: str, dead: st
     status, spent, error = str(machine.status), "", b""
     if machine.queued:
         status = "requeued"
-        if str(machine.retries_left) != (retries or b"").decode():
+        if str(machine.retries_left) != (retries or b"").decode(errors="replace"):
             spent = str(machine.retries_left)
     elif cancel == b"1":
         error = records.error_json(cancel_failure(TaskStatus.RUNNING))

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.timeout(120)
 def test_an_outcome_whose_attempts_do_not_decode_has_the_record_read(
         tmp: Path, redis: RedisServer) -> None:
     """Entries for a task a client waits for whose attempts are no JSON, no list of
-    attempts, or none: each raised out of the outcomes loop (said as its failure, the
+    attempts, or none, or (on an insecure cluster) whose status is no UTF-8, and an
+    entry whose task is no UTF-8: each raised out of the outcomes loop (said as its failure, the
     entries after it in its read never read: the loop began again at the newest). Now
     such an entry carries no outcome: the waiter reads the record, waits on for the real
     outcome, and hears the progress written after the garbage."""
@@ -52,8 +53,9 @@ def test_an_outcome_whose_attempts_do_not_decode_has_the_record_read(
             [tid] = wait_until(running, what="the task running")
             forged = {"task": tid, "status": "succeeded", "output": '"forged"', "error": ""}
             for attempts in ({"attempts": "not json"}, {"attempts": '[{"replica": "x"}]'},
-                             {}):
+                             {}, {"status": b"\xff", "attempts": "[]"}):
                 r.xadd(K.outcomes, {**forged, **attempts})
+            r.xadd(K.outcomes, {"task": b"\xff", "progress": "{}"})  # (no task's id)
             r.xadd(K.outcomes, {"task": tid, "progress": '{"progress": 1, "message": "past"}'})
             wait_until(lambda: "progress: 1 past\n" in said, what="the progress after them")
             assert client.poll() is None  # still waiting: the record says it runs

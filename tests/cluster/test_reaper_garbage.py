@@ -47,10 +47,10 @@ async def test_garbage_in_redis_stops_no_takeover_of_a_dead_nodes_task(client: A
     s = Scripts(client)
     claimed = K.claimed("acme", "w")
     good = await dead_nodes_task(s, client, 1, "z/1")
-    # a record whose retries, retry_lost and attempts are no numbers and no JSON, held by
-    # a dead incarnation named before the good one
+    # a record whose retries, retry_lost and attempts are no numbers and no JSON (its
+    # retries no UTF-8 either), held by a dead incarnation named before the good one
     bad = await dead_nodes_task(s, client, 2, "m/1")
-    await client.hset(K.task(bad), mapping={"retries_left": "many", "retry_lost": "x",
+    await client.hset(K.task(bad), mapping={"retries_left": b"many\xff", "retry_lost": "x",
                                             "agent": b"\xff"})
     await client.rpush(K.attempts(bad), b"{not json")
     # a record that is no hash, its entry held by a dead incarnation
