@@ -159,11 +159,6 @@ def _plain(script: str) -> dict[str, Any]:
 @pytest.mark.deadline(120)
 @pytest.mark.skipif(os.geteuid() != 0, reason="dynamic users: the daemon runs agents as "
                     "other uids only as root")
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: corral/supervisor/dynamicusers.py gives a uid and a state directory by the "
-    "agent's name alone, for the daemon's life: another tenant's agent of a freed name "
-    "runs as the removed agent's uid, its HOME the removed agent's directory, every file "
-    "in it readable"))
 def test_a_freed_names_uid_and_state_directory_are_not_another_tenants() -> None:
     """The attack: tenant b's caller watches for a name another tenant frees (acme's
     `worker`, removed) and adds an agent of that name. A dynamic uid is picked by the
@@ -194,8 +189,8 @@ def test_a_freed_names_uid_and_state_directory_are_not_another_tenants() -> None
                     'mv "$HOME/key.tmp" "$HOME/key"; exec sleep 1000')
             r = acme.post("/agents", json={"agents": {"worker": _plain(keep)}})
             assert r.status_code == 200, r.text
-            wait_until((homes / "worker" / "key").exists, timeout=30, what="acme's key")
-            acme_uid = (homes / "worker").stat().st_uid
+            wait_until((homes / "worker.acme" / "key").exists, timeout=30, what="acme's key")
+            acme_uid = (homes / "worker.acme").stat().st_uid
             r = acme.delete("/agents/worker")
             assert r.status_code == 200, r.text
             look = ('{ id -u; echo "$HOME"; cat "$HOME/key" 2>&1; } > "$HOME/said.tmp"; '

@@ -82,7 +82,7 @@ def test_an_agent_naming_no_user_runs_as_a_uid_of_its_own_that_reaches_nothing_e
         # each its own uid of the range, the one its name hashes to where that is free
         users = DynamicUsers(range(61184, 65520), homes)
         assert 61184 <= uid_a <= 65519 and 61184 <= uid_b <= 65519 and uid_a != uid_b
-        assert {uid_a, uid_b} == {users.uid_of("a"), users.uid_of("b")}
+        assert {uid_a, uid_b} == {users.uid_of(name, "default") for name in ("a", "b")}
         lines = report.read_text().splitlines()
         assert lines == [
             str(uid_a), str(uid_a), str(homes / "a"), str(homes / "a"), "corral-a",
@@ -240,3 +240,26 @@ def test_a_reload_says_dynamic_uids_take_a_restart() -> None:
     with running_daemon(tmp, "", extra=DYNAMIC) as d:
         d.config.write_text(d.config.read_text().replace(DYNAMIC, "dynamic_uids = []"))
         assert d.ask("config.reload", {})["restart_needed"] == ["[supervisor] dynamic_uids"]
+
+
+def test_a_uid_and_its_directory_are_held_by_the_agents_tenant_and_name(
+        tmp_path: Path) -> None:
+    """Session 18's hole 3, the rule alone: tenant b's agent of the name tenant acme's
+    agent had is given neither its uid (kept for the daemon's life) nor its directory;
+    the default tenant's agent keeps the directory of its name; the same tenant's agent of
+    the name gets both back."""
+    users = DynamicUsers(range(61184, 65520), tmp_path / "homes")
+    acme = users.uid_of("worker", "acme")
+    theirs = users.home_of("worker", "acme", acme)
+    (theirs / "key").write_text("acme's key")
+    b = users.uid_of("worker", "b")
+    assert b != acme
+    assert users.home_of("worker", "b", b) == tmp_path / "homes" / "worker.b"
+    assert list((tmp_path / "homes" / "worker.b").iterdir()) == []
+    assert theirs == tmp_path / "homes" / "worker.acme"
+    assert os.stat(theirs).st_uid == acme
+    assert (users.uid_of("worker", "acme"), users.home_of("worker", "acme", acme)) == (
+        acme, theirs)
+    own = users.uid_of("worker", "default")
+    assert users.home_of("worker", "default", own) == tmp_path / "homes" / "worker"
+    assert len({acme, b, own}) == 3

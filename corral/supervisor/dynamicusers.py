@@ -3,9 +3,12 @@ an agent that names no `user` (nor has its tenant's) runs as a uid of its own fr
 `[supervisor] dynamic_uids` (systemd's `DynamicUser=` range, 61184-65519), never as root;
 only `user = "root"` written out runs it as root.
 
-A uid is the agent's for the daemon's life: picked from its name's hash, the next free one
-where that is taken (by another agent, or by an account of the host), as systemd picks
-them. The uid's group is the uid. Its state directory, `STATE_DIR-agents/NAME` (mode 0700,
+A uid is the agent's for the daemon's life: picked from its held name's hash, the next
+free one where that is taken (by another agent, or by an account of the host), as systemd
+picks them. The held name is the agent's name and, for another tenant's agent than the
+default tenant's, its tenant's (`NAME.TENANT`): a name one tenant frees gives another
+tenant's agent neither its uid nor its directory (decision 2170). The uid's group is the
+uid. Its state directory, `STATE_DIR-agents/` and the held name (mode 0700,
 the uid's; the parent 0711 root's: corral's own state directory is 0700 and no agent of
 its own user may pass through it), is its HOME and $STATE_DIRECTORY, writable in its
 sandbox; another agent's, `/etc/shadow` and corral's state are out of its reach. A uid
@@ -20,7 +23,7 @@ import os
 import stat
 from pathlib import Path
 
-from .config import ConfigError, passwd_of
+from .config import DEFAULT_TENANT, ConfigError, passwd_of
 
 DEFAULT_RANGE = (61184, 65519)
 UID_MAX = 2**31 - 2
@@ -38,6 +41,12 @@ def uid_range(given: list[int]) -> range | None:
     return range(given[0], given[1] + 1)
 
 
+def held_name(name: str, tenant: str) -> str:
+    """What agent `name` of `tenant` holds its uid and state directory by (no agent nor
+    tenant name holds a '.': names.py)."""
+    return name if tenant == DEFAULT_TENANT else f"{name}.{tenant}"
+
+
 def homes_of(state_dir: Path) -> Path:
     """Where the dynamic users' state directories are: beside corral's own."""
     return state_dir.with_name(f"{state_dir.name}-agents")
@@ -52,25 +61,28 @@ class DynamicUsers:
         self._by_name: dict[str, int] = {}
         self._taken: set[int] = set()
 
-    def uid_of(self, name: str) -> int:
-        """Agent `name`'s uid, the same for the daemon's life; ConfigError when every uid
-        of the range is taken."""
-        uid = self._by_name.get(name)
+    def uid_of(self, name: str, tenant: str) -> int:
+        """The uid of tenant `tenant`'s agent `name`, the same for the daemon's life;
+        ConfigError when every uid of the range is taken."""
+        held = held_name(name, tenant)
+        uid = self._by_name.get(held)
         if uid is not None:
             return uid
         size = len(self.uids)
-        start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % size
+        start = int.from_bytes(hashlib.sha256(held.encode()).digest()[:8], "big") % size
         for i in range(size):
             uid = self.uids[(start + i) % size]
             if uid not in self._taken and passwd_of(str(uid)) is None:
-                self._by_name[name] = uid
+                self._by_name[held] = uid
                 self._taken.add(uid)
                 return uid
         raise ConfigError(f"agents.{name}: every uid of [supervisor] dynamic_uids "
                           f"({self.uids.start}-{self.uids.stop - 1}) is taken")
 
-    def home_of(self, name: str, uid: int) -> Path:
-        """Agent `name`'s state directory, made (or handed over) to `uid`, 0700."""
+    def home_of(self, name: str, tenant: str, uid: int) -> Path:
+        """The state directory of tenant `tenant`'s agent `name`, made (or handed over) to
+        `uid`, 0700."""
+        name = held_name(name, tenant)
         self.homes.mkdir(mode=0o711, parents=True, exist_ok=True)
         st = os.lstat(self.homes)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():

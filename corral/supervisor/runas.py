@@ -37,9 +37,9 @@ def run_as(spec: ProcessSpec, tenant: TenantSpec | None,
     if tenant is None or tenant.user is None or (
             spec.user is not None and not same_user(spec.user, tenant.user)):
         if spec.user is None and dynamic is not None and isinstance(spec, AgentSpec):
-            uid = dynamic.uid_of(spec.name)
+            uid = dynamic.uid_of(spec.name, spec.tenant)
             return RunAs(None, None, spec.limits, False, uid,
-                         str(dynamic.home_of(spec.name, uid)))
+                         str(dynamic.home_of(spec.name, spec.tenant, uid)))
         return RunAs(spec.user, spec.group, spec.limits, False)
     limits = spec.limits
     cap = tenant.max_processes
