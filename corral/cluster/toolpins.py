@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from .. import jsonrpc
+from .. import jsonrpc, timeouts
 from ..jsonrpc import RpcError
 from ..mcp.pins import Pin, Table
 from .keys import Keys
@@ -90,9 +90,7 @@ class ClusterPins:
             return None  # this node's pin judges meanwhile: a drift stays one
 
     def replace(self, server: str, tool: str, pin: Pin) -> None:
-        task = asyncio.get_running_loop().create_task(self._replace(server, tool, pin))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        timeouts.kept(self._writes, asyncio.ensure_future(self._replace(server, tool, pin)))
 
     async def _replace(self, server: str, tool: str, pin: Pin) -> None:
         at = field(server, tool)
