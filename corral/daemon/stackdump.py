@@ -10,6 +10,7 @@ import contextlib
 import signal
 import sys
 import threading
+import traceback
 import types
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,12 +44,8 @@ def awaits(task: asyncio.Task[Any]) -> str:
     return " > ".join(parts) or "(not started)"
 
 
-def _thread(frame: types.FrameType | None) -> str:
-    frames: list[str] = []
-    while frame is not None:
-        frames.append(_frame(frame))
-        frame = frame.f_back
-    return " > ".join(reversed(frames))
+def _thread(frame: types.FrameType) -> str:
+    return " > ".join(reversed([_frame(f) for f, _ in traceback.walk_stack(frame)]))
 
 
 def stacks() -> list[str]:
