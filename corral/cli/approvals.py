@@ -14,7 +14,7 @@ from .. import methods as m
 from ..askviews import Ask, what_it_asks
 from ..text import one_line, plural
 from .app import Ctx, cli, command, doc, json_option, pass_ctx, shows
-from .render import dumps, stamp, table
+from .render import dumps, json_value, stamp, table
 
 
 @shows(m.ApprovalsList, group=True)
@@ -50,27 +50,15 @@ group = cli.commands["approvals"]
 assert isinstance(group, click.Group)  # (for the type of its commands below)
 
 
-def _json(text: str, option: str) -> Any:
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        # the likeliest slip: a bare word for a string answer
-        hint = (f" (a string is quoted JSON: {option} '\"{text}\"')"
-                if text and not text.lstrip().startswith(('"', "{", "[")) else "")
-        raise click.UsageError(f"{option}: not JSON: {exc}{hint}") from None
-
-
 @group.command("approve", help=doc(m.ApprovalsResolve),
-                   short_help="Approve a held call: it runs (with --args, with those).")
+               short_help="Approve a held call: it runs (with --args, with those).")
 @click.argument("ask_id")
 @click.option("--args", "arguments", metavar="JSON",
               help="The arguments the call runs with, in place of those it asked with.")
 @json_option
 @pass_ctx
 def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: bool) -> None:
-    edited = _json(arguments, "--args") if arguments is not None else None
+    edited = json_value(arguments, "--args") if arguments is not None else None
     if edited is not None and not isinstance(edited, dict):
         raise click.UsageError("--args: the arguments are a JSON object")
     _shown(obj.call_json(m.ApprovalsResolve(id=ask_id, decision="approved", arguments=edited),
@@ -78,7 +66,7 @@ def approvals_approve(obj: Ctx, ask_id: str, arguments: str | None, as_json: boo
 
 
 @group.command("deny", help=doc(m.ApprovalsResolve),
-                   short_help="Deny an ask: its call refused, or its question declined.")
+               short_help="Deny an ask: its call refused, or its question declined.")
 @click.argument("ask_id")
 @click.option("--reason", help="Why: the agent is told it with the tool's error.")
 @json_option
@@ -88,7 +76,7 @@ def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> 
 
 
 @group.command("answer", help=doc(m.ApprovalsResolve),
-                   short_help="Answer a question with JSON valid by its schema.")
+               short_help="Answer a question with JSON valid by its schema.")
 @click.argument("ask_id")
 @click.option("--data", "data", metavar="JSON", required=True,
               help="The answer, valid by the question's schema.")
@@ -96,7 +84,7 @@ def approvals_deny(obj: Ctx, ask_id: str, reason: str | None, as_json: bool) -> 
 @pass_ctx
 def approvals_answer(obj: Ctx, ask_id: str, data: str, as_json: bool) -> None:
     _shown(obj.call_json(m.ApprovalsResolve(id=ask_id, decision="answered",
-                                            answer=_json(data, "--data")), as_json))
+                                            answer=json_value(data, "--data")), as_json))
 
 
 @command(m.ApprovalsWatch, more="\n\nOne line each: the ask, then `pending` or how it "

@@ -173,20 +173,17 @@ def doctor(obj: Ctx, config: str | None, as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-UNIT_FILES = ("/etc/systemd/system/corral.service", "/run/systemd/system/corral.service",
-              "/usr/local/lib/systemd/system/corral.service",
-              "/lib/systemd/system/corral.service")
-
-
 def _daemons_path(obj: Ctx) -> tuple[str, str] | None:
     """The PATH the daemon runs commands with, and whose it is: the running daemon's (if
     one answers), else the installed unit's `Environment=PATH=`, else None."""
     import pathlib
 
+    from .install import UNIT_DIRS
+
     info = obj.info()
     if info is not None and info.path is not None:
         return info.path, f"the running daemon's (pid {info.pid})"
-    for unit in UNIT_FILES:
+    for unit in (f"{d}/corral.service" for d in UNIT_DIRS):
         try:
             text = pathlib.Path(unit).read_text(encoding="utf-8")
         except OSError:

@@ -26,11 +26,6 @@ def parse_since(value: str | None) -> float | None:
                                  param_hint="--since") from None
 
 
-def as_seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """`duration` as a callback of the option --since."""
-    return duration(value)
-
-
 def duration(value: str | None, hint: str = "--since") -> float | None:
     """Seconds from 90, 90s, 15m, 1h or 2d (else a usage error naming the option `hint`)."""
     if value is None:

@@ -6,12 +6,11 @@ import sys
 from typing import Any
 
 import click
-import msgspec
 
 from .. import methods as m
 from ..text import iso_time, plural
 from .app import Ctx, cli, command, json_option
-from .render import dumps
+from .render import dumps, json_value
 
 
 @cli.group()
@@ -24,11 +23,8 @@ def events() -> None:
 @click.argument("data", required=False, default="null")
 @click.option("--tenant", default=None, help="Only this tenant's workers and followers.")
 def events_publish(obj: Ctx, topic: str, data: str, tenant: str | None) -> None:
-    try:
-        value = msgspec.json.decode(data.encode())
-    except msgspec.DecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
-    res: m.PublishResult = obj.call(m.EventsPublish(topic=topic, data=value, tenant=tenant))
+    res: m.PublishResult = obj.call(m.EventsPublish(topic=topic, data=json_value(data, "DATA"),
+                                                    tenant=tenant))
     click.echo(f"delivered to {plural(res.delivered, 'subscriber')}")
 
 

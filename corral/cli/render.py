@@ -1,5 +1,5 @@
 """How results are shown: JSON for scripts, tables, and times, bytes and latencies as
-people read them."""
+people read them; and the JSON a command line gives."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ def print_json(obj: Any, *, one_line: bool = False) -> None:
 
     click.echo(json.dumps(msgspec.to_builtins(obj), indent=None if one_line else 2,
                           sort_keys=False))
+
+
+def json_value(text: str, hint: str) -> Any:
+    """The JSON an argument or option (`hint`) gives; else a usage error naming it, and
+    the likeliest slip, a bare word for a string."""
+    try:
+        return msgspec.json.decode(text.encode())
+    except msgspec.DecodeError as exc:
+        bare = (f" (a string is quoted JSON: {hint} '\"{text}\"')"
+                if text and not text.lstrip().startswith(('"', "{", "[")) else "")
+        raise click.BadParameter(f"not JSON: {exc}{bare}", param_hint=hint) from None
 
 
 def dumps(value: Any, **kw: Any) -> str:

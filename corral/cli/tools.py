@@ -7,13 +7,12 @@ import sys
 from typing import Any
 
 import click
-import msgspec
 
 from .. import methods as m
 from ..text import did_you_mean
 from .app import Ctx, cli, command, command_group, complete_agents, json_option, pass_ctx
 from .client import EXIT_FAILED
-from .render import dumps, print_json, table
+from .render import dumps, json_value, print_json, table
 
 
 @command_group(m.ToolsList)
@@ -215,10 +214,7 @@ def prompts(obj: Ctx, words: tuple[str, ...], args: str, agent: str | None,
 
 
 def _json_object(text: str, hint: str) -> dict[str, Any]:
-    try:
-        value = msgspec.json.decode(text.encode())
-    except msgspec.DecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from None
+    value = json_value(text, hint)
     if not isinstance(value, dict):
         raise click.BadParameter("must be a JSON object", param_hint=hint)
     return value

@@ -13,7 +13,7 @@ import msgspec
 from .. import methods as m
 from .app import Ctx, cli, command, fail, json_option, said, shows
 from .client import EXIT_FAILED
-from .durations import as_seconds
+from .durations import duration
 from .render import dumps, print_json, table
 from .runtimedefs import runtime_commands
 from .tasks import _read_input, input_of
@@ -192,7 +192,8 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
               type=click.Choice(["running", "succeeded", "failed", "cancelled",
                                  "timed_out"]),
               help="Only runs in this status.")
-@click.option("--since", default=None, metavar="DURATION", callback=as_seconds,
+@click.option("--since", default=None, metavar="DURATION",
+              callback=lambda ctx, param, value: duration(value),
               help="Only runs started within this long ago: 90s, 15m, 1h, 2d.")
 @click.option("--before", default=None, metavar="RUN_ID",
               help="Only runs started before this one: the next page (older runs).")
