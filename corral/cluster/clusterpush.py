@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .connection import read, unanswered
+from .connection import read, read_all, unanswered
 from .keys import Keys
 from .trust import PUSH, Trust
 
@@ -98,11 +98,15 @@ class ClusterPush:
                         "Redis"):
             listed = await read(lambda: self.redis.smembers(self.keys.pushed))
             ids = {x: x.decode(errors="replace") for x in listed}
-            gone = [x for x, t in ids.items() if t.encode() != x
-                    or not await self.redis.exists(self.keys.push(t))]
+            named = {x: t for x, t in ids.items() if t.encode() == x}
+            # (whether each has its hash still, in one round trip)
+            there = await read_all(self.redis, lambda pipe: [
+                pipe.exists(self.keys.push(t)) for t in named.values()]) if named else []
+            kept = {x: t for (x, t), n in zip(named.items(), there, strict=True) if n}
+            gone = [x for x in ids if x not in kept]
             if gone:
                 await self.redis.srem(self.keys.pushed, *gone)
-        return sorted(t for x, t in ids.items() if x not in gone)
+        return sorted(kept.values())
 
     async def lead(self, task_id: str, holder: str, seconds: float) -> bool:
         with unanswered(f"who delivers task {task_id}'s push configs was not read from "

@@ -20,7 +20,7 @@ async def test_garbage_that_is_no_utf8_stops_no_read_of_the_configs(client: Any)
     said: list[str] = []
     store = ClusterPush(client, K, Trust(b"k" * 32, "t", said.append))
     assert await store.put("t1", "c1", b'{"kept": 1}', 16)
-    await client.sadd(K.pushed, b"\xff\xfe")
+    await client.sadd(K.pushed, b"\xff\xfe", b"t2")  # (t2's configs expired)
     await client.hset(K.push("t1"), b"\xff", b"1 mac record")
     assert await store.tasks() == ["t1"]
     assert await client.smembers(K.pushed) == {b"t1"}  # (dropped, as an expired one)
