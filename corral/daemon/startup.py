@@ -763,10 +763,18 @@ def freeze_heap(*, collect: bool = True) -> None:
     """Modules, classes, config and the daemon's own parts live as long as the process:
     out of every full pass of the cyclic collector from here on. `collect`: a pass over
     the young generations first (not in an upgrade's image, whose dispatch waits). Not a
-    full pass: it took ~17 ms of a boot and found nothing to free."""
+    full pass: it took ~17 ms of a boot and found nothing to free. Then the youngest
+    generation is let grow to YOUNG_OBJECTS before its pass (decision 2135)."""
     if collect:
         gc.collect(1)
     gc.freeze()
+    gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
+
+
+# the tracked objects made (less those freed) before the collector's pass over the youngest
+# generation: the requests in flight at once hold about as many as Python's default, so at
+# its default a pass came every few dozen of them and found what they still held
+YOUNG_OBJECTS = 10_000
 
 
 def export_bound(cfg: Config) -> float:
