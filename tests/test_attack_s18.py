@@ -340,3 +340,43 @@ async def test_a_tenants_check_command_outside_its_cwd_is_refused_as_its_command
                     assert f'is {tool}, outside its cwd ({acme})' in body["detail"], body
         assert "box" not in d.sup.agents
         assert not (acme / "said").exists()
+
+
+# -- a tenant's development watch: root's inotify, a host's whole ------------------------
+
+def _inotify_fds() -> int:
+    """This process's inotify instances (the in-process daemon's among them)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir()
+               if os.path.exists(fd) and os.readlink(fd) == "anon_inode:inotify")
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.xfail(strict=True, reason=(
+    "hole: corral/daemon/privilege.py lets a tenant's caller name `watch`: each agent's "
+    "watch is an inotify instance of the daemon's (root's, filewatch.py), watching its "
+    "cwd's whole tree, without bound"))
+async def test_a_tenants_caller_names_no_watch(tmp_path: Path) -> None:
+    """The attack (measured on three agents: three inotify instances more in the daemon;
+    not run to its end on a shared host): a tenant's caller adds agents with `watch =
+    ["*"]`, development mode. Each is a file watch of the daemon's (filewatch.py, one
+    `awatch` an agent), an inotify instance of root's with a watch on every directory
+    under its cwd, which the tenant's agent fills: root's inotify instances (128 by
+    default, every root service's on the host: systemd's, udev's) and watches
+    (`max_user_watches`) are the tenant's to spend. `watch` is the operator's, as `warm`
+    and `preload` are: refused (403, the key named), nothing added, no watch made."""
+    acme = tmp_path / "acme"
+    acme.mkdir()
+    port = free_port()
+    tenants = f'[tenants.acme]\ndir = "{acme}"\n\n[http]\nlisten = "127.0.0.1:{port}"\n'
+    async with in_process(tmp_path, "", tenants) as d:
+        before = _inotify_fds()
+        async with await _tenant(d, port) as http, http.post("/api/v1/agents", json={
+                "agents": {f"w{i}": {"protocol": "none", "command": ["/bin/sleep", "1000"],
+                                     "watch": ["*"]} for i in range(3)}}
+        ) as r:
+            body = await r.json()
+            assert r.status == 403, body
+            assert "agents.w0.watch: " in body["detail"], body
+        assert not [n for n in d.sup.agents if n.startswith("w")]
+        assert _inotify_fds() == before
