@@ -170,8 +170,9 @@ class Membership(RedisPart):
                                         socket.gethostname(), self.trust.fingerprint, agents,
                                         self.sticky, queues, tenant_queues)), agents
 
-    def _one_daemon(self) -> list[Any]:
-        return [self.daemon, self.keys.alive("")]
+    def _args(self, beat: bytes) -> list[Any]:
+        """JOIN's and BEAT's: the beat, its key's TTL, and whose (one daemon per node)."""
+        return [self.node, beat, int(self.ttl * 1000), self.daemon, self.keys.alive("")]
 
     async def holder(self) -> Beat | None:
         """Another daemon's beat as this node, while its incarnation is alive."""
@@ -237,8 +238,7 @@ class Membership(RedisPart):
         self.incarnation, self.consumer = inc, name
         beat, offered = self._beat_json()
         ok = await self.scripts.join(keys=[self.keys.alive(name), self.keys.nodes],
-                                     args=[self.node, beat, int(self.ttl * 1000),
-                                           *self._one_daemon()])
+                                     args=self._args(beat))
         if self._another(ok):
             self.state = "duplicate"
             return
@@ -253,8 +253,7 @@ class Membership(RedisPart):
     async def renew(self) -> bool:
         beat, offered = self._beat_json()
         ok = await self.scripts.beat(keys=[self.keys.alive(self.consumer), self.keys.nodes],
-                                     args=[self.node, beat, int(self.ttl * 1000),
-                                           *self._one_daemon()])
+                                     args=self._args(beat))
         if self._another(ok):
             # two daemons joined as one node (Redis was away when this one started): the
             # one that finds the other yields; its key goes now, so its tasks are the
