@@ -34,6 +34,7 @@ from .connection import read_all, why
 from .keys import GROUP, Keys, priority_numbers, split_route
 from .membership import Membership
 from .queue import ClusterTask
+from .runningcalls import COUNT_DIGITS
 from .scripts import RedisPart, Scripts
 from .trust import Trust
 
@@ -69,7 +70,8 @@ _attempt = msgspec.json.Decoder(dict[str, Any])
 # A record's fields, a Redis writer's too: one that does not parse is read as none (its
 # defaults), never a failure of the beat, which would stop every takeover after it.
 def _number(field: bytes | None) -> int | None:
-    return int(field) if field and field.removeprefix(b"-").isdigit() else None
+    digits = (field or b"").removeprefix(b"-")  # (more than a count's: int() raises)
+    return int(field or b"") if digits.isdigit() and len(digits) <= COUNT_DIGITS else None
 
 
 def _outcome(attempt: bytes) -> Any:

@@ -53,6 +53,9 @@ async def test_garbage_in_redis_stops_no_takeover_of_a_dead_nodes_task(client: A
     await client.hset(K.task(bad), mapping={"retries_left": b"many\xff", "retry_lost": "x",
                                             "agent": b"\xff"})
     await client.rpush(K.attempts(bad), b"{not json")
+    # a record whose retries are more digits than int() takes (ValueError)
+    huge = await dead_nodes_task(s, client, 4, "p/1")
+    await client.hset(K.task(huge), "retries_left", b"9" * 5000)
     # a record that is no hash, its entry held by a dead incarnation
     worse = await dead_nodes_task(s, client, 3, "n/2")
     await client.delete(K.task(worse))
@@ -73,7 +76,8 @@ async def test_garbage_in_redis_stops_no_takeover_of_a_dead_nodes_task(client: A
     assert await client.hget(K.task(good), "status") == b"queued"
     # the garbled record decided on its defaults: no retries, its agent's retry_lost
     assert await client.hget(K.task(bad), "status") == b"queued"
-    assert reaper.requeued + reaper.lost == 2
+    assert (await client.hmget(K.task(huge), "status", "retries_left")) == [b"queued", b"0"]
+    assert reaper.requeued + reaper.lost == 3
     assert f"cluster: task {good} of z/1 queued again (node z lost)" in said
     assert any(line.startswith(f"cluster: task {worse} of n/2 not taken over: ")
                for line in said), said
