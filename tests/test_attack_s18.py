@@ -352,10 +352,6 @@ def _inotify_fds() -> int:
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: corral/daemon/privilege.py lets a tenant's caller name `watch`: each agent's "
-    "watch is an inotify instance of the daemon's (root's, filewatch.py), watching its "
-    "cwd's whole tree, without bound"))
 async def test_a_tenants_caller_names_no_watch(tmp_path: Path) -> None:
     """The attack (measured on three agents: three inotify instances more in the daemon;
     not run to its end on a shared host): a tenant's caller adds agents with `watch =

@@ -76,6 +76,8 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
         return "warm", _differs(True, tenant, False, "")
     if spec.preload:
         return "preload", _differs(spec.preload, tenant, None, "none")
+    if spec.watch:  # each an inotify instance of root's, over a tree the agent fills
+        return "watch", _differs(spec.watch, tenant, None, "none")
     if spec.release is not None and spec.release not in releases:
         return "release", (f"{_shown(spec.release)}: releases are deployed by the operator "
                            "(a rollback may restore one this agent ran)")
