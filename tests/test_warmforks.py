@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from . import warmforks
 from .conftest import ROOT, spare_the_fork_server
 from .test_daemon_cli import wait_until
 from .warmforks import (
@@ -273,3 +274,29 @@ def test_an_agent_command_is_a_fork_of_its_preloads_server_which_is_spared(
     imported, pid = out.split()
     assert (launched.returncode, imported) == (0, "True"), err
     assert int(pid) != launched.pid  # a fork, not the launcher become the program
+
+
+async def test_a_server_slower_than_a_tests_wait_fails_that_test_saying_so_and_serves_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server whose preload takes longer than READY_WAIT (a loaded host's imports): the
+    async test that asked for it fails saying so, rather than hold its event loop until
+    the backstop ends its worker, and the server, left starting, is the next asker's."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("CORRAL_TEST_IMPORT_GATE", str(gate))
+    monkeypatch.setattr(warmforks, "READY_WAIT", 0.5)
+    module = "tests.servers.gated_import"
+    server = warmforks._Server("gated", (module,), bare=False)
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            server.server()
+        pid = server.pid()
+        assert str(raised.value) == (
+            f"the warm server of ['{module}'] (pid {pid}) was not ready within 0.5 s: its "
+            "imports, slowed by a loaded host (it goes on starting for the next test)")
+        assert server.proc is not None and server.proc.poll() is None
+        gate.touch()
+        monkeypatch.setattr(warmforks, "READY_WAIT", 60.0)
+        assert server.server() == pid  # the same server, ready now
+    finally:
+        if server.proc is not None:
+            warmforks.stop(server.proc, server.path)

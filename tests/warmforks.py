@@ -224,21 +224,71 @@ def serve(path: str, preload: list[str]) -> None:
 BARE = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE")
 
 
-def start(path: str, preload: tuple[str, ...], cwd: Path | str, bare: bool = False
+# How long an async test waits for a server to import its preload (the agents' server's
+# openai and anthropic are seconds of CPU): just within its own deadline (conftest's
+# ASYNC_TEST_TIMEOUT), which cannot fail it meanwhile, as the wait holds its event loop. A
+# server that a host loaded far past its cores slowed beyond the backstop took the worker
+# down with it (a fresh clone at load 40: "[gw0] node down"); past this, the test fails
+# saying so, and the server goes on starting for the next test. A sync test waits as long
+# as it takes: its own timeout (SIGALRM) interrupts the wait
+READY_WAIT = 80.0
+
+
+def ready_wait() -> float | None:
+    """READY_WAIT in an event loop (an async test's), else none."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return READY_WAIT
+
+
+def spawn(path: str, preload: tuple[str, ...], cwd: Path | str, bare: bool = False
           ) -> subprocess.Popen[str]:
-    """A server at `path` that has imported `preload`, ready; `bare`: with none of this
-    process's environment but the interpreter's settings and BARE (not a variable a test
-    set for its daemon, such as a provider's key that its agents must never see)."""
+    """A server at `path` importing `preload`, not waited for (`wait_ready`); `bare`: with
+    none of this process's environment but the interpreter's settings and BARE (not a
+    variable a test set for its daemon, such as a provider's key that its agents must
+    never see)."""
     import subprocess
 
     from .conftest import ROOT
 
     env = {k: v for k, v in os.environ.items() if k in BARE or k.startswith("PYTHON")} \
         if bare else dict(os.environ)
-    proc = subprocess.Popen([sys.executable, HERE, "serve", path, *preload],
+    return subprocess.Popen([sys.executable, HERE, "serve", path, *preload],
                             stdout=subprocess.PIPE, text=True, cwd=cwd,
                             env={**env, "PYTHONPATH": str(ROOT)})
-    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+
+
+def wait_ready(proc: subprocess.Popen[str], preload: tuple[str, ...],
+               seconds: float | None) -> None:
+    """Until the server says it is ready; RuntimeError if it does not within `seconds`
+    (it is left starting; None: no bound) or says anything else."""
+    import select
+
+    assert proc.stdout is not None
+    if not select.select([proc.stdout], [], [], seconds)[0]:
+        raise RuntimeError(f"the warm server of {list(preload)} (pid {proc.pid}) was not "
+                           f"ready within {seconds:g} s: its imports, slowed by a loaded "
+                           "host (it goes on starting for the next test)")
+    said = proc.stdout.readline()
+    if said != "ready\n":
+        raise RuntimeError(f"the warm server of {list(preload)} (pid {proc.pid}) said "
+                           f"{said!r}, not ready")
+
+
+def start(path: str, preload: tuple[str, ...], cwd: Path | str, bare: bool = False
+          ) -> subprocess.Popen[str]:
+    """A server at `path` that has imported `preload`, ready (`spawn`); ended if it is
+    not within `ready_wait`."""
+    proc = spawn(path, preload, cwd, bare)
+    try:
+        wait_ready(proc, preload, ready_wait())
+    except RuntimeError:
+        stop(proc, path)
+        raise
     return proc
 
 
@@ -292,8 +342,9 @@ class _Server:
     def __init__(self, name: str, preload: tuple[str, ...], bare: bool) -> None:
         self.path = f"/tmp/corral-warm-{name}-{os.getpid()}"
         self.preload = preload
-        self.bare = bare  # (`start`)
+        self.bare = bare  # (`spawn`)
         self.proc: subprocess.Popen[str] | None = None
+        self.ready = False  # (its proc's "ready" read)
         self.spent_before = 0.0  # what the servers before this one said
 
     def server(self) -> int | None:
@@ -308,8 +359,12 @@ class _Server:
             import atexit
             import tempfile
 
-            self.proc = start(self.path, self.preload, tempfile.gettempdir(), self.bare)
+            self.proc = spawn(self.path, self.preload, tempfile.gettempdir(), self.bare)
+            self.ready = False
             atexit.register(stop, self.proc, self.path)
+        if self.proc is not None and not self.ready:
+            wait_ready(self.proc, self.preload, ready_wait())
+            self.ready = True
         return self.pid()
 
     def pid(self) -> int | None:
