@@ -103,11 +103,6 @@ async def test_a_tenants_relative_pythonpath_binds_nothing_of_the_daemons_direct
 
 @NO_SANDBOX
 @pytest.mark.deadline(180)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: corral/supervisor/replica.py _wrap binds an agent's cwd as named at each start "
-    "(bwrap follows a link there), where privilege.py checked it resolved inside its "
-    "tenant's dir once, at the add: another agent of the tenant, writing that dir, makes "
-    "it a link to any host directory, bound writable at the next start"))
 async def test_a_link_put_where_an_agents_cwd_was_binds_no_host_directory(
         tmp_path: Path) -> None:
     """The attack: tenant acme's caller adds two sandboxed agents, `keeper` in acme's dir
@@ -142,8 +137,11 @@ async def test_a_link_put_where_an_agents_cwd_was_binds_no_host_directory(
             replica = await d.sup.wait_state("box", {State.READY, State.IDLE, State.FAILED},
                                              timeout=60)
             assert replica.pid != before
-        done = await _run(d, "box", {"do": "read", "path": str(acme / "box" / "secret.txt")})
-        assert done.get("output") != {"ok": "the host's secret"}, done
+        # its start refused: no process of it ran with the host directory bound
+        assert replica.state is State.FAILED, replica.state
+        assert replica.last_exit == (
+            f"spawn failed: its cwd {acme / 'box'} is {hostdir} now, outside its tenant's "
+            f"dir ({acme}) through a link there: a cwd is bound inside its tenant's dir alone")
 
 
 # -- a freed name's uid and state directory --------------------------------------------

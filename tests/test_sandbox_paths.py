@@ -21,7 +21,13 @@ import pytest
 from corral.supervisor.config import ConfigError, McpServerSpec
 from corral.supervisor.configload import load_config, parse_agents, parse_servers
 from corral.supervisor.mcpegress import server_sandboxed
-from corral.supervisor.sandbox import out_of_reach, plain, program_paths, sandboxed
+from corral.supervisor.sandbox import (
+    bound_cwd,
+    out_of_reach,
+    plain,
+    program_paths,
+    sandboxed,
+)
 from corral.supervisor.tuning import Tuning
 
 from .sandboxprobe import sandbox_refusal
@@ -93,6 +99,31 @@ def test_a_program_spelt_through_a_dot_dot_binds_what_the_kernel_runs_it_from(
     tool.touch()
     (tmp_path / "a").mkdir()
     assert program_paths(f"{tmp_path}/a/../b/bin/tool") == [str(tmp_path / "b")] * 2
+
+
+def test_a_cwd_is_bound_as_resolved_and_inside_its_tenants_dir_at_each_start(
+        tmp_path: Path) -> None:
+    """Session 18's hole 2, the rule alone: a tenant's agent's cwd was checked inside its
+    tenant's dir at the add and bound as named at each start, which bubblewrap follows: a
+    link another agent of the tenant put there bound a host directory. The way to a cwd
+    that reaches its tenant's dir must end in it, at each start; a link there to another
+    place of the dir, or an operator's link outside it, is followed."""
+    acme, host = tmp_path / "acme", tmp_path / "host"
+    (acme / "releases" / "v2").mkdir(parents=True)
+    host.mkdir()
+    (acme / "box").symlink_to(host)
+    (acme / "current").symlink_to(acme / "releases" / "v2")
+    (tmp_path / "door").symlink_to(acme / "box")  # (an operator's, to the tenant's)
+    (tmp_path / "ops").symlink_to(host)
+    said = f"its tenant's dir ({acme}) through a link there: a cwd is bound inside its " \
+           "tenant's dir alone"
+    for cwd in (acme / "box", tmp_path / "door"):
+        with pytest.raises(OSError) as refused:
+            bound_cwd(str(cwd), str(acme))
+        assert str(refused.value) == f"its cwd {cwd} is {host} now, outside {said}"
+    assert bound_cwd(str(acme / "current"), str(acme)) == str(acme / "releases" / "v2")
+    assert bound_cwd(str(tmp_path / "ops"), str(acme)) == str(host)
+    assert bound_cwd(str(acme / "box"), None) == str(host)  # (no tenant's dir: as named)
 
 
 @pytest.mark.skipif(sandbox_refusal(None) is not None, reason="no sandbox here")

@@ -26,6 +26,7 @@ from .release import release_environment
 from .sandbox import (
     GatewayRelay,
     agents_own,
+    bound_cwd,
     exit_status,
     host_refusal,
     out_of_reach,
@@ -314,7 +315,8 @@ class Replica(ProcessReplica):
         # what the agent may write chooses no bind (issue 88): a link or a pyvenv.cfg
         # there is not followed, nor a path there bound apart (its writable bind holds it;
         # a link the agent made on the way to it chose what was bound: decision 1825)
-        writable = [spec.cwd or os.getcwd(), *spec.write_paths]
+        cwd = spec.cwd or os.getcwd()
+        writable = [cwd, *spec.write_paths]
         # a relative PYTHONPATH entry is the agent's cwd's, as its interpreter reads it
         # (and tenantbinds.py judged it), never the daemon's
         pythonpath = warm_pythonpath(env, spec.cwd) or ""
@@ -328,8 +330,12 @@ class Replica(ProcessReplica):
             read_only.append(spec.release)
             if self.host.tuning.release_sdk is not None:
                 read_only.append(self.host.tuning.release_sdk())
+        # its cwd as resolved at this start, inside its tenant's dir still (privilege.py
+        # judged it at the add alone; another agent of the tenant writes that dir)
+        tenant = self.host.tenant_spec(spec.tenant)
+        held = bound_cwd(cwd, tenant.dir if tenant is not None else None)
         return sandboxed(
-            argv, program=self.host.tuning.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
+            argv, program=self.host.tuning.sandbox_program, cwd=cwd, env=env,
             network=network, root=(os.geteuid() if uid is None else uid) == 0,
             read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
             protected=self.host.tuning.protected_paths,
@@ -337,7 +343,7 @@ class Replica(ProcessReplica):
             writable=[*spec.write_paths, *(h for h in (self.run and self.run.home,) if h)],
             relay=self._relay(env),
             seccomp=self._seccomp(beside),
-            trips=None if beside else self._trips)
+            trips=None if beside else self._trips, cwd_from=held)
 
     def _seccomp(self, beside: bool) -> str | int | None:
         """The filter bwrap is given: the replica's process's by its descriptor (opened

@@ -32,6 +32,7 @@ RELAY_DIR = "/run/corral"
 RELAY_SCRIPT = str(Path(__file__).with_name("egressrelay.py"))
 SHELL = "/bin/sh"
 SECCOMP_FD = 9  # the descriptor bwrap is told to read an egress filter from
+LINKS_FOLLOWED = 40  # the kernel's bound on the links one path's walk follows
 # the host settings that forbid unprivileged user namespaces, and the value that does
 USERNS_SYSCTLS = (
     ("kernel/unprivileged_userns_clone", "0"),  # Debian's and older Ubuntu's patch
@@ -213,6 +214,41 @@ def resolve_program(argv0: str, env: dict[str, str], cwd: str | None) -> str:
     return found if found is not None else argv0
 
 
+def bound_cwd(cwd: str, tenant_dir: str | None) -> str:
+    """The host's directory bound as an agent's `cwd`: resolved now, as bwrap would follow
+    it. `tenant_dir`: its tenant's, which that tenant's agents write: a way to the cwd
+    through a link there must end there (a link one agent put there chose another's cwd,
+    checked at its add alone: decision 2171); OSError where it leaves."""
+    real = os.path.realpath(cwd)
+    if tenant_dir is None:
+        return real
+    home = os.path.realpath(tenant_dir)
+    if not _inside(real, home) and any(_inside(d, home) for d in _links_in(cwd)):
+        raise OSError(f"its cwd {cwd} is {real} now, outside its tenant's dir "
+                      f"({tenant_dir}) through a link there: a cwd is bound inside its "
+                      "tenant's dir alone")
+    return real
+
+
+def _links_in(path: str) -> list[str]:
+    """The directory (resolved) of each link followed on the way to `path`, walked as
+    the kernel walks it."""
+    todo = plain(os.path.join(os.getcwd(), path)).split("/")[1:]
+    here = "/"
+    found: list[str] = []
+    while todo and len(found) <= LINKS_FOLLOWED:  # (past it: the kernel's ELOOP)
+        part = todo.pop(0)
+        step = os.path.dirname(here) if part == ".." else os.path.join(here, part)
+        if part == ".." or not os.path.islink(step):
+            here = step
+            continue
+        found.append(here)
+        target = os.readlink(step)
+        todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+        here = "/" if target.startswith("/") else here
+    return found
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -237,15 +273,18 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               writable: Iterable[str] = (),
               relay: GatewayRelay | None = None,
               seccomp: str | int | None = None,
-              trips: Mapping[str, str] | None = None) -> list[str]:
+              trips: Mapping[str, str] | None = None,
+              cwd_from: str | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed; `cwd` and
     `writable` writable. Mounts are made parents first, so a read-only directory inside
     the cwd (a venv) stays read-only; a path both read-only and writable is writable.
     `relay`: run first where the gateways are TCP (egressrelay.py). `seccomp`: a filter
     (seccomp.py) as a descriptor, or a file opened by a shell that execs bwrap. `trips`:
     path inside -> the host's file bound there, corral's own: the replica's listener at
-    the control socket's path, its decoys of the files no agent reads (egresstrip.py)."""
+    the control socket's path, its decoys of the files no agent reads (egresstrip.py).
+    `cwd_from`: the host's directory bound at `cwd` (`bound_cwd`'s), else `cwd` itself."""
     protected, writable = list(protected), [cwd, *writable]
+    sources = {os.path.abspath(cwd): cwd_from} if cwd_from is not None else {}
     for place in writable:  # (corral's file in a writable bind: the agent moves its mask)
         why = exposed(place, protected)
         if why:
@@ -310,7 +349,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
             args += (["--tmpfs", path] if os.path.isdir(path)
                      else ["--ro-bind", "/dev/null", path])
         else:
-            args += [mounts[path], path, path]
+            args += [mounts[path], sources.get(path, path), path]
     # the root is bwrap's scratch tmpfs, holding the mount points: read-only, so that
     # the only places the agent writes are its directory and its /tmp
     args += relay_binds
