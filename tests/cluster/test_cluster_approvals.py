@@ -233,7 +233,8 @@ def test_a_task_past_its_asks_bound_is_refused_by_name_and_nothing_more_is_asked
         tmp: Path, redis: RedisServer) -> None:
     """[cluster] max_asks_per_task 1: a task's first question is asked and answered, its
     second refused to the agent (QUOTA_EXCEEDED, the bound named), nothing kept of it."""
-    with nodes(tmp, redis, {"a": askers()}, extra="max_asks_per_task = 1\n") as ns:
+    with nodes(tmp, redis, {"a": askers()}, extra="max_asks_per_task = 1\n",
+               ttl=CALM_TTL) as ns:
         a = ns["a"]
         both_alive(ns)
         task_id = a.call("tasks.submit", {"agent": "asker", "input": {
@@ -259,7 +260,7 @@ def test_the_supervisors_pending_asks_bound_holds_the_clusters_asks(
     first waits, nothing kept of it; the first answered, the next one is asked."""
     two_at_once = askers() + "max_concurrent_tasks = 2\n"
     with nodes(tmp, redis, {"a": two_at_once},
-               supervisor="max_pending_asks_per_tenant = 1\n") as ns:
+               supervisor="max_pending_asks_per_tenant = 1\n", ttl=CALM_TTL) as ns:
         a = ns["a"]
         both_alive(ns)
         first = a.call("tasks.submit", {"agent": "asker", "input": {"prompt": "One?"}}

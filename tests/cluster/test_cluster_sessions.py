@@ -235,7 +235,7 @@ def test_a_turn_cancelled_in_the_line_leaves_it_and_the_next_one_runs(
         tmp: Path, redis: RedisServer) -> None:
     hold = tmp / "hold"
     os.mkfifo(hold)
-    with nodes(tmp, redis, {"a": chat()}) as ns:
+    with nodes(tmp, redis, {"a": chat()}, ttl=CALM_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         t1 = submit(a, 1, hold=str(hold))
@@ -286,7 +286,7 @@ def test_max_sessions_refuses_a_new_one_and_an_expired_one_frees_its_place(
 def test_a_checkpoint_past_max_session_bytes_is_refused_with_the_reason(
         tmp: Path, redis: RedisServer) -> None:
     # {"turns":[1]} is 13 bytes, [1,2] 15, [1,2,3] 17
-    with nodes(tmp, redis, {"a": chat("max_session_bytes = 15\n")}) as ns:
+    with nodes(tmp, redis, {"a": chat("max_session_bytes = 15\n")}, ttl=CALM_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         ids = [submit(a, i) for i in (1, 2, 3)]
@@ -308,7 +308,8 @@ def test_a_forged_session_state_is_refused_and_the_turn_starts_without_it(
     key = tmp / "cluster.key"
     key.write_bytes(os.urandom(32).hex().encode())
     key.chmod(0o600)
-    with nodes(tmp, redis, {"a": chat()}, extra=f'key_file = "{key}"\n') as ns:
+    with nodes(tmp, redis, {"a": chat()}, extra=f'key_file = "{key}"\n',
+               ttl=CALM_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         assert done(a, submit(a, 1))["output"]["turns"] == [1]
@@ -337,7 +338,7 @@ def test_a_forged_session_state_is_refused_and_the_turn_starts_without_it(
 
 
 def test_a_session_run_local_stays_on_its_node(tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": chat()}) as ns:
+    with nodes(tmp, redis, {"a": chat()}, ttl=CALM_TTL) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.nodes()["nodes"]) == 1, what="the node")
         r = a.cli("run", "chat", "--input", '{"turn": 1}', "--session", "s", "--local")
