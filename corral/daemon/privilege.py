@@ -17,16 +17,9 @@ from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, TenantSpec
 from ..supervisor.isolation import isolation
 from ..supervisor.runas import same_user
+from ..supervisor.sandbox import path_inside
 from .revisions import spec_defaults
-from .tenantbinds import binds_refusal
-
-
-def _shown(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+from .tenantbinds import as_json, binds_refusal
 
 
 def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, default_cwd: str,
@@ -37,7 +30,7 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
     releases this agent may be given back (a rollback's)."""
     t = tenant_spec or TenantSpec()
     if spec.placement != "local":
-        return "placement", (f"{_shown(spec.placement)}: a cluster's agents are the "
+        return "placement", (f"{as_json(spec.placement)}: a cluster's agents are the "
                              "operator's")
     if spec.tenant != tenant:
         return "tenant", _differs(spec.tenant, tenant, tenant, "")
@@ -63,9 +56,9 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
         return "env_file", _differs(spec.env_file, tenant, None, "none")
     cwd = os.path.realpath(spec.cwd or default_cwd)
     if t.dir is not None:
-        if not _inside(cwd, os.path.realpath(t.dir)):
-            return "cwd", (f"{_shown(spec.cwd)} is outside tenant {tenant}'s dir "
-                           f"({_shown(t.dir)})")
+        if not path_inside(cwd, os.path.realpath(t.dir)):
+            return "cwd", (f"{as_json(spec.cwd)} is outside tenant {tenant}'s dir "
+                           f"({as_json(t.dir)})")
     elif cwd != os.path.realpath(default_cwd):
         return "cwd", _differs(spec.cwd, tenant, None,
                                f"it has no dir: its agents run in {default_cwd}")
@@ -79,7 +72,7 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
     if spec.watch:  # each an inotify instance of root's, over a tree the agent fills
         return "watch", _differs(spec.watch, tenant, None, "none")
     if spec.release is not None and spec.release not in releases:
-        return "release", (f"{_shown(spec.release)}: releases are deployed by the operator "
+        return "release", (f"{as_json(spec.release)}: releases are deployed by the operator "
                            "(a rollback may restore one this agent ran)")
     for ceiling in CEILINGS:
         found = ceiling.refusal(spec, tenant, t)
@@ -124,8 +117,8 @@ CEILINGS = (Ceiling("max_step_bytes", tenant_has=True, zero_unbounded=True),
 
 
 def _differs(value: Any, tenant: str, theirs: Any, otherwise: str) -> str:
-    said = _shown(theirs) if theirs is not None else otherwise
-    return f"{_shown(value)} differs from tenant {tenant}'s ({said})"
+    said = as_json(theirs) if theirs is not None else otherwise
+    return f"{as_json(value)} differs from tenant {tenant}'s ({said})"
 
 
 def check(spec: AgentSpec, who: str, tenant: str, tenant_spec: TenantSpec | None,

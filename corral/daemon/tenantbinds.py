@@ -13,7 +13,7 @@ import sys
 import msgspec
 
 from ..supervisor.config import AgentSpec
-from ..supervisor.sandbox import SYSTEM, resolve_program
+from ..supervisor.sandbox import SYSTEM, path_inside, resolve_program
 
 # the environment a tenant's caller never names: corral's own (CORRAL_MCP_SOCKET was bound
 # writable into the sandbox), the interpreter's (PYTHONPATH's entries are bound; PYTHONHOME,
@@ -27,11 +27,8 @@ CORRALS = tuple(dict.fromkeys(os.path.realpath(p) for p in (
     sys.prefix, sys.base_prefix, SDK_ROOT)))
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _shown(value: object) -> str:
+def as_json(value: object) -> str:
+    """A value as a refusal quotes it (JSON)."""
     return msgspec.json.encode(value).decode()
 
 
@@ -42,7 +39,7 @@ def _allowed(path: str, own: tuple[str, ...]) -> bool:
     for p in (os.path.normpath(path), os.path.realpath(path)):
         parts = p.split("/")
         if not ((len(parts) > 1 and parts[1] in SYSTEM)
-                or any(_inside(p, root) for root in (*own, *CORRALS))):
+                or any(path_inside(p, root) for root in (*own, *CORRALS))):
             return False
     return True
 
@@ -59,7 +56,7 @@ def binds_refusal(spec: AgentSpec, cwd: str) -> tuple[str, str] | None:
     for key, argv in _commands(spec):
         program = resolve_program(argv[0], {**os.environ, **spec.env}, cwd) if argv else ""
         if program and not _allowed(program, own):
-            return key, (f"{_shown(argv[0])} is {program}, outside its cwd ({cwd}), the "
+            return key, (f"{as_json(argv[0])} is {program}, outside its cwd ({cwd}), the "
                          "system's directories and corral's own installation: its "
                          "installation would be bound into the sandbox")
     return None
@@ -96,7 +93,7 @@ def _env_refusal(env: dict[str, str], cwd: str, own: tuple[str, ...]) -> str | N
             outside = [p for p in env[name].split(os.pathsep)
                        if p and not _allowed(os.path.join(cwd, p), own)]
             if outside:
-                return (f"PATH names {_shown(outside[0])}: a tenant's agent runs programs "
+                return (f"PATH names {as_json(outside[0])}: a tenant's agent runs programs "
                         f"of its cwd ({cwd}), the system's directories and corral's own "
                         "installation alone (a program's installation is bound into the "
                         "sandbox)")
@@ -106,10 +103,10 @@ def _env_refusal(env: dict[str, str], cwd: str, own: tuple[str, ...]) -> str | N
         if name == "PYTHONPATH":
             outside = [p for p in env[name].split(os.pathsep) if p and not (
                 os.path.normpath(p) == SDK_ROOT or
-                _inside(os.path.realpath(os.path.join(cwd, p)), cwd))]
+                path_inside(os.path.realpath(os.path.join(cwd, p)), cwd))]
             if not outside:
                 continue
-            return (f"PYTHONPATH names {_shown(outside[0])}: a tenant's agent imports from "
+            return (f"PYTHONPATH names {as_json(outside[0])}: a tenant's agent imports from "
                     f"its cwd ({cwd}) and corral's SDK ({SDK_ROOT}) alone, which the "
                     "sandbox binds")
         return (f"{name}: names starting {', '.join(CORRALS_ENV)} are corral's and its "

@@ -201,7 +201,7 @@ def agents_own(path: str, writable: Iterable[str]) -> bool:
     """Whether `path`, as named or as its links resolve, is inside one of the `writable`
     directories: the agent's to change (and reached through their binds already)."""
     named, real = os.path.abspath(path), os.path.realpath(path)
-    return any(_inside(p, os.path.realpath(w)) or _inside(p, os.path.abspath(w))
+    return any(path_inside(p, os.path.realpath(w)) or path_inside(p, os.path.abspath(w))
                for w in writable for p in (named, real))
 
 
@@ -223,7 +223,7 @@ def bound_cwd(cwd: str, tenant_dir: str | None) -> str:
     if tenant_dir is None:
         return real
     home = os.path.realpath(tenant_dir)
-    if not _inside(real, home) and any(_inside(d, home) for d in _links_in(cwd)):
+    if not path_inside(real, home) and any(path_inside(d, home) for d in _links_in(cwd)):
         raise OSError(f"its cwd {cwd} is {real} now, outside its tenant's dir "
                       f"({tenant_dir}) through a link there: a cwd is bound inside its "
                       "tenant's dir alone")
@@ -249,7 +249,8 @@ def _links_in(path: str) -> list[str]:
     return found
 
 
-def _inside(path: str, root: str) -> bool:
+def path_inside(path: str, root: str) -> bool:
+    """Whether `path` is `root` or below it (both as given: strings, not resolved)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -259,7 +260,7 @@ def exposed(cwd: str, protected: Iterable[tuple[str, str]]) -> str | None:
     rewrite corral's orders (its config, includes, state, socket). None when it holds none."""
     cwd, real = os.path.abspath(cwd), os.path.realpath(cwd)
     for path, what in protected:  # (as named and as resolved: a link names it elsewhere)
-        if _inside(os.path.abspath(path), cwd) or _inside(os.path.realpath(path), real):
+        if path_inside(os.path.abspath(path), cwd) or path_inside(os.path.realpath(path), real):
             return (f"{cwd} is writable in the sandbox and holds {what} ({path}): give the "
                     "agent a cwd of its own")
     return None
@@ -335,7 +336,7 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
     # corral's own files inside what it may read are masked: read-only is no guard for a
     # unix socket (connect(2) needs no write permission), nor for secrets
     for path in {q for p, _ in protected for q in (os.path.abspath(p), os.path.realpath(p))}:
-        if os.path.lexists(path) and any(_inside(path, m) for m in mounts):
+        if os.path.lexists(path) and any(path_inside(path, m) for m in mounts):
             mounts[path] = MASK
     trips = {os.path.abspath(inside): host for inside, host in (trips or {}).items()}
     for inside in trips:
