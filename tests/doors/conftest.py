@@ -4,9 +4,9 @@ real redis-server), its agents of tests/doors/door_agent.py, shared by the suite
 and `door`, each door a call enters by (`with a task`: made by the agent's task; `no
 task`: made by the test with the replica's own token while it runs none).
 
-A test marked `differs(door, reason)` is a strict xfail at that door: the door is not yet
-what the contract says, and once it is, the strict xfail fails the run so that its mark
-is taken off."""
+A test marked `differs(where, reason)` is a strict xfail at that door, or on that kind of
+home: the door (the home) is not yet what the contract says, and once it is, the strict
+xfail fails the run so that its mark is taken off."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def tokens_file(tmp: Path, tools: list[str] = CLIENT_TOOLS) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "differs(door, reason): a door that differs today")
+    config.addinivalue_line("markers", "differs(where, reason): a door, or a kind of home, "
+                            "that differs today")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -92,7 +93,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         callspec = getattr(item, "callspec", None)
         for mark in item.iter_markers("differs"):
-            if callspec is not None and callspec.params.get("door") == mark.args[0]:
+            if callspec is not None and mark.args[0] in (callspec.params.get("door"),
+                                                         callspec.params.get("daemon")):
                 item.add_marker(pytest.mark.xfail(strict=True, reason=mark.args[1]))
 
 

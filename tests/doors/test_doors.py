@@ -49,6 +49,7 @@ POOL = concurrent.futures.ThreadPoolExecutor(4)
 # socket's operator; each a door of the one chain, as the operator's host's at stdio
 REST_OPERATOR, CONTROL_OPERATOR = "REST operator", "control operator"
 COMMAND_DOORS = (REST_OPERATOR, CONTROL_OPERATOR)
+WHOLE = {"limit": 1 << 30}  # audit.list's rows: all of them
 # by the home, not its id: a torn-down home's id is taken again by the next one's
 _REST_TOKENS: dict[Home, Tenant] = {}
 
@@ -86,9 +87,13 @@ class Made:
 
     def __init__(self, d: Entry, agent: str, door: str, tool: str,
                  arguments: dict[str, Any], before: list[dict[str, Any]] | None = None,
-                 key: str | None = None, client: tuple[str, str] | None = None) -> None:
+                 key: str | None = None, client: tuple[str, str] | None = None,
+                 node: int = 0) -> None:
         """`key`: the call's idempotency key (at a gateway door, in its `_meta`);
-        `client`: at a client's door, another client than CLIENT, (its name, its token)."""
+        `client`: at a client's door, another client than CLIENT, (its name, its token);
+        `node`: the entry whose replica makes a call of no task (a `local` run there: a
+        cluster's task may be either node's, and what the call of no task asks is kept
+        by its replica's node, test_an_ask_of_a_call_of_no_task_is_every_nodes)."""
         if door == WORKER_IDLE:
             agent, door = f"{agent}-idle", "worker-no-task"
         self.d, self.agent = d, agent
@@ -112,7 +117,8 @@ class Made:
             self.owner = f"replica:gateway:{self.agent}:"  # (its asks': the call's own)
             url = d.ask("gateway.status", {})["url"]
         else:
-            env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
+            env = d.home.call("tasks.run", {"agent": agent, "input": {"env": True},
+                                            "local": True}, at=node)["output"]
             url, token = env["CORRAL_MCP_URL"], env["CORRAL_MCP_TOKEN"]
             self.owner = f"replica:{agent}#"  # (its asks': its incarnation's)
         if door.startswith("stdio"):  # at the node whose gateway the replica was told of
@@ -139,10 +145,10 @@ class Made:
         outcomes: list[dict[str, Any]] = done["output"]
         return outcomes[-1] if len(outcomes) == 1 else {"all": outcomes}
 
-    def ask(self) -> dict[str, Any]:
-        """The person's ask the call waits on, once it is listed."""
+    def ask(self, at: int = 0) -> dict[str, Any]:
+        """The person's ask the call waits on, once it is listed at entry `at`."""
         def mine() -> dict[str, Any] | None:
-            for a in self.d.ask("approvals.list")["asks"]:
+            for a in self.d.home.call("approvals.list", at=at)["asks"]:
                 if a["agent"] == self.agent and (
                         a["task_id"] == self.task_id if self.task_id is not None
                         else a["task_id"].startswith(self.owner)):
@@ -194,11 +200,13 @@ def decide(d: Entry, ask: dict[str, Any], decision: str) -> None:
 
 
 @pytest.mark.deadline(240)
-@pytest.mark.parametrize("door", [x for x in DOORS + CLIENT_DOORS if "corral" not in x])
+@pytest.mark.parametrize("door", [x for x in DOORS + CLIENT_DOORS if "corral" not in x]
+                         + list(COMMAND_DOORS))
 def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Entry,
                                                                    door: str) -> None:
     """The pins link: the tool's definition changed since it was pinned; the call waits
-    on an ask `corral approvals` shows, and is made once a person approves it."""
+    on an ask `corral approvals` shows, and is made once a person approves it (at the
+    command doors too: tools.call is a door of the chain, decision 2052)."""
     d = daemon
     d.each("tools.list")  # its definition as it is now seen, so pinned
     description = f"Fetch a URL, changed for {door}."
@@ -215,28 +223,25 @@ def test_a_drifted_tool_is_blocked_until_a_person_approves_its_ask(daemon: Entry
 
 
 @pytest.mark.deadline(240)
-@pytest.mark.parametrize("door", [x for x in DOORS + CLIENT_DOORS if "corral" not in x])
+@pytest.mark.parametrize("door", [x for x in DOORS + CLIENT_DOORS if "corral" not in x]
+                         + list(COMMAND_DOORS))
 def test_a_drifted_tool_denied_is_refused_naming_the_drift_and_recorded(
         daemon: Entry, door: str) -> None:
     """The pins link, denied: the call is refused naming the drift, and the refusal is
-    the boundary's (`boundary.refused` of kind pin, an audit row)."""
+    the boundary's (`boundary.refused` of kind pin, an audit row), at every door the
+    chain has, the command doors' tools.call too (decision 2052)."""
     d = daemon
     d.each("tools.list")
     (d.dir / "description").write_text(f"Fetch a URL, denied for {door}.")
     d.each("mcp.restart", {"name": "drift"})
-
-    def refusals() -> int:
-        return sum(1 for e in d.ask("audit.list", {"limit": 1000})["entries"]
-                   if e["method"] == "boundary.refused" and e["params"]["kind"] == "pin"
-                   and e["params"]["target"] == "drift__fetch")
-    before = refusals()
+    before = len(refused(d, "pin", "drift__fetch"))
     made = Made(d, "caller", door, "drift__fetch", {"url": door})
     decide(d, made.ask(), "deny")
     said = made.outcome()
     assert said["error"] == jsonrpc.TOOL_NOT_ALLOWED and said["message"].startswith(
         "tool drift__fetch is blocked: its definition changed since it was pinned "
         "(description differ; pinned "), said
-    wait_until(lambda: refusals() == before + 1, PATIENCE, "the refusal's audit row")
+    recorded(d, made, "pin", "drift__fetch", before)
 
 
 @pytest.mark.deadline(240)
@@ -272,10 +277,19 @@ def test_a_clients_ask_is_withdrawn_when_its_call_ends_first(daemon: Entry) -> N
     assert pending() is None
 
 
+def audit(d: Entry) -> list[dict[str, Any]]:
+    """Every node's audit rows, the whole log, in the order they were written: a row is
+    the node's that wrote it (a cluster's task, and so its call's refusal, may be either
+    node's), and a window of the latest rows lets an earlier row of the same target slide
+    out as the call writes its own, so a count waited on to grow stays as it was."""
+    return sorted((e for at in range(len(d.home.entries))
+                   for e in d.home.call("audit.list", WHOLE, at=at)["entries"]),
+                  key=lambda e: e["time"])
+
+
 def refused(d: Entry, kind: str, target: str) -> list[tuple[str, str | None]]:
     """The (agent, task) of each `boundary.refused` audit row of `kind` and `target`."""
-    return [(e["params"]["agent"], e["params"]["task"])
-            for e in d.ask("audit.list", {"limit": 1000})["entries"]
+    return [(e["params"]["agent"], e["params"]["task"]) for e in audit(d)
             if e["method"] == "boundary.refused" and e["params"]["kind"] == kind
             and e["params"]["target"] == target]
 
@@ -341,16 +355,42 @@ def test_a_policy_deny_of_arguments_nested_deep_is_refused_and_recorded(
 
 
 @pytest.mark.deadline(240)
-@pytest.mark.parametrize("door", CLIENT_DOORS)
+@pytest.mark.parametrize("door", (*CLIENT_DOORS, *COMMAND_DOORS))
 def test_a_clients_call_a_rule_holds_waits_for_a_person(daemon: Entry, door: str) -> None:
     """The policy rules link's approve for a client that is no agent's: its call waits on
     its own ask, which `corral approvals` shows naming the rule, and is made once a
-    person approves it (decision 1641)."""
+    person approves it (decision 1641); the operator's tools.call by the HTTP API and the
+    control socket alike (decisions 2052, 2105)."""
     made = Made(daemon, "caller", door, "pol__http_get", {"host": "ask.example"})
     ask = made.ask()
     assert (ask["subject"]["tool"], ask["subject"]["policy"]) == (
         "pol__http_get", "ask host"), ask
     decide(daemon, ask, "approve")
+    assert made.outcome() == {"text": 'http_get {"host": "ask.example"}', "isError": False}
+
+
+# a replica's calls of no task, at the doors a rule of the pol server's reaches
+REPLICA_DOORS = tuple(x for x in (*IDLE_DOORS, "stdio idle") if "corral" not in x)
+
+
+@pytest.mark.deadline(240)
+@pytest.mark.differs("cluster", "a call of no task asks in its replica's node's own inbox, "
+                     "which no other node lists (deciders.AskBook reads its own and Redis's)")
+@pytest.mark.parametrize("door", REPLICA_DOORS)
+def test_an_ask_of_a_call_of_no_task_is_every_nodes(daemon: Entry, door: str) -> None:
+    """The policy rules link's approve for a replica's call of no task on the last
+    entry (a cluster's other node): `corral approvals` at the first lists the ask, and a
+    person decides it there, as a cluster task's ask is listed and decided on any node
+    (docs/approvals.md, "On a cluster"); the call is made once approved."""
+    d = daemon
+    made = Made(d, "caller", door, "pol__http_get", {"host": "ask.example"}, node=-1)
+    held = made.ask(at=-1)
+    listed = d.cli("approvals")
+    if held["id"] not in listed.stdout:  # (decided where it is held: no call left waiting)
+        assert d.home.decide(held["id"], "denied", at=-1)["end"] == "denied"
+        made.outcome()
+    assert held["id"] in listed.stdout, listed.stdout
+    decide(d, held, "approve")
     assert made.outcome() == {"text": 'http_get {"host": "ask.example"}', "isError": False}
 
 
@@ -448,9 +488,8 @@ def test_after_an_untrusted_tool_a_sensitive_one_needs_a_person(daemon: Entry,
 
 
 def tool_rows(d: Entry, tool: str) -> list[dict[str, Any]]:
-    """The audit rows naming `tool`, of every node (a cluster's audit is each node's)."""
-    return [e for at in range(len(d.home.entries))
-            for e in d.home.call("audit.list", {"limit": 1000}, at=at)["entries"]
+    """The audit rows naming `tool`, every node's."""
+    return [e for e in audit(d)
             if isinstance(e["params"], dict) and e["params"].get("tool") == tool]
 
 
@@ -465,8 +504,9 @@ def test_the_call_is_audited(daemon: Entry, door: str) -> None:
     before = len(tool_rows(d, tool))
     said = Made(d, "caller", door, tool, arguments).outcome()
     assert "error" not in said, said
-    rows = tool_rows(d, tool)
-    assert len(rows) == before + 1
+    rows = wait_until(lambda: (lambda got: got if len(got) > before else None)(
+        tool_rows(d, tool)), PATIENCE, "the call's audit row")
+    assert len(rows) == before + 1, rows
     if door == "stdio operator":  # its process's uid, as the local socket's peer says it
         assert {e["uid"] for e in rows if e["params"]["client"] == "operator"} == \
             {os.getuid()}, rows
@@ -674,9 +714,7 @@ def skill_read(url: str, token: str, method: str, uri: str) -> dict[str, Any]:
 
 def skill_rows(d: Entry, skill: str) -> list[tuple[str, str, str]]:
     """The (client, method, outcome) of each audit row of a read of `skill`, every node's."""
-    return [(e["params"]["client"], e["params"]["read"], e["outcome"])
-            for at in range(len(d.home.entries))
-            for e in d.home.call("audit.list", {"limit": 1000}, at=at)["entries"]
+    return [(e["params"]["client"], e["params"]["read"], e["outcome"]) for e in audit(d)
             if isinstance(e["params"], dict) and e["params"].get("skill") == skill]
 
 
