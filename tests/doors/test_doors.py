@@ -12,7 +12,7 @@ import http.client
 import json
 import os
 import subprocess
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import pytest
@@ -294,7 +294,14 @@ def refused(d: Entry, kind: str, target: str) -> list[tuple[str, str | None]]:
             and e["params"]["target"] == target]
 
 
-def recorded(d: Entry, made: Made, kind: str, target: str, before: int) -> None:
+class Caller(Protocol):
+    """Whose a call is, as its refusal's row names it (test_model_door.py's Made too)."""
+
+    agent: str
+    task_id: str | None
+
+
+def recorded(d: Entry, made: Caller, kind: str, target: str, before: int) -> None:
     """The refusal is the boundary's: one `boundary.refused` row more, naming the agent,
     the call's task (a call of no task: none) and `target`."""
     rows = wait_until(lambda: (lambda now: now if len(now) > before else None)(

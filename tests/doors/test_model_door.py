@@ -28,6 +28,7 @@ from ..test_daemon_cli import wait_until
 from .conftest import SERVERS, Entry
 from .door_agent import gateway
 from .model_door_agent import model
+from .test_doors import audit, recorded, refused
 from .test_spans import CLIENT, SPAN, Receiver, attrs
 
 HERE = Path(__file__).parent
@@ -100,7 +101,10 @@ class Made:
                 "agent": agent, "input": {"calls": calls}, **(
                     {"traceparent": traceparent} if traceparent else {})})["task_id"]
             return
-        env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}})["output"]
+        # (a replica of the first entry's: what its call of no task asks is kept by its
+        # node alone, test_doors.py's test_an_ask_of_a_call_of_no_task_is_every_nodes)
+        env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}, "local": True})[
+            "output"]
 
         def made() -> list[dict[str, Any]]:
             said = []
@@ -135,20 +139,6 @@ class Made:
             return None
         found: dict[str, Any] = wait_until(mine, PATIENCE, f"an ask of {self.agent}")
         return found
-
-
-def refused(d: Entry, kind: str, target: str) -> list[tuple[str, str | None]]:
-    """The (agent, task) of each `boundary.refused` audit row of `kind` and `target`."""
-    return [(e["params"]["agent"], e["params"]["task"])
-            for e in d.ask("audit.list", {"limit": 1000})["entries"]
-            if e["method"] == "boundary.refused" and e["params"]["kind"] == kind
-            and e["params"]["target"] == target]
-
-
-def recorded(d: Entry, made: Made, kind: str, target: str, before: int) -> None:
-    rows = wait_until(lambda: (lambda now: now if len(now) > before else None)(
-        refused(d, kind, target)), PATIENCE, f"the {kind} refusal's audit row")
-    assert rows[before:] == [(made.agent, made.task_id)], rows
 
 
 @pytest.mark.deadline(120)
@@ -244,13 +234,13 @@ def test_the_model_call_is_audited(home: Entry, door: str) -> None:
     replica, naming its model and its task (a call of no task: none); a cluster's audit
     is each node's: the row is the node's that ran the call."""
     def rows() -> list[dict[str, Any]]:
-        return [e for at in range(len(home.home.entries))
-                for e in home.home.call("audit.list", {"limit": 1000}, at=at)["entries"]
+        return [e for e in audit(home)
                 if e["method"] == "model.call" and e["params"].get("model") == "open"]
     before = len(rows())
     made = Made(home, "caller", door, [{"model": "open"}])
     assert made.outcomes() == [{"status": 200, "text": "echo: hi"}]
-    (row,) = rows()[before:]
+    (row,) = wait_until(lambda: (lambda got: got[before:] if len(got) > before else None)(
+        rows()), PATIENCE, "the call's audit row")
     label = row["params"]["client"]
     assert label.startswith("caller#") and row["params"].get("task") == made.task_id, row
     assert row["outcome"] == "ok", row

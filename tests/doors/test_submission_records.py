@@ -26,7 +26,7 @@ import pytest
 from ..contract.home import KINDS, made
 from ..test_daemon_cli import wait_until
 from .conftest import Entry, agents
-from .test_doors import PATIENCE
+from .test_doors import PATIENCE, audit
 from .test_spans import SERVER, SPAN, TRACE, Receiver, attrs
 from .test_submissions import ANONYMOUS, SENT, Submitted, http, message, token
 
@@ -59,10 +59,8 @@ def mailers(d: Entry) -> set[str]:
 
 def submitted_rows(d: Entry, task_id: str) -> list[dict[str, Any]]:
     """Every entry's `task.submitted` rows of the task."""
-    return [e for at in range(len(d.home.entries))
-            for e in d.home.call("audit.list", {"limit": 1000}, at=at)["entries"]
-            if e["method"] == "task.submitted" and isinstance(e["params"], dict)
-            and e["params"].get("task") == task_id]
+    return [e for e in audit(d) if e["method"] == "task.submitted"
+            and isinstance(e["params"], dict) and e["params"].get("task") == task_id]
 
 
 @pytest.mark.deadline(240)
