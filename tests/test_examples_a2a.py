@@ -3,27 +3,18 @@ python3 first on PATH), its agents called over A2A with the official client as R
 Quick start and docs/a2a.md tell a new user to: the input an agent gets is the A2A message,
 and the examples answer what its text says, not a default they fall back to.
 
-Real parts: a `corral daemon` process on a copy of examples/ (its port a free one), its
+Real parts: the Quick start's `corral daemon` (tests/quickstart.py), its
 agents and the notes MCP server (the official MCP SDK) as processes, the a2a-sdk client."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import EXAMPLES
-from .daemon_harness import PY, Notifications, corral_run, free_port
-
-# what run.sh starts the daemon with, copied where this test's state is kept
-_COPIED = ("corral.toml", "hello.py", "researcher.py", "misbehave.py", "notes_server.py")
+from .quickstart import quickstart, token
 
 
 async def _ask(url: str, token: str, text: str) -> dict[str, Any]:
@@ -52,45 +43,13 @@ async def test_the_example_agents_answer_what_an_a2a_message_says(tmp_path: Path
     """hello greets the name an A2A message gives and researcher files its topic: with the
     examples reading only `name` and `topic`, each answered `hello, world` and `stored
     nothing` to every A2A message."""
-    examples = tmp_path / "examples"
-    examples.mkdir()
-    for name in _COPIED:
-        shutil.copy(EXAMPLES / name, examples / name)
-    port = free_port()
-    config = examples / "corral.toml"
-    text = config.read_text()
-    listen = re.compile(r'^listen = "127\.0\.0\.1:7070"$', re.M)
-    assert listen.search(text), "examples/corral.toml's [http] listen moved: follow it here"
-    config.write_text(listen.sub(f'listen = "127.0.0.1:{port}"', text))
-    notify = Notifications(tmp_path)
-    venv = Path(PY).parent
-    env = {**{k: v for k, v in os.environ.items() if k != "CORRAL_SOCKET"},
-           "PATH": f"{venv}:{os.environ['PATH']}", "NOTIFY_SOCKET": str(notify.path)}
-    said = (tmp_path / "daemon.err").open("wb")
-    daemon = subprocess.Popen([str(venv / "corral"), "daemon", "--config", str(config)],
-                              env=env, stdout=said, stderr=subprocess.STDOUT)
-    try:
-        notify.wait_for("READY", proc=daemon)
-        made = corral_run(["--socket", str(examples / ".corral" / "corral.sock"), "token",
-                           "create", "caller", "--scope", "tasks:run", "--scope",
-                           "tasks:read"], env=env, timeout=60)
-        assert made.returncode == 0, made.stderr
-        token = made.stdout.strip()
+    with quickstart(tmp_path) as (port, env, sock):
+        caller = token(env, sock, "caller", "tasks:run", "tasks:read")
         base = f"http://127.0.0.1:{port}/a2a"
 
-        hello = await _ask(f"{base}/hello", token, "ada")
+        hello = await _ask(f"{base}/hello", caller, "ada")
         assert hello["greeting"] == "hello, ada", hello
 
-        researcher = await _ask(f"{base}/researcher", token, "otters")
+        researcher = await _ask(f"{base}/researcher", caller, "otters")
         assert (researcher["stored"], researcher["found"]) == (
             "stored otters", {"result": ["otters"]}), researcher
-    finally:
-        daemon.send_signal(signal.SIGINT)  # as Ctrl-C stops ./run.sh's
-        try:
-            assert daemon.wait(60) == 0
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait()
-            notify.close()
-            said.close()
