@@ -18,8 +18,8 @@ from corral import jsonrpc, redact
 from corral.daemon.caller import Caller
 from corral.jsonrpc import RpcError
 
-from .cluster.harness import STEADY_TTL, nodes
-from .daemon_harness import PY, ROOT, counting_fleet, in_process
+from .cluster.test_cluster_running_calls import two_with_once
+from .daemon_harness import in_process
 from .redis_harness import REDIS_SERVER, RedisServer, redis_server
 from .test_attack_s17 import K
 from .test_daemon_cli import wait_until
@@ -40,18 +40,8 @@ def test_a_running_count_of_more_digits_than_int_reads_is_none_not_a_failed_view
         tmp_path: Path, redis: RedisServer) -> None:
     # int() refuses a text of more digits than the interpreter converts (ValueError):
     # the task's view at every node but the one running it failed while the value stayed
-    once = counting_fleet(tmp_path, "durable", "durable_agent.py") + textwrap.dedent(f"""
-        [agents.once]
-        command = ["{PY}", "{HERE}/durable_agent.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        retry_lost = 0
-        tools = ["counting__*"]
-        """)
     marker = tmp_path / "marker"
-    with nodes(tmp_path, redis, {"a": once, "b": ""}, ttl=STEADY_TTL) as ns:
-        a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in b.nodes()["nodes"]) == 2, 60,
-                   "both nodes alive")
+    with two_with_once(tmp_path, redis) as (a, b):
         task_id = b.call("tasks.submit", {"agent": "once", "input": {
             "calls": 3, "stop_after": 2, "how": "hang", "marker": str(marker)}})["task_id"]
         wait_until(marker.exists, 60, "the worker past call 2")

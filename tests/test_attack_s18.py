@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from corral.daemon.tokens import tokens_of
 from corral.supervisor import State
 from corral.supervisor.dynamicusers import homes_of
 
-from .cluster.harness import STEADY_TTL, nodes
+from .cluster.test_cluster_running_calls import two_with_once
 from .conftest import ROOT
 from .daemon_harness import (
     PY,
-    counting_fleet,
     free_port,
     in_process,
     running_daemon,
@@ -222,18 +220,8 @@ def test_a_drain_order_that_is_no_number_keeps_no_running_calls_from_the_views(
     ran, so every other node's view of a task running at a said none of its calls, and
     a's log had a failure a beat. An order that is no number is no order, as a beat that
     does not parse is no node's (decision 2097)."""
-    once = counting_fleet(tmp_path, "durable", "durable_agent.py") + textwrap.dedent(f"""
-        [agents.once]
-        command = ["{PY}", "{HERE}/durable_agent.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        retry_lost = 0
-        tools = ["counting__*"]
-        """)
     marker = tmp_path / "marker"
-    with nodes(tmp_path, redis, {"a": once, "b": ""}, ttl=STEADY_TTL) as ns:
-        a, b = ns["a"], ns["b"]
-        wait_until(lambda: sum(n["alive"] for n in b.nodes()["nodes"]) == 2, 60,
-                   "both nodes alive")
+    with two_with_once(tmp_path, redis) as (a, b):
         direct = redis_py.Redis.from_url(redis.url)
         try:
             direct.hset(K.draining, "a", b"drain me")

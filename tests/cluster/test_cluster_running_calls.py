@@ -8,7 +8,9 @@ so its calls are in no step."""
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +19,17 @@ import redis as redis_py
 from ..daemon_harness import PY, ROOT, counting_fleet
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import STEADY_TTL, nodes
+from .harness import STEADY_TTL, Node, nodes
 from .test_cluster_trust import K
 
 pytestmark = pytest.mark.timeout(120)
 HERE = Path(__file__).parent.parent
 
 
-def test_a_running_attempts_calls_are_in_its_view_at_another_node(
-        tmp: Path, redis: RedisServer) -> None:
+@contextlib.contextmanager
+def two_with_once(tmp: Path, redis: RedisServer) -> Iterator[tuple[Node, Node]]:
+    """Nodes a and b, both alive; `once`, tests/durable_agent.py with no next attempt
+    (`retry_lost = 0`, so its calls are in no step), on a alone."""
     once = counting_fleet(tmp, "durable", "durable_agent.py") + textwrap.dedent(f"""
         [agents.once]
         command = ["{PY}", "{HERE}/durable_agent.py"]
@@ -33,11 +37,17 @@ def test_a_running_attempts_calls_are_in_its_view_at_another_node(
         retry_lost = 0
         tools = ["counting__*"]
         """)
-    marker = tmp / "marker"
     with nodes(tmp, redis, {"a": once, "b": ""}, ttl=STEADY_TTL) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in b.nodes()["nodes"]) == 2, 60,
                    "both nodes alive")
+        yield a, b
+
+
+def test_a_running_attempts_calls_are_in_its_view_at_another_node(
+        tmp: Path, redis: RedisServer) -> None:
+    marker = tmp / "marker"
+    with two_with_once(tmp, redis) as (a, b):
         task_id = b.call("tasks.submit", {"agent": "once", "input": {
             "calls": 3, "stop_after": 2, "how": "hang", "marker": str(marker)}})["task_id"]
         wait_until(marker.exists, 60, "the worker past call 2")
