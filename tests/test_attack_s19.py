@@ -1,0 +1,124 @@
+"""An attacker's pass over the A2A door, the tenant table, the dashboard's sessions, the
+MCP gateway's /mcp/NAME, the model gateway's keys and agent packages (docs/security.md,
+session 19's section). Real daemons over real HTTP. A hole not yet closed is a strict xfail
+that names it; one closed, a test of its refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from corral.daemon.a2a.routes import A2aRoutes
+from corral.daemon.caller import Caller
+from corral.daemon.http.ui import MAX_CODES, MAX_SESSIONS
+from corral.daemon.tokens import tokens_of
+
+from .daemon_harness import free_port, hello, in_process
+
+CARD = "/a2a/{agent}/.well-known/agent-card.json"
+KEPT_CARDS = 256
+
+
+# -- the agent card: a Host of the caller's own, each a card the daemon keeps -------------
+
+@pytest.mark.xfail(strict=True, reason="the door keeps a card's first day by its bytes, one a Host, for good: corral/daemon/a2a/routes.py A2aRoutes.card")
+@pytest.mark.deadline(120)
+async def test_an_agent_cards_hosts_are_kept_within_a_bound(tmp_path: Path) -> None:
+    """The attack: anyone who reaches an `[a2a] anonymous` agent (or holds a token that
+    sees one agent) asks for its card, each time with another `Host`. The card names its
+    URL from the Host asked (`http://HOST/a2a/AGENT`), and the door kept the day each
+    card's bytes were first served (its Last-Modified) by their digest, for the daemon's
+    life: one entry a Host, never let go, and the card's route is not rated (it takes no
+    token of `[http] rate_per_minute`). The door keeps at most KEPT_CARDS, and still
+    answers every card, its ETag revalidated."""
+    port = free_port()
+    toml = (f'[http]\nlisten = "127.0.0.1:{port}"\n\n'
+            '[a2a]\nanonymous = ["hello"]\n')
+    async with in_process(tmp_path, hello("hello"), toml) as d:
+        routes: A2aRoutes = d.http_server.posts.__self__
+        url = f"http://127.0.0.1:{port}{CARD.format(agent='hello')}"
+        async with aiohttp.ClientSession() as http:
+            for i in range(KEPT_CARDS + 64):
+                host = f"h{i}.example:{port}"
+                async with http.get(url, headers={"Host": host}) as r:
+                    assert r.status == 200, await r.text()
+                    card: dict[str, Any] = await r.json()
+                    etag = r.headers["ETag"]
+                assert card["supportedInterfaces"][0]["url"] == f"http://{host}/a2a/hello"
+            assert len(routes.cards) == KEPT_CARDS
+            # the last card is kept, and revalidated by its ETag
+            async with http.get(url, headers={"Host": host, "If-None-Match": etag}) as r:
+                assert r.status == 304, await r.text()
+
+
+# -- the dashboard: a tenant's links and sessions, and everyone else's --------------------
+
+TENANTS = '''
+[tenants.acme]
+[tenants.other]
+'''
+
+
+async def _link(http: aiohttp.ClientSession, base: str, secret: str) -> str:
+    async with http.post(f"{base}/api/v1/ui/login", json={},
+                         headers={"Authorization": f"Bearer {secret}"}) as r:
+        assert r.status == 200, await r.text()
+        return str((await r.json())["path"])
+
+
+async def _session(http: aiohttp.ClientSession, base: str, path: str) -> int:
+    """A link followed by a browser of its own (a cookie jar each): the session's look at
+    /ui/session, by the cookie the link set."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as own:
+        async with own.get(base + path, allow_redirects=False) as r:
+            assert r.status == 303, await r.text()
+        async with own.get(f"{base}/ui/session") as r:
+            return r.status
+
+
+@pytest.mark.xfail(strict=True, reason="links and sessions are one store each, the oldest dropped whoever's: corral/daemon/http/ui.py LoginSessions")
+@pytest.mark.deadline(120)
+async def test_a_tenants_dashboard_links_end_no_other_tenants_link_or_session(
+        tmp_path: Path) -> None:
+    """The attack: tenant acme's admin (a dashboard of acme alone is its to open) asks
+    for MAX_CODES links, and follows MAX_SESSIONS of them. The links and sessions were
+    one store each, the oldest dropped past its bound whoever's it was: the operator's
+    link (printed by `corral ui`, not yet opened) no longer logged in, and the operator's
+    open dashboard and other tenant's were logged out. Each party's links and sessions
+    (a tenant, the operator, a token's agent glob) are now bounded apart: a party past
+    its bound drops its own oldest, never another's."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    toml = TENANTS + f'[http]\nlisten = "127.0.0.1:{port}"\nrate_per_minute = 0\n'
+    async with in_process(tmp_path, hello("hello"), toml) as d:
+        tokens = tokens_of(d.services.store)
+        acme, _ = await tokens.create("acme-admin", ["admin"], None, None, "acme")
+        other, _ = await tokens.create("other-admin", ["admin"], None, None, "other")
+        operator = Caller(via="socket", uid=0)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as op:
+            # the operator's dashboard, open; and the other tenant's
+            async with op.get(base + (await d.dispatcher.call(operator, "ui.login")).path,
+                              allow_redirects=False) as r:
+                assert r.status == 303
+            async with aiohttp.ClientSession() as http:
+                others = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+                async with others:
+                    async with others.get(base + await _link(http, base, other),
+                                          allow_redirects=False) as r:
+                        assert r.status == 303
+                    # the operator's link, printed and not yet followed
+                    waiting = (await d.dispatcher.call(operator, "ui.login")).path
+                    # acme's flood: links it never follows, then sessions
+                    for _ in range(MAX_CODES):
+                        await _link(http, base, acme)
+                    for _ in range(MAX_SESSIONS):
+                        assert await _session(http, base, await _link(http, base, acme)) \
+                            == 200
+                    async with op.get(f"{base}/ui/session") as r:
+                        assert r.status == 200, await r.text()
+                    async with others.get(f"{base}/ui/session") as r:
+                        assert r.status == 200, await r.text()
+                    assert await _session(http, base, waiting) == 200
