@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from corral.daemon.a2a.routes import A2aRoutes
+from corral.daemon.a2a.routes import KEPT_CARDS, A2aRoutes
 from corral.daemon.caller import Caller
 from corral.daemon.http.ui import MAX_CODES, MAX_SESSIONS
 from corral.daemon.tokens import tokens_of
@@ -19,12 +19,10 @@ from corral.daemon.tokens import tokens_of
 from .daemon_harness import free_port, hello, in_process
 
 CARD = "/a2a/{agent}/.well-known/agent-card.json"
-KEPT_CARDS = 256
 
 
 # -- the agent card: a Host of the caller's own, each a card the daemon keeps -------------
 
-@pytest.mark.xfail(strict=True, reason="the door keeps a card's first day by its bytes, one a Host, for good: corral/daemon/a2a/routes.py A2aRoutes.card")
 @pytest.mark.deadline(120)
 async def test_an_agent_cards_hosts_are_kept_within_a_bound(tmp_path: Path) -> None:
     """The attack: anyone who reaches an `[a2a] anonymous` agent (or holds a token that
@@ -79,7 +77,6 @@ async def _session(http: aiohttp.ClientSession, base: str, path: str) -> int:
             return r.status
 
 
-@pytest.mark.xfail(strict=True, reason="links and sessions are one store each, the oldest dropped whoever's: corral/daemon/http/ui.py LoginSessions")
 @pytest.mark.deadline(120)
 async def test_a_tenants_dashboard_links_end_no_other_tenants_link_or_session(
         tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ caller may not see is not found, as on REST."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import re
@@ -49,6 +50,9 @@ ANONYMOUS_SCOPES = frozenset({"tasks:run", "tasks:read", "approvals"})
 # the anonymous callers kept made and bound (one an agent and address): the least
 # recently seen made again when asked
 KEPT_ANONYMOUS = 1024
+# the cards whose first-served time is kept (their Last-Modified), the least recently
+# served forgotten: a card names the Host it was asked by, so each Host is another card
+KEPT_CARDS = 256
 
 
 class A2aRoutes:
@@ -65,7 +69,8 @@ class A2aRoutes:
                               TokenStreams(tokens_of(ctx.services.store)))
         self.limiter = PerKey(ctx.settings.rate_per_minute)
         self.no_one = functools.lru_cache(maxsize=KEPT_ANONYMOUS)(self._no_one)
-        self.cards: dict[bytes, float] = {}  # a card's digest -> when first served
+        # a card's digest -> when first served (an LRU: one a Host asked by, KEPT_CARDS)
+        self.cards: collections.OrderedDict[bytes, float] = collections.OrderedDict()
 
     def spec(self, request: web.Request, agent: str, caller: Caller | None) -> AgentSpec:
         """The agent's spec, if it is one the caller sees (None: anonymous, the agents the
@@ -140,7 +145,7 @@ class A2aRoutes:
             return route.problem(exc.kind.http, exc.message)
         body = msgspec.json.encode(self.card_of(request, spec))
         digest = hashlib.sha256(body).digest()
-        since = self.cards.setdefault(digest, time.time())
+        since = self._since(digest)
         etag = f'"{digest[:12].hex()}"'
         headers = {"Cache-Control": f"{'public' if caller is None else 'private'}, "
                    f"max-age={CARD_MAX_AGE}", "Last-Modified": formatdate(since, usegmt=True),
@@ -148,6 +153,18 @@ class A2aRoutes:
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, content_type="application/json", headers=headers)
+
+    def _since(self, digest: bytes) -> float:
+        """When the card of `digest` was first served, as far as the kept cards recall."""
+        cards = self.cards
+        since = cards.get(digest)
+        if since is None:
+            since = cards[digest] = time.time()
+            if len(cards) > KEPT_CARDS:
+                cards.popitem(last=False)
+        else:
+            cards.move_to_end(digest)
+        return since
 
     def posts(self, path: str) -> Serve | None:
         """What serves a POST of `path` read lean: `lean`, for a message to an agent."""

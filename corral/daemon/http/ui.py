@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import yarl
@@ -45,7 +45,9 @@ CSRF_HEADER = "X-CSRF-Token"
 # left in a scrollback or a shell history is dead
 CODE_TTL = 60.0
 SESSION_TTL = 12 * 3600.0
-# both stores are bounded: a caller with the admin scope could mint codes in a loop
+# both stores are bounded for each party apart (a tenant, an agent glob, the operator): a
+# caller with the admin scope could mint codes in a loop, and one store's oldest dropped
+# whoever's they were let a tenant's admin log the operator and every tenant out
 MAX_CODES = 32
 MAX_SESSIONS = 64
 
@@ -92,6 +94,18 @@ class LoginSession(_Grant):
     csrf: str
 
 
+G = TypeVar("G", bound=_Grant)
+
+
+def _drop_oldest(kept: dict[str, G], caller: Caller, bound: int) -> None:
+    """The oldest of `kept` (codes or sessions, by their grants) of the caller's party
+    dropped until it holds fewer than `bound`: another party's are never its to drop."""
+    party = (caller.tenant, caller.agents)
+    mine = [k for k, g in kept.items() if (g.caller.tenant, g.caller.agents) == party]
+    for key in mine[:max(0, len(mine) - bound + 1)]:  # (dicts keep their order)
+        del kept[key]
+
+
 @dataclass(kw_only=True)
 class LoginSessions:
     """The one-time login codes and the sessions they became, in memory: a daemon restart
@@ -114,8 +128,7 @@ class LoginSessions:
         """A one-time code for a session with the issuer's tenant, agents and scopes."""
         now = self.clock()
         self._prune(now)
-        while len(self.codes) >= MAX_CODES:
-            del self.codes[next(iter(self.codes))]  # the oldest: dicts keep their order
+        _drop_oldest(self.codes, issuer, MAX_CODES)
         code = secrets.token_urlsafe(24)
         expires = now + CODE_TTL
         # named for whoever asked for the link, so that the audit log and an ask's `by`
@@ -137,8 +150,7 @@ class LoginSessions:
                                "never was; run `corral ui` for a new one")
         if grant.expires <= now:
             raise LoginRefused("this login link has expired; run `corral ui` for a new one")
-        while len(self.sessions) >= MAX_SESSIONS:
-            del self.sessions[next(iter(self.sessions))]
+        _drop_oldest(self.sessions, grant.caller, MAX_SESSIONS)
         session = LoginSession(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32),
                                caller=grant.caller, expires=now + SESSION_TTL,
                                token=grant.token)
