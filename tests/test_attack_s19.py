@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 
 from corral.daemon.a2a.routes import KEPT_CARDS, A2aRoutes
 from corral.daemon.caller import Caller
@@ -119,3 +120,45 @@ async def test_a_tenants_dashboard_links_end_no_other_tenants_link_or_session(
                     async with others.get(f"{base}/ui/session") as r:
                         assert r.status == 200, await r.text()
                     assert await _session(http, base, waiting) == 200
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a dashboard session's cookie asks POST /api/v1/ui/login for a link whose session is "
+    "tied to no token: corral/daemon/accesshandlers.py ui_login"))
+@pytest.mark.deadline(120)
+async def test_a_dashboard_session_makes_no_session_that_outlives_its_token(
+        tmp_path: Path) -> None:
+    """The attack: a tenant's admin token asks for a dashboard link and logs in. The
+    session's cookie is also an authenticator of the REST API (with this dashboard's
+    Origin and its CSRF token, as every write of a session), so the session asks
+    `POST /api/v1/ui/login` for a link of its own. That link's session was made as a
+    caller of the dashboard, not of a token, so it ended with no token: revoked, the
+    token's own session ended, and the one it made went on, with the admin scope of its
+    tenant, and could make the next before its 12 hours were up. A session asks for no
+    link: refused (403, saying so), nothing issued."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    toml = TENANTS + f'[http]\nlisten = "127.0.0.1:{port}"\nrate_per_minute = 0\n'
+    async with in_process(tmp_path, hello("hello"), toml) as d:
+        tokens = tokens_of(d.services.store)
+        acme, _ = await tokens.create("acme-admin", ["admin"], None, None, "acme")
+        async with aiohttp.ClientSession() as http:
+            path = await _link(http, base, acme)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as own:
+            async with own.get(base + path, allow_redirects=False) as r:
+                assert r.status == 303, await r.text()
+            async with own.get(f"{base}/ui/session") as r:
+                csrf = (await r.json())["csrf"]
+            cookie = {"corral_ui": own.cookie_jar.filter_cookies(
+                yarl.URL(f"{base}/ui/"))["corral_ui"].value}
+        issued = len(d.services.ui.codes)
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{base}/api/v1/ui/login", json={}, cookies=cookie,
+                headers={"Origin": base, "X-CSRF-Token": csrf}) as r:
+            body = await r.json()
+            assert r.status == 403, body
+            assert body["detail"] == (
+                "forbidden: a dashboard session asks for no login link (the session it "
+                "would open would not end with the token this one came from): ask with "
+                "that token"), body
+        assert len(d.services.ui.codes) == issued
