@@ -122,9 +122,6 @@ async def test_a_tenants_dashboard_links_end_no_other_tenants_link_or_session(
                     assert await _session(http, base, waiting) == 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a dashboard session's cookie asks POST /api/v1/ui/login for a link whose session is "
-    "tied to no token: corral/daemon/accesshandlers.py ui_login"))
 @pytest.mark.deadline(120)
 async def test_a_dashboard_session_makes_no_session_that_outlives_its_token(
         tmp_path: Path) -> None:

@@ -126,6 +126,12 @@ class LoginSessions:
 
     def issue(self, issuer: Caller) -> tuple[str, float]:
         """A one-time code for a session with the issuer's tenant, agents and scopes."""
+        if issuer.via != "http" and issuer.token is not None:
+            # a dashboard session's cookie authenticates the REST API too: the session it
+            # asked for would be tied to no token, outliving the one this came from
+            raise RpcError(jsonrpc.FORBIDDEN, "forbidden: a dashboard session asks for no "
+                           "login link (the session it would open would not end with the "
+                           "token this one came from): ask with that token")
         now = self.clock()
         self._prune(now)
         _drop_oldest(self.codes, issuer, MAX_CODES)
