@@ -20,17 +20,20 @@ def _refused(path: Path | str, what: str) -> OSError:
                                 "(remove it)", str(path))
 
 
-_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
-          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+          (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
 
 
-def _kind(mode: int) -> str:
-    return next((what for test, what in _KINDS if test(mode)), "a device")
+def kind(mode: int) -> str:
+    """What a file of this `st_mode` is, in the words every refusal of one says."""
+    return next((what for test, what in _KINDS if test(mode)), "not a file")
 
 
 def _checked(path: Path | str, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise _refused(path, _kind(st.st_mode))
+        raise _refused(path, kind(st.st_mode))
     if st.st_nlink > 1:
         raise _refused(path, f"a hard link to a file of {st.st_nlink} names")
 
@@ -48,7 +51,7 @@ def open_file(path: Path | str, flags: int, mode: int = 0o600) -> int:
             raise _refused(path, "a symbolic link") from None
         if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO no one reads, a device
             # without its driver, a directory
-            raise _refused(path, _kind(os.lstat(path).st_mode)) from None
+            raise _refused(path, kind(os.lstat(path).st_mode)) from None
         raise
     try:
         _checked(path, os.fstat(fd))
@@ -67,7 +70,7 @@ def make_dir(path: Path, mode: int = 0o700) -> None:
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
-        raise OSError(errno.ELOOP, f"{path} is {_kind(st.st_mode)}, not a directory of "
+        raise OSError(errno.ELOOP, f"{path} is {kind(st.st_mode)}, not a directory of "
                                    "corral's own: refused (remove it)", str(path))
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..statefiles import kind
 from ..supervisor.config import RUN_AS_ROOT as RUN_AS_ROOT  # the importers' refusal too
 from ..supervisor.config import ConfigError
 from ..supervisor.names import NAME_RE, RESERVED
@@ -29,7 +30,7 @@ def text_of(path: Path) -> str:
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)}): not read")
+            raise OSError(errno.EINVAL, f"not a regular file ({kind(mode)}): not read")
         os.set_blocking(fd, True)  # a pipe's writer may be slower than its reader
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
@@ -80,12 +81,6 @@ def whole(text: str, where: str, key: str) -> int:
         return int(text.strip())
     except ValueError:
         raise ConfigError(f"{where}: {key}: {text!r} is not a whole number") from None
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"))
-    return next((what for test, what in kinds if test(mode)), "not a file")
 
 
 def named_text(path: Path, by: str) -> str:

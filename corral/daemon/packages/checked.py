@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import TypeVar
 
+from ...statefiles import kind as kind
+
 CHUNK = 1 << 20  # bytes read at a time
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -40,16 +42,6 @@ class PathRefusal(Exception):
 
 class ReadCancellation(Exception):
     """The deploy that asked for the read went away."""
-
-
-def kind(mode: int) -> str:
-    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a file"
 
 
 def open_root(path: str) -> int:
