@@ -154,17 +154,11 @@ class Approvals(TaskInterceptor):
         with waiting():  # the person's time, not the call's (personwait.py)
             ask = await self._path.replica_calls.client_ask(call, ReplicaAsk(
                 AskKind.APPROVAL, "tool", subject(call, why), None))
-        if ask.end is AskEnd.APPROVED:
-            edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
-            answer = next(call if edited is None else call._replace(arguments=edited))
-            return await answer if inspect.isawaitable(answer) else answer
-        said = not_approved(ask, f"tool call {call.name}", None)
-        if ask.end is AskEnd.WITHDRAWN:
-            raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
-        if self._guard is not None:
-            self._guard.not_approved(client.name, None, client.tenant, call.name, why,
-                                     ask.end is AskEnd.TIMED_OUT)
-        return tool_error(said)
+        decided = decide(ask, call, None, self._guard, client.name, None, client.tenant, why)
+        if isinstance(decided, str):
+            return tool_error(decided)
+        answer = next(decided)
+        return await answer if inspect.isawaitable(answer) else answer
 
     @staticmethod
     async def _kept(task: Task, unkept: list[tuple[str, tuple[str, ...]]],
@@ -239,22 +233,16 @@ class Approvals(TaskInterceptor):
                 if call.spawn else
                 f"tool:{self._calls.key(task, call.name, call.arguments)}", subject(call, why),
                 policy.timeout))
-        if ask.end is AskEnd.APPROVED:
-            take_tool_call(task, r)
-            edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
-            answer = next(call if edited is None else call._replace(arguments=edited))
-            return await answer if inspect.isawaitable(answer) else answer
-        said = not_approved(ask, f"tool call {call.name}", policy.timeout)
-        how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
-        if ask.end is AskEnd.WITHDRAWN:
-            raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
-        if self._guard is not None:
-            self._guard.not_approved(r.name, task, task.tenant, call.name, why,
-                                     ask.end is AskEnd.TIMED_OUT)
-        if how == "fail":
-            self._path.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, said))
-            raise RpcError(jsonrpc.TASK_FAILED, said)
-        return tool_error(said)
+        decided = decide(ask, call, policy.timeout, self._guard, r.name, task, task.tenant,
+                         why)
+        if isinstance(decided, str):
+            if (policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny) == "fail":
+                self._path.fail_task(task, TaskFailure(jsonrpc.TASK_FAILED, decided))
+                raise RpcError(jsonrpc.TASK_FAILED, decided)
+            return tool_error(decided)
+        take_tool_call(task, r)
+        answer = next(decided)
+        return await answer if inspect.isawaitable(answer) else answer
 
 
 def gate(calls: ReplicaCalls, call: Call, r: Replica, guard: PolicyGuard | None = None
@@ -288,20 +276,29 @@ async def _asked(calls: ReplicaCalls, call: Call, r: Replica, guard: PolicyGuard
     with waiting():  # the person's time, not the call's (personwait.py)
         ask = await calls.ask(r, ReplicaAsk(
             AskKind.APPROVAL, "tool", subject(call, why), policy.timeout))
+    decided = decide(ask, call, policy.timeout, guard, r.name, None, tenant, why)
+    if isinstance(decided, str):
+        if (policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny) == "fail":
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED, decided)
+        return tool_error(decided)
+    calls.take_tool_call(r)
+    return decided
+
+
+def decide(ask: Ask, call: Call, timeout: float | None, guard: PolicyGuard | None,
+           who: str, task: Task | None, tenant: str | None, why: str) -> Call | str:
+    """A held tool call once its ask ended: the call to make (its arguments as the
+    person edited them), or the words of its refusal, told to `guard`; RpcError when
+    the ask was withdrawn (its caller gone)."""
     if ask.end is AskEnd.APPROVED:
-        calls.take_tool_call(r)
         edited = ask.data.get("arguments") if isinstance(ask.data, dict) else None
         return call if edited is None else call._replace(arguments=edited)
-    said = not_approved(ask, f"tool call {call.name}", policy.timeout)
+    said = not_approved(ask, f"tool call {call.name}", timeout)
     if ask.end is AskEnd.WITHDRAWN:
         raise RpcError(jsonrpc.REQUEST_CANCELLED, said)
     if guard is not None:
-        guard.not_approved(r.name, None, tenant, call.name, why,
-                           ask.end is AskEnd.TIMED_OUT)
-    how = policy.on_timeout if ask.end is AskEnd.TIMED_OUT else policy.on_deny
-    if how == "fail":
-        raise RpcError(jsonrpc.TOOL_NOT_ALLOWED, said)
-    return tool_error(said)
+        guard.not_approved(who, task, tenant, call.name, why, ask.end is AskEnd.TIMED_OUT)
+    return said
 
 
 def subject(call: Call, why: str) -> dict[str, Any]:
