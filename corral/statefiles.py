@@ -74,6 +74,30 @@ def make_dir(path: Path, mode: int = 0o700) -> None:
                                    "corral's own: refused (remove it)", str(path))
 
 
+def replace_file(path: Path, data: bytes, secret: bool = False) -> None:
+    """`data` in `path`'s place, by a rename. The temporary beside it is a file of its
+    own, made anew under a name no one could know (never what a link planted in a
+    directory others may write names: the daemon is root); a file replaced keeps its
+    mode (a file the operator made private stays so), less what lets others read it when
+    it holds a `secret`; a new one is its owner's alone."""
+    import tempfile  # (not at every corral start: the CLI imports this module)
+
+    try:
+        st = os.lstat(path)
+        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o600
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".corral-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(fd, mode & ~0o077 if secret else mode)
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def check_database(path: Path) -> None:
     """A SQLite database's file and the files SQLite makes beside it, each nothing yet
     or a regular file of one link (SQLite opens them itself, following links)."""

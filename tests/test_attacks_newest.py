@@ -466,7 +466,7 @@ def test_mcp_add_writes_through_no_planted_link_and_keeps_an_envs_values_private
     r = d.cli("mcp", "add", "fresh", "--env", "TOKEN=s3cret-91", "--", PY, str(MANY), "3")
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
     assert victim.read_text() == "untouched\n"
-    assert not os.path.lexists(planted)
+    assert os.readlink(planted) == str(victim)  # left as it was: never written through
     st = os.lstat(d.dir / "mcp.json")
     assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
     assert "s3cret-91" in (d.dir / "mcp.json").read_text()  # the server needs it

@@ -47,6 +47,7 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
     from ..importer.formats import read_all
     from ..importer.model import How
     from ..importer.toml import render
+    from ..statefiles import replace_file
     from ..supervisor.config import ConfigError
 
     if keys:
@@ -87,7 +88,7 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
         if not force:
             fail(f"{target} exists: not replaced (--force replaces it; the difference is above)")
     try:
-        _write(target, text)
+        replace_file(target, text.encode())
     except OSError as exc:
         fail(f"{target}: cannot write: {exc.strerror}")
     n = sum(len(imp.agents) for imp in imports)
@@ -117,25 +118,3 @@ def _refusal(target: os.PathLike[str], force: bool) -> str | None:
     return None
 
 
-def _write(target: os.PathLike[str], text: str) -> None:
-    """The file written whole, then put in place of `target` (itself, not what a link
-    there points to); a new file is the owner's alone (its env may hold secrets), a file
-    replaced keeps its mode."""
-    import stat
-    import tempfile
-
-    path = os.fspath(target)
-    try:
-        st = os.lstat(path)
-        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o600
-    except FileNotFoundError:
-        mode = 0o600
-    fd, tmp = tempfile.mkstemp(prefix=".corral-import-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            os.fchmod(f.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -6,8 +6,6 @@ file is never rewritten (its comments and layout are theirs)."""
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
+from ..statefiles import replace_file
 from ..supervisor.config import Config, ConfigError
 from ..supervisor.configload import load_config
 from ..supervisor.names import name_problem
@@ -100,33 +99,16 @@ async def _written(path: Path, before: bytes | None, doc: dict[str, Any], reload
                    verb: str) -> m.ReloadResult:
     """`doc` written (whole, by a rename: a reader never sees half of it), then the
     config reloaded; a reload that fails puts the file back as it was."""
-    _replace(path, json.dumps(doc, indent=2).encode() + b"\n", _secret(doc))
+    replace_file(path, json.dumps(doc, indent=2).encode() + b"\n", _secret(doc))
     try:
         return await reload()
     except ConfigError as exc:
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            _replace(path, before, _secret(json.loads(before)))
+            replace_file(path, before, _secret(json.loads(before)))
         raise RpcError(jsonrpc.INVALID_PARAMS, f"mcp {verb} rejected, nothing changed: "
                                                f"{exc}") from None
-
-
-def _replace(path: Path, data: bytes, secret: bool) -> None:
-    """`data` in `path`'s place, by a rename. The temporary is a file of its own, made
-    anew (a link or a file planted in its place, in a directory others may write, is
-    taken away, never written through: the daemon is root); the file keeps its mode (a
-    file the operator made private stays so), less what lets others read it when it
-    holds a `secret` (an `env`'s values, hidden from the audit)."""
-    tmp = path.with_name(f".{path.name}.corral-tmp")
-    tmp.unlink(missing_ok=True)  # (a link itself, not what it names)
-    mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(fd, mode & ~0o077 if secret else mode)
-        out.write(data)
-    os.replace(tmp, path)
 
 
 def _secret(doc: dict[str, Any]) -> bool:

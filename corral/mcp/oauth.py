@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import os
 import re
 import secrets
 import time
@@ -22,7 +21,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 import aiohttp
 import msgspec
 
-from ..statefiles import make_dir, open_file
+from ..statefiles import make_dir, replace_file
 from .http import Auth, HttpError
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -142,14 +141,11 @@ class OAuth(Auth):
         """Atomically, mode 0600 from the start (the tokens are never readable by others).
         A configured client secret is not written: it stays in the config's ${VARIABLE}."""
         make_dir(self.path.parent)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         stored = self.stored
         if stored.client is not None and stored.client.client_id == self.settings.client_id:
             stored = msgspec.structs.replace(
                 stored, client=msgspec.structs.replace(stored.client, client_secret=None))
-        with os.fdopen(open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-            f.write(msgspec.json.encode(stored))
-        os.replace(tmp, self.path)
+        replace_file(self.path, msgspec.json.encode(stored), secret=True)
         self._mtime = self.path.stat().st_mtime
 
     # -- Auth -------------------------------------------------------------------------------
