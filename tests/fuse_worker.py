@@ -11,7 +11,8 @@ a SIGKILL (the dying lookup waits for an answer nobody is left to give, and the 
 stays open while it waits).
 
 Tasks: {"do": "stick"} starts the lookup on a thread (answered once the server holds the
-request); {"do": "info"}: its pid and what the lookup ended with, if it did."""
+request); {"do": "info"}: its pid and what the lookup ended with, once one started has
+ended (waited for at most 10 s)."""
 
 import ctypes
 import errno
@@ -52,6 +53,7 @@ check(libc.mount(b"corral-test", mnt.encode(), b"fuse", MS_NOSUID | MS_NODEV,
 PR_SET_PDEATHSIG = 1
 held_r, held_w = os.pipe()  # a byte: the server holds a lookup
 ended: list[str] = []  # how the lookup ended
+lookup_started, lookup_ended = threading.Event(), threading.Event()
 
 
 def reply(unique: int, error: int, body: bytes = b"") -> None:
@@ -97,6 +99,7 @@ def stick() -> None:
         ended.append(exc.strerror or str(exc))
     else:
         ended.append("found")
+    lookup_ended.set()
 
 
 server = os.fork()
@@ -111,10 +114,15 @@ os.close(dev)
 
 def handle(task, ctx):
     if task.get("do") == "stick":
+        lookup_started.set()
         threading.Thread(target=stick, daemon=True).start()
         assert select.select([held_r], [], [], 10)[0], "no lookup reached the server"
         os.read(held_r, 1)
         return {"pid": os.getpid(), "stuck": True}
+    # the thawed server answers the lookup on its own time: an info asked right after a
+    # resume waits for the lookup's end, bounded, and says what it saw
+    if lookup_started.is_set():
+        lookup_ended.wait(10)
     return {"pid": os.getpid(), "ended": ended}
 
 
