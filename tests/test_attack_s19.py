@@ -159,3 +159,43 @@ async def test_a_dashboard_session_makes_no_session_that_outlives_its_token(
                 "would open would not end with the token this one came from): ask with "
                 "that token"), body
         assert len(d.services.ui.codes) == issued
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the dashboard's /ui/api calls take no token of [http] rate_per_minute: "
+    "corral/daemon/http/ui.py Pages.call"))
+@pytest.mark.deadline(120)
+async def test_a_dashboard_sessions_calls_are_rated_as_its_tokens_are(
+        tmp_path: Path) -> None:
+    """The attack: a tenant's admin token is held to `[http] rate_per_minute` on the REST
+    API (the one bound on how fast a tenant's caller makes the daemon work for it, past
+    its quotas). It asks for a dashboard link and calls the same methods through the
+    session's `POST /ui/api/METHOD`, which took no token of any rate: as many as it
+    sent. The sessions a token opened share one bucket of the same rate (the token's
+    own is its scripts'), refused past it as REST refuses (429, Retry-After)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    toml = TENANTS + f'[http]\nlisten = "127.0.0.1:{port}"\nrate_per_minute = 6\n'
+    async with in_process(tmp_path, hello("hello"), toml) as d:
+        tokens = tokens_of(d.services.store)
+        acme, _ = await tokens.create("acme-admin", ["admin"], None, None, "acme")
+        async with aiohttp.ClientSession() as http:
+            path = await _link(http, base, acme)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as own:
+            async with own.get(base + path, allow_redirects=False) as r:
+                assert r.status == 303, await r.text()
+            async with own.get(f"{base}/ui/session") as r:
+                csrf = (await r.json())["csrf"]
+            answers: list[tuple[int, Any, str | None]] = []
+            for _ in range(12):
+                async with own.post(f"{base}/ui/api/agents.status", json={}, headers={
+                        "Origin": base, "X-CSRF-Token": csrf}) as r:
+                    answers.append((r.status, await r.json(), r.headers.get("Retry-After")))
+            served = [a for a in answers if a[0] == 200]
+            refused = [a for a in answers if a[0] != 200]
+            # (a token refills each 10 s: one more may have come while they were sent)
+            assert 6 <= len(served) <= 7 and refused, [a[:1] for a in answers]
+            status, body, after = refused[0]
+            assert (status, body["detail"]) == (
+                429, "token dashboard (acme-admin) is over its 6 requests per minute"), body
+            assert after is not None and int(after) >= 1
