@@ -161,9 +161,6 @@ async def test_a_dashboard_session_makes_no_session_that_outlives_its_token(
         assert len(d.services.ui.codes) == issued
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the dashboard's /ui/api calls take no token of [http] rate_per_minute: "
-    "corral/daemon/http/ui.py Pages.call"))
 @pytest.mark.deadline(120)
 async def test_a_dashboard_sessions_calls_are_rated_as_its_tokens_are(
         tmp_path: Path) -> None:

@@ -77,12 +77,18 @@ class Api:
             caller = authenticate(self.ctx, request)
         except RpcError as exc:  # no token (401), or a dashboard write breaking a rule (403)
             return route.bearer_refusal(exc)
+        refused = self.rated(caller)
+        return caller if refused is None else refused
+
+    def rated(self, caller: Caller) -> web.Response | None:
+        """The 429 of a caller past `[http] rate_per_minute` (None: counted, it goes): a
+        token's requests, and a dashboard session's calls (its token's sessions' own)."""
         wait = self.limiter.admit(caller.who)
-        if wait > 0:
-            return route.problem(
-                429, f"{caller.who} is over its {self.limiter.per_minute} requests per minute",
-                jsonrpc.REFUSED, {"Retry-After": str(math.ceil(wait))})
-        return caller
+        if wait <= 0:
+            return None
+        return route.problem(
+            429, f"{caller.who} is over its {self.limiter.per_minute} requests per minute",
+            jsonrpc.REFUSED, {"Retry-After": str(math.ceil(wait))})
 
     # -- params from the request ----------------------------------------------------------
     @staticmethod

@@ -418,6 +418,12 @@ class Pages:
         if handle is None:
             return problem(404, f"{request.match_info['method']} is not a "
                                 f"method the dashboard calls")
+        session = self.sessions.find(request.cookies.get(COOKIE))
+        if session is not None:  # (none: the handler's 401)
+            # rated as the REST API's requests are: the same methods, the same bound
+            refused = request.config_dict[API_KEY].rated(session.caller)
+            if refused is not None:
+                return refused
         return await handle(request)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
