@@ -204,15 +204,13 @@ class Puller:
                            want, self.keys.prefix, self.claims.serving(agent), agent.spec.tenant,
                            self.keys.sticky(agent.spec.tenant, name, consumer),
                            agent.spec.retry_lost]
-        # claims under way across the read's round trip too: else a claim at submission
+        # its slots held across the read's round trip too: else a claim at submission
         # took a slot it reads for, two tasks here for one, the waiting one uncounted by
-        # max_queue (SUBMIT counts what is unread) while another node's slot stayed free
-        self.queue.claims(name, want)
-        try:
+        # max_queue (SUBMIT counts what is unread) while another node's slot stayed free.
+        # A submission meanwhile waits for its answer (submitclaim.py, decision 2181)
+        with self.queue.reading(name, want):
             [reply] = await self.scripts.run([(self.scripts.read_claim,
                                                [self.keys.fence, *streams], args)])
-        finally:
-            self.queue.claims_ended(name, want)
         if isinstance(reply, Exception):
             raise reply  # what was read is left pending with this node: an orphan
         read, claims, lasts, held = reply

@@ -1,7 +1,8 @@
 """Claim at submission (scripts.SUBMIT_CLAIM): a node that runs the agent with a free slot
 submits a cluster task and claims it in one script call, so it starts here without
 waiting for a read. Fair: of one loop turn's submissions this node claims at most one in
-as many as there are live nodes running the agent, and never more than its free slots.
+as many as there are live nodes running the agent, and never more than its free slots,
+counted once the node's pull in flight has taken what it takes.
 """
 
 from __future__ import annotations
@@ -28,15 +29,35 @@ class SubmitClaims(Batcher):
         self.queue = puller.queue
         self.puller = puller
         self.claimed = 0  # tasks claimed at their submission
+        self.waiting = 0  # batches waiting now for a pull's read (`ready`)
         self.riding = puller.redis.register_script(SUBMIT_RIDING)  # (rides.py)
         self.claim_riding = puller.redis.register_script(SUBMIT_CLAIM_RIDING)
 
-    def _share(self, agent: str, submitted: int) -> int:
+    def _share(self, agent: str, submitted: int, held: int = 0) -> int:
+        """What this node claims of `submitted` tasks of `agent` (with `held` slots more
+        free than now)."""
         a = self.puller.host.agents.get(agent)
         if (a is None or not self.membership.member or self.puller.paused
                 or self.puller.closed):
             return 0
-        return min(self.queue.wanted(a), math.ceil(submitted / self.puller.claims.serving(a)))
+        return min(self.queue.wanted(a) + held,
+                   math.ceil(submitted / self.puller.claims.serving(a)))
+
+    async def ready(self, args: list[list[Any]]) -> None:
+        """A batch whose share the slots a pull's read in flight holds would cut waits
+        for that read's answer, which tells how many of them it took: an idle look
+        (once a beat) takes none, and a submission it met is claimed here all the same
+        rather than left in the stream for the next pull (decision 2181)."""
+        by_agent = Counter(a[1] for a in args)
+        cut = [agent for agent, k in by_agent.items()
+               if (held := self.queue.held_by_reads(agent))
+               and self._share(agent, k) < self._share(agent, k, held)]
+        if cut:
+            self.waiting += 1
+            try:
+                await self.queue.reads_answered(cut)
+            finally:
+                self.waiting -= 1
 
     def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
         by_agent = Counter(args[1] for _, args in calls)

@@ -203,19 +203,14 @@ def sleep_task(n: Node, seconds: float) -> str:
 
 def claimed_at_submission(ns: dict[str, Node], seconds: float
                           ) -> tuple[str, dict[str, dict[str, Any]]]:
-    """A sleep submitted to node a that a claimed at its submission, and each node's
-    cluster counts before it. A submission that met a's pull in the pull's round trip
-    (its idle look, once a beat) is not claimed there, its slots the pull's (decision
-    1803): that task is left to end, and another submitted, at most five."""
-    a = ns["a"]
-    for _ in range(5):
-        before = {name: cluster_stats(n) for name, n in ns.items()}
-        task_id = sleep_task(a, seconds)
-        if cluster_stats(a)["claimed_at_submit"] > before["a"]["claimed_at_submit"]:
-            return task_id, before
-        assert a.call("tasks.get", {"task_id": task_id, "wait": True})["status"] == (
-            "succeeded")
-    raise AssertionError("five submissions to a, none claimed at its submission")
+    """A sleep submitted to node a, which a claims at its submission (its slot free, its
+    pull's read in flight, if any, answered first: decision 2181), and each node's
+    cluster counts before it."""
+    before = {name: cluster_stats(n) for name, n in ns.items()}
+    task_id = sleep_task(ns["a"], seconds)
+    assert cluster_stats(ns["a"])["claimed_at_submit"] == (
+        before["a"]["claimed_at_submit"] + 1)
+    return task_id, before
 
 
 def cluster_stats(n: Node) -> dict[str, Any]:
@@ -305,17 +300,22 @@ async def test_a_pull_reads_for_the_slots_free_when_it_reads_not_before_its_look
         assert [x["started"] >= first_end for x in by_claim[2:]] == [True, True], done
 
 
-@pytest.mark.parametrize("during", ["read", "confirmation"])
-async def test_claims_a_pull_awaits_hold_their_slots_meanwhile(
+@pytest.mark.parametrize("during", ["idle", "read", "confirmation"])
+async def test_a_submission_during_a_pulls_await_takes_the_slots_the_pull_left(
         tmp: Path, redis: RedisServer, during: str) -> None:
     """A task submitted while the node's pull awaits its read (the read and claim's round
-    trip) or its claim's confirmation (the marker's write and WAIT, decision 1800) is not
-    claimed at its submission when the pull takes the agent's one slot: it waits in the
-    stream, for this node's next read or another node's. Fails with the pull's slots
-    counted nowhere across that await: the submission claimed a task too, two here for
-    one slot, the other node's free slot left and a task waiting here out of the count
-    max_queue bounds (decision 1803, the read's amended: the door contract's budget test
-    accepted a task past its agent's max_queue on a fresh clone's run)."""
+    trip) or its claim's confirmation (the marker's write and WAIT, decision 1800) is
+    claimed at its submission where a slot is free once the pull has taken what it took.
+    [idle]: the pull's idle look (once a beat) read nothing, and the task is claimed at its
+    submission; fails with the submission planned inside the read's round trip, its slots
+    the read's (decision 1803 amended): not claimed, it waited in the stream for a pull and
+    counted against max_queue meanwhile (decision 2181). [read], [confirmation]: the pull
+    took the agent's one slot, and the task waits in the stream for this node's next read
+    or another node's; fails with the pull's slots counted nowhere across that await: the
+    submission claimed a task too, two here for one slot, the other node's free slot left
+    and a task waiting here out of the count max_queue bounds (decision 1803, the read's
+    amended: the door contract's budget test accepted a task past its agent's max_queue
+    on a fresh clone's run)."""
     (tmp / "a").mkdir()
     sock = tmp / "a" / "corral.sock"
     # (the steady TTL: the node, on the test's own loop, lapsed under the short one at
@@ -323,25 +323,44 @@ async def test_claims_a_pull_awaits_hold_their_slots_meanwhile(
     async with in_process(tmp / "a", sleeper("sleepy"),
                           toml=cluster_table(redis, "a", ttl=STEADY_TTL)) as d:
         puller, claims = d.cluster.puller, d.cluster.submit_claims
-        scripts = puller.scripts
-        awaited = scripts.run
-        submitted: list[str] = []
-        wanted: list[int] = []
+        scripts, agent = puller.scripts, puller.host.agents["sleepy"]
+        awaited, plan = scripts.run, claims.plan
+        late: list[asyncio.Future[list[str]]] = []
+        wanted: list[int] = []  # the agent's free slots as the late submission was planned
+
+        def planned(calls: list[Any]) -> Any:
+            if late:
+                wanted.append(puller.queue.wanted(agent))
+            return plan(calls)
 
         async def a_submission_during_the_pull(calls: list[Any], acks: Any = None
                                                ) -> list[Any]:
             got = await awaited(calls, acks)
-            # Redis answered, the pull not yet told: its read that claimed (its read_claim
-            # call, its answer's claims), or its confirmation (a call of none)
-            pulls = (not calls if during == "confirmation" else
-                     bool(calls) and calls[0][0] is scripts.read_claim
-                     and isinstance(got[0], list) and bool(got[0][1]))
-            if pulls and not submitted:
-                wanted.append(puller.queue.wanted(puller.host.agents["sleepy"]))
-                submitted[:] = await asyncio.to_thread(submit_in_one_write, sock, 1, 0.05)
+            # Redis answered, the pull not yet told: its read (its read_claim call, its
+            # answer's claims: none or some), or its confirmation (a call of none)
+            read = (bool(calls) and calls[0][0] is scripts.read_claim
+                    and isinstance(got[0], list))
+            pulls = {"idle": read and not got[0][1], "read": read and bool(got[0][1]),
+                     "confirmation": not calls}[during]
+            if pulls and not late and d.cluster.membership.member:
+                late.append(asyncio.ensure_future(
+                    asyncio.to_thread(submit_in_one_write, sock, 1, 0.05)))
+                # until the node planned it, or holds it for this read's answer (the
+                # submission's thread writes meanwhile)
+                while not wanted and not getattr(claims, "waiting", 0):
+                    await asyncio.sleep(0.002)
             return got
 
         scripts.run = a_submission_during_the_pull  # type: ignore[method-assign]
+        claims.plan = planned  # type: ignore[method-assign]
+        if during == "idle":
+            await asyncio.to_thread(wait_until, lambda: bool(late), what="an idle look")
+            [submitted] = await late[0]
+            late_one = await asyncio.to_thread(ended_task, sock, submitted)
+            assert late_one["status"] == "succeeded"
+            assert (wanted, claims.claimed, puller.claimed) == ([1], 1, 1)
+            assert puller.queue.claiming == {}
+            return
         # submitted while the node drains (none claimed at submission, none read), then
         # pulled once it no longer does
         puller.paused = True
@@ -349,14 +368,15 @@ async def test_claims_a_pull_awaits_hold_their_slots_meanwhile(
         puller.paused = False
         puller.queue.wake("sleepy")
         pulled = await asyncio.to_thread(ended_task, sock, first[0])
-        assert len(submitted) == 1  # (submitted before the pulled one started)
-        late = await asyncio.to_thread(ended_task, sock, submitted[0])
-        assert [x["status"] for x in (pulled, late)] == ["succeeded"] * 2
+        assert len(late) == 1  # (submitted before the pulled one started)
+        [submitted] = await late[0]
+        late_one = await asyncio.to_thread(ended_task, sock, submitted)
+        assert [x["status"] for x in (pulled, late_one)] == ["succeeded"] * 2
         assert (wanted, claims.claimed, puller.claimed) == ([0], 0, 2)
         assert puller.queue.claiming == {}
         # the late one ran after the pulled one, in the one slot
-        assert late["attempts"][0]["started"] >= pulled["attempts"][0]["finished"], (
-            pulled, late)
+        assert late_one["attempts"][0]["started"] >= pulled["attempts"][0]["finished"], (
+            pulled, late_one)
 
 
 def ended_task(sock: Path, task_id: str) -> dict[str, Any]:
@@ -454,20 +474,10 @@ def test_the_submitter_killed_after_a_batch_its_tasks_run_each_once_elsewhere(
     with two(tmp, redis, retries=1, concurrency=4) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: both_alive(a), what="a and b alive")
-        # its share of each batch the loop's turns made of the write (one or several). A
-        # write that meets a's pull in its round trip (its idle look, once a beat) claims
-        # none at submission, its slots the pull's (decision 1803): such a batch is left
-        # to end, and another written
-        before = 0
-        for _ in range(5):
-            ids = submit_in_one_write(a, 4, 1.0)
-            claimed = cluster_stats(a)["claimed_at_submit"] - before
-            if claimed >= 2:
-                break
-            for t in ids:
-                assert a.call("tasks.get", {"task_id": t, "wait": True})["status"] == (
-                    "succeeded")
-            before += claimed
+        # its share of each batch the loop's turns made of the write (one or several),
+        # its pull's read in flight, if any, answered first (decision 2181)
+        ids = submit_in_one_write(a, 4, 1.0)
+        claimed = cluster_stats(a)["claimed_at_submit"]
         assert claimed >= 2
         a.kill9()
         done = [b.call("tasks.get", {"task_id": t, "wait": True}) for t in ids]
