@@ -49,8 +49,9 @@ class Batcher:
 
     async def _send(self, calls: list[tuple[list[Any], list[Any], list[Call],
                                             asyncio.Future[Any]]]) -> None:
-        await self.ready([args for _, args, _, _ in calls])
-        planned = self.plan([(keys, args) for keys, args, _, _ in calls])
+        batch = [(keys, args) for keys, args, _, _ in calls]
+        await self.ready(batch)
+        planned = self.plan(batch)
         first = [c for _, _, before, _ in calls for c in before]
         try:
             results = await self.scripts.acknowledged([*first, *planned])
@@ -74,8 +75,8 @@ class Batcher:
                 fut.set_result((mine, result))
 
     # -- what a kind of batch changes (submitclaim.py) --------------------------------
-    async def ready(self, args: list[list[Any]]) -> None:
-        """Until the batch, its calls' arguments given, may be planned."""
+    async def ready(self, calls: list[tuple[list[Any], list[Any]]]) -> None:
+        """Until the batch may be planned."""
 
     def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
         """The script calls to make of one batch's, in order."""

@@ -55,7 +55,7 @@ class ClusterQueue(LocalQueue):
     """The local heap, which is what waits on this node, and what the pullers need beside
     it: `wanted` says how much to read, `wake` that a slot may have freed."""
 
-    __slots__ = ("_reads", "_wake", "claiming")
+    __slots__ = ("_wake", "claiming", "reads")
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,7 +66,7 @@ class ClusterQueue(LocalQueue):
         self.claiming: dict[str, int] = {}
         # a pull's reads in flight, by agent: the slots each holds (among `claiming` too)
         # and what is set at its answer
-        self._reads: dict[str, list[tuple[int, asyncio.Event]]] = {}
+        self.reads: dict[str, list[tuple[int, asyncio.Event]]] = {}
 
     # -- for the pullers ----------------------------------------------------------------
     def wanted(self, agent: AgentLike) -> int:
@@ -92,25 +92,25 @@ class ClusterQueue(LocalQueue):
         it claims of them is known only at its answer."""
         read = (n, asyncio.Event())
         self.claims(agent, n)
-        self._reads.setdefault(agent, []).append(read)
+        self.reads.setdefault(agent, []).append(read)
         try:
             yield
         finally:
             self.claims_ended(agent, n)
-            reads = self._reads[agent]
+            reads = self.reads[agent]
             reads.remove(read)
             if not reads:
-                del self._reads[agent]
+                del self.reads[agent]
             read[1].set()
 
     def held_by_reads(self, agent: str) -> int:
         """The slots of `agent` that reads in flight hold."""
-        return sum(n for n, _ in self._reads.get(agent, ()))
+        return sum(n for n, _ in self.reads.get(agent, ()))
 
     async def reads_answered(self, agents: Iterable[str]) -> None:
         """Until the reads of `agents` in flight now have their answers (those sent
         meanwhile not awaited: a submission waits for one read, not a stream of them)."""
-        for ended in [ev for a in agents for _, ev in self._reads.get(a, ())]:
+        for ended in [ev for a in agents for _, ev in self.reads.get(a, ())]:
             await ended.wait()
 
     def event(self, agent: str) -> asyncio.Event:

@@ -43,12 +43,14 @@ class SubmitClaims(Batcher):
         return min(self.queue.wanted(a) + held,
                    math.ceil(submitted / self.puller.claims.serving(a)))
 
-    async def ready(self, args: list[list[Any]]) -> None:
+    async def ready(self, calls: list[tuple[list[Any], list[Any]]]) -> None:
         """A batch whose share the slots a pull's read in flight holds would cut waits
         for that read's answer, which tells how many of them it took: an idle look
         (once a beat) takes none, and a submission it met is claimed here all the same
         rather than left in the stream for the next pull (decision 2181)."""
-        by_agent = Counter(a[1] for a in args)
+        if not self.queue.reads:
+            return
+        by_agent = Counter(args[1] for _, args in calls)
         cut = [agent for agent, k in by_agent.items()
                if (held := self.queue.held_by_reads(agent))
                and self._share(agent, k) < self._share(agent, k, held)]
