@@ -196,3 +196,34 @@ async def test_a_dashboard_sessions_calls_are_rated_as_its_tokens_are(
             assert (status, body["detail"]) == (
                 429, "token dashboard (acme-admin) is over its 6 requests per minute"), body
             assert after is not None and int(after) >= 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a public card names the Host it was asked by and says nothing of it to a cache: "
+    "corral/daemon/a2a/routes.py A2aRoutes.card"))
+@pytest.mark.deadline(120)
+async def test_a_public_card_says_it_varies_by_the_host_it_names(tmp_path: Path) -> None:
+    """The attack: an `[a2a] anonymous` agent's card is answered `Cache-Control: public`
+    and names its interfaces' URL from the request's Host. Behind a caching proxy that
+    passes the client's Host on and keys its cache by the path (nginx's default key
+    names the upstream, not the Host), a caller's request with `Host: evil.example` put
+    a card whose interfaces are at evil.example in the cache, served to every client for
+    its max-age: their messages, and their bearer tokens, sent to that host. The card
+    says it varies by Host (`Vary: Host`), on a 304 too."""
+    port = free_port()
+    toml = (f'[http]\nlisten = "127.0.0.1:{port}"\n\n'
+            '[a2a]\nanonymous = ["hello"]\n')
+    async with in_process(tmp_path, hello("hello"), toml):
+        url = f"http://127.0.0.1:{port}{CARD.format(agent='hello')}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, headers={"Host": "evil.example"}) as r:
+                assert r.status == 200, await r.text()
+                card: dict[str, Any] = await r.json()
+                assert card["supportedInterfaces"][0]["url"] == \
+                    "http://evil.example/a2a/hello"
+                assert r.headers["Cache-Control"] == "public, max-age=300"
+                assert r.headers.get("Vary") == "Host", dict(r.headers)
+                etag = r.headers["ETag"]
+            async with http.get(url, headers={"Host": "evil.example",
+                                              "If-None-Match": etag}) as r:
+                assert (r.status, r.headers.get("Vary")) == (304, "Host")
