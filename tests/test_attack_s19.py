@@ -198,9 +198,6 @@ async def test_a_dashboard_sessions_calls_are_rated_as_its_tokens_are(
             assert after is not None and int(after) >= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a public card names the Host it was asked by and says nothing of it to a cache: "
-    "corral/daemon/a2a/routes.py A2aRoutes.card"))
 @pytest.mark.deadline(120)
 async def test_a_public_card_says_it_varies_by_the_host_it_names(tmp_path: Path) -> None:
     """The attack: an `[a2a] anonymous` agent's card is answered `Cache-Control: public`

@@ -149,7 +149,9 @@ class A2aRoutes:
         etag = f'"{digest[:12].hex()}"'
         headers = {"Cache-Control": f"{'public' if caller is None else 'private'}, "
                    f"max-age={CARD_MAX_AGE}", "Last-Modified": formatdate(since, usegmt=True),
-                   "ETag": etag}
+                   # (its URL is the Host's: a cache keyed by the path alone would serve a
+                   # card a caller asked with a Host of its own to every client)
+                   "ETag": etag, "Vary": "Host"}
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, content_type="application/json", headers=headers)
