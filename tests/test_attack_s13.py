@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.supervisor.probes import HEAD_MAX, ProbeResult, probe_http
+from corral.http1answer import MAX_INTERIM
+from corral.supervisor.probes import ProbeResult, probe_http
 
 from .cluster.proxy import Proxy
 from .redis_harness import REDIS_SERVER, RedisServer, redis_server
@@ -27,8 +28,8 @@ async def test_an_interim_answer_is_read_past_to_the_final_one() -> None:
     """A 1xx answer (103 Early Hints, 100 Continue) is not the answer (HTTP's client reads
     past it): taken for it, a healthy agent whose server sends early hints failed its check
     when the two heads came in two reads and passed when they came in one, saying "200
-    Early HintsOK" (the reasons of both heads, the status of the last). Those read past
-    count toward the head's bound."""
+    Early HintsOK" (the reasons of both heads, the status of the last). Past MAX_INTERIM
+    of them the check fails (the answer reader's bound, decision 2200)."""
     hints = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n"
     final = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
     for chunks in ([hints, final], [hints + final]):
@@ -38,11 +39,12 @@ async def test_an_interim_answer_is_read_past_to_the_final_one() -> None:
                           b"Unavailable\r\n\r\n"]) as (url, _):
         assert await probe_http(url, 30) == ProbeResult(
             False, f"GET {url}: 503 Service Unavailable")
-    # interim answers without end are bounded together, as one head is
-    async with answering([b"HTTP/1.1 100 Continue\r\n\r\n" * (HEAD_MAX // 25 + 1)],
+    # interim answers without end are bounded
+    async with answering([b"HTTP/1.1 100 Continue\r\n\r\n" * (MAX_INTERIM + 1)],
                          hold=True) as (url, _):
-        assert await probe_http(url, 30) == ProbeResult(
-            False, f"GET {url}: its answer's head is over {HEAD_MAX} bytes")
+        assert await probe_http(url, 30) == ProbeResult(False, f"GET {url}: the server sent "
+                                                        f"over MAX_INTERIM ({MAX_INTERIM}) "
+                                                        "interim answers (1xx)")
 
 
 async def test_what_follows_the_final_head_changes_neither_its_status_nor_its_reason(

@@ -11,14 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from corral.daemon.models.http1 import (
-    MAX_ANSWER,
-    MAX_HEAD,
-    MAX_INTERIM,
-    UpstreamClient,
-    UpstreamFailed,
-    fields,
-)
+from corral.daemon.models.http1 import MAX_ANSWER, UpstreamClient, UpstreamFailed, fields
+from corral.http1answer import MAX_HEAD, MAX_INTERIM
 
 BODY = b'{"model":"m"}'
 OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: r1\r\n"
@@ -283,6 +277,9 @@ NOT_HTTP = "the upstream's answer is not HTTP/1.1: "  # then llhttp's words
      "the upstream's Content-Encoding 'br' is not one corral reads (asked for identity)"),
     (b"SPDY/3 200 OK\r\n\r\n", NOT_HTTP + "Expected HTTP/, RTSP/ or ICE/"),
     (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", NOT_HTTP + "Invalid header token"),
+    # (llhttp's upgrade, raised past the client, failed the call as a defect)
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+     "the upstream switched protocols (101), asked for none"),
 ])
 async def test_a_half_written_or_broken_answer_fails_naming_how(
         raw: RawServer, written: bytes, said: str) -> None:

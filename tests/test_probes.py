@@ -8,7 +8,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from corral.supervisor.probes import HEAD_MAX, ProbeResult, probe_http
+from corral.http1answer import MAX_HEAD
+from corral.supervisor.probes import ProbeResult, probe_http
 
 
 @asynccontextmanager
@@ -56,23 +57,24 @@ async def test_an_error_status_fails_and_a_head_in_pieces_is_read_whole() -> Non
         assert await probe_http(url, 5) == ProbeResult(True, f"GET {url}: 200")
 
 
-async def test_what_is_not_http_fails_with_what_was_read() -> None:
+async def test_what_is_not_http_fails_saying_how() -> None:
     async with answering([b"SSH-2.0-OpenSSH_9.2\r\n"]) as (url, _):
         assert await probe_http(url, 5) == ProbeResult(
-            False, f"GET {url}: not an HTTP answer: b'SSH-2.0-OpenSSH_9.2\\r\\n'")
+            False, f"GET {url}: the server's answer is not HTTP/1.1: Expected HTTP/, RTSP/ "
+            "or ICE/")
     async with answering([]) as (url, _):  # a close without a word
         assert await probe_http(url, 5) == ProbeResult(
-            False, f"GET {url}: not an HTTP answer: b''")
+            False, f"GET {url}: the connection ended before the server's answer")
     async with answering([b"HTTP/1.1 200 OK\r\nServer: x\r\n"]) as (url, _):  # cut short
         assert await probe_http(url, 5) == ProbeResult(
-            False, f"GET {url}: not an HTTP answer: b'HTTP/1.1 200 OK\\r\\nServer: x\\r\\n'")
+            False, f"GET {url}: the server's answer was cut before its end")
 
 
 async def test_a_head_past_the_bound_fails_unread_and_a_silent_one_times_out() -> None:
-    endless = [b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"a" * HEAD_MAX]
+    endless = [b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"a" * MAX_HEAD]
     async with answering(endless, hold=True) as (url, _):
         assert await probe_http(url, 5) == ProbeResult(
-            False, f"GET {url}: its answer's head is over {HEAD_MAX} bytes")
+            False, f"GET {url}: the server's answer's head is over MAX_HEAD ({MAX_HEAD} bytes)")
     async with answering([b"HTTP/1.1 200 OK\r\n"], hold=True) as (url, _):
         assert await probe_http(url, 0.3) == ProbeResult(
             False, f"GET {url}: no answer within 0.3 s")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.cli.unixhttp import MAX_HEAD, ExchangeError, NoConnection, exchange
+from corral.cli.unixhttp import ExchangeError, NoConnection, exchange
+from corral.http1answer import MAX_HEAD
 
 
 class Server:
@@ -95,15 +96,16 @@ async def test_an_answer_cut_short_is_broken(serving: tuple[str, list[Server]]) 
     path, servers = serving
     servers.append(Server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"))
     async with await exchange(path, "GET", "/mcp", {}) as answer:
-        with pytest.raises(ExchangeError, match=r"^the connection ended before the whole answer$"):
+        with pytest.raises(ExchangeError, match=r"^the daemon's answer was cut before its end$"):
             await answer.read()
 
 
 @pytest.mark.parametrize("answer, said", [
-    (b"SSH-2.0-OpenSSH\r\n\r\n", r"^not an HTTP/1\.1 answer: "),
-    (b"HTTP/1.1 200 OK\r\n", "^the connection ended before the answer's head$"),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", r"^the daemon's answer is not HTTP/1\.1: "),
+    (b"", "^the connection ended before the daemon's answer$"),
+    (b"HTTP/1.1 200 OK\r\n", "^the daemon's answer was cut before its end$"),
     (b"HTTP/1.1 200 OK\r\nX: " + b"a" * (2 * MAX_HEAD),
-     f"^an answer's head over {MAX_HEAD} bytes$"),
+     rf"^the daemon's answer's head is over MAX_HEAD \({MAX_HEAD} bytes\)$"),
 ])
 async def test_what_is_no_whole_answer_is_broken(serving: tuple[str, list[Server]],
                                                  answer: bytes, said: str) -> None:

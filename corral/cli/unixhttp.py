@@ -1,7 +1,8 @@
 """`corral mcp serve`'s HTTP/1.1 exchanges with its daemon's local gateway socket: a
-connection a request (`Connection: close`), the answer read by httptools' parser (llhttp,
-as the gateways read theirs). Not aiohttp's client: importing aiohttp was most of the
-bridge's start, which every MCP host pays at each launch (decision 1701).
+connection a request (`Connection: close`), the answer read by corral's one answer reader
+(http1answer.py: llhttp, as the gateways read theirs). Not aiohttp's client: importing
+aiohttp was most of the bridge's start, which every MCP host pays at each launch
+(decision 1701).
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 
-import httptools
-
-READ = 64 * 1024  # bytes asked of the socket at once
-MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
+from ..http1answer import Http1Answer, read_from
 
 
 class NoConnection(OSError):
@@ -22,7 +20,7 @@ class NoConnection(OSError):
 
 class ExchangeError(Exception):
     """The connection failed or ended before the whole answer, or the answer is not
-    HTTP/1.1."""
+    HTTP/1.1 or passed a bound."""
 
 
 class Headers(dict[str, str]):
@@ -40,80 +38,41 @@ class HttpAnswer:
         self.status = 0
         self.headers = Headers()
         self._reader, self._writer = reader, writer
-        self._parser = httptools.HttpResponseParser(self)
-        self._body: list[bytes] = []
-        self._head = self._done = False
-        self._read = 0  # bytes read before the head ended
+        self._answer = Http1Answer("the daemon", ExchangeError)
 
-    # -- the parser's callbacks --------------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        self._head = True
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self._done = True
-
-    # -- reading ---------------------------------------------------------------------------
     @property
     def content_type(self) -> str:
         return (self.headers.get("content-type") or "").partition(";")[0].strip().lower()
 
     async def _more(self) -> bool:
-        """One read fed to the parser; False once the answer has ended."""
-        if self._done:
-            return False
+        """One read fed to the reader; False once the answer has ended."""
         try:
-            data = await self._reader.read(READ)
+            return await read_from(self._reader, self._answer)
         except OSError as exc:
             raise ExchangeError(f"the connection failed: {exc}") from None
-        if not data:
-            # a body of no stated length runs to the connection's end
-            if self._head and "content-length" not in self.headers and "chunked" not in \
-                    (self.headers.get("transfer-encoding") or "").lower():
-                self._done = True
-                return False
-            raise ExchangeError("the connection ended before the "
-                         + ("whole answer" if self._head else "answer's head"))
-        if not self._head:
-            self._read += len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            raise ExchangeError(f"not an HTTP/1.1 answer: {exc}") from None
-        if not self._head and self._read > MAX_HEAD:
-            raise ExchangeError(f"an answer's head over {MAX_HEAD} bytes")
-        return True
 
     async def _begin(self) -> None:
-        while not self._head:
+        while not self._answer.head_done:
             await self._more()
-
-    def _taken(self) -> bytes:
-        body, self._body = b"".join(self._body), []
-        return body
+        self.status, self.headers = self._answer.status, Headers(self._answer.headers)
 
     async def read(self) -> bytes:
         while await self._more():
             pass
-        return self._taken()
+        return self._answer.take()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it comes."""
         while True:
-            if self._body:
-                yield self._taken()
+            if body := self._answer.take():
+                yield body
             if not await self._more():
                 break
-        if self._body:
-            yield self._taken()
+        if body := self._answer.take():
+            yield body
 
     def close(self) -> None:
+        self._answer.close()
         self._writer.close()
 
     async def __aenter__(self) -> HttpAnswer:

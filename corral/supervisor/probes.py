@@ -11,13 +11,9 @@ import ssl
 import urllib.parse
 from typing import NamedTuple
 
-import httptools
-
+from ..http1answer import Http1Answer, read_from
 from ..timeouts import within
 from .config import tcp_address
-
-# the most of an HTTP answer read for its head; its body is never read
-HEAD_MAX = 16384
 
 
 class ProbeResult(NamedTuple):
@@ -72,50 +68,20 @@ async def _get(url: str) -> ProbeResult:
     return ProbeResult(200 <= code < 400, said)
 
 
-class _Status:
-    """httptools' callbacks for an answer's head: its status and reason once the first
-    final head is whole (llhttp reads it, as it reads every HTTP message corral takes). An
-    interim answer (1xx but 101) is read past, as HTTP asks of a client; what llhttp reads
-    after the final head (a body, a next answer) changes neither."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.reason = b""  # the head's being read
-        self.code: int | None = None  # the final head's, once whole
-        self.said = ""
-
-    def on_message_begin(self) -> None:
-        self.reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_headers_complete(self) -> None:
-        code = self.parser.get_status_code()
-        if self.code is None and (code == 101 or not 100 <= code < 200):
-            self.code, self.said = code, self.reason.decode("latin-1").strip()
-
-
 async def _status(reader: asyncio.StreamReader) -> tuple[int, str]:
-    """The answer's status and reason, once its final head is whole (ValueError: not HTTP,
-    or the connection ended or the heads outgrew HEAD_MAX first)."""
-    status = _Status()
-    head = b""
-    while status.code is None:
-        if len(head) >= HEAD_MAX:
-            raise ValueError(f"its answer's head is over {HEAD_MAX} bytes")
-        data = await reader.read(HEAD_MAX - len(head))
-        head += data
-        try:
-            if not data:
-                raise httptools.HttpParserError("the connection ended")
-            status.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # (its head is whole)
-        except httptools.HttpParserError:
-            if status.code is None:  # (else what follows the head is refused: unread)
-                raise ValueError(f"not an HTTP answer: {head[:80]!r}") from None
-    return status.code, status.said
+    """The answer's status and reason once its final head is whole (ValueError: it broke
+    HTTP/1.1 or a bound, or the connection ended first). What follows it is not read: a
+    refusal of it (a body, a next answer read with the head) fails nothing."""
+    answer = Http1Answer("the server", ValueError)
+    try:
+        while not answer.head_done:
+            await read_from(reader, answer)
+    except ValueError:
+        if not answer.head_done:
+            raise
+    finally:
+        answer.close()
+    return answer.status, answer.reason.decode("latin-1").strip()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

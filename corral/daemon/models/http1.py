@@ -1,9 +1,9 @@
 """The model gateway's HTTP/1.1 client for its upstreams: one request at a time on each
-kept-alive connection, over an asyncio Protocol, its answer read by llhttp (httptools'
-response parser, as the gateways' requests are: decision 1671). Not aiohttp's
-client: its machinery per call (a task, several futures, a stream reader) was a third of
-the latency the gateway added to a small completion. An answer's head past MAX_HEAD, or its
-body past MAX_ANSWER, fails the call naming the bound.
+kept-alive connection, over an asyncio Protocol, its answer read by corral's one answer
+reader (http1answer.py: llhttp, as the gateways' requests are: decisions 1671, 2200). Not
+aiohttp's client: its machinery per call (a task, several futures, a stream reader) was a
+third of the latency the gateway added to a small completion. An answer's head past
+MAX_HEAD, or its body past MAX_ANSWER, fails the call naming the bound.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from collections.abc import Mapping
 from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
-import httptools
 import msgspec
 
-MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
-MAX_INTERIM = 8  # interim answers (1xx) before the answer: more fail the call
+from ...http1answer import Http1Answer
+
 MAX_ANSWER = 32 * 1024 * 1024  # bytes of an answer's body, a stream's events in all
 KEEPALIVE = 60.0  # seconds an idle connection is kept for the next call
 _HIGH, _LOW = 256 * 1024, 64 * 1024  # unread bytes that pause and resume reading
@@ -62,8 +61,7 @@ class _Wire(asyncio.Protocol):
         self.fires = _IDLE  # when `timer` fires
         # its answers' reader, made once (llhttp reads the answers of a kept-alive
         # connection in turn, so none is made a call, its callbacks looked up by name)
-        self.parts = _AnswerParts()
-        self.parts.parser = self.parser = httptools.HttpResponseParser(self.parts)
+        self.answer = Http1Answer("the upstream", UpstreamFailed)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -82,7 +80,6 @@ class _Wire(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.parts.parser = None  # (the parser holds its parts: gone with the connection)
         reason = f": {type(exc).__name__}: {exc}".rstrip(": ") if exc else ""
         self.closed = self.closed or UpstreamFailed(
             f"the upstream closed the connection{reason}")
@@ -129,9 +126,11 @@ class _Wire(asyncio.Protocol):
         """The call ended; `dropped`: the connection with it (its timer cancelled, not
         left holding it)."""
         self.deadline = _IDLE
-        if dropped and self.timer is not None:
-            self.timer.cancel()
-            self.timer, self.fires = None, _IDLE
+        if dropped:
+            self.answer.close()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer, self.fires = None, _IDLE
 
     def _due(self) -> None:
         self.timer, self.fires = None, _IDLE
@@ -147,61 +146,6 @@ class _Wire(asyncio.Protocol):
         self._wake()
 
 
-class _AnswerParts:
-    """llhttp's callbacks (httptools' response parser) for the answer a call reads: its
-    status and headers (names lowercased, a repeated one joined) once its head is read,
-    past its interim answers (1xx), and its body's bytes as they are parsed. Bytes past
-    its end begin another message (`extra`), never read. One a connection, begun again
-    for each call's answer (a connection is kept for the next call only when its answer
-    ended where its last message did)."""
-
-    __slots__ = ("body", "complete", "extra", "head_done", "headers", "interims", "kept_alive",
-                 "parser", "status")
-
-    def __init__(self) -> None:
-        self.parser: httptools.HttpResponseParser | None = None  # (let go with the wire)
-        self.body: list[bytes] = []
-        self.begin()
-
-    def begin(self) -> None:
-        """A call's answer to read, from its first byte."""
-        self.headers: dict[str, str] = {}
-        self.body.clear()
-        self.status = self.interims = 0
-        self.head_done = self.complete = self.extra = self.kept_alive = False
-
-    def on_message_begin(self) -> None:
-        self.extra = self.complete and self.status >= 200
-        if not self.extra:
-            self.headers, self.head_done, self.complete = {}, False, False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.extra:
-            key, text = name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t")
-            self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
-
-    def on_headers_complete(self) -> None:
-        if not self.extra and self.parser is not None:
-            self.status = self.parser.get_status_code()
-            self.kept_alive = self.parser.should_keep_alive()  # (its head's word)
-            self.interims += self.status < 200
-            self.head_done = True
-
-    def on_body(self, body: bytes) -> None:
-        if not self.extra:
-            self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
-def _feed(parser: httptools.HttpResponseParser, data: bytes) -> None:
-    try:
-        parser.feed_data(data)
-    except httptools.HttpParserError as exc:
-        raise UpstreamFailed(f"the upstream's answer is not HTTP/1.1: {exc}") from None
-
-
 class UpstreamAnswer(msgspec.Struct):
     """An answer's status and headers (names lowercased), its body read whole (`read`) or
     as it comes (`ready`, then `more`) to where its Content-Length, its chunked encoding
@@ -214,8 +158,7 @@ class UpstreamAnswer(msgspec.Struct):
     _client: UpstreamClient
     _origin: str
     _wire: _Wire
-    _parser: httptools.HttpResponseParser
-    _message: _AnswerParts
+    _message: Http1Answer
     _decoder: zlib._Decompress | None = None
     received: int = 0  # bytes of its body so far, decoded (what a broken one passed)
     unanswered: int = 0  # tries before it the upstream took, unanswered (upstream.py)
@@ -234,9 +177,8 @@ class UpstreamAnswer(msgspec.Struct):
         `ended` once its end is read."""
         wire, message = self._wire, self._message
         if wire.buffer and not message.complete:  # (bytes past its end are left unread)
-            _feed(self._parser, wire.take(len(wire.buffer)))
-        chunk = b"".join(message.body)
-        message.body.clear()
+            message.feed(wire.take(len(wire.buffer)))
+        chunk = message.take()
         self.ended = self.ended or message.complete
         if "content-encoding" in self.headers:  # (asked for identity: seldom)
             self._decoder = self._decoder or _decoder(self.headers["content-encoding"])
@@ -249,14 +191,6 @@ class UpstreamAnswer(msgspec.Struct):
                                  f"({MAX_ANSWER} bytes)")
         return chunk
 
-    @property
-    def until_close(self) -> bool:
-        """No length said: the body is read to the connection's end (judged when the
-        connection ends, not a call)."""
-        coding = self.headers.get("transfer-encoding")
-        return "content-length" not in self.headers and self.status not in (204, 304) \
-            and (coding is None or "chunked" not in coding.lower())
-
     async def more(self) -> None:
         """Until bytes arrive: UpstreamFailed saying the body was cut, unless it is to the
         connection's end and that was it."""
@@ -265,9 +199,7 @@ class UpstreamAnswer(msgspec.Struct):
         except UpstreamFailed as exc:
             if self._wire.expired:
                 raise
-            if not self.until_close:
-                raise UpstreamFailed(f"the upstream's answer was cut before its end "
-                                     f"({exc})") from None
+            self._message.ended(str(exc))  # (its end, where its body runs to the close)
             self.ended = True
 
     def release(self) -> None:
@@ -381,26 +313,19 @@ class UpstreamClient:
                 wire = await _connect(target, deadline, timeout)
             assert wire.transport is not None
             wire.arm(deadline, timeout)
-            answer, parser = wire.parts, wire.parser
+            answer = wire.answer
             answer.begin()
             try:
                 wire.transport.writelines(message)
-                head_read = 0
-                # an interim answer (100 Continue): the real one follows
-                while not (answer.head_done and answer.status >= 200):
-                    # (endless ones held the call to its timeout)
-                    if answer.interims > MAX_INTERIM:
-                        raise UpstreamFailed(f"the upstream sent over MAX_INTERIM "
-                                             f"({MAX_INTERIM}) interim answers (1xx)")
-                    if head_read > MAX_HEAD:
-                        raise UpstreamFailed(f"the upstream's answer's head is over "
-                                             f"MAX_HEAD ({MAX_HEAD} bytes)")
+                while not answer.head_done:  # (interim answers read past, bounded)
                     if not wire.buffer:
                         await wire.more()
-                    head_read += len(wire.buffer)
-                    _feed(parser, wire.take(len(wire.buffer)))
+                    answer.feed(wire.take(len(wire.buffer)))
+                if answer.status == 101:  # (what follows is no HTTP's)
+                    raise UpstreamFailed("the upstream switched protocols (101), asked "
+                                         "for none")
                 return UpstreamAnswer(answer.status, answer.headers, answer.complete, self,
-                                      target.origin, wire, parser, answer)
+                                      target.origin, wire, answer)
             except BaseException as exc:
                 wire.disarm(dropped=True)
                 wire.transport.abort()
