@@ -224,3 +224,34 @@ async def test_a_public_card_says_it_varies_by_the_host_it_names(tmp_path: Path)
             async with http.get(url, headers={"Host": "evil.example",
                                               "If-None-Match": etag}) as r:
                 assert (r.status, r.headers.get("Vary")) == (304, "Host")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a socket peer's dashboard session is tied to nothing: corral/daemon/http/ui.py "
+    "LoginSessions.find"))
+@pytest.mark.deadline(120)
+async def test_a_socket_peers_dashboard_session_ends_when_its_group_is_not_its_tenants(
+        tmp_path: Path) -> None:
+    """The attack: a user in `[tenants.acme] group` (here `daemon`, uid 1) opens a
+    dashboard on the control socket (`corral ui`): the session is acme's. The operator
+    takes the group off the tenant and reloads: on the socket the user is acme's no
+    more, but the session, tied to no token, stayed acme's, with the peer's scopes, for
+    its 12 hours. A peer's session is asked at each request, as a token's is, whether its
+    uid and group still call as its tenant: here it ends (401)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = tmp_path / "corral.toml"
+    toml = ('[tenants.acme]\ngroup = "daemon"\n' + TENANTS.replace("[tenants.acme]\n", "")
+            + f'[http]\nlisten = "127.0.0.1:{port}"\nrate_per_minute = 0\n')
+    async with in_process(tmp_path, hello("hello"), toml) as d:
+        peer = Caller(via="socket", uid=1, gid=1, pid=1, tenant="acme")
+        path = (await d.dispatcher.call(peer, "ui.login")).path
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as own:
+            async with own.get(base + path, allow_redirects=False) as r:
+                assert r.status == 303, await r.text()
+            async with own.get(f"{base}/ui/session") as r:
+                assert (r.status, (await r.json())["tenant"]) == (200, "acme")
+            config.write_text(config.read_text().replace('group = "daemon"\n', ""))
+            await d.dispatcher.call(Caller(via="socket", uid=0), "config.reload", {})
+            async with own.get(f"{base}/ui/session") as r:
+                assert r.status == 401, await r.text()
