@@ -226,9 +226,6 @@ async def test_a_public_card_says_it_varies_by_the_host_it_names(tmp_path: Path)
                 assert (r.status, r.headers.get("Vary")) == (304, "Host")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a socket peer's dashboard session is tied to nothing: corral/daemon/http/ui.py "
-    "LoginSessions.find"))
 @pytest.mark.deadline(120)
 async def test_a_socket_peers_dashboard_session_ends_when_its_group_is_not_its_tenants(
         tmp_path: Path) -> None:

@@ -382,7 +382,7 @@ class Daemon:
         if conf.cfg.http.listen:
             from .http.ui import LoginSessions  # with aiohttp: only where [http] is configured
 
-            web.logins = LoginSessions()
+            web.logins = LoginSessions(peers=control)
         await enter("the HTTP server", part.http_server(conf, s, dispatcher, extras,
                                                         listeners))
         # no more attempts at an extra once the stop begins tearing down

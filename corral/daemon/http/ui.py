@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import yarl
@@ -86,6 +86,9 @@ class _Grant:
     # the bearer token that asked for the link (None: a socket peer): the session ends
     # with it, so that revoking a tenant's token also logs its pages out
     token: Caller | None = None
+    # the socket peer that asked for it (uid, gid), whose session ends once the socket
+    # would no longer take it as the session's tenant (its group given another, or none)
+    peer: tuple[int, int] | None = None
 
 
 @dataclass(kw_only=True)
@@ -106,6 +109,14 @@ def _drop_oldest(kept: dict[str, G], caller: Caller, bound: int) -> None:
         del kept[key]
 
 
+class Peers(Protocol):
+    """The control socket's word on a peer (daemon/control.py ControlServer)."""
+
+    def tenant_of(self, uid: int, gid: int) -> str | None: ...
+
+    def authorized(self, uid: int, gid: int) -> bool: ...
+
+
 @dataclass(kw_only=True)
 class LoginSessions:
     """The one-time login codes and the sessions they became, in memory: a daemon restart
@@ -119,6 +130,9 @@ class LoginSessions:
     # the token store, asked whether the token a session came from still holds what it
     # held (set by ui.setup)
     tokens: Tokens | None = None
+    # the control socket, asked whether a peer's session's uid and group still call as
+    # its tenant
+    peers: Peers | None = None
 
     @property
     def url(self) -> str:
@@ -143,7 +157,8 @@ class LoginSessions:
         caller = Caller(via="ui", uid=issuer.uid, gid=issuer.gid, token=f"dashboard ({whose})",
                         tenant=issuer.tenant, agents=issuer.agents, scopes=issuer.scopes)
         token = issuer if issuer.via == "http" and issuer.token is not None else None
-        self.codes[code] = _Grant(caller=caller, expires=expires, token=token)
+        peer = (issuer.uid, issuer.gid) if issuer.via == "socket" else None
+        self.codes[code] = _Grant(caller=caller, expires=expires, token=token, peer=peer)
         return code, expires
 
     def redeem(self, code: str) -> LoginSession:
@@ -159,7 +174,7 @@ class LoginSessions:
         _drop_oldest(self.sessions, grant.caller, MAX_SESSIONS)
         session = LoginSession(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32),
                                caller=grant.caller, expires=now + SESSION_TTL,
-                               token=grant.token)
+                               token=grant.token, peer=grant.peer)
         self.sessions[session.id] = session
         return session
 
@@ -168,7 +183,8 @@ class LoginSessions:
             return None
         session = self.sessions.get(sid)
         if session is not None and (session.expires <= self.clock() or (
-                session.token is not None and not self._holds(session.token))):
+                session.token is not None and not self._holds(session.token)) or (
+                session.peer is not None and not self._peer_holds(session))):
             del self.sessions[sid]
             return None
         return session
@@ -183,6 +199,18 @@ class LoginSessions:
         return (token is not None and not token.expired(time.time())
                 and (token.tenant, token.agents, token.scopes)
                 == (caller.tenant, caller.agents, caller.scopes))
+
+    def _peer_holds(self, grant: _Grant) -> bool:
+        """Whether the socket peer a session came from is still taken on the socket, as
+        the session's tenant (a reload may give its group another, or none)."""
+        if self.peers is None or grant.peer is None:
+            return True
+        uid, gid = grant.peer
+        try:
+            return self.peers.authorized(uid, gid) and \
+                self.peers.tenant_of(uid, gid) == grant.caller.tenant
+        except RpcError:  # (in the groups of two tenants: refused on the socket)
+            return False
 
     def revoked(self, e: TokenRevoked) -> None:
         """A token revoked: the sessions and unused links it asked for end now."""
