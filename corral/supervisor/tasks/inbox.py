@@ -328,14 +328,17 @@ class Inbox:
         return await self.waits.wait(self, ask)
 
     # -- ending ---------------------------------------------------------------------------
-    def withdraw(self, task_id: str) -> asyncio.Future[list[Ask]]:
-        """End the task's pending asks withdrawn: read so from this call on, written and
-        told after; the future is them as written. One being decided is its decision's;
-        one whose withdrawal is not written reads pending again."""
+    def withdraw(self, task_id: str, ask_id: str | None = None, why: str | None = None
+                 ) -> asyncio.Future[list[Ask]]:
+        """End the task's pending asks (`ask_id`: that one alone) withdrawn, `why` their
+        data's reason: read so from this call on, written and told after; the future is
+        them as written. One being decided is its decision's; one whose withdrawal is not
+        written reads pending again."""
         writes = []
         for ask in self.waiting_for(task_id):
-            if ask.id not in self._ending:
-                gone = self._begin(ask, AskEnd.WITHDRAWN, CORRAL, None)
+            if ask.id not in self._ending and ask_id in (None, ask.id):
+                gone = self._begin(ask, AskEnd.WITHDRAWN, CORRAL,
+                                   None if why is None else {"reason": why})
                 self._withdrawn[ask.id] = gone
                 writes.append(self._write(ask, gone))
         return asyncio.gather(*writes)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .call import Call
 
 OWNER_PREFIX = "replica:"
+# a withdrawn ask's reason when the call it held ended first
+CALLER_GONE = "its caller went away before a decision: the call is not made"
 
 
 def is_replica_owner(task_id: str) -> bool:
@@ -111,7 +113,7 @@ class ReplicaCalls:
         parked = peer.park(asyncio.current_task()) if peer is not None else None
         r.waiting_for_person += 1
         try:
-            return await self.inbox.wait(ask)
+            return await self._waited(w.owner, ask)
         finally:
             r.waiting_for_person -= 1
             if parked is not None and peer is not None:
@@ -137,11 +139,17 @@ class ReplicaCalls:
             call.wire.on_progress({"progress": 0, "message": (
                 f"waits for a person's decision on ask {ask.id}: `corral approvals approve "
                 f"{ask.id}` (or deny)")})
+        return await self._waited(owner, ask)
+
+    async def _waited(self, owner: str, ask: Ask) -> Ask:
+        """The ask's end; withdrawn when its call ends first (its caller went away: a
+        gateway client's connection closed, a worker's request cancelled), which no
+        decision makes after."""
         try:
             return await self.inbox.wait(ask)
-        finally:
-            if self.inbox.asking(owner):
-                kept(self._withdrawing, self.inbox.withdraw(owner))
+        except BaseException:
+            kept(self._withdrawing, self.inbox.withdraw(owner, ask.id, CALLER_GONE))
+            raise
 
     def _exited(self, e: ReplicaExit) -> None:
         w = self.windows.pop(e.replica.label, None)
