@@ -74,12 +74,13 @@ def make_dir(path: Path, mode: int = 0o700) -> None:
                                    "corral's own: refused (remove it)", str(path))
 
 
-def replace_file(path: Path, data: bytes, secret: bool = False) -> None:
+def replace_file(path: Path, data: bytes, secret: bool = False, sync: bool = False) -> None:
     """`data` in `path`'s place, by a rename. The temporary beside it is a file of its
     own, made anew under a name no one could know (never what a link planted in a
     directory others may write names: the daemon is root); a file replaced keeps its
     mode (a file the operator made private stays so), less what lets others read it when
-    it holds a `secret`; a new one is its owner's alone."""
+    it holds a `secret`; a new one is its owner's alone. `sync`: on disk before the
+    rename (its directory's entry is the caller's to sync)."""
     import tempfile  # (not at every corral start: the CLI imports this module)
 
     try:
@@ -92,6 +93,9 @@ def replace_file(path: Path, data: bytes, secret: bool = False) -> None:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(fd, mode & ~0o077 if secret else mode)
             out.write(data)
+            if sync:
+                out.flush()
+                os.fsync(fd)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

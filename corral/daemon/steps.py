@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from ..statefiles import make_dir, open_file
+from ..statefiles import make_dir, replace_file
 from ..supervisor.tasks.stepjournal import Step
 from .journalstore import JournalStore, JournalWords
 from .steplog import StepLog, leftovers, log_dir, records
@@ -203,12 +203,7 @@ class StepsDB:
             return
         ref = h.hex()
         make_dir(self.dir)
-        tmp = self.dir / f".{ref}.tmp"
-        with os.fdopen(open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-            f.write(body)
-            if self.sync == "full":
-                os.fsync(f.fileno())
-        os.replace(tmp, self.dir / ref)
+        replace_file(self.dir / ref, body, sync=self.sync == "full")
         db.execute("INSERT INTO step_results (hash, size, ref) VALUES (?, ?, ?)",
                    (h, len(body), ref))
 

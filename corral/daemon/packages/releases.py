@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from ...statefiles import make_dir, open_file
+from ...statefiles import make_dir, replace_file
 from ...supervisor.release import READY
 
 INFO = "release.json"
@@ -113,13 +113,7 @@ class Releases:
         """Durably, before the switch is recorded anywhere else."""
         base = self.root / name
         make_dir(base, 0o755)
-        tmp = base / (ROLLOUT + ".tmp")
-        with os.fdopen(open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-                       "wb") as f:
-            f.write(msgspec.json.encode(rollout))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, base / ROLLOUT)
+        replace_file(base / ROLLOUT, msgspec.json.encode(rollout), sync=True)
         fsync_dir(base)
 
     def end_rollout(self, name: str) -> None:
