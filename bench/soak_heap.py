@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 MIB = 1 << 20
+SMALL_REQUEST = 512  # the largest block pymalloc serves itself: past it, glibc's
 
 Dump = dict[str, Any]
 
@@ -43,6 +44,44 @@ def _heap(d: Dump, *keys: str) -> float | None:
     """glibc's main arena's figure (the sum of `keys`), in MiB (None: not in this dump)."""
     heaps = (d.get("malloc") or {}).get("heaps")
     return None if not heaps else sum(heaps[0][k] for k in keys) / MIB
+
+
+def _arenas(d: Dump, free: bool) -> float | None:
+    """glibc's thread arenas together (every heap past the main one): their bytes from the
+    system, or their free chunks, in MiB (None: not in this dump)."""
+    heaps = (d.get("malloc") or {}).get("heaps")
+    if not heaps:
+        return None
+    keys = ("free_fast", "free_rest") if free else ("system",)
+    return float(sum(h[k] for h in heaps[1:] for k in keys)) / MIB
+
+
+def _c_in_use(d: Dump) -> float | None:
+    """glibc's bytes in use less SQLite's (SQLite's pages past its slab and its other
+    blocks come from malloc): Python's blocks past 512 bytes and every other C
+    library's, in MiB (None: not in this dump)."""
+    malloc, sqlite = d.get("malloc"), d.get("sqlite")
+    if malloc is None or sqlite is None:
+        return None
+    # (the slab's pages, mapped apart, are in neither figure)
+    return float(malloc["in_use"] - sqlite["used"]) / MIB
+
+
+def _python_large(d: Dump) -> float | None:
+    """The traced blocks past 512 bytes (glibc's, not pymalloc's), in MiB (None: the dump
+    was untraced)."""
+    large = d.get("large_by_line")
+    return None if large is None else float(sum(large.values())) / MIB
+
+
+def _c_alone(d: Dump) -> float | None:
+    """glibc's bytes in use less SQLite's, Python's traced blocks and tracemalloc's own
+    tables: C code's alone (the extensions', the interpreter's raw blocks), in MiB (None:
+    the dump was untraced)."""
+    rest, large = _c_in_use(d), _python_large(d)
+    if rest is None or large is None:
+        return None
+    return rest - large - float(d.get("tracemalloc_overhead") or 0) / MIB
 
 
 def _holes(low: int, high: int, count: bool = False) -> Callable[[Dump], float | None]:
@@ -67,7 +106,12 @@ ACCOUNTS: list[tuple[str, Callable[[Dump], float | None]]] = [
     # the holes the loop's churn leaves (issue 90): their bytes, and how many
     ("  of them 8-64 KiB", _holes(8 << 10, 64 << 10)),
     ("  of them 8-64 KiB (count)", _holes(8 << 10, 64 << 10, count=True)),
+    ("glibc thread arenas", lambda d: _arenas(d, free=False)),
+    ("glibc thread arenas' free chunks", lambda d: _arenas(d, free=True)),
     ("glibc in use", _part("malloc", "in_use")),
+    ("  of it not SQLite's", _c_in_use),
+    ("    Python's past 512 B (traced)", _python_large),
+    ("    C code's alone", _c_alone),
     ("glibc free", _part("malloc", "free")),
     ("glibc mmapped", _part("malloc", "mmapped")),
     *[(f"pymalloc {k}", _part("pymalloc", k))
@@ -141,6 +185,37 @@ def _count(v: Any) -> float:
     return float(v[0] if isinstance(v, list) else v or 0)
 
 
+def large_by_line(snapshot: Path) -> dict[str, int]:
+    """A traced dump's blocks past 512 bytes (glibc's), their bytes by the line that made
+    them (its innermost traced frame)."""
+    import tracemalloc
+
+    out: dict[str, int] = {}
+    for trace in tracemalloc.Snapshot.load(str(snapshot)).traces:
+        if trace.size > SMALL_REQUEST:
+            frame = trace.traceback[-1]  # (the innermost: tracemalloc lists oldest first)
+            at = f"{frame.filename}:{frame.lineno}"
+            out[at] = out.get(at, 0) + trace.size
+    return out
+
+
+def traced(where: Path, dumps: list[Dump]) -> None:
+    """Each dump whose snapshot is beside it (a traced run's) given its blocks past 512
+    bytes by line, `large_by_line` (read here, not in the daemon: the walk is long)."""
+    for d in dumps:
+        snapshot = where / f"heap-{d['seconds']}.tracemalloc"
+        if snapshot.exists():
+            d["large_by_line"] = large_by_line(snapshot)
+
+
+def large_grew(first: Dump, last: Dump, top: int) -> list[tuple[str, int, int]]:
+    """Between two traced dumps, the lines whose blocks past 512 bytes grew most: (line,
+    bytes first, bytes last)."""
+    a, b = first["large_by_line"], last["large_by_line"]
+    rows = [(at, a.get(at, 0), b.get(at, 0)) for at in {*a, *b}]
+    return sorted((r for r in rows if r[2] > r[1]), key=lambda r: r[1] - r[2])[:top]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", type=Path)
@@ -153,12 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(dumps) < 3:
         print(f"soak_heap: {len(dumps)} dumps past {a.warmup:g} s in {a.dir}", file=sys.stderr)
         return 2
+    traced(a.dir, dumps)
     rep = {"dumps": len(dumps), "from_s": dumps[0]["seconds"], "to_s": dumps[-1]["seconds"],
            "accounts": accounts(dumps),
            "types": grew(dumps, lambda d: d["types"], a.top),
            # pymalloc's size classes by the pools they hold (each 16 KiB)
            "pool_classes": grew(dumps, lambda d: (d.get("pymalloc") or {}).get("classes", {}),
                                 a.top)}
+    if "large_by_line" in dumps[0] and "large_by_line" in dumps[-1]:
+        rep["large_lines"] = large_grew(dumps[0], dumps[-1], a.top)
     if a.json:
         print(json.dumps(rep))
         return 0
@@ -167,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rep["accounts"]:
         per = "-" if r["per_hour"] is None else f"{r['per_hour']:+.2f}"
         print(f"{r['account']:34} {r['first']:>9} {r['last']:>9} {per:>9}")
+    for at, b0, b1 in rep.get("large_lines", []):
+        print(f"  blocks past 512 B grew at {at}: {b0 / 1024:.1f} -> {b1 / 1024:.1f} KiB")
     for title, rows in (("types by count", rep["types"]),
                         ("pymalloc size classes by pools", rep["pool_classes"])):
         print(f"{title}, growing fastest (first -> last, per hour): " + ", ".join(

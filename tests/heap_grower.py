@@ -1,5 +1,6 @@
 """A process of its own for tests/test_heapdump.py: the hook on, per the variables given as
-JSON in argv[1]; the first dump waited for, then instances of a type of this module's made,
+JSON in argv[1]; the first dump waited for, then instances of a type of this module's made
+(and blocks past pymalloc's),
 then the next two dumps; the three dumps' paths printed as a JSON line.
 
 A process of its own, not the test's: each dump walks its process's whole heap, and a
@@ -15,6 +16,8 @@ import tracemalloc
 from pathlib import Path
 
 from corral.daemon import heapdump
+
+LARGE = 4096  # a kept block's bytes: past pymalloc's largest, so glibc's
 
 
 class Grows:
@@ -37,17 +40,19 @@ def main() -> None:
     env = json.loads(sys.argv[1])
     where = Path(env[heapdump.ENV_DIR])
     kept: list[Grows] = []
+    large: list[bytearray] = []  # blocks past pymalloc's, from glibc
     with heapdump.from_env(env) as thread:
         assert thread is not None
         tracing = tracemalloc.is_tracing()
         first = next_dump(where, set())
         kept += [Grows() for _ in range(5000)]
+        large += [bytearray(LARGE) for _ in range(100)]
         # the next dump may have begun while they were made: the one after it
         between = next_dump(where, {first})
         second = next_dump(where, {first, between})
     thread.join(5)
     print(json.dumps({"dumps": [str(first), str(between), str(second)],
-                      "kept": len(kept), "tracing": tracing,
+                      "kept": len(kept), "large": len(large), "tracing": tracing,
                       "thread_alive": thread.is_alive()}))
 
 

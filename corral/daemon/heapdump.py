@@ -198,13 +198,16 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def _trimmed() -> int | None:
+def _trimmed() -> tuple[int, int] | None:
+    """The RSS just before a malloc_trim and just after it (read together: the dump's other
+    readers allocate, and their blocks are no trim's)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
+    before = _rss()
     trim(0)
-    return _rss()
+    return before, _rss()
 
 
 def write(where: str, seconds: int, trim: bool = False) -> str:
@@ -219,13 +222,15 @@ def write(where: str, seconds: int, trim: bool = False) -> str:
     traced, peak = tracemalloc.get_traced_memory() if tracing else (None, None)
     out = os.path.join(where, f"heap-{seconds}.json")
     part = out + ".part"  # renamed when whole: a reader never sees half
-    text = json.dumps({
+    account = {
         "seconds": seconds, "rss": _rss(), "traced": traced, "traced_peak": peak,
         "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory() if tracing else None,
         "malloc": _mallinfo(), "sqlite": _sqlite(), "gc_counts": gc.get_count(),
         "pymalloc": _pymalloc(), "maps": _maps(), "threads": threading.active_count(),
-        "rss_trimmed": _trimmed() if trim else None,
-        "objects": sum(types.values()), "types": dict(types.most_common(KEEP_TYPES))})
+        "objects": sum(types.values()), "types": dict(types.most_common(KEEP_TYPES))}
+    trimmed = _trimmed() if trim else None  # last: the accounts above are the heap's as it was
+    account["rss_before_trim"], account["rss_trimmed"] = trimmed or (None, None)
+    text = json.dumps(account)
     with open(part, "w") as f:
         f.write(text)
     os.rename(part, out)
