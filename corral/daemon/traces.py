@@ -7,8 +7,6 @@ task: each place that drops spans counts them (`corral_trace_spans_dropped_total
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import sys
@@ -23,6 +21,8 @@ import msgspec
 
 from ..methods import TraceView
 from ..supervisor.config import TracingSettings
+from ..supervisor.process import PIPE_SIZE as PIPE_SIZE
+from ..supervisor.process import set_pipe_sizes
 from ..supervisor.tracing import BUFFER_BYTES, Sampling, Tracer
 from ..timeouts import waited
 from . import tracestore
@@ -83,9 +83,8 @@ def _sampler(env: Mapping[str, str]) -> tuple[float, bool]:
 PIPE_BOUND = 8 << 20  # bytes of batches waiting for the exporter to read; past it, dropped
 # full batches handed over together: the exporter woken a few times a second at most,
 # not at each batch (its runs beside the loop cost the loop more than the hand-over's
-# size), and the pipe made as large as the system lets it be for them
+# size), and the pipe widened for them (PIPE_SIZE, process.py's)
 HANDOVER = 16
-PIPE_SIZE = 1 << 20
 FLUSH_WAIT = 5.0  # seconds a read waits for the exporter to store what it was sent
 BACKOFF = (0.5, 30.0)  # a dead exporter's restart: first delay, longest
 STEADY = 60.0  # seconds an exporter lives for its restart delay to start over
@@ -340,20 +339,11 @@ class Traces:
 
 
 def _widen(proc: asyncio.subprocess.Process) -> None:
-    """The exporter's input pipe at PIPE_SIZE bytes, or the most the system allows (the
-    default 64 KiB took a hand-over's batches in dozens of writes, each a wake-up)."""
+    """The exporter's input pipe widened as an agent's are (the default 64 KiB took a
+    hand-over's batches in dozens of writes, each a wake-up)."""
     pipe = proc.stdin.transport.get_extra_info("pipe") if proc.stdin is not None else None
-    if pipe is None:
-        return
-    try:
-        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
-    except (OSError, ValueError):
-        limit = PIPE_SIZE
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, min(PIPE_SIZE, limit))
-
-
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    if pipe is not None:
+        set_pipe_sizes([pipe.fileno()])
 
 
 def traces_of(cfg: TracingSettings | None, state_dir: Path,
