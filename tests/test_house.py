@@ -325,7 +325,8 @@ def test_the_check_scan_sees_a_door_that_checks_a_call_itself(tmp_path: Path) ->
 # Issue 86's "one of each": every HTTP message corral takes is read by llhttp (httptools,
 # or aiohttp's parser, which is llhttp too), and every seccomp filter is built by libseccomp
 # (supervisor/seccomp.py): a hand parser or a hand-built filter beside them is a second one,
-# each with the holes the other closes.
+# each with the holes the other closes. An HTTP answer corral's clients take is read by
+# one reader, http1answer.py (decision 2200): a response parser made elsewhere is another.
 HTTP_TESTS = {"startswith", "endswith", "match", "fullmatch", "search", "compile", "find",
               "index", "split", "partition", "rpartition"}
 FILTER_NAMES = ("SECCOMP_RET", "SECCOMP_SET_MODE", "PR_SET_SECCOMP", "BPF_", "sock_filter",
@@ -346,8 +347,9 @@ def _imports(tree: ast.Module) -> set[str]:
 
 def second_parsers(path: Path, root: Path) -> list[str]:
     """A module's reads of HTTP by hand (a literal of HTTP's version tested against what
-    was read, in a module llhttp reads nothing for) and its seccomp programs built by hand
-    (BPF's names, or pyseccomp outside seccomp.py)."""
+    was read, in a module llhttp reads nothing for), its answers' readers beside
+    http1answer.py's and its seccomp programs built by hand (BPF's names, or pyseccomp
+    outside seccomp.py)."""
     rel, tree = path.relative_to(root).as_posix(), file_tree(path)
     imported = _imports(tree)
     by_llhttp = bool(imported & {"httptools", "aiohttp"})  # (its checks bound llhttp's read)
@@ -364,6 +366,8 @@ def second_parsers(path: Path, root: Path) -> list[str]:
             node.attr if isinstance(node, ast.Attribute) else ""
         if any(n in name for n in FILTER_NAMES):
             found.append(f"{rel}:{node.lineno} a filter built by hand")
+        if name == "HttpResponseParser" and not rel.endswith("http1answer.py"):
+            found.append(f"{rel}:{node.lineno} an answer read beside http1answer.py")
     return found
 
 
@@ -378,7 +382,8 @@ def test_the_parser_scan_sees_a_hand_parser_and_a_hand_filter(tmp_path: Path) ->
                      "    if line.startswith(b'HTTP/1.1 '):\n"
                      "        return line.split(None, 2)\n"
                      "    return line[:5] == 'HTTP/' or code == 200\n"
-                     "ANSWER = b'HTTP/1.1 200 OK' + b'\\r\\n'\n")
+                     "ANSWER = b'HTTP/1.1 200 OK' + b'\\r\\n'\n"
+                     "READ = httptools.HttpResponseParser\n")
     box = tmp_path / "box.py"
     box.write_text("import pyseccomp\nfrom pyseccomp import SyscallFilter\n"
                    "RET = SECCOMP_RET_KILL\nimport struct\n"
@@ -389,6 +394,8 @@ def test_the_parser_scan_sees_a_hand_parser_and_a_hand_filter(tmp_path: Path) ->
     assert [f for p in sorted(tmp_path.rglob("*.py")) for f in second_parsers(p, tmp_path)] == [
         "box.py libseccomp outside seccomp.py", "box.py:3 a filter built by hand",
         "box.py:5 a filter built by hand",
+        "lean.py:6 an answer read beside http1answer.py",
+        "probe.py:6 an answer read beside http1answer.py",
         "probe.py:2 HTTP read by hand", "probe.py:4 HTTP read by hand"]
 
 
