@@ -189,6 +189,10 @@ class ClusterNode:
                 if isinstance(t, ClusterTask) and not t.ended
                 and consumer in (None, t.consumer)]
 
+    def _running(self) -> list[Task]:
+        """What runs here, and what ended here with its outcome not yet written."""
+        return [*self.tasks.active.values(), *(t for t, _ in self.outbox.pending)]
+
     # -- the loops --------------------------------------------------------------------
     def place_after(self, event: asyncio.Event) -> None:
         """The cluster's agents placed here from when `event` is set on (an upgrade's new
@@ -225,9 +229,9 @@ class ClusterNode:
             self.puller.sync()
             if self.membership.member:
                 try:
-                    # what runs here, and what ended here with its outcome not yet written
-                    held = [*self.tasks.active.values(), *(t for t, _ in self.outbox.pending)]
-                    await self.reaper.refresh(held, self.puller.streams())
+                    held = self._running()
+                    await self.reaper.refresh(self._running, self.puller.streams(),
+                                              self.queue.claiming)
                     await self.puller.let_go()
                     await self._cancels()
                     await self.asks.sweep()  # a suspended task's asks' deadlines

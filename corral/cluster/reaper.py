@@ -201,13 +201,15 @@ class Reaper(RedisPart):
         """A stopping node's last pass: every entry `consumer` still holds in `streams`
         (but `held`, what runs on) is an orphan, queued again at once."""
         for stream in streams:
-            await self._take_over(stream, consumer, idle=0, held=held, reason=reason)
+            await self._take_over(stream, consumer, idle=0, lost=lambda e: e not in held,
+                                  reason=reason)
 
     async def _take_over(self, stream: str, dead: str, *, idle: int | None = None,
-                         held: frozenset[bytes] = frozenset(),
+                         lost: Callable[[bytes], bool] = lambda e: True,
                          reason: str | None = None) -> None:
         """What `dead` holds in `stream` goes back; with `idle` (ms), what this live node
-        holds without running it (not in `held`), idle that long: an orphan."""
+        holds idle that long and `lost` says it does not run: an orphan (`lost` asked
+        again just before the entry is taken, after the reads that decide it)."""
         pending = await self.redis.xpending_range(stream, GROUP, "-", "+", PAGE,
                                                   consumername=dead, idle=idle)
         node = dead.rpartition("/")[0] or dead  # (a Redis writer's name: as it is)
@@ -217,7 +219,7 @@ class Reaper(RedisPart):
                             "not confirmed)" if orphans else f"node {node} lost")
         for p in pending:
             entry = p["message_id"]
-            if entry in held:
+            if not lost(entry):
                 continue
             found = await self.redis.xrange(stream, entry, entry)
             task_id = found[0][1].get(b"task") if found else None
@@ -229,6 +231,8 @@ class Reaper(RedisPart):
             # session's turn given to it that it was too busy to claim (sessionscripts)
             unclaimed = refreshing and await self.redis.hget(self.keys.task(tid),
                                                           "status") == b"queued"
+            if not lost(entry):  # (its claim's answer came meanwhile)
+                continue
             try:
                 got = await take_over(self, stream, entry, tid, dead, orphan=orphans,
                                       reason=reason, kept_for=self.kept_for,
@@ -271,13 +275,16 @@ class Reaper(RedisPart):
         self.report(f"cluster: {got.count(b'requeued')} tasks handed back ({reason})"
                     + (f", {ended} lost (not run again)" if ended else ""))
 
-    async def refresh(self, tasks: Iterable[Task], streams: Iterable[str]) -> None:
+    async def refresh(self, held: Callable[[], Iterable[Task]], streams: Iterable[str],
+                      claiming: Mapping[str, int]) -> None:
         """The owner's every beat: its running cluster tasks' entries are its own again,
         idle 0; an entry it holds in `streams` without running it, idle for
-        ORPHAN_BEATS, goes back to the cluster."""
+        ORPHAN_BEATS, goes back to the cluster. `held`: what runs here, and what ended
+        here with its outcome not yet written, asked again at each such entry;
+        `claiming`: its claims under way by agent (ClusterQueue.claiming)."""
         consumer = self.membership.consumer
         by_stream: dict[str, list[str]] = defaultdict(list)
-        for t in tasks:
+        for t in held():
             if isinstance(t, ClusterTask) and t.consumer == consumer:
                 by_stream[t.stream].append(t.entry)
         try:
@@ -285,7 +292,19 @@ class Reaper(RedisPart):
                 await self.redis.xclaim(stream, GROUP, consumer, 0, entries, justid=True)
             idle = int(ORPHAN_BEATS * self.membership.beat * 1000)
             for stream in streams:
-                held = frozenset(e.encode() for e in by_stream.get(stream, ()))
-                await self._take_over(stream, consumer, idle=idle, held=held)
+                agent = split_route(self.keys.route_of(stream))[1]
+
+                # Idle is counted from the entry's delivery, so one claimed since `held`
+                # was read, or claimed by a call whose answer (or its replicas'
+                # confirmation) a loaded host still keeps from this node, is idle and
+                # not held, and is not lost: while a claim of its agent is under way, or
+                # once the node holds it, it is not taken back (decision 2240)
+                def lost(entry: bytes, stream: str = stream, agent: str = agent) -> bool:
+                    return not claiming.get(agent) and not any(
+                        isinstance(t, ClusterTask) and t.consumer == consumer
+                        and t.stream == stream and t.entry.encode() == entry
+                        for t in held())
+
+                await self._take_over(stream, consumer, idle=idle, lost=lost)
         except RedisError as exc:
             self.report(f"cluster: refreshing pending entries: {why(exc)}")
