@@ -9,6 +9,7 @@ pass are tests/test_conformance.py's and tests/test_client_conformance_revisions
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -300,3 +301,44 @@ async def test_a_server_slower_than_a_tests_wait_fails_that_test_saying_so_and_s
     finally:
         if server.proc is not None:
             warmforks.stop(server.proc, server.path)
+
+
+WORKER = """
+import sys, time
+from tests import warmforks
+server = warmforks._Server("orphan", (), bare=True)
+print(server.server(), server.path, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_ends_with_the_worker_that_started_it_killed_outright() -> None:
+    """A pytest worker killed outright (SIGKILL: xdist's, or a backstop's, at load) runs
+    no atexit: its server, whose stdout the worker alone read, sees that end closed and
+    ends too, its socket gone. On the tree before it lived on, an orphan."""
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT, env={**os.environ,
+                                                        "PYTHONPATH": str(ROOT)})
+    server: psutil.Process | None = None
+    try:
+        assert worker.stdout is not None
+        pid, path = worker.stdout.readline().split()
+        server = psutil.Process(int(pid))
+        assert server.ppid() == worker.pid and os.path.exists(path)
+        worker.kill()
+        assert worker.wait(30) == -signal.SIGKILL
+        try:
+            server.wait(30)
+        except psutil.TimeoutExpired:
+            pytest.fail(f"the server (pid {pid}) outlived its killed worker by 30 s")
+        assert not os.path.exists(path) and not os.path.exists(path + ".cpu")
+    finally:
+        worker.kill()
+        worker.wait()
+        if server is not None and server.is_running():
+            server.kill()
+            server.wait(30)
+        for made in (f"/tmp/corral-warm-orphan-{worker.pid}",
+                     f"/tmp/corral-warm-orphan-{worker.pid}.cpu"):
+            with contextlib.suppress(OSError):
+                os.unlink(made)

@@ -21,7 +21,8 @@ daemon's SIGKILL of its server's process group) ends the child too (its end of t
 request's socket hung up: SIGIO, whose default ends a process). Where no server listens
 at SOCKET the launcher becomes `python PROGRAM ARGS...` itself (a cold start). The
 server reaps each child itself, so that the children's CPU is the server's children's,
-and so its parent's (the test's) once the server is reaped.
+and so its parent's (the test's) once the server is reaped. The server ends with the
+process that started it, killed outright too (its stdout's reader gone).
 
 The model gateway's agents (tests/model_agent.py) are forks of a server too, one a
 preload (`agent_command`), started bare: their official OpenAI and Anthropic clients are
@@ -106,6 +107,7 @@ def serve(path: str, preload: list[str]) -> None:
     import random
     import resource
     import runpy
+    import select
     import threading
     import traceback
 
@@ -159,7 +161,20 @@ def serve(path: str, preload: list[str]) -> None:
     listener.bind(path)
     listener.listen(64)
     print("ready", flush=True)
+    # The server lives as long as the process that started it (`spawn`: a pytest
+    # worker), which alone reads its stdout: a worker killed outright (a backstop, or
+    # xdist's at load) runs no atexit, and the server lived on, an orphan holding its
+    # imports' memory. Its stdout's reading end closed, a poll of the writing end says
+    # POLLERR, and the server goes, its socket with it.
+    polled = select.poll()
+    polled.register(listener, select.POLLIN)
+    polled.register(sys.stdout, 0)  # (errors and hang-ups are always said)
     while True:
+        if any(fd != listener.fileno() for fd, _ in polled.poll()):
+            for made in (path, path + ".cpu"):
+                with contextlib.suppress(OSError):
+                    os.unlink(made)
+            os._exit(0)
         conn, _ = listener.accept()
         fds = array.array("i")
         data, ancdata, _, _ = conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(STDIO * fds.itemsize))
