@@ -120,10 +120,11 @@ async def take_over(part: RedisPart, stream: str, entry: Any, tid: str, dead: st
     task = part.keys.task(tid)
 
     def fill(pipe: Any) -> None:
-        pipe.hmget(task, "retries_left", "retry_lost", "options", "cancel", "agent")
+        pipe.hmget(task, "retries_left", "retry_lost", "options", "cancel", "agent",
+                   "status")
         pipe.lrange(part.keys.attempts(tid), 0, -1)
 
-    (retries, retry_lost, options, cancel, agent), attempts = await read_all(
+    (retries, retry_lost, options, cancel, agent, read), attempts = await read_all(
         part.redis, fill, transaction=True)
     local = specs.get(agent.decode(errors="replace")) if agent else None
     step, machine = decided(retries, retry_lost, options, cancel, attempts, orphan,
@@ -144,7 +145,8 @@ async def take_over(part: RedisPart, stream: str, entry: Any, tid: str, dead: st
         args=[tid, entry, dead, repr(time.time()), reason, kept_for,
               "live" if orphan or live else "dead", retries or b"", cancel or b"",
               status, spent,
-              error, part.trust.outcome(tid, "0", status, b"", error) if error else ""])
+              error, part.trust.outcome(tid, "0", status, b"", error) if error else "",
+              read or b""])
 
 
 class Reaper(RedisPart):

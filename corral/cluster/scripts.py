@@ -502,7 +502,7 @@ return 1
 #       'dead' (its liveness key must be gone) or 'live', its retries_left and cancel's
 #       mark as read ('' none), what was decided: 'requeued' with the retries left (''
 #       unchanged), or the end ('lost', 'cancelled') with its error JSON and MAC
-#       (trust.OUTCOME, fence 0)
+#       (trust.OUTCOME, fence 0), its status as read ('' none)
 # -> 'requeued', 'lost', 'cancelled', or false (nothing to do, or decide again)
 TAKEOVER = f"""
 {sessionscripts.MARKABLE}
@@ -514,6 +514,8 @@ if rec[2] ~= ARGV[2] then
   redis.call('XDEL', KEYS[3], ARGV[2])
   return false
 end
+-- (a turn given to a live node and claimed by it since it was read, decision 2241)
+if (rec[1] or '') ~= ARGV[14] then return false end
 -- (its priority's stream, also for an entry of the claimed stream)
 local home = redis.call('HGET', KEYS[1], 'stream') or KEYS[3]
 -- (one read and not claimed when its reader died waits again as it was)

@@ -6,10 +6,12 @@ started it from the answer, and ran it a second time from the queue (session 18'
 runs of test_cluster_suspension and test_cluster_approvals).
 
 The answer is held at a TCP proxy between the node and a real redis-server, a claim that
-ran, its answer late; the node is a real daemon."""
+ran, its answer late; the node is a real daemon. And a turn given to a live node, taken
+back as an orphan while that node claims it, stays the node's (decision 2241)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import Iterator
@@ -19,12 +21,19 @@ from typing import Any
 import pytest
 
 from corral.cluster import scripts
-from corral.cluster.reaper import ORPHAN_BEATS
+from corral.cluster.connection import connect
+from corral.cluster.keys import GROUP
+from corral.cluster.reaper import ORPHAN_BEATS, take_over
+from corral.cluster.scripts import RedisPart, Scripts
+from corral.cluster.trust import Trust
+from corral.supervisor.config import ClusterSettings
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
+from . import test_scripts
 from .harness import BEAT, CALM_TTL, Node, sleeper
 from .proxy import Proxy
+from .test_scripts import TID, K, claim
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,3 +92,39 @@ def test_a_pulls_claim_answered_late_runs_once(tmp: Path, redis: RedisServer) ->
                 for d in done] == [("succeeded", [("a", "succeeded")])] * 2, done
         st = a.call("stats.get")["cluster"]
         assert (st["claimed"], st["orphans"], st["requeued"]) == (2, 0, 0), st
+
+
+async def test_a_turn_given_to_a_live_node_claimed_as_it_is_taken_back_stays_its(
+        redis: RedisServer, client: Any) -> None:
+    """A turn given to node n (its entry delivered to n/1, its task still queued, as
+    STICKY_CLAIMS finds it) is taken back as an orphan, and n's claim of it lands between
+    the takeover's read of the record and its TAKEOVER (held at a proxy on its way to
+    Redis): TAKEOVER finds the record not as read and does nothing, the task running for
+    n/1 under its entry. On the tree before it queued the task again while n ran it."""
+    s = Scripts(client)
+    tid, stream = TID.format(1), K.stream("acme", "w", 0)
+    # (its retries given at its submission: the claim leaves retries_left as it was)
+    await s.submit(keys=[K.task(tid), stream, K.priorities("acme", "w"), K.agents, K.live],
+                   args=[tid, "w", b'{"x":1}', 0, "", "2", "1.0", "n", 0, "0", "",
+                         *test_scripts.LAST])
+    await client.xreadgroup(GROUP, "n/1", {stream: ">"}, count=1)
+    entry = await client.hget(K.task(tid), "entry")
+    proxy = Proxy(redis.port)
+    through = connect(ClusterSettings(redis=proxy.url, name="t", node="r"), "r")
+    try:
+        gate = proxy.gate(b"EVALSHA", sha(scripts.TAKEOVER), answers=False)
+        taking = asyncio.ensure_future(take_over(
+            RedisPart(Scripts(through), K, Trust(None, "t", print)), stream, entry, tid,
+            "n/1", orphan=True, reason="node n did not run it", kept_for=60, specs={}))
+        assert await asyncio.to_thread(gate.reached.wait, 30), "TAKEOVER never sent"
+        assert await claim(s, client, 1, consumer="n/1")  # n's claim, meanwhile
+        gate.opened.set()
+        assert await taking is None
+        rec = await client.hmget(K.task(tid), "status", "owner", "entry")
+        pending = await client.xpending_range(stream, GROUP, "-", "+", 10)
+        assert (rec, [(p["message_id"], p["consumer"]) for p in pending]) == (
+            [b"running", b"n/1", entry], [(entry, b"n/1")])
+    finally:
+        gate.opened.set()
+        await through.aclose()
+        proxy.close()
