@@ -78,7 +78,7 @@ def other_than(ns: dict[str, Node], node: Node) -> Node:
 def test_an_approval_asked_on_one_node_is_listed_and_decided_once_on_another(
         tmp: Path, redis: RedisServer) -> None:
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(1)}
                                )["task_id"]
@@ -116,7 +116,7 @@ def test_a_cancelled_tasks_ask_is_withdrawn_and_counts_against_no_bound(
     leaves the pending asks its tenant's bound counts at once, is listed nowhere, and
     read by its id on another node it is withdrawn, which a decision then finds."""
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         a, b = ns["a"], ns["b"]
         task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(1)})["task_id"]
@@ -168,7 +168,7 @@ def test_the_asks_waited_on_are_counted_across_tasks_as_each_ends(
     which its waiting node reads from its channel's end of the ask."""
     agents = fleet(tmp).replace("[agents.writer]\n", "[agents.writer]\n"
                                                      "max_concurrent_tasks = 3\n", 1)
-    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         a = ns["a"]
         two = a.call("tasks.submit", {"agent": "writer", "input": {
@@ -205,7 +205,7 @@ def test_the_asks_waited_on_are_counted_across_tasks_as_each_ends(
 
 def test_a_question_asked_on_one_node_is_answered_on_another(tmp: Path,
                                                             redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": askers(), "b": askers()}) as ns:
+    with nodes(tmp, redis, {"a": askers(), "b": askers()}, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         schema = {"type": "object", "properties": {"n": {"type": "integer"}},
                   "required": ["n"]}
@@ -287,7 +287,7 @@ def test_the_supervisors_pending_asks_bound_holds_the_clusters_asks(
 def test_the_asking_node_killed_the_ask_outlives_it_and_its_call_runs_once(
         tmp: Path, redis: RedisServer) -> None:
     agents = fleet(tmp)
-    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+    with nodes(tmp, redis, {"a": agents, "b": agents}, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(4)}
                                )["task_id"]
@@ -301,7 +301,7 @@ def test_the_asking_node_killed_the_ask_outlives_it_and_its_call_runs_once(
                    timeout=60, what="the retry on the other node waiting on its ask")
         info = other.call("tasks.get", {"task_id": task_id})
         assert [(x["node"], x["outcome"]) for x in info["attempts"]] == [
-            (killed.name, "lost"), (other.name, "running")]
+            (killed.name, "lost"), (other.name, "running")], info["attempts"]
         assert other.call("stats.get")["cluster"]["asks"]["asked"] == 0
         assert [a["id"] for a in pending(other)] == [ask["id"]]
         # `corral task ID` on either side says what it waits for
@@ -345,7 +345,8 @@ def http(base: str, secret: str, path: str, body: dict[str, Any] | None = None
 def test_another_tenants_caller_neither_sees_nor_decides_a_cluster_ask(
         tmp: Path, redis: RedisServer) -> None:
     pa, pb = free_port(), free_port()
-    with nodes(tmp, redis, {"a": tenants_fleet(tmp, pa), "b": tenants_fleet(tmp, pb)}) as ns:
+    with nodes(tmp, redis, {"a": tenants_fleet(tmp, pa), "b": tenants_fleet(tmp, pb)},
+               ttl=STEADY_TTL) as ns:
         both_alive(ns)
         task_id = ns["a"].call("tasks.submit", {"agent": "writer", "input": bump(2)}
                                )["task_id"]
@@ -651,7 +652,7 @@ def test_the_asking_node_restarted_the_ask_waits_on_and_its_call_runs_once(
         tmp: Path, redis: RedisServer) -> None:
     """A graceful restart (SIGTERM, started again): the node gives its claim back, takes
     the task again, and its retry waits on the same ask."""
-    with nodes(tmp, redis, {"a": fleet(tmp)}) as ns:
+    with nodes(tmp, redis, {"a": fleet(tmp)}, ttl=STEADY_TTL) as ns:
         a = ns["a"]
         both_alive(ns)
         task_id = a.call("tasks.submit", {"agent": "writer", "input": bump(6)})["task_id"]
@@ -708,7 +709,7 @@ async def test_a_cluster_tasks_model_call_is_approved_on_another_node_and_made_o
     def agents() -> str:
         return model_fleet(tmp, upstream.url, agent_extra='approve_models = ["claude-*"]')
 
-    with nodes(tmp, redis, {"a": agents(), "b": agents()}) as ns:
+    with nodes(tmp, redis, {"a": agents(), "b": agents()}, ttl=STEADY_TTL) as ns:
         await asyncio.to_thread(both_alive, ns)
         task_id = (await asyncio.to_thread(ns["a"].call, "tasks.submit", {
             "agent": "writer", "input": {"api": "messages", "model": "claude-small",
@@ -758,7 +759,7 @@ def test_the_feeds_tell_a_cluster_ask_where_it_is_made_and_where_it_ends(
         tmp: Path, redis: RedisServer) -> None:
     """The node running the task tells its ask as it is made; a node that starts watching
     later has it among the pending; the node that decides it tells its end."""
-    with nodes(tmp, redis, {"a": fleet(tmp), "b": ""}) as ns:
+    with nodes(tmp, redis, {"a": fleet(tmp), "b": ""}, ttl=STEADY_TTL) as ns:
         both_alive(ns)
         on_a = Watch(ns["a"])
         try:
