@@ -1,21 +1,21 @@
 """A cluster node's part of `corral upgrade` (daemon/upgrade.py,
 docs/cluster.md#upgrading-a-node-in-place): the old image's settling of its claims before
 the exec, and what the new image needs to go on as the same daemon and incarnation (no
-join), each claim re-attached to its kept worker.
+join), each claim re-attached to its kept worker: its task made from its record in Redis,
+as a claim after a crash makes it, only what its run holds carried (decision 2210).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from ..supervisor.tasks import Attempt, ModelUsage
+from ..supervisor.tasks import ON_WORKER, Attempt, ModelUsage
 from ..text import plural
 from ..timeouts import cancel_all, within
-from .queue import ClusterTask
 
 if TYPE_CHECKING:
     from ..supervisor.replica import Replica
@@ -23,27 +23,34 @@ if TYPE_CHECKING:
 
 
 class Claim(msgspec.Struct, frozen=True):
-    """A cluster task running on a kept worker, as its claim and its run so far left it."""
+    """A cluster task running on a kept worker: what its run holds that its record in
+    Redis does not (its tool calls and usage reach Redis with its outcome), and the fence
+    it was claimed under. The task itself is its record's (`kept`)."""
 
     task_id: str
-    agent: str
-    input: msgspec.Raw
-    priority: int
-    timeout: float
-    retries_left: int
-    created: float
-    started: float | None
+    token: int
     attempts: list[Attempt]
-    token: int  # its fence
-    base: int  # attempts of earlier claims
-    entry: str
-    stream: str
-    consumer: str
+    started: float | None = None
     tool_calls: int = 0
     usage: ModelUsage | None = None
-    checkpoint: msgspec.Raw | None = None
-    session: str | None = None
-    session_state: bytes | None = None
+
+
+class PendingEntry(NamedTuple):
+    """A kept claim's entry in its stream, as its record names it (reaper.StreamClaim)."""
+
+    stream: str
+    entry: str
+    id: str
+    consumer: str
+
+
+class KeptClaim(NamedTuple):
+    """A handed claim, the incarnation that claimed it, and its task's record as Redis
+    holds it (scripts.HELD's row; None: no record, or Redis did not answer)."""
+
+    claim: Claim
+    consumer: str
+    row: list[Any] | None
 
 
 class NodeHanded(msgspec.Struct, frozen=True):
@@ -97,11 +104,8 @@ def handed(node: ClusterNode) -> NodeHanded:
     """What the new image goes on with (called with no await before the exec)."""
     m = node.membership
     wall = time.time() - (time.monotonic() - m.renewed)
-    claims = [Claim(
-        t.id, t.agent, t.input, t.priority, t.timeout, t.retries_left, t.created,
-        t.started, list(t.attempts), t.token, t.base, t.entry, t.stream, t.consumer,
-        t.tool_calls, t.usage, t.checkpoint, t.session, t.session_state)
-        for t in node._held() if t.running]
+    claims = [Claim(t.id, t.token, list(t.attempts), t.started, t.tool_calls, t.usage)
+              for t in node._held() if t.running]
     return NodeHanded(m.daemon, node.node, m.incarnation, m.consumer, wall, claims)
 
 
@@ -115,36 +119,56 @@ def go_on(node: ClusterNode, h: NodeHanded) -> None:
     m.renewed = time.monotonic() - max(0.0, time.time() - h.renewed_at)
 
 
-def _task(c: Claim, node: ClusterNode | None = None) -> ClusterTask:
-    """The claim's task (`node`: kept here, its home the node's)."""
-    return ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout, c.retries_left,
-                       c.created, token=c.token, base=c.base, entry=c.entry,
-                       stream=c.stream, consumer=c.consumer,
-                       home=node.home if node is not None else None)
+async def kept(node: ClusterNode, claims: list[Claim]) -> dict[str, KeptClaim]:
+    """After `go_on`, before the node starts and any adoption: each handed claim with its
+    task's record (a claim after a crash makes its task from the same). Redis away: none
+    read, each kept worker's answer is dropped and its entry, still pending, goes back to
+    the cluster as an orphan's does (a crash's loss)."""
+    from redis.exceptions import RedisError  # (handoff.py imports this module: no redis)
+    rows: Any = [None] * len(claims)
+    if claims:
+        try:
+            [rows] = await within(node.scripts.run([(node.scripts.held, [], [
+                node.keys.prefix, *(c.task_id for c in claims)])]), node.settings.node_ttl)
+            if isinstance(rows, BaseException):
+                raise rows
+        except (RedisError, OSError, TimeoutError) as exc:
+            rows = [None] * len(claims)
+            node.report(f"cluster: the records of {plural(len(claims), 'kept claim')} "
+                        f"cannot be read ({exc}): their runs' answers are dropped")
+    consumer = node.membership.consumer
+    return {c.task_id: KeptClaim(c, consumer, row or None)
+            for c, row in zip(claims, rows, strict=True)}
 
 
-def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
-    """A handed claim, re-attached to its kept worker. An incarnation fenced already
-    cancels it at once: the cluster runs it elsewhere."""
-    t = _task(c, node)
-    t.started, t.attempts, t.tool_calls = c.started, tuple(c.attempts), c.tool_calls
-    t.usage, t.checkpoint = c.usage, c.checkpoint
-    t.session, t.session_state = c.session, c.session_state
-    tasks = node.tasks
-    tasks.traced_again(t)
-    tasks.active[t.id] = t
-    t.watch(node.outbox.progress)
-    tasks.dispatch.adopt(t, r, rid)
+def adopt(node: ClusterNode, k: KeptClaim, r: Replica, rid: int) -> bool:
+    """A handed claim, its task made from its record as a claim's is, re-attached to its
+    kept worker (False: no record read). One no longer this incarnation's (its key lapsed
+    meanwhile: fenced) is cancelled at once: the cluster runs it elsewhere."""
+    if k.row is None:
+        return False
+    c, (stream, *claim) = k.claim, k.row
+    status, owner, fence = claim[-2], claim[-1], claim[2]
+    claim[2] = c.token  # (its writes fenced by the claim's own)
+    t, traceparent, tracestate = node.puller.made(r.name, k.consumer, stream.decode(), claim)
+    t.started, t.attempts = c.started, tuple(c.attempts)
+    t.tool_calls, t.usage = c.tool_calls, c.usage
+    node.tasks.intake.adopt(t, traceparent, tracestate, running=(r, rid))
     m = node.membership
-    if not m.member or m.consumer != c.consumer:
+    if not (m.member and m.consumer == k.consumer and owner == k.consumer.encode()
+            and int(fence) == c.token and (status or b"").decode() in ON_WORKER):
         node.report(f"cluster: task {t.id} was taken over while the node upgraded "
-                    f"({c.consumer} fenced): cancelled here")
+                    f"({k.consumer} fenced): cancelled here")
         if not t.ended:
-            tasks.cancel(t.id)
+            node.tasks.cancel(t.id)
+    return True
 
 
-def give_back(node: ClusterNode, claims: list[Claim], why: str) -> None:
+def give_back(node: ClusterNode, kept: list[KeptClaim], why: str) -> None:
     """Handed claims whose worker was not adopted: back to the cluster now (else the
     orphan rule would, beats later)."""
     why = f"node {node.node}'s worker was lost in its upgrade: {why}"
-    node.background(node.reaper.hand_back([_task(c) for c in claims], why, lost=True))
+    entries = [PendingEntry(r[0].decode(), r[1].decode(), k.claim.task_id, k.consumer)
+               for k in kept if (r := k.row) is not None]
+    if entries:
+        node.background(node.reaper.hand_back(entries, why, lost=True))

@@ -235,6 +235,12 @@ class Puller:
     def take(self, name: str, consumer: str, stream: str, claim: list[Any]) -> None:
         """A task this incarnation claimed (a claim's reply, scripts.READ_CLAIM) handed
         to the engine, here or at its submission (submitclaim.py)."""
+        self.tasks.intake.adopt(*self.made(name, consumer, stream, claim))
+
+    def made(self, name: str, consumer: str, stream: str, claim: list[Any]
+             ) -> tuple[ClusterTask, str | None, str | None]:
+        """The task of a claim's reply (READ_CLAIM's; an upgrade's new image reads its kept
+        claims' in the same shape, scripts.HELD), with its caller's trace context."""
         (entry, task_id, token, base, raw, timeout, retries, prio, created, checkpoint,
          session, state) = claim[:12]
         traceparent, tracestate = records.trace_of(claim[12] if len(claim) > 12 else None)
@@ -250,5 +256,5 @@ class Puller:
         if session:  # a turn of a session (sessions.py), with its state
             task.session, task.session_state = session.decode(), state
         task.watch(self.claims.watch)
-        self.tasks.intake.adopt(task, traceparent, tracestate)
+        return task, traceparent, tracestate
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 from redis.exceptions import RedisError, ResponseError
@@ -42,6 +42,20 @@ PAGE = 100  # pending entries looked at per stream and dead consumer in one beat
 # an entry its live owner neither runs nor refreshed for this many beats is an orphan
 # (an entry read is claimed within one round trip; a task run is refreshed every beat)
 ORPHAN_BEATS = 3
+
+
+class StreamClaim(Protocol):
+    """A claim as its stream holds it: a ClusterTask, or an upgrade's kept claim whose
+    worker was not (cluster/handover.py)."""
+
+    @property
+    def stream(self) -> str: ...
+    @property
+    def entry(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def consumer(self) -> str: ...
 
 
 class AgentDefaults(NamedTuple):
@@ -259,7 +273,7 @@ class Reaper(RedisPart):
                 self.report(f"cluster: task {tid} cancelled ({reason} before it acted on "
                             "the cancel asked)")
 
-    async def hand_back(self, held: list[ClusterTask], reason: str, *, lost: bool) -> None:
+    async def hand_back(self, held: Sequence[StreamClaim], reason: str, *, lost: bool) -> None:
         """This node's claims back to the cluster at once, as `take_over` decides: never
         on a worker, an orphan's (nothing spent); `lost`, their attempts lost with their
         workers, a loss as a dead node's (within retry_lost, nothing spent; at most

@@ -273,6 +273,28 @@ end
 return {read, out, lasts, held}
 """
 
+# An upgrade's new image reads its kept claims' tasks (cluster/handover.py) as claim()
+# answers them, claiming nothing: the task is the record's, as a claim after a crash makes
+# it, where the state file carried its fields (and lost those it did not name). With its
+# status, owner and fence, by which the node tells whether the claim is still its own.
+# ARGV: the cluster's key prefix, then task ids
+# -> per id, false (no record) or {stream, entry, id, fence, attempts before the claim's,
+#    input, timeout, retries_left, priority, created, false, session or false, false,
+#    trace or false, options (as claim()'s), status, owner}
+HELD = _CLAIM_FN + """
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local v = redis.call('HMGET', ARGV[1] .. 'task:' .. id, 'stream', 'entry', 'fence',
+    'input', 'timeout', 'retries_left', 'priority', 'created', 'session', 'trace',
+    'options', 'status', 'owner')
+  out[i - 1] = v[4] and {v[1], v[2], id, v[3],
+    redis.call('LLEN', ARGV[1] .. 'att:' .. id) - 1, v[4], v[5], v[6], v[7], v[8], false,
+    v[9], false, v[10], policy(v[11]) or false, v[12], v[13]} or false
+end
+return out
+"""
+
 # Submit and claim in one call: a node with a free slot for the agent submits the task as
 # SUBMIT does and claims, as READ_CLAIM claims, the first entry its group has not yet
 # given out, highest priority first (behind a backlog the oldest waiting: no task jumps
@@ -741,6 +763,7 @@ class Scripts:
         self.acks = acks  # what acknowledges a write (replicas.py); None: Redis's answer
         self.submit = redis.register_script(SUBMIT)
         self.read_claim = redis.register_script(READ_CLAIM)
+        self.held = redis.register_script(HELD)
         self.submit_claim = redis.register_script(SUBMIT_CLAIM)
         self.finish = redis.register_script(FINISH)
         self.progress = redis.register_script(PROGRESS)

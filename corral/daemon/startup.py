@@ -477,12 +477,17 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
                        calls=CallJournal(store),
                        asks_bounds=asks_bounds(conf.cfg.supervisor),
                        key_bound=conf.cfg.supervisor.idempotency_keys_per_tenant)
-    if taken is not None and taken.handoff.cluster is not None:
+    handed = taken.handoff.cluster if taken is not None else None
+    if handed is not None:
         from ..cluster import handover  # an upgrade's: the same daemon and incarnation
-        handover.go_on(node, taken.handoff.cluster)
+        handover.go_on(node, handed)
+        assert taken is not None
         taken.node = node
     async with closed(node.close):
         await one_node(node, hub)
+        if handed is not None:  # (its running claims' tasks are their records in Redis)
+            assert taken is not None
+            taken.claims = await handover.kept(node, handed.claims)
         await cluster_pins(conf, sup, node, hub)
         yield node
 

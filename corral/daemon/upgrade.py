@@ -494,8 +494,9 @@ class Takeover:
         self._regains: set[asyncio.Future[None]] = set()  # (`_adopted`)
         self.listeners = Listeners(h.listeners)  # taken by the HTTP server and gateway
         self.gateway: GatewayService | None = None  # (`gateway_address`: its tokens go on)
-        # a cluster node's running claims, re-attached by its node (cluster/handover.py)
-        self.claims = {c.task_id: c for c in h.cluster.claims} if h.cluster else {}
+        # a cluster node's running claims with their records, read once its node reaches
+        # Redis (startup's, cluster/handover.py `kept`), re-attached by the node
+        self.claims: dict[str, handover.KeptClaim] = {}
         self.node: ClusterNode | None = None
 
     def gateway_address(self, gateway: GatewayService, cfg: Config) -> None:
@@ -581,11 +582,12 @@ class Takeover:
             assert r.peer is not None  # (a plain program runs no task)
             rec = self.held.pop(t.task_id, None)
             claim = self.claims.pop(t.task_id, None)
-            if claim is not None and self.node is not None:
-                handover.adopt(self.node, claim, r, t.rid)
+            if claim is not None and self.node is not None and handover.adopt(
+                    self.node, claim, r, t.rid):
                 self.kept_tasks += 1
                 continue
-            if rec is None:  # not journaled (task_journal = false): its answer is dropped
+            if rec is None:  # not journaled (task_journal = false), or a claim whose
+                # record was not read: its answer is dropped
                 r.peer.take_over(0, [t.rid])
                 continue
             self.sup.parts.tasks.recovery.adopt_running(rec, r, t.rid)

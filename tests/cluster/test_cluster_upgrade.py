@@ -254,3 +254,32 @@ def test_a_new_image_that_fails_falls_back_as_the_same_node(
         assert (after["incarnation"], after["alive"]) == (before["incarnation"], True)
         assert workers(a) == kept
         assert a.call("stats.get")["cluster"]["fences"] == 0, fenced(a)
+
+
+def test_a_kept_claim_is_retried_by_its_own_policy(tmp: Path, redis: RedisServer) -> None:
+    """A claim running across an upgrade is the task its record in Redis says, as a claim
+    taken after its node's death is (test_cluster_delays' kill -9 test of the same
+    policy), and its engine's as any claim: two kept on one worker, the worker killed
+    after the upgrade, the one of retry_lost = 0 (at most once) ends lost, the other runs
+    again (its agent's retry_lost, 2). The state file carried the claim's fields but its
+    options, and the new image took its task in without its agent's queue: it ran the
+    first again, and retried neither (the retry rule found no agent)."""
+    a = Node(tmp / "a", "a", redis, sleeper("sleepy", concurrency=2), **KEPT)
+    with started(a):
+        a.start()
+        release = tmp / "release"  # (never made: each first attempt runs until killed)
+        once, again = (a.call("tasks.submit", {"agent": "sleepy", "input": {
+            "do": "sequence", "calls": [{"await": str(release), "attempt": 1}]},
+            **options})["task_id"] for options in ({"retry": {"retry_lost": 0}}, {}))
+        wait_until(lambda: running_on(a) == 2, what="a running both")
+        r = a.cli("upgrade")
+        assert r.returncode == 0, r
+        assert "2 running tasks kept" in r.stdout, r.stdout
+        os.kill(workers(a)["sleepy#0"][0], signal.SIGKILL)
+        lost, retried = outcomes(a, [once, again])
+        assert lost["status"] == "lost", lost
+        assert lost["error"]["message"].endswith(
+            "(not run again: at most once, retry_lost = 0)"), lost
+        assert [x["outcome"] for x in lost["attempts"]] == ["lost"], lost
+        assert (retried["status"], [x["outcome"] for x in retried["attempts"]]) == (
+            "succeeded", ["lost", "succeeded"]), retried

@@ -30,6 +30,7 @@ from .payload import encode_input
 from .spawn import REACH
 
 if TYPE_CHECKING:
+    from ..replica import Replica
     from .budget import Budgets
     from .counters import AgentTasks
     from .host import AgentLike
@@ -208,10 +209,11 @@ class Intake:
         dispatch.pump(name)
         return out
 
-    def adopt(self, task: Task, traceparent: str | None = None,
-              tracestate: str | None = None) -> None:
-        """A task accepted elsewhere (claimed by this node) waits here, its admission done; traced
-        from its id when its caller's context does not parse (never a reason to refuse it)."""
+    def adopt(self, task: Task, traceparent: str | None = None, tracestate: str | None = None,
+              running: tuple[Replica, jsonrpc.Id] | None = None) -> None:
+        """A task accepted elsewhere (claimed by this node) waits here, its admission done, or
+        runs on (`running`: the worker an upgrade kept and its request); traced from its id
+        when its caller's context does not parse (never a reason to refuse it)."""
         e = self.engine
         agent = e.sup.agent(task.agent)
         if e.trace_begin is not None:
@@ -222,6 +224,9 @@ class Intake:
         task.seq = e.next_seq()
         e.agent_tasks(agent).counts["accepted"] += 1
         e.active[task.id] = task
+        if running is not None:
+            e.dispatch.adopt(task, *running)
+            return
         task.home.record(task)
         e.queue.put(task)
         e.dispatch.pump(agent.name)
