@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ... import jsonrpc
 from ...taskviews import TaskFailure
-from .intake import AdmittingEngine
+from .intake import AdmittingEngine, Intake
 from .model import LOST_IN_RESTART, CompactTask, Task, TaskHome, TaskRecord
 from .taskmachine import AttemptOutcome, TaskCause, TaskStatus
 
@@ -22,6 +22,7 @@ class RecoveringEngine(AdmittingEngine, Protocol):
     """What recovery needs of the TaskManager, besides what intake does."""
 
     endings: Endings
+    intake: Intake
 
     def traced_again(self, task: Task) -> None: ...
 
@@ -109,16 +110,11 @@ class Recovery:
         return restored
 
     def adopt_running(self, rec: TaskRecord, r: Replica, rid: int) -> Task:
-        """A journaled task running on a worker `corral upgrade` handed over: its answer ends it."""
+        """A journaled task running on a worker `corral upgrade` handed over: its answer ends
+        it. Taken in as a cluster's kept claim is (Intake.adopt, its worker given)."""
         e = self.engine
-        task = rebuilt(rec, e.next_seq(), None, e.home)
+        task = rebuilt(rec, 0, e.sessions.member(rec.task_id), e.home)
         task.not_before, task.due = None, time.time()
-        task.session = e.sessions.member(task.id)
         e.sessions.claim(task)
-        e.traced_again(task)
-        e.active[task.id] = task
-        agent = e.sup.agents.get(rec.agent)
-        if agent is not None:
-            e.agent_tasks(agent).counts["accepted"] += 1
-        e.dispatch.adopt(task, r, rid)
+        e.intake.adopt(task, running=(r, rid))
         return task
