@@ -16,6 +16,7 @@ import msgspec
 from ..supervisor.tasks import ON_WORKER, Attempt, ModelUsage
 from ..text import plural
 from ..timeouts import cancel_all, within
+from .keys import consumer
 
 if TYPE_CHECKING:
     from ..supervisor.replica import Replica
@@ -55,9 +56,7 @@ class KeptClaim(NamedTuple):
 
 class NodeHanded(msgspec.Struct, frozen=True):
     daemon: str  # the daemon's id in its beats (one daemon per node name)
-    node: str
-    incarnation: int
-    consumer: str
+    incarnation: int  # (its consumer is the node's name and this: keys.consumer)
     renewed_at: float  # wall time of its last renewal
     claims: list[Claim] = []
 
@@ -106,7 +105,7 @@ def handed(node: ClusterNode) -> NodeHanded:
     wall = time.time() - (time.monotonic() - m.renewed)
     claims = [Claim(t.id, t.token, list(t.attempts), t.started, t.tool_calls, t.usage)
               for t in node._held() if t.running]
-    return NodeHanded(m.daemon, node.node, m.incarnation, m.consumer, wall, claims)
+    return NodeHanded(m.daemon, m.incarnation, wall, claims)
 
 
 # -- the new image -------------------------------------------------------------------------
@@ -114,7 +113,8 @@ def go_on(node: ClusterNode, h: NodeHanded) -> None:
     """Before the node's start: the same daemon and incarnation, a member since the old
     image's last renewal."""
     m = node.membership
-    m.daemon, m.incarnation, m.consumer = h.daemon, h.incarnation, h.consumer
+    m.daemon, m.incarnation = h.daemon, h.incarnation
+    m.consumer = consumer(node.node, h.incarnation)
     m.state = "member"
     m.renewed = time.monotonic() - max(0.0, time.time() - h.renewed_at)
 
@@ -136,8 +136,8 @@ async def kept(node: ClusterNode, claims: list[Claim]) -> dict[str, KeptClaim]:
             rows = [None] * len(claims)
             node.report(f"cluster: the records of {plural(len(claims), 'kept claim')} "
                         f"cannot be read ({exc}): their runs' answers are dropped")
-    consumer = node.membership.consumer
-    return {c.task_id: KeptClaim(c, consumer, row or None)
+    mine = node.membership.consumer
+    return {c.task_id: KeptClaim(c, mine, row or None)
             for c, row in zip(claims, rows, strict=True)}
 
 

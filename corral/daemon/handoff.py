@@ -30,8 +30,9 @@ from ..supervisor.adopt import HandedProcess
 # tells whose child it is; its program named only a failed exec's status 127); 9: an
 # agent's gateway token (its digest) and what its calls of no task read; 10: no counts, no
 # idleness, no health (they start again as after a restart: decision 2080); 11: a cluster
-# claim its id, fence and run alone (its task is its record in Redis: decision 2210)
-HANDOFF_VERSION = 11
+# claim its id, fence and run alone (its task is its record in Redis: decision 2210); 12:
+# a node's name and consumer unsaid (the config's name, and its incarnation's consumer)
+HANDOFF_VERSION = 12
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"
