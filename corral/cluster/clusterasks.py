@@ -162,6 +162,16 @@ END = ("local OVER = {" + ", ".join(f"['{s}'] = true" for s in sorted(map(str, T
        + "}\n" + _END)
 
 
+def past_bound(bounds: InboxBounds, code: int, n: int, tenant: str) -> RpcError:
+    """An ask refused at the cluster's pending asks' bound (`code` -1) or its tenant's (-2),
+    `n` held: its script's answer, worded once for every ask the cluster keeps."""
+    whose = "the cluster's tasks hold" if code == -1 else f"tenant {tenant}'s tasks hold"
+    bound = ("max_pending_asks", bounds.pending) if code == -1 else (
+        "max_pending_asks_per_tenant", bounds.per_tenant)
+    return RpcError(jsonrpc.QUOTA_EXCEEDED, f"{whose} {n} pending asks, its bound "
+                                            f"({bound[0]} {bound[1]})")
+
+
 class AskEnding(msgspec.Struct, array_like=True):
     """An ask's end as its hash keeps it (`end`)."""
 
@@ -232,12 +242,7 @@ class ClusterAsks(RedisPart):
         if code == -3:
             raise RpcError(jsonrpc.QUOTA_EXCEEDED, too_many_asks(
                 task.id, int(got[1]), self.settings.max_asks_per_task))
-        whose = ("the cluster's tasks hold" if code == -1 else
-                 f"tenant {tenant}'s tasks hold")
-        bound = ("max_pending_asks", self.bounds.pending) if code == -1 else (
-            "max_pending_asks_per_tenant", self.bounds.per_tenant)
-        raise RpcError(jsonrpc.QUOTA_EXCEEDED, f"{whose} {int(got[1])} pending asks, its "
-                                               f"bound ({bound[0]} {bound[1]})")
+        raise past_bound(self.bounds, code, int(got[1]), tenant)
 
     async def _earlier(self, task: Task, key: str, ask_id: str) -> Ask:
         """The ask an earlier attempt made under the call's key: the same task's and

@@ -46,6 +46,7 @@ from .events import EventRelay
 from .home import ClusterHome
 from .keys import Keys
 from .membership import Membership, NodeFence, NodeView
+from .notaskasks import ClusterNoTaskAsks
 from .outbox import Outbox
 from .placement import Placement
 from .puller import ClaimParts, Puller
@@ -103,6 +104,9 @@ class ClusterNode:
         self.asks = ClusterAsks(scripts, self.keys, trust, settings, tasks.inbox.waits,
                                 asks_bounds)
         self.ask_shelves = (self.asks,)  # (daemon/clusterpeer.py: NotANode's, none)
+        # the asks of its calls of no task every node's too (docs/approvals.md)
+        self.no_task_asks = ClusterNoTaskAsks(self.asks, settings, asks_bounds)
+        tasks.replica_calls.asked_in(self.no_task_asks)
         self.outputs = ClusterOutputs(scripts, self.keys, trust, tasks.active.get,
                                       self.waits, settings.beat)
         tasks.outputs.shared_in(self.outputs)
@@ -369,6 +373,7 @@ class ClusterNode:
         await cancel_all(loops)
         await self.placement.close()
         await self.asks.close()
+        await self.no_task_asks.close()
         # (their last writes, a beat at most)
         for part in (self.outputs, self.steps, self.calls):
             with contextlib.suppress(TimeoutError):

@@ -11,6 +11,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import re
 import subprocess
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -92,8 +93,8 @@ class Made:
         """`key`: the call's idempotency key (at a gateway door, in its `_meta`);
         `client`: at a client's door, another client than CLIENT, (its name, its token);
         `node`: the entry whose replica makes a call of no task (a `local` run there: a
-        cluster's task may be either node's, and what the call of no task asks is kept
-        by its replica's node, test_an_ask_of_a_call_of_no_task_is_every_nodes)."""
+        cluster's task may be either node's; what the call asks is every node's,
+        test_an_ask_of_a_call_of_no_task_is_every_nodes)."""
         if door == WORKER_IDLE:
             agent, door = f"{agent}-idle", "worker-no-task"
         self.d, self.agent = d, agent
@@ -381,14 +382,13 @@ REPLICA_DOORS = tuple(x for x in (*IDLE_DOORS, "stdio idle") if "corral" not in 
 
 
 @pytest.mark.deadline(240)
-@pytest.mark.differs("cluster", "a call of no task asks in its replica's node's own inbox, "
-                     "which no other node lists (deciders.AskBook reads its own and Redis's)")
 @pytest.mark.parametrize("door", REPLICA_DOORS)
 def test_an_ask_of_a_call_of_no_task_is_every_nodes(daemon: Entry, door: str) -> None:
     """The policy rules link's approve for a replica's call of no task on the last
     entry (a cluster's other node): `corral approvals` at the first lists the ask, and a
-    person decides it there, as a cluster task's ask is listed and decided on any node
-    (docs/approvals.md, "On a cluster"); the call is made once approved."""
+    person decides it there, once, as a cluster task's ask is listed and decided on any
+    node (docs/approvals.md, "On a cluster"); the call waiting on the other node is made
+    once approved, and a second decision where it was made is refused naming the first."""
     d = daemon
     made = Made(d, "caller", door, "pol__http_get", {"host": "ask.example"}, node=-1)
     held = made.ask(at=-1)
@@ -399,6 +399,10 @@ def test_an_ask_of_a_call_of_no_task_is_every_nodes(daemon: Entry, door: str) ->
     assert held["id"] in listed.stdout, listed.stdout
     decide(d, held, "approve")
     assert made.outcome() == {"text": 'http_get {"host": "ask.example"}', "isError": False}
+    code, message = d.home.refusal("approvals.resolve", {"id": held["id"],
+                                                         "decision": "denied"}, at=-1)
+    assert code == jsonrpc.CONFLICT and re.fullmatch(
+        rf"ask {held['id']} has ended: approved by uid \d+ pid \d+ at \S+", message), message
 
 
 @pytest.mark.deadline(120)

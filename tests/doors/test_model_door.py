@@ -101,8 +101,9 @@ class Made:
                 "agent": agent, "input": {"calls": calls}, **(
                     {"traceparent": traceparent} if traceparent else {})})["task_id"]
             return
-        # (a replica of the first entry's: what its call of no task asks is kept by its
-        # node alone, test_doors.py's test_an_ask_of_a_call_of_no_task_is_every_nodes)
+        # (a replica of the first entry's, whose gateway its call of no task is made at;
+        # what it asks is every node's: test_doors.py's
+        # test_an_ask_of_a_call_of_no_task_is_every_nodes)
         env = d.ask("tasks.run", {"agent": agent, "input": {"env": True}, "local": True})[
             "output"]
 

@@ -1,14 +1,16 @@
 """A replica's calls of no task (docs/security.md#calls-of-no-task): under its agent's and
 tenant's policy in full, the replica's current incarnation standing in for a task (its
 budget window; its asks, owned by `replica:LABEL:NONCE`, so a later incarnation never
-finds an earlier one's decision by its key).
+finds an earlier one's decision by its key). Its asks are kept where every entry a
+person decides at lists them: the engine's inbox, or a cluster node's Redis
+(cluster/notaskasks.py, docs/approvals.md#on-a-cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ... import jsonrpc
 from ...askviews import Ask, AskKind, AskRequest
@@ -54,16 +56,45 @@ class ReplicaAsk(NamedTuple):
     timeout: float | None
 
 
+class NoTaskAsks(Protocol):
+    """Where the asks of calls of no task are kept and waited on, by their owner: the
+    engine's inbox (inbox.Inbox), or a cluster node's Redis (cluster/notaskasks.py)."""
+
+    @property
+    def max_asks_per_task(self) -> int:
+        """The asks one owner (an incarnation) makes over its life."""
+
+    async def ask(self, req: AskRequest) -> Ask:
+        """A new ask, kept before this returns (RpcError: not kept, past a bound)."""
+
+    async def wait(self, ask: Ask) -> Ask:
+        """The ask as it ended, wherever it was decided."""
+
+    def asking(self, owner: str) -> bool:
+        """Whether an ask of `owner` made here may be pending."""
+
+    def withdraw(self, task_id: str, ask_id: str | None = None, why: str | None = None
+                 ) -> asyncio.Future[list[Ask]]:
+        """The pending asks of the owner `task_id` (`ask_id`: that one alone) withdrawn,
+        `why` their data's reason, told once awaited."""
+
+
 class ReplicaCalls:
-    """The engine's windows of replicas' calls of no task, and their asks in `inbox`."""
+    """The engine's windows of replicas' calls of no task, and their asks (`asks`: the
+    inbox's, a cluster node's once it joins, `asked_in`)."""
 
     def __init__(self, inbox: Inbox, stream: Stream) -> None:
         from ..process_replica import ReplicaExit
 
-        self.inbox = inbox
+        self.asks: NoTaskAsks = inbox
         self.windows: dict[str, _Window] = {}  # replica label -> its incarnation's
         stream.subscribe(self._exited, ReplicaExit)
         self._withdrawing: set[asyncio.Future[Any]] = set()
+
+    def asked_in(self, asks: NoTaskAsks) -> None:
+        """A cluster node's asks of no task, from its joining on: every node's to list
+        and decide (docs/approvals.md#on-a-cluster)."""
+        self.asks = asks
 
     def window(self, r: Replica) -> _Window:
         spawned = getattr(r, "spawned_at", None)
@@ -96,18 +127,18 @@ class ReplicaCalls:
         """A person is asked about the replica's call, which waits until the ask ends;
         refused past the inbox's bounds, and past max_asks_per_task of the incarnation."""
         w = self.window(r)
-        bound = self.inbox.max_asks_per_task
+        bound = self.asks.max_asks_per_task
         if w.asks >= bound:
             raise RpcError(jsonrpc.QUOTA_EXCEEDED, too_many_asks(w.owner, w.asks, bound))
         req = AskRequest(asked.kind, getattr(r.spec, "tenant", None), w.owner, 0, r.name,
                          f"{asked.what}:{w.asks + 1}", asked.subject, asked.timeout)
         check_subject(req)
         w.asks += 1
-        ask = await self.inbox.ask(req)
+        ask = await self.asks.ask(req)
         if not ask.pending:
             return ask
         if self.windows.get(r.label) is not w:  # exited while its ask was stored
-            await self.inbox.withdraw(w.owner)
+            await self.asks.withdraw(w.owner)
         # parked: not one of its worker's requests in flight, whose line is read on
         peer = getattr(r, "peer", None)
         parked = peer.park(asyncio.current_task()) if peer is not None else None
@@ -132,7 +163,7 @@ class ReplicaCalls:
         req = AskRequest(asked.kind, client.tenant, owner, 0, client.name,
                          f"{asked.what}:1", asked.subject, asked.timeout)
         check_subject(req)
-        ask = await self.inbox.ask(req)
+        ask = await self.asks.ask(req)
         if not ask.pending:
             return ask
         if call.wire is not None and call.wire.on_progress is not None:
@@ -146,13 +177,13 @@ class ReplicaCalls:
         gateway client's connection closed, a worker's request cancelled), which no
         decision makes after."""
         try:
-            return await self.inbox.wait(ask)
+            return await self.asks.wait(ask)
         except BaseException:
-            kept(self._withdrawing, self.inbox.withdraw(owner, ask.id, CALLER_GONE))
+            kept(self._withdrawing, self.asks.withdraw(owner, ask.id, CALLER_GONE))
             raise
 
     def _exited(self, e: ReplicaExit) -> None:
         w = self.windows.pop(e.replica.label, None)
-        if w is None or not self.inbox.asking(w.owner):
+        if w is None or not self.asks.asking(w.owner):
             return
-        kept(self._withdrawing, self.inbox.withdraw(w.owner))
+        kept(self._withdrawing, self.asks.withdraw(w.owner))
