@@ -25,11 +25,11 @@ from ..supervisor.tasks.host import TaskHost
 from ..supervisor.tasks.sessions import (
     SessionKey,
     SessionTurns,
+    bytes_counted,
     expires,
     over,
     session_bounds,
     session_ttl,
-    state_too_large,
     turn_waits,
 )
 from ..supervisor.tasks.turns import TurnEvent, decide, ended, state
@@ -71,6 +71,10 @@ class ClusterSessions(RedisPart):
         self.end_script = self.redis.register_script(sessionscripts.END)
         self.move_script = self.redis.register_script(sessionscripts.MOVE)
         self.counts = self.redis.register_script(sessionscripts.COUNTS)
+        self.sizes = self.redis.register_script(sessionscripts.SIZES)
+        # (tenant, agent) -> its live sessions' states' bytes together, at most, as last
+        # read or kept here: a checkpoint decided on it is kept only while it holds
+        self._bytes_seen: dict[tuple[str, str], int] = {}
 
     # -- submit ----------------------------------------------------------------------------
     async def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
@@ -118,34 +122,58 @@ class ClusterSessions(RedisPart):
         return msgspec.Raw(body)
 
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
-        """Kept in Redis under the claim's fence before it is answered."""
+        """Kept in Redis under the claim's fence before it is answered; its bounds decided
+        by `over` on the bytes last known of each agent they count (SIZES' read when none
+        is, or when what was known no longer holds), kept only while those hold (decision
+        2231)."""
         assert isinstance(task, ClusterTask) and task.session is not None
         body = msgspec.json.encode(state)
         tenant = self._tenant(task.agent)
         mac = self.trust.sign(SESSION, tenant, task.agent, task.session, body)
-        bounds = [[b.max_bytes, list(b.agents), b.who] for b in session_bounds(
-            self.host.agents.get(task.agent), self.tenancy) if b.max_bytes]
+        bounds = session_bounds(self.host.agents.get(task.agent), self.tenancy)
+        counted = bytes_counted(bounds)
+        # (its state as its claim read it, or as this attempt last kept it)
+        own = 0 if task.session_state is None else len(task.session_state.partition(b" ")[2])
+        seen: dict[str, int] | None = {a: self._bytes_seen[tenant, a] for a in counted} \
+            if all((tenant, a) in self._bytes_seen for a in counted) else None
         try:
-            got = await self.scripts.one(
-                self.checkpoint_script, [self.keys.task(task.id)],
-                [task.token, mac.encode() + b" " + body, len(body),
-                 msgspec.json.encode(bounds), tenant])
+            while True:
+                fresh = seen is None
+                if seen is None:
+                    own, *held = await read(lambda: self.sizes(keys=[
+                        self.keys.session_bytes(tenant, task.agent),
+                        *(k for a in counted for k in (self.keys.sessions(tenant, a),
+                                                        self.keys.session_bytes(tenant, a)))
+                    ], args=[task.session]))
+                    seen = dict(zip(counted, held, strict=True))
+                why = over(bounds, {}, seen, 0, len(body) - own)
+                if why is not None and fresh:
+                    raise why
+                got = None if why is not None else await self.scripts.one(
+                    self.checkpoint_script, [self.keys.task(task.id)],
+                    [task.token, mac.encode() + b" " + body, len(body),
+                     msgspec.json.encode([own, [*seen.items()]]), tenant])
+                if got not in (None, [-1]):  # (else what it was decided on changed)
+                    break
+                seen = None
         except (RedisError, OSError) as exc:
             raise RpcError(jsonrpc.UNAVAILABLE, f"session/checkpoint: not kept: the "
                                                 f"cluster's Redis did not take it ({exc})"
                            ) from None
         if got == 1:
             task.session_state = mac.encode() + b" " + body
+            # (at most what each holds now: a later checkpoint decides on it unread)
+            self._bytes_seen.update({(tenant, a): n for a, n in seen.items()})
+            if task.agent in seen:
+                self._bytes_seen[tenant, task.agent] += len(body) - own
             return {}
         if got == 0:
             raise RpcError(jsonrpc.CONFLICT, f"session/checkpoint: task {task.id} is no "
                                              f"longer this node's claim (fence {task.token})")
-        if got[0] == -3:
-            raise RpcError(jsonrpc.CONFLICT, f"session/checkpoint: session {task.session} of "
-                                             f"agent {task.agent} is tenant "
-                                             f"{got[1].decode()}'s, not this node's agent's "
-                                             f"({tenant or 'none'}); the state is not kept")
-        raise state_too_large(got[1].decode(), int(got[2]), int(got[3]))
+        raise RpcError(jsonrpc.CONFLICT, f"session/checkpoint: session {task.session} of "
+                                         f"agent {task.agent} is tenant "
+                                         f"{got[1].decode()}'s, not this node's agent's "
+                                         f"({tenant or 'none'}); the state is not kept")
 
     # -- a turn's end (decision 1500) --------------------------------------------------------
     async def moved(self, task_ids: Iterable[str]) -> None:

@@ -265,35 +265,55 @@ redis.call('PERSIST', sstarted)
 redis.call('ZADD', sall, 'inf', name)
 """.replace("STICK", _stick("KEYS[2]")).replace("KEEP", str(KEEP_HISTORY))
 
-# session/checkpoint of a running cluster task: fenced by the claim's token; a state
-# larger than the session's last is refused at a bound given, its live sessions' states
-# together counted (their expired ones out of each count first).
-# KEYS: task; ARGV: token, the state (its MAC, a space, its JSON), its size in bytes, the
-#   bounds on its live sessions' states (JSON: each its max_session_bytes, the agents whose
-#   sessions of the tenant it counts, its words: sessions.session_bounds), the tenant it
-#   was signed for (the checkpointing node's agent's)
-#   -> 1 written, 0 not this claim's (fenced), {-1, whose bound, the bytes it would make,
-#   its most}, or {-3, the session's tenant} when it is not the one signed for
+# A checkpoint's read (clustersessions.checkpoint), when a bound counts its states' bytes:
+# its session's state's bytes, then each agent's live sessions' states' bytes together
+# (their expired ones out of each first, as CHECKPOINT does), by Redis's clock.
+# KEYS: the session's agent's sizes, then each agent's live sessions and their sizes;
+# ARGV: the session's name -> {its bytes, each agent's}
+SIZES = f"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {{tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0}}
+for i = 2, #KEYS, 2 do
+  local live, sizes = KEYS[i], KEYS[i + 1]
+  {_prune('live', 'sizes')}
+  local held = 0
+  for _, b in ipairs(redis.call('HVALS', sizes)) do held = held + tonumber(b) end
+  out[#out + 1] = held
+end
+return out
+"""
+
+# session/checkpoint of a running cluster task: fenced by the claim's token; its bound
+# decided above (sessions.over, on what the node last read by SIZES or kept since), kept
+# only while what it was decided on holds: its session's bytes as known, and no agent's
+# live states' bytes grown past them (a count that fell keeps it: the decision holds a
+# fortiori; decision 2231).
+# KEYS: task; ARGV: token, the state (its MAC, a space, its JSON), its size in bytes, what
+#   it was decided on (JSON: the session's bytes, then each agent's bytes as known, [] when
+#   no bound counts them), the tenant it was signed for (the checkpointing node's agent's)
+#   -> 1 written, 0 not this claim's (fenced), {-1} read and decided again (what it was
+#   decided on changed), or {-3, the session's tenant} when it is not the one signed for
 CHECKPOINT = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'agent', 'session', 'stenant')
 if rec[1] ~= ARGV[1] or not {on_worker('rec[2]')} or not rec[4] then return 0 end
 local agent, name, tenant = rec[3], rec[4], rec[5]
 if tenant and tenant ~= ARGV[5] then return {{-3, tenant}} end
 {_NAMES}
-local size = tonumber(ARGV[3])
-local more = size - (tonumber(redis.call('HGET', sbytes, name)) or 0)
-for _, bound in ipairs(more > 0 and cjson.decode(ARGV[4]) or {{}}) do
-  local held = more
-  for _, member in ipairs(bound[2]) do
-    local owned_by = tenant and (tenant .. ':' .. member) or member
+local read = cjson.decode(ARGV[4])
+if #read[2] > 0 then
+  if (tonumber(redis.call('HGET', sbytes, name)) or 0) ~= read[1] then return {{-1}} end
+  for _, seen in ipairs(read[2]) do
+    local owned_by = tenant and (tenant .. ':' .. seen[1]) or seen[1]
     local live, sizes = prefix .. 'sessions:' .. owned_by, prefix .. 'sbytes:' .. owned_by
     {_prune('live', 'sizes')}
+    local held = 0
     for _, b in ipairs(redis.call('HVALS', sizes)) do held = held + tonumber(b) end
+    if held > seen[2] then return {{-1}} end
   end
-  if held > bound[1] then return {{-1, bound[3], held, bound[1]}} end
 end
 redis.call('HSET', skey, 'state', ARGV[2])
-redis.call('HSET', sbytes, name, size)
+redis.call('HSET', sbytes, name, ARGV[3])
 return 1
 """
 

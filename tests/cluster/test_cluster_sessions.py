@@ -386,18 +386,22 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     token, *_, cp, name, state = await claim(first)
     assert (cp, name, state) == (None, b"s", None)  # no checkpoint, the session, no state
     checkpoint = client.register_script(sessionscripts.CHECKPOINT)
-    assert await checkpoint(keys=[T.task(first)], args=[token + 1, b" {}", 2, b"[]", "t1"]
-                            ) == 0
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"b":1}', 7, b"[]", "t1"]
+    unbounded = b"[0, []]"  # (no bound counts its agent's bytes: nothing known)
+    assert await checkpoint(keys=[T.task(first)], args=[token + 1, b" {}", 2, unbounded,
+                                                        "t1"]) == 0
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"b":1}', 7, unbounded,
+                                                        "t1"]) == 1
+    # its bound decided above (sessions.over, decision 2231) on the session's bytes and
+    # its agent's as known: known otherwise than Redis holds, read again, the last state kept
+    stale = b'[6, [["w", 7]]]'
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":12}', 8, stale, "t1"]
+                            ) == [-1]
+    known = b'[7, [["w", 7]]]'
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":1}', 7, known, "t1"]
                             ) == 1
-    bound = b'[[7, ["w"], "agent w"]]'
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":12}', 8, bound, "t1"]
-                            ) == [-1, b"agent w", 8, 7]  # past it: refused, the last state kept
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":1}', 7, bound, "t1"]
-                            ) == 1  # (no larger than the last: kept)
     # signed for another tenant's agent of the name: refused, naming the session's
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":2}', 7, b"[]", "t2"]
-                            ) == [-3, b"t1"]
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":2}', 7, unbounded,
+                                                        "t2"]) == [-3, b"t1"]
 
     async def finish(tid: str, fence: int) -> Any:
         return await s.finish(

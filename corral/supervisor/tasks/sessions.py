@@ -124,6 +124,12 @@ def over(bounds: Iterable[SessionBound], live: Mapping[str, int], held: Mapping[
     return None
 
 
+def bytes_counted(bounds: Iterable[SessionBound]) -> list[str]:
+    """The agents whose live sessions' states' bytes a bound counts (max_session_bytes),
+    which a store reads for a checkpoint's `over`: none, nothing to read."""
+    return sorted({a for b in bounds if b.max_bytes for a in b.agents})
+
+
 def state_too_large(who: str, held: int, most: int) -> RpcError:
     """Why a checkpoint is refused past max_session_bytes (its state not kept), on either home."""
     return RpcError(jsonrpc.REFUSED, f"session/checkpoint: session state too large: {who}'s "
