@@ -126,9 +126,9 @@ def test_a_task_taken_over_runs_again_on_its_own_tenants_agent_alone(
                      a2.call("tasks.submit", {"agent": "chat",
                                               "input": {"secret": "y", "hold": 3}})]
         wait_until(lambda: len(got(acme_got)) == 2, what="both tasks running")
-        # one on each, either where: a submission is claimed at its own node unless that
-        # node's pull holds its slot meanwhile (decision 1803), and the other node's pull
-        # then took it (a fresh clone at load 30-40 ran x on a2, y on a1)
+        # one on each, either where: each is claimed at its own node's submission as a
+        # rule (decision 2181), but what the test holds is acme's two slots both used
+        # (a fresh clone at load 30-40, before that decision, ran x on a2, y on a1)
         on = {s["task_id"]: b.call("tasks.get", {"task_id": s["task_id"]})["attempts"][0]
               ["node"] for s in submitted}
         assert sorted(on.values()) == ["a1", "a2"], on
