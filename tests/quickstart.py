@@ -23,20 +23,24 @@ PORT = 7070
 
 
 @contextlib.contextmanager
-def quickstart(tmp_path: Path) -> Iterator[tuple[int, dict[str, str], Path]]:
-    """./run.sh's daemon, its `[http] listen` a free port: that port, the environment
-    run.sh gives it and its socket; stopped as Ctrl-C stops ./run.sh's, which must end
-    it cleanly."""
+def quickstart(tmp_path: Path, appended: str = "", dirs: tuple[str, ...] = ()
+               ) -> Iterator[tuple[int, dict[str, str], Path]]:
+    """./run.sh's daemon, its `[http] listen` a free port, `appended` added to its config
+    as a reader appends a doc's table (and the directories of examples/ it names copied):
+    that port, the environment run.sh gives it and its socket; stopped as Ctrl-C stops
+    ./run.sh's, which must end it cleanly."""
     examples = tmp_path / "examples"
     examples.mkdir()
     for name in COPIED:
         shutil.copy(EXAMPLES / name, examples / name)
+    for name in dirs:
+        shutil.copytree(EXAMPLES / name, examples / name)
     port = free_port()
     config = examples / "corral.toml"
     text = config.read_text()
     listen = re.compile(rf'^listen = "127\.0\.0\.1:{PORT}"$', re.M)
     assert listen.search(text), "examples/corral.toml's [http] listen moved: follow it here"
-    config.write_text(listen.sub(f'listen = "127.0.0.1:{port}"', text))
+    config.write_text(listen.sub(f'listen = "127.0.0.1:{port}"', text) + appended)
     notify = Notifications(tmp_path)
     venv = Path(PY).parent
     env = {**{k: v for k, v in os.environ.items() if k != "CORRAL_SOCKET"},

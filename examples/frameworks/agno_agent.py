@@ -13,6 +13,8 @@ from corral.worker import run
 
 
 async def handle(task, ctx):
+    if "parts" in task:  # an A2A message (docs/a2a.md): its prompt is its text
+        task = {"prompt": " ".join(p["text"] for p in task["parts"] if "text" in p)}
     async with MCPTools(url=ctx.mcp_url, transport="streamable-http",
                         headers=ctx.mcp_headers, timeout_seconds=60) as tools:
         agent = Agent(model=OpenAIChat(id=task.get("model", "gpt-5-mini"),

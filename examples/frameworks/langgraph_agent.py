@@ -12,6 +12,8 @@ from corral.worker import run
 
 
 async def handle(task, ctx):
+    if "parts" in task:  # an A2A message (docs/a2a.md): its prompt is its text
+        task = {"prompt": " ".join(p["text"] for p in task["parts"] if "text" in p)}
     client = MultiServerMCPClient({"corral": {"transport": "streamable_http",
                                               "url": ctx.mcp_url,
                                               "headers": ctx.mcp_headers}})

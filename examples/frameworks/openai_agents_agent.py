@@ -11,6 +11,8 @@ from corral.worker import run
 
 
 async def handle(task, ctx):
+    if "parts" in task:  # an A2A message (docs/a2a.md): its prompt is its text
+        task = {"prompt": " ".join(p["text"] for p in task["parts"] if "text" in p)}
     gateway = MCPServerStreamableHttp({"url": ctx.mcp_url, "headers": ctx.mcp_headers},
                                       client_session_timeout_seconds=60)
     async with gateway:

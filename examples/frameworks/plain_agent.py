@@ -15,6 +15,8 @@ from corral.worker import run
 
 
 async def handle(task, ctx):
+    if "parts" in task:  # an A2A message (docs/a2a.md): its prompt is its text
+        task = {"prompt": " ".join(p["text"] for p in task["parts"] if "text" in p)}
     model = AsyncOpenAI()
     http = httpx2.AsyncClient(headers=ctx.mcp_headers, timeout=httpx2.Timeout(30, read=60))
     async with http, streamable_http_client(ctx.mcp_url, http_client=http) as (read, write), \

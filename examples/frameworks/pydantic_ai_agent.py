@@ -11,6 +11,8 @@ from corral.worker import run
 
 
 async def handle(task, ctx):
+    if "parts" in task:  # an A2A message (docs/a2a.md): its prompt is its text
+        task = {"prompt": " ".join(p["text"] for p in task["parts"] if "text" in p)}
     tools = MCPToolset(ctx.mcp_url, headers=ctx.mcp_headers)
     agent = Agent(OpenAIChatModel(task.get("model", "gpt-5-mini")), toolsets=[tools])
     async with agent:
