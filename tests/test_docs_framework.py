@@ -37,7 +37,7 @@ def guide_blocks() -> tuple[str, str, str]:
     return setup, table, rest.split("```sh\n", 1)[1].split("```", 1)[0]
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)  # a framework's start and two tasks: minutes on a loaded host
 def test_the_guides_framework_agent_runs_a_task_and_answers_over_a2a(tmp_path: Path) -> None:
     if not (ROOT / ".venv-frameworks" / "bin" / "python").exists():
         pytest.skip(".venv-frameworks is not installed (scripts/frameworks.sh)")
