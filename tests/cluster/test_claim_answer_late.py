@@ -6,7 +6,8 @@ started it from the answer, and ran it a second time from the queue (session 18'
 runs of test_cluster_suspension and test_cluster_approvals).
 
 The answer is held at a TCP proxy between the node and a real redis-server, a claim that
-ran, its answer late; the node is a real daemon. And a turn given to a live node, taken
+ran, its answer late (a pull's, and a claim at submission's); the node is a real daemon.
+And a turn given to a live node, taken
 back as an orphan while that node claims it, stays the node's (decision 2241)."""
 
 from __future__ import annotations
@@ -128,3 +129,19 @@ async def test_a_turn_given_to_a_live_node_claimed_as_it_is_taken_back_stays_its
         gate.opened.set()
         await through.aclose()
         proxy.close()
+
+
+def test_a_claim_at_submission_answered_late_runs_once(tmp: Path, redis: RedisServer
+                                                       ) -> None:
+    """A task submitted on a, whose one slot is free, is claimed at its submission
+    (SUBMIT_CLAIM) and Redis's answer reaches a HELD seconds later: it runs once, on a.
+    On the tree before: queued again as an orphan meanwhile, and run twice."""
+    with runner_behind(tmp, redis) as (a, _, proxy):
+        proxy.hold(HELD, b"EVALSHA", sha(scripts.SUBMIT_CLAIM))
+        task_id = submit(a, {"do": "echo"})
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert (done["status"], [(x["node"], x["outcome"]) for x in done["attempts"]]) == (
+            "succeeded", [("a", "succeeded")]), done
+        st = a.call("stats.get")["cluster"]
+        assert (st["claimed"], st["claimed_at_submit"], st["orphans"], st["requeued"]) == (
+            1, 1, 0, 0), st
