@@ -303,6 +303,26 @@ async def test_a_server_slower_than_a_tests_wait_fails_that_test_saying_so_and_s
             warmforks.stop(server.proc, server.path)
 
 
+def test_a_server_started_early_is_not_waited_for_and_its_first_use_waits_for_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prestart`'s start (`_Server.spawned`): the server starts and nothing waits for
+    its preload, still being imported; its first use gets that same server once ready."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("CORRAL_TEST_IMPORT_GATE", str(gate))
+    server = warmforks._Server("early", ("tests.servers.gated_import",), bare=False)
+    try:
+        server.spawned()
+        assert server.proc is not None and server.proc.poll() is None
+        assert not server.ready
+        pid = server.pid()
+        gate.touch()
+        assert server.server() == pid
+        assert server.ready
+    finally:
+        if server.proc is not None:
+            warmforks.stop(server.proc, server.path)
+
+
 WORKER = """
 import sys, time
 from tests import warmforks

@@ -366,6 +366,14 @@ class _Server:
         """Its pid, started at the first call, and again where it was killed (by a test
         that ends what its cgroup holds, or an in-process supervisor not told to spare
         it); none with CORRAL_TEST_WARM=0: each program a cold start, to compare."""
+        self.spawned()
+        if self.proc is not None and not self.ready:
+            wait_ready(self.proc, self.preload, ready_wait())
+            self.ready = True
+        return self.pid()
+
+    def spawned(self) -> None:
+        """Started where none runs (a killed one reaped), not waited for."""
         if self.proc is not None and self.proc.poll() is not None:
             self.spent_before = self.reported_cpu()
             stop(self.proc, self.path)
@@ -377,10 +385,6 @@ class _Server:
             self.proc = spawn(self.path, self.preload, tempfile.gettempdir(), self.bare)
             self.ready = False
             atexit.register(stop, self.proc, self.path)
-        if self.proc is not None and not self.ready:
-            wait_ready(self.proc, self.preload, ready_wait())
-            self.ready = True
-        return self.pid()
 
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
@@ -427,15 +431,29 @@ def agent_command(program: str | Path, *preload: str) -> list[str]:
     before the daemon starts the agent, whose start they would otherwise slow past its
     start_timeout on a loaded host), bare (`start`), and spared by the test's in-process
     daemons (tests/conftest.py's SPARED), as the fork server is."""
-    server = _AGENTS.get(preload)
-    if server is None:
-        server = _AGENTS[preload] = _Server(f"agents{len(_AGENTS)}", preload, bare=True)
+    server = _agents(preload)
     pid = server.server()
     if pid is not None:
         from .conftest import SPARED
 
         SPARED.add(pid)
     return [sys.executable, "-I", "-S", HERE, "launch", server.path, str(program)]
+
+
+def _agents(preload: tuple[str, ...]) -> _Server:
+    server = _AGENTS.get(preload)
+    if server is None:
+        server = _AGENTS[preload] = _Server(f"agents{len(_AGENTS)}", preload, bare=True)
+    return server
+
+
+def prestart(*preload: str) -> None:
+    """The agents' server of `preload` started now and not waited for: its imports are
+    made while the tests before its first use run, and that use (`agent_command`) waits
+    only for what is left. At load 40-60 the model agents' server (openai and anthropic,
+    seconds of CPU) started by an async test's first use took past READY_WAIT, which
+    failed the test saying so."""
+    _agents(preload).spawned()
 
 
 def agent_toml(program: str | Path, *preload: str) -> str:

@@ -30,6 +30,7 @@ from corral.cluster.clusterasks import ASK, END
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import KEEP_ASKS, Scripts
 
+from .. import warmforks
 from ..conftest import ROOT
 from ..daemon_harness import PY, free_port
 from ..redis_harness import RedisServer
@@ -50,6 +51,14 @@ from .test_takeover import said_of_leases
 
 pytestmark = pytest.mark.timeout(120)
 HERE = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _models_server_early() -> None:
+    """The model agents' server, which the model-call test's fleet forks its agents from,
+    started as this module's first test on the worker begins (`warmforks.prestart`):
+    started by that async test itself at load 40-60, its imports took past READY_WAIT."""
+    warmforks.prestart("openai", "anthropic")
 
 
 def both_alive(ns: dict[str, Node]) -> None:
