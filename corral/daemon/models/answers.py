@@ -84,6 +84,10 @@ class Exchange(msgspec.Struct):
     _head: bytes = b""  # a stream's, until its first write
     status: int = 0  # the answer's, once it is begun
     path: str = ""  # its request's (lean.py's: what serves it)
+    # its client's end cancels its call: a POST lean.py serves, and a model call of no
+    # task until its dispatch (`ModelGateway._made`): nothing of it is made yet, and a
+    # person's ask it waits on is withdrawn (decision 2280)
+    cancels: bool = False
 
     async def body(self) -> bytes | None:
         """The body (None: over MAX_BODY), held once: by the call from here."""

@@ -149,7 +149,13 @@ class ModelGateway:
                           request, request.version >= HttpVersion11)
             made = await self.admit(ex, endpoint)
             if made is not None:  # (aiohttp cancels a handler whose agent hung up)
-                await asyncio.shield(asyncio.get_running_loop().create_task(made))
+                call = asyncio.get_running_loop().create_task(made)
+                try:
+                    await asyncio.shield(call)
+                except asyncio.CancelledError:
+                    if ex.cancels:  # (not dispatched yet: as lean.py's connection_lost)
+                        call.cancel()
+                    raise
             return answers.WrittenResponse(request, ex.status)
         return handle
 
@@ -172,9 +178,9 @@ class ModelGateway:
                    ) -> Coroutine[Any, Any, None] | None:
         """The request's call, read, to make; None when it was refused (answered). lean.py's
         request, its body read with its head (judged here without a coroutine of its own).
-        A call goes on to its end when the agent hangs up: the upstream bills it whole,
-        so its usage is counted and the agent's slot held until then (else an agent that
-        hangs up before a stream's usage would spend unseen)."""
+        A call dispatched goes on to its end when the agent hangs up: the upstream bills
+        it whole, so its usage is counted and the agent's slot held until then (else an
+        agent that hangs up before a stream's usage would spend unseen)."""
         try:
             found, slot = self._client(ex)
         except ModelRefusal as exc:
@@ -281,6 +287,9 @@ class ModelGateway:
         model, counter = read.model, read.model.counter
         made: list[Relay | Whole] = []  # what the dispatch made, when it ran
         task = read.task
+        # a call of no task whose agent hangs up before its dispatch is not made (a task's
+        # call goes on: its ask, one across the task's retries, outlives its connection)
+        ex.cancels = task is None
         said = ex.headers.get("traceparent")  # (a call of no task's span's parent)
         # its arguments, a task's alone: what a retry's same call is known by in its journal
         call = Call(read.replica, read.request.model, _NO_ARGUMENTS if task is None else {
@@ -329,6 +338,7 @@ class ModelGateway:
         relayed, what it made put in `made` (written back by `_made`); a task's call's
         outcome its record (a whole one decoded for its journal alone). A task's call's
         key (steps.py's), the same on every attempt, is sent upstream."""
+        ex.cancels = False  # (the upstream bills what it was sent: made to its end)
         route, request, usage = read.route, read.request, read.model.usage
         assert route is not None and isinstance(usage, CallUsage)  # (seen: modelview.py)
         key, idempotency, said = route.key, call.key, ex.headers

@@ -124,13 +124,13 @@ class LeanConnection(HttpConnection):
     request pipelined behind one waits in `_held` for its answer); a head it does not
     take (past MAX_FIELD or MAX_HEADERS too) is aiohttp's."""
 
-    __slots__ = ("_call", "_cancels", "_held", "_lean", "_models", "_posts", "_want")
+    __slots__ = ("_call", "_ex", "_held", "_lean", "_models", "_posts", "_want")
 
     def __init__(self, manager: web.Server, models: ModelGateway | None, posts: Posts,
                  **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._models, self._posts = models, posts
-        self._cancels = False  # the call answering is a POST's: its client's end cancels it
+        self._ex: Exchange | None = None  # the request answering (its `cancels`)
         self._lean = True  # until a request of another shape: aiohttp's to the end
         self._held, self._want = bytearray(), 0  # (its bytes parsed again once `_want` came)
         self._call: asyncio.Task[None] | None = None
@@ -163,11 +163,11 @@ class LeanConnection(HttpConnection):
         if len(held) < self._want:
             return  # (its body's bytes still to come)
         self._close = close  # (after its answer)
-        self._request_in_progress, self._cancels, self._want = True, serve is not None, 0
+        self._request_in_progress, self._want = True, 0
         assert self.transport is not None
-        ex = Exchange(self, self.transport, headers, dict(reversed(parse_qsl(
+        ex = self._ex = Exchange(self, self.transport, headers, dict(reversed(parse_qsl(
             query, keep_blank_values=True))) if query else {}, bytes(held[start:start + length]),
-            path=path)
+            path=path, cancels=serve is not None)
         # (a POST served here keeps its head's bytes alone for a hand-over: its body is
         # the Exchange's, not copied twice for the call's life)
         self._call = self._loop.create_task(self._serve(
@@ -199,7 +199,7 @@ class LeanConnection(HttpConnection):
             log.exception("the call on %s failed", ex.path)
             self.force_close()
         finally:
-            self._request_in_progress, self._call = False, None
+            self._request_in_progress, self._call, self._ex = False, None, None
             waiter = self._handler_waiter  # (aiohttp's shutdown waits for it)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -220,8 +220,8 @@ class LeanConnection(HttpConnection):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
-        if self._call is not None and self._cancels:  # (as aiohttp's handler would be)
-            self._call.cancel()
+        if self._call is not None and self._ex is not None and self._ex.cancels:
+            self._call.cancel()  # (as aiohttp's handler would be)
 
     def _process_keepalive(self) -> None:
         if not (self._lean and self._request_in_progress):  # (answering: not idle)
