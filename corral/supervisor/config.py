@@ -11,6 +11,7 @@ import re
 import shlex
 import signal
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import msgspec.inspect
@@ -591,6 +592,29 @@ class A2aSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     anonymous: list[str] = []  # agents callable without a token (as anonymous_tools)
     anonymous_remote: bool = False  # and from other hosts than this one's loopback
     push_private: bool = False  # push notifications to loopback and private addresses
+    # the public base URL the cards name (behind a reverse proxy or a CDN), whatever Host
+    # a request names: an agent's is URL/a2a/AGENT; None, the request's own
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.url is None:
+            return
+        parts, shown = urlsplit(self.url), redact.url(self.url)
+        try:
+            port_ok = parts.port is not None or ":" not in parts.netloc.rpartition(
+                "@")[2].rpartition("]")[2]  # (`host:`, a port of nothing)
+        except ValueError:  # (a port past 65535, or not a number)
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or \
+                not self.url.isprintable() or " " in self.url:
+            raise ValueError(f"url {shown!r} is not an absolute http:// or https:// URL")
+        if parts.query or parts.fragment or "?" in self.url or "#" in self.url:
+            raise ValueError(f"url {shown!r} carries a query or a fragment: the cards' "
+                              "URLs are under it, as a path")
+        if parts.username is not None:
+            raise ValueError(f"url {shown!r} carries a user name: every card's "
+                              "reader would read it")
+        self.url = self.url.rstrip("/")
 
 
 class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

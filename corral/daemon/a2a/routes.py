@@ -133,7 +133,8 @@ class A2aRoutes:
                                                tenant=tenant, scopes=ANONYMOUS_SCOPES))
 
     def card_of(self, request: web.Request, spec: AgentSpec) -> dict[str, Any]:
-        base = f"{request.scheme}://{request.host}{PREFIX}/{spec.name}"
+        public = self.ctx.a2a.url  # (set, the card names no request's Host)
+        base = f"{public or f'{request.scheme}://{request.host}'}{PREFIX}/{spec.name}"
         return card.card_of(spec, base, anonymous=spec.name in self.ctx.a2a.anonymous)
 
     async def card(self, request: web.Request) -> web.StreamResponse:
@@ -149,9 +150,11 @@ class A2aRoutes:
         etag = f'"{digest[:12].hex()}"'
         headers = {"Cache-Control": f"{'public' if caller is None else 'private'}, "
                    f"max-age={CARD_MAX_AGE}", "Last-Modified": formatdate(since, usegmt=True),
-                   # (its URL is the Host's: a cache keyed by the path alone would serve a
-                   # card a caller asked with a Host of its own to every client)
-                   "ETag": etag, "Vary": "Host"}
+                   "ETag": etag}
+        if self.ctx.a2a.url is None:
+            # (its URL is the Host's: a cache keyed by the path alone would serve a card a
+            # caller asked with a Host of its own to every client)
+            headers["Vary"] = "Host"
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, content_type="application/json", headers=headers)
