@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from corral.daemon.caller import Caller
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import load_config
 
@@ -77,12 +78,14 @@ def test_a_url_taken_is_read_without_its_trailing_slash(
 async def test_the_card_names_the_public_url_whatever_the_host(tmp_path: Path) -> None:
     """Set, the card's interfaces and provider are under the URL for a request of any
     Host, the same card (its ETag) for each, and it does not say it varies by Host (a
-    cache keyed by the path serves every client the one card, which is right)."""
+    cache keyed by the path serves every client the one card, which is right). A reload
+    that takes it off names the request's Host again, varying by it, from the next
+    request."""
     port = free_port()
     toml = (f'[http]\nlisten = "127.0.0.1:{port}"\n\n'
             '[a2a]\nanonymous = ["hello"]\nurl = "https://agents.example.com/corral/"\n')
     public = "https://agents.example.com/corral/a2a/hello"
-    async with in_process(tmp_path, hello("hello"), toml):
+    async with in_process(tmp_path, hello("hello"), toml) as d:
         url = f"http://127.0.0.1:{port}{CARD.format(agent='hello')}"
         etags = set()
         async with aiohttp.ClientSession() as http:
@@ -99,3 +102,13 @@ async def test_the_card_names_the_public_url_whatever_the_host(tmp_path: Path) -
             async with http.get(url, headers={"Host": "evil.example",
                                               "If-None-Match": etag}) as r:
                 assert (r.status, r.headers.get("Vary")) == (304, None), dict(r.headers)
+            config = tmp_path / "corral.toml"
+            config.write_text(config.read_text().replace(
+                'url = "https://agents.example.com/corral/"\n', ""))
+            await d.dispatcher.call(Caller(via="socket", uid=0), "config.reload", {})
+            async with http.get(url, headers={"Host": "evil.example"}) as r:
+                assert r.status == 200, await r.text()
+                card = await r.json()
+                assert card["supportedInterfaces"][0]["url"] == \
+                    "http://evil.example/a2a/hello", card
+                assert r.headers.get("Vary") == "Host", dict(r.headers)
