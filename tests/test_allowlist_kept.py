@@ -6,6 +6,7 @@ real daemon in this process."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import pytest
 from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.jsonrpc import RpcError
+from corral.supervisor import AgentSpec, Supervisor
 
+from .conftest import agent
 from .daemon_harness import in_process
 from .test_tenants import TWO, notes, sleeper
 
@@ -86,3 +89,19 @@ async def test_a_reload_of_the_servers_or_the_agents_tools_changes_the_next_call
         assert await gateway_refusal(d, "aserv__echo") == (
             "tool aserv__echo is not allowed for gateway client agent:a1 (its tools "
             "allowlist: [])")
+
+
+async def test_a_removed_agents_kept_allowlist_goes_with_it(sup: Supervisor) -> None:
+    """Agents made per job under new names, each asked for its allowlist (a tool call's
+    view does) and removed: none of their specs is held once they are gone (the soak
+    under fresh names, bench/RESULTS.md: the kept allowlists held every removed agent's
+    spec until their cap cleared them all, 78 to 408 live specs past its warm-up)."""
+    for i in range(6):
+        spec = agent(f"job{i}", autostart=False)
+        sup.add(spec)
+        assert sup.mcp.allowlist(spec) is sup.mcp.allowlist(spec)  # kept while it lives
+        await sup.remove(spec.name)
+    del spec
+    gc.collect()
+    assert [o.name for o in gc.get_objects()
+            if isinstance(o, AgentSpec) and o.name.startswith("job")] == []

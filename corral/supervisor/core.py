@@ -222,9 +222,10 @@ class Supervisor:
 
     def _roster(self, e: Roster) -> None:
         """An agent removed: its per-agent tool servers' instances go with it (decision
-        1809), and its refusals' keys (their counts kept)."""
+        1809), its kept tools allowlist, and its refusals' keys (their counts kept)."""
         if e.agent not in self.agents:
             self.mcp.forget(lambda owner: owner.startswith(f"{e.agent}#"), "its agent removed")
+            self.mcp.forget_agent(e.agent)
             self.refusals.forget(e.agent)
 
     # -- the API (README "Python API"; the parts hold the rest) ---------------------------

@@ -65,6 +65,11 @@ class Tools(McpPool[McpServerSpec, McpServerReplica]):
                 kept(self._leaving, asyncio.ensure_future(self._stopped(
                     entry.per_agent.pop(owner), why)))
 
+    def forget_agent(self, agent: str) -> None:
+        """A removed agent's kept allowlist let go, and its spec with it: agents made per
+        job under new names each left theirs until the cap cleared them all."""
+        self._allows.pop(agent, None)
+
     async def _stopped(self, inst: McpServerReplica, why: str) -> None:
         await inst.stop(why)
         self.host.egress_doors.forget(inst.door_key)
