@@ -28,9 +28,11 @@ import pytest
 from aiohttp.web_protocol import RequestHandler
 
 from bench.soak_census import take
+from corral.supervisor.config import AgentSpec
 from corral.supervisor.egressdoors import Door, Doors
 from corral.supervisor.policy import CACHED, RuleBook
 from corral.supervisor.tasks.counters import RETIRED_AGENTS, RetiredCounts
+from corral.supervisor.tools import Tools
 
 from .conftest import ROOT
 from .daemon_harness import PY, free_port, in_process
@@ -136,6 +138,74 @@ async def test_rounds_under_new_names_grow_no_structure_by_a_name(tmp_path: Path
             "classes", f"{RuleBook.__module__}._Plan"):
         assert grew.pop(cache, (0, 0))[1] <= CACHED
     assert grew == {}, grew
+
+
+async def wide_round(d: Any, http: aiohttp.ClientSession, i: int) -> None:
+    """An agent under a new name as the soak's tenants use one past the first test's
+    round: its task calls a tool through the gateway (its allowlist asked for at the
+    call), a workflow and a team of it run, an A2A message is sent it; all three removed."""
+    name = f"wide{i}"
+    await call(d, "agents.add", {"agents": {name: {
+        "command": [PY, str(AGENT)], "env": {"PYTHONPATH": str(ROOT)},
+        "tools": ["notes__*"], "stop_timeout": 5}}})
+    done = await call(d, "tasks.run", {"agent": name, "input": {
+        "do": "tool", "title": f"note{i}", "mark": "m"}})
+    assert done["status"] == "succeeded" and done["output"]["tool"] == {
+        "ok": f"stored note{i}"}, done
+    await call(d, "workflows.add", {"workflows": {f"wf-{name}": {"steps": [
+        {"name": "each", "agent": name, "map": "$input.items",
+         "input": {"do": "hello", "mark": "m", "item": "$item"}}]}}})
+    run = await call(d, "workflows.run", {"name": f"wf-{name}", "input": {"items": [1, 2]},
+                                          "wait": 30})
+    assert run["status"] == "succeeded", run
+    await call(d, "teams.add", {"teams": {f"team-{name}": {
+        "mode": "broadcast", "members": [name]}}})
+    done = await call(d, "tasks.run", {"agent": f"team-{name}", "input": {
+        "do": "hello", "mark": "m"}})
+    assert done["status"] == "succeeded", done
+    made = await call(d, "tokens.create", {"name": f"client{i}", "scopes": [
+        "tasks:run", "tasks:read"]})
+    async with http.post(f"{d.http_server.url}/a2a/{name}", headers={
+            "Authorization": f"Bearer {made['token']}", "A2A-Version": "1.0"}, json={
+            "jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {
+                "messageId": f"message{i}", "role": "ROLE_USER",
+                "parts": [{"data": {"do": "hello", "mark": "m"}}]}}}) as r:
+        sent = await r.json()
+    assert sent["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", sent
+    await call(d, "tokens.revoke", {"name": f"client{i}"})
+    await call(d, "workflows.remove", {"names": [f"wf-{name}"]})
+    await call(d, "teams.remove", {"names": [f"team-{name}"]})
+    await call(d, "agents.remove", {"names": [name]})
+
+
+@pytest.mark.deadline(300)
+async def test_a_removed_agents_spec_is_let_go_by_all_it_touched(tmp_path: Path) -> None:
+    """No part an agent's round went through keeps its spec once it is removed (the
+    soak's fresh names kept one a round: the tools allowlist kept for the agent's next
+    call, decision 2190): after rounds under new names, the live AgentSpecs are as many
+    as before them."""
+    tools = textwrap.dedent(f"""
+        [gateway]
+        listen = "127.0.0.1:{free_port()}"
+
+        [mcp_servers.notes]
+        command = ["{PY}", "{ROOT / 'examples' / 'notes_server.py'}"]
+        start_timeout = 60
+        shared = true
+    """)
+    async with in_process(tmp_path, "", HTTP + tools, SUPERVISOR) as d, \
+            aiohttp.ClientSession() as http:
+        for i in range(WARM):
+            await wide_round(d, http, i)
+        gc.collect()  # (a removed replica and its agent: a cycle)
+        before = take()
+        for i in range(WARM, WARM + ROUNDS):
+            await wide_round(d, http, i)
+        gc.collect()
+        after = take()
+    spec, allows = f"{AgentSpec.__module__}.AgentSpec", f"{Tools.__module__}.Tools._allows"
+    assert (after["classes"].get(spec, 0), after["largest"].get(allows, 0)) == (
+        before["classes"].get(spec, 0), before["largest"].get(allows, 0)), after
 
 
 async def sandboxed_round(d: Any, home: Path, i: int) -> None:
