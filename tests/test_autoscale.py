@@ -26,6 +26,9 @@ from .conftest import PY, agent
 # how much longer one change of the count may take to apply than another, in seconds: a
 # change's Scaling is stamped once it is applied
 APPLIED = 0.25
+# the oscillating load's stable window: longer than a burst's idle gap and a loaded host's
+# late tick together
+WINDOW = 2.5
 P = Policy(min_replicas=1, max_replicas=6, target_load=2.0, upscale_delay=2.0,
            downscale_delay=10.0)
 
@@ -287,28 +290,32 @@ async def test_burst_of_500_rises_within_upscale_delay_and_returns_to_one(
 async def test_oscillating_load_with_real_workers_rises_once_and_holds(
         sup: Supervisor) -> None:
     """Bursts of work with idle gaps shorter than the stable window: the count rises and
-    does not fall while it lasts; each fall comes a whole window after the change before it."""
+    does not fall while it lasts; each fall comes a whole window after the change before it.
+    Each burst's tasks outlast several ticks, and the window spans several bursts, so a
+    loaded host's late ticks still see each burst's whole load within a window (with
+    bursts of 0.3 s in a 1.5 s window, a fresh clone's loaded run saw none whole for a
+    window and the count fell mid-load)."""
     got = decisions(sup)
     sup.add(agent("osc", "misbehave.py", autoscale=Autoscale(
-        min_replicas=1, max_replicas=4, upscale_delay=0.2, downscale_delay=1.5)))
+        min_replicas=1, max_replicas=4, upscale_delay=0.2, downscale_delay=WINDOW)))
     await sup.wait_state("osc", State.READY)
     for _ in range(5):
         await asyncio.wait_for(asyncio.gather(*(
-            sup.tasks.run("osc", {"do": "sleep", "seconds": 0.3}) for _ in range(4))), 30.0)
+            sup.tasks.run("osc", {"do": "sleep", "seconds": 1.0}) for _ in range(4))), 30.0)
         await asyncio.sleep(0.4)  # the load's own shape: an idle gap, not a wait for a state
     # rises only (a later burst may find the count short of its wish), never a fall
     rises = len(got)
     assert rises >= 1 and {d.direction for d in got} == {"up"}
-    down = await got.until(lambda d: d.direction == "down", 15.0)
+    down = await got.until(lambda d: d.direction == "down", 15.0 + WINDOW)
     # a whole window after the last change (a count above the last burst's peak may fall
     # to that peak a window after the wish for it was last seen, before the work ended);
     # a change is stamped once it is applied, and stopping two replicas takes longer than
     # stopping one, so two stamps are a window apart less what that difference may be
     # (APPLIED), where a fall inside the window would be a tick or more early
-    assert down.time - got[rises - 1].time >= 1.5 - APPLIED
+    assert down.time - got[rises - 1].time >= WINDOW - APPLIED
     if down.replicas > 1:  # the last burst's tasks ended over more than one tick
-        await got.until(lambda d: d.direction == "down" and d.replicas == 1, 15.0)
-        assert got[-1].time - down.time >= 1.5 - APPLIED  # a whole window apart
+        await got.until(lambda d: d.direction == "down" and d.replicas == 1, 15.0 + WINDOW)
+        assert got[-1].time - down.time >= WINDOW - APPLIED  # a whole window apart
     assert [d.direction for d in got[rises:]] in (["down"], ["down", "down"])
 
 
