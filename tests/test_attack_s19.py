@@ -68,14 +68,19 @@ async def _link(http: aiohttp.ClientSession, base: str, secret: str) -> str:
         return str((await r.json())["path"])
 
 
+async def _follow(own: aiohttp.ClientSession, base: str, path: str) -> tuple[int, Any]:
+    """A link followed by `own` (a browser: a cookie jar of its own): the session's look at
+    /ui/session by the cookie the link set, its status and (when 200) its body."""
+    async with own.get(base + path, allow_redirects=False) as r:
+        assert r.status == 303, await r.text()
+    async with own.get(f"{base}/ui/session") as r:
+        return r.status, (await r.json()) if r.status == 200 else None
+
+
 async def _session(http: aiohttp.ClientSession, base: str, path: str) -> int:
-    """A link followed by a browser of its own (a cookie jar each): the session's look at
-    /ui/session, by the cookie the link set."""
+    """A link followed by a browser of its own: the status of its session's look."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as own:
-        async with own.get(base + path, allow_redirects=False) as r:
-            assert r.status == 303, await r.text()
-        async with own.get(f"{base}/ui/session") as r:
-            return r.status
+        return (await _follow(own, base, path))[0]
 
 
 @pytest.mark.deadline(120)
@@ -142,10 +147,7 @@ async def test_a_dashboard_session_makes_no_session_that_outlives_its_token(
         async with aiohttp.ClientSession() as http:
             path = await _link(http, base, acme)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as own:
-            async with own.get(base + path, allow_redirects=False) as r:
-                assert r.status == 303, await r.text()
-            async with own.get(f"{base}/ui/session") as r:
-                csrf = (await r.json())["csrf"]
+            csrf = (await _follow(own, base, path))[1]["csrf"]
             cookie = {"corral_ui": own.cookie_jar.filter_cookies(
                 yarl.URL(f"{base}/ui/"))["corral_ui"].value}
         issued = len(d.services.ui.codes)
@@ -179,10 +181,7 @@ async def test_a_dashboard_sessions_calls_are_rated_as_its_tokens_are(
         async with aiohttp.ClientSession() as http:
             path = await _link(http, base, acme)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as own:
-            async with own.get(base + path, allow_redirects=False) as r:
-                assert r.status == 303, await r.text()
-            async with own.get(f"{base}/ui/session") as r:
-                csrf = (await r.json())["csrf"]
+            csrf = (await _follow(own, base, path))[1]["csrf"]
             answers: list[tuple[int, Any, str | None]] = []
             for _ in range(12):
                 async with own.post(f"{base}/ui/api/agents.status", json={}, headers={
@@ -244,10 +243,8 @@ async def test_a_socket_peers_dashboard_session_ends_when_its_group_is_not_its_t
         peer = Caller(via="socket", uid=1, gid=1, pid=1, tenant="acme")
         path = (await d.dispatcher.call(peer, "ui.login")).path
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as own:
-            async with own.get(base + path, allow_redirects=False) as r:
-                assert r.status == 303, await r.text()
-            async with own.get(f"{base}/ui/session") as r:
-                assert (r.status, (await r.json())["tenant"]) == (200, "acme")
+            status, body = await _follow(own, base, path)
+            assert (status, body["tenant"]) == (200, "acme")
             config.write_text(config.read_text().replace('group = "daemon"\n', ""))
             await d.dispatcher.call(Caller(via="socket", uid=0), "config.reload", {})
             async with own.get(f"{base}/ui/session") as r:
