@@ -118,13 +118,15 @@ def pipelined_tasks(sock: socket.socket, total: int, window: int = 256,
 
 def supervisor_section(state: Path) -> str:
     """A daemon's [supervisor] table, its socket, state and logs under `state`, stopping
-    at once (the benches start and stop a daemon per sitting)."""
+    at once (the benches start and stop a daemon per sitting), its agents run as the
+    bench's user (a dynamic uid could not reach the bench's interpreter under /root)."""
     return textwrap.dedent(f"""
         [supervisor]
         socket = "{state}/corral.sock"
         state_dir = "{state}/state"
         log_dir = "{state}/logs"
         drain_timeout = 0
+        dynamic_uids = []
     """)
 
 
