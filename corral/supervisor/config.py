@@ -751,11 +751,9 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise ConfigError(f"{where}: cluster.sentinel_master: given without "
                                   "sentinels (the Sentinels that name its primary)")
             return
-        for address in self.sentinels:
-            host, _, port = address.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(f"{where}: cluster.sentinels: {address!r} is not "
-                                  "HOST:PORT")
+        bad = next((a for a in self.sentinels if tcp_address(a) is None), None)
+        if bad is not None:
+            raise ConfigError(f"{where}: cluster.sentinels: {bad!r} is not HOST:PORT")
         if self.sentinel_master is None:
             raise ConfigError(f"{where}: cluster.sentinel_master: the name the Sentinels "
                               "monitor the cluster's Redis as is needed with sentinels")

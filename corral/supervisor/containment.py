@@ -199,10 +199,7 @@ def cgroup_pids(cgroup_dir: str) -> list[int]:
 def subtree_pids(cgroup_dir: str) -> list[int]:
     """The processes in the cgroup and every cgroup below it (a tenant's node holds
     none itself: its replicas' leaves do)."""
-    out: list[int] = []
-    for dirpath, _, _ in os.walk(cgroup_dir):
-        out += cgroup_pids(dirpath)
-    return out
+    return [pid for dirpath, _, _ in os.walk(cgroup_dir) for pid in cgroup_pids(dirpath)]
 
 
 def cgroup_kill(cgroup_dir: str) -> None:
@@ -229,8 +226,7 @@ def cgroup_kill(cgroup_dir: str) -> None:
 def remove_cgroup(cgroup_dir: str) -> bool:
     """False while any of the cgroup and its children is busy."""
     ok = True
-    for dirpath, dirnames, _ in os.walk(cgroup_dir, topdown=False):
-        del dirnames
+    for dirpath, _, _ in os.walk(cgroup_dir, topdown=False):
         try:
             os.rmdir(dirpath)
         except FileNotFoundError:
