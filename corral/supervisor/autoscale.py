@@ -58,12 +58,8 @@ class ExtremumWindow:
     def add(self, now: float, value: int) -> int:
         vs = self.values
         start = now
-        if self.greatest:
-            while vs and vs[-1][1] <= value:
-                start = vs.pop()[0]
-        else:
-            while vs and vs[-1][1] >= value:
-                start = vs.pop()[0]
+        while vs and (vs[-1][1] <= value if self.greatest else vs[-1][1] >= value):
+            start = vs.pop()[0]
         vs.append((start, value))
         edge = now - self.span
         # the front is out once the next segment began at or before the window's start

@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import msgspec
 
 from ..timeouts import within
-from .config import Limits
+from .config import MIB, Limits
 from .stream import Stream
 
 log = logging.getLogger("corral.containment")
@@ -236,6 +236,15 @@ def remove_cgroup(cgroup_dir: str) -> bool:
     return ok
 
 
+def cap_knobs(memory_mb: int, cpu_percent: float, processes: int) -> dict[str, tuple[str, str]]:
+    """The cgroup files of a cap on memory, CPU and processes (0: none), as file -> (its
+    controller, the value): a replica's leaf and a tenant's node are written alike."""
+    return {"memory.max": ("memory", str(memory_mb * MIB) if memory_mb else "max"),
+            "cpu.max": ("cpu", f"{int(cpu_percent * CPU_PERIOD_US / 100)} {CPU_PERIOD_US}"
+                        if cpu_percent else f"max {CPU_PERIOD_US}"),
+            "pids.max": ("pids", str(processes) if processes else "max")}
+
+
 def oom_kills(cgroup_dir: str) -> int:
     try:
         with open(os.path.join(cgroup_dir, "memory.events")) as f:
@@ -401,15 +410,10 @@ class CgroupTree:
         """Create the replica's cgroup and write its limits (those of `controllers`, its
         parent's grant)."""
         os.makedirs(path, exist_ok=True)
-        values = {
-            "memory": ("memory.max", f"{limits.memory_mb * 1024 * 1024}"
-                       if limits.memory_mb else "max"),
-            "pids": ("pids.max", str(limits.processes) if limits.processes else "max"),
-            "cpu": ("cpu.max", f"{int(limits.cpu_percent * CPU_PERIOD_US / 100)} {CPU_PERIOD_US}"
-                    if limits.cpu_percent else f"max {CPU_PERIOD_US}"),
-        }
-        for ctl, (key, value) in values.items():
-            if ctl in (self.controllers if controllers is None else controllers):
+        granted = self.controllers if controllers is None else controllers
+        for key, (ctl, value) in cap_knobs(limits.memory_mb, limits.cpu_percent,
+                                      limits.processes).items():
+            if ctl in granted:
                 write_knob(os.path.join(path, key), value)
 
     def children(self) -> list[str]:

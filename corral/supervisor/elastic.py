@@ -309,10 +309,7 @@ class Elastic:
         e = self.entries.get(s.agent)
         if e is not None:
             e.last = s
-        kept = self.decisions.get(s.agent)
-        if kept is None:
-            kept = self.decisions[s.agent] = deque(maxlen=KEPT_DECISIONS)
-        kept.append(s)
+        self.decisions.setdefault(s.agent, deque(maxlen=KEPT_DECISIONS)).append(s)
         key = (s.agent, s.direction)
         self.counts[key] = self.counts.get(key, 0) + 1
         self.stream.emit(s)

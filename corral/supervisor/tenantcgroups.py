@@ -13,8 +13,8 @@ from typing import NamedTuple, Protocol
 
 from .config import DEFAULT_TENANT, MIB, TenantSpec
 from .containment import (
-    CPU_PERIOD_US,
     CgroupTree,
+    cap_knobs,
     cgroup_kill,
     enable,
     oom_kills,
@@ -50,15 +50,10 @@ class TenantOomKill(NamedTuple):
 
 def knobs(spec: TenantSpec) -> dict[str, tuple[str, str]]:
     """The files of a tenant's node: file -> (its controller, the value)."""
-    return {
-        "memory.max": ("memory", str(spec.max_memory_mb * MIB) if spec.max_memory_mb else "max"),
-        "memory.high": ("memory", str(spec.memory_high_mb * MIB) if spec.memory_high_mb
-                        else "max"),
-        "cpu.max": ("cpu", f"{int(spec.max_cpu_percent * CPU_PERIOD_US / 100)} {CPU_PERIOD_US}"
-                    if spec.max_cpu_percent else f"max {CPU_PERIOD_US}"),
-        "cpu.weight": ("cpu", str(spec.cpu_weight or 100)),
-        "pids.max": ("pids", str(spec.max_processes) if spec.max_processes else "max"),
-    }
+    return {**cap_knobs(spec.max_memory_mb, spec.max_cpu_percent, spec.max_processes),
+            "memory.high": ("memory", str(spec.memory_high_mb * MIB) if spec.memory_high_mb
+                            else "max"),
+            "cpu.weight": ("cpu", str(spec.cpu_weight or 100))}
 
 
 class TenantNodes:
