@@ -73,9 +73,8 @@ RENAMED: dict[str, tuple[str, int]] = {
 def listing() -> list[str]:
     """The table as lines for people (`corral import --help`): corral's key, then the
     other tools' names for it."""
-    by: dict[str, list[str]] = {}
-    for other in OTHER_NAMES.values():
-        by.setdefault(other.key, []).append(f"{other.spelling} ({', '.join(other.tools)})")
+    by = {key: [f"{o.spelling} ({', '.join(o.tools)})" for o in OTHER_NAMES.values()
+                if o.key == key] for key in {o.key for o in OTHER_NAMES.values()}}
     return [f"{key:<18} {', '.join(names)}" for key, names in sorted(by.items())]
 
 

@@ -309,9 +309,7 @@ class _Group(_TakesRaw, click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
-        by: dict[str, list[str]] = {}
-        for alias, name in ALIASES.items():
-            by.setdefault(name, []).append(alias)
+        by = {name: [a for a, n in ALIASES.items() if n == name] for name in ALIASES.values()}
         with formatter.section("Aliases"):
             formatter.write_dl([(name, ", ".join(a)) for name, a in sorted(by.items())])
 

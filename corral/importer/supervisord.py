@@ -56,8 +56,6 @@ DAEMON_OWN = {
 SIGNALS = ("TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2")
 _PROCESS_NUM = re.compile(r"%\(process_num\)([-#0 +]*\d*)d")
 _RESTART = {"true": "always", "false": "never", "unexpected": "on-failure"}
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
 
 
 def read(path: Path, how: How) -> Conversion:
@@ -553,12 +551,11 @@ def _command(raw: dict[str, str], ex: dict[str, Any], where: str, start: int,
 
 
 def _bool(text: str, where: str, key: str) -> bool:
-    t = text.strip().lower()
-    if t in _TRUE:
-        return True
-    if t in _FALSE:
-        return False
-    raise ConfigError(f"{where}: {key}: {text!r} is not true or false")
+    """supervisord's booleans (true/false, yes/no, on/off, 1/0): configparser's own."""
+    try:
+        return configparser.RawConfigParser.BOOLEAN_STATES[text.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{where}: {key}: {text!r} is not true or false") from None
 
 
 def _logs(raw: dict[str, str], get: Any, table: dict[str, Any], where: str,

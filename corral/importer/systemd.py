@@ -312,10 +312,8 @@ def _command(starts: list[str], where: str, imp: Conversion) -> str | list[str]:
     variables ($X, ${X}) runs under `sh -c`, as systemd expands them from the
     environment it gives. Several (a oneshot's) run in turn under `sh -c`, each once the
     one before succeeded (or failed, with `-`), as systemd runs them."""
-    words = []
-    for start in starts:
-        command = start.lstrip("-@+!:")
-        words.append((command, "-" in start[:len(start) - len(command)]))
+    cut = [len(start) - len(start.lstrip("-@+!:")) for start in starts]
+    words = [(start[n:], "-" in start[:n]) for start, n in zip(starts, cut, strict=True)]
     if len(words) > 1:
         imp.note(where, "ExecStart", f"{len(words)} commands: run in turn by `sh -c`, "
                                      "each once the one before succeeded")

@@ -39,9 +39,8 @@ def parse(text: str) -> Ref | None:
     m = WHOLE.fullmatch(text)
     if m is None:
         return None
-    path: list[str | int] = []
-    for part in re.findall(PART, m.group(3)):
-        path.append(int(part[1:-1]) if part.startswith("[") else part[1:])
+    path = [int(part[1:-1]) if part.startswith("[") else part[1:]
+            for part in re.findall(PART, m.group(3))]
     root = "steps" if m.group(2) is not None else m.group(1)
     return Ref(text, root, m.group(2), tuple(path))
 
