@@ -89,21 +89,23 @@ def answer_of(info: TaskInfo, history: int | None) -> dict[str, Any]:
 
 def status_of(info: TaskInfo, mine: dict[str, Any] | None = None) -> dict[str, Any]:
     """The task's status (`mine`: its `own`, when read already)."""
-    state = state_of(info)
+    return _status(info, state_of(info), context_of(info), mine)
+
+
+def _status(info: TaskInfo, state: str, context: str, mine: dict[str, Any] | None
+            ) -> dict[str, Any]:
+    """`status_of` of the task's state and context, read once by its caller."""
     status: dict[str, Any] = {"state": state}
-    message = None
-    if state == INPUT_REQUIRED and info.asks:
-        message = asked(info, info.asks[0])
-    elif state == COMPLETED:
+    if state == COMPLETED:
         if mine is None:
             mine = own(info)
-        said = mine.get("message", mine.get("reply"))
+        said = mine.get("message", mine.get("reply")) if mine else None
         if isinstance(said, dict):
-            message = {**said, "taskId": info.task_id, "contextId": context_of(info)}
+            status["message"] = {**said, "taskId": info.task_id, "contextId": context}
+    elif state == INPUT_REQUIRED and info.asks:
+        status["message"] = asked(info, info.asks[0])
     elif state in (FAILED, REJECTED) and info.error is not None:
-        message = agent_message(info, info.error.message, f"error-{info.task_id}")
-    if message is not None:
-        status["message"] = message
+        status["message"] = agent_message(info, info.error.message, f"error-{info.task_id}")
     when = info.finished or info.started or info.created
     status["timestamp"] = None if when is None else iso_time(when, ms=True)
     return status
@@ -129,12 +131,21 @@ def artifacts_of(info: TaskInfo, mine: dict[str, Any] | None = None
 def history_of(info: TaskInfo, limit: int | None) -> list[dict[str, Any]]:
     """The message that began the task (its input, when kept) and, while it waits, the
     agent's question; the newest `limit` of them."""
+    return _history(info, limit, state_of(info), context_of(info))
+
+
+def _history(info: TaskInfo, limit: int | None, state: str, context: str
+             ) -> list[dict[str, Any]]:
+    """`history_of` of the task's state and context, read once by its caller."""
     messages: list[dict[str, Any]] = []
-    given = plain(info.input)
+    kept: Any = info.input
+    given = msgspec.json.decode(kept) if isinstance(kept, msgspec.Raw) else kept
     if isinstance(given, dict) and "messageId" in given:
-        messages.append({**given, "taskId": info.task_id,
-                         "contextId": context_of(info)})
-    if info.asks and state_of(info) == INPUT_REQUIRED:
+        if given is kept:  # (the task's own: not changed)
+            given = dict(given)
+        given["taskId"], given["contextId"] = info.task_id, context
+        messages.append(given)
+    if state == INPUT_REQUIRED and info.asks:
         messages.append(asked(info, info.asks[0]))
     if limit is not None:
         messages = messages[len(messages) - limit:] if limit > 0 else []
@@ -146,13 +157,15 @@ def task_of(info: TaskInfo, history: int | None = None, artifacts: bool = True, 
     """The task as A2A's Task (`mine`: its `own`, when read already)."""
     if mine is None:
         mine = own(info)
-    task: dict[str, Any] = {"id": info.task_id, "contextId": context_of(info),
-                            "status": status_of(info, mine)}
-    if artifacts:
+    # (its state and context read once: each of its parts reads them)
+    state, context = state_of(info), info.options.session or info.task_id
+    task: dict[str, Any] = {"id": info.task_id, "contextId": context,
+                            "status": _status(info, state, context, mine)}
+    if artifacts and state == COMPLETED:
         made = artifacts_of(info, mine)
         if made:
             task["artifacts"] = made
-    told = history_of(info, history)
+    told = _history(info, history, state, context)
     if told:
         task["history"] = told
     task["metadata"] = {"agent": info.agent, "corralStatus": info.status}

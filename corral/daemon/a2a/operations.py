@@ -54,6 +54,8 @@ class Operations:
 
     async def send(self, caller: Caller, agent: str, params: Any, card: Card) -> Any:
         req = w.decode(params, w.SendRequest)
+        if req.configuration is UNSET:  # (most: no push, the whole history)
+            return mp.answer_of(await self.door.send(caller, agent, req), None)
         push = _push_of(req)
         info = await (self.door.send(caller, agent, req) if push is None
                       else self.pushed(caller, agent, req, push))

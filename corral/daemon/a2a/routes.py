@@ -75,8 +75,8 @@ class A2aRoutes:
     def spec(self, request: web.Request, agent: str, caller: Caller | None) -> AgentSpec:
         """The agent's spec, if it is one the caller sees (None: anonymous, the agents the
         operator named); else not found."""
-        agents = self.ctx.services.agents
-        found = agents[agent].spec if agent in agents else None
+        known = self.ctx.services.agents.get(agent)
+        found = known.spec if known is not None else None
         if found is not None and found.protocol == "none":
             found = None  # a plain program takes no tasks: no A2A agent
         seen = found is not None and (
@@ -223,10 +223,11 @@ class A2aRoutes:
             return self.card_of(request, spec)
 
         # the caller's trace context, as REST reads it: one not of the format is none
-        parent = parse_or_none(request.headers.get("traceparent"),
-                               request.headers.get("tracestate"))
-        said = None if parent is None else SENT_CONTEXT.set(
-            (request.headers["traceparent"], parent.tracestate))
+        sent, said = request.headers.get("traceparent"), None  # (most send none)
+        if sent is not None:
+            parent = parse_or_none(sent, request.headers.get("tracestate"))
+            if parent is not None:
+                said = SENT_CONTEXT.set((sent, parent.tracestate))
         try:
             if binding == "jsonrpc":
                 return await rpc.serve(request, body, self.ops, made, agent, card_now)

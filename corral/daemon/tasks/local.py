@@ -87,11 +87,10 @@ class LocalFront:
         journal its KeyStore). `made`: told of the task before its commit is awaited.
         To await: a refusal raises at the call, and a task of no key is `_put`'s (no
         frame of this one at each resume of its wait for the commit)."""
-        tasks = self.engine
-        if self.refusing is not None:
+        tasks, refusing = self.engine, self.refusing
+        if refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
-            raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
-                                                   "accepted")
+            raise RpcError(jsonrpc.INTERNAL_ERROR, f"{refusing}; the task was not accepted")
         if tasks.held is not None and self.journal is None:
             # nothing would keep it for the next daemon
             raise RpcError(jsonrpc.REFUSED, f"refused: {tasks.held}, and without a task "
@@ -123,8 +122,9 @@ class LocalFront:
         failed write is known only after the task may have reached an agent: one still
         queued or running is cancelled and refused; one that has ended ran (its row is
         written when the journal can)."""
-        task = self.engine.submit(p.agent, p.input, p, traceparent=p.traceparent,
-                                  tracestate=p.tracestate, task_id=task_id)
+        # (the engine's Intake itself: its TaskManager.submit is the same call, a frame more)
+        task = self.engine.intake.submit(p.agent, p.input, p, traceparent=p.traceparent,
+                                         tracestate=p.tracestate, task_id=task_id)
         if keyed is not None and self.journal is not None:
             self.journal.keep_key(task, keyed)
         if made is not None:
@@ -166,7 +166,8 @@ class LocalFront:
 
     async def submit(self, p: m.TasksSubmit, channel: Channel, holder: str | None
                      ) -> m.TaskAccepted:
-        await self.recovered.wait()
+        if not self.recovered.is_set():  # (open: no coroutine of the Event's a submission)
+            await self.recovered.wait()
         task = await self._accept(p, holder)
         if isinstance(task, KeyClaim):
             return replayed(await self._first(task, p.wait))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
@@ -292,9 +292,11 @@ class TaskManager:
                 return TaskResult(task.id, task.status, out, task.error, tuple(task.attempts))
         return task.result(decode=decode)
 
-    async def committed(self) -> None:
-        if self.journal is not None:
-            await self.journal.committed()
+    def committed(self) -> Coroutine[Any, Any, None]:
+        """The journal's own wait for what is written so far (no frame of this one at
+        each of its resumes: every submission waits on it twice)."""
+        journal = self.journal
+        return journal.committed() if journal is not None else _nothing()
 
     async def map(self, agent: str, inputs: Iterable[Any], options: TaskOptions = NO_OPTIONS,
                   *, concurrency: int = 8) -> list[TaskResult]:
@@ -433,3 +435,6 @@ class TaskManager:
     def report_progress(self, task: Task, progress: dict[str, Any]) -> None:
         report_progress(self.stream, task, progress)
 
+
+async def _nothing() -> None:
+    """The wait of an engine with no journal: nothing to wait for."""
