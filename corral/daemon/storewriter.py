@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -451,16 +451,20 @@ class GroupCommit(Generic[V]):
             self._retry = None
             self._flush_scheduled = False
 
-    async def committed(self) -> None:
+    def committed(self) -> Awaitable[None]:
+        """The waiter's own future (no coroutine's frame at its resume: every task's
+        submission waits here twice), done at once when nothing waits to be written."""
         if self.pending and self._lingering is not None and not self._flush_scheduled:
             self._lingering.cancel()  # someone waits for the lazy writes now
             self._lingering = None
             self._schedule()
         waiters = self._pending_done if self.pending else self._inflight_done
+        waiter = self._loop.create_future()
         if waiters is not None:
-            waiter = self._loop.create_future()
             waiters.append(waiter)
-            await waiter
+        else:
+            waiter.set_result(None)
+        return waiter
 
     def _flush(self) -> None:
         self._flush_scheduled = False

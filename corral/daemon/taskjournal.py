@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -344,11 +344,14 @@ class TaskJournalDB:
     def behind(self) -> bool:
         return self._group.waiting_bytes > BEHIND_BYTES
 
-    async def committed(self) -> None:
-        young, self._young = self._young, {}  # someone waits: nothing is young any more
-        for task_id, (_, arrival, task) in young.items():
-            self._group.put(task_id, _row(task, arrival, task.input))
-        await self._group.committed()
+    def committed(self) -> Awaitable[None]:
+        """The group's own wait (no frame of this one at each of its resumes: a
+        submission waits twice), the young rows put first."""
+        if self._young:  # someone waits: nothing is young any more
+            young, self._young = self._young, {}
+            for task_id, (_, arrival, task) in young.items():
+                self._group.put(task_id, _row(task, arrival, task.input))
+        return self._group.committed()
 
     async def load(self, task_id: str) -> TaskInfo | None:
         with contextlib.suppress(StoreError):  # what is written still answers

@@ -174,7 +174,9 @@ class LocalFront:
         status = task.status
         if p.wait is None:
             return accepted(task.id, status)
-        if not task.done.done():  # (one ended by its commit is not waited for)
+        # (one ended by its commit is not waited for, nor given a future to wait on: its
+        # `done`, made before its end, asks the running loop, a getpid(2) on 3.11)
+        if not task.ended:
             try:
                 # a caller that goes away cancels this wait, not the task
                 await waited(task.done, p.wait)

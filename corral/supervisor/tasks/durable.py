@@ -3,7 +3,7 @@ corral.daemon.taskjournal); the engine works without one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ... import jsonrpc
@@ -34,8 +34,8 @@ class TaskJournal(Protocol):
         """True when writes are waiting in memory past the journal's bound: callers that
         can wait (the Python API's `run`) then wait for `committed()`."""
 
-    async def committed(self) -> None:
-        """Return once everything written so far is durable; raise if it cannot be."""
+    def committed(self) -> Awaitable[None]:
+        """Done once everything written so far is durable; raises if it cannot be."""
 
     async def load(self, task_id: str) -> TaskInfo | None: ...
 

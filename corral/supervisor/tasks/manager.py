@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonrpc
@@ -292,7 +292,7 @@ class TaskManager:
                 return TaskResult(task.id, task.status, out, task.error, tuple(task.attempts))
         return task.result(decode=decode)
 
-    def committed(self) -> Coroutine[Any, Any, None]:
+    def committed(self) -> Awaitable[None]:
         """The journal's own wait for what is written so far (no frame of this one at
         each of its resumes: every submission waits on it twice)."""
         journal = self.journal

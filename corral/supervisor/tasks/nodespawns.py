@@ -5,7 +5,7 @@ the same key is answered that child (submitted then under the kept id if it neve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Container
+from collections.abc import Awaitable, Container
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -40,7 +40,7 @@ class TreeEngine(Protocol):
                traceparent: str | None = None, tracestate: str | None = None,
                task_id: str | None = None) -> Task: ...
 
-    async def committed(self) -> None: ...
+    def committed(self) -> Awaitable[None]: ...
 
     async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo: ...
 
