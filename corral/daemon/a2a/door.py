@@ -60,7 +60,7 @@ def refusal(exc: RpcError) -> w.A2aError:
     return w.A2aError(KINDS.get(exc.code, w.INTERNAL), exc.message)
 
 
-def _ended(accepted: TaskAccepted, agent: str, context: str | UnsetType, sent: msgspec.Raw
+def _ended(accepted: TaskAccepted, agent: str, context: str | UnsetType, sent: w.Message
            ) -> TaskInfo | None:
     """The task as its submission's outcome tells it, if it ended by then (None: not, or
     with no attempt, whose end the outcome does not time): what an A2A answer reads of
@@ -236,14 +236,15 @@ class A2aDoor:
         finally:
             self.asked.unlisten(heard)
         if not immediately:
-            ended = _ended(accepted, agent, message.context_id, sent)
+            # (its input the message as read: its answer's history, not decoded again)
+            ended = _ended(accepted, agent, message.context_id, message)
             if ended is not None:  # (not looked up again: its outcome is the call's answer)
                 return ended
             # one queued or running that has asked nothing is waited for, not looked at
-            return await self.settled(caller, agent, accepted.task_id, sent, unsettled=(
+            return await self.settled(caller, agent, accepted.task_id, message, unsettled=(
                 accepted.status in UNSETTLED and accepted.task_id not in heard))
         info = await self.task(caller, agent, accepted.task_id)
-        info.input = sent
+        info.input = message
         return info
 
     async def answer(self, caller: Caller, agent: str, message: w.Message) -> TaskInfo:

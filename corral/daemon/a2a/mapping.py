@@ -11,6 +11,7 @@ from msgspec import UNSET
 from ...askviews import Ask, AskKind
 from ...taskviews import TaskInfo
 from ...text import iso_time
+from . import wire as w
 
 SUBMITTED, WORKING = "TASK_STATE_SUBMITTED", "TASK_STATE_WORKING"
 COMPLETED, FAILED = "TASK_STATE_COMPLETED", "TASK_STATE_FAILED"
@@ -128,23 +129,27 @@ def artifacts_of(info: TaskInfo, mine: dict[str, Any] | None = None
     return [{"artifactId": OUTPUT_ARTIFACT, "name": "output", "parts": [part]}]
 
 
-def history_of(info: TaskInfo, limit: int | None) -> list[dict[str, Any]]:
+def history_of(info: TaskInfo, limit: int | None) -> list[Any]:
     """The message that began the task (its input, when kept) and, while it waits, the
     agent's question; the newest `limit` of them."""
     return _history(info, limit, state_of(info), context_of(info))
 
 
 def _history(info: TaskInfo, limit: int | None, state: str, context: str
-             ) -> list[dict[str, Any]]:
+             ) -> list[Any]:
     """`history_of` of the task's state and context, read once by its caller."""
-    messages: list[dict[str, Any]] = []
+    messages: list[Any] = []
     kept: Any = info.input
-    given = msgspec.json.decode(kept) if isinstance(kept, msgspec.Raw) else kept
-    if isinstance(given, dict) and "messageId" in given:
-        if given is kept:  # (the task's own: not changed)
-            given = dict(given)
-        given["taskId"], given["contextId"] = info.task_id, context
-        messages.append(given)
+    if isinstance(kept, w.Message):  # (the door's, as it read it: not encoded, read back)
+        messages.append(msgspec.structs.replace(kept, task_id=info.task_id,
+                                                context_id=context))
+    else:
+        given = msgspec.json.decode(kept) if isinstance(kept, msgspec.Raw) else kept
+        if isinstance(given, dict) and "messageId" in given:
+            if given is kept:  # (the task's own: not changed)
+                given = dict(given)
+            given["taskId"], given["contextId"] = info.task_id, context
+            messages.append(given)
     if state == INPUT_REQUIRED and info.asks:
         messages.append(asked(info, info.asks[0]))
     if limit is not None:
