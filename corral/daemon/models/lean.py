@@ -192,7 +192,8 @@ class LeanConnection(HttpConnection):
                 made = self._models.admit_read(ex, endpoint)
                 if made is not None:
                     await made
-            if self.writing_paused:  # its answer unread: no other read until it is
+            if self._paused:  # its answer unread: no other read until it is (aiohttp's
+                # `writing_paused`, read past its property)
                 with contextlib.suppress(ConnectionError):  # (gone: its call ended)
                     await self._drain_helper()
         except Exception:  # a defect: its traceback, and the connection's end

@@ -157,16 +157,14 @@ class Budget:
                 "cost_usd_last_day": round(self.day_cost.used(now), 6)}
 
 
-class Reservation:
+class Reservation(msgspec.Struct):
     """What a model call in flight holds of some budgets' windows, until `release` (at
-    its end: once, however often called)."""
+    its end: once, however often called). A Struct: made a call with no `__init__` of
+    its own."""
 
-    __slots__ = ("cost", "tokens", "windows")
-
-    def __init__(self, tokens: int, cost: float) -> None:
-        self.windows: list[Budget] = []
-        self.tokens = tokens
-        self.cost = cost
+    tokens: int
+    cost: float
+    windows: list[Budget] = []  # (a new list each, as msgspec copies an empty default)
 
     def hold(self, windows: list[Budget]) -> None:
         self.release()

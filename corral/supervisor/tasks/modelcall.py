@@ -7,7 +7,9 @@ refusing it with a `ModelRefusal` the door writes back in the provider's format.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
 
 if TYPE_CHECKING:
     from ..config import ModelSpec
@@ -71,11 +73,12 @@ class UpstreamUsage(Protocol):
     def settle(self, input_estimate: int, output_estimate: int) -> None: ...
 
 
-class ModelCall(NamedTuple):
+class ModelCall(msgspec.Struct, frozen=True):
     """A model call's request: at `endpoint` (its path), speaking `format`; `spec` the
     model it names among those `served` (None: none of them); its estimate held against
     the budgets as `reservation` while it is made; `usage` filled as its answer passes;
-    `gone`: whether its agent hung up already."""
+    `gone`: whether its agent hung up already. A Struct: made a call with no Python of
+    its own (a NamedTuple's `__new__` is a Python function)."""
 
     endpoint: str
     format: str
