@@ -55,6 +55,29 @@ def test_every_call_answered_and_timed_against_the_mock(mock: str, stream: bool)
     assert 0 < sum(out["latencies"]) / 10 <= out["wall_s"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_floor_proxy_passes_every_call_to_the_floor_mock(stream: bool) -> None:
+    """proxy_floor.py (cpu.sh's `--work proxy`): its figure is of calls answered right."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        url = ""
+        for script, *upstream in (("mock_floor.py",), ("proxy_floor.py", "")):
+            args = [PY, str(HERE / script), str(free_port()), *([url] if upstream else [])]
+            procs.append(subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE,
+                                          start_new_session=True))
+            assert procs[-1].stdout is not None
+            url = procs[-1].stdout.readline().decode().strip()
+            assert url.startswith("http://127.0.0.1:"), (script, url)
+        out = run.load(_model(url, stream, 300, 30), "c")
+        assert (out["errors"], out["first_error"]) == (0, None)
+        assert len(out["latencies"]) == 300
+        assert len(out["first_chunks"]) == (300 if stream else 0)
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 class OneInTen(BaseHTTPRequestHandler):
     """Chat: every tenth call a 500. MCP: the session's three messages, then tools/call
     answered with the next call's text when its number ends in 3, as SSE (chunked) when

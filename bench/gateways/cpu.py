@@ -5,7 +5,8 @@ daemon process's user+system CPU seconds before and after the N calls, divided b
 The medians of the rounds, per tree and workload, and B/A.
 
     bench/gateways/cpu.sh [--trees A,B] [--rounds 3] [-n 3000] [-c 10]
-                          [--work model,stream,mcp,direct] [--loadgen c,hey,py]
+                          [--work model,stream,mcp,direct,proxy,proxystream]
+                          [--loadgen c,hey,py]
                           [--mock aiohttp|floor]
 
 A tree is a checkout of corral (`git worktree add /tmp/gwA HEAD` for a baseline); its
@@ -37,10 +38,22 @@ import psutil
 
 from .run import LOADGENS, percentile
 from .run import load as load_once
-from .targets import ENV, HERE, PY, ROOT, CorralMcp, CorralModel, Direct, Target, free_port
+from .targets import (
+    ENV,
+    HERE,
+    PY,
+    ROOT,
+    CorralMcp,
+    CorralModel,
+    Direct,
+    ProxyFloor,
+    Target,
+    free_port,
+)
 
 WORK = {"model": (CorralModel, {"stream": False}), "stream": (CorralModel, {"stream": True}),
-        "mcp": (CorralMcp, {}), "direct": (Direct, {"stream": False})}
+        "mcp": (CorralMcp, {}), "direct": (Direct, {"stream": False}),
+        "proxy": (ProxyFloor, {"stream": False}), "proxystream": (ProxyFloor, {"stream": True})}
 MOCKS = {"aiohttp": "mock_provider.py", "floor": "mock_floor.py"}
 
 

@@ -214,6 +214,20 @@ class Direct(Target):
                 "headers": {"Authorization": "Bearer sk-bench"}, "model": "bench"}
 
 
+class ProxyFloor(Target):
+    """proxy_floor.py before the mock: the least a proxy in Python does a call."""
+
+    name = "proxy floor"
+
+    def launch(self) -> None:
+        self.port = free_port()
+        self.popen([PY, str(HERE / "proxy_floor.py"), str(self.port), self.upstream])
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "model", "url": f"http://127.0.0.1:{self.port}/v1/chat/completions",
+                "headers": {"Authorization": "Bearer sk-bench"}, "model": "bench"}
+
+
 def _corral_config(work: Path, body: str) -> Path:
     config = work / "corral.toml"
     config.write_text(textwrap.dedent(f"""
