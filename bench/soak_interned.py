@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 
 def _library(pid: int) -> tuple[str, int]:
@@ -42,6 +43,20 @@ def _symbol(library: str, name: str) -> int:
         if len(parts) == 3 and parts[2] == name:
             return int(parts[0], 16)
     raise SystemExit(f"{library} has no symbol {name} (stripped?)")
+
+
+def ascii_text(read: Callable[[int, int], bytes | None], address: int,
+               most: int) -> str | None:
+    """An ASCII str's text (PyASCIIObject: its length, its state, the bytes after) read
+    through `read(address, size)`; None when it is not ASCII or longer than `most`."""
+    head = read(address + 16, 32)
+    if head is None:
+        return None
+    (length,) = struct.unpack_from("<q", head, 0)
+    if not head[16] & 0x40 or not 0 <= length <= most:
+        return None
+    text = read(address + 48, length)
+    return None if text is None else text.decode("ascii", "replace")
 
 
 class Table:
@@ -69,13 +84,7 @@ class Table:
                        for i in range(count - since)]
 
     def text(self, address: int) -> str | None:
-        """An ASCII str's text (PyASCIIObject: its length, its state, the bytes after)."""
-        head = self._read(address + 16, 32)
-        (length,) = struct.unpack_from("<q", head, 0)
-        state = head[16]
-        if not state & 0x40 or length > 200:  # (not ascii, or long: not a name)
-            return None
-        return self._read(address + 48, length).decode("ascii", "replace")
+        return ascii_text(self._read, address, 200)
 
     def read(self) -> tuple[int, int, int]:
         """(live strings, free slots before a rebuild, slots)."""
