@@ -20,6 +20,7 @@ else is raw (a dict's keys, a list's items, a buffer).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import struct
@@ -52,11 +53,19 @@ class Memory:
         os.close(self.fd)
 
     def _regions(self) -> list[tuple[int, int, str, int, str]]:
+        """The mappings (start, end, perms, offset, name), and each one's resident bytes
+        in `self.resident` (by start)."""
         out = []
-        with open(f"/proc/{self.pid}/maps") as f:
+        self.resident: dict[int, int] = {}
+        with open(f"/proc/{self.pid}/smaps") as f:
             for line in f:
+                if line.startswith("Rss:"):
+                    self.resident[out[-1][0]] = int(line.split()[1]) << 10
+                    continue
                 parts = line.split(maxsplit=5)
-                a, _, b = parts[0].partition("-")
+                a, dash, b = parts[0].partition("-")
+                if not dash or ":" in parts[0]:
+                    continue  # (a field of the mapping above)
                 out.append((int(a, 16), int(b, 16), parts[1], int(parts[2], 16),
                             parts[5].strip() if len(parts) > 5 else ""))
         return out
@@ -214,6 +223,151 @@ def _text(mem: Memory, obj: int) -> str:
     return text if text is not None else "<not ASCII, or long>"
 
 
+class Heap:
+    """A snapshot of the process's heap, for who points at what: every live pymalloc
+    block and every brk-heap chunk glibc has in use, each named by the object at its head
+    (`raw` for none: a dict's keys, a list's items, an instance's values)."""
+
+    def __init__(self, mem: Memory) -> None:
+        self.mem = mem
+        self.blocks: list[tuple[int, int]] = []  # (start, size), sorted
+        self.data: dict[int, bytes] = {}  # a pool's or the brk heap's bytes, by its start
+        self.arena: dict[int, int] = {}  # a pool's arena
+        for at, head in pools(mem):
+            live = live_blocks(mem, at, head)
+            data = mem.read(at, POOL)
+            if live is None or data is None:
+                continue
+            size = (head[5] + 1) << 4
+            self.data[at], self.arena[at] = data, head[4]
+            self.blocks += [(at + o, size) for o in live]
+        # where else a pointer may be, its holder named by the region alone: glibc's
+        # thread arenas and mapped chunks, threads' stacks, libraries' static data
+        self.regions: list[tuple[int, int, str]] = []
+        pooled = {at for at in self.data}
+        for start, end, perms, _offset, name in mem.regions:
+            if name == "[heap]":
+                self._chunks(start, end)
+            elif perms.startswith("rw") and mem.resident.get(start) and not any(
+                    start <= p < end for p in pooled) and name not in ("[vvar]", "[vsyscall]"):
+                if mem.resident[start] < (end - start) // 4:
+                    start = max(start, end - (1 << 20))  # (a stack's: its top MiB)
+                data = mem.read(start, end - start)
+                if data is not None:
+                    self.data[start] = data
+                    self.regions.append((start, end, name.rsplit("/", 1)[-1] or "anon"))
+        self.blocks.sort()
+        self.starts = [b for b, _ in self.blocks]
+
+    def _chunks(self, start: int, end: int) -> None:
+        """glibc's chunks in use in its brk heap: each one's size word, its flags in the
+        low bits, walked from the heap's start; one is in use when the next says so."""
+        data = self.mem.read(start, end - start)
+        if data is None:
+            return
+        self.data[start] = data
+        at, chunks = 0, []
+        while at + 16 <= len(data):
+            size = struct.unpack_from("<Q", data, at + 8)[0] & ~7
+            if size < 32 or at + size > len(data):
+                break
+            chunks.append((at, size))
+            at += size
+        for (at, size), (nxt, _) in itertools.pairwise(chunks):
+            if struct.unpack_from("<Q", data, nxt + 8)[0] & 1:
+                self.blocks.append((start + at + 16, size - 16))
+
+    def holder(self, address: int) -> tuple[int, int] | None:
+        """The live block or chunk holding `address`: (its start, its size)."""
+        import bisect
+
+        i = bisect.bisect_right(self.starts, address) - 1
+        if i >= 0 and address < self.starts[i] + self.blocks[i][1]:
+            return self.blocks[i]
+        for start, end, _name in self.regions:
+            if start <= address < end:
+                return address, 0  # (a region's: no block)
+        return None
+
+    def region(self, address: int) -> str:
+        return next((f"in {name}" for start, end, name in self.regions
+                     if start <= address < end), "in ?")
+
+    def kind(self, start: int, size: int) -> str:
+        if size == 0:
+            return self.region(start)
+        pool = start & ~(POOL - 1)
+        if pool in self.data and size <= 512:
+            return what(self.mem, self.data[pool], start - pool)
+        raw = self.mem.read(start, 48)
+        name = what(self.mem, raw, 0) if raw is not None else "raw"
+        return f"{name}:{size}" if name == "raw" else name
+
+    def pointing_at(self, targets: list[int]) -> dict[int, list[tuple[int, int]]]:
+        """Each target's holders: the live blocks (start, size) with a word equal to it."""
+        out: dict[int, list[tuple[int, int]]] = {t: [] for t in targets}
+        for base, data in self.data.items():
+            for t in targets:
+                word = struct.pack("<Q", t)
+                i = data.find(word)
+                while i >= 0:
+                    if i % 8 == 0:
+                        held = self.holder(base + i)
+                        if held is not None and held[0] != t:
+                            out[t].append(held)
+                    i = data.find(word, i + 1)
+        return out
+
+
+def owners(pid: int, young: int, kinds: set[str] | None, sample: int, depth: int
+           ) -> Counter[str]:
+    """Who holds the live blocks of the young arenas (index >= `young`; of `kinds` only,
+    when given): up to `sample` of them, each followed up through its holders (raw blocks
+    and plain containers) to the first object of another type, `depth` steps at most;
+    the chains counted."""
+    mem = Memory(pid)
+    try:
+        heap = Heap(mem)
+        chosen = []
+        for start, size in heap.blocks:
+            pool = start & ~(POOL - 1)
+            if heap.arena.get(pool, -1) >= young:
+                k = heap.kind(start, size)
+                if kinds is None or k in kinds or k.split(":")[0] in kinds:
+                    chosen.append((start, k))
+        step = max(1, len(chosen) // sample)
+        chains: dict[int, list[str]] = {s: [k] for s, k in chosen[::step][:sample]}
+        ends = {s: s for s in chains}  # each chain's last block
+        for _ in range(depth):
+            going = {s: e for s, e in ends.items() if chains[s][-1].split(":")[0].split(
+                " ")[0] in PLAIN or len(chains[s]) == 1}
+            if not going:
+                break
+            found = heap.pointing_at(sorted(set(going.values())))
+            for s, e in going.items():
+                held = found.get(e) or []
+                if not held:
+                    chains[s].append("(none)")
+                    del ends[s]
+                    continue
+                named = [(heap.kind(h, size), h) for h, size in held]
+                # the most telling holder: an object of a type of its own, then a container
+                named.sort(key=lambda kh: (kh[0].split(":")[0] in PLAIN,
+                                           kh[0].startswith("in ")))
+                more = f" (+{len(held) - 1})" if len(held) > 1 else ""
+                chains[s].append(named[0][0] + more)
+                ends[s] = named[0][1]
+                if named[0][0].startswith("in "):
+                    del ends[s]
+        return Counter(" <- ".join(c) for c in chains.values())
+    finally:
+        mem.close()
+
+
+# containers whose holder says more than they do
+PLAIN = {"raw", "dict", "list", "tuple", "set", "cell", "frozenset", "collections.deque"}
+
+
 def show(c: dict[str, Any]) -> str:
     young = c["young_from"]
     lines = [f"pid {c['pid']} at {time.strftime('%H:%M:%S', time.gmtime(c['time']))} UTC: "
@@ -236,7 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--every", type=float, help="read again every S seconds (to its exit)")
     ap.add_argument("--out", type=Path, help="append each reading as a JSON line")
+    ap.add_argument("--owners", nargs="*", metavar="KIND",
+                    help="with --young: who holds the young arenas' blocks (of these kinds)")
+    ap.add_argument("--sample", type=int, default=200)
+    ap.add_argument("--depth", type=int, default=4)
     a = ap.parse_args(argv)
+    if a.owners is not None:
+        if a.young is None:
+            ap.error("--owners needs --young")
+        chains = owners(a.pid, a.young, set(a.owners) or None, a.sample, a.depth)
+        for chain, n in chains.most_common(a.top):
+            print(f"{n:6}  {chain}")
+        return 0
     while True:
         c = census(a.pid, a.young, a.top)
         if a.out is not None:
