@@ -266,18 +266,22 @@ def _bounded(shown: Any) -> bytes:
     """`shown`'s JSON, each text in it cut (keys too), and past PARAMS_CUT bytes its size
     alone (encoded once: a row is written at every gateway call); below SHOWN_DEPTH,
     "..."."""
-    def cut(v: Any, depth: int) -> Any:
-        if isinstance(v, str):
-            return _cut(v)
-        if isinstance(v, dict):
-            return {_cut(str(k)): cut(x, depth + 1) for k, x in v.items()} \
-                if depth < SHOWN_DEPTH else "..."
-        if isinstance(v, (list, tuple)):
-            return [cut(x, depth + 1) for x in v] if depth < SHOWN_DEPTH else "..."
-        return v
     raw = msgspec.json.encode(shown)
     if len(raw) <= TEXT_CUT:  # (most rows: nothing in them to cut)
         return raw
-    raw = msgspec.json.encode(cut(msgspec.json.decode(raw), 0))
+    raw = msgspec.json.encode(_cut_deep(msgspec.json.decode(raw), 0))
     return raw if len(raw) <= PARAMS_CUT else \
         msgspec.json.encode({"cut": f"params of {len(raw)} bytes"})
+
+
+def _cut_deep(v: Any, depth: int) -> Any:
+    """(Of the module: nested in _bounded, it held itself through its closure, a cycle
+    made at every row and left to the collector.)"""
+    if isinstance(v, str):
+        return _cut(v)
+    if isinstance(v, dict):
+        return {_cut(str(k)): _cut_deep(x, depth + 1) for k, x in v.items()} \
+            if depth < SHOWN_DEPTH else "..."
+    if isinstance(v, (list, tuple)):
+        return [_cut_deep(x, depth + 1) for x in v] if depth < SHOWN_DEPTH else "..."
+    return v

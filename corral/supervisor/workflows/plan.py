@@ -130,25 +130,28 @@ def _nested_agents(name: str, spec: WorkflowSpec, specs: Mapping[str, WorkflowSp
     """The agents of the workflows `spec` nests, through every level; WorkflowError for
     a workflow that is its own step, however deep (a run of it would never end)."""
     agents: set[str] = set()
-    seen: set[str] = set()
-
-    def visit(wf: str, path: list[str]) -> None:
-        for s in specs[wf].steps:
-            if s.workflow is None:
-                if wf != name and s.agent is not None:
-                    agents.add(s.agent)
-                continue
-            if s.workflow in path:
-                cycle = [*path[path.index(s.workflow):], s.workflow]
-                raise WorkflowError(f"workflow {name}: a cycle of workflows: "
-                                    f"{' -> '.join(cycle)}")
-            if s.workflow in specs and s.workflow not in seen:
-                seen.add(s.workflow)
-                visit(s.workflow, [*path, s.workflow])
-                seen.discard(s.workflow)
-
-    visit(name, [name])
+    _visit_nested(name, specs, name, [name], set(), agents)
     return frozenset(agents)
+
+
+# (the walks below are functions of the module, not nested ones: a nested function that
+# calls itself holds itself through its closure, a cycle that kept all it saw, a whole
+# plan each compile (and the run views compile them), until a full pass of the collector)
+def _visit_nested(name: str, specs: Mapping[str, WorkflowSpec], wf: str, path: list[str],
+                  seen: set[str], agents: set[str]) -> None:
+    for s in specs[wf].steps:
+        if s.workflow is None:
+            if wf != name and s.agent is not None:
+                agents.add(s.agent)
+            continue
+        if s.workflow in path:
+            cycle = [*path[path.index(s.workflow):], s.workflow]
+            raise WorkflowError(f"workflow {name}: a cycle of workflows: "
+                                f"{' -> '.join(cycle)}")
+        if s.workflow in specs and s.workflow not in seen:
+            seen.add(s.workflow)
+            _visit_nested(name, specs, s.workflow, [*path, s.workflow], seen, agents)
+            seen.discard(s.workflow)
 
 
 def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> PlanStep:
@@ -188,20 +191,21 @@ def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> P
 def _check_cycles(where: str, steps: list[PlanStep]) -> None:
     by_name = {s.name: s for s in steps}
     state: dict[str, int] = {}  # 1: on the path, 2: done
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        for dep in sorted(by_name[name].deps, key=lambda d: by_name[d].index):
-            if state.get(dep) == 1:
-                cycle = [*path[path.index(dep):], dep]
-                raise WorkflowError(f"{where}: a cycle of steps: {' -> '.join(cycle)}")
-            if dep not in state:
-                visit(dep, [*path, dep])
-        state[name] = 2
-
     for s in steps:
         if s.name not in state:
-            visit(s.name, [s.name])
+            _visit_steps(where, by_name, state, s.name, [s.name])
+
+
+def _visit_steps(where: str, by_name: Mapping[str, PlanStep], state: dict[str, int],
+                 name: str, path: list[str]) -> None:
+    state[name] = 1
+    for dep in sorted(by_name[name].deps, key=lambda d: by_name[d].index):
+        if state.get(dep) == 1:
+            cycle = [*path[path.index(dep):], dep]
+            raise WorkflowError(f"{where}: a cycle of steps: {' -> '.join(cycle)}")
+        if dep not in state:
+            _visit_steps(where, by_name, state, dep, [*path, dep])
+    state[name] = 2
 
 
 # -- evaluation (the runner's questions) ----------------------------------------------------
