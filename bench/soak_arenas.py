@@ -55,7 +55,7 @@ class Memory:
     def _regions(self) -> list[tuple[int, int, str, int, str]]:
         """The mappings (start, end, perms, offset, name), and each one's resident bytes
         in `self.resident` (by start)."""
-        out = []
+        out: list[tuple[int, int, str, int, str]] = []
         self.resident: dict[int, int] = {}
         with open(f"/proc/{self.pid}/smaps") as f:
             for line in f:
