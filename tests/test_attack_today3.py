@@ -137,13 +137,14 @@ def test_a_tasks_spans_from_a_template_carry_its_task_id_whole() -> None:
     import msgspec
 
     otlprecords = pytest.importorskip("corral.daemon.otlprecords")
-    from corral.daemon.otlp import encode as encode_spans
     from corral.daemon.traceexport import _RAWS
     from corral.supervisor.tasks import Task, TaskStatus
     from corral.supervisor.tracerecords import TEXT_MAX, expand
     from corral.supervisor.tracing import Tracer
     from corral.taskviews import Attempt
     from corral.tracecontext import TaskTrace, new_trace_id
+
+    from .test_tracing import otlp_request
 
     def made(task_id: str) -> Task:
         t = Task("echo", msgspec.Raw(b"{}"), 0, 60.0, 0, 0)
@@ -164,6 +165,6 @@ def test_a_tasks_spans_from_a_template_carry_its_task_id_whole() -> None:
     batch = [(r, n <= TEXT_MAX)
              for r, n in zip(records, map(len, _RAWS.decode(frame)), strict=True)]
     body, _ = otlprecords.encode(batch, "svc", "host", "1")
-    assert body == encode_spans([s for r, short in batch for s in expand(r, short)],
+    assert body == otlp_request([s for r, short in batch for s in expand(r, short)],
                                 "svc", "host", "1")
     assert wide.encode() in body

@@ -113,6 +113,18 @@ def attrs(span: Any) -> dict[str, Any]:
     return out
 
 
+def otlp_request(spans: list[Span], service: str, node: str, version: str = "") -> bytes:
+    """An ExportTraceServiceRequest of `spans` written one by one by otlp.py's `span`, as
+    the exporter writes a record no template fits."""
+    from corral.daemon.otlp import encode_spans, span, varint
+
+    body: list[bytes] = []
+    for s in spans:
+        one = span(*s[:10])
+        body += (b"\x12", varint(len(one)), one)
+    return encode_spans(body, service, node, version)
+
+
 def spans_of(tracer: Tracer) -> list[Span]:
     """The spans of what the tracer buffered, made as the exporter makes them (from the
     records as the pipe carries them)."""
@@ -1075,13 +1087,13 @@ def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
     """The hand-written encoding (otlp.py), as a collector reads it with the official
     package: reused attribute messages, events, an error status, negative and large
     values, texts past one byte's length and not ASCII."""
-    from corral.daemon.otlp import KEPT_VALUES, encode
+    from corral.daemon.otlp import KEPT_VALUES
 
     span: Span = (int(CALLER_TRACE, 16), 7, 9, "task/run a", 3, 1.5, 2.25, "lost",
                   {"corral.attempt": 1, "corral.replica": "a#0", "ok": True, "x": 0.5},
                   [[2.0, "corral.replica.exited", {"corral.exit.reason": "killed"}]], "t")
     for _ in range(2):  # the second time from the cache
-        req = ExportTraceServiceRequest.FromString(encode([span, span], "svc", "host", "1"))
+        req = ExportTraceServiceRequest.FromString(otlp_request([span, span], "svc", "host", "1"))
         (rs,) = req.resource_spans
         assert {kv.key: kv.value.string_value for kv in rs.resource.attributes}[
             "service.name"] == "svc"
@@ -1101,7 +1113,7 @@ def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
     long = "é" * 300  # a length of two bytes' varint
     odd: Span = ((1 << 128) - 1, (1 << 64) - 1, 0, long, 1, 0.0, 0.5, long,
                  {"neg": -5, "big": 1 << 62, "text": long, "no": False}, [], "t")
-    (pb,) = ExportTraceServiceRequest.FromString(encode([odd], "s", "h")).resource_spans[
+    (pb,) = ExportTraceServiceRequest.FromString(otlp_request([odd], "s", "h")).resource_spans[
         0].scope_spans[0].spans
     assert (pb.trace_id, pb.span_id, pb.parent_span_id, pb.name, pb.status.message) == (
         b"\xff" * 16, b"\xff" * 8, b"", long, long)
@@ -1112,7 +1124,7 @@ def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
     assert attribute(b"\x42", "bound", 1) is kept  # (reused)
     many: list[Span] = [(1, i + 1, 0, "x", 1, 0.0, 1.0, None, {"i": i}, [], "t")
                         for i in range(KEPT_VALUES + 10)]
-    req = ExportTraceServiceRequest.FromString(encode(many, "svc", "host"))
+    req = ExportTraceServiceRequest.FromString(otlp_request(many, "svc", "host"))
     assert [attrs(s)["i"] for s in req.resource_spans[0].scope_spans[0].spans] == list(
         range(KEPT_VALUES + 10))
     again = attribute(b"\x42", "bound", 1)

@@ -20,7 +20,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from corral.daemon import otlprecords
-from corral.daemon.otlp import encode as encode_spans
 from corral.daemon.otlpcollector import Collector
 from corral.daemon.traceexport import _RAWS, ExportConfig, Exporter
 from corral.daemon.tracestore import CUT_PAST, TraceStore, key_of, of_task
@@ -31,6 +30,8 @@ from corral.supervisor.tracing import Tracer
 from corral.taskviews import Attempt, ModelUsage
 from corral.tracecontext import FROM_ID, TaskTrace, new_span_id, new_trace_id
 from corral.traceids import MASK64
+
+from .test_tracing import otlp_request as encode_spans
 
 
 def task(agent: str = "echo", *, trace: Any = None, status: TaskStatus =

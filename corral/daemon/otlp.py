@@ -102,27 +102,14 @@ def span(trace_id: int, span_id: int, parent_id: int, name: str, kind: int, star
     return b"".join(parts)
 
 
-def encode(spans: Sequence[Sequence[Any]], service: str, node: str, version: str = "",
-           scope: str = "corral") -> bytes:
-    """An ExportTraceServiceRequest of `spans` (Span tuples: the task id last, not sent),
-    one resource (the daemon), one scope."""
-    body: list[bytes] = []
-    for s in spans:
-        one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
-        n = len(one)
-        body += (b"\x12", bytes((n,)) if n < 0x80 else varint(n), one)
-    return encode_spans(body, service, node, version, scope)
-
-
-def encode_spans(spans: list[bytes], service: str, node: str, version: str = "",
-                 scope: str = "corral") -> bytes:
+def encode_spans(spans: list[bytes], service: str, node: str, version: str = "") -> bytes:
     """An ExportTraceServiceRequest of spans already written, in parts whose join is
     ScopeSpans' spans (each its tag and length, then `span`'s bytes); one resource (the
     daemon), one scope. One join: a batch's bytes are copied once."""
     resource = _attributes(b"\x0a", {
         "service.name": service, "service.version": version, "host.name": node,
         "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"})
-    scope_field = _field(0x0A, _field(0x0A, scope.encode()) + _field(0x12, version.encode()))
+    scope_field = _field(0x0A, _field(0x0A, b"corral") + _field(0x12, version.encode()))
     scope_spans = len(scope_field) + sum(map(len, spans))
     head = (b"\x0a" + varint(len(resource)) + resource + b"\x12" + varint(scope_spans)
             + scope_field)

@@ -29,7 +29,7 @@ _tools: dict[tuple[Any, ...], ToolFiller | None] = {}  # a tool call's, per shap
 
 
 def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
-           version: str = "", scope: str = "corral") -> tuple[bytes, int]:
+           version: str = "") -> tuple[bytes, int]:
     """An ExportTraceServiceRequest of the spans of `batch`'s records, and how many spans
     it holds; `batch`: (record as the pipe brought it, whether its msgpack was TEXT_MAX
     bytes at most) pairs (supervisor/tracerecords.py's `expand`)."""
@@ -77,7 +77,7 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
             n = len(one)
             body += (b"\x12", bytes((n,)) if n < 0x80 else varint(n), one)
         spans += spans_of(record)
-    return encode_spans(body, service, node, version, scope), spans
+    return encode_spans(body, service, node, version), spans
 
 
 def _template(key: tuple[Any, ...], record: Sequence[Any]) -> Filler | None:
