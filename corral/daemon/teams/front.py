@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import msgspec
 
@@ -68,10 +69,15 @@ class TeamFront:
         live = self.teams.calls.live.get(call.call_id)
         return call, live[1] if live is not None else None
 
-    async def submit(self, p: m.TasksSubmit, channel: Channel, holder: str | None
-                     ) -> m.TaskAccepted:
+    def submit(self, p: m.TasksSubmit, channel: Channel, holder: str | None
+               ) -> Coroutine[Any, Any, m.TaskAccepted]:
+        """An agent's task: the inner front's own submission (no frame of this one at
+        each of its resumes)."""
         if p.agent not in self.teams:
-            return await self.inner.submit(p, channel, holder)
+            return self.inner.submit(p, channel, holder)
+        return self._call(p)
+
+    async def _call(self, p: m.TasksSubmit) -> m.TaskAccepted:
         call, driver = await self._start(p)
         if p.wait is not None and driver is not None:
             with contextlib.suppress(TimeoutError):
