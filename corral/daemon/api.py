@@ -127,6 +127,8 @@ class Dispatcher(Generic[Ctx]):
         self.owner = owner  # whose an agent or a server is, for the callers of a tenant
         self._context: asyncio.Future[Ctx] | None = None
         self._narrowed: dict[Commands[Ctx, Any], Any] = {}
+        # each method's handler and its domain's narrowed services, made at its first call
+        self._made: dict[str, tuple[Any, Handler[Any]]] = {}
         # the channel of every call made in the daemon that takes no stream: it holds
         # nothing of a call's (its event set for good: a wait on it returns at once, bound
         # to no loop), so one serves them all
@@ -252,11 +254,10 @@ class Dispatcher(Generic[Ctx]):
             # the tasks a caller limited to some agents submits spawn none beyond them
             reach = REACH.set((caller.who, caller.agents)) if caller.agents else None
             try:
-                domain, fn = self.handlers.get(spec.name)
-                narrowed = self._narrowed
-                if domain not in narrowed:
-                    narrowed[domain] = domain.narrow(context)
-                result = await fn(narrowed[domain], params, caller, channel)
+                made = self._made.get(spec.name)
+                if made is None:
+                    made = self._made[spec.name] = self._handler(spec.name, context)
+                result = await made[1](made[0], params, caller, channel)
             finally:
                 if reach is not None:
                     REACH.reset(reach)
@@ -274,6 +275,14 @@ class Dispatcher(Generic[Ctx]):
             self.audit(caller, spec.name, params, outcome(result), line=params.logged)
         return result
 
+    def _handler(self, name: str, context: Ctx) -> tuple[Any, Handler[Any]]:
+        """The method's handler, and the services of its domain it is given."""
+        domain, fn = self.handlers.get(name)
+        narrowed = self._narrowed
+        if domain not in narrowed:
+            narrowed[domain] = domain.narrow(context)
+        return narrowed[domain], fn
+
 
 def _scope_held(caller: Caller, spec: Method) -> None:
     if not caller.may(spec.scope):
@@ -286,7 +295,7 @@ def decode(params: Any, into: type[msgspec.Struct]) -> Any:
     that built the Struct itself, from a query string, passes it as it is)."""
     if type(params) is into:
         return params
-    if isinstance(params, Mapping):
+    if type(params) is dict or isinstance(params, Mapping):  # (a dict: no ABC's check)
         try:
             return msgspec.convert(params, into)
         except msgspec.ValidationError as exc:
