@@ -3,6 +3,7 @@ streams as SSE, each event a JSON-RPC response of the request's id."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -88,7 +89,7 @@ async def serve(request: web.Request, body: bytes, ops: Operations, caller: Call
             return await sse.write(
                 request, events,
                 (b'{"jsonrpc":"2.0","id":%b,"result":' % msgspec.json.encode(req_id), b"}"),
-                lambda exc: error(req_id, exc))
+                functools.partial(error, req_id))  # (no closure: req_id no cell)
         result = await ops.call(method, caller, agent, params, card)
     except w.A2aError as exc:
         return answer(request, error(req_id, exc))

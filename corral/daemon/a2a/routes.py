@@ -39,6 +39,7 @@ from .operations import Operations
 from .push import PushConfigs
 
 PREFIX = "/a2a"
+_NAMED = len(PREFIX) + 1  # where the agent's name begins in a path of the door's
 # the POSTs read lean (models/lean.py): a message to an agent (a name aiohttp's router reads
 # as it came: no escape, no dot segment), JSON-RPC or HTTP+JSON's SendMessage
 _LEAN = re.compile(r"/a2a/([^/%.][^/%]*)(/message:send)?")
@@ -180,7 +181,7 @@ class A2aRoutes:
         was a fifth of a message's CPU); False, nothing done, for one aiohttp's is to
         serve as it came: a stream, a query (a name given twice is read otherwise), a
         Cookie (the dashboard's session: LeanRequest reads none)."""
-        agent, _, rest = ex.path[len(PREFIX) + 1:].partition("/")
+        agent, _, rest = ex.path[_NAMED:].partition("/")
         body = ex.raw or b""
         if ex.query or "cookie" in ex.headers or (not rest and rpc.streams(body)):
             return False
@@ -219,9 +220,8 @@ class A2aRoutes:
                                   if exc.kind.http in (401, 403, 404, 429) else 200)
             return httpjson.error(request, exc)
 
-        def card_now() -> dict[str, Any]:
-            return self.card_of(request, spec)
-
+        # (a partial, not a closure: its names would be cells, each read of them dearer)
+        card_now = functools.partial(self.card_of, request, spec)
         # the caller's trace context, as REST reads it: one not of the format is none
         sent, said = request.headers.get("traceparent"), None  # (most send none)
         if sent is not None:

@@ -227,14 +227,16 @@ def check_message(message: Message) -> None:
     for i, part in enumerate(message.parts):
         # (counted without a name each: the names are read for a refusal alone)
         if (part.text is not UNSET) + (part.raw is not UNSET) + (part.url is not UNSET) \
-                + (part.data is not UNSET) == 1:
-            continue
-        given = [n for n in ("text", "raw", "url", "data")
-                 if getattr(part, n) is not UNSET]
-        if len(given) != 1:
-            raise A2aError(INVALID_PARAMS, f"invalid params: message.parts[{i}] has "
-                           f"{' and '.join(given) or 'no content'}: give one of text, "
-                           "raw, url, data")
+                + (part.data is not UNSET) != 1:
+            _not_one(i, part)
+
+
+def _not_one(i: int, part: Part) -> None:
+    """The refusal of a part of no content or of several (a function of its own: the
+    check's loop then reads its part as a local, not a closure's cell)."""
+    given = [n for n in ("text", "raw", "url", "data") if getattr(part, n) is not UNSET]
+    raise A2aError(INVALID_PARAMS, f"invalid params: message.parts[{i}] has "
+                   f"{' and '.join(given) or 'no content'}: give one of text, raw, url, data")
 
 
 def to_json(value: Any) -> Any:
