@@ -247,15 +247,17 @@ async def test_a_scaled_down_replicas_sandbox_goes_with_it(tmp_path: Path) -> No
 
 
 @pytest.mark.deadline(300)
-async def test_a_workflows_run_and_its_views_leave_nothing_to_the_collector(
+async def test_a_workflows_run_its_views_and_refusals_leave_nothing_to_the_collector(
         tmp_path: Path) -> None:
     """What a request made is freed when the request is done, not left in a reference
     cycle for the collector: the daemon's heap is frozen and its full passes are rare, and
     under load a request's cycles outlive the young passes and wait for one, so they set
     the level its heap climbs to (the soak's live objects fell by a third at each full
-    pass). A workflow added, run and read through its run views, with every collected
-    object kept: none is of corral's, no function nor object (a nested function that calls
-    itself, holding all it saw: a compiled plan, an audit row's params)."""
+    pass). A workflow added, run and read through its run views, and ids that are no
+    one's asked for (a refusal each), with every collected object kept: none is of
+    corral's, no function nor object (a nested function that calls itself, holding all it
+    saw: a compiled plan, an audit row's params), and no error (a frame that kept the error
+    it raised, which holds the frame through its traceback)."""
     async with in_process(tmp_path, "", HTTP, SUPERVISOR) as d, \
             aiohttp.ClientSession() as http:
         made = await call(d, "tokens.create", {"name": "viewer", "scopes": [
@@ -280,10 +282,14 @@ async def test_a_workflows_run_and_its_views_leave_nothing_to_the_collector(
             for path in ("/runs?workflow=wf", f"/runs/{run['run_id']}", "/workflows/wf"):
                 async with http.get(base + path, headers=head) as r:
                     assert r.status == 200, await r.text()
+            for path in (f"/tasks/{run['run_id']}", "/agents/nobody"):
+                async with http.get(base + path, headers=head) as r:
+                    assert r.status == 404, await r.text()
             gc.collect()
             named = (o if isinstance(o, FunctionType) else type(o) for o in gc.garbage)
             kept = sorted({f"{n.__module__}.{n.__qualname__}" for n in named
-                           if n.__module__.startswith("corral")})
+                           if n.__module__.startswith("corral") or (
+                               isinstance(n, type) and issubclass(n, BaseException))})
         finally:
             gc.set_debug(0)
             gc.garbage.clear()

@@ -264,13 +264,16 @@ class Dispatcher(Generic[Ctx]):
             if rule is not None and rule.filter is not None:
                 result = rule.filter(result, caller)
         except RpcError as exc:
-            told = (self._as_seen(exc, caller)
-                    if isinstance(exc, NoSuchAgent) and caller.limited else exc)
+            # (no local holds an error past here: this frame, in the error's traceback,
+            # would hold it, a cycle of both and of all the frame held, left to the
+            # collector at every refusal)
             if (spec.mutating and params.changes()) or caller.tenant is not None:
-                self.audit(caller, spec.name, params, f"error: {told.message}")
-            if told is exc:
+                said = self._as_seen(exc, caller).message \
+                    if isinstance(exc, NoSuchAgent) and caller.limited else exc.message
+                self.audit(caller, spec.name, params, f"error: {said}")
+            if not (isinstance(exc, NoSuchAgent) and caller.limited):
                 raise
-            raise told from None
+            raise self._as_seen(exc, caller) from None
         if spec.mutating and params.changes():
             self.audit(caller, spec.name, params, outcome(result), line=params.logged)
         return result
