@@ -388,7 +388,7 @@ def test_the_handoff_file_is_private() -> None:
 
     tmp = shared_tmpdir()
     try:
-        path = handoff.path_in(tmp)
+        path = tmp / handoff.NAME
         h = Handoff(attempt=1, from_version="x", asked_at=0.0,
                     config="c", socket=None, control=(3, 4),
                     issued=0, fallback=Fallback(python=PY, env={}, boot=""))

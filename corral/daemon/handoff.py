@@ -153,10 +153,6 @@ class Handoff(msgspec.Struct, frozen=True):
     version: int = HANDOFF_VERSION
 
 
-def path_in(state_dir: Path) -> Path:
-    return state_dir / NAME
-
-
 def write(path: Path, h: Handoff) -> None:
     # refused if a link is in its place: the daemon (root) would write through it
     with os.fdopen(open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:

@@ -185,10 +185,10 @@ def _tool_template(key: tuple[Any, ...], record: Sequence[Any], gateway: bool
             (at + 38 + named + 1, 8, "Q"), (at + 38 + named + 10, 8, "Q")]
     texts: list[tuple[str, Callable[[Sequence[Any]], str]]] = []
     if not gateway:
-        texts.append(("corral.task.id", _task_id))
+        texts.append(("corral.task.id", lambda r: str(r[6])))
     texts.append(("gen_ai.tool.call.id", call_id_of))
     if record[9] is not None:
-        texts.append(("jsonrpc.request.id", _request_id))
+        texts.append(("jsonrpc.request.id", lambda r: str(r[9])))
     found_at: list[tuple[int, Callable[[Sequence[Any]], str]]] = []
     for name, text_of in texts:  # each text is its attribute's last bytes
         text = text_of(record)
@@ -211,14 +211,6 @@ def _tool_template(key: tuple[Any, ...], record: Sequence[Any], gateway: bool
         checked = None
     _tools[key] = checked
     return checked
-
-
-def _task_id(record: Sequence[Any]) -> str:
-    return str(record[6])
-
-
-def _request_id(record: Sequence[Any]) -> str:
-    return str(record[9])
 
 
 def _probe(record: Sequence[Any], gateway: bool) -> list[Any]:

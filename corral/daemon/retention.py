@@ -44,10 +44,6 @@ class RetentionBounds(NamedTuple):
     removed_after: float  # seconds a removed agent's records are kept
 
 
-def bounds_of(sc: SupervisorSettings) -> RetentionBounds:
-    return RetentionBounds(kept_of(sc), sc.removed_retention)
-
-
 def sweep(db: sqlite3.Connection, bounds: RetentionBounds, live: set[tuple[str, str]],
           now: float, out: list[tuple[str, str]]) -> None:
     """One sweep, in the writer's transaction: the revisions past their bounds (a bound
@@ -190,7 +186,8 @@ def _delete(log_dir: Path, names: list[tuple[str, str]]) -> None:
 async def retaining(agents: Agents, store: StateStore, hub: LogHub,
                     sc: SupervisorSettings, stream: Stream) -> AsyncIterator[RetentionSweeps]:
     """The sweeps, from once the agents are added until the daemon stops."""
-    retention = RetentionSweeps(agents, store, hub, bounds_of(sc), stream)
+    retention = RetentionSweeps(agents, store, hub,
+                                RetentionBounds(kept_of(sc), sc.removed_retention), stream)
     retention.start()
     try:
         yield retention

@@ -432,7 +432,7 @@ class Upgrades:
             gateway=(host.services.gateway.url or "", host.services.gateway.socket_path),
             subscriptions=[ResourceSubscription(*s) for s in host.sup.parts.tools.subscribed()],
             cluster=None if host.cluster is None else handover.handed(host.cluster))
-        path = handoff.path_in(host.store.path.parent)
+        path = host.store.path.parent / handoff.NAME
         data = dict(target.env, **{VARIABLE: str(path)})
         fds = handed_fds(h)
         running = sum(len(k.tasks) for k in kept)

@@ -259,16 +259,7 @@ def _owned(caller: Caller, row: Any) -> bool:
     return caller.owns(row.agents, row.tenant)
 
 
-def _record_seen(caller: Caller, row: Any) -> bool:
-    # whose a session is, is whose its agent was when it began
-    return caller.sees_record(row.agent, row.tenant)
-
-
-def _sees_source(caller: Caller, line: Any) -> bool:
-    return caller.sees(line.source)
-
-
-_lines_filter = _list_filter("lines", _sees_source)
+_lines_filter = _list_filter("lines", lambda caller, line: caller.sees(line.source))
 
 
 def _new_lines(params: Any, caller: Caller) -> Any:
@@ -360,7 +351,9 @@ RULES: dict[str, AgentRule] = {
     "runs": AgentRule(_nothing, filter=_list_filter("runs", _owned)),
     "schedules": AgentRule(_nothing, filter=_list_filter("schedules", _owned)),
     "teams": AgentRule(_nothing, filter=_list_filter("teams", _owned)),
-    "sessions": AgentRule(_nothing, filter=_list_filter("sessions", _record_seen)),
+    # whose a session is, is whose its agent was when it began
+    "sessions": AgentRule(_nothing, filter=_list_filter(
+        "sessions", lambda caller, row: caller.sees_record(row.agent, row.tenant))),
     "own_tenant": AgentRule(_own_tenant),
     # the bus sends a follower its tenant's events, and a glob's caller its agents' alone
     # (supervisor.events.seen_by): what an event reached is counted where it is sent
