@@ -114,6 +114,29 @@ def said(declared: type[m.Params], arg: str, say: Callable[[Any], str], **argume
     command(declared)(click.argument(arg, **argument)(front))
 
 
+def _answering_socket() -> Path | None:
+    """The control socket of a daemon that accepts a connection, looked for from the
+    current directory up: a config's `.corral/corral.sock` (the example config's
+    place) or the Quick start's `examples/.corral/corral.sock`."""
+    import socket
+    from pathlib import Path
+
+    try:
+        here = Path.cwd()
+    except OSError:  # the directory was removed
+        return None
+    for d in (here, *here.parents):
+        for path in (d / ".corral" / "corral.sock", d / "examples" / ".corral" / "corral.sock"):
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(1.0)
+                try:
+                    probe.connect(str(path))
+                except OSError:  # none there, a stale one, or one we may not use
+                    continue
+                return path
+    return None
+
+
 class Ctx:
     def __init__(self, socket: str | None) -> None:
         self.socket = socket
@@ -124,7 +147,20 @@ class Ctx:
             from ..paths import client_socket
 
             path = client_socket(None)
-        return Client(path, timeout=None) if wait_forever else Client(path)
+        try:
+            return Client(path, timeout=None) if wait_forever else Client(path)
+        except Unreachable as exc:
+            near = None if self.socket else _answering_socket()
+            if near is None:
+                raise
+            import shlex
+
+            # a daemon of the user's own answers nearby (./run.sh's): name it rather
+            # than "start it", but never use it unasked (decision 2380)
+            raise Unreachable(
+                f"{str(exc).partition(chr(10))[0]}\na daemon answers at {near}, found from "
+                f"this directory: export CORRAL_SOCKET={shlex.quote(str(near))} "
+                "(or pass --socket)") from None
 
     def info(self) -> m.DaemonInfoResult | None:
         """The daemon's answer to a ping now (None: it does not answer)."""
