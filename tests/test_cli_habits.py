@@ -80,3 +80,17 @@ def test_version_without_a_daemon_exits_as_every_command_that_needs_one(
     got = CliRunner().invoke(cli, ["--socket", str(tmp_path / "none.sock"), "version"])
     assert got.exit_code == 3, got.output
     assert got.output.splitlines()[1] == "daemon: not reachable"
+
+
+@pytest.mark.parametrize(("word", "said"), [
+    ("save", "corral keeps the agents added and scaled at runtime across restarts by "
+             "itself: there is nothing to save."),
+    ("startup", "`corral systemd install` writes the unit that starts corral at boot."),
+    ("kill", "`corral shutdown` drains and stops the daemon and its agents."),
+    ("jlist", "`corral status --json`."),
+    ("reread", "`corral reload` reads the config again and applies its difference.")])
+def test_another_tools_word_is_told_what_corral_does_instead(word: str, said: str) -> None:
+    """PM2's `save` was offered nothing and told `scale` is never guessed."""
+    got = CliRunner().invoke(cli, [word])
+    assert got.exit_code == 2
+    assert got.output.endswith(f"Error: No such command {word!r}: {said}\n"), got.output

@@ -237,6 +237,14 @@ socket_option = click.option(
 # the names users of supervisord, PM2, docker and kubectl type first, for ours
 ALIASES = {"ls": "status", "list": "status", "ps": "status", "delete": "remove",
            "rm": "remove", "show": "describe", "monit": "top"}
+# their words that name no command of ours: what corral does instead (a guess among our
+# names sent a PM2 user's `save` to `scale`)
+HABITS = {"save": "corral keeps the agents added and scaled at runtime across restarts "
+                  "by itself: there is nothing to save",
+          "startup": "`corral systemd install` writes the unit that starts corral at boot",
+          "kill": "`corral shutdown` drains and stops the daemon and its agents",
+          "jlist": "`corral status --json`",
+          "reread": "`corral reload` reads the config again and applies its difference"}
 # never offered as a guess: a typo must not be one Enter away from losing work
 DESTRUCTIVE = frozenset({"shutdown", "remove", "stop", "restart", "cancel", "drain",
                          "rollback", "signal", "scale", "pause", "deploy", "reload"})
@@ -320,6 +328,8 @@ class _Group(_TakesRaw, click.Group):
         name = args[0] if args else ""
         if (name and not name.startswith("-") and not ctx.resilient_parsing
                 and self.get_command(ctx, name) is None):
+            if name in HABITS:
+                ctx.fail(f"No such command {name!r}: {HABITS[name]}.")
             import difflib
 
             def likeness(c: str) -> tuple[bool, float]:
