@@ -88,14 +88,10 @@ def answer_of(info: TaskInfo, history: int | None) -> dict[str, Any]:
     return {"task": task_of(info, history, mine=mine)}
 
 
-def status_of(info: TaskInfo, mine: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The task's status (`mine`: its `own`, when read already)."""
-    return _status(info, state_of(info), context_of(info), mine)
-
-
-def _status(info: TaskInfo, state: str, context: str, mine: dict[str, Any] | None
-            ) -> dict[str, Any]:
-    """`status_of` of the task's state and context, read once by its caller."""
+def status_of(info: TaskInfo, state: str, context: str, mine: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """The task's status, of its state and context as its caller read them (`mine`: its
+    `own`, when read already)."""
     status: dict[str, Any] = {"state": state}
     if state == COMPLETED:
         if mine is None:
@@ -129,15 +125,9 @@ def artifacts_of(info: TaskInfo, mine: dict[str, Any] | None = None
     return [{"artifactId": OUTPUT_ARTIFACT, "name": "output", "parts": [part]}]
 
 
-def history_of(info: TaskInfo, limit: int | None) -> list[Any]:
+def history_of(info: TaskInfo, limit: int | None, state: str, context: str) -> list[Any]:
     """The message that began the task (its input, when kept) and, while it waits, the
-    agent's question; the newest `limit` of them."""
-    return _history(info, limit, state_of(info), context_of(info))
-
-
-def _history(info: TaskInfo, limit: int | None, state: str, context: str
-             ) -> list[Any]:
-    """`history_of` of the task's state and context, read once by its caller."""
+    agent's question; the newest `limit` of them (`state`, `context`: as `status_of`)."""
     messages: list[Any] = []
     kept: Any = info.input
     if isinstance(kept, w.Message):  # (the door's, as it read it: not encoded, read back)
@@ -165,12 +155,12 @@ def task_of(info: TaskInfo, history: int | None = None, artifacts: bool = True, 
     # (its state and context read once: each of its parts reads them)
     state, context = state_of(info), info.options.session or info.task_id
     task: dict[str, Any] = {"id": info.task_id, "contextId": context,
-                            "status": _status(info, state, context, mine)}
+                            "status": status_of(info, state, context, mine)}
     if artifacts and state == COMPLETED:
         made = artifacts_of(info, mine)
         if made:
             task["artifacts"] = made
-    told = _history(info, history, state, context)
+    told = history_of(info, history, state, context)
     if told:
         task["history"] = told
     task["metadata"] = {"agent": info.agent, "corralStatus": info.status}
@@ -186,8 +176,9 @@ def submitted(info: TaskInfo, history: int | None) -> dict[str, Any]:
 
 
 def status_event(info: TaskInfo) -> dict[str, Any]:
-    return {"statusUpdate": {"taskId": info.task_id, "contextId": context_of(info),
-                             "status": status_of(info)}}
+    context = context_of(info)
+    return {"statusUpdate": {"taskId": info.task_id, "contextId": context,
+                             "status": status_of(info, state_of(info), context)}}
 
 
 def chunk_event(ids: dict[str, str], data: str, first: bool) -> dict[str, Any]:
