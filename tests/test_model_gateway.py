@@ -64,6 +64,8 @@ async def upstream() -> AsyncIterator[StandIn]:
 # such a call is journaled), a call the upstream then had twice
 # (test_a_worker_silent_past_the_daemons_heartbeat_keeps_its_attempt)
 HEARTBEAT = 30.0
+# what the agents' server imports and makes once for its forks (tests/model_clients.py)
+AGENTS_PRELOAD = ("tests.model_clients",)
 
 
 def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "",
@@ -75,7 +77,7 @@ def fleet(tmp: Path, upstream: str, agent_extra: str = "", models_extra: str = "
     written."""
     (tmp / "anthropic.key").write_text(ANTHROPIC_KEY + "\n")
     agent = HERE / "model_agent.py"
-    command = agent_toml(agent, "openai", "anthropic") \
+    command = agent_toml(agent, *AGENTS_PRELOAD) \
         if forked and "preload" not in agent_extra else json.dumps([PY, str(agent)])
     return textwrap.dedent(f"""
         [agents.writer]

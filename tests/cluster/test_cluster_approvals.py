@@ -40,9 +40,12 @@ from ..test_approvals import bump, counted, fleet
 from ..test_daemon_cli import wait_until
 from ..test_elicitations import TENANTS, ask_name
 from ..test_elicitations import fleet as elicit_fleet
+from ..test_model_gateway import (
+    AGENTS_PRELOAD,
+    upstream,  # noqa: F401 (a fixture)
+)
 from ..test_model_gateway import KEY as PROVIDER_KEY
 from ..test_model_gateway import fleet as model_fleet
-from ..test_model_gateway import upstream  # noqa: F401 (a fixture)
 from .claimscript import claim_script
 from .harness import CALM_TTL, STEADY_TTL, Node, nodes, run
 from .test_cluster_specs import log
@@ -58,7 +61,7 @@ def _models_server_early() -> None:
     """The model agents' server, which the model-call test's fleet forks its agents from,
     started as this module's first test on the worker begins (`warmforks.prestart`):
     started by that async test itself at load 40-60, its imports took past READY_WAIT."""
-    warmforks.prestart("openai", "anthropic")
+    warmforks.prestart(*AGENTS_PRELOAD)
 
 
 def both_alive(ns: dict[str, Node]) -> None:
