@@ -5,14 +5,16 @@ finished divided by zero, and the sitting's whole JSON was lost."""
 
 from __future__ import annotations
 
-from bench.bench_durable_throughput import paired
-
 
 def chunk(per_s: float, cpu: float, p50: float) -> dict[str, float]:
     return {"per_s": per_s, "server_cpu_us": cpu, "p50_ms": p50}
 
 
 def test_a_chunk_the_other_side_measured_nothing_of_is_left_out_of_the_ratios() -> None:
+    # imported here, not at collection (which every pytest-xdist worker makes): the bench's
+    # harness compiles corral/ in a child process at its import
+    from bench.bench_durable_throughput import paired
+
     out = {"runs": {}, "steps": {
         "corral normal": {"median": {}, "chunks": [chunk(10, 0, 1), chunk(12, 5, 2),
                                                    chunk(9, 4, 1)]},
