@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from corral.cli.client import Client, result_type
+from corral.results import LogLine
 
 from . import forkserver
 from .conftest import EXAMPLES, ROOT, SPARED, spare_the_fork_server
@@ -278,6 +279,12 @@ class Daemon:
         """A task's record as `corral task ID --json` prints it, asked on the socket (what
         a test waits on: a CLI started at every look of a poll costs ~0.1 s of CPU)."""
         return dict(self.ask("tasks.get", {"task_id": task_id}))
+
+    def logs(self, *names: str, lines: int = 50) -> str:
+        """What `corral logs [NAMES] -n LINES` prints, asked on the socket (a wait for a
+        line looks at the logs many times)."""
+        got = self.ask("logs.tail", {"names": list(names), "lines": lines})["lines"]
+        return "".join(f"{LogLine(*line).render()}\n" for line in got)
 
     def status_json(self, *names: str) -> dict[str, Any]:
         """`corral status [NAMES] --json` as it prints it, asked on the socket."""

@@ -35,8 +35,8 @@ def talked(tmp: Path, own: Path, keys: str) -> Iterator[Daemon]:
               f'protocol = "none"\nlog_file = "{own}/talker.log"\n'
               f"log_max_bytes = 4000\n{keys}\n")
     with running_daemon(tmp, agents) as d:
-        wait_until(lambda: "line 199 of the talker" in d.cli("logs", "talker", "-n", "5")
-                   .stdout, what="every line said")
+        wait_until(lambda: "line 199 of the talker" in d.logs("talker", lines=5),
+                   what="every line said")
         yield d
 
 
@@ -66,7 +66,7 @@ def test_dev_stdout_is_the_daemons_stdout_for_docker_logs() -> None:
     """))
     try:
         d.start()
-        wait_until(lambda: "hello from the talker" in d.cli("logs", "talker").stdout,
+        wait_until(lambda: "hello from the talker" in d.logs("talker"),
                    what="the line")
         assert d.stop() == 0
         assert d.proc is not None and d.proc.stdout is not None
@@ -138,7 +138,7 @@ def test_a_log_file_is_rotated_at_each_period_of_the_clock() -> None:
     """)
     with running_daemon(tmp, agents) as d:
         wait_until(lambda: (own / "ticker.log.3").exists(), what="three rotations")
-        wait_until(lambda: max(_numbers(d.cli("logs", "ticker", "-n", "3").stdout),
+        wait_until(lambda: max(_numbers(d.logs("ticker", lines=3)),
                                default=0) >= 25, what="more ticks")
         copies = sorted((p for p in own.iterdir() if p.name != "ticker.log"),
                         key=lambda p: -int(p.name.rsplit(".", 1)[1]))

@@ -141,8 +141,8 @@ listen = "127.0.0.1:{port}"
                          "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\n"
                          f"Mcp-Name: chat\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                          + body)
-            wait_until(lambda: d.json("tasks", "--agent", "chat", "--status", "succeeded",
-                                      "--json")["tasks"], 60, "the task's end")
+            wait_until(lambda: d.ask("tasks.list", {"agent": "chat", "status": "succeeded"})[
+                "tasks"], 60, "the task's end")
             sock.settimeout(60)
             got = b""
             while data := sock.recv(1 << 20):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -58,8 +59,9 @@ def tmp() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def daemon(tmp: Path) -> Iterator[Daemon]:
+@contextlib.contextmanager
+def serving(tmp: Path) -> Iterator[Daemon]:
+    """A daemon of two agents; stopped cleanly after, its agents gone with it."""
     d = Daemon(tmp, hello("hello") + hello("other"))
     d.start()
     pids = [a["pid"] for a in d.status().values()]
@@ -73,9 +75,28 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
         d.close()
 
 
+@pytest.fixture
+def daemon(tmp: Path) -> Iterator[Daemon]:
+    with serving(tmp) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def unchanged() -> Iterator[Daemon]:
+    """`daemon`'s daemon, one for the module's tests that leave it as they found it (they
+    read it, or are refused, and restart, stop or add nothing), each of them a daemon's
+    start less."""
+    tmp = shared_tmpdir()
+    try:
+        with serving(tmp) as d:
+            yield d
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # -- reading ------------------------------------------------------------------------------
-def test_status_json_and_table(daemon: Daemon) -> None:
-    st = daemon.json("status")
+def test_status_json_and_table(unchanged: Daemon) -> None:
+    st = unchanged.json("status")
     assert set(st) == {"agents", "mcp_servers", "tasks", "elastic", "cluster_slots",
                        "cluster_replicas", "notices"}
     assert st["elastic"] == {}  # no agent here has [autoscale] or hibernate_after
@@ -87,7 +108,7 @@ def test_status_json_and_table(daemon: Daemon) -> None:
         assert key in a
     assert [(x["name"], x["state"]) for x in st["agents"]] == [("hello", "ready"),
                                                                 ("other", "ready")]
-    table = daemon.cli("status", "hello")
+    table = unchanged.cli("status", "hello")
     assert table.returncode == 0
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS",
@@ -95,26 +116,26 @@ def test_status_json_and_table(daemon: Daemon) -> None:
     assert lines[1].split()[:2] == ["hello#0", "ready"]
 
 
-def test_unknown_agent_and_usage_errors(daemon: Daemon) -> None:
-    r = daemon.cli("status", "nope")
+def test_unknown_agent_and_usage_errors(unchanged: Daemon) -> None:
+    r = unchanged.cli("status", "nope")
     assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope (agents: hello, "
                                            "other)\n")
-    r = daemon.cli("restart", "helo")
+    r = unchanged.cli("restart", "helo")
     assert (r.returncode, r.stderr) == (1, "corral: no such agent: helo (did you mean "
                                            "`hello`?)\n")
-    r = daemon.cli("stop")
+    r = unchanged.cli("stop")
     assert r.returncode == 2 and "name at least one agent (NAME or NAME#N), or all" in r.stderr
     for narrowed in (["--tenant", "default"], ["--cluster"]):  # a stream names agents
-        r = daemon.cli("status", "--watch", *narrowed)
+        r = unchanged.cli("status", "--watch", *narrowed)
         assert r.returncode == 2 and ("Error: --tenant or --cluster and --watch: name the "
                                       "agents to watch instead\n") in r.stderr, narrowed
     for bad in ("-1", "four", "1.5"):
-        r = daemon.cli("scale", "hello", bad)
+        r = unchanged.cli("scale", "hello", bad)
         assert r.returncode == 2
         assert r.stderr.endswith(f"Error: replicas must be a whole number ≥ 0, not '{bad}'\n")
-    r = daemon.cli("stop", "hello", "nope")  # nothing is stopped when one name is wrong
+    r = unchanged.cli("stop", "hello", "nope")  # nothing is stopped when one name is wrong
     assert r.returncode == 1
-    assert daemon.status()["hello#0"]["state"] == "ready"
+    assert unchanged.status()["hello#0"]["state"] == "ready"
 
 
 def test_unreachable_daemon_exits_3_and_says_how_to_start(tmp: Path) -> None:
@@ -125,8 +146,8 @@ def test_unreachable_daemon_exits_3_and_says_how_to_start(tmp: Path) -> None:
                                "no socket there\nstart it with `corral daemon --config PATH`")
 
 
-def test_stats(daemon: Daemon) -> None:
-    s = daemon.json("stats")
+def test_stats(unchanged: Daemon) -> None:
+    s = unchanged.json("stats")
     assert s["supervisor"]["active"] == 2 and s["supervisor"]["spawned"] == 2
     assert s["agents"]["hello"]["serving"] == 1
 
@@ -245,13 +266,13 @@ def test_no_line_lost_before_a_crash(tmp: Path) -> None:
         d.close()
 
 
-def test_logs_tail_since_and_json(daemon: Daemon) -> None:
-    r = daemon.cli("logs", "hello", "-n", "1", "--json")
+def test_logs_tail_since_and_json(unchanged: Daemon) -> None:
+    r = unchanged.cli("logs", "hello", "-n", "1", "--json")
     line = json.loads(r.stdout)
     assert line["source"] == "hello" and line["stream"] == "event"
     assert line["text"] == "starting -> ready: initialized"
-    assert daemon.cli("logs", "--since", "1h", "-n", "100").stdout.count("\n") >= 4
-    assert daemon.cli("logs", "--since", "yesterday-ish").returncode == 2
+    assert unchanged.cli("logs", "--since", "1h", "-n", "100").stdout.count("\n") >= 4
+    assert unchanged.cli("logs", "--since", "yesterday-ish").returncode == 2
 
 
 def test_logs_follow_across_restart_and_rotation(tmp: Path) -> None:
@@ -370,8 +391,8 @@ def raw(daemon: Daemon, data: bytes, n: int = 1) -> list[dict[str, Any]]:
     return [msgspec.json.decode(x) for x in buf.split(b"\n") if x]
 
 
-def test_malformed_unknown_and_ill_typed_requests(daemon: Daemon) -> None:
-    replies = raw(daemon, b'{not json\n{"jsonrpc":"2.0","id":1,"method":"no.such"}\n'
+def test_malformed_unknown_and_ill_typed_requests(unchanged: Daemon) -> None:
+    replies = raw(unchanged, b'{not json\n{"jsonrpc":"2.0","id":1,"method":"no.such"}\n'
                           b'{"jsonrpc":"2.0","id":2,"method":"agents.scale","params":'
                           b'{"name":"hello","replicas":"x"}}\n'
                           b'{"jsonrpc":"2.0","id":3,"method":"agents.status","params":'
@@ -399,9 +420,9 @@ def test_a_cancel_naming_an_id_that_is_not_utf8_names_none(daemon: Daemon) -> No
             if "handler" in line or "Traceback" in line] == []
 
 
-def test_100mb_request_is_refused_and_the_daemon_lives(daemon: Daemon) -> None:
+def test_100mb_request_is_refused_and_the_daemon_lives(unchanged: Daemon) -> None:
     s = socket.socket(socket.AF_UNIX)
-    s.connect(str(daemon.sock))
+    s.connect(str(unchanged.sock))
     s.settimeout(30)
     chunk = b"x" * (1 << 20)
     s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"agents.status","params":{"names":["')
@@ -415,8 +436,8 @@ def test_100mb_request_is_refused_and_the_daemon_lives(daemon: Daemon) -> None:
     first, second = (msgspec.json.decode(x) for x in buf.split(b"\n")[:2])
     assert first["error"]["code"] == -32600
     assert "over the 16842752-byte limit" in first["error"]["message"]
-    assert second["id"] == 2 and second["result"]["pid"] == daemon.proc.pid  # type: ignore[union-attr]
-    assert psutil.Process(daemon.proc.pid).memory_info().rss < 200 * 1024 * 1024  # type: ignore[union-attr]
+    assert second["id"] == 2 and second["result"]["pid"] == unchanged.proc.pid  # type: ignore[union-attr]
+    assert psutil.Process(unchanged.proc.pid).memory_info().rss < 200 * 1024 * 1024  # type: ignore[union-attr]
 
 
 def test_socket_mode_and_unauthorized_uid(daemon: Daemon) -> None:
@@ -464,13 +485,13 @@ print(s.makefile().read())
         "unauthorized: uid 65534 may not use this socket"
 
 
-def test_second_daemon_refuses_and_the_first_keeps_running(daemon: Daemon) -> None:
-    r = corral_run(["daemon", "--config", str(daemon.config)], timeout=20,
+def test_second_daemon_refuses_and_the_first_keeps_running(unchanged: Daemon) -> None:
+    r = corral_run(["daemon", "--config", str(unchanged.config)], timeout=20,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 1
-    assert r.stderr == (f"corral: another corral daemon (pid {daemon.proc.pid}) "  # type: ignore[union-attr]
-                        f"is running on {daemon.sock}\n")
-    assert daemon.status()["hello#0"]["state"] == "ready"
+    assert r.stderr == (f"corral: another corral daemon (pid {unchanged.proc.pid}) "  # type: ignore[union-attr]
+                        f"is running on {unchanged.sock}\n")
+    assert unchanged.status()["hello#0"]["state"] == "ready"
 
 
 def test_stale_socket_is_taken_over(tmp: Path) -> None:
@@ -730,8 +751,8 @@ def test_systemd_unit_verifies_cleanly(tmp: Path) -> None:
     assert "Failed to parse service type" in r.stderr
 
 
-def test_top_refreshes(daemon: Daemon) -> None:
-    r = daemon.cli("top", "-n", "2", "-d", "0.05")
+def test_top_refreshes(unchanged: Daemon) -> None:
+    r = unchanged.cli("top", "-n", "2", "-d", "0.05")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
     assert sum(1 for x in lines if x.startswith("corral top - ")) == 2
@@ -739,14 +760,14 @@ def test_top_refreshes(daemon: Daemon) -> None:
     assert any(x.startswith("hello#0 ") and " ready " in x for x in lines)
 
 
-def test_top_quits_on_q(daemon: Daemon) -> None:
+def test_top_quits_on_q(unchanged: Daemon) -> None:
     import pty
     import select
     import termios
 
     main, term = pty.openpty()
     before = termios.tcgetattr(term)
-    top = corral_popen(["--socket", str(daemon.sock), "top", "-d",
+    top = corral_popen(["--socket", str(unchanged.sock), "top", "-d",
                         "0.2"], stdin=term, stdout=term, stderr=term,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     seen = bytearray()
@@ -855,14 +876,14 @@ def test_a_socket_nobody_listens_on_exits_3(tmp: Path) -> None:
         s.close()
 
 
-def test_info_prints_sections_as_indented_key_value_lines(daemon: Daemon) -> None:
-    r = daemon.cli("info")
+def test_info_prints_sections_as_indented_key_value_lines(unchanged: Daemon) -> None:
+    r = unchanged.cli("info")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
     at = lines.index("containment:")  # a section, not a Python dict on one line
     assert lines[at + 1].startswith("  mode: ")
     assert not any("{" in line for line in lines), r.stdout
-    r = daemon.cli("add", "--help")
+    r = unchanged.cli("add", "--help")
     assert "restart. A command that is not an executable" in " ".join(r.stdout.split())
 
 

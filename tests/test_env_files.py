@@ -34,11 +34,11 @@ def test_an_env_file_is_read_at_each_start_under_env() -> None:
     """)
     with running_daemon(tmp, agents) as d:
         wait_until(lambda: "stdout: A=from-file B=from-env C=c c" in
-                   d.cli("logs", "app", "-n", "5").stdout, what="the variables")
+                   d.logs("app", lines=5), what="the variables")
         env_file.write_text("A=edited\n")
         d.cli("restart", "app")
         wait_until(lambda: "stdout: A=edited B=from-env C=" in
-                   d.cli("logs", "app", "-n", "5").stdout, what="the file read again")
+                   d.logs("app", lines=5), what="the file read again")
 
 
 @pytest.mark.parametrize(("text", "said"), [

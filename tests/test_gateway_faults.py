@@ -66,7 +66,7 @@ async def test_mcp_serve_meets_its_clients_limit_as_every_gateway_client(
         await listed(s, "sc__slow")
         slow = [asyncio.ensure_future(s.call_tool("sc__slow", {"seconds": 30}))
                 for _ in range(2)]
-        await wait_until_async(lambda: daemon.json("mcp", "status")["gateway"]["clients"]
+        await wait_until_async(lambda: daemon.ask("mcp.status")["gateway"]["clients"]
                                .get("operator", {}).get("in_flight") == 2)
         with pytest.raises(MCPError) as err:
             await s.call_tool("sc__echo", {"text": "third"})
@@ -226,7 +226,7 @@ async def test_list_changed_when_a_server_is_stopped_and_limits_refuse(daemon: D
         await listed(s, "sc__slow")
         slow = [asyncio.ensure_future(s.call_tool("sc__slow", {"seconds": 30}))
                 for _ in range(2)]
-        await wait_until_async(lambda: daemon.json("mcp", "status")["gateway"]["clients"]
+        await wait_until_async(lambda: daemon.ask("mcp.status")["gateway"]["clients"]
                                .get("anonymous", {}).get("in_flight") == 2)
         with pytest.raises(MCPError) as err:
             await s.call_tool("sc__echo", {"text": "third"})
@@ -274,7 +274,7 @@ async def test_sessions_are_capped_and_a_client_gone_mid_call_cancels_it(
             await c.post(url, headers={**ACCEPT, "Mcp-Session-Id": sid}, timeout=2.0, json={
                 "jsonrpc": "2.0", "id": 3, "method": "tools/call",
                 "params": {"name": "sc__slow", "arguments": {"seconds": 60}}})
-    await wait_until_async(lambda: "cancelled" in daemon.cli("logs", "sc").stdout)
+    await wait_until_async(lambda: "cancelled" in daemon.logs("sc"))
 
 
 def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Any) -> None:
@@ -324,7 +324,7 @@ session_idle_timeout = 0.4
             r = await c.post("http://localhost/mcp", json=INIT, headers=ACCEPT)
             sid = r.headers["Mcp-Session-Id"]
             await wait_until_async(
-                lambda: d.json("mcp", "status")["gateway"]["http"]["sessions"] == 0)
+                lambda: d.ask("mcp.status")["gateway"]["http"]["sessions"] == 0)
             r = await c.post("http://localhost/mcp", headers={**ACCEPT, "Mcp-Session-Id": sid},
                              json={"jsonrpc": "2.0", "id": 2, "method": "ping"})
             assert r.status_code == 404

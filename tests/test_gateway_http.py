@@ -195,7 +195,7 @@ async def test_http_progress_and_cancellation_reach_upstream(daemon: Daemon) -> 
         call = asyncio.ensure_future(s.call_tool("sc__slow", {"seconds": 60}))
         await wait_until_async(lambda: in_flight(daemon, "sc") > 0)
         call.cancel()
-        await wait_until_async(lambda: "cancelled" in daemon.cli("logs", "sc").stdout)
+        await wait_until_async(lambda: "cancelled" in daemon.logs("sc"))
         assert text(await s.call_tool("sc__echo", {"text": "after"})) == "after"
 
 
@@ -236,7 +236,7 @@ async def test_a_post_whose_call_is_cancelled_or_whose_session_ends_is_answered_
         assert (got.status_code, got.json()) == (200, {"jsonrpc": "2.0", "id": 8, "error": {
             "code": -32003, "message": "request cancelled"}})
         await wait_until_async(
-            lambda: daemon.cli("logs", "sc").stdout.count("cancelled") >= told + 2)
+            lambda: daemon.logs("sc").count("cancelled") >= told + 2)
 
 
 async def test_a_calls_trace_context_is_not_the_next_pipelined_requests() -> None:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import select
 import shlex
+import shutil
 import signal
 import socket
 import sqlite3
@@ -27,7 +28,7 @@ from corral.supervisor import Supervisor
 from corral.supervisor.core import default_max_replicas
 
 from .conftest import EXAMPLES
-from .daemon_harness import PY, Daemon, hello, running_daemon
+from .daemon_harness import PY, Daemon, hello, running_daemon, shared_tmpdir
 from .test_daemon_cli import tmp, wait_until
 
 __all__ = ["tmp"]  # the fixture, shared with test_daemon_cli
@@ -44,9 +45,19 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
 
 
 def log_lines(d: Daemon, source: str = "corral", n: int = 200) -> list[str]:
-    r = d.cli("logs", source, "-n", str(n), "--json")
-    assert r.returncode == 0, r.stderr
-    return [msgspec.json.decode(x)["text"] for x in r.stdout.splitlines()]
+    """The texts of `corral logs SOURCE -n N`, asked on the socket (a wait looks often)."""
+    return [line[-1] for line in d.ask("logs.tail", {"names": [source], "lines": n})["lines"]]
+
+
+@pytest.fixture(scope="module")
+def unchanged() -> Iterator[Daemon]:
+    """`daemon`'s daemon, one for the module's tests that leave it as they found it (a
+    refusal, an error answered, answers read back: no agent changed, no log line another
+    test counts), each of them a daemon's start less."""
+    tmp = shared_tmpdir()
+    with running_daemon(tmp, hello("hello") + hello("other"), extra=BUDGETS) as d:
+        yield d
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -129,7 +140,7 @@ def test_a_client_that_floods_and_never_reads_is_bounded_and_hung_up_on(
     t = threading.Thread(target=lambda: result.append(flood(daemon, block, 15.0)))
     t.start()
     try:
-        wait_until(lambda: daemon.json("info")["status"], what="a status during the flood")
+        wait_until(lambda: daemon.ask("daemon.info")["status"], what="a status during the flood")
         healthy(daemon)  # answered within 2 s, nobody restarted
     finally:
         t.join()
@@ -152,17 +163,17 @@ def test_a_client_that_floods_and_never_reads_is_bounded_and_hung_up_on(
     healthy(daemon)
 
 
-def test_scaling_to_a_billion_is_refused_at_once(daemon: Daemon) -> None:
-    before = rss(daemon)
+def test_scaling_to_a_billion_is_refused_at_once(unchanged: Daemon) -> None:
+    before = rss(unchanged)
     t0 = time.monotonic()
-    r = daemon.cli("scale", "hello", "1000000000")
+    r = unchanged.cli("scale", "hello", "1000000000")
     assert time.monotonic() - t0 < 5
     assert r.returncode == 1
     assert r.stderr == (f"corral: 1000000000 replicas of hello would make 1000000001 "
                         f"replicas in all, over max_replicas = {default_max_replicas()} "
                         "(a [supervisor] setting)\n")
-    assert rss(daemon) - before < 4 * MiB
-    healthy(daemon)
+    assert rss(unchanged) - before < 4 * MiB
+    healthy(unchanged)
 
 
 def connect(d: Daemon) -> socket.socket:
@@ -200,15 +211,15 @@ def test_connections_past_the_cap_are_refused_and_idle_ones_closed(daemon: Daemo
     healthy(daemon)
 
 
-def test_deep_nesting_and_bad_utf8_get_an_error_and_the_connection_lives(daemon: Daemon) -> None:
-    s = connect(daemon)
+def test_deep_nesting_and_bad_utf8_get_an_error_and_the_connection_lives(unchanged: Daemon) -> None:
+    s = connect(unchanged)
     deep = b"[" * 100_000 + b"]" * 100_000
     s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"events.publish","params":{"topic":"t",'
               b'"data":' + deep + b'}}\n{"jsonrpc":"2.0","id":2,"method":"daemon.info"}\n')
     first, second = read_replies(s, 2)
     assert first == {"jsonrpc": "2.0", "id": None, "error": {
         "code": -32700, "message": "parse error: JSON nested too deeply"}}
-    assert second["id"] == 2 and second["result"]["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+    assert second["id"] == 2 and second["result"]["pid"] == unchanged.proc.pid  # type: ignore[union-attr]
     # a string that is not UTF-8, in the envelope and in params (found by the fuzz test)
     s.sendall(b'{"jsonrpc":"\x8a.0","id":3}\n{"jsonrpc":"2.0","id":4,"method":"agents.'
               b'status","params":{"names":["\xff"]}}\n{"jsonrpc":"2.0","id":5,"method":'
@@ -239,18 +250,18 @@ def test_requests_sent_before_a_half_close_are_answered(daemon: Daemon) -> None:
 
 
 def test_a_burst_of_answers_gathered_in_a_turn_is_all_sent_before_a_half_close_hangs_up(
-        daemon: Daemon) -> None:
+        unchanged: Daemon) -> None:
     """Answers made in one turn of the loop are gathered and written at its end (cork.py);
     the hang-up after a half-close comes in the same turn as the last of them, and must not
     drop what is gathered."""
-    s = connect(daemon)
+    s = connect(unchanged)
     s.sendall(b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"daemon.info"}\n' % i
                        for i in range(50)))
     s.shutdown(socket.SHUT_WR)
     replies = read_replies(s, 50)
     assert s.recv(1) == b""
     assert [r["id"] for r in replies] == list(range(50))
-    assert all(r["result"]["pid"] == daemon.proc.pid for r in replies)  # type: ignore[union-attr]
+    assert all(r["result"]["pid"] == unchanged.proc.pid for r in replies)  # type: ignore[union-attr]
     s.close()
 
 
@@ -265,11 +276,11 @@ RULE = "name must be 1-64 characters of [A-Za-z0-9_-], starting with a letter or
     ("a/b", "'a/b'", RULE),
     ("corral", "corral", "the name 'corral' is reserved for the daemon's own log"),
 ], ids=["300-chars", "trailing-newline", "dash-first", "slash", "reserved"])
-def test_bad_agent_names_are_refused_with_the_reason(daemon: Daemon, name: str, shown: str,
+def test_bad_agent_names_are_refused_with_the_reason(unchanged: Daemon, name: str, shown: str,
                                                       problem: str) -> None:
-    r = daemon.cli("add", "--name", name, "--command", shlex.join([PY, f"{EXAMPLES}/hello.py"]))
+    r = unchanged.cli("add", "--name", name, "--command", shlex.join([PY, f"{EXAMPLES}/hello.py"]))
     assert (r.returncode, r.stderr) == (1, f"corral: agents.add: agents.{shown}: {problem}\n")
-    assert sorted(os.listdir(daemon.state / "logs")) == ["corral.log", "hello.log",
+    assert sorted(os.listdir(unchanged.state / "logs")) == ["corral.log", "hello.log",
                                                            "other.log"]
 
 
@@ -341,7 +352,7 @@ def test_progress_to_a_client_that_does_not_read_is_coalesced(tmp: Path) -> None
                                        "params": {"agent": "busy", "input": {
                                            "do": "progress", "steps": steps}}}) + b"\n")
         # the task runs to its end while the client reads nothing
-        wait_until(lambda: d.json("tasks")["tasks"][-1]["status"] == "succeeded",
+        wait_until(lambda: d.ask("tasks.list")["tasks"][-1]["status"] == "succeeded",
                    timeout=60, what="the task done")
         grown = rss(d) - before
         s.settimeout(20)

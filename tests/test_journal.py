@@ -100,7 +100,7 @@ def test_a_waiting_run_gets_its_outcome_across_a_daemon_restart() -> None:
              json.dumps({"do": "await", "path": str(release)}), "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        tid = wait_until(lambda: [t["task_id"] for t in d.json("tasks")["tasks"]
+        tid = wait_until(lambda: [t["task_id"] for t in d.ask("tasks.list")["tasks"]
                                   if t["status"] == "running"], what="running")[0]
         kill_daemon_and_workers(d)
         d.start()
