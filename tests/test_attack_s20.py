@@ -1,12 +1,19 @@
 """An attacker's pass over what session 20's cuts touched (docs/security.md, session 20's
 section): the Dispatcher's handlers and narrowed services, now looked up once a method and
 kept; a refusal it re-raises without a local (a limited caller's "no such agent" worded
-again for it); and the A2A door's answer to a new message, whose history is now the
-message as the door read it rather than the bytes it kept. Real daemons, in this test's
-loop, and real HTTP."""
+again for it); the A2A door's answer to a new message, whose history is now the message
+as the door read it rather than the bytes it kept; and the CLI's hint of a daemon's socket
+found near the current directory. Real daemons, in this test's loop, real HTTP, and the
+CLI as a user runs it."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ from corral.daemon.caller import Caller
 from corral.jsonrpc import RpcError
 from corral.supervisor.errors import NoSuchAgent
 
+from .conftest import ROOT
 from .daemon_harness import free_port, hello, in_process
 
 OPERATOR = Caller(via="socket", uid=0)
@@ -149,3 +157,58 @@ async def test_an_a2a_answers_history_is_the_message_the_door_keeps_no_more(
         kept = await d.dispatcher.call(OPERATOR, "tasks.get",
                                        {"task_id": task["id"], "input": True})
         assert "secret" not in msgspec.json.encode(kept.input).decode()
+
+
+# -- the CLI's hint of a socket nearby: never another user's listener ---------------------
+
+LISTEN_AS = """
+import os, socket, sys
+path, uid = sys.argv[1], int(sys.argv[2])
+os.chown(os.path.dirname(path), uid, uid)
+os.setgid(uid)
+os.setuid(uid)
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen()
+print("listening", flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a listener of another uid is made as root")
+@pytest.mark.xfail(strict=True, reason="the hint names any listener's socket (07ff5b8d): "
+                   "told to newuser through the lead")
+def test_the_cli_names_no_socket_another_user_listens_on(tmp_path: Path) -> None:
+    """The attack: a local user makes `.corral/corral.sock` in a directory every user may
+    write (/tmp, sticky: the directory and the socket are theirs) and listens on it. A
+    command run with no socket given, from a checkout below it (a clone under /tmp, as the
+    new user's pass made), that finds no daemon at the standard place named that socket
+    as "a daemon answers at ..., export CORRAL_SOCKET=...": the next commands, and what
+    they send, went to that user, and its answers were shown as the daemon's. The hint
+    names a socket only when its listener (SO_PEERCRED) is the user or root."""
+    short = Path(tempfile.mkdtemp(prefix="cs-"))  # a unix socket's path: 107 bytes at most
+    try:
+        short.chmod(0o1777)
+        planted = short / ".corral" / "corral.sock"
+        planted.parent.mkdir()
+        (short / "clone").mkdir()
+        listener = subprocess.Popen([sys.executable, "-c", LISTEN_AS, str(planted), "65534"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert listener.stdout is not None and listener.stdout.readline() == "listening\n"
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("CORRAL_SOCKET", "RUNTIME_DIRECTORY")}
+            env.update(PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(short / "rt"))
+            r = subprocess.run([sys.executable, "-m", "corral", "status"], cwd=short / "clone",
+                               env=env, capture_output=True, text=True, timeout=60)
+        finally:
+            os.kill(listener.pid, signal.SIGKILL)
+            listener.wait()
+        standard = short / "rt" / "corral" / "corral.sock"
+        assert (r.returncode, r.stdout) == (3, "")
+        assert r.stderr == (
+            f"corral: cannot reach the corral daemon at {standard}: no socket there\n"
+            "start it with `corral daemon --config PATH` (or `systemctl start corral`), or "
+            "point at it with --socket / CORRAL_SOCKET\n")
+    finally:
+        shutil.rmtree(short)
