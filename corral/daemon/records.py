@@ -90,12 +90,16 @@ def task_agent(field: str) -> Record:
     """A task's agent that is a team's name: a team's calls are tasks of its name, reached
     only as the team is; an agent's name is the rule's `check`."""
     async def check(d: Holders, params: Any, caller: Caller) -> None:
-        name = getattr(params, field)
-        spec = d.teams.defined(name) if name is not None else None
-        if spec is not None:
-            _mine(caller, spec.agents, d.teams.tenant_of(name), "agent", name)
+        _team_seen(d, getattr(params, field), caller)
 
     return check
+
+
+def _team_seen(d: Holders, name: Any, caller: Caller) -> None:
+    """`task_agent`'s check, called as it is (no coroutine of its own: every submission's)."""
+    spec = d.teams.defined(name) if name is not None else None
+    if spec is not None:
+        _mine(caller, spec.agents, d.teams.tenant_of(name), "agent", name)
 
 
 def sees_task(caller: Caller, task: Any) -> bool:
@@ -144,10 +148,8 @@ def submitted(field: str) -> Record:
     """A task submitted (tasks.submit, tasks.run): its agent (task_agent) and the session
     it names: an anonymous caller's a new one or one it started (an A2A contextId: not
     the operator's session of its agent, whose state its turn would read and write)."""
-    agent = task_agent(field)
-
     async def check(d: Holders, params: Any, caller: Caller) -> None:
-        await agent(d, params, caller)
+        _team_seen(d, getattr(params, field), caller)
         name = params.session
         if name is not None and caller.anonymous and \
                 not await _continues(d, caller, params.agent, name):
