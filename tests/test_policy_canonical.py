@@ -108,3 +108,32 @@ def test_a_relative_prefix_is_refused_at_load(tmp_path: Path) -> None:
         load_config(path)
     assert str(err.value) == (f"{path}: policy[0]: a when test's under is an absolute path "
                               "(given: 'workspace')")
+
+
+def test_a_list_naming_no_address_reads_no_value_as_one(tmp_path: Path) -> None:
+    """A list of words alone (`in = ["secret", "password"]`) judges a value by its text,
+    no address parsed (digits as text each tried as an inet_aton spelling at every call):
+    its spellings still match, an address matches none; a list naming an address beside a
+    word reads a value's address as before."""
+    path = tmp_path / "corral.toml"
+    path.write_text(textwrap.dedent("""
+        [[policy]]
+        name = "no secret"
+        match = { tool = "min__echo" }
+        when = { "arguments.text" = { in = ["secret", "Password."] } }
+        effect = "deny"
+
+        [[policy]]
+        name = "no loopback"
+        match = { tool = "web__fetch" }
+        when = { "arguments.host" = { in = ["secret", "127.0.0.1"] } }
+        effect = "deny"
+    """))
+    rules = RuleBook(load_config(path))
+    for text in ("secret", "SECRET", "secret.", "[password]", "PASSWORD."):
+        assert verdict(rules, "min__echo", text=text) == ("deny", "no secret"), text
+    for text in ("12", "2130706433", "0x7f000001", "::1", "fe80::1%secret", "secrets"):
+        assert verdict(rules, "min__echo", text=text) == ("allow", ""), text
+    for host in ("2130706433", "0x7f000001", "127.1", "[::ffff:127.0.0.1]", "Secret."):
+        assert verdict(rules, "web__fetch", host=host) == ("deny", "no loopback"), host
+    assert verdict(rules, "web__fetch", host="127.0.0.2") == ("allow", "")

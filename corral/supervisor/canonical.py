@@ -32,13 +32,9 @@ def canonical_host(value: str) -> str:
     """`value` as a resolver reads a host: lower case, without the root's trailing dot, an
     IP address in its one written form (IPv4 dotted, from any inet_aton spelling; an
     IPv4-mapped IPv6 address as its IPv4; IPv6 compressed, brackets dropped). Another
-    string is given back lower-cased."""
-    v = value.lower()
-    if v.startswith("[") and v.endswith("]"):
-        v = v[1:-1]
-    if len(v) > 1 and v.endswith("."):
-        v = v[:-1]
-    if not _IP_CHARS.issuperset(v.partition("%")[0]):
+    string is given back as `host_text` reads it."""
+    v = host_text(value)
+    if not addressed(v):
         return v
     try:
         ip = ipaddress.ip_address(v)
@@ -52,3 +48,21 @@ def canonical_host(value: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def host_text(value: str) -> str:
+    """`value` lower-cased, its brackets and the root's trailing dot dropped: a host
+    canonical_host reads as no IP address, as it gives it back."""
+    v = value.lower()
+    if v.startswith("[") and v.endswith("]"):
+        v = v[1:-1]
+    if len(v) > 1 and v.endswith("."):
+        v = v[:-1]
+    return v
+
+
+def addressed(host: str) -> bool:
+    """Whether canonical_host may read `host` (host_text's) as an IP address: what it
+    gives back for one is written in these characters alone up to a scope's `%`, so a
+    canonical host with another one there is no address's."""
+    return _IP_CHARS.issuperset(host.partition("%")[0])

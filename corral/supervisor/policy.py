@@ -14,7 +14,7 @@ from collections.abc import Callable
 from operator import methodcaller
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from .canonical import canonical_host, canonical_path
+from .canonical import addressed, canonical_host, canonical_path, host_text
 from .config import DEFAULT_TENANT, PolicyMatch, PolicyRule, PolicyTest, TenantSpec
 from .labels import Labels
 from .refusals import BoundaryRefusals
@@ -87,10 +87,14 @@ def _test(path: str, test: PolicyTest, strict: bool) -> Callable[[dict[str, Any]
         return under
     if test.in_ is not None:
         among = frozenset(canonical_host(x) for x in test.in_)
+        # a list naming no address (no host of it `addressed`) has no value's address
+        # among it, whatever the address: a value is not parsed as one (text of digits
+        # was, at each call, an inet_aton spelling tried)
+        host = canonical_host if any(map(addressed, among)) else host_text
 
         def in_(arguments: dict[str, Any]) -> bool:
             v = read(arguments)
-            return isinstance(v, str) and canonical_host(v) in among
+            return isinstance(v, str) and host(v) in among
         return in_
     bound = test.below
     assert bound is not None  # (a test is exactly one of the three: PolicyTest.check)
