@@ -336,3 +336,18 @@ def test_the_readmes_layout_names_each_file_in_the_package_it_is_listed_under() 
                    [package] if package and "/" not in name and name.endswith(".py")
                    else [package, "", "corral"]))]
     assert missing == []
+
+
+def test_the_guides_walkthroughs_add_each_agent_once() -> None:
+    """The guide's walk-throughs run on one Quick start's daemon, whose state persists:
+    an agent one adds (`corral add --name`, a REST `{"agents": {NAME`) is added by no
+    other and is none of the example config's, or the later add is refused ("agent
+    greeter already exists": the first section and the HTTP one both added `greeter`,
+    a new user's pass found)."""
+    text = (ROOT / "docs" / "guide.md").read_text()
+    added = re.findall(r'corral add --name ([\w-]+)|--json \'\{"agents": \{"([\w-]+)"', text)
+    names = [cli or rest for cli, rest in added]
+    config = re.findall(r"^\[agents\.([\w-]+)\]", (ROOT / "examples" / "corral.toml")
+                        .read_text(), re.M)
+    assert len(names) >= 3 and "greeter" in names, names
+    assert sorted(names) == sorted(set(names)) and not set(names) & set(config), names
