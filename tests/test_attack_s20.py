@@ -176,8 +176,6 @@ sys.stdin.read()  # until the test closes it
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a listener of another uid is made as root")
-@pytest.mark.xfail(strict=True, reason="the hint names any listener's socket (07ff5b8d): "
-                   "told to newuser through the lead")
 def test_the_cli_names_no_socket_another_user_listens_on(tmp_path: Path) -> None:
     """The attack: a local user makes `.corral/corral.sock` in a directory every user may
     write (/tmp, sticky: the directory and the socket are theirs) and listens on it. A

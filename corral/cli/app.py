@@ -115,10 +115,12 @@ def said(declared: type[m.Params], arg: str, say: Callable[[Any], str], **argume
 
 
 def _answering_socket() -> Path | None:
-    """The control socket of a daemon that accepts a connection, looked for from the
-    current directory up: a config's `.corral/corral.sock` (the example config's
-    place) or the Quick start's `examples/.corral/corral.sock`."""
+    """The control socket of a daemon of this user's or root's that accepts a connection,
+    looked for from the current directory up: a config's `.corral/corral.sock` (the
+    example config's place) or the Quick start's `examples/.corral/corral.sock`."""
+    import os
     import socket
+    import struct
     from pathlib import Path
 
     try:
@@ -131,9 +133,14 @@ def _answering_socket() -> Path | None:
                 probe.settimeout(1.0)
                 try:
                     probe.connect(str(path))
+                    _pid, uid, _gid = struct.unpack(
+                        "3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
                 except OSError:  # none there, a stale one, or one we may not use
                     continue
-                return path
+                # another user's listener (in /tmp, sticky, any user's may be) would be
+                # sent the commands and their secrets: never offered
+                if uid in (os.getuid(), 0):
+                    return path
     return None
 
 
