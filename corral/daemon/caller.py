@@ -80,8 +80,11 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     def sees(self, name: str) -> bool:
         """Whether an agent of this name exists for this caller: the daemon's own log
         ("corral") tells of every agent, so a caller limited to some never sees it."""
-        if self.agents is not None and (name == RESERVED
-                                        or not fnmatchcase(name, self.agents)):
+        # (a name the pattern is, letter for letter, is one it matches: an agent's name
+        # holds no glob character, names.NAME_RE; the anonymous caller's every message)
+        agents = self.agents
+        if agents is not None and (name == RESERVED or (
+                name != agents and not fnmatchcase(name, agents))):
             return False
         if self.tenant is None:
             # a glob names the operator's agents alone: an agent's name is its tenant's
