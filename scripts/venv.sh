@@ -6,7 +6,7 @@ _said=
 _installed=  # set when this run installed (its caller may compile what it installed)
 if [ ! -x .venv/bin/python ]; then
     # pip -q says nothing for the minute a first install takes: say why we wait
-    echo "corral: setting up .venv (first run: under a minute)…" >&2
+    echo "corral: setting up .venv (first run: a minute or two)…" >&2
     _said=1
     # without ensurepip's pip where the interpreter's own pip can put uv in (its
     # --python, pip 22.3 on), which then installs pip with the rest: ensurepip was half

@@ -21,7 +21,7 @@ import pytest
 
 from .conftest import ROOT
 
-FIRST_RUN = "corral: setting up .venv (first run: under a minute)…"
+FIRST_RUN = "corral: setting up .venv (first run: a minute or two)…"
 
 
 def project(tmp: Path) -> Path:
