@@ -383,7 +383,7 @@ async def test_a_search_finds_no_drifted_tool_nor_its_new_description(
 
     def drifted() -> bool:
         d.ask("tools.list")  # (a listing is a sight of the restarted server's tools)
-        return any(p["tool"] == "fetch" and p["drifted"] for p in d.json("tools", "pins"))
+        return any(p["tool"] == "fetch" and p["drifted"] for p in d.ask("tools.pins")["pins"])
     wait_until(drifted, 30, "the new definition seen, and held as a drift")
     async with session(gateway_url(d), FULL) as s:
         for query in ("fetch url", "ssh evil example"):

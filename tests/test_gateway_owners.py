@@ -130,8 +130,9 @@ def refused(url: str, token: str) -> bool:
 
 
 def owners(d: Daemon) -> list[str]:
-    """The owners of the per-agent server's instances, as `corral mcp status` lists them."""
-    return [r["owner"] for r in d.json("mcp", "status")["mcp_servers"]
+    """The owners of the per-agent server's instances, as `corral mcp status` lists them
+    (asked on the socket: a wait looks often)."""
+    return [r["owner"] for r in d.ask("mcp.status")["mcp_servers"]
             if r["name"] == "mine" and r["owner"] is not None]
 
 

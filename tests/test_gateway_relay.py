@@ -679,8 +679,9 @@ def test_a_prompts_input_is_relayed_too_and_its_state_is_the_prompts_alone(
 
 
 def calls_of(g: Gateway, server: str) -> int:
-    """The tools/calls corral has sent the server (its instances' count)."""
-    return sum(s["calls"] for s in g.daemon.json("mcp", "status")["mcp_servers"]
+    """The tools/calls corral has sent the server (its instances' count), as `corral mcp
+    status` says it, asked on the socket."""
+    return sum(s["calls"] for s in g.daemon.ask("mcp.status")["mcp_servers"]
                if s["name"] == server)
 
 

@@ -210,7 +210,7 @@ def test_corral_stats_since(tmp_path: Path) -> None:
         assert ran.returncode == 0, ran.stderr
 
         def counted() -> Any:
-            got = d.json("stats", "--since", "1h", "--agent", "h")
+            got = d.ask("stats.history", {"since": 3600.0, "agent": "h"})  # (--since 1h)
             return got if any(s["executions"] for s in got["samples"]) else None
 
         got = wait_until(counted, what="a sample that counted the task")

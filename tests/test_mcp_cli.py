@@ -228,7 +228,8 @@ def test_audit_records_is_error_results_as_errors(daemon: Daemon) -> None:
     def calls() -> dict[str, str] | None:
         # rows are written off the loop, batched: read once both are in
         rows = {str(e["params"].get("name")): e["outcome"]
-                for e in daemon.json("audit")["entries"] if e["method"] == "tools.call"}
+                for e in daemon.ask("audit.list", {"limit": 50})["entries"]
+                if e["method"] == "tools.call"}
         return rows if len(rows) == 2 else None
 
     outcome = wait_until(calls, timeout=30, what="both calls audited")
