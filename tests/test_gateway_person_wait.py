@@ -34,7 +34,7 @@ from .warmforks import sdk_toml
 pytest.importorskip("mcp")
 pytestmark = pytest.mark.usefixtures("warm_mcp_sdk")
 
-HELD = 1.5  # seconds the test, as the person, holds each ask before it approves
+HELD = 0.5  # seconds the test, as the person, holds each ask before it approves
 
 
 @pytest.fixture(scope="module")
