@@ -107,6 +107,33 @@ async def test_a_methods_kept_handler_holds_no_callers_view_and_sees_agents_adde
         assert await names(OPERATOR) == ["a-1", "a-2", "o-1"]
 
 
+@pytest.mark.deadline(120)
+async def test_a_pattern_asked_as_a_name_reaches_no_agent_beyond_the_pattern(
+        tmp_path: Path) -> None:
+    """Caller.sees takes a name that is the caller's agents pattern itself, letter for
+    letter, without fnmatchcase (session 20: an agent's name holds no glob character). The
+    name is the caller's to send: a token limited to `web-[12]` names `web-[12]` itself,
+    which fnmatchcase did not match. It is seen as a name that is no agent's (refused as
+    not found, its own agents named), never a glob reaching `web-3` or `db`."""
+    async with in_process(tmp_path, hello("web-1") + hello("web-3") + hello("db")) as d:
+        web = Caller(via="http", token="web", agents="web-[12]")
+        pids = {n: [r.pid for r in d.sup.agents[n].replicas] for n in ("web-3", "db")}
+        status = await d.dispatcher.call(web, "agents.status")
+        assert [a.name for a in status.agents] == ["web-1"]
+        told = NoSuchAgent("web-[12]", ["web-1"]).message
+        assert await _refused(d, web, "agents.describe", {"name": "web-[12]"}) == (
+            jsonrpc.NOT_FOUND, told)
+        assert await _refused(d, web, "agents.status", {"names": ["web-[12]"]}) == (
+            jsonrpc.NOT_FOUND, told)
+        for method in ("agents.restart", "agents.stop"):
+            assert await _refused(d, web, method, {"names": ["web-[12]"]}) == (
+                jsonrpc.NOT_FOUND, told), method
+        tail = await d.dispatcher.call(web, "logs.tail", {"names": [], "lines": 100})
+        assert {line.source for line in tail.lines} == {"web-1"}
+        # nothing of the others was touched: the same processes serve them
+        assert {n: [r.pid for r in d.sup.agents[n].replicas] for n in pids} == pids
+
+
 # -- the A2A door: a new message's answer, and the task read back -------------------------
 
 async def _rpc(http: aiohttp.ClientSession, url: str, method: str, params: Any) -> Any:
