@@ -12,6 +12,7 @@ import contextlib
 import fnmatch
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import unquote
 
@@ -106,9 +107,11 @@ def allowed(qualified: str, patterns: list[str]) -> bool:
     # a pattern with no wildcard is compared, not compiled: fnmatch's cache keeps tens of
     # thousands of the patterns it compiles, and the `spawns` lists of a fleet's agents
     # made per job name names never used again. A name that spells a wildcard is only
-    # matched: the pattern whose text it is may not match it, `a[b]` admitting `ab` alone)
+    # matched: the pattern whose text it is may not match it, `a[b]` admitting `ab` alone;
+    # map and filter, not a generator: the view link asks at every call, and the
+    # generator's frame cost as much as the match)
     return "*" in patterns or (qualified in patterns and not _WILD(qualified)) or any(
-        fnmatch.fnmatchcase(qualified, p) for p in patterns if _WILD(p))
+        map(partial(fnmatch.fnmatchcase, qualified), filter(_WILD, patterns)))
 
 
 def dot_segment(uri: str) -> str | None:
