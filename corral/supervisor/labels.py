@@ -152,6 +152,8 @@ def session_key(task: LabelledTask, replica: Replica | None = None) -> str | Non
 
 
 def _union(have: tuple[str, ...], more: Iterable[str]) -> tuple[str, ...]:
+    if not more:  # (most calls read nothing labelled: no generator made to add nothing)
+        return have
     new = tuple(x for x in dict.fromkeys(more) if x not in have)
     return have + new if new else have
 
