@@ -452,8 +452,9 @@ class GroupCommit(Generic[V]):
             self._flush_scheduled = False
 
     def committed(self) -> Awaitable[None]:
-        """The waiter's own future (no coroutine's frame at its resume: every task's
-        submission waits here twice), done at once when nothing waits to be written."""
+        """The waiter's own future (no coroutine's frame at its resume: a task's
+        submission waits here once, twice when it waits for its outcome), done at once when
+        nothing waits to be written."""
         if self.pending and self._lingering is not None and not self._flush_scheduled:
             self._lingering.cancel()  # someone waits for the lazy writes now
             self._lingering = None

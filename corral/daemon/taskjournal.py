@@ -346,7 +346,7 @@ class TaskJournalDB:
 
     def committed(self) -> Awaitable[None]:
         """The group's own wait (no frame of this one at each of its resumes: a
-        submission waits twice), the young rows put first."""
+        submission waits once, twice when it waits for its outcome), the young rows put first."""
         if self._young:  # someone waits: nothing is young any more
             young, self._young = self._young, {}
             for task_id, (_, arrival, task) in young.items():

@@ -294,7 +294,7 @@ class TaskManager:
 
     def committed(self) -> Awaitable[None]:
         """The journal's own wait for what is written so far (no frame of this one at
-        each of its resumes: every submission waits on it twice)."""
+        each of its resumes: a submission waits on it once, twice when it waits for its outcome)."""
         journal = self.journal
         return journal.committed() if journal is not None else _nothing()
 
