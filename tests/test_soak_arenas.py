@@ -12,6 +12,7 @@ import sys
 from bench import soak_arenas
 
 from .conftest import ROOT
+from .test_daemon_cli import wait_until
 
 KEPT = 30_000
 # a fresh interpreter: its arenas counted, then KEPT objects of a class of its own made
@@ -43,6 +44,10 @@ def test_the_reader_counts_every_live_block_and_names_the_kept_objects() -> None
         assert probe.stdout is not None and probe.stdin is not None
         told = json.loads(probe.stdout.readline() or "null")
         assert told is not None, probe.stderr.read() if probe.stderr else ""
+        # read once it sleeps in its stdin's read, its one wait left: until then its
+        # readline's own allocations may change a pool under the reader (a fresh clone's
+        # run at load ~10: 2 pools unread)
+        wait_until(lambda: _state(probe.pid) == "S", timeout=30, what="the probe asleep")
         seen = soak_arenas.census(probe.pid, told["young"], top=5)
     finally:
         probe.kill()
@@ -55,3 +60,9 @@ def test_the_reader_counts_every_live_block_and_names_the_kept_objects() -> None
     kinds = {name: blocks for name, blocks, _bytes in seen["all"]}
     assert kinds.get("Kept") == KEPT, seen["all"]
     assert seen["young"][0][0] == "Kept", seen["young"]  # what the new arenas hold most
+
+
+def _state(pid: int) -> str:
+    """The process's state letter in /proc/PID/stat (after its name's closing paren)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
